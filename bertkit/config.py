@@ -1,0 +1,183 @@
+"""BertConfig: one dataclass with HuggingFace's field names, read from and written to config.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .io import write_text_atomic
+
+CONFIG_NAME = "config.json"
+
+# The published BERT family (Turc et al. 2019, "Well-Read Students Learn Better"):
+# name -> (layers, hidden size); heads = hidden / 64, feed-forward = 4 * hidden.
+SIZES = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    classifier_dropout: float | None = None
+    tie_word_embeddings: bool = True
+    model_type: str = "bert"
+    architectures: list[str] | None = None
+    # Task heads: label names travel with the checkpoint.
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    # Keys we do not model are kept verbatim and written back out.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if self.label2id is None:
+                self.label2id = {v: k for k, v in self.id2label.items()}
+        if self.label2id is not None:
+            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+        self.validate()
+
+    # -- labels ---------------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label) if self.id2label else 2
+
+    @num_labels.setter
+    def num_labels(self, n: int) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"BertConfig field 'num_labels' must be a positive integer, got {n!r}")
+        if self.id2label is None or len(self.id2label) != n:
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    # -- validation -----------------------------------------------------------------------------
+    def validate(self) -> None:
+        def positive_int(name):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"BertConfig field '{name}' must be a positive integer, got {v!r}")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            positive_int(name)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"BertConfig field 'hidden_size' ({self.hidden_size}) must be a multiple of "
+                f"'num_attention_heads' ({self.num_attention_heads})")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            v = getattr(self, name)
+            if v is None and name == "classifier_dropout":
+                continue
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v < 1.0:
+                raise ValueError(f"BertConfig field '{name}' must be a probability in [0, 1), got {v!r}")
+        for name in ("initializer_range", "layer_norm_eps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise ValueError(f"BertConfig field '{name}' must be a positive number, got {v!r}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"BertConfig field 'hidden_act' must be one of {', '.join(ACTIVATIONS)}; "
+                             f"got {self.hidden_act!r}")
+        if self.position_embedding_type != "absolute":
+            raise ValueError("BertConfig field 'position_embedding_type' must be 'absolute' "
+                             f"(the only kind bertkit implements), got {self.position_embedding_type!r}")
+        if self.model_type != "bert":
+            raise ValueError(f"BertConfig field 'model_type' must be 'bert', got {self.model_type!r}")
+        if self.pad_token_id is not None and not (
+                isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size):
+            raise ValueError(f"BertConfig field 'pad_token_id' must be an id in [0, vocab_size), "
+                             f"got {self.pad_token_id!r}")
+        if self.problem_type not in (None, "regression", "single_label_classification",
+                                     "multi_label_classification"):
+            raise ValueError("BertConfig field 'problem_type' must be regression, "
+                             "single_label_classification or multi_label_classification, "
+                             f"got {self.problem_type!r}")
+        if self.id2label is not None and sorted(self.id2label) != list(range(len(self.id2label))):
+            raise ValueError("BertConfig field 'id2label' must map 0..n-1 to names, "
+                             f"got keys {sorted(self.id2label)}")
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a BERT config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        extra = {k: v for k, v in d.items() if k not in known}
+        num_labels = extra.pop("num_labels", None)
+        if "model_type" not in d:
+            kwargs["model_type"] = "bert"
+        cfg = cls(**kwargs, extra=extra)
+        if num_labels is not None and cfg.id2label is None:
+            cfg.num_labels = num_labels
+        return cfg
+
+    @classmethod
+    def from_size(cls, size: str, **overrides) -> "BertConfig":
+        if size not in SIZES:
+            raise ValueError(f"unknown model size {size!r}; expected one of {', '.join(SIZES)}")
+        layers, hidden = SIZES[size]
+        base = dict(num_hidden_layers=layers, hidden_size=hidden,
+                    num_attention_heads=hidden // 64, intermediate_size=4 * hidden)
+        return cls(**{**base, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        if d["id2label"] is None:
+            d.pop("id2label"), d.pop("label2id")
+        else:
+            d["id2label"] = {str(k): v for k, v in d["id2label"].items()}
+        return {**self.extra, **d}
+
+    # -- files ----------------------------------------------------------------------------------
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "BertConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        try:
+            return cls.from_dict(d)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike) -> "BertConfig":
+        from .hub import resolve_model_dir
+        path = str(name_or_path)
+        if os.path.isfile(path):
+            return cls.from_json_file(path)
+        directory = resolve_model_dir(path)
+        return cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.to_json_file(os.path.join(directory, CONFIG_NAME))
+
