@@ -1,0 +1,90 @@
+"""Auto classes: `AutoModelForX.from_pretrained(name_or_path)` for BERT checkpoints.
+
+Every checkpoint bertkit reads is a BERT, so each Auto class maps to one bertkit class; what they
+add is name resolution and a clear refusal of a config.json describing another architecture.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from .config import CONFIG_NAME, BertConfig
+from .hub import TOKENIZER_FILES, apply_config_overrides, resolve_model_dir
+
+
+def check_model_type(directory: str) -> None:
+    """Refuse a directory whose config.json names another model_type (a missing model_type means BERT)."""
+    path = os.path.join(directory, CONFIG_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type", "bert")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    except AttributeError:
+        raise ValueError(f"{path}: not a JSON object") from None
+    if model_type != "bert":
+        raise ValueError(f"{path}: model_type is {model_type!r}; bertkit only reads 'bert' checkpoints")
+
+
+class AutoConfig:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **overrides) -> BertConfig:
+        directory = resolve_model_dir(name_or_path)
+        check_model_type(directory)
+        return apply_config_overrides(BertConfig.from_json_file(os.path.join(directory, CONFIG_NAME)), overrides)
+
+
+class AutoTokenizer:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs):
+        from .tokenizer import BertTokenizer
+        directory = resolve_model_dir(name_or_path, required=TOKENIZER_FILES)
+        if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+            check_model_type(directory)
+        return BertTokenizer.from_pretrained(directory, **kwargs)
+
+
+class _AutoModel:
+    """Base of the AutoModel classes; `target` names the bertkit.modeling class built."""
+
+    target = ""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} is not instantiated: use "
+                        f"{type(self).__name__}.from_pretrained(name_or_path) or .from_config(config)")
+
+    @classmethod
+    def model_class(cls):
+        from . import modeling
+        return getattr(modeling, cls.target)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
+        directory = resolve_model_dir(name_or_path)
+        check_model_type(directory)
+        return cls.model_class().from_pretrained(directory, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: BertConfig):
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"{cls.__name__}.from_config expects a BertConfig, got {type(config).__name__}")
+        return cls.model_class()(config)
+
+
+def _auto(name: str, target: str) -> type:
+    return type(name, (_AutoModel,), {"target": target, "__module__": __name__,
+                                      "__doc__": f"Builds a bertkit `{target}`."})
+
+
+AutoModel = _auto("AutoModel", "BertModel")
+AutoModelForPreTraining = _auto("AutoModelForPreTraining", "BertForPreTraining")
+AutoModelForMaskedLM = _auto("AutoModelForMaskedLM", "BertForMaskedLM")
+AutoModelForNextSentencePrediction = _auto("AutoModelForNextSentencePrediction", "BertForNextSentencePrediction")
+AutoModelForSequenceClassification = _auto("AutoModelForSequenceClassification", "BertForSequenceClassification")
+AutoModelForTokenClassification = _auto("AutoModelForTokenClassification", "BertForTokenClassification")
+AutoModelForQuestionAnswering = _auto("AutoModelForQuestionAnswering", "BertForQuestionAnswering")
+AutoModelForMultipleChoice = _auto("AutoModelForMultipleChoice", "BertForMultipleChoice")
+
+__all__ = ["AutoConfig", "AutoTokenizer", "AutoModel", "AutoModelForPreTraining", "AutoModelForMaskedLM",
+           "AutoModelForNextSentencePrediction", "AutoModelForSequenceClassification",
+           "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice"]

@@ -1,0 +1,392 @@
+"""Checkpoint directories: finding them by name, reading and writing their weights.
+
+A checkpoint directory holds `config.json` and the weights, `model.safetensors` (or a sharded
+`model.safetensors.index.json`; `pytorch_model.bin` is read too, never executing code). The files are
+the ones HuggingFace transformers writes and reads, so a directory moves freely between the two.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from .config import CONFIG_NAME, BertConfig
+from .io import atomic_path
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PT_WEIGHTS_NAME = "pytorch_model.bin"
+PT_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+# In order of preference.
+WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME)
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
+
+# The one remapping of checkpoint names: TF-era LayerNorm parameter names.
+LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+# Checkpoint entries that carry no weights (old persistent buffer), relative to the base model.
+IGNORED_KEYS = frozenset({"embeddings.position_ids"})
+# Optional parts: each is loaded whole or, when absent from the checkpoint, freshly initialised and
+# reported. Names relative to the task model; the pooler is relative to the base model.
+HEAD_UNITS = ("cls.predictions", "cls.seq_relationship", "classifier", "qa_outputs")
+POOLER_UNIT = "pooler"
+HEAD_NAMESPACES = ("cls", "classifier", "qa_outputs")
+
+
+# ---------------------------------------------------------------------------------------------
+# Name resolution
+# ---------------------------------------------------------------------------------------------
+
+def bertkit_home() -> str:
+    return os.environ.get("BERTKIT_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "bertkit")
+
+
+def hf_hub_cache() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
+
+
+def _has_any(directory: str, required: tuple[str, ...]) -> bool:
+    return any(os.path.isfile(os.path.join(directory, f)) for f in required)
+
+
+def _hf_snapshots(repo_dir: str) -> list[str]:
+    """Snapshot directories of one cached repo: the one `refs/main` names first, then newest first."""
+    snapshots = os.path.join(repo_dir, "snapshots")
+    if not os.path.isdir(snapshots):
+        return []
+    found = [os.path.join(snapshots, d) for d in os.listdir(snapshots)]
+    found = sorted((d for d in found if os.path.isdir(d)), key=os.path.getmtime, reverse=True)
+    try:
+        with open(os.path.join(repo_dir, "refs", "main"), encoding="utf-8") as f:
+            main = os.path.join(snapshots, f.read().strip())
+    except OSError:
+        return found
+    return [main] + [d for d in found if d != main] if main in found else found
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike,
+                      required: tuple[str, ...] = (CONFIG_NAME,)) -> str:
+    """The directory for a local path or a model name such as `ORG/NAME`.
+
+    Looks at, in order: the path itself (any existing directory), `$BERTKIT_HOME/<name>`
+    (default ~/.cache/bertkit), and HuggingFace's offline hub cache
+    (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub)
+    `models--ORG--NAME/snapshots/<rev>` (the revision in `refs/main`, else the newest snapshot).
+    A cached directory counts only if it holds at least one of the `required` files.
+    """
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
+        return name
+    looked = [f"{name} (not a local directory)"]
+    if name and not os.path.isabs(name) and ".." not in name.replace("\\", "/").split("/"):
+        candidate = os.path.join(bertkit_home(), name)
+        looked.append(candidate)
+        if os.path.isdir(candidate) and _has_any(candidate, required):
+            return candidate
+        repo_dir = os.path.join(hf_hub_cache(), "models--" + name.strip("/").replace("/", "--"))
+        looked.append(os.path.join(repo_dir, "snapshots"))
+        for snapshot in _hf_snapshots(repo_dir):
+            if _has_any(snapshot, required):
+                return snapshot
+    raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)} found; looked in: "
+                            + "; ".join(looked))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading weights
+# ---------------------------------------------------------------------------------------------
+
+def find_weights_file(directory: str | os.PathLike) -> str:
+    directory = os.fspath(directory)
+    for name in WEIGHTS_NAMES:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"{directory}: no weights file; expected one of {', '.join(WEIGHTS_NAMES)}")
+
+
+def _load_torch_pickle(path: str) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code, RuntimeError for a damaged archive
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: refused to load: not a plain tensor checkpoint "
+                         f"(torch.load with weights_only=True failed: {first})") from e
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise ValueError(f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}")
+    return obj
+
+
+def _load_file(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        return safetensors.torch.load_file(path, device="cpu")
+    return _load_torch_pickle(path)
+
+
+def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint in `directory` (safetensors preferred), on the CPU, names as stored."""
+    return _read_weights(find_weights_file(directory))
+
+
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    if not path.endswith(".index.json"):
+        return _load_file(path)
+    with open(path, encoding="utf-8") as f:
+        try:
+            weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a shard index with a 'weight_map' ({e})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(_load_file(os.path.join(os.path.dirname(path), shard)))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} indexed tensors absent from the shards: {_names(missing)}")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, each stored once, contiguous.
+
+    A parameter reachable under several names (a tie) is kept under the first name PyTorch lists:
+    for the MLM heads that is `bert.embeddings.word_embeddings.weight` and `cls.predictions.bias`
+    (not `cls.predictions.decoder.weight/bias`), exactly the names transformers keeps.
+    """
+    state = model.state_dict()
+    keep = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    out: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name in keep:
+        if name not in state or _base_key(model, name) in IGNORED_KEYS:
+            continue  # non-persistent buffer, or an entry no checkpoint needs
+        t = state[name].detach().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages and t.numel():  # distinct parameters that happen to share memory
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Write `config.json` (with `architectures`) and `model.safetensors`, each atomically."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    config = dataclasses.replace(model.config, architectures=[type(model).__name__])
+    tensors = state_dict_for_saving(model)
+    with atomic_path(os.path.join(directory, SAFE_WEIGHTS_NAME)) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
+    config.to_json_file(os.path.join(directory, CONFIG_NAME))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading into a model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did beyond a one-to-one load; kept as `model.load_report`."""
+
+    source: str
+    newly_initialized: list[str] = field(default_factory=list)  # absent optional parts, fresh init
+    unused: list[str] = field(default_factory=list)             # checkpoint parts this model lacks
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, ckpt, model)
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # legacy names, (old, new)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.newly_initialized or self.unused or self.mismatched)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.newly_initialized:
+            parts.append(f"newly initialised (train before use): {_names(self.newly_initialized)}")
+        if self.mismatched:
+            parts.append("reinitialised for a shape mismatch: " + _names(
+                [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in self.mismatched]))
+        if self.unused:
+            parts.append(f"unused checkpoint weights: {_names(self.unused)}")
+        return f"{self.source}: " + ("; ".join(parts) if parts else "all weights loaded")
+
+
+class LoadWarning(UserWarning):
+    """Some weights were freshly initialised or left unused while loading a checkpoint."""
+
+
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _model_prefix(model: torch.nn.Module) -> str:
+    prefix = getattr(model, "base_model_prefix", "")
+    return prefix if prefix and isinstance(getattr(model, prefix, None), torch.nn.Module) else ""
+
+
+def _base_key(model: torch.nn.Module, key: str) -> str:
+    prefix = _model_prefix(model)
+    return key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+
+
+def _unit_of(key: str, prefix: str) -> str | None:
+    units = HEAD_UNITS + (f"{prefix}.{POOLER_UNIT}" if prefix else POOLER_UNIT,)
+    return next((u for u in units if key == u or key.startswith(u + ".")), None)
+
+
+def _normalise_keys(state: dict[str, torch.Tensor], model: torch.nn.Module,
+                    report: LoadReport) -> dict[str, torch.Tensor]:
+    """Legacy names, the base-model prefix added or stripped, ignorable entries dropped.
+
+    A task model (its base model is the child `bert`) reading a plain encoder checkpoint gets `bert.`
+    added; a `BertModel` reading a task checkpoint gets it stripped (the head keys stay, unused).
+    """
+    renamed = {}
+    for key, t in state.items():
+        new = key
+        for old_suffix, new_suffix in LEGACY_SUFFIXES.items():
+            if key.endswith(old_suffix):
+                new = key[: -len(old_suffix)] + new_suffix
+                report.renamed.append((key, new))
+        renamed[new] = t
+    prefix = _model_prefix(model)  # "bert" for a task model, "" for the base model itself
+    p = getattr(model, "base_model_prefix", "bert")
+    has_prefix = any(k.startswith(p + ".") for k in renamed)
+    out = {}
+    for key, t in renamed.items():
+        if prefix and not has_prefix and key.split(".", 1)[0] not in HEAD_NAMESPACES:
+            key = f"{prefix}.{key}"
+        elif not prefix and key.startswith(p + "."):
+            key = key[len(p) + 1:]
+        if _base_key(model, key) not in IGNORED_KEYS:
+            out[key] = t
+    return out
+
+
+def apply_config_overrides(config: BertConfig, overrides: dict[str, Any]) -> BertConfig:
+    """A copy of `config` with BertConfig fields (and `num_labels`) replaced; validated."""
+    if not overrides:
+        return config
+    fields = {f.name for f in dataclasses.fields(BertConfig)} - {"extra"}
+    unknown = sorted(set(overrides) - fields - {"num_labels"})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}: "
+                        "not a BertConfig field nor a loading option")
+    d = config.to_dict()
+    d.update({k: v for k, v in overrides.items() if k != "num_labels"})
+    if "id2label" in overrides and "label2id" not in overrides:
+        d.pop("label2id", None)
+    new = BertConfig.from_dict(d)
+    if "num_labels" in overrides:
+        new.num_labels = overrides["num_labels"]
+    return new
+
+
+def _resolve_dtype(dtype, state: dict[str, torch.Tensor]) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return resolved
+
+
+def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig | None = None,
+                    dtype: torch.dtype | str | None = None, ignore_mismatched_sizes: bool = False,
+                    **config_overrides):
+    """Build `cls(config)` and load the checkpoint at `name_or_path` into it; returns it in eval mode.
+
+    Strict: missing, unexpected and mis-shaped weights raise one ValueError listing all three.
+    Allowed, and reported in `model.load_report` (a `LoadReport`) plus one `LoadWarning`:
+    an optional part (task head, pooler) absent from the checkpoint keeps its fresh initialisation;
+    checkpoint parts the model lacks (another task's head) are unused; with
+    `ignore_mismatched_sizes=True` mis-shaped weights keep their fresh initialisation.
+    """
+    directory = resolve_model_dir(name_or_path)
+    if config is None:
+        config = BertConfig.from_json_file(os.path.join(directory, CONFIG_NAME))
+    config = apply_config_overrides(config, config_overrides)
+    path = find_weights_file(directory)
+    state = _read_weights(path)
+    dtype = _resolve_dtype(dtype, state)
+
+    model = cls(config)
+    report = LoadReport(source=path)
+    prefix = _model_prefix(model)
+    state = _normalise_keys(state, model, report)
+    model_state = {k: v for k, v in model.state_dict().items() if _base_key(model, k) not in IGNORED_KEYS}
+
+    # Names of one tied parameter: any one of them in the checkpoint provides all.
+    aliases: dict[int, list[str]] = collections.defaultdict(list)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases[id(p)].append(name)
+    provided = set(state)
+    for names in aliases.values():
+        if provided.intersection(names):
+            provided.update(names)
+
+    absent = [k for k in model_state if k not in provided]
+    unexpected = [k for k in state if k not in model_state]
+    mis_shaped = [(k, tuple(state[k].shape), tuple(v.shape))
+                  for k, v in model_state.items() if k in state and state[k].shape != v.shape]
+
+    # Optional parts wholly absent from the checkpoint keep their fresh initialisation.
+    present_units = {_unit_of(k, prefix) for k in state} - {None}
+    missing = []
+    for k in absent:
+        unit = _unit_of(k, prefix)
+        if unit is not None and unit not in present_units:
+            report.newly_initialized.append(k)
+        else:
+            missing.append(k)
+    # Another task's head (or a pooler this model has not) is unused, anything else unexpected.
+    def is_head(k: str) -> bool:
+        return _unit_of(k, prefix) is not None or k.split(".", 1)[0] in HEAD_NAMESPACES
+
+    report.unused = [k for k in unexpected if is_head(k)]
+    unexpected = [k for k in unexpected if not is_head(k)]
+    if ignore_mismatched_sizes:
+        report.mismatched, mis_shaped = mis_shaped, []
+
+    if missing or unexpected or mis_shaped:
+        parts = []
+        if missing:
+            parts.append(f"{_count(len(missing), 'missing key')}: {_names(missing)}")
+        if unexpected:
+            parts.append(f"{_count(len(unexpected), 'unexpected key')}: {_names(unexpected)}")
+        if mis_shaped:
+            parts.append(f"{_count(len(mis_shaped), 'mis-shaped key')}: " + _names(
+                [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mis_shaped]))
+        raise ValueError(f"{path}: " + "; ".join(parts))
+
+    skip = {k for k, _, _ in report.mismatched}
+    with torch.no_grad():
+        for k, t in state.items():
+            if k in model_state and k not in skip:
+                model_state[k].copy_(t)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.load_report = report
+    if not report.clean:
+        warnings.warn(str(report), LoadWarning, stacklevel=3)
+    return model.eval()

