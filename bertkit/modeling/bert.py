@@ -1,0 +1,320 @@
+"""The BERT encoder. Attribute names equal HuggingFace checkpoint keys, so loading needs no remapping.
+
+Every layer runs on packed tokens (see packing.py): padding is removed once after the embeddings.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import BertConfig
+from . import packing as P
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+ACT = {
+    "gelu": F.gelu,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_fast,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+@dataclass
+class BertModelOutput:
+    last_hidden_state: torch.Tensor             # (batch, seqlen, hidden), zero at padding
+    pooler_output: torch.Tensor | None = None   # (batch, hidden)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + every layer, each (batch, seqlen, hidden)
+    attentions: tuple[torch.Tensor, ...] | None = None     # every layer, (batch, heads, seqlen, seqlen)
+
+
+@dataclass
+class Encoded:
+    """What the encoder hands to heads: packed tokens, so heads pay only for real tokens."""
+
+    hidden: torch.Tensor                 # (tokens, hidden)
+    packing: P.Packing
+    all_hidden: list[torch.Tensor] | None  # packed, embeddings first
+    all_weights: list[list[torch.Tensor]] | None
+
+    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
+        if self.all_hidden is None:
+            return None
+        return tuple(P.repad(h, self.packing) for h in self.all_hidden)
+
+    def attentions(self) -> tuple[torch.Tensor, ...] | None:
+        if self.all_weights is None:
+            return None
+        return tuple(P.repad_attention(w, self.packing) for w in self.all_weights)
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None) -> torch.Tensor:
+        """All arguments are packed `(tokens,)` ids (or `(tokens, hidden)` embeddings)."""
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        x = x + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, packing: P.Packing, need_weights: bool = False):
+        tokens = x.shape[0]
+        # One GEMM for q, k and v: (tokens, hidden) @ (hidden, 3 * hidden)
+        w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(x, w, b).view(tokens, 3, self.num_heads, self.head_dim)  # (tokens, 3, heads, head_dim)
+        q, k, v = qkv.unbind(1)                                                  # each (tokens, heads, head_dim)
+        out, weights = P.attention(q, k, v, packing, self.dropout_p if self.training else 0.0, need_weights)
+        return out.reshape(tokens, -1), weights                                  # (tokens, hidden)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x, packing, need_weights=False):
+        a, weights = self.self(x, packing, need_weights)
+        return self.output(a, x), weights
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT[config.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class BertOutput(BertSelfOutput):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x, packing, need_weights=False):
+        a, weights = self.attention(x, packing, need_weights)
+        return self.output(self.intermediate(a), a), weights
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, first_token: torch.Tensor) -> torch.Tensor:
+        """first_token: (batch, hidden), the [CLS] state of each sequence."""
+        return self.activation(self.dense(first_token))
+
+
+class BertPreTrainedModel(nn.Module):
+    """Weight initialisation, embedding resizing and the checkpoint entry points shared by all models."""
+
+    base_model_prefix = "bert"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"{type(self).__name__} expects a BertConfig, got {type(config).__name__}")
+        self.config = config
+
+    @property
+    def base_model(self) -> "BertModel":
+        return getattr(self, self.base_model_prefix, self)
+
+    def _init_module(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        """Random initialisation as in BERT: N(0, initializer_range), zero biases, unit LayerNorm."""
+        self.apply(self._init_module)
+        emb = self.get_input_embeddings()
+        if emb.padding_idx is not None:  # a tied decoder's init may have overwritten the padding row
+            with torch.no_grad():
+                emb.weight[emb.padding_idx].zero_()
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Heads whose decoder shares the word embeddings re-establish the tie here."""
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.embeddings.word_embeddings
+
+    def resize_token_embeddings(self, vocab_size: int) -> nn.Embedding:
+        """Grow or shrink the vocabulary (after `tokenizer.add_tokens`); new rows are freshly initialised."""
+        old = self.get_input_embeddings()
+        if vocab_size == old.num_embeddings:
+            return old
+        new = nn.Embedding(vocab_size, old.embedding_dim, padding_idx=old.padding_idx,
+                           device=old.weight.device, dtype=old.weight.dtype)
+        self._init_module(new)
+        keep = min(vocab_size, old.num_embeddings)
+        with torch.no_grad():
+            new.weight[:keep] = old.weight[:keep]
+        self.base_model.embeddings.word_embeddings = new
+        self.config.vocab_size = vocab_size
+        self.tie_weights()
+        return new
+
+    @classmethod
+    def from_config(cls, config: BertConfig):
+        return cls(config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
+        from ..hub import load_pretrained
+        return load_pretrained(cls, name_or_path, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from ..hub import save_pretrained
+        save_pretrained(self, directory)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+class BertModel(BertPreTrainedModel):
+    """Embeddings, a stack of encoder layers, and the [CLS] pooler."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+               inputs_embeds=None, output_hidden_states=False, output_attentions=False) -> Encoded:
+        """Run the encoder on packed tokens; the inputs are padded `(batch, seqlen)` tensors as usual."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if ref.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, seqlen), got {tuple(ref.shape)}")
+        batch, seqlen = ref.shape
+        if seqlen > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seqlen} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings}); truncate the input")
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seqlen, dtype=torch.long, device=ref.device)
+        elif attention_mask.shape != ref.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                             f"expected {tuple(ref.shape)} like input_ids")
+        packing = P.pack(attention_mask)
+
+        if position_ids is None:
+            positions = packing.indices % seqlen                         # (tokens,)
+        else:
+            positions = P.unpad(position_ids.expand(batch, seqlen), packing)
+        if token_type_ids is None:
+            types = torch.zeros_like(positions)
+        else:
+            types = P.unpad(token_type_ids, packing)
+        ids = P.unpad(input_ids, packing) if input_ids is not None else None
+        embeds = P.unpad(inputs_embeds, packing) if inputs_embeds is not None else None
+        h = self.embeddings(ids, types, positions, embeds)               # (tokens, hidden)
+
+        all_hidden = [h] if output_hidden_states else None
+        all_weights = [] if output_attentions else None
+        for layer in self.encoder.layer:
+            h, weights = layer(h, packing, output_attentions)
+            if output_hidden_states:
+                all_hidden.append(h)
+            if output_attentions:
+                all_weights.append(weights)
+        return Encoded(h, packing, all_hidden, all_weights)
+
+    def pool(self, enc: Encoded) -> torch.Tensor:
+        if self.pooler is None:
+            raise ValueError("this model was built without a pooler (add_pooling_layer=False)")
+        return self.pooler(enc.hidden.index_select(0, enc.packing.first_tokens))  # (batch, hidden)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, output_hidden_states=False, output_attentions=False) -> BertModelOutput:
+        enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                          output_hidden_states, output_attentions)
+        return BertModelOutput(
+            last_hidden_state=P.repad(enc.hidden, enc.packing),
+            pooler_output=self.pool(enc) if self.pooler is not None else None,
+            hidden_states=enc.hidden_states(),
+            attentions=enc.attentions(),
+        )

@@ -1,0 +1,308 @@
+"""Task heads on top of BertModel: each is `self.bert` + a small head; the loss only when labels are given.
+
+Heads work on packed tokens and put padding back only in the logits they return. Token-level logits are 0
+at padding positions (their labels are -100 anyway); QA logits there are the dtype's minimum, so a span
+can never start or end on padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import BertConfig
+from . import packing as P
+from .bert import ACT, BertModel, BertPreTrainedModel, Encoded
+
+
+@dataclass
+class ClassifierOutput:
+    """Logits of any classification-shaped head: sequence, token, masked LM, NSP, multiple choice."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class PreTrainingOutput:
+    prediction_logits: torch.Tensor        # (batch, seqlen, vocab)
+    seq_relationship_logits: torch.Tensor  # (batch, 2)
+    loss: torch.Tensor | None = None       # MLM + NSP
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class QuestionAnsweringOutput:
+    start_logits: torch.Tensor  # (batch, seqlen)
+    end_logits: torch.Tensor    # (batch, seqlen)
+    loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x):
+        return self.LayerNorm(self.transform_act_fn(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.bias = self.decoder.bias  # one bias, reachable under both checkpoint names
+
+    def forward(self, x):
+        return self.decoder(self.transform(x))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config)
+
+
+class BertOnlyNSPHead(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+class BertPreTrainingHeads(BertOnlyNSPHead):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.predictions = BertLMPredictionHead(config)
+
+
+class _BertHeadModel(BertPreTrainedModel):
+    """Builds `self.bert`, lets the subclass add its head, then initialises the head only."""
+
+    add_pooling_layer = True
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
+
+    def _init_head(self, *modules: nn.Module) -> None:
+        for m in modules:
+            m.apply(self._init_module)  # the MLM decoder's Linear init zeroes cls.predictions.bias
+        self.tie_weights()
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                output_hidden_states, output_attentions) -> Encoded:
+        return self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                output_hidden_states, output_attentions)
+
+
+class _TiedMLM:
+    """Mixin: the MLM decoder shares the word embeddings (and its bias is cls.predictions.bias)."""
+
+    def tie_weights(self) -> None:
+        pred = self.cls.predictions
+        emb = self.bert.embeddings.word_embeddings
+        pred.decoder.weight = emb.weight
+        if pred.bias.shape[0] != emb.num_embeddings:  # after resize_token_embeddings
+            old = pred.bias.data
+            bias = nn.Parameter(old.new_zeros(emb.num_embeddings))
+            n = min(old.shape[0], emb.num_embeddings)
+            bias.data[:n] = old[:n]
+            pred.bias = bias
+        pred.decoder.bias = pred.bias
+        pred.decoder.out_features = emb.num_embeddings
+
+
+def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+
+
+class BertForPreTraining(_TiedMLM, _BertHeadModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.cls = BertPreTrainingHeads(config)
+        self._init_head(self.cls)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, next_sentence_label=None,
+                output_hidden_states=False, output_attentions=False) -> PreTrainingOutput:
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_hidden_states, output_attentions)
+        token_logits = self.cls.predictions(enc.hidden)          # (tokens, vocab)
+        nsp_logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
+        mlm_loss = nsp_loss = loss = None
+        if labels is not None:
+            mlm_loss = _mlm_loss(token_logits, P.unpad(labels, enc.packing))
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1))
+        if mlm_loss is not None and nsp_loss is not None:
+            loss = mlm_loss + nsp_loss
+        return PreTrainingOutput(P.repad(token_logits, enc.packing), nsp_logits, loss, mlm_loss, nsp_loss,
+                                 enc.hidden_states(), enc.attentions())
+
+
+class BertForMaskedLM(_TiedMLM, _BertHeadModel):
+    add_pooling_layer = False
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.cls = BertOnlyMLMHead(config)
+        self._init_head(self.cls)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=False,
+                output_attentions=False) -> ClassifierOutput:
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_hidden_states, output_attentions)
+        logits = self.cls.predictions(enc.hidden)                # (tokens, vocab)
+        loss = _mlm_loss(logits, P.unpad(labels, enc.packing)) if labels is not None else None
+        return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
+
+
+class BertForNextSentencePrediction(_BertHeadModel):
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.cls = BertOnlyNSPHead(config)
+        self._init_head(self.cls)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=False,
+                output_attentions=False) -> ClassifierOutput:
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_hidden_states, output_attentions)
+        logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
+        loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
+        return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
+
+
+def _dropout_p(config: BertConfig) -> float:
+    return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+
+
+def sequence_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig) -> torch.Tensor:
+    """Regression (one label), single-label or multi-label classification, as the config or labels say."""
+    problem = config.problem_type
+    if problem is None:
+        if config.num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    logits = logits.float()
+    if problem == "regression":
+        if config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.float().squeeze())
+        return F.mse_loss(logits, labels.float())
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+class BertForSequenceClassification(_BertHeadModel):
+    """Classification or regression (num_labels == 1) from the pooled [CLS] state."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(_dropout_p(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._init_head(self.classifier)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=False,
+                output_attentions=False) -> ClassifierOutput:
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(self.bert.pool(enc)))  # (batch, labels)
+        loss = sequence_loss(logits, labels, self.config) if labels is not None else None
+        return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
+
+
+class BertForTokenClassification(_BertHeadModel):
+    add_pooling_layer = False
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(_dropout_p(config))
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self._init_head(self.classifier)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=False,
+                output_attentions=False) -> ClassifierOutput:
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(enc.hidden))            # (tokens, labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), P.unpad(labels, enc.packing), ignore_index=-100)
+        return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
+
+
+class BertForQuestionAnswering(_BertHeadModel):
+    """Extractive QA: a start and an end score for every token."""
+
+    add_pooling_layer = False
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self._init_head(self.qa_outputs)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_hidden_states=False,
+                output_attentions=False) -> QuestionAnsweringOutput:
+        enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                           output_hidden_states, output_attentions)
+        logits = self.qa_outputs(enc.hidden)                          # (tokens, 2)
+        logits = P.repad(logits, enc.packing, fill=torch.finfo(logits.dtype).min)  # (batch, seqlen, 2)
+        start_logits, end_logits = logits.unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the sequence (e.g. an answer cut off by a window) are ignored.
+            seqlen = start_logits.shape[1]
+            start = start_positions.view(-1).clamp(0, seqlen)
+            end = end_positions.view(-1).clamp(0, seqlen)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=seqlen)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=seqlen)) / 2
+        return QuestionAnsweringOutput(start_logits, end_logits, loss, enc.hidden_states(), enc.attentions())
+
+
+class BertForMultipleChoice(_BertHeadModel):
+    """Each (batch, choices, seqlen) input is scored from its pooled [CLS]; softmax across choices."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.dropout = nn.Dropout(_dropout_p(config))
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self._init_head(self.classifier)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=False,
+                output_attentions=False) -> ClassifierOutput:
+        ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if ref.dim() != 3:
+            raise ValueError(f"multiple choice input_ids must have shape (batch, choices, seqlen), "
+                             f"got {tuple(ref.shape)}")
+        batch, choices, seqlen = ref.shape
+
+        def flat(t):  # (batch, choices, seqlen, ...) -> (batch * choices, seqlen, ...)
+            return None if t is None else t.reshape(batch * choices, seqlen, *t.shape[3:])
+
+        enc = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+                           flat(inputs_embeds), output_hidden_states, output_attentions)
+        logits = self.classifier(self.dropout(self.bert.pool(enc)))   # (batch * choices, 1)
+        logits = logits.view(batch, choices)                           # (batch, choices)
+        loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
+        return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())

@@ -1,0 +1,119 @@
+"""Packed (unpadded) execution: remove padding once, run the layers on real tokens, put it back where asked.
+
+Real batches are mostly padding, so the encoder works on a `(tokens, hidden)` matrix that holds only the
+real tokens of every sequence, back to back. Linear layers, GELU and LayerNorm act per token and do not care;
+only attention needs to know where each sequence starts, which `cu_seqlens` (cumulative lengths) records.
+That is exactly the layout of variable-length attention kernels (FlashAttention's varlen API), so a GPU kernel
+slots into `attention()` without touching the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the real tokens of a padded `(batch, seqlen)` grid live once packed."""
+
+    indices: torch.Tensor     # (tokens,) flat index into batch * seqlen of each real token, in order
+    cu_seqlens: torch.Tensor  # (batch + 1,) int32, sequence b is packed rows cu_seqlens[b]:cu_seqlens[b+1]
+    max_seqlen: int
+    batch: int
+    seqlen: int
+    # Runs of consecutive sequences with the same length, as (first packed row, sequences, length):
+    # each run is one dense batched attention call on the CPU.
+    runs: tuple[tuple[int, int, int], ...]
+
+    @property
+    def first_tokens(self) -> torch.Tensor:
+        """Packed row of each sequence's first token (the [CLS] the pooler reads)."""
+        return self.cu_seqlens[:-1].long()
+
+    @property
+    def is_dense(self) -> bool:
+        """True when nothing is padding, so packing is a plain reshape."""
+        return len(self.runs) == 1 and self.runs[0][2] == self.seqlen
+
+
+def pack(attention_mask: torch.Tensor) -> Packing:
+    """Plan the packing for a `(batch, seqlen)` mask of 1 (real token) and 0 (padding)."""
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must have shape (batch, seqlen), got {tuple(attention_mask.shape)}")
+    batch, seqlen = attention_mask.shape
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1, dtype=torch.int32)                         # (batch,)
+    lengths_list = lengths.tolist()                                       # the one host sync per forward
+    if 0 in lengths_list:
+        raise ValueError(f"attention_mask row {lengths_list.index(0)} has no real token (all zeros)")
+    cu_seqlens = F.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))  # (batch + 1,)
+    if sum(lengths_list) == batch * seqlen:
+        indices = torch.arange(batch * seqlen, device=mask.device)
+    else:
+        indices = torch.nonzero(mask.flatten(), as_tuple=True)[0]       # (tokens,)
+    runs, start, b = [], 0, 0
+    while b < batch:
+        n = 1
+        while b + n < batch and lengths_list[b + n] == lengths_list[b]:
+            n += 1
+        runs.append((start, n, lengths_list[b]))
+        start += n * lengths_list[b]
+        b += n
+    return Packing(indices, cu_seqlens, max(lengths_list), batch, seqlen, tuple(runs))
+
+
+def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """(batch, seqlen, ...) -> (tokens, ...)."""
+    flat = x.reshape(packing.batch * packing.seqlen, *x.shape[2:])      # (batch * seqlen, ...)
+    return flat if packing.is_dense else flat.index_select(0, packing.indices)
+
+
+def repad(x: torch.Tensor, packing: Packing, fill: float = 0.0) -> torch.Tensor:
+    """(tokens, ...) -> (batch, seqlen, ...), padding positions set to `fill`."""
+    if packing.is_dense:
+        return x.reshape(packing.batch, packing.seqlen, *x.shape[1:])   # (batch, seqlen, ...)
+    out = x.new_full((packing.batch * packing.seqlen, *x.shape[1:]), fill)
+    out.index_copy_(0, packing.indices, x)
+    return out.view(packing.batch, packing.seqlen, *x.shape[1:])        # (batch, seqlen, ...)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
+              dropout_p: float = 0.0, need_weights: bool = False):
+    """Attention of each packed sequence over itself.
+
+    q, k, v: (tokens, heads, head_dim). Returns (tokens, heads, head_dim) and, when `need_weights`,
+    one (sequences, heads, length, length) probability tensor per run (for visualisation).
+    The CPU path batches each run of equal-length sequences into one dense call; a varlen GPU kernel
+    would take (q, k, v, cu_seqlens, max_seqlen) directly.
+    """
+    outputs, weights = [], []
+    for start, n, length in packing.runs:
+        end = start + n * length
+        # (n * length, heads, head_dim) -> (n, heads, length, head_dim)
+        qs, ks, vs = (t[start:end].view(n, length, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
+        if need_weights:
+            scores = (qs @ ks.transpose(-1, -2)) * qs.shape[-1] ** -0.5   # (n, heads, length, length)
+            probs = scores.softmax(dim=-1)
+            weights.append(probs)
+            o = F.dropout(probs, dropout_p) @ vs
+        else:
+            o = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p)
+        outputs.append(o.transpose(1, 2).reshape(n * length, *q.shape[1:]))  # (n * length, heads, head_dim)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return out, weights
+
+
+def repad_attention(weights: list[torch.Tensor], packing: Packing) -> torch.Tensor:
+    """Per-run probabilities -> (batch, heads, seqlen, seqlen), zero where a query or key is padding."""
+    heads = weights[0].shape[1]
+    out = weights[0].new_zeros(packing.batch, heads, packing.seqlen, packing.seqlen)
+    positions = packing.indices % packing.seqlen                          # (tokens,) column of each token
+    b = 0
+    for (start, n, length), probs in zip(packing.runs, weights):
+        for i in range(n):
+            pos = positions[start + i * length:start + (i + 1) * length]
+            out[b, :, pos[:, None], pos[None, :]] = probs[i]
+            b += 1
+    return out
