@@ -1,0 +1,719 @@
+"""BERT's WordPiece tokenizer, run by the Rust `tokenizers` engine, behind a HF-familiar API.
+
+The pipeline is the one Hugging Face builds for BERT (BertNormalizer -> BertPreTokenizer -> WordPiece ->
+[CLS] A [SEP] B [SEP] template), so ids match `transformers.BertTokenizer` exactly and the files we save
+load in transformers. Batches go to Rust in one call, with truncation and padding configured on the Rust
+side, so the Python cost per text is a few attribute reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.models import WordPiece
+
+from bertkit.io import atomic_path, write_text_atomic
+
+__all__ = ["BatchEncoding", "BertTokenizer", "load_vocab"]
+
+SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+DEFAULT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+# User-facing option values -> the strategy name the Rust side uses (None: off).
+_PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
+_TRUNCATION = {
+    False: None,
+    "do_not_truncate": None,
+    True: "longest_first",
+    "longest_first": "longest_first",
+    "only_first": "only_first",
+    "only_second": "only_second",
+}
+
+
+def load_vocab(path: str | os.PathLike) -> dict[str, int]:
+    """Read a vocab.txt (one token per line, id = line number), refusing duplicates that would shift ids."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    vocab: dict[str, int] = {}
+    for index, token in enumerate(lines):
+        if token in vocab:
+            raise ValueError(
+                f"{path}:{index + 1}: duplicate token {token!r} (first on line {vocab[token] + 1}); "
+                "a vocabulary must list each token once"
+            )
+        vocab[token] = index
+    return vocab
+
+
+class BatchEncoding(dict):
+    """The model inputs (input_ids, token_type_ids, attention_mask, ...) plus the Rust encodings behind them.
+
+    Row `i` of the lists (or tensors) is `encodings[i]`, which answers `word_ids(i)` etc.
+    """
+
+    def __init__(self, data: Mapping, encodings: list | None = None):
+        super().__init__(data)
+        self.encodings = encodings or []
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def word_ids(self, i: int = 0) -> list[int | None]:
+        """Index of the word each token came from (None for special and padding tokens)."""
+        return self.encodings[i].word_ids
+
+    def sequence_ids(self, i: int = 0) -> list[int | None]:
+        """0 for tokens of the first text, 1 for the second, None for special and padding tokens."""
+        return self.encodings[i].sequence_ids
+
+    def tokens(self, i: int = 0) -> list[str]:
+        return self.encodings[i].tokens
+
+    def to(self, device: str | torch.device) -> BatchEncoding:
+        """Move every tensor to `device` (in place; returns self for chaining)."""
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor):
+                self[key] = value.to(device)
+        return self
+
+
+class BertTokenizer:
+    """BERT WordPiece tokenizer.
+
+    `vocab_file` is a vocab.txt path or a {token: id} dict with ids 0..n-1. For an uncased vocabulary
+    (`do_lower_case=True`) accents are stripped too unless `strip_accents=False` (HF semantics: None
+    follows `do_lower_case`). `added_tokens_decoder` ({id: AddedToken}) restores tokens added after the
+    vocabulary, as saved; their ids are checked. Not thread-safe across calls with different
+    padding/truncation settings (they are set on the shared Rust tokenizer).
+    """
+
+    def __init__(
+        self,
+        vocab_file: str | os.PathLike | Mapping[str, int],
+        do_lower_case: bool = True,
+        *,
+        strip_accents: bool | None = None,
+        tokenize_chinese_chars: bool = True,
+        unk_token: str = "[UNK]",
+        sep_token: str = "[SEP]",
+        pad_token: str = "[PAD]",
+        cls_token: str = "[CLS]",
+        mask_token: str = "[MASK]",
+        model_max_length: int = 512,
+        max_input_chars_per_word: int = 100,
+        added_tokens_decoder: Mapping[int, AddedToken] | None = None,
+    ):
+        if isinstance(vocab_file, Mapping):
+            vocab, source = dict(vocab_file), "vocabulary dict"
+        else:
+            vocab, source = load_vocab(vocab_file), os.fspath(vocab_file)
+        if sorted(vocab.values()) != list(range(len(vocab))):
+            raise ValueError(f"{source}: token ids must be 0..{len(vocab) - 1}, each once")
+        if unk_token not in vocab:
+            raise ValueError(
+                f"{source}: the vocabulary lacks the unknown token {unk_token!r} "
+                "(WordPiece maps words it cannot split to it)"
+            )
+        self.do_lower_case = bool(do_lower_case)
+        self.strip_accents = strip_accents
+        self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.model_max_length = int(model_max_length)
+        self.max_input_chars_per_word = int(max_input_chars_per_word)
+
+        tok = Tokenizer(WordPiece(vocab, unk_token=unk_token, max_input_chars_per_word=max_input_chars_per_word))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=self.tokenize_chinese_chars,
+            strip_accents=strip_accents,
+            lowercase=self.do_lower_case,
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+        self._tok = tok
+        self._raw_decoder = decoders.WordPiece(prefix="##", cleanup=False)
+        self._rust_settings = None  # (truncation, padding) last sent to Rust; see _configure
+
+        # Restore saved added tokens first, in id order, so they get back their ids; then make sure the
+        # role tokens exist (a vocabulary without [CLS] gets it as a new token, as in HF).
+        for token_id, token in sorted((added_tokens_decoder or {}).items()):
+            (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+            if tok.token_to_id(token.content) != token_id:
+                raise ValueError(
+                    f"{source}: added token {token.content!r} is saved with id {token_id} but would get id "
+                    f"{tok.token_to_id(token.content)}; added-token ids must follow the vocabulary without gaps"
+                )
+        self._special = {
+            "unk_token": unk_token,
+            "sep_token": sep_token,
+            "pad_token": pad_token,
+            "cls_token": cls_token,
+            "mask_token": mask_token,
+        }
+        tok.add_special_tokens([_special(t) for t in self._special.values()])
+        self._update_post_processor()
+
+    # ----------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides) -> BertTokenizer:
+        """Load from a directory (tokenizer.json, else vocab.txt, plus tokenizer_config.json), a vocab.txt
+        or tokenizer.json file, or a model name resolved by `bertkit.hub`. `overrides` are constructor
+        arguments that win over the saved settings."""
+        path = Path(name_or_path)
+        if path.is_file():
+            if path.suffix == ".json":
+                return cls._from_tokenizer_json(path, overrides)
+            return cls(path, **overrides)
+        if not path.is_dir():
+            from bertkit.hub import resolve_model_dir
+
+            path = Path(resolve_model_dir(os.fspath(name_or_path)))
+        settings = _read_settings(path)
+        settings.update(overrides)
+        if (path / "tokenizer.json").is_file():
+            return cls._from_tokenizer_json(path / "tokenizer.json", settings)
+        if (path / "vocab.txt").is_file():
+            settings.setdefault("added_tokens_decoder", _read_added_tokens(path))
+            return cls(path / "vocab.txt", **settings)
+        raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt in this directory")
+
+    @classmethod
+    def _from_tokenizer_json(cls, path: Path, settings: dict) -> BertTokenizer:
+        """Rebuild from the WordPiece vocab and settings in a tokenizer.json (settings given win)."""
+        data = _read_json(path)
+        model = data.get("model") or {}
+        if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
+            raise ValueError(f"{path}: model must be a WordPiece model with '##' continuation, got {model.get('type')!r}")
+        normalizer = data.get("normalizer") or {}
+        if normalizer.get("type") == "BertNormalizer":
+            settings.setdefault("do_lower_case", normalizer["lowercase"])
+            settings.setdefault("strip_accents", normalizer["strip_accents"])
+            settings.setdefault("tokenize_chinese_chars", normalizer["handle_chinese_chars"])
+        settings.setdefault("unk_token", model["unk_token"])
+        settings.setdefault("max_input_chars_per_word", model.get("max_input_chars_per_word", 100))
+        settings.setdefault(
+            "added_tokens_decoder",
+            {entry["id"]: _added_token(entry) for entry in data.get("added_tokens") or []},
+        )
+        try:
+            return cls(model["vocab"], **settings)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    # ---------------------------------------------------------------------------------------- training
+    @classmethod
+    def train(
+        cls,
+        files: str | os.PathLike | Iterable[str | os.PathLike],
+        vocab_size: int = 30522,
+        *,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+        strip_accents: bool | None = None,
+        special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+        limit_alphabet: int = 1000,
+        show_progress: bool = False,
+        **init_kwargs,
+    ) -> BertTokenizer:
+        """Train a WordPiece vocabulary on text files (one or many paths). `init_kwargs` go to the
+        constructor (e.g. unk_token if `special_tokens` uses other names)."""
+        paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+        for p in paths:
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p}: training file not found")
+        return cls._train(
+            lambda tok, trainer: tok.train([os.fspath(p) for p in paths], trainer),
+            vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
+            init_kwargs,
+        )
+
+    @classmethod
+    def train_from_iterator(
+        cls,
+        iterator: Iterable[str] | Iterator[str],
+        vocab_size: int = 30522,
+        *,
+        lowercase: bool = True,
+        min_frequency: int = 2,
+        strip_accents: bool | None = None,
+        special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+        limit_alphabet: int = 1000,
+        show_progress: bool = False,
+        **init_kwargs,
+    ) -> BertTokenizer:
+        """Like `train`, from an iterable of texts (or of lists of texts) held in memory."""
+        return cls._train(
+            lambda tok, trainer: tok.train_from_iterator(iterator, trainer),
+            vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
+            init_kwargs,
+        )
+
+    @classmethod
+    def _train(cls, run, vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet,
+               show_progress, init_kwargs) -> BertTokenizer:
+        """Train with the same normalizer/pre-tokenizer the result will use, so pieces match at run time."""
+        tok = Tokenizer(WordPiece(unk_token=init_kwargs.get("unk_token", "[UNK]")))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=init_kwargs.get("tokenize_chinese_chars", True),
+            strip_accents=strip_accents,
+            lowercase=lowercase,
+        )
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(special_tokens),
+            limit_alphabet=limit_alphabet,
+            continuing_subword_prefix="##",
+            show_progress=show_progress,
+        )
+        run(tok, trainer)
+        return cls(tok.get_vocab(with_added_tokens=False), do_lower_case=lowercase, strip_accents=strip_accents,
+                   **init_kwargs)
+
+    # ------------------------------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | os.PathLike) -> tuple[str, ...]:
+        """Write vocab.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json (each
+        atomically), readable by bertkit and by transformers' BertTokenizer / BertTokenizerLegacy."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        base = self._tok.get_vocab(with_added_tokens=False)
+        added = self.added_tokens_decoder
+        role_tokens = set(self._special.values())
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.do_lower_case,
+            "strip_accents": self.strip_accents,
+            "tokenize_chinese_chars": self.tokenize_chinese_chars,
+            "do_basic_tokenize": True,
+            "never_split": None,
+            "model_max_length": self.model_max_length,
+            "max_input_chars_per_word": self.max_input_chars_per_word,
+            "clean_up_tokenization_spaces": True,
+            **self._special,
+            "extra_special_tokens": [t.content for t in added.values() if t.special and t.content not in role_tokens],
+            "added_tokens_decoder": {str(i): _added_token_dict(t) for i, t in added.items()},
+        }
+        self._configure(None, None)  # tokenizer.json must not carry a call's truncation/padding
+        paths = {name: directory / name for name in
+                 ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")}
+        write_text_atomic(paths["vocab.txt"], "".join(t + "\n" for t in sorted(base, key=base.get)))
+        with atomic_path(paths["tokenizer.json"]) as tmp:
+            self._tok.save(tmp, pretty=True)
+        write_text_atomic(paths["tokenizer_config.json"], json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        write_text_atomic(paths["special_tokens_map.json"], json.dumps(self._special, indent=2) + "\n")
+        return tuple(os.fspath(p) for p in paths.values())
+
+    # --------------------------------------------------------------------------------- special tokens
+    def add_special_tokens(self, special_tokens: Mapping[str, str]) -> int:
+        """Add or replace role tokens, e.g. {"cls_token": "<s>"}; returns how many new ids were made.
+
+        Special tokens are matched on the raw text and never split. A new unk_token must already be in
+        the WordPiece vocabulary (the model maps unknown words to it by its vocabulary id)."""
+        for key, value in special_tokens.items():
+            if key not in SPECIAL_TOKEN_KEYS:
+                raise ValueError(f"special token key {key!r} is not one of {', '.join(SPECIAL_TOKEN_KEYS)}")
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{key} must be a non-empty str, got {value!r}")
+        new_unk = special_tokens.get("unk_token")
+        if new_unk is not None and self._tok.model.token_to_id(new_unk) is None:
+            raise ValueError(f"unk_token {new_unk!r} is not in the WordPiece vocabulary")
+        before = len(self)
+        self._tok.add_special_tokens([_special(t) for t in special_tokens.values()])
+        self._special.update(special_tokens)
+        if new_unk is not None:
+            self._tok.model.unk_token = new_unk
+        self._update_post_processor()
+        return len(self) - before
+
+    def add_tokens(self, tokens: str | Sequence[str], special_tokens: bool = False) -> int:
+        """Add whole tokens that are never split; returns how many got new ids (resize embeddings to len(self)).
+
+        For an uncased tokenizer, non-special tokens are lowercased first, so they match the lowercased
+        text ("HeLLo" is added as "hello"). Tokens already in the vocabulary are left alone, so adding a
+        known word does not change how other words split. Special tokens match the raw text, case-sensitively."""
+        tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+        for t in tokens:
+            if not isinstance(t, str) or not t:
+                raise TypeError(f"tokens to add must be non-empty str, got {t!r}")
+        before = len(self)
+        if special_tokens:
+            self._tok.add_special_tokens([_special(t) for t in tokens])
+        else:
+            known = self._tok.get_vocab(with_added_tokens=True)
+            fresh = dict.fromkeys(t.lower() if self.do_lower_case else t for t in tokens)
+            self._tok.add_tokens([AddedToken(t, special=False, normalized=True) for t in fresh if t not in known])
+        return len(self) - before
+
+    def _update_post_processor(self) -> None:
+        cls, sep = self._special["cls_token"], self._special["sep_token"]
+        self._tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls}:0 $A:0 {sep}:0",
+            pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls, self._tok.token_to_id(cls)), (sep, self._tok.token_to_id(sep))],
+        )
+
+    # --------------------------------------------------------------------------------------- encoding
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        text_pair: str | Sequence[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str = False,
+        max_length: int | None = None,
+        stride: int = 0,
+        return_overflowing_tokens: bool = False,
+        return_offsets_mapping: bool = False,
+        return_special_tokens_mask: bool = False,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """Encode a text, a pair, or a batch (list) of them.
+
+        A str gives flat lists (one sequence), a list gives lists of lists, and return_tensors="pt" gives
+        (batch, length) tensors. With truncation and return_overflowing_tokens, a long input yields several
+        windows of at most max_length tokens, overlapping by `stride` tokens, and `overflow_to_sample_mapping`
+        tells which input each row came from. max_length defaults to model_max_length when truncating or
+        padding to "max_length"."""
+        batched = not isinstance(text, str)
+        inputs = _texts(text, "text")
+        is_pair = text_pair is not None
+        if is_pair:
+            if batched == isinstance(text_pair, str):
+                raise TypeError("text_pair must be a str when text is a str, and a list of str when text is a list")
+            pairs = _texts(text_pair, "text_pair")
+            if len(pairs) != len(inputs):
+                raise ValueError(f"text has {len(inputs)} items but text_pair has {len(pairs)}")
+            inputs = list(zip(inputs, pairs))
+        pad = _option(padding, _PADDING, "padding")
+        trunc = _option(truncation, _TRUNCATION, "truncation")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+        if max_length is None and (trunc or pad == "max_length"):
+            max_length = self.model_max_length
+        if trunc and pad and pad_to_multiple_of and max_length % pad_to_multiple_of:
+            raise ValueError(
+                f"max_length={max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}: "
+                "padding would make truncated sequences longer than max_length"
+            )
+        if trunc:
+            self._check_truncation(trunc, max_length, stride, inputs, is_pair, add_special_tokens,
+                                   return_overflowing_tokens)
+        self._configure(
+            (max_length, stride, trunc) if trunc else None,
+            (max_length if pad == "max_length" else None, pad_to_multiple_of) if pad else None,
+        )
+        encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+
+        data = {}
+        if return_overflowing_tokens:
+            sample = [i for i, e in enumerate(encodings) for _ in range(1 + len(e.overflowing))]
+            encodings = [w for e in encodings for w in (e, *e.overflowing)]
+        data["input_ids"] = [e.ids for e in encodings]
+        data["token_type_ids"] = [e.type_ids for e in encodings]
+        data["attention_mask"] = [e.attention_mask for e in encodings]
+        if return_special_tokens_mask:
+            data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
+        if return_offsets_mapping:
+            data["offset_mapping"] = [e.offsets for e in encodings]
+        if return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = sample
+
+        if return_tensors == "pt":
+            lengths = {len(ids) for ids in data["input_ids"]}
+            if len(lengths) > 1:
+                raise ValueError(
+                    f"return_tensors='pt' needs sequences of one length, got lengths {min(lengths)}..{max(lengths)}; "
+                    "pass padding=True (and truncation=True for texts longer than max_length)"
+                )
+            data = {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
+        elif not batched and not return_overflowing_tokens:
+            data = {k: v[0] for k, v in data.items()}
+        return BatchEncoding(data, encodings)
+
+    def _check_truncation(self, trunc, max_length, stride, inputs, is_pair, add_special_tokens, overflow) -> None:
+        """Refuse settings the Rust truncation would mishandle (ignore silently, misfire or panic)."""
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+        if not isinstance(stride, int) or stride < 0:
+            raise ValueError(f"stride must be an int >= 0, got {stride!r}")
+        n_special = self.num_special_tokens_to_add(is_pair) if add_special_tokens else 0
+        room = max_length - n_special
+        if room < 1:
+            raise ValueError(
+                f"max_length={max_length} is too small: the special tokens alone take {n_special}, "
+                "so no text would fit"
+            )
+        if stride >= room:
+            raise ValueError(
+                f"stride={stride} must be smaller than max_length minus the special tokens ({room})"
+            )
+        if trunc == "only_second" and not is_pair:
+            raise ValueError("truncation='only_second' needs a text_pair to truncate")
+        if not is_pair:
+            return
+        if trunc == "longest_first" and overflow:
+            raise ValueError(
+                "return_overflowing_tokens with truncation='longest_first' is not supported for text pairs "
+                "(the windows would pair every part of one text with every part of the other); "
+                "use 'only_second' or 'only_first'"
+            )
+        if trunc in ("only_first", "only_second"):
+            self._check_kept_side(trunc, room, stride, inputs)
+
+    def _check_kept_side(self, trunc, room, stride, pairs) -> None:
+        """With only_first/only_second, the text kept whole must leave the other more than `stride` tokens
+        (when that one needs cutting at all); Rust would otherwise fail mid-batch, or panic."""
+        keep, cut = (1, 0) if trunc == "only_first" else (0, 1)
+        which = ("first", "second")
+        self._configure(None, None)
+        kept = self._tok.encode_batch_fast([p[keep] for p in pairs], add_special_tokens=False)
+        for i, enc in enumerate(kept):
+            left = room - len(enc.ids)
+            if left > stride:
+                continue
+            if len(self._tok.encode(pairs[i][cut], add_special_tokens=False).ids) > left:
+                raise ValueError(
+                    f"text pair {i}: truncation={trunc!r} keeps the {which[keep]} text whole ({len(enc.ids)} "
+                    f"tokens), leaving {max(left, 0)} for the {which[cut]} text, which needs more than "
+                    f"stride={stride}; raise max_length or shorten the {which[keep]} text"
+                )
+
+    def _configure(self, truncation, padding) -> None:
+        """Set truncation/padding on the Rust tokenizer, only when they differ from the last call."""
+        if (truncation, padding) == self._rust_settings:
+            return
+        if truncation is None:
+            self._tok.no_truncation()
+        else:
+            max_length, stride, strategy = truncation
+            self._tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
+        if padding is None:
+            self._tok.no_padding()
+        else:
+            length, multiple = padding
+            self._tok.enable_padding(
+                direction="right",
+                pad_id=self.pad_token_id,
+                pad_type_id=0,
+                pad_token=self.pad_token,
+                length=length,
+                pad_to_multiple_of=multiple,
+            )
+        self._rust_settings = (truncation, padding)
+
+    def encode(self, text: str, text_pair: str | None = None, **kwargs) -> list[int]:
+        """Token ids of one text (or pair), with [CLS]/[SEP] unless add_special_tokens=False."""
+        return self(text, text_pair, **kwargs)["input_ids"]
+
+    def tokenize(self, text: str) -> list[str]:
+        """WordPiece tokens of `text`, without special tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        self._configure(None, None)
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return self._tok.post_processor.num_special_tokens_to_add(pair)
+
+    # --------------------------------------------------------------------------------------- decoding
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = True) -> str:
+        """Text of `ids` (list, 1-D tensor or int): "##" pieces are glued back; with clean-up, the spaces
+        the tokenizer put before punctuation and contractions are removed (" ." -> ".")."""
+        ids = _id_list(ids)
+        if clean_up_tokenization_spaces:
+            return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        return self._raw_decoder.decode(self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens))
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: bool = True) -> list[str]:
+        sequences = sequences.tolist() if isinstance(sequences, torch.Tensor) else [_id_list(s) for s in sequences]
+        if clean_up_tokenization_spaces:
+            return self._tok.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+        return [self.decode(s, skip_special_tokens, False) for s in sequences]
+
+    # ------------------------------------------------------------------------------------- vocabulary
+    def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """Id of each token; tokens outside the vocabulary map to unk_token_id."""
+        unk = self.unk_token_id
+        if isinstance(tokens, str):
+            found = self._tok.token_to_id(tokens)
+            return unk if found is None else found
+        return [unk if (found := self._tok.token_to_id(t)) is None else found for t in tokens]
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
+        if isinstance(ids, int):
+            return self._tok.id_to_token(ids)
+        skip = self.all_special_ids if skip_special_tokens else ()
+        return [self._tok.id_to_token(i) for i in _id_list(ids) if i not in skip]
+
+    @property
+    def all_special_ids(self) -> set[int]:
+        """Ids of every special token (role tokens and tokens added with special_tokens=True)."""
+        return {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
+    @property
+    def added_tokens_decoder(self) -> dict[int, AddedToken]:
+        return dict(sorted(self._tok.get_added_tokens_decoder().items()))
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token -> id, added tokens included."""
+        return self._tok.get_vocab(with_added_tokens=True)
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        return self.get_vocab()
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the WordPiece vocabulary alone (len(self) counts added tokens too)."""
+        return self._tok.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def backend_tokenizer(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (shared: changes to it change this tokenizer)."""
+        return self._tok
+
+    def __repr__(self) -> str:
+        return (f"BertTokenizer(vocab_size={self.vocab_size}, added={len(self) - self.vocab_size}, "
+                f"do_lower_case={self.do_lower_case}, model_max_length={self.model_max_length})")
+
+    unk_token = property(lambda self: self._special["unk_token"])
+    sep_token = property(lambda self: self._special["sep_token"])
+    pad_token = property(lambda self: self._special["pad_token"])
+    cls_token = property(lambda self: self._special["cls_token"])
+    mask_token = property(lambda self: self._special["mask_token"])
+    unk_token_id = property(lambda self: self._tok.token_to_id(self._special["unk_token"]))
+    sep_token_id = property(lambda self: self._tok.token_to_id(self._special["sep_token"]))
+    pad_token_id = property(lambda self: self._tok.token_to_id(self._special["pad_token"]))
+    cls_token_id = property(lambda self: self._tok.token_to_id(self._special["cls_token"]))
+    mask_token_id = property(lambda self: self._tok.token_to_id(self._special["mask_token"]))
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _special(content: str) -> AddedToken:
+    """Special tokens match the raw text (before lower-casing), so "[CLS]" stays whole in any tokenizer."""
+    return AddedToken(content, special=True, normalized=False)
+
+
+def _added_token(entry: Mapping) -> AddedToken:
+    return AddedToken(
+        entry["content"],
+        single_word=entry.get("single_word", False),
+        lstrip=entry.get("lstrip", False),
+        rstrip=entry.get("rstrip", False),
+        normalized=entry.get("normalized", not entry.get("special", False)),
+        special=entry.get("special", False),
+    )
+
+
+def _added_token_dict(token: AddedToken) -> dict:
+    return {
+        "content": token.content,
+        "lstrip": token.lstrip,
+        "normalized": token.normalized,
+        "rstrip": token.rstrip,
+        "single_word": token.single_word,
+        "special": token.special,
+    }
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _token_str(value, path: Path, key: str) -> str:
+    """Special tokens are saved as a str or, by older transformers, as an AddedToken dict."""
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return value["content"]
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"{path}: {key} must be a str or an object with 'content', got {value!r}")
+
+
+def _read_settings(directory: Path) -> dict:
+    """Constructor arguments from tokenizer_config.json / special_tokens_map.json (HF key names)."""
+    settings: dict = {}
+    specials_path = directory / "special_tokens_map.json"
+    config_path = directory / "tokenizer_config.json"
+    for path in (specials_path, config_path):  # the config wins
+        if not path.is_file():
+            continue
+        data = _read_json(path)
+        for key in SPECIAL_TOKEN_KEYS:
+            if data.get(key) is not None:
+                settings[key] = _token_str(data[key], path, key)
+    if config_path.is_file():
+        config = _read_json(config_path)
+        for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length",
+                    "max_input_chars_per_word"):
+            if key in config and (config[key] is not None or key == "strip_accents"):
+                settings[key] = config[key]
+    return settings
+
+
+def _read_added_tokens(directory: Path) -> dict[int, AddedToken]:
+    """Added tokens of a vocab.txt directory: tokenizer_config.json's added_tokens_decoder, else the
+    older added_tokens.json ({token: id})."""
+    config_path = directory / "tokenizer_config.json"
+    if config_path.is_file():
+        decoder = _read_json(config_path).get("added_tokens_decoder")
+        if decoder:
+            return {int(i): _added_token(entry) for i, entry in decoder.items()}
+    added_path = directory / "added_tokens.json"
+    if added_path.is_file():
+        return {int(i): AddedToken(t, special=False, normalized=True) for t, i in _read_json(added_path).items()}
+    return {}
+
+
+def _texts(value, name: str) -> list[str]:
+    """`value` as a list of str, or a TypeError saying what was expected."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
+    if not all(isinstance(t, str) for t in value):
+        i, bad = next((i, t) for i, t in enumerate(value) if not isinstance(t, str))
+        raise TypeError(f"{name}[{i}] must be a str, got {type(bad).__name__}")
+    return value if isinstance(value, list) else list(value)
+
+
+def _option(value, allowed: dict, name: str):
+    if isinstance(value, (bool, str)) and value in allowed:
+        return allowed[value]
+    choices = ", ".join(repr(k) for k in allowed)
+    raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def _id_list(ids) -> list[int]:
+    """One sequence of ids as a list, from a list, a 0-/1-D tensor or an int."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() > 1:
+            raise ValueError(f"expected one sequence of ids, got a tensor of shape {tuple(ids.shape)}; use batch_decode")
+        return ids.reshape(-1).tolist()
+    if isinstance(ids, int):
+        return [ids]
+    return list(ids)

