@@ -1,0 +1,1 @@
+"""Per task: examples to features, the training objective, post-processing and metrics."""

@@ -1,0 +1,41 @@
+"""The pre-training objective: MLM at the masked positions only, plus NSP.
+
+The MLM decoder is a (hidden x vocab) matrix: applied to every token it costs more than the whole encoder
+of a small BERT. Only ~15% of the tokens carry a label, so the head runs on those rows alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling import BertForPreTraining
+from ..modeling import packing as P
+
+
+class PreTrainingObjective(nn.Module):
+    """Loss sums and correct-prediction counts; the trainer divides by the global counts."""
+
+    def __init__(self, model: BertForPreTraining):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {"mlm": int((batch["labels"] != -100).sum()), "nsp": int(batch["input_ids"].shape[0])}
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        bert, heads = self.model.bert, self.model.cls
+        enc = bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        labels = P.unpad(batch["labels"], enc.packing)                  # (tokens,)
+        rows = torch.nonzero(labels != -100, as_tuple=True)[0]           # (masked,)
+        targets = labels.index_select(0, rows)
+        mlm_logits = heads.predictions(enc.hidden.index_select(0, rows)).float()  # (masked, vocab)
+        nsp_logits = heads.seq_relationship(bert.pool(enc)).float()              # (batch, 2)
+        nsp_labels = batch["next_sentence_label"].view(-1)
+        sums = {"mlm": F.cross_entropy(mlm_logits, targets, reduction="sum"),
+                "nsp": F.cross_entropy(nsp_logits, nsp_labels, reduction="sum")}
+        with torch.no_grad():
+            stats = {"mlm_correct": (mlm_logits.argmax(-1) == targets).sum(),
+                     "nsp_correct": (nsp_logits.argmax(-1) == nsp_labels).sum()}
+        return sums, stats
