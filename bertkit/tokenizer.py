@@ -4,6 +4,13 @@ The pipeline is the one Hugging Face builds for BERT (BertNormalizer -> BertPreT
 [CLS] A [SEP] B [SEP] template), so ids match `transformers.BertTokenizer` exactly and the files we save
 load in transformers. Batches go to Rust in one call, with truncation and padding configured on the Rust
 side, so the Python cost per text is a few attribute reads.
+
+On every line of ../shared/data the ids also equal transformers' pure-Python BertTokenizerLegacy. The two
+references disagree on rare input, and we follow the Rust one (transformers reads our files with it):
+decomposed accents in cased text (Python composes them with NFC first), Greek capital sigma at a word end
+when lower-casing (Python's str.lower gives the final form), unassigned code points (Python drops them),
+CJK code points U+2B820..U+2B91F (Python splits them off like other CJK), and punctuation newer than the
+Rust Unicode tables (e.g. U+2E44).
 """
 from __future__ import annotations
 
@@ -115,14 +122,14 @@ class BertTokenizer:
         added_tokens_decoder: Mapping[int, AddedToken] | None = None,
     ):
         if isinstance(vocab_file, Mapping):
-            vocab, source = dict(vocab_file), "vocabulary dict"
+            vocab, source = dict(vocab_file), "vocabulary"
         else:
             vocab, source = load_vocab(vocab_file), os.fspath(vocab_file)
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise ValueError(f"{source}: token ids must be 0..{len(vocab) - 1}, each once")
         if unk_token not in vocab:
             raise ValueError(
-                f"{source}: the vocabulary lacks the unknown token {unk_token!r} "
+                f"{source}: lacks the unknown token {unk_token!r} "
                 "(WordPiece maps words it cannot split to it)"
             )
         self.do_lower_case = bool(do_lower_case)
@@ -175,9 +182,9 @@ class BertTokenizer:
                 return cls._from_tokenizer_json(path, overrides)
             return cls(path, **overrides)
         if not path.is_dir():
-            from bertkit.hub import resolve_model_dir
+            from bertkit.hub import TOKENIZER_FILES, resolve_model_dir
 
-            path = Path(resolve_model_dir(os.fspath(name_or_path)))
+            path = Path(resolve_model_dir(os.fspath(name_or_path), required=TOKENIZER_FILES))
         settings = _read_settings(path)
         settings.update(overrides)
         if (path / "tokenizer.json").is_file():

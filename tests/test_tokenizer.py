@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import pickle
 import re
 import sys
 import types
@@ -228,6 +229,9 @@ def test_tensors_and_batch_encoding_api(tok):
     assert enc.tokens(0)[:3] == ["[CLS]", "a", "short"] and enc.word_ids(0)[-1] is None
     single = tok("one text", return_tensors="pt")
     assert single["input_ids"].shape == (1, 4)
+    # both survive pickling (DataLoader workers, multiprocessing)
+    assert pickle.loads(pickle.dumps(enc)).word_ids(1) == enc.word_ids(1)
+    assert pickle.loads(pickle.dumps(tok)).encode("Pickled, fine.") == tok.encode("Pickled, fine.")
 
 
 def test_vocab_accessors(tok, hf):
@@ -337,13 +341,15 @@ def test_vocab_txt_round_trip(tmp_path, tok):
 def test_from_pretrained_resolves_names_through_hub(monkeypatch):
     calls = []
 
-    def resolve_model_dir(name: str) -> str:
+    def resolve_model_dir(name: str, required: tuple[str, ...]) -> str:
+        assert required == ("vocab.txt", "tokenizer.json")
         calls.append(name)
         if name == "missing/model":
             raise FileNotFoundError(f"no model named {name!r}")
         return str(MINILM)
 
-    monkeypatch.setitem(sys.modules, "bertkit.hub", types.SimpleNamespace(resolve_model_dir=resolve_model_dir))
+    monkeypatch.setitem(sys.modules, "bertkit.hub", types.SimpleNamespace(
+        resolve_model_dir=resolve_model_dir, TOKENIZER_FILES=("vocab.txt", "tokenizer.json")))
     assert BertTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2").encode("hi") == [101, 7632, 102]
     with pytest.raises(FileNotFoundError, match="missing/model"):
         BertTokenizer.from_pretrained("missing/model")
