@@ -200,7 +200,9 @@ class BertTokenizer:
         data = _read_json(path)
         model = data.get("model") or {}
         if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
-            raise ValueError(f"{path}: model must be a WordPiece model with '##' continuation, got {model.get('type')!r}")
+            raise ValueError(
+                f"{path}: model must be a WordPiece model with '##' continuation, got {model.get('type')!r}"
+            )
         normalizer = data.get("normalizer") or {}
         if normalizer.get("type") == "BertNormalizer":
             settings.setdefault("do_lower_case", normalizer["lowercase"])
@@ -309,7 +311,8 @@ class BertTokenizer:
             "max_input_chars_per_word": self.max_input_chars_per_word,
             "clean_up_tokenization_spaces": True,
             **self._special,
-            "extra_special_tokens": [t.content for t in added.values() if t.special and t.content not in role_tokens],
+            "extra_special_tokens": [t.content for t in added.values()
+                                     if t.special and t.content not in role_tokens],
             "added_tokens_decoder": {str(i): _added_token_dict(t) for i, t in added.items()},
         }
         self._configure(None, None)  # tokenizer.json must not carry a call's truncation/padding
@@ -342,6 +345,7 @@ class BertTokenizer:
         if new_unk is not None:
             self._tok.model.unk_token = new_unk
         self._update_post_processor()
+        self._rust_settings = None  # the padding set on the Rust side may name the old pad token
         return len(self) - before
 
     def add_tokens(self, tokens: str | Sequence[str], special_tokens: bool = False) -> int:
@@ -400,7 +404,9 @@ class BertTokenizer:
         is_pair = text_pair is not None
         if is_pair:
             if batched == isinstance(text_pair, str):
-                raise TypeError("text_pair must be a str when text is a str, and a list of str when text is a list")
+                raise TypeError(
+                    "text_pair must be a str when text is a str, and a list of str when text is a list"
+                )
             pairs = _texts(text_pair, "text_pair")
             if len(pairs) != len(inputs):
                 raise ValueError(f"text has {len(inputs)} items but text_pair has {len(pairs)}")
@@ -443,7 +449,8 @@ class BertTokenizer:
             lengths = {len(ids) for ids in data["input_ids"]}
             if len(lengths) > 1:
                 raise ValueError(
-                    f"return_tensors='pt' needs sequences of one length, got lengths {min(lengths)}..{max(lengths)}; "
+                    "return_tensors='pt' needs sequences of one length, got lengths "
+                    f"{min(lengths)}..{max(lengths)}; "
                     "pass padding=True (and truncation=True for texts longer than max_length)"
                 )
             data = {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
@@ -561,7 +568,8 @@ class BertTokenizer:
             return unk if found is None else found
         return [unk if (found := self._tok.token_to_id(t)) is None else found for t in tokens]
 
-    def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
+    def convert_ids_to_tokens(self, ids: int | Sequence[int],
+                              skip_special_tokens: bool = False) -> str | list[str]:
         if isinstance(ids, int):
             return self._tok.id_to_token(ids)
         skip = self.all_special_ids if skip_special_tokens else ()
@@ -719,7 +727,9 @@ def _id_list(ids) -> list[int]:
     """One sequence of ids as a list, from a list, a 0-/1-D tensor or an int."""
     if isinstance(ids, torch.Tensor):
         if ids.dim() > 1:
-            raise ValueError(f"expected one sequence of ids, got a tensor of shape {tuple(ids.shape)}; use batch_decode")
+            raise ValueError(
+                f"expected one sequence of ids, got a tensor of shape {tuple(ids.shape)}; use batch_decode"
+            )
         return ids.reshape(-1).tolist()
     if isinstance(ids, int):
         return [ids]
