@@ -1,0 +1,127 @@
+"""bertkit.data.corpus: sentence splitting, document boundaries, file errors, the real WikiText file, and the
+corpus of Python's own documentation."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from bertkit.data.corpus import (
+    WIKITEXT_SECTION,
+    WIKITEXT_TITLE,
+    iter_documents,
+    python_docs_corpus,
+    read_documents,
+    split_sentences,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+WIKITEXT = DATA / "pretrain" / "wikitext-2-raw.test.raw"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Mr. Darcy met Dr. Smith at St. Paul's. They talked.", ["Mr. Darcy met Dr. Smith at St. Paul's.", "They talked."]),
+    ("J. R. R. Tolkien wrote it c. 1937. It sold well.", ["J. R. R. Tolkien wrote it c. 1937.", "It sold well."]),
+    ("It is used e.g. in the U.S. Army and i.e. Navy. Next one.",
+     ["It is used e.g. in the U.S. Army and i.e. Navy.", "Next one."]),
+    ('"Really?" she asked. "Yes!" He left!', ['"Really?" she asked.', '"Yes!"', "He left!"]),
+    ("She said “Go.” “Now!” he cried. (It worked.) Then 1990 came.",
+     ["She said “Go.”", "“Now!” he cried.", "(It worked.)", "Then 1990 came."]),
+    ("He served in No. 20 Squadron. The answer was no. Then he left.",
+     ["He served in No. 20 Squadron.", "The answer was no.", "Then he left."]),
+    # WikiText's tokenized style: punctuation and quotes stand apart
+    ('He was an actor . He had a role . " It was great , " he said .',
+     ["He was an actor .", "He had a role .", '" It was great , " he said .']),
+    ("no split before lowercase. or at the end.", ["no split before lowercase. or at the end."]),
+    ("  Wait... What?  ", ["Wait...", "What?"]),
+    ("", []),
+])
+def test_split_sentences(text, expected):
+    assert split_sentences(text) == expected
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_blank_lines_separate_documents_and_crlf(tmp_path):
+    p = _write(tmp_path / "a.txt", b"\xef\xbb\xbfFirst doc. Two sentences.\r\nSecond line.\r\n\r\n\r\n"
+                                   b"Other doc.\r\n   \r\nThird doc!\r\n")
+    q = _write(tmp_path / "b.txt", b"Fourth, no final newline")
+    docs = read_documents([p, q])
+    assert docs == [["First doc.", "Two sentences.", "Second line."], ["Other doc."], ["Third doc!"],
+                    ["Fourth, no final newline"]]
+    assert all("\r" not in s and "\ufeff" not in s for d in docs for s in d)
+    assert list(iter_documents(str(q))) == [["Fourth, no final newline"]]
+
+
+def test_heading_boundaries_skip_and_wrapped(tmp_path):
+    text = (" = Alpha = \r\n First para . Still alpha .\r\n = = History = = \r\n\r\n Later para .\r\n"
+            " = Beta ( film ) = \r\n Beta text .\r\n = = = Deeper = = = \r\n More beta .\r\n")
+    p = _write(tmp_path / "wiki.txt", text.encode())
+    assert read_documents(p, WIKITEXT_TITLE, skip=WIKITEXT_SECTION) == [
+        ["First para .", "Still alpha .", "Later para ."], ["Beta text .", "More beta ."]]
+    # without skip the section headings stay as text; they never start a document
+    assert len(read_documents(p, WIKITEXT_TITLE)) == 2
+    book = _write(tmp_path / "book.txt", b"CHAPTER I.\n\nIt is a truth universally\nacknowledged, that a man.\n"
+                                         b"Second line of the same paragraph.\n\nNew paragraph.\n\n"
+                                         b"CHAPTER II.\n\nMore.\n")
+    assert read_documents(book, r"^CHAPTER", wrapped=True) == [
+        ["It is a truth universally acknowledged, that a man.", "Second line of the same paragraph.",
+         "New paragraph."], ["More."]]
+
+
+def test_bad_byte_names_file_and_line(tmp_path):
+    p = _write(tmp_path / "bad.txt", b"good line\nalso good\nbad \xff byte here\n")
+    with pytest.raises(ValueError, match=re.escape(f"{p}:3: not valid UTF-8") + r".*0xff.*column 5"):
+        read_documents(p)
+
+
+def test_empty_corpus_names_files(tmp_path):
+    a = _write(tmp_path / "a.txt", b"\n  \r\n\n")
+    b = _write(tmp_path / "b.txt", b"")
+    with pytest.raises(ValueError, match=f"empty corpus.*{re.escape(str(a))}.*{re.escape(str(b))}"):
+        read_documents([a, b])
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_documents(tmp_path / "missing.txt")
+
+
+def test_wikitext_titles_on_the_real_file():
+    if not WIKITEXT.is_file():
+        pytest.skip(f"{WIKITEXT} not found")
+    lines = WIKITEXT.read_bytes().decode("utf-8").split("\r\n")
+    titles = [line for line in lines if re.match(WIKITEXT_TITLE, line)]
+    assert len(titles) == 62 and titles[0] == " = Robert Boulter = "
+    assert not any(line.startswith(" = = ") for line in titles)
+    docs = read_documents(WIKITEXT, WIKITEXT_TITLE, skip=WIKITEXT_SECTION)
+    assert 58 <= len(docs) <= 62
+    assert docs[0][0] == "Robert Boulter is an English film , television and theatre actor ."
+    sentences = [s for d in docs for s in d]
+    assert len(sentences) > 5000
+    assert not any("\r" in s or s.startswith("= =") for s in sentences)  # section headings skipped
+    words = sum(len(s.split()) for s in sentences)
+    assert 0.9 * 241_211 < words < 241_211  # the headings' tokens are the only ones left out
+
+
+def test_python_docs_corpus(tmp_path):
+    import json
+    import inspect
+
+    started = time.perf_counter()
+    path = python_docs_corpus(tmp_path / "pydocs.txt")
+    seconds = time.perf_counter() - started
+    assert seconds < 60
+    assert path.stat().st_size > 1_500_000
+    assert not list(tmp_path.glob("*.tmp*"))
+    docs = read_documents(path)
+    assert len(docs) > 5000
+    texts = ["\n".join(d) for d in docs]
+    assert len(set(texts)) > 0.99 * len(texts)  # deduplicated (sentence splitting may merge a few)
+    text = path.read_text(encoding="utf-8")
+    assert " ".join(inspect.getdoc(json.dumps).split("\n\n")[0].split()) in text  # a function's docstring
+    from pydoc_data.topics import topics
+    assert " ".join(topics["assert"].split("\n\n")[0].split()) in text  # a help topic
+    assert "Supporting definitions for the Python regression tests" not in text  # test packages skipped

@@ -1,0 +1,265 @@
+"""bertkit.data.masking: the MLM masking rule (counts, 80/10/10 proportions, whole words, determinism) and the
+resumable, rank-split batch source."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit.data.masking import MaskingCollator, PretrainingBatches, example_seed
+
+VOCAB = 1000
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+SPECIAL = {PAD, UNK, CLS, SEP, MASK}
+CONTINUATION = set(range(600, VOCAB))  # ids 600..999 play the '##' pieces
+
+
+def _examples(n: int, seed: int, min_len: int = 8, max_len: int = 128, unk_rate: float = 0.02):
+    """`[CLS] A [SEP] B [SEP]` examples of random ordinary ids (a few [UNK]), as PretrainingDataset gives."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(min_len, max_len + 1))
+        body = rng.integers(5, VOCAB, size=length - 3)
+        body[rng.random(length - 3) < unk_rate] = UNK
+        a = int(rng.integers(1, length - 3))
+        ids = np.concatenate([[CLS], body[:a], [SEP], body[a:], [SEP]]).astype(np.int64)
+        types = np.zeros(length, dtype=np.int64)
+        types[a + 2:] = 1
+        out.append((ids, types, int(rng.integers(0, 2))))
+    return out
+
+
+def _collator(**kwargs) -> MaskingCollator:
+    return MaskingCollator(VOCAB, SPECIAL, MASK, PAD, wordpiece_continuation=CONTINUATION, **kwargs)
+
+
+def _padded(examples) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(e[0]) for e in examples)
+    ids = torch.full((len(examples), width), PAD)
+    for i, e in enumerate(examples):
+        ids[i, :len(e[0])] = torch.from_numpy(e[0])
+    return ids, ids != PAD
+
+
+def _candidates(ids, real):
+    return real & ~torch.isin(ids, torch.tensor(sorted(SPECIAL)))
+
+
+def _check_labels(batch, ids, real):
+    selected = batch["labels"] != -100
+    assert torch.equal(batch["labels"][selected], ids[selected])
+    assert torch.equal(batch["input_ids"][~selected], ids[~selected])  # unchosen tokens untouched
+    assert not (selected & ~_candidates(ids, real)).any()  # never a special token or padding
+    assert torch.equal(batch["attention_mask"], real.long())
+    return selected
+
+
+def test_counts_and_80_10_10():
+    examples = _examples(2000, seed=0)
+    ids, real = _padded(examples)
+    batch = _collator(max_predictions_per_seq=10_000)(examples, torch.Generator().manual_seed(0))
+    selected = _check_labels(batch, ids, real)
+    n_cand = _candidates(ids, real).sum(1)
+    assert int(n_cand.sum()) > 100_000
+    expected = [max(1, round(0.15 * int(n))) for n in n_cand]
+    assert selected.sum(1).tolist() == expected  # round(15%) of each row, exactly
+    ratio = selected.sum().item() / n_cand.sum().item()
+    assert abs(ratio - 0.15) < 0.003
+
+    chosen = int(selected.sum())
+    out, orig = batch["input_ids"][selected], ids[selected]
+    masked = (out == MASK).float().mean().item()
+    random_ = ((out != MASK) & (out != orig)).float().mean().item()
+    kept = (out == orig).float().mean().item()
+    sd = lambda p: 4.5 * math.sqrt(p * (1 - p) / chosen)  # noqa: E731
+    p_same = 1 / (VOCAB - len(SPECIAL))  # a random token can be the original one
+    assert abs(masked - 0.8) < sd(0.8)
+    assert abs(random_ - 0.1 * (1 - p_same)) < sd(0.1)
+    assert abs(kept - 0.1 * (1 + p_same)) < sd(0.1)
+    replaced = out[(out != MASK) & (out != orig)]
+    assert not torch.isin(replaced, torch.tensor(sorted(SPECIAL))).any()  # random tokens are never special
+    assert len(replaced.unique()) > 0.8 * (VOCAB - len(SPECIAL))  # drawn over the whole vocabulary
+
+    # positions are uniform over the candidates: the same rate in each quarter of every row
+    cand = _candidates(ids, real)
+    rank = (cand.cumsum(1) - 1).float() / n_cand[:, None]
+    for q in range(4):
+        in_q = cand & (rank >= q / 4) & (rank < (q + 1) / 4)
+        rate = (selected & in_q).sum().item() / in_q.sum().item()
+        assert abs(rate - 0.15) < 4.5 * math.sqrt(0.15 * 0.85 / in_q.sum().item())
+
+
+def test_at_least_one_and_the_cap():
+    short = _examples(300, seed=1, min_len=5, max_len=12, unk_rate=0.0)
+    ids, real = _padded(short)
+    batch = _collator()(short, torch.Generator().manual_seed(1))
+    selected = _check_labels(batch, ids, real)
+    assert (selected.sum(1) >= 1).all()
+    assert selected.sum(1).tolist() == [max(1, round(0.15 * (len(e[0]) - 3))) for e in short]
+    long = _examples(50, seed=2, min_len=300, max_len=512)
+    ids, real = _padded(long)
+    batch = _collator()(long, torch.Generator().manual_seed(2))
+    assert (_check_labels(batch, ids, real).sum(1) == 20).all()  # max_predictions_per_seq
+    batch = _collator(max_predictions_per_seq=7)(long, torch.Generator().manual_seed(2))
+    assert (_check_labels(batch, ids, real).sum(1) == 7).all()
+
+
+def _words(row: list[int], real_len: int) -> list[list[int]]:
+    """Positions of each word: a non-special token and the '##' pieces right after it."""
+    words: list[list[int]] = []
+    for i in range(real_len):
+        if row[i] in SPECIAL:
+            continue
+        if row[i] in CONTINUATION and words and words[-1][-1] == i - 1:
+            words[-1].append(i)
+        else:
+            words.append([i])
+    return words
+
+
+@pytest.mark.parametrize("cap", [20, 10_000])
+def test_whole_word_masking(cap):
+    examples = _examples(600, seed=3)
+    ids, real = _padded(examples)
+    batch = _collator(whole_word=True, max_predictions_per_seq=cap)(examples, torch.Generator().manual_seed(3))
+    selected = _check_labels(batch, ids, real)
+    pieces = 0
+    for row, (e_ids, _, _) in enumerate(examples):
+        chosen = set(torch.nonzero(selected[row]).flatten().tolist())
+        words = _words(e_ids.tolist(), len(e_ids))
+        budget = min(cap, max(1, round(0.15 * sum(map(len, words)))))
+        for w in words:
+            assert set(w) <= chosen or not set(w) & chosen  # all pieces of a word, or none
+        if all(len(w) > budget for w in words):  # no word fits: one word anyway, within the cap
+            assert sum(set(w) <= chosen for w in words) == 1 and len(chosen) <= cap
+        else:
+            assert 1 <= len(chosen) <= budget
+        pieces += sum(len(w) > 1 and set(w) <= chosen for w in words)
+    assert pieces > 100  # multi-piece words do get chosen
+    n_cand = _candidates(ids, real).sum()
+    if cap > 1000:
+        assert abs(selected.sum().item() / n_cand.item() - 0.15) < 0.01
+
+
+def test_same_generator_same_batch_and_per_example_generators():
+    examples = _examples(32, seed=4)
+    for whole_word in (False, True):
+        collator = _collator(whole_word=whole_word)
+        a = collator(examples, torch.Generator().manual_seed(7))
+        b = collator(examples, torch.Generator().manual_seed(7))
+        c = collator(examples, torch.Generator().manual_seed(8))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not torch.equal(a["labels"], c["labels"])
+        # with one generator per example, an example's masks do not depend on its batch-mates or padding
+        gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+        full = collator(examples, gens(range(32)))
+        alone = collator(examples[5:6], gens([5]))
+        n = len(examples[5][0])
+        for key in ("input_ids", "labels", "token_type_ids", "attention_mask"):
+            assert torch.equal(full[key][5, :n], alone[key][0, :n])
+        assert torch.equal(full["next_sentence_label"][5:6], alone["next_sentence_label"])
+
+
+def test_collator_errors_and_dict_examples():
+    with pytest.raises(ValueError, match="wordpiece_continuation"):
+        MaskingCollator(VOCAB, SPECIAL, MASK, PAD, whole_word=True)
+    bad = [(np.array([CLS, 5, VOCAB, SEP]), np.zeros(4, dtype=np.int64), 0)]
+    with pytest.raises(ValueError, match="token ids must be in"):
+        _collator()(bad, torch.Generator())
+    with pytest.raises(ValueError, match="2 generators for 1 examples"):
+        _collator()(_examples(1, seed=0), [torch.Generator(), torch.Generator()])
+    table = np.zeros(VOCAB, dtype=bool)
+    table[sorted(CONTINUATION)] = True
+    as_array = MaskingCollator(VOCAB, SPECIAL, MASK, PAD, whole_word=True, wordpiece_continuation=table)
+    examples = _examples(4, seed=5)
+    dicts = [{"input_ids": i, "token_type_ids": t, "next_sentence_label": y} for i, t, y in examples]
+    a = as_array(dicts, torch.Generator().manual_seed(0))
+    b = _collator(whole_word=True)(examples, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------ PretrainingBatches
+DATASET = _examples(50, seed=6, max_len=40)
+
+
+def _take(batches: PretrainingBatches, n: int) -> list[dict]:
+    it = iter(batches)
+    return [next(it) for _ in range(n)]
+
+
+def _rows(batch: dict) -> list[tuple]:
+    """Each example of a batch without its padding, as comparable tuples."""
+    out = []
+    for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+        out.append(tuple(tuple(batch[k][i, :n].tolist()) for k in ("input_ids", "token_type_ids", "labels"))
+                   + (int(batch["next_sentence_label"][i]),))
+    return out
+
+
+def _original(row: tuple) -> tuple:
+    """The unmasked ids of a row (labels hold them where masked)."""
+    return tuple(label if label != -100 else token for token, label in zip(row[0], row[2]))
+
+
+def test_batches_deterministic_and_cover_each_epoch():
+    collator = _collator()
+    a = _take(PretrainingBatches(DATASET, 4, collator, seed=1), 30)  # 12 batches an epoch: crosses two epochs
+    b = _take(PretrainingBatches(DATASET, 4, collator, seed=1), 30)
+    assert [_rows(x) for x in a] == [_rows(x) for x in b]
+    c = _take(PretrainingBatches(DATASET, 4, collator, seed=2), 30)
+    assert [_rows(x) for x in a] != [_rows(x) for x in c]
+    originals = {tuple(e[0].tolist()) for e in DATASET}
+    epoch = [_original(r) for x in a[:12] for r in _rows(x)]
+    assert len(set(epoch)) == 48 and set(epoch) <= originals  # drop_last: 2 of 50 left out
+    everything = PretrainingBatches(DATASET, 7, collator, seed=1, drop_last=False)
+    assert everything.batches_per_epoch == 8
+    epoch = [_original(r) for x in _take(everything, 8) for r in _rows(x)]
+    assert sorted(epoch) == sorted(originals)
+    # an epoch's second pass is another order and other masks
+    assert _rows(a[0]) != _rows(a[12])
+
+
+def test_resume_gives_exactly_the_next_batch():
+    collator = _collator(whole_word=True)
+    reference = [_rows(x) for x in _take(PretrainingBatches(DATASET, 4, collator, seed=3), 30)]
+    for stop in (1, 11, 12, 17):
+        first = PretrainingBatches(DATASET, 4, collator, seed=3)
+        it = iter(first)
+        for _ in range(stop):
+            next(it)
+        state = first.state_dict()
+        assert state == {"epoch": stop // 12, "batch": stop % 12}
+        resumed = PretrainingBatches(DATASET, 4, collator, seed=3)
+        resumed.load_state_dict(state)
+        assert [_rows(x) for x in _take(resumed, 30 - stop)] == reference[stop:]
+    with pytest.raises(ValueError, match="outside"):
+        resumed.load_state_dict({"epoch": 0, "batch": 12})
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_two_ranks_equal_one_rank(whole_word):
+    collator = _collator(whole_word=whole_word)
+    single = _take(PretrainingBatches(DATASET, 8, collator, seed=5), 14)  # 6 global batches an epoch
+    ranks = [_take(PretrainingBatches(DATASET, 4, collator, seed=5, rank=r, world_size=2), 14) for r in (0, 1)]
+    for g, batch in enumerate(single):
+        rows = _rows(batch)
+        assert _rows(ranks[0][g]) == rows[0::2]
+        assert _rows(ranks[1][g]) == rows[1::2]
+
+
+def test_uneven_last_batch_and_errors():
+    collator = _collator()
+    data = DATASET[:43]  # global batch 8: 5 full batches and 3 left, padded to 4 for two ranks
+    ranks = [PretrainingBatches(data, 4, collator, seed=0, rank=r, world_size=2, drop_last=False) for r in (0, 1)]
+    batches = [_take(b, 6) for b in ranks]
+    assert [len(b[5]["input_ids"]) for b in batches] == [2, 2]
+    seen = {_original(r) for b in batches for x in b for r in _rows(x)}
+    assert seen == {tuple(e[0].tolist()) for e in data}
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        PretrainingBatches(DATASET[:5], 4, collator, world_size=2)
+    with pytest.raises(ValueError, match="rank"):
+        PretrainingBatches(DATASET, 4, collator, rank=2, world_size=2)
+    assert example_seed(1, 2, 3) != example_seed(1, 2, 4) and 0 <= example_seed(1, 2, 3) < 2**63

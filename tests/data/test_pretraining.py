@@ -1,0 +1,254 @@
+"""bertkit.data.pretraining on real WikiText with a WordPiece vocabulary trained here: the shape and the
+sources of NSP instances, their statistics, determinism, and the memory-mapped shards."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit.data.corpus import WIKITEXT_SECTION, WIKITEXT_TITLE, read_documents
+from bertkit.data.masking import MaskingCollator, PretrainingBatches
+from bertkit.data.pretraining import PretrainingDataset, build_shards, create_instances
+from bertkit.tokenizer import BertTokenizer
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+WIKITEXT = DATA / "pretrain" / "wikitext-2-raw.test.raw"
+MAX_LEN = 64
+SMALL = 15  # documents for the tests that build shards (tokenising is the slow part)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """(documents as sentences, tokenizer, documents as token ids) for the real WikiText test split."""
+    if not WIKITEXT.is_file():
+        pytest.skip(f"{WIKITEXT} not found")
+    docs = read_documents(WIKITEXT, WIKITEXT_TITLE, skip=WIKITEXT_SECTION)
+    tok = BertTokenizer.train_from_iterator([s for d in docs for s in d], vocab_size=1000)
+    sentences = [s for d in docs for s in d]
+    ids = iter(e.ids for e in tok.backend_tokenizer.encode_batch_fast(sentences, add_special_tokens=False))
+    token_docs = [[next(ids) for _ in d] for d in docs]
+    return docs, tok, token_docs
+
+
+def _find(haystack: np.ndarray, needle: list[int], start: int = 0) -> int:
+    """Index of `needle` as a contiguous run in `haystack` (int32) at or after `start`, or -1."""
+    h, n = haystack.tobytes(), np.asarray(needle, dtype=np.int32).tobytes()
+    at = h.find(n, 4 * start)
+    while at != -1 and at % 4:
+        at = h.find(n, at + 1)
+    return at // 4 if at != -1 else -1
+
+
+def _check_shape(ids, a_len, tok, max_len=MAX_LEN):
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    assert len(ids) <= max_len
+    assert ids[0] == cls and ids[a_len + 1] == sep and ids[-1] == sep
+    assert a_len >= 1 and len(ids) - a_len - 3 >= 1
+    inner = list(ids[1:a_len + 1]) + list(ids[a_len + 2:-1])
+    assert cls not in inner and sep not in inner
+
+
+def test_instances_shape_and_sources(corpus):
+    docs, tok, token_docs = corpus
+    instances = create_instances(token_docs, MAX_LEN, tok.cls_token_id, tok.sep_token_id, random.Random(0))
+    assert len(instances) > 3000
+    flat = [np.array([t for s in d for t in s], dtype=np.int32) for d in token_docs]
+    for inst in instances:
+        _check_shape(inst.input_ids, inst.a_length, tok)
+        assert inst.token_type_ids == [0] * (inst.a_length + 2) + [1] * (len(inst.input_ids) - inst.a_length - 2)
+        a = inst.input_ids[1:inst.a_length + 1]
+        b = inst.input_ids[inst.a_length + 2:-1]
+        a_at = _find(flat[inst.doc_index], a)
+        b_at = _find(flat[inst.b_doc_index], b)
+        assert a_at >= 0 and b_at >= 0  # A and B are runs of their documents' text
+        if inst.is_random_next:
+            assert inst.b_doc_index != inst.doc_index
+        else:
+            assert inst.b_doc_index == inst.doc_index
+            assert _find(flat[inst.doc_index], b, a_at + len(a)) >= 0  # B follows A
+    # the pairs use the whole budget most of the time
+    full = sum(len(i.input_ids) == MAX_LEN for i in instances) / len(instances)
+    assert full > 0.6
+
+
+def test_random_next_fraction(corpus):
+    _, tok, token_docs = corpus
+    instances = create_instances(token_docs, MAX_LEN, tok.cls_token_id, tok.sep_token_id, random.Random(1))
+    free = [i.is_random_next for i in instances if not i.forced_random_next]
+    forced = [i.is_random_next for i in instances if i.forced_random_next]
+    assert all(forced) and len(free) > 3000
+    bound = 4.5 * math.sqrt(0.25 / len(free))
+    assert abs(sum(free) / len(free) - 0.5) < bound
+    assert sum(i.is_random_next for i in instances) / len(instances) > 0.5  # single-sentence chunks add more
+
+
+def test_short_targets(corpus):
+    _, tok, token_docs = corpus
+    dupe, max_len = 20, 128
+    instances = create_instances(token_docs, max_len, tok.cls_token_id, tok.sep_token_id, random.Random(2),
+                                 dupe_factor=dupe)
+    groups = []  # one target per (pass, document): consecutive instances of a document
+    for inst in instances:
+        if not groups or groups[-1][0] != inst.doc_index:
+            groups.append((inst.doc_index, inst.target_length, []))
+        groups[-1][2].append(len(inst.input_ids))
+    assert len(groups) == dupe * len(token_docs)
+    short = [g for g in groups if g[1] < max_len - 3]
+    assert all(2 <= g[1] for g in short)
+    bound = 4.5 * math.sqrt(0.09 / len(groups))
+    assert abs(len(short) / len(groups) - 0.1) < bound
+    assert min(g[1] for g in short) < 40 and max(g[1] for g in short) > 80
+    mean = lambda gs: np.mean([n for g in gs for n in g[2]])  # noqa: E731
+    assert mean(short) < mean([g for g in groups if g[1] == max_len - 3])
+
+
+def test_create_instances_deterministic(corpus):
+    _, tok, token_docs = corpus
+    run = lambda seed: create_instances(token_docs[:10], MAX_LEN, 2, 3, random.Random(seed))  # noqa: E731
+    assert run(5) == run(5)
+    assert [i.input_ids for i in run(5)] != [i.input_ids for i in run(6)]
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        create_instances(token_docs[:1], MAX_LEN, 2, 3, random.Random(0))
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_shards_round_trip(corpus, tmp_path):
+    docs, tok, token_docs = corpus
+    meta = build_shards(docs[:SMALL], tok, tmp_path / "shards", max_seq_length=MAX_LEN, seed=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["shards"]  # no temporary directory left
+    ds = PretrainingDataset(tmp_path / "shards")
+    expected = create_instances(token_docs[:SMALL], MAX_LEN, tok.cls_token_id, tok.sep_token_id, random.Random(3))
+    assert len(ds) == len(expected) == meta["num_instances"]
+    for i, inst in enumerate(expected):
+        ids, types, label = ds[i]
+        assert ids.dtype == np.int64 and ids.tolist() == inst.input_ids
+        assert types.tolist() == inst.token_type_ids
+        assert label == int(inst.is_random_next)
+    assert ds[-1][0].tolist() == expected[-1].input_ids
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    on_disk = json.loads((tmp_path / "shards" / "meta.json").read_text())
+    assert on_disk == meta
+    assert meta["vocab_size"] == len(tok) and meta["token_dtype"] == "uint16"
+    assert meta["mask_token_id"] == tok.mask_token_id and meta["num_documents"] == SMALL
+    assert np.load(tmp_path / "shards" / "shard_00000.tokens.npy").dtype == np.uint16
+    assert ds.max_seq_length == MAX_LEN
+
+    # same seed: the same bytes; another seed: other instances
+    build_shards(docs[:SMALL], tok, tmp_path / "again", max_seq_length=MAX_LEN, seed=3)
+    assert _files(tmp_path / "again") == _files(tmp_path / "shards")
+    build_shards(docs[:SMALL], tok, tmp_path / "other", max_seq_length=MAX_LEN, seed=4)
+    other = _files(tmp_path / "other")
+    assert other["shard_00000.tokens.npy"] != _files(tmp_path / "shards")["shard_00000.tokens.npy"]
+
+    # existing output: refused unless overwrite
+    with pytest.raises(FileExistsError, match="overwrite"):
+        build_shards(docs[:SMALL], tok, tmp_path / "shards", max_seq_length=MAX_LEN, seed=4)
+    build_shards(docs[:SMALL], tok, tmp_path / "shards", max_seq_length=MAX_LEN, seed=4, overwrite=True)
+    assert _files(tmp_path / "shards") == other
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "other", "shards"]
+
+
+def test_shards_from_files_and_streaming_chunks(corpus, tmp_path):
+    docs, tok, _ = corpus
+    text = "\n\n".join("\n".join(d) for d in docs[:SMALL]) + "\n"
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    whole = build_shards(docs[:SMALL], tok, tmp_path / "whole", max_seq_length=MAX_LEN, seed=7)
+    from_file = build_shards(path, tok, tmp_path / "file", max_seq_length=MAX_LEN, seed=7)
+    assert _files(tmp_path / "file") == _files(tmp_path / "whole")
+
+    streamed = build_shards([str(path)], tok, tmp_path / "streamed", max_seq_length=MAX_LEN, seed=7,
+                            chunk_chars=len(text) // 5)
+    assert 4 <= len(streamed["shards"]) <= 6
+    assert all(s["num_instances"] > 0 for s in streamed["shards"])
+    assert streamed["num_documents"] == whole["num_documents"] == from_file["num_documents"] == SMALL
+    assert abs(streamed["num_instances"] - whole["num_instances"]) < 0.1 * whole["num_instances"]
+    ds = PretrainingDataset(tmp_path / "streamed")
+    assert len(ds) == streamed["num_instances"]
+    labels = []
+    for i in range(len(ds)):
+        ids, types, label = ds[i]
+        a_len = int((types == 0).sum()) - 2
+        _check_shape(ids.tolist(), a_len, tok)
+        assert types[a_len + 2:].all()
+        labels.append(label)
+    assert 0.5 < np.mean(labels) < 0.9  # a coin, plus the single-sentence chunks that must take a random B
+
+
+def test_dataset_errors(corpus, tmp_path):
+    docs, tok, _ = corpus
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        PretrainingDataset(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty[/\\]meta\.json"):
+        PretrainingDataset(tmp_path / "empty")
+    out = tmp_path / "shards"
+    build_shards(docs[:4], tok, out, max_seq_length=MAX_LEN, seed=0, chunk_chars=1)
+    assert len(PretrainingDataset(out)) > 0
+    tokens = out / "shard_00001.tokens.npy"
+    data = tokens.read_bytes()
+    tokens.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"shard_00001\.tokens\.npy"):
+        PretrainingDataset(out)
+    tokens.unlink()
+    with pytest.raises(FileNotFoundError, match=r"shard_00001\.tokens\.npy"):
+        PretrainingDataset(out)
+    (out / "meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"meta\.json"):
+        PretrainingDataset(out)
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        build_shards(docs[:1], tok, tmp_path / "one", max_seq_length=MAX_LEN)
+    assert not (tmp_path / "one").exists()
+
+
+class _BigVocab:
+    """A tokenizer that claims 70,000 tokens: the shards must store int32."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __len__(self):
+        return 70_000
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_large_vocab_uses_int32(corpus, tmp_path):
+    docs, tok, _ = corpus
+    meta = build_shards(docs[:3], _BigVocab(tok), tmp_path / "big", max_seq_length=MAX_LEN)
+    assert meta["token_dtype"] == "int32" and meta["vocab_size"] == 70_000
+    assert np.load(tmp_path / "big" / "shard_00000.tokens.npy").dtype == np.int32
+    small = build_shards(docs[:3], tok, tmp_path / "small", max_seq_length=MAX_LEN)
+    a, b = PretrainingDataset(tmp_path / "big"), PretrainingDataset(tmp_path / "small")
+    assert len(a) == len(b) == small["num_instances"]
+    assert all(np.array_equal(a[i][0], b[i][0]) for i in range(len(a)))
+
+
+def test_batches_from_shards(corpus, tmp_path):
+    docs, tok, _ = corpus
+    build_shards(docs[:SMALL], tok, tmp_path / "shards", max_seq_length=MAX_LEN, seed=0)
+    ds = PretrainingDataset(tmp_path / "shards")
+    collator = MaskingCollator.from_tokenizer(tok, whole_word=True)
+    batches = PretrainingBatches(ds, 16, collator, seed=0)
+    batch = next(iter(batches))
+    assert batch["input_ids"].shape == batch["labels"].shape and batch["input_ids"].shape[0] == 16
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:16]
+    for row, index in enumerate(order.tolist()):
+        ids, types, label = ds[index]
+        n = len(ids)
+        chosen = batch["labels"][row, :n] != -100
+        assert 1 <= int(chosen.sum()) <= 20
+        assert torch.equal(batch["labels"][row, :n][chosen], torch.from_numpy(ids)[chosen])
+        assert torch.equal(batch["token_type_ids"][row, :n], torch.from_numpy(types))
+        assert int(batch["next_sentence_label"][row]) == label
+        assert int(batch["attention_mask"][row].sum()) == n
