@@ -1,0 +1,165 @@
+"""Optimizers for BERT: AdamW parameter groups, LAMB, the linear warm-up/decay schedule.
+
+Weight decay skips biases and LayerNorm weights: every parameter with fewer than 2 dimensions (plus any
+whose name ends in `bias` or contains `LayerNorm`/`norm.`, for the odd 2-D one). A tied parameter (the MLM
+decoder sharing the word embeddings) is one tensor and is listed once.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+OPTIMIZERS = ("adamw", "lamb")
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    return param.dim() < 2 or name.endswith("bias") or "LayerNorm" in name or "norm." in name.lower()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups: `decay` (matrices and embeddings, with `weight_decay`) and `no_decay`
+    (biases and LayerNorm weights, with 0). Each group carries `group_name` and the parameter `names`
+    (strings, so optimizer state dicts stay loadable with `weights_only=True`). Frozen parameters are left
+    out; a parameter reachable under several names (a tie) appears once, under its first name.
+    """
+    groups = {"decay": ([], []), "no_decay": ([], [])}
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        params, names = groups["no_decay" if _no_decay(name, p) else "decay"]
+        params.append(p)
+        names.append(name)
+    out = []
+    for group_name, (params, names) in groups.items():
+        if params:
+            out.append({"params": params, "names": names, "group_name": group_name,
+                        "weight_decay": weight_decay if group_name == "decay" else 0.0})
+    return out
+
+
+class Lamb(Optimizer):
+    """LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in 76 Minutes"),
+    with the bias correction and decoupled weight decay of NVIDIA's FusedLAMB:
+
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        u = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + weight_decay * w
+        w = w - lr * r * u,      r = ||w|| / ||u||  (per parameter tensor; r = 1 when either norm is 0)
+
+    Choice: like FusedLAMB's default (`use_nvlamb=False`), the trust ratio applies only to groups with a
+    non-zero weight decay; biases and LayerNorm weights (the no-decay group) take plain Adam steps (r = 1).
+    `trust_all=True` applies it to every group (NVLAMB). Gradient clipping is left to the caller (the
+    trainer clips the global norm before `step`).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01, trust_all: bool = False):
+        if lr < 0:
+            raise ValueError(f"Lamb: lr must be >= 0, got {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Lamb: betas must be in [0, 1), got {betas}")
+        if eps <= 0:
+            raise ValueError(f"Lamb: eps must be > 0, got {eps}")
+        if weight_decay < 0:
+            raise ValueError(f"Lamb: weight_decay must be >= 0, got {weight_decay}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, trust_all=trust_all)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            use_trust = group["trust_all"] or wd != 0.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.is_sparse:
+                    raise RuntimeError("Lamb does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = int(state["step"].item())
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                bc1 = 1 - beta1 ** t
+                bc2 = 1 - beta2 ** t
+                update = (m / bc1) / ((v / bc2).sqrt_().add_(eps))
+                if wd != 0.0:
+                    update.add_(p, alpha=wd)
+                if use_trust:
+                    acc = torch.promote_types(p.dtype, torch.float32)  # norms in >= fp32
+                    w_norm = torch.linalg.vector_norm(p, dtype=acc)
+                    u_norm = torch.linalg.vector_norm(update, dtype=acc)
+                    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm,
+                                        torch.ones_like(w_norm))
+                    p.add_(update * ratio.to(p.dtype), alpha=-lr)
+                else:
+                    p.add_(update, alpha=-lr)
+        return loss
+
+
+def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.01,
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6) -> Optimizer:
+    """`"adamw"` (torch.optim.AdamW, fused when every parameter is on CUDA) or `"lamb"` (`Lamb` above).
+
+    `params` is a list of parameters or of groups (see `param_groups`); `weight_decay` is the default for
+    groups that do not set their own.
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("build_optimizer: no parameters to optimize")
+    tensors = [p for g in params for p in g["params"]] if isinstance(params[0], dict) else params
+    if name == "adamw":
+        fused = all(p.is_cuda for p in tensors)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                 fused=True if fused else None)
+    if name == "lamb":
+        return Lamb(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def linear_schedule(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """Linear warm-up from 0 to the peak learning rate over `warmup_steps`, then linear decay to 0 at
+    `total_steps`. Optimizer step s (0-based) uses `peak * s / warmup_steps` during warm-up (so step 0 has
+    lr 0, as in transformers' `get_linear_schedule_with_warmup`), then
+    `peak * (total_steps - s) / (total_steps - warmup_steps)`, never below 0.
+    """
+    if warmup_steps < 0 or total_steps < 1:
+        raise ValueError(f"linear_schedule: need warmup_steps >= 0 and total_steps >= 1, "
+                         f"got {warmup_steps} and {total_steps}")
+    if warmup_steps > total_steps:
+        raise ValueError(f"linear_schedule: warmup_steps ({warmup_steps}) > total_steps ({total_steps})")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return LambdaLR(optimizer, factor)
+
+
+def global_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all gradients together (0 when there are none)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+__all__ = ["OPTIMIZERS", "Lamb", "build_optimizer", "global_grad_norm", "linear_schedule",
+           "param_groups"]

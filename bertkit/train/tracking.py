@@ -1,0 +1,276 @@
+"""What a run shows and leaves behind: a progress bar, `metrics.jsonl`, TensorBoard scalars, learning curves.
+
+`metrics.jsonl` holds one JSON object per line, appended as the run goes:
+
+    {"split": "train", "step": 100, "lr": 9.9e-05, "loss": 7.2, "loss_mlm": 6.5, "loss_nsp": 0.69,
+     "acc_mlm": 0.05, "acc_nsp": 0.51, "grad_norm": 1.3, "tokens_per_s": 51234.0, "elapsed": 12.5}
+    {"split": "eval", "step": 100, "loss": 7.1, "acc_mlm": 0.06, ...}
+
+Only rank 0 writes. TensorBoard scalars (`<run>/tensorboard/`, tags `train/loss` ...) are written when the
+`tensorboard` package is installed (decided once, explicitly: `tensorboard_available()`); matplotlib draws
+`plot_run` / `plot_runs` with the Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+from typing import Any, Iterable
+
+from ..io import write_text_atomic
+
+METRICS_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_available() -> bool:
+    """True when both `tensorboard` and `torch.utils.tensorboard` can be imported."""
+    return (importlib.util.find_spec("tensorboard") is not None
+            and importlib.util.find_spec("torch.utils.tensorboard") is not None)
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item") and callable(v.item):  # 0-d tensors / numpy scalars
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Infinity; keep it readable
+    return v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return str(v)
+
+
+class Tracker:
+    """Progress bar + metrics.jsonl + TensorBoard for one run.
+
+    `enabled=False` (the trainer passes `is_main()`) makes every method a no-op, so all ranks can call it.
+    `resume_step`: the run continues from that checkpoint step; lines logged after it by the interrupted run
+    are dropped from metrics.jsonl, so each step appears once. `tensorboard`: None = when available.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, total_steps: int, *, initial_step: int = 0,
+                 enabled: bool = True, progress: bool = True, tensorboard: bool | None = None,
+                 resume_step: int | None = None):
+        self.enabled = enabled
+        self.run_dir = os.fspath(run_dir)
+        self.path = os.path.join(self.run_dir, METRICS_NAME)
+        self._bar = None
+        self._tb = None
+        self._postfix: dict[str, str] = {}
+        if not enabled:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        elif os.path.exists(self.path):
+            os.replace(self.path, self.path + ".old")  # a fresh run starts a fresh log; keep the old one aside
+        if tensorboard is None:
+            tensorboard = tensorboard_available()
+        if tensorboard:
+            if not tensorboard_available():
+                raise RuntimeError("tensorboard=True but the tensorboard package is not installed "
+                                   "(pip install tensorboard)")
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(log_dir=os.path.join(self.run_dir, TENSORBOARD_DIR),
+                                     purge_step=resume_step + 1 if resume_step is not None else None)
+        if progress:
+            from tqdm.auto import tqdm
+            tty = sys.stderr.isatty()
+            self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
+                             file=sys.stderr, mininterval=0.5 if tty else 30.0, smoothing=0.1)
+
+    def _truncate_after(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        keep = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by the crash
+                if rec.get("step", 0) <= step:
+                    keep.append(json.dumps(rec))
+        write_text_atomic(self.path, "".join(k + "\n" for k in keep))
+
+    def advance(self, n: int = 1) -> None:
+        """Move the progress bar by `n` steps."""
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def log(self, step: int, metrics: dict[str, Any], split: str = "train") -> dict[str, Any]:
+        """Append one line to metrics.jsonl, write TensorBoard scalars, refresh the bar. Returns the record."""
+        record = {"split": split, "step": int(step)}
+        record.update({k: _jsonable(v) for k, v in metrics.items()})
+        if not self.enabled:
+            return record
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("split", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{split}/{k}", v, step)
+            self._tb.flush()
+        if self._bar is not None:
+            prefix = "" if split == "train" else f"{split}_"
+            for k, v in record.items():
+                if k == "loss" or k.startswith("acc") or k == "tokens_per_s":
+                    name = "tok/s" if k == "tokens_per_s" else prefix + k
+                    self._postfix[name] = f"{v:,.0f}" if k == "tokens_per_s" and isinstance(v, float) else _fmt(v)
+            self._bar.set_postfix(self._postfix, refresh=True)
+        return record
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the progress bar (rank 0 only)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and plotting
+# ---------------------------------------------------------------------------------------------
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of `<run_dir>/metrics.jsonl` (or of that file itself), in order; for a (split, step)
+    logged twice, the later record wins. Damaged lines are skipped."""
+    path = os.fspath(run_dir)
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_NAME)
+    records: dict[tuple[str, int], dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                key = (rec.get("split", "train"), rec["step"])
+                records.pop(key, None)
+                records[key] = rec
+    return sorted(records.values(), key=lambda r: (r["step"], r.get("split", "train") != "train"))
+
+
+def _series(records: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if r.get("split", "train") == split and isinstance(v, (int, float)) and not isinstance(v, bool):
+            xs.append(r["step"])
+            ys.append(float(v))
+    return xs, ys
+
+
+def _keys(records: list[dict], split: str, pred) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in records:
+        if r.get("split", "train") == split:
+            for k in r:
+                if pred(k):
+                    seen[k] = None
+    return list(seen)
+
+
+def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | None = None,
+              out_png: str | os.PathLike = "curves.png") -> str:
+    """Learning curves of one or more runs in one PNG: train loss (total solid, terms dashed), eval loss,
+    accuracies (train dashed, eval solid) and the learning rate, against the step. One colour per run.
+    Returns the PNG's path."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    run_dirs = [os.fspath(d) for d in run_dirs]
+    if not run_dirs:
+        raise ValueError("plot_runs: no run directories given")
+    labels = list(labels) if labels is not None else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"plot_runs: {len(run_dirs)} runs but {len(labels)} labels")
+    runs = [read_metrics(d) for d in run_dirs]
+    multi = len(runs) > 1
+
+    panels = []
+    if any(_series(r, "train", "loss")[0] for r in runs):
+        panels.append("train loss")
+    if any(_series(r, "eval", "loss")[0] for r in runs):
+        panels.append("eval loss")
+    if any(_keys(r, s, lambda k: k.startswith("acc")) for r in runs for s in ("train", "eval")):
+        panels.append("accuracy")
+    if any(_series(r, "train", "lr")[0] for r in runs):
+        panels.append("learning rate")
+    if not panels:
+        raise ValueError(f"plot_runs: nothing to plot in {', '.join(run_dirs)}")
+
+    ncols = 2 if len(panels) > 1 else 1
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    term_styles = ["--", ":", "-."]
+    for ax, panel in zip(axes.flat, panels):
+        for i, (records, label) in enumerate(zip(runs, labels)):
+            c = colours[i % len(colours)]
+            tag = f"{label}: " if multi else ""
+            if panel in ("train loss", "eval loss"):
+                split = panel.split()[0]
+                xs, ys = _series(records, split, "loss")
+                if xs:
+                    ax.plot(xs, ys, color=c if multi else None, lw=1.8, marker="o" if split == "eval" else None,
+                            ms=3, label=f"{tag}loss")
+                for j, k in enumerate(_keys(records, split, lambda k: k.startswith("loss_"))):
+                    xs, ys = _series(records, split, k)
+                    ax.plot(xs, ys, color=c if multi else None, lw=1.0, ls=term_styles[j % len(term_styles)],
+                            label=f"{tag}{k}")
+                ax.set_ylabel("loss")
+            elif panel == "accuracy":
+                markers = "osd^v<>"
+                for split, ls in (("train", "--"), ("eval", "-")):
+                    for j, k in enumerate(_keys(records, split, lambda k: k.startswith("acc"))):
+                        xs, ys = _series(records, split, k)
+                        marker = markers[j % len(markers)] if multi or split == "eval" else None
+                        ax.plot(xs, ys, color=c if multi else None, ls=ls, lw=1.3, marker=marker, ms=3,
+                                markevery=max(1, len(xs) // 20), label=f"{tag}{split} {k}")
+                ax.set_ylabel("accuracy")
+            else:
+                xs, ys = _series(records, "train", "lr")
+                ax.plot(xs, ys, color=c, label=f"{tag}lr" if multi else "lr")
+                ax.set_ylabel("learning rate")
+                ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        ax.set_title(panel)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(", ".join(labels) if len(labels) <= 4 else f"{len(labels)} runs")
+    fig.tight_layout()
+    out_png = os.fspath(out_png)
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike | None = None) -> str:
+    """Learning curves of one run; the PNG goes to `<run_dir>/curves.png` unless `out_png` says otherwise."""
+    run_dir = os.fspath(run_dir)
+    return plot_runs([run_dir], out_png=out_png or os.path.join(run_dir, "curves.png"))

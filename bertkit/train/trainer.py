@@ -1,0 +1,426 @@
+"""One training loop for pre-training and fine-tuning: AMP, exact gradient accumulation, clipping, the
+learning-rate schedule, evaluation, checkpoints and exact resume, on one process or under torchrun.
+
+The trainer knows nothing of BERT heads. It trains an *objective*, an `nn.Module` holding the model, with
+
+    counts(batch) -> {"mlm": n_labels, "nsp": n_sequences}     the denominator of each loss term,
+                                                                 computable before the forward
+    forward(batch) -> (sums, stats)                              sums: each loss term SUMMED over the
+                                                                 micro-batch; stats: metric sums, e.g.
+                                                                 {"acc_mlm": n_correct, "acc_nsp": ...}
+
+Each step takes `grad_accum` micro-batches, sums their counts and all-reduces them across ranks, then
+backpropagates `sum_k sums[k] / global_count[k]` per micro-batch (times the world size, since DDP averages
+gradients), so the step's gradient is exactly that of one process seeing the whole global batch, however the
+tokens fall across micro-batches and ranks. DDP syncs gradients on the last micro-batch only (`no_sync`).
+
+A stat named `<metric>_<term>` is divided by the counts of `<term>` (the longest count name it ends with):
+`acc_mlm` = correct MLM predictions / MLM labels. Logged metrics are means over the steps since the
+previous log line, weighted by the counts and reduced across ranks: `loss_<term>`, `loss` (their sum),
+the stats, `lr`, `grad_norm` (mean of the global norm before clipping), `tokens_per_s` (all ranks),
+`elapsed` (seconds of training, across resumes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as dist
+from .checkpoint import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .optim import OPTIMIZERS, build_optimizer, global_grad_norm, linear_schedule, param_groups
+from .tracking import Tracker
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """What one run does. Steps are optimizer steps; a step sees `batch_size * grad_accum * world_size`
+    sequences (the global batch)."""
+
+    max_steps: int = 1000
+    batch_size: int = 32            # per rank and micro-batch: what the batch source yields (checked once)
+    grad_accum: int = 1             # micro-batches per optimizer step
+    lr: float = 1e-4                # peak learning rate
+    warmup_steps: int = 0
+    weight_decay: float = 0.01      # not applied to biases and LayerNorm weights
+    optimizer: str = "adamw"        # "adamw" or "lamb"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    max_grad_norm: float = 1.0      # clip the global gradient norm; 0 = no clipping
+    precision: str = "auto"         # auto: bf16 autocast on CUDA when supported, else fp32; fp16: + GradScaler
+    log_every: int = 10             # steps between metrics.jsonl lines (and the last step)
+    eval_every: int = 0             # steps between evaluations (and the last step); 0 = never
+    save_every: int = 0             # steps between checkpoints; 0 = only the final one
+    save_final: bool = True         # checkpoint the last step
+    keep_last: int = 2              # checkpoints kept
+    seed: int = 0                   # seeds Python, NumPy and torch at the start (rank r uses seed + r)
+    output_dir: str = "runs/bert"
+    tensorboard: bool | None = None  # None: when the tensorboard package is installed
+    progress: bool = True           # tqdm progress bar on rank 0
+    find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "keep_last"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        for name in ("warmup_steps", "eval_every", "save_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {v!r}")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) exceeds max_steps "
+                             f"({self.max_steps})")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("TrainConfig.weight_decay and max_grad_norm must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")
+        self.betas = tuple(self.betas)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" → "bf16" on a CUDA device that supports it, else "fp32"; the others as given."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return precision
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random`, NumPy's global generator and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors in a (nested) dict / list / tuple moved to `device`; everything else as is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+@contextmanager
+def rng_isolated():
+    """Run a block without moving the random streams: the states are restored on exit."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+def _num_tokens(objective: nn.Module, batch: Any) -> torch.Tensor | int:
+    if hasattr(objective, "num_tokens"):
+        return objective.num_tokens(batch)
+    if isinstance(batch, dict):
+        if isinstance(batch.get("attention_mask"), torch.Tensor):
+            return batch["attention_mask"].sum()
+        if isinstance(batch.get("input_ids"), torch.Tensor):
+            return batch["input_ids"].numel()
+    return 0
+
+
+def _denominator(stat: str, terms: Iterable[str]) -> str:
+    matches = [t for t in terms if stat.endswith("_" + t)]
+    if not matches:
+        raise ValueError(f"objective stat {stat!r} must be named <metric>_<term> for one of the count terms "
+                         f"{sorted(terms)} (e.g. 'acc_mlm'), so the trainer knows its denominator")
+    return max(matches, key=len)
+
+
+class _Window:
+    """Sums since the last log line, kept as device tensors (no host sync per step)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}  # already global
+        self.tokens: torch.Tensor | float = 0.0
+        self.grad_norm: torch.Tensor | float = 0.0
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    @staticmethod
+    def _add(acc: dict, new: dict):
+        for k, v in new.items():
+            v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+            acc[k] = acc[k] + v if k in acc else v
+
+
+class Trainer:
+    """Train `objective` (whose parameters are `model`'s) on `batches`, a source yielding dict batches
+    forever; with `state_dict()` / `load_state_dict()` it resumes at the exact data position.
+
+    `model` is the unwrapped model saved in checkpoints (`save_pretrained`). `evaluate(model) -> dict` is
+    called every `eval_every` steps (and after the last step) on EVERY rank, in eval mode under `no_grad`
+    and the run's autocast, with the random streams restored afterwards (evaluation never changes the
+    training trajectory); it may shard its data and use `distributed.all_reduce_sum`; rank 0's dict is
+    logged with split "eval". `save_extra(dir)` writes extra files into each checkpoint (e.g. the
+    tokenizer's `save_pretrained`), on rank 0.
+
+    Under torchrun, call `distributed.setup()` first (the trainer calls it otherwise) so the batch source
+    can read the rank; the objective is moved to the rank's device and wrapped in DDP.
+    """
+
+    def __init__(self, objective: nn.Module, model: nn.Module, batches, cfg: TrainConfig, *,
+                 evaluate: Callable[[nn.Module], dict] | None = None,
+                 save_extra: Callable[[str], None] | None = None):
+        for method in ("counts", "forward"):
+            if not callable(getattr(objective, method, None)):
+                raise TypeError(f"the objective must define {method}(batch); see bertkit.train.trainer")
+        self.cfg = cfg
+        self.info = dist.setup()
+        self.device = self.info.device
+        self.objective = objective.to(self.device)
+        self.model = model
+        self.batches = batches
+        self.evaluate_fn = evaluate
+        self.save_extra = save_extra
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+        model_params = {id(p) for p in model.parameters()}
+        stray = [n for n, p in objective.named_parameters() if id(p) not in model_params]
+        if stray:
+            raise ValueError("the objective has parameters outside the model, which checkpoints would not "
+                             f"save: {', '.join(stray[:8])}")
+        self.params = [p for p in objective.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg.optimizer, param_groups(objective, cfg.weight_decay), cfg.lr,
+                                         cfg.weight_decay, cfg.betas, cfg.eps)
+        self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.wrapped = dist.wrap(objective, find_unused_parameters=cfg.find_unused_parameters) \
+            if dist.is_distributed() else objective
+        self.step = 0
+        self._elapsed0 = 0.0
+        self._t_start = time.perf_counter()
+        self._tracker: Tracker | None = None
+        self._batch_checked = False
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _next_batch(self, it):
+        try:
+            batch = next(it)
+        except StopIteration:
+            raise RuntimeError(f"the batch source ran out at step {self.step}; it must yield batches "
+                               "forever (wrap a finite source in an epoch loop)") from None
+        if not self._batch_checked:
+            self._batch_checked = True
+            ids = batch.get("input_ids") if isinstance(batch, dict) else None
+            if isinstance(ids, torch.Tensor) and ids.dim() >= 1 and ids.shape[0] != self.cfg.batch_size:
+                warnings.warn(f"TrainConfig.batch_size is {self.cfg.batch_size} but the batch source yields "
+                              f"batches of {ids.shape[0]}; the reported global batch is wrong", stacklevel=3)
+        return to_device(batch, self.device)
+
+    def _global_counts(self, micro: list) -> dict[str, torch.Tensor]:
+        total: dict[str, torch.Tensor] = {}
+        for batch in micro:
+            for k, v in self.objective.counts(batch).items():
+                v = torch.as_tensor(v, dtype=torch.float64, device=self.device)
+                total[k] = total[k] + v if k in total else v
+        return dist.all_reduce_sum(total)
+
+    def _loss(self, sums: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [k for k in sums if k not in counts]
+        if missing:
+            raise ValueError(f"objective returned loss terms {missing} that counts() does not give "
+                             f"(counts: {sorted(counts)})")
+        loss = sum(sums[k].float() / counts[k].clamp(min=1) for k in sums)
+        if self.info.world_size > 1:
+            loss = loss * self.info.world_size  # DDP averages gradients over ranks; we want their sum
+        return loss
+
+    def _log_train(self, window: _Window, lr: float) -> dict[str, Any]:
+        reduced = dist.all_reduce_sum({**{f"s.{k}": v for k, v in window.sums.items()},
+                                       **{f"t.{k}": v for k, v in window.stats.items()},
+                                       "tokens": torch.as_tensor(window.tokens, dtype=torch.float64,
+                                                                 device=self.device)})
+        seconds = max(time.perf_counter() - window.t0, 1e-9)
+        out: dict[str, Any] = {"lr": lr}
+        losses = {}
+        for k in window.sums:
+            losses[f"loss_{k}"] = (reduced[f"s.{k}"] / window.counts[k].clamp(min=1)).item()
+        out["loss"] = sum(losses.values())
+        out.update(losses)
+        for k in window.stats:
+            term = _denominator(k, window.counts)
+            out[k] = (reduced[f"t.{k}"] / window.counts[term].clamp(min=1)).item()
+        out["grad_norm"] = float(window.grad_norm) / max(window.steps, 1)
+        out["tokens_per_s"] = reduced["tokens"].item() / seconds
+        out["elapsed"] = self.elapsed()
+        return out
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, including the runs this one resumed."""
+        return self._elapsed0 + time.perf_counter() - self._t_start
+
+    def run_evaluation(self) -> dict[str, Any]:
+        if self.evaluate_fn is None:
+            return {}
+        was_training = self.objective.training
+        self.objective.eval()
+        self.model.eval()
+        try:
+            with rng_isolated(), torch.no_grad(), self.autocast():
+                metrics = self.evaluate_fn(self.model)
+        finally:
+            self.objective.train(was_training)
+            self.model.train(was_training)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"evaluate(model) must return a dict, got {type(metrics).__name__}")
+        return metrics
+
+    def save(self, step: int | None = None) -> str | None:
+        """Checkpoint now (collective: call on every rank). Returns the path on rank 0."""
+        step = self.step if step is None else step
+        data = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        rngs = dist.all_gather_object(rng_state())
+        datas = dist.all_gather_object(data)
+        path = None
+        if dist.is_main():
+            path = save_checkpoint(
+                self.cfg.output_dir, step, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                scaler=self.scaler, data_states=datas if data is not None else None, rng_states=rngs,
+                extra={"elapsed": self.elapsed(), "world_size": self.info.world_size,
+                       "config": dataclasses.asdict(self.cfg)},
+                save_extra=self.save_extra, keep_last=self.cfg.keep_last)
+        dist.barrier()
+        return path
+
+    def _resume(self) -> int | None:
+        path = find_latest(self.cfg.output_dir)
+        if path is None:
+            dist.print0(f"resume: no checkpoint in {self.cfg.output_dir}; starting from step 0")
+            return None
+        state = load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                scaler=self.scaler)
+        world = self.info.world_size
+        if len(state["rng"]) != world:
+            raise ValueError(f"{path} was written by {len(state['rng'])} processes; resuming it exactly needs "
+                             f"the same number, not {world}")
+        if state["data"] is not None:
+            if not hasattr(self.batches, "load_state_dict"):
+                raise TypeError("the checkpoint holds a data position but the batch source has no "
+                                "load_state_dict(); exact resume needs one")
+            self.batches.load_state_dict(state["data"][self.info.rank])
+        elif hasattr(self.batches, "load_state_dict"):
+            warnings.warn(f"{path} holds no data position: the batch source starts from its beginning")
+        self._elapsed0 = float(state["extra"].get("elapsed", 0.0))
+        self._resume_rng = state["rng"][self.info.rank]
+        dist.print0(f"resume: {path} (step {state['step']})")
+        return int(state["step"])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        """Run to `cfg.max_steps`; with `resume=True`, continue from the newest complete checkpoint in
+        `cfg.output_dir` exactly where it stopped (weights, optimizer, scheduler, scaler, random streams,
+        data position, step). Returns the last logged train metrics, the last eval metrics prefixed
+        `eval_`, and `step`."""
+        cfg = self.cfg
+        self._resume_rng = None
+        start = self._resume() if resume else None
+        resumed = start is not None
+        self.step = start or 0
+        self._t_start = time.perf_counter()
+        if not resumed:
+            self._elapsed0 = 0.0
+            seed_everything(cfg.seed + self.info.rank)
+
+        with rng_isolated():
+            tracker = self._tracker = Tracker(
+                cfg.output_dir, cfg.max_steps, initial_step=self.step, enabled=dist.is_main(),
+                progress=cfg.progress, tensorboard=cfg.tensorboard, resume_step=start if resumed else None)
+            n_params = sum(p.numel() for p in self.params)
+            tracker.write(
+                f"training {n_params:,} parameters on {self.info.world_size} x {self.device} ({self.precision}): "
+                f"global batch {cfg.batch_size} x {cfg.grad_accum} accumulation x {self.info.world_size} ranks"
+                f" = {cfg.batch_size * cfg.grad_accum * self.info.world_size}, {cfg.optimizer}, lr {cfg.lr}, "
+                f"steps {self.step} -> {cfg.max_steps}")
+        it = iter(self.batches)
+        if self._resume_rng is not None:  # last, so nothing above moves the restored streams
+            set_rng_state(self._resume_rng)
+
+        final: dict[str, Any] = {}
+        last_eval: dict[str, Any] = {}
+        window = _Window()
+        ddp = self.wrapped is not self.objective
+        self.objective.train()
+        try:
+            while self.step < cfg.max_steps:
+                lr = self.scheduler.get_last_lr()[0]
+                micro = [self._next_batch(it) for _ in range(cfg.grad_accum)]
+                counts = self._global_counts(micro)
+                for i, batch in enumerate(micro):
+                    sync = i == len(micro) - 1
+                    with (self.wrapped.no_sync() if ddp and not sync else nullcontext()):
+                        with self.autocast():
+                            sums, stats = self.wrapped(batch)
+                        loss = self._loss(sums, counts)
+                        self.scaler.scale(loss).backward()
+                    window._add(window.sums, sums)
+                    window._add(window.stats, stats)
+                    tokens = _num_tokens(self.objective, batch)
+                    window.tokens = window.tokens + (tokens.double() if isinstance(tokens, torch.Tensor)
+                                                     else float(tokens))
+                self.scaler.unscale_(self.optimizer)
+                if cfg.max_grad_norm > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                else:
+                    norm = global_grad_norm(self.params)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                window._add(window.counts, counts)
+                window.grad_norm = window.grad_norm + norm.detach().double()
+                window.steps += 1
+
+                last = self.step == cfg.max_steps
+                with rng_isolated():
+                    tracker.advance()
+                    if self.step % cfg.log_every == 0 or last:
+                        final = tracker.log(self.step, self._log_train(window, lr))
+                        window.reset()
+                    if self.evaluate_fn is not None and cfg.eval_every and (
+                            self.step % cfg.eval_every == 0 or last):
+                        metrics = self.run_evaluation()
+                        last_eval = tracker.log(self.step, metrics, split="eval")
+                if (cfg.save_every and self.step % cfg.save_every == 0) or (last and cfg.save_final):
+                    with rng_isolated():
+                        self.save()
+        finally:
+            tracker.close()
+        dist.barrier()
+        out = {k: v for k, v in final.items() if k != "split"}
+        out.update({f"eval_{k}": v for k, v in last_eval.items() if k not in ("split", "step")})
+        out["step"] = self.step
+        return out

@@ -1,0 +1,136 @@
+import dataclasses
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit.modeling import BertForPreTraining
+from bertkit.train import checkpoint as C
+from bertkit.train.optim import build_optimizer, linear_schedule, param_groups
+
+from .tiny import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on shared busy cores are ~100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = BertForPreTraining(tiny_config())
+    opt = build_optimizer("adamw", param_groups(model, 0.01), lr=1e-3)
+    sched = linear_schedule(opt, 2, 10)
+    return model, opt, sched
+
+
+def _one_step(model, opt, sched):
+    ids = torch.randint(5, 99, (2, 8))
+    out = model(input_ids=ids, labels=ids, next_sentence_label=torch.tensor([0, 1]))
+    out.loss.backward()
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+
+
+def test_round_trip_weights_only_and_rng(tmp_path):
+    model, opt, sched = _setup()
+    _one_step(model, opt, sched)
+    _one_step(model, opt, sched)
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    rng = C.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    path = C.save_checkpoint(tmp_path, 2, model, optimizer=opt, scheduler=sched,
+                             data_states=[{"pos": 17, "epoch": 1}], rng_states=[rng],
+                             extra={"note": "x"}, save_extra=lambda d: open(os.path.join(d, "vocab.txt"), "w").close())
+    assert os.path.basename(path) == "step-000002"
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", "training_state.pt", "vocab.txt"]
+    assert open(tmp_path / "latest").read().strip() == "step-000002"
+    assert C.find_latest(tmp_path) == path
+
+    state = torch.load(os.path.join(path, "training_state.pt"), weights_only=True)  # no pickled objects
+    assert state["step"] == 2 and state["data"] == [{"pos": 17, "epoch": 1}] and state["extra"] == {"note": "x"}
+
+    model2, opt2, sched2 = _setup(seed=1)
+    state = C.load_checkpoint(path, model2, optimizer=opt2, scheduler=sched2)
+    for (n, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert model2.cls.predictions.decoder.weight is model2.bert.embeddings.word_embeddings.weight  # tie kept
+    assert sched2.get_last_lr() == sched.get_last_lr()
+    assert opt2.state_dict()["param_groups"][0]["lr"] == opt.state_dict()["param_groups"][0]["lr"]
+    # Same next step on both sides: optimizer moments and step counts came back exactly.
+    torch.manual_seed(9)
+    _one_step(model, opt, sched)
+    torch.manual_seed(9)
+    _one_step(model2, opt2, sched2)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    C.set_rng_state(state["rng"][0])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_crash_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt, sched = _setup()
+    first = C.save_checkpoint(tmp_path, 1, model, optimizer=opt, scheduler=sched)
+    _one_step(model, opt, sched)
+
+    real_save = torch.save
+
+    def crash_midway(obj, f, *a, **k):
+        real_save({"half": torch.zeros(1)}, f)  # a partial file is on disk ...
+        raise OSError("disk full")                 # ... when the writer dies
+
+    monkeypatch.setattr(C.torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        C.save_checkpoint(tmp_path, 2, model, optimizer=opt, scheduler=sched)
+    monkeypatch.undo()
+
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step-000001"]  # no step-000002, no temp dir left
+    assert C.find_latest(tmp_path) == first
+    assert open(tmp_path / "latest").read().strip() == "step-000001"
+    model2, opt2, sched2 = _setup(seed=3)
+    C.load_checkpoint(first, model2, optimizer=opt2, scheduler=sched2)
+
+    # A process killed mid-save (no chance to clean up) leaves a temp dir: ignored, then pruned.
+    dead = tmp_path / "step-000003.tmp-999999999"
+    dead.mkdir()
+    (dead / "config.json").write_text("{}")
+    (dead / "training_state.pt").write_bytes(b"partial")
+    assert C.find_latest(tmp_path) == first
+    C.save_checkpoint(tmp_path, 2, model, optimizer=opt, scheduler=sched, keep_last=3)
+    assert not dead.exists()
+    assert C.find_latest(tmp_path).endswith("step-000002")
+
+
+def test_keep_last_k(tmp_path):
+    model, opt, sched = _setup()
+    for step in range(1, 6):
+        C.save_checkpoint(tmp_path, step * 10, model, optimizer=opt, scheduler=sched, keep_last=2)
+    assert [s for s, _ in C.list_checkpoints(tmp_path)] == [40, 50]
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step-000040", "step-000050"]
+    assert open(tmp_path / "latest").read().strip() == "step-000050"
+    # Re-saving an existing step replaces it whole.
+    C.save_checkpoint(tmp_path, 50, model, optimizer=opt, scheduler=sched, extra={"again": True}, keep_last=2)
+    assert C.load_training_state(tmp_path / "step-000050")["extra"] == {"again": True}
+    assert C.find_latest(tmp_path / "nothing-here") is None
+
+
+def test_load_rejects_incomplete_or_foreign_weights(tmp_path):
+    model, opt, sched = _setup()
+    path = C.save_checkpoint(tmp_path, 1, model)
+    os.remove(os.path.join(path, "training_state.pt"))
+    with pytest.raises(FileNotFoundError):
+        C.load_checkpoint(path, model)
+    other = BertForPreTraining(dataclasses.replace(tiny_config(), num_hidden_layers=1))
+    path = C.save_checkpoint(tmp_path, 2, other)
+    with pytest.raises(ValueError, match="lacks weights"):
+        C.load_checkpoint(path, model)

@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bertkit.modeling import BertForPreTraining
+from bertkit.train.optim import Lamb, build_optimizer, linear_schedule, param_groups
+
+from .tiny import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on shared busy cores are ~100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_param_groups_no_decay_and_ties():
+    model = BertForPreTraining(tiny_config())
+    groups = param_groups(model, 0.01)
+    by_name = {g["group_name"]: g for g in groups}
+    assert set(by_name) == {"decay", "no_decay"}
+    assert by_name["decay"]["weight_decay"] == 0.01 and by_name["no_decay"]["weight_decay"] == 0.0
+    decay, no_decay = by_name["decay"]["names"], by_name["no_decay"]["names"]
+    # Every trainable tensor exactly once, ties included (decoder.weight is the word embeddings).
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len({id(p) for p in model.parameters()})
+    assert "bert.embeddings.word_embeddings.weight" in decay
+    assert not any(n.endswith("decoder.weight") or n.endswith("decoder.bias") for n in decay + no_decay)
+    assert sum(n.endswith("predictions.bias") for n in no_decay) == 1
+    assert all(n.endswith("bias") or "LayerNorm" in n for n in no_decay)
+    assert all(p.dim() == 1 for p in by_name["no_decay"]["params"])
+    assert all(p.dim() == 2 for p in by_name["decay"]["params"])
+    assert any("LayerNorm.weight" in n for n in no_decay)
+    # Frozen parameters are left out.
+    model.bert.pooler.dense.weight.requires_grad_(False)
+    names = [n for g in param_groups(model, 0.01) for n in g["names"]]
+    assert "bert.pooler.dense.weight" not in names
+
+
+def test_linear_schedule_values():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = linear_schedule(opt, warmup_steps=4, total_steps=10)
+    seen = []
+    for _ in range(12):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[0] == 0.0                      # warm-up starts at 0
+    assert seen[2] == pytest.approx(1.0)       # half-way up
+    assert seen[4] == pytest.approx(2.0)       # peak at the end of warm-up
+    assert seen[7] == pytest.approx(1.0)       # half-way down
+    assert seen[10] == 0.0 and seen[11] == 0.0  # zero at the end, never negative
+    assert all(a <= b for a, b in zip(seen[:5], seen[1:5]))
+    with pytest.raises(ValueError):
+        linear_schedule(opt, 11, 10)
+
+
+def _lamb_reference(w, grads, lr, wd, betas, eps, trust):
+    """The LAMB update by hand, in float64."""
+    b1, b2 = betas
+    w = np.array(w, dtype=np.float64)
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        g = np.array(g, dtype=np.float64)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        u = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + wd * w
+        wn, un = np.linalg.norm(w), np.linalg.norm(u)
+        r = wn / un if trust and wn > 0 and un > 0 else 1.0
+        w = w - lr * r * u
+    return w
+
+
+@pytest.mark.parametrize("w0, wd", [([1.0, -2.0, 0.5], 0.01),   # decay group: trust ratio
+                                    ([1.0, -2.0, 0.5], 0.0),    # no-decay group: plain Adam step
+                                    ([0.0, 0.0, 0.0], 0.01)])   # ||w|| = 0: ratio 1
+def test_lamb_matches_hand_computed_update(w0, wd):
+    grads = [[0.5, -1.0, 0.25], [0.1, 0.3, -0.2]]
+    lr, betas, eps = 0.1, (0.9, 0.999), 1e-6
+    p = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    opt = Lamb([p], lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    for g in grads:
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    expected = _lamb_reference(w0, grads, lr, wd, betas, eps, trust=wd != 0)
+    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=1e-12)
+    # The trust ratio matters here: a plain Adam step lands elsewhere.
+    if wd and any(w0):
+        plain = _lamb_reference(w0, grads, lr, wd, betas, eps, trust=False)
+        assert np.abs(plain - expected).max() > 1e-3
+
+
+def test_lamb_state_is_weights_only_loadable(tmp_path):
+    p = nn.Parameter(torch.ones(3))
+    opt = build_optimizer("lamb", [p], lr=0.1, weight_decay=0.01)
+    p.grad = torch.ones(3)
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "o.pt")
+    state = torch.load(tmp_path / "o.pt", weights_only=True)
+    opt2 = build_optimizer("lamb", [nn.Parameter(torch.ones(3))], lr=0.1, weight_decay=0.01)
+    opt2.load_state_dict(state)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_adamw_decoupled_decay_only_on_decay_group():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with torch.no_grad():
+        model[1].weight.fill_(2.0)
+        model[0].bias.fill_(3.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer("adamw", param_groups(model, 0.1), lr=0.5, weight_decay=0.1)
+    assert isinstance(opt, torch.optim.AdamW)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: the only change left is the decoupled decay
+    opt.step()
+    after = dict(model.named_parameters())
+    assert torch.allclose(after["0.weight"], before["0.weight"] * (1 - 0.5 * 0.1), atol=0, rtol=1e-6)
+    for name in ("0.bias", "1.weight", "1.bias"):
+        assert torch.equal(after[name], before[name]), name
+
+
+def test_build_optimizer_rejects_unknown():
+    with pytest.raises(ValueError, match="adamw, lamb"):
+        build_optimizer("sgd", [nn.Parameter(torch.ones(1))], lr=0.1)

@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from bertkit.train import tracking
+from bertkit.train.tracking import Tracker, plot_run, plot_runs, read_metrics
+
+
+def _fake_run(run_dir, steps=30, scale=1.0, progress=False, resume_step=None):
+    tr = Tracker(run_dir, total_steps=steps, progress=progress, tensorboard=False, resume_step=resume_step)
+    start = resume_step or 0
+    for step in range(start + 1, steps + 1):
+        tr.advance()
+        tr.log(step, {"lr": 1e-4 * min(1, step / 5), "loss": scale * (8 - step / 10), "loss_mlm": 7 - step / 10,
+                      "loss_nsp": 0.7, "acc_mlm": step / 100, "acc_nsp": 0.5, "tokens_per_s": 1000.0,
+                      "elapsed": step * 0.1})
+        if step % 10 == 0:
+            tr.log(step, {"loss": 7.5 - step / 20, "acc_mlm": step / 90}, split="eval")
+    tr.close()
+
+
+def test_metrics_jsonl_lines_and_resume_truncation(tmp_path):
+    _fake_run(tmp_path, steps=12)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 13
+    assert records[0]["split"] == "train" and records[0]["step"] == 1 and records[0]["lr"] == pytest.approx(2e-5)
+    assert {"loss", "loss_mlm", "loss_nsp", "acc_mlm", "acc_nsp", "tokens_per_s", "elapsed"} <= set(records[0])
+    assert [r["step"] for r in records if r["split"] == "eval"] == [10]
+
+    # A resumed run drops what the interrupted one logged after its checkpoint, then appends.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"split": "train", "step": 13, "lo')  # the line a crash cut in half
+    _fake_run(tmp_path, steps=14, resume_step=8)
+    steps = [(r["split"], r["step"]) for r in read_metrics(tmp_path)]
+    assert [s for sp, s in steps if sp == "train"] == list(range(1, 15))
+    assert [s for sp, s in steps if sp == "eval"] == [10]
+
+    # A fresh run in the same directory starts a fresh log and keeps the old one aside.
+    _fake_run(tmp_path, steps=2)
+    assert len(read_metrics(tmp_path)) == 2 and (tmp_path / "metrics.jsonl.old").exists()
+
+
+def test_nan_is_written_as_valid_json(tmp_path):
+    tr = Tracker(tmp_path, total_steps=1, progress=False, tensorboard=False)
+    tr.log(1, {"loss": float("nan")})
+    tr.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == "nan"
+
+
+def test_progress_bar_without_a_tty(tmp_path, capsys):
+    _fake_run(tmp_path, steps=5, progress=True)
+    Tracker(tmp_path / "off", total_steps=3, enabled=False).log(1, {"loss": 1.0})  # other ranks: no-ops
+    assert not (tmp_path / "off").exists()
+    err = capsys.readouterr().err
+    assert "5/5" in err and "loss" in err
+
+
+def test_plot_run_and_plot_runs(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fake_run(a)
+    _fake_run(b, scale=0.9)
+    png = plot_run(a)
+    assert png == str(a / "curves.png")
+    data = open(png, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    both = plot_runs([a, b], ["baseline", "variant"], tmp_path / "cmp.png")
+    assert open(both, "rb").read()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="labels"):
+        plot_runs([a, b], ["one"], tmp_path / "x.png")
+
+
+@pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard is not installed")
+def test_tensorboard_scalars(tmp_path):
+    tr = Tracker(tmp_path, total_steps=2, progress=False, tensorboard=True)
+    tr.log(1, {"loss": 2.0, "lr": 1e-4})
+    tr.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,0 +1,184 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bertkit.modeling import BertForPreTraining
+from bertkit.train import TrainConfig, Trainer, find_latest, read_metrics
+from bertkit.train.trainer import resolve_precision
+
+from .tiny import PretrainObjective, TinySource, tiny_config
+
+SCRIPT = Path(__file__).with_name("tiny.py")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on shared busy cores are ~100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _start(*args):
+    return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, expect_rc=0):
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == expect_rc, f"rc {proc.returncode}\n{out}\n{err}"
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT "):]) if lines else None
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def test_exact_resume_after_sigkill(tmp_path):
+    """8 steps x 2 micro-batches, dropout on, a checkpoint every 3 steps. The second run SIGKILLs itself when
+    it asks for micro-batch 15 (the 2nd of step 8): steps 1-7 done, step 7 never saved. Resuming from
+    step-000006 must land on bitwise the same weights as the uninterrupted run."""
+    common = ["--steps", 8, "--batch", 4, "--accum", 2, "--save-every", 3, "--dropout", 0.1]
+    full = _start("--out", tmp_path / "full", *common)
+    cut = _start("--out", tmp_path / "cut", *common, "--kill-at", 15)
+    full_result = _finish(full)
+    _finish(cut, expect_rc=-signal.SIGKILL)
+    assert sorted(os.listdir(tmp_path / "cut")) == ["latest", "metrics.jsonl", "step-000003", "step-000006"]
+    assert [r["step"] for r in read_metrics(tmp_path / "cut")] == [1, 2, 3, 4, 5, 6, 7]
+
+    resumed = _finish(_start("--out", tmp_path / "cut", *common, "--resume"))
+    assert resumed["served"] == [12, 13, 14, 15]  # continues at step 7's batches: no replay, no skip
+    assert full_result["served"] == list(range(16))
+
+    a = torch.load(tmp_path / "full" / "final_weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "final_weights.pt", weights_only=True)
+    diff = _max_diff(a, b)
+    print(f"\nexact resume: 8 steps, killed (SIGKILL) during step 8 after checkpoint step 6, "
+          f"resumed from step 6: max |weight diff| = {diff}")
+    assert diff == 0.0
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # The run's record is whole: one line per step, the resumed steps identical to the uninterrupted ones.
+    full_log = read_metrics(tmp_path / "full")
+    cut_log = read_metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut_log] == list(range(1, 9))
+    for x, y in zip(full_log, cut_log):
+        assert {k: v for k, v in x.items() if k not in ("tokens_per_s", "elapsed")} == \
+               {k: v for k, v in y.items() if k not in ("tokens_per_s", "elapsed")}
+    assert find_latest(tmp_path / "cut").endswith("step-000008")
+
+
+def _train(out, batch, accum, steps=3, dropout=0.0, evaluate=None, save_extra=None, **kw):
+    torch.manual_seed(1234)
+    model = BertForPreTraining(tiny_config(dropout))
+    kw.setdefault("save_final", False)
+    cfg = TrainConfig(max_steps=steps, batch_size=batch, grad_accum=accum, lr=1e-3, warmup_steps=1,
+                      log_every=1, output_dir=str(out), tensorboard=False, progress=False, seed=3, **kw)
+    source = TinySource(batch, seed=7)
+    trainer = Trainer(PretrainObjective(model), model, source, cfg, evaluate=evaluate, save_extra=save_extra)
+    grads = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: grads.append({n: p.grad.clone() for n, p in model.named_parameters()}))
+    metrics = trainer.train()
+    return model, grads, metrics, source
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    # The two micro-batches hold different numbers of MLM labels, so averaging per micro-batch would be wrong.
+    src = TinySource(4, seed=7)
+    n = [int((next(src)["labels"] != -100).sum()) for _ in range(6)]
+    assert any(n[i] != n[i + 1] for i in range(0, 6, 2)), n
+
+    small, g_small, m_small, s_small = _train(tmp_path / "a", batch=4, accum=2)
+    big, g_big, m_big, s_big = _train(tmp_path / "b", batch=8, accum=1)
+    assert s_small.pos == 6 and s_big.pos == 3
+    grad_diff = max(_max_diff(x, y) for x, y in zip(g_small, g_big))
+    weight_diff = _max_diff(dict(small.named_parameters()), dict(big.named_parameters()))
+    print(f"\naccumulation 2 x 4 vs 1 x 8: max |grad diff| {grad_diff:.2e}, max |weight diff| {weight_diff:.2e}")
+    assert grad_diff <= 1e-6 and weight_diff <= 1e-6
+    for k in ("loss", "loss_mlm", "loss_nsp", "acc_mlm", "acc_nsp", "grad_norm"):
+        assert m_small[k] == pytest.approx(m_big[k], rel=1e-6, abs=1e-7), k
+
+
+def test_evaluation_checkpoints_and_rng_isolation(tmp_path):
+    calls = []
+
+    def evaluate(model):
+        assert not model.training and not torch.is_grad_enabled()
+        torch.rand(1000), random.random()  # consumes random numbers: must not change training
+        calls.append(1)
+        return {"loss": 1.5, "acc_mlm": 0.25}
+
+    def save_extra(directory):
+        Path(directory, "vocab.txt").write_text("[PAD]\n")
+
+    with_eval, _, metrics, _ = _train(tmp_path / "e", batch=4, accum=1, steps=5, dropout=0.1,
+                                      evaluate=evaluate, save_extra=save_extra, eval_every=2, save_every=2,
+                                      keep_last=2, save_final=True)
+    without, _, _, _ = _train(tmp_path / "n", batch=4, accum=1, steps=5, dropout=0.1)
+    for (n, a), b in zip(with_eval.named_parameters(), without.parameters()):
+        assert torch.equal(a, b), n
+    assert len(calls) == 3  # steps 2, 4 and the last
+    evals = [r for r in read_metrics(tmp_path / "e") if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4, 5] and evals[0]["acc_mlm"] == 0.25
+    assert metrics["eval_loss"] == 1.5 and metrics["step"] == 5 and "loss_mlm" in metrics
+    assert sorted(d for d in os.listdir(tmp_path / "e") if d.startswith("step-")) == ["step-000004", "step-000005"]
+    for d in ("step-000004", "step-000005"):
+        assert sorted(os.listdir(tmp_path / "e" / d)) == ["config.json", "model.safetensors",
+                                                          "training_state.pt", "vocab.txt"]
+    state = torch.load(tmp_path / "e" / "step-000004" / "training_state.pt", weights_only=True)
+    assert state["step"] == 4 and state["data"] == [{"pos": 4}] and len(state["rng"]) == 1
+    train_lines = [r for r in read_metrics(tmp_path / "e") if r["split"] == "train"]
+    assert [r["step"] for r in train_lines] == [1, 2, 3, 4, 5]
+    assert {"lr", "loss", "loss_mlm", "loss_nsp", "acc_mlm", "acc_nsp", "grad_norm", "tokens_per_s",
+            "elapsed"} <= set(train_lines[0])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_precisions_on_cpu(tmp_path, precision):
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    _, _, metrics, _ = _train(tmp_path, batch=4, accum=2, steps=2, precision=precision, save_final=True)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0
+    scaler = torch.load(tmp_path / "step-000002" / "training_state.pt", weights_only=True)["scaler"]
+    assert (scaler is not None and scaler["scale"] > 1) if precision == "fp16" else scaler is None
+
+
+def test_objective_contract_errors(tmp_path):
+    model = BertForPreTraining(tiny_config())
+
+    class Stray(PretrainObjective):
+        def __init__(self, model):
+            super().__init__(model)
+            self.extra = nn.Linear(2, 2)
+
+    cfg = TrainConfig(max_steps=1, batch_size=4, output_dir=str(tmp_path), progress=False, tensorboard=False)
+    with pytest.raises(ValueError, match="outside the model"):
+        Trainer(Stray(model), model, TinySource(4), cfg)
+
+    class BadStat(PretrainObjective):
+        def forward(self, batch):
+            sums, stats = super().forward(batch)
+            return sums, {"correct": stats["acc_mlm"]}
+
+    with pytest.raises(ValueError, match="<metric>_<term>"):
+        Trainer(BadStat(model), model, TinySource(4), cfg).train()
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
