@@ -37,11 +37,78 @@ def _add_tokenizer_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair frequency (default 2)")
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .tasks.pretrain import PretrainArgs, run_pretraining
+    fields = {f.name for f in dataclasses.fields(PretrainArgs)}
+    run_pretraining(PretrainArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
+
+
+def _add_pretrain(p: argparse.ArgumentParser) -> None:
+    from .config import SIZES
+    from .tasks.pretrain import DOC_BOUNDARIES, PretrainArgs
+    d = PretrainArgs()
+    p.add_argument("--corpus", nargs="+", default=[], metavar="FILE",
+                   help="UTF-8 text files, one paragraph per line, blank lines between documents "
+                        "(default: the English documentation shipped with Python)")
+    p.add_argument("--output", default=d.output, metavar="DIR", help=f"run directory (default {d.output})")
+    p.add_argument("--tokenizer", metavar="DIR", help="an existing tokenizer (default: train one on the corpus)")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size,
+                   help=f"vocabulary size when training one (default {d.vocab_size})")
+    p.add_argument("--cased", action="store_true", help="a cased vocabulary (default uncased)")
+    p.add_argument("--config", metavar="FILE", help="a BERT config.json (overrides --model-size)")
+    p.add_argument("--model-size", choices=list(SIZES), default=d.model_size,
+                   help=f"a size of the published BERT family (default {d.model_size})")
+    p.add_argument("--doc-boundary", default=d.doc_boundary,
+                   help=f"{' or '.join(DOC_BOUNDARIES)} (WikiText's ' = Title = ' lines) or a regex for the "
+                        "heading lines that start a document (default: blank lines)")
+    p.add_argument("--eval-corpus", nargs="+", default=[], metavar="FILE",
+                   help="held-out text (default: every 20th document of the corpus)")
+    for name, kind, help_text in [
+        ("max-steps", int, "optimizer steps"), ("batch-size", int, "sequences per step and process"),
+        ("grad-accum", int, "micro-batches per step"), ("seq-len", int, "tokens per instance"),
+        ("max-predictions", int, "masked tokens per sequence at most"), ("lr", float, "peak learning rate"),
+        ("warmup-steps", int, "linear warm-up steps (default: 10%% of --max-steps)"), ("weight-decay", float, "AdamW/LAMB weight decay"),
+        ("save-every", int, "steps between checkpoints (0: only the last)"),
+        ("eval-every", int, "steps between held-out evaluations (0: only at the end)"),
+        ("log-every", int, "steps between metrics.jsonl lines"), ("keep-last", int, "checkpoints kept"),
+        ("eval-batches", int, "held-out batches per evaluation"), ("seed", int, "random seed"),
+    ]:
+        default = getattr(d, name.replace("-", "_"))
+        shown = "" if default is None else f" (default {default})"
+        p.add_argument(f"--{name}", type=kind, default=default, help=help_text + shown)
+    p.add_argument("--optimizer", choices=["adamw", "lamb"], default=d.optimizer, help="(default adamw)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
+                   help="auto: bf16 on a GPU that has it, fp32 on the CPU")
+    p.add_argument("--whole-word", action="store_true", help="whole-word masking")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .train.tracking import plot_run, plot_runs
+    if len(args.runs) == 1:
+        path = plot_run(args.runs[0], args.output)
+    else:
+        path = plot_runs(args.runs, args.labels, args.output or "curves.png")
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories holding metrics.jsonl")
+    p.add_argument("--output", metavar="PNG", help="the picture (default RUN_DIR/curves.png)")
+    p.add_argument("--labels", nargs="+", help="one legend label per run")
+
+
 # command words -> (help, add_arguments, run)
 COMMANDS = {
     ("demo",): ("tokenize, encode and compare sentences with a pretrained BERT", _add_demo, _demo),
     ("tokenizer", "train"): ("train a WordPiece vocabulary from text files", _add_tokenizer_train,
                              _tokenizer_train),
+    ("pretrain",): ("pre-train BERT (MLM + NSP) on a text corpus", _add_pretrain, _pretrain),
+    ("plot",): ("draw the learning curves of runs to a PNG", _add_plot, _plot),
 }
 
 

@@ -5,6 +5,8 @@ of a small BERT. Only ~15% of the tokens carry a label, so the head runs on thos
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +38,27 @@ class PreTrainingObjective(nn.Module):
         sums = {"mlm": F.cross_entropy(mlm_logits, targets, reduction="sum"),
                 "nsp": F.cross_entropy(nsp_logits, nsp_labels, reduction="sum")}
         with torch.no_grad():
-            stats = {"mlm_correct": (mlm_logits.argmax(-1) == targets).sum(),
-                     "nsp_correct": (nsp_logits.argmax(-1) == nsp_labels).sum()}
+            stats = {"acc_mlm": (mlm_logits.argmax(-1) == targets).sum(),
+                     "acc_nsp": (nsp_logits.argmax(-1) == nsp_labels).sum()}
         return sums, stats
+
+
+@torch.no_grad()
+def evaluate_pretraining(objective: PreTrainingObjective, batches) -> dict[str, float]:
+    """Held-out MLM accuracy, MLM loss and perplexity, NSP accuracy and loss over the given batches.
+
+    `batches` is a finite iterable of collated batches with fixed masks (the same every evaluation)."""
+    was_training = objective.training
+    objective.eval()
+    totals: dict[str, float] = {}
+    device = next(objective.parameters()).device
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        sums, stats = objective(batch)
+        for k, v in {**objective.counts(batch), **{f"loss_{k}": v for k, v in sums.items()}, **stats}.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    objective.train(was_training)
+    mlm_loss = totals["loss_mlm"] / totals["mlm"]
+    return {"mlm_accuracy": totals["acc_mlm"] / totals["mlm"], "mlm_loss": mlm_loss,
+            "perplexity": math.exp(mlm_loss), "nsp_accuracy": totals["acc_nsp"] / totals["nsp"],
+            "nsp_loss": totals["loss_nsp"] / totals["nsp"]}

@@ -1,0 +1,199 @@
+"""The pre-training job: corpus -> vocabulary -> NSP shards -> MLM + NSP training -> a pre-trained BERT.
+
+Run directory layout (everything a resume needs is here):
+    tokenizer/          the WordPiece vocabulary (trained here unless one is given)
+    data/train/         memory-mapped NSP instances (data/heldout/ for evaluation)
+    step-000100/ ...    checkpoints (config.json, model.safetensors, vocab.txt, training_state.pt)
+    config.json, model.safetensors, vocab.txt ...   the final model, loadable with AutoModelForPreTraining
+    metrics.jsonl, curves.png
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import BertConfig
+from ..data.corpus import WIKITEXT_TITLE, python_docs_corpus, read_documents
+from ..data.masking import MaskingCollator, PretrainingBatches
+from ..data.pretraining import PretrainingDataset, build_shards
+from ..modeling import BertForPreTraining
+from ..tokenizer import BertTokenizer
+from ..train import distributed as dist
+from ..train.trainer import TrainConfig, Trainer
+from ..train.tracking import plot_run
+from .fill_mask import fill_mask
+from .pretrain_objective import PreTrainingObjective, evaluate_pretraining
+
+DOC_BOUNDARIES = {"blank": None, "wikitext": WIKITEXT_TITLE}
+
+
+@dataclass
+class PretrainArgs:
+    corpus: list[str] = field(default_factory=list)  # empty: the English docs shipped with Python
+    output: str = "runs/pretrain"
+    tokenizer: str | None = None       # a tokenizer directory; None: train one on the corpus
+    vocab_size: int = 8192
+    cased: bool = False
+    config: str | None = None          # a config.json; overrides model_size
+    model_size: str = "mini"
+    doc_boundary: str = "blank"        # "blank", "wikitext" or a regex for heading lines
+    eval_corpus: list[str] = field(default_factory=list)  # empty: hold out every 20th document
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    seq_len: int = 128
+    max_predictions: int = 20
+    whole_word: bool = False
+    lr: float = 1e-3
+    warmup_steps: int | None = None   # None: 10% of max_steps
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    precision: str = "auto"
+    save_every: int = 0
+    eval_every: int = 0
+    log_every: int = 10
+    keep_last: int = 2
+    eval_batches: int = 20
+    seed: int = 0
+    resume: bool = False
+
+
+def _boundary(name: str):
+    return DOC_BOUNDARIES.get(name, name)
+
+
+def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
+    """Rank 0 builds the shards once; a resumed run reuses them."""
+    train_dir, heldout_dir = run / "data" / "train", run / "data" / "heldout"
+    if train_dir.is_dir() and heldout_dir.is_dir():
+        return
+    for d in (train_dir, heldout_dir):
+        if d.exists():
+            shutil.rmtree(d)
+    boundary = _boundary(args.doc_boundary)
+    common = dict(max_seq_length=args.seq_len, seed=args.seed)
+    if args.eval_corpus:
+        build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, **common)
+        build_shards(args.eval_corpus, tok, heldout_dir, doc_boundary=boundary, **common)
+        return
+    docs = read_documents(args.corpus, boundary)
+    if len(docs) < 40:
+        raise ValueError(f"{', '.join(args.corpus)}: only {len(docs)} documents; holding out every 20th needs "
+                         "at least 40 (or give --eval-corpus)")
+    build_shards([d for i, d in enumerate(docs) if i % 20], tok, train_dir, **common)
+    build_shards(docs[::20], tok, heldout_dir, **common)
+
+
+def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
+    saved = run / "tokenizer"
+    if args.tokenizer:
+        return BertTokenizer.from_pretrained(args.tokenizer)
+    if not saved.is_dir() and dist.is_main():
+        tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased)
+        tok.save_pretrained(saved)
+    dist.barrier()
+    return BertTokenizer.from_pretrained(saved)
+
+
+def _model_config(args: PretrainArgs, tok: BertTokenizer) -> BertConfig:
+    cfg = BertConfig.from_json_file(args.config) if args.config else BertConfig.from_size(args.model_size)
+    cfg.vocab_size = len(tok)
+    cfg.pad_token_id = tok.pad_token_id
+    cfg.validate()
+    if args.seq_len > cfg.max_position_embeddings:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_position_embeddings "
+                         f"({cfg.max_position_embeddings})")
+    return cfg
+
+
+def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int = 0) -> list[tuple[str, str]]:
+    """A few held-out sentences with one word masked: (masked text, the word)."""
+    ds = PretrainingDataset(documents_dir)
+    rng = random.Random(seed)
+    out = []
+    for i in rng.sample(range(len(ds)), min(len(ds), 200)):
+        text = tok.decode(ds[i][0].tolist(), skip_special_tokens=True)
+        words = text.split()[:24]
+        candidates = [j for j, w in enumerate(words) if re.fullmatch(r"[A-Za-z]{4,}", w)]
+        if len(words) < 8 or not candidates:
+            continue
+        j = rng.choice(candidates)
+        if len(tok.tokenize(words[j])) != 1:  # one [MASK] must stand for the whole word
+            continue
+        answer, words[j] = words[j], tok.mask_token
+        out.append((" ".join(words), answer))
+        if len(out) == n:
+            break
+    return out
+
+
+def run_pretraining(args: PretrainArgs) -> dict:
+    info = dist.setup()
+    run = Path(args.output)
+    if not args.resume and dist.is_main() and (run / "latest").exists():
+        raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    run.mkdir(parents=True, exist_ok=True)
+    if not args.corpus:
+        args.corpus = [str(run / "python-docs.txt")]
+        if dist.is_main() and not Path(args.corpus[0]).exists():
+            dist.print0("no --corpus given: building one from the documentation shipped with Python")
+            python_docs_corpus(args.corpus[0])
+    dist.barrier()
+    tok = _load_or_train_tokenizer(args, run)
+    if dist.is_main():
+        _prepare_data(args, run, tok)
+    dist.barrier()
+    train_ds, heldout_ds = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
+    dist.print0(f"corpus: {len(train_ds):,} training and {len(heldout_ds):,} held-out instances "
+                f"of up to {args.seq_len} tokens; vocabulary {len(tok):,}")
+
+    torch.manual_seed(args.seed)
+    model = BertForPreTraining(_model_config(args, tok))
+    objective = PreTrainingObjective(model)
+    collator = MaskingCollator.from_tokenizer(tok, max_predictions_per_seq=args.max_predictions,
+                                              whole_word=args.whole_word)
+    batches = PretrainingBatches(train_ds, args.batch_size, collator, seed=args.seed, rank=info.rank,
+                                 world_size=info.world_size)
+    heldout = PretrainingBatches(heldout_ds, min(args.batch_size, len(heldout_ds)), collator,
+                                 seed=args.seed + 1)
+    n_eval = min(args.eval_batches, heldout.batches_per_epoch)
+
+    def evaluate(_model):
+        heldout.load_state_dict({"epoch": 0, "batch": 0})  # the same masks every time
+        it = iter(heldout)
+        return evaluate_pretraining(objective, (next(it) for _ in range(n_eval)))
+
+    cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                      lr=args.lr,
+                      warmup_steps=args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps, weight_decay=args.weight_decay,
+                      optimizer=args.optimizer, precision=args.precision, log_every=args.log_every,
+                      eval_every=args.eval_every or args.max_steps, save_every=args.save_every,
+                      keep_last=args.keep_last, seed=args.seed, output_dir=str(run))
+    trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=tok.save_pretrained)
+    result = trainer.train(resume=args.resume)
+
+    if dist.is_main():
+        model.save_pretrained(run)
+        tok.save_pretrained(run)
+        (run / "pretrain_args.json").write_text(json.dumps(vars(args), indent=2) + "\n", encoding="utf-8")
+        png = plot_run(run)
+        ev = {k[5:]: v for k, v in result.items() if k.startswith("eval_")}
+        print(f"\nheld-out ({n_eval} batches): MLM accuracy {ev['mlm_accuracy']:.3f}, "
+              f"perplexity {ev['perplexity']:.1f}, NSP accuracy {ev['nsp_accuracy']:.3f}")
+        examples = mask_examples(run / "data" / "heldout", tok, seed=args.seed)
+        if examples:
+            model.eval()
+            print("fill-mask on held-out text:")
+            for (text, answer), (guesses,) in zip(examples, fill_mask(model, tok, [t for t, _ in examples])):
+                shown = ", ".join(f"{t} {p:.2f}" for t, p in guesses)
+                print(f"  {text}\n    answer: {answer}   model: {shown}")
+        print(f"model, tokenizer and curves ({os.path.basename(png)}) in {run}")
+    dist.cleanup()
+    return result
