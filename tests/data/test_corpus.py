@@ -3,6 +3,7 @@ corpus of Python's own documentation."""
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -117,9 +118,10 @@ def test_python_docs_corpus(tmp_path):
     assert path.stat().st_size > 1_500_000
     assert not list(tmp_path.glob("*.tmp*"))
     docs = read_documents(path)
-    assert len(docs) > 5000
+    assert len(docs) > 500  # one document per module and per help topic
+    assert statistics.median(len(d) for d in docs) >= 5  # documents of many sentences, so NSP has real pairs
     texts = ["\n".join(d) for d in docs]
-    assert len(set(texts)) > 0.99 * len(texts)  # deduplicated (sentence splitting may merge a few)
+    assert len(set(texts)) == len(texts)
     text = path.read_text(encoding="utf-8")
     assert " ".join(inspect.getdoc(json.dumps).split("\n\n")[0].split()) in text  # a function's docstring
     from pydoc_data.topics import topics
