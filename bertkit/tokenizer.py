@@ -23,6 +23,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
+from bertkit.data.corpus import read_lines
 from bertkit.io import atomic_path, write_text_atomic
 
 __all__ = ["BatchEncoding", "BertTokenizer", "load_vocab"]
@@ -240,6 +241,8 @@ class BertTokenizer:
         for p in paths:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: training file not found")
+            for _ in read_lines(Path(p)):  # a bad byte is an error naming its line, before Rust sees it
+                pass
         return cls._train(
             lambda tok, trainer: tok.train([os.fspath(p) for p in paths], trainer),
             vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,

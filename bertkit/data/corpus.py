@@ -101,7 +101,7 @@ def _as_paths(paths) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text without its line ending), decoding each line so a bad byte names its line."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -141,7 +141,7 @@ def iter_documents(
                 document.extend(split_sentences(" ".join(paragraph)))
                 paragraph.clear()
 
-        for _, line in _lines(path):
+        for _, line in read_lines(path):
             if boundary is not None and boundary.match(line):
                 end_paragraph()
                 if document:

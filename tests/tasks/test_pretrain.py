@@ -1,0 +1,113 @@
+"""The pre-training job end to end through the CLI, on a tiny generated corpus and a tiny BERT."""
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bertkit import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+from bertkit.cli import main
+from bertkit.tokenizer import BertTokenizer
+from bertkit.train import trainer as trainer_module
+
+WORDS = ("river stone cloud garden lamp window forest bridge engine letter market violin harbor candle "
+         "meadow rocket pencil mirror castle orange").split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """60 documents of 6 sentences; each document talks about its own few words."""
+    rng = random.Random(0)
+    docs = []
+    for _ in range(60):
+        topic = rng.sample(WORDS, 4)
+        docs.append("\n".join(f"The {rng.choice(topic)} is near the {rng.choice(topic)} and the "
+                              f"{rng.choice(topic)}." for _ in range(6)))
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(corpus, tmp_path_factory):
+    """Trained once: the Rust WordPiece trainer breaks count ties in hash order (huggingface/tokenizers#1794),
+    so two trainings on the same text can differ; runs that must agree share one vocabulary."""
+    out = tmp_path_factory.mktemp("tok")
+    BertTokenizer.train([corpus], 120).save_pretrained(out)
+    return out
+
+
+def pretrain(corpus, out, *extra):
+    return main(["pretrain", "--corpus", str(corpus), "--output", str(out), "--model-size", "tiny",
+                 "--vocab-size", "120", "--max-steps", "4", "--batch-size", "4", "--seq-len", "32",
+                 "--eval-batches", "2", "--log-every", "1", "--save-every", "2", "--seed", "3", *extra])
+
+
+def test_pretrain_writes_a_model_the_auto_classes_load(corpus, tmp_path, capsys):
+    assert pretrain(corpus, tmp_path / "run") == 0
+    out = capsys.readouterr().out
+    assert "held-out (2 batches): MLM accuracy" in out and "NSP accuracy" in out
+    run = tmp_path / "run"
+    model = AutoModelForPreTraining.from_pretrained(run)
+    mlm = AutoModelForMaskedLM.from_pretrained(run)
+    assert model.load_report.clean
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, mlm.bert.embeddings.word_embeddings.weight)
+    tok = AutoTokenizer.from_pretrained(run)
+    assert len(tok) == model.config.vocab_size <= 120
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 128  # the "tiny" size
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in lines if m.get("split", "train") == "train"]
+    evals = [m for m in lines if m.get("split") == "eval"]
+    assert [m["step"] for m in train] == [1, 2, 3, 4]
+    assert evals and 0.0 <= evals[-1]["mlm_accuracy"] <= 1.0 and evals[-1]["perplexity"] > 1.0
+    assert (run / "curves.png").stat().st_size > 10_000
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-000002", "step-000004"]
+
+
+def test_a_second_run_in_the_same_directory_needs_resume(corpus, tmp_path, capsys):
+    assert pretrain(corpus, tmp_path / "run") == 0
+    assert pretrain(corpus, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run; pass --resume" in err
+
+
+def test_resume_after_a_crash_ends_with_the_weights_of_an_uninterrupted_run(corpus, tokenizer_dir, tmp_path,
+                                                                          monkeypatch):
+    assert pretrain(corpus, tmp_path / "straight", "--tokenizer", str(tokenizer_dir)) == 0
+
+    real_save = trainer_module.Trainer.save
+
+    def save_then_crash(self, step=None):
+        path = real_save(self, step)
+        if self.step == 2:
+            raise RuntimeError("simulated crash after the step-2 checkpoint")
+        return path
+
+    monkeypatch.setattr(trainer_module.Trainer, "save", save_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(corpus, tmp_path / "crashed", "--tokenizer", str(tokenizer_dir))
+    monkeypatch.setattr(trainer_module.Trainer, "save", real_save)
+    assert pretrain(corpus, tmp_path / "crashed", "--tokenizer", str(tokenizer_dir), "--resume") == 0
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "crashed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\n\nsecond doc\nbroken \xff byte\n")
+    assert main(["pretrain", "--corpus", str(bad), "--output", str(tmp_path / "run"), "--vocab-size", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}:4" in err and "UTF-8" in err
