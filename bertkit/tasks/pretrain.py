@@ -42,10 +42,10 @@ class PretrainArgs:
     vocab_size: int = 8192
     cased: bool = False
     config: str | None = None          # a config.json; overrides model_size
-    model_size: str = "mini"
+    model_size: str = "tiny"
     doc_boundary: str = "blank"        # "blank", "wikitext" or a regex for heading lines
     eval_corpus: list[str] = field(default_factory=list)  # empty: hold out every 20th document
-    max_steps: int = 1000
+    max_steps: int = 400
     batch_size: int = 32
     grad_accum: int = 1
     seq_len: int = 128
