@@ -253,8 +253,6 @@ def test_other_activations_and_layer_norm_eps(act):
     print(f"\n{act} (eps 1e-3): logits max |diff| = {d:.2e}")
 
 
-@pytest.mark.xfail(strict=True, reason="bertkit ties the MLM decoder to the word embeddings even when "
-                   "config.tie_word_embeddings is False (heads.py _TiedMLM.tie_weights)")
 @pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
 def test_untied_decoder_when_config_says_so(name):
     cfg = tiny_config(tie_word_embeddings=False)

@@ -108,20 +108,31 @@ class _BertHeadModel(BertPreTrainedModel):
 
 
 class _TiedMLM:
-    """Mixin: the MLM decoder shares the word embeddings (and its bias is cls.predictions.bias)."""
+    """Mixin: the MLM decoder shares the word embeddings (unless config.tie_word_embeddings is false) and its
+    bias is cls.predictions.bias; after resize_token_embeddings both follow the new vocabulary size."""
 
     def tie_weights(self) -> None:
         pred = self.cls.predictions
         emb = self.bert.embeddings.word_embeddings
-        pred.decoder.weight = emb.weight
-        if pred.bias.shape[0] != emb.num_embeddings:  # after resize_token_embeddings
-            old = pred.bias.data
-            bias = nn.Parameter(old.new_zeros(emb.num_embeddings))
-            n = min(old.shape[0], emb.num_embeddings)
-            bias.data[:n] = old[:n]
-            pred.bias = bias
+        vocab = emb.num_embeddings
+        if self.config.tie_word_embeddings:
+            pred.decoder.weight = emb.weight
+        elif pred.decoder.weight.shape[0] != vocab:
+            pred.decoder.weight = _resized(pred.decoder.weight, vocab, self.config.initializer_range)
+        if pred.bias.shape[0] != vocab:
+            pred.bias = _resized(pred.bias, vocab, 0.0)
         pred.decoder.bias = pred.bias
-        pred.decoder.out_features = emb.num_embeddings
+        pred.decoder.out_features = vocab
+
+
+def _resized(old: nn.Parameter, rows: int, std: float) -> nn.Parameter:
+    """Keep the first rows of `old`; new rows are N(0, std) (zeros when std is 0)."""
+    new = old.new_zeros(rows, *old.shape[1:])
+    if std > 0:
+        nn.init.normal_(new, std=std)
+    n = min(rows, old.shape[0])
+    new[:n] = old.data[:n]
+    return nn.Parameter(new, requires_grad=old.requires_grad)
 
 
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
