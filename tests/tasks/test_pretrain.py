@@ -15,12 +15,7 @@ WORDS = ("river stone cloud garden lamp window forest bridge engine letter marke
          "meadow rocket pencil mirror castle orange").split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ from bertkit.train.optim import Lamb, build_optimizer, linear_schedule, param_gr
 from .tiny import tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on shared busy cores are ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_param_groups_no_decay_and_ties():

@@ -19,13 +19,7 @@ from .tiny import PretrainObjective, TinySource, tiny_config
 SCRIPT = Path(__file__).with_name("tiny.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on shared busy cores are ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env():
