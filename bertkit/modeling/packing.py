@@ -89,10 +89,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packin
     would take (q, k, v, cu_seqlens, max_seqlen) directly.
     """
     outputs, weights = [], []
-    for start, n, length in packing.runs:
-        end = start + n * length
+    # split, not slicing: the backward of one split is one concatenation, while each slice's backward
+    # would fill and add a gradient the size of the whole packed tensor.
+    sizes = [n * length for _, n, length in packing.runs]
+    for (_, n, length), *qkv in zip(packing.runs, q.split(sizes), k.split(sizes), v.split(sizes)):
         # (n * length, heads, head_dim) -> (n, heads, length, head_dim)
-        qs, ks, vs = (t[start:end].view(n, length, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
+        qs, ks, vs = (t.view(n, length, *t.shape[1:]).transpose(1, 2) for t in qkv)
         if need_weights:
             scores = (qs @ ks.transpose(-1, -2)) * qs.shape[-1] ** -0.5   # (n, heads, length, length)
             probs = scores.softmax(dim=-1)
