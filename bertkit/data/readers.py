@@ -1,0 +1,409 @@
+"""Fine-tuning data readers: CSV / TSV / JSONL tables, CoNLL tag columns and SQuAD JSON.
+
+Every reader returns a list of small dataclasses that remember the 1-based line they came from, and every problem in a
+file is a ``ValueError`` that starts with ``path:LINE:`` and says what was expected.
+
+- `read_table` reads sentence (or sentence-pair) classification and regression data. TSV is GLUE style: split on tabs,
+  no quoting (GLUE sentences hold unbalanced ``"``), a UTF-8 BOM (MRPC) is dropped. CSV goes through the `csv`
+  module. JSONL holds one object per line. Columns are chosen by header name or by 0-based index (negative counts
+  from the end).
+- `label_set`, `label_maps` and `is_regression` turn the labels into a model config's ``id2label`` / ``label2id``.
+- `read_conll` reads ``token<TAB>tag`` (or whitespace-separated) columns with blank lines between sentences.
+- `read_squad` reads SQuAD v1.1 / v2.0 JSON, plain or zipped, and checks every answer span against its context.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = [
+    "Example",
+    "TaggedSentence",
+    "SquadExample",
+    "read_table",
+    "label_set",
+    "label_maps",
+    "is_regression",
+    "read_conll",
+    "read_squad",
+]
+
+@dataclass(frozen=True)
+class Example:
+    """One row of a classification / regression table. ``label`` is the label's text, None without a label column."""
+    text: str
+    text_pair: str | None = None
+    label: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    """One sentence of a CoNLL file; ``line`` is the line of its first token."""
+    tokens: list[str]
+    tags: list[str]
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class SquadExample:
+    """One SQuAD question. ``answers`` is a list of ``(text, start)`` with ``start`` a character offset into
+    ``context``; it is empty for an unanswerable (v2.0) question."""
+    qid: str
+    question: str
+    context: str
+    answers: list[tuple[str, int]] = field(default_factory=list)
+    is_impossible: bool = False
+    title: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------------------------
+
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, a leading BOM dropped; an undecodable byte is an error naming its line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _lines(text: str) -> Iterable[tuple[int, str]]:
+    """(1-based line number, line without its \\n or \\r\\n), skipping blank lines."""
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line[:-1] if line.endswith("\r") else line
+        if line.strip():
+            yield n, line
+
+
+def _resolve(spec: Any, names: Sequence[str] | None, width: int, where: str, role: str) -> int:
+    """The 0-based field index of a column chosen by name (needs a header) or by index."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, str)):
+        raise ValueError(f"{role} must be a column name or an integer index, got {spec!r}")
+    if isinstance(spec, int):
+        if not -width <= spec < width:
+            raise ValueError(f"{where}: {role}={spec} is out of range: rows have {width} fields"
+                             + (f" ({list(names)})" if names else ""))
+        return spec % width
+    if names is None:
+        raise ValueError(f"{where}: {role}={spec!r} names a column, but the file is read without a header "
+                         f"(header=False); choose columns by 0-based index")
+    if spec not in names:
+        raise ValueError(f"{where}: no column {spec!r} for {role}; available columns: {list(names)}")
+    if list(names).count(spec) > 1:
+        raise ValueError(f"{where}: the header has {list(names).count(spec)} columns named {spec!r}; "
+                         f"choose {role} by index")
+    return list(names).index(spec)
+
+
+def _rows_delimited(text: str, path: Path, fmt: str) -> Iterable[tuple[int, list[str]]]:
+    if fmt == "tsv":
+        for n, line in _lines(text):
+            yield n, line.split("\t")
+        return
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise ValueError(f"{path}:{start}: bad CSV record ({e})") from None
+        if any(cell.strip() for cell in row):
+            yield start, row
+        start = reader.line_num + 1
+
+
+def _label_text(value: Any, where: str, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)  # keep the JSON spelling: 1, 2.5, true
+    raise ValueError(f"{where}: expected a string or a number for {key!r}, got {json.dumps(value)[:60]}")
+
+
+def _read_jsonl(path: Path, text: str, text_column: Any, text_pair_column: Any, label_column: Any) -> list[Example]:
+    examples = []
+    keys = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
+    for role, key in keys.items():
+        if key is not None and not isinstance(key, str):
+            raise ValueError(f"{path}: JSONL rows are objects; choose {role} by key name, got {key!r}")
+    first = True
+    for n, line in _lines(text):
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: expected one JSON object per line ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if first:  # an unknown column is a mistake in the call, not in this row: list what there is
+            for role, key in keys.items():
+                if key is not None and key not in obj:
+                    raise ValueError(f"{where}: no column {key!r} for {role}; available columns: {list(obj)}")
+            first = False
+        values = {}
+        for role, key in keys.items():
+            if key is None:
+                values[role] = None
+                continue
+            if key not in obj:
+                raise ValueError(f"{where}: missing key {key!r} ({role}); this object has {list(obj)}")
+            value = obj[key]
+            if role == "label_column":
+                values[role] = _label_text(value, where, key)
+            elif not isinstance(value, str):
+                raise ValueError(f"{where}: expected a string for {key!r}, got {json.dumps(value)[:60]}")
+            else:
+                values[role] = value
+        examples.append(Example(values["text_column"], values["text_pair_column"], values["label_column"], n))
+    return examples
+
+
+def read_table(path: str | Path, *, format: str | None = None, text_column: str | int,
+               text_pair_column: str | int | None = None, label_column: str | int | None = None,
+               header: bool = True) -> list[Example]:
+    """Read a CSV, TSV or JSONL table into `Example` rows.
+
+    ``format`` is "csv", "tsv" or "jsonl"; None takes it from the extension (.csv, .tsv, .jsonl / .ndjson).
+    Columns are header names or 0-based indices (TSV / CSV); JSONL columns are keys, and ``header`` does not apply.
+    With ``header=False`` every line is data and columns must be indices. Every row must have as many fields as the
+    header (or, without a header, as the first row). Blank lines are skipped. Text is kept exactly as in the file;
+    labels are kept as text (`label_set` sorts them).
+    """
+    path = Path(path)
+    fmt = format if format is not None else _FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "tsv", "jsonl"):
+        if format is None:
+            raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+                             f"pass format='csv', 'tsv' or 'jsonl'")
+        raise ValueError(f"format must be 'csv', 'tsv' or 'jsonl', got {format!r}")
+    text = _read_text(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path, text, text_column, text_pair_column, label_column)
+
+    rows = _rows_delimited(text, path, fmt)
+    names: list[str] | None = None
+    if header:
+        first = next(rows, None)
+        if first is None:
+            raise ValueError(f"{path}:1: expected a header line, the file is empty")
+        header_line, names = first
+    examples: list[Example] = []
+    idx: dict[str, int | None] = {}
+    width = 0
+    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
+    for n, row in rows:
+        where = f"{path}:{n}"
+        if not idx:
+            width = len(names) if names is not None else len(row)
+            loc = f"{path}:{header_line}" if names is not None else where
+            idx = {role: None if spec is None else _resolve(spec, names, width, loc, role)
+                   for role, spec in (("text_column", text_column), ("text_pair_column", text_pair_column),
+                                      ("label_column", label_column))}
+        if len(row) != width:
+            like = "the header" if names is not None else "the first row"
+            raise ValueError(f"{where}: expected {width} {kind} fields (like {like}), found {len(row)}")
+        label = None if idx["label_column"] is None else row[idx["label_column"]]
+        if label is not None and not label.strip():
+            raise ValueError(f"{where}: the label field (column {idx['label_column']}) is empty")
+        pair = None if idx["text_pair_column"] is None else row[idx["text_pair_column"]]
+        examples.append(Example(row[idx["text_column"]], pair, label, n))
+    if not idx:  # no data rows: still report a bad column choice
+        for role, spec in (("text_column", text_column), ("text_pair_column", text_pair_column),
+                           ("label_column", label_column)):
+            if spec is not None and names is not None:
+                _resolve(spec, names, len(names), f"{path}:{header_line}", role)
+    return examples
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# labels
+# ----------------------------------------------------------------------------------------------------------------
+
+def _number(s: str) -> float | None:
+    try:
+        v = float(s)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _labels(examples_or_labels: Iterable[Any]) -> list[str]:
+    labels = [getattr(e, "label", e) for e in examples_or_labels]
+    if not labels:
+        raise ValueError("no examples")
+    if any(v is None for v in labels):
+        raise ValueError("some examples have no label (label=None): read the table with a label_column")
+    return [str(v) for v in labels]
+
+
+def label_set(examples: Iterable[Any]) -> list[str]:
+    """The distinct labels of `Example` rows (or of plain label strings), sorted: numerically when every label is a
+    number ("2" before "10"), else as text."""
+    distinct = set(_labels(examples))
+    if all(_number(v) is not None for v in distinct):
+        return sorted(distinct, key=lambda v: (_number(v), v))
+    return sorted(distinct)
+
+
+def label_maps(labels: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """``(id2label, label2id)`` for a model config, ids in the order given (use `label_set` for a sorted order)."""
+    labels = [str(v) for v in labels]
+    if not labels:
+        raise ValueError("no labels")
+    if len(set(labels)) != len(labels):
+        dup = sorted({v for v in labels if labels.count(v) > 1})
+        raise ValueError(f"labels must be distinct, repeated: {dup}")
+    return dict(enumerate(labels)), {v: i for i, v in enumerate(labels)}
+
+
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def is_regression(labels: Iterable[Any]) -> bool:
+    """True only when the labels are clearly real-valued targets: every label is a finite number and at least one of
+    them has a fractional part (STS-B's "3.800"). Integer-valued labels ("0", "1", or "1.0", "2.0") are taken as
+    class ids, and any non-numeric label means classification. Accepts `Example` rows or label strings."""
+    values = [_number(v) for v in _labels(labels)]
+    if any(v is None for v in values):
+        return False
+    return any(v != int(v) for v in values)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CoNLL
+# ----------------------------------------------------------------------------------------------------------------
+
+def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) -> list[TaggedSentence]:
+    """Read a CoNLL-style file: one token per line with its columns separated by tabs (or, on a line without a
+    tab, by whitespace); blank or whitespace-only lines separate sentences; ``-DOCSTART-`` lines are skipped.
+    Column indices are 0-based; negative ones count from the end of each line."""
+    path = Path(path)
+    text = _read_text(path)
+    sentences: list[TaggedSentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 0
+    for role, col in (("token_column", token_column), ("tag_column", tag_column)):
+        if isinstance(col, bool) or not isinstance(col, int):
+            raise ValueError(f"{role} must be an integer column index, got {col!r}")
+
+    def flush() -> None:
+        nonlocal tokens, tags
+        if tokens:
+            sentences.append(TaggedSentence(tokens, tags, start))
+        tokens, tags = [], []
+
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            flush()
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if fields[0] == "-DOCSTART-":
+            flush()
+            continue
+        width = len(fields)
+        if width < 2 or not (-width <= token_column < width and -width <= tag_column < width) \
+                or token_column % width == tag_column % width:
+            raise ValueError(f"{path}:{n}: expected a token column and a tag column (token_column={token_column}, "
+                             f"tag_column={tag_column}), found {width} column(s): {line[:80]!r}")
+        token, tag = fields[token_column], fields[tag_column].strip()
+        if not token:
+            raise ValueError(f"{path}:{n}: empty token in column {token_column}: {line[:80]!r}")
+        if not tag:
+            raise ValueError(f"{path}:{n}: empty tag in column {tag_column}: {line[:80]!r}")
+        if not tokens:
+            start = n
+        tokens.append(token)
+        tags.append(tag)
+    flush()
+    return sentences
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SQuAD
+# ----------------------------------------------------------------------------------------------------------------
+
+def _load_squad_json(path: Path) -> Any:
+    if path.suffix.lower() == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.namelist() if m.lower().endswith(".json") and not m.startswith("__MACOSX/")]
+            if len(members) != 1:
+                raise ValueError(f"{path}: expected a zip holding exactly one .json file, found {members}")
+            raw, where = zf.read(members[0]), f"{path}!{members[0]}"
+    else:
+        raw, where = path.read_bytes(), str(path)
+    try:
+        return json.loads(raw.decode("utf-8-sig")), where
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_squad(path: str | Path, *, strict: bool = True) -> list[SquadExample]:
+    """Read SQuAD v1.1 / v2.0 JSON (a .json file, or a .zip holding one) into one `SquadExample` per question.
+
+    Every answer must satisfy ``context[start:start + len(text)] == text`` (it holds for every answer of the official
+    v1.1 dev and v2.0 files): a mismatch is a ``ValueError`` naming the question id and counting the mismatches, or,
+    with ``strict=False``, a warning (the examples keep the offsets as given).
+    Unanswerable v2.0 questions (``is_impossible``) get ``answers == []``; their ``plausible_answers`` are not kept.
+    """
+    path = Path(path)
+    data, where = _load_squad_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError(f"{where}: expected SQuAD JSON, an object with a 'data' list of articles")
+    examples: list[SquadExample] = []
+    bad: list[str] = []
+    for a, article in enumerate(data["data"]):
+        title = article.get("title", "")
+        for p, para in enumerate(article.get("paragraphs", ())):
+            context = para.get("context")
+            if not isinstance(context, str):
+                raise ValueError(f"{where}: article {a} ({title!r}) paragraph {p} has no 'context' string")
+            for qa in para.get("qas", ()):
+                qid = qa.get("id")
+                if qid is None or not isinstance(qa.get("question"), str):
+                    raise ValueError(f"{where}: article {a} ({title!r}) paragraph {p}: a question without "
+                                     f"'id' or 'question'")
+                impossible = bool(qa.get("is_impossible", False))
+                answers = []
+                for ans in qa.get("answers", ()):
+                    try:
+                        text, start = ans["text"], int(ans["answer_start"])
+                    except (KeyError, TypeError, ValueError):
+                        raise ValueError(f"{where}: question {qid}: an answer needs 'text' and an integer "
+                                         f"'answer_start', got {ans!r}") from None
+                    if context[start:start + len(text)] != text:
+                        bad.append(f"question {qid}: answer {text!r} at {start} does not match the context there "
+                                   f"({context[start:start + len(text)]!r})")
+                    answers.append((text, start))
+                if impossible and answers:
+                    raise ValueError(f"{where}: question {qid} is marked is_impossible but has answers")
+                if not impossible and not answers:
+                    raise ValueError(f"{where}: question {qid} has no answers and is not marked is_impossible")
+                examples.append(SquadExample(qid, qa["question"], context, answers, impossible, title))
+    if bad:
+        msg = f"{where}: {len(bad)} answer span(s) do not match their context; first: {bad[0]}"
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return examples

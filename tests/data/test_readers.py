@@ -1,0 +1,287 @@
+"""bertkit.data.readers on the real GLUE / SMS / WNUT-17 / SQuAD files, and on tiny bad files for every error."""
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bertkit.data.readers import (
+    Example,
+    SquadExample,
+    TaggedSentence,
+    is_regression,
+    label_maps,
+    label_set,
+    read_conll,
+    read_squad,
+    read_table,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+CLS = DATA / "classification"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real tables
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_sst2_dev():
+    rows = read_table(need(CLS / "sst2" / "dev.tsv"), text_column="sentence", label_column="label")
+    assert len(rows) == 872
+    assert label_set(rows) == ["0", "1"]
+    assert Counter(r.label for r in rows) == {"1": 444, "0": 428}
+    assert rows[0] == Example("it 's a charming and often affecting journey . ", None, "1", 2)  # text kept as is
+    assert rows[-1].line == 873
+    assert not is_regression(rows)
+
+
+def test_mrpc_dev_with_bom_and_own_column_names():
+    rows = read_table(need(CLS / "mrpc" / "dev.tsv"), text_column="#1 String", text_pair_column="#2 String",
+                      label_column="Quality")
+    assert len(rows) == 408
+    assert Counter(r.label for r in rows) == {"1": 279, "0": 129}
+    assert all(r.text and r.text_pair for r in rows)
+    id2label, label2id = label_maps(label_set(rows))
+    assert id2label == {0: "0", 1: "1"} and label2id == {"0": 0, "1": 1}
+    # the source file has no .tsv extension: name the format
+    train = read_table(need(CLS / "mrpc" / "msr_paraphrase_train.txt"), format="tsv", text_column=3,
+                       text_pair_column=-1, label_column="Quality")
+    assert len(train) == 4076
+    assert Counter(r.label for r in train) == {"1": 2753, "0": 1323}
+
+
+def test_rte_dev():
+    rows = read_table(need(CLS / "rte" / "dev.tsv"), text_column="sentence1", text_pair_column="sentence2",
+                      label_column="label")
+    assert len(rows) == 277
+    assert label_set(rows) == ["entailment", "not_entailment"]
+    assert Counter(r.label for r in rows) == {"entailment": 146, "not_entailment": 131}
+
+
+def test_sms_spam_without_header():
+    rows = read_table(need(CLS / "sms_spam" / "SMSSpamCollection"), format="tsv", header=False,
+                      text_column=1, label_column=0)
+    assert len(rows) == 5574
+    assert Counter(r.label for r in rows) == {"ham": 4827, "spam": 747}
+    assert rows[0].line == 1 and rows[0].text.startswith("Go until jurong point")
+    with pytest.raises(ValueError, match=r"SMSSpamCollection:1: text_column='text' names a column, but the file "
+                                         r"is read without a header \(header=False\)"):
+        read_table(CLS / "sms_spam" / "SMSSpamCollection", format="tsv", header=False, text_column="text")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tables: formats and errors on tiny files
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_tsv_glue_style(tmp_path):
+    p = write(tmp_path, "t.tsv", '\ufeffsentence\tlabel\r\nhe said "hi\t1\r\n\r\nit\'s "fine" , ok\t0\r\n')
+    rows = read_table(p, text_column="sentence", label_column="label")
+    assert rows == [Example('he said "hi', None, "1", 2), Example('it\'s "fine" , ok', None, "0", 4)]
+    assert read_table(p, text_column=0)[0].label is None  # no label column
+    assert read_table(p, text_column=-2, label_column=-1) == rows
+
+
+def test_tsv_wrong_field_count(tmp_path):
+    p = write(tmp_path, "bad.tsv", "sentence\tlabel\na\t1\nb\tc\t0\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv:3: expected 2 tab-separated fields \(like the header\), "
+                                         r"found 3"):
+        read_table(p, text_column="sentence", label_column="label")
+    p = write(tmp_path, "nohead.tsv", "1\ta\n0\n")
+    with pytest.raises(ValueError, match=r"nohead\.tsv:2: expected 2 tab-separated fields \(like the first row\), "
+                                         r"found 1"):
+        read_table(p, header=False, text_column=1, label_column=0)
+
+
+def test_unknown_column_lists_the_available_ones(tmp_path):
+    p = write(tmp_path, "c.tsv", "sentence\tlabel\na\t1\n")
+    with pytest.raises(ValueError, match=r"c\.tsv:1: no column 'text' for text_column; available columns: "
+                                         r"\['sentence', 'label'\]"):
+        read_table(p, text_column="text")
+    with pytest.raises(ValueError, match=r"c\.tsv:1: label_column=2 is out of range: rows have 2 fields"):
+        read_table(p, text_column=0, label_column=2)
+    with pytest.raises(ValueError, match="no column 'x' for label_column"):
+        read_table(write(tmp_path, "h.tsv", "sentence\tlabel\n"), text_column=0, label_column="x")
+    with pytest.raises(ValueError, match="column name or an integer index"):
+        read_table(p, text_column=1.5)
+
+
+def test_empty_label_and_bad_utf8(tmp_path):
+    p = write(tmp_path, "e.tsv", "sentence\tlabel\na\t1\nb\t \n")
+    with pytest.raises(ValueError, match=r"e\.tsv:3: the label field \(column 1\) is empty"):
+        read_table(p, text_column=0, label_column=1)
+    p = write(tmp_path, "u.tsv", b"sentence\tlabel\na\t1\n\xff\t0\n")
+    with pytest.raises(ValueError, match=r"u\.tsv:3: not valid UTF-8"):
+        read_table(p, text_column=0, label_column=1)
+
+
+def test_csv_quoting_and_line_numbers(tmp_path):
+    p = write(tmp_path, "d.csv", 'text,other,label\n"hello, world",x,pos\n"two\nlines",y,neg\nplain,z,pos\n')
+    rows = read_table(p, text_column="text", text_pair_column="other", label_column="label")
+    assert rows == [Example("hello, world", "x", "pos", 2), Example("two\nlines", "y", "neg", 3),
+                    Example("plain", "z", "pos", 5)]
+    bad = write(tmp_path, "bad.csv", 'text,label\nok,1\nshort\n')
+    with pytest.raises(ValueError, match=r"bad\.csv:3: expected 2 comma-separated fields \(like the header\), "
+                                         r"found 1"):
+        read_table(bad, text_column="text", label_column="label")
+    broken = write(tmp_path, "broken.csv", 'text,label\nok,1\n"a"b,0\n')
+    with pytest.raises(ValueError, match=r"broken\.csv:3: bad CSV record"):
+        read_table(broken, text_column="text", label_column="label")
+
+
+def test_jsonl(tmp_path):
+    p = write(tmp_path, "d.jsonl", '{"q": "a", "p": "b", "y": 1}\n\n{"q": "c", "p": "d", "y": 2.5}\n'
+                                   '{"q": "e", "p": "f", "y": "neutral", "extra": [1]}\n')
+    rows = read_table(p, text_column="q", text_pair_column="p", label_column="y")
+    assert rows == [Example("a", "b", "1", 1), Example("c", "d", "2.5", 3), Example("e", "f", "neutral", 4)]
+
+    cases = [
+        ('{"q": "a", "y": 1}\n{"q": "b", "y": 1\n', r"bad\.jsonl:2: expected one JSON object per line"),
+        ('{"q": "a", "y": 1}\n[1, 2]\n', r"bad\.jsonl:2: expected a JSON object, got list"),
+        ('{"q": "a", "y": 1}\n{"q": "b"}\n', r"bad\.jsonl:2: missing key 'y' \(label_column\); this object has "
+                                             r"\['q'\]"),
+        ('{"q": 5, "y": 1}\n', r"bad\.jsonl:1: expected a string for 'q', got 5"),
+        ('{"q": "a", "y": null}\n', r"bad\.jsonl:1: expected a string or a number for 'y', got null"),
+        ('{"text": "a", "y": 1}\n', r"bad\.jsonl:1: no column 'q' for text_column; available columns: "
+                                    r"\['text', 'y'\]"),
+    ]
+    for content, message in cases:
+        with pytest.raises(ValueError, match=message):
+            read_table(write(tmp_path, "bad.jsonl", content), text_column="q", label_column="y")
+    with pytest.raises(ValueError, match="JSONL rows are objects; choose text_column by key name"):
+        read_table(p, text_column=0)
+
+
+def test_format_from_extension(tmp_path):
+    p = write(tmp_path, "data.txt", "a\t1\n")
+    with pytest.raises(ValueError, match=r"data\.txt: cannot tell the format from the extension '\.txt'; "
+                                         r"pass format="):
+        read_table(p, text_column=0)
+    with pytest.raises(ValueError, match="format must be 'csv', 'tsv' or 'jsonl', got 'xml'"):
+        read_table(p, format="xml", text_column=0)
+    assert read_table(p, format="tsv", header=False, text_column=0, label_column=1) == [Example("a", None, "1", 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_label_helpers():
+    assert label_set(["10", "2", "1", "2"]) == ["1", "2", "10"]  # numeric order when all are numbers
+    assert label_set(["b", "10", "a"]) == ["10", "a", "b"]
+    assert label_set([Example("x", label="neg"), Example("y", label="pos")]) == ["neg", "pos"]
+    with pytest.raises(ValueError, match="no label"):
+        label_set([Example("x")])
+    with pytest.raises(ValueError, match="no examples"):
+        label_set([])
+    id2label, label2id = label_maps(["neg", "pos", "neutral"])
+    assert id2label == {0: "neg", 1: "pos", 2: "neutral"} and label2id == {"neg": 0, "pos": 1, "neutral": 2}
+    with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
+        label_maps(["a", "b", "a"])
+    assert is_regression(["3.800", "0.5", "5.000"])  # STS-B style
+    assert not is_regression(["0", "1"])
+    assert not is_regression(["1.0", "2.0"])  # integer-valued: class ids
+    assert not is_regression(["0.5", "good"])
+    assert not is_regression(["nan", "0.5"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CoNLL
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_wnut17_train():
+    sents = read_conll(need(DATA / "ner" / "wnut17" / "wnut17train.conll"))
+    # The file separates its first 2,394 sentences with lines holding a lone tab, the rest with empty lines.
+    assert len(sents) == 3394
+    assert sum(len(s.tokens) for s in sents) == 62730
+    assert sum(t.startswith("B-") for s in sents for t in s.tags) == 1975
+    assert all(len(s.tokens) == len(s.tags) > 0 for s in sents)
+    assert sents[0].line == 1 and sents[0].tokens[:3] == ["@paulwalk", "It", "'s"]
+    assert sents[1].line == 29
+    types = {t[2:] for s in sents for t in s.tags if t != "O"}
+    assert types == {"person", "location", "group", "corporation", "product", "creative-work"}
+
+
+def test_conll_formats_and_errors(tmp_path):
+    p = write(tmp_path, "a.conll", "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n \n"
+                                   "Peter NNP B-NP B-PER\n\n\n")
+    assert read_conll(p) == [TaggedSentence(["EU", "rejects"], ["B-ORG", "O"], 3),
+                             TaggedSentence(["Peter"], ["B-PER"], 6)]
+    assert read_conll(p, tag_column=1)[0].tags == ["NNP", "VBZ"]
+    t = write(tmp_path, "t.conll", "New York\tB-LOC\ncity\tO\n\t\nx\tO")  # tabs keep spaces inside tokens
+    assert read_conll(t) == [TaggedSentence(["New York", "city"], ["B-LOC", "O"], 1), TaggedSentence(["x"], ["O"], 4)]
+
+    bad = write(tmp_path, "bad.conll", "a\tO\nb\tB-PER\n\nc\n")
+    with pytest.raises(ValueError, match=r"bad\.conll:4: expected a token column and a tag column .* found 1 "
+                                         r"column\(s\): 'c'"):
+        read_conll(bad)
+    with pytest.raises(ValueError, match=r"bad\.conll:1: expected a token column and a tag column"):
+        read_conll(write(tmp_path, "bad.conll", "a\tO\n"), tag_column=3)
+    with pytest.raises(ValueError, match=r"bad\.conll:2: empty token in column 0"):
+        read_conll(write(tmp_path, "bad.conll", "a\tO\n\tO\n"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SQuAD
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_squad_v11_dev_zip():
+    qs = read_squad(need(DATA / "qa" / "squad" / "dev-v1.1.json.zip"))
+    assert len(qs) == 10570  # every answer offset matches its context (checked while reading)
+    assert len({q.title for q in qs}) == 48 and len({q.context for q in qs}) <= 2067
+    assert not any(q.is_impossible for q in qs) and all(q.answers for q in qs)
+    q = qs[0]
+    assert (q.qid, q.title, q.answers[0]) == ("56be4db0acb8001400a502ec", "Super_Bowl_50", ("Denver Broncos", 177))
+    assert q.question == "Which NFL team represented the AFC at Super Bowl 50?"
+
+
+def test_squad_v2_excerpt():
+    qs = read_squad(need(DATA / "qa" / "squad" / "dev-v2.0.excerpt-Normans-Rhine.json"))
+    assert len(qs) == 706
+    assert sum(q.is_impossible for q in qs) == 320
+    assert all((q.answers == []) == q.is_impossible for q in qs)
+    assert {q.title for q in qs} == {"Normans", "Rhine"}
+
+
+def _squad(answer_start: int = 0, text: str = "A cat") -> dict:
+    return {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "A cat sat.", "qas": [
+        {"id": "q1", "question": "who?", "answers": [{"text": text, "answer_start": answer_start}]}]}]}]}
+
+
+def test_squad_errors(tmp_path):
+    ok = write(tmp_path, "ok.json", json.dumps(_squad()))
+    assert read_squad(ok) == [SquadExample("q1", "who?", "A cat sat.", [("A cat", 0)], False, "T")]
+    off = write(tmp_path, "off.json", json.dumps(_squad(answer_start=1)))
+    with pytest.raises(ValueError, match=r"off\.json: 1 answer span\(s\) do not match their context; first: "
+                                         r"question q1: answer 'A cat' at 1"):
+        read_squad(off)
+    with pytest.warns(UserWarning, match="question q1"):
+        assert read_squad(off, strict=False)[0].answers == [("A cat", 1)]
+    with pytest.raises(ValueError, match=r"bad\.json:1: bad JSON"):
+        read_squad(write(tmp_path, "bad.json", '{"data": [}'))
+    with pytest.raises(ValueError, match="expected SQuAD JSON"):
+        read_squad(write(tmp_path, "list.json", "[]"))
+    zp = tmp_path / "two.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        zf.writestr("a.json", "{}")
+        zf.writestr("b.json", "{}")
+    with pytest.raises(ValueError, match=r"two\.zip: expected a zip holding exactly one \.json file"):
+        read_squad(zp)
+    zp = tmp_path / "one.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        zf.writestr("inner.json", json.dumps(_squad()))
+    assert read_squad(zp) == read_squad(ok)

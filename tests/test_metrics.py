@@ -1,0 +1,342 @@
+"""bertkit.metrics: hand-computed values, scikit-learn / scipy / seqeval as oracles on random inputs (when installed),
+and the SQuAD scores of the real v1.1 dev set and v2.0 excerpt."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bertkit.metrics import (
+    accuracy,
+    entity_f1,
+    f1,
+    get_entities,
+    matthews_corrcoef,
+    pearson,
+    precision,
+    precision_recall_f1,
+    recall,
+    spearman,
+    squad_em_f1,
+    squad_evaluate,
+    squad_normalize,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SQUAD_V1 = DATA / "qa" / "squad" / "dev-v1.1.json.zip"
+SQUAD_V2 = DATA / "qa" / "squad" / "dev-v2.0.excerpt-Normans-Rhine.json"
+WNUT_DEV = DATA / "ner" / "wnut17" / "emerging.dev.conll"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# classification / regression: hand-computed
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_binary_scores_by_hand():
+    preds, labels = [1, 0, 1, 1, 0], [1, 1, 1, 0, 0]  # tp 2, fp 1, fn 1, tn 1
+    assert accuracy(preds, labels) == pytest.approx(3 / 5)
+    assert precision(preds, labels) == pytest.approx(2 / 3)
+    assert recall(preds, labels) == pytest.approx(2 / 3)
+    assert f1(preds, labels) == pytest.approx(2 / 3)
+    assert f1(preds, labels, pos_label=0) == pytest.approx(1 / 2)  # tp 1, fp 1, fn 1
+    assert matthews_corrcoef(preds, labels) == pytest.approx((2 * 1 - 1 * 1) / math.sqrt(3 * 3 * 2 * 2))
+    # string labels, numpy and tuples all work
+    assert f1(np.array(["spam", "ham", "spam"]), ("spam", "spam", "ham"), pos_label="spam") == pytest.approx(1 / 2)
+
+
+def test_multiclass_scores_by_hand():
+    preds = ["a", "a", "b", "c", "c", "c"]
+    labels = ["a", "b", "b", "c", "a", "c"]
+    # a: tp 1 fp 1 fn 1 -> f 1/2; b: tp 1 fp 0 fn 1 -> f 2/3; c: tp 2 fp 1 fn 0 -> f 4/5
+    assert f1(preds, labels, average="macro") == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 3)
+    p, r, f = precision_recall_f1(preds, labels, average="macro")
+    assert p == pytest.approx((1 / 2 + 1 + 2 / 3) / 3)
+    assert r == pytest.approx((1 / 2 + 1 / 2 + 1) / 3)
+    assert f1(preds, labels, average="micro") == pytest.approx(accuracy(preds, labels)) == pytest.approx(4 / 6)
+    # a label that is never predicted still counts in the macro average, with score 0
+    assert f1([0, 0, 0], [0, 1, 2], average="macro") == pytest.approx((2 / 4 + 0 + 0) / 3)
+
+
+def test_degenerate_cases_are_zero_not_errors():
+    assert f1([0, 0], [0, 0]) == 0.0  # no positive anywhere: 0/0 counts as 0
+    assert precision([0, 0], [1, 1]) == 0.0
+    assert matthews_corrcoef([1, 1, 1], [0, 1, 0]) == 0.0  # constant prediction
+    assert matthews_corrcoef([0, 1, 0], [0, 1, 0]) == pytest.approx(1.0)
+    assert matthews_corrcoef([1, 0], [0, 1]) == pytest.approx(-1.0)
+
+
+def test_correlations_by_hand():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # ties take their average rank: x ranks 1, 2.5, 2.5, 4 against 1, 2, 3, 4
+    x_r, y_r = np.array([1, 2.5, 2.5, 4]), np.array([1, 2, 3, 4])
+    assert spearman([10, 20, 20, 30], [1, 2, 3, 4]) == pytest.approx(np.corrcoef(x_r, y_r)[0, 1])
+    assert spearman([1, 5, 2, 100], [0.1, 0.9, 0.3, 7]) == pytest.approx(1.0)  # monotone, not linear
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))  # constant input: undefined, as in scipy
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))
+
+
+@pytest.mark.parametrize("fn", [accuracy, f1, precision, recall, matthews_corrcoef, pearson, spearman])
+def test_bad_inputs_raise(fn):
+    with pytest.raises(ValueError, match="differ in length: 2 predictions for 3 labels"):
+        fn([1, 0], [1, 0, 1])
+    with pytest.raises(ValueError, match="empty"):
+        fn([], [])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        fn([[1, 0], [0, 1]], [[1, 0], [0, 1]])
+
+
+def test_average_errors():
+    with pytest.raises(ValueError, match="at most two distinct labels, found 3"):
+        f1([0, 1, 2], [0, 1, 1])
+    with pytest.raises(ValueError, match="pos_label=1 is not one of the labels"):
+        f1(["neg", "pos"], ["pos", "pos"])
+    with pytest.raises(ValueError, match="average must be"):
+        f1([0, 1], [0, 1], average="weighted")
+    with pytest.raises(ValueError, match="at least two values"):
+        pearson([1.0], [2.0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# against scikit-learn and scipy on random inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_classification_matches_sklearn():
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns on 0/0; both sides count it as 0
+        for trial in range(150):
+            k = 2 if trial % 2 else int(rng.integers(1, 6))
+            n = int(rng.integers(1, 40))
+            y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+            assert accuracy(p, y) == pytest.approx(skm.accuracy_score(y, p))
+            assert matthews_corrcoef(p, y) == pytest.approx(skm.matthews_corrcoef(y, p), abs=1e-12)
+            for avg in ("macro", "micro"):
+                ours = precision_recall_f1(p, y, average=avg)
+                ref = skm.precision_recall_fscore_support(y, p, average=avg, zero_division=0)[:3]
+                assert ours == pytest.approx(ref), (avg, y, p)
+            if k == 2:
+                ours = precision_recall_f1(p, y)
+                ref = skm.precision_recall_fscore_support(y, p, average="binary", zero_division=0)[:3]
+                assert ours == pytest.approx(ref), (y, p)
+
+
+def test_correlations_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        n = int(rng.integers(2, 50))
+        if trial % 2:  # many ties
+            a, b = rng.integers(0, 4, n).astype(float), rng.integers(0, 4, n).astype(float)
+        else:
+            a = rng.normal(size=n)
+            b = 0.5 * a + rng.normal(size=n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref_p, ref_s = stats.pearsonr(a, b)[0], stats.spearmanr(a, b)[0]
+        if np.isnan(ref_p):
+            assert math.isnan(pearson(a, b))
+        else:
+            assert pearson(a, b) == pytest.approx(ref_p, abs=1e-10)
+        if np.isnan(ref_s):
+            assert math.isnan(spearman(a, b))
+        else:
+            assert spearman(a, b) == pytest.approx(ref_s, abs=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# entity-level F1 (seqeval's default mode)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_get_entities_by_hand():
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-PER", "I-ORG", "B-creative-work", "I-creative-work"]
+    assert get_entities(tags) == [("PER", 0, 1), ("LOC", 3, 4), ("PER", 5, 5), ("ORG", 6, 6),
+                                  ("creative-work", 7, 8)]
+    # B after B splits; an I- of another type splits; IOBES ends after E- and S-
+    assert get_entities(["B-X", "B-X", "I-X", "I-Y"]) == [("X", 0, 0), ("X", 1, 2), ("Y", 3, 3)]
+    assert get_entities(["S-X", "B-X", "E-X", "I-X"]) == [("X", 0, 0), ("X", 1, 2), ("X", 3, 3)]
+    assert get_entities(["O", "O"]) == []
+
+
+def test_entity_f1_by_hand():
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "I-ORG"]]
+    # true: PER(0-1) LOC(3) ORG(0); pred: PER(0-1) ORG(3) ORG(0-1); correct: PER only
+    out = entity_f1(pred, true)
+    assert out["precision"] == pytest.approx(1 / 3)
+    assert out["recall"] == pytest.approx(1 / 3)
+    assert out["f1"] == pytest.approx(1 / 3)
+    assert out["per_type"]["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert out["per_type"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert out["per_type"]["ORG"]["support"] == 1 and out["per_type"]["ORG"]["precision"] == 0.0
+    # one flat sequence is one sentence; entities never run across sentences
+    assert entity_f1(["B-PER", "I-PER"], ["B-PER", "I-PER"])["per_type"]["PER"]["support"] == 1
+    assert entity_f1([["B-PER"], ["I-PER"]], [["B-PER"], ["I-PER"]])["per_type"]["PER"]["support"] == 2
+    assert entity_f1([["O"]], [["O"]])["f1"] == 0.0  # no entities at all: 0/0 counts as 0
+
+
+def test_entity_f1_errors():
+    with pytest.raises(ValueError, match="2 sentences, true_tags 1"):
+        entity_f1([["O"], ["O"]], [["O"]])
+    with pytest.raises(ValueError, match="sentence 1: 1 predicted tags for 2 true tags"):
+        entity_f1([["O"], ["O"]], [["O"], ["O", "O"]])
+    with pytest.raises(ValueError, match="empty"):
+        entity_f1([], [])
+
+
+TAGS = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "B-ORG", "E-PER", "S-LOC"]
+sentence_pairs = st.integers(1, 12).flatmap(
+    lambda n: st.tuples(st.lists(st.sampled_from(TAGS), min_size=n, max_size=n),
+                        st.lists(st.sampled_from(TAGS), min_size=n, max_size=n)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(sentence_pairs, min_size=1, max_size=5))
+def test_entity_f1_matches_seqeval(pairs):
+    seqeval = pytest.importorskip("seqeval.metrics")
+    from seqeval.metrics.sequence_labeling import get_entities as ref_entities
+
+    pred, true = [p for p, _ in pairs], [t for _, t in pairs]
+    for seq in pred:
+        assert get_entities(seq) == ref_entities(seq)
+    out = entity_f1(pred, true)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert out["precision"] == pytest.approx(seqeval.precision_score(true, pred))
+        assert out["recall"] == pytest.approx(seqeval.recall_score(true, pred))
+        assert out["f1"] == pytest.approx(seqeval.f1_score(true, pred))
+        report = seqeval.classification_report(true, pred, output_dict=True)
+    for typ, s in out["per_type"].items():
+        if typ in report:
+            ref = report[typ]
+            assert (s["precision"], s["recall"], s["f1"], s["support"]) == pytest.approx(
+                (ref["precision"], ref["recall"], ref["f1-score"], ref["support"]))
+        else:  # seqeval lists only types with true entities... or predicted ones, depending on version
+            assert s["support"] == 0
+
+
+@pytest.mark.skipif(not WNUT_DEV.exists(), reason="WNUT-17 data not present")
+def test_entity_f1_on_real_wnut_tags():
+    sents, cur = [], []
+    for line in WNUT_DEV.read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            cur.append(line.split("\t")[1])
+        elif cur:
+            sents.append(cur)
+            cur = []
+    assert len(sents) == 1009
+    perfect = entity_f1(sents, sents)
+    assert perfect["f1"] == 1.0
+    assert sum(s["support"] for s in perfect["per_type"].values()) == 836  # the B- count of SOURCES.md
+    # a damaged prediction: every I- tag becomes O (multi-token entities are cut short)
+    pred = [[("O" if t.startswith("I-") else t) for t in s] for s in sents]
+    out = entity_f1(pred, sents)
+    seqeval = pytest.importorskip("seqeval.metrics")
+    assert out["f1"] == pytest.approx(seqeval.f1_score(sents, pred))
+    assert 0.0 < out["f1"] < 1.0 and out["precision"] == out["recall"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SQuAD
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("The Cat!", "cat"),
+    ("  a  DOG, an   apple and the  end. ", "dog apple and end"),
+    ("theory anthem", "theory anthem"),  # articles only as whole words
+    ("Denver Broncos", "denver broncos"),
+    ("24–10", "24–10"),  # the en dash is not ASCII punctuation: it stays
+    ("U.S.", "us"),
+    ("The", ""),
+])
+def test_squad_normalize(text, expected):
+    assert squad_normalize(text) == expected
+
+
+def test_squad_em_f1_cases():
+    assert squad_em_f1("The Cat!", ["cat"]) == (1.0, 1.0)
+    assert squad_em_f1("the big black cat", ["black cat sat"]) == pytest.approx((0.0, 2 / 3))
+    assert squad_em_f1("cat", ["dog", "a cat", "cat cat"]) == pytest.approx((1.0, 1.0))  # max over golds
+    assert squad_em_f1("cat cat", ["cat"]) == pytest.approx((0.0, 2 / 3))  # counts, not sets
+    assert squad_em_f1("Denver", ["Denver Broncos", "the Denver Broncos."]) == pytest.approx((0.0, 2 / 3))
+    # unanswerable (v2.0): only an empty prediction is right
+    assert squad_em_f1("", []) == (1.0, 1.0)
+    assert squad_em_f1("Normandy", []) == (0.0, 0.0)
+    assert squad_em_f1("", ["Normandy"]) == (0.0, 0.0)
+    # gold answers that normalise to nothing: v2.0 drops them, v1.1 keeps them (and its F1 is then 0)
+    assert squad_em_f1(".", ["."], version="1.1") == (1.0, 0.0)
+    assert squad_em_f1(".", ["."], version="2.0") == (1.0, 1.0)
+    assert squad_em_f1(".", ["interventionism", "."], version="2.0") == (0.0, 0.0)
+    assert squad_em_f1(".", ["interventionism", "."], version="1.1") == (1.0, 0.0)
+    with pytest.raises(ValueError, match="at least one gold answer"):
+        squad_em_f1("x", [], version="1.1")
+    with pytest.raises(ValueError, match="version must be"):
+        squad_em_f1("x", ["x"], version="3")
+
+
+def _tiny_dataset():
+    return {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "A cat sat.", "qas": [
+        {"id": "q1", "question": "who?", "answers": [{"text": "A cat", "answer_start": 0}], "is_impossible": False},
+        {"id": "q2", "question": "why?", "answers": [], "is_impossible": True},
+    ]}]}]}
+
+
+def test_squad_evaluate_tiny():
+    out = squad_evaluate({"q1": "cat", "q2": "", "zzz": "ignored"}, _tiny_dataset())
+    assert out == {"exact_match": 100.0, "f1": 100.0, "total": 2, "HasAns_exact": 100.0, "HasAns_f1": 100.0,
+                   "HasAns_total": 1, "NoAns_exact": 100.0, "NoAns_f1": 100.0, "NoAns_total": 1}
+    out = squad_evaluate({"q1": "a dog", "q2": "cat"}, _tiny_dataset()["data"])  # list of articles works too
+    assert out["exact_match"] == 0.0 and out["total"] == 2
+    with pytest.warns(UserWarning, match="1 of 2 questions have no prediction"):
+        out = squad_evaluate({"q2": ""}, _tiny_dataset())
+    assert out["exact_match"] == 50.0 and out["HasAns_exact"] == 0.0
+    with pytest.raises(ValueError, match="no gold answer"):
+        squad_evaluate({"q1": "cat", "q2": ""}, _tiny_dataset(), version="1.1")
+    with pytest.raises(ValueError, match="prediction for question 'q1' must be a string, got int"):
+        squad_evaluate({"q1": 3, "q2": ""}, _tiny_dataset())
+    with pytest.raises(ValueError, match="no questions"):
+        squad_evaluate({}, {"version": "1.1", "data": []})
+
+
+@pytest.mark.skipif(not SQUAD_V1.exists(), reason="SQuAD v1.1 dev not present")
+def test_squad_evaluate_real_v1():
+    dataset = json.loads(zipfile.ZipFile(SQUAD_V1).read("dev-v1.1.json"))
+    qas = [qa for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    first = {qa["id"]: qa["answers"][0]["text"] for qa in qas}
+    assert squad_evaluate(first, dataset) == {"exact_match": 100.0, "f1": 100.0, "total": 10570}
+    empty = squad_evaluate({qid: "" for qid in first}, dataset)
+    # Three questions list "." among their gold answers; it normalises to "" so the v1.1 rule counts an empty
+    # prediction as an exact match for them (with F1 0): EM 3/10570, not 0.
+    dots = [qa["id"] for qa in qas if any(squad_normalize(a["text"]) == "" for a in qa["answers"])]
+    assert len(dots) == 3
+    assert empty == {"exact_match": pytest.approx(100 * 3 / 10570), "f1": 0.0, "total": 10570}
+    # the last gold answer instead of the first: still EM/F1 below 100 only where golds disagree
+    last = squad_evaluate({qa["id"]: qa["answers"][-1]["text"] for qa in qas}, dataset)
+    assert last["exact_match"] == 100.0
+
+
+@pytest.mark.skipif(not SQUAD_V2.exists(), reason="SQuAD v2.0 excerpt not present")
+def test_squad_evaluate_real_v2():
+    dataset = json.loads(SQUAD_V2.read_text(encoding="utf-8"))
+    qas = [qa for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    empty = squad_evaluate({qa["id"]: "" for qa in qas}, dataset)
+    assert (empty["total"], empty["HasAns_total"], empty["NoAns_total"]) == (706, 386, 320)
+    assert (empty["HasAns_exact"], empty["HasAns_f1"], empty["NoAns_exact"], empty["NoAns_f1"]) == (0, 0, 100, 100)
+    assert empty["exact_match"] == pytest.approx(100 * 320 / 706)
+    gold = {qa["id"]: (qa["answers"][0]["text"] if qa["answers"] else "") for qa in qas}
+    assert squad_evaluate(gold, dataset) == {k: (100.0 if not k.endswith("total") else v) for k, v in empty.items()}
+    # a plausible (but wrong) answer to every unanswerable question costs exactly the NoAns part
+    wrong = {qa["id"]: (qa["answers"][0]["text"] if qa["answers"] else qa["plausible_answers"][0]["text"])
+             for qa in qas}
+    out = squad_evaluate(wrong, dataset)
+    assert out["NoAns_exact"] == 0.0 and out["HasAns_exact"] == 100.0
+    assert out["exact_match"] == pytest.approx(100 * 386 / 706)
