@@ -1,0 +1,407 @@
+"""`pipeline(task, model=...)`: text in, predictions out, with length-bucketed batching.
+
+    from bertkit.pipelines import pipeline
+    fill = pipeline("fill-mask", model="path/to/mlm")
+    fill("Paris is the [MASK] of France.", top_k=5)   # [{"token_str", "score", "token", "sequence"}, ...]
+    clf = pipeline("text-classification", model="path/to/classifier")
+    clf(["great film", "dull film"], top_k=1)        # [{"label", "score"}, {"label", "score"}]
+    ner = pipeline("token-classification", model="path/to/tagger")
+    ner("Ada Lovelace met Babbage.")                 # [{"entity_group", "score", "word", "start", "end"}]
+    emb = pipeline("feature-extraction", model="sentence-transformers/all-MiniLM-L6-v2")
+    emb(["a text", "another"], pooling="mean", normalize=True)   # (2, hidden) tensor
+
+One input (a str, or a (text, pair) tuple for text-classification) gives one result; a list gives a list
+(a tensor for feature-extraction). Many inputs are sorted by tokenized length, run `batch_size` at a time
+and returned in the input order, so a batch holds texts of similar length and the result of each input is
+the same as running it alone. Options given to `pipeline(...)` are the defaults of every call; options given
+to a call override them.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .auto import (
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+)
+from .demo import mean_pool
+from .hub import LoadWarning
+from .tasks.fill_mask import fill_mask
+
+__all__ = ["pipeline", "Pipeline", "FillMaskPipeline", "TextClassificationPipeline",
+           "TokenClassificationPipeline", "FeatureExtractionPipeline", "TASKS"]
+
+
+class Pipeline:
+    """A model, its tokenizer and a task: call it on a text or a list of texts.
+
+    Subclasses set `task`, `auto_class`, `head` (words for the error when the checkpoint lacks it),
+    `options` (name -> default) and implement `_run_batch(items, opts) -> list of results`."""
+
+    task = ""
+    auto_class: Any = None
+    head = ""
+    options: dict[str, Any] = {}
+
+    def __init__(self, model, tokenizer=None, *, batch_size: int = 32, device=None, **task_options):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.defaults = dict(self.options)
+        self.defaults.update(self._check_options(task_options))
+        if isinstance(model, (str, os.PathLike)):
+            self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
+            self.model = self._load(model)
+        elif isinstance(model, torch.nn.Module):
+            if tokenizer is None:
+                raise ValueError(f"{self.task}: a model object needs tokenizer=...; "
+                                 "or pass model as a name or directory")
+            self.tokenizer, self.model = tokenizer, model.eval()
+        else:
+            raise TypeError(f"{self.task}: model must be a name, a directory or a bertkit model, "
+                            f"got {type(model).__name__}")
+        if device is not None:
+            self.model.to(device)
+        self.device = self.model.device
+
+    # ------------------------------------------------------------------------------------ loading
+    def _load(self, name_or_path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LoadWarning)
+            model = self.auto_class.from_pretrained(name_or_path)
+        fresh = [k for k in model.load_report.newly_initialized if self._needs(k)]
+        if fresh:
+            shown = ", ".join(fresh[:4]) + (", ..." if len(fresh) > 4 else "")
+            raise ValueError(
+                f"{self.task}: the checkpoint {str(name_or_path)!r} has no trained {self.head} "
+                f"(these weights would be random: {shown}); fine-tune one first or pick a checkpoint with it")
+        return model
+
+    def _needs(self, key: str) -> bool:
+        """Whether a freshly initialised weight makes this task's output meaningless."""
+        return True
+
+    # ------------------------------------------------------------------------------------ calling
+    def _check_options(self, opts: dict) -> dict:
+        unknown = sorted(set(opts) - set(self.options))
+        if unknown:
+            raise TypeError(f"{self.task}: unknown option(s) {', '.join(unknown)}; "
+                            f"options: {', '.join(self.options) or 'none'}")
+        return opts
+
+    def _is_single(self, inputs) -> bool:
+        return isinstance(inputs, str)
+
+    def __call__(self, inputs, **options):
+        opts = {**self.defaults, **self._check_options(options)}
+        single = self._is_single(inputs)
+        items = [inputs] if single else list(inputs)
+        for i, item in enumerate(items):
+            self._check_item(i, item)
+        results = self._run(items, opts)
+        return self._finish(results, single)
+
+    def _finish(self, results: list, single: bool):
+        return results[0] if single else results
+
+    def _check_item(self, i: int, item) -> None:
+        if not isinstance(item, str):
+            raise TypeError(f"{self.task}: input {i} must be a str, got {type(item).__name__}")
+
+    def _encode(self, items: list, **kwargs):
+        """Tokenize `items` (all texts, or all (text, pair) tuples) with truncation."""
+        if items and isinstance(items[0], tuple):
+            return self.tokenizer([a for a, _ in items], [b for _, b in items], truncation=True, **kwargs)
+        return self.tokenizer(items, truncation=True, **kwargs)
+
+    def _kind(self, item) -> int:
+        return 1 if isinstance(item, tuple) else 0
+
+    @torch.inference_mode()
+    def _run(self, items: list, opts: dict) -> list:
+        """Sort by (kind, tokenized length), run batches, put the results back in input order."""
+        if not items:
+            return []
+        lengths = [0] * len(items)
+        for kind in {self._kind(x) for x in items}:
+            idx = [i for i, x in enumerate(items) if self._kind(x) == kind]
+            enc = self._encode([items[i] for i in idx])
+            for i, ids in zip(idx, enc["input_ids"]):
+                lengths[i] = len(ids)
+        self._check_lengths(items, lengths)
+        order = sorted(range(len(items)), key=lambda i: (self._kind(items[i]), lengths[i]))
+        results: list = [None] * len(items)
+        start = 0
+        while start < len(order):
+            kind = self._kind(items[order[start]])
+            stop = start
+            while (stop < len(order) and stop - start < self.batch_size
+                   and self._kind(items[order[stop]]) == kind):
+                stop += 1
+            chunk = order[start:stop]
+            for i, r in zip(chunk, self._run_batch([items[i] for i in chunk], opts)):
+                results[i] = r
+            start = stop
+        return results
+
+    def _check_lengths(self, items: list, lengths: list[int]) -> None:
+        pass
+
+    def _forward(self, enc):
+        return self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                          token_type_ids=enc["token_type_ids"])
+
+    def _run_batch(self, items: list, opts: dict) -> list:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(task={self.task!r}, model={type(self.model).__name__}, "
+                f"batch_size={self.batch_size}, device={self.device}, options={self.defaults})")
+
+
+class FillMaskPipeline(Pipeline):
+    """`p(text, top_k=5)` -> [{"token_str", "score", "token", "sequence"}, ...], best first.
+
+    A text with several masks gives one such list per mask (like transformers); a list of texts gives a
+    list of results. `sequence` is the text with the guess in place (special tokens dropped when the text
+    has a single mask)."""
+
+    task = "fill-mask"
+    auto_class = AutoModelForMaskedLM
+    head = "masked-LM head (cls.predictions)"
+    options = {"top_k": 5}
+
+    def _check_options(self, opts):
+        opts = super()._check_options(opts)
+        k = opts.get("top_k", 5)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"fill-mask: top_k must be a positive int, got {k!r}")
+        return opts
+
+    def _check_lengths(self, items, lengths):
+        mask_id = self.tokenizer.mask_token_id
+        enc = self._encode(items)
+        for i, ids in enumerate(enc["input_ids"]):
+            if mask_id not in ids:
+                raise ValueError(f"fill-mask: input {i} has no {self.tokenizer.mask_token} "
+                                 f"(within the first {len(ids)} tokens): {items[i]!r}")
+
+    def _run_batch(self, items, opts):
+        top_k = min(opts["top_k"], self.model.config.vocab_size)
+        guesses = fill_mask(self.model, self.tokenizer, items, top_k=top_k)
+        tok = self.tokenizer
+        out = []
+        for text, per_mask in zip(items, guesses):
+            ids = tok(text, truncation=True)["input_ids"]
+            where = [j for j, t in enumerate(ids) if t == tok.mask_token_id]
+            single = len(where) == 1
+            rows = []
+            for pos, guesses_at in zip(where, per_mask):
+                row = []
+                for token, score in guesses_at:
+                    token_id = tok.convert_tokens_to_ids(token)
+                    filled = list(ids)
+                    filled[pos] = token_id
+                    row.append({"score": score, "token": token_id, "token_str": tok.decode([token_id]),
+                                "sequence": tok.decode(filled, skip_special_tokens=single)})
+                rows.append(row)
+            out.append(rows[0] if single else rows)
+        return out
+
+
+class TextClassificationPipeline(Pipeline):
+    """`p(text or (text, pair), top_k=1)` -> {"label", "score"}; top_k=k > 1 gives the k best as a list,
+    top_k=None all labels.
+
+    Scores are a softmax over the labels, a sigmoid per label when config.problem_type is
+    "multi_label_classification", and the raw output for regression (problem_type "regression", or one
+    label and no problem_type, as in training), labelled id2label[0] (or "score")."""
+
+    task = "text-classification"
+    auto_class = AutoModelForSequenceClassification
+    head = "classifier head (bert.pooler and classifier)"
+    options = {"top_k": 1}
+
+    def _check_options(self, opts):
+        opts = super()._check_options(opts)
+        k = opts.get("top_k", 1)
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"text-classification: top_k must be a positive int or None, got {k!r}")
+        return opts
+
+    def _is_single(self, inputs):
+        return isinstance(inputs, (str, tuple))
+
+    def _check_item(self, i, item):
+        if isinstance(item, tuple):
+            if len(item) != 2 or not all(isinstance(s, str) for s in item):
+                raise TypeError(f"text-classification: input {i} must be a str or a (text, pair) tuple "
+                                f"of two str, got {item!r}")
+        elif not isinstance(item, str):
+            raise TypeError(f"text-classification: input {i} must be a str or a (text, pair) tuple, "
+                            f"got {type(item).__name__}")
+
+    def _problem(self) -> str:
+        cfg = self.model.config
+        if cfg.problem_type is not None:
+            return cfg.problem_type
+        return "regression" if cfg.num_labels == 1 else "single_label_classification"
+
+    def _run_batch(self, items, opts):
+        enc = self._encode(items, padding=True, return_tensors="pt").to(self.device)
+        logits = self._forward(enc).logits.float().cpu()
+        problem = self._problem()
+        id2label = self.model.config.id2label or {}
+        out = []
+        for row in logits:
+            if problem == "regression":
+                out.append({"label": id2label.get(0, "score"), "score": float(row[0])})
+                continue
+            scores = row.sigmoid() if problem == "multi_label_classification" else row.softmax(-1)
+            k = len(scores) if opts["top_k"] is None else min(opts["top_k"], len(scores))
+            top = scores.topk(k)
+            best = [{"label": id2label.get(int(j), f"LABEL_{int(j)}"), "score": float(s)}
+                    for s, j in zip(top.values, top.indices)]
+            out.append(best[0] if opts["top_k"] == 1 else best)
+        return out
+
+
+class TokenClassificationPipeline(Pipeline):
+    """`p(text, aggregation="simple")` -> [{"entity_group", "score", "word", "start", "end"}, ...].
+
+    "simple": each word (as the tokenizer splits words) takes the label and probability of its first
+    sub-token; adjacent words form one entity while their labels share a type and the later one is not
+    B- (labels without a B-/I- prefix count as I-); "O" entities are dropped. `score` is the mean over
+    the entity's words, `start`/`end` are character offsets into the text and `word` is text[start:end].
+    "none": one {"entity", "score", "index", "word", "start", "end"} per sub-token not labelled "O"
+    (`index` is the token position, [CLS] being 0). Text beyond the tokenizer's max length is not tagged."""
+
+    task = "token-classification"
+    auto_class = AutoModelForTokenClassification
+    head = "token classifier head (classifier)"
+    options = {"aggregation": "simple"}
+    ignore = ("O",)
+
+    def _check_options(self, opts):
+        opts = super()._check_options(opts)
+        if opts.get("aggregation", "simple") not in ("simple", "none"):
+            raise ValueError(f"token-classification: aggregation must be 'simple' or 'none', "
+                             f"got {opts['aggregation']!r}")
+        return opts
+
+    def _needs(self, key):
+        return "pooler" not in key  # the token classifier does not use the pooler
+
+    def _run_batch(self, items, opts):
+        enc = self._encode(items, padding=True, return_offsets_mapping=True, return_tensors="pt")
+        offsets = enc["offset_mapping"].tolist()
+        probs = self._forward(enc.to(self.device)).logits.float().softmax(-1).cpu()
+        scores, labels = probs.max(-1)
+        id2label = self.model.config.id2label or {}
+        out = []
+        for i, text in enumerate(items):
+            tokens = []  # (position, word id, label, score, start, end) of each real, non-special token
+            for pos, w in enumerate(enc.word_ids(i)):
+                if w is not None:
+                    lab = int(labels[i, pos])
+                    tokens.append((pos, w, id2label.get(lab, f"LABEL_{lab}"), float(scores[i, pos]),
+                                   *offsets[i][pos]))
+            if opts["aggregation"] == "none":
+                out.append([{"entity": lab, "score": s, "index": pos, "word": text[a:b], "start": a, "end": b}
+                            for pos, _, lab, s, a, b in tokens if lab not in self.ignore])
+            else:
+                out.append(self._group(text, self._words(tokens)))
+        return out
+
+    @staticmethod
+    def _words(tokens):
+        """One (label, score, start, end) per word: the first sub-token's label and score, the word's span."""
+        words = []
+        last = None
+        for _, w, lab, s, a, b in tokens:
+            if w == last:
+                words[-1][3] = b
+            else:
+                words.append([lab, s, a, b])
+                last = w
+        return words
+
+    def _group(self, text, words):
+        groups = []  # [type, [scores], start, end]
+        prev_type = None
+        for lab, s, a, b in words:
+            bi, typ = (lab[0], lab[2:]) if lab[:2] in ("B-", "I-") else ("I", lab)
+            if groups and typ == prev_type and bi != "B":
+                groups[-1][1].append(s)
+                groups[-1][3] = b
+            else:
+                groups.append([typ, [s], a, b])
+            prev_type = typ
+        return [{"entity_group": typ, "score": sum(ss) / len(ss), "word": text[a:b], "start": a, "end": b}
+                for typ, ss, a, b in groups if typ not in self.ignore]
+
+
+class FeatureExtractionPipeline(Pipeline):
+    """`p(texts, pooling="mean", normalize=False)` -> (n, hidden) float tensor of sentence embeddings
+    (a (hidden,) vector for one str). "mean" averages the real tokens' last hidden states (the
+    sentence-transformers recipe), "cls" takes the [CLS] state; normalize=True scales each to unit length."""
+
+    task = "feature-extraction"
+    auto_class = AutoModel
+    head = "encoder"
+    options = {"pooling": "mean", "normalize": False}
+
+    def _check_options(self, opts):
+        opts = super()._check_options(opts)
+        if opts.get("pooling", "mean") not in ("mean", "cls"):
+            raise ValueError(f"feature-extraction: pooling must be 'mean' or 'cls', got {opts['pooling']!r}")
+        return opts
+
+    def _needs(self, key):
+        return "pooler" not in key  # embeddings come from the hidden states, not the pooler
+
+    def _run_batch(self, items, opts):
+        enc = self._encode(items, padding=True, return_tensors="pt").to(self.device)
+        hidden = self._forward(enc).last_hidden_state.float()
+        if opts["pooling"] == "mean":
+            vec = mean_pool(hidden, enc["attention_mask"])
+        else:
+            vec = hidden[:, 0]
+        if opts["normalize"]:
+            vec = F.normalize(vec, dim=-1)
+        return list(vec.cpu())
+
+    def _finish(self, results, single):
+        if single:
+            return results[0].clone()  # a plain tensor, not an inference-mode view
+        if not results:
+            return torch.empty(0, self.model.config.hidden_size)
+        return torch.stack(results)
+
+
+TASKS: dict[str, type[Pipeline]] = {
+    "feature-extraction": FeatureExtractionPipeline,
+    "fill-mask": FillMaskPipeline,
+    "text-classification": TextClassificationPipeline,
+    "token-classification": TokenClassificationPipeline,
+}
+
+
+def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, device=None,
+             **task_options) -> Pipeline:
+    """A callable for `task` (one of TASKS) with the checkpoint `model` (a name or directory; or a loaded
+    bertkit model together with `tokenizer=`). `task_options` are the defaults of each call (e.g. top_k=3,
+    pooling="cls"). A checkpoint without the task's trained head is refused with a ValueError."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))}")
+    if model is None:
+        raise ValueError(f"{task}: pass model=NAME_OR_PATH (there is no default model)")
+    return TASKS[task](model, tokenizer, batch_size=batch_size, device=device, **task_options)

