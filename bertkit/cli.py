@@ -102,6 +102,98 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", nargs="+", help="one legend label per run")
 
 
+def _add_columns(p: argparse.ArgumentParser, label: bool = True) -> None:
+    p.add_argument("--text-column", default="text",
+                   help="column of the text: a header name, a 0-based index (all digits) or a JSONL key "
+                        "(default text)")
+    p.add_argument("--text-pair-column", default=None, help="column of the second text, for sentence pairs")
+    if label:
+        p.add_argument("--label-column", default="label", help="column of the label (default label)")
+    p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
+                   help="table format (default: from the file extension)")
+    p.add_argument("--no-header", dest="header", action="store_false",
+                   help="CSV/TSV files have no header line (choose columns by index)")
+
+
+def _table_kwargs(args: argparse.Namespace) -> dict:
+    return {"format": args.format, "text_column": args.text_column, "text_pair_column": args.text_pair_column,
+            "label_column": getattr(args, "label_column", None), "header": args.header}
+
+
+def _finetune_classify(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .tasks.finetune import FinetuneClassifyArgs, run_finetune_classify
+    fields = {f.name for f in dataclasses.fields(FinetuneClassifyArgs)}
+    run_finetune_classify(FinetuneClassifyArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
+
+
+def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
+    from .tasks.finetune import FinetuneClassifyArgs
+    d = FinetuneClassifyArgs()
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a pre-trained BERT (name or directory)")
+    p.add_argument("--train", required=True, metavar="FILE", help="training table (CSV, TSV or JSONL)")
+    p.add_argument("--dev", required=True, metavar="FILE", help="dev table, evaluated during training")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="run directory: best/ checkpoint, metrics.jsonl, eval_results.json")
+    _add_columns(p)
+    p.add_argument("--epochs", type=float, default=d.epochs,
+                   help=f"passes over the training data (default {d.epochs:g})")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help=f"linear warm-up, as a fraction of the steps (default {d.warmup:g})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
+    p.add_argument("--max-seq-length", type=int, default=d.max_seq_length,
+                   help=f"tokens per example after truncation (default {d.max_seq_length})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--seeds", default=None, metavar="1,2,3",
+                   help="run once per seed into OUTPUT/seed-N/ and report the mean and sd of each dev metric")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: each epoch)")
+    p.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
+                   help="dev metric that picks the best checkpoint (default accuracy; pearson for regression)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines "
+                                                                      f"(default {d.log_every})")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
+                   help="auto: bf16 on a GPU that has it, fp32 on the CPU")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .tasks.finetune import run_evaluate
+    run_evaluate(args.model, args.data, output=args.output, batch_size=args.batch_size,
+                 max_seq_length=args.max_seq_length, **_table_kwargs(args))
+    return 0
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned sequence classification model")
+    p.add_argument("--data", required=True, metavar="FILE", help="labelled table (CSV, TSV or JSONL)")
+    p.add_argument("--output", default=None, metavar="FILE.json",
+                   help="metrics file (default MODEL/eval_<data name>.json)")
+    _add_columns(p)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .tasks.finetune import run_predict
+    run_predict(args.model, args.data, args.output, batch_size=args.batch_size,
+                max_seq_length=args.max_seq_length, **_table_kwargs(args))
+    return 0
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned sequence classification model")
+    p.add_argument("--data", required=True, metavar="FILE", help="table of texts (CSV, TSV or JSONL)")
+    p.add_argument("--output", required=True, metavar="FILE.jsonl",
+                   help="one JSON line per input row: label and score")
+    _add_columns(p, label=False)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+
+
 # command words -> (help, add_arguments, run)
 COMMANDS = {
     ("demo",): ("tokenize, encode and compare sentences with a pretrained BERT", _add_demo, _demo),
@@ -109,6 +201,10 @@ COMMANDS = {
                              _tokenizer_train),
     ("pretrain",): ("pre-train BERT (MLM + NSP) on a text corpus", _add_pretrain, _pretrain),
     ("plot",): ("draw the learning curves of runs to a PNG", _add_plot, _plot),
+    ("finetune", "classify"): ("fine-tune BERT for sequence classification or regression on a table",
+                               _add_finetune_classify, _finetune_classify),
+    ("evaluate",): ("score a fine-tuned classification model on a labelled table", _add_evaluate, _evaluate),
+    ("predict",): ("label the texts of a table with a fine-tuned classification model", _add_predict, _predict),
 }
 
 

@@ -1,0 +1,284 @@
+"""Sequence classification and regression: examples -> features -> batches -> objective -> metrics -> predictions.
+
+- `label_info` decides the task from the TRAINING labels: regression when they are real numbers (`is_regression`),
+  else classification over `label_set` (sorted), whose order gives the ids stored in the config's id2label/label2id.
+- `encode_examples` tokenizes single texts or pairs (truncated to `max_seq_length`) and maps labels to ids (or
+  floats); an unknown label is a ``ValueError`` naming ``file:line``.
+- `ClassificationBatches` yields padded batches forever: a seeded permutation per epoch, each batch padded to its
+  own longest sequence, and `state_dict()` / `load_state_dict()` ({epoch, batch}) for the trainer's exact resume.
+- `ClassificationObjective` is what `bertkit.train.Trainer` trains: loss sums (CE, or MSE for one label) under the
+  term "cls", plus "acc_cls" for classification.
+- `evaluate_classification` gives accuracy, F1 (binary on label id 1 when there are two labels, else macro) and MCC,
+  or Pearson / Spearman / MSE for regression; `predict` labels new texts. Both run in batches of similar lengths
+  (sorted by length, then put back in the input order).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import metrics as M
+from ..data.readers import Example, is_regression, label_maps, label_set
+
+__all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
+           "collate", "ClassificationBatches", "ClassificationObjective", "predict_logits",
+           "evaluate_classification", "predict", "METRICS"]
+
+# metric name -> higher is better (all of them)
+METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One tokenized example; ``label`` is a class id, a float target, or None."""
+    input_ids: list[int]
+    token_type_ids: list[int]
+    label: int | float | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """What the labels make of the task: ``labels`` are the class names in id order (empty for regression)."""
+    regression: bool
+    labels: tuple[str, ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.labels)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `from_pretrained`: num_labels, id2label, label2id (and problem_type)."""
+        if self.regression:
+            return {"num_labels": 1, "problem_type": "regression"}
+        id2label, label2id = label_maps(self.labels)
+        return {"num_labels": len(self.labels), "id2label": id2label, "label2id": label2id,
+                "problem_type": "single_label_classification"}
+
+
+def label_info(examples: Sequence[Example]) -> LabelInfo:
+    """Regression when the labels are real numbers, else classification over the sorted distinct labels."""
+    if is_regression(examples):
+        return LabelInfo(True)
+    labels = tuple(label_set(examples))
+    if len(labels) < 2:
+        raise ValueError(f"classification needs at least two distinct labels in the training data, found {labels}")
+    return LabelInfo(False, labels)
+
+
+def label_info_from_config(config) -> LabelInfo:
+    """The task a fine-tuned model was trained for, from its config."""
+    if config.num_labels == 1 or config.problem_type == "regression":
+        return LabelInfo(True)
+    return LabelInfo(False, tuple(config.id2label[i] for i in range(config.num_labels)))
+
+
+def _label_value(ex: Example, info: LabelInfo, source: str) -> int | float | None:
+    if ex.label is None:
+        return None
+    where = f"{source}:{ex.line}" if source else f"line {ex.line}"
+    if info.regression:
+        try:
+            v = float(ex.label)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            raise ValueError(f"{where}: expected a number as the regression label, got {ex.label!r}")
+        return v
+    label = str(ex.label)
+    if label not in info.labels:
+        raise ValueError(f"{where}: label {label!r} is not one of the model's labels {list(info.labels)}")
+    return info.labels.index(label)
+
+
+def encode_texts(tok, texts: Sequence[str], pairs: Sequence[str] | None = None, max_seq_length: int = 128
+                 ) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, token_type_ids) per text (or pair), truncated to `max_seq_length` tokens, not padded."""
+    texts = list(texts)
+    if not texts:
+        return []
+    enc = tok(texts, list(pairs) if pairs is not None else None, truncation=True, max_length=max_seq_length)
+    types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+    return list(zip(enc["input_ids"], types))
+
+
+def encode_examples(tok, examples: Sequence[Example], info: LabelInfo, max_seq_length: int = 128,
+                    source: str = "") -> list[Feature]:
+    """Tokenize `examples` (pairs when they have a `text_pair`) and map their labels by `info`; `source` (the
+    file name) makes label errors read ``file:line: ...``."""
+    examples = list(examples)
+    has_pair = [e.text_pair is not None for e in examples]
+    if any(has_pair) and not all(has_pair):
+        raise ValueError(f"{source}: some rows have a second text and some do not")
+    pairs = [e.text_pair for e in examples] if examples and has_pair[0] else None
+    encoded = encode_texts(tok, [e.text for e in examples], pairs, max_seq_length)
+    return [Feature(ids, types, _label_value(e, info, source), e.line)
+            for e, (ids, types) in zip(examples, encoded)]
+
+
+def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of this batch; `labels` only when every feature has one."""
+    n, width = len(features), max(len(f.input_ids) for f in features)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    types = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, f in enumerate(features):
+        k = len(f.input_ids)
+        ids[i, :k] = torch.tensor(f.input_ids)
+        types[i, :k] = torch.tensor(f.token_type_ids)
+        mask[i, :k] = 1
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if all(f.label is not None for f in features):
+        batch["labels"] = torch.tensor([f.label for f in features],
+                                       dtype=torch.float32 if regression else torch.long)
+    return batch
+
+
+class ClassificationBatches:
+    """Shuffled padded batches over in-memory features, forever. Epoch `e` visits the features in the order of a
+    permutation drawn from `seed + e`; the last batch of an epoch may be smaller. `state_dict()` is the position
+    of the next batch, so a source restored with `load_state_dict()` continues exactly where it stopped."""
+
+    def __init__(self, features: Sequence[Feature], batch_size: int, *, pad_id: int = 0, seed: int = 0,
+                 regression: bool = False):
+        if not features:
+            raise ValueError("no training features")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.features = list(features)
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+        self.regression = regression
+        self.epoch = 0
+        self.batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.features) / self.batch_size)
+
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.features), generator=g).tolist()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+    def __iter__(self):
+        while True:
+            order = self.order(self.epoch)
+            while self.batch < self.batches_per_epoch:
+                b = self.batch
+                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+                self.batch = b + 1
+                yield collate([self.features[i] for i in chunk], self.pad_id, self.regression)
+            self.epoch += 1
+            self.batch = 0
+
+
+def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    bert = model.bert
+    enc = bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return model.classifier(model.dropout(bert.pool(enc))).float()  # (batch, labels)
+
+
+class ClassificationObjective(nn.Module):
+    """Loss sums over the batch for the trainer: cross-entropy, or MSE when the model has one label."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {"cls": int(batch["labels"].shape[0])}
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        logits = _logits(self.model, batch)
+        labels = batch["labels"]
+        if self.model.config.num_labels == 1:
+            return {"cls": F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")}, {}
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        with torch.no_grad():
+            stats = {"acc_cls": (logits.argmax(-1) == labels).sum()}
+        return {"cls": loss}, stats
+
+
+@torch.no_grad()
+def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad_id: int | None = None
+                   ) -> np.ndarray:
+    """(n, num_labels) float32 logits in the order of `features`; batches hold sequences of similar length."""
+    if pad_id is None:
+        pad_id = model.config.pad_token_id or 0
+    n = len(features)
+    out = np.zeros((n, model.config.num_labels), dtype=np.float32)
+    if not n:
+        return out
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(n), key=lambda i: len(features[i].input_ids))
+    try:
+        for s in range(0, n, batch_size):
+            idx = order[s:s + batch_size]
+            batch = collate([Feature(features[i].input_ids, features[i].token_type_ids) for i in idx], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out[idx] = _logits(model, batch).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_classification(model, features: Sequence[Feature], batch_size: int = 64) -> dict[str, float]:
+    """Metrics of `model` on labelled features: accuracy, f1, mcc (and loss) for classification; pearson,
+    spearman, mse for regression. F1 is binary with label id 1 positive when the model has two labels, else
+    macro."""
+    if not features:
+        raise ValueError("no evaluation features")
+    if any(f.label is None for f in features):
+        raise ValueError("evaluation needs labelled features")
+    logits = predict_logits(model, features, batch_size)
+    n_labels = model.config.num_labels
+    if n_labels == 1:
+        preds = logits[:, 0].astype(np.float64)
+        gold = np.array([float(f.label) for f in features])
+        with warnings.catch_warnings():  # a constant prediction (early in training) has no correlation: nan
+            warnings.simplefilter("ignore")
+            corr = {"pearson": float(M.pearson(preds, gold)), "spearman": float(M.spearman(preds, gold))}
+        return {**corr, "mse": float(np.mean((preds - gold) ** 2)), "n": len(features)}
+    gold = [int(f.label) for f in features]
+    preds = logits.argmax(-1).tolist()
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)).item()
+    f1 = M.f1(preds, gold, average="binary", pos_label=1) if n_labels == 2 else M.f1(preds, gold, average="macro")
+    return {"accuracy": M.accuracy(preds, gold), "f1": f1, "mcc": M.matthews_corrcoef(preds, gold),
+            "loss": loss, "n": len(features)}
+
+
+def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,
+            batch_size: int = 64) -> list[dict[str, Any]]:
+    """One dict per text, in input order: for classification ``label`` (the config's id2label name), ``score``
+    (its probability) and ``probabilities`` (label -> probability); for regression ``label`` and ``score`` are both
+    the predicted value."""
+    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
+    features = [Feature(ids, types) for ids, types in encode_texts(tok, texts, pairs, max_seq_length)]
+    logits = predict_logits(model, features, batch_size, pad_id=tok.pad_token_id)
+    if model.config.num_labels == 1:
+        return [{"label": float(v), "score": float(v)} for v in logits[:, 0]]
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    out = []
+    for p in probs:
+        k = int(p.argmax())
+        out.append({"label": names[k], "score": float(p[k]),
+                    "probabilities": {name: float(q) for name, q in zip(names, p)}})
+    return out

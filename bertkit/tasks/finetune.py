@@ -1,0 +1,243 @@
+"""Fine-tuning jobs on the one trainer (`bertkit.train.Trainer`): sequence classification and regression.
+
+Run directory layout of `run_finetune_classify`:
+    best/               the checkpoint with the best dev metric (model + tokenizer), loadable with
+                        AutoModelForSequenceClassification / AutoTokenizer
+    metrics.jsonl       train and dev ("eval") metrics over the steps
+    eval_results.json   the dev metrics of the best checkpoint, its step, the last evaluation
+    finetune_args.json  the arguments
+With several seeds each one runs into `seed-N/` (the layout above) and the top-level eval_results.json holds each
+seed's best dev metrics with their mean and standard deviation (sample sd; 0 for one seed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from ..data.readers import read_table
+from ..io import write_text_atomic
+from ..train import distributed as dist
+from ..train.trainer import TrainConfig, Trainer
+from .classify import (ClassificationBatches, ClassificationObjective, encode_examples,
+                       evaluate_classification, label_info)
+
+RESULTS_NAME = "eval_results.json"
+
+
+def column(spec: str | int | None, fmt: str | None = None) -> str | int | None:
+    """A column given on the command line: an all-digit value (or -N) is an index, anything else a name; JSONL
+    columns are always keys."""
+    if spec is None or isinstance(spec, int):
+        return spec
+    if fmt != "jsonl" and re.fullmatch(r"-?\d+", spec):
+        return int(spec)
+    return spec
+
+
+def table_format(path: str, fmt: str | None) -> str | None:
+    if fmt:
+        return fmt
+    suffix = Path(path).suffix.lower()
+    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix)
+
+
+def read_examples(path: str, *, format: str | None = None, text_column="text", text_pair_column=None,
+                  label_column="label", header: bool = True):
+    fmt = table_format(path, format)
+    return read_table(path, format=format, text_column=column(text_column, fmt),
+                      text_pair_column=column(text_pair_column, fmt),
+                      label_column=column(label_column, fmt), header=header)
+
+
+@dataclass
+class FinetuneClassifyArgs:
+    model: str = ""
+    train: str = ""
+    dev: str = ""
+    output: str = "runs/classify"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    format: str | None = None
+    header: bool = True
+    epochs: float = 3.0
+    max_steps: int | None = None      # overrides epochs
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup: float = 0.1               # fraction of the steps
+    weight_decay: float = 0.01
+    max_seq_length: int = 128
+    seed: int = 42
+    seeds: str | None = None          # "1,2,3": one run per seed
+    eval_every: int | None = None     # steps between dev evaluations (default: once per epoch)
+    metric: str | None = None         # accuracy (classification) / pearson (regression) by default
+    log_every: int = 10
+    precision: str = "auto"
+    progress: bool | None = None      # None: when stderr is a terminal
+
+
+def _better(value: float, best: float | None) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return best is None
+    return best is None or (isinstance(best, float) and math.isnan(best)) or value > best
+
+
+def _parse_seeds(spec: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {spec!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list distinct integers, got {spec!r}")
+    return seeds
+
+
+def _format(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
+
+
+def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
+    tok, info, train_feats, dev_feats, metric = data
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)  # the fresh head's initialisation
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, **info.model_kwargs())
+    batch_size = min(args.batch_size, len(train_feats))
+    batches = ClassificationBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed,
+                                    regression=info.regression)
+    per_epoch = batches.batches_per_epoch
+    max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
+    eval_every = args.eval_every or per_epoch
+    best_dir = out / "best"
+    state: dict[str, Any] = {"best": None, "metrics": None, "step": 0, "evals": 0}
+
+    def evaluate(m) -> dict[str, Any]:
+        metrics = evaluate_classification(m, dev_feats, batch_size=max(64, batch_size))
+        state["evals"] += 1
+        step = min(state["evals"] * eval_every, max_steps)
+        if _better(metrics[metric], state["best"]):
+            state.update(best=metrics[metric], metrics=metrics, step=step)
+            if dist.is_main():
+                m.save_pretrained(best_dir)
+                tok.save_pretrained(best_dir)
+        return metrics
+
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=args.lr,
+                      warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
+                      precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
+                      save_final=False, seed=seed, output_dir=str(out), tensorboard=False,
+                      progress=sys.stderr.isatty() if args.progress is None else args.progress)
+    trainer = Trainer(ClassificationObjective(model), model, batches, cfg, evaluate=evaluate)
+    result = trainer.train()
+    final = {k[5:]: v for k, v in result.items() if k.startswith("eval_")}
+    results = {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": final,
+               "max_steps": max_steps, "seed": seed, "task": "regression" if info.regression else "classification",
+               "labels": list(info.labels), "num_train": len(train_feats), "num_dev": len(dev_feats)}
+    if dist.is_main():
+        write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
+    """Fine-tune `args.model` on `args.train`, keep the best checkpoint by the dev metric; returns (and writes)
+    the results (see the module docstring)."""
+    dist.setup()
+    read = dict(format=args.format, text_column=args.text_column, text_pair_column=args.text_pair_column,
+                label_column=args.label_column, header=args.header)
+    train = read_examples(args.train, **read)
+    dev = read_examples(args.dev, **read)
+    if not train:
+        raise ValueError(f"{args.train}: no training rows")
+    if not dev:
+        raise ValueError(f"{args.dev}: no dev rows")
+    info = label_info(train)
+    metric = args.metric or ("pearson" if info.regression else "accuracy")
+    allowed = ("pearson", "spearman") if info.regression else ("accuracy", "f1", "mcc")
+    if metric not in allowed:
+        raise ValueError(f"--metric {metric} does not apply to {'regression' if info.regression else 'classification'}"
+                         f"; choose one of {', '.join(allowed)}")
+    tok = AutoTokenizer.from_pretrained(args.model)
+    max_len = min(args.max_seq_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    train_feats = encode_examples(tok, train, info, max_len, source=args.train)
+    dev_feats = encode_examples(tok, dev, info, max_len, source=args.dev)
+    data = (tok, info, train_feats, dev_feats, metric)
+    task = "regression" if info.regression else f"{info.num_labels}-way classification ({', '.join(info.labels)})"
+    dist.print0(f"{task}: {len(train_feats)} training and {len(dev_feats)} dev examples; model {args.model}")
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
+    if not args.seeds:
+        res = _run_one(args, args.seed, out, data)
+        dist.print0(f"dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
+        dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}")
+        dist.cleanup()
+        return res
+
+    seeds = _parse_seeds(args.seeds)
+    per_seed = {}
+    for seed in seeds:
+        dist.print0(f"seed {seed}:")
+        res = _run_one(args, seed, out / f"seed-{seed}", data)
+        per_seed[str(seed)] = res["best"]
+        dist.print0(f"  dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
+    keys = [k for k in per_seed[str(seeds[0])] if k != "n"]
+    mean = {k: statistics.fmean(r[k] for r in per_seed.values()) for k in keys}
+    sd = {k: statistics.stdev([r[k] for r in per_seed.values()]) if len(seeds) > 1 else 0.0 for k in keys}
+    results = {"metric": metric, "seeds": seeds, "per_seed": per_seed, "mean": mean, "sd": sd,
+               "task": "regression" if info.regression else "classification", "labels": list(info.labels)}
+    if dist.is_main():
+        write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+        print(f"dev over {len(seeds)} seeds ({', '.join(map(str, seeds))}), best checkpoint of each by {metric}:")
+        for k in keys:
+            print(f"  {k}: {mean[k]:.4f} ± {sd[k]:.4f}")
+        print(f"runs in {out}/seed-*/; results in {out / RESULTS_NAME}")
+    dist.cleanup()
+    return results
+
+
+def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
+                 max_seq_length: int = 128, **read) -> dict[str, Any]:
+    """Metrics of a fine-tuned classification / regression model on a labelled table; printed and written as
+    JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
+    from .classify import label_info_from_config
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    info = label_info_from_config(model.config)
+    examples = read_examples(data, **read)
+    if not examples:
+        raise ValueError(f"{data}: no rows")
+    max_len = min(max_seq_length, model.config.max_position_embeddings)
+    feats = encode_examples(tok, examples, info, max_len, source=data)
+    metrics = evaluate_classification(model, feats, batch_size)
+    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).stem}.json"
+    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
+    print(f"{data}: {_format(metrics)} ({metrics['n']} examples); wrote {path}")
+    return metrics
+
+
+def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
+                **read) -> int:
+    """Label every row of a table; one JSON line per row (label, score) in `output`. Returns the row count."""
+    from .classify import predict
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    examples = read_examples(data, **read)
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
+                    batch_size=batch_size)
+    lines = [json.dumps({"label": p["label"], "score": p["score"]}, ensure_ascii=False) for p in preds]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, "".join(line + "\n" for line in lines))
+    print(f"predicted {len(lines)} rows of {data}; wrote {output}")
+    return len(lines)

@@ -1,0 +1,227 @@
+"""Sequence-classification fine-tuning end to end through the CLI, on a toy task and a tiny random BERT."""
+import json
+import random
+
+import pytest
+import torch
+
+from bertkit import AutoModelForSequenceClassification, AutoTokenizer
+from bertkit.cli import main
+from bertkit.config import BertConfig
+from bertkit.data.readers import Example
+from bertkit.modeling import BertModel
+from bertkit.tasks.classify import (ClassificationBatches, ClassificationObjective, LabelInfo, encode_examples,
+                                    evaluate_classification, label_info, predict)
+from bertkit.tokenizer import BertTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GOOD = "good great fine nice lovely".split()
+BAD = "bad awful poor nasty horrid".split()
+FILLER = "the movie was film plot actor story and it a really very quite".split()
+
+
+def sentence(rng, word):
+    words = rng.sample(FILLER, 4)
+    words.insert(rng.randrange(5), word)
+    return " ".join(words)
+
+
+def toy_rows(n, seed):
+    """(text, label, score): 'pos' / 'neg' by the sentiment word; score = 4.5 or 0.5 plus noise."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        pos = i % 2 == 0
+        text = sentence(rng, rng.choice(GOOD if pos else BAD))
+        rows.append((text, "pos" if pos else "neg", round((4.5 if pos else 0.5) + rng.uniform(-0.4, 0.4), 2)))
+    return rows
+
+
+def write_tsv(path, rows, label="label"):
+    lines = ["text\tlabel"] + [f"{t}\t{lab if label == 'label' else score}" for t, lab, score in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A tiny random encoder (no head) with its tokenizer, and train / dev tables."""
+    d = tmp_path_factory.mktemp("toy")
+    train, dev = toy_rows(80, 0), toy_rows(40, 1)
+    tok = BertTokenizer.train_from_iterator([t for t, _, _ in train + dev], vocab_size=200)
+    tok.save_pretrained(d / "encoder")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(d / "encoder")
+    return {"dir": d, "encoder": d / "encoder", "rows": (train, dev),
+            "train": write_tsv(d / "train.tsv", train), "dev": write_tsv(d / "dev.tsv", dev),
+            "train_reg": write_tsv(d / "train_reg.tsv", train, "score"),
+            "dev_reg": write_tsv(d / "dev_reg.tsv", dev, "score")}
+
+
+def finetune(toy, out, *extra, train="train", dev="dev"):
+    return main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(toy[train]),
+                 "--dev", str(toy[dev]), "--output", str(out), "--batch-size", "16", "--lr", "1e-2",
+                 "--max-seq-length", "16", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(toy):
+    out = toy["dir"] / "run"
+    assert finetune(toy, out, "--epochs", "8", "--seed", "3") == 0
+    return out
+
+
+def test_finetune_learns_the_toy_task_and_keeps_the_best_checkpoint(trained, toy):
+    res = json.loads((trained / "eval_results.json").read_text())
+    assert res["metric"] == "accuracy" and res["task"] == "classification" and res["labels"] == ["neg", "pos"]
+    assert res["max_steps"] == 40 and res["num_train"] == 80 and res["num_dev"] == 40
+    best = res["best"]
+    assert best["accuracy"] >= 0.9
+    assert set(best) >= {"accuracy", "f1", "mcc", "loss"}
+    assert 1 <= res["best_step"] <= 40 and res["best_step"] % 5 == 0  # evaluated once per epoch (5 steps)
+    assert best["accuracy"] >= res["final"]["accuracy"]
+    # metrics.jsonl has one dev line per epoch
+    lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "eval"] == [5, 10, 15, 20, 25, 30, 35, 40]
+
+    model = AutoModelForSequenceClassification.from_pretrained(trained / "best")
+    assert model.load_report.clean
+    assert model.config.id2label == {0: "neg", 1: "pos"} and model.config.label2id == {"neg": 0, "pos": 1}
+    tok = AutoTokenizer.from_pretrained(trained / "best")
+    _, dev = toy["rows"]
+    info = LabelInfo(False, ("neg", "pos"))
+    feats = encode_examples(tok, [Example(t, None, lab, i) for i, (t, lab, _) in enumerate(dev)], info, 16)
+    assert evaluate_classification(model, feats)["accuracy"] == pytest.approx(best["accuracy"])
+    preds = predict(model, tok, ["the movie was great", "the plot was awful and very poor"])
+    assert [p["label"] for p in preds] == ["pos", "neg"]
+    assert all(0.5 < p["score"] <= 1 and sum(p["probabilities"].values()) == pytest.approx(1) for p in preds)
+
+
+def test_evaluate_and_predict_cli(trained, toy, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "dev_metrics.json"
+    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    best = json.loads((trained / "eval_results.json").read_text())["best"]
+    assert metrics["accuracy"] == pytest.approx(best["accuracy"]) and metrics["n"] == 40
+    assert "accuracy" in printed and str(out) in printed
+
+    # predict: columns by index, no header, order kept
+    data = tmp_path / "texts.tsv"
+    texts = ["nice film", "the story was horrid", "a lovely plot", "quite bad actor really"]
+    data.write_text("".join(f"{i}\t{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    pred = tmp_path / "pred.jsonl"
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(data), "--output", str(pred),
+                 "--no-header", "--text-column", "1"]) == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["pos", "neg", "pos", "neg"]
+    assert all(set(r) == {"label", "score"} and 0.5 < r["score"] <= 1 for r in rows)
+
+
+def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seeds", "1,2") == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["seeds"] == [1, 2] and set(res["per_seed"]) == {"1", "2"}
+    for seed in (1, 2):
+        assert (out / f"seed-{seed}" / "best" / "model.safetensors").is_file()
+        assert json.loads((out / f"seed-{seed}" / "eval_results.json").read_text())["seed"] == seed
+    accs = [res["per_seed"][s]["accuracy"] for s in ("1", "2")]
+    assert res["mean"]["accuracy"] == pytest.approx(sum(accs) / 2)
+    assert res["sd"]["accuracy"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert "accuracy: " in printed and " ± " in printed
+
+
+def test_regression_uses_one_output_and_reports_pearson(toy, tmp_path):
+    out = tmp_path / "reg"
+    assert finetune(toy, out, "--max-steps", "60", "--eval-every", "20", train="train_reg", dev="dev_reg") == 0
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["task"] == "regression" and res["metric"] == "pearson" and res["labels"] == []
+    assert set(res["best"]) >= {"pearson", "spearman", "mse"}
+    assert res["best"]["pearson"] > 0.8
+    model = AutoModelForSequenceClassification.from_pretrained(out / "best")
+    assert model.config.num_labels == 1
+    tok = AutoTokenizer.from_pretrained(out / "best")
+    hi, lo = predict(model, tok, ["the movie was great", "the movie was awful"])
+    assert hi["score"] > lo["score"] and hi["label"] == hi["score"]
+
+
+def test_a_bad_row_is_a_one_line_error_naming_file_and_line(toy, tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\na good film\tpos\nno label field here\nthe bad plot\tneg\n", encoding="utf-8")
+    assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(bad), "--dev",
+                 str(toy["dev"]), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}:3:" in err and err.startswith("bertkit finetune classify: error:")
+
+
+def test_a_dev_label_unseen_in_training_is_an_error(toy, tmp_path, capsys):
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("text\tlabel\na good film\tpos\nmeh\tneutral\n", encoding="utf-8")
+    assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(toy["train"]), "--dev",
+                 str(dev), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{dev}:3:" in err and "'neutral'" in err
+
+
+def test_batches_resume_exactly_and_pad_per_batch():
+    feats = encode_examples(BertTokenizer.train_from_iterator(["a b c d e f"] * 3, vocab_size=40),
+                            [Example("a " * (i % 7 + 1), None, str(i % 2), i) for i in range(10)],
+                            label_info([str(i % 2) for i in range(10)]), 16)
+    src = ClassificationBatches(feats, 4, seed=5)
+    it = iter(src)
+    first = [next(it) for _ in range(4)]  # 3 batches per epoch: into the second epoch
+    assert [b["input_ids"].shape[0] for b in first] == [4, 4, 2, 4]
+    for b in first:  # padded to the batch's own longest sequence
+        assert b["attention_mask"].sum(1).max() == b["input_ids"].shape[1]
+    state = src.state_dict()
+    assert state == {"epoch": 1, "batch": 1}
+    rest = [next(it) for _ in range(3)]
+    again = ClassificationBatches(feats, 4, seed=5)
+    again.load_state_dict(state)
+    it2 = iter(again)
+    for a in rest:
+        b = next(it2)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # every epoch visits every feature once, in a different order
+    assert sorted(src.order(0)) == list(range(10)) and src.order(0) != src.order(1)
+
+
+def test_objective_sums_and_counts():
+    torch.manual_seed(0)
+    from bertkit.modeling import BertForSequenceClassification
+    cfg = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=20, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg.num_labels = 3
+    model = BertForSequenceClassification(cfg).eval()
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]]),
+             "token_type_ids": torch.zeros(2, 4, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]), "labels": torch.tensor([0, 2])}
+    obj = ClassificationObjective(model)
+    assert obj.counts(batch) == {"cls": 2}
+    sums, stats = obj(batch)
+    ref = model(**batch)
+    assert sums["cls"].item() == pytest.approx(2 * ref.loss.item(), rel=1e-5)
+    assert stats["acc_cls"].item() == (ref.logits.argmax(-1) == batch["labels"]).sum().item()
+
+
+def test_pairs_truncation_and_columns(toy, tmp_path):
+    from bertkit.tasks.finetune import column, read_examples
+    tok = AutoTokenizer.from_pretrained(toy["encoder"])
+    info = label_info(["a", "b", "a"])
+    assert info.labels == ("a", "b") and info.model_kwargs()["label2id"] == {"a": 0, "b": 1}
+    assert label_info(["0.5", "1", "2.25"]).model_kwargs() == {"num_labels": 1, "problem_type": "regression"}
+    feats = encode_examples(tok, [Example("the movie was good", "the plot was bad", "b", 7),
+                                  Example("a " * 40, "film " * 40, "a", 8)], info, max_seq_length=12)
+    short, long = feats
+    assert short.label == 1 and 0 in short.token_type_ids and 1 in short.token_type_ids
+    assert len(long.input_ids) == 12 and len(long.token_type_ids) == 12 and long.label == 0
+    assert column("2") == 2 and column("-1") == -1 and column("text") == "text" and column("2", "jsonl") == "2"
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"q": "is it good", "a": "yes good", "y": 1}\n{"q": "bad?", "a": "bad", "y": 0}\n')
+    rows = read_examples(str(path), text_column="q", text_pair_column="a", label_column="y")
+    assert [(r.text_pair, r.label, r.line) for r in rows] == [("yes good", "1", 1), ("bad", "0", 2)]
