@@ -22,6 +22,7 @@ from .modeling import (
     BertForTokenClassification,
     BertModel,
 )
+from .pipelines import pipeline
 from .tokenizer import BertTokenizer
 
 __version__ = "0.1.0"
