@@ -160,38 +160,108 @@ def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 on a GPU that has it, fp32 on the CPU")
 
 
+def _finetune_tag(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .tasks.finetune import FinetuneTagArgs, run_finetune_tag
+    fields = {f.name for f in dataclasses.fields(FinetuneTagArgs)}
+    run_finetune_tag(FinetuneTagArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
+
+
+def _add_conll_columns(p: argparse.ArgumentParser, tag: bool = True) -> None:
+    p.add_argument("--token-column", type=int, default=0,
+                   help="CoNLL files: 0-based column of the token (negative counts from the end; default 0)")
+    if tag:
+        p.add_argument("--tag-column", type=int, default=-1,
+                       help="CoNLL files: 0-based column of the BIO tag (default -1, the last)")
+
+
+def _add_finetune_tag(p: argparse.ArgumentParser) -> None:
+    from .tasks.finetune import FinetuneTagArgs
+    d = FinetuneTagArgs()
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a pre-trained BERT (name or directory)")
+    p.add_argument("--train", required=True, metavar="FILE",
+                   help="training CoNLL file: one token and its BIO tag per line, blank lines between sentences")
+    p.add_argument("--dev", required=True, metavar="FILE", help="dev CoNLL file, evaluated during training")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="run directory: best/ checkpoint (by dev entity F1), metrics.jsonl, eval_results.json")
+    _add_conll_columns(p)
+    p.add_argument("--epochs", type=float, default=d.epochs,
+                   help=f"passes over the training data (default {d.epochs:g})")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"windows per step (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help=f"linear warm-up, as a fraction of the steps (default {d.warmup:g})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
+    p.add_argument("--max-seq-length", type=int, default=d.max_seq_length,
+                   help=f"tokens per window; longer sentences are split into windows (default {d.max_seq_length})")
+    p.add_argument("--stride", type=int, default=d.stride,
+                   help=f"sub-tokens shared by consecutive windows of a long sentence (default {d.stride})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--seeds", default=None, metavar="1,2,3",
+                   help="run once per seed into OUTPUT/seed-N/ and report the mean and sd of each dev metric")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: each epoch)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines "
+                                                                      f"(default {d.log_every})")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
+                   help="auto: bf16 on a GPU that has it, fp32 on the CPU")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from .tasks.finetune import run_evaluate
+    from .tasks.finetune import is_tagger, run_evaluate, run_evaluate_tag
+    if is_tagger(args.model):
+        run_evaluate_tag(args.model, args.data, output=args.output, batch_size=args.batch_size,
+                         max_seq_length=args.max_seq_length, stride=args.stride, token_column=args.token_column,
+                         tag_column=args.tag_column)
+        return 0
     run_evaluate(args.model, args.data, output=args.output, batch_size=args.batch_size,
                  max_seq_length=args.max_seq_length, **_table_kwargs(args))
     return 0
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned sequence classification model")
-    p.add_argument("--data", required=True, metavar="FILE", help="labelled table (CSV, TSV or JSONL)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="a fine-tuned sequence classification or token classification (tagging) model")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="labelled table (CSV, TSV or JSONL); a CoNLL file for a tagging model")
     p.add_argument("--output", default=None, metavar="FILE.json",
                    help="metrics file (default MODEL/eval_<data name>.json)")
     _add_columns(p)
+    _add_conll_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--stride", type=int, default=32,
+                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32)")
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .tasks.finetune import run_predict
+    from .tasks.finetune import is_tagger, run_predict, run_predict_tag
+    if is_tagger(args.model):
+        run_predict_tag(args.model, args.data, args.output, batch_size=args.batch_size,
+                        max_seq_length=args.max_seq_length, stride=args.stride, token_column=args.token_column)
+        return 0
     run_predict(args.model, args.data, args.output, batch_size=args.batch_size,
                 max_seq_length=args.max_seq_length, **_table_kwargs(args))
     return 0
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned sequence classification model")
-    p.add_argument("--data", required=True, metavar="FILE", help="table of texts (CSV, TSV or JSONL)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="a fine-tuned sequence classification or token classification (tagging) model")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="table of texts (CSV, TSV or JSONL); for a tagging model a CoNLL-style file, one token per "
+                        "line (other columns ignored), blank lines between sentences")
     p.add_argument("--output", required=True, metavar="FILE.jsonl",
-                   help="one JSON line per input row: label and score")
+                   help="one JSON line per input row (label and score), or per sentence for a tagging model "
+                        "(tokens, tags, scores)")
     _add_columns(p, label=False)
+    _add_conll_columns(p, tag=False)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--stride", type=int, default=32,
+                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32)")
 
 
 # command words -> (help, add_arguments, run)
@@ -203,8 +273,10 @@ COMMANDS = {
     ("plot",): ("draw the learning curves of runs to a PNG", _add_plot, _plot),
     ("finetune", "classify"): ("fine-tune BERT for sequence classification or regression on a table",
                                _add_finetune_classify, _finetune_classify),
-    ("evaluate",): ("score a fine-tuned classification model on a labelled table", _add_evaluate, _evaluate),
-    ("predict",): ("label the texts of a table with a fine-tuned classification model", _add_predict, _predict),
+    ("finetune", "tag"): ("fine-tune BERT for BIO tagging (NER) on CoNLL files",
+                          _add_finetune_tag, _finetune_tag),
+    ("evaluate",): ("score a fine-tuned classifier or tagger on labelled data", _add_evaluate, _evaluate),
+    ("predict",): ("label texts or tag sentences with a fine-tuned model", _add_predict, _predict),
 }
 
 

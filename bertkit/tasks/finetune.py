@@ -1,8 +1,9 @@
-"""Fine-tuning jobs on the one trainer (`bertkit.train.Trainer`): sequence classification and regression.
+"""Fine-tuning jobs on the one trainer (`bertkit.train.Trainer`): sequence classification and regression
+(`run_finetune_classify`), token classification on CoNLL files (`run_finetune_tag`, best checkpoint by dev entity F1).
 
-Run directory layout of `run_finetune_classify`:
+Run directory layout (both jobs; `train_keep_best` and `run_seeds` are the shared parts):
     best/               the checkpoint with the best dev metric (model + tokenizer), loadable with
-                        AutoModelForSequenceClassification / AutoTokenizer
+                        AutoModelForSequenceClassification (or AutoModelForTokenClassification) / AutoTokenizer
     metrics.jsonl       train and dev ("eval") metrics over the steps
     eval_results.json   the dev metrics of the best checkpoint, its step, the last evaluation
     finetune_args.json  the arguments
@@ -106,14 +107,13 @@ def _format(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
 
 
-def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
-    tok, info, train_feats, dev_feats, metric = data
+def train_keep_best(args, seed: int, out: Path, model, tok, batches, objective, dev_metrics, metric: str
+                    ) -> dict[str, Any]:
+    """Train `objective` (holding `model`) on `batches` with the trainer; after each dev evaluation
+    (`dev_metrics(model) -> dict`) keep the model and tokenizer with the best `metric` in `out/best`. `args` gives
+    the schedule (epochs / max_steps, eval_every, lr, warmup, weight_decay, precision, log_every, progress,
+    batch_size). Returns metric, best_step, best (its dev metrics), final (the last evaluation), max_steps, seed."""
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)  # the fresh head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, **info.model_kwargs())
-    batch_size = min(args.batch_size, len(train_feats))
-    batches = ClassificationBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed,
-                                    regression=info.regression)
     per_epoch = batches.batches_per_epoch
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
     eval_every = args.eval_every or per_epoch
@@ -121,7 +121,7 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
     state: dict[str, Any] = {"best": None, "metrics": None, "step": 0, "evals": 0}
 
     def evaluate(m) -> dict[str, Any]:
-        metrics = evaluate_classification(m, dev_feats, batch_size=max(64, batch_size))
+        metrics = dev_metrics(m)
         state["evals"] += 1
         step = min(state["evals"] * eval_every, max_steps)
         if _better(metrics[metric], state["best"]):
@@ -131,19 +131,66 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
                 tok.save_pretrained(best_dir)
         return metrics
 
-    cfg = TrainConfig(max_steps=max_steps, batch_size=batch_size, lr=args.lr,
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, lr=args.lr,
                       warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_final=False, seed=seed, output_dir=str(out), tensorboard=False,
                       progress=sys.stderr.isatty() if args.progress is None else args.progress)
-    trainer = Trainer(ClassificationObjective(model), model, batches, cfg, evaluate=evaluate)
+    trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate)
     result = trainer.train()
     final = {k[5:]: v for k, v in result.items() if k.startswith("eval_")}
-    results = {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": final,
-               "max_steps": max_steps, "seed": seed, "task": "regression" if info.regression else "classification",
-               "labels": list(info.labels), "num_train": len(train_feats), "num_dev": len(dev_feats)}
+    return {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": final,
+            "max_steps": max_steps, "seed": seed}
+
+
+def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
+    tok, info, train_feats, dev_feats, metric = data
+    torch.manual_seed(seed)  # the fresh head's initialisation
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, **info.model_kwargs())
+    batch_size = min(args.batch_size, len(train_feats))
+    batches = ClassificationBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed,
+                                    regression=info.regression)
+    results = train_keep_best(args, seed, out, model, tok, batches, ClassificationObjective(model),
+                              lambda m: evaluate_classification(m, dev_feats, batch_size=max(64, batch_size)),
+                              metric)
+    results.update(task="regression" if info.regression else "classification", labels=list(info.labels),
+                   num_train=len(train_feats), num_dev=len(dev_feats))
     if dist.is_main():
         write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write finetune_args.json, then `run_one(seed, dir)` once into `out` (`args.seed`), or per seed of
+    `args.seeds` into `out/seed-N/` with the mean and sd of each numeric dev metric in `out/eval_results.json`
+    (plus `extra`). Prints a summary; returns the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
+    if not args.seeds:
+        res = run_one(args.seed, out)
+        dist.print0(f"dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
+        dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}")
+        return res
+
+    seeds = _parse_seeds(args.seeds)
+    per_seed = {}
+    for seed in seeds:
+        dist.print0(f"seed {seed}:")
+        res = run_one(seed, out / f"seed-{seed}")
+        per_seed[str(seed)] = res["best"]
+        dist.print0(f"  dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
+    first = per_seed[str(seeds[0])]
+    keys = [k for k, v in first.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    mean = {k: statistics.fmean(r[k] for r in per_seed.values()) for k in keys}
+    sd = {k: statistics.stdev([r[k] for r in per_seed.values()]) if len(seeds) > 1 else 0.0 for k in keys}
+    results = {"metric": metric, "seeds": seeds, "per_seed": per_seed, "mean": mean, "sd": sd, **extra}
+    if dist.is_main():
+        write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+        print(f"dev over {len(seeds)} seeds ({', '.join(map(str, seeds))}), best checkpoint of each by {metric}:")
+        for k in keys:
+            print(f"  {k}: {mean[k]:.4f} ± {sd[k]:.4f}")
+        print(f"runs in {out}/seed-*/; results in {out / RESULTS_NAME}")
     return results
 
 
@@ -172,38 +219,128 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
     data = (tok, info, train_feats, dev_feats, metric)
     task = "regression" if info.regression else f"{info.num_labels}-way classification ({', '.join(info.labels)})"
     dist.print0(f"{task}: {len(train_feats)} training and {len(dev_feats)} dev examples; model {args.model}")
-
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    if dist.is_main():
-        write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
-    if not args.seeds:
-        res = _run_one(args, args.seed, out, data)
-        dist.print0(f"dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
-        dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}")
-        dist.cleanup()
-        return res
-
-    seeds = _parse_seeds(args.seeds)
-    per_seed = {}
-    for seed in seeds:
-        dist.print0(f"seed {seed}:")
-        res = _run_one(args, seed, out / f"seed-{seed}", data)
-        per_seed[str(seed)] = res["best"]
-        dist.print0(f"  dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
-    keys = [k for k in per_seed[str(seeds[0])] if k != "n"]
-    mean = {k: statistics.fmean(r[k] for r in per_seed.values()) for k in keys}
-    sd = {k: statistics.stdev([r[k] for r in per_seed.values()]) if len(seeds) > 1 else 0.0 for k in keys}
-    results = {"metric": metric, "seeds": seeds, "per_seed": per_seed, "mean": mean, "sd": sd,
-               "task": "regression" if info.regression else "classification", "labels": list(info.labels)}
-    if dist.is_main():
-        write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
-        print(f"dev over {len(seeds)} seeds ({', '.join(map(str, seeds))}), best checkpoint of each by {metric}:")
-        for k in keys:
-            print(f"  {k}: {mean[k]:.4f} ± {sd[k]:.4f}")
-        print(f"runs in {out}/seed-*/; results in {out / RESULTS_NAME}")
+    results = run_seeds(args, Path(args.output), lambda seed, out: _run_one(args, seed, out, data), metric,
+                        {"task": "regression" if info.regression else "classification",
+                         "labels": list(info.labels)})
     dist.cleanup()
     return results
+
+
+@dataclass
+class FinetuneTagArgs:
+    model: str = ""
+    train: str = ""
+    dev: str = ""
+    output: str = "runs/tag"
+    token_column: int = 0
+    tag_column: int = -1
+    epochs: float = 3.0
+    max_steps: int | None = None      # overrides epochs
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup: float = 0.1               # fraction of the steps
+    weight_decay: float = 0.01
+    max_seq_length: int = 128
+    stride: int = 32                  # sub-tokens shared by consecutive windows of a long sentence
+    seed: int = 42
+    seeds: str | None = None          # "1,2,3": one run per seed
+    eval_every: int | None = None     # steps between dev evaluations (default: once per epoch)
+    log_every: int = 10
+    precision: str = "auto"
+    progress: bool | None = None      # None: when stderr is a terminal
+
+
+def _tag_window(args, config) -> tuple[int, int]:
+    max_len = min(args.max_seq_length, config.max_position_embeddings)
+    if args.stride >= max_len - 2:
+        raise ValueError(f"--stride {args.stride} must be smaller than --max-seq-length - 2 = {max_len - 2}")
+    return max_len, args.stride
+
+
+def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
+    """Fine-tune `args.model` for token classification on CoNLL files; keep the best checkpoint by dev entity F1.
+    Same run layout as `run_finetune_classify` (eval_results.json: entity precision / recall / F1, per type, word
+    accuracy)."""
+    from ..auto import AutoModelForTokenClassification
+    from ..data.readers import read_conll
+    from .tag import TagBatches, TagObjective, encode_sentences, evaluate_tagging, model_kwargs, tag_set
+    dist.setup()
+    train = read_conll(args.train, args.token_column, args.tag_column)
+    dev = read_conll(args.dev, args.token_column, args.tag_column)
+    if not train:
+        raise ValueError(f"{args.train}: no training sentences")
+    if not dev:
+        raise ValueError(f"{args.dev}: no dev sentences")
+    tags = tag_set(train)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    max_len, stride = _tag_window(args, AutoConfig.from_pretrained(args.model))
+    train_feats = encode_sentences(tok, train, tags, max_len, stride, source=args.train)
+    dev_feats = encode_sentences(tok, dev, tags, max_len, stride, source=args.dev)
+    dist.print0(f"tagging with {len(tags)} tags ({', '.join(tags)}): {len(train)} training sentences "
+                f"({len(train_feats)} windows), {len(dev)} dev sentences; model {args.model}")
+
+    def run_one(seed: int, out: Path) -> dict[str, Any]:
+        torch.manual_seed(seed)  # the fresh head's initialisation
+        model = AutoModelForTokenClassification.from_pretrained(args.model, **model_kwargs(tags))
+        batches = TagBatches(train_feats, min(args.batch_size, len(train_feats)), pad_id=tok.pad_token_id,
+                             seed=seed)
+        results = train_keep_best(args, seed, out, model, tok, batches, TagObjective(model),
+                                  lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), "f1")
+        results.update(task="tagging", labels=list(tags), num_train=len(train), num_dev=len(dev))
+        if dist.is_main():
+            write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+        return results
+
+    results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "tagging", "labels": list(tags)})
+    dist.cleanup()
+    return results
+
+
+def is_tagger(model_dir: str) -> bool:
+    """Whether the saved model is a token classifier (by config.json's architectures)."""
+    return "BertForTokenClassification" in (AutoConfig.from_pretrained(model_dir).architectures or [])
+
+
+def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
+                     max_seq_length: int = 128, stride: int = 32, token_column: int = 0,
+                     tag_column: int = -1) -> dict[str, Any]:
+    """Entity F1 (micro and per type) and word accuracy of a fine-tuned tagger on a CoNLL file; printed and
+    written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
+    from ..auto import AutoModelForTokenClassification
+    from ..data.readers import read_conll
+    from .tag import encode_sentences, evaluate_tagging
+    model = AutoModelForTokenClassification.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    sentences = read_conll(data, token_column, tag_column)
+    if not sentences:
+        raise ValueError(f"{data}: no sentences")
+    max_len = min(max_seq_length, model.config.max_position_embeddings)
+    feats = encode_sentences(tok, sentences, tags, max_len, min(stride, max_len - 3), source=data)
+    metrics = evaluate_tagging(model, feats, sentences, batch_size)
+    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).stem}.json"
+    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
+    print(f"{data}: {_format(metrics)} ({metrics['n']} sentences); wrote {path}")
+    return metrics
+
+
+def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
+                    stride: int = 32, token_column: int = 0) -> int:
+    """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored); one JSON line per
+    sentence ({"tokens", "tags", "scores"}) in `output`. Returns the sentence count."""
+    from ..auto import AutoModelForTokenClassification
+    from .tag import predict_tags, read_tokens
+    model = AutoModelForTokenClassification.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    sentences = read_tokens(data, token_column)
+    preds = predict_tags(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
+                         batch_size=batch_size)
+    lines = [json.dumps({"tokens": words, "tags": [t for t, _ in p], "scores": [round(s, 6) for _, s in p]},
+                        ensure_ascii=False) for words, p in zip(sentences, preds)]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, "".join(line + "\n" for line in lines))
+    print(f"tagged {len(lines)} sentences of {data}; wrote {output}")
+    return len(lines)
 
 
 def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,

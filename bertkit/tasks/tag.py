@@ -1,0 +1,300 @@
+"""Token classification (BIO tagging, e.g. NER): sentences of words -> windows of sub-tokens -> batches ->
+objective -> word-level predictions -> entity F1.
+
+- Words are tokenized one by one (without special tokens), so every sub-token belongs to exactly one word, even
+  when BERT's basic tokenization splits a word like "don't" into several pieces. A word that tokenizes to nothing
+  becomes [UNK], so every word gets a prediction. A word longer than the window keeps its first pieces.
+- A word's label sits on its FIRST sub-token; the other sub-tokens, [CLS] and [SEP] get -100 (ignored by the loss).
+- The label set is the sorted distinct tags of the TRAINING data, stored in the config's id2label / label2id; a dev
+  tag outside it is a ``ValueError`` naming ``file:line``.
+- A sentence longer than `max_seq_length` is split into windows of whole words: each holds at most
+  `max_seq_length - 2` sub-tokens, and consecutive windows overlap by at most `stride` sub-tokens (and by at least
+  one word unless the window moves by one word). Training labels every word of every window. For prediction each
+  word is OWNED by exactly one window, the one where it has the most context: the largest
+  ``min(sub-tokens before it, sub-tokens after it)`` within the window, the earlier window on ties (the rule of
+  BERT's SQuAD code). `TagFeature.word_ids` marks, at the first sub-token of each owned word, its index in the
+  sentence, so the predictions cover every word exactly once.
+- `TagBatches` reuses `ClassificationBatches`' seeded per-epoch order and exact resume state; `TagObjective` gives
+  the trainer the cross-entropy SUM over labelled sub-tokens (term "tag") and "acc_tag".
+- `evaluate_tagging` maps predictions back to words and scores entity-level precision / recall / F1 (micro, and per
+  type, seqeval semantics via `bertkit.metrics.entity_f1`) and word accuracy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import metrics as M
+from ..data.readers import TaggedSentence, _read_text, label_maps
+from .classify import ClassificationBatches
+
+__all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
+           "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
+           "model_kwargs"]
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TagFeature:
+    """One window of one sentence. ``labels`` holds a tag id at the first sub-token of every word in the window and
+    -100 elsewhere (None when unlabelled); ``word_ids`` holds the sentence's word index at the first sub-token of
+    each word this window predicts (see the module docstring), None elsewhere."""
+    input_ids: list[int]
+    labels: list[int] | None
+    word_ids: list[int | None]
+    sentence: int
+    line: int = 0
+
+
+def tag_set(sentences: Sequence[TaggedSentence]) -> tuple[str, ...]:
+    """The sorted distinct tags of the training sentences; their order gives the label ids."""
+    tags = tuple(sorted({t for s in sentences for t in s.tags}))
+    if len(tags) < 2:
+        raise ValueError(f"tagging needs at least two distinct tags in the training data, found {list(tags)}")
+    return tags
+
+
+def model_kwargs(tags: Sequence[str]) -> dict[str, Any]:
+    id2label, label2id = label_maps(tags)
+    return {"num_labels": len(tags), "id2label": id2label, "label2id": label2id}
+
+
+def word_pieces(tok, words: Sequence[str]) -> dict[str, list[int]]:
+    """Sub-token ids of each distinct word (no special tokens); [UNK] for a word that tokenizes to nothing."""
+    unique = sorted(set(words))
+    if not unique:
+        return {}
+    ids = tok(unique, add_special_tokens=False)["input_ids"]
+    unk = tok.unk_token_id
+    return {w: (p if p else [unk]) for w, p in zip(unique, ids)}
+
+
+def windows(lengths: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Word ranges [start, end) of the windows over words of `lengths` sub-tokens (each <= budget): at most
+    `budget` sub-tokens per window, consecutive windows sharing at most `stride` sub-tokens."""
+    n = len(lengths)
+    out: list[tuple[int, int]] = []
+    s = 0
+    while True:
+        e, used = s, 0
+        while e < n and used + lengths[e] <= budget:
+            used += lengths[e]
+            e += 1
+        out.append((s, e))
+        if e >= n:
+            return out
+        j, shared = e, 0
+        while j - 1 > s and shared + lengths[j - 1] <= stride:
+            j -= 1
+            shared += lengths[j]
+        s = j
+
+
+def _owners(lengths: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """For each word, the window where it has the most context (earliest on ties)."""
+    best = [(-1, -1)] * len(lengths)  # (score, window)
+    for k, (s, e) in enumerate(spans):
+        total = sum(lengths[s:e])
+        before = 0
+        for w in range(s, e):
+            score = min(before, total - before - lengths[w])
+            if score > best[w][0]:
+                best[w] = (score, k)
+            before += lengths[w]
+    return [k for _, k in best]
+
+
+def encode_sentences(tok, sentences: Sequence[TaggedSentence] | Sequence[Sequence[str]], tags: Sequence[str] | None,
+                     max_seq_length: int = 128, stride: int = 32, source: str = "") -> list[TagFeature]:
+    """Windows of every sentence (TaggedSentence, or plain word lists when `tags` is None). With `tags` (the
+    model's label names in id order), each sentence's tags become labels; an unknown tag is an error naming
+    ``file:line``."""
+    budget = max_seq_length - 2
+    if budget < 1:
+        raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
+    if not 0 <= stride < budget:
+        raise ValueError(f"stride must be in [0, max_seq_length - 2) = [0, {budget}), got {stride}")
+    label2id = {t: i for i, t in enumerate(tags)} if tags is not None else None
+    words_of = [s.tokens if isinstance(s, TaggedSentence) else list(s) for s in sentences]
+    pieces = word_pieces(tok, [w for ws in words_of for w in ws])
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    feats: list[TagFeature] = []
+    for n, (sent, words) in enumerate(zip(sentences, words_of)):
+        line = sent.line if isinstance(sent, TaggedSentence) else 0
+        ids_of = [pieces[w][:budget] for w in words]
+        word_labels = None
+        if label2id is not None:
+            word_labels = []
+            for i, t in enumerate(sent.tags):
+                if t not in label2id:
+                    where = f"{source}:{line + i}" if source else f"line {line + i}"
+                    raise ValueError(f"{where}: tag {t!r} is not one of the model's tags {list(tags)}")
+                word_labels.append(label2id[t])
+        lengths = [len(p) for p in ids_of]
+        spans = windows(lengths, budget, stride) if words else [(0, 0)]
+        owner = _owners(lengths, spans)
+        for k, (s, e) in enumerate(spans):
+            input_ids, labels, word_ids = [cls], [IGNORE], [None]
+            for w in range(s, e):
+                input_ids += ids_of[w]
+                labels += [word_labels[w] if word_labels is not None else IGNORE] + [IGNORE] * (lengths[w] - 1)
+                word_ids += [w if owner[w] == k else None] + [None] * (lengths[w] - 1)
+            input_ids.append(sep)
+            labels.append(IGNORE)
+            word_ids.append(None)
+            feats.append(TagFeature(input_ids, labels if word_labels is not None else None, word_ids, n, line))
+    return feats
+
+
+def collate_tags(features: Sequence[TagFeature], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest window of the batch; `labels` (-100 at padding) only when every feature has them."""
+    n, width = len(features), max(len(f.input_ids) for f in features)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    for i, f in enumerate(features):
+        k = len(f.input_ids)
+        ids[i, :k] = torch.tensor(f.input_ids)
+        mask[i, :k] = 1
+        if f.labels is not None:
+            labels[i, :k] = torch.tensor(f.labels)
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
+    if all(f.labels is not None for f in features):
+        batch["labels"] = labels
+    return batch
+
+
+class TagBatches(ClassificationBatches):
+    """`ClassificationBatches` (seeded order per epoch, exact resume) over tagging windows."""
+
+    def __iter__(self):
+        while True:
+            order = self.order(self.epoch)
+            while self.batch < self.batches_per_epoch:
+                b = self.batch
+                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+                self.batch = b + 1
+                yield collate_tags([self.features[i] for i in chunk], self.pad_id)
+            self.epoch += 1
+            self.batch = 0
+
+
+def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 token_type_ids=batch["token_type_ids"]).logits.float()  # (batch, seqlen, labels)
+
+
+class TagObjective(nn.Module):
+    """Cross-entropy summed over the labelled sub-tokens (term "tag"), and their accuracy ("acc_tag")."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {"tag": int((batch["labels"] != IGNORE).sum())}
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        logits = _logits(self.model, batch)
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        with torch.no_grad():
+            keep = labels != IGNORE
+            stats = {"acc_tag": (logits.argmax(-1)[keep] == labels[keep]).sum()}
+        return {"tag": loss}, stats
+
+
+@torch.no_grad()
+def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequence[int], batch_size: int = 64,
+                        pad_id: int | None = None) -> list[np.ndarray]:
+    """(words, labels) float32 logits per sentence, each word's from the window that owns it."""
+    if pad_id is None:
+        pad_id = model.config.pad_token_id or 0
+    out = [np.full((n, model.config.num_labels), np.nan, dtype=np.float32) for n in num_words]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            feats = [features[i] for i in idx]
+            batch = collate_tags([TagFeature(f.input_ids, None, f.word_ids, f.sentence) for f in feats], pad_id)
+            logits = _logits(model, {k: v.to(device) for k, v in batch.items()}).cpu().numpy()
+            for row, f in enumerate(feats):
+                for pos, w in enumerate(f.word_ids):
+                    if w is not None:
+                        out[f.sentence][w] = logits[row, pos]
+    finally:
+        model.train(was_training)
+    for n, a in enumerate(out):
+        if np.isnan(a).any():
+            raise RuntimeError(f"sentence {n}: some words were not predicted by any window")
+    return out
+
+
+def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[TaggedSentence],
+                     batch_size: int = 64) -> dict[str, Any]:
+    """Entity precision / recall / F1 (micro) and per type, word accuracy, and the number of sentences."""
+    if not sentences:
+        raise ValueError("no evaluation sentences")
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    logits = predict_word_logits(model, features, [len(s.tokens) for s in sentences], batch_size)
+    pred = [[names[k] for k in a.argmax(-1)] for a in logits]
+    gold = [list(s.tags) for s in sentences]
+    ent = M.entity_f1(pred, gold)
+    flat_p = [t for p in pred for t in p]
+    flat_g = [t for g in gold for t in g]
+    return {"f1": ent["f1"], "precision": ent["precision"], "recall": ent["recall"],
+            "accuracy": M.accuracy(flat_p, flat_g), "per_type": ent["per_type"], "n": len(sentences)}
+
+
+def predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128, stride: int = 32,
+                 batch_size: int = 64) -> list[list[tuple[str, float]]]:
+    """(tag, probability) for every word of every sentence (lists of words), in input order."""
+    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
+    stride = min(stride, max_seq_length - 3)
+    feats = encode_sentences(tok, sentences, None, max_seq_length, stride)
+    logits = predict_word_logits(model, feats, [len(s) for s in sentences], batch_size, pad_id=tok.pad_token_id)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    out = []
+    for a in logits:
+        p = torch.softmax(torch.from_numpy(a), dim=-1).numpy()
+        out.append([(names[int(k)], float(q[k])) for k, q in zip(p.argmax(-1), p)])
+    return out
+
+
+def read_tokens(path: str | Path, token_column: int = 0) -> list[list[str]]:
+    """Sentences of a CoNLL-style file for prediction: one token per line (column `token_column` of the tab- or
+    whitespace-separated fields; other columns, e.g. tags, are ignored), blank lines between sentences,
+    ``-DOCSTART-`` lines skipped."""
+    path = Path(path)
+    sentences: list[list[str]] = []
+    words: list[str] = []
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            if words:
+                sentences.append(words)
+            words = []
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if fields[0] == "-DOCSTART-":
+            if words:
+                sentences.append(words)
+            words = []
+            continue
+        if not -len(fields) <= token_column < len(fields) or not fields[token_column]:
+            raise ValueError(f"{path}:{n}: no token in column {token_column}: {line[:80]!r}")
+        words.append(fields[token_column])
+    if words:
+        sentences.append(words)
+    return sentences

@@ -1,0 +1,210 @@
+"""Token-classification fine-tuning end to end through the CLI, on a toy NER task and a tiny random BERT."""
+import json
+import random
+
+import pytest
+import torch
+
+from bertkit import AutoModelForTokenClassification, AutoTokenizer
+from bertkit.cli import main
+from bertkit.config import BertConfig
+from bertkit.data.readers import TaggedSentence
+from bertkit.modeling import BertModel
+from bertkit.tasks.tag import (TagBatches, TagObjective, collate_tags, encode_sentences, predict_tags,
+                               predict_word_logits, tag_set, windows)
+from bertkit.tokenizer import BertTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CITIES = [["Paris"], ["London"], ["Berlin"], ["Madrid"], ["Rome"], ["New", "York"], ["San", "Francisco"],
+          ["Los", "Angeles"], ["Buenos", "Aires"]]
+PEOPLE = ["Alice", "Bob", "Carol", "David", "Emma", "Frank"]
+FILLER = "yesterday we went to the market and then flew over saw it was very nice with my friend".split()
+
+
+def toy_sentences(n, seed):
+    """Filler words with a city (B-LOC, or B-LOC I-LOC for two-word cities) and a person (B-PER) inserted."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [(w, "O") for w in rng.sample(FILLER, rng.randint(3, 6))]
+        city = rng.choice(CITIES)
+        pieces = [(w, "B-LOC" if i == 0 else "I-LOC") for i, w in enumerate(city)]
+        pos = rng.randrange(len(words) + 1)
+        words[pos:pos] = pieces
+        words.insert(rng.randrange(len(words) + 1), (rng.choice(PEOPLE), "B-PER"))
+        out.append(words)
+    return out
+
+
+def write_conll(path, sentences):
+    path.write_text("-DOCSTART-\tO\n\n" + "\n".join("".join(f"{w}\tX\t{t}\n" for w, t in s) for s in sentences),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tagtoy")
+    train, dev = toy_sentences(120, 0), toy_sentences(40, 1)
+    texts = [" ".join(w for w, _ in s) for s in train + dev]
+    tok = BertTokenizer.train_from_iterator(texts, vocab_size=120)
+    tok.save_pretrained(d / "encoder")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(d / "encoder")
+    return {"dir": d, "encoder": d / "encoder", "rows": (train, dev),
+            "train": write_conll(d / "train.conll", train), "dev": write_conll(d / "dev.conll", dev)}
+
+
+def finetune(toy, out, *extra, train=None, dev=None):
+    return main(["finetune", "tag", "--model", str(toy["encoder"]), "--train", str(train or toy["train"]),
+                 "--dev", str(dev or toy["dev"]), "--output", str(out), "--batch-size", "16", "--lr", "1e-2",
+                 "--max-seq-length", "32", "--stride", "8", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(toy):
+    """The run the first tests share; one thread here too (a module fixture is set up before `one_thread`)."""
+    out = toy["dir"] / "run"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert finetune(toy, out, "--epochs", "8", "--seed", "1") == 0
+    finally:
+        torch.set_num_threads(n)
+    return out
+
+
+def test_finetune_tag_learns_the_toy_task(trained, toy):
+    res = json.loads((trained / "eval_results.json").read_text())
+    assert res["metric"] == "f1" and res["task"] == "tagging"
+    assert res["labels"] == ["B-LOC", "B-PER", "I-LOC", "O"]
+    assert res["max_steps"] == 64 and res["num_train"] == 120 and res["num_dev"] == 40
+    best = res["best"]
+    assert best["f1"] >= 0.8, best
+    assert set(best) >= {"f1", "precision", "recall", "accuracy", "per_type", "n"}
+    assert set(best["per_type"]) == {"LOC", "PER"} and best["per_type"]["PER"]["support"] == 40
+    assert best["f1"] >= res["final"]["f1"] and res["best_step"] % 8 == 0
+    model = AutoModelForTokenClassification.from_pretrained(trained / "best")
+    assert model.load_report.clean
+    assert model.config.id2label == {0: "B-LOC", 1: "B-PER", 2: "I-LOC", 3: "O"}
+    assert model.config.label2id["O"] == 3
+    tok = AutoTokenizer.from_pretrained(trained / "best")
+    (tags,) = predict_tags(model, tok, [["Alice", "flew", "to", "New", "York"]])
+    assert [t for t, _ in tags] == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
+
+
+def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    best = json.loads((trained / "eval_results.json").read_text())["best"]
+    assert metrics["f1"] == pytest.approx(best["f1"]) and metrics["n"] == 40
+    data = tmp_path / "words.txt"
+    data.write_text("Bob\nsaw\nRome\n\nEmma\nwent\nto\nLos\nAngeles\n", encoding="utf-8")
+    pred = tmp_path / "pred.jsonl"
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(data), "--output", str(pred)]) == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == [["Bob", "saw", "Rome"], ["Emma", "went", "to", "Los", "Angeles"]]
+    assert [r["tags"] for r in rows] == [["B-PER", "O", "B-LOC"], ["B-PER", "O", "O", "B-LOC", "I-LOC"]]
+    assert all(len(r["scores"]) == len(r["tokens"]) for r in rows)
+
+
+def test_label_on_the_first_sub_token_only(toy):
+    tok = AutoTokenizer.from_pretrained(toy["encoder"])
+    words = ["Alice", "don't", "yesterdaymarket", "Paris"]
+    sent = TaggedSentence(words, ["B-PER", "O", "B-LOC", "B-LOC"], 1)
+    tags = ("B-LOC", "B-PER", "I-LOC", "O")
+    (f,) = encode_sentences(tok, [sent], tags, max_seq_length=64)
+    pieces = [tok(w, add_special_tokens=False)["input_ids"] for w in words]
+    assert len(pieces[1]) > 1 and len(pieces[2]) > 1  # split words
+    assert f.input_ids == [tok.cls_token_id] + [i for p in pieces for i in p] + [tok.sep_token_id]
+    expected = [-100]
+    for p, t in zip(pieces, [1, 3, 0, 0]):
+        expected += [t] + [-100] * (len(p) - 1)
+    assert f.labels == expected + [-100]
+    starts = [1 + sum(map(len, pieces[:k])) for k in range(4)]
+    assert [i for i, w in enumerate(f.word_ids) if w is not None] == starts
+    assert [f.word_ids[i] for i in starts] == [0, 1, 2, 3]
+    # the model's loss over these labels equals the objective's sum / count
+    model = AutoModelForTokenClassification.from_pretrained(toy["encoder"], num_labels=4).eval()
+    batch = collate_tags([f, encode_sentences(tok, [TaggedSentence(["Bob"], ["B-PER"])], tags)[0]],
+                         tok.pad_token_id)
+    obj = TagObjective(model)
+    assert obj.counts(batch) == {"tag": 5}
+    sums, stats = obj(batch)
+    assert sums["tag"].item() / 5 == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+
+
+def test_windows_with_stride_predict_every_word_exactly_once(toy):
+    assert windows([1] * 10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert windows([1] * 5, 4, 0) == [(0, 4), (4, 5)]
+    assert windows([3, 3, 3], 4, 3) == [(0, 1), (1, 2), (2, 3)]  # a window always moves on
+    tok = AutoTokenizer.from_pretrained(toy["encoder"])
+    rng = random.Random(3)
+    sentences = [[rng.choice(FILLER + PEOPLE + ["yesterdaymarket"]) for _ in range(n)] for n in (1, 7, 30, 55)]
+    feats = encode_sentences(tok, sentences, None, max_seq_length=12, stride=4)
+    assert all(len(f.input_ids) <= 12 and f.labels is None for f in feats)
+    for n, words in enumerate(sentences):
+        mine = [f for f in feats if f.sentence == n]
+        predicted = sorted(w for f in mine for w in f.word_ids if w is not None)
+        assert predicted == list(range(len(words)))  # each word from exactly one window
+        if len(words) > 10:
+            assert len(mine) > 2
+    model = AutoModelForTokenClassification.from_pretrained(toy["encoder"], num_labels=3)
+    logits = predict_word_logits(model, feats, [len(s) for s in sentences], batch_size=3)
+    assert [a.shape for a in logits] == [(len(s), 3) for s in sentences]
+    out = predict_tags(model, tok, sentences, max_seq_length=12, stride=4)
+    assert [len(p) for p in out] == [len(s) for s in sentences]
+
+
+def test_a_bad_conll_line_is_a_one_line_error_naming_file_and_line(toy, tmp_path, capsys):
+    bad = tmp_path / "bad.conll"
+    bad.write_text("Alice\tB-PER\nflew\tO\n\nBob\tB-PER\nnotag\nParis\tB-LOC\n", encoding="utf-8")
+    assert finetune(toy, tmp_path / "out", train=bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}:5:" in err and err.startswith("bertkit finetune tag: error:")
+
+
+def test_a_dev_tag_unseen_in_training_is_an_error(toy, tmp_path, capsys):
+    dev = tmp_path / "dev.conll"
+    dev.write_text("Alice\tB-PER\n\nBob\tB-PER\nACME\tB-ORG\n", encoding="utf-8")
+    assert finetune(toy, tmp_path / "out", dev=dev) == 2
+    err = capsys.readouterr().err
+    assert f"{dev}:4:" in err and "'B-ORG'" in err
+
+
+def test_tag_batches_resume_exactly(toy):
+    tok = AutoTokenizer.from_pretrained(toy["encoder"])
+    train, _ = toy["rows"]
+    sents = [TaggedSentence([w for w, _ in s], [t for _, t in s], i) for i, s in enumerate(train[:10])]
+    feats = encode_sentences(tok, sents, tag_set(sents), 32, 8)
+    src = TagBatches(feats, 4, pad_id=tok.pad_token_id, seed=2)
+    it = iter(src)
+    [next(it) for _ in range(4)]
+    state = src.state_dict()
+    rest = [next(it) for _ in range(3)]
+    again = TagBatches(feats, 4, pad_id=tok.pad_token_id, seed=2)
+    again.load_state_dict(state)
+    it2 = iter(again)
+    for a in rest:
+        b = next(it2)
+        assert set(a) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert (a["labels"][a["attention_mask"] == 0] == -100).all()
+
+
+def test_seeds_report_mean_and_sd_of_the_numeric_metrics(toy, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    assert finetune(toy, out, "--max-steps", "8", "--eval-every", "4", "--seeds", "1,2") == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["seeds"] == [1, 2] and res["task"] == "tagging" and res["metric"] == "f1"
+    assert set(res["mean"]) == {"f1", "precision", "recall", "accuracy"}  # per_type is not averaged
+    f1s = [res["per_seed"][s]["f1"] for s in ("1", "2")]
+    assert res["mean"]["f1"] == pytest.approx(sum(f1s) / 2)
+    assert res["sd"]["f1"] == pytest.approx(abs(f1s[0] - f1s[1]) / 2 ** 0.5)
+    for seed in (1, 2):
+        assert (out / f"seed-{seed}" / "best" / "config.json").is_file()
+    assert "f1: " in printed and " ± " in printed
