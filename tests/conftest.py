@@ -10,9 +10,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models run fastest on one thread; two threads on shared, busy cores are up to 100x slower."""
+    """Tiny models run fastest on one thread; two threads on shared, busy cores are up to 100x slower.
+    Module-scoped, so that a module's `pytestmark = pytest.mark.usefixtures("one_thread")` is in force
+    before its module-scoped fixtures (which often train the tiny model) are set up."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -65,14 +65,9 @@ def finetune(toy, out, *extra, train=None, dev=None):
 
 @pytest.fixture(scope="module")
 def trained(toy):
-    """The run the first tests share; one thread here too (a module fixture is set up before `one_thread`)."""
+    """The run the first tests share."""
     out = toy["dir"] / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert finetune(toy, out, "--epochs", "8", "--seed", "1") == 0
-    finally:
-        torch.set_num_threads(n)
+    assert finetune(toy, out, "--epochs", "8", "--seed", "1") == 0
     return out
 
 
