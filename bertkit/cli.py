@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 
@@ -37,12 +38,15 @@ def _add_tokenizer_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair frequency (default 2)")
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    import dataclasses
+def _job_args(cls, args: argparse.Namespace):
+    """The job's argument dataclass, filled from the parsed flags of the same names."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in fields})
 
+
+def _pretrain(args: argparse.Namespace) -> int:
     from .tasks.pretrain import PretrainArgs, run_pretraining
-    fields = {f.name for f in dataclasses.fields(PretrainArgs)}
-    run_pretraining(PretrainArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+    run_pretraining(_job_args(PretrainArgs, args))
     return 0
 
 
@@ -121,11 +125,8 @@ def _table_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _finetune_classify(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .tasks.finetune import FinetuneClassifyArgs, run_finetune_classify
-    fields = {f.name for f in dataclasses.fields(FinetuneClassifyArgs)}
-    run_finetune_classify(FinetuneClassifyArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+    run_finetune_classify(_job_args(FinetuneClassifyArgs, args))
     return 0
 
 
@@ -161,11 +162,8 @@ def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune_tag(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .tasks.finetune import FinetuneTagArgs, run_finetune_tag
-    fields = {f.name for f in dataclasses.fields(FinetuneTagArgs)}
-    run_finetune_tag(FinetuneTagArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+    run_finetune_tag(_job_args(FinetuneTagArgs, args))
     return 0
 
 
