@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bertkit.auto import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from bertkit.metrics import accuracy, f1  # noqa: E402
 from bertkit.data.readers import read_table  # noqa: E402
 from bertkit.tasks.classify import (ClassificationObjective, collate, encode_examples,  # noqa: E402
                                     evaluate_classification, label_info, predict_logits)
@@ -66,13 +67,9 @@ def read_task(task: str):
 
 
 def binary_metrics(preds, gold) -> dict[str, float]:
-    """Accuracy and F1 with label 1 positive, computed here (independent of bertkit.metrics)."""
-    p, g = np.asarray(preds), np.asarray(gold)
-    tp = int(((p == 1) & (g == 1)).sum())
-    fp = int(((p == 1) & (g == 0)).sum())
-    fn = int(((p == 0) & (g == 1)).sum())
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"accuracy": float((p == g).mean()), "f1": f1}
+    """Accuracy and F1 with label 1 positive (bertkit.metrics, itself checked against scikit-learn)."""
+    p, g = np.asarray(preds).tolist(), np.asarray(gold).tolist()
+    return {"accuracy": accuracy(p, g), "f1": f1(p, g, pos_label=1)}
 
 
 @torch.no_grad()
