@@ -186,10 +186,11 @@ class ClassificationBatches:
             self.batch = 0
 
 
-def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    bert = model.bert
-    enc = bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    return model.classifier(model.dropout(bert.pool(enc))).float()  # (batch, labels)
+def batch_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's logits for a collated batch, in fp32: (batch, labels), or (batch, seqlen, labels) for a
+    token classifier."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 token_type_ids=batch["token_type_ids"]).logits.float()
 
 
 class ClassificationObjective(nn.Module):
@@ -204,7 +205,7 @@ class ClassificationObjective(nn.Module):
         return {"cls": int(batch["labels"].shape[0])}
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        logits = _logits(self.model, batch)
+        logits = batch_logits(self.model, batch)
         labels = batch["labels"]
         if self.model.config.num_labels == 1:
             return {"cls": F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")}, {}
@@ -233,7 +234,7 @@ def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad
             idx = order[s:s + batch_size]
             batch = collate([Feature(features[i].input_ids, features[i].token_type_ids) for i in idx], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            out[idx] = _logits(model, batch).cpu().numpy()
+            out[idx] = batch_logits(model, batch).cpu().numpy()
     finally:
         model.train(was_training)
     return out

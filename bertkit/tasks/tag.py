@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, _read_text, label_maps
-from .classify import ClassificationBatches
+from .classify import ClassificationBatches, batch_logits
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
@@ -186,11 +186,6 @@ class TagBatches(ClassificationBatches):
             self.batch = 0
 
 
-def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 token_type_ids=batch["token_type_ids"]).logits.float()  # (batch, seqlen, labels)
-
-
 class TagObjective(nn.Module):
     """Cross-entropy summed over the labelled sub-tokens (term "tag"), and their accuracy ("acc_tag")."""
 
@@ -203,7 +198,7 @@ class TagObjective(nn.Module):
         return {"tag": int((batch["labels"] != IGNORE).sum())}
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        logits = _logits(self.model, batch)
+        logits = batch_logits(self.model, batch)
         labels = batch["labels"]
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         with torch.no_grad():
@@ -228,7 +223,7 @@ def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequen
             idx = order[s:s + batch_size]
             feats = [features[i] for i in idx]
             batch = collate_tags([TagFeature(f.input_ids, None, f.word_ids, f.sentence) for f in feats], pad_id)
-            logits = _logits(model, {k: v.to(device) for k, v in batch.items()}).cpu().numpy()
+            logits = batch_logits(model, {k: v.to(device) for k, v in batch.items()}).cpu().numpy()
             for row, f in enumerate(feats):
                 for pos, w in enumerate(f.word_ids):
                     if w is not None:
