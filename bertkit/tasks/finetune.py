@@ -61,16 +61,13 @@ def read_examples(path: str, *, format: str | None = None, text_column="text", t
 
 
 @dataclass
-class FinetuneClassifyArgs:
+class FinetuneArgs:
+    """What every fine-tuning run takes: the model, the data files and the schedule."""
+
     model: str = ""
     train: str = ""
     dev: str = ""
-    output: str = "runs/classify"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    format: str | None = None
-    header: bool = True
+    output: str = "runs/finetune"
     epochs: float = 3.0
     max_steps: int | None = None      # overrides epochs
     batch_size: int = 32
@@ -81,10 +78,20 @@ class FinetuneClassifyArgs:
     seed: int = 42
     seeds: str | None = None          # "1,2,3": one run per seed
     eval_every: int | None = None     # steps between dev evaluations (default: once per epoch)
-    metric: str | None = None         # accuracy (classification) / pearson (regression) by default
     log_every: int = 10
     precision: str = "auto"
     progress: bool | None = None      # None: when stderr is a terminal
+
+
+@dataclass
+class FinetuneClassifyArgs(FinetuneArgs):
+    output: str = "runs/classify"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    format: str | None = None
+    header: bool = True
+    metric: str | None = None         # accuracy (classification) / pearson (regression) by default
 
 
 def _better(value: float, best: float | None) -> bool:
@@ -227,27 +234,12 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
 
 
 @dataclass
-class FinetuneTagArgs:
-    model: str = ""
-    train: str = ""
-    dev: str = ""
+class FinetuneTagArgs(FinetuneArgs):
     output: str = "runs/tag"
+    lr: float = 5e-5
     token_column: int = 0
     tag_column: int = -1
-    epochs: float = 3.0
-    max_steps: int | None = None      # overrides epochs
-    batch_size: int = 32
-    lr: float = 5e-5
-    warmup: float = 0.1               # fraction of the steps
-    weight_decay: float = 0.01
-    max_seq_length: int = 128
     stride: int = 32                  # sub-tokens shared by consecutive windows of a long sentence
-    seed: int = 42
-    seeds: str | None = None          # "1,2,3": one run per seed
-    eval_every: int | None = None     # steps between dev evaluations (default: once per epoch)
-    log_every: int = 10
-    precision: str = "auto"
-    progress: bool | None = None      # None: when stderr is a terminal
 
 
 def _tag_window(args, config) -> tuple[int, int]:
