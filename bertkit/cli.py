@@ -130,35 +130,44 @@ def _finetune_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
-    from .tasks.finetune import FinetuneClassifyArgs
-    d = FinetuneClassifyArgs()
-    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a pre-trained BERT (name or directory)")
-    p.add_argument("--train", required=True, metavar="FILE", help="training table (CSV, TSV or JSONL)")
-    p.add_argument("--dev", required=True, metavar="FILE", help="dev table, evaluated during training")
-    p.add_argument("--output", required=True, metavar="DIR",
-                   help="run directory: best/ checkpoint, metrics.jsonl, eval_results.json")
-    _add_columns(p)
+def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> None:
+    """The flags every `finetune` job shares (the fields of FinetuneArgs); `d` holds the job's defaults, `unit`
+    names what a batch counts, `seq_help` says what --max-seq-length does for the task."""
     p.add_argument("--epochs", type=float, default=d.epochs,
                    help=f"passes over the training data (default {d.epochs:g})")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step (default {d.batch_size})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"{unit} per step (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help=f"linear warm-up, as a fraction of the steps (default {d.warmup:g})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
     p.add_argument("--max-seq-length", type=int, default=d.max_seq_length,
-                   help=f"tokens per example after truncation (default {d.max_seq_length})")
+                   help=f"{seq_help} (default {d.max_seq_length})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--seeds", default=None, metavar="1,2,3",
                    help="run once per seed into OUTPUT/seed-N/ and report the mean and sd of each dev metric")
     p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: each epoch)")
-    p.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
-                   help="dev metric that picks the best checkpoint (default accuracy; pearson for regression)")
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines "
                                                                       f"(default {d.log_every})")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
                    help="auto: bf16 on a GPU that has it, fp32 on the CPU")
+
+
+def _add_model_and_output(p: argparse.ArgumentParser, best_by: str) -> None:
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a pre-trained BERT (name or directory)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help=f"run directory: best/ checkpoint (by {best_by}), metrics.jsonl, eval_results.json")
+
+
+def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
+    from .tasks.finetune import FinetuneClassifyArgs
+    _add_model_and_output(p, "the dev --metric")
+    p.add_argument("--train", required=True, metavar="FILE", help="training table (CSV, TSV or JSONL)")
+    p.add_argument("--dev", required=True, metavar="FILE", help="dev table, evaluated during training")
+    _add_columns(p)
+    _add_schedule(p, FinetuneClassifyArgs(), "examples", "tokens per example after truncation")
+    p.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
+                   help="dev metric that picks the best checkpoint (default accuracy; pearson for regression)")
 
 
 def _finetune_tag(args: argparse.Namespace) -> int:
@@ -178,33 +187,14 @@ def _add_conll_columns(p: argparse.ArgumentParser, tag: bool = True) -> None:
 def _add_finetune_tag(p: argparse.ArgumentParser) -> None:
     from .tasks.finetune import FinetuneTagArgs
     d = FinetuneTagArgs()
-    p.add_argument("--model", required=True, metavar="NAME_OR_PATH", help="a pre-trained BERT (name or directory)")
+    _add_model_and_output(p, "dev entity F1")
     p.add_argument("--train", required=True, metavar="FILE",
                    help="training CoNLL file: one token and its BIO tag per line, blank lines between sentences")
     p.add_argument("--dev", required=True, metavar="FILE", help="dev CoNLL file, evaluated during training")
-    p.add_argument("--output", required=True, metavar="DIR",
-                   help="run directory: best/ checkpoint (by dev entity F1), metrics.jsonl, eval_results.json")
     _add_conll_columns(p)
-    p.add_argument("--epochs", type=float, default=d.epochs,
-                   help=f"passes over the training data (default {d.epochs:g})")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"windows per step (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
-    p.add_argument("--warmup", type=float, default=d.warmup,
-                   help=f"linear warm-up, as a fraction of the steps (default {d.warmup:g})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
-    p.add_argument("--max-seq-length", type=int, default=d.max_seq_length,
-                   help=f"tokens per window; longer sentences are split into windows (default {d.max_seq_length})")
+    _add_schedule(p, d, "windows", "tokens per window; longer sentences are split into windows")
     p.add_argument("--stride", type=int, default=d.stride,
                    help=f"sub-tokens shared by consecutive windows of a long sentence (default {d.stride})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    p.add_argument("--seeds", default=None, metavar="1,2,3",
-                   help="run once per seed into OUTPUT/seed-N/ and report the mean and sd of each dev metric")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: each epoch)")
-    p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines "
-                                                                      f"(default {d.log_every})")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
-                   help="auto: bf16 on a GPU that has it, fp32 on the CPU")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
