@@ -197,7 +197,57 @@ def _add_finetune_tag(p: argparse.ArgumentParser) -> None:
                    help=f"sub-tokens shared by consecutive windows of a long sentence (default {d.stride})")
 
 
+def _finetune_choice(args: argparse.Namespace) -> int:
+    from .tasks.choice import FinetuneChoiceArgs, run_finetune_choice
+    run_finetune_choice(_job_args(FinetuneChoiceArgs, args))
+    return 0
+
+
+def _add_choice_columns(p: argparse.ArgumentParser, defaults=None) -> None:
+    """Multiple-choice columns (header names, 0-based indices or JSONL keys); --label-column and --format come
+    from `_add_columns`."""
+    from .tasks.choice import FinetuneChoiceArgs
+    d = defaults or FinetuneChoiceArgs()
+    p.add_argument("--context-column", default=d.context_column,
+                   help=f"multiple choice: column of the context, the first text of every pair "
+                        f"(default {d.context_column}; SWAG: sent1)")
+    p.add_argument("--question-column", default=None,
+                   help="multiple choice: column of a question or sentence prefix put before each choice "
+                        "(SWAG: sent2)")
+    p.add_argument("--choice-columns", default=d.choice_columns, metavar="COL,COL,...",
+                   help=f"multiple choice: the choice columns, comma-separated (default {d.choice_columns}); "
+                        "the label is a 0-based index into them or one of their names")
+
+
+def _choice_kwargs(args: argparse.Namespace) -> dict:
+    return {"format": args.format, "context_column": args.context_column, "question_column": args.question_column,
+            "choice_columns": args.choice_columns, "label_column": getattr(args, "label_column", None),
+            "header": args.header}
+
+
+def _add_finetune_choice(p: argparse.ArgumentParser) -> None:
+    from .tasks.choice import FinetuneChoiceArgs
+    d = FinetuneChoiceArgs()
+    _add_model_and_output(p, "dev accuracy")
+    p.add_argument("--train", required=True, metavar="FILE",
+                   help="training table (CSV, TSV or JSONL): a context, an optional question, N choices and a label")
+    p.add_argument("--dev", required=True, metavar="FILE", help="dev table, evaluated during training")
+    _add_choice_columns(p, d)
+    p.add_argument("--label-column", default=d.label_column,
+                   help="column of the label: the right choice's 0-based index or choice column name (default label)")
+    p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
+                   help="table format (default: from the file extension)")
+    p.add_argument("--no-header", dest="header", action="store_false",
+                   help="CSV/TSV files have no header line (choose columns by index)")
+    _add_schedule(p, d, "examples (each with all its choices)", "tokens per (context, choice) pair after truncation")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    from .tasks.choice import is_multiple_choice, run_evaluate_choice
+    if is_multiple_choice(args.model):
+        run_evaluate_choice(args.model, args.data, output=args.output, batch_size=args.batch_size,
+                            max_seq_length=args.max_seq_length, **_choice_kwargs(args))
+        return 0
     from .tasks.finetune import is_tagger, run_evaluate, run_evaluate_tag
     if is_tagger(args.model):
         run_evaluate_tag(args.model, args.data, output=args.output, batch_size=args.batch_size,
@@ -218,6 +268,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="metrics file (default MODEL/eval_<data name>.json)")
     _add_columns(p)
     _add_conll_columns(p)
+    _add_choice_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
     p.add_argument("--stride", type=int, default=32,
@@ -225,6 +276,11 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .tasks.choice import is_multiple_choice, run_predict_choice
+    if is_multiple_choice(args.model):
+        run_predict_choice(args.model, args.data, args.output, batch_size=args.batch_size,
+                           max_seq_length=args.max_seq_length, **_choice_kwargs(args))
+        return 0
     from .tasks.finetune import is_tagger, run_predict, run_predict_tag
     if is_tagger(args.model):
         run_predict_tag(args.model, args.data, args.output, batch_size=args.batch_size,
@@ -246,6 +302,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                         "(tokens, tags, scores)")
     _add_columns(p, label=False)
     _add_conll_columns(p, tag=False)
+    _add_choice_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
     p.add_argument("--stride", type=int, default=32,
@@ -263,6 +320,8 @@ COMMANDS = {
                                _add_finetune_classify, _finetune_classify),
     ("finetune", "tag"): ("fine-tune BERT for BIO tagging (NER) on CoNLL files",
                           _add_finetune_tag, _finetune_tag),
+    ("finetune", "choice"): ("fine-tune BERT for multiple choice (SWAG-style tables)",
+                             _add_finetune_choice, _finetune_choice),
     ("evaluate",): ("score a fine-tuned classifier or tagger on labelled data", _add_evaluate, _evaluate),
     ("predict",): ("label texts or tag sentences with a fine-tuned model", _add_predict, _predict),
 }

@@ -29,6 +29,7 @@ __all__ = [
     "TaggedSentence",
     "SquadExample",
     "read_table",
+    "read_columns",
     "label_set",
     "label_maps",
     "is_regression",
@@ -138,9 +139,9 @@ def _label_text(value: Any, where: str, key: str) -> str:
     raise ValueError(f"{where}: expected a string or a number for {key!r}, got {json.dumps(value)[:60]}")
 
 
-def _read_jsonl(path: Path, text: str, text_column: Any, text_pair_column: Any, label_column: Any) -> list[Example]:
-    examples = []
-    keys = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
+def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequence[str]
+                ) -> list[tuple[int, dict[str, str | None]]]:
+    rows = []
     for role, key in keys.items():
         if key is not None and not isinstance(key, str):
             raise ValueError(f"{path}: JSONL rows are objects; choose {role} by key name, got {key!r}")
@@ -166,14 +167,66 @@ def _read_jsonl(path: Path, text: str, text_column: Any, text_pair_column: Any, 
             if key not in obj:
                 raise ValueError(f"{where}: missing key {key!r} ({role}); this object has {list(obj)}")
             value = obj[key]
-            if role == "label_column":
+            if role in label_roles:
                 values[role] = _label_text(value, where, key)
             elif not isinstance(value, str):
                 raise ValueError(f"{where}: expected a string for {key!r}, got {json.dumps(value)[:60]}")
             else:
                 values[role] = value
-        examples.append(Example(values["text_column"], values["text_pair_column"], values["label_column"], n))
-    return examples
+        rows.append((n, values))
+    return rows
+
+
+def read_columns(path: str | Path, columns: dict[str, str | int | None], *, format: str | None = None,
+                 header: bool = True, label_roles: Sequence[str] = ("label_column",)
+                 ) -> list[tuple[int, dict[str, str | None]]]:
+    """The chosen columns of every row of a CSV, TSV or JSONL table: ``(line, {role: value})``, None for a role
+    whose column is None. `columns` maps a role (the name errors use, e.g. "text_column") to a header name or a
+    0-based index (JSONL: a key). The roles in `label_roles` must not be empty and, in JSONL, may be numbers (kept
+    in their JSON spelling); the others are text. `read_table` is this with the classification roles."""
+    path = Path(path)
+    fmt = format if format is not None else _FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "tsv", "jsonl"):
+        if format is None:
+            raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+                             f"pass format='csv', 'tsv' or 'jsonl'")
+        raise ValueError(f"format must be 'csv', 'tsv' or 'jsonl', got {format!r}")
+    text = _read_text(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path, text, columns, label_roles)
+
+    rows = _rows_delimited(text, path, fmt)
+    names: list[str] | None = None
+    if header:
+        first = next(rows, None)
+        if first is None:
+            raise ValueError(f"{path}:1: expected a header line, the file is empty")
+        header_line, names = first
+    out: list[tuple[int, dict[str, str | None]]] = []
+    idx: dict[str, int | None] = {}
+    width = 0
+    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
+    for n, row in rows:
+        where = f"{path}:{n}"
+        if not idx:
+            width = len(names) if names is not None else len(row)
+            loc = f"{path}:{header_line}" if names is not None else where
+            idx = {role: None if spec is None else _resolve(spec, names, width, loc, role)
+                   for role, spec in columns.items()}
+        if len(row) != width:
+            like = "the header" if names is not None else "the first row"
+            raise ValueError(f"{where}: expected {width} {kind} fields (like {like}), found {len(row)}")
+        values = {role: None if i is None else row[i] for role, i in idx.items()}
+        for role in label_roles:
+            if values.get(role) is not None and not values[role].strip():
+                label = "label" if role == "label_column" else role
+                raise ValueError(f"{where}: the {label} field (column {idx[role]}) is empty")
+        out.append((n, values))
+    if not idx:  # no data rows: still report a bad column choice
+        for role, spec in columns.items():
+            if spec is not None and names is not None:
+                _resolve(spec, names, len(names), f"{path}:{header_line}", role)
+    return out
 
 
 def read_table(path: str | Path, *, format: str | None = None, text_column: str | int,
@@ -187,50 +240,9 @@ def read_table(path: str | Path, *, format: str | None = None, text_column: str 
     header (or, without a header, as the first row). Blank lines are skipped. Text is kept exactly as in the file;
     labels are kept as text (`label_set` sorts them).
     """
-    path = Path(path)
-    fmt = format if format is not None else _FORMATS.get(path.suffix.lower())
-    if fmt not in ("csv", "tsv", "jsonl"):
-        if format is None:
-            raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                             f"pass format='csv', 'tsv' or 'jsonl'")
-        raise ValueError(f"format must be 'csv', 'tsv' or 'jsonl', got {format!r}")
-    text = _read_text(path)
-    if fmt == "jsonl":
-        return _read_jsonl(path, text, text_column, text_pair_column, label_column)
-
-    rows = _rows_delimited(text, path, fmt)
-    names: list[str] | None = None
-    if header:
-        first = next(rows, None)
-        if first is None:
-            raise ValueError(f"{path}:1: expected a header line, the file is empty")
-        header_line, names = first
-    examples: list[Example] = []
-    idx: dict[str, int | None] = {}
-    width = 0
-    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
-    for n, row in rows:
-        where = f"{path}:{n}"
-        if not idx:
-            width = len(names) if names is not None else len(row)
-            loc = f"{path}:{header_line}" if names is not None else where
-            idx = {role: None if spec is None else _resolve(spec, names, width, loc, role)
-                   for role, spec in (("text_column", text_column), ("text_pair_column", text_pair_column),
-                                      ("label_column", label_column))}
-        if len(row) != width:
-            like = "the header" if names is not None else "the first row"
-            raise ValueError(f"{where}: expected {width} {kind} fields (like {like}), found {len(row)}")
-        label = None if idx["label_column"] is None else row[idx["label_column"]]
-        if label is not None and not label.strip():
-            raise ValueError(f"{where}: the label field (column {idx['label_column']}) is empty")
-        pair = None if idx["text_pair_column"] is None else row[idx["text_pair_column"]]
-        examples.append(Example(row[idx["text_column"]], pair, label, n))
-    if not idx:  # no data rows: still report a bad column choice
-        for role, spec in (("text_column", text_column), ("text_pair_column", text_pair_column),
-                           ("label_column", label_column)):
-            if spec is not None and names is not None:
-                _resolve(spec, names, len(names), f"{path}:{header_line}", role)
-    return examples
+    rows = read_columns(path, {"text_column": text_column, "text_pair_column": text_pair_column,
+                               "label_column": label_column}, format=format, header=header)
+    return [Example(v["text_column"], v["text_pair_column"], v["label_column"], n) for n, v in rows]
 
 
 # ----------------------------------------------------------------------------------------------------------------

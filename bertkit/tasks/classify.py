@@ -174,6 +174,10 @@ class ClassificationBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
+    def collate(self, features: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """One padded batch; subclasses over other features override only this."""
+        return collate(features, self.pad_id, self.regression)
+
     def __iter__(self):
         while True:
             order = self.order(self.epoch)
@@ -181,7 +185,7 @@ class ClassificationBatches:
                 b = self.batch
                 chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
                 self.batch = b + 1
-                yield collate([self.features[i] for i in chunk], self.pad_id, self.regression)
+                yield self.collate([self.features[i] for i in chunk])
             self.epoch += 1
             self.batch = 0
 

@@ -1,0 +1,308 @@
+"""Multiple choice (SWAG, RACE-style tables): rows -> (choices, seqlen) features -> batches -> objective ->
+accuracy -> predictions, and the `finetune choice` job.
+
+- A row has a context, an optional question (or sentence prefix), N choice columns and a label: the 0-based index
+  of the right choice, or the name of its choice column (e.g. ``ending2``). A bad label or a missing column is a
+  ``ValueError`` naming ``file:line``.
+- Each choice becomes the pair (context, question + " " + choice), or (context, choice) without a question column,
+  exactly as transformers' ``run_swag.py`` builds them; pairs are truncated longest-first to `max_seq_length`.
+- `ChoiceBatches` reuses `ClassificationBatches`' seeded order and exact resume state; each batch is padded to its
+  own longest choice: input_ids (batch, choices, seqlen).
+- `ChoiceObjective` gives the trainer the cross-entropy SUM over the choices' scores (term "choice") and
+  "acc_choice"; `evaluate_choice` gives accuracy, loss and n; `predict_choices` the index and the probabilities.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import metrics as M
+from ..data.readers import read_columns
+from .classify import ClassificationBatches, batch_logits
+from .finetune import RESULTS_NAME, FinetuneArgs, _format, column, run_seeds, table_format, train_keep_best
+
+__all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
+           "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
+           "FinetuneChoiceArgs", "run_finetune_choice", "is_multiple_choice", "run_evaluate_choice",
+           "run_predict_choice"]
+
+
+@dataclass(frozen=True)
+class ChoiceExample:
+    """One row: ``label`` is the index of the right choice, None without a label column."""
+    context: str
+    question: str | None
+    choices: tuple[str, ...]
+    label: int | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class ChoiceFeature:
+    """One tokenized row: one (input_ids, token_type_ids) pair of lists per choice."""
+    input_ids: tuple[list[int], ...]
+    token_type_ids: tuple[list[int], ...]
+    label: int | None = None
+    line: int = 0
+
+
+def _choice_specs(choice_columns: str | Sequence[str | int], fmt: str | None) -> list[str | int]:
+    specs = choice_columns.split(",") if isinstance(choice_columns, str) else list(choice_columns)
+    specs = [column(s.strip() if isinstance(s, str) else s, fmt) for s in specs]
+    if len(specs) < 2 or any(s == "" for s in specs):
+        raise ValueError(f"--choice-columns must name at least two columns, comma-separated, got {choice_columns!r}")
+    return specs
+
+
+def _label_index(value: str, specs: Sequence[str | int], where: str) -> int:
+    v = value.strip()
+    if re.fullmatch(r"[+-]?\d+", v) and 0 <= int(v) < len(specs):
+        return int(v)
+    if v in [str(s) for s in specs if isinstance(s, str)]:
+        return [str(s) for s in specs].index(v)
+    raise ValueError(f"{where}: label {value!r} is not a choice index 0..{len(specs) - 1} or one of the choice "
+                     f"columns {[str(s) for s in specs]}")
+
+
+def read_choices(path: str | Path, *, format: str | None = None, context_column: str | int = "context",
+                 question_column: str | int | None = None,
+                 choice_columns: str | Sequence[str | int] = "ending0,ending1,ending2,ending3",
+                 label_column: str | int | None = "label", header: bool = True) -> list[ChoiceExample]:
+    """Rows of a CSV / TSV / JSONL table (columns as in `bertkit.data.readers.read_columns`; command-line strings of
+    digits are indices)."""
+    fmt = table_format(str(path), format)
+    specs = _choice_specs(choice_columns, fmt)
+    roles = {"context_column": column(context_column, fmt), "question_column": column(question_column, fmt),
+             "label_column": column(label_column, fmt)}
+    roles.update({f"choice_column {s}": s for s in specs})
+    if len(roles) != 3 + len(specs):
+        raise ValueError(f"--choice-columns lists a column twice: {choice_columns!r}")
+    rows = read_columns(path, roles, format=format, header=header)
+    out = []
+    for n, v in rows:
+        label = None if v["label_column"] is None else _label_index(v["label_column"], specs, f"{path}:{n}")
+        out.append(ChoiceExample(v["context_column"], v["question_column"],
+                                 tuple(v[f"choice_column {s}"] for s in specs), label, n))
+    return out
+
+
+def encode_choices(tok, examples: Sequence[ChoiceExample], max_seq_length: int = 128) -> list[ChoiceFeature]:
+    """Tokenize every (context, [question + " "] + choice) pair, truncated longest-first to `max_seq_length`."""
+    examples = list(examples)
+    if not examples:
+        return []
+    firsts = [e.context for e in examples for _ in e.choices]
+    seconds = [c if e.question is None else f"{e.question} {c}" for e in examples for c in e.choices]
+    enc = tok(firsts, seconds, truncation=True, max_length=max_seq_length)
+    ids = enc["input_ids"]
+    types = enc.get("token_type_ids") or [[0] * len(x) for x in ids]
+    out, k = [], 0
+    for e in examples:
+        n = len(e.choices)
+        out.append(ChoiceFeature(tuple(ids[k:k + n]), tuple(types[k:k + n]), e.label, e.line))
+        k += n
+    return out
+
+
+def collate_choices(features: Sequence[ChoiceFeature], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad every choice of the batch to its longest one: (batch, choices, seqlen); `labels` only when every
+    feature has one."""
+    n, choices = len(features), len(features[0].input_ids)
+    if any(len(f.input_ids) != choices for f in features):
+        raise ValueError("every example of a batch must have the same number of choices")
+    width = max(len(ids) for f in features for ids in f.input_ids)
+    ids = torch.full((n, choices, width), pad_id, dtype=torch.long)
+    types = torch.zeros((n, choices, width), dtype=torch.long)
+    mask = torch.zeros((n, choices, width), dtype=torch.long)
+    for i, f in enumerate(features):
+        for j, (x, t) in enumerate(zip(f.input_ids, f.token_type_ids)):
+            ids[i, j, :len(x)] = torch.tensor(x)
+            types[i, j, :len(x)] = torch.tensor(t)
+            mask[i, j, :len(x)] = 1
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if all(f.label is not None for f in features):
+        batch["labels"] = torch.tensor([f.label for f in features], dtype=torch.long)
+    return batch
+
+
+class ChoiceBatches(ClassificationBatches):
+    """`ClassificationBatches` (seeded order per epoch, exact resume) over multiple-choice features."""
+
+    def collate(self, features):
+        return collate_choices(features, self.pad_id)
+
+
+class ChoiceObjective(nn.Module):
+    """Cross-entropy over each example's choice scores, summed over the batch (term "choice"), and accuracy."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {"choice": int(batch["labels"].shape[0])}
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        logits = batch_logits(self.model, batch)  # (batch, choices)
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        with torch.no_grad():
+            stats = {"acc_choice": (logits.argmax(-1) == labels).sum()}
+        return {"choice": loss}, stats
+
+
+@torch.no_grad()
+def predict_choice_logits(model, features: Sequence[ChoiceFeature], batch_size: int = 64,
+                          pad_id: int | None = None) -> np.ndarray:
+    """(n, choices) float32 scores in the order of `features`; batches hold rows of similar length."""
+    if pad_id is None:
+        pad_id = model.config.pad_token_id or 0
+    n = len(features)
+    if not n:
+        return np.zeros((0, 0), dtype=np.float32)
+    out = np.zeros((n, len(features[0].input_ids)), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(n), key=lambda i: max(map(len, features[i].input_ids)))
+    try:
+        for s in range(0, n, batch_size):
+            idx = order[s:s + batch_size]
+            batch = collate_choices([ChoiceFeature(features[i].input_ids, features[i].token_type_ids)
+                                     for i in idx], pad_id)
+            out[idx] = batch_logits(model, {k: v.to(device) for k, v in batch.items()}).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_choice(model, features: Sequence[ChoiceFeature], batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of `model` on labelled features, and their number."""
+    if not features:
+        raise ValueError("no evaluation features")
+    if any(f.label is None for f in features):
+        raise ValueError("evaluation needs labelled features")
+    logits = predict_choice_logits(model, features, batch_size)
+    gold = [int(f.label) for f in features]
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)).item()
+    return {"accuracy": M.accuracy(logits.argmax(-1).tolist(), gold), "loss": loss, "n": len(features)}
+
+
+def predict_choices(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
+                    batch_size: int = 64) -> list[dict[str, Any]]:
+    """One dict per example, in input order: ``label`` (the index of the chosen choice), ``score`` (its
+    probability) and ``probabilities`` (one per choice)."""
+    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
+    feats = encode_choices(tok, examples, max_seq_length)
+    probs = torch.softmax(torch.from_numpy(predict_choice_logits(model, feats, batch_size, tok.pad_token_id)), -1)
+    return [{"label": int(p.argmax()), "score": float(p.max()), "probabilities": [float(q) for q in p]}
+            for p in probs.numpy()]
+
+
+@dataclass
+class FinetuneChoiceArgs(FinetuneArgs):
+    output: str = "runs/choice"
+    batch_size: int = 16              # examples (each with all its choices) per step
+    lr: float = 5e-5
+    context_column: str = "context"
+    question_column: str | None = None
+    choice_columns: str = "ending0,ending1,ending2,ending3"
+    label_column: str = "label"
+    format: str | None = None
+    header: bool = True
+
+
+def _read(args, path: str, label: bool = True) -> list[ChoiceExample]:
+    return read_choices(path, format=args.format, context_column=args.context_column,
+                        question_column=args.question_column, choice_columns=args.choice_columns,
+                        label_column=args.label_column if label else None, header=args.header)
+
+
+def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
+    """Fine-tune `args.model` for multiple choice; keep the best checkpoint by dev accuracy. Same run layout as
+    `bertkit.tasks.finetune.run_finetune_classify`; best/ loads with AutoModelForMultipleChoice."""
+    from ..auto import AutoConfig, AutoModelForMultipleChoice, AutoTokenizer
+    from ..train import distributed as dist
+    from ..io import write_text_atomic
+    dist.setup()
+    train, dev = _read(args, args.train), _read(args, args.dev)
+    if not train:
+        raise ValueError(f"{args.train}: no training rows")
+    if not dev:
+        raise ValueError(f"{args.dev}: no dev rows")
+    tok = AutoTokenizer.from_pretrained(args.model)
+    max_len = min(args.max_seq_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    train_feats, dev_feats = encode_choices(tok, train, max_len), encode_choices(tok, dev, max_len)
+    n_choices = len(train[0].choices)
+    dist.print0(f"{n_choices}-way multiple choice: {len(train)} training and {len(dev)} dev examples; "
+                f"model {args.model}")
+
+    def run_one(seed: int, out: Path) -> dict[str, Any]:
+        torch.manual_seed(seed)  # the fresh head's initialisation
+        model = AutoModelForMultipleChoice.from_pretrained(args.model)
+        batch_size = min(args.batch_size, len(train_feats))
+        batches = ChoiceBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed)
+        results = train_keep_best(args, seed, out, model, tok, batches, ChoiceObjective(model),
+                                  lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy")
+        results.update(task="multiple_choice", num_choices=n_choices, num_train=len(train), num_dev=len(dev))
+        if dist.is_main():
+            write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+        return results
+
+    results = run_seeds(args, Path(args.output), run_one, "accuracy",
+                        {"task": "multiple_choice", "num_choices": n_choices})
+    dist.cleanup()
+    return results
+
+
+def is_multiple_choice(model_dir: str) -> bool:
+    """Whether the saved model is a multiple-choice model (by config.json's architectures)."""
+    from ..auto import AutoConfig
+    return "BertForMultipleChoice" in (AutoConfig.from_pretrained(model_dir).architectures or [])
+
+
+def _load(model_dir: str):
+    from ..auto import AutoModelForMultipleChoice, AutoTokenizer
+    return AutoModelForMultipleChoice.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+
+
+def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
+                        max_seq_length: int = 128, **read) -> dict[str, Any]:
+    """Accuracy of a fine-tuned multiple-choice model on a labelled table (`read`: `read_choices`' column
+    arguments); printed and written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
+    from ..io import write_text_atomic
+    model, tok = _load(model_dir)
+    examples = read_choices(data, **read)
+    if not examples:
+        raise ValueError(f"{data}: no rows")
+    feats = encode_choices(tok, examples, min(max_seq_length, model.config.max_position_embeddings))
+    metrics = evaluate_choice(model, feats, batch_size)
+    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).stem}.json"
+    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
+    print(f"{data}: {_format(metrics)} ({metrics['n']} examples); wrote {path}")
+    return metrics
+
+
+def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
+                       **read) -> int:
+    """Pick a choice for every row; one JSON line per row ({"label": index, "score", "probabilities"}) in
+    `output`. Returns the row count."""
+    from ..io import write_text_atomic
+    model, tok = _load(model_dir)
+    examples = read_choices(data, **{**read, "label_column": None})
+    preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
+    lines = [json.dumps({"label": p["label"], "score": round(p["score"], 6),
+                         "probabilities": [round(q, 6) for q in p["probabilities"]]}) for p in preds]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, "".join(line + "\n" for line in lines))
+    print(f"predicted {len(lines)} rows of {data}; wrote {output}")
+    return len(lines)

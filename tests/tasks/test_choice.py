@@ -1,0 +1,171 @@
+"""Multiple-choice fine-tuning end to end through the CLI, on a toy SWAG-layout task and a tiny random BERT, and the
+model's loss / logits against transformers' BertForMultipleChoice."""
+import csv
+import json
+import random
+
+import pytest
+import torch
+
+from bertkit import AutoModelForMultipleChoice, AutoTokenizer
+from bertkit.cli import main
+from bertkit.config import BertConfig
+from bertkit.modeling import BertModel
+from bertkit.tasks.choice import (ChoiceBatches, ChoiceExample, ChoiceObjective, collate_choices, encode_choices,
+                                  evaluate_choice, predict_choices, read_choices)
+from bertkit.tokenizer import BertTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GOOD = "good great fine nice lovely".split()
+BAD = "bad awful poor nasty horrid".split()
+FILLER = "the movie was film plot actor story and it a really very quite".split()
+ENDINGS = ["ending0", "ending1", "ending2", "ending3"]
+
+
+def toy_rows(n, seed):
+    """SWAG-layout rows: the right ending holds a GOOD word, the three others a BAD one."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        right = i % 4
+        ends = [" ".join(rng.sample(FILLER, 2) + [rng.choice(GOOD if k == right else BAD)]) for k in range(4)]
+        rows.append({"sent1": " ".join(rng.sample(FILLER, 4)), "sent2": rng.choice(["then it", "so the"]),
+                     **dict(zip(ENDINGS, ends)), "label": str(right)})
+    return rows
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("choice")
+    train, dev = toy_rows(80, 0), toy_rows(40, 1)
+    texts = [" ".join(r[k] for k in ("sent1", "sent2", *ENDINGS)) for r in train + dev]
+    tok = BertTokenizer.train_from_iterator(texts, vocab_size=200)
+    tok.save_pretrained(d / "encoder")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(d / "encoder")
+    return {"dir": d, "encoder": d / "encoder", "rows": (train, dev),
+            "train": write_csv(d / "train.csv", train), "dev": write_csv(d / "dev.csv", dev)}
+
+
+SWAG = ["--context-column", "sent1", "--question-column", "sent2", "--choice-columns", ",".join(ENDINGS),
+        "--label-column", "label"]
+
+
+def finetune(toy, out, *extra):
+    return main(["finetune", "choice", "--model", str(toy["encoder"]), "--train", str(toy["train"]),
+                 "--dev", str(toy["dev"]), "--output", str(out), "--batch-size", "16", "--lr", "1e-2",
+                 "--max-seq-length", "24", *SWAG, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(toy):
+    out = toy["dir"] / "run"
+    assert finetune(toy, out, "--epochs", "8", "--seed", "3") == 0
+    return out
+
+
+def test_finetune_choice_learns_the_toy_task(trained, toy):
+    res = json.loads((trained / "eval_results.json").read_text())
+    assert res["metric"] == "accuracy" and res["task"] == "multiple_choice" and res["num_choices"] == 4
+    assert res["max_steps"] == 40 and res["num_train"] == 80 and res["num_dev"] == 40
+    assert res["best"]["accuracy"] >= 0.9  # chance is 0.25
+    assert res["best"]["accuracy"] >= res["final"]["accuracy"] and res["best_step"] % 5 == 0
+    model = AutoModelForMultipleChoice.from_pretrained(trained / "best")
+    assert model.load_report.clean and model.config.architectures == ["BertForMultipleChoice"]
+    tok = AutoTokenizer.from_pretrained(trained / "best")
+    dev = read_choices(toy["dev"], context_column="sent1", question_column="sent2", choice_columns=ENDINGS)
+    assert evaluate_choice(model, encode_choices(tok, dev, 24))["accuracy"] == pytest.approx(res["best"]["accuracy"])
+    preds = predict_choices(model, tok, [ChoiceExample("the film", None, ("was awful", "was lovely", "was poor"))])
+    assert preds[0]["label"] == 1 and len(preds[0]["probabilities"]) == 3
+    assert sum(preds[0]["probabilities"]) == pytest.approx(1) and preds[0]["score"] == max(preds[0]["probabilities"])
+
+
+def test_evaluate_and_predict_dispatch_on_a_multiple_choice_model(trained, toy, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out),
+                 *SWAG, "--max-seq-length", "24"]) == 0
+    best = json.loads((trained / "eval_results.json").read_text())["best"]
+    metrics = json.loads(out.read_text())
+    assert metrics["accuracy"] == pytest.approx(best["accuracy"]) and metrics["n"] == 40
+    # predict from JSONL without a label, label given as the choice column name elsewhere is not needed
+    data = tmp_path / "x.jsonl"
+    _, dev = toy["rows"]
+    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in dev[:8]))
+    pred = tmp_path / "p.jsonl"
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(data), "--output", str(pred),
+                 *SWAG[:-2], "--max-seq-length", "24"]) == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["probabilities"]) == 4 for r in rows)
+    assert sum(r["label"] == int(d["label"]) for r, d in zip(rows, dev[:8])) >= 7
+
+
+def test_loss_and_logits_equal_transformers(toy, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from bertkit.modeling import BertForMultipleChoice
+    tok = AutoTokenizer.from_pretrained(toy["encoder"])
+    torch.manual_seed(1)
+    ours = BertForMultipleChoice.from_pretrained(toy["encoder"]).eval()
+    ours.save_pretrained(tmp_path / "mc")
+    ref = transformers.BertForMultipleChoice.from_pretrained(tmp_path / "mc").eval()
+    train, _ = toy["rows"]
+    examples = read_choices(toy["train"], context_column="sent1", question_column="sent2", choice_columns=ENDINGS)
+    batch = collate_choices(encode_choices(tok, examples[:6], 24), tok.pad_token_id)
+    assert batch["input_ids"].shape[:2] == (6, 4)
+    with torch.no_grad():
+        sums, stats = ChoiceObjective(ours)(batch)
+        theirs = ref(**batch)
+    assert torch.allclose(ours(**{k: v for k, v in batch.items() if k != "labels"}).logits, theirs.logits, atol=1e-5)
+    assert sums["choice"].item() / 6 == pytest.approx(theirs.loss.item(), abs=1e-5)
+    assert stats["acc_choice"].item() == (theirs.logits.argmax(-1) == batch["labels"]).sum().item()
+    # the pairs are run_swag's: (context, question + " " + ending), truncated longest-first
+    r = train[0]
+    enc = tok(r["sent1"], f"{r['sent2']} {r['ending2']}", truncation=True, max_length=24)
+    assert encode_choices(tok, examples[:1], 24)[0].input_ids[2] == enc["input_ids"]
+
+
+def test_batches_resume_exactly(toy):
+    tok = AutoTokenizer.from_pretrained(toy["encoder"])
+    examples = read_choices(toy["train"], context_column="sent1", choice_columns=ENDINGS)
+    feats = encode_choices(tok, examples, 24)
+    src = ChoiceBatches(feats, 16, pad_id=tok.pad_token_id, seed=2)
+    it = iter(src)
+    [next(it) for _ in range(7)]
+    again = ChoiceBatches(feats, 16, pad_id=tok.pad_token_id, seed=2)
+    again.load_state_dict(src.state_dict())
+    a, b = next(it), next(iter(again))
+    assert all(torch.equal(a[k], b[k]) for k in a) and a["input_ids"].dim() == 3
+
+
+def test_labels_by_index_or_column_name_and_without_question(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"c": "ctx", "a": "x", "b": "y", "y": 1}\n{"c": "ctx2", "a": "x", "b": "y", "y": "a"}\n')
+    rows = read_choices(path, context_column="c", choice_columns="a,b", label_column="y")
+    assert [(r.label, r.question, r.choices, r.line) for r in rows] == [(1, None, ("x", "y"), 1),
+                                                                        (0, None, ("x", "y"), 2)]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("sent1,ending0,ending1,label\nctx,a,b,0\nctx,a,b,2\n", ":3: label '2' is not a choice index 0..1"),
+    ("sent1,ending0,ending1,label\nctx,a,b,ending9\n", ":2: label 'ending9' is not a choice index"),
+    ("sent1,ending0,label\nctx,a,0\n", ":1: no column 'ending1' for choice_column ending1"),
+    ("sent1,ending0,ending1,label\nctx,a,b\n", ":2: expected 4 comma-separated fields"),
+])
+def test_bad_rows_are_one_line_errors_naming_file_and_line(toy, tmp_path, capsys, content, expected):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content, encoding="utf-8")
+    assert main(["finetune", "choice", "--model", str(toy["encoder"]), "--train", str(bad), "--dev", str(bad),
+                 "--output", str(tmp_path / "out"), "--context-column", "sent1", "--choice-columns",
+                 "ending0,ending1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bertkit finetune choice: error:")
+    assert f"{bad}{expected}" in err
