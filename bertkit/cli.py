@@ -242,7 +242,59 @@ def _add_finetune_choice(p: argparse.ArgumentParser) -> None:
     _add_schedule(p, d, "examples (each with all its choices)", "tokens per (context, choice) pair after truncation")
 
 
+def _finetune_qa(args: argparse.Namespace) -> int:
+    from .tasks.qa import FinetuneQAArgs, run_finetune_qa
+    run_finetune_qa(_job_args(FinetuneQAArgs, args))
+    return 0
+
+
+def _add_qa_options(p: argparse.ArgumentParser, d) -> None:
+    """The windowing and answer-selection flags of extractive QA (fields of FinetuneQAArgs; `d` the defaults)."""
+    p.add_argument("--doc-stride", type=int, default=d.doc_stride,
+                   help=f"QA: context sub-tokens shared by consecutive windows (default {d.doc_stride})")
+    p.add_argument("--max-query-length", type=int, default=d.max_query_length,
+                   help=f"QA: question sub-tokens kept (default {d.max_query_length})")
+    p.add_argument("--n-best", type=int, default=d.n_best,
+                   help=f"QA: start and end candidates per window (default {d.n_best})")
+    p.add_argument("--max-answer-length", type=int, default=d.max_answer_length,
+                   help=f"QA: longest answer in sub-tokens (default {d.max_answer_length})")
+    p.add_argument("--null-threshold", type=float, default=d.null_threshold,
+                   help="QA v2.0: answer \"\" when the null score exceeds the best span's by more than this "
+                        f"(default {d.null_threshold:g})")
+    p.add_argument("--version-2-with-negative", action="store_true",
+                   help="QA: allow unanswerable questions (SQuAD v2.0; on anyway when the data has one)")
+
+
+def _add_finetune_qa(p: argparse.ArgumentParser) -> None:
+    from .tasks.qa import FinetuneQAArgs
+    d = FinetuneQAArgs()
+    _add_model_and_output(p, "dev F1")
+    p.add_argument("--train", required=True, metavar="FILE", help="training SQuAD v1.1 / v2.0 JSON (or a .zip)")
+    p.add_argument("--dev", required=True, metavar="FILE", help="dev SQuAD JSON, evaluated during training")
+    _add_schedule(p, d, "windows", "tokens per window (question and a piece of the context)")
+    _add_qa_options(p, d)
+
+
+def _qa_defaults():
+    from .tasks.qa import FinetuneQAArgs
+    return FinetuneQAArgs()
+
+
+def _qa_kwargs(args: argparse.Namespace) -> dict:
+    return {"doc_stride": args.doc_stride, "max_query_length": args.max_query_length, "n_best": args.n_best,
+            "max_answer_length": args.max_answer_length, "null_threshold": args.null_threshold,
+            "version_2": args.version_2_with_negative}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    from .tasks.qa import is_qa_model, run_evaluate_qa
+    qa = is_qa_model(args.model)
+    if args.max_seq_length is None:
+        args.max_seq_length = 384 if qa else 128
+    if qa:
+        run_evaluate_qa(args.model, args.data, output=args.output, batch_size=args.batch_size,
+                        max_seq_length=args.max_seq_length, **_qa_kwargs(args))
+        return 0
     from .tasks.choice import is_multiple_choice, run_evaluate_choice
     if is_multiple_choice(args.model):
         run_evaluate_choice(args.model, args.data, output=args.output, batch_size=args.batch_size,
@@ -270,12 +322,22 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     _add_conll_columns(p)
     _add_choice_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--max-seq-length", type=int, default=None,
+                   help="tokens per example (default 128; 384 for a QA model)")
     p.add_argument("--stride", type=int, default=32,
                    help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32)")
+    _add_qa_options(p, _qa_defaults())
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .tasks.qa import is_qa_model, run_predict_qa
+    qa = is_qa_model(args.model)
+    if args.max_seq_length is None:
+        args.max_seq_length = 384 if qa else 128
+    if qa:
+        run_predict_qa(args.model, args.data, args.output, batch_size=args.batch_size,
+                       max_seq_length=args.max_seq_length, **_qa_kwargs(args))
+        return 0
     from .tasks.choice import is_multiple_choice, run_predict_choice
     if is_multiple_choice(args.model):
         run_predict_choice(args.model, args.data, args.output, batch_size=args.batch_size,
@@ -304,9 +366,11 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     _add_conll_columns(p, tag=False)
     _add_choice_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--max-seq-length", type=int, default=None,
+                   help="tokens per example (default 128; 384 for a QA model)")
     p.add_argument("--stride", type=int, default=32,
                    help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32)")
+    _add_qa_options(p, _qa_defaults())
 
 
 # command words -> (help, add_arguments, run)
@@ -320,6 +384,8 @@ COMMANDS = {
                                _add_finetune_classify, _finetune_classify),
     ("finetune", "tag"): ("fine-tune BERT for BIO tagging (NER) on CoNLL files",
                           _add_finetune_tag, _finetune_tag),
+    ("finetune", "qa"): ("fine-tune BERT for extractive question answering on SQuAD JSON",
+                         _add_finetune_qa, _finetune_qa),
     ("finetune", "choice"): ("fine-tune BERT for multiple choice (SWAG-style tables)",
                              _add_finetune_choice, _finetune_choice),
     ("evaluate",): ("score a fine-tuned classifier or tagger on labelled data", _add_evaluate, _evaluate),

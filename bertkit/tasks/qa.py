@@ -1,0 +1,475 @@
+"""Extractive question answering (SQuAD v1.1 / v2.0): examples -> windows -> batches -> objective -> answers.
+
+- Windows: each example is ``[CLS] question [SEP] context-window [SEP]``. The question keeps its first
+  `max_query_length` sub-tokens; the context is cut into windows of at most ``max_seq_length - len(question) - 3``
+  sub-tokens, and ``doc_stride`` is the number of sub-tokens SHARED by consecutive windows (the convention of
+  transformers' ``run_qa.py`` and its tokenizers' ``stride``; the original BERT code's doc_stride was the step
+  between window starts instead). The context is tokenized once on its own, with character offsets, so every answer
+  maps back to an exact character span of the original context.
+- Training labels: the start / end sub-token of the (first) gold answer when it lies fully inside the window, else
+  position 0 ([CLS]); unanswerable (v2.0) questions are labelled [CLS] in every window.
+- Max context: a context sub-token is scored only in the window where it has the most context, the largest
+  ``min(tokens left of it, tokens right of it) + 0.01 * window length`` (BERT's ``_check_is_max_context``), the
+  earlier window on ties. So a start position is considered exactly once per example.
+- Post-processing (`postprocess`): per window, the `n_best` highest start logits among the context tokens the
+  window owns and the `n_best` highest end logits among its context tokens (restricting before taking the top n,
+  where BERT took the top n of the whole sequence and then filtered, so no valid candidate is crowded out); pairs
+  with start <= end and at most `max_answer_length` tokens, scored start logit + end logit; the answer is the
+  context substring from the start token's first character to the end token's last. For v2.0 the null score is
+  the minimum over the example's windows of the [CLS] start + end logits, and "" is predicted when
+  ``null score - best non-null score > null_threshold``.
+- `QABatches` reuses `ClassificationBatches`' seeded per-epoch order and exact resume state; `QAObjective` gives the
+  trainer (start CE + end CE) / 2 summed over windows (term "qa") and "acc_qa" (both ends right).
+- `evaluate_qa` scores predictions with `bertkit.metrics.squad_evaluate`; `run_finetune_qa`, `run_evaluate_qa`
+  and `run_predict_qa` are the command-line jobs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import metrics as M
+from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+from ..data.readers import SquadExample, read_squad
+from ..io import write_text_atomic
+from ..train import distributed as dist
+from .classify import ClassificationBatches
+from .finetune import RESULTS_NAME, FinetuneArgs, _format, run_seeds, train_keep_best
+
+__all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
+           "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "predict_answers",
+           "FinetuneQAArgs", "run_finetune_qa", "run_evaluate_qa", "run_predict_qa", "architecture",
+           "is_qa_model"]
+
+
+@dataclass(frozen=True, eq=False)
+class QAFeature:
+    """One window of one example. Context sub-token ``k`` of the window sits at ``input_ids[offset + k]``;
+    ``offsets[k]`` is its character span in the context, ``words[k]`` its word index in the context, ``owned[k]``
+    whether this window has its max context. ``start_position`` / ``end_position`` index ``input_ids`` (0 =
+    [CLS]: no answer in this window); None when unlabelled."""
+    input_ids: list[int]
+    token_type_ids: list[int]
+    example: int
+    offset: int
+    offsets: np.ndarray        # (window tokens, 2) int64
+    words: np.ndarray          # (window tokens,) int64
+    owned: np.ndarray          # (window tokens,) bool
+    start_position: int | None = None
+    end_position: int | None = None
+
+
+def context_windows(n: int, budget: int, doc_stride: int) -> list[tuple[int, int]]:
+    """Token ranges [start, end) covering `n` context tokens: at most `budget` tokens each, consecutive windows
+    sharing `doc_stride` tokens (the last window ends at `n`, so it may share more). One empty window when n=0."""
+    if not 0 <= doc_stride < budget:
+        raise ValueError(f"doc_stride must be in [0, {budget}) for a window of {budget} context tokens, "
+                         f"got {doc_stride}")
+    spans, start = [], 0
+    while True:
+        end = min(start + budget, n)
+        spans.append((start, end))
+        if end >= n:
+            return spans
+        start += budget - doc_stride
+
+
+def max_context_owner(n: int, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(n,) index of the window where each token has the most context: the largest
+    ``min(left, right) + 0.01 * window length``, the earlier window on ties."""
+    best = np.full(n, -np.inf)
+    owner = np.full(n, -1, dtype=np.int64)
+    for k, (s, e) in enumerate(spans):
+        pos = np.arange(s, e)
+        score = np.minimum(pos - s, e - 1 - pos) + 0.01 * (e - s)
+        better = score > best[s:e]
+        best[s:e] = np.where(better, score, best[s:e])
+        owner[s:e] = np.where(better, k, owner[s:e])
+    return owner
+
+
+def _answer_tokens(offsets: np.ndarray, start_char: int, end_char: int) -> tuple[int, int]:
+    """First and last context token overlapping the characters [start_char, end_char)."""
+    ends, starts = offsets[:, 1], offsets[:, 0]
+    first = int(np.searchsorted(ends, start_char, side="right"))   # first token ending after start_char
+    last = int(np.searchsorted(starts, end_char, side="left")) - 1  # last token starting before end_char
+    return first, last
+
+
+def encode_qa(tok, examples: Sequence[SquadExample], max_seq_length: int = 384, doc_stride: int = 128,
+              max_query_length: int = 64, *, labels: bool = True, source: str = "") -> list[QAFeature]:
+    """The windows of every example (see the module docstring), in example order. With `labels`, answerable
+    examples are labelled by their first answer; an answer that covers no context token is an error naming the
+    question (and `source`, the file)."""
+    where = f"{source}: " if source else ""
+    if max_query_length < 1:
+        raise ValueError(f"max_query_length must be >= 1, got {max_query_length}")
+    examples = list(examples)
+    if not examples:
+        return []
+    questions = tok([e.question for e in examples], add_special_tokens=False)["input_ids"]
+    uniq: dict[str, int] = {}
+    for e in examples:
+        uniq.setdefault(e.context, len(uniq))
+    enc = tok(list(uniq), add_special_tokens=False, return_offsets_mapping=True)
+    ctx_ids = enc["input_ids"]
+    ctx_offsets = [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc["offset_mapping"]]  # (tokens, 2)
+    ctx_words = [np.asarray([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64)
+                 for i in range(len(uniq))]
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    feats: list[QAFeature] = []
+    owners: dict[tuple[int, int], tuple[list, np.ndarray]] = {}
+    for i, (ex, q) in enumerate(zip(examples, questions)):
+        q = q[:max_query_length]
+        c = uniq[ex.context]
+        ids, offsets, words = ctx_ids[c], ctx_offsets[c], ctx_words[c]
+        budget = max_seq_length - len(q) - 3
+        if budget <= doc_stride:
+            raise ValueError(f"{where}question {ex.qid}: max_seq_length {max_seq_length} leaves {budget} context "
+                             f"tokens per window after the {len(q)}-token question, not more than doc_stride "
+                             f"{doc_stride}; raise max_seq_length or lower doc_stride / max_query_length")
+        if (c, budget) not in owners:
+            spans = context_windows(len(ids), budget, doc_stride)
+            owners[c, budget] = (spans, max_context_owner(len(ids), spans))
+        spans, owner = owners[c, budget]
+        answer = None
+        if labels and ex.answers and not ex.is_impossible:
+            text, start_char = ex.answers[0]
+            first, last = _answer_tokens(offsets, start_char, start_char + len(text))
+            if first > last:
+                raise ValueError(f"{where}question {ex.qid}: answer {text!r} at {start_char} covers no token of "
+                                 f"the context")
+            answer = (first, last)
+        head = [cls] + q + [sep]
+        for k, (s, e) in enumerate(spans):
+            input_ids = head + ids[s:e] + [sep]
+            types = [0] * len(head) + [1] * (e - s + 1)
+            sp = ep = None
+            if labels:
+                sp = ep = 0
+                if answer is not None and s <= answer[0] and answer[1] < e:
+                    sp, ep = answer[0] - s + len(head), answer[1] - s + len(head)
+            feats.append(QAFeature(input_ids, types, i, len(head), offsets[s:e], words[s:e], owner[s:e] == k,
+                                   sp, ep))
+    return feats
+
+
+def collate_qa(features: Sequence[QAFeature], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest window of the batch; start/end positions only when every feature has them."""
+    n, width = len(features), max(len(f.input_ids) for f in features)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    types = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, f in enumerate(features):
+        k = len(f.input_ids)
+        ids[i, :k] = torch.tensor(f.input_ids)
+        types[i, :k] = torch.tensor(f.token_type_ids)
+        mask[i, :k] = 1
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    if all(f.start_position is not None for f in features):
+        batch["start_positions"] = torch.tensor([f.start_position for f in features])
+        batch["end_positions"] = torch.tensor([f.end_position for f in features])
+    return batch
+
+
+class QABatches(ClassificationBatches):
+    """`ClassificationBatches` (seeded order per epoch, exact resume) over QA windows."""
+
+    def __iter__(self):
+        while True:
+            order = self.order(self.epoch)
+            while self.batch < self.batches_per_epoch:
+                b = self.batch
+                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+                self.batch = b + 1
+                yield collate_qa([self.features[i] for i in chunk], self.pad_id)
+            self.epoch += 1
+            self.batch = 0
+
+
+def _logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                token_type_ids=batch["token_type_ids"])
+    return out.start_logits.float(), out.end_logits.float()
+
+
+class QAObjective(nn.Module):
+    """(start CE + end CE) / 2 summed over the windows (term "qa", the halving of transformers'
+    BertForQuestionAnswering loss), and "acc_qa": windows whose argmax start and end are both right."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {"qa": int(batch["start_positions"].shape[0])}
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        start, end = _logits(self.model, batch)  # (batch, seqlen) each
+        sp, ep = batch["start_positions"], batch["end_positions"]
+        loss = (F.cross_entropy(start, sp, reduction="sum") + F.cross_entropy(end, ep, reduction="sum")) / 2
+        with torch.no_grad():
+            stats = {"acc_qa": ((start.argmax(-1) == sp) & (end.argmax(-1) == ep)).sum()}
+        return {"qa": loss}, stats
+
+
+def _progress(total: int, desc: str, enabled: bool | None):
+    """A tqdm bar on a terminal only (None: when stderr is a TTY)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="window", leave=False)
+
+
+@torch.no_grad()
+def predict_qa_logits(model, features: Sequence[QAFeature], batch_size: int = 64, pad_id: int | None = None,
+                      progress: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(start, end) float32 logits of each window (its own length), in the order of `features`; batches hold
+    windows of similar length."""
+    if pad_id is None:
+        pad_id = model.config.pad_token_id or 0
+    out: list[Any] = [None] * len(features)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    bar = _progress(len(features), "predicting", progress)
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            batch = collate_qa([QAFeature(features[i].input_ids, features[i].token_type_ids, 0, 0, None, None, None)
+                                for i in idx], pad_id)
+            start, end = _logits(model, {k: v.to(device) for k, v in batch.items()})
+            start, end = start.cpu().numpy(), end.cpu().numpy()  # (batch, width)
+            for row, i in enumerate(idx):
+                k = len(features[i].input_ids)
+                out[i] = (start[row, :k], end[row, :k])
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first (stable for ties: lower index first)."""
+    if len(values) <= k:
+        return np.argsort(-values, kind="stable")
+    idx = np.argpartition(-values, k - 1)[:k]
+    return idx[np.lexsort((idx, -values[idx]))]
+
+
+def postprocess(features: Sequence[QAFeature], logits: Sequence[tuple[np.ndarray, np.ndarray]],
+                examples: Sequence[SquadExample], *, n_best: int = 20, max_answer_length: int = 30,
+                version_2: bool = False, null_threshold: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Per question id: ``text`` (the answer, "" for a predicted no-answer), ``start`` / ``end`` (its character
+    span in the context), ``score`` (best non-null start + end logit, None when no span is valid),
+    ``null_score`` (min over windows of the [CLS] start + end logits) and ``nbest`` ([(text, start, end, score)],
+    best first, at most n_best). See the module docstring for the rules."""
+    if n_best < 1 or max_answer_length < 1:
+        raise ValueError(f"n_best and max_answer_length must be >= 1, got {n_best} and {max_answer_length}")
+    if len(features) != len(logits):
+        raise ValueError(f"{len(features)} features but {len(logits)} logit pairs")
+    by_example: dict[int, list[int]] = {}
+    for i, f in enumerate(features):
+        by_example.setdefault(f.example, []).append(i)
+    out: dict[str, dict[str, Any]] = {}
+    for e, ex in enumerate(examples):
+        cands: list[tuple[float, int, int]] = []   # (score, start char, end char)
+        null = np.inf
+        for i in by_example.get(e, ()):
+            f = features[i]
+            start, end = logits[i]
+            null = min(null, float(start[0]) + float(end[0]))
+            n = len(f.offsets)
+            if n == 0:
+                continue
+            s_log = start[f.offset:f.offset + n].astype(np.float64)
+            e_log = end[f.offset:f.offset + n].astype(np.float64)
+            owned = np.flatnonzero(f.owned)
+            if not len(owned):
+                continue
+            starts = owned[_top(s_log[owned], n_best)]
+            ends = _top(e_log, n_best)
+            length = ends[None, :] - starts[:, None]                      # (starts, ends)
+            ok = (length >= 0) & (length < max_answer_length)
+            si, ei = np.nonzero(ok)
+            for a, b in zip(starts[si], ends[ei]):
+                cands.append((s_log[a] + e_log[b], int(f.offsets[a, 0]), int(f.offsets[b, 1])))
+        if null == np.inf:
+            raise ValueError(f"question {ex.qid}: no window")
+        cands.sort(key=lambda c: -c[0])
+        cands = cands[:n_best]
+        nbest = [(ex.context[s:t], s, t, float(sc)) for sc, s, t in cands]
+        best = nbest[0] if nbest else None
+        predict_null = best is None or (version_2 and null - best[3] > null_threshold)
+        text, s, t = ("", 0, 0) if predict_null else best[:3]
+        out[ex.qid] = {"text": text, "start": s, "end": t, "score": best[3] if best else None,
+                       "null_score": null, "nbest": nbest}
+    return out
+
+
+def evaluate_qa(model, features: Sequence[QAFeature], examples: Sequence[SquadExample], *, batch_size: int = 64,
+                n_best: int = 20, max_answer_length: int = 30, version_2: bool | None = None,
+                null_threshold: float = 0.0, pad_id: int | None = None, progress: bool | None = None
+                ) -> dict[str, Any]:
+    """SQuAD exact match and F1 in percent (``exact``, ``f1``; for v2.0 also ``HasAns_*`` / ``NoAns_*``) and ``n``
+    (questions). `version_2` None: v2.0 when some example is unanswerable."""
+    if not examples:
+        raise ValueError("no evaluation questions")
+    if version_2 is None:
+        version_2 = any(e.is_impossible for e in examples)
+    logits = predict_qa_logits(model, features, batch_size, pad_id, progress)
+    preds = postprocess(features, logits, examples, n_best=n_best, max_answer_length=max_answer_length,
+                        version_2=version_2, null_threshold=null_threshold)
+    return squad_metrics({q: p["text"] for q, p in preds.items()}, examples, version_2)
+
+
+def squad_metrics(answers: dict[str, str], examples: Sequence[SquadExample], version_2: bool) -> dict[str, Any]:
+    """`squad_evaluate` with its keys renamed for run results: exact_match -> exact, total -> n."""
+    m = M.squad_evaluate(answers, examples, version="2.0" if version_2 else "1.1")
+    out = {"exact": m.pop("exact_match"), "f1": m.pop("f1")}
+    n = m.pop("total")
+    return {**out, **m, "n": n}
+
+
+def predict_answers(model, tok, examples: Sequence[SquadExample], *, max_seq_length: int = 384,
+                    doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20, max_answer_length: int = 30,
+                    version_2: bool = False, null_threshold: float = 0.0, batch_size: int = 64,
+                    progress: bool | None = None) -> dict[str, dict[str, Any]]:
+    """`postprocess` output (answer text, span, scores, n-best) for each question of `examples`."""
+    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
+    feats = encode_qa(tok, examples, max_seq_length, doc_stride, max_query_length, labels=False)
+    logits = predict_qa_logits(model, feats, batch_size, tok.pad_token_id, progress)
+    return postprocess(feats, logits, examples, n_best=n_best, max_answer_length=max_answer_length,
+                       version_2=version_2, null_threshold=null_threshold)
+
+
+# ---------------------------------------------------------------------------------------------------- jobs
+
+@dataclass
+class FinetuneQAArgs(FinetuneArgs):
+    output: str = "runs/qa"
+    epochs: float = 2.0
+    lr: float = 3e-5
+    batch_size: int = 12
+    max_seq_length: int = 384
+    doc_stride: int = 128             # sub-tokens shared by consecutive windows of a long context
+    max_query_length: int = 64
+    n_best: int = 20
+    max_answer_length: int = 30
+    null_threshold: float = 0.0
+    version_2_with_negative: bool = False   # also on when the data has an unanswerable question
+
+
+def architecture(model_dir: str) -> str:
+    """The first entry of config.json's ``architectures`` ("" when none)."""
+    archs = AutoConfig.from_pretrained(model_dir).architectures or []
+    return archs[0] if archs else ""
+
+
+def is_qa_model(model_dir: str) -> bool:
+    """Whether the saved model is an extractive QA model (by config.json's architectures)."""
+    return architecture(model_dir) == "BertForQuestionAnswering"
+
+
+def _read(path: str, what: str) -> list[SquadExample]:
+    examples = read_squad(path)
+    if not examples:
+        raise ValueError(f"{path}: no {what} questions")
+    return examples
+
+
+def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
+    """Fine-tune `args.model` for extractive QA on SQuAD JSON; keep the best checkpoint by dev F1. Same run layout
+    as `run_finetune_classify` (eval_results.json: exact / f1, HasAns_* / NoAns_* for v2.0)."""
+    dist.setup()
+    train, dev = _read(args.train, "training"), _read(args.dev, "dev")
+    version_2 = args.version_2_with_negative or any(e.is_impossible for e in train + dev)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    max_len = min(args.max_seq_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    enc = dict(max_seq_length=max_len, doc_stride=args.doc_stride, max_query_length=args.max_query_length)
+    train_feats = encode_qa(tok, train, **enc, source=args.train)
+    dev_feats = encode_qa(tok, dev, **enc, labels=False, source=args.dev)
+    version = "2.0" if version_2 else "1.1"
+    dist.print0(f"SQuAD v{version} QA: {len(train)} training questions ({len(train_feats)} windows), {len(dev)} dev "
+                f"questions ({len(dev_feats)} windows); model {args.model}")
+    post = dict(n_best=args.n_best, max_answer_length=args.max_answer_length, version_2=version_2,
+                null_threshold=args.null_threshold)
+
+    def run_one(seed: int, out: Path) -> dict[str, Any]:
+        torch.manual_seed(seed)  # the fresh head's initialisation
+        model = AutoModelForQuestionAnswering.from_pretrained(args.model)
+        batch_size = min(args.batch_size, len(train_feats))
+        batches = QABatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed)
+        results = train_keep_best(args, seed, out, model, tok, batches, QAObjective(model),
+                                  lambda m: evaluate_qa(m, dev_feats, dev, batch_size=max(64, batch_size),
+                                                        pad_id=tok.pad_token_id, progress=args.progress, **post),
+                                  "f1")
+        results.update(task="qa", version=version, num_train=len(train), num_dev=len(dev),
+                       train_windows=len(train_feats), dev_windows=len(dev_feats))
+        if dist.is_main():
+            write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+        return results
+
+    results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "qa", "version": version})
+    dist.cleanup()
+    return results
+
+
+def _load(model_dir: str):
+    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
+                    max_seq_length: int = 384, doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20,
+                    max_answer_length: int = 30, null_threshold: float = 0.0, version_2: bool = False
+                    ) -> dict[str, Any]:
+    """SQuAD exact match / F1 of a fine-tuned QA model on a SQuAD JSON file (v2.0 when `version_2` or when the
+    file has unanswerable questions); printed and written as JSON to `output` (default
+    `<model_dir>/eval_<data name>.json`)."""
+    model, tok = _load(model_dir)
+    examples = _read(data, "evaluation")
+    version_2 = version_2 or any(e.is_impossible for e in examples)
+    max_len = min(max_seq_length, model.config.max_position_embeddings)
+    feats = encode_qa(tok, examples, max_len, doc_stride, max_query_length, labels=False, source=data)
+    metrics = evaluate_qa(model, feats, examples, batch_size=batch_size, n_best=n_best,
+                          max_answer_length=max_answer_length, version_2=version_2, null_threshold=null_threshold,
+                          pad_id=tok.pad_token_id)
+    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name.split('.')[0]}.json"
+    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
+    print(f"{data}: {_format(metrics)} ({metrics['n']} questions); wrote {path}")
+    return metrics
+
+
+def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 384,
+                   doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20, max_answer_length: int = 30,
+                   null_threshold: float = 0.0, version_2: bool = False) -> int:
+    """Answer every question of a SQuAD JSON file (answers, if any, are ignored); `output` gets the official
+    predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
+    unanswerable questions). Returns the question count."""
+    model, tok = _load(model_dir)
+    examples = read_squad(data)
+    version_2 = version_2 or any(e.is_impossible for e in examples)
+    preds = predict_answers(model, tok, examples, max_seq_length=max_seq_length, doc_stride=doc_stride,
+                            max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,
+                            version_2=version_2, null_threshold=null_threshold, batch_size=batch_size)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output, json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)
+                      + "\n")
+    print(f"answered {len(preds)} questions of {data}; wrote {output}")
+    return len(preds)
