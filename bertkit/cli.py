@@ -168,6 +168,12 @@ def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
     _add_schedule(p, FinetuneClassifyArgs(), "examples", "tokens per example after truncation")
     p.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
                    help="dev metric that picks the best checkpoint (default accuracy; pearson for regression)")
+    p.add_argument("--stride", type=int, default=None, metavar="N", help=_CLASSIFY_STRIDE_HELP)
+
+
+_CLASSIFY_STRIDE_HELP = ("long examples: instead of truncating to --max-seq-length, split each longer one into "
+                         "windows sharing N tokens (pairs: over the second text); training uses every window, "
+                         "evaluation and prediction average the windows' logits (default: truncate)")
 
 
 def _finetune_tag(args: argparse.Namespace) -> int:
@@ -286,6 +292,12 @@ def _qa_kwargs(args: argparse.Namespace) -> dict:
             "version_2": args.version_2_with_negative}
 
 
+def _tag_stride(args: argparse.Namespace) -> int:
+    """--stride of evaluate / predict for a tagger: its own default when not given (classifiers truncate)."""
+    from .tasks.finetune import FinetuneTagArgs
+    return FinetuneTagArgs().stride if args.stride is None else args.stride
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .tasks.qa import is_qa_model, run_evaluate_qa
     qa = is_qa_model(args.model)
@@ -303,11 +315,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .tasks.finetune import is_tagger, run_evaluate, run_evaluate_tag
     if is_tagger(args.model):
         run_evaluate_tag(args.model, args.data, output=args.output, batch_size=args.batch_size,
-                         max_seq_length=args.max_seq_length, stride=args.stride, token_column=args.token_column,
-                         tag_column=args.tag_column)
+                         max_seq_length=args.max_seq_length, stride=_tag_stride(args),
+                         token_column=args.token_column, tag_column=args.tag_column)
         return 0
     run_evaluate(args.model, args.data, output=args.output, batch_size=args.batch_size,
-                 max_seq_length=args.max_seq_length, **_table_kwargs(args))
+                 max_seq_length=args.max_seq_length, stride=args.stride, **_table_kwargs(args))
     return 0
 
 
@@ -324,8 +336,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=None,
                    help="tokens per example (default 128; 384 for a QA model)")
-    p.add_argument("--stride", type=int, default=32,
-                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32)")
+    p.add_argument("--stride", type=int, default=None, metavar="N",
+                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32); "
+                        "classifiers: " + _CLASSIFY_STRIDE_HELP)
     _add_qa_options(p, _qa_defaults())
 
 
@@ -346,10 +359,11 @@ def _predict(args: argparse.Namespace) -> int:
     from .tasks.finetune import is_tagger, run_predict, run_predict_tag
     if is_tagger(args.model):
         run_predict_tag(args.model, args.data, args.output, batch_size=args.batch_size,
-                        max_seq_length=args.max_seq_length, stride=args.stride, token_column=args.token_column)
+                        max_seq_length=args.max_seq_length, stride=_tag_stride(args),
+                        token_column=args.token_column)
         return 0
     run_predict(args.model, args.data, args.output, batch_size=args.batch_size,
-                max_seq_length=args.max_seq_length, **_table_kwargs(args))
+                max_seq_length=args.max_seq_length, stride=args.stride, **_table_kwargs(args))
     return 0
 
 
@@ -368,8 +382,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=None,
                    help="tokens per example (default 128; 384 for a QA model)")
-    p.add_argument("--stride", type=int, default=32,
-                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32)")
+    p.add_argument("--stride", type=int, default=None, metavar="N",
+                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32); "
+                        "classifiers: " + _CLASSIFY_STRIDE_HELP)
     _add_qa_options(p, _qa_defaults())
 
 

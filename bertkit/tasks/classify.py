@@ -4,6 +4,12 @@
   else classification over `label_set` (sorted), whose order gives the ids stored in the config's id2label/label2id.
 - `encode_examples` tokenizes single texts or pairs (truncated to `max_seq_length`) and maps labels to ids (or
   floats); an unknown label is a ``ValueError`` naming ``file:line``.
+- Long inputs: with a `stride` (``--stride``; default None truncates, as transformers does), an example longer than
+  `max_seq_length` becomes several WINDOWS (`encode_windows`) instead of losing its end: over the text, or for a
+  pair over the second text with the first kept whole in every window; consecutive windows share `stride` tokens,
+  so every token is seen, however long the text. Training uses every window with the example's label (a window
+  without the cue still carries it: the model learns such windows are uninformative). Evaluation and prediction
+  AVERAGE the logits of an example's windows (`Feature.example` groups them), so one confident window decides.
 - `ClassificationBatches` yields padded batches forever: a seeded permutation per epoch, each batch padded to its
   own longest sequence, and `state_dict()` / `load_state_dict()` ({epoch, batch}) for the trainer's exact resume.
 - `ClassificationObjective` is what `bertkit.train.Trainer` trains: loss sums (CE, or MSE for one label) under the
@@ -28,6 +34,7 @@ from .. import metrics as M
 from ..data.readers import Example, is_regression, label_maps, label_set
 
 __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
+           "encode_windows", "example_logits",
            "collate", "ClassificationBatches", "ClassificationObjective", "predict_logits",
            "evaluate_classification", "predict", "METRICS"]
 
@@ -42,6 +49,7 @@ class Feature:
     token_type_ids: list[int]
     label: int | float | None = None
     line: int = 0
+    example: int | None = None  # the example a window belongs to (None: a feature of its own)
 
 
 @dataclass(frozen=True)
@@ -109,18 +117,71 @@ def encode_texts(tok, texts: Sequence[str], pairs: Sequence[str] | None = None, 
     return list(zip(enc["input_ids"], types))
 
 
+def encode_windows(tok, texts: Sequence[str], pairs: Sequence[str] | None = None, max_seq_length: int = 128,
+                   stride: int = 32, lines: Sequence[int] | None = None, source: str = ""
+                   ) -> list[tuple[list[int], list[int], int]]:
+    """(input_ids, token_type_ids, text index) per window of at most `max_seq_length` tokens; consecutive windows
+    of a text share `stride` tokens (the tokenizer's overflowing windows). A pair keeps its first text whole in
+    every window and slides over the second; a first text that leaves the second no more than `stride` tokens is
+    an error naming ``source:line`` (`lines`: each text's line)."""
+    texts = list(texts)
+    if not texts:
+        return []
+    n_special = 3 if pairs is not None else 2
+    if not 0 <= stride < max_seq_length - n_special:
+        raise ValueError(f"--stride {stride} must be in [0, --max-seq-length - {n_special}) = "
+                         f"[0, {max_seq_length - n_special})")
+    if pairs is not None:
+        pairs = list(pairs)
+        firsts = tok(texts, add_special_tokens=False)["input_ids"]
+        seconds = tok(pairs, add_special_tokens=False)["input_ids"]
+        for i, (a, b) in enumerate(zip(firsts, seconds)):
+            if len(a) + len(b) + 3 > max_seq_length and len(a) + 3 + stride >= max_seq_length:
+                line = lines[i] if lines is not None else i + 1
+                where = f"{source}:{line}" if source else f"line {line}"
+                raise ValueError(f"{where}: the first text has {len(a)} tokens and is kept whole in every window, "
+                                 f"leaving the second no more than --stride {stride} of --max-seq-length "
+                                 f"{max_seq_length}; raise --max-seq-length or lower --stride")
+    enc = tok(texts, pairs, truncation="only_second" if pairs is not None else True, max_length=max_seq_length,
+              stride=stride, return_overflowing_tokens=True)
+    types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+    return list(zip(enc["input_ids"], types, enc["overflow_to_sample_mapping"]))
+
+
 def encode_examples(tok, examples: Sequence[Example], info: LabelInfo, max_seq_length: int = 128,
-                    source: str = "") -> list[Feature]:
+                    source: str = "", stride: int | None = None) -> list[Feature]:
     """Tokenize `examples` (pairs when they have a `text_pair`) and map their labels by `info`; `source` (the
-    file name) makes label errors read ``file:line: ...``."""
+    file name) makes label errors read ``file:line: ...``. With a `stride`, a long example becomes several
+    windows (see the module docstring), each a `Feature` with the example's label and index."""
     examples = list(examples)
     has_pair = [e.text_pair is not None for e in examples]
     if any(has_pair) and not all(has_pair):
         raise ValueError(f"{source}: some rows have a second text and some do not")
     pairs = [e.text_pair for e in examples] if examples and has_pair[0] else None
-    encoded = encode_texts(tok, [e.text for e in examples], pairs, max_seq_length)
-    return [Feature(ids, types, _label_value(e, info, source), e.line)
-            for e, (ids, types) in zip(examples, encoded)]
+    labels = [_label_value(e, info, source) for e in examples]
+    texts = [e.text for e in examples]
+    if stride is None:
+        encoded = encode_texts(tok, texts, pairs, max_seq_length)
+        return [Feature(ids, types, label, e.line) for e, label, (ids, types) in zip(examples, labels, encoded)]
+    windows = encode_windows(tok, texts, pairs, max_seq_length, stride, [e.line for e in examples], source)
+    return [Feature(ids, types, labels[i], examples[i].line, i) for ids, types, i in windows]
+
+
+def example_logits(logits: np.ndarray, features: Sequence[Feature]) -> tuple[np.ndarray, list[int]]:
+    """Per-example logits, the mean over each example's windows, in the order examples first appear; and the
+    index of each example's first feature (for its label). Features without `example` stand alone."""
+    keys = [i if f.example is None else ("x", f.example) for i, f in enumerate(features)]
+    first: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    if len(first) == len(features):
+        return logits, list(range(len(features)))
+    slot = {k: j for j, k in enumerate(first)}
+    group = np.array([slot[k] for k in keys])
+    sums = np.zeros((len(first), logits.shape[1]), dtype=np.float64)
+    np.add.at(sums, group, logits)                                    # (examples, labels)
+    counts = np.bincount(group, minlength=len(first))[:, None]        # (examples, 1)
+    return (sums / counts).astype(np.float32), list(first.values())
 
 
 def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = False) -> dict[str, torch.Tensor]:
@@ -247,12 +308,13 @@ def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad
 def evaluate_classification(model, features: Sequence[Feature], batch_size: int = 64) -> dict[str, float]:
     """Metrics of `model` on labelled features: accuracy, f1, mcc (and loss) for classification; pearson,
     spearman, mse for regression. F1 is binary with label id 1 positive when the model has two labels, else
-    macro."""
+    macro. Windows of one example count once, by their mean logits; n is the number of examples."""
     if not features:
         raise ValueError("no evaluation features")
     if any(f.label is None for f in features):
         raise ValueError("evaluation needs labelled features")
-    logits = predict_logits(model, features, batch_size)
+    logits, firsts = example_logits(predict_logits(model, features, batch_size), features)
+    features = [features[i] for i in firsts]  # one per example: its label
     n_labels = model.config.num_labels
     if n_labels == 1:
         preds = logits[:, 0].astype(np.float64)
@@ -270,13 +332,17 @@ def evaluate_classification(model, features: Sequence[Feature], batch_size: int 
 
 
 def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,
-            batch_size: int = 64) -> list[dict[str, Any]]:
+            batch_size: int = 64, stride: int | None = None) -> list[dict[str, Any]]:
     """One dict per text, in input order: for classification ``label`` (the config's id2label name), ``score``
     (its probability) and ``probabilities`` (label -> probability); for regression ``label`` and ``score`` are both
-    the predicted value."""
+    the predicted value. With a `stride`, long texts are read in windows whose logits are averaged."""
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    features = [Feature(ids, types) for ids, types in encode_texts(tok, texts, pairs, max_seq_length)]
-    logits = predict_logits(model, features, batch_size, pad_id=tok.pad_token_id)
+    if stride is None:
+        features = [Feature(ids, types) for ids, types in encode_texts(tok, texts, pairs, max_seq_length)]
+    else:
+        features = [Feature(ids, types, example=i)
+                    for ids, types, i in encode_windows(tok, texts, pairs, max_seq_length, stride)]
+    logits, _ = example_logits(predict_logits(model, features, batch_size, pad_id=tok.pad_token_id), features)
     if model.config.num_labels == 1:
         return [{"label": float(v), "score": float(v)} for v in logits[:, 0]]
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()

@@ -92,6 +92,7 @@ class FinetuneClassifyArgs(FinetuneArgs):
     format: str | None = None
     header: bool = True
     metric: str | None = None         # accuracy (classification) / pearson (regression) by default
+    stride: int | None = None         # long examples: windows sharing this many tokens (None: truncate)
 
 
 def _better(value: float, best: float | None) -> bool:
@@ -161,7 +162,8 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
                               lambda m: evaluate_classification(m, dev_feats, batch_size=max(64, batch_size)),
                               metric)
     results.update(task="regression" if info.regression else "classification", labels=list(info.labels),
-                   num_train=len(train_feats), num_dev=len(dev_feats))
+                   num_train=len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
+                   num_dev=len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)}))
     if dist.is_main():
         write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
     return results
@@ -221,11 +223,13 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
                          f"; choose one of {', '.join(allowed)}")
     tok = AutoTokenizer.from_pretrained(args.model)
     max_len = min(args.max_seq_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
-    train_feats = encode_examples(tok, train, info, max_len, source=args.train)
-    dev_feats = encode_examples(tok, dev, info, max_len, source=args.dev)
+    train_feats = encode_examples(tok, train, info, max_len, source=args.train, stride=args.stride)
+    dev_feats = encode_examples(tok, dev, info, max_len, source=args.dev, stride=args.stride)
     data = (tok, info, train_feats, dev_feats, metric)
     task = "regression" if info.regression else f"{info.num_labels}-way classification ({', '.join(info.labels)})"
-    dist.print0(f"{task}: {len(train_feats)} training and {len(dev_feats)} dev examples; model {args.model}")
+    windows = (f" ({len(train_feats)} and {len(dev_feats)} windows of {max_len} tokens, stride {args.stride})"
+               if args.stride is not None else "")
+    dist.print0(f"{task}: {len(train)} training and {len(dev)} dev examples{windows}; model {args.model}")
     results = run_seeds(args, Path(args.output), lambda seed, out: _run_one(args, seed, out, data), metric,
                         {"task": "regression" if info.regression else "classification",
                          "labels": list(info.labels)})
@@ -336,9 +340,10 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
 
 
 def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                 max_seq_length: int = 128, **read) -> dict[str, Any]:
+                 max_seq_length: int = 128, stride: int | None = None, **read) -> dict[str, Any]:
     """Metrics of a fine-tuned classification / regression model on a labelled table; printed and written as
-    JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
+    JSON to `output` (default: `<model_dir>/eval_<data name>.json`). With a `stride`, long examples are read in
+    windows whose logits are averaged (`bertkit.tasks.classify`)."""
     from .classify import label_info_from_config
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -347,7 +352,7 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     if not examples:
         raise ValueError(f"{data}: no rows")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
-    feats = encode_examples(tok, examples, info, max_len, source=data)
+    feats = encode_examples(tok, examples, info, max_len, source=data, stride=stride)
     metrics = evaluate_classification(model, feats, batch_size)
     path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).stem}.json"
     write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
@@ -356,7 +361,7 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
 
 
 def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
-                **read) -> int:
+                stride: int | None = None, **read) -> int:
     """Label every row of a table; one JSON line per row (label, score) in `output`. Returns the row count."""
     from .classify import predict
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -364,7 +369,7 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     examples = read_examples(data, **read)
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
-                    batch_size=batch_size)
+                    batch_size=batch_size, stride=stride)
     lines = [json.dumps({"label": p["label"], "score": p["score"]}, ensure_ascii=False) for p in preds]
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, "".join(line + "\n" for line in lines))

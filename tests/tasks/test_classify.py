@@ -225,3 +225,110 @@ def test_pairs_truncation_and_columns(toy, tmp_path):
     path.write_text('{"q": "is it good", "a": "yes good", "y": 1}\n{"q": "bad?", "a": "bad", "y": 0}\n')
     rows = read_examples(str(path), text_column="q", text_pair_column="a", label_column="y")
     assert [(r.text_pair, r.label, r.line) for r in rows] == [("yes good", "1", 1), ("bad", "0", 2)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# long inputs: --stride windows
+# ---------------------------------------------------------------------------------------------------------------
+
+def long_rows(n, seed, words=24):
+    """(text, label, score): `words` filler words with the sentiment word only among the last three."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        pos = i % 2 == 0
+        filler = [rng.choice(FILLER) for _ in range(words)]
+        filler.insert(words - rng.randrange(3), rng.choice(GOOD if pos else BAD))
+        rows.append((" ".join(filler), "pos" if pos else "neg", 0.0))
+    return rows
+
+
+def test_windows_cover_every_token_and_share_stride_tokens(toy):
+    from bertkit.tasks.classify import encode_texts, encode_windows
+    tok = AutoTokenizer.from_pretrained(toy["encoder"])
+    text = long_rows(1, 0, words=2500)[0][0]  # far beyond 512 tokens
+    tokens = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(tokens) > 2000
+    short = "the movie was good"
+    windows = encode_windows(tok, [text, short], None, max_seq_length=16, stride=4)
+    assert [w[2] for w in windows[-2:]] == [0, 1] and sorted({w[2] for w in windows}) == [0, 1]
+    long_w = [w for w in windows if w[2] == 0]
+    bodies = [ids[1:-1] for ids, _, _ in long_w]
+    assert all(ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and len(ids) <= 16 for ids, _, _ in long_w)
+    for a, b in zip(bodies, bodies[1:]):
+        assert len(a) == 14 and a[-4:] == b[:4]  # consecutive windows share exactly `stride` tokens
+    assert bodies[0] + [t for b in bodies[1:] for t in b[4:]] == tokens  # in order, nothing lost
+    assert len(long_w) == 1 + -(-(len(tokens) - 14) // 10)
+    # a text that fits is one window, identical to plain truncating encoding
+    assert windows[-1][:2] == encode_texts(tok, [short], None, 16)[0]
+
+    # pairs: the first text kept whole in every window, windows slide over the second
+    pair_w = encode_windows(tok, ["a lovely plot"], [text], max_seq_length=16, stride=4)
+    first = tok("a lovely plot", add_special_tokens=False)["input_ids"]
+    k = len(first) + 2
+    assert all(ids[:k] == [tok.cls_token_id, *first, tok.sep_token_id] and types == [0] * k + [1] * (len(ids) - k)
+               for ids, types, _ in pair_w)
+    seconds = [ids[k:-1] for ids, _, _ in pair_w]
+    assert seconds[0] + [t for s in seconds[1:] for t in s[4:]] == tokens
+    with pytest.raises(ValueError, match=r"^d.tsv:7: the first text has \d+ tokens and is kept whole"):
+        encode_windows(tok, [text], [short + " " + text], 16, 4, lines=[7], source="d.tsv")
+    with pytest.raises(ValueError, match=r"--stride 14 must be in \[0, --max-seq-length - 2\)"):
+        encode_windows(tok, [text], None, 16, 14)
+
+
+def test_example_logits_average_the_windows_of_each_example():
+    import numpy as np
+    from bertkit.tasks.classify import Feature, example_logits
+    feats = [Feature([1], [0], 1, 5, 0), Feature([1], [0], 1, 5, 0), Feature([1], [0], 0, 6, 1),
+             Feature([1], [0], 1, 5, 0)]
+    logits = np.array([[0, 3], [1, 0], [2, 2], [2, 0]], dtype=np.float32)
+    mean, firsts = example_logits(logits, feats)
+    assert firsts == [0, 2] and np.allclose(mean, [[1, 1], [2, 2]])
+    plain = [Feature([1], [0]), Feature([1], [0])]  # no windows: unchanged
+    assert example_logits(logits[:2], plain)[0] is not None and example_logits(logits[:2], plain)[1] == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def long_trained(toy):
+    d = toy["dir"]
+    train, dev = write_tsv(d / "long_train.tsv", long_rows(64, 10)), write_tsv(d / "long_dev.tsv", long_rows(40, 11))
+    out = d / "long_run"
+    assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(train), "--dev", str(dev),
+                 "--output", str(out), "--batch-size", "16", "--lr", "3e-3", "--max-seq-length", "16",
+                 "--stride", "4", "--epochs", "10", "--seed", "1"]) == 0
+    return out, dev
+
+
+def test_a_cue_at_the_end_is_read_with_windows_and_lost_to_truncation(long_trained, tmp_path, capsys):
+    out, dev = long_trained
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["num_train"] == 64 and res["num_dev"] == 40 and res["best"]["n"] == 40  # examples, not windows
+    assert res["best"]["accuracy"] >= 0.9
+    windowed, truncated = tmp_path / "w.json", tmp_path / "t.json"
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(windowed),
+                 "--max-seq-length", "16", "--stride", "4"]) == 0
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(truncated),
+                 "--max-seq-length", "16"]) == 0
+    w, t = json.loads(windowed.read_text()), json.loads(truncated.read_text())
+    assert w["accuracy"] == pytest.approx(res["best"]["accuracy"]) and w["n"] == t["n"] == 40
+    assert t["accuracy"] <= 0.7  # the first 14 tokens hold no cue: about chance
+
+    # predict on texts far beyond 512 tokens (the model has 64 positions): the mean of every window's logits
+    from bertkit.tasks.classify import Feature, encode_windows, predict_logits
+    texts = [long_rows(2, 20, words=1500)[k][0] for k in range(2)]
+    data = tmp_path / "long.tsv"
+    data.write_text("text\n" + "".join(t + "\n" for t in texts), encoding="utf-8")
+    pred = tmp_path / "p.jsonl"
+    assert main(["predict", "--model", str(out / "best"), "--data", str(data), "--output", str(pred),
+                 "--max-seq-length", "16", "--stride", "4"]) == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    model = AutoModelForSequenceClassification.from_pretrained(out / "best")
+    tok = AutoTokenizer.from_pretrained(out / "best")
+    windows = encode_windows(tok, texts, None, 16, 4)
+    assert len(windows) > 2 * 100
+    logits = torch.from_numpy(predict_logits(model, [Feature(ids, types) for ids, types, _ in windows]))
+    for k, row in enumerate(rows):
+        mean = logits[[i for i, (_, _, j) in enumerate(windows) if j == k]].mean(0)
+        p = torch.softmax(mean, -1)
+        assert row["label"] == model.config.id2label[int(p.argmax())]
+        assert row["score"] == pytest.approx(float(p.max()), abs=1e-5)
