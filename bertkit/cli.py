@@ -88,6 +88,8 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 on a GPU that has it, fp32 on the CPU")
     p.add_argument("--whole-word", action="store_true", help="whole-word masking")
     p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder layers (faster steps on a GPU after a compile of minutes)")
 
 
 def _plot(args: argparse.Namespace) -> int:

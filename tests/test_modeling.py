@@ -678,3 +678,96 @@ def test_minilm_matches_transformers_fp64(minilm):
     print(f"\nMiniLM fp64, {N_FP64} texts padded to {mask.shape[1]}: bertkit vs HF, per layer (emb, L1..L6, pooler): "
           + " ".join(f"{d:.2e}" for d in diffs))
     assert max(diffs) <= 1e-9, diffs
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA varlen branch of packing.attention, exercised on the CPU with a stand-in kernel
+# ---------------------------------------------------------------------------------------------
+
+def _per_sequence_kernel(q, k, v, cu_seqlens, max_seqlen, dropout_p):
+    """What FlashAttention varlen computes, one SDPA per sequence read off cu_seqlens; checks the layout."""
+    assert q.dim() == 3 and q.shape == k.shape == v.shape                   # (tokens, heads, head_dim)
+    assert cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1
+    assert int(cu_seqlens[0]) == 0 and int(cu_seqlens[-1]) == q.shape[0]
+    assert max_seqlen == int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    assert dropout_p == 0.0
+    bounds = cu_seqlens.tolist()
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))           # (heads, length, head_dim)
+        out.append(F.scaled_dot_product_attention(qs, ks, vs).transpose(0, 1))
+    return torch.cat(out)
+
+
+def test_varlen_condition():
+    for dtype in (torch.float16, torch.bfloat16):
+        assert P.use_varlen("cuda", dtype, need_weights=False)
+        assert not P.use_varlen("cuda", dtype, need_weights=True)
+        assert not P.use_varlen("cpu", dtype, need_weights=False)
+    assert not P.use_varlen("cuda", torch.float32, need_weights=False)
+    assert not P.use_varlen("cpu", torch.float32, need_weights=False)
+
+
+def _random_packed(lengths, heads=4, head_dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    packing = P.pack(mask)
+    q, k, v = (torch.randn(sum(lengths), heads, head_dim, generator=g) for _ in range(3))
+    return packing, q, k, v
+
+
+@pytest.mark.parametrize("lengths", [(7, 11, 4, 11, 11, 1), (5, 5, 5)])
+def test_varlen_branch_plumbing_matches_the_per_run_path(monkeypatch, lengths):
+    packing, q, k, v = _random_packed(lengths)
+    expected, _ = P.attention(q, k, v, packing)                               # the CPU per-run path
+    calls = []
+
+    def kernel(*args):
+        calls.append(args)
+        return _per_sequence_kernel(*args)
+
+    monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: not need_weights)
+    monkeypatch.setattr(P, "_varlen_kernel", kernel)
+    out, weights = P.attention(q, k, v, packing)
+    assert len(calls) == 1 and weights == []
+    assert calls[0][3] is packing.cu_seqlens and calls[0][4] == max(lengths)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+    # attention probabilities asked for: the per-run path, even where the kernel would be eligible
+    _, weights = P.attention(q, k, v, packing, need_weights=True)
+    assert len(calls) == 1 and len(weights) == len(packing.runs)
+
+
+def test_varlen_branch_through_the_model(monkeypatch):
+    """The whole encoder with the varlen branch forced (stand-in kernel) equals the per-run path."""
+    torch.manual_seed(0)
+    model = modeling.BertModel(tiny_config()).eval()
+    mask = torch.zeros(len(LENGTHS), max(LENGTHS), dtype=torch.long)
+    for i, n in enumerate(LENGTHS):
+        mask[i, :n] = 1
+    ids = torch.randint(5, 99, mask.shape) * mask
+    with torch.no_grad():
+        expected = model(ids, mask).last_hidden_state
+        monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: not need_weights)
+        monkeypatch.setattr(P, "_varlen_kernel", _per_sequence_kernel)
+        got = model(ids, mask).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pack_on_cpu_for_another_device_and_precomputed_packing():
+    """`pack(mask, device)` plans on the CPU; `encode(packing=...)` uses a given plan and checks its shape."""
+    torch.manual_seed(0)
+    model = modeling.BertModel(tiny_config()).eval()
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    ids = torch.randint(5, 99, mask.shape)
+    plan = P.pack(mask, device="cpu")
+    assert plan.cu_seqlens.tolist() == [0, 3, 7] and plan.max_seqlen == 4
+    assert plan.indices.tolist() == [0, 1, 2, 4, 5, 6, 7]
+    with torch.no_grad():
+        a = model(ids, mask).last_hidden_state
+        b = model.encode(ids, mask, packing=plan)
+    torch.testing.assert_close(P.repad(b.hidden, b.packing), a)
+    with pytest.raises(ValueError, match="packing plans"):
+        model.encode(ids[:1], mask[:1], packing=plan)

@@ -158,6 +158,23 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
 
+def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
+    """torch.compile every encoder layer in place (`nn.Module.compile`: parameter names and checkpoints are
+    unchanged), with a dynamic token count since every packed batch has its own.
+
+    Per layer rather than the whole model: the packing plan and the heads are Python-heavy and would break
+    the graph or recompile; a layer is one graph on CUDA (the varlen kernel traces) and two on the CPU (the
+    per-run attention is a graph break). Linear + GELU and dropout + residual + LayerNorm fuse; the layers
+    share one compiled code. Returns `model`."""
+    kwargs.setdefault("dynamic", True)
+    layers = [m for m in model.modules() if isinstance(m, BertLayer)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no BertLayer to compile")
+    for layer in layers:
+        layer.compile(**kwargs)
+    return model
+
+
 class BertPooler(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -263,8 +280,12 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-               inputs_embeds=None, output_hidden_states=False, output_attentions=False) -> Encoded:
-        """Run the encoder on packed tokens; the inputs are padded `(batch, seqlen)` tensors as usual."""
+               inputs_embeds=None, output_hidden_states=False, output_attentions=False,
+               packing: P.Packing | None = None) -> Encoded:
+        """Run the encoder on packed tokens; the inputs are padded `(batch, seqlen)` tensors as usual.
+
+        `packing`: the plan of `attention_mask`, made beforehand with `packing.pack(cpu_mask, device)` so the
+        forward needs no host sync (the training loop does this on the CPU batch); None: planned here."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
@@ -279,7 +300,11 @@ class BertModel(BertPreTrainedModel):
         elif attention_mask.shape != ref.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                              f"expected {tuple(ref.shape)} like input_ids")
-        packing = P.pack(attention_mask)
+        if packing is None:
+            packing = P.pack(attention_mask)
+        elif (packing.batch, packing.seqlen) != (batch, seqlen):
+            raise ValueError(f"the packing plans a ({packing.batch}, {packing.seqlen}) batch, "
+                             f"the inputs are ({batch}, {seqlen})")
 
         if position_ids is None:
             positions = packing.indices % seqlen                         # (tokens,)

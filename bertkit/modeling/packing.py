@@ -3,11 +3,12 @@
 Real batches are mostly padding, so the encoder works on a `(tokens, hidden)` matrix that holds only the
 real tokens of every sequence, back to back. Linear layers, GELU and LayerNorm act per token and do not care;
 only attention needs to know where each sequence starts, which `cu_seqlens` (cumulative lengths) records.
-That is exactly the layout of variable-length attention kernels (FlashAttention's varlen API), so a GPU kernel
-slots into `attention()` without touching the model.
+That is exactly the layout of variable-length attention kernels (FlashAttention's varlen API): on CUDA in
+fp16/bf16, `attention()` hands the packed tensors to that kernel in one call (see `use_varlen`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -32,25 +33,42 @@ class Packing:
         """Packed row of each sequence's first token (the [CLS] the pooler reads)."""
         return self.cu_seqlens[:-1].long()
 
+    def to(self, device: torch.device | str) -> "Packing":
+        """The plan with its tensors on `device` (non-blocking copies)."""
+        return dataclasses.replace(self, indices=self.indices.to(device, non_blocking=True),
+                                   cu_seqlens=self.cu_seqlens.to(device, non_blocking=True))
+
+    def pin(self) -> "Packing":
+        """The plan with its CPU tensors in page-locked memory, for asynchronous copies to a GPU."""
+        if self.indices.device.type != "cpu":
+            return self
+        return dataclasses.replace(self, indices=self.indices.pin_memory(), cu_seqlens=self.cu_seqlens.pin_memory())
+
     @property
     def is_dense(self) -> bool:
         """True when nothing is padding, so packing is a plain reshape."""
         return len(self.runs) == 1 and self.runs[0][2] == self.seqlen
 
 
-def pack(attention_mask: torch.Tensor) -> Packing:
-    """Plan the packing for a `(batch, seqlen)` mask of 1 (real token) and 0 (padding)."""
+def pack(attention_mask: torch.Tensor, device: torch.device | str | None = None) -> Packing:
+    """Plan the packing for a `(batch, seqlen)` mask of 1 (real token) and 0 (padding).
+
+    The plan is made on the CPU: the lengths must become Python ints anyway (the runs, `max_seqlen`), and
+    `nonzero` on a GPU is a host sync of its own. A CUDA mask is therefore copied over once (the one host
+    sync of a forward); a CPU mask costs none, so a training loop that packs its CPU batch before moving it
+    (`device=`) never waits for the GPU. The plan's tensors land on `device` (default: the mask's)."""
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must have shape (batch, seqlen), got {tuple(attention_mask.shape)}")
+    device = attention_mask.device if device is None else torch.device(device)
     batch, seqlen = attention_mask.shape
-    mask = attention_mask.bool()
+    mask = attention_mask.detach().to("cpu").bool()
     lengths = mask.sum(dim=1, dtype=torch.int32)                         # (batch,)
-    lengths_list = lengths.tolist()                                       # the one host sync per forward
+    lengths_list = lengths.tolist()
     if 0 in lengths_list:
         raise ValueError(f"attention_mask row {lengths_list.index(0)} has no real token (all zeros)")
     cu_seqlens = F.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))  # (batch + 1,)
     if sum(lengths_list) == batch * seqlen:
-        indices = torch.arange(batch * seqlen, device=mask.device)
+        indices = torch.arange(batch * seqlen)
     else:
         indices = torch.nonzero(mask.flatten(), as_tuple=True)[0]       # (tokens,)
     runs, start, b = [], 0, 0
@@ -61,7 +79,8 @@ def pack(attention_mask: torch.Tensor) -> Packing:
         runs.append((start, n, lengths_list[b]))
         start += n * lengths_list[b]
         b += n
-    return Packing(indices, cu_seqlens, max(lengths_list), batch, seqlen, tuple(runs))
+    plan = Packing(indices, cu_seqlens, max(lengths_list), batch, seqlen, tuple(runs))
+    return plan if device.type == "cpu" else plan.pin().to(device)
 
 
 def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
@@ -79,15 +98,44 @@ def repad(x: torch.Tensor, packing: Packing, fill: float = 0.0) -> torch.Tensor:
     return out.view(packing.batch, packing.seqlen, *x.shape[1:])        # (batch, seqlen, ...)
 
 
+def use_varlen(device_type: str, dtype: torch.dtype, need_weights: bool) -> bool:
+    """The condition for the fused variable-length kernel: a CUDA tensor in fp16 or bf16 (FlashAttention's
+    dtypes) and no attention probabilities requested (the kernel never materialises them). Anything else
+    (the CPU, fp32 on a GPU, `output_attentions=True`) takes the per-run path."""
+    return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and not need_weights
+
+
+def _varlen_kernel(q, k, v, cu_seqlens, max_seqlen: int, dropout_p: float) -> torch.Tensor:
+    """FlashAttention over packed sequences: (tokens, heads, head_dim) in and out.
+
+    Without dropout: the public `torch.nn.attention.varlen.varlen_attn` (4x padded SDPA on an H200, see
+    DESIGN.md). It has no dropout argument, so training with attention dropout calls the ATen op it wraps,
+    `_flash_attention_forward`, whose autograd formula (derivatives.yaml) replays the same dropout mask."""
+    if dropout_p > 0.0:
+        return torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False)[0]
+    from torch.nn.attention.varlen import varlen_attn
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
               dropout_p: float = 0.0, need_weights: bool = False):
     """Attention of each packed sequence over itself.
 
     q, k, v: (tokens, heads, head_dim). Returns (tokens, heads, head_dim) and, when `need_weights`,
     one (sequences, heads, length, length) probability tensor per run (for visualisation).
-    The CPU path batches each run of equal-length sequences into one dense call; a varlen GPU kernel
-    would take (q, k, v, cu_seqlens, max_seqlen) directly.
+    When `use_varlen` holds (CUDA, fp16/bf16, no probabilities), one FlashAttention varlen call takes
+    (q, k, v, cu_seqlens, max_seqlen) directly; otherwise each run of equal-length sequences is one dense call.
     """
+    if use_varlen(q.device.type, q.dtype, need_weights):
+        return _varlen_kernel(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p), []
+    return _attention_runs(q, k, v, packing, dropout_p, need_weights)
+
+
+@torch.compiler.disable
+def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: bool):
+    """The per-run path. Kept out of torch.compile graphs (a graph break): its Python loop over the runs
+    differs from batch to batch and would otherwise recompile every time."""
     outputs, weights = [], []
     # split, not slicing: the backward of one split is one concatenation, while each slice's backward
     # would fill and add a gradient the size of the whole packed tensor.

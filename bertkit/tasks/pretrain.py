@@ -63,6 +63,7 @@ class PretrainArgs:
     eval_batches: int = 20
     seed: int = 0
     resume: bool = False
+    compile: bool = False              # torch.compile the encoder layers
 
 
 def _boundary(name: str):
@@ -175,7 +176,7 @@ def run_pretraining(args: PretrainArgs) -> dict:
                       warmup_steps=args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps, weight_decay=args.weight_decay,
                       optimizer=args.optimizer, precision=args.precision, log_every=args.log_every,
                       eval_every=args.eval_every or args.max_steps, save_every=args.save_every,
-                      keep_last=args.keep_last, seed=args.seed, output_dir=str(run))
+                      keep_last=args.keep_last, seed=args.seed, output_dir=str(run), compile=args.compile)
     trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=tok.save_pretrained)
     result = trainer.train(resume=args.resume)
 

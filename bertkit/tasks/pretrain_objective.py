@@ -23,15 +23,31 @@ class PreTrainingObjective(nn.Module):
         self.model = model
 
     @staticmethod
+    def prepare(batch: dict[str, torch.Tensor]) -> dict:
+        """CPU-side work, before the batch goes to the GPU: the packing plan and the packed rows (and
+        targets) of the masked tokens. On the device both would be host syncs (`nonzero`)."""
+        packing = P.pack(batch["attention_mask"])
+        labels = P.unpad(batch["labels"], packing)                      # (tokens,)
+        rows = torch.nonzero(labels != -100, as_tuple=True)[0]           # (masked,)
+        return {**batch, "packing": packing, "mlm_rows": rows, "mlm_targets": labels.index_select(0, rows)}
+
+    @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        if "mlm_rows" in batch:
+            return {"mlm": int(batch["mlm_rows"].numel()), "nsp": int(batch["input_ids"].shape[0])}
         return {"mlm": int((batch["labels"] != -100).sum()), "nsp": int(batch["input_ids"].shape[0])}
 
-    def forward(self, batch: dict[str, torch.Tensor]):
+    def forward(self, batch: dict):
+        """`batch` as collated, or after `prepare` (then no host sync happens here)."""
         bert, heads = self.model.bert, self.model.cls
-        enc = bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        labels = P.unpad(batch["labels"], enc.packing)                  # (tokens,)
-        rows = torch.nonzero(labels != -100, as_tuple=True)[0]           # (masked,)
-        targets = labels.index_select(0, rows)
+        enc = bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                          packing=batch.get("packing"))
+        if "mlm_rows" in batch:
+            rows, targets = batch["mlm_rows"], batch["mlm_targets"]
+        else:
+            labels = P.unpad(batch["labels"], enc.packing)              # (tokens,)
+            rows = torch.nonzero(labels != -100, as_tuple=True)[0]       # (masked,)
+            targets = labels.index_select(0, rows)
         mlm_logits = heads.predictions(enc.hidden.index_select(0, rows)).float()  # (masked, vocab)
         nsp_logits = heads.seq_relationship(bert.pool(enc)).float()              # (batch, 2)
         nsp_labels = batch["next_sentence_label"].view(-1)

@@ -4,7 +4,11 @@ learning-rate schedule, evaluation, checkpoints and exact resume, on one process
 The trainer knows nothing of BERT heads. It trains an *objective*, an `nn.Module` holding the model, with
 
     counts(batch) -> {"mlm": n_labels, "nsp": n_sequences}     the denominator of each loss term,
-                                                                 computable before the forward
+                                                                 computed on the CPU batch, before the
+                                                                 forward and before the copy to the GPU
+    prepare(batch) -> batch                        optional: CPU-side work on each batch before the copy
+                                                   (e.g. the packing plan and masked rows), so the step
+                                                   itself never waits for the GPU
     forward(batch) -> (sums, stats)                              sums: each loss term SUMMED over the
                                                                  micro-batch; stats: metric sums, e.g.
                                                                  {"acc_mlm": n_correct, "acc_nsp": ...}
@@ -19,11 +23,19 @@ A stat named `<metric>_<term>` is divided by the counts of `<term>` (the longest
 previous log line, weighted by the counts and reduced across ranks: `loss_<term>`, `loss` (their sum),
 the stats, `lr`, `grad_norm` (mean of the global norm before clipping), `tokens_per_s` (all ranks),
 `elapsed` (seconds of training, across resumes).
+
+GPU fast path: nothing inside the step loop reads a GPU value back (no `.item()`, `int(tensor)`, tensor
+`if`): counts and token totals come from the CPU batch, loss and metric sums stay on the device until a log
+step. On CUDA a background thread fetches, prepares and pins the next `prefetch` batches while the GPU
+works; the copies are `non_blocking`. `compile=True` runs the encoder layers through torch.compile
+(`bertkit.modeling.bert.compile_layers`). AdamW is fused when the parameters are on CUDA.
 """
 from __future__ import annotations
 
 import dataclasses
+import queue
 import random
+import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -34,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling import packing as P
 from . import distributed as dist
 from .checkpoint import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import OPTIMIZERS, build_optimizer, global_grad_norm, linear_schedule, param_groups
@@ -68,6 +81,8 @@ class TrainConfig:
     tensorboard: bool | None = None  # None: when the tensorboard package is installed
     progress: bool = True           # tqdm progress bar on rank 0
     find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
+    compile: bool = False           # torch.compile the encoder layers (dynamic token count)
+    prefetch: int | None = None     # batches prepared ahead in a background thread; None: 2 on CUDA, 0 on CPU
 
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "keep_last"):
@@ -88,6 +103,9 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
+        if self.prefetch is not None and (not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool)
+                                          or self.prefetch < 0):
+            raise ValueError(f"TrainConfig.prefetch must be None or an integer >= 0, got {self.prefetch!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -109,14 +127,90 @@ def seed_everything(seed: int) -> None:
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors in a (nested) dict / list / tuple moved to `device`; everything else as is."""
+    """Tensors in a (nested) dict / list / tuple (and packing plans) moved to `device`; everything else as
+    is. The copies are `non_blocking`: from pinned memory (see `pin`) they overlap the GPU's work."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, P.Packing):
+        return batch.to(device)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def pin(batch: Any) -> Any:
+    """CPU tensors in a (nested) batch copied to page-locked memory, so that a `non_blocking` copy to the
+    GPU is asynchronous (from pageable memory it is not)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory() if batch.device.type == "cpu" else batch
+    if isinstance(batch, P.Packing):
+        return batch.pin()
+    if isinstance(batch, dict):
+        return {k: pin(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(pin(v) for v in batch)
+    return batch
+
+
+class Prefetcher:
+    """`fn(item)` for the items of `source`, computed `depth` items ahead in a daemon thread.
+
+    Each `next()` returns `(fn(item), state)`, where `state` is `state_fn()` read right after the source
+    produced the item: the data position *after* that item, which is what a checkpoint must record (the
+    source itself is already further ahead). An exception in the thread (StopIteration included) is raised
+    by the `next()` that reaches it. The source must not draw from the global random streams (the thread
+    would race the training step for them); bertkit's batch sources use their own generators."""
+
+    def __init__(self, source, fn: Callable[[Any], Any], depth: int, state_fn: Callable[[], Any] | None = None):
+        if depth < 1:
+            raise ValueError(f"Prefetcher: depth must be >= 1, got {depth}")
+        self._source, self._fn, self._state_fn = source, fn, state_fn
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bertkit-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = next(self._source)
+                state = self._state_fn() if self._state_fn is not None else None
+                if not self._put((self._fn(item), state, None)):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            self._put((None, None, e))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        out, state, error = self._queue.get()
+        if error is not None:
+            self.close()
+            raise error
+        return out, state
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the item it is computing, which is dropped)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
 
 @contextmanager
@@ -129,15 +223,26 @@ def rng_isolated():
         set_rng_state(saved)
 
 
-def _num_tokens(objective: nn.Module, batch: Any) -> torch.Tensor | int:
+def _num_tokens(objective: nn.Module, batch: Any) -> float:
+    """Real tokens of a CPU batch (for tokens/s), as a Python number."""
     if hasattr(objective, "num_tokens"):
-        return objective.num_tokens(batch)
+        return float(objective.num_tokens(batch))
     if isinstance(batch, dict):
         if isinstance(batch.get("attention_mask"), torch.Tensor):
-            return batch["attention_mask"].sum()
+            return float(batch["attention_mask"].sum())
         if isinstance(batch.get("input_ids"), torch.Tensor):
-            return batch["input_ids"].numel()
-    return 0
+            return float(batch["input_ids"].numel())
+    return 0.0
+
+
+def _as_number(v: Any) -> float:
+    """A count from `counts(cpu_batch)`: a Python number or a CPU tensor (reading it costs no GPU sync)."""
+    if isinstance(v, torch.Tensor):
+        if v.device.type != "cpu":
+            raise ValueError("counts(batch) must be computed from the CPU batch; got a tensor on "
+                             f"{v.device} (reading it back would stall the GPU every step)")
+        return float(v)
+    return float(v)
 
 
 def _denominator(stat: str, terms: Iterable[str]) -> str:
@@ -158,7 +263,7 @@ class _Window:
         self.sums: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}  # already global
-        self.tokens: torch.Tensor | float = 0.0
+        self.tokens = 0.0
         self.grad_norm: torch.Tensor | float = 0.0
         self.steps = 0
         self.t0 = time.perf_counter()
@@ -201,6 +306,10 @@ class Trainer:
         self.save_extra = save_extra
         self.precision = resolve_precision(cfg.precision, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.prefetch = (2 if self.device.type == "cuda" else 0) if cfg.prefetch is None else cfg.prefetch
+        if cfg.compile:
+            from ..modeling.bert import compile_layers
+            compile_layers(model)
 
         model_params = {id(p) for p in model.parameters()}
         stray = [n for n, p in objective.named_parameters() if id(p) not in model_params]
@@ -219,6 +328,8 @@ class Trainer:
         self._t_start = time.perf_counter()
         self._tracker: Tracker | None = None
         self._batch_checked = False
+        self._data_state: Any = None   # the data position after the last consumed batch (when prefetching)
+        self._prefetcher: Prefetcher | None = None
 
     # -- pieces ---------------------------------------------------------------------------------
     def autocast(self):
@@ -226,34 +337,55 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _next_batch(self, it):
-        try:
-            batch = next(it)
-        except StopIteration:
-            raise RuntimeError(f"the batch source ran out at step {self.step}; it must yield batches "
-                               "forever (wrap a finite source in an epoch loop)") from None
+    def _cpu_side(self, batch):
+        """Everything done to a batch before it reaches the device, on the CPU (in the prefetch thread when
+        there is one): the objective's `prepare`, the counts, the token total, pinning.
+        Returns (batch, counts as Python numbers, real tokens)."""
         if not self._batch_checked:
             self._batch_checked = True
             ids = batch.get("input_ids") if isinstance(batch, dict) else None
             if isinstance(ids, torch.Tensor) and ids.dim() >= 1 and ids.shape[0] != self.cfg.batch_size:
                 warnings.warn(f"TrainConfig.batch_size is {self.cfg.batch_size} but the batch source yields "
-                              f"batches of {ids.shape[0]}; the reported global batch is wrong", stacklevel=3)
-        return to_device(batch, self.device)
+                              f"batches of {ids.shape[0]}; the reported global batch is wrong", stacklevel=4)
+        if callable(getattr(self.objective, "prepare", None)):
+            batch = self.objective.prepare(batch)
+        counts = {k: _as_number(v) for k, v in self.objective.counts(batch).items()}
+        tokens = _num_tokens(self.objective, batch)
+        if self.device.type == "cuda":
+            batch = pin(batch)
+        return batch, counts, tokens
 
-    def _global_counts(self, micro: list) -> dict[str, torch.Tensor]:
-        total: dict[str, torch.Tensor] = {}
-        for batch in micro:
-            for k, v in self.objective.counts(batch).items():
-                v = torch.as_tensor(v, dtype=torch.float64, device=self.device)
-                total[k] = total[k] + v if k in total else v
-        return dist.all_reduce_sum(total)
+    def _next_batch(self, it):
+        """The next (device batch, counts, tokens); no host sync."""
+        try:
+            if self._prefetcher is not None:
+                (batch, counts, tokens), self._data_state = next(self._prefetcher)
+            else:
+                batch, counts, tokens = self._cpu_side(next(it))
+        except StopIteration:
+            raise RuntimeError(f"the batch source ran out at step {self.step}; it must yield batches "
+                               "forever (wrap a finite source in an epoch loop)") from None
+        return to_device(batch, self.device), counts, tokens
 
-    def _loss(self, sums: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _global_counts(self, counts_list: list[dict[str, float]]) -> dict[str, Any]:
+        """The step's counts summed over micro-batches (Python numbers) and, under DDP, over ranks (then
+        device tensors: the all-reduce runs on the GPU's stream, with no host sync)."""
+        total: dict[str, float] = {}
+        for counts in counts_list:
+            for k, v in counts.items():
+                total[k] = total.get(k, 0.0) + v
+        if not dist.is_distributed():
+            return total
+        return dist.all_reduce_sum({k: torch.tensor(v, dtype=torch.float64, device=self.device)
+                                    for k, v in total.items()})
+
+    def _loss(self, sums: dict[str, torch.Tensor], counts: dict[str, Any]) -> torch.Tensor:
         missing = [k for k in sums if k not in counts]
         if missing:
             raise ValueError(f"objective returned loss terms {missing} that counts() does not give "
                              f"(counts: {sorted(counts)})")
-        loss = sum(sums[k].float() / counts[k].clamp(min=1) for k in sums)
+        loss = sum(sums[k].float() / (counts[k].clamp(min=1) if isinstance(counts[k], torch.Tensor)
+                                      else max(counts[k], 1.0)) for k in sums)
         if self.info.world_size > 1:
             loss = loss * self.info.world_size  # DDP averages gradients over ranks; we want their sum
         return loss
@@ -261,8 +393,8 @@ class Trainer:
     def _log_train(self, window: _Window, lr: float) -> dict[str, Any]:
         reduced = dist.all_reduce_sum({**{f"s.{k}": v for k, v in window.sums.items()},
                                        **{f"t.{k}": v for k, v in window.stats.items()},
-                                       "tokens": torch.as_tensor(window.tokens, dtype=torch.float64,
-                                                                 device=self.device)})
+                                       "tokens": torch.tensor(window.tokens, dtype=torch.float64,
+                                                              device=self.device)})
         seconds = max(time.perf_counter() - window.t0, 1e-9)
         out: dict[str, Any] = {"lr": lr}
         losses = {}
@@ -301,7 +433,12 @@ class Trainer:
     def save(self, step: int | None = None) -> str | None:
         """Checkpoint now (collective: call on every rank). Returns the path on rank 0."""
         step = self.step if step is None else step
-        data = self.batches.state_dict() if hasattr(self.batches, "state_dict") else None
+        if not hasattr(self.batches, "state_dict"):
+            data = None
+        elif self._prefetcher is not None:  # the source is ahead of the step; record where the step is
+            data = self._data_state if self._data_state is not None else self.batches.state_dict()
+        else:
+            data = self.batches.state_dict()
         rngs = dist.all_gather_object(rng_state())
         datas = dist.all_gather_object(data)
         path = None
@@ -365,6 +502,11 @@ class Trainer:
                 f" = {cfg.batch_size * cfg.grad_accum * self.info.world_size}, {cfg.optimizer}, lr {cfg.lr}, "
                 f"steps {self.step} -> {cfg.max_steps}")
         it = iter(self.batches)
+        self._data_state = None
+        self._prefetcher = None
+        if self.prefetch:
+            state_fn = self.batches.state_dict if hasattr(self.batches, "state_dict") else None
+            self._prefetcher = Prefetcher(it, self._cpu_side, self.prefetch, state_fn)
         if self._resume_rng is not None:  # last, so nothing above moves the restored streams
             set_rng_state(self._resume_rng)
 
@@ -377,8 +519,8 @@ class Trainer:
             while self.step < cfg.max_steps:
                 lr = self.scheduler.get_last_lr()[0]
                 micro = [self._next_batch(it) for _ in range(cfg.grad_accum)]
-                counts = self._global_counts(micro)
-                for i, batch in enumerate(micro):
+                counts = self._global_counts([c for _, c, _ in micro])
+                for i, (batch, _, tokens) in enumerate(micro):
                     sync = i == len(micro) - 1
                     with (self.wrapped.no_sync() if ddp and not sync else nullcontext()):
                         with self.autocast():
@@ -387,9 +529,7 @@ class Trainer:
                         self.scaler.scale(loss).backward()
                     window._add(window.sums, sums)
                     window._add(window.stats, stats)
-                    tokens = _num_tokens(self.objective, batch)
-                    window.tokens = window.tokens + (tokens.double() if isinstance(tokens, torch.Tensor)
-                                                     else float(tokens))
+                    window.tokens += tokens
                 self.scaler.unscale_(self.optimizer)
                 if cfg.max_grad_norm > 0:
                     norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
@@ -418,6 +558,8 @@ class Trainer:
                     with rng_isolated():
                         self.save()
         finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
             tracker.close()
         dist.barrier()
         out = {k: v for k, v in final.items() if k != "split"}

@@ -1,0 +1,108 @@
+"""The GPU fast path of the trainer, checked on the CPU: torch.compile, the prefetch thread, counts from the
+CPU batch, and the pre-training objective's CPU-side `prepare`."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from bertkit.modeling import BertForPreTraining
+from bertkit.modeling import packing as P
+from bertkit.tasks.pretrain_objective import PreTrainingObjective
+from bertkit.train import TrainConfig, Trainer, read_metrics
+from bertkit.train.trainer import Prefetcher, _as_number
+
+from .tiny import TinySource, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STEPS = 5
+
+
+def _train(out, steps=STEPS, **cfg_kw):
+    torch.manual_seed(1234)
+    model = BertForPreTraining(tiny_config(dropout=0.0))
+    source = TinySource(4, seed=7)
+    cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, seed=11,
+                      output_dir=str(out), tensorboard=False, progress=False, **cfg_kw)
+    trainer = Trainer(PreTrainingObjective(model), model, source, cfg)
+    trainer.train()
+    layer = model.bert.encoder.layer[0]
+    assert (getattr(layer, "_compiled_call_impl", None) is not None) == cfg.compile
+    losses = [m["loss"] for m in read_metrics(out) if m.get("split") == "train"]
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, source
+
+
+def test_compile_trains_like_eager(tmp_path):
+    """compile=True (inductor, the encoder layers) follows eager's losses: same function, fused kernels."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("inductor on the CPU needs a C compiler")
+    eager, w_eager, _ = _train(tmp_path / "eager")
+    compiled, w_compiled, _ = _train(tmp_path / "compiled", compile=True)
+    assert len(eager) == len(compiled) == STEPS
+    assert eager[0] > eager[-1]  # it learns
+    for a, b in zip(eager, compiled):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-5)
+    assert max((w_eager[k] - w_compiled[k]).abs().max().item() for k in w_eager) < 1e-4
+    # the checkpoint names are those of the plain model (nn.Module.compile, no _orig_mod prefix)
+    assert set(w_compiled) == set(w_eager)
+
+
+def test_prefetch_thread_gives_the_same_run_and_exact_data_position(tmp_path):
+    plain, w_plain, src_plain = _train(tmp_path / "plain", prefetch=0, save_every=2, keep_last=5)
+    pre, w_pre, src_pre = _train(tmp_path / "pre", prefetch=2, save_every=2, keep_last=5)
+    assert pre == plain
+    assert all(torch.equal(w_plain[k], w_pre[k]) for k in w_plain)
+    assert src_pre.served[:STEPS] == list(range(STEPS))   # in order; the thread may have run ahead
+    # checkpoints record the position after the last *consumed* batch, not the source's (ahead) position
+    for step in (2, 4):
+        a = torch.load(tmp_path / "plain" / f"step-{step:06d}" / "training_state.pt", weights_only=False)
+        b = torch.load(tmp_path / "pre" / f"step-{step:06d}" / "training_state.pt", weights_only=False)
+        assert a["data"] == b["data"] == [{"pos": step}]
+
+
+def test_prefetcher_order_state_errors_and_close():
+    position = {"n": 0}
+
+    def source():
+        for i in range(5):
+            position["n"] = i + 1  # the source's own position moves as it yields
+            yield i
+        raise ValueError("source broke")
+
+    pf = Prefetcher(source(), lambda x: x * 10, depth=2, state_fn=lambda: position["n"])
+    got = [next(pf) for _ in range(5)]
+    assert got == [(0, 1), (10, 2), (20, 3), (30, 4), (40, 5)]
+    with pytest.raises(ValueError, match="source broke"):
+        next(pf)
+    endless = Prefetcher(iter(int, 1), lambda x: x, depth=1)  # iter(int, 1): zeros forever
+    assert next(endless) == (0, None)
+    endless.close()
+    assert not endless._thread.is_alive()
+    with pytest.raises(ValueError, match="depth"):
+        Prefetcher(iter([]), lambda x: x, depth=0)
+
+
+def test_counts_must_come_from_the_cpu_batch():
+    assert _as_number(torch.tensor(3)) == 3.0 and _as_number(7) == 7.0
+    with pytest.raises(ValueError, match="CPU batch"):
+        _as_number(torch.tensor(3, device="meta"))
+    with pytest.raises(ValueError, match="prefetch"):
+        TrainConfig(prefetch=-1)
+
+
+def test_pretraining_prepare_equals_plain_forward():
+    """`prepare` (the CPU-side packing plan and masked rows) changes nothing in the loss or counts."""
+    torch.manual_seed(0)
+    objective = PreTrainingObjective(BertForPreTraining(tiny_config(dropout=0.0))).eval()
+    batch = next(TinySource(4, seed=3))
+    prepared = objective.prepare(batch)
+    assert isinstance(prepared["packing"], P.Packing)
+    assert objective.counts(prepared) == objective.counts(batch)
+    assert objective.counts(batch)["mlm"] == int((batch["labels"] != -100).sum())
+    with torch.no_grad():
+        (s1, t1), (s2, t2) = objective(batch), objective(prepared)
+    for k in s1:
+        torch.testing.assert_close(s1[k], s2[k])
+    assert all(torch.equal(t1[k], t2[k]) for k in t1)
