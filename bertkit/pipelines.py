@@ -7,6 +7,8 @@
     clf(["great film", "dull film"], top_k=1)        # [{"label", "score"}, {"label", "score"}]
     ner = pipeline("token-classification", model="path/to/tagger")
     ner("Ada Lovelace met Babbage.")                 # [{"entity_group", "score", "word", "start", "end"}]
+    qa = pipeline("question-answering", model="path/to/qa")
+    qa(question="Who met Babbage?", context="Ada Lovelace met Babbage.")   # {"score", "start", "end", "answer"}
     emb = pipeline("feature-extraction", model="sentence-transformers/all-MiniLM-L6-v2")
     emb(["a text", "another"], pooling="mean", normalize=True)   # (2, hidden) tensor
 
@@ -22,12 +24,14 @@ import os
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .auto import (
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -37,7 +41,7 @@ from .hub import LoadWarning
 from .tasks.fill_mask import fill_mask
 
 __all__ = ["pipeline", "Pipeline", "FillMaskPipeline", "TextClassificationPipeline",
-           "TokenClassificationPipeline", "FeatureExtractionPipeline", "TASKS"]
+           "TokenClassificationPipeline", "QuestionAnsweringPipeline", "FeatureExtractionPipeline", "TASKS"]
 
 
 class Pipeline:
@@ -349,6 +353,115 @@ class TokenClassificationPipeline(Pipeline):
                 for typ, ss, a, b in groups if typ not in self.ignore]
 
 
+class QuestionAnsweringPipeline(Pipeline):
+    """`p(question=..., context=...)`, `p({"question", "context"})` or a list of such dicts ->
+    {"score", "start", "end", "answer"}: the answer span in characters of the context; top_k=k > 1 gives the k best
+    as a list.
+
+    The semantics of transformers' (4.x) question-answering pipeline: the context is cut into windows of
+    `max_seq_len` tokens (default min(tokenizer max length, 384)) sharing `doc_stride` tokens (default
+    min(max_seq_len // 2, 128)); in each window the start and end logits go through a softmax over [CLS] and the
+    context tokens, a span scores p(start) * p(end) (end >= start, at most `max_answer_len` tokens, [CLS] excluded)
+    and is widened to whole words (as the tokenizer splits words); the best spans of all windows compete. With
+    `handle_impossible_answer`, the smallest [CLS] p(start) * p(end) over the windows competes too, as
+    {"answer": "", "start": 0, "end": 0}. Two deliberate differences: the question keeps its first
+    `max_question_len` tokens (transformers' fast path ignores that option), and a span found in two overlapping
+    windows is listed once, with its better score. Windows of all inputs run `batch_size` at a time, sorted by
+    length."""
+
+    task = "question-answering"
+    auto_class = AutoModelForQuestionAnswering
+    head = "question-answering head (qa_outputs)"
+    options = {"top_k": 1, "doc_stride": None, "max_answer_len": 15, "max_seq_len": None, "max_question_len": 64,
+               "handle_impossible_answer": False}
+
+    def _check_options(self, opts):
+        opts = super()._check_options(opts)
+        for name in ("top_k", "max_answer_len", "max_question_len", "max_seq_len", "doc_stride"):
+            v = opts.get(name, 1)
+            if v is None and name in ("max_seq_len", "doc_stride"):
+                continue
+            low = 0 if name == "doc_stride" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"question-answering: {name} must be an int >= {low}, got {v!r}")
+        return opts
+
+    def __call__(self, inputs=None, *, question=None, context=None, **options):
+        if question is not None or context is not None:
+            if inputs is not None:
+                raise TypeError("question-answering: pass either inputs or question=/context=, not both")
+            if isinstance(question, str) and isinstance(context, str):
+                inputs = {"question": question, "context": context}
+            elif isinstance(question, (list, tuple)) and isinstance(context, (list, tuple)) \
+                    and len(question) == len(context):
+                inputs = [{"question": q, "context": c} for q, c in zip(question, context)]
+            else:
+                raise TypeError("question-answering: question= and context= must be two str or two lists of "
+                                "the same length")
+        return super().__call__(inputs, **options)
+
+    def _is_single(self, inputs):
+        return isinstance(inputs, dict)
+
+    def _check_item(self, i, item):
+        if not isinstance(item, dict) or set(item) != {"question", "context"}:
+            raise TypeError(f"question-answering: input {i} must be a dict with the keys question and context, "
+                            f"got {item!r:.80}")
+        for key in ("question", "context"):
+            if not isinstance(item[key], str) or not item[key].strip():
+                raise ValueError(f"question-answering: input {i}: {key} must be a non-empty str, "
+                                 f"got {item[key]!r:.80}")
+
+    def _run(self, items, opts):
+        from .data.readers import SquadExample
+        from .tasks.qa import encode_qa, predict_qa_logits
+        if not items:
+            return []
+        max_len = opts["max_seq_len"] or min(self.tokenizer.model_max_length, 384)
+        max_len = min(max_len, self.model.config.max_position_embeddings)
+        stride = opts["doc_stride"] if opts["doc_stride"] is not None else min(max_len // 2, 128)
+        examples = [SquadExample(f"input {i}", x["question"], x["context"]) for i, x in enumerate(items)]
+        try:
+            feats = encode_qa(self.tokenizer, examples, max_len, stride, opts["max_question_len"], labels=False)
+        except ValueError as e:
+            raise ValueError(f"question-answering: {str(e).replace('question input', 'input')}") from None
+        logits = predict_qa_logits(self.model, feats, self.batch_size, self.tokenizer.pad_token_id, progress=False)
+        windows: list[list[int]] = [[] for _ in items]
+        for i, f in enumerate(feats):
+            windows[f.example].append(i)
+        return [self._answers(x["context"], [(feats[i], *logits[i]) for i in windows[n]], opts)
+                for n, x in enumerate(items)]
+
+    @staticmethod
+    def _answers(context, windows, opts):
+        top_k, max_len = opts["top_k"], opts["max_answer_len"]
+        best: dict[tuple[int, int], float] = {}
+        null = 1e6
+        for f, start, end in windows:
+            n = len(f.offsets)
+            keep = np.r_[0, f.offset:f.offset + n]      # [CLS] and the context tokens
+            ps = np.exp(start[keep] - start[keep].max())
+            ps /= ps.sum()
+            pe = np.exp(end[keep] - end[keep].max())
+            pe /= pe.sum()
+            null = min(null, float(ps[0] * pe[0]))
+            scores = np.triu(np.tril(np.outer(ps[1:], pe[1:]), max_len - 1))  # (start, end): end >= start
+            flat = scores.ravel()
+            k = min(top_k, flat.size)
+            top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+            for a, b in zip(*np.unravel_index(top, scores.shape)):
+                if scores[a, b] <= 0:
+                    continue
+                # widen to whole words of this window
+                span = (int(f.offsets[f.words == f.words[a], 0].min()), int(f.offsets[f.words == f.words[b], 1].max()))
+                best[span] = max(best.get(span, 0.0), float(scores[a, b]))
+        out = [{"score": sc, "start": a, "end": b, "answer": context[a:b]} for (a, b), sc in best.items()]
+        if opts["handle_impossible_answer"]:
+            out.append({"score": null, "start": 0, "end": 0, "answer": ""})
+        out.sort(key=lambda r: -r["score"])
+        return out[0] if top_k == 1 else out[:top_k]
+
+
 class FeatureExtractionPipeline(Pipeline):
     """`p(texts, pooling="mean", normalize=False)` -> (n, hidden) float tensor of sentence embeddings
     (a (hidden,) vector for one str). "mean" averages the real tokens' last hidden states (the
@@ -390,6 +503,7 @@ class FeatureExtractionPipeline(Pipeline):
 TASKS: dict[str, type[Pipeline]] = {
     "feature-extraction": FeatureExtractionPipeline,
     "fill-mask": FillMaskPipeline,
+    "question-answering": QuestionAnsweringPipeline,
     "text-classification": TextClassificationPipeline,
     "token-classification": TokenClassificationPipeline,
 }

@@ -253,3 +253,135 @@ def test_errors(tagger_dir):
         pipeline("feature-extraction", model=tagger_dir, batch_size=0)
     with pytest.raises(TypeError, match="input 1 must be a str"):
         pipeline("feature-extraction", model=tagger_dir)(["a", 3])
+
+
+# ------------------------------------------------------------------------------------ question answering
+import numpy as np  # noqa: E402
+
+SQUAD = "/work/shared/data/qa/squad/dev-v1.1.json.zip"
+
+
+@pytest.fixture(scope="module")
+def qa_model(tmp_path_factory):
+    """all-MiniLM-L6-v2 with a seeded random QA head (drawn wide, so the spans' scores are well apart), saved by
+    transformers; ~20 SQuAD v1.1 dev questions, a third of them on contexts longer than 128 tokens."""
+    import os
+    if not os.path.exists(SQUAD):
+        pytest.skip(f"{SQUAD} is not here")
+    from bertkit.data.readers import read_squad
+    examples = read_squad(SQUAD)
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
+    long_ = [e for e in examples[::97] if len(tok(e.context)["input_ids"]) > 200][:7]
+    short = [e for e in examples[::89] if len(tok(e.context)["input_ids"]) < 100][:13]
+    torch.manual_seed(0)
+    model = transformers.BertForQuestionAnswering.from_pretrained(MINILM).eval()
+    with torch.no_grad():
+        model.qa_outputs.weight.normal_(0.0, 0.5)
+        model.qa_outputs.bias.zero_()
+    directory = tmp_path_factory.mktemp("qa")
+    model.save_pretrained(directory)
+    for f in TOKENIZER_FILES:
+        shutil.copy(f"{MINILM}/{f}", directory)
+    return {"dir": str(directory), "model": model, "tok": tok, "examples": long_ + short}
+
+
+def hf_question_answering(tok, model, question, context, max_seq_len, doc_stride, top_k=1, max_answer_len=15,
+                          handle_impossible_answer=False):
+    """transformers 4.x's question-answering pipeline (removed from transformers 5), rebuilt from its pieces:
+    the fast tokenizer's overflowing windows, the model, `select_starts_ends` (still shipped with the
+    document-question-answering pipeline) and its word-aligned character spans."""
+    from transformers.pipelines.document_question_answering import select_starts_ends
+    enc = tok(question, context, truncation="only_second", max_length=max_seq_len, stride=doc_stride,
+              return_overflowing_tokens=True, return_offsets_mapping=True)
+    min_null, answers = 1000000, []
+    for k, ids in enumerate(enc["input_ids"]):
+        seq = enc.sequence_ids(k)
+        p_mask = np.array([0 if s == 1 else 1 for s in seq])
+        p_mask[0] = 0  # [CLS]
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([enc["token_type_ids"][k]]))
+        starts, ends, scores, min_null = select_starts_ends(
+            out.start_logits.numpy(), out.end_logits.numpy(), p_mask, None, min_null, top_k,
+            handle_impossible_answer, max_answer_len)
+        for s, e, score in zip(starts, ends, scores):
+            a = enc.word_to_chars(k, enc.token_to_word(k, int(s)), sequence_index=1).start
+            b = enc.word_to_chars(k, enc.token_to_word(k, int(e)), sequence_index=1).end
+            answers.append({"score": float(score), "start": a, "end": b, "answer": context[a:b]})
+    if handle_impossible_answer:
+        answers.append({"score": min_null, "start": 0, "end": 0, "answer": ""})
+    answers.sort(key=lambda r: -r["score"])
+    return answers[0] if top_k == 1 else answers[:top_k], len(enc["input_ids"])
+
+
+def _same_answers(got, ref):
+    got, ref = ([got], [ref]) if isinstance(got, dict) else (got, ref)
+    assert [(r["answer"], r["start"], r["end"]) for r in got] == [(r["answer"], r["start"], r["end"]) for r in ref]
+    for g, r in zip(got, ref):
+        assert g["score"] == pytest.approx(r["score"], rel=1e-4)
+
+
+def test_question_answering_matches_transformers(qa_model):
+    qa = pipeline("question-answering", model=qa_model["dir"], batch_size=4)
+    exs = qa_model["examples"]
+    got = qa([{"question": e.question, "context": e.context} for e in exs], max_seq_len=128, doc_stride=32)
+    windows = []
+    for e, g in zip(exs, got):
+        ref, n = hf_question_answering(qa_model["tok"], qa_model["model"], e.question, e.context, 128, 32)
+        windows.append(n)
+        _same_answers(g, ref)
+        assert e.context[g["start"]:g["end"]] == g["answer"]
+    assert sum(n > 1 for n in windows) >= 5, windows   # several contexts span more than one window
+    # one input alone: the same as in the batch; question=/context= keywords
+    e = exs[0]
+    assert qa(question=e.question, context=e.context, max_seq_len=128, doc_stride=32) == got[0]
+    # top_k and handle_impossible_answer, default windows (384 / 128)
+    for e in exs[-4:]:
+        got = qa(question=e.question, context=e.context, top_k=3, handle_impossible_answer=True, max_answer_len=8)
+        ref, _ = hf_question_answering(qa_model["tok"], qa_model["model"], e.question, e.context, 384, 128, top_k=3,
+                                       max_answer_len=8, handle_impossible_answer=True)
+        _same_answers(got, ref)
+
+
+def test_question_answering_logits_match_transformers_on_the_same_windows(qa_model, tmp_path):
+    from bertkit import AutoModelForQuestionAnswering, AutoTokenizer
+    from bertkit.tasks.qa import collate_qa, encode_qa
+    tok = AutoTokenizer.from_pretrained(qa_model["dir"])
+    exs = qa_model["examples"]
+    feats = encode_qa(tok, exs, 128, 32, 64, labels=False)
+    # the windows are transformers' windows (doc_stride = tokens shared by consecutive windows)
+    ref_ids = [ids for e in exs for ids in qa_model["tok"](e.question, e.context, truncation="only_second",
+                                                           max_length=128, stride=32,
+                                                           return_overflowing_tokens=True)["input_ids"]]
+    assert [f.input_ids for f in feats] == ref_ids
+    batch = collate_qa(feats, tok.pad_token_id)
+    mask = batch["attention_mask"].bool()
+    # a head at transformers' initialisation (std 0.02), and the pipeline test's wide head (std 0.5), which
+    # multiplies the encoder's float32 differences by ~25: logits up to ~18, where float32 steps are ~2e-6
+    # (measured: 1e-6 and 1.7e-5 at most)
+    narrow = transformers.BertForQuestionAnswering.from_pretrained(qa_model["dir"]).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        narrow.qa_outputs.weight.normal_(0.0, 0.02)
+    narrow.save_pretrained(tmp_path)
+    for ref_model, directory, atol in [(narrow, tmp_path, 1e-5), (qa_model["model"], qa_model["dir"], 3e-5)]:
+        model = AutoModelForQuestionAnswering.from_pretrained(directory).eval()
+        with torch.no_grad():
+            ours, ref = model(**batch), ref_model(**batch)
+        for name in ("start_logits", "end_logits"):
+            x, y = getattr(ours, name)[mask], getattr(ref, name)[mask]
+            assert (x - y).abs().max() <= atol, (name, atol)
+
+
+def test_question_answering_errors(qa_model):
+    qa = pipeline("question-answering", model=qa_model["dir"])
+    with pytest.raises(TypeError, match="input 0 must be a dict with the keys question and context"):
+        qa({"question": "Who?"})
+    with pytest.raises(ValueError, match="input 1: context must be a non-empty str"):
+        qa([{"question": "Who?", "context": "Me."}, {"question": "Who?", "context": " "}])
+    with pytest.raises(ValueError, match="max_answer_len must be an int >= 1, got 0"):
+        qa(question="Who?", context="Me.", max_answer_len=0)
+    with pytest.raises(ValueError, match=r"^question-answering: input 0: max_seq_length 16 leaves"):
+        qa(question="Who wrote the first program for the Analytical Engine?", context="Ada.", max_seq_len=16,
+           doc_stride=4)
+    with pytest.raises(ValueError, match="has no trained question-answering head"):
+        pipeline("question-answering", model=MINILM)
