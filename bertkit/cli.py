@@ -153,6 +153,9 @@ def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> No
                                                                       f"(default {d.log_every})")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
                    help="auto: bf16 on a GPU that has it, fp32 on the CPU")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output exactly from its newest checkpoint (one is written at every "
+                        "dev evaluation), keeping its best/; with --seeds, finished seeds are skipped")
 
 
 def _add_model_and_output(p: argparse.ArgumentParser, best_by: str) -> None:

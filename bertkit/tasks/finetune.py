@@ -7,8 +7,16 @@ Run directory layout (both jobs; `train_keep_best` and `run_seeds` are the share
     metrics.jsonl       train and dev ("eval") metrics over the steps
     eval_results.json   the dev metrics of the best checkpoint, its step, the last evaluation
     finetune_args.json  the arguments
+    step-N/             the newest training checkpoint (weights, optimizer, schedule, data position, random
+                        streams), written after every evaluation, with best_state.json: the best-so-far metric,
+                        its step and metrics, the evaluation count and the last evaluation AS OF step N
 With several seeds each one runs into `seed-N/` (the layout above) and the top-level eval_results.json holds each
 seed's best dev metrics with their mean and standard deviation (sample sd; 0 for one seed).
+
+Resume (`resume=True`, ``--resume``): each run continues exactly from its newest checkpoint, and a seed whose
+eval_results.json exists is done and skipped. The best-so-far state lives INSIDE each checkpoint (written with it,
+atomically renamed with it), so it always matches the weights it resumes; an evaluation after that checkpoint that
+had already overwritten best/ before the kill is replayed bit for bit and writes best/ again.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import dataclasses
 import json
 import math
 import re
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass
@@ -81,6 +90,7 @@ class FinetuneArgs:
     log_every: int = 10
     precision: str = "auto"
     progress: bool | None = None      # None: when stderr is a terminal
+    resume: bool = False              # continue the run in `output` from its newest checkpoint
 
 
 @dataclass
@@ -115,23 +125,55 @@ def _format(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
 
 
+BEST_STATE_NAME = "best_state.json"
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"best": None, "metrics": None, "step": 0, "evals": 0, "last": {}}
+
+
+def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
+    """The best-so-far state to start from: on resume, the one saved in the newest checkpoint; on a fresh run,
+    a clean one (and the checkpoints of an earlier run in `out` are removed, so a later resume cannot pick
+    them up and pruning cannot keep them over the new ones)."""
+    from ..train.checkpoint import find_latest, list_checkpoints
+    if resume:
+        latest = find_latest(out)
+        if latest is None:
+            return _fresh_state()
+        path = Path(latest) / BEST_STATE_NAME
+        if not path.is_file():
+            raise ValueError(f"{latest}: no {BEST_STATE_NAME} in the checkpoint; it was not written by a "
+                             f"fine-tuning run that can be resumed")
+        return {**_fresh_state(), **json.loads(path.read_text(encoding="utf-8"))}
+    if dist.is_main():
+        for _, path in list_checkpoints(out):
+            shutil.rmtree(path)
+    dist.barrier()
+    return _fresh_state()
+
+
 def train_keep_best(args, seed: int, out: Path, model, tok, batches, objective, dev_metrics, metric: str
                     ) -> dict[str, Any]:
     """Train `objective` (holding `model`) on `batches` with the trainer; after each dev evaluation
-    (`dev_metrics(model) -> dict`) keep the model and tokenizer with the best `metric` in `out/best`. `args` gives
-    the schedule (epochs / max_steps, eval_every, lr, warmup, weight_decay, precision, log_every, progress,
-    batch_size). Returns metric, best_step, best (its dev metrics), final (the last evaluation), max_steps, seed."""
+    (`dev_metrics(model) -> dict`) keep the model and tokenizer with the best `metric` in `out/best`, and
+    checkpoint (the newest one kept) with the best-so-far state, so that `args.resume` continues exactly (see the
+    module docstring). `args` gives the schedule (epochs / max_steps, eval_every, lr, warmup, weight_decay,
+    precision, log_every, progress, batch_size, resume). Returns metric, best_step, best (its dev metrics), final
+    (the last evaluation), max_steps, seed."""
     out.mkdir(parents=True, exist_ok=True)
     per_epoch = batches.batches_per_epoch
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
     eval_every = args.eval_every or per_epoch
     best_dir = out / "best"
-    state: dict[str, Any] = {"best": None, "metrics": None, "step": 0, "evals": 0}
+    resume = bool(getattr(args, "resume", False))
+    state = _checkpoint_state(out, resume)
 
     def evaluate(m) -> dict[str, Any]:
         metrics = dev_metrics(m)
         state["evals"] += 1
         step = min(state["evals"] * eval_every, max_steps)
+        state["last"] = metrics
         if _better(metrics[metric], state["best"]):
             state.update(best=metrics[metric], metrics=metrics, step=step)
             if dist.is_main():
@@ -139,16 +181,26 @@ def train_keep_best(args, seed: int, out: Path, model, tok, batches, objective, 
                 tok.save_pretrained(best_dir)
         return metrics
 
+    def save_state(directory: str) -> None:  # into each checkpoint, so it always matches the weights
+        write_text_atomic(Path(directory) / BEST_STATE_NAME, json.dumps(state, indent=2) + "\n")
+
     cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, lr=args.lr,
                       warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
-                      save_final=False, seed=seed, output_dir=str(out), tensorboard=False,
-                      progress=sys.stderr.isatty() if args.progress is None else args.progress)
-    trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate)
-    result = trainer.train()
-    final = {k[5:]: v for k, v in result.items() if k.startswith("eval_")}
-    return {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": final,
+                      save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
+                      tensorboard=False, progress=sys.stderr.isatty() if args.progress is None else args.progress)
+    trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=save_state)
+    trainer.train(resume=resume)
+    return {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": state["last"],
             "max_steps": max_steps, "seed": seed}
+
+
+def _done(out: Path, resume: bool) -> dict[str, Any] | None:
+    """On resume, the results of a run that already finished (its eval_results.json), else None."""
+    path = out / RESULTS_NAME
+    if resume and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return None
 
 
 def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
@@ -176,8 +228,13 @@ def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> d
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
+    resume = bool(getattr(args, "resume", False))
     if not args.seeds:
-        res = run_one(args.seed, out)
+        res = _done(out, resume)
+        if res is not None:
+            dist.print0(f"resume: {out / RESULTS_NAME} exists; the run is complete")
+        else:
+            res = run_one(args.seed, out)
         dist.print0(f"dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
         dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}")
         return res
@@ -185,8 +242,12 @@ def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> d
     seeds = _parse_seeds(args.seeds)
     per_seed = {}
     for seed in seeds:
-        dist.print0(f"seed {seed}:")
-        res = run_one(seed, out / f"seed-{seed}")
+        res = _done(out / f"seed-{seed}", resume)
+        if res is not None:
+            dist.print0(f"seed {seed}: complete (resume), results from {out / f'seed-{seed}' / RESULTS_NAME}")
+        else:
+            dist.print0(f"seed {seed}:")
+            res = run_one(seed, out / f"seed-{seed}")
         per_seed[str(seed)] = res["best"]
         dist.print0(f"  dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
     first = per_seed[str(seeds[0])]

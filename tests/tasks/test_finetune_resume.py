@@ -1,0 +1,111 @@
+"""`finetune ... --resume`: a fine-tuning run interrupted mid-way and resumed ends bit for bit where an
+uninterrupted run ends (weights, best/, eval_results.json, dev metrics), and finished seeds are skipped."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_classify import finetune, toy  # noqa: F401  (toy is the module's fixture too)
+
+from bertkit.tasks.classify import ClassificationBatches
+from bertkit.train.checkpoint import list_checkpoints
+from bertkit.train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RUN = ("--max-steps", "20", "--eval-every", "5")
+
+
+def interrupt(monkeypatch, where: str, at: int):
+    """Make the run fail: at the `at`-th training batch ("batches"), or in the checkpoint save of step `at` right
+    after its evaluation has written best/ ("save")."""
+    if where == "batches":
+        calls = {"n": 0}
+        collate = ClassificationBatches.collate
+
+        def failing(self, features):
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise RuntimeError("injected failure in the batch source")
+            return collate(self, features)
+        monkeypatch.setattr(ClassificationBatches, "collate", failing)
+    else:
+        save = Trainer.save
+
+        def failing(self, step=None):
+            if self.step == at:
+                raise RuntimeError("injected failure before the checkpoint")
+            return save(self, step)
+        monkeypatch.setattr(Trainer, "save", failing)
+
+
+def weights(path):
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def assert_same_run(a, b):
+    assert json.loads((a / "eval_results.json").read_text()) == json.loads((b / "eval_results.json").read_text())
+    for wa, wb in [(weights(a / "best"), weights(b / "best")),
+                   (weights(list_checkpoints(a)[-1][1]), weights(list_checkpoints(b)[-1][1]))]:
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def evals(run):
+        return [{k: v for k, v in json.loads(line).items()}
+                for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert evals(a) == evals(b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy):  # noqa: F811
+    out = toy["dir"] / "resume-ref"
+    assert finetune(toy, out, *RUN, "--seed", "4") == 0
+    return out
+
+
+@pytest.mark.parametrize("where, at", [("batches", 13), ("save", 10)])
+def test_an_interrupted_run_resumes_to_the_same_weights_and_results(toy, uninterrupted, tmp_path, monkeypatch,  # noqa: F811
+                                                                    where, at, capsys):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt(m, where, at)
+        with pytest.raises(RuntimeError, match="injected"):
+            finetune(toy, out, *RUN, "--seed", "4")
+    assert not (out / "eval_results.json").exists()
+    assert [s for s, _ in list_checkpoints(out)] == [10 if where == "batches" else 5]
+    assert finetune(toy, out, *RUN, "--seed", "4", "--resume") == 0
+    assert f"(step {10 if where == 'batches' else 5})" in capsys.readouterr().out
+    assert [s for s, _ in list_checkpoints(out)] == [20]  # keep-last: only the newest
+    assert_same_run(out, uninterrupted)
+    # resuming a finished run changes nothing
+    before = (out / "eval_results.json").read_text()
+    assert finetune(toy, out, *RUN, "--seed", "4", "--resume") == 0
+    assert (out / "eval_results.json").read_text() == before and "the run is complete" in capsys.readouterr().out
+
+
+def test_seeds_resume_skips_finished_seeds(toy, tmp_path, monkeypatch, capsys):  # noqa: F811
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    seeds = ("--max-steps", "10", "--eval-every", "5", "--seeds", "1,2")
+    assert finetune(toy, ref, *seeds) == 0
+    with monkeypatch.context() as m:
+        interrupt(m, "batches", 10 + 7)  # seed 1 takes 10 batches; fail in seed 2's step 7
+        with pytest.raises(RuntimeError, match="injected"):
+            finetune(toy, out, *seeds)
+    done = (out / "seed-1" / "eval_results.json").stat().st_mtime_ns
+    assert not (out / "seed-2" / "eval_results.json").exists()
+    capsys.readouterr()
+    assert finetune(toy, out, *seeds, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "seed 1: complete (resume)" in printed and "resume: " in printed
+    assert (out / "seed-1" / "eval_results.json").stat().st_mtime_ns == done
+    assert json.loads((out / "eval_results.json").read_text()) == json.loads((ref / "eval_results.json").read_text())
+    assert_same_run(out / "seed-2", ref / "seed-2")
+
+
+def test_a_fresh_run_drops_the_checkpoints_of_an_earlier_one(toy, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5") == 0
+    assert [s for s, _ in list_checkpoints(out)] == [10]
+    assert finetune(toy, out, "--max-steps", "5", "--eval-every", "5") == 0  # not --resume: starts over
+    assert [s for s, _ in list_checkpoints(out)] == [5]
+    assert json.loads((out / "eval_results.json").read_text())["max_steps"] == 5
