@@ -59,3 +59,66 @@ def test_tokenizer_train_missing_corpus_is_a_one_line_error(tmp_path, capsys):
     assert main(["tokenizer", "train", "--corpus", str(tmp_path / "nope.txt"), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"bertkit tokenizer train: error: {tmp_path / 'nope.txt'}: training file not found"
+
+
+# ------------------------------------------------------------------------------------ question answering
+def _tiny_qa_model(directory):
+    """A random 1-layer BertForQuestionAnswering with a toy vocabulary, saved with its tokenizer."""
+    import torch
+    from bertkit.config import BertConfig
+    from bertkit.modeling.heads import BertForQuestionAnswering
+    from bertkit.tokenizer import BertTokenizer
+    words = "the a of red green blue city king river what who color is was old new ?".split()
+    tok = BertTokenizer({t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + words)})
+    torch.manual_seed(0)
+    BertForQuestionAnswering(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=20,
+                                        max_position_embeddings=64)).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+def test_finetune_qa_missing_train_file_is_a_one_line_error(tmp_path, capsys):
+    _tiny_qa_model(tmp_path / "m")
+    assert main(["finetune", "qa", "--model", str(tmp_path / "m"), "--train", str(tmp_path / "nope.json"),
+                 "--dev", str(tmp_path / "nope.json"), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bertkit finetune qa: error:") and str(tmp_path / "nope.json") in err
+    assert len(err.splitlines()) == 1
+
+
+def test_evaluate_and_predict_dispatch_to_question_answering(tmp_path, capsys):
+    import json
+    _tiny_qa_model(tmp_path / "m")
+    context = "the old king of the city was red . the river is blue ."
+    data = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "a", "question": "who was red ?", "answers": [{"text": "the old king", "answer_start": 0}]},
+        {"id": "b", "question": "what color is the river ?",
+         "answers": [{"text": "blue", "answer_start": context.index("blue")}]}]}]}]}
+    (tmp_path / "dev.json").write_text(json.dumps(data), encoding="utf-8")
+    assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "dev.json"),
+                 "--max-seq-length", "24", "--doc-stride", "4"]) == 0
+    metrics = json.loads((tmp_path / "m" / "eval_dev.json").read_text())
+    assert metrics["n"] == 2 and 0.0 <= metrics["exact"] <= metrics["f1"] <= 100.0
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "dev.json"),
+                 "--output", str(tmp_path / "pred.json"), "--max-seq-length", "24", "--doc-stride", "4",
+                 "--max-answer-length", "2"]) == 0
+    preds = json.loads((tmp_path / "pred.json").read_text())
+    assert sorted(preds) == ["a", "b"]
+    assert all(p and p in context and len(p.split()) <= 2 for p in preds.values())
+    assert "answered 2 questions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("words", sorted(w for w in COMMANDS if w[0] == "finetune"), ids=" ".join)
+def test_every_finetune_job_can_resume(words, capsys):
+    with pytest.raises(SystemExit):
+        main([*words, "--help"])
+    assert "--resume" in capsys.readouterr().out
+
+
+def test_classify_stride_and_choice_flags_reach_evaluate_and_predict(capsys):
+    from bertkit.cli import build_parser
+    for cmd in ("evaluate", "predict"):
+        args = build_parser().parse_args([cmd, "--model", "m", "--data", "d", *(["--output", "o"] * (cmd == "predict")),
+                                          "--stride", "8", "--choice-columns", "a,b", "--question-column", "q"])
+        assert (args.stride, args.choice_columns, args.question_column) == (8, "a,b", "q")
+    assert build_parser().parse_args(["evaluate", "--model", "m", "--data", "d"]).stride is None  # truncate
