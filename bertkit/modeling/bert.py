@@ -167,6 +167,7 @@ def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
     per-run attention is a graph break). Linear + GELU and dropout + residual + LayerNorm fuse; the layers
     share one compiled code. Returns `model`."""
     kwargs.setdefault("dynamic", True)
+    P.keep_runs_out_of_graphs()
     layers = [m for m in model.modules() if isinstance(m, BertLayer)]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no BertLayer to compile")

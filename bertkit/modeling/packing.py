@@ -129,13 +129,25 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packin
     """
     if use_varlen(q.device.type, q.dtype, need_weights):
         return _varlen_kernel(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p), []
+    if _runs_outside_graphs is not None and torch.compiler.is_compiling():
+        return _runs_outside_graphs(q, k, v, packing, dropout_p, need_weights)
     return _attention_runs(q, k, v, packing, dropout_p, need_weights)
 
 
-@torch.compiler.disable
+_runs_outside_graphs = None
+
+
+def keep_runs_out_of_graphs() -> None:
+    """Make torch.compile treat the per-run path as a graph break: its Python loop over the runs differs
+    from batch to batch and would otherwise recompile every time. Called by `compile_layers`; not done at
+    import, because `torch.compiler.disable` imports torch._dynamo (1.8 s of cold start)."""
+    global _runs_outside_graphs
+    if _runs_outside_graphs is None:
+        _runs_outside_graphs = torch.compiler.disable(_attention_runs)
+
+
 def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: bool):
-    """The per-run path. Kept out of torch.compile graphs (a graph break): its Python loop over the runs
-    differs from batch to batch and would otherwise recompile every time."""
+    """The per-run path: one dense SDPA per run of equal-length sequences."""
     outputs, weights = [], []
     # split, not slicing: the backward of one split is one concatenation, while each slice's backward
     # would fill and add a gradient the size of the whole packed tensor.
