@@ -1,5 +1,7 @@
 """Fine-tuning jobs on the one trainer (`bertkit.train.Trainer`): sequence classification and regression
 (`run_finetune_classify`), token classification on CoNLL files (`run_finetune_tag`, best checkpoint by dev entity F1).
+Multiple choice (`bertkit.tasks.choice.run_finetune_choice`) and extractive QA (`bertkit.tasks.qa`) run on the
+same shared parts, `train_keep_best` and `run_seeds`.
 
 Run directory layout (both jobs; `train_keep_best` and `run_seeds` are the shared parts):
     best/               the checkpoint with the best dev metric (model + tokenizer), loadable with

@@ -109,3 +109,34 @@ def test_a_fresh_run_drops_the_checkpoints_of_an_earlier_one(toy, tmp_path):  # 
     assert finetune(toy, out, "--max-steps", "5", "--eval-every", "5") == 0  # not --resume: starts over
     assert [s for s, _ in list_checkpoints(out)] == [5]
     assert json.loads((out / "eval_results.json").read_text())["max_steps"] == 5
+
+
+def test_a_sigkilled_process_resumes_to_the_same_weights_and_results(toy, tmp_path):  # noqa: F811
+    """A real `kill -9` of `python -m bertkit finetune classify` after its first checkpoint, then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    args = ["--max-steps", "120", "--eval-every", "10", "--seed", "5", "--batch-size", "16", "--lr", "1e-2",
+            "--max-seq-length", "16", "--model", str(toy["encoder"]), "--train", str(toy["train"]),
+            "--dev", str(toy["dev"])]
+
+    def run(out, *extra):
+        return subprocess.Popen([sys.executable, "-m", "bertkit", "finetune", "classify", *args, "--output",
+                                 str(out), *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    proc = run(out)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "eval_results.json").exists()
+    killed_at = list_checkpoints(out)[-1][0]
+    assert killed_at < 120
+    for p in (run(out, "--resume"), run(ref)):
+        assert p.wait() == 0, p.stderr.read().decode()
+    assert_same_run(out, ref)
