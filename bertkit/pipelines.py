@@ -398,6 +398,8 @@ class QuestionAnsweringPipeline(Pipeline):
             else:
                 raise TypeError("question-answering: question= and context= must be two str or two lists of "
                                 "the same length")
+        elif inputs is None:
+            raise TypeError("question-answering: pass question= and context=, a dict with both, or a list of dicts")
         return super().__call__(inputs, **options)
 
     def _is_single(self, inputs):

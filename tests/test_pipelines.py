@@ -376,6 +376,10 @@ def test_question_answering_errors(qa_model):
     qa = pipeline("question-answering", model=qa_model["dir"])
     with pytest.raises(TypeError, match="input 0 must be a dict with the keys question and context"):
         qa({"question": "Who?"})
+    with pytest.raises(TypeError, match="pass question= and context=, a dict with both, or a list of dicts"):
+        qa()
+    with pytest.raises(TypeError, match="two str or two lists of the same length"):
+        qa(question=["Who?"], context="Me.")
     with pytest.raises(ValueError, match="input 1: context must be a non-empty str"):
         qa([{"question": "Who?", "context": "Me."}, {"question": "Who?", "context": " "}])
     with pytest.raises(ValueError, match="max_answer_len must be an int >= 1, got 0"):

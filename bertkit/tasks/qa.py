@@ -45,7 +45,7 @@ from .classify import ClassificationBatches
 from .finetune import RESULTS_NAME, FinetuneArgs, _format, run_seeds, train_keep_best
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
-           "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "predict_answers",
+           "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
            "FinetuneQAArgs", "run_finetune_qa", "run_evaluate_qa", "run_predict_qa", "architecture",
            "is_qa_model"]
 

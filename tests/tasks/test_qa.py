@@ -271,6 +271,29 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
     assert squad_metrics(preds, read_squad(toy / "dev.json"), False)["f1"] == pytest.approx(ev["f1"])
 
 
+def test_finetune_qa_detects_v2_from_unanswerable_questions(toy, tmp_path):
+    data = toy_squad(24, 2)
+    for para in data["data"][0]["paragraphs"][::2]:   # every other question loses its color: unanswerable
+        qa = para["qas"][0]
+        color = qa["answers"][0]["text"]
+        para["context"] = para["context"].replace(color, "old", 1)
+        qa.update(answers=[], is_impossible=True)
+    (tmp_path / "v2.json").write_text(json.dumps(data), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["finetune", "qa", "--model", str(toy / "encoder"), "--train", str(tmp_path / "v2.json"),
+                 "--dev", str(tmp_path / "v2.json"), "--output", str(out), "--batch-size", "8", "--max-steps", "2",
+                 "--max-seq-length", "32", "--doc-stride", "8"]) == 0
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["version"] == "2.0"
+    assert res["best"]["HasAns_total"] == 12 and res["best"]["NoAns_total"] == 12 and res["best"]["n"] == 24
+    # the flag turns v2.0 scoring on for v1.1 data: HasAns only
+    assert main(["finetune", "qa", "--model", str(toy / "encoder"), "--train", str(toy / "train.json"),
+                 "--dev", str(toy / "dev.json"), "--output", str(tmp_path / "flag"), "--max-steps", "1",
+                 "--max-seq-length", "32", "--doc-stride", "8", "--version-2-with-negative"]) == 0
+    best = json.loads((tmp_path / "flag" / "eval_results.json").read_text())["best"]
+    assert best["HasAns_total"] == 32 and "NoAns_total" not in best
+
+
 def test_finetune_qa_help_lists_the_qa_flags(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "qa", "--help"])
