@@ -174,16 +174,8 @@ def collate_tags(features: Sequence[TagFeature], pad_id: int = 0) -> dict[str, t
 class TagBatches(ClassificationBatches):
     """`ClassificationBatches` (seeded order per epoch, exact resume) over tagging windows."""
 
-    def __iter__(self):
-        while True:
-            order = self.order(self.epoch)
-            while self.batch < self.batches_per_epoch:
-                b = self.batch
-                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
-                self.batch = b + 1
-                yield collate_tags([self.features[i] for i in chunk], self.pad_id)
-            self.epoch += 1
-            self.batch = 0
+    def collate(self, features: Sequence[TagFeature]) -> dict[str, torch.Tensor]:
+        return collate_tags(features, self.pad_id)
 
 
 class TagObjective(nn.Module):
