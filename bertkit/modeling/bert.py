@@ -335,9 +335,11 @@ class BertModel(BertPreTrainedModel):
         return self.pooler(enc.hidden.index_select(0, enc.packing.first_tokens))  # (batch, hidden)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, output_hidden_states=False, output_attentions=False) -> BertModelOutput:
+                inputs_embeds=None, output_hidden_states=False, output_attentions=False,
+                packing: P.Packing | None = None) -> BertModelOutput:
+        """`packing`: see `encode` (a plan made on the CPU spares the forward its one host sync)."""
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                          output_hidden_states, output_attentions)
+                          output_hidden_states, output_attentions, packing)
         return BertModelOutput(
             last_hidden_state=P.repad(enc.hidden, enc.packing),
             pooler_output=self.pool(enc) if self.pooler is not None else None,
