@@ -106,3 +106,55 @@ def test_pretraining_prepare_equals_plain_forward():
     for k in s1:
         torch.testing.assert_close(s1[k], s2[k])
     assert all(torch.equal(t1[k], t2[k]) for k in t1)
+
+
+SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
+            "aten._unique2", "aten.repeat_interleave")
+
+
+def _syncing_ops_in_main_thread(tmp_path, steps):
+    """Ops that would make the host wait for a GPU (reading a value back, data-dependent shapes), seen in
+    the training thread of a `steps`-step run that logs at its last step only. The CPU-side work runs in
+    the prefetch thread (dispatch modes are per thread) and the optimizer is left out: on CUDA it is fused
+    AdamW, sync-free, while the CPU AdamW reads its step count with .item()."""
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            if name.startswith(SYNC_OPS):
+                seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(1234)
+    model = BertForPreTraining(tiny_config(dropout=0.1))
+    cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-3, log_every=steps, seed=11, prefetch=2,
+                      save_final=False, output_dir=str(tmp_path / f"s{steps}"), tensorboard=False, progress=False)
+    trainer = Trainer(PreTrainingObjective(model), model, TinySource(4, seed=7), cfg)
+    step = trainer.optimizer.step
+
+    def unrecorded_step(*a, **kw):
+        with _disable_current_modes():
+            return step(*a, **kw)
+
+    trainer.optimizer.step = unrecorded_step
+    with Record():
+        trainer.train()
+    return seen
+
+
+def test_training_steps_read_nothing_back_from_the_device(tmp_path):
+    few = _syncing_ops_in_main_thread(tmp_path, 2)
+    many = _syncing_ops_in_main_thread(tmp_path, 6)
+    assert few == many               # only the one log step reads values back, however many steps run
+    assert "aten.nonzero" not in many and "aten.masked_select" not in many
+
+
+def test_pretrain_cli_compile_flag_reaches_the_job():
+    from bertkit.cli import _job_args, build_parser
+    from bertkit.tasks.pretrain import PretrainArgs
+
+    assert _job_args(PretrainArgs, build_parser().parse_args(["pretrain", "--compile"])).compile is True
+    assert _job_args(PretrainArgs, build_parser().parse_args(["pretrain"])).compile is False
