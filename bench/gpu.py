@@ -166,6 +166,17 @@ def numerics(args, device, dtype) -> dict:
     out["attention_max_abs_error"] = {"packed": (packed.float() - ref).abs().max().item(),
                                       "padded_sdpa": (padded.float() - ref).abs().max().item(),
                                       "packed_vs_padded": (packed.float() - padded.float()).abs().max().item()}
+    # gradients through the same paths (the backward of the varlen kernel), and the dropout variant
+    w = torch.randn(q.shape, generator=g).to(device)
+    grads = {}
+    for name, run in (("fp32", lambda a, b, c: P.attention(a, b, c, plan)[0]),
+                      ("packed", lambda a, b, c: P.attention(a, b, c, plan)[0]),
+                      ("packed_dropout_0.1", lambda a, b, c: P.attention(a, b, c, plan, dropout_p=0.1)[0])):
+        leaves = [t.detach().to(torch.float32 if name == "fp32" else dtype).requires_grad_() for t in (q, k, v)]
+        (run(*leaves).float() * w).sum().backward()
+        grads[name] = torch.cat([t.grad.float().flatten() for t in leaves])
+    out["attention_grad_max_abs_error"] = {"packed": (grads["packed"] - grads["fp32"]).abs().max().item()}
+    out["attention_dropout_grads_finite"] = bool(torch.isfinite(grads["packed_dropout_0.1"]).all())
     # whole encoder: bf16 vs fp32, bertkit and transformers, same weights and inputs
     cfg = make_config(args.size, args.vocab)
     torch.manual_seed(0)
