@@ -371,13 +371,15 @@ def _load_squad_json(path: Path) -> Any:
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
 
 
-def read_squad(path: str | Path, *, strict: bool = True) -> list[SquadExample]:
+def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) -> list[SquadExample]:
     """Read SQuAD v1.1 / v2.0 JSON (a .json file, or a .zip holding one) into one `SquadExample` per question.
 
     Every answer must satisfy ``context[start:start + len(text)] == text`` (it holds for every answer of the official
     v1.1 dev and v2.0 files): a mismatch is a ``ValueError`` naming the question id and counting the mismatches, or,
     with ``strict=False``, a warning (the examples keep the offsets as given).
     Unanswerable v2.0 questions (``is_impossible``) get ``answers == []``; their ``plausible_answers`` are not kept.
+    With ``labelled=False`` (questions to answer, not to score) a question may have neither answers nor
+    ``is_impossible``.
     """
     path = Path(path)
     data, where = _load_squad_json(path)
@@ -410,7 +412,7 @@ def read_squad(path: str | Path, *, strict: bool = True) -> list[SquadExample]:
                     answers.append((text, start))
                 if impossible and answers:
                     raise ValueError(f"{where}: question {qid} is marked is_impossible but has answers")
-                if not impossible and not answers:
+                if labelled and not impossible and not answers:
                     raise ValueError(f"{where}: question {qid} has no answers and is not marked is_impossible")
                 examples.append(SquadExample(qid, qa["question"], context, answers, impossible, title))
     if bad:

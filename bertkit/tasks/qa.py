@@ -459,11 +459,11 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
 def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 384,
                    doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20, max_answer_length: int = 30,
                    null_threshold: float = 0.0, version_2: bool = False) -> int:
-    """Answer every question of a SQuAD JSON file (answers, if any, are ignored); `output` gets the official
+    """Answer every question of a SQuAD JSON file (answers are optional and ignored); `output` gets the official
     predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
     unanswerable questions). Returns the question count."""
     model, tok = _load(model_dir)
-    examples = read_squad(data)
+    examples = read_squad(data, labelled=False)
     version_2 = version_2 or any(e.is_impossible for e in examples)
     preds = predict_answers(model, tok, examples, max_seq_length=max_seq_length, doc_stride=doc_stride,
                             max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,

@@ -269,6 +269,17 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
     preds = json.loads((toy / "pred.json").read_text())
     assert len(preds) == 32
     assert squad_metrics(preds, read_squad(toy / "dev.json"), False)["f1"] == pytest.approx(ev["f1"])
+    # questions to answer need no answers: the same file stripped of them gives the same predictions
+    bare = json.loads((toy / "dev.json").read_text())
+    for para in bare["data"][0]["paragraphs"]:
+        for qa in para["qas"]:
+            del qa["answers"]
+    (toy / "bare.json").write_text(json.dumps(bare), encoding="utf-8")
+    with pytest.raises(ValueError, match="has no answers and is not marked is_impossible"):
+        read_squad(toy / "bare.json")
+    assert main(["predict", "--model", str(out / "best"), "--data", str(toy / "bare.json"), "--max-seq-length",
+                 "32", "--doc-stride", "8", "--output", str(toy / "pred_bare.json")]) == 0
+    assert json.loads((toy / "pred_bare.json").read_text()) == preds
 
 
 def test_finetune_qa_detects_v2_from_unanswerable_questions(toy, tmp_path):
