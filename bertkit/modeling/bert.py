@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,23 @@ from torch import nn
 
 from ..config import BertConfig
 from . import packing as P
+
+
+_BUILD = threading.local()
+
+
+def _device() -> str | None:
+    """Where the layers below put their parameters: "meta" while `_build_for_loading` builds a model whose
+    weights a checkpoint will overwrite (torch's default initialisation is then free), else the default."""
+    return "meta" if getattr(_BUILD, "meta", False) else None
+
+
+def _embedding(num: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
+    """nn.Embedding, left uninitialised while building for loading (`normal_` on the meta device would
+    import torch's Python decompositions, half a second)."""
+    if _device() == "meta":
+        return nn.Embedding(num, dim, padding_idx=padding_idx, _weight=torch.empty(num, dim))
+    return nn.Embedding(num, dim, padding_idx=padding_idx)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -67,11 +85,10 @@ class Encoded:
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
-                                            padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.word_embeddings = _embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.position_embeddings = _embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = _embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, device=_device())
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None) -> torch.Tensor:
@@ -86,9 +103,9 @@ class BertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size, device=_device())
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, device=_device())
+        self.value = nn.Linear(config.hidden_size, config.hidden_size, device=_device())
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x: torch.Tensor, packing: P.Packing, need_weights: bool = False):
@@ -105,8 +122,8 @@ class BertSelfAttention(nn.Module):
 class BertSelfOutput(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, device=_device())
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, device=_device())
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -127,7 +144,7 @@ class BertAttention(nn.Module):
 class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size, device=_device())
         self.act = ACT[config.hidden_act]
 
     def forward(self, x):
@@ -137,7 +154,7 @@ class BertIntermediate(nn.Module):
 class BertOutput(BertSelfOutput):
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size, device=_device())
 
 
 class BertLayer(nn.Module):
@@ -179,7 +196,7 @@ def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
 class BertPooler(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, device=_device())
         self.activation = nn.Tanh()
 
     def forward(self, first_token: torch.Tensor) -> torch.Tensor:
@@ -219,6 +236,8 @@ class BertPreTrainedModel(nn.Module):
 
     def init_weights(self) -> None:
         """Random initialisation as in BERT: N(0, initializer_range), zero biases, unit LayerNorm."""
+        if _device() == "meta":  # building for loading: `_build_for_loading` initialises once at the end
+            return
         self.apply(self._init_module)
         emb = self.get_input_embeddings()
         if emb.padding_idx is not None:  # a tied decoder's init may have overwritten the padding row
@@ -255,7 +274,34 @@ class BertPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
         from ..hub import load_pretrained
-        return load_pretrained(cls, name_or_path, **kwargs)
+        return load_pretrained(cls._build_for_loading, name_or_path, **kwargs)
+
+    @classmethod
+    def _build_for_loading(cls, config: BertConfig):
+        """`cls(config)` for a checkpoint to be loaded into: the encoder is built on the meta device, so
+        torch's default initialisation of its layers (overwritten by `init_weights` anyway) costs nothing,
+        then everything gets memory and the BERT initialisation once, which the parts missing from the
+        checkpoint keep. Not `with torch.device("meta")` nor `to_empty`: they import torch._dynamo or the
+        Python decompositions (0.5-1.8 s of cold start)."""
+        _BUILD.meta = True
+        try:
+            model = cls(config)
+        finally:
+            _BUILD.meta = False
+        for module in model.modules():  # meta parameters are never shared: each layer owns its own
+            for name, p in list(module._parameters.items()):
+                if p is not None and p.is_meta:
+                    module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                            requires_grad=p.requires_grad)
+        with torch.no_grad():  # raw parameters (outside Linear / Embedding / LayerNorm) start at 0
+            covered = (nn.Linear, nn.Embedding, nn.LayerNorm)
+            for module in model.modules():
+                if not isinstance(module, covered):
+                    for p in module.parameters(recurse=False):
+                        p.zero_()
+        model.tie_weights()
+        model.init_weights()
+        return model
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         from ..hub import save_pretrained
