@@ -771,3 +771,33 @@ def test_pack_on_cpu_for_another_device_and_precomputed_packing():
     torch.testing.assert_close(P.repad(b.hidden, b.packing), a)
     with pytest.raises(ValueError, match="packing plans"):
         model.encode(ids[:1], mask[:1], packing=plan)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_varlen_kernel_calls_are_well_formed_on_meta_tensors(dropout_p):
+    """The real CUDA kernel calls (varlen_attn; with dropout, aten._flash_attention_forward) have shape
+    functions on the meta device: arguments, output layout and the backward are checked without a GPU."""
+    q, k, v = (torch.empty(30, 4, 16, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, 10, 30], dtype=torch.int32, device="meta")
+    out = P._varlen_kernel(q, k, v, cu, 20, dropout_p)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    out.sum().backward()
+    assert q.grad.shape == k.grad.shape == v.grad.shape == q.shape
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_varlen_branch_compiles_into_one_graph(monkeypatch, dropout_p):
+    """Under torch.compile the varlen branch traces without a graph break (fullgraph), the sequence lengths
+    as symbolic ints; meta tensors stand in for CUDA ones."""
+    monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
+    mask = torch.tensor([[1] * 10 + [0] * 10, [1] * 20])
+    plan = P.pack(mask).to("meta")
+
+    def f(q, k, v, plan):
+        return P.attention(q, k, v, plan, dropout_p=dropout_p)[0]
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True, dynamic=True)
+    q, k, v = (torch.empty(30, 4, 16, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    out = compiled(q, k, v, plan)
+    out.sum().backward()
+    assert out.shape == q.shape and q.grad.shape == q.shape
