@@ -158,3 +158,34 @@ def test_pretrain_cli_compile_flag_reaches_the_job():
 
     assert _job_args(PretrainArgs, build_parser().parse_args(["pretrain", "--compile"])).compile is True
     assert _job_args(PretrainArgs, build_parser().parse_args(["pretrain"])).compile is False
+
+
+def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
+    """On the GPU path (varlen attention; meta tensors stand in for CUDA ones) every encoder layer runs in
+    one shared compiled graph: no graph break, and no recompile for batches of other token counts and
+    longest lengths (the dynamic token count and symbolic max_seqlen)."""
+    from bertkit.modeling.bert import compile_layers
+    from bertkit.train.trainer import to_device
+
+    monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(dropout=0.1)).to("meta", torch.bfloat16)
+    compile_layers(model, backend=backend)
+    objective = PreTrainingObjective(model)
+    source = TinySource(4, seed=5)
+    shapes = set()
+    for _ in range(3):
+        batch = to_device(objective.prepare(next(source)), torch.device("meta"))
+        shapes.add((batch["packing"].indices.numel(), batch["packing"].max_seqlen))
+        sums, _ = objective(batch)
+        (sums["mlm"] + sums["nsp"]).backward()
+    assert len(shapes) == 3
+    assert len(graphs) == 1
+    torch._dynamo.reset()
