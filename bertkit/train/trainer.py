@@ -560,6 +560,9 @@ class Trainer:
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()
+                if self._data_state is not None and hasattr(self.batches, "load_state_dict"):
+                    # the thread ran ahead: leave the source where the steps stopped
+                    self.batches.load_state_dict(self._data_state)
             tracker.close()
         dist.barrier()
         out = {k: v for k, v in final.items() if k != "split"}

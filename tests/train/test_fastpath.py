@@ -55,6 +55,7 @@ def test_prefetch_thread_gives_the_same_run_and_exact_data_position(tmp_path):
     assert pre == plain
     assert all(torch.equal(w_plain[k], w_pre[k]) for k in w_plain)
     assert src_pre.served[:STEPS] == list(range(STEPS))   # in order; the thread may have run ahead
+    assert src_pre.state_dict() == src_plain.state_dict() == {"pos": STEPS}  # rewound after the run
     # checkpoints record the position after the last *consumed* batch, not the source's (ahead) position
     for step in (2, 4):
         a = torch.load(tmp_path / "plain" / f"step-{step:06d}" / "training_state.pt", weights_only=False)
