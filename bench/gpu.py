@@ -1,9 +1,11 @@
 """Race on one GPU: every GPU figure of docs/PERFORMANCE.md in one run, bertkit vs transformers.
 
-    python bench/gpu.py --out gpu.json                # the full run (about 5-7 minutes on an H100)
+    python bench/gpu.py --out gpu.json                # the full run (at most ~8 minutes on an H100)
     python bench/gpu.py --out gpu.json --no-compile   # eager only (about 1-2 minutes)
     python bench/gpu.py --smoke --out smoke.json      # tiny config on the CPU: every code path, in seconds
 
+Every eager figure is measured first, then the torch.compile contenders (each costs a compile of a minute or
+more); those not started within --budget-s (default 420 s) are skipped and reported as such.
 Sections (each one runs on its own: a failure is printed, recorded in the JSON and the run goes on):
   numerics     varlen FlashAttention vs padded SDPA in bf16, against an fp32 reference: attention alone
                (packing.attention vs a masked dense SDPA), and the whole BERT-base encoder (bertkit bf16 vs
@@ -134,16 +136,23 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def over_budget(args) -> bool:
+    """True once the run has used its --budget-s: the remaining compiled contenders (minutes of compile
+    each) are skipped so that the eager figures always come back."""
+    return time.perf_counter() - args.t_start > args.budget_s
+
+
 def section(results: dict, name: str, fn, *args) -> None:
     """Run one section; a failure is printed and recorded, the run continues."""
     t0 = time.perf_counter()
+    prev = results.get(name, {})
     try:
-        results[name] = {"ok": True, **fn(*args)}
+        results[name] = {**prev, "ok": prev.get("ok", True), **fn(*args)}
     except Exception as e:  # report and carry on: one broken contender must not cost the other figures
         traceback.print_exc()
-        results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        results[name] = {**prev, "ok": False, "error": f"{type(e).__name__}: {e}"}
         print(f"!! {name} failed: {type(e).__name__}: {e}", flush=True)
-    results[name]["seconds"] = round(time.perf_counter() - t0, 1)
+    results[name]["seconds"] = round(prev.get("seconds", 0.0) + time.perf_counter() - t0, 1)
 
 
 # --------------------------------------------------------------------------------------------- numerics
@@ -291,16 +300,20 @@ def time_steps(step, batches, warmup: int, steps: int, device) -> dict:
             "peak_gib": peak_gib(device), "last_warmup_loss": float(warm_loss), "last_loss": float(loss)}
 
 
-def pretrain(args, device, dtype, seq: int, batch: int) -> dict:
+def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, prev: dict | None) -> dict:
+    """The eager contenders (`compiled_phase` False) or the compiled ones, added to `prev`'s."""
     cfg = make_config(args.size, args.vocab)
     batches = pretraining_batches(args.n_batches, seq, batch, args.vocab, seed=seq)
     real = sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
-    out = {"seq": seq, "batch": batch, "real_token_fraction": real, "contenders": {}}
-    kinds = [("bertkit", False), ("transformers", False)]
-    if args.compile:
-        kinds += [("bertkit", True), ("transformers", True)]
+    out = {"seq": seq, "batch": batch, "real_token_fraction": real,
+           "contenders": dict((prev or {}).get("contenders", {}))}
+    kinds = [("bertkit", compiled_phase), ("transformers", compiled_phase)]
     for kind, compiled in kinds:
         name = kind + (" + compile" if compiled else "")
+        if compiled and over_budget(args):
+            out["contenders"][name] = {"error": f"skipped: past the --budget-s of {args.budget_s} s"}
+            print(f"!! pretrain {name} skipped: time budget", flush=True)
+            continue
         try:
             torch.manual_seed(0)
             ours = BertForPreTraining(cfg)
@@ -337,7 +350,8 @@ def pretrain(args, device, dtype, seq: int, batch: int) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- inference
-def inference(args, device, dtype) -> dict:
+def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> dict:
+    """The eager contenders (`compiled_phase` False) or the compiled ones, added to `prev`'s."""
     cfg = make_config(args.size, args.vocab)
     lengths = lognormal_lengths(args.n_infer, 67 if not args.smoke else 12, args.infer_cap, seed=2)
     g = torch.Generator().manual_seed(3)
@@ -354,7 +368,8 @@ def inference(args, device, dtype) -> dict:
     tokens = sum(lengths)
     padded_tokens = sum(ids.numel() for ids, _ in arrival)
     out = {"sequences": len(lengths), "real_tokens": tokens, "median_length": sorted(lengths)[len(lengths) // 2],
-           "padding_fraction_arrival": 1 - tokens / padded_tokens, "contenders": {}}
+           "padding_fraction_arrival": 1 - tokens / padded_tokens,
+           "contenders": dict((prev or {}).get("contenders", {}))}
 
     torch.manual_seed(0)
     ours = BertModel(cfg, add_pooling_layer=False).eval()
@@ -378,16 +393,20 @@ def inference(args, device, dtype) -> dict:
                   ("bertkit, plan on CPU, arrival order", lambda: run_ours(ours, True), arrival),
                   ("transformers, arrival order", lambda: run_theirs(theirs), arrival),
                   ("transformers, sorted by length", lambda: run_theirs(theirs), sorted_batches)]
-    if args.compile:
+    if compiled_phase:
         def compiled_ours():
             import copy
             return run_ours(compile_layers(copy.deepcopy(ours), backend=args.backend), True)
 
         def compiled_theirs():
             return run_theirs(torch.compile(theirs, dynamic=True, backend=args.backend))
-        contenders += [("bertkit + compile, arrival order", compiled_ours, arrival),
-                       ("transformers + compile, sorted by length", compiled_theirs, sorted_batches)]
+        contenders = [("bertkit + compile, arrival order", compiled_ours, arrival),
+                      ("transformers + compile, sorted by length", compiled_theirs, sorted_batches)]
     for name, make, batches in contenders:
+        if "compile" in name and over_budget(args):
+            out["contenders"][name] = {"error": f"skipped: past the --budget-s of {args.budget_s} s"}
+            print(f"!! inference {name} skipped: time budget", flush=True)
+            continue
         try:
             f = make()
             reset_peak(device)
@@ -449,8 +468,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile-backend", default=None,
                     help="torch.compile backend (default inductor; the smoke run uses aot_eager: no C compile)")
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per contender")
+    ap.add_argument("--budget-s", type=float, default=420.0,
+                    help="seconds after which compiled contenders not yet started are skipped (default %(default)s)")
     ap.add_argument("--only", nargs="+", choices=["numerics", "pretrain", "inference"], default=None)
     args = ap.parse_args(argv)
+    args.t_start = time.perf_counter()
     for k, v in (SMOKE if args.smoke else FULL).items():
         if k != "steps" or args.steps is None:
             setattr(args, k, v)
@@ -474,11 +496,14 @@ def main(argv=None) -> dict:
     if "numerics" in only:
         section(results, "numerics", numerics, args, device, dtype)
         print(f"numerics: {json.dumps({k: v for k, v in results['numerics'].items()})}", flush=True)
-    if "pretrain" in only:
-        for seq, batch in args.pretrain:
-            section(results, f"pretrain_{seq}x{batch}", pretrain, args, device, dtype, seq, batch)
-    if "inference" in only:
-        section(results, "inference", inference, args, device, dtype)
+    # every eager figure first, then the compiled contenders (minutes of compile each, cut by --budget-s)
+    for compiled_phase in ([False, True] if args.compile else [False]):
+        if "pretrain" in only:
+            for seq, batch in args.pretrain:
+                key = f"pretrain_{seq}x{batch}"
+                section(results, key, pretrain, args, device, dtype, seq, batch, compiled_phase, results.get(key))
+        if "inference" in only:
+            section(results, "inference", inference, args, device, dtype, compiled_phase, results.get("inference"))
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     print(table(results))
     failed = [k for k, v in results.items() if isinstance(v, dict) and not v.get("ok", True)]

@@ -57,3 +57,10 @@ def test_workloads_are_the_documented_ones():
         assert masked.max() <= 20 and masked.min() >= 1
         assert ((b["labels"] != -100) & (b["attention_mask"] == 0)).sum() == 0
         assert (b["input_ids"][b["labels"] != -100] == 4).all()
+
+
+def test_compiled_contenders_are_skipped_past_the_budget(tmp_path):
+    res = gpu.main(["--smoke", "--only", "inference", "--budget-s", "0", "--out", str(tmp_path / "b.json")])
+    contenders = res["inference"]["contenders"]
+    assert "skipped" in contenders["bertkit + compile, arrival order"]["error"]
+    assert contenders["bertkit, arrival order"]["real_tokens_per_s"] > 0
