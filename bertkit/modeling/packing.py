@@ -101,7 +101,8 @@ def repad(x: torch.Tensor, packing: Packing, fill: float = 0.0) -> torch.Tensor:
 def use_varlen(device_type: str, dtype: torch.dtype, need_weights: bool) -> bool:
     """The condition for the fused variable-length kernel: a CUDA tensor in fp16 or bf16 (FlashAttention's
     dtypes) and no attention probabilities requested (the kernel never materialises them). Anything else
-    (the CPU, fp32 on a GPU, `output_attentions=True`) takes the per-run path."""
+    (the CPU, fp32 on a GPU, `output_attentions=True`) takes the per-run path. FlashAttention needs an
+    Ampere or newer GPU (compute capability 8.0+); on an older one, run the model in fp32."""
     return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and not need_weights
 
 
