@@ -190,3 +190,26 @@ def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
     assert len(shapes) == 3
     assert len(graphs) == 1
     torch._dynamo.reset()
+
+
+def test_compiled_inference_equals_eager():
+    """compile_layers on a model in eval mode (inductor on the CPU): the same hidden states as eager for
+    batches of different shapes, and checkpoint names unchanged."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("inductor on the CPU needs a C compiler")
+    from bertkit.modeling import BertModel
+    from bertkit.modeling.bert import compile_layers
+
+    torch.manual_seed(0)
+    eager = BertModel(tiny_config(dropout=0.0)).eval()
+    compiled = BertModel(tiny_config(dropout=0.0)).eval()
+    compiled.load_state_dict(eager.state_dict())
+    compile_layers(compiled)
+    assert set(compiled.state_dict()) == set(eager.state_dict())
+    source = TinySource(3, seed=9)
+    with torch.inference_mode():
+        for _ in range(3):
+            b = next(source)
+            a = eager(b["input_ids"], b["attention_mask"]).last_hidden_state
+            c = compiled(b["input_ids"], b["attention_mask"]).last_hidden_state
+            torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-5)
