@@ -16,7 +16,8 @@ Sections (each one runs on its own: a failure is printed, recorded in the JSON a
                attn_implementation="sdpa"), the same batches (90% of the sequences full length, 10% shorter,
                15% of the real tokens masked, as BERT's data), bf16 autocast, fused AdamW, clipping 1.0,
                dropout 0.1. bertkit: PreTrainingObjective (packed tokens, varlen attention, MLM head at the
-               masked rows, its CPU-side `prepare`); transformers: model(**batch).loss. Each side also with
+               masked rows, its CPU-side `prepare`), in a step loop like the Trainer's and through the
+               Trainer itself (prefetch thread); transformers: model(**batch).loss. Each side also with
                torch.compile (bertkit: compile_layers; transformers: torch.compile(model)). Warm-up steps are
                excluded; torch.cuda.synchronize() brackets the timed steps; peak memory per contender.
   inference    BERT-base encoder in bf16 on 8,192 sequences of lognormal lengths (median 67 tokens, cap
@@ -300,6 +301,46 @@ def time_steps(step, batches, warmup: int, steps: int, device) -> dict:
             "peak_gib": peak_gib(device), "last_warmup_loss": float(warm_loss), "last_loss": float(loss)}
 
 
+class Cycle:
+    """The given batches again and again: a batch source for the Trainer."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.i = batches, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        self.i += 1
+        return self.batches[(self.i - 1) % len(self.batches)]
+
+
+def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compiled: bool) -> dict:
+    """bertkit's Trainer itself (prefetch thread, pinned copies, CPU-side counts) on the same batches: the
+    timed steps are those between the log line after the warm-up and the last one (a log step synchronises)."""
+    import tempfile
+
+    from bertkit.train import TrainConfig, Trainer, read_metrics
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg)
+    batch = batches[0]["input_ids"].shape[0]
+    reset_peak(device)
+    with tempfile.TemporaryDirectory(prefix="bertkit-gpu-bench-") as run:
+        tc = TrainConfig(max_steps=args.warmup + args.steps, batch_size=batch, lr=1e-4, precision="bf16",
+                         log_every=args.warmup, save_final=False, output_dir=run, tensorboard=False,
+                         progress=False, compile=compiled)
+        t0 = time.perf_counter()
+        Trainer(PreTrainingObjective(model), model, Cycle(batches), tc).train()
+        lines = [m for m in read_metrics(run) if m.get("split") == "train"]
+    first, last = lines[0], lines[-1]
+    if first["step"] != args.warmup or last["step"] != args.warmup + args.steps:
+        raise RuntimeError(f"unexpected log steps {[m['step'] for m in lines]}")
+    seconds = last["elapsed"] - first["elapsed"]
+    return {"sequences_per_s": args.steps * batch / seconds, "step_ms": 1000 * seconds / args.steps,
+            "warmup_s": time.perf_counter() - t0 - seconds, "peak_gib": peak_gib(device),
+            "last_loss": last["loss"], "tokens_per_s_logged": last["tokens_per_s"]}
+
+
 def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, prev: dict | None) -> dict:
     """The eager contenders (`compiled_phase` False) or the compiled ones, added to `prev`'s."""
     cfg = make_config(args.size, args.vocab)
@@ -308,24 +349,28 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
     out = {"seq": seq, "batch": batch, "real_token_fraction": real,
            "contenders": dict((prev or {}).get("contenders", {}))}
     kinds = [("bertkit", compiled_phase), ("transformers", compiled_phase)]
+    if not compiled_phase:
+        kinds.append(("bertkit Trainer", False))
     for kind, compiled in kinds:
         name = kind + (" + compile" if compiled else "")
         if compiled and over_budget(args):
             out["contenders"][name] = {"error": f"skipped: past the --budget-s of {args.budget_s} s"}
             print(f"!! pretrain {name} skipped: time budget", flush=True)
             continue
+        model = ours = None
         try:
-            torch.manual_seed(0)
-            ours = BertForPreTraining(cfg)
-            model = ours
-            if kind == "transformers":
-                model = transformers_model(cfg)
-                copy_weights(ours, model)
-                del ours
-            model = model.to(device)
-            make = bertkit_step if kind == "bertkit" else transformers_step
-            r = time_steps(make(model, device, dtype, compiled, args.backend), batches, args.warmup, args.steps,
-                           device)
+            if kind == "bertkit Trainer":
+                r = trainer_run(args, device, dtype, cfg, batches, compiled)
+            else:
+                torch.manual_seed(0)
+                model = ours = BertForPreTraining(cfg)
+                if kind == "transformers":
+                    model = transformers_model(cfg)
+                    copy_weights(ours, model)
+                model = model.to(device)
+                make = bertkit_step if kind == "bertkit" else transformers_step
+                r = time_steps(make(model, device, dtype, compiled, args.backend), batches, args.warmup,
+                               args.steps, device)
             out["contenders"][name] = r
             print(f"  pretrain seq {seq} x {batch}  {name:24s} {r['sequences_per_s']:9.1f} seq/s  "
                   f"{r['step_ms']:7.1f} ms/step  peak {r['peak_gib'] or 0:.1f} GiB  (warm-up {r['warmup_s']:.0f} s)",

@@ -23,9 +23,13 @@ def test_smoke_runs_every_code_path(tmp_path):
     assert num["encoder_max_abs_error_vs_fp32"]["fp32_bertkit_vs_transformers"] < 1e-4
     for seq, batch in gpu.SMOKE["pretrain"]:
         contenders = saved[f"pretrain_{seq}x{batch}"]["contenders"]
-        assert set(contenders) == {"bertkit", "transformers", "bertkit + compile", "transformers + compile"}
+        assert set(contenders) == {"bertkit", "transformers", "bertkit Trainer", "bertkit + compile",
+                                   "transformers + compile"}
         for c in contenders.values():
             assert c["sequences_per_s"] > 0 and torch.isfinite(torch.tensor(c["last_loss"]))
+        # the Trainer trains the same model on the same batches as the bench's own bertkit step loop
+        assert contenders["bertkit Trainer"]["last_loss"] == pytest.approx(contenders["bertkit"]["last_loss"],
+                                                                           rel=0.2)
         assert contenders["bertkit"]["ratio_vs_transformers_sdpa"] > 0
     inf = saved["inference"]
     assert inf["real_tokens"] == sum(gpu.lognormal_lengths(gpu.SMOKE["n_infer"], 12, gpu.SMOKE["infer_cap"], seed=2))

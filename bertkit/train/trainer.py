@@ -395,6 +395,8 @@ class Trainer:
                                        **{f"t.{k}": v for k, v in window.stats.items()},
                                        "tokens": torch.tensor(window.tokens, dtype=torch.float64,
                                                               device=self.device)})
+        if self.device.type == "cuda":  # a log step may wait: tokens/s must cover the queued GPU work too
+            torch.cuda.synchronize(self.device)
         seconds = max(time.perf_counter() - window.t0, 1e-9)
         out: dict[str, Any] = {"lr": lr}
         losses = {}
