@@ -233,7 +233,7 @@ def test_token_classification_spans(tagger_dir):
 # ------------------------------------------------------------------------------------ errors
 def test_errors(tagger_dir):
     with pytest.raises(ValueError, match="unknown task 'summarization'; tasks: feature-extraction, fill-mask, "
-                                         "text-classification, token-classification"):
+                                         "question-answering, text-classification, token-classification"):
         pipeline("summarization", model=MINILM)
     with pytest.raises(ValueError, match="no trained masked-LM head"):
         pipeline("fill-mask", model=MINILM)
