@@ -295,7 +295,7 @@ def long_trained(toy):
     out = d / "long_run"
     assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(train), "--dev", str(dev),
                  "--output", str(out), "--batch-size", "16", "--lr", "3e-3", "--max-seq-length", "16",
-                 "--stride", "4", "--epochs", "10", "--seed", "1"]) == 0
+                 "--stride", "4", "--epochs", "20", "--seed", "1"]) == 0
     return out, dev
 
 
