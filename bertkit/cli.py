@@ -156,6 +156,8 @@ def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> No
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output exactly from its newest checkpoint (one is written at every "
                         "dev evaluation), keeping its best/; with --seeds, finished seeds are skipped")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder layers (faster steps on a GPU after a compile of minutes)")
 
 
 def _add_model_and_output(p: argparse.ArgumentParser, best_by: str) -> None:

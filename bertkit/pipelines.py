@@ -38,6 +38,7 @@ from .auto import (
 )
 from .demo import mean_pool
 from .hub import LoadWarning
+from .modeling.bert import compile_layers
 from .tasks.fill_mask import fill_mask
 
 __all__ = ["pipeline", "Pipeline", "FillMaskPipeline", "TextClassificationPipeline",
@@ -55,7 +56,8 @@ class Pipeline:
     head = ""
     options: dict[str, Any] = {}
 
-    def __init__(self, model, tokenizer=None, *, batch_size: int = 32, device=None, **task_options):
+    def __init__(self, model, tokenizer=None, *, batch_size: int = 32, device=None, compile: bool = False,
+                 **task_options):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
@@ -75,6 +77,8 @@ class Pipeline:
         if device is not None:
             self.model.to(device)
         self.device = self.model.device
+        if compile:  # worth it on a GPU for many calls: the first ones pay minutes of compilation
+            compile_layers(self.model)
 
     # ------------------------------------------------------------------------------------ loading
     def _load(self, name_or_path):
@@ -511,13 +515,14 @@ TASKS: dict[str, type[Pipeline]] = {
 }
 
 
-def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, device=None,
+def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, device=None, compile: bool = False,
              **task_options) -> Pipeline:
     """A callable for `task` (one of TASKS) with the checkpoint `model` (a name or directory; or a loaded
     bertkit model together with `tokenizer=`). `task_options` are the defaults of each call (e.g. top_k=3,
-    pooling="cls"). A checkpoint without the task's trained head is refused with a ValueError."""
+    pooling="cls"). `compile=True` runs the encoder layers through torch.compile. A checkpoint without the
+    task's trained head is refused with a ValueError."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))}")
     if model is None:
         raise ValueError(f"{task}: pass model=NAME_OR_PATH (there is no default model)")
-    return TASKS[task](model, tokenizer, batch_size=batch_size, device=device, **task_options)
+    return TASKS[task](model, tokenizer, batch_size=batch_size, device=device, compile=compile, **task_options)

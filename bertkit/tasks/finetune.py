@@ -91,6 +91,7 @@ class FinetuneArgs:
     eval_every: int | None = None     # steps between dev evaluations (default: once per epoch)
     log_every: int = 10
     precision: str = "auto"
+    compile: bool = False             # torch.compile the encoder layers
     progress: bool | None = None      # None: when stderr is a terminal
     resume: bool = False              # continue the run in `output` from its newest checkpoint
 
@@ -190,7 +191,8 @@ def train_keep_best(args, seed: int, out: Path, model, tok, batches, objective, 
                       warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
-                      tensorboard=False, progress=sys.stderr.isatty() if args.progress is None else args.progress)
+                      tensorboard=False, compile=args.compile,
+                      progress=sys.stderr.isatty() if args.progress is None else args.progress)
     trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=save_state)
     trainer.train(resume=resume)
     return {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": state["last"],

@@ -2,6 +2,7 @@
 CPU batch, and the pre-training objective's CPU-side `prepare`."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
@@ -213,3 +214,29 @@ def test_compiled_inference_equals_eager():
             a = eager(b["input_ids"], b["attention_mask"]).last_hidden_state
             c = compiled(b["input_ids"], b["attention_mask"]).last_hidden_state
             torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-5)
+
+
+def test_finetune_compile_flag_and_compiled_pipeline_equals_eager():
+    """`--compile` reaches every fine-tuning job's arguments; `pipeline(..., compile=True)` compiles the encoder
+    layers and gives eager's embeddings."""
+    from bertkit import BertTokenizer, pipeline
+    from bertkit.cli import _job_args, build_parser
+    from bertkit.modeling import BertModel
+    from bertkit.tasks.finetune import FinetuneClassifyArgs
+
+    argv = ["finetune", "classify", "--model", "m", "--train", "t.tsv", "--dev", "d.tsv", "--output", "o"]
+    assert _job_args(FinetuneClassifyArgs, build_parser().parse_args(argv + ["--compile"])).compile is True
+    assert _job_args(FinetuneClassifyArgs, build_parser().parse_args(argv)).compile is False
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("inductor on the CPU needs a C compiler")
+    texts = ["the cat sat on the mat", "a dog ran", "the bird sang a long song in the tree"]
+    tok = BertTokenizer.train_from_iterator(texts * 10, vocab_size=120)
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(dropout=0.0), vocab_size=len(tok))
+    model = BertModel(config).eval()
+    eager = pipeline("feature-extraction", model=model, tokenizer=tok)(texts)
+    compiled_model = BertModel(config)
+    compiled_model.load_state_dict(model.state_dict())
+    embed = pipeline("feature-extraction", model=compiled_model, tokenizer=tok, compile=True)
+    assert all(layer._compiled_call_impl is not None for layer in compiled_model.encoder.layer)
+    torch.testing.assert_close(torch.as_tensor(embed(texts)), torch.as_tensor(eager), atol=1e-5, rtol=1e-5)
