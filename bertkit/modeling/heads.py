@@ -3,6 +3,9 @@
 Heads work on packed tokens and put padding back only in the logits they return. Token-level logits are 0
 at padding positions (their labels are -100 anyway); QA logits there are the dtype's minimum, so a span
 can never start or end on padding.
+
+Every forward takes an optional trailing `packing=`: the plan of `attention_mask` made on the CPU, which spares
+the forward its one host sync (copying a device mask back to plan the packing); see `BertModel.encode`.
 """
 from __future__ import annotations
 
@@ -102,9 +105,11 @@ class _BertHeadModel(BertPreTrainedModel):
         self.tie_weights()
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                output_hidden_states, output_attentions) -> Encoded:
+                output_hidden_states, output_attentions, packing=None) -> Encoded:
+        """`packing`: the plan of `attention_mask` made on the CPU (`packing.pack(cpu_mask)`, moved to the
+        device with the batch), so the forward needs no host sync; None: planned here (see `BertModel.encode`)."""
         return self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                                output_hidden_states, output_attentions)
+                                output_hidden_states, output_attentions, packing)
 
 
 class _TiedMLM:
@@ -147,9 +152,9 @@ class BertForPreTraining(_TiedMLM, _BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, next_sentence_label=None,
-                output_hidden_states=False, output_attentions=False) -> PreTrainingOutput:
+                output_hidden_states=False, output_attentions=False, packing=None) -> PreTrainingOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions)
+                           output_hidden_states, output_attentions, packing)
         token_logits = self.cls.predictions(enc.hidden)          # (tokens, vocab)
         nsp_logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
         mlm_loss = nsp_loss = loss = None
@@ -173,9 +178,9 @@ class BertForMaskedLM(_TiedMLM, _BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> ClassifierOutput:
+                output_attentions=False, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions)
+                           output_hidden_states, output_attentions, packing)
         logits = self.cls.predictions(enc.hidden)                # (tokens, vocab)
         loss = _mlm_loss(logits, P.unpad(labels, enc.packing)) if labels is not None else None
         return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
@@ -189,9 +194,9 @@ class BertForNextSentencePrediction(_BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> ClassifierOutput:
+                output_attentions=False, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions)
+                           output_hidden_states, output_attentions, packing)
         logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
@@ -232,9 +237,9 @@ class BertForSequenceClassification(_BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> ClassifierOutput:
+                output_attentions=False, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions)
+                           output_hidden_states, output_attentions, packing)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))  # (batch, labels)
         loss = sequence_loss(logits, labels, self.config) if labels is not None else None
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
@@ -251,9 +256,9 @@ class BertForTokenClassification(_BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> ClassifierOutput:
+                output_attentions=False, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions)
+                           output_hidden_states, output_attentions, packing)
         logits = self.classifier(self.dropout(enc.hidden))            # (tokens, labels)
         loss = None
         if labels is not None:
@@ -273,9 +278,9 @@ class BertForQuestionAnswering(_BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_hidden_states=False,
-                output_attentions=False) -> QuestionAnsweringOutput:
+                output_attentions=False, packing=None) -> QuestionAnsweringOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions)
+                           output_hidden_states, output_attentions, packing)
         logits = self.qa_outputs(enc.hidden)                          # (tokens, 2)
         logits = P.repad(logits, enc.packing, fill=torch.finfo(logits.dtype).min)  # (batch, seqlen, 2)
         start_logits, end_logits = logits.unbind(-1)
@@ -291,7 +296,10 @@ class BertForQuestionAnswering(_BertHeadModel):
 
 
 class BertForMultipleChoice(_BertHeadModel):
-    """Each (batch, choices, seqlen) input is scored from its pooled [CLS]; softmax across choices."""
+    """Each (batch, choices, seqlen) input is scored from its pooled [CLS]; softmax across choices.
+
+    The encoder sees the choices as one (batch * choices, seqlen) batch, so a `packing` plan is that of the
+    flattened mask: `pack(attention_mask.reshape(-1, seqlen))`."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -301,7 +309,7 @@ class BertForMultipleChoice(_BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False) -> ClassifierOutput:
+                output_attentions=False, packing=None) -> ClassifierOutput:
         ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
         if ref.dim() != 3:
             raise ValueError(f"multiple choice input_ids must have shape (batch, choices, seqlen), "
@@ -312,7 +320,7 @@ class BertForMultipleChoice(_BertHeadModel):
             return None if t is None else t.reshape(batch * choices, seqlen, *t.shape[3:])
 
         enc = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                           flat(inputs_embeds), output_hidden_states, output_attentions)
+                           flat(inputs_embeds), output_hidden_states, output_attentions, packing)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))   # (batch * choices, 1)
         logits = logits.view(batch, choices)                           # (batch, choices)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None

@@ -22,11 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import metrics as M
 from ..data.readers import read_columns
-from .classify import ClassificationBatches, batch_logits
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits
 from .finetune import RESULTS_NAME, FinetuneArgs, _format, column, run_seeds, table_format, train_keep_best
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
@@ -140,12 +139,9 @@ class ChoiceBatches(ClassificationBatches):
         return collate_choices(features, self.pad_id)
 
 
-class ChoiceObjective(nn.Module):
-    """Cross-entropy over each example's choice scores, summed over the batch (term "choice"), and accuracy."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
+class ChoiceObjective(FinetuneObjective):
+    """Cross-entropy over each example's choice scores, summed over the batch (term "choice"), and accuracy.
+    `prepare` plans the packing of the flattened (batch * choices, seqlen) mask."""
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -13,7 +13,9 @@
 - `ClassificationBatches` yields padded batches forever: a seeded permutation per epoch, each batch padded to its
   own longest sequence, and `state_dict()` / `load_state_dict()` ({epoch, batch}) for the trainer's exact resume.
 - `ClassificationObjective` is what `bertkit.train.Trainer` trains: loss sums (CE, or MSE for one label) under the
-  term "cls", plus "acc_cls" for classification.
+  term "cls", plus "acc_cls" for classification. Like the tagging, QA and multiple-choice objectives it is a
+  `FinetuneObjective`, whose `prepare` (`with_packing`) plans the packing on the CPU batch, so the training step
+  never waits for the GPU.
 - `evaluate_classification` gives accuracy, F1 (binary on label id 1 when there are two labels, else macro) and MCC,
   or Pearson / Spearman / MSE for regression; `predict` labels new texts. Both run in batches of similar lengths
   (sorted by length, then put back in the input order).
@@ -32,10 +34,12 @@ from torch import nn
 
 from .. import metrics as M
 from ..data.readers import Example, is_regression, label_maps, label_set
+from ..modeling import packing as P
 
 __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
            "encode_windows", "example_logits",
-           "collate", "ClassificationBatches", "ClassificationObjective", "predict_logits",
+           "collate", "ClassificationBatches", "batch_logits", "with_packing", "FinetuneObjective",
+           "ClassificationObjective", "predict_logits",
            "evaluate_classification", "predict", "METRICS"]
 
 # metric name -> higher is better (all of them)
@@ -253,17 +257,33 @@ class ClassificationBatches:
 
 def batch_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's logits for a collated batch, in fp32: (batch, labels), or (batch, seqlen, labels) for a
-    token classifier."""
+    token classifier, (batch, choices) for multiple choice. A batch from `with_packing` brings its plan."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 token_type_ids=batch["token_type_ids"]).logits.float()
+                 token_type_ids=batch["token_type_ids"], packing=batch.get("packing")).logits.float()
 
 
-class ClassificationObjective(nn.Module):
-    """Loss sums over the batch for the trainer: cross-entropy, or MSE when the model has one label."""
+def with_packing(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """`batch` plus "packing", the plan of its CPU attention mask. Made before the copy to the device, it spares
+    the forward its one host sync (copying the device mask back to plan the packing). A (batch, choices,
+    seqlen) mask is planned flattened, as the multiple-choice model encodes it."""
+    mask = batch["attention_mask"]
+    return {**batch, "packing": P.pack(mask.reshape(-1, mask.shape[-1]))}
+
+
+class FinetuneObjective(nn.Module):
+    """The base of the fine-tuning objectives: `prepare` is `with_packing`, run by the trainer on the CPU batch,
+    so that with counts from the CPU batch and stats left on the device the step never reads back from the GPU.
+    Subclasses give `counts(batch)` and `forward(batch) -> (loss sums, stats)`."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+
+    prepare = staticmethod(with_packing)
+
+
+class ClassificationObjective(FinetuneObjective):
+    """Loss sums over the batch for the trainer: cross-entropy, or MSE when the model has one label."""
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:

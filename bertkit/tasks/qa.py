@@ -34,14 +34,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import metrics as M
 from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
-from .classify import ClassificationBatches
+from .classify import ClassificationBatches, FinetuneObjective
 from .finetune import RESULTS_NAME, FinetuneArgs, _format, run_seeds, train_keep_best
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
@@ -197,17 +196,13 @@ class QABatches(ClassificationBatches):
 
 def _logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"])
+                token_type_ids=batch["token_type_ids"], packing=batch.get("packing"))
     return out.start_logits.float(), out.end_logits.float()
 
 
-class QAObjective(nn.Module):
+class QAObjective(FinetuneObjective):
     """(start CE + end CE) / 2 summed over the windows (term "qa", the halving of transformers'
     BertForQuestionAnswering loss), and "acc_qa": windows whose argmax start and end are both right."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -28,11 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, _read_text, label_maps
-from .classify import ClassificationBatches, batch_logits
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
@@ -178,12 +177,8 @@ class TagBatches(ClassificationBatches):
         return collate_tags(features, self.pad_id)
 
 
-class TagObjective(nn.Module):
+class TagObjective(FinetuneObjective):
     """Cross-entropy summed over the labelled sub-tokens (term "tag"), and their accuracy ("acc_tag")."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -194,8 +189,8 @@ class TagObjective(nn.Module):
         labels = batch["labels"]
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         with torch.no_grad():
-            keep = labels != IGNORE
-            stats = {"acc_tag": (logits.argmax(-1)[keep] == labels[keep]).sum()}
+            # a masked sum, not `[keep]` indexing: a data-dependent shape would make the host wait for the GPU
+            stats = {"acc_tag": ((logits.argmax(-1) == labels) & (labels != IGNORE)).sum()}
         return {"tag": loss}, stats
 
 

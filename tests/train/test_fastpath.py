@@ -112,13 +112,18 @@ def test_pretraining_prepare_equals_plain_forward():
 
 SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
             "aten._unique2", "aten.repeat_interleave")
+# Indexing ops that sync only with a boolean mask among the indices (`x[keep]`: its nonzero runs inside
+# the kernel, below the dispatch mode, so it must be recognised by its arguments).
+MASK_INDEX_OPS = ("aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_")
 
 
-def _syncing_ops_in_main_thread(tmp_path, steps):
+def syncing_ops_in_main_thread(out, steps, build=None):
     """Ops that would make the host wait for a GPU (reading a value back, data-dependent shapes), seen in
     the training thread of a `steps`-step run that logs at its last step only. The CPU-side work runs in
     the prefetch thread (dispatch modes are per thread) and the optimizer is left out: on CUDA it is fused
-    AdamW, sync-free, while the CPU AdamW reads its step count with .item()."""
+    AdamW, sync-free, while the CPU AdamW reads its step count with .item(). `build()` -> (objective, batch
+    source of 4-sequence batches), called after seeding: the run to watch (default: the tiny pre-training);
+    the run writes under `out`."""
     from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
     seen = []
@@ -128,13 +133,19 @@ def _syncing_ops_in_main_thread(tmp_path, steps):
             name = str(func.overloadpacket)
             if name.startswith(SYNC_OPS):
                 seen.append(name)
+            elif name in MASK_INDEX_OPS and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                                for i in args[1]):
+                seen.append(f"{name} (boolean mask)")
             return func(*args, **(kwargs or {}))
 
     torch.manual_seed(1234)
-    model = BertForPreTraining(tiny_config(dropout=0.1))
+    if build is None:
+        objective, source = PreTrainingObjective(BertForPreTraining(tiny_config(dropout=0.1))), TinySource(4, seed=7)
+    else:
+        objective, source = build()
     cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-3, log_every=steps, seed=11, prefetch=2,
-                      save_final=False, output_dir=str(tmp_path / f"s{steps}"), tensorboard=False, progress=False)
-    trainer = Trainer(PreTrainingObjective(model), model, TinySource(4, seed=7), cfg)
+                      save_final=False, output_dir=str(out / f"s{steps}"), tensorboard=False, progress=False)
+    trainer = Trainer(objective, objective.model, source, cfg)
     step = trainer.optimizer.step
 
     def unrecorded_step(*a, **kw):
@@ -148,8 +159,8 @@ def _syncing_ops_in_main_thread(tmp_path, steps):
 
 
 def test_training_steps_read_nothing_back_from_the_device(tmp_path):
-    few = _syncing_ops_in_main_thread(tmp_path, 2)
-    many = _syncing_ops_in_main_thread(tmp_path, 6)
+    few = syncing_ops_in_main_thread(tmp_path, 2)
+    many = syncing_ops_in_main_thread(tmp_path, 6)
     assert few == many               # only the one log step reads values back, however many steps run
     assert "aten.nonzero" not in many and "aten.masked_select" not in many
 
