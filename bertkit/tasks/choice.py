@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import read_columns
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits, pad_inputs
 from .finetune import RESULTS_NAME, FinetuneArgs, _format, column, run_seeds, table_format, train_keep_best
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
@@ -117,16 +117,10 @@ def collate_choices(features: Sequence[ChoiceFeature], pad_id: int = 0) -> dict[
     n, choices = len(features), len(features[0].input_ids)
     if any(len(f.input_ids) != choices for f in features):
         raise ValueError("every example of a batch must have the same number of choices")
-    width = max(len(ids) for f in features for ids in f.input_ids)
-    ids = torch.full((n, choices, width), pad_id, dtype=torch.long)
-    types = torch.zeros((n, choices, width), dtype=torch.long)
-    mask = torch.zeros((n, choices, width), dtype=torch.long)
-    for i, f in enumerate(features):
-        for j, (x, t) in enumerate(zip(f.input_ids, f.token_type_ids)):
-            ids[i, j, :len(x)] = torch.tensor(x)
-            types[i, j, :len(x)] = torch.tensor(t)
-            mask[i, j, :len(x)] = 1
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    flat = pad_inputs([x for f in features for x in f.input_ids],
+                      [t for f in features for t in f.token_type_ids], pad_id)
+    # (n * choices, width) -> (n, choices, width)
+    batch = {k: v.view(n, choices, -1) for k, v in flat.items()}
     if all(f.label is not None for f in features):
         batch["labels"] = torch.tensor([f.label for f in features], dtype=torch.long)
     return batch

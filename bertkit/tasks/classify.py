@@ -38,7 +38,7 @@ from ..modeling import packing as P
 
 __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
            "encode_windows", "example_logits",
-           "collate", "ClassificationBatches", "batch_logits", "with_packing", "FinetuneObjective",
+           "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "FinetuneObjective",
            "ClassificationObjective", "predict_logits",
            "evaluate_classification", "predict", "METRICS"]
 
@@ -188,18 +188,26 @@ def example_logits(logits: np.ndarray, features: Sequence[Feature]) -> tuple[np.
     return (sums / counts).astype(np.float32), list(first.values())
 
 
-def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = False) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of this batch; `labels` only when every feature has one."""
-    n, width = len(features), max(len(f.input_ids) for f in features)
+def pad_inputs(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None = None,
+               pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """The model inputs of a batch, right-padded to its longest sequence: input_ids, token_type_ids (zeros when
+    None) and attention_mask, each (n, width). Every task's collate starts here."""
+    n, width = len(input_ids), max(len(x) for x in input_ids)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     types = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
-    for i, f in enumerate(features):
-        k = len(f.input_ids)
-        ids[i, :k] = torch.tensor(f.input_ids)
-        types[i, :k] = torch.tensor(f.token_type_ids)
+    for i, x in enumerate(input_ids):
+        k = len(x)
+        ids[i, :k] = torch.tensor(x)
+        if token_type_ids is not None:
+            types[i, :k] = torch.tensor(token_type_ids[i])
         mask[i, :k] = 1
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of this batch; `labels` only when every feature has one."""
+    batch = pad_inputs([f.input_ids for f in features], [f.token_type_ids for f in features], pad_id)
     if all(f.label is not None for f in features):
         batch["labels"] = torch.tensor([f.label for f in features],
                                        dtype=torch.float32 if regression else torch.long)

@@ -40,7 +40,7 @@ from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
-from .classify import ClassificationBatches, FinetuneObjective
+from .classify import ClassificationBatches, FinetuneObjective, pad_inputs
 from .finetune import RESULTS_NAME, FinetuneArgs, _format, run_seeds, train_keep_best
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
@@ -163,16 +163,7 @@ def encode_qa(tok, examples: Sequence[SquadExample], max_seq_length: int = 384, 
 
 def collate_qa(features: Sequence[QAFeature], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad to the longest window of the batch; start/end positions only when every feature has them."""
-    n, width = len(features), max(len(f.input_ids) for f in features)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    types = torch.zeros((n, width), dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, f in enumerate(features):
-        k = len(f.input_ids)
-        ids[i, :k] = torch.tensor(f.input_ids)
-        types[i, :k] = torch.tensor(f.token_type_ids)
-        mask[i, :k] = 1
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    batch = pad_inputs([f.input_ids for f in features], [f.token_type_ids for f in features], pad_id)
     if all(f.start_position is not None for f in features):
         batch["start_positions"] = torch.tensor([f.start_position for f in features])
         batch["end_positions"] = torch.tensor([f.end_position for f in features])

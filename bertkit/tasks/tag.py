@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, _read_text, label_maps
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits, pad_inputs
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
@@ -154,18 +154,11 @@ def encode_sentences(tok, sentences: Sequence[TaggedSentence] | Sequence[Sequenc
 
 def collate_tags(features: Sequence[TagFeature], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad to the longest window of the batch; `labels` (-100 at padding) only when every feature has them."""
-    n, width = len(features), max(len(f.input_ids) for f in features)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    labels = torch.full((n, width), IGNORE, dtype=torch.long)
-    for i, f in enumerate(features):
-        k = len(f.input_ids)
-        ids[i, :k] = torch.tensor(f.input_ids)
-        mask[i, :k] = 1
-        if f.labels is not None:
-            labels[i, :k] = torch.tensor(f.labels)
-    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
+    batch = pad_inputs([f.input_ids for f in features], None, pad_id)
     if all(f.labels is not None for f in features):
+        labels = torch.full_like(batch["input_ids"], IGNORE)
+        for i, f in enumerate(features):
+            labels[i, :len(f.labels)] = torch.tensor(f.labels)
         batch["labels"] = labels
     return batch
 
