@@ -4,7 +4,6 @@ Every layer runs on packed tokens (see packing.py): padding is removed once afte
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from dataclasses import dataclass

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import read_columns
+from ..io import write_text_atomic
 from .classify import ClassificationBatches, FinetuneObjective, batch_logits, pad_inputs
-from .finetune import RESULTS_NAME, FinetuneArgs, _format, column, run_seeds, table_format, train_keep_best
+from .finetune import (RESULTS_NAME, FinetuneArgs, column, run_seeds, table_format, train_keep_best,
+                       write_eval)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
            "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
@@ -222,7 +224,6 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
     `bertkit.tasks.finetune.run_finetune_classify`; best/ loads with AutoModelForMultipleChoice."""
     from ..auto import AutoConfig, AutoModelForMultipleChoice, AutoTokenizer
     from ..train import distributed as dist
-    from ..io import write_text_atomic
     dist.setup()
     train, dev = _read(args, args.train), _read(args, args.dev)
     if not train:
@@ -269,24 +270,19 @@ def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None,
                         max_seq_length: int = 128, **read) -> dict[str, Any]:
     """Accuracy of a fine-tuned multiple-choice model on a labelled table (`read`: `read_choices`' column
     arguments); printed and written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
-    from ..io import write_text_atomic
     model, tok = _load(model_dir)
     examples = read_choices(data, **read)
     if not examples:
         raise ValueError(f"{data}: no rows")
     feats = encode_choices(tok, examples, min(max_seq_length, model.config.max_position_embeddings))
     metrics = evaluate_choice(model, feats, batch_size)
-    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).stem}.json"
-    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
-    print(f"{data}: {_format(metrics)} ({metrics['n']} examples); wrote {path}")
-    return metrics
+    return write_eval(metrics, model_dir, data, output, "examples")
 
 
 def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
                        **read) -> int:
     """Pick a choice for every row; one JSON line per row ({"label": index, "score", "probabilities"}) in
     `output`. Returns the row count."""
-    from ..io import write_text_atomic
     model, tok = _load(model_dir)
     examples = read_choices(data, **{**read, "label_column": None})
     preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)

@@ -128,6 +128,16 @@ def _format(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
 
 
+def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str | None, unit: str) -> dict[str, Any]:
+    """What `bertkit evaluate` leaves: the metrics in `output` (default ``<model_dir>/eval_<data name>.json``,
+    the name cut at its first dot so ``dev-v1.1.json.zip`` gives ``eval_dev-v1``) and a printed line counting
+    `unit`s. Returns `metrics`."""
+    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name.split('.')[0]}.json"
+    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
+    print(f"{data}: {_format(metrics)} ({metrics['n']} {unit}); wrote {path}")
+    return metrics
+
+
 BEST_STATE_NAME = "best_state.json"
 
 
@@ -379,10 +389,7 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     max_len = min(max_seq_length, model.config.max_position_embeddings)
     feats = encode_sentences(tok, sentences, tags, max_len, min(stride, max_len - 3), source=data)
     metrics = evaluate_tagging(model, feats, sentences, batch_size)
-    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).stem}.json"
-    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
-    print(f"{data}: {_format(metrics)} ({metrics['n']} sentences); wrote {path}")
-    return metrics
+    return write_eval(metrics, model_dir, data, output, "sentences")
 
 
 def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
@@ -419,10 +426,7 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     max_len = min(max_seq_length, model.config.max_position_embeddings)
     feats = encode_examples(tok, examples, info, max_len, source=data, stride=stride)
     metrics = evaluate_classification(model, feats, batch_size)
-    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).stem}.json"
-    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
-    print(f"{data}: {_format(metrics)} ({metrics['n']} examples); wrote {path}")
-    return metrics
+    return write_eval(metrics, model_dir, data, output, "examples")
 
 
 def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,

@@ -41,7 +41,7 @@ from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import ClassificationBatches, FinetuneObjective, pad_inputs
-from .finetune import RESULTS_NAME, FinetuneArgs, _format, run_seeds, train_keep_best
+from .finetune import RESULTS_NAME, FinetuneArgs, run_seeds, train_keep_best, write_eval
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -436,10 +436,7 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
     metrics = evaluate_qa(model, feats, examples, batch_size=batch_size, n_best=n_best,
                           max_answer_length=max_answer_length, version_2=version_2, null_threshold=null_threshold,
                           pad_id=tok.pad_token_id)
-    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name.split('.')[0]}.json"
-    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
-    print(f"{data}: {_format(metrics)} ({metrics['n']} questions); wrote {path}")
-    return metrics
+    return write_eval(metrics, model_dir, data, output, "questions")
 
 
 def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 384,
