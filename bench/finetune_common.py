@@ -60,13 +60,15 @@ def copy_weights(bk, hf) -> int:
 
 
 def hf_optimizer(hf, lr: float, wd: float, total: int, warmup: int):
-    """transformers-style AdamW groups (no decay for biases and LayerNorm weights) and its linear schedule."""
+    """transformers-style AdamW groups (no decay for biases and LayerNorm weights) and its linear schedule; fused
+    when every parameter is on CUDA, like bertkit's `build_optimizer`, so a GPU race compares like with like."""
     from transformers import get_linear_schedule_with_warmup
     decay, no_decay = [], []
     for n, p in hf.named_parameters():
         (no_decay if n.endswith("bias") or "LayerNorm.weight" in n else decay).append(p)
+    fused = all(p.is_cuda for p in decay + no_decay)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.999), eps=1e-8)
+                            lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True if fused else None)
     return opt, get_linear_schedule_with_warmup(opt, warmup, total)
 
 
@@ -98,14 +100,16 @@ class Side:
             self.model.train()
 
 
-def make_sides(bk, bk_loss, hf, args, total: int, warmup: int) -> dict[str, Side]:
+def make_sides(bk, bk_loss, hf, args, total: int, warmup: int,
+               hf_loss: Callable[[dict], torch.Tensor] | None = None) -> dict[str, Side]:
     """bertkit's own optimizer stack (param_groups / build_optimizer / linear_schedule) against transformers'
-    (torch AdamW in transformers' groups / get_linear_schedule_with_warmup / the model's own loss)."""
+    (torch AdamW in transformers' groups / get_linear_schedule_with_warmup / the model's own loss, or `hf_loss`
+    where the model's own loss is not the objective bertkit's side optimises)."""
     bk_opt = build_optimizer("adamw", param_groups(bk, args.weight_decay), lr=args.lr,
                              weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     hf_opt, hf_sched = hf_optimizer(hf, args.lr, args.weight_decay, total, warmup)
     return {"bertkit": Side(bk, bk_loss, bk_opt, linear_schedule(bk_opt, warmup, total), args.clip),
-            "transformers": Side(hf, lambda b: hf(**b).loss, hf_opt, hf_sched, args.clip)}
+            "transformers": Side(hf, hf_loss or (lambda b: hf(**b).loss), hf_opt, hf_sched, args.clip)}
 
 
 def shared_batches(n: int, batch_size: int, epochs: int, seed: int, collate: Callable[[list[int]], dict],
@@ -122,10 +126,13 @@ def shared_batches(n: int, batch_size: int, epochs: int, seed: int, collate: Cal
     return out
 
 
-def race(sides: dict[str, Side], batches: Sequence[dict], seed: int, log, log_every: int) -> dict[str, Any]:
+def race(sides: dict[str, Side], batches: Sequence[dict], seed: int, log, log_every: int,
+         sync: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train both sides on the same batches, one step each in turn (which goes first alternates), so load changes
     on the machine hit both alike. A side's time is the sum of its steps (forward, backward, clip, optimizer and
-    scheduler step). Before training, each side's dropout-free loss on the first batch (untimed)."""
+    scheduler step). Before training, each side's dropout-free loss on the first batch (untimed). `sync` (e.g.
+    `torch.cuda.synchronize`) runs before and after each timed step, so queued GPU work is charged to its side."""
+    sync = sync or (lambda: None)
     start = {s: sides[s].eval_loss(batches[0]) for s in SIDES}
     log(f"  loss on the first batch without dropout: bertkit {start['bertkit']:.6f} transformers "
         f"{start['transformers']:.6f} (|diff| {abs(start['bertkit'] - start['transformers']):.2e})")
@@ -137,8 +144,10 @@ def race(sides: dict[str, Side], batches: Sequence[dict], seed: int, log, log_ev
     wall0 = time.perf_counter()
     for i, b in enumerate(batches):
         for side in (SIDES if i % 2 == 0 else SIDES[::-1]):
+            sync()
             t0 = time.perf_counter()
             losses[side].append(sides[side].step(b))
+            sync()
             step_s[side].append(time.perf_counter() - t0)
             t[side] += step_s[side][-1]
         if (i + 1) % log_every == 0 or i + 1 == total:
@@ -149,12 +158,17 @@ def race(sides: dict[str, Side], batches: Sequence[dict], seed: int, log, log_ev
             "final_train_loss": {s: float(np.mean(losses[s][-log_every:])) for s in SIDES}}
 
 
-def timed_in_turn(seed: int, fns: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, Any]]:
-    """Run each side's evaluation once, timed; which side goes first alternates with the seed."""
+def timed_in_turn(seed: int, fns: dict[str, Callable[[], Any]],
+                  sync: Callable[[], None] | None = None) -> dict[str, tuple[float, Any]]:
+    """Run each side's evaluation once, timed; which side goes first alternates with the seed. `sync` as in
+    `race`."""
+    sync = sync or (lambda: None)
     out = {}
     for side in (SIDES[::-1] if seed % 2 == 0 else SIDES):
+        sync()
         t0 = time.perf_counter()
         value = fns[side]()
+        sync()
         out[side] = (time.perf_counter() - t0, value)
     return out
 
