@@ -173,16 +173,8 @@ def collate_qa(features: Sequence[QAFeature], pad_id: int = 0) -> dict[str, torc
 class QABatches(ClassificationBatches):
     """`ClassificationBatches` (seeded order per epoch, exact resume) over QA windows."""
 
-    def __iter__(self):
-        while True:
-            order = self.order(self.epoch)
-            while self.batch < self.batches_per_epoch:
-                b = self.batch
-                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
-                self.batch = b + 1
-                yield collate_qa([self.features[i] for i in chunk], self.pad_id)
-            self.epoch += 1
-            self.batch = 0
+    def collate(self, features: Sequence[QAFeature]) -> dict[str, torch.Tensor]:
+        return collate_qa(features, self.pad_id)
 
 
 def _logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
