@@ -39,6 +39,7 @@ from .auto import (
 from .demo import mean_pool
 from .hub import LoadWarning
 from .modeling.bert import compile_layers
+from .tasks.classify import packed_to
 from .tasks.fill_mask import fill_mask
 
 __all__ = ["pipeline", "Pipeline", "FillMaskPipeline", "TextClassificationPipeline",
@@ -163,9 +164,14 @@ class Pipeline:
     def _check_lengths(self, items: list, lengths: list[int]) -> None:
         pass
 
-    def _forward(self, enc):
-        return self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                          token_type_ids=enc["token_type_ids"])
+    def _inputs(self, enc) -> dict[str, Any]:
+        """The model inputs of a batch tokenized on the CPU, on the model's device with their packing plan made
+        from the CPU mask (`packed_to`): a forward planning from a GPU mask would wait for the GPU."""
+        return packed_to({k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, self.device)
+
+    def _forward(self, batch):
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          token_type_ids=batch["token_type_ids"], packing=batch["packing"])
 
     def _run_batch(self, items: list, opts: dict) -> list:
         raise NotImplementedError
@@ -264,8 +270,8 @@ class TextClassificationPipeline(Pipeline):
         return "regression" if cfg.num_labels == 1 else "single_label_classification"
 
     def _run_batch(self, items, opts):
-        enc = self._encode(items, padding=True, return_tensors="pt").to(self.device)
-        logits = self._forward(enc).logits.float().cpu()
+        enc = self._encode(items, padding=True, return_tensors="pt")
+        logits = self._forward(self._inputs(enc)).logits.float().cpu()
         problem = self._problem()
         id2label = self.model.config.id2label or {}
         out = []
@@ -311,7 +317,7 @@ class TokenClassificationPipeline(Pipeline):
     def _run_batch(self, items, opts):
         enc = self._encode(items, padding=True, return_offsets_mapping=True, return_tensors="pt")
         offsets = enc["offset_mapping"].tolist()
-        probs = self._forward(enc.to(self.device)).logits.float().softmax(-1).cpu()
+        probs = self._forward(self._inputs(enc)).logits.float().softmax(-1).cpu()
         scores, labels = probs.max(-1)
         id2label = self.model.config.id2label or {}
         out = []
@@ -488,10 +494,10 @@ class FeatureExtractionPipeline(Pipeline):
         return "pooler" not in key  # embeddings come from the hidden states, not the pooler
 
     def _run_batch(self, items, opts):
-        enc = self._encode(items, padding=True, return_tensors="pt").to(self.device)
-        hidden = self._forward(enc).last_hidden_state.float()
+        batch = self._inputs(self._encode(items, padding=True, return_tensors="pt"))
+        hidden = self._forward(batch).last_hidden_state.float()
         if opts["pooling"] == "mean":
-            vec = mean_pool(hidden, enc["attention_mask"])
+            vec = mean_pool(hidden, batch["attention_mask"])
         else:
             vec = hidden[:, 0]
         if opts["normalize"]:

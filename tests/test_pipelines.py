@@ -197,7 +197,8 @@ class FixedTagger(torch.nn.Module):
     def device(self):
         return self.anchor.device
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
+    def forward(self, input_ids, attention_mask, token_type_ids, packing=None):
+        """`packing`: the pipeline's plan of the CPU mask, which a table lookup has no use for."""
         from bertkit.modeling.heads import ClassifierOutput
         labels = torch.tensor([[self.table.get(int(t), 0) for t in row] for row in input_ids])
         return ClassifierOutput(torch.nn.functional.one_hot(labels, len(TAGS)).float() * 4.0)

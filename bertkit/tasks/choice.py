@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .. import metrics as M
 from ..data.readers import read_columns
 from ..io import write_text_atomic
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits, pad_inputs
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs
 from .finetune import (RESULTS_NAME, FinetuneArgs, column, run_seeds, table_format, train_keep_best,
                        write_eval)
 
@@ -171,7 +171,7 @@ def predict_choice_logits(model, features: Sequence[ChoiceFeature], batch_size: 
             idx = order[s:s + batch_size]
             batch = collate_choices([ChoiceFeature(features[i].input_ids, features[i].token_type_ids)
                                      for i in idx], pad_id)
-            out[idx] = batch_logits(model, {k: v.to(device) for k, v in batch.items()}).cpu().numpy()
+            out[idx] = batch_logits(model, packed_to(batch, device)).cpu().numpy()
     finally:
         model.train(was_training)
     return out

@@ -18,7 +18,8 @@
   never waits for the GPU.
 - `evaluate_classification` gives accuracy, F1 (binary on label id 1 when there are two labels, else macro) and MCC,
   or Pearson / Spearman / MSE for regression; `predict` labels new texts. Both run in batches of similar lengths
-  (sorted by length, then put back in the input order).
+  (sorted by length, then put back in the input order); like every prediction loop (tagging, QA, multiple
+  choice, the pipelines) each batch goes to the device through `packed_to`, its packing planned on the CPU.
 """
 from __future__ import annotations
 
@@ -35,11 +36,12 @@ from torch import nn
 from .. import metrics as M
 from ..data.readers import Example, is_regression, label_maps, label_set
 from ..modeling import packing as P
+from ..train.trainer import pin, to_device
 
 __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
            "encode_windows", "example_logits",
-           "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "FinetuneObjective",
-           "ClassificationObjective", "predict_logits",
+           "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "packed_to",
+           "FinetuneObjective", "ClassificationObjective", "predict_logits",
            "evaluate_classification", "predict", "METRICS"]
 
 # metric name -> higher is better (all of them)
@@ -278,6 +280,15 @@ def with_packing(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     return {**batch, "packing": P.pack(mask.reshape(-1, mask.shape[-1]))}
 
 
+def packed_to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, Any]:
+    """`with_packing(batch)` on `device`, for an inference forward: planned from the CPU mask (no host sync in
+    the forward), pinned when the target is a GPU so that the `non_blocking` copies (`to_device`) are
+    asynchronous. The prediction loops' counterpart of the trainer's prepare / pin / copy."""
+    device = torch.device(device)
+    batch = with_packing(batch)
+    return to_device(pin(batch) if device.type == "cuda" else batch, device)
+
+
 class FinetuneObjective(nn.Module):
     """The base of the fine-tuning objectives: `prepare` is `with_packing`, run by the trainer on the CPU batch,
     so that with counts from the CPU batch and stats left on the device the step never reads back from the GPU.
@@ -326,8 +337,7 @@ def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad
         for s in range(0, n, batch_size):
             idx = order[s:s + batch_size]
             batch = collate([Feature(features[i].input_ids, features[i].token_type_ids) for i in idx], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out[idx] = batch_logits(model, batch).cpu().numpy()
+            out[idx] = batch_logits(model, packed_to(batch, device)).cpu().numpy()
     finally:
         model.train(was_training)
     return out

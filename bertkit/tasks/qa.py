@@ -40,7 +40,7 @@ from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
-from .classify import ClassificationBatches, FinetuneObjective, pad_inputs
+from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs
 from .finetune import RESULTS_NAME, FinetuneArgs, run_seeds, train_keep_best, write_eval
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
@@ -228,7 +228,7 @@ def predict_qa_logits(model, features: Sequence[QAFeature], batch_size: int = 64
             idx = order[s:s + batch_size]
             batch = collate_qa([QAFeature(features[i].input_ids, features[i].token_type_ids, 0, 0, None, None, None)
                                 for i in idx], pad_id)
-            start, end = _logits(model, {k: v.to(device) for k, v in batch.items()})
+            start, end = _logits(model, packed_to(batch, device))
             start, end = start.cpu().numpy(), end.cpu().numpy()  # (batch, width)
             for row, i in enumerate(idx):
                 k = len(features[i].input_ids)

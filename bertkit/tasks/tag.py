@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, _read_text, label_maps
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits, pad_inputs
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
@@ -203,7 +203,7 @@ def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequen
             idx = order[s:s + batch_size]
             feats = [features[i] for i in idx]
             batch = collate_tags([TagFeature(f.input_ids, None, f.word_ids, f.sentence) for f in feats], pad_id)
-            logits = batch_logits(model, {k: v.to(device) for k, v in batch.items()}).cpu().numpy()
+            logits = batch_logits(model, packed_to(batch, device)).cpu().numpy()
             for row, f in enumerate(feats):
                 for pos, w in enumerate(f.word_ids):
                     if w is not None:
