@@ -13,6 +13,7 @@ from torch import nn
 
 from ..modeling import BertForPreTraining
 from ..modeling import packing as P
+from ..train.trainer import to_device
 
 
 class PreTrainingObjective(nn.Module):
@@ -69,9 +70,10 @@ def evaluate_pretraining(objective: PreTrainingObjective, batches) -> dict[str, 
     totals: dict[str, float] = {}
     device = next(objective.parameters()).device
     for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        sums, stats = objective(batch)
-        for k, v in {**objective.counts(batch), **{f"loss_{k}": v for k, v in sums.items()}, **stats}.items():
+        batch = objective.prepare(batch)             # the packing plan from the CPU mask, as in training
+        counts = objective.counts(batch)
+        sums, stats = objective(to_device(batch, device))
+        for k, v in {**counts, **{f"loss_{k}": v for k, v in sums.items()}, **stats}.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     objective.train(was_training)
     mlm_loss = totals["loss_mlm"] / totals["mlm"]
