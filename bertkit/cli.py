@@ -410,8 +410,10 @@ COMMANDS = {
                          _add_finetune_qa, _finetune_qa),
     ("finetune", "choice"): ("fine-tune BERT for multiple choice (SWAG-style tables)",
                              _add_finetune_choice, _finetune_choice),
-    ("evaluate",): ("score a fine-tuned classifier or tagger on labelled data", _add_evaluate, _evaluate),
-    ("predict",): ("label texts or tag sentences with a fine-tuned model", _add_predict, _predict),
+    ("evaluate",): ("score a fine-tuned classifier, tagger, QA or multiple-choice model on labelled data",
+                    _add_evaluate, _evaluate),
+    ("predict",): ("label texts, tag sentences, answer questions or pick choices with a fine-tuned model",
+                   _add_predict, _predict),
 }
 
 
