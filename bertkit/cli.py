@@ -305,86 +305,46 @@ def _tag_stride(args: argparse.Namespace) -> int:
     return FinetuneTagArgs().stride if args.stride is None else args.stride
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from .tasks.qa import is_qa_model, run_evaluate_qa
-    qa = is_qa_model(args.model)
-    if args.max_seq_length is None:
-        args.max_seq_length = 384 if qa else 128
+def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
+    """`evaluate` and `predict`: the saved model's architecture (config.json, read once) picks the task's job."""
+    from .tasks.finetune import architecture
+    arch = architecture(args.model)
+    qa = arch == "BertForQuestionAnswering"
+    common = {"output": args.output, "batch_size": args.batch_size,
+              "max_seq_length": args.max_seq_length or (384 if qa else 128)}
     if qa:
-        run_evaluate_qa(args.model, args.data, output=args.output, batch_size=args.batch_size,
-                        max_seq_length=args.max_seq_length, **_qa_kwargs(args))
-        return 0
-    from .tasks.choice import is_multiple_choice, run_evaluate_choice
-    if is_multiple_choice(args.model):
-        run_evaluate_choice(args.model, args.data, output=args.output, batch_size=args.batch_size,
-                            max_seq_length=args.max_seq_length, **_choice_kwargs(args))
-        return 0
-    from .tasks.finetune import is_tagger, run_evaluate, run_evaluate_tag
-    if is_tagger(args.model):
-        run_evaluate_tag(args.model, args.data, output=args.output, batch_size=args.batch_size,
-                         max_seq_length=args.max_seq_length, stride=_tag_stride(args),
-                         token_column=args.token_column, tag_column=args.tag_column)
-        return 0
-    run_evaluate(args.model, args.data, output=args.output, batch_size=args.batch_size,
-                 max_seq_length=args.max_seq_length, stride=args.stride, **_table_kwargs(args))
+        from .tasks.qa import run_evaluate_qa as run_eval, run_predict_qa as run_pred
+        kwargs = _qa_kwargs(args)
+    elif arch == "BertForMultipleChoice":
+        from .tasks.choice import run_evaluate_choice as run_eval, run_predict_choice as run_pred
+        kwargs = _choice_kwargs(args)
+    elif arch == "BertForTokenClassification":
+        from .tasks.finetune import run_evaluate_tag as run_eval, run_predict_tag as run_pred
+        kwargs = {"stride": _tag_stride(args), "token_column": args.token_column}
+        if evaluate:
+            kwargs["tag_column"] = args.tag_column
+    else:  # sequence classification or regression
+        from .tasks.finetune import run_evaluate as run_eval, run_predict as run_pred
+        kwargs = {"stride": args.stride, **_table_kwargs(args)}
+    (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
     return 0
 
 
-def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="a fine-tuned sequence classification or token classification (tagging) model")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help="labelled table (CSV, TSV or JSONL); a CoNLL file for a tagging model")
-    p.add_argument("--output", default=None, metavar="FILE.json",
-                   help="metrics file (default MODEL/eval_<data name>.json)")
-    _add_columns(p)
-    _add_conll_columns(p)
-    _add_choice_columns(p)
-    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--max-seq-length", type=int, default=None,
-                   help="tokens per example (default 128; 384 for a QA model)")
-    p.add_argument("--stride", type=int, default=None, metavar="N",
-                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32); "
-                        "classifiers: " + _CLASSIFY_STRIDE_HELP)
-    _add_qa_options(p, _qa_defaults())
+def _evaluate(args: argparse.Namespace) -> int:
+    return _run_saved(args, evaluate=True)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .tasks.qa import is_qa_model, run_predict_qa
-    qa = is_qa_model(args.model)
-    if args.max_seq_length is None:
-        args.max_seq_length = 384 if qa else 128
-    if qa:
-        run_predict_qa(args.model, args.data, args.output, batch_size=args.batch_size,
-                       max_seq_length=args.max_seq_length, **_qa_kwargs(args))
-        return 0
-    from .tasks.choice import is_multiple_choice, run_predict_choice
-    if is_multiple_choice(args.model):
-        run_predict_choice(args.model, args.data, args.output, batch_size=args.batch_size,
-                           max_seq_length=args.max_seq_length, **_choice_kwargs(args))
-        return 0
-    from .tasks.finetune import is_tagger, run_predict, run_predict_tag
-    if is_tagger(args.model):
-        run_predict_tag(args.model, args.data, args.output, batch_size=args.batch_size,
-                        max_seq_length=args.max_seq_length, stride=_tag_stride(args),
-                        token_column=args.token_column)
-        return 0
-    run_predict(args.model, args.data, args.output, batch_size=args.batch_size,
-                max_seq_length=args.max_seq_length, stride=args.stride, **_table_kwargs(args))
-    return 0
+    return _run_saved(args, evaluate=False)
 
 
-def _add_predict(p: argparse.ArgumentParser) -> None:
+def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
+    """What `evaluate` and `predict` share: the model, every task's columns and window settings (only those of
+    the saved model's task are used)."""
     p.add_argument("--model", required=True, metavar="DIR",
-                   help="a fine-tuned sequence classification or token classification (tagging) model")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help="table of texts (CSV, TSV or JSONL); for a tagging model a CoNLL-style file, one token per "
-                        "line (other columns ignored), blank lines between sentences")
-    p.add_argument("--output", required=True, metavar="FILE.jsonl",
-                   help="one JSON line per input row (label and score), or per sentence for a tagging model "
-                        "(tokens, tags, scores)")
-    _add_columns(p, label=False)
-    _add_conll_columns(p, tag=False)
+                   help="a fine-tuned model: sequence classification / regression, tagging, QA or multiple choice")
+    _add_columns(p, label=labelled)
+    _add_conll_columns(p, tag=labelled)
     _add_choice_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=None,
@@ -393,6 +353,25 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                    help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32); "
                         "classifiers: " + _CLASSIFY_STRIDE_HELP)
     _add_qa_options(p, _qa_defaults())
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="labelled data: a table (CSV, TSV or JSONL); a CoNLL file for a tagging model; SQuAD JSON "
+                        "for a QA model")
+    p.add_argument("--output", default=None, metavar="FILE.json",
+                   help="metrics file (default MODEL/eval_<data name>.json)")
+    _add_saved_model_flags(p, labelled=True)
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="table of texts (CSV, TSV or JSONL); for a tagging model a CoNLL-style file, one token per "
+                        "line (other columns ignored), blank lines between sentences; SQuAD JSON for a QA model")
+    p.add_argument("--output", required=True, metavar="FILE",
+                   help="one JSON line per input row (label and score), or per sentence for a tagging model "
+                        "(tokens, tags, scores); for a QA model one JSON object {question id: answer}")
+    _add_saved_model_flags(p, labelled=False)
 
 
 # command words -> (help, add_arguments, run)

@@ -106,6 +106,15 @@ class Pipeline:
                             f"options: {', '.join(self.options) or 'none'}")
         return opts
 
+    def _check_int(self, opts: dict, name: str, low: int = 1, allow_none: bool = False) -> None:
+        """A ValueError naming the option unless `opts[name]` (when given) is an int >= `low` (or None)."""
+        if name not in opts or (allow_none and opts[name] is None):
+            return
+        v = opts[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{self.task}: {name} must be an int >= {low}{' or None' if allow_none else ''}, "
+                             f"got {v!r}")
+
     def _is_single(self, inputs) -> bool:
         return isinstance(inputs, str)
 
@@ -195,9 +204,7 @@ class FillMaskPipeline(Pipeline):
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
-        k = opts.get("top_k", 5)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"fill-mask: top_k must be a positive int, got {k!r}")
+        self._check_int(opts, "top_k")
         return opts
 
     def _check_lengths(self, items, lengths):
@@ -246,9 +253,7 @@ class TextClassificationPipeline(Pipeline):
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
-        k = opts.get("top_k", 1)
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"text-classification: top_k must be a positive int or None, got {k!r}")
+        self._check_int(opts, "top_k", allow_none=True)
         return opts
 
     def _is_single(self, inputs):
@@ -387,13 +392,10 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
-        for name in ("top_k", "max_answer_len", "max_question_len", "max_seq_len", "doc_stride"):
-            v = opts.get(name, 1)
-            if v is None and name in ("max_seq_len", "doc_stride"):
-                continue
-            low = 0 if name == "doc_stride" else 1
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ValueError(f"question-answering: {name} must be an int >= {low}, got {v!r}")
+        for name in ("top_k", "max_answer_len", "max_question_len"):
+            self._check_int(opts, name)
+        self._check_int(opts, "max_seq_len", allow_none=True)
+        self._check_int(opts, "doc_stride", low=0, allow_none=True)
         return opts
 
     def __call__(self, inputs=None, *, question=None, context=None, **options):

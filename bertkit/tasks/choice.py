@@ -32,7 +32,7 @@ from .finetune import (RESULTS_NAME, FinetuneArgs, column, run_seeds, table_form
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
            "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
-           "FinetuneChoiceArgs", "run_finetune_choice", "is_multiple_choice", "run_evaluate_choice",
+           "FinetuneChoiceArgs", "run_finetune_choice", "run_evaluate_choice",
            "run_predict_choice"]
 
 
@@ -253,12 +253,6 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
                         {"task": "multiple_choice", "num_choices": n_choices})
     dist.cleanup()
     return results
-
-
-def is_multiple_choice(model_dir: str) -> bool:
-    """Whether the saved model is a multiple-choice model (by config.json's architectures)."""
-    from ..auto import AutoConfig
-    return "BertForMultipleChoice" in (AutoConfig.from_pretrained(model_dir).architectures or [])
 
 
 def _load(model_dir: str):

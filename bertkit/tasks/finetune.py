@@ -367,9 +367,11 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
     return results
 
 
-def is_tagger(model_dir: str) -> bool:
-    """Whether the saved model is a token classifier (by config.json's architectures)."""
-    return "BertForTokenClassification" in (AutoConfig.from_pretrained(model_dir).architectures or [])
+def architecture(model_dir: str) -> str:
+    """The saved model's head class, the first entry of config.json's ``architectures`` ("" when none): what
+    `bertkit evaluate` / `predict` dispatch on."""
+    archs = AutoConfig.from_pretrained(model_dir).architectures or []
+    return archs[0] if archs else ""
 
 
 def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,

@@ -45,8 +45,7 @@ from .finetune import RESULTS_NAME, FinetuneArgs, run_seeds, train_keep_best, wr
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
-           "FinetuneQAArgs", "run_finetune_qa", "run_evaluate_qa", "run_predict_qa", "architecture",
-           "is_qa_model"]
+           "FinetuneQAArgs", "run_finetune_qa", "run_evaluate_qa", "run_predict_qa"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,17 +350,6 @@ class FinetuneQAArgs(FinetuneArgs):
     max_answer_length: int = 30
     null_threshold: float = 0.0
     version_2_with_negative: bool = False   # also on when the data has an unanswerable question
-
-
-def architecture(model_dir: str) -> str:
-    """The first entry of config.json's ``architectures`` ("" when none)."""
-    archs = AutoConfig.from_pretrained(model_dir).architectures or []
-    return archs[0] if archs else ""
-
-
-def is_qa_model(model_dir: str) -> bool:
-    """Whether the saved model is an extractive QA model (by config.json's architectures)."""
-    return architecture(model_dir) == "BertForQuestionAnswering"
 
 
 def _read(path: str, what: str) -> list[SquadExample]:
