@@ -14,6 +14,7 @@ accuracy -> predictions, and the `finetune choice` job.
 from __future__ import annotations
 
 import json
+from functools import partial
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from .. import metrics as M
 from ..data.readers import read_columns
 from ..io import write_text_atomic
 from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs
-from .finetune import (RESULTS_NAME, FinetuneArgs, column, run_seeds, table_format, train_keep_best,
+from .finetune import (FinetuneArgs, column, run_seeds, table_format, train_keep_best,
                        write_eval)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
@@ -238,16 +239,12 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
                 f"model {args.model}")
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
-        torch.manual_seed(seed)  # the fresh head's initialisation
-        model = AutoModelForMultipleChoice.from_pretrained(args.model)
         batch_size = min(args.batch_size, len(train_feats))
         batches = ChoiceBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed)
-        results = train_keep_best(args, seed, out, model, tok, batches, ChoiceObjective(model),
-                                  lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy")
-        results.update(task="multiple_choice", num_choices=n_choices, num_train=len(train), num_dev=len(dev))
-        if dist.is_main():
-            write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
-        return results
+        return train_keep_best(
+            args, seed, out, partial(AutoModelForMultipleChoice.from_pretrained, args.model), tok, batches,
+            ChoiceObjective, lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy",
+            {"task": "multiple_choice", "num_choices": n_choices, "num_train": len(train), "num_dev": len(dev)})
 
     results = run_seeds(args, Path(args.output), run_one, "accuracy",
                         {"task": "multiple_choice", "num_choices": n_choices})

@@ -28,6 +28,7 @@ import math
 import re
 import shutil
 import statistics
+from functools import partial
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,15 +167,18 @@ def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
     return _fresh_state()
 
 
-def train_keep_best(args, seed: int, out: Path, model, tok, batches, objective, dev_metrics, metric: str
-                    ) -> dict[str, Any]:
-    """Train `objective` (holding `model`) on `batches` with the trainer; after each dev evaluation
+def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, objective_cls, dev_metrics, metric: str,
+                    info: dict[str, Any]) -> dict[str, Any]:
+    """One seed of a fine-tuning job: `load_model()` after seeding torch with `seed` (the fresh head's
+    initialisation), then train `objective_cls(model)` on `batches` with the trainer; after each dev evaluation
     (`dev_metrics(model) -> dict`) keep the model and tokenizer with the best `metric` in `out/best`, and
     checkpoint (the newest one kept) with the best-so-far state, so that `args.resume` continues exactly (see the
     module docstring). `args` gives the schedule (epochs / max_steps, eval_every, lr, warmup, weight_decay,
-    precision, log_every, progress, batch_size, resume). Returns metric, best_step, best (its dev metrics), final
-    (the last evaluation), max_steps, seed."""
+    precision, log_every, progress, batch_size, resume). Returns, and writes to `out/eval_results.json`: metric,
+    best_step, best (its dev metrics), final (the last evaluation), max_steps, seed, and `info` (the task)."""
     out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = load_model()
     per_epoch = batches.batches_per_epoch
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
     eval_every = args.eval_every or per_epoch
@@ -203,10 +207,13 @@ def train_keep_best(args, seed: int, out: Path, model, tok, batches, objective, 
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
                       tensorboard=False, compile=args.compile,
                       progress=sys.stderr.isatty() if args.progress is None else args.progress)
-    trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=save_state)
+    trainer = Trainer(objective_cls(model), model, batches, cfg, evaluate=evaluate, save_extra=save_state)
     trainer.train(resume=resume)
-    return {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": state["last"],
-            "max_steps": max_steps, "seed": seed}
+    results = {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": state["last"],
+               "max_steps": max_steps, "seed": seed, **info}
+    if dist.is_main():
+        write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+    return results
 
 
 def _done(out: Path, resume: bool) -> dict[str, Any] | None:
@@ -219,20 +226,16 @@ def _done(out: Path, resume: bool) -> dict[str, Any] | None:
 
 def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
     tok, info, train_feats, dev_feats, metric = data
-    torch.manual_seed(seed)  # the fresh head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, **info.model_kwargs())
     batch_size = min(args.batch_size, len(train_feats))
     batches = ClassificationBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed,
                                     regression=info.regression)
-    results = train_keep_best(args, seed, out, model, tok, batches, ClassificationObjective(model),
-                              lambda m: evaluate_classification(m, dev_feats, batch_size=max(64, batch_size)),
-                              metric)
-    results.update(task="regression" if info.regression else "classification", labels=list(info.labels),
-                   num_train=len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
-                   num_dev=len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)}))
-    if dist.is_main():
-        write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
-    return results
+    load = partial(AutoModelForSequenceClassification.from_pretrained, args.model, **info.model_kwargs())
+    return train_keep_best(
+        args, seed, out, load, tok, batches, ClassificationObjective,
+        lambda m: evaluate_classification(m, dev_feats, batch_size=max(64, batch_size)), metric,
+        {"task": "regression" if info.regression else "classification", "labels": list(info.labels),
+         "num_train": len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
+         "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})})
 
 
 def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -351,16 +354,13 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
                 f"({len(train_feats)} windows), {len(dev)} dev sentences; model {args.model}")
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
-        torch.manual_seed(seed)  # the fresh head's initialisation
-        model = AutoModelForTokenClassification.from_pretrained(args.model, **model_kwargs(tags))
         batches = TagBatches(train_feats, min(args.batch_size, len(train_feats)), pad_id=tok.pad_token_id,
                              seed=seed)
-        results = train_keep_best(args, seed, out, model, tok, batches, TagObjective(model),
-                                  lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), "f1")
-        results.update(task="tagging", labels=list(tags), num_train=len(train), num_dev=len(dev))
-        if dist.is_main():
-            write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
-        return results
+        load = partial(AutoModelForTokenClassification.from_pretrained, args.model, **model_kwargs(tags))
+        return train_keep_best(
+            args, seed, out, load, tok, batches, TagObjective,
+            lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), "f1",
+            {"task": "tagging", "labels": list(tags), "num_train": len(train), "num_dev": len(dev)})
 
     results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "tagging", "labels": list(tags)})
     dist.cleanup()

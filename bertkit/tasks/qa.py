@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs
-from .finetune import RESULTS_NAME, FinetuneArgs, run_seeds, train_keep_best, write_eval
+from .finetune import FinetuneArgs, run_seeds, train_keep_best, write_eval
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -377,19 +378,14 @@ def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
                 null_threshold=args.null_threshold)
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
-        torch.manual_seed(seed)  # the fresh head's initialisation
-        model = AutoModelForQuestionAnswering.from_pretrained(args.model)
         batch_size = min(args.batch_size, len(train_feats))
         batches = QABatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed)
-        results = train_keep_best(args, seed, out, model, tok, batches, QAObjective(model),
-                                  lambda m: evaluate_qa(m, dev_feats, dev, batch_size=max(64, batch_size),
-                                                        pad_id=tok.pad_token_id, progress=args.progress, **post),
-                                  "f1")
-        results.update(task="qa", version=version, num_train=len(train), num_dev=len(dev),
-                       train_windows=len(train_feats), dev_windows=len(dev_feats))
-        if dist.is_main():
-            write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
-        return results
+        return train_keep_best(
+            args, seed, out, partial(AutoModelForQuestionAnswering.from_pretrained, args.model), tok, batches,
+            QAObjective, lambda m: evaluate_qa(m, dev_feats, dev, batch_size=max(64, batch_size),
+                                               pad_id=tok.pad_token_id, progress=args.progress, **post), "f1",
+            {"task": "qa", "version": version, "num_train": len(train), "num_dev": len(dev),
+             "train_windows": len(train_feats), "dev_windows": len(dev_feats)})
 
     results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "qa", "version": version})
     dist.cleanup()
