@@ -100,6 +100,15 @@ class Side:
             self.model.train()
 
 
+def objective_loss(objective, term: str) -> Callable[[dict], torch.Tensor]:
+    """bertkit's side of a race: the mean loss per counted item, the objective's `term` sum over its count (the
+    trainer's normalisation), so it compares with transformers' mean loss."""
+    def loss(batch: dict) -> torch.Tensor:
+        sums, _ = objective(batch)
+        return sums[term] / objective.counts(batch)[term]
+    return loss
+
+
 def make_sides(bk, bk_loss, hf, args, total: int, warmup: int,
                hf_loss: Callable[[dict], torch.Tensor] | None = None) -> dict[str, Side]:
     """bertkit's own optimizer stack (param_groups / build_optimizer / linear_schedule) against transformers'

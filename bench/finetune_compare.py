@@ -44,7 +44,8 @@ from bertkit.data.readers import read_table  # noqa: E402
 from bertkit.tasks.classify import (ClassificationObjective, collate, encode_examples,  # noqa: E402
                                     evaluate_classification, label_info, predict_logits)
 from bench.finetune_common import (SIDES, Report, copy_weights, dropout_overrides, dropout_text,  # noqa: E402
-                                   make_sides, model_dir, ms, parse_seeds, race, race_parser, shared_batches,
+                                   make_sides, model_dir, ms, objective_loss, parse_seeds, race, race_parser,
+                                   shared_batches,
                                    speedup, step_times, timed_in_turn)
 
 DATA = ROOT.parent / "shared" / "data" / "classification"
@@ -106,12 +107,7 @@ def run_seed(seed: int, args, info, train_feats, dev_feats, pad_id: int, mdir: s
                              lambda idx: collate([train_feats[i] for i in idx], pad_id), args.max_steps)
     total = len(batches)
     warmup = int(args.warmup * total)
-    bk_obj = ClassificationObjective(bk)
-
-    def bk_loss(b):
-        losses, _ = bk_obj(b)
-        return losses["cls"] / b["labels"].shape[0]
-
+    bk_loss = objective_loss(ClassificationObjective(bk), "cls")
     tr = race(make_sides(bk, bk_loss, hf, args, total, warmup), batches, seed, log, args.log_every)
 
     # dev: bertkit's evaluate_classification vs the transformers model over the same length-sorted batches

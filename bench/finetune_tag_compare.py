@@ -49,7 +49,8 @@ from bertkit.metrics import accuracy, entity_f1  # noqa: E402
 from bertkit.tasks.tag import (IGNORE, TagObjective, collate_tags, encode_sentences,  # noqa: E402
                                evaluate_tagging, model_kwargs, predict_word_logits, tag_set)
 from bench.finetune_common import (SIDES, Report, copy_weights, dropout_overrides, dropout_text,  # noqa: E402
-                                   make_sides, model_dir, ms, parse_seeds, race, race_parser, shared_batches,
+                                   make_sides, model_dir, ms, objective_loss, parse_seeds, race, race_parser,
+                                   shared_batches,
                                    speedup, step_times, timed_in_turn)
 
 DATA = ROOT.parent / "shared" / "data" / "ner" / "wnut17"
@@ -125,12 +126,7 @@ def run_seed(seed: int, args, tags, train_feats, test_feats, test, pad_id: int, 
                              lambda idx: collate_tags([train_feats[i] for i in idx], pad_id), args.max_steps)
     total = len(batches)
     warmup = int(args.warmup * total)
-    bk_obj = TagObjective(bk)
-
-    def bk_loss(b):
-        losses, _ = bk_obj(b)
-        return losses["tag"] / TagObjective.counts(b)["tag"]
-
+    bk_loss = objective_loss(TagObjective(bk), "tag")
     tr = race(make_sides(bk, bk_loss, hf, args, total, warmup), batches, seed, log, args.log_every)
 
     gold = [list(s.tags) for s in test]

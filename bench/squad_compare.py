@@ -59,7 +59,8 @@ from bertkit.data.readers import read_squad  # noqa: E402
 from bertkit.tasks.qa import (QAObjective, collate_qa, encode_qa, evaluate_qa, postprocess,  # noqa: E402
                               predict_qa_logits, squad_metrics)
 from bench.finetune_common import (SIDES, Report, copy_weights, dropout_overrides, dropout_text,  # noqa: E402
-                                   make_sides, model_dir, ms, parse_seeds, race, race_parser, shared_batches,
+                                   make_sides, model_dir, ms, objective_loss, parse_seeds, race, race_parser,
+                                   shared_batches,
                                    speedup, step_times, timed_in_turn)
 
 DATA = ROOT.parent / "shared" / "data" / "qa" / "squad" / "dev-v1.1.json.zip"
@@ -204,12 +205,7 @@ def run_seed(seed: int, args, data, tok, mdir: str, device: torch.device, log) -
                              args.max_steps)
     total = len(batches)
     warmup = int(args.warmup * total)
-    bk_obj = QAObjective(bk)
-
-    def bk_loss(b):
-        losses, _ = bk_obj(b)
-        return losses["qa"] / QAObjective.counts(b)["qa"]
-
+    bk_loss = objective_loss(QAObjective(bk), "qa")
     sides = make_sides(bk, bk_loss, hf, args, total, warmup, hf_loss=hf_padding_masked_loss(hf))
     for side in sides.values():
         side.loss_fn = _autocast(amp, side.loss_fn)
