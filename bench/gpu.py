@@ -144,7 +144,8 @@ def over_budget(args) -> bool:
 
 
 def section(results: dict, name: str, fn, *args) -> None:
-    """Run one section; a failure is printed and recorded, the run continues."""
+    """Run one section; a failure is printed and recorded, the run continues, and the JSON so far is
+    written to --out (a run cut short by its time limit still leaves every finished figure behind)."""
     t0 = time.perf_counter()
     prev = results.get(name, {})
     try:
@@ -154,6 +155,14 @@ def section(results: dict, name: str, fn, *args) -> None:
         results[name] = {**prev, "ok": False, "error": f"{type(e).__name__}: {e}"}
         print(f"!! {name} failed: {type(e).__name__}: {e}", flush=True)
     results[name]["seconds"] = round(prev.get("seconds", 0.0) + time.perf_counter() - t0, 1)
+    save(results)
+
+
+def save(results: dict) -> None:
+    out = Path(results["out"])
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)
 
 
 # --------------------------------------------------------------------------------------------- numerics
@@ -533,7 +542,7 @@ def main(argv=None) -> dict:
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     results: dict = {"device": hw, "torch": torch.__version__, "transformers": transformers.__version__,
                      "dtype": "bf16", "smoke": args.smoke, "compile_backend": backend if args.compile else None,
-                     "argv": sys.argv[1:] if argv is None else list(argv)}
+                     "argv": sys.argv[1:] if argv is None else list(argv), "out": args.out}
     print(f"{hw}, torch {torch.__version__}, transformers {transformers.__version__}, bf16, "
           f"BERT-{args.size}, compile {'on (' + backend + ')' if args.compile else 'off'}", flush=True)
     only = args.only or ["numerics", "pretrain", "inference"]
@@ -556,7 +565,7 @@ def main(argv=None) -> dict:
                for n, c in v.get("contenders", {}).items() if "error" in c]
     results["failed"] = failed
     print(f"total {results['total_seconds']:.0f} s; failed: {', '.join(failed) or 'nothing'}")
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    save(results)
     return results
 
 
