@@ -68,3 +68,28 @@ def test_compiled_contenders_are_skipped_past_the_budget(tmp_path):
     contenders = res["inference"]["contenders"]
     assert "skipped" in contenders["bertkit + compile, arrival order"]["error"]
     assert contenders["bertkit, arrival order"]["real_tokens_per_s"] > 0
+
+
+def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
+    from bench import gpu_profile
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--out", str(tmp_path / "p.json")])
+    assert set(res["contenders"]) == {"bertkit", "bertkit + compile", "transformers"}
+    for r in res["contenders"].values():
+        assert r["kernel_ms_per_step"] == pytest.approx(sum(r["by_kind_ms"].values()))
+        assert r["wall_ms_per_step"] > 0 and r["top_kernels"]
+    assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only"}
+    assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_splitK_NTN", "GEMM"),
+    ("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_bf16_256x128_64x3_tn_align2>", "GEMM"),
+    ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<...>", "attention"),
+    ("triton_per_fused_add_native_dropout_native_layer_norm_native_layer_norm_backward_9", "layer norm"),
+    ("triton_poi_fused_gelu_gelu_backward_4", "fused (Triton)"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>", "optimizer"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::GeluCUDAKernelImpl>", "elementwise"),
+])
+def test_profile_sorts_kernels_by_kind(name, kind):
+    from bench.gpu_profile import kind_of
+    assert kind_of(name) == kind

@@ -801,3 +801,25 @@ def test_varlen_branch_compiles_into_one_graph(monkeypatch, dropout_p):
     out = compiled(q, k, v, plan)
     out.sum().backward()
     assert out.shape == q.shape and q.grad.shape == q.shape
+
+
+@pytest.mark.parametrize("out_features", [99, 96])
+def test_aligned_linear_equals_linear_values_and_gradients(out_features):
+    """The MLM decoder's GPU path (output width rounded up to a multiple of 8, extra columns dropped) gives
+    F.linear's logits and gradients: the padding rows are zeros that never reach an output."""
+    from bertkit.modeling.heads import aligned_linear
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(13, 32, generator=g, requires_grad=True)
+    w = torch.randn(out_features, 32, generator=g, requires_grad=True)
+    b = torch.randn(out_features, generator=g, requires_grad=True)
+    dy = torch.randn(13, out_features, generator=g)
+    grads = []
+    for f in (F.linear, aligned_linear):
+        y = f(x, w, b)
+        assert y.shape == (13, out_features)
+        (y * dy).sum().backward()
+        grads.append((y.detach(), x.grad.clone(), w.grad.clone(), b.grad.clone()))
+        x.grad = w.grad = b.grad = None
+    for ref, got in zip(*grads):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+

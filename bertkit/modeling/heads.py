@@ -69,7 +69,24 @@ class BertLMPredictionHead(nn.Module):
         self.bias = self.decoder.bias  # one bias, reachable under both checkpoint names
 
     def forward(self, x):
-        return self.decoder(self.transform(x))
+        h = self.transform(x)
+        if h.is_cuda:
+            return aligned_linear(h, self.decoder.weight, self.decoder.bias)
+        return self.decoder(h)
+
+
+def aligned_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """F.linear with the output width rounded up to `multiple` for the GEMM, the extra columns dropped.
+
+    BERT's 30,522 words leave each logits row 2 elements off 16-byte alignment, which sends cuBLAS to old
+    fallback kernels (about a third of the rate of the aligned ones in a profile on an H200); 30,528 columns
+    cost nothing more. The extra columns are zero weight rows, sliced off before anyone sees them."""
+    pad = -weight.shape[0] % multiple
+    if pad == 0:
+        return F.linear(x, weight, bias)
+    w = F.pad(weight, (0, 0, 0, pad))                      # (out + pad, in)
+    b = F.pad(bias, (0, pad))                              # (out + pad,)
+    return F.linear(x, w, b)[..., :weight.shape[0]]        # (..., out)
 
 
 class BertOnlyMLMHead(nn.Module):

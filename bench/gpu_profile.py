@@ -1,0 +1,180 @@
+"""Where a pre-training step's GPU time goes: kernel time by kind, per step, bertkit next to transformers.
+
+    python bench/gpu_profile.py --out profile.json             # BERT-base, seq 128 x batch 256 (about 2 minutes)
+    python bench/gpu_profile.py --smoke --out profile.json     # tiny config on the CPU: the code path only
+
+For each contender (bertkit eager, bertkit with torch.compile, transformers eager; the same batches and step
+as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler: the kernels' total time
+per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise, optimizer, ...)
+against the step's wall time (the difference is the GPU idling), and the heaviest kernels. Then bertkit
+eager again with one thing changed at a time (no dropout; forward + backward without the optimizer) to
+price those parts. The figures race nothing: bench/gpu.py does; this says where a speed-up must come from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gpu import (autocast, bertkit_step, make_config, pretraining_batches, sync,  # noqa: E402
+                       transformers_step)
+from bench.pretrain_common import copy_weights, transformers_model  # noqa: E402
+from bertkit.modeling import BertForPreTraining  # noqa: E402
+from bertkit.tasks.pretrain_objective import PreTrainingObjective  # noqa: E402
+from bertkit.train.trainer import pin, to_device  # noqa: E402
+
+# kernel-name fragments -> kind; the first match wins, so the specific names come first
+KINDS = [("attention", ("flash", "fmha", "attention")),
+         ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel")),
+         ("layer norm", ("layer_norm", "layernorm")),
+         ("dropout", ("dropout", "bernoulli", "philox")),
+         ("embedding", ("embedding", "index", "scatter", "gather", "sort", "radix")),
+         ("cross entropy", ("softmax", "nll", "cross_entropy")),
+         ("GEMM", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk")),
+         ("fused (Triton)", ("triton",)),
+         ("copy / cast", ("copy", "memcpy", "memset", "cast", "fill")),
+         ("reduction", ("reduce",)),
+         ("elementwise", ("elementwise", "vectorized", "unrolled"))]
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def profile_steps(step, batches, warmup: int, steps: int, device) -> dict:
+    """Warm up, then profile `steps` steps: wall ms per step and kernel ms per step by kind."""
+    from torch.profiler import ProfilerActivity, profile
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    sync(device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(batches[(warmup + i) % len(batches)])
+        sync(device)
+        wall = (time.perf_counter() - t0) / steps
+    by_kind, by_name, counts = defaultdict(float), defaultdict(float), defaultdict(int)
+    for ev in prof.events():
+        if device.type == "cuda":
+            if ev.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = ev.time_range.elapsed_us()
+        else:  # the smoke run: CPU operators stand in for kernels
+            if not ev.name.startswith("aten::") or ev.cpu_parent is not None:
+                continue
+            us = ev.cpu_time_total
+        by_kind[kind_of(ev.name)] += us / 1000 / steps
+        by_name[ev.name] += us / 1000 / steps
+        counts[ev.name] += 1
+    kernel_ms = sum(by_kind.values())
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:20]
+    return {"wall_ms_per_step": wall * 1000, "kernel_ms_per_step": kernel_ms,
+            "idle_ms_per_step": wall * 1000 - kernel_ms,
+            "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": n[:120], "ms_per_step": ms, "calls_per_step": counts[n] / steps}
+                            for n, ms in top]}
+
+
+def timed(step, batches, warmup: int, steps: int, device) -> float:
+    """ms per step, after warm-up."""
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(batches[(warmup + i) % len(batches)])
+    sync(device)
+    return (time.perf_counter() - t0) / steps * 1000
+
+
+def forward_backward_step(model, device, dtype):
+    """bertkit's step without clipping and optimizer: the model's own share."""
+    model.train()
+    objective = PreTrainingObjective(model)
+
+    def step(cpu_batch):
+        prepared = objective.prepare(cpu_batch)
+        counts = objective.counts(prepared)
+        batch = to_device(pin(prepared) if device.type == "cuda" else prepared, device)
+        with autocast(device, dtype):
+            sums, _ = objective(batch)
+        (sums["mlm"].float() / counts["mlm"] + sums["nsp"].float() / counts["nsp"]).backward()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="JSON file for the results")
+    ap.add_argument("--smoke", action="store_true", help="tiny config on the CPU: the code path only")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip bertkit + compile")
+    ap.add_argument("--steps", type=int, default=3, help="profiled steps per contender")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        raise SystemExit("no CUDA device: run with --smoke on the CPU")
+    size, vocab, seq, batch, warmup = ("tiny", 512, 32, 8, 1) if args.smoke else ("base", 30522, 128, 256, 5)
+    backend = "aot_eager" if args.smoke else "inductor"
+    dtype = torch.bfloat16
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    cfg = make_config(size, vocab)
+    batches = pretraining_batches(4, seq, batch, vocab, seed=seq)
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results: dict = {"device": hw, "torch": torch.__version__, "seq": seq, "batch": batch, "contenders": {},
+                     "ablations_ms_per_step": {}}
+    print(f"{hw}, torch {torch.__version__}, BERT-{size} seq {seq} x batch {batch}, bf16", flush=True)
+
+    def model_for(kind: str, config=cfg):
+        torch.manual_seed(0)
+        ours = BertForPreTraining(config)
+        if kind == "transformers":
+            theirs = transformers_model(config)
+            copy_weights(ours, theirs)
+            return theirs.to(device)
+        return ours.to(device)
+
+    contenders = [("bertkit", lambda: bertkit_step(model_for("bertkit"), device, dtype, False))]
+    if args.compile:
+        contenders.append(("bertkit + compile",
+                           lambda: bertkit_step(model_for("bertkit"), device, dtype, True, backend)))
+    contenders.append(("transformers", lambda: transformers_step(model_for("transformers"), device, dtype, False)))
+    for name, make in contenders:
+        r = profile_steps(make(), batches, warmup, args.steps, device)
+        results["contenders"][name] = r
+        print(f"\n== {name}: {r['wall_ms_per_step']:.1f} ms/step wall, {r['kernel_ms_per_step']:.1f} ms in "
+              f"kernels, {r['idle_ms_per_step']:.1f} ms idle", flush=True)
+        for kind, ms in r["by_kind_ms"].items():
+            print(f"   {kind:16s} {ms:7.2f} ms")
+        for k in r["top_kernels"][:12]:
+            print(f"   {k['ms_per_step']:7.2f} ms  x{k['calls_per_step']:<5.0f} {k['name'][:90]}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    no_dropout = make_config(size, vocab)
+    no_dropout.hidden_dropout_prob = no_dropout.attention_probs_dropout_prob = 0.0
+    ablations = [("bertkit eager", lambda: bertkit_step(model_for("bertkit"), device, dtype, False)),
+                 ("no dropout", lambda: bertkit_step(model_for("bertkit", no_dropout), device, dtype, False)),
+                 ("forward + backward only", lambda: forward_backward_step(model_for("bertkit"), device, dtype))]
+    for name, make in ablations:
+        ms = timed(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device)
+        results["ablations_ms_per_step"][name] = ms
+        print(f"ablation {name:28s} {ms:7.1f} ms/step", flush=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
