@@ -68,8 +68,8 @@ def profile_steps(step, batches, warmup: int, steps: int, device) -> dict:
     by_kind, by_name, counts = defaultdict(float), defaultdict(float), defaultdict(int)
     for ev in prof.events():
         if device.type == "cuda":
-            if ev.device_type != torch.autograd.DeviceType.CUDA:
-                continue
+            if ev.device_type != torch.autograd.DeviceType.CUDA or "#" in ev.name:
+                continue  # "#": a user annotation's span (e.g. Optimizer.step#AdamW.step), not a kernel
             us = ev.time_range.elapsed_us()
         else:  # the smoke run: CPU operators stand in for kernels
             if not ev.name.startswith("aten::") or ev.cpu_parent is not None:
