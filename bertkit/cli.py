@@ -178,6 +178,16 @@ def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None, metavar="N", help=_CLASSIFY_STRIDE_HELP)
 
 
+def _stride_or_none(text: str) -> int | str:
+    """--stride of evaluate / predict: an integer, or 'none' (truncate, whatever the model was fine-tuned with)."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from None
+
+
 _CLASSIFY_STRIDE_HELP = ("long examples: instead of truncating to --max-seq-length, split each longer one into "
                          "windows sharing N tokens (pairs: over the second text); training uses every window, "
                          "evaluation and prediction average the windows' logits (default: truncate)")
@@ -262,20 +272,28 @@ def _finetune_qa(args: argparse.Namespace) -> int:
 
 
 def _add_qa_options(p: argparse.ArgumentParser, d) -> None:
-    """The windowing and answer-selection flags of extractive QA (fields of FinetuneQAArgs; `d` the defaults)."""
-    p.add_argument("--doc-stride", type=int, default=d.doc_stride,
-                   help=f"QA: context sub-tokens shared by consecutive windows (default {d.doc_stride})")
-    p.add_argument("--max-query-length", type=int, default=d.max_query_length,
-                   help=f"QA: question sub-tokens kept (default {d.max_query_length})")
-    p.add_argument("--n-best", type=int, default=d.n_best,
-                   help=f"QA: start and end candidates per window (default {d.n_best})")
-    p.add_argument("--max-answer-length", type=int, default=d.max_answer_length,
-                   help=f"QA: longest answer in sub-tokens (default {d.max_answer_length})")
-    p.add_argument("--null-threshold", type=float, default=d.null_threshold,
-                   help="QA v2.0: answer \"\" when the null score exceeds the best span's by more than this "
-                        f"(default {d.null_threshold:g})")
+    """The windowing and answer-selection flags of extractive QA (fields of FinetuneQAArgs; `d` the defaults, or
+    None for `evaluate` / `predict`, where an absent flag means the value the model was fine-tuned with)."""
+    from .tasks.qa import FinetuneQAArgs
+    job = FinetuneQAArgs()
+
+    def default(name: str, fmt=str):
+        if d is None:
+            return None, f"as fine-tuned, else {fmt(getattr(job, name))}"
+        return getattr(d, name), fmt(getattr(d, name))
+
+    for flag, name, typ, what in (
+            ("--doc-stride", "doc_stride", int, "QA: context sub-tokens shared by consecutive windows"),
+            ("--max-query-length", "max_query_length", int, "QA: question sub-tokens kept"),
+            ("--n-best", "n_best", int, "QA: start and end candidates per window"),
+            ("--max-answer-length", "max_answer_length", int, "QA: longest answer in sub-tokens"),
+            ("--null-threshold", "null_threshold", float,
+             'QA v2.0: answer "" when the null score exceeds the best span score by more than this')):
+        value, shown = default(name, (lambda v: f"{v:g}") if typ is float else str)
+        p.add_argument(flag, type=typ, default=value, help=f"{what} (default {shown})")
     p.add_argument("--version-2-with-negative", action="store_true",
-                   help="QA: allow unanswerable questions (SQuAD v2.0; on anyway when the data has one)")
+                   help="QA: allow unanswerable questions (SQuAD v2.0; on anyway when the data has one"
+                        + (" or the model was fine-tuned so)" if d is None else ")"))
 
 
 def _add_finetune_qa(p: argparse.ArgumentParser) -> None:
@@ -288,31 +306,18 @@ def _add_finetune_qa(p: argparse.ArgumentParser) -> None:
     _add_qa_options(p, d)
 
 
-def _qa_defaults():
-    from .tasks.qa import FinetuneQAArgs
-    return FinetuneQAArgs()
-
-
 def _qa_kwargs(args: argparse.Namespace) -> dict:
     return {"doc_stride": args.doc_stride, "max_query_length": args.max_query_length, "n_best": args.n_best,
             "max_answer_length": args.max_answer_length, "null_threshold": args.null_threshold,
             "version_2": args.version_2_with_negative}
 
 
-def _tag_stride(args: argparse.Namespace) -> int:
-    """--stride of evaluate / predict for a tagger: its own default when not given (classifiers truncate)."""
-    from .tasks.finetune import FinetuneTagArgs
-    return FinetuneTagArgs().stride if args.stride is None else args.stride
-
-
 def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     """`evaluate` and `predict`: the saved model's architecture (config.json, read once) picks the task's job."""
     from .tasks.finetune import architecture
     arch = architecture(args.model)
-    qa = arch == "BertForQuestionAnswering"
-    common = {"output": args.output, "batch_size": args.batch_size,
-              "max_seq_length": args.max_seq_length or (384 if qa else 128)}
-    if qa:
+    common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length}
+    if arch == "BertForQuestionAnswering":
         from .tasks.qa import run_evaluate_qa as run_eval, run_predict_qa as run_pred
         kwargs = _qa_kwargs(args)
     elif arch == "BertForMultipleChoice":
@@ -320,7 +325,7 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
         kwargs = _choice_kwargs(args)
     elif arch == "BertForTokenClassification":
         from .tasks.finetune import run_evaluate_tag as run_eval, run_predict_tag as run_pred
-        kwargs = {"stride": _tag_stride(args), "token_column": args.token_column}
+        kwargs = {"stride": args.stride, "token_column": args.token_column}
         if evaluate:
             kwargs["tag_column"] = args.tag_column
     else:  # sequence classification or regression
@@ -348,11 +353,13 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
     _add_choice_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=None,
-                   help="tokens per example (default 128; 384 for a QA model)")
-    p.add_argument("--stride", type=int, default=None, metavar="N",
-                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default 32); "
-                        "classifiers: " + _CLASSIFY_STRIDE_HELP)
-    _add_qa_options(p, _qa_defaults())
+                   help="tokens per example (default: as fine-tuned, else 128; 384 for a QA model)")
+    p.add_argument("--stride", type=_stride_or_none, default=None, metavar="N",
+                   help="tagging models: sub-tokens shared by consecutive windows of a long sentence (default: as "
+                        "fine-tuned, else 32); classifiers: " + _CLASSIFY_STRIDE_HELP.replace(
+                            "(default: truncate)", "(default: as fine-tuned, else truncate; 'none' truncates a "
+                                                   "model fine-tuned with windows)"))
+    _add_qa_options(p, None)
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:

@@ -121,4 +121,8 @@ def test_classify_stride_and_choice_flags_reach_evaluate_and_predict(capsys):
         args = build_parser().parse_args([cmd, "--model", "m", "--data", "d", *(["--output", "o"] * (cmd == "predict")),
                                           "--stride", "8", "--choice-columns", "a,b", "--question-column", "q"])
         assert (args.stride, args.choice_columns, args.question_column) == (8, "a,b", "q")
-    assert build_parser().parse_args(["evaluate", "--model", "m", "--data", "d"]).stride is None  # truncate
+    assert build_parser().parse_args(["evaluate", "--model", "m", "--data", "d"]).stride is None  # as fine-tuned
+    assert build_parser().parse_args(["evaluate", "--model", "m", "--data", "d", "--stride", "None"]).stride == "none"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--model", "m", "--data", "d", "--stride", "half"])
+    assert "--stride: expected an integer or 'none', got 'half'" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from .. import metrics as M
 from ..data.readers import read_columns
 from ..io import write_text_atomic
 from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs
-from .finetune import (FinetuneArgs, column, run_seeds, table_format, train_keep_best,
+from .finetune import (FinetuneArgs, column, run_seeds, settings_for, table_format, train_keep_best,
                        write_eval)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
@@ -244,7 +244,8 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
         return train_keep_best(
             args, seed, out, partial(AutoModelForMultipleChoice.from_pretrained, args.model), tok, batches,
             ChoiceObjective, lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy",
-            {"task": "multiple_choice", "num_choices": n_choices, "num_train": len(train), "num_dev": len(dev)})
+            {"task": "multiple_choice", "num_choices": n_choices, "num_train": len(train), "num_dev": len(dev)},
+            {"max_seq_length": args.max_seq_length})
 
     results = run_seeds(args, Path(args.output), run_one, "accuracy",
                         {"task": "multiple_choice", "num_choices": n_choices})
@@ -258,10 +259,11 @@ def _load(model_dir: str):
 
 
 def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                        max_seq_length: int = 128, **read) -> dict[str, Any]:
+                        max_seq_length: int | None = None, **read) -> dict[str, Any]:
     """Accuracy of a fine-tuned multiple-choice model on a labelled table (`read`: `read_choices`' column
     arguments); printed and written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
     model, tok = _load(model_dir)
+    max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
     examples = read_choices(data, **read)
     if not examples:
         raise ValueError(f"{data}: no rows")
@@ -270,11 +272,12 @@ def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None,
     return write_eval(metrics, model_dir, data, output, "examples")
 
 
-def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
-                       **read) -> int:
+def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: int = 64,
+                       max_seq_length: int | None = None, **read) -> int:
     """Pick a choice for every row; one JSON line per row ({"label": index, "score", "probabilities"}) in
     `output`. Returns the row count."""
     model, tok = _load(model_dir)
+    max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
     examples = read_choices(data, **{**read, "label_column": None})
     preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
     lines = [json.dumps({"label": p["label"], "score": round(p["score"], 6),

@@ -141,6 +141,29 @@ def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str |
 
 BEST_STATE_NAME = "best_state.json"
 
+# The input settings a head was fine-tuned with (window length, stride, QA windowing and answer rules) go into
+# its config.json under HuggingFace's `task_specific_params`, keyed by pipeline task, so that `evaluate`,
+# `predict` and the run_* functions below default to them instead of to settings the model never saw.
+TASK_PARAMS = "task_specific_params"
+PIPELINE_TASK = {"BertForSequenceClassification": "text-classification",
+                 "BertForTokenClassification": "token-classification",
+                 "BertForQuestionAnswering": "question-answering",
+                 "BertForMultipleChoice": "multiple-choice"}
+
+
+def remember_settings(model, settings: dict[str, Any]) -> None:
+    """Store `settings` in `model.config` (saved with it) as the head's fine-tuning settings."""
+    task = PIPELINE_TASK[type(model).__name__]
+    model.config.extra.setdefault(TASK_PARAMS, {})[task] = dict(settings)
+
+
+def settings_for(model, args_cls, **given: Any) -> dict[str, Any]:
+    """Each of `given` unless None, else the value saved with `model` at fine-tuning (`remember_settings`),
+    else the default of that field of `args_cls` (the fine-tuning job's own default)."""
+    saved = (model.config.extra.get(TASK_PARAMS) or {}).get(PIPELINE_TASK[type(model).__name__]) or {}
+    defaults = {f.name: f.default for f in dataclasses.fields(args_cls)}
+    return {k: v if v is not None else saved.get(k, defaults[k]) for k, v in given.items()}
+
 
 def _fresh_state() -> dict[str, Any]:
     return {"best": None, "metrics": None, "step": 0, "evals": 0, "last": {}}
@@ -168,17 +191,19 @@ def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
 
 
 def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, objective_cls, dev_metrics, metric: str,
-                    info: dict[str, Any]) -> dict[str, Any]:
+                    info: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """One seed of a fine-tuning job: `load_model()` after seeding torch with `seed` (the fresh head's
     initialisation), then train `objective_cls(model)` on `batches` with the trainer; after each dev evaluation
     (`dev_metrics(model) -> dict`) keep the model and tokenizer with the best `metric` in `out/best`, and
     checkpoint (the newest one kept) with the best-so-far state, so that `args.resume` continues exactly (see the
     module docstring). `args` gives the schedule (epochs / max_steps, eval_every, lr, warmup, weight_decay,
     precision, log_every, progress, batch_size, resume). Returns, and writes to `out/eval_results.json`: metric,
-    best_step, best (its dev metrics), final (the last evaluation), max_steps, seed, and `info` (the task)."""
+    best_step, best (its dev metrics), final (the last evaluation), max_steps, seed, and `info` (the task).
+    `settings` (the input settings used) are saved in the model's config (`remember_settings`)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = load_model()
+    remember_settings(model, settings)
     per_epoch = batches.batches_per_epoch
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
     eval_every = args.eval_every or per_epoch
@@ -235,7 +260,8 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
         lambda m: evaluate_classification(m, dev_feats, batch_size=max(64, batch_size)), metric,
         {"task": "regression" if info.regression else "classification", "labels": list(info.labels),
          "num_train": len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
-         "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})})
+         "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})},
+        {"max_seq_length": args.max_seq_length, "stride": args.stride})
 
 
 def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -360,7 +386,8 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
         return train_keep_best(
             args, seed, out, load, tok, batches, TagObjective,
             lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), "f1",
-            {"task": "tagging", "labels": list(tags), "num_train": len(train), "num_dev": len(dev)})
+            {"task": "tagging", "labels": list(tags), "num_train": len(train), "num_dev": len(dev)},
+            {"max_seq_length": args.max_seq_length, "stride": args.stride})
 
     results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "tagging", "labels": list(tags)})
     dist.cleanup()
@@ -374,8 +401,16 @@ def architecture(model_dir: str) -> str:
     return archs[0] if archs else ""
 
 
+def _tag_settings(model, max_seq_length: int | None, stride: int | str | None) -> tuple[int, int]:
+    """max_seq_length and stride as given, else as fine-tuned (`settings_for`)."""
+    if stride == "none":
+        raise ValueError("stride 'none' (truncation) is for classifiers; a tagger reads long sentences in windows")
+    s = settings_for(model, FinetuneTagArgs, max_seq_length=max_seq_length, stride=stride)
+    return s["max_seq_length"], s["stride"]
+
+
 def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                     max_seq_length: int = 128, stride: int = 32, token_column: int = 0,
+                     max_seq_length: int | None = None, stride: int | None = None, token_column: int = 0,
                      tag_column: int = -1) -> dict[str, Any]:
     """Entity F1 (micro and per type) and word accuracy of a fine-tuned tagger on a CoNLL file; printed and
     written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
@@ -384,6 +419,7 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     from .tag import encode_sentences, evaluate_tagging
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
     sentences = read_conll(data, token_column, tag_column)
     if not sentences:
@@ -394,14 +430,15 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     return write_eval(metrics, model_dir, data, output, "sentences")
 
 
-def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
-                    stride: int = 32, token_column: int = 0) -> int:
+def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64,
+                    max_seq_length: int | None = None, stride: int | None = None, token_column: int = 0) -> int:
     """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored); one JSON line per
     sentence ({"tokens", "tags", "scores"}) in `output`. Returns the sentence count."""
     from ..auto import AutoModelForTokenClassification
     from .tag import predict_tags, read_tokens
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     sentences = read_tokens(data, token_column)
     preds = predict_tags(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
                          batch_size=batch_size)
@@ -413,14 +450,22 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
     return len(lines)
 
 
+def _classify_settings(model, max_seq_length: int | None, stride: int | str | None) -> tuple[int, int | None]:
+    """max_seq_length and stride as given, else as fine-tuned (`settings_for`); stride "none" truncates even a
+    model fine-tuned with windows."""
+    s = settings_for(model, FinetuneClassifyArgs, max_seq_length=max_seq_length, stride=stride)
+    return s["max_seq_length"], None if s["stride"] == "none" else s["stride"]
+
+
 def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                 max_seq_length: int = 128, stride: int | None = None, **read) -> dict[str, Any]:
+                 max_seq_length: int | None = None, stride: int | str | None = None, **read) -> dict[str, Any]:
     """Metrics of a fine-tuned classification / regression model on a labelled table; printed and written as
     JSON to `output` (default: `<model_dir>/eval_<data name>.json`). With a `stride`, long examples are read in
     windows whose logits are averaged (`bertkit.tasks.classify`)."""
     from .classify import label_info_from_config
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     info = label_info_from_config(model.config)
     examples = read_examples(data, **read)
     if not examples:
@@ -431,12 +476,13 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     return write_eval(metrics, model_dir, data, output, "examples")
 
 
-def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 128,
-                stride: int | None = None, **read) -> int:
+def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int | None = None,
+                stride: int | str | None = None, **read) -> int:
     """Label every row of a table; one JSON line per row (label, score) in `output`. Returns the row count."""
     from .classify import predict
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
+    max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     examples = read_examples(data, **read)
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,

@@ -42,7 +42,7 @@ from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs
-from .finetune import FinetuneArgs, run_seeds, train_keep_best, write_eval
+from .finetune import FinetuneArgs, run_seeds, settings_for, train_keep_best, write_eval
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -385,7 +385,9 @@ def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
             QAObjective, lambda m: evaluate_qa(m, dev_feats, dev, batch_size=max(64, batch_size),
                                                pad_id=tok.pad_token_id, progress=args.progress, **post), "f1",
             {"task": "qa", "version": version, "num_train": len(train), "num_dev": len(dev),
-             "train_windows": len(train_feats), "dev_windows": len(dev_feats)})
+             "train_windows": len(train_feats), "dev_windows": len(dev_feats)},
+            {**enc, "n_best": args.n_best, "max_answer_length": args.max_answer_length,
+             "null_threshold": args.null_threshold, "version_2_with_negative": version_2})
 
     results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "qa", "version": version})
     dist.cleanup()
@@ -397,36 +399,50 @@ def _load(model_dir: str):
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
+def _saved_settings(model, **given) -> dict[str, Any]:
+    """The QA settings for `evaluate` / `predict`: as given, else as fine-tuned (`settings_for`)."""
+    s = settings_for(model, FinetuneQAArgs, **given)
+    s["max_seq_length"] = min(s["max_seq_length"], model.config.max_position_embeddings)
+    return s
+
+
 def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                    max_seq_length: int = 384, doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20,
-                    max_answer_length: int = 30, null_threshold: float = 0.0, version_2: bool = False
-                    ) -> dict[str, Any]:
+                    max_seq_length: int | None = None, doc_stride: int | None = None,
+                    max_query_length: int | None = None, n_best: int | None = None,
+                    max_answer_length: int | None = None, null_threshold: float | None = None,
+                    version_2: bool | None = None) -> dict[str, Any]:
     """SQuAD exact match / F1 of a fine-tuned QA model on a SQuAD JSON file (v2.0 when `version_2` or when the
     file has unanswerable questions); printed and written as JSON to `output` (default
-    `<model_dir>/eval_<data name>.json`)."""
+    `<model_dir>/eval_<data name>.json`). Settings left None are those the model was fine-tuned with."""
     model, tok = _load(model_dir)
     examples = _read(data, "evaluation")
-    version_2 = version_2 or any(e.is_impossible for e in examples)
-    max_len = min(max_seq_length, model.config.max_position_embeddings)
-    feats = encode_qa(tok, examples, max_len, doc_stride, max_query_length, labels=False, source=data)
-    metrics = evaluate_qa(model, feats, examples, batch_size=batch_size, n_best=n_best,
-                          max_answer_length=max_answer_length, version_2=version_2, null_threshold=null_threshold,
-                          pad_id=tok.pad_token_id)
+    s = _saved_settings(model, max_seq_length=max_seq_length, doc_stride=doc_stride,
+                        max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,
+                        null_threshold=null_threshold, version_2_with_negative=version_2 or None)
+    version_2 = s["version_2_with_negative"] or any(e.is_impossible for e in examples)
+    feats = encode_qa(tok, examples, s["max_seq_length"], s["doc_stride"], s["max_query_length"], labels=False,
+                      source=data)
+    metrics = evaluate_qa(model, feats, examples, batch_size=batch_size, n_best=s["n_best"],
+                          max_answer_length=s["max_answer_length"], version_2=version_2,
+                          null_threshold=s["null_threshold"], pad_id=tok.pad_token_id)
     return write_eval(metrics, model_dir, data, output, "questions")
 
 
-def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int = 384,
-                   doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20, max_answer_length: int = 30,
-                   null_threshold: float = 0.0, version_2: bool = False) -> int:
+def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 64,
+                   max_seq_length: int | None = None, doc_stride: int | None = None,
+                   max_query_length: int | None = None, n_best: int | None = None,
+                   max_answer_length: int | None = None, null_threshold: float | None = None,
+                   version_2: bool | None = None) -> int:
     """Answer every question of a SQuAD JSON file (answers are optional and ignored); `output` gets the official
     predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
-    unanswerable questions). Returns the question count."""
+    unanswerable questions). Settings left None are those the model was fine-tuned with. Returns the count."""
     model, tok = _load(model_dir)
     examples = read_squad(data, labelled=False)
-    version_2 = version_2 or any(e.is_impossible for e in examples)
-    preds = predict_answers(model, tok, examples, max_seq_length=max_seq_length, doc_stride=doc_stride,
-                            max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,
-                            version_2=version_2, null_threshold=null_threshold, batch_size=batch_size)
+    s = _saved_settings(model, max_seq_length=max_seq_length, doc_stride=doc_stride,
+                        max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,
+                        null_threshold=null_threshold, version_2_with_negative=version_2 or None)
+    s["version_2"] = s.pop("version_2_with_negative") or any(e.is_impossible for e in examples)
+    preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)
                       + "\n")

@@ -92,8 +92,10 @@ def test_finetune_choice_learns_the_toy_task(trained, toy):
 
 def test_evaluate_and_predict_dispatch_on_a_multiple_choice_model(trained, toy, tmp_path, capsys):
     out = tmp_path / "m.json"
+    saved = json.loads((trained / "best" / "config.json").read_text())["task_specific_params"]
+    assert saved == {"multiple-choice": {"max_seq_length": 24}}
     assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out),
-                 *SWAG, "--max-seq-length", "24"]) == 0
+                 *SWAG]) == 0
     best = json.loads((trained / "eval_results.json").read_text())["best"]
     metrics = json.loads(out.read_text())
     assert metrics["accuracy"] == pytest.approx(best["accuracy"]) and metrics["n"] == 40

@@ -305,10 +305,12 @@ def test_a_cue_at_the_end_is_read_with_windows_and_lost_to_truncation(long_train
     assert res["num_train"] == 64 and res["num_dev"] == 40 and res["best"]["n"] == 40  # examples, not windows
     assert res["best"]["accuracy"] >= 0.9
     windowed, truncated = tmp_path / "w.json", tmp_path / "t.json"
-    assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(windowed),
-                 "--max-seq-length", "16", "--stride", "4"]) == 0
+    saved = json.loads((out / "best" / "config.json").read_text())["task_specific_params"]
+    assert saved == {"text-classification": {"max_seq_length": 16, "stride": 4}}
+    # no flags: the windows the model was fine-tuned with; "--stride none": truncation to the saved length
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(windowed)]) == 0
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(truncated),
-                 "--max-seq-length", "16"]) == 0
+                 "--stride", "none"]) == 0
     w, t = json.loads(windowed.read_text()), json.loads(truncated.read_text())
     assert w["accuracy"] == pytest.approx(res["best"]["accuracy"]) and w["n"] == t["n"] == 40
     assert t["accuracy"] <= 0.7  # the first 14 tokens hold no cue: about chance

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bertkit.cli import main
+import bertkit.tasks.qa as qa_mod
 from bertkit.config import BertConfig
 from bertkit.data.readers import SquadExample, read_squad
 from bertkit.modeling import BertModel
@@ -247,7 +248,7 @@ def toy(tmp_path_factory):
     return d
 
 
-def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, capsys):
+def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, capsys, monkeypatch):
     out = toy / "run"
     assert main(["finetune", "qa", "--model", str(toy / "encoder"), "--train", str(toy / "train.json"),
                  "--dev", str(toy / "dev.json"), "--output", str(out), "--batch-size", "16", "--lr", "5e-3",
@@ -258,14 +259,26 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
     assert res["best"]["f1"] >= 90.0 and res["best"]["n"] == 32, res["best"]
     assert (out / "best" / "config.json").exists()
     assert json.loads((out / "best" / "config.json").read_text())["architectures"] == ["BertForQuestionAnswering"]
+    # the window and answer settings travel with the model (HF's task_specific_params) ...
+    saved = json.loads((out / "best" / "config.json").read_text())["task_specific_params"]["question-answering"]
+    assert saved == {"max_seq_length": 32, "doc_stride": 8, "max_query_length": 64, "n_best": 20,
+                     "max_answer_length": 30, "null_threshold": 0.0, "version_2_with_negative": False}
     capsys.readouterr()
-    # evaluate / predict find the QA model by its architecture
-    assert main(["evaluate", "--model", str(out / "best"), "--data", str(toy / "dev.json"), "--max-seq-length",
-                 "32", "--doc-stride", "8", "--output", str(toy / "eval.json")]) == 0
+    # ... so evaluate / predict (which find the QA model by its architecture) need no flags to match training
+    windows = []
+    real_encode = qa_mod.encode_qa
+    monkeypatch.setattr(qa_mod, "encode_qa", lambda *a, **k: windows.append(a[2:5]) or real_encode(*a, **k))
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(toy / "dev.json"),
+                 "--output", str(toy / "eval.json")]) == 0
+    assert windows == [(32, 8, 64)]
     ev = json.loads((toy / "eval.json").read_text())
     assert ev["f1"] == pytest.approx(res["best"]["f1"]) and ev["exact"] == pytest.approx(res["best"]["exact"])
-    assert main(["predict", "--model", str(out / "best"), "--data", str(toy / "dev.json"), "--max-seq-length",
-                 "32", "--doc-stride", "8", "--output", str(toy / "pred.json")]) == 0
+    assert main(["predict", "--model", str(out / "best"), "--data", str(toy / "dev.json"),
+                 "--output", str(toy / "pred.json")]) == 0
+    # a flag still wins over the saved value
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(toy / "dev.json"), "--doc-stride", "4",
+                 "--output", str(toy / "eval4.json")]) == 0
+    assert windows[1:] == [(32, 8, 64), (32, 4, 64)]
     preds = json.loads((toy / "pred.json").read_text())
     assert len(preds) == 32
     assert squad_metrics(preds, read_squad(toy / "dev.json"), False)["f1"] == pytest.approx(ev["f1"])

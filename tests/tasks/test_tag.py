@@ -85,6 +85,8 @@ def test_finetune_tag_learns_the_toy_task(trained, toy):
     assert model.load_report.clean
     assert model.config.id2label == {0: "B-LOC", 1: "B-PER", 2: "I-LOC", 3: "O"}
     assert model.config.label2id["O"] == 3
+    # the window settings are saved with the model, for evaluate / predict
+    assert model.config.extra["task_specific_params"] == {"token-classification": {"max_seq_length": 32, "stride": 8}}
     tok = AutoTokenizer.from_pretrained(trained / "best")
     (tags,) = predict_tags(model, tok, [["Alice", "flew", "to", "New", "York"]])
     assert [t for t, _ in tags] == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
@@ -92,6 +94,8 @@ def test_finetune_tag_learns_the_toy_task(trained, toy):
 
 def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, capsys):
     out = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--stride", "none"]) == 2
+    assert "stride 'none' (truncation) is for classifiers" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out)]) == 0
     metrics = json.loads(out.read_text())
     best = json.loads((trained / "eval_results.json").read_text())["best"]
