@@ -251,9 +251,11 @@ def count_syncs(args, device, dtype):
 
 
 # --------------------------------------------------------------------------------------------- training
-def bertkit_step(model, device, dtype, compiled: bool, backend: str = "inductor", lr: float = 1e-4):
+def bertkit_step(model, device, dtype, compiled: bool, backend: str = "inductor", lr: float = 1e-4,
+                 optimize: bool = True):
     """bertkit's step as the Trainer runs it: CPU-side prepare + counts, pinned non-blocking copies,
-    packed forward, sums / counts, backward, clipping, fused AdamW."""
+    packed forward, sums / counts, backward, clipping, fused AdamW (`optimize` False: the gradients are
+    dropped instead of clipping and the optimizer, to price those)."""
     model.train()
     if compiled:
         compile_layers(model, backend=backend)
@@ -269,8 +271,9 @@ def bertkit_step(model, device, dtype, compiled: bool, backend: str = "inductor"
             sums, _ = objective(batch)
         loss = sums["mlm"].float() / counts["mlm"] + sums["nsp"].float() / counts["nsp"]
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        if optimize:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
     return step

@@ -23,12 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu import (autocast, bertkit_step, make_config, pretraining_batches, sync,  # noqa: E402
-                       transformers_step)
+from bench.gpu import bertkit_step, make_config, pretraining_batches, sync, transformers_step  # noqa: E402
 from bench.pretrain_common import copy_weights, transformers_model  # noqa: E402
 from bertkit.modeling import BertForPreTraining  # noqa: E402
-from bertkit.tasks.pretrain_objective import PreTrainingObjective  # noqa: E402
-from bertkit.train.trainer import pin, to_device  # noqa: E402
 
 # kernel-name fragments -> kind; the first match wins, so the specific names come first
 KINDS = [("attention", ("flash", "fmha", "attention")),
@@ -99,22 +96,6 @@ def timed(step, batches, warmup: int, steps: int, device) -> float:
     return (time.perf_counter() - t0) / steps * 1000
 
 
-def forward_backward_step(model, device, dtype):
-    """bertkit's step without clipping and optimizer: the model's own share."""
-    model.train()
-    objective = PreTrainingObjective(model)
-
-    def step(cpu_batch):
-        prepared = objective.prepare(cpu_batch)
-        counts = objective.counts(prepared)
-        batch = to_device(pin(prepared) if device.type == "cuda" else prepared, device)
-        with autocast(device, dtype):
-            sums, _ = objective(batch)
-        (sums["mlm"].float() / counts["mlm"] + sums["nsp"].float() / counts["nsp"]).backward()
-        model.zero_grad(set_to_none=True)
-    return step
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file for the results")
@@ -167,7 +148,8 @@ def main(argv=None) -> dict:
     no_dropout.hidden_dropout_prob = no_dropout.attention_probs_dropout_prob = 0.0
     ablations = [("bertkit eager", lambda: bertkit_step(model_for("bertkit"), device, dtype, False)),
                  ("no dropout", lambda: bertkit_step(model_for("bertkit", no_dropout), device, dtype, False)),
-                 ("forward + backward only", lambda: forward_backward_step(model_for("bertkit"), device, dtype))]
+                 ("forward + backward only",
+                  lambda: bertkit_step(model_for("bertkit"), device, dtype, False, optimize=False))]
     for name, make in ablations:
         ms = timed(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device)
         results["ablations_ms_per_step"][name] = ms
