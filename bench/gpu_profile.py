@@ -7,12 +7,14 @@ For each contender (bertkit eager, bertkit with torch.compile, transformers eage
 as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler: the kernels' total time
 per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise, optimizer, ...)
 against the step's wall time (the difference is the GPU idling), and the heaviest kernels. Then bertkit
-eager again with one thing changed at a time (no dropout; forward + backward without the optimizer) to
-price those parts. The figures race nothing: bench/gpu.py does; this says where a speed-up must come from.
+again with one thing changed at a time to price those parts: eager without dropout, eager forward + backward
+without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual stream
+(a what-if of a numerics change, `bf16_residual_stream`). The figures race nothing: bench/gpu.py does; this says where a speed-up must come from.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -84,6 +86,25 @@ def profile_steps(step, batches, warmup: int, steps: int, device) -> dict:
                             for n, ms in top]}
 
 
+@contextlib.contextmanager
+def bf16_residual_stream():
+    """A what-if, not bertkit's behaviour: each layer's output (the residual stream) kept in the autocast dtype
+    instead of the fp32 that autocast's LayerNorm returns. Halves the bytes of the fused add/LayerNorm kernels,
+    at the price of bf16 rounding of the stream (outputs under autocast would no longer track transformers')."""
+    from bertkit.modeling.bert import BertSelfOutput
+    original = BertSelfOutput.forward
+
+    def forward(self, x, residual):
+        h = self.dropout(self.dense(x))
+        return self.LayerNorm(h + residual).to(h.dtype)
+
+    BertSelfOutput.forward = forward
+    try:
+        yield
+    finally:
+        BertSelfOutput.forward = original
+
+
 def timed(step, batches, warmup: int, steps: int, device) -> float:
     """ms per step, after warm-up."""
     for i in range(warmup):
@@ -146,14 +167,25 @@ def main(argv=None) -> dict:
 
     no_dropout = make_config(size, vocab)
     no_dropout.hidden_dropout_prob = no_dropout.attention_probs_dropout_prob = 0.0
-    ablations = [("bertkit eager", lambda: bertkit_step(model_for("bertkit"), device, dtype, False)),
-                 ("no dropout", lambda: bertkit_step(model_for("bertkit", no_dropout), device, dtype, False)),
-                 ("forward + backward only",
-                  lambda: bertkit_step(model_for("bertkit"), device, dtype, False, optimize=False))]
-    for name, make in ablations:
-        ms = timed(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device)
+    no_attention_dropout = make_config(size, vocab)
+    no_attention_dropout.attention_probs_dropout_prob = 0.0
+
+    def step(config=cfg, compiled=False, **kw):
+        return lambda: bertkit_step(model_for("bertkit", config), device, dtype, compiled, backend, **kw)
+
+    ablations = [("bertkit eager", step(), contextlib.nullcontext),
+                 ("no dropout", step(no_dropout), contextlib.nullcontext),
+                 ("forward + backward only", step(optimize=False), contextlib.nullcontext)]
+    if args.compile:
+        ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
+                      ("compiled, no attention dropout", step(no_attention_dropout, True), contextlib.nullcontext),
+                      ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
+    for name, make, context in ablations:
+        torch._dynamo.reset()
+        with context():
+            ms = timed(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device)
         results["ablations_ms_per_step"][name] = ms
-        print(f"ablation {name:28s} {ms:7.1f} ms/step", flush=True)
+        print(f"ablation {name:32s} {ms:7.1f} ms/step", flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return results
 

@@ -77,7 +77,8 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     for r in res["contenders"].values():
         assert r["kernel_ms_per_step"] == pytest.approx(sum(r["by_kind_ms"].values()))
         assert r["wall_ms_per_step"] > 0 and r["top_kernels"]
-    assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only"}
+    assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only", "compiled",
+                                                 "compiled, no attention dropout", "compiled, bf16 residual stream"}
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
 
 
@@ -93,3 +94,20 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
 def test_profile_sorts_kernels_by_kind(name, kind):
     from bench.gpu_profile import kind_of
     assert kind_of(name) == kind
+
+
+def test_bf16_residual_what_if_changes_the_stream_dtype_only_inside_its_context():
+    from bench.gpu_profile import bf16_residual_stream
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertModel
+    model = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=20, max_position_embeddings=16)).eval()
+    ids = torch.randint(5, 50, (2, 7))
+
+    def out_dtype():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(ids).last_hidden_state.dtype
+    assert out_dtype() == torch.float32          # bertkit, like transformers: LayerNorm's fp32 under autocast
+    with bf16_residual_stream():
+        assert out_dtype() == torch.bfloat16
+    assert out_dtype() == torch.float32
