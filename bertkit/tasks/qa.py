@@ -399,10 +399,15 @@ def _load(model_dir: str):
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
-def _saved_settings(model, **given) -> dict[str, Any]:
-    """The QA settings for `evaluate` / `predict`: as given, else as fine-tuned (`settings_for`)."""
-    s = settings_for(model, FinetuneQAArgs, **given)
+def _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
+                 null_threshold, version_2) -> dict[str, Any]:
+    """The keyword arguments of `predict_answers` for `evaluate` / `predict`: each as given, else as fine-tuned
+    (`settings_for`); v2.0 also when `examples` hold an unanswerable question."""
+    s = settings_for(model, FinetuneQAArgs, max_seq_length=max_seq_length, doc_stride=doc_stride,
+                     max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,
+                     null_threshold=null_threshold, version_2_with_negative=version_2 or None)
     s["max_seq_length"] = min(s["max_seq_length"], model.config.max_position_embeddings)
+    s["version_2"] = s.pop("version_2_with_negative") or any(e.is_impossible for e in examples)
     return s
 
 
@@ -416,14 +421,12 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
     `<model_dir>/eval_<data name>.json`). Settings left None are those the model was fine-tuned with."""
     model, tok = _load(model_dir)
     examples = _read(data, "evaluation")
-    s = _saved_settings(model, max_seq_length=max_seq_length, doc_stride=doc_stride,
-                        max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,
-                        null_threshold=null_threshold, version_2_with_negative=version_2 or None)
-    version_2 = s["version_2_with_negative"] or any(e.is_impossible for e in examples)
+    s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
+                     null_threshold, version_2)
     feats = encode_qa(tok, examples, s["max_seq_length"], s["doc_stride"], s["max_query_length"], labels=False,
                       source=data)
     metrics = evaluate_qa(model, feats, examples, batch_size=batch_size, n_best=s["n_best"],
-                          max_answer_length=s["max_answer_length"], version_2=version_2,
+                          max_answer_length=s["max_answer_length"], version_2=s["version_2"],
                           null_threshold=s["null_threshold"], pad_id=tok.pad_token_id)
     return write_eval(metrics, model_dir, data, output, "questions")
 
@@ -438,10 +441,8 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
     unanswerable questions). Settings left None are those the model was fine-tuned with. Returns the count."""
     model, tok = _load(model_dir)
     examples = read_squad(data, labelled=False)
-    s = _saved_settings(model, max_seq_length=max_seq_length, doc_stride=doc_stride,
-                        max_query_length=max_query_length, n_best=n_best, max_answer_length=max_answer_length,
-                        null_threshold=null_threshold, version_2_with_negative=version_2 or None)
-    s["version_2"] = s.pop("version_2_with_negative") or any(e.is_impossible for e in examples)
+    s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
+                     null_threshold, version_2)
     preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)
