@@ -9,7 +9,8 @@ per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, ele
 against the step's wall time (the difference is the GPU idling), and the heaviest kernels. Then bertkit
 again with one thing changed at a time to price those parts: eager without dropout, eager forward + backward
 without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual stream
-(a what-if of a numerics change, `bf16_residual_stream`). The figures race nothing: bench/gpu.py does; this says where a speed-up must come from.
+(a what-if of a numerics change, `bf16_residual_stream`). The race itself is bench/gpu.py; this says where a
+speed-up must come from.
 """
 from __future__ import annotations
 
