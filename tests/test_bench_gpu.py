@@ -88,7 +88,7 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<...>", "attention"),
     ("triton_per_fused_add_native_dropout_native_layer_norm_native_layer_norm_backward_9", "layer norm"),
     ("triton_poi_fused_gelu_gelu_backward_4", "fused (Triton)"),
-    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>", "optimizer"),
+    ("void at::native::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>", "optimizer"),
     ("void at::native::vectorized_elementwise_kernel<8, at::native::GeluCUDAKernelImpl>", "elementwise"),
 ])
 def test_profile_sorts_kernels_by_kind(name, kind):
