@@ -374,8 +374,8 @@ class QuestionAnsweringPipeline(Pipeline):
     as a list.
 
     The semantics of transformers' (4.x) question-answering pipeline: the context is cut into windows of
-    `max_seq_len` tokens (default min(tokenizer max length, 384)) sharing `doc_stride` tokens (default
-    min(max_seq_len // 2, 128)); in each window the start and end logits go through a softmax over [CLS] and the
+    `max_seq_len` tokens (default: as fine-tuned by bertkit, else min(tokenizer max length, 384)) sharing
+    `doc_stride` tokens (default: as fine-tuned, else min(max_seq_len // 2, 128)); in each window the start and end logits go through a softmax over [CLS] and the
     context tokens, a span scores p(start) * p(end) (end >= start, at most `max_answer_len` tokens, [CLS] excluded)
     and is widened to whole words (as the tokenizer splits words); the best spans of all windows compete. With
     `handle_impossible_answer`, the smallest [CLS] p(start) * p(end) over the windows competes too, as
@@ -431,9 +431,12 @@ class QuestionAnsweringPipeline(Pipeline):
         from .tasks.qa import encode_qa, predict_qa_logits
         if not items:
             return []
-        max_len = opts["max_seq_len"] or min(self.tokenizer.model_max_length, 384)
+        from .tasks.finetune import saved_settings
+        saved = saved_settings(self.model)   # a model fine-tuned by bertkit: its own window settings
+        max_len = opts["max_seq_len"] or saved.get("max_seq_length") or min(self.tokenizer.model_max_length, 384)
         max_len = min(max_len, self.model.config.max_position_embeddings)
-        stride = opts["doc_stride"] if opts["doc_stride"] is not None else min(max_len // 2, 128)
+        stride = opts["doc_stride"] if opts["doc_stride"] is not None else saved.get("doc_stride",
+                                                                                     min(max_len // 2, 128))
         examples = [SquadExample(f"input {i}", x["question"], x["context"]) for i, x in enumerate(items)]
         try:
             feats = encode_qa(self.tokenizer, examples, max_len, stride, opts["max_question_len"], labels=False)

@@ -373,6 +373,27 @@ def test_question_answering_logits_match_transformers_on_the_same_windows(qa_mod
             assert (x - y).abs().max() <= atol, (name, atol)
 
 
+def test_question_answering_defaults_to_the_windows_a_bertkit_model_was_fine_tuned_with(qa_model, tmp_path,
+                                                                                        monkeypatch):
+    from bertkit import AutoModelForQuestionAnswering, AutoTokenizer
+    from bertkit.tasks import qa as qa_mod
+    from bertkit.tasks.finetune import remember_settings
+    model = AutoModelForQuestionAnswering.from_pretrained(qa_model["dir"])
+    remember_settings(model, {"max_seq_length": 96, "doc_stride": 24})
+    model.save_pretrained(tmp_path / "tuned")
+    AutoTokenizer.from_pretrained(qa_model["dir"]).save_pretrained(tmp_path / "tuned")
+    windows = []
+    real = qa_mod.encode_qa
+    monkeypatch.setattr(qa_mod, "encode_qa", lambda *a, **k: windows.append(a[2:4]) or real(*a, **k))
+    e = qa_model["examples"][0]                                      # a context longer than 200 tokens
+    item = {"question": e.question, "context": e.context}
+    tuned = pipeline("question-answering", model=tmp_path / "tuned")
+    assert tuned(item) == tuned(item, max_seq_len=96, doc_stride=24)
+    tuned(item, doc_stride=8)                                        # an option still wins
+    pipeline("question-answering", model=qa_model["dir"])(item)      # no saved settings: transformers' defaults
+    assert windows == [(96, 24), (96, 24), (96, 8), (384, 128)]
+
+
 def test_question_answering_errors(qa_model):
     qa = pipeline("question-answering", model=qa_model["dir"])
     with pytest.raises(TypeError, match="input 0 must be a dict with the keys question and context"):

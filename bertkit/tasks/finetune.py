@@ -157,10 +157,15 @@ def remember_settings(model, settings: dict[str, Any]) -> None:
     model.config.extra.setdefault(TASK_PARAMS, {})[task] = dict(settings)
 
 
+def saved_settings(model) -> dict[str, Any]:
+    """The settings `remember_settings` stored with `model` ({} for a model fine-tuned elsewhere)."""
+    return dict((model.config.extra.get(TASK_PARAMS) or {}).get(PIPELINE_TASK.get(type(model).__name__)) or {})
+
+
 def settings_for(model, args_cls, **given: Any) -> dict[str, Any]:
     """Each of `given` unless None, else the value saved with `model` at fine-tuning (`remember_settings`),
     else the default of that field of `args_cls` (the fine-tuning job's own default)."""
-    saved = (model.config.extra.get(TASK_PARAMS) or {}).get(PIPELINE_TASK[type(model).__name__]) or {}
+    saved = saved_settings(model)
     defaults = {f.name: f.default for f in dataclasses.fields(args_cls)}
     return {k: v if v is not None else saved.get(k, defaults[k]) for k, v in given.items()}
 
