@@ -75,8 +75,12 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     res = gpu_profile.main(["--smoke", "--steps", "1", "--out", str(tmp_path / "p.json")])
     assert set(res["contenders"]) == {"bertkit", "bertkit + compile", "transformers"}
     for r in res["contenders"].values():
-        assert r["kernel_ms_per_step"] == pytest.approx(sum(r["by_kind_ms"].values()))
+        assert r["kernel_ms_per_step"] == pytest.approx(sum(r["by_kind_ms"].values()))  # by construction; and:
+        assert r["kernel_ms_per_step"] > 0 and all(ms >= 0 for ms in r["by_kind_ms"].values())
+        assert sum(k["ms_per_step"] for k in r["top_kernels"]) <= r["kernel_ms_per_step"] + 1e-9
         assert r["wall_ms_per_step"] > 0 and r["top_kernels"]
+    eager = {k["name"] for k in res["contenders"]["bertkit"]["top_kernels"]}
+    assert eager & {"aten::linear", "aten::addmm", "aten::mm"}   # the matrix products are among the heaviest
     assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only", "compiled",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream"}
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
