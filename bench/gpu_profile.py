@@ -1,6 +1,8 @@
 """Where a pre-training step's GPU time goes: kernel time by kind, per step, bertkit next to transformers.
 
     python bench/gpu_profile.py --out profile.json             # BERT-base, seq 128 x batch 256 (about 2 minutes)
+    python bench/gpu_profile.py --out p.json --tuned           # + compile tuning options (a few more minutes)
+    python bench/gpu_profile.py --out p.json --seq 512 --batch 32 --no-ablations   # where seq 512's time goes
     python bench/gpu_profile.py --smoke --out profile.json     # tiny config on the CPU: the code path only
 
 For each contender (bertkit eager, bertkit with torch.compile, transformers eager; the same batches and step
@@ -9,8 +11,11 @@ per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, ele
 against the step's wall time (the difference is the GPU idling), and the heaviest kernels. Then bertkit
 again with one thing changed at a time to price those parts: eager without dropout, eager forward + backward
 without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual stream
-(a what-if of a numerics change, `bf16_residual_stream`). The race itself is bench/gpu.py; this says where a
-speed-up must come from.
+(a what-if of a numerics change, `bf16_residual_stream`); with --tuned also compiled with inductor's tuning
+options that keep the operations as they are (coordinate-descent tuning of the fused kernels; max-autotune,
+which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after every
+contender and ablation, so a run cut short keeps what it measured. The race itself is bench/gpu.py; this
+says where a speed-up must come from.
 """
 from __future__ import annotations
 
@@ -124,11 +129,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="tiny config on the CPU: the code path only")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip bertkit + compile")
     ap.add_argument("--steps", type=int, default=3, help="profiled steps per contender")
+    ap.add_argument("--seq", type=int, default=None, help="sequence length (default 128; smoke 32)")
+    ap.add_argument("--batch", type=int, default=None, help="sequences per batch (default 256; smoke 8)")
+    ap.add_argument("--no-ablations", dest="ablations", action="store_false", help="profile the contenders only")
+    ap.add_argument("--tuned", action="store_true",
+                    help="add compiled ablations with inductor's tuning options (coordinate descent, max-autotune)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type != "cuda" and not args.smoke:
         raise SystemExit("no CUDA device: run with --smoke on the CPU")
     size, vocab, seq, batch, warmup = ("tiny", 512, 32, 8, 1) if args.smoke else ("base", 30522, 128, 256, 5)
+    seq, batch = args.seq or seq, args.batch or batch
     backend = "aot_eager" if args.smoke else "inductor"
     dtype = torch.bfloat16
     if device.type == "cuda":
@@ -139,6 +150,9 @@ def main(argv=None) -> dict:
     results: dict = {"device": hw, "torch": torch.__version__, "seq": seq, "batch": batch, "contenders": {},
                      "ablations_ms_per_step": {}}
     print(f"{hw}, torch {torch.__version__}, BERT-{size} seq {seq} x batch {batch}, bf16", flush=True)
+
+    def save():
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 
     def model_for(kind: str, config=cfg):
         torch.manual_seed(0)
@@ -165,6 +179,9 @@ def main(argv=None) -> dict:
             print(f"   {k['ms_per_step']:7.2f} ms  x{k['calls_per_step']:<5.0f} {k['name'][:90]}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        save()
+    if not args.ablations:
+        return results
 
     no_dropout = make_config(size, vocab)
     no_dropout.hidden_dropout_prob = no_dropout.attention_probs_dropout_prob = 0.0
@@ -174,6 +191,10 @@ def main(argv=None) -> dict:
     def step(config=cfg, compiled=False, **kw):
         return lambda: bertkit_step(model_for("bertkit", config), device, dtype, compiled, backend, **kw)
 
+    def inductor_options(**options):
+        import torch._inductor.config as inductor_config
+        return lambda: inductor_config.patch(**options)
+
     ablations = [("bertkit eager", step(), contextlib.nullcontext),
                  ("no dropout", step(no_dropout), contextlib.nullcontext),
                  ("forward + backward only", step(optimize=False), contextlib.nullcontext)]
@@ -181,13 +202,20 @@ def main(argv=None) -> dict:
         ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
                       ("compiled, no attention dropout", step(no_attention_dropout, True), contextlib.nullcontext),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
+    if args.compile and args.tuned:
+        # the same operations, other kernels: first the fused kernels' block sizes tuned, then max-autotune
+        # (Triton matrix-product templates raced against cuBLAS, with epilogues such as GELU fused in)
+        ablations += [("compiled, coordinate-descent tuning", step(compiled=True),
+                       inductor_options(coordinate_descent_tuning=True)),
+                      ("compiled, max-autotune", step(compiled=True),
+                       inductor_options(max_autotune=True, coordinate_descent_tuning=True))]
     for name, make, context in ablations:
         torch._dynamo.reset()
         with context():
             ms = timed(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device)
         results["ablations_ms_per_step"][name] = ms
-        print(f"ablation {name:32s} {ms:7.1f} ms/step", flush=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"ablation {name:36s} {ms:7.1f} ms/step", flush=True)
+        save()
     return results
 
 

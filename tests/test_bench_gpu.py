@@ -72,7 +72,7 @@ def test_compiled_contenders_are_skipped_past_the_budget(tmp_path):
 
 def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     from bench import gpu_profile
-    res = gpu_profile.main(["--smoke", "--steps", "1", "--out", str(tmp_path / "p.json")])
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--tuned", "--out", str(tmp_path / "p.json")])
     assert set(res["contenders"]) == {"bertkit", "bertkit + compile", "transformers"}
     for r in res["contenders"].values():
         assert r["kernel_ms_per_step"] == pytest.approx(sum(r["by_kind_ms"].values()))  # by construction; and:
@@ -82,8 +82,19 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     eager = {k["name"] for k in res["contenders"]["bertkit"]["top_kernels"]}
     assert eager & {"aten::linear", "aten::addmm", "aten::mm"}   # the matrix products are among the heaviest
     assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only", "compiled",
-                                                 "compiled, no attention dropout", "compiled, bf16 residual stream"}
+                                                 "compiled, no attention dropout", "compiled, bf16 residual stream",
+                                                 "compiled, coordinate-descent tuning", "compiled, max-autotune"}
+    assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
+
+
+def test_profile_other_shapes_without_ablations(tmp_path):
+    from bench import gpu_profile
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--seq", "16", "--batch", "3", "--no-compile",
+                            "--no-ablations", "--out", str(tmp_path / "p.json")])
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert (saved["seq"], saved["batch"]) == (16, 3) and saved["ablations_ms_per_step"] == {}
+    assert set(res["contenders"]) == {"bertkit", "transformers"}
 
 
 @pytest.mark.parametrize("name, kind", [
