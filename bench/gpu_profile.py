@@ -57,8 +57,68 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile_steps(step, batches, warmup: int, steps: int, device) -> dict:
-    """Warm up, then profile `steps` steps: wall ms per step and kernel ms per step by kind."""
+# CUDA runtime calls that hold the host until the device (or a copy) is done: the sync debug mode counts only
+# the explicit ones, while memory (de)allocations and pageable copies block as well
+BLOCKING_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+                  "cudaHostAlloc", "cudaFreeHost", "cudaMalloc", "cudaFree", "cudaHostRegister")
+
+
+def idle_report(trace: dict, steps: int, top: int = 10) -> dict:
+    """Why the GPU idles, from a Chrome trace of `steps` profiled steps: every gap between device activities
+    is charged to the host operator that launched the activity after it (the innermost `cpu_op` around its
+    launch call) and marked "host late" when that launch came after the device had gone idle (the host was
+    the bottleneck) or "waiting" otherwise; plus the time spent in blocking CUDA runtime calls."""
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    device = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
+                    key=lambda e: e["ts"])
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    # innermost cpu_op around each launch: a sweep over each thread's operators in start order
+    enclosing: dict[int, str] = {}
+    by_thread: dict = defaultdict(list)
+    for e in events:
+        if e.get("cat") in ("cpu_op", "cuda_runtime", "cuda_driver"):
+            by_thread[(e["pid"], e["tid"])].append(e)
+    for evs in by_thread.values():
+        evs.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+        stack: list = []
+        for e in evs:
+            while stack and stack[-1]["ts"] + stack[-1].get("dur", 0) < e["ts"]:
+                stack.pop()
+            if e["cat"] == "cpu_op":
+                stack.append(e)
+            elif "correlation" in e.get("args", {}):
+                enclosing[e["args"]["correlation"]] = stack[-1]["name"] if stack else "(no operator)"
+    gaps: dict = defaultdict(lambda: [0.0, 0])
+    total = 0.0
+    end = None
+    for e in device:
+        if end is not None and e["ts"] > end:
+            gap = e["ts"] - end
+            corr = e.get("args", {}).get("correlation")
+            launch = launches.get(corr)
+            how = "host late" if launch is not None and launch["ts"] > end else "waiting"
+            key = f"{how}: {enclosing.get(corr, '(unknown)')}"
+            gaps[key][0] += gap
+            gaps[key][1] += 1
+            total += gap
+        end = max(end or 0.0, e["ts"] + e.get("dur", 0))
+    blocking: dict = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "cuda_runtime" and e["name"] in BLOCKING_CALLS:
+            blocking[e["name"]] += e.get("dur", 0) / 1000 / steps
+    worst = sorted(gaps.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"gap_ms_per_step": total / 1000 / steps,
+            "host_late_ms_per_step": sum(v[0] for k, v in gaps.items() if k.startswith("host late")) / 1000 / steps,
+            "largest_gaps": [{"before": k, "ms_per_step": v[0] / 1000 / steps, "count_per_step": v[1] / steps}
+                             for k, v in worst],
+            "blocking_calls_ms_per_step": dict(blocking)}
+
+
+def profile_steps(step, batches, warmup: int, steps: int, device, trace: Path | None = None) -> dict:
+    """Warm up, then profile `steps` steps: wall ms per step, host ms per step (until the last step is
+    queued), kernel ms per step by kind, and on CUDA why the device idled (`idle_report`); `trace`: also
+    write the Chrome trace there (gzipped)."""
     from torch.profiler import ProfilerActivity, profile
     for i in range(warmup):
         step(batches[i % len(batches)])
@@ -68,8 +128,20 @@ def profile_steps(step, batches, warmup: int, steps: int, device) -> dict:
         t0 = time.perf_counter()
         for i in range(steps):
             step(batches[(warmup + i) % len(batches)])
+        host = (time.perf_counter() - t0) / steps
         sync(device)
         wall = (time.perf_counter() - t0) / steps
+    idle = None
+    if device.type == "cuda" or trace is not None:
+        import gzip
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            prof.export_chrome_trace(f"{tmp}/trace.json")
+            raw = Path(f"{tmp}/trace.json").read_bytes()
+        if trace is not None:
+            trace.parent.mkdir(parents=True, exist_ok=True)
+            trace.write_bytes(gzip.compress(raw))
+        idle = idle_report(json.loads(raw), steps)
     by_kind, by_name, counts = defaultdict(float), defaultdict(float), defaultdict(int)
     for ev in prof.events():
         if device.type == "cuda":
@@ -85,11 +157,12 @@ def profile_steps(step, batches, warmup: int, steps: int, device) -> dict:
         counts[ev.name] += 1
     kernel_ms = sum(by_kind.values())
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:20]
-    return {"wall_ms_per_step": wall * 1000, "kernel_ms_per_step": kernel_ms,
+    return {"wall_ms_per_step": wall * 1000, "host_ms_per_step": host * 1000, "kernel_ms_per_step": kernel_ms,
             "idle_ms_per_step": wall * 1000 - kernel_ms,
             "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
             "top_kernels": [{"name": n[:120], "ms_per_step": ms, "calls_per_step": counts[n] / steps}
-                            for n, ms in top]}
+                            for n, ms in top],
+            "idle": idle}
 
 
 @contextlib.contextmanager
@@ -132,6 +205,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default 128; smoke 32)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per batch (default 256; smoke 8)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false", help="profile the contenders only")
+    ap.add_argument("--trace", type=Path, default=None,
+                    help="folder for each contender's Chrome trace of the profiled steps (.json.gz)")
     ap.add_argument("--tuned", action="store_true",
                     help="add compiled ablations with inductor's tuning options (coordinate descent, max-autotune)")
     args = ap.parse_args(argv)
@@ -169,10 +244,17 @@ def main(argv=None) -> dict:
                            lambda: bertkit_step(model_for("bertkit"), device, dtype, True, backend)))
     contenders.append(("transformers", lambda: transformers_step(model_for("transformers"), device, dtype, False)))
     for name, make in contenders:
-        r = profile_steps(make(), batches, warmup, args.steps, device)
+        trace = args.trace / f"{name.replace(' + ', '-')}-{seq}x{batch}.json.gz" if args.trace else None
+        r = profile_steps(make(), batches, warmup, args.steps, device, trace)
         results["contenders"][name] = r
-        print(f"\n== {name}: {r['wall_ms_per_step']:.1f} ms/step wall, {r['kernel_ms_per_step']:.1f} ms in "
-              f"kernels, {r['idle_ms_per_step']:.1f} ms idle", flush=True)
+        print(f"\n== {name}: {r['wall_ms_per_step']:.1f} ms/step wall ({r['host_ms_per_step']:.1f} ms until queued), "
+              f"{r['kernel_ms_per_step']:.1f} ms in kernels, {r['idle_ms_per_step']:.1f} ms idle", flush=True)
+        if r["idle"] is not None:
+            i = r["idle"]
+            print(f"   device gaps {i['gap_ms_per_step']:.2f} ms/step, host late {i['host_late_ms_per_step']:.2f}; "
+                  f"blocking calls {i['blocking_calls_ms_per_step']}", flush=True)
+            for g in i["largest_gaps"][:6]:
+                print(f"   gap {g['ms_per_step']:6.2f} ms x{g['count_per_step']:<5.1f} before {g['before'][:80]}")
         for kind, ms in r["by_kind_ms"].items():
             print(f"   {kind:16s} {ms:7.2f} ms")
         for k in r["top_kernels"][:12]:

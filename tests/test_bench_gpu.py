@@ -126,3 +126,29 @@ def test_bf16_residual_what_if_changes_the_stream_dtype_only_inside_its_context(
     with bf16_residual_stream():
         assert out_dtype() == torch.bfloat16
     assert out_dtype() == torch.float32
+
+
+def test_idle_report_charges_each_device_gap_to_the_operator_that_launched_after_it():
+    from bench.gpu_profile import idle_report
+
+    def x(cat, name, ts, dur, corr=None, tid=1):
+        e = {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 0, "tid": tid}
+        if corr is not None:
+            e["args"] = {"correlation": corr}
+        return e
+    trace = {"traceEvents": [
+        x("cpu_op", "aten::linear", 0, 100), x("cpu_op", "aten::gelu", 85, 10),
+        x("cuda_runtime", "cudaLaunchKernel", 10, 5, 1), x("cuda_runtime", "cudaLaunchKernel", 90, 2, 2),
+        x("cpu_op", "aten::add", 104, 2), x("cuda_runtime", "cudaLaunchKernel", 105, 1, 3),
+        x("cpu_op", "aten::copy_", 200, 60), x("cuda_runtime", "cudaStreamSynchronize", 210, 30),
+        x("kernel", "gemm", 20, 30, 1, tid=7),       # busy 20-50
+        x("kernel", "gelu", 100, 10, 2, tid=7),      # gap 50 after the gemm: launched at 90, after 50: host late
+        x("kernel", "add", 150, 10, 3, tid=7),       # gap 40: launched at 105, before the device went idle at 110
+        x("kernel", "overlapping", 152, 3, None, tid=8),
+    ]}
+    r = idle_report(trace, steps=2)
+    assert r["gap_ms_per_step"] == pytest.approx((50 + 40) / 1000 / 2)
+    assert r["host_late_ms_per_step"] == pytest.approx(50 / 1000 / 2)
+    gaps = {g["before"]: g["ms_per_step"] for g in r["largest_gaps"]}
+    assert gaps == pytest.approx({"host late: aten::gelu": 0.025, "waiting: aten::add": 0.02})
+    assert r["blocking_calls_ms_per_step"] == pytest.approx({"cudaStreamSynchronize": 0.015})
