@@ -148,6 +148,7 @@ def test_idle_report_charges_each_device_gap_to_the_operator_that_launched_after
     ]}
     r = idle_report(trace, steps=2)
     assert r["gap_ms_per_step"] == pytest.approx((50 + 40) / 1000 / 2)
+    assert r["busy_ms_per_step"] == pytest.approx((30 + 10 + 10) / 1000 / 2)   # the overlapping kernel once
     assert r["host_late_ms_per_step"] == pytest.approx(50 / 1000 / 2)
     gaps = {g["before"]: g["ms_per_step"] for g in r["largest_gaps"]}
     assert gaps == pytest.approx({"host late: aten::gelu": 0.025, "waiting: aten::add": 0.02})
