@@ -28,17 +28,19 @@ def check_model_type(directory: str) -> None:
 
 class AutoConfig:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **overrides) -> BertConfig:
-        directory = resolve_model_dir(name_or_path)
+    def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        **overrides) -> BertConfig:
+        directory = resolve_model_dir(name_or_path, revision=revision)
         check_model_type(directory)
         return apply_config_overrides(BertConfig.from_json_file(os.path.join(directory, CONFIG_NAME)), overrides)
 
 
 class AutoTokenizer:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs):
+    def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None, **kwargs):
+        """The revision is resolved here and BertTokenizer gets the snapshot directory."""
         from .tokenizer import BertTokenizer
-        directory = resolve_model_dir(name_or_path, required=TOKENIZER_FILES)
+        directory = resolve_model_dir(name_or_path, required=TOKENIZER_FILES, revision=revision)
         if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             check_model_type(directory)
         return BertTokenizer.from_pretrained(directory, **kwargs)
@@ -59,8 +61,8 @@ class _AutoModel:
         return getattr(modeling, cls.target)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
-        directory = resolve_model_dir(name_or_path)
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None, **kwargs):
+        directory = resolve_model_dir(name_or_path, revision=revision)
         check_model_type(directory)
         return cls.model_class().from_pretrained(directory, **kwargs)
 

@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,8 +75,71 @@ def _hf_snapshots(repo_dir: str) -> list[str]:
     return [main] + [d for d in found if d != main] if main in found else found
 
 
+# A full commit hash, as huggingface_hub names snapshot directories; a prefix of one is accepted from
+# 7 characters, git's shortest abbreviation.
+_COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+_HASH_PREFIX = re.compile(r"[0-9a-f]{7,39}")
+
+
+def _check_revision(revision: str) -> None:
+    """Refuse a revision that could name a path outside `refs/` or `snapshots/` of the cached repo."""
+    if not isinstance(revision, str):
+        raise TypeError(f"revision must be a str (branch, tag or commit hash), got {type(revision).__name__}")
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not revision or ".." in revision or any(sep in revision for sep in seps):
+        raise ValueError(f"revision {revision!r}: expected a branch, tag or commit hash "
+                         "without path separators or '..'")
+
+
+def _hf_refs(repo_dir: str) -> dict[str, str]:
+    """Cached revision names (branches, tags, abbreviated hashes; `refs/<name>`) -> commit hash."""
+    refs_dir = os.path.join(repo_dir, "refs")
+    refs = {}
+    for root, _, files in os.walk(refs_dir):
+        for f in files:
+            path = os.path.join(root, f)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    refs[os.path.relpath(path, refs_dir).replace(os.sep, "/")] = fh.read().strip()
+            except OSError:
+                continue
+    return refs
+
+
+def _hf_snapshot_for(name: str, repo_dir: str, revision: str) -> str:
+    """The snapshot directory of one revision, resolved as huggingface_hub does offline.
+
+    A full commit hash names `snapshots/<hash>`; otherwise `refs/<revision>` (a branch or a tag: the hub
+    cache writes both there, and abbreviated hashes it has resolved once) holds the hash; otherwise a
+    hash prefix of 7+ characters naming exactly one snapshot. Raises FileNotFoundError listing what is
+    cached, ValueError for an ambiguous prefix.
+    """
+    snapshots_dir = os.path.join(repo_dir, "snapshots")
+    snapshots = sorted(d for d in (os.listdir(snapshots_dir) if os.path.isdir(snapshots_dir) else ())
+                       if os.path.isdir(os.path.join(snapshots_dir, d)))
+    commit = None
+    if _COMMIT_HASH.fullmatch(revision):
+        commit = revision
+    elif os.path.isfile(os.path.join(repo_dir, "refs", revision)):
+        with open(os.path.join(repo_dir, "refs", revision), encoding="utf-8") as f:
+            commit = f.read().strip()
+    elif _HASH_PREFIX.fullmatch(revision):
+        matches = [h for h in snapshots if h.startswith(revision)]
+        if len(matches) > 1:
+            raise ValueError(f"revision {revision!r} of model {name!r} is ambiguous: it prefixes the cached "
+                             f"snapshots {', '.join(matches)}; give more characters")
+        commit = matches[0] if matches else None
+    if commit is not None and commit in snapshots:
+        return os.path.join(snapshots_dir, commit)
+    refs = ", ".join(f"{r} ({h[:12]})" for r, h in sorted(_hf_refs(repo_dir).items())) or "none"
+    via = f" (commit {commit}, not in snapshots/)" if commit not in (None, revision) else ""
+    raise FileNotFoundError(f"model {name!r}: revision {revision!r}{via} is not in the hub cache "
+                            f"{repo_dir}; cached refs: {refs}; cached snapshots: {', '.join(snapshots) or 'none'}")
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike,
-                      required: tuple[str, ...] = (CONFIG_NAME,)) -> str:
+                      required: tuple[str, ...] = (CONFIG_NAME,), *,
+                      revision: str | None = None) -> str:
     """The directory for a local path or a model name such as `ORG/NAME`.
 
     Looks at, in order: the path itself (any existing directory), `$BERTKIT_HOME/<name>`
@@ -83,7 +147,16 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
     (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub)
     `models--ORG--NAME/snapshots/<rev>` (the revision in `refs/main`, else the newest snapshot).
     A cached directory counts only if it holds at least one of the `required` files.
+
+    `revision` (a branch, a tag, a full commit hash or an unambiguous prefix of 7+ hex characters)
+    picks one hub-cache snapshot, and only that one counts: no fallback to main or the newest.
+    A local directory and a `$BERTKIT_HOME` directory have no revisions, so there it is ignored,
+    as transformers ignores `revision` for a local directory; it is still checked for path
+    separators and '..' (ValueError) everywhere, so a bad argument fails the same way wherever
+    the model lives.
     """
+    if revision is not None:
+        _check_revision(revision)
     name = os.fspath(name_or_path)
     if os.path.isdir(name):
         return name
@@ -94,6 +167,12 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
         if os.path.isdir(candidate) and _has_any(candidate, required):
             return candidate
         repo_dir = os.path.join(hf_hub_cache(), "models--" + name.strip("/").replace("/", "--"))
+        if revision is not None:
+            snapshot = _hf_snapshot_for(name, repo_dir, revision)
+            if not _has_any(snapshot, required):
+                raise FileNotFoundError(f"model {name!r}: revision {revision!r} ({snapshot}) has no "
+                                        f"{' or '.join(required)}")
+            return snapshot
         looked.append(os.path.join(repo_dir, "snapshots"))
         for snapshot in _hf_snapshots(repo_dir):
             if _has_any(snapshot, required):
@@ -313,7 +392,7 @@ def _resolve_dtype(dtype, state: dict[str, torch.Tensor]) -> torch.dtype | None:
 
 def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig | None = None,
                     dtype: torch.dtype | str | None = None, ignore_mismatched_sizes: bool = False,
-                    **config_overrides):
+                    revision: str | None = None, **config_overrides):
     """Build `cls(config)` and load the checkpoint at `name_or_path` into it; returns it in eval mode.
 
     Strict: missing, unexpected and mis-shaped weights raise one ValueError listing all three.
@@ -321,8 +400,9 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     an optional part (task head, pooler) absent from the checkpoint keeps its fresh initialisation;
     checkpoint parts the model lacks (another task's head) are unused; with
     `ignore_mismatched_sizes=True` mis-shaped weights keep their fresh initialisation.
+    `revision` picks a hub-cache snapshot of a model name (see `resolve_model_dir`).
     """
-    directory = resolve_model_dir(name_or_path)
+    directory = resolve_model_dir(name_or_path, revision=revision)
     if config is None:
         config = BertConfig.from_json_file(os.path.join(directory, CONFIG_NAME))
     config = apply_config_overrides(config, config_overrides)

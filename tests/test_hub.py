@@ -521,3 +521,116 @@ def test_auto_tokenizer(minilm):
     tokenizer_module = pytest.importorskip("bertkit.tokenizer")
     tok = auto.AutoTokenizer.from_pretrained(minilm)
     assert isinstance(tok, tokenizer_module.BertTokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Revisions in the hub cache
+# ---------------------------------------------------------------------------------------------
+
+# Two hashes sharing a 7-character prefix, so that prefix is ambiguous.
+MAIN_HASH = "1234567a" + "0" * 32
+DEV_HASH = "1234567b" + "1" * 32
+TAG_HASH = "abcdef0" + "2" * 33
+HIDDEN = {MAIN_HASH: 8, DEV_HASH: 16, TAG_HASH: 32}
+
+
+@pytest.fixture
+def revisions(homes):
+    """`acme/rev` cached at three commits (different hidden sizes), with a branch, a tag and main.
+
+    huggingface_hub writes branches and tags alike to `refs/<name>` (`_cache_commit_hash_for_specific_revision`).
+    The dev snapshot is the newest, so without a revision refs/main must still win.
+    """
+    now = time.time()
+    for i, (commit, hidden) in enumerate(HIDDEN.items()):
+        src = saved(modeling.BertModel(BertConfig(**{**TINY, "hidden_size": hidden, "intermediate_size": 8})),
+                    homes / "src" / commit)
+        files = {f: (src / f).read_bytes() for f in (CONFIG_NAME, hub.SAFE_WEIGHTS_NAME)}
+        hf_snapshot(homes / "hub", "acme/rev", commit, files, now + (100 if commit == DEV_HASH else i))
+    refs = homes / "hub" / "models--acme--rev" / "refs"
+    refs.mkdir()
+    for ref, commit in (("main", MAIN_HASH), ("dev", DEV_HASH), ("v1.0", TAG_HASH)):
+        (refs / ref).write_text(commit)
+    return homes
+
+
+@pytest.mark.parametrize("revision,commit", [
+    (None, MAIN_HASH), ("main", MAIN_HASH), ("dev", DEV_HASH), ("v1.0", TAG_HASH),
+    (DEV_HASH, DEV_HASH), (TAG_HASH, TAG_HASH), ("abcdef0", TAG_HASH), ("1234567b1", DEV_HASH)])
+def test_revision_picks_its_snapshot(revisions, revision, commit):
+    snap = revisions / "hub" / "models--acme--rev" / "snapshots" / commit
+    assert hub.resolve_model_dir("acme/rev", revision=revision) == str(snap)
+    assert auto.AutoConfig.from_pretrained("acme/rev", revision=revision).hidden_size == HIDDEN[commit]
+    assert BertConfig.from_pretrained("acme/rev", revision=revision).hidden_size == HIDDEN[commit]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LoadWarning)
+        model = modeling.BertModel.from_pretrained("acme/rev", revision=revision)
+        assert model.config.hidden_size == HIDDEN[commit] and model.load_report.source.startswith(str(snap))
+        assert auto.AutoModel.from_pretrained("acme/rev", revision=revision).config.hidden_size == HIDDEN[commit]
+
+
+def test_missing_revision_names_what_is_cached(revisions):
+    for revision in ("v2.0", "fedcba9", "f" * 40):
+        with pytest.raises(FileNotFoundError) as e:
+            auto.AutoConfig.from_pretrained("acme/rev", revision=revision)
+        msg = str(e.value)
+        assert "\n" not in msg and "acme/rev" in msg and repr(revision) in msg
+        assert all(s in msg for s in ("main", "dev", "v1.0", MAIN_HASH, DEV_HASH, TAG_HASH)), msg
+    with pytest.raises(FileNotFoundError, match="v2.0"):
+        modeling.BertModel.from_pretrained("acme/rev", revision="v2.0")
+    # A ref whose snapshot is gone: no fallback to main or the newest snapshot.
+    (revisions / "hub" / "models--acme--rev" / "refs" / "gone").write_text("9" * 40)
+    with pytest.raises(FileNotFoundError, match="9" * 40):
+        hub.resolve_model_dir("acme/rev", revision="gone")
+    # A model with no cache at all.
+    with pytest.raises(FileNotFoundError, match="cached refs: none; cached snapshots: none"):
+        hub.resolve_model_dir("acme/absent", revision="main")
+
+
+def test_revision_snapshot_without_required_files_does_not_fall_back(revisions):
+    hf_snapshot(revisions / "hub", "acme/rev", "c" * 40, {"README.md": b"x"}, time.time())
+    (revisions / "hub" / "models--acme--rev" / "refs" / "docs").write_text("c" * 40)
+    with pytest.raises(FileNotFoundError) as e:
+        hub.resolve_model_dir("acme/rev", revision="docs")
+    assert "\n" not in str(e.value) and CONFIG_NAME in str(e.value)
+
+
+def test_ambiguous_short_hash(revisions):
+    with pytest.raises(ValueError) as e:
+        hub.resolve_model_dir("acme/rev", revision="1234567")
+    assert MAIN_HASH in str(e.value) and DEV_HASH in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("revision", ["../x", "..", "a/b", "a\\b", "refs/pr/1", ""])
+def test_revision_with_path_parts_refused(revisions, revision):
+    with pytest.raises(ValueError, match="revision"):
+        hub.resolve_model_dir("acme/rev", revision=revision)
+    with pytest.raises(ValueError, match="revision"):
+        auto.AutoModel.from_pretrained("acme/rev", revision=revision)
+    with pytest.raises(ValueError, match="revision"):
+        BertConfig.from_pretrained("acme/rev", revision=revision)
+
+
+def test_local_directories_ignore_revision(revisions):
+    """transformers ignores `revision` for a local directory (utils/hub.py cached_files); so does bertkit,
+    and a $BERTKIT_HOME directory counts as local."""
+    local = saved(modeling.BertModel(tiny_config()), revisions / "local")
+    assert hub.resolve_model_dir(local, revision="v9") == str(local)
+    assert auto.AutoConfig.from_pretrained(local, revision="v9").hidden_size == 32
+    assert modeling.BertModel.from_pretrained(local, revision="v9").config.hidden_size == 32
+    assert BertConfig.from_pretrained(local / CONFIG_NAME, revision="v9").hidden_size == 32
+    saved(modeling.BertModel(tiny_config()), revisions / "bertkit" / "acme" / "rev")
+    assert hub.resolve_model_dir("acme/rev", revision="dev") == str(revisions / "bertkit" / "acme" / "rev")
+
+
+def test_auto_tokenizer_revision(homes):
+    tokenizer_module = pytest.importorskip("bertkit.tokenizer")
+    vocab = "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]).encode() + b"\n"
+    now = time.time()
+    hf_snapshot(homes / "hub", "acme/tok", MAIN_HASH, {"vocab.txt": vocab}, now)
+    hf_snapshot(homes / "hub", "acme/tok", DEV_HASH, {"vocab.txt": vocab + b"extra\n"}, now)
+    (homes / "hub" / "models--acme--tok" / "refs").mkdir()
+    (homes / "hub" / "models--acme--tok" / "refs" / "dev").write_text(DEV_HASH)
+    tok = auto.AutoTokenizer.from_pretrained("acme/tok", revision="dev")
+    assert isinstance(tok, tokenizer_module.BertTokenizer) and tok.vocab_size == 8
+    assert auto.AutoTokenizer.from_pretrained("acme/tok", revision="1234567a").vocab_size == 7

@@ -271,9 +271,10 @@ class BertPreTrainedModel(nn.Module):
         return cls(config)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None, **kwargs):
+        """Load a directory or model name; see `bertkit.hub.load_pretrained` for the options."""
         from ..hub import load_pretrained
-        return load_pretrained(cls._build_for_loading, name_or_path, **kwargs)
+        return load_pretrained(cls._build_for_loading, name_or_path, revision=revision, **kwargs)
 
     @classmethod
     def _build_for_loading(cls, config: BertConfig):
