@@ -82,13 +82,14 @@ _HASH_PREFIX = re.compile(r"[0-9a-f]{7,39}")
 
 
 def _check_revision(revision: str) -> None:
-    """Refuse a revision that could name a path outside `refs/` or `snapshots/` of the cached repo."""
+    """Refuse a revision that could name a path outside `refs/` or `snapshots/` of the cached repo. Slashes
+    stay allowed: branch names may hold them, and pull requests are cached as `refs/refs/pr/<n>`."""
     if not isinstance(revision, str):
         raise TypeError(f"revision must be a str (branch, tag or commit hash), got {type(revision).__name__}")
-    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
-    if not revision or ".." in revision or any(sep in revision for sep in seps):
+    parts = revision.split("/")
+    if not revision or "\\" in revision or os.path.isabs(revision) or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"revision {revision!r}: expected a branch, tag or commit hash "
-                         "without path separators or '..'")
+                         "(no empty, '.' or '..' path parts, no backslash)")
 
 
 def _hf_refs(repo_dir: str) -> dict[str, str]:
@@ -120,8 +121,8 @@ def _hf_snapshot_for(name: str, repo_dir: str, revision: str) -> str:
     commit = None
     if _COMMIT_HASH.fullmatch(revision):
         commit = revision
-    elif os.path.isfile(os.path.join(repo_dir, "refs", revision)):
-        with open(os.path.join(repo_dir, "refs", revision), encoding="utf-8") as f:
+    elif os.path.isfile(os.path.join(repo_dir, "refs", *revision.split("/"))):
+        with open(os.path.join(repo_dir, "refs", *revision.split("/")), encoding="utf-8") as f:
             commit = f.read().strip()
     elif _HASH_PREFIX.fullmatch(revision):
         matches = [h for h in snapshots if h.startswith(revision)]

@@ -549,14 +549,17 @@ def revisions(homes):
         hf_snapshot(homes / "hub", "acme/rev", commit, files, now + (100 if commit == DEV_HASH else i))
     refs = homes / "hub" / "models--acme--rev" / "refs"
     refs.mkdir()
-    for ref, commit in (("main", MAIN_HASH), ("dev", DEV_HASH), ("v1.0", TAG_HASH)):
+    for ref, commit in (("main", MAIN_HASH), ("dev", DEV_HASH), ("v1.0", TAG_HASH), ("refs/pr/1", DEV_HASH),
+                        ("feature/x", TAG_HASH)):
+        (refs / ref).parent.mkdir(parents=True, exist_ok=True)
         (refs / ref).write_text(commit)
     return homes
 
 
 @pytest.mark.parametrize("revision,commit", [
     (None, MAIN_HASH), ("main", MAIN_HASH), ("dev", DEV_HASH), ("v1.0", TAG_HASH),
-    (DEV_HASH, DEV_HASH), (TAG_HASH, TAG_HASH), ("abcdef0", TAG_HASH), ("1234567b1", DEV_HASH)])
+    (DEV_HASH, DEV_HASH), (TAG_HASH, TAG_HASH), ("abcdef0", TAG_HASH), ("1234567b1", DEV_HASH),
+    ("refs/pr/1", DEV_HASH), ("feature/x", TAG_HASH)])   # slashes: a pull request's ref, a branch
 def test_revision_picks_its_snapshot(revisions, revision, commit):
     snap = revisions / "hub" / "models--acme--rev" / "snapshots" / commit
     assert hub.resolve_model_dir("acme/rev", revision=revision) == str(snap)
@@ -601,7 +604,7 @@ def test_ambiguous_short_hash(revisions):
     assert MAIN_HASH in str(e.value) and DEV_HASH in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("revision", ["../x", "..", "a/b", "a\\b", "refs/pr/1", ""])
+@pytest.mark.parametrize("revision", ["../x", "..", "a/../../b", "a\\b", "/etc", "a//b", "./main", ""])
 def test_revision_with_path_parts_refused(revisions, revision):
     with pytest.raises(ValueError, match="revision"):
         hub.resolve_model_dir("acme/rev", revision=revision)
