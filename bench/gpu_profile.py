@@ -37,14 +37,14 @@ from bertkit.modeling import BertForPreTraining  # noqa: E402
 
 # kernel-name fragments -> kind; the first match wins, so the specific names come first
 KINDS = [("attention", ("flash", "fmha", "attention")),
-         ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel")),
-         ("layer norm", ("layer_norm", "layernorm")),
+         ("layer norm", ("layer_norm", "layernorm", "gammabeta")),   # GammaBeta...: LayerNorm's weight gradient
+         ("optimizer", ("adam", "multi_tensor", "foreach")),
          ("dropout", ("dropout", "bernoulli", "philox")),
          ("embedding", ("embedding", "index", "scatter", "gather", "sort", "radix")),
          ("cross entropy", ("softmax", "nll", "cross_entropy")),
          ("GEMM", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk")),
          ("fused (Triton)", ("triton",)),
-         ("copy / cast", ("copy", "memcpy", "memset", "cast", "fill")),
+         ("copy / cast", ("copy", "memcpy", "memset", "fill")),   # not "cast": adds of mixed dtypes say WithCast
          ("reduction", ("reduce",)),
          ("elementwise", ("elementwise", "vectorized", "unrolled"))]
 

@@ -105,6 +105,12 @@ def test_profile_other_shapes_without_ablations(tmp_path):
     ("triton_poi_fused_gelu_gelu_backward_4", "fused (Triton)"),
     ("void at::native::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>", "optimizer"),
     ("void at::native::vectorized_elementwise_kernel<8, at::native::GeluCUDAKernelImpl>", "elementwise"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float, false>(int, float", "layer norm"),
+    ("void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernelTemplate<float, float, 32u>", "layer norm"),
+    ("void at::native::multi_tensor_apply_kernel<TensorListMetadata<1>, at::native::LpNormFunctor<float>>", "optimizer"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::CUDAFunctor_add<float>, memory::StoreWithCast<1>>",
+     "elementwise"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda>", "copy / cast"),
 ])
 def test_profile_sorts_kernels_by_kind(name, kind):
     from bench.gpu_profile import kind_of
