@@ -308,10 +308,12 @@ def time_steps(step, batches, warmup: int, steps: int, device) -> dict:
     t0 = time.perf_counter()
     for i in range(steps):
         loss = step(batches[(warmup + i) % len(batches)])
+    queued = time.perf_counter() - t0   # host time to queue the steps: close to `seconds` = host-bound
     sync(device)
     seconds = time.perf_counter() - t0
     seqs = sum(batches[(warmup + i) % len(batches)]["input_ids"].shape[0] for i in range(steps))
-    return {"sequences_per_s": seqs / seconds, "step_ms": 1000 * seconds / steps, "warmup_s": warm_s,
+    return {"sequences_per_s": seqs / seconds, "step_ms": 1000 * seconds / steps,
+            "host_ms_per_step": 1000 * queued / steps, "warmup_s": warm_s,
             "peak_gib": peak_gib(device), "last_warmup_loss": float(warm_loss), "last_loss": float(loss)}
 
 
@@ -387,7 +389,8 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
                                args.steps, device)
             out["contenders"][name] = r
             print(f"  pretrain seq {seq} x {batch}  {name:24s} {r['sequences_per_s']:9.1f} seq/s  "
-                  f"{r['step_ms']:7.1f} ms/step  peak {r['peak_gib'] or 0:.1f} GiB  (warm-up {r['warmup_s']:.0f} s)",
+                  f"{r['step_ms']:7.1f} ms/step  (host {r.get('host_ms_per_step', float('nan')):5.1f})  "
+                  f"peak {r['peak_gib'] or 0:.1f} GiB  (warm-up {r['warmup_s']:.0f} s)",
                   flush=True)
         except Exception as e:  # one contender failing (e.g. compile) must not cost the others
             traceback.print_exc()
