@@ -1,14 +1,15 @@
 """Where a pre-training step's GPU time goes: kernel time by kind, per step, bertkit next to transformers.
 
     python bench/gpu_profile.py --out profile.json             # BERT-base, seq 128 x batch 256 (about 2 minutes)
-    python bench/gpu_profile.py --out p.json --tuned           # + compile tuning options (a few more minutes)
-    python bench/gpu_profile.py --out p.json --seq 512 --batch 32 --no-ablations   # where seq 512's time goes
+    python bench/gpu_profile.py --out p.json --tuned           # + compile tuning options (max-autotune: > 4 min)
+    python bench/gpu_profile.py --out p.json --seq 512 --batch 32 --no-ablations --trace traces/   # seq 512
     python bench/gpu_profile.py --smoke --out profile.json     # tiny config on the CPU: the code path only
 
 For each contender (bertkit eager, bertkit with torch.compile, transformers eager; the same batches and step
-as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler: the kernels' total time
-per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise, optimizer, ...)
-against the step's wall time (the difference is the GPU idling), and the heaviest kernels. Then bertkit
+as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler: from its Chrome trace, the device time per
+step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise, optimizer, ...), the
+heaviest kernels, and the step's wall time against the time the device was busy, with each idle gap charged
+to the host operator that launched after it (`idle_report`; --trace keeps the traces). Then bertkit
 again with one thing changed at a time to price those parts: eager without dropout, eager forward + backward
 without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual stream
 (a what-if of a numerics change, `bf16_residual_stream`); with --tuned also compiled with inductor's tuning
