@@ -41,6 +41,7 @@ _TRUNCATION = {
     "only_first": "only_first",
     "only_second": "only_second",
 }
+_SIDES = ("right", "left")  # padding_side / truncation_side values, as in transformers
 
 
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
@@ -102,9 +103,15 @@ class BertTokenizer:
     `vocab_file` is a vocab.txt path or a {token: id} dict with ids 0..n-1. For an uncased vocabulary
     (`do_lower_case=True`) accents are stripped too unless `strip_accents=False` (HF semantics: None
     follows `do_lower_case`). `added_tokens_decoder` ({id: AddedToken}) restores tokens added after the
-    vocabulary, as saved; their ids are checked. Not thread-safe across calls with different
-    padding/truncation settings (they are set on the shared Rust tokenizer).
+    vocabulary, as saved; their ids are checked. `padding_side` / `truncation_side` ("right" or "left",
+    settable later) say where padding goes and which end truncation cuts, as in transformers. Not
+    thread-safe across calls with different padding/truncation settings (they are set on the shared Rust
+    tokenizer).
     """
+
+    # Class-level defaults, so tokenizers pickled before these attributes existed still load.
+    _padding_side = "right"
+    _truncation_side = "right"
 
     def __init__(
         self,
@@ -121,6 +128,8 @@ class BertTokenizer:
         model_max_length: int = 512,
         max_input_chars_per_word: int = 100,
         added_tokens_decoder: Mapping[int, AddedToken] | None = None,
+        padding_side: str = "right",
+        truncation_side: str = "right",
     ):
         if isinstance(vocab_file, Mapping):
             vocab, source = dict(vocab_file), "vocabulary"
@@ -138,6 +147,8 @@ class BertTokenizer:
         self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
         self.model_max_length = int(model_max_length)
         self.max_input_chars_per_word = int(max_input_chars_per_word)
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
 
         tok = Tokenizer(WordPiece(vocab, unk_token=unk_token, max_input_chars_per_word=max_input_chars_per_word))
         tok.normalizer = normalizers.BertNormalizer(
@@ -150,7 +161,7 @@ class BertTokenizer:
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
         self._tok = tok
         self._raw_decoder = decoders.WordPiece(prefix="##", cleanup=False)
-        self._rust_settings = None  # (truncation, padding) last sent to Rust; see _configure
+        self._rust_settings = None  # (truncation, padding) last sent to Rust, sides included; see _configure
 
         # Restore saved added tokens first, in id order, so they get back their ids; then make sure the
         # role tokens exist (a vocabulary without [CLS] gets it as a new token, as in HF).
@@ -210,6 +221,11 @@ class BertTokenizer:
             settings.setdefault("strip_accents", normalizer["strip_accents"])
             settings.setdefault("tokenize_chinese_chars", normalizer["handle_chinese_chars"])
         settings.setdefault("unk_token", model["unk_token"])
+        # transformers takes the sides from tokenizer.json's padding/truncation when the config lacks them
+        for key, section in (("padding_side", "padding"), ("truncation_side", "truncation")):
+            direction = (data.get(section) or {}).get("direction")
+            if isinstance(direction, str):
+                settings.setdefault(key, direction.lower())
         settings.setdefault("max_input_chars_per_word", model.get("max_input_chars_per_word", 100))
         settings.setdefault(
             "added_tokens_decoder",
@@ -313,6 +329,8 @@ class BertTokenizer:
             "model_max_length": self.model_max_length,
             "max_input_chars_per_word": self.max_input_chars_per_word,
             "clean_up_tokenization_spaces": True,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
             **self._special,
             "extra_special_tokens": [t.content for t in added.values()
                                      if t.special and t.content not in role_tokens],
@@ -378,12 +396,32 @@ class BertTokenizer:
             special_tokens=[(cls, self._tok.token_to_id(cls)), (sep, self._tok.token_to_id(sep))],
         )
 
+    # ------------------------------------------------------------------------------------ sides
+    @property
+    def padding_side(self) -> str:
+        """Where padding goes: "right" (default) or "left" (e.g. for generation-style batching)."""
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, value: str) -> None:
+        self._padding_side = _side(value, "padding_side")
+
+    @property
+    def truncation_side(self) -> str:
+        """Which end truncation cuts: "right" (default) or "left" (keeps the end of a long text)."""
+        return self._truncation_side
+
+    @truncation_side.setter
+    def truncation_side(self, value: str) -> None:
+        self._truncation_side = _side(value, "truncation_side")
+
     # --------------------------------------------------------------------------------------- encoding
     def __call__(
         self,
-        text: str | Sequence[str],
-        text_pair: str | Sequence[str] | None = None,
+        text: str | Sequence[str] | Sequence[Sequence[str]],
+        text_pair: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
         *,
+        is_split_into_words: bool = False,
         add_special_tokens: bool = True,
         padding: bool | str = False,
         truncation: bool | str = False,
@@ -393,6 +431,7 @@ class BertTokenizer:
         return_offsets_mapping: bool = False,
         return_special_tokens_mask: bool = False,
         pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
         return_tensors: str | None = None,
     ) -> BatchEncoding:
         """Encode a text, a pair, or a batch (list) of them.
@@ -401,21 +440,32 @@ class BertTokenizer:
         (batch, length) tensors. With truncation and return_overflowing_tokens, a long input yields several
         windows of at most max_length tokens, overlapping by `stride` tokens, and `overflow_to_sample_mapping`
         tells which input each row came from. max_length defaults to model_max_length when truncating or
-        padding to "max_length"."""
-        batched = not isinstance(text, str)
-        inputs = _texts(text, "text")
+        padding to "max_length".
+
+        With is_split_into_words=True the input is already split into words (e.g. NER data): a list of str
+        is one sequence and a list of lists a batch, as in transformers; word_ids() then index those words.
+        padding_side overrides self.padding_side for this call."""
+        if is_split_into_words:
+            batched, inputs = _word_input(text, "text")
+        else:
+            batched = not isinstance(text, str)
+            inputs = _texts(text, "text")
         is_pair = text_pair is not None
         if is_pair:
-            if batched == isinstance(text_pair, str):
+            if is_split_into_words:
+                pairs = _word_batch(text_pair, "text_pair") if batched else [_words(text_pair, "text_pair")]
+            elif batched == isinstance(text_pair, str):
                 raise TypeError(
                     "text_pair must be a str when text is a str, and a list of str when text is a list"
                 )
-            pairs = _texts(text_pair, "text_pair")
+            else:
+                pairs = _texts(text_pair, "text_pair")
             if len(pairs) != len(inputs):
                 raise ValueError(f"text has {len(inputs)} items but text_pair has {len(pairs)}")
             inputs = list(zip(inputs, pairs))
         pad = _option(padding, _PADDING, "padding")
         trunc = _option(truncation, _TRUNCATION, "truncation")
+        pad_side = self.padding_side if padding_side is None else _side(padding_side, "padding_side")
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
         if max_length is None and (trunc or pad == "max_length"):
@@ -427,12 +477,13 @@ class BertTokenizer:
             )
         if trunc:
             self._check_truncation(trunc, max_length, stride, inputs, is_pair, add_special_tokens,
-                                   return_overflowing_tokens)
+                                   return_overflowing_tokens, is_split_into_words)
         self._configure(
-            (max_length, stride, trunc) if trunc else None,
-            (max_length if pad == "max_length" else None, pad_to_multiple_of) if pad else None,
+            (max_length, stride, trunc, self.truncation_side) if trunc else None,
+            (max_length if pad == "max_length" else None, pad_to_multiple_of, pad_side) if pad else None,
         )
-        encodings = self._tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        encodings = self._tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                           add_special_tokens=add_special_tokens)
 
         data = {}
         if return_overflowing_tokens:
@@ -461,7 +512,8 @@ class BertTokenizer:
             data = {k: v[0] for k, v in data.items()}
         return BatchEncoding(data, encodings)
 
-    def _check_truncation(self, trunc, max_length, stride, inputs, is_pair, add_special_tokens, overflow) -> None:
+    def _check_truncation(self, trunc, max_length, stride, inputs, is_pair, add_special_tokens, overflow,
+                          pretokenized) -> None:
         """Refuse settings the Rust truncation would mishandle (ignore silently, misfire or panic)."""
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
@@ -489,20 +541,23 @@ class BertTokenizer:
                 "use 'only_second' or 'only_first'"
             )
         if trunc in ("only_first", "only_second"):
-            self._check_kept_side(trunc, room, stride, inputs)
+            self._check_kept_side(trunc, room, stride, inputs, pretokenized)
 
-    def _check_kept_side(self, trunc, room, stride, pairs) -> None:
+    def _check_kept_side(self, trunc, room, stride, pairs, pretokenized) -> None:
         """With only_first/only_second, the text kept whole must leave the other more than `stride` tokens
-        (when that one needs cutting at all); Rust would otherwise fail mid-batch, or panic."""
+        (when that one needs cutting at all); Rust would otherwise fail mid-batch, or panic. `pretokenized`:
+        the texts are word lists, to be counted as the call will encode them."""
         keep, cut = (1, 0) if trunc == "only_first" else (0, 1)
         which = ("first", "second")
         self._configure(None, None)
-        kept = self._tok.encode_batch_fast([p[keep] for p in pairs], add_special_tokens=False)
+        kept = self._tok.encode_batch_fast([p[keep] for p in pairs], is_pretokenized=pretokenized,
+                                           add_special_tokens=False)
         for i, enc in enumerate(kept):
             left = room - len(enc.ids)
             if left > stride:
                 continue
-            if len(self._tok.encode(pairs[i][cut], add_special_tokens=False).ids) > left:
+            cut_ids = self._tok.encode(pairs[i][cut], is_pretokenized=pretokenized, add_special_tokens=False).ids
+            if len(cut_ids) > left:
                 raise ValueError(
                     f"text pair {i}: truncation={trunc!r} keeps the {which[keep]} text whole ({len(enc.ids)} "
                     f"tokens), leaving {max(left, 0)} for the {which[cut]} text, which needs more than "
@@ -516,14 +571,14 @@ class BertTokenizer:
         if truncation is None:
             self._tok.no_truncation()
         else:
-            max_length, stride, strategy = truncation
-            self._tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction="right")
+            max_length, stride, strategy, direction = truncation
+            self._tok.enable_truncation(max_length, stride=stride, strategy=strategy, direction=direction)
         if padding is None:
             self._tok.no_padding()
         else:
-            length, multiple = padding
+            length, multiple, direction = padding
             self._tok.enable_padding(
-                direction="right",
+                direction=direction,
                 pad_id=self.pad_token_id,
                 pad_type_id=0,
                 pad_token=self.pad_token,
@@ -532,8 +587,10 @@ class BertTokenizer:
             )
         self._rust_settings = (truncation, padding)
 
-    def encode(self, text: str, text_pair: str | None = None, **kwargs) -> list[int]:
-        """Token ids of one text (or pair), with [CLS]/[SEP] unless add_special_tokens=False."""
+    def encode(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None,
+               **kwargs) -> list[int]:
+        """Token ids of one text (or pair), with [CLS]/[SEP] unless add_special_tokens=False; the keyword
+        arguments are those of __call__ (e.g. is_split_into_words=True for a list of words)."""
         return self(text, text_pair, **kwargs)["input_ids"]
 
     def tokenize(self, text: str) -> list[str]:
@@ -687,7 +744,7 @@ def _read_settings(directory: Path) -> dict:
     if config_path.is_file():
         config = _read_json(config_path)
         for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length",
-                    "max_input_chars_per_word"):
+                    "max_input_chars_per_word", "padding_side", "truncation_side"):
             if key in config and (config[key] is not None or key == "strip_accents"):
                 settings[key] = config[key]
     return settings
@@ -715,8 +772,47 @@ def _texts(value, name: str) -> list[str]:
         raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
     if not all(isinstance(t, str) for t in value):
         i, bad = next((i, t) for i, t in enumerate(value) if not isinstance(t, str))
-        raise TypeError(f"{name}[{i}] must be a str, got {type(bad).__name__}")
+        hint = " (for words already split, pass is_split_into_words=True)" if isinstance(bad, (list, tuple)) else ""
+        raise TypeError(f"{name}[{i}] must be a str, got {type(bad).__name__}{hint}")
     return value if isinstance(value, list) else list(value)
+
+
+def _words(value, name: str) -> list[str]:
+    """One pre-split sequence (a list of words) as a list of str, or an error naming the bad item."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a list of words (str) with is_split_into_words=True, got {type(value).__name__}"
+        )
+    for i, word in enumerate(value):
+        if not isinstance(word, str):
+            raise TypeError(f"{name}[{i}] must be a str (a word) with is_split_into_words=True, "
+                            f"got {type(word).__name__}")
+    return list(value)
+
+
+def _word_batch(value, name: str) -> list[list[str]]:
+    """A batch of pre-split sequences: a list of lists of words."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of lists of words with is_split_into_words=True, "
+                        f"got {type(value).__name__}")
+    return [_words(seq, f"{name}[{i}]") for i, seq in enumerate(value)]
+
+
+def _word_input(value, name: str) -> tuple[bool, list]:
+    """(batched, sequences) of pre-split input. As in transformers, a list whose first item is a list (or
+    tuple) is a batch; any other list is one sequence of words."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of words (str) or a list of such lists with "
+                        f"is_split_into_words=True, got {type(value).__name__}")
+    if value and isinstance(value[0], (list, tuple)):
+        return True, _word_batch(value, name)
+    return False, [_words(value, name)]
+
+
+def _side(value, name: str) -> str:
+    if isinstance(value, str) and value in _SIDES:
+        return value
+    raise ValueError(f"{name} must be 'right' or 'left', got {value!r}")
 
 
 def _option(value, allowed: dict, name: str):

@@ -448,3 +448,270 @@ def test_decode_inverts_encode(tok, text):
     ids = tok.encode(text)
     assert tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == " ".join(words)
     assert tok.encode(tok.decode(ids, skip_special_tokens=True)) == ids
+
+
+# --------------------------------------------------------------- 6. pre-split words (is_split_into_words)
+WORD_LISTS = [
+    ["Café", "Müller", "opened", "in", "Zürich", "(", "2019", ")", "."],
+    ["東京", "タワー", "is", "in", "Minato-ku", "!"],
+    ["naïve", "déjà-vu", "—", "isn't", "it", "?", "Cafe\u0301"],
+    ["José", "Ñúñez", "met", "北京大学", "students", "...", "@user", "#NLP", "😂"],
+    ["", "empty", " ", "words", "too"],
+    ["single"],
+]
+
+
+def wnut_sentences() -> list[list[str]]:
+    """The words of every WNUT-17 dev sentence (real tweets: emoji, accents, @users, URLs)."""
+    path = DATA / "ner" / "wnut17" / "emerging.dev.conll"
+    if not path.is_file():
+        pytest.skip(f"WNUT-17 dev file not found at {path}")
+    blocks = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
+    sentences = [[line.split("\t")[0] for line in b.splitlines() if line.strip()] for b in blocks]
+    return [s for s in sentences if s]
+
+
+SPLIT_SETTINGS = [
+    dict(return_offsets_mapping=True, return_special_tokens_mask=True),
+    dict(padding=True, truncation=True, max_length=24, return_offsets_mapping=True),
+    dict(padding="max_length", truncation=True, max_length=12, stride=3, return_overflowing_tokens=True,
+         return_offsets_mapping=True),
+    dict(padding=True, pad_to_multiple_of=8, return_tensors="pt"),
+]
+
+
+@pytest.mark.parametrize("kwargs", SPLIT_SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_split_words_match_fast_tokenizer(tok, hf, kwargs):
+    for batch in (WORD_LISTS, WORD_LISTS[:1], [tuple(w) for w in WORD_LISTS]):
+        _assert_same_encoding(tok(batch, is_split_into_words=True, **kwargs),
+                              hf(batch, is_split_into_words=True, **kwargs))
+    for words in WORD_LISTS + [[]]:  # a list of str is ONE sequence; [] is one empty sequence
+        ours = tok(words, is_split_into_words=True, **kwargs)
+        _assert_same_encoding(ours, hf(words, is_split_into_words=True, **kwargs))
+    if "return_tensors" not in kwargs and "return_overflowing_tokens" not in kwargs:
+        assert isinstance(ours["input_ids"][0], int)  # unbatched: flat lists
+    assert tok.encode(WORD_LISTS[0], is_split_into_words=True) == hf.encode(WORD_LISTS[0], is_split_into_words=True)
+
+
+def test_split_words_index_the_given_words(tok):
+    """word_ids() point at the given words, not at the pieces the pre-tokenizer would cut them into."""
+    words = ["Minato-ku", "déjà-vu", "!"]
+    enc = tok(words, is_split_into_words=True)
+    assert enc.tokens() == ["[CLS]", "mina", "##to", "-", "ku", "de", "##ja", "-", "vu", "!", "[SEP]"]
+    assert enc.word_ids() == [None, 0, 0, 0, 0, 1, 1, 1, 1, 2, None]
+    assert tok("Minato-ku déjà-vu !").word_ids() == [None, 0, 0, 1, 2, 3, 3, 4, 5, 6, None]
+    assert enc["input_ids"] == tok("Minato-ku déjà-vu !")["input_ids"]
+
+
+@pytest.mark.parametrize("kwargs", SPLIT_SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_wnut_words_match_fast_tokenizer(tok, hf, kwargs):
+    sentences = wnut_sentences()
+    assert len(sentences) > 1000
+    _assert_same_encoding(tok(sentences, is_split_into_words=True, **kwargs),
+                          hf(sentences, is_split_into_words=True, **kwargs))
+
+
+SPLIT_PAIR_SETTINGS = [
+    dict(return_offsets_mapping=True, return_special_tokens_mask=True),
+    dict(padding=True, truncation=True, max_length=20),
+    dict(padding="max_length", truncation="only_second", max_length=32, stride=4, return_overflowing_tokens=True,
+         return_offsets_mapping=True),
+    dict(padding=True, truncation="only_first", max_length=28, stride=2, return_overflowing_tokens=True,
+         pad_to_multiple_of=4),
+    dict(padding=True, truncation="only_second", max_length=32, return_tensors="pt"),
+    dict(padding=True, truncation="only_first", max_length=32, return_offsets_mapping=True),
+]
+
+
+@pytest.mark.parametrize("kwargs", SPLIT_PAIR_SETTINGS,
+                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_split_word_pairs_match_fast_tokenizer(tok, hf, kwargs):
+    short = WORD_LISTS * 2
+    long = [w * 3 for w in reversed(WORD_LISTS)] + [w * 3 for w in WORD_LISTS]
+    # the text that only_first/only_second keep whole is the short one, so there is room for the other
+    first, second = (long, short) if kwargs.get("truncation") == "only_first" else (short, long)
+    _assert_same_encoding(tok(first, second, is_split_into_words=True, **kwargs),
+                          hf(first, second, is_split_into_words=True, **kwargs))
+    _assert_same_encoding(tok(first[1], second[0], is_split_into_words=True, **kwargs),
+                          hf(first[1], second[0], is_split_into_words=True, **kwargs))
+    if kwargs.get("return_overflowing_tokens"):
+        assert len(tok(first, second, is_split_into_words=True, **kwargs)["input_ids"]) > len(first)
+
+
+def test_wnut_word_pairs_with_overflow_match_fast_tokenizer(tok, hf):
+    sentences = wnut_sentences()[:300]
+    first, second = sentences[::2], sentences[1::2]
+    first = first[:len(second)]
+    first = [s[:8] for s in first]  # short "questions" that leave room for the windows
+    kwargs = dict(truncation="only_second", max_length=32, stride=6, return_overflowing_tokens=True,
+                  return_offsets_mapping=True, padding=True)
+    ours = tok(first, second, is_split_into_words=True, **kwargs)
+    _assert_same_encoding(ours, hf(first, second, is_split_into_words=True, **kwargs))
+    assert len(ours["input_ids"]) > len(first)
+
+
+# ---------------------------------------------------------------- 7. padding_side and truncation_side
+TEXTS = [
+    "Short one.",
+    "Café Müller opened in Zürich (2019) — naïve déjà-vu!",
+    "東京タワー is in Minato-ku, Tokyo; it was finished in 1958 and is 333 m tall.",
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "a",
+    "Unaffable HÉLLO, isn't it? " * 4,
+]
+QUESTIONS = ["Where is the tower?", "Who opened the café in Zürich in 2019?", "what?", "Why " * 3,
+             "When?", "How tall is it, in metres?"]
+SIDES = [dict(padding_side="left"), dict(truncation_side="left"), dict(padding_side="left", truncation_side="left")]
+SIDE_SETTINGS = [
+    dict(padding=True),
+    dict(padding=True, truncation=True, max_length=16, return_offsets_mapping=True),
+    dict(padding="max_length", truncation=True, max_length=24, return_tensors="pt"),
+    dict(padding=True, truncation=True, max_length=32, pad_to_multiple_of=8, return_special_tokens_mask=True),
+    dict(padding=True, truncation=True, max_length=12, stride=3, return_overflowing_tokens=True,
+         return_offsets_mapping=True),
+]
+SIDE_PAIR_SETTINGS = [
+    dict(padding=True, truncation=True, max_length=24),
+    dict(padding=True, truncation="only_second", max_length=32, return_offsets_mapping=True),
+    dict(padding="max_length", truncation="only_first", max_length=40, return_tensors="pt"),
+    dict(padding=True, truncation="only_second", max_length=32, stride=4, return_overflowing_tokens=True,
+         pad_to_multiple_of=8, return_offsets_mapping=True),
+    dict(padding=True, truncation="only_first", max_length=40, stride=2, return_overflowing_tokens=True),
+]
+
+
+def _side_pair(sides: dict):
+    """bertkit and transformers tokenizers loaded with the same side overrides."""
+    return (BertTokenizer.from_pretrained(MINILM, **sides),
+            transformers.AutoTokenizer.from_pretrained(str(MINILM), **sides))
+
+
+def _kw_id(kw: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in kw.items())
+
+
+@pytest.mark.parametrize("sides", SIDES, ids=_kw_id)
+def test_sides_match_fast_tokenizer(sides):
+    ours, ref = _side_pair(sides)
+    assert (ours.padding_side, ours.truncation_side) == (ref.padding_side, ref.truncation_side)
+    for kwargs in SIDE_SETTINGS:
+        _assert_same_encoding(ours(TEXTS, **kwargs), ref(TEXTS, **kwargs))
+        _assert_same_encoding(ours(TEXTS[3], **kwargs), ref(TEXTS[3], **kwargs))
+    for kwargs in SIDE_PAIR_SETTINGS:
+        # the text that only_first/only_second keep whole is the question, so there is room for the other
+        first, second = (TEXTS, QUESTIONS) if kwargs["truncation"] == "only_first" else (QUESTIONS, TEXTS)
+        _assert_same_encoding(ours(first, second, **kwargs), ref(first, second, **kwargs))
+        _assert_same_encoding(ours(first[2], second[2], **kwargs), ref(first[2], second[2], **kwargs))
+    words = [t.split() for t in TEXTS]
+    for kwargs in SIDE_SETTINGS:
+        _assert_same_encoding(ours(words, is_split_into_words=True, **kwargs),
+                              ref(words, is_split_into_words=True, **kwargs))
+
+
+def test_left_sides_really_move_padding_and_cut(tok):
+    t = BertTokenizer.from_pretrained(MINILM, padding_side="left", truncation_side="left")
+    enc = t(["a b c", "a"], padding=True)
+    assert enc["input_ids"][1] == [0, 0, 101, 1037, 102] and enc["attention_mask"][1] == [0, 0, 1, 1, 1]
+    assert t("one two three four", truncation=True, max_length=4)["input_ids"] == tok.encode("three four")
+
+
+def test_sides_are_settable_and_cached_per_side(tok):
+    t = BertTokenizer.from_pretrained(MINILM)
+    ref = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    assert (t.padding_side, t.truncation_side) == ("right", "right")
+    kwargs = dict(padding=True, truncation=True, max_length=10)
+    for padding_side, truncation_side in [("right", "right"), ("left", "right"), ("left", "left"),
+                                          ("right", "left"), ("right", "right")]:
+        t.padding_side, t.truncation_side = padding_side, truncation_side
+        ref.padding_side, ref.truncation_side = padding_side, truncation_side
+        _assert_same_encoding(t(TEXTS, **kwargs), ref(TEXTS, **kwargs))  # same settings, new sides: re-sent
+    # per call, as in transformers 5: only that call pads on the other side
+    t.padding_side = ref.padding_side = "right"
+    _assert_same_encoding(t(TEXTS, padding=True, padding_side="left"), ref(TEXTS, padding=True, padding_side="left"))
+    assert t.padding_side == "right" and t(TEXTS, padding=True)["input_ids"] == tok(TEXTS, padding=True)["input_ids"]
+    assert pickle.loads(pickle.dumps(t)).truncation_side == "right"
+
+
+def test_sides_save_reload_in_bertkit_and_transformers(tmp_path, tok):
+    left = BertTokenizer.from_pretrained(MINILM, padding_side="left")
+    left.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours/tokenizer_config.json").read_text(encoding="utf-8"))
+    assert (config["padding_side"], config["truncation_side"]) == ("left", "right")
+    kwargs = dict(padding=True, truncation=True, max_length=12)
+    expected = left(TEXTS, **kwargs)
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ours"))
+    assert (ref.padding_side, ref.truncation_side) == ("left", "right")
+    _assert_same_encoding(expected, ref(TEXTS, **kwargs))
+    reloaded = BertTokenizer.from_pretrained(tmp_path / "ours")
+    assert (reloaded.padding_side, reloaded.truncation_side) == ("left", "right")
+    assert reloaded(TEXTS, **kwargs)["input_ids"] == expected["input_ids"]
+    assert BertTokenizer.from_pretrained(tmp_path / "ours", padding_side="right").padding_side == "right"
+    (tmp_path / "ours/tokenizer.json").unlink()  # vocab.txt + tokenizer_config.json carry the sides too
+    assert BertTokenizer.from_pretrained(tmp_path / "ours").padding_side == "left"
+
+    # transformers' files read by bertkit
+    hf_left = transformers.AutoTokenizer.from_pretrained(str(MINILM), truncation_side="left")
+    hf_left.save_pretrained(str(tmp_path / "theirs"))
+    ours = BertTokenizer.from_pretrained(tmp_path / "theirs")
+    assert (ours.padding_side, ours.truncation_side) == ("right", "left")
+    _assert_same_encoding(ours(TEXTS, **kwargs), hf_left(TEXTS, **kwargs))
+
+    # a tokenizer.json whose padding says "Left", with a config that names no side: both libraries pad left
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (plain / name).write_bytes((MINILM / name).read_bytes())
+    data = json.loads((MINILM / "tokenizer.json").read_text(encoding="utf-8"))
+    assert "padding_side" not in json.loads((plain / "tokenizer_config.json").read_text(encoding="utf-8"))
+    data["padding"]["direction"] = "Left"
+    (plain / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    ours, ref = BertTokenizer.from_pretrained(plain), transformers.AutoTokenizer.from_pretrained(str(plain))
+    assert ours.padding_side == ref.padding_side == "left"
+    _assert_same_encoding(ours(TEXTS, padding=True), ref(TEXTS, padding=True))
+
+
+def test_bad_split_words_and_sides(tok, tmp_path):
+    split = dict(is_split_into_words=True)
+    with pytest.raises(TypeError, match=r"^text\[0\] must be a str, got list \(for words already split, pass "
+                                        r"is_split_into_words=True\)$"):
+        tok([["words", "split"]])
+    with pytest.raises(TypeError, match=r"^text must be a list of words \(str\) or a list of such lists with "
+                                        r"is_split_into_words=True, got str$"):
+        tok("not split", **split)
+    with pytest.raises(TypeError, match=r"^text\[1\] must be a str \(a word\) with is_split_into_words=True, "
+                                        r"got int$"):
+        tok(["fine", 3], **split)
+    with pytest.raises(TypeError, match=r"^text\[1\] must be a list of words \(str\) with "
+                                        r"is_split_into_words=True, got str$"):
+        tok([["fine"], "bad"], **split)
+    with pytest.raises(TypeError, match=r"^text\[1\]\[1\] must be a str \(a word\).*got NoneType$"):
+        tok([["fine"], ["x", None]], **split)
+    with pytest.raises(TypeError, match=r"^text_pair must be a list of words \(str\).*got str$"):
+        tok(["a"], "b", **split)
+    with pytest.raises(TypeError, match=r"^text_pair\[0\] must be a list of words \(str\).*got str$"):
+        tok([["a"]], ["b"], **split)
+    with pytest.raises(ValueError, match=r"^text has 1 items but text_pair has 2$"):
+        tok([["a"]], [["b"], ["c"]], **split)
+    # the kept text is counted as the words it will be encoded from: a clear error, not a Rust panic
+    with pytest.raises(ValueError, match=r"text pair 0: truncation='only_second' keeps the first text whole "
+                                         r"\(30 tokens\), leaving 0"):
+        tok(["why"] * 30, ["because"] * 50, truncation="only_second", max_length=33, stride=4,
+            return_overflowing_tokens=True, **split)
+
+    with pytest.raises(ValueError, match=r"^padding_side must be 'right' or 'left', got 'up'$"):
+        tok("a", padding=True, padding_side="up")
+    t = BertTokenizer.from_pretrained(MINILM)
+    with pytest.raises(ValueError, match=r"^truncation_side must be 'right' or 'left', got 'middle'$"):
+        t.truncation_side = "middle"
+    with pytest.raises(ValueError, match=r"^padding_side must be 'right' or 'left', got 'LEFT'$"):
+        t.padding_side = "LEFT"
+    assert (t.padding_side, t.truncation_side) == ("right", "right")
+    with pytest.raises(ValueError, match=r"tokenizer.json: truncation_side must be 'right' or 'left', got 'both'"):
+        BertTokenizer.from_pretrained(MINILM, truncation_side="both")
+    with pytest.raises(ValueError, match=r"^padding_side must be 'right' or 'left', got None$"):
+        BertTokenizer(MINILM / "vocab.txt", padding_side=None)
+    t.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "top"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"padding_side must be 'right' or 'left', got 'top'"):
+        BertTokenizer.from_pretrained(tmp_path)
