@@ -184,10 +184,12 @@ class BertTokenizer:
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides) -> BertTokenizer:
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        **overrides) -> BertTokenizer:
         """Load from a directory (tokenizer.json, else vocab.txt, plus tokenizer_config.json), a vocab.txt
-        or tokenizer.json file, or a model name resolved by `bertkit.hub`. `overrides` are constructor
-        arguments that win over the saved settings."""
+        or tokenizer.json file, or a model name resolved by `bertkit.hub` (`revision`: a branch, tag or
+        commit of the hub cache; ignored for a local file or directory, as in transformers). `overrides`
+        are constructor arguments that win over the saved settings."""
         path = Path(name_or_path)
         if path.is_file():
             if path.suffix == ".json":
@@ -196,7 +198,7 @@ class BertTokenizer:
         if not path.is_dir():
             from bertkit.hub import TOKENIZER_FILES, resolve_model_dir
 
-            path = Path(resolve_model_dir(os.fspath(name_or_path), required=TOKENIZER_FILES))
+            path = Path(resolve_model_dir(os.fspath(name_or_path), required=TOKENIZER_FILES, revision=revision))
         settings = _read_settings(path)
         settings.update(overrides)
         if (path / "tokenizer.json").is_file():
@@ -444,13 +446,15 @@ class BertTokenizer:
 
         With is_split_into_words=True the input is already split into words (e.g. NER data): a list of str
         is one sequence and a list of lists a batch, as in transformers; word_ids() then index those words.
-        padding_side overrides self.padding_side for this call."""
+        padding_side overrides self.padding_side for this call. An empty text_pair for one sequence means no
+        pair (as in transformers)."""
         if is_split_into_words:
             batched, inputs = _word_input(text, "text")
         else:
             batched = not isinstance(text, str)
             inputs = _texts(text, "text")
-        is_pair = text_pair is not None
+        # one sequence with an empty pair ("" or []) is no pair, as in transformers; in a batch it stays one
+        is_pair = text_pair is not None and (batched or len(text_pair) > 0)
         if is_pair:
             if is_split_into_words:
                 pairs = _word_batch(text_pair, "text_pair") if batched else [_words(text_pair, "text_pair")]

@@ -627,7 +627,7 @@ def test_local_directories_ignore_revision(revisions):
 
 
 def test_auto_tokenizer_revision(homes):
-    tokenizer_module = pytest.importorskip("bertkit.tokenizer")
+    from bertkit.tokenizer import BertTokenizer
     vocab = "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]).encode() + b"\n"
     now = time.time()
     hf_snapshot(homes / "hub", "acme/tok", MAIN_HASH, {"vocab.txt": vocab}, now)
@@ -635,5 +635,9 @@ def test_auto_tokenizer_revision(homes):
     (homes / "hub" / "models--acme--tok" / "refs").mkdir()
     (homes / "hub" / "models--acme--tok" / "refs" / "dev").write_text(DEV_HASH)
     tok = auto.AutoTokenizer.from_pretrained("acme/tok", revision="dev")
-    assert isinstance(tok, tokenizer_module.BertTokenizer) and tok.vocab_size == 8
+    assert isinstance(tok, BertTokenizer) and tok.vocab_size == 8
     assert auto.AutoTokenizer.from_pretrained("acme/tok", revision="1234567a").vocab_size == 7
+    assert BertTokenizer.from_pretrained("acme/tok", revision="dev").vocab_size == 8
+    assert BertTokenizer.from_pretrained("acme/tok", revision=MAIN_HASH, padding_side="left").padding_side == "left"
+    with pytest.raises(FileNotFoundError, match="'v9'"):
+        BertTokenizer.from_pretrained("acme/tok", revision="v9")

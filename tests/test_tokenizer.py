@@ -348,9 +348,9 @@ def test_vocab_txt_round_trip(tmp_path, tok):
 def test_from_pretrained_resolves_names_through_hub(monkeypatch):
     calls = []
 
-    def resolve_model_dir(name: str, required: tuple[str, ...]) -> str:
+    def resolve_model_dir(name: str, required: tuple[str, ...], *, revision: str | None = None) -> str:
         assert required == ("vocab.txt", "tokenizer.json")
-        calls.append(name)
+        calls.append((name, revision))
         if name == "missing/model":
             raise FileNotFoundError(f"no model named {name!r}")
         return str(MINILM)
@@ -359,8 +359,8 @@ def test_from_pretrained_resolves_names_through_hub(monkeypatch):
         resolve_model_dir=resolve_model_dir, TOKENIZER_FILES=("vocab.txt", "tokenizer.json")))
     assert BertTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2").encode("hi") == [101, 7632, 102]
     with pytest.raises(FileNotFoundError, match="missing/model"):
-        BertTokenizer.from_pretrained("missing/model")
-    assert calls == ["sentence-transformers/all-MiniLM-L6-v2", "missing/model"]
+        BertTokenizer.from_pretrained("missing/model", revision="v1")
+    assert calls == [("sentence-transformers/all-MiniLM-L6-v2", None), ("missing/model", "v1")]
 
 
 # ----------------------------------------------------------------------------------- 5. bad input
@@ -715,3 +715,12 @@ def test_bad_split_words_and_sides(tok, tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "top"}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"padding_side must be 'right' or 'left', got 'top'"):
         BertTokenizer.from_pretrained(tmp_path)
+
+
+def test_empty_pair_of_one_sequence_is_no_pair_as_in_transformers(tok, hf):
+    for text, pair, words in [("hi there", "", False), (["hi", "there"], [], True), (["hi"], [""], False),
+                              ([["hi", "yo"]], [[]], True)]:
+        ours = tok(text, pair, is_split_into_words=words)
+        theirs = hf(text, text_pair=pair, is_split_into_words=words)
+        assert ours["input_ids"] == theirs["input_ids"] and ours["token_type_ids"] == theirs["token_type_ids"]
+    assert tok("hi", "")["input_ids"] == tok("hi")["input_ids"]
