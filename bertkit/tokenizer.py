@@ -454,7 +454,8 @@ class BertTokenizer:
             batched = not isinstance(text, str)
             inputs = _texts(text, "text")
         # one sequence with an empty pair ("" or []) is no pair, as in transformers; in a batch it stays one
-        is_pair = text_pair is not None and (batched or len(text_pair) > 0)
+        is_pair = text_pair is not None and (batched or not isinstance(text_pair, (str, list, tuple))
+                                             or len(text_pair) > 0)
         if is_pair:
             if is_split_into_words:
                 pairs = _word_batch(text_pair, "text_pair") if batched else [_words(text_pair, "text_pair")]
