@@ -23,7 +23,9 @@ Sections (each one runs on its own: a failure is printed, recorded in the JSON a
   inference    BERT-base encoder in bf16 on 8,192 sequences of lognormal lengths (median 67 tokens, cap
                512), batch 128 in arrival order: real tokens/s, the host-to-device copy included;
                transformers also with the sequences sorted by length (its best case); bertkit eager (mask on
-               the GPU: one host sync per batch), with the packing planned on the CPU, and compiled.
+               the GPU: one host sync per batch), with the packing planned on the CPU, replayed from CUDA
+               graphs (bench/graphed_encoder.py: tokens padded to multiples of 256, one graph per bucket,
+               captured before the clock starts; "if they pay"), and compiled.
 Prints a table with the ratios and writes everything to --out (JSON).
 """
 from __future__ import annotations
@@ -451,8 +453,17 @@ def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> d
                          attention_mask=m.to(device, non_blocking=True)).last_hidden_state
         return f
 
+    def graphed_ours():
+        """The CUDA-graph what-if (bench/graphed_encoder.py): its graphs are captured here, untimed, like
+        a compile; off CUDA the same bucketed computation runs eagerly."""
+        from bench.graphed_encoder import GraphedEncoder
+        encoder = GraphedEncoder(ours, granule=min(256, args.infer_cap), max_batch=args.infer_batch)
+        encoder.capture([m for _, m in arrival])
+        return encoder
+
     contenders = [("bertkit, arrival order", lambda: run_ours(ours, False), arrival),
                   ("bertkit, plan on CPU, arrival order", lambda: run_ours(ours, True), arrival),
+                  ("bertkit + CUDA graphs, plan on CPU, arrival order", graphed_ours, arrival),
                   ("transformers, arrival order", lambda: run_theirs(theirs), arrival),
                   ("transformers, sorted by length", lambda: run_theirs(theirs), sorted_batches)]
     if compiled_phase:
@@ -470,7 +481,9 @@ def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> d
             print(f"!! inference {name} skipped: time budget", flush=True)
             continue
         try:
+            t_make = time.perf_counter()
             f = make()
+            setup = time.perf_counter() - t_make
             reset_peak(device)
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -484,9 +497,15 @@ def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> d
                 sync(device)
             seconds = time.perf_counter() - t0
             r = {"real_tokens_per_s": tokens / seconds, "sequences_per_s": len(lengths) / seconds,
-                 "seconds": seconds, "warmup_s": warm, "peak_gib": peak_gib(device)}
+                 "seconds": seconds, "warmup_s": warm, "setup_s": setup, "peak_gib": peak_gib(device)}
+            if name.startswith("bertkit"):  # fast must not mean wrong: the first and last batch vs eager
+                reference = run_ours(ours, True)
+                with torch.inference_mode():
+                    r["max_abs_diff_vs_bertkit_eager"] = max(
+                        float((f(ids, m).float() - reference(ids, m).float()).abs().max())
+                        for ids, m in (batches[0], batches[-1]))
             out["contenders"][name] = r
-            print(f"  inference {name:40s} {r['real_tokens_per_s']:12,.0f} real tokens/s  ({seconds:.2f} s, "
+            print(f"  inference {name:50s} {r['real_tokens_per_s']:12,.0f} real tokens/s  ({seconds:.2f} s, "
                   f"peak {r['peak_gib'] or 0:.1f} GiB)", flush=True)
         except Exception as e:  # one contender failing (e.g. compile) must not cost the others
             traceback.print_exc()

@@ -36,7 +36,9 @@ def test_smoke_runs_every_code_path(tmp_path):
             assert 0 < c["host_ms_per_step"] <= c["step_ms"] and c["host_ms_per_step"] > 0.5 * c["step_ms"]
     inf = saved["inference"]
     assert inf["real_tokens"] == sum(gpu.lognormal_lengths(gpu.SMOKE["n_infer"], 12, gpu.SMOKE["infer_cap"], seed=2))
-    assert len(inf["contenders"]) == 6
+    assert len(inf["contenders"]) == 7
+    for name, c in inf["contenders"].items():   # each bertkit way computes what eager bertkit does
+        assert name.startswith("transformers") or c["max_abs_diff_vs_bertkit_eager"] < 1e-4, (name, c)
     assert all(c["real_tokens_per_s"] > 0 for c in inf["contenders"].values())
 
 
@@ -162,3 +164,32 @@ def test_idle_report_charges_each_device_gap_to_the_operator_that_launched_after
     gaps = {g["before"]: g["ms_per_step"] for g in r["largest_gaps"]}
     assert gaps == pytest.approx({"host late: aten::gelu": 0.025, "waiting: aten::add": 0.02})
     assert r["blocking_calls_ms_per_step"] == pytest.approx({"cudaStreamSynchronize": 0.015})
+
+
+def test_graphed_encoder_buckets_compute_what_the_model_does():
+    """The CUDA-graph what-if pads the packed tokens to a bucket and adds a dummy sequence over the
+    padding rows; off CUDA the same bucketed computation runs eagerly and must equal the model's forward."""
+    from bench.graphed_encoder import GraphedEncoder
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertModel
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=24, max_position_embeddings=32), add_pooling_layer=False).eval()
+    enc = GraphedEncoder(model, granule=8, max_batch=4)
+    assert not enc.use_graphs
+    g = torch.Generator().manual_seed(1)
+    for lengths in ([5, 9, 9, 3], [8, 8], [1], [32, 31, 2]):   # 26 tokens -> 32; 16 -> 16 (no dummy); ...
+        mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+        ids = torch.randint(1, 60, mask.shape, generator=g) * mask
+        with torch.no_grad():
+            expected = model(ids, mask).last_hidden_state
+        got = enc(ids, mask)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert (got[mask == 0] == 0).all()
+    plan, padded, inputs = enc._inputs(ids, mask)
+    assert padded == 72 and inputs["ids"].shape == (72,) and inputs["cu_seqlens"].tolist() == [0, 32, 63, 65, 72, 72]
+    with pytest.raises(ValueError, match="max_batch=4"):
+        enc(torch.ones(5, 3, dtype=torch.long), torch.ones(5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="granule"):
+        GraphedEncoder(model, granule=64)
