@@ -88,8 +88,16 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
                    help="auto: bf16 on a GPU that has it, fp32 on the CPU")
     p.add_argument("--whole-word", action="store_true", help="whole-word masking")
     p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
+    _add_speed(p)
+
+
+def _add_speed(p: argparse.ArgumentParser) -> None:
+    """The flags that trade compile time or compute for speed or memory (pre-training and fine-tuning)."""
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder layers (faster steps on a GPU after a compile of minutes)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward: much less memory for long "
+                        "sequences or big batches, about a third more compute")
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -156,8 +164,7 @@ def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> No
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output exactly from its newest checkpoint (one is written at every "
                         "dev evaluation), keeping its best/; with --seeds, finished seeds are skipped")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the encoder layers (faster steps on a GPU after a compile of minutes)")
+    _add_speed(p)
 
 
 def _add_model_and_output(p: argparse.ArgumentParser, best_by: str) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import BertConfig
 from . import packing as P
@@ -172,6 +173,7 @@ class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False  # see BertPreTrainedModel.gradient_checkpointing_enable
 
 
 def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
@@ -249,6 +251,19 @@ class BertPreTrainedModel(nn.Module):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.embeddings.word_embeddings
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Trade compute for memory in training: each encoder layer keeps only its input for the backward
+        and runs its forward again there (non-reentrant `torch.utils.checkpoint`, with the dropout masks
+        replayed, so the gradients are those of a plain step). Costs about one more forward per step."""
+        self.base_model.encoder.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.encoder.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.base_model.encoder.gradient_checkpointing
 
     def resize_token_embeddings(self, vocab_size: int) -> nn.Embedding:
         """Grow or shrink the vocabulary (after `tokenizer.add_tokens`); new rows are freshly initialised."""
@@ -367,8 +382,12 @@ class BertModel(BertPreTrainedModel):
 
         all_hidden = [h] if output_hidden_states else None
         all_weights = [] if output_attentions else None
+        recompute = self.encoder.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.encoder.layer:
-            h, weights = layer(h, packing, output_attentions)
+            if recompute:
+                h, weights = checkpoint(layer, h, packing, output_attentions, use_reentrant=False)
+            else:
+                h, weights = layer(h, packing, output_attentions)
             if output_hidden_states:
                 all_hidden.append(h)
             if output_attentions:

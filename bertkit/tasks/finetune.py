@@ -93,6 +93,7 @@ class FinetuneArgs:
     log_every: int = 10
     precision: str = "auto"
     compile: bool = False             # torch.compile the encoder layers
+    gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
     progress: bool | None = None      # None: when stderr is a terminal
     resume: bool = False              # continue the run in `output` from its newest checkpoint
 
@@ -235,7 +236,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
                       warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
-                      tensorboard=False, compile=args.compile,
+                      tensorboard=False, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing,
                       progress=sys.stderr.isatty() if args.progress is None else args.progress)
     trainer = Trainer(objective_cls(model), model, batches, cfg, evaluate=evaluate, save_extra=save_state)
     trainer.train(resume=resume)

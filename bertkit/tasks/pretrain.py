@@ -64,6 +64,7 @@ class PretrainArgs:
     seed: int = 0
     resume: bool = False
     compile: bool = False              # torch.compile the encoder layers
+    gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
 
 
 def _boundary(name: str):
@@ -176,7 +177,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
                       warmup_steps=args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps, weight_decay=args.weight_decay,
                       optimizer=args.optimizer, precision=args.precision, log_every=args.log_every,
                       eval_every=args.eval_every or args.max_steps, save_every=args.save_every,
-                      keep_last=args.keep_last, seed=args.seed, output_dir=str(run), compile=args.compile)
+                      keep_last=args.keep_last, seed=args.seed, output_dir=str(run), compile=args.compile,
+                      gradient_checkpointing=args.gradient_checkpointing)
     trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=tok.save_pretrained)
     result = trainer.train(resume=args.resume)
 

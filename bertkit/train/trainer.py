@@ -82,6 +82,7 @@ class TrainConfig:
     progress: bool = True           # tqdm progress bar on rank 0
     find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
     compile: bool = False           # torch.compile the encoder layers (dynamic token count)
+    gradient_checkpointing: bool = False  # recompute each layer's forward in the backward: less memory
     prefetch: int | None = None     # batches prepared ahead in a background thread; None: 2 on CUDA, 0 on CPU
 
     def __post_init__(self):
@@ -307,6 +308,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.prefetch = (2 if self.device.type == "cuda" else 0) if cfg.prefetch is None else cfg.prefetch
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
         if cfg.compile:
             from ..modeling.bert import compile_layers
             compile_layers(model)

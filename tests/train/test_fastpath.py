@@ -10,6 +10,7 @@ import torch
 
 from bertkit.modeling import BertForPreTraining
 from bertkit.modeling import packing as P
+from bertkit.modeling.bert import BertLayer
 from bertkit.tasks.pretrain_objective import PreTrainingObjective
 from bertkit.train import TrainConfig, Trainer, read_metrics
 from bertkit.train.trainer import Prefetcher, _as_number
@@ -21,9 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 5
 
 
-def _train(out, steps=STEPS, **cfg_kw):
+def _train(out, steps=STEPS, dropout=0.0, **cfg_kw):
     torch.manual_seed(1234)
-    model = BertForPreTraining(tiny_config(dropout=0.0))
+    model = BertForPreTraining(tiny_config(dropout=dropout))
     source = TinySource(4, seed=7)
     cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, log_every=1, seed=11,
                       output_dir=str(out), tensorboard=False, progress=False, **cfg_kw)
@@ -251,3 +252,63 @@ def test_finetune_compile_flag_and_compiled_pipeline_equals_eager():
     embed = pipeline("feature-extraction", model=compiled_model, tokenizer=tok, compile=True)
     assert all(layer._compiled_call_impl is not None for layer in compiled_model.encoder.layer)
     torch.testing.assert_close(torch.as_tensor(embed(texts)), torch.as_tensor(eager), atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(monkeypatch):
+    """Dropout on: checkpointing replays the masks, so the gradients are those of the plain step, while
+    each layer's forward runs twice (once more in the backward); eval and no_grad run it once."""
+    cfg = tiny_config()
+    assert cfg.hidden_dropout_prob > 0 and cfg.attention_probs_dropout_prob > 0
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg).train()
+    calls = []
+    forward = BertLayer.forward  # counted by patching: the recompute does not pass through module hooks
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(BertLayer, "forward", counted)
+    batch = next(iter(TinySource(4, seed=3)))
+    objective = PreTrainingObjective(model)
+
+    def grads(checkpointing: bool):
+        (model.gradient_checkpointing_enable if checkpointing else model.gradient_checkpointing_disable)()
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        torch.manual_seed(5)
+        sums, _ = objective(objective.prepare(batch))
+        (sums["mlm"] + sums["nsp"]).backward()
+        return len(calls), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    n_plain, plain = grads(False)
+    n_ckpt, ckpt = grads(True)
+    assert model.is_gradient_checkpointing
+    layers = cfg.num_hidden_layers
+    assert (n_plain, n_ckpt) == (layers, 2 * layers)
+    assert set(plain) == set(ckpt)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    calls.clear()
+    with torch.no_grad():
+        objective(objective.prepare(batch))
+    model.eval()
+    objective(objective.prepare(batch))
+    assert len(calls) == 2 * layers   # one forward each time: nothing to recompute
+
+
+def test_gradient_checkpointing_trains_like_the_plain_run(tmp_path):
+    plain, w_plain, _ = _train(tmp_path / "plain", dropout=0.1)
+    ckpt, w_ckpt, _ = _train(tmp_path / "ckpt", dropout=0.1, gradient_checkpointing=True)
+    assert ckpt == pytest.approx(plain, rel=1e-5)
+    assert max((w_plain[k] - w_ckpt[k]).abs().max().item() for k in w_plain) < 1e-5
+
+
+def test_gradient_checkpointing_under_compile_replays_the_compiled_dropout(tmp_path):
+    """Checkpointing wraps the compiled layers: the recompute replays the compiled kernels' dropout masks,
+    so the run equals compile alone, step for step."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("inductor on the CPU needs a C compiler")
+    compiled, w_compiled, _ = _train(tmp_path / "compiled", steps=3, dropout=0.1, compile=True)
+    both, w_both, _ = _train(tmp_path / "both", steps=3, dropout=0.1, compile=True, gradient_checkpointing=True)
+    assert both == pytest.approx(compiled, rel=1e-6)
+    assert max((w_compiled[k] - w_both[k]).abs().max().item() for k in w_compiled) < 1e-6
