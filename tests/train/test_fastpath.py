@@ -312,3 +312,28 @@ def test_gradient_checkpointing_under_compile_replays_the_compiled_dropout(tmp_p
     both, w_both, _ = _train(tmp_path / "both", steps=3, dropout=0.1, compile=True, gradient_checkpointing=True)
     assert both == pytest.approx(compiled, rel=1e-6)
     assert max((w_compiled[k] - w_both[k]).abs().max().item() for k in w_compiled) < 1e-6
+
+
+def test_gradient_checkpointing_saves_only_layer_inputs_for_the_backward():
+    """What the backward keeps (tensors saved by autograd, parameters aside): with checkpointing each
+    layer's input instead of all its activations."""
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config()).train()
+    objective = PreTrainingObjective(model)
+    batch = objective.prepare(next(iter(TinySource(8, seed=3))))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def saved_bytes() -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                seen[ptr] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            objective(batch)
+        return sum(seen.values())
+    plain = saved_bytes()
+    model.gradient_checkpointing_enable()
+    assert saved_bytes() < plain / 3
