@@ -309,6 +309,9 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.prefetch = (2 if self.device.type == "cuda" else 0) if cfg.prefetch is None else cfg.prefetch
         if cfg.gradient_checkpointing:
+            if not hasattr(model, "gradient_checkpointing_enable"):
+                raise ValueError(f"TrainConfig.gradient_checkpointing: {type(model).__name__} is not a bertkit "
+                                 "model (it has no gradient_checkpointing_enable)")
             model.gradient_checkpointing_enable()
         if cfg.compile:
             from ..modeling.bert import compile_layers
