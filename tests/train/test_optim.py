@@ -1,3 +1,4 @@
+import copy
 import numpy as np
 import pytest
 import torch
@@ -116,6 +117,25 @@ def test_adamw_decoupled_decay_only_on_decay_group():
     assert torch.allclose(after["0.weight"], before["0.weight"] * (1 - 0.5 * 0.1), atol=0, rtol=1e-6)
     for name in ("0.bias", "1.weight", "1.bias"):
         assert torch.equal(after[name], before[name]), name
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_like_the_reference():
+    """The fused kernel on the CPU takes the same steps as torch's per-tensor AdamW (to rounding)."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 3))
+    b = copy.deepcopy(a)
+    ours = build_optimizer("adamw", param_groups(a, 0.01), lr=1e-2, weight_decay=0.01)
+    assert ours.defaults["fused"] is True
+    reference = torch.optim.AdamW(param_groups(b, 0.01), lr=1e-2, betas=(0.9, 0.999), eps=1e-6,
+                                  weight_decay=0.01, foreach=False)
+    x = torch.randn(32, 8)
+    for _ in range(5):
+        for model, opt in ((a, ours), (b, reference)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_build_optimizer_rejects_unknown():
