@@ -24,7 +24,8 @@ def _free_port() -> int:
 def test_torchrun_two_cpu_ranks_match_one_process(tmp_path):
     """torchrun, 2 CPU processes on gloo, 2 sequences per rank and micro-batch, accumulation 2 (rank r takes
     items r::2 of each global batch of 4) against one process with batches of 4: the exact count
-    normalisation makes the two the same optimisation, up to float rounding."""
+    normalisation makes the two the same optimisation, up to float rounding. The DDP run also recomputes its
+    layers in the backward (gradient checkpointing), which must not change a thing."""
     common = ["--steps", "4", "--accum", "2", "--save-every", "2", "--dropout", "0", "--lr", "1e-3"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -32,7 +33,7 @@ def test_torchrun_two_cpu_ranks_match_one_process(tmp_path):
     ddp = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(_free_port()), str(SCRIPT), "--out", str(tmp_path / "ddp"), "--batch", "2",
-         *common],
+         "--gradient-checkpointing", *common],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     n = torch.get_num_threads()
     try:  # the reference, in this process meanwhile

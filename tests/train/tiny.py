@@ -131,6 +131,7 @@ def main(argv=None) -> None:
     ap.add_argument("--kill-at", type=int, default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -142,7 +143,8 @@ def main(argv=None) -> None:
     source = TinySource(args.batch, info.rank, info.world_size, seed=7, kill_at=args.kill_at)
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, grad_accum=args.accum, lr=args.lr,
                       warmup_steps=2, optimizer=args.optimizer, log_every=1, save_every=args.save_every,
-                      keep_last=2, seed=11, output_dir=args.out, tensorboard=False, progress=False)
+                      keep_last=2, seed=11, output_dir=args.out, tensorboard=False, progress=False,
+                      gradient_checkpointing=args.gradient_checkpointing)
     trainer = Trainer(PretrainObjective(model), model, source, cfg)
     metrics = trainer.train(resume=args.resume)
     if distributed.is_main():
