@@ -6,11 +6,11 @@
     python bench/gpu_profile.py --smoke --out profile.json     # tiny config on the CPU: the code path only
 
 For each contender (bertkit eager, bertkit with torch.compile, transformers eager; the same batches and step
-as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler: from its Chrome trace, the device time per
-step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise, optimizer, ...), the
-heaviest kernels, and the step's wall time against the time the device was busy, with each idle gap charged
-to the host operator that launched after it (`idle_report`; --trace keeps the traces). Then bertkit
-again with one thing changed at a time to price those parts: eager without dropout, eager forward + backward
+as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler: from its Chrome trace, the
+device time per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise,
+optimizer, ...), the heaviest kernels, and the step's wall time against the time the device was busy, with
+each idle gap charged to the host operator that launched after it (`idle_report`; --trace keeps the traces).
+Then bertkit again with one thing changed at a time to price those parts: eager without dropout, eager forward + backward
 without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual stream
 (a what-if of a numerics change, `bf16_residual_stream`); with --tuned also compiled with inductor's tuning
 options that keep the operations as they are (coordinate-descent tuning of the fused kernels; max-autotune,
@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu import bertkit_step, make_config, pretraining_batches, sync, transformers_step  # noqa: E402
+from bench.gpu import (bertkit_step, make_config, pretraining_batches, sync, time_steps,  # noqa: E402
+                       transformers_step)
 from bench.pretrain_common import copy_weights, transformers_model  # noqa: E402
 from bertkit.modeling import BertForPreTraining  # noqa: E402
 
@@ -189,18 +190,6 @@ def bf16_residual_stream():
         BertSelfOutput.forward = original
 
 
-def timed(step, batches, warmup: int, steps: int, device) -> float:
-    """ms per step, after warm-up."""
-    for i in range(warmup):
-        step(batches[i % len(batches)])
-    sync(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(batches[(warmup + i) % len(batches)])
-    sync(device)
-    return (time.perf_counter() - t0) / steps * 1000
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file for the results")
@@ -299,7 +288,8 @@ def main(argv=None) -> dict:
     for name, make, context in ablations:
         torch._dynamo.reset()
         with context():
-            ms = timed(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device)
+            # bench/gpu.py's timing: warm-up, then the steps between two synchronisations
+            ms = time_steps(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device)["step_ms"]
         results["ablations_ms_per_step"][name] = ms
         print(f"ablation {name:36s} {ms:7.1f} ms/step", flush=True)
         save()
