@@ -13,10 +13,10 @@ each idle gap charged to the host operator that launched after it (`idle_report`
 Then bertkit again with one thing changed at a time to price those parts: eager without dropout, eager forward +
 backward without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual
 stream (a what-if of a numerics change, `bf16_residual_stream`); with --tuned also compiled with inductor's
-tuning options that keep the operations as they are (coordinate-descent tuning of the fused kernels; max-
-autotune, which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after every
-contender and ablation, so a run cut short keeps what it measured. The race itself is bench/gpu.py; this says
-where a speed-up must come from.
+tuning options that keep the operations as they are (coordinate-descent tuning of the fused kernels;
+max-autotune, which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after
+every contender and ablation, so a run cut short keeps what it measured. The race itself is bench/gpu.py; this
+says where a speed-up must come from.
 """
 from __future__ import annotations
 
