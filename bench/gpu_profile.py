@@ -10,8 +10,9 @@ as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler:
 device time per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise,
 optimizer, ...), the heaviest kernels, and the step's wall time against the time the device was busy, with
 each idle gap charged to the host operator that launched after it (`idle_report`; --trace keeps the traces).
-Then bertkit again with one thing changed at a time to price those parts: eager without dropout, eager forward +
-backward without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual
+Then bertkit again with one thing changed at a time to price those parts: eager and compiled with the last
+layer on every row (no selection), eager without dropout, eager forward + backward without clipping and
+optimizer; compiled as is, without attention dropout, and with a bf16 residual
 stream (a what-if of a numerics change, `bf16_residual_stream`); with --tuned also compiled with inductor's
 tuning options that keep the operations as they are (coordinate-descent tuning of the fused kernels;
 max-autotune, which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after
@@ -190,6 +191,23 @@ def bf16_residual_stream():
         BertSelfOutput.forward = original
 
 
+@contextlib.contextmanager
+def every_row_selected():
+    """bertkit before selections: the last layer computes every token, not only the masked ones and the
+    [CLS] (prices `packing.Selection`; the loss and gradients are the same either way)."""
+    from bertkit.modeling import packing
+    original = packing.select
+
+    def select(plan, rows):
+        return original(plan, torch.arange(int(plan.cu_seqlens[-1])))
+
+    packing.select = select
+    try:
+        yield
+    finally:
+        packing.select = original
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file for the results")
@@ -272,10 +290,12 @@ def main(argv=None) -> dict:
         return lambda: inductor_config.patch(**options)
 
     ablations = [("bertkit eager", step(), contextlib.nullcontext),
+                 ("eager, last layer on every row", step(), every_row_selected),
                  ("no dropout", step(no_dropout), contextlib.nullcontext),
                  ("forward + backward only", step(optimize=False), contextlib.nullcontext)]
     if args.compile:
         ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
+                      ("compiled, last layer on every row", step(compiled=True), every_row_selected),
                       ("compiled, no attention dropout", step(no_attention_dropout, True), contextlib.nullcontext),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
     if args.compile and args.tuned:

@@ -87,6 +87,8 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     eager = {k["name"] for k in res["contenders"]["bertkit"]["top_kernels"]}
     assert eager & {"aten::linear", "aten::addmm", "aten::mm"}   # the matrix products are among the heaviest
     assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only", "compiled",
+                                                 "eager, last layer on every row",
+                                                 "compiled, last layer on every row",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())

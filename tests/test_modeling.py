@@ -684,17 +684,19 @@ def test_minilm_matches_transformers_fp64(minilm):
 # The CUDA varlen branch of packing.attention, exercised on the CPU with a stand-in kernel
 # ---------------------------------------------------------------------------------------------
 
-def _per_sequence_kernel(q, k, v, cu_seqlens, max_seqlen, dropout_p):
-    """What FlashAttention varlen computes, one SDPA per sequence read off cu_seqlens; checks the layout."""
-    assert q.dim() == 3 and q.shape == k.shape == v.shape                   # (tokens, heads, head_dim)
-    assert cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1
-    assert int(cu_seqlens[0]) == 0 and int(cu_seqlens[-1]) == q.shape[0]
-    assert max_seqlen == int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+def _per_sequence_kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p):
+    """What FlashAttention varlen computes, one SDPA per sequence read off the cumulative lengths (queries
+    and keys packed apart, as with a Selection); checks the layout."""
+    assert q.dim() == 3 and k.shape == v.shape and q.shape[1:] == k.shape[1:]  # (tokens, heads, head_dim)
+    for cu, t, most in ((cu_q, q, max_q), (cu_k, k, max_k)):
+        assert cu.dtype == torch.int32 and cu.dim() == 1 and cu.shape == cu_k.shape
+        assert int(cu[0]) == 0 and int(cu[-1]) == t.shape[0]
+        assert most == int((cu[1:] - cu[:-1]).max())
     assert dropout_p == 0.0
-    bounds = cu_seqlens.tolist()
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))           # (heads, length, head_dim)
+    for (a, b), (c, d) in zip(zip(cu_q.tolist()[:-1], cu_q.tolist()[1:]), zip(cu_k.tolist()[:-1], cu_k.tolist()[1:])):
+        qs = q[a:b].transpose(0, 1)                                          # (heads, queries, head_dim)
+        ks, vs = (t[c:d].transpose(0, 1) for t in (k, v))                    # (heads, length, head_dim)
         out.append(F.scaled_dot_product_attention(qs, ks, vs).transpose(0, 1))
     return torch.cat(out)
 
@@ -732,7 +734,7 @@ def test_varlen_branch_plumbing_matches_the_per_run_path(monkeypatch, lengths):
     monkeypatch.setattr(P, "_varlen_kernel", kernel)
     out, weights = P.attention(q, k, v, packing)
     assert len(calls) == 1 and weights == []
-    assert calls[0][3] is packing.cu_seqlens and calls[0][4] == max(lengths)
+    assert calls[0][3] is calls[0][4] is packing.cu_seqlens and calls[0][5] == calls[0][6] == max(lengths)
     assert out.shape == q.shape
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
     # attention probabilities asked for: the per-run path, even where the kernel would be eligible
@@ -779,10 +781,17 @@ def test_varlen_kernel_calls_are_well_formed_on_meta_tensors(dropout_p):
     functions on the meta device: arguments, output layout and the backward are checked without a GPU."""
     q, k, v = (torch.empty(30, 4, 16, device="meta", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     cu = torch.tensor([0, 10, 30], dtype=torch.int32, device="meta")
-    out = P._varlen_kernel(q, k, v, cu, 20, dropout_p)
+    out = P._varlen_kernel(q, k, v, cu, cu, 20, 20, dropout_p)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     out.sum().backward()
     assert q.grad.shape == k.grad.shape == v.grad.shape == q.shape
+    # a Selection's queries: fewer rows than the keys, packed on their own cumulative lengths
+    q = torch.empty(3, 4, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    cu_q = torch.tensor([0, 1, 3], dtype=torch.int32, device="meta")
+    out = P._varlen_kernel(q, k, v, cu_q, cu, 2, 20, dropout_p)
+    assert out.shape == q.shape
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == (30, 4, 16)
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.1])
@@ -801,6 +810,108 @@ def test_varlen_branch_compiles_into_one_graph(monkeypatch, dropout_p):
     out = compiled(q, k, v, plan)
     out.sum().backward()
     assert out.shape == q.shape and q.grad.shape == q.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# Selections: the last layer computes only the rows a head reads
+# ---------------------------------------------------------------------------------------------
+
+def test_select_plans_rows_per_sequence():
+    mask = torch.tensor([[1] * 5 + [0] * 3, [1] * 8, [1] * 2 + [0] * 6])  # packed rows 0-4, 5-12, 13-14
+    plan = P.pack(mask)
+    sel = P.select(plan, torch.tensor([9, 3, 12, 9, 6]))                   # any order, a repeat
+    assert sel.rows.tolist() == [0, 3, 5, 6, 9, 12, 13]                     # first tokens added, ascending
+    assert sel.cu_seqlens.dtype == torch.int32 and sel.cu_seqlens.tolist() == [0, 2, 6, 7]
+    assert sel.max_seqlen == 4 and sel.first_tokens.tolist() == [0, 2, 6]
+    assert torch.searchsorted(sel.rows, torch.tensor([9, 3])).tolist() == [4, 1]
+    first = P.select_first_tokens(plan)
+    assert first.rows.tolist() == [0, 5, 13] and first.cu_seqlens.tolist() == [0, 1, 2, 3]
+    assert first.max_seqlen == 1
+
+
+def _selection_case(seed=0):
+    torch.manual_seed(seed)
+    model = randomize_(modeling.BertModel(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)), seed)
+    x = padded_inputs()
+    plan = P.pack(x["attention_mask"])
+    wanted = torch.tensor([2, 9, 10, 19, 20])  # packed rows, some in each sequence
+    return model, x, plan, P.select(plan, wanted)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_selection_equals_the_full_encoder_values_and_gradients(monkeypatch, varlen):
+    """The selected rows of the last layer, and every gradient through them, are those of the full encoder
+    (dropout off): the skipped rows feed nothing. `varlen`: the CUDA branch with the stand-in kernel, where
+    only the selected queries are computed."""
+    model, x, plan, sel = _selection_case()
+    if varlen:
+        monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: not need_weights)
+        monkeypatch.setattr(P, "_varlen_kernel", _per_sequence_kernel)
+    weights = torch.randn(len(sel.rows), TINY["hidden_size"], generator=torch.Generator().manual_seed(1))
+    results = []
+    for selection in (None, sel):
+        model.zero_grad()
+        enc = model.encode(**x, packing=plan, selection=selection)
+        h = enc.hidden if selection is not None else enc.hidden.index_select(0, sel.rows)
+        ((h * weights).sum() + model.pool(enc).square().sum()).backward()
+        results.append((h.detach(), model.pool(enc).detach(),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (h_full, pool_full, g_full), (h_sel, pool_sel, g_sel) = results
+    assert h_sel.shape == (len(sel.rows), TINY["hidden_size"])
+    torch.testing.assert_close(h_sel, h_full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pool_sel, pool_full, atol=1e-5, rtol=1e-5)
+    assert g_sel.keys() == g_full.keys()
+    for name in g_full:
+        torch.testing.assert_close(g_sel[name], g_full[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_selection_refuses_hidden_states_and_attentions():
+    model, x, plan, sel = _selection_case()
+    for kw in ({"output_hidden_states": True}, {"output_attentions": True}):
+        with pytest.raises(ValueError, match="selection keeps only some rows"):
+            model.encode(**x, packing=plan, selection=sel, **kw)
+
+
+@pytest.mark.parametrize("name", ["BertForSequenceClassification", "BertForMultipleChoice",
+                                  "BertForNextSentencePrediction"])
+def test_pooled_heads_compute_only_the_cls_row(monkeypatch, name):
+    """Heads that read the pooled [CLS] hand the last layer a one-row-per-sequence selection; asking for
+    hidden states turns it off. Same logits either way."""
+    cfg = tiny_config(num_labels=3)
+    ours, theirs = pair(name, cfg)
+    x = padded_inputs()
+    if name == "BertForMultipleChoice":
+        x = {k: v.view(1, *v.shape) for k, v in x.items()}
+    last = ours.bert.encoder.layer[-1]
+    seen = []
+    monkeypatch.setattr(type(last), "forward", lambda self, h, packing, need_weights=False, selection=None,
+                        _f=type(last).forward: seen.append(selection) or _f(self, h, packing, need_weights, selection))
+    with torch.no_grad():
+        fast = ours(**x).logits
+        full = ours(**x, output_hidden_states=True).logits
+        ref = theirs(**x).logits
+    rows = [s for s in seen if s is not None]
+    assert len(rows) == 1 and rows[0].rows.tolist() == [0, 7, 18]           # the three [CLS] rows
+    assert seen.count(None) == 2 * len(ours.bert.encoder.layer) - 1
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-6)
+    assert maxdiff(fast, ref) <= TOL
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_selection_varlen_branch_compiles_into_one_graph(monkeypatch, dropout_p):
+    """The last layer with a selection traces without a graph break under torch.compile (meta tensors for
+    CUDA ones), the selected counts symbolic like the token counts."""
+    monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
+    layer = modeling.bert.BertLayer(tiny_config(attention_probs_dropout_prob=dropout_p)).to("meta", torch.bfloat16)
+    mask = torch.tensor([[1] * 10 + [0] * 10, [1] * 20])
+    plan = P.pack(mask)
+    sel = P.select(plan, torch.tensor([4, 12, 13])).to("meta")
+    compiled = torch.compile(layer, backend="eager", fullgraph=True, dynamic=True)
+    h = torch.empty(30, TINY["hidden_size"], device="meta", dtype=torch.bfloat16, requires_grad=True)
+    out, _ = compiled(h, plan.to("meta"), False, sel)
+    assert out.shape == (5, TINY["hidden_size"])
+    out.sum().backward()
+    assert h.grad.shape == h.shape
 
 
 @pytest.mark.parametrize("out_features", [99, 96])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,10 +67,16 @@ class BertModelOutput:
 class Encoded:
     """What the encoder hands to heads: packed tokens, so heads pay only for real tokens."""
 
-    hidden: torch.Tensor                 # (tokens, hidden)
+    hidden: torch.Tensor                 # (tokens, hidden), or (selected, hidden) with a selection
     packing: P.Packing
     all_hidden: list[torch.Tensor] | None  # packed, embeddings first
     all_weights: list[list[torch.Tensor]] | None
+    selection: P.Selection | None = None   # the rows `hidden` holds, when not all tokens
+
+    @property
+    def first_tokens(self) -> torch.Tensor:
+        """Row of `hidden` holding each sequence's first token."""
+        return (self.packing if self.selection is None else self.selection).first_tokens
 
     def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
         if self.all_hidden is None:
@@ -108,15 +115,17 @@ class BertSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size, device=_device())
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, packing: P.Packing, need_weights: bool = False):
+    def forward(self, x: torch.Tensor, packing: P.Packing, need_weights: bool = False,
+                selection: P.Selection | None = None):
         tokens = x.shape[0]
         # One GEMM for q, k and v: (tokens, hidden) @ (hidden, 3 * hidden)
         w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
         b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
         qkv = F.linear(x, w, b).view(tokens, 3, self.num_heads, self.head_dim)  # (tokens, 3, heads, head_dim)
         q, k, v = qkv.unbind(1)                                                  # each (tokens, heads, head_dim)
-        out, weights = P.attention(q, k, v, packing, self.dropout_p if self.training else 0.0, need_weights)
-        return out.reshape(tokens, -1), weights                                  # (tokens, hidden)
+        p = self.dropout_p if self.training else 0.0
+        out, weights = P.attention(q, k, v, packing, p, need_weights, selection)  # (tokens or selected, heads, head_dim)
+        return out.flatten(1), weights                                           # (tokens or selected, hidden)
 
 
 class BertSelfOutput(nn.Module):
@@ -136,9 +145,10 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, x, packing, need_weights=False):
-        a, weights = self.self(x, packing, need_weights)
-        return self.output(a, x), weights
+    def forward(self, x, packing, need_weights=False, selection=None):
+        a, weights = self.self(x, packing, need_weights, selection)
+        residual = x if selection is None else x.index_select(0, selection.rows)  # (selected, hidden)
+        return self.output(a, residual), weights
 
 
 class BertIntermediate(nn.Module):
@@ -164,8 +174,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, x, packing, need_weights=False):
-        a, weights = self.attention(x, packing, need_weights)
+    def forward(self, x, packing, need_weights=False, selection=None):
+        """`selection`: compute only those rows (see packing.Selection); the output is (selected, hidden)."""
+        a, weights = self.attention(x, packing, need_weights, selection)
         return self.output(self.intermediate(a), a), weights
 
 
@@ -343,11 +354,16 @@ class BertModel(BertPreTrainedModel):
 
     def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                inputs_embeds=None, output_hidden_states=False, output_attentions=False,
-               packing: P.Packing | None = None) -> Encoded:
+               packing: P.Packing | None = None,
+               selection: P.Selection | Callable[[P.Packing], P.Selection] | None = None) -> Encoded:
         """Run the encoder on packed tokens; the inputs are padded `(batch, seqlen)` tensors as usual.
 
         `packing`: the plan of `attention_mask`, made beforehand with `packing.pack(cpu_mask, device)` so the
-        forward needs no host sync (the training loop does this on the CPU batch); None: planned here."""
+        forward needs no host sync (the training loop does this on the CPU batch); None: planned here.
+        `selection`: the rows whose final state is wanted (`packing.select`); the last layer computes only
+        those and `hidden` holds them, in the selection's order (pre-training's masked tokens, a
+        classifier's [CLS]: the same numbers, a fraction of the last layer's work). A function of the
+        packing is called with it (`packing.select_first_tokens` for the [CLS] alone)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
@@ -367,6 +383,11 @@ class BertModel(BertPreTrainedModel):
         elif (packing.batch, packing.seqlen) != (batch, seqlen):
             raise ValueError(f"the packing plans a ({packing.batch}, {packing.seqlen}) batch, "
                              f"the inputs are ({batch}, {seqlen})")
+        if selection is not None and (output_hidden_states or output_attentions):
+            raise ValueError("a selection keeps only some rows of the last layer; ask for hidden states or "
+                             "attentions without one")
+        if callable(selection):
+            selection = selection(packing)
 
         if position_ids is None:
             positions = packing.indices % seqlen                         # (tokens,)
@@ -383,21 +404,23 @@ class BertModel(BertPreTrainedModel):
         all_hidden = [h] if output_hidden_states else None
         all_weights = [] if output_attentions else None
         recompute = self.encoder.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.encoder.layer:
+        last = len(self.encoder.layer) - 1
+        for i, layer in enumerate(self.encoder.layer):
+            rows = selection if i == last else None
             if recompute:
-                h, weights = checkpoint(layer, h, packing, output_attentions, use_reentrant=False)
+                h, weights = checkpoint(layer, h, packing, output_attentions, rows, use_reentrant=False)
             else:
-                h, weights = layer(h, packing, output_attentions)
+                h, weights = layer(h, packing, output_attentions, rows)
             if output_hidden_states:
                 all_hidden.append(h)
             if output_attentions:
                 all_weights.append(weights)
-        return Encoded(h, packing, all_hidden, all_weights)
+        return Encoded(h, packing, all_hidden, all_weights, selection)
 
     def pool(self, enc: Encoded) -> torch.Tensor:
         if self.pooler is None:
             raise ValueError("this model was built without a pooler (add_pooling_layer=False)")
-        return self.pooler(enc.hidden.index_select(0, enc.packing.first_tokens))  # (batch, hidden)
+        return self.pooler(enc.hidden.index_select(0, enc.first_tokens))  # (batch, hidden)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_hidden_states=False, output_attentions=False,

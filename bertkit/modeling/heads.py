@@ -122,11 +122,16 @@ class _BertHeadModel(BertPreTrainedModel):
         self.tie_weights()
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                output_hidden_states, output_attentions, packing=None) -> Encoded:
+                output_hidden_states, output_attentions, packing=None, pooled_only=False) -> Encoded:
         """`packing`: the plan of `attention_mask` made on the CPU (`packing.pack(cpu_mask)`, moved to the
-        device with the batch), so the forward needs no host sync; None: planned here (see `BertModel.encode`)."""
+        device with the batch), so the forward needs no host sync; None: planned here (see `BertModel.encode`).
+        `pooled_only`: the head reads the [CLS] state alone, so the last layer computes only that row
+        (unless hidden states or attentions are asked for, which need every row)."""
+        selection = None
+        if pooled_only and not (output_hidden_states or output_attentions):
+            selection = P.select_first_tokens
         return self.bert.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                                output_hidden_states, output_attentions, packing)
+                                output_hidden_states, output_attentions, packing, selection)
 
 
 class _TiedMLM:
@@ -213,7 +218,7 @@ class BertForNextSentencePrediction(_BertHeadModel):
                 inputs_embeds=None, labels=None, output_hidden_states=False,
                 output_attentions=False, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions, packing)
+                           output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
@@ -256,7 +261,7 @@ class BertForSequenceClassification(_BertHeadModel):
                 inputs_embeds=None, labels=None, output_hidden_states=False,
                 output_attentions=False, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                           output_hidden_states, output_attentions, packing)
+                           output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))  # (batch, labels)
         loss = sequence_loss(logits, labels, self.config) if labels is not None else None
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
@@ -337,7 +342,7 @@ class BertForMultipleChoice(_BertHeadModel):
             return None if t is None else t.reshape(batch * choices, seqlen, *t.shape[3:])
 
         enc = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                           flat(inputs_embeds), output_hidden_states, output_attentions, packing)
+                           flat(inputs_embeds), output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))   # (batch * choices, 1)
         logits = logits.view(batch, choices)                           # (batch, choices)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None

@@ -15,8 +15,30 @@ import torch
 import torch.nn.functional as F
 
 
+class _Plan:
+    """What the two plans below share: tensors moved or pinned together, and `cu_seqlens`-delimited rows."""
+
+    cu_seqlens: torch.Tensor
+    _tensors: tuple[str, ...] = ()  # the fields holding tensors
+
+    @property
+    def first_tokens(self) -> torch.Tensor:
+        """Row of each sequence's first token (the [CLS] the pooler reads)."""
+        return self.cu_seqlens[:-1].long()
+
+    def to(self, device: torch.device | str):
+        """The plan with its tensors on `device` (non-blocking copies)."""
+        return dataclasses.replace(self, **{f: getattr(self, f).to(device, non_blocking=True) for f in self._tensors})
+
+    def pin(self):
+        """The plan with its CPU tensors in page-locked memory, for asynchronous copies to a GPU."""
+        if self.cu_seqlens.device.type != "cpu":
+            return self
+        return dataclasses.replace(self, **{f: getattr(self, f).pin_memory() for f in self._tensors})
+
+
 @dataclass(frozen=True)
-class Packing:
+class Packing(_Plan):
     """Where the real tokens of a padded `(batch, seqlen)` grid live once packed."""
 
     indices: torch.Tensor     # (tokens,) flat index into batch * seqlen of each real token, in order
@@ -27,22 +49,7 @@ class Packing:
     # Runs of consecutive sequences with the same length, as (first packed row, sequences, length):
     # each run is one dense batched attention call on the CPU.
     runs: tuple[tuple[int, int, int], ...]
-
-    @property
-    def first_tokens(self) -> torch.Tensor:
-        """Packed row of each sequence's first token (the [CLS] the pooler reads)."""
-        return self.cu_seqlens[:-1].long()
-
-    def to(self, device: torch.device | str) -> "Packing":
-        """The plan with its tensors on `device` (non-blocking copies)."""
-        return dataclasses.replace(self, indices=self.indices.to(device, non_blocking=True),
-                                   cu_seqlens=self.cu_seqlens.to(device, non_blocking=True))
-
-    def pin(self) -> "Packing":
-        """The plan with its CPU tensors in page-locked memory, for asynchronous copies to a GPU."""
-        if self.indices.device.type != "cpu":
-            return self
-        return dataclasses.replace(self, indices=self.indices.pin_memory(), cu_seqlens=self.cu_seqlens.pin_memory())
+    _tensors = ("indices", "cu_seqlens")
 
     @property
     def is_dense(self) -> bool:
@@ -83,6 +90,44 @@ def pack(attention_mask: torch.Tensor, device: torch.device | str | None = None)
     return plan if device.type == "cpu" else plan.pin().to(device)
 
 
+@dataclass(frozen=True)
+class Selection(_Plan):
+    """Some packed rows of every sequence whose final hidden state is wanted, e.g. the masked tokens and the
+    [CLS] of pre-training. The last layer computes only these rows: its other outputs feed nothing, so
+    skipping them changes no result. In attention they are the queries (keys and values stay all tokens),
+    laid out like a packing: ascending, sequence by sequence, each sequence's first token included (so
+    `first_tokens` is its position in the selection)."""
+
+    rows: torch.Tensor        # (selected,) packed rows, ascending
+    cu_seqlens: torch.Tensor  # (batch + 1,) int32, sequence b's selected rows are rows[cu_seqlens[b]:cu_seqlens[b+1]]
+    max_seqlen: int           # most rows selected in one sequence
+    _tensors = ("rows", "cu_seqlens")
+
+
+def select(packing: Packing, rows: torch.Tensor) -> Selection:
+    """Plan a Selection of the packed `rows` (any order; each sequence's first token is added) on the CPU.
+
+    Like `pack`, the plan needs Python ints, so device tensors are copied back (a host sync); a training
+    loop plans on the CPU batch. Find where a row landed with `torch.searchsorted(selection.rows, row)`."""
+    device = packing.cu_seqlens.device
+    cu = packing.cu_seqlens.to("cpu")
+    tokens = int(cu[-1])
+    keep = torch.zeros(tokens, dtype=torch.bool)
+    keep[rows.to("cpu")] = True
+    keep[cu[:-1].long()] = True
+    chosen = torch.nonzero(keep, as_tuple=True)[0]                       # (selected,)
+    per_seq = torch.diff(torch.searchsorted(chosen, cu.long()))          # (batch,) rows chosen per sequence
+    cu_sel = F.pad(torch.cumsum(per_seq, dim=0, dtype=torch.int32), (1, 0))  # (batch + 1,)
+    plan = Selection(chosen, cu_sel, int(per_seq.max()))
+    return plan if device.type == "cpu" else plan.pin().to(device)
+
+
+def select_first_tokens(packing: Packing) -> Selection:
+    """The Selection of each sequence's first token alone (what a pooled-[CLS] head reads); no host sync."""
+    cu = torch.arange(packing.batch + 1, dtype=torch.int32, device=packing.cu_seqlens.device)
+    return Selection(packing.first_tokens, cu, 1)
+
+
 def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(batch, seqlen, ...) -> (tokens, ...)."""
     flat = x.reshape(packing.batch * packing.seqlen, *x.shape[2:])      # (batch * seqlen, ...)
@@ -106,33 +151,41 @@ def use_varlen(device_type: str, dtype: torch.dtype, need_weights: bool) -> bool
     return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and not need_weights
 
 
-def _varlen_kernel(q, k, v, cu_seqlens, max_seqlen: int, dropout_p: float) -> torch.Tensor:
-    """FlashAttention over packed sequences: (tokens, heads, head_dim) in and out.
+def _varlen_kernel(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout_p: float) -> torch.Tensor:
+    """FlashAttention over packed sequences: q (queries, heads, head_dim), k and v (tokens, heads, head_dim),
+    out like q. Queries and keys are packed the same way unless a Selection picked some queries.
 
     Without dropout: the public `torch.nn.attention.varlen.varlen_attn` (4x padded SDPA on an H200, see
     DESIGN.md). It has no dropout argument, so training with attention dropout calls the ATen op it wraps,
     `_flash_attention_forward`, whose autograd formula (derivatives.yaml) replays the same dropout mask."""
     if dropout_p > 0.0:
-        return torch.ops.aten._flash_attention_forward(
-            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p, False, False)[0]
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, False, False)[0]
     from torch.nn.attention.varlen import varlen_attn
-    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
-              dropout_p: float = 0.0, need_weights: bool = False):
+              dropout_p: float = 0.0, need_weights: bool = False, selection: Selection | None = None):
     """Attention of each packed sequence over itself.
 
     q, k, v: (tokens, heads, head_dim). Returns (tokens, heads, head_dim) and, when `need_weights`,
     one (sequences, heads, length, length) probability tensor per run (for visualisation).
     When `use_varlen` holds (CUDA, fp16/bf16, no probabilities), one FlashAttention varlen call takes
     (q, k, v, cu_seqlens, max_seqlen) directly; otherwise each run of equal-length sequences is one dense call.
+    `selection`: only those rows' outputs, (selected, heads, head_dim); the kernel then computes just those
+    queries, the per-run path all of them (it is the CPU fallback).
     """
     if use_varlen(q.device.type, q.dtype, need_weights):
-        return _varlen_kernel(q, k, v, packing.cu_seqlens, packing.max_seqlen, dropout_p), []
+        cu, most = packing.cu_seqlens, packing.max_seqlen
+        if selection is None:
+            return _varlen_kernel(q, k, v, cu, cu, most, most, dropout_p), []
+        q = q.index_select(0, selection.rows)                               # (selected, heads, head_dim)
+        return _varlen_kernel(q, k, v, selection.cu_seqlens, cu, selection.max_seqlen, most, dropout_p), []
     if _runs_outside_graphs is not None and torch.compiler.is_compiling():
-        return _runs_outside_graphs(q, k, v, packing, dropout_p, need_weights)
-    return _attention_runs(q, k, v, packing, dropout_p, need_weights)
+        out, weights = _runs_outside_graphs(q, k, v, packing, dropout_p, need_weights)
+    else:
+        out, weights = _attention_runs(q, k, v, packing, dropout_p, need_weights)
+    return (out if selection is None else out.index_select(0, selection.rows)), weights
 
 
 _runs_outside_graphs = None

@@ -25,32 +25,33 @@ class PreTrainingObjective(nn.Module):
 
     @staticmethod
     def prepare(batch: dict[str, torch.Tensor]) -> dict:
-        """CPU-side work, before the batch goes to the GPU: the packing plan and the packed rows (and
-        targets) of the masked tokens. On the device both would be host syncs (`nonzero`)."""
+        """CPU-side work, before the batch goes to the GPU: the packing plan, the selection of the rows the
+        heads read (the masked tokens and each [CLS]: the last layer computes only those), where the masked
+        tokens sit in it, and their targets. On the device each would be a host sync (`nonzero`)."""
         packing = P.pack(batch["attention_mask"])
         labels = P.unpad(batch["labels"], packing)                      # (tokens,)
-        rows = torch.nonzero(labels != -100, as_tuple=True)[0]           # (masked,)
-        return {**batch, "packing": packing, "mlm_rows": rows, "mlm_targets": labels.index_select(0, rows)}
+        rows = torch.nonzero(labels != -100, as_tuple=True)[0]           # (masked,) packed rows
+        selection = P.select(packing, rows)
+        return {**batch, "packing": packing, "selection": selection,
+                "mlm_positions": torch.searchsorted(selection.rows, rows.to(selection.rows.device)),
+                "mlm_targets": labels.index_select(0, rows)}
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        if "mlm_rows" in batch:
-            return {"mlm": int(batch["mlm_rows"].numel()), "nsp": int(batch["input_ids"].shape[0])}
+        if "mlm_targets" in batch:
+            return {"mlm": int(batch["mlm_targets"].numel()), "nsp": int(batch["input_ids"].shape[0])}
         return {"mlm": int((batch["labels"] != -100).sum()), "nsp": int(batch["input_ids"].shape[0])}
 
     def forward(self, batch: dict):
         """`batch` as collated, or after `prepare` (then no host sync happens here)."""
+        if "selection" not in batch:
+            batch = self.prepare(batch)
         bert, heads = self.model.bert, self.model.cls
         enc = bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                          packing=batch.get("packing"))
-        if "mlm_rows" in batch:
-            rows, targets = batch["mlm_rows"], batch["mlm_targets"]
-        else:
-            labels = P.unpad(batch["labels"], enc.packing)              # (tokens,)
-            rows = torch.nonzero(labels != -100, as_tuple=True)[0]       # (masked,)
-            targets = labels.index_select(0, rows)
-        mlm_logits = heads.predictions(enc.hidden.index_select(0, rows)).float()  # (masked, vocab)
-        nsp_logits = heads.seq_relationship(bert.pool(enc)).float()              # (batch, 2)
+                          packing=batch["packing"], selection=batch["selection"])
+        targets = batch["mlm_targets"]
+        mlm_logits = heads.predictions(enc.hidden.index_select(0, batch["mlm_positions"])).float()  # (masked, vocab)
+        nsp_logits = heads.seq_relationship(bert.pool(enc)).float()                            # (batch, 2)
         nsp_labels = batch["next_sentence_label"].view(-1)
         sums = {"mlm": F.cross_entropy(mlm_logits, targets, reduction="sum"),
                 "nsp": F.cross_entropy(nsp_logits, nsp_labels, reduction="sum")}

@@ -132,7 +132,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
     is. The copies are `non_blocking`: from pinned memory (see `pin`) they overlap the GPU's work."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, P.Packing):
+    if isinstance(batch, (P.Packing, P.Selection)):
         return batch.to(device)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
@@ -146,7 +146,7 @@ def pin(batch: Any) -> Any:
     GPU is asynchronous (from pageable memory it is not)."""
     if isinstance(batch, torch.Tensor):
         return batch.pin_memory() if batch.device.type == "cpu" else batch
-    if isinstance(batch, P.Packing):
+    if isinstance(batch, (P.Packing, P.Selection)):
         return batch.pin()
     if isinstance(batch, dict):
         return {k: pin(v) for k, v in batch.items()}

@@ -69,7 +69,9 @@ def finetune(toy, out, *extra, train="train", dev="dev"):
 @pytest.fixture(scope="module")
 def trained(toy):
     out = toy["dir"] / "run"
-    assert finetune(toy, out, "--epochs", "8", "--seed", "3") == 0
+    # lr 1e-2 on 80 toy rows stalls at chance for about 1 seed in 7 (seeds 1-14: 3 with the full last layer, 1
+    # with the [CLS]-only one; the dropout masks differ); 4 converges either way
+    assert finetune(toy, out, "--epochs", "8", "--seed", "4") == 0
     return out
 
 

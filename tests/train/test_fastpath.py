@@ -175,9 +175,10 @@ def test_pretrain_cli_compile_flag_reaches_the_job():
 
 
 def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
-    """On the GPU path (varlen attention; meta tensors stand in for CUDA ones) every encoder layer runs in
-    one shared compiled graph: no graph break, and no recompile for batches of other token counts and
-    longest lengths (the dynamic token count and symbolic max_seqlen)."""
+    """On the GPU path (varlen attention; meta tensors stand in for CUDA ones) the encoder layers run in
+    two compiled graphs: one shared by the layers on every row, one for the last layer on the selected rows
+    (masked tokens and [CLS]). No graph break, and no recompile for batches of other token counts, selected
+    counts and longest lengths (dynamic sizes, symbolic max_seqlen)."""
     from bertkit.modeling.bert import compile_layers
     from bertkit.train.trainer import to_device
 
@@ -197,11 +198,12 @@ def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
     shapes = set()
     for _ in range(3):
         batch = to_device(objective.prepare(next(source)), torch.device("meta"))
-        shapes.add((batch["packing"].indices.numel(), batch["packing"].max_seqlen))
+        shapes.add((batch["packing"].indices.numel(), batch["packing"].max_seqlen,
+                    batch["selection"].rows.numel(), batch["selection"].max_seqlen))
         sums, _ = objective(batch)
         (sums["mlm"] + sums["nsp"]).backward()
-    assert len(shapes) == 3
-    assert len(graphs) == 1
+    assert len(shapes) == 3 and len({s[2] for s in shapes}) > 1
+    assert len(graphs) == 2
     torch._dynamo.reset()
 
 
