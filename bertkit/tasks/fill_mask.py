@@ -3,28 +3,38 @@ from __future__ import annotations
 
 import torch
 
-from .classify import packed_to
+from ..modeling import packing as P
+from ..train.trainer import pin, to_device
 
 
 @torch.inference_mode()
 def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
     """For each text, for each [MASK] in it, the `top_k` (token, probability) pairs, best first.
 
-    `model` is a BertForMaskedLM or BertForPreTraining (anything whose output has MLM logits). The batch reaches
-    the model's device with its packing planned on the CPU (`packed_to`) and the masks are found in the CPU ids,
-    so on a GPU only the guesses are read back."""
+    `model` is a BertForMaskedLM or BertForPreTraining (`model.bert` + `model.cls.predictions`). Only the
+    [MASK] rows are scored: the last layer computes just them (a `packing.Selection`) and the decoder over
+    the vocabulary, which costs more than the encoder in a small BERT, sees no other token. The plan comes
+    from the CPU ids, so on a GPU only the guesses are read back."""
     enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    batch = packed_to(enc, model.device)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"], packing=batch["packing"])
-    logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits  # (batch, seqlen, vocab)
-    results = []
-    for i in range(len(texts)):
-        rows = (enc["input_ids"][i] == tokenizer.mask_token_id).nonzero(as_tuple=True)[0]
-        if len(rows) == 0:
+    is_mask = enc["input_ids"] == tokenizer.mask_token_id                    # (batch, seqlen)
+    for i, row in enumerate(is_mask):
+        if not row.any():
             raise ValueError(f"text {i} has no {tokenizer.mask_token}: {texts[i]!r}")
-        probs = logits[i, rows.to(logits.device)].float().softmax(-1)   # (masks, vocab)
-        top = probs.topk(top_k, dim=-1)
-        results.append([[(tokenizer.convert_ids_to_tokens(int(t)), float(p)) for t, p in zip(ids, ps)]
-                        for ids, ps in zip(top.indices, top.values)])
+    packing = P.pack(enc["attention_mask"])
+    rows = torch.nonzero(P.unpad(is_mask, packing), as_tuple=True)[0]       # (masks,) packed rows
+    selection = P.select(packing, rows)
+    positions = torch.searchsorted(selection.rows, rows)                     # (masks,) rows of the selection
+    batch = {**enc, "packing": packing, "selection": selection, "positions": positions}
+    batch = to_device(pin(batch) if model.device.type == "cuda" else batch, model.device)
+    hidden = model.bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                               packing=batch["packing"], selection=batch["selection"]).hidden
+    logits = model.cls.predictions(hidden.index_select(0, batch["positions"]))  # (masks, vocab)
+    top = logits.float().softmax(-1).topk(top_k, dim=-1)
+    indices, values = top.indices.tolist(), top.values.tolist()
+    per_text = is_mask.sum(dim=1).tolist()
+    results, k = [], 0
+    for n in per_text:
+        results.append([[(tokenizer.convert_ids_to_tokens(t), p) for t, p in zip(indices[j], values[j])]
+                        for j in range(k, k + n)])
+        k += n
     return results

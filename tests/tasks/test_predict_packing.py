@@ -4,6 +4,7 @@ plan made from a device mask is one host sync per forward); and the outputs are 
 planning from the mask itself, as the loops did before."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -62,9 +63,10 @@ class Watch:
         monkeypatch.setattr(P, "pack", spy)
 
     def model(self, model):
-        """`model` with its forward watched."""
+        """`model` watched: the plan each encoder call receives, and the device ops of its forward (or, for
+        loops that call the encoder and a head themselves, as fill-mask does, of those calls)."""
         from torch.utils._python_dispatch import TorchDispatchMode
-        syncs, forward = self.syncs, model.forward
+        syncs, depth = self.syncs, [0]
 
         class Record(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -74,19 +76,42 @@ class Watch:
                     syncs.append(name)
                 return func(*args, **(kwargs or {}))
 
-        def watched(*args, **kwargs):
-            self.plans.append(kwargs.get("packing"))
-            with Record():
-                return forward(*args, **kwargs)
+        def recorded(f):
+            def run(*args, **kwargs):
+                if depth[0]:                      # already inside a recorded call
+                    return f(*args, **kwargs)
+                depth[0] += 1
+                try:
+                    with Record():
+                        return f(*args, **kwargs)
+                finally:
+                    depth[0] -= 1
+            return run
 
-        self.monkeypatch.setattr(model, "forward", watched)
+        encode = model.base_model.encode
+
+        def watched_encode(*args, **kwargs):
+            self.plans.append(inspect.signature(encode).bind(*args, **kwargs).arguments.get("packing"))
+            return recorded(encode)(*args, **kwargs)
+
+        self.monkeypatch.setattr(model.base_model, "encode", watched_encode)
+        self.monkeypatch.setattr(model, "forward", recorded(model.forward))
+        if hasattr(model, "cls"):
+            self.monkeypatch.setattr(model.cls.predictions, "forward", recorded(model.cls.predictions.forward))
         return model
 
 
 def unplanned(model, monkeypatch):
-    """`model` ignoring any `packing` it is given: it plans from the mask itself, as before `packed_to`."""
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda *a, packing=None, **kw: forward(*a, **kw))
+    """`model` ignoring any `packing` its encoder is given: it plans from the mask itself, as before
+    `packed_to`."""
+    encode = model.base_model.encode
+
+    def planning_itself(*args, **kwargs):
+        bound = inspect.signature(encode).bind(*args, **kwargs)
+        bound.arguments["packing"] = None
+        return encode(*bound.args, **bound.kwargs)
+
+    monkeypatch.setattr(model.base_model, "encode", planning_itself)
     return model
 
 
