@@ -541,7 +541,7 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file for the results")
     ap.add_argument("--smoke", action="store_true", help="tiny config on the CPU, few steps: every code path")
@@ -552,6 +552,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="seconds after which compiled contenders not yet started are skipped (default %(default)s)")
     ap.add_argument("--only", nargs="+", choices=["numerics", "pretrain", "inference"], default=None)
+    return ap
+
+
+def main(argv=None) -> dict:
+    ap = build_parser()
     args = ap.parse_args(argv)
     args.t_start = time.perf_counter()
     for k, v in (SMOKE if args.smoke else FULL).items():

@@ -208,7 +208,7 @@ def every_row_selected():
         packing.select = original
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file for the results")
     ap.add_argument("--smoke", action="store_true", help="tiny config on the CPU: the code path only")
@@ -221,6 +221,11 @@ def main(argv=None) -> dict:
                     help="folder for each contender's Chrome trace of the profiled steps (.json.gz)")
     ap.add_argument("--tuned", action="store_true",
                     help="add compiled ablations with inductor's tuning options (coordinate descent, max-autotune)")
+    return ap
+
+
+def main(argv=None) -> dict:
+    ap = build_parser()
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type != "cuda" and not args.smoke:

@@ -197,3 +197,39 @@ def test_graphed_encoder_buckets_compute_what_the_model_does():
         enc(torch.ones(5, 3, dtype=torch.long), torch.ones(5, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="granule"):
         GraphedEncoder(model, granule=64)
+
+
+def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
+    """bench/gpu_session.sh, run with a recording stand-in for `python` (and `nvidia-smi`): the three benches
+    in order, each command line accepted by that bench's own parser, every output under $OUT, in both the
+    real and the SMOKE mode."""
+    import os
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from bench import gpu_profile
+
+    repo = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls.txt"
+    for name in ("python", "nvidia-smi"):
+        (fake / name).write_text(f'#!/bin/sh\necho "$0 $*" >> {shlex.quote(str(log))}\n')
+        (fake / name).chmod(0o755)
+    parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser()}
+    for smoke in ("0", "1"):
+        log.write_text("")
+        out = tmp_path / f"out{smoke}"
+        env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(out), "SMOKE": smoke}
+        subprocess.run(["bash", str(repo / "bench" / "gpu_session.sh")], env=env, check=True,
+                       capture_output=True, text=True)
+        calls = [shlex.split(line)[1:] for line in log.read_text().splitlines() if line.split()[0].endswith("python")]
+        scripts = [c[0] for c in calls if c[0].startswith("bench/")]
+        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py"]
+        for c in (c for c in calls if c[0].startswith("bench/")):
+            args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
+            assert Path(args.out).parent == out and args.smoke == (smoke == "1")
+        last = parsers["bench/gpu_profile.py"].parse_args(calls[-1][1:])
+        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32)) and last.trace.parent == out
+        assert (out / "machine.txt").is_file()
