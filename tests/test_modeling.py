@@ -822,11 +822,39 @@ def test_select_plans_rows_per_sequence():
     sel = P.select(plan, torch.tensor([9, 3, 12, 9, 6]))                   # any order, a repeat
     assert sel.rows.tolist() == [0, 3, 5, 6, 9, 12, 13]                     # first tokens added, ascending
     assert sel.cu_seqlens.dtype == torch.int32 and sel.cu_seqlens.tolist() == [0, 2, 6, 7]
-    assert sel.max_seqlen == 4 and sel.first_tokens.tolist() == [0, 2, 6]
+    assert sel.max_seqlen == 4 and sel.counts == (2, 4, 1) and sel.first_tokens.tolist() == [0, 2, 6]
     assert torch.searchsorted(sel.rows, torch.tensor([9, 3])).tolist() == [4, 1]
     first = P.select_first_tokens(plan)
     assert first.rows.tolist() == [0, 5, 13] and first.cu_seqlens.tolist() == [0, 1, 2, 3]
-    assert first.max_seqlen == 1
+    assert first.max_seqlen == 1 and first.counts == (1, 1, 1)
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_attention_of_selected_queries_equals_those_rows_of_full_attention(monkeypatch, varlen):
+    """Runs of several sequences with different numbers of selected queries (the per-run path pads them),
+    a run of one, and the [CLS]-only selection: the rows of full attention, values and gradients."""
+    lengths = (7, 7, 7, 3, 5, 5)
+    packing, q, k, v = _random_packed(lengths)
+    if varlen:
+        monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: not need_weights)
+        monkeypatch.setattr(P, "_varlen_kernel", _per_sequence_kernel)
+    for sel in (P.select(packing, torch.tensor([2, 3, 6, 9, 15, 17, 20, 22, 30, 31])),
+                P.select_first_tokens(packing)):
+        assert sel.counts == tuple(torch.diff(sel.cu_seqlens).tolist())
+        grads = []
+        for selected in (False, True):
+            qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+            if selected:
+                out, _ = P.attention(qq.index_select(0, sel.rows), kk, vv, packing, selection=sel)
+            else:
+                out = P.attention(qq, kk, vv, packing)[0].index_select(0, sel.rows)
+            weight = torch.arange(out.numel(), dtype=out.dtype).view(out.shape) / out.numel()
+            (out * weight).sum().backward()
+            grads.append((out.detach(), qq.grad, kk.grad, vv.grad))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="probabilities need every query"):
+        P.attention(q[:3], k, v, packing, need_weights=True, selection=P.select_first_tokens(packing))
 
 
 def _selection_case(seed=0):

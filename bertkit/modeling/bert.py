@@ -118,11 +118,18 @@ class BertSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, packing: P.Packing, need_weights: bool = False,
                 selection: P.Selection | None = None):
         tokens = x.shape[0]
-        # One GEMM for q, k and v: (tokens, hidden) @ (hidden, 3 * hidden)
-        w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        qkv = F.linear(x, w, b).view(tokens, 3, self.num_heads, self.head_dim)  # (tokens, 3, heads, head_dim)
-        q, k, v = qkv.unbind(1)                                                  # each (tokens, heads, head_dim)
+        if selection is None:
+            # One GEMM for q, k and v: (tokens, hidden) @ (hidden, 3 * hidden)
+            w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            b = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            qkv = F.linear(x, w, b).view(tokens, 3, self.num_heads, self.head_dim)  # (tokens, 3, heads, head_dim)
+            q, k, v = qkv.unbind(1)                                                  # each (tokens, heads, head_dim)
+        else:  # queries of the selected rows only; keys and values of every token
+            q = self.query(x.index_select(0, selection.rows))
+            q = q.view(q.shape[0], self.num_heads, self.head_dim)                   # (selected, heads, head_dim)
+            w = torch.cat([self.key.weight, self.value.weight])
+            b = torch.cat([self.key.bias, self.value.bias])
+            k, v = F.linear(x, w, b).view(tokens, 2, self.num_heads, self.head_dim).unbind(1)  # (tokens, heads, head_dim)
         p = self.dropout_p if self.training else 0.0
         out, weights = P.attention(q, k, v, packing, p, need_weights, selection)  # (tokens or selected, heads, head_dim)
         return out.flatten(1), weights                                           # (tokens or selected, hidden)

@@ -101,6 +101,7 @@ class Selection(_Plan):
     rows: torch.Tensor        # (selected,) packed rows, ascending
     cu_seqlens: torch.Tensor  # (batch + 1,) int32, sequence b's selected rows are rows[cu_seqlens[b]:cu_seqlens[b+1]]
     max_seqlen: int           # most rows selected in one sequence
+    counts: tuple[int, ...]   # rows selected in each sequence (for the per-run path, without reading the device)
     _tensors = ("rows", "cu_seqlens")
 
 
@@ -118,14 +119,14 @@ def select(packing: Packing, rows: torch.Tensor) -> Selection:
     chosen = torch.nonzero(keep, as_tuple=True)[0]                       # (selected,)
     per_seq = torch.diff(torch.searchsorted(chosen, cu.long()))          # (batch,) rows chosen per sequence
     cu_sel = F.pad(torch.cumsum(per_seq, dim=0, dtype=torch.int32), (1, 0))  # (batch + 1,)
-    plan = Selection(chosen, cu_sel, int(per_seq.max()))
+    plan = Selection(chosen, cu_sel, int(per_seq.max()), tuple(per_seq.tolist()))
     return plan if device.type == "cpu" else plan.pin().to(device)
 
 
 def select_first_tokens(packing: Packing) -> Selection:
     """The Selection of each sequence's first token alone (what a pooled-[CLS] head reads); no host sync."""
     cu = torch.arange(packing.batch + 1, dtype=torch.int32, device=packing.cu_seqlens.device)
-    return Selection(packing.first_tokens, cu, 1)
+    return Selection(packing.first_tokens, cu, 1, (1,) * packing.batch)
 
 
 def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
@@ -172,32 +173,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packin
     one (sequences, heads, length, length) probability tensor per run (for visualisation).
     When `use_varlen` holds (CUDA, fp16/bf16, no probabilities), one FlashAttention varlen call takes
     (q, k, v, cu_seqlens, max_seqlen) directly; otherwise each run of equal-length sequences is one dense call.
-    `selection`: only those rows' outputs, (selected, heads, head_dim); the kernel then computes just those
-    queries, the per-run path all of them (it is the CPU fallback).
+    `selection`: q holds only the selected rows, (selected, heads, head_dim), and so does the output; keys
+    and values are every token's.
     """
+    if selection is not None and need_weights:
+        raise ValueError("attention probabilities need every query; run without a selection")
     if use_varlen(q.device.type, q.dtype, need_weights):
         cu, most = packing.cu_seqlens, packing.max_seqlen
         if selection is None:
             return _varlen_kernel(q, k, v, cu, cu, most, most, dropout_p), []
-        q = q.index_select(0, selection.rows)                               # (selected, heads, head_dim)
         return _varlen_kernel(q, k, v, selection.cu_seqlens, cu, selection.max_seqlen, most, dropout_p), []
-    if _runs_outside_graphs is not None and torch.compiler.is_compiling():
-        out, weights = _runs_outside_graphs(q, k, v, packing, dropout_p, need_weights)
-    else:
-        out, weights = _attention_runs(q, k, v, packing, dropout_p, need_weights)
-    return (out if selection is None else out.index_select(0, selection.rows)), weights
+    compiling = _runs_outside_graphs is not None and torch.compiler.is_compiling()
+    if selection is not None:
+        return (_selected_outside_graphs if compiling else _selected_runs)(q, k, v, packing, selection, dropout_p), []
+    return (_runs_outside_graphs if compiling else _attention_runs)(q, k, v, packing, dropout_p, need_weights)
 
 
-_runs_outside_graphs = None
+_runs_outside_graphs = _selected_outside_graphs = None
 
 
 def keep_runs_out_of_graphs() -> None:
-    """Make torch.compile treat the per-run path as a graph break: its Python loop over the runs differs
+    """Make torch.compile treat the per-run paths as graph breaks: their Python loops over the runs differ
     from batch to batch and would otherwise recompile every time. Called by `compile_layers`; not done at
     import, because `torch.compiler.disable` imports torch._dynamo (1.8 s of cold start)."""
-    global _runs_outside_graphs
+    global _runs_outside_graphs, _selected_outside_graphs
     if _runs_outside_graphs is None:
         _runs_outside_graphs = torch.compiler.disable(_attention_runs)
+        _selected_outside_graphs = torch.compiler.disable(_selected_runs)
 
 
 def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: bool):
@@ -219,6 +221,32 @@ def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: b
         outputs.append(o.transpose(1, 2).reshape(n * length, *q.shape[1:]))  # (n * length, heads, head_dim)
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return out, weights
+
+
+def _selected_runs(q, k, v, packing: Packing, selection: Selection, dropout_p: float) -> torch.Tensor:
+    """The per-run path for a selection's queries: in each run of equal-length sequences, every sequence's
+    selected queries padded to the run's most (with copies of its first one), one dense SDPA over the run's
+    keys, the padding rows dropped. q: (selected, heads, head_dim), k and v: (tokens, heads, head_dim)."""
+    outputs, b, start = [], 0, 0
+    sizes = [n * length for _, n, length in packing.runs]
+    for (_, n, length), ks, vs in zip(packing.runs, k.split(sizes), v.split(sizes)):
+        counts = selection.counts[b:b + n]
+        most, total = max(counts), sum(counts)
+        slots, keep, offset = [], [], 0                  # slot -> query row in the run; the real slots
+        for i, c in enumerate(counts):
+            slots += [*range(offset, offset + c), *[offset] * (most - c)]
+            keep += range(i * most, i * most + c)
+            offset += c
+        qs = q[start:start + total]
+        if most * n != total:
+            qs = qs.index_select(0, torch.tensor(slots, device=q.device))
+        qs = qs.view(n, most, *q.shape[1:]).transpose(1, 2)                 # (n, heads, most, head_dim)
+        ks, vs = (t.view(n, length, *t.shape[1:]).transpose(1, 2) for t in (ks, vs))  # (n, heads, length, head_dim)
+        o = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p)
+        o = o.transpose(1, 2).reshape(n * most, *q.shape[1:])               # (n * most, heads, head_dim)
+        outputs.append(o if most * n == total else o.index_select(0, torch.tensor(keep, device=q.device)))
+        b, start = b + n, start + total
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def repad_attention(weights: list[torch.Tensor], packing: Packing) -> torch.Tensor:
