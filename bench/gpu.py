@@ -15,11 +15,12 @@ Sections (each one runs on its own: a failure is printed, recorded in the JSON a
                the same random initial weights (bertkit's, copied into transformers.BertForPreTraining,
                attn_implementation="sdpa"), the same batches (90% of the sequences full length, 10% shorter,
                15% of the real tokens masked, as BERT's data), bf16 autocast, fused AdamW, clipping 1.0,
-               dropout 0.1. bertkit: PreTrainingObjective (packed tokens, varlen attention, MLM head at the
-               masked rows, its CPU-side `prepare`), in a step loop like the Trainer's and through the
-               Trainer itself (prefetch thread); transformers: model(**batch).loss. Each side also with
-               torch.compile (bertkit: compile_layers; transformers: torch.compile(model)). Warm-up steps are
-               excluded; torch.cuda.synchronize() brackets the timed steps; peak memory per contender.
+               dropout 0.1. bertkit: PreTrainingObjective (packed tokens, varlen attention, the last layer
+               and the MLM head on the masked rows and [CLS] only, its CPU-side `prepare`), in a step loop
+               like the Trainer's and through the Trainer itself (prefetch thread); transformers:
+               model(**batch).loss. Each side also with torch.compile (bertkit: compile_layers; transformers:
+               torch.compile(model)). Warm-up steps are excluded; torch.cuda.synchronize() brackets the timed
+               steps; peak memory per contender.
   inference    BERT-base encoder in bf16 on 8,192 sequences of lognormal lengths (median 67 tokens, cap
                512), batch 128 in arrival order: real tokens/s, the host-to-device copy included;
                transformers also with the sequences sorted by length (its best case); bertkit eager (mask on
