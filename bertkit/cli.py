@@ -98,6 +98,9 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each layer's activations in the backward: much less memory for long "
                         "sequences or big batches, about a third more compute")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard parameters, gradients and optimizer state across the ranks "
+                        "(FSDP2) instead of copying them to each (DDP); checkpoints are the same either way")
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -240,14 +240,16 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
 # Writing
 # ---------------------------------------------------------------------------------------------
 
-def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors, each stored once, contiguous.
+def state_dict_for_saving(model: torch.nn.Module,
+                          state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model's tensors (or those of `state`, its state dict gathered elsewhere: a sharded model's,
+    `distributed.full_state_dict`), each stored once, contiguous.
 
     A parameter reachable under several names (a tie) is kept under the first name PyTorch lists:
     for the MLM heads that is `bert.embeddings.word_embeddings.weight` and `cls.predictions.bias`
     (not `cls.predictions.decoder.weight/bias`), exactly the names transformers keeps.
     """
-    state = model.state_dict()
+    state = model.state_dict() if state is None else state
     keep = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
     out: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
@@ -263,12 +265,19 @@ def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> None:
-    """Write `config.json` (with `architectures`) and `model.safetensors`, each atomically."""
+def _class_name(model: torch.nn.Module) -> str:
+    """The model's class name; FSDP2 re-classes a sharded root as `FSDP<name>`, a subclass made in torch."""
+    return next(c.__name__ for c in type(model).__mro__ if not c.__module__.startswith("torch."))
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write `config.json` (with `architectures`) and `model.safetensors`, each atomically; the weights are
+    `state_dict` when given (see `state_dict_for_saving`)."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    config = dataclasses.replace(model.config, architectures=[type(model).__name__])
-    tensors = state_dict_for_saving(model)
+    config = dataclasses.replace(model.config, architectures=[_class_name(model)])
+    tensors = state_dict_for_saving(model, state_dict)
     with atomic_path(os.path.join(directory, SAFE_WEIGHTS_NAME)) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
     config.to_json_file(os.path.join(directory, CONFIG_NAME))

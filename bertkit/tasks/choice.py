@@ -28,8 +28,8 @@ from .. import metrics as M
 from ..data.readers import read_columns
 from ..io import write_text_atomic
 from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs
-from .finetune import (FinetuneArgs, column, run_seeds, settings_for, table_format, train_keep_best,
-                       write_eval)
+from .finetune import (FinetuneArgs, column, run_seeds, settings_for, split_args, table_format,
+                       train_keep_best, write_eval)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
            "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
@@ -240,7 +240,7 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
         batch_size = min(args.batch_size, len(train_feats))
-        batches = ChoiceBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed)
+        batches = ChoiceBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed, **split_args())
         return train_keep_best(
             args, seed, out, partial(AutoModelForMultipleChoice.from_pretrained, args.model), tok, batches,
             ChoiceObjective, lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy",

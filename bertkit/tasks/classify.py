@@ -217,27 +217,34 @@ def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = Fal
 
 
 class ClassificationBatches:
-    """Shuffled padded batches over in-memory features, forever. Epoch `e` visits the features in the order of a
-    permutation drawn from `seed + e`; the last batch of an epoch may be smaller. `state_dict()` is the position
-    of the next batch, so a source restored with `load_state_dict()` continues exactly where it stopped."""
+    """Shuffled padded batches over in-memory features, forever, split across processes. Epoch `e` visits the
+    features in the order of a permutation drawn from `seed + e`, cut into global batches of
+    `batch_size * world_size`; rank r takes items r, r + world_size, ... of each, so 2 processes see the batches
+    of 1 process with twice the batch size. The last global batch of an epoch may be smaller (padded with items
+    from the start of the epoch's order to a multiple of `world_size`, so no rank gets an empty batch).
+    `state_dict()` is the position of the next batch, so a source restored with `load_state_dict()` continues
+    exactly where it stopped."""
 
     def __init__(self, features: Sequence[Feature], batch_size: int, *, pad_id: int = 0, seed: int = 0,
-                 regression: bool = False):
+                 regression: bool = False, rank: int = 0, world_size: int = 1):
         if not features:
             raise ValueError("no training features")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         self.features = list(features)
         self.batch_size = batch_size
         self.pad_id = pad_id
         self.seed = seed
         self.regression = regression
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.batch = 0
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.features) / self.batch_size)
+        return math.ceil(len(self.features) / (self.batch_size * self.world_size))
 
     def order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -254,13 +261,15 @@ class ClassificationBatches:
         return collate(features, self.pad_id, self.regression)
 
     def __iter__(self):
+        g = self.batch_size * self.world_size
         while True:
             order = self.order(self.epoch)
             while self.batch < self.batches_per_epoch:
                 b = self.batch
-                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+                chunk = order[b * g:(b + 1) * g]
+                chunk += order[:-len(chunk) % self.world_size]  # a multiple of the world size
                 self.batch = b + 1
-                yield self.collate([self.features[i] for i in chunk])
+                yield self.collate([self.features[i] for i in chunk[self.rank::self.world_size]])
             self.epoch += 1
             self.batch = 0
 

@@ -94,6 +94,7 @@ class FinetuneArgs:
     precision: str = "auto"
     compile: bool = False             # torch.compile the encoder layers
     gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
+    fsdp: bool = False                # under torchrun: shard the model and optimizer state (FSDP2), not DDP
     progress: bool | None = None      # None: when stderr is a terminal
     resume: bool = False              # continue the run in `output` from its newest checkpoint
 
@@ -224,8 +225,8 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
         state["last"] = metrics
         if _better(metrics[metric], state["best"]):
             state.update(best=metrics[metric], metrics=metrics, step=step)
+            dist.save_pretrained(m, best_dir)  # collective under FSDP
             if dist.is_main():
-                m.save_pretrained(best_dir)
                 tok.save_pretrained(best_dir)
         return metrics
 
@@ -237,6 +238,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
                       tensorboard=False, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing,
+                      fsdp=args.fsdp,
                       progress=sys.stderr.isatty() if args.progress is None else args.progress)
     trainer = Trainer(objective_cls(model), model, batches, cfg, evaluate=evaluate, save_extra=save_state)
     trainer.train(resume=resume)
@@ -255,11 +257,18 @@ def _done(out: Path, resume: bool) -> dict[str, Any] | None:
     return None
 
 
+def split_args() -> dict[str, int]:
+    """`rank` and `world_size` for a batch source: under torchrun each rank trains on its share of each global
+    batch."""
+    info = dist.info()
+    return {"rank": info.rank, "world_size": info.world_size}
+
+
 def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
     tok, info, train_feats, dev_feats, metric = data
     batch_size = min(args.batch_size, len(train_feats))
     batches = ClassificationBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed,
-                                    regression=info.regression)
+                                    regression=info.regression, **split_args())
     load = partial(AutoModelForSequenceClassification.from_pretrained, args.model, **info.model_kwargs())
     return train_keep_best(
         args, seed, out, load, tok, batches, ClassificationObjective,
@@ -387,7 +396,7 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
         batches = TagBatches(train_feats, min(args.batch_size, len(train_feats)), pad_id=tok.pad_token_id,
-                             seed=seed)
+                             seed=seed, **split_args())
         load = partial(AutoModelForTokenClassification.from_pretrained, args.model, **model_kwargs(tags))
         return train_keep_best(
             args, seed, out, load, tok, batches, TagObjective,

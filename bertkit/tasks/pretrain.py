@@ -65,6 +65,7 @@ class PretrainArgs:
     resume: bool = False
     compile: bool = False              # torch.compile the encoder layers
     gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
+    fsdp: bool = False                 # under torchrun: shard the model and optimizer state (FSDP2), not DDP
 
 
 def _boundary(name: str):
@@ -178,12 +179,14 @@ def run_pretraining(args: PretrainArgs) -> dict:
                       optimizer=args.optimizer, precision=args.precision, log_every=args.log_every,
                       eval_every=args.eval_every or args.max_steps, save_every=args.save_every,
                       keep_last=args.keep_last, seed=args.seed, output_dir=str(run), compile=args.compile,
-                      gradient_checkpointing=args.gradient_checkpointing)
+                      gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp)
     trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=tok.save_pretrained)
     result = trainer.train(resume=args.resume)
 
+    dist.save_pretrained(model, run)  # collective under FSDP
     if dist.is_main():
-        model.save_pretrained(run)
+        if dist.is_sharded(model):  # the demo below runs on rank 0 alone: a whole copy
+            model = BertForPreTraining.from_pretrained(run)
         tok.save_pretrained(run)
         (run / "pretrain_args.json").write_text(json.dumps(vars(args), indent=2) + "\n", encoding="utf-8")
         png = plot_run(run)

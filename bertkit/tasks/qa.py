@@ -42,7 +42,7 @@ from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs
-from .finetune import FinetuneArgs, run_seeds, settings_for, train_keep_best, write_eval
+from .finetune import FinetuneArgs, run_seeds, settings_for, split_args, train_keep_best, write_eval
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -379,7 +379,7 @@ def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
         batch_size = min(args.batch_size, len(train_feats))
-        batches = QABatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed)
+        batches = QABatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed, **split_args())
         return train_keep_best(
             args, seed, out, partial(AutoModelForQuestionAnswering.from_pretrained, args.model), tok, batches,
             QAObjective, lambda m: evaluate_qa(m, dev_feats, dev, batch_size=max(64, batch_size),

@@ -136,16 +136,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _save_model(model: nn.Module, directory: str) -> None:
-    if hasattr(model, "save_pretrained"):
+def _save_model(model: nn.Module, directory: str, state: dict | None) -> None:
+    if state is None and hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
     else:
         from ..hub import save_pretrained
-        save_pretrained(model, directory)
+        save_pretrained(model, directory, state_dict=state)
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, *,
+                    model_state: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
+                    optimizer_state: dict | None = None,
                     scheduler: Any = None,
                     scaler: Any = None,
                     data_states: list | None = None,
@@ -156,7 +158,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, *,
     """Write checkpoint `step` into `run_dir` atomically and return its path.
 
     `data_states` and `rng_states` are per-rank lists (default: this process only — `[rng_state()]`, no data
-    state). `extra` is any weights_only-loadable dict. `keep_last` (>= 1) prunes older checkpoints once the
+    state). `model_state` / `optimizer_state` replace `model.state_dict()` / `optimizer.state_dict()` when given
+    (a sharded run's, gathered whole: `distributed.full_state_dict`, `full_optimizer_state`). `extra` is any weights_only-loadable dict. `keep_last` (>= 1) prunes older checkpoints once the
     new one is complete. Call it on one rank only (the trainer gathers the per-rank states first).
     """
     run_dir = os.fspath(run_dir)
@@ -167,13 +170,14 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, *,
         shutil.rmtree(tmp)
     os.makedirs(tmp)
     try:
-        _save_model(model, tmp)
+        _save_model(model, tmp, model_state)
         if save_extra is not None:
             save_extra(tmp)
         state = {
             "format_version": FORMAT_VERSION,
             "step": int(step),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "optimizer": (optimizer_state if optimizer_state is not None
+                          else optimizer.state_dict() if optimizer is not None else None),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             "rng": rng_states if rng_states is not None else [rng_state()],
@@ -228,10 +232,11 @@ def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> d
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Copy a checkpoint's weights into `model` in place (parameters keep their identity, so an optimizer
     built on them stays valid). Every parameter and persistent buffer must be found, directly or through a
-    tied alias; unknown keys are an error."""
+    tied alias; unknown keys are an error. A sharded (FSDP) model takes its shards of the whole tensors."""
     from ..hub import load_state_dict
+    from .distributed import shard_state_like
     state = load_state_dict(os.fspath(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(shard_state_like(state, model.state_dict()), strict=False)
     if unexpected:
         raise ValueError(f"{path}: checkpoint has weights the model lacks: {', '.join(unexpected[:8])}")
     if missing:
@@ -255,6 +260,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *,
     """Load the weights into `model` and the states into `optimizer` / `scheduler` / `scaler` (each when
     given); return the training state (step, rng, data, extra ...). RNG and data states are left to the
     caller (`set_rng_state(state["rng"][rank])`, `source.load_state_dict(state["data"][rank])`)."""
+    from .distributed import shard_optimizer_state
     path = os.fspath(path)
     if not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete checkpoint directory (no {STATE_NAME})")
@@ -264,7 +270,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None, *,
     if optimizer is not None:
         if state["optimizer"] is None:
             raise ValueError(f"{path}: no optimizer state saved")
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(shard_optimizer_state(optimizer, state["optimizer"]))
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and scaler.is_enabled():

@@ -1,13 +1,24 @@
-"""Everything torchrun in one place: rank, world, device, DDP wrap/unwrap, reductions, printing on rank 0.
+"""Everything torchrun in one place: rank, world, device, DDP wrap/unwrap, FSDP sharding, reductions, printing
+on rank 0.
 
 Launch with `torchrun --nproc-per-node N script.py` (or `python -m torch.distributed.run ...`): torchrun sets
 RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, and `setup()` reads them. A plain `python script.py`
 is a world of one: no process group, no DDP, the same code path otherwise. The model code knows nothing of this.
+
+Two ways to spread training over the ranks:
+- DDP (`wrap`): every rank holds the whole model and optimizer state; gradients are all-reduced.
+- FSDP (`shard`, PyTorch's FSDP2 `fully_shard`): each rank holds 1/world of every parameter, gradient and
+  optimizer state; a layer's parameters are all-gathered just before it runs and freed after. Parameters become
+  DTensors, so saving gathers them (`full_state_dict`, `full_optimizer_state`: collective, every rank calls) into
+  the same plain tensors a single process saves, and loading cuts plain tensors back into shards
+  (`shard_state_like`, `shard_optimizer_state`): a checkpoint does not depend on how it was trained.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -111,6 +122,132 @@ def wrap(module: nn.Module, **ddp_kwargs) -> nn.Module:
         ddp_kwargs.setdefault("device_ids", [dev.index])
         ddp_kwargs.setdefault("output_device", dev.index)
     return DistributedDataParallel(module, **ddp_kwargs)
+
+
+def shard(root: nn.Module, units: Iterable[nn.Module]) -> nn.Module:
+    """FSDP2 in place: `fully_shard` each of `units` (e.g. the encoder layers: each is gathered and freed on its
+    own), then `root`, which owns every other parameter (embeddings, heads, tied weights) and is the module
+    whose forward the training step calls. In a world of one, `root` is returned untouched.
+
+    Build the optimizer after this: sharding replaces the parameters. Modules called outside `root`'s forward
+    (an evaluation calling the model directly) need `gathered(root)` around them."""
+    if not is_distributed():
+        return root
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device().type, (world_size(),))
+    units = list(units)
+    if not units:
+        raise ValueError(f"shard: {type(root).__name__} gives no units to shard")
+    with torch.no_grad():  # every rank starts from rank 0's weights, as under DDP
+        for t in list(root.parameters()) + list(root.buffers()):
+            dist.broadcast(t.data, src=0)
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(root, mesh=mesh)
+    return root
+
+
+def _is_dtensor(t) -> bool:
+    # duck typing: importing torch.distributed.tensor would slow down `import bertkit` for every user
+    return hasattr(t, "full_tensor") and hasattr(t, "placements")
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True when `module` holds FSDP-sharded (DTensor) parameters."""
+    return any(_is_dtensor(p) for p in module.parameters())
+
+
+@contextmanager
+def gathered(root: nn.Module):
+    """Gather `root`'s own (non-unit) parameters for the block, so its submodules can be called directly;
+    the units still gather themselves in their forward. Collective (every rank, the same forwards).
+    A no-op for an unsharded module."""
+    if not is_sharded(root):
+        yield root
+        return
+    root.unshard()
+    try:
+        yield root
+    finally:
+        root.reshard()
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with every sharded tensor gathered whole, on the CPU. Collective when sharded
+    (every rank calls, every rank gets it); tied entries stay one tensor. Unsharded: the state dict itself."""
+    state = module.state_dict()
+    if not any(_is_dtensor(t) for t in state.values()):
+        return state
+    out: dict[str, torch.Tensor] = {}
+    done: dict[int, torch.Tensor] = {}
+    for name, t in state.items():  # the same order on every rank
+        if id(t) not in done:
+            done[id(t)] = t.full_tensor().cpu() if _is_dtensor(t) else t.detach().cpu()
+        out[name] = done[id(t)]
+    return out
+
+
+def shard_state_like(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict:
+    """Plain (whole) tensors of `state` cut into the shards of the DTensors of the same name in `reference`
+    (a sharded module's `state_dict()`); the others as they are. Every rank must hold the whole `state`."""
+    if not any(_is_dtensor(t) for t in reference.values()):
+        return state
+    from torch.distributed.tensor import distribute_tensor
+    out = {}
+    for name, t in state.items():
+        ref = reference.get(name)
+        if ref is not None and _is_dtensor(ref) and not _is_dtensor(t):
+            if tuple(t.shape) != tuple(ref.shape):
+                raise ValueError(f"{name}: shape {tuple(t.shape)} does not match the model's {tuple(ref.shape)}")
+            t = distribute_tensor(t.to(ref.device), ref.device_mesh, ref.placements, src_data_rank=None)
+        out[name] = t
+    return out
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list:
+    """The parameters in the order `optimizer.state_dict()` numbers them."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """`optimizer.state_dict()` with sharded state tensors (exp_avg ...) gathered whole, on the CPU: the same
+    dict a single process saves. Collective when the parameters are sharded."""
+    sd = optimizer.state_dict()
+    if not any(_is_dtensor(p) for p in _optimizer_params(optimizer)):
+        return sd
+    state = {i: {k: (v.full_tensor().cpu() if _is_dtensor(v) else v) for k, v in per.items()}
+             for i, per in sorted(sd["state"].items())}  # sorted: the same collectives in the same order
+    return {**sd, "state": state}
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict) -> dict:
+    """A whole optimizer state dict (`full_optimizer_state`, or a single process's) cut into the shards of
+    `optimizer`'s parameters, ready for `optimizer.load_state_dict`."""
+    params = _optimizer_params(optimizer)
+    if not any(_is_dtensor(p) for p in params):
+        return sd
+    from torch.distributed.tensor import distribute_tensor
+    state = {}
+    for i, per in sd["state"].items():
+        p = params[int(i)]
+        state[i] = {k: (distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                        if _is_dtensor(p) and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(p.shape)
+                        and v.dim() > 0 else v)
+                    for k, v in per.items()}
+    return {**sd, "state": state}
+
+
+def save_pretrained(model: nn.Module, directory) -> None:
+    """`model.save_pretrained(directory)` on rank 0. Collective when the model is sharded: every rank must
+    call it, the parameters are gathered and rank 0 writes them."""
+    if is_sharded(model):
+        from ..hub import save_pretrained as save
+        state = full_state_dict(model)
+        if is_main():
+            save(model, directory, state_dict=state)
+    elif is_main():
+        model.save_pretrained(directory)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -14,9 +14,14 @@ The trainer knows nothing of BERT heads. It trains an *objective*, an `nn.Module
                                                                  {"acc_mlm": n_correct, "acc_nsp": ...}
 
 Each step takes `grad_accum` micro-batches, sums their counts and all-reduces them across ranks, then
-backpropagates `sum_k sums[k] / global_count[k]` per micro-batch (times the world size, since DDP averages
-gradients), so the step's gradient is exactly that of one process seeing the whole global batch, however the
-tokens fall across micro-batches and ranks. DDP syncs gradients on the last micro-batch only (`no_sync`).
+backpropagates `sum_k sums[k] / global_count[k]` per micro-batch (times the world size, since DDP and FSDP
+average gradients), so the step's gradient is exactly that of one process seeing the whole global batch,
+however the tokens fall across micro-batches and ranks. Gradients are synced on the last micro-batch only
+(DDP's `no_sync`, FSDP's `set_requires_gradient_sync`).
+
+Under torchrun the objective is wrapped in DDP, or with `fsdp=True` sharded (FSDP2: each encoder layer, then
+the objective as the root; see `distributed.shard`). Checkpoints are the same either way: whole tensors, as one
+process writes them (gathered on every rank, written by rank 0), so a run can resume under the other.
 
 A stat named `<metric>_<term>` is divided by the counts of `<term>` (the longest count name it ends with):
 `acc_mlm` = correct MLM predictions / MLM labels. Logged metrics are means over the steps since the
@@ -81,6 +86,7 @@ class TrainConfig:
     tensorboard: bool | None = None  # None: when the tensorboard package is installed
     progress: bool = True           # tqdm progress bar on rank 0
     find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
+    fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
     compile: bool = False           # torch.compile the encoder layers (dynamic token count)
     gradient_checkpointing: bool = False  # recompute each layer's forward in the backward: less memory
     prefetch: int | None = None     # batches prepared ahead in a background thread; None: 2 on CUDA, 0 on CPU
@@ -288,7 +294,9 @@ class Trainer:
     tokenizer's `save_pretrained`), on rank 0.
 
     Under torchrun, call `distributed.setup()` first (the trainer calls it otherwise) so the batch source
-    can read the rank; the objective is moved to the rank's device and wrapped in DDP.
+    can read the rank; the objective is moved to the rank's device and wrapped in DDP (sharded with FSDP when
+    `cfg.fsdp`; then `evaluate` runs with the root's parameters gathered, and must make the same forward calls
+    on every rank).
     """
 
     def __init__(self, objective: nn.Module, model: nn.Module, batches, cfg: TrainConfig, *,
@@ -316,6 +324,10 @@ class Trainer:
         if cfg.compile:
             from ..modeling.bert import compile_layers
             compile_layers(model)
+        self.sharded = cfg.fsdp and dist.is_distributed()
+        if self.sharded:  # before the optimizer: sharding replaces the parameters
+            from ..modeling.bert import BertLayer
+            dist.shard(objective, [m for m in model.modules() if isinstance(m, BertLayer)])
 
         model_params = {id(p) for p in model.parameters()}
         stray = [n for n, p in objective.named_parameters() if id(p) not in model_params]
@@ -328,7 +340,7 @@ class Trainer:
         self.scheduler = linear_schedule(self.optimizer, cfg.warmup_steps, cfg.max_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.wrapped = dist.wrap(objective, find_unused_parameters=cfg.find_unused_parameters) \
-            if dist.is_distributed() else objective
+            if dist.is_distributed() and not self.sharded else objective
         self.step = 0
         self._elapsed0 = 0.0
         self._t_start = time.perf_counter()
@@ -393,7 +405,7 @@ class Trainer:
         loss = sum(sums[k].float() / (counts[k].clamp(min=1) if isinstance(counts[k], torch.Tensor)
                                       else max(counts[k], 1.0)) for k in sums)
         if self.info.world_size > 1:
-            loss = loss * self.info.world_size  # DDP averages gradients over ranks; we want their sum
+            loss = loss * self.info.world_size  # DDP and FSDP average gradients over ranks; we want their sum
         return loss
 
     def _log_train(self, window: _Window, lr: float) -> dict[str, Any]:
@@ -428,8 +440,8 @@ class Trainer:
         was_training = self.objective.training
         self.objective.eval()
         self.model.eval()
-        try:
-            with rng_isolated(), torch.no_grad(), self.autocast():
+        try:  # gathered: the evaluation calls the model, not the sharded root's forward
+            with rng_isolated(), torch.no_grad(), self.autocast(), dist.gathered(self.objective):
                 metrics = self.evaluate_fn(self.model)
         finally:
             self.objective.train(was_training)
@@ -449,10 +461,13 @@ class Trainer:
             data = self.batches.state_dict()
         rngs = dist.all_gather_object(rng_state())
         datas = dist.all_gather_object(data)
+        model_state = dist.full_state_dict(self.model) if self.sharded else None       # collective
+        optimizer_state = dist.full_optimizer_state(self.optimizer) if self.sharded else None
         path = None
         if dist.is_main():
             path = save_checkpoint(
-                self.cfg.output_dir, step, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                self.cfg.output_dir, step, self.model, model_state=model_state,
+                optimizer=self.optimizer, optimizer_state=optimizer_state, scheduler=self.scheduler,
                 scaler=self.scaler, data_states=datas if data is not None else None, rng_states=rngs,
                 extra={"elapsed": self.elapsed(), "world_size": self.info.world_size,
                        "config": dataclasses.asdict(self.cfg)},
@@ -530,6 +545,8 @@ class Trainer:
                 counts = self._global_counts([c for _, c, _ in micro])
                 for i, (batch, _, tokens) in enumerate(micro):
                     sync = i == len(micro) - 1
+                    if self.sharded:
+                        self.wrapped.set_requires_gradient_sync(sync)
                     with (self.wrapped.no_sync() if ddp and not sync else nullcontext()):
                         with self.autocast():
                             sums, stats = self.wrapped(batch)
@@ -543,6 +560,8 @@ class Trainer:
                     norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 else:
                     norm = global_grad_norm(self.params)
+                if hasattr(norm, "full_tensor"):  # FSDP: a replicated DTensor
+                    norm = norm.full_tensor()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()

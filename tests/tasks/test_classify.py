@@ -193,6 +193,31 @@ def test_batches_resume_exactly_and_pad_per_batch():
     assert sorted(src.order(0)) == list(range(10)) and src.order(0) != src.order(1)
 
 
+def test_batches_split_each_global_batch_across_ranks():
+    """Under torchrun each rank takes its share of each global batch: 2 ranks of batch 2 together see one
+    process's batches of 4. The last global batch (10 = 4 + 4 + 2 rows; with 3 ranks 9 + 1) is padded from the
+    start of the epoch's order to a multiple of the world size, so no rank gets an empty batch."""
+    feats = encode_examples(BertTokenizer.train_from_iterator(["a b c d e f"] * 3, vocab_size=40),
+                            [Example("a " * (i % 7 + 1), None, str(i % 2), i) for i in range(10)],
+                            label_info([str(i % 2) for i in range(10)]), 16)
+
+    def rows(batch):  # each row without its padding, which depends on the batch
+        return sorted(tuple(ids[:n]) for ids, n in zip(batch["input_ids"].tolist(), batch["attention_mask"].sum(1)))
+
+    one = iter(ClassificationBatches(feats, 4, seed=5))
+    ranks = [iter(ClassificationBatches(feats, 2, seed=5, rank=r, world_size=2)) for r in range(2)]
+    assert ClassificationBatches(feats, 2, world_size=2).batches_per_epoch == 3
+    for _ in range(6):  # two epochs
+        parts = [next(it) for it in ranks]
+        assert rows(next(one)) == sorted(rows(parts[0]) + rows(parts[1]))
+    three = [ClassificationBatches(feats, 3, seed=5, rank=r, world_size=3) for r in range(3)]
+    assert three[0].batches_per_epoch == 2
+    last = [[b for _, b in zip(range(2), iter(src))][-1] for src in three]
+    assert [b["input_ids"].shape[0] for b in last] == [1, 1, 1]  # 1 row left, padded with 2 from the start
+    with pytest.raises(ValueError, match="rank"):
+        ClassificationBatches(feats, 2, rank=2, world_size=2)
+
+
 def test_objective_sums_and_counts():
     torch.manual_seed(0)
     from bertkit.modeling import BertForSequenceClassification
@@ -336,3 +361,41 @@ def test_a_cue_at_the_end_is_read_with_windows_and_lost_to_truncation(long_train
         p = torch.softmax(mean, -1)
         assert row["label"] == model.config.id2label[int(p.argmax())]
         assert row["score"] == pytest.approx(float(p.max()), abs=1e-5)
+
+
+def test_torchrun_fsdp_fine_tuning_equals_ddp(toy, tmp_path):
+    """`torchrun --nproc-per-node 2 -m bertkit finetune classify`, with DDP and with `--fsdp` (the same per-rank
+    seeds, so the same dropout masks): the same dev metrics at every evaluation (run with the sharded model's
+    own parameters gathered) and the same best checkpoint, saved whole from the shards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    evals = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+             "--master-port", str(port), "-m", "bertkit", "finetune", "classify", "--model", str(toy["encoder"]),
+             "--train", str(toy["train"]), "--dev", str(toy["dev"]), "--output", str(tmp_path / name),
+             "--batch-size", "8", "--lr", "1e-2", "--max-seq-length", "16", "--epochs", "2", "--seed", "4", *extra],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        evals[name] = [r for r in lines if r["split"] == "eval"]
+    # 80 rows in global batches of 2 x 8: 5 steps an epoch, evaluated after each
+    assert [r["step"] for r in evals["fsdp"]] == [r["step"] for r in evals["ddp"]] == [5, 10]
+    for x, y in zip(evals["fsdp"], evals["ddp"]):
+        assert x["accuracy"] == y["accuracy"] and x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    a, b = (load_file(tmp_path / name / "best" / "model.safetensors") for name in ("fsdp", "ddp"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "best")
+    assert model.load_report.clean and model.config.architectures == ["BertForSequenceClassification"]

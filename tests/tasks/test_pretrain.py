@@ -109,8 +109,9 @@ def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tokenizer_dir, tmp_path):
-    """`torchrun --nproc-per-node 2 -m bertkit pretrain --batch-size 2` against one process with batch 4
-    (dropout 0, so the ranks' random streams do not matter): the same weights up to float rounding."""
+    """`torchrun --nproc-per-node 2 -m bertkit pretrain --batch-size 2`, with DDP and with `--fsdp`, against one
+    process with batch 4 (dropout 0, so the ranks' random streams do not matter): the same weights up to float
+    rounding. The FSDP run gathers its shards for the saved model and its fill-mask demo."""
     import os
     import socket
     import subprocess
@@ -122,20 +123,23 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus,
     BertConfig.from_size("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).to_json_file(config)
     args = ["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--config", str(config),
             "--max-steps", "3", "--seq-len", "32", "--eval-batches", "1", "--seed", "5"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    assert main(["pretrain", *args, "--batch-size", "4", "--output", str(tmp_path / "one")]) == 0
+    b = load_file(tmp_path / "one" / "model.safetensors")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(port), "-m", "bertkit", "pretrain", *args, "--batch-size", "2",
-         "--output", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert "2 ranks = 4" in ddp.stdout + ddp.stderr
-    assert main(["pretrain", *args, "--batch-size", "4", "--output", str(tmp_path / "one")]) == 0
-    a = load_file(tmp_path / "ddp" / "model.safetensors")
-    b = load_file(tmp_path / "one" / "model.safetensors")
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    print(f"\ntorchrun 2 ranks x 2 vs 1 process x 4, 3 steps: max |weight diff| = {diff:.2e}")
-    assert diff <= 1e-6
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+             "--master-port", str(port), "-m", "bertkit", "pretrain", *args, "--batch-size", "2", *extra,
+             "--output", str(tmp_path / name)], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "2 ranks = 4" in run.stdout + run.stderr
+        assert "fill-mask on held-out text" in run.stdout
+        a = load_file(tmp_path / name / "model.safetensors")
+        assert a.keys() == b.keys()
+        diff = max((a[k] - b[k]).abs().max().item() for k in a)
+        print(f"\ntorchrun {name} 2 ranks x 2 vs 1 process x 4, 3 steps: max |weight diff| = {diff:.2e}")
+        assert diff <= 1e-6

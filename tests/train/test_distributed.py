@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,6 +66,83 @@ def test_torchrun_two_cpu_ranks_match_one_process(tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # seeded seed + rank
 
 
+def _torchrun(out, *args, env):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(_free_port()), str(SCRIPT), "--out", str(out), *map(str, args)],
+        env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
+    """FSDP (`TrainConfig.fsdp`): 2 CPU ranks, each holding half of every parameter, gradient and AdamW state,
+    against one process with the whole global batch: the same optimisation. Then a run SIGKILLed in step 4
+    resumes from the step-2 checkpoint (written whole, as one process writes it, and cut back into shards on
+    load) under FSDP to the same weights; the checkpoint's weights load into a plain model."""
+    from safetensors.torch import load_file
+
+    common = ["--steps", "4", "--accum", "2", "--save-every", "2", "--dropout", "0", "--lr", "1e-3", "--batch", "2",
+              "--gradient-checkpointing", "--fsdp"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    fsdp = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(_free_port()), str(SCRIPT), "--out", str(tmp_path / "fsdp"), *common],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    n = torch.get_num_threads()
+    try:
+        tiny.main(["--out", str(tmp_path / "one"), "--steps", "4", "--accum", "2", "--save-every", "2",
+                   "--dropout", "0", "--lr", "1e-3", "--batch", "4"])
+    finally:
+        torch.set_num_threads(n)
+    out, err = fsdp.communicate(timeout=240)
+    assert fsdp.returncode == 0, f"{out}\n{err}"
+    assert '"world": 2' in out and '"sharded": true' in out
+    result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    assert result["local_params"] <= result["params"] // 2 + 64  # half of every tensor, rounded up per tensor
+
+    one = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
+    full = torch.load(tmp_path / "fsdp" / "final_weights.pt", weights_only=True)
+    diff = max((full[k] - one[k]).abs().max().item() for k in one)
+    print(f"\nFSDP 2 ranks x 2 x accumulation 2 vs 1 process x 4 x 2, 4 AdamW steps: max |weight diff| = {diff:.2e}")
+    assert diff <= 1e-6
+    for x, y in zip(read_metrics(tmp_path / "fsdp"), read_metrics(tmp_path / "one"), strict=True):
+        for k in ("loss", "loss_mlm", "loss_nsp", "grad_norm", "lr"):
+            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-7), (x["step"], k)
+
+    # The checkpoint is whole: its weights and AdamW moments have the single process's shapes and values.
+    step4 = tmp_path / "fsdp" / "step-000004"
+    saved = load_file(step4 / "model.safetensors")
+    assert max((saved[k] - full[k]).abs().max().item() for k in saved) == 0.0
+    ref_state = torch.load(tmp_path / "one" / "step-000004" / "training_state.pt", weights_only=True)
+    state = torch.load(step4 / "training_state.pt", weights_only=True)
+    assert state["optimizer"]["state"].keys() == ref_state["optimizer"]["state"].keys()
+    for i, per in ref_state["optimizer"]["state"].items():
+        for k, v in per.items():
+            assert state["optimizer"]["state"][i][k].shape == v.shape
+            assert torch.allclose(state["optimizer"]["state"][i][k], v, rtol=1e-4, atol=1e-9), (i, k)
+
+    # Killed while fetching step 4's second micro-batch: the step-2 checkpoint is the newest.
+    cut = _torchrun(tmp_path / "cut", *common, "--kill-at", "7", env=env)
+    assert cut.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "cut").glob("step-*")) == ["step-000002"]
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut-ddp")
+    resumed = _torchrun(tmp_path / "cut", *common, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = torch.load(tmp_path / "cut" / "final_weights.pt", weights_only=True)
+    gap = max((again[k] - full[k]).abs().max().item() for k in full)
+    print(f"FSDP killed in step 4, resumed from step 2: max |weight diff| to the uninterrupted run = {gap:.2e}")
+    assert gap <= 1e-7
+    # The same checkpoint resumed under DDP: a checkpoint does not depend on how it was trained.
+    resumed = _torchrun(tmp_path / "cut-ddp", *[a for a in common if a != "--fsdp"], "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '"sharded": false' in resumed.stdout
+    ddp = torch.load(tmp_path / "cut-ddp" / "final_weights.pt", weights_only=True)
+    gap = max((ddp[k] - full[k]).abs().max().item() for k in full)
+    print(f"... resumed under DDP instead: max |weight diff| = {gap:.2e}")
+    assert gap <= 1e-6
+
+
 def test_world_of_one_helpers(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
@@ -79,6 +158,18 @@ def test_world_of_one_helpers(monkeypatch):
     assert distributed.all_reduce_sum({"n": 3, "x": 0.5, "t": torch.tensor(2.0)}) == {"n": 3, "x": 0.5,
                                                                                    "t": torch.tensor(2.0)}
     assert distributed.all_gather_object({"a": 1}) == [{"a": 1}]
+    # FSDP in a world of one: nothing to shard, and the gather / cut helpers hand states through untouched
+    assert distributed.shard(m, [m]) is m and not distributed.is_sharded(m)
+    state = m.state_dict()
+    assert distributed.full_state_dict(m).keys() == state.keys()
+    assert distributed.shard_state_like(state, state) is state
+    opt = torch.optim.AdamW(m.parameters())
+    m(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    osd = distributed.full_optimizer_state(opt)
+    assert distributed.shard_optimizer_state(opt, osd) is osd
+    with distributed.gathered(m) as g:
+        assert g is m
     distributed.barrier()
     distributed.cleanup()
 

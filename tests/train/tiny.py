@@ -132,26 +132,29 @@ def main(argv=None) -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--fsdp", action="store_true")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     from bertkit.train import TrainConfig, Trainer, distributed
 
     info = distributed.setup()
-    torch.manual_seed(1234)  # the initial weights; DDP broadcasts rank 0's anyway
+    torch.manual_seed(1234 + info.rank)  # the initial weights: DDP and FSDP take rank 0's
     model = BertForPreTraining(tiny_config(args.dropout))
     source = TinySource(args.batch, info.rank, info.world_size, seed=7, kill_at=args.kill_at)
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, grad_accum=args.accum, lr=args.lr,
                       warmup_steps=2, optimizer=args.optimizer, log_every=1, save_every=args.save_every,
                       keep_last=2, seed=11, output_dir=args.out, tensorboard=False, progress=False,
-                      gradient_checkpointing=args.gradient_checkpointing)
+                      gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp)
     trainer = Trainer(PretrainObjective(model), model, source, cfg)
     metrics = trainer.train(resume=args.resume)
+    weights = distributed.full_state_dict(model)  # collective under FSDP
+    local = sum((p.to_local() if distributed.is_sharded(model) else p).numel() for p in model.parameters())
     if distributed.is_main():
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
-                   os.path.join(args.out, "final_weights.pt"))
-        print("RESULT " + json.dumps({"metrics": metrics, "served": source.served,
-                                      "world": info.world_size}), flush=True)
+        torch.save({k: v.detach().clone() for k, v in weights.items()}, os.path.join(args.out, "final_weights.pt"))
+        print("RESULT " + json.dumps({"metrics": metrics, "served": source.served, "world": info.world_size,
+                                      "sharded": distributed.is_sharded(model), "local_params": local,
+                                      "params": sum(p.numel() for p in model.parameters())}), flush=True)
     distributed.cleanup()
 
 
