@@ -143,6 +143,26 @@ def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
     assert gap <= 1e-6
 
 
+def test_torchrun_fsdp_lamb_matches_one_process(tmp_path):
+    """LAMB's trust ratio needs each parameter's whole norm: on FSDP shards the norms are reduced across the
+    ranks, so 2 sharded ranks take the steps of one process."""
+    common = ["--steps", "3", "--dropout", "0", "--lr", "1e-2", "--optimizer", "lamb"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    run = _torchrun(tmp_path / "fsdp", *common, "--batch", "2", "--fsdp", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert '"sharded": true' in run.stdout
+    n = torch.get_num_threads()
+    try:
+        tiny.main(["--out", str(tmp_path / "one"), *common, "--batch", "4"])
+    finally:
+        torch.set_num_threads(n)
+    a = torch.load(tmp_path / "fsdp" / "final_weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
+    assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-6
+
+
 def test_world_of_one_helpers(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
