@@ -19,3 +19,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def torchrun():
+    """`torchrun(*args, wait=True)`: `torchrun --nproc-per-node 2 *args` on this machine (gloo, one thread a rank,
+    a free port), as a user would launch it. Returns the finished run's CompletedProcess (text output), or with
+    `wait=False` the running Popen, for a test that works meanwhile."""
+    import os
+    import socket
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+
+    def launch(*args, wait: bool = True):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), *map(str, args)]
+        if wait:
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    return launch

@@ -363,30 +363,17 @@ def test_a_cue_at_the_end_is_read_with_windows_and_lost_to_truncation(long_train
         assert row["score"] == pytest.approx(float(p.max()), abs=1e-5)
 
 
-def test_torchrun_fsdp_fine_tuning_equals_ddp(toy, tmp_path):
+def test_torchrun_fsdp_fine_tuning_equals_ddp(toy, tmp_path, torchrun):
     """`torchrun --nproc-per-node 2 -m bertkit finetune classify`, with DDP and with `--fsdp` (the same per-rank
     seeds, so the same dropout masks): the same dev metrics at every evaluation (run with the sharded model's
     own parameters gathered) and the same best checkpoint, saved whole from the shards."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     from safetensors.torch import load_file
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     evals = {}
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        run = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-             "--master-port", str(port), "-m", "bertkit", "finetune", "classify", "--model", str(toy["encoder"]),
-             "--train", str(toy["train"]), "--dev", str(toy["dev"]), "--output", str(tmp_path / name),
-             "--batch-size", "8", "--lr", "1e-2", "--max-seq-length", "16", "--epochs", "2", "--seed", "4", *extra],
-            env=env, capture_output=True, text=True, timeout=300)
+        run = torchrun("-m", "bertkit", "finetune", "classify", "--model", toy["encoder"], "--train", toy["train"],
+                       "--dev", toy["dev"], "--output", tmp_path / name, "--batch-size", "8", "--lr", "1e-2",
+                       "--max-seq-length", "16", "--epochs", "2", "--seed", "4", *extra)
         assert run.returncode == 0, run.stderr[-3000:]
         lines = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         evals[name] = [r for r in lines if r["split"] == "eval"]

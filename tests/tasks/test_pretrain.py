@@ -108,15 +108,10 @@ def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and f"{bad}:4" in err and "UTF-8" in err
 
 
-def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tokenizer_dir, tmp_path):
+def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tokenizer_dir, tmp_path, torchrun):
     """`torchrun --nproc-per-node 2 -m bertkit pretrain --batch-size 2`, with DDP and with `--fsdp`, against one
     process with batch 4 (dropout 0, so the ranks' random streams do not matter): the same weights up to float
     rounding. The FSDP run gathers its shards for the saved model and its fill-mask demo."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     from bertkit.config import BertConfig
 
     config = tmp_path / "config.json"
@@ -125,16 +120,8 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus,
             "--max-steps", "3", "--seq-len", "32", "--eval-batches", "1", "--seed", "5"]
     assert main(["pretrain", *args, "--batch-size", "4", "--output", str(tmp_path / "one")]) == 0
     b = load_file(tmp_path / "one" / "model.safetensors")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        run = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-             "--master-port", str(port), "-m", "bertkit", "pretrain", *args, "--batch-size", "2", *extra,
-             "--output", str(tmp_path / name)], env=env, capture_output=True, text=True, timeout=300)
+        run = torchrun("-m", "bertkit", "pretrain", *args, "--batch-size", "2", *extra, "--output", tmp_path / name)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "2 ranks = 4" in run.stdout + run.stderr
         assert "fill-mask on held-out text" in run.stdout

@@ -1,9 +1,5 @@
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,26 +13,14 @@ from . import tiny
 SCRIPT = Path(tiny.__file__)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_torchrun_two_cpu_ranks_match_one_process(tmp_path):
+def test_torchrun_two_cpu_ranks_match_one_process(tmp_path, torchrun):
     """torchrun, 2 CPU processes on gloo, 2 sequences per rank and micro-batch, accumulation 2 (rank r takes
     items r::2 of each global batch of 4) against one process with batches of 4: the exact count
     normalisation makes the two the same optimisation, up to float rounding. The DDP run also recomputes its
     layers in the backward (gradient checkpointing), which must not change a thing."""
     common = ["--steps", "4", "--accum", "2", "--save-every", "2", "--dropout", "0", "--lr", "1e-3"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    ddp = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(_free_port()), str(SCRIPT), "--out", str(tmp_path / "ddp"), "--batch", "2",
-         "--gradient-checkpointing", *common],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ddp = torchrun(SCRIPT, "--out", tmp_path / "ddp", "--batch", "2", "--gradient-checkpointing", *common,
+                   wait=False)
     n = torch.get_num_threads()
     try:  # the reference, in this process meanwhile
         tiny.main(["--out", str(tmp_path / "one"), "--batch", "4", *common])
@@ -66,14 +50,7 @@ def test_torchrun_two_cpu_ranks_match_one_process(tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # seeded seed + rank
 
 
-def _torchrun(out, *args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(_free_port()), str(SCRIPT), "--out", str(out), *map(str, args)],
-        env=env, capture_output=True, text=True, timeout=240)
-
-
-def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
+def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path, torchrun):
     """FSDP (`TrainConfig.fsdp`): 2 CPU ranks, each holding half of every parameter, gradient and AdamW state,
     against one process with the whole global batch: the same optimisation. Then a run SIGKILLed in step 4
     resumes from the step-2 checkpoint (written whole, as one process writes it, and cut back into shards on
@@ -82,13 +59,7 @@ def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
 
     common = ["--steps", "4", "--accum", "2", "--save-every", "2", "--dropout", "0", "--lr", "1e-3", "--batch", "2",
               "--gradient-checkpointing", "--fsdp"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    fsdp = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(_free_port()), str(SCRIPT), "--out", str(tmp_path / "fsdp"), *common],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fsdp = torchrun(SCRIPT, "--out", tmp_path / "fsdp", *common, wait=False)
     n = torch.get_num_threads()
     try:
         tiny.main(["--out", str(tmp_path / "one"), "--steps", "4", "--accum", "2", "--save-every", "2",
@@ -123,18 +94,18 @@ def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
             assert torch.allclose(state["optimizer"]["state"][i][k], v, rtol=1e-4, atol=1e-9), (i, k)
 
     # Killed while fetching step 4's second micro-batch: the step-2 checkpoint is the newest.
-    cut = _torchrun(tmp_path / "cut", *common, "--kill-at", "7", env=env)
+    cut = torchrun(SCRIPT, "--out", tmp_path / "cut", *common, "--kill-at", "7")
     assert cut.returncode != 0
     assert sorted(p.name for p in (tmp_path / "cut").glob("step-*")) == ["step-000002"]
     shutil.copytree(tmp_path / "cut", tmp_path / "cut-ddp")
-    resumed = _torchrun(tmp_path / "cut", *common, "--resume", env=env)
+    resumed = torchrun(SCRIPT, "--out", tmp_path / "cut", *common, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = torch.load(tmp_path / "cut" / "final_weights.pt", weights_only=True)
     gap = max((again[k] - full[k]).abs().max().item() for k in full)
     print(f"FSDP killed in step 4, resumed from step 2: max |weight diff| to the uninterrupted run = {gap:.2e}")
     assert gap <= 1e-7
     # The same checkpoint resumed under DDP: a checkpoint does not depend on how it was trained.
-    resumed = _torchrun(tmp_path / "cut-ddp", *[a for a in common if a != "--fsdp"], "--resume", env=env)
+    resumed = torchrun(SCRIPT, "--out", tmp_path / "cut-ddp", *[a for a in common if a != "--fsdp"], "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert '"sharded": false' in resumed.stdout
     ddp = torch.load(tmp_path / "cut-ddp" / "final_weights.pt", weights_only=True)
@@ -143,14 +114,11 @@ def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
     assert gap <= 1e-6
 
 
-def test_torchrun_fsdp_lamb_matches_one_process(tmp_path):
+def test_torchrun_fsdp_lamb_matches_one_process(tmp_path, torchrun):
     """LAMB's trust ratio needs each parameter's whole norm: on FSDP shards the norms are reduced across the
     ranks, so 2 sharded ranks take the steps of one process."""
     common = ["--steps", "3", "--dropout", "0", "--lr", "1e-2", "--optimizer", "lamb"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    run = _torchrun(tmp_path / "fsdp", *common, "--batch", "2", "--fsdp", env=env)
+    run = torchrun(SCRIPT, "--out", tmp_path / "fsdp", *common, "--batch", "2", "--fsdp")
     assert run.returncode == 0, run.stderr[-3000:]
     assert '"sharded": true' in run.stdout
     n = torch.get_num_threads()
