@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .. import metrics as M
 from ..data.readers import read_columns
 from ..io import write_text_atomic
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs, predict_batches
 from .finetune import (FinetuneArgs, column, run_seeds, settings_for, split_args, table_format,
                        train_keep_best, write_eval)
 
@@ -157,25 +157,15 @@ class ChoiceObjective(FinetuneObjective):
 def predict_choice_logits(model, features: Sequence[ChoiceFeature], batch_size: int = 64,
                           pad_id: int | None = None) -> np.ndarray:
     """(n, choices) float32 scores in the order of `features`; batches hold rows of similar length."""
-    if pad_id is None:
-        pad_id = model.config.pad_token_id or 0
-    n = len(features)
-    if not n:
-        return np.zeros((0, 0), dtype=np.float32)
-    out = np.zeros((n, len(features[0].input_ids)), dtype=np.float32)
-    was_training = model.training
-    model.eval()
+    pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
-    order = sorted(range(n), key=lambda i: max(map(len, features[i].input_ids)))
-    try:
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            batch = collate_choices([ChoiceFeature(features[i].input_ids, features[i].token_type_ids)
-                                     for i in idx], pad_id)
-            out[idx] = batch_logits(model, packed_to(batch, device)).cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
+
+    def run(feats):
+        batch = collate_choices([ChoiceFeature(f.input_ids, f.token_type_ids) for f in feats], pad_id)
+        return batch_logits(model, packed_to(batch, device)).cpu().numpy()
+
+    rows = predict_batches(model, features, run, batch_size, length=lambda f: max(map(len, f.input_ids)))
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def evaluate_choice(model, features: Sequence[ChoiceFeature], batch_size: int = 64) -> dict[str, float]:

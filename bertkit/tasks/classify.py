@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torch import nn
 from .. import metrics as M
 from ..data.readers import Example, is_regression, label_maps, label_set
 from ..modeling import packing as P
+from ..train import distributed as dist
 from ..train.trainer import pin, to_device
 
 __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
@@ -328,28 +329,53 @@ class ClassificationObjective(FinetuneObjective):
         return {"cls": loss}, stats
 
 
+def _num_ids(feature) -> int:
+    return len(feature.input_ids)
+
+
 @torch.no_grad()
+def predict_batches(model, features: Sequence[Any], run: Callable[[list], Sequence], batch_size: int = 64,
+                    length: Callable[[Any], int] = _num_ids, bar=None) -> list:
+    """The prediction loop of every task: `run(batch of features) -> one result per feature`, in eval mode, over
+    batches of features of similar `length` (less padding); the results in the order of `features`. In the
+    trainer's evaluation under torchrun (`distributed.together`) the ranks share the batches and every rank
+    gets every result. `bar`: a progress bar to advance by the features done."""
+    order = sorted(range(len(features)), key=lambda i: length(features[i]))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+    def work(my_batches: list[list[int]]) -> list:
+        done = []
+        for idx in my_batches:
+            done.append(list(run([features[i] for i in idx])))
+            if bar is not None:
+                bar.update(len(idx))
+        return done
+
+    was_training = model.training
+    model.eval()
+    try:
+        per_batch = dist.split_map(work, batches)
+    finally:
+        model.train(was_training)
+    out: list = [None] * len(features)
+    for idx, results in zip(batches, per_batch):
+        for i, r in zip(idx, results):
+            out[i] = r
+    return out
+
+
 def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad_id: int | None = None
                    ) -> np.ndarray:
     """(n, num_labels) float32 logits in the order of `features`; batches hold sequences of similar length."""
-    if pad_id is None:
-        pad_id = model.config.pad_token_id or 0
-    n = len(features)
-    out = np.zeros((n, model.config.num_labels), dtype=np.float32)
-    if not n:
-        return out
-    was_training = model.training
-    model.eval()
+    pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
-    order = sorted(range(n), key=lambda i: len(features[i].input_ids))
-    try:
-        for s in range(0, n, batch_size):
-            idx = order[s:s + batch_size]
-            batch = collate([Feature(features[i].input_ids, features[i].token_type_ids) for i in idx], pad_id)
-            out[idx] = batch_logits(model, packed_to(batch, device)).cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
+
+    def run(feats):
+        batch = collate([Feature(f.input_ids, f.token_type_ids) for f in feats], pad_id)
+        return batch_logits(model, packed_to(batch, device)).cpu().numpy()
+
+    rows = predict_batches(model, features, run, batch_size)
+    return np.stack(rows) if rows else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 
 def evaluate_classification(model, features: Sequence[Feature], batch_size: int = 64) -> dict[str, float]:

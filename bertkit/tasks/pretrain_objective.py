@@ -13,6 +13,7 @@ from torch import nn
 
 from ..modeling import BertForPreTraining
 from ..modeling import packing as P
+from ..train import distributed as dist
 from ..train.trainer import to_device
 
 
@@ -65,18 +66,29 @@ class PreTrainingObjective(nn.Module):
 def evaluate_pretraining(objective: PreTrainingObjective, batches) -> dict[str, float]:
     """Held-out MLM accuracy, MLM loss and perplexity, NSP accuracy and loss over the given batches.
 
-    `batches` is a finite iterable of collated batches with fixed masks (the same every evaluation)."""
+    `batches` is a finite iterable of collated batches with fixed masks (the same every evaluation). In the
+    trainer's evaluation under torchrun the ranks share them (`distributed.split_map`)."""
+    device = next(objective.parameters()).device
+
+    def run(my_batches: list) -> list[dict[str, float]]:
+        done = []
+        for batch in my_batches:
+            batch = objective.prepare(batch)             # the packing plan from the CPU mask, as in training
+            counts = objective.counts(batch)
+            sums, stats = objective(to_device(batch, device))
+            done.append({k: float(v) for k, v in {**counts, **{f"loss_{k}": v for k, v in sums.items()},
+                                                   **stats}.items()})
+        return done
+
     was_training = objective.training
     objective.eval()
-    totals: dict[str, float] = {}
-    device = next(objective.parameters()).device
-    for batch in batches:
-        batch = objective.prepare(batch)             # the packing plan from the CPU mask, as in training
-        counts = objective.counts(batch)
-        sums, stats = objective(to_device(batch, device))
-        for k, v in {**counts, **{f"loss_{k}": v for k, v in sums.items()}, **stats}.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    objective.train(was_training)
+    try:
+        per_batch = dist.split_map(run, list(batches))
+    finally:
+        objective.train(was_training)
+    if not per_batch:
+        raise ValueError("evaluate_pretraining: no batches")
+    totals = {k: sum(d[k] for d in per_batch) for k in per_batch[0]}
     mlm_loss = totals["loss_mlm"] / totals["mlm"]
     return {"mlm_accuracy": totals["acc_mlm"] / totals["mlm"], "mlm_loss": mlm_loss,
             "perplexity": math.exp(mlm_loss), "nsp_accuracy": totals["acc_nsp"] / totals["nsp"],

@@ -41,7 +41,7 @@ from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
-from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs
+from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs, predict_batches
 from .finetune import FinetuneArgs, run_seeds, settings_for, split_args, train_keep_best, write_eval
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
@@ -201,10 +201,10 @@ class QAObjective(FinetuneObjective):
 
 
 def _progress(total: int, desc: str, enabled: bool | None):
-    """A tqdm bar on a terminal only (None: when stderr is a TTY)."""
+    """A tqdm bar on a terminal only (None: when stderr is a TTY), and on rank 0 only under torchrun."""
     if enabled is None:
         enabled = sys.stderr.isatty()
-    if not enabled:
+    if not enabled or not dist.is_main():
         return None
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="window", leave=False)
@@ -215,31 +215,21 @@ def predict_qa_logits(model, features: Sequence[QAFeature], batch_size: int = 64
                       progress: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(start, end) float32 logits of each window (its own length), in the order of `features`; batches hold
     windows of similar length."""
-    if pad_id is None:
-        pad_id = model.config.pad_token_id or 0
-    out: list[Any] = [None] * len(features)
-    was_training = model.training
-    model.eval()
+    pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+
+    def run(feats):
+        batch = collate_qa([QAFeature(f.input_ids, f.token_type_ids, 0, 0, None, None, None) for f in feats], pad_id)
+        start, end = _logits(model, packed_to(batch, device))
+        start, end = start.cpu().numpy(), end.cpu().numpy()  # (batch, width)
+        return [(start[row, :len(f.input_ids)], end[row, :len(f.input_ids)]) for row, f in enumerate(feats)]
+
     bar = _progress(len(features), "predicting", progress)
     try:
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            batch = collate_qa([QAFeature(features[i].input_ids, features[i].token_type_ids, 0, 0, None, None, None)
-                                for i in idx], pad_id)
-            start, end = _logits(model, packed_to(batch, device))
-            start, end = start.cpu().numpy(), end.cpu().numpy()  # (batch, width)
-            for row, i in enumerate(idx):
-                k = len(features[i].input_ids)
-                out[i] = (start[row, :k], end[row, :k])
-            if bar is not None:
-                bar.update(len(idx))
+        return predict_batches(model, features, run, batch_size, bar=bar)
     finally:
-        model.train(was_training)
         if bar is not None:
             bar.close()
-    return out
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, _read_text, label_maps
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs
+from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs, predict_batches
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
@@ -191,25 +191,19 @@ class TagObjective(FinetuneObjective):
 def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequence[int], batch_size: int = 64,
                         pad_id: int | None = None) -> list[np.ndarray]:
     """(words, labels) float32 logits per sentence, each word's from the window that owns it."""
-    if pad_id is None:
-        pad_id = model.config.pad_token_id or 0
-    out = [np.full((n, model.config.num_labels), np.nan, dtype=np.float32) for n in num_words]
-    was_training = model.training
-    model.eval()
+    pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    try:
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            feats = [features[i] for i in idx]
-            batch = collate_tags([TagFeature(f.input_ids, None, f.word_ids, f.sentence) for f in feats], pad_id)
-            logits = batch_logits(model, packed_to(batch, device)).cpu().numpy()
-            for row, f in enumerate(feats):
-                for pos, w in enumerate(f.word_ids):
-                    if w is not None:
-                        out[f.sentence][w] = logits[row, pos]
-    finally:
-        model.train(was_training)
+
+    def run(feats):  # each window's (tokens, labels) logits
+        batch = collate_tags([TagFeature(f.input_ids, None, f.word_ids, f.sentence) for f in feats], pad_id)
+        logits = batch_logits(model, packed_to(batch, device)).cpu().numpy()
+        return [logits[row, :len(f.input_ids)] for row, f in enumerate(feats)]
+
+    out = [np.full((n, model.config.num_labels), np.nan, dtype=np.float32) for n in num_words]
+    for f, logits in zip(features, predict_batches(model, features, run, batch_size)):
+        for pos, w in enumerate(f.word_ids):
+            if w is not None:
+                out[f.sentence][w] = logits[pos]
     for n, a in enumerate(out):
         if np.isnan(a).any():
             raise RuntimeError(f"sentence {n}: some words were not predicted by any window")

@@ -316,6 +316,38 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+_together = False
+
+
+@contextmanager
+def together():
+    """Marks a block every rank runs with the same calls (the trainer's evaluation): inside it `split_map`
+    shares its work among the ranks. Outside it each rank does all of its own work, so a function that uses
+    `split_map` is safe to call on one rank alone."""
+    global _together
+    before, _together = _together, True
+    try:
+        yield
+    finally:
+        _together = before
+
+
+def split_map(fn, items: list) -> list:
+    """`fn(items)` gives one result per item. Inside `together()` with several ranks, rank r runs `fn` on items
+    r, r + world, ... (topped up with copies of item 0 to the same count on every rank, since a sharded model
+    needs the same forward calls everywhere) and every rank gets every result, in order. Otherwise `fn(items)`."""
+    if not (_together and is_distributed()) or not items:
+        return list(fn(items))
+    w, r = world_size(), rank()
+    mine = items[r::w]
+    per = -(-len(items) // w)
+    results = list(fn(mine + [items[0]] * (per - len(mine))))[:len(mine)]
+    out: list = [None] * len(items)
+    for k, part in enumerate(all_gather_object(results)):
+        out[k::w] = part
+    return out
+
+
 def barrier() -> None:
     if is_distributed():
         if device().type == "cuda":
@@ -325,8 +357,10 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (if this module joined one) and forget the setup."""
+    """Leave the process group (if this module joined one) and forget the setup. The ranks leave together
+    (a barrier first): one tearing its group down while another still works on it can abort the process."""
     global _info
     if dist.is_available() and dist.is_initialized():
+        barrier()
         dist.destroy_process_group()
     _info = None

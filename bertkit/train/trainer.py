@@ -289,7 +289,8 @@ class Trainer:
     `model` is the unwrapped model saved in checkpoints (`save_pretrained`). `evaluate(model) -> dict` is
     called every `eval_every` steps (and after the last step) on EVERY rank, in eval mode under `no_grad`
     and the run's autocast, with the random streams restored afterwards (evaluation never changes the
-    training trajectory); it may shard its data and use `distributed.all_reduce_sum`; rank 0's dict is
+    training trajectory); it may shard its data and use `distributed.all_reduce_sum`, and runs inside
+    `distributed.together()`, so the prediction loops share their batches among the ranks; rank 0's dict is
     logged with split "eval". `save_extra(dir)` writes extra files into each checkpoint (e.g. the
     tokenizer's `save_pretrained`), on rank 0.
 
@@ -440,8 +441,8 @@ class Trainer:
         was_training = self.objective.training
         self.objective.eval()
         self.model.eval()
-        try:  # gathered: the evaluation calls the model, not the sharded root's forward
-            with rng_isolated(), torch.no_grad(), self.autocast(), dist.gathered(self.objective):
+        try:  # gathered: it calls the model, not the sharded root's forward; together: the ranks share its work
+            with rng_isolated(), torch.no_grad(), self.autocast(), dist.gathered(self.objective), dist.together():
                 metrics = self.evaluate_fn(self.model)
         finally:
             self.objective.train(was_training)

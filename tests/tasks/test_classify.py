@@ -386,3 +386,11 @@ def test_torchrun_fsdp_fine_tuning_equals_ddp(toy, tmp_path, torchrun):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "best")
     assert model.load_report.clean and model.config.architectures == ["BertForSequenceClassification"]
+    # The ranks shared the dev batches: one process evaluating the saved best model alone gets the same metrics.
+    best = json.loads((tmp_path / "fsdp" / "eval_results.json").read_text())["best"]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "fsdp" / "best")
+    _, dev = toy["rows"]
+    feats = encode_examples(tok, [Example(t, None, lab, i) for i, (t, lab, _) in enumerate(dev)],
+                            LabelInfo(False, ("neg", "pos")), 16)
+    alone = evaluate_classification(model, feats)
+    assert alone["accuracy"] == best["accuracy"] and alone["loss"] == pytest.approx(best["loss"], rel=1e-5)

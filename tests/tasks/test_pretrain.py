@@ -117,9 +117,25 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus,
     config = tmp_path / "config.json"
     BertConfig.from_size("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).to_json_file(config)
     args = ["--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--config", str(config),
-            "--max-steps", "3", "--seq-len", "32", "--eval-batches", "1", "--seed", "5"]
+            "--max-steps", "3", "--seq-len", "32", "--eval-batches", "3", "--seed", "5"]
     assert main(["pretrain", *args, "--batch-size", "4", "--output", str(tmp_path / "one")]) == 0
     b = load_file(tmp_path / "one" / "model.safetensors")
+
+    def held_out(run):
+        """The job's last held-out evaluation (the ranks shared its batches), and the same batches evaluated
+        here by one process on the saved model."""
+        from bertkit.data.masking import MaskingCollator, PretrainingBatches
+        from bertkit.data.pretraining import PretrainingDataset
+        from bertkit.tasks.pretrain_objective import PreTrainingObjective, evaluate_pretraining
+
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        collator = MaskingCollator.from_tokenizer(BertTokenizer.from_pretrained(tokenizer_dir),
+                                                  max_predictions_per_seq=20)
+        batches = PretrainingBatches(PretrainingDataset(run / "data" / "heldout"), 2, collator, seed=6)
+        it = iter(batches)
+        objective = PreTrainingObjective(AutoModelForPreTraining.from_pretrained(run))
+        alone = evaluate_pretraining(objective, [next(it) for _ in range(min(3, batches.batches_per_epoch))])
+        return [r for r in lines if r["split"] == "eval"][-1], alone
     for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
         run = torchrun("-m", "bertkit", "pretrain", *args, "--batch-size", "2", *extra, "--output", tmp_path / name)
         assert run.returncode == 0, run.stderr[-3000:]
@@ -130,3 +146,6 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus,
         diff = max((a[k] - b[k]).abs().max().item() for k in a)
         print(f"\ntorchrun {name} 2 ranks x 2 vs 1 process x 4, 3 steps: max |weight diff| = {diff:.2e}")
         assert diff <= 1e-6
+        logged, alone = held_out(tmp_path / name)
+        for k in ("mlm_accuracy", "mlm_loss", "nsp_accuracy", "nsp_loss"):
+            assert logged[k] == pytest.approx(alone[k], rel=1e-5), k

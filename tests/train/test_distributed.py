@@ -131,6 +131,19 @@ def test_torchrun_fsdp_lamb_matches_one_process(tmp_path, torchrun):
     assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-6
 
 
+def test_split_map_shares_work_only_inside_together(torchrun, tmp_path):
+    """`split_map` in 2 processes: outside `together()` each rank computes every item; inside, rank r computes
+    items r, r + 2, ... (rank 1 topped up with a copy of item 0, so both make 3 calls) and both get all 5
+    results in order."""
+    run = torchrun(SCRIPT, "--out", tmp_path, "--split-check")
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = [json.loads((tmp_path / f"split-{r}.json").read_text()) for r in range(2)]
+    for rank, d in enumerate(got):
+        assert d["alone"] == [[x, rank] for x in range(5)] and d["seen_alone"] == [0, 1, 2, 3, 4]
+        assert d["shared"] == [[0, 0], [1, 1], [2, 0], [3, 1], [4, 0]]
+    assert got[0]["seen"] == [0, 2, 4] and got[1]["seen"] == [1, 3, 0]
+
+
 def test_world_of_one_helpers(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)

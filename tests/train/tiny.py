@@ -133,12 +133,29 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--fsdp", action="store_true")
+    ap.add_argument("--split-check", action="store_true", help="only record what split_map hands each rank")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     from bertkit.train import TrainConfig, Trainer, distributed
 
     info = distributed.setup()
+    if args.split_check:
+        seen = []
+
+        def work(items):
+            seen.extend(items)
+            return [(x, info.rank) for x in items]
+
+        alone = distributed.split_map(work, list(range(5)))  # outside together(): all of it here
+        seen_alone, seen[:] = list(seen), []
+        with distributed.together():
+            shared = distributed.split_map(work, list(range(5)))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"split-{info.rank}.json"), "w") as f:
+            json.dump({"alone": alone, "seen_alone": seen_alone, "shared": shared, "seen": seen}, f)
+        distributed.cleanup()
+        return
     torch.manual_seed(1234 + info.rank)  # the initial weights: DDP and FSDP take rank 0's
     model = BertForPreTraining(tiny_config(args.dropout))
     source = TinySource(args.batch, info.rank, info.world_size, seed=7, kill_at=args.kill_at)
