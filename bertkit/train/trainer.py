@@ -326,6 +326,9 @@ class Trainer:
             from ..modeling.bert import compile_layers
             compile_layers(model)
         self.sharded = cfg.fsdp and dist.is_distributed()
+        if cfg.fsdp and not self.sharded:
+            warnings.warn("TrainConfig.fsdp: a single process has nothing to shard; training unsharded "
+                          "(launch with torchrun --nproc-per-node N to shard over N processes)", stacklevel=2)
         if self.sharded:  # before the optimizer: sharding replaces the parameters
             from ..modeling.bert import BertLayer
             dist.shard(objective, [m for m in model.modules() if isinstance(m, BertLayer)])

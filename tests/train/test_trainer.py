@@ -176,3 +176,13 @@ def test_objective_contract_errors(tmp_path):
         Trainer(BadStat(model), model, TinySource(4), cfg).train()
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")
+
+
+def test_fsdp_in_a_single_process_warns_and_trains_unsharded(tmp_path):
+    model = BertForPreTraining(tiny_config())
+    cfg = TrainConfig(max_steps=1, batch_size=4, output_dir=str(tmp_path), progress=False, tensorboard=False,
+                      fsdp=True)
+    with pytest.warns(UserWarning, match="nothing to shard"):
+        trainer = Trainer(PretrainObjective(model), model, TinySource(4), cfg)
+    assert not trainer.sharded and trainer.wrapped is trainer.objective
+    assert trainer.train()["step"] == 1
