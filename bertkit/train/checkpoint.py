@@ -14,7 +14,8 @@ such name (not the `latest` file, which a crash can leave one behind). Older che
 the new one is in place.
 
 RNG and data states are stored per rank (lists indexed by rank), so a resumed run continues each rank's
-random streams and data position exactly; resuming requires the same world size.
+random streams and data position exactly with the same world size. Another world size can resume a run that
+keeps its global batch (the trainer checks): the same data position, new random streams.
 """
 from __future__ import annotations
 

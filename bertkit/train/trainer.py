@@ -486,21 +486,45 @@ class Trainer:
             return None
         state = load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler)
-        world = self.info.world_size
-        if len(state["rng"]) != world:
-            raise ValueError(f"{path} was written by {len(state['rng'])} processes; resuming it exactly needs "
-                             f"the same number, not {world}")
+        same_world = len(state["rng"]) == self.info.world_size
+        if not same_world:
+            self._check_regrouping(path, state)
         if state["data"] is not None:
             if not hasattr(self.batches, "load_state_dict"):
                 raise TypeError("the checkpoint holds a data position but the batch source has no "
                                 "load_state_dict(); exact resume needs one")
-            self.batches.load_state_dict(state["data"][self.info.rank])
+            self.batches.load_state_dict(state["data"][self.info.rank if same_world else 0])
         elif hasattr(self.batches, "load_state_dict"):
             warnings.warn(f"{path} holds no data position: the batch source starts from its beginning")
         self._elapsed0 = float(state["extra"].get("elapsed", 0.0))
-        self._resume_rng = state["rng"][self.info.rank]
+        if same_world:
+            self._resume_rng = state["rng"][self.info.rank]
+        else:  # fresh streams, not those of the start: seed + rank + step
+            seed_everything(self.cfg.seed + self.info.rank + int(state["step"]))
+            self._resume_rng = rng_state()
         dist.print0(f"resume: {path} (step {state['step']})")
         return int(state["step"])
+
+    def _check_regrouping(self, path: str, state: dict) -> None:
+        """Resuming with another number of processes: allowed when each micro-batch step still takes the same
+        global batch (batch size x processes, and the same accumulation) and every rank of the checkpoint stood
+        at the same (global) data position; then the data and masks go on exactly, only the random streams
+        (dropout) are new."""
+        before = len(state["rng"])
+        saved = state["extra"].get("config", {})
+        old = (int(saved.get("batch_size", 0)) * before, int(saved.get("grad_accum", 0)))
+        new = (self.cfg.batch_size * self.info.world_size, self.cfg.grad_accum)
+        if old != new:
+            hint = old[0] / self.info.world_size
+            raise ValueError(
+                f"{path} was written by {before} processes, each micro-batch {old[0]} sequences in all, "
+                f"accumulation {old[1]}; resuming on {self.info.world_size} needs the same (a batch size of "
+                f"{hint:g} per process and accumulation {old[1]}), not {new[0]} and {new[1]}")
+        if state["data"] is not None and any(d != state["data"][0] for d in state["data"]):
+            raise ValueError(f"{path}: its {before} processes stood at different data positions; resuming it "
+                             f"needs the same number of processes, not {self.info.world_size}")
+        dist.print0(f"resume: {path} was written by {before} processes, this run has {self.info.world_size}: "
+                    "the same weights, optimizer, data and masks; new dropout streams, so not bit for bit")
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict[str, Any]:

@@ -131,6 +131,30 @@ def test_torchrun_fsdp_lamb_matches_one_process(tmp_path, torchrun):
     assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-6
 
 
+def test_resume_on_another_number_of_processes(tmp_path, torchrun):
+    """A 2-process run (batch 2 each) dies after its step-2 checkpoint; one process with batch 4 (the same global
+    batch) resumes it: the same data and masks, so with dropout 0 the weights of an uninterrupted 1-process run.
+    A batch that changes the global batch is refused with the batch size that would fit."""
+    common = ["--steps", "4", "--save-every", "2", "--dropout", "0", "--lr", "1e-3"]
+    cut = torchrun(SCRIPT, "--out", tmp_path / "cut", *common, "--batch", "2", "--kill-at", "3")
+    assert cut.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "cut").glob("step-*")) == ["step-000002"]
+    n = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match=r"written by 2 processes.*a batch size of 4 per process"):
+            tiny.main(["--out", str(tmp_path / "cut"), *common, "--batch", "2", "--resume"])
+        distributed.cleanup()
+        tiny.main(["--out", str(tmp_path / "cut"), *common, "--batch", "4", "--resume"])
+        tiny.main(["--out", str(tmp_path / "one"), *common, "--batch", "4"])
+    finally:
+        torch.set_num_threads(n)
+    a = torch.load(tmp_path / "cut" / "final_weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
+    gap = max((a[k] - b[k]).abs().max().item() for k in b)
+    print(f"\n2 processes killed after step 2, resumed by 1: max |weight diff| to 1 process throughout = {gap:.2e}")
+    assert gap <= 1e-6
+
+
 def test_split_map_shares_work_only_inside_together(torchrun, tmp_path):
     """`split_map` in 2 processes: outside `together()` each rank computes every item; inside, rank r computes
     items r, r + 2, ... (rank 1 topped up with a copy of item 0, so both make 3 calls) and both get all 5
