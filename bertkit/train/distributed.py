@@ -131,14 +131,14 @@ def shard(root: nn.Module, units: Iterable[nn.Module]) -> nn.Module:
 
     Build the optimizer after this: sharding replaces the parameters. Modules called outside `root`'s forward
     (an evaluation calling the model directly) need `gathered(root)` around them."""
+    units = list(units)
+    if not units:
+        raise ValueError(f"shard: {type(root).__name__} gives no units to shard")
     if not is_distributed():
         return root
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(device().type, (world_size(),))
-    units = list(units)
-    if not units:
-        raise ValueError(f"shard: {type(root).__name__} gives no units to shard")
     with torch.no_grad():  # every rank starts from rank 0's weights, as under DDP
         for t in list(root.parameters()) + list(root.buffers()):
             dist.broadcast(t.data, src=0)
