@@ -173,9 +173,9 @@ def run_pretraining(args: PretrainArgs) -> dict:
         it = iter(heldout)
         return evaluate_pretraining(objective, (next(it) for _ in range(n_eval)))
 
+    warmup = args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                      lr=args.lr,
-                      warmup_steps=args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps, weight_decay=args.weight_decay,
+                      lr=args.lr, warmup_steps=warmup, weight_decay=args.weight_decay,
                       optimizer=args.optimizer, precision=args.precision, log_every=args.log_every,
                       eval_every=args.eval_every or args.max_steps, save_every=args.save_every,
                       keep_last=args.keep_last, seed=args.seed, output_dir=str(run), compile=args.compile,

@@ -160,8 +160,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, *,
 
     `data_states` and `rng_states` are per-rank lists (default: this process only — `[rng_state()]`, no data
     state). `model_state` / `optimizer_state` replace `model.state_dict()` / `optimizer.state_dict()` when given
-    (a sharded run's, gathered whole: `distributed.full_state_dict`, `full_optimizer_state`). `extra` is any weights_only-loadable dict. `keep_last` (>= 1) prunes older checkpoints once the
-    new one is complete. Call it on one rank only (the trainer gathers the per-rank states first).
+    (a sharded run's, gathered whole: `distributed.full_state_dict`, `full_optimizer_state`). `extra` is any
+    weights_only-loadable dict. `keep_last` (>= 1) prunes older checkpoints once the new one is complete. Call
+    it on one rank only (the trainer gathers the per-rank states first).
     """
     run_dir = os.fspath(run_dir)
     os.makedirs(run_dir, exist_ok=True)
