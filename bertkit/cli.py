@@ -63,6 +63,10 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
                    help=f"vocabulary size when training one (default {d.vocab_size})")
     p.add_argument("--cased", action="store_true", help="a cased vocabulary (default uncased)")
     p.add_argument("--config", metavar="FILE", help="a BERT config.json (overrides --model-size)")
+    p.add_argument("--init-from", metavar="NAME_OR_DIR",
+                   help="start from this model's weights, configuration and tokenizer instead of random weights: "
+                        "continued pre-training on your text, or BERT's second phase at --seq-len 512 from a "
+                        "finished run directory")
     p.add_argument("--model-size", choices=list(SIZES), default=d.model_size,
                    help=f"a size of the published BERT family (default {d.model_size})")
     p.add_argument("--doc-boundary", default=d.doc_boundary,

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class PretrainArgs:
     vocab_size: int = 8192
     cased: bool = False
     config: str | None = None          # a config.json; overrides model_size
+    init_from: str | None = None       # start from this model (name or directory) instead of random weights
     model_size: str = "tiny"
     doc_boundary: str = "blank"        # "blank", "wikitext" or a regex for heading lines
     eval_corpus: list[str] = field(default_factory=list)  # empty: hold out every 20th document
@@ -98,6 +100,12 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
     saved = run / "tokenizer"
     if args.tokenizer:
         return BertTokenizer.from_pretrained(args.tokenizer)
+    if args.init_from:  # the model's own vocabulary
+        try:
+            return BertTokenizer.from_pretrained(args.init_from)
+        except (FileNotFoundError, OSError) as e:
+            raise ValueError(f"--init-from {args.init_from}: no tokenizer found with the model ({e}); "
+                             "pass --tokenizer") from None
     if not saved.is_dir() and dist.is_main():
         tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased)
         tok.save_pretrained(saved)
@@ -114,6 +122,28 @@ def _model_config(args: PretrainArgs, tok: BertTokenizer) -> BertConfig:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_position_embeddings "
                          f"({cfg.max_position_embeddings})")
     return cfg
+
+
+def _initial_model(args: PretrainArgs, tok: BertTokenizer) -> BertForPreTraining:
+    """Random BERT weights of the configured size, or those of `--init-from` (continued pre-training on new
+    text, or BERT's second phase at 512 tokens): its encoder, and its MLM / NSP heads where it has them."""
+    if not args.init_from:
+        return BertForPreTraining(_model_config(args, tok))
+    if args.config or args.model_size != PretrainArgs.model_size:
+        raise ValueError("--init-from takes the model's own configuration; drop --config / --model-size")
+    from ..hub import LoadWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LoadWarning)  # reported below, in one line
+        model = BertForPreTraining.from_pretrained(args.init_from)
+    cfg = model.config
+    if cfg.vocab_size != len(tok):
+        raise ValueError(f"--init-from {args.init_from}: its vocabulary has {cfg.vocab_size} tokens, the tokenizer "
+                         f"{len(tok)}; use the model's own tokenizer")
+    if args.seq_len > cfg.max_position_embeddings:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the max_position_embeddings of {args.init_from} "
+                         f"({cfg.max_position_embeddings})")
+    dist.print0(f"--init-from {model.load_report}")
+    return model
 
 
 def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int = 0) -> list[tuple[str, str]]:
@@ -157,8 +187,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
     dist.print0(f"corpus: {len(train_ds):,} training and {len(heldout_ds):,} held-out instances "
                 f"of up to {args.seq_len} tokens; vocabulary {len(tok):,}")
 
-    torch.manual_seed(args.seed)
-    model = BertForPreTraining(_model_config(args, tok))
+    torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
+    model = _initial_model(args, tok)
     objective = PreTrainingObjective(model)
     collator = MaskingCollator.from_tokenizer(tok, max_predictions_per_seq=args.max_predictions,
                                               whole_word=args.whole_word)

