@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 
@@ -330,7 +331,14 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     """`evaluate` and `predict`: the saved model's architecture (config.json, read once) picks the task's job."""
     from .tasks.finetune import architecture
     arch = architecture(args.model)
-    common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length}
+    import torch
+
+    from .tasks.finetune import inference_device
+    from .train.trainer import resolve_precision
+    device = inference_device(args.device)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(args.precision, device))
+    common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
+              "device": str(device), "compile": args.compile}
     if arch == "BertForQuestionAnswering":
         from .tasks.qa import run_evaluate_qa as run_eval, run_predict_qa as run_pred
         kwargs = _qa_kwargs(args)
@@ -345,7 +353,8 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     else:  # sequence classification or regression
         from .tasks.finetune import run_evaluate as run_eval, run_predict as run_pred
         kwargs = {"stride": args.stride, **_table_kwargs(args)}
-    (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
+    with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+        (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
     return 0
 
 
@@ -374,6 +383,13 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
                             "(default: truncate)", "(default: as fine-tuned, else truncate; 'none' truncates a "
                                                    "model fine-tuned with windows)"))
     _add_qa_options(p, None)
+    p.add_argument("--device", default=None, help="where the model runs, e.g. cpu, cuda, cuda:1 (default: the GPU "
+                                                  "when there is one)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast dtype (default auto: bf16 on a GPU that has it, which takes FlashAttention's "
+                        "variable-length kernel; fp32 on the CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder layers (pays on a GPU over a big file)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from .. import metrics as M
 from ..data.readers import read_columns
 from ..io import write_text_atomic
 from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs, predict_batches
-from .finetune import (FinetuneArgs, column, run_seeds, settings_for, split_args, table_format,
+from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, table_format,
                        train_keep_best, write_eval)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
@@ -243,16 +243,13 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
     return results
 
 
-def _load(model_dir: str):
-    from ..auto import AutoModelForMultipleChoice, AutoTokenizer
-    return AutoModelForMultipleChoice.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-
-
 def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                        max_seq_length: int | None = None, **read) -> dict[str, Any]:
+                        max_seq_length: int | None = None, device: str | None = None, compile: bool = False,
+                        **read) -> dict[str, Any]:
     """Accuracy of a fine-tuned multiple-choice model on a labelled table (`read`: `read_choices`' column
     arguments); printed and written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
-    model, tok = _load(model_dir)
+    from ..auto import AutoModelForMultipleChoice
+    model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
     examples = read_choices(data, **read)
     if not examples:
@@ -263,10 +260,12 @@ def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None,
 
 
 def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: int = 64,
-                       max_seq_length: int | None = None, **read) -> int:
+                       max_seq_length: int | None = None, device: str | None = None, compile: bool = False,
+                       **read) -> int:
     """Pick a choice for every row; one JSON line per row ({"label": index, "score", "probabilities"}) in
     `output`. Returns the row count."""
-    model, tok = _load(model_dir)
+    from ..auto import AutoModelForMultipleChoice
+    model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
     examples = read_choices(data, **{**read, "label_column": None})
     preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)

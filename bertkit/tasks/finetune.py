@@ -416,6 +416,21 @@ def architecture(model_dir: str) -> str:
     return archs[0] if archs else ""
 
 
+def inference_device(device: str | None = None) -> torch.device:
+    """`device`, or by default the GPU when there is one."""
+    return torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_saved(model_cls, model_dir: str, device: str | None = None, compile: bool = False):
+    """A fine-tuned model and its tokenizer for `evaluate` / `predict`: the model on `device` (default: the GPU
+    when there is one), its encoder layers compiled on request (it pays on a GPU over a big file)."""
+    from ..modeling.bert import compile_layers
+    model = model_cls.from_pretrained(model_dir).to(inference_device(device))
+    if compile:
+        compile_layers(model)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
 def _tag_settings(model, max_seq_length: int | None, stride: int | str | None) -> tuple[int, int]:
     """max_seq_length and stride as given, else as fine-tuned (`settings_for`)."""
     if stride == "none":
@@ -426,14 +441,13 @@ def _tag_settings(model, max_seq_length: int | None, stride: int | str | None) -
 
 def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
                      max_seq_length: int | None = None, stride: int | None = None, token_column: int = 0,
-                     tag_column: int = -1) -> dict[str, Any]:
+                     tag_column: int = -1, device: str | None = None, compile: bool = False) -> dict[str, Any]:
     """Entity F1 (micro and per type) and word accuracy of a fine-tuned tagger on a CoNLL file; printed and
     written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
     from ..auto import AutoModelForTokenClassification
     from ..data.readers import read_conll
     from .tag import encode_sentences, evaluate_tagging
-    model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
     sentences = read_conll(data, token_column, tag_column)
@@ -446,13 +460,13 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
 
 
 def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64,
-                    max_seq_length: int | None = None, stride: int | None = None, token_column: int = 0) -> int:
+                    max_seq_length: int | None = None, stride: int | None = None, token_column: int = 0,
+                    device: str | None = None, compile: bool = False) -> int:
     """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored); one JSON line per
     sentence ({"tokens", "tags", "scores"}) in `output`. Returns the sentence count."""
     from ..auto import AutoModelForTokenClassification
     from .tag import predict_tags, read_tokens
-    model = AutoModelForTokenClassification.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     sentences = read_tokens(data, token_column)
     preds = predict_tags(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
@@ -473,13 +487,13 @@ def _classify_settings(model, max_seq_length: int | None, stride: int | str | No
 
 
 def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                 max_seq_length: int | None = None, stride: int | str | None = None, **read) -> dict[str, Any]:
+                 max_seq_length: int | None = None, stride: int | str | None = None, device: str | None = None,
+                 compile: bool = False, **read) -> dict[str, Any]:
     """Metrics of a fine-tuned classification / regression model on a labelled table; printed and written as
     JSON to `output` (default: `<model_dir>/eval_<data name>.json`). With a `stride`, long examples are read in
     windows whose logits are averaged (`bertkit.tasks.classify`)."""
     from .classify import label_info_from_config
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     info = label_info_from_config(model.config)
     examples = read_examples(data, **read)
@@ -492,11 +506,10 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
 
 
 def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int | None = None,
-                stride: int | str | None = None, **read) -> int:
+                stride: int | str | None = None, device: str | None = None, compile: bool = False, **read) -> int:
     """Label every row of a table; one JSON line per row (label, score) in `output`. Returns the row count."""
     from .classify import predict
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     examples = read_examples(data, **read)
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None

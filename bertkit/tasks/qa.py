@@ -42,7 +42,7 @@ from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs, predict_batches
-from .finetune import FinetuneArgs, run_seeds, settings_for, split_args, train_keep_best, write_eval
+from .finetune import FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best, write_eval
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -384,11 +384,6 @@ def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
     return results
 
 
-def _load(model_dir: str):
-    model = AutoModelForQuestionAnswering.from_pretrained(model_dir)
-    return model, AutoTokenizer.from_pretrained(model_dir)
-
-
 def _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                  null_threshold, version_2) -> dict[str, Any]:
     """The keyword arguments of `predict_answers` for `evaluate` / `predict`: each as given, else as fine-tuned
@@ -405,11 +400,12 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
                     max_seq_length: int | None = None, doc_stride: int | None = None,
                     max_query_length: int | None = None, n_best: int | None = None,
                     max_answer_length: int | None = None, null_threshold: float | None = None,
-                    version_2: bool | None = None) -> dict[str, Any]:
+                    version_2: bool | None = None, device: str | None = None, compile: bool = False
+                    ) -> dict[str, Any]:
     """SQuAD exact match / F1 of a fine-tuned QA model on a SQuAD JSON file (v2.0 when `version_2` or when the
     file has unanswerable questions); printed and written as JSON to `output` (default
     `<model_dir>/eval_<data name>.json`). Settings left None are those the model was fine-tuned with."""
-    model, tok = _load(model_dir)
+    model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
     examples = _read(data, "evaluation")
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
@@ -425,11 +421,11 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
                    max_seq_length: int | None = None, doc_stride: int | None = None,
                    max_query_length: int | None = None, n_best: int | None = None,
                    max_answer_length: int | None = None, null_threshold: float | None = None,
-                   version_2: bool | None = None) -> int:
+                   version_2: bool | None = None, device: str | None = None, compile: bool = False) -> int:
     """Answer every question of a SQuAD JSON file (answers are optional and ignored); `output` gets the official
     predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
     unanswerable questions). Settings left None are those the model was fine-tuned with. Returns the count."""
-    model, tok = _load(model_dir)
+    model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
     examples = read_squad(data, labelled=False)
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)

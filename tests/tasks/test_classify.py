@@ -123,6 +123,26 @@ def test_evaluate_and_predict_cli(trained, toy, tmp_path, capsys):
     assert all(set(r) == {"label", "score"} and 0.5 < r["score"] <= 1 for r in rows)
 
 
+def test_evaluate_takes_device_precision_and_compile(trained, toy, tmp_path, monkeypatch):
+    """`--precision bf16` runs the predictions under bf16 autocast (here on the CPU: the same accuracy, a loss
+    within bf16's rounding); `--device` places the model; `--compile` compiles its encoder layers."""
+    from bertkit.modeling import bert as bert_module
+
+    def metrics(name, *extra):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out),
+                     "--device", "cpu", *extra]) == 0
+        return json.loads(out.read_text())
+
+    fp32, bf16 = metrics("fp32"), metrics("bf16", "--precision", "bf16")
+    assert bf16["accuracy"] == fp32["accuracy"] and bf16["loss"] != fp32["loss"]
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=5e-2)
+    compiled = []
+    monkeypatch.setattr(bert_module, "compile_layers", lambda model, **kw: compiled.append(type(model).__name__))
+    assert metrics("compiled", "--compile") == fp32
+    assert compiled == ["BertForSequenceClassification"]
+
+
 def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
     out = tmp_path / "seeds"
     assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seeds", "1,2") == 0
