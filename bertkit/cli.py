@@ -333,9 +333,9 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     arch = architecture(args.model)
     import torch
 
-    from .tasks.finetune import inference_device
+    from .train import distributed as dist
     from .train.trainer import resolve_precision
-    device = inference_device(args.device)
+    device = dist.setup(device=args.device).device  # under torchrun: this rank's GPU, and the ranks share the work
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(args.precision, device))
     common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,
               "device": str(device), "compile": args.compile}
@@ -353,8 +353,11 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     else:  # sequence classification or regression
         from .tasks.finetune import run_evaluate as run_eval, run_predict as run_pred
         kwargs = {"stride": args.stride, **_table_kwargs(args)}
-    with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
-        (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
+    try:
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext(), dist.together():
+            (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
+    finally:
+        dist.cleanup()
     return 0
 
 

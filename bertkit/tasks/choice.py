@@ -26,10 +26,9 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import read_columns
-from ..io import write_text_atomic
 from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs, predict_batches
 from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, table_format,
-                       train_keep_best, write_eval)
+                       train_keep_best, write_eval, write_predictions)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
            "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
@@ -271,7 +270,5 @@ def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: in
     preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
     lines = [json.dumps({"label": p["label"], "score": round(p["score"], 6),
                          "probabilities": [round(q, 6) for q in p["probabilities"]]}) for p in preds]
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, "".join(line + "\n" for line in lines))
-    print(f"predicted {len(lines)} rows of {data}; wrote {output}")
+    write_predictions(output, lines, f"predicted {len(lines)} rows of {data}; wrote {output}")
     return len(lines)

@@ -136,9 +136,19 @@ def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str |
     the name cut at its first dot so ``dev-v1.1.json.zip`` gives ``eval_dev-v1``) and a printed line counting
     `unit`s. Returns `metrics`."""
     path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name.split('.')[0]}.json"
-    write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
-    print(f"{data}: {_format(metrics)} ({metrics['n']} {unit}); wrote {path}")
+    if dist.is_main():  # under torchrun the ranks computed the metrics together; one writes them
+        write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
+        print(f"{data}: {_format(metrics)} ({metrics['n']} {unit}); wrote {path}")
     return metrics
+
+
+def write_predictions(output: str, lines: list[str], message: str) -> None:
+    """What `bertkit predict` leaves: `output` (one line each), written atomically, and `message` printed; by
+    rank 0 alone under torchrun."""
+    if dist.is_main():
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output, "".join(line + "\n" for line in lines))
+        print(message)
 
 
 BEST_STATE_NAME = "best_state.json"
@@ -473,9 +483,7 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
                          batch_size=batch_size)
     lines = [json.dumps({"tokens": words, "tags": [t for t, _ in p], "scores": [round(s, 6) for _, s in p]},
                         ensure_ascii=False) for words, p in zip(sentences, preds)]
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, "".join(line + "\n" for line in lines))
-    print(f"tagged {len(lines)} sentences of {data}; wrote {output}")
+    write_predictions(output, lines, f"tagged {len(lines)} sentences of {data}; wrote {output}")
     return len(lines)
 
 
@@ -516,7 +524,5 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
                     batch_size=batch_size, stride=stride)
     lines = [json.dumps({"label": p["label"], "score": p["score"]}, ensure_ascii=False) for p in preds]
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, "".join(line + "\n" for line in lines))
-    print(f"predicted {len(lines)} rows of {data}; wrote {output}")
+    write_predictions(output, lines, f"predicted {len(lines)} rows of {data}; wrote {output}")
     return len(lines)

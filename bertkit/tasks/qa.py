@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from .. import metrics as M
 from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
-from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs, predict_batches
-from .finetune import FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best, write_eval
+from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best, write_eval,
+                       write_predictions)
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -430,8 +430,6 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
     preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output, json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)
-                      + "\n")
-    print(f"answered {len(preds)} questions of {data}; wrote {output}")
+    write_predictions(output, [json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)],
+                      f"answered {len(preds)} questions of {data}; wrote {output}")
     return len(preds)

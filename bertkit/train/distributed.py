@@ -51,7 +51,8 @@ def _env_int(name: str, default: int) -> int:
 def setup(backend: str | None = None, device: str | torch.device | None = None) -> DistInfo:
     """Read the torchrun environment, pick the device and (for a world > 1) join the process group.
 
-    The device is `cuda:LOCAL_RANK` when CUDA is available, else the CPU (or `device` when given). The backend
+    The device is `cuda:LOCAL_RANK` when CUDA is available, else the CPU (or `device` when given; a bare "cuda"
+    means this rank's GPU, `cuda:LOCAL_RANK`). The backend
     is nccl on CUDA and gloo on the CPU unless `backend` says otherwise. Calling it again returns the same
     answer; `cleanup()` undoes it.
     """
@@ -65,6 +66,8 @@ def setup(backend: str | None = None, device: str | torch.device | None = None) 
         raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
     if device is not None:
         dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     elif torch.cuda.is_available():
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     else:

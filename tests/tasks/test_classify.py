@@ -143,6 +143,23 @@ def test_evaluate_takes_device_precision_and_compile(trained, toy, tmp_path, mon
     assert compiled == ["BertForSequenceClassification"]
 
 
+def test_torchrun_evaluate_and_predict_share_the_work(trained, toy, tmp_path, torchrun):
+    """`torchrun --nproc-per-node 2 -m bertkit evaluate / predict`: the ranks predict a share of the batches each
+    and rank 0 writes what one process writes."""
+    args = ["--model", trained / "best", "--data", toy["dev"], "--batch-size", "8"]
+    assert main(["evaluate", *map(str, args), "--output", str(tmp_path / "one.json")]) == 0
+    assert main(["predict", *map(str, args), "--output", str(tmp_path / "one.jsonl")]) == 0
+    for command, name in (("evaluate", "two.json"), ("predict", "two.jsonl")):
+        run = torchrun("-m", "bertkit", command, *args, "--output", tmp_path / name)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.count("wrote") == 1  # rank 0 alone reports
+    one, two = (json.loads((tmp_path / n).read_text()) for n in ("one.json", "two.json"))
+    assert two["accuracy"] == one["accuracy"] and two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    a, b = ([json.loads(x) for x in (tmp_path / n).read_text().splitlines()] for n in ("one.jsonl", "two.jsonl"))
+    assert len(a) == len(b) == 40 and [r["label"] for r in a] == [r["label"] for r in b]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) <= 1e-6
+
+
 def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
     out = tmp_path / "seeds"
     assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seeds", "1,2") == 0
