@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -333,22 +334,37 @@ def _num_ids(feature) -> int:
     return len(feature.input_ids)
 
 
+def _progress_bar(total: int, enabled: bool | None):
+    """A tqdm bar of `total` features on a terminal (enabled None: when stderr is a TTY), on rank 0 only."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or not dist.is_main():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc="predicting", unit="example", leave=False)
+
+
 @torch.no_grad()
 def predict_batches(model, features: Sequence[Any], run: Callable[[list], Sequence], batch_size: int = 64,
-                    length: Callable[[Any], int] = _num_ids, bar=None) -> list:
+                    length: Callable[[Any], int] = _num_ids, progress: bool | None = None) -> list:
     """The prediction loop of every task: `run(batch of features) -> one result per feature`, in eval mode, over
     batches of features of similar `length` (less padding); the results in the order of `features`. In the
-    trainer's evaluation under torchrun (`distributed.together`) the ranks share the batches and every rank
-    gets every result. `bar`: a progress bar to advance by the features done."""
+    trainer's evaluation or `bertkit predict` under torchrun (`distributed.together`) the ranks share the
+    batches and every rank gets every result. `progress`: a bar (None: on a terminal)."""
     order = sorted(range(len(features)), key=lambda i: length(features[i]))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
     def work(my_batches: list[list[int]]) -> list:
+        bar = _progress_bar(sum(map(len, my_batches)), progress)  # this rank's share
         done = []
-        for idx in my_batches:
-            done.append(list(run([features[i] for i in idx])))
+        try:
+            for idx in my_batches:
+                done.append(list(run([features[i] for i in idx])))
+                if bar is not None:
+                    bar.update(len(idx))
+        finally:
             if bar is not None:
-                bar.update(len(idx))
+                bar.close()
         return done
 
     was_training = model.training
@@ -364,8 +380,8 @@ def predict_batches(model, features: Sequence[Any], run: Callable[[list], Sequen
     return out
 
 
-def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad_id: int | None = None
-                   ) -> np.ndarray:
+def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad_id: int | None = None,
+                   progress: bool | None = None) -> np.ndarray:
     """(n, num_labels) float32 logits in the order of `features`; batches hold sequences of similar length."""
     pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
@@ -374,7 +390,7 @@ def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad
         batch = collate([Feature(f.input_ids, f.token_type_ids) for f in feats], pad_id)
         return batch_logits(model, packed_to(batch, device)).cpu().numpy()
 
-    rows = predict_batches(model, features, run, batch_size)
+    rows = predict_batches(model, features, run, batch_size, progress=progress)
     return np.stack(rows) if rows else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 

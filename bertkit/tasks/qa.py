@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 from functools import partial
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -200,16 +199,6 @@ class QAObjective(FinetuneObjective):
         return {"qa": loss}, stats
 
 
-def _progress(total: int, desc: str, enabled: bool | None):
-    """A tqdm bar on a terminal only (None: when stderr is a TTY), and on rank 0 only under torchrun."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or not dist.is_main():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="window", leave=False)
-
-
 @torch.no_grad()
 def predict_qa_logits(model, features: Sequence[QAFeature], batch_size: int = 64, pad_id: int | None = None,
                       progress: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -224,12 +213,7 @@ def predict_qa_logits(model, features: Sequence[QAFeature], batch_size: int = 64
         start, end = start.cpu().numpy(), end.cpu().numpy()  # (batch, width)
         return [(start[row, :len(f.input_ids)], end[row, :len(f.input_ids)]) for row, f in enumerate(feats)]
 
-    bar = _progress(len(features), "predicting", progress)
-    try:
-        return predict_batches(model, features, run, batch_size, bar=bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    return predict_batches(model, features, run, batch_size, progress=progress)
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from bertkit.config import BertConfig
 from bertkit.data.readers import Example
 from bertkit.modeling import BertModel
 from bertkit.tasks.classify import (ClassificationBatches, ClassificationObjective, LabelInfo, encode_examples,
-                                    evaluate_classification, label_info, predict)
+                                    evaluate_classification, label_info, predict, predict_logits)
 from bertkit.tokenizer import BertTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,6 +158,21 @@ def test_torchrun_evaluate_and_predict_share_the_work(trained, toy, tmp_path, to
     a, b = ([json.loads(x) for x in (tmp_path / n).read_text().splitlines()] for n in ("one.jsonl", "two.jsonl"))
     assert len(a) == len(b) == 40 and [r["label"] for r in a] == [r["label"] for r in b]
     assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) <= 1e-6
+
+
+def test_prediction_shows_a_progress_bar_when_asked(trained, toy, capsys):
+    model = AutoModelForSequenceClassification.from_pretrained(trained / "best")
+    tok = AutoTokenizer.from_pretrained(trained / "best")
+    _, dev = toy["rows"]
+    feats = encode_examples(tok, [Example(t, None, lab, i) for i, (t, lab, _) in enumerate(dev)],
+                            LabelInfo(False, ("neg", "pos")), 16)
+    capsys.readouterr()
+    quiet = predict_logits(model, feats, batch_size=8, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = predict_logits(model, feats, batch_size=8, progress=True)
+    err = capsys.readouterr().err
+    assert "predicting" in err and "0/40 " in err, err  # a bar over the 40 examples (cleared when done)
+    assert (quiet == shown).all()
 
 
 def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
