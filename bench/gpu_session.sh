@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the speed work in one device call of at most 9.3 minutes (the device tool allows 10 per
+# Every GPU figure of the speed work in one device call of at most 9.75 minutes (the device tool allows 10 per
 # command and 15 per session, start-up included). Each step has its own time limit, so a slow one cannot eat
 # the next; every script rewrites its JSON as it goes, so a step cut short keeps what it measured.
 #
@@ -11,6 +11,7 @@
 #   2. bench/gpu_profile.py at 128 x 256: where the time goes, and the ablations that price each lever
 #      (the last layer on every row, dropout, a bf16 residual stream)
 #   3. bench/gpu_profile.py at 512 x 32 with traces: the same by kernel kind, and the device's idle gaps
+#   4. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}")
 mkdir -p "$OUT"
@@ -19,13 +20,16 @@ if [ "${SMOKE:-0}" = 1 ]; then SMOKE_ARG=--smoke; LONG=(--seq 48 --batch 3); els
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
   python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } > "$OUT/machine.txt" 2>&1
-timeout 300 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 230 > "$OUT/gpu.log" 2>&1
+timeout 290 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 225 > "$OUT/gpu.log" 2>&1
 echo "gpu.py exit $?" >> "$OUT/machine.txt"
 timeout 170 python bench/gpu_profile.py $SMOKE_ARG --out "$OUT/profile-128.json" > "$OUT/profile-128.log" 2>&1
 echo "gpu_profile 128 exit $?" >> "$OUT/machine.txt"
 timeout 90 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --no-ablations --trace "$OUT/traces" \
     --out "$OUT/profile-512.json" > "$OUT/profile-512.log" 2>&1
 echo "gpu_profile 512 exit $?" >> "$OUT/machine.txt"
+timeout 35 python bench/gpu_cli_check.py $SMOKE_ARG --out "$OUT/cli.json" > "$OUT/cli.log" 2>&1
+echo "gpu_cli_check exit $?" >> "$OUT/machine.txt"
 tail -n 40 "$OUT/gpu.log"
 grep -h "ablation" "$OUT/profile-128.log"
+tail -n 1 "$OUT/cli.log"
 cat "$OUT/machine.txt"

@@ -200,7 +200,7 @@ def test_graphed_encoder_buckets_compute_what_the_model_does():
 
 
 def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
-    """bench/gpu_session.sh, run with a recording stand-in for `python` (and `nvidia-smi`): the three benches
+    """bench/gpu_session.sh, run with a recording stand-in for `python` (and `nvidia-smi`): the four benches
     in order, each command line accepted by that bench's own parser, every output under $OUT, in both the
     real and the SMOKE mode."""
     import os
@@ -208,7 +208,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from bench import gpu_profile
+    from bench import gpu_cli_check, gpu_profile
 
     repo = Path(__file__).resolve().parents[1]
     fake = tmp_path / "bin"
@@ -217,7 +217,8 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     for name in ("python", "nvidia-smi"):
         (fake / name).write_text(f'#!/bin/sh\necho "$0 $*" >> {shlex.quote(str(log))}\n')
         (fake / name).chmod(0o755)
-    parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser()}
+    parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser(),
+               "bench/gpu_cli_check.py": gpu_cli_check.build_parser()}
     for smoke in ("0", "1"):
         log.write_text("")
         out = tmp_path / f"out{smoke}"
@@ -226,10 +227,21 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
                        capture_output=True, text=True)
         calls = [shlex.split(line)[1:] for line in log.read_text().splitlines() if line.split()[0].endswith("python")]
         scripts = [c[0] for c in calls if c[0].startswith("bench/")]
-        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py"]
+        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
         for c in (c for c in calls if c[0].startswith("bench/")):
             args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
-        last = parsers["bench/gpu_profile.py"].parse_args(calls[-1][1:])
+        last = parsers["bench/gpu_profile.py"].parse_args(calls[-2][1:])
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32)) and last.trace.parent == out
         assert (out / "machine.txt").is_file()
+
+
+def test_cli_check_smoke_compares_two_predict_runs(tmp_path):
+    """bench/gpu_cli_check.py --smoke: `bertkit predict` twice through the command line (fp32, then bf16
+    autocast, both on the CPU here): the labels of a random classifier agree, the scores within bf16 rounding."""
+    from bench import gpu_cli_check
+
+    result = gpu_cli_check.main(["--smoke", "--out", str(tmp_path / "cli.json")])
+    assert result["texts"] == 512 and result["second_run"] == "--device cpu --precision bf16"
+    assert result["label_agreement"] >= 0.99 and 0 < result["max_score_diff"] < 0.02
+    assert json.loads((tmp_path / "cli.json").read_text()) == result
