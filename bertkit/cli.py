@@ -154,7 +154,11 @@ def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> No
     p.add_argument("--epochs", type=float, default=d.epochs,
                    help=f"passes over the training data (default {d.epochs:g})")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"{unit} per step (default {d.batch_size})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"{unit} per forward pass and process (default {d.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="micro-batches of --batch-size per optimizer step, for a bigger batch than memory holds "
+                        f"(default {d.grad_accum})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak AdamW learning rate (default {d.lr:g})")
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help=f"linear warm-up, as a fraction of the steps (default {d.warmup:g})")

@@ -83,6 +83,7 @@ class FinetuneArgs:
     epochs: float = 3.0
     max_steps: int | None = None      # overrides epochs
     batch_size: int = 32
+    grad_accum: int = 1               # micro-batches of batch_size per optimizer step
     lr: float = 2e-5
     warmup: float = 0.1               # fraction of the steps
     weight_decay: float = 0.01
@@ -221,7 +222,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     torch.manual_seed(seed)
     model = load_model()
     remember_settings(model, settings)
-    per_epoch = batches.batches_per_epoch
+    per_epoch = math.ceil(batches.batches_per_epoch / args.grad_accum)  # optimizer steps
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
     eval_every = args.eval_every or per_epoch
     best_dir = out / "best"
@@ -243,7 +244,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     def save_state(directory: str) -> None:  # into each checkpoint, so it always matches the weights
         write_text_atomic(Path(directory) / BEST_STATE_NAME, json.dumps(state, indent=2) + "\n")
 
-    cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, lr=args.lr,
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                       warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),

@@ -175,6 +175,17 @@ def test_prediction_shows_a_progress_bar_when_asked(trained, toy, capsys):
     assert (quiet == shown).all()
 
 
+def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path):
+    """`--grad-accum 2 --batch-size 8`: steps of 16 examples, 5 to an epoch of 80 rows, each epoch evaluated."""
+    out = tmp_path / "accum"
+    assert finetune(toy, out, "--batch-size", "8", "--grad-accum", "2", "--epochs", "2") == 0
+    res = json.loads((out / "eval_results.json").read_text())
+    assert res["max_steps"] == 10
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "eval"] == [5, 10]
+    assert json.loads((out / "finetune_args.json").read_text())["grad_accum"] == 2
+
+
 def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
     out = tmp_path / "seeds"
     assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seeds", "1,2") == 0
