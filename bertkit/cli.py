@@ -333,12 +333,12 @@ def _qa_kwargs(args: argparse.Namespace) -> dict:
 
 def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     """`evaluate` and `predict`: the saved model's architecture (config.json, read once) picks the task's job."""
-    from .tasks.finetune import architecture
-    arch = architecture(args.model)
     import torch
 
+    from .tasks.finetune import architecture
     from .train import distributed as dist
     from .train.trainer import resolve_precision
+    arch = architecture(args.model)
     device = dist.setup(device=args.device).device  # under torchrun: this rank's GPU, and the ranks share the work
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(args.precision, device))
     common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,

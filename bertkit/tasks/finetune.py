@@ -218,6 +218,8 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     precision, log_every, progress, batch_size, resume). Returns, and writes to `out/eval_results.json`: metric,
     best_step, best (its dev metrics), final (the last evaluation), max_steps, seed, and `info` (the task).
     `settings` (the input settings used) are saved in the model's config (`remember_settings`)."""
+    if not isinstance(args.grad_accum, int) or args.grad_accum < 1:
+        raise ValueError(f"--grad-accum must be a positive integer, got {args.grad_accum!r}")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = load_model()

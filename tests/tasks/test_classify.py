@@ -175,8 +175,12 @@ def test_prediction_shows_a_progress_bar_when_asked(trained, toy, capsys):
     assert (quiet == shown).all()
 
 
-def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path):
-    """`--grad-accum 2 --batch-size 8`: steps of 16 examples, 5 to an epoch of 80 rows, each epoch evaluated."""
+def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path, capsys):
+    """`--grad-accum 2 --batch-size 8`: steps of 16 examples, 5 to an epoch of 80 rows, each epoch evaluated;
+    0 is a one-line error."""
+    assert finetune(toy, tmp_path / "bad", "--grad-accum", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--grad-accum must be a positive integer" in err, err
     out = tmp_path / "accum"
     assert finetune(toy, out, "--batch-size", "8", "--grad-accum", "2", "--epochs", "2") == 0
     res = json.loads((out / "eval_results.json").read_text())
