@@ -641,3 +641,13 @@ def test_auto_tokenizer_revision(homes):
     assert BertTokenizer.from_pretrained("acme/tok", revision=MAIN_HASH, padding_side="left").padding_side == "left"
     with pytest.raises(FileNotFoundError, match="'v9'"):
         BertTokenizer.from_pretrained("acme/tok", revision="v9")
+
+
+def test_saved_architecture_is_the_bertkit_class_under_a_torch_subclass(tmp_path):
+    """FSDP2 re-classes a sharded root as `FSDP<name>`, a subclass made inside torch: config.json must still
+    name the bertkit class, or the Auto classes cannot load the checkpoint."""
+    model = modeling.BertForSequenceClassification(tiny_config())
+    model.__class__ = type("FSDPBertForSequenceClassification", (type(model),),
+                           {"__module__": "torch.distributed.fsdp._fully_shard._fully_shard"})
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["architectures"] == ["BertForSequenceClassification"]
