@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 
-from .config import CONFIG_NAME, BertConfig
+from .config import CONFIG_NAME, BertConfig, config_file
 from .hub import TOKENIZER_FILES, apply_config_overrides, resolve_model_dir
 
 
 def check_model_type(directory: str) -> None:
     """Refuse a directory whose config.json names another model_type (a missing model_type means BERT)."""
-    path = os.path.join(directory, CONFIG_NAME)
+    path = config_file(directory)
     try:
         with open(path, encoding="utf-8") as f:
             model_type = json.load(f).get("model_type", "bert")
@@ -32,7 +32,7 @@ class AutoConfig:
                         **overrides) -> BertConfig:
         directory = resolve_model_dir(name_or_path, revision=revision)
         check_model_type(directory)
-        return apply_config_overrides(BertConfig.from_json_file(os.path.join(directory, CONFIG_NAME)), overrides)
+        return apply_config_overrides(BertConfig.from_json_file(config_file(directory)), overrides)
 
 
 class AutoTokenizer:

@@ -39,6 +39,30 @@ def _add_tokenizer_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair frequency (default 2)")
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+    lowercase = {"auto": None, "uncased": True, "cased": False}[args.casing]
+    print(convert(args.source, args.output, config_file=args.config, vocab_file=args.vocab, lowercase=lowercase))
+    return 0
+
+
+def _add_convert(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE",
+                   help="an original checkpoint: a google-research/bert directory or TensorFlow checkpoint "
+                        "prefix (bert_model.ckpt), an NVIDIA DeepLearningExamples .pt file, or any BERT "
+                        ".bin/.pt/.safetensors state dict")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="new directory for config.json, model.safetensors and the tokenizer files (must not "
+                        "exist, or be empty)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="the model's config (default: bert_config.json or config.json beside the weights)")
+    p.add_argument("--vocab", default=None, metavar="FILE",
+                   help="the WordPiece vocabulary (default: vocab.txt beside the weights)")
+    p.add_argument("--casing", choices=["auto", "uncased", "cased"], default="auto",
+                   help="whether the tokenizer lower-cases text (default auto: uncased unless the vocabulary "
+                        "has upper-case tokens)")
+
+
 def _job_args(cls, args: argparse.Namespace):
     """The job's argument dataclass, filled from the parsed flags of the same names."""
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -423,6 +447,8 @@ COMMANDS = {
     ("demo",): ("tokenize, encode and compare sentences with a pretrained BERT", _add_demo, _demo),
     ("tokenizer", "train"): ("train a WordPiece vocabulary from text files", _add_tokenizer_train,
                              _tokenizer_train),
+    ("convert",): ("convert an original google-research/bert (TensorFlow) or NVIDIA checkpoint to a model "
+                   "directory", _add_convert, _convert),
     ("pretrain",): ("pre-train BERT (MLM + NSP) on a text corpus", _add_pretrain, _pretrain),
     ("plot",): ("draw the learning curves of runs to a PNG", _add_plot, _plot),
     ("finetune", "classify"): ("fine-tune BERT for sequence classification or regression on a table",

@@ -178,10 +178,21 @@ class BertConfig:
         path = str(name_or_path)
         if os.path.isfile(path):
             return cls.from_json_file(path)
-        directory = resolve_model_dir(path, revision=revision)
-        return cls.from_json_file(os.path.join(directory, CONFIG_NAME))
+        return cls.from_json_file(config_file(resolve_model_dir(path, revision=revision)))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
         self.to_json_file(os.path.join(directory, CONFIG_NAME))
 
+
+def config_file(directory: str | os.PathLike) -> str:
+    """`directory`'s config.json; a clear error when it is missing, pointing an original Google or NVIDIA
+    checkpoint (bert_config.json) to `bertkit convert`."""
+    path = os.path.join(directory, CONFIG_NAME)
+    if os.path.isfile(path):
+        return path
+    if os.path.isfile(os.path.join(directory, "bert_config.json")):
+        raise FileNotFoundError(f"{directory}: no config.json, but a bert_config.json: an original "
+                                f"google-research/bert or NVIDIA checkpoint; convert it first with "
+                                f"`bertkit convert {directory} --output NEW_DIR`")
+    raise FileNotFoundError(f"{directory}: no config.json")

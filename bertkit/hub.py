@@ -18,7 +18,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from .config import CONFIG_NAME, BertConfig
+from .config import CONFIG_NAME, BertConfig, config_file
 from .io import atomic_path
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -29,8 +29,14 @@ PT_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 WEIGHTS_NAMES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, PT_WEIGHTS_INDEX_NAME)
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")
 
-# The one remapping of checkpoint names: TF-era LayerNorm parameter names.
-LEGACY_SUFFIXES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+# The one table of checkpoint names that differ from bertkit's (and transformers') attribute names:
+# (pattern, replacement), applied in order to every key read.
+LEGACY_NAMES = (
+    (re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"),  # TF-era names in old PyTorch checkpoints
+    (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"),
+    (re.compile(r"\.dense_act\."), ".dense."),              # NVIDIA DeepLearningExamples' fused Linear+act
+    (re.compile(r"^module\."), ""),                          # saved from inside a DDP wrapper
+)
 # Checkpoint entries that carry no weights (old persistent buffer), relative to the base model.
 IGNORED_KEYS = frozenset({"embeddings.position_ids"})
 # Optional parts: each is loaded whole or, when absent from the checkpoint, freshly initialised and
@@ -202,6 +208,8 @@ def _load_torch_pickle(path: str) -> dict[str, torch.Tensor]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: refused to load: not a plain tensor checkpoint "
                          f"(torch.load with weights_only=True failed: {first})") from e
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a training checkpoint (NVIDIA DeepLearningExamples): weights under "model"
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                             for k, v in obj.items()):
         raise ValueError(f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}")
@@ -341,6 +349,12 @@ def _unit_of(key: str, prefix: str) -> str | None:
     return next((u for u in units if key == u or key.startswith(u + ".")), None)
 
 
+def legacy_name(key: str) -> str:
+    for pattern, replacement in LEGACY_NAMES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
 def _normalise_keys(state: dict[str, torch.Tensor], model: torch.nn.Module,
                     report: LoadReport) -> dict[str, torch.Tensor]:
     """Legacy names, the base-model prefix added or stripped, ignorable entries dropped.
@@ -350,11 +364,9 @@ def _normalise_keys(state: dict[str, torch.Tensor], model: torch.nn.Module,
     """
     renamed = {}
     for key, t in state.items():
-        new = key
-        for old_suffix, new_suffix in LEGACY_SUFFIXES.items():
-            if key.endswith(old_suffix):
-                new = key[: -len(old_suffix)] + new_suffix
-                report.renamed.append((key, new))
+        new = legacy_name(key)
+        if new != key:
+            report.renamed.append((key, new))
         renamed[new] = t
     prefix = _model_prefix(model)  # "bert" for a task model, "" for the base model itself
     p = getattr(model, "base_model_prefix", "bert")
@@ -414,14 +426,25 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     """
     directory = resolve_model_dir(name_or_path, revision=revision)
     if config is None:
-        config = BertConfig.from_json_file(os.path.join(directory, CONFIG_NAME))
+        config = BertConfig.from_json_file(config_file(directory))
     config = apply_config_overrides(config, config_overrides)
     path = find_weights_file(directory)
     state = _read_weights(path)
     dtype = _resolve_dtype(dtype, state)
 
-    model = cls(config)
-    report = LoadReport(source=path)
+    model = load_state(cls(config), state, path, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    if not model.load_report.clean:
+        warnings.warn(str(model.load_report), LoadWarning, stacklevel=3)
+    return model.eval()
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *,
+               ignore_mismatched_sizes: bool = False) -> torch.nn.Module:
+    """Copy the checkpoint tensors `state` (read from `source`, named in the error) into `model`, with
+    `load_pretrained`'s rules; sets `model.load_report` and returns `model`."""
+    report = LoadReport(source=source)
     prefix = _model_prefix(model)
     state = _normalise_keys(state, model, report)
     model_state = {k: v for k, v in model.state_dict().items() if _base_key(model, k) not in IGNORED_KEYS}
@@ -467,16 +490,12 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
         if mis_shaped:
             parts.append(f"{_count(len(mis_shaped), 'mis-shaped key')}: " + _names(
                 [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mis_shaped]))
-        raise ValueError(f"{path}: " + "; ".join(parts))
+        raise ValueError(f"{source}: " + "; ".join(parts))
 
     skip = {k for k, _, _ in report.mismatched}
     with torch.no_grad():
         for k, t in state.items():
             if k in model_state and k not in skip:
                 model_state[k].copy_(t)
-    if dtype is not None:
-        model.to(dtype=dtype)
     model.load_report = report
-    if not report.clean:
-        warnings.warn(str(report), LoadWarning, stacklevel=3)
-    return model.eval()
+    return model

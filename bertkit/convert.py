@@ -1,0 +1,239 @@
+"""Checkpoints of the original implementations, converted to bertkit's (and HuggingFace's) layout.
+
+Sources read:
+- google-research/bert: a TensorFlow checkpoint (`bert_model.ckpt.index` + `.data-*`), `bert_config.json`
+  and `vocab.txt`, as in Google's released zips and as its run_pretraining.py, run_classifier.py and
+  run_squad.py save them (optimizer slots are dropped);
+- NVIDIA DeepLearningExamples (PyTorch): a `.pt` training checkpoint whose "model" entry holds the
+  weights, with `bert_config.json` (its fused `dense_act` layers are renamed by `hub.LEGACY_NAMES`);
+- any other BERT state dict (`.bin`, `.pt`, `.safetensors`) with a config file.
+
+`convert` writes a directory with config.json, model.safetensors and the tokenizer files, which bertkit
+and transformers load by path. The head found in the checkpoint picks the model class.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+
+from . import modeling
+from .config import BertConfig
+from .hub import WEIGHTS_NAMES, _read_weights, legacy_name, load_state, save_pretrained
+from .tf_bundle import load_tf_checkpoint
+
+CONFIG_FILES = ("bert_config.json", "config.json")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+# TensorFlow variables that are training state, not weights: optimizer slots and counters
+# (AdamWeightDecayOptimizer's adam_m/adam_v, tf.train.AdamOptimizer's Adam/Adam_1, NVIDIA's LAMB and
+# loss-scaling variables).
+TF_TRAINING_STATE = re.compile(
+    r"(^|/)(global_step|adam_m|adam_v|Adam|Adam_1|Momentum|beta1_power|beta2_power|"
+    r"loss_scale|current_loss_scale|good_steps|bad_steps)$")
+# Last component of a TensorFlow variable name -> last component of the checkpoint key.
+TF_LEAVES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
+             "output_weights": "weight", "output_bias": "bias"}
+# Heads google-research/bert's fine-tuning scripts create outside the `bert/` and `cls/predictions` scopes.
+TF_HEADS = {"cls/squad/": "qa_outputs/",  # run_squad.py: cls/squad/output_weights, (2, hidden)
+            "output_": "classifier/output_"}  # run_classifier.py: output_weights, (num_labels, hidden)
+
+
+def tf_key(name: str) -> tuple[str, bool]:
+    """The checkpoint key of TensorFlow variable `name`, and whether to transpose it: a TensorFlow
+    dense kernel is (in, out), a torch Linear weight (out, in); embeddings and `output_weights` are
+    stored (rows, hidden) in both."""
+    original = name
+    for prefix, new in TF_HEADS.items():
+        if name.startswith(prefix):
+            name = new + name[len(prefix):]
+    *scopes, leaf = name.split("/")
+    parts = []
+    for scope in scopes:
+        m = re.fullmatch(r"layer_(\d+)", scope)
+        parts += ["layer", m[1]] if m else [scope]
+    if leaf.endswith("_embeddings"):
+        parts += [leaf, "weight"]
+    elif leaf in TF_LEAVES:
+        parts.append(TF_LEAVES[leaf])
+    else:
+        raise ValueError(f"TensorFlow variable {original!r} is not a BERT weight this converter knows")
+    return ".".join(parts), leaf == "kernel"
+
+
+def tf_state_dict(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights of a google-research/bert TensorFlow checkpoint under their checkpoint keys, and the
+    names of the training-state variables left out."""
+    state, skipped = {}, []
+    for name, tensor in load_tf_checkpoint(prefix).items():
+        if TF_TRAINING_STATE.search(name):
+            skipped.append(name)
+            continue
+        try:
+            key, transpose = tf_key(name)
+        except ValueError as e:
+            raise ValueError(f"{prefix}: {e}") from None
+        state[key] = tensor.t().contiguous() if transpose else tensor
+    return state, skipped
+
+
+def architecture(state: dict[str, torch.Tensor]) -> str:
+    """The bertkit class a checkpoint's heads belong to (keys as `legacy_name` returns them)."""
+    if any(k.startswith("qa_outputs.") for k in state):
+        return "BertForQuestionAnswering"
+    if any(k.startswith("classifier.") for k in state):
+        return "BertForSequenceClassification"
+    mlm = any(k.startswith("cls.predictions.") for k in state)
+    nsp = any(k.startswith("cls.seq_relationship.") for k in state)
+    if mlm and nsp:
+        return "BertForPreTraining"
+    return "BertForMaskedLM" if mlm else "BertForNextSentencePrediction" if nsp else "BertModel"
+
+
+def vocab_is_cased(vocab_file: str | os.PathLike) -> bool:
+    """Whether a vocabulary was built from cased text: an uncased one (built from lowercased text) has
+    no upper-case letter outside its bracketed special tokens."""
+    with open(vocab_file, encoding="utf-8") as f:
+        for line in f:
+            token = line.rstrip("\n")
+            if not (token.startswith("[") and token.endswith("]")) and any(c.isupper() for c in token):
+                return True
+    return False
+
+
+def _tf_index(directory: str) -> str | None:
+    """The TensorFlow checkpoint in `directory`: the one its `checkpoint` file names, else its only index."""
+    pointer = os.path.join(directory, "checkpoint")
+    if os.path.isfile(pointer):
+        with open(pointer, encoding="utf-8") as f:
+            m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(), re.M)
+        if m:
+            return os.path.join(directory, m[1]) + ".index"
+    indexes = sorted(p for p in glob.glob(os.path.join(directory, "*.index")))
+    if len(indexes) > 1:
+        raise ValueError(f"{directory}: {len(indexes)} TensorFlow checkpoints ({', '.join(map(os.path.basename, indexes))}); "
+                         "name one, e.g. DIR/model.ckpt-1000")
+    return indexes[0] if indexes else None
+
+
+def _torch_file(directory: str) -> str | None:
+    for name in WEIGHTS_NAMES:
+        if os.path.isfile(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    files = sorted(p for s in TORCH_SUFFIXES for p in glob.glob(os.path.join(directory, "*" + s)))
+    if len(files) > 1:
+        raise ValueError(f"{directory}: {len(files)} weight files ({', '.join(map(os.path.basename, files))}); "
+                         "name one")
+    return files[0] if files else None
+
+
+def find_weights(source: str | os.PathLike) -> tuple[str, str]:
+    """(path, "tf" or "torch") of the weights at `source`: a directory, a TensorFlow checkpoint prefix
+    or index, or a PyTorch / safetensors file."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        found = _tf_index(source)
+        if found:
+            return found, "tf"
+        found = _torch_file(source)
+        if found:
+            return found, "torch"
+        raise FileNotFoundError(f"{source}: no weights: expected a TensorFlow checkpoint (*.index + *.data-*) "
+                                f"or one of {', '.join(WEIGHTS_NAMES)}, *.pt, *.bin")
+    if source.endswith(".index") or os.path.isfile(source + ".index"):
+        return (source if source.endswith(".index") else source + ".index"), "tf"
+    if os.path.isfile(source):
+        return source, "torch"
+    raise FileNotFoundError(f"{source}: no such file, directory or TensorFlow checkpoint prefix")
+
+
+def _beside(source: str, names: tuple[str, ...], given: str | None, what: str) -> str | None:
+    if given is not None:
+        if not os.path.isfile(given):
+            raise FileNotFoundError(f"{given}: {what} not found")
+        return given
+    directory = source if os.path.isdir(source) else os.path.dirname(source) or "."
+    return next((os.path.join(directory, n) for n in names if os.path.isfile(os.path.join(directory, n))), None)
+
+
+@dataclass
+class Conversion:
+    """What `convert` read and wrote."""
+
+    source: str                      # the weights file read
+    output: str
+    architecture: str
+    num_weights: int
+    skipped: list[str] = field(default_factory=list)  # TensorFlow training state left out
+    lowercase: bool | None = None    # the tokenizer's do_lower_case; None when no vocab.txt was found
+
+    def __str__(self) -> str:
+        lines = [f"read {self.num_weights} weights from {self.source}"
+                 + (f" (left out {len(self.skipped)} optimizer/step variables)" if self.skipped else ""),
+                 f"wrote {self.architecture} to {self.output}"]
+        if self.lowercase is None:
+            lines.append("no vocab.txt found: no tokenizer written (pass --vocab)")
+        else:
+            lines.append(f"tokenizer: {'uncased (lower-cases text)' if self.lowercase else 'cased'}")
+        return "\n".join(lines)
+
+
+def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file: str | None = None,
+            vocab_file: str | None = None, lowercase: bool | None = None) -> Conversion:
+    """Convert the checkpoint at `source` into the directory `output` (which must not exist or be empty).
+
+    The config is `config_file`, else bert_config.json or config.json beside the weights; the vocabulary
+    `vocab_file`, else vocab.txt beside them. `lowercase=None` reads the casing from the vocabulary
+    (`vocab_is_cased`). Every weight must land in the model (strict), and the directory appears whole or
+    not at all.
+    """
+    source, output = os.fspath(source), os.fspath(output)
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ValueError(f"{output}: already exists and is not an empty directory")
+    path, kind = find_weights(source)
+    where = source if os.path.isdir(source) else os.path.dirname(path)
+    config_path = _beside(where, CONFIG_FILES, config_file, "config file")
+    if config_path is None:
+        raise FileNotFoundError(f"{where}: no bert_config.json or config.json; pass --config FILE")
+    config = BertConfig.from_json_file(config_path)
+    skipped: list[str] = []
+    if kind == "tf":
+        state, skipped = tf_state_dict(path)
+    else:
+        state = {legacy_name(k): t for k, t in _read_weights(path).items()}
+    arch = architecture(state)
+    if arch == "BertForSequenceClassification" and "classifier.weight" in state:
+        config.num_labels = state["classifier.weight"].shape[0]
+    model = load_state(getattr(modeling, arch)(config), state, path)
+    if model.load_report.newly_initialized:
+        raise ValueError(f"{path}: incomplete checkpoint: no {', '.join(model.load_report.newly_initialized[:4])}")
+
+    vocab_path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")
+    tokenizer = None
+    if vocab_path is not None:
+        from .tokenizer import BertTokenizer
+        lowercase = (not vocab_is_cased(vocab_path)) if lowercase is None else lowercase
+        tokenizer = BertTokenizer(vocab_path, do_lower_case=lowercase,
+                                  model_max_length=config.max_position_embeddings)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    try:
+        save_pretrained(model, staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if os.path.isdir(output):
+            os.rmdir(output)  # empty, checked above
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Conversion(source=path, output=output, architecture=arch, num_weights=len(state),
+                      skipped=skipped, lowercase=lowercase if tokenizer is not None else None)
+
+

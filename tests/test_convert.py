@@ -1,0 +1,225 @@
+"""Original checkpoints in: google-research/bert TensorFlow checkpoints and NVIDIA's PyTorch ones.
+
+The TensorFlow fixtures were written by TensorFlow itself, as google-research/bert saves them, and
+`hf_reference.safetensors` is what transformers 4.x's TensorFlow converter made of the same checkpoint
+(tests/fixtures/original/make.py regenerates all of them).
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from bertkit import AutoModel, AutoModelForPreTraining, AutoTokenizer, BertTokenizer, tf_bundle
+from bertkit.cli import main
+from bertkit.convert import architecture, convert, tf_key, tf_state_dict, vocab_is_cased
+
+transformers = pytest.importorskip("transformers")
+
+FIXTURES = Path(__file__).parent / "fixtures" / "original"
+GOOGLE = FIXTURES / "google"
+CLASSIFIER = FIXTURES / "google_classifier"
+TEXTS = ["The cat sat on the mat.", "a big red bird flew over the house!", "dogs walking"]
+
+
+def _batch(directory):
+    return AutoTokenizer.from_pretrained(directory)(TEXTS, padding=True, return_tensors="pt")
+
+
+def _assert_pretraining_outputs_match(hf_model, directory):
+    """bertkit's BertForPreTraining from `directory` gives `hf_model`'s MLM and NSP logits."""
+    ours = AutoModelForPreTraining.from_pretrained(directory)
+    assert ours.load_report.clean
+    batch = _batch(directory)
+    with torch.no_grad():
+        a, b = hf_model(**batch), ours(**batch)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(b.prediction_logits[real], a.prediction_logits[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.seq_relationship_logits, a.seq_relationship_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_tf_reader_returns_every_variable_as_tensorflow_stored_it():
+    tensors = tf_bundle.load_tf_checkpoint(GOOGLE / "bert_model.ckpt")
+    weights = [n for n in tensors if not n.endswith(("adam_m", "adam_v")) and n != "global_step"]
+    assert len(weights) == 46 and len(tensors) == 3 * 46 + 1  # weights, adam_m, adam_v, global_step
+    assert tensors["global_step"].dtype == torch.int64 and tensors["global_step"].item() == 1000
+    assert tensors["bert/encoder/layer_1/intermediate/dense/kernel"].shape == (16, 32)  # (in, out)
+    for name in weights:  # make.py wrote the slots as functions of each weight
+        w = tensors[name]
+        assert w.dtype == torch.float32
+        assert torch.equal(tensors[name + "/adam_m"], w * 0.01), name
+        assert torch.equal(tensors[name + "/adam_v"], w * w), name
+
+
+def test_google_checkpoint_converts_to_what_transformers_converter_made(tmp_path):
+    out = tmp_path / "model"
+    done = convert(GOOGLE, out)
+    assert done.architecture == "BertForPreTraining" and done.num_weights == 46
+    assert len(done.skipped) == 93 and "global_step" in done.skipped
+    assert done.lowercase is True
+    reference = safetensors.torch.load_file(GOOGLE / "hf_reference.safetensors")
+    ours = safetensors.torch.load_file(out / "model.safetensors")
+    assert set(ours) == set(reference)
+    for key, tensor in reference.items():
+        assert torch.equal(ours[key], tensor), key
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForPreTraining"] and config["model_type"] == "bert"
+    assert json.loads((out / "tokenizer_config.json").read_text())["do_lower_case"] is True
+
+    # The directory loads in both libraries, with the same outputs.
+    _assert_pretraining_outputs_match(transformers.BertForPreTraining.from_pretrained(out).eval(), out)
+
+
+def test_run_classifier_checkpoint_becomes_a_sequence_classifier(tmp_path):
+    out = tmp_path / "clf"
+    done = convert(CLASSIFIER / "bert_model.ckpt", out)  # a checkpoint prefix, as TensorFlow names it
+    assert done.architecture == "BertForSequenceClassification" and done.skipped == []
+    tensors = tf_bundle.load_tf_checkpoint(CLASSIFIER / "bert_model.ckpt")
+    saved = safetensors.torch.load_file(out / "model.safetensors")
+    assert torch.equal(saved["classifier.weight"], tensors["output_weights"])  # (labels, hidden): as stored
+    assert torch.equal(saved["bert.pooler.dense.weight"], tensors["bert/pooler/dense/kernel"].t())
+    hf = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    assert hf.config.num_labels == 3
+    ours = AutoModel.from_pretrained(out)  # a base model reads the classifier's encoder
+    batch = _batch(out)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).pooler_output, hf.bert(**batch).pooler_output,
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,key,transpose", [
+    ("bert/embeddings/word_embeddings", "bert.embeddings.word_embeddings.weight", False),
+    ("bert/embeddings/LayerNorm/gamma", "bert.embeddings.LayerNorm.weight", False),
+    ("bert/encoder/layer_11/attention/self/query/kernel",
+     "bert.encoder.layer.11.attention.self.query.weight", True),
+    ("bert/encoder/layer_0/output/LayerNorm/beta", "bert.encoder.layer.0.output.LayerNorm.bias", False),
+    ("bert/pooler/dense/bias", "bert.pooler.dense.bias", False),
+    ("cls/predictions/output_bias", "cls.predictions.bias", False),
+    ("cls/predictions/transform/dense/kernel", "cls.predictions.transform.dense.weight", True),
+    ("cls/seq_relationship/output_weights", "cls.seq_relationship.weight", False),
+    ("cls/squad/output_weights", "qa_outputs.weight", False),  # run_squad.py
+    ("output_bias", "classifier.bias", False),                 # run_classifier.py
+])
+def test_tensorflow_names_map_to_checkpoint_keys(name, key, transpose):
+    assert tf_key(name) == (key, transpose)
+
+
+def test_unknown_tensorflow_variable_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"'bert/encoder/layer_0/attention/self/rotary' is not a BERT weight"):
+        tf_key("bert/encoder/layer_0/attention/self/rotary")
+
+
+def test_squad_head_picks_question_answering():
+    state = {"bert.pooler.dense.weight": torch.zeros(1), "qa_outputs.weight": torch.zeros(2, 4)}
+    assert architecture(state) == "BertForQuestionAnswering"
+    assert architecture({"cls.predictions.bias": torch.zeros(1)}) == "BertForMaskedLM"
+    assert architecture({"bert.embeddings.word_embeddings.weight": torch.zeros(1)}) == "BertModel"
+
+
+def _nvidia_checkpoint(directory: Path, hf_model) -> Path:
+    """A .pt as NVIDIA DeepLearningExamples' run_pretraining.py saves it: the weights under "model", with
+    their fused Linear+activation layers named `dense_act`, beside the training state."""
+    state = {k.replace("intermediate.dense.", "intermediate.dense_act.")
+              .replace("pooler.dense.", "pooler.dense_act.")
+              .replace("transform.dense.", "transform.dense_act."): v
+             for k, v in hf_model.state_dict().items()}
+    assert any(".dense_act." in k for k in state)
+    directory.mkdir()
+    path = directory / "ckpt_8601.pt"
+    torch.save({"model": state, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": []},
+                "master params": [torch.zeros(2)], "files": [0, "part_0.hdf5"], "epoch": 2,
+                "data_loader": None}, path)
+    config = {k: v for k, v in hf_model.config.to_dict().items() if k in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "hidden_act", "max_position_embeddings", "type_vocab_size", "initializer_range")}
+    (directory / "bert_config.json").write_text(json.dumps(config))
+    shutil.copy(GOOGLE / "vocab.txt", directory / "vocab.txt")
+    return path
+
+
+def test_nvidia_pytorch_checkpoint_converts_and_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.BertForPreTraining(transformers.BertConfig(
+        vocab_size=48, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32)).eval()  # NVIDIA pads the vocabulary to a multiple of 8
+    path = _nvidia_checkpoint(tmp_path / "nvidia", hf)
+    done = convert(path, tmp_path / "out")
+    assert done.architecture == "BertForPreTraining" and done.lowercase is True
+    _assert_pretraining_outputs_match(hf, tmp_path / "out")
+
+
+def test_ddp_saved_state_dict_loads_without_its_module_prefix(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.BertModel(transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    (tmp_path / "ddp").mkdir()
+    torch.save({"module." + k: v for k, v in hf.state_dict().items()}, tmp_path / "ddp" / "pytorch_model.bin")
+    hf.config.save_pretrained(tmp_path / "ddp")
+    model = AutoModel.from_pretrained(tmp_path / "ddp")
+    assert ("module.pooler.dense.weight", "pooler.dense.weight") in model.load_report.renamed
+    assert torch.equal(model.pooler.dense.weight, hf.pooler.dense.weight)
+
+
+def test_casing_comes_from_the_vocabulary_unless_given(tmp_path):
+    assert vocab_is_cased(GOOGLE / "vocab.txt") is False
+    cased = tmp_path / "vocab.txt"
+    cased.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nThe\nthe\ncat\n")
+    assert vocab_is_cased(cased) is True
+    done = convert(GOOGLE, tmp_path / "out", vocab_file=str(cased))
+    assert done.lowercase is False
+    assert BertTokenizer.from_pretrained(tmp_path / "out").tokenize("The cat") == ["The", "cat"]
+    assert convert(GOOGLE, tmp_path / "forced", lowercase=True).lowercase is True
+
+
+def test_cli_converts_and_reports(tmp_path, capsys):
+    assert main(["convert", str(GOOGLE), "--output", str(tmp_path / "out"), "--casing", "cased"]) == 0
+    out = capsys.readouterr().out
+    assert "read 46 weights" in out and "left out 93 optimizer/step variables" in out
+    assert "wrote BertForPreTraining" in out and "tokenizer: cased" in out
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["do_lower_case"] is False
+    # A second run refuses to write over it: one line, exit status 2.
+    assert main(["convert", str(GOOGLE), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already exists and is not an empty directory" in err
+
+
+def test_failed_conversion_leaves_nothing(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(GOOGLE, src)
+    (src / "bert_config.json").write_text(json.dumps({**json.loads((GOOGLE / "bert_config.json").read_text()),
+                                                      "hidden_size": 32}))
+    with pytest.raises(ValueError, match=r"bert_model\.ckpt\.index: .*mis-shaped key"):
+        convert(src, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["src"]  # no output, no staging directory
+
+
+def test_missing_config_and_data_file_are_named(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(GOOGLE, src)
+    (src / "bert_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no bert_config.json or config.json; pass --config FILE"):
+        convert(src, tmp_path / "out")
+    (src / "bert_model.ckpt.data-00000-of-00001").unlink()
+    with pytest.raises(FileNotFoundError, match=r"bert_model\.ckpt\.data-00000-of-00001: data file"):
+        convert(src, tmp_path / "out", config_file=str(GOOGLE / "bert_config.json"))
+
+
+def test_damaged_index_is_an_error_naming_the_file(tmp_path):
+    index = tmp_path / "bert_model.ckpt.index"
+    index.write_bytes((GOOGLE / "bert_model.ckpt.index").read_bytes()[:-3])
+    with pytest.raises(ValueError, match=r"bert_model\.ckpt\.index: not a TensorFlow checkpoint index"):
+        tf_bundle.load_tf_checkpoint(tmp_path / "bert_model.ckpt")
+
+
+def test_loading_an_unconverted_google_directory_says_how_to_convert():
+    with pytest.raises(FileNotFoundError, match=r"bert_config.json: an original .* `bertkit convert "):
+        AutoModel.from_pretrained(GOOGLE)
+
+
+def test_tf_state_dict_leaves_out_training_state_only():
+    state, skipped = tf_state_dict(GOOGLE / "bert_model.ckpt")
+    assert len(state) == 46 and all(not k.endswith(("adam_m", "adam_v")) for k in state)
+    assert all(s == "global_step" or s.endswith(("/adam_m", "/adam_v")) for s in skipped)
