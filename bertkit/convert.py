@@ -114,10 +114,11 @@ def _tf_index(directory: str) -> str | None:
             m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(), re.M)
         if m:
             return os.path.join(directory, m[1]) + ".index"
-    indexes = sorted(p for p in glob.glob(os.path.join(directory, "*.index")))
+    indexes = sorted(glob.glob(os.path.join(directory, "*.index")))
     if len(indexes) > 1:
-        raise ValueError(f"{directory}: {len(indexes)} TensorFlow checkpoints ({', '.join(map(os.path.basename, indexes))}); "
-                         "name one, e.g. DIR/model.ckpt-1000")
+        names = ", ".join(os.path.basename(p)[: -len(".index")] for p in indexes)
+        raise ValueError(f"{directory}: {len(indexes)} TensorFlow checkpoints ({names}) and no `checkpoint` "
+                         "file naming one; pass one prefix, e.g. DIR/model.ckpt-1000")
     return indexes[0] if indexes else None
 
 

@@ -223,3 +223,22 @@ def test_tf_state_dict_leaves_out_training_state_only():
     state, skipped = tf_state_dict(GOOGLE / "bert_model.ckpt")
     assert len(state) == 46 and all(not k.endswith(("adam_m", "adam_v")) for k in state)
     assert all(s == "global_step" or s.endswith(("/adam_m", "/adam_v")) for s in skipped)
+
+
+def test_training_output_directory_takes_the_checkpoint_its_checkpoint_file_names(tmp_path):
+    """run_pretraining.py leaves model.ckpt-N for several N and a `checkpoint` file naming the newest."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for step, source in ((10, CLASSIFIER), (20, GOOGLE)):
+        for suffix in (".index", ".data-00000-of-00001"):
+            shutil.copy(source / ("bert_model.ckpt" + suffix), run / f"model.ckpt-{step}{suffix}")
+    shutil.copy(GOOGLE / "bert_config.json", run)
+    with pytest.raises(ValueError, match=r"2 TensorFlow checkpoints \(model.ckpt-10, model.ckpt-20\)"):
+        convert(run, tmp_path / "out")
+    (run / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-20"\n'
+                                    'all_model_checkpoint_paths: "model.ckpt-10"\n'
+                                    'all_model_checkpoint_paths: "model.ckpt-20"\n')
+    done = convert(run, tmp_path / "out")
+    assert done.source.endswith("model.ckpt-20.index") and done.architecture == "BertForPreTraining"
+    assert done.lowercase is None and not (tmp_path / "out" / "vocab.txt").exists()  # no vocab.txt there
+    assert "no vocab.txt found" in str(done)
