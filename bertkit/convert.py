@@ -31,11 +31,12 @@ CONFIG_FILES = ("bert_config.json", "config.json")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 # TensorFlow variables that are training state, not weights: optimizer slots and counters
-# (AdamWeightDecayOptimizer's adam_m/adam_v, tf.train.AdamOptimizer's Adam/Adam_1, NVIDIA's LAMB and
-# loss-scaling variables).
+# (AdamWeightDecayOptimizer's adam_m/adam_v, tf.train.AdamOptimizer's Adam/Adam_1, NVIDIA's LAMB lamb_m/lamb_v
+# and loss-scaling variables).
 TF_TRAINING_STATE = re.compile(
-    r"(^|/)(global_step|adam_m|adam_v|Adam|Adam_1|Momentum|beta1_power|beta2_power|"
+    r"(^|/)(global_step|adam_m|adam_v|lamb_m|lamb_v|Adam|Adam_1|Momentum|beta1_power|beta2_power|"
     r"loss_scale|current_loss_scale|good_steps|bad_steps)$")
+TF2_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 object-based (Keras, Model Garden) checkpoints
 # Last component of a TensorFlow variable name -> last component of the checkpoint key.
 TF_LEAVES = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
              "output_weights": "weight", "output_bias": "bias"}
@@ -70,6 +71,9 @@ def tf_state_dict(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tensor], l
     """The weights of a google-research/bert TensorFlow checkpoint under their checkpoint keys, and the
     names of the training-state variables left out."""
     _, entries = read_index(prefix)
+    if TF2_OBJECT_GRAPH in entries:
+        raise ValueError(f"{prefix}: a TensorFlow 2 object-based checkpoint (Keras / TF Model Garden); only the "
+                         "name-based checkpoints of google-research/bert and NVIDIA's TensorFlow BERT are read")
     skipped = sorted(n for n in entries if TF_TRAINING_STATE.search(n))
     state = {}
     for name, tensor in load_tf_checkpoint(prefix, keep=lambda n: not TF_TRAINING_STATE.search(n)).items():

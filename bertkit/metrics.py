@@ -31,6 +31,8 @@ __all__ = [
     "f1",
     "precision_recall_f1",
     "matthews_corrcoef",
+    "confusion_matrix",
+    "per_label",
     "pearson",
     "spearman",
     "get_entities",
@@ -124,6 +126,31 @@ def recall(preds: Any, labels: Any, average: str = "binary", pos_label: Any = 1)
 def f1(preds: Any, labels: Any, average: str = "binary", pos_label: Any = 1) -> float:
     """F1; see `precision_recall_f1` for ``average``."""
     return precision_recall_f1(preds, labels, average, pos_label)[2]
+
+
+def confusion_matrix(preds: Any, labels: Any, classes: Sequence[Any]) -> list[list[int]]:
+    """Counts of (true class, predicted class): row i holds the examples labelled ``classes[i]``, column j those
+    predicted ``classes[j]`` (scikit-learn's layout). A value outside `classes` is an error."""
+    p, y = _pair(preds, labels)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({v for v in p + y if v not in index}, key=str)
+    if unknown:
+        raise ValueError(f"values outside the classes {list(classes)[:10]}: {unknown[:10]}")
+    matrix = [[0] * len(classes) for _ in classes]
+    for a, b in zip(p, y):
+        matrix[index[b]][index[a]] += 1
+    return matrix
+
+
+def per_label(preds: Any, labels: Any, classes: Sequence[Any]) -> dict[Any, dict[str, float]]:
+    """{class: {"precision", "recall", "f1", "support"}} for each of `classes` (support: examples labelled so), as
+    scikit-learn's ``precision_recall_fscore_support(average=None)``; an undefined ratio counts as 0."""
+    p, y = _pair(preds, labels)
+    out = {}
+    for c in classes:
+        pr, rc, f = _prf(*_counts(p, y, c))
+        out[c] = {"precision": pr, "recall": rc, "f1": f, "support": sum(1 for b in y if b == c)}
+    return out
 
 
 def matthews_corrcoef(preds: Any, labels: Any) -> float:

@@ -247,3 +247,9 @@ def test_training_output_directory_takes_the_checkpoint_its_checkpoint_file_name
     assert done.source.endswith("model.ckpt-20.index") and done.architecture == "BertForPreTraining"
     assert done.lowercase is None and not (tmp_path / "out" / "vocab.txt").exists()  # no vocab.txt there
     assert "no vocab.txt found" in str(done)
+
+
+def test_tensorflow_2_object_checkpoint_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"ckpt\.index: a TensorFlow 2 object-based checkpoint"):
+        convert(FIXTURES / "tf2_object" / "ckpt", tmp_path / "out", config_file=str(GOOGLE / "bert_config.json"))
+    assert not (tmp_path / "out").exists()

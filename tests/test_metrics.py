@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 
 from bertkit.metrics import (
     accuracy,
+    confusion_matrix,
     entity_f1,
     f1,
     get_entities,
     matthews_corrcoef,
     pearson,
+    per_label,
     precision,
     precision_recall_f1,
     recall,
@@ -128,6 +130,19 @@ def test_classification_matches_sklearn():
                 ours = precision_recall_f1(p, y)
                 ref = skm.precision_recall_fscore_support(y, p, average="binary", zero_division=0)[:3]
                 assert ours == pytest.approx(ref), (y, p)
+            classes = list(range(k + 1))  # one class absent from both: a zero row and column
+            assert confusion_matrix(p, y, classes) == skm.confusion_matrix(y, p, labels=classes).tolist()
+            scores = per_label(p, y, classes)
+            ref = skm.precision_recall_fscore_support(y, p, labels=classes, average=None, zero_division=0)
+            for c in classes:
+                assert [scores[c][m] for m in ("precision", "recall", "f1", "support")] == pytest.approx(
+                    [r[c] for r in ref]), (c, y, p)
+
+
+def test_confusion_matrix_rows_are_true_labels_and_unknown_values_are_errors():
+    assert confusion_matrix(["b", "b", "a"], ["a", "b", "a"], ["a", "b"]) == [[1, 1], [0, 1]]
+    with pytest.raises(ValueError, match=r"values outside the classes \['a', 'b'\]: \['c'\]"):
+        confusion_matrix(["a", "c"], ["a", "b"], ["a", "b"])
 
 
 def test_correlations_match_scipy():

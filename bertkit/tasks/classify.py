@@ -43,7 +43,8 @@ from ..train.trainer import pin, to_device
 __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
            "encode_windows", "example_logits",
            "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "packed_to",
-           "FinetuneObjective", "ClassificationObjective", "predict_logits",
+           "FinetuneObjective", "ClassificationObjective", "predict_logits", "labelled_logits",
+           "classification_metrics", "classification_report",
            "evaluate_classification", "predict", "METRICS"]
 
 # metric name -> higher is better (all of them)
@@ -394,30 +395,48 @@ def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad
     return np.stack(rows) if rows else np.zeros((0, model.config.num_labels), dtype=np.float32)
 
 
-def evaluate_classification(model, features: Sequence[Feature], batch_size: int = 64) -> dict[str, float]:
-    """Metrics of `model` on labelled features: accuracy, f1, mcc (and loss) for classification; pearson,
-    spearman, mse for regression. F1 is binary with label id 1 positive when the model has two labels, else
-    macro. Windows of one example count once, by their mean logits; n is the number of examples."""
+def labelled_logits(model, features: Sequence[Feature], batch_size: int = 64) -> tuple[np.ndarray, list]:
+    """(logits per example, its label): the windows of one example count once, by their mean logits."""
     if not features:
         raise ValueError("no evaluation features")
     if any(f.label is None for f in features):
         raise ValueError("evaluation needs labelled features")
     logits, firsts = example_logits(predict_logits(model, features, batch_size), features)
-    features = [features[i] for i in firsts]  # one per example: its label
-    n_labels = model.config.num_labels
-    if n_labels == 1:
+    return logits, [features[i].label for i in firsts]
+
+
+def classification_metrics(logits: np.ndarray, gold: Sequence, num_labels: int) -> dict[str, float]:
+    """Accuracy, f1, mcc and loss for classification; pearson, spearman and mse for regression (one output).
+    F1 is binary with label id 1 positive for two labels, else macro; n is the number of examples."""
+    if num_labels == 1:
         preds = logits[:, 0].astype(np.float64)
-        gold = np.array([float(f.label) for f in features])
+        gold = np.array([float(g) for g in gold])
         with warnings.catch_warnings():  # a constant prediction (early in training) has no correlation: nan
             warnings.simplefilter("ignore")
             corr = {"pearson": float(M.pearson(preds, gold)), "spearman": float(M.spearman(preds, gold))}
-        return {**corr, "mse": float(np.mean((preds - gold) ** 2)), "n": len(features)}
-    gold = [int(f.label) for f in features]
+        return {**corr, "mse": float(np.mean((preds - gold) ** 2)), "n": len(gold)}
+    gold = [int(g) for g in gold]
     preds = logits.argmax(-1).tolist()
     loss = F.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)).item()
-    f1 = M.f1(preds, gold, average="binary", pos_label=1) if n_labels == 2 else M.f1(preds, gold, average="macro")
+    f1 = M.f1(preds, gold, average="binary", pos_label=1) if num_labels == 2 else M.f1(preds, gold, average="macro")
     return {"accuracy": M.accuracy(preds, gold), "f1": f1, "mcc": M.matthews_corrcoef(preds, gold),
-            "loss": loss, "n": len(features)}
+            "loss": loss, "n": len(gold)}
+
+
+def classification_report(logits: np.ndarray, gold: Sequence, names: Sequence[str]) -> dict[str, Any]:
+    """Per-label precision / recall / F1 / support and the confusion matrix (rows: true label, columns:
+    predicted), by label name."""
+    ids = range(len(names))
+    preds, gold = logits.argmax(-1).tolist(), [int(g) for g in gold]
+    scores = M.per_label(preds, gold, ids)
+    return {"per_label": {names[i]: scores[i] for i in ids},
+            "confusion_matrix": {"labels": list(names), "matrix": M.confusion_matrix(preds, gold, ids)}}
+
+
+def evaluate_classification(model, features: Sequence[Feature], batch_size: int = 64) -> dict[str, float]:
+    """`classification_metrics` of `model` on labelled features."""
+    logits, gold = labelled_logits(model, features, batch_size)
+    return classification_metrics(logits, gold, model.config.num_labels)
 
 
 def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,

@@ -7,13 +7,15 @@ Run directory layout (both jobs; `train_keep_best` and `run_seeds` are the share
     best/               the checkpoint with the best dev metric (model + tokenizer), loadable with
                         AutoModelForSequenceClassification (or AutoModelForTokenClassification) / AutoTokenizer
     metrics.jsonl       train and dev ("eval") metrics over the steps
+    curves.png          their picture: train and dev loss, dev accuracy and other scores, learning rate
     eval_results.json   the dev metrics of the best checkpoint, its step, the last evaluation
     finetune_args.json  the arguments
     step-N/             the newest training checkpoint (weights, optimizer, schedule, data position, random
                         streams), written after every evaluation, with best_state.json: the best-so-far metric,
                         its step and metrics, the evaluation count and the last evaluation AS OF step N
 With several seeds each one runs into `seed-N/` (the layout above) and the top-level eval_results.json holds each
-seed's best dev metrics with their mean and standard deviation (sample sd; 0 for one seed).
+seed's best dev metrics with their mean and standard deviation (sample sd; 0 for one seed), and the top-level
+curves.png draws every seed's curves together.
 
 Resume (`resume=True`, ``--resume``): each run continues exactly from its newest checkpoint, and a seed whose
 eval_results.json exists is done and skipped. The best-so-far state lives INSIDE each checkpoint (written with it,
@@ -32,17 +34,19 @@ from functools import partial
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from ..data.readers import read_table
 from ..io import write_text_atomic
 from ..train import distributed as dist
+from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer
-from .classify import (ClassificationBatches, ClassificationObjective, encode_examples,
-                       evaluate_classification, label_info)
+from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
+                       classification_report, encode_examples, evaluate_classification, label_info, labelled_logits)
 
 RESULTS_NAME = "eval_results.json"
 
@@ -132,14 +136,16 @@ def _format(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
 
 
-def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str | None, unit: str) -> dict[str, Any]:
+def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str | None, unit: str,
+               draw: Callable[[str, str], str] | None = None) -> dict[str, Any]:
     """What `bertkit evaluate` leaves: the metrics in `output` (default ``<model_dir>/eval_<data name>.json``,
-    the name cut at its first dot so ``dev-v1.1.json.zip`` gives ``eval_dev-v1``) and a printed line counting
-    `unit`s. Returns `metrics`."""
+    the name cut at its first dot so ``dev-v1.1.json.zip`` gives ``eval_dev-v1``), the picture `draw(png, title)`
+    makes beside it (same name, ``.png``) and a printed line counting `unit`s. Returns `metrics`."""
     path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name.split('.')[0]}.json"
     if dist.is_main():  # under torchrun the ranks computed the metrics together; one writes them
         write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
-        print(f"{data}: {_format(metrics)} ({metrics['n']} {unit}); wrote {path}")
+        wrote = str(path) if draw is None else f"{path} and {draw(str(path.with_suffix('.png')), Path(data).name)}"
+        print(f"{data}: {_format(metrics)} ({metrics['n']} {unit}); wrote {wrote}")
     return metrics
 
 
@@ -259,6 +265,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
                "max_steps": max_steps, "seed": seed, **info}
     if dist.is_main():
         write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+        plot_run(out)  # curves.png: train loss, dev loss and scores, learning rate
     return results
 
 
@@ -307,7 +314,8 @@ def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> d
         else:
             res = run_one(args.seed, out)
         dist.print0(f"dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
-        dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}")
+        dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}; curves in "
+                    f"{out / 'curves.png'}")
         return res
 
     seeds = _parse_seeds(args.seeds)
@@ -331,7 +339,9 @@ def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> d
         print(f"dev over {len(seeds)} seeds ({', '.join(map(str, seeds))}), best checkpoint of each by {metric}:")
         for k in keys:
             print(f"  {k}: {mean[k]:.4f} ± {sd[k]:.4f}")
-        print(f"runs in {out}/seed-*/; results in {out / RESULTS_NAME}")
+        seed_dirs = [out / f"seed-{seed}" for seed in seeds]
+        plot_runs(seed_dirs, [f"seed {seed}" for seed in seeds], out / "curves.png")
+        print(f"runs in {out}/seed-*/; results in {out / RESULTS_NAME}; curves of every seed in {out / 'curves.png'}")
     return results
 
 
@@ -469,7 +479,8 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     max_len = min(max_seq_length, model.config.max_position_embeddings)
     feats = encode_sentences(tok, sentences, tags, max_len, min(stride, max_len - 3), source=data)
     metrics = evaluate_tagging(model, feats, sentences, batch_size)
-    return write_eval(metrics, model_dir, data, output, "sentences")
+    draw = partial(figures.entity_scores, metrics["per_type"]) if metrics["per_type"] else None
+    return write_eval(metrics, model_dir, data, output, "sentences", draw)
 
 
 def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64,
@@ -512,8 +523,16 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
         raise ValueError(f"{data}: no rows")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
     feats = encode_examples(tok, examples, info, max_len, source=data, stride=stride)
-    metrics = evaluate_classification(model, feats, batch_size)
-    return write_eval(metrics, model_dir, data, output, "examples")
+    logits, gold = labelled_logits(model, feats, batch_size)
+    metrics = classification_metrics(logits, gold, model.config.num_labels)
+    if info.regression:
+        draw = partial(figures.regression, logits[:, 0].tolist(), [float(g) for g in gold])
+    else:
+        report = classification_report(logits, gold, info.labels)
+        metrics.update(report)
+        matrix = report["confusion_matrix"]
+        draw = partial(figures.confusion, matrix["matrix"], matrix["labels"])
+    return write_eval(metrics, model_dir, data, output, "examples", draw)
 
 
 def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int | None = None,

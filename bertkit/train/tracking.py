@@ -190,15 +190,38 @@ def _keys(records: list[dict], split: str, pred) -> list[str]:
     return list(seen)
 
 
+# Held-out scores fine-tuning logs besides accuracy and loss (classification, regression, tagging, SQuAD).
+SCORES = ("f1", "precision", "recall", "mcc", "pearson", "spearman", "exact")
+
+
+def _is_score(key: str) -> bool:
+    return key in SCORES or (key.startswith(("HasAns_", "NoAns_")) and not key.endswith("_total"))
+
+
+def _panels(runs: list[list[dict]]) -> list[str]:
+    """The panels the runs' records fill, in drawing order."""
+    panels = []
+    if any(_series(r, "train", "loss")[0] for r in runs):
+        panels.append("train loss")
+    if any(_series(r, "eval", "loss")[0] for r in runs):
+        panels.append("eval loss")
+    if any(_keys(r, s, lambda k: k.startswith("acc")) for r in runs for s in ("train", "eval")):
+        panels.append("accuracy")
+    if any(_keys(r, "eval", _is_score) for r in runs):
+        panels.append("dev scores")
+    if any(_series(r, "train", "lr")[0] for r in runs):
+        panels.append("learning rate")
+    return panels
+
+
 def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | None = None,
               out_png: str | os.PathLike = "curves.png") -> str:
     """Learning curves of one or more runs in one PNG: train loss (total solid, terms dashed), eval loss,
-    accuracies (train dashed, eval solid) and the learning rate, against the step. One colour per run.
+    accuracies (train dashed, eval solid), other held-out scores (F1, MCC, correlations, exact match) and the
+    learning rate, against the step. One colour per run.
     Returns the PNG's path."""
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    from ..figures import pyplot, save
+    plt = pyplot()
     run_dirs = [os.fspath(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("plot_runs: no run directories given")
@@ -208,15 +231,7 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
     runs = [read_metrics(d) for d in run_dirs]
     multi = len(runs) > 1
 
-    panels = []
-    if any(_series(r, "train", "loss")[0] for r in runs):
-        panels.append("train loss")
-    if any(_series(r, "eval", "loss")[0] for r in runs):
-        panels.append("eval loss")
-    if any(_keys(r, s, lambda k: k.startswith("acc")) for r in runs for s in ("train", "eval")):
-        panels.append("accuracy")
-    if any(_series(r, "train", "lr")[0] for r in runs):
-        panels.append("learning rate")
+    panels = _panels(runs)
     if not panels:
         raise ValueError(f"plot_runs: nothing to plot in {', '.join(run_dirs)}")
 
@@ -249,6 +264,12 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
                         ax.plot(xs, ys, color=c if multi else None, ls=ls, lw=1.3, marker=marker, ms=3,
                                 markevery=max(1, len(xs) // 20), label=f"{tag}{split} {k}")
                 ax.set_ylabel("accuracy")
+            elif panel == "dev scores":
+                for j, k in enumerate(_keys(records, "eval", _is_score)):
+                    xs, ys = _series(records, "eval", k)
+                    ax.plot(xs, ys, color=c if multi else None, ls=term_styles[j % len(term_styles)] if multi
+                            else "-", lw=1.3, marker="o", ms=3, label=f"{tag}{k}")
+                ax.set_ylabel("score")
             else:
                 xs, ys = _series(records, "train", "lr")
                 ax.plot(xs, ys, color=c, label=f"{tag}lr" if multi else "lr")
@@ -263,11 +284,7 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
         ax.set_visible(False)
     fig.suptitle(", ".join(labels) if len(labels) <= 4 else f"{len(labels)} runs")
     fig.tight_layout()
-    out_png = os.fspath(out_png)
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save(fig, out_png)
 
 
 def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike | None = None) -> str:

@@ -110,6 +110,14 @@ def test_evaluate_and_predict_cli(trained, toy, tmp_path, capsys):
     best = json.loads((trained / "eval_results.json").read_text())["best"]
     assert metrics["accuracy"] == pytest.approx(best["accuracy"]) and metrics["n"] == 40
     assert "accuracy" in printed and str(out) in printed
+    # the confusion matrix (rows: true label) and per-label scores agree with the totals; its picture beside
+    matrix = metrics["confusion_matrix"]
+    assert matrix["labels"] == ["neg", "pos"] and sum(map(sum, matrix["matrix"])) == 40
+    assert (matrix["matrix"][0][0] + matrix["matrix"][1][1]) / 40 == pytest.approx(metrics["accuracy"])
+    assert [metrics["per_label"][name]["support"] for name in ("neg", "pos")] == [20, 20]  # toy_rows alternate
+    assert metrics["per_label"]["pos"]["f1"] == pytest.approx(metrics["f1"])  # binary F1: label 1 positive
+    png = tmp_path / "dev_metrics.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and str(png) in printed
 
     # predict: columns by index, no header, order kept
     data = tmp_path / "texts.tsv"
@@ -203,6 +211,8 @@ def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
     assert res["mean"]["accuracy"] == pytest.approx(sum(accs) / 2)
     assert res["sd"]["accuracy"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
     assert "accuracy: " in printed and " ± " in printed
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"  # both seeds in one picture
+    assert all((out / f"seed-{seed}" / "curves.png").is_file() for seed in (1, 2))
 
 
 def test_regression_uses_one_output_and_reports_pearson(toy, tmp_path):
@@ -212,6 +222,11 @@ def test_regression_uses_one_output_and_reports_pearson(toy, tmp_path):
     assert res["task"] == "regression" and res["metric"] == "pearson" and res["labels"] == []
     assert set(res["best"]) >= {"pearson", "spearman", "mse"}
     assert res["best"]["pearson"] > 0.8
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(toy["dev_reg"])]) == 0
+    metrics = json.loads((out / "best" / "eval_dev_reg.json").read_text())
+    assert metrics["pearson"] == pytest.approx(res["best"]["pearson"]) and "confusion_matrix" not in metrics
+    assert (out / "best" / "eval_dev_reg.png").read_bytes()[:4] == b"\x89PNG"  # predicted against true scores
     model = AutoModelForSequenceClassification.from_pretrained(out / "best")
     assert model.config.num_labels == 1
     tok = AutoTokenizer.from_pretrained(out / "best")

@@ -100,6 +100,9 @@ def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, c
     metrics = json.loads(out.read_text())
     best = json.loads((trained / "eval_results.json").read_text())["best"]
     assert metrics["f1"] == pytest.approx(best["f1"]) and metrics["n"] == 40
+    assert set(metrics["per_type"]) == {"PER", "LOC"}
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"  # the per-type scores, drawn
+    assert (trained / "curves.png").read_bytes()[:4] == b"\x89PNG"
     data = tmp_path / "words.txt"
     data.write_text("Bob\nsaw\nRome\n\nEmma\nwent\nto\nLos\nAngeles\n", encoding="utf-8")
     pred = tmp_path / "pred.jsonl"

@@ -70,6 +70,22 @@ def test_plot_run_and_plot_runs(tmp_path):
         plot_runs([a, b], ["one"], tmp_path / "x.png")
 
 
+def test_fine_tuning_scores_get_their_own_panel(tmp_path):
+    """Dev F1 / MCC (classification, tagging) and SQuAD's exact match are drawn, not only accuracy and loss."""
+    tr = Tracker(tmp_path, total_steps=4, progress=False)
+    for step in (2, 4):
+        tr.log(step, {"loss": 1.0 / step, "lr": 1e-4})
+        tr.log(step, {"loss": 0.9 / step, "accuracy": 0.5 + step / 10, "f1": 0.4 + step / 10, "mcc": 0.1 * step,
+                      "n": 40, "per_type": {"PER": {"f1": 0.5}}}, split="eval")
+    tr.close()
+    runs = [tracking.read_metrics(tmp_path)]
+    assert tracking._panels(runs) == ["train loss", "eval loss", "accuracy", "dev scores", "learning rate"]
+    assert tracking._keys(runs[0], "eval", tracking._is_score) == ["f1", "mcc"]
+    qa = [{"split": "eval", "step": 1, "exact": 50.0, "f1": 60.0, "HasAns_exact": 40.0, "HasAns_total": 3}]
+    assert tracking._keys(qa, "eval", tracking._is_score) == ["exact", "f1", "HasAns_exact"]
+    assert open(plot_run(tmp_path), "rb").read()[:4] == b"\x89PNG"
+
+
 @pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard is not installed")
 def test_tensorboard_scalars(tmp_path):
     tr = Tracker(tmp_path, total_steps=2, progress=False, tensorboard=True)
