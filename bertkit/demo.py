@@ -67,3 +67,38 @@ def run_demo(model: str | None = None, texts: list[str] | None = None) -> None:
     for i, text in enumerate(texts):
         j = int(sim[i].argmax())
         print(f"  {sim[i, j].item():.3f}  {text!r}\n         -> {texts[j]!r}")
+
+
+def attention_weights(model, tok, text: str, text_pair: str | None = None) -> tuple[list[str], torch.Tensor]:
+    """The tokens of `text` (and `text_pair`) and every layer's attention over them:
+    (layers, heads, tokens, tokens), each row summing to 1."""
+    enc = tok(text, text_pair, truncation=True, max_length=model.config.max_position_embeddings,
+              return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**enc, output_attentions=True)
+    return enc.tokens(), torch.stack(out.attentions)[:, 0]  # layers x (1, heads, n, n) -> (layers, heads, n, n)
+
+
+def _pick(value: int | None, count: int, flag: str, what: str) -> list[int]:
+    if value is None:
+        return list(range(count))
+    if not 0 <= value < count:
+        raise ValueError(f"{flag} {value} is out of range: the model has {count} {what} (0-{count - 1})")
+    return [value]
+
+
+def run_attention(text: str, text_pair: str | None = None, *, model: str | None = None,
+                  layer: int | None = None, head: int | None = None, output: str = "attention.png") -> str:
+    """Draw the attention of `model` (default: the packaged all-MiniLM-L6-v2) over one text or a pair: every
+    layer and head (the model's whole pattern at a glance), one layer's heads, or one head, to `output`."""
+    name = model or str(packaged_minilm())
+    tok = AutoTokenizer.from_pretrained(name)
+    bert = AutoModel.from_pretrained(name)
+    layers = _pick(layer, bert.config.num_hidden_layers, "--layer", "layers")
+    heads = _pick(head, bert.config.num_attention_heads, "--head", "heads")
+    tokens, weights = attention_weights(bert, tok, text, text_pair)
+    from .figures import attention
+    shown = "all-MiniLM-L6-v2" if model is None else Path(name).name
+    path = attention(tokens, weights, output, layers, heads, title=f"{shown}: {len(tokens)} tokens")
+    print(f"attention of {len(layers)} layer(s) x {len(heads)} head(s) over {len(tokens)} tokens; wrote {path}")
+    return path

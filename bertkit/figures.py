@@ -91,3 +91,39 @@ def entity_scores(per_type: Mapping[str, Mapping[str, Any]], path: str | os.Path
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: bars reach any length
     fig.tight_layout()
     return save(fig, path)
+
+
+def attention(tokens: Sequence[str], weights, path: str | os.PathLike, layers: Sequence[int],
+              heads: Sequence[int], title: str = "") -> str:
+    """Attention weights as heatmaps, one per (layer, head): rows are the attending tokens (queries), columns
+    the tokens attended to (keys). `weights` is (layers, heads, tokens, tokens) for every layer and head; the
+    `layers` x `heads` grid is drawn, token labels on every map when it holds at most 16 of them."""
+    plt = pyplot()
+    grid = [(layer, head) for layer in layers for head in heads]
+    cols = len(heads) if len(layers) > 1 else min(len(heads), 4)
+    rows = -(-len(grid) // cols)
+    labelled = len(grid) <= 16
+    n = len(tokens)
+    cell = (0.9 + 0.22 * n) if labelled else 1.2
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.6, cell * rows + 0.8), squeeze=False)
+    for ax, (layer, head) in zip(axes.flat, grid):
+        image = ax.imshow(weights[layer, head].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        if len(grid) == 1:
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if labelled:
+            ax.set_xticks(range(n), tokens, rotation=90, fontsize=7)
+            ax.set_yticks(range(n), tokens, fontsize=7)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if layer == layers[0]:
+                ax.set_title(f"head {head}", fontsize=8)
+            if head == heads[0]:
+                ax.set_ylabel(f"layer {layer}", fontsize=8)
+    for ax in list(axes.flat)[len(grid):]:
+        ax.set_visible(False)
+    fig.suptitle((f"{title}\n" if title else "") + "rows: attending token, columns: token attended to "
+                 "(weight 0 to 1)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)

