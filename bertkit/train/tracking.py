@@ -237,7 +237,8 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
 
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False)
+    # One step axis for every panel, so a dev point lines up with the training around it.
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     term_styles = ["--", ":", "-."]
     for ax, panel in zip(axes.flat, panels):
@@ -250,7 +251,8 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
                 if xs:
                     ax.plot(xs, ys, color=c if multi else None, lw=1.8, marker="o" if split == "eval" else None,
                             ms=3, label=f"{tag}loss")
-                for j, k in enumerate(_keys(records, split, lambda k: k.startswith("loss_"))):
+                terms = _keys(records, split, lambda k: k.startswith("loss_"))
+                for j, k in enumerate(terms if len(terms) > 1 else []):  # one term is the total again
                     xs, ys = _series(records, split, k)
                     ax.plot(xs, ys, color=c if multi else None, lw=1.0, ls=term_styles[j % len(term_styles)],
                             label=f"{tag}{k}")
@@ -277,6 +279,7 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.set_title(panel)
         ax.set_xlabel("step")
+        ax.tick_params(labelbottom=True)  # sharex hides them above the last row
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
