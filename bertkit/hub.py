@@ -350,6 +350,7 @@ def _unit_of(key: str, prefix: str) -> str | None:
 
 
 def legacy_name(key: str) -> str:
+    """`key` with `LEGACY_NAMES` applied: the name bertkit (and transformers) gives that weight."""
     for pattern, replacement in LEGACY_NAMES:
         key = pattern.sub(replacement, key)
     return key
