@@ -665,6 +665,35 @@ def test_minilm_matches_transformers_fp32(minilm):
     assert max(vs_padded) <= max(1.5 * max(hf_self), 1e-6), (vs_padded, hf_self)
 
 
+def test_model_card_code_indexes_outputs_like_transformers(minilm):
+    """all-MiniLM-L6-v2's model card pools `model_output[0]`: the same code runs on both libraries' outputs."""
+    ours, theirs, _, enc = minilm
+
+    def mean_pooling(model_output, attention_mask):  # the model card's function, as users paste it
+        token_embeddings = model_output[0]
+        mask = attention_mask.unsqueeze(-1).expand(token_embeddings.size()).float()
+        return torch.sum(token_embeddings * mask, 1) / torch.clamp(mask.sum(1), min=1e-9)
+
+    with torch.no_grad():
+        a, b = ours(**enc), theirs(**enc)
+    torch.testing.assert_close(mean_pooling(a, enc["attention_mask"]), mean_pooling(b, enc["attention_mask"]),
+                               rtol=1e-5, atol=1e-5)
+    assert len(a.to_tuple()) == 2 and a[1] is a.pooler_output and a["pooler_output"] is a.pooler_output
+    with pytest.raises(KeyError):
+        a["hidden_states"]  # not asked for: absent, as in transformers
+
+
+def test_task_outputs_put_the_loss_first_when_there_is_one():
+    torch.manual_seed(0)
+    model = modeling.BertForSequenceClassification(BertConfig(**TINY)).eval()
+    ids = torch.tensor([[2, 5, 6, 3]])
+    with_loss = model(input_ids=ids, labels=torch.tensor([1]))
+    assert with_loss[0] is with_loss.loss and with_loss[1] is with_loss.logits
+    assert model(input_ids=ids)[0].shape == (1, 2)
+    pre = modeling.BertForPreTraining(BertConfig(**TINY)).eval()(input_ids=ids)
+    assert [t.shape for t in pre.to_tuple()] == [(1, 4, TINY["vocab_size"]), (1, 2)]
+
+
 def test_minilm_matches_transformers_fp64(minilm):
     ours, theirs, _, enc = minilm
     ours64, theirs64 = copy.deepcopy(ours).double(), copy.deepcopy(theirs).double()

@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,29 @@ ACT = {
 }
 
 
+class IndexedOutput:
+    """Indexing as on transformers' outputs, so code written for them runs: `out[0]` is the first field that is
+    set, in transformers' order (the loss first, when there is one), `out["logits"]` a field by name (KeyError
+    when unset), `out.to_tuple()` every field set."""
+
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_tuple(self) -> tuple:
+        return tuple(v for v in (getattr(self, f) for f in self.TUPLE_FIELDS) if v is not None)
+
+    def __getitem__(self, key: int | slice | str):
+        if isinstance(key, str):
+            value = getattr(self, key, None) if key in self.__dataclass_fields__ else None
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self.to_tuple()[key]
+
+
 @dataclass
-class BertModelOutput:
+class BertModelOutput(IndexedOutput):
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
+
     last_hidden_state: torch.Tensor             # (batch, seqlen, hidden), zero at padding
     pooler_output: torch.Tensor | None = None   # (batch, hidden)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + every layer, each (batch, seqlen, hidden)

@@ -10,6 +10,7 @@ the forward its one host sync (copying a device mask back to plan the packing); 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +18,14 @@ from torch import nn
 
 from ..config import BertConfig
 from . import packing as P
-from .bert import ACT, BertModel, BertPreTrainedModel, Encoded
+from .bert import ACT, BertModel, BertPreTrainedModel, Encoded, IndexedOutput
 
 
 @dataclass
-class ClassifierOutput:
+class ClassifierOutput(IndexedOutput):
     """Logits of any classification-shaped head: sequence, token, masked LM, NSP, multiple choice."""
+
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("loss", "logits", "hidden_states", "attentions")
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
@@ -31,7 +34,10 @@ class ClassifierOutput:
 
 
 @dataclass
-class PreTrainingOutput:
+class PreTrainingOutput(IndexedOutput):
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("loss", "prediction_logits", "seq_relationship_logits",
+                                               "hidden_states", "attentions")  # as transformers'; not the parts
+
     prediction_logits: torch.Tensor        # (batch, seqlen, vocab)
     seq_relationship_logits: torch.Tensor  # (batch, 2)
     loss: torch.Tensor | None = None       # MLM + NSP
@@ -42,7 +48,9 @@ class PreTrainingOutput:
 
 
 @dataclass
-class QuestionAnsweringOutput:
+class QuestionAnsweringOutput(IndexedOutput):
+    TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("loss", "start_logits", "end_logits", "hidden_states", "attentions")
+
     start_logits: torch.Tensor  # (batch, seqlen)
     end_logits: torch.Tensor    # (batch, seqlen)
     loss: torch.Tensor | None = None
