@@ -110,9 +110,12 @@ def _label_value(ex: Example, info: LabelInfo, source: str) -> int | float | Non
             raise ValueError(f"{where}: expected a number as the regression label, got {ex.label!r}")
         return v
     label = str(ex.label)
-    if label not in info.labels:
-        raise ValueError(f"{where}: label {label!r} is not one of the model's labels {list(info.labels)}")
-    return info.labels.index(label)
+    if label in info.labels:
+        return info.labels.index(label)
+    if info.labels == tuple(f"LABEL_{i}" for i in range(len(info.labels))) and label.isdigit() \
+            and int(label) < len(info.labels):
+        return int(label)  # a model with transformers' default names: the data's label i is LABEL_i
+    raise ValueError(f"{where}: label {label!r} is not one of the model's labels {list(info.labels)}")
 
 
 def encode_texts(tok, texts: Sequence[str], pairs: Sequence[str] | None = None, max_seq_length: int = 128

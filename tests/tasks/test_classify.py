@@ -243,6 +243,18 @@ def test_a_bad_row_is_a_one_line_error_naming_file_and_line(toy, tmp_path, capsy
     assert len(err.splitlines()) == 1 and f"{bad}:3:" in err and err.startswith("bertkit finetune classify: error:")
 
 
+def test_integer_labels_read_as_transformers_default_label_names(toy):
+    """A hub fine-tune that kept transformers' names LABEL_0, LABEL_1 scores GLUE-style 0/1 data."""
+    tok = BertTokenizer.from_pretrained(toy["encoder"])
+    generic = LabelInfo(False, ("LABEL_0", "LABEL_1"))
+    feats = encode_examples(tok, [Example("a", None, "1", 2), Example("b", None, "LABEL_0", 3)], generic, 16)
+    assert [f.label for f in feats] == [1, 0]
+    with pytest.raises(ValueError, match=r"data.tsv:4: label '2' is not one of the model's labels"):
+        encode_examples(tok, [Example("c", None, "2", 4)], generic, 16, source="data.tsv")
+    with pytest.raises(ValueError, match=r"label '1' is not one of the model's labels \['neg', 'pos'\]"):
+        encode_examples(tok, [Example("c", None, "1", 4)], LabelInfo(False, ("neg", "pos")), 16)
+
+
 def test_a_dev_label_unseen_in_training_is_an_error(toy, tmp_path, capsys):
     dev = tmp_path / "dev.tsv"
     dev.write_text("text\tlabel\na good film\tpos\nmeh\tneutral\n", encoding="utf-8")
