@@ -9,7 +9,7 @@ import json
 import os
 
 from .config import CONFIG_NAME, BertConfig, config_file
-from .hub import TOKENIZER_FILES, apply_config_overrides, resolve_model_dir
+from .hub import NO_EFFECT_OPTIONS, TOKENIZER_FILES, apply_config_overrides, resolve_model_dir
 
 
 def check_model_type(directory: str) -> None:
@@ -29,18 +29,22 @@ def check_model_type(directory: str) -> None:
 class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        **overrides) -> BertConfig:
-        directory = resolve_model_dir(name_or_path, revision=revision)
+                        cache_dir: str | os.PathLike | None = None, **overrides) -> BertConfig:
+        directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
         check_model_type(directory)
         return apply_config_overrides(BertConfig.from_json_file(config_file(directory)), overrides)
 
 
 class AutoTokenizer:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None, **kwargs):
+    def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, **kwargs):
         """The revision is resolved here and BertTokenizer gets the snapshot directory."""
         from .tokenizer import BertTokenizer
-        directory = resolve_model_dir(name_or_path, required=TOKENIZER_FILES, revision=revision)
+        for name in NO_EFFECT_OPTIONS & set(kwargs):
+            kwargs.pop(name)
+        directory = resolve_model_dir(name_or_path, required=TOKENIZER_FILES, revision=revision,
+                                      cache_dir=cache_dir)
         if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             check_model_type(directory)
         return BertTokenizer.from_pretrained(directory, **kwargs)
@@ -61,8 +65,9 @@ class _AutoModel:
         return getattr(modeling, cls.target)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None, **kwargs):
-        directory = resolve_model_dir(name_or_path, revision=revision)
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, **kwargs):
+        directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
         check_model_type(directory)
         return cls.model_class().from_pretrained(directory, **kwargs)
 

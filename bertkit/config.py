@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -183,6 +184,20 @@ class BertConfig:
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
         self.to_json_file(os.path.join(directory, CONFIG_NAME))
+
+
+_fields_init = BertConfig.__init__
+
+
+@functools.wraps(_fields_init)
+def _init_with_num_labels(self, *args, num_labels: int | None = None, **kwargs):
+    """BertConfig(..., num_labels=3), as transformers' config takes it: labels LABEL_0..LABEL_2."""
+    _fields_init(self, *args, **kwargs)
+    if num_labels is not None:
+        self.num_labels = num_labels
+
+
+BertConfig.__init__ = _init_with_num_labels  # the dataclass's own __init__ plus num_labels
 
 
 def config_file(directory: str | os.PathLike) -> str:

@@ -146,7 +146,7 @@ def _hf_snapshot_for(name: str, repo_dir: str, revision: str) -> str:
 
 def resolve_model_dir(name_or_path: str | os.PathLike,
                       required: tuple[str, ...] = (CONFIG_NAME,), *,
-                      revision: str | None = None) -> str:
+                      revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> str:
     """The directory for a local path or a model name such as `ORG/NAME`.
 
     Looks at, in order: the path itself (any existing directory), `$BERTKIT_HOME/<name>`
@@ -160,7 +160,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
     A local directory and a `$BERTKIT_HOME` directory have no revisions, so there it is ignored,
     as transformers ignores `revision` for a local directory; it is still checked for path
     separators and '..' (ValueError) everywhere, so a bad argument fails the same way wherever
-    the model lives.
+    the model lives. `cache_dir` replaces the hub cache's location, as transformers' `cache_dir`.
     """
     if revision is not None:
         _check_revision(revision)
@@ -173,7 +173,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
         looked.append(candidate)
         if os.path.isdir(candidate) and _has_any(candidate, required):
             return candidate
-        repo_dir = os.path.join(hf_hub_cache(), "models--" + name.strip("/").replace("/", "--"))
+        hub = os.fspath(cache_dir) if cache_dir is not None else hf_hub_cache()
+        repo_dir = os.path.join(hub, "models--" + name.strip("/").replace("/", "--"))
         if revision is not None:
             snapshot = _hf_snapshot_for(name, repo_dir, revision)
             if not _has_any(snapshot, required):
@@ -402,6 +403,16 @@ def apply_config_overrides(config: BertConfig, overrides: dict[str, Any]) -> Ber
     return new
 
 
+def _mapped_device(device_map) -> torch.device:
+    """The one device a transformers-style `device_map` names; a map of modules to devices is refused."""
+    if isinstance(device_map, dict):
+        raise ValueError("device_map: bertkit puts the whole model on one device; pass one device, "
+                         "e.g. 'cuda' or 'cpu'")
+    if device_map == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device_map)
+
+
 def _resolve_dtype(dtype, state: dict[str, torch.Tensor]) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -413,9 +424,15 @@ def _resolve_dtype(dtype, state: dict[str, torch.Tensor]) -> torch.dtype | None:
     return resolved
 
 
+# transformers' loading options that change nothing here: bertkit only reads local files, runs no code from a
+# checkpoint, and picks its attention kernel itself (the same numbers either way).
+NO_EFFECT_OPTIONS = frozenset({"local_files_only", "trust_remote_code", "attn_implementation"})
+
+
 def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig | None = None,
                     dtype: torch.dtype | str | None = None, ignore_mismatched_sizes: bool = False,
-                    revision: str | None = None, **config_overrides):
+                    revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                    device_map: str | torch.device | None = None, **config_overrides):
     """Build `cls(config)` and load the checkpoint at `name_or_path` into it; returns it in eval mode.
 
     Strict: missing, unexpected and mis-shaped weights raise one ValueError listing all three.
@@ -423,9 +440,18 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     an optional part (task head, pooler) absent from the checkpoint keeps its fresh initialisation;
     checkpoint parts the model lacks (another task's head) are unused; with
     `ignore_mismatched_sizes=True` mis-shaped weights keep their fresh initialisation.
-    `revision` picks a hub-cache snapshot of a model name (see `resolve_model_dir`).
+    `revision` picks a hub-cache snapshot of a model name, `cache_dir` another hub cache (see
+    `resolve_model_dir`). As in transformers: `torch_dtype` is another name of `dtype`, and `device_map`
+    (one device: "cpu", "cuda", "cuda:1"; "auto" for the GPU when there is one) moves the model there;
+    `NO_EFFECT_OPTIONS` are accepted.
     """
-    directory = resolve_model_dir(name_or_path, revision=revision)
+    if "torch_dtype" in config_overrides:
+        if dtype is not None:
+            raise TypeError("pass dtype or torch_dtype (its older name), not both")
+        dtype = config_overrides.pop("torch_dtype")
+    for name in NO_EFFECT_OPTIONS & set(config_overrides):
+        config_overrides.pop(name)
+    directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
     if config is None:
         config = BertConfig.from_json_file(config_file(directory))
     config = apply_config_overrides(config, config_overrides)
@@ -436,6 +462,8 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     model = load_state(cls(config), state, path, ignore_mismatched_sizes=ignore_mismatched_sizes)
     if dtype is not None:
         model.to(dtype=dtype)
+    if device_map is not None:
+        model.to(_mapped_device(device_map))
     if not model.load_report.clean:
         warnings.warn(str(model.load_report), LoadWarning, stacklevel=3)
     return model.eval()

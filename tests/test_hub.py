@@ -133,6 +133,27 @@ def test_dtype_and_explicit_config(tmp_path):
     assert cfg.hidden_dropout_prob == 0.1  # the caller's config is not modified
 
 
+def test_transformers_loading_options(tmp_path):
+    """transformers' names of the same things work; options that change nothing here are accepted."""
+    saved(modeling.BertForMaskedLM(tiny_config()), tmp_path)
+    m = modeling.BertForMaskedLM.from_pretrained(tmp_path, torch_dtype=torch.float16, device_map="cpu",
+                                                 attn_implementation="eager", trust_remote_code=False,
+                                                 local_files_only=True)
+    assert m.dtype == torch.float16 and m.device.type == "cpu"
+    assert modeling.BertModel.from_pretrained(tmp_path, device_map="auto").device.type == \
+        ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(TypeError, match="pass dtype or torch_dtype"):
+        modeling.BertModel.from_pretrained(tmp_path, dtype="float16", torch_dtype="float16")
+    with pytest.raises(ValueError, match="device_map: bertkit puts the whole model on one device"):
+        modeling.BertModel.from_pretrained(tmp_path, device_map={"embeddings": 0})
+    assert BertConfig(**TINY, num_labels=3).id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    hf = transformers.BertForMaskedLM(hf_tiny_config("BertForMaskedLM"))
+    assert m.num_parameters() == hf.num_parameters()  # the tied decoder counted once
+    assert m.num_parameters(exclude_embeddings=True) == hf.num_parameters(exclude_embeddings=True)
+    assert m.get_output_embeddings() is m.cls.predictions.decoder
+    assert modeling.BertModel(tiny_config()).get_output_embeddings() is None
+
+
 # ---------------------------------------------------------------------------------------------
 # The real MiniLM checkpoint
 # ---------------------------------------------------------------------------------------------
@@ -499,6 +520,15 @@ def test_auto_model_classes(pretraining_dir, auto_name):
     assert type(auto_cls.from_config(tiny_config())) is target
     with pytest.raises(TypeError):
         auto_cls()
+
+
+def test_cache_dir_is_another_hub_cache(homes):
+    cfg = json.dumps(tiny_config().to_dict()).encode()
+    snap = hf_snapshot(homes / "elsewhere", "acme/bert", "aaaa", {CONFIG_NAME: cfg}, time.time())
+    with pytest.raises(FileNotFoundError):
+        hub.resolve_model_dir("acme/bert")
+    assert hub.resolve_model_dir("acme/bert", cache_dir=homes / "elsewhere") == str(snap)
+    assert auto.AutoConfig.from_pretrained("acme/bert", cache_dir=homes / "elsewhere").hidden_size == 32
 
 
 def test_auto_by_name(homes):

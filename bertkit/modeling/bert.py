@@ -292,6 +292,16 @@ class BertPreTrainedModel(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.embeddings.word_embeddings
 
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The vocabulary decoder of a masked-LM head (None without one), as in transformers."""
+        return None
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once each (a tied decoder shares the word embeddings), as transformers counts."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(p.numel() for p in self.parameters()
+                   if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embeddings))
+
     def gradient_checkpointing_enable(self) -> None:
         """Trade compute for memory in training: each encoder layer keeps only its input for the backward
         and runs its forward again there (non-reentrant `torch.utils.checkpoint`, with the dropout masks

@@ -146,6 +146,9 @@ class _TiedMLM:
     """Mixin: the MLM decoder shares the word embeddings (unless config.tie_word_embeddings is false) and its
     bias is cls.predictions.bias; after resize_token_embeddings both follow the new vocabulary size."""
 
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.cls.predictions.decoder
+
     def tie_weights(self) -> None:
         pred = self.cls.predictions
         emb = self.bert.embeddings.word_embeddings
