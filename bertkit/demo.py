@@ -53,7 +53,7 @@ def run_demo(model: str | None = None, texts: list[str] | None = None) -> None:
     for t, i, (s, e) in zip(enc.tokens(), enc["input_ids"], enc["offset_mapping"]):
         print(f"  {t:>12} {i:>6}  {texts[0][s:e]!r}")
 
-    batch = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    batch = tok(texts, padding=True, truncation=True, max_length=cfg.max_position_embeddings, return_tensors="pt")
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = bert(**batch)

@@ -153,11 +153,18 @@ class Pipeline:
         if not isinstance(item, str):
             raise TypeError(f"{self.task}: input {i} must be a str, got {type(item).__name__}")
 
+    @property
+    def max_length(self) -> int:
+        """Tokens a text keeps: the tokenizer's limit, but never more than the model has positions for (many
+        hub tokenizers say "no limit")."""
+        return min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+
     def _encode(self, items: list, **kwargs):
         """Tokenize `items` (all texts, or all (text, pair) tuples) with truncation."""
         if items and isinstance(items[0], tuple):
-            return self.tokenizer([a for a, _ in items], [b for _, b in items], truncation=True, **kwargs)
-        return self.tokenizer(items, truncation=True, **kwargs)
+            return self.tokenizer([a for a, _ in items], [b for _, b in items], truncation=True,
+                                  max_length=self.max_length, **kwargs)
+        return self.tokenizer(items, truncation=True, max_length=self.max_length, **kwargs)
 
     def _kind(self, item) -> int:
         return 1 if isinstance(item, tuple) else 0
@@ -240,7 +247,7 @@ class FillMaskPipeline(Pipeline):
         tok = self.tokenizer
         out = []
         for text, per_mask in zip(items, guesses):
-            ids = tok(text, truncation=True)["input_ids"]
+            ids = tok(text, truncation=True, max_length=self.max_length)["input_ids"]
             where = [j for j, t in enumerate(ids) if t == tok.mask_token_id]
             single = len(where) == 1
             rows = []

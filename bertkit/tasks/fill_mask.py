@@ -15,7 +15,8 @@ def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[l
     [MASK] rows are scored: the last layer computes just them (a `packing.Selection`) and the decoder over
     the vocabulary, which costs more than the encoder in a small BERT, sees no other token. The plan comes
     from the CPU ids, so on a GPU only the guesses are read back."""
-    enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     is_mask = enc["input_ids"] == tokenizer.mask_token_id                    # (batch, seqlen)
     for i, row in enumerate(is_mask):
         if not row.any():
