@@ -186,7 +186,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
             if _has_any(snapshot, required):
                 return snapshot
     raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)} found; looked in: "
-                            + "; ".join(looked))
+                            + "; ".join(looked) + ". bertkit never downloads: fetch it first (e.g. `hf download "
+                            + f"{name}`, into the hub cache) or pass a directory")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -491,6 +491,8 @@ def test_unknown_name_lists_places(homes):
     assert "\n" not in msg and "acme/nothing" in msg
     assert str(homes / "bertkit" / "acme" / "nothing") in msg
     assert str(homes / "hub" / "models--acme--nothing" / "snapshots") in msg
+    assert msg.endswith("bertkit never downloads: fetch it first (e.g. `hf download acme/nothing`, into the hub "
+                        "cache) or pass a directory")
     with pytest.raises(FileNotFoundError, match="models--acme--nothing"):
         modeling.BertModel.from_pretrained("acme/nothing")
 
