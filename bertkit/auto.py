@@ -47,7 +47,9 @@ class AutoTokenizer:
                                       cache_dir=cache_dir)
         if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             check_model_type(directory)
-        return BertTokenizer.from_pretrained(directory, **kwargs)
+        tok = BertTokenizer.from_pretrained(directory, **kwargs)
+        tok.name_or_path = os.fspath(name_or_path)  # the name asked for, not its snapshot, as in transformers
+        return tok
 
 
 class _AutoModel:

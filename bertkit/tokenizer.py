@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
@@ -26,10 +29,15 @@ from tokenizers.models import WordPiece
 from bertkit.data.corpus import read_lines
 from bertkit.io import atomic_path, write_text_atomic
 
-__all__ = ["BatchEncoding", "BertTokenizer", "load_vocab"]
+__all__ = ["BatchEncoding", "BertTokenizer", "CharSpan", "TokenSpan", "load_vocab"]
 
 SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+EXTRA_SPECIAL_KEYS = ("extra_special_tokens", "additional_special_tokens")  # transformers 5 name, older name
 DEFAULT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MODEL_INPUT_NAMES = ("input_ids", "token_type_ids", "attention_mask")
+# transformers stores "no limit" as model_max_length = int(1e30) and treats anything above 1e20 as unset;
+# such a value must never reach Rust (it overflows usize)
+NO_MAX_LENGTH_ABOVE = int(1e20)
 
 # User-facing option values -> the strategy name the Rust side uses (None: off).
 _PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
@@ -62,10 +70,25 @@ def load_vocab(path: str | os.PathLike) -> dict[str, int]:
     return vocab
 
 
+class CharSpan(NamedTuple):
+    """Characters [start, end) of the original text, as transformers' CharSpan."""
+
+    start: int
+    end: int
+
+
+class TokenSpan(NamedTuple):
+    """Tokens [start, end) of an encoded sequence, as transformers' TokenSpan."""
+
+    start: int
+    end: int
+
+
 class BatchEncoding(dict):
     """The model inputs (input_ids, token_type_ids, attention_mask, ...) plus the Rust encodings behind them.
 
-    Row `i` of the lists (or tensors) is `encodings[i]`, which answers `word_ids(i)` etc.
+    Row `i` of the lists (or tensors) is `encodings[i]`, which answers `word_ids(i)` etc. The mapping methods
+    take `(index)` for row 0 or `(row, index)`, as in transformers.
     """
 
     def __init__(self, data: Mapping, encodings: list | None = None):
@@ -89,6 +112,35 @@ class BatchEncoding(dict):
     def tokens(self, i: int = 0) -> list[str]:
         return self.encodings[i].tokens
 
+    def char_to_token(self, batch_or_char_index: int, char_index: int | None = None,
+                      sequence_index: int = 0) -> int | None:
+        """Index of the token holding a character of the text (`sequence_index` 1: of the pair's second
+        text); None for a character no token covers (whitespace)."""
+        row, char_index = self._row_and_index(batch_or_char_index, char_index, "char_to_token")
+        return row.char_to_token(char_index, sequence_index)
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: int | None = None) -> CharSpan | None:
+        """Characters of its own text a token came from; None for special and padding tokens."""
+        row, token_index = self._row_and_index(batch_or_token_index, token_index, "token_to_chars")
+        span = row.token_to_chars(token_index)
+        return None if span is None else CharSpan(*span)
+
+    def word_to_tokens(self, batch_or_word_index: int, word_index: int | None = None,
+                       sequence_index: int = 0) -> TokenSpan | None:
+        """Tokens of a word (index as in word_ids()); None when no token holds it (e.g. truncated away)."""
+        row, word_index = self._row_and_index(batch_or_word_index, word_index, "word_to_tokens")
+        span = row.word_to_tokens(word_index, sequence_index)
+        return None if span is None else TokenSpan(*span)
+
+    def _row_and_index(self, batch_or_index: int, index: int | None, method: str):
+        """The Rust encoding and position of a `(index)` or `(row, index)` call."""
+        if not self.encodings:
+            raise ValueError(f"{method}() needs the encodings of a tokenizer call; this BatchEncoding has none "
+                             "(pad() and hand-built ones do not carry them)")
+        if index is None:
+            return self.encodings[0], batch_or_index
+        return self.encodings[batch_or_index], index
+
     def to(self, device: str | torch.device) -> BatchEncoding:
         """Move every tensor to `device` (in place; returns self for chaining)."""
         for key, value in self.items():
@@ -103,15 +155,20 @@ class BertTokenizer:
     `vocab_file` is a vocab.txt path or a {token: id} dict with ids 0..n-1. For an uncased vocabulary
     (`do_lower_case=True`) accents are stripped too unless `strip_accents=False` (HF semantics: None
     follows `do_lower_case`). `added_tokens_decoder` ({id: AddedToken}) restores tokens added after the
-    vocabulary, as saved; their ids are checked. `padding_side` / `truncation_side` ("right" or "left",
-    settable later) say where padding goes and which end truncation cuts, as in transformers. Not
-    thread-safe across calls with different padding/truncation settings (they are set on the shared Rust
-    tokenizer).
+    vocabulary, as saved; their ids are checked. `extra_special_tokens` are special tokens beyond the five
+    roles (transformers' extra/additional special tokens): never split, listed in all_special_tokens.
+    `padding_side` / `truncation_side` ("right" or "left", settable later) say where padding goes and which
+    end truncation cuts, as in transformers. `model_max_length` above 1e20 (transformers' int(1e30) "no
+    limit") means no default maximum. `name_or_path` is what from_pretrained loaded. Not thread-safe across
+    calls with different padding/truncation settings (they are set on the shared Rust tokenizer).
     """
 
     # Class-level defaults, so tokenizers pickled before these attributes existed still load.
     _padding_side = "right"
     _truncation_side = "right"
+    _extra_special: tuple[str, ...] | list[str] = ()
+    name_or_path = ""
+    is_fast = True  # always the Rust tokenizer; for code that checks transformers' attribute
 
     def __init__(
         self,
@@ -128,8 +185,10 @@ class BertTokenizer:
         model_max_length: int = 512,
         max_input_chars_per_word: int = 100,
         added_tokens_decoder: Mapping[int, AddedToken] | None = None,
+        extra_special_tokens: Sequence[str] | None = None,
         padding_side: str = "right",
         truncation_side: str = "right",
+        name_or_path: str | os.PathLike = "",
     ):
         if isinstance(vocab_file, Mapping):
             vocab, source = dict(vocab_file), "vocabulary"
@@ -149,6 +208,7 @@ class BertTokenizer:
         self.max_input_chars_per_word = int(max_input_chars_per_word)
         self.padding_side = padding_side
         self.truncation_side = truncation_side
+        self.name_or_path = os.fspath(name_or_path)
 
         tok = Tokenizer(WordPiece(vocab, unk_token=unk_token, max_input_chars_per_word=max_input_chars_per_word))
         tok.normalizer = normalizers.BertNormalizer(
@@ -180,16 +240,24 @@ class BertTokenizer:
             "mask_token": mask_token,
         }
         tok.add_special_tokens([_special(t) for t in self._special.values()])
+        extra = _token_list(extra_special_tokens, "extra_special_tokens")
+        tok.add_special_tokens([_special(t) for t in extra])
+        self._extra_special = list(dict.fromkeys(extra))
         self._update_post_processor()
 
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        **overrides) -> BertTokenizer:
+                        use_fast: bool = True, **overrides) -> BertTokenizer:
         """Load from a directory (tokenizer.json, else vocab.txt, plus tokenizer_config.json), a vocab.txt
         or tokenizer.json file, or a model name resolved by `bertkit.hub` (`revision`: a branch, tag or
         commit of the hub cache; ignored for a local file or directory, as in transformers). `overrides`
-        are constructor arguments that win over the saved settings."""
+        are constructor arguments that win over the saved settings. `use_fast` is accepted for code written
+        for transformers; the Rust tokenizer is used either way (its ids equal the Python one's)."""
+        if not use_fast:
+            warnings.warn("use_fast=False: bertkit always uses the Rust tokenizer (its ids equal those of "
+                          "transformers' Python BertTokenizer)", stacklevel=2)
+        overrides.setdefault("name_or_path", os.fspath(name_or_path))
         path = Path(name_or_path)
         if path.is_file():
             if path.suffix == ".json":
@@ -320,7 +388,6 @@ class BertTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         base = self._tok.get_vocab(with_added_tokens=False)
         added = self.added_tokens_decoder
-        role_tokens = set(self._special.values())
         config = {
             "tokenizer_class": "BertTokenizer",
             "do_lower_case": self.do_lower_case,
@@ -334,8 +401,8 @@ class BertTokenizer:
             "padding_side": self.padding_side,
             "truncation_side": self.truncation_side,
             **self._special,
-            "extra_special_tokens": [t.content for t in added.values()
-                                     if t.special and t.content not in role_tokens],
+            # only when there are some, as transformers 5 writes it (4.x reads this key as a dict)
+            **({"extra_special_tokens": list(self._extra_special)} if self._extra_special else {}),
             "added_tokens_decoder": {str(i): _added_token_dict(t) for i, t in added.items()},
         }
         self._configure(None, None)  # tokenizer.json must not carry a call's truncation/padding
@@ -349,22 +416,39 @@ class BertTokenizer:
         return tuple(os.fspath(p) for p in paths.values())
 
     # --------------------------------------------------------------------------------- special tokens
-    def add_special_tokens(self, special_tokens: Mapping[str, str]) -> int:
-        """Add or replace role tokens, e.g. {"cls_token": "<s>"}; returns how many new ids were made.
+    def add_special_tokens(self, special_tokens: Mapping[str, str | Sequence[str]],
+                           replace_extra_special_tokens: bool = True) -> int:
+        """Add or replace role tokens, e.g. {"cls_token": "<s>"}, and extra special tokens, e.g.
+        {"additional_special_tokens": ["<e1>", "</e1>"]} (or transformers 5's "extra_special_tokens");
+        returns how many new ids were made.
 
         Special tokens are matched on the raw text and never split. A new unk_token must already be in
-        the WordPiece vocabulary (the model maps unknown words to it by its vocabulary id)."""
+        the WordPiece vocabulary (the model maps unknown words to it by its vocabulary id). As in
+        transformers, a non-empty extra list replaces extra_special_tokens unless
+        replace_extra_special_tokens=False (then it extends it); replaced tokens stay in the vocabulary."""
+        roles, extra = {}, None
+        if all(k in special_tokens for k in EXTRA_SPECIAL_KEYS):
+            raise ValueError("give extra_special_tokens or additional_special_tokens, not both")
         for key, value in special_tokens.items():
+            if key in EXTRA_SPECIAL_KEYS:
+                extra = _token_list(value, key)
+                continue
             if key not in SPECIAL_TOKEN_KEYS:
-                raise ValueError(f"special token key {key!r} is not one of {', '.join(SPECIAL_TOKEN_KEYS)}")
+                raise ValueError(f"special token key {key!r} is not one of "
+                                 f"{', '.join(SPECIAL_TOKEN_KEYS + EXTRA_SPECIAL_KEYS)}")
             if not isinstance(value, str) or not value:
                 raise TypeError(f"{key} must be a non-empty str, got {value!r}")
-        new_unk = special_tokens.get("unk_token")
+            roles[key] = value
+        new_unk = roles.get("unk_token")
         if new_unk is not None and self._tok.model.token_to_id(new_unk) is None:
             raise ValueError(f"unk_token {new_unk!r} is not in the WordPiece vocabulary")
         before = len(self)
-        self._tok.add_special_tokens([_special(t) for t in special_tokens.values()])
-        self._special.update(special_tokens)
+        self._tok.add_special_tokens([_special(t) for t in (*roles.values(), *(extra or ()))])
+        self._special.update(roles)
+        if extra and replace_extra_special_tokens:
+            self._extra_special = list(dict.fromkeys(extra))
+        elif extra:
+            self._extra_special = list(dict.fromkeys([*self._extra_special, *extra]))
         if new_unk is not None:
             self._tok.model.unk_token = new_unk
         self._update_post_processor()
@@ -426,33 +510,43 @@ class BertTokenizer:
         is_split_into_words: bool = False,
         add_special_tokens: bool = True,
         padding: bool | str = False,
-        truncation: bool | str = False,
+        truncation: bool | str | None = None,
         max_length: int | None = None,
         stride: int = 0,
         return_overflowing_tokens: bool = False,
         return_offsets_mapping: bool = False,
         return_special_tokens_mask: bool = False,
+        return_token_type_ids: bool | None = None,
+        return_attention_mask: bool | None = None,
+        return_length: bool = False,
         pad_to_multiple_of: int | None = None,
         padding_side: str | None = None,
         return_tensors: str | None = None,
     ) -> BatchEncoding:
         """Encode a text, a pair, or a batch (list) of them.
 
-        A str gives flat lists (one sequence), a list gives lists of lists, and return_tensors="pt" gives
-        (batch, length) tensors. With truncation and return_overflowing_tokens, a long input yields several
-        windows of at most max_length tokens, overlapping by `stride` tokens, and `overflow_to_sample_mapping`
-        tells which input each row came from. max_length defaults to model_max_length when truncating or
-        padding to "max_length".
+        A str gives flat lists (one sequence), a list gives lists of lists, and return_tensors="pt" ("np")
+        gives (batch, length) torch tensors (numpy arrays). A batch of pairs is either `text` and `text_pair`
+        lists or one list of (text, text_pair) tuples. With truncation and return_overflowing_tokens, a long
+        input yields several windows of at most max_length tokens, overlapping by `stride` tokens, and
+        `overflow_to_sample_mapping` tells which input each row came from. max_length defaults to
+        model_max_length when truncating or padding to "max_length" (no default when that is transformers'
+        "no limit" 1e30). As in transformers, `truncation=None` (the default) truncates with 'longest_first'
+        when max_length is given without padding; `return_token_type_ids` / `return_attention_mask` (None:
+        on) can drop those keys, and return_length adds "length", each row's token count (padding included).
 
         With is_split_into_words=True the input is already split into words (e.g. NER data): a list of str
         is one sequence and a list of lists a batch, as in transformers; word_ids() then index those words.
         padding_side overrides self.padding_side for this call. An empty text_pair for one sequence means no
         pair (as in transformers)."""
+        given_pairs = False
         if is_split_into_words:
             batched, inputs = _word_input(text, "text")
         else:
             batched = not isinstance(text, str)
-            inputs = _texts(text, "text")
+            inputs, given_pairs = _text_batch(text, "text")
+        if given_pairs and text_pair is not None:
+            raise TypeError("text_pair must be None when text is a list of (text, text_pair) pairs")
         # one sequence with an empty pair ("" or []) is no pair, as in transformers; in a batch it stays one
         is_pair = text_pair is not None and (batched or not isinstance(text_pair, (str, list, tuple))
                                              or len(text_pair) > 0)
@@ -468,13 +562,17 @@ class BertTokenizer:
             if len(pairs) != len(inputs):
                 raise ValueError(f"text has {len(inputs)} items but text_pair has {len(pairs)}")
             inputs = list(zip(inputs, pairs))
+        is_pair = is_pair or given_pairs
+        if truncation is None:  # transformers: max_length alone (no padding) asks for truncation
+            truncation = "longest_first" if max_length is not None and padding is False else False
         pad = _option(padding, _PADDING, "padding")
         trunc = _option(truncation, _TRUNCATION, "truncation")
+        if padding is True and max_length is not None and not trunc:
+            warnings.warn("max_length is ignored when padding=True and there is no truncation (as in "
+                          "transformers); to pad to max_length, use padding='max_length'", stacklevel=2)
         pad_side = self.padding_side if padding_side is None else _side(padding_side, "padding_side")
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
-        if max_length is None and (trunc or pad == "max_length"):
-            max_length = self.model_max_length
+        _check_tensor_type(return_tensors)
+        pad, trunc, max_length = self._default_max_length(pad, trunc, max_length)
         if trunc and pad and pad_to_multiple_of and max_length % pad_to_multiple_of:
             raise ValueError(
                 f"max_length={max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}: "
@@ -495,27 +593,45 @@ class BertTokenizer:
             sample = [i for i, e in enumerate(encodings) for _ in range(1 + len(e.overflowing))]
             encodings = [w for e in encodings for w in (e, *e.overflowing)]
         data["input_ids"] = [e.ids for e in encodings]
-        data["token_type_ids"] = [e.type_ids for e in encodings]
-        data["attention_mask"] = [e.attention_mask for e in encodings]
+        if return_token_type_ids is not False:
+            data["token_type_ids"] = [e.type_ids for e in encodings]
+        if return_attention_mask is not False:
+            data["attention_mask"] = [e.attention_mask for e in encodings]
         if return_special_tokens_mask:
             data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
         if return_offsets_mapping:
             data["offset_mapping"] = [e.offsets for e in encodings]
+        if return_length:
+            data["length"] = [len(e.ids) for e in encodings]
         if return_overflowing_tokens:
             data["overflow_to_sample_mapping"] = sample
 
-        if return_tensors == "pt":
+        if return_tensors is not None:
             lengths = {len(ids) for ids in data["input_ids"]}
             if len(lengths) > 1:
                 raise ValueError(
-                    "return_tensors='pt' needs sequences of one length, got lengths "
+                    f"return_tensors={return_tensors!r} needs sequences of one length, got lengths "
                     f"{min(lengths)}..{max(lengths)}; "
                     "pass padding=True (and truncation=True for texts longer than max_length)"
                 )
-            data = {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
+            data = {k: _tensor(v, return_tensors, "int64") for k, v in data.items()}
         elif not batched and not return_overflowing_tokens:
-            data = {k: v[0] for k, v in data.items()}
+            # one sequence: its rows unwrapped; "length" stays a one-item list, as in transformers
+            data = {k: v[0] if isinstance(v[0], list) else v for k, v in data.items()}
         return BatchEncoding(data, encodings)
+
+    def _default_max_length(self, pad, trunc, max_length):
+        """(pad, trunc, max_length) with max_length taken from model_max_length when needed; with
+        transformers' "no limit" (over 1e20) there is none, so, as there, nothing is cut or padded to it."""
+        if max_length is not None or not (trunc or pad == "max_length"):
+            return pad, trunc, max_length
+        if self.model_max_length <= NO_MAX_LENGTH_ABOVE:
+            return pad, trunc, self.model_max_length
+        asked = " and ".join(w for w, on in (("truncation", trunc), ("padding='max_length'", pad == "max_length"))
+                             if on)
+        warnings.warn(f"{asked} without max_length: model_max_length is {self.model_max_length} (no limit), "
+                      "so nothing is truncated or padded to it; pass max_length", stacklevel=3)
+        return (None if pad == "max_length" else pad), None, None
 
     def _check_truncation(self, trunc, max_length, stride, inputs, is_pair, add_special_tokens, overflow,
                           pretokenized) -> None:
@@ -598,17 +714,96 @@ class BertTokenizer:
         arguments are those of __call__ (e.g. is_split_into_words=True for a list of words)."""
         return self(text, text_pair, **kwargs)["input_ids"]
 
-    def tokenize(self, text: str) -> list[str]:
-        """WordPiece tokens of `text`, without special tokens."""
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
+        """WordPiece tokens of `text` (and `pair`), without special tokens unless add_special_tokens=True;
+        an empty pair is no pair, as in transformers."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if pair is not None and not isinstance(pair, str):
+            raise TypeError(f"pair must be a str or None, got {type(pair).__name__}")
         self._configure(None, None)
-        return self._tok.encode(text, add_special_tokens=False).tokens
+        return self._tok.encode(text, pair or None, add_special_tokens=add_special_tokens).tokens
+
+    def pad(
+        self,
+        encoded_inputs: Mapping | Sequence[Mapping],
+        padding: bool | str = True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors: str | None = None,
+    ) -> BatchEncoding:
+        """Pad encoded inputs, as transformers' `tokenizer.pad` does, e.g. in a collate function.
+
+        `encoded_inputs` is one encoding or a batch: a BatchEncoding, a dict of lists, or a list of dicts
+        (one per example). input_ids, token_type_ids, attention_mask and special_tokens_mask are padded
+        (attention_mask is made when missing, unless return_attention_mask=False, which drops it); other
+        keys (labels, ...) are kept as they are. Tensors or arrays given come back as such unless
+        return_tensors says otherwise."""
+        if isinstance(encoded_inputs, (list, tuple)):
+            encoded_inputs = _examples_to_columns(encoded_inputs)
+        if not isinstance(encoded_inputs, Mapping):
+            raise TypeError("encoded_inputs must be a BatchEncoding, a dict of lists or a list of dicts, "
+                            f"got {type(encoded_inputs).__name__}")
+        if "input_ids" not in encoded_inputs:
+            raise ValueError(f"encoded_inputs must have input_ids, got keys {list(encoded_inputs)}")
+        pad = _option(padding, _PADDING, "padding")
+        side = self.padding_side if padding_side is None else _side(padding_side, "padding_side")
+        if padding is True and max_length is not None:
+            warnings.warn("max_length is ignored when padding=True (as in transformers); to pad to max_length, "
+                          "use padding='max_length'", stacklevel=2)
+        given_type = _tensor_kind(encoded_inputs["input_ids"])
+        return_tensors = given_type if return_tensors is None else return_tensors
+        _check_tensor_type(return_tensors)
+        data = {key: _py(value) for key, value in encoded_inputs.items()}
+        pad, _, max_length = self._default_max_length(pad, None, max_length)
+        with_mask = return_attention_mask is not False
+        if not with_mask:
+            data.pop("attention_mask", None)
+
+        ids = data["input_ids"]
+        if not ids:
+            return BatchEncoding({**data, "attention_mask": []} if return_attention_mask else data)
+        batched = isinstance(ids[0], (list, tuple))
+        rows = ids if batched else [ids]
+        if batched:
+            for key, value in data.items():
+                if not isinstance(value, (list, tuple)) or len(value) != len(ids):
+                    size = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+                    raise ValueError(f"encoded_inputs[{key!r}] has {size} rows but input_ids has {len(ids)}")
+        length = max(len(r) for r in rows) if pad == "longest" else max_length if pad else None
+        if length is not None and pad_to_multiple_of and length % pad_to_multiple_of:
+            length += pad_to_multiple_of - length % pad_to_multiple_of
+        fills = {"input_ids": self.pad_token_id, "token_type_ids": 0, "special_tokens_mask": 1, "attention_mask": 0}
+        out: dict[str, list] = {key: [] for key in data}
+        if with_mask:
+            out.setdefault("attention_mask", [])
+        for i, row_ids in enumerate(rows):
+            row = {key: value[i] if batched else value for key, value in data.items()}
+            row.update({key: list(row[key]) for key in fills if key in row})
+            if with_mask and "attention_mask" not in row:
+                row["attention_mask"] = [1] * len(row_ids)
+            missing = 0 if length is None else length - len(row_ids)
+            if missing > 0:
+                for key, fill in fills.items():
+                    if key in row:
+                        row[key] = row[key] + [fill] * missing if side == "right" else [fill] * missing + row[key]
+            for key, value in row.items():
+                out[key].append(value)
+        result = out if batched else {key: value[0] for key, value in out.items()}
+        if return_tensors is not None:
+            result = {key: _pad_tensor(value, return_tensors, key) for key, value in result.items()}
+        return BatchEncoding(result)
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self._tok.post_processor.num_special_tokens_to_add(pair)
 
     # --------------------------------------------------------------------------------------- decoding
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Tokens joined back into text as decode does ("##" pieces glued, spaces before punctuation removed)."""
+        return self._tok.decoder.decode(list(tokens))
+
     def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = True) -> str:
         """Text of `ids` (list, 1-D tensor or int): "##" pieces are glued back; with clean-up, the spaces
         the tokenizer put before punctuation and contractions are removed (" ." -> ".")."""
@@ -644,6 +839,27 @@ class BertTokenizer:
     def all_special_ids(self) -> set[int]:
         """Ids of every special token (role tokens and tokens added with special_tokens=True)."""
         return {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """The role tokens (unk, sep, pad, cls, mask) then the extra special tokens, each once, as in
+        transformers (tokens added with add_tokens(..., special_tokens=True) are not listed there either)."""
+        return list(dict.fromkeys([*self._special.values(), *self._extra_special]))
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        """Role -> token, e.g. {"unk_token": "[UNK]", ...} (a copy; change roles with add_special_tokens)."""
+        return dict(self._special)
+
+    @property
+    def extra_special_tokens(self) -> list[str]:
+        """Special tokens beyond the roles, as given to add_special_tokens or saved in tokenizer_config."""
+        return list(self._extra_special)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The inputs a BERT model takes, in transformers' order (a fresh list)."""
+        return list(MODEL_INPUT_NAMES)
 
     @property
     def added_tokens_decoder(self) -> dict[int, AddedToken]:
@@ -734,6 +950,16 @@ def _token_str(value, path: Path, key: str) -> str:
     raise ValueError(f"{path}: {key} must be a str or an object with 'content', got {value!r}")
 
 
+def _saved_token_list(value, path: Path, key: str) -> list[str]:
+    """A saved list of extra special tokens (str or AddedToken dicts); transformers 5 also allows a dict of
+    named model-specific tokens, whose tokens we keep in order."""
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if not isinstance(value, list):
+        raise ValueError(f"{path}: {key} must be a list of tokens, got {value!r}")
+    return [_token_str(t, path, key) for t in value]
+
+
 def _read_settings(directory: Path) -> dict:
     """Constructor arguments from tokenizer_config.json / special_tokens_map.json (HF key names)."""
     settings: dict = {}
@@ -746,6 +972,9 @@ def _read_settings(directory: Path) -> dict:
         for key in SPECIAL_TOKEN_KEYS:
             if data.get(key) is not None:
                 settings[key] = _token_str(data[key], path, key)
+        extra_key = next((k for k in EXTRA_SPECIAL_KEYS if data.get(k)), None)
+        if extra_key is not None:
+            settings["extra_special_tokens"] = _saved_token_list(data[extra_key], path, extra_key)
     if config_path.is_file():
         config = _read_json(config_path)
         for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length",
@@ -769,6 +998,18 @@ def _read_added_tokens(directory: Path) -> dict[int, AddedToken]:
     return {}
 
 
+def _token_list(value, name: str) -> list[str]:
+    """`value` (a list of tokens, or None) as a list of non-empty str, or a TypeError naming `name`."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of str, got {type(value).__name__}")
+    for t in value:
+        if not isinstance(t, str) or not t:
+            raise TypeError(f"{name} must hold non-empty str, got {t!r}")
+    return list(value)
+
+
 def _texts(value, name: str) -> list[str]:
     """`value` as a list of str, or a TypeError saying what was expected."""
     if isinstance(value, str):
@@ -777,9 +1018,30 @@ def _texts(value, name: str) -> list[str]:
         raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
     if not all(isinstance(t, str) for t in value):
         i, bad = next((i, t) for i, t in enumerate(value) if not isinstance(t, str))
-        hint = " (for words already split, pass is_split_into_words=True)" if isinstance(bad, (list, tuple)) else ""
+        if _is_text_pair(bad):
+            hint = f" (a batch of pairs gives every item as a (text, text_pair) pair, unlike {name}[0])"
+        elif isinstance(bad, (list, tuple)):
+            hint = " (for words already split, pass is_split_into_words=True)"
+        else:
+            hint = ""
         raise TypeError(f"{name}[{i}] must be a str, got {type(bad).__name__}{hint}")
     return value if isinstance(value, list) else list(value)
+
+
+def _is_text_pair(item) -> bool:
+    return isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(t, str) for t in item)
+
+
+def _text_batch(value, name: str) -> tuple[list, bool]:
+    """(items, pairs): `value` as a list of str, or, when its first item is a 2-item tuple/list of str, as
+    a list of (text, text_pair) tuples, which transformers encodes as pairs."""
+    if not (isinstance(value, (list, tuple)) and value and _is_text_pair(value[0])):
+        return _texts(value, name), False
+    for i, item in enumerate(value):
+        if not _is_text_pair(item):
+            raise TypeError(f"{name}[{i}] must be a (text, text_pair) pair of str like {name}[0], "
+                            f"got {type(item).__name__}")
+    return [tuple(item) for item in value], True
 
 
 def _words(value, name: str) -> list[str]:
@@ -812,6 +1074,70 @@ def _word_input(value, name: str) -> tuple[bool, list]:
     if value and isinstance(value[0], (list, tuple)):
         return True, _word_batch(value, name)
     return False, [_words(value, name)]
+
+
+def _check_tensor_type(value) -> None:
+    if value not in (None, "pt", "np"):
+        raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {value!r}")
+
+
+def _tensor(value, kind: str, dtype: str | None = None):
+    """`value` as a torch tensor ("pt") or numpy array ("np"); `dtype` None infers it, as transformers does
+    (so float labels stay float), an empty list being int64."""
+    if dtype is None and isinstance(value, (list, tuple)) and not value:
+        dtype = "int64"
+    if kind == "pt":
+        return torch.tensor(value, dtype=None if dtype is None else getattr(torch, dtype))
+    return np.asarray(value, dtype=dtype)
+
+
+def _tensor_kind(value) -> str | None:
+    """The tensor type ("pt" or "np") of `value` (input_ids given to pad), or None for Python lists."""
+    first = value
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    if isinstance(first, torch.Tensor):
+        return "pt"
+    if isinstance(first, (np.ndarray, np.generic)):
+        return "np"
+    return None
+
+
+def _py(value):
+    """Tensors and arrays (or lists of them) as Python lists and numbers; other values as they are."""
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (torch.Tensor, np.ndarray)):
+        return [v.tolist() for v in value]
+    return value
+
+
+def _examples_to_columns(examples: Sequence) -> dict[str, list]:
+    """A list of per-example dicts (what a DataLoader hands a collate function) as a dict of lists."""
+    if not examples:
+        raise ValueError("encoded_inputs must have input_ids, got an empty list")
+    for i, example in enumerate(examples):
+        if not isinstance(example, Mapping):
+            raise TypeError(f"encoded_inputs[{i}] must be a dict (one example), got {type(example).__name__}")
+    keys = list(examples[0].keys())
+    for i, example in enumerate(examples):
+        missing = [k for k in keys if k not in example]
+        if missing:
+            raise ValueError(f"encoded_inputs[{i}] lacks {missing[0]!r}, which encoded_inputs[0] has")
+    return {key: [example[key] for example in examples] for key in keys}
+
+
+def _pad_tensor(value, kind: str, key: str):
+    """One padded column as a tensor; ragged rows (e.g. labels of token classification) are an error."""
+    if isinstance(value, list) and value and all(isinstance(v, (list, tuple)) for v in value):
+        lengths = {len(v) for v in value}
+        if len(lengths) > 1:
+            raise ValueError(f"return_tensors={kind!r} needs rows of one length, but {key!r} has lengths "
+                             f"{min(lengths)}..{max(lengths)}")
+    try:
+        return _tensor(value, kind)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"return_tensors={kind!r}: {key!r} cannot be made a tensor ({e})") from None
 
 
 def _side(value, name: str) -> str:

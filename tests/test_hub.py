@@ -482,6 +482,9 @@ def test_tokenizer_files_count_for_tokenizers(homes):
     with pytest.raises(FileNotFoundError):
         hub.resolve_model_dir("acme/tok")
     assert hub.resolve_model_dir("acme/tok", required=hub.TOKENIZER_FILES) == str(snap)
+    vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n".encode()
+    hf_snapshot(homes / "hub", "acme/tok2", "bbbb", {"vocab.txt": vocab}, time.time())
+    assert auto.AutoTokenizer.from_pretrained("acme/tok2").name_or_path == "acme/tok2"  # the name, as transformers
 
 
 def test_unknown_name_lists_places(homes):

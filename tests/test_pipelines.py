@@ -1,5 +1,7 @@
 """bertkit.pipelines against transformers: MiniLM embeddings, and tiny random task models saved by transformers."""
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,6 +172,20 @@ def test_transformers_names_and_options_work(tmp_path_factory):
         ours("x", function_to_apply="tanh")
     with pytest.raises(TypeError, match=r"a dict input needs the keys text and text_pair, got \['txt'\]"):
         ours({"txt": "a"})
+
+
+def test_a_tokenizer_without_a_length_limit_is_cut_at_the_model_positions(tmp_path_factory):
+    """Many hub tokenizers store transformers' "no limit" (1e30) as model_max_length: the pipeline keeps what
+    the model has positions for."""
+    d = Path(tiny(tmp_path_factory, "clf_nolimit", transformers.BertForSequenceClassification))
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": int(1e30)}))
+    ours = pipeline("text-classification", model=d)
+    assert ours.tokenizer.model_max_length == int(1e30)
+    positions = ours.model.config.max_position_embeddings
+    long_text = "word " * (3 * positions)
+    cut = ours.tokenizer.decode(ours.tokenizer(long_text, max_length=positions)["input_ids"], skip_special_tokens=True)
+    assert ours(long_text) == ours(cut)  # the long text is read up to the model's last position
 
 
 # ------------------------------------------------------------------------------------ token classification

@@ -2,15 +2,19 @@
 the Rust fast tokenizer on pairs/truncation/padding/offsets/overflow, and file round trips both ways."""
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 import pickle
 import re
+import shutil
 import sys
 import types
+import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -145,16 +149,24 @@ def _assert_same_encoding(ours: BatchEncoding, ref, keys=None) -> None:
     keys = keys or list(ref.keys())
     assert sorted(ours.keys()) == sorted(keys)
     for key in keys:
-        if isinstance(ref[key], torch.Tensor):
-            assert torch.equal(ours[key], ref[key]), key
-        else:
-            assert ours[key] == ref[key], key
+        _assert_same_value(ours[key], ref[key], key)
     ids = ref["input_ids"]
-    rows = len(ids) if torch.is_tensor(ids) or isinstance(ids[0], list) else 1  # 1: one unbatched sequence
+    rows = len(ids) if not isinstance(ids, list) or isinstance(ids[0], list) else 1  # 1: one unbatched sequence
     for i in range(rows):
         assert ours.word_ids(i) == ref.word_ids(i)
         assert ours.sequence_ids(i) == ref.sequence_ids(i)
         assert ours.tokens(i) == ref.tokens(i)
+
+
+def _assert_same_value(ours, ref, key: str) -> None:
+    """Equal values of one key: tensors (dtype and values), numpy arrays (dtype and values) or lists."""
+    if isinstance(ref, torch.Tensor):
+        assert isinstance(ours, torch.Tensor) and ours.dtype == ref.dtype and torch.equal(ours, ref), key
+    elif isinstance(ref, np.ndarray):
+        assert isinstance(ours, np.ndarray) and ours.dtype == ref.dtype, key
+        assert ours.shape == ref.shape and np.array_equal(ours, ref), key
+    else:
+        assert ours == ref, key
 
 
 PAIR_SETTINGS = [
@@ -416,8 +428,8 @@ def test_bad_call_arguments(tok):
             return_overflowing_tokens=True)
     with pytest.raises(ValueError, match=r"max_length=60 is not a multiple of pad_to_multiple_of=8"):
         tok("a", padding=True, truncation=True, max_length=60, pad_to_multiple_of=8)
-    with pytest.raises(ValueError, match=r"return_tensors must be None or 'pt'"):
-        tok("a", return_tensors="np")
+    with pytest.raises(ValueError, match=r"^return_tensors must be None, 'pt' or 'np', got 'tf'$"):
+        tok("a", return_tensors="tf")
 
 
 # ------------------------------------------------------------------------------------ property tests
@@ -674,7 +686,7 @@ def test_bad_split_words_and_sides(tok, tmp_path):
     split = dict(is_split_into_words=True)
     with pytest.raises(TypeError, match=r"^text\[0\] must be a str, got list \(for words already split, pass "
                                         r"is_split_into_words=True\)$"):
-        tok([["words", "split"]])
+        tok([["words", "split", "here"]])  # (two str would be a pair, as in transformers)
     with pytest.raises(TypeError, match=r"^text must be a list of words \(str\) or a list of such lists with "
                                         r"is_split_into_words=True, got str$"):
         tok("not split", **split)
@@ -724,3 +736,406 @@ def test_empty_pair_of_one_sequence_is_no_pair_as_in_transformers(tok, hf):
         theirs = hf(text, text_pair=pair, is_split_into_words=words)
         assert ours["input_ids"] == theirs["input_ids"] and ours["token_type_ids"] == theirs["token_type_ids"]
     assert tok("hi", "")["input_ids"] == tok("hi")["input_ids"]
+
+
+# ------------------------------------------------------------- 8. transformers API parity (audit items)
+NO_LIMIT = int(1e30)  # what many hub tokenizer_config.json files store as model_max_length
+
+
+@pytest.fixture(scope="module")
+def no_limit_dir(tmp_path_factory) -> Path:
+    """The MiniLM tokenizer files with model_max_length = int(1e30), transformers' "no limit"."""
+    out = tmp_path_factory.mktemp("no_limit")
+    for name in ("vocab.txt", "tokenizer.json", "special_tokens_map.json"):
+        shutil.copy(MINILM / name, out / name)
+    config = json.loads((MINILM / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": NO_LIMIT}),
+                                                encoding="utf-8")
+    return out
+
+
+def test_no_limit_model_max_length_matches_transformers(no_limit_dir):
+    ours = BertTokenizer.from_pretrained(no_limit_dir)
+    ref = transformers.AutoTokenizer.from_pretrained(str(no_limit_dir))
+    assert ours.model_max_length == ref.model_max_length == NO_LIMIT
+    long_texts = ["word " * 600, "short text"]
+    for kwargs in (dict(truncation=True), dict(padding="max_length"), dict(truncation=True, padding="max_length"),
+                   dict(truncation="only_first", padding=True)):
+        with pytest.warns(UserWarning, match=r"without max_length: model_max_length is 1000000000000000019884624838656 "
+                                             r"\(no limit\), so nothing is truncated or padded to it"):
+            enc = ours(long_texts, **kwargs)
+        _assert_same_encoding(enc, ref(long_texts, **kwargs))
+        assert len(enc["input_ids"][0]) == 602
+    with pytest.warns(UserWarning, match="no limit"):
+        ids = ours.encode(long_texts[0], truncation=True)
+    assert ids == ref.encode(long_texts[0], truncation=True) and len(ids) == 602
+    # an explicit max_length still truncates and pads, and pad() does not pad to "no limit" either
+    kwargs = dict(truncation=True, padding="max_length", max_length=16)
+    _assert_same_encoding(ours(long_texts, **kwargs), ref(long_texts, **kwargs))
+    features = [{"input_ids": [101, 7592, 102]}, {"input_ids": [101, 102]}]
+    with pytest.warns(UserWarning, match="no limit"):
+        padded = ours.pad(copy.deepcopy(features), padding="max_length")
+    assert padded == dict(ref.pad(copy.deepcopy(features), padding="max_length"))
+    assert padded["input_ids"] == [[101, 7592, 102], [101, 102]]
+    assert ours.save_pretrained(no_limit_dir / "saved") and BertTokenizer.from_pretrained(
+        no_limit_dir / "saved").model_max_length == NO_LIMIT
+
+
+MAX_LENGTH_SETTINGS = [
+    dict(max_length=8),  # truncation=None: max_length alone truncates ('longest_first')
+    dict(max_length=8, truncation=None),
+    dict(max_length=8, truncation=False),
+    dict(max_length=8, truncation="do_not_truncate"),
+    dict(max_length=8, padding="do_not_pad"),  # not `padding is False`: no truncation in transformers either
+    dict(max_length=8, padding="max_length"),
+    dict(max_length=8, padding="longest", truncation=None),
+    dict(max_length=8, truncation=None, return_overflowing_tokens=True, stride=2),
+]
+
+
+@pytest.mark.parametrize("kwargs", MAX_LENGTH_SETTINGS, ids=_kw_id)
+def test_max_length_alone_truncates_as_in_transformers(tok, hf, kwargs):
+    texts = ["word " * 600, "a b c", "Café Müller opened in Zürich (2019)."]
+    _assert_same_encoding(tok(texts, **kwargs), hf(texts, **kwargs))
+    _assert_same_encoding(tok(texts[0], **kwargs), hf(texts[0], **kwargs))
+    if "return_overflowing_tokens" not in kwargs:
+        _assert_same_encoding(tok(texts, texts[::-1], **kwargs), hf(texts, texts[::-1], **kwargs))
+        assert tok.encode(texts[0], **kwargs) == hf.encode(texts[0], **kwargs)
+
+
+def test_max_length_with_padding_true_warns_and_pads_longest(tok, hf):
+    texts = ["word " * 20, "a b c"]
+    with pytest.warns(UserWarning, match=r"max_length is ignored when padding=True and there is no truncation"):
+        ours = tok(texts, padding=True, max_length=8)
+    _assert_same_encoding(ours, hf(texts, padding=True, max_length=8))
+    assert len(ours["input_ids"][0]) == 22
+    assert len(tok("word " * 600, max_length=8)["input_ids"]) == 8
+    assert len(tok("word " * 600, max_length=8, truncation=False)["input_ids"]) == 602
+
+
+RETURN_SETTINGS = [
+    dict(return_tensors="np", padding=True),
+    dict(return_tensors="np", padding=True, truncation=True, max_length=12, return_length=True,
+         return_special_tokens_mask=True, return_offsets_mapping=True),
+    dict(return_tensors="pt", padding=True, return_length=True, return_token_type_ids=False),
+    dict(return_token_type_ids=False),
+    dict(return_attention_mask=False, return_length=True),
+    dict(return_token_type_ids=False, return_attention_mask=False, padding=True),
+    dict(return_token_type_ids=True, return_attention_mask=True),
+    dict(return_length=True),
+    dict(return_length=True, padding=True, pad_to_multiple_of=8),
+    dict(return_length=True, truncation=True, max_length=8, stride=2, return_overflowing_tokens=True),
+    dict(return_tensors="np", truncation=True, max_length=8, stride=2, return_overflowing_tokens=True,
+         padding=True, return_length=True),
+]
+
+
+@pytest.mark.parametrize("kwargs", RETURN_SETTINGS, ids=_kw_id)
+def test_return_options_match_transformers(tok, hf, kwargs):
+    _assert_same_encoding(tok(TEXTS, **kwargs), hf(TEXTS, **kwargs))
+    _assert_same_encoding(tok(TEXTS[3], **kwargs), hf(TEXTS[3], **kwargs))  # one sequence
+    if kwargs.get("return_overflowing_tokens"):  # pairs: with 'only_second' (bertkit refuses 'longest_first')
+        kwargs = {**kwargs, "truncation": "only_second", "max_length": 16}
+    _assert_same_encoding(tok(QUESTIONS, TEXTS, **kwargs), hf(QUESTIONS, TEXTS, **kwargs))
+
+
+def test_return_options_shapes_and_errors(tok):
+    enc = tok(TEXTS[:2], padding=True, return_tensors="np", return_length=True)
+    assert isinstance(enc["input_ids"], np.ndarray) and enc["input_ids"].dtype == np.int64
+    assert enc["input_ids"].shape == enc["attention_mask"].shape and enc["length"].shape == (2,)
+    one = tok("one text", return_length=True)
+    assert one["input_ids"] == [101, 2028, 3793, 102] and one["length"] == [4]  # "length" stays a list
+    assert tok("one text", return_tensors="np")["input_ids"].shape == (1, 4)
+    assert list(tok("a", return_token_type_ids=False, return_attention_mask=False)) == ["input_ids"]
+    with pytest.raises(ValueError, match=r"^return_tensors='np' needs sequences of one length, got lengths 3..5; "
+                                         r"pass padding=True"):
+        tok(["a", "a b c"], return_tensors="np")
+
+
+PAIR_TUPLE_SETTINGS = [
+    dict(),
+    dict(padding=True),
+    dict(padding=True, truncation=True, max_length=16, return_offsets_mapping=True),
+    dict(padding=True, truncation="only_second", max_length=24, stride=4, return_overflowing_tokens=True),
+    dict(padding="max_length", truncation="only_first", max_length=40, return_tensors="pt"),
+    dict(max_length=12),
+]
+
+
+@pytest.mark.parametrize("kwargs", PAIR_TUPLE_SETTINGS, ids=_kw_id)
+def test_batch_of_pair_tuples_matches_transformers(tok, hf, kwargs):
+    first, second = (TEXTS, QUESTIONS) if kwargs.get("truncation") == "only_first" else (QUESTIONS, TEXTS)
+    for batch in (list(zip(first, second)), [list(p) for p in zip(first, second)], tuple(zip(first, second))):
+        ours = tok(batch, **kwargs)
+        _assert_same_encoding(ours, hf(batch, **kwargs))
+        _assert_same_value(ours["input_ids"], tok(list(first), list(second), **kwargs)["input_ids"], "input_ids")
+    assert tok([("q1", "c1"), ("q2 x", "c2")], padding=True)["token_type_ids"] == [[0, 0, 0, 0, 1, 1, 0],
+                                                                                  [0, 0, 0, 0, 0, 1, 1]]
+
+
+def test_bad_batches_of_pairs(tok):
+    with pytest.raises(TypeError, match=r"^text\[1\] must be a \(text, text_pair\) pair of str like text\[0\], "
+                                        r"got str$"):
+        tok([("q", "c"), "single"])
+    with pytest.raises(TypeError, match=r"^text\[1\] must be a str, got tuple \(a batch of pairs gives every item "
+                                        r"as a \(text, text_pair\) pair, unlike text\[0\]\)$"):
+        tok(["single", ("q", "c")])
+    with pytest.raises(TypeError, match=r"^text_pair must be None when text is a list of \(text, text_pair\) pairs$"):
+        tok([("q", "c")], ["extra"])
+    for shape in ([("a", "b", "c")], [("a",)], [("a", 1)]):  # not pairs: the split-words hint stays
+        with pytest.raises(TypeError, match=r"^text\[0\] must be a str, got tuple \(for words already split, pass "
+                                            r"is_split_into_words=True\)$"):
+            tok(shape)
+
+
+def _features(tokenizer, texts, labels) -> list[dict]:
+    """What a Dataset.map(tokenize) + DataLoader hands a DataCollatorWithPadding-style collate function."""
+    return [{**tokenizer(text), "labels": label} for text, label in zip(texts, labels)]
+
+
+PAD_SETTINGS = [
+    dict(),
+    dict(padding="longest", return_tensors="pt"),
+    dict(padding="max_length", max_length=80, return_tensors="np"),
+    dict(padding=True, pad_to_multiple_of=8),
+    dict(padding=True, padding_side="left", return_tensors="pt"),
+    dict(padding="max_length", max_length=12),  # shorter than the longest: those rows are kept as they are
+    dict(padding=False),
+    dict(padding="do_not_pad", return_attention_mask=True),
+    dict(padding="max_length"),  # model_max_length (512)
+]
+
+
+@pytest.mark.parametrize("kwargs", PAD_SETTINGS, ids=_kw_id)
+def test_pad_matches_transformers(tok, hf, kwargs):
+    labels = [1, 0, 2, 1, 0, 3]
+    features = _features(tok, TEXTS, labels)
+    with_special = [{**tok(t, return_special_tokens_mask=True)} for t in TEXTS]
+    without_mask = [{"input_ids": f["input_ids"], "token_type_ids": f["token_type_ids"]} for f in features]
+    columns = {key: [f[key] for f in features] for key in features[0]}
+    inputs = [features, with_special, without_mask, columns, tok(TEXTS), tok(QUESTIONS, TEXTS),
+              tok(TEXTS[1]), [{"input_ids": ids} for ids in tok(TEXTS)["input_ids"]],
+              [{k: torch.tensor(v) for k, v in f.items()} for f in features],
+              [{k: np.asarray(v) for k, v in f.items()} for f in features]]
+    hf_left = transformers.AutoTokenizer.from_pretrained(str(MINILM), padding_side="left")
+    ours_left = BertTokenizer.from_pretrained(MINILM, padding_side="left")
+    compared = 0
+    for encoded in inputs:
+        for ours_tok, ref_tok in ((tok, hf), (ours_left, hf_left)):
+            try:
+                ref = ref_tok.pad(copy.deepcopy(encoded), **kwargs)
+            except ValueError:  # rows left unpadded can't be one tensor: an error in both
+                ref = None
+            if ref is None or any(getattr(v, "dtype", None) == object for v in ref.values()):
+                # (transformers makes numpy arrays of objects from ragged rows; we refuse those too)
+                with pytest.raises(ValueError, match=r"needs rows of one length"):
+                    ours_tok.pad(copy.deepcopy(encoded), **kwargs)
+                continue
+            ours = ours_tok.pad(copy.deepcopy(encoded), **kwargs)
+            assert isinstance(ours, BatchEncoding) and list(ours) == list(ref)
+            for key in ref:
+                _assert_same_value(ours[key], ref[key], key)
+            compared += 1
+    assert compared >= 12
+    assert tok.pad(features)["labels"] == labels
+
+
+def test_pad_edge_cases_match_transformers(tok, hf):
+    features = _features(tok, TEXTS[:2], [1.5, -0.5])  # regression labels stay float
+    ours, ref = tok.pad(copy.deepcopy(features), return_tensors="pt"), hf.pad(copy.deepcopy(features),
+                                                                                 return_tensors="pt")
+    for key in ref:
+        _assert_same_value(ours[key], ref[key], key)
+    assert ours["labels"].dtype == torch.float32
+    for encoded in ({"input_ids": []}, {"input_ids": [[]]}, {"input_ids": [[], [1]]}):
+        assert dict(tok.pad(copy.deepcopy(encoded))) == dict(hf.pad(copy.deepcopy(encoded)))
+    assert tok.pad({"input_ids": []}, return_attention_mask=True) == {"input_ids": [], "attention_mask": []}
+    with pytest.warns(UserWarning, match=r"max_length is ignored when padding=True"):
+        assert tok.pad(copy.deepcopy(features), max_length=64) == dict(hf.pad(copy.deepcopy(features)))
+    # return_attention_mask=False drops the mask (transformers returns the given one, unpadded)
+    dropped = tok.pad(copy.deepcopy(features), return_attention_mask=False)
+    assert list(dropped) == ["input_ids", "token_type_ids", "labels"]
+    assert dropped["input_ids"] == hf.pad(copy.deepcopy(features), return_attention_mask=False)["input_ids"]
+
+
+def test_bad_pad_inputs(tok):
+    with pytest.raises(ValueError, match=r"^encoded_inputs must have input_ids, got keys \['attention_mask'\]$"):
+        tok.pad([{"attention_mask": [1]}])
+    with pytest.raises(ValueError, match=r"^encoded_inputs must have input_ids, got an empty list$"):
+        tok.pad([])
+    with pytest.raises(TypeError, match=r"^encoded_inputs must be a BatchEncoding, a dict of lists or a list of "
+                                        r"dicts, got str$"):
+        tok.pad("text")
+    with pytest.raises(TypeError, match=r"^encoded_inputs\[1\] must be a dict \(one example\), got list$"):
+        tok.pad([{"input_ids": [1]}, [2]])
+    with pytest.raises(ValueError, match=r"^encoded_inputs\[1\] lacks 'labels', which encoded_inputs\[0\] has$"):
+        tok.pad([{"input_ids": [1], "labels": 0}, {"input_ids": [2]}])
+    with pytest.raises(ValueError, match=r"^encoded_inputs\['attention_mask'\] has 1 rows but input_ids has 2$"):
+        tok.pad({"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1]]})
+    with pytest.raises(ValueError, match=r"^padding must be one of .*; got 'maximum'$"):
+        tok.pad([{"input_ids": [1]}], padding="maximum")
+    with pytest.raises(ValueError, match=r"^padding_side must be 'right' or 'left', got 'top'$"):
+        tok.pad([{"input_ids": [1]}], padding_side="top")
+    with pytest.raises(ValueError, match=r"^return_tensors must be None, 'pt' or 'np', got 'jax'$"):
+        tok.pad([{"input_ids": [1]}], return_tensors="jax")
+    with pytest.raises(ValueError, match=r"^return_tensors='pt' needs rows of one length, but 'input_ids' has "
+                                         r"lengths 1..2$"):
+        tok.pad([{"input_ids": [1, 2]}, {"input_ids": [3]}], padding=False, return_tensors="pt")
+    with pytest.raises(ValueError, match=r"^return_tensors='pt' needs rows of one length, but 'labels' has "
+                                         r"lengths 1..3$"):
+        tok.pad([{"input_ids": [1], "labels": [0, 1, 2]}, {"input_ids": [3], "labels": [0]}], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"^return_tensors='pt': 'text' cannot be made a tensor"):
+        tok.pad([{"input_ids": [1], "text": "a"}, {"input_ids": [3], "text": "b"}], return_tensors="pt")
+
+
+def test_members_match_transformers(tok, hf, tmp_path):
+    tokens = ["hel", "##lo", ",", "world", "!", "[CLS]", "don", "'", "t", "##s", "."]
+    assert tok.convert_tokens_to_string(tokens) == hf.convert_tokens_to_string(tokens)
+    assert tok.convert_tokens_to_string([]) == hf.convert_tokens_to_string([]) == ""
+    assert tok.convert_tokens_to_string(tok.tokenize(TEXTS[1])) == hf.convert_tokens_to_string(hf.tokenize(TEXTS[1]))
+    assert tok.all_special_tokens == hf.all_special_tokens == ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"]
+    assert tok.special_tokens_map == hf.special_tokens_map
+    assert tok.model_input_names == hf.model_input_names == ["input_ids", "token_type_ids", "attention_mask"]
+    assert tok.is_fast is hf.is_fast is True
+    assert tok.name_or_path == hf.name_or_path == str(MINILM)
+    assert BertTokenizer(MINILM / "vocab.txt").name_or_path == "" == transformers.BertTokenizer(
+        vocab=str(MINILM / "vocab.txt")).name_or_path
+    assert BertTokenizer.from_pretrained(MINILM / "tokenizer.json").name_or_path == str(MINILM / "tokenizer.json")
+    assert pickle.loads(pickle.dumps(tok)).name_or_path == str(MINILM)
+    for text, pair in [(TEXTS[2], None), (TEXTS[1], QUESTIONS[1]), ("hi", ""), ("a[MASK]b", "x [SEP] y")]:
+        for special in (False, True):
+            assert tok.tokenize(text, pair, add_special_tokens=special) == hf.tokenize(
+                text, pair, add_special_tokens=special)
+    assert tok.tokenize("hi", add_special_tokens=True) == ["[CLS]", "hi", "[SEP]"]
+    with pytest.raises(TypeError, match=r"^pair must be a str or None, got list$"):
+        tok.tokenize("a", ["b"])
+    # a role replaced: the map and list follow, as in transformers
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    for t in (ours, ref):
+        t.add_special_tokens({"cls_token": "<s>", "mask_token": "[UNK]"})
+    assert ours.special_tokens_map == ref.special_tokens_map and ours.all_special_tokens == ref.all_special_tokens
+
+
+def test_additional_special_tokens_match_transformers(tmp_path):
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    text = "The <e1>Eiffel Tower</e1> is in <e2>Paris</e2>; <E1> is not special.</e1>x"
+    assert ours.add_special_tokens({"additional_special_tokens": ["<e1>", "</e1>"]}) == 2 == \
+        ref.add_special_tokens({"additional_special_tokens": ["<e1>", "</e1>"]})
+
+    def same(a, b):
+        assert a.all_special_tokens == b.all_special_tokens
+        assert a.convert_tokens_to_ids(a.all_special_tokens) == b.convert_tokens_to_ids(b.all_special_tokens)
+        assert {i for i, t in a.added_tokens_decoder.items() if t.special} == {
+            i for i, t in b.added_tokens_decoder.items() if t.special}
+        assert a.extra_special_tokens == b.extra_special_tokens
+        assert a.special_tokens_map == b.special_tokens_map
+        assert len(a) == len(b) and a.tokenize(text) == b.tokenize(text)
+        assert a.encode(text) == b.encode(text)
+        ids = a.encode(text)
+        assert a.decode(ids, skip_special_tokens=True) == b.decode(ids, skip_special_tokens=True)
+
+    same(ours, ref)
+    assert ours.tokenize("a<e1>b") == ["a", "<e1>", "b"]
+    # a new list replaces the extra tokens (which stay in the vocabulary), unless asked to extend it
+    for t in (ours, ref):
+        assert t.add_special_tokens({"extra_special_tokens": ["<e2>", "</e2>"]}) == 2
+    same(ours, ref)
+    for t in (ours, ref):
+        assert t.add_special_tokens({"additional_special_tokens": ["<e1>", "<e3>"]},
+                                    replace_extra_special_tokens=False) == 1
+    same(ours, ref)
+    assert ours.extra_special_tokens == ["<e2>", "</e2>", "<e1>", "<e3>"]
+
+    # saved: bertkit and transformers (Rust and Python tokenizers) read the same special tokens back
+    ours.save_pretrained(tmp_path / "ours")
+    config = json.loads((tmp_path / "ours/tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["extra_special_tokens"] == ["<e2>", "</e2>", "<e1>", "<e3>"]
+    same(BertTokenizer.from_pretrained(tmp_path / "ours"), ref)
+    same(transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ours")), ref)
+    legacy = transformers.BertTokenizerLegacy.from_pretrained(str(tmp_path / "ours"))
+    plain = text.replace("<E1>", "E1")  # (the Python tokenizer cuts "<E1>" next to special tokens oddly)
+    assert legacy.encode(plain) == ours.encode(plain) and legacy.all_special_tokens == ours.all_special_tokens
+    (tmp_path / "ours/tokenizer.json").unlink()
+    same(BertTokenizer.from_pretrained(tmp_path / "ours"), ref)
+    ref.save_pretrained(str(tmp_path / "theirs"))
+    same(BertTokenizer.from_pretrained(tmp_path / "theirs"), ref)
+    # older files name them additional_special_tokens
+    old = tmp_path / "old"
+    shutil.copytree(MINILM, old, ignore=shutil.ignore_patterns("*.safetensors", "tokenizer.json"))
+    config = json.loads((old / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (old / "tokenizer_config.json").write_text(json.dumps({**config, "additional_special_tokens": ["<ent>"]}),
+                                               encoding="utf-8")
+    assert BertTokenizer.from_pretrained(old).all_special_tokens == transformers.AutoTokenizer.from_pretrained(
+        str(old)).all_special_tokens == ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]", "<ent>"]
+
+    # tokens added with add_tokens(special_tokens=True) are special but not listed, as in transformers
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    for t in (ours, ref):
+        t.add_tokens(["<ent>"], special_tokens=True)
+    same(ours, ref)
+    with pytest.raises(TypeError, match=r"^additional_special_tokens must be a list of str, got str$"):
+        ours.add_special_tokens({"additional_special_tokens": "<e1>"})
+    with pytest.raises(TypeError, match=r"^extra_special_tokens must hold non-empty str, got ''$"):
+        ours.add_special_tokens({"extra_special_tokens": [""]})
+    with pytest.raises(ValueError, match=r"^give extra_special_tokens or additional_special_tokens, not both$"):
+        ours.add_special_tokens({"extra_special_tokens": ["<a>"], "additional_special_tokens": ["<b>"]})
+    with pytest.raises(ValueError, match=r"'bos_token' is not one of unk_token, sep_token, pad_token, cls_token, "
+                                         r"mask_token, extra_special_tokens, additional_special_tokens$"):
+        ours.add_special_tokens({"bos_token": "<s>"})
+
+
+def _mapping_inputs(tok):
+    """(encoding args, texts per row) for the char/token/word mapping checks."""
+    return [
+        ((TEXTS,), [(t,) for t in TEXTS]),
+        ((QUESTIONS, TEXTS), list(zip(QUESTIONS, TEXTS))),
+        ((TEXTS[2],), [(TEXTS[2],)]),
+        ((QUESTIONS[1], TEXTS[1]), [(QUESTIONS[1], TEXTS[1])]),
+    ]
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(padding=True, truncation=True, max_length=12)], ids=_kw_id)
+def test_char_and_token_mapping_match_transformers(tok, hf, kwargs):
+    for args, row_texts in _mapping_inputs(tok):
+        ours, ref = tok(*args, **kwargs), hf(*args, **kwargs)
+        for row, texts in enumerate(row_texts):
+            length = len(ours.tokens(row))
+            for i in range(length):
+                assert ours.token_to_chars(row, i) == ref.token_to_chars(row, i), (row, i)
+            for seq, text in enumerate(texts):
+                for c in range(len(text) + 1):
+                    assert ours.char_to_token(row, c, seq) == ref.char_to_token(row, c, seq), (row, seq, c)
+                for w in range(len(text.split()) + 2):
+                    assert ours.word_to_tokens(row, w, seq) == ref.word_to_tokens(row, w, seq), (row, seq, w)
+        # one index: row 0, as in transformers
+        assert ours.char_to_token(3) == ref.char_to_token(3)
+        assert ours.token_to_chars(1) == ref.token_to_chars(1) and ours.word_to_tokens(0) == ref.word_to_tokens(0)
+    words = [t.split() for t in TEXTS]
+    ours, ref = tok(words, is_split_into_words=True), hf(words, is_split_into_words=True)
+    for row, row_words in enumerate(words):
+        for w in range(len(row_words)):
+            assert ours.word_to_tokens(row, w) == ref.word_to_tokens(row, w)
+    enc = tok("Hello unaffable")
+    span = enc.word_to_tokens(1)
+    assert (span, span.start, enc.token_to_chars(3), enc.char_to_token(7)) == ((2, 5), 2, (9, 12), 2)
+    assert type(span).__name__ == "TokenSpan" and type(enc.token_to_chars(3)).__name__ == "CharSpan"
+    assert enc.token_to_chars(0) is None and enc.char_to_token(5) is None
+    assert pickle.loads(pickle.dumps(enc)).word_to_tokens(1) == span
+    with pytest.raises(ValueError, match=r"^char_to_token\(\) needs the encodings of a tokenizer call; this "
+                                         r"BatchEncoding has none"):
+        tok.pad([{"input_ids": [1]}]).char_to_token(0)
+
+
+def test_use_fast_is_accepted(tmp_path):
+    from bertkit.auto import AutoTokenizer
+
+    expected = BertTokenizer.from_pretrained(MINILM).encode(TEXTS[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # use_fast=True: no warning
+        assert BertTokenizer.from_pretrained(MINILM, use_fast=True).encode(TEXTS[1]) == expected
+        assert AutoTokenizer.from_pretrained(str(MINILM), use_fast=True).encode(TEXTS[1]) == expected
+    with pytest.warns(UserWarning, match=r"^use_fast=False: bertkit always uses the Rust tokenizer"):
+        assert BertTokenizer.from_pretrained(MINILM, use_fast=False).encode(TEXTS[1]) == expected
+    with pytest.warns(UserWarning, match=r"use_fast=False"):
+        assert AutoTokenizer.from_pretrained(str(MINILM), use_fast=False, padding_side="left").padding_side == "left"
+    assert transformers.AutoTokenizer.from_pretrained(str(MINILM), use_fast=True).encode(TEXTS[1]) == expected
