@@ -127,10 +127,14 @@ def wrap(module: nn.Module, **ddp_kwargs) -> nn.Module:
     return DistributedDataParallel(module, **ddp_kwargs)
 
 
-def shard(root: nn.Module, units: Iterable[nn.Module]) -> nn.Module:
+def shard(root: nn.Module, units: Iterable[nn.Module], param_dtype: torch.dtype | None = None) -> nn.Module:
     """FSDP2 in place: `fully_shard` each of `units` (e.g. the encoder layers: each is gathered and freed on its
     own), then `root`, which owns every other parameter (embeddings, heads, tied weights) and is the module
     whose forward the training step calls. In a world of one, `root` is returned untouched.
+
+    `param_dtype` (bf16 training): parameters are gathered and used in that dtype, half the bytes of fp32, while
+    each rank's shard, the optimizer and the gradient reduction stay fp32 (FSDP2's MixedPrecisionPolicy, as
+    torchtitan trains). Without it they are gathered in fp32, and autocast alone lowers the matmuls.
 
     Build the optimizer after this: sharding replaces the parameters. Modules called outside `root`'s forward
     (an evaluation calling the model directly) need `gathered(root)` around them."""
@@ -140,14 +144,15 @@ def shard(root: nn.Module, units: Iterable[nn.Module]) -> nn.Module:
     if not is_distributed():
         return root
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device().type, (world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     with torch.no_grad():  # every rank starts from rank 0's weights, as under DDP
         for t in list(root.parameters()) + list(root.buffers()):
             dist.broadcast(t.data, src=0)
     for unit in units:
-        fully_shard(unit, mesh=mesh)
-    fully_shard(root, mesh=mesh)
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    fully_shard(root, mesh=mesh, mp_policy=policy)
     return root
 
 

@@ -86,7 +86,8 @@ class TrainConfig:
     tensorboard: bool | None = None  # None: when the tensorboard package is installed
     progress: bool = True           # tqdm progress bar on rank 0
     find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
-    fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
+    fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2);
+                                    # with bf16 the parameters are gathered in bf16 (fp32 shards and reduction)
     compile: bool = False           # torch.compile the encoder layers (dynamic token count)
     gradient_checkpointing: bool = False  # recompute each layer's forward in the backward: less memory
     prefetch: int | None = None     # batches prepared ahead in a background thread; None: 2 on CUDA, 0 on CPU
@@ -331,7 +332,8 @@ class Trainer:
                           "(launch with torchrun --nproc-per-node N to shard over N processes)", stacklevel=2)
         if self.sharded:  # before the optimizer: sharding replaces the parameters
             from ..modeling.bert import BertLayer
-            dist.shard(objective, [m for m in model.modules() if isinstance(m, BertLayer)])
+            dist.shard(objective, [m for m in model.modules() if isinstance(m, BertLayer)],
+                       param_dtype=torch.bfloat16 if self.precision == "bf16" else None)
 
         model_params = {id(p) for p in model.parameters()}
         stray = [n for n, p in objective.named_parameters() if id(p) not in model_params]

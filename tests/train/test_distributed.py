@@ -71,6 +71,7 @@ def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path, torchru
     assert '"world": 2' in out and '"sharded": true' in out
     result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     assert result["local_params"] <= result["params"] // 2 + 64  # half of every tensor, rounded up per tensor
+    assert result["forward_weight_dtypes"] == ["torch.float32"]  # fp32 training gathers fp32 weights
 
     one = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
     full = torch.load(tmp_path / "fsdp" / "final_weights.pt", weights_only=True)
@@ -129,6 +130,27 @@ def test_torchrun_fsdp_lamb_matches_one_process(tmp_path, torchrun):
     a = torch.load(tmp_path / "fsdp" / "final_weights.pt", weights_only=True)
     b = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
     assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-6
+
+
+def test_torchrun_fsdp_bf16_gathers_bf16_weights_and_keeps_fp32_shards(tmp_path, torchrun):
+    """With bf16, FSDP gathers the weights in bf16 (half the traffic), while the shards, the optimizer and the
+    saved weights stay fp32; training then follows one process under bf16 autocast to bf16's precision."""
+    common = ["--steps", "3", "--dropout", "0", "--precision", "bf16"]
+    run = torchrun(SCRIPT, "--out", tmp_path / "fsdp", *common, "--batch", "2", "--fsdp")
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert result["sharded"] and result["forward_weight_dtypes"] == ["torch.bfloat16"]
+    n = torch.get_num_threads()
+    try:
+        tiny.main(["--out", str(tmp_path / "one"), *common, "--batch", "4"])
+    finally:
+        torch.set_num_threads(n)
+    a = torch.load(tmp_path / "fsdp" / "final_weights.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
+    assert all(t.dtype == torch.float32 for t in a.values())
+    assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-2  # 3 AdamW steps of lr 1e-3, bf16 weights
+    for x, y in zip(read_metrics(tmp_path / "fsdp"), read_metrics(tmp_path / "one"), strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=2e-2)
 
 
 def test_resume_on_another_number_of_processes(tmp_path, torchrun):

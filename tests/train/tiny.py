@@ -133,6 +133,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--fsdp", action="store_true")
+    ap.add_argument("--precision", default="auto")
     ap.add_argument("--split-check", action="store_true", help="only record what split_map hands each rank")
     args = ap.parse_args(argv)
 
@@ -162,8 +163,13 @@ def main(argv=None) -> None:
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, grad_accum=args.accum, lr=args.lr,
                       warmup_steps=2, optimizer=args.optimizer, log_every=1, save_every=args.save_every,
                       keep_last=2, seed=11, output_dir=args.out, tensorboard=False, progress=False,
-                      gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp)
+                      gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp,
+                      precision=args.precision)
     trainer = Trainer(PretrainObjective(model), model, source, cfg)
+    used = set()  # the dtype of the weights the first encoder layer computes with (FSDP's own hook, which
+    # gathers them, ran first: it was registered when the Trainer sharded the model)
+    model.bert.encoder.layer[0].register_forward_pre_hook(
+        lambda module, _: used.add(str(next(module.parameters()).dtype)))
     metrics = trainer.train(resume=args.resume)
     weights = distributed.full_state_dict(model)  # collective under FSDP
     local = sum((p.to_local() if distributed.is_sharded(model) else p).numel() for p in model.parameters())
@@ -171,6 +177,7 @@ def main(argv=None) -> None:
         torch.save({k: v.detach().clone() for k, v in weights.items()}, os.path.join(args.out, "final_weights.pt"))
         print("RESULT " + json.dumps({"metrics": metrics, "served": source.served, "world": info.world_size,
                                       "sharded": distributed.is_sharded(model), "local_params": local,
+                                      "forward_weight_dtypes": sorted(used),
                                       "params": sum(p.numel() for p in model.parameters())}), flush=True)
     distributed.cleanup()
 
