@@ -115,38 +115,34 @@ def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path, torchru
     assert gap <= 1e-6
 
 
-def test_torchrun_fsdp_lamb_matches_one_process(tmp_path, torchrun):
-    """LAMB's trust ratio needs each parameter's whole norm: on FSDP shards the norms are reduced across the
-    ranks, so 2 sharded ranks take the steps of one process."""
-    common = ["--steps", "3", "--dropout", "0", "--lr", "1e-2", "--optimizer", "lamb"]
+def _fsdp_and_one_process(tmp_path, torchrun, common):
+    """Train `common` on 2 FSDP ranks of batch 2 and in this process with batch 4 (the same global batch); the
+    sharded run's RESULT and both final weights."""
     run = torchrun(SCRIPT, "--out", tmp_path / "fsdp", *common, "--batch", "2", "--fsdp")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert '"sharded": true' in run.stdout
+    result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert result["sharded"]
     n = torch.get_num_threads()
     try:
         tiny.main(["--out", str(tmp_path / "one"), *common, "--batch", "4"])
     finally:
         torch.set_num_threads(n)
-    a = torch.load(tmp_path / "fsdp" / "final_weights.pt", weights_only=True)
-    b = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
+    return result, *(torch.load(tmp_path / d / "final_weights.pt", weights_only=True) for d in ("fsdp", "one"))
+
+
+def test_torchrun_fsdp_lamb_matches_one_process(tmp_path, torchrun):
+    """LAMB's trust ratio needs each parameter's whole norm: on FSDP shards the norms are reduced across the
+    ranks, so 2 sharded ranks take the steps of one process."""
+    _, a, b = _fsdp_and_one_process(tmp_path, torchrun,
+                                    ["--steps", "3", "--dropout", "0", "--lr", "1e-2", "--optimizer", "lamb"])
     assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-6
 
 
 def test_torchrun_fsdp_bf16_gathers_bf16_weights_and_keeps_fp32_shards(tmp_path, torchrun):
     """With bf16, FSDP gathers the weights in bf16 (half the traffic), while the shards, the optimizer and the
     saved weights stay fp32; training then follows one process under bf16 autocast to bf16's precision."""
-    common = ["--steps", "3", "--dropout", "0", "--precision", "bf16"]
-    run = torchrun(SCRIPT, "--out", tmp_path / "fsdp", *common, "--batch", "2", "--fsdp")
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
-    assert result["sharded"] and result["forward_weight_dtypes"] == ["torch.bfloat16"]
-    n = torch.get_num_threads()
-    try:
-        tiny.main(["--out", str(tmp_path / "one"), *common, "--batch", "4"])
-    finally:
-        torch.set_num_threads(n)
-    a = torch.load(tmp_path / "fsdp" / "final_weights.pt", weights_only=True)
-    b = torch.load(tmp_path / "one" / "final_weights.pt", weights_only=True)
+    result, a, b = _fsdp_and_one_process(tmp_path, torchrun, ["--steps", "3", "--dropout", "0", "--precision", "bf16"])
+    assert result["forward_weight_dtypes"] == ["torch.bfloat16"]
     assert all(t.dtype == torch.float32 for t in a.values())
     assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-2  # 3 AdamW steps of lr 1e-3, bf16 weights
     for x, y in zip(read_metrics(tmp_path / "fsdp"), read_metrics(tmp_path / "one"), strict=True):
