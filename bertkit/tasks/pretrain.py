@@ -9,6 +9,7 @@ Run directory layout (everything a resume needs is here):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from ..config import BertConfig
 from ..data.corpus import WIKITEXT_TITLE, python_docs_corpus, read_documents
 from ..data.masking import MaskingCollator, PretrainingBatches
 from ..data.pretraining import PretrainingDataset, build_shards
+from ..io import write_text_atomic
 from ..modeling import BertForPreTraining
 from ..tokenizer import BertTokenizer
 from ..train import distributed as dist
@@ -74,14 +76,47 @@ def _boundary(name: str):
     return DOC_BOUNDARIES.get(name, name)
 
 
+DATA_SOURCE = "source.json"  # in data/: what the shards were built from
+
+
+def _file_id(path: str) -> dict:
+    """A corpus file as its path, size and modification time: a changed file is noticed without reading it."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _data_source(args: PretrainArgs, tok: BertTokenizer) -> dict:
+    """Everything the shards depend on: the corpus files, how they are cut, and the vocabulary."""
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return {"corpus": [_file_id(p) for p in args.corpus], "eval_corpus": [_file_id(p) for p in args.eval_corpus],
+            "doc_boundary": args.doc_boundary, "seq_len": args.seq_len, "seed": args.seed,
+            "vocabulary": hashlib.sha256("\n".join(t for t, _ in vocab).encode()).hexdigest()}
+
+
 def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
-    """Rank 0 builds the shards once; a resumed run reuses them."""
+    """Rank 0 builds the shards once; a resumed run reuses them, and only them: data built from other input
+    (another corpus, --seq-len, --seed, vocabulary) is an error on --resume and rebuilt otherwise."""
     train_dir, heldout_dir = run / "data" / "train", run / "data" / "heldout"
+    source, source_file = _data_source(args, tok), run / "data" / DATA_SOURCE
     if train_dir.is_dir() and heldout_dir.is_dir():
-        return
-    for d in (train_dir, heldout_dir):
-        if d.exists():
+        built = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else source
+        changed = [k for k in source if built.get(k) != source[k]]
+        if not changed:
+            return
+        if args.resume:
+            raise ValueError(f"{run / 'data'} was built from other input ({', '.join(changed)} differ); --resume "
+                             "needs the corpus, --seq-len, --seed and tokenizer of the run it continues")
+        print(f"{run / 'data'}: built from other input ({', '.join(changed)} differ); building it again")
+    for d in (train_dir, heldout_dir, source_file):
+        if d.is_dir():
             shutil.rmtree(d)
+        elif d.exists():
+            d.unlink()
+    _build_data(args, train_dir, heldout_dir, tok)
+    write_text_atomic(source_file, json.dumps(source, indent=2) + "\n")
+
+
+def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: BertTokenizer) -> None:
     boundary = _boundary(args.doc_boundary)
     common = dict(max_seq_length=args.seq_len, seed=args.seed)
     if args.eval_corpus:
@@ -106,6 +141,8 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
         except (FileNotFoundError, OSError) as e:
             raise ValueError(f"--init-from {args.init_from}: no tokenizer found with the model ({e}); "
                              "pass --tokenizer") from None
+    if saved.is_dir() and not args.resume and dist.is_main():
+        shutil.rmtree(saved)  # left by a run that never checkpointed: this one may read another corpus
     if not saved.is_dir() and dist.is_main():
         tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased)
         tok.save_pretrained(saved)
@@ -172,6 +209,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
     run = Path(args.output)
     if not args.resume and dist.is_main() and (run / "latest").exists():
         raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+    if args.config:
+        BertConfig.from_json_file(args.config)  # a bad --config fails before any tokenizer or data is built
     run.mkdir(parents=True, exist_ok=True)
     if not args.corpus:
         args.corpus = [str(run / "python-docs.txt")]
@@ -180,6 +219,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
             python_docs_corpus(args.corpus[0])
     dist.barrier()
     tok = _load_or_train_tokenizer(args, run)
+    torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
+    model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
     if dist.is_main():
         _prepare_data(args, run, tok)
     dist.barrier()
@@ -187,8 +228,6 @@ def run_pretraining(args: PretrainArgs) -> dict:
     dist.print0(f"corpus: {len(train_ds):,} training and {len(heldout_ds):,} held-out instances "
                 f"of up to {args.seq_len} tokens; vocabulary {len(tok):,}")
 
-    torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
-    model = _initial_model(args, tok)
     objective = PreTrainingObjective(model)
     collator = MaskingCollator.from_tokenizer(tok, max_predictions_per_seq=args.max_predictions,
                                               whole_word=args.whole_word)
@@ -212,6 +251,8 @@ def run_pretraining(args: PretrainArgs) -> dict:
                       gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp)
     trainer = Trainer(objective, model, batches, cfg, evaluate=evaluate, save_extra=tok.save_pretrained)
     result = trainer.train(resume=args.resume)
+    if not any(k.startswith("eval_") for k in result):  # resumed at max_steps: no step ran, none was logged
+        result.update({f"eval_{k}": v for k, v in trainer.run_evaluation().items()})
 
     dist.save_pretrained(model, run)  # collective under FSDP
     if dist.is_main():

@@ -489,6 +489,7 @@ class Trainer:
         state = load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler)
         same_world = len(state["rng"]) == self.info.world_size
+        self._check_global_batch(path, state)
         if not same_world:
             self._check_regrouping(path, state)
         if state["data"] is not None:
@@ -507,21 +508,27 @@ class Trainer:
         dist.print0(f"resume: {path} (step {state['step']})")
         return int(state["step"])
 
-    def _check_regrouping(self, path: str, state: dict) -> None:
-        """Resuming with another number of processes: allowed when each micro-batch step still takes the same
-        global batch (batch size x processes, and the same accumulation) and every rank of the checkpoint stood
-        at the same (global) data position; then the data and masks go on exactly, only the random streams
-        (dropout) are new."""
+    def _check_global_batch(self, path: str, state: dict) -> None:
+        """The saved data position counts global micro-batches: resuming needs the same global batch (batch
+        size x processes) and accumulation, or it would go on from other examples and masks."""
         before = len(state["rng"])
         saved = state["extra"].get("config", {})
-        old = (int(saved.get("batch_size", 0)) * before, int(saved.get("grad_accum", 0)))
+        if "batch_size" not in saved:
+            return  # a checkpoint that did not record them
+        old = (int(saved["batch_size"]) * before, int(saved.get("grad_accum", 1)))
         new = (self.cfg.batch_size * self.info.world_size, self.cfg.grad_accum)
         if old != new:
             hint = old[0] / self.info.world_size
             raise ValueError(
-                f"{path} was written by {before} processes, each micro-batch {old[0]} sequences in all, "
-                f"accumulation {old[1]}; resuming on {self.info.world_size} needs the same (a batch size of "
-                f"{hint:g} per process and accumulation {old[1]}), not {new[0]} and {new[1]}")
+                f"{path} was written by {before} process{'es' if before > 1 else ''}, each micro-batch {old[0]} "
+                f"sequences in all, accumulation {old[1]}; resuming on {self.info.world_size} needs the same (a "
+                f"batch size of {hint:g} per process and accumulation {old[1]}), not {new[0]} and {new[1]}")
+
+    def _check_regrouping(self, path: str, state: dict) -> None:
+        """Resuming with another number of processes: allowed when each micro-batch step still takes the same
+        global batch (`_check_global_batch`) and every rank of the checkpoint stood at the same (global) data
+        position; then the data and masks go on exactly, only the random streams (dropout) are new."""
+        before = len(state["rng"])
         if state["data"] is not None and any(d != state["data"][0] for d in state["data"]):
             raise ValueError(f"{path}: its {before} processes stood at different data positions; resuming it "
                              f"needs the same number of processes, not {self.info.world_size}")

@@ -1,6 +1,7 @@
 """The pre-training job end to end through the CLI, on a tiny generated corpus and a tiny BERT."""
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -98,6 +99,43 @@ def test_resume_after_a_crash_ends_with_the_weights_of_an_uninterrupted_run(corp
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_data_of_other_input_is_rebuilt_or_refused(corpus, tokenizer_dir, tmp_path, capsys):
+    """A run that never checkpointed leaves data/ behind: a new run in that directory builds its own data, and a
+    resume refuses data built from other input instead of training on it. A bad --config fails before any of it."""
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text(json.dumps({"hidden_size": 100, "num_attention_heads": 3}))
+    assert pretrain(corpus, tmp_path / "run", "--config", str(bad_config)) == 2
+    assert "'hidden_size' (100) must be a multiple of 'num_attention_heads' (3)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "tokenizer").exists() and not (tmp_path / "run" / "data").exists()
+
+    other = tmp_path / "other.txt"
+    other.write_text("\n\n".join(f"Doc {i} has a lamp.\nThe lamp is bright." for i in range(45)) + "\n")
+    assert pretrain(other, tmp_path / "run", "--tokenizer", str(tokenizer_dir)) == 0
+    (tmp_path / "run" / "latest").unlink()  # as if it had died before its first checkpoint
+    for step in (tmp_path / "run").glob("step-*"):
+        shutil.rmtree(step)
+    assert pretrain(corpus, tmp_path / "clean", "--tokenizer", str(tokenizer_dir)) == 0
+    capsys.readouterr()
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir)) == 0
+    out = capsys.readouterr().out
+    assert "built from other input (corpus differ); building it again" in out
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("run", "clean"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # trained on the same data as a clean directory
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--seq-len", "48", "--resume") == 2
+    assert "data was built from other input (seq_len differ); --resume needs" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus, tokenizer_dir, tmp_path, capsys):
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir)) == 0
+    capsys.readouterr()
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
+    assert "held-out (2 batches): MLM accuracy" in capsys.readouterr().out  # nothing left to train: evaluated
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume", "--max-steps", "6",
+                    "--batch-size", "2") == 2
+    err = capsys.readouterr().err
+    assert "written by 1 process, each micro-batch 4 sequences" in err and "a batch size of 4 per process" in err
 
 
 def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
