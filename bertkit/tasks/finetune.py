@@ -195,8 +195,9 @@ def _fresh_state() -> dict[str, Any]:
 
 def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
     """The best-so-far state to start from: on resume, the one saved in the newest checkpoint; on a fresh run,
-    a clean one (and the checkpoints of an earlier run in `out` are removed, so a later resume cannot pick
-    them up and pruning cannot keep them over the new ones)."""
+    a clean one (and the checkpoints, best model and results of an earlier run in `out` are removed, so a later
+    resume cannot pick them up, pruning cannot keep them over the new ones, and a resume of this run, killed
+    early, cannot take the old results for its own)."""
     from ..train.checkpoint import find_latest, list_checkpoints
     if resume:
         latest = find_latest(out)
@@ -210,6 +211,8 @@ def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
     if dist.is_main():
         for _, path in list_checkpoints(out):
             shutil.rmtree(path)
+        shutil.rmtree(out / "best", ignore_errors=True)
+        (out / RESULTS_NAME).unlink(missing_ok=True)
     dist.barrier()
     return _fresh_state()
 
