@@ -504,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"bertkit {args.words}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written: one line
+        message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
+        print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2

@@ -13,6 +13,10 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename != tmp:
+            raise
+        raise type(e)(e.errno, e.strerror, path) from None  # name the file asked for, not its temporary twin
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

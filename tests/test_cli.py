@@ -159,3 +159,18 @@ def test_classify_stride_and_choice_flags_reach_evaluate_and_predict(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["evaluate", "--model", "m", "--data", "d", "--stride", "half"])
     assert "--stride: expected an integer or 'none', got 'half'" in capsys.readouterr().err
+
+
+def test_a_file_that_cannot_be_written_is_a_one_line_error_naming_it(tmp_path, capsys):
+    from bertkit.io import write_text_atomic
+    with pytest.raises(FileNotFoundError) as e:
+        write_text_atomic(tmp_path / "missing" / "out.json", "{}")
+    assert e.value.filename == str(tmp_path / "missing" / "out.json")  # not the temporary file beside it
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some words here\n" * 20)
+    assert main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "60",
+                 "--output", str(blocker / "tok")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bertkit tokenizer train: error: ") and str(blocker) in err
