@@ -327,8 +327,10 @@ class FinetuneQAArgs(FinetuneArgs):
     version_2_with_negative: bool = False   # also on when the data has an unanswerable question
 
 
-def _read(path: str, what: str) -> list[SquadExample]:
-    examples = read_squad(path)
+def _read(path: str, what: str, strict: bool = True) -> list[SquadExample]:
+    """Questions of a SQuAD file; `strict=False` (scoring: the official script compares answer texts only)
+    warns about answer offsets that do not match their context instead of refusing the file."""
+    examples = read_squad(path, strict=strict)
     if not examples:
         raise ValueError(f"{path}: no {what} questions")
     return examples
@@ -390,7 +392,7 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
     file has unanswerable questions); printed and written as JSON to `output` (default
     `<model_dir>/eval_<data name>.json`). Settings left None are those the model was fine-tuned with."""
     model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
-    examples = _read(data, "evaluation")
+    examples = _read(data, "evaluation", strict=False)
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
     feats = encode_qa(tok, examples, s["max_seq_length"], s["doc_stride"], s["max_query_length"], labels=False,
@@ -410,7 +412,7 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
     predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
     unanswerable questions). Settings left None are those the model was fine-tuned with. Returns the count."""
     model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
-    examples = read_squad(data, labelled=False)
+    examples = read_squad(data, labelled=False, strict=False)  # answers are not used here
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
     preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)

@@ -293,6 +293,18 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
     assert main(["predict", "--model", str(out / "best"), "--data", str(toy / "bare.json"), "--max-seq-length",
                  "32", "--doc-stride", "8", "--output", str(toy / "pred_bare.json")]) == 0
     assert json.loads((toy / "pred_bare.json").read_text()) == preds
+    # one answer_start off by one: training refuses such a file, but predict never reads the answers and
+    # evaluate scores answer texts (as the official script), so both go on, evaluate with a warning
+    shifted = json.loads((toy / "dev.json").read_text())
+    shifted["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 1
+    (toy / "shifted.json").write_text(json.dumps(shifted), encoding="utf-8")
+    assert main(["predict", "--model", str(out / "best"), "--data", str(toy / "shifted.json"),
+                 "--output", str(toy / "pred_shifted.json")]) == 0
+    assert json.loads((toy / "pred_shifted.json").read_text()) == preds
+    with pytest.warns(UserWarning, match="1 answer span"):
+        assert main(["evaluate", "--model", str(out / "best"), "--data", str(toy / "shifted.json"),
+                     "--output", str(toy / "eval_shifted.json")]) == 0
+    assert json.loads((toy / "eval_shifted.json").read_text())["f1"] == pytest.approx(ev["f1"])
 
 
 def test_finetune_qa_detects_v2_from_unanswerable_questions(toy, tmp_path):
