@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +130,11 @@ class BertConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}
+        for key in extra:  # kept and written back (other tools' fields), but a near-miss is likely a typo
+            close = difflib.get_close_matches(key, known | {"num_labels"}, n=1, cutoff=0.85)
+            if close and close[0] != key:
+                warnings.warn(f"BertConfig: unknown field {key!r} is kept but unused; did you mean {close[0]!r}?",
+                              stacklevel=3)
         num_labels = extra.pop("num_labels", None)
         if "model_type" not in d:
             kwargs["model_type"] = "bert"

@@ -1,5 +1,6 @@
 """BertConfig: config.json round trips, validation, presets, and interchange with transformers."""
 import json
+import warnings
 
 import pytest
 
@@ -33,6 +34,16 @@ def test_unknown_keys_kept(tmp_path):
     out = json.loads((tmp_path / "out" / CONFIG_NAME).read_text())
     assert out["my_key"] == {"a": [1]} and out["gradient_checkpointing"] is False
     assert BertConfig.from_pretrained(tmp_path / "out") == cfg
+
+
+def test_a_near_miss_of_a_field_name_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"unknown field 'hiden_dropout_prob' is kept but unused; did you mean "
+                                         r"'hidden_dropout_prob'\?"):
+        cfg = BertConfig.from_dict({**TINY, "hiden_dropout_prob": 0.5})
+    assert cfg.hidden_dropout_prob == 0.1 and cfg.extra == {"hiden_dropout_prob": 0.5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # other tools' fields are not typos
+        BertConfig.from_dict({**TINY, "directionality": "bidi", "pooler_fc_size": 768, "torch_dtype": "float32"})
 
 
 def test_missing_model_type_means_bert():

@@ -189,7 +189,7 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
     if fmt not in ("csv", "tsv", "jsonl"):
         if format is None:
             raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                             f"pass format='csv', 'tsv' or 'jsonl'")
+                             f"pass the format (--format csv, tsv or jsonl; format= in Python)")
         raise ValueError(f"format must be 'csv', 'tsv' or 'jsonl', got {format!r}")
     text = _read_text(path)
     if fmt == "jsonl":

@@ -152,6 +152,8 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
 
 def _model_config(args: PretrainArgs, tok: BertTokenizer) -> BertConfig:
     cfg = BertConfig.from_json_file(args.config) if args.config else BertConfig.from_size(args.model_size)
+    if args.config and cfg.vocab_size != len(tok):
+        dist.print0(f"--config {args.config}: vocab_size {cfg.vocab_size} replaced by the tokenizer's {len(tok)}")
     cfg.vocab_size = len(tok)
     cfg.pad_token_id = tok.pad_token_id
     cfg.validate()

@@ -169,7 +169,7 @@ def test_jsonl(tmp_path):
 def test_format_from_extension(tmp_path):
     p = write(tmp_path, "data.txt", "a\t1\n")
     with pytest.raises(ValueError, match=r"data\.txt: cannot tell the format from the extension '\.txt'; "
-                                         r"pass format="):
+                                         r"pass the format \(--format csv, tsv or jsonl; format= in Python\)"):
         read_table(p, text_column=0)
     with pytest.raises(ValueError, match="format must be 'csv', 'tsv' or 'jsonl', got 'xml'"):
         read_table(p, format="xml", text_column=0)
