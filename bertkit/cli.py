@@ -165,13 +165,17 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", nargs="+", help="one legend label per run")
 
 
-def _add_columns(p: argparse.ArgumentParser, label: bool = True) -> None:
-    p.add_argument("--text-column", default="text",
-                   help="column of the text: a header name, a 0-based index (all digits) or a JSONL key "
-                        "(default text)")
-    p.add_argument("--text-pair-column", default=None, help="column of the second text, for sentence pairs")
+def _add_columns(p: argparse.ArgumentParser, label: bool = True, remembered: bool = False) -> None:
+    """Table columns; `remembered` (evaluate, predict): left out, they are those the model was fine-tuned with."""
+    default = " (default: as fine-tuned, else {})" if remembered else " (default {})"
+    p.add_argument("--text-column", default=None if remembered else "text",
+                   help="column of the text: a header name, a 0-based index (all digits) or a JSONL key"
+                        + default.format("text"))
+    p.add_argument("--text-pair-column", default=None, help="column of the second text, for sentence pairs"
+                   + (" (default: as fine-tuned)" if remembered else ""))
     if label:
-        p.add_argument("--label-column", default="label", help="column of the label (default label)")
+        p.add_argument("--label-column", default=None if remembered else "label",
+                       help="column of the label" + default.format("label"))
     p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
                    help="table format (default: from the file extension)")
     p.add_argument("--no-header", dest="header", action="store_false",
@@ -419,7 +423,7 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
     the saved model's task are used)."""
     p.add_argument("--model", required=True, metavar="DIR",
                    help="a fine-tuned model: sequence classification / regression, tagging, QA or multiple choice")
-    _add_columns(p, label=labelled)
+    _add_columns(p, label=labelled, remembered=True)
     _add_conll_columns(p, tag=labelled)
     _add_choice_columns(p)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")

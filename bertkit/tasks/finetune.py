@@ -299,7 +299,8 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
         {"task": "regression" if info.regression else "classification", "labels": list(info.labels),
          "num_train": len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
          "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})},
-        {"max_seq_length": args.max_seq_length, "stride": args.stride})
+        {"max_seq_length": args.max_seq_length, "stride": args.stride, "text_column": args.text_column,
+         "text_pair_column": args.text_pair_column, "label_column": args.label_column})
 
 
 def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -511,6 +512,13 @@ def _classify_settings(model, max_seq_length: int | None, stride: int | str | No
     return s["max_seq_length"], None if s["stride"] == "none" else s["stride"]
 
 
+def _classify_columns(model, read: dict[str, Any]) -> dict[str, Any]:
+    """The table reading options, with the columns left None taken as fine-tuned (`settings_for`): a model
+    fine-tuned on pairs reads pairs without being told again."""
+    columns = {k: read.get(k) for k in ("text_column", "text_pair_column", "label_column")}
+    return {**read, **settings_for(model, FinetuneClassifyArgs, **columns)}
+
+
 def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
                  max_seq_length: int | None = None, stride: int | str | None = None, device: str | None = None,
                  compile: bool = False, **read) -> dict[str, Any]:
@@ -521,7 +529,7 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     info = label_info_from_config(model.config)
-    examples = read_examples(data, **read)
+    examples = read_examples(data, **_classify_columns(model, read))
     if not examples:
         raise ValueError(f"{data}: no rows")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
@@ -544,7 +552,7 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     from .classify import predict
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
-    examples = read_examples(data, **read)
+    examples = read_examples(data, **{**_classify_columns(model, read), "label_column": None})
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
                     batch_size=batch_size, stride=stride)

@@ -348,6 +348,30 @@ def test_pairs_truncation_and_columns(toy, tmp_path):
     assert [(r.text_pair, r.label, r.line) for r in rows] == [("yes good", "1", 1), ("bad", "0", 2)]
 
 
+def test_evaluate_and_predict_read_the_columns_the_model_was_fine_tuned_on(toy, tmp_path, capsys):
+    """Fine-tuned on pairs in columns q / a / y, the model is evaluated and used without naming them again."""
+    train, dev = toy["rows"]
+
+    def write(path, rows):
+        path.write_text("".join(json.dumps({"q": "what was it like", "a": t, "y": lab}) + "\n" for t, lab, _ in rows))
+        return path
+
+    out = tmp_path / "pairs"
+    assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(write(tmp_path / "t.jsonl", train)),
+                 "--dev", str(write(tmp_path / "d.jsonl", dev)), "--output", str(out), "--text-column", "q",
+                 "--text-pair-column", "a", "--label-column", "y", "--batch-size", "16", "--lr", "1e-2",
+                 "--max-seq-length", "24", "--max-steps", "10", "--eval-every", "10", "--seed", "4"]) == 0
+    best = json.loads((out / "eval_results.json").read_text())["best"]
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(tmp_path / "d.jsonl"),
+                 "--output", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["accuracy"] == pytest.approx(best["accuracy"])
+    assert main(["predict", "--model", str(out / "best"), "--data", str(tmp_path / "d.jsonl"),
+                 "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == len(dev)
+    assert main(["evaluate", "--model", str(out / "best"), "--data", str(tmp_path / "d.jsonl"),
+                 "--text-column", "a", "--text-pair-column", "q", "--output", str(tmp_path / "swapped.json")]) == 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # long inputs: --stride windows
 # ---------------------------------------------------------------------------------------------------------------
@@ -427,7 +451,8 @@ def test_a_cue_at_the_end_is_read_with_windows_and_lost_to_truncation(long_train
     assert res["best"]["accuracy"] >= 0.9
     windowed, truncated = tmp_path / "w.json", tmp_path / "t.json"
     saved = json.loads((out / "best" / "config.json").read_text())["task_specific_params"]
-    assert saved == {"text-classification": {"max_seq_length": 16, "stride": 4}}
+    assert saved == {"text-classification": {"max_seq_length": 16, "stride": 4, "text_column": "text",
+                                             "text_pair_column": None, "label_column": "label"}}
     # no flags: the windows the model was fine-tuned with; "--stride none": truncation to the saved length
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(windowed)]) == 0
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(truncated),
