@@ -40,6 +40,7 @@ __all__ = [
     "squad_normalize",
     "squad_em_f1",
     "squad_evaluate",
+    "squad_best_thresholds",
 ]
 
 
@@ -379,6 +380,35 @@ def _questions(dataset: Any) -> tuple[list[tuple[str, list[str]]], str | None]:
     else:
         version = "2.0" if impossible else None
     return questions, version
+
+
+def squad_best_thresholds(predictions: Mapping[str, str], na_probs: Mapping[str, float], dataset: Any) -> dict:
+    """The official SQuAD v2.0 script's best no-answer thresholds (its ``--na-prob-file`` output): with the
+    questions taken in increasing ``na_probs`` (a no-answer score per question, e.g. the null score minus the best
+    span's), answering those up to a threshold and abstaining on the rest, the best exact match and F1 reachable
+    (percent) and the thresholds that reach them: ``best_exact``, ``best_exact_thresh``, ``best_f1``,
+    ``best_f1_thresh``. Every question needs a prediction and a no-answer score."""
+    questions, _ = _questions(dataset)
+    if not questions:
+        raise ValueError("the SQuAD dataset has no questions")
+    missing = [q for q, _ in questions if q not in predictions or q not in na_probs]
+    if missing:
+        raise ValueError(f"{len(missing)} questions lack a prediction or a no-answer score, e.g. {missing[0]!r}")
+    has_answer = {qid: bool(golds) for qid, golds in questions}
+    scores = {qid: squad_em_f1(predictions[qid], golds, version="2.0") for qid, golds in questions}
+    out = {}
+    for i, name in enumerate(("exact", "f1")):
+        current = best = sum(1 for v in has_answer.values() if not v)  # abstaining everywhere
+        threshold = 0.0
+        for qid in sorted(na_probs, key=lambda q: na_probs[q]):
+            if qid not in scores:
+                continue
+            current += scores[qid][i] if has_answer[qid] else (-1 if predictions[qid] else 0)
+            if current > best:
+                best, threshold = current, float(na_probs[qid])
+        out[f"best_{name}"] = 100.0 * best / len(scores)
+        out[f"best_{name}_thresh"] = threshold
+    return out
 
 
 def squad_evaluate(predictions: Mapping[str, str], dataset: Any, *, version: str | None = None) -> dict:

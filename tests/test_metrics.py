@@ -27,6 +27,7 @@ from bertkit.metrics import (
     recall,
     spearman,
     squad_em_f1,
+    squad_best_thresholds,
     squad_evaluate,
     squad_normalize,
 )
@@ -303,6 +304,26 @@ def _tiny_dataset():
         {"id": "q1", "question": "who?", "answers": [{"text": "A cat", "answer_start": 0}], "is_impossible": False},
         {"id": "q2", "question": "why?", "answers": [], "is_impossible": True},
     ]}]}]}
+
+
+def test_squad_best_thresholds_by_hand():
+    """The official v2.0 sweep: questions by increasing no-answer score, answered up to the threshold. (Equal to
+    transformers 4.x's copy of the official script on 300 random cases, checked once outside the suite.)"""
+    data = {"version": "v2.0", "data": [{"paragraphs": [{"context": "c", "qas": [
+        {"id": "q1", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},
+        {"id": "q2", "question": "?", "answers": [], "is_impossible": True},
+        {"id": "q3", "question": "?", "answers": [{"text": "old Rome", "answer_start": 0}]}]}]}]}
+    preds = {"q1": "paris", "q2": "x", "q3": "rome"}
+    na = {"q1": 0.1, "q2": 0.5, "q3": 0.9}
+    # abstain everywhere: 1 of 3 (q2); +q1 (right): 2; +q2 (answered, wrong): 1; +q3 (F1 2/3, exact 0)
+    got = squad_best_thresholds(preds, na, data)
+    assert got == pytest.approx({"best_exact": 200 / 3, "best_exact_thresh": 0.1,
+                                 "best_f1": 200 / 3, "best_f1_thresh": 0.1})
+    na["q2"] = 1.0  # q2 last: answering q1 and q3 reaches exact 2/3 (q2 abstained), F1 (1 + 2/3 + 1) / 3
+    got = squad_best_thresholds(preds, na, data)
+    assert got["best_f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 3) and got["best_f1_thresh"] == 0.9
+    with pytest.raises(ValueError, match="1 questions lack a prediction or a no-answer score, e.g. 'q3'"):
+        squad_best_thresholds({"q1": "a", "q2": ""}, na, data)
 
 
 def test_squad_evaluate_tiny():

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .. import metrics as M
 from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
+from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs, predict_batches
 from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best, write_eval,
@@ -287,7 +288,29 @@ def evaluate_qa(model, features: Sequence[QAFeature], examples: Sequence[SquadEx
     logits = predict_qa_logits(model, features, batch_size, pad_id, progress)
     preds = postprocess(features, logits, examples, n_best=n_best, max_answer_length=max_answer_length,
                         version_2=version_2, null_threshold=null_threshold)
-    return squad_metrics({q: p["text"] for q, p in preds.items()}, examples, version_2)
+    answers = {q: p["text"] for q, p in preds.items()}
+    metrics = squad_metrics(answers, examples, version_2)
+    if version_2:  # as the official script given the null odds: the best --null-threshold and what it reaches
+        metrics.update(M.squad_best_thresholds(answers, null_odds(preds), examples))
+    return metrics
+
+
+def null_odds(preds: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Per question, the null score minus the best span's (0 for the span when none is valid), as google-research's
+    run_squad.py writes null_odds.json: a no-answer is predicted when this exceeds --null-threshold."""
+    return {q: p["null_score"] - (p["score"] if p["score"] is not None else 0.0) for q, p in preds.items()}
+
+
+def nbest_json(preds: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per question, its n-best spans, best first, with the softmax of their scores over the list (run_squad.py's
+    nbest_predictions.json): text, probability, score (start + end logit) and character start / end."""
+    out = {}
+    for q, p in preds.items():
+        scores = np.array([c[3] for c in p["nbest"]], dtype=np.float64)
+        probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if len(scores) else scores
+        out[q] = [{"text": t, "probability": float(pr), "score": float(sc), "start": a, "end": b}
+                  for (t, a, b, sc), pr in zip(p["nbest"], probs)]
+    return out
 
 
 def squad_metrics(answers: dict[str, str], examples: Sequence[SquadExample], version_2: bool) -> dict[str, Any]:
@@ -416,6 +439,14 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
     preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)
+    extra = {".nbest.json": nbest_json(preds)}
+    if s["version_2"]:
+        extra[".null_odds.json"] = null_odds(preds)
+    paths = [Path(output).with_suffix(suffix) for suffix in extra]
     write_predictions(output, [json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)],
-                      f"answered {len(preds)} questions of {data}; wrote {output}")
+                      f"answered {len(preds)} questions of {data}; wrote {output} (n-best and null odds: "
+                      f"{', '.join(map(str, paths))})")
+    if dist.is_main():
+        for path, content in zip(paths, extra.values()):
+            write_text_atomic(path, json.dumps(content, indent=2, ensure_ascii=False) + "\n")
     return len(preds)

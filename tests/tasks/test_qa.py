@@ -322,6 +322,19 @@ def test_finetune_qa_detects_v2_from_unanswerable_questions(toy, tmp_path):
     res = json.loads((out / "eval_results.json").read_text())
     assert res["version"] == "2.0"
     assert res["best"]["HasAns_total"] == 12 and res["best"]["NoAns_total"] == 12 and res["best"]["n"] == 24
+    assert res["best"]["best_f1"] >= res["best"]["f1"] and "best_f1_thresh" in res["best"]  # the official sweep
+    # predict writes the answers, plus run_squad.py's n-best list and null odds beside them
+    pred = tmp_path / "pred.json"
+    assert main(["predict", "--model", str(out / "best"), "--data", str(tmp_path / "v2.json"), "--output",
+                 str(pred)]) == 0
+    answers = json.loads(pred.read_text())
+    nbest = json.loads((tmp_path / "pred.nbest.json").read_text())
+    odds = json.loads((tmp_path / "pred.null_odds.json").read_text())
+    assert set(answers) == set(nbest) == set(odds) and len(answers) == 24
+    for qid, spans in nbest.items():
+        assert spans and sum(s["probability"] for s in spans) == pytest.approx(1.0)
+        assert [s["score"] for s in spans] == sorted((s["score"] for s in spans), reverse=True)
+        assert answers[qid] in ("", spans[0]["text"]) and (answers[qid] == "") == (odds[qid] > 0.0)
     # the flag turns v2.0 scoring on for v1.1 data: HasAns only
     assert main(["finetune", "qa", "--model", str(toy / "encoder"), "--train", str(toy / "train.json"),
                  "--dev", str(toy / "dev.json"), "--output", str(tmp_path / "flag"), "--max-steps", "1",
