@@ -80,9 +80,16 @@ DATA_SOURCE = "source.json"  # in data/: what the shards were built from
 
 
 def _file_id(path: str) -> dict:
-    """A corpus file as its path, size and modification time: a changed file is noticed without reading it."""
-    st = os.stat(path)
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    """A corpus file as its name, size and a hash of its first and last MiB: another file (or an edited one) is
+    noticed without reading a big corpus whole, and a copy moved elsewhere (new path, new mtime) still matches."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            digest.update(f.read())
+    return {"name": os.path.basename(path), "size": size, "sample_sha256": digest.hexdigest()}
 
 
 def _data_source(args: PretrainArgs, tok: BertTokenizer) -> dict:

@@ -125,6 +125,10 @@ def test_data_of_other_input_is_rebuilt_or_refused(corpus, tokenizer_dir, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)  # trained on the same data as a clean directory
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--seq-len", "48", "--resume") == 2
     assert "data was built from other input (seq_len differ); --resume needs" in capsys.readouterr().err
+    moved = tmp_path / "elsewhere" / corpus.name  # the same corpus copied to another place (new path and mtime)
+    moved.parent.mkdir()
+    shutil.copy(corpus, moved)
+    assert pretrain(moved, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
 
 
 def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus, tokenizer_dir, tmp_path, capsys):
