@@ -14,10 +14,10 @@
     emb(["a text", "another"], pooling="mean", normalize=True)   # (2, hidden) tensor
 
 One input gives one result (for text-classification a str gives a list of one, as in transformers; a pair is a
-(text, pair) tuple or {"text", "text_pair"}); a list gives a list (a tensor for feature-extraction). Many inputs are sorted by tokenized length, run `batch_size` at a time
-and returned in the input order, so a batch holds texts of similar length and the result of each input is
-the same as running it alone. Options given to `pipeline(...)` are the defaults of every call; options given
-to a call override them.
+(text, pair) tuple or {"text", "text_pair"}); a list gives a list (a tensor for feature-extraction). Many inputs
+are sorted by tokenized length, run `batch_size` at a time and returned in the input order, so a batch holds
+texts of similar length and the result of each input is the same as running it alone. Options given to
+`pipeline(...)` are the defaults of every call; options given to a call override them.
 """
 from __future__ import annotations
 
@@ -590,8 +590,8 @@ TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-class
 
 def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, device=None, compile: bool = False,
              **task_options) -> Pipeline:
-    """A callable for `task` (one of TASKS, or an alias in TASK_ALIASES) with the checkpoint `model` (a name or directory; or a loaded
-    bertkit model together with `tokenizer=`). `task_options` are the defaults of each call (e.g. top_k=3,
+    """A callable for `task` (one of TASKS, or an alias in TASK_ALIASES) with the checkpoint `model` (a name or
+    directory; or a loaded bertkit model together with `tokenizer=`). `task_options` are the defaults of each call (e.g. top_k=3,
     pooling="cls"). `compile=True` runs the encoder layers through torch.compile. A checkpoint without the
     task's trained head is refused with a ValueError."""
     task = TASK_ALIASES.get(task, task)
