@@ -360,7 +360,8 @@ def test_evaluate_and_predict_read_the_columns_the_model_was_fine_tuned_on(toy, 
     assert main(["finetune", "classify", "--model", str(toy["encoder"]),
                  "--train", str(write(tmp_path / "t.jsonl", train)), "--dev", str(write(tmp_path / "d.jsonl", dev)),
                  "--output", str(out), "--text-column", "q", "--text-pair-column", "a", "--label-column", "y",
-                 "--batch-size", "16", "--lr", "1e-2", "--max-seq-length", "24", "--max-steps", "10", "--eval-every", "10", "--seed", "4"]) == 0
+                 "--batch-size", "16", "--lr", "1e-2", "--max-seq-length", "24", "--max-steps", "10",
+                 "--eval-every", "10", "--seed", "4"]) == 0
     best = json.loads((out / "eval_results.json").read_text())["best"]
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(tmp_path / "d.jsonl"),
                  "--output", str(tmp_path / "e.json")]) == 0
