@@ -52,6 +52,9 @@ class BertConfig:
     id2label: dict[int, str] | None = None
     label2id: dict[str, int] | None = None
     problem_type: str | None = None
+    # What a forward returns when not told (transformers' config attributes of the same names).
+    output_hidden_states: bool = False
+    output_attentions: bool = False
     # Keys we do not model are kept verbatim and written back out.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 

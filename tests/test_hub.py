@@ -147,6 +147,17 @@ def test_transformers_loading_options(tmp_path):
     with pytest.raises(ValueError, match="device_map: bertkit puts the whole model on one device"):
         modeling.BertModel.from_pretrained(tmp_path, device_map={"embeddings": 0})
     assert BertConfig(**TINY, num_labels=3).id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    # output_hidden_states / output_attentions as loading options set what a forward returns unless told
+    clf = modeling.BertForSequenceClassification.from_pretrained(tmp_path, output_hidden_states=True, num_labels=2)
+    ids = torch.tensor([[2, 5, 6, 3]])
+    out = clf(input_ids=ids)
+    assert len(out.hidden_states) == TINY["num_hidden_layers"] + 1 and out.attentions is None
+    assert clf(input_ids=ids, output_hidden_states=False).hidden_states is None
+    hf_clf = transformers.BertForSequenceClassification.from_pretrained(tmp_path, output_hidden_states=True,
+                                                                        num_labels=2).eval()
+    with torch.no_grad():
+        ref = hf_clf(input_ids=ids)
+    torch.testing.assert_close(out.hidden_states[-1], ref.hidden_states[-1], rtol=1e-5, atol=1e-5)
     hf = transformers.BertForMaskedLM(hf_tiny_config("BertForMaskedLM"))
     assert m.num_parameters() == hf.num_parameters()  # the tied decoder counted once
     assert m.num_parameters(exclude_embeddings=True) == hf.num_parameters(exclude_embeddings=True)

@@ -392,7 +392,7 @@ class BertModel(BertPreTrainedModel):
         self.init_weights()
 
     def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-               inputs_embeds=None, output_hidden_states=False, output_attentions=False,
+               inputs_embeds=None, output_hidden_states=None, output_attentions=None,
                packing: P.Packing | None = None,
                selection: P.Selection | Callable[[P.Packing], P.Selection] | None = None) -> Encoded:
         """Run the encoder on packed tokens; the inputs are padded `(batch, seqlen)` tensors as usual.
@@ -403,6 +403,11 @@ class BertModel(BertPreTrainedModel):
         those and `hidden` holds them, in the selection's order (pre-training's masked tokens, a
         classifier's [CLS]: the same numbers, a fraction of the last layer's work). A function of the
         packing is called with it (`packing.select_first_tokens` for the [CLS] alone)."""
+        # not asked: the config's default (transformers' config attributes), except for a caller that selects rows
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states and selection is None
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions and selection is None
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
@@ -462,7 +467,7 @@ class BertModel(BertPreTrainedModel):
         return self.pooler(enc.hidden.index_select(0, enc.first_tokens))  # (batch, hidden)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, output_hidden_states=False, output_attentions=False,
+                inputs_embeds=None, output_hidden_states=None, output_attentions=None,
                 packing: P.Packing | None = None) -> BertModelOutput:
         """`packing`: see `encode` (a plan made on the CPU spares the forward its one host sync)."""
         enc = self.encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,

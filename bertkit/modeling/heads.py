@@ -135,6 +135,9 @@ class _BertHeadModel(BertPreTrainedModel):
         device with the batch), so the forward needs no host sync; None: planned here (see `BertModel.encode`).
         `pooled_only`: the head reads the [CLS] state alone, so the last layer computes only that row
         (unless hidden states or attentions are asked for, which need every row)."""
+        cfg = self.config
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         selection = None
         if pooled_only and not (output_hidden_states or output_attentions):
             selection = P.select_first_tokens
@@ -185,7 +188,7 @@ class BertForPreTraining(_TiedMLM, _BertHeadModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, next_sentence_label=None,
-                output_hidden_states=False, output_attentions=False, packing=None) -> PreTrainingOutput:
+                output_hidden_states=None, output_attentions=None, packing=None) -> PreTrainingOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         token_logits = self.cls.predictions(enc.hidden)          # (tokens, vocab)
@@ -210,8 +213,8 @@ class BertForMaskedLM(_TiedMLM, _BertHeadModel):
         self._init_head(self.cls)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False, packing=None) -> ClassifierOutput:
+                inputs_embeds=None, labels=None, output_hidden_states=None,
+                output_attentions=None, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         logits = self.cls.predictions(enc.hidden)                # (tokens, vocab)
@@ -226,8 +229,8 @@ class BertForNextSentencePrediction(_BertHeadModel):
         self._init_head(self.cls)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False, packing=None) -> ClassifierOutput:
+                inputs_embeds=None, labels=None, output_hidden_states=None,
+                output_attentions=None, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
@@ -269,8 +272,8 @@ class BertForSequenceClassification(_BertHeadModel):
         self._init_head(self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False, packing=None) -> ClassifierOutput:
+                inputs_embeds=None, labels=None, output_hidden_states=None,
+                output_attentions=None, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))  # (batch, labels)
@@ -288,8 +291,8 @@ class BertForTokenClassification(_BertHeadModel):
         self._init_head(self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False, packing=None) -> ClassifierOutput:
+                inputs_embeds=None, labels=None, output_hidden_states=None,
+                output_attentions=None, packing=None) -> ClassifierOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         logits = self.classifier(self.dropout(enc.hidden))            # (tokens, labels)
@@ -310,8 +313,8 @@ class BertForQuestionAnswering(_BertHeadModel):
         self._init_head(self.qa_outputs)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, output_hidden_states=False,
-                output_attentions=False, packing=None) -> QuestionAnsweringOutput:
+                inputs_embeds=None, start_positions=None, end_positions=None, output_hidden_states=None,
+                output_attentions=None, packing=None) -> QuestionAnsweringOutput:
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         logits = self.qa_outputs(enc.hidden)                          # (tokens, 2)
@@ -341,8 +344,8 @@ class BertForMultipleChoice(_BertHeadModel):
         self._init_head(self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=False,
-                output_attentions=False, packing=None) -> ClassifierOutput:
+                inputs_embeds=None, labels=None, output_hidden_states=None,
+                output_attentions=None, packing=None) -> ClassifierOutput:
         ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
         if ref.dim() != 3:
             raise ValueError(f"multiple choice input_ids must have shape (batch, choices, seqlen), "
