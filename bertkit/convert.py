@@ -24,7 +24,7 @@ import torch
 
 from . import modeling
 from .config import BertConfig
-from .hub import WEIGHTS_NAMES, _read_weights, legacy_name, load_state, save_pretrained
+from .hub import WEIGHTS_NAMES, read_weights, legacy_name, load_state, save_pretrained
 from .tf_bundle import load_tf_checkpoint, read_index
 
 CONFIG_FILES = ("bert_config.json", "config.json")
@@ -210,7 +210,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
     if kind == "tf":
         state, skipped = tf_state_dict(path)
     else:
-        state = {legacy_name(k): t for k, t in _read_weights(path).items()}
+        state = {legacy_name(k): t for k, t in read_weights(path).items()}
     arch = architecture(state)
     if arch == "BertForSequenceClassification" and "classifier.weight" in state:
         config.num_labels = state["classifier.weight"].shape[0]

@@ -226,10 +226,11 @@ def _load_file(path: str) -> dict[str, torch.Tensor]:
 
 def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of the checkpoint in `directory` (safetensors preferred), on the CPU, names as stored."""
-    return _read_weights(find_weights_file(directory))
+    return read_weights(find_weights_file(directory))
 
 
-def _read_weights(path: str) -> dict[str, torch.Tensor]:
+def read_weights(path: str) -> dict[str, torch.Tensor]:
+    """All tensors of one weights file (or of the shards a `.index.json` lists), on the CPU, names as stored."""
     if not path.endswith(".index.json"):
         return _load_file(path)
     with open(path, encoding="utf-8") as f:
@@ -457,7 +458,7 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
         config = BertConfig.from_json_file(config_file(directory))
     config = apply_config_overrides(config, config_overrides)
     path = find_weights_file(directory)
-    state = _read_weights(path)
+    state = read_weights(path)
     dtype = _resolve_dtype(dtype, state)
 
     model = load_state(cls(config), state, path, ignore_mismatched_sizes=ignore_mismatched_sizes)

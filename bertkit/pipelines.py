@@ -132,19 +132,13 @@ class Pipeline:
 
     def __call__(self, inputs, *, batch_size: int | None = None, **options):
         """`batch_size` overrides the pipeline's for this call."""
-        opts = {**self.defaults, **self._check_options(options)}
+        opts = {**self.defaults, **self._check_options(options),
+                "batch_size": self.batch_size if batch_size is None else _batch_size(batch_size)}
         single = self._is_single(inputs)
         items = [inputs] if single else list(inputs)
         for i, item in enumerate(items):
             self._check_item(i, item)
-        kept = self.batch_size
-        if batch_size is not None:
-            self.batch_size = _batch_size(batch_size)
-        try:
-            results = self._run(items, opts)
-        finally:
-            self.batch_size = kept
-        return self._finish(results, single, inputs, opts)
+        return self._finish(self._run(items, opts), single, inputs, opts)
 
     def _finish(self, results: list, single: bool, inputs, opts: dict):
         return results[0] if single else results
@@ -187,7 +181,7 @@ class Pipeline:
         while start < len(order):
             kind = self._kind(items[order[start]])
             stop = start
-            while (stop < len(order) and stop - start < self.batch_size
+            while (stop < len(order) and stop - start < opts["batch_size"]
                    and self._kind(items[order[stop]]) == kind):
                 stop += 1
             chunk = order[start:stop]
@@ -501,7 +495,8 @@ class QuestionAnsweringPipeline(Pipeline):
             feats = encode_qa(self.tokenizer, examples, max_len, stride, opts["max_question_len"], labels=False)
         except ValueError as e:
             raise ValueError(f"question-answering: {str(e).replace('question input', 'input')}") from None
-        logits = predict_qa_logits(self.model, feats, self.batch_size, self.tokenizer.pad_token_id, progress=False)
+        logits = predict_qa_logits(self.model, feats, opts["batch_size"], self.tokenizer.pad_token_id,
+                                   progress=False)
         windows: list[list[int]] = [[] for _ in items]
         for i, f in enumerate(feats):
             windows[f.example].append(i)
