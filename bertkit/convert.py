@@ -25,7 +25,7 @@ import torch
 from . import modeling
 from .config import BertConfig
 from .hub import WEIGHTS_NAMES, read_weights, legacy_name, load_state, save_pretrained
-from .tf_bundle import load_tf_checkpoint, read_index
+from .tf_bundle import read_index, read_variables
 
 CONFIG_FILES = ("bert_config.json", "config.json")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -70,13 +70,14 @@ def tf_key(name: str) -> tuple[str, bool]:
 def tf_state_dict(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The weights of a google-research/bert TensorFlow checkpoint under their checkpoint keys, and the
     names of the training-state variables left out."""
-    _, entries = read_index(prefix)
+    num_shards, entries = read_index(prefix)
     if TF2_OBJECT_GRAPH in entries:
         raise ValueError(f"{prefix}: a TensorFlow 2 object-based checkpoint (Keras / TF Model Garden); only the "
                          "name-based checkpoints of google-research/bert and NVIDIA's TensorFlow BERT are read")
-    skipped = sorted(n for n in entries if TF_TRAINING_STATE.search(n))
+    skipped = sorted(n for n in entries if TF_TRAINING_STATE.search(n))  # never read
     state = {}
-    for name, tensor in load_tf_checkpoint(prefix, keep=lambda n: not TF_TRAINING_STATE.search(n)).items():
+    weights = {n: e for n, e in entries.items() if not TF_TRAINING_STATE.search(n)}
+    for name, tensor in read_variables(prefix, num_shards, weights).items():
         try:
             key, transpose = tf_key(name)
         except ValueError as e:

@@ -182,15 +182,19 @@ def load_tf_checkpoint(prefix: str | os.PathLike,
     """The variables of the TensorFlow checkpoint at `prefix` (`.../bert_model.ckpt`, with or without
     `.index`) as {TensorFlow name: CPU tensor}, with the names and layouts TensorFlow stored; only those
     whose name `keep` accepts, when given (the others are never read)."""
+    num_shards, entries = read_index(prefix)
+    return read_variables(prefix, num_shards,
+                          {n: e for n, e in entries.items() if keep is None or keep(n)})
+
+
+def read_variables(prefix: str | os.PathLike, num_shards: int, entries: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """The tensors of `entries` (some of what `read_index` returned) from the checkpoint's data files."""
     path = index_path(prefix)
     base = path[: -len(".index")]
-    num_shards, entries = read_index(path)
     out: dict[str, torch.Tensor] = {}
     with contextlib.ExitStack() as stack:
         files = {}
         for name, e in sorted(entries.items()):
-            if keep is not None and not keep(name):
-                continue
             if e["sliced"]:
                 raise ValueError(f"{path}: variable {name!r} is stored in slices (a partitioned variable), "
                                  "which is not supported")
