@@ -21,10 +21,13 @@ def test_smoke_runs_every_code_path(tmp_path):
     num = saved["numerics"]
     assert num["ok"] and num["attention_path"] == "per-run" and num["ok_within_bf16_tolerance"]
     assert num["encoder_max_abs_error_vs_fp32"]["fp32_bertkit_vs_transformers"] < 1e-4
+    # off CUDA the cuDNN choice has no effect: the same per-run path, the same numbers
+    assert num["cudnn"]["vs_flash"] == 0.0 and num["cudnn"]["selection_vs_all_rows"] < 1e-2
+    assert num["cudnn"]["dropout_grads_finite"]
     for seq, batch in gpu.SMOKE["pretrain"]:
         contenders = saved[f"pretrain_{seq}x{batch}"]["contenders"]
-        assert set(contenders) == {"bertkit", "transformers", "bertkit Trainer", "bertkit + compile",
-                                   "transformers + compile"}
+        assert set(contenders) == {"bertkit", "bertkit cuDNN", "transformers", "bertkit Trainer",
+                                   "bertkit + compile", "bertkit cuDNN + compile", "transformers + compile"}
         for c in contenders.values():
             assert c["sequences_per_s"] > 0 and torch.isfinite(torch.tensor(c["last_loss"]))
         # the Trainer trains the same model on the same batches as the bench's own bertkit step loop
@@ -36,7 +39,7 @@ def test_smoke_runs_every_code_path(tmp_path):
             assert 0 < c["host_ms_per_step"] <= c["step_ms"] and c["host_ms_per_step"] > 0.5 * c["step_ms"]
     inf = saved["inference"]
     assert inf["real_tokens"] == sum(gpu.lognormal_lengths(gpu.SMOKE["n_infer"], 12, gpu.SMOKE["infer_cap"], seed=2))
-    assert len(inf["contenders"]) == 7
+    assert len(inf["contenders"]) == 8
     for name, c in inf["contenders"].items():   # each bertkit way computes what eager bertkit does
         assert name.startswith("transformers") or c["max_abs_diff_vs_bertkit_eager"] < 1e-4, (name, c)
     assert all(c["real_tokens_per_s"] > 0 for c in inf["contenders"].values())
@@ -89,6 +92,7 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only", "compiled",
                                                  "eager, last layer on every row",
                                                  "compiled, last layer on every row",
+                                                 "eager, cudnn attention", "compiled, cudnn attention",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
@@ -232,7 +236,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
             args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
         last = parsers["bench/gpu_profile.py"].parse_args(calls[-2][1:])
-        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32)) and last.trace.parent == out
+        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32)) and last.varlen_kernel == "cudnn"
         assert (out / "machine.txt").is_file()
 
 
