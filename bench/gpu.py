@@ -32,7 +32,6 @@ Prints a table with the ratios and writes everything to --out (JSON).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import platform
@@ -169,16 +168,6 @@ def save(results: dict) -> None:
     tmp.replace(out)
 
 
-@contextlib.contextmanager
-def varlen_kernel(name: str):
-    """The varlen path's fused kernel ("flash" or "cudnn", `packing.set_varlen_kernel`) for a block."""
-    previous = P.set_varlen_kernel(name)
-    try:
-        yield
-    finally:
-        P.set_varlen_kernel(previous)
-
-
 # --------------------------------------------------------------------------------------------- numerics
 def numerics(args, device, dtype) -> dict:
     """varlen (or, off CUDA, the per-run path) vs padded SDPA, both in `dtype`, against fp32."""
@@ -210,27 +199,6 @@ def numerics(args, device, dtype) -> dict:
         grads[name] = torch.cat([t.grad.float().flatten() for t in leaves])
     out["attention_grad_max_abs_error"] = {"packed": (grads["packed"] - grads["fp32"]).abs().max().item()}
     out["attention_dropout_grads_finite"] = bool(torch.isfinite(grads["packed_dropout_0.1"]).all())
-    try:  # the same with cuDNN's fused kernel (`packing.set_varlen_kernel("cudnn")`), and a Selection's queries
-        with varlen_kernel("cudnn"):
-            c = P.attention(*(t.to(dtype) for t in (q, k, v)), plan)[0]
-            rows = torch.arange(0, q.shape[0], 7)
-            sel = P.select(plan, rows).to(device)
-            c_sel = P.attention(q.to(dtype)[sel.rows], k.to(dtype), v.to(dtype), plan, selection=sel)[0]
-            cg = {}
-            for name, p in (("cudnn", 0.0), ("cudnn_dropout_0.1", 0.1)):
-                leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
-                (P.attention(*leaves, plan, dropout_p=p)[0].float() * w).sum().backward()
-                cg[name] = torch.cat([t.grad.float().flatten() for t in leaves])
-        out["cudnn"] = {"max_abs_error_vs_fp32": (c.float() - ref).abs().max().item(),
-                        "vs_flash": (c.float() - packed.float()).abs().max().item(),
-                        "selection_vs_all_rows": (c_sel.float() - c.float()[sel.rows]).abs().max().item(),
-                        "grad_max_abs_error_vs_fp32": (cg["cudnn"] - grads["fp32"]).abs().max().item(),
-                        "dropout_grads_finite": bool(torch.isfinite(cg["cudnn_dropout_0.1"]).all()),
-                        "dropout_grad_mean_abs_vs_no_dropout": (cg["cudnn_dropout_0.1"].abs().mean()
-                                                                / cg["cudnn"].abs().mean()).item()}
-    except Exception as e:  # cuDNN's ragged attention missing or failing must not cost the other figures
-        traceback.print_exc()
-        out["cudnn"] = {"error": f"{type(e).__name__}: {e}"}
     # whole encoder: bf16 vs fp32, bertkit and transformers, same weights and inputs
     cfg = make_config(args.size, args.vocab)
     torch.manual_seed(0)
@@ -399,12 +367,13 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
     real = sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
     out = {"seq": seq, "batch": batch, "real_token_fraction": real,
            "contenders": dict((prev or {}).get("contenders", {}))}
-    # transformers' compile (about 40 s) last, so the budget cuts it before bertkit's
-    kinds = [("bertkit", compiled_phase), ("bertkit cuDNN", compiled_phase), ("transformers", compiled_phase)]
+    kinds = [("bertkit", compiled_phase), ("transformers", compiled_phase)]
     if not compiled_phase:
         kinds.append(("bertkit Trainer", False))
     for kind, compiled in kinds:
         name = kind + (" + compile" if compiled else "")
+        if args.contenders and name not in args.contenders:
+            continue
         if compiled and over_budget(args):
             out["contenders"][name] = {"error": f"skipped: past the --budget-s of {args.budget_s} s"}
             print(f"!! pretrain {name} skipped: time budget", flush=True)
@@ -420,10 +389,9 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
                     model = transformers_model(cfg)
                     copy_weights(ours, model)
                 model = model.to(device)
-                make = transformers_step if kind == "transformers" else bertkit_step
-                with varlen_kernel("cudnn" if "cuDNN" in kind else "flash"):
-                    r = time_steps(make(model, device, dtype, compiled, args.backend), batches, args.warmup,
-                                   args.steps, device)
+                make = bertkit_step if kind == "bertkit" else transformers_step
+                r = time_steps(make(model, device, dtype, compiled, args.backend), batches, args.warmup,
+                               args.steps, device)
             out["contenders"][name] = r
             print(f"  pretrain seq {seq} x {batch}  {name:24s} {r['sequences_per_s']:9.1f} seq/s  "
                   f"{r['step_ms']:7.1f} ms/step  (host {r.get('host_ms_per_step', float('nan')):5.1f})  "
@@ -488,12 +456,6 @@ def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> d
                          attention_mask=m.to(device, non_blocking=True)).last_hidden_state
         return f
 
-    def cudnn(f):
-        def g(ids, m):
-            with varlen_kernel("cudnn"):
-                return f(ids, m)
-        return g
-
     def graphed_ours():
         """The CUDA-graph what-if (bench/graphed_encoder.py): its graphs are captured here, untimed, like
         a compile; off CUDA the same bucketed computation runs eagerly."""
@@ -504,7 +466,6 @@ def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> d
 
     contenders = [("bertkit, arrival order", lambda: run_ours(ours, False), arrival),
                   ("bertkit, plan on CPU, arrival order", lambda: run_ours(ours, True), arrival),
-                  ("bertkit cuDNN, plan on CPU, arrival order", lambda: cudnn(run_ours(ours, True)), arrival),
                   ("bertkit + CUDA graphs, plan on CPU, arrival order", graphed_ours, arrival),
                   ("transformers, arrival order", lambda: run_theirs(theirs), arrival),
                   ("transformers, sorted by length", lambda: run_theirs(theirs), sorted_batches)]
@@ -518,6 +479,8 @@ def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> d
         contenders = [("bertkit + compile, arrival order", compiled_ours, arrival),
                       ("transformers + compile, sorted by length", compiled_theirs, sorted_batches)]
     for name, make, batches in contenders:
+        if args.contenders and name not in args.contenders:
+            continue
         if "compile" in name and over_budget(args):
             out["contenders"][name] = {"error": f"skipped: past the --budget-s of {args.budget_s} s"}
             print(f"!! inference {name} skipped: time budget", flush=True)
@@ -594,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="seconds after which compiled contenders not yet started are skipped (default %(default)s)")
     ap.add_argument("--only", nargs="+", choices=["numerics", "pretrain", "inference"], default=None)
+    ap.add_argument("--contenders", nargs="+", default=None, metavar="NAME",
+                    help='run only these contenders, named as in the table (e.g. "bertkit" "bertkit + compile")')
     return ap
 
 

@@ -11,9 +11,8 @@ device time per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, 
 optimizer, ...), the heaviest kernels, and the step's wall time against the time the device was busy, with
 each idle gap charged to the host operator that launched after it (`idle_report`; --trace keeps the traces).
 Then bertkit again with one thing changed at a time to price those parts: eager and compiled with the last
-layer on every row (no selection), eager and compiled with the other fused attention kernel (cuDNN's
-instead of FlashAttention's, or back with --varlen-kernel cudnn), eager without dropout, eager forward +
-backward without clipping and optimizer; compiled as is, without attention dropout, and with a bf16 residual
+layer on every row (no selection), eager without dropout, eager forward + backward without clipping and
+optimizer; compiled as is, without attention dropout, and with a bf16 residual
 stream (a what-if of a numerics change, `bf16_residual_stream`); with --tuned also compiled with inductor's
 tuning options that keep the operations as they are (coordinate-descent tuning of the fused kernels;
 max-autotune, which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after
@@ -35,13 +34,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu import (bertkit_step, make_config, pretraining_batches, sync, time_steps,  # noqa: E402
-                       transformers_step, varlen_kernel)
+                       transformers_step)
 from bench.pretrain_common import copy_weights, transformers_model  # noqa: E402
 from bertkit.modeling import BertForPreTraining  # noqa: E402
-from bertkit.modeling import packing as P  # noqa: E402
 
 # kernel-name fragments -> kind; the first match wins, so the specific names come first
-KINDS = [("attention", ("flash", "fmha", "attention", "sdpa")),   # sdpa: cuDNN's fused attention kernels
+KINDS = [("attention", ("flash", "fmha", "attention")),
          ("layer norm", ("layer_norm", "layernorm", "gammabeta")),   # GammaBeta...: LayerNorm's weight gradient
          ("optimizer", ("adam", "multi_tensor", "foreach")),
          ("dropout", ("dropout", "bernoulli", "philox")),
@@ -218,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=3, help="profiled steps per contender")
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default 128; smoke 32)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per batch (default 256; smoke 8)")
-    ap.add_argument("--varlen-kernel", choices=P.VARLEN_KERNELS, default="flash",
-                    help="bertkit's fused attention kernel for the contenders (default %(default)s)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false", help="profile the contenders only")
     ap.add_argument("--trace", type=Path, default=None,
                     help="folder for each contender's Chrome trace of the profiled steps (.json.gz)")
@@ -244,8 +240,7 @@ def main(argv=None) -> dict:
     batches = pretraining_batches(4, seq, batch, vocab, seed=seq)
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     results: dict = {"device": hw, "torch": torch.__version__, "seq": seq, "batch": batch, "contenders": {},
-                     "varlen_kernel": args.varlen_kernel, "ablations_ms_per_step": {}}
-    P.set_varlen_kernel(args.varlen_kernel)
+                     "ablations_ms_per_step": {}}
     print(f"{hw}, torch {torch.__version__}, BERT-{size} seq {seq} x batch {batch}, bf16", flush=True)
 
     def save():
@@ -299,16 +294,12 @@ def main(argv=None) -> dict:
         import torch._inductor.config as inductor_config
         return lambda: inductor_config.patch(**options)
 
-    other_kernel = "cudnn" if args.varlen_kernel == "flash" else "flash"
     ablations = [("bertkit eager", step(), contextlib.nullcontext),
-                 (f"eager, {other_kernel} attention", step(), lambda: varlen_kernel(other_kernel)),
                  ("eager, last layer on every row", step(), every_row_selected),
                  ("no dropout", step(no_dropout), contextlib.nullcontext),
                  ("forward + backward only", step(optimize=False), contextlib.nullcontext)]
     if args.compile:
         ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
-                      (f"compiled, {other_kernel} attention", step(compiled=True),
-                       lambda: varlen_kernel(other_kernel)),
                       ("compiled, last layer on every row", step(compiled=True), every_row_selected),
                       ("compiled, no attention dropout", step(no_attention_dropout, True), contextlib.nullcontext),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]

@@ -21,13 +21,10 @@ def test_smoke_runs_every_code_path(tmp_path):
     num = saved["numerics"]
     assert num["ok"] and num["attention_path"] == "per-run" and num["ok_within_bf16_tolerance"]
     assert num["encoder_max_abs_error_vs_fp32"]["fp32_bertkit_vs_transformers"] < 1e-4
-    # off CUDA the cuDNN choice has no effect: the same per-run path, the same numbers
-    assert num["cudnn"]["vs_flash"] == 0.0 and num["cudnn"]["selection_vs_all_rows"] < 1e-2
-    assert num["cudnn"]["dropout_grads_finite"]
     for seq, batch in gpu.SMOKE["pretrain"]:
         contenders = saved[f"pretrain_{seq}x{batch}"]["contenders"]
-        assert set(contenders) == {"bertkit", "bertkit cuDNN", "transformers", "bertkit Trainer",
-                                   "bertkit + compile", "bertkit cuDNN + compile", "transformers + compile"}
+        assert set(contenders) == {"bertkit", "transformers", "bertkit Trainer", "bertkit + compile",
+                                   "transformers + compile"}
         for c in contenders.values():
             assert c["sequences_per_s"] > 0 and torch.isfinite(torch.tensor(c["last_loss"]))
         # the Trainer trains the same model on the same batches as the bench's own bertkit step loop
@@ -39,7 +36,7 @@ def test_smoke_runs_every_code_path(tmp_path):
             assert 0 < c["host_ms_per_step"] <= c["step_ms"] and c["host_ms_per_step"] > 0.5 * c["step_ms"]
     inf = saved["inference"]
     assert inf["real_tokens"] == sum(gpu.lognormal_lengths(gpu.SMOKE["n_infer"], 12, gpu.SMOKE["infer_cap"], seed=2))
-    assert len(inf["contenders"]) == 8
+    assert len(inf["contenders"]) == 7
     for name, c in inf["contenders"].items():   # each bertkit way computes what eager bertkit does
         assert name.startswith("transformers") or c["max_abs_diff_vs_bertkit_eager"] < 1e-4, (name, c)
     assert all(c["real_tokens_per_s"] > 0 for c in inf["contenders"].values())
@@ -92,7 +89,6 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     assert set(res["ablations_ms_per_step"]) == {"bertkit eager", "no dropout", "forward + backward only", "compiled",
                                                  "eager, last layer on every row",
                                                  "compiled, last layer on every row",
-                                                 "eager, cudnn attention", "compiled, cudnn attention",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
@@ -203,10 +199,18 @@ def test_graphed_encoder_buckets_compute_what_the_model_does():
         GraphedEncoder(model, granule=64)
 
 
+def test_contenders_option_runs_only_the_named(tmp_path):
+    res = gpu.main(["--smoke", "--only", "pretrain", "--no-compile", "--contenders", "bertkit",
+                    "--out", str(tmp_path / "g.json")])
+    for seq, batch in gpu.SMOKE["pretrain"]:
+        assert set(res[f"pretrain_{seq}x{batch}"]["contenders"]) == {"bertkit"}
+    assert res["failed"] == [] and "inference" not in res
+
+
 def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
-    """bench/gpu_session.sh, run with a recording stand-in for `python` (and `nvidia-smi`): the four benches
-    in order, each command line accepted by that bench's own parser, every output under $OUT, in both the
-    real and the SMOKE mode."""
+    """bench/gpu_session.sh, run with a recording stand-in for `python` (and `nvidia-smi`): the benches in
+    order, each command line accepted by that bench's own parser, every output under $OUT, in both the real
+    and the SMOKE mode; the two gpu.py runs share one fresh compile cache outside $OUT, removed at the end."""
     import os
     import shlex
     import subprocess
@@ -219,7 +223,9 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     fake.mkdir()
     log = tmp_path / "calls.txt"
     for name in ("python", "nvidia-smi"):
-        (fake / name).write_text(f'#!/bin/sh\necho "$0 $*" >> {shlex.quote(str(log))}\n')
+        (fake / name).write_text(f'#!/bin/bash\ncase "$1" in bench/*) ;; *) exit 0;; esac\n'   # the benches only
+                                 f'printf "%q " "$0" "$@" >> {shlex.quote(str(log))}\n'
+                                 f'printf "%q\\n" "$TORCHINDUCTOR_CACHE_DIR" >> {shlex.quote(str(log))}\n')
         (fake / name).chmod(0o755)
     parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser(),
                "bench/gpu_cli_check.py": gpu_cli_check.build_parser()}
@@ -229,14 +235,21 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(out), "SMOKE": smoke}
         subprocess.run(["bash", str(repo / "bench" / "gpu_session.sh")], env=env, check=True,
                        capture_output=True, text=True)
-        calls = [shlex.split(line)[1:] for line in log.read_text().splitlines() if line.split()[0].endswith("python")]
-        scripts = [c[0] for c in calls if c[0].startswith("bench/")]
-        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
-        for c in (c for c in calls if c[0].startswith("bench/")):
+        lines = [shlex.split(line) for line in log.read_text().splitlines() if line.split()[0].endswith("python")]
+        calls = [c[1:-1] for c in lines if c[1].startswith("bench/")]  # the last word: the compile cache
+        caches = {c[-1] for c in lines if c[1].startswith("bench/")}
+        scripts = [c[0] for c in calls]
+        assert scripts == ["bench/gpu.py", "bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py",
+                           "bench/gpu_cli_check.py"]
+        for c in calls:
             args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
+        again = parsers["bench/gpu.py"].parse_args(calls[1][1:])
+        assert again.only == ["pretrain"] and again.contenders == ["bertkit", "bertkit + compile"]
         last = parsers["bench/gpu_profile.py"].parse_args(calls[-2][1:])
-        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32)) and last.varlen_kernel == "cudnn"
+        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32)) and not last.ablations
+        (cache,) = caches
+        assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()
 
 

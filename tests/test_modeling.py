@@ -823,44 +823,6 @@ def test_varlen_kernel_calls_are_well_formed_on_meta_tensors(dropout_p):
     assert q.grad.shape == q.shape and k.grad.shape == (30, 4, 16)
 
 
-def test_set_varlen_kernel_names_the_choices():
-    with pytest.raises(ValueError, match="varlen kernel: expected one of flash, cudnn, got 'fa3'"):
-        P.set_varlen_kernel("fa3")
-    assert P._varlen_kernel_name == "flash"
-
-
-@pytest.mark.parametrize("compiled", [False, True])
-def test_cudnn_kernel_gets_dense_rows_and_the_plan(monkeypatch, compiled):
-    """With the cuDNN kernel chosen, q/k/v reach it dense (cuDNN locates sequences as cu_seqlens x heads x
-    head_dim) with the plan's lengths; a stand-in kernel checks the plumbing, with and without torch.compile
-    (where the kernel runs between graphs)."""
-    packing, q, k, v = _random_packed((7, 11, 4, 11))
-    expected, _ = P.attention(q, k, v, packing)
-    calls = []
-
-    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p):
-        calls.append((q.is_contiguous(), k.is_contiguous(), v.is_contiguous(), max_q, max_k, dropout_p))
-        return _per_sequence_kernel(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p)
-
-    P.keep_runs_out_of_graphs()
-    monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: not need_weights)
-    monkeypatch.setattr(P, "_cudnn_varlen", kernel)
-    monkeypatch.setattr(P, "_cudnn_outside_graphs", torch.compiler.disable(kernel))
-    assert P.set_varlen_kernel("cudnn") == "flash"
-    try:
-        qkv = torch.stack([q, k, v], 1)                                     # (tokens, 3, heads, head_dim)
-
-        def f(qkv):
-            a, b, c = qkv.unbind(1)                                         # strided views, as in the model
-            return P.attention(a, b, c, packing, dropout_p=0.0)[0]
-
-        out = (torch.compile(f, backend="eager", dynamic=True) if compiled else f)(qkv)
-    finally:
-        assert P.set_varlen_kernel("flash") == "cudnn"
-    assert calls == [(True, True, True, 11, 11, 0.0)]
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
-
-
 @pytest.mark.parametrize("dropout_p", [0.0, 0.1])
 def test_varlen_branch_compiles_into_one_graph(monkeypatch, dropout_p):
     """Under torch.compile the varlen branch traces without a graph break (fullgraph), the sequence lengths

@@ -152,49 +152,17 @@ def use_varlen(device_type: str, dtype: torch.dtype, need_weights: bool) -> bool
     return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and not need_weights
 
 
-VARLEN_KERNELS = ("flash", "cudnn")
-_varlen_kernel_name = "flash"
-
-
-def set_varlen_kernel(name: str) -> str:
-    """Choose the fused kernel of the varlen path, for every model in the process: "flash" (FlashAttention-2,
-    the default: Ampere and newer) or "cudnn" (cuDNN's fused attention on ragged tensors, which has
-    Hopper-specific kernels; docs/PERFORMANCE.md prices both). Numbers agree within bf16 tolerance.
-    Returns the previous choice, to restore it."""
-    global _varlen_kernel_name
-    if name not in VARLEN_KERNELS:
-        raise ValueError(f"varlen kernel: expected one of {', '.join(VARLEN_KERNELS)}, got {name!r}")
-    previous, _varlen_kernel_name = _varlen_kernel_name, name
-    return previous
-
-
 def _varlen_kernel(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout_p: float) -> torch.Tensor:
-    """Fused attention over packed sequences: q (queries, heads, head_dim), k and v (tokens, heads, head_dim),
+    """FlashAttention over packed sequences: q (queries, heads, head_dim), k and v (tokens, heads, head_dim),
     out like q. Queries and keys are packed the same way unless a Selection picked some queries.
 
-    FlashAttention without dropout: the public `torch.nn.attention.varlen.varlen_attn` (4x padded SDPA on an
-    H200, see DESIGN.md). It has no dropout argument, so training with attention dropout calls the ATen op it
-    wraps, `_flash_attention_forward`, whose autograd formula (derivatives.yaml) replays the same dropout mask.
-    cuDNN: see `_cudnn_varlen`."""
-    if _varlen_kernel_name == "cudnn":
-        # cuDNN locates each sequence as cu_seqlens x heads x head_dim: the rows must be dense, so q, k and v
-        # (views into the fused projection's output) are copied here, where torch.compile can fuse the copy
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        compiling = _cudnn_outside_graphs is not None and torch.compiler.is_compiling()
-        return (_cudnn_outside_graphs if compiling else _cudnn_varlen)(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p)
+    Without dropout: the public `torch.nn.attention.varlen.varlen_attn` (4x padded SDPA on an H200, see
+    DESIGN.md). It has no dropout argument, so training with attention dropout calls the ATen op it wraps,
+    `_flash_attention_forward`, whose autograd formula (derivatives.yaml) replays the same dropout mask."""
     if dropout_p > 0.0:
         return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, False, False)[0]
     from torch.nn.attention.varlen import varlen_attn
     return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k)
-
-
-def _cudnn_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout_p: float) -> torch.Tensor:
-    """cuDNN's fused attention with `cum_seq_q/k` (the ragged layout torch's nested tensors use). Its autograd
-    formula saves the philox seed and offset, so the backward replays the dropout mask. The op has no
-    shape function, so under torch.compile it runs between graphs (`keep_runs_out_of_graphs`)."""
-    lse = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))  # the backward needs it
-    return torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu_q, cu_k, max_q, max_k, lse, dropout_p,
-                                                   False, False)[0]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
@@ -221,19 +189,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packin
     return (_runs_outside_graphs if compiling else _attention_runs)(q, k, v, packing, dropout_p, need_weights)
 
 
-_runs_outside_graphs = _selected_outside_graphs = _cudnn_outside_graphs = None
+_runs_outside_graphs = _selected_outside_graphs = None
 
 
 def keep_runs_out_of_graphs() -> None:
     """Make torch.compile treat the per-run paths as graph breaks: their Python loops over the runs differ
-    from batch to batch and would otherwise recompile every time. The cuDNN kernel too (no shape function).
-    Called by `compile_layers`; not done at
+    from batch to batch and would otherwise recompile every time. Called by `compile_layers`; not done at
     import, because `torch.compiler.disable` imports torch._dynamo (1.8 s of cold start)."""
-    global _runs_outside_graphs, _selected_outside_graphs, _cudnn_outside_graphs
+    global _runs_outside_graphs, _selected_outside_graphs
     if _runs_outside_graphs is None:
         _runs_outside_graphs = torch.compiler.disable(_attention_runs)
         _selected_outside_graphs = torch.compiler.disable(_selected_runs)
-        _cudnn_outside_graphs = torch.compiler.disable(_cudnn_varlen)
 
 
 def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: bool):
