@@ -263,12 +263,15 @@ def _finetune_tag(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_conll_columns(p: argparse.ArgumentParser, tag: bool = True) -> None:
-    p.add_argument("--token-column", type=int, default=0,
-                   help="CoNLL files: 0-based column of the token (negative counts from the end; default 0)")
+def _add_conll_columns(p: argparse.ArgumentParser, tag: bool = True, remembered: bool = False) -> None:
+    """CoNLL columns; `remembered` (evaluate, predict): left out, they are those the model was fine-tuned with."""
+    fine_tuned = "as fine-tuned, else " if remembered else ""
+    p.add_argument("--token-column", type=int, default=None if remembered else 0,
+                   help=f"CoNLL files: 0-based column of the token (negative counts from the end; default "
+                        f"{fine_tuned}0)")
     if tag:
-        p.add_argument("--tag-column", type=int, default=-1,
-                       help="CoNLL files: 0-based column of the BIO tag (default -1, the last)")
+        p.add_argument("--tag-column", type=int, default=None if remembered else -1,
+                       help=f"CoNLL files: 0-based column of the BIO tag (default {fine_tuned}-1, the last)")
 
 
 def _add_finetune_tag(p: argparse.ArgumentParser) -> None:
@@ -290,20 +293,22 @@ def _finetune_choice(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_choice_columns(p: argparse.ArgumentParser, defaults=None) -> None:
+def _add_choice_columns(p: argparse.ArgumentParser, remembered: bool = False) -> None:
     """Multiple-choice columns (header names, 0-based indices or JSONL keys); --label-column and --format come
-    from `_add_columns`."""
+    from `_add_columns`. `remembered` (evaluate, predict): left out, they are those the model was fine-tuned
+    with."""
     from .tasks.choice import FinetuneChoiceArgs
-    d = defaults or FinetuneChoiceArgs()
-    p.add_argument("--context-column", default=d.context_column,
+    d = FinetuneChoiceArgs()
+    fine_tuned = "as fine-tuned, else " if remembered else ""
+    p.add_argument("--context-column", default=None if remembered else d.context_column,
                    help=f"multiple choice: column of the context, the first text of every pair "
-                        f"(default {d.context_column}; SWAG: sent1)")
+                        f"(default {fine_tuned}{d.context_column}; SWAG: sent1)")
     p.add_argument("--question-column", default=None,
                    help="multiple choice: column of a question or sentence prefix put before each choice "
-                        "(SWAG: sent2)")
-    p.add_argument("--choice-columns", default=d.choice_columns, metavar="COL,COL,...",
-                   help=f"multiple choice: the choice columns, comma-separated (default {d.choice_columns}); "
-                        "the label is a 0-based index into them or one of their names")
+                        f"(SWAG: sent2){' (default: as fine-tuned)' if remembered else ''}")
+    p.add_argument("--choice-columns", default=None if remembered else d.choice_columns, metavar="COL,COL,...",
+                   help=f"multiple choice: the choice columns, comma-separated (default {fine_tuned}"
+                        f"{d.choice_columns}); the label is a 0-based index into them or one of their names")
 
 
 def _choice_kwargs(args: argparse.Namespace) -> dict:
@@ -319,7 +324,7 @@ def _add_finetune_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", required=True, metavar="FILE",
                    help="training table (CSV, TSV or JSONL): a context, an optional question, N choices and a label")
     p.add_argument("--dev", required=True, metavar="FILE", help="dev table, evaluated during training")
-    _add_choice_columns(p, d)
+    _add_choice_columns(p)
     p.add_argument("--label-column", default=d.label_column,
                    help="column of the label: the right choice's 0-based index or choice column name (default label)")
     p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
@@ -424,8 +429,8 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
     p.add_argument("--model", required=True, metavar="DIR",
                    help="a fine-tuned model: sequence classification / regression, tagging, QA or multiple choice")
     _add_columns(p, label=labelled, remembered=True)
-    _add_conll_columns(p, tag=labelled)
-    _add_choice_columns(p)
+    _add_conll_columns(p, tag=labelled, remembered=True)
+    _add_choice_columns(p, remembered=True)
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     p.add_argument("--max-seq-length", type=int, default=None,
                    help="tokens per example (default: as fine-tuned, else 128; 384 for a QA model)")

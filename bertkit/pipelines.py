@@ -6,7 +6,7 @@
     clf = pipeline("text-classification", model="path/to/classifier")
     clf(["great film", "dull film"], top_k=1)        # [{"label", "score"}, {"label", "score"}]
     clf("great film")                                # [{"label", "score"}]: one text, a list, as transformers
-    ner = pipeline("token-classification", model="path/to/tagger", aggregation_strategy="first")
+    ner = pipeline("token-classification", model="path/to/tagger", aggregation_strategy="simple")
     ner("Ada Lovelace met Babbage.")                 # [{"entity_group", "score", "word", "start", "end"}]
     qa = pipeline("question-answering", model="path/to/qa")
     qa(question="Who met Babbage?", context="Ada Lovelace met Babbage.")   # {"score", "start", "end", "answer"}
@@ -341,30 +341,32 @@ class TextClassificationPipeline(Pipeline):
 
 
 class TokenClassificationPipeline(Pipeline):
-    """`p(text)` -> [{"entity", "score", "index", "word", "start", "end"}, ...], or with
-    aggregation_strategy="first" [{"entity_group", "score", "word", "start", "end"}, ...]; transformers' names,
-    defaults and results.
+    """`p(text)` -> [{"entity", "score", "index", "word", "start", "end"}, ...], or with an aggregation
+    strategy [{"entity_group", "score", "word", "start", "end"}, ...]; transformers' names, defaults, rules
+    and results.
 
     "none" (the default): one dict per sub-token not labelled "O"; `index` is the token position ([CLS] being
-    0), `word` the sub-token ("##lace"). "first": each word (as the tokenizer splits words) takes the label
-    and probability of its first sub-token; adjacent words form one entity while their labels share a type
-    and the later one is not B- (labels without a B-/I- prefix count as I-); "O" entities are dropped.
-    `score` is the mean over the entity's words, `start`/`end` are character offsets into the text, and
-    `word` is text[start:end] (transformers decodes the tokens instead: lower-cased by an uncased
-    tokenizer). Text beyond the tokenizer's max length is not tagged."""
+    0), `word` the sub-token ("##lace"). The others build entities from units: "simple" from sub-tokens,
+    "first", "average" and "max" from words (as the tokenizer splits words), whose label and score come from
+    the first sub-token's probabilities, their mean, or the sub-token with the highest probability. Adjacent
+    units form one entity while their labels share a type and the later one is not B- (labels without a
+    B-/I- prefix count as I-); the entity is named after its first unit's label without the prefix, its
+    `score` is the mean over its units, and "O" entities are dropped. `start`/`end` are character offsets
+    into the text and `word` is text[start:end] (transformers decodes the tokens instead: lower-cased by an
+    uncased tokenizer). Text beyond the tokenizer's max length is not tagged."""
 
     task = "token-classification"
     auto_class = AutoModelForTokenClassification
     head = "token classifier head (classifier)"
     options = {"aggregation_strategy": "none"}
-    strategies = ("none", "first")
+    strategies = ("none", "simple", "first", "average", "max")
     ignore = ("O",)
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
         if opts.get("aggregation_strategy", "none") not in self.strategies:
-            raise ValueError(f"token-classification: aggregation_strategy must be 'none' or 'first' (the "
-                             f"strategies bertkit implements), got {opts['aggregation_strategy']!r}")
+            raise ValueError(f"token-classification: aggregation_strategy must be one of "
+                             f"{', '.join(self.strategies)}, got {opts['aggregation_strategy']!r}")
         return opts
 
     def _needs(self, key):
@@ -373,52 +375,78 @@ class TokenClassificationPipeline(Pipeline):
     def _run_batch(self, items, opts):
         enc = self._encode(items, padding=True, return_offsets_mapping=True, return_tensors="pt")
         offsets = enc["offset_mapping"].tolist()
-        probs = self._forward(self._inputs(enc)).logits.float().softmax(-1).cpu()
-        scores, labels = probs.max(-1)
+        probs = self._forward(self._inputs(enc)).logits.float().softmax(-1).cpu()  # (batch, seqlen, labels)
         id2label = self.model.config.id2label or {}
+        strategy = opts["aggregation_strategy"]
         out = []
         for i, text in enumerate(items):
-            tokens = []  # (position, word id, label, score, start, end) of each real, non-special token
-            for pos, w in enumerate(enc.word_ids(i)):
-                if w is not None:
-                    lab = int(labels[i, pos])
-                    tokens.append((pos, w, id2label.get(lab, f"LABEL_{lab}"), float(scores[i, pos]),
-                                   *offsets[i][pos]))
-            if opts["aggregation_strategy"] == "none":
+            # (position, word id, probabilities, start, end) of each real, non-special token
+            tokens = [(pos, w, probs[i, pos], *offsets[i][pos]) for pos, w in enumerate(enc.word_ids(i))
+                      if w is not None]
+            if strategy == "none":
                 ids = enc["input_ids"][i].tolist()
-                out.append([{"entity": lab, "score": s, "index": pos,
-                             "word": self.tokenizer.convert_ids_to_tokens(ids[pos]), "start": a, "end": b}
-                            for pos, _, lab, s, a, b in tokens if lab not in self.ignore])
+                found = []
+                for pos, _, p, a, b in tokens:
+                    label = self._label(id2label, int(p.argmax()))
+                    if label not in self.ignore:
+                        found.append({"entity": label, "score": float(p.max()), "index": pos,
+                                      "word": self.tokenizer.convert_ids_to_tokens(ids[pos]), "start": a, "end": b})
+                out.append(found)
+                continue
+            if strategy == "simple":
+                units = [(p, a, b) for _, _, p, a, b in tokens]
             else:
-                out.append(self._group(text, self._words(tokens)))
+                units = [(self._word_probs(strategy, [t[2] for t in word]), word[0][3], word[-1][4])
+                         for word in self._words(tokens)]
+            labelled = []
+            for p, a, b in units:
+                best = int(p.argmax())
+                labelled.append((self._label(id2label, best), float(p[best]), a, b))
+            out.append(self._group(text, labelled))
         return out
 
     @staticmethod
+    def _label(id2label, index: int) -> str:
+        return id2label.get(index, f"LABEL_{index}")
+
+    @staticmethod
     def _words(tokens):
-        """One (label, score, start, end) per word: the first sub-token's label and score, the word's span."""
-        words = []
-        last = None
-        for _, w, lab, s, a, b in tokens:
-            if w == last:
-                words[-1][3] = b
+        """The tokens grouped by word, in order."""
+        words, last = [], None
+        for t in tokens:
+            if t[1] == last:
+                words[-1].append(t)
             else:
-                words.append([lab, s, a, b])
-                last = w
+                words.append([t])
+                last = t[1]
         return words
 
-    def _group(self, text, words):
-        groups = []  # [type, [scores], start, end]
-        prev_type = None
-        for lab, s, a, b in words:
-            bi, typ = (lab[0], lab[2:]) if lab[:2] in ("B-", "I-") else ("I", lab)
-            if groups and typ == prev_type and bi != "B":
-                groups[-1][1].append(s)
+    @staticmethod
+    def _word_probs(strategy: str, probs: list[torch.Tensor]) -> torch.Tensor:
+        """A word's label probabilities from its sub-tokens' (transformers' aggregate_word)."""
+        if strategy == "first":
+            return probs[0]
+        if strategy == "average":
+            return torch.stack(probs).mean(0)
+        return max(probs, key=lambda p: float(p.max()))  # "max": the most confident sub-token, the first of ties
+
+    def _group(self, text, units):
+        """Entities from (label, score, start, end) units: see the class docstring."""
+        def tag(label):
+            return (label[0], label[2:]) if label[:2] in ("B-", "I-") else ("I", label)
+
+        groups = []  # [name, [scores], start, end]
+        prev = None
+        for label, score, a, b in units:
+            bi, typ = tag(label)
+            if groups and typ == prev and bi != "B":
+                groups[-1][1].append(score)
                 groups[-1][3] = b
             else:
-                groups.append([typ, [s], a, b])
-            prev_type = typ
-        return [{"entity_group": typ, "score": sum(ss) / len(ss), "word": text[a:b], "start": a, "end": b}
-                for typ, ss, a, b in groups if typ not in self.ignore]
+                groups.append([label.split("-", 1)[-1], [score], a, b])
+            prev = typ
+        return [{"entity_group": name, "score": sum(ss) / len(ss), "word": text[a:b], "start": a, "end": b}
+                for name, ss, a, b in groups if name not in self.ignore]
 
 
 class QuestionAnsweringPipeline(Pipeline):

@@ -227,6 +227,26 @@ def test_token_classification_matches_transformers(tagger_dir):
         assert all(abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(alone, mine))
 
 
+@pytest.mark.parametrize("strategy", ["simple", "average", "max"])
+def test_token_classification_strategies_match_transformers(tagger_dir, strategy):
+    """transformers' other aggregation strategies: "simple" groups sub-tokens, "average" and "max" pick a
+    word's label from the mean of its sub-tokens' probabilities or from its most confident sub-token."""
+    ours = pipeline("token-classification", model=tagger_dir, aggregation_strategy=strategy)
+    theirs = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir, device="cpu",
+                                   aggregation_strategy=strategy)
+    first = ours(TEXTS, aggregation_strategy="first")
+    differs = 0
+    for text, mine, other in zip(TEXTS, ours(TEXTS), first):
+        ref = theirs(text)
+        assert [(e["entity_group"], e["start"], e["end"]) for e in mine] == \
+               [(e["entity_group"], e["start"], e["end"]) for e in ref]
+        assert all(abs(a["score"] - float(b["score"])) <= 1e-5 for a, b in zip(mine, ref))
+        assert all(e["word"] == text[e["start"]:e["end"]] for e in mine)
+        differs += [(e["entity_group"], e["start"], e["end"]) for e in mine] != \
+                   [(e["entity_group"], e["start"], e["end"]) for e in other]
+    assert differs  # the strategy changes something on these texts: the comparison has teeth
+
+
 class FixedTagger(torch.nn.Module):
     """Stands in for a trained tagger: each token id's label comes from a table (O elsewhere)."""
 
@@ -289,8 +309,9 @@ def test_errors(tagger_dir):
         pipeline("fill-mask")
     with pytest.raises(TypeError, match="unknown option"):
         pipeline("token-classification", model=tagger_dir, top_k=3)
-    with pytest.raises(ValueError, match="aggregation_strategy must be 'none' or 'first'"):
-        pipeline("token-classification", model=tagger_dir)("x", aggregation_strategy="max")
+    with pytest.raises(ValueError, match="aggregation_strategy must be one of none, simple, first, average, max, "
+                                         "got 'mean'"):
+        pipeline("token-classification", model=tagger_dir)("x", aggregation_strategy="mean")
     with pytest.raises(ValueError, match="pooling must be"):
         pipeline("feature-extraction", model=tagger_dir, pooling="max")
     with pytest.raises(ValueError, match="batch_size"):

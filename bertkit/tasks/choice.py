@@ -234,7 +234,7 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
             args, seed, out, partial(AutoModelForMultipleChoice.from_pretrained, args.model), tok, batches,
             ChoiceObjective, lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy",
             {"task": "multiple_choice", "num_choices": n_choices, "num_train": len(train), "num_dev": len(dev)},
-            {"max_seq_length": args.max_seq_length})
+            {"max_seq_length": args.max_seq_length, **{k: getattr(args, k) for k in CHOICE_COLUMNS}})
 
     results = run_seeds(args, Path(args.output), run_one, "accuracy",
                         {"task": "multiple_choice", "num_choices": n_choices})
@@ -242,15 +242,24 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
     return results
 
 
+CHOICE_COLUMNS = ("context_column", "question_column", "choice_columns", "label_column")
+
+
+def _choice_read(model, read: dict[str, Any]) -> dict[str, Any]:
+    """`read_choices`' options with the columns left out or None taken as fine-tuned (`settings_for`)."""
+    return {**read, **settings_for(model, FinetuneChoiceArgs, **{k: read.get(k) for k in CHOICE_COLUMNS})}
+
+
 def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
                         max_seq_length: int | None = None, device: str | None = None, compile: bool = False,
                         **read) -> dict[str, Any]:
     """Accuracy of a fine-tuned multiple-choice model on a labelled table (`read`: `read_choices`' column
-    arguments); printed and written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
+    arguments, those left out as fine-tuned); printed and written as JSON to `output` (default:
+    `<model_dir>/eval_<data name>.json`)."""
     from ..auto import AutoModelForMultipleChoice
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
-    examples = read_choices(data, **read)
+    examples = read_choices(data, **_choice_read(model, read))
     if not examples:
         raise ValueError(f"{data}: no rows")
     feats = encode_choices(tok, examples, min(max_seq_length, model.config.max_position_embeddings))
@@ -262,11 +271,11 @@ def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: in
                        max_seq_length: int | None = None, device: str | None = None, compile: bool = False,
                        **read) -> int:
     """Pick a choice for every row; one JSON line per row ({"label": index, "score", "probabilities"}) in
-    `output`. Returns the row count."""
+    `output` (`read`: as for `run_evaluate_choice`). Returns the row count."""
     from ..auto import AutoModelForMultipleChoice
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
-    examples = read_choices(data, **{**read, "label_column": None})
+    examples = read_choices(data, **{**_choice_read(model, read), "label_column": None})
     preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
     lines = [json.dumps({"label": p["label"], "score": round(p["score"], 6),
                          "probabilities": [round(q, 6) for q in p["probabilities"]]}) for p in preds]

@@ -429,7 +429,8 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
             args, seed, out, load, tok, batches, TagObjective,
             lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), "f1",
             {"task": "tagging", "labels": list(tags), "num_train": len(train), "num_dev": len(dev)},
-            {"max_seq_length": args.max_seq_length, "stride": args.stride})
+            {"max_seq_length": args.max_seq_length, "stride": args.stride, "token_column": args.token_column,
+             "tag_column": args.tag_column})
 
     results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "tagging", "labels": list(tags)})
     dist.cleanup()
@@ -466,18 +467,25 @@ def _tag_settings(model, max_seq_length: int | None, stride: int | str | None) -
     return s["max_seq_length"], s["stride"]
 
 
+def _tag_columns(model, **columns: int | None) -> dict[str, int]:
+    """The CoNLL columns given, else as fine-tuned, else the fine-tuning job's defaults (`settings_for`)."""
+    return settings_for(model, FinetuneTagArgs, **columns)
+
+
 def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
-                     max_seq_length: int | None = None, stride: int | None = None, token_column: int = 0,
-                     tag_column: int = -1, device: str | None = None, compile: bool = False) -> dict[str, Any]:
+                     max_seq_length: int | None = None, stride: int | None = None, token_column: int | None = None,
+                     tag_column: int | None = None, device: str | None = None, compile: bool = False) -> dict[str, Any]:
     """Entity F1 (micro and per type) and word accuracy of a fine-tuned tagger on a CoNLL file; printed and
-    written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`)."""
+    written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`). Columns left None are those
+    the model was fine-tuned with."""
     from ..auto import AutoModelForTokenClassification
     from ..data.readers import read_conll
     from .tag import encode_sentences, evaluate_tagging
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    sentences = read_conll(data, token_column, tag_column)
+    cols = _tag_columns(model, token_column=token_column, tag_column=tag_column)
+    sentences = read_conll(data, cols["token_column"], cols["tag_column"])
     if not sentences:
         raise ValueError(f"{data}: no sentences")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
@@ -488,15 +496,16 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
 
 
 def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64,
-                    max_seq_length: int | None = None, stride: int | None = None, token_column: int = 0,
+                    max_seq_length: int | None = None, stride: int | None = None, token_column: int | None = None,
                     device: str | None = None, compile: bool = False) -> int:
     """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored); one JSON line per
-    sentence ({"tokens", "tags", "scores"}) in `output`. Returns the sentence count."""
+    sentence ({"tokens", "tags", "scores"}) in `output`. Returns the sentence count. `token_column` None: as
+    fine-tuned."""
     from ..auto import AutoModelForTokenClassification
     from .tag import predict_tags, read_tokens
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
-    sentences = read_tokens(data, token_column)
+    sentences = read_tokens(data, _tag_columns(model, token_column=token_column)["token_column"])
     preds = predict_tags(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
                          batch_size=batch_size)
     lines = [json.dumps({"tokens": words, "tags": [t for t, _ in p], "scores": [round(s, 6) for _, s in p]},

@@ -282,6 +282,36 @@ class _Window:
             v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
             acc[k] = acc[k] + v if k in acc else v
 
+    def state(self) -> dict[str, Any]:
+        """This rank's window as plain numbers, for a checkpoint: a run resumed between two log lines then
+        logs the same averages as an uninterrupted one (and tokens/s over the window's own time)."""
+        def floats(d):
+            return {k: float(v) for k, v in d.items()}
+        return {"sums": floats(self.sums), "stats": floats(self.stats), "counts": floats(self.counts),
+                "tokens": float(self.tokens), "grad_norm": float(self.grad_norm), "steps": self.steps,
+                "seconds": time.perf_counter() - self.t0}
+
+    def load(self, states: list[dict[str, Any]], rank: int, world_size: int, device: torch.device) -> None:
+        """Take up the windows a checkpoint's ranks saved. With the same number of ranks, each its own;
+        with another, rank 0 carries the sums of them all and the other ranks none (the log line adds the
+        ranks' sums up). The counts, gradient norm and steps are global: the same on every rank."""
+        if len(states) == world_size:
+            own = states[rank]
+        else:
+            factor = 1.0 if rank == 0 else 0.0
+            own = {key: {k: factor * sum(st[key][k] for st in states) for k in states[0][key]}
+                   for key in ("sums", "stats")}
+            own["tokens"] = factor * sum(st["tokens"] for st in states)
+        first = states[0]
+
+        def tensors(d):
+            return {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in d.items()}
+        self.sums, self.stats, self.counts = tensors(own["sums"]), tensors(own["stats"]), tensors(first["counts"])
+        self.tokens = own["tokens"]
+        self.grad_norm = torch.tensor(first["grad_norm"], dtype=torch.float64, device=device)
+        self.steps = first["steps"]
+        self.t0 = time.perf_counter() - first["seconds"]
+
 
 class Trainer:
     """Train `objective` (whose parameters are `model`'s) on `batches`, a source yielding dict batches
@@ -467,6 +497,8 @@ class Trainer:
             data = self.batches.state_dict()
         rngs = dist.all_gather_object(rng_state())
         datas = dist.all_gather_object(data)
+        window = getattr(self, "_window", None)
+        windows = dist.all_gather_object(window.state()) if window is not None else None
         model_state = dist.full_state_dict(self.model) if self.sharded else None       # collective
         optimizer_state = dist.full_optimizer_state(self.optimizer) if self.sharded else None
         path = None
@@ -476,7 +508,7 @@ class Trainer:
                 optimizer=self.optimizer, optimizer_state=optimizer_state, scheduler=self.scheduler,
                 scaler=self.scaler, data_states=datas if data is not None else None, rng_states=rngs,
                 extra={"elapsed": self.elapsed(), "world_size": self.info.world_size,
-                       "config": dataclasses.asdict(self.cfg)},
+                       "config": dataclasses.asdict(self.cfg), "log_windows": windows},
                 save_extra=self.save_extra, keep_last=self.cfg.keep_last)
         dist.barrier()
         return path
@@ -500,6 +532,7 @@ class Trainer:
         elif hasattr(self.batches, "load_state_dict"):
             warnings.warn(f"{path} holds no data position: the batch source starts from its beginning")
         self._elapsed0 = float(state["extra"].get("elapsed", 0.0))
+        self._resume_windows = state["extra"].get("log_windows")  # None from a checkpoint before they were kept
         if same_world:
             self._resume_rng = state["rng"][self.info.rank]
         else:  # fresh streams, not those of the start: seed + rank + step
@@ -542,7 +575,7 @@ class Trainer:
         data position, step). Returns the last logged train metrics, the last eval metrics prefixed
         `eval_`, and `step`."""
         cfg = self.cfg
-        self._resume_rng = None
+        self._resume_rng = self._resume_windows = None
         start = self._resume() if resume else None
         resumed = start is not None
         self.step = start or 0
@@ -572,7 +605,9 @@ class Trainer:
 
         final: dict[str, Any] = {}
         last_eval: dict[str, Any] = {}
-        window = _Window()
+        window = self._window = _Window()
+        if self._resume_windows:  # the steps since the last log line before the checkpoint count in the next one
+            window.load(self._resume_windows, self.info.rank, self.info.world_size, self.device)
         ddp = self.wrapped is not self.objective
         self.objective.train()
         try:

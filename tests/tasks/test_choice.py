@@ -93,9 +93,10 @@ def test_finetune_choice_learns_the_toy_task(trained, toy):
 def test_evaluate_and_predict_dispatch_on_a_multiple_choice_model(trained, toy, tmp_path, capsys):
     out = tmp_path / "m.json"
     saved = json.loads((trained / "best" / "config.json").read_text())["task_specific_params"]
-    assert saved == {"multiple-choice": {"max_seq_length": 24}}
-    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out),
-                 *SWAG]) == 0
+    assert saved == {"multiple-choice": {"max_seq_length": 24, "context_column": "sent1", "question_column": "sent2",
+                                         "choice_columns": ",".join(ENDINGS), "label_column": "label"}}
+    # the columns are those of fine-tuning unless given
+    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out)]) == 0
     best = json.loads((trained / "eval_results.json").read_text())["best"]
     metrics = json.loads(out.read_text())
     assert metrics["accuracy"] == pytest.approx(best["accuracy"]) and metrics["n"] == 40
@@ -104,8 +105,7 @@ def test_evaluate_and_predict_dispatch_on_a_multiple_choice_model(trained, toy, 
     _, dev = toy["rows"]
     data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in dev[:8]))
     pred = tmp_path / "p.jsonl"
-    assert main(["predict", "--model", str(trained / "best"), "--data", str(data), "--output", str(pred),
-                 *SWAG[:-2], "--max-seq-length", "24"]) == 0
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(data), "--output", str(pred)]) == 0
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert len(rows) == 8 and all(len(r["probabilities"]) == 4 for r in rows)
     assert sum(r["label"] == int(d["label"]) for r, d in zip(rows, dev[:8])) >= 7

@@ -85,8 +85,9 @@ def test_finetune_tag_learns_the_toy_task(trained, toy):
     assert model.load_report.clean
     assert model.config.id2label == {0: "B-LOC", 1: "B-PER", 2: "I-LOC", 3: "O"}
     assert model.config.label2id["O"] == 3
-    # the window settings are saved with the model, for evaluate / predict
-    assert model.config.extra["task_specific_params"] == {"token-classification": {"max_seq_length": 32, "stride": 8}}
+    # the window settings and CoNLL columns are saved with the model, for evaluate / predict
+    assert model.config.extra["task_specific_params"] == {"token-classification": {
+        "max_seq_length": 32, "stride": 8, "token_column": 0, "tag_column": -1}}
     tok = AutoTokenizer.from_pretrained(trained / "best")
     (tags,) = predict_tags(model, tok, [["Alice", "flew", "to", "New", "York"]])
     assert [t for t, _ in tags] == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
@@ -111,6 +112,29 @@ def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, c
     assert [r["tokens"] for r in rows] == [["Bob", "saw", "Rome"], ["Emma", "went", "to", "Los", "Angeles"]]
     assert [r["tags"] for r in rows] == [["B-PER", "O", "B-LOC"], ["B-PER", "O", "O", "B-LOC", "I-LOC"]]
     assert all(len(r["scores"]) == len(r["tokens"]) for r in rows)
+
+
+def test_evaluate_and_predict_read_the_columns_the_model_was_fine_tuned_with(trained, toy, tmp_path):
+    """A tagger fine-tuned on "tag<TAB>word" files reads such files in evaluate and predict without being told
+    the columns again (here the saved settings say so); flags still override."""
+    import shutil
+    model = tmp_path / "best"
+    shutil.copytree(trained / "best", model)
+    config = json.loads((model / "config.json").read_text())
+    config["task_specific_params"]["token-classification"].update(token_column=1, tag_column=0)
+    (model / "config.json").write_text(json.dumps(config))
+    _, dev = toy["rows"]
+    swapped = tmp_path / "swapped.conll"
+    swapped.write_text("\n".join("".join(f"{t}\t{w}\n" for w, t in s) for s in dev), encoding="utf-8")
+    assert main(["evaluate", "--model", str(model), "--data", str(swapped), "--output", str(tmp_path / "a.json")]) == 0
+    best = json.loads((trained / "eval_results.json").read_text())["best"]
+    assert json.loads((tmp_path / "a.json").read_text())["f1"] == pytest.approx(best["f1"])
+    assert main(["evaluate", "--model", str(model), "--data", str(toy["dev"]), "--output", str(tmp_path / "b.json"),
+                 "--token-column", "0", "--tag-column", "-1"]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["f1"] == pytest.approx(best["f1"])
+    assert main(["predict", "--model", str(model), "--data", str(swapped), "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == [[w for w, _ in s] for s in dev]
 
 
 def test_label_on_the_first_sub_token_only(toy):

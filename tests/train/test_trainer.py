@@ -80,6 +80,48 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert find_latest(tmp_path / "cut").endswith("step-000008")
 
 
+class _Interrupt(Exception):
+    pass
+
+
+class _CrashingSource(TinySource):
+    """TinySource that raises when asked for batch `crash_at`: a crash inside the step loop, in-process."""
+
+    def __init__(self, *args, crash_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at = crash_at
+
+    def __next__(self):
+        if self.pos == self.crash_at:
+            raise _Interrupt
+        return super().__next__()
+
+
+def test_a_resume_between_log_lines_logs_what_an_uninterrupted_run_logs(tmp_path):
+    """Log every 4 steps, checkpoint every 3, crash during step 8: the checkpoint of step 6 holds steps 5-6
+    of the open log window, so the resumed run's line at step 8 averages steps 5-8 like the uninterrupted
+    one (not 7-8)."""
+    def run(out, crash_at=None, resume=False):
+        torch.manual_seed(1234)
+        model = BertForPreTraining(tiny_config(0.1))
+        cfg = TrainConfig(max_steps=8, batch_size=4, lr=1e-3, warmup_steps=1, log_every=4, save_every=3,
+                          output_dir=str(out), tensorboard=False, progress=False, seed=3, save_final=False)
+        source = _CrashingSource(4, seed=7, crash_at=crash_at)
+        return Trainer(PretrainObjective(model), model, source, cfg).train(resume=resume)
+
+    full = run(tmp_path / "full")
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "cut", crash_at=7)
+    resumed = run(tmp_path / "cut", resume=True)
+    full_log, cut_log = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert [r["step"] for r in cut_log] == [r["step"] for r in full_log] == [4, 8]
+    for x, y in zip(full_log, cut_log):
+        assert {k: v for k, v in x.items() if k not in ("tokens_per_s", "elapsed")} == \
+               {k: v for k, v in y.items() if k not in ("tokens_per_s", "elapsed")}
+    assert resumed["loss"] == full["loss"] and resumed["grad_norm"] == full["grad_norm"]
+    assert 0 < cut_log[-1]["tokens_per_s"] < 10 * full_log[-1]["tokens_per_s"]  # over the window's own time
+
+
 def _train(out, batch, accum, steps=3, dropout=0.0, evaluate=None, save_extra=None, **kw):
     torch.manual_seed(1234)
     model = BertForPreTraining(tiny_config(dropout))
