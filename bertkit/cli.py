@@ -80,6 +80,22 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
                         "has upper-case tokens)")
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    print(export_onnx(args.model, args.output, opset=args.opset))
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="a model directory (config.json, weights, tokenizer files): its head is exported, or the "
+                        "bare encoder")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="new directory for model.onnx, config.json and the tokenizer files (must not exist, or be "
+                        "empty)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: torch's)")
+
+
 def _job_args(cls, args: argparse.Namespace):
     """The job's argument dataclass, filled from the parsed flags of the same names."""
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -477,6 +493,8 @@ COMMANDS = {
                              _tokenizer_train),
     ("convert",): ("convert an original google-research/bert (TensorFlow) or NVIDIA checkpoint to a model "
                    "directory", _add_convert, _convert),
+    ("export",): ("export a model directory to ONNX (dynamic batch and sequence axes), checked with onnxruntime",
+                  _add_export, _export),
     ("pretrain",): ("pre-train BERT (MLM + NSP) on a text corpus", _add_pretrain, _pretrain),
     ("plot",): ("draw the learning curves of runs to a PNG", _add_plot, _plot),
     ("finetune", "classify"): ("fine-tune BERT for sequence classification or regression on a table",

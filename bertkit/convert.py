@@ -16,8 +16,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +23,7 @@ import torch
 from . import modeling
 from .config import BertConfig
 from .hub import WEIGHTS_NAMES, read_weights, legacy_name, load_state, save_pretrained
+from .io import atomic_directory, check_new_directory
 from .tf_bundle import read_index, read_variables
 
 CONFIG_FILES = ("bert_config.json", "config.json")
@@ -199,8 +198,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
     not at all.
     """
     source, output = os.fspath(source), os.fspath(output)
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-        raise ValueError(f"{output}: already exists and is not an empty directory")
+    check_new_directory(output)
     path, kind = find_weights(source)
     where = source if os.path.isdir(source) else os.path.dirname(path)
     config_path = _beside(where, CONFIG_FILES, config_file, "config file")
@@ -226,19 +224,10 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
         lowercase = (not vocab_is_cased(vocab_path)) if lowercase is None else lowercase
         tokenizer = BertTokenizer(vocab_path, do_lower_case=lowercase,
                                   model_max_length=config.max_position_embeddings)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
-    try:
+    with atomic_directory(output) as staging:
         save_pretrained(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if os.path.isdir(output):
-            os.rmdir(output)  # empty, checked above
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Conversion(source=path, output=output, architecture=arch, num_weights=len(state),
                       skipped=skipped, lowercase=lowercase if tokenizer is not None else None)
 

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -75,7 +76,15 @@ class IndexedOutput:
         return self.to_tuple()[key]
 
 
-@dataclass
+def model_output(cls):
+    """Decorator of the output classes: a dataclass, registered as a pytree node so that torch.export (and
+    ONNX export) can return it, as transformers registers its ModelOutput."""
+    cls = dataclass(cls)
+    pytree.register_dataclass(cls, serialized_type_name=f"bertkit.{cls.__name__}")
+    return cls
+
+
+@model_output
 class BertModelOutput(IndexedOutput):
     TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("last_hidden_state", "pooler_output", "hidden_states", "attentions")
 
@@ -423,17 +432,25 @@ class BertModel(BertPreTrainedModel):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                              f"expected {tuple(ref.shape)} like input_ids")
         if packing is None:
-            packing = P.pack(attention_mask)
+            packing = P.pack_padded(attention_mask) if P.tracing() else P.pack(attention_mask)
         elif (packing.batch, packing.seqlen) != (batch, seqlen):
             raise ValueError(f"the packing plans a ({packing.batch}, {packing.seqlen}) batch, "
                              f"the inputs are ({batch}, {seqlen})")
         if selection is not None and (output_hidden_states or output_attentions):
             raise ValueError("a selection keeps only some rows of the last layer; ask for hidden states or "
                              "attentions without one")
+        take = None  # a plan that keeps the padding: every row through the last layer, then the selected ones
+        if packing.key_mask is not None and selection is not None:
+            if callable(selection):  # the [CLS] rows, say: dropped, as first_tokens finds them among all rows
+                selection = None
+            else:
+                take, selection = selection, None
         if callable(selection):
             selection = selection(packing)
 
-        if position_ids is None:
+        if position_ids is None and packing.key_mask is not None:       # every position is a row
+            positions = torch.arange(seqlen, device=ref.device).repeat(batch)  # (batch * seqlen,)
+        elif position_ids is None:
             positions = packing.indices % seqlen                         # (tokens,)
         else:
             positions = P.unpad(position_ids.expand(batch, seqlen), packing)
@@ -459,6 +476,8 @@ class BertModel(BertPreTrainedModel):
                 all_hidden.append(h)
             if output_attentions:
                 all_weights.append(weights)
+        if take is not None:
+            h, selection = h.index_select(0, take.rows), take                 # (selected, hidden)
         return Encoded(h, packing, all_hidden, all_weights, selection)
 
     def pool(self, enc: Encoded) -> torch.Tensor:

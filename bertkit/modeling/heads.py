@@ -9,7 +9,6 @@ the forward its one host sync (copying a device mask back to plan the packing); 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -18,10 +17,10 @@ from torch import nn
 
 from ..config import BertConfig
 from . import packing as P
-from .bert import ACT, BertModel, BertPreTrainedModel, Encoded, IndexedOutput
+from .bert import ACT, BertModel, BertPreTrainedModel, Encoded, IndexedOutput, model_output
 
 
-@dataclass
+@model_output
 class ClassifierOutput(IndexedOutput):
     """Logits of any classification-shaped head: sequence, token, masked LM, NSP, multiple choice."""
 
@@ -33,7 +32,7 @@ class ClassifierOutput(IndexedOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-@dataclass
+@model_output
 class PreTrainingOutput(IndexedOutput):
     TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("loss", "prediction_logits", "seq_relationship_logits",
                                                "hidden_states", "attentions")  # as transformers'; not the parts
@@ -47,7 +46,7 @@ class PreTrainingOutput(IndexedOutput):
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-@dataclass
+@model_output
 class QuestionAnsweringOutput(IndexedOutput):
     TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("loss", "start_logits", "end_logits", "hidden_states", "attentions")
 

