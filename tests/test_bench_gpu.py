@@ -77,7 +77,7 @@ def test_compiled_contenders_are_skipped_past_the_budget(tmp_path):
 
 def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     from bench import gpu_profile
-    res = gpu_profile.main(["--smoke", "--steps", "1", "--tuned", "--out", str(tmp_path / "p.json")])
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--tuned", "--all-ablations", "--out", str(tmp_path / "p.json")])
     assert set(res["contenders"]) == {"bertkit", "bertkit + compile", "transformers"}
     for r in res["contenders"].values():
         assert r["kernel_ms_per_step"] == pytest.approx(sum(r["by_kind_ms"].values()))  # by construction; and:
@@ -90,6 +90,7 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "eager, last layer on every row",
                                                  "compiled, last layer on every row",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
+                                                 "compiled, embeddings and heads too",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
