@@ -73,7 +73,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
     missing = _missing_packages()
     if missing:
         raise ValueError(f"ONNX export needs the {' and '.join(missing)} package{'s' * (len(missing) > 1)}: "
-                         "pip install 'bertkit[onnx]'")
+                         "pip install onnx onnxscript onnxruntime (bertkit's [onnx] extra)")
     check_new_directory(output)
     config = BertConfig.from_pretrained(model_dir)
     arch = (config.architectures or ["BertModel"])[0]

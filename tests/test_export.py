@@ -115,5 +115,6 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(export, "_missing_packages", lambda: ["onnxscript"])
     assert main(["export", str(model_dir), "--output", str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("ONNX export needs the onnxscript package: pip install 'bertkit[onnx]'")
+    assert err.endswith("ONNX export needs the onnxscript package: pip install onnx onnxscript onnxruntime "
+                        "(bertkit's [onnx] extra)")
     assert len(err.splitlines()) == 1 and not (tmp_path / "new").exists()
