@@ -228,3 +228,25 @@ def test_fsdp_in_a_single_process_warns_and_trains_unsharded(tmp_path):
         trainer = Trainer(PretrainObjective(model), model, TinySource(4), cfg)
     assert not trainer.sharded and trainer.wrapped is trainer.objective
     assert trainer.train()["step"] == 1
+
+
+def test_log_window_regroups_when_the_number_of_ranks_changes():
+    """The log line adds the ranks' sums up: resumed on another number of ranks, rank 0 carries them all; the
+    counts, gradient norm and steps are global. On the same number, each rank takes its own."""
+    from bertkit.train.trainer import _Window
+    states = [{"sums": {"mlm": 2.0}, "stats": {"acc_mlm": 1.0}, "counts": {"mlm": 10.0}, "tokens": 5.0,
+               "grad_norm": 3.0, "steps": 2, "seconds": 1.0},
+              {"sums": {"mlm": 4.0}, "stats": {"acc_mlm": 3.0}, "counts": {"mlm": 10.0}, "tokens": 7.0,
+               "grad_norm": 3.0, "steps": 2, "seconds": 1.5}]
+    cpu = torch.device("cpu")
+    first, other = _Window(), _Window()
+    first.load(states, 0, 3, cpu)
+    other.load(states, 2, 3, cpu)
+    assert (float(first.sums["mlm"]), float(first.stats["acc_mlm"]), first.tokens) == (6.0, 4.0, 12.0)
+    assert (float(other.sums["mlm"]), float(other.stats["acc_mlm"]), other.tokens) == (0.0, 0.0, 0.0)
+    for w in (first, other):
+        assert float(w.counts["mlm"]) == 10.0 and float(w.grad_norm) == 3.0 and w.steps == 2
+    same = _Window()
+    same.load(states, 1, 2, cpu)
+    assert float(same.sums["mlm"]) == 4.0 and same.tokens == 7.0
+    assert same.state()["seconds"] >= 1.0  # the window's time goes on from where it was
