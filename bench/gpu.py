@@ -301,13 +301,28 @@ def transformers_step(model, device, dtype, compiled: bool, backend: str = "indu
     return step
 
 
-def time_steps(step, batches, warmup: int, steps: int, device) -> dict:
+class TooSlow(RuntimeError):
+    pass
+
+
+def too_slow(seconds: float, max_step_s: float | None, what: str) -> None:
+    """Give up on a contender whose step, after warm-up, takes over `max_step_s`: one broken contender must
+    not eat the GPU session (session 8 lost its compiled figures to a 2 s-per-step one)."""
+    if max_step_s is not None and seconds > max_step_s:
+        raise TooSlow(f"{what} took {seconds:.1f} s after the warm-up (limit {max_step_s:g} s): not timed")
+
+
+def time_steps(step, batches, warmup: int, steps: int, device, max_step_s: float | None = None) -> dict:
     reset_peak(device)
     t_compile = time.perf_counter()
     for i in range(warmup):
+        if i == warmup - 1:  # the last warm-up step alone, timed: a contender far too slow stops here
+            sync(device)
+            t_last = time.perf_counter()
         warm_loss = step(batches[i % len(batches)])
     sync(device)
     warm_s = time.perf_counter() - t_compile
+    too_slow(time.perf_counter() - t_last, max_step_s, "a training step")
     t0 = time.perf_counter()
     for i in range(steps):
         loss = step(batches[(warmup + i) % len(batches)])
@@ -391,7 +406,7 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
                 model = model.to(device)
                 make = bertkit_step if kind == "bertkit" else transformers_step
                 r = time_steps(make(model, device, dtype, compiled, args.backend), batches, args.warmup,
-                               args.steps, device)
+                               args.steps, device, args.max_step_s)
             out["contenders"][name] = r
             print(f"  pretrain seq {seq} x {batch}  {name:24s} {r['sequences_per_s']:9.1f} seq/s  "
                   f"{r['step_ms']:7.1f} ms/step  (host {r.get('host_ms_per_step', float('nan')):5.1f})  "
@@ -496,6 +511,9 @@ def inference(args, device, dtype, compiled_phase: bool, prev: dict | None) -> d
                     f(ids, m)
                 sync(device)
                 warm = time.perf_counter() - t0
+                f(*batches[0])
+                sync(device)
+                too_slow(time.perf_counter() - t0 - warm, args.max_step_s, "a batch")
                 t0 = time.perf_counter()
                 for ids, m in batches:
                     f(ids, m)
@@ -557,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="seconds after which compiled contenders not yet started are skipped (default %(default)s)")
     ap.add_argument("--only", nargs="+", choices=["numerics", "pretrain", "inference"], default=None)
+    ap.add_argument("--max-step-s", type=float, default=None,
+                    help="a contender whose step (or inference batch) takes longer after its warm-up is reported "
+                         "as failed, not timed (default 5 s; none with --smoke)")
     ap.add_argument("--contenders", nargs="+", default=None, metavar="NAME",
                     help='run only these contenders, named as in the table (e.g. "bertkit" "bertkit + compile")')
     return ap
@@ -569,6 +590,8 @@ def main(argv=None) -> dict:
     for k, v in (SMOKE if args.smoke else FULL).items():
         if k != "steps" or args.steps is None:
             setattr(args, k, v)
+    if args.max_step_s is None and not args.smoke:  # the limit is for GPU steps; the CPU is slow
+        args.max_step_s = 5.0
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if device.type != "cuda" and not args.smoke:
         raise SystemExit("no CUDA device: run with --smoke on the CPU")

@@ -208,6 +208,22 @@ def test_contenders_option_runs_only_the_named(tmp_path):
     assert res["failed"] == [] and "inference" not in res
 
 
+def test_a_contender_too_slow_after_its_warm_up_is_reported_not_timed(tmp_path):
+    """One broken contender must not eat a GPU session: past --max-step-s its error is recorded and the run
+    goes on (here every step is too slow for the limit)."""
+    res = gpu.main(["--smoke", "--only", "pretrain", "inference", "--no-compile", "--contenders", "bertkit",
+                    "bertkit, arrival order", "--max-step-s", "1e-6", "--out", str(tmp_path / "g.json")])
+    for seq, batch in gpu.SMOKE["pretrain"]:
+        error = res[f"pretrain_{seq}x{batch}"]["contenders"]["bertkit"]["error"]
+        assert error.startswith("TooSlow: a training step took ") and "(limit 1e-06 s): not timed" in error
+    assert res["inference"]["contenders"]["bertkit, arrival order"]["error"].startswith("TooSlow: a batch took ")
+    from bench import gpu_profile
+    prof = gpu_profile.main(["--smoke", "--steps", "1", "--no-compile", "--max-step-s", "1e-6",
+                             "--out", str(tmp_path / "p.json")])
+    assert prof["ablations_ms_per_step"] == {}
+    assert set(prof["ablation_errors"]) == {"bertkit eager", "forward + backward only"}
+
+
 def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     """bench/gpu_session.sh, run with a recording stand-in for `python` (and `nvidia-smi`): the benches in
     order, each command line accepted by that bench's own parser, every output under $OUT, in both the real
