@@ -10,9 +10,12 @@ installed, the exported model is run on other inputs and compared with PyTorch's
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -88,8 +91,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
     if choices:
         axes[1] = torch.export.Dim("choices", max=1 << 10)
     axes[len(axes)] = torch.export.Dim("sequence", max=config.max_position_embeddings)
-    with atomic_directory(output) as staging:
-        # torch.export warns at length about names it renames; the names kept are those given here
+    with atomic_directory(output) as staging, _quiet_exporter():
         program = torch.onnx.export(model, (), kwargs=example, input_names=list(INPUTS), output_names=names,
                                     dynamic_shapes={k: axes for k in INPUTS}, opset_version=opset, dynamo=True,
                                     verbose=False)
@@ -98,6 +100,23 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
         config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return Export(output, arch, names, diff)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Mute what torch's exporter says that asks nothing of the user: that torchvision's operators are not
+    registered, that the inputs share their axis names (they do, on purpose: the model's axes are named
+    batch and sequence), and a deprecation inside torch's own pytree code."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check(path: str, model, inputs: dict[str, torch.Tensor], names: list[str]) -> float | None:
