@@ -88,8 +88,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
-                   help="a model directory (config.json, weights, tokenizer files): its head is exported, or the "
-                        "bare encoder")
+                   help="a model directory (config.json, weights, tokenizer files) or a name in the local caches: "
+                        "its head is exported, or the bare encoder")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="new directory for model.onnx, config.json and the tokenizer files (must not exist, or be "
                         "empty)")

@@ -22,6 +22,7 @@ import torch
 
 from . import modeling
 from .config import BertConfig
+from .hub import resolve_model_dir
 from .io import atomic_directory, check_new_directory
 
 ONNX_NAME = "model.onnx"
@@ -69,8 +70,9 @@ def _outputs(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opset: int | None = None) -> Export:
-    """Export the model in `model_dir` (its head from config.json's `architectures`, else the bare encoder)
-    to `output`, a new directory written whole or not at all."""
+    """Export the model in `model_dir` (a directory or a cached name, as for `from_pretrained`; its head from
+    config.json's `architectures`, else the bare encoder) to `output`, a new directory written whole or not
+    at all."""
     from .tokenizer import BertTokenizer
     model_dir, output = os.fspath(model_dir), os.fspath(output)
     missing = _missing_packages()
@@ -78,6 +80,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
         raise ValueError(f"ONNX export needs the {' and '.join(missing)} package{'s' * (len(missing) > 1)}: "
                          "pip install onnx onnxscript onnxruntime (bertkit's [onnx] extra)")
     check_new_directory(output)
+    model_dir = resolve_model_dir(model_dir)  # a directory, or a name in the local caches (as from_pretrained)
     config = BertConfig.from_pretrained(model_dir)
     arch = (config.architectures or ["BertModel"])[0]
     if not hasattr(modeling, arch):
