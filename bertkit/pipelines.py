@@ -130,6 +130,10 @@ class Pipeline:
     def _is_single(self, inputs) -> bool:
         return isinstance(inputs, str)
 
+    def _label(self, index: int) -> str:
+        """The model's name of label `index` (transformers' LABEL_i without an id2label)."""
+        return (self.model.config.id2label or {}).get(index, f"LABEL_{index}")
+
     def __call__(self, inputs, *, batch_size: int | None = None, **options):
         """`batch_size` overrides the pipeline's for this call."""
         opts = {**self.defaults, **self._check_options(options),
@@ -325,16 +329,15 @@ class TextClassificationPipeline(Pipeline):
         problem = self._problem()
         function = opts["function_to_apply"] or {"regression": "none", "multi_label_classification": "sigmoid"
                                                  }.get(problem, "softmax")
-        id2label = self.model.config.id2label or {}
+        apply = {"softmax": lambda t: t.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda t: t}[function]
         out = []
-        for row in logits:
+        for row, scores in zip(logits, apply(logits)):
             if problem == "regression" and opts["function_to_apply"] is None:
-                out.append({"label": id2label.get(0, "score"), "score": float(row[0])})
+                out.append({"label": (self.model.config.id2label or {}).get(0, "score"), "score": float(row[0])})
                 continue
-            scores = {"softmax": lambda r: r.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda r: r}[function](row)
             k = len(scores) if opts["top_k"] is None else min(opts["top_k"], len(scores))
             top = scores.topk(k)
-            best = [{"label": id2label.get(int(j), f"LABEL_{int(j)}"), "score": float(s)}
+            best = [{"label": self._label(int(j)), "score": float(s)}
                     for s, j in zip(top.values, top.indices)]
             out.append(best[0] if opts["top_k"] == 1 else best)
         return out
@@ -376,38 +379,29 @@ class TokenClassificationPipeline(Pipeline):
         enc = self._encode(items, padding=True, return_offsets_mapping=True, return_tensors="pt")
         offsets = enc["offset_mapping"].tolist()
         probs = self._forward(self._inputs(enc)).logits.float().softmax(-1).cpu()  # (batch, seqlen, labels)
-        id2label = self.model.config.id2label or {}
+        top, best = (t.tolist() for t in probs.max(-1))  # each token's own label and probability
         strategy = opts["aggregation_strategy"]
         out = []
         for i, text in enumerate(items):
-            # (position, word id, probabilities, start, end) of each real, non-special token
-            tokens = [(pos, w, probs[i, pos], *offsets[i][pos]) for pos, w in enumerate(enc.word_ids(i))
-                      if w is not None]
+            # (position, word id, start, end) of each real, non-special token
+            tokens = [(pos, w, *offsets[i][pos]) for pos, w in enumerate(enc.word_ids(i)) if w is not None]
             if strategy == "none":
                 ids = enc["input_ids"][i].tolist()
-                found = []
-                for pos, _, p, a, b in tokens:
-                    label = self._label(id2label, int(p.argmax()))
-                    if label not in self.ignore:
-                        found.append({"entity": label, "score": float(p.max()), "index": pos,
-                                      "word": self.tokenizer.convert_ids_to_tokens(ids[pos]), "start": a, "end": b})
-                out.append(found)
+                found = [{"entity": self._label(best[i][pos]), "score": top[i][pos], "index": pos,
+                          "word": self.tokenizer.convert_ids_to_tokens(ids[pos]), "start": a, "end": b}
+                         for pos, _, a, b in tokens]
+                out.append([e for e in found if e["entity"] not in self.ignore])
                 continue
             if strategy == "simple":
-                units = [(p, a, b) for _, _, p, a, b in tokens]
+                units = [(self._label(best[i][pos]), top[i][pos], a, b) for pos, _, a, b in tokens]
             else:
-                units = [(self._word_probs(strategy, [t[2] for t in word]), word[0][3], word[-1][4])
-                         for word in self._words(tokens)]
-            labelled = []
-            for p, a, b in units:
-                best = int(p.argmax())
-                labelled.append((self._label(id2label, best), float(p[best]), a, b))
-            out.append(self._group(text, labelled))
+                units = []
+                for word in self._words(tokens):
+                    p = self._word_probs(strategy, probs[i, [t[0] for t in word]])  # (labels,)
+                    j = int(p.argmax())
+                    units.append((self._label(j), float(p[j]), word[0][2], word[-1][3]))
+            out.append(self._group(text, units))
         return out
-
-    @staticmethod
-    def _label(id2label, index: int) -> str:
-        return id2label.get(index, f"LABEL_{index}")
 
     @staticmethod
     def _words(tokens):
@@ -422,13 +416,15 @@ class TokenClassificationPipeline(Pipeline):
         return words
 
     @staticmethod
-    def _word_probs(strategy: str, probs: list[torch.Tensor]) -> torch.Tensor:
-        """A word's label probabilities from its sub-tokens' (transformers' aggregate_word)."""
+    def _word_probs(strategy: str, probs: torch.Tensor) -> torch.Tensor:
+        """A word's label probabilities from its sub-tokens' (sub-tokens, labels), as transformers'
+        aggregate_word: the first sub-token's, their mean, or those of the most confident sub-token (the first
+        of ties: argmax returns the first maximum)."""
         if strategy == "first":
             return probs[0]
         if strategy == "average":
-            return torch.stack(probs).mean(0)
-        return max(probs, key=lambda p: float(p.max()))  # "max": the most confident sub-token, the first of ties
+            return probs.mean(0)
+        return probs[int(probs.max(-1).values.argmax())]
 
     def _group(self, text, units):
         """Entities from (label, score, start, end) units: see the class docstring."""

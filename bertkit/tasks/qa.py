@@ -307,7 +307,8 @@ def nbest_json(preds: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any
     out = {}
     for q, p in preds.items():
         scores = np.array([c[3] for c in p["nbest"]], dtype=np.float64)
-        probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if len(scores) else scores
+        weights = np.exp(scores - scores.max()) if len(scores) else scores
+        probs = weights / weights.sum() if len(scores) else scores
         out[q] = [{"text": t, "probability": float(pr), "score": float(sc), "start": a, "end": b}
                   for (t, a, b, sc), pr in zip(p["nbest"], probs)]
     return out
