@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default 128; smoke 32)")
     ap.add_argument("--batch", type=int, default=None, help="sequences per batch (default 256; smoke 8)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false", help="profile the contenders only")
+    ap.add_argument("--ablation", dest="only_ablations", action="append", metavar="NAME",
+                    help="time only this ablation (repeatable; the names are those printed and saved)")
+    ap.add_argument("--no-contenders", dest="contenders", action="store_false",
+                    help="skip the kernel profiles of the contenders: the ablations only")
     ap.add_argument("--max-step-s", type=float, default=None,
                     help="an ablation whose step takes longer after its warm-up is reported as failed, not timed "
                          "(default 5 s; none with --smoke)")
@@ -291,7 +295,7 @@ def main(argv=None) -> dict:
         contenders.append(("bertkit + compile",
                            lambda: bertkit_step(model_for("bertkit"), device, dtype, True, backend)))
     contenders.append(("transformers", lambda: transformers_step(model_for("transformers"), device, dtype, False)))
-    for name, make in contenders:
+    for name, make in contenders if args.contenders else []:
         trace = args.trace / f"{name.replace(' + ', '-')}-{seq}x{batch}.json.gz" if args.trace else None
         r = profile_steps(make(), batches, warmup, args.steps, device, trace)
         results["contenders"][name] = r
@@ -346,6 +350,12 @@ def main(argv=None) -> dict:
                        inductor_options(coordinate_descent_tuning=True)),
                       ("compiled, max-autotune", step(compiled=True),
                        inductor_options(max_autotune=True, coordinate_descent_tuning=True))]
+    if args.only_ablations:
+        unknown = sorted(set(args.only_ablations) - {name for name, _, _ in ablations})
+        if unknown:
+            raise SystemExit(f"--ablation: no ablation {', '.join(map(repr, unknown))} with these flags; "
+                             f"there are {', '.join(repr(name) for name, _, _ in ablations)}")
+        ablations = [a for a in ablations if a[0] in args.only_ablations]
     for name, make, context in ablations:
         torch._dynamo.reset()
         try:

@@ -10,9 +10,9 @@
 #      compiled, inference with CUDA graphs), compiled contenders skipped past its --budget-s
 #   2. bench/gpu.py again for bertkit's pre-training alone, eager and compiled, now with a warm compile cache
 #      (session 8 saw compiled steps 40% slower in such reruns than in the first run; this checks why)
-#   3. bench/gpu_profile.py at 128 x 256: where the time goes, and the ablations that price each lever
-#      (the last layer on every row, dropout, a bf16 residual stream)
-#   4. bench/gpu_profile.py at 512 x 32: the same by kernel kind
+#   3. bench/gpu_profile.py at 128 x 256: the compiled step against the compiled step with the embeddings and
+#      the heads compiled too (the kernel profile at 128 and the other levers were measured in session 8)
+#   4. bench/gpu_profile.py at 512 x 32: where the time goes by kernel kind, and the same two ablations
 #   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 500 s have gone
 set -u
@@ -29,12 +29,14 @@ export TORCHINDUCTOR_CACHE_DIR
 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
 timeout 290 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 225 > "$OUT/gpu.log" 2>&1
 echo "gpu.py exit $?" >> "$OUT/machine.txt"
-timeout 70 python bench/gpu.py $SMOKE_ARG --only pretrain --contenders "bertkit" "bertkit + compile" \
+timeout 65 python bench/gpu.py $SMOKE_ARG --only pretrain --contenders "bertkit" "bertkit + compile" \
     --out "$OUT/gpu-warm-cache.json" > "$OUT/gpu-warm-cache.log" 2>&1
 echo "gpu.py again, warm compile cache, exit $?" >> "$OUT/machine.txt"
-timeout 150 python bench/gpu_profile.py $SMOKE_ARG --out "$OUT/profile-128.json" > "$OUT/profile-128.log" 2>&1
+LEVERS=(--ablation "compiled" --ablation "compiled, embeddings and heads too")
+timeout 100 python bench/gpu_profile.py $SMOKE_ARG --no-contenders "${LEVERS[@]}" \
+    --out "$OUT/profile-128.json" > "$OUT/profile-128.log" 2>&1
 echo "gpu_profile 128 exit $?" >> "$OUT/machine.txt"
-timeout 60 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --no-ablations \
+timeout 125 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" "${LEVERS[@]}" \
     --out "$OUT/profile-512.json" > "$OUT/profile-512.log" 2>&1
 echo "gpu_profile 512 exit $?" >> "$OUT/machine.txt"
 if [ "$SECONDS" -lt 500 ]; then  # the end-to-end CLI check, measured in earlier sessions, only if time is left
@@ -43,7 +45,7 @@ if [ "$SECONDS" -lt 500 ]; then  # the end-to-end CLI check, measured in earlier
 fi
 rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 tail -n 40 "$OUT/gpu.log"
-grep -h "ablation" "$OUT/profile-128.log"
+grep -h "ablation" "$OUT/profile-128.log" "$OUT/profile-512.log"
 grep -h "pretrain seq" "$OUT/gpu-warm-cache.log"
 tail -n 1 "$OUT/cli.log" 2>/dev/null
 cat "$OUT/machine.txt"

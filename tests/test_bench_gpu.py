@@ -96,6 +96,16 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
 
 
+def test_profile_runs_the_named_ablations_alone(tmp_path, capsys):
+    from bench import gpu_profile
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--no-contenders", "--ablation", "forward + backward only",
+                            "--out", str(tmp_path / "p.json")])
+    assert res["contenders"] == {} and set(res["ablations_ms_per_step"]) == {"forward + backward only"}
+    with pytest.raises(SystemExit, match="--ablation: no ablation 'compiled' with these flags; there are "
+                                         "'bertkit eager', 'forward \\+ backward only'"):
+        gpu_profile.main(["--smoke", "--no-compile", "--ablation", "compiled", "--out", str(tmp_path / "q.json")])
+
+
 def test_profile_other_shapes_without_ablations(tmp_path):
     from bench import gpu_profile
     res = gpu_profile.main(["--smoke", "--steps", "1", "--seq", "16", "--batch", "3", "--no-compile",
@@ -263,8 +273,11 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
         again = parsers["bench/gpu.py"].parse_args(calls[1][1:])
         assert again.only == ["pretrain"] and again.contenders == ["bertkit", "bertkit + compile"]
-        last = parsers["bench/gpu_profile.py"].parse_args(calls[-2][1:])
-        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32)) and not last.ablations
+        short, last = (parsers["bench/gpu_profile.py"].parse_args(c[1:]) for c in calls[2:4])
+        levers = ["compiled", "compiled, embeddings and heads too"]
+        assert not short.contenders and short.only_ablations == levers and short.seq is None
+        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
+        assert last.contenders and last.only_ablations == levers
         (cache,) = caches
         assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()
