@@ -226,20 +226,22 @@ class BertEncoder(nn.Module):
 
 
 def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
-    """torch.compile every encoder layer in place (`nn.Module.compile`: parameter names and checkpoints are
-    unchanged), with a dynamic token count since every packed batch has its own.
+    """torch.compile every encoder layer and the embeddings in place (`nn.Module.compile`: parameter names and
+    checkpoints are unchanged), with a dynamic token count since every packed batch has its own.
 
-    Per layer rather than the whole model: the packing plan and the heads are Python-heavy and would break
+    Per module rather than the whole model: the packing plan and the heads are Python-heavy and would break
     the graph or recompile; a layer is one graph on CUDA (the varlen kernel traces) and two on the CPU (the
     per-run attention is a graph break). Linear + GELU and dropout + residual + LayerNorm fuse; the layers
-    share one compiled code. Returns `model`."""
+    share one compiled code. The embeddings are compiled too because on an H100 the compiled layers behind
+    eager embeddings left the GPU waiting on the host for a third of each pre-training step (session 9's
+    profile: 53.2 against 77.9 ms per step at 128 x 256, 39.9 against 53.4 ms at 512 x 32). Returns `model`."""
     kwargs.setdefault("dynamic", True)
     P.keep_runs_out_of_graphs()
-    layers = [m for m in model.modules() if isinstance(m, BertLayer)]
-    if not layers:
+    modules = [m for m in model.modules() if isinstance(m, (BertEmbeddings, BertLayer))]
+    if not any(isinstance(m, BertLayer) for m in modules):
         raise ValueError(f"{type(model).__name__} has no BertLayer to compile")
-    for layer in layers:
-        layer.compile(**kwargs)
+    for module in modules:
+        module.compile(**kwargs)
     return model
 
 
