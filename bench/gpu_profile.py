@@ -11,8 +11,8 @@ device time per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, 
 optimizer, ...), the heaviest kernels, and the step's wall time against the time the device was busy, with
 each idle gap charged to the host operator that launched after it (`idle_report`; --trace keeps the traces).
 Then bertkit again with one thing changed at a time to price those parts: eager forward + backward without
-clipping and optimizer; compiled as is, with the embeddings and heads compiled too
-(`embeddings_and_heads_compiled`), and with a bf16 residual stream (a what-if of a numerics change,
+clipping and optimizer; compiled as is (layers and embeddings), with the embeddings left eager (bertkit before
+session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), and with a bf16 residual stream (a what-if of a numerics change,
 `bf16_residual_stream`); with --all-ablations also eager and compiled with the last layer on every row (no
 selection), eager without dropout and compiled without attention dropout; with --tuned also compiled with
 inductor's tuning options that keep the operations as they are (coordinate-descent tuning of the fused
@@ -210,19 +210,40 @@ def every_row_selected():
 
 
 @contextlib.contextmanager
-def embeddings_and_heads_compiled():
-    """A lever to price: `compile_layers` plus the embeddings and the pre-training heads, each its own graph, so
-    that the embedding sum, LayerNorm and dropout and the MLM transform fuse too (outside the layers they run
-    eagerly; session 8's 512 x 32 profile put 5 ms of a compiled step in copies, elementwise kernels,
-    reductions and cross entropy)."""
+def eager_embeddings():
+    """bertkit before session 9: `compile_layers` compiled the encoder layers alone, the embeddings ran eagerly.
+    On an H100 that step left the GPU waiting on the host (77.9 against 53.2 ms per step at 128 x 256); kept to
+    watch that finding in later runs."""
+    import bench.gpu as bench_gpu
+    from bertkit.modeling.bert import BertEmbeddings
+    original = bench_gpu.compile_layers
+
+    def compile_then_undo_embeddings(model, **kwargs):
+        original(model, **kwargs)
+        for m in model.modules():
+            if isinstance(m, BertEmbeddings):
+                m._compiled_call_impl = None   # nn.Module.compile's wrapper, dropped: the eager forward again
+        return model
+
+    bench_gpu.compile_layers = compile_then_undo_embeddings
+    try:
+        yield
+    finally:
+        bench_gpu.compile_layers = original
+
+
+@contextlib.contextmanager
+def mlm_head_compiled():
+    """A lever to price: `compile_layers` plus the MLM head (transform, LayerNorm and the vocabulary-wide
+    decoder on the masked rows), its own graph. (Session 9's "embeddings and heads too" compiled
+    `model.cls`, which is never called as a module, so only its embeddings part took effect.)"""
     import bench.gpu as bench_gpu
     original = bench_gpu.compile_layers
 
     def compile_more(model, **kwargs):
         original(model, **kwargs)
         kwargs.setdefault("dynamic", True)
-        model.bert.embeddings.compile(**kwargs)
-        model.cls.compile(**kwargs)
+        model.cls.predictions.compile(**kwargs)
         return model
 
     bench_gpu.compile_layers = compile_more
@@ -338,7 +359,8 @@ def main(argv=None) -> dict:
     ablations += [("forward + backward only", step(optimize=False), contextlib.nullcontext)]
     if args.compile:
         ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
-                      ("compiled, embeddings and heads too", step(compiled=True), embeddings_and_heads_compiled),
+                      ("compiled, eager embeddings", step(compiled=True), eager_embeddings),
+                      ("compiled, MLM head too", step(compiled=True), mlm_head_compiled),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
     if args.compile and args.all_ablations:
         ablations += [("compiled, last layer on every row", step(compiled=True), every_row_selected),

@@ -1,5 +1,6 @@
 """bench/gpu.py in its --smoke mode (tiny config on the CPU): every section and contender runs, the JSON
 holds the figures, and one failing contender is reported without stopping the others."""
+import contextlib
 import json
 
 import pytest
@@ -90,10 +91,32 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "eager, last layer on every row",
                                                  "compiled, last layer on every row",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
-                                                 "compiled, embeddings and heads too",
+                                                 "compiled, eager embeddings", "compiled, MLM head too",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
+
+
+def test_profile_levers_change_what_compile_layers_compiles():
+    """The ablation contexts patch the bench's compile_layers: "eager embeddings" leaves the embeddings' call
+    uncompiled (the layers compiled), "MLM head too" compiles the head that the forward calls."""
+    import bench.gpu as bench_gpu
+    from bench.gpu_profile import eager_embeddings, mlm_head_compiled
+    from bertkit.modeling import BertForPreTraining
+    from bertkit.modeling.bert import BertLayer
+
+    def compiled(module):
+        return module._compiled_call_impl is not None
+
+    for context, embeddings, head in ((contextlib.nullcontext, True, False), (eager_embeddings, False, False),
+                                      (mlm_head_compiled, True, True)):
+        model = BertForPreTraining(gpu.make_config("tiny", 512))
+        with context():
+            bench_gpu.compile_layers(model, backend="eager")
+        assert all(compiled(m) for m in model.modules() if isinstance(m, BertLayer))
+        assert (compiled(model.bert.embeddings), compiled(model.cls.predictions)) == (embeddings, head)
+    from bertkit.modeling import bert
+    assert bench_gpu.compile_layers is bert.compile_layers   # each context restored it
 
 
 def test_profile_runs_the_named_ablations_alone(tmp_path, capsys):
@@ -274,7 +297,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         again = parsers["bench/gpu.py"].parse_args(calls[1][1:])
         assert again.only == ["pretrain"] and again.contenders == ["bertkit", "bertkit + compile"]
         short, last = (parsers["bench/gpu_profile.py"].parse_args(c[1:]) for c in calls[2:4])
-        levers = ["compiled", "compiled, embeddings and heads too"]
+        levers = ["compiled", "compiled, eager embeddings", "compiled, MLM head too"]
         assert not short.contenders and short.only_ablations == levers and short.seq is None
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
         assert last.contenders and last.only_ablations == levers
