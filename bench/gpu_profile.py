@@ -121,6 +121,42 @@ def idle_report(trace: dict, steps: int, top: int = 10) -> dict:
             "blocking_calls_ms_per_step": dict(blocking)}
 
 
+HOST_CATS = ("cpu_op", "user_annotation", "cuda_runtime", "cuda_driver")   # a Chrome trace's host-side events
+
+
+def host_report(trace: dict, steps: int, top: int = 15) -> dict:
+    """Where the host's time goes, from a Chrome trace: each host event's self time (its duration less that of
+    the events nested in it on the same thread), summed by name, and each thread's busy time per step (the
+    autograd engine runs the backward on a thread of its own). Made for the compiled step that left an H100
+    waiting on the host (session 9), where the device-side report can only say that the host was late."""
+    self_us: dict = defaultdict(float)
+    calls: dict = defaultdict(int)
+    busy: dict = defaultdict(float)
+    by_thread: dict = defaultdict(list)
+    for e in trace.get("traceEvents", []):
+        if e.get("ph") == "X" and e.get("cat") in HOST_CATS:
+            by_thread[(e["pid"], e["tid"])].append(e)
+    for thread, evs in by_thread.items():
+        evs.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+        stack: list = []   # [event, time of its children]
+        for e in evs:
+            while stack and stack[-1][0]["ts"] + stack[-1][0].get("dur", 0) <= e["ts"]:
+                done, children = stack.pop()
+                self_us[done["name"]] += max(done.get("dur", 0) - children, 0)
+            if stack:
+                stack[-1][1] += e.get("dur", 0)
+            else:
+                busy[thread] += e.get("dur", 0)
+            calls[e["name"]] += 1
+            stack.append([e, 0.0])
+        for done, children in stack:
+            self_us[done["name"]] += max(done.get("dur", 0) - children, 0)
+    worst = sorted(self_us.items(), key=lambda kv: -kv[1])[:top]
+    return {"threads_busy_ms_per_step": sorted((us / 1000 / steps for us in busy.values()), reverse=True),
+            "top_self_ms": [{"name": n[:120], "ms_per_step": us / 1000 / steps, "calls_per_step": calls[n] / steps}
+                            for n, us in worst]}
+
+
 def profile_steps(step, batches, warmup: int, steps: int, device, trace: Path | None = None) -> dict:
     """Warm up, then profile `steps` steps: wall ms per step, host ms per step (until the last step is
     queued), kernel ms per step by kind, and on CUDA why the device idled (`idle_report`; idle = wall time
@@ -138,7 +174,7 @@ def profile_steps(step, batches, warmup: int, steps: int, device, trace: Path | 
         host = (time.perf_counter() - t0) / steps
         sync(device)
         wall = (time.perf_counter() - t0) / steps
-    idle = None
+    idle = host_side = None
     if device.type == "cuda" or trace is not None:
         import gzip
         import tempfile
@@ -151,6 +187,7 @@ def profile_steps(step, batches, warmup: int, steps: int, device, trace: Path | 
         trace_events = [e for e in json.loads(raw).get("traceEvents", []) if e.get("ph") == "X"]
         report = idle_report({"traceEvents": trace_events}, steps)   # on the CPU: no device, no report
         idle = report if device.type == "cuda" else None
+        host_side = host_report({"traceEvents": trace_events}, steps)
     by_kind, by_name, counts = defaultdict(float), defaultdict(float), defaultdict(int)
     if device.type == "cuda":
         # from the trace: the profiler's own event list drops some of the device events (a quarter of
@@ -170,7 +207,28 @@ def profile_steps(step, batches, warmup: int, steps: int, device, trace: Path | 
             "by_kind_ms": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
             "top_kernels": [{"name": n[:120], "ms_per_step": ms, "calls_per_step": counts[n] / steps}
                             for n, ms in top],
-            "idle": idle}
+            "idle": idle, "host": host_side}
+
+
+def print_profile(name: str, r: dict) -> None:
+    print(f"\n== {name}: {r['wall_ms_per_step']:.1f} ms/step wall ({r['host_ms_per_step']:.1f} ms until queued), "
+          f"{r['kernel_ms_per_step']:.1f} ms in kernels, {r['idle_ms_per_step']:.1f} ms idle", flush=True)
+    if r["idle"] is not None:
+        i = r["idle"]
+        print(f"   device gaps {i['gap_ms_per_step']:.2f} ms/step, host late {i['host_late_ms_per_step']:.2f}; "
+              f"blocking calls {i['blocking_calls_ms_per_step']}", flush=True)
+        for g in i["largest_gaps"][:6]:
+            print(f"   gap {g['ms_per_step']:6.2f} ms x{g['count_per_step']:<5.1f} before {g['before'][:80]}")
+    if r["host"] is not None:
+        h = r["host"]
+        print("   host threads busy " + ", ".join(f"{ms:.1f}" for ms in h["threads_busy_ms_per_step"][:3])
+              + " ms/step; most self time:", flush=True)
+        for o in h["top_self_ms"][:8]:
+            print(f"   host {o['ms_per_step']:6.2f} ms x{o['calls_per_step']:<5.1f} {o['name'][:80]}")
+    for kind, ms in r["by_kind_ms"].items():
+        print(f"   {kind:16s} {ms:7.2f} ms")
+    for k in r["top_kernels"][:12]:
+        print(f"   {k['ms_per_step']:7.2f} ms  x{k['calls_per_step']:<5.0f} {k['name'][:90]}")
 
 
 @contextlib.contextmanager
@@ -264,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-ablations", dest="ablations", action="store_false", help="profile the contenders only")
     ap.add_argument("--ablation", dest="only_ablations", action="append", metavar="NAME",
                     help="time only this ablation (repeatable; the names are those printed and saved)")
+    ap.add_argument("--profile-ablation", dest="profile_ablations", action="append", metavar="NAME",
+                    help="after timing this ablation, profile its steps as the contenders' are (repeatable)")
     ap.add_argument("--no-contenders", dest="contenders", action="store_false",
                     help="skip the kernel profiles of the contenders: the ablations only")
     ap.add_argument("--max-step-s", type=float, default=None,
@@ -320,18 +380,7 @@ def main(argv=None) -> dict:
         trace = args.trace / f"{name.replace(' + ', '-')}-{seq}x{batch}.json.gz" if args.trace else None
         r = profile_steps(make(), batches, warmup, args.steps, device, trace)
         results["contenders"][name] = r
-        print(f"\n== {name}: {r['wall_ms_per_step']:.1f} ms/step wall ({r['host_ms_per_step']:.1f} ms until queued), "
-              f"{r['kernel_ms_per_step']:.1f} ms in kernels, {r['idle_ms_per_step']:.1f} ms idle", flush=True)
-        if r["idle"] is not None:
-            i = r["idle"]
-            print(f"   device gaps {i['gap_ms_per_step']:.2f} ms/step, host late {i['host_late_ms_per_step']:.2f}; "
-                  f"blocking calls {i['blocking_calls_ms_per_step']}", flush=True)
-            for g in i["largest_gaps"][:6]:
-                print(f"   gap {g['ms_per_step']:6.2f} ms x{g['count_per_step']:<5.1f} before {g['before'][:80]}")
-        for kind, ms in r["by_kind_ms"].items():
-            print(f"   {kind:16s} {ms:7.2f} ms")
-        for k in r["top_kernels"][:12]:
-            print(f"   {k['ms_per_step']:7.2f} ms  x{k['calls_per_step']:<5.0f} {k['name'][:90]}")
+        print_profile(name, r)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         save()
@@ -378,13 +427,21 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--ablation: no ablation {', '.join(map(repr, unknown))} with these flags; "
                              f"there are {', '.join(repr(name) for name, _, _ in ablations)}")
         ablations = [a for a in ablations if a[0] in args.only_ablations]
+    unknown = sorted(set(args.profile_ablations or []) - {name for name, _, _ in ablations})
+    if unknown:
+        raise SystemExit(f"--profile-ablation: {', '.join(map(repr, unknown))} is not among the ablations to run")
     for name, make, context in ablations:
         torch._dynamo.reset()
         try:
             with context():
                 # bench/gpu.py's timing: warm-up, then the steps between two synchronisations
-                ms = time_steps(make(), batches, warmup, max(args.steps, 10 if not args.smoke else 1), device,
+                step_fn = make()
+                ms = time_steps(step_fn, batches, warmup, max(args.steps, 10 if not args.smoke else 1), device,
                                 max_step_s=max_step_s)["step_ms"]
+                if name in (args.profile_ablations or []):   # warm already: profiled as the contenders are
+                    results.setdefault("ablation_profiles", {})[name] = r = profile_steps(
+                        step_fn, batches, 0, args.steps, device)
+                    print_profile(f"ablation {name}", r)
         except TooSlow as e:  # recorded; the next ablations still run
             results.setdefault("ablation_errors", {})[name] = str(e)
             print(f"ablation {name:36s} failed: {e}", flush=True)

@@ -3,7 +3,7 @@
 # command and 15 per session, start-up included). Each step has its own time limit, so a slow one cannot eat
 # the next; every script rewrites its JSON as it goes, so a step cut short keeps what it measured.
 #
-#   OUT=/some/dir bash bench/gpu_session.sh      # results and logs under $OUT (default: gpu-out/)
+#   OUT=/some/dir bash bench/gpu_session.sh      # JSON, session.log, machine.txt under $OUT (default: gpu-out/)
 #   SMOKE=1 OUT=/tmp/s bash bench/gpu_session.sh  # every step with --smoke (tiny config, CPU): the plumbing
 #
 #   1. bench/gpu.py: the race with transformers (numerics, pre-training 128 x 256 and 512 x 32, eager and
@@ -13,7 +13,8 @@
 #      compile_layers now compiles them too, and this checks that warm-cache runs are fast with it)
 #   3. bench/gpu_profile.py at 128 x 256: the compiled step (layers and embeddings), against the layers alone
 #      (session 9: the GPU then waits on the host) and with the MLM head compiled too (the kernel profile at
-#      128 and the other levers were measured in sessions 4-8)
+#      128 and the other levers were measured in sessions 4-8); the first two also profiled, with the host's
+#      time by operator (why the GPU waited)
 #   4. bench/gpu_profile.py at 512 x 32: where the time goes by kernel kind, and the same three ablations
 #   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 500 s have gone
@@ -29,25 +30,29 @@ if [ "${SMOKE:-0}" = 1 ]; then SMOKE_ARG=--smoke; LONG=(--seq 48 --batch 3); els
 # a fresh compile cache: step 1 compiles cold, step 2 finds what it cached (outside $OUT: not fetched)
 export TORCHINDUCTOR_CACHE_DIR
 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
-timeout 330 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 265 > "$OUT/gpu.log" 2>&1
-echo "gpu.py exit $?" >> "$OUT/machine.txt"
-timeout 50 python bench/gpu.py $SMOKE_ARG --only pretrain --contenders "bertkit" "bertkit + compile" \
-    --out "$OUT/gpu-warm-cache.json" > "$OUT/gpu-warm-cache.log" 2>&1
-echo "gpu.py again, warm compile cache, exit $?" >> "$OUT/machine.txt"
+LOG="$OUT/session.log"   # every step's output in one file: the device tool returns only 8 files per call
+run() {  # run NAME SECONDS COMMAND...: one step under its own time limit, its output appended to $LOG
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit $limit s, at $SECONDS s)" >> "$LOG"
+  timeout "$limit" "$@" >> "$LOG" 2>&1
+  echo "$name exit $?" >> "$OUT/machine.txt"
+}
+run gpu.py 320 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 255
+run "gpu.py again, warm compile cache" 45 python bench/gpu.py $SMOKE_ARG --only pretrain \
+    --contenders "bertkit" "bertkit + compile" --out "$OUT/gpu-warm-cache.json"
+# the compiled step as shipped first, then the old one (embeddings eager) second: session 9 ran them the other
+# way round, so this order tells an effect of the embeddings from one of running second in the process
 LEVERS=(--ablation "compiled" --ablation "compiled, eager embeddings" --ablation "compiled, MLM head too")
-timeout 95 python bench/gpu_profile.py $SMOKE_ARG --no-contenders "${LEVERS[@]}" \
-    --out "$OUT/profile-128.json" > "$OUT/profile-128.log" 2>&1
-echo "gpu_profile 128 exit $?" >> "$OUT/machine.txt"
-timeout 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" "${LEVERS[@]}" \
-    --out "$OUT/profile-512.json" > "$OUT/profile-512.log" 2>&1
-echo "gpu_profile 512 exit $?" >> "$OUT/machine.txt"
+run "gpu_profile 128" 110 python bench/gpu_profile.py $SMOKE_ARG --no-contenders "${LEVERS[@]}" \
+    --profile-ablation "compiled" --profile-ablation "compiled, eager embeddings" --out "$OUT/profile-128.json"
+run "gpu_profile 512" 100 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" "${LEVERS[@]}" \
+    --out "$OUT/profile-512.json"
 if [ "$SECONDS" -lt 500 ]; then  # the end-to-end CLI check, measured in earlier sessions, only if time is left
-  timeout 35 python bench/gpu_cli_check.py $SMOKE_ARG --out "$OUT/cli.json" > "$OUT/cli.log" 2>&1
-  echo "gpu_cli_check exit $?" >> "$OUT/machine.txt"
+  run gpu_cli_check 35 python bench/gpu_cli_check.py $SMOKE_ARG --out "$OUT/cli.json"
 fi
 rm -rf "$TORCHINDUCTOR_CACHE_DIR"
-tail -n 40 "$OUT/gpu.log"
-grep -h "ablation" "$OUT/profile-128.log" "$OUT/profile-512.log"
-grep -h "pretrain seq" "$OUT/gpu-warm-cache.log"
-tail -n 1 "$OUT/cli.log" 2>/dev/null
+sed -n '/^=== gpu.py (/,/^=== /p' "$LOG" | grep "^| \|^total"
+grep -h "^ablation\|^== \|host threads\|device gaps\|   gap \|   host " "$LOG"
+grep -h "pretrain seq" "$LOG" | tail -n 4
+grep -h '"label_agreement"' "$LOG" | tail -n 1
 cat "$OUT/machine.txt"

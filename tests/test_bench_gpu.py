@@ -122,8 +122,12 @@ def test_profile_levers_change_what_compile_layers_compiles():
 def test_profile_runs_the_named_ablations_alone(tmp_path, capsys):
     from bench import gpu_profile
     res = gpu_profile.main(["--smoke", "--steps", "1", "--no-contenders", "--ablation", "forward + backward only",
-                            "--out", str(tmp_path / "p.json")])
+                            "--profile-ablation", "forward + backward only", "--out", str(tmp_path / "p.json")])
     assert res["contenders"] == {} and set(res["ablations_ms_per_step"]) == {"forward + backward only"}
+    (profiled,) = json.loads((tmp_path / "p.json").read_text())["ablation_profiles"].values()
+    assert profiled["wall_ms_per_step"] > 0 and profiled["top_kernels"]
+    with pytest.raises(SystemExit, match="--profile-ablation: 'compiled' is not among the ablations to run"):
+        gpu_profile.main(["--smoke", "--no-compile", "--profile-ablation", "compiled", "--out", str(tmp_path / "r.json")])
     with pytest.raises(SystemExit, match="--ablation: no ablation 'compiled' with these flags; there are "
                                          "'bertkit eager', 'forward \\+ backward only'"):
         gpu_profile.main(["--smoke", "--no-compile", "--ablation", "compiled", "--out", str(tmp_path / "q.json")])
@@ -202,6 +206,15 @@ def test_idle_report_charges_each_device_gap_to_the_operator_that_launched_after
     gaps = {g["before"]: g["ms_per_step"] for g in r["largest_gaps"]}
     assert gaps == pytest.approx({"host late: aten::gelu": 0.025, "waiting: aten::add": 0.02})
     assert r["blocking_calls_ms_per_step"] == pytest.approx({"cudaStreamSynchronize": 0.015})
+
+    from bench.gpu_profile import host_report
+    h = host_report(trace, steps=2)
+    selfs = {o["name"]: o["ms_per_step"] * 2000 for o in h["top_self_ms"]}   # back to microseconds in all
+    # linear holds a launch and gelu (which holds a launch); copy_ holds the synchronisation; kernels are not host
+    assert selfs == pytest.approx({"aten::linear": 85, "aten::gelu": 8, "cudaLaunchKernel": 8, "aten::add": 1,
+                                   "aten::copy_": 30, "cudaStreamSynchronize": 30})
+    assert {o["name"]: o["calls_per_step"] for o in h["top_self_ms"]}["cudaLaunchKernel"] == 1.5
+    assert h["threads_busy_ms_per_step"] == pytest.approx([(100 + 2 + 60) / 1000 / 2])
 
 
 def test_graphed_encoder_buckets_compute_what_the_model_does():
@@ -299,6 +312,9 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         short, last = (parsers["bench/gpu_profile.py"].parse_args(c[1:]) for c in calls[2:4])
         levers = ["compiled", "compiled, eager embeddings", "compiled, MLM head too"]
         assert not short.contenders and short.only_ablations == levers and short.seq is None
+        assert short.profile_ablations == ["compiled", "compiled, eager embeddings"]
+        # the device tool returns 8 files per call: one JSON per bench run, plus the script's own two
+        assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"] and len(calls) + 2 <= 8
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
         assert last.contenders and last.only_ablations == levers
         (cache,) = caches
