@@ -390,8 +390,7 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
     real = sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
     out = {"seq": seq, "batch": batch, "real_token_fraction": real,
            "contenders": dict((prev or {}).get("contenders", {}))}
-    # the Trainer compiled too: `bertkit pretrain --compile` as users run it, its batches prepared in the
-    # prefetch thread (at 512 x 32 on an H100 the eager Trainer beat the bench's own loop by 8%, session 9)
+    # the Trainer compiled too: `bertkit pretrain --compile` as users run it (prefetch thread, pinned copies)
     kinds = [("bertkit", compiled_phase), ("transformers", compiled_phase), ("bertkit Trainer", compiled_phase)]
     for kind, compiled in kinds:
         name = kind + (" + compile" if compiled else "")
