@@ -156,7 +156,8 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
 def _add_speed(p: argparse.ArgumentParser) -> None:
     """The flags that trade compile time or compute for speed or memory (pre-training and fine-tuning)."""
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the encoder layers (faster steps on a GPU after a compile of minutes)")
+                   help="torch.compile the embeddings and encoder layers "
+                        "(faster steps on a GPU after a compile of minutes)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each layer's activations in the backward: much less memory for long "
                         "sequences or big batches, about a third more compute")
@@ -462,7 +463,7 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
                    help="autocast dtype (default auto: bf16 on a GPU that has it, which takes FlashAttention's "
                         "variable-length kernel; fp32 on the CPU)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the encoder layers (pays on a GPU over a big file)")
+                   help="torch.compile the embeddings and encoder layers (pays on a GPU over a big file)")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:

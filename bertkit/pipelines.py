@@ -611,8 +611,8 @@ def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, dev
              **task_options) -> Pipeline:
     """A callable for `task` (one of TASKS, or an alias in TASK_ALIASES) with the checkpoint `model` (a name or
     directory; or a loaded bertkit model together with `tokenizer=`). `task_options` are the defaults of each
-    call (e.g. top_k=3, pooling="cls"). `compile=True` runs the encoder layers through torch.compile. A
-    checkpoint without the task's trained head is refused with a ValueError."""
+    call (e.g. top_k=3, pooling="cls"). `compile=True` runs the embeddings and encoder layers through
+    torch.compile. A checkpoint without the task's trained head is refused with a ValueError."""
     task = TASK_ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))}")

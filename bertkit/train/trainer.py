@@ -32,8 +32,8 @@ the stats, `lr`, `grad_norm` (mean of the global norm before clipping), `tokens_
 GPU fast path: nothing inside the step loop reads a GPU value back (no `.item()`, `int(tensor)`, tensor
 `if`): counts and token totals come from the CPU batch, loss and metric sums stay on the device until a log
 step. On CUDA a background thread fetches, prepares and pins the next `prefetch` batches while the GPU
-works; the copies are `non_blocking`. `compile=True` runs the encoder layers through torch.compile
-(`bertkit.modeling.bert.compile_layers`). AdamW is fused when the parameters are on CUDA.
+works; the copies are `non_blocking`. `compile=True` runs the embeddings and encoder layers through
+torch.compile (`bertkit.modeling.bert.compile_layers`). AdamW is fused when the parameters are on CUDA.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
     fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2);
                                     # with bf16 the parameters are gathered in bf16 (fp32 shards and reduction)
-    compile: bool = False           # torch.compile the encoder layers (dynamic token count)
+    compile: bool = False           # torch.compile the embeddings and encoder layers (dynamic token count)
     gradient_checkpointing: bool = False  # recompute each layer's forward in the backward: less memory
     prefetch: int | None = None     # batches prepared ahead in a background thread; None: 2 on CUDA, 0 on CPU
 
