@@ -12,7 +12,8 @@ optimizer, ...), the heaviest kernels, and the step's wall time against the time
 each idle gap charged to the host operator that launched after it (`idle_report`; --trace keeps the traces).
 Then bertkit again with one thing changed at a time to price those parts: eager forward + backward without
 clipping and optimizer; compiled as is (layers and embeddings), with the embeddings left eager (bertkit before
-session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), and with a bf16 residual stream (a what-if of a numerics change,
+session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), with the layer stack as
+one graph (`whole_encoder_compiled`), and with a bf16 residual stream (a what-if of a numerics change,
 `bf16_residual_stream`); with --all-ablations also eager and compiled with the last layer on every row (no
 selection), eager without dropout and compiled without attention dropout; with --tuned also compiled with
 inductor's tuning options that keep the operations as they are (coordinate-descent tuning of the fused
@@ -311,6 +312,30 @@ def mlm_head_compiled():
         bench_gpu.compile_layers = original
 
 
+@contextlib.contextmanager
+def whole_encoder_compiled():
+    """A lever to price: the embeddings and the whole layer stack (`BertEncoder`) compiled as one graph each,
+    so a step makes two compiled calls forward and two backward instead of one per layer. Each compiled call
+    has a host-side cost (guards, runtime wrappers), which matters where a step's GPU work is short, as at
+    512 x 32; the price is a longer first compile."""
+    import bench.gpu as bench_gpu
+    from bertkit.modeling import packing
+    original = bench_gpu.compile_layers
+
+    def compile_stack(model, **kwargs):
+        kwargs.setdefault("dynamic", True)
+        packing.keep_runs_out_of_graphs()
+        model.bert.embeddings.compile(**kwargs)
+        model.bert.encoder.compile(**kwargs)
+        return model
+
+    bench_gpu.compile_layers = compile_stack
+    try:
+        yield
+    finally:
+        bench_gpu.compile_layers = original
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file for the results")
@@ -410,6 +435,7 @@ def main(argv=None) -> dict:
         ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
                       ("compiled, eager embeddings", step(compiled=True), eager_embeddings),
                       ("compiled, MLM head too", step(compiled=True), mlm_head_compiled),
+                      ("compiled, whole encoder one graph", step(compiled=True), whole_encoder_compiled),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
     if args.compile and args.all_ablations:
         ablations += [("compiled, last layer on every row", step(compiled=True), every_row_selected),

@@ -92,6 +92,7 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "compiled, last layer on every row",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
                                                  "compiled, eager embeddings", "compiled, MLM head too",
+                                                 "compiled, whole encoder one graph",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
@@ -99,22 +100,26 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
 
 def test_profile_levers_change_what_compile_layers_compiles():
     """The ablation contexts patch the bench's compile_layers: "eager embeddings" leaves the embeddings' call
-    uncompiled (the layers compiled), "MLM head too" compiles the head that the forward calls."""
+    uncompiled (the layers compiled), "MLM head too" compiles the head that the forward calls, "whole encoder"
+    compiles the layer stack as one module instead of each layer."""
     import bench.gpu as bench_gpu
-    from bench.gpu_profile import eager_embeddings, mlm_head_compiled
+    from bench.gpu_profile import eager_embeddings, mlm_head_compiled, whole_encoder_compiled
     from bertkit.modeling import BertForPreTraining
     from bertkit.modeling.bert import BertLayer
 
     def compiled(module):
         return module._compiled_call_impl is not None
 
-    for context, embeddings, head in ((contextlib.nullcontext, True, False), (eager_embeddings, False, False),
-                                      (mlm_head_compiled, True, True)):
+    for context, layers, embeddings, head in ((contextlib.nullcontext, True, True, False),
+                                              (eager_embeddings, True, False, False),
+                                              (mlm_head_compiled, True, True, True),
+                                              (whole_encoder_compiled, False, True, False)):
         model = BertForPreTraining(gpu.make_config("tiny", 512))
         with context():
             bench_gpu.compile_layers(model, backend="eager")
-        assert all(compiled(m) for m in model.modules() if isinstance(m, BertLayer))
+        assert {compiled(m) for m in model.modules() if isinstance(m, BertLayer)} == {layers}
         assert (compiled(model.bert.embeddings), compiled(model.cls.predictions)) == (embeddings, head)
+        assert compiled(model.bert.encoder) == (not layers)   # the stack in one graph, or layer by layer
     from bertkit.modeling import bert
     assert bench_gpu.compile_layers is bert.compile_layers   # each context restored it
 
@@ -316,7 +321,9 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         # the device tool returns 8 files per call: one JSON per bench run, plus the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"] and len(calls) + 2 <= 8
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
-        assert last.contenders and last.only_ablations == levers
+        assert last.contenders and last.only_ablations == ["compiled", "compiled, whole encoder one graph",
+                                                           "compiled, MLM head too"]
+        assert last.profile_ablations == ["compiled, whole encoder one graph"]
         (cache,) = caches
         assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()

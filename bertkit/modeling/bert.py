@@ -224,6 +224,26 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False  # see BertPreTrainedModel.gradient_checkpointing_enable
 
+    def forward(self, h: torch.Tensor, packing: P.Packing, output_hidden_states: bool = False,
+                output_attentions: bool = False, selection: P.Selection | None = None):
+        """h: packed (tokens, hidden). Returns the last layer's output ((selected, hidden) with a selection),
+        and the lists of every layer's input and output states and attention weights when asked for (else None)."""
+        all_hidden = [h] if output_hidden_states else None
+        all_weights = [] if output_attentions else None
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            rows = selection if i == last else None
+            if recompute:
+                h, weights = checkpoint(layer, h, packing, output_attentions, rows, use_reentrant=False)
+            else:
+                h, weights = layer(h, packing, output_attentions, rows)
+            if output_hidden_states:
+                all_hidden.append(h)
+            if output_attentions:
+                all_weights.append(weights)
+        return h, all_hidden, all_weights
+
 
 def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
     """torch.compile every encoder layer and the embeddings in place (`nn.Module.compile`: parameter names and
@@ -463,21 +483,7 @@ class BertModel(BertPreTrainedModel):
         ids = P.unpad(input_ids, packing) if input_ids is not None else None
         embeds = P.unpad(inputs_embeds, packing) if inputs_embeds is not None else None
         h = self.embeddings(ids, types, positions, embeds)               # (tokens, hidden)
-
-        all_hidden = [h] if output_hidden_states else None
-        all_weights = [] if output_attentions else None
-        recompute = self.encoder.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        last = len(self.encoder.layer) - 1
-        for i, layer in enumerate(self.encoder.layer):
-            rows = selection if i == last else None
-            if recompute:
-                h, weights = checkpoint(layer, h, packing, output_attentions, rows, use_reentrant=False)
-            else:
-                h, weights = layer(h, packing, output_attentions, rows)
-            if output_hidden_states:
-                all_hidden.append(h)
-            if output_attentions:
-                all_weights.append(weights)
+        h, all_hidden, all_weights = self.encoder(h, packing, output_hidden_states, output_attentions, selection)
         if take is not None:
             h, selection = h.index_select(0, take.rows), take                 # (selected, hidden)
         return Encoded(h, packing, all_hidden, all_weights, selection)

@@ -210,6 +210,48 @@ def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
     torch._dynamo.reset()
 
 
+def test_the_whole_layer_stack_compiles_to_one_graph_on_the_varlen_path(monkeypatch):
+    """`BertEncoder` (the loop over the layers) compiled as one module, as bench/gpu_profile.py's "whole
+    encoder" lever does: on the GPU path (meta tensors standing in) one graph for all layers, the last one
+    on the selected rows included, with no recompile across batches; the loss equals the layer-by-layer one."""
+    from bertkit.modeling.bert import compile_layers
+    from bertkit.train.trainer import to_device
+
+    monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(dropout=0.1)).to("meta", torch.bfloat16)
+    P.keep_runs_out_of_graphs()
+    model.bert.encoder.compile(backend=backend, dynamic=True)
+    objective = PreTrainingObjective(model)
+    source = TinySource(4, seed=5)
+    for _ in range(3):
+        batch = to_device(objective.prepare(next(source)), torch.device("meta"))
+        sums, _ = objective(batch)
+        (sums["mlm"] + sums["nsp"]).backward()
+    assert len(graphs) == 1
+    torch._dynamo.reset()
+
+    # on the CPU (per-run attention: graph breaks inside the stack) the numbers are the eager ones
+    torch.manual_seed(0)
+    eager = BertForPreTraining(tiny_config(dropout=0.0))
+    stacked = BertForPreTraining(tiny_config(dropout=0.0))
+    stacked.load_state_dict(eager.state_dict())
+    compile_layers(eager, backend="eager")      # layer by layer, for reference
+    P.keep_runs_out_of_graphs()
+    stacked.bert.encoder.compile(backend="aot_eager", dynamic=True)
+    b = next(TinySource(3, seed=9))
+    out = [m(b["input_ids"], b["attention_mask"], labels=b["labels"]).loss for m in (eager, stacked)]
+    torch.testing.assert_close(out[1], out[0])
+    torch._dynamo.reset()
+
+
 def test_compiled_inference_equals_eager():
     """compile_layers on a model in eval mode (inductor on the CPU): the same hidden states as eager for
     batches of different shapes, and checkpoint names unchanged."""
