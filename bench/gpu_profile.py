@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -269,71 +270,58 @@ def every_row_selected():
 
 
 @contextlib.contextmanager
+def _compile_layers_replaced(replacement):
+    """bench/gpu.py's `compile_layers` replaced, for the block, by `replacement(original, model, **kwargs)`:
+    the levers below change what a compiled contender compiles."""
+    import bench.gpu as bench_gpu
+    original = bench_gpu.compile_layers
+    bench_gpu.compile_layers = functools.partial(replacement, original)
+    try:
+        yield
+    finally:
+        bench_gpu.compile_layers = original
+
+
 def eager_embeddings():
     """bertkit before session 9: `compile_layers` compiled the encoder layers alone, the embeddings ran eagerly.
     On an H100 that step left the GPU waiting on the host (77.9 against 53.2 ms per step at 128 x 256); kept to
     watch that finding in later runs."""
-    import bench.gpu as bench_gpu
     from bertkit.modeling.bert import BertEmbeddings
-    original = bench_gpu.compile_layers
 
-    def compile_then_undo_embeddings(model, **kwargs):
+    def compile_then_undo_embeddings(original, model, **kwargs):
         original(model, **kwargs)
         for m in model.modules():
             if isinstance(m, BertEmbeddings):
                 m._compiled_call_impl = None   # nn.Module.compile's wrapper, dropped: the eager forward again
         return model
-
-    bench_gpu.compile_layers = compile_then_undo_embeddings
-    try:
-        yield
-    finally:
-        bench_gpu.compile_layers = original
+    return _compile_layers_replaced(compile_then_undo_embeddings)
 
 
-@contextlib.contextmanager
 def mlm_head_compiled():
     """A lever to price: `compile_layers` plus the MLM head (transform, LayerNorm and the vocabulary-wide
     decoder on the masked rows), its own graph. (Session 9's "embeddings and heads too" compiled
     `model.cls`, which is never called as a module, so only its embeddings part took effect.)"""
-    import bench.gpu as bench_gpu
-    original = bench_gpu.compile_layers
-
-    def compile_more(model, **kwargs):
+    def compile_more(original, model, **kwargs):
         original(model, **kwargs)
-        kwargs.setdefault("dynamic", True)
-        model.cls.predictions.compile(**kwargs)
+        model.cls.predictions.compile(**{"dynamic": True, **kwargs})
         return model
-
-    bench_gpu.compile_layers = compile_more
-    try:
-        yield
-    finally:
-        bench_gpu.compile_layers = original
+    return _compile_layers_replaced(compile_more)
 
 
-@contextlib.contextmanager
 def whole_encoder_compiled():
     """A lever to price: the embeddings and the whole layer stack (`BertEncoder`) compiled as one graph each,
     so a step makes two compiled calls forward and two backward instead of one per layer. Each compiled call
     has a host-side cost (guards, runtime wrappers), which matters where a step's GPU work is short, as at
     512 x 32; the price is a longer first compile."""
-    import bench.gpu as bench_gpu
     from bertkit.modeling import packing
-    original = bench_gpu.compile_layers
 
-    def compile_stack(model, **kwargs):
-        kwargs.setdefault("dynamic", True)
+    def compile_stack(original, model, **kwargs):
+        kwargs = {"dynamic": True, **kwargs}
         packing.keep_runs_out_of_graphs()
         model.bert.embeddings.compile(**kwargs)
         model.bert.encoder.compile(**kwargs)
         return model
-
-    bench_gpu.compile_layers = compile_stack
-    try:
-        yield
-    finally:
-        bench_gpu.compile_layers = original
+    return _compile_layers_replaced(compile_stack)
 
 
 def build_parser() -> argparse.ArgumentParser:

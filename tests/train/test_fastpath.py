@@ -174,12 +174,9 @@ def test_pretrain_cli_compile_flag_reaches_the_job():
     assert _job_args(PretrainArgs, build_parser().parse_args(["pretrain"])).compile is False
 
 
-def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
-    """On the GPU path (varlen attention; meta tensors stand in for CUDA ones) the encoder runs in three
-    compiled graphs: the embeddings, one shared by the layers on every row, one for the last layer on the
-    selected rows (masked tokens and [CLS]). No graph break, and no recompile for batches of other token
-    counts, selected counts and longest lengths (dynamic sizes, symbolic max_seqlen)."""
-    from bertkit.modeling.bert import compile_layers
+def _graphs_on_the_varlen_path(monkeypatch, compile_model) -> tuple[list, set]:
+    """Three pre-training steps of a model on the GPU path (varlen attention; meta tensors stand in for CUDA
+    ones), compiled by `compile_model(model, backend)`: the graphs the backend received and the batch shapes."""
     from bertkit.train.trainer import to_device
 
     monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
@@ -192,7 +189,7 @@ def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = BertForPreTraining(tiny_config(dropout=0.1)).to("meta", torch.bfloat16)
-    compile_layers(model, backend=backend)
+    compile_model(model, backend)
     objective = PreTrainingObjective(model)
     source = TinySource(4, seed=5)
     shapes = set()
@@ -202,41 +199,38 @@ def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
                     batch["selection"].rows.numel(), batch["selection"].max_seqlen))
         sums, _ = objective(batch)
         (sums["mlm"] + sums["nsp"]).backward()
+    torch._dynamo.reset()
+    return graphs, shapes
+
+
+def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
+    """On the GPU path the encoder runs in three compiled graphs: the embeddings, one shared by the layers on
+    every row, one for the last layer on the selected rows (masked tokens and [CLS]). No graph break, and no
+    recompile for batches of other token counts, selected counts and longest lengths (dynamic sizes,
+    symbolic max_seqlen)."""
+    from bertkit.modeling.bert import compile_layers
+
+    graphs, shapes = _graphs_on_the_varlen_path(monkeypatch, lambda model, backend: compile_layers(model,
+                                                                                                 backend=backend))
     assert len(shapes) == 3 and len({s[2] for s in shapes}) > 1
     assert len(graphs) == 3
     embedding_graphs = [g for g in graphs if any("word_embeddings" in str(n.target) or "word_embeddings" in n.name
                                                  for n in g.graph.nodes)]
     assert len(embedding_graphs) == 1
-    torch._dynamo.reset()
 
 
 def test_the_whole_layer_stack_compiles_to_one_graph_on_the_varlen_path(monkeypatch):
     """`BertEncoder` (the loop over the layers) compiled as one module, as bench/gpu_profile.py's "whole
-    encoder" lever does: on the GPU path (meta tensors standing in) one graph for all layers, the last one
-    on the selected rows included, with no recompile across batches; the loss equals the layer-by-layer one."""
+    encoder" lever does: on the GPU path one graph for all layers, the last one on the selected rows
+    included, with no recompile across batches; on the CPU the loss equals the layer-by-layer one."""
     from bertkit.modeling.bert import compile_layers
-    from bertkit.train.trainer import to_device
 
-    monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
-    graphs = []
+    def compile_stack(model, backend):
+        P.keep_runs_out_of_graphs()
+        model.bert.encoder.compile(backend=backend, dynamic=True)
 
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm
-
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = BertForPreTraining(tiny_config(dropout=0.1)).to("meta", torch.bfloat16)
-    P.keep_runs_out_of_graphs()
-    model.bert.encoder.compile(backend=backend, dynamic=True)
-    objective = PreTrainingObjective(model)
-    source = TinySource(4, seed=5)
-    for _ in range(3):
-        batch = to_device(objective.prepare(next(source)), torch.device("meta"))
-        sums, _ = objective(batch)
-        (sums["mlm"] + sums["nsp"]).backward()
-    assert len(graphs) == 1
-    torch._dynamo.reset()
+    graphs, shapes = _graphs_on_the_varlen_path(monkeypatch, compile_stack)
+    assert len(shapes) == 3 and len(graphs) == 1
 
     # on the CPU (per-run attention: graph breaks inside the stack) the numbers are the eager ones
     torch.manual_seed(0)
