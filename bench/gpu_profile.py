@@ -13,7 +13,7 @@ each idle gap charged to the host operator that launched after it (`idle_report`
 Then bertkit again with one thing changed at a time to price those parts: eager forward + backward without
 clipping and optimizer; compiled as is (layers and embeddings), with the embeddings left eager (bertkit before
 session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), with the layer stack as
-one graph (`whole_encoder_compiled`), and with a bf16 residual stream (a what-if of a numerics change,
+one graph (`whole_encoder_compiled`), that replayed as CUDA graphs, and with a bf16 residual stream (a what-if of a numerics change,
 `bf16_residual_stream`); with --all-ablations also eager and compiled with the last layer on every row (no
 selection), eager without dropout and compiled without attention dropout; with --tuned also compiled with
 inductor's tuning options that keep the operations as they are (coordinate-descent tuning of the fused
@@ -308,15 +308,17 @@ def mlm_head_compiled():
     return _compile_layers_replaced(compile_more)
 
 
-def whole_encoder_compiled():
+def whole_encoder_compiled(mode: str | None = None):
     """A lever to price: the embeddings and the whole layer stack (`BertEncoder`) compiled as one graph each,
     so a step makes two compiled calls forward and two backward instead of one per layer. Each compiled call
     has a host-side cost (guards, runtime wrappers), which matters where a step's GPU work is short, as at
-    512 x 32; the price is a longer first compile."""
+    512 x 32; the price is a longer first compile. `mode="reduce-overhead"`: the graphs replayed as CUDA
+    graphs, one per batch shape; an upper bound only, since the bench cycles through 4 batches while real
+    packed batches each have their own token count (graphs would need token counts padded to buckets)."""
     from bertkit.modeling import packing
 
     def compile_stack(original, model, **kwargs):
-        kwargs = {"dynamic": True, **kwargs}
+        kwargs = {"dynamic": True, **kwargs, **({"mode": mode} if mode else {})}
         packing.keep_runs_out_of_graphs()
         model.bert.embeddings.compile(**kwargs)
         model.bert.encoder.compile(**kwargs)
@@ -422,8 +424,10 @@ def main(argv=None) -> dict:
     if args.compile:
         ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
                       ("compiled, eager embeddings", step(compiled=True), eager_embeddings),
-                      ("compiled, MLM head too", step(compiled=True), mlm_head_compiled),
                       ("compiled, whole encoder one graph", step(compiled=True), whole_encoder_compiled),
+                      ("compiled, whole encoder, CUDA graphs (4 batch shapes)", step(compiled=True),
+                       functools.partial(whole_encoder_compiled, "reduce-overhead")),
+                      ("compiled, MLM head too", step(compiled=True), mlm_head_compiled),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
     if args.compile and args.all_ablations:
         ablations += [("compiled, last layer on every row", step(compiled=True), every_row_selected),

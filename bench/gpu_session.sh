@@ -16,7 +16,8 @@
 #      128 and the other levers were measured in sessions 4-8); the first two also profiled, with the host's
 #      time by operator (why the GPU waited)
 #   4. bench/gpu_profile.py at 512 x 32: where the time goes by kernel kind (and the host's time), and the
-#      compiled step against the layer stack compiled as one graph (profiled too) and the compiled MLM head
+#      compiled step against the layer stack compiled as one graph (profiled too), that replayed as CUDA
+#      graphs (an upper bound), and the compiled MLM head
 #   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 500 s have gone
 set -u
@@ -49,8 +50,9 @@ run "gpu_profile 128" 110 python bench/gpu_profile.py $SMOKE_ARG --no-contenders
 # at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more:
 # the layer stack compiled as one graph instead of the embeddings' order check
 run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --ablation "compiled" \
-    --ablation "compiled, whole encoder one graph" --ablation "compiled, MLM head too" \
-    --profile-ablation "compiled, whole encoder one graph" --out "$OUT/profile-512.json"
+    --ablation "compiled, whole encoder one graph" --profile-ablation "compiled, whole encoder one graph" \
+    --ablation "compiled, whole encoder, CUDA graphs (4 batch shapes)" --ablation "compiled, MLM head too" \
+    --out "$OUT/profile-512.json"
 if [ "$SECONDS" -lt 500 ]; then  # the end-to-end CLI check, measured in earlier sessions, only if time is left
   run gpu_cli_check 35 python bench/gpu_cli_check.py $SMOKE_ARG --out "$OUT/cli.json"
 fi

@@ -93,6 +93,7 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
                                                  "compiled, eager embeddings", "compiled, MLM head too",
                                                  "compiled, whole encoder one graph",
+                                                 "compiled, whole encoder, CUDA graphs (4 batch shapes)",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
@@ -321,8 +322,9 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         # the device tool returns 8 files per call: one JSON per bench run, plus the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"] and len(calls) + 2 <= 8
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
-        assert last.contenders and last.only_ablations == ["compiled", "compiled, whole encoder one graph",
-                                                           "compiled, MLM head too"]
+        assert last.contenders and last.only_ablations == [
+            "compiled", "compiled, whole encoder one graph", "compiled, whole encoder, CUDA graphs (4 batch shapes)",
+            "compiled, MLM head too"]
         assert last.profile_ablations == ["compiled, whole encoder one graph"]
         (cache,) = caches
         assert not Path(cache).exists() and out not in Path(cache).parents
