@@ -390,8 +390,11 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
     real = sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
     out = {"seq": seq, "batch": batch, "real_token_fraction": real,
            "contenders": dict((prev or {}).get("contenders", {}))}
-    # the Trainer compiled too: `bertkit pretrain --compile` as users run it (prefetch thread, pinned copies)
-    kinds = [("bertkit", compiled_phase), ("transformers", compiled_phase), ("bertkit Trainer", compiled_phase)]
+    # the Trainer compiled too: `bertkit pretrain --compile` as users run it (prefetch thread, pinned copies);
+    # in the compiled phase before transformers, whose compile takes a minute and may meet --budget-s first
+    order = ["bertkit", "bertkit Trainer", "transformers"] if compiled_phase else \
+        ["bertkit", "transformers", "bertkit Trainer"]
+    kinds = [(kind, compiled_phase) for kind in order]
     for kind, compiled in kinds:
         name = kind + (" + compile" if compiled else "")
         if args.contenders and name not in args.contenders:
