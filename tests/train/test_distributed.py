@@ -115,10 +115,10 @@ def test_torchrun_fsdp_matches_one_process_and_resumes_exactly(tmp_path, torchru
     assert gap <= 1e-6
 
 
-def _fsdp_and_one_process(tmp_path, torchrun, common):
-    """Train `common` on 2 FSDP ranks of batch 2 and in this process with batch 4 (the same global batch); the
-    sharded run's RESULT and both final weights."""
-    run = torchrun(SCRIPT, "--out", tmp_path / "fsdp", *common, "--batch", "2", "--fsdp")
+def _fsdp_and_one_process(tmp_path, torchrun, common, sharded_only=()):
+    """Train `common` on 2 FSDP ranks of batch 2 (plus `sharded_only`) and in this process with batch 4 (the same
+    global batch); the sharded run's RESULT and both final weights."""
+    run = torchrun(SCRIPT, "--out", tmp_path / "fsdp", *common, *sharded_only, "--batch", "2", "--fsdp")
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
     assert result["sharded"]
@@ -136,6 +136,16 @@ def test_torchrun_fsdp_lamb_matches_one_process(tmp_path, torchrun):
     _, a, b = _fsdp_and_one_process(tmp_path, torchrun,
                                     ["--steps", "3", "--dropout", "0", "--lr", "1e-2", "--optimizer", "lamb"])
     assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-6
+
+
+def test_torchrun_fsdp_compiled_takes_the_eager_steps(tmp_path, torchrun):
+    """`--compile` under FSDP: the embeddings (in the root's shard group) and the layers (each its own group)
+    compiled by inductor on 2 sharded CPU ranks take the steps of one eager process."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("inductor on the CPU needs a C compiler")
+    result, a, b = _fsdp_and_one_process(tmp_path, torchrun, ["--steps", "3", "--dropout", "0"], ["--compile"])
+    assert result["metrics"]["step"] == 3 and result["compiled"] == ["BertEmbeddings"] + ["BertLayer"] * 2
+    assert max((a[k] - b[k]).abs().max().item() for k in b) <= 1e-5
 
 
 def test_torchrun_fsdp_bf16_gathers_bf16_weights_and_keeps_fp32_shards(tmp_path, torchrun):

@@ -133,6 +133,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--fsdp", action="store_true")
+    ap.add_argument("--compile", action="store_true")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--split-check", action="store_true", help="only record what split_map hands each rank")
     args = ap.parse_args(argv)
@@ -164,7 +165,7 @@ def main(argv=None) -> None:
                       warmup_steps=2, optimizer=args.optimizer, log_every=1, save_every=args.save_every,
                       keep_last=2, seed=11, output_dir=args.out, tensorboard=False, progress=False,
                       gradient_checkpointing=args.gradient_checkpointing, fsdp=args.fsdp,
-                      precision=args.precision)
+                      precision=args.precision, compile=args.compile)
     trainer = Trainer(PretrainObjective(model), model, source, cfg)
     used = set()  # the dtype of the weights the first encoder layer computes with (FSDP's own hook, which
     # gathers them, ran first: it was registered when the Trainer sharded the model)
@@ -178,8 +179,15 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps({"metrics": metrics, "served": source.served, "world": info.world_size,
                                       "sharded": distributed.is_sharded(model), "local_params": local,
                                       "forward_weight_dtypes": sorted(used),
+                                      "compiled": [bertkit_class(m) for m in model.modules()
+                                                   if getattr(m, "_compiled_call_impl", None) is not None],
                                       "params": sum(p.numel() for p in model.parameters())}), flush=True)
     distributed.cleanup()
+
+
+def bertkit_class(module) -> str:
+    """The module's bertkit class name (FSDP2 makes each sharded module an instance of a subclass of its own)."""
+    return next(c.__name__ for c in type(module).__mro__ if c.__module__.startswith("bertkit"))
 
 
 if __name__ == "__main__":
