@@ -5,21 +5,22 @@
     python bench/gpu_profile.py --out p.json --seq 512 --batch 32 --no-ablations --trace traces/   # seq 512
     python bench/gpu_profile.py --smoke --out profile.json     # tiny config on the CPU: the code path only
 
-For each contender (bertkit eager, bertkit with torch.compile, transformers eager; the same batches and step
-as bench/gpu.py) a few warm-up steps, then `--steps` steps under torch.profiler: from its Chrome trace, the
-device time per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout, elementwise,
-optimizer, ...), the heaviest kernels, and the step's wall time against the time the device was busy, with
-each idle gap charged to the host operator that launched after it (`idle_report`; --trace keeps the traces).
-Then bertkit again with one thing changed at a time to price those parts: eager forward + backward without
+For each contender (bertkit eager, bertkit with torch.compile, transformers eager; the same batches and step as
+bench/gpu.py; `--contender` picks some) a few warm-up steps, then `--steps` steps under torch.profiler: from its
+Chrome trace, the device time per step grouped by kind (GEMM, attention, fused Triton, LayerNorm, dropout,
+elementwise, optimizer, ...), the heaviest kernels, and the step's wall time against the time the device was busy,
+with each idle gap charged to the host operator that launched after it (`idle_report`), and the host's own time by
+operator (`host_report`); --trace keeps the traces. Then bertkit again with one thing changed at a time to price
+those parts (`--ablation` picks some, `--profile-ablation` profiles them as well): eager forward + backward without
 clipping and optimizer; compiled as is (layers and embeddings), with the embeddings left eager (bertkit before
-session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), with the layer stack as
-one graph (`whole_encoder_compiled`), that replayed as CUDA graphs, and with a bf16 residual stream (a what-if of a numerics change,
-`bf16_residual_stream`); with --all-ablations also eager and compiled with the last layer on every row (no
-selection), eager without dropout and compiled without attention dropout; with --tuned also compiled with
-inductor's tuning options that keep the operations as they are (coordinate-descent tuning of the fused
-kernels; max-autotune, which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after
-every contender and ablation, so a run cut short keeps what it measured. The race itself is bench/gpu.py; this
-says where a speed-up must come from.
+session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), with the layer stack as one
+graph (`whole_encoder_compiled`), that replayed as CUDA graphs, and with a bf16 residual stream (a what-if of a
+numerics change, `bf16_residual_stream`); with --all-ablations also eager and compiled with the last layer on every
+row (no selection), eager without dropout and compiled without attention dropout; with --tuned also compiled with
+inductor's tuning options that keep the operations as they are (coordinate-descent tuning of the fused kernels;
+max-autotune, which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after every
+contender and ablation, so a run cut short keeps what it measured. The race itself is bench/gpu.py; this says where
+a speed-up must come from.
 """
 from __future__ import annotations
 
@@ -341,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="after timing this ablation, profile its steps as the contenders' are (repeatable)")
     ap.add_argument("--no-contenders", dest="contenders", action="store_false",
                     help="skip the kernel profiles of the contenders: the ablations only")
+    ap.add_argument("--contender", dest="only_contenders", action="append", metavar="NAME",
+                    help='profile only this contender (repeatable): "bertkit", "bertkit + compile", "transformers"')
     ap.add_argument("--max-step-s", type=float, default=None,
                     help="an ablation whose step takes longer after its warm-up is reported as failed, not timed "
                          "(default 5 s; none with --smoke)")
@@ -391,6 +394,12 @@ def main(argv=None) -> dict:
         contenders.append(("bertkit + compile",
                            lambda: bertkit_step(model_for("bertkit"), device, dtype, True, backend)))
     contenders.append(("transformers", lambda: transformers_step(model_for("transformers"), device, dtype, False)))
+    if args.only_contenders:
+        unknown = sorted(set(args.only_contenders) - {name for name, _ in contenders})
+        if unknown:
+            raise SystemExit(f"--contender: no contender {', '.join(map(repr, unknown))} with these flags; "
+                             f"there are {', '.join(repr(name) for name, _ in contenders)}")
+        contenders = [c for c in contenders if c[0] in args.only_contenders]
     for name, make in contenders if args.contenders else []:
         trace = args.trace / f"{name.replace(' + ', '-')}-{seq}x{batch}.json.gz" if args.trace else None
         r = profile_steps(make(), batches, warmup, args.steps, device, trace)

@@ -15,9 +15,10 @@
 #      (session 9: the GPU then waits on the host) and with the MLM head compiled too (the kernel profile at
 #      128 and the other levers were measured in sessions 4-8); the first two also profiled, with the host's
 #      time by operator (why the GPU waited)
-#   4. bench/gpu_profile.py at 512 x 32: where the time goes by kernel kind (and the host's time), and the
-#      compiled step against the layer stack compiled as one graph (profiled too), that replayed as CUDA
-#      graphs (an upper bound), and the compiled MLM head
+#   4. bench/gpu_profile.py at 512 x 32: where the compiled step's time goes by kernel kind (and the host's
+#      time; eager bertkit and transformers were profiled at 512 in session 4), and the compiled step against
+#      the layer stack compiled as one graph (profiled too), that replayed as CUDA graphs (an upper bound),
+#      and the compiled MLM head
 #   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 500 s have gone
 set -u
@@ -49,7 +50,8 @@ run "gpu_profile 128" 110 python bench/gpu_profile.py $SMOKE_ARG --no-contenders
     --profile-ablation "compiled" --profile-ablation "compiled, eager embeddings" --out "$OUT/profile-128.json"
 # at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more:
 # the layer stack compiled as one graph instead of the embeddings' order check
-run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --ablation "compiled" \
+run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --contender "bertkit + compile" \
+    --ablation "compiled" \
     --ablation "compiled, whole encoder one graph" --profile-ablation "compiled, whole encoder one graph" \
     --ablation "compiled, whole encoder, CUDA graphs (4 batch shapes)" --ablation "compiled, MLM head too" \
     --out "$OUT/profile-512.json"

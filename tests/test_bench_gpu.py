@@ -132,8 +132,15 @@ def test_profile_runs_the_named_ablations_alone(tmp_path, capsys):
     assert res["contenders"] == {} and set(res["ablations_ms_per_step"]) == {"forward + backward only"}
     (profiled,) = json.loads((tmp_path / "p.json").read_text())["ablation_profiles"].values()
     assert profiled["wall_ms_per_step"] > 0 and profiled["top_kernels"]
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--no-ablations", "--contender", "bertkit",
+                            "--out", str(tmp_path / "c.json")])
+    assert set(res["contenders"]) == {"bertkit"}
+    with pytest.raises(SystemExit, match="--contender: no contender 'bertkit \\+ compile' with these flags"):
+        gpu_profile.main(["--smoke", "--no-compile", "--contender", "bertkit + compile",
+                          "--out", str(tmp_path / "d.json")])
     with pytest.raises(SystemExit, match="--profile-ablation: 'compiled' is not among the ablations to run"):
-        gpu_profile.main(["--smoke", "--no-compile", "--profile-ablation", "compiled", "--out", str(tmp_path / "r.json")])
+        gpu_profile.main(["--smoke", "--no-compile", "--profile-ablation", "compiled",
+                          "--out", str(tmp_path / "r.json")])
     with pytest.raises(SystemExit, match="--ablation: no ablation 'compiled' with these flags; there are "
                                          "'bertkit eager', 'forward \\+ backward only'"):
         gpu_profile.main(["--smoke", "--no-compile", "--ablation", "compiled", "--out", str(tmp_path / "q.json")])
@@ -322,7 +329,8 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         # the device tool returns 8 files per call: one JSON per bench run, plus the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"] and len(calls) + 2 <= 8
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
-        assert last.contenders and last.only_ablations == [
+        assert last.contenders and last.only_contenders == ["bertkit + compile"]
+        assert last.only_ablations == [
             "compiled", "compiled, whole encoder one graph", "compiled, whole encoder, CUDA graphs (4 batch shapes)",
             "compiled, MLM head too"]
         assert last.profile_ablations == ["compiled, whole encoder one graph"]
