@@ -389,28 +389,7 @@ def main(argv=None) -> dict:
             return theirs.to(device)
         return ours.to(device)
 
-    contenders = [("bertkit", lambda: bertkit_step(model_for("bertkit"), device, dtype, False))]
-    if args.compile:
-        contenders.append(("bertkit + compile",
-                           lambda: bertkit_step(model_for("bertkit"), device, dtype, True, backend)))
-    contenders.append(("transformers", lambda: transformers_step(model_for("transformers"), device, dtype, False)))
-    if args.only_contenders:
-        unknown = sorted(set(args.only_contenders) - {name for name, _ in contenders})
-        if unknown:
-            raise SystemExit(f"--contender: no contender {', '.join(map(repr, unknown))} with these flags; "
-                             f"there are {', '.join(repr(name) for name, _ in contenders)}")
-        contenders = [c for c in contenders if c[0] in args.only_contenders]
-    for name, make in contenders if args.contenders else []:
-        trace = args.trace / f"{name.replace(' + ', '-')}-{seq}x{batch}.json.gz" if args.trace else None
-        r = profile_steps(make(), batches, warmup, args.steps, device, trace)
-        results["contenders"][name] = r
-        print_profile(name, r)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        save()
-    if not args.ablations:
-        return results
-
+    # the ablations' list first, so that a wrong --ablation name stops the run before any GPU time is spent
     no_dropout = make_config(size, vocab)
     no_dropout.hidden_dropout_prob = no_dropout.attention_probs_dropout_prob = 0.0
     no_attention_dropout = make_config(size, vocab)
@@ -457,6 +436,28 @@ def main(argv=None) -> dict:
     unknown = sorted(set(args.profile_ablations or []) - {name for name, _, _ in ablations})
     if unknown:
         raise SystemExit(f"--profile-ablation: {', '.join(map(repr, unknown))} is not among the ablations to run")
+
+    contenders = [("bertkit", lambda: bertkit_step(model_for("bertkit"), device, dtype, False))]
+    if args.compile:
+        contenders.append(("bertkit + compile",
+                           lambda: bertkit_step(model_for("bertkit"), device, dtype, True, backend)))
+    contenders.append(("transformers", lambda: transformers_step(model_for("transformers"), device, dtype, False)))
+    if args.only_contenders:
+        unknown = sorted(set(args.only_contenders) - {name for name, _ in contenders})
+        if unknown:
+            raise SystemExit(f"--contender: no contender {', '.join(map(repr, unknown))} with these flags; "
+                             f"there are {', '.join(repr(name) for name, _ in contenders)}")
+        contenders = [c for c in contenders if c[0] in args.only_contenders]
+    for name, make in contenders if args.contenders else []:
+        trace = args.trace / f"{name.replace(' + ', '-')}-{seq}x{batch}.json.gz" if args.trace else None
+        r = profile_steps(make(), batches, warmup, args.steps, device, trace)
+        results["contenders"][name] = r
+        print_profile(name, r)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        save()
+    if not args.ablations:
+        return results
     for name, make, context in ablations:
         torch._dynamo.reset()
         try:

@@ -141,9 +141,11 @@ def test_profile_runs_the_named_ablations_alone(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--profile-ablation: 'compiled' is not among the ablations to run"):
         gpu_profile.main(["--smoke", "--no-compile", "--profile-ablation", "compiled",
                           "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()   # stopped before profiling anything
     with pytest.raises(SystemExit, match="--ablation: no ablation 'compiled' with these flags; there are "
                                          "'bertkit eager', 'forward \\+ backward only'"):
         gpu_profile.main(["--smoke", "--no-compile", "--ablation", "compiled", "--out", str(tmp_path / "q.json")])
+    assert not (tmp_path / "q.json").exists()
 
 
 def test_profile_other_shapes_without_ablations(tmp_path):
