@@ -350,6 +350,14 @@ class Cycle:
         return self.batches[(self.i - 1) % len(self.batches)]
 
 
+# every contender's name, as --contenders takes them (pre-training, then inference)
+CONTENDERS = (*(k + c for c in ("", " + compile") for k in ("bertkit", "transformers", "bertkit Trainer")),
+              "bertkit, arrival order", "bertkit, plan on CPU, arrival order",
+              "bertkit + CUDA graphs, plan on CPU, arrival order", "transformers, arrival order",
+              "transformers, sorted by length", "bertkit + compile, arrival order",
+              "transformers + compile, sorted by length")
+
+
 def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compiled: bool) -> dict:
     """bertkit's Trainer itself (prefetch thread, pinned copies, CPU-side counts) on the same batches: the
     timed steps are those between the log line after the warm-up and the last one (a log step synchronises)."""
@@ -596,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     ap = build_parser()
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.contenders or []) - set(CONTENDERS))
+    if unknown:
+        ap.error(f"--contenders: no contender {', '.join(map(repr, unknown))}; there are "
+                 f"{', '.join(map(repr, CONTENDERS))}")
     args.t_start = time.perf_counter()
     for k, v in (SMOKE if args.smoke else FULL).items():
         if k != "steps" or args.steps is None:

@@ -35,6 +35,8 @@ def test_smoke_runs_every_code_path(tmp_path):
         for name in ("bertkit", "transformers"):   # on the CPU the host does the work: queued ~ done
             c = contenders[name]
             assert 0 < c["host_ms_per_step"] <= c["step_ms"] and c["host_ms_per_step"] > 0.5 * c["step_ms"]
+    names = {n for k, v in saved.items() if isinstance(v, dict) and "contenders" in v for n in v["contenders"]}
+    assert names == set(gpu.CONTENDERS)   # the names --contenders checks against: every one, and no other
     inf = saved["inference"]
     assert inf["real_tokens"] == sum(gpu.lognormal_lengths(gpu.SMOKE["n_infer"], 12, gpu.SMOKE["infer_cap"], seed=2))
     assert len(inf["contenders"]) == 7
@@ -67,6 +69,13 @@ def test_workloads_are_the_documented_ones():
         assert masked.max() <= 20 and masked.min() >= 1
         assert ((b["labels"] != -100) & (b["attention_mask"] == 0)).sum() == 0
         assert (b["input_ids"][b["labels"] != -100] == 4).all()
+
+
+def test_a_misspelt_contender_stops_the_run_before_it_starts(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu.main(["--smoke", "--contenders", "bertkit+compile", "--out", str(tmp_path / "b.json")])
+    assert "--contenders: no contender 'bertkit+compile'; there are 'bertkit', " in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_compiled_contenders_are_skipped_past_the_budget(tmp_path):
