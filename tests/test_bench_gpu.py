@@ -134,7 +134,7 @@ def test_profile_levers_change_what_compile_layers_compiles():
     assert bench_gpu.compile_layers is bert.compile_layers   # each context restored it
 
 
-def test_profile_runs_the_named_ablations_alone(tmp_path, capsys):
+def test_profile_runs_the_named_ablations_alone(tmp_path):
     from bench import gpu_profile
     res = gpu_profile.main(["--smoke", "--steps", "1", "--no-contenders", "--ablation", "forward + backward only",
                             "--profile-ablation", "forward + backward only", "--out", str(tmp_path / "p.json")])
