@@ -41,6 +41,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -374,13 +375,10 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
                          log_every=args.warmup, save_final=False, output_dir=run, tensorboard=False,
                          progress=False, compile=compiled)
         t0 = time.perf_counter()
-        original = bert_module.compile_layers
-        if compiled:  # the Trainer compiles with inductor; the bench's --backend (aot_eager in the smoke run)
-            bert_module.compile_layers = functools.partial(original, backend=args.backend)
-        try:
+        # the Trainer compiles with inductor; the bench's --backend instead (aot_eager in the smoke run)
+        with mock.patch.object(bert_module, "compile_layers",
+                               functools.partial(bert_module.compile_layers, backend=args.backend)):
             Trainer(PreTrainingObjective(model), model, Cycle(batches), tc).train()
-        finally:
-            bert_module.compile_layers = original
         lines = [m for m in read_metrics(run) if m.get("split") == "train"]
     first, last = lines[0], lines[-1]
     if first["step"] != args.warmup or last["step"] != args.warmup + args.steps:

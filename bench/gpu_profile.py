@@ -32,6 +32,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -270,17 +271,11 @@ def every_row_selected():
         packing.select = original
 
 
-@contextlib.contextmanager
 def _compile_layers_replaced(replacement):
     """bench/gpu.py's `compile_layers` replaced, for the block, by `replacement(original, model, **kwargs)`:
     the levers below change what a compiled contender compiles."""
     import bench.gpu as bench_gpu
-    original = bench_gpu.compile_layers
-    bench_gpu.compile_layers = functools.partial(replacement, original)
-    try:
-        yield
-    finally:
-        bench_gpu.compile_layers = original
+    return mock.patch.object(bench_gpu, "compile_layers", functools.partial(replacement, bench_gpu.compile_layers))
 
 
 def eager_embeddings():

@@ -88,9 +88,9 @@ def main():
         import tempfile
 
         from bertkit.export import export_onnx
-        exported = tempfile.mkdtemp(prefix="bertkit-onnx-")
-        export_onnx(model_dir, f"{exported}/minilm")
-        onnx = (ours[0], OnnxModel(f"{exported}/minilm/model.onnx", torch.get_num_threads()))
+        exported = tempfile.TemporaryDirectory(prefix="bertkit-onnx-")   # removed when the bench exits
+        export_onnx(model_dir, f"{exported.name}/minilm")
+        onnx = (ours[0], OnnxModel(f"{exported.name}/minilm/model.onnx", torch.get_num_threads()))
         contenders["bertkit ONNX (onnxruntime), arrival order"] = (*onnx, texts)
     for tok, model, _ in contenders.values():  # warm-up
         encode_batch(tok, model, texts[:args.batch_size], args.max_length)

@@ -397,9 +397,13 @@ class TokenClassificationPipeline(Pipeline):
             else:
                 units = []
                 for word in self._words(tokens):
-                    p = self._word_probs(strategy, probs[i, [t[0] for t in word]])  # (labels,)
-                    j = int(p.argmax())
-                    units.append((self._label(j), float(p[j]), word[0][2], word[-1][3]))
+                    if strategy == "first" or len(word) == 1:  # the first sub-token's own label: no tensor op
+                        j, score = best[i][word[0][0]], top[i][word[0][0]]
+                    else:
+                        p = self._word_probs(strategy, probs[i, [t[0] for t in word]])  # (labels,)
+                        j = int(p.argmax())
+                        score = float(p[j])
+                    units.append((self._label(j), score, word[0][2], word[-1][3]))
             out.append(self._group(text, units))
         return out
 
@@ -418,10 +422,8 @@ class TokenClassificationPipeline(Pipeline):
     @staticmethod
     def _word_probs(strategy: str, probs: torch.Tensor) -> torch.Tensor:
         """A word's label probabilities from its sub-tokens' (sub-tokens, labels), as transformers'
-        aggregate_word: the first sub-token's, their mean, or those of the most confident sub-token (the first
-        of ties: argmax returns the first maximum)."""
-        if strategy == "first":
-            return probs[0]
+        aggregate_word: their mean ("average"), or those of the most confident sub-token ("max"; the first of
+        ties: argmax returns the first maximum). ("first" takes the first sub-token's label, read directly.)"""
         if strategy == "average":
             return probs.mean(0)
         return probs[int(probs.max(-1).values.argmax())]
