@@ -12,10 +12,11 @@ elementwise, optimizer, ...), the heaviest kernels, and the step's wall time aga
 with each idle gap charged to the host operator that launched after it (`idle_report`), and the host's own time by
 operator (`host_report`); --trace keeps the traces. Then bertkit again with one thing changed at a time to price
 those parts (`--ablation` picks some, `--profile-ablation` profiles them as well): eager forward + backward without
-clipping and optimizer; compiled as is (layers and embeddings), with the embeddings left eager (bertkit before
-session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), with the layer stack as one
-graph (`whole_encoder_compiled`), that replayed as CUDA graphs, and with a bf16 residual stream (a what-if of a
-numerics change, `bf16_residual_stream`); with --all-ablations also eager and compiled with the last layer on every
+clipping and optimizer; compiled as is (the embeddings and the layer stack, one graph each), with each layer
+compiled apart (bertkit in session 9, `layer_by_layer_compiled`), with the embeddings left eager (as before
+session 9, `eager_embeddings`), with the MLM head compiled too (`mlm_head_compiled`), replayed as CUDA
+graphs (`cuda_graphs_compiled`), and with a bf16 residual stream (a what-if of a numerics change,
+`bf16_residual_stream`); with --all-ablations also eager and compiled with the last layer on every
 row (no selection), eager without dropout and compiled without attention dropout; with --tuned also compiled with
 inductor's tuning options that keep the operations as they are (coordinate-descent tuning of the fused kernels;
 max-autotune, which may pick Triton matrix products with GELU fused into them). The JSON is rewritten after every
@@ -279,9 +280,9 @@ def _compile_layers_replaced(replacement):
 
 
 def eager_embeddings():
-    """bertkit before session 9: `compile_layers` compiled the encoder layers alone, the embeddings ran eagerly.
-    On an H100 that step left the GPU waiting on the host (77.9 against 53.2 ms per step at 128 x 256); kept to
-    watch that finding in later runs."""
+    """`compile_layers` with the embeddings left eager, as before session 9, when on an H100 the compiled
+    layers behind eager embeddings left the GPU waiting on the host (77.9 against 53.2 ms per step at
+    128 x 256); kept to watch that finding in later runs."""
     from bertkit.modeling.bert import BertEmbeddings
 
     def compile_then_undo_embeddings(original, model, **kwargs):
@@ -304,22 +305,30 @@ def mlm_head_compiled():
     return _compile_layers_replaced(compile_more)
 
 
-def whole_encoder_compiled(mode: str | None = None):
-    """A lever to price: the embeddings and the whole layer stack (`BertEncoder`) compiled as one graph each,
-    so a step makes two compiled calls forward and two backward instead of one per layer. Each compiled call
-    has a host-side cost (guards, runtime wrappers), which matters where a step's GPU work is short, as at
-    512 x 32; the price is a longer first compile. `mode="reduce-overhead"`: the graphs replayed as CUDA
-    graphs, one per batch shape; an upper bound only, since the bench cycles through 4 batches while real
-    packed batches each have their own token count (graphs would need token counts padded to buckets)."""
+def layer_by_layer_compiled():
+    """bertkit's `compile_layers` in session 9: the embeddings and each layer compiled apart, one compiled
+    call per layer forward and backward instead of one for the whole stack (`python bench/host_overhead.py`
+    prices that host cost on the CPU: 21.6 against 18.0 ms per step); kept to measure the change on a GPU."""
     from bertkit.modeling import packing
+    from bertkit.modeling.bert import BertEmbeddings, BertLayer
 
-    def compile_stack(original, model, **kwargs):
-        kwargs = {"dynamic": True, **kwargs, **({"mode": mode} if mode else {})}
+    def compile_each_layer(original, model, **kwargs):
+        kwargs = {"dynamic": True, **kwargs}
         packing.keep_runs_out_of_graphs()
-        model.bert.embeddings.compile(**kwargs)
-        model.bert.encoder.compile(**kwargs)
+        for m in model.modules():
+            if isinstance(m, (BertEmbeddings, BertLayer)):
+                m.compile(**kwargs)
         return model
-    return _compile_layers_replaced(compile_stack)
+    return _compile_layers_replaced(compile_each_layer)
+
+
+def cuda_graphs_compiled():
+    """A lever to price: `compile_layers` with mode="reduce-overhead", the compiled graphs replayed as CUDA
+    graphs, one per batch shape. An upper bound only: the bench cycles through 4 batches, while real packed
+    batches each have their own token count (graphs would need token counts padded to buckets)."""
+    def compile_graphed(original, model, **kwargs):
+        return original(model, **{**kwargs, "mode": "reduce-overhead"})
+    return _compile_layers_replaced(compile_graphed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,9 +416,8 @@ def main(argv=None) -> dict:
     if args.compile:
         ablations += [("compiled", step(compiled=True), contextlib.nullcontext),
                       ("compiled, eager embeddings", step(compiled=True), eager_embeddings),
-                      ("compiled, whole encoder one graph", step(compiled=True), whole_encoder_compiled),
-                      ("compiled, whole encoder, CUDA graphs (4 batch shapes)", step(compiled=True),
-                       functools.partial(whole_encoder_compiled, "reduce-overhead")),
+                      ("compiled, layer by layer", step(compiled=True), layer_by_layer_compiled),
+                      ("compiled, CUDA graphs (4 batch shapes)", step(compiled=True), cuda_graphs_compiled),
                       ("compiled, MLM head too", step(compiled=True), mlm_head_compiled),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
     if args.compile and args.all_ablations:

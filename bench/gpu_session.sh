@@ -9,16 +9,13 @@
 #   1. bench/gpu.py: the race with transformers (numerics, pre-training 128 x 256 and 512 x 32, eager and
 #      compiled, inference with CUDA graphs), compiled contenders skipped past its --budget-s
 #   2. bench/gpu.py again for bertkit's pre-training alone, eager and compiled, now with a warm compile cache
-#      (sessions 8 and 9 saw compiled steps 30-40% slower in such reruns while the embeddings ran eagerly;
-#      compile_layers now compiles them too, and this checks that warm-cache runs are fast with it)
-#   3. bench/gpu_profile.py at 128 x 256: the compiled step (layers and embeddings), against the layers alone
-#      (session 9: the GPU then waits on the host) and with the MLM head compiled too (the kernel profile at
-#      128 and the other levers were measured in sessions 4-8); the first two also profiled, with the host's
-#      time by operator (why the GPU waited)
-#   4. bench/gpu_profile.py at 512 x 32: where the compiled step's time goes by kernel kind (and the host's
-#      time; eager bertkit and transformers were profiled at 512 in session 4), and the compiled step against
-#      the layer stack compiled as one graph (profiled too), that replayed as CUDA graphs (an upper bound),
-#      and the compiled MLM head
+#      (sessions 8 and 9 saw compiled steps 30-40% slower in such reruns while the embeddings ran eagerly)
+#   3. bench/gpu_profile.py at 128 x 256: the compiled step as shipped since session 10 (the embeddings and the
+#      layer stack, one graph each; profiled, with the host's time by operator), against each layer compiled
+#      apart (session 9's way), the embeddings left eager, and the MLM head compiled too
+#   4. bench/gpu_profile.py at 512 x 32, where a step's GPU work is short and the host's cost per compiled
+#      call weighs most: the compiled step's kernel and host profile, against each layer compiled apart
+#      (profiled too), the graphs replayed as CUDA graphs (an upper bound), and the compiled MLM head
 #   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 500 s have gone
 set -u
@@ -43,17 +40,16 @@ run() {  # run NAME SECONDS COMMAND...: one step under its own time limit, its o
 run gpu.py 320 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 255
 run "gpu.py again, warm compile cache" 45 python bench/gpu.py $SMOKE_ARG --only pretrain \
     --contenders "bertkit" "bertkit + compile" --out "$OUT/gpu-warm-cache.json"
-# the compiled step as shipped first, then the old one (embeddings eager) second: session 9 ran them the other
-# way round, so this order tells an effect of the embeddings from one of running second in the process
-LEVERS=(--ablation "compiled" --ablation "compiled, eager embeddings" --ablation "compiled, MLM head too")
+# the compiled step as shipped first, then session 9's (each layer apart) and the embeddings left eager
+LEVERS=(--ablation "compiled" --ablation "compiled, layer by layer" --ablation "compiled, eager embeddings"
+        --ablation "compiled, MLM head too")
 run "gpu_profile 128" 110 python bench/gpu_profile.py $SMOKE_ARG --no-contenders "${LEVERS[@]}" \
-    --profile-ablation "compiled" --profile-ablation "compiled, eager embeddings" --out "$OUT/profile-128.json"
-# at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more:
-# the layer stack compiled as one graph instead of the embeddings' order check
+    --profile-ablation "compiled" --out "$OUT/profile-128.json"
+# at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more
 run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --contender "bertkit + compile" \
     --ablation "compiled" \
-    --ablation "compiled, whole encoder one graph" --profile-ablation "compiled, whole encoder one graph" \
-    --ablation "compiled, whole encoder, CUDA graphs (4 batch shapes)" --ablation "compiled, MLM head too" \
+    --ablation "compiled, layer by layer" --profile-ablation "compiled, layer by layer" \
+    --ablation "compiled, CUDA graphs (4 batch shapes)" --ablation "compiled, MLM head too" \
     --out "$OUT/profile-512.json"
 if [ "$SECONDS" -lt 500 ]; then  # the end-to-end CLI check, measured in earlier sessions, only if time is left
   run gpu_cli_check 35 python bench/gpu_cli_check.py $SMOKE_ARG --out "$OUT/cli.json"

@@ -2,6 +2,7 @@
 holds the figures, and one failing contender is reported without stopping the others."""
 import contextlib
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -101,35 +102,40 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "compiled, last layer on every row",
                                                  "compiled, no attention dropout", "compiled, bf16 residual stream",
                                                  "compiled, eager embeddings", "compiled, MLM head too",
-                                                 "compiled, whole encoder one graph",
-                                                 "compiled, whole encoder, CUDA graphs (4 batch shapes)",
+                                                 "compiled, layer by layer",
+                                                 "compiled, CUDA graphs (4 batch shapes)",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
 
 
 def test_profile_levers_change_what_compile_layers_compiles():
-    """The ablation contexts patch the bench's compile_layers: "eager embeddings" leaves the embeddings' call
-    uncompiled (the layers compiled), "MLM head too" compiles the head that the forward calls, "whole encoder"
-    compiles the layer stack as one module instead of each layer."""
+    """The ablation contexts patch the bench's compile_layers: as shipped the embeddings and the layer stack
+    are compiled (and each layer, for checkpointing); "eager embeddings" leaves the embeddings' call
+    uncompiled, "MLM head too" compiles the head that the forward calls, "layer by layer" compiles each
+    layer but not the stack, and "CUDA graphs" passes mode="reduce-overhead" on."""
     import bench.gpu as bench_gpu
-    from bench.gpu_profile import eager_embeddings, mlm_head_compiled, whole_encoder_compiled
+    from bench.gpu_profile import cuda_graphs_compiled, eager_embeddings, layer_by_layer_compiled, mlm_head_compiled
     from bertkit.modeling import BertForPreTraining
     from bertkit.modeling.bert import BertLayer
 
     def compiled(module):
         return module._compiled_call_impl is not None
 
-    for context, layers, embeddings, head in ((contextlib.nullcontext, True, True, False),
-                                              (eager_embeddings, True, False, False),
-                                              (mlm_head_compiled, True, True, True),
-                                              (whole_encoder_compiled, False, True, False)):
+    for context, stack, embeddings, head in ((contextlib.nullcontext, True, True, False),
+                                             (eager_embeddings, True, False, False),
+                                             (mlm_head_compiled, True, True, True),
+                                             (layer_by_layer_compiled, False, True, False)):
         model = BertForPreTraining(gpu.make_config("tiny", 512))
         with context():
             bench_gpu.compile_layers(model, backend="eager")
-        assert {compiled(m) for m in model.modules() if isinstance(m, BertLayer)} == {layers}
+        assert {compiled(m) for m in model.modules() if isinstance(m, BertLayer)} == {True}
         assert (compiled(model.bert.embeddings), compiled(model.cls.predictions)) == (embeddings, head)
-        assert compiled(model.bert.encoder) == (not layers)   # the stack in one graph, or layer by layer
+        assert compiled(model.bert.encoder) == stack
+    seen = []
+    with cuda_graphs_compiled(), mock.patch("torch.nn.Module.compile", lambda self, **kw: seen.append(kw)):
+        bench_gpu.compile_layers(BertForPreTraining(gpu.make_config("tiny", 512)), backend="eager")
+    assert seen and all(kw["mode"] == "reduce-overhead" and kw["backend"] == "eager" for kw in seen)
     from bertkit.modeling import bert
     assert bench_gpu.compile_layers is bert.compile_layers   # each context restored it
 
@@ -334,17 +340,16 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         again = parsers["bench/gpu.py"].parse_args(calls[1][1:])
         assert again.only == ["pretrain"] and again.contenders == ["bertkit", "bertkit + compile"]
         short, last = (parsers["bench/gpu_profile.py"].parse_args(c[1:]) for c in calls[2:4])
-        levers = ["compiled", "compiled, eager embeddings", "compiled, MLM head too"]
+        levers = ["compiled", "compiled, layer by layer", "compiled, eager embeddings", "compiled, MLM head too"]
         assert not short.contenders and short.only_ablations == levers and short.seq is None
-        assert short.profile_ablations == ["compiled", "compiled, eager embeddings"]
+        assert short.profile_ablations == ["compiled"]
         # the device tool returns 8 files per call: one JSON per bench run, plus the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"] and len(calls) + 2 <= 8
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
         assert last.contenders and last.only_contenders == ["bertkit + compile"]
         assert last.only_ablations == [
-            "compiled", "compiled, whole encoder one graph", "compiled, whole encoder, CUDA graphs (4 batch shapes)",
-            "compiled, MLM head too"]
-        assert last.profile_ablations == ["compiled, whole encoder one graph"]
+            "compiled", "compiled, layer by layer", "compiled, CUDA graphs (4 batch shapes)", "compiled, MLM head too"]
+        assert last.profile_ablations == ["compiled, layer by layer"]
         (cache,) = caches
         assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()

@@ -235,7 +235,8 @@ class BertEncoder(nn.Module):
         for i, layer in enumerate(self.layer):
             rows = selection if i == last else None
             if recompute:
-                h, weights = checkpoint(layer, h, packing, output_attentions, rows, use_reentrant=False)
+                h, weights = (_checkpointed_outside_graphs or _checkpointed)(layer, h, packing, output_attentions,
+                                                                             rows)
             else:
                 h, weights = layer(h, packing, output_attentions, rows)
             if output_hidden_states:
@@ -245,21 +246,35 @@ class BertEncoder(nn.Module):
         return h, all_hidden, all_weights
 
 
-def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
-    """torch.compile every encoder layer and the embeddings in place (`nn.Module.compile`: parameter names and
-    checkpoints are unchanged), with a dynamic token count since every packed batch has its own.
+def _checkpointed(layer: BertLayer, *args):
+    """The layer run under non-reentrant `torch.utils.checkpoint` (its dropout masks replayed in the recompute)."""
+    return checkpoint(layer, *args, use_reentrant=False)
 
-    Per module rather than the whole model: the packing plan and the heads are Python-heavy and would break
-    the graph or recompile; a layer is one graph on CUDA (the varlen kernel traces) and two on the CPU (the
-    per-run attention is a graph break). Linear + GELU and dropout + residual + LayerNorm fuse; the layers
-    share one compiled code. The embeddings are compiled too because on an H100 the compiled layers behind
-    eager embeddings left the GPU waiting on the host for a third of each pre-training step (session 9's
-    profile: 53.2 against 77.9 ms per step at 128 x 256, 39.9 against 53.4 ms at 512 x 32). Returns `model`."""
+
+_checkpointed_outside_graphs = None
+
+
+def compile_layers(model: nn.Module, **kwargs) -> nn.Module:
+    """torch.compile the embeddings and the encoder's layer stack in place (`nn.Module.compile`: parameter names
+    and checkpoints are unchanged), with a dynamic token count since every packed batch has its own.
+
+    Not the whole model: the packing plan and the heads are Python-heavy and would break the graph or
+    recompile. On CUDA the stack is one graph (the varlen kernel traces; the last layer's selected rows
+    included); on the CPU the per-run attention is a graph break in each layer. Linear + GELU and dropout +
+    residual + LayerNorm fuse. One graph for the stack rather than one per layer, because each compiled
+    call costs the host guards and runtime wrappers, forward and backward: where a step's GPU work is short
+    (512 x 32) the GPU waited on them (`python bench/host_overhead.py`; session 9's H100 profile, where the
+    compiled layers behind eager embeddings left the GPU idle a third of each step).
+    With gradient checkpointing each checkpointed layer is a graph break in the stack and runs as its own
+    compiled graph, so the recompute replays that graph's dropout masks. Returns `model`."""
+    global _checkpointed_outside_graphs
     kwargs.setdefault("dynamic", True)
     P.keep_runs_out_of_graphs()
-    modules = [m for m in model.modules() if isinstance(m, (BertEmbeddings, BertLayer))]
-    if not any(isinstance(m, BertLayer) for m in modules):
-        raise ValueError(f"{type(model).__name__} has no BertLayer to compile")
+    if _checkpointed_outside_graphs is None:
+        _checkpointed_outside_graphs = torch.compiler.disable(_checkpointed)
+    modules = [m for m in model.modules() if isinstance(m, (BertEmbeddings, BertEncoder, BertLayer))]
+    if not any(isinstance(m, BertEncoder) for m in modules):
+        raise ValueError(f"{type(model).__name__} has no BertEncoder to compile")
     for module in modules:
         module.compile(**kwargs)
     return model

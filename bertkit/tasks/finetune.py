@@ -97,7 +97,7 @@ class FinetuneArgs:
     eval_every: int | None = None     # steps between dev evaluations (default: once per epoch)
     log_every: int = 10
     precision: str = "auto"
-    compile: bool = False             # torch.compile the encoder layers
+    compile: bool = False             # torch.compile the embeddings and the layer stack
     gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
     fsdp: bool = False                # under torchrun: shard the model and optimizer state (FSDP2), not DDP
     progress: bool | None = None      # None: when stderr is a terminal

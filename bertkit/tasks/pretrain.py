@@ -67,7 +67,7 @@ class PretrainArgs:
     eval_batches: int = 20
     seed: int = 0
     resume: bool = False
-    compile: bool = False              # torch.compile the encoder layers
+    compile: bool = False              # torch.compile the embeddings and the layer stack
     gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
     fsdp: bool = False                 # under torchrun: shard the model and optimizer state (FSDP2), not DDP
 

@@ -88,7 +88,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
     fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2);
                                     # with bf16 the parameters are gathered in bf16 (fp32 shards and reduction)
-    compile: bool = False           # torch.compile the embeddings and encoder layers (dynamic token count)
+    compile: bool = False           # torch.compile the embeddings and the layer stack (dynamic token count)
     gradient_checkpointing: bool = False  # recompute each layer's forward in the backward: less memory
     prefetch: int | None = None     # batches prepared ahead in a background thread; None: 2 on CUDA, 0 on CPU
 

@@ -30,14 +30,14 @@ def _train(out, steps=STEPS, dropout=0.0, **cfg_kw):
                       output_dir=str(out), tensorboard=False, progress=False, **cfg_kw)
     trainer = Trainer(PreTrainingObjective(model), model, source, cfg)
     trainer.train()
-    layer = model.bert.encoder.layer[0]
-    assert (getattr(layer, "_compiled_call_impl", None) is not None) == cfg.compile
+    assert (getattr(model.bert.encoder, "_compiled_call_impl", None) is not None) == cfg.compile
     losses = [m["loss"] for m in read_metrics(out) if m.get("split") == "train"]
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, source
 
 
 def test_compile_trains_like_eager(tmp_path):
-    """compile=True (inductor, the encoder layers) follows eager's losses: same function, fused kernels."""
+    """compile=True (inductor, the embeddings and the layer stack) follows eager's losses: the same function,
+    fused kernels."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("inductor on the CPU needs a C compiler")
     eager, w_eager, _ = _train(tmp_path / "eager")
@@ -203,46 +203,52 @@ def _graphs_on_the_varlen_path(monkeypatch, compile_model) -> tuple[list, set]:
     return graphs, shapes
 
 
-def test_compiled_layers_are_one_graph_on_the_varlen_path(monkeypatch):
-    """On the GPU path the encoder runs in three compiled graphs: the embeddings, one shared by the layers on
-    every row, one for the last layer on the selected rows (masked tokens and [CLS]). No graph break, and no
-    recompile for batches of other token counts, selected counts and longest lengths (dynamic sizes,
-    symbolic max_seqlen)."""
+def test_compiled_stack_is_one_graph_on_the_varlen_path(monkeypatch):
+    """On the GPU path `compile_layers` gives two graphs: the embeddings, and the whole layer stack with the
+    last layer on the selected rows (masked tokens and [CLS]). No graph break, and no recompile for batches
+    of other token counts, selected counts and longest lengths (dynamic sizes, symbolic max_seqlen)."""
     from bertkit.modeling.bert import compile_layers
 
     graphs, shapes = _graphs_on_the_varlen_path(monkeypatch, lambda model, backend: compile_layers(model,
                                                                                                  backend=backend))
     assert len(shapes) == 3 and len({s[2] for s in shapes}) > 1
-    assert len(graphs) == 3
+    assert len(graphs) == 2
     embedding_graphs = [g for g in graphs if any("word_embeddings" in str(n.target) or "word_embeddings" in n.name
                                                  for n in g.graph.nodes)]
     assert len(embedding_graphs) == 1
+    stack = next(g for g in graphs if g not in embedding_graphs)
+    attention_calls = [n for n in stack.graph.nodes if "_flash_attention_forward" in str(n.target)]
+    assert len(attention_calls) == tiny_config().num_hidden_layers
 
 
-def test_the_whole_layer_stack_compiles_to_one_graph_on_the_varlen_path(monkeypatch):
-    """`BertEncoder` (the loop over the layers) compiled as one module, as bench/gpu_profile.py's "whole
-    encoder" lever does: on the GPU path one graph for all layers, the last one on the selected rows
-    included, with no recompile across batches; on the CPU the loss equals the layer-by-layer one."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_stack_on_the_cpu_equals_eager(checkpointing):
+    """On the CPU (per-run attention: a graph break in each layer) the compiled stack gives eager's loss and
+    gradients, with gradient checkpointing too (the layers' `checkpoint` calls inside the compiled stack)."""
     from bertkit.modeling.bert import compile_layers
 
-    def compile_stack(model, backend):
-        P.keep_runs_out_of_graphs()
-        model.bert.encoder.compile(backend=backend, dynamic=True)
-
-    graphs, shapes = _graphs_on_the_varlen_path(monkeypatch, compile_stack)
-    assert len(shapes) == 3 and len(graphs) == 1
-
-    # on the CPU (per-run attention: graph breaks inside the stack) the numbers are the eager ones
     torch.manual_seed(0)
     eager = BertForPreTraining(tiny_config(dropout=0.0))
-    stacked = BertForPreTraining(tiny_config(dropout=0.0))
-    stacked.load_state_dict(eager.state_dict())
-    compile_layers(eager, backend="eager")      # layer by layer, for reference
-    P.keep_runs_out_of_graphs()
-    stacked.bert.encoder.compile(backend="aot_eager", dynamic=True)
-    b = next(TinySource(3, seed=9))
-    out = [m(b["input_ids"], b["attention_mask"], labels=b["labels"]).loss for m in (eager, stacked)]
-    torch.testing.assert_close(out[1], out[0])
+    compiled = BertForPreTraining(tiny_config(dropout=0.0))
+    compiled.load_state_dict(eager.state_dict())
+    compile_layers(compiled, backend="aot_eager")
+    if checkpointing:
+        eager.gradient_checkpointing_enable()
+        compiled.gradient_checkpointing_enable()
+    source = TinySource(3, seed=9)
+    for _ in range(2):   # batches of other shapes: the dynamic graphs run again
+        b = PreTrainingObjective.prepare(next(source))   # the training path: last layer on the selected rows
+        losses = []
+        for m in (eager, compiled):
+            sums, _ = PreTrainingObjective(m)(b)
+            losses.append(sums["mlm"] + sums["nsp"])
+        assert losses[0] > 0
+        torch.testing.assert_close(losses[1], losses[0])
+        for m, loss in zip((eager, compiled), losses):
+            m.zero_grad()
+            loss.backward()
+        for (name, a), c in zip(eager.named_parameters(), compiled.parameters()):
+            torch.testing.assert_close(c.grad, a.grad, msg=name)
     torch._dynamo.reset()
 
 
@@ -270,8 +276,8 @@ def test_compiled_inference_equals_eager():
 
 
 def test_finetune_compile_flag_and_compiled_pipeline_equals_eager():
-    """`--compile` reaches every fine-tuning job's arguments; `pipeline(..., compile=True)` compiles the encoder
-    layers and gives eager's embeddings."""
+    """`--compile` reaches every fine-tuning job's arguments; `pipeline(..., compile=True)` compiles the layer
+    stack and gives eager's embeddings."""
     from bertkit import BertTokenizer, pipeline
     from bertkit.cli import _job_args, build_parser
     from bertkit.modeling import BertModel
@@ -291,7 +297,7 @@ def test_finetune_compile_flag_and_compiled_pipeline_equals_eager():
     compiled_model = BertModel(config)
     compiled_model.load_state_dict(model.state_dict())
     embed = pipeline("feature-extraction", model=compiled_model, tokenizer=tok, compile=True)
-    assert all(layer._compiled_call_impl is not None for layer in compiled_model.encoder.layer)
+    assert compiled_model.encoder._compiled_call_impl is not None
     torch.testing.assert_close(torch.as_tensor(embed(texts)), torch.as_tensor(eager), atol=1e-5, rtol=1e-5)
 
 
