@@ -17,7 +17,8 @@ each); compiled layer by layer (how `compile_layers` worked up to session 9, for
 eager and `torch.compile(model)`. The eager contenders are timed first, interleaved round by round (a change
 in machine load hits all alike); then each compiled contender in a phase of its own, after
 `torch._dynamo.reset()`, interleaved with the eager ones again. Median ms per step over every phase, 1
-thread; a compiled contender's ratio to eager transformers is taken within its phase.
+thread; a compiled contender's ratios to the eager ones are taken within its phase (the eager steps slow
+down over the run, by up to a third, so ratios across phases would mislead).
 
     python bench/host_overhead.py                 # ~3-5 minutes, most of it compiling
     python bench/host_overhead.py --no-compile    # eager only, seconds
@@ -129,12 +130,14 @@ def race(p: dict, names: list[str]) -> dict:
     c = out["contenders"]
     for name in names:
         c[name].update(ms_per_step=1000 * statistics.median(times[name]), last_loss=losses[name])
-    if "transformers" in c:   # against eager transformers in the same phase
-        for ph in out["phases"]:
-            ms = ph["ms_per_step"]
-            for name in ms:
-                if name.startswith("bertkit"):
-                    c[name].setdefault("ratio_vs_transformers", ms["transformers"] / ms[name])
+    for ph in out["phases"]:   # against the eager contenders in the same phase
+        ms = ph["ms_per_step"]
+        for name in ms:
+            if name.startswith("bertkit") and "transformers" in ms:
+                c[name].setdefault("ratio_vs_transformers", ms["transformers"] / ms[name])
+            if "compile" in name:
+                ref = "bertkit" if name.startswith("bertkit") else "transformers"
+                c[name]["speedup_vs_own_eager"] = ms[ref] / ms[name]
     if "transformers + compile" in c:
         for name in c:
             if name.startswith("bertkit"):
@@ -144,12 +147,12 @@ def race(p: dict, names: list[str]) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = ["| contender | ms / step (median) | vs transformers eager | vs transformers compiled |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| contender | ms / step (median) | vs transformers eager | vs transformers compiled | "
+             "compiled vs its own eager |", "| --- | --- | --- | --- | --- |"]
     for name, v in res["contenders"].items():
         ratios = [f"{v[k]:.2f}x" if k in v else "" for k in
-                  ("ratio_vs_transformers", "ratio_vs_transformers + compile")]
-        lines.append(f"| {name} | {v['ms_per_step']:.2f} | {ratios[0]} | {ratios[1]} |")
+                  ("ratio_vs_transformers", "ratio_vs_transformers + compile", "speedup_vs_own_eager")]
+        lines.append(f"| {name} | {v['ms_per_step']:.2f} | {' | '.join(ratios)} |")
     return "\n".join(lines)
 
 

@@ -26,6 +26,9 @@ def test_smoke_race_runs_every_contender(tmp_path, capsys):
         assert loss == pytest.approx(first, rel=1e-4) if name.startswith("bertkit") else loss > 0
     ms = res["phases"][0]["ms_per_step"]
     assert c["bertkit"]["ratio_vs_transformers"] == pytest.approx(ms["transformers"] / ms["bertkit"])
+    phase = res["phases"][1]["ms_per_step"]
+    assert c["bertkit + compile"]["speedup_vs_own_eager"] == pytest.approx(phase["bertkit"]
+                                                                          / phase["bertkit + compile"])
     assert c["bertkit + compile"]["ratio_vs_transformers + compile"] == pytest.approx(
         c["transformers + compile"]["ms_per_step"] / c["bertkit + compile"]["ms_per_step"])
     assert "| bertkit + compile |" in capsys.readouterr().out
