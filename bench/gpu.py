@@ -5,7 +5,8 @@
     python bench/gpu.py --smoke --out smoke.json      # tiny config on the CPU: every code path, in seconds
 
 Every eager figure is measured first, then the torch.compile contenders (each costs a compile of a minute or
-more); those not started within --budget-s (default 420 s) are skipped and reported as such.
+more), bertkit's at both pre-training shapes first, then the Trainer's, then transformers'; those not started
+within --budget-s (default 420 s) are skipped and reported as such.
 Sections (each one runs on its own: a failure is printed, recorded in the JSON and the run goes on):
   numerics     varlen FlashAttention vs padded SDPA in bf16, against an fp32 reference: attention alone
                (packing.attention vs a masked dense SDPA), and the whole BERT-base encoder (bertkit bf16 vs
@@ -397,19 +398,25 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
             "last_loss": last["loss"], "tokens_per_s_logged": last["tokens_per_s"]}
 
 
-def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, prev: dict | None) -> dict:
-    """The eager contenders (`compiled_phase` False) or the compiled ones, added to `prev`'s."""
+# the compiled phase's order, each kind at every shape before the next kind: bertkit's compiled step at 512 x 32
+# (a goal's figure) must not wait behind the Trainer's and transformers' compiles at 128 x 256 and meet
+# --budget-s; the Trainer then, and transformers, whose compile takes a minute, last
+COMPILED_ORDER = ("bertkit", "bertkit Trainer", "transformers")
+
+
+def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, prev: dict | None,
+             kinds: tuple[str, ...] | None = None) -> dict:
+    """The eager contenders (`compiled_phase` False) or the compiled ones of `kinds` (default: all, in
+    COMPILED_ORDER), added to `prev`'s."""
     cfg = make_config(args.size, args.vocab)
     batches = pretraining_batches(args.n_batches, seq, batch, args.vocab, seed=seq)
     real = sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
     out = {"seq": seq, "batch": batch, "real_token_fraction": real,
            "contenders": dict((prev or {}).get("contenders", {}))}
-    # the Trainer compiled too: `bertkit pretrain --compile` as users run it (prefetch thread, pinned copies);
-    # in the compiled phase before transformers, whose compile takes a minute and may meet --budget-s first
-    order = ["bertkit", "bertkit Trainer", "transformers"] if compiled_phase else \
-        ["bertkit", "transformers", "bertkit Trainer"]
-    kinds = [(kind, compiled_phase) for kind in order]
-    for kind, compiled in kinds:
+    # the Trainer compiled too: `bertkit pretrain --compile` as users run it (prefetch thread, pinned copies)
+    order = list(kinds or COMPILED_ORDER) if compiled_phase else ["bertkit", "transformers", "bertkit Trainer"]
+    compiled = compiled_phase
+    for kind in order:
         name = kind + (" + compile" if compiled else "")
         if args.contenders and name not in args.contenders:
             continue
@@ -647,9 +654,11 @@ def main(argv=None) -> dict:
     # every eager figure first, then the compiled contenders (minutes of compile each, cut by --budget-s)
     for compiled_phase in ([False, True] if args.compile else [False]):
         if "pretrain" in only:
-            for seq, batch in args.pretrain:
-                key = f"pretrain_{seq}x{batch}"
-                section(results, key, pretrain, args, device, dtype, seq, batch, compiled_phase, results.get(key))
+            for kinds in ([(kind,) for kind in COMPILED_ORDER] if compiled_phase else [None]):
+                for seq, batch in args.pretrain:
+                    key = f"pretrain_{seq}x{batch}"
+                    section(results, key, pretrain, args, device, dtype, seq, batch, compiled_phase,
+                            results.get(key), kinds)
         if "inference" in only:
             section(results, "inference", inference, args, device, dtype, compiled_phase, results.get("inference"))
     results["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -2,6 +2,7 @@
 holds the figures, and one failing contender is reported without stopping the others."""
 import contextlib
 import json
+import re
 from unittest import mock
 
 import pytest
@@ -14,9 +15,12 @@ from bench import gpu  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_smoke_runs_every_code_path(tmp_path):
+def test_smoke_runs_every_code_path(tmp_path, capsys):
     out = tmp_path / "smoke.json"
     res = gpu.main(["--smoke", "--out", str(out)])
+    # compiled pre-training contenders: bertkit's at every shape first, so no compile at 128 delays its 512
+    printed = re.findall(r"^  pretrain seq (\d+) x (\d+) +(.+?) \+ compile ", capsys.readouterr().out, re.M)
+    assert printed == [(str(s), str(b), kind) for kind in gpu.COMPILED_ORDER for s, b in gpu.SMOKE["pretrain"]]
     saved = json.loads(out.read_text())
     assert saved["failed"] == [] and res["failed"] == []
     assert saved["compile_backend"] == "aot_eager"
