@@ -352,7 +352,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
         assert last.contenders and last.only_contenders == ["bertkit + compile"]
         assert last.only_ablations == [
-            "compiled", "compiled, layer by layer", "compiled, CUDA graphs (4 batch shapes)", "compiled, MLM head too"]
+            "compiled", "compiled, layer by layer", "compiled, MLM head too", "compiled, CUDA graphs (4 batch shapes)"]
         assert last.profile_ablations == ["compiled, layer by layer"]
         (cache,) = caches
         assert not Path(cache).exists() and out not in Path(cache).parents
