@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=None, help="sequences per batch (default 256; smoke 8)")
     ap.add_argument("--no-ablations", dest="ablations", action="store_false", help="profile the contenders only")
     ap.add_argument("--ablation", dest="only_ablations", action="append", metavar="NAME",
-                    help="time only this ablation (repeatable; the names are those printed and saved)")
+                    help="time only this ablation (repeatable, run in the order given; the names are those "
+                         "printed and saved)")
     ap.add_argument("--profile-ablation", dest="profile_ablations", action="append", metavar="NAME",
                     help="after timing this ablation, profile its steps as the contenders' are (repeatable)")
     ap.add_argument("--no-contenders", dest="contenders", action="store_false",
@@ -435,7 +436,8 @@ def main(argv=None) -> dict:
         if unknown:
             raise SystemExit(f"--ablation: no ablation {', '.join(map(repr, unknown))} with these flags; "
                              f"there are {', '.join(repr(name) for name, _, _ in ablations)}")
-        ablations = [a for a in ablations if a[0] in args.only_ablations]
+        by_name = {a[0]: a for a in ablations}
+        ablations = [by_name[name] for name in dict.fromkeys(args.only_ablations)]   # in the order given
     unknown = sorted(set(args.profile_ablations or []) - {name for name, _, _ in ablations})
     if unknown:
         raise SystemExit(f"--profile-ablation: {', '.join(map(repr, unknown))} is not among the ablations to run")

@@ -147,8 +147,11 @@ def test_profile_levers_change_what_compile_layers_compiles():
 def test_profile_runs_the_named_ablations_alone(tmp_path):
     from bench import gpu_profile
     res = gpu_profile.main(["--smoke", "--steps", "1", "--no-contenders", "--ablation", "forward + backward only",
-                            "--profile-ablation", "forward + backward only", "--out", str(tmp_path / "p.json")])
-    assert res["contenders"] == {} and set(res["ablations_ms_per_step"]) == {"forward + backward only"}
+                            "--ablation", "bertkit eager", "--profile-ablation", "forward + backward only",
+                            "--out", str(tmp_path / "p.json")])
+    # run in the order given (the list's own order is the other way round)
+    assert res["contenders"] == {} and list(res["ablations_ms_per_step"]) == ["forward + backward only",
+                                                                              "bertkit eager"]
     (profiled,) = json.loads((tmp_path / "p.json").read_text())["ablation_profiles"].values()
     assert profiled["wall_ms_per_step"] > 0 and profiled["top_kernels"]
     res = gpu_profile.main(["--smoke", "--steps", "1", "--no-ablations", "--contender", "bertkit",
