@@ -7,17 +7,18 @@
 #   SMOKE=1 OUT=/tmp/s bash bench/gpu_session.sh  # every step with --smoke (tiny config, CPU): the plumbing
 #
 #   1. bench/gpu.py: the race with transformers (numerics, pre-training 128 x 256 and 512 x 32, eager and
-#      compiled, inference with CUDA graphs), compiled contenders skipped past its --budget-s
-#   2. bench/gpu.py again for bertkit's pre-training alone, eager and compiled, now with a warm compile cache
-#      (sessions 8 and 9 saw compiled steps 30-40% slower in such reruns while the embeddings ran eagerly)
-#   3. bench/gpu_profile.py at 128 x 256: the compiled step as shipped since session 10 (the embeddings and the
+#      compiled, inference with CUDA graphs), compiled contenders skipped past its --budget-s (the layer
+#      stack's compile is longer since session 10: the budget took step 2's time, a rerun with a warm cache)
+#   2. bench/gpu_profile.py at 128 x 256: the compiled step as shipped since session 10 (the embeddings and the
 #      layer stack, one graph each; profiled, with the host's time by operator), against each layer compiled
-#      apart (session 9's way), the embeddings left eager, and the MLM head compiled too
-#   4. bench/gpu_profile.py at 512 x 32, where a step's GPU work is short and the host's cost per compiled
+#      apart (session 9's way), the embeddings left eager, and the MLM head compiled too. Its compiled step
+#      finds step 1's compile cache warm, so it also answers whether a warm cache slows the step (sessions 8
+#      and 9 saw compiled steps 30-40% slower in such reruns while the embeddings ran eagerly)
+#   3. bench/gpu_profile.py at 512 x 32, where a step's GPU work is short and the host's cost per compiled
 #      call weighs most: the compiled step's kernel and host profile, against each layer compiled apart
 #      (profiled too), the compiled MLM head, and last (its mode compiles afresh, minutes perhaps) the graphs
 #      replayed as CUDA graphs (an upper bound)
-#   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
+#   4. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 500 s have gone
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}")
@@ -28,7 +29,7 @@ if [ "${SMOKE:-0}" = 1 ]; then SMOKE_ARG=--smoke; LONG=(--seq 48 --batch 3); els
   python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
     'cudnn', torch.backends.cudnn.version())"
 } > "$OUT/machine.txt" 2>&1
-# a fresh compile cache: step 1 compiles cold, step 2 finds what it cached (outside $OUT: not fetched)
+# a fresh compile cache: step 1 compiles cold, the later steps find what it cached (outside $OUT: not fetched)
 export TORCHINDUCTOR_CACHE_DIR
 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
 LOG="$OUT/session.log"   # every step's output in one file: the device tool returns only 8 files per call
@@ -38,9 +39,7 @@ run() {  # run NAME SECONDS COMMAND...: one step under its own time limit, its o
   timeout "$limit" "$@" >> "$LOG" 2>&1
   echo "$name exit $?" >> "$OUT/machine.txt"
 }
-run gpu.py 320 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 255
-run "gpu.py again, warm compile cache" 45 python bench/gpu.py $SMOKE_ARG --only pretrain \
-    --contenders "bertkit" "bertkit + compile" --out "$OUT/gpu-warm-cache.json"
+run gpu.py 365 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 300
 # the compiled step as shipped first, then session 9's (each layer apart) and the embeddings left eager
 LEVERS=(--ablation "compiled" --ablation "compiled, layer by layer" --ablation "compiled, eager embeddings"
         --ablation "compiled, MLM head too")
@@ -58,6 +57,6 @@ fi
 rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 sed -n '/^=== gpu.py (/,/^=== /p' "$LOG" | grep "^| \|^total"
 grep -h "^ablation\|^== \|host threads\|device gaps\|   gap \|   host " "$LOG"
-grep -h "pretrain seq" "$LOG" | tail -n 4
+grep -h "pretrain seq.* + compile" "$LOG"   # with each compile's warm-up time
 grep -h '"label_agreement"' "$LOG" | tail -n 1
 cat "$OUT/machine.txt"

@@ -310,7 +310,7 @@ def test_a_contender_too_slow_after_its_warm_up_is_reported_not_timed(tmp_path):
 def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     """bench/gpu_session.sh, run with a recording stand-in for `python` (and `nvidia-smi`): the benches in
     order, each command line accepted by that bench's own parser, every output under $OUT, in both the real
-    and the SMOKE mode; the two gpu.py runs share one fresh compile cache outside $OUT, removed at the end."""
+    and the SMOKE mode; the benches share one fresh compile cache outside $OUT, removed at the end."""
     import os
     import shlex
     import subprocess
@@ -339,14 +339,13 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         calls = [c[1:-1] for c in lines if c[1].startswith("bench/")]  # the last word: the compile cache
         caches = {c[-1] for c in lines if c[1].startswith("bench/")}
         scripts = [c[0] for c in calls]
-        assert scripts == ["bench/gpu.py", "bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py",
-                           "bench/gpu_cli_check.py"]
+        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
         for c in calls:
             args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
-        again = parsers["bench/gpu.py"].parse_args(calls[1][1:])
-        assert again.only == ["pretrain"] and again.contenders == ["bertkit", "bertkit + compile"]
-        short, last = (parsers["bench/gpu_profile.py"].parse_args(c[1:]) for c in calls[2:4])
+        race = parsers["bench/gpu.py"].parse_args(calls[0][1:])
+        assert race.only is None and race.contenders is None and race.budget_s == 300
+        short, last = (parsers["bench/gpu_profile.py"].parse_args(c[1:]) for c in calls[1:3])
         levers = ["compiled", "compiled, layer by layer", "compiled, eager embeddings", "compiled, MLM head too"]
         assert not short.contenders and short.only_ablations == levers and short.seq is None
         assert short.profile_ablations == ["compiled"]
