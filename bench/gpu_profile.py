@@ -308,7 +308,7 @@ def mlm_head_compiled():
 def layer_by_layer_compiled():
     """bertkit's `compile_layers` in session 9: the embeddings and each layer compiled apart, one compiled
     call per layer forward and backward instead of one for the whole stack (`python bench/host_overhead.py`
-    prices that host cost on the CPU: 21.6 against 18.0 ms per step); kept to measure the change on a GPU."""
+    prices that host cost on the CPU: 22.5 against 17.6 ms per step); kept to measure the change on a GPU."""
     from bertkit.modeling import packing
     from bertkit.modeling.bert import BertEmbeddings, BertLayer
 
