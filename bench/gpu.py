@@ -415,21 +415,20 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
            "contenders": dict((prev or {}).get("contenders", {}))}
     # the Trainer compiled too: `bertkit pretrain --compile` as users run it (prefetch thread, pinned copies)
     order = list(kinds or COMPILED_ORDER) if compiled_phase else ["bertkit", "transformers", "bertkit Trainer"]
-    compiled = compiled_phase
     for kind in order:
-        name = kind + (" + compile" if compiled else "")
+        name = kind + (" + compile" if compiled_phase else "")
         if args.contenders and name not in args.contenders:
             continue
-        if compiled and over_budget(args):
+        if compiled_phase and over_budget(args):
             out["contenders"][name] = {"error": f"skipped: past the --budget-s of {args.budget_s} s"}
             print(f"!! pretrain {name} skipped: time budget", flush=True)
             continue
         model = ours = None
-        if compiled:
+        if compiled_phase:
             fresh_compiler()
         try:
             if kind == "bertkit Trainer":
-                r = trainer_run(args, device, dtype, cfg, batches, compiled)
+                r = trainer_run(args, device, dtype, cfg, batches, compiled_phase)
             else:
                 torch.manual_seed(0)
                 model = ours = BertForPreTraining(cfg)
@@ -438,7 +437,7 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
                     copy_weights(ours, model)
                 model = model.to(device)
                 make = bertkit_step if kind == "bertkit" else transformers_step
-                r = time_steps(make(model, device, dtype, compiled, args.backend), batches, args.warmup,
+                r = time_steps(make(model, device, dtype, compiled_phase, args.backend), batches, args.warmup,
                                args.steps, device, args.max_step_s)
             out["contenders"][name] = r
             print(f"  pretrain seq {seq} x {batch}  {name:24s} {r['sequences_per_s']:9.1f} seq/s  "

@@ -1,7 +1,7 @@
 """Race on the CPU: the host's cost of one pre-training step, bertkit vs transformers, eager and compiled.
 
 On a GPU the host queues every kernel of a step; where the step's GPU work is short (BERT-base at 512 x 32
-on an H100: roughly 27 ms of compiled kernels), the GPU waits whenever the host takes longer to queue them.
+on an H100: an estimated 27 ms of compiled kernels), the GPU waits whenever the host takes longer to queue them.
 That host cost (Python, dispatch, autograd, guards and runtime wrappers of compiled graphs) depends on the number of
 operations and compiled calls, not on the tensor sizes, so it can be raced on the CPU with tensors so small
 that the arithmetic is cheap: BERT-base's 12 layers and 12 heads at 1/16 of its width (hidden 48), 4

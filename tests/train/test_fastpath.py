@@ -232,6 +232,7 @@ def test_compiled_stack_on_the_cpu_equals_eager(checkpointing):
     compiled = BertForPreTraining(tiny_config(dropout=0.0))
     compiled.load_state_dict(eager.state_dict())
     compile_layers(compiled, backend="aot_eager")
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     if checkpointing:
         eager.gradient_checkpointing_enable()
         compiled.gradient_checkpointing_enable()
@@ -249,6 +250,8 @@ def test_compiled_stack_on_the_cpu_equals_eager(checkpointing):
             loss.backward()
         for (name, a), c in zip(eager.named_parameters(), compiled.parameters()):
             torch.testing.assert_close(c.grad, a.grad, msg=name)
+    # the compiled model really ran compiled graphs (equal numbers alone would not tell)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before
     torch._dynamo.reset()
 
 
