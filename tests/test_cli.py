@@ -119,6 +119,26 @@ def test_finetune_qa_missing_train_file_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "-1", "--lr must be a finite number > 0, got -1.0"),
+    ("--warmup", "2", "--warmup is a fraction of the steps, between 0 and 1; got 2.0"),
+    ("--epochs", "inf", "--epochs must be a finite number > 0, got inf"),
+    ("--log-every", "0", "--log-every must be a positive integer, got 0"),
+    ("--max-steps", "0", "--max-steps must be a positive integer, got 0"),
+])
+def test_a_bad_schedule_flag_leaves_an_earlier_run_untouched(tmp_path, capsys, flag, value, message):
+    """A fresh run removes an earlier run's results in its output directory: a typo must fail before that."""
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "eval_results.json").write_text("{}")
+    (run / "finetune_args.json").write_text('{"lr": 2e-05}')
+    assert main(["finetune", "classify", "--model", str(tmp_path / "m"), "--train", str(tmp_path / "t.csv"),
+                 "--dev", str(tmp_path / "t.csv"), "--output", str(run), flag, value]) == 2
+    assert capsys.readouterr().err.strip() == f"bertkit finetune classify: error: {message}"
+    assert sorted(x.name for x in run.iterdir()) == ["best", "eval_results.json", "finetune_args.json"]
+    assert (run / "finetune_args.json").read_text() == '{"lr": 2e-05}'
+
+
 def test_evaluate_and_predict_dispatch_to_question_answering(tmp_path, capsys):
     import json
     _tiny_qa_model(tmp_path / "m")

@@ -103,6 +103,23 @@ class FinetuneArgs:
     progress: bool | None = None      # None: when stderr is a terminal
     resume: bool = False              # continue the run in `output` from its newest checkpoint
 
+    def __post_init__(self):
+        """Checked here, before a run touches its output directory (a fresh run removes an earlier run's
+        checkpoints and results there, so a typo must not get that far)."""
+        for name in ("batch_size", "grad_accum", "log_every", "max_seq_length", "max_steps", "eval_every"):
+            v = getattr(self, name)
+            if (v is not None or name not in ("max_steps", "eval_every")) and (
+                    not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"--epochs must be a finite number > 0, got {self.epochs!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        if not 0 <= self.warmup <= 1:
+            raise ValueError(f"--warmup is a fraction of the steps, between 0 and 1; got {self.warmup!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
+
 
 @dataclass
 class FinetuneClassifyArgs(FinetuneArgs):
@@ -227,18 +244,23 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     precision, log_every, progress, batch_size, resume). Returns, and writes to `out/eval_results.json`: metric,
     best_step, best (its dev metrics), final (the last evaluation), max_steps, seed, and `info` (the task).
     `settings` (the input settings used) are saved in the model's config (`remember_settings`)."""
-    if not isinstance(args.grad_accum, int) or args.grad_accum < 1:
-        raise ValueError(f"--grad-accum must be a positive integer, got {args.grad_accum!r}")
+    per_epoch = math.ceil(batches.batches_per_epoch / args.grad_accum)  # optimizer steps
+    max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
+    eval_every = args.eval_every or per_epoch
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                      warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
+                      precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
+                      save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
+                      tensorboard=False, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing,
+                      fsdp=args.fsdp,
+                      progress=sys.stderr.isatty() if args.progress is None else args.progress)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = load_model()
     remember_settings(model, settings)
-    per_epoch = math.ceil(batches.batches_per_epoch / args.grad_accum)  # optimizer steps
-    max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
-    eval_every = args.eval_every or per_epoch
     best_dir = out / "best"
     resume = bool(getattr(args, "resume", False))
-    state = _checkpoint_state(out, resume)
+    state = _checkpoint_state(out, resume)  # a fresh run removes an earlier run's checkpoints and results
 
     def evaluate(m) -> dict[str, Any]:
         metrics = dev_metrics(m)
@@ -255,13 +277,6 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     def save_state(directory: str) -> None:  # into each checkpoint, so it always matches the weights
         write_text_atomic(Path(directory) / BEST_STATE_NAME, json.dumps(state, indent=2) + "\n")
 
-    cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                      warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
-                      precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
-                      save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
-                      tensorboard=False, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing,
-                      fsdp=args.fsdp,
-                      progress=sys.stderr.isatty() if args.progress is None else args.progress)
     trainer = Trainer(objective_cls(model), model, batches, cfg, evaluate=evaluate, save_extra=save_state)
     trainer.train(resume=resume)
     results = {"metric": metric, "best_step": state["step"], "best": state["metrics"], "final": state["last"],
