@@ -5,23 +5,17 @@ add is name resolution and a clear refusal of a config.json describing another a
 """
 from __future__ import annotations
 
-import json
 import os
 
 from .config import CONFIG_NAME, BertConfig, config_file
 from .hub import NO_EFFECT_OPTIONS, TOKENIZER_FILES, apply_config_overrides, resolve_model_dir
+from .io import read_json
 
 
 def check_model_type(directory: str) -> None:
     """Refuse a directory whose config.json names another model_type (a missing model_type means BERT)."""
     path = config_file(directory)
-    try:
-        with open(path, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type", "bert")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    except AttributeError:
-        raise ValueError(f"{path}: not a JSON object") from None
+    model_type = read_json(path).get("model_type", "bert")
     if model_type != "bert":
         raise ValueError(f"{path}: model_type is {model_type!r}; bertkit only reads 'bert' checkpoints")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import sys
 
 
@@ -38,7 +39,14 @@ def _add_attention(p: argparse.ArgumentParser) -> None:
 
 
 def _tokenizer_train(args: argparse.Namespace) -> int:
+    from .config import CONFIG_NAME
     from .tokenizer import BertTokenizer
+    if args.vocab_size < 1 or args.min_frequency < 0:
+        raise ValueError(f"--vocab-size must be a positive integer and --min-frequency >= 0, got "
+                         f"{args.vocab_size} and {args.min_frequency}")
+    if os.path.isfile(os.path.join(args.output, CONFIG_NAME)):  # its embeddings are rows of its own vocabulary
+        raise ValueError(f"{args.output}: holds a model ({CONFIG_NAME}); a new vocabulary there would no longer "
+                         "match its embeddings: write the tokenizer to another directory")
     tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,
                               min_frequency=args.min_frequency, show_progress=sys.stderr.isatty())
     tok.save_pretrained(args.output)
@@ -398,6 +406,10 @@ def _qa_kwargs(args: argparse.Namespace) -> dict:
             "version_2": args.version_2_with_negative}
 
 
+SAVED_TASKS = ("BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
+               "BertForMultipleChoice")
+
+
 def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     """`evaluate` and `predict`: the saved model's architecture (config.json, read once) picks the task's job."""
     import torch
@@ -406,6 +418,11 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     from .train import distributed as dist
     from .train.trainer import resolve_precision
     arch = architecture(args.model)
+    if arch not in SAVED_TASKS:
+        raise ValueError(f"{args.model}: config.json names the architecture {arch or 'none'}; evaluate and predict "
+                         f"take a fine-tuned model, one of {', '.join(SAVED_TASKS)}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     device = dist.setup(device=args.device).device  # under torchrun: this rank's GPU, and the ranks share the work
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(args.precision, device))
     common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,

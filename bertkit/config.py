@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .io import write_text_atomic
+from .io import read_json, write_text_atomic
 
 CONFIG_NAME = "config.json"
 
@@ -60,11 +60,11 @@ class BertConfig:
 
     def __post_init__(self):
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = {_label_id(k, "id2label"): str(v) for k, v in _mapping(self.id2label, "id2label")}
             if self.label2id is None:
                 self.label2id = {v: k for k, v in self.id2label.items()}
         if self.label2id is not None:
-            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+            self.label2id = {str(k): _label_id(v, "label2id") for k, v in _mapping(self.label2id, "label2id")}
         self.validate()
 
     # -- labels ---------------------------------------------------------------------------------
@@ -112,8 +112,19 @@ class BertConfig:
                              f"(the only kind bertkit implements), got {self.position_embedding_type!r}")
         if self.model_type != "bert":
             raise ValueError(f"BertConfig field 'model_type' must be 'bert', got {self.model_type!r}")
-        if self.pad_token_id is not None and not (
-                isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size):
+        for name in ("tie_word_embeddings", "output_hidden_states", "output_attentions"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"BertConfig field '{name}' must be true or false, got {getattr(self, name)!r}")
+        if self.architectures is not None and not (
+                isinstance(self.architectures, list) and all(isinstance(a, str) for a in self.architectures)):
+            raise ValueError(f"BertConfig field 'architectures' must be a list of class names, "
+                             f"got {self.architectures!r}")
+        for name in ("is_decoder", "add_cross_attention"):  # transformers' decoder options, which bertkit lacks
+            if self.extra.get(name):
+                raise ValueError(f"BertConfig field '{name}' is {self.extra[name]!r}: bertkit implements BERT's "
+                                 "bidirectional encoder only")
+        if self.pad_token_id is not None and (isinstance(self.pad_token_id, bool) or not (
+                isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size)):
             raise ValueError(f"BertConfig field 'pad_token_id' must be an id in [0, vocab_size), "
                              f"got {self.pad_token_id!r}")
         if self.problem_type not in (None, "regression", "single_label_classification",
@@ -166,11 +177,7 @@ class BertConfig:
     # -- files ----------------------------------------------------------------------------------
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "BertConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        d = read_json(path)
         try:
             return cls.from_dict(d)
         except (ValueError, TypeError) as e:
@@ -194,6 +201,22 @@ class BertConfig:
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
         self.to_json_file(os.path.join(directory, CONFIG_NAME))
+
+
+def _mapping(value, name: str):
+    if not isinstance(value, dict):
+        raise ValueError(f"BertConfig field '{name}' must be an object, got {value!r}")
+    return value.items()
+
+
+def _label_id(value, name: str) -> int:
+    """A label id, as int or as the string of one (JSON object keys are strings)."""
+    try:
+        if isinstance(value, bool) or int(value) != float(value):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"BertConfig field '{name}' maps labels to integer ids; got {value!r}") from None
 
 
 _fields_init = BertConfig.__init__

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import re
 import warnings
@@ -19,7 +18,7 @@ import safetensors.torch
 import torch
 
 from .config import CONFIG_NAME, BertConfig, config_file
-from .io import atomic_path
+from .io import atomic_paths, read_json
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -203,13 +202,21 @@ def find_weights_file(directory: str | os.PathLike) -> str:
     raise FileNotFoundError(f"{directory}: no weights file; expected one of {', '.join(WEIGHTS_NAMES)}")
 
 
-def _load_torch_pickle(path: str) -> dict[str, torch.Tensor]:
+def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """torch.load with weights_only=True; a file it refuses is a one-line ValueError naming the file and why
+    (torch's own message advises weights_only=False, which would run the file's pickled code: not passed on)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for code, RuntimeError for a damaged archive
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: refused to load: not a plain tensor checkpoint "
-                         f"(torch.load with weights_only=True failed: {first})") from e
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError for code or garbage, RuntimeError for a damaged archive
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue",
+                                                              "Check the documentation"))]
+        raise ValueError(f"{os.fspath(path)}: refused to load: a damaged file, or not a plain tensor checkpoint "
+                         f"(torch.load with weights_only=True: {' '.join(why) or type(e).__name__})") from None
+
+
+def _load_torch_pickle(path: str) -> dict[str, torch.Tensor]:
+    obj = load_tensors(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a training checkpoint (NVIDIA DeepLearningExamples): weights under "model"
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -220,7 +227,10 @@ def _load_torch_pickle(path: str) -> dict[str, torch.Tensor]:
 
 def _load_file(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
-        return safetensors.torch.load_file(path, device="cpu")
+        try:
+            return safetensors.torch.load_file(path, device="cpu")
+        except safetensors.SafetensorError as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     return _load_torch_pickle(path)
 
 
@@ -233,11 +243,9 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     """All tensors of one weights file (or of the shards a `.index.json` lists), on the CPU, names as stored."""
     if not path.endswith(".index.json"):
         return _load_file(path)
-    with open(path, encoding="utf-8") as f:
-        try:
-            weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a shard index with a 'weight_map' ({e})") from None
+    weight_map = read_json(path).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{path}: not a shard index: expected 'weight_map', an object of tensor name -> file name")
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         state.update(_load_file(os.path.join(os.path.dirname(path), shard)))
@@ -283,15 +291,19 @@ def _class_name(model: torch.nn.Module) -> str:
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike,
                     state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Write `config.json` (with `architectures`) and `model.safetensors`, each atomically; the weights are
-    `state_dict` when given (see `state_dict_for_saving`)."""
+    """Write `config.json` (with `architectures`) and `model.safetensors`, both or neither (a failure leaves the
+    old ones); the weights are `state_dict` when given (see `state_dict_for_saving`)."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     config = dataclasses.replace(model.config, architectures=[_class_name(model)])
     tensors = state_dict_for_saving(model, state_dict)
-    with atomic_path(os.path.join(directory, SAFE_WEIGHTS_NAME)) as tmp:
-        safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
-    config.to_json_file(os.path.join(directory, CONFIG_NAME))
+    weights, config_path = os.path.join(directory, SAFE_WEIGHTS_NAME), os.path.join(directory, CONFIG_NAME)
+    with atomic_paths(weights, config_path) as (weights_tmp, config_tmp):
+        try:
+            safetensors.torch.save_file(tensors, weights_tmp, metadata={"format": "pt"})
+        except safetensors.SafetensorError as e:  # a full disk
+            raise OSError(f"{weights}: not written: {e}") from None
+        config.to_json_file(config_tmp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +440,8 @@ def _resolve_dtype(dtype, state: dict[str, torch.Tensor]) -> torch.dtype | None:
 
 # transformers' loading options that change nothing here: bertkit only reads local files, runs no code from a
 # checkpoint, and picks its attention kernel itself (the same numbers either way).
-NO_EFFECT_OPTIONS = frozenset({"local_files_only", "trust_remote_code", "attn_implementation"})
+NO_EFFECT_OPTIONS = frozenset({"local_files_only", "trust_remote_code", "attn_implementation", "low_cpu_mem_usage",
+                               "token"})
 
 
 def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig | None = None,

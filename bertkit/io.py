@@ -1,6 +1,7 @@
-"""Atomic file writes: a reader (or a crash) never sees half a file."""
+"""Atomic file writes (a reader, or a crash, never sees half a file) and reads whose errors name the file."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -10,18 +11,55 @@ from contextlib import contextmanager
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with atomic_paths(path) as (tmp,):
         yield tmp
-        os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_paths(*paths: str | os.PathLike):
+    """Yield a temporary path beside each of `paths`; rename them all over `paths` only if the block succeeds,
+    so that a failure while writing (a full disk) leaves a directory's files as they were, not half new."""
+    paths = tuple(os.fspath(p) for p in paths)
+    tmps = tuple(f"{p}.tmp{os.getpid()}" for p in paths)
+    try:
+        yield tmps
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
     except OSError as e:
-        if e.filename != tmp:
+        if e.errno is None or not (e.filename in tmps or e.filename is None):
             raise
-        raise type(e)(e.errno, e.strerror, path) from None  # name the file asked for, not its temporary twin
+        # name the file asked for, not its temporary twin (a full disk's error names none: then the directory)
+        name = paths[tmps.index(e.filename)] if e.filename in tmps else (
+            paths[0] if len(paths) == 1 else os.path.dirname(paths[0]) or ".")
+        raise type(e)(e.errno, e.strerror, name) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content (a leading BOM dropped); a bad byte is a ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw.count(b"\n", 0, start) + 1
+        raise ValueError(f"{os.fspath(path)}:{line}: not valid UTF-8 (byte 0x{raw[start]:02x})") from None
+
+
+def read_json(path: str | os.PathLike, expect: type | None = dict):
+    """A JSON file's content, which must be an `expect` (None: anything); errors name the file (and line)."""
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{os.fspath(path)}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if expect is not None and not isinstance(data, expect):
+        raise ValueError(f"{os.fspath(path)}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                         f"got {type(data).__name__}")
+    return data
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -267,10 +267,11 @@ class TextClassificationPipeline(Pipeline):
     {"label", "score"} per text; a pair, as {"text": ..., "text_pair": ...} or a (text, pair) tuple, gives one
     dict. top_k=k > 1 gives the k best as a list, top_k=None all labels.
 
-    Scores are a softmax over the labels, a sigmoid per label when config.problem_type is
-    "multi_label_classification", and the raw output for regression (problem_type "regression", or one
-    label and no problem_type, as in training), labelled id2label[0] (or "score"). `function_to_apply`
-    ("softmax", "sigmoid" or "none") overrides that choice, as in transformers."""
+    Scores are, as in transformers, a softmax over the labels; a sigmoid per label when config.problem_type is
+    "multi_label_classification" or the model has one label and no problem_type (a cross-encoder's relevance
+    score); the raw output for regression (problem_type "regression", as bertkit's regression fine-tuning
+    saves it), labelled id2label[0] (or "score"). `function_to_apply` ("softmax", "sigmoid" or "none")
+    overrides that choice."""
 
     task = "text-classification"
     auto_class = AutoModelForSequenceClassification
@@ -317,22 +318,24 @@ class TextClassificationPipeline(Pipeline):
             raise TypeError(f"text-classification: input {i} must be a str or a (text, pair) tuple, "
                             f"got {type(item).__name__}")
 
-    def _problem(self) -> str:
+    def _default_function(self) -> str:
+        """transformers' rule, so that the same checkpoint scores the same in both."""
         cfg = self.model.config
-        if cfg.problem_type is not None:
-            return cfg.problem_type
-        return "regression" if cfg.num_labels == 1 else "single_label_classification"
+        if cfg.problem_type == "regression":
+            return "none"
+        if cfg.problem_type == "multi_label_classification" or cfg.num_labels == 1:
+            return "sigmoid"
+        return "softmax"
 
     def _run_batch(self, items, opts):
         enc = self._encode(items, padding=True, return_tensors="pt")
         logits = self._forward(self._inputs(enc)).logits.float().cpu()
-        problem = self._problem()
-        function = opts["function_to_apply"] or {"regression": "none", "multi_label_classification": "sigmoid"
-                                                 }.get(problem, "softmax")
+        regression = self.model.config.problem_type == "regression"
+        function = opts["function_to_apply"] or self._default_function()
         apply = {"softmax": lambda t: t.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda t: t}[function]
         out = []
         for row, scores in zip(logits, apply(logits)):
-            if problem == "regression" and opts["function_to_apply"] is None:
+            if regression and opts["function_to_apply"] is None:
                 out.append({"label": (self.model.config.id2label or {}).get(0, "score"), "score": float(row[0])})
                 continue
             k = len(scores) if opts["top_k"] is None else min(opts["top_k"], len(scores))
@@ -356,14 +359,14 @@ class TokenClassificationPipeline(Pipeline):
     B-/I- prefix count as I-); the entity is named after its first unit's label without the prefix, its
     `score` is the mean over its units, and "O" entities are dropped. `start`/`end` are character offsets
     into the text and `word` is text[start:end] (transformers decodes the tokens instead: lower-cased by an
-    uncased tokenizer). Text beyond the tokenizer's max length is not tagged."""
+    uncased tokenizer). Text beyond the tokenizer's max length is not tagged. `ignore_labels` (default ["O"]) are
+    the labels (entity groups) left out of the results."""
 
     task = "token-classification"
     auto_class = AutoModelForTokenClassification
     head = "token classifier head (classifier)"
-    options = {"aggregation_strategy": "none"}
+    options = {"aggregation_strategy": "none", "ignore_labels": ("O",)}
     strategies = ("none", "simple", "first", "average", "max")
-    ignore = ("O",)
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
@@ -386,11 +389,13 @@ class TokenClassificationPipeline(Pipeline):
             # (position, word id, start, end) of each real, non-special token
             tokens = [(pos, w, *offsets[i][pos]) for pos, w in enumerate(enc.word_ids(i)) if w is not None]
             if strategy == "none":
-                ids = enc["input_ids"][i].tolist()
+                ids, unk = enc["input_ids"][i].tolist(), self.tokenizer.unk_token_id
+                # an [UNK]'s word is the text it stands for, as in transformers
                 found = [{"entity": self._label(best[i][pos]), "score": top[i][pos], "index": pos,
-                          "word": self.tokenizer.convert_ids_to_tokens(ids[pos]), "start": a, "end": b}
+                          "word": text[a:b] if ids[pos] == unk else self.tokenizer.convert_ids_to_tokens(ids[pos]),
+                          "start": a, "end": b}
                          for pos, _, a, b in tokens]
-                out.append([e for e in found if e["entity"] not in self.ignore])
+                out.append([e for e in found if e["entity"] not in opts["ignore_labels"]])
                 continue
             if strategy == "simple":
                 units = [(self._label(best[i][pos]), top[i][pos], a, b) for pos, _, a, b in tokens]
@@ -404,7 +409,7 @@ class TokenClassificationPipeline(Pipeline):
                         j = int(p.argmax())
                         score = float(p[j])
                     units.append((self._label(j), score, word[0][2], word[-1][3]))
-            out.append(self._group(text, units))
+            out.append(self._group(text, units, opts["ignore_labels"]))
         return out
 
     @staticmethod
@@ -428,7 +433,7 @@ class TokenClassificationPipeline(Pipeline):
             return probs.mean(0)
         return probs[int(probs.max(-1).values.argmax())]
 
-    def _group(self, text, units):
+    def _group(self, text, units, ignore):
         """Entities from (label, score, start, end) units: see the class docstring."""
         def tag(label):
             return (label[0], label[2:]) if label[:2] in ("B-", "I-") else ("I", label)
@@ -444,7 +449,7 @@ class TokenClassificationPipeline(Pipeline):
                 groups.append([label.split("-", 1)[-1], [score], a, b])
             prev = typ
         return [{"entity_group": name, "score": sum(ss) / len(ss), "word": text[a:b], "start": a, "end": b}
-                for name, ss, a, b in groups if name not in self.ignore]
+                for name, ss, a, b in groups if name not in ignore]
 
 
 class QuestionAnsweringPipeline(Pipeline):
@@ -562,7 +567,9 @@ class QuestionAnsweringPipeline(Pipeline):
 class FeatureExtractionPipeline(Pipeline):
     """`p(texts, pooling="mean", normalize=False)` -> (n, hidden) float tensor of sentence embeddings
     (a (hidden,) vector for one str). "mean" averages the real tokens' last hidden states (the
-    sentence-transformers recipe), "cls" takes the [CLS] state; normalize=True scales each to unit length."""
+    sentence-transformers recipe), "cls" takes the [CLS] state; normalize=True scales each to unit length.
+    pooling="none" gives what transformers' feature-extraction pipeline gives: each text's last hidden states,
+    as nested lists of shape (1, tokens, hidden) (a list of those for a list of texts)."""
 
     task = "feature-extraction"
     auto_class = AutoModel
@@ -571,8 +578,10 @@ class FeatureExtractionPipeline(Pipeline):
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
-        if opts.get("pooling", "mean") not in ("mean", "cls"):
-            raise ValueError(f"feature-extraction: pooling must be 'mean' or 'cls', got {opts['pooling']!r}")
+        if opts.get("pooling", "mean") not in ("mean", "cls", "none"):
+            raise ValueError(f"feature-extraction: pooling must be 'mean', 'cls' or 'none', got {opts['pooling']!r}")
+        if opts.get("pooling") == "none" and opts.get("normalize"):
+            raise ValueError("feature-extraction: normalize=True needs pooling 'mean' or 'cls'")
         return opts
 
     def _needs(self, key):
@@ -581,6 +590,9 @@ class FeatureExtractionPipeline(Pipeline):
     def _run_batch(self, items, opts):
         batch = self._inputs(self._encode(items, padding=True, return_tensors="pt"))
         hidden = self._forward(batch).last_hidden_state.float()
+        if opts["pooling"] == "none":  # (1, tokens, hidden) per text, as transformers
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            return [hidden[i:i + 1, :n].cpu().tolist() for i, n in enumerate(lengths)]
         if opts["pooling"] == "mean":
             vec = mean_pool(hidden, batch["attention_mask"])
         else:
@@ -590,6 +602,8 @@ class FeatureExtractionPipeline(Pipeline):
         return list(vec.cpu())
 
     def _finish(self, results, single, inputs, opts):
+        if opts["pooling"] == "none":
+            return results[0] if single else results
         if single:
             return results[0].clone()  # a plain tensor, not an inference-mode view
         if not results:

@@ -27,7 +27,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import WordPiece
 
 from bertkit.data.corpus import read_lines
-from bertkit.io import atomic_path, write_text_atomic
+from bertkit.io import atomic_paths, read_json, read_text
 
 __all__ = ["BatchEncoding", "BertTokenizer", "CharSpan", "TokenSpan", "load_vocab"]
 
@@ -50,12 +50,13 @@ _TRUNCATION = {
     "only_second": "only_second",
 }
 _SIDES = ("right", "left")  # padding_side / truncation_side values, as in transformers
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))  # in transformers' order
 
 
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
     """Read a vocab.txt (one token per line, id = line number), refusing duplicates that would shift ids."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
@@ -159,7 +160,8 @@ class BertTokenizer:
     roles (transformers' extra/additional special tokens): never split, listed in all_special_tokens.
     `padding_side` / `truncation_side` ("right" or "left", settable later) say where padding goes and which
     end truncation cuts, as in transformers. `model_max_length` above 1e20 (transformers' int(1e30) "no
-    limit") means no default maximum. `name_or_path` is what from_pretrained loaded. Not thread-safe across
+    limit") means no default maximum. `clean_up_tokenization_spaces` is decode's default (tokenizer_config.json's
+    key, False when absent, as in transformers 5). `name_or_path` is what from_pretrained loaded. Not thread-safe across
     calls with different padding/truncation settings (they are set on the shared Rust tokenizer).
     """
 
@@ -167,6 +169,7 @@ class BertTokenizer:
     _padding_side = "right"
     _truncation_side = "right"
     _extra_special: tuple[str, ...] | list[str] = ()
+    clean_up_tokenization_spaces = False
     name_or_path = ""
     is_fast = True  # always the Rust tokenizer; for code that checks transformers' attribute
 
@@ -188,6 +191,7 @@ class BertTokenizer:
         extra_special_tokens: Sequence[str] | None = None,
         padding_side: str = "right",
         truncation_side: str = "right",
+        clean_up_tokenization_spaces: bool = False,
         name_or_path: str | os.PathLike = "",
     ):
         if isinstance(vocab_file, Mapping):
@@ -208,6 +212,7 @@ class BertTokenizer:
         self.max_input_chars_per_word = int(max_input_chars_per_word)
         self.padding_side = padding_side
         self.truncation_side = truncation_side
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.name_or_path = os.fspath(name_or_path)
 
         tok = Tokenizer(WordPiece(vocab, unk_token=unk_token, max_input_chars_per_word=max_input_chars_per_word))
@@ -220,7 +225,6 @@ class BertTokenizer:
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
         self._tok = tok
-        self._raw_decoder = decoders.WordPiece(prefix="##", cleanup=False)
         self._rust_settings = None  # (truncation, padding) last sent to Rust, sides included; see _configure
 
         # Restore saved added tokens first, in id order, so they get back their ids; then make sure the
@@ -279,30 +283,37 @@ class BertTokenizer:
     @classmethod
     def _from_tokenizer_json(cls, path: Path, settings: dict) -> BertTokenizer:
         """Rebuild from the WordPiece vocab and settings in a tokenizer.json (settings given win)."""
-        data = _read_json(path)
-        model = data.get("model") or {}
-        if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
-            raise ValueError(
-                f"{path}: model must be a WordPiece model with '##' continuation, got {model.get('type')!r}"
-            )
-        normalizer = data.get("normalizer") or {}
-        if normalizer.get("type") == "BertNormalizer":
-            settings.setdefault("do_lower_case", normalizer["lowercase"])
-            settings.setdefault("strip_accents", normalizer["strip_accents"])
-            settings.setdefault("tokenize_chinese_chars", normalizer["handle_chinese_chars"])
-        settings.setdefault("unk_token", model["unk_token"])
-        # transformers takes the sides from tokenizer.json's padding/truncation when the config lacks them
-        for key, section in (("padding_side", "padding"), ("truncation_side", "truncation")):
-            direction = (data.get(section) or {}).get("direction")
-            if isinstance(direction, str):
-                settings.setdefault(key, direction.lower())
-        settings.setdefault("max_input_chars_per_word", model.get("max_input_chars_per_word", 100))
-        settings.setdefault(
-            "added_tokens_decoder",
-            {entry["id"]: _added_token(entry) for entry in data.get("added_tokens") or []},
-        )
+        data = read_json(path)
         try:
-            return cls(model["vocab"], **settings)
+            model = data.get("model") or {}
+            if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
+                raise ValueError(
+                    f"{path}: model must be a WordPiece model with '##' continuation, got {model.get('type')!r}"
+                )
+            normalizer = data.get("normalizer") or {}
+            if normalizer.get("type") == "BertNormalizer":
+                settings.setdefault("do_lower_case", normalizer["lowercase"])
+                settings.setdefault("strip_accents", normalizer["strip_accents"])
+                settings.setdefault("tokenize_chinese_chars", normalizer["handle_chinese_chars"])
+            settings.setdefault("unk_token", model["unk_token"])
+            # transformers takes the sides from tokenizer.json's padding/truncation when the config lacks them
+            for key, section in (("padding_side", "padding"), ("truncation_side", "truncation")):
+                direction = (data.get(section) or {}).get("direction")
+                if isinstance(direction, str):
+                    settings.setdefault(key, direction.lower())
+            settings.setdefault("max_input_chars_per_word", model.get("max_input_chars_per_word", 100))
+            settings.setdefault(
+                "added_tokens_decoder",
+                {entry["id"]: _added_token(entry) for entry in data.get("added_tokens") or []},
+            )
+            vocab = model["vocab"]
+            if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+                raise TypeError("model.vocab must be an object of token -> integer id")
+        except (KeyError, AttributeError, TypeError) as e:  # a required part missing or of the wrong kind
+            raise ValueError(f"{path}: not a WordPiece tokenizer.json as the tokenizers library writes it "
+                             f"({type(e).__name__}: {e})") from None
+        try:
+            return cls(vocab, **settings)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
@@ -397,7 +408,7 @@ class BertTokenizer:
             "never_split": None,
             "model_max_length": self.model_max_length,
             "max_input_chars_per_word": self.max_input_chars_per_word,
-            "clean_up_tokenization_spaces": True,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "padding_side": self.padding_side,
             "truncation_side": self.truncation_side,
             **self._special,
@@ -406,14 +417,17 @@ class BertTokenizer:
             "added_tokens_decoder": {str(i): _added_token_dict(t) for i, t in added.items()},
         }
         self._configure(None, None)  # tokenizer.json must not carry a call's truncation/padding
-        paths = {name: directory / name for name in
-                 ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")}
-        write_text_atomic(paths["vocab.txt"], "".join(t + "\n" for t in sorted(base, key=base.get)))
-        with atomic_path(paths["tokenizer.json"]) as tmp:
-            self._tok.save(tmp, pretty=True)
-        write_text_atomic(paths["tokenizer_config.json"], json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        write_text_atomic(paths["special_tokens_map.json"], json.dumps(self._special, indent=2) + "\n")
-        return tuple(os.fspath(p) for p in paths.values())
+        names = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+        paths = tuple(directory / name for name in names)
+        with atomic_paths(*paths) as (vocab, tokenizer_json, config_json, specials_json):  # all four, or none
+            Path(vocab).write_text("".join(t + "\n" for t in sorted(base, key=base.get)), encoding="utf-8")
+            try:
+                self._tok.save(tokenizer_json, pretty=True)
+            except Exception as e:  # the Rust library's error (a full disk) is a bare Exception
+                raise OSError(f"{paths[1]}: not written: {e}") from None
+            Path(config_json).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            Path(specials_json).write_text(json.dumps(self._special, indent=2) + "\n", encoding="utf-8")
+        return tuple(os.fspath(p) for p in paths)
 
     # --------------------------------------------------------------------------------- special tokens
     def add_special_tokens(self, special_tokens: Mapping[str, str | Sequence[str]],
@@ -804,20 +818,27 @@ class BertTokenizer:
         """Tokens joined back into text as decode does ("##" pieces glued, spaces before punctuation removed)."""
         return self._tok.decoder.decode(list(tokens))
 
-    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool = True) -> str:
-        """Text of `ids` (list, 1-D tensor or int): "##" pieces are glued back; with clean-up, the spaces
-        the tokenizer put before punctuation and contractions are removed (" ." -> ".")."""
-        ids = _id_list(ids)
-        if clean_up_tokenization_spaces:
-            return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
-        return self._raw_decoder.decode(self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens))
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
+        """Text of `ids` (list, 1-D tensor or int), as transformers decodes: "##" pieces glued back and the
+        space before each punctuation token removed (" ." -> "."); with clean-up (None: the tokenizer's
+        `clean_up_tokenization_spaces`), also the spaces around apostrophes of contractions ("can ' t" -> "can't")."""
+        return self.batch_decode([_id_list(ids)], skip_special_tokens, clean_up_tokenization_spaces)[0]
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False,
-                     clean_up_tokenization_spaces: bool = True) -> list[str]:
+                     clean_up_tokenization_spaces: bool | None = None) -> list[str]:
         sequences = sequences.tolist() if isinstance(sequences, torch.Tensor) else [_id_list(s) for s in sequences]
-        if clean_up_tokenization_spaces:
-            return self._tok.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
-        return [self.decode(s, skip_special_tokens, False) for s in sequences]
+        texts = self._tok.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+        if self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
+            return [self.clean_up_tokenization(t) for t in texts]
+        return texts
+
+    @staticmethod
+    def clean_up_tokenization(text: str) -> str:
+        """transformers' clean-up of decoded text: no space before . ? ! , nor around the apostrophe of a
+        contraction."""
+        for spaced, joined in _CLEAN_UP:
+            text = text.replace(spaced, joined)
+        return text
 
     # ------------------------------------------------------------------------------------- vocabulary
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
@@ -930,17 +951,6 @@ def _added_token_dict(token: AddedToken) -> dict:
     }
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _token_str(value, path: Path, key: str) -> str:
     """Special tokens are saved as a str or, by older transformers, as an AddedToken dict."""
     if isinstance(value, Mapping) and isinstance(value.get("content"), str):
@@ -968,7 +978,7 @@ def _read_settings(directory: Path) -> dict:
     for path in (specials_path, config_path):  # the config wins
         if not path.is_file():
             continue
-        data = _read_json(path)
+        data = read_json(path)
         for key in SPECIAL_TOKEN_KEYS:
             if data.get(key) is not None:
                 settings[key] = _token_str(data[key], path, key)
@@ -976,12 +986,30 @@ def _read_settings(directory: Path) -> dict:
         if extra_key is not None:
             settings["extra_special_tokens"] = _saved_token_list(data[extra_key], path, extra_key)
     if config_path.is_file():
-        config = _read_json(config_path)
+        config = read_json(config_path)
         for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length",
-                    "max_input_chars_per_word", "padding_side", "truncation_side"):
+                    "max_input_chars_per_word", "padding_side", "truncation_side", "clean_up_tokenization_spaces"):
             if key in config and (config[key] is not None or key == "strip_accents"):
-                settings[key] = config[key]
+                settings[key] = _saved_setting(config[key], config_path, key)
     return settings
+
+
+def _saved_setting(value, path: Path, key: str):
+    """A setting of tokenizer_config.json, checked here so that an error names that file."""
+    if key in ("do_lower_case", "tokenize_chinese_chars", "clean_up_tokenization_spaces") or (
+            key == "strip_accents" and value is not None):
+        ok = isinstance(value, bool)
+        expected = "true or false" + (" (or null)" if key == "strip_accents" else "")
+    elif key in ("model_max_length", "max_input_chars_per_word"):
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0) or (
+            key == "model_max_length" and isinstance(value, float) and value >= 1e29)  # transformers' "no limit"
+        expected = "a positive integer"
+    else:
+        ok = value in _SIDES
+        expected = " or ".join(map(repr, _SIDES))
+    if not ok and value is not None:
+        raise ValueError(f"{path}: {key} must be {expected}, got {value!r}")
+    return value
 
 
 def _read_added_tokens(directory: Path) -> dict[int, AddedToken]:
@@ -989,12 +1017,19 @@ def _read_added_tokens(directory: Path) -> dict[int, AddedToken]:
     older added_tokens.json ({token: id})."""
     config_path = directory / "tokenizer_config.json"
     if config_path.is_file():
-        decoder = _read_json(config_path).get("added_tokens_decoder")
+        decoder = read_json(config_path).get("added_tokens_decoder")
         if decoder:
-            return {int(i): _added_token(entry) for i, entry in decoder.items()}
+            try:
+                return {int(i): _added_token(entry) for i, entry in decoder.items()}
+            except (KeyError, AttributeError, TypeError, ValueError):
+                raise ValueError(f"{config_path}: added_tokens_decoder must map ids to token objects, "
+                                 f"got {decoder!r:.80}") from None
     added_path = directory / "added_tokens.json"
     if added_path.is_file():
-        return {int(i): AddedToken(t, special=False, normalized=True) for t, i in _read_json(added_path).items()}
+        try:
+            return {int(i): AddedToken(t, special=False, normalized=True) for t, i in read_json(added_path).items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"{added_path}: expected an object of token -> integer id") from None
     return {}
 
 

@@ -194,3 +194,47 @@ def test_a_file_that_cannot_be_written_is_a_one_line_error_naming_it(tmp_path, c
                  "--output", str(blocker / "tok")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("bertkit tokenizer train: error: ") and str(blocker) in err
+
+
+# ------------------------------------------------------------------------------------ bad input, one line
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"bertkit {command}: error: "), err
+    return err.removeprefix(f"bertkit {command}: error: ")
+
+
+def test_predict_refuses_a_model_without_a_task_head(tmp_path, capsys):
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertModel
+    BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=20)).save_pretrained(tmp_path / "m")
+    (tmp_path / "d.csv").write_text("text\nthe king\n")
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.csv"),
+                 "--output", str(tmp_path / "p.jsonl")]) == 2
+    assert _one_line_error(capsys, "predict") == (
+        f"{tmp_path / 'm'}: config.json names the architecture BertModel; evaluate and predict take a fine-tuned "
+        "model, one of BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering, "
+        "BertForMultipleChoice")
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--batch-size", "0", "--batch-size must be a positive integer, got 0"),
+    ("--device", "bogus", "device 'bogus' is not a torch device, e.g. cpu, cuda or cuda:1"),
+])
+def test_predict_checks_its_flags(tmp_path, capsys, flag, value, message):
+    _tiny_qa_model(tmp_path / "m")
+    (tmp_path / "q.json").write_text('{"data": []}')
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "q.json"),
+                 "--output", str(tmp_path / "p.json"), flag, value]) == 2
+    assert _one_line_error(capsys, "predict") == message
+
+
+def test_tokenizer_train_refuses_a_model_directory(tmp_path, capsys):
+    _tiny_qa_model(tmp_path / "m")
+    vocab = (tmp_path / "m" / "vocab.txt").read_text()
+    (tmp_path / "corpus.txt").write_text("the red king of the old city\n" * 20)
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path / "corpus.txt"), "--vocab-size", "40",
+                 "--output", str(tmp_path / "m")]) == 2
+    assert "holds a model (config.json)" in _one_line_error(capsys, "tokenizer train")
+    assert (tmp_path / "m" / "vocab.txt").read_text() == vocab

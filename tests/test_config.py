@@ -79,6 +79,9 @@ BAD_VALUES = [
     ("attention_probs_dropout_prob", -0.1), ("classifier_dropout", 2), ("initializer_range", 0),
     ("layer_norm_eps", -1e-12), ("position_embedding_type", "relative_key"), ("model_type", "roberta"),
     ("pad_token_id", 99), ("problem_type", "ranking"), ("id2label", {"1": "a", "2": "b"}),
+    ("id2label", ["a", "b"]), ("id2label", {"x": "a"}), ("label2id", {"a": "x"}), ("pad_token_id", True),
+    ("tie_word_embeddings", "no"), ("output_hidden_states", "yes"), ("architectures", "BertModel"),
+    ("is_decoder", True), ("add_cross_attention", True),
 ]
 
 
@@ -92,6 +95,12 @@ def test_bad_value_refused_naming_field(tmp_path, name, value):
     assert str(tmp_path / CONFIG_NAME) in str(e.value)
 
 
+def test_decoder_flags_false_are_fine():
+    """transformers writes is_decoder: false into many encoder configs; only true is refused."""
+    assert BertConfig.from_dict({**TINY, "is_decoder": False, "add_cross_attention": False}).extra == {
+        "is_decoder": False, "add_cross_attention": False}
+
+
 def test_heads_must_divide_hidden():
     with pytest.raises(ValueError, match="hidden_size.*num_attention_heads"):
         BertConfig(**{**TINY, "num_attention_heads": 5})
@@ -103,6 +112,9 @@ def test_bad_json_names_file_and_line(tmp_path):
         BertConfig.from_pretrained(tmp_path)
     (tmp_path / CONFIG_NAME).write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
+        BertConfig.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_NAME).write_bytes(b'{\n  "vocab_size": 99,\n  "x": "\xff"\n}')
+    with pytest.raises(ValueError, match=r"config\.json:3: not valid UTF-8 \(byte 0xff\)"):
         BertConfig.from_pretrained(tmp_path)
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import time
 import warnings
 from pathlib import Path
@@ -371,6 +372,26 @@ def test_malicious_pickle_not_executed(tmp_path):
     assert not marker.exists()
 
 
+def test_damaged_weights_are_one_line_errors_naming_the_file(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    modeling.BertModel(tiny_config()).save_pretrained(tmp_path)
+    path = tmp_path / hub.SAFE_WEIGHTS_NAME
+    path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk or an interrupted copy
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: not a readable safetensors file \(.*\)$"):
+        modeling.BertModel.from_pretrained(tmp_path)
+    path.unlink()
+    (tmp_path / hub.PT_WEIGHTS_NAME).write_bytes(b"garbage" * 10)
+    with pytest.raises(ValueError) as e:
+        modeling.BertModel.from_pretrained(tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / hub.PT_WEIGHTS_NAME}: refused to load: a damaged file")
+    assert "\n" not in message and "weights_only=False" not in message and "will likely succeed" not in message
+    index = tmp_path / hub.SAFE_WEIGHTS_INDEX_NAME
+    index.write_text('{"weight_map": ["a"]}')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(index))}: not a shard index"):
+        hub.load_state_dict(tmp_path)
+
+
 def test_sharded_safetensors(tmp_path):
     torch.manual_seed(0)
     model = modeling.BertModel(tiny_config()).eval()
@@ -697,3 +718,19 @@ def test_saved_architecture_is_the_bertkit_class_under_a_torch_subclass(tmp_path
                            {"__module__": "torch.distributed.fsdp._fully_shard._fully_shard"})
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / CONFIG_NAME).read_text())["architectures"] == ["BertForSequenceClassification"]
+
+
+def test_a_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    """config.json and model.safetensors are renamed into place together, after both are written: a save that
+    fails (a full disk) leaves the old pair, not new weights beside an old config."""
+    old = modeling.BertModel(tiny_config())
+    old.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(BertConfig, "to_json_file", full_disk)  # the weights are written, then the config fails
+    bigger = modeling.BertForMaskedLM(tiny_config())
+    with pytest.raises(OSError, match=re.escape(f"No space left on device: '{tmp_path}'")):
+        bigger.save_pretrained(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

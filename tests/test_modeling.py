@@ -499,7 +499,11 @@ def test_resize_token_embeddings_matches_transformers():
     assert cfg.vocab_size == 110  # the model's config is the one it was built with
     assert torch.equal(emb.weight[:99], old_emb), "old rows must be kept"
     fresh = emb.weight[99:].detach()
-    assert torch.isfinite(fresh).all() and 0.005 < fresh.std().item() < 0.05  # N(0, initializer_range)
+    assert torch.equal(fresh, old_emb.mean(0).expand(11, -1))  # the old rows' mean, as transformers by default
+    their_fresh = theirs.bert.embeddings.word_embeddings.weight[99:].detach()
+    assert (fresh - their_fresh).abs().max() < 1e-4  # transformers adds noise around the mean
+    drawn = pair("BertForMaskedLM", tiny_config(), seed=51)[0].resize_token_embeddings(110, mean_resizing=False)
+    assert 0.005 < drawn.weight[99:].std().item() < 0.05  # N(0, initializer_range)
     assert emb.padding_idx == cfg.pad_token_id
     # The decoder stays tied: the same Parameter, and its bias is cls.predictions.bias, resized.
     assert pred.decoder.weight is emb.weight

@@ -87,6 +87,21 @@ def test_feature_extraction_matches_mean_pooling(minilm_reference):
     assert p([]).shape == (0, 384)
 
 
+def test_feature_extraction_without_pooling_gives_transformers_result():
+    ours = pipeline("feature-extraction", model=MINILM, batch_size=3)
+    theirs = hf_pipeline("feature-extraction", MINILM)
+    got = ours(TEXTS, pooling="none")
+    assert len(got) == len(TEXTS)
+    for text, mine in zip(TEXTS, got):
+        ref = theirs(text)
+        assert isinstance(mine, list) and len(mine) == 1 and len(mine[0]) == len(ref[0])  # (1, tokens, hidden)
+        assert (torch.tensor(mine) - torch.tensor(ref)).abs().max() <= 1e-5
+    alone = ours(TEXTS[0], pooling="none")
+    assert (torch.tensor(alone) - torch.tensor(got[0])).abs().max() <= 5e-6
+    with pytest.raises(ValueError, match="normalize=True needs pooling"):
+        ours(TEXTS[0], pooling="none", normalize=True)
+
+
 # ------------------------------------------------------------------------------------ fill-mask
 MASKED = ["Paris is the [MASK] of France.", "The [MASK] sat on the mat, then it [MASK] away.",
           "[MASK]", "A much longer sentence, where the model has to guess the [MASK] word from context."]
@@ -154,6 +169,18 @@ def test_text_classification_matches_transformers(tmp_path_factory, problem):
     assert max(abs(a["score"] - b["score"]) for a, b in zip(per_call, [got[len(TEXTS)], got[0]])) <= 1e-5
     if problem != "regression":
         assert [r["label"] for r in ours(inputs[0], top_k=2)] == [r["label"] for r in got_all[0][:2]]
+
+
+def test_one_label_without_problem_type_is_a_sigmoid_score_as_in_transformers(tmp_path_factory):
+    """A cross-encoder's config: num_labels 1 and no problem_type. transformers scores it with a sigmoid."""
+    d = tiny(tmp_path_factory, "cross", transformers.BertForSequenceClassification, num_labels=1)
+    assert "problem_type" not in json.loads((Path(d) / "config.json").read_text())
+    ours, theirs = pipeline("text-classification", model=d), hf_pipeline("text-classification", d)
+    pairs = [("Is it raining?", "No, the sun is out over London."), ("a", "b")]
+    for (text, pair), mine in zip(pairs, ours(pairs)):
+        ref = theirs({"text": text, "text_pair": pair})
+        assert mine["label"] == ref["label"] == "LABEL_0" and abs(mine["score"] - ref["score"]) <= 1e-6
+        assert 0 < mine["score"] < 1
 
 
 def test_transformers_names_and_options_work(tmp_path_factory):
@@ -225,6 +252,24 @@ def test_token_classification_matches_transformers(tagger_dir):
         assert [(e["entity_group"], e["start"], e["end"]) for e in alone] == \
                [(e["entity_group"], e["start"], e["end"]) for e in mine]
         assert all(abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(alone, mine))
+
+
+def test_token_classification_word_of_an_unknown_token_is_its_text(tagger_dir):
+    ours = pipeline("token-classification", model=tagger_dir)
+    theirs = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir, device="cpu")
+    text = "Ada \U0001F602 met \u2603\u2603 Babbage in \u13a0\u13a1 town"
+    assert ours.tokenizer.unk_token_id in ours.tokenizer(text)["input_ids"]
+    got, ref = ours([text], ignore_labels=[])[0], theirs(text, ignore_labels=[])  # every token, "O" too
+    assert [(e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in got] == \
+           [(e["entity"], e["index"], e["word"], e["start"], e["end"]) for e in ref]
+    assert {"\U0001F602", "\u2603\u2603"} <= {e["word"] for e in got}
+    for ignore in (["O"], ["O", "B-PER", "I-PER"]):
+        for strategy in ("none", "simple", "first"):
+            mine = ours(text, aggregation_strategy=strategy, ignore_labels=ignore)
+            key = "entity" if strategy == "none" else "entity_group"
+            assert [e[key] for e in mine] == [e[key] for e in theirs(text, aggregation_strategy=strategy,
+                                                                          ignore_labels=ignore)]
+            assert not {e[key] for e in mine} & set(ignore)
 
 
 @pytest.mark.parametrize("strategy", ["simple", "average", "max"])

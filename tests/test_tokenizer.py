@@ -223,15 +223,33 @@ def test_truncation_true_uses_model_max_length(tok, lines):
 def test_decode_matches_references(tok, hf, pairs):
     reference = transformers.BertTokenizerLegacy(str(MINILM / "vocab.txt"))
     batch = tok([p[0] for p in pairs], [p[1] for p in pairs], padding=True)["input_ids"]
+    contractions = tok.encode("I can't believe it's Mr. Smith's car, isn't it? You're right, I'm sure they've left.")
     for skip in (False, True):
-        ours = tok.batch_decode(batch, skip_special_tokens=skip)
-        assert ours == hf.batch_decode(batch, skip_special_tokens=skip)
-        # without clean-up the text is the tokens joined by spaces, exactly as the Python reference does it
-        assert tok.batch_decode(batch, skip, clean_up_tokenization_spaces=False) == [
-            reference.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False) for ids in batch
+        for clean in (None, False, True):
+            for ids in [*batch, contractions]:
+                assert tok.decode(ids, skip, clean) == hf.decode(ids, skip_special_tokens=skip,
+                                                                 clean_up_tokenization_spaces=clean)
+            assert tok.batch_decode(batch, skip, clean) == hf.batch_decode(batch, skip_special_tokens=skip,
+                                                                           clean_up_tokenization_spaces=clean)
+        # with clean-up, as the Python reference tokenizer too
+        assert tok.batch_decode(batch, skip, clean_up_tokenization_spaces=True) == [
+            reference.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=True) for ids in batch
         ]
+    assert tok.decode(contractions, skip_special_tokens=True, clean_up_tokenization_spaces=True) == (
+        "i can't believe it's mr. smith's car, isn't it? you're right, i'm sure they've left.")
+    assert tok.decode(contractions, skip_special_tokens=True) == (  # MiniLM's tokenizer_config.json lacks the key
+        "i can ' t believe it ' s mr. smith ' s car, isn ' t it? you ' re right, i ' m sure they ' ve left.")
     assert tok.decode(torch.tensor(batch[0])) == tok.decode(batch[0]) == hf.decode(batch[0])
     assert tok.decode(tok.encode("Hello , world !"), skip_special_tokens=True) == "hello, world!"
+
+
+def test_saved_clean_up_setting_is_decodes_default_in_both_libraries(tok, tmp_path):
+    ids = tok.encode("It isn't mine.", add_special_tokens=False)
+    for setting, text in ((True, "it isn't mine."), (False, "it isn ' t mine.")):
+        t = BertTokenizer(MINILM / "vocab.txt", clean_up_tokenization_spaces=setting)
+        t.save_pretrained(tmp_path / str(setting))
+        assert BertTokenizer.from_pretrained(tmp_path / str(setting)).decode(ids) == text
+        assert transformers.AutoTokenizer.from_pretrained(tmp_path / str(setting)).decode(ids) == text
 
 
 def test_tensors_and_batch_encoding_api(tok):
@@ -390,7 +408,31 @@ def test_bad_vocab_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json or vocab.txt"):
         BertTokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"tokenizer.json: not valid JSON"):
+    with pytest.raises(ValueError, match=r"tokenizer.json: line 1: not valid JSON"):
+        BertTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_bytes(b'{"model": "\xff"}')
+    with pytest.raises(ValueError, match=r"tokenizer.json:1: not valid UTF-8 \(byte 0xff\)"):
+        BertTokenizer.from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "WordPiece", "unk_token": "[UNK]"}}')
+    with pytest.raises(ValueError, match=r"tokenizer.json: not a WordPiece tokenizer.json .*KeyError: 'vocab'"):
+        BertTokenizer.from_pretrained(tmp_path)
+    bad_byte = tmp_path / "bad_byte.txt"
+    bad_byte.write_bytes(b"[UNK]\nhello\nw\xf6rld\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad_byte))}:3: not valid UTF-8 \(byte 0xf6\)"):
+        BertTokenizer(bad_byte)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("do_lower_case", "false", "true or false"),
+    ("model_max_length", -5, "a positive integer"),
+    ("padding_side", "middle", "'right' or 'left'"),
+])
+def test_bad_tokenizer_config_names_that_file(tmp_path, key, value, expected):
+    """A bad setting in tokenizer_config.json is blamed on that file, not on tokenizer.json or vocab.txt."""
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n", encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({key: value}), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"tokenizer_config.json: {key} must be {re.escape(expected)}, "
+                                         rf"got {re.escape(repr(value))}"):
         BertTokenizer.from_pretrained(tmp_path)
 
 
@@ -454,11 +496,14 @@ def test_any_unicode_matches_fast_tokenizer_cased(cased_pair, text):
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(st.sampled_from("abcdefghij KLMNOP,.!?'-"), max_size=80))
-def test_decode_inverts_encode(tok, text):
-    """Without clean-up, decoding gives the basic tokens (lower-cased words, punctuation) joined by spaces."""
+def test_decode_inverts_encode(tok, hf, text):
+    """Decoding gives the basic tokens (lower-cased words, punctuation) joined by spaces, less the space before
+    . , ! ? (the WordPiece decoder's clean-up), as transformers; and re-encodes to the same ids."""
     words = re.findall(r"[a-z]+|[^\sa-z]", text.lower())
     ids = tok.encode(text)
-    assert tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == " ".join(words)
+    joined = re.sub(r" ([.,!?])", r"\1", " ".join(words))
+    assert tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) == joined
+    assert joined == hf.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     assert tok.encode(tok.decode(ids, skip_special_tokens=True)) == ids
 
 
@@ -1139,3 +1184,27 @@ def test_use_fast_is_accepted(tmp_path):
     with pytest.warns(UserWarning, match=r"use_fast=False"):
         assert AutoTokenizer.from_pretrained(str(MINILM), use_fast=False, padding_side="left").padding_side == "left"
     assert transformers.AutoTokenizer.from_pretrained(str(MINILM), use_fast=True).encode(TEXTS[1]) == expected
+
+
+def test_a_failed_save_leaves_the_old_files(tmp_path, monkeypatch, tok):
+    """The four tokenizer files are renamed into place together after all are written: a failed save (a full
+    disk) must not leave a vocab.txt whose tokenizer_config.json (casing) belongs to another tokenizer."""
+    tok.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    cased = BertTokenizer(tmp_path / "vocab.txt", do_lower_case=False)
+    cased.add_tokens(["newword"])
+
+    class FullDisk:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def save(self, path, pretty=True):
+            Path(path).write_text("{")  # half written
+            raise Exception("No space left on device (os error 28)")  # what the Rust library raises
+    monkeypatch.setattr(cased, "_tok", FullDisk(cased._tok))
+    with pytest.raises(OSError, match=r"tokenizer.json: not written: No space left on device"):
+        cased.save_pretrained(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

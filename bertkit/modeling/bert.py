@@ -361,8 +361,10 @@ class BertPreTrainedModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return self.base_model.encoder.gradient_checkpointing
 
-    def resize_token_embeddings(self, vocab_size: int) -> nn.Embedding:
-        """Grow or shrink the vocabulary (after `tokenizer.add_tokens`); new rows are freshly initialised."""
+    def resize_token_embeddings(self, vocab_size: int, mean_resizing: bool = True) -> nn.Embedding:
+        """Grow or shrink the vocabulary (after `tokenizer.add_tokens`). New rows start at the mean of the old
+        ones, as transformers' default (`mean_resizing`; it adds noise of about 1e-6), so that a new token does
+        not pull the model's outputs far off at first; `mean_resizing=False`: N(0, initializer_range)."""
         old = self.get_input_embeddings()
         if vocab_size == old.num_embeddings:
             return old
@@ -372,6 +374,8 @@ class BertPreTrainedModel(nn.Module):
         keep = min(vocab_size, old.num_embeddings)
         with torch.no_grad():
             new.weight[:keep] = old.weight[:keep]
+            if mean_resizing and vocab_size > keep:
+                new.weight[keep:] = old.weight.float().mean(0).to(old.weight.dtype)
         self.base_model.embeddings.word_embeddings = new
         self.config.vocab_size = vocab_size
         self.tie_weights()

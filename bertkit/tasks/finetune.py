@@ -41,7 +41,7 @@ import torch
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from ..data.readers import read_table
-from ..io import write_text_atomic
+from ..io import read_json, write_text_atomic
 from ..train import distributed as dist
 from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer
@@ -224,7 +224,7 @@ def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
         if not path.is_file():
             raise ValueError(f"{latest}: no {BEST_STATE_NAME} in the checkpoint; it was not written by a "
                              f"fine-tuning run that can be resumed")
-        return {**_fresh_state(), **json.loads(path.read_text(encoding="utf-8"))}
+        return {**_fresh_state(), **read_json(path)}
     if dist.is_main():
         for _, path in list_checkpoints(out):
             shutil.rmtree(path)
@@ -291,7 +291,7 @@ def _done(out: Path, resume: bool) -> dict[str, Any] | None:
     """On resume, the results of a run that already finished (its eval_results.json), else None."""
     path = out / RESULTS_NAME
     if resume and path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     return None
 
 

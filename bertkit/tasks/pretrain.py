@@ -25,7 +25,7 @@ from ..config import BertConfig
 from ..data.corpus import WIKITEXT_TITLE, python_docs_corpus, read_documents
 from ..data.masking import MaskingCollator, PretrainingBatches
 from ..data.pretraining import PretrainingDataset, build_shards
-from ..io import write_text_atomic
+from ..io import read_json, write_text_atomic
 from ..modeling import BertForPreTraining
 from ..tokenizer import BertTokenizer
 from ..train import distributed as dist
@@ -106,7 +106,7 @@ def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
     train_dir, heldout_dir = run / "data" / "train", run / "data" / "heldout"
     source, source_file = _data_source(args, tok), run / "data" / DATA_SOURCE
     if train_dir.is_dir() and heldout_dir.is_dir():
-        built = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() else source
+        built = read_json(source_file) if source_file.is_file() else source
         changed = [k for k in source if built.get(k) != source[k]]
         if not changed:
             return

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hub import load_tensors
 from ..io import write_text_atomic
 
 STATE_NAME = "training_state.pt"
@@ -228,7 +229,7 @@ def prune(run_dir: str | os.PathLike, keep_last: int) -> list[str]:
 
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """`training_state.pt` of a checkpoint directory, loaded with weights_only=True."""
-    return torch.load(os.path.join(os.fspath(path), STATE_NAME), map_location=map_location, weights_only=True)
+    return load_tensors(os.path.join(os.fspath(path), STATE_NAME), map_location)
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:

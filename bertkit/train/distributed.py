@@ -65,8 +65,13 @@ def setup(backend: str | None = None, device: str | torch.device | None = None) 
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
     if device is not None:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device {device!r} is not a torch device, e.g. cpu, cuda or cuda:1") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch can use")
+        if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     elif torch.cuda.is_available():
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())

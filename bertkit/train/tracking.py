@@ -88,7 +88,7 @@ class Tracker:
         if not os.path.exists(self.path):
             return
         keep = []
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:  # a crash may cut a character
             for line in f:
                 try:
                     rec = json.loads(line)
@@ -154,7 +154,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if os.path.isdir(path):
         path = os.path.join(path, METRICS_NAME)
     records: dict[tuple[str, int], dict] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if not line:
