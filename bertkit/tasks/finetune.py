@@ -10,8 +10,8 @@ Run directory layout (both jobs; `train_keep_best` and `run_seeds` are the share
     curves.png          their picture: train and dev loss, dev accuracy and other scores, learning rate
     eval_results.json   the dev metrics of the best checkpoint, its step, the last evaluation
     finetune_args.json  the arguments
-    step-N/             the newest training checkpoint (weights, optimizer, schedule, data position, random
-                        streams), written after every evaluation, with best_state.json: the best-so-far metric,
+    step-N/             the newest training checkpoint (weights, tokenizer, optimizer, schedule, data position,
+                        random streams), written after every evaluation, with best_state.json: the best-so-far metric,
                         its step and metrics, the evaluation count and the last evaluation AS OF step N
 With several seeds each one runs into `seed-N/` (the layout above) and the top-level eval_results.json holds each
 seed's best dev metrics with their mean and standard deviation (sample sd; 0 for one seed), and the top-level
@@ -43,6 +43,7 @@ from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from ..data.readers import read_table
 from ..io import read_json, write_text_atomic
 from ..train import distributed as dist
+from ..train.checkpoint import check_resumed_settings
 from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
@@ -265,7 +266,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     def evaluate(m) -> dict[str, Any]:
         metrics = dev_metrics(m)
         state["evals"] += 1
-        step = min(state["evals"] * eval_every, max_steps)
+        step = trainer.step  # the step just taken (the trainer evaluates after it)
         state["last"] = metrics
         if _better(metrics[metric], state["best"]):
             state.update(best=metrics[metric], metrics=metrics, step=step)
@@ -276,6 +277,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
 
     def save_state(directory: str) -> None:  # into each checkpoint, so it always matches the weights
         write_text_atomic(Path(directory) / BEST_STATE_NAME, json.dumps(state, indent=2) + "\n")
+        tok.save_pretrained(directory)  # so that a checkpoint loads on its own, as pre-training's do
 
     trainer = Trainer(objective_cls(model), model, batches, cfg, evaluate=evaluate, save_extra=save_state)
     trainer.train(resume=resume)
@@ -318,14 +320,35 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
          "text_pair_column": args.text_pair_column, "label_column": args.label_column})
 
 
+# what --resume may change: how the run is shown or executed, not what it computes; its length (more steps); and the
+# per-process batch, which the trainer checks (it may change with the number of processes, the global batch may not)
+RESUME_FREE = frozenset({"resume", "progress", "compile", "gradient_checkpointing", "fsdp", "log_every", "epochs",
+                         "max_steps", "seeds", "batch_size", "grad_accum"})
+
+
+def _refuse_unfinished(out: Path) -> None:
+    """A fresh run removes an earlier run's files in `out` (see `_checkpoint_state`): refused when that run did
+    not finish, since its checkpoints are what continues it."""
+    from ..train.checkpoint import find_latest
+    for run in [out, *sorted(out.glob("seed-*"))]:
+        latest = find_latest(run)
+        if latest is not None and not (run / RESULTS_NAME).is_file():
+            raise ValueError(f"{run} holds an unfinished run (its newest checkpoint is {latest}); pass --resume to "
+                             "continue it, or choose another --output (or remove it) to start over")
+
+
 def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
     """Write finetune_args.json, then `run_one(seed, dir)` once into `out` (`args.seed`), or per seed of
     `args.seeds` into `out/seed-N/` with the mean and sd of each numeric dev metric in `out/eval_results.json`
     (plus `extra`). Prints a summary; returns the results."""
     out.mkdir(parents=True, exist_ok=True)
+    resume = bool(getattr(args, "resume", False))
+    if resume:
+        check_resumed_settings(out / "finetune_args.json", dataclasses.asdict(args), RESUME_FREE)
+    else:
+        _refuse_unfinished(out)
     if dist.is_main():
         write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
-    resume = bool(getattr(args, "resume", False))
     if not args.seeds:
         res = _done(out, resume)
         if res is not None:

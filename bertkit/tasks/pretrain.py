@@ -29,6 +29,7 @@ from ..io import read_json, write_text_atomic
 from ..modeling import BertForPreTraining
 from ..tokenizer import BertTokenizer
 from ..train import distributed as dist
+from ..train.checkpoint import check_resumed_settings
 from ..train.trainer import TrainConfig, Trainer
 from ..train.tracking import plot_run
 from .fill_mask import fill_mask
@@ -213,6 +214,15 @@ def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int
     return out
 
 
+# what the arguments check on --resume leaves alone: how the run is shown, saved or executed, not what it computes;
+# its length (more steps); and what the data check (_prepare_data) compares by content (the corpus and tokenizer
+# paths, which may move) or refuses with its own message (seq_len, doc_boundary, seed), as the trainer does for the
+# batch (a per-process batch may change with the number of processes, the global one may not)
+RESUME_FREE = frozenset({"resume", "compile", "gradient_checkpointing", "fsdp", "log_every", "keep_last", "save_every",
+                         "eval_every", "eval_batches", "max_steps", "warmup_steps", "corpus", "eval_corpus",
+                         "tokenizer", "seq_len", "doc_boundary", "seed", "batch_size", "grad_accum"})
+
+
 def run_pretraining(args: PretrainArgs) -> dict:
     info = dist.setup()
     run = Path(args.output)
@@ -227,6 +237,11 @@ def run_pretraining(args: PretrainArgs) -> dict:
             dist.print0("no --corpus given: building one from the documentation shipped with Python")
             python_docs_corpus(args.corpus[0])
     dist.barrier()
+    args_path = run / "pretrain_args.json"
+    if args.resume:
+        check_resumed_settings(args_path, vars(args), RESUME_FREE)
+    if dist.is_main():
+        write_text_atomic(args_path, json.dumps(vars(args), indent=2) + "\n")
     tok = _load_or_train_tokenizer(args, run)
     torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
     model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
@@ -268,7 +283,6 @@ def run_pretraining(args: PretrainArgs) -> dict:
         if dist.is_sharded(model):  # the demo below runs on rank 0 alone: a whole copy
             model = BertForPreTraining.from_pretrained(run)
         tok.save_pretrained(run)
-        (run / "pretrain_args.json").write_text(json.dumps(vars(args), indent=2) + "\n", encoding="utf-8")
         png = plot_run(run)
         ev = {k[5:]: v for k, v in result.items() if k.startswith("eval_")}
         print(f"\nheld-out ({n_eval} batches): MLM accuracy {ev['mlm_accuracy']:.3f}, "

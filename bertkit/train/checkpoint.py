@@ -19,10 +19,12 @@ keeps its global batch (the trainer checks): the same data position, new random 
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import numpy as np
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from ..hub import load_tensors
-from ..io import write_text_atomic
+from ..io import read_json, write_text_atomic
 
 STATE_NAME = "training_state.pt"
 LATEST_NAME = "latest"
@@ -226,6 +228,20 @@ def prune(run_dir: str | os.PathLike, keep_last: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
+
+def check_resumed_settings(path: str | os.PathLike, settings: dict[str, Any], free: Iterable[str]) -> None:
+    """On resume: a job's settings must be those it started with (`path`, the arguments file it wrote then),
+    apart from the `free` ones, which do not change what it computes; otherwise the resumed run would silently
+    be another run, or (the learning rate, which the optimizer's saved state holds) not the one it says."""
+    if not os.path.isfile(path):
+        return  # written by a version that saved its arguments only at the end
+    saved, now = read_json(path), json.loads(json.dumps(settings))  # tuples compare as the lists JSON holds
+    changed = [k for k in sorted(set(saved) | set(now)) if k not in free and saved.get(k) != now.get(k)]
+    if changed:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {now.get(k)!r} (the run's: {saved.get(k)!r})" for k in changed)
+        raise ValueError(f"{path}: --resume continues the run with the settings it started with; these differ: "
+                         f"{diffs}. Start a new run (another --output) to change them")
+
 
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """`training_state.pt` of a checkpoint directory, loaded with weights_only=True."""

@@ -38,6 +38,7 @@ torch.compile (`bertkit.modeling.bert.compile_layers`). AdamW is fused when the 
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import random
 import threading
@@ -58,6 +59,33 @@ from .optim import OPTIMIZERS, build_optimizer, global_grad_norm, linear_schedul
 from .tracking import Tracker
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+@contextmanager
+def _run_lock(output_dir: str):
+    """One training process at a time in a directory: a second one (a resume started while the first still
+    runs, or still-running workers of a killed launcher) would interleave checkpoints and metrics. The kernel
+    releases the lock when its process ends, however it ends."""
+    import fcntl
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ValueError(f"{output_dir}: another process is training there (pid {f.read().strip() or '?'}); "
+                             "let it finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+# TrainConfig fields a resume must keep (see Trainer._check_settings)
+FIXED_ON_RESUME = ("lr", "weight_decay", "optimizer", "betas", "eps", "max_grad_norm", "precision", "seed")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass
@@ -521,6 +549,7 @@ class Trainer:
         state = load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler)
         same_world = len(state["rng"]) == self.info.world_size
+        self._check_settings(path, state)
         self._check_global_batch(path, state)
         if not same_world:
             self._check_regrouping(path, state)
@@ -529,8 +558,9 @@ class Trainer:
                 raise TypeError("the checkpoint holds a data position but the batch source has no "
                                 "load_state_dict(); exact resume needs one")
             self.batches.load_state_dict(state["data"][self.info.rank if same_world else 0])
-        elif hasattr(self.batches, "load_state_dict"):
-            warnings.warn(f"{path} holds no data position: the batch source starts from its beginning")
+        else:
+            warnings.warn(f"{path} holds no data position (the batch source has no state_dict()): it starts from "
+                          "its beginning, so the resumed run sees other batches than the uninterrupted one")
         self._elapsed0 = float(state["extra"].get("elapsed", 0.0))
         self._resume_windows = state["extra"].get("log_windows")  # None from a checkpoint before they were kept
         if same_world:
@@ -540,6 +570,24 @@ class Trainer:
             self._resume_rng = rng_state()
         dist.print0(f"resume: {path} (step {state['step']})")
         return int(state["step"])
+
+    def _check_settings(self, path: str, state: dict) -> None:
+        """A resumed run computes as the saved one did: the optimizer's settings come back from the checkpoint
+        (so a new learning rate would be silently ignored), and the others would make it another run. Only the
+        schedule's length may change (training longer), and it is said."""
+        saved = state["extra"].get("config", {})
+        changed = [f"{k} {getattr(self.cfg, k)!r} (the checkpoint's: {saved[k]!r})" for k in FIXED_ON_RESUME
+                   if k in saved and _plain(saved[k]) != _plain(getattr(self.cfg, k))]
+        if changed:
+            raise ValueError(f"{path}: resuming needs the settings the run was trained with; these differ: "
+                             f"{', '.join(changed)}")
+        if int(state["step"]) > self.cfg.max_steps:
+            raise ValueError(f"{path} is at step {state['step']}, past max_steps {self.cfg.max_steps}")
+        schedule = [f"{k} {saved[k]} -> {getattr(self.cfg, k)}" for k in ("max_steps", "warmup_steps")
+                    if k in saved and saved[k] != getattr(self.cfg, k)]
+        if schedule:
+            dist.print0(f"resume: the learning-rate schedule changes ({', '.join(schedule)}): the run goes on from "
+                        f"{path}, no longer as the uninterrupted run would have")
 
     def _check_global_batch(self, path: str, state: dict) -> None:
         """The saved data position counts global micro-batches: resuming needs the same global batch (batch
@@ -573,9 +621,17 @@ class Trainer:
         """Run to `cfg.max_steps`; with `resume=True`, continue from the newest complete checkpoint in
         `cfg.output_dir` exactly where it stopped (weights, optimizer, scheduler, scaler, random streams,
         data position, step). Returns the last logged train metrics, the last eval metrics prefixed
-        `eval_`, and `step`."""
+        `eval_`, and `step`. A fresh run refuses a directory that holds checkpoints (its own would mix with
+        them), and one process at a time trains in a directory."""
+        with _run_lock(self.cfg.output_dir) if dist.is_main() else nullcontext():
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         self._resume_rng = self._resume_windows = None
+        if not resume and (old := find_latest(cfg.output_dir)) is not None:
+            raise ValueError(f"{cfg.output_dir} already holds checkpoints ({old}); train(resume=True) continues "
+                             "them: remove them or choose another output_dir to start over")
         start = self._resume() if resume else None
         resumed = start is not None
         self.step = start or 0

@@ -157,3 +157,34 @@ def test_a_sigkilled_process_resumes_to_the_same_weights_and_results(toy, tmp_pa
     for p in (run(out, "--resume"), run(ref)):
         assert p.wait() == 0, p.stderr.read().decode()
     assert_same_run(out, ref)
+
+
+def test_resume_refuses_other_settings_and_a_fresh_run_refuses_an_unfinished_one(toy, tmp_path, monkeypatch,  # noqa: F811
+                                                                                 capsys):
+    """--resume continues the run as it started: another --lr (which the optimizer's saved state would silently
+    override), --seed or training file is refused by name, before anything is written; more steps are allowed.
+    And a fresh run does not delete an unfinished run's checkpoints."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt(m, "batches", 8)
+        with pytest.raises(RuntimeError, match="injected failure"):
+            finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seed", "4")
+    assert [s for s, _ in list_checkpoints(out)] == [5]
+    assert {"vocab.txt", "tokenizer.json"} <= {p.name for p in (out / "step-000005").iterdir()}  # loads on its own
+    args_before = (out / "finetune_args.json").read_text()
+    capsys.readouterr()
+    assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seed", "9", "--lr", "0.1",
+                    "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"bertkit finetune classify: error: {out / 'finetune_args.json'}")
+    assert "--lr 0.1 (the run's: 0.01), --seed 9 (the run's: 4)" in err
+    assert (out / "finetune_args.json").read_text() == args_before
+    assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seed", "4", train="dev", dev="dev",
+                    ) == 2  # not --resume: the unfinished run stays
+    assert "holds an unfinished run (its newest checkpoint is" in capsys.readouterr().err
+    assert [s for s, _ in list_checkpoints(out)] == [5]
+    assert finetune(toy, out, "--max-steps", "15", "--eval-every", "5", "--seed", "4", "--resume") == 0
+    printed = capsys.readouterr().out
+    assert f"resume: the learning-rate schedule changes (max_steps 10 -> 15): the run goes on from {out}" in printed
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["max_steps"] == 15 and results["best_step"] in (5, 10, 15)

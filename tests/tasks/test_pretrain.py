@@ -140,6 +140,13 @@ def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus,
                     "--batch-size", "2") == 2
     err = capsys.readouterr().err
     assert "written by 1 process, each micro-batch 4 sequences" in err and "a batch size of 4 per process" in err
+    args = (tmp_path / "run" / "pretrain_args.json").read_text()
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume", "--lr", "0.005",
+                    "--model-size", "mini") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--resume continues the run with the settings it started with; " \
+        "these differ: --lr 0.005 (the run's: 0.001), --model-size 'mini' (the run's: 'tiny')" in err
+    assert (tmp_path / "run" / "pretrain_args.json").read_text() == args
 
 
 def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):

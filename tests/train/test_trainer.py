@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def test_exact_resume_after_sigkill(tmp_path):
     cut = _start("--out", tmp_path / "cut", *common, "--kill-at", 15)
     full_result = _finish(full)
     _finish(cut, expect_rc=-signal.SIGKILL)
-    assert sorted(os.listdir(tmp_path / "cut")) == ["latest", "metrics.jsonl", "step-000003", "step-000006"]
+    assert sorted(os.listdir(tmp_path / "cut")) == [".lock", "latest", "metrics.jsonl", "step-000003", "step-000006"]
     assert [r["step"] for r in read_metrics(tmp_path / "cut")] == [1, 2, 3, 4, 5, 6, 7]
 
     resumed = _finish(_start("--out", tmp_path / "cut", *common, "--resume"))
@@ -95,6 +96,58 @@ class _CrashingSource(TinySource):
         if self.pos == self.crash_at:
             raise _Interrupt
         return super().__next__()
+
+
+def test_resume_refuses_other_training_settings(tmp_path, capsys):
+    """The optimizer's saved state brings back its learning rate and weight decay, so a resume that asked for
+    others would silently not use them: refused, like another seed or precision. More steps are allowed (and
+    said); fewer than the checkpoint's are an error."""
+    def run(resume=False, **changes):
+        torch.manual_seed(0)
+        model = BertForPreTraining(tiny_config(0.1))
+        cfg = TrainConfig(**{**dict(max_steps=4, batch_size=4, lr=1e-3, warmup_steps=1, save_every=2,
+                                    output_dir=str(tmp_path), tensorboard=False, progress=False), **changes})
+        return Trainer(PretrainObjective(model), model, TinySource(4, seed=7), cfg).train(resume=resume)
+
+    run()
+    for changes, said in (({"lr": 5e-3}, "lr 0.005 (the checkpoint's: 0.001)"),
+                          ({"weight_decay": 0.5, "seed": 1}, "weight_decay 0.5 (the checkpoint's: 0.01), seed 1 "
+                                                             "(the checkpoint's: 0)"),
+                          ({"optimizer": "lamb"}, "optimizer 'lamb' (the checkpoint's: 'adamw')")):
+        with pytest.raises(ValueError, match=re.escape(f"resuming needs the settings the run was trained with; "
+                                                       f"these differ: {said}")):
+            run(resume=True, **changes)
+    with pytest.raises(ValueError, match="is at step 4, past max_steps 3"):
+        run(resume=True, max_steps=3)
+    capsys.readouterr()
+    assert run(resume=True, max_steps=6)["step"] == 6
+    assert "the learning-rate schedule changes (max_steps 4 -> 6)" in capsys.readouterr().out
+
+
+def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp_path):
+    from bertkit.train.trainer import _run_lock
+
+    def trainer(source=None, out=tmp_path, max_steps=2):
+        torch.manual_seed(0)
+        model = BertForPreTraining(tiny_config(0.1))
+        cfg = TrainConfig(max_steps=max_steps, batch_size=4, lr=1e-3, output_dir=str(out), tensorboard=False,
+                          progress=False)
+        return Trainer(PretrainObjective(model), model, source or TinySource(4, seed=7), cfg)
+
+    with _run_lock(str(tmp_path)):  # as a process still training there holds it
+        with pytest.raises(ValueError, match=f"another process is training there \\(pid {os.getpid()}\\)"):
+            trainer().train()
+    assert find_latest(tmp_path) is None
+    trainer().train()
+    with pytest.raises(ValueError, match="already holds checkpoints .*train\\(resume=True\\) continues them"):
+        trainer().train()  # a fresh run's checkpoints would interleave with (and be pruned against) these
+
+    def plain():  # a batch source without state_dict(): a resume cannot go on where it stopped
+        source = TinySource(4, seed=7)
+        yield from source
+    trainer(plain(), tmp_path / "plain").train()
+    with pytest.warns(UserWarning, match="holds no data position .* sees other batches"):
+        trainer(plain(), tmp_path / "plain", max_steps=3).train(resume=True)
 
 
 def test_a_resume_between_log_lines_logs_what_an_uninterrupted_run_logs(tmp_path):
