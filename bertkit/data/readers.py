@@ -169,6 +169,8 @@ def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequen
             value = obj[key]
             if role in label_roles:
                 values[role] = _label_text(value, where, key)
+                if not values[role]:
+                    raise ValueError(f"{where}: the {role.removesuffix('_column')} field ({key!r}) is empty")
             elif not isinstance(value, str):
                 raise ValueError(f"{where}: expected a string for {key!r}, got {json.dumps(value)[:60]}")
             else:
@@ -323,6 +325,7 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
             sentences.append(TaggedSentence(tokens, tags, start))
         tokens, tags = [], []
 
+    columns = columns_line = None
     for n, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip():
@@ -337,6 +340,10 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
                 or token_column % width == tag_column % width:
             raise ValueError(f"{path}:{n}: expected a token column and a tag column (token_column={token_column}, "
                              f"tag_column={tag_column}), found {width} column(s): {line[:80]!r}")
+        if columns is None:
+            columns, columns_line = width, n
+        elif width != columns:  # a stray column would shift a column counted from the end (tag_column=-1)
+            raise ValueError(f"{path}:{n}: {width} column(s) where line {columns_line} has {columns}: {line[:80]!r}")
         token, tag = fields[token_column], fields[tag_column].strip()
         if not token:
             raise ValueError(f"{path}:{n}: empty token in column {token_column}: {line[:80]!r}")
@@ -356,6 +363,8 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
 
 def _load_squad_json(path: Path) -> Any:
     if path.suffix.lower() == ".zip":
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a readable zip file")
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.namelist() if m.lower().endswith(".json") and not m.startswith("__MACOSX/")]
             if len(members) != 1:
@@ -369,6 +378,14 @@ def _load_squad_json(path: Path) -> Any:
         raise ValueError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+
+
+def _squad_object(value: Any, where: str, list_key: str) -> None:
+    """A SQuAD article, paragraph or question must be an object, and its `list_key` (when present) a list."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected an object, got {json.dumps(value)[:60]}")
+    if not isinstance(value.get(list_key, []), list):
+        raise ValueError(f"{where}: {list_key!r} must be a list, got {json.dumps(value[list_key])[:60]}")
 
 
 def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) -> list[SquadExample]:
@@ -387,24 +404,36 @@ def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) 
         raise ValueError(f"{where}: expected SQuAD JSON, an object with a 'data' list of articles")
     examples: list[SquadExample] = []
     bad: list[str] = []
+    seen: set[str] = set()
     for a, article in enumerate(data["data"]):
+        _squad_object(article, f"{where}: article {a}", "paragraphs")
         title = article.get("title", "")
         for p, para in enumerate(article.get("paragraphs", ())):
+            _squad_object(para, f"{where}: article {a} ({title!r}) paragraph {p}", "qas")
             context = para.get("context")
             if not isinstance(context, str):
                 raise ValueError(f"{where}: article {a} ({title!r}) paragraph {p} has no 'context' string")
-            for qa in para.get("qas", ()):
+            for q, qa in enumerate(para.get("qas", ())):
+                _squad_object(qa, f"{where}: article {a} ({title!r}) paragraph {p} question {q}", "answers")
                 qid = qa.get("id")
-                if qid is None or not isinstance(qa.get("question"), str):
-                    raise ValueError(f"{where}: article {a} ({title!r}) paragraph {p}: a question without "
-                                     f"'id' or 'question'")
-                impossible = bool(qa.get("is_impossible", False))
+                if not isinstance(qid, str) or not isinstance(qa.get("question"), str):
+                    raise ValueError(f"{where}: article {a} ({title!r}) paragraph {p}: a question without a "
+                                     f"string 'id' and 'question' (id {qid!r})")
+                if qid in seen:  # predictions and scores are keyed by id
+                    raise ValueError(f"{where}: question id {qid!r} appears twice; ids must be unique")
+                seen.add(qid)
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
+                    raise ValueError(f"{where}: question {qid}: 'is_impossible' must be true or false, "
+                                     f"got {impossible!r}")
                 answers = []
                 for ans in qa.get("answers", ()):
                     try:
                         text, start = ans["text"], int(ans["answer_start"])
+                        if not isinstance(text, str):
+                            raise TypeError
                     except (KeyError, TypeError, ValueError):
-                        raise ValueError(f"{where}: question {qid}: an answer needs 'text' and an integer "
+                        raise ValueError(f"{where}: question {qid}: an answer needs a string 'text' and an integer "
                                          f"'answer_start', got {ans!r}") from None
                     if context[start:start + len(text)] != text:
                         bad.append(f"question {qid}: answer {text!r} at {start} does not match the context there "

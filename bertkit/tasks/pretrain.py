@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -71,6 +72,39 @@ class PretrainArgs:
     compile: bool = False              # torch.compile the embeddings and the layer stack
     gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
     fsdp: bool = False                 # under torchrun: shard the model and optimizer state (FSDP2), not DDP
+
+    def __post_init__(self):
+        """Checked here, before the run trains a vocabulary or builds its data (minutes on a big corpus)."""
+        from ..config import SIZES
+        from ..train.optim import OPTIMIZERS
+        from ..train.trainer import PRECISIONS
+        for name in ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len", "max_predictions",
+                     "log_every", "keep_last", "eval_batches"):
+            _check_int(self, name, 1)
+        for name in ("save_every", "eval_every"):
+            _check_int(self, name, 0)
+        if self.warmup_steps is not None:
+            _check_int(self, "warmup_steps", 0)
+            if self.warmup_steps > self.max_steps:
+                raise ValueError(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS), ("model_size", SIZES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        try:
+            re.compile(_boundary(self.doc_boundary) or "")
+        except re.error as e:
+            raise ValueError(f"--doc-boundary {self.doc_boundary!r} is not a valid regular expression ({e})") from None
+
+
+def _check_int(args, name: str, least: int) -> None:
+    v = getattr(args, name)
+    if not isinstance(v, int) or isinstance(v, bool) or v < least:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {v!r}")
 
 
 def _boundary(name: str):

@@ -59,6 +59,8 @@ from .optim import OPTIMIZERS, build_optimizer, global_grad_norm, linear_schedul
 from .tracking import Tracker
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @contextmanager
 def _run_lock(output_dir: str):
     """One training process at a time in a directory: a second one (a resume started while the first still
@@ -559,8 +561,8 @@ class Trainer:
                                 "load_state_dict(); exact resume needs one")
             self.batches.load_state_dict(state["data"][self.info.rank if same_world else 0])
         else:
-            warnings.warn(f"{path} holds no data position (the batch source has no state_dict()): it starts from "
-                          "its beginning, so the resumed run sees other batches than the uninterrupted one")
+            warnings.warn(f"{path} holds no data position (its batch source had no state_dict()): the batch source "
+                          "starts from its beginning, so the resumed run sees other batches than the uninterrupted one")
         self._elapsed0 = float(state["extra"].get("elapsed", 0.0))
         self._resume_windows = state["extra"].get("log_windows")  # None from a checkpoint before they were kept
         if same_world:

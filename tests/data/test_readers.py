@@ -158,6 +158,7 @@ def test_jsonl(tmp_path):
         ('{"q": "a", "y": null}\n', r"bad\.jsonl:1: expected a string or a number for 'y', got null"),
         ('{"text": "a", "y": 1}\n', r"bad\.jsonl:1: no column 'q' for text_column; available columns: "
                                     r"\['text', 'y'\]"),
+        ('{"q": "a", "y": "pos"}\n{"q": "b", "y": ""}\n', r"bad\.jsonl:2: the label field \('y'\) is empty"),
     ]
     for content, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -233,6 +234,8 @@ def test_conll_formats_and_errors(tmp_path):
         read_conll(write(tmp_path, "bad.conll", "a\tO\n"), tag_column=3)
     with pytest.raises(ValueError, match=r"bad\.conll:2: empty token in column 0"):
         read_conll(write(tmp_path, "bad.conll", "a\tO\n\tO\n"))
+    with pytest.raises(ValueError, match=r"bad\.conll:3: 3 column\(s\) where line 1 has 2: 'the\\tO\\tEXTRA'"):
+        read_conll(write(tmp_path, "bad.conll", "king\tB-PER\nof\tO\nthe\tO\tEXTRA\n"))  # not EXTRA as a tag
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,3 +288,31 @@ def test_squad_errors(tmp_path):
     with zipfile.ZipFile(zp, "w") as zf:
         zf.writestr("inner.json", json.dumps(_squad()))
     assert read_squad(zp) == read_squad(ok)
+    with pytest.raises(ValueError, match=r"damaged\.zip: not a readable zip file"):
+        read_squad(write(tmp_path, "damaged.zip", b"PK\x03\x04 cut short"))
+
+
+def _squad_with(change) -> str:
+    data = _squad()
+    change(data)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["data"].__setitem__(0, "x"), r"article 0: expected an object, got \"x\""),
+    (lambda d: d["data"][0].__setitem__("paragraphs", "abc"), r"article 0: 'paragraphs' must be a list"),
+    (lambda d: d["data"][0]["paragraphs"].__setitem__(0, [1]), r"article 0 \('T'\) paragraph 0: expected an object"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"].__setitem__(0, "q"),
+     r"paragraph 0 question 0: expected an object, got \"q\""),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].__setitem__("id", ["a"]),
+     r"a question without a string 'id' and 'question' \(id \['a'\]\)"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].__setitem__("is_impossible", "false"),
+     r"question q1: 'is_impossible' must be true or false, got 'false'"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].__setitem__("text", 5),
+     r"question q1: an answer needs a string 'text' and an integer 'answer_start'"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"].append(d["data"][0]["paragraphs"][0]["qas"][0]),
+     r"question id 'q1' appears twice; ids must be unique"),
+])
+def test_squad_structure_errors_name_the_place(tmp_path, change, message):
+    with pytest.raises(ValueError, match=r"bad\.json: .*" + message):
+        read_squad(write(tmp_path, "bad.json", _squad_with(change)))

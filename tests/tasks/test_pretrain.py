@@ -149,6 +149,21 @@ def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus,
     assert (tmp_path / "run" / "pretrain_args.json").read_text() == args
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--keep-last", "0"], "--keep-last must be an integer >= 1, got 0"),
+    (["--save-every", "-1"], "--save-every must be an integer >= 0, got -1"),
+    (["--warmup-steps", "10", "--max-steps", "4"], "--warmup-steps (10) exceeds --max-steps (4)"),
+    (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--doc-boundary", "(["], "--doc-boundary '([' is not a valid regular expression"),
+])
+def test_bad_flags_fail_before_any_work(tmp_path, capsys, flags, message):
+    (tmp_path / "c.txt").write_text("one doc\n\nanother doc\n")
+    assert main(["pretrain", "--corpus", str(tmp_path / "c.txt"), "--output", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"bertkit pretrain: error: {message}")
+    assert not (tmp_path / "run").exists()  # no tokenizer trained, no data built
+
+
 def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine line\n\nsecond doc\nbroken \xff byte\n")
