@@ -176,7 +176,8 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_an_unfinished_one
     assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seed", "9", "--lr", "0.1",
                     "--resume") == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"bertkit finetune classify: error: {out / 'finetune_args.json'}")
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"bertkit finetune classify: error: {out / 'finetune_args.json'}")
     assert "--lr 0.1 (the run's: 0.01), --seed 9 (the run's: 4)" in err
     assert (out / "finetune_args.json").read_text() == args_before
     assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seed", "4", train="dev", dev="dev",
