@@ -133,6 +133,34 @@ class BatchEncoding(dict):
         span = row.word_to_tokens(word_index, sequence_index)
         return None if span is None else TokenSpan(*span)
 
+    def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        """The word a token belongs to (as word_ids()); None for special and padding tokens."""
+        row, token_index = self._row_and_index(batch_or_token_index, token_index, "token_to_word")
+        return row.token_to_word(token_index)
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        """0 or 1: the text of the pair a token came from (as sequence_ids()); None for special tokens."""
+        row, token_index = self._row_and_index(batch_or_token_index, token_index, "token_to_sequence")
+        return row.token_to_sequence(token_index)
+
+    def char_to_word(self, batch_or_char_index: int, char_index: int | None = None,
+                     sequence_index: int = 0) -> int | None:
+        """The word holding a character of the text (`sequence_index` 1: of the pair's second text)."""
+        row, char_index = self._row_and_index(batch_or_char_index, char_index, "char_to_word")
+        return row.char_to_word(char_index, sequence_index)
+
+    def word_to_chars(self, batch_or_word_index: int, word_index: int | None = None,
+                      sequence_index: int = 0) -> CharSpan | None:
+        """Characters of a word (index as in word_ids()) in its text."""
+        row, word_index = self._row_and_index(batch_or_word_index, word_index, "word_to_chars")
+        span = row.word_to_chars(word_index, sequence_index)
+        return None if span is None else CharSpan(*span)
+
+    @property
+    def n_sequences(self) -> int | None:
+        """1 for single texts, 2 for pairs (None without encodings), as transformers."""
+        return self.encodings[0].n_sequences if self.encodings else None
+
     def _row_and_index(self, batch_or_index: int, index: int | None, method: str):
         """The Rust encoding and position of a `(index)` or `(row, index)` call."""
         if not self.encodings:
@@ -812,6 +840,18 @@ class BertTokenizer:
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self._tok.post_processor.num_special_tokens_to_add(pair)
+
+    def get_special_tokens_mask(self, token_ids_0: Sequence[int], token_ids_1: Sequence[int] | None = None,
+                                already_has_special_tokens: bool = False) -> list[int]:
+        """1 for each special token, 0 for the others, as transformers: of ids that already hold them (the
+        role and extra special tokens), or of the [CLS] a [SEP] (b [SEP]) that encoding would build."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("token_ids_1 must be None when the ids already hold the special tokens")
+            special = set(self.convert_tokens_to_ids(self.all_special_tokens))
+            return [int(i in special) for i in _id_list(token_ids_0)]
+        mask = [1] + [0] * len(token_ids_0) + [1]
+        return mask if token_ids_1 is None else mask + [0] * len(token_ids_1) + [1]
 
     # --------------------------------------------------------------------------------------- decoding
     def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:

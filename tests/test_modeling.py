@@ -481,6 +481,19 @@ def test_inputs_embeds_equals_input_ids(base_pair):
     assert_close("multiple choice via inputs_embeds", la, lb)
 
 
+def test_one_row_of_token_type_ids_applies_to_every_sequence_as_in_transformers():
+    ours, theirs = pair("BertModel", tiny_config(), seed=61)
+    x = padded_inputs(seed=62)
+    del x["token_type_ids"]
+    types = (torch.arange(x["input_ids"].shape[1]) >= 4).long()[None]  # (1, seqlen)
+    with torch.no_grad():
+        a = ours(**x, token_type_ids=types).last_hidden_state
+        b = theirs(**x, token_type_ids=types).last_hidden_state
+        full = ours(**x, token_type_ids=types.expand_as(x["input_ids"])).last_hidden_state
+    assert_close("hidden, (1, seqlen) token types", a, b, x["attention_mask"].bool())
+    assert torch.equal(a, full)
+
+
 # ---------------------------------------------------------------------------------------------
 # resize_token_embeddings
 # ---------------------------------------------------------------------------------------------

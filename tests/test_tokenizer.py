@@ -1147,12 +1147,19 @@ def test_char_and_token_mapping_match_transformers(tok, hf, kwargs):
             length = len(ours.tokens(row))
             for i in range(length):
                 assert ours.token_to_chars(row, i) == ref.token_to_chars(row, i), (row, i)
+                assert ours.token_to_word(row, i) == ref.token_to_word(row, i), (row, i)
+                assert ours.token_to_sequence(row, i) == ref.token_to_sequence(row, i), (row, i)
             for seq, text in enumerate(texts):
                 for c in range(len(text) + 1):
                     assert ours.char_to_token(row, c, seq) == ref.char_to_token(row, c, seq), (row, seq, c)
+                    assert ours.char_to_word(row, c, seq) == ref.char_to_word(row, c, seq), (row, seq, c)
                 for w in range(len(text.split()) + 2):
                     assert ours.word_to_tokens(row, w, seq) == ref.word_to_tokens(row, w, seq), (row, seq, w)
+                    if ours.word_to_tokens(row, w, seq) is not None:  # transformers raises for a missing word
+                        assert ours.word_to_chars(row, w, seq) == ref.word_to_chars(row, w, seq), (row, seq, w)
         # one index: row 0, as in transformers
+        assert ours.n_sequences == ref.n_sequences == len(row_texts[0])
+        assert ours.token_to_word(2) == ref.token_to_word(2) and ours.char_to_word(3) == ref.char_to_word(3)
         assert ours.char_to_token(3) == ref.char_to_token(3)
         assert ours.token_to_chars(1) == ref.token_to_chars(1) and ours.word_to_tokens(0) == ref.word_to_tokens(0)
     words = [t.split() for t in TEXTS]
@@ -1208,3 +1215,14 @@ def test_a_failed_save_leaves_the_old_files(tmp_path, monkeypatch, tok):
     with pytest.raises(OSError, match=r"tokenizer.json: not written: No space left on device"):
         cased.save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_special_tokens_mask_matches_transformers(tok, hf):
+    a, b = tok.encode("Hello there", add_special_tokens=False), tok.encode("General Kenobi!", add_special_tokens=False)
+    legacy = transformers.BertTokenizerLegacy(str(MINILM / "vocab.txt"))  # transformers 5's fast one lacks this case
+    for args in ((a,), (a, b)):
+        assert tok.get_special_tokens_mask(*args) == legacy.get_special_tokens_mask(*args)
+    full = tok.encode("Hello there", "General Kenobi!") + [tok.pad_token_id, tok.mask_token_id]
+    assert tok.get_special_tokens_mask(full, already_has_special_tokens=True) == \
+        hf.get_special_tokens_mask(full, already_has_special_tokens=True)
+    assert sum(tok.get_special_tokens_mask(full, already_has_special_tokens=True)) == 5

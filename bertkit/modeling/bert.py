@@ -497,8 +497,8 @@ class BertModel(BertPreTrainedModel):
             positions = P.unpad(position_ids.expand(batch, seqlen), packing)
         if token_type_ids is None:
             types = torch.zeros_like(positions)
-        else:
-            types = P.unpad(token_type_ids, packing)
+        else:  # (1, seqlen) types apply to every sequence, as transformers broadcasts them
+            types = P.unpad(token_type_ids.expand(batch, seqlen), packing)
         ids = P.unpad(input_ids, packing) if input_ids is not None else None
         embeds = P.unpad(inputs_embeds, packing) if inputs_embeds is not None else None
         h = self.embeddings(ids, types, positions, embeds)               # (tokens, hidden)
