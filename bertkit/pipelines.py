@@ -219,17 +219,42 @@ class FillMaskPipeline(Pipeline):
 
     A text with several masks gives one such list per mask (like transformers); a list of texts gives a
     list of results. `sequence` is the text with the guess in place (special tokens dropped when the text
-    has a single mask)."""
+    has a single mask). `targets` (a word or a list) limits the guesses to those words, as in transformers: a
+    word outside the vocabulary stands for its first sub-token (with a warning)."""
 
     task = "fill-mask"
     auto_class = AutoModelForMaskedLM
     head = "masked-LM head (cls.predictions)"
-    options = {"top_k": 5}
+    options = {"top_k": 5, "targets": None}
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
         self._check_int(opts, "top_k")
+        if opts.get("targets") is not None:
+            opts = {**opts, "targets": self._target_ids(opts["targets"])}
         return opts
+
+    def _target_ids(self, targets) -> list[int]:
+        """Token ids of the target words, each once: a word's own id, else its first sub-token's."""
+        tok = self.tokenizer
+        words = [targets] if isinstance(targets, str) else list(targets)
+        vocab, ids = tok.get_vocab(), []
+        for word in words:
+            if not isinstance(word, str):
+                raise TypeError(f"fill-mask: targets must be str, got {word!r}")
+            if word in vocab:
+                ids.append(vocab[word])
+                continue
+            pieces = tok(word, add_special_tokens=False)["input_ids"]
+            if not pieces:
+                warnings.warn(f"fill-mask: the target {word!r} is no token at all; left out", stacklevel=4)
+                continue
+            warnings.warn(f"fill-mask: the target {word!r} is not in the vocabulary; it stands for "
+                          f"{tok.convert_ids_to_tokens(pieces[0])!r}", stacklevel=4)
+            ids.append(pieces[0])
+        if not ids:
+            raise ValueError("fill-mask: targets holds no token")
+        return sorted(set(ids))
 
     def _check_lengths(self, items, lengths):
         mask_id = self.tokenizer.mask_token_id
@@ -241,7 +266,7 @@ class FillMaskPipeline(Pipeline):
 
     def _run_batch(self, items, opts):
         top_k = min(opts["top_k"], self.model.config.vocab_size)
-        guesses = fill_mask(self.model, self.tokenizer, items, top_k=top_k)
+        guesses = fill_mask(self.model, self.tokenizer, items, top_k=top_k, targets=opts["targets"])
         tok = self.tokenizer
         out = []
         for text, per_mask in zip(items, guesses):

@@ -107,6 +107,27 @@ MASKED = ["Paris is the [MASK] of France.", "The [MASK] sat on the mat, then it 
           "[MASK]", "A much longer sentence, where the model has to guess the [MASK] word from context."]
 
 
+def test_fill_mask_targets_match_transformers(tmp_path_factory):
+    d = tiny(tmp_path_factory, "mlm_targets", transformers.BertForMaskedLM)
+    ours, theirs = pipeline("fill-mask", model=d), hf_pipeline("fill-mask", d)
+    targets = ["capital", "city", "heart", "north", "city"]
+    for text in MASKED[:2]:
+        for top_k in (2, 10):
+            mine, ref = ours(text, targets=targets, top_k=top_k), theirs(text, targets=targets, top_k=top_k)
+            if text.count("[MASK]") == 1:
+                mine, ref = [mine], [ref]
+            for a_row, b_row in zip(mine, ref):
+                assert len(a_row) == min(top_k, 4)
+                assert [a["token_str"] for a in a_row] == [b["token_str"] for b in b_row]
+                assert max(abs(a["score"] - b["score"]) for a, b in zip(a_row, b_row)) <= 1e-5
+    with pytest.warns(UserWarning, match="'zzyzxq' is not in the vocabulary; it stands for 'z"):
+        mine = ours(MASKED[0], targets=["zzyzxq", "city"])
+    ref = theirs(MASKED[0], targets=["zzyzxq", "city"])
+    assert [a["token"] for a in mine] == [b["token"] for b in ref]
+    with pytest.raises(ValueError, match="targets holds no token"):
+        ours(MASKED[0], targets=[""])
+
+
 def test_fill_mask_matches_transformers(tmp_path_factory):
     d = tiny(tmp_path_factory, "mlm", transformers.BertForMaskedLM)
     ours = pipeline("fill-mask", model=d, batch_size=2)

@@ -8,8 +8,10 @@ from ..train.trainer import pin, to_device
 
 
 @torch.inference_mode()
-def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
-    """For each text, for each [MASK] in it, the `top_k` (token, probability) pairs, best first.
+def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5,
+              targets: list[int] | None = None) -> list[list[list[tuple[str, float]]]]:
+    """For each text, for each [MASK] in it, the `top_k` (token, probability) pairs, best first; with `targets`
+    (token ids), the best of those only (their probabilities over the whole vocabulary).
 
     `model` is a BertForMaskedLM or BertForPreTraining (`model.bert` + `model.cls.predictions`). Only the
     [MASK] rows are scored: the last layer computes just them (a `packing.Selection`) and the decoder over
@@ -30,8 +32,13 @@ def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[l
     hidden = model.bert.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                packing=batch["packing"], selection=batch["selection"]).hidden
     logits = model.cls.predictions(hidden.index_select(0, batch["positions"]))  # (masks, vocab)
-    top = logits.float().softmax(-1).topk(top_k, dim=-1)
+    probs = logits.float().softmax(-1)                                       # (masks, vocab)
+    if targets is not None:
+        probs = probs[:, targets]                                              # (masks, targets)
+    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     indices, values = top.indices.tolist(), top.values.tolist()
+    if targets is not None:
+        indices = [[targets[i] for i in row] for row in indices]
     per_text = is_mask.sum(dim=1).tolist()
     results, k = [], 0
     for n in per_text:
