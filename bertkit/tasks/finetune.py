@@ -48,6 +48,7 @@ from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
                        classification_report, encode_examples, evaluate_classification, label_info, labelled_logits)
+from .flags import check_ints, check_numbers
 
 RESULTS_NAME = "eval_results.json"
 
@@ -107,19 +108,12 @@ class FinetuneArgs:
     def __post_init__(self):
         """Checked here, before a run touches its output directory (a fresh run removes an earlier run's
         checkpoints and results there, so a typo must not get that far)."""
-        for name in ("batch_size", "grad_accum", "log_every", "max_seq_length", "max_steps", "eval_every"):
-            v = getattr(self, name)
-            if (v is not None or name not in ("max_steps", "eval_every")) and (
-                    not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if not (math.isfinite(self.epochs) and self.epochs > 0):
-            raise ValueError(f"--epochs must be a finite number > 0, got {self.epochs!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        check_ints(self, ("batch_size", "grad_accum", "log_every", "max_seq_length"))
+        check_ints(self, ("max_steps", "eval_every"), optional=True)
+        check_numbers(self, ("epochs", "lr"), positive=True)
+        check_numbers(self, ("weight_decay",), positive=False)
         if not 0 <= self.warmup <= 1:
             raise ValueError(f"--warmup is a fraction of the steps, between 0 and 1; got {self.warmup!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
 
 
 @dataclass

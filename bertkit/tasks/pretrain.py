@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -34,6 +33,7 @@ from ..train.checkpoint import check_resumed_settings
 from ..train.trainer import TrainConfig, Trainer
 from ..train.tracking import plot_run
 from .fill_mask import fill_mask
+from .flags import check_ints, check_numbers
 from .pretrain_objective import PreTrainingObjective, evaluate_pretraining
 
 DOC_BOUNDARIES = {"blank": None, "wikitext": WIKITEXT_TITLE}
@@ -78,19 +78,14 @@ class PretrainArgs:
         from ..config import SIZES
         from ..train.optim import OPTIMIZERS
         from ..train.trainer import PRECISIONS
-        for name in ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len", "max_predictions",
-                     "log_every", "keep_last", "eval_batches"):
-            _check_int(self, name, 1)
-        for name in ("save_every", "eval_every"):
-            _check_int(self, name, 0)
-        if self.warmup_steps is not None:
-            _check_int(self, "warmup_steps", 0)
-            if self.warmup_steps > self.max_steps:
-                raise ValueError(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr must be a finite number > 0, got {self.lr!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
+        check_ints(self, ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len", "max_predictions",
+                          "log_every", "keep_last", "eval_batches"))
+        check_ints(self, ("save_every", "eval_every"), least=0)
+        check_ints(self, ("warmup_steps",), least=0, optional=True)
+        if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
+        check_numbers(self, ("lr",), positive=True)
+        check_numbers(self, ("weight_decay",), positive=False)
         for name, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS), ("model_size", SIZES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -99,12 +94,6 @@ class PretrainArgs:
             re.compile(_boundary(self.doc_boundary) or "")
         except re.error as e:
             raise ValueError(f"--doc-boundary {self.doc_boundary!r} is not a valid regular expression ({e})") from None
-
-
-def _check_int(args, name: str, least: int) -> None:
-    v = getattr(args, name)
-    if not isinstance(v, int) or isinstance(v, bool) or v < least:
-        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {least}, got {v!r}")
 
 
 def _boundary(name: str):

@@ -150,7 +150,7 @@ def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus,
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--keep-last", "0"], "--keep-last must be an integer >= 1, got 0"),
+    (["--keep-last", "0"], "--keep-last must be a positive integer, got 0"),
     (["--save-every", "-1"], "--save-every must be an integer >= 0, got -1"),
     (["--warmup-steps", "10", "--max-steps", "4"], "--warmup-steps (10) exceeds --max-steps (4)"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
