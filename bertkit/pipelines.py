@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -371,6 +372,24 @@ class TextClassificationPipeline(Pipeline):
         return out
 
 
+@dataclass(frozen=True)
+class SplitWords:
+    """A token-classification input given as words (`is_split_into_words=True`): results point into `text`,
+    the words joined by the delimiter, as transformers' do."""
+
+    words: tuple[str, ...]
+    text: str
+    starts: tuple[int, ...]   # each word's first character in text
+
+    @classmethod
+    def join(cls, words, delimiter: str) -> "SplitWords":
+        starts, at = [], 0
+        for w in words:
+            starts.append(at)
+            at += len(w) + len(delimiter)
+        return cls(tuple(words), delimiter.join(words), tuple(starts))
+
+
 class TokenClassificationPipeline(Pipeline):
     """`p(text)` -> [{"entity", "score", "index", "word", "start", "end"}, ...], or with an aggregation
     strategy [{"entity_group", "score", "word", "start", "end"}, ...]; transformers' names, defaults, rules
@@ -378,19 +397,26 @@ class TokenClassificationPipeline(Pipeline):
 
     "none" (the default): one dict per sub-token not labelled "O"; `index` is the token position ([CLS] being
     0), `word` the sub-token ("##lace"). The others build entities from units: "simple" from sub-tokens,
-    "first", "average" and "max" from words (as the tokenizer splits words), whose label and score come from
-    the first sub-token's probabilities, their mean, or the sub-token with the highest probability. Adjacent
-    units form one entity while their labels share a type and the later one is not B- (labels without a
-    B-/I- prefix count as I-); the entity is named after its first unit's label without the prefix, its
+    "first", "average" and "max" from words (a token and the "##" pieces after it), whose label and score come
+    from the first sub-token's probabilities, their mean, or the sub-token with the highest probability.
+    Adjacent units form one entity while their labels share a type and the later one is not B- (labels without
+    a B-/I- prefix count as I-); the entity is named after its first unit's label without the prefix, its
     `score` is the mean over its units, and "O" entities are dropped. `start`/`end` are character offsets
     into the text and `word` is text[start:end] (transformers decodes the tokens instead: lower-cased by an
-    uncased tokenizer). Text beyond the tokenizer's max length is not tagged. `ignore_labels` (default ["O"]) are
-    the labels (entity groups) left out of the results."""
+    uncased tokenizer). `ignore_labels` (default ["O"]) are the labels (entity groups) left out of the results.
+
+    Text beyond the tokenizer's max length is not tagged, unless `stride=n` (with an aggregation strategy):
+    then the text is read in windows of max length tokens, each sharing n tokens with the next, every window's
+    entities are found on its own, and where entities of two windows overlap the longer one stays (the more
+    confident one of equal lengths), as in transformers. `is_split_into_words=True` takes each input as a
+    list of words (one list gives a list of one result, as in transformers); offsets then point into the words
+    joined by `delimiter` (default " ")."""
 
     task = "token-classification"
     auto_class = AutoModelForTokenClassification
     head = "token classifier head (classifier)"
-    options = {"aggregation_strategy": "none", "ignore_labels": ("O",)}
+    options = {"aggregation_strategy": "none", "ignore_labels": ("O",), "stride": None,
+               "is_split_into_words": False, "delimiter": " "}
     strategies = ("none", "simple", "first", "average", "max")
 
     def _check_options(self, opts):
@@ -398,44 +424,146 @@ class TokenClassificationPipeline(Pipeline):
         if opts.get("aggregation_strategy", "none") not in self.strategies:
             raise ValueError(f"token-classification: aggregation_strategy must be one of "
                              f"{', '.join(self.strategies)}, got {opts['aggregation_strategy']!r}")
+        self._check_int(opts, "stride", low=0, allow_none=True)
+        if not isinstance(opts.get("is_split_into_words", False), bool):
+            raise ValueError(f"token-classification: is_split_into_words must be True or False, "
+                             f"got {opts['is_split_into_words']!r}")
+        if not isinstance(opts.get("delimiter", " "), str):
+            raise ValueError(f"token-classification: delimiter must be a str, got {opts['delimiter']!r}")
         return opts
+
+    def __call__(self, inputs, **options):
+        opts = {**self.defaults, **self._check_options(options)}
+        if opts["stride"] is not None:
+            if opts["aggregation_strategy"] == "none":
+                raise ValueError('token-classification: stride needs an aggregation_strategy other than "none" '
+                                 "(the entities of overlapping windows are merged), as in transformers")
+            room = self.max_length - self.tokenizer.num_special_tokens_to_add()
+            if opts["stride"] >= room:
+                raise ValueError(f"token-classification: stride={opts['stride']} must be smaller than the "
+                                 f"{room} text tokens a window holds")
+        if opts["is_split_into_words"]:
+            inputs = self._split_inputs(inputs, opts["delimiter"])
+        return super().__call__(inputs, **options)
+
+    def _split_inputs(self, inputs, delimiter: str):
+        """A list of words -> one SplitWords; a list of such lists -> a list of them."""
+        def words(x) -> bool:
+            return isinstance(x, (list, tuple)) and all(isinstance(w, str) for w in x)
+
+        if words(inputs) and inputs and all(isinstance(w, str) for w in inputs):
+            return SplitWords.join(inputs, delimiter)
+        if isinstance(inputs, (list, tuple)) and all(words(x) for x in inputs):
+            return [SplitWords.join(x, delimiter) for x in inputs]
+        raise TypeError("token-classification: with is_split_into_words=True an input is a list of words (str), "
+                        f"and many inputs a list of such lists; got {inputs!r:.80}")
+
+    def _is_single(self, inputs):
+        return isinstance(inputs, (str, SplitWords))
+
+    def _finish(self, results, single, inputs, opts):
+        """One list of words gives a list of one result, as transformers gives."""
+        return [results[0]] if single and isinstance(inputs, SplitWords) else super()._finish(results, single,
+                                                                                             inputs, opts)
+
+    def _check_item(self, i, item):
+        if not isinstance(item, SplitWords):
+            super()._check_item(i, item)
+
+    def _encode(self, items, **kwargs):
+        if items and isinstance(items[0], SplitWords):
+            return self.tokenizer([list(x.words) for x in items], is_split_into_words=True, truncation=True,
+                                  max_length=self.max_length, **kwargs)
+        return super()._encode(items, **kwargs)
 
     def _needs(self, key):
         return "pooler" not in key  # the token classifier does not use the pooler
 
     def _run_batch(self, items, opts):
-        enc = self._encode(items, padding=True, return_offsets_mapping=True, return_tensors="pt")
-        offsets = enc["offset_mapping"].tolist()
-        probs = self._forward(self._inputs(enc)).logits.float().softmax(-1).cpu()  # (batch, seqlen, labels)
+        windows = {} if opts["stride"] is None else {"stride": opts["stride"], "return_overflowing_tokens": True}
+        enc = self._encode(items, padding=True, return_offsets_mapping=True, return_tensors="pt", **windows)
+        item_of = enc["overflow_to_sample_mapping"].tolist() if windows else range(len(items))
+        probs = self._probs(enc, opts["batch_size"])  # (rows, seqlen, labels)
         top, best = (t.tolist() for t in probs.max(-1))  # each token's own label and probability
-        strategy = opts["aggregation_strategy"]
-        out = []
-        for i, text in enumerate(items):
-            # (position, word id, start, end) of each real, non-special token
-            tokens = [(pos, w, *offsets[i][pos]) for pos, w in enumerate(enc.word_ids(i)) if w is not None]
-            if strategy == "none":
-                ids, unk = enc["input_ids"][i].tolist(), self.tokenizer.unk_token_id
-                # an [UNK]'s word is the text it stands for, as in transformers
-                found = [{"entity": self._label(best[i][pos]), "score": top[i][pos], "index": pos,
-                          "word": text[a:b] if ids[pos] == unk else self.tokenizer.convert_ids_to_tokens(ids[pos]),
-                          "start": a, "end": b}
-                         for pos, _, a, b in tokens]
-                out.append([e for e in found if e["entity"] not in opts["ignore_labels"]])
-                continue
-            if strategy == "simple":
-                units = [(self._label(best[i][pos]), top[i][pos], a, b) for pos, _, a, b in tokens]
+        offsets, ids = enc["offset_mapping"].tolist(), enc["input_ids"].tolist()
+        out: list[list] = [[] for _ in items]
+        counts = [0] * len(items)
+        for row, n in enumerate(item_of):
+            item, word_ids = items[n], enc.word_ids(row)
+            if isinstance(item, SplitWords):  # offsets within each word -> into the joined text
+                text, keys = item.text, self._word_keys(ids[row], word_ids)
+                spans = [(a + item.starts[w], b + item.starts[w]) if w is not None else None
+                         for w, (a, b) in zip(word_ids, offsets[row])]
             else:
-                units = []
-                for word in self._words(tokens):
-                    if strategy == "first" or len(word) == 1:  # the first sub-token's own label: no tensor op
-                        j, score = best[i][word[0][0]], top[i][word[0][0]]
-                    else:
-                        p = self._word_probs(strategy, probs[i, [t[0] for t in word]])  # (labels,)
-                        j = int(p.argmax())
-                        score = float(p[j])
-                    units.append((self._label(j), score, word[0][2], word[-1][3]))
-            out.append(self._group(text, units, opts["ignore_labels"]))
-        return out
+                text, keys, spans = item, word_ids, offsets[row]
+            # (position, word key, start, end) of each real, non-special token; see _word_keys
+            tokens = [(pos, k, *spans[pos]) for pos, (w, k) in enumerate(zip(word_ids, keys)) if w is not None]
+            found = self._entities(text, tokens, ids[row], probs[row], top[row], best[row], opts)
+            out[n].extend(found)
+            counts[n] += 1
+        return [self._resolve_overlaps(found) if k > 1 else found for found, k in zip(out, counts)]
+
+    def _probs(self, enc, batch_size: int) -> torch.Tensor:
+        """Label probabilities of the encoded rows, `batch_size` rows per forward (a long text's windows may
+        outnumber the batch)."""
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        parts = [self._forward(self._inputs({k: enc[k][s:s + batch_size] for k in keys})).logits.float()
+                 .softmax(-1).cpu() for s in range(0, len(enc["input_ids"]), batch_size)]
+        return torch.cat(parts)
+
+    def _word_keys(self, ids: list[int], word_ids: list) -> list:
+        """Word keys of a row of pre-split words: a word given whole may hold several of the tokenizer's words
+        ("new-york" -> new, -, york), and, as in transformers, a token starts a new word unless it is a "##"
+        piece of the same given word."""
+        pieces = self.tokenizer.convert_ids_to_tokens(ids)
+        keys, key, last = [], -1, None
+        for piece, w in zip(pieces, word_ids):
+            if w is not None and (w != last or not piece.startswith("##")):
+                key += 1
+            keys.append(None if w is None else key)
+            last = w
+        return keys
+
+    def _entities(self, text, tokens, ids, probs, top, best, opts) -> list[dict]:
+        """The results of one row: `tokens` as (position, word key, start, end), `probs` (seqlen, labels) with
+        each position's `top` probability and `best` label."""
+        strategy = opts["aggregation_strategy"]
+        if strategy == "none":
+            unk = self.tokenizer.unk_token_id
+            # an [UNK]'s word is the text it stands for, as in transformers
+            found = [{"entity": self._label(best[pos]), "score": top[pos], "index": pos,
+                      "word": text[a:b] if ids[pos] == unk else self.tokenizer.convert_ids_to_tokens(ids[pos]),
+                      "start": a, "end": b}
+                     for pos, _, a, b in tokens]
+            return [e for e in found if e["entity"] not in opts["ignore_labels"]]
+        if strategy == "simple":
+            units = [(self._label(best[pos]), top[pos], a, b) for pos, _, a, b in tokens]
+        else:
+            units = []
+            for word in self._words(tokens):
+                if strategy == "first" or len(word) == 1:  # the first sub-token's own label: no tensor op
+                    j, score = best[word[0][0]], top[word[0][0]]
+                else:
+                    p = self._word_probs(strategy, probs[[t[0] for t in word]])  # (labels,)
+                    j = int(p.argmax())
+                    score = float(p[j])
+                units.append((self._label(j), score, word[0][2], word[-1][3]))
+        return self._group(text, units, opts["ignore_labels"])
+
+    @staticmethod
+    def _resolve_overlaps(entities: list[dict]) -> list[dict]:
+        """Entities of overlapping windows, by start: of two that overlap, the longer stays, or of equal
+        lengths the one with the higher score (transformers' rule)."""
+        kept: list[dict] = []
+        for e in sorted(entities, key=lambda e: e["start"]):
+            prev = kept[-1] if kept else None
+            if prev is not None and prev["start"] <= e["start"] < prev["end"]:
+                longer = e["end"] - e["start"] - (prev["end"] - prev["start"])
+                if longer > 0 or longer == 0 and e["score"] > prev["score"]:
+                    kept[-1] = e
+            else:
+                kept.append(e)
+        return kept
 
     @staticmethod
     def _words(tokens):

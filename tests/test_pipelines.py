@@ -313,6 +313,77 @@ def test_token_classification_strategies_match_transformers(tagger_dir, strategy
     assert differs  # the strategy changes something on these texts: the comparison has teeth
 
 
+def entity_keys(found):
+    return [(e.get("entity_group", e.get("entity")), e["start"], e["end"]) for e in found]
+
+
+def assert_same_entities(mine, ref, text):
+    assert entity_keys(mine) == entity_keys(ref)
+    assert all(abs(a["score"] - float(b["score"])) <= 1e-5 for a, b in zip(mine, ref))
+    assert all(e["word"] == text[e["start"]:e["end"]] for e in mine if "entity_group" in e)
+
+
+@pytest.fixture(scope="module")
+def short_tagger_dir(tagger_dir, tmp_path_factory):
+    """The random tagger with a tokenizer whose max length is 24 tokens, so that the texts need windows."""
+    d = tmp_path_factory.mktemp("short_tagger")
+    shutil.copytree(tagger_dir, d, dirs_exist_ok=True)
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 24}))
+    return str(d)
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "average", "max"])
+def test_token_classification_stride_reads_the_whole_text_as_transformers(short_tagger_dir, strategy):
+    """stride=n: windows of max length sharing n tokens, each window's entities, overlaps resolved (the longer,
+    then the more confident one stays): transformers' entities, spans and scores."""
+    ours = pipeline("token-classification", model=short_tagger_dir, aggregation_strategy=strategy, batch_size=2)
+    theirs = transformers.pipeline("token-classification", model=short_tagger_dir, tokenizer=short_tagger_dir,
+                                   device="cpu", aggregation_strategy=strategy)
+    long_texts = [" ".join(TEXTS), " ".join(reversed(TEXTS[:4])), TEXTS[1]]
+    first_window_end = ours.tokenizer(long_texts[0], truncation=True, max_length=24,
+                                      return_offsets_mapping=True)["offset_mapping"][-2][1]
+    for stride in (0, 5, 12):
+        n_windows = len(ours.tokenizer(long_texts[0], truncation=True, max_length=24, stride=stride,
+                                       return_overflowing_tokens=True)["input_ids"])
+        assert n_windows >= 4  # more windows than a batch holds
+        got = ours(long_texts, stride=stride)
+        for text, mine in zip(long_texts, got):
+            assert_same_entities(mine, theirs(text, stride=stride), text)
+        assert max(e["end"] for e in got[0]) > 2 * first_window_end  # the text after the first window is tagged
+    assert max(e["end"] for e in ours(long_texts[0])) <= first_window_end  # without stride, it is not
+    with pytest.raises(ValueError, match='stride needs an aggregation_strategy other than "none"'):
+        ours(long_texts[0], stride=4, aggregation_strategy="none")
+    with pytest.raises(ValueError, match="stride=22 must be smaller than the 22 text tokens a window holds"):
+        ours(long_texts[0], stride=22)
+    with pytest.raises(ValueError, match="stride must be an int >= 0 or None, got -1"):
+        ours(long_texts[0], stride=-1)
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
+def test_token_classification_of_words_matches_transformers(tagger_dir, strategy):
+    """is_split_into_words=True: each input a list of words; offsets into the words joined by the delimiter; a
+    given word holding punctuation ("London,") is several words, as transformers reads it."""
+    ours = pipeline("token-classification", model=tagger_dir, aggregation_strategy=strategy)
+    theirs = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir, device="cpu",
+                                   aggregation_strategy=strategy)
+    batch = [t.split() for t in TEXTS]
+    for delimiter in (" ", " | "):
+        got = ours(batch, is_split_into_words=True, delimiter=delimiter)
+        assert len(got) == len(batch)
+        for words, mine in zip(batch, got):
+            ref = theirs([words], is_split_into_words=True, delimiter=delimiter)[0]
+            assert_same_entities(mine, ref, delimiter.join(words))
+            if strategy == "none":
+                assert [(e["index"], e["word"]) for e in mine] == [(e["index"], e["word"]) for e in ref]
+        one = ours(batch[0], is_split_into_words=True, delimiter=delimiter)  # a list of one result, as theirs
+        assert len(one) == 1 and entity_keys(one[0]) == entity_keys(got[0])
+    with pytest.raises(TypeError, match="with is_split_into_words=True an input is a list of words"):
+        ours("Ada met Babbage", is_split_into_words=True)
+    with pytest.raises(ValueError, match="is_split_into_words must be True or False, got 'yes'"):
+        ours(batch[0], is_split_into_words="yes")
+
+
 class FixedTagger(torch.nn.Module):
     """Stands in for a trained tagger: each token id's label comes from a table (O elsewhere)."""
 
