@@ -143,7 +143,8 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     for name, kind, help_text in [
         ("max-steps", int, "optimizer steps"), ("batch-size", int, "sequences per step and process"),
         ("grad-accum", int, "micro-batches per step"), ("seq-len", int, "tokens per instance"),
-        ("max-predictions", int, "masked tokens per sequence at most"), ("lr", float, "peak learning rate"),
+        ("max-predictions", int, "masked tokens per sequence at most (default: 15%% of --seq-len, rounded up: "
+                                  "20 at 128, 77 at 512)"), ("lr", float, "peak learning rate"),
         ("warmup-steps", int, "linear warm-up steps (default: 10%% of --max-steps)"), ("weight-decay", float, "AdamW/LAMB weight decay"),
         ("save-every", int, "steps between checkpoints (0: only the last)"),
         ("eval-every", int, "steps between held-out evaluations (0: only at the end)"),

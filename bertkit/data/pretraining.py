@@ -203,6 +203,15 @@ def _is_paths(value) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
+def _file_names(source) -> str | None:
+    """The corpus files of a `build_shards` source, comma-separated; None for documents given in memory."""
+    if _is_paths(source):
+        return str(source)
+    if isinstance(source, (list, tuple)) and source and all(_is_paths(p) for p in source):
+        return ", ".join(map(str, source))
+    return None
+
+
 def _documents(source, doc_boundary, wrapped, skip) -> Iterator[Sequence[str]]:
     """Paths (one or a list) are streamed through `iter_documents`; anything else is taken as documents."""
     if _is_paths(source):
@@ -345,7 +354,11 @@ def build_shards(
         for chunk in _chunks(_documents(documents_or_paths, doc_boundary, wrapped, skip), chunk_chars):
             flat, doc_offsets, starts = _tokenise_chunk(backend, chunk)
             num_documents += len(starts)
-            spans = _spans(starts, max_seq_length, short_seq_prob, dupe_factor, rng)
+            try:
+                spans = _spans(starts, max_seq_length, short_seq_prob, dupe_factor, rng)
+            except ValueError as e:  # name the corpus files, when given files (one can be a --eval-corpus)
+                files = _file_names(documents_or_paths)
+                raise ValueError(f"{files}: {e}" if files else str(e)) from None
             shards.append(_write_shard(tmp, f"shard_{len(shards):05d}", flat, doc_offsets, spans,
                                        special["cls_token_id"], special["sep_token_id"], token_dtype))
         meta = {

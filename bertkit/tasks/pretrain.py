@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..config import BertConfig
-from ..data.corpus import WIKITEXT_TITLE, python_docs_corpus, read_documents
+from ..data.corpus import WIKITEXT_SECTION, WIKITEXT_TITLE, python_docs_corpus, read_documents
 from ..data.masking import MaskingCollator, PretrainingBatches
 from ..data.pretraining import PretrainingDataset, build_shards
 from ..io import read_json, write_text_atomic
@@ -37,6 +37,8 @@ from .flags import check_ints, check_numbers
 from .pretrain_objective import PreTrainingObjective, evaluate_pretraining
 
 DOC_BOUNDARIES = {"blank": None, "wikitext": WIKITEXT_TITLE}
+# lines dropped with a named boundary: WikiText's section headings (BERT's data had text passages only)
+HEADINGS = {"wikitext": WIKITEXT_SECTION}
 
 
 @dataclass
@@ -55,7 +57,7 @@ class PretrainArgs:
     batch_size: int = 32
     grad_accum: int = 1
     seq_len: int = 128
-    max_predictions: int = 20
+    max_predictions: int | None = None  # None: 15% of seq_len, rounded up (20 at 128, 77 at 512)
     whole_word: bool = False
     lr: float = 1e-3
     warmup_steps: int | None = None   # None: 10% of max_steps
@@ -78,8 +80,11 @@ class PretrainArgs:
         from ..config import SIZES
         from ..train.optim import OPTIMIZERS
         from ..train.trainer import PRECISIONS
-        check_ints(self, ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len", "max_predictions",
+        check_ints(self, ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len",
                           "log_every", "keep_last", "eval_batches"))
+        check_ints(self, ("max_predictions",), optional=True)
+        if self.max_predictions is None:  # google-research/bert's max_predictions_per_seq: 15% of the length
+            self.max_predictions = -(-15 * self.seq_len // 100)  # rounded up, in integers (0.15 * 100 > 15)
         check_ints(self, ("save_every", "eval_every"), least=0)
         check_ints(self, ("warmup_steps",), least=0, optional=True)
         if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
@@ -148,13 +153,13 @@ def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
 
 
 def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: BertTokenizer) -> None:
-    boundary = _boundary(args.doc_boundary)
+    boundary, skip = _boundary(args.doc_boundary), HEADINGS.get(args.doc_boundary)
     common = dict(max_seq_length=args.seq_len, seed=args.seed)
     if args.eval_corpus:
-        build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, **common)
-        build_shards(args.eval_corpus, tok, heldout_dir, doc_boundary=boundary, **common)
+        build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, skip=skip, **common)
+        build_shards(args.eval_corpus, tok, heldout_dir, doc_boundary=boundary, skip=skip, **common)
         return
-    docs = read_documents(args.corpus, boundary)
+    docs = read_documents(args.corpus, boundary, skip=skip)
     if len(docs) < 40:
         raise ValueError(f"{', '.join(args.corpus)}: only {len(docs)} documents; holding out every 20th needs "
                          "at least 40 (or give --eval-corpus)")

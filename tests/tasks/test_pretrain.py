@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from bertkit import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 from bertkit.cli import main
+from bertkit.tasks.pretrain import PretrainArgs
 from bertkit.tokenizer import BertTokenizer
 from bertkit.train import trainer as trainer_module
 
@@ -162,6 +163,42 @@ def test_bad_flags_fail_before_any_work(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"bertkit pretrain: error: {message}")
     assert not (tmp_path / "run").exists()  # no tokenizer trained, no data built
+
+
+@pytest.mark.parametrize("seq_len, cap", [(128, 20), (512, 77), (100, 15), (64, 10)])
+def test_masked_tokens_per_sequence_default_to_15_percent_of_the_length(seq_len, cap):
+    """google-research/bert's max_predictions_per_seq: 20 at 128, and at 512 enough for 15% (a fixed 20 would
+    mask 3.9% of a full 512-token sequence)."""
+    assert PretrainArgs(seq_len=seq_len).max_predictions == cap
+    assert PretrainArgs(seq_len=512, max_predictions=80).max_predictions == 80
+
+
+def test_a_one_document_eval_corpus_is_named_in_the_error(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("one doc. It has text.\n\nanother doc here.\n\na third one.\n")
+    (tmp_path / "heldout.txt").write_text("A single document.\nOf two lines.\n")
+    assert main(["pretrain", "--corpus", str(tmp_path / "c.txt"), "--eval-corpus", str(tmp_path / "heldout.txt"),
+                 "--output", str(tmp_path / "run"), "--vocab-size", "60", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{tmp_path / 'heldout.txt'}: need at least 2 documents with text for next-sentence pairs, got 1" in err
+
+
+def test_wikitext_boundaries_drop_section_headings(tokenizer_dir, tmp_path):
+    """--doc-boundary wikitext: " = Title = " starts an article, " = = Section = = " lines are left out (BERT's
+    Wikipedia text had no headers)."""
+    from bertkit.data.pretraining import PretrainingDataset
+    from bertkit.tasks.pretrain import _build_data
+    articles = [f" = Garden {i} = \n\n The river is near the stone .\n = = Market = = \n The lamp is in the "
+                f"window .\n = = = Violin = = = \n The cloud is over the forest .\n" for i in range(4)]
+    (tmp_path / "wiki.txt").write_text("".join(articles))
+    tok = BertTokenizer.from_pretrained(tokenizer_dir)
+    args = PretrainArgs(corpus=[str(tmp_path / "wiki.txt")], eval_corpus=[str(tmp_path / "wiki.txt")],
+                        doc_boundary="wikitext", seq_len=32)
+    _build_data(args, tmp_path / "train", tmp_path / "heldout", tok)
+    data = PretrainingDataset(tmp_path / "train")
+    text = " ".join(tok.decode(data[i][0].tolist()) for i in range(len(data)))
+    assert "river" in text and "lamp" in text and "cloud" in text
+    assert "=" not in text and "garden" not in text and "market" not in text and "violin" not in text
 
 
 def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
