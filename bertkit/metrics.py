@@ -206,8 +206,11 @@ def pearson(preds: Any, labels: Any) -> float:
 
 
 def spearman(preds: Any, labels: Any) -> float:
-    """Spearman's rank correlation (Pearson on average ranks, so ties are handled); ``nan`` for a constant input."""
+    """Spearman's rank correlation (Pearson on average ranks, so ties are handled); ``nan`` for a constant input
+    or one holding nan or inf (a diverged model's outputs rank like any others, and could score 1.0)."""
     p, y = _floats(preds, labels)
+    if not (np.isfinite(p).all() and np.isfinite(y).all()):
+        return float("nan")
     return _corr(_average_ranks(p), _average_ranks(y))
 
 

@@ -85,6 +85,10 @@ def test_correlations_by_hand():
     assert spearman([1, 5, 2, 100], [0.1, 0.9, 0.3, 7]) == pytest.approx(1.0)  # monotone, not linear
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))  # constant input: undefined, as in scipy
     assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))
+    # a diverged model's nan/inf outputs: undefined, as scipy says (ranks would rate all-nan a perfect 1.0)
+    assert math.isnan(spearman([math.nan] * 5, [0.5, 1, 2, 3.5, 4]))
+    assert math.isnan(spearman([0.1, math.nan, 0.3, 0.4, 0.5], [1, 2, 3, 4, 5]))
+    assert math.isnan(spearman([1, 2, 3], [1, math.inf, 3])) and math.isnan(pearson([1, 2, 3], [1, math.inf, 3]))
 
 
 @pytest.mark.parametrize("fn", [accuracy, f1, precision, recall, matthews_corrcoef, pearson, spearman])

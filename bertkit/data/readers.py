@@ -268,10 +268,21 @@ def _labels(examples_or_labels: Iterable[Any]) -> list[str]:
     return [str(v) for v in labels]
 
 
+def label_key(label: Any) -> float | str:
+    """What makes two labels one class: their number for numeric labels ("1", "1.0", " 1 "), else their text
+    without surrounding spaces."""
+    v = _number(label)
+    return v if v is not None else str(label).strip()
+
+
 def label_set(examples: Iterable[Any]) -> list[str]:
-    """The distinct labels of `Example` rows (or of plain label strings), sorted: numerically when every label is a
-    number ("2" before "10"), else as text."""
-    distinct = set(_labels(examples))
+    """The distinct labels of `Example` rows (or of plain label strings), one per `label_key` (named by its
+    shortest spelling, without surrounding spaces), sorted: numerically when every label is a number ("2"
+    before "10"), else as text."""
+    names: dict[float | str, str] = {}
+    for v in sorted(set(_labels(examples)), key=lambda v: (len(v.strip()), v)):
+        names.setdefault(label_key(v), v.strip())
+    distinct = set(names.values())
     if all(_number(v) is not None for v in distinct):
         return sorted(distinct, key=lambda v: (_number(v), v))
     return sorted(distinct)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import metrics as M
-from ..data.readers import Example, is_regression, label_maps, label_set
+from ..data.readers import Example, is_regression, label_key, label_maps, label_set
 from ..modeling import packing as P
 from ..train import distributed as dist
 from ..train.trainer import pin, to_device
@@ -112,6 +112,9 @@ def _label_value(ex: Example, info: LabelInfo, source: str) -> int | float | Non
     label = str(ex.label)
     if label in info.labels:
         return info.labels.index(label)
+    same = [i for i, name in enumerate(info.labels) if label_key(name) == label_key(label)]  # "1.0" for "1"
+    if same:
+        return same[0]
     if info.labels == tuple(f"LABEL_{i}" for i in range(len(info.labels))) and label.isdigit() \
             and int(label) < len(info.labels):
         return int(label)  # a model with transformers' default names: the data's label i is LABEL_i

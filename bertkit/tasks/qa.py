@@ -288,10 +288,18 @@ def evaluate_qa(model, features: Sequence[QAFeature], examples: Sequence[SquadEx
     logits = predict_qa_logits(model, features, batch_size, pad_id, progress)
     preds = postprocess(features, logits, examples, n_best=n_best, max_answer_length=max_answer_length,
                         version_2=version_2, null_threshold=null_threshold)
-    answers = {q: p["text"] for q, p in preds.items()}
-    metrics = squad_metrics(answers, examples, version_2)
-    if version_2:  # as the official script given the null odds: the best --null-threshold and what it reaches
-        metrics.update(M.squad_best_thresholds(answers, null_odds(preds), examples))
+    return score_predictions(preds, examples, version_2)
+
+
+def score_predictions(preds: dict[str, dict[str, Any]], examples: Sequence[SquadExample], version_2: bool
+                      ) -> dict[str, Any]:
+    """`postprocess`'s predictions scored: `squad_metrics` of the answers, and for v2.0, as the official script
+    given the null odds, the best --null-threshold and what it reaches. The sweep answers each question with
+    its best span (the answers were cut at the current threshold, so a better one above it would be missed)."""
+    metrics = squad_metrics({q: p["text"] for q, p in preds.items()}, examples, version_2)
+    if version_2:
+        spans = {q: p["nbest"][0][0] if p["nbest"] else "" for q, p in preds.items()}
+        metrics.update(M.squad_best_thresholds(spans, null_odds(preds), examples))
     return metrics
 
 

@@ -184,6 +184,8 @@ def test_format_from_extension(tmp_path):
 def test_label_helpers():
     assert label_set(["10", "2", "1", "2"]) == ["1", "2", "10"]  # numeric order when all are numbers
     assert label_set(["b", "10", "a"]) == ["10", "a", "b"]
+    assert label_set(["1", "1.0", "0", " 1 ", "0.0"]) == ["0", "1"]  # one class per number, shortest spelling
+    assert label_set(["pos ", "neg", "pos"]) == ["neg", "pos"]  # surrounding spaces are not part of a label
     assert label_set([Example("x", label="neg"), Example("y", label="pos")]) == ["neg", "pos"]
     with pytest.raises(ValueError, match="no label"):
         label_set([Example("x")])

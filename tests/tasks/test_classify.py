@@ -253,6 +253,10 @@ def test_integer_labels_read_as_transformers_default_label_names(toy):
         encode_examples(tok, [Example("c", None, "2", 4)], generic, 16, source="data.tsv")
     with pytest.raises(ValueError, match=r"label '1' is not one of the model's labels \['neg', 'pos'\]"):
         encode_examples(tok, [Example("c", None, "1", 4)], LabelInfo(False, ("neg", "pos")), 16)
+    # another spelling of a label: the number ("1.0" for "1") or the text with spaces around it
+    feats = encode_examples(tok, [Example("d", None, "1.0", 5), Example("e", None, " 0", 6),
+                                  Example("f", None, "pos ", 7)], LabelInfo(False, ("0", "1", "pos")), 16)
+    assert [f.label for f in feats] == [1, 0, 2]
 
 
 def test_a_dev_label_unseen_in_training_is_an_error(toy, tmp_path, capsys):

@@ -307,6 +307,20 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
     assert json.loads((toy / "eval_shifted.json").read_text())["f1"] == pytest.approx(ev["f1"])
 
 
+def test_the_best_null_threshold_may_lie_above_the_one_used():
+    """q1 is answered right but its null odds (1.0) exceed the threshold used (0), so it abstains; q2 is
+    unanswerable (odds 2.0). Answering q1 (threshold 1.0) scores 100, which the sweep must find."""
+    ctx = "The sky is blue today."
+    examples = [SquadExample("q1", "What color?", ctx, [("blue", 11)]),
+                SquadExample("q2", "What size?", ctx, [], is_impossible=True)]
+    preds = {"q1": {"text": "", "score": 5.0, "null_score": 6.0, "nbest": [("blue", 11, 15, 5.0)]},
+             "q2": {"text": "", "score": 1.0, "null_score": 3.0, "nbest": [("today", 16, 21, 1.0)]}}
+    got = qa_mod.score_predictions(preds, examples, version_2=True)
+    assert got["f1"] == pytest.approx(50.0)
+    assert got["best_f1"] == pytest.approx(100.0) and got["best_f1_thresh"] == 1.0
+    assert got["best_exact"] == pytest.approx(100.0) and got["best_exact_thresh"] == 1.0
+
+
 def test_finetune_qa_detects_v2_from_unanswerable_questions(toy, tmp_path):
     data = toy_squad(24, 2)
     for para in data["data"][0]["paragraphs"][::2]:   # every other question loses its color: unanswerable
