@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import read_columns
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs, predict_batches
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, labelled, packed_to,
+                       pad_inputs, predict_batches)
 from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, table_format,
                        train_keep_best, write_eval, write_predictions)
 
@@ -141,12 +142,12 @@ class ChoiceObjective(FinetuneObjective):
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        return {"choice": int(batch["labels"].shape[0])}
+        return {"choice": int(labelled(batch["labels"]).sum())}
 
     def forward(self, batch: dict[str, torch.Tensor]):
         logits = batch_logits(self.model, batch)  # (batch, choices)
         labels = batch["labels"]
-        loss = F.cross_entropy(logits, labels, reduction="sum")
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
         with torch.no_grad():
             stats = {"acc_choice": (logits.argmax(-1) == labels).sum()}
         return {"choice": loss}, stats

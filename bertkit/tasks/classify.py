@@ -225,14 +225,32 @@ def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = Fal
     return batch
 
 
+IGNORE = -100  # a class id, span position or tag that the losses and counts leave out
+
+
+def void_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`batch` with every label ignored: class ids, span positions and tags IGNORE, regression targets nan."""
+    out = dict(batch)
+    for key in ("labels", "start_positions", "end_positions"):
+        if key in out:
+            out[key] = torch.full_like(out[key], math.nan if out[key].is_floating_point() else IGNORE)
+    return out
+
+
+def labelled(labels: torch.Tensor) -> torch.Tensor:
+    """Where `labels` hold a label (not IGNORE, not a nan regression target)."""
+    return ~labels.isnan() if labels.is_floating_point() else labels != IGNORE
+
+
 class ClassificationBatches:
     """Shuffled padded batches over in-memory features, forever, split across processes. Epoch `e` visits the
     features in the order of a permutation drawn from `seed + e`, cut into global batches of
     `batch_size * world_size`; rank r takes items r, r + world_size, ... of each, so 2 processes see the batches
-    of 1 process with twice the batch size. The last global batch of an epoch may be smaller (padded with items
-    from the start of the epoch's order to a multiple of `world_size`, so no rank gets an empty batch).
-    `state_dict()` is the position of the next batch, so a source restored with `load_state_dict()` continues
-    exactly where it stopped."""
+    of 1 process with twice the batch size. The last global batch of an epoch may be smaller, and split
+    unevenly (the trainer divides by the global count, so the step is still one process's); a rank it leaves
+    with no item gets the epoch's first item with its labels voided (`void_labels`): it computes, weighs
+    nothing, and the collectives of the step still see every rank. `state_dict()` is the position of the next
+    batch, so a source restored with `load_state_dict()` continues exactly where it stopped."""
 
     def __init__(self, features: Sequence[Feature], batch_size: int, *, pad_id: int = 0, seed: int = 0,
                  regression: bool = False, rank: int = 0, world_size: int = 1):
@@ -275,10 +293,12 @@ class ClassificationBatches:
             order = self.order(self.epoch)
             while self.batch < self.batches_per_epoch:
                 b = self.batch
-                chunk = order[b * g:(b + 1) * g]
-                chunk += order[:-len(chunk) % self.world_size]  # a multiple of the world size
+                mine = order[b * g:(b + 1) * g][self.rank::self.world_size]
                 self.batch = b + 1
-                yield self.collate([self.features[i] for i in chunk[self.rank::self.world_size]])
+                if mine:
+                    yield self.collate([self.features[i] for i in mine])
+                else:
+                    yield void_labels(self.collate([self.features[order[0]]]))
             self.epoch += 1
             self.batch = 0
 
@@ -324,14 +344,17 @@ class ClassificationObjective(FinetuneObjective):
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        return {"cls": int(batch["labels"].shape[0])}
+        return {"cls": int(labelled(batch["labels"]).sum())}
 
     def forward(self, batch: dict[str, torch.Tensor]):
         logits = batch_logits(self.model, batch)
         labels = batch["labels"]
         if self.model.config.num_labels == 1:
-            return {"cls": F.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")}, {}
-        loss = F.cross_entropy(logits, labels, reduction="sum")
+            pred = logits.squeeze(-1)
+            # a voided (nan) target takes the prediction's value: no loss, and no nan in the gradient
+            target = torch.where(labelled(labels), labels.float(), pred.detach())
+            return {"cls": F.mse_loss(pred, target, reduction="sum")}, {}
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
         with torch.no_grad():
             stats = {"acc_cls": (logits.argmax(-1) == labels).sum()}
         return {"cls": loss}, stats

@@ -40,7 +40,8 @@ from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
-from .classify import ClassificationBatches, FinetuneObjective, packed_to, pad_inputs, predict_batches
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, labelled, packed_to, pad_inputs,
+                       predict_batches)
 from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best, write_eval,
                        write_predictions)
 
@@ -189,12 +190,13 @@ class QAObjective(FinetuneObjective):
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        return {"qa": int(batch["start_positions"].shape[0])}
+        return {"qa": int(labelled(batch["start_positions"]).sum())}
 
     def forward(self, batch: dict[str, torch.Tensor]):
         start, end = _logits(self.model, batch)  # (batch, seqlen) each
         sp, ep = batch["start_positions"], batch["end_positions"]
-        loss = (F.cross_entropy(start, sp, reduction="sum") + F.cross_entropy(end, ep, reduction="sum")) / 2
+        loss = (F.cross_entropy(start, sp, ignore_index=IGNORE, reduction="sum")
+                + F.cross_entropy(end, ep, ignore_index=IGNORE, reduction="sum")) / 2
         with torch.no_grad():
             stats = {"acc_qa": ((start.argmax(-1) == sp) & (end.argmax(-1) == ep)).sum()}
         return {"qa": loss}, stats

@@ -31,13 +31,12 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, _read_text, label_maps
-from .classify import ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs, predict_batches
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs,
+                       predict_batches)
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
            "model_kwargs"]
-
-IGNORE = -100
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from bertkit.cli import main
 from bertkit.config import BertConfig
 from bertkit.data.readers import Example
 from bertkit.modeling import BertModel
-from bertkit.tasks.classify import (ClassificationBatches, ClassificationObjective, LabelInfo, encode_examples,
-                                    evaluate_classification, label_info, predict, predict_logits)
+from bertkit.tasks.classify import (IGNORE, ClassificationBatches, ClassificationObjective, LabelInfo, encode_examples,
+                                    evaluate_classification, label_info, labelled, predict, predict_logits)
 from bertkit.tokenizer import BertTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -291,29 +291,67 @@ def test_batches_resume_exactly_and_pad_per_batch():
     assert sorted(src.order(0)) == list(range(10)) and src.order(0) != src.order(1)
 
 
+def _features(n, regression=False):
+    labels = [str(i % 2 + (0.5 if regression else 0)) for i in range(n)]
+    return encode_examples(BertTokenizer.train_from_iterator(["a b c d e f"] * 3, vocab_size=40),
+                           [Example("a " * (i % 7 + 1), None, labels[i], i) for i in range(n)],
+                           label_info(labels), 16)
+
+
+def _rows(batch):
+    """Each labelled row without its padding (which depends on the batch), with its label."""
+    keep = labelled(batch["labels"]).tolist()
+    return sorted((tuple(ids[:n]), y) for ids, n, y, k in zip(batch["input_ids"].tolist(),
+                  batch["attention_mask"].sum(1).tolist(), batch["labels"].tolist(), keep) if k)
+
+
 def test_batches_split_each_global_batch_across_ranks():
     """Under torchrun each rank takes its share of each global batch: 2 ranks of batch 2 together see one
-    process's batches of 4. The last global batch (10 = 4 + 4 + 2 rows; with 3 ranks 9 + 1) is padded from the
-    start of the epoch's order to a multiple of the world size, so no rank gets an empty batch."""
-    feats = encode_examples(BertTokenizer.train_from_iterator(["a b c d e f"] * 3, vocab_size=40),
-                            [Example("a " * (i % 7 + 1), None, str(i % 2), i) for i in range(10)],
-                            label_info([str(i % 2) for i in range(10)]), 16)
-
-    def rows(batch):  # each row without its padding, which depends on the batch
-        return sorted(tuple(ids[:n]) for ids, n in zip(batch["input_ids"].tolist(), batch["attention_mask"].sum(1)))
-
+    process's batches of 4, the last (10 = 4 + 4 + 2 rows) too. With 3 ranks of batch 3 the last global batch
+    holds 1 row (9 + 1): the two ranks left without one get a row whose labels are void, which weighs nothing."""
+    feats = _features(10)
     one = iter(ClassificationBatches(feats, 4, seed=5))
     ranks = [iter(ClassificationBatches(feats, 2, seed=5, rank=r, world_size=2)) for r in range(2)]
     assert ClassificationBatches(feats, 2, world_size=2).batches_per_epoch == 3
     for _ in range(6):  # two epochs
         parts = [next(it) for it in ranks]
-        assert rows(next(one)) == sorted(rows(parts[0]) + rows(parts[1]))
+        assert _rows(next(one)) == sorted(_rows(parts[0]) + _rows(parts[1]))
     three = [ClassificationBatches(feats, 3, seed=5, rank=r, world_size=3) for r in range(3)]
     assert three[0].batches_per_epoch == 2
     last = [[b for _, b in zip(range(2), iter(src))][-1] for src in three]
-    assert [b["input_ids"].shape[0] for b in last] == [1, 1, 1]  # 1 row left, padded with 2 from the start
+    assert [b["input_ids"].shape[0] for b in last] == [1, 1, 1]
+    assert [len(_rows(b)) for b in last] == [1, 0, 0] and (last[1]["labels"] == IGNORE).all()
     with pytest.raises(ValueError, match="rank"):
         ClassificationBatches(feats, 2, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_ranks_with_an_uneven_last_batch_step_as_one_process(regression):
+    """The last global batch of 9 rows split over 2 ranks of batch 4 (1 row, and a void one): the summed
+    gradients of the ranks' losses, each over the global count as the trainer takes them, are one process's."""
+    from bertkit.modeling import BertForSequenceClassification
+    feats = _features(9, regression)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=20, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     num_labels=1 if regression else 2)
+    obj = ClassificationObjective(BertForSequenceClassification(cfg))
+
+    def grads(batches):
+        obj.zero_grad()
+        total = sum(obj.counts(b)["cls"] for b in batches)
+        for b in batches:
+            (obj(b)[0]["cls"] / total).backward()
+        return [p.grad.clone() for p in obj.parameters() if p.grad is not None]
+
+    one = [b for _, b in zip(range(3), ClassificationBatches(feats, 8, seed=1, regression=regression))][-2:]
+    ranks = [[b for _, b in zip(range(3), ClassificationBatches(feats, 4, seed=1, regression=regression, rank=r,
+                                                                 world_size=2))][-2:] for r in range(2)]
+    for step in range(2):  # the last batch of epoch 0 (1 row) and the first of epoch 1
+        parts = [ranks[0][step], ranks[1][step]]
+        assert sum(len(_rows(b)) for b in parts) == len(_rows(one[step])) == (1 if step == 0 else 8)
+        for a, b in zip(grads([one[step]]), grads(parts)):
+            assert torch.isfinite(b).all() and torch.allclose(a, b, atol=1e-7)
 
 
 def test_objective_sums_and_counts():
