@@ -149,7 +149,8 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
         ("save-every", int, "steps between checkpoints (0: only the last)"),
         ("eval-every", int, "steps between held-out evaluations (0: only at the end)"),
         ("log-every", int, "steps between metrics.jsonl lines"), ("keep-last", int, "checkpoints kept"),
-        ("eval-batches", int, "held-out batches per evaluation"), ("seed", int, "random seed"),
+        ("eval-batches", int, "held-out batches (of the global batch size) per evaluation"),
+        ("seed", int, "random seed"),
     ]:
         default = getattr(d, name.replace("-", "_"))
         shown = "" if default is None else f" (default {default})"

@@ -317,7 +317,7 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
 # what --resume may change: how the run is shown or executed, not what it computes; its length (more steps); and the
 # per-process batch, which the trainer checks (it may change with the number of processes, the global batch may not)
 RESUME_FREE = frozenset({"resume", "progress", "compile", "gradient_checkpointing", "fsdp", "log_every", "epochs",
-                         "max_steps", "seeds", "batch_size", "grad_accum"})
+                         "max_steps", "seeds", "batch_size", "grad_accum", "output"})  # output: the run, wherever it is
 
 
 def _refuse_unfinished(out: Path) -> None:

@@ -167,6 +167,12 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
     build_shards(docs[::20], tok, heldout_dir, **common)
 
 
+def _micro_batches(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """A collated batch cut into batches of at most `size` rows."""
+    n = len(batch["input_ids"])
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
 def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
     saved = run / "tokenizer"
     if args.tokenizer:
@@ -177,12 +183,13 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
         except (FileNotFoundError, OSError) as e:
             raise ValueError(f"--init-from {args.init_from}: no tokenizer found with the model ({e}); "
                              "pass --tokenizer") from None
-    if saved.is_dir() and not args.resume and dist.is_main():
-        shutil.rmtree(saved)  # left by a run that never checkpointed: this one may read another corpus
-    if not saved.is_dir() and dist.is_main():
-        tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased)
-        tok.save_pretrained(saved)
-    dist.barrier()
+
+    def train():  # rank 0; the others wait, and get its error if it fails
+        if saved.is_dir() and not args.resume:
+            shutil.rmtree(saved)  # left by a run that never checkpointed: this one may read another corpus
+        if not saved.is_dir():
+            BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased).save_pretrained(saved)
+    dist.on_main(train)
     return BertTokenizer.from_pretrained(saved)
 
 
@@ -243,28 +250,32 @@ def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int
 
 
 # what the arguments check on --resume leaves alone: how the run is shown, saved or executed, not what it computes;
-# its length (more steps); and what the data check (_prepare_data) compares by content (the corpus and tokenizer
-# paths, which may move) or refuses with its own message (seq_len, doc_boundary, seed), as the trainer does for the
-# batch (a per-process batch may change with the number of processes, the global one may not)
+# its length (more steps); where the run directory is (--output, by any path); what the data check (_prepare_data)
+# compares by content (the corpus and tokenizer paths, which may move) or refuses with its own message (seq_len,
+# doc_boundary, seed), as the trainer does for the batch (a per-process batch may change with the number of
+# processes, the global one may not)
 RESUME_FREE = frozenset({"resume", "compile", "gradient_checkpointing", "fsdp", "log_every", "keep_last", "save_every",
                          "eval_every", "eval_batches", "max_steps", "warmup_steps", "corpus", "eval_corpus",
-                         "tokenizer", "seq_len", "doc_boundary", "seed", "batch_size", "grad_accum"})
+                         "tokenizer", "seq_len", "doc_boundary", "seed", "batch_size", "grad_accum", "output"})
 
 
 def run_pretraining(args: PretrainArgs) -> dict:
     info = dist.setup()
     run = Path(args.output)
-    if not args.resume and dist.is_main() and (run / "latest").exists():
-        raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
     if args.config:
         BertConfig.from_json_file(args.config)  # a bad --config fails before any tokenizer or data is built
-    run.mkdir(parents=True, exist_ok=True)
-    if not args.corpus:
+    docs_corpus = not args.corpus
+    if docs_corpus:
         args.corpus = [str(run / "python-docs.txt")]
-        if dist.is_main() and not Path(args.corpus[0]).exists():
-            dist.print0("no --corpus given: building one from the documentation shipped with Python")
+
+    def start():  # rank 0, the others waiting (and failing with its error)
+        if not args.resume and (run / "latest").exists():
+            raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
+        run.mkdir(parents=True, exist_ok=True)
+        if docs_corpus and not Path(args.corpus[0]).exists():
+            print("no --corpus given: building one from the documentation shipped with Python")
             python_docs_corpus(args.corpus[0])
-    dist.barrier()
+    dist.on_main(start)
     args_path = run / "pretrain_args.json"
     if args.resume:
         check_resumed_settings(args_path, vars(args), RESUME_FREE)
@@ -273,9 +284,7 @@ def run_pretraining(args: PretrainArgs) -> dict:
     tok = _load_or_train_tokenizer(args, run)
     torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
     model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
-    if dist.is_main():
-        _prepare_data(args, run, tok)
-    dist.barrier()
+    dist.on_main(lambda: _prepare_data(args, run, tok))
     train_ds, heldout_ds = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
     dist.print0(f"corpus: {len(train_ds):,} training and {len(heldout_ds):,} held-out instances "
                 f"of up to {args.seq_len} tokens; vocabulary {len(tok):,}")
@@ -285,14 +294,17 @@ def run_pretraining(args: PretrainArgs) -> dict:
                                               whole_word=args.whole_word)
     batches = PretrainingBatches(train_ds, args.batch_size, collator, seed=args.seed, rank=info.rank,
                                  world_size=info.world_size)
-    heldout = PretrainingBatches(heldout_ds, min(args.batch_size, len(heldout_ds)), collator,
-                                 seed=args.seed + 1)
+    # held-out batches of the global batch size, so that the held-out set and its masks do not depend on how
+    # a run splits it into processes and micro-batches; each runs in micro-batches of --batch-size
+    global_batch = args.batch_size * args.grad_accum * info.world_size
+    heldout = PretrainingBatches(heldout_ds, min(global_batch, len(heldout_ds)), collator, seed=args.seed + 1)
     n_eval = min(args.eval_batches, heldout.batches_per_epoch)
 
     def evaluate(_model):
         heldout.load_state_dict({"epoch": 0, "batch": 0})  # the same masks every time
         it = iter(heldout)
-        return evaluate_pretraining(objective, (next(it) for _ in range(n_eval)))
+        return evaluate_pretraining(objective, (micro for _ in range(n_eval)
+                                                for micro in _micro_batches(next(it), args.batch_size)))
 
     warmup = args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,

@@ -16,9 +16,11 @@ Two ways to spread training over the ranks:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable
+from datetime import timedelta
+from typing import Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -60,6 +62,8 @@ def setup(backend: str | None = None, device: str | torch.device | None = None) 
     if _info is not None:
         return _info
     world = _env_int("WORLD_SIZE", 1)
+    if world > 1 and not os.environ.get("RANK"):
+        raise ValueError(f"WORLD_SIZE={world} but no RANK: launch the processes with torchrun, which sets both")
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if not 0 <= rank < world:
@@ -84,8 +88,38 @@ def setup(backend: str | None = None, device: str | torch.device | None = None) 
         chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
         if not dist.is_initialized():
             dist.init_process_group(chosen, rank=rank, world_size=world)
+        global _waiting_group
+        _waiting_group = dist.new_group(backend="gloo", timeout=WAIT_FOR_MAIN)
     _info = DistInfo(rank, world, local_rank, dev, chosen)
     return _info
+
+
+# How long the other ranks wait for rank 0's one-off work in `on_main` (a vocabulary, data shards from a big
+# corpus), on a gloo group of their own: the process group's timeout (10 minutes under NCCL) stays short.
+WAIT_FOR_MAIN = timedelta(hours=24)
+_waiting_group = None
+T = TypeVar("T")
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """`fn()` on rank 0 alone (work that writes shared files, or checks them), the other ranks waiting for it.
+    A ValueError or OSError there is raised on every rank with its message, so that each exits with the
+    one-line error instead of dying in its next collective. Returns what `fn` returns on rank 0, else None."""
+    if not is_distributed():
+        return fn()
+    result = failure = None
+    if is_main():
+        try:
+            result = fn()
+        except (ValueError, OSError) as e:
+            failure = e
+    box = [None if failure is None else str(failure)]
+    dist.broadcast_object_list(box, src=0, group=_waiting_group)
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        raise ValueError(box[0])
+    return result
 
 
 def info() -> DistInfo:
@@ -372,8 +406,8 @@ def barrier() -> None:
 def cleanup() -> None:
     """Leave the process group (if this module joined one) and forget the setup. The ranks leave together
     (a barrier first): one tearing its group down while another still works on it can abort the process."""
-    global _info
+    global _info, _waiting_group
     if dist.is_available() and dist.is_initialized():
         barrier()
         dist.destroy_process_group()
-    _info = None
+    _info = _waiting_group = None

@@ -601,11 +601,13 @@ class Trainer:
         old = (int(saved["batch_size"]) * before, int(saved.get("grad_accum", 1)))
         new = (self.cfg.batch_size * self.info.world_size, self.cfg.grad_accum)
         if old != new:
-            hint = old[0] / self.info.world_size
+            per, left = divmod(old[0], self.info.world_size)
+            hint = (f"a batch size of {per} per process" if not left else
+                    f"no batch size per process fits {self.info.world_size} processes")
             raise ValueError(
                 f"{path} was written by {before} process{'es' if before > 1 else ''}, each micro-batch {old[0]} "
-                f"sequences in all, accumulation {old[1]}; resuming on {self.info.world_size} needs the same (a "
-                f"batch size of {hint:g} per process and accumulation {old[1]}), not {new[0]} and {new[1]}")
+                f"sequences in all, accumulation {old[1]}; resuming on {self.info.world_size} needs the same "
+                f"({hint}, and accumulation {old[1]}), not {new[0]} and {new[1]}")
 
     def _check_regrouping(self, path: str, state: dict) -> None:
         """Resuming with another number of processes: allowed when each micro-batch step still takes the same

@@ -130,6 +130,8 @@ def test_data_of_other_input_is_rebuilt_or_refused(corpus, tokenizer_dir, tmp_pa
     moved.parent.mkdir()
     shutil.copy(corpus, moved)
     assert pretrain(moved, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")  # the run directory moved too
+    assert pretrain(moved, tmp_path / "elsewhere" / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
 
 
 def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus, tokenizer_dir, tmp_path, capsys):
@@ -209,6 +211,19 @@ def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and f"{bad}:4" in err and "UTF-8" in err
 
 
+def test_torchrun_a_refusal_on_rank_0_is_a_one_line_error_on_every_rank(corpus, tokenizer_dir, tmp_path, torchrun):
+    """Checks that rank 0 makes alone (an old run in --output; later the data) reach the other ranks, which exit
+    with the same message instead of dying in their next collective."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latest").write_text("step-4\n")
+    run = torchrun("-m", "bertkit", "pretrain", "--corpus", corpus, "--tokenizer", tokenizer_dir,
+                   "--output", tmp_path / "run", "--max-steps", "2", "--batch-size", "2", "--seq-len", "32")
+    assert run.returncode != 0
+    message = f"bertkit pretrain: error: {tmp_path / 'run'} already holds a run; pass --resume"
+    assert run.stderr.count(message) == 2, run.stderr[-3000:]  # both ranks
+    assert "Connection closed" not in run.stderr and "gloo" not in run.stderr.lower()
+
+
 def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus, tokenizer_dir, tmp_path, torchrun):
     """`torchrun --nproc-per-node 2 -m bertkit pretrain --batch-size 2`, with DDP and with `--fsdp`, against one
     process with batch 4 (dropout 0, so the ranks' random streams do not matter): the same weights up to float
@@ -232,7 +247,7 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus,
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         collator = MaskingCollator.from_tokenizer(BertTokenizer.from_pretrained(tokenizer_dir),
                                                   max_predictions_per_seq=20)
-        batches = PretrainingBatches(PretrainingDataset(run / "data" / "heldout"), 2, collator, seed=6)
+        batches = PretrainingBatches(PretrainingDataset(run / "data" / "heldout"), 4, collator, seed=6)  # global
         it = iter(batches)
         objective = PreTrainingObjective(AutoModelForPreTraining.from_pretrained(run))
         alone = evaluate_pretraining(objective, [next(it) for _ in range(min(3, batches.batches_per_epoch))])
@@ -248,8 +263,10 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(corpus,
         print(f"\ntorchrun {name} 2 ranks x 2 vs 1 process x 4, 3 steps: max |weight diff| = {diff:.2e}")
         assert diff <= 1e-6
         logged, alone = held_out(tmp_path / name)
+        one_logged = held_out(tmp_path / "one")[0]  # the held-out set does not depend on the split into ranks
         for k in ("mlm_accuracy", "mlm_loss", "nsp_accuracy", "nsp_loss"):
             assert logged[k] == pytest.approx(alone[k], rel=1e-5), k
+            assert logged[k] == pytest.approx(one_logged[k], rel=1e-5), k
 
 
 def test_init_from_continues_from_a_finished_run(corpus, tmp_path, capsys):

@@ -235,4 +235,7 @@ def test_setup_rejects_bad_env(monkeypatch):
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ValueError, match="outside"):
         distributed.setup()
+    monkeypatch.delenv("RANK")  # every process would take rank 0
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 but no RANK: launch the processes with torchrun"):
+        distributed.setup()
     distributed.cleanup()
