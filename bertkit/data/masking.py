@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from .labels import void_labels
+
 __all__ = ["MaskingCollator", "PretrainingBatches", "example_seed"]
 
 _MASK64 = (1 << 64) - 1
@@ -217,9 +219,9 @@ class PretrainingBatches:
     seed + e))`, cut into global batches of `batch_size * world_size`; rank r takes items r, r + world_size,
     ... of each global batch. The masks of the item at position j of global batch b of epoch e come from a
     generator seeded with `example_seed(seed, e, b, j)`, so a run on 2 processes sees exactly the batches of a
-    1-process run with twice the batch size. With `drop_last=False` the last, smaller global batch is kept
-    (padded with items from the start of the epoch's order to a multiple of `world_size`, so no rank gets an
-    empty batch). `state_dict()` is the position of the next batch; `load_state_dict` resumes there. Iterators
+    1-process run with twice the batch size. With `drop_last=False` the last, smaller global batch is kept,
+    split unevenly; a rank it leaves without an item gets one with void labels (`labels.void_labels`), which
+    weighs nothing. `state_dict()` is the position of the next batch; `load_state_dict` resumes there. Iterators
     share this object's position.
     """
 
@@ -273,12 +275,12 @@ class PretrainingBatches:
             epoch, batch = self.epoch, self.batch
             order = self._epoch_order(epoch)
             items = order[batch * self.global_batch_size:(batch + 1) * self.global_batch_size]
-            short = -len(items) % self.world_size
-            if short:
-                items = torch.cat([items, order[:short]])
             positions = range(self.rank, len(items), self.world_size)
+            void = not positions  # left without an item: the epoch's first, weighing nothing
+            if void:
+                items, positions = order[:1], range(1)
             examples = [self.dataset[int(items[j])] for j in positions]
             generators = [torch.Generator().manual_seed(example_seed(self.seed, epoch, batch, j)) for j in positions]
             out = self.collator(examples, generators)
             self.batch = batch + 1
-            yield out
+            yield void_labels(out) if void else out

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import metrics as M
+from ..data.labels import IGNORE, labelled, void_labels
 from ..data.readers import Example, is_regression, label_key, label_maps, label_set
 from ..modeling import packing as P
 from ..train import distributed as dist
@@ -223,23 +224,6 @@ def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = Fal
         batch["labels"] = torch.tensor([f.label for f in features],
                                        dtype=torch.float32 if regression else torch.long)
     return batch
-
-
-IGNORE = -100  # a class id, span position or tag that the losses and counts leave out
-
-
-def void_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`batch` with every label ignored: class ids, span positions and tags IGNORE, regression targets nan."""
-    out = dict(batch)
-    for key in ("labels", "start_positions", "end_positions"):
-        if key in out:
-            out[key] = torch.full_like(out[key], math.nan if out[key].is_floating_point() else IGNORE)
-    return out
-
-
-def labelled(labels: torch.Tensor) -> torch.Tensor:
-    """Where `labels` hold a label (not IGNORE, not a nan regression target)."""
-    return ~labels.isnan() if labels.is_floating_point() else labels != IGNORE
 
 
 class ClassificationBatches:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.labels import labelled
 from ..modeling import BertForPreTraining
 from ..modeling import packing as P
 from ..train import distributed as dist
@@ -39,9 +40,8 @@ class PreTrainingObjective(nn.Module):
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        if "mlm_targets" in batch:
-            return {"mlm": int(batch["mlm_targets"].numel()), "nsp": int(batch["input_ids"].shape[0])}
-        return {"mlm": int((batch["labels"] != -100).sum()), "nsp": int(batch["input_ids"].shape[0])}
+        mlm = batch["mlm_targets"].numel() if "mlm_targets" in batch else labelled(batch["labels"]).sum()
+        return {"mlm": int(mlm), "nsp": int(labelled(batch["next_sentence_label"]).sum())}
 
     def forward(self, batch: dict):
         """`batch` as collated, or after `prepare` (then no host sync happens here)."""

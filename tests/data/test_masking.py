@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bertkit.data.masking import MaskingCollator, PretrainingBatches, example_seed
+from bertkit.tasks.pretrain_objective import PreTrainingObjective
 
 VOCAB = 1000
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -252,12 +253,20 @@ def test_two_ranks_equal_one_rank(whole_word):
 
 def test_uneven_last_batch_and_errors():
     collator = _collator()
-    data = DATASET[:43]  # global batch 8: 5 full batches and 3 left, padded to 4 for two ranks
+    data = DATASET[:43]  # global batch 8: 5 full batches and 3 left, split 2 + 1
     ranks = [PretrainingBatches(data, 4, collator, seed=0, rank=r, world_size=2, drop_last=False) for r in (0, 1)]
     batches = [_take(b, 6) for b in ranks]
-    assert [len(b[5]["input_ids"]) for b in batches] == [2, 2]
+    assert [len(b[5]["input_ids"]) for b in batches] == [2, 1]
     seen = {_original(r) for b in batches for x in b for r in _rows(x)}
     assert seen == {tuple(e[0].tolist()) for e in data}
+    # 1 left: rank 1 gets a row whose labels are void (it weighs nothing in the objective's counts and losses)
+    ranks = [PretrainingBatches(DATASET[:41], 4, collator, seed=0, rank=r, world_size=2, drop_last=False)
+             for r in (0, 1)]
+    last = [_take(b, 6)[5] for b in ranks]
+    assert [len(b["input_ids"]) for b in last] == [1, 1]
+    assert (last[0]["labels"] != -100).any() and (last[1]["labels"] == -100).all()
+    assert (last[1]["next_sentence_label"] == -100).all()
+    assert PreTrainingObjective.counts(last[1]) == {"mlm": 0, "nsp": 0}
     with pytest.raises(ValueError, match="fewer than one global batch"):
         PretrainingBatches(DATASET[:5], 4, collator, world_size=2)
     with pytest.raises(ValueError, match="rank"):
