@@ -230,7 +230,7 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
         batch_size = min(args.batch_size, len(train_feats))
-        batches = ChoiceBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed, **split_args())
+        batches = ChoiceBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed, **split_args(args))
         return train_keep_best(
             args, seed, out, partial(AutoModelForMultipleChoice.from_pretrained, args.model), tok, batches,
             ChoiceObjective, lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy",

@@ -230,14 +230,16 @@ class ClassificationBatches:
     """Shuffled padded batches over in-memory features, forever, split across processes. Epoch `e` visits the
     features in the order of a permutation drawn from `seed + e`, cut into global batches of
     `batch_size * world_size`; rank r takes items r, r + world_size, ... of each, so 2 processes see the batches
-    of 1 process with twice the batch size. The last global batch of an epoch may be smaller, and split
-    unevenly (the trainer divides by the global count, so the step is still one process's); a rank it leaves
-    with no item gets the epoch's first item with its labels voided (`void_labels`): it computes, weighs
-    nothing, and the collectives of the step still see every rank. `state_dict()` is the position of the next
-    batch, so a source restored with `load_state_dict()` continues exactly where it stopped."""
+    of 1 process with twice the batch size. An epoch is a whole number of optimizer steps of `grad_accum`
+    micro-batches (as in transformers, the last step of an epoch takes what is left), so its last micro-batches
+    may be smaller, split unevenly (the trainer divides by the global count, so the step is still one
+    process's), or empty: a rank left with no item gets the epoch's first item with its labels voided
+    (`void_labels`), which computes, weighs nothing, and keeps every rank in the step's collectives.
+    `state_dict()` is the position of the next batch, so a source restored with `load_state_dict()` continues
+    exactly where it stopped."""
 
     def __init__(self, features: Sequence[Feature], batch_size: int, *, pad_id: int = 0, seed: int = 0,
-                 regression: bool = False, rank: int = 0, world_size: int = 1):
+                 regression: bool = False, rank: int = 0, world_size: int = 1, grad_accum: int = 1):
         if not features:
             raise ValueError("no training features")
         if batch_size < 1:
@@ -250,12 +252,19 @@ class ClassificationBatches:
         self.seed = seed
         self.regression = regression
         self.rank, self.world_size = rank, world_size
+        self.grad_accum = grad_accum
         self.epoch = 0
         self.batch = 0
 
     @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps: `grad_accum` micro-batches each, the last one of an epoch perhaps partly void."""
+        return math.ceil(len(self.features) / (self.batch_size * self.world_size * self.grad_accum))
+
+    @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.features) / (self.batch_size * self.world_size))
+        """Micro-batches per epoch (on each rank)."""
+        return self.steps_per_epoch * self.grad_accum
 
     def order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)

@@ -239,10 +239,10 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     precision, log_every, progress, batch_size, resume). Returns, and writes to `out/eval_results.json`: metric,
     best_step, best (its dev metrics), final (the last evaluation), max_steps, seed, and `info` (the task).
     `settings` (the input settings used) are saved in the model's config (`remember_settings`)."""
-    per_epoch = math.ceil(batches.batches_per_epoch / args.grad_accum)  # optimizer steps
+    per_epoch = batches.steps_per_epoch  # optimizer steps
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
     eval_every = args.eval_every or per_epoch
-    cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+    cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, grad_accum=batches.grad_accum, lr=args.lr,
                       warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
@@ -291,18 +291,18 @@ def _done(out: Path, resume: bool) -> dict[str, Any] | None:
     return None
 
 
-def split_args() -> dict[str, int]:
-    """`rank` and `world_size` for a batch source: under torchrun each rank trains on its share of each global
-    batch."""
+def split_args(args) -> dict[str, int]:
+    """`rank`, `world_size` and `grad_accum` for a batch source: under torchrun each rank trains on its share of
+    each global batch, and an epoch ends with a whole (if smaller) optimizer step."""
     info = dist.info()
-    return {"rank": info.rank, "world_size": info.world_size}
+    return {"rank": info.rank, "world_size": info.world_size, "grad_accum": args.grad_accum}
 
 
 def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
     tok, info, train_feats, dev_feats, metric = data
     batch_size = min(args.batch_size, len(train_feats))
     batches = ClassificationBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed,
-                                    regression=info.regression, **split_args())
+                                    regression=info.regression, **split_args(args))
     load = partial(AutoModelForSequenceClassification.from_pretrained, args.model, **info.model_kwargs())
     return train_keep_best(
         args, seed, out, load, tok, batches, ClassificationObjective,
@@ -455,7 +455,7 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
         batches = TagBatches(train_feats, min(args.batch_size, len(train_feats)), pad_id=tok.pad_token_id,
-                             seed=seed, **split_args())
+                             seed=seed, **split_args(args))
         load = partial(AutoModelForTokenClassification.from_pretrained, args.model, **model_kwargs(tags))
         return train_keep_best(
             args, seed, out, load, tok, batches, TagObjective,

@@ -389,7 +389,7 @@ def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
         batch_size = min(args.batch_size, len(train_feats))
-        batches = QABatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed, **split_args())
+        batches = QABatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed, **split_args(args))
         return train_keep_best(
             args, seed, out, partial(AutoModelForQuestionAnswering.from_pretrained, args.model), tok, batches,
             QAObjective, lambda m: evaluate_qa(m, dev_feats, dev, batch_size=max(64, batch_size),

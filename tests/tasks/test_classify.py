@@ -196,6 +196,13 @@ def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path, capsys):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["split"] == "eval"] == [5, 10]
     assert json.loads((out / "finetune_args.json").read_text())["grad_accum"] == 2
+    # batch 9: 9 micro-batches an epoch, 5 steps of 2; an epoch's last step takes what is left, so 2 epochs
+    # are 10 steps, 20 micro-batches the last of each epoch void (not 10 + 10 full ones: 2.2 epochs)
+    from bertkit.train.checkpoint import find_latest, load_training_state
+    out = tmp_path / "accum9"
+    assert finetune(toy, out, "--batch-size", "9", "--grad-accum", "2", "--epochs", "2") == 0
+    assert json.loads((out / "eval_results.json").read_text())["max_steps"] == 10
+    assert load_training_state(find_latest(out))["data"] == [{"epoch": 1, "batch": 10}]  # the end of epoch 2
 
 
 def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
@@ -323,6 +330,20 @@ def test_batches_split_each_global_batch_across_ranks():
     assert [len(_rows(b)) for b in last] == [1, 0, 0] and (last[1]["labels"] == IGNORE).all()
     with pytest.raises(ValueError, match="rank"):
         ClassificationBatches(feats, 2, rank=2, world_size=2)
+
+
+def test_an_epoch_is_whole_optimizer_steps_with_accumulation():
+    """10 rows, batch 2, accumulation 2: 3 steps an epoch (4 + 4 + 2 rows, as transformers' last step of an epoch
+    takes what is left), so the sixth micro-batch is void and the next epoch starts on a step's first one."""
+    src = ClassificationBatches(_features(10), 2, seed=3, grad_accum=2)
+    assert (src.steps_per_epoch, src.batches_per_epoch) == (3, 6)
+    it = iter(src)
+    epoch = [next(it) for _ in range(6)]
+    assert [len(_rows(b)) for b in epoch] == [2, 2, 2, 2, 2, 0]
+    whole = next(iter(ClassificationBatches(_features(10), 10)))  # every row once
+    assert sorted(r for b in epoch for r in _rows(b)) == _rows(whole)
+    assert src.state_dict() == {"epoch": 0, "batch": 6}
+    assert len(_rows(next(it))) == 2 and src.state_dict() == {"epoch": 1, "batch": 1}
 
 
 @pytest.mark.parametrize("regression", [False, True])
