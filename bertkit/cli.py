@@ -267,6 +267,9 @@ def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
                    help="dev metric that picks the best checkpoint (default accuracy; pearson for regression)")
     p.add_argument("--stride", type=int, default=None, metavar="N", help=_CLASSIFY_STRIDE_HELP)
+    p.add_argument("--regression", action="store_true",
+                   help="train one output with MSE even when every label is an integer (ratings 1-5); default: "
+                        "regression only when some label has a fractional part (STS-B's 3.8)")
 
 
 def _stride_or_none(text: str) -> int | str:

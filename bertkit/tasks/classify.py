@@ -81,8 +81,15 @@ class LabelInfo:
                 "problem_type": "single_label_classification"}
 
 
-def label_info(examples: Sequence[Example]) -> LabelInfo:
-    """Regression when the labels are real numbers, else classification over the sorted distinct labels."""
+def label_info(examples: Sequence[Example], regression: bool = False, source: str = "") -> LabelInfo:
+    """Regression when the labels are real numbers (or when asked for, e.g. ratings 1-5: every label a number),
+    else classification over the sorted distinct labels."""
+    if regression:
+        bad = next((ex for ex in examples if isinstance(label_key(ex.label), str)), None)
+        if bad is not None:
+            raise ValueError(f"{source or 'line'}:{bad.line}: regression needs a finite number as the label, "
+                             f"got {bad.label!r}")
+        return LabelInfo(True)
     if is_regression(examples):
         return LabelInfo(True)
     labels = tuple(label_set(examples))

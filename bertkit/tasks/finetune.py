@@ -126,6 +126,7 @@ class FinetuneClassifyArgs(FinetuneArgs):
     header: bool = True
     metric: str | None = None         # accuracy (classification) / pearson (regression) by default
     stride: int | None = None         # long examples: windows sharing this many tokens (None: truncate)
+    regression: bool = False          # one output trained with MSE even on integer labels (e.g. ratings 1-5)
 
 
 def _better(value: float, best: float | None) -> bool:
@@ -393,7 +394,7 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
         raise ValueError(f"{args.train}: no training rows")
     if not dev:
         raise ValueError(f"{args.dev}: no dev rows")
-    info = label_info(train)
+    info = label_info(train, args.regression, args.train)
     metric = args.metric or ("pearson" if info.regression else "accuracy")
     allowed = ("pearson", "spearman") if info.regression else ("accuracy", "f1", "mcc")
     if metric not in allowed:

@@ -332,6 +332,30 @@ def test_batches_split_each_global_batch_across_ranks():
         ClassificationBatches(feats, 2, rank=2, world_size=2)
 
 
+def test_regression_on_integer_ratings_when_asked(toy, tmp_path, capsys):
+    """Integer labels (ratings 0-5) are classes by default; --regression trains one output with MSE on them, and
+    refuses a label that is no number, naming the file and line."""
+    train, dev = toy["rows"]
+    ratings = lambda rows: [(t, lab, round(score)) for t, lab, score in rows]  # noqa: E731
+    tr = write_tsv(tmp_path / "train.tsv", ratings(train), "score")
+    dv = write_tsv(tmp_path / "dev.tsv", ratings(dev), "score")
+    args = ["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(tr), "--dev", str(dv),
+            "--batch-size", "16", "--max-seq-length", "16", "--max-steps", "2"]
+    assert main([*args, "--output", str(tmp_path / "classes")]) == 0
+    assert json.loads((tmp_path / "classes" / "eval_results.json").read_text())["task"] == "classification"
+    assert main([*args, "--output", str(tmp_path / "reg"), "--regression"]) == 0
+    res = json.loads((tmp_path / "reg" / "eval_results.json").read_text())
+    assert res["task"] == "regression" and res["metric"] == "pearson"
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "reg" / "best").config.num_labels == 1
+    write_tsv(tmp_path / "bad.tsv", [(t, lab, "five" if i == 2 else score) for i, (t, lab, score)
+                                     in enumerate(ratings(train))], "score")
+    capsys.readouterr()
+    assert main([*args[:5], str(tmp_path / "bad.tsv"), *args[6:], "--output", str(tmp_path / "x"),
+                 "--regression"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{tmp_path / 'bad.tsv'}:4: regression needs a finite number as the label, got 'five'")
+
+
 def test_an_epoch_is_whole_optimizer_steps_with_accumulation():
     """10 rows, batch 2, accumulation 2: 3 steps an epoch (4 + 4 + 2 rows, as transformers' last step of an epoch
     takes what is left), so the sixth micro-batch is void and the next epoch starts on a step's first one."""
