@@ -266,7 +266,8 @@ def state_dict_for_saving(model: torch.nn.Module,
 
     A parameter reachable under several names (a tie) is kept under the first name PyTorch lists:
     for the MLM heads that is `bert.embeddings.word_embeddings.weight` and `cls.predictions.bias`
-    (not `cls.predictions.decoder.weight/bias`), exactly the names transformers keeps.
+    (not `cls.predictions.decoder.weight/bias`), exactly the names transformers keeps; and under the names
+    transformers keeps apart (`untied_names`: an untied decoder's bias), as copies.
     """
     state = model.state_dict() if state is None else state
     keep = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
@@ -281,7 +282,15 @@ def state_dict_for_saving(model: torch.nn.Module,
             t = t.clone()
         storages.add(t.untyped_storage().data_ptr())
         out[name] = t
+    for name in _untied_names(model):
+        if name in state:
+            out[name] = state[name].detach().contiguous().clone()
     return out
+
+
+def _untied_names(model: torch.nn.Module) -> tuple[str, ...]:
+    untied = getattr(model, "untied_names", None)
+    return untied() if untied is not None else ()
 
 
 def _class_name(model: torch.nn.Module) -> str:
@@ -295,8 +304,12 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike,
     old ones); the weights are `state_dict` when given (see `state_dict_for_saving`)."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    config = dataclasses.replace(model.config, architectures=[_class_name(model)])
     tensors = state_dict_for_saving(model, state_dict)
+    # the dtype transformers reads (dtype="auto"): that of the weights written, not the one loaded
+    dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    extra = {k: v for k, v in model.config.extra.items() if k != "torch_dtype"}
+    extra["dtype"] = str(dtype).removeprefix("torch.")
+    config = dataclasses.replace(model.config, architectures=[_class_name(model)], extra=extra)
     weights, config_path = os.path.join(directory, SAFE_WEIGHTS_NAME), os.path.join(directory, CONFIG_NAME)
     with atomic_paths(weights, config_path) as (weights_tmp, config_tmp):
         try:
@@ -427,11 +440,19 @@ def _mapped_device(device_map) -> torch.device:
     return torch.device(device_map)
 
 
-def _resolve_dtype(dtype, state: dict[str, torch.Tensor]) -> torch.dtype | None:
+def _config_dtype(config: BertConfig) -> torch.dtype | None:
+    """config.json's "dtype" (or its older name "torch_dtype"), when it names a floating-point torch dtype."""
+    name = config.extra.get("dtype") or config.extra.get("torch_dtype")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
+def _resolve_dtype(dtype, state: dict[str, torch.Tensor], config_dtype: torch.dtype | None = None
+                   ) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype == "auto":
-        return next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    if dtype == "auto":  # as transformers: config.json's dtype, else the checkpoint's
+        return config_dtype or next((t.dtype for t in state.values() if t.is_floating_point()), None)
     resolved = getattr(torch, str(dtype), None)
     if not isinstance(resolved, torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r}")
@@ -472,7 +493,7 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     config = apply_config_overrides(config, config_overrides)
     path = find_weights_file(directory)
     state = read_weights(path)
-    dtype = _resolve_dtype(dtype, state)
+    dtype = _resolve_dtype(dtype, state, _config_dtype(config))
 
     model = load_state(cls(config), state, path, ignore_mismatched_sizes=ignore_mismatched_sizes)
     if dtype is not None:
@@ -537,6 +558,13 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         raise ValueError(f"{source}: " + "; ".join(parts))
 
     skip = {k for k, _, _ in report.mismatched}
+    # a tied parameter in the checkpoint under several names takes one: the tie's source (the first name), or
+    # the name transformers' forward reads when it keeps them apart (`untied_names`)
+    preferred = set(_untied_names(model))
+    for names in aliases.values():
+        present = [n for n in names if n in state]
+        source = next((n for n in present if n in preferred), present[0] if present else None)
+        skip.update(n for n in present if n != source)
     with torch.no_grad():
         for k, t in state.items():
             if k in model_state and k not in skip:

@@ -123,6 +123,56 @@ def test_tied_weights_stay_tied_after_load(tmp_path):
     assert all(p.dtype == torch.float16 for p in m.parameters())
 
 
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
+def test_untied_decoder_interchanges_with_transformers(tmp_path, name):
+    """tie_word_embeddings=False: transformers keeps the decoder's bias apart from cls.predictions.bias and reads
+    the former, so bertkit writes both, and prefers the decoder's when reading a checkpoint."""
+    torch.manual_seed(0)
+    ours = getattr(modeling, name)(tiny_config(name, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        ours.cls.predictions.bias.normal_()
+        ours.cls.predictions.decoder.weight.normal_()
+    saved(ours, tmp_path / "ours")
+    theirs, info = quiet_hf_load(getattr(transformers, name), tmp_path / "ours")
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert_same_outputs(ours, theirs, name)
+    with torch.no_grad():  # transformers' decoder bias differs from its unused cls.predictions.bias
+        theirs.cls.predictions.decoder.bias.add_(1.0)
+    theirs.save_pretrained(tmp_path / "theirs")
+    assert_same_outputs(getattr(modeling, name).from_pretrained(tmp_path / "theirs"), theirs, name)
+
+
+def test_a_tied_checkpoint_whose_decoder_differs_keeps_the_embeddings(tmp_path):
+    """A tied config with a stored decoder weight other than the embeddings (a checkpoint written by other
+    tools): the embeddings are the tie's source, as transformers keeps them."""
+    torch.manual_seed(0)
+    theirs = transformers.BertForMaskedLM(hf_tiny_config("")).eval()
+    state = {k: v.clone() for k, v in theirs.state_dict().items()}
+    state["cls.predictions.decoder.weight"] = torch.randn_like(state["cls.predictions.decoder.weight"])
+    state = {k: v for k, v in sorted(state.items(), key=lambda kv: "decoder" not in kv[0])}  # the decoder first
+    write_checkpoint(tmp_path, state, config=tiny_config())
+    ours = modeling.BertForMaskedLM.from_pretrained(tmp_path)
+    assert ours.load_report.clean
+    assert_same_outputs(ours, theirs, "BertForMaskedLM")
+
+
+def test_a_saved_config_names_the_dtype_of_its_weights(tmp_path):
+    """A float32 checkpoint loaded, cast to bf16 and saved: config.json says bfloat16 (transformers reads it for
+    dtype="auto"), and bertkit's dtype="auto" reads config.json's dtype first, as transformers does."""
+    torch.manual_seed(0)
+    transformers.BertModel(hf_tiny_config("")).save_pretrained(tmp_path / "fp32")
+    ours = modeling.BertModel.from_pretrained(tmp_path / "fp32").to(torch.bfloat16)
+    ours.save_pretrained(tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / CONFIG_NAME).read_text())["dtype"] == "bfloat16"
+    assert transformers.BertModel.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
+    config = json.loads((tmp_path / "fp32" / CONFIG_NAME).read_text())
+    (tmp_path / "fp32" / CONFIG_NAME).write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    assert modeling.BertModel.from_pretrained(tmp_path / "fp32", dtype="auto").dtype == torch.bfloat16
+    assert transformers.BertModel.from_pretrained(tmp_path / "fp32", dtype="auto").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="safetensors only"):
+        ours.save_pretrained(tmp_path / "bin", safe_serialization=False)
+
+
 def test_dtype_and_explicit_config(tmp_path):
     saved(modeling.BertModel(tiny_config()).half(), tmp_path)
     assert modeling.BertModel.from_pretrained(tmp_path).dtype == torch.float32  # default: float32

@@ -558,6 +558,56 @@ def test_resize_token_embeddings_matches_transformers():
     print(f"\nresize: old-vocab logits max |diff| = {d_old:.2e}, new-id logits = {d_new:.2e}")
 
 
+def test_resize_an_untied_decoder_and_frozen_embeddings_as_transformers(tmp_path):
+    """tie_word_embeddings=False: the decoder's new rows and bias entries start at the mean of the old ones, as
+    transformers' (its noise is 1e-9 of the spread); frozen embeddings stay frozen; pad_to_multiple_of rounds up."""
+    cfg = tiny_config(tie_word_embeddings=False)
+    theirs = randomize_(transformers.BertForMaskedLM(hf_config(cfg)), seed=54).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = modeling.BertForMaskedLM.from_pretrained(tmp_path)
+    ours.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    theirs.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    ours.resize_token_embeddings(103, pad_to_multiple_of=8)
+    theirs.resize_token_embeddings(103, pad_to_multiple_of=8)
+    assert ours.config.vocab_size == theirs.config.vocab_size == 104
+    assert not ours.bert.embeddings.word_embeddings.weight.requires_grad
+    decoder = ours.cls.predictions.decoder
+    assert decoder.weight is not ours.bert.embeddings.word_embeddings.weight and decoder.weight.shape == (104, 32)
+    x = padded_inputs(seed=55)
+    x["input_ids"][0, 1], x["input_ids"][2, 0] = 100, 103
+    with torch.no_grad():
+        a, b = ours(**x).logits, theirs(**x).logits
+    assert_close("logits over the resized vocabulary", a, b, x["attention_mask"].bool(), tol=1e-4)
+    assert ours.resize_token_embeddings().weight.shape == (104, 32)  # None: as it is
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be a positive int, got 0"):
+        ours.resize_token_embeddings(110, pad_to_multiple_of=0)
+
+
+def test_multiple_choice_takes_broadcast_ids_as_transformers():
+    """(1, 1, seqlen) position and token type ids stand for every example and choice, as in transformers."""
+    ours, theirs = pair("BertForMultipleChoice", tiny_config(), seed=56)
+    g = torch.Generator().manual_seed(57)
+    ids = torch.randint(1, 99, (2, 3, 7), generator=g)
+    extra = dict(position_ids=torch.arange(7).view(1, 1, 7), token_type_ids=torch.tensor([[[0, 0, 0, 1, 1, 1, 1]]]))
+    with torch.no_grad():
+        assert_close("choice logits", ours(input_ids=ids, **extra).logits, theirs(input_ids=ids, **extra).logits)
+
+
+def test_transformers_model_methods_that_trainers_call():
+    """set_input_embeddings, gradient_checkpointing_enable(gradient_checkpointing_kwargs=...) as transformers'
+    Trainer calls it."""
+    ours = modeling.BertForMaskedLM(tiny_config())
+    emb = torch.nn.Embedding(99, 32)
+    ours.set_input_embeddings(emb)
+    assert ours.get_input_embeddings() is emb and ours.cls.predictions.decoder.weight is emb.weight
+    with pytest.raises(ValueError, match=r"an nn.Embedding of shape \(99, 32\)"):
+        ours.set_input_embeddings(torch.nn.Embedding(90, 32))
+    ours.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert ours.is_gradient_checkpointing
+    with pytest.raises(ValueError, match="only use_reentrant is accepted"):
+        ours.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"preserve_rng_state": False})
+
+
 # ---------------------------------------------------------------------------------------------
 # Training mode
 # ---------------------------------------------------------------------------------------------

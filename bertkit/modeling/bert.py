@@ -342,16 +342,31 @@ class BertPreTrainedModel(nn.Module):
         """The vocabulary decoder of a masked-LM head (None without one), as in transformers."""
         return None
 
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        """Replace the word embeddings by others of the same shape (a tied decoder follows them); to change the
+        vocabulary size, `resize_token_embeddings`."""
+        old = self.get_input_embeddings()
+        if not isinstance(embeddings, nn.Embedding) or embeddings.weight.shape != old.weight.shape:
+            raise ValueError(f"set_input_embeddings needs an nn.Embedding of shape {tuple(old.weight.shape)}, got "
+                             f"{embeddings!r}; resize_token_embeddings changes the vocabulary size")
+        self.base_model.embeddings.word_embeddings = embeddings
+        self.tie_weights()
+
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameters counted once each (a tied decoder shares the word embeddings), as transformers counts."""
         embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         return sum(p.numel() for p in self.parameters()
                    if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embeddings))
 
-    def gradient_checkpointing_enable(self) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Trade compute for memory in training: each encoder layer keeps only its input for the backward
         and runs its forward again there (non-reentrant `torch.utils.checkpoint`, with the dropout masks
-        replayed, so the gradients are those of a plain step). Costs about one more forward per step."""
+        replayed, so the gradients are those of a plain step). Costs about one more forward per step.
+        `gradient_checkpointing_kwargs` as transformers takes it (its Trainer passes {"use_reentrant": ...}):
+        the gradients are the same either way, so use_reentrant is accepted and the non-reentrant form runs."""
+        unknown = sorted(set(gradient_checkpointing_kwargs or {}) - {"use_reentrant"})
+        if unknown:
+            raise ValueError(f"gradient_checkpointing_kwargs: only use_reentrant is accepted, got {unknown}")
         self.base_model.encoder.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -361,11 +376,20 @@ class BertPreTrainedModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return self.base_model.encoder.gradient_checkpointing
 
-    def resize_token_embeddings(self, vocab_size: int, mean_resizing: bool = True) -> nn.Embedding:
-        """Grow or shrink the vocabulary (after `tokenizer.add_tokens`). New rows start at the mean of the old
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grow or shrink the vocabulary (after `tokenizer.add_tokens`) to `new_num_tokens` (None: as it is),
+        rounded up to a multiple of `pad_to_multiple_of` when given. New rows start at the mean of the old
         ones, as transformers' default (`mean_resizing`; it adds noise of about 1e-6), so that a new token does
-        not pull the model's outputs far off at first; `mean_resizing=False`: N(0, initializer_range)."""
+        not pull the model's outputs far off at first (an untied MLM decoder's rows and bias too; a tied decoder's
+        new bias entries are 0, as in transformers); `mean_resizing=False`: N(0, initializer_range)."""
         old = self.get_input_embeddings()
+        vocab_size = old.num_embeddings if new_num_tokens is None else new_num_tokens
+        for name, v in (("new_num_tokens", vocab_size), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"resize_token_embeddings: {name} must be a positive int, got {v!r}")
+        if pad_to_multiple_of is not None:
+            vocab_size = -(-vocab_size // pad_to_multiple_of) * pad_to_multiple_of
         if vocab_size == old.num_embeddings:
             return old
         new = nn.Embedding(vocab_size, old.embedding_dim, padding_idx=old.padding_idx,
@@ -376,10 +400,15 @@ class BertPreTrainedModel(nn.Module):
             new.weight[:keep] = old.weight[:keep]
             if mean_resizing and vocab_size > keep:
                 new.weight[keep:] = old.weight.float().mean(0).to(old.weight.dtype)
+        new.weight.requires_grad_(old.weight.requires_grad)  # frozen embeddings stay frozen
         self.base_model.embeddings.word_embeddings = new
         self.config.vocab_size = vocab_size
+        self._resize_output_embeddings(vocab_size, mean_resizing)
         self.tie_weights()
         return new
+
+    def _resize_output_embeddings(self, vocab_size: int, mean_resizing: bool) -> None:
+        """Heads with an output vocabulary (the MLM decoder) follow `resize_token_embeddings` here."""
 
     @classmethod
     def from_config(cls, config: BertConfig):
@@ -418,7 +447,15 @@ class BertPreTrainedModel(nn.Module):
         model.init_weights()
         return model
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, *, safe_serialization: bool = True,
+                        push_to_hub: bool = False) -> None:
+        """`config.json` and `model.safetensors` (transformers' options accepted where they ask for that)."""
+        if not safe_serialization:
+            raise ValueError("save_pretrained: bertkit writes safetensors only (safe_serialization=False would "
+                             "write a pickled .bin, which loading must not execute)")
+        if push_to_hub:
+            raise ValueError("save_pretrained: push_to_hub is not supported (bertkit reads and writes local files "
+                             "only); upload the directory with huggingface_hub")
         from ..hub import save_pretrained
         save_pretrained(self, directory)
 

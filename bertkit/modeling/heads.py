@@ -151,26 +151,42 @@ class _TiedMLM:
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
 
+    def untied_names(self) -> tuple[str, ...]:
+        """Names of a shared parameter that transformers keeps as a parameter of their own: with
+        tie_word_embeddings false its decoder has its own bias, which its forward reads (so a checkpoint's
+        decoder bias wins over cls.predictions.bias, and saving writes both)."""
+        return () if self.config.tie_word_embeddings else ("cls.predictions.decoder.bias",)
+
+    def _resize_output_embeddings(self, vocab_size: int, mean_resizing: bool) -> None:
+        """An untied decoder's new rows and bias entries start at the mean of the old ones (`mean_resizing`,
+        transformers' rule) or at N(0, initializer_range) and 0; a tied decoder's new bias entries at 0."""
+        pred = self.cls.predictions
+        untied = not self.config.tie_word_embeddings
+        if untied:
+            pred.decoder.weight = _resized(pred.decoder.weight, vocab_size, self.config.initializer_range,
+                                           mean_resizing)
+        pred.bias = _resized(pred.bias, vocab_size, 0.0, mean_resizing and untied)
+
     def tie_weights(self) -> None:
         pred = self.cls.predictions
         emb = self.bert.embeddings.word_embeddings
-        vocab = emb.num_embeddings
         if self.config.tie_word_embeddings:
             pred.decoder.weight = emb.weight
-        elif pred.decoder.weight.shape[0] != vocab:
-            pred.decoder.weight = _resized(pred.decoder.weight, vocab, self.config.initializer_range)
-        if pred.bias.shape[0] != vocab:
-            pred.bias = _resized(pred.bias, vocab, 0.0)
         pred.decoder.bias = pred.bias
-        pred.decoder.out_features = vocab
+        pred.decoder.out_features = emb.num_embeddings
 
 
-def _resized(old: nn.Parameter, rows: int, std: float) -> nn.Parameter:
-    """Keep the first rows of `old`; new rows are N(0, std) (zeros when std is 0)."""
+def _resized(old: nn.Parameter, rows: int, std: float, mean: bool = False) -> nn.Parameter:
+    """Keep the first rows of `old`; new rows are the mean of the old ones (`mean`), else N(0, std) (zeros when
+    std is 0)."""
+    if rows == old.shape[0]:
+        return old
     new = old.new_zeros(rows, *old.shape[1:])
-    if std > 0:
-        nn.init.normal_(new, std=std)
     n = min(rows, old.shape[0])
+    if mean:
+        new[n:] = old.data.float().mean(0).to(old.dtype)
+    elif std > 0:
+        nn.init.normal_(new, std=std)
     new[:n] = old.data[:n]
     return nn.Parameter(new, requires_grad=old.requires_grad)
 
@@ -349,13 +365,15 @@ class BertForMultipleChoice(_BertHeadModel):
         if ref.dim() != 3:
             raise ValueError(f"multiple choice input_ids must have shape (batch, choices, seqlen), "
                              f"got {tuple(ref.shape)}")
-        batch, choices, seqlen = ref.shape
+        batch, choices = ref.shape[:2]
 
-        def flat(t):  # (batch, choices, seqlen, ...) -> (batch * choices, seqlen, ...)
-            return None if t is None else t.reshape(batch * choices, seqlen, *t.shape[3:])
+        def flat(t, trailing=1):  # (batch, choices, seqlen[, hidden]) -> (batch * choices, seqlen[, hidden]);
+            # broadcast (1, 1, seqlen) ids -> (1, seqlen), as transformers takes them
+            return None if t is None else t.reshape(-1, *t.shape[-trailing:])
 
         enc = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                           flat(inputs_embeds), output_hidden_states, output_attentions, packing, pooled_only=True)
+                           flat(inputs_embeds, 2), output_hidden_states, output_attentions, packing,
+                           pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))   # (batch * choices, 1)
         logits = logits.view(batch, choices)                           # (batch, choices)
         loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
