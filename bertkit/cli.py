@@ -120,6 +120,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     from .config import SIZES
     from .tasks.pretrain import DOC_BOUNDARIES, PretrainArgs
     d = PretrainArgs()
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainArgs)}
     p.add_argument("--corpus", nargs="+", default=[], metavar="FILE",
                    help="UTF-8 text files, one paragraph per line, blank lines between documents "
                         "(default: the English documentation shipped with Python)")
@@ -152,7 +153,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
         ("eval-batches", int, "held-out batches (of the global batch size) per evaluation"),
         ("seed", int, "random seed"),
     ]:
-        default = getattr(d, name.replace("-", "_"))
+        default = defaults[name.replace("-", "_")]  # the field's, not one __post_init__ derived for these defaults
         shown = "" if default is None else f" (default {default})"
         p.add_argument(f"--{name}", type=kind, default=default, help=help_text + shown)
     p.add_argument("--optimizer", choices=["adamw", "lamb"], default=d.optimizer, help="(default adamw)")

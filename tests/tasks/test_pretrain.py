@@ -173,6 +173,9 @@ def test_masked_tokens_per_sequence_default_to_15_percent_of_the_length(seq_len,
     mask 3.9% of a full 512-token sequence)."""
     assert PretrainArgs(seq_len=seq_len).max_predictions == cap
     assert PretrainArgs(seq_len=512, max_predictions=80).max_predictions == 80
+    from bertkit.cli import _job_args, build_parser  # and so from the command line
+    flags = build_parser().parse_args(["pretrain", "--seq-len", str(seq_len)])
+    assert _job_args(PretrainArgs, flags).max_predictions == cap
 
 
 def test_a_one_document_eval_corpus_is_named_in_the_error(tmp_path, capsys):
