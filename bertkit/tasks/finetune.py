@@ -114,6 +114,8 @@ class FinetuneArgs:
         check_numbers(self, ("weight_decay",), positive=False)
         if not 0 <= self.warmup <= 1:
             raise ValueError(f"--warmup is a fraction of the steps, between 0 and 1; got {self.warmup!r}")
+        if self.seeds is not None:
+            _parse_seeds(self.seeds)
 
 
 @dataclass
@@ -339,7 +341,7 @@ def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> d
     out.mkdir(parents=True, exist_ok=True)
     resume = bool(getattr(args, "resume", False))
     if resume:
-        check_resumed_settings(out / "finetune_args.json", dataclasses.asdict(args), RESUME_FREE)
+        check_resumed_settings(out / "finetune_args.json", args, RESUME_FREE)
     else:
         _refuse_unfinished(out)
     if dist.is_main():

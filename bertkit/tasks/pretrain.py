@@ -9,6 +9,7 @@ Run directory layout (everything a resume needs is here):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from ..modeling import BertForPreTraining
 from ..tokenizer import BertTokenizer
 from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
-from ..train.trainer import TrainConfig, Trainer
+from ..train.trainer import TrainConfig, Trainer, run_lock
 from ..train.tracking import plot_run
 from .fill_mask import fill_mask
 from .flags import check_ints, check_numbers
@@ -262,30 +263,48 @@ RESUME_FREE = frozenset({"resume", "compile", "gradient_checkpointing", "fsdp", 
 def run_pretraining(args: PretrainArgs) -> dict:
     info = dist.setup()
     run = Path(args.output)
+    with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock for the whole job
+        tok, model, train_ds, heldout_ds = _set_up(args, run, held)
+        return _train(args, info, run, tok, model, train_ds, heldout_ds)
+
+
+def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
+    """The checks, the vocabulary, the model and the data shards, before any training: a failure here leaves no
+    run directory behind that this job created."""
     if args.config:
         BertConfig.from_json_file(args.config)  # a bad --config fails before any tokenizer or data is built
     docs_corpus = not args.corpus
     if docs_corpus:
         args.corpus = [str(run / "python-docs.txt")]
+    created = not run.exists()
 
     def start():  # rank 0, the others waiting (and failing with its error)
+        held.enter_context(run_lock(run))  # a second job in this directory is refused before it changes anything
         if not args.resume and (run / "latest").exists():
             raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
-        run.mkdir(parents=True, exist_ok=True)
         if docs_corpus and not Path(args.corpus[0]).exists():
             print("no --corpus given: building one from the documentation shipped with Python")
             python_docs_corpus(args.corpus[0])
-    dist.on_main(start)
-    args_path = run / "pretrain_args.json"
-    if args.resume:
-        check_resumed_settings(args_path, vars(args), RESUME_FREE)
-    if dist.is_main():
-        write_text_atomic(args_path, json.dumps(vars(args), indent=2) + "\n")
-    tok = _load_or_train_tokenizer(args, run)
-    torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
-    model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
-    dist.on_main(lambda: _prepare_data(args, run, tok))
-    train_ds, heldout_ds = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
+    try:
+        dist.on_main(start)
+        if args.resume:
+            check_resumed_settings(run / "pretrain_args.json", args, RESUME_FREE)
+        tok = _load_or_train_tokenizer(args, run)
+        torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
+        model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
+        dist.on_main(lambda: _prepare_data(args, run, tok))
+        data = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
+    except BaseException:
+        if created and dist.is_main():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    if dist.is_main() and not args.resume:  # the settings the run starts with (a resume keeps them)
+        write_text_atomic(run / "pretrain_args.json", json.dumps(vars(args), indent=2) + "\n")
+    return tok, model, *data
+
+
+def _train(args: PretrainArgs, info, run: Path, tok: BertTokenizer, model: BertForPreTraining,
+           train_ds: PretrainingDataset, heldout_ds: PretrainingDataset) -> dict:
     dist.print0(f"corpus: {len(train_ds):,} training and {len(heldout_ds):,} held-out instances "
                 f"of up to {args.seq_len} tokens; vocabulary {len(tok):,}")
 

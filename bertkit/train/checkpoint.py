@@ -19,6 +19,7 @@ keeps its global batch (the trainer checks): the same data position, new random 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -229,13 +230,16 @@ def prune(run_dir: str | os.PathLike, keep_last: int) -> list[str]:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
-def check_resumed_settings(path: str | os.PathLike, settings: dict[str, Any], free: Iterable[str]) -> None:
-    """On resume: a job's settings must be those it started with (`path`, the arguments file it wrote then),
-    apart from the `free` ones, which do not change what it computes; otherwise the resumed run would silently
-    be another run, or (the learning rate, which the optimizer's saved state holds) not the one it says."""
+def check_resumed_settings(path: str | os.PathLike, args: Any, free: Iterable[str]) -> None:
+    """On resume: a job's settings (`args`, its arguments dataclass) must be those it started with (`path`, the
+    arguments file it wrote then), apart from the `free` ones, which do not change what it computes; otherwise
+    the resumed run would silently be another run, or (the learning rate, which the optimizer's saved state
+    holds) not the one it says. A setting the file lacks (added to bertkit since) counts as its default."""
     if not os.path.isfile(path):
         return  # written by a version that saved its arguments only at the end
-    saved, now = read_json(path), json.loads(json.dumps(settings))  # tuples compare as the lists JSON holds
+    defaults = {f.name: f.default for f in dataclasses.fields(args) if f.default is not dataclasses.MISSING}
+    saved = {**json.loads(json.dumps(defaults)), **read_json(path)}
+    now = json.loads(json.dumps(dataclasses.asdict(args)))  # tuples compare as the lists JSON holds
     changed = [k for k in sorted(set(saved) | set(now)) if k not in free and saved.get(k) != now.get(k)]
     if changed:
         diffs = ", ".join(f"--{k.replace('_', '-')} {now.get(k)!r} (the run's: {saved.get(k)!r})" for k in changed)

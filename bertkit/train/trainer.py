@@ -61,12 +61,24 @@ from .tracking import Tracker
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+_held_locks: dict[str, int] = {}  # directory -> how many `run_lock` blocks of this process hold it
+
+
 @contextmanager
-def _run_lock(output_dir: str):
+def run_lock(output_dir: str | os.PathLike):
     """One training process at a time in a directory: a second one (a resume started while the first still
-    runs, or still-running workers of a killed launcher) would interleave checkpoints and metrics. The kernel
-    releases the lock when its process ends, however it ends."""
+    runs, or still-running workers of a killed launcher) would interleave checkpoints and metrics, and its data
+    preparation could rebuild what the first reads. The kernel releases the lock when its process ends, however
+    it ends. Re-entrant within a process: a job takes it before preparing its data, the trainer again."""
     import fcntl
+    key = os.path.realpath(output_dir)
+    if key in _held_locks:
+        _held_locks[key] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key] -= 1
+        return
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, ".lock"), "a+") as f:
         try:
@@ -79,7 +91,11 @@ def _run_lock(output_dir: str):
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
-        yield
+        _held_locks[key] = 1
+        try:
+            yield
+        finally:
+            del _held_locks[key]
 
 
 # TrainConfig fields a resume must keep (see Trainer._check_settings)
@@ -627,7 +643,7 @@ class Trainer:
         data position, step). Returns the last logged train metrics, the last eval metrics prefixed
         `eval_`, and `step`. A fresh run refuses a directory that holds checkpoints (its own would mix with
         them), and one process at a time trains in a directory."""
-        with _run_lock(self.cfg.output_dir) if dist.is_main() else nullcontext():
+        with run_lock(self.cfg.output_dir) if dist.is_main() else nullcontext():
             return self._train(resume)
 
     def _train(self, resume: bool) -> dict[str, Any]:

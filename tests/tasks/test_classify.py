@@ -206,6 +206,9 @@ def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path, capsys):
 
 
 def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
+    assert finetune(toy, tmp_path / "bad", "--seeds", "a,b") == 2  # refused before any work
+    assert "--seeds must be comma-separated integers, got 'a,b'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     out = tmp_path / "seeds"
     assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seeds", "1,2") == 0
     printed = capsys.readouterr().out

@@ -125,6 +125,9 @@ def test_data_of_other_input_is_rebuilt_or_refused(corpus, tokenizer_dir, tmp_pa
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("run", "clean"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # trained on the same data as a clean directory
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--seq-len", "48", "--resume") == 2
+    assert "these differ: --max-predictions 8 (the run's: 5)" in capsys.readouterr().err  # 15% of the length
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--seq-len", "48", "--resume",
+                    "--max-predictions", "5") == 2
     assert "data was built from other input (seq_len differ); --resume needs" in capsys.readouterr().err
     moved = tmp_path / "elsewhere" / corpus.name  # the same corpus copied to another place (new path and mtime)
     moved.parent.mkdir()
@@ -139,11 +142,12 @@ def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus,
     capsys.readouterr()
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
     assert "held-out (2 batches): MLM accuracy" in capsys.readouterr().out  # nothing left to train: evaluated
+    args = (tmp_path / "run" / "pretrain_args.json").read_text()
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume", "--max-steps", "6",
                     "--batch-size", "2") == 2
     err = capsys.readouterr().err
     assert "written by 1 process, each micro-batch 4 sequences" in err and "a batch size of 4 per process" in err
-    args = (tmp_path / "run" / "pretrain_args.json").read_text()
+    assert (tmp_path / "run" / "pretrain_args.json").read_text() == args  # a refused resume changes nothing
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume", "--lr", "0.005",
                     "--model-size", "mini") == 2
     err = capsys.readouterr().err
@@ -204,6 +208,24 @@ def test_wikitext_boundaries_drop_section_headings(tokenizer_dir, tmp_path):
     text = " ".join(tok.decode(data[i][0].tolist()) for i in range(len(data)))
     assert "river" in text and "lamp" in text and "cloud" in text
     assert "=" not in text and "garden" not in text and "market" not in text and "violin" not in text
+
+
+def test_a_job_locks_its_directory_before_it_builds_anything(corpus, tokenizer_dir, tmp_path, capsys):
+    """Another process holding the run's lock: refused before the vocabulary or data are touched. A run that
+    fails before it trains leaves no directory it created (a missing --tokenizer here)."""
+    import fcntl
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        assert pretrain(corpus, run) == 2
+    assert "another process is training there (pid 4242)" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert pretrain(corpus, tmp_path / "new", "--tokenizer", str(tmp_path / "missing")) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):

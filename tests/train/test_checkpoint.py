@@ -128,3 +128,22 @@ def test_load_rejects_incomplete_or_foreign_weights(tmp_path):
     path = C.save_checkpoint(tmp_path, 2, other)
     with pytest.raises(ValueError, match="lacks weights"):
         C.load_checkpoint(path, model)
+
+
+def test_resumed_settings_against_the_saved_ones(tmp_path):
+    """A setting other than the saved one is refused in one line, unless free; one the file lacks (added to the
+    arguments since the run started) counts as its default."""
+    import json
+
+    @dataclasses.dataclass
+    class Args:
+        lr: float = 1e-3
+        max_steps: int = 10
+        regression: bool = False
+
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"lr": 1e-3, "max_steps": 10}))  # written before `regression` existed
+    C.check_resumed_settings(path, Args(max_steps=20), free={"max_steps"})
+    with pytest.raises(ValueError, match=r"these differ: --lr 0.002 \(the run's: 0.001\), --regression True "
+                                         r"\(the run's: False\)"):
+        C.check_resumed_settings(path, Args(lr=2e-3, regression=True), free={"max_steps"})

@@ -125,7 +125,7 @@ def test_resume_refuses_other_training_settings(tmp_path, capsys):
 
 
 def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp_path):
-    from bertkit.train.trainer import _run_lock
+    from bertkit.train.trainer import run_lock
 
     def trainer(source=None, out=tmp_path, max_steps=2):
         torch.manual_seed(0)
@@ -134,11 +134,16 @@ def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp
                           progress=False)
         return Trainer(PretrainObjective(model), model, source or TinySource(4, seed=7), cfg)
 
-    with _run_lock(str(tmp_path)):  # as a process still training there holds it
-        with pytest.raises(ValueError, match=f"another process is training there \\(pid {os.getpid()}\\)"):
+    import fcntl
+    with open(tmp_path / ".lock", "a+") as held:  # as another process still training there holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(ValueError, match="another process is training there \\(pid 4242\\)"):
             trainer().train()
     assert find_latest(tmp_path) is None
-    trainer().train()
+    with run_lock(tmp_path):  # this process's own lock (a job preparing its data) lets its trainer in
+        trainer().train()
     with pytest.raises(ValueError, match="already holds checkpoints .*train\\(resume=True\\) continues them"):
         trainer().train()  # a fresh run's checkpoints would interleave with (and be pruned against) these
 
