@@ -24,6 +24,7 @@ had already overwritten best/ before the kill is replayed bit for bit and writes
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -45,7 +46,7 @@ from ..io import read_json, write_text_atomic
 from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
 from ..train.tracking import plot_run, plot_runs
-from ..train.trainer import TrainConfig, Trainer
+from ..train.trainer import TrainConfig, Trainer, run_lock
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
                        classification_report, encode_examples, evaluate_classification, label_info, labelled_logits)
 from .flags import check_ints, check_numbers
@@ -335,16 +336,23 @@ def _refuse_unfinished(out: Path) -> None:
 
 
 def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """Write finetune_args.json, then `run_one(seed, dir)` once into `out` (`args.seed`), or per seed of
-    `args.seeds` into `out/seed-N/` with the mean and sd of each numeric dev metric in `out/eval_results.json`
-    (plus `extra`). Prints a summary; returns the results."""
+    """Write finetune_args.json (a fresh run; a resume keeps it), then `run_one(seed, dir)` once into `out`
+    (`args.seed`), or per seed of `args.seeds` into `out/seed-N/` with the mean and sd of each numeric dev metric
+    in `out/eval_results.json` (plus `extra`). Prints a summary; returns the results. Rank 0 holds `out`'s lock
+    throughout: a second job there is refused before it removes or writes anything."""
+    with contextlib.ExitStack() as held:
+        dist.on_main(lambda: held.enter_context(run_lock(out)))
+        return _run_seeds(args, out, run_one, metric, extra)
+
+
+def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     resume = bool(getattr(args, "resume", False))
     if resume:
         check_resumed_settings(out / "finetune_args.json", args, RESUME_FREE)
     else:
         _refuse_unfinished(out)
-    if dist.is_main():
+    if dist.is_main() and not resume:
         write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
     if not args.seeds:
         res = _done(out, resume)
