@@ -390,7 +390,9 @@ def squad_best_thresholds(predictions: Mapping[str, str], na_probs: Mapping[str,
     questions taken in increasing ``na_probs`` (a no-answer score per question, e.g. the null score minus the best
     span's), answering those up to a threshold and abstaining on the rest, the best exact match and F1 reachable
     (percent) and the thresholds that reach them: ``best_exact``, ``best_exact_thresh``, ``best_f1``,
-    ``best_f1_thresh``. Every question needs a prediction and a no-answer score."""
+    ``best_f1_thresh``. When abstaining everywhere is best the threshold is one below every score, so that
+    predicting with it abstains everywhere (the official script says 0.0, which for null odds, negative as
+    often as not, would answer many). Every question needs a prediction and a no-answer score."""
     questions, _ = _questions(dataset)
     if not questions:
         raise ValueError("the SQuAD dataset has no questions")
@@ -400,9 +402,10 @@ def squad_best_thresholds(predictions: Mapping[str, str], na_probs: Mapping[str,
     has_answer = {qid: bool(golds) for qid, golds in questions}
     scores = {qid: squad_em_f1(predictions[qid], golds, version="2.0") for qid, golds in questions}
     out = {}
+    below_all = min(float(na_probs[q]) for q in scores) - 1.0
     for i, name in enumerate(("exact", "f1")):
         current = best = sum(1 for v in has_answer.values() if not v)  # abstaining everywhere
-        threshold = 0.0
+        threshold = below_all
         for qid in sorted(na_probs, key=lambda q: na_probs[q]):
             if qid not in scores:
                 continue

@@ -326,6 +326,9 @@ def test_squad_best_thresholds_by_hand():
     na["q2"] = 1.0  # q2 last: answering q1 and q3 reaches exact 2/3 (q2 abstained), F1 (1 + 2/3 + 1) / 3
     got = squad_best_thresholds(preds, na, data)
     assert got["best_f1"] == pytest.approx(100 * (1 + 2 / 3 + 1) / 3) and got["best_f1_thresh"] == 0.9
+    # every answer wrong: abstaining everywhere is best, and the threshold is one that abstains everywhere
+    got = squad_best_thresholds({"q1": "x", "q2": "x", "q3": "x"}, {"q1": -2.5, "q2": 0.5, "q3": 1.0}, data)
+    assert got["best_f1"] == pytest.approx(100 / 3) and got["best_f1_thresh"] == -3.5
     with pytest.raises(ValueError, match="1 questions lack a prediction or a no-answer score, e.g. 'q3'"):
         squad_best_thresholds({"q1": "a", "q2": ""}, na, data)
 

@@ -4,7 +4,7 @@
 
     {"split": "train", "step": 100, "lr": 9.9e-05, "loss": 7.2, "loss_mlm": 6.5, "loss_nsp": 0.69,
      "acc_mlm": 0.05, "acc_nsp": 0.51, "grad_norm": 1.3, "tokens_per_s": 51234.0, "elapsed": 12.5}
-    {"split": "eval", "step": 100, "loss": 7.1, "acc_mlm": 0.06, ...}
+    {"split": "eval", "step": 100, "mlm_accuracy": 0.06, "mlm_loss": 6.4, "perplexity": 601.8, ...}
 
 Only rank 0 writes. TensorBoard scalars (`<run>/tensorboard/`, tags `train/loss` ...) are written when the
 `tensorboard` package is installed (decided once, explicitly: `tensorboard_available()`); matplotlib draws
@@ -198,14 +198,24 @@ def _is_score(key: str) -> bool:
     return key in SCORES or (key.startswith(("HasAns_", "NoAns_")) and not key.endswith("_total"))
 
 
+def _is_loss_term(key: str) -> bool:
+    """A loss term: training's "loss_mlm", pre-training evaluation's "mlm_loss"."""
+    return key.startswith("loss_") or key.endswith("_loss")
+
+
+def _is_accuracy(key: str) -> bool:
+    """Training's "acc_mlm", fine-tuning evaluation's "accuracy", pre-training evaluation's "mlm_accuracy"."""
+    return key.startswith("acc") or key.endswith("_accuracy")
+
+
 def _panels(runs: list[list[dict]]) -> list[str]:
     """The panels the runs' records fill, in drawing order."""
     panels = []
     if any(_series(r, "train", "loss")[0] for r in runs):
         panels.append("train loss")
-    if any(_series(r, "eval", "loss")[0] for r in runs):
+    if any(_series(r, "eval", "loss")[0] or _keys(r, "eval", _is_loss_term) for r in runs):
         panels.append("eval loss")
-    if any(_keys(r, s, lambda k: k.startswith("acc")) for r in runs for s in ("train", "eval")):
+    if any(_keys(r, s, _is_accuracy) for r in runs for s in ("train", "eval")):
         panels.append("accuracy")
     if any(_keys(r, "eval", _is_score) for r in runs):
         panels.append("dev scores")
@@ -249,18 +259,18 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
                 split = panel.split()[0]
                 xs, ys = _series(records, split, "loss")
                 if xs:
-                    ax.plot(xs, ys, color=c if multi else None, lw=1.8, marker="o" if split == "eval" else None,
-                            ms=3, label=f"{tag}loss")
-                terms = _keys(records, split, lambda k: k.startswith("loss_"))
-                for j, k in enumerate(terms if len(terms) > 1 else []):  # one term is the total again
+                    ax.plot(xs, ys, color=c if multi else None, lw=1.8,
+                            marker="o" if split == "eval" or len(xs) == 1 else None, ms=3, label=f"{tag}loss")
+                terms = _keys(records, split, _is_loss_term)
+                for j, k in enumerate(terms if len(terms) > 1 or not xs else []):  # one term is the total again
                     xs, ys = _series(records, split, k)
                     ax.plot(xs, ys, color=c if multi else None, lw=1.0, ls=term_styles[j % len(term_styles)],
-                            label=f"{tag}{k}")
+                            marker="o" if split == "eval" else None, ms=3, label=f"{tag}{k}")
                 ax.set_ylabel("loss")
             elif panel == "accuracy":
                 markers = "osd^v<>"
                 for split, ls in (("train", "--"), ("eval", "-")):
-                    for j, k in enumerate(_keys(records, split, lambda k: k.startswith("acc"))):
+                    for j, k in enumerate(_keys(records, split, _is_accuracy)):
                         xs, ys = _series(records, split, k)
                         marker = markers[j % len(markers)] if multi or split == "eval" else None
                         ax.plot(xs, ys, color=c if multi else None, ls=ls, lw=1.3, marker=marker, ms=3,

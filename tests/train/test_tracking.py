@@ -86,6 +86,21 @@ def test_fine_tuning_scores_get_their_own_panel(tmp_path):
     assert open(plot_run(tmp_path), "rb").read()[:4] == b"\x89PNG"
 
 
+def test_pre_training_evaluations_are_drawn(tmp_path):
+    """Pre-training's held-out lines name their terms mlm_loss / mlm_accuracy (no total loss): they fill the
+    eval loss and accuracy panels."""
+    tr = Tracker(tmp_path, total_steps=4, progress=False)
+    tr.log(4, {"loss": 7.0, "loss_mlm": 6.3, "loss_nsp": 0.7, "acc_mlm": 0.05, "acc_nsp": 0.5, "lr": 1e-4})
+    tr.log(4, {"mlm_accuracy": 0.06, "mlm_loss": 6.2, "perplexity": 493.0, "nsp_accuracy": 0.55,
+               "nsp_loss": 0.69}, split="eval")
+    tr.close()
+    runs = [tracking.read_metrics(tmp_path)]
+    assert tracking._panels(runs) == ["train loss", "eval loss", "accuracy", "learning rate"]
+    assert tracking._keys(runs[0], "eval", tracking._is_loss_term) == ["mlm_loss", "nsp_loss"]
+    assert tracking._keys(runs[0], "eval", tracking._is_accuracy) == ["mlm_accuracy", "nsp_accuracy"]
+    assert open(plot_run(tmp_path), "rb").read()[:4] == b"\x89PNG"
+
+
 @pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard is not installed")
 def test_tensorboard_scalars(tmp_path):
     tr = Tracker(tmp_path, total_steps=2, progress=False, tensorboard=True)
