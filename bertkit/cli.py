@@ -206,8 +206,9 @@ def _add_columns(p: argparse.ArgumentParser, label: bool = True, remembered: boo
                        help="column of the label" + default.format("label"))
     p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
                    help="table format (default: from the file extension)")
-    p.add_argument("--no-header", dest="header", action="store_false",
-                   help="CSV/TSV files have no header line (choose columns by index)")
+    p.add_argument("--no-header", dest="header", action="store_false", default=None if remembered else True,
+                   help="CSV/TSV files have no header line (choose columns by index)"
+                        + (" (default: as fine-tuned)" if remembered else ""))
 
 
 def _table_kwargs(args: argparse.Namespace) -> dict:

@@ -243,7 +243,7 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
     return results
 
 
-CHOICE_COLUMNS = ("context_column", "question_column", "choice_columns", "label_column")
+CHOICE_COLUMNS = ("context_column", "question_column", "choice_columns", "label_column", "header")
 
 
 def _choice_read(model, read: dict[str, Any]) -> dict[str, Any]:

@@ -315,7 +315,7 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
          "num_train": len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
          "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})},
         {"max_seq_length": args.max_seq_length, "stride": args.stride, "text_column": args.text_column,
-         "text_pair_column": args.text_pair_column, "label_column": args.label_column})
+         "text_pair_column": args.text_pair_column, "label_column": args.label_column, "header": args.header})
 
 
 # what --resume may change: how the run is shown or executed, not what it computes; its length (more steps); and the
@@ -567,7 +567,7 @@ def _classify_settings(model, max_seq_length: int | None, stride: int | str | No
 def _classify_columns(model, read: dict[str, Any]) -> dict[str, Any]:
     """The table reading options, with the columns left None taken as fine-tuned (`settings_for`): a model
     fine-tuned on pairs reads pairs without being told again."""
-    columns = {k: read.get(k) for k in ("text_column", "text_pair_column", "label_column")}
+    columns = {k: read.get(k) for k in ("text_column", "text_pair_column", "label_column", "header")}
     return {**read, **settings_for(model, FinetuneClassifyArgs, **columns)}
 
 

@@ -94,7 +94,8 @@ def test_evaluate_and_predict_dispatch_on_a_multiple_choice_model(trained, toy, 
     out = tmp_path / "m.json"
     saved = json.loads((trained / "best" / "config.json").read_text())["task_specific_params"]
     assert saved == {"multiple-choice": {"max_seq_length": 24, "context_column": "sent1", "question_column": "sent2",
-                                         "choice_columns": ",".join(ENDINGS), "label_column": "label"}}
+                                         "choice_columns": ",".join(ENDINGS), "label_column": "label",
+                                         "header": True}}
     # the columns are those of fine-tuning unless given
     assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(out)]) == 0
     best = json.loads((trained / "eval_results.json").read_text())["best"]
