@@ -179,6 +179,8 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
 
 def _plot(args: argparse.Namespace) -> int:
     from .train.tracking import plot_run, plot_runs
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        raise ValueError(f"--labels: {len(args.labels)} given for {len(args.runs)} runs; give one per run")
     if len(args.runs) == 1:
         path = plot_run(args.runs[0], args.output)
     else:
@@ -189,7 +191,8 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories holding metrics.jsonl")
-    p.add_argument("--output", metavar="PNG", help="the picture (default RUN_DIR/curves.png)")
+    p.add_argument("--output", metavar="PNG",
+                   help="the picture (default: RUN_DIR/curves.png for one run, ./curves.png for several)")
     p.add_argument("--labels", nargs="+", help="one legend label per run")
 
 

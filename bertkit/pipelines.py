@@ -291,7 +291,8 @@ class FillMaskPipeline(Pipeline):
 class TextClassificationPipeline(Pipeline):
     """`p(text)` -> [{"label", "score"}] (a list, as transformers gives for one str), `p([texts])` -> one
     {"label", "score"} per text; a pair, as {"text": ..., "text_pair": ...} or a (text, pair) tuple, gives one
-    dict. top_k=k > 1 gives the k best as a list, top_k=None all labels.
+    dict. With top_k given (to the call or the pipeline) each input gives a list, best first, as in
+    transformers: the k best, or every label for top_k=None (top_k=1: a list of one).
 
     Scores are, as in transformers, a softmax over the labels; a sigmoid per label when config.problem_type is
     "multi_label_classification" or the model has one label and no problem_type (a cross-encoder's relevance
@@ -302,11 +303,12 @@ class TextClassificationPipeline(Pipeline):
     task = "text-classification"
     auto_class = AutoModelForSequenceClassification
     head = "classifier head (bert.pooler and classifier)"
-    options = {"top_k": 1, "function_to_apply": None}
+    options = {"top_k": "", "function_to_apply": None}  # top_k "": not given (transformers' marker too)
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
-        self._check_int(opts, "top_k", allow_none=True)
+        if opts.get("top_k") != "":
+            self._check_int(opts, "top_k", allow_none=True)
         if opts.get("function_to_apply") not in (None, "softmax", "sigmoid", "none"):
             raise ValueError("text-classification: function_to_apply must be 'softmax', 'sigmoid' or 'none', "
                              f"got {opts['function_to_apply']!r}")
@@ -359,16 +361,15 @@ class TextClassificationPipeline(Pipeline):
         regression = self.model.config.problem_type == "regression"
         function = opts["function_to_apply"] or self._default_function()
         apply = {"softmax": lambda t: t.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda t: t}[function]
+        top_k = 1 if opts["top_k"] == "" else opts["top_k"]
         out = []
         for row, scores in zip(logits, apply(logits)):
             if regression and opts["function_to_apply"] is None:
-                out.append({"label": (self.model.config.id2label or {}).get(0, "score"), "score": float(row[0])})
-                continue
-            k = len(scores) if opts["top_k"] is None else min(opts["top_k"], len(scores))
-            top = scores.topk(k)
-            best = [{"label": self._label(int(j)), "score": float(s)}
-                    for s, j in zip(top.values, top.indices)]
-            out.append(best[0] if opts["top_k"] == 1 else best)
+                best = [{"label": (self.model.config.id2label or {}).get(0, "score"), "score": float(row[0])}]
+            else:
+                top = scores.topk(len(scores) if top_k is None else min(top_k, len(scores)))
+                best = [{"label": self._label(int(j)), "score": float(s)} for s, j in zip(top.values, top.indices)]
+            out.append(best[0] if opts["top_k"] == "" else best)
         return out
 
 

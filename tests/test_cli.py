@@ -238,3 +238,19 @@ def test_tokenizer_train_refuses_a_model_directory(tmp_path, capsys):
                  "--output", str(tmp_path / "m")]) == 2
     assert "holds a model (config.json)" in _one_line_error(capsys, "tokenizer train")
     assert (tmp_path / "m" / "vocab.txt").read_text() == vocab
+
+
+def test_plot_draws_one_run_beside_it_and_several_here(tmp_path, capsys, monkeypatch):
+    from bertkit.train.tracking import Tracker
+    for name in ("a", "b"):
+        tr = Tracker(tmp_path / name, total_steps=2, progress=False)
+        for step in (1, 2):
+            tr.log(step, {"loss": 1.0 / step, "lr": 1e-4})
+        tr.close()
+    monkeypatch.chdir(tmp_path)
+    assert main(["plot", str(tmp_path / "a")]) == 0 and (tmp_path / "a" / "curves.png").is_file()
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "x", "y"]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "x"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--labels: 1 given for 2 runs; give one per run")

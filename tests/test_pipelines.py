@@ -168,7 +168,7 @@ def test_text_classification_matches_transformers(tmp_path_factory, problem):
         arg = {"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else item
         ref = theirs(arg, top_k=None)
         if problem == "regression":
-            assert mine["label"] == "rating" and mine_all == mine
+            assert mine["label"] == "rating" and mine_all == [mine]  # top_k given: a list, as theirs
             assert abs(mine["score"] - ref[0]["score"]) <= 1e-5
             continue
         assert [r["label"] for r in mine_all] == [r["label"] for r in ref]
@@ -190,6 +190,11 @@ def test_text_classification_matches_transformers(tmp_path_factory, problem):
     assert max(abs(a["score"] - b["score"]) for a, b in zip(per_call, [got[len(TEXTS)], got[0]])) <= 1e-5
     if problem != "regression":
         assert [r["label"] for r in ours(inputs[0], top_k=2)] == [r["label"] for r in got_all[0][:2]]
+    # top_k=1 given: each input a list of one (transformers' shape), and one text that list itself
+    firsts = ours(TEXTS[:2], top_k=1)
+    ref = theirs(TEXTS[:2], top_k=1)
+    assert [[r["label"] for r in x] for x in firsts] == [[r["label"] for r in x] for x in ref]
+    assert [r["label"] for r in ours(TEXTS[0], top_k=1)] == [r["label"] for r in theirs(TEXTS[0], top_k=1)]
 
 
 def test_one_label_without_problem_type_is_a_sigmoid_score_as_in_transformers(tmp_path_factory):
