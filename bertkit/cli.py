@@ -433,6 +433,8 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
                          f"take a fine-tuned model, one of {', '.join(SAVED_TASKS)}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.max_seq_length is not None and args.max_seq_length < 3:
+        raise ValueError(f"--max-seq-length must be at least 3 ([CLS], a token, [SEP]), got {args.max_seq_length}")
     device = dist.setup(device=args.device).device  # under torchrun: this rank's GPU, and the ranks share the work
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(args.precision, device))
     common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,

@@ -220,6 +220,7 @@ def test_predict_refuses_a_model_without_a_task_head(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--batch-size", "0", "--batch-size must be a positive integer, got 0"),
+    ("--max-seq-length", "0", "--max-seq-length must be at least 3 ([CLS], a token, [SEP]), got 0"),
     ("--device", "bogus", "device 'bogus' is not a torch device, e.g. cpu, cuda or cuda:1"),
 ])
 def test_predict_checks_its_flags(tmp_path, capsys, flag, value, message):

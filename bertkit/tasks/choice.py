@@ -29,7 +29,7 @@ from ..data.readers import read_columns
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, labelled, packed_to,
                        pad_inputs, predict_batches)
 from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, table_format,
-                       train_keep_best, write_eval, write_predictions)
+                       train_keep_best, window_length, write_eval, write_predictions)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
            "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
@@ -213,7 +213,7 @@ def _read(args, path: str, label: bool = True) -> list[ChoiceExample]:
 def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
     """Fine-tune `args.model` for multiple choice; keep the best checkpoint by dev accuracy. Same run layout as
     `bertkit.tasks.finetune.run_finetune_classify`; best/ loads with AutoModelForMultipleChoice."""
-    from ..auto import AutoConfig, AutoModelForMultipleChoice, AutoTokenizer
+    from ..auto import AutoModelForMultipleChoice, AutoTokenizer
     from ..train import distributed as dist
     dist.setup()
     train, dev = _read(args, args.train), _read(args, args.dev)
@@ -222,7 +222,7 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
     if not dev:
         raise ValueError(f"{args.dev}: no dev rows")
     tok = AutoTokenizer.from_pretrained(args.model)
-    max_len = min(args.max_seq_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    max_len = window_length(args)
     train_feats, dev_feats = encode_choices(tok, train, max_len), encode_choices(tok, dev, max_len)
     n_choices = len(train[0].choices)
     dist.print0(f"{n_choices}-way multiple choice: {len(train)} training and {len(dev)} dev examples; "
@@ -235,7 +235,7 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
             args, seed, out, partial(AutoModelForMultipleChoice.from_pretrained, args.model), tok, batches,
             ChoiceObjective, lambda m: evaluate_choice(m, dev_feats, max(64, batch_size)), "accuracy",
             {"task": "multiple_choice", "num_choices": n_choices, "num_train": len(train), "num_dev": len(dev)},
-            {"max_seq_length": args.max_seq_length, **{k: getattr(args, k) for k in CHOICE_COLUMNS}})
+            {"max_seq_length": max_len, **{k: getattr(args, k) for k in CHOICE_COLUMNS}})
 
     results = run_seeds(args, Path(args.output), run_one, "accuracy",
                         {"task": "multiple_choice", "num_choices": n_choices})

@@ -295,6 +295,17 @@ def _done(out: Path, resume: bool) -> dict[str, Any] | None:
     return None
 
 
+def window_length(args, config=None) -> int:
+    """The window length to fine-tune with: --max-seq-length, cut to the model's positions (`config`: the
+    model's, else read) when it is the job's default, and refused when a longer one was asked for."""
+    positions = (config or AutoConfig.from_pretrained(args.model)).max_position_embeddings
+    default = next(f.default for f in dataclasses.fields(args) if f.name == "max_seq_length")
+    if args.max_seq_length > positions and args.max_seq_length != default:
+        raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the max_position_embeddings of "
+                         f"{args.model} ({positions})")
+    return min(args.max_seq_length, positions)
+
+
 def split_args(args) -> dict[str, int]:
     """`rank`, `world_size` and `grad_accum` for a batch source: under torchrun each rank trains on its share of
     each global batch, and an epoch ends with a whole (if smaller) optimizer step."""
@@ -303,7 +314,7 @@ def split_args(args) -> dict[str, int]:
 
 
 def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str, Any]:
-    tok, info, train_feats, dev_feats, metric = data
+    tok, info, train_feats, dev_feats, metric, max_len = data
     batch_size = min(args.batch_size, len(train_feats))
     batches = ClassificationBatches(train_feats, batch_size, pad_id=tok.pad_token_id, seed=seed,
                                     regression=info.regression, **split_args(args))
@@ -314,7 +325,7 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
         {"task": "regression" if info.regression else "classification", "labels": list(info.labels),
          "num_train": len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
          "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})},
-        {"max_seq_length": args.max_seq_length, "stride": args.stride, "text_column": args.text_column,
+        {"max_seq_length": max_len, "stride": args.stride, "text_column": args.text_column,
          "text_pair_column": args.text_pair_column, "label_column": args.label_column, "header": args.header})
 
 
@@ -411,10 +422,10 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
         raise ValueError(f"--metric {metric} does not apply to {'regression' if info.regression else 'classification'}"
                          f"; choose one of {', '.join(allowed)}")
     tok = AutoTokenizer.from_pretrained(args.model)
-    max_len = min(args.max_seq_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    max_len = window_length(args)
     train_feats = encode_examples(tok, train, info, max_len, source=args.train, stride=args.stride)
     dev_feats = encode_examples(tok, dev, info, max_len, source=args.dev, stride=args.stride)
-    data = (tok, info, train_feats, dev_feats, metric)
+    data = (tok, info, train_feats, dev_feats, metric, max_len)
     task = "regression" if info.regression else f"{info.num_labels}-way classification ({', '.join(info.labels)})"
     windows = (f" ({len(train_feats)} and {len(dev_feats)} windows of {max_len} tokens, stride {args.stride})"
                if args.stride is not None else "")
@@ -436,7 +447,7 @@ class FinetuneTagArgs(FinetuneArgs):
 
 
 def _tag_window(args, config) -> tuple[int, int]:
-    max_len = min(args.max_seq_length, config.max_position_embeddings)
+    max_len = window_length(args, config)
     if args.stride >= max_len - 2:
         raise ValueError(f"--stride {args.stride} must be smaller than --max-seq-length - 2 = {max_len - 2}")
     return max_len, args.stride
@@ -472,7 +483,7 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
             args, seed, out, load, tok, batches, TagObjective,
             lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), "f1",
             {"task": "tagging", "labels": list(tags), "num_train": len(train), "num_dev": len(dev)},
-            {"max_seq_length": args.max_seq_length, "stride": args.stride, "token_column": args.token_column,
+            {"max_seq_length": max_len, "stride": args.stride, "token_column": args.token_column,
              "tag_column": args.tag_column})
 
     results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "tagging", "labels": list(tags)})

@@ -36,14 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..auto import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
+from ..auto import AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
 from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, labelled, packed_to, pad_inputs,
                        predict_batches)
-from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best, write_eval,
-                       write_predictions)
+from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best,
+                       window_length, write_eval, write_predictions)
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -377,7 +377,7 @@ def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
     train, dev = _read(args.train, "training"), _read(args.dev, "dev")
     version_2 = args.version_2_with_negative or any(e.is_impossible for e in train + dev)
     tok = AutoTokenizer.from_pretrained(args.model)
-    max_len = min(args.max_seq_length, AutoConfig.from_pretrained(args.model).max_position_embeddings)
+    max_len = window_length(args)
     enc = dict(max_seq_length=max_len, doc_stride=args.doc_stride, max_query_length=args.max_query_length)
     train_feats = encode_qa(tok, train, **enc, source=args.train)
     dev_feats = encode_qa(tok, dev, **enc, labels=False, source=args.dev)

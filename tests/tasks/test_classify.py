@@ -205,6 +205,12 @@ def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path, capsys):
     assert load_training_state(find_latest(out))["data"] == [{"epoch": 1, "batch": 10}]  # the end of epoch 2
 
 
+def test_a_window_longer_than_the_model_positions_is_refused(toy, tmp_path, capsys):
+    assert finetune(toy, tmp_path / "long", "--max-seq-length", "100") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"--max-seq-length 100 exceeds the max_position_embeddings of {toy['encoder']} (64)")
+
+
 def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
     assert finetune(toy, tmp_path / "bad", "--seeds", "a,b") == 2  # refused before any work
     assert "--seeds must be comma-separated integers, got 'a,b'" in capsys.readouterr().err
