@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import warnings
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -50,7 +51,7 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,
                               min_frequency=args.min_frequency, show_progress=sys.stderr.isatty())
     tok.save_pretrained(args.output)
-    print(f"trained a {'cased' if args.cased else 'uncased'} WordPiece vocabulary of {len(tok)} tokens "
+    print(f"trained {'a cased' if args.cased else 'an uncased'} WordPiece vocabulary of {len(tok)} tokens "
           f"on {len(args.corpus)} file(s); wrote {args.output}")
     return 0
 
@@ -559,9 +560,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    plain = warnings.formatwarning
+    # a warning is one line too, without Python's source line under it
+    warnings.formatwarning = lambda message, category, *_, **__: \
+        f"bertkit {args.words}: {category.__name__}: {message}\n"
     try:
         return args.run(args)
     except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written: one line
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = plain

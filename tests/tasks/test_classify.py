@@ -205,6 +205,20 @@ def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path, capsys):
     assert load_training_state(find_latest(out))["data"] == [{"epoch": 1, "batch": 10}]  # the end of epoch 2
 
 
+def test_the_command_line_prints_a_warning_on_one_line(toy, tmp_path):
+    """The classifier a fine-tuning run adds is reported as new weights: one line, no Python source under it."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-m", "bertkit", "finetune", "classify", "--model", str(toy["encoder"]),
+                          "--train", str(toy["train"]), "--dev", str(toy["dev"]), "--output", str(tmp_path / "r"),
+                          "--max-steps", "1", "--max-seq-length", "16"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    warned = [i for i, line in enumerate(lines) if line.startswith("bertkit finetune classify: LoadWarning: ")]
+    assert warned and "newly initialised (train before use): classifier.weight" in lines[warned[0]]
+    assert not lines[warned[0] + 1:warned[0] + 2] or not lines[warned[0] + 1].startswith("  ")
+
+
 def test_a_window_longer_than_the_model_positions_is_refused(toy, tmp_path, capsys):
     assert finetune(toy, tmp_path / "long", "--max-seq-length", "100") == 2
     err = capsys.readouterr().err.strip()
