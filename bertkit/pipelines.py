@@ -452,7 +452,7 @@ class TokenClassificationPipeline(Pipeline):
         def words(x) -> bool:
             return isinstance(x, (list, tuple)) and all(isinstance(w, str) for w in x)
 
-        if words(inputs) and inputs and all(isinstance(w, str) for w in inputs):
+        if words(inputs) and inputs:
             return SplitWords.join(inputs, delimiter)
         if isinstance(inputs, (list, tuple)) and all(words(x) for x in inputs):
             return [SplitWords.join(x, delimiter) for x in inputs]
