@@ -454,8 +454,9 @@ def _tag_window(args, config) -> tuple[int, int]:
 
 
 def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
-    """Fine-tune `args.model` for token classification on CoNLL files; keep the best checkpoint by dev entity F1.
-    Same run layout as `run_finetune_classify` (eval_results.json: entity precision / recall / F1, per type, word
+    """Fine-tune `args.model` for token classification on CoNLL files; keep the best checkpoint by dev entity F1
+    (by word accuracy when no tag has a B-/I-/E-/S- prefix: part-of-speech style tags make no entities). Same run
+    layout as `run_finetune_classify` (eval_results.json: entity precision / recall / F1, per type, word
     accuracy)."""
     from ..auto import AutoModelForTokenClassification
     from ..data.readers import read_conll
@@ -472,8 +473,11 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
     max_len, stride = _tag_window(args, AutoConfig.from_pretrained(args.model))
     train_feats = encode_sentences(tok, train, tags, max_len, stride, source=args.train)
     dev_feats = encode_sentences(tok, dev, tags, max_len, stride, source=args.dev)
+    metric = "f1" if any(t[:2] in ("B-", "I-", "E-", "S-") for t in tags) else "accuracy"
     dist.print0(f"tagging with {len(tags)} tags ({', '.join(tags)}): {len(train)} training sentences "
-                f"({len(train_feats)} windows), {len(dev)} dev sentences; model {args.model}")
+                f"({len(train_feats)} windows), {len(dev)} dev sentences; model {args.model}"
+                + ("" if metric == "f1" else "; no tag marks entities (B-/I-), so the best checkpoint is "
+                                             "chosen by word accuracy"))
 
     def run_one(seed: int, out: Path) -> dict[str, Any]:
         batches = TagBatches(train_feats, min(args.batch_size, len(train_feats)), pad_id=tok.pad_token_id,
@@ -481,12 +485,12 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
         load = partial(AutoModelForTokenClassification.from_pretrained, args.model, **model_kwargs(tags))
         return train_keep_best(
             args, seed, out, load, tok, batches, TagObjective,
-            lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), "f1",
+            lambda m: evaluate_tagging(m, dev_feats, dev, max(64, args.batch_size)), metric,
             {"task": "tagging", "labels": list(tags), "num_train": len(train), "num_dev": len(dev)},
             {"max_seq_length": max_len, "stride": args.stride, "token_column": args.token_column,
              "tag_column": args.tag_column})
 
-    results = run_seeds(args, Path(args.output), run_one, "f1", {"task": "tagging", "labels": list(tags)})
+    results = run_seeds(args, Path(args.output), run_one, metric, {"task": "tagging", "labels": list(tags)})
     dist.cleanup()
     return results
 

@@ -234,3 +234,14 @@ def test_seeds_report_mean_and_sd_of_the_numeric_metrics(toy, tmp_path, capsys):
     for seed in (1, 2):
         assert (out / f"seed-{seed}" / "best" / "config.json").is_file()
     assert "f1: " in printed and " ± " in printed
+
+
+def test_tags_without_entity_prefixes_pick_the_best_checkpoint_by_accuracy(toy, tmp_path, capsys):
+    """Part-of-speech style tags (no B-/I-) make no entities: the best checkpoint is chosen by word accuracy."""
+    train, dev = toy["rows"]
+    pos = lambda rows: [[(w, "NOUN" if t != "O" else "OTHER") for w, t in s] for s in rows]  # noqa: E731
+    out = tmp_path / "pos"
+    assert finetune(toy, out, "--max-steps", "4", train=write_conll(tmp_path / "train.conll", pos(train)),
+                    dev=write_conll(tmp_path / "dev.conll", pos(dev))) == 0
+    assert "so the best checkpoint is chosen by word accuracy" in capsys.readouterr().out
+    assert json.loads((out / "eval_results.json").read_text())["metric"] == "accuracy"
