@@ -247,7 +247,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     max_steps = args.max_steps or max(1, math.ceil(args.epochs * per_epoch))
     eval_every = args.eval_every or per_epoch
     cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, grad_accum=batches.grad_accum, lr=args.lr,
-                      warmup_steps=int(args.warmup * max_steps), weight_decay=args.weight_decay,
+                      warmup_steps=math.ceil(args.warmup * max_steps), weight_decay=args.weight_decay,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
                       tensorboard=False, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing,

@@ -566,6 +566,11 @@ class Trainer:
             return None
         state = load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler)
+        # the saved learning rate is the saved schedule's; with more max_steps (or another warm-up) the next
+        # step's comes from the schedule in force (the scheduler keeps its own factor, and the saved step)
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
         same_world = len(state["rng"]) == self.info.world_size
         self._check_settings(path, state)
         self._check_global_batch(path, state)
@@ -688,7 +693,7 @@ class Trainer:
         self.objective.train()
         try:
             while self.step < cfg.max_steps:
-                lr = self.scheduler.get_last_lr()[0]
+                lr = self.optimizer.param_groups[0]["lr"]  # this step's (set by the scheduler, or on resume)
                 micro = [self._next_batch(it) for _ in range(cfg.grad_accum)]
                 counts = self._global_counts([c for _, c, _ in micro])
                 for i, (batch, _, tokens) in enumerate(micro):

@@ -219,6 +219,14 @@ def test_the_command_line_prints_a_warning_on_one_line(toy, tmp_path):
     assert not lines[warned[0] + 1:warned[0] + 2] or not lines[warned[0] + 1].startswith("  ")
 
 
+def test_warmup_fraction_rounds_up_as_transformers(toy, tmp_path):
+    """--warmup 0.1 of 5 steps: transformers' ceil gives 1 warm-up step, so the first step's rate is 0."""
+    assert finetune(toy, tmp_path / "w", "--max-steps", "5", "--log-every", "1") == 0
+    lines = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in lines if r["split"] == "train"}
+    assert lr[1] == 0.0 and lr[2] == pytest.approx(1e-2)  # then linear decay from the peak over 4 steps
+
+
 def test_a_window_longer_than_the_model_positions_is_refused(toy, tmp_path, capsys):
     assert finetune(toy, tmp_path / "long", "--max-seq-length", "100") == 2
     err = capsys.readouterr().err.strip()

@@ -120,8 +120,13 @@ def test_resume_refuses_other_training_settings(tmp_path, capsys):
     with pytest.raises(ValueError, match="is at step 4, past max_steps 3"):
         run(resume=True, max_steps=3)
     capsys.readouterr()
-    assert run(resume=True, max_steps=6)["step"] == 6
+    assert run(resume=True, max_steps=6, log_every=1)["step"] == 6
     assert "the learning-rate schedule changes (max_steps 4 -> 6)" in capsys.readouterr().out
+    # the resumed steps take the 6-step schedule's rates (1e-3 * (6 - s) / 5 at 0-based step s), not the
+    # saved 4-step one's (0 at step 4: that step would have been lost)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in lines if r["split"] == "train"}
+    assert lr[5] == pytest.approx(1e-3 * 2 / 5) and lr[6] == pytest.approx(1e-3 * 1 / 5)
 
 
 def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp_path):
