@@ -15,6 +15,7 @@ Rust Unicode tables (e.g. U+2E44).
 from __future__ import annotations
 
 import json
+import operator
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -254,6 +255,7 @@ class BertTokenizer:
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
         self._tok = tok
         self._rust_settings = None  # (truncation, padding) last sent to Rust, sides included; see _configure
+        self._warned_too_long = False
 
         # Restore saved added tokens first, in id order, so they get back their ids; then make sure the
         # role tokens exist (a vocabulary without [CLS] gets it as a new token, as in HF).
@@ -271,9 +273,10 @@ class BertTokenizer:
             "cls_token": cls_token,
             "mask_token": mask_token,
         }
-        tok.add_special_tokens([_special(t) for t in self._special.values()])
         extra = _token_list(extra_special_tokens, "extra_special_tokens")
-        tok.add_special_tokens([_special(t) for t in extra])
+        # a special token restored above keeps its saved flags (lstrip, rstrip: offsets depend on them)
+        restored = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        tok.add_special_tokens([_special(t) for t in (*self._special.values(), *extra) if t not in restored])
         self._extra_special = list(dict.fromkeys(extra))
         self._update_post_processor()
 
@@ -497,23 +500,27 @@ class BertTokenizer:
         self._rust_settings = None  # the padding set on the Rust side may name the old pad token
         return len(self) - before
 
-    def add_tokens(self, tokens: str | Sequence[str], special_tokens: bool = False) -> int:
+    def add_tokens(self, tokens: str | AddedToken | Sequence[str | AddedToken], special_tokens: bool = False) -> int:
         """Add whole tokens that are never split; returns how many got new ids (resize embeddings to len(self)).
 
         For an uncased tokenizer, non-special tokens are lowercased first, so they match the lowercased
         text ("HeLLo" is added as "hello"). Tokens already in the vocabulary are left alone, so adding a
-        known word does not change how other words split. Special tokens match the raw text, case-sensitively."""
-        tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+        known word does not change how other words split. Special tokens match the raw text, case-sensitively.
+        An `AddedToken` (as transformers takes) is added as it is, with its own matching flags."""
+        tokens = [tokens] if isinstance(tokens, (str, AddedToken)) else list(tokens)
         for t in tokens:
-            if not isinstance(t, str) or not t:
-                raise TypeError(f"tokens to add must be non-empty str, got {t!r}")
+            if not (isinstance(t, str) and t or isinstance(t, AddedToken) and t.content):
+                raise TypeError(f"tokens to add must be non-empty str or AddedToken, got {t!r}")
+        given = [t for t in tokens if isinstance(t, AddedToken)]
+        words = [t for t in tokens if isinstance(t, str)]
         before = len(self)
         if special_tokens:
-            self._tok.add_special_tokens([_special(t) for t in tokens])
+            self._tok.add_special_tokens([*given, *(_special(t) for t in words)])
         else:
             known = self._tok.get_vocab(with_added_tokens=True)
-            fresh = dict.fromkeys(t.lower() if self.do_lower_case else t for t in tokens)
-            self._tok.add_tokens([AddedToken(t, special=False, normalized=True) for t in fresh if t not in known])
+            fresh = dict.fromkeys(t.lower() if self.do_lower_case else t for t in words)
+            self._tok.add_tokens([*(t for t in given if t.content not in known),
+                                  *(AddedToken(t, special=False, normalized=True) for t in fresh if t not in known)])
         return len(self) - before
 
     def _update_post_processor(self) -> None:
@@ -629,6 +636,13 @@ class BertTokenizer:
         )
         encodings = self._tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
                                            add_special_tokens=add_special_tokens)
+        if not trunc and add_special_tokens and not self._warned_too_long:  # model inputs, as transformers warns
+            longest = max((len(e.ids) for e in encodings), default=0)
+            if self.model_max_length <= NO_MAX_LENGTH_ABOVE and longest > self.model_max_length:
+                self._warned_too_long = True
+                warnings.warn(f"a sequence of {longest} tokens is longer than model_max_length "
+                              f"({self.model_max_length}), which a model cannot take; truncation=True cuts it "
+                              "(said once per tokenizer)", stacklevel=2)
 
         data = {}
         if return_overflowing_tokens:
@@ -887,6 +901,7 @@ class BertTokenizer:
         if isinstance(tokens, str):
             found = self._tok.token_to_id(tokens)
             return unk if found is None else found
+        tokens = _texts(tokens, "tokens")
         return [unk if (found := self._tok.token_to_id(t)) is None else found for t in tokens]
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int],
@@ -1238,4 +1253,12 @@ def _id_list(ids) -> list[int]:
         return ids.reshape(-1).tolist()
     if isinstance(ids, int):
         return [ids]
-    return list(ids)
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise TypeError(f"expected token ids (an int, a list of int or a tensor), got {type(ids).__name__}")
+    out = []
+    for i in ids:
+        try:
+            out.append(operator.index(i))  # an int, a numpy integer, a 0-d integer tensor
+        except TypeError:
+            raise TypeError(f"expected token ids (int), got {i!r} ({type(i).__name__})") from None
+    return out

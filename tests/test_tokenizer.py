@@ -1226,3 +1226,49 @@ def test_special_tokens_mask_matches_transformers(tok, hf):
     assert tok.get_special_tokens_mask(full, already_has_special_tokens=True) == \
         hf.get_special_tokens_mask(full, already_has_special_tokens=True)
     assert sum(tok.get_special_tokens_mask(full, already_has_special_tokens=True)) == 5
+
+
+def test_special_tokens_saved_with_lstrip_or_rstrip_keep_them(tmp_path):
+    """A [MASK] that swallows the space before it (lstrip, as RoBERTa-style checkpoints save it) and an extra
+    special token with rstrip: the same offsets as transformers, after loading and after saving again."""
+    from tokenizers import AddedToken
+    theirs = transformers.AutoTokenizer.from_pretrained(MINILM)
+    theirs.add_special_tokens({"mask_token": AddedToken("[MASK]", lstrip=True),
+                               "additional_special_tokens": [AddedToken("<x>", rstrip=True)]})
+    theirs.save_pretrained(tmp_path / "theirs")
+    text = "a <x> b [MASK] c"
+    want = theirs(text, return_offsets_mapping=True)
+    ours = BertTokenizer.from_pretrained(tmp_path / "theirs")
+    got = ours(text, return_offsets_mapping=True)
+    assert got["input_ids"] == want["input_ids"] and got["offset_mapping"] == want["offset_mapping"]
+    assert (2, 6) in got["offset_mapping"] and (7, 14) in got["offset_mapping"]
+    ours.save_pretrained(tmp_path / "ours")
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "ours")(text, return_offsets_mapping=True)
+    assert again["offset_mapping"] == want["offset_mapping"]
+
+
+def test_a_text_longer_than_the_model_takes_is_said_once():
+    tok = BertTokenizer.from_pretrained(MINILM)
+    with pytest.warns(UserWarning, match=r"a sequence of 602 tokens is longer than model_max_length \(512\)"):
+        assert len(tok("word " * 600)["input_ids"]) == 602
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok("word " * 600)  # once per tokenizer, as transformers
+        tok("word " * 600, add_special_tokens=False)
+        tok("word " * 600, truncation=True)
+
+
+def test_wrong_id_or_token_types_are_one_line_type_errors():
+    from tokenizers import AddedToken
+    tok = BertTokenizer.from_pretrained(MINILM)
+    for call, message in ((lambda: tok.decode(None), r"expected token ids \(an int, a list of int or a tensor\), "
+                                                     "got NoneType"),
+                          (lambda: tok.decode("abc"), "got str"),
+                          (lambda: tok.convert_ids_to_tokens([1.5]), r"expected token ids \(int\), got 1.5"),
+                          (lambda: tok.convert_tokens_to_ids(None), "tokens must be a str or a list of str"),
+                          (lambda: tok.convert_tokens_to_ids([1, 2]), r"tokens\[0\] must be a str, got int")):
+        with pytest.raises(TypeError, match=message):
+            call()
+    assert tok.decode(np.array([101, 7592, 102])) == "[CLS] hello [SEP]"
+    assert tok.add_tokens(AddedToken("<ent>", single_word=True)) == 1  # transformers takes AddedToken too
+    assert tok.tokenize("a <ent> b") == ["a", "<ent>", "b"]
