@@ -906,8 +906,8 @@ class BertTokenizer:
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int],
                               skip_special_tokens: bool = False) -> str | list[str]:
-        if isinstance(ids, int):
-            return self._tok.id_to_token(ids)
+        if isinstance(ids, (int, np.integer)):
+            return self._tok.id_to_token(int(ids))
         skip = self.all_special_ids if skip_special_tokens else ()
         return [self._tok.id_to_token(i) for i in _id_list(ids) if i not in skip]
 

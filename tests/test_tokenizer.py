@@ -1270,5 +1270,6 @@ def test_wrong_id_or_token_types_are_one_line_type_errors():
         with pytest.raises(TypeError, match=message):
             call()
     assert tok.decode(np.array([101, 7592, 102])) == "[CLS] hello [SEP]"
+    assert tok.convert_ids_to_tokens(np.int64(7592)) == "hello"  # one numpy id, as an int
     assert tok.add_tokens(AddedToken("<ent>", single_word=True)) == 1  # transformers takes AddedToken too
     assert tok.tokenize("a <ent> b") == ["a", "<ent>", "b"]
