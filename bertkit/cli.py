@@ -119,9 +119,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _add_pretrain(p: argparse.ArgumentParser) -> None:
     from .config import SIZES
+    from .tasks.flags import field_defaults
     from .tasks.pretrain import DOC_BOUNDARIES, PretrainArgs
     d = PretrainArgs()
-    defaults = {f.name: f.default for f in dataclasses.fields(PretrainArgs)}
+    defaults = field_defaults(PretrainArgs)
     p.add_argument("--corpus", nargs="+", default=[], metavar="FILE",
                    help="UTF-8 text files, one paragraph per line, blank lines between documents "
                         "(default: the English documentation shipped with Python)")

@@ -49,7 +49,7 @@ from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer, run_lock
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
                        classification_report, encode_examples, evaluate_classification, label_info, labelled_logits)
-from .flags import check_ints, check_numbers
+from .flags import check_ints, check_numbers, field_defaults
 
 RESULTS_NAME = "eval_results.json"
 
@@ -201,7 +201,7 @@ def settings_for(model, args_cls, **given: Any) -> dict[str, Any]:
     """Each of `given` unless None, else the value saved with `model` at fine-tuning (`remember_settings`),
     else the default of that field of `args_cls` (the fine-tuning job's own default)."""
     saved = saved_settings(model)
-    defaults = {f.name: f.default for f in dataclasses.fields(args_cls)}
+    defaults = field_defaults(args_cls)
     return {k: v if v is not None else saved.get(k, defaults[k]) for k, v in given.items()}
 
 
@@ -299,8 +299,7 @@ def window_length(args, config=None) -> int:
     """The window length to fine-tune with: --max-seq-length, cut to the model's positions (`config`: the
     model's, else read) when it is the job's default, and refused when a longer one was asked for."""
     positions = (config or AutoConfig.from_pretrained(args.model)).max_position_embeddings
-    default = next(f.default for f in dataclasses.fields(args) if f.name == "max_seq_length")
-    if args.max_seq_length > positions and args.max_seq_length != default:
+    if args.max_seq_length > positions and args.max_seq_length != field_defaults(type(args))["max_seq_length"]:
         raise ValueError(f"--max-seq-length {args.max_seq_length} exceeds the max_position_embeddings of "
                          f"{args.model} ({positions})")
     return min(args.max_seq_length, positions)

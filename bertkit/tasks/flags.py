@@ -2,7 +2,14 @@
 vocabulary, builds data or touches its output directory. Errors name the flag as typed (`--max-steps`)."""
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
+
+
+def field_defaults(args_cls) -> dict[str, Any]:
+    """Each field's own default (not a value `__post_init__` derived from others), of fields that have one."""
+    return {f.name: f.default for f in dataclasses.fields(args_cls) if f.default is not dataclasses.MISSING}
 
 
 def _flag(name: str) -> str:
