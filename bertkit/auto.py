@@ -23,8 +23,8 @@ def check_model_type(directory: str) -> None:
 class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, **overrides) -> BertConfig:
-        directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+                        cache_dir: str | os.PathLike | None = None, subfolder: str = "", **overrides) -> BertConfig:
+        directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
         check_model_type(directory)
         return apply_config_overrides(BertConfig.from_json_file(config_file(directory)), overrides)
 
@@ -32,13 +32,13 @@ class AutoConfig:
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, **kwargs):
-        """The revision is resolved here and BertTokenizer gets the snapshot directory."""
+                        cache_dir: str | os.PathLike | None = None, subfolder: str = "", **kwargs):
+        """The revision and subfolder are resolved here and BertTokenizer gets the snapshot directory."""
         from .tokenizer import BertTokenizer
         for name in NO_EFFECT_OPTIONS & set(kwargs):
             kwargs.pop(name)
         directory = resolve_model_dir(name_or_path, required=TOKENIZER_FILES, revision=revision,
-                                      cache_dir=cache_dir)
+                                      cache_dir=cache_dir, subfolder=subfolder)
         if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             check_model_type(directory)
         tok = BertTokenizer.from_pretrained(directory, **kwargs)
@@ -62,8 +62,8 @@ class _AutoModel:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, **kwargs):
-        directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+                        cache_dir: str | os.PathLike | None = None, subfolder: str = "", **kwargs):
+        directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
         check_model_type(directory)
         return cls.model_class().from_pretrained(directory, **kwargs)
 

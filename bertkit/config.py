@@ -187,16 +187,18 @@ class BertConfig:
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> "BertConfig":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
+                        subfolder: str = "") -> "BertConfig":
         """From a config.json file, a directory or a model name; `revision` picks a hub-cache snapshot
-        of a name and is ignored for a local file or directory, as in transformers."""
+        of a name and is ignored for a local file or directory, as in transformers; `subfolder` is a folder
+        of the directory."""
         from .hub import _check_revision, resolve_model_dir
         if revision is not None:
             _check_revision(revision)
         path = str(name_or_path)
         if os.path.isfile(path):
             return cls.from_json_file(path)
-        return cls.from_json_file(config_file(resolve_model_dir(path, revision=revision)))
+        return cls.from_json_file(config_file(resolve_model_dir(path, revision=revision, subfolder=subfolder)))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)

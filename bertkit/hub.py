@@ -97,6 +97,17 @@ def _check_revision(revision: str) -> None:
                          "(no empty, '.' or '..' path parts, no backslash)")
 
 
+def _check_subfolder(subfolder: str) -> str:
+    """A relative folder inside a model directory (transformers' `subfolder`); '' for none."""
+    if not isinstance(subfolder, str):
+        raise TypeError(f"subfolder must be a str, got {type(subfolder).__name__}")
+    parts = subfolder.replace("\\", "/").strip("/").split("/")
+    if subfolder and (os.path.isabs(subfolder) or any(p in ("", ".", "..") for p in parts)):
+        raise ValueError(f"subfolder {subfolder!r}: expected a relative folder inside the model directory "
+                         "(no empty, '.' or '..' path parts)")
+    return "/".join(parts) if subfolder else ""
+
+
 def _hf_refs(repo_dir: str) -> dict[str, str]:
     """Cached revision names (branches, tags, abbreviated hashes; `refs/<name>`) -> commit hash."""
     refs_dir = os.path.join(repo_dir, "refs")
@@ -145,7 +156,8 @@ def _hf_snapshot_for(name: str, repo_dir: str, revision: str) -> str:
 
 def resolve_model_dir(name_or_path: str | os.PathLike,
                       required: tuple[str, ...] = (CONFIG_NAME,), *,
-                      revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> str:
+                      revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                      subfolder: str = "") -> str:
     """The directory for a local path or a model name such as `ORG/NAME`.
 
     Looks at, in order: the path itself (any existing directory), `$BERTKIT_HOME/<name>`
@@ -160,31 +172,41 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
     as transformers ignores `revision` for a local directory; it is still checked for path
     separators and '..' (ValueError) everywhere, so a bad argument fails the same way wherever
     the model lives. `cache_dir` replaces the hub cache's location, as transformers' `cache_dir`.
+    `subfolder` (a relative folder, as transformers') is looked for inside each of those directories,
+    and the required files in it.
     """
     if revision is not None:
         _check_revision(revision)
+    sub = _check_subfolder(subfolder)
+
+    def inside(directory: str) -> str:
+        return os.path.join(directory, sub) if sub else directory
+
     name = os.fspath(name_or_path)
     if os.path.isdir(name):
-        return name
+        if os.path.isdir(inside(name)):
+            return inside(name)
+        raise FileNotFoundError(f"{inside(name)}: the model directory {name} has no subfolder {sub!r}")
     looked = [f"{name} (not a local directory)"]
     if name and not os.path.isabs(name) and ".." not in name.replace("\\", "/").split("/"):
         candidate = os.path.join(bertkit_home(), name)
         looked.append(candidate)
-        if os.path.isdir(candidate) and _has_any(candidate, required):
-            return candidate
+        if os.path.isdir(inside(candidate)) and _has_any(inside(candidate), required):
+            return inside(candidate)
         hub = os.fspath(cache_dir) if cache_dir is not None else hf_hub_cache()
         repo_dir = os.path.join(hub, "models--" + name.strip("/").replace("/", "--"))
         if revision is not None:
-            snapshot = _hf_snapshot_for(name, repo_dir, revision)
+            snapshot = inside(_hf_snapshot_for(name, repo_dir, revision))
             if not _has_any(snapshot, required):
                 raise FileNotFoundError(f"model {name!r}: revision {revision!r} ({snapshot}) has no "
                                         f"{' or '.join(required)}")
             return snapshot
         looked.append(os.path.join(repo_dir, "snapshots"))
         for snapshot in _hf_snapshots(repo_dir):
-            if _has_any(snapshot, required):
-                return snapshot
-    raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)} found; looked in: "
+            if _has_any(inside(snapshot), required):
+                return inside(snapshot)
+    where = f" in subfolder {sub!r}" if sub else ""
+    raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)}{where} found; looked in: "
                             + "; ".join(looked) + ". bertkit never downloads: fetch it first (e.g. `hf download "
                             + f"{name}`, into the hub cache) or pass a directory")
 
@@ -193,13 +215,27 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
 # Reading weights
 # ---------------------------------------------------------------------------------------------
 
-def find_weights_file(directory: str | os.PathLike) -> str:
+def weights_names(variant: str | None = None) -> tuple[str, ...]:
+    """The weights file names looked for, in order; a `variant` goes before the last suffix, as in
+    transformers (`model.fp16.safetensors`, `model.safetensors.index.fp16.json`)."""
+    if variant is None:
+        return WEIGHTS_NAMES
+    if not isinstance(variant, str) or not variant or any(c in variant for c in "/\\"):
+        raise ValueError(f"variant {variant!r}: expected a name such as 'fp16' (no path separators)")
+    return tuple(f"{stem}.{variant}.{suffix}" for stem, suffix in (n.rsplit(".", 1) for n in WEIGHTS_NAMES))
+
+
+def find_weights_file(directory: str | os.PathLike, variant: str | None = None) -> str:
     directory = os.fspath(directory)
-    for name in WEIGHTS_NAMES:
+    names = weights_names(variant)
+    for name in names:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"{directory}: no weights file; expected one of {', '.join(WEIGHTS_NAMES)}")
+    variant_file = re.compile(r"(model|pytorch_model)\.[^.]+\.(safetensors|bin)")
+    variants = sorted(f for f in os.listdir(directory) if variant_file.fullmatch(f))
+    hint = f" (it has {', '.join(variants)}: pass variant=)" if variants else ""
+    raise FileNotFoundError(f"{directory}: no weights file; expected one of {', '.join(names)}{hint}")
 
 
 def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -329,9 +365,14 @@ class LoadReport:
 
     source: str
     newly_initialized: list[str] = field(default_factory=list)  # absent optional parts, fresh init
-    unused: list[str] = field(default_factory=list)             # checkpoint parts this model lacks
+    unused: list[str] = field(default_factory=list)             # checkpoint parts this model lacks, as stored
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, ckpt, model)
     renamed: list[tuple[str, str]] = field(default_factory=list)  # legacy names, (old, new)
+
+    def to_dict(self) -> dict[str, Any]:
+        """transformers' `output_loading_info` dict: sets of names, (name, checkpoint, model shape) triples."""
+        return {"missing_keys": set(self.newly_initialized), "unexpected_keys": set(self.unused),
+                "mismatched_keys": set(self.mismatched), "error_msgs": []}
 
     @property
     def clean(self) -> bool:
@@ -385,30 +426,34 @@ def legacy_name(key: str) -> str:
 
 
 def _normalise_keys(state: dict[str, torch.Tensor], model: torch.nn.Module,
-                    report: LoadReport) -> dict[str, torch.Tensor]:
-    """Legacy names, the base-model prefix added or stripped, ignorable entries dropped.
+                    report: LoadReport) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Legacy names, the base-model prefix added or stripped, ignorable entries dropped; with each new
+    name's name as stored (where they differ).
 
     A task model (its base model is the child `bert`) reading a plain encoder checkpoint gets `bert.`
     added; a `BertModel` reading a task checkpoint gets it stripped (the head keys stay, unused).
     """
-    renamed = {}
+    renamed, stored = {}, {}
     for key, t in state.items():
         new = legacy_name(key)
         if new != key:
             report.renamed.append((key, new))
-        renamed[new] = t
+        renamed[new], stored[new] = t, key
     prefix = _model_prefix(model)  # "bert" for a task model, "" for the base model itself
     p = getattr(model, "base_model_prefix", "bert")
     has_prefix = any(k.startswith(p + ".") for k in renamed)
-    out = {}
+    out, names = {}, {}
     for key, t in renamed.items():
+        original = stored[key]
         if prefix and not has_prefix and key.split(".", 1)[0] not in HEAD_NAMESPACES:
             key = f"{prefix}.{key}"
         elif not prefix and key.startswith(p + "."):
             key = key[len(p) + 1:]
         if _base_key(model, key) not in IGNORED_KEYS:
             out[key] = t
-    return out
+            if key != original:
+                names[key] = original
+    return out, names
 
 
 def apply_config_overrides(config: BertConfig, overrides: dict[str, Any]) -> BertConfig:
@@ -468,7 +513,8 @@ NO_EFFECT_OPTIONS = frozenset({"local_files_only", "trust_remote_code", "attn_im
 def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig | None = None,
                     dtype: torch.dtype | str | None = None, ignore_mismatched_sizes: bool = False,
                     revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-                    device_map: str | torch.device | None = None, **config_overrides):
+                    device_map: str | torch.device | None = None, subfolder: str = "",
+                    variant: str | None = None, output_loading_info: bool = False, **config_overrides):
     """Build `cls(config)` and load the checkpoint at `name_or_path` into it; returns it in eval mode.
 
     Strict: missing, unexpected and mis-shaped weights raise one ValueError listing all three.
@@ -479,7 +525,10 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     `revision` picks a hub-cache snapshot of a model name, `cache_dir` another hub cache (see
     `resolve_model_dir`). As in transformers: `torch_dtype` is another name of `dtype`, and `device_map`
     (one device: "cpu", "cuda", "cuda:1"; "auto" for the GPU when there is one) moves the model there;
-    `NO_EFFECT_OPTIONS` are accepted.
+    `NO_EFFECT_OPTIONS` are accepted. Also as there: `subfolder` (the checkpoint in a folder of the model
+    directory), `variant` (`model.<variant>.safetensors`), and `output_loading_info=True`, which returns
+    `(model, info)` with info's keys "missing_keys" (newly initialised), "unexpected_keys" (unused),
+    "mismatched_keys" and "error_msgs".
     """
     if "torch_dtype" in config_overrides:
         if dtype is not None:
@@ -487,11 +536,11 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
         dtype = config_overrides.pop("torch_dtype")
     for name in NO_EFFECT_OPTIONS & set(config_overrides):
         config_overrides.pop(name)
-    directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+    directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
     if config is None:
         config = BertConfig.from_json_file(config_file(directory))
     config = apply_config_overrides(config, config_overrides)
-    path = find_weights_file(directory)
+    path = find_weights_file(directory, variant)
     state = read_weights(path)
     dtype = _resolve_dtype(dtype, state, _config_dtype(config))
 
@@ -502,6 +551,8 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
         model.to(_mapped_device(device_map))
     if not model.load_report.clean:
         warnings.warn(str(model.load_report), LoadWarning, stacklevel=3)
+    if output_loading_info:
+        return model.eval(), model.load_report.to_dict()
     return model.eval()
 
 
@@ -511,7 +562,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     `load_pretrained`'s rules; sets `model.load_report` and returns `model`."""
     report = LoadReport(source=source)
     prefix = _model_prefix(model)
-    state = _normalise_keys(state, model, report)
+    state, stored_names = _normalise_keys(state, model, report)
     model_state = {k: v for k, v in model.state_dict().items() if _base_key(model, k) not in IGNORED_KEYS}
 
     # Names of one tied parameter: any one of them in the checkpoint provides all.
@@ -541,7 +592,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     def is_head(k: str) -> bool:
         return _unit_of(k, prefix) is not None or k.split(".", 1)[0] in HEAD_NAMESPACES
 
-    report.unused = [k for k in unexpected if is_head(k)]
+    report.unused = [stored_names.get(k, k) for k in unexpected if is_head(k)]  # as the checkpoint names them
     unexpected = [k for k in unexpected if not is_head(k)]
     if ignore_mismatched_sizes:
         report.mismatched, mis_shaped = mis_shaped, []

@@ -283,10 +283,11 @@ class BertTokenizer:
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        use_fast: bool = True, **overrides) -> BertTokenizer:
+                        use_fast: bool = True, subfolder: str = "", **overrides) -> BertTokenizer:
         """Load from a directory (tokenizer.json, else vocab.txt, plus tokenizer_config.json), a vocab.txt
         or tokenizer.json file, or a model name resolved by `bertkit.hub` (`revision`: a branch, tag or
-        commit of the hub cache; ignored for a local file or directory, as in transformers). `overrides`
+        commit of the hub cache; ignored for a local file or directory, as in transformers; `subfolder`: a
+        folder of the directory, where the tokenizer files are). `overrides`
         are constructor arguments that win over the saved settings. `use_fast` is accepted for code written
         for transformers; the Rust tokenizer is used either way (its ids equal the Python one's)."""
         if not use_fast:
@@ -298,10 +299,11 @@ class BertTokenizer:
             if path.suffix == ".json":
                 return cls._from_tokenizer_json(path, overrides)
             return cls(path, **overrides)
-        if not path.is_dir():
+        if subfolder or not path.is_dir():
             from bertkit.hub import TOKENIZER_FILES, resolve_model_dir
 
-            path = Path(resolve_model_dir(os.fspath(name_or_path), required=TOKENIZER_FILES, revision=revision))
+            path = Path(resolve_model_dir(os.fspath(name_or_path), required=TOKENIZER_FILES, revision=revision,
+                                          subfolder=subfolder))
         settings = _read_settings(path)
         settings.update(overrides)
         if (path / "tokenizer.json").is_file():

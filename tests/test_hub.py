@@ -216,6 +216,58 @@ def test_transformers_loading_options(tmp_path):
     assert modeling.BertModel(tiny_config()).get_output_embeddings() is None
 
 
+def test_loading_info_and_pooling_layer_as_transformers(tmp_path):
+    """output_loading_info's dict and add_pooling_layer=False agree with transformers on one checkpoint."""
+    saved(modeling.BertForPreTraining(tiny_config()), tmp_path)
+    for cls, kwargs in (("BertModel", dict(add_pooling_layer=False)),
+                        ("BertForSequenceClassification", dict(num_labels=3)),
+                        ("BertForTokenClassification", dict(num_labels=3))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours, info = getattr(modeling, cls).from_pretrained(tmp_path, output_loading_info=True, **kwargs)
+            theirs, ref = getattr(transformers, cls).from_pretrained(tmp_path, output_loading_info=True, **kwargs)
+        assert info == ref and info["unexpected_keys"], (cls, info, ref)
+        assert not ours.training and set(ours.state_dict()) == set(theirs.state_dict()), cls
+    assert ours.bert.pooler is None and info["missing_keys"] == {"classifier.weight", "classifier.bias"}
+    with pytest.warns(LoadWarning):
+        _, info = modeling.BertForSequenceClassification.from_pretrained(
+            tmp_path, output_loading_info=True, ignore_mismatched_sizes=True, vocab_size=98)
+    assert ("bert.embeddings.word_embeddings.weight", (99, 32), (98, 32)) in info["mismatched_keys"]
+    with pytest.raises(TypeError, match="add_pooling_layer"):
+        modeling.BertForSequenceClassification.from_pretrained(tmp_path, add_pooling_layer=False)
+
+
+def test_subfolder_and_variant(tmp_path, homes):
+    """A checkpoint in a folder of the model directory, weights named for a variant: as transformers finds them."""
+    model = modeling.BertForMaskedLM(tiny_config())
+    saved(model, tmp_path / "repo" / "mlm")
+    os.rename(tmp_path / "repo" / "mlm" / "model.safetensors", tmp_path / "repo" / "mlm" / "model.fp16.safetensors")
+    (tmp_path / "repo" / "mlm" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n")
+    loaded = auto.AutoModelForMaskedLM.from_pretrained(tmp_path / "repo", subfolder="mlm", variant="fp16")
+    ref = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "repo", subfolder="mlm", variant="fp16")
+    assert_same_outputs(loaded, ref.eval(), "BertForMaskedLM")
+    assert auto.AutoConfig.from_pretrained(tmp_path / "repo", subfolder="mlm").hidden_size == 32
+    assert BertConfig.from_pretrained(tmp_path / "repo", subfolder="mlm").hidden_size == 32
+    assert auto.AutoTokenizer.from_pretrained(tmp_path / "repo", subfolder="mlm").convert_tokens_to_ids("hello") == 5
+    # by name, in $BERTKIT_HOME: the subfolder is looked for in each place
+    (homes / "bertkit").mkdir(exist_ok=True)
+    os.rename(tmp_path / "repo", homes / "bertkit" / "acme-repo")
+    assert hub.resolve_model_dir("acme-repo", subfolder="mlm") == str(homes / "bertkit" / "acme-repo" / "mlm")
+    with pytest.raises(FileNotFoundError,
+                       match=r"expected one of model.safetensors, .*\(it has model.fp16.safetensors: pass variant=\)"):
+        modeling.BertForMaskedLM.from_pretrained("acme-repo", subfolder="mlm")
+    with pytest.raises(FileNotFoundError, match=r"no model 'acme-repo' with config.json in subfolder 'nlu'"):
+        hub.resolve_model_dir("acme-repo", subfolder="nlu")
+    with pytest.raises(FileNotFoundError, match="has no subfolder 'nlu'"):
+        hub.resolve_model_dir(homes / "bertkit" / "acme-repo", subfolder="nlu")
+    for bad in ("../x", "/abs", "a//b"):
+        with pytest.raises(ValueError, match="subfolder"):
+            hub.resolve_model_dir("acme-repo", subfolder=bad)
+    with pytest.raises(ValueError, match="variant"):
+        hub.find_weights_file(homes, variant="a/b")
+    assert hub.weights_names("fp16")[:2] == ("model.fp16.safetensors", "model.safetensors.index.fp16.json")
+
+
 # ---------------------------------------------------------------------------------------------
 # The real MiniLM checkpoint
 # ---------------------------------------------------------------------------------------------

@@ -378,9 +378,10 @@ def test_vocab_txt_round_trip(tmp_path, tok):
 def test_from_pretrained_resolves_names_through_hub(monkeypatch):
     calls = []
 
-    def resolve_model_dir(name: str, required: tuple[str, ...], *, revision: str | None = None) -> str:
+    def resolve_model_dir(name: str, required: tuple[str, ...], *, revision: str | None = None,
+                          subfolder: str = "") -> str:
         assert required == ("vocab.txt", "tokenizer.json")
-        calls.append((name, revision))
+        calls.append((name, revision, subfolder))
         if name == "missing/model":
             raise FileNotFoundError(f"no model named {name!r}")
         return str(MINILM)
@@ -390,7 +391,9 @@ def test_from_pretrained_resolves_names_through_hub(monkeypatch):
     assert BertTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2").encode("hi") == [101, 7632, 102]
     with pytest.raises(FileNotFoundError, match="missing/model"):
         BertTokenizer.from_pretrained("missing/model", revision="v1")
-    assert calls == [("sentence-transformers/all-MiniLM-L6-v2", None), ("missing/model", "v1")]
+    assert BertTokenizer.from_pretrained(MINILM.parent, subfolder=MINILM.name).encode("hi") == [101, 7632, 102]
+    assert calls == [("sentence-transformers/all-MiniLM-L6-v2", None, ""), ("missing/model", "v1", ""),
+                     (str(MINILM.parent), None, MINILM.name)]
 
 
 # ----------------------------------------------------------------------------------- 5. bad input

@@ -4,6 +4,7 @@ Every layer runs on packed tokens (see packing.py): padding is removed once afte
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -416,12 +417,16 @@ class BertPreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None, **kwargs):
-        """Load a directory or model name; see `bertkit.hub.load_pretrained` for the options."""
+        """Load a directory or model name; see `bertkit.hub.load_pretrained` for the options.
+        `add_pooling_layer` goes to the constructor, as in transformers (BertModel's only)."""
         from ..hub import load_pretrained
-        return load_pretrained(cls._build_for_loading, name_or_path, revision=revision, **kwargs)
+        build = cls._build_for_loading
+        if "add_pooling_layer" in kwargs:
+            build = functools.partial(build, add_pooling_layer=kwargs.pop("add_pooling_layer"))
+        return load_pretrained(build, name_or_path, revision=revision, **kwargs)
 
     @classmethod
-    def _build_for_loading(cls, config: BertConfig):
+    def _build_for_loading(cls, config: BertConfig, **model_kwargs):
         """`cls(config)` for a checkpoint to be loaded into: the encoder is built on the meta device, so
         torch's default initialisation of its layers (overwritten by `init_weights` anyway) costs nothing,
         then everything gets memory and the BERT initialisation once, which the parts missing from the
@@ -429,7 +434,7 @@ class BertPreTrainedModel(nn.Module):
         Python decompositions (0.5-1.8 s of cold start)."""
         _BUILD.meta = True
         try:
-            model = cls(config)
+            model = cls(config, **model_kwargs)
         finally:
             _BUILD.meta = False
         for module in model.modules():  # meta parameters are never shared: each layer owns its own
