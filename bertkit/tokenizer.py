@@ -943,6 +943,14 @@ class BertTokenizer:
     def added_tokens_decoder(self) -> dict[int, AddedToken]:
         return dict(sorted(self._tok.get_added_tokens_decoder().items()))
 
+    @property
+    def added_tokens_encoder(self) -> dict[str, int]:
+        """Added token (special ones included) -> id, by id, as transformers'."""
+        return {t.content: i for i, t in self.added_tokens_decoder.items()}
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return self.added_tokens_encoder
+
     def get_vocab(self) -> dict[str, int]:
         """Token -> id, added tokens included."""
         return self._tok.get_vocab(with_added_tokens=True)

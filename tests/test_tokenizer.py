@@ -294,6 +294,16 @@ def test_add_tokens_is_case_aware_for_uncased(tok):
     assert t.decode(t.encode("QZXV rocks"), skip_special_tokens=True) == "qzxv rocks"
 
 
+def test_added_vocab_as_transformers(hf):
+    t = BertTokenizer.from_pretrained(MINILM)
+    ref = transformers.AutoTokenizer.from_pretrained(MINILM)
+    assert t.get_added_vocab() == ref.get_added_vocab() == t.added_tokens_encoder  # the five special tokens
+    t.add_tokens(["qzxv", "<ent>"])
+    ref.add_tokens(["qzxv", "<ent>"])
+    assert t.get_added_vocab() == ref.get_added_vocab() == ref.added_tokens_encoder
+    assert list(t.added_tokens_encoder.values()) == sorted(t.added_tokens_encoder.values())
+
+
 def test_add_tokens_keeps_case_for_cased(cased_dir):
     t = BertTokenizer.from_pretrained(cased_dir)
     assert t.add_tokens(["QzXv"]) == 1
