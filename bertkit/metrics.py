@@ -8,7 +8,8 @@ Pure Python and numpy. The semantics follow the usual references, and the tests 
 - `pearson` and `spearman` behave like scipy's (`spearman` ranks ties by their average rank); a constant input gives
   ``nan``, as in scipy.
 - `entity_f1` scores BIO / IOB2 (and IOBES) tag sequences like seqeval's default mode: an ``I-`` tag that does not
-  continue an entity of the same type starts a new one; the micro average runs over all entities.
+  continue an entity of the same type starts a new one; the micro average runs over all entities. With
+  ``scheme="IOB2"`` or ``"IOBES"`` it is seqeval's strict mode: only well-formed entities count.
 - `squad_normalize`, `squad_em_f1` and `squad_evaluate` reproduce the official SQuAD v1.1 and v2.0 evaluation scripts.
 
 Inputs of mismatched length, or empty inputs, raise a ``ValueError``.
@@ -37,6 +38,7 @@ __all__ = [
     "spearman",
     "get_entities",
     "entity_f1",
+    "strict_scheme",
     "squad_normalize",
     "squad_em_f1",
     "squad_evaluate",
@@ -215,7 +217,7 @@ def spearman(preds: Any, labels: Any) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# entity-level scores for tag sequences (seqeval's default mode)
+# entity-level scores for tag sequences (seqeval's default and strict modes)
 # ----------------------------------------------------------------------------------------------------------------
 
 def _split_tag(tag: str) -> tuple[str, str]:
@@ -241,13 +243,18 @@ def _chunk_starts(prev: str, cur: str, prev_type: str, cur_type: str) -> bool:
     return cur not in ("O", ".") and prev_type != cur_type
 
 
-def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+def get_entities(tags: Sequence[str], scheme: str | None = None) -> list[tuple[str, int, int]]:
     """The entities of one tag sequence as ``(type, first, last)`` (inclusive token indices).
 
     BIO / IOB2 tags ("B-PER", "I-PER", "O") and IOBES ("E-", "S-") are read like seqeval's default mode: an entity
     ends at O, at a B- or S-, after an E- or S-, or where the type changes; an I- or E- tag that does not continue an
-    entity of its type starts a new one.
+    entity of its type starts a new one. A `scheme` ("IOB2" or "IOBES") reads them as seqeval's strict mode.
     """
+    if scheme is not None:
+        if scheme not in STRICT_SCHEMES:
+            raise ValueError(f"scheme {scheme!r}: expected None (seqeval's default mode) or one of "
+                             f"{', '.join(STRICT_SCHEMES)} (its strict mode)")
+        return _strict_entities(tags, scheme)
     entities = []
     prev, prev_type, begin = "O", "", 0
     for i, tag in enumerate([*tags, "O"]):
@@ -257,6 +264,47 @@ def get_entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
         if _chunk_starts(prev, cur, prev_type, cur_type):
             begin = i
         prev, prev_type = cur, cur_type
+    return entities
+
+
+# strict mode: the prefixes each scheme allows
+STRICT_SCHEMES = {"IOB2": "BIO", "IOBES": "BIOES"}
+
+
+def strict_scheme(tag_set: Sequence[str]) -> str | None:
+    """The strict scheme a set of tags follows: "IOBES" when it has E- or S- tags, "IOB2" for B- and I- alone,
+    None when some tag is neither "O" nor prefixed so (part-of-speech style tags make no entities)."""
+    prefixes = {"O" if t == "O" else t[:2] for t in tag_set}
+    if not prefixes - {"O"} or not prefixes <= {"O", "B-", "I-", "E-", "S-"}:
+        return None
+    return "IOBES" if prefixes & {"E-", "S-"} else "IOB2"
+
+
+def _strict_entities(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
+    """seqeval's strict mode: an entity is B- then I- of its type (IOB2; IOBES also needs a closing E-), or one
+    S-; anything else (an I- or E- with no B- of its type before it, an IOBES entity never closed) is no entity."""
+    allowed = STRICT_SCHEMES[scheme]
+    parsed = [_split_tag(t) for t in tags]
+    for tag, (prefix, _) in zip(tags, parsed):
+        if prefix not in allowed:
+            raise ValueError(f"tag {tag!r} is not an {scheme} tag (prefixes {', '.join(allowed)})")
+    entities, i = [], 0
+    while i < len(parsed):
+        prefix, typ = parsed[i]
+        if prefix == "S":
+            entities.append((typ, i, i))
+        if prefix != "B":
+            i += 1
+            continue
+        j = i + 1
+        while j < len(parsed) and parsed[j] == ("I", typ):
+            j += 1
+        if scheme == "IOB2":
+            entities.append((typ, i, j - 1))
+        elif j < len(parsed) and parsed[j] == ("E", typ):
+            entities.append((typ, i, j))
+            j += 1
+        i = j
     return entities
 
 
@@ -271,7 +319,7 @@ def _sentences(tags: Sequence, name: str) -> list[list[str]]:
     return [list(s) for s in seqs]
 
 
-def entity_f1(pred_tags: Sequence, true_tags: Sequence) -> dict:
+def entity_f1(pred_tags: Sequence, true_tags: Sequence, scheme: str | None = None) -> dict:
     """Entity-level precision, recall and F1 (micro-averaged over all entities), plus per-type scores.
 
     Takes one tag sequence or a list of them (one per sentence; entities never cross sentences). An entity counts as
@@ -280,7 +328,7 @@ def entity_f1(pred_tags: Sequence, true_tags: Sequence) -> dict:
         {"precision", "recall", "f1",                                     # micro
          "per_type": {type: {"precision", "recall", "f1", "support"}}}   # support = true entities of that type
 
-    An undefined ratio counts as 0, as in seqeval.
+    An undefined ratio counts as 0, as in seqeval. `scheme` as in `get_entities` (strict mode when given).
     """
     pred, true = _sentences(pred_tags, "pred_tags"), _sentences(true_tags, "true_tags")
     if len(pred) != len(true):
@@ -289,8 +337,8 @@ def entity_f1(pred_tags: Sequence, true_tags: Sequence) -> dict:
     for n, (ps, ts) in enumerate(zip(pred, true)):
         if len(ps) != len(ts):
             raise ValueError(f"sentence {n}: {len(ps)} predicted tags for {len(ts)} true tags")
-        pred_set.update((n, *e) for e in get_entities(ps))
-        true_set.update((n, *e) for e in get_entities(ts))
+        pred_set.update((n, *e) for e in get_entities(ps, scheme))
+        true_set.update((n, *e) for e in get_entities(ts, scheme))
     hit = pred_set & true_set
     per_type = {}
     for typ in sorted({e[1] for e in true_set | pred_set}):

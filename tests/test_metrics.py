@@ -19,6 +19,7 @@ from bertkit.metrics import (
     entity_f1,
     f1,
     get_entities,
+    strict_scheme,
     matthews_corrcoef,
     pearson,
     per_label,
@@ -242,6 +243,50 @@ def test_entity_f1_matches_seqeval(pairs):
                 (ref["precision"], ref["recall"], ref["f1-score"], ref["support"]))
         else:  # seqeval lists only types with true entities... or predicted ones, depending on version
             assert s["support"] == 0
+
+
+def test_strict_entities_by_hand():
+    # IOB2: an I- with no B- of its type before it is no entity; B- I-(other type) keeps the B- alone
+    assert get_entities(["I-X", "B-X", "I-X", "I-Y", "O", "B-Y"], "IOB2") == [("X", 1, 2), ("Y", 5, 5)]
+    # IOBES: B- ... E- closed, S- alone; an unclosed B- I- or a mismatched E- counts for nothing
+    assert get_entities(["B-X", "I-X", "E-X", "S-Y", "B-X", "I-X", "O", "B-X", "E-Y"], "IOBES") == \
+        [("X", 0, 2), ("Y", 3, 3)]
+    assert entity_f1([["I-X", "I-X"]], [["B-X", "I-X"]], "IOB2")["recall"] == 0.0
+    assert entity_f1([["I-X", "I-X"]], [["B-X", "I-X"]])["recall"] == 1.0  # the default mode reads it as X
+    with pytest.raises(ValueError, match="tag 'E-X' is not an IOB2 tag"):
+        get_entities(["B-X", "E-X"], "IOB2")
+    with pytest.raises(ValueError, match="scheme 'BILOU'"):
+        entity_f1(["O"], ["O"], "BILOU")
+
+
+def test_strict_scheme_of_a_tag_set():
+    assert strict_scheme(["O", "B-PER", "I-PER"]) == "IOB2"
+    assert strict_scheme(["O", "B-PER", "E-PER", "S-LOC"]) == "IOBES"
+    assert strict_scheme(["O"]) is None and strict_scheme(["NOUN", "VERB"]) is None
+    assert strict_scheme(["B-PER", "U-PER"]) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["IOB2", "IOBES"]), st.data())
+def test_strict_mode_matches_seqeval(scheme, data):
+    seqeval = pytest.importorskip("seqeval.metrics")
+    from seqeval import scheme as schemes
+    from seqeval.scheme import Entities
+
+    tags = [t for t in [*TAGS, "E-LOC", "E-ORG", "S-PER"] if t[0] in {"IOB2": "BIO", "IOBES": "BIOES"}[scheme]]
+    pairs = data.draw(st.lists(st.integers(1, 12).flatmap(lambda n: st.tuples(
+        st.lists(st.sampled_from(tags), min_size=n, max_size=n),
+        st.lists(st.sampled_from(tags), min_size=n, max_size=n))), min_size=1, max_size=5))
+    pred, true = [p for p, _ in pairs], [t for _, t in pairs]
+    ref_scheme = getattr(schemes, scheme)
+    ref = Entities(pred, ref_scheme).entities
+    assert [get_entities(p, scheme) for p in pred] == [[(e.tag, e.start, e.end - 1) for e in sent] for sent in ref]
+    out = entity_f1(pred, true, scheme)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, fn in (("precision", seqeval.precision_score), ("recall", seqeval.recall_score),
+                         ("f1", seqeval.f1_score)):
+            assert out[name] == pytest.approx(fn(true, pred, mode="strict", scheme=ref_scheme)), name
 
 
 @pytest.mark.skipif(not WNUT_DEV.exists(), reason="WNUT-17 data not present")

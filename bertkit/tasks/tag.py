@@ -211,7 +211,8 @@ def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequen
 
 def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[TaggedSentence],
                      batch_size: int = 64) -> dict[str, Any]:
-    """Entity precision / recall / F1 (micro) and per type, word accuracy, and the number of sentences."""
+    """Entity precision / recall / F1 (micro) and per type, word accuracy, and the number of sentences; the same
+    three in seqeval's strict mode too (`strict_f1` ..., with the `scheme` the tag set follows) where one fits."""
     if not sentences:
         raise ValueError("no evaluation sentences")
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -221,8 +222,13 @@ def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[
     ent = M.entity_f1(pred, gold)
     flat_p = [t for p in pred for t in p]
     flat_g = [t for g in gold for t in g]
-    return {"f1": ent["f1"], "precision": ent["precision"], "recall": ent["recall"],
-            "accuracy": M.accuracy(flat_p, flat_g), "per_type": ent["per_type"], "n": len(sentences)}
+    out = {"f1": ent["f1"], "precision": ent["precision"], "recall": ent["recall"],
+           "accuracy": M.accuracy(flat_p, flat_g), "per_type": ent["per_type"], "n": len(sentences)}
+    scheme = M.strict_scheme({*names, *flat_g})
+    if scheme is not None:
+        strict = M.entity_f1(pred, gold, scheme)
+        out.update({f"strict_{k}": strict[k] for k in ("f1", "precision", "recall")}, scheme=scheme)
+    return out
 
 
 def predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128, stride: int = 32,

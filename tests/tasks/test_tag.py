@@ -102,6 +102,9 @@ def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, c
     best = json.loads((trained / "eval_results.json").read_text())["best"]
     assert metrics["f1"] == pytest.approx(best["f1"]) and metrics["n"] == 40
     assert set(metrics["per_type"]) == {"PER", "LOC"}
+    # seqeval's strict mode beside the default: the tags are IOB2, and strict counts no more entities right
+    assert metrics["scheme"] == "IOB2" and 0 < metrics["strict_f1"] <= metrics["f1"]
+    assert metrics["strict_precision"] >= 0 and metrics["strict_recall"] <= metrics["recall"]
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"  # the per-type scores, drawn
     assert (trained / "curves.png").read_bytes()[:4] == b"\x89PNG"
     data = tmp_path / "words.txt"
@@ -227,7 +230,8 @@ def test_seeds_report_mean_and_sd_of_the_numeric_metrics(toy, tmp_path, capsys):
     printed = capsys.readouterr().out
     res = json.loads((out / "eval_results.json").read_text())
     assert res["seeds"] == [1, 2] and res["task"] == "tagging" and res["metric"] == "f1"
-    assert set(res["mean"]) == {"f1", "precision", "recall", "accuracy"}  # per_type is not averaged
+    assert set(res["mean"]) == {"f1", "precision", "recall", "accuracy", "strict_f1", "strict_precision",
+                                "strict_recall"}  # per_type (and the scheme's name) is not averaged
     f1s = [res["per_seed"][s]["f1"] for s in ("1", "2")]
     assert res["mean"]["f1"] == pytest.approx(sum(f1s) / 2)
     assert res["sd"]["f1"] == pytest.approx(abs(f1s[0] - f1s[1]) / 2 ** 0.5)
