@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from .config import CONFIG_NAME, BertConfig, config_file
-from .hub import NO_EFFECT_OPTIONS, TOKENIZER_FILES, apply_config_overrides, resolve_model_dir
+from .hub import NO_EFFECT_OPTIONS, TOKENIZER_FILES, resolve_model_dir
 from .io import read_json
 
 
@@ -22,11 +22,9 @@ def check_model_type(directory: str) -> None:
 
 class AutoConfig:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, subfolder: str = "", **overrides) -> BertConfig:
-        directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
-        check_model_type(directory)
-        return apply_config_overrides(BertConfig.from_json_file(config_file(directory)), overrides)
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> BertConfig:
+        """`BertConfig.from_pretrained`: a config.json describing another model_type is refused there."""
+        return BertConfig.from_pretrained(name_or_path, **kwargs)
 
 
 class AutoTokenizer:

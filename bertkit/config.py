@@ -61,11 +61,23 @@ class BertConfig:
     def __post_init__(self):
         if self.id2label is not None:
             self.id2label = {_label_id(k, "id2label"): str(v) for k, v in _mapping(self.id2label, "id2label")}
-            if self.label2id is None:
-                self.label2id = {v: k for k, v in self.id2label.items()}
         if self.label2id is not None:
             self.label2id = {str(k): _label_id(v, "label2id") for k, v in _mapping(self.label2id, "label2id")}
+            if self.id2label is None:  # names given one way only: the other way follows (validated as id2label)
+                self.id2label = {i: name for name, i in self.label2id.items()}
+                if len(self.id2label) != len(self.label2id):
+                    raise ValueError(f"BertConfig field 'label2id' gives two labels one id: {self.label2id}")
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {v: k for k, v in self.id2label.items()}
         self.validate()
+
+    def __getattr__(self, name: str) -> Any:
+        """config.json keys bertkit keeps without using them (`use_cache`, `transformers_version`...) read as
+        attributes, as on transformers' configs."""
+        extra = self.__dict__.get("extra") or {}
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or config.json key {name!r}")
 
     # -- labels ---------------------------------------------------------------------------------
     @property
@@ -76,6 +88,7 @@ class BertConfig:
     def num_labels(self, n: int) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"BertConfig field 'num_labels' must be a positive integer, got {n!r}")
+        _check_problem_type(self.problem_type, n)
         if self.id2label is None or len(self.id2label) != n:
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}
             self.label2id = {v: k for k, v in self.id2label.items()}
@@ -127,24 +140,24 @@ class BertConfig:
                 isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size)):
             raise ValueError(f"BertConfig field 'pad_token_id' must be an id in [0, vocab_size), "
                              f"got {self.pad_token_id!r}")
-        if self.problem_type not in (None, "regression", "single_label_classification",
-                                     "multi_label_classification"):
-            raise ValueError("BertConfig field 'problem_type' must be regression, "
-                             "single_label_classification or multi_label_classification, "
-                             f"got {self.problem_type!r}")
         if self.id2label is not None and sorted(self.id2label) != list(range(len(self.id2label))):
             raise ValueError("BertConfig field 'id2label' must map 0..n-1 to names, "
                              f"got keys {sorted(self.id2label)}")
+        _check_problem_type(self.problem_type, self.num_labels)
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
         if not isinstance(d, dict):
             raise ValueError(f"a BERT config must be a JSON object, got {type(d).__name__}")
+        if d.get("model_type", "bert") != "bert":  # before any other field: what is wrong is the whole file
+            raise ValueError(f"model_type is {d['model_type']!r}; bertkit only reads 'bert' checkpoints")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}
-        for key in extra:  # kept and written back (other tools' fields), but a near-miss is likely a typo
+        # kept and written back (other tools' fields), but a near-miss is likely a typo; "_name" keys are
+        # transformers' own (its old `_num_labels`, `_name_or_path`)
+        for key in (k for k in extra if not k.startswith("_")):
             close = difflib.get_close_matches(key, known | {"num_labels"}, n=1, cutoff=0.85)
             if close and close[0] != key:
                 warnings.warn(f"BertConfig: unknown field {key!r} is kept but unused; did you mean {close[0]!r}?",
@@ -166,6 +179,10 @@ class BertConfig:
                     num_attention_heads=hidden // 64, intermediate_size=4 * hidden)
         return cls(**{**base, **overrides})
 
+    def to_json_string(self) -> str:
+        """What config.json holds (transformers' method of the same name, with every field)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         if d["id2label"] is None:
@@ -184,21 +201,32 @@ class BertConfig:
             raise ValueError(f"{path}: {e}") from None
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_text_atomic(path, self.to_json_string())
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        subfolder: str = "") -> "BertConfig":
-        """From a config.json file, a directory or a model name; `revision` picks a hub-cache snapshot
-        of a name and is ignored for a local file or directory, as in transformers; `subfolder` is a folder
-        of the directory."""
-        from .hub import _check_revision, resolve_model_dir
+                        cache_dir: str | os.PathLike | None = None, subfolder: str = "",
+                        return_unused_kwargs: bool = False, **overrides) -> "BertConfig":
+        """From a config.json file, a directory or a model name, as transformers': `revision` picks a hub-cache
+        snapshot of a name (ignored for a local file or directory), `cache_dir` another hub cache, `subfolder`
+        a folder of the directory; `overrides` replace fields (or config.json keys bertkit keeps unused), and
+        with `return_unused_kwargs=True` the result is `(config, the overrides that are neither)`."""
+        from .hub import NO_EFFECT_OPTIONS, _check_revision, apply_config_overrides, resolve_model_dir
         if revision is not None:
             _check_revision(revision)
-        path = str(name_or_path)
-        if os.path.isfile(path):
-            return cls.from_json_file(path)
-        return cls.from_json_file(config_file(resolve_model_dir(path, revision=revision, subfolder=subfolder)))
+        path = os.fspath(name_or_path)
+        if not os.path.isfile(path):
+            path = config_file(resolve_model_dir(path, revision=revision, cache_dir=cache_dir, subfolder=subfolder))
+        config = cls.from_json_file(path)
+        overrides = {k: v for k, v in overrides.items() if k not in NO_EFFECT_OPTIONS}
+        if not return_unused_kwargs:
+            return apply_config_overrides(config, overrides)
+        unused = {k: v for k, v in overrides.items() if k not in config.field_names()}
+        return apply_config_overrides(config, {k: v for k, v in overrides.items() if k not in unused}), unused
+
+    def field_names(self) -> set[str]:
+        """What an override may set: the fields, `num_labels`, and the config.json keys kept in `extra`."""
+        return {f.name for f in dataclasses.fields(self)} - {"extra"} | {"num_labels"} | set(self.extra)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -217,8 +245,17 @@ def _label_id(value, name: str) -> int:
         if isinstance(value, bool) or int(value) != float(value):
             raise ValueError
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         raise ValueError(f"BertConfig field '{name}' maps labels to integer ids; got {value!r}") from None
+
+
+def _check_problem_type(problem_type: str | None, num_labels: int) -> None:
+    if problem_type not in (None, "regression", "single_label_classification", "multi_label_classification"):
+        raise ValueError("BertConfig field 'problem_type' must be regression, single_label_classification or "
+                         f"multi_label_classification, got {problem_type!r}")
+    if problem_type == "single_label_classification" and num_labels < 2:
+        raise ValueError("BertConfig field 'problem_type' is single_label_classification, which needs num_labels "
+                         f">= 2, got {num_labels} (a single output is a regression)")
 
 
 _fields_init = BertConfig.__init__

@@ -277,7 +277,7 @@ def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def read_weights(path: str) -> dict[str, torch.Tensor]:
     """All tensors of one weights file (or of the shards a `.index.json` lists), on the CPU, names as stored."""
-    if not path.endswith(".index.json"):
+    if not path.endswith(".json"):  # a shard index: model.safetensors.index.json, or .index.<variant>.json
         return _load_file(path)
     weight_map = read_json(path).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -460,8 +460,7 @@ def apply_config_overrides(config: BertConfig, overrides: dict[str, Any]) -> Ber
     """A copy of `config` with BertConfig fields (and `num_labels`) replaced; validated."""
     if not overrides:
         return config
-    fields = {f.name for f in dataclasses.fields(BertConfig)} - {"extra"}
-    unknown = sorted(set(overrides) - fields - {"num_labels"})
+    unknown = sorted(set(overrides) - config.field_names())
     if unknown:
         raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}: "
                         "not a BertConfig field nor a loading option")

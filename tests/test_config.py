@@ -95,6 +95,55 @@ def test_bad_value_refused_naming_field(tmp_path, name, value):
     assert str(tmp_path / CONFIG_NAME) in str(e.value)
 
 
+def test_label_maps_given_one_way_and_problem_type(tmp_path):
+    cfg = BertConfig(**TINY, label2id={"neg": 0, "neu": 1, "pos": 2})
+    assert cfg.num_labels == 3 and cfg.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    cfg.save_pretrained(tmp_path)
+    assert BertConfig.from_pretrained(tmp_path) == cfg
+    for bad in ({"a": 0, "b": 0}, {"a": 1, "b": 2}):
+        with pytest.raises(ValueError, match="label2id|id2label"):
+            BertConfig(**TINY, label2id=bad)
+    # an infinite id in config.json is a one-line error naming the field, not an OverflowError
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**TINY, "label2id": {"a": float("inf")}}))
+    with pytest.raises(ValueError, match=r"config.json: BertConfig field 'label2id' maps labels to integer ids"):
+        BertConfig.from_pretrained(tmp_path)
+    # one output is a regression: single-label classification needs two labels, as transformers says
+    with pytest.raises(ValueError, match="'problem_type' is single_label_classification, which needs num_labels"):
+        BertConfig(**TINY, num_labels=1, problem_type="single_label_classification")
+    cfg = BertConfig(**TINY, problem_type="single_label_classification")
+    with pytest.raises(ValueError, match="needs num_labels >= 2, got 1"):
+        cfg.num_labels = 1
+
+
+def test_transformers_legacy_keys_are_no_typos():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = BertConfig.from_dict({**TINY, "_num_labels": 9, "use_cache": True})
+    assert cfg.use_cache is True and cfg._num_labels == 9  # kept keys read as attributes, as transformers'
+    with pytest.raises(AttributeError, match="no attribute or config.json key 'nothing'"):
+        cfg.nothing
+
+
+def test_from_pretrained_takes_transformers_options(tmp_path):
+    """A config.json path, loading options that change nothing, overrides of fields and of kept keys, and
+    return_unused_kwargs: as transformers' AutoConfig / BertConfig.from_pretrained."""
+    transformers = pytest.importorskip("transformers")
+    from bertkit import auto
+    write_config(tmp_path, {**TINY, "model_type": "bert", "use_cache": True})
+    for ours, theirs in ((auto.AutoConfig, transformers.AutoConfig), (BertConfig, transformers.BertConfig)):
+        cfg, unused = ours.from_pretrained(tmp_path / CONFIG_NAME, num_labels=3, use_cache=False, foo=1,
+                                           local_files_only=True, return_unused_kwargs=True)
+        ref, ref_unused = theirs.from_pretrained(tmp_path / CONFIG_NAME, num_labels=3, use_cache=False, foo=1,
+                                                 local_files_only=True, return_unused_kwargs=True)
+        assert unused == ref_unused == {"foo": 1}
+        assert (cfg.num_labels, cfg.use_cache, cfg.hidden_size) == (ref.num_labels, ref.use_cache, ref.hidden_size)
+        assert ours.from_pretrained(tmp_path, trust_remote_code=False).hidden_size == 32
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            ours.from_pretrained(tmp_path, foo=1)
+    text = cfg.to_json_string()
+    assert BertConfig.from_dict(json.loads(text)) == cfg and '"use_cache": false' in text
+
+
 def test_decoder_flags_false_are_fine():
     """transformers writes is_decoder: false into many encoder configs; only true is refused."""
     assert BertConfig.from_dict({**TINY, "is_decoder": False, "add_cross_attention": False}).extra == {

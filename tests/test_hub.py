@@ -266,6 +266,12 @@ def test_subfolder_and_variant(tmp_path, homes):
     with pytest.raises(ValueError, match="variant"):
         hub.find_weights_file(homes, variant="a/b")
     assert hub.weights_names("fp16")[:2] == ("model.fp16.safetensors", "model.safetensors.index.fp16.json")
+    # a sharded variant, as transformers saves one: its index is model.safetensors.index.fp16.json
+    hf = transformers.BertModel(hf_tiny_config("BertModel"))
+    hf.save_pretrained(tmp_path / "sharded", variant="fp16", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.fp16.json").is_file()
+    assert_same_outputs(modeling.BertModel.from_pretrained(tmp_path / "sharded", variant="fp16"), hf.eval(),
+                        "BertModel")
 
 
 # ---------------------------------------------------------------------------------------------
