@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,8 @@ class Pipeline:
         self.batch_size = _batch_size(batch_size)
         self.defaults = dict(self.options)
         self.defaults.update(self._check_options(task_options))
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         if isinstance(model, (str, os.PathLike)):
             self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
             self.model = self._load(model)
@@ -140,6 +143,9 @@ class Pipeline:
         opts = {**self.defaults, **self._check_options(options),
                 "batch_size": self.batch_size if batch_size is None else _batch_size(batch_size)}
         single = self._is_single(inputs)
+        if isinstance(inputs, Mapping) and not single:
+            raise TypeError(f"{self.task}: inputs must be a str or a list of them, got a dict with the keys "
+                            f"{', '.join(map(str, inputs))}")
         items = [inputs] if single else list(inputs)
         for i, item in enumerate(items):
             self._check_item(i, item)
@@ -158,12 +164,14 @@ class Pipeline:
         hub tokenizers say "no limit")."""
         return min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
 
-    def _encode(self, items: list, **kwargs):
-        """Tokenize `items` (all texts, or all (text, pair) tuples) with truncation."""
+    def _encode(self, items: list, max_length: int | None = None, **kwargs):
+        """Tokenize `items` (all texts, or all (text, pair) tuples), cut to `max_length` tokens, never more than
+        `self.max_length`."""
+        max_length = min(max_length or self.max_length, self.max_length)
         if items and isinstance(items[0], tuple):
             return self.tokenizer([a for a, _ in items], [b for _, b in items], truncation=True,
-                                  max_length=self.max_length, **kwargs)
-        return self.tokenizer(items, truncation=True, max_length=self.max_length, **kwargs)
+                                  max_length=max_length, **kwargs)
+        return self.tokenizer(items, truncation=True, max_length=max_length, **kwargs)
 
     def _kind(self, item) -> int:
         return 1 if isinstance(item, tuple) else 0
@@ -263,7 +271,7 @@ class FillMaskPipeline(Pipeline):
         for i, ids in enumerate(enc["input_ids"]):
             if mask_id not in ids:
                 raise ValueError(f"fill-mask: input {i} has no {self.tokenizer.mask_token} "
-                                 f"(within the first {len(ids)} tokens): {items[i]!r}")
+                                 f"(within the first {len(ids)} tokens): {items[i]!r:.80}")
 
     def _run_batch(self, items, opts):
         top_k = min(opts["top_k"], self.model.config.vocab_size)
@@ -613,20 +621,22 @@ class QuestionAnsweringPipeline(Pipeline):
 
     The semantics of transformers' (4.x) question-answering pipeline: the context is cut into windows of
     `max_seq_len` tokens (default: as fine-tuned by bertkit, else min(tokenizer max length, 384)) sharing
-    `doc_stride` tokens (default: as fine-tuned, else min(max_seq_len // 2, 128)); in each window the start and end logits go through a softmax over [CLS] and the
-    context tokens, a span scores p(start) * p(end) (end >= start, at most `max_answer_len` tokens, [CLS] excluded)
+    `doc_stride` tokens (default: as fine-tuned, else min(max_seq_len // 2, 128)); in each window the start and
+    end logits go through a softmax over [CLS] and the context tokens, a span scores p(start) * p(end) (end >= start, at most `max_answer_len` tokens, [CLS] excluded)
     and is widened to whole words (as the tokenizer splits words); the best spans of all windows compete. With
     `handle_impossible_answer`, the smallest [CLS] p(start) * p(end) over the windows competes too, as
     {"answer": "", "start": 0, "end": 0}. Two deliberate differences: the question keeps its first
-    `max_question_len` tokens (transformers' fast path ignores that option), and a span found in two overlapping
-    windows is listed once, with its better score. Windows of all inputs run `batch_size` at a time, sorted by
-    length."""
+    `max_question_len` tokens (transformers' fast path ignores that option), and a span of characters found more
+    than once (in two overlapping windows, or by token spans widened to the same words) is listed once, with its
+    best score (transformers adds the scores of answers with the same text). `align_to_words=False` keeps token
+    spans. A context with no tokens answers "" with score 0, as there. Windows of all inputs run `batch_size` at a
+    time, sorted by length; several questions may share one context (`question=[...]`, `context="..."`)."""
 
     task = "question-answering"
     auto_class = AutoModelForQuestionAnswering
     head = "question-answering head (qa_outputs)"
     options = {"top_k": 1, "doc_stride": None, "max_answer_len": 15, "max_seq_len": None, "max_question_len": 64,
-               "handle_impossible_answer": False}
+               "handle_impossible_answer": False, "align_to_words": True}
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
@@ -642,12 +652,14 @@ class QuestionAnsweringPipeline(Pipeline):
                 raise TypeError("question-answering: pass either inputs or question=/context=, not both")
             if isinstance(question, str) and isinstance(context, str):
                 inputs = {"question": question, "context": context}
+            elif isinstance(question, (list, tuple)) and isinstance(context, str):  # one context, many questions
+                inputs = [{"question": q, "context": context} for q in question]
             elif isinstance(question, (list, tuple)) and isinstance(context, (list, tuple)) \
                     and len(question) == len(context):
                 inputs = [{"question": q, "context": c} for q, c in zip(question, context)]
             else:
-                raise TypeError("question-answering: question= and context= must be two str or two lists of "
-                                "the same length")
+                raise TypeError("question-answering: question= and context= must be two str, a list of questions "
+                                "and one context, or two lists of the same length")
         elif inputs is None:
             raise TypeError("question-answering: pass question= and context=, a dict with both, or a list of dicts")
         return super().__call__(inputs, **options)
@@ -701,19 +713,24 @@ class QuestionAnsweringPipeline(Pipeline):
             pe = np.exp(end[keep] - end[keep].max())
             pe /= pe.sum()
             null = min(null, float(ps[0] * pe[0]))
-            scores = np.triu(np.tril(np.outer(ps[1:], pe[1:]), max_len - 1))  # (start, end): end >= start
-            flat = scores.ravel()
-            k = min(top_k, flat.size)
-            top = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-            for a, b in zip(*np.unravel_index(top, scores.shape)):
-                if scores[a, b] <= 0:
-                    continue
-                # widen to whole words of this window
-                span = (int(f.offsets[f.words == f.words[a], 0].min()), int(f.offsets[f.words == f.words[b], 1].max()))
-                best[span] = max(best.get(span, 0.0), float(scores[a, b]))
+            # every valid (start, end): end >= start, at most max_len tokens; best first (scores may underflow to 0)
+            a_all, b_all = np.nonzero(np.triu(np.tril(np.ones((n, n), dtype=bool), max_len - 1)))
+            scores = ps[1:][a_all] * pe[1:][b_all]
+            found: set[tuple[int, int]] = set()
+            for j in np.argsort(-scores, kind="stable"):
+                a, b = a_all[j], b_all[j]
+                if opts["align_to_words"]:  # widened to whole words of this window
+                    span = (int(f.offsets[f.words == f.words[a], 0].min()),
+                            int(f.offsets[f.words == f.words[b], 1].max()))
+                else:
+                    span = (int(f.offsets[a, 0]), int(f.offsets[b, 1]))
+                best[span] = max(best.get(span, 0.0), float(scores[j]))
+                found.add(span)
+                if len(found) == top_k:  # this window's k best distinct spans: enough for the k best overall
+                    break
         out = [{"score": sc, "start": a, "end": b, "answer": context[a:b]} for (a, b), sc in best.items()]
-        if opts["handle_impossible_answer"]:
-            out.append({"score": null, "start": 0, "end": 0, "answer": ""})
+        if opts["handle_impossible_answer"] or not out:  # no span at all: a context without tokens
+            out.append({"score": null if out else 0.0, "start": 0, "end": 0, "answer": ""})
         out.sort(key=lambda r: -r["score"])
         return out[0] if top_k == 1 else out[:top_k]
 
@@ -723,15 +740,23 @@ class FeatureExtractionPipeline(Pipeline):
     (a (hidden,) vector for one str). "mean" averages the real tokens' last hidden states (the
     sentence-transformers recipe), "cls" takes the [CLS] state; normalize=True scales each to unit length.
     pooling="none" gives what transformers' feature-extraction pipeline gives: each text's last hidden states,
-    as nested lists of shape (1, tokens, hidden) (a list of those for a list of texts)."""
+    as nested lists of shape (1, tokens, hidden) (a list of those for a list of texts), or tensors with
+    return_tensors=True. `tokenize_kwargs={"max_length": n}` cuts texts to n tokens; `truncation` (also in
+    tokenize_kwargs) is accepted, and texts are cut to the model's positions either way."""
 
     task = "feature-extraction"
     auto_class = AutoModel
     head = "encoder"
-    options = {"pooling": "mean", "normalize": False}
+    options = {"pooling": "mean", "normalize": False, "return_tensors": False, "truncation": True,
+               "tokenize_kwargs": None}
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
+        kwargs = opts.get("tokenize_kwargs") or {}
+        if not isinstance(kwargs, Mapping) or set(kwargs) - {"truncation", "max_length"}:
+            raise ValueError("feature-extraction: tokenize_kwargs takes truncation and max_length, got "
+                             f"{kwargs!r:.80}")
+        self._check_int(dict(kwargs), "max_length", allow_none=True)
         if opts.get("pooling", "mean") not in ("mean", "cls", "none"):
             raise ValueError(f"feature-extraction: pooling must be 'mean', 'cls' or 'none', got {opts['pooling']!r}")
         if opts.get("pooling") == "none" and opts.get("normalize"):
@@ -742,11 +767,13 @@ class FeatureExtractionPipeline(Pipeline):
         return "pooler" not in key  # embeddings come from the hidden states, not the pooler
 
     def _run_batch(self, items, opts):
-        batch = self._inputs(self._encode(items, padding=True, return_tensors="pt"))
+        max_length = (opts["tokenize_kwargs"] or {}).get("max_length")
+        batch = self._inputs(self._encode(items, max_length, padding=True, return_tensors="pt"))
         hidden = self._forward(batch).last_hidden_state.float()
         if opts["pooling"] == "none":  # (1, tokens, hidden) per text, as transformers
             lengths = batch["attention_mask"].sum(-1).tolist()
-            return [hidden[i:i + 1, :n].cpu().tolist() for i, n in enumerate(lengths)]
+            rows = [hidden[i:i + 1, :n].cpu() for i, n in enumerate(lengths)]
+            return [r.clone() for r in rows] if opts["return_tensors"] else [r.tolist() for r in rows]
         if opts["pooling"] == "mean":
             vec = mean_pool(hidden, batch["attention_mask"])
         else:

@@ -100,6 +100,17 @@ def test_feature_extraction_without_pooling_gives_transformers_result():
     assert (torch.tensor(alone) - torch.tensor(got[0])).abs().max() <= 5e-6
     with pytest.raises(ValueError, match="normalize=True needs pooling"):
         ours(TEXTS[0], pooling="none", normalize=True)
+    # transformers' options: tensors, and texts cut to max_length tokens
+    tensors = ours(TEXTS[:2], pooling="none", return_tensors=True)
+    assert all(isinstance(t, torch.Tensor) and torch.equal(t, torch.tensor(g)) for t, g in zip(tensors, got))
+    cut = ours(TEXTS[1], pooling="none", tokenize_kwargs={"truncation": True, "max_length": 4}, truncation=True)
+    ref = theirs(TEXTS[1], tokenize_kwargs={"truncation": True, "max_length": 4})
+    assert torch.tensor(cut).shape == torch.tensor(ref).shape == (1, 4, 384)
+    assert (torch.tensor(cut) - torch.tensor(ref)).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="tokenize_kwargs takes truncation and max_length"):
+        ours(TEXTS[0], tokenize_kwargs={"padding": "max_length"})
+    with pytest.raises(TypeError, match="inputs must be a str or a list of them, got a dict with the keys text"):
+        ours({"text": "a cat", "text_pair": "a dog"})
 
 
 # ------------------------------------------------------------------------------------ fill-mask
@@ -147,10 +158,15 @@ def test_fill_mask_matches_transformers(tmp_path_factory):
     assert [a["token"] for a in alone] == [a["token"] for a in got[0]]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(alone, got[0])) <= 1e-5
     assert len(ours(MASKED[0])) == 5                    # top_k defaults to 5
-    with pytest.raises(ValueError, match=r"input 1 has no \[MASK\]"):
-        ours([MASKED[0], "no mask here"])
+    with pytest.raises(ValueError, match=r"input 1 has no \[MASK\]") as e:
+        ours([MASKED[0], "no mask here " * 300])
+    assert len(str(e.value)) < 200  # the text quoted, cut
     with pytest.raises(ValueError, match="top_k"):
         ours(MASKED[0], top_k=0)
+    with pytest.raises(TypeError, match="got a dict with the keys text"):
+        ours({"text": MASKED[0]})
+    by_path = pipeline("fill-mask", model=d, tokenizer=str(d))  # the tokenizer named by its directory
+    assert [a["token"] for a in by_path(MASKED[0], top_k=4)] == [a["token"] for a in alone]
 
 
 # ------------------------------------------------------------------------------------ text classification
@@ -600,14 +616,45 @@ def test_question_answering_defaults_to_the_windows_a_bertkit_model_was_fine_tun
     assert windows == [(96, 24), (96, 24), (96, 8), (384, 128)]
 
 
+def test_question_answering_top_k_gives_k_distinct_spans(qa_model):
+    """top_k answers as long as the context has them: the reference's candidates (all of them, per window),
+    widened to words, each span once with its best score."""
+    qa = pipeline("question-answering", model=qa_model["dir"])
+    for e in qa_model["examples"][-3:]:
+        for top_k, max_answer_len in ((10, 15), (20, 3)):
+            got = qa(question=e.question, context=e.context, top_k=top_k, max_answer_len=max_answer_len)
+            ref, _ = hf_question_answering(qa_model["tok"], qa_model["model"], e.question, e.context, 384, 128,
+                                           top_k=10_000, max_answer_len=max_answer_len)
+            best = {}
+            for r in ref:
+                best.setdefault((r["start"], r["end"]), r)  # ref is sorted: the first is the best
+            assert len(got) == top_k
+            _same_answers(got, sorted(best.values(), key=lambda r: -r["score"])[:top_k])
+
+
+def test_question_answering_shapes_of_input_and_output(qa_model):
+    qa = pipeline("question-answering", model=qa_model["dir"])
+    e = qa_model["examples"][-1]
+    # several questions, one context
+    both = qa(question=[e.question, "What is it?"], context=e.context)
+    assert both == [qa(question=e.question, context=e.context), qa(question="What is it?", context=e.context)]
+    # a context that makes no tokens answers nothing, as transformers 4's pipeline
+    assert qa(question="Who?", context="\u200b\u200b") == {"score": 0.0, "start": 0, "end": 0, "answer": ""}
+    # token spans, not widened to words: the same best pair, inside its word-aligned span
+    words = qa(question=e.question, context=e.context, max_answer_len=1)
+    tokens = qa(question=e.question, context=e.context, max_answer_len=1, align_to_words=False)
+    assert words["start"] <= tokens["start"] < tokens["end"] <= words["end"]
+    assert tokens["score"] == pytest.approx(words["score"]) and tokens["answer"] in words["answer"]
+
+
 def test_question_answering_errors(qa_model):
     qa = pipeline("question-answering", model=qa_model["dir"])
     with pytest.raises(TypeError, match="input 0 must be a dict with the keys question and context"):
         qa({"question": "Who?"})
     with pytest.raises(TypeError, match="pass question= and context=, a dict with both, or a list of dicts"):
         qa()
-    with pytest.raises(TypeError, match="two str or two lists of the same length"):
-        qa(question=["Who?"], context="Me.")
+    with pytest.raises(TypeError, match="two str, a list of questions and one context, or two lists of the same"):
+        qa(question="Who?", context=["Me.", "You."])
     with pytest.raises(ValueError, match="input 1: context must be a non-empty str"):
         qa([{"question": "Who?", "context": "Me."}, {"question": "Who?", "context": " "}])
     with pytest.raises(ValueError, match="max_answer_len must be an int >= 1, got 0"):
