@@ -68,7 +68,8 @@ def _add_tokenizer_train(p: argparse.ArgumentParser) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from .convert import convert
     lowercase = {"auto": None, "uncased": True, "cased": False}[args.casing]
-    print(convert(args.source, args.output, config_file=args.config, vocab_file=args.vocab, lowercase=lowercase))
+    print(convert(args.source, args.output, config_file=args.config, vocab_file=args.vocab, lowercase=lowercase,
+                  architecture_name=args.architecture))
     return 0
 
 
@@ -87,6 +88,10 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--casing", choices=["auto", "uncased", "cased"], default="auto",
                    help="whether the tokenizer lower-cases text (default auto: uncased unless the vocabulary "
                         "has upper-case tokens)")
+    p.add_argument("--architecture", default=None, metavar="CLASS",
+                   help="the model class, e.g. BertForTokenClassification (default: the config's architectures, "
+                        "else the one the checkpoint's heads point to; a tagger or multiple-choice model saved "
+                        "with a pooler looks like a sequence classifier, so name those)")
 
 
 def _export(args: argparse.Namespace) -> int:

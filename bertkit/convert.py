@@ -9,7 +9,8 @@ Sources read:
 - any other BERT state dict (`.bin`, `.pt`, `.safetensors`) with a config file.
 
 `convert` writes a directory with config.json, model.safetensors and the tokenizer files, which bertkit
-and transformers load by path. The head found in the checkpoint picks the model class.
+and transformers load by path. The model class is the one asked for, else the config's `architectures`, else
+the one the checkpoint's heads point to (`architecture`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 # (AdamWeightDecayOptimizer's adam_m/adam_v, tf.train.AdamOptimizer's Adam/Adam_1, NVIDIA's LAMB lamb_m/lamb_v
 # and loss-scaling variables).
 TF_TRAINING_STATE = re.compile(
-    r"(^|/)(global_step|adam_m|adam_v|lamb_m|lamb_v|Adam|Adam_1|Momentum|beta1_power|beta2_power|"
+    r"(^|/)(global_step|adam_m|adam_v|lamb_m|lamb_v|Adam|Adam_1|AdamWeightDecayOptimizer|AdamWeightDecayOptimizer_1|"
+    r"Momentum|beta1_power|beta2_power|"
     r"loss_scale|current_loss_scale|good_steps|bad_steps)$")
 TF2_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"  # present in TF2 object-based (Keras, Model Garden) checkpoints
 # Last component of a TensorFlow variable name -> last component of the checkpoint key.
@@ -85,12 +87,19 @@ def tf_state_dict(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tensor], l
     return state, skipped
 
 
+def _has_pooler(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("pooler.", "bert.pooler.")) for k in state)
+
+
 def architecture(state: dict[str, torch.Tensor]) -> str:
-    """The bertkit class a checkpoint's heads belong to (keys as `legacy_name` returns them)."""
+    """The bertkit class a checkpoint's heads point to (keys as `legacy_name` returns them). A classifier
+    without a pooler is a tagger (transformers' BertForTokenClassification has none); one with a pooler is taken
+    for a sequence classifier, which a tagger or multiple-choice model saved with a pooler also looks like
+    (`convert`'s `architecture` argument names those)."""
     if any(k.startswith("qa_outputs.") for k in state):
         return "BertForQuestionAnswering"
     if any(k.startswith("classifier.") for k in state):
-        return "BertForSequenceClassification"
+        return "BertForSequenceClassification" if _has_pooler(state) else "BertForTokenClassification"
     mlm = any(k.startswith("cls.predictions.") for k in state)
     nsp = any(k.startswith("cls.seq_relationship.") for k in state)
     if mlm and nsp:
@@ -150,6 +159,9 @@ def find_weights(source: str | os.PathLike) -> tuple[str, str]:
             return found, "torch"
         raise FileNotFoundError(f"{source}: no weights: expected a TensorFlow checkpoint (*.index + *.data-*) "
                                 f"or one of {', '.join(WEIGHTS_NAMES)}, *.pt, *.bin")
+    data_file = re.fullmatch(r"(.+)\.data-\d{5}-of-\d{5}", source)  # a shard of a TensorFlow checkpoint
+    if data_file and os.path.isfile(data_file[1] + ".index"):
+        source = data_file[1]
     if source.endswith(".index") or os.path.isfile(source + ".index"):
         return (source if source.endswith(".index") else source + ".index"), "tf"
     if os.path.isfile(source):
@@ -176,11 +188,12 @@ class Conversion:
     num_weights: int
     skipped: list[str] = field(default_factory=list)  # TensorFlow training state left out
     lowercase: bool | None = None    # the tokenizer's do_lower_case; None when no vocab.txt was found
+    notes: list[str] = field(default_factory=list)    # what was read other than the config says
 
     def __str__(self) -> str:
         lines = [f"read {self.num_weights} weights from {self.source}"
                  + (f" (left out {len(self.skipped)} optimizer/step variables)" if self.skipped else ""),
-                 f"wrote {self.architecture} to {self.output}"]
+                 f"wrote {self.architecture} to {self.output}", *self.notes]
         if self.lowercase is None:
             lines.append("no vocab.txt found: no tokenizer written (pass --vocab)")
         else:
@@ -188,19 +201,40 @@ class Conversion:
         return "\n".join(lines)
 
 
+ARCHITECTURES = ("BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
+                 "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
+                 "BertForMultipleChoice")
+
+
+def _padded_vocab(config: BertConfig, state: dict[str, torch.Tensor]) -> str | None:
+    """NVIDIA's run_pretraining.py rounds vocab_size up to a multiple of 8 before building the model, while its
+    bert_config.json keeps the real size: take the checkpoint's rows then (the extra ones are never produced by
+    the tokenizer). Returns a note, or None."""
+    rows = next((t.shape[0] for k, t in state.items() if k.endswith("embeddings.word_embeddings.weight")), None)
+    if rows is None or rows == config.vocab_size or rows != -(-config.vocab_size // 8) * 8:
+        return None
+    note = f"vocab_size {config.vocab_size} -> {rows}: the checkpoint's embeddings are padded to a multiple of 8"
+    config.vocab_size = rows
+    return note
+
+
 def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file: str | None = None,
-            vocab_file: str | None = None, lowercase: bool | None = None) -> Conversion:
+            vocab_file: str | None = None, lowercase: bool | None = None,
+            architecture_name: str | None = None) -> Conversion:
     """Convert the checkpoint at `source` into the directory `output` (which must not exist or be empty).
 
     The config is `config_file`, else bert_config.json or config.json beside the weights; the vocabulary
     `vocab_file`, else vocab.txt beside them. `lowercase=None` reads the casing from the vocabulary
-    (`vocab_is_cased`). Every weight must land in the model (strict), and the directory appears whole or
-    not at all.
+    (`vocab_is_cased`). The model class is `architecture_name`, else the config's `architectures`, else
+    `architecture(weights)`. Every weight of that class must be in the checkpoint (a bare encoder's pooler may
+    be absent), and the directory appears whole or not at all.
     """
     source, output = os.fspath(source), os.fspath(output)
+    if architecture_name is not None and architecture_name not in ARCHITECTURES:
+        raise ValueError(f"architecture {architecture_name!r}: expected one of {', '.join(ARCHITECTURES)}")
     check_new_directory(output)
     path, kind = find_weights(source)
-    where = source if os.path.isdir(source) else os.path.dirname(path)
+    where = source if os.path.isdir(source) else os.path.dirname(path) or "."
     config_path = _beside(where, CONFIG_FILES, config_file, "config file")
     if config_path is None:
         raise FileNotFoundError(f"{where}: no bert_config.json or config.json; pass --config FILE")
@@ -210,12 +244,21 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
         state, skipped = tf_state_dict(path)
     else:
         state = {legacy_name(k): t for k, t in read_weights(path).items()}
-    arch = architecture(state)
-    if arch == "BertForSequenceClassification" and "classifier.weight" in state:
+    notes = [n for n in (_padded_vocab(config, state),) if n]
+    named = next((a for a in config.architectures or () if a in ARCHITECTURES), None)
+    arch = architecture_name or named or architecture(state)
+    if arch in ("BertForSequenceClassification", "BertForTokenClassification") and "classifier.weight" in state:
         config.num_labels = state["classifier.weight"].shape[0]
-    model = load_state(getattr(modeling, arch)(config), state, path)
+    model = modeling.BertModel(config, add_pooling_layer=_has_pooler(state)) if arch == "BertModel" else \
+        getattr(modeling, arch)(config)
+    model = load_state(model, state, path)
     if model.load_report.newly_initialized:
-        raise ValueError(f"{path}: incomplete checkpoint: no {', '.join(model.load_report.newly_initialized[:4])}")
+        raise ValueError(f"{path}: incomplete checkpoint for {arch}: no "
+                         f"{', '.join(model.load_report.newly_initialized[:4])}"
+                         + ("" if architecture_name else "; name the model class with --architecture"))
+    if model.load_report.unused:
+        notes.append(f"left out {len(model.load_report.unused)} weights {arch} has no place for: "
+                     f"{', '.join(model.load_report.unused[:4])}")
 
     vocab_path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")
     tokenizer = None
@@ -229,6 +272,6 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
     return Conversion(source=path, output=output, architecture=arch, num_weights=len(state),
-                      skipped=skipped, lowercase=lowercase if tokenizer is not None else None)
+                      skipped=skipped, lowercase=lowercase if tokenizer is not None else None, notes=notes)
 
 

@@ -26,6 +26,7 @@ from .hub import resolve_model_dir
 from .io import atomic_directory, check_new_directory
 
 ONNX_NAME = "model.onnx"
+MIN_OPSET = 17  # the first with LayerNormalization
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SKIPPED_OUTPUTS = ("loss", "hidden_states", "attentions")
 # texts to trace with and, of other lengths and count, to check with
@@ -79,6 +80,9 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
     if missing:
         raise ValueError(f"ONNX export needs the {' and '.join(missing)} package{'s' * (len(missing) > 1)}: "
                          "pip install onnx onnxscript onnxruntime (bertkit's [onnx] extra)")
+    if opset is not None and opset < MIN_OPSET:
+        raise ValueError(f"opset {opset}: BERT's layer norm is an ONNX LayerNormalization, which needs opset "
+                         f"{MIN_OPSET} or newer")
     check_new_directory(output)
     model_dir = resolve_model_dir(model_dir)  # a directory, or a name in the local caches (as from_pretrained)
     config = BertConfig.from_pretrained(model_dir)
@@ -99,6 +103,10 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
                                     dynamic_shapes={k: axes for k in INPUTS}, opset_version=opset, dynamo=True,
                                     verbose=False)
         program.save(os.path.join(staging, ONNX_NAME))
+        written = _opset(os.path.join(staging, ONNX_NAME))
+        if opset is not None and written != opset:  # torch converts down where it can, and keeps its own if not
+            raise ValueError(f"opset {opset}: torch's exporter could only write opset {written}; pass that, or "
+                             "leave --opset out")
         diff = _check(os.path.join(staging, ONNX_NAME), model, _inputs(tokenizer, CHECK_TEXTS, choices), names)
         config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -120,6 +128,12 @@ def _quiet_exporter():
             yield
     finally:
         logger.setLevel(level)
+
+
+def _opset(path: str) -> int:
+    import onnx
+    imports = onnx.load(path, load_external_data=False).opset_import
+    return next(o.version for o in imports if o.domain in ("", "ai.onnx"))  # the default domain's
 
 
 def _check(path: str, model, inputs: dict[str, torch.Tensor], names: list[str]) -> float | None:

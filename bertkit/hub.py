@@ -244,11 +244,16 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError for code or garbage, RuntimeError for a damaged archive
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        why = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue",
-                                                              "Check the documentation"))]
+        text = " ".join(str(e).split())
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:  # an object torch's safe unpickler does not build: what it is, not torch's advice to run it
+            raise ValueError(f"{os.fspath(path)}: refused to load: it pickles a {found[1]}, which loading would "
+                             "have to run (bertkit reads pickles with torch.load(weights_only=True) only; an NVIDIA "
+                             "training checkpoint saved mid-run holds its data loader: use the last one, or save "
+                             "its 'model' entry alone)") from None
+        why = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
         raise ValueError(f"{os.fspath(path)}: refused to load: a damaged file, or not a plain tensor checkpoint "
-                         f"(torch.load with weights_only=True: {' '.join(why) or type(e).__name__})") from None
+                         f"(torch.load with weights_only=True: {why or type(e).__name__})") from None
 
 
 def _load_torch_pickle(path: str) -> dict[str, torch.Tensor]:

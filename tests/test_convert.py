@@ -15,7 +15,7 @@ import torch
 
 from bertkit import AutoModel, AutoModelForPreTraining, AutoTokenizer, BertTokenizer, tf_bundle
 from bertkit.cli import main
-from bertkit.convert import architecture, convert, tf_key, tf_state_dict, vocab_is_cased
+from bertkit.convert import TF_TRAINING_STATE, architecture, convert, tf_key, tf_state_dict, vocab_is_cased
 
 transformers = pytest.importorskip("transformers")
 
@@ -153,6 +153,62 @@ def test_nvidia_pytorch_checkpoint_converts_and_matches_transformers(tmp_path):
     _assert_pretraining_outputs_match(hf, tmp_path / "out")
 
 
+def test_nvidia_padded_vocabulary_and_intermediate_checkpoints(tmp_path):
+    """run_pretraining.py pads vocab_size to a multiple of 8 in the model, not in bert_config.json; a checkpoint
+    saved mid-run also pickles its data loader, which is refused in one line that does not advise running it."""
+    torch.manual_seed(0)
+    hf = transformers.BertForPreTraining(transformers.BertConfig(
+        vocab_size=48, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32)).eval()
+    path = _nvidia_checkpoint(tmp_path / "nvidia", hf)
+    config = json.loads((tmp_path / "nvidia" / "bert_config.json").read_text())
+    (tmp_path / "nvidia" / "bert_config.json").write_text(json.dumps({**config, "vocab_size": 43}))
+    done = convert(path, tmp_path / "out")
+    assert "vocab_size 43 -> 48: the checkpoint's embeddings are padded to a multiple of 8" in str(done)
+    _assert_pretraining_outputs_match(hf, tmp_path / "out")
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "data_loader": torch.utils.data.DataLoader(list(range(4)), batch_size=2)}, path)
+    with pytest.raises(ValueError) as e:
+        convert(path, tmp_path / "out2")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: refused to load: it pickles a torch.utils.data.dataloader.DataLoader")
+    assert "\n" not in msg and "weights_only=False" not in msg and "likely succeed" not in msg
+
+
+@pytest.mark.parametrize("cls", ["BertForTokenClassification", "BertForMultipleChoice", "BertModel"])
+def test_the_model_class_is_the_configs_or_the_one_named(tmp_path, cls):
+    """A transformers checkpoint names its class in config.json; a state dict alone is guessed from its heads
+    (a classifier without a pooler tags tokens), and --architecture names what the heads cannot tell."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=5)
+    hf = (transformers.BertModel(config, add_pooling_layer=False) if cls == "BertModel"
+          else getattr(transformers, cls)(config)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    assert convert(tmp_path / "hf", tmp_path / "out").architecture == cls
+    ids = torch.tensor([[[2, 5, 7, 3], [2, 6, 9, 3]]])  # (batch, choices, seq); the first row otherwise
+    ids = ids if cls == "BertForMultipleChoice" else ids[:, 0]
+    ours = getattr(__import__("bertkit").modeling, cls).from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        got, want = ours(input_ids=ids), hf(input_ids=ids)
+    name = "last_hidden_state" if cls == "BertModel" else "logits"
+    torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5)
+    # the same weights without config.json's architectures: NVIDIA's bert_config.json has none
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    torch.save(hf.state_dict(), bare / "pytorch_model.bin")
+    (bare / "bert_config.json").write_text(json.dumps({k: v for k, v in config.to_dict().items()
+                                                      if k not in ("architectures", "id2label", "label2id")}))
+    guessed = {"BertForTokenClassification": cls, "BertModel": cls}.get(cls, "BertForSequenceClassification")
+    assert convert(bare, tmp_path / "guessed").architecture == guessed
+    assert convert(bare, tmp_path / "named", architecture_name=cls).architecture == cls
+    with pytest.raises(ValueError, match="architecture 'BertForX': expected one of BertModel, "):
+        convert(bare, tmp_path / "bad", architecture_name="BertForX")
+    if cls == "BertForMultipleChoice":  # a head the named class lacks is no silent success
+        with pytest.raises(ValueError, match="incomplete checkpoint for BertForQuestionAnswering: no qa_outputs"):
+            convert(bare, tmp_path / "wrong", architecture_name="BertForQuestionAnswering")
+
+
 def test_ddp_saved_state_dict_loads_without_its_module_prefix(tmp_path):
     torch.manual_seed(0)
     hf = transformers.BertModel(transformers.BertConfig(
@@ -228,6 +284,21 @@ def test_tf_state_dict_leaves_out_training_state_only():
     state, skipped = tf_state_dict(GOOGLE / "bert_model.ckpt")
     assert len(state) == 46 and all(not k.endswith(("adam_m", "adam_v")) for k in state)
     assert all(s == "global_step" or s.endswith(("/adam_m", "/adam_v")) for s in skipped)
+    # other optimizers' slots, as transformers' TensorFlow loader skips them too
+    for slot in ("AdamWeightDecayOptimizer", "AdamWeightDecayOptimizer_1", "lamb_m", "Adam_1"):
+        assert TF_TRAINING_STATE.search(f"bert/embeddings/LayerNorm/beta/{slot}"), slot
+    assert not TF_TRAINING_STATE.search("bert/embeddings/LayerNorm/beta")
+
+
+def test_the_data_file_of_a_checkpoint_or_a_relative_path_converts(tmp_path, monkeypatch):
+    done = convert(GOOGLE / "bert_model.ckpt.data-00000-of-00001", tmp_path / "a")
+    assert done.source == str(GOOGLE / "bert_model.ckpt.index")
+    shutil.copytree(GOOGLE, tmp_path / "src")
+    monkeypatch.chdir(tmp_path / "src")
+    (tmp_path / "src" / "bert_config.json").rename(tmp_path / "bert_config.json")
+    with pytest.raises(FileNotFoundError, match=r"^\.: no bert_config.json or config.json"):
+        convert("bert_model.ckpt", tmp_path / "b")
+    assert convert("bert_model.ckpt", tmp_path / "b", config_file="../bert_config.json").num_weights == 46
 
 
 def test_training_output_directory_takes_the_checkpoint_its_checkpoint_file_names(tmp_path):

@@ -123,3 +123,19 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert err.endswith("ONNX export needs the onnxscript package: pip install onnx onnxscript onnxruntime "
                         "(bertkit's [onnx] extra)")
     assert len(err.splitlines()) == 1 and not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    assert main(["export", str(model_dir), "--output", str(tmp_path / "new"), "--opset", "14"]) == 2
+    assert capsys.readouterr().err.strip().endswith("opset 14: BERT's layer norm is an ONNX LayerNormalization, "
+                                                    "which needs opset 17 or newer")
+    # an opset torch cannot write down to is an error, not a file of another opset
+    monkeypatch.setattr(export, "_opset", lambda path: 18)
+    assert main(["export", str(model_dir), "--output", str(tmp_path / "new"), "--opset", "17"]) == 2
+    assert "opset 17: torch's exporter could only write opset 18" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_export_writes_the_opset_asked_for(tmp_path):
+    pytest.importorskip("onnxscript")
+    from bertkit.export import _opset, export_onnx
+    export_onnx(_tiny(tmp_path / "m", "BertModel"), tmp_path / "onnx", opset=17)
+    assert _opset(str(tmp_path / "onnx" / "model.onnx")) == 17
