@@ -576,5 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints are written whole, so a training run resumes from its last
+        print(f"bertkit {args.words}: interrupted (a training run continues from its last checkpoint with "
+              "--resume)", file=sys.stderr)
+        return 130
     finally:
         warnings.formatwarning = plain

@@ -62,6 +62,8 @@ def run_demo(model: str | None = None, texts: list[str] | None = None) -> None:
     sim = emb @ emb.T                                                    # (texts, texts) cosine similarity
     print(f"\nencoded {len(texts)} texts in {seconds * 1000:.0f} ms; sentence embeddings are mean-pooled "
           f"and normalised, shape {tuple(emb.shape)}")
+    if len(texts) < 2:
+        return
     print("\nnearest neighbour of each text (cosine similarity):")
     sim.fill_diagonal_(-2.0)
     for i, text in enumerate(texts):

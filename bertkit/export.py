@@ -117,17 +117,22 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
 def _quiet_exporter():
     """Mute what torch's exporter says that asks nothing of the user: that torchvision's operators are not
     registered, that the inputs share their axis names (they do, on purpose: the model's axes are named
-    batch and sequence), and a deprecation inside torch's own pytree code."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    batch and sequence), a deprecation inside torch's own pytree code, and the version converter's traceback
+    (a file of another opset than asked is an error of its own)."""
+    quiet = {"torch.onnx._internal.exporter._registration": logging.ERROR,
+             "onnxscript.version_converter": logging.CRITICAL}  # its traceback when it cannot convert: we say so
+    loggers = [logging.getLogger(name) for name in quiet]
+    levels = [logger.level for logger in loggers]
+    for logger, level in zip(loggers, quiet.values()):
+        logger.setLevel(level)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _opset(path: str) -> int:
@@ -141,7 +146,11 @@ def _check(path: str, model, inputs: dict[str, torch.Tensor], names: list[str]) 
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     import onnxruntime
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = session.run(names, {k: v.numpy() for k, v in inputs.items()})
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        got = session.run(names, {k: v.numpy() for k, v in inputs.items()})
+    except Exception as e:  # onnxruntime's own exception classes: a model it cannot load or run
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"onnxruntime could not run the exported model (opset {_opset(path)}): {why}") from None
     want = _outputs(model, inputs)
     return max(float(abs(torch.from_numpy(g) - want[n]).max()) for g, n in zip(got, names))

@@ -97,33 +97,42 @@ def attention(tokens: Sequence[str], weights, path: str | os.PathLike, layers: S
               heads: Sequence[int], title: str = "") -> str:
     """Attention weights as heatmaps, one per (layer, head): rows are the attending tokens (queries), columns
     the tokens attended to (keys). `weights` is (layers, heads, tokens, tokens) for every layer and head; the
-    `layers` x `heads` grid is drawn, token labels on every map when it holds at most 16 of them."""
+    `layers` x `heads` grid is drawn (one head or one layer: up to 4 maps a row). Token labels go on the maps
+    while they stay readable (maps x tokens <= 128); the figure's size is bounded whatever the text's length."""
+    import textwrap
     plt = pyplot()
     grid = [(layer, head) for layer in layers for head in heads]
-    cols = len(heads) if len(layers) > 1 else min(len(heads), 4)
+    full = len(layers) > 1 and len(heads) > 1   # a layers x heads grid: heads across, layers down
+    cols = len(heads) if full else min(len(grid), 4)
     rows = -(-len(grid) // cols)
-    labelled = len(grid) <= 16
     n = len(tokens)
-    cell = (0.9 + 0.22 * n) if labelled else 1.2
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.6, cell * rows + 0.8), squeeze=False)
+    labelled = len(grid) * n <= 128
+    cell = min(0.9 + 0.22 * n, 12.0) if labelled else (6.0 if len(grid) == 1 else 1.2)
+    width = max(cell * cols + 0.6, 6.0)  # room for the title
+    fig, axes = plt.subplots(rows, cols, figsize=(width, cell * rows + 0.9), squeeze=False)
     for ax, (layer, head) in zip(axes.flat, grid):
         image = ax.imshow(weights[layer, head].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
         if len(grid) == 1:
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         if labelled:
-            ax.set_xticks(range(n), tokens, rotation=90, fontsize=7)
-            ax.set_yticks(range(n), tokens, fontsize=7)
-            ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+            size = 7 if n <= 48 else 5
+            ax.set_xticks(range(n), tokens, rotation=90, fontsize=size)
+            ax.set_yticks(range(n), tokens, fontsize=size)
         else:
             ax.set_xticks([])
             ax.set_yticks([])
+        if full and not labelled:
             if layer == layers[0]:
                 ax.set_title(f"head {head}", fontsize=8)
             if head == heads[0]:
                 ax.set_ylabel(f"layer {layer}", fontsize=8)
+        else:
+            ax.set_title(f"layer {layer}, head {head}", fontsize=9 if labelled else 8)
     for ax in list(axes.flat)[len(grid):]:
         ax.set_visible(False)
-    fig.suptitle((f"{title}\n" if title else "") + "rows: attending token, columns: token attended to "
-                 "(weight 0 to 1)", fontsize=9)
+    chars = max(40, int(width * 11))  # what a line of 9-point text holds across the figure
+    lines = [*(textwrap.wrap(title, chars) if title else []),
+             *textwrap.wrap("rows: attending token, columns: token attended to (weight 0 to 1)", chars)]
+    fig.suptitle("\n".join(lines), fontsize=9)
     fig.tight_layout()
     return save(fig, path)

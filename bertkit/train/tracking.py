@@ -199,8 +199,8 @@ def _is_score(key: str) -> bool:
 
 
 def _is_loss_term(key: str) -> bool:
-    """A loss term: training's "loss_mlm", pre-training evaluation's "mlm_loss"."""
-    return key.startswith("loss_") or key.endswith("_loss")
+    """A loss term: training's "loss_mlm", pre-training evaluation's "mlm_loss", a regression's dev "mse"."""
+    return key.startswith("loss_") or key.endswith("_loss") or key == "mse"
 
 
 def _is_accuracy(key: str) -> bool:
@@ -251,6 +251,11 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     term_styles = ["--", ":", "-."]
+
+    def draw(ax, xs, ys, marker=None, **style):
+        """A line; a series of one point (a run logged once) gets a marker, or nothing would show."""
+        ax.plot(xs, ys, marker=marker or ("o" if len(xs) == 1 else None), ms=3, **style)
+
     for ax, panel in zip(axes.flat, panels):
         for i, (records, label) in enumerate(zip(runs, labels)):
             c = colours[i % len(colours)]
@@ -259,13 +264,13 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
                 split = panel.split()[0]
                 xs, ys = _series(records, split, "loss")
                 if xs:
-                    ax.plot(xs, ys, color=c if multi else None, lw=1.8,
-                            marker="o" if split == "eval" or len(xs) == 1 else None, ms=3, label=f"{tag}loss")
+                    draw(ax, xs, ys, "o" if split == "eval" else None, color=c if multi else None, lw=1.8,
+                         label=f"{tag}loss")
                 terms = _keys(records, split, _is_loss_term)
                 for j, k in enumerate(terms if len(terms) > 1 or not xs else []):  # one term is the total again
                     xs, ys = _series(records, split, k)
-                    ax.plot(xs, ys, color=c if multi else None, lw=1.0, ls=term_styles[j % len(term_styles)],
-                            marker="o" if split == "eval" else None, ms=3, label=f"{tag}{k}")
+                    draw(ax, xs, ys, "o" if split == "eval" else None, color=c if multi else None, lw=1.0,
+                         ls=term_styles[j % len(term_styles)], label=f"{tag}{k}")
                 ax.set_ylabel("loss")
             elif panel == "accuracy":
                 markers = "osd^v<>"
@@ -273,18 +278,18 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
                     for j, k in enumerate(_keys(records, split, _is_accuracy)):
                         xs, ys = _series(records, split, k)
                         marker = markers[j % len(markers)] if multi or split == "eval" else None
-                        ax.plot(xs, ys, color=c if multi else None, ls=ls, lw=1.3, marker=marker, ms=3,
-                                markevery=max(1, len(xs) // 20), label=f"{tag}{split} {k}")
+                        draw(ax, xs, ys, marker, color=c if multi else None, ls=ls, lw=1.3,
+                             markevery=max(1, len(xs) // 20), label=f"{tag}{split} {k}")
                 ax.set_ylabel("accuracy")
             elif panel == "dev scores":
                 for j, k in enumerate(_keys(records, "eval", _is_score)):
                     xs, ys = _series(records, "eval", k)
-                    ax.plot(xs, ys, color=c if multi else None, ls=term_styles[j % len(term_styles)] if multi
-                            else "-", lw=1.3, marker="o", ms=3, label=f"{tag}{k}")
+                    draw(ax, xs, ys, "o", color=c if multi else None, lw=1.3,
+                         ls=term_styles[j % len(term_styles)] if multi else "-", label=f"{tag}{k}")
                 ax.set_ylabel("score")
             else:
                 xs, ys = _series(records, "train", "lr")
-                ax.plot(xs, ys, color=c, label=f"{tag}lr" if multi else "lr")
+                draw(ax, xs, ys, color=c, label=f"{tag}lr" if multi else "lr")
                 ax.set_ylabel("learning rate")
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.set_title(panel)
@@ -301,6 +306,8 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
 
 
 def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike | None = None) -> str:
-    """Learning curves of one run; the PNG goes to `<run_dir>/curves.png` unless `out_png` says otherwise."""
+    """Learning curves of one run (its directory, or its metrics.jsonl); the PNG goes to `<run_dir>/curves.png`
+    unless `out_png` says otherwise."""
     run_dir = os.fspath(run_dir)
-    return plot_runs([run_dir], out_png=out_png or os.path.join(run_dir, "curves.png"))
+    where = (os.path.dirname(run_dir) or ".") if os.path.isfile(run_dir) else run_dir
+    return plot_runs([run_dir], out_png=out_png or os.path.join(where, "curves.png"))

@@ -44,9 +44,11 @@ def tokenizer_dir(corpus, tmp_path_factory):
 
 
 def pretrain(corpus, out, *extra):
+    given = "--tokenizer" in extra or "--init-from" in extra  # a vocabulary given, not trained
     return main(["pretrain", "--corpus", str(corpus), "--output", str(out), "--model-size", "tiny",
-                 "--vocab-size", "120", "--max-steps", "4", "--batch-size", "4", "--seq-len", "32",
-                 "--eval-batches", "2", "--log-every", "1", "--save-every", "2", "--seed", "3", *extra])
+                 *([] if given else ["--vocab-size", "120"]), "--max-steps", "4", "--batch-size", "4",
+                 "--seq-len", "32", "--eval-batches", "2", "--log-every", "1", "--save-every", "2", "--seed", "3",
+                 *extra])
 
 
 def test_pretrain_writes_a_model_the_auto_classes_load(corpus, tmp_path, capsys):
@@ -180,6 +182,15 @@ def test_masked_tokens_per_sequence_default_to_15_percent_of_the_length(seq_len,
     from bertkit.cli import _job_args, build_parser  # and so from the command line
     flags = build_parser().parse_args(["pretrain", "--seq-len", str(seq_len)])
     assert _job_args(PretrainArgs, flags).max_predictions == cap
+
+
+def test_vocabulary_flags_are_refused_with_a_given_vocabulary():
+    with pytest.raises(ValueError, match="^--cased and --vocab-size shape a vocabulary trained on the corpus; with "
+                                         "--tokenizer the given one is used: drop them$"):
+        PretrainArgs(tokenizer="tok", cased=True, vocab_size=100)
+    with pytest.raises(ValueError, match="^--vocab-size .* with --init-from the given one is used: drop it$"):
+        PretrainArgs(init_from="model", vocab_size=100)
+    assert PretrainArgs(tokenizer="tok").vocab_size == 8192  # the defaults themselves are fine
 
 
 def test_a_one_document_eval_corpus_is_named_in_the_error(tmp_path, capsys):

@@ -101,6 +101,25 @@ def test_pre_training_evaluations_are_drawn(tmp_path):
     assert open(plot_run(tmp_path), "rb").read()[:4] == b"\x89PNG"
 
 
+def test_a_run_logged_once_and_a_regression_are_drawn(tmp_path, monkeypatch):
+    """A series of one point gets a marker (a line of one point draws nothing); a regression's dev "mse" is its
+    eval loss; the PNG of a metrics.jsonl named directly goes beside it."""
+    from bertkit import figures
+    tr = Tracker(tmp_path, total_steps=4, progress=False)
+    tr.log(4, {"loss": 0.5, "lr": 1e-4, "acc_cls": 0.75})
+    tr.log(4, {"mse": 0.3, "pearson": 0.8}, split="eval")
+    tr.close()
+    assert tracking._panels([tracking.read_metrics(tmp_path)]) == [
+        "train loss", "eval loss", "accuracy", "dev scores", "learning rate"]
+    drawn = {}
+    real_save = figures.save
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.setdefault("fig", fig) and real_save(fig, path))
+    assert plot_run(tmp_path / "metrics.jsonl") == str(tmp_path / "curves.png")
+    lines = [line for ax in drawn["fig"].axes for line in ax.get_lines()]
+    assert {line.get_label() for line in lines} >= {"loss", "mse", "train acc_cls", "lr", "pearson"}
+    assert all(line.get_marker() not in (None, "None", "") for line in lines)  # every series of one point shows
+
+
 @pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard is not installed")
 def test_tensorboard_scalars(tmp_path):
     tr = Tracker(tmp_path, total_steps=2, progress=False, tensorboard=True)
