@@ -2,6 +2,7 @@
 real checkpoint with dynamic shapes, and `bertkit export` to ONNX for every head, run with onnxruntime."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -132,6 +133,20 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["export", str(model_dir), "--output", str(tmp_path / "new"), "--opset", "17"]) == 2
     assert "opset 17: torch's exporter could only write opset 18" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_model_onnxruntime_cannot_run_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Node (Attention) inconsistent sizes\nmore detail")
+    monkeypatch.setattr(ort, "InferenceSession", Broken)
+    assert main(["export", str(_tiny(tmp_path / "m", "BertModel")), "--output", str(tmp_path / "onnx")]) == 2
+    assert re.search(r"error: onnxruntime could not run the exported model \(opset \d+\): \[ONNXRuntimeError\] : "
+                     r"1 : FAIL : Node \(Attention\) inconsistent sizes$", capsys.readouterr().err.strip())
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_export_writes_the_opset_asked_for(tmp_path):

@@ -370,6 +370,25 @@ def test_train_save_reload_in_bertkit_and_transformers(tmp_path):
     assert BertTokenizer.from_pretrained(out)(held_out)["input_ids"] == expected
 
 
+def test_trained_extra_special_tokens_stay_whole_and_empty_corpora_are_refused(tmp_path):
+    """Special tokens beyond the five roles (entity markers) are matched whole and are special, as in a tokenizer
+    HuggingFace's `tokenizers` trains; a corpus without text is an error, not a vocabulary of specials alone."""
+    from tokenizers import BertWordPieceTokenizer
+    texts = ["Mr. <e1>Darcy</e1> bowed to <e2>Elizabeth</e2>."] * 20 + ["She smiled at him."] * 20
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<e1>", "</e1>", "<e2>", "</e2>"]
+    ours = BertTokenizer.train_from_iterator(texts, vocab_size=80, special_tokens=specials)
+    ref = BertWordPieceTokenizer()
+    ref.train_from_iterator(texts, vocab_size=80, special_tokens=specials)
+    text = "mr. <e1>darcy</e1> and <e2>her</e2>"
+    assert ours.tokenize(text) == ref.encode(text, add_special_tokens=False).tokens
+    assert {"<e1>", "</e1>", "<e2>", "</e2>"} <= set(ours.all_special_tokens)
+    assert ours.convert_tokens_to_ids(specials) == list(range(9))  # no new ids: the trained ones
+    ours.save_pretrained(tmp_path)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path).tokenize(text) == ours.tokenize(text)
+    with pytest.raises(ValueError, match="^empty corpus: no text in the texts given$"):
+        BertTokenizer.train_from_iterator(["", "  "], vocab_size=80)
+
+
 def test_vocab_txt_round_trip(tmp_path, tok):
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "vocab.txt").read_bytes() == (MINILM / "vocab.txt").read_bytes()

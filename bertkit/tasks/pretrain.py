@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,8 @@ def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
 
 
 def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: BertTokenizer) -> None:
+    print(f"building the pre-training examples of {', '.join(args.corpus)} (sequences of {args.seq_len} tokens, "
+          f"NSP pairs, under {train_dir.parent})", flush=True)  # a big corpus takes minutes: say what happens
     boundary, skip = _boundary(args.doc_boundary), HEADINGS.get(args.doc_boundary)
     common = dict(max_seq_length=args.seq_len, seed=args.seed)
     if args.eval_corpus:
@@ -197,7 +200,9 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
         if saved.is_dir() and not args.resume:
             shutil.rmtree(saved)  # left by a run that never checkpointed: this one may read another corpus
         if not saved.is_dir():
-            BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased).save_pretrained(saved)
+            print(f"training a WordPiece vocabulary of {args.vocab_size} on {', '.join(args.corpus)}", flush=True)
+            BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,
+                                show_progress=sys.stderr.isatty()).save_pretrained(saved)
     dist.on_main(train)
     return BertTokenizer.from_pretrained(saved)
 
