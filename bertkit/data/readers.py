@@ -84,11 +84,20 @@ def _read_text(path: Path) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def _lines(text: str) -> Iterable[tuple[int, str]]:
-    """(1-based line number, line without its \\n or \\r\\n), skipping blank lines."""
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line[:-1] if line.endswith("\r") else line
-        if line.strip():
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text`, ended by \\n, \\r\\n or a lone \\r (old Mac files): a line never holds a line break.
+    Not `str.splitlines`, which also breaks at characters text may hold (\\x0c, \\u2028...)."""
+    return _LINE_END.split(text)
+
+
+def _lines(text: str, delimiter: str | None = None) -> Iterable[tuple[int, str]]:
+    """(1-based line number, line), skipping blank lines; with a `delimiter`, a line holding one is a row even
+    when its fields are empty (its empty fields are then the reader's to report)."""
+    for n, line in enumerate(split_lines(text), 1):
+        if line.strip() or (delimiter is not None and delimiter in line):
             yield n, line
 
 
@@ -114,21 +123,26 @@ def _resolve(spec: Any, names: Sequence[str] | None, width: int, where: str, rol
 
 def _rows_delimited(text: str, path: Path, fmt: str) -> Iterable[tuple[int, list[str]]]:
     if fmt == "tsv":
-        for n, line in _lines(text):
+        for n, line in _lines(text, "\t"):
             yield n, line.split("\t")
         return
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     start = 1
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise ValueError(f"{path}:{start}: bad CSV record ({e})") from None
-        if any(cell.strip() for cell in row):
-            yield start, row
-        start = reader.line_num + 1
+    limit = csv.field_size_limit()
+    csv.field_size_limit(2 ** 31 - 1)  # a long document is one field: the module's default stops at 131,072 chars
+    try:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise ValueError(f"{path}:{start}: bad CSV record ({e})") from None
+            if len(row) > 1 or (row and row[0].strip()):  # a row of empty fields is a row (its checks say why)
+                yield start, row
+            start = reader.line_num + 1
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _label_text(value: Any, where: str, key: str) -> str:
@@ -169,7 +183,7 @@ def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequen
             value = obj[key]
             if role in label_roles:
                 values[role] = _label_text(value, where, key)
-                if not values[role]:
+                if not values[role].strip():
                     raise ValueError(f"{where}: the {role.removesuffix('_column')} field ({key!r}) is empty")
             elif not isinstance(value, str):
                 raise ValueError(f"{where}: expected a string for {key!r}, got {json.dumps(value)[:60]}")
@@ -316,6 +330,12 @@ def is_regression(labels: Iterable[Any]) -> bool:
 # CoNLL
 # ----------------------------------------------------------------------------------------------------------------
 
+def is_docstart(fields: Sequence[str], token_column: int) -> bool:
+    """A CoNLL document separator: `-DOCSTART-` first, or in the token column."""
+    in_range = -len(fields) <= token_column < len(fields)
+    return fields[0] == "-DOCSTART-" or (in_range and fields[token_column] == "-DOCSTART-")
+
+
 def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) -> list[TaggedSentence]:
     """Read a CoNLL-style file: one token per line with its columns separated by tabs (or, on a line without a
     tab, by whitespace); blank or whitespace-only lines separate sentences; ``-DOCSTART-`` lines are skipped.
@@ -337,13 +357,12 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
         tokens, tags = [], []
 
     columns = columns_line = None
-    for n, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
+    for n, line in enumerate(split_lines(text), 1):
         if not line.strip():
             flush()
             continue
         fields = line.split("\t") if "\t" in line else line.split()
-        if fields[0] == "-DOCSTART-":
+        if is_docstart(fields, token_column):
             flush()
             continue
         width = len(fields)
@@ -386,7 +405,8 @@ def _load_squad_json(path: Path) -> Any:
     try:
         return json.loads(raw.decode("utf-8-sig")), where
     except UnicodeDecodeError as e:
-        raise ValueError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{where}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
 
@@ -439,13 +459,16 @@ def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) 
                                      f"got {impossible!r}")
                 answers = []
                 for ans in qa.get("answers", ()):
+                    if impossible and isinstance(ans, dict) and ans.get("text") == "":
+                        continue  # ("", -1): a placeholder some files give unanswerable questions
                     try:
-                        text, start = ans["text"], int(ans["answer_start"])
-                        if not isinstance(text, str):
-                            raise TypeError
+                        text, start = ans["text"], ans["answer_start"]
+                        if not isinstance(text, str) or not text or isinstance(start, bool) or int(start) < 0:
+                            raise ValueError
+                        start = int(start)
                     except (KeyError, TypeError, ValueError):
-                        raise ValueError(f"{where}: question {qid}: an answer needs a string 'text' and an integer "
-                                         f"'answer_start', got {ans!r}") from None
+                        raise ValueError(f"{where}: question {qid}: an answer needs a non-empty string 'text' and an "
+                                         f"integer 'answer_start' >= 0, got {ans!r:.120}") from None
                     if context[start:start + len(text)] != text:
                         bad.append(f"question {qid}: answer {text!r} at {start} does not match the context there "
                                    f"({context[start:start + len(text)]!r})")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data.readers import TaggedSentence, _read_text, label_maps
+from ..data.readers import TaggedSentence, _read_text, is_docstart, label_maps, split_lines
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs,
                        predict_batches)
 
@@ -253,15 +253,14 @@ def read_tokens(path: str | Path, token_column: int = 0) -> list[list[str]]:
     path = Path(path)
     sentences: list[list[str]] = []
     words: list[str] = []
-    for n, line in enumerate(_read_text(path).split("\n"), 1):
-        line = line.rstrip("\r")
+    for n, line in enumerate(split_lines(_read_text(path)), 1):
         if not line.strip():
             if words:
                 sentences.append(words)
             words = []
             continue
         fields = line.split("\t") if "\t" in line else line.split()
-        if fields[0] == "-DOCSTART-":
+        if is_docstart(fields, token_column):
             if words:
                 sentences.append(words)
             words = []

@@ -124,9 +124,31 @@ def test_empty_label_and_bad_utf8(tmp_path):
     p = write(tmp_path, "e.tsv", "sentence\tlabel\na\t1\nb\t \n")
     with pytest.raises(ValueError, match=r"e\.tsv:3: the label field \(column 1\) is empty"):
         read_table(p, text_column=0, label_column=1)
+    blank = write(tmp_path, "e.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "  "}\n')
+    with pytest.raises(ValueError, match=r"e\.jsonl:2: the label field \('label'\) is empty"):
+        read_table(blank, text_column="text", label_column="label")
     p = write(tmp_path, "u.tsv", b"sentence\tlabel\na\t1\n\xff\t0\n")
     with pytest.raises(ValueError, match=r"u\.tsv:3: not valid UTF-8"):
         read_table(p, text_column=0, label_column=1)
+
+
+def test_lone_carriage_returns_rows_of_empty_fields_and_long_fields(tmp_path):
+    """Old Mac line ends (\\r) end lines in every format; a row whose fields are all empty is reported, not
+    dropped (predict's output would no longer line up with its input); a CSV field may hold a long document."""
+    tsv = write(tmp_path, "cr.tsv", b"hello there\tham\rspam it\tspam\rbye\tham\r")
+    assert [(e.text, e.label, e.line) for e in read_table(tsv, text_column=0, label_column=1, header=False)] == [
+        ("hello there", "ham", 1), ("spam it", "spam", 2), ("bye", "ham", 3)]
+    conll = write(tmp_path, "cr.conll", b"John\tB-PER\rlives\tO\r\rParis\tB-LOC\r")
+    assert read_conll(conll) == [TaggedSentence(["John", "lives"], ["B-PER", "O"], 1),
+                                 TaggedSentence(["Paris"], ["B-LOC"], 4)]
+    for name, content in (("e.tsv", "text\tlabel\na\t1\n\t\nb\t0\n"), ("e.csv", "text,label\na,1\n,\nb,0\n")):
+        with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}:3: the label field \(column 1\) is empty"):
+            read_table(write(tmp_path, name, content), text_column=0, label_column=1)
+    long = "word " * 40_000  # 200,000 characters: over the csv module's default field limit
+    p = write(tmp_path, "long.csv", f'text,label\n"{long}",pos\n')
+    assert read_table(p, text_column="text", label_column="label")[0].text == long
+    import csv
+    assert csv.field_size_limit() == 131072  # the module's limit is left as it was
 
 
 def test_csv_quoting_and_line_numbers(tmp_path):
@@ -238,6 +260,9 @@ def test_conll_formats_and_errors(tmp_path):
         read_conll(write(tmp_path, "bad.conll", "a\tO\n\tO\n"))
     with pytest.raises(ValueError, match=r"bad\.conll:3: 3 column\(s\) where line 1 has 2: 'the\\tO\\tEXTRA'"):
         read_conll(write(tmp_path, "bad.conll", "king\tB-PER\nof\tO\nthe\tO\tEXTRA\n"))  # not EXTRA as a tag
+    # -DOCSTART- in the token column when that is not the first
+    cols = write(tmp_path, "cols.conll", "1\t-DOCSTART-\tO\n\n1\tParis\tB-LOC\n")
+    assert read_conll(cols, token_column=1) == [TaggedSentence(["Paris"], ["B-LOC"], 3)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,6 +303,17 @@ def test_squad_errors(tmp_path):
         assert read_squad(off, strict=False)[0].answers == [("A cat", 1)]
     with pytest.raises(ValueError, match=r"bad\.json:1: bad JSON"):
         read_squad(write(tmp_path, "bad.json", '{"data": [}'))
+    # a negative start or an empty text would pass the context check (Python slices): refused by name
+    for start, text in ((-7, "sat."), (2, ""), (True, "A cat")):
+        with pytest.raises(ValueError, match="question q1: an answer needs a non-empty string 'text' and an integer "
+                                             "'answer_start' >= 0"):
+            read_squad(write(tmp_path, "neg.json", json.dumps(_squad(answer_start=start, text=text))))
+    # ("", -1) on an unanswerable question is a placeholder, not an answer
+    v2 = _squad(answer_start=-1, text="")
+    v2["data"][0]["paragraphs"][0]["qas"][0]["is_impossible"] = True
+    assert read_squad(write(tmp_path, "v2.json", json.dumps(v2)))[0].answers == []
+    with pytest.raises(ValueError, match=r"nu\.json:2: not valid UTF-8"):
+        read_squad(write(tmp_path, "nu.json", b'{"data":\n [\xff]}'))
     with pytest.raises(ValueError, match="expected SQuAD JSON"):
         read_squad(write(tmp_path, "list.json", "[]"))
     zp = tmp_path / "two.zip"
@@ -311,7 +347,7 @@ def _squad_with(change) -> str:
     (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].__setitem__("is_impossible", "false"),
      r"question q1: 'is_impossible' must be true or false, got 'false'"),
     (lambda d: d["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].__setitem__("text", 5),
-     r"question q1: an answer needs a string 'text' and an integer 'answer_start'"),
+     r"question q1: an answer needs a non-empty string 'text' and an integer 'answer_start'"),
     (lambda d: d["data"][0]["paragraphs"][0]["qas"].append(d["data"][0]["paragraphs"][0]["qas"][0]),
      r"question id 'q1' appears twice; ids must be unique"),
 ])
