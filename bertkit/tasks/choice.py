@@ -29,7 +29,7 @@ from ..data.readers import read_columns
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, labelled, packed_to,
                        pad_inputs, predict_batches)
 from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, table_format,
-                       train_keep_best, window_length, write_eval, write_predictions)
+                       to_predict, train_keep_best, window_length, write_eval, write_predictions)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
            "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
@@ -276,7 +276,7 @@ def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: in
     from ..auto import AutoModelForMultipleChoice
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
-    examples = read_choices(data, **{**_choice_read(model, read), "label_column": None})
+    examples = to_predict(read_choices(data, **{**_choice_read(model, read), "label_column": None}), data, "rows")
     preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
     lines = [json.dumps({"label": p["label"], "score": round(p["score"], 6),
                          "probabilities": [round(q, 6) for q in p["probabilities"]]}) for p in preds]

@@ -165,6 +165,13 @@ def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str |
     return metrics
 
 
+def to_predict(items: list, data: str, what: str) -> list:
+    """`items` read from `data` for `predict`; none is an error (as for `evaluate`), not an empty output."""
+    if not items:
+        raise ValueError(f"{data}: no {what} to predict")
+    return items
+
+
 def write_predictions(output: str, lines: list[str], message: str) -> None:
     """What `bertkit predict` leaves: `output` (one line each), written atomically, and `message` printed; by
     rank 0 alone under torchrun."""
@@ -562,7 +569,8 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
     from .tag import predict_tags, read_tokens
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
-    sentences = read_tokens(data, _tag_columns(model, token_column=token_column)["token_column"])
+    sentences = to_predict(read_tokens(data, _tag_columns(model, token_column=token_column)["token_column"]), data,
+                           "sentences")
     preds = predict_tags(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
                          batch_size=batch_size)
     lines = [json.dumps({"tokens": words, "tags": [t for t, _ in p], "scores": [round(s, 6) for _, s in p]},
@@ -618,7 +626,8 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     from .classify import predict
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
-    examples = read_examples(data, **{**_classify_columns(model, read), "label_column": None})
+    examples = to_predict(read_examples(data, **{**_classify_columns(model, read), "label_column": None}), data,
+                          "rows")
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
                     batch_size=batch_size, stride=stride)

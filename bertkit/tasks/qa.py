@@ -29,6 +29,7 @@ import json
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,8 +43,9 @@ from ..io import write_text_atomic
 from ..train import distributed as dist
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, labelled, packed_to, pad_inputs,
                        predict_batches)
-from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, train_keep_best,
-                       window_length, write_eval, write_predictions)
+from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, to_predict,
+                       train_keep_best, window_length, write_eval, write_predictions)
+from .flags import check_ints
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
@@ -311,16 +313,20 @@ def null_odds(preds: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {q: p["null_score"] - (p["score"] if p["score"] is not None else 0.0) for q, p in preds.items()}
 
 
-def nbest_json(preds: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def nbest_json(preds: dict[str, dict[str, Any]], version_2: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Per question, its n-best spans, best first, with the softmax of their scores over the list (run_squad.py's
-    nbest_predictions.json): text, probability, score (start + end logit) and character start / end."""
+    nbest_predictions.json): text, probability, score (start + end logit) and character start / end. With v2.0
+    the no-answer ("", its null score) is in the list and the softmax, as run_squad.py and utils_qa put it."""
     out = {}
     for q, p in preds.items():
-        scores = np.array([c[3] for c in p["nbest"]], dtype=np.float64)
+        nbest = list(p["nbest"])
+        if version_2:
+            nbest = sorted([*nbest, ("", 0, 0, p["null_score"])], key=lambda c: -c[3])
+        scores = np.array([c[3] for c in nbest], dtype=np.float64)
         weights = np.exp(scores - scores.max()) if len(scores) else scores
         probs = weights / weights.sum() if len(scores) else scores
         out[q] = [{"text": t, "probability": float(pr), "score": float(sc), "start": a, "end": b}
-                  for (t, a, b, sc), pr in zip(p["nbest"], probs)]
+                  for (t, a, b, sc), pr in zip(nbest, probs)]
     return out
 
 
@@ -359,6 +365,16 @@ class FinetuneQAArgs(FinetuneArgs):
     max_answer_length: int = 30
     null_threshold: float = 0.0
     version_2_with_negative: bool = False   # also on when the data has an unanswerable question
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_qa(self)
+
+
+def _check_qa(settings) -> None:
+    """The window and answer settings, before a run trains (or `evaluate` / `predict` run the model)."""
+    check_ints(settings, ("max_query_length", "n_best", "max_answer_length"))
+    check_ints(settings, ("doc_stride",), least=0)
 
 
 def _read(path: str, what: str, strict: bool = True) -> list[SquadExample]:
@@ -413,6 +429,7 @@ def _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, 
                      null_threshold=null_threshold, version_2_with_negative=version_2 or None)
     s["max_seq_length"] = min(s["max_seq_length"], model.config.max_position_embeddings)
     s["version_2"] = s.pop("version_2_with_negative") or any(e.is_impossible for e in examples)
+    _check_qa(SimpleNamespace(**s))
     return s
 
 
@@ -446,11 +463,11 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
     predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
     unanswerable questions). Settings left None are those the model was fine-tuned with. Returns the count."""
     model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
-    examples = read_squad(data, labelled=False, strict=False)  # answers are not used here
+    examples = to_predict(read_squad(data, labelled=False, strict=False), data, "questions")  # answers unused
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
     preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)
-    extra = {".nbest.json": nbest_json(preds)}
+    extra = {".nbest.json": nbest_json(preds, s["version_2"])}
     if s["version_2"]:
         extra[".null_odds.json"] = null_odds(preds)
     paths = [Path(output).with_suffix(suffix) for suffix in extra]

@@ -13,8 +13,8 @@ import bertkit.tasks.qa as qa_mod
 from bertkit.config import BertConfig
 from bertkit.data.readers import SquadExample, read_squad
 from bertkit.modeling import BertModel
-from bertkit.tasks.qa import (QABatches, QAObjective, collate_qa, context_windows, encode_qa, max_context_owner,
-                              postprocess, squad_metrics)
+from bertkit.tasks.qa import (FinetuneQAArgs, QABatches, QAObjective, collate_qa, context_windows, encode_qa,
+                              max_context_owner, postprocess, squad_metrics)
 from bertkit.tokenizer import BertTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -349,12 +349,40 @@ def test_finetune_qa_detects_v2_from_unanswerable_questions(toy, tmp_path):
         assert spans and sum(s["probability"] for s in spans) == pytest.approx(1.0)
         assert [s["score"] for s in spans] == sorted((s["score"] for s in spans), reverse=True)
         assert answers[qid] in ("", spans[0]["text"]) and (answers[qid] == "") == (odds[qid] > 0.0)
+        # v2.0: the no-answer is in the list and its softmax, as run_squad.py / utils_qa write it
+        null = [s for s in spans if s["text"] == ""]
+        best_span = max(s["score"] for s in spans if s["text"])
+        assert len(null) == 1 and null[0]["score"] - best_span == pytest.approx(odds[qid], abs=1e-5)
     # the flag turns v2.0 scoring on for v1.1 data: HasAns only
     assert main(["finetune", "qa", "--model", str(toy / "encoder"), "--train", str(toy / "train.json"),
                  "--dev", str(toy / "dev.json"), "--output", str(tmp_path / "flag"), "--max-steps", "1",
                  "--max-seq-length", "32", "--doc-stride", "8", "--version-2-with-negative"]) == 0
     best = json.loads((tmp_path / "flag" / "eval_results.json").read_text())["best"]
     assert best["HasAns_total"] == 32 and "NoAns_total" not in best
+
+
+def test_qa_settings_are_checked_before_anything_runs(toy, tmp_path, capsys):
+    with pytest.raises(ValueError, match="^--n-best must be a positive integer, got 0$"):
+        FinetuneQAArgs(n_best=0)
+    with pytest.raises(ValueError, match="^--doc-stride must be an integer >= 0, got -1$"):
+        FinetuneQAArgs(doc_stride=-1)
+    assert main(["finetune", "qa", "--model", str(toy / "encoder"), "--train", str(toy / "train.json"),
+                 "--dev", str(toy / "dev.json"), "--output", str(tmp_path / "run"), "--max-answer-length", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--max-answer-length must be a positive integer, got 0")
+    assert not (tmp_path / "run").exists()
+    from bertkit import AutoModelForQuestionAnswering, AutoTokenizer
+    with pytest.warns(UserWarning):  # a fresh head: untrained, but a QA model
+        AutoModelForQuestionAnswering.from_pretrained(toy / "encoder").save_pretrained(tmp_path / "qa")
+    AutoTokenizer.from_pretrained(toy / "encoder").save_pretrained(tmp_path / "qa")
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"version": "1.1", "data": []}), encoding="utf-8")
+    assert main(["predict", "--model", str(tmp_path / "qa"), "--data", str(empty), "--output",
+                 str(tmp_path / "p.json")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{empty}: no questions to predict")
+    assert not (tmp_path / "p.json").exists()
+    for flag in ("--n-best", "--max-answer-length"):
+        assert main(["evaluate", "--model", str(tmp_path / "qa"), "--data", str(toy / "dev.json"), flag, "0"]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"{flag} must be a positive integer, got 0")
 
 
 def test_finetune_qa_help_lists_the_qa_flags(capsys):
