@@ -247,10 +247,11 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         text = " ".join(str(e).split())
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if found:  # an object torch's safe unpickler does not build: what it is, not torch's advice to run it
+            hint = ("; an NVIDIA training checkpoint saved mid-run holds its data loader: use the last one, or save "
+                    "its 'model' entry alone") if "DataLoader" in found[1] else ""
             raise ValueError(f"{os.fspath(path)}: refused to load: it pickles a {found[1]}, which loading would "
-                             "have to run (bertkit reads pickles with torch.load(weights_only=True) only; an NVIDIA "
-                             "training checkpoint saved mid-run holds its data loader: use the last one, or save "
-                             "its 'model' entry alone)") from None
+                             f"have to run (bertkit reads pickles with torch.load(weights_only=True) only{hint})"
+                             ) from None
         why = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
         raise ValueError(f"{os.fspath(path)}: refused to load: a damaged file, or not a plain tensor checkpoint "
                          f"(torch.load with weights_only=True: {why or type(e).__name__})") from None
