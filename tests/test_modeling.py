@@ -759,6 +759,31 @@ def test_task_outputs_put_the_loss_first_when_there_is_one():
     assert model(input_ids=ids)[0].shape == (1, 2)
     pre = modeling.BertForPreTraining(BertConfig(**TINY)).eval()(input_ids=ids)
     assert [t.shape for t in pre.to_tuple()] == [(1, 4, TINY["vocab_size"]), (1, 2)]
+    # the mapping side of transformers' outputs: keys of the fields set, `in`, len, get, iteration over names
+    assert "loss" in with_loss and "loss" not in model(input_ids=ids) and "hidden_states" not in with_loss
+    assert list(with_loss) == with_loss.keys() == ["loss", "logits"] and len(with_loss) == 2
+    assert with_loss.get("loss") is with_loss.loss and with_loss.get("attentions", 0) == 0
+
+
+def test_qa_loss_ignores_answers_on_padding_and_wrong_shapes_are_named():
+    """An answer position past a window's real end but inside the batch's padding is ignored, as when the window
+    is alone (transformers scores it against a padding logit); label and id shapes are checked by name."""
+    torch.manual_seed(0)
+    model = modeling.BertForQuestionAnswering(BertConfig(**TINY)).eval()
+    ids = torch.tensor([[2, 5, 6, 3, 0, 0, 0, 0], [2, 5, 6, 7, 8, 9, 10, 3]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask, start_positions=torch.tensor([6, 1]),
+                      end_positions=torch.tensor([7, 2])).loss
+        alone = model(input_ids=ids[1:], start_positions=torch.tensor([1]), end_positions=torch.tensor([2])).loss
+    torch.testing.assert_close(batch, alone)
+    clf = modeling.BertForTokenClassification(BertConfig(**TINY)).eval()
+    with pytest.raises(ValueError, match=r"^labels must have shape \(batch, seqlen\) = \(2, 8\) like the inputs, "
+                                         r"got \(2, 9\)$"):
+        clf(input_ids=ids, attention_mask=mask, labels=torch.zeros(2, 9, dtype=torch.long))
+    for name in ("token_type_ids", "position_ids"):
+        with pytest.raises(ValueError, match=rf"^{name} must have shape \(batch, seqlen\) = \(2, 8\)"):
+            clf(input_ids=ids, **{name: torch.zeros(3, 8, dtype=torch.long)})
 
 
 def test_minilm_matches_transformers_fp64(minilm):

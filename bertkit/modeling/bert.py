@@ -58,6 +58,14 @@ ACT = {
 }
 
 
+def _as_grid(x: torch.Tensor, batch: int, seqlen: int, name: str) -> torch.Tensor:
+    """`x` as a (batch, seqlen) grid, a (1, seqlen) or (seqlen,) one broadcast; else an error naming it."""
+    if x.dim() > 2 or x.shape[-1] != seqlen or (x.dim() == 2 and x.shape[0] not in (1, batch)):
+        raise ValueError(f"{name} must have shape (batch, seqlen) = ({batch}, {seqlen}), (1, {seqlen}) or "
+                         f"({seqlen},), got {tuple(x.shape)}")
+    return x.expand(batch, seqlen)
+
+
 class IndexedOutput:
     """Indexing as on transformers' outputs, so code written for them runs: `out[0]` is the first field that is
     set, in transformers' order (the loss first, when there is one), `out["logits"]` a field by name (KeyError
@@ -75,6 +83,22 @@ class IndexedOutput:
                 raise KeyError(key)
             return value
         return self.to_tuple()[key]
+
+    def keys(self) -> list[str]:
+        """The names of the fields that are set, in `to_tuple`'s order (`"loss" in out`, `len(out)`, `out.get`)."""
+        return [f for f in self.TUPLE_FIELDS if getattr(self, f) is not None]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __iter__(self):  # the names, as a dict's (transformers' outputs iterate their keys)
+        return iter(self.keys())
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self.keys() else default
 
 
 def model_output(cls):
@@ -536,11 +560,11 @@ class BertModel(BertPreTrainedModel):
         elif position_ids is None:
             positions = packing.indices % seqlen                         # (tokens,)
         else:
-            positions = P.unpad(position_ids.expand(batch, seqlen), packing)
+            positions = P.unpad(_as_grid(position_ids, batch, seqlen, "position_ids"), packing)
         if token_type_ids is None:
             types = torch.zeros_like(positions)
         else:  # (1, seqlen) types apply to every sequence, as transformers broadcasts them
-            types = P.unpad(token_type_ids.expand(batch, seqlen), packing)
+            types = P.unpad(_as_grid(token_type_ids, batch, seqlen, "token_type_ids"), packing)
         ids = P.unpad(input_ids, packing) if input_ids is not None else None
         embeds = P.unpad(inputs_embeds, packing) if inputs_embeds is not None else None
         h = self.embeddings(ids, types, positions, embeds)               # (tokens, hidden)

@@ -210,7 +210,7 @@ class BertForPreTraining(_TiedMLM, _BertHeadModel):
         nsp_logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
         mlm_loss = nsp_loss = loss = None
         if labels is not None:
-            mlm_loss = _mlm_loss(token_logits, P.unpad(labels, enc.packing))
+            mlm_loss = _mlm_loss(token_logits, P.unpad(labels, enc.packing, "labels"))
         if next_sentence_label is not None:
             nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1))
         if mlm_loss is not None and nsp_loss is not None:
@@ -233,7 +233,7 @@ class BertForMaskedLM(_TiedMLM, _BertHeadModel):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         logits = self.cls.predictions(enc.hidden)                # (tokens, vocab)
-        loss = _mlm_loss(logits, P.unpad(labels, enc.packing)) if labels is not None else None
+        loss = _mlm_loss(logits, P.unpad(labels, enc.packing, "labels")) if labels is not None else None
         return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
 
 
@@ -313,7 +313,7 @@ class BertForTokenClassification(_BertHeadModel):
         logits = self.classifier(self.dropout(enc.hidden))            # (tokens, labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float(), P.unpad(labels, enc.packing), ignore_index=-100)
+            loss = F.cross_entropy(logits.float(), P.unpad(labels, enc.packing, "labels"), ignore_index=-100)
         return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
 
 
@@ -337,13 +337,23 @@ class BertForQuestionAnswering(_BertHeadModel):
         start_logits, end_logits = logits.unbind(-1)
         loss = None
         if start_positions is not None and end_positions is not None:
-            # Positions outside the sequence (e.g. an answer cut off by a window) are ignored.
-            seqlen = start_logits.shape[1]
-            start = start_positions.view(-1).clamp(0, seqlen)
-            end = end_positions.view(-1).clamp(0, seqlen)
+            # Positions outside the sequence (an answer cut off by a window) or on its padding are ignored, so a
+            # window's loss is what it would be alone, whatever the batch's padding.
+            real = P.repad(torch.ones(len(enc.hidden), dtype=torch.bool, device=logits.device), enc.packing,
+                           fill=False)                                # (batch, seqlen)
+            start, end = (_answer_index(p, real) for p in (start_positions, end_positions))
+            seqlen = real.shape[1]
             loss = (F.cross_entropy(start_logits.float(), start, ignore_index=seqlen)
                     + F.cross_entropy(end_logits.float(), end, ignore_index=seqlen)) / 2
         return QuestionAnsweringOutput(start_logits, end_logits, loss, enc.hidden_states(), enc.attentions())
+
+
+def _answer_index(positions: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(batch,) answer token indices, or seqlen (the ignored index) for one outside the sequence or on padding."""
+    seqlen = real.shape[1]
+    pos = positions.reshape(-1).clamp(0, seqlen)                        # (batch,)
+    on_real = real.gather(1, pos.clamp(max=seqlen - 1).unsqueeze(1)).squeeze(1)
+    return torch.where(on_real & (pos < seqlen), pos, seqlen)
 
 
 class BertForMultipleChoice(_BertHeadModel):

@@ -155,8 +155,12 @@ def select_first_tokens(packing: Packing) -> Selection:
     return Selection(packing.first_tokens, cu, 1, (1,) * packing.batch)
 
 
-def unpad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """(batch, seqlen, ...) -> (tokens, ...)."""
+def unpad(x: torch.Tensor, packing: Packing, name: str | None = None) -> torch.Tensor:
+    """(batch, seqlen, ...) -> (tokens, ...). A `name` (a caller's argument, e.g. "labels") is checked to be of the
+    batch's shape first, so a wrong one is an error naming it rather than torch's reshape error."""
+    if name is not None and tuple(x.shape[:2]) != (packing.batch, packing.seqlen):
+        raise ValueError(f"{name} must have shape (batch, seqlen) = ({packing.batch}, {packing.seqlen}) like the "
+                         f"inputs, got {tuple(x.shape)}")
     flat = x.reshape(packing.batch * packing.seqlen, *x.shape[2:])      # (batch * seqlen, ...)
     return flat if packing.is_dense else flat.index_select(0, packing.indices)
 
