@@ -93,9 +93,17 @@ class BatchEncoding(dict):
     take `(index)` for row 0 or `(row, index)`, as in transformers.
     """
 
+    is_fast = True  # backed by the Rust tokenizer, as transformers' fast BatchEncoding
+
     def __init__(self, data: Mapping, encodings: list | None = None):
         super().__init__(data)
         self.encodings = encodings or []
+
+    def __getitem__(self, key):
+        """A key's values, or (an int or slice, as in transformers) the Rust encodings of those rows."""
+        if isinstance(key, (int, slice)):
+            return self.encodings[key]
+        return super().__getitem__(key)
 
     def __getattr__(self, name: str):
         try:
@@ -582,6 +590,8 @@ class BertTokenizer:
         pad_to_multiple_of: int | None = None,
         padding_side: str | None = None,
         return_tensors: str | None = None,
+        split_special_tokens: bool = False,
+        verbose: bool = True,
     ) -> BatchEncoding:
         """Encode a text, a pair, or a batch (list) of them.
 
@@ -598,7 +608,8 @@ class BertTokenizer:
         With is_split_into_words=True the input is already split into words (e.g. NER data): a list of str
         is one sequence and a list of lists a batch, as in transformers; word_ids() then index those words.
         padding_side overrides self.padding_side for this call. An empty text_pair for one sequence means no
-        pair (as in transformers)."""
+        pair (as in transformers). split_special_tokens=True reads special tokens in the text as plain text
+        ("[MASK]" becomes "[", "mask", "]"); `verbose` is accepted for transformers' code and changes nothing."""
         given_pairs = False
         if is_split_into_words:
             batched, inputs = _word_input(text, "text")
@@ -645,8 +656,12 @@ class BertTokenizer:
             (max_length, stride, trunc, self.truncation_side) if trunc else None,
             (max_length if pad == "max_length" else None, pad_to_multiple_of, pad_side) if pad else None,
         )
-        encodings = self._tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
-                                           add_special_tokens=add_special_tokens)
+        self._tok.encode_special_tokens = split_special_tokens
+        try:
+            encodings = self._tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                               add_special_tokens=add_special_tokens)
+        finally:
+            self._tok.encode_special_tokens = False
         if not trunc and add_special_tokens and not self._warned_too_long:  # model inputs, as transformers warns
             longest = max((len(e.ids) for e in encodings), default=0)
             if self.model_max_length <= NO_MAX_LENGTH_ABOVE and longest > self.model_max_length:
@@ -753,8 +768,10 @@ class BertTokenizer:
                 )
 
     def _configure(self, truncation, padding) -> None:
-        """Set truncation/padding on the Rust tokenizer, only when they differ from the last call."""
-        if (truncation, padding) == self._rust_settings:
+        """Set truncation/padding on the Rust tokenizer, only when they differ from the last call's and the Rust
+        side still has what that call set (`backend_tokenizer` may have been changed in between)."""
+        if (truncation, padding) == self._rust_settings and \
+                (self._tok.truncation, self._tok.padding) == self._rust_state:
             return
         if truncation is None:
             self._tok.no_truncation()
@@ -774,6 +791,7 @@ class BertTokenizer:
                 pad_to_multiple_of=multiple,
             )
         self._rust_settings = (truncation, padding)
+        self._rust_state = (self._tok.truncation, self._tok.padding)
 
     def encode(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None,
                **kwargs) -> list[int]:

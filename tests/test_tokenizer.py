@@ -294,6 +294,28 @@ def test_add_tokens_is_case_aware_for_uncased(tok):
     assert t.decode(t.encode("QZXV rocks"), skip_special_tokens=True) == "qzxv rocks"
 
 
+def test_batch_rows_backend_changes_and_split_special_tokens_as_transformers(hf):
+    ours = BertTokenizer.from_pretrained(MINILM)
+    ref = transformers.AutoTokenizer.from_pretrained(MINILM)
+    a, b = ours(["Hello world", "a b c"], padding=True), ref(["Hello world", "a b c"], padding=True)
+    assert a[0].ids == b[0].ids and [e.tokens for e in a[0:2]] == [e.tokens for e in b[0:2]] and a.is_fast
+    assert a["input_ids"] == b["input_ids"]
+    for text in ("a [MASK] b [SEP]", "[CLS]x"):
+        assert ours(text, split_special_tokens=True, verbose=False) == ref(text, split_special_tokens=True)
+    assert ours("a [MASK]")["input_ids"] == ref("a [MASK]")["input_ids"]  # and back to matching them whole
+    # settings changed on the shared Rust tokenizer between calls are not mistaken for the last call's
+    long = "a b c d e f g h"
+    for tok in (ours, ref):
+        tok(long)
+        tok.backend_tokenizer.enable_truncation(max_length=5)
+    assert ours(long)["input_ids"] == ref(long)["input_ids"]
+    for tok in (ours, ref):
+        tok(long, truncation=True, max_length=6)
+        tok.backend_tokenizer.no_truncation()
+    assert ours(long, truncation=True, max_length=6)["input_ids"] == ref(long, truncation=True,
+                                                                         max_length=6)["input_ids"]
+
+
 def test_added_vocab_as_transformers(hf):
     t = BertTokenizer.from_pretrained(MINILM)
     ref = transformers.AutoTokenizer.from_pretrained(MINILM)
