@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from bertkit import AutoModel, AutoModelForPreTraining, AutoTokenizer, BertTokenizer, tf_bundle
+from bertkit import AutoModel, AutoModelForPreTraining, AutoTokenizer, BertTokenizer, modeling, tf_bundle
 from bertkit.cli import main
 from bertkit.convert import TF_TRAINING_STATE, architecture, convert, tf_key, tf_state_dict, vocab_is_cased
 
@@ -188,7 +188,7 @@ def test_the_model_class_is_the_configs_or_the_one_named(tmp_path, cls):
     assert convert(tmp_path / "hf", tmp_path / "out").architecture == cls
     ids = torch.tensor([[[2, 5, 7, 3], [2, 6, 9, 3]]])  # (batch, choices, seq); the first row otherwise
     ids = ids if cls == "BertForMultipleChoice" else ids[:, 0]
-    ours = getattr(__import__("bertkit").modeling, cls).from_pretrained(tmp_path / "out")
+    ours = getattr(modeling, cls).from_pretrained(tmp_path / "out")
     with torch.no_grad():
         got, want = ours(input_ids=ids), hf(input_ids=ids)
     name = "last_hidden_state" if cls == "BertModel" else "logits"
