@@ -201,9 +201,7 @@ class Conversion:
         return "\n".join(lines)
 
 
-ARCHITECTURES = ("BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
-                 "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
-                 "BertForMultipleChoice")
+ARCHITECTURES = tuple(n for n in modeling.__all__ if n == "BertModel" or n.startswith("BertFor"))
 
 
 def _padded_vocab(config: BertConfig, state: dict[str, torch.Tensor]) -> str | None:

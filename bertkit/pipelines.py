@@ -21,6 +21,7 @@ texts of similar length and the result of each input is the same as running it a
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Mapping
@@ -714,8 +715,7 @@ class QuestionAnsweringPipeline(Pipeline):
             pe = np.exp(end[keep] - end[keep].max())
             pe /= pe.sum()
             null = min(null, float(ps[0] * pe[0]))
-            # every valid (start, end): end >= start, at most max_len tokens; best first (scores may underflow to 0)
-            a_all, b_all = np.nonzero(np.triu(np.tril(np.ones((n, n), dtype=bool), max_len - 1)))
+            a_all, b_all = _span_pairs(n, max_len)   # best first below (scores may underflow to 0)
             scores = ps[1:][a_all] * pe[1:][b_all]
             found: set[tuple[int, int]] = set()
             for j in np.argsort(-scores, kind="stable"):
@@ -734,6 +734,16 @@ class QuestionAnsweringPipeline(Pipeline):
             out.append({"score": null if out else 0.0, "start": 0, "end": 0, "answer": ""})
         out.sort(key=lambda r: -r["score"])
         return out[0] if top_k == 1 else out[:top_k]
+
+
+@functools.lru_cache(maxsize=64)
+def _span_pairs(n: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every valid (start, end) of a window of n context tokens: end >= start, at most max_len tokens; cached,
+    as windows mostly share a few lengths."""
+    pairs = np.nonzero(np.triu(np.tril(np.ones((n, n), dtype=bool), max_len - 1)))
+    for index in pairs:
+        index.flags.writeable = False  # shared between calls
+    return pairs
 
 
 class FeatureExtractionPipeline(Pipeline):
