@@ -3,6 +3,7 @@
 Hermetic: a tiny WikiText-like corpus written here, a tokenizer trained here, a tiny BERT."""
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -48,6 +49,18 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_pretrain")
     (root / "data").mkdir()
     _write_corpus(root / "data")
+    # a fixed vocabulary: the WordPiece trainer breaks ties differently from run to run (tokenizers' hash order),
+    # so a trained one gave other data each run, and some of those one AdamW step apart by 1.3e-5 (float noise on
+    # near-zero gradients, scaled to lr by Adam) where others agree to 1e-6: the check below would flake
+    words = sorted(set(" ".join((root / "data" / pc.TRAIN_FILE).read_text().split()).lower().split()))
+    letters = sorted({c for w in words for c in w})
+    tok_dir = root / "work" / "wikitext2-uncased-v200" / "tokenizer"
+    tok_dir.mkdir(parents=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters),
+             *(w for w in words if len(w) > 1)]
+    (tok_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tok_dir.parent / "sources.json").write_text(json.dumps(
+        {f: pc._sha256(root / "data" / f) for f in (pc.TRAIN_FILE, pc.HELDOUT_FILE)}, indent=2) + "\n")
     data = pc.prepare_data(root / "work", root / "data", vocab_size=200, seq_len=32, max_predictions=5,
                            log=lambda *a: None)
     config = pc.make_config(data.tokenizer, "tiny", dropout=0.0, hidden_size=32, num_attention_heads=2,
