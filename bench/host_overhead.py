@@ -89,6 +89,25 @@ def make_step(cfg: BertConfig, name: str, backend: str):
     return bertkit_step(ours, device, dtype, name == "bertkit + compile", backend)
 
 
+def gemm_rates(p: dict, reps: int = 200) -> dict:
+    """Microseconds per call of the step's largest product, (tokens, hidden) @ (hidden, 4 * hidden), in bf16 and
+    fp32. CPUs without native bf16 (no AVX-512 BF16 or AMX, e.g. the AMD EPYC of session 14) take a slow path
+    for bf16 products, 14-25x fp32's there, and then a step's figure holds their arithmetic too (about half of
+    the compiled bertkit step on that machine): such figures compare only within one machine."""
+    out = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        a = torch.randn(p["batch"] * p["seq"], p["hidden"], dtype=dtype)
+        b = torch.randn(p["hidden"], 4 * p["hidden"], dtype=dtype)
+        for _ in range(10):
+            torch.mm(a, b)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        out[str(dtype).removeprefix("torch.")] = 1e6 * (time.perf_counter() - t0) / reps
+    out["slow_bf16"] = out["bfloat16"] > 3 * out["float32"]
+    return out
+
+
 def race(p: dict, names: list[str]) -> dict:
     """The eager contenders, interleaved; then each compiled one in a phase of its own after
     `torch._dynamo.reset()` (as in a user's process: compiled code of another model in the same process
@@ -182,8 +201,12 @@ def main(argv=None) -> dict:
     load = os.getloadavg()[0]
     print(f"{p['layers']} layers, {p['heads']} heads, hidden {p['hidden']}; {p['batch']} sequences of up to "
           f"{p['seq']} tokens; bf16 autocast, 1 thread; {versions()}; load average {load:.1f}", flush=True)
+    gemm = gemm_rates(p)
+    print(f"the step's largest product: {gemm['bfloat16']:.1f} us in bf16, {gemm['float32']:.1f} us in fp32"
+          + ("; this CPU has no fast bf16 products, so the figures below hold their arithmetic: compare them only "
+             "with runs on the same machine" if gemm["slow_bf16"] else ""), flush=True)
     res = race(p, names)
-    res.update(load_before=load, load_after=os.getloadavg()[0], versions=versions())
+    res.update(load_before=load, load_after=os.getloadavg()[0], versions=versions(), gemm_us=gemm)
     print(table(res))
     if args.out:
         tmp = Path(args.out).with_suffix(".tmp")

@@ -31,7 +31,12 @@ def test_smoke_race_runs_every_contender(tmp_path, capsys):
                                                                           / phase["bertkit + compile"])
     assert c["bertkit + compile"]["ratio_vs_transformers + compile"] == pytest.approx(
         c["transformers + compile"]["ms_per_step"] / c["bertkit + compile"]["ms_per_step"])
-    assert "| bertkit + compile |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| bertkit + compile |" in printed
+    gemm = res["gemm_us"]   # the machine's bf16 products priced against fp32's, and said when slow
+    assert gemm["bfloat16"] > 0 and gemm["float32"] > 0
+    assert gemm["slow_bf16"] == (gemm["bfloat16"] > 3 * gemm["float32"])
+    assert ("no fast bf16 products" in printed) == gemm["slow_bf16"]
 
 
 def test_eager_bertkit_takes_the_varlen_branch_and_bad_rounds(monkeypatch):
