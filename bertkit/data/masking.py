@@ -2,8 +2,10 @@
 
 Masking rule (as in BERT)
 -------------------------
-Of each sequence's non-special, non-padding tokens, `round(mlm_probability * count)` positions are chosen
-(rounding half to even), at least one and at most `max_predictions_per_seq`, uniformly at random. With
+Each sequence gets a budget of `round(mlm_probability * length)` predictions, where the length counts every
+real token, [CLS] and [SEP] included (as google-research/bert's `create_pretraining_data.py` counts them;
+rounding half to even, as its Python 3 `round`), at least one and at most `max_predictions_per_seq` (nor more
+than there are candidates). That many of its non-special, non-padding tokens are chosen, uniformly at random. With
 `whole_word=True` whole words are chosen instead (a token and the `##` pieces that follow it), in random
 order, skipping a word that would overshoot the budget (as google-research/bert does); if no word fits, the
 first word is taken when it fits `max_predictions_per_seq`. Each chosen position becomes `[MASK]` with
@@ -130,7 +132,7 @@ class MaskingCollator:
 
         candidate = attention & ~self.is_special[ids]
         n_candidates = candidate.sum(1)
-        budget = torch.round(n_candidates.double() * self.mlm_probability).long()
+        budget = torch.round(torch.tensor(lengths, dtype=torch.float64) * self.mlm_probability).long()
         budget = budget.clamp(min=1, max=self.max_predictions_per_seq).minimum(n_candidates)
         if self.whole_word:
             selected = self._select_words(ids, candidate, scores, budget)

@@ -243,12 +243,14 @@ def _initial_model(args: PretrainArgs, tok: BertTokenizer) -> BertForPreTraining
 
 
 def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int = 0) -> list[tuple[str, str]]:
-    """A few held-out sentences with one word masked: (masked text, the word)."""
+    """A few held-out sentences with one word masked: (masked text, the word). Text of one document: segment A
+    alone where B was drawn from another document."""
     ds = PretrainingDataset(documents_dir)
     rng = random.Random(seed)
     out = []
     for i in rng.sample(range(len(ds)), min(len(ds), 200)):
-        text = tok.decode(ds[i][0].tolist(), skip_special_tokens=True)
+        ids, types, random_next = ds[i]
+        text = tok.decode((ids[types == 0] if random_next else ids).tolist(), skip_special_tokens=True)
         words = text.split()[:24]
         candidates = [j for j, w in enumerate(words) if re.fullmatch(r"[A-Za-z]{4,}", w)]
         if len(words) < 8 or not candidates:

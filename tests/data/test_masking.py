@@ -65,9 +65,10 @@ def test_counts_and_80_10_10():
     selected = _check_labels(batch, ids, real)
     n_cand = _candidates(ids, real).sum(1)
     assert int(n_cand.sum()) > 100_000
-    expected = [max(1, round(0.15 * int(n))) for n in n_cand]
+    n_real = real.sum(1)   # [CLS] and [SEP] counted, as google-research/bert counts them
+    expected = [min(int(c), max(1, round(0.15 * int(n)))) for c, n in zip(n_cand, n_real)]
     assert selected.sum(1).tolist() == expected  # round(15%) of each row, exactly
-    ratio = selected.sum().item() / n_cand.sum().item()
+    ratio = selected.sum().item() / n_real.sum().item()
     assert abs(ratio - 0.15) < 0.003
 
     chosen = int(selected.sum())
@@ -86,11 +87,12 @@ def test_counts_and_80_10_10():
 
     # positions are uniform over the candidates: the same rate in each quarter of every row
     cand = _candidates(ids, real)
+    overall = selected.sum().item() / cand.sum().item()
     rank = (cand.cumsum(1) - 1).float() / n_cand[:, None]
     for q in range(4):
         in_q = cand & (rank >= q / 4) & (rank < (q + 1) / 4)
         rate = (selected & in_q).sum().item() / in_q.sum().item()
-        assert abs(rate - 0.15) < 4.5 * math.sqrt(0.15 * 0.85 / in_q.sum().item())
+        assert abs(rate - overall) < 4.5 * math.sqrt(overall * (1 - overall) / in_q.sum().item())
 
 
 def test_at_least_one_and_the_cap():
@@ -99,7 +101,7 @@ def test_at_least_one_and_the_cap():
     batch = _collator()(short, torch.Generator().manual_seed(1))
     selected = _check_labels(batch, ids, real)
     assert (selected.sum(1) >= 1).all()
-    assert selected.sum(1).tolist() == [max(1, round(0.15 * (len(e[0]) - 3))) for e in short]
+    assert selected.sum(1).tolist() == [max(1, round(0.15 * len(e[0]))) for e in short]
     long = _examples(50, seed=2, min_len=300, max_len=512)
     ids, real = _padded(long)
     batch = _collator()(long, torch.Generator().manual_seed(2))
@@ -131,7 +133,7 @@ def test_whole_word_masking(cap):
     for row, (e_ids, _, _) in enumerate(examples):
         chosen = set(torch.nonzero(selected[row]).flatten().tolist())
         words = _words(e_ids.tolist(), len(e_ids))
-        budget = min(cap, max(1, round(0.15 * sum(map(len, words)))))
+        budget = min(cap, sum(map(len, words)), max(1, round(0.15 * len(e_ids))))
         for w in words:
             assert set(w) <= chosen or not set(w) & chosen  # all pieces of a word, or none
         if all(len(w) > budget for w in words):  # no word fits: one word anyway, within the cap

@@ -350,3 +350,26 @@ def test_init_from_real_weights_without_pretraining_heads(corpus, tmp_path, caps
     ref = BertModel.from_pretrained(minilm).state_dict()
     got = model.bert.state_dict()
     assert max((got[k] - v).abs().max().item() for k, v in ref.items() if k in got) <= 1e-6
+
+
+def test_fill_mask_examples_show_one_document_each(tmp_path):
+    """The job's closing fill-mask examples are held-out text of one document: where B came from another
+    document, segment A alone (each document here has words of its own first letter)."""
+    from bertkit.data.pretraining import PretrainingDataset, build_shards
+    from bertkit.tasks.pretrain import mask_examples
+
+    rng = random.Random(1)
+    letters = "bcdfghjklmnp"
+    docs = []
+    for letter in letters:
+        pool = [letter + "".join(rng.choice("aeiou") + rng.choice("rstvw") for _ in range(2)) for _ in range(8)]
+        docs.append([" ".join(rng.choice(pool) for _ in range(4)) for _ in range(8)])
+    tok = BertTokenizer.train_from_iterator([s for d in docs for s in d], vocab_size=400)
+    build_shards(docs, tok, tmp_path / "heldout", max_seq_length=32, seed=0)
+    ds = PretrainingDataset(tmp_path / "heldout")
+    assert sum(ds[i][2] for i in range(len(ds))) >= 5    # pairs whose B is another document's
+    examples = mask_examples(tmp_path / "heldout", tok, n=40)
+    assert len(examples) >= 10
+    for text, answer in examples:
+        words = [w for w in text.split() if w != tok.mask_token] + [answer]
+        assert len({w[0] for w in words}) == 1, text
