@@ -151,6 +151,10 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     for name, kind, help_text in [
         ("max-steps", int, "optimizer steps"), ("batch-size", int, "sequences per step and process"),
         ("grad-accum", int, "micro-batches per step"), ("seq-len", int, "tokens per instance"),
+        ("dupe-factor", int, "passes over the training corpus when building instances, each with its own NSP "
+                             "pairs and lengths (google-research/bert's dupe_factor; masks are drawn afresh every "
+                             "epoch anyway)"),
+        ("short-seq-prob", float, "share of instances with a random shorter length"),
         ("max-predictions", int, "masked tokens per sequence at most (default: 15%% of --seq-len, rounded up: "
                                   "20 at 128, 77 at 512)"), ("lr", float, "peak learning rate"),
         ("warmup-steps", int, "linear warm-up steps (default: 10%% of --max-steps)"), ("weight-decay", float, "AdamW/LAMB weight decay"),

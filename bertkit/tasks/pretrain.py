@@ -59,6 +59,8 @@ class PretrainArgs:
     batch_size: int = 32
     grad_accum: int = 1
     seq_len: int = 128
+    dupe_factor: int = 1               # passes over the training corpus, each with its own NSP pairs and lengths
+    short_seq_prob: float = 0.1        # share of instances given a random shorter target length
     max_predictions: int | None = None  # None: 15% of seq_len, rounded up (20 at 128, 77 at 512)
     whole_word: bool = False
     lr: float = 1e-3
@@ -82,7 +84,7 @@ class PretrainArgs:
         from ..config import SIZES
         from ..train.optim import OPTIMIZERS
         from ..train.trainer import PRECISIONS
-        check_ints(self, ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len",
+        check_ints(self, ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len", "dupe_factor",
                           "log_every", "keep_last", "eval_batches"))
         check_ints(self, ("max_predictions",), optional=True)
         if self.max_predictions is None:  # google-research/bert's max_predictions_per_seq: 15% of the length
@@ -92,7 +94,9 @@ class PretrainArgs:
         if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
         check_numbers(self, ("lr",), positive=True)
-        check_numbers(self, ("weight_decay",), positive=False)
+        if self.short_seq_prob > 1:
+            raise ValueError(f"--short-seq-prob is a probability, at most 1, got {self.short_seq_prob!r}")
+        check_numbers(self, ("weight_decay", "short_seq_prob"), positive=False)
         for name, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS), ("model_size", SIZES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -136,6 +140,7 @@ def _data_source(args: PretrainArgs, tok: BertTokenizer) -> dict:
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     return {"corpus": [_file_id(p) for p in args.corpus], "eval_corpus": [_file_id(p) for p in args.eval_corpus],
             "doc_boundary": args.doc_boundary, "seq_len": args.seq_len, "seed": args.seed,
+            "dupe_factor": args.dupe_factor, "short_seq_prob": args.short_seq_prob,
             "vocabulary": hashlib.sha256("\n".join(t for t, _ in vocab).encode()).hexdigest()}
 
 
@@ -145,13 +150,16 @@ def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
     train_dir, heldout_dir = run / "data" / "train", run / "data" / "heldout"
     source, source_file = _data_source(args, tok), run / "data" / DATA_SOURCE
     if train_dir.is_dir() and heldout_dir.is_dir():
-        built = read_json(source_file) if source_file.is_file() else source
+        # a key the file lacks (added to bertkit since) counts as its default
+        defaults = {k: v for k, v in field_defaults(PretrainArgs).items() if k in ("dupe_factor", "short_seq_prob")}
+        built = {**defaults, **read_json(source_file)} if source_file.is_file() else source
         changed = [k for k in source if built.get(k) != source[k]]
         if not changed:
             return
         if args.resume:
             raise ValueError(f"{run / 'data'} was built from other input ({', '.join(changed)} differ); --resume "
-                             "needs the corpus, --seq-len, --seed and tokenizer of the run it continues")
+                             "needs the corpus, --seq-len, --seed, --dupe-factor, --short-seq-prob and tokenizer of "
+                             "the run it continues")
         print(f"{run / 'data'}: built from other input ({', '.join(changed)} differ); building it again")
     for d in (train_dir, heldout_dir, source_file):
         if d.is_dir():
@@ -166,16 +174,17 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
     print(f"building the pre-training examples of {', '.join(args.corpus)} (sequences of {args.seq_len} tokens, "
           f"NSP pairs, under {train_dir.parent})", flush=True)  # a big corpus takes minutes: say what happens
     boundary, skip = _boundary(args.doc_boundary), HEADINGS.get(args.doc_boundary)
-    common = dict(max_seq_length=args.seq_len, seed=args.seed)
+    common = dict(max_seq_length=args.seq_len, short_seq_prob=args.short_seq_prob, seed=args.seed)
+    train = dict(common, dupe_factor=args.dupe_factor)  # held-out text once: its loss is an average anyway
     if args.eval_corpus:
-        build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, skip=skip, **common)
+        build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, skip=skip, **train)
         build_shards(args.eval_corpus, tok, heldout_dir, doc_boundary=boundary, skip=skip, **common)
         return
     docs = read_documents(args.corpus, boundary, skip=skip)
     if len(docs) < 40:
         raise ValueError(f"{', '.join(args.corpus)}: only {len(docs)} documents; holding out every 20th needs "
                          "at least 40 (or give --eval-corpus)")
-    build_shards([d for i, d in enumerate(docs) if i % 20], tok, train_dir, **common)
+    build_shards([d for i, d in enumerate(docs) if i % 20], tok, train_dir, **train)
     build_shards(docs[::20], tok, heldout_dir, **common)
 
 

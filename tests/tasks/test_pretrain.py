@@ -139,6 +139,38 @@ def test_data_of_other_input_is_rebuilt_or_refused(corpus, tokenizer_dir, tmp_pa
     assert pretrain(moved, tmp_path / "elsewhere" / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
 
 
+def test_dupe_factor_passes_over_the_training_text_and_is_part_of_the_data(corpus, tokenizer_dir, tmp_path, capsys):
+    """--dupe-factor 2: the training corpus twice, each pass with its own pairs (google-research/bert's
+    dupe_factor); the held-out data once. A resume must keep it; a run from before the flag still resumes."""
+    tok = ["--tokenizer", str(tokenizer_dir), "--short-seq-prob", "0"]
+    assert pretrain(corpus, tmp_path / "once", *tok) == 0
+    assert pretrain(corpus, tmp_path / "twice", *tok, "--dupe-factor", "2") == 0
+    meta = {d: {split: json.loads((tmp_path / d / "data" / split / "meta.json").read_text())
+                for split in ("train", "heldout")} for d in ("once", "twice")}
+    once, twice = meta["once"]["train"]["num_instances"], meta["twice"]["train"]["num_instances"]
+    assert 1.8 * once <= twice <= 2.2 * once
+    assert meta["once"]["heldout"] == meta["twice"]["heldout"]
+    from bertkit.data.pretraining import PretrainingDataset
+    train = PretrainingDataset(tmp_path / "twice" / "data" / "train")
+    first, second = ({tuple(train[i][0]) for i in part} for part in (range(once), range(once, len(train))))
+    assert len(first & second) < 0.5 * len(second)   # the second pass cuts other pairs
+    source = json.loads((tmp_path / "twice" / "data" / "source.json").read_text())
+    assert source["dupe_factor"] == 2 and source["short_seq_prob"] == 0.0
+    capsys.readouterr()
+    assert pretrain(corpus, tmp_path / "twice", *tok, "--resume") == 2
+    assert "these differ: --dupe-factor 1 (the run's: 2)" in capsys.readouterr().err
+
+    old = tmp_path / "before"   # written before these flags existed: its files lack them, read as the defaults
+    assert pretrain(corpus, old, "--tokenizer", str(tokenizer_dir)) == 0
+    for name in ("data/source.json", "pretrain_args.json"):
+        saved = json.loads((old / name).read_text())
+        del saved["dupe_factor"], saved["short_seq_prob"]
+        (old / name).write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert pretrain(corpus, old, "--tokenizer", str(tokenizer_dir), "--resume") == 0
+    assert "building it again" not in capsys.readouterr().out
+
+
 def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus, tokenizer_dir, tmp_path, capsys):
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir)) == 0
     capsys.readouterr()
@@ -163,6 +195,9 @@ def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus,
     (["--save-every", "-1"], "--save-every must be an integer >= 0, got -1"),
     (["--warmup-steps", "10", "--max-steps", "4"], "--warmup-steps (10) exceeds --max-steps (4)"),
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--dupe-factor", "0"], "--dupe-factor must be a positive integer, got 0"),
+    (["--short-seq-prob", "-0.1"], "--short-seq-prob must be a finite number >= 0, got -0.1"),
+    (["--short-seq-prob", "1.5"], "--short-seq-prob is a probability, at most 1, got 1.5"),
     (["--doc-boundary", "(["], "--doc-boundary '([' is not a valid regular expression"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, capsys, flags, message):
