@@ -25,7 +25,9 @@ SIZES = {
     "large": (24, 1024),
 }
 
-ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+# transformers' names of the activations bertkit has (modeling.bert.ACT holds the functions)
+ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_accurate", "gelu_fast", "quick_gelu",
+               "relu", "relu6", "silu", "swish", "mish", "tanh", "sigmoid", "linear")
 
 
 @dataclass

@@ -225,9 +225,13 @@ def weights_names(variant: str | None = None) -> tuple[str, ...]:
     return tuple(f"{stem}.{variant}.{suffix}" for stem, suffix in (n.rsplit(".", 1) for n in WEIGHTS_NAMES))
 
 
-def find_weights_file(directory: str | os.PathLike, variant: str | None = None) -> str:
+def find_weights_file(directory: str | os.PathLike, variant: str | None = None,
+                      use_safetensors: bool | None = None) -> str:
+    """The weights file of `directory`: safetensors first. `use_safetensors` as in transformers: True, only
+    safetensors; False, only torch's .bin (read with weights_only=True)."""
     directory = os.fspath(directory)
-    names = weights_names(variant)
+    names = tuple(n for n in weights_names(variant)
+                  if use_safetensors is None or ("safetensors" in n) == bool(use_safetensors))
     for name in names:
         path = os.path.join(directory, name)
         if os.path.isfile(path):
@@ -512,14 +516,15 @@ def _resolve_dtype(dtype, state: dict[str, torch.Tensor], config_dtype: torch.dt
 # transformers' loading options that change nothing here: bertkit only reads local files, runs no code from a
 # checkpoint, and picks its attention kernel itself (the same numbers either way).
 NO_EFFECT_OPTIONS = frozenset({"local_files_only", "trust_remote_code", "attn_implementation", "low_cpu_mem_usage",
-                               "token"})
+                               "token", "force_download", "resume_download", "proxies"})
 
 
 def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig | None = None,
                     dtype: torch.dtype | str | None = None, ignore_mismatched_sizes: bool = False,
                     revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                     device_map: str | torch.device | None = None, subfolder: str = "",
-                    variant: str | None = None, output_loading_info: bool = False, **config_overrides):
+                    variant: str | None = None, output_loading_info: bool = False,
+                    use_safetensors: bool | None = None, **config_overrides):
     """Build `cls(config)` and load the checkpoint at `name_or_path` into it; returns it in eval mode.
 
     Strict: missing, unexpected and mis-shaped weights raise one ValueError listing all three.
@@ -531,7 +536,8 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     `resolve_model_dir`). As in transformers: `torch_dtype` is another name of `dtype`, and `device_map`
     (one device: "cpu", "cuda", "cuda:1"; "auto" for the GPU when there is one) moves the model there;
     `NO_EFFECT_OPTIONS` are accepted. Also as there: `subfolder` (the checkpoint in a folder of the model
-    directory), `variant` (`model.<variant>.safetensors`), and `output_loading_info=True`, which returns
+    directory), `variant` (`model.<variant>.safetensors`), `use_safetensors` (True: only safetensors, False:
+    only .bin), and `output_loading_info=True`, which returns
     `(model, info)` with info's keys "missing_keys" (newly initialised), "unexpected_keys" (unused),
     "mismatched_keys" and "error_msgs".
     """
@@ -545,7 +551,7 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     if config is None:
         config = BertConfig.from_json_file(config_file(directory))
     config = apply_config_overrides(config, config_overrides)
-    path = find_weights_file(directory, variant)
+    path = find_weights_file(directory, variant, use_safetensors)
     state = read_weights(path)
     dtype = _resolve_dtype(dtype, state, _config_dtype(config))
 

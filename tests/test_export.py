@@ -21,9 +21,11 @@ TEXTS = ["hello world", "a much longer sentence than the first one", "mid length
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _batch(texts):
+def _batch(texts, side="right"):
     from bertkit import AutoTokenizer
-    enc = AutoTokenizer.from_pretrained(MINILM)(texts, padding=True, return_tensors="pt")
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    tok.padding_side = side
+    enc = tok(texts, padding=True, return_tensors="pt")
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
@@ -37,12 +39,14 @@ def _tiny(directory, arch, **config):
     return directory
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("arch", ["BertModel", "BertForSequenceClassification", "BertForQuestionAnswering"])
-def test_the_padded_plan_gives_the_packed_outputs(tmp_path, arch):
+def test_the_padded_plan_gives_the_packed_outputs(tmp_path, arch, side):
     """Every output (hidden states and attentions included, zero at padding) equals that of the packed plan:
-    the padded rows are computed but never leak into real ones."""
+    the padded rows are computed but never leak into real ones; under left padding the pooler reads the first
+    real token, as in the packed plan."""
     model = getattr(modeling, arch).from_pretrained(_tiny(tmp_path / "m", arch)).eval()
-    batch = _batch(TEXTS)
+    batch = _batch(TEXTS, side)
     plan = P.pack_padded(batch["attention_mask"])
     assert plan.is_dense and plan.runs == ((0, 3, plan.seqlen),) and plan.key_mask.dtype == torch.bool
     with torch.no_grad():
@@ -67,8 +71,8 @@ def test_torch_export_of_a_real_checkpoint_runs_other_shapes():
     dims = {0: torch.export.Dim("batch", max=1024), 1: torch.export.Dim("seq", max=512)}
     program = torch.export.export(model, (), _batch(TEXTS[:2]), dynamic_shapes={k: dims for k in _batch(TEXTS[:2])})
     ref = transformers.AutoModel.from_pretrained(MINILM).eval()
-    for texts in (TEXTS, TEXTS[1:2], ["x"] * 5):
-        batch = _batch(texts)
+    for texts, side in ((TEXTS, "right"), (TEXTS[1:2], "right"), (["x"] * 5, "right"), (TEXTS, "left")):
+        batch = _batch(texts, side)
         got = program.module()(**batch)
         with torch.no_grad():
             want = model(**batch)

@@ -189,8 +189,20 @@ def test_transformers_loading_options(tmp_path):
     saved(modeling.BertForMaskedLM(tiny_config()), tmp_path)
     m = modeling.BertForMaskedLM.from_pretrained(tmp_path, torch_dtype=torch.float16, device_map="cpu",
                                                  attn_implementation="eager", trust_remote_code=False,
-                                                 local_files_only=True)
+                                                 local_files_only=True, force_download=False,
+                                                 resume_download=None, proxies=None, use_safetensors=True)
     assert m.dtype == torch.float16 and m.device.type == "cpu"
+    # use_safetensors=False: torch's .bin only, as transformers (here the directory has both, with other weights)
+    other = modeling.BertForMaskedLM(tiny_config())
+    torch.save(other.state_dict(), tmp_path / "pytorch_model.bin")
+    from_bin = modeling.BertForMaskedLM.from_pretrained(tmp_path, use_safetensors=False)
+    ref = transformers.BertForMaskedLM.from_pretrained(tmp_path, use_safetensors=False)
+    assert_same_outputs(from_bin, ref.eval(), "BertForMaskedLM")
+    assert torch.equal(from_bin.cls.predictions.transform.dense.weight, other.cls.predictions.transform.dense.weight)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no weights file; expected one of model.safetensors, "
+                                                r"model.safetensors.index.json$"):
+        modeling.BertForMaskedLM.from_pretrained(tmp_path, use_safetensors=True)
     assert modeling.BertModel.from_pretrained(tmp_path, device_map="auto").device.type == \
         ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(TypeError, match="pass dtype or torch_dtype"):

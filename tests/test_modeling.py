@@ -763,6 +763,27 @@ def test_task_outputs_put_the_loss_first_when_there_is_one():
     assert "loss" in with_loss and "loss" not in model(input_ids=ids) and "hidden_states" not in with_loss
     assert list(with_loss) == with_loss.keys() == ["loss", "logits"] and len(with_loss) == 2
     assert with_loss.get("loss") is with_loss.loss and with_loss.get("attentions", 0) == 0
+    assert [k for k, _ in with_loss.items()] == ["loss", "logits"]   # as a dict's (OrderedDict in transformers)
+    assert all(v is getattr(with_loss, k) for k, v in with_loss.items())
+    assert [id(v) for v in with_loss.values()] == [id(with_loss.loss), id(with_loss.logits)]
+
+
+@pytest.mark.parametrize("name, labels", [
+    ("BertForSequenceClassification", lambda g, m: torch.randint(0, 2, (3,), generator=g)),
+    ("BertForSequenceClassification", lambda g, m: torch.rand(3, 2, generator=g, dtype=torch.float64)),
+    ("BertForTokenClassification", lambda g, m: token_labels(m, 2)),
+    ("BertForMaskedLM", lambda g, m: token_labels(m, TINY["vocab_size"])),
+    ("BertForNextSentencePrediction", lambda g, m: torch.randint(0, 2, (3,), generator=g)),
+])
+def test_float64_models_compute_their_loss_in_float64(name, labels):
+    """As transformers: the loss of a float64 model is float64 (fp16 / bf16 logits alone are upcast)."""
+    ours, theirs = pair(name, tiny_config(), seed=2)
+    ours, theirs = ours.double(), theirs.double()
+    inputs = padded_inputs(seed=5)
+    y = labels(torch.Generator().manual_seed(0), inputs["attention_mask"])
+    a, b = ours(**inputs, labels=y).loss, theirs(**inputs, labels=y).loss
+    assert a.dtype == b.dtype == torch.float64
+    assert abs(a.item() - b.item()) < 1e-12
 
 
 def test_qa_loss_ignores_answers_on_padding_and_wrong_shapes_are_named():
@@ -784,6 +805,10 @@ def test_qa_loss_ignores_answers_on_padding_and_wrong_shapes_are_named():
     for name in ("token_type_ids", "position_ids"):
         with pytest.raises(ValueError, match=rf"^{name} must have shape \(batch, seqlen\) = \(2, 8\)"):
             clf(input_ids=ids, **{name: torch.zeros(3, 8, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"^an empty batch: the inputs have shape \(0, 8\); give at least one token$"):
+        clf(input_ids=ids[:0])
+    with pytest.raises(ValueError, match=r"^attention_mask row 1 has no real token \(all zeros\)$"):
+        clf(input_ids=ids, attention_mask=torch.stack([mask[0], torch.zeros_like(mask[1])]))
 
 
 def test_minilm_matches_transformers_fp64(minilm):
@@ -1083,3 +1108,17 @@ def test_aligned_linear_equals_linear_values_and_gradients(out_features):
     for ref, got in zip(*grads):
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
 
+
+
+def test_every_activation_is_transformers_own():
+    """config.ACTIVATIONS names the functions of modeling.bert.ACT, each equal to transformers' of that name."""
+    from transformers.activations import ACT2FN
+
+    from bertkit.config import ACTIVATIONS
+    from bertkit.modeling.bert import ACT
+    assert set(ACT) == set(ACTIVATIONS)
+    x = torch.linspace(-8, 8, 1001, dtype=torch.float64)
+    for name in ACTIVATIONS:
+        torch.testing.assert_close(ACT[name](x), ACT2FN[name](x), rtol=0, atol=1e-12, msg=name)
+    with pytest.raises(ValueError, match="'hidden_act' must be one of gelu, gelu_python, .*; got 'gelu_10'"):
+        BertConfig(hidden_act="gelu_10")

@@ -5,6 +5,7 @@ Every layer runs on packed tokens (see packing.py): padding is removed once afte
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -46,15 +47,34 @@ def gelu_fast(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
 
 
-ACT = {
+def gelu_accurate(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+ACT = {  # the names of config.ACTIVATIONS
     "gelu": F.gelu,
+    "gelu_python": F.gelu,
     "gelu_new": gelu_tanh,
     "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_accurate": gelu_accurate,
     "gelu_fast": gelu_fast,
+    "quick_gelu": quick_gelu,
     "relu": F.relu,
+    "relu6": F.relu6,
     "silu": F.silu,
     "swish": F.silu,
+    "mish": F.mish,
     "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": identity,
 }
 
 
@@ -99,6 +119,12 @@ class IndexedOutput:
 
     def get(self, key: str, default=None):
         return getattr(self, key) if key in self.keys() else default
+
+    def values(self) -> list:
+        return [getattr(self, f) for f in self.keys()]
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(f, getattr(self, f)) for f in self.keys()]
 
 
 def model_output(cls):

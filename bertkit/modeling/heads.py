@@ -191,8 +191,13 @@ def _resized(old: nn.Parameter, rows: int, std: float, mean: bool = False) -> nn
     return nn.Parameter(new, requires_grad=old.requires_grad)
 
 
+def _for_loss(logits: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 logits in fp32 for the loss (as autocast would run it); fp32 and fp64 logits as they are."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+    return F.cross_entropy(_for_loss(logits), labels, ignore_index=-100)
 
 
 class BertForPreTraining(_TiedMLM, _BertHeadModel):
@@ -212,7 +217,7 @@ class BertForPreTraining(_TiedMLM, _BertHeadModel):
         if labels is not None:
             mlm_loss = _mlm_loss(token_logits, P.unpad(labels, enc.packing, "labels"))
         if next_sentence_label is not None:
-            nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label.view(-1))
+            nsp_loss = F.cross_entropy(_for_loss(nsp_logits), next_sentence_label.view(-1))
         if mlm_loss is not None and nsp_loss is not None:
             loss = mlm_loss + nsp_loss
         return PreTrainingOutput(P.repad(token_logits, enc.packing), nsp_logits, loss, mlm_loss, nsp_loss,
@@ -249,7 +254,7 @@ class BertForNextSentencePrediction(_BertHeadModel):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
-        loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
+        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
 
 
@@ -267,14 +272,14 @@ def sequence_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig
             problem = "single_label_classification"
         else:
             problem = "multi_label_classification"
-    logits = logits.float()
+    logits = _for_loss(logits)
     if problem == "regression":
         if config.num_labels == 1:
-            return F.mse_loss(logits.squeeze(), labels.float().squeeze())
-        return F.mse_loss(logits, labels.float())
+            return F.mse_loss(logits.squeeze(), labels.to(logits.dtype).squeeze())
+        return F.mse_loss(logits, labels.to(logits.dtype))
     if problem == "single_label_classification":
         return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.float())
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 class BertForSequenceClassification(_BertHeadModel):
@@ -313,7 +318,7 @@ class BertForTokenClassification(_BertHeadModel):
         logits = self.classifier(self.dropout(enc.hidden))            # (tokens, labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float(), P.unpad(labels, enc.packing, "labels"), ignore_index=-100)
+            loss = F.cross_entropy(_for_loss(logits), P.unpad(labels, enc.packing, "labels"), ignore_index=-100)
         return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
 
 
@@ -343,8 +348,8 @@ class BertForQuestionAnswering(_BertHeadModel):
                            fill=False)                                # (batch, seqlen)
             start, end = (_answer_index(p, real) for p in (start_positions, end_positions))
             seqlen = real.shape[1]
-            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=seqlen)
-                    + F.cross_entropy(end_logits.float(), end, ignore_index=seqlen)) / 2
+            loss = (F.cross_entropy(_for_loss(start_logits), start, ignore_index=seqlen)
+                    + F.cross_entropy(_for_loss(end_logits), end, ignore_index=seqlen)) / 2
         return QuestionAnsweringOutput(start_logits, end_logits, loss, enc.hidden_states(), enc.attentions())
 
 
@@ -386,5 +391,5 @@ class BertForMultipleChoice(_BertHeadModel):
                            pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))   # (batch * choices, 1)
         logits = logits.view(batch, choices)                           # (batch, choices)
-        loss = F.cross_entropy(logits.float(), labels.view(-1)) if labels is not None else None
+        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())

@@ -56,6 +56,16 @@ class Packing(_Plan):
     _tensors = ("indices", "cu_seqlens", "key_mask")
 
     @property
+    def first_tokens(self) -> torch.Tensor:
+        """Row of each sequence's first real token (the [CLS] the pooler reads): past column 0 under left
+        padding when the plan keeps the padding (`pack_padded`), found without reading the device."""
+        if self.key_mask is None:
+            return super().first_tokens
+        batch, seqlen = self.key_mask.shape
+        first = self.key_mask.to(torch.int32).argmax(1)                  # (batch,) first True of each row
+        return torch.arange(batch, device=first.device) * seqlen + first  # (batch,) rows of the padded grid
+
+    @property
     def is_dense(self) -> bool:
         """True when every position is a row (nothing is padding, or the plan keeps it): packing is a reshape."""
         return len(self.runs) == 1 and self.runs[0][2] == self.seqlen
@@ -72,6 +82,8 @@ def pack(attention_mask: torch.Tensor, device: torch.device | str | None = None)
         raise ValueError(f"attention_mask must have shape (batch, seqlen), got {tuple(attention_mask.shape)}")
     device = attention_mask.device if device is None else torch.device(device)
     batch, seqlen = attention_mask.shape
+    if batch == 0 or seqlen == 0:
+        raise ValueError(f"an empty batch: the inputs have shape {(batch, seqlen)}; give at least one token")
     mask = attention_mask.detach().to("cpu").bool()
     lengths = mask.sum(dim=1, dtype=torch.int32)                         # (batch,)
     lengths_list = lengths.tolist()
