@@ -162,7 +162,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
         ("eval-every", int, "steps between held-out evaluations (0: only at the end)"),
         ("log-every", int, "steps between metrics.jsonl lines"), ("keep-last", int, "checkpoints kept"),
         ("eval-batches", int, "held-out batches (of the global batch size) per evaluation"),
-        ("seed", int, "random seed"),
+        ("adam-epsilon", float, "AdamW/LAMB epsilon, google-research/bert's"), ("seed", int, "random seed"),
     ]:
         default = defaults[name.replace("-", "_")]  # the field's, not one __post_init__ derived for these defaults
         shown = "" if default is None else f" (default {default})"
@@ -251,6 +251,9 @@ def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> No
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help=f"linear warm-up, as a fraction of the steps (default {d.warmup:g})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay:g})")
+    p.add_argument("--adam-epsilon", type=float, default=d.adam_epsilon,
+                   help=f"AdamW's epsilon (default {d.adam_epsilon:g}, google-research/bert's; transformers' "
+                        "Trainer uses 1e-8)")
     p.add_argument("--max-seq-length", type=int, default=d.max_seq_length,
                    help=f"{seq_help} (default {d.max_seq_length})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")

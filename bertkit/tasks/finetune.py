@@ -94,6 +94,7 @@ class FinetuneArgs:
     lr: float = 2e-5
     warmup: float = 0.1               # fraction of the steps
     weight_decay: float = 0.01
+    adam_epsilon: float = 1e-6        # google-research/bert's (transformers' Trainer: 1e-8)
     max_seq_length: int = 128
     seed: int = 42
     seeds: str | None = None          # "1,2,3": one run per seed
@@ -111,7 +112,7 @@ class FinetuneArgs:
         checkpoints and results there, so a typo must not get that far)."""
         check_ints(self, ("batch_size", "grad_accum", "log_every", "max_seq_length"))
         check_ints(self, ("max_steps", "eval_every"), optional=True)
-        check_numbers(self, ("epochs", "lr"), positive=True)
+        check_numbers(self, ("epochs", "lr", "adam_epsilon"), positive=True)
         check_numbers(self, ("weight_decay",), positive=False)
         if not 0 <= self.warmup <= 1:
             raise ValueError(f"--warmup is a fraction of the steps, between 0 and 1; got {self.warmup!r}")
@@ -255,6 +256,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     eval_every = args.eval_every or per_epoch
     cfg = TrainConfig(max_steps=max_steps, batch_size=batches.batch_size, grad_accum=batches.grad_accum, lr=args.lr,
                       warmup_steps=math.ceil(args.warmup * max_steps), weight_decay=args.weight_decay,
+                      eps=args.adam_epsilon,
                       precision=args.precision, log_every=min(args.log_every, max_steps), eval_every=eval_every,
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
                       tensorboard=False, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing,

@@ -66,6 +66,7 @@ class PretrainArgs:
     lr: float = 1e-3
     warmup_steps: int | None = None   # None: 10% of max_steps
     weight_decay: float = 0.01
+    adam_epsilon: float = 1e-6         # google-research/bert's
     optimizer: str = "adamw"
     precision: str = "auto"
     save_every: int = 0
@@ -93,7 +94,7 @@ class PretrainArgs:
         check_ints(self, ("warmup_steps",), least=0, optional=True)
         if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"--warmup-steps ({self.warmup_steps}) exceeds --max-steps ({self.max_steps})")
-        check_numbers(self, ("lr",), positive=True)
+        check_numbers(self, ("lr", "adam_epsilon"), positive=True)
         if self.short_seq_prob > 1:
             raise ValueError(f"--short-seq-prob is a probability, at most 1, got {self.short_seq_prob!r}")
         check_numbers(self, ("weight_decay", "short_seq_prob"), positive=False)
@@ -351,7 +352,7 @@ def _train(args: PretrainArgs, info, run: Path, tok: BertTokenizer, model: BertF
 
     warmup = args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                      lr=args.lr, warmup_steps=warmup, weight_decay=args.weight_decay,
+                      lr=args.lr, warmup_steps=warmup, weight_decay=args.weight_decay, eps=args.adam_epsilon,
                       optimizer=args.optimizer, precision=args.precision, log_every=args.log_every,
                       eval_every=args.eval_every or args.max_steps, save_every=args.save_every,
                       keep_last=args.keep_last, seed=args.seed, output_dir=str(run), compile=args.compile,

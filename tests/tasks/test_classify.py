@@ -227,6 +227,19 @@ def test_warmup_fraction_rounds_up_as_transformers(toy, tmp_path):
     assert lr[1] == 0.0 and lr[2] == pytest.approx(1e-2)  # then linear decay from the peak over 4 steps
 
 
+def test_adam_epsilon_defaults_to_google_research_berts_and_is_a_flag(toy, tmp_path, capsys):
+    """AdamW's epsilon: 1e-6 (google-research/bert's) unless --adam-epsilon says otherwise (1e-8 is
+    transformers' Trainer's); the optimizer of the run holds it, and 0 is a one-line error."""
+    from bertkit.train.checkpoint import find_latest, load_training_state
+    for flags, eps in (([], 1e-6), (["--adam-epsilon", "1e-8"], 1e-8)):
+        out = tmp_path / f"eps{eps:g}"
+        assert finetune(toy, out, "--max-steps", "2", *flags) == 0
+        groups = load_training_state(find_latest(out))["optimizer"]["param_groups"]
+        assert [g["eps"] for g in groups] == [eps, eps]
+    assert finetune(toy, tmp_path / "bad", "--adam-epsilon", "0") == 2
+    assert capsys.readouterr().err.strip().endswith("--adam-epsilon must be a finite number > 0, got 0.0")
+
+
 def test_a_window_longer_than_the_model_positions_is_refused(toy, tmp_path, capsys):
     assert finetune(toy, tmp_path / "long", "--max-seq-length", "100") == 2
     err = capsys.readouterr().err.strip()
