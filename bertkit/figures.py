@@ -98,7 +98,8 @@ def attention(tokens: Sequence[str], weights, path: str | os.PathLike, layers: S
     """Attention weights as heatmaps, one per (layer, head): rows are the attending tokens (queries), columns
     the tokens attended to (keys). `weights` is (layers, heads, tokens, tokens) for every layer and head; the
     `layers` x `heads` grid is drawn (one head or one layer: up to 4 maps a row). Token labels go on the maps
-    while they stay readable (maps x tokens <= 128); the figure's size is bounded whatever the text's length."""
+    while they stay readable: one layer's or one head's maps up to 32 tokens, a layers x heads grid while maps x
+    tokens <= 128; the figure's size is bounded whatever the text's length."""
     import textwrap
     plt = pyplot()
     grid = [(layer, head) for layer in layers for head in heads]
@@ -106,8 +107,11 @@ def attention(tokens: Sequence[str], weights, path: str | os.PathLike, layers: S
     cols = len(heads) if full else min(len(grid), 4)
     rows = -(-len(grid) // cols)
     n = len(tokens)
-    labelled = len(grid) * n <= 128
-    cell = min(0.9 + 0.22 * n, 12.0) if labelled else (6.0 if len(grid) == 1 else 1.2)
+    labelled = (not full and n <= 32) or len(grid) * n <= 128
+    if labelled:   # inches per map: room for the labels, up to 6 a map where there are several
+        cell = min(0.9 + 0.22 * n, 12.0 if len(grid) == 1 else 6.0)
+    else:
+        cell = 6.0 if len(grid) == 1 else 1.2
     width = max(cell * cols + 0.6, 6.0)  # room for the title
     fig, axes = plt.subplots(rows, cols, figsize=(width, cell * rows + 0.9), squeeze=False)
     for ax, (layer, head) in zip(axes.flat, grid):

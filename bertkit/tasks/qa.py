@@ -472,8 +472,8 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
         extra[".null_odds.json"] = null_odds(preds)
     paths = [Path(output).with_suffix(suffix) for suffix in extra]
     write_predictions(output, [json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)],
-                      f"answered {len(preds)} questions of {data}; wrote {output} (n-best and null odds: "
-                      f"{', '.join(map(str, paths))})")
+                      f"answered {len(preds)} questions of {data}; wrote {output} "
+                      f"({' and '.join(['n-best', 'null odds'][:len(paths)])}: {', '.join(map(str, paths))})")
     if dist.is_main():
         for path, content in zip(paths, extra.values()):
             write_text_atomic(path, json.dumps(content, indent=2, ensure_ascii=False) + "\n")

@@ -1,6 +1,7 @@
 """`finetune ... --resume`: a fine-tuning run interrupted mid-way and resumed ends bit for bit where an
 uninterrupted run ends (weights, best/, eval_results.json, dev metrics), and finished seeds are skipped."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,15 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_an_unfinished_one
                     ) == 2  # not --resume: the unfinished run stays
     assert "holds an unfinished run (its newest checkpoint is" in capsys.readouterr().err
     assert [s for s, _ in list_checkpoints(out)] == [5]
+    other = tmp_path / "pretrained"   # a pre-training run's directory: not a run --resume could continue
+    shutil.copytree(out, other)
+    (other / "step-000005" / "best_state.json").unlink()
+    (other / "pretrain_args.json").write_text("{}")
+    assert finetune(toy, other, "--max-steps", "10", "--eval-every", "5", "--seed", "4") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{other} holds a pre-training run (its checkpoint {other / 'step-000005'} was not written "
+                        "by fine-tuning); choose another --output (to fine-tune that model, give its directory as "
+                        "--model)") and len(err.splitlines()) == 1
     assert finetune(toy, out, "--max-steps", "15", "--eval-every", "5", "--seed", "4", "--resume") == 0
     printed = capsys.readouterr().out
     assert (f"resume: the learning-rate schedule changes (max_steps 10 -> 15, warmup_steps 1 -> 2): the run goes "

@@ -273,8 +273,11 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
     assert windows == [(32, 8, 64)]
     ev = json.loads((toy / "eval.json").read_text())
     assert ev["f1"] == pytest.approx(res["best"]["f1"]) and ev["exact"] == pytest.approx(res["best"]["exact"])
+    capsys.readouterr()
     assert main(["predict", "--model", str(out / "best"), "--data", str(toy / "dev.json"),
                  "--output", str(toy / "pred.json")]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"(n-best: {toy / 'pred.nbest.json'})")  # v1.1: no null odds
+    assert not (toy / "pred.null_odds.json").exists()
     # a flag still wins over the saved value
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(toy / "dev.json"), "--doc-stride", "4",
                  "--output", str(toy / "eval4.json")]) == 0
