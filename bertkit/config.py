@@ -86,6 +86,14 @@ class BertConfig:
     def num_labels(self) -> int:
         return len(self.id2label) if self.id2label else 2
 
+    def label_name(self, i: int) -> str:
+        """Output i's name: id2label's, or transformers' LABEL_i where config.json has none (transformers 5
+        leaves the two default labels out of it)."""
+        return (self.id2label or {}).get(i, f"LABEL_{i}")
+
+    def label_names(self) -> list[str]:
+        return [self.label_name(i) for i in range(self.num_labels)]
+
     @num_labels.setter
     def num_labels(self, n: int) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:

@@ -137,7 +137,7 @@ class Pipeline:
 
     def _label(self, index: int) -> str:
         """The model's name of label `index` (transformers' LABEL_i without an id2label)."""
-        return (self.model.config.id2label or {}).get(index, f"LABEL_{index}")
+        return self.model.config.label_name(index)
 
     def __call__(self, inputs, *, batch_size: int | None = None, **options):
         """`batch_size` overrides the pipeline's for this call."""
@@ -305,8 +305,8 @@ class TextClassificationPipeline(Pipeline):
 
     Scores are, as in transformers, a softmax over the labels; a sigmoid per label when config.problem_type is
     "multi_label_classification" or the model has one label and no problem_type (a cross-encoder's relevance
-    score); the raw output for regression (problem_type "regression", as bertkit's regression fine-tuning
-    saves it), labelled id2label[0] (or "score"). `function_to_apply` ("softmax", "sigmoid" or "none")
+    score); the raw outputs for regression (problem_type "regression", as bertkit's regression fine-tuning
+    saves it), each target ranked by its value. `function_to_apply` ("softmax", "sigmoid" or "none")
     overrides that choice."""
 
     task = "text-classification"
@@ -317,7 +317,9 @@ class TextClassificationPipeline(Pipeline):
     def _check_options(self, opts):
         opts = super()._check_options(opts)
         if opts.get("top_k") != "":
-            self._check_int(opts, "top_k", allow_none=True)
+            self._check_int(opts, "top_k", low=0, allow_none=True)   # 0: no labels, as transformers
+        if isinstance(opts.get("function_to_apply"), str):            # any case, as transformers reads it
+            opts = {**opts, "function_to_apply": opts["function_to_apply"].lower()}
         if opts.get("function_to_apply") not in (None, "softmax", "sigmoid", "none"):
             raise ValueError("text-classification: function_to_apply must be 'softmax', 'sigmoid' or 'none', "
                              f"got {opts['function_to_apply']!r}")
@@ -367,17 +369,13 @@ class TextClassificationPipeline(Pipeline):
     def _run_batch(self, items, opts):
         enc = self._encode(items, padding=True, return_tensors="pt")
         logits = self._forward(self._inputs(enc)).logits.float().cpu()
-        regression = self.model.config.problem_type == "regression"
         function = opts["function_to_apply"] or self._default_function()
         apply = {"softmax": lambda t: t.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda t: t}[function]
         top_k = 1 if opts["top_k"] == "" else opts["top_k"]
         out = []
-        for row, scores in zip(logits, apply(logits)):
-            if regression and opts["function_to_apply"] is None:
-                best = [{"label": (self.model.config.id2label or {}).get(0, "score"), "score": float(row[0])}]
-            else:
-                top = scores.topk(len(scores) if top_k is None else min(top_k, len(scores)))
-                best = [{"label": self._label(int(j)), "score": float(s)} for s, j in zip(top.values, top.indices)]
+        for scores in apply(logits):   # a regression's targets too, ranked by value as transformers does
+            top = scores.topk(len(scores) if top_k is None else min(top_k, len(scores)))
+            best = [{"label": self._label(int(j)), "score": float(s)} for s, j in zip(top.values, top.indices)]
             out.append(best[0] if opts["top_k"] == "" else best)
         return out
 
@@ -431,6 +429,8 @@ class TokenClassificationPipeline(Pipeline):
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
+        if isinstance(opts.get("aggregation_strategy"), str):         # any case, as transformers reads it
+            opts = {**opts, "aggregation_strategy": opts["aggregation_strategy"].lower()}
         if opts.get("aggregation_strategy", "none") not in self.strategies:
             raise ValueError(f"token-classification: aggregation_strategy must be one of "
                              f"{', '.join(self.strategies)}, got {opts['aggregation_strategy']!r}")
@@ -693,7 +693,10 @@ class QuestionAnsweringPipeline(Pipeline):
         try:
             feats = encode_qa(self.tokenizer, examples, max_len, stride, opts["max_question_len"], labels=False)
         except ValueError as e:
-            raise ValueError(f"question-answering: {str(e).replace('question input', 'input')}") from None
+            why = str(e).replace("question input", "input")
+            for name, option in (("max_seq_length", "max_seq_len"), ("max_query_length", "max_question_len")):
+                why = why.replace(name, option)   # the encoder's words for the pipeline's own options
+            raise ValueError(f"question-answering: {why}") from None
         logits = predict_qa_logits(self.model, feats, opts["batch_size"], self.tokenizer.pad_token_id,
                                    progress=False)
         windows: list[list[int]] = [[] for _ in items]

@@ -94,10 +94,11 @@ def split_lines(text: str) -> list[str]:
 
 
 def _lines(text: str, delimiter: str | None = None) -> Iterable[tuple[int, str]]:
-    """(1-based line number, line), skipping blank lines; with a `delimiter`, a line holding one is a row even
-    when its fields are empty (its empty fields are then the reader's to report)."""
+    """(1-based line number, line), skipping blank lines; with a `delimiter` (a table), only empty lines are
+    skipped: a line of spaces, or one holding the delimiter, is a row even when its fields are empty (an empty
+    text to predict, or empty fields for the reader to report)."""
     for n, line in enumerate(split_lines(text), 1):
-        if line.strip() or (delimiter is not None and delimiter in line):
+        if line.strip() or (delimiter is not None and line):
             yield n, line
 
 
@@ -138,7 +139,7 @@ def _rows_delimited(text: str, path: Path, fmt: str) -> Iterable[tuple[int, list
                 return
             except csv.Error as e:
                 raise ValueError(f"{path}:{start}: bad CSV record ({e})") from None
-            if len(row) > 1 or (row and row[0].strip()):  # a row of empty fields is a row (its checks say why)
+            if row:  # not a blank line: a row, though its fields be empty or spaces (`""` included)
                 yield start, row
             start = reader.line_num + 1
     finally:

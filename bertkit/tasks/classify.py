@@ -102,7 +102,7 @@ def label_info_from_config(config) -> LabelInfo:
     """The task a fine-tuned model was trained for, from its config."""
     if config.num_labels == 1 or config.problem_type == "regression":
         return LabelInfo(True)
-    return LabelInfo(False, tuple(config.id2label[i] for i in range(config.num_labels)))
+    return LabelInfo(False, tuple(config.label_names()))
 
 
 def _label_value(ex: Example, info: LabelInfo, source: str) -> int | float | None:
@@ -472,7 +472,10 @@ def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None
             batch_size: int = 64, stride: int | None = None) -> list[dict[str, Any]]:
     """One dict per text, in input order: for classification ``label`` (the config's id2label name), ``score``
     (its probability) and ``probabilities`` (label -> probability); for regression ``label`` and ``score`` are both
-    the predicted value. With a `stride`, long texts are read in windows whose logits are averaged."""
+    the predicted value. As the text-classification pipeline reads the config: a multi-label model's
+    probabilities are a sigmoid per label, and ``labels`` lists those of at least 0.5; a regression of several
+    targets gives ``values`` (name -> value). With a `stride`, long texts are read in windows whose logits are
+    averaged."""
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
     if stride is None:
         features = [Feature(ids, types) for ids, types in encode_texts(tok, texts, pairs, max_seq_length)]
@@ -480,13 +483,19 @@ def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None
         features = [Feature(ids, types, example=i)
                     for ids, types, i in encode_windows(tok, texts, pairs, max_seq_length, stride)]
     logits, _ = example_logits(predict_logits(model, features, batch_size, pad_id=tok.pad_token_id), features)
-    if model.config.num_labels == 1:
+    cfg, names = model.config, model.config.label_names()
+    if cfg.num_labels == 1:
         return [{"label": float(v), "score": float(v)} for v in logits[:, 0]]
-    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if cfg.problem_type == "regression":
+        return [{"values": {name: float(v) for name, v in zip(names, row)}} for row in logits]
+    multi_label = cfg.problem_type == "multi_label_classification"
+    t = torch.from_numpy(logits)
+    probs = (torch.sigmoid(t) if multi_label else torch.softmax(t, dim=-1)).numpy()
     out = []
     for p in probs:
         k = int(p.argmax())
         out.append({"label": names[k], "score": float(p[k]),
                     "probabilities": {name: float(q) for name, q in zip(names, p)}})
+        if multi_label:
+            out[-1]["labels"] = [name for name, q in zip(names, p) if q >= 0.5]
     return out

@@ -553,7 +553,7 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     from .tag import encode_sentences, evaluate_tagging
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
-    tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    tags = model.config.label_names()
     cols = _tag_columns(model, token_column=token_column, tag_column=tag_column)
     sentences = read_conll(data, cols["token_column"], cols["tag_column"])
     if not sentences:
@@ -628,7 +628,9 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
 
 def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64, max_seq_length: int | None = None,
                 stride: int | str | None = None, device: str | None = None, compile: bool = False, **read) -> int:
-    """Label every row of a table; one JSON line per row (label, score) in `output`. Returns the row count."""
+    """Label every row of a table; one JSON line per row in `output`, in order: the row's line in `data`, its
+    label and score, with a multi-label model's labels of probability >= 0.5, or a regression's values of
+    several targets. Returns the row count."""
     from .classify import predict
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
@@ -637,6 +639,7 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
                     batch_size=batch_size, stride=stride)
-    lines = [json.dumps({"label": p["label"], "score": p["score"]}, ensure_ascii=False) for p in preds]
+    lines = [json.dumps({"line": e.line, **{k: p[k] for k in ("label", "score", "labels", "values") if k in p}},
+                        ensure_ascii=False) for e, p in zip(examples, preds)]
     write_predictions(output, lines, f"predicted {len(lines)} rows of {data}; wrote {output}")
     return len(lines)

@@ -215,7 +215,7 @@ def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[
     three in seqeval's strict mode too (`strict_f1` ..., with the `scheme` the tag set follows) where one fits."""
     if not sentences:
         raise ValueError("no evaluation sentences")
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    names = model.config.label_names()
     logits = predict_word_logits(model, features, [len(s.tokens) for s in sentences], batch_size)
     pred = [[names[k] for k in a.argmax(-1)] for a in logits]
     gold = [list(s.tags) for s in sentences]
@@ -238,7 +238,7 @@ def predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_leng
     stride = min(stride, max_seq_length - 3)
     feats = encode_sentences(tok, sentences, None, max_seq_length, stride)
     logits = predict_word_logits(model, feats, [len(s) for s in sentences], batch_size, pad_id=tok.pad_token_id)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    names = model.config.label_names()
     out = []
     for a in logits:
         p = torch.softmax(torch.from_numpy(a), dim=-1).numpy()

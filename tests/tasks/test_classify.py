@@ -128,7 +128,16 @@ def test_evaluate_and_predict_cli(trained, toy, tmp_path, capsys):
                  "--no-header", "--text-column", "1"]) == 0
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert [r["label"] for r in rows] == ["pos", "neg", "pos", "neg"]
-    assert all(set(r) == {"label", "score"} and 0.5 < r["score"] <= 1 for r in rows)
+    assert all(set(r) == {"line", "label", "score"} and 0.5 < r["score"] <= 1 for r in rows)
+    assert [r["line"] for r in rows] == [1, 2, 3, 4]
+    # an empty or blank text is a row too (quoted in a CSV, spaces in a TSV); only an empty line is none, and
+    # each output line names its input line, so nothing shifts
+    for name, content, lines in (("blank.csv", 'text\n"good"\n"  "\n""\n\nbad\n', [2, 3, 4, 6]),
+                                 ("blank.tsv", "text\ngood\n   \nbad\n\nfine\n", [2, 3, 4, 6])):
+        (tmp_path / name).write_text(content, encoding="utf-8")
+        assert main(["predict", "--model", str(trained / "best"), "--data", str(tmp_path / name),
+                     "--text-column", "text", "--output", str(pred)]) == 0
+        assert [json.loads(line)["line"] for line in pred.read_text().splitlines()] == lines
 
 
 def test_evaluate_takes_device_precision_and_compile(trained, toy, tmp_path, monkeypatch):
@@ -659,3 +668,39 @@ def test_torchrun_fsdp_fine_tuning_equals_ddp(toy, tmp_path, torchrun):
                             LabelInfo(False, ("neg", "pos")), 16)
     alone = evaluate_classification(model, feats)
     assert alone["accuracy"] == best["accuracy"] and alone["loss"] == pytest.approx(best["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("head", ["two default labels", "multi-label", "two regression targets"])
+def test_predict_and_evaluate_read_a_transformers_classifier_as_its_pipeline_does(toy, tmp_path, capsys, head):
+    """A classifier saved by transformers: two default labels (transformers 5 leaves id2label out of
+    config.json), multi-label (a sigmoid per label), or a regression of two targets. `predict` scores each as
+    transformers' text-classification pipeline does; `evaluate` reads the default label names."""
+    transformers = pytest.importorskip("transformers")
+    kwargs = {"multi-label": dict(num_labels=3, problem_type="multi_label_classification"),
+              "two regression targets": dict(num_labels=2, problem_type="regression")}.get(head, {})
+    model = tmp_path / "model"
+    torch.manual_seed(0)
+    transformers.AutoModelForSequenceClassification.from_pretrained(toy["encoder"], **kwargs).save_pretrained(model)
+    AutoTokenizer.from_pretrained(toy["encoder"]).save_pretrained(model)
+    assert ("id2label" in json.loads((model / "config.json").read_text())) == (head == "multi-label")
+    texts = ["nice film", "the story was horrid", "a lovely plot"]
+    data = tmp_path / "texts.tsv"
+    data.write_text("text\n" + "".join(f"{t}\n" for t in texts), encoding="utf-8")
+    assert main(["predict", "--model", str(model), "--data", str(data), "--output", str(tmp_path / "p.jsonl"),
+                 "--text-column", "text"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    theirs = transformers.pipeline("text-classification", model=str(model), device="cpu")(texts, top_k=None)
+    for row, ref in zip(rows, theirs):
+        ref = {r["label"]: r["score"] for r in ref}
+        if head == "two regression targets":
+            assert row.keys() == {"line", "values"} and row["values"] == pytest.approx(ref, abs=1e-5)
+            continue
+        best = max(ref, key=ref.get)
+        assert row["label"] == best and row["score"] == pytest.approx(ref[best], abs=1e-5)
+        if head == "multi-label":
+            assert row["labels"] == [name for name in sorted(ref) if ref[name] >= 0.5]
+    if head == "two default labels":
+        (tmp_path / "lab.tsv").write_text("text\tlabel\nnice film\tLABEL_1\nhorrid\tLABEL_0\n", encoding="utf-8")
+        assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "lab.tsv"),
+                     "--output", str(tmp_path / "e.json")]) == 0
+        assert json.loads((tmp_path / "e.json").read_text())["n"] == 2

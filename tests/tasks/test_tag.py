@@ -249,3 +249,28 @@ def test_tags_without_entity_prefixes_pick_the_best_checkpoint_by_accuracy(toy, 
                     dev=write_conll(tmp_path / "dev.conll", pos(dev))) == 0
     assert "so the best checkpoint is chosen by word accuracy" in capsys.readouterr().out
     assert json.loads((out / "eval_results.json").read_text())["metric"] == "accuracy"
+
+
+def test_a_transformers_tagger_with_the_two_default_labels_predicts_and_evaluates(toy, tmp_path):
+    """transformers 5 leaves the default id2label out of config.json: the tags are its LABEL_0 and LABEL_1."""
+    transformers = pytest.importorskip("transformers")
+    model = tmp_path / "model"
+    torch.manual_seed(0)
+    transformers.AutoModelForTokenClassification.from_pretrained(toy["encoder"]).save_pretrained(model)
+    AutoTokenizer.from_pretrained(toy["encoder"]).save_pretrained(model)
+    assert "id2label" not in json.loads((model / "config.json").read_text())
+    (tmp_path / "words.txt").write_text("Bob\nsaw\nRome\n", encoding="utf-8")
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "words.txt"),
+                 "--output", str(tmp_path / "p.jsonl")]) == 0
+    row = json.loads((tmp_path / "p.jsonl").read_text())
+    theirs = transformers.AutoModelForTokenClassification.from_pretrained(model).eval()
+    enc = transformers.AutoTokenizer.from_pretrained(model)(["Bob", "saw", "Rome"], is_split_into_words=True,
+                                                            return_tensors="pt")
+    with torch.no_grad():
+        best = theirs(**enc).logits[0].argmax(-1)
+    firsts = [enc.word_ids().index(w) for w in range(3)]   # each word's first sub-token
+    assert row["tags"] == [f"LABEL_{int(best[i])}" for i in firsts]
+    (tmp_path / "lab.conll").write_text("Bob LABEL_1\nsaw LABEL_0\n", encoding="utf-8")
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "lab.conll"),
+                 "--output", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["n"] == 1
