@@ -467,11 +467,11 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     else:  # sequence classification or regression
         from .tasks.finetune import run_evaluate as run_eval, run_predict as run_pred
         kwargs = {"stride": args.stride, **_table_kwargs(args)}
-    try:
-        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext(), dist.together():
-            (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
-    finally:
-        dist.cleanup()
+    with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext(), dist.together():
+        (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
+    # not on an error: cleanup waits for every rank, and a rank that failed alone would wait there (and hold its
+    # error back) while the others wait for its results; exiting lets torchrun stop them
+    dist.cleanup()
     return 0
 
 
@@ -578,7 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *_, **__: \
         f"bertkit {args.words}: {category.__name__}: {message}\n"
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            if os.environ.get("RANK", "0") != "0":  # under torchrun every rank warns alike: rank 0 says it once
+                warnings.simplefilter("ignore")
+            return args.run(args)
     except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written: one line
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)

@@ -572,8 +572,8 @@ class Trainer:
                                        self.scheduler.lr_lambdas):
             group["lr"] = base * factor(self.scheduler.last_epoch)
         same_world = len(state["rng"]) == self.info.world_size
+        self._check_global_batch(path, state)   # first: a wrong batch also changes the steps _check_settings reports
         self._check_settings(path, state)
-        self._check_global_batch(path, state)
         if not same_world:
             self._check_regrouping(path, state)
         if state["data"] is not None:

@@ -160,6 +160,26 @@ def test_evaluate_takes_device_precision_and_compile(trained, toy, tmp_path, mon
     assert compiled == ["BertForSequenceClassification"]
 
 
+def test_torchrun_predict_failing_on_one_rank_ends_with_its_error(trained, toy, tmp_path, torchrun):
+    """An error on one rank alone (say, out of memory on its longest batch) ends the job with that error, instead
+    of both ranks waiting for each other until the process group's timeout."""
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text("import os, sys\n"
+                      "import bertkit.tasks.classify as c\n"
+                      "from bertkit.cli import main\n"
+                      "real = c.batch_logits\n"
+                      "def failing(*args):\n"
+                      "    if os.environ['RANK'] == '1':\n"
+                      "        raise RuntimeError('injected failure on rank 1')\n"
+                      "    return real(*args)\n"
+                      "c.batch_logits = failing\n"
+                      "sys.exit(main(sys.argv[1:]))\n", encoding="utf-8")
+    run = torchrun(script, "predict", "--model", trained / "best", "--data", toy["dev"], "--batch-size", "4",
+                   "--output", tmp_path / "p.jsonl")
+    assert run.returncode != 0 and "injected failure on rank 1" in run.stderr
+    assert not (tmp_path / "p.jsonl").exists()
+
+
 def test_torchrun_evaluate_and_predict_share_the_work(trained, toy, tmp_path, torchrun):
     """`torchrun --nproc-per-node 2 -m bertkit evaluate / predict`: the ranks predict a share of the batches each
     and rank 0 writes what one process writes."""

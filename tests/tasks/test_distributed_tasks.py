@@ -25,6 +25,7 @@ def test_fsdp_fine_tuning_equals_ddp(task, tmp_path, torchrun, request):
         run = torchrun("-m", "bertkit", "finetune", task, *args, "--batch-size", "8", "--epochs", "1", "--seed", "1",
                        "--output", tmp_path / name, *extra)
         assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stderr.count("LoadWarning: ") == 1   # the new head, said by rank 0 alone
         lines = map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
         evals[name] = [r for r in lines if r["split"] == "eval"]
     assert len(evals["ddp"]) == 1 and evals["fsdp"][0]["step"] == evals["ddp"][0]["step"]

@@ -179,8 +179,10 @@ def test_resume_of_a_finished_run_reports_and_a_changed_batch_is_refused(corpus,
     args = (tmp_path / "run" / "pretrain_args.json").read_text()
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume", "--max-steps", "6",
                     "--batch-size", "2") == 2
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
     assert "written by 1 process, each micro-batch 4 sequences" in err and "a batch size of 4 per process" in err
+    assert "schedule changes" not in printed.out   # a refused resume does not announce its schedule first
     assert (tmp_path / "run" / "pretrain_args.json").read_text() == args  # a refused resume changes nothing
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume", "--lr", "0.005",
                     "--model-size", "mini") == 2
