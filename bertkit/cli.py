@@ -48,6 +48,8 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     if os.path.isfile(os.path.join(args.output, CONFIG_NAME)):  # its embeddings are rows of its own vocabulary
         raise ValueError(f"{args.output}: holds a model ({CONFIG_NAME}); a new vocabulary there would no longer "
                          "match its embeddings: write the tokenizer to another directory")
+    from .io import check_writable
+    check_writable(args.output, directory=True)   # before the training, not after it
     tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,
                               min_frequency=args.min_frequency, show_progress=sys.stderr.isatty())
     tok.save_pretrained(args.output)
@@ -449,6 +451,9 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length < 3:
         raise ValueError(f"--max-seq-length must be at least 3 ([CLS], a token, [SEP]), got {args.max_seq_length}")
+    if args.output:
+        from .io import check_writable
+        check_writable(args.output)   # before the work, not after it
     device = dist.setup(device=args.device).device  # under torchrun: this rank's GPU, and the ranks share the work
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(args.precision, device))
     common = {"output": args.output, "batch_size": args.batch_size, "max_seq_length": args.max_seq_length,

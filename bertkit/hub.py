@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 
 from .config import CONFIG_NAME, BertConfig, config_file
-from .io import atomic_paths, read_json
+from .io import atomic_paths, read_json, umask
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -362,6 +362,7 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike,
             safetensors.torch.save_file(tensors, weights_tmp, metadata={"format": "pt"})
         except safetensors.SafetensorError as e:  # a full disk
             raise OSError(f"{weights}: not written: {e}") from None
+        os.chmod(weights_tmp, 0o666 & ~umask())  # safetensors writes it private (0600): an ordinary file
         config.to_json_file(config_tmp)
 
 

@@ -1,11 +1,50 @@
 """Atomic file writes (a reader, or a crash, never sees half a file) and reads whose errors name the file."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale(parent: str | os.PathLike, pattern: str) -> None:
+    """Remove what a killed job left in `parent`: the entries whose whole name matches `pattern`, whose group
+    "pid" names a process that is gone."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = re.fullmatch(pattern, name)
+        if m and not pid_alive(int(m.group("pid"))):
+            path = os.path.join(parent, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
 
 
 @contextmanager
@@ -21,6 +60,8 @@ def atomic_paths(*paths: str | os.PathLike):
     so that a failure while writing (a full disk) leaves a directory's files as they were, not half new."""
     paths = tuple(os.fspath(p) for p in paths)
     tmps = tuple(f"{p}.tmp{os.getpid()}" for p in paths)
+    for p in paths:   # a twin a killed writer left
+        remove_stale(os.path.dirname(os.path.abspath(p)), re.escape(os.path.basename(p)) + r"\.tmp(?P<pid>\d+)")
     try:
         yield tmps
         for tmp, path in zip(tmps, paths):
@@ -36,6 +77,25 @@ def atomic_paths(*paths: str | os.PathLike):
         for tmp in tmps:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
+    """Checked before long work: `path` (a file, or with `directory` a directory) can be written where it is,
+    its missing folders made. An OSError naming `path` otherwise (an existing directory where a file goes,
+    a file in the way, no permission)."""
+    given = os.fspath(path)
+    path = os.path.abspath(given)
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        error = IsADirectoryError if not directory else NotADirectoryError
+        raise error(errno.EISDIR if not directory else errno.ENOTDIR,
+                    "Is a directory" if not directory else "Not a directory", given)
+    target = path if directory and os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.exists(target):
+        target = os.path.dirname(target)
+    if not os.path.isdir(target):
+        raise NotADirectoryError(errno.ENOTDIR, f"Not a directory: {target}", given)
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "Permission denied", given)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -82,11 +142,13 @@ def atomic_directory(path: str | os.PathLike):
     path = os.fspath(path)
     check_new_directory(path)
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's is private (0700); the result is an ordinary directory
+    try:
+        os.makedirs(parent, exist_ok=True)
+        remove_stale(parent, r"\.staging-(?P<pid>\d+)-.*")   # what a killed job left
+        staging = tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=parent)
+    except OSError as e:  # name the output asked for, not the staging directory
+        raise type(e)(e.errno, e.strerror, path) from None
+    os.chmod(staging, 0o777 & ~umask())  # mkdtemp's is private (0700); the result is an ordinary directory
     try:
         yield staging
         if os.path.isdir(path):

@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from bertkit.data.corpus import iter_documents
+from bertkit.io import remove_stale
 
 __all__ = ["FORMAT", "Instance", "PretrainingDataset", "build_shards", "create_instances"]
 
@@ -347,6 +349,7 @@ def build_shards(
     tmp = out_dir.parent / f".{out_dir.name}.tmp{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    remove_stale(out_dir.parent, re.escape(f".{out_dir.name}.tmp") + r"(?P<pid>\d+)")  # a killed build's
     tmp.mkdir(parents=True)
     try:
         shards = []

@@ -32,7 +32,6 @@ import re
 import shutil
 import statistics
 from functools import partial
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -104,7 +103,7 @@ class FinetuneArgs:
     compile: bool = False             # torch.compile the embeddings and the layer stack
     gradient_checkpointing: bool = False  # recompute layer activations in the backward (less memory)
     fsdp: bool = False                # under torchrun: shard the model and optimizer state (FSDP2), not DDP
-    progress: bool | None = None      # None: when stderr is a terminal
+    progress: bool | None = None      # None: a bar on a terminal, else a line per logged step
     resume: bool = False              # continue the run in `output` from its newest checkpoint
 
     def __post_init__(self):
@@ -160,6 +159,7 @@ def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str |
     makes beside it (same name, ``.png``) and a printed line counting `unit`s. Returns `metrics`."""
     path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name.split('.')[0]}.json"
     if dist.is_main():  # under torchrun the ranks computed the metrics together; one writes them
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
         wrote = str(path) if draw is None else f"{path} and {draw(str(path.with_suffix('.png')), Path(data).name)}"
         print(f"{data}: {_format(metrics)} ({metrics['n']} {unit}); wrote {wrote}")
@@ -261,7 +261,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
                       save_every=eval_every, save_final=True, keep_last=1, seed=seed, output_dir=str(out),
                       tensorboard=False, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing,
                       fsdp=args.fsdp,
-                      progress=sys.stderr.isatty() if args.progress is None else args.progress)
+                      progress=True if args.progress is None else args.progress)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = load_model()
@@ -375,7 +375,7 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
         check_resumed_settings(out / "finetune_args.json", args, RESUME_FREE)
     else:
         _refuse_unfinished(out)
-    if dist.is_main() and not resume:
+    if dist.is_main() and not (resume and (out / "finetune_args.json").is_file()):  # a first run given --resume too
         write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
     if not args.seeds:
         res = _done(out, resume)

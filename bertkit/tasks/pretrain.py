@@ -323,7 +323,9 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
         if created and dist.is_main():
             shutil.rmtree(run, ignore_errors=True)
         raise
-    if dist.is_main() and not args.resume:  # the settings the run starts with (a resume keeps them)
+    # the settings the run starts with; a resume keeps them (a first run given --resume, as a preemptible job's
+    # script passes it every time, starts the run and writes them too)
+    if dist.is_main() and not (args.resume and (run / "pretrain_args.json").is_file()):
         write_text_atomic(run / "pretrain_args.json", json.dumps(vars(args), indent=2) + "\n")
     return tok, model, *data
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..hub import load_tensors
-from ..io import read_json, write_text_atomic
+from ..io import pid_alive, read_json, write_text_atomic
 
 STATE_NAME = "training_state.pt"
 LATEST_NAME = "latest"
@@ -129,18 +129,6 @@ def _fsync_tree(path: str) -> None:
                 os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _save_model(model: nn.Module, directory: str, state: dict | None) -> None:
     if state is None and hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
@@ -220,7 +208,7 @@ def prune(run_dir: str | os.PathLike, keep_last: int) -> list[str]:
         deleted.append(path)
     for name in os.listdir(run_dir):
         m = _TMP_RE.match(name)
-        if m and not _pid_alive(int(m.group(2))):
+        if m and not pid_alive(int(m.group(2))):
             shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
             deleted.append(os.path.join(run_dir, name))
     return deleted

@@ -62,6 +62,8 @@ class Tracker:
         self._bar = None
         self._tb = None
         self._postfix: dict[str, str] = {}
+        self._total = total_steps
+        self._lines = False   # progress without a terminal: a plain line per logged step, not a bar's redraws
         if not enabled:
             return
         os.makedirs(self.run_dir, exist_ok=True)
@@ -78,11 +80,12 @@ class Tracker:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(log_dir=os.path.join(self.run_dir, TENSORBOARD_DIR),
                                      purge_step=resume_step + 1 if resume_step is not None else None)
-        if progress:
+        if progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
-            tty = sys.stderr.isatty()
             self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
-                             file=sys.stderr, mininterval=0.5 if tty else 30.0, smoothing=0.1)
+                             file=sys.stderr, mininterval=0.5, smoothing=0.1)
+        else:
+            self._lines = progress
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
@@ -116,13 +119,17 @@ class Tracker:
                 if k not in ("split", "step") and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(f"{split}/{k}", v, step)
             self._tb.flush()
-        if self._bar is not None:
+        if self._bar is not None or self._lines:
             prefix = "" if split == "train" else f"{split}_"
             for k, v in record.items():
                 if k == "loss" or k.startswith("acc") or k == "tokens_per_s":
                     name = "tok/s" if k == "tokens_per_s" else prefix + k
                     self._postfix[name] = f"{v:,.0f}" if k == "tokens_per_s" and isinstance(v, float) else _fmt(v)
-            self._bar.set_postfix(self._postfix, refresh=True)
+            if self._bar is not None:
+                self._bar.set_postfix(self._postfix, refresh=True)
+            else:
+                print(f"step {step}/{self._total} " + " ".join(f"{k}={v}" for k, v in self._postfix.items()),
+                      file=sys.stderr, flush=True)
         return record
 
     def write(self, text: str) -> None:

@@ -130,7 +130,7 @@ class TrainConfig:
     seed: int = 0                   # seeds Python, NumPy and torch at the start (rank r uses seed + r)
     output_dir: str = "runs/bert"
     tensorboard: bool | None = None  # None: when the tensorboard package is installed
-    progress: bool = True           # tqdm progress bar on rank 0
+    progress: bool = True           # rank 0: a tqdm bar on a terminal, else a line per logged step
     find_unused_parameters: bool = False  # DDP: for objectives that leave some parameters out of a forward
     fsdp: bool = False              # under torchrun: shard parameters, gradients and optimizer state (FSDP2);
                                     # with bf16 the parameters are gathered in bf16 (fp32 shards and reduction)

@@ -118,6 +118,15 @@ def test_evaluate_and_predict_cli(trained, toy, tmp_path, capsys):
     assert metrics["per_label"]["pos"]["f1"] == pytest.approx(metrics["f1"])  # binary F1: label 1 positive
     png = tmp_path / "dev_metrics.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and str(png) in printed
+    # an output's folder is made; an output that cannot be written is said before the work, in one line
+    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(toy["dev"]),
+                 "--output", str(tmp_path / "new" / "m.json")]) == 0
+    assert json.loads((tmp_path / "new" / "m.json").read_text())["n"] == 40
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(toy["dev"]), "--output", str(tmp_path),
+                 "--text-column", "text"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"bertkit predict: error: {tmp_path}: Is a directory\n" and not captured.out
 
     # predict: columns by index, no header, order kept
     data = tmp_path / "texts.tsv"

@@ -185,6 +185,12 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_an_unfinished_one
                     ) == 2  # not --resume: the unfinished run stays
     assert "holds an unfinished run (its newest checkpoint is" in capsys.readouterr().err
     assert [s for s, _ in list_checkpoints(out)] == [5]
+    first = tmp_path / "first"   # a first run given --resume (a preemptible job's script) records its settings
+    assert finetune(toy, first, "--max-steps", "2", "--seed", "4", "--resume") == 0
+    assert json.loads((first / "finetune_args.json").read_text())["seed"] == 4
+    capsys.readouterr()
+    assert finetune(toy, first, "--max-steps", "4", "--seed", "5", "--resume") == 2
+    assert "these differ: --seed 5 (the run's: 4)" in capsys.readouterr().err
     other = tmp_path / "pretrained"   # a pre-training run's directory: not a run --resume could continue
     shutil.copytree(out, other)
     (other / "step-000005" / "best_state.json").unlink()

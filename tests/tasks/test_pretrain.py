@@ -411,3 +411,14 @@ def test_fill_mask_examples_show_one_document_each(tmp_path):
     for text, answer in examples:
         words = [w for w in text.split() if w != tok.mask_token] + [answer]
         assert len({w[0] for w in words}) == 1, text
+
+
+def test_a_first_run_given_resume_records_its_settings(corpus, tokenizer_dir, tmp_path, capsys):
+    """A script that always passes --resume (a preemptible machine's) starts the run with it: its settings are
+    written, so a later resume with others is refused as any run's would be."""
+    run = tmp_path / "run"
+    assert pretrain(corpus, run, "--tokenizer", str(tokenizer_dir), "--resume") == 0
+    assert json.loads((run / "pretrain_args.json").read_text())["lr"] == 0.001
+    capsys.readouterr()
+    assert pretrain(corpus, run, "--tokenizer", str(tokenizer_dir), "--resume", "--lr", "0.005") == 2
+    assert "these differ: --lr 0.005 (the run's: 0.001)" in capsys.readouterr().err

@@ -48,12 +48,16 @@ def test_nan_is_written_as_valid_json(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == "nan"
 
 
-def test_progress_bar_without_a_tty(tmp_path, capsys):
+def test_progress_without_a_tty_is_a_line_per_logged_step(tmp_path, capsys):
+    """In a log file (no terminal): one plain line per logged step, not a bar's carriage-return redraws."""
     _fake_run(tmp_path, steps=5, progress=True)
     Tracker(tmp_path / "off", total_steps=3, enabled=False).log(1, {"loss": 1.0})  # other ranks: no-ops
     assert not (tmp_path / "off").exists()
     err = capsys.readouterr().err
-    assert "5/5" in err and "loss" in err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert [line.split()[1] for line in lines] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert lines[-1] == "step 5/5 loss=7.5 acc_mlm=0.05 acc_nsp=0.5 tok/s=1,000"
 
 
 def test_plot_run_and_plot_runs(tmp_path):
