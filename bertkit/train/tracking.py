@@ -121,14 +121,16 @@ class Tracker:
             self._tb.flush()
         if self._bar is not None or self._lines:
             prefix = "" if split == "train" else f"{split}_"
+            shown = {}
             for k, v in record.items():
                 if k == "loss" or k.startswith("acc") or k == "tokens_per_s":
                     name = "tok/s" if k == "tokens_per_s" else prefix + k
-                    self._postfix[name] = f"{v:,.0f}" if k == "tokens_per_s" and isinstance(v, float) else _fmt(v)
+                    shown[name] = f"{v:,.0f}" if k == "tokens_per_s" and isinstance(v, float) else _fmt(v)
+            self._postfix.update(shown)
             if self._bar is not None:
                 self._bar.set_postfix(self._postfix, refresh=True)
-            else:
-                print(f"step {step}/{self._total} " + " ".join(f"{k}={v}" for k, v in self._postfix.items()),
+            elif shown:   # this record's own figures (an evaluation's without the training ones)
+                print(f"step {step}/{self._total} " + " ".join(f"{k}={v}" for k, v in shown.items()),
                       file=sys.stderr, flush=True)
         return record
 

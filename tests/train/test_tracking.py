@@ -58,6 +58,10 @@ def test_progress_without_a_tty_is_a_line_per_logged_step(tmp_path, capsys):
     lines = err.splitlines()
     assert [line.split()[1] for line in lines] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
     assert lines[-1] == "step 5/5 loss=7.5 acc_mlm=0.05 acc_nsp=0.5 tok/s=1,000"
+    tr = Tracker(tmp_path / "e", total_steps=5, progress=True, tensorboard=False)
+    tr.log(5, {"loss": 2.0, "acc": 0.5}, split="eval")
+    tr.log(5, {"perplexity": 9.0}, split="eval")   # nothing the line shows: no line
+    assert capsys.readouterr().err == "step 5/5 eval_loss=2 eval_acc=0.5\n"
 
 
 def test_plot_run_and_plot_runs(tmp_path):
