@@ -37,7 +37,8 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,6 +319,7 @@ def build_shards(
     skip=None,
     chunk_chars: int = 50_000_000,
     overwrite: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> dict:
     """Build NSP instances from a corpus and write them as memory-mapped shards in `out_dir`.
 
@@ -325,7 +327,8 @@ def build_shards(
     `doc_boundary`, `wrapped` and `skip`), or an iterable of documents, each a list of sentences. `tokenizer`
     is a `BertTokenizer` (its Rust backend tokenises; its vocabulary size and special ids go to meta.json).
     One `random.Random(seed)` drives every choice, so a seed gives the same shards. Returns the meta dict.
-    Raises FileExistsError if `out_dir` exists, unless `overwrite`.
+    Raises FileExistsError if `out_dir` exists, unless `overwrite`. `report` (e.g. `print`) gets a line per
+    shard written (a chunk of `chunk_chars` characters of text), so a big corpus shows how far it got.
     """
     _check_options(max_seq_length, short_seq_prob, dupe_factor)
     out_dir = Path(out_dir)
@@ -354,6 +357,7 @@ def build_shards(
     try:
         shards = []
         num_documents = 0
+        started = time.monotonic()
         for chunk in _chunks(_documents(documents_or_paths, doc_boundary, wrapped, skip), chunk_chars):
             flat, doc_offsets, starts = _tokenise_chunk(backend, chunk)
             num_documents += len(starts)
@@ -364,6 +368,11 @@ def build_shards(
                 raise ValueError(f"{files}: {e}" if files else str(e)) from None
             shards.append(_write_shard(tmp, f"shard_{len(shards):05d}", flat, doc_offsets, spans,
                                        special["cls_token_id"], special["sep_token_id"], token_dtype))
+            if report is not None:
+                done = shards[-1]
+                report(f"{out_dir.name}: shard {len(shards)}: {len(starts):,} documents, "
+                       f"{done['num_instances']:,} instances, {done['num_tokens']:,} tokens "
+                       f"({time.monotonic() - started:.0f} s)")
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

@@ -39,6 +39,7 @@ from ..data.labels import IGNORE, labelled, void_labels
 from ..data.readers import Example, is_regression, label_key, label_maps, label_set
 from ..modeling import packing as P
 from ..train import distributed as dist
+from ..train.tracking import ProgressLines
 from ..train.trainer import pin, to_device
 
 __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
@@ -364,12 +365,16 @@ def _num_ids(feature) -> int:
     return len(feature.input_ids)
 
 
+PROGRESS_EVERY_S = 30.0  # without a terminal: a progress line this often (seconds)
+
+
 def _progress_bar(total: int, enabled: bool | None):
-    """A tqdm bar of `total` features on a terminal (enabled None: when stderr is a TTY), on rank 0 only."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or not dist.is_main():
+    """Rank 0's progress over `total` features (enabled None or True; False: none): a tqdm bar on a terminal,
+    else a line every PROGRESS_EVERY_S seconds, for logs of long predictions."""
+    if enabled is False or not dist.is_main():
         return None
+    if not sys.stderr.isatty():
+        return ProgressLines(total, "predicting", "example", PROGRESS_EVERY_S)
     from tqdm import tqdm
     return tqdm(total=total, desc="predicting", unit="example", leave=False)
 
@@ -380,7 +385,7 @@ def predict_batches(model, features: Sequence[Any], run: Callable[[list], Sequen
     """The prediction loop of every task: `run(batch of features) -> one result per feature`, in eval mode, over
     batches of features of similar `length` (less padding); the results in the order of `features`. In the
     trainer's evaluation or `bertkit predict` under torchrun (`distributed.together`) the ranks share the
-    batches and every rank gets every result. `progress`: a bar (None: on a terminal)."""
+    batches and every rank gets every result. `progress`: False for none (see `_progress_bar`)."""
     order = sorted(range(len(features)), key=lambda i: length(features[i]))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 

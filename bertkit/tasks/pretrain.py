@@ -10,6 +10,7 @@ Run directory layout (everything a resume needs is here):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -175,7 +176,8 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
     print(f"building the pre-training examples of {', '.join(args.corpus)} (sequences of {args.seq_len} tokens, "
           f"NSP pairs, under {train_dir.parent})", flush=True)  # a big corpus takes minutes: say what happens
     boundary, skip = _boundary(args.doc_boundary), HEADINGS.get(args.doc_boundary)
-    common = dict(max_seq_length=args.seq_len, short_seq_prob=args.short_seq_prob, seed=args.seed)
+    common = dict(max_seq_length=args.seq_len, short_seq_prob=args.short_seq_prob, seed=args.seed,
+                  report=functools.partial(print, flush=True))
     train = dict(common, dupe_factor=args.dupe_factor)  # held-out text once: its loss is an average anyway
     if args.eval_corpus:
         build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, skip=skip, **train)

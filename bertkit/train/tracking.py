@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Iterable
 
 from ..io import write_text_atomic
@@ -150,6 +151,36 @@ class Tracker:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class ProgressLines:
+    """Progress of a long loop in a log file, where a bar's redraws would be noise: every `every_s` seconds a
+    line `<desc>: 1,024/50,000 examples (2%), 85.3 examples/s`, and a closing one if any was printed (so a
+    short loop prints nothing). Has tqdm's `update` / `close`, so callers hold either."""
+
+    def __init__(self, total: int, desc: str, unit: str, every_s: float = 30.0):
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.n = 0
+        self._start = self._last = time.monotonic()
+        self._printed = False
+
+    def _line(self, now: float) -> None:
+        rate = self.n / max(now - self._start, 1e-9)
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        print(f"{self.desc}: {self.n:,}/{self.total:,} {self.unit}s{share}, {rate:,.1f} {self.unit}s/s",
+              file=sys.stderr, flush=True)
+        self._last, self._printed = now, True
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self._last >= self.every_s and self.n < self.total:
+            self._line(now)
+
+    def close(self) -> None:
+        if self._printed:
+            self._line(time.monotonic())
+            self._printed = False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -166,9 +166,14 @@ def test_shards_from_files_and_streaming_chunks(corpus, tmp_path):
     from_file = build_shards(path, tok, tmp_path / "file", max_seq_length=MAX_LEN, seed=7)
     assert _files(tmp_path / "file") == _files(tmp_path / "whole")
 
+    said = []
     streamed = build_shards([str(path)], tok, tmp_path / "streamed", max_seq_length=MAX_LEN, seed=7,
-                            chunk_chars=len(text) // 5)
+                            chunk_chars=len(text) // 5, report=said.append)
     assert 4 <= len(streamed["shards"]) <= 6
+    assert len(said) == len(streamed["shards"])  # a line per shard, as it is written
+    first = streamed["shards"][0]
+    assert said[0].startswith("streamed: shard 1: ") and f"{first['num_instances']:,} instances, " in said[0]
+    assert f"{first['num_tokens']:,} tokens (" in said[0] and said[-1].startswith(f"streamed: shard {len(said)}: ")
     assert all(s["num_instances"] > 0 for s in streamed["shards"])
     assert streamed["num_documents"] == whole["num_documents"] == from_file["num_documents"] == SMALL
     assert abs(streamed["num_instances"] - whole["num_instances"]) < 0.1 * whole["num_instances"]

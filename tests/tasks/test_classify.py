@@ -206,7 +206,11 @@ def test_torchrun_evaluate_and_predict_share_the_work(trained, toy, tmp_path, to
     assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) <= 1e-6
 
 
-def test_prediction_shows_a_progress_bar_when_asked(trained, toy, capsys):
+def test_prediction_shows_its_progress(trained, toy, capsys, monkeypatch):
+    """A bar on a terminal; in a log file a line every PROGRESS_EVERY_S seconds; nothing when progress=False."""
+    import sys
+
+    from bertkit.tasks import classify
     model = AutoModelForSequenceClassification.from_pretrained(trained / "best")
     tok = AutoTokenizer.from_pretrained(trained / "best")
     _, dev = toy["rows"]
@@ -215,10 +219,18 @@ def test_prediction_shows_a_progress_bar_when_asked(trained, toy, capsys):
     capsys.readouterr()
     quiet = predict_logits(model, feats, batch_size=8, progress=False)
     assert capsys.readouterr().err == ""
+    predict_logits(model, feats, batch_size=8)   # no terminal, shorter than PROGRESS_EVERY_S: nothing
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(classify, "PROGRESS_EVERY_S", 0.0)
+    logged = predict_logits(model, feats, batch_size=8)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"predicting: {n}/40 examples" for n in (8, 16, 24, 32, 40)]
+    assert lines[-1].startswith("predicting: 40/40 examples (100%), ") and lines[-1].endswith(" examples/s")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     shown = predict_logits(model, feats, batch_size=8, progress=True)
     err = capsys.readouterr().err
     assert "predicting" in err and "0/40 " in err, err  # a bar over the 40 examples (cleared when done)
-    assert (quiet == shown).all()
+    assert (quiet == shown).all() and (quiet == logged).all()
 
 
 def test_grad_accum_makes_fewer_bigger_steps(toy, tmp_path, capsys):

@@ -64,6 +64,24 @@ def test_progress_without_a_tty_is_a_line_per_logged_step(tmp_path, capsys):
     assert capsys.readouterr().err == "step 5/5 eval_loss=2 eval_acc=0.5\n"
 
 
+def test_progress_lines_for_long_loops(capsys, monkeypatch):
+    """A line every `every_s` seconds and a closing one; a loop shorter than that prints nothing."""
+    quiet = tracking.ProgressLines(100, "predicting", "example", every_s=30.0)
+    quiet.update(60)
+    quiet.update(40)
+    quiet.close()
+    assert capsys.readouterr().err == ""
+    clock = iter([0.0, 10.0, 31.0, 45.0, 62.0, 70.0])
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: next(clock))
+    lines = tracking.ProgressLines(2000, "predicting", "example", every_s=30.0)   # starts at 0 s
+    for n, _ in zip((500, 500, 500, 500), range(4)):   # at 10, 31 (a line), 45, 62 (a line) seconds
+        lines.update(n)
+    lines.close()                                        # at 70 s
+    assert capsys.readouterr().err.splitlines() == [
+        "predicting: 1,000/2,000 examples (50%), 32.3 examples/s",
+        "predicting: 2,000/2,000 examples (100%), 28.6 examples/s"]
+
+
 def test_plot_run_and_plot_runs(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     _fake_run(a)
