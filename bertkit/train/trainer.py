@@ -27,10 +27,13 @@ A stat named `<metric>_<term>` is divided by the counts of `<term>` (the longest
 `acc_mlm` = correct MLM predictions / MLM labels. Logged metrics are means over the steps since the
 previous log line, weighted by the counts and reduced across ranks: `loss_<term>`, `loss` (their sum),
 the stats, `lr`, `grad_norm` (mean of the global norm before clipping), `tokens_per_s` (all ranks),
-`elapsed` (seconds of training, across resumes).
+`elapsed` (seconds of training, across resumes); with fp16, `skipped_steps` (steps whose gradients overflowed:
+no update and, as in transformers' Trainer, no schedule step; they still count towards `max_steps`, and
+`grad_norm` averages the others) and `loss_scale`.
 
 GPU fast path: nothing inside the step loop reads a GPU value back (no `.item()`, `int(tensor)`, tensor
-`if`): counts and token totals come from the CPU batch, loss and metric sums stay on the device until a log
+`if`; fp16's loss scaler excepted, which must know whether gradients overflowed): counts and token totals
+come from the CPU batch, loss and metric sums stay on the device until a log
 step. On CUDA a background thread fetches, prepares and pins the next `prefetch` batches while the GPU
 works; the copies are `non_blocking`. `compile=True` runs the embeddings and encoder layers through
 torch.compile (`bertkit.modeling.bert.compile_layers`). AdamW is fused when the parameters are on CUDA.
@@ -318,8 +321,9 @@ class _Window:
         self.stats: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}  # already global
         self.tokens = 0.0
-        self.grad_norm: torch.Tensor | float = 0.0
+        self.grad_norm: torch.Tensor | float = 0.0   # summed over the steps not skipped
         self.steps = 0
+        self.skipped = 0   # fp16 steps skipped for overflowed gradients
         self.t0 = time.perf_counter()
 
     @staticmethod
@@ -335,6 +339,7 @@ class _Window:
             return {k: float(v) for k, v in d.items()}
         return {"sums": floats(self.sums), "stats": floats(self.stats), "counts": floats(self.counts),
                 "tokens": float(self.tokens), "grad_norm": float(self.grad_norm), "steps": self.steps,
+                "skipped": self.skipped,
                 "seconds": time.perf_counter() - self.t0}
 
     def load(self, states: list[dict[str, Any]], rank: int, world_size: int, device: torch.device) -> None:
@@ -355,7 +360,7 @@ class _Window:
         self.sums, self.stats, self.counts = tensors(own["sums"]), tensors(own["stats"]), tensors(first["counts"])
         self.tokens = own["tokens"]
         self.grad_norm = torch.tensor(first["grad_norm"], dtype=torch.float64, device=device)
-        self.steps = first["steps"]
+        self.steps, self.skipped = first["steps"], first.get("skipped", 0)  # absent from older checkpoints
         self.t0 = time.perf_counter() - first["seconds"]
 
 
@@ -490,6 +495,16 @@ class Trainer:
             loss = loss * self.info.world_size  # DDP and FSDP average gradients over ranks; we want their sum
         return loss
 
+    def _update_scale(self) -> bool:
+        """fp16: update the loss scale; True when this step's gradients overflowed, so `scaler.step` skipped the
+        optimizer (the scale then backs off). The scaler has read its overflow flag already, so asking costs no
+        further wait. Other precisions never skip."""
+        if not self.scaler.is_enabled():
+            return False
+        before = self.scaler.get_scale()
+        self.scaler.update()
+        return self.scaler.get_scale() < before
+
     def _log_train(self, window: _Window, lr: float) -> dict[str, Any]:
         reduced = dist.all_reduce_sum({**{f"s.{k}": v for k, v in window.sums.items()},
                                        **{f"t.{k}": v for k, v in window.stats.items()},
@@ -507,7 +522,10 @@ class Trainer:
         for k in window.stats:
             term = _denominator(k, window.counts)
             out[k] = (reduced[f"t.{k}"] / window.counts[term].clamp(min=1)).item()
-        out["grad_norm"] = float(window.grad_norm) / max(window.steps, 1)
+        out["grad_norm"] = float(window.grad_norm) / max(window.steps - window.skipped, 1)  # the steps taken
+        if self.scaler.is_enabled():
+            out["skipped_steps"] = window.skipped   # fp16 overflows in the window: no update, no schedule step
+            out["loss_scale"] = self.scaler.get_scale()
         out["tokens_per_s"] = reduced["tokens"].item() / seconds
         out["elapsed"] = self.elapsed()
         return out
@@ -716,13 +734,15 @@ class Trainer:
                 if hasattr(norm, "full_tensor"):  # FSDP: a replicated DTensor
                     norm = norm.full_tensor()
                 self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
+                skipped = self._update_scale()
+                if not skipped:  # as transformers' Trainer: a skipped step leaves the schedule where it was
+                    self.scheduler.step()
+                    window.grad_norm = window.grad_norm + norm.detach().double()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 window._add(window.counts, counts)
-                window.grad_norm = window.grad_norm + norm.detach().double()
                 window.steps += 1
+                window.skipped += skipped
 
                 last = self.step == cfg.max_steps
                 with rng_isolated():

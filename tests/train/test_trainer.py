@@ -260,6 +260,26 @@ def test_autocast_precisions_on_cpu(tmp_path, precision):
     assert (scaler is not None and scaler["scale"] > 1) if precision == "fp16" else scaler is None
 
 
+def test_fp16_overflowed_steps_are_counted_and_leave_the_schedule(tmp_path):
+    """A loss scale of 2**18 overflows the first fp16 steps: GradScaler skips their updates. They are logged
+    (`skipped_steps`, `loss_scale`), kept out of `grad_norm`, and do not step the schedule (transformers'
+    Trainer neither), though they count towards max_steps."""
+    torch.manual_seed(1234)
+    model = BertForPreTraining(tiny_config())
+    cfg = TrainConfig(max_steps=8, batch_size=4, lr=1e-3, warmup_steps=2, log_every=4, output_dir=str(tmp_path),
+                      tensorboard=False, progress=False, seed=3, save_final=False, precision="fp16")
+    trainer = Trainer(PretrainObjective(model), model, TinySource(4, seed=7), cfg)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 18)
+    trainer.train()
+    lines = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    skipped = sum(r["skipped_steps"] for r in lines)
+    updates = int(trainer.optimizer.state[next(model.parameters())]["step"])  # fused AdamW skips inside its kernel
+    assert 0 < skipped < 8 and updates == 8 - skipped, (skipped, updates)
+    assert trainer.step == 8 and trainer.scheduler.last_epoch == updates
+    assert all(isinstance(r["grad_norm"], float) and 0 < r["grad_norm"] < float("inf") for r in lines), lines
+    assert lines[0]["loss_scale"] < 2.0 ** 18 and lines[-1]["skipped_steps"] == 0
+
+
 def test_objective_contract_errors(tmp_path):
     model = BertForPreTraining(tiny_config())
 
