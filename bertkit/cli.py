@@ -159,7 +159,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
         ("short-seq-prob", float, "share of instances with a random shorter length"),
         ("max-predictions", int, "masked tokens per sequence at most (default: 15%% of --seq-len, rounded up: "
                                   "20 at 128, 77 at 512)"), ("lr", float, "peak learning rate"),
-        ("warmup-steps", int, "linear warm-up steps (default: 10%% of --max-steps)"), ("weight-decay", float, "AdamW/LAMB weight decay"),
+        ("warmup-steps", int, "linear warm-up steps (default: 10%% of --max-steps, rounded up)"), ("weight-decay", float, "AdamW/LAMB weight decay"),
         ("save-every", int, "steps between checkpoints (0: only the last)"),
         ("eval-every", int, "steps between held-out evaluations (0: only at the end)"),
         ("log-every", int, "steps between metrics.jsonl lines"), ("keep-last", int, "checkpoints kept"),

@@ -65,7 +65,7 @@ class PretrainArgs:
     max_predictions: int | None = None  # None: 15% of seq_len, rounded up (20 at 128, 77 at 512)
     whole_word: bool = False
     lr: float = 1e-3
-    warmup_steps: int | None = None   # None: 10% of max_steps
+    warmup_steps: int | None = None   # None: 10% of max_steps, rounded up (as fine-tuning's --warmup 0.1)
     weight_decay: float = 0.01
     adam_epsilon: float = 1e-6         # google-research/bert's
     optimizer: str = "adamw"
@@ -354,7 +354,7 @@ def _train(args: PretrainArgs, info, run: Path, tok: BertTokenizer, model: BertF
         return evaluate_pretraining(objective, (micro for _ in range(n_eval)
                                                 for micro in _micro_batches(next(it), args.batch_size)))
 
-    warmup = args.max_steps // 10 if args.warmup_steps is None else args.warmup_steps
+    warmup = -(-args.max_steps // 10) if args.warmup_steps is None else args.warmup_steps  # 10%, rounded up
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       lr=args.lr, warmup_steps=warmup, weight_decay=args.weight_decay, eps=args.adam_epsilon,
                       optimizer=args.optimizer, precision=args.precision, log_every=args.log_every,

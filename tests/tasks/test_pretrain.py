@@ -67,6 +67,7 @@ def test_pretrain_writes_a_model_the_auto_classes_load(corpus, tmp_path, capsys)
     train = [m for m in lines if m.get("split", "train") == "train"]
     evals = [m for m in lines if m.get("split") == "eval"]
     assert [m["step"] for m in train] == [1, 2, 3, 4]
+    assert train[0]["lr"] == 0.0 < train[1]["lr"]  # the default warm-up: 10% of 4 steps, rounded up to 1
     assert evals and 0.0 <= evals[-1]["mlm_accuracy"] <= 1.0 and evals[-1]["perplexity"] > 1.0
     assert (run / "curves.png").stat().st_size > 10_000
     assert sorted(p.name for p in run.glob("step-*")) == ["step-000002", "step-000004"]
