@@ -66,18 +66,12 @@ def _has_any(directory: str, required: tuple[str, ...]) -> bool:
 
 
 def _hf_snapshots(repo_dir: str) -> list[str]:
-    """Snapshot directories of one cached repo: the one `refs/main` names first, then newest first."""
+    """Snapshot directories of one cached repo, newest first (for a cache without `refs/main`)."""
     snapshots = os.path.join(repo_dir, "snapshots")
     if not os.path.isdir(snapshots):
         return []
     found = [os.path.join(snapshots, d) for d in os.listdir(snapshots)]
-    found = sorted((d for d in found if os.path.isdir(d)), key=os.path.getmtime, reverse=True)
-    try:
-        with open(os.path.join(repo_dir, "refs", "main"), encoding="utf-8") as f:
-            main = os.path.join(snapshots, f.read().strip())
-    except OSError:
-        return found
-    return [main] + [d for d in found if d != main] if main in found else found
+    return sorted((d for d in found if os.path.isdir(d)), key=os.path.getmtime, reverse=True)
 
 
 # A full commit hash, as huggingface_hub names snapshot directories; a prefix of one is accepted from
@@ -163,13 +157,14 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
     Looks at, in order: the path itself (any existing directory), `$BERTKIT_HOME/<name>`
     (default ~/.cache/bertkit), and HuggingFace's offline hub cache
     (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub)
-    `models--ORG--NAME/snapshots/<rev>` (the revision in `refs/main`, else the newest snapshot).
+    `models--ORG--NAME/snapshots/<rev>` (the revision in `refs/main`, as transformers' default
+    revision "main"; only without `refs/main` the newest snapshot, with a warning naming it).
     A cached directory counts only if it holds at least one of the `required` files.
 
     `revision` (a branch, a tag, a full commit hash or an unambiguous prefix of 7+ hex characters)
     picks one hub-cache snapshot, and only that one counts: no fallback to main or the newest.
-    A local directory and a `$BERTKIT_HOME` directory have no revisions, so there it is ignored,
-    as transformers ignores `revision` for a local directory; it is still checked for path
+    A local directory and a `$BERTKIT_HOME` directory have no revisions, so there it is ignored
+    (for `$BERTKIT_HOME`, with a warning), as transformers ignores `revision` for a local directory; it is still checked for path
     separators and '..' (ValueError) everywhere, so a bad argument fails the same way wherever
     the model lives. `cache_dir` replaces the hub cache's location, as transformers' `cache_dir`.
     `subfolder` (a relative folder, as transformers') is looked for inside each of those directories,
@@ -192,9 +187,14 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
         candidate = os.path.join(bertkit_home(), name)
         looked.append(candidate)
         if os.path.isdir(inside(candidate)) and _has_any(inside(candidate), required):
+            if revision is not None:
+                warnings.warn(f"model {name!r}: revision {revision!r} ignored: loading {inside(candidate)} "
+                              "($BERTKIT_HOME), which has no revisions", stacklevel=3)
             return inside(candidate)
         hub = os.fspath(cache_dir) if cache_dir is not None else hf_hub_cache()
         repo_dir = os.path.join(hub, "models--" + name.strip("/").replace("/", "--"))
+        if revision is None and os.path.isfile(os.path.join(repo_dir, "refs", "main")):
+            revision = "main"  # as transformers: no other snapshot stands in for the one main names
         if revision is not None:
             snapshot = inside(_hf_snapshot_for(name, repo_dir, revision))
             if not _has_any(snapshot, required):
@@ -204,6 +204,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
         looked.append(os.path.join(repo_dir, "snapshots"))
         for snapshot in _hf_snapshots(repo_dir):
             if _has_any(inside(snapshot), required):
+                warnings.warn(f"model {name!r}: the hub cache {repo_dir} has no refs/main; loading its newest "
+                              f"snapshot, {os.path.basename(snapshot)} (pass revision= to choose)", stacklevel=3)
                 return inside(snapshot)
     where = f" in subfolder {sub!r}" if sub else ""
     raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)}{where} found; looked in: "
@@ -249,14 +251,16 @@ def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError for code or garbage, RuntimeError for a damaged archive
         text = " ".join(str(e).split())
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)  # blocked modules too
         if found:  # an object torch's safe unpickler does not build: what it is, not torch's advice to run it
             hint = ("; an NVIDIA training checkpoint saved mid-run holds its data loader: use the last one, or save "
                     "its 'model' entry alone") if "DataLoader" in found[1] else ""
             raise ValueError(f"{os.fspath(path)}: refused to load: it pickles a {found[1]}, which loading would "
                              f"have to run (bertkit reads pickles with torch.load(weights_only=True) only{hint})"
                              ) from None
-        why = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
+        # torch's own reason, without its advice to rerun with weights_only=False
+        why = text.split("WeightsUnpickler error:")[-1].split("trusted source.")[-1]
+        why = why.split(" Check the documentation")[0].strip()
         raise ValueError(f"{os.fspath(path)}: refused to load: a damaged file, or not a plain tensor checkpoint "
                          f"(torch.load with weights_only=True: {why or type(e).__name__})") from None
 

@@ -491,6 +491,16 @@ def test_malicious_pickle_not_executed(tmp_path):
         hub.load_state_dict(tmp_path)
     assert not marker.exists()
 
+    class Shell:   # a call into a module torch blocks outright words its refusal differently
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"embeddings.word_embeddings.weight": Shell()}, tmp_path / hub.PT_WEIGHTS_NAME)
+    with pytest.raises(ValueError) as e:
+        hub.load_state_dict(tmp_path)
+    assert re.search(r"it pickles a \S*system, which loading would have to run", str(e.value)), str(e.value)
+    assert "damaged" not in str(e.value) and not marker.exists()
+
 
 def test_damaged_weights_are_one_line_errors_naming_the_file(tmp_path):
     tiny_config().save_pretrained(tmp_path)
@@ -604,6 +614,8 @@ def test_local_directory_is_itself(homes):
 def test_resolve_in_bertkit_home(homes):
     saved(modeling.BertModel(tiny_config()), homes / "bertkit" / "acme" / "tiny-bert")
     assert hub.resolve_model_dir("acme/tiny-bert") == str(homes / "bertkit" / "acme" / "tiny-bert")
+    with pytest.warns(UserWarning, match=r"revision 'dev' ignored: loading .*tiny-bert \(\$BERTKIT_HOME\)"):
+        hub.resolve_model_dir("acme/tiny-bert", revision="dev")
     assert isinstance(modeling.BertModel.from_pretrained("acme/tiny-bert"), modeling.BertModel)
     assert BertConfig.from_pretrained("acme/tiny-bert").hidden_size == 32
 
@@ -614,10 +626,16 @@ def test_resolve_in_hf_cache(homes, monkeypatch):
     old = hf_snapshot(homes / "hub", "acme/bert", "aaaa", {CONFIG_NAME: cfg}, now - 100)
     new = hf_snapshot(homes / "hub", "acme/bert", "bbbb", {CONFIG_NAME: cfg}, now)
     hf_snapshot(homes / "hub", "acme/bert", "cccc", {"README.md": b"no config"}, now + 100)
-    assert hub.resolve_model_dir("acme/bert") == str(new)  # newest snapshot with a config.json
+    with pytest.warns(UserWarning, match="no refs/main; loading its newest snapshot, bbbb"):
+        assert hub.resolve_model_dir("acme/bert") == str(new)  # newest snapshot with a config.json
     (homes / "hub" / "models--acme--bert" / "refs").mkdir()
     (homes / "hub" / "models--acme--bert" / "refs" / "main").write_text("aaaa")
     assert hub.resolve_model_dir("acme/bert") == str(old)  # refs/main wins
+    # refs/main names a snapshot without the files asked for (a newer commit fetched for its tokenizer only):
+    # refused, as transformers does, not made up from another commit's files
+    (homes / "hub" / "models--acme--bert" / "refs" / "main").write_text("cccc")
+    with pytest.raises(FileNotFoundError, match=r"revision 'main' \(.*cccc\) has no config\.json"):
+        hub.resolve_model_dir("acme/bert")
     # $HF_HOME/hub when $HF_HUB_CACHE is unset; a name without an org.
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(homes / "hfhome"))
