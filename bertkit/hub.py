@@ -163,9 +163,9 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
 
     `revision` (a branch, a tag, a full commit hash or an unambiguous prefix of 7+ hex characters)
     picks one hub-cache snapshot, and only that one counts: no fallback to main or the newest.
-    A local directory and a `$BERTKIT_HOME` directory have no revisions, so there it is ignored
-    (for `$BERTKIT_HOME`, with a warning), as transformers ignores `revision` for a local directory; it is still checked for path
-    separators and '..' (ValueError) everywhere, so a bad argument fails the same way wherever
+    A local directory and a `$BERTKIT_HOME` directory have no revisions, so there it is ignored (for
+    `$BERTKIT_HOME`, with a warning), as transformers ignores `revision` for a local directory; it is still
+    checked for path separators and '..' (ValueError) everywhere, so a bad argument fails the same way wherever
     the model lives. `cache_dir` replaces the hub cache's location, as transformers' `cache_dir`.
     `subfolder` (a relative folder, as transformers') is looked for inside each of those directories,
     and the required files in it.
