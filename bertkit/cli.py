@@ -588,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.simplefilter("ignore")
             return args.run(args)
     except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written: one line
+        from .train.distributed import RankZeroError
+        if isinstance(e, RankZeroError):  # torchrun: rank 0 failed and says why; the other ranks just stop
+            return 2
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2

@@ -101,10 +101,15 @@ _waiting_group = None
 T = TypeVar("T")
 
 
+class RankZeroError(ValueError):
+    """Rank 0's failure in `on_main`, as the other ranks raise it (rank 0 raises the original): the CLI prints
+    it once, on rank 0, and exits every rank with the same status."""
+
+
 def on_main(fn: Callable[[], T]) -> T | None:
     """`fn()` on rank 0 alone (work that writes shared files, or checks them), the other ranks waiting for it.
-    A ValueError or OSError there is raised on every rank with its message, so that each exits with the
-    one-line error instead of dying in its next collective. Returns what `fn` returns on rank 0, else None."""
+    A ValueError or OSError there is raised on rank 0, and as a `RankZeroError` with its message on the others,
+    so that each exits instead of dying in its next collective. Returns what `fn` returns on rank 0, else None."""
     if not is_distributed():
         return fn()
     result = failure = None
@@ -118,7 +123,7 @@ def on_main(fn: Callable[[], T]) -> T | None:
     if failure is not None:
         raise failure
     if box[0] is not None:
-        raise ValueError(box[0])
+        raise RankZeroError(box[0])
     return result
 
 

@@ -286,16 +286,17 @@ def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and f"{bad}:4" in err and "UTF-8" in err
 
 
-def test_torchrun_a_refusal_on_rank_0_is_a_one_line_error_on_every_rank(corpus, tokenizer_dir, tmp_path, torchrun):
+def test_torchrun_a_refusal_on_rank_0_stops_every_rank_with_one_line(corpus, tokenizer_dir, tmp_path, torchrun):
     """Checks that rank 0 makes alone (an old run in --output; later the data) reach the other ranks, which exit
-    with the same message instead of dying in their next collective."""
+    too instead of dying in their next collective; rank 0 alone prints the message."""
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "latest").write_text("step-4\n")
     run = torchrun("-m", "bertkit", "pretrain", "--corpus", corpus, "--tokenizer", tokenizer_dir,
                    "--output", tmp_path / "run", "--max-steps", "2", "--batch-size", "2", "--seq-len", "32")
     assert run.returncode != 0
     message = f"bertkit pretrain: error: {tmp_path / 'run'} already holds a run; pass --resume"
-    assert run.stderr.count(message) == 2, run.stderr[-3000:]  # both ranks
+    assert run.stderr.count(message) == 1, run.stderr[-3000:]  # said once, by rank 0
+    assert run.stderr.count("bertkit pretrain: error:") == 1 and "exitcode  : 2" in run.stderr, run.stderr[-3000:]
     assert "Connection closed" not in run.stderr and "gloo" not in run.stderr.lower()
 
 
