@@ -57,7 +57,7 @@ _CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (
 
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
     """Read a vocab.txt (one token per line, id = line number), refusing duplicates that would shift ids."""
-    text = read_text(path)
+    text = read_text(path).replace("\r\n", "\n")  # a vocab.txt saved on Windows, as Python's text mode reads it
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
@@ -523,9 +523,11 @@ class BertTokenizer:
         """Add whole tokens that are never split; returns how many got new ids (resize embeddings to len(self)).
 
         For an uncased tokenizer, non-special tokens are lowercased first, so they match the lowercased
-        text ("HeLLo" is added as "hello"). Tokens already in the vocabulary are left alone, so adding a
-        known word does not change how other words split. Special tokens match the raw text, case-sensitively.
-        An `AddedToken` (as transformers takes) is added as it is, with its own matching flags."""
+        text ("QzXv" is added as "qzxv", the form every tokenizer, transformers' Python one included, finds
+        in the lowercased text; `convert_tokens_to_ids("QzXv")` finds it too). Tokens already in the
+        vocabulary are left alone, so adding a known word does not change how other words split. Special
+        tokens match the raw text, case-sensitively. An `AddedToken` (as transformers takes) is added as it
+        is, with its own matching flags."""
         tokens = [tokens] if isinstance(tokens, (str, AddedToken)) else list(tokens)
         for t in tokens:
             if not (isinstance(t, str) and t or isinstance(t, AddedToken) and t.content):
@@ -925,25 +927,35 @@ class BertTokenizer:
 
     # ------------------------------------------------------------------------------------- vocabulary
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
-        """Id of each token; tokens outside the vocabulary map to unk_token_id."""
-        unk = self.unk_token_id
+        """Id of each token; tokens outside the vocabulary map to unk_token_id. On an uncased tokenizer a
+        token added as written ("[ENT]", stored as "[ent]" by `add_tokens`) is found too, as in transformers."""
         if isinstance(tokens, str):
-            found = self._tok.token_to_id(tokens)
-            return unk if found is None else found
-        tokens = _texts(tokens, "tokens")
-        return [unk if (found := self._tok.token_to_id(t)) is None else found for t in tokens]
+            return self._token_id(tokens)
+        return [self._token_id(t) for t in _texts(tokens, "tokens")]
+
+    def _token_id(self, token: str) -> int:
+        found = self._tok.token_to_id(token)
+        if found is None and self.do_lower_case and token != token.lower():
+            added = self._tok.token_to_id(token.lower())
+            decoder = self._tok.get_added_tokens_decoder() if added is not None else {}
+            if added in decoder and not decoder[added].special:
+                found = added
+        return self.unk_token_id if found is None else found
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int],
                               skip_special_tokens: bool = False) -> str | list[str]:
         if isinstance(ids, (int, np.integer)):
             return self._tok.id_to_token(int(ids))
-        skip = self.all_special_ids if skip_special_tokens else ()
+        skip = set(self.all_special_ids) if skip_special_tokens else ()
         return [self._tok.id_to_token(i) for i in _id_list(ids) if i not in skip]
 
     @property
-    def all_special_ids(self) -> set[int]:
-        """Ids of every special token (role tokens and tokens added with special_tokens=True)."""
-        return {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+    def all_special_ids(self) -> list[int]:
+        """Ids of every special token: those of `all_special_tokens` in its order, as transformers', then the
+        other special added tokens (added with special_tokens=True, or a replaced role's old token)."""
+        listed = [self._tok.token_to_id(t) for t in self.all_special_tokens]
+        rest = sorted(i for i, t in self._tok.get_added_tokens_decoder().items() if t.special and i not in listed)
+        return list(dict.fromkeys(listed)) + rest
 
     @property
     def all_special_tokens(self) -> list[str]:

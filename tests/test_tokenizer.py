@@ -283,7 +283,7 @@ def test_vocab_accessors(tok, hf):
 
 
 # -------------------------------------------------------------------------- 3. added and special tokens
-def test_add_tokens_is_case_aware_for_uncased(tok):
+def test_add_tokens_is_case_aware_for_uncased(tok, hf):
     t = BertTokenizer.from_pretrained(MINILM)
     assert t.add_tokens(["HeLLo"]) == 0  # becomes "hello", already a word of the vocabulary
     assert t.tokenize("othello") == tok.tokenize("othello")  # ...so it does not change how words split
@@ -292,6 +292,12 @@ def test_add_tokens_is_case_aware_for_uncased(tok):
     assert t.tokenize("QZXV qzxv BlorpTastic!") == ["qzxv", "qzxv", "blorptastic", "!"]
     assert t.add_tokens("qzxv") == 0 and len(t) == 30524
     assert t.decode(t.encode("QZXV rocks"), skip_special_tokens=True) == "qzxv rocks"
+    # looked up as written, as transformers (which stores it so): not [UNK], the id the text gets
+    ref = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    assert t.add_tokens(["[ENT]"]) == ref.add_tokens(["[ENT]"]) == 1
+    assert t.convert_tokens_to_ids(["[ENT]", "QzXv", "Blorptastic"]) == [30524, 30522, 30523]
+    assert ref.convert_tokens_to_ids("[ENT]") == 30522 and t.encode("x [ENT]")[2] == 30524
+    assert t.convert_tokens_to_ids(["Hello", "[CLS]", "[cls]"]) == [100, 101, 100]  # words, specials: as before
 
 
 def test_batch_rows_backend_changes_and_split_special_tokens_as_transformers(hf):
@@ -320,6 +326,7 @@ def test_added_vocab_as_transformers(hf):
     t = BertTokenizer.from_pretrained(MINILM)
     ref = transformers.AutoTokenizer.from_pretrained(MINILM)
     assert t.get_added_vocab() == ref.get_added_vocab() == t.added_tokens_encoder  # the five special tokens
+    assert t.all_special_ids == ref.all_special_ids == [100, 102, 0, 101, 103]  # a list, in the same order
     t.add_tokens(["qzxv", "<ent>"])
     ref.add_tokens(["qzxv", "<ent>"])
     assert t.get_added_vocab() == ref.get_added_vocab() == ref.added_tokens_encoder
@@ -453,6 +460,9 @@ def test_bad_vocab_files(tmp_path):
     no_unk.write_text("[PAD]\n[CLS]\n[SEP]\nhello\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{re.escape(str(no_unk))}: .*lacks the unknown token '\[UNK\]'"):
         BertTokenizer(no_unk)
+    crlf = tmp_path / "crlf.txt"   # saved on Windows: read as Python's text mode and the Rust reader do
+    crlf.write_bytes(b"[PAD]\r\n[UNK]\r\n[CLS]\r\n[SEP]\r\nhello\r\n")
+    assert BertTokenizer(crlf).encode("hello") == [2, 4, 3]
     dup = tmp_path / "dup.txt"
     dup.write_text("[UNK]\nhello\nworld\nhello\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{re.escape(str(dup))}:4: duplicate token 'hello' \(first on line 2\)"):
