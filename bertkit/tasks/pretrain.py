@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..config import BertConfig
-from ..data.corpus import WIKITEXT_SECTION, WIKITEXT_TITLE, python_docs_corpus, read_documents
+from ..data.corpus import WIKITEXT_SECTION, WIKITEXT_TITLE, iter_documents, python_docs_corpus
 from ..data.masking import MaskingCollator, PretrainingBatches
 from ..data.pretraining import PretrainingDataset, build_shards
 from ..io import read_json, write_text_atomic
@@ -183,12 +183,29 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
         build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, skip=skip, **train)
         build_shards(args.eval_corpus, tok, heldout_dir, doc_boundary=boundary, skip=skip, **common)
         return
-    docs = read_documents(args.corpus, boundary, skip=skip)
-    if len(docs) < 40:
-        raise ValueError(f"{', '.join(args.corpus)}: only {len(docs)} documents; holding out every 20th needs "
-                         "at least 40 (or give --eval-corpus)")
-    build_shards([d for i, d in enumerate(docs) if i % 20], tok, train_dir, **train)
-    build_shards(docs[::20], tok, heldout_dir, **common)
+    # every 20th document held out; the corpus is streamed once, and only the held-out twentieth kept in memory
+    read, heldout = [0], []
+
+    def training_documents():
+        for i, doc in enumerate(iter_documents(args.corpus, boundary, skip=skip)):
+            read[0] = i + 1
+            if i % 20:
+                yield doc
+            else:
+                heldout.append(doc)
+
+    def too_few() -> ValueError:
+        return ValueError(f"{', '.join(args.corpus)}: only {read[0]} documents; holding out every 20th needs "
+                          "at least 40 (or give --eval-corpus)")
+    try:
+        build_shards(training_documents(), tok, train_dir, **train)
+    except ValueError:
+        if 0 < read[0] < 40:  # too few documents to draw random next sentences from: say what to do
+            raise too_few() from None
+        raise
+    if read[0] < 40:
+        raise too_few()
+    build_shards(heldout, tok, heldout_dir, **common)
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:

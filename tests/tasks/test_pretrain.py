@@ -73,6 +73,31 @@ def test_pretrain_writes_a_model_the_auto_classes_load(corpus, tmp_path, capsys)
     assert sorted(p.name for p in run.glob("step-*")) == ["step-000002", "step-000004"]
 
 
+def test_every_20th_document_is_held_out_and_a_small_corpus_is_refused(corpus, tokenizer_dir, tmp_path, capsys):
+    """The corpus is streamed (twice), not read whole: the shards are those of the documents listed in memory."""
+    from bertkit.data.corpus import read_documents
+    from bertkit.data.pretraining import build_shards
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--max-steps", "1") == 0
+    docs, tok = read_documents(corpus), AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert len(docs) == 60
+    common = dict(max_seq_length=32, seed=3)
+    build_shards([d for i, d in enumerate(docs) if i % 20], tok, tmp_path / "train", **common)
+    build_shards(docs[::20], tok, tmp_path / "heldout", **common)
+    for part in ("train", "heldout"):
+        built = tmp_path / "run" / "data" / part
+        assert sorted(p.name for p in built.iterdir()) == sorted(p.name for p in (tmp_path / part).iterdir())
+        for f in (tmp_path / part).iterdir():
+            assert (built / f.name).read_bytes() == f.read_bytes(), (part, f.name)
+    small = tmp_path / "small.txt"
+    small.write_text("\n\n".join(corpus.read_text(encoding="utf-8").split("\n\n")[:30]), encoding="utf-8")
+    capsys.readouterr()
+    assert pretrain(small, tmp_path / "small", "--tokenizer", str(tokenizer_dir)) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bertkit pretrain: error: {small}: only 30 documents; holding out every 20th needs at least 40 "
+                   "(or give --eval-corpus)\n")
+    assert not (tmp_path / "small").exists()
+
+
 def test_a_second_run_in_the_same_directory_needs_resume(corpus, tmp_path, capsys):
     assert pretrain(corpus, tmp_path / "run") == 0
     assert pretrain(corpus, tmp_path / "run") == 2
