@@ -184,26 +184,27 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
         build_shards(args.eval_corpus, tok, heldout_dir, doc_boundary=boundary, skip=skip, **common)
         return
     # every 20th document held out; the corpus is streamed once, and only the held-out twentieth kept in memory
-    read, heldout = [0], []
+    read, heldout = 0, []   # documents read so far; the held-out ones
 
     def training_documents():
+        nonlocal read
         for i, doc in enumerate(iter_documents(args.corpus, boundary, skip=skip)):
-            read[0] = i + 1
+            read = i + 1
             if i % 20:
                 yield doc
             else:
                 heldout.append(doc)
 
     def too_few() -> ValueError:
-        return ValueError(f"{', '.join(args.corpus)}: only {read[0]} documents; holding out every 20th needs "
+        return ValueError(f"{', '.join(args.corpus)}: only {read} documents; holding out every 20th needs "
                           "at least 40 (or give --eval-corpus)")
     try:
         build_shards(training_documents(), tok, train_dir, **train)
     except ValueError:
-        if 0 < read[0] < 40:  # too few documents to draw random next sentences from: say what to do
+        if 0 < read < 40:  # too few documents to draw random next sentences from: say what to do
             raise too_few() from None
         raise
-    if read[0] < 40:
+    if read < 40:
         raise too_few()
     build_shards(heldout, tok, heldout_dir, **common)
 
