@@ -113,9 +113,13 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _job_args(cls, args: argparse.Namespace):
-    """The job's argument dataclass, filled from the parsed flags of the same names."""
+    """The job's argument dataclass, filled from the parsed flags of the same names (it checks them)."""
+    from .tasks.flags import FlagError
     fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in fields})
+    try:
+        return cls(**{k: v for k, v in vars(args).items() if k in fields})
+    except ValueError as e:
+        raise FlagError(str(e)) from None
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -441,6 +445,7 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     import torch
 
     from .tasks.finetune import architecture
+    from .tasks.flags import FlagError
     from .train import distributed as dist
     from .train.trainer import resolve_precision
     arch = architecture(args.model)
@@ -448,9 +453,9 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
         raise ValueError(f"{args.model}: config.json names the architecture {arch or 'none'}; evaluate and predict "
                          f"take a fine-tuned model, one of {', '.join(SAVED_TASKS)}")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        raise FlagError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length < 3:
-        raise ValueError(f"--max-seq-length must be at least 3 ([CLS], a token, [SEP]), got {args.max_seq_length}")
+        raise FlagError(f"--max-seq-length must be at least 3 ([CLS], a token, [SEP]), got {args.max_seq_length}")
     if args.output:
         from .io import check_writable
         check_writable(args.output)   # before the work, not after it
@@ -561,8 +566,26 @@ COMMANDS = {
 }
 
 
+def _other_rank() -> bool:
+    """A torchrun rank but the first: it says nothing that every rank would say alike."""
+    return os.environ.get("RANK", "0") != "0"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every torchrun rank parses the same command line: rank 0 alone prints the help or a usage error."""
+
+    def print_help(self, file=None):
+        if not _other_rank():
+            super().print_help(file)
+
+    def error(self, message):
+        if _other_rank():
+            self.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end.")
+    parser = _Parser(prog="bertkit", description="BERT end to end.")
     groups = {(): parser.add_subparsers(dest="command", required=True, metavar="COMMAND")}
     for words, (help_text, add_arguments, run) in COMMANDS.items():
         for depth in range(1, len(words)):  # intermediate words, e.g. "tokenizer"
@@ -584,13 +607,14 @@ def main(argv: list[str] | None = None) -> int:
         f"bertkit {args.words}: {category.__name__}: {message}\n"
     try:
         with warnings.catch_warnings():
-            if os.environ.get("RANK", "0") != "0":  # under torchrun every rank warns alike: rank 0 says it once
+            if _other_rank():  # under torchrun every rank warns alike: rank 0 says it once
                 warnings.simplefilter("ignore")
             return args.run(args)
     except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written: one line
+        from .tasks.flags import FlagError
         from .train.distributed import RankZeroError
-        if isinstance(e, RankZeroError):  # torchrun: rank 0 failed and says why; the other ranks just stop
-            return 2
+        if isinstance(e, RankZeroError) or (isinstance(e, FlagError) and _other_rank()):
+            return 2  # torchrun: rank 0 failed too, or alone, and says why; the other ranks just stop
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2

@@ -311,3 +311,31 @@ def test_plot_draws_one_run_beside_it_and_several_here(tmp_path, capsys, monkeyp
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "x"]) == 2
     assert capsys.readouterr().err.strip().endswith("--labels: 1 given for 2 runs; give one per run")
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_bad_flag_is_said_by_rank_0_alone(rank, tmp_path, capsys, monkeypatch):
+    """Every torchrun rank parses the same command line and finds the same bad flag: rank 0 prints it, the
+    others exit 2 without a word (their copies buried rank 0's line)."""
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_:  # argparse's own check
+        main(["pretrain", "--output", str(tmp_path / "run"), "--max-steps", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert ("argument --max-steps: invalid int value: 'x'" in err) == (rank == "0"), err
+    assert main(["pretrain", "--output", str(tmp_path / "run"), "--max-steps", "0"]) == 2  # the job's own check
+    err = capsys.readouterr().err
+    assert err == ("bertkit pretrain: error: --max-steps must be a positive integer, got 0\n" if rank == "0" else "")
+    assert main(["predict", "--model", str(tmp_path), "--data", str(tmp_path / "q.json"),
+                 "--output", str(tmp_path / "p.json"), "--batch-size", "0"]) == 2
+    assert "config.json" in capsys.readouterr().err  # a file may be missing on one rank alone: each says its own
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_a_bad_flag_is_one_line(tmp_path, torchrun):
+    run = torchrun("-m", "bertkit", "pretrain", "--output", tmp_path / "run", "--max-steps", "0")
+    assert run.returncode != 0
+    assert run.stderr.count("bertkit pretrain: error: --max-steps must be a positive integer, got 0") == 1, \
+        run.stderr[-3000:]
+    run = torchrun("-m", "bertkit", "pretrain", "--max-steps", "x")
+    assert run.returncode != 0 and run.stderr.count("invalid int value: 'x'") == 1, run.stderr[-3000:]
