@@ -98,6 +98,34 @@ def test_every_20th_document_is_held_out_and_a_small_corpus_is_refused(corpus, t
     assert not (tmp_path / "small").exists()
 
 
+def test_the_corpus_is_read_as_its_shards_are_written(corpus, tokenizer_dir, tmp_path, monkeypatch, capsys):
+    """Without --eval-corpus, documents are read while the shards are built, not all first: with chunks of a
+    few documents the first shard is written long before the corpus is read (a big corpus never sits whole in
+    memory; only the held-out twentieth does)."""
+    import bertkit.tasks.pretrain as job
+    read, at_shard = [], []
+    real_iter, real_build = job.iter_documents, job.build_shards
+
+    def counted(*args, **kwargs):
+        for doc in real_iter(*args, **kwargs):
+            read.append(doc)
+            yield doc
+
+    def small_chunks(documents, tok, out_dir, report, **kwargs):  # about 7 documents a chunk
+        def said(line):
+            at_shard.append((out_dir.name, len(read)))
+            report(line)
+        return real_build(documents, tok, out_dir, report=said, chunk_chars=2_000, **kwargs)
+
+    monkeypatch.setattr(job, "iter_documents", counted)
+    monkeypatch.setattr(job, "build_shards", small_chunks)
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--max-steps", "1") == 0
+    assert len(read) == 60
+    train = [n for name, n in at_shard if name == "train"]
+    assert len(train) >= 4 and train[0] <= 25 and train == sorted(train), at_shard
+    assert "train: shard 1: " in capsys.readouterr().out
+
+
 def test_a_second_run_in_the_same_directory_needs_resume(corpus, tmp_path, capsys):
     assert pretrain(corpus, tmp_path / "run") == 0
     assert pretrain(corpus, tmp_path / "run") == 2
