@@ -132,6 +132,8 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     from .config import SIZES
     from .tasks.flags import field_defaults
     from .tasks.pretrain import DOC_BOUNDARIES, PretrainArgs
+    from .train.optim import OPTIMIZERS
+    from .train.trainer import PRECISIONS
     d = PretrainArgs()
     defaults = field_defaults(PretrainArgs)
     p.add_argument("--corpus", nargs="+", default=[], metavar="FILE",
@@ -173,8 +175,8 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
         default = defaults[name.replace("-", "_")]  # the field's, not one __post_init__ derived for these defaults
         shown = "" if default is None else f" (default {default})"
         p.add_argument(f"--{name}", type=kind, default=default, help=help_text + shown)
-    p.add_argument("--optimizer", choices=["adamw", "lamb"], default=d.optimizer, help="(default adamw)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="(default adamw)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="auto: bf16 on a GPU that has it, fp32 on the CPU")
     p.add_argument("--whole-word", action="store_true", help="whole-word masking")
     p.add_argument("--resume", action="store_true", help="continue the run in --output exactly where it stopped")
@@ -217,7 +219,7 @@ def _add_columns(p: argparse.ArgumentParser, label: bool = True, remembered: boo
     """Table columns; `remembered` (evaluate, predict): left out, they are those the model was fine-tuned with."""
     default = " (default: as fine-tuned, else {})" if remembered else " (default {})"
     p.add_argument("--text-column", default=None if remembered else "text",
-                   help="column of the text: a header name, a 0-based index (all digits) or a JSONL key"
+                   help="column of the text: a header name, a 0-based index (-N from the end) or a JSONL key"
                         + default.format("text"))
     p.add_argument("--text-pair-column", default=None, help="column of the second text, for sentence pairs"
                    + (" (default: as fine-tuned)" if remembered else ""))
@@ -245,6 +247,7 @@ def _finetune_classify(args: argparse.Namespace) -> int:
 def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> None:
     """The flags every `finetune` job shares (the fields of FinetuneArgs); `d` holds the job's defaults, `unit`
     names what a batch counts, `seq_help` says what --max-seq-length does for the task."""
+    from .train.trainer import PRECISIONS
     p.add_argument("--epochs", type=float, default=d.epochs,
                    help=f"passes over the training data (default {d.epochs:g})")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
@@ -268,7 +271,7 @@ def _add_schedule(p: argparse.ArgumentParser, d, unit: str, seq_help: str) -> No
     p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: each epoch)")
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines "
                                                                       f"(default {d.log_every})")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=d.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="auto: bf16 on a GPU that has it, fp32 on the CPU")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output exactly from its newest checkpoint (one is written at every "
@@ -283,13 +286,14 @@ def _add_model_and_output(p: argparse.ArgumentParser, best_by: str) -> None:
 
 
 def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
+    from .tasks.classify import METRICS
     from .tasks.finetune import FinetuneClassifyArgs
     _add_model_and_output(p, "the dev --metric")
     p.add_argument("--train", required=True, metavar="FILE", help="training table (CSV, TSV or JSONL)")
     p.add_argument("--dev", required=True, metavar="FILE", help="dev table, evaluated during training")
     _add_columns(p)
     _add_schedule(p, FinetuneClassifyArgs(), "examples", "tokens per example after truncation")
-    p.add_argument("--metric", choices=["accuracy", "f1", "mcc", "pearson", "spearman"], default=None,
+    p.add_argument("--metric", choices=METRICS, default=None,
                    help="dev metric that picks the best checkpoint (default accuracy; pearson for regression)")
     p.add_argument("--stride", type=int, default=None, metavar="N", help=_CLASSIFY_STRIDE_HELP)
     p.add_argument("--regression", action="store_true",
@@ -349,9 +353,8 @@ def _finetune_choice(args: argparse.Namespace) -> int:
 
 
 def _add_choice_columns(p: argparse.ArgumentParser, remembered: bool = False) -> None:
-    """Multiple-choice columns (header names, 0-based indices or JSONL keys); --label-column and --format come
-    from `_add_columns`. `remembered` (evaluate, predict): left out, they are those the model was fine-tuned
-    with."""
+    """Multiple-choice columns (header names, 0-based indices or JSONL keys); --label-column and --format are
+    the caller's. `remembered` (evaluate, predict): left out, they are those the model was fine-tuned with."""
     from .tasks.choice import FinetuneChoiceArgs
     d = FinetuneChoiceArgs()
     fine_tuned = "as fine-tuned, else " if remembered else ""
@@ -496,6 +499,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
     """What `evaluate` and `predict` share: the model, every task's columns and window settings (only those of
     the saved model's task are used)."""
+    from .train.trainer import PRECISIONS
     p.add_argument("--model", required=True, metavar="DIR",
                    help="a fine-tuned model: sequence classification / regression, tagging, QA or multiple choice")
     _add_columns(p, label=labelled, remembered=True)
@@ -512,7 +516,7 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
     _add_qa_options(p, None)
     p.add_argument("--device", default=None, help="where the model runs, e.g. cpu, cuda, cuda:1 (default: the GPU "
                                                   "when there is one)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="autocast dtype (default auto: bf16 on a GPU that has it, which takes FlashAttention's "
                         "variable-length kernel; fp32 on the CPU)")
     p.add_argument("--compile", action="store_true",

@@ -4,7 +4,7 @@
     fill = pipeline("fill-mask", model="path/to/mlm")
     fill("Paris is the [MASK] of France.", top_k=5)   # [{"token_str", "score", "token", "sequence"}, ...]
     clf = pipeline("text-classification", model="path/to/classifier")
-    clf(["great film", "dull film"], top_k=1)        # [{"label", "score"}, {"label", "score"}]
+    clf(["great film", "dull film"])                 # [{"label", "score"}, {"label", "score"}]
     clf("great film")                                # [{"label", "score"}]: one text, a list, as transformers
     ner = pipeline("token-classification", model="path/to/tagger", aggregation_strategy="simple")
     ner("Ada Lovelace met Babbage.")                 # [{"entity_group", "score", "word", "start", "end"}]

@@ -8,9 +8,9 @@ rounding half to even, as its Python 3 `round`), at least one and at most `max_p
 than there are candidates). That many of its non-special, non-padding tokens are chosen, uniformly at random. With
 `whole_word=True` whole words are chosen instead (a token and the `##` pieces that follow it), in random
 order, skipping a word that would overshoot the budget (as google-research/bert does); if no word fits, the
-first word is taken when it fits `max_predictions_per_seq`. Each chosen position becomes `[MASK]` with
-probability 0.8, a random token with probability 0.1, and stays unchanged with probability 0.1 (decided per
-token). The random token is drawn uniformly from the vocabulary *without* the special tokens (the original
+first word of that random order is taken when it fits `max_predictions_per_seq`. Each chosen position becomes
+`[MASK]` with probability 0.8, a random token with probability 0.1, and stays unchanged with probability 0.1
+(decided per token). The random token is drawn uniformly from the vocabulary *without* the special tokens (the original
 draws from the whole vocabulary, specials and [unused] slots included; we never feed a stray [CLS]/[SEP]/
 [PAD]). It may, rarely, equal the original token. Labels hold the original id at chosen positions and -100
 everywhere else.
@@ -127,7 +127,7 @@ class MaskingCollator:
         ids = torch.from_numpy(ids)
         if int(ids.max()) >= self.vocab_size or int(ids.min()) < 0:
             raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
-        attention = torch.arange(width).expand(batch, width) < torch.tensor(lengths)[:, None]
+        attention = torch.arange(width).expand(batch, width) < torch.tensor(lengths)[:, None]  # (batch, width)
         scores, decide, random_ids = self._draw(lengths, attention, generator)
 
         candidate = attention & ~self.is_special[ids]
@@ -141,7 +141,7 @@ class MaskingCollator:
             k = int(budget.max())
             lowest = scores.masked_fill(~candidate, 2.0).topk(k, dim=1, largest=False, sorted=True).indices
             selected = torch.zeros(batch, width, dtype=torch.bool)
-            selected.scatter_(1, lowest, torch.arange(k).expand(batch, k) < budget[:, None])
+            selected.scatter_(1, lowest, torch.arange(k).expand(batch, k) < budget[:, None])  # first budget[b] of k
 
         labels = torch.where(selected, ids, torch.full_like(ids, -100))
         masked = ids.masked_fill(selected & (decide < 0.8), self.mask_id)
@@ -158,8 +158,7 @@ class MaskingCollator:
     @staticmethod
     def _fields(example):
         if isinstance(example, Mapping):
-            label = example.get("next_sentence_label", example.get("nsp_label", 0))
-            return example["input_ids"], example["token_type_ids"], int(label)
+            return example["input_ids"], example["token_type_ids"], int(example["next_sentence_label"])
         input_ids, token_type_ids, label = example
         return input_ids, token_type_ids, int(label)
 
@@ -180,13 +179,13 @@ class MaskingCollator:
         out = []
         for value, fill in zip(values, (2.0, 1.0, 0)):
             padded = torch.full(attention.shape, fill, dtype=value.dtype)
-            padded.view(-1).index_copy_(0, positions, value)
+            padded.view(-1).index_copy_(0, positions, value)  # (batch * width,) view: real positions filled
             out.append(padded)
         return out
 
     def _select_words(self, ids, candidate, scores, budget):
         """Whole words in random order (a word's score is its first token's), skipping words that would
-        overshoot the budget; if none fits, the first word when it fits the cap."""
+        overshoot the budget; if none fits, the first word of that order when it fits the cap."""
         batch, width = ids.shape
         prev = torch.zeros_like(candidate)
         prev[:, 1:] = candidate[:, :-1]

@@ -1,7 +1,8 @@
 """Fine-tuning data readers: CSV / TSV / JSONL tables, CoNLL tag columns and SQuAD JSON.
 
-Every reader returns a list of small dataclasses that remember the 1-based line they came from, and every problem in a
-file is a ``ValueError`` that starts with ``path:LINE:`` and says what was expected.
+The table and CoNLL readers remember the 1-based line each row or sentence came from (SQuAD examples keep their
+question id), and every problem in a file is a ``ValueError`` that starts with the path (``path:LINE:`` where the
+file has lines) and says what was expected.
 
 - `read_table` reads sentence (or sentence-pair) classification and regression data. TSV is GLUE style: split on tabs,
   no quoting (GLUE sentences hold unbalanced ``"``), a UTF-8 BOM (MRPC) is dropped. CSV goes through the `csv`
@@ -22,7 +23,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 __all__ = [
     "Example",
@@ -30,6 +31,7 @@ __all__ = [
     "SquadExample",
     "read_table",
     "read_columns",
+    "table_format",
     "label_set",
     "label_maps",
     "is_regression",
@@ -71,6 +73,11 @@ class SquadExample:
 # ----------------------------------------------------------------------------------------------------------------
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def table_format(path: str | Path, format: str | None = None) -> str | None:
+    """`format` when given, else the one the extension names (.csv, .tsv, .jsonl / .ndjson), else None."""
+    return format if format is not None else _FORMATS.get(Path(path).suffix.lower())
 
 
 def _read_text(path: Path) -> str:
@@ -202,7 +209,7 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
     0-based index (JSONL: a key). The roles in `label_roles` must not be empty and, in JSONL, may be numbers (kept
     in their JSON spelling); the others are text. `read_table` is this with the classification roles."""
     path = Path(path)
-    fmt = format if format is not None else _FORMATS.get(path.suffix.lower())
+    fmt = table_format(path, format)
     if fmt not in ("csv", "tsv", "jsonl"):
         if format is None:
             raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
@@ -254,8 +261,8 @@ def read_table(path: str | Path, *, format: str | None = None, text_column: str 
     ``format`` is "csv", "tsv" or "jsonl"; None takes it from the extension (.csv, .tsv, .jsonl / .ndjson).
     Columns are header names or 0-based indices (TSV / CSV); JSONL columns are keys, and ``header`` does not apply.
     With ``header=False`` every line is data and columns must be indices. Every row must have as many fields as the
-    header (or, without a header, as the first row). Blank lines are skipped. Text is kept exactly as in the file;
-    labels are kept as text (`label_set` sorts them).
+    header (or, without a header, as the first row). Empty lines are skipped; a line of spaces is a row. Text
+    is kept exactly as in the file; labels are kept as text (`label_set` sorts them).
     """
     rows = read_columns(path, {"text_column": text_column, "text_pair_column": text_pair_column,
                                "label_column": label_column}, format=format, header=header)
@@ -314,8 +321,6 @@ def label_maps(labels: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
     return dict(enumerate(labels)), {v: i for i, v in enumerate(labels)}
 
 
-_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
-
 
 def is_regression(labels: Iterable[Any]) -> bool:
     """True only when the labels are clearly real-valued targets: every label is a finite number and at least one of
@@ -341,58 +346,58 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
     """Read a CoNLL-style file: one token per line with its columns separated by tabs (or, on a line without a
     tab, by whitespace); blank or whitespace-only lines separate sentences; ``-DOCSTART-`` lines are skipped.
     Column indices are 0-based; negative ones count from the end of each line."""
-    path = Path(path)
-    text = _read_text(path)
-    sentences: list[TaggedSentence] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    start = 0
     for role, col in (("token_column", token_column), ("tag_column", tag_column)):
         if isinstance(col, bool) or not isinstance(col, int):
             raise ValueError(f"{role} must be an integer column index, got {col!r}")
-
-    def flush() -> None:
-        nonlocal tokens, tags
-        if tokens:
-            sentences.append(TaggedSentence(tokens, tags, start))
-        tokens, tags = [], []
-
+    path = Path(path)
+    sentences: list[TaggedSentence] = []
     columns = columns_line = None
-    for n, line in enumerate(split_lines(text), 1):
-        if not line.strip():
-            flush()
-            continue
-        fields = line.split("\t") if "\t" in line else line.split()
-        if is_docstart(fields, token_column):
-            flush()
-            continue
-        width = len(fields)
-        if width < 2 or not (-width <= token_column < width and -width <= tag_column < width) \
-                or token_column % width == tag_column % width:
-            raise ValueError(f"{path}:{n}: expected a token column and a tag column (token_column={token_column}, "
-                             f"tag_column={tag_column}), found {width} column(s): {line[:80]!r}")
-        if columns is None:
-            columns, columns_line = width, n
-        elif width != columns:  # a stray column would shift a column counted from the end (tag_column=-1)
-            raise ValueError(f"{path}:{n}: {width} column(s) where line {columns_line} has {columns}: {line[:80]!r}")
-        token, tag = fields[token_column], fields[tag_column].strip()
-        if not token:
-            raise ValueError(f"{path}:{n}: empty token in column {token_column}: {line[:80]!r}")
-        if not tag:
-            raise ValueError(f"{path}:{n}: empty tag in column {tag_column}: {line[:80]!r}")
-        if not tokens:
-            start = n
-        tokens.append(token)
-        tags.append(tag)
-    flush()
+    for block in conll_blocks(path, token_column):
+        tokens, tags = [], []
+        for n, line, fields in block:
+            width = len(fields)
+            if width < 2 or not (-width <= token_column < width and -width <= tag_column < width) \
+                    or token_column % width == tag_column % width:
+                raise ValueError(f"{path}:{n}: expected a token column and a tag column (token_column="
+                                 f"{token_column}, tag_column={tag_column}), found {width} column(s): {line[:80]!r}")
+            if columns is None:
+                columns, columns_line = width, n
+            elif width != columns:  # a stray column would shift a column counted from the end (tag_column=-1)
+                raise ValueError(f"{path}:{n}: {width} column(s) where line {columns_line} has {columns}: "
+                                 f"{line[:80]!r}")
+            token, tag = fields[token_column], fields[tag_column].strip()
+            if not token:
+                raise ValueError(f"{path}:{n}: empty token in column {token_column}: {line[:80]!r}")
+            if not tag:
+                raise ValueError(f"{path}:{n}: empty tag in column {tag_column}: {line[:80]!r}")
+            tokens.append(token)
+            tags.append(tag)
+        sentences.append(TaggedSentence(tokens, tags, block[0][0]))
     return sentences
+
+
+def conll_blocks(path: Path, token_column: int) -> Iterator[list[tuple[int, str, list[str]]]]:
+    """The sentences of a CoNLL-style file, each as its lines' (line number, line, fields): fields split at
+    tabs (or, on a line without a tab, at whitespace); blank or whitespace-only lines end a sentence, and
+    ``-DOCSTART-`` lines are dropped."""
+    block: list[tuple[int, str, list[str]]] = []
+    for n, line in enumerate(split_lines(_read_text(path)), 1):
+        fields = line.split("\t") if "\t" in line else line.split()
+        if not line.strip() or is_docstart(fields, token_column):
+            if block:
+                yield block
+            block = []
+        else:
+            block.append((n, line, fields))
+    if block:
+        yield block
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # SQuAD
 # ----------------------------------------------------------------------------------------------------------------
 
-def _load_squad_json(path: Path) -> Any:
+def _load_squad_json(path: Path) -> tuple[Any, str]:
     if path.suffix.lower() == ".zip":
         if not zipfile.is_zipfile(path):
             raise ValueError(f"{path}: not a readable zip file")

@@ -217,7 +217,7 @@ class BertForPreTraining(_TiedMLM, _BertHeadModel):
         if labels is not None:
             mlm_loss = _mlm_loss(token_logits, P.unpad(labels, enc.packing, "labels"))
         if next_sentence_label is not None:
-            nsp_loss = F.cross_entropy(_for_loss(nsp_logits), next_sentence_label.view(-1))
+            nsp_loss = F.cross_entropy(_for_loss(nsp_logits), next_sentence_label.view(-1))  # labels (batch,)
         if mlm_loss is not None and nsp_loss is not None:
             loss = mlm_loss + nsp_loss
         return PreTrainingOutput(P.repad(token_logits, enc.packing), nsp_logits, loss, mlm_loss, nsp_loss,
@@ -254,7 +254,7 @@ class BertForNextSentencePrediction(_BertHeadModel):
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
-        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None
+        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None  # (batch,)
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
 
 
@@ -275,10 +275,12 @@ def sequence_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig
     logits = _for_loss(logits)
     if problem == "regression":
         if config.num_labels == 1:
+            # (batch, 1) logits and (batch,) or (batch, 1) labels both to (batch,), a batch of one to scalars,
+            # as transformers does
             return F.mse_loss(logits.squeeze(), labels.to(logits.dtype).squeeze())
         return F.mse_loss(logits, labels.to(logits.dtype))
     if problem == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))  # (batch, labels), (batch,)
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
@@ -357,7 +359,7 @@ def _answer_index(positions: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """(batch,) answer token indices, or seqlen (the ignored index) for one outside the sequence or on padding."""
     seqlen = real.shape[1]
     pos = positions.reshape(-1).clamp(0, seqlen)                        # (batch,)
-    on_real = real.gather(1, pos.clamp(max=seqlen - 1).unsqueeze(1)).squeeze(1)
+    on_real = real.gather(1, pos.clamp(max=seqlen - 1).unsqueeze(1)).squeeze(1)  # (batch, 1) -> (batch,)
     return torch.where(on_real & (pos < seqlen), pos, seqlen)
 
 
@@ -391,5 +393,5 @@ class BertForMultipleChoice(_BertHeadModel):
                            pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))   # (batch * choices, 1)
         logits = logits.view(batch, choices)                           # (batch, choices)
-        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None
+        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None  # (batch,)
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())

@@ -181,7 +181,7 @@ def repad(x: torch.Tensor, packing: Packing, fill: float = 0.0) -> torch.Tensor:
     """(tokens, ...) -> (batch, seqlen, ...), padding positions set to `fill`."""
     if packing.key_mask is not None:                                    # the padded rows were computed
         out = x.reshape(packing.batch, packing.seqlen, *x.shape[1:])    # (batch, seqlen, ...)
-        keep = packing.key_mask.view(packing.batch, packing.seqlen, *[1] * (x.dim() - 1))
+        keep = packing.key_mask.view(packing.batch, packing.seqlen, *[1] * (x.dim() - 1))  # (batch, seqlen, 1...)
         return out.masked_fill(~keep, fill)
     if packing.is_dense:
         return x.reshape(packing.batch, packing.seqlen, *x.shape[1:])   # (batch, seqlen, ...)
@@ -202,8 +202,8 @@ def _varlen_kernel(q, k, v, cu_q, cu_k, max_q: int, max_k: int, dropout_p: float
     """FlashAttention over packed sequences: q (queries, heads, head_dim), k and v (tokens, heads, head_dim),
     out like q. Queries and keys are packed the same way unless a Selection picked some queries.
 
-    Without dropout: the public `torch.nn.attention.varlen.varlen_attn` (4x padded SDPA on an H200, see
-    DESIGN.md). It has no dropout argument, so training with attention dropout calls the ATen op it wraps,
+    Without dropout: the public `torch.nn.attention.varlen.varlen_attn` (measured in docs/PERFORMANCE.md).
+    It has no dropout argument, so training with attention dropout calls the ATen op it wraps,
     `_flash_attention_forward`, whose autograd formula (derivatives.yaml) replays the same dropout mask."""
     if dropout_p > 0.0:
         return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, False, False)[0]
@@ -268,7 +268,7 @@ def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: b
                 scores = scores.masked_fill(~keys, float("-inf"))
             probs = scores.softmax(dim=-1)
             if keys is not None:  # padded queries: zero, as where the padding is not computed
-                probs = probs * packing.key_mask[:, None, :, None]
+                probs = probs * packing.key_mask[:, None, :, None]  # mask (n, 1, length, 1): query rows
             weights.append(probs)
             o = F.dropout(probs, dropout_p) @ vs
         else:
@@ -313,6 +313,6 @@ def repad_attention(weights: list[torch.Tensor], packing: Packing) -> torch.Tens
     for (start, n, length), probs in zip(packing.runs, weights):
         for i in range(n):
             pos = positions[start + i * length:start + (i + 1) * length]
-            out[b, :, pos[:, None], pos[None, :]] = probs[i]
+            out[b, :, pos[:, None], pos[None, :]] = probs[i]  # (heads, length, length) at rows x columns pos
             b += 1
     return out

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data.readers import read_columns
+from ..data.readers import read_columns, table_format
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, labelled, packed_to,
                        pad_inputs, predict_batches)
-from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, table_format,
-                       to_predict, train_keep_best, window_length, write_eval, write_predictions)
+from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, to_predict,
+                       train_keep_best, window_length, write_eval, write_predictions)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
            "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",

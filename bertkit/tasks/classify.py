@@ -49,7 +49,7 @@ __all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "enco
            "classification_metrics", "classification_report",
            "evaluate_classification", "predict", "METRICS"]
 
-# metric name -> higher is better (all of them)
+# the dev metrics that can pick the best checkpoint (higher is better for each)
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 
 
@@ -236,7 +236,7 @@ def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = Fal
 
 class ClassificationBatches:
     """Shuffled padded batches over in-memory features, forever, split across processes. Epoch `e` visits the
-    features in the order of a permutation drawn from `seed + e`, cut into global batches of
+    features in the order of a permutation drawn from `seed * 100_003 + e`, cut into global batches of
     `batch_size * world_size`; rank r takes items r, r + world_size, ... of each, so 2 processes see the batches
     of 1 process with twice the batch size. An epoch is a whole number of optimizer steps of `grad_accum`
     micro-batches (as in transformers, the last step of an epoch takes what is left), so its last micro-batches

@@ -40,7 +40,7 @@ import torch
 
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-from ..data.readers import read_table
+from ..data.readers import read_table, table_format
 from ..io import read_json, write_text_atomic
 from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
@@ -61,13 +61,6 @@ def column(spec: str | int | None, fmt: str | None = None) -> str | int | None:
     if fmt != "jsonl" and re.fullmatch(r"-?\d+", spec):
         return int(spec)
     return spec
-
-
-def table_format(path: str, fmt: str | None) -> str | None:
-    if fmt:
-        return fmt
-    suffix = Path(path).suffix.lower()
-    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix)
 
 
 def read_examples(path: str, *, format: str | None = None, text_column="text", text_pair_column=None,

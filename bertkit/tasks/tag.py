@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data.readers import TaggedSentence, _read_text, is_docstart, label_maps, split_lines
+from ..data.readers import TaggedSentence, conll_blocks, label_maps
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs,
                        predict_batches)
 
@@ -252,22 +252,9 @@ def read_tokens(path: str | Path, token_column: int = 0) -> list[list[str]]:
     ``-DOCSTART-`` lines skipped."""
     path = Path(path)
     sentences: list[list[str]] = []
-    words: list[str] = []
-    for n, line in enumerate(split_lines(_read_text(path)), 1):
-        if not line.strip():
-            if words:
-                sentences.append(words)
-            words = []
-            continue
-        fields = line.split("\t") if "\t" in line else line.split()
-        if is_docstart(fields, token_column):
-            if words:
-                sentences.append(words)
-            words = []
-            continue
-        if not -len(fields) <= token_column < len(fields) or not fields[token_column]:
-            raise ValueError(f"{path}:{n}: no token in column {token_column}: {line[:80]!r}")
-        words.append(fields[token_column])
-    if words:
-        sentences.append(words)
+    for block in conll_blocks(path, token_column):
+        for n, line, fields in block:
+            if not -len(fields) <= token_column < len(fields) or not fields[token_column]:
+                raise ValueError(f"{path}:{n}: no token in column {token_column}: {line[:80]!r}")
+        sentences.append([fields[token_column] for _, _, fields in block])
     return sentences

@@ -128,7 +128,7 @@ def on_main(fn: Callable[[], T]) -> T | None:
 
 
 def info() -> DistInfo:
-    """The current setup (a world of one on the CPU/GPU 0 if `setup()` was not called)."""
+    """The current setup; the first call runs `setup()` (under torchrun, that joins the process group)."""
     return _info if _info is not None else setup()
 
 
@@ -302,17 +302,6 @@ def save_pretrained(model: nn.Module, directory) -> None:
         model.save_pretrained(directory)
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside DDP (or torch.compile's wrapper); the module itself otherwise."""
-    while True:
-        if isinstance(module, DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        else:
-            return module
-
-
 def all_reduce_sum(x):
     """Sum across ranks. A tensor gives a new tensor; a dict of tensors / numbers gives a dict of the same
     keys: tensors come back as float64 tensors on this rank's device, Python ints as ints, floats as floats.
@@ -357,15 +346,6 @@ def all_gather_object(obj) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj, src: int = 0):
-    """Rank `src`'s `obj` on every rank."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 _together = False

@@ -53,12 +53,11 @@ class Lamb(Optimizer):
 
     Choice: like FusedLAMB's default (`use_nvlamb=False`), the trust ratio applies only to groups with a
     non-zero weight decay; biases and LayerNorm weights (the no-decay group) take plain Adam steps (r = 1).
-    `trust_all=True` applies it to every group (NVLAMB). Gradient clipping is left to the caller (the
-    trainer clips the global norm before `step`).
+    Gradient clipping is left to the caller (the trainer clips the global norm before `step`).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.01, trust_all: bool = False):
+                 weight_decay: float = 0.01):
         if lr < 0:
             raise ValueError(f"Lamb: lr must be >= 0, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -67,7 +66,7 @@ class Lamb(Optimizer):
             raise ValueError(f"Lamb: eps must be > 0, got {eps}")
         if weight_decay < 0:
             raise ValueError(f"Lamb: weight_decay must be >= 0, got {weight_decay}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, trust_all=trust_all)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -79,7 +78,7 @@ class Lamb(Optimizer):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            use_trust = group["trust_all"] or wd != 0.0
+            use_trust = wd != 0.0
             for p in group["params"]:
                 if p.grad is None:
                     continue

@@ -36,7 +36,7 @@ GPU fast path: nothing inside the step loop reads a GPU value back (no `.item()`
 come from the CPU batch, loss and metric sums stay on the device until a log
 step. On CUDA a background thread fetches, prepares and pins the next `prefetch` batches while the GPU
 works; the copies are `non_blocking`. `compile=True` runs the embeddings and encoder layers through
-torch.compile (`bertkit.modeling.bert.compile_layers`). AdamW is fused when the parameters are on CUDA.
+torch.compile (`bertkit.modeling.bert.compile_layers`). AdamW is fused (`train.optim.build_optimizer`).
 """
 from __future__ import annotations
 
@@ -431,7 +431,6 @@ class Trainer:
         self.step = 0
         self._elapsed0 = 0.0
         self._t_start = time.perf_counter()
-        self._tracker: Tracker | None = None
         self._batch_checked = False
         self._data_state: Any = None   # the data position after the last consumed batch (when prefetching)
         self._prefetcher: Prefetcher | None = None
@@ -685,7 +684,7 @@ class Trainer:
             seed_everything(cfg.seed + self.info.rank)
 
         with rng_isolated():
-            tracker = self._tracker = Tracker(
+            tracker = Tracker(
                 cfg.output_dir, cfg.max_steps, initial_step=self.step, enabled=dist.is_main(),
                 progress=cfg.progress, tensorboard=cfg.tensorboard, resume_step=start if resumed else None)
             n_params = sum(p.numel() for p in self.params)
