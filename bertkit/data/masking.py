@@ -10,10 +10,10 @@ than there are candidates). That many of its non-special, non-padding tokens are
 order, skipping a word that would overshoot the budget (as google-research/bert does); if no word fits, the
 first word of that random order is taken when it fits `max_predictions_per_seq`. Each chosen position becomes
 `[MASK]` with probability 0.8, a random token with probability 0.1, and stays unchanged with probability 0.1
-(decided per token). The random token is drawn uniformly from the vocabulary *without* the special tokens (the original
-draws from the whole vocabulary, specials and [unused] slots included; we never feed a stray [CLS]/[SEP]/
-[PAD]). It may, rarely, equal the original token. Labels hold the original id at chosen positions and -100
-everywhere else.
+(decided per token). The random token is drawn uniformly from the vocabulary *without* the special tokens
+(the original draws from the whole vocabulary, specials and [unused] slots included; we never feed a stray
+[CLS]/[SEP]/[PAD]). It may, rarely, equal the original token. Labels hold the original id at chosen positions
+and -100 everywhere else.
 
 All randomness comes from the generator(s) passed in: one `torch.Generator` for the batch, or one per
 example. Each example draws from its own real length only, so with per-example generators its masks do not

@@ -321,7 +321,6 @@ def label_maps(labels: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
     return dict(enumerate(labels)), {v: i for i, v in enumerate(labels)}
 
 
-
 def is_regression(labels: Iterable[Any]) -> bool:
     """True only when the labels are clearly real-valued targets: every label is a finite number and at least one of
     them has a fractional part (STS-B's "3.800"). Integer-valued labels ("0", "1", or "1.0", "2.0") are taken as
