@@ -383,8 +383,8 @@ def test_no_mask_equals_all_ones(base_pair):
     assert all(torch.equal(h, k) for h, k in zip(a.hidden_states, b.hidden_states))
 
 
-@pytest.mark.parametrize("layout", ["left_padding", "no_padding", "equal_lengths_padded",
-                                    "holes_in_mask", "position_ids", "mask_as_float"])
+@pytest.mark.parametrize("layout", ["left_padding", "no_padding", "equal_lengths_padded", "equal_lengths_first",
+                                    "longest_first", "holes_in_mask", "position_ids", "mask_as_float"])
 def test_layouts_match_transformers(base_pair, layout):
     ours, theirs = base_pair
     extra = {}
@@ -397,6 +397,12 @@ def test_layouts_match_transformers(base_pair, layout):
         x = padded_inputs((6, 6, 6), seqlen=9, seed=36)
         packing = P.pack(x["attention_mask"])
         assert len(packing.runs) == 1 and not packing.is_dense
+    elif layout == "equal_lengths_first":  # a run of two sequences, then another run
+        x = padded_inputs((4, 4, 6), seed=40)
+        assert P.pack(x["attention_mask"]).runs == ((0, 2, 4), (8, 1, 6))
+    elif layout == "longest_first":  # the first run fills the width, yet padding follows
+        x = padded_inputs((9, 5, 5), seed=41)
+        assert not P.pack(x["attention_mask"]).is_dense
     elif layout == "holes_in_mask":  # any 0/1 mask, not just a padded suffix
         x = padded_inputs(seed=37)
         x["attention_mask"][0, 2] = 0

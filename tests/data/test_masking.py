@@ -110,6 +110,30 @@ def test_at_least_one_and_the_cap():
     assert (_check_labels(batch, ids, real).sum(1) == 7).all()
 
 
+def test_a_three_token_row_and_a_row_of_few_candidates():
+    """round(15% of 3) is 0, yet every row gets one prediction; a row with fewer candidates than its budget
+    (here one word among [UNK]s) gets as many as it has, never a special token."""
+    word = 7
+    rows = [(np.array([CLS, word, SEP]), np.zeros(3, dtype=np.int64), 0),
+            (np.array([CLS, *[UNK] * 16, word, SEP]), np.zeros(19, dtype=np.int64), 1)]  # budget round(2.85) = 3
+    for seed in range(5):
+        batch = _collator()(rows, torch.Generator().manual_seed(seed))
+        assert (batch["labels"] != -100).nonzero().tolist() == [[0, 1], [1, 17]]  # the word of each row
+
+
+def test_random_replacements_cover_every_ordinary_id():
+    """The 10% random tokens are drawn uniformly from the non-special ids, the last one included; [PAD] and
+    [MASK] are special even when `special_ids` leaves them out."""
+    collator = MaskingCollator(8, {CLS, SEP}, MASK, PAD, mlm_probability=1.0, max_predictions_per_seq=1000)
+    rows = [(np.array([CLS] + [5] * 50 + [SEP]), np.zeros(52, dtype=np.int64), 0)] * 200
+    batch = collator(rows, torch.Generator().manual_seed(0))
+    assert (batch["labels"][:, 1:-1] == 5).all()  # every candidate chosen
+    counts = torch.bincount(batch["input_ids"][:, 1:-1].flatten(), minlength=8).tolist()
+    assert counts[PAD] == counts[CLS] == counts[SEP] == 0
+    drawn = [counts[i] for i in (UNK, 6, 7)]  # 5 is also the unchanged 10%; MASK the 80%
+    assert min(drawn) > 0.8 * max(drawn) > 0, counts  # ~250 each of 10,000 positions
+
+
 def _words(row: list[int], real_len: int) -> list[list[int]]:
     """Positions of each word: a non-special token and the '##' pieces right after it."""
     words: list[list[int]] = []
@@ -172,6 +196,8 @@ def test_collator_errors_and_dict_examples():
     bad = [(np.array([CLS, 5, VOCAB, SEP]), np.zeros(4, dtype=np.int64), 0)]
     with pytest.raises(ValueError, match="token ids must be in"):
         _collator()(bad, torch.Generator())
+    with pytest.raises(ValueError, match=r"mlm_probability must be in \(0, 1\], got 0"):
+        MaskingCollator(VOCAB, SPECIAL, MASK, PAD, mlm_probability=0)
     with pytest.raises(ValueError, match="2 generators for 1 examples"):
         _collator()(_examples(1, seed=0), [torch.Generator(), torch.Generator()])
     table = np.zeros(VOCAB, dtype=bool)
@@ -221,8 +247,15 @@ def test_batches_deterministic_and_cover_each_epoch():
     assert everything.batches_per_epoch == 8
     epoch = [_original(r) for x in _take(everything, 8) for r in _rows(x)]
     assert sorted(epoch) == sorted(originals)
-    # an epoch's second pass is another order and other masks
+    # an epoch's second pass is another order and other masks: epoch e takes the order randperm(seed + e), and
+    # each example its own generator, seeded by (seed, epoch, batch, position in the batch)
     assert _rows(a[0]) != _rows(a[12])
+    for e in (0, 1):
+        order = torch.randperm(50, generator=torch.Generator().manual_seed(1 + e)).tolist()
+        assert [_original(r) for x in a[12 * e:12 * e + 12] for r in _rows(x)] == \
+            [tuple(DATASET[i][0].tolist()) for i in order[:48]]
+        alone = collator([DATASET[order[12 + 2]]], [torch.Generator().manual_seed(example_seed(1, e, 3, 2))])
+        assert _rows(alone)[0] == _rows(a[12 * e + 3])[2]
 
 
 def test_resume_gives_exactly_the_next_batch():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from bertkit.modeling import BertForPreTraining
-from bertkit.train.optim import Lamb, build_optimizer, linear_schedule, param_groups
+from bertkit.train.optim import Lamb, build_optimizer, global_grad_norm, linear_schedule, param_groups
 
 from .tiny import tiny_config
 
@@ -52,6 +52,35 @@ def test_linear_schedule_values():
     assert all(a <= b for a, b in zip(seen[:5], seen[1:5]))
     with pytest.raises(ValueError):
         linear_schedule(opt, 11, 10)
+    with pytest.raises(ValueError, match="total_steps >= 1, got 0 and 0"):
+        linear_schedule(opt, 0, 0)
+
+
+@pytest.mark.parametrize("warmup, total", [(4, 4), (0, 5), (3, 10), (1, 1)])
+def test_linear_schedule_equals_transformers(warmup, total):
+    """Every step's rate, past the end too, as `get_linear_schedule_with_warmup` (warm-up over all steps, or
+    none, included)."""
+    from transformers import get_linear_schedule_with_warmup
+
+    rates = []
+    for make in (linear_schedule, get_linear_schedule_with_warmup):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+        sched = make(opt, warmup, total)
+        seen = []
+        for _ in range(total + 3):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        rates.append(seen)
+    assert rates[0] == rates[1]
+
+
+def test_global_grad_norm_is_the_norm_clipping_uses():
+    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(2, 2))
+    a.grad, b.grad = torch.tensor([3.0]), torch.tensor([[0.0, 4.0], [0.0, 0.0]])
+    assert float(global_grad_norm([a, b])) == 5.0
+    assert float(torch.nn.utils.clip_grad_norm_([a, b], 1e9)) == 5.0
+    assert float(global_grad_norm([nn.Parameter(torch.ones(1))])) == 0.0  # no gradients yet
 
 
 def _lamb_reference(w, grads, lr, wd, betas, eps, trust):
@@ -141,3 +170,21 @@ def test_adamw_is_fused_on_the_cpu_and_steps_like_the_reference():
 def test_build_optimizer_rejects_unknown():
     with pytest.raises(ValueError, match="adamw, lamb"):
         build_optimizer("sgd", [nn.Parameter(torch.ones(1))], lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_build_optimizer_takes_betas_and_epsilon(name):
+    opt = build_optimizer(name, [nn.Parameter(torch.ones(1))], lr=0.1, betas=(0.8, 0.95), eps=1e-8)
+    group = opt.param_groups[0]
+    assert (group["betas"], group["eps"], group["lr"]) == ((0.8, 0.95), 1e-8, 0.1)
+    assert Lamb([nn.Parameter(torch.ones(1))], lr=0.0).param_groups[0]["lr"] == 0.0  # a frozen schedule's start
+
+
+def test_a_bias_or_norm_weight_is_not_decayed_whatever_its_shape():
+    m = nn.Module()
+    m.proj = nn.Linear(2, 2)
+    m.proj.bias = nn.Parameter(torch.zeros(2, 2))  # a 2-D bias, as some adapters have
+    m.norm = nn.Module()
+    m.norm.weight = nn.Parameter(torch.ones(2, 2))
+    groups = {g["group_name"]: g["names"] for g in param_groups(m, 0.01)}
+    assert groups == {"decay": ["proj.weight"], "no_decay": ["proj.bias", "norm.weight"]}
