@@ -257,3 +257,44 @@ def test_batches_from_shards(corpus, tmp_path):
         assert torch.equal(batch["token_type_ids"][row, :n], torch.from_numpy(types))
         assert int(batch["next_sentence_label"][row]) == label
         assert int(batch["attention_mask"][row].sum()) == n
+
+
+# ------------------------------------------------------------------------ the instance rule, piece by piece
+def _google_truncated_lengths(la: int, lb: int, max_num_tokens: int) -> tuple[int, int]:
+    """google-research/bert's truncate_seq_pair, lengths only: cut the longer side (B on ties) until it fits."""
+    while la + lb > max_num_tokens:
+        if la > lb:
+            la -= 1
+        else:
+            lb -= 1
+    return la, lb
+
+
+def test_truncate_pair_cuts_as_google_research_bert():
+    from bertkit.data.pretraining import _truncate_pair
+    rng = random.Random(0)
+    for la in range(1, 12):
+        for lb in range(1, 12):
+            for max_num_tokens in range(2, 24):
+                a_lo, a_hi, b_lo, b_hi = _truncate_pair(100, 100 + la, 500, 500 + lb, max_num_tokens, rng)
+                assert (a_hi - a_lo, b_hi - b_lo) == _google_truncated_lengths(la, lb, max_num_tokens)
+                assert 100 <= a_lo <= a_hi <= 100 + la and 500 <= b_lo <= b_hi <= 500 + lb
+    fronts = [_truncate_pair(0, 30, 100, 101, 11, rng)[0] for _ in range(4000)]  # 20 cuts of A: ~10 at its front
+    assert abs(np.mean(fronts) - 10) < 0.2 and min(fronts) < 7 and max(fronts) > 13
+
+
+def test_document_spans_chunks_whole_sentences_and_draws_any_other_document():
+    """Sentences of 2 tokens and room for 4: a chunk closes as soon as it reaches the target (>=), so an
+    actual-next pair is two whole sentences, untruncated. A random B comes from any other document, starting
+    at any of its sentences."""
+    from bertkit.data.pretraining import _document_spans
+    starts = [[0, 2, 4, 6, 8, 10, 12], [0, 2, 4], [0, 2, 4]]  # 6, 2 and 2 sentences of 2 tokens
+    rng = random.Random(3)
+    spans = [s for _ in range(300) for s in _document_spans(0, starts, 4, 0.0, rng)]
+    actual = [s for s in spans if not s.is_random_next]
+    assert actual and all((s.a_hi - s.a_lo, s.b_hi - s.b_lo, s.b_lo) == (2, 2, s.a_hi) for s in actual)
+    assert all(s.a_lo % 2 == 0 and s.a_hi % 2 == 0 for s in spans)
+    random_b = [s for s in spans if s.is_random_next]
+    assert {s.b_doc for s in random_b} == {1, 2}
+    firsts = [s.b_lo for s in random_b]
+    assert 0.4 < firsts.count(2) / len(firsts) < 0.6  # B starts at the second (last) sentence half the time
