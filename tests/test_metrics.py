@@ -428,3 +428,90 @@ def test_squad_evaluate_real_v2():
     out = squad_evaluate(wrong, dataset)
     assert out["NoAns_exact"] == 0.0 and out["HasAns_exact"] == 100.0
     assert out["exact_match"] == pytest.approx(100 * 386 / 706)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# against copies of the official SQuAD evaluation script and seqeval, on corner cases
+# ---------------------------------------------------------------------------------------------------------------
+
+def _official_normalize_answer(s):
+    """normalize_answer of the official SQuAD v1.1 / v2.0 evaluation scripts, verbatim but for the layout."""
+    import re
+    import string
+
+    def remove_articles(text):
+        regex = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+        return re.sub(regex, " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    def lower(text):
+        return text.lower()
+
+    return white_space_fix(remove_articles(remove_punc(lower(s))))
+
+
+@pytest.mark.parametrize("text", [
+    "pizza", "Roman", "banana", "Thea", "anathema", "A.B.", "the-end", "a-team", "The Cat", "AN apple",
+    "THE END", "(the) end", "an.", "a, b, c", "the\tend\n", "théatre the", "Ｔhe", "a’s", "e.g. the", "", " . ",
+])
+def test_squad_normalize_is_the_official_normalize_answer(text):
+    assert squad_normalize(text) == _official_normalize_answer(text)
+
+
+def test_squad_normalize_drops_articles_only_as_whole_words_after_punctuation():
+    assert squad_normalize("pizza") == "pizza" and squad_normalize("Roman") == "roman"
+    assert squad_normalize("A.B.") == "ab" and squad_normalize("the-end") == "theend"
+
+
+def test_squad_best_thresholds_an_empty_answer_to_an_unanswerable_question_counts_zero():
+    """The official sweep adds 0 for a no-answer question answered "" (and -1 only for a non-empty answer):
+    abstaining everywhere scores 1 (q2), answering q2 ("") keeps 1, answering q1 too reaches 2."""
+    data = {"version": "v2.0", "data": [{"paragraphs": [{"context": "c", "qas": [
+        {"id": "q1", "question": "?", "answers": [{"text": "Paris", "answer_start": 0}]},
+        {"id": "q2", "question": "?", "answers": [], "is_impossible": True}]}]}]}
+    got = squad_best_thresholds({"q1": "Paris", "q2": ""}, {"q1": 1.0, "q2": 0.0}, data)
+    assert got == pytest.approx({"best_exact": 100.0, "best_exact_thresh": 1.0,
+                                 "best_f1": 100.0, "best_f1_thresh": 1.0})
+
+
+def test_squad_evaluate_has_ans_is_decided_by_the_raw_gold_answers():
+    """The official v2.0 script: has_ans = bool(qa['answers']); a gold "." (normalised to nothing) still makes
+    the question answerable, scored against "" (so an empty prediction is right)."""
+    data = {"version": "v2.0", "data": [{"paragraphs": [{"context": ". x", "qas": [
+        {"id": "q1", "question": "?", "answers": [{"text": ".", "answer_start": 0}]}]}]}]}
+    out = squad_evaluate({"q1": ""}, data)
+    assert out == {"exact_match": 100.0, "f1": 100.0, "total": 1,
+                   "HasAns_exact": 100.0, "HasAns_f1": 100.0, "HasAns_total": 1}
+    got = squad_best_thresholds({"q1": ""}, {"q1": 0.5}, data)
+    assert got["best_exact"] == 100.0 and got["best_exact_thresh"] == 0.5  # q1 counts as answerable
+
+
+def test_entity_f1_per_type_includes_types_only_predicted():
+    out = entity_f1(["B-PER", "O"], ["O", "B-LOC"])  # pred, true
+    assert set(out["per_type"]) == {"PER", "LOC"}
+    assert out["per_type"]["PER"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert out["per_type"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert entity_f1(["B-PER"], ["O"])["per_type"] == {"PER": {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                                                "support": 0}}
+    seqeval = pytest.importorskip("seqeval.metrics")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = seqeval.classification_report([["O", "B-LOC"]], [["B-PER", "O"]], output_dict=True)
+    types = {k for k in report if not k.endswith(" avg")}
+    assert types == set(out["per_type"])
+    for typ in types:
+        ref = report[typ]
+        assert (ref["precision"], ref["recall"], ref["f1-score"], ref["support"]) == pytest.approx(
+            tuple(out["per_type"][typ][k] for k in ("precision", "recall", "f1", "support")))
+
+
+def test_strict_scheme_is_iobes_with_s_tags_alone_or_e_tags_alone():
+    assert strict_scheme(["O", "S-LOC", "B-PER", "I-PER"]) == "IOBES"
+    assert strict_scheme(["S-LOC"]) == "IOBES"
+    assert strict_scheme(["B-PER", "E-PER"]) == "IOBES"

@@ -454,3 +454,127 @@ def test_oracle_logits_on_the_squad_v2_excerpt():
     m = squad_metrics({q: p["text"] for q, p in preds.items()}, examples, True)
     assert m["NoAns_total"] == 320 and m["HasAns_total"] == 386
     assert m["NoAns_exact"] == 100.0 and m["HasAns_exact"] >= 99.0 and m["HasAns_f1"] >= 99.0, m
+
+
+# ------------------------------------------------------------------------------------------- run_squad.py semantics
+def _bert_is_max_context(doc_spans, cur_span_index, position):
+    """google-research/bert run_squad.py's `_check_is_max_context`, with spans as (start, length)."""
+    best_score, best_span_index = None, None
+    for span_index, (start, length) in enumerate(doc_spans):
+        end = start + length - 1
+        if position < start or position > end:
+            continue
+        num_left_context = position - start
+        num_right_context = end - position
+        score = min(num_left_context, num_right_context) + 0.01 * length
+        if best_score is None or score > best_score:
+            best_score, best_span_index = score, span_index
+    return cur_span_index == best_span_index
+
+
+@pytest.mark.parametrize("n, budget, stride", [(400, 317, 128), (100, 20, 5), (37, 10, 9)])
+def test_max_context_owner_matches_run_squads_check_is_max_context(n, budget, stride):
+    # (400, 317, 128): windows 0-317 and 189-400; where the shorter second window has one more token of context
+    # than the first, the first still wins by its length (0.01 * 317 vs 0.01 * 211)
+    spans = context_windows(n, budget, stride)
+    doc_spans = [(s, e - s) for s, e in spans]
+    owner = max_context_owner(n, spans)
+    expected = []
+    for pos in range(n):
+        owners = [k for k in range(len(spans)) if _bert_is_max_context(doc_spans, k, pos)]
+        assert len(owners) == 1
+        expected.append(owners[0])
+    assert owner.tolist() == expected
+
+
+def _three_windows(tok):
+    """Three windows (0-15, 7-22, 14-26) of a 26-token context; window 0 owns its tokens 0-10, not 11-14."""
+    context = " ".join(["the old king of the north was red and the new city is green"] * 2)
+    examples, feats = _one_window(tok, "who ?", context, max_seq_length=20, doc_stride=8)
+    assert len(feats) == 3 and feats[0].owned.tolist() == [True] * 11 + [False] * 4
+    return context, examples, feats
+
+
+def test_postprocess_filters_unowned_starts_before_the_top_n_cut():
+    tok = toy_tokenizer()
+    context, examples, feats = _three_windows(tok)
+    logits = [_logits(f, {}, {}) for f in feats]
+    # the two highest start logits sit on tokens window 0 does not own; with n_best=2 the owned start 3 must
+    # still be a candidate (BERT's top-n-then-filter would have crowded it out)
+    logits[0] = _logits(feats[0], {12: 30.0, 13: 29.0, 3: 5.0}, {3: 5.0})
+    p = postprocess(feats, logits, examples, n_best=2)["q"]
+    a, b = feats[0].offsets[3]
+    assert p["score"] == 10.0 and (p["start"], p["end"]) == (a, b) and p["text"] == context[a:b] == "of"
+
+
+def test_postprocess_ends_need_not_be_owned():
+    tok = toy_tokenizer()
+    context, examples, feats = _three_windows(tok)
+    logits = [_logits(f, {}, {}) for f in feats]
+    # start on token 10 (owned by window 0), end on token 12 (in window 0 but owned by window 1): run_squad
+    # checks only the start's max context, so the span is found in window 0
+    logits[0] = _logits(feats[0], {10: 5.0}, {12: 5.0})
+    p = postprocess(feats, logits, examples)["q"]
+    assert p["score"] == 10.0 and p["text"] == "new city is"
+    assert (p["start"], p["end"]) == (feats[0].offsets[10][0], feats[0].offsets[12][1])
+
+
+def test_postprocess_nbest_is_cut_to_n_best():
+    tok = toy_tokenizer()
+    examples, (f,) = _one_window(tok, "who ?", "the old king of the north was red and the new city is green",
+                                 max_seq_length=64, doc_stride=8)
+    # starts 1, 2 and ends 5, 6: all four pairs are valid; n_best=2 keeps the two best (7 and 6.5)
+    s, e = _logits(f, {1: 5.0, 2: 3.0}, {5: 2.0, 6: 1.5})
+    p = postprocess([f], [(s, e)], examples, n_best=2)["q"]
+    assert [(t, sc) for t, _, _, sc in p["nbest"]] == [("old king of the north", 7.0),
+                                                       ("old king of the north was", 6.5)]
+    assert len(postprocess([f], [(s, e)], examples, n_best=20)["q"]["nbest"]) > 4
+
+
+def test_postprocess_no_valid_span_is_the_empty_answer_with_score_none():
+    tok = toy_tokenizer()
+    examples, (f,) = _one_window(tok, "who ?", "the old king of the north was red and the new city is green",
+                                 max_seq_length=64, doc_stride=8)
+    # n_best=1: the only start candidate (token 5) comes after the only end candidate (token 2)
+    s, e = _logits(f, {5: 5.0}, {2: 5.0})
+    for version_2 in (False, True):
+        p = postprocess([f], [(s, e)], examples, n_best=1, version_2=version_2)["q"]
+        assert (p["text"], p["start"], p["end"], p["score"], p["nbest"]) == ("", 0, 0, None, [])
+        assert p["null_score"] == 0.0
+
+
+def test_postprocess_null_threshold_equal_to_the_difference_keeps_the_span():
+    # run_squad: "" only when null score - best non-null score > threshold; here 2.5 - 2.0 == 0.5 exactly
+    tok = toy_tokenizer()
+    context = " ".join(["the old king of the north was red and the new city is green"] * 2)
+    examples, feats = _one_window(tok, "who ?", context, max_seq_length=20, doc_stride=4)
+    logits = [_logits(f, {}, {}, cls=(3.0, 3.0)) for f in feats]
+    logits[1] = _logits(feats[1], {}, {}, cls=(1.0, 1.5))
+    k = int(np.flatnonzero(feats[2].owned)[0])
+    logits[2] = _logits(feats[2], {k: 1.0}, {k: 1.0}, cls=(3.0, 3.0))
+    word = context[feats[2].offsets[k][0]:feats[2].offsets[k][1]]
+    p = postprocess(feats, logits, examples, version_2=True, null_threshold=0.5)["q"]
+    assert p["null_score"] - p["score"] == 0.5
+    assert p["text"] == word != ""
+
+
+def test_evaluate_qa_detects_v2_when_some_question_is_unanswerable(monkeypatch):
+    tok = toy_tokenizer()
+    context = "the old king of the north was red and the new city is green"
+    examples = [ex("q1", "who ?", context, "old king"), ex("q2", "what is black ?", context)]
+    feats = encode_qa(tok, examples, 64, 8, labels=False)
+    logits = [_logits(feats[0], {1: 5.0}, {2: 5.0}), _logits(feats[1], {}, {}, cls=(5.0, 5.0))]
+    monkeypatch.setattr(qa_mod, "predict_qa_logits", lambda model, features, *a, **k: logits)
+    m = qa_mod.evaluate_qa(None, feats, examples)
+    assert m["HasAns_total"] == 1 and m["NoAns_total"] == 1 and m["n"] == 2
+    assert m["exact"] == m["HasAns_exact"] == m["NoAns_exact"] == 100.0
+
+
+def test_encode_qa_refuses_a_window_budget_equal_to_doc_stride():
+    tok = toy_tokenizer()
+    e = ex("long", "what " * 40 + "?", "the red city .", "red")
+    # 21 - 10 - 3 = 8 context tokens == doc_stride 8: no progress between windows; the error names question and file
+    with pytest.raises(ValueError, match=r"^train.json: question long: max_seq_length 21 leaves 8 context tokens "
+                                         r"per window after the 10-token question, not more than doc_stride 8"):
+        encode_qa(tok, [e], max_seq_length=21, doc_stride=8, max_query_length=10, source="train.json")
+    assert len(encode_qa(tok, [e], max_seq_length=22, doc_stride=8, max_query_length=10)) == 1
