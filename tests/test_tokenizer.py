@@ -1337,3 +1337,122 @@ def test_wrong_id_or_token_types_are_one_line_type_errors():
     assert tok.convert_ids_to_tokens(np.int64(7592)) == "hello"  # one numpy id, as an int
     assert tok.add_tokens(AddedToken("<ent>", single_word=True)) == 1  # transformers takes AddedToken too
     assert tok.tokenize("a <ent> b") == ["a", "<ent>", "b"]
+
+
+# ------------------------------------------------- 9. settings and edges a mutation audit found untested
+SETTINGS_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "中", "文", "##文", "cafe", "café", "abcde",
+                  "abcdefgh", "x", "do", "n", "'", "##'", "##t", "##s", "##m", "##ve", "##re", "'s", ".", "?", "a"]
+# each text exercises one setting: tokenize_chinese_chars, strip_accents, max_input_chars_per_word (5 chars
+# stay a word, 8 do not)
+SETTINGS_TEXTS = ["中文", "Café", "abcde", "abcdefgh", "中文 Café abcdefgh abcde"]
+NON_DEFAULT = dict(tokenize_chinese_chars=False, strip_accents=False, max_input_chars_per_word=5)
+
+
+def _settings_vocab() -> dict[str, int]:
+    return {token: i for i, token in enumerate(SETTINGS_VOCAB)}
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(tokenize_chinese_chars=False), dict(strip_accents=False),
+                                    dict(strip_accents=True), dict(max_input_chars_per_word=5)], ids=_kw_id)
+def test_normalizer_and_wordpiece_settings_are_applied(kwargs):
+    ours = BertTokenizer(_settings_vocab(), **kwargs)
+    expected = {"中文": ["中", "##文"] if kwargs.get("tokenize_chinese_chars") is False else ["中", "文"],
+                "Café": ["café"] if kwargs.get("strip_accents") is False else ["cafe"],
+                "abcde": ["abcde"],
+                "abcdefgh": ["[UNK]"] if kwargs.get("max_input_chars_per_word") == 5 else ["abcdefgh"]}
+    assert {text: ours.tokenize(text) for text in expected} == expected
+    if "max_input_chars_per_word" not in kwargs:  # transformers 5's BertTokenizer does not take that setting
+        theirs = transformers.BertTokenizer(vocab=_settings_vocab(), **kwargs)
+        assert ours(SETTINGS_TEXTS)["input_ids"] == theirs(SETTINGS_TEXTS)["input_ids"]
+    else:  # the tokenizers library's WordPiece with that limit is the reference
+        from tokenizers import Tokenizer, normalizers, pre_tokenizers
+        from tokenizers.models import WordPiece
+        ref = Tokenizer(WordPiece(_settings_vocab(), unk_token="[UNK]", max_input_chars_per_word=5))
+        ref.normalizer, ref.pre_tokenizer = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+        assert ours(SETTINGS_TEXTS, add_special_tokens=False)["input_ids"] == [
+            e.ids for e in ref.encode_batch(SETTINGS_TEXTS, add_special_tokens=False)]
+
+
+@pytest.mark.parametrize("files", ["all", "tokenizer.json only", "vocab.txt + tokenizer_config.json"])
+def test_non_default_settings_survive_save_and_reload(tmp_path, files):
+    """tokenize_chinese_chars=False, strip_accents=False and max_input_chars_per_word=5 are written and read
+    back from each kind of saved directory, by bertkit and by transformers."""
+    from bertkit.auto import AutoTokenizer
+    original = BertTokenizer(_settings_vocab(), **NON_DEFAULT)
+    expected = original(SETTINGS_TEXTS)["input_ids"]
+    assert [original.tokenize(t) for t in SETTINGS_TEXTS[:4]] == [["中", "##文"], ["café"], ["abcde"], ["[UNK]"]]
+    original.save_pretrained(tmp_path / "all")
+    out = tmp_path / files
+    if files != "all":
+        out.mkdir()
+        keep = ["tokenizer.json"] if files == "tokenizer.json only" else ["vocab.txt", "tokenizer_config.json"]
+        for name in keep:
+            shutil.copy(tmp_path / "all" / name, out / name)
+    for loaded in (BertTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(str(out))):
+        assert loaded(SETTINGS_TEXTS)["input_ids"] == expected
+        if files != "tokenizer.json only":  # the constructor's settings, as tokenizer_config.json has them
+            assert (loaded.tokenize_chinese_chars, loaded.strip_accents, loaded.max_input_chars_per_word) == (
+                False, False, 5)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(out))
+    # transformers 5's BertTokenizer (picked by tokenizer_config.json's tokenizer_class) rebuilds WordPiece with
+    # its default limit of 100 characters, whatever tokenizer.json or the config says: there, compare the texts
+    # without a word over 5 characters. A tokenizer.json alone is loaded as written, limit included.
+    texts = SETTINGS_TEXTS if files == "tokenizer.json only" else SETTINGS_TEXTS[:3]
+    assert theirs(texts)["input_ids"] == original(texts)["input_ids"]
+
+
+def test_decode_clean_up_matches_transformers():
+    """Every pattern of transformers' clean-up, in ids whose decoded text only the clean-up joins ("x", "'",
+    "##s" decodes to "x 's"), and as a plain string."""
+    ours = BertTokenizer(_settings_vocab())
+    theirs = transformers.BertTokenizer(vocab=_settings_vocab())
+    tokens = ["x", "'", "##s", "x", "'", "##m", "x", "'", "##ve", "x", "'", "##re", "do", "n", "##'", "##t",
+              "x", "'", "x", "'s", "x", ".", "x", "?", "a", "'", "a"]
+    ids = ours.convert_tokens_to_ids(tokens)
+    for clean in (None, False, True):
+        assert ours.decode(ids, clean_up_tokenization_spaces=clean) == theirs.decode(
+            ids, clean_up_tokenization_spaces=clean)
+    assert ours.decode(ids, clean_up_tokenization_spaces=True) == "x's x'm x've x're don't x'x's x. x? a'a"
+    text = "a . b ? c ! d , e ' f n't g 'm h 's i 've j 're k"
+    assert BertTokenizer.clean_up_tokenization(text) == theirs.clean_up_tokenization(text) == (
+        "a. b? c! d, e'fn't g'm h's i've j're k")
+
+
+def test_pad_to_multiple_of_keeps_a_row_of_that_length(tok, hf):
+    features = [tok("a b c d e f"), tok("a b c")]  # 8 and 5 tokens
+    assert [len(f["input_ids"]) for f in features] == [8, 5]
+    for kwargs in (dict(pad_to_multiple_of=8), dict(padding="max_length", max_length=8, pad_to_multiple_of=8),
+                   dict(padding="max_length", max_length=5, pad_to_multiple_of=8)):
+        ours = tok.pad(copy.deepcopy(features), **kwargs)
+        ref = hf.pad(copy.deepcopy(features), **kwargs)
+        assert dict(ours) == dict(ref)
+        assert [len(row) for row in ours["input_ids"]] == [8, 8]
+
+
+def test_only_second_overflow_needs_more_than_stride_tokens_left(tok, hf):
+    """The first text (kept whole) leaves `left` tokens for the second: with left == stride, transformers' Rust
+    side panics and bertkit refuses with a ValueError; with one more, both give the same windows."""
+    first, second = "a b c", "d e f g h i j k l m"  # 3 and 10 tokens; max_length 3 + 3 + left
+    for stride in (1, 2, 3):
+        kwargs = dict(truncation="only_second", max_length=6 + stride, stride=stride, return_overflowing_tokens=True)
+        with pytest.raises(ValueError, match=rf"keeps the first text whole \(3 tokens\), leaving {stride} for the "
+                                             rf"second text, which needs more than stride={stride}"):
+            tok(first, second, **kwargs)
+        with pytest.raises(BaseException):  # pyo3's PanicException, not an Exception
+            hf(first, second, **kwargs)
+        kwargs["max_length"] += 1
+        assert tok(first, second, **kwargs)["input_ids"] == hf(first, second, **kwargs)["input_ids"]
+
+
+def test_too_long_warning_starts_one_token_past_model_max_length():
+    ours = BertTokenizer(_settings_vocab(), model_max_length=8)
+    theirs = transformers.BertTokenizer(vocab=_settings_vocab(), model_max_length=8)
+    flag = "sequence-length-is-longer-than-the-specified-maximum"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(ours("a a a a a a")["input_ids"]) == len(theirs("a a a a a a")["input_ids"]) == 8
+    assert not theirs.deprecation_warnings.get(flag)
+    with pytest.warns(UserWarning, match=r"a sequence of 9 tokens is longer than model_max_length \(8\)"):
+        ours("a a a a a a a")
+    theirs("a a a a a a a")
+    assert theirs.deprecation_warnings.get(flag)
