@@ -114,6 +114,12 @@ def test_create_instances_deterministic(corpus):
     assert [i.input_ids for i in run(5)] != [i.input_ids for i in run(6)]
     with pytest.raises(ValueError, match="at least 2 documents"):
         create_instances(token_docs[:1], MAX_LEN, 2, 3, random.Random(0))
+    # empty sentences (and an empty document) are skipped: the same instances, A and B never empty
+    holes = [[[]] + [s for sent in doc for s in ([], sent)] for doc in token_docs[:10]]
+    holed = create_instances(holes[:5] + [[[]]] + holes[5:], MAX_LEN, 2, 3, random.Random(5))
+    plain = run(5)
+    assert [i.input_ids for i in holed] == [i.input_ids for i in plain]
+    assert all(0 < i.a_length < len(i.input_ids) - 3 for i in holed)
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -298,3 +304,19 @@ def test_document_spans_chunks_whole_sentences_and_draws_any_other_document():
     assert {s.b_doc for s in random_b} == {1, 2}
     firsts = [s.b_lo for s in random_b]
     assert 0.4 < firsts.count(2) / len(firsts) < 0.6  # B starts at the second (last) sentence half the time
+
+
+def test_random_b_runs_to_the_short_target_left_by_a():
+    """A random B gathers whole sentences of the other document until it reaches the instance's target (a
+    short one here) less A's length, or that document ends: 3-token sentences, so its length is the first
+    multiple of 3 at or past the target left, at least one sentence."""
+    from bertkit.data.pretraining import _document_spans
+    starts = [list(range(0, 31, 3)) for _ in range(4)]  # 4 documents of 10 sentences of 3 tokens
+    rng = random.Random(7)
+    spans = [s for d in range(4) for _ in range(50) for s in _document_spans(d, starts, 100, 1.0, rng)]
+    random_b = [s for s in spans if s.is_random_next]
+    assert len(random_b) > 100 and len({s.target_length for s in random_b}) > 20
+    for s in random_b:
+        left = s.target_length - (s.a_hi - s.a_lo)
+        sentences = min(max(1, -(-left // 3)), (30 - s.b_lo) // 3)
+        assert s.b_hi - s.b_lo == 3 * sentences, s
