@@ -320,3 +320,15 @@ def test_random_b_runs_to_the_short_target_left_by_a():
         left = s.target_length - (s.a_hi - s.a_lo)
         sentences = min(max(1, -(-left // 3)), (30 - s.b_lo) // 3)
         assert s.b_hi - s.b_lo == 3 * sentences, s
+
+
+def test_a_sentence_that_tokenises_to_nothing_changes_no_shard(corpus, tmp_path):
+    """A sentence of a zero-width space (text, but no token) is dropped as an empty one: the same shards."""
+    docs, tok, _ = corpus
+    assert tok.tokenize("\u200b") == []
+    holed = [[*doc[:1], "\u200b", *doc[1:]] for doc in docs[:SMALL]]
+    build_shards(docs[:SMALL], tok, tmp_path / "plain", max_seq_length=MAX_LEN, seed=3)
+    build_shards(holed, tok, tmp_path / "holed", max_seq_length=MAX_LEN, seed=3)
+    plain, with_holes = _files(tmp_path / "plain"), _files(tmp_path / "holed")
+    assert plain.keys() == with_holes.keys()
+    assert all(plain[name] == with_holes[name] for name in plain if name != "meta.json")
