@@ -1,4 +1,4 @@
-"""Everything torchrun in one place: rank, world, device, DDP wrap/unwrap, FSDP sharding, reductions, printing
+"""Everything torchrun in one place: rank, world, device, DDP wrap, FSDP sharding, reductions, printing
 on rank 0.
 
 Launch with `torchrun --nproc-per-node N script.py` (or `python -m torch.distributed.run ...`): torchrun sets
