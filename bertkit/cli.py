@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 import warnings
 
 
@@ -575,6 +576,17 @@ def _other_rank() -> bool:
     return os.environ.get("RANK", "0") != "0"
 
 
+QUIET_EXIT_WAIT_S = 30.0
+
+
+def _quiet_exit() -> int:
+    """Status 2 for a rank that stops without a word because rank 0 says why, after a wait: torchrun stops every
+    rank as soon as one exits with an error, so exiting first could kill rank 0 before it has printed. Rank 0's
+    exit ends the wait (torchrun then stops this rank); the bound is for rank 0 on another node."""
+    time.sleep(QUIET_EXIT_WAIT_S)
+    return 2
+
+
 class _Parser(argparse.ArgumentParser):
     """Every torchrun rank parses the same command line: rank 0 alone prints the help or a usage error."""
 
@@ -584,7 +596,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         if _other_rank():
-            self.exit(2)
+            self.exit(_quiet_exit())
         super().error(message)
 
 
@@ -618,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         from .tasks.flags import FlagError
         from .train.distributed import RankZeroError
         if isinstance(e, RankZeroError) or (isinstance(e, FlagError) and _other_rank()):
-            return 2  # torchrun: rank 0 failed too, or alone, and says why; the other ranks just stop
+            return _quiet_exit()  # torchrun: rank 0 failed too, or alone, and says why; the others just stop
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2

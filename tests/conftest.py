@@ -45,3 +45,25 @@ def torchrun():
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     return launch
+
+
+@pytest.fixture
+def slow_rank_0(tmp_path):
+    """A script to launch instead of `-m bertkit` under `torchrun`: the same CLI, but rank 0 pauses 2 s before
+    each write to stderr. A test of "rank 0 alone says why" then fails when another rank's early exit lets
+    torchrun kill rank 0 before it has spoken (a race that a busy machine loses now and then)."""
+    script = tmp_path / "slow_rank_0.py"
+    script.write_text("import os, sys, time\n"
+                      "class Slow:\n"
+                      "    def __init__(self, f):\n"
+                      "        self.f = f\n"
+                      "    def write(self, text):\n"
+                      "        time.sleep(2)\n"
+                      "        return self.f.write(text)\n"
+                      "    def __getattr__(self, name):\n"
+                      "        return getattr(self.f, name)\n"
+                      "if os.environ['RANK'] == '0':\n"
+                      "    sys.stderr = Slow(sys.stderr)\n"
+                      "from bertkit.cli import main\n"
+                      "sys.exit(main(sys.argv[1:]))\n", encoding="utf-8")
+    return script

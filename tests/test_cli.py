@@ -317,6 +317,9 @@ def test_plot_draws_one_run_beside_it_and_several_here(tmp_path, capsys, monkeyp
 def test_a_bad_flag_is_said_by_rank_0_alone(rank, tmp_path, capsys, monkeypatch):
     """Every torchrun rank parses the same command line and finds the same bad flag: rank 0 prints it, the
     others exit 2 without a word (their copies buried rank 0's line)."""
+    from bertkit import cli
+    waits = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)  # a quiet rank waits for rank 0 to speak first
     monkeypatch.setenv("RANK", rank)
     with pytest.raises(SystemExit) as exit_:  # argparse's own check
         main(["pretrain", "--output", str(tmp_path / "run"), "--max-steps", "x"])
@@ -330,12 +333,14 @@ def test_a_bad_flag_is_said_by_rank_0_alone(rank, tmp_path, capsys, monkeypatch)
                  "--output", str(tmp_path / "p.json"), "--batch-size", "0"]) == 2
     assert "config.json" in capsys.readouterr().err  # a file may be missing on one rank alone: each says its own
     assert not (tmp_path / "run").exists()
+    assert waits == ([] if rank == "0" else [cli.QUIET_EXIT_WAIT_S] * 2)
 
 
-def test_torchrun_a_bad_flag_is_one_line(tmp_path, torchrun):
-    run = torchrun("-m", "bertkit", "pretrain", "--output", tmp_path / "run", "--max-steps", "0")
+def test_torchrun_a_bad_flag_is_one_line(tmp_path, torchrun, slow_rank_0):
+    """The quiet rank outwaits rank 0, even when rank 0 is slow to speak: torchrun stops it once rank 0 exits."""
+    run = torchrun(slow_rank_0, "pretrain", "--output", tmp_path / "run", "--max-steps", "0")
     assert run.returncode != 0
     assert run.stderr.count("bertkit pretrain: error: --max-steps must be a positive integer, got 0") == 1, \
         run.stderr[-3000:]
-    run = torchrun("-m", "bertkit", "pretrain", "--max-steps", "x")
+    run = torchrun(slow_rank_0, "pretrain", "--max-steps", "x")
     assert run.returncode != 0 and run.stderr.count("invalid int value: 'x'") == 1, run.stderr[-3000:]
