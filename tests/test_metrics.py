@@ -186,6 +186,10 @@ def test_get_entities_by_hand():
     assert get_entities(["B-X", "B-X", "I-X", "I-Y"]) == [("X", 0, 0), ("X", 1, 2), ("Y", 3, 3)]
     assert get_entities(["S-X", "B-X", "E-X", "I-X"]) == [("X", 0, 0), ("X", 1, 2), ("X", 3, 3)]
     assert get_entities(["O", "O"]) == []
+    # "." (conlleval's sentence-end tag) ends an entity without starting one, as "O" does
+    assert get_entities(["B-X", ".", "I-X", "I-X", "."]) == [("X", 0, 0), ("X", 2, 3)]
+    assert get_entities(["O", ".", "I"]) == [("_", 0, 2)]  # seqeval's quirk: "." starts nothing, so an untyped
+    # I- after it (type "_", as "."'s) extends from the last start
 
 
 def test_entity_f1_by_hand():
@@ -214,7 +218,8 @@ def test_entity_f1_errors():
         entity_f1([], [])
 
 
-TAGS = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "B-ORG", "E-PER", "S-LOC"]
+# "." is conlleval's sentence-end tag; "I" an untyped one
+TAGS = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG", "B-ORG", "E-PER", "S-LOC", ".", "I"]
 sentence_pairs = st.integers(1, 12).flatmap(
     lambda n: st.tuples(st.lists(st.sampled_from(TAGS), min_size=n, max_size=n),
                         st.lists(st.sampled_from(TAGS), min_size=n, max_size=n)))

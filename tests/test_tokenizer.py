@@ -298,6 +298,10 @@ def test_add_tokens_is_case_aware_for_uncased(tok, hf):
     assert t.convert_tokens_to_ids(["[ENT]", "QzXv", "Blorptastic"]) == [30524, 30522, 30523]
     assert ref.convert_tokens_to_ids("[ENT]") == 30522 and t.encode("x [ENT]")[2] == 30524
     assert t.convert_tokens_to_ids(["Hello", "[CLS]", "[cls]"]) == [100, 101, 100]  # words, specials: as before
+    # a special token matches case-sensitively, in the text and in this lookup
+    assert t.add_tokens(["<e1>"], special_tokens=True) == ref.add_tokens(["<e1>"], special_tokens=True) == 1
+    assert t.convert_tokens_to_ids("<E1>") == ref.convert_tokens_to_ids("<E1>") == 100
+    assert t.convert_tokens_to_ids("<e1>") == 30525 and ref.convert_tokens_to_ids("<e1>") == 30523
 
 
 def test_batch_rows_backend_changes_and_split_special_tokens_as_transformers(hf):
@@ -416,6 +420,20 @@ def test_trained_extra_special_tokens_stay_whole_and_empty_corpora_are_refused(t
     assert transformers.AutoTokenizer.from_pretrained(tmp_path).tokenize(text) == ours.tokenize(text)
     with pytest.raises(ValueError, match="^empty corpus: no text in the texts given$"):
         BertTokenizer.train_from_iterator(["", "  "], vocab_size=80)
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["chinese-split", "chinese-whole"])
+def test_training_uses_the_tokenize_chinese_chars_it_is_given(split):
+    """With tokenize_chinese_chars=False a run of CJK characters is one word while the vocabulary is learnt, as
+    at run time: pieces that continue a word ("##文") are learnt, as the tokenizers library learns them."""
+    from tokenizers import BertWordPieceTokenizer
+    texts = ["中文 文中 中文中 我们 中文"] * 10
+    ours = BertTokenizer.train_from_iterator(texts, vocab_size=60, tokenize_chinese_chars=split)
+    ref = BertWordPieceTokenizer(handle_chinese_chars=split)
+    ref.train_from_iterator(texts, vocab_size=60)
+    assert ours.get_vocab() == ref.get_vocab() and ours.tokenize_chinese_chars is split
+    assert ("##文" in ours.get_vocab()) is not split
+    assert ours.tokenize("中文我") == ref.encode("中文我", add_special_tokens=False).tokens
 
 
 def test_vocab_txt_round_trip(tmp_path, tok):
