@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -373,8 +374,9 @@ class BertTokenizer:
         show_progress: bool = False,
         **init_kwargs,
     ) -> BertTokenizer:
-        """Train a WordPiece vocabulary on text files (one or many paths). `init_kwargs` go to the
-        constructor (e.g. unk_token if `special_tokens` uses other names)."""
+        """Train a WordPiece vocabulary on text files (one or many paths); the same files and settings give the
+        same vocabulary, ids included, in every run. `init_kwargs` go to the constructor (e.g. unk_token if
+        `special_tokens` uses other names)."""
         paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
         for p in paths:
             if not os.path.isfile(p):
@@ -383,7 +385,7 @@ class BertTokenizer:
             for _ in read_lines(Path(p)):  # a bad byte is an error naming its line, before Rust sees it
                 pass
         return cls._train(
-            lambda tok, trainer: tok.train([os.fspath(p) for p in paths], trainer),
+            [os.fspath(p) for p in paths],
             vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
             init_kwargs, ", ".join(map(os.fspath, paths)) or "(no files given)",
         )
@@ -402,39 +404,57 @@ class BertTokenizer:
         show_progress: bool = False,
         **init_kwargs,
     ) -> BertTokenizer:
-        """Like `train`, from an iterable of texts (or of lists of texts) held in memory."""
-        return cls._train(
-            lambda tok, trainer: tok.train_from_iterator(iterator, trainer),
-            vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
-            init_kwargs, "the texts given",
-        )
+        """Like `train`, from an iterable of texts (or of lists of texts). Training reads the texts twice, so
+        they are copied to a temporary file first (one pass over the iterable, no copy held in memory)."""
+        with tempfile.TemporaryDirectory(prefix="bertkit-vocab-") as tmp:
+            copy = Path(tmp) / "texts.txt"
+            with copy.open("w", encoding="utf-8") as f:
+                for item in iterator:
+                    for text in [item] if isinstance(item, str) else item:
+                        f.write(text + "\n")  # a newline inside a text splits words, as any whitespace does
+            return cls._train(
+                [str(copy)],
+                vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
+                init_kwargs, "the texts given",
+            )
 
     @classmethod
-    def _train(cls, run, vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet,
-               show_progress, init_kwargs, source: str) -> BertTokenizer:
+    def _train(cls, paths: list[str], vocab_size, lowercase, min_frequency, strip_accents, special_tokens,
+               limit_alphabet, show_progress, init_kwargs, source: str) -> BertTokenizer:
         """Train with the same normalizer/pre-tokenizer the result will use, so pieces match at run time.
         Special tokens beyond the five roles stay whole and special, as transformers' trained tokenizers keep
-        them; `source` names the corpus in the error for one without text."""
-        tok = Tokenizer(WordPiece(unk_token=init_kwargs.get("unk_token", "[UNK]")))
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True,
-            handle_chinese_chars=init_kwargs.get("tokenize_chinese_chars", True),
-            strip_accents=strip_accents,
-            lowercase=lowercase,
-        )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(special_tokens),
-            limit_alphabet=limit_alphabet,
-            continuing_subword_prefix="##",
-            show_progress=show_progress,
-        )
-        run(tok, trainer)
-        vocab = tok.get_vocab(with_added_tokens=False)
-        if not set(vocab) - set(special_tokens):  # nothing but the special tokens: every word would be unknown
+        them; `source` names the corpus in the error for one without text.
+
+        Two passes make the result reproducible. The `tokenizers` trainer numbers the "##" pieces (a character
+        inside a word) in hash-map order, which changes from process to process, and it breaks ties between
+        equally frequent merges by those numbers: the same corpus gave other ids, and now and then other
+        pieces (huggingface/tokenizers#1794). The first pass only collects the alphabet and the "##" pieces;
+        the second is given them in sorted order ahead of everything it learns, as the trainer orders the
+        alphabet itself, so the result is one of the vocabularies the trainer can give, always the same one."""
+        def run(vocab_size: int, initial: Sequence[str]) -> dict[str, int]:
+            tok = Tokenizer(WordPiece(unk_token=init_kwargs.get("unk_token", "[UNK]")))
+            tok.normalizer = normalizers.BertNormalizer(
+                clean_text=True,
+                handle_chinese_chars=init_kwargs.get("tokenize_chinese_chars", True),
+                strip_accents=strip_accents,
+                lowercase=lowercase,
+            )
+            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            tok.train(paths, trainers.WordPieceTrainer(
+                vocab_size=vocab_size,
+                min_frequency=min_frequency,
+                special_tokens=[*special_tokens, *initial],  # their ids come first, in this order
+                limit_alphabet=limit_alphabet,
+                continuing_subword_prefix="##",
+                show_progress=show_progress,
+            ))
+            return tok.get_vocab(with_added_tokens=False)
+
+        seen = set(run(0, ())) - set(special_tokens)  # with no merges: the alphabet and its "##" pieces
+        if not seen:  # nothing but the special tokens: every word would be unknown
             raise ValueError(f"empty corpus: no text in {source}")
+        pieces = sorted(t for t in seen if t.startswith("##"))
+        vocab = run(vocab_size, [*sorted(seen.difference(pieces)), *pieces])
         result = cls(vocab, do_lower_case=lowercase, strip_accents=strip_accents, **init_kwargs)
         extras = [t for t in special_tokens if t not in result._special.values()]
         if extras:

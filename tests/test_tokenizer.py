@@ -431,9 +431,31 @@ def test_training_uses_the_tokenize_chinese_chars_it_is_given(split):
     ours = BertTokenizer.train_from_iterator(texts, vocab_size=60, tokenize_chinese_chars=split)
     ref = BertWordPieceTokenizer(handle_chinese_chars=split)
     ref.train_from_iterator(texts, vocab_size=60)
-    assert ours.get_vocab() == ref.get_vocab() and ours.tokenize_chinese_chars is split
-    assert ("##文" in ours.get_vocab()) is not split
-    assert ours.tokenize("中文我") == ref.encode("中文我", add_special_tokens=False).tokens
+    assert set(ours.get_vocab()) == set(ref.get_vocab()) and ours.tokenize_chinese_chars is split
+    vocab = ours.get_vocab()
+    assert sorted(vocab, key=vocab.get)[5:] == (["中", "们", "我", "文"] if split else [
+        "中", "们", "我", "文", "##中", "##们", "##文", "中文", "我们", "文中", "中文中"])
+    assert ours.tokenize("中文 我们中") == ref.encode("中文 我们中", add_special_tokens=False).tokens
+
+
+def test_training_gives_the_same_vocabulary_in_every_process(tmp_path):
+    """The tokenizers library numbers the "##" pieces in hash-map order, new in every process, and breaks ties
+    between merges by those numbers; bertkit gives them their sorted order, so a corpus has one vocab.txt."""
+    import random
+    import subprocess
+    rng = random.Random(0)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(400)]
+    weights = [1 / (i + 1) for i in range(len(words))]  # Zipf-like, with many equal counts in the tail
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choices(words, weights, k=12)) for _ in range(800)), encoding="utf-8")
+    script = ("import sys\nfrom bertkit.tokenizer import BertTokenizer\n"
+              "BertTokenizer.train(sys.argv[1], 300).save_pretrained(sys.argv[2])\n")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(corpus), str(tmp_path / name)], check=True)
+    first = (tmp_path / "a" / "vocab.txt").read_text(encoding="utf-8")
+    assert (tmp_path / "b" / "vocab.txt").read_text(encoding="utf-8") == first
+    pieces = [t for t in first.splitlines() if t.startswith("##") and len(t) == 3]
+    assert pieces == sorted(pieces) and len(pieces) == 26
 
 
 def test_vocab_txt_round_trip(tmp_path, tok):
