@@ -487,7 +487,7 @@ def test_errors(tagger_dir):
 # ------------------------------------------------------------------------------------ question answering
 import numpy as np  # noqa: E402
 
-SQUAD = "/work/shared/data/qa/squad/dev-v1.1.json.zip"
+SQUAD = str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "qa" / "squad" / "dev-v1.1.json.zip")
 
 
 @pytest.fixture(scope="module")
