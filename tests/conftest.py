@@ -25,7 +25,8 @@ def one_thread():
 def torchrun():
     """`torchrun(*args, wait=True)`: `torchrun --nproc-per-node 2 *args` on this machine (gloo, one thread a rank,
     a free port), as a user would launch it. Returns the finished run's CompletedProcess (text output), or with
-    `wait=False` the running Popen, for a test that works meanwhile."""
+    `wait=False` the running Popen, for a test that works meanwhile. A run still going at a timeout or at the
+    test's end is stopped with its ranks, so that none is left to slow the next tests."""
     import os
     import socket
     import subprocess
@@ -33,6 +34,17 @@ def torchrun():
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
+    launched = []
+
+    def stop(proc):
+        """SIGTERM, which torchrun passes to its ranks (each in a session of its own: a SIGKILL of torchrun, or
+        of its process group, would leave them running)."""
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def launch(*args, wait: bool = True):
         with socket.socket() as s:
@@ -40,11 +52,21 @@ def torchrun():
             port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", str(port), *map(str, args)]
-        if wait:
-            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        launched.append(proc)
+        if not wait:
+            return proc
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
-    return launch
+    yield launch
+    for proc in launched:
+        if proc.poll() is None:  # a test that failed before it waited for its run
+            stop(proc)
 
 
 @pytest.fixture
