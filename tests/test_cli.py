@@ -344,3 +344,10 @@ def test_torchrun_a_bad_flag_is_one_line(tmp_path, torchrun, slow_rank_0):
         run.stderr[-3000:]
     run = torchrun(slow_rank_0, "pretrain", "--max-steps", "x")
     assert run.returncode != 0 and run.stderr.count("invalid int value: 'x'") == 1, run.stderr[-3000:]
+
+
+def test_evaluate_names_its_default_output_after_the_whole_data_file_name():
+    """Less the format suffix only: WNUT-17's dev and test files must not write one eval file."""
+    from bertkit.tasks.finetune import _data_name
+    names = ["dev-v1.1.json.zip", "emerging.dev.conll", "emerging.test.annotated", "dev.tsv", "sms_dev", "a.jsonl.GZ"]
+    assert [_data_name(n) for n in names] == ["dev-v1.1", "emerging.dev", "emerging.test", "dev", "sms_dev", "a"]

@@ -145,12 +145,21 @@ def _format(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n" and isinstance(v, float))
 
 
+def _data_name(data: str) -> str:
+    """The file's name less a compression suffix and then its format suffix."""
+    name = Path(data)
+    if name.suffix.lower() in (".zip", ".gz", ".bz2", ".xz"):
+        name = Path(name.stem)
+    return name.stem
+
+
 def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str | None, unit: str,
                draw: Callable[[str, str], str] | None = None) -> dict[str, Any]:
     """What `bertkit evaluate` leaves: the metrics in `output` (default ``<model_dir>/eval_<data name>.json``,
-    the name cut at its first dot so ``dev-v1.1.json.zip`` gives ``eval_dev-v1``), the picture `draw(png, title)`
-    makes beside it (same name, ``.png``) and a printed line counting `unit`s. Returns `metrics`."""
-    path = Path(output) if output else Path(model_dir) / f"eval_{Path(data).name.split('.')[0]}.json"
+    the name without its format suffix, so ``dev-v1.1.json.zip`` gives ``eval_dev-v1.1`` and WNUT-17's
+    ``emerging.dev.conll`` and ``emerging.test.annotated`` stay apart), the picture `draw(png, title)` makes
+    beside it (same name, ``.png``) and a printed line counting `unit`s. Returns `metrics`."""
+    path = Path(output) if output else Path(model_dir) / f"eval_{_data_name(data)}.json"
     if dist.is_main():  # under torchrun the ranks computed the metrics together; one writes them
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps({"model": str(model_dir), "data": str(data), **metrics}, indent=2) + "\n")
