@@ -115,6 +115,15 @@ def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, c
     assert [r["tokens"] for r in rows] == [["Bob", "saw", "Rome"], ["Emma", "went", "to", "Los", "Angeles"]]
     assert [r["tags"] for r in rows] == [["B-PER", "O", "B-LOC"], ["B-PER", "O", "O", "B-LOC", "I-LOC"]]
     assert all(len(r["scores"]) == len(r["tokens"]) for r in rows)
+    # sentences one a line are not CoNLL: refused, not tagged as one sentence of their first words
+    (tmp_path / "sentences.txt").write_text("Bob saw Rome\nEmma went to Los Angeles\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(tmp_path / "sentences.txt"),
+                 "--output", str(tmp_path / "bad.jsonl")]) == 2
+    assert capsys.readouterr().err == (f"bertkit predict: error: {tmp_path / 'sentences.txt'}:2: 5 fields where "
+                                       "line 1 has 3; expected a CoNLL file, one token a line (then any tags, the "
+                                       "same columns on every line): 'Emma went to Los Angeles'\n")
+    assert not (tmp_path / "bad.jsonl").exists()
 
 
 def test_evaluate_and_predict_read_the_columns_the_model_was_fine_tuned_with(trained, toy, tmp_path):
