@@ -6,11 +6,11 @@ import difflib
 import functools
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from .io import read_json, write_text_atomic
+from .warn import warn
 
 CONFIG_NAME = "config.json"
 
@@ -170,8 +170,7 @@ class BertConfig:
         for key in (k for k in extra if not k.startswith("_")):
             close = difflib.get_close_matches(key, known | {"num_labels"}, n=1, cutoff=0.85)
             if close and close[0] != key:
-                warnings.warn(f"BertConfig: unknown field {key!r} is kept but unused; did you mean {close[0]!r}?",
-                              stacklevel=3)
+                warn(f"BertConfig: unknown field {key!r} is kept but unused; did you mean {close[0]!r}?")
         num_labels = extra.pop("num_labels", None)
         if "model_type" not in d:
             kwargs["model_type"] = "bert"

@@ -10,7 +10,6 @@ import collections
 import dataclasses
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from .config import CONFIG_NAME, BertConfig, config_file
 from .io import atomic_paths, read_json, umask
+from .warn import warn
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -188,8 +188,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
         looked.append(candidate)
         if os.path.isdir(inside(candidate)) and _has_any(inside(candidate), required):
             if revision is not None:
-                warnings.warn(f"model {name!r}: revision {revision!r} ignored: loading {inside(candidate)} "
-                              "($BERTKIT_HOME), which has no revisions", stacklevel=3)
+                warn(f"model {name!r}: revision {revision!r} ignored: loading {inside(candidate)} "
+                     "($BERTKIT_HOME), which has no revisions")
             return inside(candidate)
         hub = os.fspath(cache_dir) if cache_dir is not None else hf_hub_cache()
         repo_dir = os.path.join(hub, "models--" + name.strip("/").replace("/", "--"))
@@ -204,8 +204,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
         looked.append(os.path.join(repo_dir, "snapshots"))
         for snapshot in _hf_snapshots(repo_dir):
             if _has_any(inside(snapshot), required):
-                warnings.warn(f"model {name!r}: the hub cache {repo_dir} has no refs/main; loading its newest "
-                              f"snapshot, {os.path.basename(snapshot)} (pass revision= to choose)", stacklevel=3)
+                warn(f"model {name!r}: the hub cache {repo_dir} has no refs/main; loading its newest "
+                     f"snapshot, {os.path.basename(snapshot)} (pass revision= to choose)")
                 return inside(snapshot)
     where = f" in subfolder {sub!r}" if sub else ""
     raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)}{where} found; looked in: "
@@ -566,7 +566,7 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     if device_map is not None:
         model.to(_mapped_device(device_map))
     if not model.load_report.clean:
-        warnings.warn(str(model.load_report), LoadWarning, stacklevel=3)
+        warn(str(model.load_report), LoadWarning)
     if output_loading_info:
         return model.eval(), model.load_report.to_dict()
     return model.eval()

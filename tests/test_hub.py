@@ -317,8 +317,13 @@ def test_minilm_loads_every_key(minilm):
 
 
 def test_classifier_from_minilm_encoder(minilm):
-    with pytest.warns(LoadWarning, match="classifier.weight"):
+    with pytest.warns(LoadWarning, match="classifier.weight") as said:
         model = modeling.BertForSequenceClassification.from_pretrained(minilm, num_labels=3)
+    from bertkit import AutoModelForSequenceClassification
+    with pytest.warns(LoadWarning, match="classifier.weight") as said_auto:
+        AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=3)
+    # the warning points at the caller's line, whichever way in (not at bertkit's auto.py or modeling/)
+    assert [w.filename for w in (*said, *said_auto)] == [__file__, __file__]
     report = model.load_report
     assert sorted(report.newly_initialized) == ["classifier.bias", "classifier.weight"]
     assert not report.unused and not report.mismatched
