@@ -124,7 +124,7 @@ class Tracker:
             prefix = "" if split == "train" else f"{split}_"
             shown = {}
             for k, v in record.items():
-                if k == "loss" or k.startswith("acc") or k == "tokens_per_s":
+                if _shown(k, split):
                     name = "tok/s" if k == "tokens_per_s" else prefix + k
                     shown[name] = f"{v:,.0f}" if k == "tokens_per_s" and isinstance(v, float) else _fmt(v)
             self._postfix.update(shown)
@@ -236,6 +236,13 @@ SCORES = ("f1", "precision", "recall", "mcc", "pearson", "spearman", "exact")
 
 def _is_score(key: str) -> bool:
     return key in SCORES or (key.startswith(("HasAns_", "NoAns_")) and not key.endswith("_total"))
+
+
+def _shown(key: str, split: str) -> bool:
+    """What the bar or line shows: the loss, accuracies, tokens/s, and a held-out run's scores (the F1 that
+    picks a tagger's best checkpoint, a regression's correlations and MSE, SQuAD's exact match and F1)."""
+    return key in ("loss", "tokens_per_s") or _is_accuracy(key) or (split != "train" and (key in SCORES or
+                                                                                         key == "mse"))
 
 
 def _is_loss_term(key: str) -> bool:

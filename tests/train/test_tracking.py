@@ -61,7 +61,11 @@ def test_progress_without_a_tty_is_a_line_per_logged_step(tmp_path, capsys):
     tr = Tracker(tmp_path / "e", total_steps=5, progress=True, tensorboard=False)
     tr.log(5, {"loss": 2.0, "acc": 0.5}, split="eval")
     tr.log(5, {"perplexity": 9.0}, split="eval")   # nothing the line shows: no line
-    assert capsys.readouterr().err == "step 5/5 eval_loss=2 eval_acc=0.5\n"
+    tr.log(5, {"exact": 50.0, "f1": 62.5, "HasAns_f1": 70.0}, split="eval")  # held-out scores, the main ones
+    tr.log(5, {"pearson": 0.8, "mse": 0.25, "loss_x": 1.0}, split="eval")
+    tr.log(5, {"f1": 0.5, "mse": 1.0})  # in training, only loss, accuracies, tokens/s
+    assert capsys.readouterr().err == ("step 5/5 eval_loss=2 eval_acc=0.5\nstep 5/5 eval_exact=50 eval_f1=62.5\n"
+                                       "step 5/5 eval_pearson=0.8 eval_mse=0.25\n")
 
 
 def test_progress_lines_for_long_loops(capsys, monkeypatch):
