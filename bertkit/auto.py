@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .config import CONFIG_NAME, BertConfig, config_file
+from .config import CONFIG_NAME, BertConfig, check_config, config_file
 from .hub import NO_EFFECT_OPTIONS, TOKENIZER_FILES, resolve_model_dir
 from .io import read_json
 
@@ -66,8 +66,7 @@ class _AutoModel:
 
     @classmethod
     def from_config(cls, config: BertConfig):
-        if not isinstance(config, BertConfig):
-            raise TypeError(f"{cls.__name__}.from_config expects a BertConfig, got {type(config).__name__}")
+        check_config(config, f"{cls.__name__}.from_config")
         return cls.model_class()(config)
 
 

@@ -242,6 +242,16 @@ class BertConfig:
         self.to_json_file(os.path.join(directory, CONFIG_NAME))
 
 
+def check_config(config: Any, who: str) -> None:
+    """A TypeError unless `config` is bertkit's BertConfig; a transformers config gets the conversion to use
+    (the two classes share a name, so the message names their modules)."""
+    if isinstance(config, BertConfig):
+        return
+    kind = f"{type(config).__module__}.{type(config).__qualname__}"
+    hint = "; convert it with bertkit.BertConfig.from_dict(config.to_dict())" if hasattr(config, "to_dict") else ""
+    raise TypeError(f"{who} expects a bertkit.BertConfig, got {kind}{hint}")
+
+
 def _mapping(value, name: str):
     if not isinstance(value, dict):
         raise ValueError(f"BertConfig field '{name}' must be an object, got {value!r}")

@@ -208,6 +208,10 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
                      f"snapshot, {os.path.basename(snapshot)} (pass revision= to choose)")
                 return inside(snapshot)
     where = f" in subfolder {sub!r}" if sub else ""
+    if os.path.isfile(name):
+        raise FileNotFoundError(f"{name}: a file, not a model directory (one that holds {' or '.join(required)})")
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such directory (a model directory holds {' or '.join(required)})")
     raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)}{where} found; looked in: "
                             + "; ".join(looked) + ". bertkit never downloads: fetch it first (e.g. `hf download "
                             + f"{name}`, into the hub cache) or pass a directory")

@@ -673,6 +673,13 @@ def test_unknown_name_lists_places(homes):
                         "cache) or pass a directory")
     with pytest.raises(FileNotFoundError, match="models--acme--nothing"):
         modeling.BertModel.from_pretrained("acme/nothing")
+    # a path, not a hub name: said so, without a download to suggest
+    (homes / "data.csv").write_text("a,b\n")
+    for path, said in ((homes / "nothing", "no such directory"), ("runs/x/best", "no such directory"),
+                       ("nope/", "no such directory"), (homes / "data.csv", "a file, not a model directory")):
+        with pytest.raises(FileNotFoundError) as e:
+            hub.resolve_model_dir(path)
+        assert str(e.value).startswith(f"{path}: {said}") and "hf download" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------

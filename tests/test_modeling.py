@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -1128,3 +1129,18 @@ def test_every_activation_is_transformers_own():
         torch.testing.assert_close(ACT[name](x), ACT2FN[name](x), rtol=0, atol=1e-12, msg=name)
     with pytest.raises(ValueError, match="'hidden_act' must be one of gelu, gelu_python, .*; got 'gelu_10'"):
         BertConfig(hidden_act="gelu_10")
+
+
+def test_a_transformers_config_is_refused_with_the_conversion_to_use():
+    """Both classes are called BertConfig: the message names their modules and how to convert."""
+    from bertkit import AutoModel
+    theirs = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    expected = ("expects a bertkit.BertConfig, got transformers.models.bert.configuration_bert.BertConfig; convert it "
+                "with bertkit.BertConfig.from_dict(config.to_dict())")
+    with pytest.raises(TypeError, match=re.escape(f"BertModel {expected}")):
+        modeling.BertModel(theirs)
+    with pytest.raises(TypeError, match=re.escape(f"AutoModel.from_config {expected}")):
+        AutoModel.from_config(theirs)
+    assert modeling.BertModel(BertConfig.from_dict(theirs.to_dict())).config.hidden_size == 32
+    with pytest.raises(TypeError, match=r"^BertModel expects a bertkit.BertConfig, got builtins.dict$"):
+        modeling.BertModel({"hidden_size": 32})

@@ -18,7 +18,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import BertConfig
+from ..config import BertConfig, check_config
 from . import packing as P
 
 
@@ -349,8 +349,7 @@ class BertPreTrainedModel(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        if not isinstance(config, BertConfig):
-            raise TypeError(f"{type(self).__name__} expects a BertConfig, got {type(config).__name__}")
+        check_config(config, type(self).__name__)
         self.config = config
 
     @property
