@@ -336,7 +336,8 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
          "num_train": len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
          "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})},
         {"max_seq_length": max_len, "stride": args.stride, "text_column": args.text_column,
-         "text_pair_column": args.text_pair_column, "label_column": args.label_column, "header": args.header})
+         "text_pair_column": args.text_pair_column, "label_column": args.label_column, "header": args.header,
+         "format": args.format})
 
 
 # what --resume may change: how the run is shown or executed, not what it computes; its length (more steps); and the
@@ -594,10 +595,13 @@ def _classify_settings(model, max_seq_length: int | None, stride: int | str | No
     return s["max_seq_length"], None if s["stride"] == "none" else s["stride"]
 
 
-def _classify_columns(model, read: dict[str, Any]) -> dict[str, Any]:
+def _classify_columns(model, read: dict[str, Any], data: str) -> dict[str, Any]:
     """The table reading options, with the columns left None taken as fine-tuned (`settings_for`): a model
-    fine-tuned on pairs reads pairs without being told again."""
+    fine-tuned on pairs reads pairs without being told again. So is the format, for a file whose extension
+    does not name one (SMS Spam's, MRPC's .txt), the extension winning otherwise."""
     columns = {k: read.get(k) for k in ("text_column", "text_pair_column", "label_column", "header")}
+    if table_format(data, read.get("format")) is None:
+        columns["format"] = None
     return {**read, **settings_for(model, FinetuneClassifyArgs, **columns)}
 
 
@@ -611,7 +615,7 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     info = label_info_from_config(model.config)
-    examples = read_examples(data, **_classify_columns(model, read))
+    examples = read_examples(data, **_classify_columns(model, read, data))
     if not examples:
         raise ValueError(f"{data}: no rows")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
@@ -636,7 +640,7 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     from .classify import predict
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
-    examples = to_predict(read_examples(data, **{**_classify_columns(model, read), "label_column": None}), data,
+    examples = to_predict(read_examples(data, **{**_classify_columns(model, read, data), "label_column": None}), data,
                           "rows")
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,

@@ -451,17 +451,22 @@ def test_regression_on_integer_ratings_when_asked(toy, tmp_path, capsys):
 
 
 def test_a_model_fine_tuned_without_header_reads_its_tables_so(toy, tmp_path):
-    """--no-header is remembered with the columns: predict reads a headerless table whole, first row too."""
+    """--no-header is remembered with the columns: predict reads a headerless table whole, first row too. So is
+    --format, for files whose extension names none (SMS Spam's); an extension that names one still wins."""
     train, dev = toy["rows"]
     for name, rows in (("train", train), ("dev", dev)):
-        (tmp_path / f"{name}.tsv").write_text("".join(f"{t}\t{lab}\n" for t, lab, _ in rows), encoding="utf-8")
-    assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(tmp_path / "train.tsv"),
-                 "--dev", str(tmp_path / "dev.tsv"), "--output", str(tmp_path / "run"), "--no-header",
+        (tmp_path / name).write_text("".join(f"{t}\t{lab}\n" for t, lab, _ in rows), encoding="utf-8")
+    (tmp_path / "dev.csv").write_text("".join(f"{t},{lab}\n" for t, lab, _ in dev), encoding="utf-8")
+    assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(tmp_path / "train"),
+                 "--dev", str(tmp_path / "dev"), "--output", str(tmp_path / "run"), "--no-header", "--format", "tsv",
                  "--text-column", "0", "--label-column", "1", "--max-steps", "2", "--max-seq-length", "16"]) == 0
-    pred = tmp_path / "pred.jsonl"
-    assert main(["predict", "--model", str(tmp_path / "run" / "best"), "--data", str(tmp_path / "dev.tsv"),
-                 "--output", str(pred)]) == 0
-    assert len(pred.read_text().splitlines()) == len(dev)
+    for data in ("dev", "dev.csv"):
+        pred = tmp_path / f"pred-{data}.jsonl"
+        assert main(["predict", "--model", str(tmp_path / "run" / "best"), "--data", str(tmp_path / data),
+                     "--output", str(pred)]) == 0
+        assert len(pred.read_text().splitlines()) == len(dev)
+    assert main(["evaluate", "--model", str(tmp_path / "run" / "best"), "--data", str(tmp_path / "dev")]) == 0
+    assert json.loads((tmp_path / "run" / "best" / "eval_dev.json").read_text())["n"] == len(dev)
 
 
 def test_an_epoch_is_whole_optimizer_steps_with_accumulation():
@@ -648,7 +653,8 @@ def test_a_cue_at_the_end_is_read_with_windows_and_lost_to_truncation(long_train
     windowed, truncated = tmp_path / "w.json", tmp_path / "t.json"
     saved = json.loads((out / "best" / "config.json").read_text())["task_specific_params"]
     assert saved == {"text-classification": {"max_seq_length": 16, "stride": 4, "text_column": "text",
-                                             "text_pair_column": None, "label_column": "label", "header": True}}
+                                             "text_pair_column": None, "label_column": "label", "header": True,
+                                             "format": None}}
     # no flags: the windows the model was fine-tuned with; "--stride none": truncation to the saved length
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(windowed)]) == 0
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(dev), "--output", str(truncated),
