@@ -48,7 +48,7 @@ from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer, run_lock
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
                        classification_report, encode_examples, evaluate_classification, label_info, labelled_logits)
-from .flags import check_ints, check_numbers, field_defaults
+from .flags import FlagError, check_ints, check_numbers, field_defaults
 
 RESULTS_NAME = "eval_results.json"
 
@@ -298,12 +298,21 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     return results
 
 
-def _done(out: Path, resume: bool) -> dict[str, Any] | None:
-    """On resume, the results of a run that already finished (its eval_results.json), else None."""
+def _done(out: Path, resume: bool, args, args_file: Path) -> dict[str, Any] | None:
+    """On resume, the results of a run that already finished (its eval_results.json), else None. A finished
+    run is not extended (its schedule has decayed to 0): more steps or epochs than it took are an error, not
+    a silent no-op. `args_file`: the flags the job started with (finetune_args.json)."""
     path = out / RESULTS_NAME
-    if resume and path.is_file():
-        return read_json(path)
-    return None
+    if not (resume and path.is_file()):
+        return None
+    results, started = read_json(path), read_json(args_file)
+    longer = (args.max_steps > results["max_steps"] if args.max_steps else
+              not started.get("max_steps") and args.epochs > started.get("epochs", args.epochs))
+    if longer:
+        asked = f"--max-steps {args.max_steps}" if args.max_steps else f"--epochs {args.epochs:g}"
+        raise FlagError(f"{path}: the run finished after {results['max_steps']} steps; {asked} would extend it, "
+                        "which a finished run cannot be (its learning rate has decayed to 0): start a new run")
+    return results
 
 
 def window_length(args, config=None) -> int:
@@ -381,7 +390,7 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     if dist.is_main() and not (resume and (out / "finetune_args.json").is_file()):  # a first run given --resume too
         write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
     if not args.seeds:
-        res = _done(out, resume)
+        res = _done(out, resume, args, out / "finetune_args.json")
         if res is not None:
             dist.print0(f"resume: {out / RESULTS_NAME} exists; the run is complete")
         else:
@@ -394,7 +403,7 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     seeds = _parse_seeds(args.seeds)
     per_seed = {}
     for seed in seeds:
-        res = _done(out / f"seed-{seed}", resume)
+        res = _done(out / f"seed-{seed}", resume, args, out / "finetune_args.json")
         if res is not None:
             dist.print0(f"seed {seed}: complete (resume), results from {out / f'seed-{seed}' / RESULTS_NAME}")
         else:

@@ -82,6 +82,12 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_results(toy, uninter
     before = (out / "eval_results.json").read_text()
     assert finetune(toy, out, *RUN, "--seed", "4", "--resume") == 0
     assert (out / "eval_results.json").read_text() == before and "the run is complete" in capsys.readouterr().out
+    # ...and asking it for more steps is refused, not silently a no-op
+    assert finetune(toy, out, "--max-steps", "30", "--eval-every", "5", "--seed", "4", "--resume") == 2
+    assert capsys.readouterr().err == (f"bertkit finetune classify: error: {out / 'eval_results.json'}: the run "
+                                       "finished after 20 steps; --max-steps 30 would extend it, which a finished "
+                                       "run cannot be (its learning rate has decayed to 0): start a new run\n")
+    assert (out / "eval_results.json").read_text() == before
 
 
 def test_seeds_resume_skips_finished_seeds(toy, tmp_path, monkeypatch, capsys):  # noqa: F811
