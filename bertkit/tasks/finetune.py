@@ -355,9 +355,10 @@ RESUME_FREE = frozenset({"resume", "progress", "compile", "gradient_checkpointin
                          "max_steps", "seeds", "batch_size", "grad_accum", "output"})  # output: the run, wherever it is
 
 
-def _refuse_unfinished(out: Path) -> None:
-    """A fresh run removes an earlier run's files in `out` (see `_checkpoint_state`): refused when that run did
-    not finish, since its checkpoints are what continues it."""
+def _refuse_earlier_run(out: Path) -> None:
+    """A fresh run would remove an earlier run's files in `out` (see `_checkpoint_state`): refused when that run
+    did not finish, since its checkpoints are what continues it, and when it did, since its best model and
+    results would go (as `pretrain` refuses a directory holding a run)."""
     from ..train.checkpoint import find_latest
     for run in [out, *sorted(out.glob("seed-*"))]:
         latest = find_latest(run)
@@ -365,7 +366,10 @@ def _refuse_unfinished(out: Path) -> None:
             what = "a pre-training run" if (run / "pretrain_args.json").is_file() else "a run of another job"
             raise ValueError(f"{run} holds {what} (its checkpoint {latest} was not written by fine-tuning); choose "
                              "another --output (to fine-tune that model, give its directory as --model)")
-        if latest is not None and not (run / RESULTS_NAME).is_file():
+        if (run / RESULTS_NAME).is_file():
+            raise ValueError(f"{run} holds a finished run ({RESULTS_NAME}, best/); choose another --output, or "
+                             "remove it to start over")
+        if latest is not None:
             raise ValueError(f"{run} holds an unfinished run (its newest checkpoint is {latest}); pass --resume to "
                              "continue it, or choose another --output (or remove it) to start over")
 
@@ -386,7 +390,7 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     if resume:
         check_resumed_settings(out / "finetune_args.json", args, RESUME_FREE)
     else:
-        _refuse_unfinished(out)
+        _refuse_earlier_run(out)
     if dist.is_main() and not (resume and (out / "finetune_args.json").is_file()):  # a first run given --resume too
         write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
     if not args.seeds:

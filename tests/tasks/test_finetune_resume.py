@@ -109,30 +109,17 @@ def test_seeds_resume_skips_finished_seeds(toy, tmp_path, monkeypatch, capsys): 
     assert_same_run(out / "seed-2", ref / "seed-2")
 
 
-def test_a_fresh_run_drops_the_checkpoints_of_an_earlier_one(toy, tmp_path):  # noqa: F811
+def test_a_fresh_run_refuses_a_finished_one(toy, tmp_path, capsys):  # noqa: F811
+    """Its best model and results would go: refused, as pre-training refuses a directory that holds a run."""
     out = tmp_path / "run"
     assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5") == 0
-    assert [s for s, _ in list_checkpoints(out)] == [10]
-    assert finetune(toy, out, "--max-steps", "5", "--eval-every", "5") == 0  # not --resume: starts over
-    assert [s for s, _ in list_checkpoints(out)] == [5]
-    assert json.loads((out / "eval_results.json").read_text())["max_steps"] == 5
-
-
-def test_a_fresh_run_killed_early_does_not_resume_as_the_earlier_ones_results(toy, tmp_path, monkeypatch,  # noqa: F811
-                                                                              capsys):
-    """The results and best model of an earlier run go when a new one starts, so a resume of the new one, killed
-    before its first checkpoint, trains instead of reporting the old run complete."""
-    out = tmp_path / "run"
-    assert finetune(toy, out, "--max-steps", "5", "--eval-every", "5") == 0
-    with monkeypatch.context() as m:
-        interrupt(m, "batches", 2)
-        with pytest.raises(RuntimeError, match="injected failure"):
-            finetune(toy, out, "--max-steps", "10", "--eval-every", "5")
-    assert not (out / "eval_results.json").exists() and not (out / "best").exists()
+    before = (out / "eval_results.json").read_text()
     capsys.readouterr()
-    assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--resume") == 0
-    assert "the run is complete" not in capsys.readouterr().out
-    assert json.loads((out / "eval_results.json").read_text())["max_steps"] == 10
+    assert finetune(toy, out, "--max-steps", "5", "--eval-every", "5") == 2  # not --resume
+    assert capsys.readouterr().err == (f"bertkit finetune classify: error: {out} holds a finished run "
+                                       "(eval_results.json, best/); choose another --output, or remove it to start "
+                                       "over\n")
+    assert [s for s, _ in list_checkpoints(out)] == [10] and (out / "eval_results.json").read_text() == before
 
 
 def test_a_sigkilled_process_resumes_to_the_same_weights_and_results(toy, tmp_path):  # noqa: F811
