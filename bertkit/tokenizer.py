@@ -30,6 +30,7 @@ from tokenizers.models import WordPiece
 
 from bertkit.data.corpus import read_lines
 from bertkit.io import atomic_paths, read_json, read_text
+from bertkit.warn import warn
 
 __all__ = ["BatchEncoding", "BertTokenizer", "CharSpan", "TokenSpan", "load_vocab"]
 
@@ -455,6 +456,9 @@ class BertTokenizer:
             raise ValueError(f"empty corpus: no text in {source}")
         pieces = sorted(t for t in seen if t.startswith("##"))
         vocab = run(vocab_size, [*sorted(seen.difference(pieces)), *pieces])
+        if len(vocab) > vocab_size:
+            warn(f"vocabulary of {len(vocab)} tokens for vocab_size {vocab_size}: the special tokens, the alphabet "
+                 f"and its ## pieces alone are {len(vocab)}")
         result = cls(vocab, do_lower_case=lowercase, strip_accents=strip_accents, **init_kwargs)
         extras = [t for t in special_tokens if t not in result._special.values()]
         if extras:

@@ -420,6 +420,10 @@ def test_trained_extra_special_tokens_stay_whole_and_empty_corpora_are_refused(t
     assert transformers.AutoTokenizer.from_pretrained(tmp_path).tokenize(text) == ours.tokenize(text)
     with pytest.raises(ValueError, match="^empty corpus: no text in the texts given$"):
         BertTokenizer.train_from_iterator(["", "  "], vocab_size=80)
+    with pytest.warns(UserWarning, match=r"^vocabulary of 17 tokens for vocab_size 10: the special tokens, the "
+                                         r"alphabet and its ## pieces alone are 17$") as said:
+        assert len(BertTokenizer.train_from_iterator(["abc abd cab"] * 3, vocab_size=10, special_tokens=specials)) == 17
+    assert said[0].filename == __file__
 
 
 @pytest.mark.parametrize("split", [True, False], ids=["chinese-split", "chinese-whole"])
