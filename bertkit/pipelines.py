@@ -826,7 +826,8 @@ def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, dev
     torch.compile. A checkpoint without the task's trained head is refused with a ValueError."""
     task = TASK_ALIASES.get(task, task)
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))}")
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))} (aliases: "
+                         f"{', '.join(f'{a} = {t}' for a, t in sorted(TASK_ALIASES.items()))})")
     if model is None:
         raise ValueError(f"{task}: pass model=NAME_OR_PATH (there is no default model)")
     return TASKS[task](model, tokenizer, batch_size=batch_size, device=device, compile=compile, **task_options)

@@ -460,8 +460,9 @@ def test_token_classification_spans(tagger_dir):
 
 # ------------------------------------------------------------------------------------ errors
 def test_errors(tagger_dir):
-    with pytest.raises(ValueError, match="unknown task 'summarization'; tasks: feature-extraction, fill-mask, "
-                                         "question-answering, text-classification, token-classification"):
+    with pytest.raises(ValueError, match=r"^unknown task 'summarization'; tasks: feature-extraction, fill-mask, "
+                                         r"question-answering, text-classification, token-classification \(aliases: "
+                                         r"ner = token-classification, sentiment-analysis = text-classification\)$"):
         pipeline("summarization", model=MINILM)
     with pytest.raises(ValueError, match="no trained masked-LM head"):
         pipeline("fill-mask", model=MINILM)
