@@ -301,4 +301,10 @@ def config_file(directory: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{directory}: no config.json, but a bert_config.json: an original "
                                 f"google-research/bert or NVIDIA checkpoint; convert it first with "
                                 f"`bertkit convert {directory} --output NEW_DIR`")
+    best = os.path.join(directory, "best")
+    if os.path.isfile(os.path.join(best, CONFIG_NAME)):  # a fine-tuning run's directory
+        raise FileNotFoundError(f"{directory}: no config.json; a fine-tuning run: its model is {best}")
+    if os.path.isfile(os.path.join(directory, "latest")):  # a pre-training run that has not finished
+        raise FileNotFoundError(f"{directory}: no config.json; a pre-training run without its final model yet: "
+                                "load a checkpoint of it (step-N/)")
     raise FileNotFoundError(f"{directory}: no config.json")

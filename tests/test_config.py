@@ -1,5 +1,6 @@
 """BertConfig: config.json round trips, validation, presets, and interchange with transformers."""
 import json
+import re
 import warnings
 
 import pytest
@@ -214,3 +215,21 @@ def test_minilm_config():
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == \
         (384, 6, 12, 1536)
     assert cfg.extra["gradient_checkpointing"] is False and cfg.architectures == ["BertModel"]
+
+
+def test_a_run_directory_given_as_a_model_says_where_the_model_is(tmp_path):
+    """A fine-tuning run keeps its model in best/; an unfinished pre-training run has only checkpoints."""
+    from bertkit.config import config_file
+    (tmp_path / "ft" / "best").mkdir(parents=True)
+    (tmp_path / "ft" / "best" / "config.json").write_text("{}")
+    (tmp_path / "pt").mkdir()
+    (tmp_path / "pt" / "latest").write_text("step-4\n")
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'ft'}: no config.json; a fine-tuning "
+                                                          f"run: its model is {tmp_path / 'ft' / 'best'}")):
+        config_file(tmp_path / "ft")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'pt'}: no config.json; a pre-training run "
+                                                          "without its final model yet: load a checkpoint of it")):
+        config_file(tmp_path / "pt")
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(tmp_path / 'bare'))}: no config.json$"):
+        config_file(tmp_path / "bare")
