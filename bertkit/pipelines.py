@@ -648,7 +648,9 @@ class QuestionAnsweringPipeline(Pipeline):
         self._check_int(opts, "doc_stride", low=0, allow_none=True)
         return opts
 
-    def __call__(self, inputs=None, *, question=None, context=None, **options):
+    def __call__(self, inputs=None, context=None, *, question=None, **options):
+        if isinstance(inputs, (str, list, tuple)) and context is not None and question is None:
+            inputs, question = None, inputs  # qa(question, context), positionally, as transformers 4 took it
         if question is not None or context is not None:
             if inputs is not None:
                 raise TypeError("question-answering: pass either inputs or question=/context=, not both")

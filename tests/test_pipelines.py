@@ -645,6 +645,8 @@ def test_question_answering_shapes_of_input_and_output(qa_model):
     # several questions, one context
     both = qa(question=[e.question, "What is it?"], context=e.context)
     assert both == [qa(question=e.question, context=e.context), qa(question="What is it?", context=e.context)]
+    # (question, context) positionally, as transformers 4's pipeline took them
+    assert qa(e.question, e.context) == both[0] and qa([e.question, "What is it?"], e.context) == both
     # a context that makes no tokens answers nothing, as transformers 4's pipeline
     assert qa(question="Who?", context="\u200b\u200b") == {"score": 0.0, "start": 0, "end": 0, "answer": ""}
     # token spans, not widened to words: the same best pair, inside its word-aligned span
