@@ -602,6 +602,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bertkit", description="BERT end to end.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
     groups = {(): parser.add_subparsers(dest="command", required=True, metavar="COMMAND")}
     for words, (help_text, add_arguments, run) in COMMANDS.items():
         for depth in range(1, len(words)):  # intermediate words, e.g. "tokenizer"

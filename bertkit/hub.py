@@ -569,6 +569,7 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
         model.to(dtype=dtype)
     if device_map is not None:
         model.to(_mapped_device(device_map))
+    model.name_or_path = os.fspath(name_or_path)
     if not model.load_report.clean:
         warn(str(model.load_report), LoadWarning)
     if output_loading_info:

@@ -351,3 +351,10 @@ def test_evaluate_names_its_default_output_after_the_whole_data_file_name():
     from bertkit.tasks.finetune import _data_name
     names = ["dev-v1.1.json.zip", "emerging.dev.conll", "emerging.test.annotated", "dev.tsv", "sms_dev", "a.jsonl.GZ"]
     assert [_data_name(n) for n in names] == ["dev-v1.1", "emerging.dev", "emerging.test", "dev", "sms_dev", "a"]
+
+
+def test_version(capsys):
+    import bertkit
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"bertkit {bertkit.__version__}\n"

@@ -324,6 +324,7 @@ def test_classifier_from_minilm_encoder(minilm):
         AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=3)
     # the warning points at the caller's line, whichever way in (not at bertkit's auto.py or modeling/)
     assert [w.filename for w in (*said, *said_auto)] == [__file__, __file__]
+    assert model.name_or_path == str(minilm) and modeling.BertModel(model.config).name_or_path == ""
     report = model.load_report
     assert sorted(report.newly_initialized) == ["classifier.bias", "classifier.weight"]
     assert not report.unused and not report.mismatched

@@ -346,6 +346,7 @@ class BertPreTrainedModel(nn.Module):
     """Weight initialisation, embedding resizing and the checkpoint entry points shared by all models."""
 
     base_model_prefix = "bert"
+    name_or_path = ""  # what `from_pretrained` was given (a name or a directory), as transformers keeps it
 
     def __init__(self, config: BertConfig):
         super().__init__()
