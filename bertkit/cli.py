@@ -536,7 +536,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE",
                    help="table of texts (CSV, TSV or JSONL); for a tagging model a CoNLL-style file, one token per "
-                        "line (other columns ignored), blank lines between sentences; SQuAD JSON for a QA model")
+                        "line (other columns, as many on every line, ignored), blank lines between sentences; SQuAD "
+                        "JSON for a QA model")
     p.add_argument("--output", required=True, metavar="FILE",
                    help="one JSON line per input row (label and score), or per sentence for a tagging model "
                         "(tokens, tags, scores); for a QA model one JSON object {question id: answer}")
