@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import re
 import string
-import warnings
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .warn import warn
 
 __all__ = [
     "accuracy",
@@ -497,7 +498,7 @@ def squad_evaluate(predictions: Mapping[str, str], dataset: Any, *, version: str
         groups["all"].append(score)
         groups["HasAns" if golds else "NoAns"].append(score)
     if missing:
-        warnings.warn(f"{missing} of {len(questions)} questions have no prediction; they score 0", stacklevel=2)
+        warn(f"{missing} of {len(questions)} questions have no prediction; they score 0")
 
     def mean(scores: list, i: int) -> float:
         return 100.0 * sum(s[i] for s in scores) / len(scores)

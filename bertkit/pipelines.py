@@ -45,6 +45,7 @@ from .hub import LoadWarning
 from .modeling.bert import compile_layers
 from .tasks.classify import packed_to
 from .tasks.fill_mask import fill_mask
+from .warn import warn
 
 __all__ = ["pipeline", "Pipeline", "FillMaskPipeline", "TextClassificationPipeline",
            "TokenClassificationPipeline", "QuestionAnsweringPipeline", "FeatureExtractionPipeline", "TASKS"]
@@ -257,10 +258,10 @@ class FillMaskPipeline(Pipeline):
                 continue
             pieces = tok(word, add_special_tokens=False)["input_ids"]
             if not pieces:
-                warnings.warn(f"fill-mask: the target {word!r} is no token at all; left out", stacklevel=4)
+                warn(f"fill-mask: the target {word!r} is no token at all; left out")
                 continue
-            warnings.warn(f"fill-mask: the target {word!r} is not in the vocabulary; it stands for "
-                          f"{tok.convert_ids_to_tokens(pieces[0])!r}", stacklevel=4)
+            warn(f"fill-mask: the target {word!r} is not in the vocabulary; it stands for "
+                 f"{tok.convert_ids_to_tokens(pieces[0])!r}")
             ids.append(pieces[0])
         if not ids:
             raise ValueError("fill-mask: targets holds no token")

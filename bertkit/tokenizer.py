@@ -18,7 +18,6 @@ import json
 import operator
 import os
 import tempfile
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -301,8 +300,8 @@ class BertTokenizer:
         are constructor arguments that win over the saved settings. `use_fast` is accepted for code written
         for transformers; the Rust tokenizer is used either way (its ids equal the Python one's)."""
         if not use_fast:
-            warnings.warn("use_fast=False: bertkit always uses the Rust tokenizer (its ids equal those of "
-                          "transformers' Python BertTokenizer)", stacklevel=2)
+            warn("use_fast=False: bertkit always uses the Rust tokenizer (its ids equal those of "
+                 "transformers' Python BertTokenizer)")
         overrides.setdefault("name_or_path", os.fspath(name_or_path))
         path = Path(name_or_path)
         if path.is_file():
@@ -665,8 +664,8 @@ class BertTokenizer:
         pad = _option(padding, _PADDING, "padding")
         trunc = _option(truncation, _TRUNCATION, "truncation")
         if padding is True and max_length is not None and not trunc:
-            warnings.warn("max_length is ignored when padding=True and there is no truncation (as in "
-                          "transformers); to pad to max_length, use padding='max_length'", stacklevel=2)
+            warn("max_length is ignored when padding=True and there is no truncation (as in "
+                 "transformers); to pad to max_length, use padding='max_length'")
         pad_side = self.padding_side if padding_side is None else _side(padding_side, "padding_side")
         _check_tensor_type(return_tensors)
         pad, trunc, max_length = self._default_max_length(pad, trunc, max_length)
@@ -692,9 +691,9 @@ class BertTokenizer:
             longest = max((len(e.ids) for e in encodings), default=0)
             if self.model_max_length <= NO_MAX_LENGTH_ABOVE and longest > self.model_max_length:
                 self._warned_too_long = True
-                warnings.warn(f"a sequence of {longest} tokens is longer than model_max_length "
-                              f"({self.model_max_length}), which a model cannot take; truncation=True cuts it "
-                              "(said once per tokenizer)", stacklevel=2)
+                warn(f"a sequence of {longest} tokens is longer than model_max_length "
+                     f"({self.model_max_length}), which a model cannot take; truncation=True cuts it "
+                     "(said once per tokenizer)")
 
         data = {}
         if return_overflowing_tokens:
@@ -737,8 +736,8 @@ class BertTokenizer:
             return pad, trunc, self.model_max_length
         asked = " and ".join(w for w, on in (("truncation", trunc), ("padding='max_length'", pad == "max_length"))
                              if on)
-        warnings.warn(f"{asked} without max_length: model_max_length is {self.model_max_length} (no limit), "
-                      "so nothing is truncated or padded to it; pass max_length", stacklevel=3)
+        warn(f"{asked} without max_length: model_max_length is {self.model_max_length} (no limit), "
+             "so nothing is truncated or padded to it; pass max_length")
         return (None if pad == "max_length" else pad), None, None
 
     def _check_truncation(self, trunc, max_length, stride, inputs, is_pair, add_special_tokens, overflow,
@@ -862,8 +861,8 @@ class BertTokenizer:
         pad = _option(padding, _PADDING, "padding")
         side = self.padding_side if padding_side is None else _side(padding_side, "padding_side")
         if padding is True and max_length is not None:
-            warnings.warn("max_length is ignored when padding=True (as in transformers); to pad to max_length, "
-                          "use padding='max_length'", stacklevel=2)
+            warn("max_length is ignored when padding=True (as in transformers); to pad to max_length, "
+                 "use padding='max_length'")
         given_type = _tensor_kind(encoded_inputs["input_ids"])
         return_tensors = given_type if return_tensors is None else return_tensors
         _check_tensor_type(return_tensors)

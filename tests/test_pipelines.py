@@ -131,8 +131,9 @@ def test_fill_mask_targets_match_transformers(tmp_path_factory):
                 assert len(a_row) == min(top_k, 4)
                 assert [a["token_str"] for a in a_row] == [b["token_str"] for b in b_row]
                 assert max(abs(a["score"] - b["score"]) for a, b in zip(a_row, b_row)) <= 1e-5
-    with pytest.warns(UserWarning, match="'zzyzxq' is not in the vocabulary; it stands for 'z"):
+    with pytest.warns(UserWarning, match="'zzyzxq' is not in the vocabulary; it stands for 'z") as said:
         mine = ours(MASKED[0], targets=["zzyzxq", "city"])
+    assert said[0].filename == __file__  # the caller's line, however deep in bertkit it is said
     ref = theirs(MASKED[0], targets=["zzyzxq", "city"])
     assert [a["token"] for a in mine] == [b["token"] for b in ref]
     with pytest.raises(ValueError, match="targets holds no token"):

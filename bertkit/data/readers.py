@@ -19,11 +19,12 @@ import io
 import json
 import math
 import re
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from ..warn import warn
 
 __all__ = [
     "Example",
@@ -487,5 +488,5 @@ def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) 
         msg = f"{where}: {len(bad)} answer span(s) do not match their context; first: {bad[0]}"
         if strict:
             raise ValueError(msg)
-        warnings.warn(msg, stacklevel=2)
+        warn(msg)
     return examples

@@ -46,7 +46,6 @@ import queue
 import random
 import threading
 import time
-import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 from ..modeling import packing as P
+from ..warn import warn
 from . import distributed as dist
 from .checkpoint import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import OPTIMIZERS, build_optimizer, global_grad_norm, linear_schedule, param_groups
@@ -409,8 +409,8 @@ class Trainer:
             compile_layers(model)
         self.sharded = cfg.fsdp and dist.is_distributed()
         if cfg.fsdp and not self.sharded:
-            warnings.warn("TrainConfig.fsdp: a single process has nothing to shard; training unsharded "
-                          "(launch with torchrun --nproc-per-node N to shard over N processes)", stacklevel=2)
+            warn("TrainConfig.fsdp: a single process has nothing to shard; training unsharded "
+                 "(launch with torchrun --nproc-per-node N to shard over N processes)")
         if self.sharded:  # before the optimizer: sharding replaces the parameters
             from ..modeling.bert import BertLayer
             dist.shard(objective, [m for m in model.modules() if isinstance(m, BertLayer)],
@@ -449,8 +449,8 @@ class Trainer:
             self._batch_checked = True
             ids = batch.get("input_ids") if isinstance(batch, dict) else None
             if isinstance(ids, torch.Tensor) and ids.dim() >= 1 and ids.shape[0] != self.cfg.batch_size:
-                warnings.warn(f"TrainConfig.batch_size is {self.cfg.batch_size} but the batch source yields "
-                              f"batches of {ids.shape[0]}; the reported global batch is wrong", stacklevel=4)
+                warn(f"TrainConfig.batch_size is {self.cfg.batch_size} but the batch source yields "
+                     f"batches of {ids.shape[0]}; the reported global batch is wrong")
         if callable(getattr(self.objective, "prepare", None)):
             batch = self.objective.prepare(batch)
         counts = {k: _as_number(v) for k, v in self.objective.counts(batch).items()}
@@ -600,8 +600,8 @@ class Trainer:
                                 "load_state_dict(); exact resume needs one")
             self.batches.load_state_dict(state["data"][self.info.rank if same_world else 0])
         else:
-            warnings.warn(f"{path} holds no data position (its batch source had no state_dict()): the batch source "
-                          "starts from its beginning, so the resumed run sees other batches than the uninterrupted one")
+            warn(f"{path} holds no data position (its batch source had no state_dict()): the batch source "
+                 "starts from its beginning, so the resumed run sees other batches than the uninterrupted one")
         self._elapsed0 = float(state["extra"].get("elapsed", 0.0))
         self._resume_windows = state["extra"].get("log_windows")  # None from a checkpoint before they were kept
         if same_world:
