@@ -411,8 +411,9 @@ class TokenClassificationPipeline(Pipeline):
     Adjacent units form one entity while their labels share a type and the later one is not B- (labels without
     a B-/I- prefix count as I-); the entity is named after its first unit's label without the prefix, its
     `score` is the mean over its units, and "O" entities are dropped. `start`/`end` are character offsets
-    into the text and `word` is text[start:end] (transformers decodes the tokens instead: lower-cased by an
-    uncased tokenizer). `ignore_labels` (default ["O"]) are the labels (entity groups) left out of the results.
+    into the text; `word` is the entity's tokens decoded, as transformers gives it (lower-cased by an uncased
+    tokenizer, an [UNK] standing for its text): text[start:end] has the original. `ignore_labels` (default
+    ["O"]) are the labels (entity groups) left out of the results.
 
     Text beyond the tokenizer's max length is not tagged, unless `stride=n` (with an aggregation strategy):
     then the text is read in windows of max length tokens, each sharing n tokens with the next, every window's
@@ -539,16 +540,16 @@ class TokenClassificationPipeline(Pipeline):
         """The results of one row: `tokens` as (position, word key, start, end), `probs` (seqlen, labels) with
         each position's `top` probability and `best` label."""
         strategy = opts["aggregation_strategy"]
+        unk, pieces = self.tokenizer.unk_token_id, self.tokenizer.convert_ids_to_tokens(ids)
+        # a token's word: its piece ("##lace"), or for an [UNK] the text it stands for, as in transformers
+        piece = {pos: text[a:b] if ids[pos] == unk else pieces[pos] for pos, _, a, b in tokens}
         if strategy == "none":
-            unk = self.tokenizer.unk_token_id
-            # an [UNK]'s word is the text it stands for, as in transformers
-            found = [{"entity": self._label(best[pos]), "score": top[pos], "index": pos,
-                      "word": text[a:b] if ids[pos] == unk else self.tokenizer.convert_ids_to_tokens(ids[pos]),
+            found = [{"entity": self._label(best[pos]), "score": top[pos], "index": pos, "word": piece[pos],
                       "start": a, "end": b}
                      for pos, _, a, b in tokens]
             return [e for e in found if e["entity"] not in opts["ignore_labels"]]
         if strategy == "simple":
-            units = [(self._label(best[pos]), top[pos], a, b) for pos, _, a, b in tokens]
+            units = [(self._label(best[pos]), top[pos], a, b, piece[pos]) for pos, _, a, b in tokens]
         else:
             units = []
             for word in self._words(tokens):
@@ -558,8 +559,9 @@ class TokenClassificationPipeline(Pipeline):
                     p = self._word_probs(strategy, probs[[t[0] for t in word]])  # (labels,)
                     j = int(p.argmax())
                     score = float(p[j])
-                units.append((self._label(j), score, word[0][2], word[-1][3]))
-        return self._group(text, units, opts["ignore_labels"])
+                decoded = self.tokenizer.convert_tokens_to_string([piece[t[0]] for t in word])
+                units.append((self._label(j), score, word[0][2], word[-1][3], decoded))
+        return self._group(units, opts["ignore_labels"])
 
     @staticmethod
     def _resolve_overlaps(entities: list[dict]) -> list[dict]:
@@ -597,23 +599,26 @@ class TokenClassificationPipeline(Pipeline):
             return probs.mean(0)
         return probs[int(probs.max(-1).values.argmax())]
 
-    def _group(self, text, units, ignore):
-        """Entities from (label, score, start, end) units: see the class docstring."""
+    def _group(self, units, ignore):
+        """Entities from (label, score, start, end, word) units: see the class docstring. An entity's word is
+        its units' words decoded together, as transformers' group_sub_entities."""
         def tag(label):
             return (label[0], label[2:]) if label[:2] in ("B-", "I-") else ("I", label)
 
-        groups = []  # [name, [scores], start, end]
+        groups = []  # [name, [scores], start, end, [words]]
         prev = None
-        for label, score, a, b in units:
+        for label, score, a, b, word in units:
             bi, typ = tag(label)
             if groups and typ == prev and bi != "B":
                 groups[-1][1].append(score)
                 groups[-1][3] = b
+                groups[-1][4].append(word)
             else:
-                groups.append([label.split("-", 1)[-1], [score], a, b])
+                groups.append([label.split("-", 1)[-1], [score], a, b, [word]])
             prev = typ
-        return [{"entity_group": name, "score": sum(ss) / len(ss), "word": text[a:b], "start": a, "end": b}
-                for name, ss, a, b in groups if name not in ignore]
+        return [{"entity_group": name, "score": sum(ss) / len(ss),
+                 "word": self.tokenizer.convert_tokens_to_string(words), "start": a, "end": b}
+                for name, ss, a, b, words in groups if name not in ignore]
 
 
 class QuestionAnsweringPipeline(Pipeline):
