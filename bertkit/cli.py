@@ -87,10 +87,11 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="the model's config (default: bert_config.json or config.json beside the weights)")
     p.add_argument("--vocab", default=None, metavar="FILE",
-                   help="the WordPiece vocabulary (default: vocab.txt beside the weights)")
+                   help="the tokenizer: a vocab.txt or tokenizer.json (default: the HuggingFace tokenizer files "
+                        "beside the weights, else vocab.txt there)")
     p.add_argument("--casing", choices=["auto", "uncased", "cased"], default="auto",
-                   help="whether the tokenizer lower-cases text (default auto: uncased unless the vocabulary "
-                        "has upper-case tokens)")
+                   help="whether the tokenizer lower-cases text (default auto: as its tokenizer.json or "
+                        "tokenizer_config.json says, else uncased unless the vocabulary has upper-case tokens)")
     p.add_argument("--architecture", default=None, metavar="CLASS",
                    help="the model class, e.g. BertForTokenClassification (default: the config's architectures, "
                         "else the one the checkpoint's heads point to; a tagger or multiple-choice model saved "

@@ -187,7 +187,7 @@ class Conversion:
     architecture: str
     num_weights: int
     skipped: list[str] = field(default_factory=list)  # TensorFlow training state left out
-    lowercase: bool | None = None    # the tokenizer's do_lower_case; None when no vocab.txt was found
+    lowercase: bool | None = None    # the tokenizer's do_lower_case; None when no tokenizer was found
     notes: list[str] = field(default_factory=list)    # what was read other than the config says
 
     def __str__(self) -> str:
@@ -195,7 +195,7 @@ class Conversion:
                  + (f" (left out {len(self.skipped)} optimizer/step variables)" if self.skipped else ""),
                  f"wrote {self.architecture} to {self.output}", *self.notes]
         if self.lowercase is None:
-            lines.append("no vocab.txt found: no tokenizer written (pass --vocab)")
+            lines.append("no vocab.txt or tokenizer.json found: no tokenizer written (pass --vocab)")
         else:
             lines.append(f"tokenizer: {'uncased (lower-cases text)' if self.lowercase else 'cased'}")
         return "\n".join(lines)
@@ -221,8 +221,10 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
             architecture_name: str | None = None) -> Conversion:
     """Convert the checkpoint at `source` into the directory `output` (which must not exist or be empty).
 
-    The config is `config_file`, else bert_config.json or config.json beside the weights; the vocabulary
-    `vocab_file`, else vocab.txt beside them. `lowercase=None` reads the casing from the vocabulary
+    The config is `config_file`, else bert_config.json or config.json beside the weights; the tokenizer
+    `vocab_file` (a vocab.txt or tokenizer.json), else the one beside them: a HuggingFace directory's
+    (tokenizer.json or tokenizer_config.json, with its settings; transformers 5 writes no vocab.txt), else
+    vocab.txt. `lowercase=None` keeps a tokenizer.json's casing and reads a vocab.txt's from the vocabulary
     (`vocab_is_cased`). The model class is `architecture_name`, else the config's `architectures`, else
     `architecture(weights)`. Every weight of that class must be in the checkpoint (a bare encoder's pooler may
     be absent), and the directory appears whole or not at all.
@@ -258,18 +260,28 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
         notes.append(f"left out {len(model.load_report.unused)} weights {arch} has no place for: "
                      f"{', '.join(model.load_report.unused[:4])}")
 
-    vocab_path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")
-    tokenizer = None
-    if vocab_path is not None:
-        from .tokenizer import BertTokenizer
-        lowercase = (not vocab_is_cased(vocab_path)) if lowercase is None else lowercase
-        tokenizer = BertTokenizer(vocab_path, do_lower_case=lowercase,
-                                  model_max_length=config.max_position_embeddings)
+    tokenizer = _tokenizer(where, vocab_file, lowercase, config.max_position_embeddings)
     with atomic_directory(output) as staging:
         save_pretrained(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-    return Conversion(source=path, output=output, architecture=arch, num_weights=len(state),
-                      skipped=skipped, lowercase=lowercase if tokenizer is not None else None, notes=notes)
+    return Conversion(source=path, output=output, architecture=arch, num_weights=len(state), skipped=skipped,
+                      lowercase=tokenizer.do_lower_case if tokenizer is not None else None, notes=notes)
+
+
+def _tokenizer(where: str, vocab_file: str | None, lowercase: bool | None, max_length: int):
+    """The tokenizer `convert` writes (see there), or None when there is none to read."""
+    from .tokenizer import BertTokenizer
+    casing = {} if lowercase is None else {"do_lower_case": lowercase}
+    found = {n for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt") if os.path.isfile(os.path.join(where, n))}
+    if vocab_file is None and ("tokenizer.json" in found or {"tokenizer_config.json", "vocab.txt"} <= found):
+        return BertTokenizer.from_pretrained(where, **casing)
+    path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")
+    if path is None:
+        return None
+    if path.endswith(".json"):
+        return BertTokenizer.from_pretrained(path, **casing)
+    casing.setdefault("do_lower_case", not vocab_is_cased(path))
+    return BertTokenizer(path, model_max_length=max_length, **casing)
 
 

@@ -235,6 +235,35 @@ def test_casing_comes_from_the_vocabulary_unless_given(tmp_path):
     assert convert(GOOGLE, tmp_path / "forced", lowercase=True).lowercase is True
 
 
+def test_a_huggingface_directory_keeps_its_tokenizer(tmp_path):
+    """transformers 5 saves tokenizer.json and tokenizer_config.json but no vocab.txt: the tokenizer converts
+    with its settings and added tokens; a tokenizer_config.json beside a vocab.txt gives the casing."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=120, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)
+    transformers.BertModel(config).save_pretrained(tmp_path / "hf")
+    hf_tok = transformers.BertTokenizer(str(GOOGLE / "vocab.txt"), do_lower_case=False)
+    hf_tok.add_tokens(["newword"])
+    hf_tok.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf" / "vocab.txt").exists()
+    done = convert(tmp_path / "hf", tmp_path / "out")
+    assert done.lowercase is False and "tokenizer: cased" in str(done)
+    ours = BertTokenizer.from_pretrained(tmp_path / "out")
+    text = "The cat newword sat"
+    assert ours(text)["input_ids"] == hf_tok(text)["input_ids"] and "newword" in ours.tokenize(text)
+    assert convert(tmp_path / "hf", tmp_path / "uncased", lowercase=True).lowercase is True
+    # an older HuggingFace directory: vocab.txt (lower-case tokens only) and tokenizer_config.json saying cased
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "hf", old, ignore=shutil.ignore_patterns("tokenizer.json"))
+    shutil.copy(GOOGLE / "vocab.txt", old / "vocab.txt")
+    assert vocab_is_cased(old / "vocab.txt") is False
+    assert convert(old, tmp_path / "old_out").lowercase is False  # as transformers loads it
+    (tmp_path / "bare").mkdir()
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "bare")
+    shutil.copy(tmp_path / "hf" / "model.safetensors", tmp_path / "bare")
+    assert "no vocab.txt or tokenizer.json found" in str(convert(tmp_path / "bare", tmp_path / "bare_out"))
+
+
 def test_cli_converts_and_reports(tmp_path, capsys):
     assert main(["convert", str(GOOGLE), "--output", str(tmp_path / "out"), "--casing", "cased"]) == 0
     out = capsys.readouterr().out
@@ -317,7 +346,7 @@ def test_training_output_directory_takes_the_checkpoint_its_checkpoint_file_name
     done = convert(run, tmp_path / "out")
     assert done.source.endswith("model.ckpt-20.index") and done.architecture == "BertForPreTraining"
     assert done.lowercase is None and not (tmp_path / "out" / "vocab.txt").exists()  # no vocab.txt there
-    assert "no vocab.txt found" in str(done)
+    assert "no vocab.txt or tokenizer.json found" in str(done)
 
 
 def test_tensorflow_2_object_checkpoint_is_refused_in_one_line(tmp_path):
