@@ -590,7 +590,8 @@ def _quiet_exit() -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every torchrun rank parses the same command line: rank 0 alone prints the help or a usage error."""
+    """Every torchrun rank parses the same command line: rank 0 alone prints the help or a usage error. A usage
+    error is one line, pointing at --help (argparse's usage block of a command with 40 flags buries it)."""
 
     def print_help(self, file=None):
         if not _other_rank():
@@ -599,7 +600,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         if _other_rank():
             self.exit(_quiet_exit())
-        super().error(message)
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
