@@ -540,8 +540,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                         "line (other columns, as many on every line, ignored), blank lines between sentences; SQuAD "
                         "JSON for a QA model")
     p.add_argument("--output", required=True, metavar="FILE",
-                   help="one JSON line per input row (label and score), or per sentence for a tagging model "
-                        "(tokens, tags, scores); for a QA model one JSON object {question id: answer}")
+                   help="one JSON line per input row (its line in the file, label and score), or per sentence "
+                        "for a tagging model (the line of its first token, tokens, tags, scores); for a QA model "
+                        "one JSON object {question id: answer}")
     _add_saved_model_flags(p, labelled=False)
 
 

@@ -271,14 +271,14 @@ def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None,
 def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: int = 64,
                        max_seq_length: int | None = None, device: str | None = None, compile: bool = False,
                        **read) -> int:
-    """Pick a choice for every row; one JSON line per row ({"label": index, "score", "probabilities"}) in
+    """Pick a choice for every row; one JSON line per row ({"line", "label": index, "score", "probabilities"}) in
     `output` (`read`: as for `run_evaluate_choice`). Returns the row count."""
     from ..auto import AutoModelForMultipleChoice
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
     examples = to_predict(read_choices(data, **{**_choice_read(model, read), "label_column": None}), data, "rows")
     preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
-    lines = [json.dumps({"label": p["label"], "score": round(p["score"], 6),
-                         "probabilities": [round(q, 6) for q in p["probabilities"]]}) for p in preds]
+    lines = [json.dumps({"line": e.line, "label": p["label"], "score": round(p["score"], 6),
+                         "probabilities": [round(q, 6) for q in p["probabilities"]]}) for e, p in zip(examples, preds)]
     write_predictions(output, lines, f"predicted {len(lines)} rows of {data}; wrote {output}")
     return len(lines)

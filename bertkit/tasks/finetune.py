@@ -585,7 +585,7 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
                     max_seq_length: int | None = None, stride: int | None = None, token_column: int | None = None,
                     device: str | None = None, compile: bool = False) -> int:
     """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored); one JSON line per
-    sentence ({"tokens", "tags", "scores"}) in `output`. Returns the sentence count. `token_column` None: as
+    sentence ({"line" of its first token, "tokens", "tags", "scores"}) in `output`. Returns the sentence count. `token_column` None: as
     fine-tuned."""
     from ..auto import AutoModelForTokenClassification
     from .tag import predict_tags, read_tokens
@@ -593,10 +593,11 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     sentences = to_predict(read_tokens(data, _tag_columns(model, token_column=token_column)["token_column"]), data,
                            "sentences")
-    preds = predict_tags(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
+    preds = predict_tags(model, tok, [words for _, words in sentences], max_seq_length=max_seq_length, stride=stride,
                          batch_size=batch_size)
-    lines = [json.dumps({"tokens": words, "tags": [t for t, _ in p], "scores": [round(s, 6) for _, s in p]},
-                        ensure_ascii=False) for words, p in zip(sentences, preds)]
+    lines = [json.dumps({"line": line, "tokens": words, "tags": [t for t, _ in p],
+                         "scores": [round(s, 6) for _, s in p]}, ensure_ascii=False)
+             for (line, words), p in zip(sentences, preds)]
     write_predictions(output, lines, f"tagged {len(lines)} sentences of {data}; wrote {output}")
     return len(lines)
 

@@ -246,13 +246,13 @@ def predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_leng
     return out
 
 
-def read_tokens(path: str | Path, token_column: int = 0) -> list[list[str]]:
-    """Sentences of a CoNLL-style file for prediction: one token per line (column `token_column` of the tab- or
-    whitespace-separated fields; other columns, e.g. tags, are ignored), blank lines between sentences,
-    ``-DOCSTART-`` lines skipped. Every line must have as many fields as the first: a file of sentences, one a
-    line, would otherwise be read as one sentence of their first words."""
+def read_tokens(path: str | Path, token_column: int = 0) -> list[tuple[int, list[str]]]:
+    """Sentences of a CoNLL-style file for prediction, as (line of the first token, tokens): one token per line
+    (column `token_column` of the tab- or whitespace-separated fields; other columns, e.g. tags, are ignored),
+    blank lines between sentences, ``-DOCSTART-`` lines skipped. Every line must have as many fields as the
+    first: a file of sentences, one a line, would otherwise be read as one sentence of their first words."""
     path = Path(path)
-    sentences: list[list[str]] = []
+    sentences: list[tuple[int, list[str]]] = []
     first: tuple[int, int] | None = None  # (line number, fields) of the first token line
     for block in conll_blocks(path, token_column):
         for n, line, fields in block:
@@ -263,5 +263,5 @@ def read_tokens(path: str | Path, token_column: int = 0) -> list[list[str]]:
                 raise ValueError(f"{path}:{n}: {len(fields)} fields where line {first[0]} has {first[1]}; expected "
                                  f"a CoNLL file, one token a line (then any tags, the same columns on every "
                                  f"line): {line[:80]!r}")
-        sentences.append([fields[token_column] for _, _, fields in block])
+        sentences.append((block[0][0], [fields[token_column] for _, _, fields in block]))
     return sentences

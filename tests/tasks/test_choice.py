@@ -104,11 +104,12 @@ def test_evaluate_and_predict_dispatch_on_a_multiple_choice_model(trained, toy, 
     # predict from JSONL without a label, label given as the choice column name elsewhere is not needed
     data = tmp_path / "x.jsonl"
     _, dev = toy["rows"]
-    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in dev[:8]))
+    data.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n\n" for r in dev[:8]))
     pred = tmp_path / "p.jsonl"
     assert main(["predict", "--model", str(trained / "best"), "--data", str(data), "--output", str(pred)]) == 0
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert len(rows) == 8 and all(len(r["probabilities"]) == 4 for r in rows)
+    assert [r["line"] for r in rows] == list(range(1, 17, 2))  # each row's line in the file (blank lines between)
     assert sum(r["label"] == int(d["label"]) for r, d in zip(rows, dev[:8])) >= 7
 
 

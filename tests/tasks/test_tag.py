@@ -113,6 +113,7 @@ def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, c
     assert main(["predict", "--model", str(trained / "best"), "--data", str(data), "--output", str(pred)]) == 0
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert [r["tokens"] for r in rows] == [["Bob", "saw", "Rome"], ["Emma", "went", "to", "Los", "Angeles"]]
+    assert [r["line"] for r in rows] == [1, 5]  # where each sentence starts in the file
     assert [r["tags"] for r in rows] == [["B-PER", "O", "B-LOC"], ["B-PER", "O", "O", "B-LOC", "I-LOC"]]
     assert all(len(r["scores"]) == len(r["tokens"]) for r in rows)
     # sentences one a line are not CoNLL: refused, not tagged as one sentence of their first words
