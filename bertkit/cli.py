@@ -228,6 +228,9 @@ def _add_columns(p: argparse.ArgumentParser, label: bool = True, remembered: boo
     if label:
         p.add_argument("--label-column", default=None if remembered else "label",
                        help="column of the label" + default.format("label"))
+        p.add_argument("--label-separator", default=None if remembered else ",", metavar="SEP",
+                       help="multi-label: what separates a row's labels in its label field (a JSONL list needs "
+                            "none)" + default.format("','"))
     p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
                    help="table format (default: from the file extension)")
     p.add_argument("--no-header", dest="header", action="store_false", default=None if remembered else True,
@@ -296,11 +299,16 @@ def _add_finetune_classify(p: argparse.ArgumentParser) -> None:
     _add_columns(p)
     _add_schedule(p, FinetuneClassifyArgs(), "examples", "tokens per example after truncation")
     p.add_argument("--metric", choices=METRICS, default=None,
-                   help="dev metric that picks the best checkpoint (default accuracy; pearson for regression)")
+                   help="dev metric that picks the best checkpoint (default accuracy; micro f1 for multi-label, "
+                        "which also takes macro_f1; pearson for regression)")
     p.add_argument("--stride", type=int, default=None, metavar="N", help=_CLASSIFY_STRIDE_HELP)
     p.add_argument("--regression", action="store_true",
                    help="train one output with MSE even when every label is an integer (ratings 1-5); default: "
                         "regression only when some label has a fractional part (STS-B's 3.8)")
+    p.add_argument("--multi-label", action="store_true",
+                   help="each row has any number of labels (none too), separated by --label-separator in its "
+                        "label field or a JSONL list; a sigmoid per label, trained with binary cross-entropy, a "
+                        "label predicted at probability >= 0.5")
 
 
 def _stride_or_none(text: str) -> int | str:
@@ -482,6 +490,8 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     else:  # sequence classification or regression
         from .tasks.finetune import run_evaluate as run_eval, run_predict as run_pred
         kwargs = {"stride": args.stride, **_table_kwargs(args)}
+        if evaluate:
+            kwargs["label_separator"] = args.label_separator
     with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext(), dist.together():
         (run_eval if evaluate else run_pred)(args.model, args.data, **common, **kwargs)
     # not on an error: cleanup waits for every rank, and a rank that failed alone would wait there (and hold its

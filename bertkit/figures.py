@@ -73,8 +73,10 @@ def regression(preds: Sequence[float], gold: Sequence[float], path: str | os.Pat
     return save(fig, path)
 
 
-def entity_scores(per_type: Mapping[str, Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> str:
-    """Precision, recall and F1 of each entity type as grouped bars, the type's support in its label."""
+def entity_scores(per_type: Mapping[str, Mapping[str, Any]], path: str | os.PathLike, title: str = "",
+                  support: str = "true entities of the type") -> str:
+    """Precision, recall and F1 of each entity type (or label) as grouped bars, the type's `support` in its
+    label."""
     plt = pyplot()
     types = sorted(per_type, key=lambda t: -per_type[t]["support"])
     fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.55 * max(len(types), 1)))
@@ -85,7 +87,7 @@ def entity_scores(per_type: Mapping[str, Mapping[str, Any]], path: str | os.Path
     ax.set_yticks(range(len(types)), [f"{t} ({per_type[t]['support']})" for t in types])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("score (support: true entities of the type)")
+    ax.set_xlabel(f"score (support: {support})")
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: bars reach any length

@@ -5,6 +5,8 @@ Pure Python and numpy. The semantics follow the usual references, and the tests 
 - `accuracy`, `precision` / `recall` / `f1` (binary, macro, micro) and `matthews_corrcoef` behave like scikit-learn's
   functions with their default ``zero_division`` (an undefined ratio counts as 0). Macro averages run over every label
   seen in the predictions or the labels.
+- `multi_label_scores` scores (examples, labels) 0/1 indicator arrays as scikit-learn scores such input: subset
+  accuracy, micro and macro precision / recall / F1 (the macro mean over every label column), per-label scores.
 - `pearson` and `spearman` behave like scipy's (`spearman` ranks ties by their average rank); a constant input gives
   ``nan``, as in scipy.
 - `entity_f1` scores BIO / IOB2 (and IOBES) tag sequences like seqeval's default mode: an ``I-`` tag that does not
@@ -35,6 +37,7 @@ __all__ = [
     "matthews_corrcoef",
     "confusion_matrix",
     "per_label",
+    "multi_label_scores",
     "pearson",
     "spearman",
     "get_entities",
@@ -155,6 +158,28 @@ def per_label(preds: Any, labels: Any, classes: Sequence[Any]) -> dict[Any, dict
         pr, rc, f = _prf(*_counts(p, y, c))
         out[c] = {"precision": pr, "recall": rc, "f1": f, "support": sum(1 for b in y if b == c)}
     return out
+
+
+def multi_label_scores(preds: Any, labels: Any) -> dict[str, Any]:
+    """Scores of multi-label predictions, `preds` and `labels` (examples, labels) 0/1 indicator arrays:
+    "accuracy" the share of examples whose label set is exactly right (scikit-learn's subset accuracy);
+    "precision", "recall", "f1" pooled over every (example, label) decision (micro); "macro_precision",
+    "macro_recall", "macro_f1" the means over the label columns, each column counting (an undefined ratio is 0);
+    "per_label" {column: {"precision", "recall", "f1", "support"}}."""
+    p, y = np.asarray(preds).astype(bool), np.asarray(labels).astype(bool)
+    if p.ndim != 2 or p.shape != y.shape:
+        raise ValueError(f"preds and labels must be (examples, labels) arrays of one shape, got {p.shape} and "
+                         f"{y.shape}")
+    if not p.size:
+        raise ValueError("preds and labels are empty")
+    tp, fp, fn = (p & y).sum(0), (p & ~y).sum(0), (~p & y).sum(0)  # (labels,) each
+    columns = [_prf(int(a), int(b), int(c)) for a, b, c in zip(tp, fp, fn)]
+    micro = _prf(int(tp.sum()), int(fp.sum()), int(fn.sum()))
+    macro = [float(np.mean([c[i] for c in columns])) for i in range(3)]
+    return {"accuracy": float((p == y).all(1).mean()), "precision": micro[0], "recall": micro[1], "f1": micro[2],
+            "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2],
+            "per_label": {j: {"precision": c[0], "recall": c[1], "f1": c[2], "support": int(y[:, j].sum())}
+                          for j, c in enumerate(columns)}}
 
 
 def matthews_corrcoef(preds: Any, labels: Any) -> float:

@@ -21,6 +21,7 @@ from bertkit.metrics import (
     get_entities,
     strict_scheme,
     matthews_corrcoef,
+    multi_label_scores,
     pearson,
     per_label,
     precision,
@@ -521,3 +522,24 @@ def test_strict_scheme_is_iobes_with_s_tags_alone_or_e_tags_alone():
     assert strict_scheme(["O", "S-LOC", "B-PER", "I-PER"]) == "IOBES"
     assert strict_scheme(["S-LOC"]) == "IOBES"
     assert strict_scheme(["B-PER", "E-PER"]) == "IOBES"
+
+
+def test_multi_label_metrics_match_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        y = rng.random((30, 5)) < 0.3
+        p = rng.random((30, 5)) < 0.3
+        y[:, 4] = p[:, 4] = False  # a label never given nor predicted: 0 in the macro mean, as scikit-learn
+        got = multi_label_scores(p, y)
+        assert got["accuracy"] == pytest.approx(sklearn.accuracy_score(y, p))
+        for average in ("micro", "macro"):
+            want = sklearn.precision_recall_fscore_support(y, p, average=average, zero_division=0)[:3]
+            prefix = "" if average == "micro" else "macro_"
+            assert [got[prefix + k] for k in ("precision", "recall", "f1")] == pytest.approx(list(want))
+        per = sklearn.precision_recall_fscore_support(y, p, average=None, zero_division=0)
+        for j in range(5):
+            assert [got["per_label"][j][k] for k in ("precision", "recall", "f1", "support")] == \
+                pytest.approx([per[0][j], per[1][j], per[2][j], per[3][j]])
+    with pytest.raises(ValueError, match=r"one shape, got \(2, 3\) and \(2, 2\)"):
+        multi_label_scores(np.zeros((2, 3)), np.zeros((2, 2)))

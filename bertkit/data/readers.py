@@ -42,10 +42,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Example:
-    """One row of a classification / regression table. ``label`` is the label's text, None without a label column."""
+    """One row of a classification / regression table. ``label`` is the label's text (a multi-label row's labels:
+    the field, or a tuple from a JSONL list), None without a label column."""
     text: str
     text_pair: str | None = None
-    label: str | None = None
+    label: str | tuple[str, ...] | None = None
     line: int = 0
 
 
@@ -162,8 +163,8 @@ def _label_text(value: Any, where: str, key: str) -> str:
     raise ValueError(f"{where}: expected a string or a number for {key!r}, got {json.dumps(value)[:60]}")
 
 
-def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequence[str]
-                ) -> list[tuple[int, dict[str, str | None]]]:
+def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequence[str], label_lists: Sequence[str]
+                ) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for role, key in keys.items():
         if key is not None and not isinstance(key, str):
@@ -190,7 +191,10 @@ def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequen
             if key not in obj:
                 raise ValueError(f"{where}: missing key {key!r} ({role}); this object has {list(obj)}")
             value = obj[key]
-            if role in label_roles:
+            if role in label_lists:  # labels: a list of them, or one string the caller splits; none is fine
+                values[role] = (tuple(_label_text(v, where, key) for v in value) if isinstance(value, list)
+                                else _label_text(value, where, key))
+            elif role in label_roles:
                 values[role] = _label_text(value, where, key)
                 if not values[role].strip():
                     raise ValueError(f"{where}: the {role.removesuffix('_column')} field ({key!r}) is empty")
@@ -203,12 +207,14 @@ def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequen
 
 
 def read_columns(path: str | Path, columns: dict[str, str | int | None], *, format: str | None = None,
-                 header: bool = True, label_roles: Sequence[str] = ("label_column",)
-                 ) -> list[tuple[int, dict[str, str | None]]]:
+                 header: bool = True, label_roles: Sequence[str] = ("label_column",), label_lists: Sequence[str] = ()
+                 ) -> list[tuple[int, dict[str, Any]]]:
     """The chosen columns of every row of a CSV, TSV or JSONL table: ``(line, {role: value})``, None for a role
     whose column is None. `columns` maps a role (the name errors use, e.g. "text_column") to a header name or a
     0-based index (JSONL: a key). The roles in `label_roles` must not be empty and, in JSONL, may be numbers (kept
-    in their JSON spelling); the others are text. `read_table` is this with the classification roles."""
+    in their JSON spelling); the others are text. A role in `label_lists` holds a row's labels, of which there may
+    be none: a field that may be empty, in JSONL also a list of labels (a tuple of their texts). `read_table` is
+    this with the classification roles."""
     path = Path(path)
     fmt = table_format(path, format)
     if fmt not in ("csv", "tsv", "jsonl"):
@@ -218,7 +224,7 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
         raise ValueError(f"format must be 'csv', 'tsv' or 'jsonl', got {format!r}")
     text = _read_text(path)
     if fmt == "jsonl":
-        return _read_jsonl(path, text, columns, label_roles)
+        return _read_jsonl(path, text, columns, label_roles, label_lists)
 
     rows = _rows_delimited(text, path, fmt)
     names: list[str] | None = None
@@ -243,7 +249,7 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
             raise ValueError(f"{where}: expected {width} {kind} fields (like {like}), found {len(row)}")
         values = {role: None if i is None else row[i] for role, i in idx.items()}
         for role in label_roles:
-            if values.get(role) is not None and not values[role].strip():
+            if role not in label_lists and values.get(role) is not None and not values[role].strip():
                 label = "label" if role == "label_column" else role
                 raise ValueError(f"{where}: the {label} field (column {idx[role]}) is empty")
         out.append((n, values))
@@ -256,17 +262,20 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
 
 def read_table(path: str | Path, *, format: str | None = None, text_column: str | int,
                text_pair_column: str | int | None = None, label_column: str | int | None = None,
-               header: bool = True) -> list[Example]:
+               header: bool = True, multi_label: bool = False) -> list[Example]:
     """Read a CSV, TSV or JSONL table into `Example` rows.
 
     ``format`` is "csv", "tsv" or "jsonl"; None takes it from the extension (.csv, .tsv, .jsonl / .ndjson).
     Columns are header names or 0-based indices (TSV / CSV); JSONL columns are keys, and ``header`` does not apply.
     With ``header=False`` every line is data and columns must be indices. Every row must have as many fields as the
     header (or, without a header, as the first row). Empty lines are skipped; a line of spaces is a row. Text
-    is kept exactly as in the file; labels are kept as text (`label_set` sorts them).
+    is kept exactly as in the file; labels are kept as text (`label_set` sorts them). With ``multi_label`` a
+    label field holds a row's labels (the caller splits them) and may be empty; in JSONL it may be a list of labels,
+    kept as a tuple.
     """
     rows = read_columns(path, {"text_column": text_column, "text_pair_column": text_pair_column,
-                               "label_column": label_column}, format=format, header=header)
+                               "label_column": label_column}, format=format, header=header,
+                        label_lists=("label_column",) if multi_label else ())
     return [Example(v["text_column"], v["text_pair_column"], v["label_column"], n) for n, v in rows]
 
 

@@ -2,6 +2,8 @@
 
 - `label_info` decides the task from the TRAINING labels: regression when they are real numbers (`is_regression`),
   else classification over `label_set` (sorted), whose order gives the ids stored in the config's id2label/label2id.
+  Multi-label classification is asked for (`multi_label`): each row holds any number of labels, separated in one
+  field (or a JSONL list), and the target is a 0/1 vector over the labels of the training data.
 - `encode_examples` tokenizes single texts or pairs (truncated to `max_seq_length`) and maps labels to ids (or
   floats); an unknown label is a ``ValueError`` naming ``file:line``.
 - Long inputs: with a `stride` (``--stride``; default None truncates, as transformers does), an example longer than
@@ -12,12 +14,14 @@
   AVERAGE the logits of an example's windows (`Feature.example` groups them), so one confident window decides.
 - `ClassificationBatches` yields padded batches forever: a seeded permutation per epoch, each batch padded to its
   own longest sequence, and `state_dict()` / `load_state_dict()` ({epoch, batch}) for the trainer's exact resume.
-- `ClassificationObjective` is what `bertkit.train.Trainer` trains: loss sums (CE, or MSE for one label) under the
-  term "cls", plus "acc_cls" for classification. Like the tagging, QA and multiple-choice objectives it is a
-  `FinetuneObjective`, whose `prepare` (`with_packing`) plans the packing on the CPU batch, so the training step
-  never waits for the GPU.
+- `ClassificationObjective` is what `bertkit.train.Trainer` trains: loss sums (CE; MSE for one label; for
+  multi-label, binary CE with logits averaged over the labels, transformers' loss) under the term "cls", plus
+  "acc_cls" for classification (a multi-label row counts when its whole label set is right). Like the tagging, QA
+  and multiple-choice objectives it is a `FinetuneObjective`, whose `prepare` (`with_packing`) plans the packing on
+  the CPU batch, so the training step never waits for the GPU.
 - `evaluate_classification` gives accuracy, F1 (binary on label id 1 when there are two labels, else macro) and MCC,
-  or Pearson / Spearman / MSE for regression; `predict` labels new texts. Both run in batches of similar lengths
+  Pearson / Spearman / MSE for regression, or for multi-label subset accuracy and micro / macro F1 (a label is
+  predicted when its sigmoid is at least 0.5); `predict` labels new texts. Both run in batches of similar lengths
   (sorted by length, then put back in the input order); like every prediction loop (tagging, QA, multiple
   choice, the pipelines) each batch goes to the device through `packed_to`, its packing planned on the CPU.
 """
@@ -42,32 +46,35 @@ from ..train import distributed as dist
 from ..train.tracking import ProgressLines
 from ..train.trainer import pin, to_device
 
-__all__ = ["Feature", "LabelInfo", "label_info", "label_info_from_config", "encode_examples", "encode_texts",
-           "encode_windows", "example_logits",
+__all__ = ["Feature", "LabelInfo", "label_info", "split_labels", "label_info_from_config", "encode_examples",
+           "encode_texts", "encode_windows", "example_logits",
            "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "packed_to",
            "FinetuneObjective", "ClassificationObjective", "predict_logits", "labelled_logits",
            "classification_metrics", "classification_report",
            "evaluate_classification", "predict", "METRICS"]
 
 # the dev metrics that can pick the best checkpoint (higher is better for each)
-METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
+METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
 
 
 @dataclass(frozen=True)
 class Feature:
-    """One tokenized example; ``label`` is a class id, a float target, or None."""
+    """One tokenized example; ``label`` is a class id, a float target, a multi-label 0/1 tuple, or None."""
     input_ids: list[int]
     token_type_ids: list[int]
-    label: int | float | None = None
+    label: int | float | tuple[float, ...] | None = None
     line: int = 0
     example: int | None = None  # the example a window belongs to (None: a feature of its own)
 
 
 @dataclass(frozen=True)
 class LabelInfo:
-    """What the labels make of the task: ``labels`` are the class names in id order (empty for regression)."""
+    """What the labels make of the task: ``labels`` are the class names in id order (empty for regression);
+    with ``multi_label`` a row's labels are separated by ``separator`` in its label field."""
     regression: bool
     labels: tuple[str, ...] = ()
+    multi_label: bool = False
+    separator: str = ","
 
     @property
     def num_labels(self) -> int:
@@ -79,12 +86,33 @@ class LabelInfo:
             return {"num_labels": 1, "problem_type": "regression"}
         id2label, label2id = label_maps(self.labels)
         return {"num_labels": len(self.labels), "id2label": id2label, "label2id": label2id,
-                "problem_type": "single_label_classification"}
+                "problem_type": "multi_label_classification" if self.multi_label else "single_label_classification"}
 
 
-def label_info(examples: Sequence[Example], regression: bool = False, source: str = "") -> LabelInfo:
+def split_labels(label: str | Sequence[str], separator: str) -> tuple[str, ...]:
+    """A multi-label row's labels: a JSONL list as given, else the field split at `separator`; surrounding spaces
+    and empty pieces dropped ("" is a row without labels)."""
+    pieces = label.split(separator) if isinstance(label, str) else label
+    return tuple(p.strip() for p in pieces if p.strip())
+
+
+def label_info(examples: Sequence[Example], regression: bool = False, source: str = "", multi_label: bool = False,
+               separator: str = ",") -> LabelInfo:
     """Regression when the labels are real numbers (or when asked for, e.g. ratings 1-5: every label a number),
-    else classification over the sorted distinct labels."""
+    else classification over the sorted distinct labels; with `multi_label`, over the sorted distinct labels of
+    every row (`split_labels`)."""
+    if multi_label:
+        names = [name for ex in examples for name in split_labels(getattr(ex, "label", ex), separator)]
+        labels = tuple(label_set(names)) if names else ()
+        if len(labels) < 2:
+            raise ValueError(f"{source or 'the training data'}: multi-label classification needs at least two "
+                             f"distinct labels, found {list(labels)} (labels separated by {separator!r})")
+        return LabelInfo(False, labels, True, separator)
+    listed = next((ex for ex in examples if isinstance(getattr(ex, "label", ex), tuple)), None)
+    if listed is not None:  # (rows, or their labels, may be given)
+        raise ValueError(f"{source or 'line'}:{getattr(listed, 'line', '?')}: a list of labels "
+                         f"{list(getattr(listed, 'label', listed))!r} is for multi-label classification "
+                         f"(--multi-label)")
     if regression:
         bad = next((ex for ex in examples if isinstance(label_key(ex.label), str)), None)
         if bad is not None:
@@ -99,17 +127,25 @@ def label_info(examples: Sequence[Example], regression: bool = False, source: st
     return LabelInfo(False, labels)
 
 
-def label_info_from_config(config) -> LabelInfo:
-    """The task a fine-tuned model was trained for, from its config."""
+def label_info_from_config(config, separator: str = ",") -> LabelInfo:
+    """The task a fine-tuned model was trained for, from its config (`separator`: a multi-label row's)."""
     if config.num_labels == 1 or config.problem_type == "regression":
         return LabelInfo(True)
-    return LabelInfo(False, tuple(config.label_names()))
+    return LabelInfo(False, tuple(config.label_names()), config.problem_type == "multi_label_classification",
+                     separator)
 
 
-def _label_value(ex: Example, info: LabelInfo, source: str) -> int | float | None:
+def _label_value(ex: Example, info: LabelInfo, source: str) -> int | float | tuple[float, ...] | None:
     if ex.label is None:
         return None
     where = f"{source}:{ex.line}" if source else f"line {ex.line}"
+    if info.multi_label:
+        hot = [0.0] * len(info.labels)
+        for name in split_labels(ex.label, info.separator):
+            hot[_class_id(name, info, where)] = 1.0
+        return tuple(hot)
+    if isinstance(ex.label, tuple):
+        raise ValueError(f"{where}: a list of labels {list(ex.label)!r} is for a multi-label model")
     if info.regression:
         try:
             v = float(ex.label)
@@ -118,7 +154,10 @@ def _label_value(ex: Example, info: LabelInfo, source: str) -> int | float | Non
         if not math.isfinite(v):
             raise ValueError(f"{where}: expected a number as the regression label, got {ex.label!r}")
         return v
-    label = str(ex.label)
+    return _class_id(str(ex.label), info, where)
+
+
+def _class_id(label: str, info: LabelInfo, where: str) -> int:
     if label in info.labels:
         return info.labels.index(label)
     same = [i for i, name in enumerate(info.labels) if label_key(name) == label_key(label)]  # "1.0" for "1"
@@ -226,11 +265,12 @@ def pad_inputs(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequ
 
 
 def collate(features: Sequence[Feature], pad_id: int = 0, regression: bool = False) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of this batch; `labels` only when every feature has one."""
+    """Pad to the longest sequence of this batch; `labels` only when every feature has one: class ids (batch,),
+    regression targets (batch,) or multi-label 0/1 targets (batch, labels)."""
     batch = pad_inputs([f.input_ids for f in features], [f.token_type_ids for f in features], pad_id)
     if all(f.label is not None for f in features):
-        batch["labels"] = torch.tensor([f.label for f in features],
-                                       dtype=torch.float32 if regression else torch.long)
+        floats = regression or isinstance(features[0].label, tuple)
+        batch["labels"] = torch.tensor([f.label for f in features], dtype=torch.float32 if floats else torch.long)
     return batch
 
 
@@ -341,15 +381,25 @@ class FinetuneObjective(nn.Module):
 
 
 class ClassificationObjective(FinetuneObjective):
-    """Loss sums over the batch for the trainer: cross-entropy, or MSE when the model has one label."""
+    """Loss sums over the batch for the trainer: cross-entropy, MSE when the model has one label, or for a
+    multi-label model binary cross-entropy averaged over the labels (transformers' BCEWithLogitsLoss is the mean
+    over rows and labels: the trainer divides these sums by the rows)."""
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
-        return {"cls": int(labelled(batch["labels"]).sum())}
+        labels = batch["labels"]
+        return {"cls": int(labelled(labels).reshape(len(labels), -1).all(-1).sum())}  # rows, of 1 or more labels
 
     def forward(self, batch: dict[str, torch.Tensor]):
         logits = batch_logits(self.model, batch)
         labels = batch["labels"]
+        if self.model.config.problem_type == "multi_label_classification":
+            rows = labelled(labels).all(-1)                               # (batch,): a voided row's targets are nan
+            target = torch.where(rows[:, None], labels, 0.0)              # (batch, labels)
+            per_row = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)  # (batch,)
+            with torch.no_grad():
+                stats = {"acc_cls": (((logits >= 0) == (target > 0.5)).all(-1) & rows).sum()}
+            return {"cls": (per_row * rows).sum()}, stats
         if self.model.config.num_labels == 1:
             pred = logits.squeeze(-1)
             # a voided (nan) target takes the prediction's value: no loss, and no nan in the gradient
@@ -439,9 +489,18 @@ def labelled_logits(model, features: Sequence[Feature], batch_size: int = 64) ->
     return logits, [features[i].label for i in firsts]
 
 
-def classification_metrics(logits: np.ndarray, gold: Sequence, num_labels: int) -> dict[str, float]:
-    """Accuracy, f1, mcc and loss for classification; pearson, spearman and mse for regression (one output).
-    F1 is binary with label id 1 positive for two labels, else macro; n is the number of examples."""
+def classification_metrics(logits: np.ndarray, gold: Sequence, num_labels: int, multi_label: bool = False
+                           ) -> dict[str, float]:
+    """Accuracy, f1, mcc and loss for classification; pearson, spearman and mse for regression (one output); for
+    `multi_label` (gold: 0/1 rows) subset accuracy, micro precision / recall / f1, macro_f1 and the binary
+    cross-entropy (a label is predicted when its logit is >= 0, its sigmoid >= 0.5). F1 is binary with label id 1
+    positive for two labels, else macro; n is the number of examples."""
+    if multi_label:
+        gold = np.asarray(gold, dtype=np.float32)                         # (examples, labels)
+        scores = M.multi_label_scores(logits >= 0, gold > 0.5)
+        loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(gold)).item()
+        return {**{k: scores[k] for k in ("accuracy", "f1", "macro_f1", "precision", "recall")}, "loss": loss,
+                "n": len(gold)}
     if num_labels == 1:
         preds = logits[:, 0].astype(np.float64)
         gold = np.array([float(g) for g in gold])
@@ -457,9 +516,13 @@ def classification_metrics(logits: np.ndarray, gold: Sequence, num_labels: int) 
             "loss": loss, "n": len(gold)}
 
 
-def classification_report(logits: np.ndarray, gold: Sequence, names: Sequence[str]) -> dict[str, Any]:
+def classification_report(logits: np.ndarray, gold: Sequence, names: Sequence[str], multi_label: bool = False
+                          ) -> dict[str, Any]:
     """Per-label precision / recall / F1 / support and the confusion matrix (rows: true label, columns:
-    predicted), by label name."""
+    predicted), by label name; a multi-label model's labels are not exclusive, so it has no confusion matrix."""
+    if multi_label:
+        scores = M.multi_label_scores(logits >= 0, np.asarray(gold) > 0.5)["per_label"]
+        return {"per_label": {names[j]: v for j, v in scores.items()}}
     ids = range(len(names))
     preds, gold = logits.argmax(-1).tolist(), [int(g) for g in gold]
     scores = M.per_label(preds, gold, ids)
@@ -470,7 +533,8 @@ def classification_report(logits: np.ndarray, gold: Sequence, names: Sequence[st
 def evaluate_classification(model, features: Sequence[Feature], batch_size: int = 64) -> dict[str, float]:
     """`classification_metrics` of `model` on labelled features."""
     logits, gold = labelled_logits(model, features, batch_size)
-    return classification_metrics(logits, gold, model.config.num_labels)
+    return classification_metrics(logits, gold, model.config.num_labels,
+                                  model.config.problem_type == "multi_label_classification")
 
 
 def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,

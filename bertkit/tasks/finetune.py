@@ -64,11 +64,11 @@ def column(spec: str | int | None, fmt: str | None = None) -> str | int | None:
 
 
 def read_examples(path: str, *, format: str | None = None, text_column="text", text_pair_column=None,
-                  label_column="label", header: bool = True):
+                  label_column="label", header: bool = True, multi_label: bool = False):
     fmt = table_format(path, format)
     return read_table(path, format=format, text_column=column(text_column, fmt),
                       text_pair_column=column(text_pair_column, fmt),
-                      label_column=column(label_column, fmt), header=header)
+                      label_column=column(label_column, fmt), header=header, multi_label=multi_label)
 
 
 @dataclass
@@ -120,9 +120,18 @@ class FinetuneClassifyArgs(FinetuneArgs):
     label_column: str = "label"
     format: str | None = None
     header: bool = True
-    metric: str | None = None         # accuracy (classification) / pearson (regression) by default
+    metric: str | None = None         # accuracy (classification) / f1 (multi-label) / pearson (regression) by default
     stride: int | None = None         # long examples: windows sharing this many tokens (None: truncate)
     regression: bool = False          # one output trained with MSE even on integer labels (e.g. ratings 1-5)
+    multi_label: bool = False         # any number of labels per row, a sigmoid per label (binary cross-entropy)
+    label_separator: str = ","        # between a multi-label row's labels in its label field
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.multi_label and self.regression:
+            raise ValueError("--multi-label and --regression exclude each other")
+        if not self.label_separator:
+            raise ValueError("--label-separator must not be empty")
 
 
 def _better(value: float, best: float | None) -> bool:
@@ -341,12 +350,16 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
     return train_keep_best(
         args, seed, out, load, tok, batches, ClassificationObjective,
         lambda m: evaluate_classification(m, dev_feats, batch_size=max(64, batch_size)), metric,
-        {"task": "regression" if info.regression else "classification", "labels": list(info.labels),
+        {"task": _task_name(info), "labels": list(info.labels),
          "num_train": len({f.example if f.example is not None else i for i, f in enumerate(train_feats)}),
          "num_dev": len({f.example if f.example is not None else i for i, f in enumerate(dev_feats)})},
         {"max_seq_length": max_len, "stride": args.stride, "text_column": args.text_column,
          "text_pair_column": args.text_pair_column, "label_column": args.label_column, "header": args.header,
-         "format": args.format})
+         "format": args.format, **({"label_separator": args.label_separator} if info.multi_label else {})})
+
+
+def _task_name(info) -> str:
+    return "regression" if info.regression else "multi-label classification" if info.multi_label else "classification"
 
 
 # what --resume may change: how the run is shown or executed, not what it computes; its length (more steps); and the
@@ -436,31 +449,31 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
     the results (see the module docstring)."""
     dist.setup()
     read = dict(format=args.format, text_column=args.text_column, text_pair_column=args.text_pair_column,
-                label_column=args.label_column, header=args.header)
+                label_column=args.label_column, header=args.header, multi_label=args.multi_label)
     train = read_examples(args.train, **read)
     dev = read_examples(args.dev, **read)
     if not train:
         raise ValueError(f"{args.train}: no training rows")
     if not dev:
         raise ValueError(f"{args.dev}: no dev rows")
-    info = label_info(train, args.regression, args.train)
-    metric = args.metric or ("pearson" if info.regression else "accuracy")
-    allowed = ("pearson", "spearman") if info.regression else ("accuracy", "f1", "mcc")
+    info = label_info(train, args.regression, args.train, args.multi_label, args.label_separator)
+    metric = args.metric or ("pearson" if info.regression else "f1" if info.multi_label else "accuracy")
+    allowed = (("pearson", "spearman") if info.regression else ("f1", "macro_f1", "accuracy") if info.multi_label
+               else ("accuracy", "f1", "mcc"))
     if metric not in allowed:
-        raise ValueError(f"--metric {metric} does not apply to {'regression' if info.regression else 'classification'}"
-                         f"; choose one of {', '.join(allowed)}")
+        raise ValueError(f"--metric {metric} does not apply to {_task_name(info)}; choose one of {', '.join(allowed)}")
     tok = AutoTokenizer.from_pretrained(args.model)
     max_len = window_length(args)
     train_feats = encode_examples(tok, train, info, max_len, source=args.train, stride=args.stride)
     dev_feats = encode_examples(tok, dev, info, max_len, source=args.dev, stride=args.stride)
     data = (tok, info, train_feats, dev_feats, metric, max_len)
-    task = "regression" if info.regression else f"{info.num_labels}-way classification ({', '.join(info.labels)})"
+    task = ("regression" if info.regression else f"{info.num_labels}-way "
+            f"{'multi-label ' if info.multi_label else ''}classification ({', '.join(info.labels)})")
     windows = (f" ({len(train_feats)} and {len(dev_feats)} windows of {max_len} tokens, stride {args.stride})"
                if args.stride is not None else "")
     dist.print0(f"{task}: {len(train)} training and {len(dev)} dev examples{windows}; model {args.model}")
     results = run_seeds(args, Path(args.output), lambda seed, out: _run_one(args, seed, out, data), metric,
-                        {"task": "regression" if info.regression else "classification",
-                         "labels": list(info.labels)})
+                        {"task": _task_name(info), "labels": list(info.labels)})
     dist.cleanup()
     return results
 
@@ -585,8 +598,8 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
                     max_seq_length: int | None = None, stride: int | None = None, token_column: int | None = None,
                     device: str | None = None, compile: bool = False) -> int:
     """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored); one JSON line per
-    sentence ({"line" of its first token, "tokens", "tags", "scores"}) in `output`. Returns the sentence count. `token_column` None: as
-    fine-tuned."""
+    sentence ({"line" of its first token, "tokens", "tags", "scores"}) in `output`. Returns the sentence count.
+    `token_column` None: as fine-tuned."""
     from ..auto import AutoModelForTokenClassification
     from .tag import predict_tags, read_tokens
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
@@ -628,16 +641,20 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     from .classify import label_info_from_config
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
-    info = label_info_from_config(model.config)
-    examples = read_examples(data, **_classify_columns(model, read, data))
+    separator = settings_for(model, FinetuneClassifyArgs, label_separator=read.pop("label_separator", None))
+    info = label_info_from_config(model.config, separator["label_separator"])
+    examples = read_examples(data, **_classify_columns(model, read, data), multi_label=info.multi_label)
     if not examples:
         raise ValueError(f"{data}: no rows")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
     feats = encode_examples(tok, examples, info, max_len, source=data, stride=stride)
     logits, gold = labelled_logits(model, feats, batch_size)
-    metrics = classification_metrics(logits, gold, model.config.num_labels)
+    metrics = classification_metrics(logits, gold, model.config.num_labels, info.multi_label)
     if info.regression:
         draw = partial(figures.regression, logits[:, 0].tolist(), [float(g) for g in gold])
+    elif info.multi_label:
+        metrics.update(classification_report(logits, gold, info.labels, multi_label=True))
+        draw = partial(figures.entity_scores, metrics["per_label"], support="rows with the label")
     else:
         report = classification_report(logits, gold, info.labels)
         metrics.update(report)

@@ -230,8 +230,8 @@ def _keys(records: list[dict], split: str, pred) -> list[str]:
     return list(seen)
 
 
-# Held-out scores fine-tuning logs besides accuracy and loss (classification, regression, tagging, SQuAD).
-SCORES = ("f1", "precision", "recall", "mcc", "pearson", "spearman", "exact")
+# Held-out scores fine-tuning logs besides accuracy and loss (classification, multi-label, regression, tagging, SQuAD).
+SCORES = ("f1", "macro_f1", "precision", "recall", "mcc", "pearson", "spearman", "exact")
 
 
 def _is_score(key: str) -> bool:

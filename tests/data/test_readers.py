@@ -189,6 +189,20 @@ def test_jsonl(tmp_path):
         read_table(p, text_column=0)
 
 
+def test_multi_label_fields_may_be_empty_or_a_jsonl_list(tmp_path):
+    p = write(tmp_path, "m.tsv", "text\tlabels\na\tx,y\nb\t\n")
+    assert read_table(p, text_column=0, label_column=1, multi_label=True) == [Example("a", None, "x,y", 2),
+                                                                               Example("b", None, "", 3)]
+    j = write(tmp_path, "m.jsonl", '{"t": "a", "l": ["x", 2]}\n{"t": "b", "l": []}\n{"t": "c", "l": "x;y"}\n')
+    assert read_table(j, text_column="t", label_column="l", multi_label=True) == [
+        Example("a", None, ("x", "2"), 1), Example("b", None, (), 2), Example("c", None, "x;y", 3)]
+    with pytest.raises(ValueError, match=r"m\.jsonl:1: expected a string or a number for 'l', got \["):
+        read_table(j, text_column="t", label_column="l")  # a list is for multi_label only
+    bad = write(tmp_path, "bad.jsonl", '{"t": "a", "l": ["x", {"y": 1}]}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected a string or a number for 'l', got \{"):
+        read_table(bad, text_column="t", label_column="l", multi_label=True)
+
+
 def test_format_from_extension(tmp_path):
     p = write(tmp_path, "data.txt", "a\t1\n")
     with pytest.raises(ValueError, match=r"data\.txt: cannot tell the format from the extension '\.txt'; "
