@@ -69,8 +69,8 @@ def finetune(toy, out, *extra, train="train", dev="dev"):
 @pytest.fixture(scope="module")
 def trained(toy):
     out = toy["dir"] / "run"
-    # lr 1e-2 on 80 toy rows stalls at chance for about 1 seed in 7 (seeds 1-14: 3 with the full last layer, 1
-    # with the [CLS]-only one; the dropout masks differ); 4 converges either way
+    # lr 1e-2 on 80 toy rows does not always converge: with the toy vocabulary now the same in every process, seeds
+    # 1-14 reach dev accuracy 1.0 eleven times, and 0.7, 0.725 and 0.5 (seeds 3, 12, 13); seed 4 reaches 1.0
     assert finetune(toy, out, "--epochs", "8", "--seed", "4") == 0
     return out
 
