@@ -273,7 +273,8 @@ def _tokenizer(where: str, vocab_file: str | None, lowercase: bool | None, max_l
     """The tokenizer `convert` writes (see there), or None when there is none to read."""
     from .tokenizer import BertTokenizer
     casing = {} if lowercase is None else {"do_lower_case": lowercase}
-    found = {n for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt") if os.path.isfile(os.path.join(where, n))}
+    found = {n for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+             if os.path.isfile(os.path.join(where, n))}
     if vocab_file is None and ("tokenizer.json" in found or {"tokenizer_config.json", "vocab.txt"} <= found):
         return BertTokenizer.from_pretrained(where, **casing)
     path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")

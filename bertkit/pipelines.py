@@ -406,7 +406,8 @@ class TokenClassificationPipeline(Pipeline):
 
     "none" (the default): one dict per sub-token not labelled "O"; `index` is the token position ([CLS] being
     0), `word` the sub-token ("##lace"). The others build entities from units: "simple" from sub-tokens,
-    "first", "average" and "max" from words (a token and the "##" pieces after it), whose label and score come
+    "first", "average" and "max" from words (a token and the "##" pieces after it, by transformers' rule: see
+    `_word_numbers`), whose label and score come
     from the first sub-token's probabilities, their mean, or the sub-token with the highest probability.
     Adjacent units form one entity while their labels share a type and the later one is not B- (labels without
     a B-/I- prefix count as I-); the entity is named after its first unit's label without the prefix, its
@@ -503,13 +504,14 @@ class TokenClassificationPipeline(Pipeline):
         for row, n in enumerate(item_of):
             item, word_ids = items[n], enc.word_ids(row)
             if isinstance(item, SplitWords):  # offsets within each word -> into the joined text
-                text, keys = item.text, self._word_keys(ids[row], word_ids)
+                text = item.text
                 spans = [(a + item.starts[w], b + item.starts[w]) if w is not None else None
                          for w, (a, b) in zip(word_ids, offsets[row])]
             else:
-                text, keys, spans = item, word_ids, offsets[row]
-            # (position, word key, start, end) of each real, non-special token; see _word_keys
-            tokens = [(pos, k, *spans[pos]) for pos, (w, k) in enumerate(zip(word_ids, keys)) if w is not None]
+                text, spans = item, offsets[row]
+            real = [pos for pos, w in enumerate(word_ids) if w is not None]  # not special, not padding
+            # (position, word number, start, end) of each real token; see _word_numbers
+            tokens = [(pos, k, *spans[pos]) for pos, k in zip(real, self._word_numbers(ids[row], spans, real))]
             found = self._entities(text, tokens, ids[row], probs[row], top[row], best[row], opts)
             out[n].extend(found)
             counts[n] += 1
@@ -523,18 +525,18 @@ class TokenClassificationPipeline(Pipeline):
                  .softmax(-1).cpu() for s in range(0, len(enc["input_ids"]), batch_size)]
         return torch.cat(parts)
 
-    def _word_keys(self, ids: list[int], word_ids: list) -> list:
-        """Word keys of a row of pre-split words: a word given whole may hold several of the tokenizer's words
-        ("new-york" -> new, -, york), and, as in transformers, a token starts a new word unless it is a "##"
-        piece of the same given word."""
-        pieces = self.tokenizer.convert_ids_to_tokens(ids)
-        keys, key, last = [], -1, None
-        for piece, w in zip(pieces, word_ids):
-            if w is not None and (w != last or not piece.startswith("##")):
-                key += 1
-            keys.append(None if w is None else key)
-            last = w
-        return keys
+    def _word_numbers(self, ids: list[int], spans: list, positions: list[int]) -> list[int]:
+        """The word of each token at `positions`, by transformers' rule for a tokenizer with "##" pieces: a token
+        continues the word before it when it is not as long as its text ("##lace" for "lace"; an [UNK] never
+        does). So "new-york" given as one word is three, and, as in transformers, a token that lost combining
+        accents of its text (decomposed "e\u0301" read "e") joins the word before it."""
+        pieces, unk = self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions]), self.tokenizer.unk_token_id
+        numbers: list[int] = []
+        for pos, piece in zip(positions, pieces):
+            a, b = spans[pos]
+            starts = ids[pos] == unk or len(piece) == b - a
+            numbers.append(numbers[-1] + starts if numbers else 0)
+        return numbers
 
     def _entities(self, text, tokens, ids, probs, top, best, opts) -> list[dict]:
         """The results of one row: `tokens` as (position, word key, start, end), `probs` (seqlen, labels) with

@@ -322,6 +322,19 @@ def test_token_classification_word_of_an_unknown_token_is_its_text(tagger_dir):
             assert not {e[key] for e in mine} & set(ignore)
 
 
+@pytest.mark.parametrize("strategy", ["first", "average", "max"])
+def test_words_are_grouped_by_transformers_rule(tagger_dir, strategy):
+    """A token continues the word before it when it is not as long as its text: a "##" piece, and also, as in
+    transformers, a token that lost the combining accents of decomposed text ("x\u0301" read "x")."""
+    ours = pipeline("token-classification", model=tagger_dir, aggregation_strategy=strategy)
+    theirs = transformers.pipeline("token-classification", model=tagger_dir, tokenizer=tagger_dir, device="cpu",
+                                   aggregation_strategy=strategy)
+    texts = ["x\u0301 e\u0301t\u00e9 cafe\u0301 Ada Lovelace", "Cafe\u0301 de\u0301ja\u0300 vu in Paris"]
+    for text in texts:
+        mine, ref = ours(text, ignore_labels=[]), theirs(text, ignore_labels=[])  # every word, "O" too
+        assert_same_entities(mine, ref)  # (grouping by "##" pieces alone gives other spans here)
+
+
 @pytest.mark.parametrize("strategy", ["simple", "average", "max"])
 def test_token_classification_strategies_match_transformers(tagger_dir, strategy):
     """transformers' other aggregation strategies: "simple" groups sub-tokens, "average" and "max" pick a
