@@ -90,8 +90,9 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
                    help="the tokenizer: a vocab.txt or tokenizer.json (default: the HuggingFace tokenizer files "
                         "beside the weights, else vocab.txt there)")
     p.add_argument("--casing", choices=["auto", "uncased", "cased"], default="auto",
-                   help="whether the tokenizer lower-cases text (default auto: as its tokenizer.json or "
-                        "tokenizer_config.json says, else uncased unless the vocabulary has upper-case tokens)")
+                   help="whether the tokenizer lower-cases text (default auto: beside HuggingFace tokenizer files, "
+                        "as transformers reads them, where do_lower_case defaults to true; for a bare vocab.txt, "
+                        "uncased unless the vocabulary has upper-case tokens)")
     p.add_argument("--architecture", default=None, metavar="CLASS",
                    help="the model class, e.g. BertForTokenClassification (default: the config's architectures, "
                         "else the one the checkpoint's heads point to; a tagger or multiple-choice model saved "
@@ -616,6 +617,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bertkit", description="BERT end to end.")
+    parser.commands = {}  # "finetune classify" -> its parser
     from . import __version__
     parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
     groups = {(): parser.add_subparsers(dest="command", required=True, metavar="COMMAND")}
@@ -628,11 +630,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = groups[words[:-1]].add_parser(words[-1], help=help_text, description=help_text)
         add_arguments(p)
         p.set_defaults(run=run, words=" ".join(words))
+        parser.commands[" ".join(words)] = p
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, which points at the command's --help
+        parser.commands[args.words].error(f"unrecognized arguments: {' '.join(unknown)}")
     plain = warnings.formatwarning
     # a warning is one line too, without Python's source line under it
     warnings.formatwarning = lambda message, category, *_, **__: \

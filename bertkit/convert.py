@@ -280,8 +280,8 @@ def _tokenizer(where: str, vocab_file: str | None, lowercase: bool | None, max_l
     path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")
     if path is None:
         return None
-    if path.endswith(".json"):
-        return BertTokenizer.from_pretrained(path, **casing)
+    if path.endswith(".json"):  # a tokenizer.json alone does not hold the max length: the model's positions
+        return BertTokenizer.from_pretrained(path, model_max_length=max_length, **casing)
     casing.setdefault("do_lower_case", not vocab_is_cased(path))
     return BertTokenizer(path, model_max_length=max_length, **casing)
 

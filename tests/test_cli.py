@@ -318,6 +318,8 @@ def test_plot_draws_one_run_beside_it_and_several_here(tmp_path, capsys, monkeyp
                              "'classify', 'tag', 'qa', 'choice'); see bertkit finetune --help"),
     (["convert", "src"], "bertkit convert: error: the following arguments are required: --output; see bertkit "
                          "convert --help"),
+    (["convert", "src", "--output", "o", "--bogus", "1"], "bertkit convert: error: unrecognized arguments: --bogus 1; "
+                                                          "see bertkit convert --help"),
     (["predict", "--model", "m", "--data", "d", "--output", "o", "--batch-size", "many"],
      "bertkit predict: error: argument --batch-size: invalid int value: 'many'; see bertkit predict --help"),
 ])

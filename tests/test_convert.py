@@ -240,7 +240,7 @@ def test_a_huggingface_directory_keeps_its_tokenizer(tmp_path):
     with its settings and added tokens; a tokenizer_config.json beside a vocab.txt gives the casing."""
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=120, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32)
+                                     intermediate_size=32, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(tmp_path / "hf")
     hf_tok = transformers.BertTokenizer(str(GOOGLE / "vocab.txt"), do_lower_case=False)
     hf_tok.add_tokens(["newword"])
@@ -262,6 +262,10 @@ def test_a_huggingface_directory_keeps_its_tokenizer(tmp_path):
     shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "bare")
     shutil.copy(tmp_path / "hf" / "model.safetensors", tmp_path / "bare")
     assert "no vocab.txt or tokenizer.json found" in str(convert(tmp_path / "bare", tmp_path / "bare_out"))
+    # a tokenizer.json given alone: its settings, and the model's positions as the max length (as for a vocab.txt)
+    done = convert(tmp_path / "bare", tmp_path / "given", vocab_file=str(tmp_path / "hf" / "tokenizer.json"))
+    given = BertTokenizer.from_pretrained(tmp_path / "given")
+    assert done.lowercase is False and given.model_max_length == 64 and "newword" in given.tokenize(text)
 
 
 def test_cli_converts_and_reports(tmp_path, capsys):

@@ -155,16 +155,17 @@ def _rows_delimited(text: str, path: Path, fmt: str) -> Iterable[tuple[int, list
         csv.field_size_limit(limit)
 
 
-def _label_text(value: Any, where: str, key: str) -> str:
+def _label_text(value: Any, where: str, key: str, list_hint: str = "") -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (bool, int, float)):
         return json.dumps(value)  # keep the JSON spelling: 1, 2.5, true
-    raise ValueError(f"{where}: expected a string or a number for {key!r}, got {json.dumps(value)[:60]}")
+    hint = f"; {list_hint}" if list_hint and isinstance(value, list) else ""
+    raise ValueError(f"{where}: expected a string or a number for {key!r}, got {json.dumps(value)[:60]}{hint}")
 
 
-def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequence[str], label_lists: Sequence[str]
-                ) -> list[tuple[int, dict[str, Any]]]:
+def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequence[str], label_lists: Sequence[str],
+                list_hint: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for role, key in keys.items():
         if key is not None and not isinstance(key, str):
@@ -195,7 +196,7 @@ def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequen
                 values[role] = (tuple(_label_text(v, where, key) for v in value) if isinstance(value, list)
                                 else _label_text(value, where, key))
             elif role in label_roles:
-                values[role] = _label_text(value, where, key)
+                values[role] = _label_text(value, where, key, list_hint)
                 if not values[role].strip():
                     raise ValueError(f"{where}: the {role.removesuffix('_column')} field ({key!r}) is empty")
             elif not isinstance(value, str):
@@ -207,14 +208,14 @@ def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequen
 
 
 def read_columns(path: str | Path, columns: dict[str, str | int | None], *, format: str | None = None,
-                 header: bool = True, label_roles: Sequence[str] = ("label_column",), label_lists: Sequence[str] = ()
-                 ) -> list[tuple[int, dict[str, Any]]]:
+                 header: bool = True, label_roles: Sequence[str] = ("label_column",), label_lists: Sequence[str] = (),
+                 list_hint: str = "") -> list[tuple[int, dict[str, Any]]]:
     """The chosen columns of every row of a CSV, TSV or JSONL table: ``(line, {role: value})``, None for a role
     whose column is None. `columns` maps a role (the name errors use, e.g. "text_column") to a header name or a
     0-based index (JSONL: a key). The roles in `label_roles` must not be empty and, in JSONL, may be numbers (kept
     in their JSON spelling); the others are text. A role in `label_lists` holds a row's labels, of which there may
-    be none: a field that may be empty, in JSONL also a list of labels (a tuple of their texts). `read_table` is
-    this with the classification roles."""
+    be none: a field that may be empty, in JSONL also a list of labels (a tuple of their texts); `list_hint` says
+    what a list refused in another label role is for. `read_table` is this with the classification roles."""
     path = Path(path)
     fmt = table_format(path, format)
     if fmt not in ("csv", "tsv", "jsonl"):
@@ -224,7 +225,7 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
         raise ValueError(f"format must be 'csv', 'tsv' or 'jsonl', got {format!r}")
     text = _read_text(path)
     if fmt == "jsonl":
-        return _read_jsonl(path, text, columns, label_roles, label_lists)
+        return _read_jsonl(path, text, columns, label_roles, label_lists, list_hint)
 
     rows = _rows_delimited(text, path, fmt)
     names: list[str] | None = None
@@ -275,7 +276,8 @@ def read_table(path: str | Path, *, format: str | None = None, text_column: str 
     """
     rows = read_columns(path, {"text_column": text_column, "text_pair_column": text_pair_column,
                                "label_column": label_column}, format=format, header=header,
-                        label_lists=("label_column",) if multi_label else ())
+                        label_lists=("label_column",) if multi_label else (),
+                        list_hint="a list of labels is for multi-label classification (--multi-label)")
     return [Example(v["text_column"], v["text_pair_column"], v["label_column"], n) for n, v in rows]
 
 

@@ -561,10 +561,10 @@ def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None
     t = torch.from_numpy(logits)
     probs = (torch.sigmoid(t) if multi_label else torch.softmax(t, dim=-1)).numpy()
     out = []
-    for p in probs:
+    for p, row in zip(probs, logits):
         k = int(p.argmax())
         out.append({"label": names[k], "score": float(p[k]),
                     "probabilities": {name: float(q) for name, q in zip(names, p)}})
-        if multi_label:
-            out[-1]["labels"] = [name for name, q in zip(names, p) if q >= 0.5]
+        if multi_label:  # a logit >= 0, as evaluate counts it (float32's sigmoid is 0.5 just below 0 too)
+            out[-1]["labels"] = [name for name, z in zip(names, row) if z >= 0]
     return out

@@ -642,6 +642,8 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     separator = settings_for(model, FinetuneClassifyArgs, label_separator=read.pop("label_separator", None))
+    if not separator["label_separator"]:
+        raise FlagError("--label-separator must not be empty")
     info = label_info_from_config(model.config, separator["label_separator"])
     examples = read_examples(data, **_classify_columns(model, read, data), multi_label=info.multi_label)
     if not examples:

@@ -196,7 +196,8 @@ def test_multi_label_fields_may_be_empty_or_a_jsonl_list(tmp_path):
     j = write(tmp_path, "m.jsonl", '{"t": "a", "l": ["x", 2]}\n{"t": "b", "l": []}\n{"t": "c", "l": "x;y"}\n')
     assert read_table(j, text_column="t", label_column="l", multi_label=True) == [
         Example("a", None, ("x", "2"), 1), Example("b", None, (), 2), Example("c", None, "x;y", 3)]
-    with pytest.raises(ValueError, match=r"m\.jsonl:1: expected a string or a number for 'l', got \["):
+    with pytest.raises(ValueError, match=r"m\.jsonl:1: expected a string or a number for 'l', got \[\"x\", 2\]; a "
+                                         r"list of labels is for multi-label classification \(--multi-label\)$"):
         read_table(j, text_column="t", label_column="l")  # a list is for multi_label only
     bad = write(tmp_path, "bad.jsonl", '{"t": "a", "l": ["x", {"y": 1}]}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected a string or a number for 'l', got \{"):
