@@ -28,6 +28,8 @@ from .io import atomic_directory, check_new_directory
 from .tf_bundle import read_index, read_variables
 
 CONFIG_FILES = ("bert_config.json", "config.json")
+# beside a vocab.txt, files that make a HuggingFace tokenizer directory: its settings, added and special tokens
+HF_TOKENIZER_SETTINGS = ("tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 # TensorFlow variables that are training state, not weights: optimizer slots and counters
@@ -223,10 +225,10 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
 
     The config is `config_file`, else bert_config.json or config.json beside the weights; the tokenizer
     `vocab_file` (a vocab.txt or tokenizer.json), else the one beside them: a HuggingFace directory's
-    (tokenizer.json or tokenizer_config.json, with its settings; transformers 5 writes no vocab.txt), else
-    vocab.txt. `lowercase=None` keeps a tokenizer.json's casing and reads a vocab.txt's from the vocabulary
-    (`vocab_is_cased`). The model class is `architecture_name`, else the config's `architectures`, else
-    `architecture(weights)`. Every weight of that class must be in the checkpoint (a bare encoder's pooler may
+    (tokenizer.json, or vocab.txt with tokenizer_config.json, added_tokens.json or special_tokens_map.json: read
+    as transformers reads it; transformers 5 writes no vocab.txt), else vocab.txt. `lowercase=None` keeps the
+    HuggingFace files' casing and reads a bare vocab.txt's from the vocabulary (`vocab_is_cased`). The model
+    class is `architecture_name`, else the config's `architectures`, else `architecture(weights)`. Every weight of that class must be in the checkpoint (a bare encoder's pooler may
     be absent), and the directory appears whole or not at all.
     """
     source, output = os.fspath(source), os.fspath(output)
@@ -273,9 +275,10 @@ def _tokenizer(where: str, vocab_file: str | None, lowercase: bool | None, max_l
     """The tokenizer `convert` writes (see there), or None when there is none to read."""
     from .tokenizer import BertTokenizer
     casing = {} if lowercase is None else {"do_lower_case": lowercase}
-    found = {n for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+    found = {n for n in ("tokenizer.json", "vocab.txt", *HF_TOKENIZER_SETTINGS)
              if os.path.isfile(os.path.join(where, n))}
-    if vocab_file is None and ("tokenizer.json" in found or {"tokenizer_config.json", "vocab.txt"} <= found):
+    huggingface = "tokenizer.json" in found or "vocab.txt" in found and found & set(HF_TOKENIZER_SETTINGS)
+    if vocab_file is None and huggingface:
         return BertTokenizer.from_pretrained(where, **casing)
     path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")
     if path is None:

@@ -258,6 +258,14 @@ def test_a_huggingface_directory_keeps_its_tokenizer(tmp_path):
     shutil.copy(GOOGLE / "vocab.txt", old / "vocab.txt")
     assert vocab_is_cased(old / "vocab.txt") is False
     assert convert(old, tmp_path / "old_out").lowercase is False  # as transformers loads it
+    # older still: vocab.txt and added_tokens.json ({token: id}) alone
+    (old / "tokenizer_config.json").unlink()
+    size = len((old / "vocab.txt").read_text().splitlines())
+    (old / "added_tokens.json").write_text(json.dumps({"newword": size}))
+    legacy = transformers.BertTokenizer.from_pretrained(old)
+    convert(old, tmp_path / "legacy_out")
+    ours = BertTokenizer.from_pretrained(tmp_path / "legacy_out")
+    assert ours(text)["input_ids"] == legacy(text)["input_ids"] and "newword" in ours.tokenize(text)
     (tmp_path / "bare").mkdir()
     shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "bare")
     shutil.copy(tmp_path / "hf" / "model.safetensors", tmp_path / "bare")
