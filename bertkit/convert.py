@@ -228,8 +228,9 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
     (tokenizer.json, or vocab.txt with tokenizer_config.json, added_tokens.json or special_tokens_map.json: read
     as transformers reads it; transformers 5 writes no vocab.txt), else vocab.txt. `lowercase=None` keeps the
     HuggingFace files' casing and reads a bare vocab.txt's from the vocabulary (`vocab_is_cased`). The model
-    class is `architecture_name`, else the config's `architectures`, else `architecture(weights)`. Every weight of that class must be in the checkpoint (a bare encoder's pooler may
-    be absent), and the directory appears whole or not at all.
+    class is `architecture_name`, else the config's `architectures`, else `architecture(weights)`. Every weight
+    of that class must be in the checkpoint (a bare encoder's pooler may be absent), and the directory appears
+    whole or not at all.
     """
     source, output = os.fspath(source), os.fspath(output)
     if architecture_name is not None and architecture_name not in ARCHITECTURES:
