@@ -34,7 +34,7 @@ import statistics
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -46,6 +46,7 @@ from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
 from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer, run_lock
+from ..warn import warn
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
                        classification_report, encode_examples, evaluate_classification, label_info, labelled_logits)
 from .flags import FlagError, check_ints, check_numbers, field_defaults
@@ -358,6 +359,26 @@ def _run_one(args: FinetuneClassifyArgs, seed: int, out: Path, data) -> dict[str
          "format": args.format, **({"label_separator": args.label_separator} if info.multi_label else {})})
 
 
+def head_label_order(model: str, labels: Sequence[str], head: str) -> tuple[str, ...]:
+    """The data's `labels` in the order of the `head` classifier `model` was already fine-tuned with, when its
+    labels are the data's (matched regardless of case, as transformers' run_glue.py and run_ner.py match them),
+    so that its rows keep their meaning; otherwise `labels` as given, with a warning when the classifier was
+    fine-tuned for other labels (its rows are then kept by position, as transformers keeps them)."""
+    config = AutoConfig.from_pretrained(model)
+    if head not in (config.architectures or ()):
+        return tuple(labels)  # a new classifier
+    names = config.label_names()
+    if names == [f"LABEL_{i}" for i in range(len(names))]:
+        return tuple(labels)  # a classifier without label names: nothing to match
+    by_name = {label.lower(): label for label in labels}
+    if len(by_name) == len(labels) == len(names) and set(by_name) == {n.lower() for n in names}:
+        return tuple(by_name[n.lower()] for n in names)
+    if len(names) == len(labels):
+        warn(f"{model}: its classifier was fine-tuned for the labels {names}, the data has {list(labels)}; its "
+             f"rows are kept by position, as transformers keeps them")
+    return tuple(labels)
+
+
 def _task_name(info) -> str:
     return "regression" if info.regression else "multi-label classification" if info.multi_label else "classification"
 
@@ -457,6 +478,9 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
     if not dev:
         raise ValueError(f"{args.dev}: no dev rows")
     info = label_info(train, args.regression, args.train, args.multi_label, args.label_separator)
+    if not info.regression:  # a classifier fine-tuned before keeps its label order
+        info = dataclasses.replace(info, labels=head_label_order(args.model, info.labels,
+                                                                 "BertForSequenceClassification"))
     metric = args.metric or ("pearson" if info.regression else "f1" if info.multi_label else "accuracy")
     allowed = (("pearson", "spearman") if info.regression else ("f1", "macro_f1", "accuracy") if info.multi_label
                else ("accuracy", "f1", "mcc"))
@@ -509,7 +533,7 @@ def run_finetune_tag(args: FinetuneTagArgs) -> dict[str, Any]:
         raise ValueError(f"{args.train}: no training sentences")
     if not dev:
         raise ValueError(f"{args.dev}: no dev sentences")
-    tags = tag_set(train)
+    tags = head_label_order(args.model, tag_set(train), "BertForTokenClassification")
     tok = AutoTokenizer.from_pretrained(args.model)
     max_len, stride = _tag_window(args, AutoConfig.from_pretrained(args.model))
     train_feats = encode_sentences(tok, train, tags, max_len, stride, source=args.train)

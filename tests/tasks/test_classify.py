@@ -1,6 +1,7 @@
 """Sequence-classification fine-tuning end to end through the CLI, on a toy task and a tiny random BERT."""
 import json
 import random
+import warnings
 
 import pytest
 import torch
@@ -751,3 +752,39 @@ def test_predict_and_evaluate_read_a_transformers_classifier_as_its_pipeline_doe
         assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "lab.tsv"),
                      "--output", str(tmp_path / "e.json")]) == 0
         assert json.loads((tmp_path / "e.json").read_text())["n"] == 2
+
+
+@pytest.mark.parametrize("names", [("pos", "neg"), ("POS", "Neg"), ("good", "bad")])
+def test_a_fine_tuned_classifier_keeps_the_order_of_its_labels(toy, tmp_path, names):
+    """Fine-tuning a classifier again: when its labels are the data's (regardless of case, as transformers'
+    run_glue.py matches them) they keep its order, so that its rows keep their meaning (sorted, "pos" would be
+    row 1 with row 0's weights); other labels are warned of, the rows kept by position as transformers keeps
+    them."""
+    transformers = pytest.importorskip("transformers")
+    src, out = tmp_path / "src", tmp_path / "run"
+    torch.manual_seed(0)
+    transformers.AutoModelForSequenceClassification.from_pretrained(
+        toy["encoder"], num_labels=2, id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}).save_pretrained(src)
+    AutoTokenizer.from_pretrained(toy["encoder"]).save_pretrained(src)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["finetune", "classify", "--model", str(src), "--train", str(toy["train"]), "--dev",
+                     str(toy["dev"]), "--output", str(out), "--max-steps", "1", "--lr", "1e-12", "--batch-size", "4",
+                     "--max-seq-length", "16"]) == 0
+    said = [str(w.message) for w in caught if "its classifier was fine-tuned for the labels" in str(w.message)]
+    kept = names != ("good", "bad")
+    saved = json.loads((out / "best" / "config.json").read_text())["id2label"]
+    assert saved == ({"0": "pos", "1": "neg"} if kept else {"0": "neg", "1": "pos"})
+    assert said == ([] if kept else [f"{src}: its classifier was fine-tuned for the labels ['good', 'bad'], the data "
+                                     "has ['neg', 'pos']; its rows are kept by position, as transformers keeps them"])
+    texts = [t for t, _, _ in toy["rows"][1]]
+    before = predict(AutoModelForSequenceClassification.from_pretrained(src), AutoTokenizer.from_pretrained(src),
+                     texts)
+    after = predict(AutoModelForSequenceClassification.from_pretrained(out / "best"),
+                    AutoTokenizer.from_pretrained(out / "best"), texts)
+    assert [p["score"] for p in after] == pytest.approx([p["score"] for p in before], abs=1e-5)  # lr 1e-12
+    if kept:  # each row its name, in the data's spelling
+        assert [p["label"] for p in after] == [p["label"].lower() for p in before]
+    else:  # each row by position under the data's sorted names: row 0, "good", is now "neg"
+        assert [p["label"] for p in after] == [{"good": "neg", "bad": "pos"}[p["label"]] for p in before]

@@ -284,3 +284,26 @@ def test_a_transformers_tagger_with_the_two_default_labels_predicts_and_evaluate
     assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "lab.conll"),
                  "--output", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["n"] == 1
+
+
+def test_a_fine_tuned_tagger_keeps_the_order_of_its_tags(toy, tmp_path):
+    """As a classifier: a tagger fine-tuned again on the same tags keeps its order, so its rows keep their
+    meaning (sorted, the tags would trade rows)."""
+    transformers = pytest.importorskip("transformers")
+    tags = sorted({t for s in toy["rows"][0] for _, t in s}, reverse=True)  # its own order: not sorted
+    assert len(tags) >= 3
+    src, out = tmp_path / "src", tmp_path / "run"
+    torch.manual_seed(0)
+    transformers.AutoModelForTokenClassification.from_pretrained(
+        toy["encoder"], num_labels=len(tags), id2label=dict(enumerate(tags)),
+        label2id={t: i for i, t in enumerate(tags)}).save_pretrained(src)
+    AutoTokenizer.from_pretrained(toy["encoder"]).save_pretrained(src)
+    assert main(["finetune", "tag", "--model", str(src), "--train", str(toy["train"]), "--dev", str(toy["dev"]),
+                 "--output", str(out), "--max-steps", "1", "--lr", "1e-12", "--batch-size", "4"]) == 0
+    assert json.loads((out / "best" / "config.json").read_text())["id2label"] == {str(i): t for i, t in enumerate(tags)}
+    words = [[w for w, _ in s] for s in toy["rows"][1][:5]]
+    before = predict_tags(AutoModelForTokenClassification.from_pretrained(src), AutoTokenizer.from_pretrained(src),
+                          words)
+    after = predict_tags(AutoModelForTokenClassification.from_pretrained(out / "best"),
+                         AutoTokenizer.from_pretrained(out / "best"), words)
+    assert [[t for t, _ in s] for s in after] == [[t for t, _ in s] for s in before]
