@@ -669,6 +669,10 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     if not separator["label_separator"]:
         raise FlagError("--label-separator must not be empty")
     info = label_info_from_config(model.config, separator["label_separator"])
+    if info.regression and model.config.num_labels > 1:
+        raise ValueError(f"{model_dir}: a regression of {model.config.num_labels} targets "
+                         f"({', '.join(model.config.label_names())}); evaluate scores one target (predict gives "
+                         f"each target's value)")
     examples = read_examples(data, **_classify_columns(model, read, data), multi_label=info.multi_label)
     if not examples:
         raise ValueError(f"{data}: no rows")

@@ -747,6 +747,12 @@ def test_predict_and_evaluate_read_a_transformers_classifier_as_its_pipeline_doe
         assert row["label"] == best and row["score"] == pytest.approx(ref[best], abs=1e-5)
         if head == "multi-label":
             assert row["labels"] == [name for name in sorted(ref) if ref[name] >= 0.5]
+    if head == "two regression targets":  # evaluate scores one target: refused in one line, not a traceback
+        (tmp_path / "lab.tsv").write_text("text\tlabel\nnice film\t0.5\n", encoding="utf-8")
+        capsys.readouterr()
+        assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "lab.tsv")]) == 2
+        assert capsys.readouterr().err == (f"bertkit evaluate: error: {model}: a regression of 2 targets (LABEL_0, "
+                                           "LABEL_1); evaluate scores one target (predict gives each target's value)\n")
     if head == "two default labels":
         (tmp_path / "lab.tsv").write_text("text\tlabel\nnice film\tLABEL_1\nhorrid\tLABEL_0\n", encoding="utf-8")
         assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "lab.tsv"),
