@@ -541,7 +541,8 @@ def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None
             batch_size: int = 64, stride: int | None = None) -> list[dict[str, Any]]:
     """One dict per text, in input order: for classification ``label`` (the config's id2label name), ``score``
     (its probability) and ``probabilities`` (label -> probability); for regression ``label`` and ``score`` are both
-    the predicted value. As the text-classification pipeline reads the config: a multi-label model's
+    the predicted value (one output without a problem_type, a cross-encoder's, gives its name and sigmoid, as the
+    pipeline does). As the text-classification pipeline reads the config: a multi-label model's
     probabilities are a sigmoid per label, and ``labels`` lists those of at least 0.5; a regression of several
     targets gives ``values`` (name -> value). With a `stride`, long texts are read in windows whose logits are
     averaged."""
@@ -553,6 +554,8 @@ def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None
                     for ids, types, i in encode_windows(tok, texts, pairs, max_seq_length, stride)]
     logits, _ = example_logits(predict_logits(model, features, batch_size, pad_id=tok.pad_token_id), features)
     cfg, names = model.config, model.config.label_names()
+    if cfg.num_labels == 1 and cfg.problem_type is None:  # a cross-encoder's relevance: the pipeline's sigmoid
+        return [{"label": names[0], "score": float(s)} for s in torch.sigmoid(torch.from_numpy(logits[:, 0]))]
     if cfg.num_labels == 1:
         return [{"label": float(v), "score": float(v)} for v in logits[:, 0]]
     if cfg.problem_type == "regression":

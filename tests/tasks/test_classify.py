@@ -718,19 +718,21 @@ def test_torchrun_fsdp_fine_tuning_equals_ddp(toy, tmp_path, torchrun):
     assert alone["accuracy"] == best["accuracy"] and alone["loss"] == pytest.approx(best["loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize("head", ["two default labels", "multi-label", "two regression targets"])
+@pytest.mark.parametrize("head", ["two default labels", "multi-label", "two regression targets", "one output"])
 def test_predict_and_evaluate_read_a_transformers_classifier_as_its_pipeline_does(toy, tmp_path, capsys, head):
     """A classifier saved by transformers: two default labels (transformers 5 leaves id2label out of
-    config.json), multi-label (a sigmoid per label), or a regression of two targets. `predict` scores each as
+    config.json), multi-label (a sigmoid per label), a regression of two targets, or one output without a
+    problem_type (a cross-encoder's relevance: a sigmoid). `predict` scores each as
     transformers' text-classification pipeline does; `evaluate` reads the default label names."""
     transformers = pytest.importorskip("transformers")
     kwargs = {"multi-label": dict(num_labels=3, problem_type="multi_label_classification"),
-              "two regression targets": dict(num_labels=2, problem_type="regression")}.get(head, {})
+              "two regression targets": dict(num_labels=2, problem_type="regression"),
+              "one output": dict(num_labels=1)}.get(head, {})
     model = tmp_path / "model"
     torch.manual_seed(0)
     transformers.AutoModelForSequenceClassification.from_pretrained(toy["encoder"], **kwargs).save_pretrained(model)
     AutoTokenizer.from_pretrained(toy["encoder"]).save_pretrained(model)
-    assert ("id2label" in json.loads((model / "config.json").read_text())) == (head == "multi-label")
+    assert ("id2label" in json.loads((model / "config.json").read_text())) == (head in ("multi-label", "one output"))
     texts = ["nice film", "the story was horrid", "a lovely plot"]
     data = tmp_path / "texts.tsv"
     data.write_text("text\n" + "".join(f"{t}\n" for t in texts), encoding="utf-8")
