@@ -555,16 +555,18 @@ class BertTokenizer:
         for t in tokens:
             if not (isinstance(t, str) and t or isinstance(t, AddedToken) and t.content):
                 raise TypeError(f"tokens to add must be non-empty str or AddedToken, got {t!r}")
-        given = [t for t in tokens if isinstance(t, AddedToken)]
-        words = [t for t in tokens if isinstance(t, str)]
         before = len(self)
-        if special_tokens:
-            self._tok.add_special_tokens([*given, *(_special(t) for t in words)])
+        if special_tokens:  # new ids in the order given, as transformers numbers them
+            self._tok.add_special_tokens([t if isinstance(t, AddedToken) else _special(t) for t in tokens])
         else:
             known = self._tok.get_vocab(with_added_tokens=True)
-            fresh = dict.fromkeys(t.lower() if self.do_lower_case else t for t in words)
-            self._tok.add_tokens([*(t for t in given if t.content not in known),
-                                  *(AddedToken(t, special=False, normalized=True) for t in fresh if t not in known)])
+            fresh = {}
+            for t in tokens:
+                if isinstance(t, str):
+                    t = AddedToken(t.lower() if self.do_lower_case else t, special=False, normalized=True)
+                if t.content not in known:
+                    fresh.setdefault(t.content, t)
+            self._tok.add_tokens(list(fresh.values()))
         return len(self) - before
 
     def _update_post_processor(self) -> None:

@@ -337,6 +337,18 @@ def test_added_vocab_as_transformers(hf):
     assert list(t.added_tokens_encoder.values()) == sorted(t.added_tokens_encoder.values())
 
 
+@pytest.mark.parametrize("special", [False, True])
+def test_added_tokens_take_ids_in_the_order_given_as_transformers(hf, special):
+    """A list mixing str and AddedToken is numbered in its order (code that rebuilds a tokenizer by adding
+    tokens must get transformers' ids, or resized embedding rows would not line up)."""
+    from tokenizers import AddedToken
+    new = ["aaaqx", AddedToken("bbbqx", single_word=True, special=special), "cccqx", AddedToken("dddqx")]
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(MINILM)
+    assert ours.add_tokens(new, special_tokens=special) == ref.add_tokens(new, special_tokens=special) == 4
+    names = ["aaaqx", "bbbqx", "cccqx", "dddqx"]
+    assert ours.convert_tokens_to_ids(names) == ref.convert_tokens_to_ids(names) == [30522, 30523, 30524, 30525]
+
+
 def test_add_tokens_keeps_case_for_cased(cased_dir):
     t = BertTokenizer.from_pretrained(cased_dir)
     assert t.add_tokens(["QzXv"]) == 1
