@@ -229,14 +229,20 @@ class FillMaskPipeline(Pipeline):
     """`p(text, top_k=5)` -> [{"token_str", "score", "token", "sequence"}, ...], best first.
 
     A text with several masks gives one such list per mask (like transformers); a list of texts gives a
-    list of results. `sequence` is the text with the guess in place (special tokens dropped when the text
-    has a single mask). `targets` (a word or a list) limits the guesses to those words, as in transformers: a
-    word outside the vocabulary stands for its first sub-token (with a warning)."""
+    list of results, except that a list of one text gives its result alone, as transformers' does. `sequence`
+    is the text with the guess in place (special tokens dropped when the text has a single mask). `targets` (a
+    word or a list) limits the guesses to those words, as in transformers: a word outside the vocabulary stands
+    for its first sub-token (with a warning)."""
 
     task = "fill-mask"
     auto_class = AutoModelForMaskedLM
     head = "masked-LM head (cls.predictions)"
     options = {"top_k": 5, "targets": None}
+
+    def _finish(self, results, single, inputs, opts):
+        if isinstance(inputs, list) and len(inputs) == 1:
+            return results[0]  # transformers' fill-mask unwraps a list of one text
+        return super()._finish(results, single, inputs, opts)
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
