@@ -133,6 +133,14 @@ class Pipeline:
             raise ValueError(f"{self.task}: {name} must be an int >= {low}{' or None' if allow_none else ''}, "
                              f"got {v!r}")
 
+    def _check_tokenizer_kwargs(self, kwargs, name: str, keys=("truncation", "max_length", "padding")) -> None:
+        """Tokenizer options as transformers' pipelines pass them on (`name`: what holds them): `truncation` and
+        `padding` are accepted (texts are cut to the model's positions, and batches padded, either way);
+        `max_length`, where the task takes it, cuts texts to n tokens."""
+        if not isinstance(kwargs, Mapping) or set(kwargs) - set(keys):
+            raise ValueError(f"{self.task}: {name} takes {', '.join(keys)}, got {kwargs!r:.80}")
+        self._check_int(dict(kwargs), "max_length", allow_none=True)
+
     def _is_single(self, inputs) -> bool:
         return isinstance(inputs, str)
 
@@ -237,7 +245,7 @@ class FillMaskPipeline(Pipeline):
     task = "fill-mask"
     auto_class = AutoModelForMaskedLM
     head = "masked-LM head (cls.predictions)"
-    options = {"top_k": 5, "targets": None}
+    options = {"top_k": 5, "targets": None, "tokenizer_kwargs": None}
 
     def _finish(self, results, single, inputs, opts):
         if isinstance(inputs, list) and len(inputs) == 1:
@@ -247,6 +255,7 @@ class FillMaskPipeline(Pipeline):
     def _check_options(self, opts):
         opts = super()._check_options(opts)
         self._check_int(opts, "top_k")
+        self._check_tokenizer_kwargs(opts.get("tokenizer_kwargs") or {}, "tokenizer_kwargs", ("truncation", "padding"))
         if opts.get("targets") is not None:
             opts = {**opts, "targets": self._target_ids(opts["targets"])}
         return opts
@@ -319,10 +328,13 @@ class TextClassificationPipeline(Pipeline):
     task = "text-classification"
     auto_class = AutoModelForSequenceClassification
     head = "classifier head (bert.pooler and classifier)"
-    options = {"top_k": "", "function_to_apply": None}  # top_k "": not given (transformers' marker too)
+    # top_k "": not given (transformers' marker too); the tokenizer options transformers passes on
+    options = {"top_k": "", "function_to_apply": None, "truncation": True, "max_length": None, "padding": False}
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
+        self._check_tokenizer_kwargs({k: v for k, v in opts.items() if k in ("truncation", "max_length", "padding")},
+                                     "its tokenizer options")
         if opts.get("top_k") != "":
             self._check_int(opts, "top_k", low=0, allow_none=True)   # 0: no labels, as transformers
         if isinstance(opts.get("function_to_apply"), str):            # any case, as transformers reads it
@@ -374,7 +386,7 @@ class TextClassificationPipeline(Pipeline):
         return "softmax"
 
     def _run_batch(self, items, opts):
-        enc = self._encode(items, padding=True, return_tensors="pt")
+        enc = self._encode(items, opts["max_length"], padding=True, return_tensors="pt")
         logits = self._forward(self._inputs(enc)).logits.float().cpu()
         function = opts["function_to_apply"] or self._default_function()
         apply = {"softmax": lambda t: t.softmax(-1), "sigmoid": torch.sigmoid, "none": lambda t: t}[function]
@@ -782,11 +794,8 @@ class FeatureExtractionPipeline(Pipeline):
 
     def _check_options(self, opts):
         opts = super()._check_options(opts)
-        kwargs = opts.get("tokenize_kwargs") or {}
-        if not isinstance(kwargs, Mapping) or set(kwargs) - {"truncation", "max_length"}:
-            raise ValueError("feature-extraction: tokenize_kwargs takes truncation and max_length, got "
-                             f"{kwargs!r:.80}")
-        self._check_int(dict(kwargs), "max_length", allow_none=True)
+        # (padding would change transformers' pooling="none" output: refused)
+        self._check_tokenizer_kwargs(opts.get("tokenize_kwargs") or {}, "tokenize_kwargs", ("truncation", "max_length"))
         if opts.get("pooling", "mean") not in ("mean", "cls", "none"):
             raise ValueError(f"feature-extraction: pooling must be 'mean', 'cls' or 'none', got {opts['pooling']!r}")
         if opts.get("pooling") == "none" and opts.get("normalize"):

@@ -107,7 +107,7 @@ def test_feature_extraction_without_pooling_gives_transformers_result():
     ref = theirs(TEXTS[1], tokenize_kwargs={"truncation": True, "max_length": 4})
     assert torch.tensor(cut).shape == torch.tensor(ref).shape == (1, 4, 384)
     assert (torch.tensor(cut) - torch.tensor(ref)).abs().max() <= 1e-5
-    with pytest.raises(ValueError, match="tokenize_kwargs takes truncation and max_length"):
+    with pytest.raises(ValueError, match="tokenize_kwargs takes truncation, max_length, got"):
         ours(TEXTS[0], tokenize_kwargs={"padding": "max_length"})
     with pytest.raises(TypeError, match="inputs must be a str or a list of them, got a dict with the keys text"):
         ours({"text": "a cat", "text_pair": "a dog"})
@@ -265,6 +265,30 @@ def test_a_tokenizer_without_a_length_limit_is_cut_at_the_model_positions(tmp_pa
     long_text = "word " * (3 * positions)
     cut = ours.tokenizer.decode(ours.tokenizer(long_text, max_length=positions)["input_ids"], skip_special_tokens=True)
     assert ours(long_text) == ours(cut)  # the long text is read up to the model's last position
+
+
+def test_tokenizer_options_as_transformers_pipelines_pass_them_on(tmp_path_factory):
+    """`clf(texts, truncation=True, max_length=n)` (transformers' idiom) cuts texts to n tokens; fill-mask takes
+    tokenizer_kwargs; an option no tokenizer call takes is refused in one line."""
+    d = tiny(tmp_path_factory, "clf_tok", transformers.BertForSequenceClassification)
+    ours, theirs = pipeline("text-classification", model=d), hf_pipeline("text-classification", d)
+    texts = TEXTS + [("Is it raining?", "No, the sun is out over London and Paris.")]
+    as_theirs = [{"text": t[0], "text_pair": t[1]} if isinstance(t, tuple) else t for t in texts]
+    for kwargs in ({"truncation": True}, {"truncation": True, "max_length": 6}, {"padding": True}):
+        got = ours(texts, top_k=None, **kwargs)
+        ref = [theirs(t, top_k=None, **kwargs) for t in as_theirs]
+        assert [[r["label"] for r in g] for g in got] == [[r["label"] for r in g] for g in ref]
+        assert max(abs(a["score"] - b["score"]) for g, h in zip(got, ref) for a, b in zip(g, h)) <= 1e-5
+    assert ours(texts[0], max_length=6) != ours(texts[0])  # the cut changes the scores: the option has teeth
+    with pytest.raises(ValueError, match=r"text-classification: max_length must be an int >= 1 or None, got 0"):
+        ours(texts[0], max_length=0)
+    m = tiny(tmp_path_factory, "mlm_tok", transformers.BertForMaskedLM)
+    fill, ref = pipeline("fill-mask", model=m), hf_pipeline("fill-mask", m)
+    kwargs = {"tokenizer_kwargs": {"truncation": True}}
+    assert [a["token"] for a in fill(MASKED[0], **kwargs)] == [a["token"] for a in ref(MASKED[0], **kwargs)]
+    with pytest.raises(ValueError, match=r"^fill-mask: tokenizer_kwargs takes truncation, padding, got "
+                                         r"\{'max_length': 4\}$"):
+        fill(MASKED[0], tokenizer_kwargs={"max_length": 4})
 
 
 # ------------------------------------------------------------------------------------ token classification
