@@ -425,8 +425,8 @@ class TokenClassificationPipeline(Pipeline):
     "none" (the default): one dict per sub-token not labelled "O"; `index` is the token position ([CLS] being
     0), `word` the sub-token ("##lace"). The others build entities from units: "simple" from sub-tokens,
     "first", "average" and "max" from words (a token and the "##" pieces after it, by transformers' rule: see
-    `_word_numbers`), whose label and score come
-    from the first sub-token's probabilities, their mean, or the sub-token with the highest probability.
+    `_word_numbers`), whose label and score come from the first sub-token's probabilities, their mean, or the
+    sub-token with the highest probability.
     Adjacent units form one entity while their labels share a type and the later one is not B- (labels without
     a B-/I- prefix count as I-); the entity is named after its first unit's label without the prefix, its
     `score` is the mean over its units, and "O" entities are dropped. `start`/`end` are character offsets
@@ -557,7 +557,7 @@ class TokenClassificationPipeline(Pipeline):
         return numbers
 
     def _entities(self, text, tokens, ids, probs, top, best, opts) -> list[dict]:
-        """The results of one row: `tokens` as (position, word key, start, end), `probs` (seqlen, labels) with
+        """The results of one row: `tokens` as (position, word number, start, end), `probs` (seqlen, labels) with
         each position's `top` probability and `best` label."""
         strategy = opts["aggregation_strategy"]
         unk, pieces = self.tokenizer.unk_token_id, self.tokenizer.convert_ids_to_tokens(ids)
