@@ -197,7 +197,7 @@ class Pipeline:
             enc = self._encode([items[i] for i in idx])
             for i, ids in zip(idx, enc["input_ids"]):
                 lengths[i] = len(ids)
-        self._check_lengths(items, lengths)
+        self._check_lengths(items, lengths, opts)
         order = sorted(range(len(items)), key=lambda i: (self._kind(items[i]), lengths[i]))
         results: list = [None] * len(items)
         start = 0
@@ -213,7 +213,7 @@ class Pipeline:
             start = stop
         return results
 
-    def _check_lengths(self, items: list, lengths: list[int]) -> None:
+    def _check_lengths(self, items: list, lengths: list[int], opts: dict) -> None:
         pass
 
     def _inputs(self, enc) -> dict[str, Any]:
@@ -255,7 +255,7 @@ class FillMaskPipeline(Pipeline):
     def _check_options(self, opts):
         opts = super()._check_options(opts)
         self._check_int(opts, "top_k")
-        self._check_tokenizer_kwargs(opts.get("tokenizer_kwargs") or {}, "tokenizer_kwargs", ("truncation", "padding"))
+        self._check_tokenizer_kwargs(opts.get("tokenizer_kwargs") or {}, "tokenizer_kwargs")
         if opts.get("targets") is not None:
             opts = {**opts, "targets": self._target_ids(opts["targets"])}
         return opts
@@ -282,9 +282,14 @@ class FillMaskPipeline(Pipeline):
             raise ValueError("fill-mask: targets holds no token")
         return sorted(set(ids))
 
-    def _check_lengths(self, items, lengths):
+    @staticmethod
+    def _cut(opts) -> int | None:
+        """The max_length of the call's tokenizer_kwargs (None: the model's positions)."""
+        return (opts["tokenizer_kwargs"] or {}).get("max_length")
+
+    def _check_lengths(self, items, lengths, opts):
         mask_id = self.tokenizer.mask_token_id
-        enc = self._encode(items)
+        enc = self._encode(items, self._cut(opts))
         for i, ids in enumerate(enc["input_ids"]):
             if mask_id not in ids:
                 raise ValueError(f"fill-mask: input {i} has no {self.tokenizer.mask_token} "
@@ -292,11 +297,12 @@ class FillMaskPipeline(Pipeline):
 
     def _run_batch(self, items, opts):
         top_k = min(opts["top_k"], self.model.config.vocab_size)
-        guesses = fill_mask(self.model, self.tokenizer, items, top_k=top_k, targets=opts["targets"])
+        guesses = fill_mask(self.model, self.tokenizer, items, top_k=top_k, targets=opts["targets"],
+                            max_length=self._cut(opts))
         tok = self.tokenizer
         out = []
         for text, per_mask in zip(items, guesses):
-            ids = tok(text, truncation=True, max_length=self.max_length)["input_ids"]
+            ids = self._encode([text], self._cut(opts))["input_ids"][0]
             where = [j for j, t in enumerate(ids) if t == tok.mask_token_id]
             single = len(where) == 1
             rows = []

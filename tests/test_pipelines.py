@@ -284,11 +284,17 @@ def test_tokenizer_options_as_transformers_pipelines_pass_them_on(tmp_path_facto
         ours(texts[0], max_length=0)
     m = tiny(tmp_path_factory, "mlm_tok", transformers.BertForMaskedLM)
     fill, ref = pipeline("fill-mask", model=m), hf_pipeline("fill-mask", m)
-    kwargs = {"tokenizer_kwargs": {"truncation": True}}
-    assert [a["token"] for a in fill(MASKED[0], **kwargs)] == [a["token"] for a in ref(MASKED[0], **kwargs)]
-    with pytest.raises(ValueError, match=r"^fill-mask: tokenizer_kwargs takes truncation, padding, got "
-                                         r"\{'max_length': 4\}$"):
-        fill(MASKED[0], tokenizer_kwargs={"max_length": 4})
+    text = MASKED[3]  # 19 tokens, the [MASK] at position 13
+    for kwargs in ({"truncation": True}, {"truncation": True, "max_length": 17}):
+        got, want = fill(text, tokenizer_kwargs=kwargs), ref(text, tokenizer_kwargs=kwargs)
+        assert [(a["token"], a["sequence"]) for a in got] == [(a["token"], a["sequence"]) for a in want]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) <= 1e-5
+    assert fill(text, tokenizer_kwargs={"max_length": 17}) != fill(text)  # the cut changes the guesses' scores
+    with pytest.raises(ValueError, match=r"fill-mask: input 0 has no \[MASK\] \(within the first 8 tokens\)"):
+        fill(text, tokenizer_kwargs={"truncation": True, "max_length": 8})  # cut before the mask
+    with pytest.raises(ValueError, match=r"^fill-mask: tokenizer_kwargs takes truncation, max_length, padding, got "
+                                         r"\{'stride': 4\}$"):
+        fill(MASKED[0], tokenizer_kwargs={"stride": 4})
 
 
 # ------------------------------------------------------------------------------------ token classification

@@ -8,16 +8,18 @@ from ..train.trainer import pin, to_device
 
 
 @torch.inference_mode()
-def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5,
-              targets: list[int] | None = None) -> list[list[list[tuple[str, float]]]]:
+def fill_mask(model, tokenizer, texts: list[str], top_k: int = 5, targets: list[int] | None = None,
+              max_length: int | None = None) -> list[list[list[tuple[str, float]]]]:
     """For each text, for each [MASK] in it, the `top_k` (token, probability) pairs, best first; with `targets`
     (token ids), the best of those only (their probabilities over the whole vocabulary).
 
     `model` is a BertForMaskedLM or BertForPreTraining (`model.bert` + `model.cls.predictions`). Only the
     [MASK] rows are scored: the last layer computes just them (a `packing.Selection`) and the decoder over
     the vocabulary, which costs more than the encoder in a small BERT, sees no other token. The plan comes
-    from the CPU ids, so on a GPU only the guesses are read back."""
-    max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    from the CPU ids, so on a GPU only the guesses are read back. Texts are cut to `max_length` tokens, never
+    more than the model has positions for."""
+    limit = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    max_length = min(max_length or limit, limit)
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     is_mask = enc["input_ids"] == tokenizer.mask_token_id                    # (batch, seqlen)
     for i, row in enumerate(is_mask):
