@@ -534,9 +534,11 @@ class TokenClassificationPipeline(Pipeline):
             else:
                 text, spans = item, offsets[row]
             real = [pos for pos, w in enumerate(word_ids) if w is not None]  # not special, not padding
+            pieces = self.tokenizer.convert_ids_to_tokens(ids[row])  # once per row, for both uses
             # (position, word number, start, end) of each real token; see _word_numbers
-            tokens = [(pos, k, *spans[pos]) for pos, k in zip(real, self._word_numbers(ids[row], spans, real))]
-            found = self._entities(text, tokens, ids[row], probs[row], top[row], best[row], opts)
+            numbers = self._word_numbers(ids[row], pieces, spans, real)
+            tokens = [(pos, k, *spans[pos]) for pos, k in zip(real, numbers)]
+            found = self._entities(text, tokens, ids[row], pieces, probs[row], top[row], best[row], opts)
             out[n].extend(found)
             counts[n] += 1
         return [self._resolve_overlaps(found) if k > 1 else found for found, k in zip(out, counts)]
@@ -549,24 +551,24 @@ class TokenClassificationPipeline(Pipeline):
                  .softmax(-1).cpu() for s in range(0, len(enc["input_ids"]), batch_size)]
         return torch.cat(parts)
 
-    def _word_numbers(self, ids: list[int], spans: list, positions: list[int]) -> list[int]:
+    def _word_numbers(self, ids: list[int], pieces: list[str], spans: list, positions: list[int]) -> list[int]:
         """The word of each token at `positions`, by transformers' rule for a tokenizer with "##" pieces: a token
         continues the word before it when it is not as long as its text ("##lace" for "lace"; an [UNK] never
         does). So "new-york" given as one word is three, and, as in transformers, a token that lost combining
         accents of its text (decomposed "e\u0301" read "e") joins the word before it."""
-        pieces, unk = self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions]), self.tokenizer.unk_token_id
+        unk = self.tokenizer.unk_token_id
         numbers: list[int] = []
-        for pos, piece in zip(positions, pieces):
+        for pos in positions:
             a, b = spans[pos]
-            starts = ids[pos] == unk or len(piece) == b - a
+            starts = ids[pos] == unk or len(pieces[pos]) == b - a
             numbers.append(numbers[-1] + starts if numbers else 0)
         return numbers
 
-    def _entities(self, text, tokens, ids, probs, top, best, opts) -> list[dict]:
-        """The results of one row: `tokens` as (position, word number, start, end), `probs` (seqlen, labels) with
-        each position's `top` probability and `best` label."""
+    def _entities(self, text, tokens, ids, pieces, probs, top, best, opts) -> list[dict]:
+        """The results of one row: `tokens` as (position, word number, start, end), `pieces` the row's token
+        strings, `probs` (seqlen, labels) with each position's `top` probability and `best` label."""
         strategy = opts["aggregation_strategy"]
-        unk, pieces = self.tokenizer.unk_token_id, self.tokenizer.convert_ids_to_tokens(ids)
+        unk = self.tokenizer.unk_token_id
         # a token's word: its piece ("##lace"), or for an [UNK] the text it stands for, as in transformers
         piece = {pos: text[a:b] if ids[pos] == unk else pieces[pos] for pos, _, a, b in tokens}
         if strategy == "none":
