@@ -368,9 +368,11 @@ CONTENDERS = (*(k + c for c in ("", " + compile") for k in ("bertkit", "transfor
               "transformers + compile, sorted by length")
 
 
-def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compiled: bool) -> dict:
+def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compiled: bool,
+                prefetch: int | None = None) -> dict:
     """bertkit's Trainer itself (prefetch thread, pinned copies, CPU-side counts) on the same batches: the
-    timed steps are those between the log line after the warm-up and the last one (a log step synchronises)."""
+    timed steps are those between the log line after the warm-up and the last one (a log step synchronises).
+    `prefetch`: TrainConfig.prefetch (None: the Trainer's default, 2 batches ahead on CUDA)."""
     import tempfile
 
     import bertkit.modeling.bert as bert_module
@@ -382,7 +384,7 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
     with tempfile.TemporaryDirectory(prefix="bertkit-gpu-bench-") as run:
         tc = TrainConfig(max_steps=args.warmup + args.steps, batch_size=batch, lr=1e-4, precision="bf16",
                          log_every=args.warmup, save_final=False, output_dir=run, tensorboard=False,
-                         progress=False, compile=compiled)
+                         progress=False, compile=compiled, prefetch=prefetch)
         t0 = time.perf_counter()
         # the Trainer compiles with inductor; the bench's --backend instead (aot_eager in the smoke run)
         with mock.patch.object(bert_module, "compile_layers",
@@ -393,8 +395,10 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
     if first["step"] != args.warmup or last["step"] != args.warmup + args.steps:
         raise RuntimeError(f"unexpected log steps {[m['step'] for m in lines]}")
     seconds = last["elapsed"] - first["elapsed"]
+    # ms per step in each window between two log lines: whether the Trainer is slow throughout or in bursts
+    windows = [1000 * (b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"]) for a, b in zip(lines, lines[1:])]
     return {"sequences_per_s": args.steps * batch / seconds, "step_ms": 1000 * seconds / args.steps,
-            "warmup_s": time.perf_counter() - t0 - seconds, "peak_gib": peak_gib(device),
+            "window_step_ms": windows, "warmup_s": time.perf_counter() - t0 - seconds, "peak_gib": peak_gib(device),
             "last_loss": last["loss"], "tokens_per_s_logged": last["tokens_per_s"]}
 
 

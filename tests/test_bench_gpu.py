@@ -370,3 +370,20 @@ def test_cli_check_smoke_compares_two_predict_runs(tmp_path):
     assert result["texts"] == 512 and result["second_run"] == "--device cpu --precision bf16"
     assert result["label_agreement"] >= 0.99 and 0 < result["max_score_diff"] < 0.02
     assert json.loads((tmp_path / "cli.json").read_text()) == result
+
+
+def test_trainer_prefetch_race_smoke(tmp_path, capsys):
+    """bench/gpu_trainer_prefetch.py --smoke: the Trainer with the prefetch thread and inline, alternating;
+    prefetching changes when a batch is prepared, not what is trained, so the losses are equal."""
+    from bench import gpu_trainer_prefetch
+    out = tmp_path / "p.json"
+    res = gpu_trainer_prefetch.main(["--smoke", "--no-compile", "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert [(r["round"], r["prefetch"]) for r in res["runs"]] == [(0, 2), (0, 0), (1, 2), (1, 0)]
+    assert all(r["sequences_per_s"] > 0 for r in res["runs"])
+    for r in res["runs"]:   # one window per log line after the warm-up's; equal windows average to the step
+        assert len(r["window_step_ms"]) == gpu.SMOKE["steps"] // gpu.SMOKE["warmup"]
+        assert sum(r["window_step_ms"]) / len(r["window_step_ms"]) == pytest.approx(r["step_ms"])
+    losses = {r["last_loss"] for r in res["runs"]}
+    assert len(losses) == 1 and torch.isfinite(torch.tensor(losses.pop()))
+    assert re.search(r"^prefetch 0: ms/step \d", capsys.readouterr().out, re.M)
