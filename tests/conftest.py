@@ -1,13 +1,22 @@
-"""Shared test setup: the repository root on sys.path (tests import `bench`), and the one-thread fixture."""
+"""Shared test setup: the repository root on sys.path (tests import `bench`), repeatable property tests, and the
+one-thread and torchrun fixtures."""
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# Property tests draw the same examples on every run (seeded from each test), so a red run always points at a
+# change; HYPOTHESIS_PROFILE=explore draws new ones, to search for failures on purpose.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +32,10 @@ def one_thread():
 
 @pytest.fixture
 def torchrun():
-    """`torchrun(*args, wait=True)`: `torchrun --nproc-per-node 2 *args` on this machine (gloo, one thread a rank,
-    a free port), as a user would launch it. Returns the finished run's CompletedProcess (text output), or with
+    """`torchrun(*args, wait=True)`: `torchrun --standalone --nproc-per-node 2 *args` on this machine (gloo,
+    one thread a rank), as a user would launch it. Returns the finished run's CompletedProcess (text output), or with
     `wait=False` the running Popen, for a test that works meanwhile. A run still going at a timeout or at the
     test's end is stopped with its ranks, so that none is left to slow the next tests."""
-    import os
-    import socket
     import subprocess
 
     env = {k: v for k, v in os.environ.items()
@@ -47,11 +54,10 @@ def torchrun():
             proc.wait()
 
     def launch(*args, wait: bool = True):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(port), *map(str, args)]
+        # --standalone: torchrun's own rendezvous on a port it binds itself (a port probed here and closed
+        # before torchrun binds it could be taken meanwhile)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               *map(str, args)]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         launched.append(proc)
         if not wait:
