@@ -369,10 +369,11 @@ CONTENDERS = (*(k + c for c in ("", " + compile") for k in ("bertkit", "transfor
 
 
 def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compiled: bool,
-                prefetch: int | None = None) -> dict:
+                prefetch: int | None = None, log_every: int | None = None) -> dict:
     """bertkit's Trainer itself (prefetch thread, pinned copies, CPU-side counts) on the same batches: the
-    timed steps are those between the log line after the warm-up and the last one (a log step synchronises).
-    `prefetch`: TrainConfig.prefetch (None: the Trainer's default, 2 batches ahead on CUDA)."""
+    timed steps are those between the first log line and the last one (a log step synchronises).
+    `prefetch`: TrainConfig.prefetch (None: the Trainer's default, 2 batches ahead on CUDA). `log_every`
+    (default: the warm-up's steps) is also the warm-up; the timed steps are --steps rounded up to a multiple."""
     import tempfile
 
     import bertkit.modeling.bert as bert_module
@@ -381,9 +382,11 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
     model = BertForPreTraining(cfg)
     batch = batches[0]["input_ids"].shape[0]
     reset_peak(device)
+    every = log_every or args.warmup
+    timed = -(-args.steps // every) * every
     with tempfile.TemporaryDirectory(prefix="bertkit-gpu-bench-") as run:
-        tc = TrainConfig(max_steps=args.warmup + args.steps, batch_size=batch, lr=1e-4, precision="bf16",
-                         log_every=args.warmup, save_final=False, output_dir=run, tensorboard=False,
+        tc = TrainConfig(max_steps=every + timed, batch_size=batch, lr=1e-4, precision="bf16",
+                         log_every=every, save_final=False, output_dir=run, tensorboard=False,
                          progress=False, compile=compiled, prefetch=prefetch)
         t0 = time.perf_counter()
         # the Trainer compiles with inductor; the bench's --backend instead (aot_eager in the smoke run)
@@ -392,12 +395,12 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
             Trainer(PreTrainingObjective(model), model, Cycle(batches), tc).train()
         lines = [m for m in read_metrics(run) if m.get("split") == "train"]
     first, last = lines[0], lines[-1]
-    if first["step"] != args.warmup or last["step"] != args.warmup + args.steps:
+    if first["step"] != every or last["step"] != every + timed:
         raise RuntimeError(f"unexpected log steps {[m['step'] for m in lines]}")
     seconds = last["elapsed"] - first["elapsed"]
     # ms per step in each window between two log lines: whether the Trainer is slow throughout or in bursts
     windows = [1000 * (b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"]) for a, b in zip(lines, lines[1:])]
-    return {"sequences_per_s": args.steps * batch / seconds, "step_ms": 1000 * seconds / args.steps,
+    return {"sequences_per_s": timed * batch / seconds, "step_ms": 1000 * seconds / timed, "log_every": every,
             "window_step_ms": windows, "warmup_s": time.perf_counter() - t0 - seconds, "peak_gib": peak_gib(device),
             "last_loss": last["loss"], "tokens_per_s_logged": last["tokens_per_s"]}
 

@@ -316,7 +316,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from bench import gpu_cli_check, gpu_profile
+    from bench import gpu_cli_check, gpu_profile, gpu_trainer_prefetch
 
     repo = Path(__file__).resolve().parents[1]
     fake = tmp_path / "bin"
@@ -328,7 +328,8 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
                                  f'printf "%q\\n" "$TORCHINDUCTOR_CACHE_DIR" >> {shlex.quote(str(log))}\n')
         (fake / name).chmod(0o755)
     parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser(),
-               "bench/gpu_cli_check.py": gpu_cli_check.build_parser()}
+               "bench/gpu_cli_check.py": gpu_cli_check.build_parser(),
+               "bench/gpu_trainer_prefetch.py": gpu_trainer_prefetch.build_parser()}
     for smoke in ("0", "1"):
         log.write_text("")
         out = tmp_path / f"out{smoke}"
@@ -339,7 +340,8 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         calls = [c[1:-1] for c in lines if c[1].startswith("bench/")]  # the last word: the compile cache
         caches = {c[-1] for c in lines if c[1].startswith("bench/")}
         scripts = [c[0] for c in calls]
-        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
+        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py",
+                           "bench/gpu_trainer_prefetch.py", "bench/gpu_cli_check.py"]
         for c in calls:
             args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
@@ -356,6 +358,9 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         assert last.only_ablations == [
             "compiled", "compiled, layer by layer", "compiled, MLM head too", "compiled, CUDA graphs (4 batch shapes)"]
         assert last.profile_ablations == ["compiled, layer by layer"]
+        trainer = parsers["bench/gpu_trainer_prefetch.py"].parse_args(calls[3][1:])
+        assert (trainer.seq, trainer.batch) == (last.seq, last.batch) and trainer.compile and trainer.with_loop
+        assert (trainer.rounds, trainer.prefetch, trainer.log_every) == (1, [2], [5, 20])
         (cache,) = caches
         assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()
@@ -372,18 +377,27 @@ def test_cli_check_smoke_compares_two_predict_runs(tmp_path):
     assert json.loads((tmp_path / "cli.json").read_text()) == result
 
 
-def test_trainer_prefetch_race_smoke(tmp_path, capsys):
-    """bench/gpu_trainer_prefetch.py --smoke: the Trainer with the prefetch thread and inline, alternating;
-    prefetching changes when a batch is prepared, not what is trained, so the losses are equal."""
+def test_trainer_race_smoke(tmp_path, capsys):
+    """bench/gpu_trainer_prefetch.py --smoke: the Trainer with the prefetch thread and inline, and the bench's
+    own loop, alternating; prefetching changes when a batch is prepared, not what is trained."""
     from bench import gpu_trainer_prefetch
     out = tmp_path / "p.json"
-    res = gpu_trainer_prefetch.main(["--smoke", "--no-compile", "--out", str(out)])
+    res = gpu_trainer_prefetch.main(["--smoke", "--no-compile", "--with-loop", "--out", str(out)])
     assert json.loads(out.read_text()) == res
-    assert [(r["round"], r["prefetch"]) for r in res["runs"]] == [(0, 2), (0, 0), (1, 2), (1, 0)]
-    assert all(r["sequences_per_s"] > 0 for r in res["runs"])
-    for r in res["runs"]:   # one window per log line after the warm-up's; equal windows average to the step
+    names = ["bench loop", "Trainer, prefetch 2, log every 1", "Trainer, prefetch 0, log every 1"]
+    assert [(r["round"], r["variant"]) for r in res["runs"]] == [(i, n) for i in range(2) for n in names]
+    assert all(r["sequences_per_s"] > 0 and torch.isfinite(torch.tensor(r["last_loss"])) for r in res["runs"])
+    trainer = [r for r in res["runs"] if r["variant"] != "bench loop"]
+    assert len({r["last_loss"] for r in trainer}) == 1
+    for r in trainer:   # one window per log line after the warm-up's; equal windows average to the step
         assert len(r["window_step_ms"]) == gpu.SMOKE["steps"] // gpu.SMOKE["warmup"]
         assert sum(r["window_step_ms"]) / len(r["window_step_ms"]) == pytest.approx(r["step_ms"])
-    losses = {r["last_loss"] for r in res["runs"]}
-    assert len(losses) == 1 and torch.isfinite(torch.tensor(losses.pop()))
-    assert re.search(r"^prefetch 0: ms/step \d", capsys.readouterr().out, re.M)
+    assert re.search(r"^Trainer, prefetch 0, log every 1: ms/step \d", capsys.readouterr().out, re.M)
+
+
+def test_trainer_race_logs_as_often_as_asked(tmp_path):
+    """--log-every: each interval is also the warm-up, and the timed steps are --steps rounded up to it."""
+    from bench import gpu_trainer_prefetch
+    res = gpu_trainer_prefetch.main(["--smoke", "--no-compile", "--rounds", "1", "--prefetch", "0",
+                                     "--log-every", "1", "3", "--out", str(tmp_path / "p.json")])
+    assert [(r["log_every"], len(r["window_step_ms"])) for r in res["runs"]] == [(1, 2), (3, 1)]
