@@ -79,6 +79,9 @@ def main(argv=None) -> dict:
                 step = bertkit_step(model, device, torch.bfloat16, args.compile, args.backend)
                 out = time_steps(step, batches, args.warmup, args.steps, device)
                 name = "bench loop"
+                del model, step   # not held through the Trainer's runs (their peak memory)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             else:
                 out = trainer_run(args, device, torch.bfloat16, cfg, batches, args.compile, prefetch=depth,
                                   log_every=every)
