@@ -28,7 +28,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import WordPiece
 
 from bertkit.data.corpus import read_lines
-from bertkit.io import atomic_paths, read_json, read_text
+from bertkit.io import atomic_path, atomic_paths, read_json, read_text
 from bertkit.warn import warn
 
 __all__ = ["BatchEncoding", "BertTokenizer", "CharSpan", "TokenSpan", "load_vocab"]
@@ -465,12 +465,28 @@ class BertTokenizer:
         return result
 
     # ------------------------------------------------------------------------------------------ saving
+    def _vocab_text(self) -> str:
+        """vocab.txt's text: the base vocabulary (no added tokens), one token a line in id order."""
+        base = self._tok.get_vocab(with_added_tokens=False)
+        return "".join(t + "\n" for t in sorted(base, key=base.get))
+
+    def save_vocabulary(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str]:
+        """Write the base vocabulary alone (atomically): `<save_directory>/[<prefix>-]vocab.txt`, or, when
+        `save_directory` is not a directory, that file path with the prefix before its name, as transformers 4
+        does. Returns the path written, in a tuple. (transformers 5 writes the same text but names the file
+        tokenizer.model.)"""
+        target = Path(save_directory)
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        path = target / f"{prefix}vocab.txt" if target.is_dir() else target.with_name(prefix + target.name)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(self._vocab_text(), encoding="utf-8")
+        return (str(path),)
+
     def save_pretrained(self, directory: str | os.PathLike) -> tuple[str, ...]:
         """Write vocab.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json (each
         atomically), readable by bertkit and by transformers' BertTokenizer / BertTokenizerLegacy."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        base = self._tok.get_vocab(with_added_tokens=False)
         added = self.added_tokens_decoder
         config = {
             "tokenizer_class": "BertTokenizer",
@@ -493,7 +509,7 @@ class BertTokenizer:
         names = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
         paths = tuple(directory / name for name in names)
         with atomic_paths(*paths) as (vocab, tokenizer_json, config_json, specials_json):  # all four, or none
-            Path(vocab).write_text("".join(t + "\n" for t in sorted(base, key=base.get)), encoding="utf-8")
+            Path(vocab).write_text(self._vocab_text(), encoding="utf-8")
             try:
                 self._tok.save(tokenizer_json, pretty=True)
             except Exception as e:  # the Rust library's error (a full disk) is a bare Exception

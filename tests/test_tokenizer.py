@@ -252,6 +252,22 @@ def test_saved_clean_up_setting_is_decodes_default_in_both_libraries(tok, tmp_pa
         assert transformers.AutoTokenizer.from_pretrained(tmp_path / str(setting)).decode(ids) == text
 
 
+def test_save_vocabulary_writes_the_base_vocabulary_as_transformers_does(tmp_path, hf):
+    t = BertTokenizer.from_pretrained(MINILM)
+    t.add_tokens(["zzqx"])   # an added token: not part of the base vocabulary in either library
+    (path,) = t.save_vocabulary(tmp_path)
+    assert path == str(tmp_path / "vocab.txt")
+    (tmp_path / "hf").mkdir()
+    (theirs,) = hf.save_vocabulary(tmp_path / "hf")
+    # transformers 5 writes the same text under another name (tokenizer.model)
+    assert Path(path).read_bytes() == Path(theirs).read_bytes() == (MINILM / "vocab.txt").read_bytes()
+    assert t.save_vocabulary(tmp_path, filename_prefix="run") == (str(tmp_path / "run-vocab.txt"),)
+    # a file path rather than a directory: the prefix goes before the file's name (transformers 4)
+    assert t.save_vocabulary(tmp_path / "my.txt", "p") == (str(tmp_path / "p-my.txt"),)
+    assert BertTokenizer(tmp_path / "p-my.txt").get_vocab() == hf.get_vocab()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "p-my.txt", "run-vocab.txt", "vocab.txt"]
+
+
 def test_tensors_and_batch_encoding_api(tok):
     enc = tok(["a short one", "and a somewhat longer second text"], padding=True, return_tensors="pt")
     assert isinstance(enc, BatchEncoding) and enc.input_ids is enc["input_ids"]
