@@ -401,3 +401,19 @@ def test_trainer_race_logs_as_often_as_asked(tmp_path):
     res = gpu_trainer_prefetch.main(["--smoke", "--no-compile", "--rounds", "1", "--prefetch", "0",
                                      "--log-every", "1", "3", "--out", str(tmp_path / "p.json")])
     assert [(r["log_every"], len(r["window_step_ms"])) for r in res["runs"]] == [(1, 2), (3, 1)]
+
+
+def test_trainer_race_counts_ops(tmp_path, capsys):
+    """--count-ops: a Trainer step that does not log runs the bench loop's operations and only the window's
+    bookkeeping besides (casts and sums of the step's losses and gradient norm, the CPU batch's counts)."""
+    from bench import gpu_trainer_prefetch
+    res = gpu_trainer_prefetch.main(["--count-ops", "--smoke", "--out", str(tmp_path / "ops.json")])
+    assert json.loads((tmp_path / "ops.json").read_text()) == res
+    assert res["layers"] == 2 and res["extra_in_loop"] == {}
+    extra = res["extra_in_trainer"]
+    assert set(extra) <= {"aten.detach.default", "aten._to_copy.default", "aten.add.Tensor", "aten.lift_fresh.default",
+                          "aten.sum.default", "aten._local_scalar_dense.default"}, extra
+    # 21 in session 20; isolating the random streams on every step (up to session 19) took 3 more
+    assert res["trainer_plain_ops"] == res["loop_ops"] + sum(extra.values()) and sum(extra.values()) <= 21
+    assert all(n > res["trainer_plain_ops"] for n in res["trainer_log_ops"])
+    assert "only in the Trainer's step: {'aten." in capsys.readouterr().out
