@@ -56,7 +56,7 @@ from bertkit.modeling import packing as P  # noqa: E402
 from bertkit.modeling.bert import compile_layers  # noqa: E402
 from bertkit.tasks.pretrain_objective import PreTrainingObjective  # noqa: E402
 from bertkit.train.optim import build_optimizer, param_groups  # noqa: E402
-from bertkit.train.trainer import pin, to_device  # noqa: E402
+from bertkit.train.trainer import _num_tokens, pin, to_device  # noqa: E402
 
 GOALS = {"pretrain_128": ("sequences/s", 6000.0), "pretrain_512_ratio": 2.0, "inference": ("tokens/s", 1e6)}
 FULL = dict(size="base", vocab=30522, pretrain=[(128, 256), (512, 32)], n_infer=8192, infer_batch=128,
@@ -392,14 +392,20 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
         # the Trainer compiles with inductor; the bench's --backend instead (aot_eager in the smoke run)
         with mock.patch.object(bert_module, "compile_layers",
                                functools.partial(bert_module.compile_layers, backend=args.backend)):
-            Trainer(PreTrainingObjective(model), model, Cycle(batches), tc).train()
+            objective = PreTrainingObjective(model)
+            Trainer(objective, model, Cycle(batches), tc).train()
         lines = [m for m in read_metrics(run) if m.get("split") == "train"]
     first, last = lines[0], lines[-1]
     if first["step"] != every or last["step"] != every + timed:
         raise RuntimeError(f"unexpected log steps {[m['step'] for m in lines]}")
-    seconds = last["elapsed"] - first["elapsed"]
+    # Each window's time from its tokens/s (on CUDA the GPU's own clock between the log steps; a line's
+    # `elapsed` is when it was written, once its figures had landed): step s trains on batches[(s - 1) % n]
+    tokens = [_num_tokens(objective, b) for b in batches]
+    seconds_in = [sum(tokens[(s - 1) % len(batches)] for s in range(a["step"] + 1, b["step"] + 1)) / b["tokens_per_s"]
+                  for a, b in zip(lines, lines[1:])]
+    seconds = sum(seconds_in)
     # ms per step in each window between two log lines: whether the Trainer is slow throughout or in bursts
-    windows = [1000 * (b["elapsed"] - a["elapsed"]) / (b["step"] - a["step"]) for a, b in zip(lines, lines[1:])]
+    windows = [1000 * w / (b["step"] - a["step"]) for w, a, b in zip(seconds_in, lines, lines[1:])]
     return {"sequences_per_s": timed * batch / seconds, "step_ms": 1000 * seconds / timed, "log_every": every,
             "window_step_ms": windows, "warmup_s": time.perf_counter() - t0 - seconds, "peak_gib": peak_gib(device),
             "last_loss": last["loss"], "tokens_per_s_logged": last["tokens_per_s"]}

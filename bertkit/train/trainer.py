@@ -34,7 +34,9 @@ no update and, as in transformers' Trainer, no schedule step; they still count t
 GPU fast path: nothing inside the step loop reads a GPU value back (no `.item()`, `int(tensor)`, tensor
 `if`; fp16's loss scaler excepted, which must know whether gradients overflowed): counts and token totals
 come from the CPU batch, loss and metric sums stay on the device until a log
-step. On CUDA a background thread fetches, prepares and pins the next `prefetch` batches while the GPU
+step, and a log step does not wait either: its figures leave the GPU in one non-blocking copy, and the line is
+written once the copy has landed (a step or so later; at once before an evaluation, a checkpoint and the end).
+On CUDA a background thread fetches, prepares and pins the next `prefetch` batches while the GPU
 works; the copies are `non_blocking`. `compile=True` runs the embeddings and encoder layers through
 torch.compile (`bertkit.modeling.bert.compile_layers`). AdamW is fused (`train.optim.build_optimizer`).
 """
@@ -311,12 +313,15 @@ def _denominator(stat: str, terms: Iterable[str]) -> str:
 
 
 class _Window:
-    """Sums since the last log line, kept as device tensors (no host sync per step)."""
+    """Sums since the last log line, kept as device tensors (no host sync per step). On CUDA its time is
+    measured on the GPU's own clock, between two events in the stream: the host runs ahead of the GPU."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.device = device
         self.reset()
 
-    def reset(self):
+    def reset(self, carried: float = 0.0):
+        """`carried`: seconds the window ran before a checkpoint (a resumed run's first window)."""
         self.sums: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}  # already global
@@ -324,7 +329,12 @@ class _Window:
         self.grad_norm: torch.Tensor | float = 0.0   # summed over the steps not skipped
         self.steps = 0
         self.skipped = 0   # fp16 steps skipped for overflowed gradients
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() - carried
+        self.carried = carried
+        self.start = None
+        if self.device.type == "cuda":
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.start.record(torch.cuda.current_stream(self.device))
 
     @staticmethod
     def _add(acc: dict, new: dict):
@@ -342,7 +352,7 @@ class _Window:
                 "skipped": self.skipped,
                 "seconds": time.perf_counter() - self.t0}
 
-    def load(self, states: list[dict[str, Any]], rank: int, world_size: int, device: torch.device) -> None:
+    def load(self, states: list[dict[str, Any]], rank: int, world_size: int) -> None:
         """Take up the windows a checkpoint's ranks saved. With the same number of ranks, each its own;
         with another, rank 0 carries the sums of them all and the other ranks none (the log line adds the
         ranks' sums up). The counts, gradient norm and steps are global: the same on every rank."""
@@ -356,12 +366,46 @@ class _Window:
         first = states[0]
 
         def tensors(d):
-            return {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in d.items()}
+            return {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in d.items()}
         self.sums, self.stats, self.counts = tensors(own["sums"]), tensors(own["stats"]), tensors(first["counts"])
         self.tokens = own["tokens"]
-        self.grad_norm = torch.tensor(first["grad_norm"], dtype=torch.float64, device=device)
+        self.grad_norm = torch.tensor(first["grad_norm"], dtype=torch.float64, device=self.device)
         self.steps, self.skipped = first["steps"], first.get("skipped", 0)  # absent from older checkpoints
         self.t0 = time.perf_counter() - first["seconds"]
+        self.carried = first["seconds"]
+
+
+class _PendingLog:
+    """A train log line whose figures are on their way from the device: `ready()` once they have landed,
+    `record()` waits for them and builds the line (queued by `Trainer._queue_log`)."""
+
+    def __init__(self, step: int, values: torch.Tensor, names: list[str], host: dict[str, Any],
+                 copied: torch.cuda.Event | None, start: torch.cuda.Event | None, end: torch.cuda.Event | None,
+                 seconds: float):
+        self.step, self.values, self.names, self.host = step, values, names, host
+        self.copied, self.start, self.end, self.seconds = copied, start, end, seconds
+
+    def ready(self) -> bool:
+        return self.copied is None or self.copied.query()
+
+    def record(self, elapsed: float) -> dict[str, Any]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        v = dict(zip(self.names, self.values.tolist()))
+        seconds = self.seconds
+        if self.start is not None:   # the window on the GPU's clock (ms), after any part before a checkpoint
+            seconds += self.start.elapsed_time(self.end) / 1000
+        h = self.host
+        losses = {k: v[k] for k in self.names if k.startswith("loss_")}
+        out: dict[str, Any] = {"lr": h["lr"], "loss": sum(losses.values()), **losses}
+        out.update({k: v[k] for k in h["stats"]})
+        out["grad_norm"] = v.get("grad_norm", 0.0) / max(h["steps"] - h["skipped"], 1)  # the steps taken
+        if "loss_scale" in h:
+            out["skipped_steps"] = h["skipped"]   # fp16 overflows in the window: no update, no schedule step
+            out["loss_scale"] = h["loss_scale"]
+        out["tokens_per_s"] = v["tokens"] / max(seconds, 1e-9)
+        out["elapsed"] = elapsed
+        return out
 
 
 class Trainer:
@@ -505,30 +549,45 @@ class Trainer:
         self.scaler.update()
         return self.scaler.get_scale() < before
 
-    def _log_train(self, window: _Window, lr: float) -> dict[str, Any]:
+    def _queue_log(self, window: _Window, lr: float) -> _PendingLog:
+        """The window's figures, reduced across ranks and divided on the device, sent to the host in one
+        non-blocking copy: nothing here waits for the GPU, so a log step does not drain its queue (the host
+        would then have to get ahead of it again). On the CPU the figures are there at once."""
         reduced = dist.all_reduce_sum({**{f"s.{k}": v for k, v in window.sums.items()},
                                        **{f"t.{k}": v for k, v in window.stats.items()},
                                        "tokens": torch.tensor(window.tokens, dtype=torch.float64,
                                                               device=self.device)})
-        if self.device.type == "cuda":  # a log step may wait: tokens/s must cover the queued GPU work too
-            torch.cuda.synchronize(self.device)
-        seconds = max(time.perf_counter() - window.t0, 1e-9)
-        out: dict[str, Any] = {"lr": lr}
-        losses = {}
-        for k in window.sums:
-            losses[f"loss_{k}"] = (reduced[f"s.{k}"] / window.counts[k].clamp(min=1)).item()
-        out["loss"] = sum(losses.values())
-        out.update(losses)
+        figures = {f"loss_{k}": reduced[f"s.{k}"] / window.counts[k].clamp(min=1) for k in window.sums}
         for k in window.stats:
-            term = _denominator(k, window.counts)
-            out[k] = (reduced[f"t.{k}"] / window.counts[term].clamp(min=1)).item()
-        out["grad_norm"] = float(window.grad_norm) / max(window.steps - window.skipped, 1)  # the steps taken
+            figures[k] = reduced[f"t.{k}"] / window.counts[_denominator(k, window.counts)].clamp(min=1)
+        figures["tokens"] = reduced["tokens"]
+        if isinstance(window.grad_norm, torch.Tensor):  # a float when every step of the window was skipped
+            figures["grad_norm"] = window.grad_norm
+        values = torch.stack([v.to(self.device, torch.float64).reshape(()) for v in figures.values()])
+        host: dict[str, Any] = {"lr": lr, "stats": list(window.stats), "steps": window.steps,
+                                "skipped": window.skipped}
         if self.scaler.is_enabled():
-            out["skipped_steps"] = window.skipped   # fp16 overflows in the window: no update, no schedule step
-            out["loss_scale"] = self.scaler.get_scale()
-        out["tokens_per_s"] = reduced["tokens"].item() / seconds
-        out["elapsed"] = self.elapsed()
-        return out
+            host["loss_scale"] = self.scaler.get_scale()
+        copied = end = None
+        seconds = time.perf_counter() - window.t0
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(stream)
+            values = values.to("cpu", non_blocking=True)   # pinned by the copy: it lands asynchronously
+            copied = torch.cuda.Event()
+            copied.record(stream)
+            seconds = window.carried
+        return _PendingLog(self.step, values, list(figures), host, copied, window.start, end, seconds)
+
+    def _write_logs(self, tracker: Tracker, wait: bool) -> dict[str, Any] | None:
+        """Write the queued log lines whose figures have landed (all of them with `wait`), in order; returns
+        the last line written, or None."""
+        written = None
+        while self._pending and (wait or self._pending[0].ready()):
+            pending = self._pending.pop(0)
+            written = tracker.log(pending.step, pending.record(self.elapsed()))
+        return written
 
     def elapsed(self) -> float:
         """Seconds of training so far, including the runs this one resumed."""
@@ -704,9 +763,10 @@ class Trainer:
 
         final: dict[str, Any] = {}
         last_eval: dict[str, Any] = {}
-        window = self._window = _Window()
+        window = self._window = _Window(self.device)
+        self._pending: list[_PendingLog] = []
         if self._resume_windows:  # the steps since the last log line before the checkpoint count in the next one
-            window.load(self._resume_windows, self.info.rank, self.info.world_size, self.device)
+            window.load(self._resume_windows, self.info.rank, self.info.world_size)
         ddp = self.wrapped is not self.objective
         self.objective.train()
         try:
@@ -749,19 +809,23 @@ class Trainer:
                 log_now = self.step % cfg.log_every == 0 or last
                 eval_now = self.evaluate_fn is not None and cfg.eval_every and (
                     self.step % cfg.eval_every == 0 or last)
-                if log_now or eval_now:
+                save_now = (cfg.save_every and self.step % cfg.save_every == 0) or (last and cfg.save_final)
+                landed = bool(self._pending) and self._pending[0].ready()
+                if log_now or eval_now or save_now or landed:
                     # only then: saving and restoring every random state takes the host about 0.25 ms (these
                     # CPUs), which a host-bound step (compiled BERT-base at 512 x 32 on a GPU) would pay each step
                     with rng_isolated():
                         if log_now:
-                            final = tracker.log(self.step, self._log_train(window, lr))
+                            self._pending.append(self._queue_log(window, lr))
                             window.reset()
+                        # the queued lines first, in order; all of them before an evaluation, a checkpoint
+                        # (a resumed run rewrites the lines after it) or the end
+                        final = self._write_logs(tracker, wait=eval_now or save_now or last) or final
                         if eval_now:
                             metrics = self.run_evaluation()
                             last_eval = tracker.log(self.step, metrics, split="eval")
-                if (cfg.save_every and self.step % cfg.save_every == 0) or (last and cfg.save_final):
-                    with rng_isolated():
-                        self.save()
+                        if save_now:
+                            self.save()
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()

@@ -13,6 +13,7 @@ from torch import nn
 
 from bertkit.modeling import BertForPreTraining
 from bertkit.train import TrainConfig, Trainer, find_latest, read_metrics
+from bertkit.train.tracking import Tracker
 from bertkit.train.trainer import resolve_precision
 
 from .tiny import PretrainObjective, TinySource, tiny_config
@@ -351,14 +352,51 @@ def test_log_window_regroups_when_the_number_of_ranks_changes():
               {"sums": {"mlm": 4.0}, "stats": {"acc_mlm": 3.0}, "counts": {"mlm": 10.0}, "tokens": 7.0,
                "grad_norm": 3.0, "steps": 2, "seconds": 1.5}]
     cpu = torch.device("cpu")
-    first, other = _Window(), _Window()
-    first.load(states, 0, 3, cpu)
-    other.load(states, 2, 3, cpu)
+    first, other = _Window(cpu), _Window(cpu)
+    first.load(states, 0, 3)
+    other.load(states, 2, 3)
     assert (float(first.sums["mlm"]), float(first.stats["acc_mlm"]), first.tokens) == (6.0, 4.0, 12.0)
     assert (float(other.sums["mlm"]), float(other.stats["acc_mlm"]), other.tokens) == (0.0, 0.0, 0.0)
     for w in (first, other):
         assert float(w.counts["mlm"]) == 10.0 and float(w.grad_norm) == 3.0 and w.steps == 2
-    same = _Window()
-    same.load(states, 1, 2, cpu)
+    same = _Window(cpu)
+    same.load(states, 1, 2)
     assert float(same.sums["mlm"]) == 4.0 and same.tokens == 7.0
     assert same.state()["seconds"] >= 1.0  # the window's time goes on from where it was
+
+
+def test_log_lines_wait_for_their_figures_without_stalling_the_steps(tmp_path, monkeypatch):
+    """A log step queues its figures (on CUDA a non-blocking copy) and the line is written once they have
+    landed, so the step loop never waits for the GPU. Here they never land by themselves: each line is then
+    written before the next checkpoint (a resumed run rewrites what follows it) and the end, in order, with the
+    figures an immediate write gives."""
+    from bertkit.train import trainer as trainer_module
+    _, _, now, _ = _train(tmp_path / "now", batch=4, accum=1, steps=5, save_every=3)
+    written, saved, steps = [], [], [0]
+    real_log, real_advance, real_save = Tracker.log, Tracker.advance, trainer_module.Trainer.save
+
+    def advance(tracker, n=1):
+        steps[0] += n
+        real_advance(tracker, n)
+
+    def log(tracker, step, metrics, split="train"):
+        written.append((step, steps[0]))
+        return real_log(tracker, step, metrics, split)
+
+    def save(trainer, *a, **kw):
+        saved.append((trainer.step, [r["step"] for r in read_metrics(trainer.cfg.output_dir)]))
+        return real_save(trainer, *a, **kw)
+
+    monkeypatch.setattr(trainer_module._PendingLog, "ready", lambda self: False)
+    monkeypatch.setattr(Tracker, "log", log)
+    monkeypatch.setattr(Tracker, "advance", advance)
+    monkeypatch.setattr(trainer_module.Trainer, "save", save)
+    _, _, later, _ = _train(tmp_path / "later", batch=4, accum=1, steps=5, save_every=3)
+    assert written == [(1, 3), (2, 3), (3, 3), (4, 5), (5, 5)]   # (line's step, step when written)
+    assert saved == [(3, [1, 2, 3])]
+    for a, b in zip(read_metrics(tmp_path / "now"), read_metrics(tmp_path / "later")):
+        assert {k: v for k, v in a.items() if k not in ("tokens_per_s", "elapsed")} == \
+               {k: v for k, v in b.items() if k not in ("tokens_per_s", "elapsed")}
+    assert {k: v for k, v in now.items() if k not in ("tokens_per_s", "elapsed")} == \
+           {k: v for k, v in later.items() if k not in ("tokens_per_s", "elapsed")}
+    assert [r["step"] for r in read_metrics(tmp_path / "later")] == [1, 2, 3, 4, 5]
