@@ -78,8 +78,7 @@ class Pipeline:
     def __init__(self, model, tokenizer=None, *, batch_size: int = 32, device=None, compile: bool = False,
                  **task_options):
         self.batch_size = _batch_size(batch_size)
-        self.defaults = dict(self.options)
-        self.defaults.update(self._check_options(task_options))
+        Pipeline._check_options(self, task_options)   # the names before a load; values may need the tokenizer
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         if isinstance(model, (str, os.PathLike)):
@@ -95,6 +94,7 @@ class Pipeline:
                             f"got {type(model).__name__}")
         if device is not None:
             self.model.to(_device(device))
+        self.defaults = {**self.options, **self._check_options(task_options)}
         self.device = self.model.device
         if compile:  # worth it on a GPU for many calls: the first ones pay minutes of compilation
             compile_layers(self.model)
@@ -358,7 +358,7 @@ class TextClassificationPipeline(Pipeline):
         """{"text", "text_pair"} dicts (transformers' form of a pair) as (text, pair) tuples."""
         def one(x):
             if isinstance(x, dict) and set(x) <= {"text", "text_pair"} and "text" in x:
-                return (x["text"], x["text_pair"]) if "text_pair" in x else x["text"]
+                return x["text"] if x.get("text_pair") is None else (x["text"], x["text_pair"])  # None: no pair
             if isinstance(x, dict):
                 raise TypeError(f"text-classification: a dict input needs the keys text and text_pair, "
                                 f"got {sorted(x)}")
@@ -467,9 +467,11 @@ class TokenClassificationPipeline(Pipeline):
                              f"got {opts['is_split_into_words']!r}")
         if not isinstance(opts.get("delimiter", " "), str):
             raise ValueError(f"token-classification: delimiter must be a str, got {opts['delimiter']!r}")
+        if "ignore_labels" in opts and opts["ignore_labels"] is None:   # transformers' None: the default
+            opts = {**opts, "ignore_labels": self.options["ignore_labels"]}
         return opts
 
-    def __call__(self, inputs, **options):
+    def __call__(self, inputs, *, batch_size: int | None = None, **options):
         opts = {**self.defaults, **self._check_options(options)}
         if opts["stride"] is not None:
             if opts["aggregation_strategy"] == "none":
@@ -481,7 +483,7 @@ class TokenClassificationPipeline(Pipeline):
                                  f"{room} text tokens a window holds")
         if opts["is_split_into_words"]:
             inputs = self._split_inputs(inputs, opts["delimiter"])
-        return super().__call__(inputs, **options)
+        return super().__call__(inputs, batch_size=batch_size, **options)
 
     def _split_inputs(self, inputs, delimiter: str):
         """A list of words -> one SplitWords; a list of such lists -> a list of them."""
@@ -656,7 +658,7 @@ class QuestionAnsweringPipeline(Pipeline):
 
     The semantics of transformers' (4.x) question-answering pipeline: the context is cut into windows of
     `max_seq_len` tokens (default: as fine-tuned by bertkit, else min(tokenizer max length, 384)) sharing
-    `doc_stride` tokens (default: as fine-tuned, else min(max_seq_len // 2, 128)); in each window the start and end
+    `doc_stride` tokens (default: as fine-tuned with the window in use, else min(max_seq_len // 2, 128)); in each window the start and end
     logits go through a softmax over [CLS] and the context tokens, a span scores p(start) * p(end) (end >= start, at
     most `max_answer_len` tokens, [CLS] excluded) and is widened to whole words (as the tokenizer splits words); the
     best spans of all windows compete. With `handle_impossible_answer`, the smallest [CLS] p(start) * p(end) over
@@ -723,8 +725,10 @@ class QuestionAnsweringPipeline(Pipeline):
         saved = saved_settings(self.model)   # a model fine-tuned by bertkit: its own window settings
         max_len = opts["max_seq_len"] or saved.get("max_seq_length") or min(self.tokenizer.model_max_length, 384)
         max_len = min(max_len, self.model.config.max_position_embeddings)
-        stride = opts["doc_stride"] if opts["doc_stride"] is not None else saved.get("doc_stride",
-                                                                                     min(max_len // 2, 128))
+        stride = opts["doc_stride"]
+        if stride is None:   # the fine-tuned stride goes with the fine-tuned window only
+            own = opts["max_seq_len"] in (None, saved.get("max_seq_length")) and "doc_stride" in saved
+            stride = saved["doc_stride"] if own else min(max_len // 2, 128)
         examples = [SquadExample(f"input {i}", x["question"], x["context"]) for i, x in enumerate(items)]
         try:
             feats = encode_qa(self.tokenizer, examples, max_len, stride, opts["max_question_len"], labels=False)

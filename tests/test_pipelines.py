@@ -138,6 +138,8 @@ def test_fill_mask_targets_match_transformers(tmp_path_factory):
     assert [a["token"] for a in mine] == [b["token"] for b in ref]
     with pytest.raises(ValueError, match="targets holds no token"):
         ours(MASKED[0], targets=[""])
+    preset = pipeline("fill-mask", model=d, targets=targets, top_k=10)   # given to the pipeline: its default
+    assert preset(MASKED[0]) == ours(MASKED[0], targets=targets, top_k=10)
 
 
 def test_fill_mask_matches_transformers(tmp_path_factory):
@@ -208,6 +210,7 @@ def test_text_classification_matches_transformers(tmp_path_factory, problem):
         assert one["label"] == mine["label"] and abs(one["score"] - mine["score"]) <= 1e-5
     pair = {"text": "Is it raining?", "text_pair": "No, the sun is out over London."}
     assert ours(pair) == ours(("Is it raining?", "No, the sun is out over London."))
+    assert ours({"text": TEXTS[0], "text_pair": None}) == ours(TEXTS[0])   # no pair, as transformers reads it
     per_call = ours([pair, TEXTS[0]], batch_size=1)  # this call's batch size; the pipeline's stays
     assert [r["label"] for r in per_call] == [got[len(TEXTS)]["label"], got[0]["label"]] and ours.batch_size == 3
     assert max(abs(a["score"] - b["score"]) for a, b in zip(per_call, [got[len(TEXTS)], got[0]])) <= 1e-5
@@ -330,6 +333,8 @@ def test_token_classification_matches_transformers(tagger_dir):
         assert all(abs(a["score"] - float(b["score"])) <= 1e-5 for a, b in zip(mine_none, ref))
     assert n_entities > 3 and {"B-PER", "I-PER", "I-LOC"} <= tags  # the random tagger tags a mix
     assert multiword and cased  # and groups words, whose decoded tokens are not the text's
+    assert ours(TEXTS, batch_size=1) == got_none          # a call's own batch size, as the other tasks take
+    assert ours(TEXTS, ignore_labels=None) == got_none    # None: the default, ["O"], as in transformers
     for text, mine in zip(TEXTS, got):  # one text at a time = bucketed
         alone = ours(text, aggregation_strategy="first")
         assert [(e["entity_group"], e["start"], e["end"]) for e in alone] == \
@@ -667,8 +672,9 @@ def test_question_answering_defaults_to_the_windows_a_bertkit_model_was_fine_tun
     tuned = pipeline("question-answering", model=tmp_path / "tuned")
     assert tuned(item) == tuned(item, max_seq_len=96, doc_stride=24)
     tuned(item, doc_stride=8)                                        # an option still wins
+    tuned(item, max_seq_len=64)   # another window: the saved stride is not its own (it may not even fit in it)
     pipeline("question-answering", model=qa_model["dir"])(item)      # no saved settings: transformers' defaults
-    assert windows == [(96, 24), (96, 24), (96, 8), (384, 128)]
+    assert windows == [(96, 24), (96, 24), (96, 8), (64, 32), (384, 128)]
 
 
 def test_question_answering_top_k_gives_k_distinct_spans(qa_model):
