@@ -37,7 +37,7 @@ LEGACY_NAMES = (
     (re.compile(r"^module\."), ""),                          # saved from inside a DDP wrapper
 )
 # Checkpoint entries that carry no weights (old persistent buffer), relative to the base model.
-IGNORED_KEYS = frozenset({"embeddings.position_ids"})
+IGNORED_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})  # buffers some versions saved
 # Optional parts: each is loaded whole or, when absent from the checkpoint, freshly initialised and
 # reported. Names relative to the task model; the pooler is relative to the base model.
 HEAD_UNITS = ("cls.predictions", "cls.seq_relationship", "classifier", "qa_outputs")
@@ -54,11 +54,16 @@ def bertkit_home() -> str:
 
 
 def hf_hub_cache() -> str:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
+    """Where huggingface_hub keeps its cache, by its own rules: `$HF_HUB_CACHE`, else the older
+    `$HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+    ~/.cache/huggingface/hub; a `~` or `$VAR` inside them expanded."""
+    def expand(path: str) -> str:
+        return os.path.expandvars(os.path.expanduser(path))
+
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    hub = os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(expand(home), "hub")
+    return expand(os.environ.get("HF_HUB_CACHE") or hub)
 
 
 def _has_any(directory: str, required: tuple[str, ...]) -> bool:
@@ -156,7 +161,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
 
     Looks at, in order: the path itself (any existing directory), `$BERTKIT_HOME/<name>`
     (default ~/.cache/bertkit), and HuggingFace's offline hub cache
-    (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub)
+    (found as huggingface_hub finds it: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, ... see `hf_hub_cache`)
     `models--ORG--NAME/snapshots/<rev>` (the revision in `refs/main`, as transformers' default
     revision "main"; only without `refs/main` the newest snapshot, with a warning naming it).
     A cached directory counts only if it holds at least one of the `required` files.

@@ -658,17 +658,17 @@ class QuestionAnsweringPipeline(Pipeline):
 
     The semantics of transformers' (4.x) question-answering pipeline: the context is cut into windows of
     `max_seq_len` tokens (default: as fine-tuned by bertkit, else min(tokenizer max length, 384)) sharing
-    `doc_stride` tokens (default: as fine-tuned with the window in use, else min(max_seq_len // 2, 128)); in each window the start and end
-    logits go through a softmax over [CLS] and the context tokens, a span scores p(start) * p(end) (end >= start, at
-    most `max_answer_len` tokens, [CLS] excluded) and is widened to whole words (as the tokenizer splits words); the
-    best spans of all windows compete. With `handle_impossible_answer`, the smallest [CLS] p(start) * p(end) over
-    the windows competes too, as {"answer": "", "start": 0, "end": 0}. Two deliberate differences: the question
-    keeps its first `max_question_len` tokens (transformers' fast path ignores that option), and a span of
-    characters found more than once (in two overlapping windows, or by token spans widened to the same words) is
-    listed once, with its best score (transformers adds the scores of answers with the same text).
-    `align_to_words=False` keeps token spans. A context with no tokens answers "" with score 0, as there. Windows of
-    all inputs run `batch_size` at a time, sorted by length; several questions may share one context
-    (`question=[...]`, `context="..."`)."""
+    `doc_stride` tokens (default: as fine-tuned when the window is the fine-tuned one, else min(max_seq_len // 2,
+    128)); in each window the start and end logits go through a softmax over [CLS] and the context tokens, a span
+    scores p(start) * p(end) (end >= start, at most `max_answer_len` tokens, [CLS] excluded) and is widened to whole
+    words (as the tokenizer splits words); the best spans of all windows compete. With `handle_impossible_answer`,
+    the smallest [CLS] p(start) * p(end) over the windows competes too, as {"answer": "", "start": 0, "end": 0}. Two
+    deliberate differences: the question keeps its first `max_question_len` tokens (transformers' fast path ignores
+    that option), and a span of characters found more than once (in two overlapping windows, or by token spans
+    widened to the same words) is listed once, with its best score (transformers adds the scores of answers with the
+    same text). `align_to_words=False` keeps token spans. A context with no tokens answers "" with score 0, as
+    there. Windows of all inputs run `batch_size` at a time, sorted by length; several questions may share one
+    context (`question=[...]`, `context="..."`)."""
 
     task = "question-answering"
     auto_class = AutoModelForQuestionAnswering

@@ -3,6 +3,8 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -455,6 +457,7 @@ def legacy_state(model):
         k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
         state[k] = v.clone()
     state["bert.embeddings.position_ids"] = torch.arange(512)[None]
+    state["bert.embeddings.token_type_ids"] = torch.zeros(1, 512, dtype=torch.long)   # a buffer some versions saved
     return state
 
 
@@ -475,6 +478,7 @@ def test_legacy_names_and_pytorch_bin(tmp_path):
     with pytest.warns(LoadWarning):
         base = modeling.BertModel.from_pretrained(tmp_path)
     assert "embeddings.position_ids" not in base.load_report.unused
+    assert "embeddings.token_type_ids" not in base.load_report.unused
     assert torch.equal(base.embeddings.LayerNorm.weight, model.bert.embeddings.LayerNorm.weight)
 
 
@@ -591,7 +595,7 @@ def test_save_does_not_touch_model_config(tmp_path):
 
 @pytest.fixture
 def homes(tmp_path, monkeypatch):
-    for var in ("BERTKIT_HOME", "HF_HUB_CACHE", "HF_HOME"):
+    for var in ("BERTKIT_HOME", "HF_HUB_CACHE", "HF_HOME", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("BERTKIT_HOME", str(tmp_path / "bertkit"))
@@ -651,6 +655,21 @@ def test_resolve_in_hf_cache(homes, monkeypatch):
     monkeypatch.delenv("HF_HOME")
     snap = hf_snapshot(homes / "home" / ".cache" / "huggingface" / "hub", "x/y", "eeee", {CONFIG_NAME: cfg}, now)
     assert hub.resolve_model_dir("x/y") == str(snap)
+    # the rest of huggingface_hub's rules: $XDG_CACHE_HOME/huggingface, the older $HUGGINGFACE_HUB_CACHE, and
+    # ~ or $VAR inside any of them
+    monkeypatch.setenv("XDG_CACHE_HOME", str(homes / "xdg"))
+    snap = hf_snapshot(homes / "xdg" / "huggingface" / "hub", "x/z", "ffff", {CONFIG_NAME: cfg}, now)
+    assert hub.resolve_model_dir("x/z") == str(snap)
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", "~/old-hub")
+    snap = hf_snapshot(homes / "home" / "old-hub", "x/w", "1111", {CONFIG_NAME: cfg}, now)
+    assert hub.resolve_model_dir("x/w") == str(snap)
+    monkeypatch.setenv("SOMEWHERE", str(homes / "var"))
+    monkeypatch.setenv("HF_HUB_CACHE", "$SOMEWHERE/hub")
+    snap = hf_snapshot(homes / "var" / "hub", "x/v", "2222", {CONFIG_NAME: cfg}, now)
+    assert hub.resolve_model_dir("x/v") == str(snap)
+    reference = subprocess.run([sys.executable, "-c", "import huggingface_hub.constants as c; print(c.HF_HUB_CACHE)"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    assert hub.hf_hub_cache() == reference   # huggingface_hub's own reading of the same variables
 
 
 def test_tokenizer_files_count_for_tokenizers(homes):
