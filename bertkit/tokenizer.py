@@ -57,19 +57,22 @@ _CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (
 
 
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
-    """Read a vocab.txt (one token per line, id = line number), refusing duplicates that would shift ids."""
+    """Read a vocab.txt: one token per line, id = line number. A token listed twice takes its last line's id,
+    as in transformers (some published vocabularies repeat lines), with a warning: its earlier ids are unused."""
     text = read_text(path).replace("\r\n", "\n")  # a vocab.txt saved on Windows, as Python's text mode reads it
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
     vocab: dict[str, int] = {}
+    repeated = []   # (line, token, its earlier line)
     for index, token in enumerate(lines):
         if token in vocab:
-            raise ValueError(
-                f"{path}:{index + 1}: duplicate token {token!r} (first on line {vocab[token] + 1}); "
-                "a vocabulary must list each token once"
-            )
+            repeated.append((index + 1, token, vocab[token] + 1))
         vocab[token] = index
+    if repeated:
+        shown = "; ".join(f"line {n}: {t!r} (also on line {first})" for n, t, first in repeated[:3])
+        warn(f"{path}: {len(repeated)} token(s) listed twice, e.g. {shown}; each takes its last line's id, as in "
+             f"transformers, and {len(repeated)} id(s) stay unused; the tokenizer cannot add tokens")
     return vocab
 
 
@@ -236,8 +239,14 @@ class BertTokenizer:
             vocab, source = dict(vocab_file), "vocabulary"
         else:
             vocab, source = load_vocab(vocab_file), os.fspath(vocab_file)
-        if sorted(vocab.values()) != list(range(len(vocab))):
-            raise ValueError(f"{source}: token ids must be 0..{len(vocab) - 1}, each once")
+        ids = sorted(vocab.values())
+        if any(not isinstance(i, int) or isinstance(i, bool) for i in ids) or (ids and ids[0] < 0) \
+                or len(set(ids)) != len(ids):
+            raise ValueError(f"{source}: token ids must be distinct ints >= 0")
+        # ids no token holds (a vocab.txt listing a token twice, or transformers' tokenizer.json of one): a new
+        # token would get one of the vocabulary's ids (the Rust library numbers it by the count of tokens)
+        self._unused_ids = (ids[-1] + 1 - len(ids)) if ids else 0
+        self._vocab_source = source
         if unk_token not in vocab:
             raise ValueError(
                 f"{source}: lacks the unknown token {unk_token!r} "
@@ -269,6 +278,7 @@ class BertTokenizer:
         # Restore saved added tokens first, in id order, so they get back their ids; then make sure the
         # role tokens exist (a vocabulary without [CLS] gets it as a new token, as in HF).
         for token_id, token in sorted((added_tokens_decoder or {}).items()):
+            self._no_new_ids(tok, [token.content])
             (tok.add_special_tokens if token.special else tok.add_tokens)([token])
             if tok.token_to_id(token.content) != token_id:
                 raise ValueError(
@@ -285,6 +295,7 @@ class BertTokenizer:
         extra = _token_list(extra_special_tokens, "extra_special_tokens")
         # a special token restored above keeps its saved flags (lstrip, rstrip: offsets depend on them)
         restored = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        self._no_new_ids(tok, [*self._special.values(), *extra])
         tok.add_special_tokens([_special(t) for t in (*self._special.values(), *extra) if t not in restored])
         self._extra_special = list(dict.fromkeys(extra))
         self._update_post_processor()
@@ -466,9 +477,16 @@ class BertTokenizer:
 
     # ------------------------------------------------------------------------------------------ saving
     def _vocab_text(self) -> str:
-        """vocab.txt's text: the base vocabulary (no added tokens), one token a line in id order."""
+        """vocab.txt's text: the base vocabulary (no added tokens), one token a line in id order. An unused id
+        (see `load_vocab`) gets the line of the next token, which that token's own later line then overrides,
+        as in the vocabularies that have them: every token reads back with its id."""
         base = self._tok.get_vocab(with_added_tokens=False)
-        return "".join(t + "\n" for t in sorted(base, key=base.get))
+        tokens = sorted(base, key=base.get)
+        lines, i = [], 0
+        for t in tokens:
+            lines += [t] * (base[t] - i + 1)    # the token's line, after one copy per unused id before it
+            i = base[t] + 1
+        return "".join(t + "\n" for t in lines)
 
     def save_vocabulary(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str]:
         """Write the base vocabulary alone (atomically): `<save_directory>/[<prefix>-]vocab.txt`, or, when
@@ -546,6 +564,7 @@ class BertTokenizer:
         if new_unk is not None and self._tok.model.token_to_id(new_unk) is None:
             raise ValueError(f"unk_token {new_unk!r} is not in the WordPiece vocabulary")
         before = len(self)
+        self._no_new_ids(self._tok, [*roles.values(), *(extra or ())])
         self._tok.add_special_tokens([_special(t) for t in (*roles.values(), *(extra or ()))])
         self._special.update(roles)
         if extra and replace_extra_special_tokens:
@@ -572,6 +591,8 @@ class BertTokenizer:
             if not (isinstance(t, str) and t or isinstance(t, AddedToken) and t.content):
                 raise TypeError(f"tokens to add must be non-empty str or AddedToken, got {t!r}")
         before = len(self)
+        self._no_new_ids(self._tok, [t.content if isinstance(t, AddedToken) else t if special_tokens
+                                     or not self.do_lower_case else t.lower() for t in tokens])
         if special_tokens:  # new ids in the order given, as transformers numbers them
             self._tok.add_special_tokens([t if isinstance(t, AddedToken) else _special(t) for t in tokens])
         else:
@@ -584,6 +605,18 @@ class BertTokenizer:
                     fresh.setdefault(t.content, t)
             self._tok.add_tokens(list(fresh.values()))
         return len(self) - before
+
+    def _no_new_ids(self, tok: Tokenizer, contents: Sequence[str]) -> None:
+        """Refuse tokens that would need new ids when the vocabulary leaves ids unused: the Rust library would
+        number them by its count of tokens, i.e. give them ids the vocabulary already holds (transformers does)."""
+        if not self._unused_ids:
+            return
+        known = tok.get_vocab(with_added_tokens=True)
+        new = [c for c in contents if c not in known]
+        if new:
+            raise ValueError(f"{self._vocab_source}: {self._unused_ids} id(s) of this vocabulary hold no token "
+                             f"(a token listed twice), so new tokens ({', '.join(map(repr, new[:3]))}) would take "
+                             "ids its tokens hold; list each token once in vocab.txt to add tokens")
 
     def _update_post_processor(self) -> None:
         cls, sep = self._special["cls_token"], self._special["sep_token"]
