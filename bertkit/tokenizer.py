@@ -1081,6 +1081,12 @@ class BertTokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @property
+    def num_ids(self) -> int:
+        """The embedding rows a model needs for this tokenizer's ids: its highest id + 1. That is len(self),
+        unless the vocabulary leaves ids unused (a token listed twice in vocab.txt; see `load_vocab`)."""
+        return len(self) + self._unused_ids
+
+    @property
     def backend_tokenizer(self) -> Tokenizer:
         """The underlying `tokenizers.Tokenizer` (shared: changes to it change this tokenizer)."""
         return self._tok

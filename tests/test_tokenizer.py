@@ -538,6 +538,9 @@ def test_vocab_listing_a_token_twice_reads_as_transformers(tmp_path):
         ours = BertTokenizer.from_pretrained(tmp_path / "v")
     ref = transformers.BertTokenizer.from_pretrained(tmp_path / "v")
     assert ours.get_vocab() == ref.get_vocab() and ours.vocab_size == ref.vocab_size == 9
+    assert ours.num_ids == 11 and len(ours) == 9          # the rows a model needs: the highest id + 1
+    from bertkit.data.masking import MaskingCollator
+    assert MaskingCollator.from_tokenizer(ours).vocab_size == 11   # ids from 0 to 10 in the data
     texts = ["hello worlds", "Hello hellos, world!", "unknown words"]
     assert [ours(t)["input_ids"] for t in texts] == [ref(t)["input_ids"] for t in texts]
     assert ours.convert_ids_to_tokens([5, 7, 9]) == ref.convert_ids_to_tokens([5, 7, 9]) == [None, "hello", None]

@@ -108,7 +108,7 @@ class MaskingCollator:
         """Vocabulary size, special ids, [MASK], [PAD] and the '##' pieces from a `BertTokenizer`."""
         vocab = tokenizer.get_vocab()
         return cls(
-            len(tokenizer), tokenizer.all_special_ids, tokenizer.mask_token_id, tokenizer.pad_token_id,
+            tokenizer.num_ids, tokenizer.all_special_ids, tokenizer.mask_token_id, tokenizer.pad_token_id,
             wordpiece_continuation={i for t, i in vocab.items() if t.startswith("##")}, **kwargs,
         )
 

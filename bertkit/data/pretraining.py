@@ -339,7 +339,7 @@ def build_shards(
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a private copy, no padding/truncation
     backend.no_padding()
     backend.no_truncation()
-    vocab_size = len(tokenizer)
+    vocab_size = tokenizer.num_ids   # len(tokenizer), or more when the vocabulary leaves ids unused
     token_dtype = np.uint16 if vocab_size < 65536 else np.int32
     special = {
         "cls_token_id": tokenizer.cls_token_id,

@@ -239,9 +239,9 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
 
 def _model_config(args: PretrainArgs, tok: BertTokenizer) -> BertConfig:
     cfg = BertConfig.from_json_file(args.config) if args.config else BertConfig.from_size(args.model_size)
-    if args.config and cfg.vocab_size != len(tok):
-        dist.print0(f"--config {args.config}: vocab_size {cfg.vocab_size} replaced by the tokenizer's {len(tok)}")
-    cfg.vocab_size = len(tok)
+    if args.config and cfg.vocab_size != tok.num_ids:
+        dist.print0(f"--config {args.config}: vocab_size {cfg.vocab_size} replaced by the tokenizer's {tok.num_ids}")
+    cfg.vocab_size = tok.num_ids
     cfg.pad_token_id = tok.pad_token_id
     cfg.validate()
     if args.seq_len > cfg.max_position_embeddings:
@@ -262,9 +262,9 @@ def _initial_model(args: PretrainArgs, tok: BertTokenizer) -> BertForPreTraining
         warnings.simplefilter("ignore", LoadWarning)  # reported below, in one line
         model = BertForPreTraining.from_pretrained(args.init_from)
     cfg = model.config
-    if cfg.vocab_size != len(tok):
+    if cfg.vocab_size != tok.num_ids:
         raise ValueError(f"--init-from {args.init_from}: its vocabulary has {cfg.vocab_size} tokens, the tokenizer "
-                         f"{len(tok)}; use the model's own tokenizer")
+                         f"{tok.num_ids}; use the model's own tokenizer")
     if args.seq_len > cfg.max_position_embeddings:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the max_position_embeddings of {args.init_from} "
                          f"({cfg.max_position_embeddings})")

@@ -227,6 +227,8 @@ class _BigVocab:
     def __init__(self, tok):
         self._tok = tok
 
+    num_ids = 70_000   # the ids it can give
+
     def __len__(self):
         return 70_000
 
