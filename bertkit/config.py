@@ -177,6 +177,11 @@ class BertConfig:
         cfg = cls(**kwargs, extra=extra)
         if num_labels is not None and cfg.id2label is None:
             cfg.num_labels = num_labels
+        elif num_labels is not None and num_labels != cfg.num_labels:   # as transformers: num_labels wins
+            names = cfg.num_labels
+            cfg.num_labels = num_labels    # checked by the setter
+            warn(f"BertConfig: num_labels {num_labels} disagrees with the {names} names of id2label; taking "
+                 f"num_labels, with the names LABEL_0..LABEL_{num_labels - 1}, as transformers does")
         return cfg
 
     @classmethod

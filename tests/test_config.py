@@ -4,6 +4,7 @@ import re
 import warnings
 
 import pytest
+import transformers
 
 from bertkit.config import CONFIG_NAME, SIZES, BertConfig
 
@@ -68,6 +69,14 @@ def test_num_labels_and_label_maps(tmp_path):
 
     # Old configs carry only num_labels.
     assert BertConfig.from_dict({**TINY, "num_labels": 5}).num_labels == 5
+    # num_labels against fewer id2label names: num_labels wins, as transformers reads such a config.json
+    clash = {**TINY, "num_labels": 3, "id2label": {"0": "a", "1": "b"}}
+    with pytest.warns(UserWarning, match=r"num_labels 3 disagrees with the 2 names of id2label; .*LABEL_0..LABEL_2"):
+        cfg = BertConfig.from_dict(clash)
+    ref = transformers.BertConfig.from_dict(clash)
+    assert (cfg.num_labels, cfg.id2label, cfg.label2id) == (ref.num_labels, ref.id2label, ref.label2id)
+    agreed = {**TINY, "num_labels": 2, "id2label": {"0": "a", "1": "b"}}
+    assert BertConfig.from_dict(agreed).id2label == {0: "a", 1: "b"}
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="num_labels"):
             cfg.num_labels = bad
