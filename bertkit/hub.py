@@ -280,7 +280,9 @@ def _load_torch_pickle(path: str) -> dict[str, torch.Tensor]:
         obj = obj["model"]  # a training checkpoint (NVIDIA DeepLearningExamples): weights under "model"
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                             for k, v in obj.items()):
-        raise ValueError(f"{path}: expected a dict of name -> tensor, got {type(obj).__name__}")
+        what = type(obj).__name__ if not isinstance(obj, dict) else "a dict with other values, under the keys " + \
+            ", ".join(repr(k) for k in list(obj)[:4])
+        raise ValueError(f"{path}: expected a dict of name -> tensor, got {what}")
     return obj
 
 
@@ -307,7 +309,10 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a shard index: expected 'weight_map', an object of tensor name -> file name")
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        state.update(_load_file(os.path.join(os.path.dirname(path), shard)))
+        shard_path = os.path.join(os.path.dirname(path), shard)
+        if not os.path.isfile(shard_path):
+            raise FileNotFoundError(f"{path}: lists the shard {shard}, which is not in {os.path.dirname(path)}")
+        state.update(_load_file(shard_path))
     missing = sorted(set(weight_map) - set(state))
     if missing:
         raise ValueError(f"{path}: {len(missing)} indexed tensors absent from the shards: {_names(missing)}")

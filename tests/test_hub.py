@@ -546,6 +546,18 @@ def test_sharded_safetensors(tmp_path):
     loaded = modeling.BertModel.from_pretrained(tmp_path)
     assert loaded.load_report.clean
     assert_same_outputs(loaded, model, "BertModel")
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()    # a download cut short
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors.index.json: lists the shard "
+                                                r"model-00002-of-00002.safetensors, which is not in "):
+        modeling.BertModel.from_pretrained(tmp_path)
+
+
+def test_bin_holding_something_else_names_what_it_holds(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "epoch": 3}, tmp_path / hub.PT_WEIGHTS_NAME)
+    with pytest.raises(ValueError, match=r"pytorch_model.bin: expected a dict of name -> tensor, got a dict with "
+                                         r"other values, under the keys 'state_dict', 'epoch'$"):
+        modeling.BertModel.from_pretrained(tmp_path)
 
 
 def test_missing_weights(tmp_path):
