@@ -587,6 +587,24 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     return model.eval()
 
 
+def _untie_if_stored_apart(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """A config that ties the MLM decoder to the word embeddings, with a checkpoint that stores the decoder
+    with other values (e.g. written after transformers' set_input_embeddings): transformers 5 then leaves the
+    two apart, each as stored, with a warning; so does bertkit, and its config says so from then on."""
+    if not getattr(model.config, "tie_word_embeddings", False) or not hasattr(model, "untied_names"):
+        return
+    decoder, embeddings = state.get("cls.predictions.decoder.weight"), state.get(
+        f"{model.base_model_prefix}.embeddings.word_embeddings.weight")
+    if decoder is None or embeddings is None or decoder.shape != embeddings.shape or torch.equal(decoder, embeddings):
+        return
+    warn(f"{source}: the config ties the MLM decoder to the word embeddings, but the checkpoint stores it with "
+         "other values: loaded untied (tie_word_embeddings false), each as stored, as transformers does")
+    model.config.tie_word_embeddings = False
+    pred = model.cls.predictions
+    pred.decoder.weight = torch.nn.Parameter(pred.decoder.weight.detach().clone())
+    model.tie_weights()
+
+
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *,
                ignore_mismatched_sizes: bool = False) -> torch.nn.Module:
     """Copy the checkpoint tensors `state` (read from `source`, named in the error) into `model`, with
@@ -594,6 +612,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     report = LoadReport(source=source)
     prefix = _model_prefix(model)
     state, stored_names = _normalise_keys(state, model, report)
+    _untie_if_stored_apart(model, state, source)
     model_state = {k: v for k, v in model.state_dict().items() if _base_key(model, k) not in IGNORED_KEYS}
 
     # Names of one tied parameter: any one of them in the checkpoint provides all.

@@ -144,18 +144,28 @@ def test_untied_decoder_interchanges_with_transformers(tmp_path, name):
     assert_same_outputs(getattr(modeling, name).from_pretrained(tmp_path / "theirs"), theirs, name)
 
 
-def test_a_tied_checkpoint_whose_decoder_differs_keeps_the_embeddings(tmp_path):
-    """A tied config with a stored decoder weight other than the embeddings (a checkpoint written by other
-    tools): the embeddings are the tie's source, as transformers keeps them."""
+def test_a_tied_checkpoint_whose_decoder_differs_loads_untied(tmp_path):
+    """A tied config with a stored decoder weight other than the embeddings (written after transformers'
+    set_input_embeddings, or by other tools): each weight as stored, untied, as transformers 5 loads the file;
+    with a warning, and config.tie_word_embeddings false, so that a save and reload keep them apart."""
     torch.manual_seed(0)
-    theirs = transformers.BertForMaskedLM(hf_tiny_config("")).eval()
-    state = {k: v.clone() for k, v in theirs.state_dict().items()}
+    state = {k: v.clone() for k, v in transformers.BertForMaskedLM(hf_tiny_config("")).state_dict().items()}
     state["cls.predictions.decoder.weight"] = torch.randn_like(state["cls.predictions.decoder.weight"])
     state = {k: v for k, v in sorted(state.items(), key=lambda kv: "decoder" not in kv[0])}  # the decoder first
     write_checkpoint(tmp_path, state, config=tiny_config())
-    ours = modeling.BertForMaskedLM.from_pretrained(tmp_path)
-    assert ours.load_report.clean
+    with pytest.warns(UserWarning, match=r"model.safetensors: the config ties the MLM decoder to the word "
+                                         r"embeddings, but the checkpoint stores it with other values: loaded untied"):
+        ours = modeling.BertForMaskedLM.from_pretrained(tmp_path)
+    theirs = transformers.BertForMaskedLM.from_pretrained(tmp_path).eval()
+    assert ours.load_report.clean and not ours.config.tie_word_embeddings
+    assert torch.equal(ours.cls.predictions.decoder.weight, state["cls.predictions.decoder.weight"])
+    assert torch.equal(ours.bert.embeddings.word_embeddings.weight, state["bert.embeddings.word_embeddings.weight"])
     assert_same_outputs(ours, theirs, "BertForMaskedLM")
+    ours.save_pretrained(tmp_path / "again")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the saved config says untied: no warning again
+        again = modeling.BertForMaskedLM.from_pretrained(tmp_path / "again")
+    assert_same_outputs(again, theirs, "BertForMaskedLM")
 
 
 def test_a_saved_config_names_the_dtype_of_its_weights(tmp_path):
