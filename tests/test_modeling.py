@@ -562,6 +562,11 @@ def test_resize_token_embeddings_matches_transformers():
     assert ours.cls.predictions.bias.shape == (90,) and ours.config.vocab_size == 90
     with torch.no_grad():
         assert ours(input_ids=torch.tensor([[2, 89]])).logits.shape == (1, 2, 90)
+    ours.config.pad_token_id = ours.bert.embeddings.word_embeddings.padding_idx = 80
+    with pytest.raises(ValueError, match=r"^resize_token_embeddings: 70 tokens would drop the padding token, id 80 "
+                                         r"\(config.pad_token_id\); keep at least 81$"):
+        ours.resize_token_embeddings(70)
+    assert ours.config.vocab_size == 90
     print(f"\nresize: old-vocab logits max |diff| = {d_old:.2e}, new-id logits = {d_new:.2e}")
 
 

@@ -443,6 +443,9 @@ class BertPreTrainedModel(nn.Module):
             vocab_size = -(-vocab_size // pad_to_multiple_of) * pad_to_multiple_of
         if vocab_size == old.num_embeddings:
             return old
+        if old.padding_idx is not None and old.padding_idx >= vocab_size:
+            raise ValueError(f"resize_token_embeddings: {vocab_size} tokens would drop the padding token, id "
+                             f"{old.padding_idx} (config.pad_token_id); keep at least {old.padding_idx + 1}")
         new = nn.Embedding(vocab_size, old.embedding_dim, padding_idx=old.padding_idx,
                            device=old.weight.device, dtype=old.weight.dtype)
         self._init_module(new)
