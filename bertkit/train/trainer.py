@@ -27,9 +27,9 @@ A stat named `<metric>_<term>` is divided by the counts of `<term>` (the longest
 `acc_mlm` = correct MLM predictions / MLM labels. Logged metrics are means over the steps since the
 previous log line, weighted by the counts and reduced across ranks: `loss_<term>`, `loss` (their sum),
 the stats, `lr`, `grad_norm` (mean of the global norm before clipping), `tokens_per_s` (all ranks),
-`elapsed` (seconds of training, across resumes); with fp16, `skipped_steps` (steps whose gradients overflowed:
-no update and, as in transformers' Trainer, no schedule step; they still count towards `max_steps`, and
-`grad_norm` averages the others) and `loss_scale`.
+`elapsed` (seconds of training when the line was written, across resumes); with fp16, `skipped_steps` (steps
+whose gradients overflowed: no update and, as in transformers' Trainer, no schedule step; they still count
+towards `max_steps`, and `grad_norm` averages the others) and `loss_scale`.
 
 GPU fast path: nothing inside the step loop reads a GPU value back (no `.item()`, `int(tensor)`, tensor
 `if`; fp16's loss scaler excepted, which must know whether gradients overflowed): counts and token totals
@@ -320,8 +320,7 @@ class _Window:
         self.device = device
         self.reset()
 
-    def reset(self, carried: float = 0.0):
-        """`carried`: seconds the window ran before a checkpoint (a resumed run's first window)."""
+    def reset(self):
         self.sums: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
         self.counts: dict[str, torch.Tensor] = {}  # already global
@@ -329,8 +328,8 @@ class _Window:
         self.grad_norm: torch.Tensor | float = 0.0   # summed over the steps not skipped
         self.steps = 0
         self.skipped = 0   # fp16 steps skipped for overflowed gradients
-        self.t0 = time.perf_counter() - carried
-        self.carried = carried
+        self.t0 = time.perf_counter()
+        self.carried = 0.0   # seconds the window ran before a checkpoint (a resumed run's first window; `load`)
         self.start = None
         if self.device.type == "cuda":
             self.start = torch.cuda.Event(enable_timing=True)

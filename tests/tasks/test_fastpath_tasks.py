@@ -133,7 +133,7 @@ def test_training_steps_read_nothing_back_from_the_device(task, tmp_path):
     few = syncing_ops_in_main_thread(tmp_path, 2, lambda: _build(task))
     many = syncing_ops_in_main_thread(tmp_path, 6, lambda: _build(task))
     assert few == many  # only the one log step reads values back, however many steps run
-    assert set(many) == {"aten._local_scalar_dense"}
+    assert set(many) <= {"aten._local_scalar_dense"}   # (its figures, in one copy: tolist() is not an op)
 
 
 def test_without_prepare_every_step_syncs(tmp_path):
