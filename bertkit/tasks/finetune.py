@@ -486,6 +486,8 @@ def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
                else ("accuracy", "f1", "mcc"))
     if metric not in allowed:
         raise ValueError(f"--metric {metric} does not apply to {_task_name(info)}; choose one of {', '.join(allowed)}")
+    if info.regression and len(dev) < 2:
+        raise ValueError(f"{args.dev}: {len(dev)} dev row; a regression's correlations need at least 2")
     tok = AutoTokenizer.from_pretrained(args.model)
     max_len = window_length(args)
     train_feats = encode_examples(tok, train, info, max_len, source=args.train, stride=args.stride)
@@ -676,6 +678,8 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     examples = read_examples(data, **_classify_columns(model, read, data), multi_label=info.multi_label)
     if not examples:
         raise ValueError(f"{data}: no rows")
+    if info.regression and len(examples) < 2:
+        raise ValueError(f"{data}: 1 row; a regression's correlations need at least 2")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
     feats = encode_examples(tok, examples, info, max_len, source=data, stride=stride)
     logits, gold = labelled_logits(model, feats, batch_size)

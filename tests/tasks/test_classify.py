@@ -13,6 +13,7 @@ from bertkit.data.readers import Example
 from bertkit.modeling import BertModel
 from bertkit.tasks.classify import (IGNORE, ClassificationBatches, ClassificationObjective, LabelInfo, encode_examples,
                                     evaluate_classification, label_info, labelled, predict, predict_logits)
+from bertkit.tasks.finetune import run_evaluate
 from bertkit.tokenizer import BertTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -449,6 +450,12 @@ def test_regression_on_integer_ratings_when_asked(toy, tmp_path, capsys):
                  "--regression"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"{tmp_path / 'bad.tsv'}:4: regression needs a finite number as the label, got 'five'")
+    one = write_tsv(tmp_path / "one.tsv", ratings(dev)[:1], "score")   # refused before training, nothing written
+    assert main([*args[:7], str(one), *args[8:], "--output", str(tmp_path / "y"), "--regression"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{one}: 1 dev row; a regression's correlations need at least 2")
+    assert not (tmp_path / "y").exists()
+    with pytest.raises(ValueError, match=rf"^{one}: 1 row; a regression's correlations need at least 2$"):
+        run_evaluate(str(tmp_path / "reg" / "best"), str(one))
 
 
 def test_a_model_fine_tuned_without_header_reads_its_tables_so(toy, tmp_path):
@@ -537,6 +544,12 @@ def test_pairs_truncation_and_columns(toy, tmp_path):
     info = label_info(["a", "b", "a"])
     assert info.labels == ("a", "b") and info.model_kwargs()["label2id"] == {"a": 0, "b": 1}
     assert label_info(["0.5", "1", "2.25"]).model_kwargs() == {"num_labels": 1, "problem_type": "regression"}
+    # real numbers with a "nan" (or any other non-number) among them: a damaged regression file, not 4 classes
+    rows = [Example("a", None, v, i + 2) for i, v in enumerate(["0.5", "3.8", "nan", "4", "N/A"])]
+    with pytest.raises(ValueError, match=r"^train.tsv:4: the label 'nan' is not a finite number, but the other "
+                                         r"labels are real numbers \(a regression, e.g. '0.5'\)"):
+        label_info(rows, source="train.tsv")
+    assert label_info(["1", "2", "nan"]).labels == ("1", "2", "nan")   # whole numbers and a word: classes
     feats = encode_examples(tok, [Example("the movie was good", "the plot was bad", "b", 7),
                                   Example("a " * 40, "film " * 40, "a", 8)], info, max_seq_length=12)
     short, long = feats
