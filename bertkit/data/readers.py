@@ -391,6 +391,8 @@ def conll_blocks(path: Path, token_column: int) -> Iterator[list[tuple[int, str,
     """The sentences of a CoNLL-style file, each as its lines' (line number, line, fields): fields split at
     tabs (or, on a line without a tab, at whitespace); blank or whitespace-only lines end a sentence, and
     ``-DOCSTART-`` lines are dropped."""
+    if Path(path).suffix.lower() in (".json", ".jsonl", ".zip"):
+        raise ValueError(f"{path}: a CoNLL file is plain text, one token per line; got a {Path(path).suffix} file")
     block: list[tuple[int, str, list[str]]] = []
     for n, line in enumerate(split_lines(_read_text(path)), 1):
         fields = line.split("\t") if "\t" in line else line.split()

@@ -278,6 +278,9 @@ def test_conll_formats_and_errors(tmp_path):
     # -DOCSTART- in the token column when that is not the first
     cols = write(tmp_path, "cols.conll", "1\t-DOCSTART-\tO\n\n1\tParis\tB-LOC\n")
     assert read_conll(cols, token_column=1) == [TaggedSentence(["Paris"], ["B-LOC"], 3)]
+    with pytest.raises(ValueError, match=r"squad\.json: a CoNLL file is plain text, one token per line; got a "
+                                         r"\.json file$"):   # given to a tagger by mistake: not read as tokens
+        read_conll(write(tmp_path, "squad.json", '{"data": [{"title": "x"}]}\tO\n'))
 
 
 # ---------------------------------------------------------------------------------------------------------------
