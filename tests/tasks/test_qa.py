@@ -308,6 +308,16 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
         assert main(["evaluate", "--model", str(out / "best"), "--data", str(toy / "shifted.json"),
                      "--output", str(toy / "eval_shifted.json")]) == 0
     assert json.loads((toy / "eval_shifted.json").read_text())["f1"] == pytest.approx(ev["f1"])
+    # as a fine-tuning run's --dev too (scored the same way); as its --train, refused
+    common = ["finetune", "qa", "--model", str(toy / "encoder"), "--batch-size", "8", "--max-steps", "1",
+              "--max-seq-length", "32", "--doc-stride", "8"]
+    with pytest.warns(UserWarning, match="1 answer span"):
+        assert main([*common, "--train", str(toy / "train.json"), "--dev", str(toy / "shifted.json"),
+                     "--output", str(toy / "run_shifted")]) == 0
+    capsys.readouterr()
+    assert main([*common, "--train", str(toy / "shifted.json"), "--dev", str(toy / "dev.json"),
+                 "--output", str(toy / "run_refused")]) == 2
+    assert "shifted.json" in capsys.readouterr().err and not (toy / "run_refused").exists()
 
 
 def test_the_best_null_threshold_may_lie_above_the_one_used():
