@@ -389,6 +389,11 @@ RESUME_FREE = frozenset({"resume", "progress", "compile", "gradient_checkpointin
                          "max_steps", "seeds", "batch_size", "grad_accum", "output"})  # output: the run, wherever it is
 
 
+# what a run writes to best/ (the model and its tokenizer); `evaluate` adds its eval_<data>.json / .png there
+BEST_FILES = frozenset({"config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                        "special_tokens_map.json", "added_tokens.json"})
+
+
 def _refuse_earlier_run(out: Path) -> None:
     """A fresh run would remove an earlier run's files in `out` (see `_checkpoint_state`): refused when that run
     did not finish, since its checkpoints are what continues it, and when it did, since its best model and
@@ -406,6 +411,13 @@ def _refuse_earlier_run(out: Path) -> None:
         if latest is not None:
             raise ValueError(f"{run} holds an unfinished run (its newest checkpoint is {latest}); pass --resume to "
                              "continue it, or choose another --output (or remove it) to start over")
+        # a run killed before its first checkpoint leaves best/, which a fresh run removes: only if bertkit wrote it
+        foreign = sorted(f.name for f in (run / "best").iterdir() if f.name not in BEST_FILES
+                         and not f.name.startswith("eval_")) if (run / "best").is_dir() else []
+        if foreign:
+            raise ValueError(f"{run / 'best'} holds files a fine-tuning run does not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}), and a fresh run would remove it; choose "
+                             "another --output")
 
 
 def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -120,6 +120,16 @@ def test_a_fresh_run_refuses_a_finished_one(toy, tmp_path, capsys):  # noqa: F81
                                        "(eval_results.json, best/); choose another --output, or remove it to start "
                                        "over\n")
     assert [s for s, _ in list_checkpoints(out)] == [10] and (out / "eval_results.json").read_text() == before
+    # a best/ with no run around it (killed before its first checkpoint) is removed by a fresh run, unless it
+    # holds files no run writes: the user's, kept
+    mine = tmp_path / "mine"
+    (mine / "best").mkdir(parents=True)
+    (mine / "best" / "notes.txt").write_text("keep me")
+    (mine / "best" / "config.json").write_text("{}")
+    assert finetune(toy, mine, "--max-steps", "5", "--eval-every", "5") == 2
+    assert capsys.readouterr().err.endswith(f"{mine / 'best'} holds files a fine-tuning run does not write "
+                                            "(notes.txt), and a fresh run would remove it; choose another --output\n")
+    assert (mine / "best" / "notes.txt").read_text() == "keep me"
 
 
 def test_a_sigkilled_process_resumes_to_the_same_weights_and_results(toy, tmp_path):  # noqa: F811
