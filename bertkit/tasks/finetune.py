@@ -704,6 +704,8 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     else:
         report = classification_report(logits, gold, info.labels)
         metrics.update(report)
+        if len(info.labels) == 2:   # whose F1 "f1" is: label id 1, the second in label order
+            metrics["positive_label"] = info.labels[1]
         matrix = report["confusion_matrix"]
         draw = partial(figures.confusion, matrix["matrix"], matrix["labels"])
     return write_eval(metrics, model_dir, data, output, "examples", draw)

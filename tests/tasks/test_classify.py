@@ -118,6 +118,7 @@ def test_evaluate_and_predict_cli(trained, toy, tmp_path, capsys):
     assert (matrix["matrix"][0][0] + matrix["matrix"][1][1]) / 40 == pytest.approx(metrics["accuracy"])
     assert [metrics["per_label"][name]["support"] for name in ("neg", "pos")] == [20, 20]  # toy_rows alternate
     assert metrics["per_label"]["pos"]["f1"] == pytest.approx(metrics["f1"])  # binary F1: label 1 positive
+    assert metrics["positive_label"] == "pos"                                    # ... and named so
     png = tmp_path / "dev_metrics.png"
     assert png.read_bytes()[:4] == b"\x89PNG" and str(png) in printed
     # an output's folder is made; an output that cannot be written is said before the work, in one line
