@@ -128,6 +128,19 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             f.write(text)
 
 
+def check_ours(path: str | os.PathLike, ours, what: str) -> None:
+    """Before a run removes the folder `path` that it would have written (`ours(name)`: whether a file name is one
+    it writes there): a ValueError naming the first files it did not write, which are the user's."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return
+    foreign = sorted(name for name in os.listdir(path) if not ours(name))
+    if foreign:
+        raise ValueError(f"{path} holds files {what} does not write ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}), and it would remove them; choose another "
+                         "--output")
+
+
 def check_new_directory(path: str | os.PathLike) -> None:
     """A ValueError unless `path` does not exist or is an empty directory (checked before long work)."""
     path = os.fspath(path)

@@ -33,6 +33,9 @@ from bertkit.warn import warn
 
 __all__ = ["BatchEncoding", "BertTokenizer", "CharSpan", "TokenSpan", "load_vocab"]
 
+# the files `BertTokenizer.save_pretrained` writes
+SAVED_FILES = frozenset({"vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"})
+
 SPECIAL_TOKEN_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 EXTRA_SPECIAL_KEYS = ("extra_special_tokens", "additional_special_tokens")  # transformers 5 name, older name
 DEFAULT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")

@@ -41,7 +41,8 @@ import torch
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from ..data.readers import read_table, table_format
-from ..io import read_json, write_text_atomic
+from ..io import check_ours, read_json, write_text_atomic
+from ..tokenizer import SAVED_FILES
 from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
 from ..train.tracking import plot_run, plot_runs
@@ -390,8 +391,7 @@ RESUME_FREE = frozenset({"resume", "progress", "compile", "gradient_checkpointin
 
 
 # what a run writes to best/ (the model and its tokenizer); `evaluate` adds its eval_<data>.json / .png there
-BEST_FILES = frozenset({"config.json", "model.safetensors", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                        "special_tokens_map.json", "added_tokens.json"})
+BEST_FILES = frozenset({"config.json", "model.safetensors", *SAVED_FILES})
 
 
 def _refuse_earlier_run(out: Path) -> None:
@@ -412,12 +412,7 @@ def _refuse_earlier_run(out: Path) -> None:
             raise ValueError(f"{run} holds an unfinished run (its newest checkpoint is {latest}); pass --resume to "
                              "continue it, or choose another --output (or remove it) to start over")
         # a run killed before its first checkpoint leaves best/, which a fresh run removes: only if bertkit wrote it
-        foreign = sorted(f.name for f in (run / "best").iterdir() if f.name not in BEST_FILES
-                         and not f.name.startswith("eval_")) if (run / "best").is_dir() else []
-        if foreign:
-            raise ValueError(f"{run / 'best'} holds files a fine-tuning run does not write ({', '.join(foreign[:3])}"
-                             f"{', ...' if len(foreign) > 3 else ''}), and a fresh run would remove it; choose "
-                             "another --output")
+        check_ours(run / "best", lambda name: name in BEST_FILES or name.startswith("eval_"), "a fine-tuning run")
 
 
 def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -28,9 +28,9 @@ from ..config import BertConfig
 from ..data.corpus import WIKITEXT_SECTION, WIKITEXT_TITLE, iter_documents, python_docs_corpus
 from ..data.masking import MaskingCollator, PretrainingBatches
 from ..data.pretraining import PretrainingDataset, build_shards
-from ..io import read_json, write_text_atomic
+from ..io import check_ours, read_json, write_text_atomic
 from ..modeling import BertForPreTraining
-from ..tokenizer import BertTokenizer
+from ..tokenizer import SAVED_FILES, BertTokenizer
 from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
 from ..train.trainer import TrainConfig, Trainer, run_lock
@@ -122,6 +122,7 @@ def _boundary(name: str):
 
 
 DATA_SOURCE = "source.json"  # in data/: what the shards were built from
+SHARD_FILE = re.compile(r"shard_\d+\.\w+\.npy")   # in data/train and data/heldout, with meta.json
 
 
 def _file_id(path: str) -> dict:
@@ -163,6 +164,8 @@ def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
                              "needs the corpus, --seq-len, --seed, --dupe-factor, --short-seq-prob and tokenizer of "
                              "the run it continues")
         print(f"{run / 'data'}: built from other input ({', '.join(changed)} differ); building it again")
+    for d in (train_dir, heldout_dir):
+        check_ours(d, lambda name: name == "meta.json" or SHARD_FILE.fullmatch(name), "a pre-training run")
     for d in (train_dir, heldout_dir, source_file):
         if d.is_dir():
             shutil.rmtree(d)
@@ -227,8 +230,9 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
                              "pass --tokenizer") from None
 
     def train():  # rank 0; the others wait, and get its error if it fails
-        if saved.is_dir() and not args.resume:
-            shutil.rmtree(saved)  # left by a run that never checkpointed: this one may read another corpus
+        if saved.is_dir() and not args.resume:  # left by a run that never checkpointed: it may be of another corpus
+            check_ours(saved, SAVED_FILES.__contains__, "a pre-training run")
+            shutil.rmtree(saved)
         if not saved.is_dir():
             print(f"training a WordPiece vocabulary of {args.vocab_size} on {', '.join(args.corpus)}", flush=True)
             BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,

@@ -128,7 +128,7 @@ def test_a_fresh_run_refuses_a_finished_one(toy, tmp_path, capsys):  # noqa: F81
     (mine / "best" / "config.json").write_text("{}")
     assert finetune(toy, mine, "--max-steps", "5", "--eval-every", "5") == 2
     assert capsys.readouterr().err.endswith(f"{mine / 'best'} holds files a fine-tuning run does not write "
-                                            "(notes.txt), and a fresh run would remove it; choose another --output\n")
+                                            "(notes.txt), and it would remove them; choose another --output\n")
     assert (mine / "best" / "notes.txt").read_text() == "keep me"
 
 

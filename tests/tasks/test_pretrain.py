@@ -133,6 +133,25 @@ def test_a_second_run_in_the_same_directory_needs_resume(corpus, tmp_path, capsy
     assert "already holds a run; pass --resume" in err
 
 
+def test_a_run_keeps_user_files_in_the_folders_it_would_rebuild(corpus, tokenizer_dir, tmp_path, capsys):
+    """--output . in a project whose corpus sits in data/train, or with notes in tokenizer/: a run (re)builds
+    those folders, and refuses instead of removing files it did not write."""
+    project = tmp_path / "project"
+    (project / "data" / "train").mkdir(parents=True)
+    text = corpus.read_text(encoding="utf-8")
+    (project / "data" / "train" / "corpus.txt").write_text(text, encoding="utf-8")
+    assert pretrain(project / "data" / "train" / "corpus.txt", project, "--tokenizer", str(tokenizer_dir)) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{project / 'data' / 'train'} holds files a pre-training run "
+                                                    "does not write (corpus.txt), and it would remove them; choose "
+                                                    "another --output")
+    assert (project / "data" / "train" / "corpus.txt").read_text(encoding="utf-8") == text
+    (project / "tokenizer").mkdir()
+    (project / "tokenizer" / "README.md").write_text("notes")
+    assert pretrain(corpus, project) == 2
+    assert "tokenizer holds files a pre-training run does not write (README.md)" in capsys.readouterr().err
+    assert (project / "tokenizer" / "README.md").read_text() == "notes"
+
+
 def test_resume_after_a_crash_ends_with_the_weights_of_an_uninterrupted_run(corpus, tokenizer_dir, tmp_path,
                                                                           monkeypatch):
     assert pretrain(corpus, tmp_path / "straight", "--tokenizer", str(tokenizer_dir)) == 0
