@@ -55,7 +55,9 @@ ABBREVIATIONS = frozenset(
 NUMBER_ABBREVIATIONS = frozenset("no nos vol vols fig figs eq eqs pp ch chap sec op art".split())
 
 # (word)(end punctuation)(closing quotes/brackets)(whitespace)
-_CANDIDATE = re.compile(r"(\S*?)([.!?]+)([\"'”’)\]]*)\s+")
+# a run of sentence-ending marks (from its first mark: no match starts inside a run, and neither run backtracks,
+# so the search is linear even in a line of 100,000 characters without a space), closers, then whitespace
+_CANDIDATE = re.compile(r"(?<![.!?])([.!?]++)([\"'”’)\]]*+)\s+")
 _OPENERS = "\"'“‘(["
 _DOTTED = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")  # "J", "e.g", "U.S", "A.H"
 
@@ -78,14 +80,17 @@ def split_sentences(paragraph: str) -> list[str]:
     for m in _CANDIDATE.finditer(paragraph):
         if not _starts_sentence(paragraph, m.end()):
             continue
-        word, punct = m.group(1).lstrip(_OPENERS), m.group(2)
+        w = m.start()
+        while w > start and not paragraph[w - 1].isspace():   # the word the marks end
+            w -= 1
+        word, punct = paragraph[w:m.start()].lstrip(_OPENERS), m.group(1)
         if punct == "." and word:
             lower = word.lower()
             if lower in ABBREVIATIONS or _DOTTED.fullmatch(word):
                 continue
             if lower in NUMBER_ABBREVIATIONS and paragraph[m.end()].isdigit():
                 continue
-        sentence = paragraph[start:m.end(3)].strip()
+        sentence = paragraph[start:m.end(2)].strip()
         if sentence:
             sentences.append(sentence)
         start = m.end()

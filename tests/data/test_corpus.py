@@ -43,6 +43,26 @@ def test_split_sentences(text, expected):
     assert split_sentences(text) == expected
 
 
+def test_split_sentences_reads_long_runs_without_spaces_in_one_pass():
+    """A base64 blob, a URL, a CJK paragraph: 100,000 characters without a space took the old pattern minutes
+    (its lazy word group rescanned the run from every position). Guarded by an alarm far above the 0.01 s it
+    now takes, so a return of the quadratic search fails here instead of hanging a pre-training job."""
+    import signal
+
+    def too_slow(*_):
+        raise TimeoutError("split_sentences is quadratic again")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(20)
+    try:
+        for run in ("x" * 100_000, "a.b" * 33_000, "\u4e2d" * 100_000):   # no sentence ends before "Next"
+            assert split_sentences(f"{run} Next one.") == [f"{run} Next one."]
+        assert split_sentences("." * 100_000 + " Next one.") == ["." * 100_000, "Next one."]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
