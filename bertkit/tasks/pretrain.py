@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import BertConfig
@@ -35,6 +36,7 @@ from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
 from ..train.trainer import TrainConfig, Trainer, run_lock
 from ..train.tracking import plot_run
+from ..warn import warn
 from .fill_mask import fill_mask
 from .flags import check_ints, check_numbers, field_defaults
 from .pretrain_objective import PreTrainingObjective, evaluate_pretraining
@@ -343,6 +345,7 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
         model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
         dist.on_main(lambda: _prepare_data(args, run, tok))
         data = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
+        _check_heldout(data[1], tok, run / "data" / "heldout")
     except BaseException:
         if created and dist.is_main():
             shutil.rmtree(run, ignore_errors=True)
@@ -352,6 +355,26 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
     if dist.is_main() and not (args.resume and (run / "pretrain_args.json").is_file()):
         write_text_atomic(run / "pretrain_args.json", json.dumps(vars(args), indent=2) + "\n")
     return tok, model, *data
+
+
+def _check_heldout(heldout: PretrainingDataset, tok: BertTokenizer, where: Path, sample: int = 2000) -> None:
+    """Before training (its first `sample` sequences): the held-out text must hold tokens MLM can mask; text whose
+    every token is [UNK] or special has none, and its evaluation would divide by zero after the whole run. A
+    vocabulary that reads much of the text as [UNK] is said too."""
+    special = np.asarray(sorted(set(tok.all_special_ids) - {tok.unk_token_id}))
+    real = unknown = 0
+    for i in range(min(len(heldout), sample)):
+        ids = np.asarray(heldout[i][0])
+        kept = ids[~np.isin(ids, special)]
+        real += len(kept)
+        unknown += int((kept == tok.unk_token_id).sum())
+    maskable = real - unknown
+    if not maskable:
+        raise ValueError(f"{where}: the held-out sequences hold no token to mask ({unknown:,} of their {real:,} "
+                         "tokens are [UNK], the rest special): does the vocabulary fit this text?")
+    if unknown > real / 4:
+        warn(f"{where}: {unknown / real:.0%} of the held-out tokens are [UNK]: the vocabulary does not fit this text "
+             "well (MLM never masks [UNK])")
 
 
 def _train(args: PretrainArgs, info, run: Path, tok: BertTokenizer, model: BertForPreTraining,

@@ -89,6 +89,9 @@ def evaluate_pretraining(objective: PreTrainingObjective, batches) -> dict[str, 
     if not per_batch:
         raise ValueError("evaluate_pretraining: no batches")
     totals = {k: sum(d[k] for d in per_batch) for k in per_batch[0]}
+    if not totals["mlm"] or not totals["nsp"]:
+        raise ValueError(f"evaluate_pretraining: the batches hold {int(totals['mlm'])} masked tokens and "
+                         f"{int(totals['nsp'])} NSP labels; each is needed")
     mlm_loss = totals["loss_mlm"] / totals["mlm"]
     return {"mlm_accuracy": totals["acc_mlm"] / totals["mlm"], "mlm_loss": mlm_loss,
             "perplexity": math.exp(mlm_loss), "nsp_accuracy": totals["acc_nsp"] / totals["nsp"],

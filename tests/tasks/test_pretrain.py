@@ -1,6 +1,7 @@
 """The pre-training job end to end through the CLI, on a tiny generated corpus and a tiny BERT."""
 import json
 import random
+import re
 import shutil
 
 import pytest
@@ -150,6 +151,20 @@ def test_a_run_keeps_user_files_in_the_folders_it_would_rebuild(corpus, tokenize
     assert pretrain(corpus, project) == 2
     assert "tokenizer holds files a pre-training run does not write (README.md)" in capsys.readouterr().err
     assert (project / "tokenizer" / "README.md").read_text() == "notes"
+
+
+def test_text_the_vocabulary_reads_as_unknown_is_refused_before_training(tokenizer_dir, tmp_path, capsys):
+    """Every token [UNK] (CJK text, an English vocabulary): nothing to mask, so the held-out evaluation would
+    divide by zero after the whole run. Said in one line before training, and nothing is left behind."""
+    rng = random.Random(0)
+    docs = ["\n".join("".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(20)) for _ in range(4))
+            for _ in range(60)]
+    (tmp_path / "cjk.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    assert pretrain(tmp_path / "cjk.txt", tmp_path / "run", "--tokenizer", str(tokenizer_dir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"data/heldout: the held-out sequences hold no token to mask \([\d,]+ of their [\d,]+ tokens "
+                     r"are \[UNK\], the rest special\): does the vocabulary fit this text\?$", err), err
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_after_a_crash_ends_with_the_weights_of_an_uninterrupted_run(corpus, tokenizer_dir, tmp_path,
