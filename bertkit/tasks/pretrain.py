@@ -346,6 +346,11 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
         dist.on_main(lambda: _prepare_data(args, run, tok))
         data = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
         _check_heldout(data[1], tok, run / "data" / "heldout")
+        step_batch = args.batch_size * args.grad_accum * dist.world_size()
+        if step_batch > len(data[0]):   # here, not in the batch source: a new run's directory is then removed
+            raise ValueError(f"--batch-size {args.batch_size} x --grad-accum {args.grad_accum} x "
+                             f"{dist.world_size()} process(es) = {step_batch} sequences a step, more than the "
+                             f"{len(data[0]):,} training instances of the corpus")
     except BaseException:
         if created and dist.is_main():
             shutil.rmtree(run, ignore_errors=True)

@@ -167,6 +167,13 @@ def test_text_the_vocabulary_reads_as_unknown_is_refused_before_training(tokeniz
     assert not (tmp_path / "run").exists()
 
 
+def test_a_step_bigger_than_the_corpus_is_refused_before_training(corpus, tokenizer_dir, tmp_path, capsys):
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--grad-accum", "1000") == 2
+    assert re.search(r"--batch-size 4 x --grad-accum 1000 x 1 process\(es\) = 4000 sequences a step, more than the "
+                     r"[\d,]+ training instances of the corpus$", capsys.readouterr().err.strip())
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_after_a_crash_ends_with_the_weights_of_an_uninterrupted_run(corpus, tokenizer_dir, tmp_path,
                                                                           monkeypatch):
     assert pretrain(corpus, tmp_path / "straight", "--tokenizer", str(tokenizer_dir)) == 0
