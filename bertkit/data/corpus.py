@@ -54,8 +54,8 @@ ABBREVIATIONS = frozenset(
 # Abbreviations only before a number ("No. 20"; "the answer was no. Then" does split).
 NUMBER_ABBREVIATIONS = frozenset("no nos vol vols fig figs eq eqs pp ch chap sec op art".split())
 
-# (word)(end punctuation)(closing quotes/brackets)(whitespace)
-# a run of sentence-ending marks (from its first mark: no match starts inside a run, and neither run backtracks,
+# (end punctuation)(closing quotes/brackets)(whitespace); the word before the marks is read back from the text.
+# A run of sentence-ending marks (from its first mark: no match starts inside a run, and neither run backtracks,
 # so the search is linear even in a line of 100,000 characters without a space), closers, then whitespace
 _CANDIDATE = re.compile(r"(?<![.!?])([.!?]++)([\"'”’)\]]*+)\s+")
 _OPENERS = "\"'“‘(["

@@ -121,13 +121,14 @@ def label_info(examples: Sequence[Example], regression: bool = False, source: st
         return LabelInfo(True)
     if is_regression(examples):
         return LabelInfo(True)
-    numbers = [ex for ex in examples if not isinstance(label_key(getattr(ex, "label", ex)), str)]
-    if numbers and len(numbers) < len(examples) and is_regression(numbers):
+    rows = [(getattr(ex, "label", ex), getattr(ex, "line", "?")) for ex in examples]   # (rows, or their labels)
+    numbers = [label for label, _ in rows if not isinstance(label_key(label), str)]
+    if numbers and len(numbers) < len(rows) and is_regression(numbers):
         # real-valued targets with a few others ("nan", "N/A"): a damaged regression file, not a set of classes
-        bad = next(ex for ex in examples if isinstance(label_key(getattr(ex, "label", ex)), str))
-        raise ValueError(f"{source or 'line'}:{getattr(bad, 'line', '?')}: the label {getattr(bad, 'label', bad)!r} "
-                         "is not a finite number, but the other labels are real numbers (a regression, e.g. "
-                         f"{getattr(numbers[0], 'label', numbers[0])!r}): give each line a number, or drop it")
+        label, line = next((label, line) for label, line in rows if isinstance(label_key(label), str))
+        raise ValueError(f"{source or 'line'}:{line}: the label {label!r} is not a finite number, but the other "
+                         f"labels are real numbers (a regression, e.g. {numbers[0]!r}): give each line a number, "
+                         "or drop it")
     labels = tuple(label_set(examples))
     if len(labels) < 2:
         raise ValueError(f"classification needs at least two distinct labels in the training data, found {labels}")
