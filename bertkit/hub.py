@@ -587,15 +587,31 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     return model.eval()
 
 
+# The MLM head's two names of its one output bias; transformers' forward reads the decoder's.
+MLM_BIAS, MLM_DECODER_BIAS = "cls.predictions.bias", "cls.predictions.decoder.bias"
+
+
+def _stored_apart(state: dict[str, torch.Tensor], a: str, b: str) -> bool:
+    """Both names stored, of one shape, with different values."""
+    x, y = state.get(a), state.get(b)
+    return x is not None and y is not None and x.shape == y.shape and not torch.equal(x, y)
+
+
 def _untie_if_stored_apart(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """A config that ties the MLM decoder to the word embeddings, with a checkpoint that stores the decoder
     with other values (e.g. written after transformers' set_input_embeddings): transformers 5 then leaves the
-    two apart, each as stored, with a warning; so does bertkit, and its config says so from then on."""
+    two apart, each as stored, with a warning; so does bertkit, and its config says so from then on.
+
+    The two biases stored with different values: transformers 5 unties them too (warning), its logits read the
+    decoder's and its cls.predictions.bias keeps values nothing reads. bertkit keeps one bias, loaded from the
+    decoder's (see `load_state`), so the logits agree and a save writes the bias that was used."""
     if not getattr(model.config, "tie_word_embeddings", False) or not hasattr(model, "untied_names"):
         return
-    decoder, embeddings = state.get("cls.predictions.decoder.weight"), state.get(
-        f"{model.base_model_prefix}.embeddings.word_embeddings.weight")
-    if decoder is None or embeddings is None or decoder.shape != embeddings.shape or torch.equal(decoder, embeddings):
+    if _stored_apart(state, MLM_BIAS, MLM_DECODER_BIAS):
+        warn(f"{source}: the config ties {MLM_DECODER_BIAS} to {MLM_BIAS}, but the checkpoint stores them with "
+             f"different values: loaded {MLM_DECODER_BIAS}, the one transformers' logits use")
+    if not _stored_apart(state, "cls.predictions.decoder.weight",
+                         f"{model.base_model_prefix}.embeddings.word_embeddings.weight"):
         return
     warn(f"{source}: the config ties the MLM decoder to the word embeddings, but the checkpoint stores it with "
          "other values: loaded untied (tie_word_embeddings false), each as stored, as transformers does")
@@ -659,9 +675,9 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         raise ValueError(f"{source}: " + "; ".join(parts))
 
     skip = {k for k, _, _ in report.mismatched}
-    # a tied parameter in the checkpoint under several names takes one: the tie's source (the first name), or
-    # the name transformers' forward reads when it keeps them apart (`untied_names`)
-    preferred = set(_untied_names(model))
+    # a tied parameter in the checkpoint under several names takes one: the tie's source (the first name), but
+    # the MLM bias the decoder's, which transformers' forward reads, tied or not (see `_untie_if_stored_apart`)
+    preferred = {MLM_DECODER_BIAS}
     for names in aliases.values():
         present = [n for n in names if n in state]
         source = next((n for n in present if n in preferred), present[0] if present else None)

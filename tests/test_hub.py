@@ -168,6 +168,52 @@ def test_a_tied_checkpoint_whose_decoder_differs_loads_untied(tmp_path):
     assert_same_outputs(again, theirs, "BertForMaskedLM")
 
 
+def test_saved_after_set_input_embeddings_without_tie_weights_as_transformers(tmp_path):
+    """set_input_embeddings leaves a tied decoder on the old weight (as transformers'); saved so, the checkpoint
+    holds both, and reloads untied in either library with the logits it had."""
+    torch.manual_seed(0)
+    ours = modeling.BertForMaskedLM(tiny_config()).eval()
+    ours.set_input_embeddings(torch.nn.Embedding(99, 32))
+    saved(ours, tmp_path)
+    assert {"bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"} <= file_keys(tmp_path)
+    theirs, _ = quiet_hf_load(transformers.BertForMaskedLM, tmp_path)
+    assert_same_outputs(ours, theirs, "BertForMaskedLM")
+    with pytest.warns(UserWarning, match="loaded untied"):
+        again = modeling.BertForMaskedLM.from_pretrained(tmp_path)
+    assert_same_outputs(again, theirs, "BertForMaskedLM")
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_both_mlm_biases_stored_apart_load_the_decoders_as_transformers(tmp_path, name, tied):
+    """cls.predictions.bias and cls.predictions.decoder.bias both stored, with different values: transformers 5
+    leaves them apart and its logits read the decoder's, tied config or not (tied: with a warning, as bertkit's
+    naming both keys). bertkit keeps one bias, the decoder's; a save and reload in transformers keeps the logits."""
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in getattr(transformers, name)(
+        transformers.BertConfig(**TINY, tie_word_embeddings=tied)).state_dict().items()}
+    state["cls.predictions.bias"] = torch.full((TINY["vocab_size"],), 1.0)
+    state["cls.predictions.decoder.bias"] = torch.linspace(3.0, 5.0, TINY["vocab_size"])
+    write_checkpoint(tmp_path, state, config=tiny_config(name, tie_word_embeddings=tied))
+    theirs, info = quiet_hf_load(getattr(transformers, name), tmp_path)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = getattr(modeling, name).from_pretrained(tmp_path)
+    messages = [str(w.message) for w in caught]
+    if tied:
+        assert messages == ["%s: the config ties cls.predictions.decoder.bias to cls.predictions.bias, but the "
+                            "checkpoint stores them with different values: loaded cls.predictions.decoder.bias, "
+                            "the one transformers' logits use" % (tmp_path / hub.SAFE_WEIGHTS_NAME)]
+    else:
+        assert messages == []
+    assert ours.load_report.clean and ours.config.tie_word_embeddings == tied
+    assert torch.equal(ours.cls.predictions.bias, state["cls.predictions.decoder.bias"])
+    assert_same_outputs(ours, theirs, name)
+    ours.save_pretrained(tmp_path / "again")
+    again, _ = quiet_hf_load(getattr(transformers, name), tmp_path / "again")
+    assert_same_outputs(ours, again, name)
+
 def test_a_saved_config_names_the_dtype_of_its_weights(tmp_path):
     """A float32 checkpoint loaded, cast to bf16 and saved: config.json says bfloat16 (transformers reads it for
     dtype="auto"), and bertkit's dtype="auto" reads config.json's dtype first, as transformers does."""

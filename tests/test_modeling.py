@@ -611,13 +611,65 @@ def test_transformers_model_methods_that_trainers_call():
     ours = modeling.BertForMaskedLM(tiny_config())
     emb = torch.nn.Embedding(99, 32)
     ours.set_input_embeddings(emb)
-    assert ours.get_input_embeddings() is emb and ours.cls.predictions.decoder.weight is emb.weight
+    assert ours.get_input_embeddings() is emb  # the decoder: test_set_embeddings_then_tie_weights_as_transformers
     with pytest.raises(ValueError, match=r"an nn.Embedding of shape \(99, 32\)"):
         ours.set_input_embeddings(torch.nn.Embedding(90, 32))
     ours.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert ours.is_gradient_checkpointing
     with pytest.raises(ValueError, match="only use_reentrant is accepted"):
         ours.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"preserve_rng_state": False})
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "BertForPreTraining"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_set_embeddings_then_tie_weights_as_transformers(name, tied):
+    """set_input_embeddings / set_output_embeddings leave the decoder tie as they find it, as transformers': a tied
+    decoder keeps its old weight until tie_weights(); set_output_embeddings' bias becomes cls.predictions.bias.
+    The logits match transformers' at every step."""
+    ours, theirs = pair(name, tiny_config(tie_word_embeddings=tied), seed=61)
+    x = padded_inputs(seed=62)
+    m = x["attention_mask"].bool()
+    logits = "logits" if name == "BertForMaskedLM" else "prediction_logits"
+
+    def same_logits(step):
+        with torch.no_grad():
+            assert_close(f"{step}: {logits}", getattr(ours(**x), logits), getattr(theirs(**x), logits), m)
+
+    old = ours.get_output_embeddings().weight
+    emb = randomize_(torch.nn.Embedding(99, 32), seed=63)
+    ours.set_input_embeddings(emb)
+    theirs.set_input_embeddings(copy.deepcopy(emb))
+    assert ours.get_output_embeddings().weight is old
+    same_logits("set_input_embeddings")
+    ours.tie_weights()
+    theirs.tie_weights()
+    assert (ours.get_output_embeddings().weight is emb.weight) == tied
+    if tied:  # untied, transformers counts its unused cls.predictions.bias too (bertkit has one bias)
+        assert ours.num_parameters() == theirs.num_parameters()
+    same_logits("tie_weights")
+
+    decoder = randomize_(torch.nn.Linear(32, 99), seed=64)
+    ours.set_output_embeddings(decoder)
+    theirs.set_output_embeddings(copy.deepcopy(decoder))
+    pred = ours.cls.predictions
+    assert pred.decoder is decoder and pred.bias is decoder.bias and decoder.weight is not emb.weight
+    same_logits("set_output_embeddings")
+    ours.tie_weights()
+    theirs.tie_weights()
+    assert (decoder.weight is emb.weight) == tied and pred.decoder.bias is pred.bias
+    same_logits("set_output_embeddings, tie_weights")
+    for bad in (torch.nn.Linear(32, 90), torch.nn.Linear(32, 99, bias=False), torch.nn.Embedding(99, 32)):
+        with pytest.raises(ValueError, match=r"set_output_embeddings needs an nn.Linear with a bias, of weight "
+                                             r"shape \(99, 32\), got"):
+            ours.set_output_embeddings(bad)
+
+
+@pytest.mark.parametrize("name", ["BertModel", "BertForNextSentencePrediction", "BertForSequenceClassification",
+                                  "BertForTokenClassification", "BertForQuestionAnswering", "BertForMultipleChoice"])
+def test_heads_without_a_decoder_have_no_output_embeddings(name):
+    cfg = tiny_config(num_labels=2)
+    assert getattr(transformers, name)(hf_config(cfg)).get_output_embeddings() is None
+    assert getattr(modeling, name)(cfg).get_output_embeddings() is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -394,14 +394,15 @@ class BertPreTrainedModel(nn.Module):
         return None
 
     def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
-        """Replace the word embeddings by others of the same shape (a tied decoder follows them); to change the
-        vocabulary size, `resize_token_embeddings`."""
+        """Replace the word embeddings by others of the same shape; to change the vocabulary size,
+        `resize_token_embeddings`. As in transformers, a tied MLM decoder keeps the old weights (and the logits
+        with it) until `tie_weights()` (or resize_token_embeddings) ties it to the new ones: code written for
+        transformers gets the same logits. Saved in between, the checkpoint reloads untied, with a warning."""
         old = self.get_input_embeddings()
         if not isinstance(embeddings, nn.Embedding) or embeddings.weight.shape != old.weight.shape:
             raise ValueError(f"set_input_embeddings needs an nn.Embedding of shape {tuple(old.weight.shape)}, got "
                              f"{embeddings!r}; resize_token_embeddings changes the vocabulary size")
         self.base_model.embeddings.word_embeddings = embeddings
-        self.tie_weights()
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameters counted once each (a tied decoder shares the word embeddings), as transformers counts."""

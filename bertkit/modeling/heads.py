@@ -151,10 +151,20 @@ class _TiedMLM:
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
 
+    def set_output_embeddings(self, decoder: nn.Linear) -> None:
+        """Replace the decoder by another of the same shape, with a bias, which becomes cls.predictions.bias.
+        As in transformers, a tied config ties its weight to the word embeddings only at the next
+        `tie_weights()` (or resize_token_embeddings, or a save and reload); until then the logits use its own."""
+        old = self.cls.predictions.decoder
+        if not isinstance(decoder, nn.Linear) or decoder.weight.shape != old.weight.shape or decoder.bias is None:
+            raise ValueError(f"set_output_embeddings needs an nn.Linear with a bias, of weight shape "
+                             f"{tuple(old.weight.shape)}, got {decoder!r}")
+        self.cls.predictions.decoder = decoder
+        self.cls.predictions.bias = decoder.bias
+
     def untied_names(self) -> tuple[str, ...]:
         """Names of a shared parameter that transformers keeps as a parameter of their own: with
-        tie_word_embeddings false its decoder has its own bias, which its forward reads (so a checkpoint's
-        decoder bias wins over cls.predictions.bias, and saving writes both)."""
+        tie_word_embeddings false its decoder has its own bias, which its forward reads, so saving writes both."""
         return () if self.config.tie_word_embeddings else ("cls.predictions.decoder.bias",)
 
     def _resize_output_embeddings(self, vocab_size: int, mean_resizing: bool) -> None:
