@@ -2,9 +2,10 @@
 
 Pure Python and numpy. The semantics follow the usual references, and the tests check them against those references:
 
-- `accuracy`, `precision` / `recall` / `f1` (binary, macro, micro) and `matthews_corrcoef` behave like scikit-learn's
-  functions with their default ``zero_division`` (an undefined ratio counts as 0). Macro averages run over every label
-  seen in the predictions or the labels.
+- `accuracy`, `precision` / `recall` / `f1` (binary, macro, weighted, micro) and `matthews_corrcoef` behave like
+  scikit-learn's functions with their default ``zero_division`` (an undefined ratio counts as 0, but silently: a
+  model early in training that never predicts some class would warn at every evaluation). Macro and weighted
+  averages run over every label seen in the predictions or the labels.
 - `multi_label_scores` scores (examples, labels) 0/1 indicator arrays as scikit-learn scores such input: subset
   accuracy, micro and macro precision / recall / F1 (the macro mean over every label column), per-label scores.
 - `pearson` and `spearman` behave like scipy's (`spearman` ranks ties by their average rank); a constant input gives
@@ -99,8 +100,9 @@ def precision_recall_f1(preds: Any, labels: Any, average: str = "binary", pos_la
     """(precision, recall, F1).
 
     ``average="binary"`` scores ``pos_label`` only (at most two distinct labels allowed); ``"macro"`` is the unweighted
-    mean of the per-label scores over every label present in ``preds`` or ``labels``; ``"micro"`` pools the counts
-    (for single-label data it equals accuracy). An undefined ratio (0/0) counts as 0.
+    mean of the per-label scores over every label present in ``preds`` or ``labels``; ``"weighted"`` weighs that mean
+    by each label's count in ``labels`` (a label only predicted weighs 0); ``"micro"`` pools the counts (for
+    single-label data it equals accuracy). An undefined ratio (0/0) counts as 0.
     """
     p, y = _pair(preds, labels)
     present = sorted(set(p) | set(y), key=lambda v: (str(type(v)), v))
@@ -114,10 +116,11 @@ def precision_recall_f1(preds: Any, labels: Any, average: str = "binary", pos_la
     if average == "micro":
         tp = sum(a == b for a, b in zip(p, y))
         return _prf(tp, len(p) - tp, len(y) - tp)
-    if average == "macro":
+    if average in ("macro", "weighted"):
         scores = [_prf(*_counts(p, y, label)) for label in present]
-        return tuple(float(np.mean([s[i] for s in scores])) for i in range(3))  # type: ignore[return-value]
-    raise ValueError(f"average must be 'binary', 'macro' or 'micro', got {average!r}")
+        weights = [y.count(label) for label in present] if average == "weighted" else None
+        return tuple(float(v) for v in np.average(scores, axis=0, weights=weights))  # type: ignore[return-value]
+    raise ValueError(f"average must be 'binary', 'macro', 'weighted' or 'micro', got {average!r}")
 
 
 def precision(preds: Any, labels: Any, average: str = "binary", pos_label: Any = 1) -> float:
@@ -166,7 +169,13 @@ def multi_label_scores(preds: Any, labels: Any) -> dict[str, Any]:
     "precision", "recall", "f1" pooled over every (example, label) decision (micro); "macro_precision",
     "macro_recall", "macro_f1" the means over the label columns, each column counting (an undefined ratio is 0);
     "per_label" {column: {"precision", "recall", "f1", "support"}}."""
-    p, y = np.asarray(preds).astype(bool), np.asarray(labels).astype(bool)
+    p, y = np.asarray(preds), np.asarray(labels)
+    for name, a in (("preds", p), ("labels", y)):
+        other = a[~np.isin(a, (0, 1))]  # probabilities or logits would silently count as 1s
+        if other.size:
+            raise ValueError(f"{name} must hold only 0/1 (or bool) values, found {other.flat[0].item()!r}; "
+                             f"threshold probabilities or logits first")
+    p, y = p.astype(bool), y.astype(bool)
     if p.ndim != 2 or p.shape != y.shape:
         raise ValueError(f"preds and labels must be (examples, labels) arrays of one shape, got {p.shape} and "
                          f"{y.shape}")
@@ -208,12 +217,20 @@ def _floats(preds: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
-    if den == 0:
-        return float("nan")  # a constant input: the correlation is undefined (scipy says nan too)
-    return float(np.clip((a @ b) / den, -1.0, 1.0))
+    """Pearson's r the way scipy's ``pearsonr`` computes it. A constant input (undefined: nan) is found by comparing
+    values, since the mean of equal floats need not equal them (ten 0.1s centre to 1e-17s, not 0s, and r came out
+    as rounding noise); two values give exactly +-1; each centred input is scaled by its largest magnitude before
+    its norm is taken, so values near 1e200 or 1e-200 neither overflow nor underflow."""
+    if (a == a[0]).all() or (b == b[0]).all():
+        return float("nan")
+    if len(a) == 2:
+        return float(np.sign(a[1] - a[0]) * np.sign(b[1] - b[0]))
+    units = []
+    for x in (a, b):
+        x = x - x.mean()
+        scale = np.abs(x).max()
+        units.append(x / (scale * np.linalg.norm(x / scale)))
+    return float(np.clip(units[0] @ units[1], -1.0, 1.0))
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:

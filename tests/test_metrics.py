@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,7 @@ def test_average_errors():
     with pytest.raises(ValueError, match="pos_label=1 is not one of the labels"):
         f1(["neg", "pos"], ["pos", "pos"])
     with pytest.raises(ValueError, match="average must be"):
-        f1([0, 1], [0, 1], average="weighted")
+        f1([0, 1], [0, 1], average="samples")
     with pytest.raises(ValueError, match="at least two values"):
         pearson([1.0], [2.0])
 
@@ -129,7 +130,7 @@ def test_classification_matches_sklearn():
             y, p = rng.integers(0, k, n), rng.integers(0, k, n)
             assert accuracy(p, y) == pytest.approx(skm.accuracy_score(y, p))
             assert matthews_corrcoef(p, y) == pytest.approx(skm.matthews_corrcoef(y, p), abs=1e-12)
-            for avg in ("macro", "micro"):
+            for avg in ("macro", "micro", "weighted"):
                 ours = precision_recall_f1(p, y, average=avg)
                 ref = skm.precision_recall_fscore_support(y, p, average=avg, zero_division=0)[:3]
                 assert ours == pytest.approx(ref), (avg, y, p)
@@ -173,6 +174,38 @@ def test_correlations_match_scipy():
             assert math.isnan(spearman(a, b))
         else:
             assert spearman(a, b) == pytest.approx(ref_s, abs=1e-10)
+
+
+def test_pearson_of_a_constant_float_is_nan_and_extremes_match_scipy():
+    """Ten 0.1s average to 0.09999999999999999, so centring left 1e-17s and r came out 0.0 or -2e-17 (rounding
+    noise) where scipy says nan; 1e200-sized values overflowed to nan, and two values 1e8 apart from their spread
+    gave -0.99999999997 where scipy promises exactly -1."""
+    stats = pytest.importorskip("scipy.stats")
+    assert math.isnan(pearson([0.1] * 10, range(10))) and math.isnan(pearson(range(10), [0.1] * 10))
+    rng = np.random.default_rng(2)
+    cases = [(np.full(n, v), rng.normal(size=n)) for n in (3, 10, 11, 30) for v in (0.1, 1 / 3, 2.7)]
+    cases += [(rng.normal(size=20) * 1e200, rng.normal(size=20) * 1e-200) for _ in range(5)]
+    cases += [(1e8 + rng.normal(size=2) * 1e-3, rng.normal(size=2)) for _ in range(5)]
+    for a, b in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = float(stats.pearsonr(a, b)[0])
+        got = pearson(a, b)
+        assert (math.isnan(got) and math.isnan(ref)) or abs(got - ref) <= 1e-12, (a, b, got, ref)
+
+
+def test_weighted_average_by_hand_and_against_sklearn():
+    # per label (p, r, f): 0 (1/2, 1, 2/3) support 1, 1 (1/2, 1/2, 1/2) support 2, 2 (1, 2/3, 4/5) support 3
+    got = precision_recall_f1([0, 0, 1, 1, 2, 2], [0, 1, 1, 2, 2, 2], average="weighted")
+    assert got == pytest.approx(((1 / 2 + 1 + 3) / 6, (1 + 1 + 2) / 6, (2 / 3 + 1 + 12 / 5) / 6))
+    # label 3 is only predicted: it counts in the macro mean but weighs 0 in the weighted one
+    preds, labels = [3, 3, 1, 1, 2, 2], [0, 1, 1, 2, 2, 2]
+    assert f1(preds, labels, average="weighted") == pytest.approx((0 + 2 * 1 / 2 + 3 * 4 / 5) / 6)
+    skm = pytest.importorskip("sklearn.metrics")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert f1(preds, labels, average="weighted") == pytest.approx(
+            skm.f1_score(labels, preds, average="weighted"), abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -543,3 +576,162 @@ def test_multi_label_metrics_match_scikit_learn():
                 pytest.approx([per[0][j], per[1][j], per[2][j], per[3][j]])
     with pytest.raises(ValueError, match=r"one shape, got \(2, 3\) and \(2, 2\)"):
         multi_label_scores(np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+def test_multi_label_scores_refuse_values_other_than_0_and_1():
+    """Probabilities or logits passed as predictions counted every nonzero value as a 1 (scikit-learn refuses
+    such input too)."""
+    assert multi_label_scores(np.array([[1.0, 0.0]]), np.array([[True, False]]))["f1"] == 1.0
+    with pytest.raises(ValueError, match="preds must hold only 0/1 .* values, found 0.3; threshold probabilities"):
+        multi_label_scores(np.array([[0.3, 1.0]]), np.array([[1, 0]]))
+    with pytest.raises(ValueError, match="labels must hold only 0/1 .* values, found 2"):
+        multi_label_scores(np.array([[1, 0]]), np.array([[2, 0]]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real data, random predictions derived from the gold, against seqeval and the official SQuAD scripts to 1e-12
+# ---------------------------------------------------------------------------------------------------------------
+
+def _read_conll_tags(path):
+    sents, cur = [], []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            cur.append(line.split("\t")[-1])
+        elif cur:
+            sents.append(cur)
+            cur = []
+    return sents + ([cur] if cur else [])
+
+
+def _to_iobes(sent):
+    out = []
+    for tag, nxt in zip(sent, [*sent[1:], "O"]):
+        goes_on = tag != "O" and nxt == "I-" + tag[2:]
+        out.append(tag if tag == "O" else ("BS" if tag[0] == "B" else "IE")[not goes_on] + tag[1:])
+    return out
+
+
+@pytest.mark.skipif(not WNUT_DEV.exists(), reason="WNUT-17 data not present")
+@pytest.mark.parametrize("scheme", ["IOB2", "IOBES"])
+def test_entity_f1_matches_seqeval_on_perturbed_wnut(scheme):
+    """WNUT-17 dev (types like creative-work hold a hyphen) with tags randomly replaced, retyped or dropped: micro
+    and per-type scores equal seqeval's, in its default mode and in its strict mode."""
+    seqeval = pytest.importorskip("seqeval.metrics")
+    from seqeval import scheme as schemes
+
+    gold = _read_conll_tags(WNUT_DEV)
+    if scheme == "IOBES":
+        gold = [_to_iobes(s) for s in gold]
+    tag_set = sorted({t for s in gold for t in s})
+    assert strict_scheme(tag_set) == scheme
+    types = sorted({t[2:] for t in tag_set if t != "O"})
+    assert "creative-work" in types
+    rng = np.random.default_rng(3)
+    pred = []
+    for sent in gold:
+        sent = list(sent)
+        for i, r in enumerate(rng.random(len(sent))):
+            if r < 0.05:
+                sent[i] = str(rng.choice(tag_set))
+            elif r < 0.08 and sent[i] != "O":
+                sent[i] = sent[i][:2] + str(rng.choice(types))
+            elif r < 0.1:
+                sent[i] = "O"
+        pred.append(sent)
+    for mode, kwargs in ((None, {}), (scheme, {"mode": "strict", "scheme": getattr(schemes, scheme)})):
+        out = entity_f1(pred, gold, mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = seqeval.classification_report(gold, pred, output_dict=True, **kwargs)
+            for name, fn in (("precision", seqeval.precision_score), ("recall", seqeval.recall_score),
+                             ("f1", seqeval.f1_score)):
+                assert abs(out[name] - fn(gold, pred, **kwargs)) <= 1e-12, (mode, name)
+        assert 0.3 < out["f1"] < 0.95
+        for typ in types:
+            ours, ref = out["per_type"][typ], report[typ]
+            assert [ours[k] for k in ("precision", "recall", "f1", "support")] == pytest.approx(
+                [ref[k] for k in ("precision", "recall", "f1-score", "support")], abs=1e-12), (mode, typ)
+
+
+def _official_f1(gold, pred, version):
+    """compute_f1 of the official v2.0 script (version "2.0") or f1_score of v1.1, but for the layout."""
+    gold_toks, pred_toks = _official_normalize_answer(gold).split(), _official_normalize_answer(pred).split()
+    num_same = sum((Counter(gold_toks) & Counter(pred_toks)).values())
+    if version == "2.0" and (len(gold_toks) == 0 or len(pred_toks) == 0):
+        return int(gold_toks == pred_toks)
+    if num_same == 0:
+        return 0
+    precision, recall = 1.0 * num_same / len(pred_toks), 1.0 * num_same / len(gold_toks)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def _official_evaluate(dataset, preds, version, na_probs=None):
+    """The official scripts' evaluate (v1.1) / main without a threshold, plus find_all_best_thresh (v2.0)."""
+    qas = [qa for article in dataset for p in article["paragraphs"] for qa in p["qas"]]
+    exact, f1s = {}, {}
+    for qa in qas:
+        golds = [a["text"] for a in qa["answers"]]
+        if version == "2.0":
+            golds = [g for g in golds if _official_normalize_answer(g)] or [""]
+        pred = preds[qa["id"]]
+        exact[qa["id"]] = max(int(_official_normalize_answer(g) == _official_normalize_answer(pred)) for g in golds)
+        f1s[qa["id"]] = max(_official_f1(g, pred, version) for g in golds)
+    has_ans = {qa["id"]: bool(qa["answers"]) for qa in qas}
+    groups = {"": list(exact)}
+    if version == "2.0":
+        groups.update(HasAns_=[q for q in has_ans if has_ans[q]], NoAns_=[q for q in has_ans if not has_ans[q]])
+    out = {}
+    for prefix, qids in groups.items():
+        out[prefix + "exact"] = 100.0 * sum(exact[k] for k in qids) / len(qids)
+        out[prefix + "f1"] = 100.0 * sum(f1s[k] for k in qids) / len(qids)
+        out[prefix + "total"] = len(qids)
+    for name, scores in (("exact", exact), ("f1", f1s)) if na_probs else ():
+        cur = best = sum(1 for k in has_ans if not has_ans[k])
+        thresh = 0.0
+        for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+            cur += scores[qid] if has_ans[qid] else (-1 if preds[qid] else 0)
+            if cur > best:
+                best, thresh = cur, na_probs[qid]
+        out[f"best_{name}"], out[f"best_{name}_thresh"] = 100.0 * best / len(scores), thresh
+    return out
+
+
+def _derived_answer(rng, text, context):
+    """A prediction made from a gold answer: itself, cased and punctuated, with articles, cut, padded with Unicode
+    punctuation (which the official scripts keep), a random stretch of the context, or empty."""
+    words = text.split()
+    return [text, "", text.upper() + "!", "The " + text, " ".join(words[len(words) // 2:]), text + "” —",
+            "« " + text.replace(" ", "\u00a0 ") + " »", context[(i := int(rng.integers(len(context)))):i + 30],
+            " ".join(words + words[:1]), text.replace(" ", " - ")][int(rng.integers(10))]
+
+
+@pytest.mark.skipif(not SQUAD_V1.exists(), reason="SQuAD v1.1 dev not present")
+def test_squad_evaluate_matches_the_official_v1_script_on_derived_predictions():
+    dataset = json.loads(zipfile.ZipFile(SQUAD_V1).read("dev-v1.1.json"))
+    rng = np.random.default_rng(4)
+    preds = {qa["id"]: _derived_answer(rng, qa["answers"][int(rng.integers(len(qa["answers"])))]["text"],
+                                       p["context"])
+             for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]}
+    ref = _official_evaluate(dataset["data"], preds, "1.1")
+    got = squad_evaluate(preds, dataset)
+    assert 30 < got["exact_match"] < 70
+    assert (got["exact_match"], got["f1"], got["total"]) == (ref["exact"], ref["f1"], ref["total"])
+
+
+@pytest.mark.skipif(not SQUAD_V2.exists(), reason="SQuAD v2.0 excerpt not present")
+def test_squad_evaluate_matches_the_official_v2_script_on_derived_predictions():
+    dataset = json.loads(SQUAD_V2.read_text(encoding="utf-8"))
+    qas = [(qa, p["context"]) for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        preds = {qa["id"]: _derived_answer(rng, (qa["answers"] or qa["plausible_answers"])[0]["text"], c)
+                 for qa, c in qas}
+        na_probs = {qid: float(rng.normal()) for qid in preds}
+        ref = _official_evaluate(dataset["data"], preds, "2.0", na_probs)
+        got = {**squad_evaluate(preds, dataset), **squad_best_thresholds(preds, na_probs, dataset)}
+        got["exact"] = got.pop("exact_match")
+        for name in ("exact", "f1"):
+            if ref[f"best_{name}"] == 100.0 * ref["NoAns_total"] / ref["total"]:  # abstaining everywhere is best:
+                assert got[f"best_{name}_thresh"] == min(na_probs.values()) - 1  # a threshold that does abstain
+                got[f"best_{name}_thresh"] = 0.0  # where the official script says 0.0
+        assert got == ref
