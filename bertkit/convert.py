@@ -25,7 +25,7 @@ from . import modeling
 from .config import BertConfig
 from .hub import WEIGHTS_NAMES, read_weights, legacy_name, load_state, save_pretrained
 from .io import atomic_directory, check_new_directory
-from .tf_bundle import read_index, read_variables
+from .tf_bundle import index_path, read_index, read_variables
 
 CONFIG_FILES = ("bert_config.json", "config.json")
 # beside a vocab.txt, files that make a HuggingFace tokenizer directory: its settings, added and special tokens
@@ -78,13 +78,19 @@ def tf_state_dict(prefix: str | os.PathLike) -> tuple[dict[str, torch.Tensor], l
         raise ValueError(f"{prefix}: a TensorFlow 2 object-based checkpoint (Keras / TF Model Garden); only the "
                          "name-based checkpoints of google-research/bert and NVIDIA's TensorFlow BERT are read")
     skipped = sorted(n for n in entries if TF_TRAINING_STATE.search(n))  # never read
-    state = {}
     weights = {n: e for n, e in entries.items() if not TF_TRAINING_STATE.search(n)}
-    for name, tensor in read_variables(prefix, num_shards, weights).items():
+    keys, unknown = {}, []
+    for name in sorted(weights):  # every name is checked before gigabytes are read
         try:
-            key, transpose = tf_key(name)
-        except ValueError as e:
-            raise ValueError(f"{prefix}: {e}") from None
+            keys[name] = tf_key(name)
+        except ValueError:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"{index_path(prefix)}: {len(unknown)} variables are not BERT weights this converter knows: "
+                         f"{', '.join(map(repr, unknown[:4]))}{', ...' * (len(unknown) > 4)}")
+    state = {}
+    for name, tensor in read_variables(prefix, num_shards, weights).items():
+        key, transpose = keys[name]
         state[key] = tensor.t().contiguous() if transpose else tensor
     return state, skipped
 
@@ -263,7 +269,11 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
         notes.append(f"left out {len(model.load_report.unused)} weights {arch} has no place for: "
                      f"{', '.join(model.load_report.unused[:4])}")
 
-    tokenizer = _tokenizer(where, vocab_file, lowercase, config.max_position_embeddings)
+    tokenizer, tokenizer_path = _tokenizer(where, vocab_file, lowercase, config.max_position_embeddings)
+    if tokenizer is not None and tokenizer.num_ids > config.vocab_size:  # its last ids would fail at run time
+        raise ValueError(f"{tokenizer_path}: {tokenizer.num_ids} token ids, but the checkpoint's word embeddings "
+                         f"have {config.vocab_size} rows (vocab_size in {config_path}): not the vocabulary this "
+                         "model was trained with; pass the right one with --vocab")
     with atomic_directory(output) as staging:
         save_pretrained(model, staging)
         if tokenizer is not None:
@@ -273,20 +283,21 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
 
 
 def _tokenizer(where: str, vocab_file: str | None, lowercase: bool | None, max_length: int):
-    """The tokenizer `convert` writes (see there), or None when there is none to read."""
+    """The tokenizer `convert` writes (see there) and the file or directory it was read from; (None, None) when
+    there is none to read."""
     from .tokenizer import BertTokenizer
     casing = {} if lowercase is None else {"do_lower_case": lowercase}
     found = {n for n in ("tokenizer.json", "vocab.txt", *HF_TOKENIZER_SETTINGS)
              if os.path.isfile(os.path.join(where, n))}
     huggingface = "tokenizer.json" in found or "vocab.txt" in found and found & set(HF_TOKENIZER_SETTINGS)
     if vocab_file is None and huggingface:
-        return BertTokenizer.from_pretrained(where, **casing)
+        return BertTokenizer.from_pretrained(where, **casing), where
     path = _beside(where, ("vocab.txt",), vocab_file, "vocabulary")
     if path is None:
-        return None
+        return None, None
     if path.endswith(".json"):  # a tokenizer.json alone does not hold the max length: the model's positions
-        return BertTokenizer.from_pretrained(path, model_max_length=max_length, **casing)
+        return BertTokenizer.from_pretrained(path, model_max_length=max_length, **casing), path
     casing.setdefault("do_lower_case", not vocab_is_cased(path))
-    return BertTokenizer(path, model_max_length=max_length, **casing)
+    return BertTokenizer(path, model_max_length=max_length, **casing), path
 
 

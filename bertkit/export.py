@@ -2,11 +2,12 @@
 
 The output directory holds `model.onnx` beside `config.json` and the tokenizer files, the layout of
 optimum's exports. Inputs are `input_ids`, `attention_mask` and `token_type_ids`, int64, with dynamic batch
-and sequence axes (and a choices axis for multiple choice); outputs are the head's fields
-(`last_hidden_state` and `pooler_output`, `logits`, `start_logits` and `end_logits`, ...), padding
-positions zero as in PyTorch. The model is traced by torch.export, during which the encoder keeps the
-padding in its plan (`packing.pack_padded`) so that no shape depends on the mask. Before the directory is
-written, onnxruntime runs the exported model on other inputs and its outputs are compared with PyTorch's.
+and sequence axes (and a choices axis for multiple choice), named as optimum names them; outputs are the head's
+fields (`last_hidden_state` and `pooler_output` (none for an encoder saved without a pooler), `logits`,
+`start_logits` and `end_logits`, ...), padding positions zero as in PyTorch. The model is traced by
+torch.export, during which the encoder keeps the padding in its plan (`packing.pack_padded`) so that no shape
+depends on the mask. Before the directory is written, onnxruntime runs the exported model on other inputs and
+its outputs are compared with PyTorch's.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 
 from . import modeling
 from .config import BertConfig
-from .hub import resolve_model_dir
+from .hub import LoadWarning, resolve_model_dir
 from .io import atomic_directory, check_new_directory
 
 ONNX_NAME = "model.onnx"
@@ -87,15 +88,24 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
     arch = (config.architectures or ["BertModel"])[0]
     if not hasattr(modeling, arch):
         raise ValueError(f"{model_dir}: config.json names the architecture {arch!r}, which bertkit does not build")
-    model = getattr(modeling, arch).from_pretrained(model_dir).eval()
+    with warnings.catch_warnings():  # what the checkpoint lacks is dealt with below, not warned about
+        warnings.simplefilter("ignore", LoadWarning)
+        model = getattr(modeling, arch).from_pretrained(model_dir).eval()
+    fresh = model.load_report.newly_initialized
+    if arch == "BertModel" and fresh and all(k.startswith("pooler.") for k in fresh):
+        model.pooler, fresh = None, []  # an encoder saved without a pooler: no pooler_output, not a random one
+    if fresh:
+        raise ValueError(f"{model_dir}: no weights for {', '.join(fresh[:4])}{', ...' * (len(fresh) > 4)} in the "
+                         f"checkpoint: the exported {arch} would hold random ones")
     tokenizer = BertTokenizer.from_pretrained(model_dir)
     choices = arch == "BertForMultipleChoice"
     example = _inputs(tokenizer, TRACE_TEXTS + ["a third text"] * choices, choices)
     names = list(_outputs(model, example))
-    axes = {0: torch.export.Dim("batch", max=1 << 20)}
+    # the ONNX file's axis names: optimum's
+    axes = {0: torch.export.Dim("batch_size", max=1 << 20)}
     if choices:
-        axes[1] = torch.export.Dim("choices", max=1 << 10)
-    axes[len(axes)] = torch.export.Dim("sequence", max=config.max_position_embeddings)
+        axes[1] = torch.export.Dim("num_choices", max=1 << 10)
+    axes[len(axes)] = torch.export.Dim("sequence_length", max=config.max_position_embeddings)
     with atomic_directory(output) as staging, _quiet_exporter():
         program = torch.onnx.export(model, (), kwargs=example, input_names=list(INPUTS), output_names=names,
                                     dynamic_shapes={k: axes for k in INPUTS}, opset_version=opset, dynamo=True,
@@ -115,8 +125,8 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
 def _quiet_exporter():
     """Mute what torch's exporter says that asks nothing of the user: that torchvision's operators are not
     registered, that the inputs share their axis names (they do, on purpose: the model's axes are named
-    batch and sequence), a deprecation inside torch's own pytree code, and the version converter's traceback
-    (a file of another opset than asked is an error of its own)."""
+    batch_size and sequence_length), a deprecation inside torch's own pytree code, and the version converter's
+    traceback (a file of another opset than asked is an error of its own)."""
     quiet = {"torch.onnx._internal.exporter._registration": logging.ERROR,
              "onnxscript.version_converter": logging.CRITICAL}  # its traceback when it cannot convert: we say so
     loggers = [logging.getLogger(name) for name in quiet]

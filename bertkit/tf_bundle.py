@@ -102,30 +102,35 @@ def _table_entries(data: bytes):
         yield from _block_entries(_block(data, _handle(handle)))
 
 
-def _fields(message: bytes):
-    """(field number, value) of a protobuf message: an int for varint and fixed fields, else bytes."""
+def _fields(message: bytes, messages: tuple[int, ...] = ()):
+    """(field number, value) of a protobuf message: an int for varint and fixed fields, else bytes. The fields
+    numbered in `messages` must be bytes (nested messages), the others read must be ints: in a damaged index
+    they may not be."""
     c = _Cursor(message)
     while not c.done():
         tag = c.varint()
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            yield number, c.varint()
+            value = c.varint()
         elif wire == 1:
-            yield number, struct.unpack("<Q", c.take(8))[0]
+            value = struct.unpack("<Q", c.take(8))[0]
         elif wire == 2:
-            yield number, c.take(c.varint())
+            value = c.take(c.varint())
         elif wire == 5:
-            yield number, struct.unpack("<I", c.take(4))[0]
+            value = struct.unpack("<I", c.take(4))[0]
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
+        if (number in messages) != isinstance(value, bytes):
+            raise ValueError(f"a record's field {number} has the wrong protobuf wire type ({wire})")
+        yield number, value
 
 
 def _shape(message: bytes) -> tuple[int, ...]:
     """A TensorShapeProto: repeated dim (2) {size (1)}; unknown_rank (3)."""
     dims = []
-    for number, value in _fields(message):
-        if number == 2:
-            dims.append(next((v for n, v in _fields(value) if n == 1), 0))  # proto3 omits a size of 0
+    for number, value in _fields(message, messages=(2,)):
+        if number == 2:  # a Dim: size 1, name 2 (a string)
+            dims.append(next((v for n, v in _fields(value, messages=(2,)) if n == 1), 0))  # proto3 omits a size 0
         elif number == 3 and value:
             raise ValueError("a tensor of unknown rank")
     return tuple(dims)
@@ -135,7 +140,7 @@ def _entry(message: bytes) -> dict:
     """A BundleEntryProto: dtype 1, shape 2, shard_id 3, offset 4, size 5, crc32c 6, slices 7."""
     entry = {"dtype": 0, "shape": (), "shard_id": 0, "offset": 0, "size": 0, "sliced": False}
     scalars = {1: "dtype", 3: "shard_id", 4: "offset", 5: "size"}
-    for number, value in _fields(message):
+    for number, value in _fields(message, messages=(2, 7)):
         if number in scalars:
             entry[scalars[number]] = value
         elif number == 2:
@@ -159,7 +164,7 @@ def read_index(prefix: str | os.PathLike) -> tuple[int, dict[str, dict]]:
     try:
         for key, value in _table_entries(data):
             if key == b"":  # the header, a BundleHeaderProto: num_shards 1, endianness 2, version 3
-                header = dict(_fields(value))
+                header = dict(_fields(value, messages=(3,)))  # version 3: a VersionDef
                 num_shards = header.get(1, 1)
                 if header.get(2, 0) != 0:
                     raise ValueError("big-endian checkpoints are not supported")
@@ -207,6 +212,9 @@ def read_variables(prefix: str | os.PathLike, num_shards: int, entries: dict[str
                 raise ValueError(f"{path}: variable {name!r}: {e['size']} bytes stored for shape "
                                  f"{list(e['shape'])} of {dtype}")
             shard = e["shard_id"]
+            if shard >= num_shards:
+                raise ValueError(f"{path}: variable {name!r} is in data file {shard}, of 0 to {num_shards - 1}: "
+                                 "a damaged index")
             if shard not in files:
                 data_path = f"{base}.data-{shard:05d}-of-{num_shards:05d}"
                 if not os.path.isfile(data_path):

@@ -365,3 +365,42 @@ def test_tensorflow_2_object_checkpoint_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"ckpt\.index: a TensorFlow 2 object-based checkpoint"):
         convert(FIXTURES / "tf2_object" / "ckpt", tmp_path / "out", config_file=str(GOOGLE / "bert_config.json"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_vocabulary_larger_than_the_embeddings_is_refused(tmp_path):
+    """Ids past the checkpoint's rows would fail in the first batch that holds them (an IndexError in the
+    embedding): a vocab.txt of another model is a one-line error naming it and the config, and writes nothing."""
+    src = tmp_path / "src"
+    shutil.copytree(GOOGLE, src)
+    with open(src / "vocab.txt", "a", encoding="utf-8") as f:
+        f.write("extra\ntokens\n")
+    with pytest.raises(ValueError, match=r"vocab\.txt: 42 token ids, but the checkpoint's word embeddings have 40 "
+                                         r"rows \(vocab_size in .*bert_config\.json\)") as e:
+        convert(src, tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_unknown_tensorflow_variables_are_all_named_before_any_is_read(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    index = (GOOGLE / "bert_model.ckpt.index").read_bytes()
+    (src / "bert_model.ckpt.index").write_bytes(index.replace(b"gamma", b"gammo"))  # the 6 layer norms' scales
+    with pytest.raises(ValueError) as e:  # no data file: the names are checked first
+        tf_state_dict(src / "bert_model.ckpt")
+    assert str(e.value) == (f"{src / 'bert_model.ckpt.index'}: 6 variables are not BERT weights this converter "
+                            "knows: 'bert/embeddings/LayerNorm/gammo', 'bert/encoder/layer_0/attention/output/"
+                            "LayerNorm/gammo', 'bert/encoder/layer_0/output/LayerNorm/gammo', 'bert/encoder/layer_1/"
+                            "attention/output/LayerNorm/gammo', ...")
+
+
+def test_a_damaged_index_entry_is_a_value_error_naming_the_file(tmp_path):
+    """A record whose shape (field 2, a message) is stored as a number: a ValueError, not a TypeError."""
+    index = (GOOGLE / "bert_model.ckpt.index").read_bytes()
+    dtype_then_shape = b"\x08\x01\x12"  # dtype float32, then the shape message
+    (tmp_path / "bert_model.ckpt.index").write_bytes(index.replace(dtype_then_shape, b"\x08\x01\x10", 1))
+    with pytest.raises(ValueError, match=r"bert_model\.ckpt\.index: a record's field 2 has the wrong protobuf wire"):
+        tf_bundle.read_index(tmp_path / "bert_model.ckpt")
+    num_shards, entries = tf_bundle.read_index(GOOGLE / "bert_model.ckpt")
+    name = "bert/pooler/dense/bias"
+    with pytest.raises(ValueError, match=rf"'{name}' is in data file 3, of 0 to 0: a damaged index"):
+        tf_bundle.read_variables(GOOGLE / "bert_model.ckpt", num_shards, {name: {**entries[name], "shard_id": 3}})

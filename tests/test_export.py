@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -107,6 +108,9 @@ def test_export_cli_writes_a_checked_onnx_model(tmp_path, capsys, arch, outputs)
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o.name for o in session.get_outputs()] == outputs
+    axes = ["batch_size", "num_choices", "sequence_length"] if arch == "BertForMultipleChoice" else \
+        ["batch_size", "sequence_length"]  # optimum's names
+    assert all(i.shape == axes for i in session.get_inputs())
     if arch == "BertForSequenceClassification":  # a batch size of one, run by hand
         model = modeling.BertForSequenceClassification.from_pretrained(model_dir).eval()
         batch = _batch(TEXTS[1:2])
@@ -158,3 +162,31 @@ def test_export_writes_the_opset_asked_for(tmp_path):
     from bertkit.export import _opset, export_onnx
     export_onnx(_tiny(tmp_path / "m", "BertModel"), tmp_path / "onnx", opset=17)
     assert _opset(str(tmp_path / "onnx" / "model.onnx")) == 17
+
+
+def test_an_encoder_without_its_pooler_exports_no_pooler_output_and_a_headless_classifier_is_refused(tmp_path):
+    """A checkpoint's absent pooler (one `convert` wrote from weights without one) is left out of the ONNX model,
+    not exported with random weights; an absent task head is a one-line error that writes nothing."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from bertkit.export import export_onnx
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=64)
+    torch.manual_seed(0)
+    modeling.BertModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "m")
+    for f in TOKENIZER_FILES:
+        shutil.copy(os.path.join(MINILM, f), tmp_path / "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing warned about a pooler the export leaves out
+        done = export_onnx(tmp_path / "m", tmp_path / "onnx")
+    assert done.outputs == ["last_hidden_state"]
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["last_hidden_state"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["architectures"] = ["BertForSequenceClassification"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"/m: no weights for bert\.pooler\.dense\.weight, bert\.pooler\.dense\.bias, "
+                                         r"classifier\.weight, classifier\.bias in the checkpoint: the exported "
+                                         r"BertForSequenceClassification would hold random ones$"):
+        export_onnx(tmp_path / "m", tmp_path / "clf")
+    assert not (tmp_path / "clf").exists()
