@@ -52,7 +52,7 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     from .io import check_writable
     check_writable(args.output, directory=True)   # before the training, not after it
     tok = BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,
-                              min_frequency=args.min_frequency, show_progress=sys.stderr.isatty())
+                              min_frequency=args.min_frequency, show_progress=True)
     tok.save_pretrained(args.output)
     print(f"trained {'a cased' if args.cased else 'an uncased'} WordPiece vocabulary of {len(tok)} tokens "
           f"on {len(args.corpus)} file(s); wrote {args.output}")
@@ -140,8 +140,8 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     d = PretrainArgs()
     defaults = field_defaults(PretrainArgs)
     p.add_argument("--corpus", nargs="+", default=[], metavar="FILE",
-                   help="UTF-8 text files, one paragraph per line, blank lines between documents "
-                        "(default: the English documentation shipped with Python)")
+                   help="UTF-8 text files, one paragraph per line, blank lines between documents (hard-wrapped "
+                        "books: see --wrapped) (default: the English documentation shipped with Python)")
     p.add_argument("--output", default=d.output, metavar="DIR", help=f"run directory (default {d.output})")
     p.add_argument("--tokenizer", metavar="DIR", help="an existing tokenizer (default: train one on the corpus)")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size,
@@ -156,19 +156,26 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
                    help=f"a size of the published BERT family (default {d.model_size})")
     p.add_argument("--doc-boundary", default=d.doc_boundary,
                    help=f"{' or '.join(DOC_BOUNDARIES)} (WikiText's ' = Title = ' lines) or a regex for the "
-                        "heading lines that start a document (default: blank lines)")
+                        "heading lines that start a document (default: blank lines; with --wrapped, each file)")
+    p.add_argument("--wrapped", action="store_true",
+                   help="hard-wrapped text, as Project Gutenberg books: a run of non-blank lines is one paragraph "
+                        "(its lines joined) and blank lines only separate paragraphs, so documents start at "
+                        "--doc-boundary heading lines (e.g. '^CHAPTER') or at each file; for --corpus and "
+                        "--eval-corpus")
     p.add_argument("--eval-corpus", nargs="+", default=[], metavar="FILE",
                    help="held-out text (default: every 20th document of the corpus)")
     for name, kind, help_text in [
         ("max-steps", int, "optimizer steps"), ("batch-size", int, "sequences per step and process"),
-        ("grad-accum", int, "micro-batches per step"), ("seq-len", int, "tokens per instance"),
+        ("grad-accum", int, "micro-batches per step"),
+        ("seq-len", int, "tokens per instance, [CLS] and [SEP] included (at least 5)"),
         ("dupe-factor", int, "passes over the training corpus when building instances, each with its own NSP "
                              "pairs and lengths (google-research/bert's dupe_factor; masks are drawn afresh every "
                              "epoch anyway)"),
         ("short-seq-prob", float, "share of instances with a random shorter length"),
-        ("max-predictions", int, "masked tokens per sequence at most (default: 15%% of --seq-len, rounded up: "
-                                  "20 at 128, 77 at 512)"), ("lr", float, "peak learning rate"),
-        ("warmup-steps", int, "linear warm-up steps (default: 10%% of --max-steps, rounded up)"), ("weight-decay", float, "AdamW/LAMB weight decay"),
+        ("max-predictions", int, "masked tokens per sequence at most, up to --seq-len - 3 (default: 15%% of "
+                                  "--seq-len, rounded up: 20 at 128, 77 at 512)"), ("lr", float, "peak learning rate"),
+        ("warmup-steps", int, "linear warm-up steps (default: 10%% of --max-steps, rounded up)"),
+        ("weight-decay", float, "AdamW/LAMB weight decay"),
         ("save-every", int, "steps between checkpoints (0: only the last)"),
         ("eval-every", int, "steps between held-out evaluations (0: only at the end)"),
         ("log-every", int, "steps between metrics.jsonl lines"), ("keep-last", int, "checkpoints kept"),
@@ -232,8 +239,14 @@ def _add_columns(p: argparse.ArgumentParser, label: bool = True, remembered: boo
         p.add_argument("--label-separator", default=None if remembered else ",", metavar="SEP",
                        help="multi-label: what separates a row's labels in its label field (a JSONL list needs "
                             "none)" + default.format("','"))
-    p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
-                   help="table format (default: from the file extension)")
+    if remembered and not label:  # predict
+        p.add_argument("--format", choices=["csv", "tsv", "jsonl", "text"], default=None,
+                       help="table format (default: from the file extension); text: a plain text file, one text a "
+                            "line (for a tagging model one sentence a line, split into words at spaces and "
+                            "punctuation)")
+    else:
+        p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
+                       help="table format (default: from the file extension)")
     p.add_argument("--no-header", dest="header", action="store_false", default=None if remembered else True,
                    help="CSV/TSV files have no header line (choose columns by index)"
                         + (" (default: as fine-tuned)" if remembered else ""))
@@ -488,6 +501,8 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
         kwargs = {"stride": args.stride, "token_column": args.token_column}
         if evaluate:
             kwargs["tag_column"] = args.tag_column
+        else:
+            kwargs["format"] = args.format
     else:  # sequence classification or regression
         from .tasks.finetune import run_evaluate as run_eval, run_predict as run_pred
         kwargs = {"stride": args.stride, **_table_kwargs(args)}
@@ -547,9 +562,10 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE",
-                   help="table of texts (CSV, TSV or JSONL); for a tagging model a CoNLL-style file, one token per "
-                        "line (other columns, as many on every line, ignored), blank lines between sentences; SQuAD "
-                        "JSON for a QA model")
+                   help="table of texts (CSV, TSV or JSONL; a plain text file, one text a line, with --format "
+                        "text); for a tagging model a CoNLL-style file, one token per line (other columns, as many "
+                        "on every line, ignored), blank lines between sentences, or with --format text one "
+                        "sentence a line; SQuAD JSON for a QA model")
     p.add_argument("--output", required=True, metavar="FILE",
                    help="one JSON line per input row (its line in the file, label and score), or per sentence "
                         "for a tagging model (the line of its first token, tokens, tags, scores); for a QA model "
@@ -657,8 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: checkpoints are written whole, so a training run resumes from its last
-        print(f"bertkit {args.words}: interrupted (a training run continues from its last checkpoint with "
-              "--resume)", file=sys.stderr)
+        print(f"bertkit {args.words}: interrupted (a training run continues from its last checkpoint, if it "
+              "wrote one, with --resume)", file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = plain

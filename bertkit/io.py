@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -98,24 +99,54 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", given)
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file's content (a leading BOM dropped); a bad byte is a ValueError naming the file and line."""
+def file_id(path: str | os.PathLike) -> dict:
+    """A data file as its name, size and a hash of its first and last MiB: another file (or an edited one) is
+    noticed without reading a big corpus whole, and a copy moved elsewhere (new path, new mtime) still matches."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        raw = f.read()
+        digest.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            digest.update(f.read())
+    return {"name": os.path.basename(path), "size": size, "sample_sha256": digest.hexdigest()}
+
+
+def line_of(data: str | bytes, pos: int) -> int:
+    """The 1-based line holding offset `pos` of `data`, a line ending at \\n, \\r\\n or a lone \\r (an old Mac
+    file) alike: counting \\n alone puts every error of a lone-\\r file on line 1."""
+    head = data[:pos]
+    cr, lf = ("\r", "\n") if isinstance(data, str) else (b"\r", b"\n")
+    return head.count(lf) + head.count(cr) - head.count(cr + lf) + 1
+
+
+def decode_text(raw: bytes, where: str) -> str:
+    """UTF-8 bytes as text (a leading BOM dropped); a bad byte is a ValueError naming `where`, its line and offset.
+    A UTF-16 file (what Excel's "Unicode text" saves) is named as such: its bytes say nothing useful as UTF-8."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ValueError(f"{where}: a UTF-16 file (it starts with a UTF-16 byte-order mark); "
+                             "save it as UTF-8") from None
         start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
-        line = raw.count(b"\n", 0, start) + 1
-        raise ValueError(f"{os.fspath(path)}:{line}: not valid UTF-8 (byte 0x{raw[start]:02x})") from None
+        raise ValueError(f"{where}:{line_of(raw, start)}: not valid UTF-8 (byte 0x{raw[start]:02x}) at offset "
+                         f"{start}; save it as UTF-8") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content (a leading BOM dropped); a bad byte is a ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        return decode_text(f.read(), os.fspath(path))
 
 
 def read_json(path: str | os.PathLike, expect: type | None = dict):
     """A JSON file's content, which must be an `expect` (None: anything); errors name the file (and line)."""
+    text = read_text(path)
     try:
-        data = json.loads(read_text(path))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{os.fspath(path)}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise ValueError(f"{os.fspath(path)}: line {line_of(text, e.pos)}: not valid JSON ({e.msg})") from None
     if expect is not None and not isinstance(data, expect):
         raise ValueError(f"{os.fspath(path)}: expected a JSON {'object' if expect is dict else expect.__name__}, "
                          f"got {type(data).__name__}")

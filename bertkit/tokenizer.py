@@ -17,7 +17,10 @@ from __future__ import annotations
 import json
 import operator
 import os
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -389,15 +392,17 @@ class BertTokenizer:
         **init_kwargs,
     ) -> BertTokenizer:
         """Train a WordPiece vocabulary on text files (one or many paths); the same files and settings give the
-        same vocabulary, ids included, in every run. `init_kwargs` go to the constructor (e.g. unk_token if
-        `special_tokens` uses other names)."""
+        same vocabulary, ids included, in every run. The files are read line by line as `iter_documents` reads
+        them (LF, CRLF or lone CR endings; a bad byte is an error naming its line, raised before any vocabulary
+        is made). `init_kwargs` go to the constructor (e.g. unk_token if `special_tokens` uses other names).
+        `show_progress`: the `tokenizers` bars on a terminal; without one (a log file) a line on stderr every
+        PROGRESS_EVERY_S seconds, once training has taken that long: the bytes each pass has read, then the
+        merges."""
         paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
         for p in paths:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: training file not found" + (" (a directory: pass its files)"
                                                                            if os.path.isdir(p) else ""))
-            for _ in read_lines(Path(p)):  # a bad byte is an error naming its line, before Rust sees it
-                pass
         return cls._train(
             [os.fspath(p) for p in paths],
             vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
@@ -444,7 +449,14 @@ class BertTokenizer:
         equally frequent merges by those numbers: the same corpus gave other ids, and now and then other
         pieces (huggingface/tokenizers#1794). The first pass only collects the alphabet and the "##" pieces;
         the second is given them in sorted order ahead of everything it learns, as the trainer orders the
-        alphabet itself, so the result is one of the vocabularies the trainer can give, always the same one."""
+        alphabet itself, so the result is one of the vocabularies the trainer can give, always the same one.
+
+        Python feeds the trainer the lines (`read_lines`), so both passes read the files as the pre-training data
+        is read, and their progress can be told in a log file, where the Rust bars stay silent."""
+        bars = show_progress and sys.stderr.isatty()
+        lines = _TrainingLines(paths) if show_progress and not bars else None
+        counted = []  # the first pass's number of lines: the second pass's bar has a total
+
         def run(vocab_size: int, initial: Sequence[str]) -> dict[str, int]:
             tok = Tokenizer(WordPiece(unk_token=init_kwargs.get("unk_token", "[UNK]")))
             tok.normalizer = normalizers.BertNormalizer(
@@ -454,14 +466,22 @@ class BertTokenizer:
                 lowercase=lowercase,
             )
             tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            tok.train(paths, trainers.WordPieceTrainer(
+            trainer = trainers.WordPieceTrainer(
                 vocab_size=vocab_size,
                 min_frequency=min_frequency,
                 special_tokens=[*special_tokens, *initial],  # their ids come first, in this order
                 limit_alphabet=limit_alphabet,
                 continuing_subword_prefix="##",
-                show_progress=show_progress,
-            ))
+                show_progress=bars,
+            )
+            merges = vocab_size if initial else None  # the second pass learns the merges; the first only reads
+            what = "counting words (pass 2 of 2)" if initial else "collecting the alphabet (pass 1 of 2)"
+            batches = _line_batches(paths, counted) if lines is None else lines.feed(paths, counted, what, merges)
+            try:
+                tok.train_from_iterator(batches, trainer, length=counted[0] if counted else None)
+            finally:
+                if lines is not None:
+                    lines.merged()
             return tok.get_vocab(with_added_tokens=False)
 
         seen = set(run(0, ())) - set(special_tokens)  # with no merges: the alphabet and its "##" pieces
@@ -1111,6 +1131,75 @@ class BertTokenizer:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+PROGRESS_EVERY_S = 30.0  # without a terminal: a line this often while a vocabulary is trained (seconds)
+_BATCH_LINES = 1000      # lines handed to the Rust trainer at a time
+
+
+def _line_batches(paths: Sequence[str], counted: list[int], progress=None) -> Iterator[list[str]]:
+    """The files' lines in batches; the number of lines is appended to `counted` at the end (once)."""
+    n = 0
+    for path in paths:
+        batch = []
+        for _, line in read_lines(Path(path), progress):
+            batch.append(line)
+            if len(batch) == _BATCH_LINES:
+                n += len(batch)
+                yield batch
+                batch = []
+        n += len(batch)
+        if batch:
+            yield batch
+    if not counted:
+        counted.append(n)
+
+
+class _TrainingLines:
+    """A vocabulary's training told in a log file, in the style of `ProgressLines` (nothing before
+    PROGRESS_EVERY_S seconds, so a short training says nothing): the bytes each pass over the files has read,
+    then, while the Rust side chooses the merges (no callback tells how far it got, but it frees the GIL), the
+    seconds spent."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.total = sum(map(os.path.getsize, paths))
+        self.every_s = PROGRESS_EVERY_S
+        self.started = time.monotonic()
+        self._beating: threading.Thread | None = None  # prints while the merges run
+        self._stop = threading.Event()
+        self._merges_started = 0.0
+        self._said = False
+
+    def _say(self, text: str) -> None:
+        print(f"vocabulary: {text}", file=sys.stderr, flush=True)
+        self._said = True
+
+    def feed(self, paths, counted: list[int], what: str, vocab_size: int | None) -> Iterator[list[str]]:
+        """One pass's batches of lines, its bytes counted; once they are read, the merges' lines start."""
+        from .train.tracking import ProgressLines
+        bar = ProgressLines(self.total, f"vocabulary: {what}", "byte", self.every_s)
+        yield from _line_batches(paths, counted, bar.update)
+        bar.close()
+        if vocab_size is not None:
+            self._merges_started = time.monotonic()
+            if self._merges_started - self.started >= self.every_s:  # a long training: say what it does now
+                self._say(f"choosing the merges of a vocabulary of {vocab_size:,}")
+            self._beating = threading.Thread(target=self._beat, daemon=True)
+            self._beating.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.every_s, 1.0)):  # at most a line a second
+            self._say(f"choosing merges, {time.monotonic() - self._merges_started:.0f} s so far")
+
+    def merged(self) -> None:
+        """The trainer returned (or failed): the merge lines stop, with a closing one if any was printed."""
+        if self._beating is None:
+            return
+        self._stop.set()
+        self._beating.join()
+        self._beating = None
+        if self._said:
+            self._say(f"merges chosen in {time.monotonic() - self._merges_started:.0f} s")
+
+
 def _special(content: str) -> AddedToken:
     """Special tokens match the raw text (before lower-casing), so "[CLS]" stays whole in any tokenizer."""
     return AddedToken(content, special=True, normalized=False)

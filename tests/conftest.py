@@ -1,5 +1,7 @@
 """Shared test setup: the repository root on sys.path (tests import `bench`), repeatable property tests, and the
 one-thread and torchrun fixtures."""
+import contextlib
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -73,6 +75,21 @@ def torchrun():
     for proc in launched:
         if proc.poll() is None:  # a test that failed before it waited for its run
             stop(proc)
+
+
+@pytest.fixture
+def another_job():
+    """`with another_job(run):` holds `run`'s lock as another process training there does (pid 4242 written in
+    it), making the directory first unless it exists."""
+    @contextlib.contextmanager
+    def hold(run: Path):
+        run.mkdir(parents=True, exist_ok=True)
+        with open(run / ".lock", "a+") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            held.write("4242\n")
+            held.flush()
+            yield
+    return hold
 
 
 @pytest.fixture

@@ -88,6 +88,35 @@ def test_tokenizer_train_writes_a_tokenizer_auto_tokenizer_loads(tmp_path, capsy
     assert tok.convert_ids_to_tokens(tok.encode("The dog")) == ["[CLS]", "The", "dog", "[SEP]"]
 
 
+def test_tokenizer_train_reports_its_progress_in_a_log(tmp_path, capsys, monkeypatch):
+    """Without a terminal (a log file) the Rust bars say nothing: lines on stderr tell the bytes each pass has
+    read and the merges, every PROGRESS_EVERY_S; a training shorter than that prints none."""
+    import re
+
+    import bertkit.tokenizer as tokenizer
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog.\r\n" * 40 + "Pack my box with five jugs.\n" * 40,
+                      encoding="utf-8")
+    args = ["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "60"]
+    assert main([*args, "--output", str(tmp_path / "quiet")]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(tokenizer, "PROGRESS_EVERY_S", 0.0)
+    assert main([*args, "--output", str(tmp_path / "told")]) == 0
+    printed = capsys.readouterr()
+    size = corpus.stat().st_size
+    lines = printed.err.splitlines()
+    passes = [line.split(": ")[1] for line in lines if "bytes/s" in line]
+    assert passes == ["collecting the alphabet (pass 1 of 2)"] * 80 + ["counting words (pass 2 of 2)"] * 80
+    assert all(re.fullmatch(r"vocabulary: [^:]+: [\d,]+/" f"{size:,}" r" bytes \(\d+%\), [\d,.]+ bytes/s", line)
+               for line in lines[:160]), lines
+    assert lines[79].startswith(f"vocabulary: collecting the alphabet (pass 1 of 2): {size:,}/{size:,} bytes (100%)")
+    assert lines[160] == "vocabulary: choosing the merges of a vocabulary of 60"
+    assert all(re.fullmatch(r"vocabulary: choosing merges, \d+ s so far", line) for line in lines[161:-1])  # slow
+    assert re.fullmatch(r"vocabulary: merges chosen in \d+ s", lines[-1])
+    assert printed.out.startswith("trained an uncased WordPiece vocabulary of 60 tokens")
+    assert (tmp_path / "told" / "vocab.txt").read_text() == (tmp_path / "quiet" / "vocab.txt").read_text()
+
+
 def test_tokenizer_train_missing_corpus_is_a_one_line_error(tmp_path, capsys):
     assert main(["tokenizer", "train", "--corpus", str(tmp_path / "nope.txt"), "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

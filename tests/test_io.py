@@ -65,3 +65,21 @@ def test_outputs_are_checked_before_the_work(tmp_path):
         check_writable(tmp_path / "afile", directory=True)
     with pytest.raises(NotADirectoryError, match="Not a directory"):
         check_writable(tmp_path / "afile" / "out.json")
+
+
+def test_read_errors_name_the_line_whatever_the_line_ends(tmp_path):
+    """Lines end at \\n, \\r\\n or a lone \\r (an old Mac file) alike: counting \\n alone put every error of a
+    lone-\\r file on line 1."""
+    from bertkit.io import line_of, read_json, read_text
+    assert [line_of("a\nb\r\nc\rd", i) for i in (0, 2, 5, 7)] == [1, 2, 3, 4]
+    assert line_of(b"a\r\rb", 3) == 3
+    for end in ("\n", "\r\n", "\r"):
+        bad = tmp_path / "bad.txt"
+        bad.write_bytes(end.join(["{", '"a": 1,', "\xff"]).encode("latin-1"))
+        offset = bad.read_bytes().index(b"\xff")
+        with pytest.raises(ValueError) as e:
+            read_text(bad)
+        assert str(e.value) == f"{bad}:3: not valid UTF-8 (byte 0xff) at offset {offset}; save it as UTF-8"
+        bad.write_text(end.join(["{", '"a": 1,', "}"]), encoding="utf-8", newline="")
+        with pytest.raises(ValueError, match=r"bad\.txt: line 3: not valid JSON"):
+            read_json(bad)

@@ -490,6 +490,21 @@ def test_training_gives_the_same_vocabulary_in_every_process(tmp_path):
     assert pieces == sorted(pieces) and len(pieces) == 26
 
 
+def test_training_reads_cr_and_crlf_files_as_lf_and_names_the_line_of_a_bad_byte(tmp_path):
+    """The trainer reads the files as the pre-training data is read (`read_lines`): CR-only and CRLF files give
+    the vocabulary of the LF file, and a bad byte in a CR-only file names its own line, not line 1."""
+    text = "The Quick brown fox.\nJumps over\n\nthe lazy dog, café.\n" * 30
+    vocabs = []
+    for name, ending in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r")):
+        (tmp_path / f"{name}.txt").write_bytes(text.replace("\n", ending).encode())
+        vocabs.append(BertTokenizer.train(tmp_path / f"{name}.txt", 60).get_vocab())
+    assert vocabs[0] == vocabs[1] == vocabs[2] and len(vocabs[0]) == 60
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"good line\rline two\rbad \xff byte\r")
+    with pytest.raises(ValueError, match="^" + re.escape(f"{bad}:3: not valid UTF-8 (byte 0xff at column 5)") + "$"):
+        BertTokenizer.train(bad, 60)
+
+
 def test_vocab_txt_round_trip(tmp_path, tok):
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "vocab.txt").read_bytes() == (MINILM / "vocab.txt").read_bytes()

@@ -6,8 +6,8 @@ One paragraph (or sentence) per line. Documents are separated by blank lines, or
 given, start at each heading line that matches that regex (the heading itself is not part of the text, and
 blank lines then only separate paragraphs). With `wrapped=True` (hard-wrapped books), a run of non-blank
 lines is one paragraph, joined with spaces; blank lines then separate paragraphs, and documents come from
-`doc_boundary` and file ends only. Every file ends a document. Lines matching `skip` are dropped. CRLF and
-LF endings and a UTF-8 byte-order mark are accepted; a byte that is not UTF-8 is a ValueError naming
+`doc_boundary` and file ends only. Every file ends a document. Lines matching `skip` are dropped. LF, CRLF
+and lone CR endings and a UTF-8 byte-order mark are accepted; a byte that is not UTF-8 is a ValueError naming
 `path:LINE`.
 
 Sentence rule
@@ -27,7 +27,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -106,16 +106,22 @@ def _as_paths(paths) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text without its line ending), decoding each line so a bad byte names its line."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
-                ) from None
+_UNDECODED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as errors="surrogateescape" keeps it
+
+
+def read_lines(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line ending), streamed. "\\n", "\\r\\n" and a lone "\\r" (old Mac files) each
+    end a line, as in Python's universal newlines: a CR-only file is not one line holding every document. A byte
+    that is not UTF-8 is a ValueError naming its line and column. `progress` gets each line's size in bytes."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:  # newline="": endings kept
+        for lineno, line in enumerate(f, 1):
+            ascii_only = line.isascii()  # the common case, and no encoding needed to size it
+            if not ascii_only and (bad := _UNDECODED.search(line)):
+                column = len(line[:bad.start()].encode("utf-8", "surrogateescape")) + 1
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at "
+                                 f"column {column})")
+            if progress is not None:
+                progress(len(line) if ascii_only else len(line.encode("utf-8", "surrogateescape")))
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]
             yield lineno, line.rstrip("\r\n")

@@ -48,7 +48,7 @@ import torch
 from bertkit.data.corpus import iter_documents
 from bertkit.io import remove_stale
 
-__all__ = ["FORMAT", "Instance", "PretrainingDataset", "build_shards", "create_instances"]
+__all__ = ["FORMAT", "MIN_SEQ_LENGTH", "Instance", "PretrainingDataset", "build_shards", "create_instances"]
 
 FORMAT = "bertkit-pretraining-shards"
 FORMAT_VERSION = 1
@@ -143,9 +143,13 @@ def _spans(starts: Sequence[Sequence[int]], max_seq_length: int, short_seq_prob:
     return spans
 
 
+MIN_SEQ_LENGTH = 5  # [CLS] A [SEP] B [SEP] with a token in A and in B
+
+
 def _check_options(max_seq_length: int, short_seq_prob: float, dupe_factor: int) -> None:
-    if not isinstance(max_seq_length, int) or max_seq_length < 5:
-        raise ValueError(f"max_seq_length must be an int >= 5 ([CLS] A [SEP] B [SEP]), got {max_seq_length!r}")
+    if not isinstance(max_seq_length, int) or max_seq_length < MIN_SEQ_LENGTH:
+        raise ValueError(f"max_seq_length must be an int >= {MIN_SEQ_LENGTH} ([CLS] A [SEP] B [SEP]), "
+                         f"got {max_seq_length!r}")
     if not 0.0 <= short_seq_prob <= 1.0:
         raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob!r}")
     if not isinstance(dupe_factor, int) or dupe_factor < 1:

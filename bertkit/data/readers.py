@@ -11,6 +11,9 @@ file has lines) and says what was expected.
 - `label_set`, `label_maps` and `is_regression` turn the labels into a model config's ``id2label`` / ``label2id``.
 - `read_conll` reads ``token<TAB>tag`` (or whitespace-separated) columns with blank lines between sentences.
 - `read_squad` reads SQuAD v1.1 / v2.0 JSON, plain or zipped, and checks every answer span against its context.
+
+Every reader takes UTF-8 (a leading BOM dropped) with LF, CRLF or old-Mac lone-CR line ends alike; a byte that is
+not UTF-8 is an error naming the file, its line and offset.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from ..io import decode_text
 from ..warn import warn
 
 __all__ = [
@@ -82,31 +86,26 @@ def table_format(path: str | Path, format: str | None = None) -> str | None:
     return format if format is not None else _FORMATS.get(Path(path).suffix.lower())
 
 
-def _read_text(path: Path) -> str:
-    """The file as text: UTF-8, a leading BOM dropped; an undecodable byte is an error naming its line."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    return text[1:] if text.startswith("\ufeff") else text
-
-
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-def split_lines(text: str) -> list[str]:
-    """The lines of `text`, ended by \\n, \\r\\n or a lone \\r (old Mac files): a line never holds a line break.
-    Not `str.splitlines`, which also breaks at characters text may hold (\\x0c, \\u2028...)."""
-    return _LINE_END.split(text)
+def _decode(raw: bytes, where: str) -> str:
+    """UTF-8 text (`bertkit.io.decode_text`: BOM dropped, a bad byte named) with every line end made \\n, so that a
+    CRLF or old-Mac (lone \\r) file reads exactly like its LF version, line numbers and multi-line quoted CSV fields
+    included. Lines are then split at \\n only, not by `str.splitlines`, which also breaks at characters text may
+    hold (\\x0c, \\u2028...)."""
+    return _LINE_END.sub("\n", decode_text(raw, where))
+
+
+def _read_text(path: Path) -> str:
+    return _decode(path.read_bytes(), str(path))
 
 
 def _lines(text: str, delimiter: str | None = None) -> Iterable[tuple[int, str]]:
     """(1-based line number, line), skipping blank lines; with a `delimiter` (a table), only empty lines are
     skipped: a line of spaces, or one holding the delimiter, is a row even when its fields are empty (an empty
     text to predict, or empty fields for the reader to report)."""
-    for n, line in enumerate(split_lines(text), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip() or (delimiter is not None and line):
             yield n, line
 
@@ -218,14 +217,16 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
     what a list refused in another label role is for. `read_table` is this with the classification roles."""
     path = Path(path)
     fmt = table_format(path, format)
-    if fmt not in ("csv", "tsv", "jsonl"):
+    if fmt not in ("csv", "tsv", "jsonl", "text"):
         if format is None:
             raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
                              f"pass the format (--format csv, tsv or jsonl; format= in Python)")
-        raise ValueError(f"format must be 'csv', 'tsv' or 'jsonl', got {format!r}")
+        raise ValueError(f"format must be 'csv', 'tsv', 'jsonl' or 'text', got {format!r}")
     text = _read_text(path)
     if fmt == "jsonl":
         return _read_jsonl(path, text, columns, label_roles, label_lists, list_hint)
+    if fmt == "text":
+        return _read_plain(path, text, columns)
 
     rows = _rows_delimited(text, path, fmt)
     names: list[str] | None = None
@@ -261,12 +262,23 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
     return out
 
 
+def _read_plain(path: Path, text: str, columns: dict[str, str | int | None]) -> list[tuple[int, dict[str, Any]]]:
+    """Format "text": every non-blank line is one text, as it stands; the file has no other column (the columns
+    a model was fine-tuned with do not apply, but a second text or a label cannot come from it)."""
+    extra = [role for role, spec in columns.items() if role != "text_column" and spec is not None]
+    if extra:
+        raise ValueError(f"{path}: a text file (format text) holds one text a line and no other column, but "
+                         f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} asked for; give a table")
+    return [(n, {role: line if role == "text_column" else None for role in columns}) for n, line in _lines(text)]
+
+
 def read_table(path: str | Path, *, format: str | None = None, text_column: str | int,
                text_pair_column: str | int | None = None, label_column: str | int | None = None,
                header: bool = True, multi_label: bool = False) -> list[Example]:
     """Read a CSV, TSV or JSONL table into `Example` rows.
 
     ``format`` is "csv", "tsv" or "jsonl"; None takes it from the extension (.csv, .tsv, .jsonl / .ndjson).
+    "text" (for prediction) reads every non-blank line as one text, with no label.
     Columns are header names or 0-based indices (TSV / CSV); JSONL columns are keys, and ``header`` does not apply.
     With ``header=False`` every line is data and columns must be indices. Every row must have as many fields as the
     header (or, without a header, as the first row). Empty lines are skipped; a line of spaces is a row. Text
@@ -390,20 +402,26 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
 def conll_blocks(path: Path, token_column: int) -> Iterator[list[tuple[int, str, list[str]]]]:
     """The sentences of a CoNLL-style file, each as its lines' (line number, line, fields): fields split at
     tabs (or, on a line without a tab, at whitespace); blank or whitespace-only lines end a sentence, and
-    ``-DOCSTART-`` lines are dropped."""
+    ``-DOCSTART-`` lines are dropped. A sentence most of whose tokens hold a space is refused: that is a table of
+    sentences (a GLUE style TSV, "text<TAB>label"), which would otherwise be read as one sentence whose "words" are
+    its rows. A token here and there may hold one ("New York" in a tab-separated file)."""
     if Path(path).suffix.lower() in (".json", ".jsonl", ".zip"):
         raise ValueError(f"{path}: a CoNLL file is plain text, one token per line; got a {Path(path).suffix} file")
     block: list[tuple[int, str, list[str]]] = []
-    for n, line in enumerate(split_lines(_read_text(path)), 1):
+    for n, line in enumerate(_read_text(path).split("\n") + [""], 1):  # a blank line ends the last sentence
         fields = line.split("\t") if "\t" in line else line.split()
-        if not line.strip() or is_docstart(fields, token_column):
-            if block:
-                yield block
-            block = []
-        else:
+        if line.strip() and not is_docstart(fields, token_column):
             block.append((n, line, fields))
-    if block:
-        yield block
+            continue
+        spaced = [(m, f[token_column]) for m, _, f in block
+                  if -len(f) <= token_column < len(f) and " " in f[token_column].strip()]
+        if 2 * len(spaced) > len(block):
+            raise ValueError(f"{path}:{spaced[0][0]}: most tokens (column {token_column}) of this sentence hold "
+                             f"spaces, like {spaced[0][1][:60]!r}: a table of sentences? Expected a CoNLL file, one "
+                             f"token a line (then its tags, tab-separated), blank lines between sentences")
+        if block:
+            yield block
+        block = []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,10 +440,7 @@ def _load_squad_json(path: Path) -> tuple[Any, str]:
     else:
         raw, where = path.read_bytes(), str(path)
     try:
-        return json.loads(raw.decode("utf-8-sig")), where
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{where}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        return json.loads(_decode(raw, where)), where
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
 

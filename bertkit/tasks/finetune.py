@@ -20,7 +20,10 @@ curves.png draws every seed's curves together.
 Resume (`resume=True`, ``--resume``): each run continues exactly from its newest checkpoint, and a seed whose
 eval_results.json exists is done and skipped. The best-so-far state lives INSIDE each checkpoint (written with it,
 atomically renamed with it), so it always matches the weights it resumes; an evaluation after that checkpoint that
-had already overwritten best/ before the kill is replayed bit for bit and writes best/ again.
+had already overwritten best/ before the kill is replayed bit for bit and writes best/ again. A resume takes the
+settings and the --train / --dev contents the run started with (finetune_args.json); a run with no checkpoint yet
+has nothing to continue, so --resume starts it afresh, and a first run that fails before its first checkpoint
+removes the directory it made (`run_seeds`).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import torch
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from ..data.readers import read_table, table_format
-from ..io import check_ours, read_json, write_text_atomic
+from ..io import check_ours, check_writable, file_id, read_json, write_text_atomic
 from ..tokenizer import SAVED_FILES
 from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
@@ -53,6 +56,8 @@ from .classify import (ClassificationBatches, ClassificationObjective, classific
 from .flags import FlagError, check_ints, check_numbers, field_defaults
 
 RESULTS_NAME = "eval_results.json"
+ARGS_NAME = "finetune_args.json"
+DATA_KEY = "data_files"   # in finetune_args.json: --train and --dev as the run started on them (`_data_files`)
 
 
 def column(spec: str | int | None, fmt: str | None = None) -> str | int | None:
@@ -112,6 +117,7 @@ class FinetuneArgs:
             raise ValueError(f"--warmup is a fraction of the steps, between 0 and 1; got {self.warmup!r}")
         if self.seeds is not None:
             _parse_seeds(self.seeds)
+        check_writable(self.output, directory=True)  # a file there fails now, not after the data is read
 
 
 @dataclass
@@ -419,23 +425,55 @@ def run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> d
     """Write finetune_args.json (a fresh run; a resume keeps it), then `run_one(seed, dir)` once into `out`
     (`args.seed`), or per seed of `args.seeds` into `out/seed-N/` with the mean and sd of each numeric dev metric
     in `out/eval_results.json` (plus `extra`). Prints a summary; returns the results. Rank 0 holds `out`'s lock
-    throughout: a second job there is refused before it removes or writes anything."""
+    throughout: a second job there is refused before it removes or writes anything. A job that fails before any
+    checkpoint (a model without weights, Ctrl-C in the first epoch) removes the directory if it made it, as
+    `pretrain` does, so the same command, fixed, starts as a first run; a directory that was there before, or
+    holds a checkpoint, stays."""
     with contextlib.ExitStack() as held:
-        dist.on_main(lambda: held.enter_context(run_lock(out)))
+        dist.on_main(lambda: held.enter_context(run_lock(out, discard_new=lambda: not _started(out))))
         return _run_seeds(args, out, run_one, metric, extra)
+
+
+def _started(out: Path) -> bool:
+    """Whether `out` holds a run to keep or continue: a checkpoint or results, its own or a seed's."""
+    from ..train.checkpoint import find_latest
+    return any(find_latest(run) is not None or (run / RESULTS_NAME).is_file()
+               for run in [out, *out.glob("seed-*")])
+
+
+def _data_files(args) -> dict[str, dict[str, Any]]:
+    """--train and --dev by name, size and a hash of their ends, as pre-training identifies its corpus."""
+    return {flag: file_id(getattr(args, flag)) for flag in ("train", "dev")}
+
+
+def _check_same_data(args, args_file: Path, now: dict[str, dict[str, Any]]) -> None:
+    """On resume: --train and --dev must hold what they held when the run started; edited since, the checkpoint's
+    data position and best-so-far dev metric would refer to other data than the resumed run reads."""
+    saved = read_json(args_file).get(DATA_KEY) if args_file.is_file() else None  # None: an older run's file
+    changed = [f"--{flag} {getattr(args, flag)}" for flag in now if saved and saved.get(flag, now[flag]) != now[flag]]
+    if changed:
+        raise ValueError(f"{args_file}: {' and '.join(changed)} changed since the run started (size or content); "
+                         "--resume continues the run on the data it started with. Start a new run (another "
+                         "--output) to train on the new data")
 
 
 def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    args_file = out / ARGS_NAME
     resume = bool(getattr(args, "resume", False))
-    if resume:
-        check_resumed_settings(out / "finetune_args.json", args, RESUME_FREE)
-    else:
+    data = _data_files(args)
+    # a --resume with nothing to continue (the first run failed before its first checkpoint, or none ran) is a
+    # first run: the settings a failed attempt left do not bind it
+    continuing = resume and _started(out)
+    if continuing:
+        check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY})
+        _check_same_data(args, args_file, data)
+    elif not resume:
         _refuse_earlier_run(out)
-    if dist.is_main() and not (resume and (out / "finetune_args.json").is_file()):  # a first run given --resume too
-        write_text_atomic(out / "finetune_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
+    if dist.is_main() and not (continuing and args_file.is_file()):
+        write_text_atomic(args_file, json.dumps({**dataclasses.asdict(args), DATA_KEY: data}, indent=2) + "\n")
     if not args.seeds:
-        res = _done(out, resume, args, out / "finetune_args.json")
+        res = _done(out, resume, args, args_file)
         if res is not None:
             dist.print0(f"resume: {out / RESULTS_NAME} exists; the run is complete")
         else:
@@ -448,7 +486,7 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     seeds = _parse_seeds(args.seeds)
     per_seed = {}
     for seed in seeds:
-        res = _done(out / f"seed-{seed}", resume, args, out / "finetune_args.json")
+        res = _done(out / f"seed-{seed}", resume, args, args_file)
         if res is not None:
             dist.print0(f"seed {seed}: complete (resume), results from {out / f'seed-{seed}' / RESULTS_NAME}")
         else:
@@ -629,21 +667,29 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
 
 def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64,
                     max_seq_length: int | None = None, stride: int | None = None, token_column: int | None = None,
-                    device: str | None = None, compile: bool = False) -> int:
-    """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored); one JSON line per
-    sentence ({"line" of its first token, "tokens", "tags", "scores"}) in `output`. Returns the sentence count.
-    `token_column` None: as fine-tuned."""
+                    format: str | None = None, device: str | None = None, compile: bool = False) -> int:
+    """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored), or with `format`
+    "text" of a plain text file (one sentence per line, split into words at spaces and punctuation); one JSON
+    line per sentence ({"line" of its first token, "tokens", "tags", "scores"; from text also "spans", each
+    word's [start, end) in its line}) in `output`. Returns the sentence count. `token_column` None: as
+    fine-tuned."""
     from ..auto import AutoModelForTokenClassification
-    from .tag import predict_tags, read_tokens
+    from .tag import predict_tags, read_tokens, read_words
+    if format not in (None, "text"):
+        raise FlagError(f"--format {format}: a tagger reads a CoNLL file, or a text file with --format text")
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
-    sentences = to_predict(read_tokens(data, _tag_columns(model, token_column=token_column)["token_column"]), data,
-                           "sentences")
-    preds = predict_tags(model, tok, [words for _, words in sentences], max_seq_length=max_seq_length, stride=stride,
-                         batch_size=batch_size)
+    if format == "text":
+        sentences = [(line, words, {"spans": spans}) for line, words, spans in read_words(data)]
+    else:
+        column = _tag_columns(model, token_column=token_column)["token_column"]
+        sentences = [(line, words, {}) for line, words in read_tokens(data, column)]
+    to_predict(sentences, data, "sentences")
+    preds = predict_tags(model, tok, [words for _, words, _ in sentences], max_seq_length=max_seq_length,
+                         stride=stride, batch_size=batch_size)
     lines = [json.dumps({"line": line, "tokens": words, "tags": [t for t, _ in p],
-                         "scores": [round(s, 6) for _, s in p]}, ensure_ascii=False)
-             for (line, words), p in zip(sentences, preds)]
+                         "scores": [round(s, 6) for _, s in p], **extra}, ensure_ascii=False)
+             for (line, words, extra), p in zip(sentences, preds)]
     write_predictions(output, lines, f"tagged {len(lines)} sentences of {data}; wrote {output}")
     return len(lines)
 

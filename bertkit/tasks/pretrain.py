@@ -17,7 +17,6 @@ import os
 import random
 import re
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 from ..config import BertConfig
 from ..data.corpus import WIKITEXT_SECTION, WIKITEXT_TITLE, iter_documents, python_docs_corpus
 from ..data.masking import MaskingCollator, PretrainingBatches
-from ..data.pretraining import PretrainingDataset, build_shards
-from ..io import check_ours, read_json, write_text_atomic
+from ..data.pretraining import MIN_SEQ_LENGTH, PretrainingDataset, build_shards
+from ..io import check_ours, file_id, read_json, write_text_atomic
 from ..modeling import BertForPreTraining
 from ..tokenizer import SAVED_FILES, BertTokenizer
 from ..train import distributed as dist
@@ -57,6 +56,7 @@ class PretrainArgs:
     init_from: str | None = None       # start from this model (name or directory) instead of random weights
     model_size: str = "tiny"
     doc_boundary: str = "blank"        # "blank", "wikitext" or a regex for heading lines
+    wrapped: bool = False              # hard-wrapped text (books): blank lines end paragraphs, not documents
     eval_corpus: list[str] = field(default_factory=list)  # empty: hold out every 20th document
     max_steps: int = 400
     batch_size: int = 32
@@ -91,8 +91,14 @@ class PretrainArgs:
         check_ints(self, ("vocab_size", "max_steps", "batch_size", "grad_accum", "seq_len", "dupe_factor",
                           "log_every", "keep_last", "eval_batches"))
         check_ints(self, ("max_predictions",), optional=True)
+        if self.seq_len < MIN_SEQ_LENGTH:
+            raise ValueError(f"--seq-len must be at least {MIN_SEQ_LENGTH} ([CLS] A [SEP] B [SEP] with a token in A "
+                             f"and in B), got {self.seq_len}")
         if self.max_predictions is None:  # google-research/bert's max_predictions_per_seq: 15% of the length
             self.max_predictions = -(-15 * self.seq_len // 100)  # rounded up, in integers (0.15 * 100 > 15)
+        if self.max_predictions > self.seq_len - 3:
+            raise ValueError(f"--max-predictions {self.max_predictions} exceeds the {self.seq_len - 3} tokens a "
+                             f"sequence of --seq-len {self.seq_len} holds besides [CLS] and its two [SEP]")
         check_ints(self, ("save_every", "eval_every"), least=0)
         check_ints(self, ("warmup_steps",), least=0, optional=True)
         if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
@@ -117,6 +123,9 @@ class PretrainArgs:
             re.compile(_boundary(self.doc_boundary) or "")
         except re.error as e:
             raise ValueError(f"--doc-boundary {self.doc_boundary!r} is not a valid regular expression ({e})") from None
+        if self.wrapped and self.doc_boundary == "wikitext":
+            raise ValueError("--wrapped joins the lines of a paragraph, but WikiText (--doc-boundary wikitext) has a "
+                             "paragraph a line: drop --wrapped")
 
 
 def _boundary(name: str):
@@ -127,24 +136,11 @@ DATA_SOURCE = "source.json"  # in data/: what the shards were built from
 SHARD_FILE = re.compile(r"shard_\d+\.\w+\.npy")   # in data/train and data/heldout, with meta.json
 
 
-def _file_id(path: str) -> dict:
-    """A corpus file as its name, size and a hash of its first and last MiB: another file (or an edited one) is
-    noticed without reading a big corpus whole, and a copy moved elsewhere (new path, new mtime) still matches."""
-    size = os.path.getsize(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
-            digest.update(f.read())
-    return {"name": os.path.basename(path), "size": size, "sample_sha256": digest.hexdigest()}
-
-
 def _data_source(args: PretrainArgs, tok: BertTokenizer) -> dict:
     """Everything the shards depend on: the corpus files, how they are cut, and the vocabulary."""
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    return {"corpus": [_file_id(p) for p in args.corpus], "eval_corpus": [_file_id(p) for p in args.eval_corpus],
-            "doc_boundary": args.doc_boundary, "seq_len": args.seq_len, "seed": args.seed,
+    return {"corpus": [file_id(p) for p in args.corpus], "eval_corpus": [file_id(p) for p in args.eval_corpus],
+            "doc_boundary": args.doc_boundary, "wrapped": args.wrapped, "seq_len": args.seq_len, "seed": args.seed,
             "dupe_factor": args.dupe_factor, "short_seq_prob": args.short_seq_prob,
             "vocabulary": hashlib.sha256("\n".join(t for t, _ in vocab).encode()).hexdigest()}
 
@@ -156,15 +152,16 @@ def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
     source, source_file = _data_source(args, tok), run / "data" / DATA_SOURCE
     if train_dir.is_dir() and heldout_dir.is_dir():
         # a key the file lacks (added to bertkit since) counts as its default
-        defaults = {k: v for k, v in field_defaults(PretrainArgs).items() if k in ("dupe_factor", "short_seq_prob")}
+        defaults = {k: v for k, v in field_defaults(PretrainArgs).items()
+                    if k in ("dupe_factor", "short_seq_prob", "wrapped")}
         built = {**defaults, **read_json(source_file)} if source_file.is_file() else source
         changed = [k for k in source if built.get(k) != source[k]]
         if not changed:
             return
         if args.resume:
             raise ValueError(f"{run / 'data'} was built from other input ({', '.join(changed)} differ); --resume "
-                             "needs the corpus, --seq-len, --seed, --dupe-factor, --short-seq-prob and tokenizer of "
-                             "the run it continues")
+                             "needs the corpus, --doc-boundary, --wrapped, --seq-len, --seed, --dupe-factor, "
+                             "--short-seq-prob and tokenizer of the run it continues")
         print(f"{run / 'data'}: built from other input ({', '.join(changed)} differ); building it again")
     for d in (train_dir, heldout_dir):
         check_ours(d, lambda name: name == "meta.json" or SHARD_FILE.fullmatch(name), "a pre-training run")
@@ -185,15 +182,16 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
                   report=functools.partial(print, flush=True))
     train = dict(common, dupe_factor=args.dupe_factor)  # held-out text once: its loss is an average anyway
     if args.eval_corpus:
-        build_shards(args.corpus, tok, train_dir, doc_boundary=boundary, skip=skip, **train)
-        build_shards(args.eval_corpus, tok, heldout_dir, doc_boundary=boundary, skip=skip, **common)
+        reading = dict(doc_boundary=boundary, wrapped=args.wrapped, skip=skip)
+        build_shards(args.corpus, tok, train_dir, **reading, **train)
+        build_shards(args.eval_corpus, tok, heldout_dir, **reading, **common)
         return
     # every 20th document held out; the corpus is streamed once, and only the held-out twentieth kept in memory
     read, heldout = 0, []   # documents read so far; the held-out ones
 
     def training_documents():
         nonlocal read
-        for i, doc in enumerate(iter_documents(args.corpus, boundary, skip=skip)):
+        for i, doc in enumerate(iter_documents(args.corpus, boundary, wrapped=args.wrapped, skip=skip)):
             read = i + 1
             if i % 20:
                 yield doc
@@ -201,8 +199,10 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
                 heldout.append(doc)
 
     def too_few() -> ValueError:
-        return ValueError(f"{', '.join(args.corpus)}: only {read} documents; holding out every 20th needs "
-                          "at least 40 (or give --eval-corpus)")
+        files = " (with --wrapped and no --doc-boundary regex, a file is a document)" \
+            if args.wrapped and boundary is None else ""
+        return ValueError(f"{', '.join(args.corpus)}: only {read} document{'' if read == 1 else 's'}{files}; "
+                          "holding out every 20th needs at least 40 (or give --eval-corpus)")
     try:
         build_shards(training_documents(), tok, train_dir, **train)
     except ValueError:
@@ -238,7 +238,7 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
         if not saved.is_dir():
             print(f"training a WordPiece vocabulary of {args.vocab_size} on {', '.join(args.corpus)}", flush=True)
             BertTokenizer.train(args.corpus, args.vocab_size, lowercase=not args.cased,
-                                show_progress=sys.stderr.isatty()).save_pretrained(saved)
+                                show_progress=True).save_pretrained(saved)
     dist.on_main(train)
     return BertTokenizer.from_pretrained(saved)
 
@@ -250,10 +250,14 @@ def _model_config(args: PretrainArgs, tok: BertTokenizer) -> BertConfig:
     cfg.vocab_size = tok.num_ids
     cfg.pad_token_id = tok.pad_token_id
     cfg.validate()
+    _check_seq_len(args, cfg)
+    return cfg
+
+
+def _check_seq_len(args: PretrainArgs, cfg: BertConfig) -> None:
     if args.seq_len > cfg.max_position_embeddings:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_position_embeddings "
                          f"({cfg.max_position_embeddings})")
-    return cfg
 
 
 def _initial_model(args: PretrainArgs, tok: BertTokenizer) -> BertForPreTraining:
@@ -304,11 +308,12 @@ def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int
 # what the arguments check on --resume leaves alone: how the run is shown, saved or executed, not what it computes;
 # its length (more steps); where the run directory is (--output, by any path); what the data check (_prepare_data)
 # compares by content (the corpus and tokenizer paths, which may move) or refuses with its own message (seq_len,
-# doc_boundary, seed), as the trainer does for the batch (a per-process batch may change with the number of
+# doc_boundary, wrapped, seed), as the trainer does for the batch (a per-process batch may change with the number of
 # processes, the global one may not)
 RESUME_FREE = frozenset({"resume", "compile", "gradient_checkpointing", "fsdp", "log_every", "keep_last", "save_every",
                          "eval_every", "eval_batches", "max_steps", "warmup_steps", "corpus", "eval_corpus",
-                         "tokenizer", "seq_len", "doc_boundary", "seed", "batch_size", "grad_accum", "output"})
+                         "tokenizer", "seq_len", "doc_boundary", "wrapped", "seed", "batch_size", "grad_accum",
+                         "output"})
 
 
 def run_pretraining(args: PretrainArgs) -> dict:
@@ -322,39 +327,38 @@ def run_pretraining(args: PretrainArgs) -> dict:
 def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
     """The checks, the vocabulary, the model and the data shards, before any training: a failure here leaves no
     run directory behind that this job created."""
-    if args.config:
-        BertConfig.from_json_file(args.config)  # a bad --config fails before any tokenizer or data is built
+    # a bad --config, or a --seq-len the model cannot hold, fails before any tokenizer or data is built
+    cfg = BertConfig.from_json_file(args.config) if args.config else BertConfig.from_size(args.model_size)
+    if not args.init_from:  # (its own configuration is read with its weights)
+        _check_seq_len(args, cfg)
     docs_corpus = not args.corpus
     if docs_corpus:
         args.corpus = [str(run / "python-docs.txt")]
-    created = not run.exists()
+    ready = False  # until the set-up is done, a failure removes the run directory if this job made it
 
     def start():  # rank 0, the others waiting (and failing with its error)
-        held.enter_context(run_lock(run))  # a second job in this directory is refused before it changes anything
+        # a second job in this directory is refused before it changes anything (or removes what the first made)
+        held.enter_context(run_lock(run, discard_new=lambda: not ready))
         if not args.resume and (run / "latest").exists():
             raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
         if docs_corpus and not Path(args.corpus[0]).exists():
             print("no --corpus given: building one from the documentation shipped with Python")
             python_docs_corpus(args.corpus[0])
-    try:
-        dist.on_main(start)
-        if args.resume:
-            check_resumed_settings(run / "pretrain_args.json", args, RESUME_FREE)
-        tok = _load_or_train_tokenizer(args, run)
-        torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
-        model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
-        dist.on_main(lambda: _prepare_data(args, run, tok))
-        data = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
-        _check_heldout(data[1], tok, run / "data" / "heldout")
-        step_batch = args.batch_size * args.grad_accum * dist.world_size()
-        if step_batch > len(data[0]):   # here, not in the batch source: a new run's directory is then removed
-            raise ValueError(f"--batch-size {args.batch_size} x --grad-accum {args.grad_accum} x "
-                             f"{dist.world_size()} process(es) = {step_batch} sequences a step, more than the "
-                             f"{len(data[0]):,} training instances of the corpus")
-    except BaseException:
-        if created and dist.is_main():
-            shutil.rmtree(run, ignore_errors=True)
-        raise
+    dist.on_main(start)
+    if args.resume:
+        check_resumed_settings(run / "pretrain_args.json", args, RESUME_FREE)
+    tok = _load_or_train_tokenizer(args, run)
+    torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
+    model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
+    dist.on_main(lambda: _prepare_data(args, run, tok))
+    data = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
+    _check_heldout(data[1], tok, run / "data" / "heldout")
+    step_batch = args.batch_size * args.grad_accum * dist.world_size()
+    if step_batch > len(data[0]):   # here, not in the batch source: a new run's directory is then removed
+        raise ValueError(f"--batch-size {args.batch_size} x --grad-accum {args.grad_accum} x "
+                         f"{dist.world_size()} process(es) = {step_batch} sequences a step, more than the "
+                         f"{len(data[0]):,} training instances of the corpus")
+    ready = True  # from here a failure keeps the run directory: its data is built, a --resume uses it
     # the settings the run starts with; a resume keeps them (a first run given --resume, as a preemptible job's
     # script passes it every time, starts the run and writes them too)
     if dist.is_main() and not (args.resume and (run / "pretrain_args.json").is_file()):

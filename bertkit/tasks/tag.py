@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data.readers import TaggedSentence, conll_blocks, label_maps
+from ..data.readers import TaggedSentence, conll_blocks, label_maps, read_columns
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs,
                        predict_batches)
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
-           "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens",
+           "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens", "read_words",
            "model_kwargs"]
 
 
@@ -209,6 +209,16 @@ def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequen
     return out
 
 
+def strict_scheme_of(names: Sequence[str], gold: Sequence[Sequence[str]]) -> str | None:
+    """The strict scheme (seqeval's IOB2 / IOBES) the tags follow, if every gold entity is well formed in it:
+    IOB1 data (CoNLL-2003 as first published: an entity may start with I-) has IOB2's tag set, but strict IOB2
+    would drop those entities from gold and predictions alike and score the few left (seqeval would too)."""
+    scheme = M.strict_scheme({*names, *(t for g in gold for t in g)})
+    if scheme is None or any(M.get_entities(g, scheme) != M.get_entities(g) for g in gold):
+        return None
+    return scheme
+
+
 def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[TaggedSentence],
                      batch_size: int = 64) -> dict[str, Any]:
     """Entity precision / recall / F1 (micro) and per type, word accuracy, and the number of sentences; the same
@@ -224,7 +234,7 @@ def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[
     flat_g = [t for g in gold for t in g]
     out = {"f1": ent["f1"], "precision": ent["precision"], "recall": ent["recall"],
            "accuracy": M.accuracy(flat_p, flat_g), "per_type": ent["per_type"], "n": len(sentences)}
-    scheme = M.strict_scheme({*names, *flat_g})
+    scheme = strict_scheme_of(names, gold)
     if scheme is not None:
         strict = M.entity_f1(pred, gold, scheme)
         out.update({f"strict_{k}": strict[k] for k in ("f1", "precision", "recall")}, scheme=scheme)
@@ -246,11 +256,26 @@ def predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_leng
     return out
 
 
+def read_words(path: str | Path) -> list[tuple[int, list[str], list[tuple[int, int]]]]:
+    """Sentences of a plain text file for prediction, one a line: (line, words, their character spans in the
+    line), the words split at whitespace and punctuation as BERT's basic tokenizer splits them (and as CoNLL
+    files hold them: "Rome." is "Rome" and ".")."""
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    split = BertPreTokenizer().pre_tokenize_str
+    out = []
+    for n, row in read_columns(path, {"text_column": 0}, format="text"):
+        words = split(row["text_column"])
+        if words:  # a line of control characters alone holds none
+            out.append((n, [w for w, _ in words], [span for _, span in words]))
+    return out
+
+
 def read_tokens(path: str | Path, token_column: int = 0) -> list[tuple[int, list[str]]]:
     """Sentences of a CoNLL-style file for prediction, as (line of the first token, tokens): one token per line
     (column `token_column` of the tab- or whitespace-separated fields; other columns, e.g. tags, are ignored),
-    blank lines between sentences, ``-DOCSTART-`` lines skipped. Every line must have as many fields as the
-    first: a file of sentences, one a line, would otherwise be read as one sentence of their first words."""
+    blank lines between sentences, ``-DOCSTART-`` lines skipped: the file `evaluate` scores, read alike. Every line
+    must have as many fields as the first: a file of sentences, one a line, would otherwise be read as one sentence
+    of their first words; and a table of sentences ("text<TAB>label") is refused by `conll_blocks`."""
     path = Path(path)
     sentences: list[tuple[int, list[str]]] = []
     first: tuple[int, int] | None = None  # (line number, fields) of the first token line
@@ -262,6 +287,7 @@ def read_tokens(path: str | Path, token_column: int = 0) -> list[tuple[int, list
             if len(fields) != first[1]:
                 raise ValueError(f"{path}:{n}: {len(fields)} fields where line {first[0]} has {first[1]}; expected "
                                  f"a CoNLL file, one token a line (then any tags, the same columns on every "
-                                 f"line): {line[:80]!r}")
+                                 f"line; a text file, one sentence a line, is read with --format text): "
+                                 f"{line[:80]!r}")
         sentences.append((block[0][0], [fields[token_column] for _, _, fields in block]))
     return sentences

@@ -70,12 +70,18 @@ _held_locks: dict[str, int] = {}  # directory -> how many `run_lock` blocks of t
 
 
 @contextmanager
-def run_lock(output_dir: str | os.PathLike):
+def run_lock(output_dir: str | os.PathLike, discard_new: Callable[[], bool] | None = None):
     """One training process at a time in a directory: a second one (a resume started while the first still
     runs, or still-running workers of a killed launcher) would interleave checkpoints and metrics, and its data
     preparation could rebuild what the first reads. The kernel releases the lock when its process ends, however
-    it ends. Re-entrant within a process: a job takes it before preparing its data, the trainer again."""
+    it ends. Re-entrant within a process: a job takes it before preparing its data, the trainer again.
+
+    `discard_new()` is asked when the block fails (an error, Ctrl-C) in a directory this call created: when it
+    says the run left nothing to keep (no checkpoint), the directory goes, so that the same command starts again
+    as a first run. Decided here, by the process that made the directory and holds its lock: a job refused by
+    the lock never removes a directory that the job holding it made, even one it saw missing a moment before."""
     import fcntl
+    import shutil
     key = os.path.realpath(output_dir)
     if key in _held_locks:
         _held_locks[key] += 1
@@ -84,7 +90,14 @@ def run_lock(output_dir: str | os.PathLike):
         finally:
             _held_locks[key] -= 1
         return
-    os.makedirs(output_dir, exist_ok=True)
+    try:
+        os.makedirs(output_dir)
+        created = True
+    except FileExistsError:
+        created = False
+        if not os.path.isdir(output_dir):
+            raise ValueError(f"{output_dir}: a file, not a directory; a run writes its files into a directory"
+                             ) from None
     with open(os.path.join(output_dir, ".lock"), "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,6 +112,10 @@ def run_lock(output_dir: str | os.PathLike):
         _held_locks[key] = 1
         try:
             yield
+        except BaseException:
+            if created and discard_new is not None and discard_new():
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
         finally:
             del _held_locks[key]
 

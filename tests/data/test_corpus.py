@@ -147,3 +147,27 @@ def test_python_docs_corpus(tmp_path):
     from pydoc_data.topics import topics
     assert " ".join(topics["assert"].split("\n\n")[0].split()) in text  # a help topic
     assert "Supporting definitions for the Python regression tests" not in text  # test packages skipped
+
+
+def test_lone_cr_and_crlf_files_read_as_the_lf_file(tmp_path):
+    """CR-only files (old Mac) were one line: one document, a heading never matched, a bad byte on "line 1".
+    Every ending now ends a line, in every mode; a CRLF split across the reader's 8 KiB chunks stays one ending."""
+    from bertkit.data.corpus import read_lines
+    text = "\ufeff" + ("CHAPTER I.\n\nIt is a truth universally\nacknowledged. A man\nin want.\n\nNew paragraph.\n\n"
+                       "CHAPTER II.\n\nMore text, café.\n\n") * 700   # about 70 KB, past several chunks
+    files = {name: _write(tmp_path / f"{name}.txt", text.replace("\n", ending).encode())
+             for name, ending in (("lf", "\n"), ("crlf", "\r\n"), ("cr", "\r"))}
+    for kwargs in ({}, {"wrapped": True}, {"doc_boundary": r"^CHAPTER"},
+                   {"doc_boundary": r"^CHAPTER", "wrapped": True}):
+        expected = read_documents(files["lf"], **kwargs)
+        for name in ("crlf", "cr"):
+            assert read_documents(files[name], **kwargs) == expected, (name, kwargs)
+    assert len(read_documents(files["cr"])) == 5 * 700  # blank lines end documents
+    assert len(read_documents(files["cr"], r"^CHAPTER", wrapped=True)) == 2 * 700
+    for path in files.values():   # the sizes a progress report adds up: the file's bytes, BOM and endings included
+        sizes = []
+        assert sum(1 for _ in read_lines(path, sizes.append)) == text.count("\n")
+        assert sum(sizes) == path.stat().st_size
+    bad = _write(tmp_path / "bad.txt", b"good line\rcaf\xc3\xa9\r\rbad \xff byte\r")
+    with pytest.raises(ValueError, match="^" + re.escape(f"{bad}:4: not valid UTF-8 (byte 0xff at column 5)") + "$"):
+        read_documents(bad)

@@ -372,3 +372,87 @@ def _squad_with(change) -> str:
 def test_squad_structure_errors_name_the_place(tmp_path, change, message):
     with pytest.raises(ValueError, match=r"bad\.json: .*" + message):
         read_squad(write(tmp_path, "bad.json", _squad_with(change)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# line ends, BOM, encodings: every reader
+# ---------------------------------------------------------------------------------------------------------------
+
+def _read_choices(p):
+    from bertkit.tasks.choice import read_choices
+    return read_choices(p, context_column="q", choice_columns="a,b", label_column="label")
+
+
+def _read_tokens(p):
+    from bertkit.tasks.tag import read_tokens
+    return read_tokens(p)
+
+
+SQUAD_LF = json.dumps({"data": [{"title": "T", "paragraphs": [{"context": "A cat sat.", "qas": [
+    {"id": "q1", "question": "who?", "answers": [{"text": "A cat", "answer_start": 0}]}]}]}]}, indent=1) + "\n"
+
+# (file name, LF content, reader): each reads the same rows from every line-end and BOM variant of its file
+READERS = [
+    ("t.csv", 'text,label\n"a, b",1\n"two\nlines",0\nx\ty,1\n', lambda p: read_table(p, text_column=0, label_column=1)),
+    ("t.tsv", 'text\tlabel\nhe said "hi\t1\n\nok\t0\n', lambda p: read_table(p, text_column=0, label_column=1)),
+    ("t.jsonl", '{"text": "a\\r\\nb", "label": 1}\n\n{"text": "c", "label": "x"}\n',
+     lambda p: read_table(p, text_column="text", label_column="label")),
+    ("t.conll", "-DOCSTART-\tO\n\nJohn\tB-PER\nlives\tO\n\t\nParis\tB-LOC\n", read_conll),
+    ("p.conll", "John\tB-PER\nlives\tO\n\nParis\tB-LOC\n", _read_tokens),
+    ("s.json", SQUAD_LF, read_squad),
+    ("mc.csv", 'q,a,b,label\n"which\none",x,y,0\nwho,z,w,1\n', _read_choices),
+]
+
+
+@pytest.mark.parametrize("name,text,read", READERS, ids=[r[0] for r in READERS])
+def test_crlf_lone_cr_bom_and_final_lines_read_like_the_lf_file(tmp_path, name, text, read):
+    """A CRLF file reads exactly like its LF version, quoted multi-line CSV fields included (they held "\\r\\n");
+    so do an old-Mac (lone \\r) file, a leading BOM, a last line without its newline and trailing blank lines."""
+    expected = read(write(tmp_path, "lf_" + name, text))
+    assert expected  # each file holds something to read
+    variants = {"crlf": text.replace("\n", "\r\n"), "cr": text.replace("\n", "\r"), "bom": "\ufeff" + text,
+                "bom_crlf": "\ufeff" + text.replace("\n", "\r\n"), "no_final_newline": text.rstrip("\n"),
+                "trailing_blank_lines": text + "\n\r\n\n"}
+    for variant, content in variants.items():
+        assert read(write(tmp_path, f"{variant}_{name}", content)) == expected, variant
+
+
+@pytest.mark.parametrize("name,text,read", READERS, ids=[r[0] for r in READERS])
+def test_a_byte_that_is_not_utf8_is_named_by_line_and_offset_whatever_the_line_ends(tmp_path, name, text, read):
+    """The bad byte sits on line 3 of every variant (lone \\r files were all reported on line 1); a UTF-16 file
+    (Excel's "Unicode text") is named as such."""
+    lines = text.split("\n")
+    lines[2] = "\xe9" + lines[2]  # é, then written as Latin-1
+    for end in ("\n", "\r\n", "\r"):
+        raw = end.join(lines).encode("latin-1")
+        p = write(tmp_path, name, raw)
+        with pytest.raises(ValueError) as e:
+            read(p)
+        offset = raw.index(b"\xe9")
+        assert str(e.value) == (f"{p}:3: not valid UTF-8 (byte 0xe9) at offset {offset}; save it as UTF-8"), end
+    p = write(tmp_path, name, text.encode("utf-16"))
+    with pytest.raises(ValueError) as e:
+        read(p)
+    assert str(e.value) == f"{p}: a UTF-16 file (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+
+
+def test_a_json_error_in_a_lone_cr_squad_file_names_its_line(tmp_path):
+    for end in ("\n", "\r\n", "\r"):
+        p = write(tmp_path, "bad.json", end.join(['{"data": [', '{"title": "x",', ' "paragraphs": [}', "]}"]))
+        with pytest.raises(ValueError, match=r"bad\.json:3: bad JSON \(Expecting value at column 17\)"):
+            read_squad(p)
+
+
+def test_a_table_of_sentences_is_not_read_as_one_conll_sentence(tmp_path):
+    """A GLUE style TSV given as CoNLL: each row's text would be one "token" of a single sentence (and its labels
+    the tags). Refused where most tokens of a sentence hold spaces; a multi-word token here and there is kept."""
+    message = (": most tokens (column 0) of this sentence hold spaces, like 'Bob saw Rome': a table of sentences? "
+               "Expected a CoNLL file, one token a line (then its tags, tab-separated), blank lines between sentences")
+    for name, text, line in (("table.tsv", "text\tlabel\nBob saw Rome\t1\nEmma went to Los Angeles\t0\n", 2),
+                             ("noheader.tsv", "Bob saw Rome\t1\n", 1)):
+        p = write(tmp_path, name, text)
+        with pytest.raises(ValueError) as e:
+            read_conll(p)
+        assert str(e.value) == f"{p}:{line}{message}"
+    ok = write(tmp_path, "ok.conll", "New York\tB-LOC\nis\tO\nbig\tO\n\nLos Angeles\tB-LOC\ntoo\tO\n")
+    assert [s.tokens for s in read_conll(ok)] == [["New York", "is", "big"], ["Los Angeles", "too"]]

@@ -142,6 +142,19 @@ def test_evaluate_and_predict_cli(trained, toy, tmp_path, capsys):
     assert [r["label"] for r in rows] == ["pos", "neg", "pos", "neg"]
     assert all(set(r) == {"line", "label", "score"} and 0.5 < r["score"] <= 1 for r in rows)
     assert [r["line"] for r in rows] == [1, 2, 3, 4]
+    # a plain text file, one text a line (tabs and commas kept in the text), with --format text: the same labels
+    plain = tmp_path / "texts.txt"
+    plain.write_text("nice film\nthe story was horrid\n\na lovely plot\tindeed\nquite bad actor, really\n",
+                     encoding="utf-8")
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(plain), "--output", str(pred),
+                 "--format", "text"]) == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert [r["label"] for r in rows] == ["pos", "neg", "pos", "neg"] and [r["line"] for r in rows] == [1, 2, 4, 5]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(plain), "--output", str(pred),
+                 "--format", "text", "--text-pair-column", "1"]) == 2
+    assert "a text file (format text) holds one text a line and no other column, but text_pair_column is " \
+           "asked for" in capsys.readouterr().err
     # an empty or blank text is a row too (quoted in a CSV, spaces in a TSV); only an empty line is none, and
     # each output line names its input line, so nothing shifts
     for name, content, lines in (("blank.csv", 'text\n"good"\n"  "\n""\n\nbad\n', [2, 3, 4, 6]),

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from test_classify import finetune, toy  # noqa: F401  (toy is the module's fixture too)
 
+from bertkit.cli import main
 from bertkit.tasks.classify import ClassificationBatches
 from bertkit.train.checkpoint import list_checkpoints
 from bertkit.train.trainer import Trainer
@@ -209,3 +210,132 @@ def test_resume_refuses_other_settings_and_a_fresh_run_refuses_an_unfinished_one
             f"on from {out}") in printed  # --warmup 0.1 of 15 steps rounds up, as transformers'
     results = json.loads((out / "eval_results.json").read_text())
     assert results["max_steps"] == 15 and results["best_step"] in (5, 10, 15)
+
+
+def ctrl_c(monkeypatch, at: int):
+    """Ctrl-C at the `at`-th training batch."""
+    calls = {"n": 0}
+    collate = ClassificationBatches.collate
+
+    def interrupted(self, features):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return collate(self, features)
+    monkeypatch.setattr(ClassificationBatches, "collate", interrupted)
+
+
+@pytest.mark.parametrize("failure", ["bad data", "no weights", "ctrl-c", "ctrl-c in seed 1"])
+def test_a_first_run_failing_before_its_first_checkpoint_leaves_no_directory(toy, tmp_path, monkeypatch,  # noqa: F811
+                                                                            failure, capsys):
+    """A first run that fails before any checkpoint removes the directory it made (as `pretrain` does), so the
+    same command, fixed, runs as a first run; and a --resume of it (a preemptible job's script passes it every
+    time) is not bound by the settings of the attempt that failed."""
+    out, data, model = tmp_path / "run", tmp_path / "data", tmp_path / "model"
+    data.mkdir()
+    shutil.copytree(toy["encoder"], model)
+    train = data / "train.tsv"
+    shutil.copy(toy["train"], train)
+    seeds = ("--seeds", "1,2") if "seed" in failure else ()
+
+    def run(*extra):
+        return main(["finetune", "classify", "--model", str(model), "--train", str(train), "--dev", str(toy["dev"]),
+                     "--output", str(out), "--batch-size", "16", "--lr", "1e-2", "--max-seq-length", "16",
+                     "--max-steps", "10", "--eval-every", "5", *seeds, *extra])
+    if failure == "bad data":
+        train.write_text(train.read_text() + "a row without its label\n")
+        assert run() == 2
+        assert f"{train}:82: expected 2 tab-separated fields" in capsys.readouterr().err
+        shutil.copy(toy["train"], train)
+    elif failure == "no weights":
+        (model / "model.safetensors").rename(tmp_path / "weights")
+        assert run() == 2
+        assert capsys.readouterr().err.endswith(f"error: {model}: no weights file; expected one of model.safetensors, "
+                                                "model.safetensors.index.json, pytorch_model.bin, "
+                                                "pytorch_model.bin.index.json\n")
+        (tmp_path / "weights").rename(model / "model.safetensors")
+    else:
+        with monkeypatch.context() as m:
+            ctrl_c(m, 3)
+            assert run() == 130
+    assert not out.exists()
+    assert run() == 0   # the same command, not --resume
+    assert json.loads((out / "eval_results.json").read_text())["metric"] == "accuracy"
+    # a --resume after a failed first attempt starts afresh, with the settings it is given
+    shutil.rmtree(out)
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "__init__", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no memory")))
+        with pytest.raises(RuntimeError, match="no memory"):
+            run("--lr", "1e-3")
+    assert not out.exists()
+    out.mkdir()   # as a killed (SIGKILL) attempt leaves it: its finetune_args.json, with other settings
+    (out / "finetune_args.json").write_text(json.dumps({"lr": 1e-3, "seed": 7}))
+    assert run("--resume") == 0
+    assert "resume: no checkpoint in" in capsys.readouterr().out
+    assert json.loads((out / "finetune_args.json").read_text())["lr"] == 1e-2
+
+
+def test_a_failure_keeps_a_directory_with_a_checkpoint_or_made_by_the_user(toy, tmp_path, monkeypatch,  # noqa: F811
+                                                                           capsys):
+    """Only a directory the failed run made and that holds no checkpoint goes: seed 1's finished run keeps its
+    directory when seed 2 fails before its own first checkpoint (and --resume finishes the job), and a directory
+    the user made is kept with their files."""
+    ref, out, mine = tmp_path / "ref", tmp_path / "run", tmp_path / "mine"
+    seeds = ("--max-steps", "10", "--eval-every", "5", "--seeds", "1,2")
+    assert finetune(toy, ref, *seeds) == 0
+    with monkeypatch.context() as m:
+        ctrl_c(m, 10 + 3)  # seed 1 takes 10 batches; stop seed 2 before its first checkpoint (step 5)
+        assert finetune(toy, out, *seeds) == 130
+    assert [s for s, _ in list_checkpoints(out / "seed-1")] == [10] and not list_checkpoints(out / "seed-2")
+    assert finetune(toy, out, *seeds, "--resume") == 0
+    assert json.loads((out / "eval_results.json").read_text()) == json.loads((ref / "eval_results.json").read_text())
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for steps in (("--max-steps", "10", "--eval-every", "5"), seeds):
+        with monkeypatch.context() as m:
+            ctrl_c(m, 2)
+            assert finetune(toy, mine, *steps) == 130
+        assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_resume_refuses_training_or_dev_data_changed_since_the_run_started(toy, tmp_path, monkeypatch,  # noqa: F811
+                                                                         capsys):
+    """The checkpoint's data position and best-so-far dev metric refer to the files the run started on: a resume
+    on an edited --train or --dev would silently continue on other data. Refused, naming the file."""
+    out, train = tmp_path / "run", tmp_path / "train.tsv"
+    shutil.copy(toy["train"], train)
+    toy = {**toy, "mine": train}
+    with monkeypatch.context() as m:
+        interrupt(m, "batches", 8)
+        with pytest.raises(RuntimeError, match="injected"):
+            finetune(toy, out, "--max-steps", "10", "--eval-every", "5", train="mine")
+    args_before = (out / "finetune_args.json").read_text()
+    train.write_text(train.read_text().replace("\tpos\n", "\tneg\n", 1))  # one label fixed: same size
+    capsys.readouterr()
+    assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--resume", train="mine") == 2
+    assert capsys.readouterr().err == (f"bertkit finetune classify: error: {out / 'finetune_args.json'}: --train "
+                                       f"{train} changed since the run started (size or content); --resume "
+                                       "continues the run on the data it started with. Start a new run (another "
+                                       "--output) to train on the new data\n")
+    assert (out / "finetune_args.json").read_text() == args_before
+    assert [s for s, _ in list_checkpoints(out)] == [5]
+
+
+def test_an_output_that_is_a_file_fails_before_the_data_is_read(toy, tmp_path, capsys):  # noqa: F811
+    (tmp_path / "afile").write_text("mine")
+    assert main(["finetune", "classify", "--model", str(toy["encoder"]), "--train", str(tmp_path / "nope.tsv"),
+                 "--dev", str(tmp_path / "nope.tsv"), "--output", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == f"bertkit finetune classify: error: {tmp_path / 'afile'}: Not a directory\n"
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_second_job_in_a_running_jobs_directory_is_refused_and_changes_nothing(toy, tmp_path, capsys,  # noqa: F811
+                                                                                   another_job):
+    """As another process training there holds the lock: refused before writing, and the directory (which the
+    refused job saw missing, were the other job just starting) is not removed."""
+    out = tmp_path / "run"
+    with another_job(out):
+        assert finetune(toy, out, "--max-steps", "5") == 2
+    assert capsys.readouterr().err == (f"bertkit finetune classify: error: {out}: another process is training "
+                                       "there (pid 4242); let it finish or stop it first\n")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

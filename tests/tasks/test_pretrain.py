@@ -1,4 +1,5 @@
 """The pre-training job end to end through the CLI, on a tiny generated corpus and a tiny BERT."""
+import contextlib
 import json
 import random
 import re
@@ -354,22 +355,33 @@ def test_wikitext_boundaries_drop_section_headings(tokenizer_dir, tmp_path):
     assert "=" not in text and "garden" not in text and "market" not in text and "violin" not in text
 
 
-def test_a_job_locks_its_directory_before_it_builds_anything(corpus, tokenizer_dir, tmp_path, capsys):
+def test_a_job_locks_its_directory_before_it_builds_anything(corpus, tokenizer_dir, tmp_path, capsys, another_job):
     """Another process holding the run's lock: refused before the vocabulary or data are touched. A run that
     fails before it trains leaves no directory it created (a missing --tokenizer here)."""
-    import fcntl
     run = tmp_path / "run"
-    run.mkdir()
-    with open(run / ".lock", "a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        held.write("4242\n")
-        held.flush()
+    with another_job(run):
         assert pretrain(corpus, run) == 2
     assert "another process is training there (pid 4242)" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
     assert pretrain(corpus, tmp_path / "new", "--tokenizer", str(tmp_path / "missing")) == 2
     capsys.readouterr()
     assert not (tmp_path / "new").exists()
+
+
+def test_a_job_refused_by_a_lock_taken_since_it_looked_removes_nothing(corpus, tmp_path, capsys, monkeypatch,
+                                                                         another_job):
+    """The directory missing when the job starts, made and locked by another job just before this one locks it:
+    the refused job leaves the other's directory alone (deciding what it made belongs to the lock's holder)."""
+    import bertkit.tasks.pretrain as P
+    run, real_lock = tmp_path / "run", P.run_lock
+    with contextlib.ExitStack() as other:
+        def another_job_first(path, **kw):
+            other.enter_context(another_job(run))
+            return real_lock(path, **kw)
+        monkeypatch.setattr(P, "run_lock", another_job_first)
+        assert pretrain(corpus, run) == 2
+    assert "another process is training there" in capsys.readouterr().err
+    assert run.is_dir() and (run / ".lock").exists()
 
 
 def test_a_corpus_with_a_bad_byte_is_a_one_line_error(tmp_path, capsys):
@@ -519,3 +531,123 @@ def test_a_first_run_given_resume_records_its_settings(corpus, tokenizer_dir, tm
     capsys.readouterr()
     assert pretrain(corpus, run, "--tokenizer", str(tokenizer_dir), "--resume", "--lr", "0.005") == 2
     assert "these differ: --lr 0.005 (the run's: 0.001)" in capsys.readouterr().err
+
+
+def _book(path, chapters: int, seed: int = 0) -> list[list[str]]:
+    """A hard-wrapped book in Project Gutenberg's layout: "CHAPTER n." headings, paragraphs of three sentences
+    wrapped at 30 columns (mid-sentence), blank lines between paragraphs. Returns its chapters' sentences."""
+    import textwrap
+    rng = random.Random(seed)
+    blocks, chapters_sentences = [], []
+    for c in range(chapters):
+        blocks.append(f"CHAPTER {c + 1}.")
+        sentences = []
+        for _ in range(2):
+            paragraph = [f"The {rng.choice(WORDS)} is near the {rng.choice(WORDS)} and the {rng.choice(WORDS)}."
+                         for _ in range(3)]
+            sentences += paragraph
+            blocks.append(textwrap.fill(" ".join(paragraph), 30))
+        chapters_sentences.append(sentences)
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return chapters_sentences
+
+
+def test_wrapped_books_are_read_as_paragraphs_and_their_documents_start_at_headings(tokenizer_dir, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """--wrapped: a paragraph's lines are joined and blank lines only separate paragraphs, for the training text
+    and --eval-corpus alike; without it every 30-column line is a paragraph and sentences are cut at the wraps.
+    It is part of the data a resume checks, and --wrapped without a heading regex makes each file a document."""
+    import bertkit.data.pretraining as shards
+    import bertkit.tasks.pretrain as job
+    read = []   # (the `wrapped` asked for, the documents read), per corpus read
+    real = job.iter_documents
+
+    def recorded(*args, wrapped=False, **kwargs):
+        read.append((wrapped, list(real(*args, wrapped=wrapped, **kwargs))))
+        yield from read[-1][1]
+    monkeypatch.setattr(job, "iter_documents", recorded)
+    monkeypatch.setattr(shards, "iter_documents", recorded)
+    book = tmp_path / "book.txt"
+    chapters = _book(book, 42)
+    flags = ("--tokenizer", str(tokenizer_dir), "--doc-boundary", "^CHAPTER", "--max-steps", "1")
+
+    assert pretrain(book, tmp_path / "lines", *flags) == 0
+    wrapped, docs = read.pop()
+    assert not wrapped and len(docs) == 42 and sum(map(len, docs)) > 2 * sum(map(len, chapters))
+    assert max(len(s) for d in docs for s in d) <= 30   # a line of the book is a paragraph: fragments
+
+    assert pretrain(book, tmp_path / "run", *flags, "--wrapped") == 0
+    assert read.pop() == (True, chapters)   # 42 documents of whole sentences
+    meta = {part: json.loads((tmp_path / "run" / "data" / part / "meta.json").read_text())
+            for part in ("train", "heldout")}
+    assert (meta["train"]["num_documents"], meta["heldout"]["num_documents"]) == (39, 3)   # every 20th held out
+    assert json.loads((tmp_path / "run" / "pretrain_args.json").read_text())["wrapped"] is True
+    assert json.loads((tmp_path / "run" / "data" / "source.json").read_text())["wrapped"] is True
+    capsys.readouterr()
+    assert pretrain(book, tmp_path / "run", *flags, "--resume") == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "data was built from other input (wrapped differ); --resume needs the corpus, --doc-boundary, --wrapped, "
+        "--seq-len, --seed, --dupe-factor, --short-seq-prob and tokenizer of the run it continues")
+
+    other = tmp_path / "other.txt"
+    held = _book(other, 3, seed=1)
+    assert pretrain(book, tmp_path / "eval", *flags, "--wrapped", "--eval-corpus", str(other)) == 0
+    assert read == [(True, chapters), (True, held)]
+
+    capsys.readouterr()
+    assert pretrain(book, tmp_path / "files", "--tokenizer", str(tokenizer_dir), "--wrapped") == 2
+    assert capsys.readouterr().err == (
+        f"bertkit pretrain: error: {book}: only 1 document (with --wrapped and no --doc-boundary regex, a file is a "
+        "document); holding out every 20th needs at least 40 (or give --eval-corpus)\n")
+    assert not (tmp_path / "files").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seq-len", "4"], "--seq-len must be at least 5 ([CLS] A [SEP] B [SEP] with a token in A and in B), got 4"),
+    (["--seq-len", "4", "--max-predictions", "1"], "--seq-len must be at least 5"),
+    (["--seq-len", "8", "--max-predictions", "6"],
+     "--max-predictions 6 exceeds the 5 tokens a sequence of --seq-len 8 holds besides [CLS] and its two [SEP]"),
+    (["--seq-len", "600"], "--seq-len 600 exceeds the model's max_position_embeddings (512)"),
+    (["--wrapped", "--doc-boundary", "wikitext"],
+     "--wrapped joins the lines of a paragraph, but WikiText (--doc-boundary wikitext) has a paragraph a line: "
+     "drop --wrapped"),
+])
+def test_lengths_and_layouts_that_cannot_work_fail_before_the_vocabulary(tmp_path, capsys, monkeypatch, flags,
+                                                                         message):
+    """Refused before a vocabulary is trained or data built (minutes on a big corpus), as one line naming the flag
+    and its bound, and no run directory is left."""
+    def never(*args, **kwargs):
+        raise AssertionError("a vocabulary was trained")
+    monkeypatch.setattr(BertTokenizer, "train", never)
+    (tmp_path / "c.txt").write_text("one doc\n\nanother doc\n")
+    assert main(["pretrain", "--corpus", str(tmp_path / "c.txt"), "--output", str(tmp_path / "run"), *flags]) == 2
+    printed = capsys.readouterr()
+    assert len(printed.err.splitlines()) == 1 and printed.err.startswith(f"bertkit pretrain: error: {message}")
+    assert "training a WordPiece vocabulary" not in printed.out
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_smallest_sequence_trains(corpus, tokenizer_dir, tmp_path):
+    """--seq-len 5 is [CLS] a [SEP] b [SEP]: the smallest pair, and it trains; it masks at most 2 tokens."""
+    assert PretrainArgs(seq_len=5).max_predictions == 1
+    assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--seq-len", "5",
+                    "--max-predictions", "2", "--max-steps", "1") == 0
+    from bertkit.data.pretraining import PretrainingDataset
+    data = PretrainingDataset(tmp_path / "run" / "data" / "train")
+    assert max(len(data[i][0]) for i in range(len(data))) == 5
+
+
+def test_training_a_vocabulary_reports_its_progress_in_a_log(corpus, tmp_path, monkeypatch, capsys):
+    """No terminal: lines on stderr for each pass over the corpus (bytes read) and for the merges, once training
+    has taken PROGRESS_EVERY_S (0 here; 30 s otherwise, so the other tests' short trainings say nothing)."""
+    import bertkit.tokenizer as tokenizer
+    monkeypatch.setattr(tokenizer, "PROGRESS_EVERY_S", 0.0)
+    assert pretrain(corpus, tmp_path / "run", "--max-steps", "1") == 0
+    err = capsys.readouterr().err
+    size = corpus.stat().st_size
+    for what in ("collecting the alphabet (pass 1 of 2)", "counting words (pass 2 of 2)"):
+        assert re.search(rf"^vocabulary: {re.escape(what)}: [\d,]+/{size:,} bytes \(\d+%\), [\d,.]+ bytes/s$", err,
+                         re.M), err
+        assert f"vocabulary: {what}: {size:,}/{size:,} bytes (100%), " in err
+    assert "\nvocabulary: choosing the merges of a vocabulary of 120\n" in err
+    assert re.search(r"^vocabulary: merges chosen in \d+ s$", err, re.M), err

@@ -11,7 +11,7 @@ from bertkit.config import BertConfig
 from bertkit.data.readers import TaggedSentence
 from bertkit.modeling import BertModel
 from bertkit.tasks.tag import (TagBatches, TagObjective, collate_tags, encode_sentences, predict_tags,
-                               predict_word_logits, tag_set, windows)
+                               predict_word_logits, strict_scheme_of, tag_set, windows)
 from bertkit.tokenizer import BertTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,11 +28,11 @@ def toy_sentences(n, seed):
     out = []
     for _ in range(n):
         words = [(w, "O") for w in rng.sample(FILLER, rng.randint(3, 6))]
+        words.insert(rng.randrange(len(words) + 1), (rng.choice(PEOPLE), "B-PER"))
         city = rng.choice(CITIES)
         pieces = [(w, "B-LOC" if i == 0 else "I-LOC") for i, w in enumerate(city)]
         pos = rng.randrange(len(words) + 1)
-        words[pos:pos] = pieces
-        words.insert(rng.randrange(len(words) + 1), (rng.choice(PEOPLE), "B-PER"))
+        words[pos:pos] = pieces  # whole: every entity well formed (IOB2)
         out.append(words)
     return out
 
@@ -123,7 +123,8 @@ def test_evaluate_and_predict_cli_dispatch_on_a_tagger(trained, toy, tmp_path, c
                  "--output", str(tmp_path / "bad.jsonl")]) == 2
     assert capsys.readouterr().err == (f"bertkit predict: error: {tmp_path / 'sentences.txt'}:2: 5 fields where "
                                        "line 1 has 3; expected a CoNLL file, one token a line (then any tags, the "
-                                       "same columns on every line): 'Emma went to Los Angeles'\n")
+                                       "same columns on every line; a text file, one sentence a line, is read "
+                                       "with --format text): 'Emma went to Los Angeles'\n")
     assert not (tmp_path / "bad.jsonl").exists()
 
 
@@ -307,3 +308,83 @@ def test_a_fine_tuned_tagger_keeps_the_order_of_its_tags(toy, tmp_path):
     after = predict_tags(AutoModelForTokenClassification.from_pretrained(out / "best"),
                          AutoTokenizer.from_pretrained(out / "best"), words)
     assert [[t for t, _ in s] for s in after] == [[t for t, _ in s] for s in before]
+
+
+def test_predict_and_evaluate_read_the_conll_file_alike_and_refuse_a_table_of_sentences(trained, toy, tmp_path,
+                                                                                      capsys):
+    """predict tags each sentence of the CoNLL file evaluate scores (tags column ignored), read the same from
+    CRLF and lone-CR files; a GLUE style TSV (a table of sentences) is the same one-line error for both, not one
+    "sentence" whose words are its rows."""
+    _, dev = toy["rows"]
+    lf = "\n".join("".join(f"{w}\t{t}\n" for w, t in s) for s in dev[:6])
+    rows = {}
+    for name, text in (("lf", lf), ("crlf", lf.replace("\n", "\r\n")), ("cr", lf.replace("\n", "\r"))):
+        (tmp_path / f"{name}.conll").write_bytes(text.encode("utf-8"))
+        assert main(["predict", "--model", str(trained / "best"), "--data", str(tmp_path / f"{name}.conll"),
+                     "--output", str(tmp_path / f"{name}.jsonl")]) == 0
+        rows[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        assert main(["evaluate", "--model", str(trained / "best"), "--data", str(tmp_path / f"{name}.conll"),
+                     "--output", str(tmp_path / f"{name}.json")]) == 0
+        assert json.loads((tmp_path / f"{name}.json").read_text())["n"] == 6
+    assert [r["tokens"] for r in rows["lf"]] == [[w for w, _ in s] for s in dev[:6]]
+    assert rows["crlf"] == rows["lf"] and rows["cr"] == rows["lf"]
+    table = tmp_path / "table.tsv"
+    table.write_text("sentence\tlabel\nBob saw Rome\t1\nEmma went to Los Angeles\t0\n", encoding="utf-8")
+    message = (f"{table}:2: most tokens (column 0) of this sentence hold spaces, like 'Bob saw Rome': a table of "
+               "sentences? Expected a CoNLL file, one token a line (then its tags, tab-separated), blank lines between "
+               "sentences\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(table),
+                 "--output", str(tmp_path / "t.jsonl")]) == 2
+    assert capsys.readouterr().err == "bertkit predict: error: " + message
+    assert not (tmp_path / "t.jsonl").exists()
+    assert main(["evaluate", "--model", str(trained / "best"), "--data", str(table),
+                 "--output", str(tmp_path / "t.json")]) == 2
+    assert capsys.readouterr().err == "bertkit evaluate: error: " + message
+
+
+def test_wnut17_test_file_is_read_for_prediction_as_evaluate_reads_it():
+    """The WNUT-17 test file (token<TAB>tag, blank lines between sentences): 1,287 sentences, the same tokens."""
+    from pathlib import Path
+
+    from bertkit.data.readers import read_conll
+    from bertkit.tasks.tag import read_tokens
+    path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ner" / "wnut17" / "emerging.test.annotated"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    sentences = read_tokens(path)
+    assert len(sentences) == 1287 and sum(len(words) for _, words in sentences) == 23394
+    assert sentences == [(s.line, s.tokens) for s in read_conll(path)]
+
+
+def test_strict_scores_only_where_every_gold_entity_is_well_formed():
+    names = ["B-LOC", "I-LOC", "O"]
+    assert strict_scheme_of(names, [["B-LOC", "I-LOC", "O"], ["O", "B-LOC"]]) == "IOB2"
+    # IOB1 (an entity may start with I-): strict IOB2 would drop it from gold and predictions alike
+    assert strict_scheme_of(names, [["B-LOC", "I-LOC", "O"], ["O", "I-LOC", "I-LOC"]]) is None
+    assert strict_scheme_of(["B-LOC", "E-LOC", "S-LOC", "O"], [["B-LOC", "E-LOC", "S-LOC"]]) == "IOBES"
+    assert strict_scheme_of(["B-LOC", "E-LOC", "S-LOC", "O"], [["B-LOC", "S-LOC"]]) is None  # never closed
+    assert strict_scheme_of(["NN", "VB"], [["NN", "VB"]]) is None
+
+
+def test_predict_tags_a_plain_text_file_one_sentence_a_line(trained, tmp_path, capsys):
+    """--format text: each non-blank line a sentence, split into words at spaces and punctuation, tagged as the
+    same words would be from a CoNLL file; each word's span in its line given."""
+    text = tmp_path / "s.txt"
+    text.write_text("Alice flew to New York.\n\nBob saw Rome\n", encoding="utf-8")
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(text), "--output", str(out),
+                 "--format", "text"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 3]
+    assert rows[0]["tokens"] == ["Alice", "flew", "to", "New", "York", "."]
+    assert rows[0]["spans"] == [[0, 5], [6, 10], [11, 13], [14, 17], [18, 22], [22, 23]]
+    model = AutoModelForTokenClassification.from_pretrained(trained / "best")
+    tok = AutoTokenizer.from_pretrained(trained / "best")
+    expected = predict_tags(model, tok, [r["tokens"] for r in rows])
+    assert [r["tags"] for r in rows] == [[t for t, _ in e] for e in expected]
+    assert rows[0]["tags"][:5] == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(trained / "best"), "--data", str(text), "--output", str(out),
+                 "--format", "tsv"]) == 2
+    assert "--format tsv: a tagger reads a CoNLL file, or a text file with --format text" in capsys.readouterr().err

@@ -130,7 +130,7 @@ def test_resume_refuses_other_training_settings(tmp_path, capsys):
     assert lr[5] == pytest.approx(1e-3 * 2 / 5) and lr[6] == pytest.approx(1e-3 * 1 / 5)
 
 
-def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp_path):
+def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp_path, another_job):
     from bertkit.train.trainer import run_lock
 
     def trainer(source=None, out=tmp_path, max_steps=2):
@@ -140,11 +140,7 @@ def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp
                           progress=False)
         return Trainer(PretrainObjective(model), model, source or TinySource(4, seed=7), cfg)
 
-    import fcntl
-    with open(tmp_path / ".lock", "a+") as held:  # as another process still training there holds it
-        fcntl.flock(held, fcntl.LOCK_EX)
-        held.write("4242\n")
-        held.flush()
+    with another_job(tmp_path):  # as another process still training there holds it
         with pytest.raises(ValueError, match="another process is training there \\(pid 4242\\)"):
             trainer().train()
     assert find_latest(tmp_path) is None
@@ -159,6 +155,39 @@ def test_one_run_at_a_time_in_a_directory_and_no_mixing_with_old_checkpoints(tmp
     trainer(plain(), tmp_path / "plain").train()
     with pytest.warns(UserWarning, match="holds no data position .* sees other batches"):
         trainer(plain(), tmp_path / "plain", max_steps=3).train(resume=True)
+
+
+def test_a_failed_job_removes_only_the_directory_it_made_and_only_when_told(tmp_path, another_job):
+    """`run_lock(discard_new=...)`: a failure (an error, Ctrl-C) in a directory this lock made removes it when
+    `discard_new()` says so; a directory that was there, a run that has something to keep, and a job refused by
+    another's lock (even into a directory it saw missing) leave it; a file in the way is named."""
+    from bertkit.train.trainer import run_lock
+
+    def fail(path, exc=KeyboardInterrupt, discard=True):
+        with pytest.raises(exc):
+            with run_lock(path, discard_new=lambda: discard):
+                (path / "finetune_args.json").write_text("{}")
+                raise exc()
+    fail(tmp_path / "new")
+    fail(tmp_path / "new-error", RuntimeError)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new-error").exists()
+    fail(tmp_path / "kept", discard=False)  # e.g. it holds a checkpoint
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == [".lock", "finetune_args.json"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    fail(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    other = tmp_path / "other"   # another job made it and trains there
+    with another_job(other):
+        with pytest.raises(ValueError, match="another process is training there"):
+            with run_lock(other, discard_new=lambda: True):
+                pass
+    assert other.is_dir() and (other / ".lock").is_file()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="afile: a file, not a directory; a run writes its files into a directory"):
+        with run_lock(tmp_path / "afile"):
+            pass
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_a_resume_between_log_lines_logs_what_an_uninterrupted_run_logs(tmp_path, monkeypatch):
