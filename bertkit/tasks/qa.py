@@ -1,23 +1,33 @@
 """Extractive question answering (SQuAD v1.1 / v2.0): examples -> windows -> batches -> objective -> answers.
 
 - Windows: each example is ``[CLS] question [SEP] context-window [SEP]``. The question keeps its first
-  `max_query_length` sub-tokens; the context is cut into windows of at most ``max_seq_length - len(question) - 3``
+  `max_query_length` sub-tokens (run_squad.py's cut; run_qa.py keeps it whole: the same windows on SQuAD v1.1 dev,
+  whose longest question has 38); the context is cut into windows of at most ``max_seq_length - len(question) - 3``
   sub-tokens, and ``doc_stride`` is the number of sub-tokens SHARED by consecutive windows (the convention of
   transformers' ``run_qa.py`` and its tokenizers' ``stride``; the original BERT code's doc_stride was the step
   between window starts instead). The context is tokenized once on its own, with character offsets, so every answer
-  maps back to an exact character span of the original context.
+  maps back to an exact character span of the original context; the windows' ids, token types and offsets are
+  those of transformers' tokenizers (``truncation="only_second"``, ``return_overflowing_tokens``, ``stride``).
 - Training labels: the start / end sub-token of the (first) gold answer when it lies fully inside the window, else
-  position 0 ([CLS]); unanswerable (v2.0) questions are labelled [CLS] in every window.
+  position 0 ([CLS]); unanswerable (v2.0) questions are labelled [CLS] in every window. The answer's sub-tokens are
+  those its characters overlap, so whitespace around an answer text adds no token (run_qa.py's character rule
+  takes the neighbouring token then, and starts an answer on a window's last context token at the [SEP]).
 - Max context: a context sub-token is scored only in the window where it has the most context, the largest
   ``min(tokens left of it, tokens right of it) + 0.01 * window length`` (BERT's ``_check_is_max_context``), the
-  earlier window on ties. So a start position is considered exactly once per example.
+  earlier window on ties. So a start position is considered exactly once per example. transformers' run_qa.py
+  does not do this (its utils_qa applies it only to features that carry a ``token_is_max_context``), so on
+  contexts longer than one window its answers may differ.
 - Post-processing (`postprocess`): per window, the `n_best` highest start logits among the context tokens the
   window owns and the `n_best` highest end logits among its context tokens (restricting before taking the top n,
   where BERT took the top n of the whole sequence and then filtered, so no valid candidate is crowded out); pairs
   with start <= end and at most `max_answer_length` tokens, scored start logit + end logit; the answer is the
   context substring from the start token's first character to the end token's last. For v2.0 the null score is
   the minimum over the example's windows of the [CLS] start + end logits, and "" is predicted when
-  ``null score - best non-null score > null_threshold``.
+  ``null score - best non-null score > null_threshold``. transformers' utils_qa takes the top n of the whole
+  padded sequence (question, [CLS], [SEP] and padding logits included) before filtering, so with the same
+  max-context rule it keeps a subset of these candidates: its best span is never better, and the same whenever
+  no such logit crowds out a candidate (tests/tasks/test_qa.py compares the two on SQuAD). When no span is
+  valid the answer is "" (utils_qa and run_squad.py answer "empty").
 - `QABatches` reuses `ClassificationBatches`' seeded per-epoch order and exact resume state; `QAObjective` gives the
   trainer (start CE + end CE) / 2 summed over windows (term "qa") and "acc_qa" (both ends right).
 - `evaluate_qa` scores predictions with `bertkit.metrics.squad_evaluate`; `run_finetune_qa`, `run_evaluate_qa`
@@ -71,7 +81,8 @@ class QAFeature:
 
 def context_windows(n: int, budget: int, doc_stride: int) -> list[tuple[int, int]]:
     """Token ranges [start, end) covering `n` context tokens: at most `budget` tokens each, consecutive windows
-    sharing `doc_stride` tokens (the last window ends at `n`, so it may share more). One empty window when n=0."""
+    sharing `doc_stride` tokens (the last window ends at `n`, so it may be shorter), as transformers' tokenizers cut
+    overflowing tokens with `stride`. One empty window when n=0."""
     if not 0 <= doc_stride < budget:
         raise ValueError(f"doc_stride must be in [0, {budget}) for a window of {budget} context tokens, "
                          f"got {doc_stride}")
@@ -313,15 +324,19 @@ def null_odds(preds: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {q: p["null_score"] - (p["score"] if p["score"] is not None else 0.0) for q, p in preds.items()}
 
 
-def nbest_json(preds: dict[str, dict[str, Any]], version_2: bool = False) -> dict[str, list[dict[str, Any]]]:
+def nbest_json(preds: dict[str, dict[str, Any]], version_2: bool = False, n_best: int = 20
+               ) -> dict[str, list[dict[str, Any]]]:
     """Per question, its n-best spans, best first, with the softmax of their scores over the list (run_squad.py's
     nbest_predictions.json): text, probability, score (start + end logit) and character start / end. With v2.0
-    the no-answer ("", its null score) is in the list and the softmax, as run_squad.py and utils_qa put it."""
+    the no-answer ("", its null score) competes for the `n_best` places and is added back last when it loses
+    them, as run_squad.py and utils_qa put it, so the list and its softmax are theirs."""
     out = {}
     for q, p in preds.items():
         nbest = list(p["nbest"])
         if version_2:
-            nbest = sorted([*nbest, ("", 0, 0, p["null_score"])], key=lambda c: -c[3])
+            null = ("", 0, 0, p["null_score"])
+            ranked = sorted([*nbest, null], key=lambda c: -c[3])[:n_best]
+            nbest = ranked if null in ranked else nbest[:n_best] + [null]
         scores = np.array([c[3] for c in nbest], dtype=np.float64)
         weights = np.exp(scores - scores.max()) if len(scores) else scores
         probs = weights / weights.sum() if len(scores) else scores
@@ -468,7 +483,7 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
     preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)
-    extra = {".nbest.json": nbest_json(preds, s["version_2"])}
+    extra = {".nbest.json": nbest_json(preds, s["version_2"], s["n_best"])}
     if s["version_2"]:
         extra[".null_odds.json"] = null_odds(preds)
     paths = [Path(output).with_suffix(suffix) for suffix in extra]

