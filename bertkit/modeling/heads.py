@@ -272,16 +272,19 @@ def _dropout_p(config: BertConfig) -> float:
     return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
 
 
+def problem_type(config: BertConfig, labels: torch.Tensor) -> str:
+    """The loss transformers' BertForSequenceClassification takes: the config's problem_type, else regression for
+    one label, single-label classification for integer labels, multi-label for others (float 0/1 rows)."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
+
+
 def sequence_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig) -> torch.Tensor:
-    """Regression (one label), single-label or multi-label classification, as the config or labels say."""
-    problem = config.problem_type
-    if problem is None:
-        if config.num_labels == 1:
-            problem = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
+    """Regression, single-label or multi-label classification, as `problem_type` says."""
+    problem = problem_type(config, labels)
     logits = _for_loss(logits)
     if problem == "regression":
         if config.num_labels == 1:

