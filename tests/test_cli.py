@@ -136,7 +136,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tracking, "plot_run", interrupted)
     assert main(["plot", str(tmp_path)]) == 130
     assert capsys.readouterr().err == ("bertkit plot: interrupted (a training run continues from its last "
-                                       "checkpoint with --resume)\n")
+                                       "checkpoint, if it wrote one, with --resume)\n")
 
 
 def test_attention_of_a_long_text_or_one_head_stays_a_readable_size(tmp_path, capsys):

@@ -209,7 +209,7 @@ def test_format_from_extension(tmp_path):
     with pytest.raises(ValueError, match=r"data\.txt: cannot tell the format from the extension '\.txt'; "
                                          r"pass the format \(--format csv, tsv or jsonl; format= in Python\)"):
         read_table(p, text_column=0)
-    with pytest.raises(ValueError, match="format must be 'csv', 'tsv' or 'jsonl', got 'xml'"):
+    with pytest.raises(ValueError, match="format must be 'csv', 'tsv', 'jsonl' or 'text', got 'xml'"):
         read_table(p, format="xml", text_column=0)
     assert read_table(p, format="tsv", header=False, text_column=0, label_column=1) == [Example("a", None, "1", 1)]
 
