@@ -7,7 +7,7 @@ from torch import nn
 from bertkit.modeling import BertForPreTraining
 from bertkit.train.optim import Lamb, build_optimizer, global_grad_norm, linear_schedule, param_groups
 
-from .tiny import tiny_config
+from .tiny import PretrainObjective, TinySource, tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,13 +50,13 @@ def test_linear_schedule_values():
     assert seen[7] == pytest.approx(1.0)       # half-way down
     assert seen[10] == 0.0 and seen[11] == 0.0  # zero at the end, never negative
     assert all(a <= b for a, b in zip(seen[:5], seen[1:5]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"warmup_steps \(11\) > total_steps \(10\)"):
         linear_schedule(opt, 11, 10)
     with pytest.raises(ValueError, match="total_steps >= 1, got 0 and 0"):
         linear_schedule(opt, 0, 0)
 
 
-@pytest.mark.parametrize("warmup, total", [(4, 4), (0, 5), (3, 10), (1, 1)])
+@pytest.mark.parametrize("warmup, total", [(4, 4), (0, 5), (3, 10), (1, 1), (0, 1)])
 def test_linear_schedule_equals_transformers(warmup, total):
     """Every step's rate, past the end too, as `get_linear_schedule_with_warmup` (warm-up over all steps, or
     none, included)."""
@@ -83,21 +83,30 @@ def test_global_grad_norm_is_the_norm_clipping_uses():
     assert float(global_grad_norm([nn.Parameter(torch.ones(1))])) == 0.0  # no gradients yet
 
 
-def _lamb_reference(w, grads, lr, wd, betas, eps, trust):
-    """The LAMB update by hand, in float64."""
+def _fused_lamb(groups, grads, lr, betas, eps, max_grad_norm=None, trust_ratio=True):
+    """NVIDIA apex FusedLAMB (csrc/multi_tensor_lamb.cu, adam_w_mode, bias_correction, grad_averaging,
+    use_nvlamb=False) by hand in float64. `groups`: [(weights, weight_decay)], `grads`: per step, one list of
+    gradients per group. Stage 1 clips by the global gradient norm (g / (norm / max_grad_norm) when above),
+    then u = m_hat / (sqrt(v_hat) + eps) + wd * w; stage 2: w -= lr * ||w|| / ||u|| * u (||w|| taken before the
+    step) where wd != 0 and both norms are non-zero, else w -= lr * u. The step count is the group's."""
     b1, b2 = betas
-    w = np.array(w, dtype=np.float64)
-    m = np.zeros_like(w)
-    v = np.zeros_like(w)
-    for t, g in enumerate(grads, start=1):
-        g = np.array(g, dtype=np.float64)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        u = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + wd * w
-        wn, un = np.linalg.norm(w), np.linalg.norm(u)
-        r = wn / un if trust and wn > 0 and un > 0 else 1.0
-        w = w - lr * r * u
-    return w
+    ws = [[np.array(w, dtype=np.float64) for w in ws] for ws, _ in groups]
+    ms = [[np.zeros_like(w) for w in g] for g in ws]
+    vs = [[np.zeros_like(w) for w in g] for g in ws]
+    for t, step_grads in enumerate(grads, start=1):
+        step_grads = [[np.array(g, dtype=np.float64) for g in gs] for gs in step_grads]
+        norm = np.sqrt(sum((g * g).sum() for gs in step_grads for g in gs))
+        clip = norm / max_grad_norm if max_grad_norm is not None and norm > max_grad_norm else 1.0
+        for (_, wd), w_g, m_g, v_g, g_g in zip(groups, ws, ms, vs, step_grads):
+            for i, g in enumerate(g_g):
+                g = g / clip
+                m_g[i] = b1 * m_g[i] + (1 - b1) * g
+                v_g[i] = b2 * v_g[i] + (1 - b2) * g * g
+                u = (m_g[i] / (1 - b1 ** t)) / (np.sqrt(v_g[i] / (1 - b2 ** t)) + eps) + wd * w_g[i]
+                wn, un = np.linalg.norm(w_g[i]), np.linalg.norm(u)
+                r = wn / un if trust_ratio and wd != 0 and wn != 0 and un != 0 else 1.0
+                w_g[i] = w_g[i] - lr * r * u
+    return ws
 
 
 @pytest.mark.parametrize("w0, wd", [([1.0, -2.0, 0.5], 0.01),   # decay group: trust ratio
@@ -111,11 +120,11 @@ def test_lamb_matches_hand_computed_update(w0, wd):
     for g in grads:
         p.grad = torch.tensor(g, dtype=torch.float64)
         opt.step()
-    expected = _lamb_reference(w0, grads, lr, wd, betas, eps, trust=wd != 0)
+    [[expected]] = _fused_lamb([([w0], wd)], [[[g]] for g in grads], lr, betas, eps)
     np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=1e-12)
     # The trust ratio matters here: a plain Adam step lands elsewhere.
     if wd and any(w0):
-        plain = _lamb_reference(w0, grads, lr, wd, betas, eps, trust=False)
+        [[plain]] = _fused_lamb([([w0], wd)], [[[g]] for g in grads], lr, betas, eps, trust_ratio=False)
         assert np.abs(plain - expected).max() > 1e-3
 
 
@@ -188,3 +197,138 @@ def test_a_bias_or_norm_weight_is_not_decayed_whatever_its_shape():
     m.norm.weight = nn.Parameter(torch.ones(2, 2))
     groups = {g["group_name"]: g["names"] for g in param_groups(m, 0.01)}
     assert groups == {"decay": ["proj.weight"], "no_decay": ["proj.bias", "norm.weight"]}
+
+
+def test_param_groups_decay_what_transformers_trainer_decays():
+    """The decayed names are those of transformers' `Trainer.get_decay_parameter_names`, on every BERT head and
+    on a module with the odd cases: a 1-D scale (decayed), an embedding named `*_bias` (not), a LayerNorm
+    known by its type alone, `_norm` / `rmsnorm` names (not) and `normalizer` (`norm` not a component: decayed)."""
+    import bertkit.modeling as M
+    from transformers import Trainer
+
+    odd = nn.Module()
+    odd.proj, odd.attn_norm, odd.normalizer = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
+    odd.scale = nn.Parameter(torch.ones(3))
+    odd.relative_attention_bias = nn.Embedding(4, 3)
+    odd.ln_f = nn.LayerNorm(3)
+    odd.final_rmsnorm = nn.Module()
+    odd.final_rmsnorm.weight = nn.Parameter(torch.ones(3))
+    models = [getattr(M, name)(tiny_config()) for name in (
+        "BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSentencePrediction",
+        "BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
+        "BertForMultipleChoice")]
+    for model in [*models, odd]:
+        hf = set(Trainer.get_decay_parameter_names(None, model))
+        expected = [n for n, _ in model.named_parameters() if n in hf]
+        ours = {g["group_name"]: g["names"] for g in param_groups(model, 0.01)}
+        assert ours["decay"] == expected, type(model).__name__
+    assert ours["decay"] == ["scale", "proj.weight", "normalizer.weight"]
+
+
+def test_adamw_steps_as_transformers_trainer_optimizer():
+    """20 steps of the tiny BERT: bertkit's groups, AdamW, clipping (the trainer's `clip_grad_norm_` at 1.0) and
+    linear schedule (3 warm-up steps) against the optimizer transformers' Trainer builds for the same settings
+    (`create_optimizer`: its decay names, `get_optimizer_cls_and_kwargs` with the default `optim`, fused AdamW on
+    torch >= 2.8) and `get_linear_schedule_with_warmup`. (TrainingArguments' defaults are read off the class:
+    an instance needs accelerate.)"""
+    from types import SimpleNamespace
+
+    from transformers import Trainer, TrainingArguments as A, get_linear_schedule_with_warmup
+
+    assert (A.lr_scheduler_type, A.max_grad_norm, A.adam_beta1, A.adam_beta2) == ("linear", 1.0, 0.9, 0.999)
+    args = SimpleNamespace(optim=A.optim, learning_rate=1e-3, adam_beta1=A.adam_beta1, adam_beta2=A.adam_beta2,
+                           adam_epsilon=1e-6, optim_args=A.optim_args)
+    torch.manual_seed(0)
+    ours_model = BertForPreTraining(tiny_config(0.0))
+    hf_model = copy.deepcopy(ours_model)
+    start = ours_model.bert.pooler.dense.weight.detach().clone()
+    ours = build_optimizer("adamw", param_groups(ours_model, 0.01), 1e-3, 0.01, (0.9, 0.999), 1e-6)
+    decay = set(Trainer.get_decay_parameter_names(None, hf_model))
+    named = list(hf_model.named_parameters())
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, hf_model)
+    hf = cls([{"params": [p for n, p in named if n in decay], "weight_decay": 0.01},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}], **kwargs)
+    assert type(ours) is type(hf) and ours.defaults["fused"] == hf.defaults.get("fused")
+    runs = [(ours_model, ours, linear_schedule(ours, 3, 20)),
+            (hf_model, hf, get_linear_schedule_with_warmup(hf, 3, 20))]
+    ids = torch.randint(5, 99, (4, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(20):
+        for model, opt, sched in runs:
+            out = model(input_ids=ids)
+            (out.prediction_logits.logsumexp(-1).mean() + out.seq_relationship_logits.square().mean()).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    assert ours.param_groups[0]["lr"] == hf.param_groups[0]["lr"] == 0.0
+    for (name, a), b in zip(ours_model.named_parameters(), hf_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+    assert (ours_model.bert.pooler.dense.weight - start).abs().max() > 1e-3  # it did train
+
+
+def test_lamb_with_the_trainers_clipping_is_fused_lamb():
+    """Several tensors in the decay and no-decay groups, gradients above the clipping norm: `clip_grad_norm_` at
+    1.0 then `Lamb.step` (the trainer's order) lands where FusedLAMB(max_grad_norm=1.0), re-done by hand, does."""
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3), (5,)], [(3,), (2, 2)]
+    weights = [[rng.normal(size=s) for s in g] for g in shapes]
+    grads = [[[3 * rng.normal(size=s) for s in g] for g in shapes] for _ in range(4)]
+    params = [[nn.Parameter(torch.tensor(w)) for w in g] for g in weights]
+    opt = Lamb([{"params": params[0], "weight_decay": 0.01}, {"params": params[1], "weight_decay": 0.0}],
+               lr=0.05, eps=1e-6)
+    for step_grads in grads:
+        for ps, gs in zip(params, step_grads):
+            for p, g in zip(ps, gs):
+                p.grad = torch.tensor(g)
+        assert torch.nn.utils.clip_grad_norm_([p for g in params for p in g], 1.0) > 1.0
+        opt.step()
+    expected = _fused_lamb([(weights[0], 0.01), (weights[1], 0.0)], grads, 0.05, (0.9, 0.999), 1e-6,
+                           max_grad_norm=1.0)
+    for ps, es in zip(params, expected):
+        for p, e in zip(ps, es):
+            np.testing.assert_allclose(p.detach().numpy(), e, rtol=0, atol=1e-9)
+
+
+def _rates(opt, sched, n):
+    seen = []
+    for _ in range(n):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen
+
+
+def test_schedule_resumed_mid_warmup_goes_on_as_the_uninterrupted_one(tmp_path):
+    """Optimizer and scheduler state dicts saved after 2 of 3 warm-up steps (through a file, weights only, as a
+    checkpoint holds them) and loaded into a fresh optimizer and schedule: the same rates as one run."""
+    def fresh():
+        opt = build_optimizer("adamw", [nn.Parameter(torch.zeros(2))], lr=1e-3)
+        return opt, linear_schedule(opt, 3, 10)
+
+    whole = _rates(*fresh(), 12)
+    opt, sched = fresh()
+    first = _rates(opt, sched, 2)
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    opt, sched = fresh()
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    assert first + _rates(opt, sched, 10) == whole
+    assert whole[:5] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3 * 6 / 7])
+
+
+def test_the_trainer_logs_the_rate_each_step_was_taken_with(tmp_path):
+    """metrics.jsonl's `lr` at (1-based) step s is the rate step s used, `get_linear_schedule_with_warmup`'s at
+    s - 1 (transformers' Trainer logs the following step's instead, `get_last_lr()` after `scheduler.step()`)."""
+    from transformers.optimization import _get_linear_schedule_with_warmup_lr_lambda as hf_factor
+
+    from bertkit.train import TrainConfig, Trainer, read_metrics
+
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(0.0))
+    cfg = TrainConfig(max_steps=5, warmup_steps=3, batch_size=2, lr=1e-3, log_every=1, save_final=False,
+                      output_dir=str(tmp_path), tensorboard=False, progress=False)
+    Trainer(PretrainObjective(model), model, TinySource(2, seed=1), cfg).train()
+    logged = [r["lr"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    used = [1e-3 * hf_factor(s, num_warmup_steps=3, num_training_steps=5) for s in range(5)]
+    assert logged == pytest.approx(used, rel=1e-12, abs=0) and logged[0] == 0.0
