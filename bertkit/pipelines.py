@@ -40,8 +40,8 @@ from .auto import (
     AutoModelForTokenClassification,
     AutoTokenizer,
 )
-from .demo import mean_pool
-from .hub import LoadWarning
+from .hub import LoadWarning, resolve_model_dir
+from .io import read_json
 from .modeling.bert import compile_layers
 from .tasks.classify import packed_to
 from .tasks.fill_mask import fill_mask
@@ -789,14 +789,87 @@ def _span_pairs(n: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     return pairs
 
 
+# sentence-transformers' old pooling flags (1_Pooling/config.json), in the order its Pooling concatenates them
+_ST_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                     "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                     "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len_tokens")
+
+
+def sentence_transformers_settings(directory: str, check_pooling: bool = True) -> tuple[dict[str, Any], int | None]:
+    """What sentence-transformers' `encode()` does with the model in `directory`, read from its files:
+    ({"pooling", "normalize"}, max_seq_length), or ({}, None) for a directory without modules.json.
+
+    A pooling mode bertkit lacks (weightedmean, lasttoken, several concatenated) is a ValueError unless not
+    `check_pooling` (the caller chose a pooling). Steps bertkit does not take (a Dense, LayerNorm, ... module,
+    do_lower_case, a default prompt) are named in a warning: the embeddings then differ from encode()'s.
+    `include_prompt` changes nothing without a prompt, so it is not read."""
+    path = os.path.join(directory, "modules.json")
+    if not os.path.isfile(path):
+        return {}, None
+    settings: dict[str, Any] = {"normalize": False}
+    max_len, skipped = None, []
+    for i, module in enumerate(read_json(path, list)):
+        if not isinstance(module, dict) or not isinstance(module.get("type"), str):
+            raise ValueError(f"{path}: entry {i} must be an object with a \"type\", got {module!r:.80}")
+        kind, folder = module["type"].rsplit(".", 1)[-1], os.path.join(directory, module.get("path") or "")
+        if kind == "Transformer":
+            file = os.path.join(folder, "sentence_bert_config.json")
+            cfg = read_json(file) if os.path.isfile(file) else {}
+            max_len = cfg.get("max_seq_length")
+            if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1):
+                raise ValueError(f"{file}: max_seq_length must be an int >= 1 or null, got {max_len!r}")
+            if cfg.get("do_lower_case"):
+                skipped.append("do_lower_case")
+        elif kind == "Pooling":
+            file = os.path.join(folder, "config.json")
+            cfg = read_json(file)
+            mode = cfg.get("pooling_mode") or [m for k, m in _ST_POOLING_FLAGS.items() if cfg.get(k)] or "mean"
+            mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode
+            if check_pooling and mode not in POOLINGS:
+                raise ValueError(f"feature-extraction: {file}: pooling {mode!r} is not one bertkit computes "
+                                 f"({', '.join(POOLINGS)}); pass pooling=... to choose one")
+            settings["pooling"] = mode
+        elif kind == "Normalize":
+            settings["normalize"] = True
+        else:
+            skipped.append(f"its {kind} module")
+    file = os.path.join(directory, "config_sentence_transformers.json")
+    prompt = read_json(file).get("default_prompt_name") if os.path.isfile(file) else None
+    if prompt:
+        skipped.append(f"its default prompt {prompt!r}")
+    if skipped:
+        warn(f"feature-extraction: {directory}: bertkit does not apply {', '.join(skipped)}; "
+             "its embeddings differ from sentence-transformers' encode()")
+    return settings, max_len
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """(batch, tokens, hidden) -> (batch, hidden) over the real tokens, as sentence-transformers' Pooling
+    (padding is on the right, so [CLS] is token 0)."""
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "max":
+        return hidden.masked_fill(m == 0, float("-inf")).max(1).values
+    count = m.sum(1).clamp(min=1e-9)
+    return (hidden * m).sum(1) / (count if mode == "mean" else count.sqrt())
+
+
 class FeatureExtractionPipeline(Pipeline):
-    """`p(texts, pooling="mean", normalize=False)` -> (n, hidden) float tensor of sentence embeddings
-    (a (hidden,) vector for one str). "mean" averages the real tokens' last hidden states (the
-    sentence-transformers recipe), "cls" takes the [CLS] state; normalize=True scales each to unit length.
-    pooling="none" gives what transformers' feature-extraction pipeline gives: each text's last hidden states,
-    as nested lists of shape (1, tokens, hidden) (a list of those for a list of texts), or tensors with
-    return_tensors=True. `tokenize_kwargs={"max_length": n}` cuts texts to n tokens; `truncation` (also in
-    tokenize_kwargs) is accepted, and texts are cut to the model's positions either way."""
+    """`p(texts)` -> (n, hidden) float tensor of sentence embeddings (a (hidden,) vector for one str).
+
+    A model directory of sentence-transformers (modules.json) sets the defaults to what its `encode()` does:
+    the pooling of 1_Pooling/config.json, unit length when it lists a Normalize module, and texts cut to
+    sentence_bert_config.json's max_seq_length (all-MiniLM-L6-v2: mean, normalized, 256 tokens, where its BERT
+    config allows 512). Otherwise (and for a model object) the defaults are pooling="mean", normalize=False, texts
+    cut to the model's positions. Options and `tokenize_kwargs={"max_length": n}` override either.
+    pooling: "mean" averages the real tokens' last hidden states, "cls" takes [CLS]'s, "max" the maximum of each
+    feature, "mean_sqrt_len_tokens" the sum over the square root of the count; normalize=True scales each to unit
+    length. pooling="none" gives what transformers' feature-extraction pipeline gives (texts cut to the model's
+    positions, not to max_seq_length): each text's last hidden states, as nested lists of shape (1, tokens, hidden)
+    (a list of those for a list of texts), or tensors with return_tensors=True. `truncation` (also in
+    tokenize_kwargs) is accepted; texts are cut either way, never refused for their length."""
 
     task = "feature-extraction"
     auto_class = AutoModel
@@ -804,14 +877,24 @@ class FeatureExtractionPipeline(Pipeline):
     options = {"pooling": "mean", "normalize": False, "return_tensors": False, "truncation": True,
                "tokenize_kwargs": None}
 
+    def __init__(self, model, tokenizer=None, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        self.max_seq_length = None  # sentence-transformers' cut of pooled embeddings
+        if isinstance(model, (str, os.PathLike)):
+            settings, self.max_seq_length = sentence_transformers_settings(resolve_model_dir(model),
+                                                                           check_pooling="pooling" not in kwargs)
+            self.defaults = {**self.options, **settings,
+                             **{k: v for k, v in self.defaults.items() if k in kwargs}}  # the caller's win
+
     def _check_options(self, opts):
         opts = super()._check_options(opts)
         # (padding would change transformers' pooling="none" output: refused)
         self._check_tokenizer_kwargs(opts.get("tokenize_kwargs") or {}, "tokenize_kwargs", ("truncation", "max_length"))
-        if opts.get("pooling", "mean") not in ("mean", "cls", "none"):
-            raise ValueError(f"feature-extraction: pooling must be 'mean', 'cls' or 'none', got {opts['pooling']!r}")
+        if opts.get("pooling", "mean") not in (*POOLINGS, "none"):
+            raise ValueError(f"feature-extraction: pooling must be one of {', '.join(POOLINGS)} or 'none', "
+                             f"got {opts['pooling']!r}")
         if opts.get("pooling") == "none" and opts.get("normalize"):
-            raise ValueError("feature-extraction: normalize=True needs pooling 'mean' or 'cls'")
+            raise ValueError(f"feature-extraction: normalize=True needs pooling {', '.join(POOLINGS)}, not 'none'")
         return opts
 
     def _needs(self, key):
@@ -819,16 +902,15 @@ class FeatureExtractionPipeline(Pipeline):
 
     def _run_batch(self, items, opts):
         max_length = (opts["tokenize_kwargs"] or {}).get("max_length")
+        if max_length is None and opts["pooling"] != "none":
+            max_length = self.max_seq_length
         batch = self._inputs(self._encode(items, max_length, padding=True, return_tensors="pt"))
         hidden = self._forward(batch).last_hidden_state.float()
         if opts["pooling"] == "none":  # (1, tokens, hidden) per text, as transformers
             lengths = batch["attention_mask"].sum(-1).tolist()
             rows = [hidden[i:i + 1, :n].cpu() for i, n in enumerate(lengths)]
             return [r.clone() for r in rows] if opts["return_tensors"] else [r.tolist() for r in rows]
-        if opts["pooling"] == "mean":
-            vec = mean_pool(hidden, batch["attention_mask"])
-        else:
-            vec = hidden[:, 0]
+        vec = _pool(hidden, batch["attention_mask"], opts["pooling"])
         if opts["normalize"]:
             vec = F.normalize(vec, dim=-1)
         return list(vec.cpu())

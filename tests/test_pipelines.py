@@ -70,7 +70,7 @@ def minilm_reference():
 
 
 def test_feature_extraction_matches_mean_pooling(minilm_reference):
-    p = pipeline("feature-extraction", model=MINILM, batch_size=3)
+    p = pipeline("feature-extraction", model=MINILM, batch_size=3, normalize=False)
     emb = p(TEXTS)
     assert emb.shape == (len(TEXTS), 384)
     assert (emb - minilm_reference).abs().max() <= 1e-5
@@ -78,7 +78,7 @@ def test_feature_extraction_matches_mean_pooling(minilm_reference):
     assert torch.allclose(normed.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-6)
     assert (normed - torch.nn.functional.normalize(minilm_reference, dim=-1)).abs().max() <= 1e-5
     # bucketing: batches of 3 sorted by length = one text at a time, in the input order
-    one = pipeline("feature-extraction", model=MINILM, batch_size=1)
+    one = pipeline("feature-extraction", model=MINILM, batch_size=1, normalize=False)
     # (not bit-identical: the packed matrix multiplies see other row counts; ~1e-6 of float noise)
     assert (one(TEXTS) - emb).abs().max() <= 5e-6
     assert (torch.stack([p(t) for t in TEXTS]) - emb).abs().max() <= 5e-6
@@ -111,6 +111,123 @@ def test_feature_extraction_without_pooling_gives_transformers_result():
         ours(TEXTS[0], tokenize_kwargs={"padding": "max_length"})
     with pytest.raises(TypeError, match="inputs must be a str or a list of them, got a dict with the keys text"):
         ours({"text": "a cat", "text_pair": "a dog"})
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def real_texts():
+    """190 SST-2 dev sentences and WikiText paragraphs of 257-512 tokens (5) and over 512 (the only one)."""
+    sst, wiki = DATA / "classification" / "sst2" / "dev.tsv", DATA / "pretrain" / "wikitext-2-raw.test.raw"
+    if not (sst.is_file() and wiki.is_file()):
+        pytest.skip("the real data sets (../shared/data) are absent")
+    sentences = [line.split("\t")[0] for line in sst.read_text(encoding="utf-8").splitlines()[1:191]]
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
+    paragraphs = [p.strip() for p in wiki.read_text(encoding="utf-8").splitlines() if p.strip()[:1] not in ("", "=")]
+    sizes = [len(ids) for ids in tok(paragraphs, verbose=False)["input_ids"]]
+    middle = [p for p, n in zip(paragraphs, sizes) if 256 < n <= 512][:5]
+    long = [p for p, n in zip(paragraphs, sizes) if n > 512]
+    assert len(middle) == 5 and len(long) == 1
+    return sentences + middle + long
+
+
+def st_encode(texts, **recipe):
+    """sentence-transformers' encode() of all-MiniLM-L6-v2 with transformers, each text alone, as its files say:
+    Transformer (cut at sentence_bert_config.json's max_seq_length), Pooling (1_Pooling/config.json), Normalize;
+    `recipe` overrides max_seq_length / normalize."""
+    modules = json.loads(Path(MINILM, "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+    pooling = json.loads(Path(MINILM, "1_Pooling", "config.json").read_text())
+    assert [k for k, v in pooling.items() if k.startswith("pooling_mode") and v] == ["pooling_mode_mean_tokens"]
+    max_len = recipe.get("max_seq_length", json.loads(Path(MINILM, "sentence_bert_config.json").read_text())
+                         ["max_seq_length"])
+    tok = transformers.AutoTokenizer.from_pretrained(MINILM)
+    model = transformers.BertModel.from_pretrained(MINILM).eval()
+    with torch.no_grad():
+        rows = [model(**tok(t, truncation=True, max_length=max_len, return_tensors="pt")).last_hidden_state[0]
+                .mean(0) for t in texts]
+    out = torch.stack(rows)
+    return torch.nn.functional.normalize(out, dim=-1) if recipe.get("normalize", True) else out
+
+
+def test_feature_extraction_of_a_sentence_transformers_directory_is_its_encode(real_texts):
+    """all-MiniLM-L6-v2 says: mean pooling, normalized, texts cut at 256 tokens (its BERT config allows 512)."""
+    ref = st_encode(real_texts)
+    p = pipeline("feature-extraction", model=MINILM)
+    for batch_size in (1, 7, 64):   # mixed lengths: padding changes nothing
+        assert (p(real_texts, batch_size=batch_size) - ref).abs().max() <= 1e-6
+    got = p(real_texts)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(len(real_texts)), atol=1e-6)
+    # a common demo: cosine similarity of pairs
+    a, b = slice(0, 100, 2), slice(1, 100, 2)
+    cos = torch.nn.functional.cosine_similarity(got[a], got[b])
+    assert (cos - torch.nn.functional.cosine_similarity(ref[a], ref[b])).abs().max() <= 1e-6
+    # the caller's options win over the directory's: a longer cut, no normalization, another pooling
+    longer = p(real_texts[-6:], tokenize_kwargs={"max_length": 512})
+    assert (longer - st_encode(real_texts[-6:], max_seq_length=512)).abs().max() <= 1e-6
+    assert (longer - ref[-6:]).abs().max() > 1e-3
+    raw = pipeline("feature-extraction", model=MINILM, normalize=False)(real_texts[:5])
+    assert (raw - st_encode(real_texts[:5], normalize=False)).abs().max() <= 1e-5
+    assert p(real_texts[:3], pooling="cls").shape == (3, 384)
+    # a model object has no directory to read: bertkit's plain defaults (mean, not normalized)
+    obj = pipeline("feature-extraction", model=p.model, tokenizer=p.tokenizer)
+    assert (obj(real_texts[:5]) - raw).abs().max() <= 1e-6
+
+
+def st_directory(tmp_path_factory, name, pooling, *, normalize=True, max_seq_length=8, extra=()):
+    """A tiny random BERT saved as a sentence-transformers directory: 1_Pooling/config.json holds `pooling` (its old
+    pooling_mode_* flags or the new pooling_mode), then a Normalize module if `normalize`, then `extra` modules."""
+    d = Path(tiny(tmp_path_factory, name, transformers.BertModel))
+    kinds = ["Transformer", "Pooling", *(["Normalize"] if normalize else []), *extra]
+    modules = [{"idx": i, "name": str(i), "path": "" if k == "Transformer" else f"{i}_{k}",
+                "type": f"sentence_transformers.models.{k}"} for i, k in enumerate(kinds)]
+    (d / "modules.json").write_text(json.dumps(modules))
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **pooling}))
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                             "do_lower_case": False}))
+    return str(d)
+
+
+@pytest.mark.parametrize("pooling, normalize", [
+    ({"pooling_mode_mean_tokens": True}, True),
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, False),
+    ({"pooling_mode_max_tokens": True}, True),
+    ({"pooling_mode": "mean_sqrt_len_tokens"}, False),
+    ({"pooling_mode": ["max"]}, False),
+])
+def test_feature_extraction_reads_pooling_normalize_and_cut_as_sentence_transformers(tmp_path_factory, pooling,
+                                                                                      normalize):
+    st = pytest.importorskip("sentence_transformers")
+    d = st_directory(tmp_path_factory, "st", pooling, normalize=normalize)
+    ref = st.SentenceTransformer(d, device="cpu").encode(TEXTS, convert_to_tensor=True)   # cut at 8 tokens
+    got = pipeline("feature-extraction", model=d, batch_size=3)(TEXTS)
+    assert (got - ref).abs().max() <= 1e-5
+    assert (st.util.cos_sim(got, got) - st.util.cos_sim(ref, ref)).abs().max() <= 1e-5
+
+
+def test_sentence_transformers_settings_bertkit_lacks_are_named(tmp_path_factory):
+    d = st_directory(tmp_path_factory, "st_weighted", {"pooling_mode_weightedmean_tokens": True})
+    with pytest.raises(ValueError, match=r"^feature-extraction: .*1_Pooling/config.json: pooling 'weightedmean' is "
+                                         r"not one bertkit computes \(mean, cls, max, mean_sqrt_len_tokens\); "
+                                         r"pass pooling=\.\.\. to choose one$"):
+        pipeline("feature-extraction", model=d)
+    assert pipeline("feature-extraction", model=d, pooling="cls").defaults["pooling"] == "cls"
+    d = st_directory(tmp_path_factory, "st_two", {"pooling_mode": ["cls", "mean"]})
+    with pytest.raises(ValueError, match=r"pooling \['cls', 'mean'\] is not one bertkit computes"):
+        pipeline("feature-extraction", model=d)
+    d = st_directory(tmp_path_factory, "st_dense", {"pooling_mode_mean_tokens": True}, extra=["Dense"])
+    with pytest.warns(UserWarning, match=r"bertkit does not apply its Dense module; its embeddings differ from "
+                                         r"sentence-transformers' encode\(\)$"):
+        pipeline("feature-extraction", model=d)
+    Path(d, "sentence_bert_config.json").write_text('{"max_seq_length": 0}')
+    with pytest.raises(ValueError, match=r"sentence_bert_config.json: max_seq_length must be an int >= 1 or null, "
+                                         r"got 0$"):
+        pipeline("feature-extraction", model=d)
+    Path(d, "modules.json").write_text('{"type": "x"}')
+    with pytest.raises(ValueError, match=r"modules.json: expected a JSON list, got dict$"):
+        pipeline("feature-extraction", model=d)
 
 
 # ------------------------------------------------------------------------------------ fill-mask
@@ -531,7 +648,7 @@ def test_errors(tagger_dir):
                                          "got 'mean'"):
         pipeline("token-classification", model=tagger_dir)("x", aggregation_strategy="mean")
     with pytest.raises(ValueError, match="pooling must be"):
-        pipeline("feature-extraction", model=tagger_dir, pooling="max")
+        pipeline("feature-extraction", model=tagger_dir, pooling="sum")
     with pytest.raises(ValueError, match="batch_size"):
         pipeline("feature-extraction", model=tagger_dir, batch_size=0)
     with pytest.raises(TypeError, match="input 1 must be a str"):
