@@ -220,7 +220,8 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
     if fmt not in ("csv", "tsv", "jsonl", "text"):
         if format is None:
             raise ValueError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                             f"pass the format (--format csv, tsv or jsonl; format= in Python)")
+                             f"pass the format (--format csv, tsv or jsonl, or for predict text: one text a line; "
+                             f"format= in Python)")
         raise ValueError(f"format must be 'csv', 'tsv', 'jsonl' or 'text', got {format!r}")
     text = _read_text(path)
     if fmt == "jsonl":

@@ -207,7 +207,8 @@ def test_multi_label_fields_may_be_empty_or_a_jsonl_list(tmp_path):
 def test_format_from_extension(tmp_path):
     p = write(tmp_path, "data.txt", "a\t1\n")
     with pytest.raises(ValueError, match=r"data\.txt: cannot tell the format from the extension '\.txt'; "
-                                         r"pass the format \(--format csv, tsv or jsonl; format= in Python\)"):
+                                         r"pass the format \(--format csv, tsv or jsonl, or for predict text: "
+                                         r"one text a line; format= in Python\)"):
         read_table(p, text_column=0)
     with pytest.raises(ValueError, match="format must be 'csv', 'tsv', 'jsonl' or 'text', got 'xml'"):
         read_table(p, format="xml", text_column=0)
