@@ -21,9 +21,9 @@ Resume (`resume=True`, ``--resume``): each run continues exactly from its newest
 eval_results.json exists is done and skipped. The best-so-far state lives INSIDE each checkpoint (written with it,
 atomically renamed with it), so it always matches the weights it resumes; an evaluation after that checkpoint that
 had already overwritten best/ before the kill is replayed bit for bit and writes best/ again. A resume takes the
-settings and the --train / --dev contents the run started with (finetune_args.json); a run with no checkpoint yet
-has nothing to continue, so --resume starts it afresh, and a first run that fails before its first checkpoint
-removes the directory it made (`run_seeds`).
+settings and the --train / --dev contents the run started with (finetune_args.json; the files may have moved); a
+run with no checkpoint yet has nothing to continue, so --resume starts it afresh, and a first run that fails before
+its first checkpoint removes the directory it made (`run_seeds`).
 """
 from __future__ import annotations
 
@@ -466,7 +466,10 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     # first run: the settings a failed attempt left do not bind it
     continuing = resume and _started(out)
     if continuing:
-        check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY})
+        # the data files are compared by content where the run recorded it (a copy moved elsewhere is the same
+        # data, as pretrain's corpus), else by path
+        by_content = args_file.is_file() and DATA_KEY in read_json(args_file)
+        check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY} | ({"train", "dev"} if by_content else set()))
         _check_same_data(args, args_file, data)
     elif not resume:
         _refuse_earlier_run(out)

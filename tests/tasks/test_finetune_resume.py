@@ -319,6 +319,13 @@ def test_resume_refuses_training_or_dev_data_changed_since_the_run_started(toy, 
                                        "--output) to train on the new data\n")
     assert (out / "finetune_args.json").read_text() == args_before
     assert [s for s, _ in list_checkpoints(out)] == [5]
+    # the data it started on, moved elsewhere: the same data (compared by content, as pretrain's corpus)
+    moved = tmp_path / "elsewhere" / "train.tsv"
+    moved.parent.mkdir()
+    shutil.copy(toy["train"], moved)
+    assert finetune({**toy, "moved": moved}, out, "--max-steps", "10", "--eval-every", "5", "--resume",
+                    train="moved") == 0
+    assert [s for s, _ in list_checkpoints(out)][-1] == 10
 
 
 def test_an_output_that_is_a_file_fails_before_the_data_is_read(toy, tmp_path, capsys):  # noqa: F811
