@@ -446,15 +446,20 @@ def _data_files(args) -> dict[str, dict[str, Any]]:
     return {flag: file_id(getattr(args, flag)) for flag in ("train", "dev")}
 
 
-def _check_same_data(args, args_file: Path, now: dict[str, dict[str, Any]]) -> None:
+def _check_same_data(args, args_file: Path, now: dict[str, dict[str, Any]]) -> set[str]:
     """On resume: --train and --dev must hold what they held when the run started; edited since, the checkpoint's
-    data position and best-so-far dev metric would refer to other data than the resumed run reads."""
-    saved = read_json(args_file).get(DATA_KEY) if args_file.is_file() else None  # None: an older run's file
-    changed = [f"--{flag} {getattr(args, flag)}" for flag in now if saved and saved.get(flag, now[flag]) != now[flag]]
+    data position and best-so-far dev metric would refer to other data than the resumed run reads. Returns the
+    flags so checked by content (a copy moved elsewhere is the same data, as pretrain's corpus): none for an older
+    run's file, which recorded no content, and whose paths are then compared with the other settings."""
+    saved = read_json(args_file).get(DATA_KEY) if args_file.is_file() else None
+    if not saved:
+        return set()
+    changed = [f"--{flag} {getattr(args, flag)}" for flag in now if saved.get(flag, now[flag]) != now[flag]]
     if changed:
         raise ValueError(f"{args_file}: {' and '.join(changed)} changed since the run started (size or content); "
                          "--resume continues the run on the data it started with. Start a new run (another "
                          "--output) to train on the new data")
+    return set(now)
 
 
 def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -466,11 +471,7 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     # first run: the settings a failed attempt left do not bind it
     continuing = resume and _started(out)
     if continuing:
-        # the data files are compared by content where the run recorded it (a copy moved elsewhere is the same
-        # data, as pretrain's corpus), else by path
-        by_content = args_file.is_file() and DATA_KEY in read_json(args_file)
-        check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY} | ({"train", "dev"} if by_content else set()))
-        _check_same_data(args, args_file, data)
+        check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY} | _check_same_data(args, args_file, data))
     elif not resume:
         _refuse_earlier_run(out)
     if dist.is_main() and not (continuing and args_file.is_file()):
