@@ -9,11 +9,11 @@
 #   1. bench/gpu.py: the race with transformers (numerics, pre-training 128 x 256 and 512 x 32, eager and
 #      compiled, inference with CUDA graphs), compiled contenders skipped past its --budget-s (the layer
 #      stack's compile is longer since session 10: the budget took step 2's time, a rerun with a warm cache)
-#   2. bench/gpu_profile.py at 128 x 256: the compiled step as shipped since session 10 (the embeddings and the
-#      layer stack, one graph each; profiled, with the host's time by operator), against each layer compiled
-#      apart (session 9's way), the embeddings left eager, and the MLM head compiled too. Its compiled step
-#      finds step 1's compile cache warm, so it also answers whether a warm cache slows the step (sessions 8
-#      and 9 saw compiled steps 30-40% slower in such reruns while the embeddings ran eagerly)
+#   2. bench/probe_bias_grad.py at 512 x 32 (session 23): which generated code calls `aten.sum` (46 reduce
+#      kernels per compiled step in session 22's profile, 0.8 ms of 27.8 ms), and the step with each linear
+#      written as matmul + bias add (its bias gradient may then fuse into Triton kernels) against addmm, each
+#      compiled cold in its own cache; the code log comes back gzipped. (Until session 22 this step priced the
+#      ways of compiling at 128 x 256: 48.1-49.4 ms per step for all four in sessions 19 and 22, settled.)
 #   3. bench/gpu_profile.py at 512 x 32, where a step's GPU work is short and the host's cost per compiled
 #      call weighs most: the compiled step's kernel and host profile, against each layer compiled apart
 #      (profiled too), the compiled MLM head, and last (its mode compiles afresh, minutes perhaps) the graphs
@@ -45,11 +45,14 @@ run() {  # run NAME SECONDS COMMAND...: one step under its own time limit, its o
   echo "$name exit $?" >> "$OUT/machine.txt"
 }
 run gpu.py 365 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 300
-# the compiled step as shipped first, then session 9's (each layer apart) and the embeddings left eager
-LEVERS=(--ablation "compiled" --ablation "compiled, layer by layer" --ablation "compiled, eager embeddings"
-        --ablation "compiled, MLM head too")
-run "gpu_profile 128" 110 python bench/gpu_profile.py $SMOKE_ARG --no-contenders "${LEVERS[@]}" \
-    --profile-ablation "compiled" --out "$OUT/profile-128.json"
+# where the compiled step's aten::sum calls come from, and the linears as matmul + bias add: compiled cold, in a
+# cache of their own inside the shared one (removed with it)
+echo "=== probe_bias_grad (limit 110 s, at $SECONDS s)" >> "$LOG"
+TORCHINDUCTOR_CACHE_DIR="$TORCHINDUCTOR_CACHE_DIR/probe" TORCH_LOGS=output_code timeout 110 \
+    python bench/probe_bias_grad.py $SMOKE_ARG "${LONG[@]}" 2> "$OUT/probe-code.log" >> "$LOG"
+echo "probe_bias_grad exit $?" >> "$OUT/machine.txt"
+python bench/probe_bias_grad.py --summarize "$OUT/probe-code.log" >> "$LOG" 2>&1
+gzip -f "$OUT/probe-code.log"
 # at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more
 run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --contender "bertkit + compile" \
     --ablation "compiled" \
@@ -67,6 +70,6 @@ rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 sed -n '/^=== gpu.py (/,/^=== /p' "$LOG" | grep "^| \|^total"
 grep -h "^ablation\|^== \|host threads\|device gaps\|   gap \|   host " "$LOG"
 grep -h "pretrain seq.* + compile" "$LOG"   # with each compile's warm-up time
-grep -h "^  round " "$LOG"
+grep -h "^  round \|^round \|^--- \|^    sum x" "$LOG"
 grep -h '"label_agreement"' "$LOG" | tail -n 1
 cat "$OUT/machine.txt"

@@ -316,7 +316,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from bench import gpu_cli_check, gpu_profile, gpu_trainer_prefetch
+    from bench import gpu_cli_check, gpu_profile, gpu_trainer_prefetch, probe_bias_grad
 
     repo = Path(__file__).resolve().parents[1]
     fake = tmp_path / "bin"
@@ -329,7 +329,8 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         (fake / name).chmod(0o755)
     parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser(),
                "bench/gpu_cli_check.py": gpu_cli_check.build_parser(),
-               "bench/gpu_trainer_prefetch.py": gpu_trainer_prefetch.build_parser()}
+               "bench/gpu_trainer_prefetch.py": gpu_trainer_prefetch.build_parser(),
+               "bench/probe_bias_grad.py": probe_bias_grad.build_parser()}
     for smoke in ("0", "1"):
         log.write_text("")
         out = tmp_path / f"out{smoke}"
@@ -338,30 +339,32 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
                        capture_output=True, text=True)
         lines = [shlex.split(line) for line in log.read_text().splitlines() if line.split()[0].endswith("python")]
         calls = [c[1:-1] for c in lines if c[1].startswith("bench/")]  # the last word: the compile cache
-        caches = {c[-1] for c in lines if c[1].startswith("bench/")}
+        caches = [c[-1] for c in lines if c[1].startswith("bench/")]
         scripts = [c[0] for c in calls]
-        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py",
-                           "bench/gpu_trainer_prefetch.py", "bench/gpu_cli_check.py"]
-        for c in calls:
+        assert scripts == ["bench/gpu.py", "bench/probe_bias_grad.py", "bench/probe_bias_grad.py",
+                           "bench/gpu_profile.py", "bench/gpu_trainer_prefetch.py", "bench/gpu_cli_check.py"]
+        probe, summary = (parsers["bench/probe_bias_grad.py"].parse_args(c[1:]) for c in calls[1:3])
+        assert not probe.summarize and probe.smoke == (smoke == "1") and summary.summarize == f"{out}/probe-code.log"
+        for c in calls[:1] + calls[3:]:
             args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
         race = parsers["bench/gpu.py"].parse_args(calls[0][1:])
         assert race.only is None and race.contenders is None and race.budget_s == 300
-        short, last = (parsers["bench/gpu_profile.py"].parse_args(c[1:]) for c in calls[1:3])
-        levers = ["compiled", "compiled, layer by layer", "compiled, eager embeddings", "compiled, MLM head too"]
-        assert not short.contenders and short.only_ablations == levers and short.seq is None
-        assert short.profile_ablations == ["compiled"]
-        # the device tool returns 8 files per call: one JSON per bench run, plus the script's own two
-        assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"] and len(calls) + 2 <= 8
+        last = parsers["bench/gpu_profile.py"].parse_args(calls[3][1:])
+        # the device tool returns 8 files per call: one JSON per bench run, the code log, the script's own two
+        assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "probe-code.log.gz", "session.log"]
+        assert len(calls) - 2 + 3 <= 8
+        assert (probe.seq, probe.batch) == ((48, 3) if smoke == "1" else (512, 32))
         assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
         assert last.contenders and last.only_contenders == ["bertkit + compile"]
         assert last.only_ablations == [
             "compiled", "compiled, layer by layer", "compiled, MLM head too", "compiled, CUDA graphs (4 batch shapes)"]
         assert last.profile_ablations == ["compiled, layer by layer"]
-        trainer = parsers["bench/gpu_trainer_prefetch.py"].parse_args(calls[3][1:])
+        trainer = parsers["bench/gpu_trainer_prefetch.py"].parse_args(calls[4][1:])
         assert (trainer.seq, trainer.batch) == (last.seq, last.batch) and trainer.compile and trainer.with_loop
         assert (trainer.rounds, trainer.prefetch, trainer.log_every) == (1, [2], [5, 20])
-        (cache,) = caches
+        cache = caches[0]   # one fresh cache for all; the probe compiles cold in a folder of its own inside it
+        assert caches == [cache, f"{cache}/probe", cache, cache, cache, cache]
         assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()
 
@@ -417,3 +420,39 @@ def test_trainer_race_counts_ops(tmp_path, capsys):
     assert res["trainer_plain_ops"] == res["loop_ops"] + sum(extra.values()) and sum(extra.values()) <= 21
     assert all(n > res["trainer_plain_ops"] for n in res["trainer_log_ops"])
     assert "only in the Trainer's step: {'aten." in capsys.readouterr().out
+
+
+def test_probe_summarizes_the_generated_calls_per_compile(tmp_path, capsys):
+    """bench/probe_bias_grad.py --summarize: the extern and ATen calls of each compile's generated code, and
+    the source nodes of its aten.sum calls; Triton kernel sources and comments are not calls."""
+    from bench import probe_bias_grad
+
+    tag = "V1128 graph.py:2722] [0/0] [__output_code]"
+    log = tmp_path / "code.log"
+    log.write_text("\n".join([
+        "=== addmm (shipped)",
+        f"{tag}         # Topologically Sorted Source Nodes: [sum_3], Original ATen: [aten.sum]",
+        f"{tag}         buf7 = aten.sum.dim_IntList(buf6, [0])",
+        f"{tag}         # Topologically Sorted Source Nodes: [sum_3], Original ATen: [aten.sum]",
+        f"{tag}         buf9 = aten.sum.dim_IntList(buf8, [0])",
+        f"{tag}         extern_kernels.mm(buf6, permute_2, out=buf7)",
+        f"{tag}     tmp0 = tl.sum(x, 1)",
+        "=== matmul + bias add",
+        f"{tag}         extern_kernels.mm(buf1, buf2, out=buf3)",
+        f"{tag}         extern_kernels.mm(buf1, buf2, out=buf4)",
+    ]) + "\n")
+    probe_bias_grad.main(["--summarize", str(log)])
+    assert capsys.readouterr().out.splitlines() == [
+        "--- addmm (shipped): aten.sum.dim_IntList x2, extern_kernels.mm x1",
+        "    sum x2 from [sum_3], Original ATen: [aten.sum]",
+        "--- matmul + bias add: extern_kernels.mm x2"]
+
+
+def test_probe_smoke_times_both_ways_of_writing_a_linear(capsys):
+    from bench import probe_bias_grad
+
+    probe_bias_grad.main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "round 0 addmm (shipped)" in out and "round 0 matmul + bias add" in out
+    import torch.nn.functional as F
+    assert F.linear is probe_bias_grad._linear   # restored
