@@ -62,7 +62,10 @@ class _AutoModel:
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, subfolder: str = "", **kwargs):
         directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
-        return cls.model_class().from_pretrained(directory, **kwargs)  # its config refuses another model_type
+        loaded = cls.model_class().from_pretrained(directory, **kwargs)  # its config refuses another model_type
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
+        model.name_or_path = os.fspath(name_or_path)  # the name asked for, not its snapshot, as in transformers
+        return loaded
 
     @classmethod
     def from_config(cls, config: BertConfig):

@@ -70,6 +70,15 @@ def _has_any(directory: str, required: tuple[str, ...]) -> bool:
     return any(os.path.isfile(os.path.join(directory, f)) for f in required)
 
 
+def _broken_links(directory: str, names: tuple[str, ...]) -> str:
+    """Why files named there count as absent: hub-cache links into blobs/ whose blob is gone (an interrupted
+    download, a pruned cache). '' when there are none, so an error can append it."""
+    paths = [os.path.join(directory, n) for n in names]
+    broken = [p for p in paths if os.path.islink(p) and not os.path.exists(p)]
+    return "".join(f"; {os.path.basename(p)} there links to {os.path.realpath(p)}, which is missing (fetch it again)"
+                   for p in broken)
+
+
 def _hf_snapshots(repo_dir: str) -> list[str]:
     """Snapshot directories of one cached repo, newest first (for a cache without `refs/main`)."""
     snapshots = os.path.join(repo_dir, "snapshots")
@@ -204,7 +213,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
             snapshot = inside(_hf_snapshot_for(name, repo_dir, revision))
             if not _has_any(snapshot, required):
                 raise FileNotFoundError(f"model {name!r}: revision {revision!r} ({snapshot}) has no "
-                                        f"{' or '.join(required)}")
+                                        f"{' or '.join(required)}" + _broken_links(snapshot, required))
             return snapshot
         looked.append(os.path.join(repo_dir, "snapshots"))
         for snapshot in _hf_snapshots(repo_dir):
@@ -250,7 +259,8 @@ def find_weights_file(directory: str | os.PathLike, variant: str | None = None,
     variant_file = re.compile(r"(model|pytorch_model)\.[^.]+\.(safetensors|bin)")
     variants = sorted(f for f in os.listdir(directory) if variant_file.fullmatch(f))
     hint = f" (it has {', '.join(variants)}: pass variant=)" if variants else ""
-    raise FileNotFoundError(f"{directory}: no weights file; expected one of {', '.join(names)}{hint}")
+    raise FileNotFoundError(f"{directory}: no weights file; expected one of {', '.join(names)}{hint}"
+                            + _broken_links(directory, names))
 
 
 def load_tensors(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -311,7 +321,8 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     for shard in sorted(set(weight_map.values())):
         shard_path = os.path.join(os.path.dirname(path), shard)
         if not os.path.isfile(shard_path):
-            raise FileNotFoundError(f"{path}: lists the shard {shard}, which is not in {os.path.dirname(path)}")
+            raise FileNotFoundError(f"{path}: lists the shard {shard}, which is not in {os.path.dirname(path)}"
+                                    + _broken_links(os.path.dirname(path), (shard,)))
         state.update(_load_file(shard_path))
     missing = sorted(set(weight_map) - set(state))
     if missing:

@@ -81,8 +81,10 @@ class Pipeline:
         Pipeline._check_options(self, task_options)   # the names before a load; values may need the tokenizer
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.model_dir = None  # the directory a model name or path resolved to
         if isinstance(model, (str, os.PathLike)):
-            self.tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(model)
+            self.model_dir = resolve_model_dir(model)
+            self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(model)
             self.model = self._load(model)
         elif isinstance(model, torch.nn.Module):
             if tokenizer is None:
@@ -100,10 +102,18 @@ class Pipeline:
             compile_layers(self.model)
 
     # ------------------------------------------------------------------------------------ loading
+    def _load_tokenizer(self, name_or_path):
+        """The tokenizer from `self.model_dir`, resolved once for both: a name is looked up (and warned about) once,
+        and the tokenizer cannot come from another snapshot or cache than the model."""
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        tokenizer.name_or_path = os.fspath(name_or_path)  # the name asked for, as transformers keeps it
+        return tokenizer
+
     def _load(self, name_or_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LoadWarning)
-            model = self.auto_class.from_pretrained(name_or_path)
+            model = self.auto_class.from_pretrained(self.model_dir)
+        model.name_or_path = os.fspath(name_or_path)
         fresh = [k for k in model.load_report.newly_initialized if self._needs(k)]
         if fresh:
             shown = ", ".join(fresh[:4]) + (", ..." if len(fresh) > 4 else "")
@@ -881,7 +891,7 @@ class FeatureExtractionPipeline(Pipeline):
         super().__init__(model, tokenizer, **kwargs)
         self.max_seq_length = None  # sentence-transformers' cut of pooled embeddings
         if isinstance(model, (str, os.PathLike)):
-            settings, self.max_seq_length = sentence_transformers_settings(resolve_model_dir(model),
+            settings, self.max_seq_length = sentence_transformers_settings(self.model_dir,
                                                                            check_pooling="pooling" not in kwargs)
             self.defaults = {**self.options, **settings,
                              **{k: v for k, v in self.defaults.items() if k in kwargs}}  # the caller's win

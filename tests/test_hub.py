@@ -740,6 +740,28 @@ def test_resolve_in_hf_cache(homes, monkeypatch):
     assert hub.hf_hub_cache() == reference   # huggingface_hub's own reading of the same variables
 
 
+def test_a_link_to_a_missing_blob_is_named(homes):
+    """A snapshot's files are links into blobs/; a blob gone (an interrupted download, a pruned cache) leaves a
+    dangling link, which the error names with its target rather than saying the file is absent."""
+    src = saved(modeling.BertModel(tiny_config()), homes / "src")
+    files = {f: (src / f).read_bytes() for f in (CONFIG_NAME, hub.SAFE_WEIGHTS_NAME)}
+    snap = hf_snapshot(homes / "hub", "acme/bert", "aaaa", files, time.time())
+    (homes / "hub" / "models--acme--bert" / "refs").mkdir()
+    (homes / "hub" / "models--acme--bert" / "refs" / "main").write_text("aaaa")
+    blobs = homes / "hub" / "models--acme--bert" / "blobs"
+    (blobs / f"aaaa-{hub.SAFE_WEIGHTS_NAME}").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        modeling.BertModel.from_pretrained("acme/bert")
+    assert str(e.value) == (f"{snap}: no weights file; expected one of {', '.join(hub.WEIGHTS_NAMES)}; "
+                            f"{hub.SAFE_WEIGHTS_NAME} there links to {blobs / f'aaaa-{hub.SAFE_WEIGHTS_NAME}'}, "
+                            "which is missing (fetch it again)")
+    (blobs / f"aaaa-{CONFIG_NAME}").unlink()
+    with pytest.raises(FileNotFoundError) as e:
+        auto.AutoModel.from_pretrained("acme/bert")
+    assert str(e.value) == (f"model 'acme/bert': revision 'main' ({snap}) has no {CONFIG_NAME}; {CONFIG_NAME} there "
+                            f"links to {blobs / f'aaaa-{CONFIG_NAME}'}, which is missing (fetch it again)")
+
+
 def test_tokenizer_files_count_for_tokenizers(homes):
     snap = hf_snapshot(homes / "hub", "acme/tok", "aaaa", {"vocab.txt": b"[PAD]\n"}, time.time())
     with pytest.raises(FileNotFoundError):
@@ -875,6 +897,19 @@ def test_revision_picks_its_snapshot(revisions, revision, commit):
         model = modeling.BertModel.from_pretrained("acme/rev", revision=revision)
         assert model.config.hidden_size == HIDDEN[commit] and model.load_report.source.startswith(str(snap))
         assert auto.AutoModel.from_pretrained("acme/rev", revision=revision).config.hidden_size == HIDDEN[commit]
+
+
+def test_auto_model_keeps_the_name_asked_for(revisions):
+    """transformers' `name_or_path` is the name given, not the snapshot read (as bertkit's AutoTokenizer keeps it)."""
+    theirs = transformers.AutoModel.from_pretrained("acme/rev", revision="dev", cache_dir=revisions / "hub",
+                                                    local_files_only=True)
+    model = auto.AutoModel.from_pretrained("acme/rev", revision="dev")
+    assert model.name_or_path == theirs.name_or_path == "acme/rev"
+    assert model.config.hidden_size == theirs.config.hidden_size == HIDDEN[DEV_HASH]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LoadWarning)
+        model, info = auto.AutoModelForMaskedLM.from_pretrained("acme/rev", output_loading_info=True)
+    assert model.name_or_path == "acme/rev" and info["missing_keys"]
 
 
 def test_missing_revision_names_what_is_cached(revisions):

