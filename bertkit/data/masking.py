@@ -15,6 +15,12 @@ first word of that random order is taken when it fits `max_predictions_per_seq`.
 [CLS]/[SEP]/[PAD]). It may, rarely, equal the original token. Labels hold the original id at chosen positions
 and -100 everywhere else.
 
+Other deliberate differences from google-research/bert: with `MaskingCollator.from_tokenizer` [UNK] is a special
+token, so it is never predicted (it still counts in the length; transformers' DataCollatorForLanguageModeling
+skips it too, the original may pick it). A `##` piece right after a special token ([CLS], [SEP], [UNK]) starts
+a word of its own; the original joins a `##` piece that opens B (after a front cut) to the last word of A,
+across [SEP]. And masks are drawn afresh for every batch (as RoBERTa), not once per `dupe_factor` copy.
+
 All randomness comes from the generator(s) passed in: one `torch.Generator` for the batch, or one per
 example. Each example draws from its own real length only, so with per-example generators its masks do not
 depend on the batch it is in, on padding, or on the number of processes.

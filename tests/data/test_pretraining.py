@@ -334,3 +334,77 @@ def test_a_sentence_that_tokenises_to_nothing_changes_no_shard(corpus, tmp_path)
     plain, with_holes = _files(tmp_path / "plain"), _files(tmp_path / "holed")
     assert plain.keys() == with_holes.keys()
     assert all(plain[name] == with_holes[name] for name in plain if name != "meta.json")
+
+
+def test_unused_sentences_are_put_back():
+    """One-token sentences and a target of 7, so nothing is truncated: each instance's A starts where the
+    previous one's text ended (after A when B was random: the chunk's unused sentences start the next
+    chunk; after B otherwise), and the instances of a document cover it to its end."""
+    from bertkit.data.pretraining import _document_spans
+    starts = [list(range(41)) for _ in range(5)]  # 5 documents of 40 one-token sentences
+    rng = random.Random(0)
+    for _ in range(300):
+        position = 0
+        for s in _document_spans(0, starts, 7, 0.0, rng):
+            assert s.a_lo == position, s
+            position = s.a_hi if s.is_random_next else s.b_hi
+        assert position == 40
+
+
+def _published_rule(documents, max_seq_length: int, short_seq_prob: float, dupe_factor: int, rng):
+    """(len(A) + len(B) + 3, is_random_next) of each instance, by the rule create_pretraining_data.py
+    publishes (restated from its description, one coin per cut, ten tries for another document)."""
+    max_num = max_seq_length - 3
+    out = []
+    for _ in range(dupe_factor):
+        for index, doc in enumerate(documents):
+            target = rng.randint(2, max_num) if rng.random() < short_seq_prob else max_num
+            chunk, i = [], 0
+            while i < len(doc):
+                chunk.append(doc[i])
+                if i == len(doc) - 1 or sum(map(len, chunk)) >= target:
+                    a_end = rng.randint(1, len(chunk) - 1) if len(chunk) > 1 else 1
+                    la = sum(map(len, chunk[:a_end]))
+                    is_random = len(chunk) == 1 or rng.random() < 0.5
+                    if is_random:
+                        for _ in range(10):
+                            other = rng.randint(0, len(documents) - 1)
+                            if other != index:
+                                break
+                        lb = 0
+                        for sentence in documents[other][rng.randint(0, len(documents[other]) - 1):]:
+                            lb += len(sentence)
+                            if lb >= target - la:
+                                break
+                        i -= len(chunk) - a_end
+                    else:
+                        lb = sum(map(len, chunk[a_end:]))
+                    while la + lb > max_num:
+                        la, lb = (la - 1, lb) if la > lb else (la, lb - 1)
+                        rng.random()  # front or back
+                    out.append((la + lb + 3, is_random))
+                    chunk = []
+                i += 1
+    return out
+
+
+def test_statistics_match_the_published_rule(corpus):
+    """On real WikiText, pooled over seeds, with a short target for every document (so the targets, the random
+    B's length and the cuts all show): the number of instances, their length distribution, the share of
+    full-length ones and of random next sentences agree with the published rule's (its random stream differs;
+    the bounds are about twice the spread seen between seeds)."""
+    _, tok, token_docs = corpus
+    max_len, ours, theirs = 128, [], []
+    for seed in range(4):
+        ours += [(len(i.input_ids), i.is_random_next) for i in create_instances(
+            token_docs, max_len, tok.cls_token_id, tok.sep_token_id, random.Random(seed), short_seq_prob=1.0,
+            dupe_factor=3)]
+        theirs += _published_rule(token_docs, max_len, 1.0, 3, random.Random(100 + seed))
+    ours, theirs = np.array(ours, dtype=float), np.array(theirs, dtype=float)
+    assert abs(len(ours) / len(theirs) - 1) < 0.03
+    assert abs(ours[:, 1].mean() - theirs[:, 1].mean()) < 0.03
+    assert abs(np.mean(ours[:, 0] == max_len) - np.mean(theirs[:, 0] == max_len)) < 0.02
+    assert abs(ours[:, 0].mean() - theirs[:, 0].mean()) < 1.5
+    edges = [0, 32, 64, 96, max_len, max_len + 1]
+    hist = lambda x: np.histogram(x, bins=edges)[0] / len(x)  # noqa: E731
+    assert np.abs(hist(ours[:, 0]) - hist(theirs[:, 0])).max() < 0.02
