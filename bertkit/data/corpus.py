@@ -192,6 +192,36 @@ def read_documents(
     return list(iter_documents(paths, doc_boundary, wrapped=wrapped, skip=skip))
 
 
+_SENTENCE_END = re.compile(r"[.!?:;][\"'”’)\]]*$")  # a line that ends a sentence (or a clause)
+
+
+def hard_wrap_width(path: str | os.PathLike, sample: int = 2000) -> int | None:
+    """The width a file's lines look hard-wrapped at (a book's layout: `wrapped=True` reads it), else None. Read a
+    line at a time, such text falls into sentence fragments without any error, so a caller can warn.
+
+    Judged on the first `sample` non-blank lines, by the lines that another non-blank line follows: the width is
+    their 95th-percentile length (at least 30: not a word a line), and the text looks wrapped when 60% of them
+    reach 3/4 of it and half run on, ending without sentence punctuation before a line that starts lowercase.
+    Measured: Pride and Prejudice 99% and 89%; a paragraph a line (WikiText-2) and a sentence a line (MRPC)
+    at most 43% and 0%; lowercase one-liners (SST-2) at most 25% and 96%; Tiny Shakespeare, mostly verse whose
+    lines start uppercase, 54% and 17% (at most 59% and 28% in any 2000 of its lines)."""
+    lines: list[str] = []
+    nonblank = 0
+    for _, line in read_lines(Path(path)):
+        lines.append(line)
+        nonblank += bool(line.strip())
+        if nonblank >= sample:
+            break
+    inner = [(a.rstrip(), b.lstrip()) for a, b in zip(lines, lines[1:]) if a.strip() and b.strip()]
+    if len(inner) < 20:  # too little to judge
+        return None
+    lengths = sorted(len(a) for a, _ in inner)
+    width = lengths[int(0.95 * (len(lengths) - 1))]
+    full = sum(n >= 0.75 * width for n in lengths)
+    running_on = sum(not _SENTENCE_END.search(a) and b[:1].islower() for a, b in inner)
+    return width if width >= 30 and full >= 0.6 * len(inner) and running_on >= 0.5 * len(inner) else None
+
+
 # ------------------------------------------------------------------------------------ Python's own docs
 # Not imported: side effects (a browser, printing, GUI), test suites, lib2to3 (may write grammar pickles).
 _SKIP_MODULES = ("antigravity", "this", "idlelib", "tkinter", "turtledemo", "test", "lib2to3", "__hello__",

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import BertConfig
-from ..data.corpus import WIKITEXT_SECTION, WIKITEXT_TITLE, iter_documents, python_docs_corpus
+from ..config import BertConfig, config_file
+from ..data.corpus import (WIKITEXT_SECTION, WIKITEXT_TITLE, hard_wrap_width, iter_documents,
+                           python_docs_corpus)
 from ..data.masking import MaskingCollator, PretrainingBatches
 from ..data.pretraining import MIN_SEQ_LENGTH, PretrainingDataset, build_shards
+from ..hub import LoadWarning, resolve_model_dir
 from ..io import check_ours, file_id, read_json, write_text_atomic
 from ..modeling import BertForPreTraining
 from ..tokenizer import SAVED_FILES, BertTokenizer
@@ -177,6 +179,7 @@ def _prepare_data(args: PretrainArgs, run: Path, tok: BertTokenizer) -> None:
 def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: BertTokenizer) -> None:
     print(f"building the pre-training examples of {', '.join(args.corpus)} (sequences of {args.seq_len} tokens, "
           f"NSP pairs, under {train_dir.parent})", flush=True)  # a big corpus takes minutes: say what happens
+    _warn_if_hard_wrapped(args)
     boundary, skip = _boundary(args.doc_boundary), HEADINGS.get(args.doc_boundary)
     common = dict(max_seq_length=args.seq_len, short_seq_prob=args.short_seq_prob, seed=args.seed,
                   report=functools.partial(print, flush=True))
@@ -212,6 +215,20 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
     if read < 40:
         raise too_few()
     build_shards(heldout, tok, heldout_dir, **common)
+
+
+def _warn_if_hard_wrapped(args: PretrainArgs) -> None:
+    """Without --wrapped a hard-wrapped book is read a line at a time: its sentences become fragments, and its
+    NSP pairs fragments of them, with no error. Said once, for all the files that look so."""
+    if args.wrapped or args.doc_boundary == "wikitext":  # (--wrapped is refused with WikiText's layout)
+        return
+    files = dict.fromkeys([*args.corpus, *args.eval_corpus])  # a missing file is iter_documents' error
+    widths = {p: hard_wrap_width(p) for p in files if Path(p).is_file()}
+    wrapped = [f"{p} ({w} columns)" for p, w in widths.items() if w]
+    if wrapped:
+        warn(f"{', '.join(wrapped)}: lines hard-wrapped mid-sentence, read one at a time without --wrapped, so "
+             "sentences become fragments: pass --wrapped (and --doc-boundary REGEX for the headings that start "
+             "a document)")
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
@@ -260,14 +277,24 @@ def _check_seq_len(args: PretrainArgs, cfg: BertConfig) -> None:
                          f"({cfg.max_position_embeddings})")
 
 
+def _check_init_from(args: PretrainArgs) -> None:
+    """`--init-from`'s flags against its config.json alone, before its weights are read (a large model's take
+    a while) and before anything is written: a --seq-len beyond its positions fails at once."""
+    if args.config or args.model_size != PretrainArgs.model_size:
+        raise ValueError("--init-from takes the model's own configuration; drop --config / --model-size")
+    path = config_file(resolve_model_dir(args.init_from))
+    limit = BertConfig.from_json_file(path).max_position_embeddings
+    if args.seq_len > limit:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the max_position_embeddings of the --init-from model "
+                         f"({limit}, in {path})")
+
+
 def _initial_model(args: PretrainArgs, tok: BertTokenizer) -> BertForPreTraining:
     """Random BERT weights of the configured size, or those of `--init-from` (continued pre-training on new
     text, or BERT's second phase at 512 tokens): its encoder, and its MLM / NSP heads where it has them."""
     if not args.init_from:
         return BertForPreTraining(_model_config(args, tok))
-    if args.config or args.model_size != PretrainArgs.model_size:
-        raise ValueError("--init-from takes the model's own configuration; drop --config / --model-size")
-    from ..hub import LoadWarning
+    # (its flags were checked against its config.json by _check_init_from)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LoadWarning)  # reported below, in one line
         model = BertForPreTraining.from_pretrained(args.init_from)
@@ -275,9 +302,6 @@ def _initial_model(args: PretrainArgs, tok: BertTokenizer) -> BertForPreTraining
     if cfg.vocab_size != tok.num_ids:
         raise ValueError(f"--init-from {args.init_from}: its vocabulary has {cfg.vocab_size} tokens, the tokenizer "
                          f"{tok.num_ids}; use the model's own tokenizer")
-    if args.seq_len > cfg.max_position_embeddings:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the max_position_embeddings of {args.init_from} "
-                         f"({cfg.max_position_embeddings})")
     dist.print0(f"--init-from {model.load_report}")
     return model
 
@@ -328,8 +352,10 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
     """The checks, the vocabulary, the model and the data shards, before any training: a failure here leaves no
     run directory behind that this job created."""
     # a bad --config, or a --seq-len the model cannot hold, fails before any tokenizer or data is built
-    cfg = BertConfig.from_json_file(args.config) if args.config else BertConfig.from_size(args.model_size)
-    if not args.init_from:  # (its own configuration is read with its weights)
+    if args.init_from:
+        _check_init_from(args)
+    else:
+        cfg = BertConfig.from_json_file(args.config) if args.config else BertConfig.from_size(args.model_size)
         _check_seq_len(args, cfg)
     docs_corpus = not args.corpus
     if docs_corpus:

@@ -4,6 +4,8 @@ import json
 import random
 import re
 import shutil
+import textwrap
+import warnings
 
 import pytest
 import torch
@@ -480,6 +482,38 @@ def test_init_from_continues_from_a_finished_run(corpus, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "pass --tokenizer" in err, err
 
 
+def test_init_from_seq_len_beyond_the_model_is_refused_before_anything_is_read(corpus, tokenizer_dir, tmp_path,
+                                                                               capsys, monkeypatch):
+    """A --seq-len that the --init-from model has no positions for fails on its config.json alone: one line
+    naming the flag, the value, the file and the limit, before any weights are read, and before the run
+    directory (or, without --corpus, the Python-docs corpus in it) is made."""
+    import bertkit.hub
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertForPreTraining
+    from bertkit.tasks.pretrain import run_pretraining
+
+    tok = BertTokenizer.from_pretrained(tokenizer_dir)
+    cfg = BertConfig.from_size("tiny")
+    cfg.vocab_size, cfg.pad_token_id, cfg.max_position_embeddings = tok.num_ids, tok.pad_token_id, 64
+    model_dir = tmp_path / "model"
+    BertForPreTraining(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+
+    def no_weights(path):
+        raise AssertionError(f"weights read before the check: {path}")
+    monkeypatch.setattr(bertkit.hub, "read_weights", no_weights)
+    out = tmp_path / "run"
+    expected = (f"--seq-len 128 exceeds the max_position_embeddings of the --init-from model "
+                f"(64, in {model_dir / 'config.json'})")
+    with pytest.raises(ValueError) as e:
+        run_pretraining(PretrainArgs(corpus=[str(corpus)], output=str(out), init_from=str(model_dir), seq_len=128))
+    assert str(e.value) == expected
+    assert not out.exists()
+    assert main(["pretrain", "--output", str(out), "--init-from", str(model_dir), "--seq-len", "128"]) == 2
+    assert capsys.readouterr().err == f"bertkit pretrain: error: {expected}\n"
+    assert not out.exists()
+
+
 def test_init_from_real_weights_without_pretraining_heads(corpus, tmp_path, capsys):
     """all-MiniLM-L6-v2 has an encoder and no MLM / NSP heads: continued pre-training keeps its encoder, gives
     the heads fresh weights (said in one line) and uses its 30,522-token vocabulary."""
@@ -497,6 +531,70 @@ def test_init_from_real_weights_without_pretraining_heads(corpus, tmp_path, caps
     ref = BertModel.from_pretrained(minilm).state_dict()
     got = model.bert.state_dict()
     assert max((got[k] - v).abs().max().item() for k, v in ref.items() if k in got) <= 1e-6
+
+
+def _wrapped_book(rng: random.Random, width: int, paragraphs: int = 60, heading: bool = False) -> str:
+    """Paragraphs of 5 sentences hard-wrapped at `width` columns, a blank line between them (and each after a
+    heading line ` = N = `, as WikiText's titles)."""
+    def sentence():
+        return (f"The {rng.choice(WORDS)} is near the {rng.choice(WORDS)} and the {rng.choice(WORDS)}, by the "
+                f"old {rng.choice(WORDS)}.")
+    return "\n\n".join((f" = {i} = \n" if heading else "") + textwrap.fill(" ".join(sentence() for _ in range(5)),
+                                                                           width) for i in range(paragraphs)) + "\n"
+
+
+def test_hard_wrap_width_tells_wrapped_prose_from_lines_of_their_own(tmp_path):
+    """Hard-wrapped prose gives its width; text whose lines end where its units end (a paragraph or a sentence
+    a line, verse, lowercase one-liners, one token a line) or too little text gives None."""
+    from bertkit.data.corpus import hard_wrap_width
+
+    rng = random.Random(0)
+    sentences = [f"The {rng.choice(WORDS)} is near the {rng.choice(WORDS)} and the {rng.choice(WORDS)}."
+                 for _ in range(300)]
+    verse = [f"{rng.choice(WORDS).capitalize()} and {rng.choice(WORDS)} by the {rng.choice(WORDS)}"
+             + rng.choice([",", "", ";", ""]) for _ in range(300)]
+    lowercase = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 25))) + "\t1" for _ in range(300)]
+    texts = {
+        "book70": _wrapped_book(rng, 70), "book40": _wrapped_book(rng, 40),
+        "book70-crlf": _wrapped_book(rng, 70).replace("\n", "\r\n"),
+        "paragraph-a-line": "\n".join(" ".join(sentences[i:i + 5]) for i in range(0, 300, 5)) + "\n",
+        "sentence-a-line": "\n".join(sentences) + "\n",
+        "verse": "\n\n".join("\n".join(verse[i:i + 6]) for i in range(0, 300, 6)) + "\n",
+        "lowercase-one-liners": "\n".join(lowercase) + "\n",
+        "token-a-line": "\n".join(f"{w}\tO" for w in rng.choices(WORDS, k=500)) + "\n",
+        "too-short": "\n".join(_wrapped_book(rng, 70).splitlines()[:12]) + "\n",
+    }
+    widths = {}
+    for name, text in texts.items():
+        (tmp_path / name).write_bytes(text.encode())
+        widths[name] = hard_wrap_width(tmp_path / name)
+    assert 60 <= widths.pop("book70") <= 70 and 60 <= widths.pop("book70-crlf") <= 70, widths
+    assert 32 <= widths.pop("book40") <= 40, widths
+    assert widths == dict.fromkeys(widths), widths
+
+
+def test_a_hard_wrapped_corpus_without_wrapped_is_warned_about_once(tokenizer_dir, tmp_path):
+    """Read without --wrapped, a hard-wrapped book falls into sentence fragments with no error: one warning names
+    the files that look so and suggests --wrapped; with --wrapped (or WikiText's layout) there is none."""
+    rng = random.Random(1)
+    books = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for book in books:
+        book.write_text(_wrapped_book(rng, 60, heading=True), encoding="utf-8")
+
+    def wrap_warnings(out, *extra):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert main(["pretrain", "--corpus", *map(str, books), "--output", str(tmp_path / out),
+                         "--tokenizer", str(tokenizer_dir), "--max-steps", "1", "--batch-size", "4",
+                         "--seq-len", "32", "--eval-batches", "1", *extra]) == 0
+        return [str(w.message) for w in seen if "--wrapped" in str(w.message)]
+
+    assert wrap_warnings("plain") == [
+        f"{books[0]} (60 columns), {books[1]} (60 columns): lines hard-wrapped mid-sentence, read one at a time "
+        "without --wrapped, so sentences become fragments: pass --wrapped (and --doc-boundary REGEX for the "
+        "headings that start a document)"]
+    assert wrap_warnings("wrapped", "--wrapped", "--doc-boundary", "^ = ") == []
+    assert wrap_warnings("wikitext", "--doc-boundary", "wikitext") == []
 
 
 def test_fill_mask_examples_show_one_document_each(tmp_path):
@@ -571,7 +669,8 @@ def test_wrapped_books_are_read_as_paragraphs_and_their_documents_start_at_headi
     chapters = _book(book, 42)
     flags = ("--tokenizer", str(tokenizer_dir), "--doc-boundary", "^CHAPTER", "--max-steps", "1")
 
-    assert pretrain(book, tmp_path / "lines", *flags) == 0
+    with pytest.warns(UserWarning, match=r"book.txt \(30 columns\): lines hard-wrapped mid-sentence"):
+        assert pretrain(book, tmp_path / "lines", *flags) == 0
     wrapped, docs = read.pop()
     assert not wrapped and len(docs) == 42 and sum(map(len, docs)) > 2 * sum(map(len, chapters))
     assert max(len(s) for d in docs for s in d) <= 30   # a line of the book is a paragraph: fragments
