@@ -615,7 +615,7 @@ class BertTokenizer:
                 raise TypeError(f"tokens to add must be non-empty str or AddedToken, got {t!r}")
         before = len(self)
         self._no_new_ids(self._tok, [t.content if isinstance(t, AddedToken) else t if special_tokens
-                                     or not self.do_lower_case else t.lower() for t in tokens])
+                                     or not self.do_lower_case else _lower(t) for t in tokens])
         if special_tokens:  # new ids in the order given, as transformers numbers them
             self._tok.add_special_tokens([t if isinstance(t, AddedToken) else _special(t) for t in tokens])
         else:
@@ -623,7 +623,7 @@ class BertTokenizer:
             fresh = {}
             for t in tokens:
                 if isinstance(t, str):
-                    t = AddedToken(t.lower() if self.do_lower_case else t, special=False, normalized=True)
+                    t = AddedToken(_lower(t) if self.do_lower_case else t, special=False, normalized=True)
                 if t.content not in known:
                     fresh.setdefault(t.content, t)
             self._tok.add_tokens(list(fresh.values()))
@@ -751,8 +751,11 @@ class BertTokenizer:
         if trunc:
             self._check_truncation(trunc, max_length, stride, inputs, is_pair, add_special_tokens,
                                    return_overflowing_tokens, is_split_into_words)
+        # stride shapes only the overflowing windows: without them Rust gets 0, since it panics when a pair's
+        # longest_first share is no longer than the stride (transformers 5.24 does), and the ids are the same
+        window_stride = stride if return_overflowing_tokens else 0
         self._configure(
-            (max_length, stride, trunc, self.truncation_side) if trunc else None,
+            (max_length, window_stride, trunc, self.truncation_side) if trunc else None,
             (max_length if pad == "max_length" else None, pad_to_multiple_of, pad_side) if pad else None,
         )
         self._tok.encode_special_tokens = split_special_tokens
@@ -843,7 +846,7 @@ class BertTokenizer:
                 "use 'only_second' or 'only_first'"
             )
         if trunc in ("only_first", "only_second"):
-            self._check_kept_side(trunc, room, stride, inputs, pretokenized)
+            self._check_kept_side(trunc, room, stride if overflow else 0, inputs, pretokenized)
 
     def _check_kept_side(self, trunc, room, stride, pairs, pretokenized) -> None:
         """With only_first/only_second, the text kept whole must leave the other more than `stride` tokens
@@ -1032,8 +1035,8 @@ class BertTokenizer:
 
     def _token_id(self, token: str) -> int:
         found = self._tok.token_to_id(token)
-        if found is None and self.do_lower_case and token != token.lower():
-            added = self._tok.token_to_id(token.lower())
+        if found is None and self.do_lower_case and token != _lower(token):
+            added = self._tok.token_to_id(_lower(token))
             decoder = self._tok.get_added_tokens_decoder() if added is not None else {}
             if added in decoder and not decoder[added].special:
                 found = added
@@ -1198,6 +1201,15 @@ class _TrainingLines:
         self._beating = None
         if self._said:
             self._say(f"merges chosen in {time.monotonic() - self._merges_started:.0f} s")
+
+
+_LOWERCASE = normalizers.Lowercase()
+
+
+def _lower(text: str) -> str:
+    """`text` lower-cased as the normalizer does it, one character at a time: a word-final capital sigma becomes
+    "σ", not str.lower's "ς", so an added token matches the normalized text that holds it."""
+    return _LOWERCASE.normalize_str(text)
 
 
 def _special(content: str) -> AddedToken:

@@ -1570,3 +1570,34 @@ def test_too_long_warning_starts_one_token_past_model_max_length():
         ours("a a a a a a a")
     theirs("a a a a a a a")
     assert theirs.deprecation_warnings.get(flag)
+
+
+LONG_PAIRS = (["a a a a a a a a", "x x"], ["x x", "a a a a a a a a"])  # cut to 2 + 1 (or 1 + 2) at max_length 6
+
+
+@pytest.mark.parametrize("kwargs, pairs", [
+    (dict(truncation=True, max_length=6, stride=1), LONG_PAIRS),
+    (dict(truncation="longest_first", max_length=7, stride=2, padding="max_length", return_offsets_mapping=True),
+     LONG_PAIRS),
+    (dict(truncation="only_second", max_length=7, stride=2), (["x x", "x"], ["a a a a a a a a"] * 2)),
+], ids=["longest_first", "longest_first-padded", "only_second"])
+def test_stride_without_overflow_windows_cuts_pairs_as_transformers_without_a_panic(kwargs, pairs):
+    """stride only shapes overflowing windows; without return_overflowing_tokens a pair whose cut text keeps no
+    more than `stride` tokens made the Rust side panic (a BaseException, past `except Exception`; transformers
+    5.24 panics too). The ids are those transformers gives where it does not panic (stride 0)."""
+    ours = BertTokenizer(_settings_vocab())
+    theirs = transformers.BertTokenizer(vocab=_settings_vocab())
+    got = ours(*pairs, **kwargs)
+    assert dict(got) == dict(theirs(*pairs, **{**kwargs, "stride": 0}))
+    assert [len(ids) for ids in got["input_ids"]] == [kwargs["max_length"]] * 2
+
+
+def test_uncased_added_token_ending_in_capital_sigma_matches_the_text_as_transformers():
+    """The normalizer lower-cases one character at a time ("ΣΟΦΟΣ" -> "σοφοσ"); str.lower gives a final "ς", so
+    the token was stored as "σοφος": it never matched the text it was added for, and matched "σοφος" instead."""
+    ours, theirs = BertTokenizer(_settings_vocab()), transformers.BertTokenizer(vocab=_settings_vocab())
+    assert ours.add_tokens(["ΣΟΦΟΣ"]) == theirs.add_tokens(["ΣΟΦΟΣ"]) == 1
+    text = "x ΣΟΦΟΣ a σοφος"
+    assert ours.tokenize(text) == ["x", "σοφοσ", "a", "[UNK]"]
+    assert dict(ours(text, return_offsets_mapping=True)) == dict(theirs(text, return_offsets_mapping=True))
+    assert ours.convert_tokens_to_ids("ΣΟΦΟΣ") == theirs.convert_tokens_to_ids("ΣΟΦΟΣ") == len(SETTINGS_VOCAB)
