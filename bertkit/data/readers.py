@@ -405,11 +405,14 @@ def conll_blocks(path: Path, token_column: int) -> Iterator[list[tuple[int, str,
     tabs (or, on a line without a tab, at whitespace); blank or whitespace-only lines end a sentence, and
     ``-DOCSTART-`` lines are dropped. A sentence most of whose tokens hold a space is refused: that is a table of
     sentences (a GLUE style TSV, "text<TAB>label"), which would otherwise be read as one sentence whose "words" are
-    its rows. A token here and there may hold one ("New York" in a tab-separated file)."""
+    its rows. A token here and there may hold one ("New York" in a tab-separated file). A text file, one sentence
+    a line, whose lines hold equally many words is refused too (`_refuse_sentences_a_line`)."""
     if Path(path).suffix.lower() in (".json", ".jsonl", ".zip"):
         raise ValueError(f"{path}: a CoNLL file is plain text, one token per line; got a {Path(path).suffix} file")
+    lines = _read_text(path).split("\n")
+    _refuse_sentences_a_line(path, lines)
     block: list[tuple[int, str, list[str]]] = []
-    for n, line in enumerate(_read_text(path).split("\n") + [""], 1):  # a blank line ends the last sentence
+    for n, line in enumerate(lines + [""], 1):  # a blank line ends the last sentence
         fields = line.split("\t") if "\t" in line else line.split()
         if line.strip() and not is_docstart(fields, token_column):
             block.append((n, line, fields))
@@ -423,6 +426,29 @@ def conll_blocks(path: Path, token_column: int) -> Iterator[list[tuple[int, str,
         if block:
             yield block
         block = []
+
+
+CONLL_SUFFIXES = frozenset({".conll", ".conllu", ".conllx", ".iob", ".bio"})
+
+
+def _refuse_sentences_a_line(path: Path, lines: list[str]) -> None:
+    """A file without a tab, without a blank line between its lines, whose every line holds the same number (2 or
+    more) of space-separated words would read as one CoNLL sentence of the lines' first words; but a text file,
+    one sentence a line, whose lines happen to hold as many words looks just the same. Refused, since either
+    reading may be wrong: tabs between the columns, blank lines between sentences, a -DOCSTART- line or a CoNLL
+    name (.conll) make it CoNLL, and predict reads a text file with --format text."""
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    if path.suffix.lower() in CONLL_SUFFIXES or not numbered or numbered[-1][0] - numbered[0][0] + 1 != len(numbered):
+        return  # named CoNLL, empty, or blank lines between sentences
+    if any("\t" in line or line.split()[0] == "-DOCSTART-" for _, line in numbered):
+        return
+    widths = {len(line.split()) for _, line in numbered}
+    if len(widths) == 1 and min(widths) >= 2:
+        n, line = numbered[0]
+        raise ValueError(f"{path}:{n}: {min(widths)} space-separated words on every line and no blank line between "
+                         f"sentences: a text file, one sentence a line? predict reads one with --format text; a "
+                         f"CoNLL file (one token a line, then its tags) needs tabs between its columns, blank "
+                         f"lines between its sentences or a .conll name: {line[:80]!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

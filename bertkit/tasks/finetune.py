@@ -21,9 +21,10 @@ Resume (`resume=True`, ``--resume``): each run continues exactly from its newest
 eval_results.json exists is done and skipped. The best-so-far state lives INSIDE each checkpoint (written with it,
 atomically renamed with it), so it always matches the weights it resumes; an evaluation after that checkpoint that
 had already overwritten best/ before the kill is replayed bit for bit and writes best/ again. A resume takes the
-settings and the --train / --dev contents the run started with (finetune_args.json; the files may have moved); a
-run with no checkpoint yet has nothing to continue, so --resume starts it afresh, and a first run that fails before
-its first checkpoint removes the directory it made (`run_seeds`).
+settings and the --train / --dev contents the run started with (finetune_args.json; the files may have moved), save
+that --seeds may add seeds (not drop or replace any); a run with no checkpoint yet has nothing to continue, so
+--resume starts it afresh, and a first run that fails before its first checkpoint removes the directory it made
+(`run_seeds`).
 """
 from __future__ import annotations
 
@@ -391,7 +392,8 @@ def _task_name(info) -> str:
 
 
 # what --resume may change: how the run is shown or executed, not what it computes; its length (more steps); and the
-# per-process batch, which the trainer checks (it may change with the number of processes, the global batch may not)
+# per-process batch, which the trainer checks (it may change with the number of processes, the global batch may not);
+# seeds: `_check_seeds` (more may be added)
 RESUME_FREE = frozenset({"resume", "progress", "compile", "gradient_checkpointing", "fsdp", "log_every", "epochs",
                          "max_steps", "seeds", "batch_size", "grad_accum", "output"})  # output: the run, wherever it is
 
@@ -462,6 +464,26 @@ def _check_same_data(args, args_file: Path, now: dict[str, dict[str, Any]]) -> s
     return set(now)
 
 
+def _check_seeds(args, args_file: Path) -> bool:
+    """On resume: --seeds may add seeds to those the run started with (each new one runs, the finished ones are
+    skipped), not drop or replace one (the results would silently average other runs than the directory's) nor
+    switch between one run in the directory and one per seed in seed-N/. Returns whether seeds were added."""
+    saved = read_json(args_file).get("seeds") if args_file.is_file() else None
+    if not args_file.is_file() or saved == args.seeds:
+        return False
+    before, now = (set(_parse_seeds(v)) if v else None for v in (saved, args.seeds))
+    if before is None or now is None or not before <= now:
+        raise ValueError(f"{args_file}: --resume continues the run with the seeds it started with: --seeds "
+                         f"{_seeds_shown(args.seeds)} (the run's: {_seeds_shown(saved)}); seeds may be added, not "
+                         "dropped or replaced. Start a new run (another --output) to change them")
+    return now != before
+
+
+def _seeds_shown(spec: str | None) -> str:
+    """--seeds as the error shows it; none means the run is one seed's, in the directory itself."""
+    return repr(spec) if spec else "none (one run, --seed)"
+
+
 def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     args_file = out / ARGS_NAME
@@ -472,6 +494,8 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     continuing = resume and _started(out)
     if continuing:
         check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY} | _check_same_data(args, args_file, data))
+        if _check_seeds(args, args_file) and dist.is_main():  # more seeds: recorded, so none is dropped later
+            write_text_atomic(args_file, json.dumps({**read_json(args_file), "seeds": args.seeds}, indent=2) + "\n")
     elif not resume:
         _refuse_earlier_run(out)
     if dist.is_main() and not (continuing and args_file.is_file()):

@@ -21,6 +21,7 @@ import time
 from typing import Any, Iterable
 
 from ..io import write_text_atomic
+from ..warn import warn
 
 METRICS_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -51,7 +52,8 @@ class Tracker:
 
     `enabled=False` (the trainer passes `is_main()`) makes every method a no-op, so all ranks can call it.
     `resume_step`: the run continues from that checkpoint step; lines logged after it by the interrupted run
-    are dropped from metrics.jsonl, so each step appears once. `tensorboard`: None = when available.
+    are dropped from metrics.jsonl, so each step appears once; otherwise a metrics.jsonl already there is renamed
+    (`_set_aside`). `tensorboard`: None = when available.
     """
 
     def __init__(self, run_dir: str | os.PathLike, total_steps: int, *, initial_step: int = 0,
@@ -71,7 +73,7 @@ class Tracker:
         if resume_step is not None:
             self._truncate_after(resume_step)
         elif os.path.exists(self.path):
-            os.replace(self.path, self.path + ".old")  # a fresh run starts a fresh log; keep the old one aside
+            self._set_aside()
         if tensorboard is None:
             tensorboard = tensorboard_available()
         if tensorboard:
@@ -87,6 +89,19 @@ class Tracker:
                              file=sys.stderr, mininterval=0.5, smoothing=0.1)
         else:
             self._lines = progress
+
+    def _set_aside(self) -> None:
+        """A fresh run starts a fresh log. The metrics.jsonl already there (an attempt killed before its first
+        checkpoint, or a file that is not a run's at all) is renamed, not removed, to a name no earlier one holds,
+        and the user told where it went: a fresh run in a directory holding other files is allowed, removing or
+        silently moving one is not."""
+        aside, n = self.path + ".old", 1
+        while os.path.lexists(aside):
+            n += 1
+            aside = f"{self.path}.old.{n}"
+        os.replace(self.path, aside)
+        warn(f"{self.path}: a fresh run starts a new {METRICS_NAME}; the one there was renamed to "
+             f"{os.path.basename(aside)}")
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):

@@ -457,3 +457,34 @@ def test_a_table_of_sentences_is_not_read_as_one_conll_sentence(tmp_path):
         assert str(e.value) == f"{p}:{line}{message}"
     ok = write(tmp_path, "ok.conll", "New York\tB-LOC\nis\tO\nbig\tO\n\nLos Angeles\tB-LOC\ntoo\tO\n")
     assert [s.tokens for s in read_conll(ok)] == [["New York", "is", "big"], ["Los Angeles", "too"]]
+
+
+def test_a_text_file_whose_lines_hold_equally_many_words_is_not_read_as_conll(tmp_path):
+    """Sentences one a line, each of 3 words (or a single sentence), read as CoNLL would be one sentence of the
+    lines' first words, the others taken for tags: refused by name for predict and training alike, while tabs,
+    blank lines between sentences, -DOCSTART- or a .conll name keep a file CoNLL, and the real WNUT-17 files
+    (and a copy with spaces for tabs) read as before."""
+    text = write(tmp_path, "sentences.txt", "Bob saw Rome\nEmma met Carol\nAlice flew home\n")
+    one = write(tmp_path, "one.txt", "Emma went to Paris\n")
+    for p, words, line in ((text, 3, "Bob saw Rome"), (one, 4, "Emma went to Paris")):
+        for read in (read_conll, _read_tokens):
+            with pytest.raises(ValueError) as e:
+                read(p)
+            assert str(e.value) == (f"{p}:1: {words} space-separated words on every line and no blank line between "
+                                    "sentences: a text file, one sentence a line? predict reads one with --format "
+                                    "text; a CoNLL file (one token a line, then its tags) needs tabs between its "
+                                    f"columns, blank lines between its sentences or a .conll name: {line!r}")
+    for name, content, first in (("tabs.txt", "Bob\tB-PER\nsaw\tO\nRome\tB-LOC\n", 1),
+                                 ("blank.txt", "Bob B-PER\nsaw O\nRome B-LOC\n\nEmma B-PER\n", 1),
+                                 ("docstart.txt", "-DOCSTART- O\nBob B-PER\nsaw O\nRome B-LOC\n", 2),
+                                 ("named.conll", "Bob B-PER\nsaw O\nRome B-LOC\n", 1)):
+        sentence = read_conll(write(tmp_path, name, content))[0]
+        assert sentence == TaggedSentence(["Bob", "saw", "Rome"], ["B-PER", "O", "B-LOC"], first), name
+    for name, sentences, tokens in (("wnut17train.conll", 3394, 62730), ("emerging.dev.conll", 1009, 15733),
+                                    ("emerging.test.annotated", 1287, 23394)):
+        path = need(DATA / "ner" / "wnut17" / name)
+        read = read_conll(path)
+        assert (len(read), sum(len(s.tokens) for s in read)) == (sentences, tokens)
+        assert [(s.line, s.tokens) for s in read] == _read_tokens(path)
+        spaced = write(tmp_path, "spaced_" + name, path.read_text(encoding="utf-8").replace("\t", " "))
+        assert [s.tokens for s in read_conll(spaced)] == [s.tokens for s in read]  # CoNLL-2003 style: spaces

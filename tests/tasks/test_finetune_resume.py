@@ -346,3 +346,37 @@ def test_a_second_job_in_a_running_jobs_directory_is_refused_and_changes_nothing
     assert capsys.readouterr().err == (f"bertkit finetune classify: error: {out}: another process is training "
                                        "there (pid 4242); let it finish or stop it first\n")
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_resume_may_add_seeds_but_not_drop_or_replace_them(toy, tmp_path, capsys):  # noqa: F811
+    """--seeds on --resume: another list would silently average other runs than the directory's (seed 2 dropped,
+    seed 3 in its place), and no --seeds would read the per-seed summary as one run's results. Refused by name, as
+    other settings are; added seeds run (the finished ones are skipped) and are recorded, so that a later resume
+    cannot drop them; a single run is not turned into one per seed."""
+    out, single = tmp_path / "run", tmp_path / "single"
+    short = ("--max-steps", "5", "--eval-every", "5")
+    assert finetune(toy, out, *short, "--seeds", "1,2") == 0
+    before = json.loads((out / "eval_results.json").read_text())
+    capsys.readouterr()
+
+    def refused(run, given, saved):
+        return (f"bertkit finetune classify: error: {run / 'finetune_args.json'}: --resume continues the run with the "
+                f"seeds it started with: --seeds {given} (the run's: {saved}); seeds may be added, not dropped or "
+                "replaced. Start a new run (another --output) to change them\n")
+    assert finetune(toy, out, *short, "--seeds", "1,3", "--resume") == 2
+    assert capsys.readouterr().err == refused(out, "'1,3'", "'1,2'")
+    assert finetune(toy, out, *short, "--resume") == 2
+    assert capsys.readouterr().err == refused(out, "none (one run, --seed)", "'1,2'")
+    assert json.loads((out / "eval_results.json").read_text()) == before and not (out / "seed-3").exists()
+    assert finetune(toy, out, *short, "--seeds", "1,2,3", "--resume") == 0
+    assert "seed 1: complete (resume)" in capsys.readouterr().out
+    after = json.loads((out / "eval_results.json").read_text())
+    assert after["seeds"] == [1, 2, 3] and {k: after["per_seed"][k] for k in ("1", "2")} == before["per_seed"]
+    assert json.loads((out / "finetune_args.json").read_text())["seeds"] == "1,2,3"
+    assert finetune(toy, out, *short, "--seeds", "1,2", "--resume") == 2
+    assert capsys.readouterr().err == refused(out, "'1,2'", "'1,2,3'")
+    assert finetune(toy, single, *short, "--seed", "1") == 0
+    capsys.readouterr()
+    assert finetune(toy, single, *short, "--seed", "1", "--seeds", "1,2", "--resume") == 2
+    assert capsys.readouterr().err == refused(single, "'1,2'", "none (one run, --seed)")
+    assert not (single / "seed-1").exists()

@@ -36,9 +36,27 @@ def test_metrics_jsonl_lines_and_resume_truncation(tmp_path):
     assert [s for sp, s in steps if sp == "train"] == list(range(1, 15))
     assert [s for sp, s in steps if sp == "eval"] == [10]
 
-    # A fresh run in the same directory starts a fresh log and keeps the old one aside.
-    _fake_run(tmp_path, steps=2)
+    # A fresh run in the same directory starts a fresh log and keeps the old one aside, saying so.
+    with pytest.warns(UserWarning, match=r"renamed to metrics\.jsonl\.old$"):
+        _fake_run(tmp_path, steps=2)
     assert len(read_metrics(tmp_path)) == 2 and (tmp_path / "metrics.jsonl.old").exists()
+
+
+def test_a_fresh_run_renames_a_metrics_file_already_there_without_overwriting_one_renamed_before(tmp_path):
+    """A metrics.jsonl in the directory of a fresh run (a killed attempt's, or not a run's at all) was renamed to
+    metrics.jsonl.old without a word, replacing any metrics.jsonl.old there: now it goes to a free name, and a
+    one-line warning names the file and its new name."""
+    (tmp_path / "metrics.jsonl").write_text('{"mine": 3}\n')
+    (tmp_path / "metrics.jsonl.old").write_text('{"mine": 1}\n')
+    (tmp_path / "metrics.jsonl.old.2").write_text('{"mine": 2}\n')
+    with pytest.warns(UserWarning) as caught:
+        _fake_run(tmp_path, steps=2)
+    assert [str(w.message) for w in caught] == [f"{tmp_path / 'metrics.jsonl'}: a fresh run starts a new "
+                                                "metrics.jsonl; the one there was renamed to metrics.jsonl.old.3"]
+    assert [json.loads((tmp_path / name).read_text()) for name in ("metrics.jsonl.old", "metrics.jsonl.old.2",
+                                                                   "metrics.jsonl.old.3")] == [
+        {"mine": 1}, {"mine": 2}, {"mine": 3}]
+    assert [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"] == [1, 2]
 
 
 def test_nan_is_written_as_valid_json(tmp_path):
