@@ -210,6 +210,8 @@ def _plot(args: argparse.Namespace) -> int:
     from .train.tracking import plot_run, plot_runs
     if args.labels is not None and len(args.labels) != len(args.runs):
         raise ValueError(f"--labels: {len(args.labels)} given for {len(args.runs)} runs; give one per run")
+    if args.output is not None and not args.output.lower().endswith(".png"):
+        raise ValueError(f"--output {args.output}: the picture is a PNG; expected a name ending in .png")
     if len(args.runs) == 1:
         path = plot_run(args.runs[0], args.output)
     else:
