@@ -227,6 +227,11 @@ def _add_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", nargs="+", help="one legend label per run")
 
 
+_CONLL_FORMAT_HELP = ("conll: a tagging model's CoNLL file, read as CoNLL even when its lines might be "
+                      "sentences of a text file (the default refuses a file without tabs or blank lines whose "
+                      "lines hold equally many words, unless named .conll)")
+
+
 def _add_columns(p: argparse.ArgumentParser, label: bool = True, remembered: bool = False) -> None:
     """Table columns; `remembered` (evaluate, predict): left out, they are those the model was fine-tuned with."""
     default = " (default: as fine-tuned, else {})" if remembered else " (default {})"
@@ -242,10 +247,13 @@ def _add_columns(p: argparse.ArgumentParser, label: bool = True, remembered: boo
                        help="multi-label: what separates a row's labels in its label field (a JSONL list needs "
                             "none)" + default.format("','"))
     if remembered and not label:  # predict
-        p.add_argument("--format", choices=["csv", "tsv", "jsonl", "text"], default=None,
+        p.add_argument("--format", choices=["csv", "tsv", "jsonl", "text", "conll"], default=None,
                        help="table format (default: from the file extension); text: a plain text file, one text a "
                             "line (for a tagging model one sentence a line, split into words at spaces and "
-                            "punctuation)")
+                            "punctuation); " + _CONLL_FORMAT_HELP)
+    elif remembered:  # evaluate
+        p.add_argument("--format", choices=["csv", "tsv", "jsonl", "conll"], default=None,
+                       help="table format (default: from the file extension); " + _CONLL_FORMAT_HELP)
     else:
         p.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None,
                        help="table format (default: from the file extension)")
@@ -468,6 +476,28 @@ def _qa_kwargs(args: argparse.Namespace) -> dict:
 SAVED_TASKS = ("BertForSequenceClassification", "BertForTokenClassification", "BertForQuestionAnswering",
                "BertForMultipleChoice")
 
+# architecture -> (task, the --format values its evaluate / predict read); a tagger's are checked by its jobs
+_TABLES = ("csv", "tsv", "jsonl")
+_SAVED_FORMATS = {"BertForSequenceClassification": ("sequence classification / regression", _TABLES,
+                                                    _TABLES + ("text",)),
+                  "BertForQuestionAnswering": ("question answering", (), ()),
+                  "BertForMultipleChoice": ("multiple choice", _TABLES, _TABLES)}
+
+
+def _check_format(model: str, arch: str, format: str | None, evaluate: bool) -> None:
+    """A --format the saved model's task does not read is refused by name, not read as something else (a QA
+    model's SQuAD JSON would otherwise ignore it, a table model would fail on --format conll's columns)."""
+    from .tasks.flags import FlagError
+    if format is None or arch not in _SAVED_FORMATS:
+        return
+    task, for_evaluate, for_predict = _SAVED_FORMATS[arch]
+    taken = for_evaluate if evaluate else for_predict
+    if format in taken:
+        return
+    reads = ("SQuAD JSON and takes no --format" if not taken else
+             f"a table: --format {', '.join(taken[:-1])} or {taken[-1]}")
+    raise FlagError(f"--format {format}: {model} is a {task} model ({arch}), which reads {reads}")
+
 
 def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     """`evaluate` and `predict`: the saved model's architecture (config.json, read once) picks the task's job."""
@@ -481,6 +511,7 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     if arch not in SAVED_TASKS:
         raise ValueError(f"{args.model}: config.json names the architecture {arch or 'none'}; evaluate and predict "
                          f"take a fine-tuned model, one of {', '.join(SAVED_TASKS)}")
+    _check_format(args.model, arch, args.format, evaluate)
     if args.batch_size < 1:
         raise FlagError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length < 3:
@@ -500,11 +531,9 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
         kwargs = _choice_kwargs(args)
     elif arch == "BertForTokenClassification":
         from .tasks.finetune import run_evaluate_tag as run_eval, run_predict_tag as run_pred
-        kwargs = {"stride": args.stride, "token_column": args.token_column}
+        kwargs = {"stride": args.stride, "token_column": args.token_column, "format": args.format}
         if evaluate:
             kwargs["tag_column"] = args.tag_column
-        else:
-            kwargs["format"] = args.format
     else:  # sequence classification or regression
         from .tasks.finetune import run_evaluate as run_eval, run_predict as run_pred
         kwargs = {"stride": args.stride, **_table_kwargs(args)}
@@ -555,8 +584,8 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE",
-                   help="labelled data: a table (CSV, TSV or JSONL); a CoNLL file for a tagging model; SQuAD JSON "
-                        "for a QA model")
+                   help="labelled data: a table (CSV, TSV or JSONL); a CoNLL file for a tagging model (--format "
+                        "conll when it might be taken for a text file); SQuAD JSON for a QA model")
     p.add_argument("--output", default=None, metavar="FILE.json",
                    help="metrics file (default MODEL/eval_<data name>.json)")
     _add_saved_model_flags(p, labelled=True)
@@ -566,8 +595,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE",
                    help="table of texts (CSV, TSV or JSONL; a plain text file, one text a line, with --format "
                         "text); for a tagging model a CoNLL-style file, one token per line (other columns, as many "
-                        "on every line, ignored), blank lines between sentences, or with --format text one "
-                        "sentence a line; SQuAD JSON for a QA model")
+                        "on every line, ignored), blank lines between sentences (--format conll when it might be "
+                        "taken for a text file), or with --format text one sentence a line; SQuAD JSON for a QA "
+                        "model")
     p.add_argument("--output", required=True, metavar="FILE",
                    help="one JSON line per input row (its line in the file, label and score), or per sentence "
                         "for a tagging model (the line of its first token, tokens, tags, scores); for a QA model "

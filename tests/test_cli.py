@@ -404,3 +404,47 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"bertkit {bertkit.__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_help_lists_the_conll_format(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--format {csv,tsv,jsonl," in out and ",conll}" in out
+    assert "conll: a tagging model's CoNLL file, read as CoNLL even when its lines might be sentences" in out
+
+
+def _tiny_head_model(directory, head: str):
+    """A random 1-layer model with the head `head` (a bertkit.modeling.heads class name), saved with a tokenizer."""
+    from bertkit.config import BertConfig
+    from bertkit.modeling import heads
+    from bertkit.tokenizer import BertTokenizer
+    tok = BertTokenizer({t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "bob", "saw"])})
+    torch.manual_seed(0)
+    getattr(heads, head)(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=20, max_position_embeddings=64)).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+@pytest.mark.parametrize("head, task, reads", [
+    ("BertForQuestionAnswering", "question answering", {"evaluate": "SQuAD JSON and takes no --format",
+                                                        "predict": "SQuAD JSON and takes no --format"}),
+    ("BertForMultipleChoice", "multiple choice", {"evaluate": "a table: --format csv, tsv or jsonl",
+                                                  "predict": "a table: --format csv, tsv or jsonl"}),
+    ("BertForSequenceClassification", "sequence classification / regression",
+     {"evaluate": "a table: --format csv, tsv or jsonl", "predict": "a table: --format csv, tsv, jsonl or text"}),
+])
+def test_format_conll_is_refused_for_a_model_that_is_not_a_tagger(tmp_path, capsys, head, task, reads):
+    """--format conll is a tagger's: any other model names its task and the formats it reads, in one line, before
+    reading the data or writing anything."""
+    model = tmp_path / "m"
+    _tiny_head_model(model, head)
+    (tmp_path / "x.conll").write_text("bob O\nsaw O\n", encoding="utf-8")
+    for command in ("evaluate", "predict"):
+        out = tmp_path / f"{command}.out"
+        assert main([command, "--model", str(model), "--data", str(tmp_path / "x.conll"), "--output", str(out),
+                     "--format", "conll"]) == 2
+        assert _one_line_error(capsys, command) == (f"--format conll: {model} is a {task} model ({head}), which "
+                                                    f"reads {reads[command]}")
+        assert not out.exists()

@@ -366,17 +366,19 @@ def is_docstart(fields: Sequence[str], token_column: int) -> bool:
     return fields[0] == "-DOCSTART-" or (in_range and fields[token_column] == "-DOCSTART-")
 
 
-def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) -> list[TaggedSentence]:
+def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1, *,
+               explicit: bool = False) -> list[TaggedSentence]:
     """Read a CoNLL-style file: one token per line with its columns separated by tabs (or, on a line without a
     tab, by whitespace); blank or whitespace-only lines separate sentences; ``-DOCSTART-`` lines are skipped.
-    Column indices are 0-based; negative ones count from the end of each line."""
+    Column indices are 0-based; negative ones count from the end of each line. `explicit`: the caller was told
+    the file is CoNLL (--format conll), so one that might be a text file is read, not refused (`conll_blocks`)."""
     for role, col in (("token_column", token_column), ("tag_column", tag_column)):
         if isinstance(col, bool) or not isinstance(col, int):
             raise ValueError(f"{role} must be an integer column index, got {col!r}")
     path = Path(path)
     sentences: list[TaggedSentence] = []
     columns = columns_line = None
-    for block in conll_blocks(path, token_column):
+    for block in conll_blocks(path, token_column, explicit):
         tokens, tags = [], []
         for n, line, fields in block:
             width = len(fields)
@@ -400,17 +402,20 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1) ->
     return sentences
 
 
-def conll_blocks(path: Path, token_column: int) -> Iterator[list[tuple[int, str, list[str]]]]:
+def conll_blocks(path: Path, token_column: int,
+                 explicit: bool = False) -> Iterator[list[tuple[int, str, list[str]]]]:
     """The sentences of a CoNLL-style file, each as its lines' (line number, line, fields): fields split at
     tabs (or, on a line without a tab, at whitespace); blank or whitespace-only lines end a sentence, and
     ``-DOCSTART-`` lines are dropped. A sentence most of whose tokens hold a space is refused: that is a table of
     sentences (a GLUE style TSV, "text<TAB>label"), which would otherwise be read as one sentence whose "words" are
     its rows. A token here and there may hold one ("New York" in a tab-separated file). A text file, one sentence
-    a line, whose lines hold equally many words is refused too (`_refuse_sentences_a_line`)."""
+    a line, whose lines hold equally many words is refused too (`_refuse_sentences_a_line`), unless `explicit`
+    (the user said --format conll)."""
     if Path(path).suffix.lower() in (".json", ".jsonl", ".zip"):
         raise ValueError(f"{path}: a CoNLL file is plain text, one token per line; got a {Path(path).suffix} file")
     lines = _read_text(path).split("\n")
-    _refuse_sentences_a_line(path, lines)
+    if not explicit:
+        _refuse_sentences_a_line(path, lines)
     block: list[tuple[int, str, list[str]]] = []
     for n, line in enumerate(lines + [""], 1):  # a blank line ends the last sentence
         fields = line.split("\t") if "\t" in line else line.split()
@@ -435,8 +440,8 @@ def _refuse_sentences_a_line(path: Path, lines: list[str]) -> None:
     """A file without a tab, without a blank line between its lines, whose every line holds the same number (2 or
     more) of space-separated words would read as one CoNLL sentence of the lines' first words; but a text file,
     one sentence a line, whose lines happen to hold as many words looks just the same. Refused, since either
-    reading may be wrong: tabs between the columns, blank lines between sentences, a -DOCSTART- line or a CoNLL
-    name (.conll) make it CoNLL, and predict reads a text file with --format text."""
+    reading may be wrong: tabs between the columns, blank lines between sentences, a -DOCSTART- line, a CoNLL
+    name (.conll) or --format conll make it CoNLL, and predict reads a text file with --format text."""
     numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if path.suffix.lower() in CONLL_SUFFIXES or not numbered or numbered[-1][0] - numbered[0][0] + 1 != len(numbered):
         return  # named CoNLL, empty, or blank lines between sentences
@@ -447,8 +452,8 @@ def _refuse_sentences_a_line(path: Path, lines: list[str]) -> None:
         n, line = numbered[0]
         raise ValueError(f"{path}:{n}: {min(widths)} space-separated words on every line and no blank line between "
                          f"sentences: a text file, one sentence a line? predict reads one with --format text; a "
-                         f"CoNLL file (one token a line, then its tags) needs tabs between its columns, blank "
-                         f"lines between its sentences or a .conll name: {line[:80]!r}")
+                         f"CoNLL file (one token a line, then its tags) is read with --format conll, or needs tabs "
+                         f"between its columns, blank lines between its sentences or a .conll name: {line[:80]!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -672,18 +672,22 @@ def _tag_columns(model, **columns: int | None) -> dict[str, int]:
 
 def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, batch_size: int = 64,
                      max_seq_length: int | None = None, stride: int | None = None, token_column: int | None = None,
-                     tag_column: int | None = None, device: str | None = None, compile: bool = False) -> dict[str, Any]:
+                     tag_column: int | None = None, format: str | None = None, device: str | None = None,
+                     compile: bool = False) -> dict[str, Any]:
     """Entity F1 (micro and per type) and word accuracy of a fine-tuned tagger on a CoNLL file; printed and
     written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`). Columns left None are those
-    the model was fine-tuned with."""
+    the model was fine-tuned with. `format` "conll" reads the file as CoNLL even where it might be a text file
+    (`bertkit.data.readers.conll_blocks`)."""
     from ..auto import AutoModelForTokenClassification
     from ..data.readers import read_conll
     from .tag import encode_sentences, evaluate_tagging
+    if format not in (None, "conll"):
+        raise FlagError(f"--format {format}: a tagger is evaluated on a CoNLL file (--format conll)")
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     tags = model.config.label_names()
     cols = _tag_columns(model, token_column=token_column, tag_column=tag_column)
-    sentences = read_conll(data, cols["token_column"], cols["tag_column"])
+    sentences = read_conll(data, cols["token_column"], cols["tag_column"], explicit=format == "conll")
     if not sentences:
         raise ValueError(f"{data}: no sentences")
     max_len = min(max_seq_length, model.config.max_position_embeddings)
@@ -696,22 +700,24 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
 def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int = 64,
                     max_seq_length: int | None = None, stride: int | None = None, token_column: int | None = None,
                     format: str | None = None, device: str | None = None, compile: bool = False) -> int:
-    """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored), or with `format`
-    "text" of a plain text file (one sentence per line, split into words at spaces and punctuation); one JSON
+    """Tag every sentence of a CoNLL-style file (one token per line; other columns ignored; `format` "conll": read
+    so even where it might be a text file, `bertkit.data.readers.conll_blocks`), or with `format` "text" of a
+    plain text file (one sentence per line, split into words at spaces and punctuation); one JSON
     line per sentence ({"line" of its first token, "tokens", "tags", "scores"; from text also "spans", each
     word's [start, end) in its line}) in `output`. Returns the sentence count. `token_column` None: as
     fine-tuned."""
     from ..auto import AutoModelForTokenClassification
     from .tag import predict_tags, read_tokens, read_words
-    if format not in (None, "text"):
-        raise FlagError(f"--format {format}: a tagger reads a CoNLL file, or a text file with --format text")
+    if format not in (None, "conll", "text"):
+        raise FlagError(f"--format {format}: a tagger reads a CoNLL file, or a text file with --format text "
+                        f"(formats: conll, text)")
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     if format == "text":
         sentences = [(line, words, {"spans": spans}) for line, words, spans in read_words(data)]
     else:
         column = _tag_columns(model, token_column=token_column)["token_column"]
-        sentences = [(line, words, {}) for line, words in read_tokens(data, column)]
+        sentences = [(line, words, {}) for line, words in read_tokens(data, column, explicit=format == "conll")]
     to_predict(sentences, data, "sentences")
     preds = predict_tags(model, tok, [words for _, words, _ in sentences], max_seq_length=max_seq_length,
                          stride=stride, batch_size=batch_size)

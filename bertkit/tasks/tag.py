@@ -270,16 +270,17 @@ def read_words(path: str | Path) -> list[tuple[int, list[str], list[tuple[int, i
     return out
 
 
-def read_tokens(path: str | Path, token_column: int = 0) -> list[tuple[int, list[str]]]:
+def read_tokens(path: str | Path, token_column: int = 0, *, explicit: bool = False) -> list[tuple[int, list[str]]]:
     """Sentences of a CoNLL-style file for prediction, as (line of the first token, tokens): one token per line
     (column `token_column` of the tab- or whitespace-separated fields; other columns, e.g. tags, are ignored),
     blank lines between sentences, ``-DOCSTART-`` lines skipped: the file `evaluate` scores, read alike. Every line
     must have as many fields as the first: a file of sentences, one a line, would otherwise be read as one sentence
-    of their first words; and a table of sentences ("text<TAB>label") is refused by `conll_blocks`."""
+    of their first words; and a table of sentences ("text<TAB>label") is refused by `conll_blocks`, as is a file
+    that may be a text file of equally long sentences unless `explicit` (--format conll)."""
     path = Path(path)
     sentences: list[tuple[int, list[str]]] = []
     first: tuple[int, int] | None = None  # (line number, fields) of the first token line
-    for block in conll_blocks(path, token_column):
+    for block in conll_blocks(path, token_column, explicit):
         for n, line, fields in block:
             if not -len(fields) <= token_column < len(fields) or not fields[token_column]:
                 raise ValueError(f"{path}:{n}: no token in column {token_column}: {line[:80]!r}")

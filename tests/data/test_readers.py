@@ -472,8 +472,9 @@ def test_a_text_file_whose_lines_hold_equally_many_words_is_not_read_as_conll(tm
                 read(p)
             assert str(e.value) == (f"{p}:1: {words} space-separated words on every line and no blank line between "
                                     "sentences: a text file, one sentence a line? predict reads one with --format "
-                                    "text; a CoNLL file (one token a line, then its tags) needs tabs between its "
-                                    f"columns, blank lines between its sentences or a .conll name: {line!r}")
+                                    "text; a CoNLL file (one token a line, then its tags) is read with --format "
+                                    "conll, or needs tabs between its columns, blank lines between its sentences or "
+                                    f"a .conll name: {line!r}")
     for name, content, first in (("tabs.txt", "Bob\tB-PER\nsaw\tO\nRome\tB-LOC\n", 1),
                                  ("blank.txt", "Bob B-PER\nsaw O\nRome B-LOC\n\nEmma B-PER\n", 1),
                                  ("docstart.txt", "-DOCSTART- O\nBob B-PER\nsaw O\nRome B-LOC\n", 2),

@@ -388,3 +388,43 @@ def test_predict_tags_a_plain_text_file_one_sentence_a_line(trained, tmp_path, c
     assert main(["predict", "--model", str(trained / "best"), "--data", str(text), "--output", str(out),
                  "--format", "tsv"]) == 2
     assert "--format tsv: a tagger reads a CoNLL file, or a text file with --format text" in capsys.readouterr().err
+
+
+def test_format_conll_reads_a_one_sentence_file_that_might_be_text(trained, tmp_path, capsys):
+    """A one-sentence CoNLL file with spaces between its columns, named x.txt, might be a text file of two-word
+    sentences: refused without --format (the message names --format conll), and with --format conll tagged and
+    scored as the same file named x.conll is, by predict and evaluate alike."""
+    content = "Bob B-PER\nsaw O\nRome B-LOC\n"
+    txt, conll = tmp_path / "x.txt", tmp_path / "x.conll"
+    txt.write_text(content, encoding="utf-8")
+    conll.write_text(content, encoding="utf-8")
+    model = str(trained / "best")
+    message = (f"{txt}:1: 2 space-separated words on every line and no blank line between sentences: a text file, "
+               "one sentence a line? predict reads one with --format text; a CoNLL file (one token a line, then its "
+               "tags) is read with --format conll, or needs tabs between its columns, blank lines between its "
+               "sentences or a .conll name: 'Bob B-PER'\n")
+    capsys.readouterr()
+    assert main(["predict", "--model", model, "--data", str(txt), "--output", str(tmp_path / "bad.jsonl")]) == 2
+    assert capsys.readouterr().err == "bertkit predict: error: " + message
+    assert main(["evaluate", "--model", model, "--data", str(txt), "--output", str(tmp_path / "bad.json")]) == 2
+    assert capsys.readouterr().err == "bertkit evaluate: error: " + message
+    assert not (tmp_path / "bad.jsonl").exists() and not (tmp_path / "bad.json").exists()
+    rows = {}
+    for name, data, extra in (("txt", txt, ["--format", "conll"]), ("conll", conll, [])):
+        assert main(["predict", "--model", model, "--data", str(data), "--output", str(tmp_path / f"{name}.jsonl"),
+                     *extra]) == 0
+        rows[name] = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        assert main(["evaluate", "--model", model, "--data", str(data), "--output", str(tmp_path / f"{name}.json"),
+                     *extra]) == 0
+    assert rows["txt"] == rows["conll"]
+    assert [(r["line"], r["tokens"]) for r in rows["txt"]] == [(1, ["Bob", "saw", "Rome"])]
+    assert rows["txt"][0]["tags"] == ["B-PER", "O", "B-LOC"]   # what the toy model learnt
+    scored = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in ("txt", "conll")}
+    assert (scored["txt"].pop("data"), scored["conll"].pop("data")) == (str(txt), str(conll))
+    assert scored["txt"] == scored["conll"] and scored["txt"]["n"] == 1 and scored["txt"]["f1"] == 1.0
+    # a tagger evaluates a CoNLL file only: a table format is refused by name, not ignored
+    capsys.readouterr()
+    assert main(["evaluate", "--model", model, "--data", str(conll), "--output", str(tmp_path / "t.json"),
+                 "--format", "tsv"]) == 2
+    assert capsys.readouterr().err == ("bertkit evaluate: error: --format tsv: a tagger is evaluated on a CoNLL "
+                                       "file (--format conll)\n")
