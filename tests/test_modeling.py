@@ -1201,3 +1201,94 @@ def test_a_transformers_config_is_refused_with_the_conversion_to_use():
     assert modeling.BertModel(BertConfig.from_dict(theirs.to_dict())).config.hidden_size == 32
     with pytest.raises(TypeError, match=r"^BertModel expects a bertkit.BertConfig, got builtins.dict$"):
         modeling.BertModel({"hidden_size": 32})
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers 5's model API beyond forward: activation checkpointing, save_pretrained's arguments
+# ---------------------------------------------------------------------------------------------
+
+def _count_layer_calls(monkeypatch, layer_cls) -> list:
+    """Calls of `layer_cls.forward`, the checkpoint's recompute included (it bypasses module hooks)."""
+    calls = []
+    forward = layer_cls.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(layer_cls, "forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_activation_checkpointing_as_transformers_5_trainer_calls_it(monkeypatch, offload):
+    """transformers 5's Trainer calls activation_checkpointing_enable(activation_checkpointing_kwargs=...,
+    every_n_layers=..., offload=...) (gradient_checkpointing_enable with the same keywords where the model lacks
+    it): only layers 0, n, 2n, ... recompute, and the gradients equal transformers' under the same settings."""
+    cfg = tiny_config(num_hidden_layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours, theirs = pair("BertForMaskedLM", cfg, seed=71)
+    ours.train()
+    theirs.train()
+    ours.activation_checkpointing_enable(activation_checkpointing_kwargs=None, every_n_layers=2, offload=offload)
+    # offload changes where saved tensors wait, not the numbers (and transformers' pins memory even on a CPU-only
+    # machine, which fails there)
+    theirs.activation_checkpointing_enable(activation_checkpointing_kwargs=None, every_n_layers=2, offload=False)
+    assert ours.is_activation_checkpointing and ours.is_gradient_checkpointing
+    x = padded_inputs(seed=72)
+    labels = token_labels(x["attention_mask"], 99)
+    calls = _count_layer_calls(monkeypatch, modeling.bert.BertLayer)
+    ours(**x, labels=labels).loss.backward()
+    assert len(calls) == 3 + 2  # three layers, two of them (0 and 2) run again in the backward
+    theirs(**x, labels=labels).loss.backward()
+    their_grads = dict(theirs.named_parameters())
+    worst = max((p.grad - their_grads[n].grad).abs().max().item() for n, p in ours.named_parameters())
+    assert worst < 1e-5, worst
+    ours.activation_checkpointing_disable()
+    assert not ours.is_activation_checkpointing
+    ours.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True}, every_n_layers=1,
+                                       offload=False)  # the Trainer's call for models without the new name
+    calls.clear()
+    ours(**x, labels=labels).loss.backward()
+    assert len(calls) == 3 + 3
+    with pytest.raises(ValueError, match=r"^every_n_layers must be a positive int, got 0$"):
+        ours.activation_checkpointing_enable(every_n_layers=0)
+    with pytest.raises(ValueError, match=r"^activation_checkpointing_kwargs: only use_reentrant is accepted, got "
+                                         r"\['preserve_rng_state'\]$"):
+        ours.activation_checkpointing_enable({"preserve_rng_state": False})
+
+
+def test_save_pretrained_takes_transformers_arguments(tmp_path):
+    """save_pretrained(dir, is_main_process=..., state_dict=..., max_shard_size=...) as accelerate's example
+    scripts and transformers' Trainer call it: the given state dict is what is written (its tied entries once, the
+    keys transformers writes), the other processes write nothing, and one file within max_shard_size."""
+    from safetensors.torch import load_file
+
+    ours, theirs = pair("BertForMaskedLM", tiny_config(), seed=73)
+    edited = {k: v + 1 if v.is_floating_point() else v for k, v in ours.state_dict().items()}
+    edited["cls.predictions.decoder.weight"] = edited["bert.embeddings.word_embeddings.weight"]  # still tied
+    ours.save_pretrained(tmp_path / "ours", state_dict=edited, is_main_process=True, max_shard_size="50GB")
+    theirs.load_state_dict(edited)
+    theirs.save_pretrained(tmp_path / "theirs")
+    written, reference = load_file(tmp_path / "ours" / "model.safetensors"), load_file(
+        tmp_path / "theirs" / "model.safetensors")
+    assert sorted(written) == sorted(reference)
+    assert all(torch.equal(written[k], reference[k]) for k in reference)
+    loaded = transformers.BertForMaskedLM.from_pretrained(tmp_path / "ours", attn_implementation="eager").eval()
+    x = padded_inputs(seed=74)
+    with torch.no_grad():
+        assert_close("logits of the saved state dict", loaded(**x).logits, theirs(**x).logits,
+                     x["attention_mask"].bool())
+
+    ours.save_pretrained(tmp_path / "other_rank", is_main_process=False)
+    assert not (tmp_path / "other_rank").exists()
+    size = sum(t.numel() * t.element_size() for t in reference.values())
+    ours.save_pretrained(tmp_path / "fits", max_shard_size=size)
+    assert sorted(p.name for p in (tmp_path / "fits").iterdir()) == ["config.json", "model.safetensors"]
+    too_big = (rf"^save_pretrained: the weights take {size:,} bytes, more than max_shard_size='20KB' "
+               r"\(20,000 bytes\); bertkit writes one model.safetensors and does not shard: raise max_shard_size "
+               r"or leave it out$")
+    with pytest.raises(ValueError, match=too_big):
+        ours.save_pretrained(tmp_path / "shards", max_shard_size="20KB")
+    assert not (tmp_path / "shards").exists()
+    with pytest.raises(ValueError, match=r"^save_pretrained: max_shard_size must be a positive number of bytes or "
+                                         r"digits and a unit \(KB, MB, GB, KiB, MiB, GiB\), like '5GB', got '5 GB'$"):
+        ours.save_pretrained(tmp_path / "bad", max_shard_size="5 GB")

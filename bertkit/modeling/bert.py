@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,9 +212,9 @@ class BertSelfAttention(nn.Module):
             q = q.view(q.shape[0], self.num_heads, self.head_dim)                   # (selected, heads, head_dim)
             w = torch.cat([self.key.weight, self.value.weight])
             b = torch.cat([self.key.bias, self.value.bias])
-            k, v = F.linear(x, w, b).view(tokens, 2, self.num_heads, self.head_dim).unbind(1)  # (tokens, heads, head_dim)
+            k, v = F.linear(x, w, b).view(tokens, 2, self.num_heads, self.head_dim).unbind(1)  # (tokens, heads, hd)
         p = self.dropout_p if self.training else 0.0
-        out, weights = P.attention(q, k, v, packing, p, need_weights, selection)  # (tokens or selected, heads, head_dim)
+        out, weights = P.attention(q, k, v, packing, p, need_weights, selection)  # (tokens or selected, heads, hd)
         return out.flatten(1), weights                                           # (tokens or selected, hidden)
 
 
@@ -274,6 +275,8 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False  # see BertPreTrainedModel.gradient_checkpointing_enable
+        self.checkpoint_every = 1            # recompute layers 0, n, 2n, ... (every_n_layers)
+        self.checkpoint_offload = False      # their saved inputs in pinned host memory (offload)
 
     def forward(self, h: torch.Tensor, packing: P.Packing, output_hidden_states: bool = False,
                 output_attentions: bool = False, selection: P.Selection | None = None):
@@ -285,9 +288,9 @@ class BertEncoder(nn.Module):
         last = len(self.layer) - 1
         for i, layer in enumerate(self.layer):
             rows = selection if i == last else None
-            if recompute:
-                h, weights = (_checkpointed_outside_graphs or _checkpointed)(layer, h, packing, output_attentions,
-                                                                             rows)
+            if recompute and i % self.checkpoint_every == 0:
+                h, weights = (_checkpointed_outside_graphs or _checkpointed)(layer, self.checkpoint_offload, h,
+                                                                             packing, output_attentions, rows)
             else:
                 h, weights = layer(h, packing, output_attentions, rows)
             if output_hidden_states:
@@ -297,9 +300,15 @@ class BertEncoder(nn.Module):
         return h, all_hidden, all_weights
 
 
-def _checkpointed(layer: BertLayer, *args):
-    """The layer run under non-reentrant `torch.utils.checkpoint` (its dropout masks replayed in the recompute)."""
-    return checkpoint(layer, *args, use_reentrant=False)
+def _checkpointed(layer: BertLayer, offload: bool, *args):
+    """The layer run under non-reentrant `torch.utils.checkpoint` (its dropout masks replayed in the recompute).
+    `offload`: what the checkpoint keeps (the layer's inputs) waits in pinned host memory, as transformers'
+    `offload=True`; a CPU model's is there already."""
+    device = args[0].device.type
+    if not offload or device == "cpu":
+        return checkpoint(layer, *args, use_reentrant=False)
+    with torch.autograd.graph.save_on_cpu(pin_memory=True, device_type=device):
+        return checkpoint(layer, *args, use_reentrant=False)
 
 
 _checkpointed_outside_graphs = None
@@ -410,23 +419,51 @@ class BertPreTrainedModel(nn.Module):
         return sum(p.numel() for p in self.parameters()
                    if (p.requires_grad or not only_trainable) and not (exclude_embeddings and id(p) in embeddings))
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      every_n_layers: int = 1, offload: bool = False) -> None:
         """Trade compute for memory in training: each encoder layer keeps only its input for the backward
         and runs its forward again there (non-reentrant `torch.utils.checkpoint`, with the dropout masks
         replayed, so the gradients are those of a plain step). Costs about one more forward per step.
         `gradient_checkpointing_kwargs` as transformers takes it (its Trainer passes {"use_reentrant": ...}):
-        the gradients are the same either way, so use_reentrant is accepted and the non-reentrant form runs."""
-        unknown = sorted(set(gradient_checkpointing_kwargs or {}) - {"use_reentrant"})
+        the gradients are the same either way, so use_reentrant is accepted and the non-reentrant form runs.
+        `every_n_layers` and `offload` as transformers 5's (its Trainer passes both): only layers 0, n, 2n, ...
+        recompute; `offload=True` keeps what they save in pinned host memory."""
+        self._enable_checkpointing("gradient_checkpointing_kwargs", gradient_checkpointing_kwargs, every_n_layers,
+                                   offload)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """transformers 5's name of `gradient_checkpointing_enable`, the one its Trainer calls."""
+        self._enable_checkpointing("activation_checkpointing_kwargs", activation_checkpointing_kwargs,
+                                   every_n_layers, offload)
+
+    def _enable_checkpointing(self, kwargs_name: str, kwargs: dict | None, every_n_layers: int,
+                              offload: bool) -> None:
+        unknown = sorted(set(kwargs or {}) - {"use_reentrant"})
         if unknown:
-            raise ValueError(f"gradient_checkpointing_kwargs: only use_reentrant is accepted, got {unknown}")
-        self.base_model.encoder.gradient_checkpointing = True
+            raise ValueError(f"{kwargs_name}: only use_reentrant is accepted, got {unknown}")
+        if not isinstance(every_n_layers, int) or isinstance(every_n_layers, bool) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive int, got {every_n_layers!r}")
+        encoder = self.base_model.encoder
+        encoder.gradient_checkpointing = True
+        encoder.checkpoint_every = every_n_layers
+        encoder.checkpoint_offload = bool(offload)
 
     def gradient_checkpointing_disable(self) -> None:
         self.base_model.encoder.gradient_checkpointing = False
 
+    def activation_checkpointing_disable(self) -> None:
+        """transformers 5's name of `gradient_checkpointing_disable`."""
+        self.gradient_checkpointing_disable()
+
     @property
     def is_gradient_checkpointing(self) -> bool:
         return self.base_model.encoder.gradient_checkpointing
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """transformers 5's name of `is_gradient_checkpointing`."""
+        return self.is_gradient_checkpointing
 
     def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
@@ -506,17 +543,30 @@ class BertPreTrainedModel(nn.Module):
         model.init_weights()
         return model
 
-    def save_pretrained(self, directory: str | os.PathLike, *, safe_serialization: bool = True,
-                        push_to_hub: bool = False) -> None:
-        """`config.json` and `model.safetensors` (transformers' options accepted where they ask for that)."""
+    def save_pretrained(self, directory: str | os.PathLike, is_main_process: bool = True,
+                        state_dict: dict[str, torch.Tensor] | None = None, *, safe_serialization: bool = True,
+                        push_to_hub: bool = False, max_shard_size: int | str | None = None) -> None:
+        """`config.json` and `model.safetensors` (transformers' options accepted where they ask for that).
+        As there, `state_dict` is written instead of the model's own (accelerate's gathered one, say; tied
+        parameters once), and `is_main_process=False` writes nothing (the other processes of a distributed run).
+        bertkit writes one file: `max_shard_size` refuses weights larger than it rather than sharding them."""
         if not safe_serialization:
             raise ValueError("save_pretrained: bertkit writes safetensors only (safe_serialization=False would "
                              "write a pickled .bin, which loading must not execute)")
         if push_to_hub:
             raise ValueError("save_pretrained: push_to_hub is not supported (bertkit reads and writes local files "
                              "only); upload the directory with huggingface_hub")
-        from ..hub import save_pretrained
-        save_pretrained(self, directory)
+        limit = None if max_shard_size is None else _size_in_bytes(max_shard_size)
+        if not is_main_process:
+            return
+        from ..hub import save_pretrained, state_dict_for_saving
+        if limit is not None:
+            size = sum(t.numel() * t.element_size() for t in state_dict_for_saving(self, state_dict).values())
+            if size > limit:
+                raise ValueError(f"save_pretrained: the weights take {size:,} bytes, more than max_shard_size="
+                                 f"{max_shard_size!r} ({limit:,} bytes); bertkit writes one model.safetensors "
+                                 f"and does not shard: raise max_shard_size or leave it out")
+        save_pretrained(self, directory, state_dict)
 
     @property
     def device(self) -> torch.device:
@@ -525,6 +575,22 @@ class BertPreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+
+_SIZE_UNITS = {"GIB": 2**30, "MIB": 2**20, "KIB": 2**10, "GB": 10**9, "MB": 10**6, "KB": 10**3}
+
+
+def _size_in_bytes(size: int | str) -> int:
+    """A `max_shard_size` as transformers reads it: bytes, or digits and a unit ("5GB", "500MiB"; "5Gb" is bits)."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    match = re.fullmatch(r"(\d+)([KMG]I?B)", size, re.IGNORECASE) if isinstance(size, str) else None
+    if match is None:
+        raise ValueError(f"save_pretrained: max_shard_size must be a positive number of bytes or digits and a unit "
+                         f"(KB, MB, GB, KiB, MiB, GiB), like '5GB', got {size!r}")
+    unit = match[2]
+    n = int(match[1]) * _SIZE_UNITS[unit.upper()]
+    return n // 8 if unit.endswith("b") and unit.upper()[1] != "I" else n
 
 
 class BertModel(BertPreTrainedModel):
