@@ -241,12 +241,6 @@ def _load_or_train_tokenizer(args: PretrainArgs, run: Path) -> BertTokenizer:
     saved = run / "tokenizer"
     if args.tokenizer:
         return BertTokenizer.from_pretrained(args.tokenizer)
-    if args.init_from:  # the model's own vocabulary
-        try:
-            return BertTokenizer.from_pretrained(args.init_from)
-        except (FileNotFoundError, OSError) as e:
-            raise ValueError(f"--init-from {args.init_from}: no tokenizer found with the model ({e}); "
-                             "pass --tokenizer") from None
 
     def train():  # rank 0; the others wait, and get its error if it fails
         if saved.is_dir() and not args.resume:  # left by a run that never checkpointed: it may be of another corpus
@@ -277,31 +271,58 @@ def _check_seq_len(args: PretrainArgs, cfg: BertConfig) -> None:
                          f"({cfg.max_position_embeddings})")
 
 
-def _check_init_from(args: PretrainArgs) -> None:
-    """`--init-from`'s flags against its config.json alone, before its weights are read (a large model's take
-    a while) and before anything is written: a --seq-len beyond its positions fails at once."""
+def _check_init_from(args: PretrainArgs) -> tuple[str, BertTokenizer]:
+    """`--init-from`'s flags and tokenizer against its config.json alone, before its weights are read (a large
+    model's take a while) and before anything is written: a --seq-len beyond its positions, or a vocabulary of
+    another size, fails at once. Returns the model's directory, resolved here once (a hub name resolved again
+    warns again, and could find another snapshot), and the tokenizer."""
     if args.config or args.model_size != PretrainArgs.model_size:
         raise ValueError("--init-from takes the model's own configuration; drop --config / --model-size")
-    path = config_file(resolve_model_dir(args.init_from))
-    limit = BertConfig.from_json_file(path).max_position_embeddings
-    if args.seq_len > limit:
+    model_dir = resolve_model_dir(args.init_from)
+    path = config_file(model_dir)
+    cfg = BertConfig.from_json_file(path)
+    if args.seq_len > cfg.max_position_embeddings:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the max_position_embeddings of the --init-from model "
-                         f"({limit}, in {path})")
+                         f"({cfg.max_position_embeddings}, in {path})")
+    tok = _init_from_tokenizer(args, model_dir)
+    if cfg.vocab_size != tok.num_ids:
+        source = (f"--tokenizer {_tokenizer_file(args.tokenizer)}" if args.tokenizer
+                  else f"its tokenizer {_tokenizer_file(model_dir)}")
+        advice = "use the model's own tokenizer" if args.tokenizer else "the model and its tokenizer do not match"
+        raise ValueError(f"--init-from {args.init_from}: vocab_size {cfg.vocab_size} in {path}, but {source} has "
+                         f"{tok.num_ids} ids; {advice}")
+    return model_dir, tok
 
 
-def _initial_model(args: PretrainArgs, tok: BertTokenizer) -> BertForPreTraining:
+def _init_from_tokenizer(args: PretrainArgs, model_dir: str) -> BertTokenizer:
+    """--tokenizer, else the model's own vocabulary, read from its directory as resolved (not the name again)."""
+    if args.tokenizer:
+        return BertTokenizer.from_pretrained(args.tokenizer)
+    try:
+        return BertTokenizer.from_pretrained(model_dir)
+    except (FileNotFoundError, OSError) as e:
+        raise ValueError(f"--init-from {args.init_from}: no tokenizer found with the model ({e}); "
+                         "pass --tokenizer") from None
+
+
+def _tokenizer_file(where: str) -> str:
+    """The file a tokenizer was read from, as BertTokenizer.from_pretrained picks it (tokenizer.json first), for
+    messages; a name resolved in the hub cache stays the name."""
+    path = Path(where)
+    if not path.is_dir():
+        return where
+    return str(path / ("tokenizer.json" if (path / "tokenizer.json").is_file() else "vocab.txt"))
+
+
+def _initial_model(args: PretrainArgs, tok: BertTokenizer, model_dir: str | None) -> BertForPreTraining:
     """Random BERT weights of the configured size, or those of `--init-from` (continued pre-training on new
-    text, or BERT's second phase at 512 tokens): its encoder, and its MLM / NSP heads where it has them."""
+    text, or BERT's second phase at 512 tokens): its encoder, and its MLM / NSP heads where it has them.
+    `model_dir`: --init-from's directory, resolved (and its config.json checked) by _check_init_from."""
     if not args.init_from:
         return BertForPreTraining(_model_config(args, tok))
-    # (its flags were checked against its config.json by _check_init_from)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LoadWarning)  # reported below, in one line
-        model = BertForPreTraining.from_pretrained(args.init_from)
-    cfg = model.config
-    if cfg.vocab_size != tok.num_ids:
-        raise ValueError(f"--init-from {args.init_from}: its vocabulary has {cfg.vocab_size} tokens, the tokenizer "
-                         f"{tok.num_ids}; use the model's own tokenizer")
+        model = BertForPreTraining.from_pretrained(model_dir)
     dist.print0(f"--init-from {model.load_report}")
     return model
 
@@ -352,8 +373,9 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
     """The checks, the vocabulary, the model and the data shards, before any training: a failure here leaves no
     run directory behind that this job created."""
     # a bad --config, or a --seq-len the model cannot hold, fails before any tokenizer or data is built
-    if args.init_from:
-        _check_init_from(args)
+    model_dir = tok = None
+    if args.init_from:  # its tokenizer too: one of another size fails before the weights are read
+        model_dir, tok = _check_init_from(args)
     else:
         cfg = BertConfig.from_json_file(args.config) if args.config else BertConfig.from_size(args.model_size)
         _check_seq_len(args, cfg)
@@ -373,9 +395,10 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
     dist.on_main(start)
     if args.resume:
         check_resumed_settings(run / "pretrain_args.json", args, RESUME_FREE)
-    tok = _load_or_train_tokenizer(args, run)
+    if tok is None:
+        tok = _load_or_train_tokenizer(args, run)
     torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)
-    model = _initial_model(args, tok)  # before the data: a config that does not fit fails first
+    model = _initial_model(args, tok, model_dir)  # before the data: a config that does not fit fails first
     dist.on_main(lambda: _prepare_data(args, run, tok))
     data = PretrainingDataset(run / "data" / "train"), PretrainingDataset(run / "data" / "heldout")
     _check_heldout(data[1], tok, run / "data" / "heldout")

@@ -47,13 +47,26 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _set_aside(path: str, why: str) -> None:
+    """A fresh run starts a fresh log. The metrics.jsonl or tensorboard/ already there (an attempt killed before
+    its first checkpoint, or something that is not a run's at all) is renamed, not removed, to a name no earlier
+    one holds, and the user told where it went: a fresh run in a directory holding other files is allowed,
+    removing or silently moving one is not."""
+    aside, n = path + ".old", 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = f"{path}.old.{n}"
+    os.replace(path, aside)
+    warn(f"{path}: {why}; the one there was renamed to {os.path.basename(aside)}")
+
+
 class Tracker:
     """Progress bar + metrics.jsonl + TensorBoard for one run.
 
     `enabled=False` (the trainer passes `is_main()`) makes every method a no-op, so all ranks can call it.
     `resume_step`: the run continues from that checkpoint step; lines logged after it by the interrupted run
-    are dropped from metrics.jsonl, so each step appears once; otherwise a metrics.jsonl already there is renamed
-    (`_set_aside`). `tensorboard`: None = when available.
+    are dropped from metrics.jsonl, so each step appears once; otherwise a metrics.jsonl (and, logging to
+    TensorBoard, a tensorboard/ folder) already there is renamed (`_set_aside`). `tensorboard`: None = when available.
     """
 
     def __init__(self, run_dir: str | os.PathLike, total_steps: int, *, initial_step: int = 0,
@@ -73,7 +86,7 @@ class Tracker:
         if resume_step is not None:
             self._truncate_after(resume_step)
         elif os.path.exists(self.path):
-            self._set_aside()
+            _set_aside(self.path, f"a fresh run starts a new {METRICS_NAME}")
         if tensorboard is None:
             tensorboard = tensorboard_available()
         if tensorboard:
@@ -81,7 +94,10 @@ class Tracker:
                 raise RuntimeError("tensorboard=True but the tensorboard package is not installed "
                                    "(pip install tensorboard)")
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(log_dir=os.path.join(self.run_dir, TENSORBOARD_DIR),
+            log_dir = os.path.join(self.run_dir, TENSORBOARD_DIR)
+            if resume_step is None and os.path.lexists(log_dir):  # else its curves and this run's would mix
+                _set_aside(log_dir, f"a fresh run starts a new {TENSORBOARD_DIR}/ folder")
+            self._tb = SummaryWriter(log_dir=log_dir,
                                      purge_step=resume_step + 1 if resume_step is not None else None)
         if progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
@@ -89,19 +105,6 @@ class Tracker:
                              file=sys.stderr, mininterval=0.5, smoothing=0.1)
         else:
             self._lines = progress
-
-    def _set_aside(self) -> None:
-        """A fresh run starts a fresh log. The metrics.jsonl already there (an attempt killed before its first
-        checkpoint, or a file that is not a run's at all) is renamed, not removed, to a name no earlier one holds,
-        and the user told where it went: a fresh run in a directory holding other files is allowed, removing or
-        silently moving one is not."""
-        aside, n = self.path + ".old", 1
-        while os.path.lexists(aside):
-            n += 1
-            aside = f"{self.path}.old.{n}"
-        os.replace(self.path, aside)
-        warn(f"{self.path}: a fresh run starts a new {METRICS_NAME}; the one there was renamed to "
-             f"{os.path.basename(aside)}")
 
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
@@ -205,11 +208,8 @@ class ProgressLines:
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of `<run_dir>/metrics.jsonl` (or of that file itself), in order; for a (split, step)
     logged twice, the later record wins. Damaged lines are skipped."""
-    path = os.fspath(run_dir)
-    if os.path.isdir(path):
-        path = os.path.join(path, METRICS_NAME)
     records: dict[tuple[str, int], dict] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(_metrics_file(run_dir), encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -223,6 +223,20 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
                 records.pop(key, None)
                 records[key] = rec
     return sorted(records.values(), key=lambda r: (r["step"], r.get("split", "train") != "train"))
+
+
+def _metrics_file(run_dir: str | os.PathLike) -> str:
+    """A run directory's metrics.jsonl, or the file given."""
+    path = os.fspath(run_dir)
+    return os.path.join(path, METRICS_NAME) if os.path.isdir(path) else path
+
+
+def _nothing_to_plot(run_dirs: list[str]) -> ValueError:
+    """Which files held nothing to draw, and what a plot needs (an empty file said so: a run killed at once)."""
+    files = [_metrics_file(d) for d in run_dirs]
+    empty = " (empty)" if len(files) == 1 and os.path.getsize(files[0]) == 0 else ""
+    return ValueError(f"{', '.join(files)}{empty}: nothing to plot; expected train or eval records with a step and "
+                      "a loss, accuracy, score or learning rate")
 
 
 def _series(records: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
@@ -305,7 +319,7 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
 
     panels = _panels(runs)
     if not panels:
-        raise ValueError(f"plot_runs: nothing to plot in {', '.join(run_dirs)}")
+        raise _nothing_to_plot(run_dirs)
 
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)

@@ -750,3 +750,66 @@ def test_training_a_vocabulary_reports_its_progress_in_a_log(corpus, tmp_path, m
         assert f"vocabulary: {what}: {size:,}/{size:,} bytes (100%), " in err
     assert "\nvocabulary: choosing the merges of a vocabulary of 120\n" in err
     assert re.search(r"^vocabulary: merges chosen in \d+ s$", err, re.M), err
+
+
+def _init_from_model(tok: BertTokenizer, where, vocab_size: int, with_tokenizer: bool = True):
+    """A tiny pre-training model of `vocab_size` ids saved at `where`, with `tok` beside it if asked."""
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertForPreTraining
+
+    cfg = BertConfig.from_size("tiny")
+    cfg.vocab_size, cfg.pad_token_id = vocab_size, tok.pad_token_id
+    BertForPreTraining(cfg).save_pretrained(where)
+    if with_tokenizer:
+        tok.save_pretrained(where)
+    return where
+
+
+def test_init_from_vocabulary_of_another_size_is_refused_before_the_weights_are_read(corpus, tokenizer_dir, tmp_path,
+                                                                                    capsys, monkeypatch):
+    """--init-from's config.json vocab_size against the tokenizer's ids (--tokenizer, or the model's own): one
+    line naming both sizes and both files, before any weights are read and before the run directory is made."""
+    import bertkit.hub
+    from bertkit.tasks.pretrain import run_pretraining
+
+    tok = BertTokenizer.from_pretrained(tokenizer_dir)
+    model_dir = _init_from_model(tok, tmp_path / "model", tok.num_ids + 7)
+
+    def no_weights(path):
+        raise AssertionError(f"weights read before the check: {path}")
+    monkeypatch.setattr(bertkit.hub, "read_weights", no_weights)
+    out = tmp_path / "run"
+    config = model_dir / "config.json"
+    cases = {str(tokenizer_dir): (f"--init-from {model_dir}: vocab_size {tok.num_ids + 7} in {config}, but "
+                                  f"--tokenizer {tokenizer_dir / 'tokenizer.json'} has {tok.num_ids} ids; use the "
+                                  "model's own tokenizer"),
+             None: (f"--init-from {model_dir}: vocab_size {tok.num_ids + 7} in {config}, but its tokenizer "
+                    f"{model_dir / 'tokenizer.json'} has {tok.num_ids} ids; the model and its tokenizer do not "
+                    "match")}
+    for given, expected in cases.items():
+        with pytest.raises(ValueError) as e:
+            run_pretraining(PretrainArgs(corpus=[str(corpus)], output=str(out), init_from=str(model_dir),
+                                         tokenizer=given, seq_len=32))
+        assert str(e.value) == expected
+        assert not out.exists()
+    assert main(["pretrain", "--corpus", str(corpus), "--output", str(out), "--init-from", str(model_dir),
+                 "--tokenizer", str(tokenizer_dir), "--seq-len", "32"]) == 2
+    assert capsys.readouterr().err == f"bertkit pretrain: error: {cases[str(tokenizer_dir)]}\n"
+    assert not out.exists()
+
+
+def test_init_from_a_hub_name_is_resolved_once(corpus, tokenizer_dir, tmp_path, capsys, monkeypatch):
+    """A model name found in the hub cache without refs/main is resolved once, and its newest snapshot named in
+    one warning, not once for the config check, once for the tokenizer and once for the weights; the weights
+    and tokenizer come from that snapshot."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("BERTKIT_HOME", str(tmp_path / "home"))
+    tok = BertTokenizer.from_pretrained(tokenizer_dir)
+    snapshot = _init_from_model(tok, tmp_path / "hub" / "models--acme--tiny" / "snapshots" / "abc123", tok.num_ids)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert pretrain(corpus, tmp_path / "run", "--init-from", "acme/tiny", "--max-steps", "1") == 0
+    named = [str(w.message) for w in caught if "no refs/main" in str(w.message)]
+    assert len(named) == 1 and "abc123" in named[0], named
+    assert f"--init-from {snapshot / 'model.safetensors'}: all weights loaded" in capsys.readouterr().out
+    assert (tmp_path / "run" / "vocab.txt").read_text() == (snapshot / "vocab.txt").read_text()

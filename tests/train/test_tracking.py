@@ -174,3 +174,65 @@ def test_tensorboard_scalars(tmp_path):
     tr.log(1, {"loss": 2.0, "lr": 1e-4})
     tr.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_nothing_to_plot_names_the_file_and_what_was_expected(tmp_path):
+    """A metrics.jsonl that is empty, or holds no train or eval records with a step (another split, lines without
+    a step): one line naming the file, and what a plot needs; for plot_run and plot_runs alike."""
+    expected = ("nothing to plot; expected train or eval records with a step and a loss, accuracy, score or "
+                "learning rate")
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    other.mkdir()
+    (empty / "metrics.jsonl").write_text("")
+    (other / "metrics.jsonl").write_text('{"split": "test", "step": 1, "loss": 2.0}\n{"loss": 1.0}\n')
+    cases = [(lambda: plot_run(empty), f"{empty / 'metrics.jsonl'} (empty): {expected}"),
+             (lambda: plot_run(empty / "metrics.jsonl"), f"{empty / 'metrics.jsonl'} (empty): {expected}"),
+             (lambda: plot_run(other), f"{other / 'metrics.jsonl'}: {expected}"),
+             (lambda: plot_runs([empty, other], out_png=tmp_path / "x.png"),
+              f"{empty / 'metrics.jsonl'}, {other / 'metrics.jsonl'}: {expected}")]
+    for call, message in cases:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert str(e.value) == message
+    assert not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard is not installed")
+def test_a_fresh_run_sets_an_old_tensorboard_folder_aside(tmp_path):
+    """A fresh run logging to TensorBoard in a directory holding a tensorboard/ folder (an attempt killed before
+    its first checkpoint) appended to it, mixing two runs' curves: now the folder goes to a free name with a
+    one-line warning, and the new one holds this run's scalars alone. A resumed run keeps appending (TensorBoard's
+    purge_step drops the steps it redoes); a run not logging to TensorBoard leaves the folder alone."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def run(loss, **kw):
+        tr = Tracker(tmp_path, total_steps=2, progress=False, **kw)
+        for step in (1, 2):
+            tr.log(step, {"loss": loss + step})
+        tr.close()
+
+    def losses(folder):
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    run(10.0, tensorboard=True)
+    (tmp_path / "tensorboard.old").mkdir()  # set aside by an earlier run: not replaced
+    with pytest.warns(UserWarning) as caught:
+        run(20.0, tensorboard=True)
+    tb = tmp_path / "tensorboard"
+    assert [str(w.message) for w in caught if "tensorboard" in str(w.message)] == [
+        f"{tb}: a fresh run starts a new tensorboard/ folder; the one there was renamed to tensorboard.old.2"]
+    assert losses(tb) == [(1, 21.0), (2, 22.0)]
+    assert losses(tmp_path / "tensorboard.old.2") == [(1, 11.0), (2, 12.0)]
+    assert not list((tmp_path / "tensorboard.old").iterdir())
+
+    tr = Tracker(tmp_path, total_steps=3, progress=False, tensorboard=True, resume_step=2)
+    tr.log(3, {"loss": 23.0})
+    tr.close()
+    assert losses(tb) == [(1, 21.0), (2, 22.0), (3, 23.0)]
+    with pytest.warns(UserWarning, match="metrics.jsonl"):
+        run(30.0, tensorboard=False)
+    assert losses(tb) == [(1, 21.0), (2, 22.0), (3, 23.0)]
+    assert sorted(p.name for p in tmp_path.glob("tensorboard*")) == ["tensorboard", "tensorboard.old",
+                                                                     "tensorboard.old.2"]
