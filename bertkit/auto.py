@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from .config import CONFIG_NAME, BertConfig, check_config, config_file
-from .hub import NO_EFFECT_OPTIONS, TOKENIZER_FILES, resolve_model_dir
+from .hub import resolve_model_dir
 from .io import read_json
 
 
@@ -31,12 +31,10 @@ class AutoTokenizer:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, subfolder: str = "", **kwargs):
-        """The revision and subfolder are resolved here and BertTokenizer gets the snapshot directory."""
-        from .tokenizer import BertTokenizer
-        for name in NO_EFFECT_OPTIONS & set(kwargs):
-            kwargs.pop(name)
-        directory = resolve_model_dir(name_or_path, required=TOKENIZER_FILES, revision=revision,
-                                      cache_dir=cache_dir, subfolder=subfolder)
+        """The directory is found as BertTokenizer finds it (`tokenizer_dir`), its config.json (if any) checked
+        for a BERT model type, and BertTokenizer loads it (dropping transformers' no-effect options)."""
+        from .tokenizer import BertTokenizer, tokenizer_dir
+        directory = tokenizer_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
         if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             check_model_type(directory)
         tok = BertTokenizer.from_pretrained(directory, **kwargs)

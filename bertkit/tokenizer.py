@@ -309,27 +309,30 @@ class BertTokenizer:
     # ----------------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        use_fast: bool = True, subfolder: str = "", **overrides) -> BertTokenizer:
+                        cache_dir: str | os.PathLike | None = None, use_fast: bool = True, subfolder: str = "",
+                        **overrides) -> BertTokenizer:
         """Load from a directory (tokenizer.json, else vocab.txt, plus tokenizer_config.json), a vocab.txt
-        or tokenizer.json file, or a model name resolved by `bertkit.hub` (`revision`: a branch, tag or
-        commit of the hub cache; ignored for a local file or directory, as in transformers; `subfolder`: a
-        folder of the directory, where the tokenizer files are). `overrides`
-        are constructor arguments that win over the saved settings. `use_fast` is accepted for code written
-        for transformers; the Rust tokenizer is used either way (its ids equal the Python one's)."""
+        or tokenizer.json file, or a model name, found by `tokenizer_dir` as for `AutoTokenizer` (`revision`: a
+        branch, tag or commit of the hub cache, ignored for a local file or directory as in transformers;
+        `cache_dir`: another hub cache; `subfolder`: a folder of the directory, where the tokenizer files are).
+        `overrides` are constructor arguments that win over the saved settings. Accepted for code written for
+        transformers, though they change nothing offline: its loading options in `bertkit.hub.NO_EFFECT_OPTIONS`
+        (local_files_only, token, force_download, ...) and `use_fast` (the Rust tokenizer is used either way;
+        its ids equal the Python one's)."""
+        from bertkit.hub import NO_EFFECT_OPTIONS
+
         if not use_fast:
             warn("use_fast=False: bertkit always uses the Rust tokenizer (its ids equal those of "
                  "transformers' Python BertTokenizer)")
+        for name in NO_EFFECT_OPTIONS & set(overrides):
+            overrides.pop(name)
         overrides.setdefault("name_or_path", os.fspath(name_or_path))
         path = Path(name_or_path)
         if path.is_file():
             if path.suffix == ".json":
                 return cls._from_tokenizer_json(path, overrides)
             return cls(path, **overrides)
-        if subfolder or not path.is_dir():
-            from bertkit.hub import TOKENIZER_FILES, resolve_model_dir
-
-            path = Path(resolve_model_dir(os.fspath(name_or_path), required=TOKENIZER_FILES, revision=revision,
-                                          subfolder=subfolder))
+        path = Path(tokenizer_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder))
         settings = _read_settings(path)
         settings.update(overrides)
         if (path / "tokenizer.json").is_file():
@@ -564,7 +567,7 @@ class BertTokenizer:
                            replace_extra_special_tokens: bool = True) -> int:
         """Add or replace role tokens, e.g. {"cls_token": "<s>"}, and extra special tokens, e.g.
         {"additional_special_tokens": ["<e1>", "</e1>"]} (or transformers 5's "extra_special_tokens");
-        returns how many new ids were made.
+        returns how many were not special tokens already, counted as `add_tokens(..., special_tokens=True)` does.
 
         Special tokens are matched on the raw text and never split. A new unk_token must already be in
         the WordPiece vocabulary (the model maps unknown words to it by its vocabulary id). As in
@@ -586,9 +589,8 @@ class BertTokenizer:
         new_unk = roles.get("unk_token")
         if new_unk is not None and self._tok.model.token_to_id(new_unk) is None:
             raise ValueError(f"unk_token {new_unk!r} is not in the WordPiece vocabulary")
-        before = len(self)
         self._no_new_ids(self._tok, [*roles.values(), *(extra or ())])
-        self._tok.add_special_tokens([_special(t) for t in (*roles.values(), *(extra or ()))])
+        count = self._tok.add_special_tokens([_special(t) for t in (*roles.values(), *(extra or ()))])
         self._special.update(roles)
         if extra and replace_extra_special_tokens:
             self._extra_special = list(dict.fromkeys(extra))
@@ -598,10 +600,14 @@ class BertTokenizer:
             self._tok.model.unk_token = new_unk
         self._update_post_processor()
         self._rust_settings = None  # the padding set on the Rust side may name the old pad token
-        return len(self) - before
+        return count
 
     def add_tokens(self, tokens: str | AddedToken | Sequence[str | AddedToken], special_tokens: bool = False) -> int:
-        """Add whole tokens that are never split; returns how many got new ids (resize embeddings to len(self)).
+        """Add whole tokens that are never split; returns a count as transformers', but resize embeddings to
+        len(self), not by it (transformers' advice too). Special tokens count as there: each not already a special
+        token with the same flags, so one of the WordPiece vocabulary counts though it gets no new id. Non-special
+        tokens: how many got new ids (transformers also counts a vocabulary word, which it then registers as an
+        added token; bertkit leaves it alone, see below).
 
         For an uncased tokenizer, non-special tokens are lowercased first, so they match the lowercased
         text ("QzXv" is added as "qzxv", the form every tokenizer, transformers' Python one included, finds
@@ -613,21 +619,18 @@ class BertTokenizer:
         for t in tokens:
             if not (isinstance(t, str) and t or isinstance(t, AddedToken) and t.content):
                 raise TypeError(f"tokens to add must be non-empty str or AddedToken, got {t!r}")
-        before = len(self)
         self._no_new_ids(self._tok, [t.content if isinstance(t, AddedToken) else t if special_tokens
                                      or not self.do_lower_case else _lower(t) for t in tokens])
-        if special_tokens:  # new ids in the order given, as transformers numbers them
-            self._tok.add_special_tokens([t if isinstance(t, AddedToken) else _special(t) for t in tokens])
-        else:
-            known = self._tok.get_vocab(with_added_tokens=True)
-            fresh = {}
-            for t in tokens:
-                if isinstance(t, str):
-                    t = AddedToken(_lower(t) if self.do_lower_case else t, special=False, normalized=True)
-                if t.content not in known:
-                    fresh.setdefault(t.content, t)
-            self._tok.add_tokens(list(fresh.values()))
-        return len(self) - before
+        if special_tokens:  # new ids in the order given, as transformers numbers them; its count, as there
+            return self._tok.add_special_tokens([t if isinstance(t, AddedToken) else _special(t) for t in tokens])
+        known = self._tok.get_vocab(with_added_tokens=True)
+        fresh = {}
+        for t in tokens:
+            if isinstance(t, str):
+                t = AddedToken(_lower(t) if self.do_lower_case else t, special=False, normalized=True)
+            if t.content not in known:
+                fresh.setdefault(t.content, t)
+        return self._tok.add_tokens(list(fresh.values()))
 
     def _no_new_ids(self, tok: Tokenizer, contents: Sequence[str]) -> None:
         """Refuse tokens that would need new ids when the vocabulary leaves ids unused: the Rust library would
@@ -1134,6 +1137,17 @@ class BertTokenizer:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+def tokenizer_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                  cache_dir: str | os.PathLike | None = None, subfolder: str = "") -> str:
+    """A tokenizer's directory: a local one, or a model name's in $BERTKIT_HOME or the hub cache (`cache_dir`
+    replacing its location); see `bertkit.hub.resolve_model_dir`. The one lookup of `BertTokenizer.from_pretrained`
+    and `AutoTokenizer`, so that both take the same options and fail the same way."""
+    from bertkit.hub import TOKENIZER_FILES, resolve_model_dir
+
+    return resolve_model_dir(os.fspath(name_or_path), required=TOKENIZER_FILES, revision=revision,
+                             cache_dir=cache_dir, subfolder=subfolder)
+
+
 PROGRESS_EVERY_S = 30.0  # without a terminal: a line this often while a vocabulary is trained (seconds)
 _BATCH_LINES = 1000      # lines handed to the Rust trainer at a time
 

@@ -9,7 +9,6 @@ import pickle
 import re
 import shutil
 import sys
-import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -365,6 +364,42 @@ def test_added_tokens_take_ids_in_the_order_given_as_transformers(hf, special):
     assert ours.convert_tokens_to_ids(names) == ref.convert_tokens_to_ids(names) == [30522, 30523, 30524, 30525]
 
 
+SPECIAL_ADDS = [["<ent>", "[unused0]"], ["[unused0]"], ["hello"], ["[CLS]"], ["<a>", "<a>", "<b>"],
+                ["Hello"], ["[MASK]", "[unused1]"]]
+
+
+@pytest.mark.parametrize("new", SPECIAL_ADDS + [["[MASK]"], ["<e1>"]], ids=lambda n: ",".join(map(str, n)))
+def test_add_special_tokens_counts_as_transformers(hf, new):
+    """transformers counts each token not already special with the same flags, a vocabulary token too (it gets
+    no new id): code that checks the count against the tokens it gave gets the same answer."""
+    from tokenizers import AddedToken
+    new = [AddedToken(t, lstrip=True, special=True) if t in ("[MASK]", "<e1>") else t for t in new]
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(MINILM)
+    for _ in range(2):  # the second time: nothing new
+        assert ours.add_tokens(new, special_tokens=True) == ref.add_tokens(new, special_tokens=True)
+        assert len(ours) == len(ref)
+    assert ours(["x [unused0]<ent> [MASK]y hello"])["input_ids"] == ref(["x [unused0]<ent> [MASK]y hello"])["input_ids"]
+
+
+@pytest.mark.parametrize("new", SPECIAL_ADDS[:4] + [["[MASK]", "<s>", "[unused1]"]], ids=",".join)
+def test_add_special_tokens_dict_counts_as_transformers(hf, new):
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(MINILM)
+    roles = {"additional_special_tokens": new[1:]} if len(new) > 1 else {}
+    for _ in range(2):
+        assert ours.add_special_tokens({"mask_token": new[0], **roles}) == \
+            ref.add_special_tokens({"mask_token": new[0], **roles})
+        assert len(ours) == len(ref) and ours.mask_token_id == ref.mask_token_id
+
+
+def test_add_non_special_vocabulary_word_is_left_alone(hf):
+    """transformers registers a vocabulary word given to add_tokens as an added token (count 1, no new id), which
+    changes how words containing it split; bertkit leaves it alone (count 0). len() is the same in both."""
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(MINILM)
+    assert (ours.add_tokens(["hello", "qzxv"]), ref.add_tokens(["hello", "qzxv"])) == (1, 2)
+    assert len(ours) == len(ref) == 30523
+    assert (ours.tokenize("othello"), ref.tokenize("othello")) == (["ot", "##hell", "##o"], ["ot", "hello"])
+
+
 def test_add_tokens_keeps_case_for_cased(cased_dir):
     t = BertTokenizer.from_pretrained(cased_dir)
     assert t.add_tokens(["QzXv"]) == 1
@@ -377,7 +412,7 @@ def test_special_tokens_are_never_split(tok, hf):
         assert tok.encode(text) == hf.encode(text)
     assert tok.tokenize("a[MASK]b") == ["a", "[MASK]", "b"]
     t = BertTokenizer.from_pretrained(MINILM)
-    assert t.add_tokens(["<ent>", "[unused0]"], special_tokens=True) == 1  # [unused0] is in the vocab
+    assert t.add_tokens(["<ent>", "[unused0]"], special_tokens=True) == 2 and len(t) == 30523  # [unused0]: no new id
     assert t.tokenize("x<ent>y [unused0]z <ENT>") == ["x", "<ent>", "y", "[unused0]", "z", "<", "en", "##t", ">"]
     assert t.decode(t.encode("an <ent> here"), skip_special_tokens=True) == "an here"
 
@@ -388,10 +423,10 @@ def test_add_and_replace_special_tokens():
     assert (t.cls_token, t.sep_token, t.cls_token_id, t.sep_token_id) == ("<s>", "</s>", 30522, 30523)
     assert t.encode("hi", "there") == [30522, 7632, 30523, 2045, 30523]
     assert t.tokenize("a<s>b") == ["a", "<s>", "b"]
-    assert t.add_special_tokens({"mask_token": "[unused1]"}) == 0
+    assert t.add_special_tokens({"mask_token": "[unused1]"}) == 1 and len(t) == 30524  # counted, as transformers
     assert t.mask_token_id == 2 and t.tokenize("x[unused1]") == ["x", "[unused1]"]
     assert t(["a", "a b"], padding=True)["input_ids"][0][-1] == 0
-    assert t.add_special_tokens({"pad_token": "[unused2]"}) == 0
+    assert t.add_special_tokens({"pad_token": "[unused2]"}) == 1
     assert t(["a", "a b"], padding=True)["input_ids"][0][-1] == t.pad_token_id == 3
     with pytest.raises(ValueError, match=r"unk_token '<unk>' is not in the WordPiece vocabulary"):
         t.add_special_tokens({"unk_token": "<unk>"})
@@ -520,25 +555,80 @@ def test_vocab_txt_round_trip(tmp_path, tok):
     assert BertTokenizer.from_pretrained(tmp_path / "c" / "tokenizer.json").encode("Hello") == [2, 1, 3]
 
 
-def test_from_pretrained_resolves_names_through_hub(monkeypatch):
-    calls = []
+MAIN_COMMIT, V1_COMMIT = "a" * 40, "b" * 40
+HUB_TEXTS = ["Hello world", "Unaffable HÉLLO, [MASK] café!", "naïve 中文 tokenizers"]
 
-    def resolve_model_dir(name: str, required: tuple[str, ...], *, revision: str | None = None,
-                          subfolder: str = "") -> str:
-        assert required == ("vocab.txt", "tokenizer.json")
-        calls.append((name, revision, subfolder))
-        if name == "missing/model":
-            raise FileNotFoundError(f"no model named {name!r}")
-        return str(MINILM)
 
-    monkeypatch.setitem(sys.modules, "bertkit.hub", types.SimpleNamespace(
-        resolve_model_dir=resolve_model_dir, TOKENIZER_FILES=("vocab.txt", "tokenizer.json")))
-    assert BertTokenizer.from_pretrained("sentence-transformers/all-MiniLM-L6-v2").encode("hi") == [101, 7632, 102]
-    with pytest.raises(FileNotFoundError, match="missing/model"):
-        BertTokenizer.from_pretrained("missing/model", revision="v1")
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch) -> Path:
+    """A hub cache outside the default place holding org/minilm: main (MiniLM's tokenizer files) and tag v1 (a
+    cased tokenizer from vocab.txt alone, in subfolder tok/). $BERTKIT_HOME empty."""
+    monkeypatch.setenv("BERTKIT_HOME", str(tmp_path / "bertkit"))
+    repo = tmp_path / "hub" / "models--org--minilm"
+    main, v1 = repo / "snapshots" / MAIN_COMMIT, repo / "snapshots" / V1_COMMIT / "tok"
+    for directory in (main, v1, repo / "refs"):
+        directory.mkdir(parents=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(MINILM / name, main / name)
+    shutil.copy(MINILM / "vocab.txt", v1 / "vocab.txt")
+    (v1 / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}), encoding="utf-8")
+    (repo / "refs" / "main").write_text(MAIN_COMMIT, encoding="utf-8")
+    (repo / "refs" / "v1").write_text(V1_COMMIT, encoding="utf-8")  # a tag, as huggingface_hub caches it
+    return tmp_path / "hub"
+
+
+LOADING_OPTIONS = [
+    {},
+    {"revision": "v1", "subfolder": "tok"},
+    {"revision": MAIN_COMMIT},
+    # transformers' options that change nothing offline: accepted, as there
+    {"local_files_only": True, "force_download": False, "token": None, "trust_remote_code": False,
+     "proxies": None, "resume_download": None},
+]
+
+
+@pytest.mark.parametrize("options", LOADING_OPTIONS, ids=lambda o: ",".join(o) or "plain")
+def test_from_pretrained_takes_transformers_loading_options(fake_hub, options):
+    """BertTokenizer and AutoTokenizer load a name from another hub cache (`cache_dir`) with transformers'
+    options, as transformers' BertTokenizer does offline."""
+    from bertkit.auto import AutoTokenizer
+
+    offline = {"local_files_only": True}  # HF_HUB_OFFLINE is read when huggingface_hub is imported: too late here
+    ref = transformers.BertTokenizer.from_pretrained("org/minilm", cache_dir=fake_hub, **{**offline, **options})
+    expected = ref(HUB_TEXTS)["input_ids"]
+    for load in (BertTokenizer.from_pretrained, AutoTokenizer.from_pretrained):
+        ours = load("org/minilm", cache_dir=fake_hub, **options)
+        assert ours(HUB_TEXTS)["input_ids"] == expected, load
+        assert ours.name_or_path == ref.name_or_path == "org/minilm"
+    # and a local directory takes the same options
+    local = {k: v for k, v in options.items() if k != "subfolder"}
+    assert BertTokenizer.from_pretrained(MINILM, cache_dir=fake_hub, **local)(HUB_TEXTS)["input_ids"] == \
+        transformers.BertTokenizer.from_pretrained(MINILM, **{**offline, **local})(HUB_TEXTS)["input_ids"]
+
+
+def test_revision_and_subfolder_pick_their_tokenizer(fake_hub):
+    """The fixture's two revisions differ (uncased vs cased), so the right one is shown to be loaded."""
+    main = BertTokenizer.from_pretrained("org/minilm", cache_dir=fake_hub)
+    v1 = BertTokenizer.from_pretrained("org/minilm", cache_dir=fake_hub, revision="v1", subfolder="tok")
+    assert main.tokenize("Hello") == ["hello"] and v1.tokenize("Hello") != ["hello"]
+    # a hash prefix, as huggingface_hub takes it online (transformers offline does not resolve one)
+    assert BertTokenizer.from_pretrained("org/minilm", cache_dir=fake_hub, revision=V1_COMMIT[:7],
+                                         subfolder="tok").tokenize("Hello") == v1.tokenize("Hello")
     assert BertTokenizer.from_pretrained(MINILM.parent, subfolder=MINILM.name).encode("hi") == [101, 7632, 102]
-    assert calls == [("sentence-transformers/all-MiniLM-L6-v2", None, ""), ("missing/model", "v1", ""),
-                     (str(MINILM.parent), None, MINILM.name)]
+
+
+def test_from_pretrained_missing_name_or_revision_fails_as_auto_tokenizer(fake_hub):
+    from bertkit.auto import AutoTokenizer
+
+    for load in (BertTokenizer.from_pretrained, AutoTokenizer.from_pretrained):
+        with pytest.raises(FileNotFoundError, match=r"no model 'org/other' with vocab.txt or tokenizer.json found; "
+                                                    r"looked in: .*" + re.escape(str(fake_hub))):
+            load("org/other", cache_dir=fake_hub)
+        with pytest.raises(FileNotFoundError, match=r"model 'org/minilm': revision 'v2' is not in the hub cache "
+                                                    r".*cached refs: main \(aaaaaaaaaaaa\), v1 \(bbbbbbbbbbbb\)"):
+            load("org/minilm", cache_dir=fake_hub, revision="v2")
+        with pytest.raises(ValueError, match=r"revision '\.\./x': expected a branch, tag or commit hash"):
+            load(MINILM, revision="../x")  # checked for a local directory too, as bertkit.hub does everywhere
 
 
 # ----------------------------------------------------------------------------------- 5. bad input
