@@ -484,6 +484,20 @@ def _seeds_shown(spec: str | None) -> str:
     return repr(spec) if spec else "none (one run, --seed)"
 
 
+def _check_run_dir(args, out: Path, args_file: Path, resume: bool, continuing: bool,
+                   data: dict[str, dict[str, Any]]) -> None:
+    """Whether the run may start (no earlier run in `out`) or continue (its settings, data and seeds), and its
+    arguments file written (or, with seeds added, updated so that none is dropped later)."""
+    if continuing:
+        check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY} | _check_same_data(args, args_file, data))
+        if _check_seeds(args, args_file):  # more seeds: recorded, so none is dropped later
+            write_text_atomic(args_file, json.dumps({**read_json(args_file), "seeds": args.seeds}, indent=2) + "\n")
+    elif not resume:
+        _refuse_earlier_run(out)
+    if not (continuing and args_file.is_file()):
+        write_text_atomic(args_file, json.dumps({**dataclasses.asdict(args), DATA_KEY: data}, indent=2) + "\n")
+
+
 def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     args_file = out / ARGS_NAME
@@ -492,14 +506,7 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     # a --resume with nothing to continue (the first run failed before its first checkpoint, or none ran) is a
     # first run: the settings a failed attempt left do not bind it
     continuing = resume and _started(out)
-    if continuing:
-        check_resumed_settings(args_file, args, RESUME_FREE | {DATA_KEY} | _check_same_data(args, args_file, data))
-        if _check_seeds(args, args_file) and dist.is_main():  # more seeds: recorded, so none is dropped later
-            write_text_atomic(args_file, json.dumps({**read_json(args_file), "seeds": args.seeds}, indent=2) + "\n")
-    elif not resume:
-        _refuse_earlier_run(out)
-    if dist.is_main() and not (continuing and args_file.is_file()):
-        write_text_atomic(args_file, json.dumps({**dataclasses.asdict(args), DATA_KEY: data}, indent=2) + "\n")
+    dist.on_main(lambda: _check_run_dir(args, out, args_file, resume, continuing, data))  # a refusal said once
     if not args.seeds:
         res = _done(out, resume, args, args_file)
         if res is not None:

@@ -394,7 +394,7 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
             python_docs_corpus(args.corpus[0])
     dist.on_main(start)
     if args.resume:
-        check_resumed_settings(run / "pretrain_args.json", args, RESUME_FREE)
+        dist.on_main(lambda: check_resumed_settings(run / "pretrain_args.json", args, RESUME_FREE))  # said once
     if tok is None:
         tok = _load_or_train_tokenizer(args, run)
     torch.manual_seed(args.seed)  # the random weights (with --init-from: of the parts it lacks)

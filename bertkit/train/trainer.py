@@ -120,6 +120,10 @@ def run_lock(output_dir: str | os.PathLike, discard_new: Callable[[], bool] | No
             del _held_locks[key]
 
 
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
 # TrainConfig fields a resume must keep (see Trainer._check_settings)
 FIXED_ON_RESUME = ("lr", "weight_decay", "optimizer", "betas", "eps", "max_grad_norm", "precision", "seed")
 
@@ -665,10 +669,7 @@ class Trainer:
                                        self.scheduler.lr_lambdas):
             group["lr"] = base * factor(self.scheduler.last_epoch)
         same_world = len(state["rng"]) == self.info.world_size
-        self._check_global_batch(path, state)   # first: a wrong batch also changes the steps _check_settings reports
-        self._check_settings(path, state)
-        if not same_world:
-            self._check_regrouping(path, state)
+        dist.on_main(lambda: self._check_resumable(path, state))  # every rank would refuse alike: rank 0 says it
         if state["data"] is not None:
             if not hasattr(self.batches, "load_state_dict"):
                 raise TypeError("the checkpoint holds a data position but the batch source has no "
@@ -686,6 +687,14 @@ class Trainer:
             self._resume_rng = rng_state()
         dist.print0(f"resume: {path} (step {state['step']})")
         return int(state["step"])
+
+    def _check_resumable(self, path: str, state: dict) -> None:
+        """Whether this run may continue the checkpoint `path` (its loaded `state`): the same global batch, settings
+        and, with another number of processes, one data position for all."""
+        self._check_global_batch(path, state)   # first: a wrong batch also changes the steps _check_settings reports
+        self._check_settings(path, state)
+        if len(state["rng"]) != self.info.world_size:
+            self._check_regrouping(path, state)
 
     def _check_settings(self, path: str, state: dict) -> None:
         """A resumed run computes as the saved one did: the optimizer's settings come back from the checkpoint
@@ -719,7 +728,7 @@ class Trainer:
             hint = (f"a batch size of {per} per process" if not left else
                     f"no batch size per process fits {self.info.world_size} processes")
             raise ValueError(
-                f"{path} was written by {before} process{'es' if before > 1 else ''}, each micro-batch {old[0]} "
+                f"{path} was written by {_processes(before)}, each micro-batch {old[0]} "
                 f"sequences in all, accumulation {old[1]}; resuming on {self.info.world_size} needs the same "
                 f"({hint}, and accumulation {old[1]}), not {new[0]} and {new[1]}")
 
@@ -731,7 +740,7 @@ class Trainer:
         if state["data"] is not None and any(d != state["data"][0] for d in state["data"]):
             raise ValueError(f"{path}: its {before} processes stood at different data positions; resuming it "
                              f"needs the same number of processes, not {self.info.world_size}")
-        dist.print0(f"resume: {path} was written by {before} processes, this run has {self.info.world_size}: "
+        dist.print0(f"resume: {path} was written by {_processes(before)}, this run has {self.info.world_size}: "
                     "the same weights, optimizer, data and masks; new dropout streams, so not bit for bit")
 
     # -- the loop -------------------------------------------------------------------------------
