@@ -704,6 +704,13 @@ def main(argv: list[str] | None = None) -> int:
         message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
         print(f"bertkit {args.words}: error: {message}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .train.distributed import info, peer_failed
+        if not peer_failed(e):  # a real error here: its traceback
+            raise
+        # torchrun: another rank died; its error (or torchrun's report of a killed rank) says why
+        print(f"bertkit {args.words}: rank {info().rank} stopped: another rank failed", file=sys.stderr)
+        return _quiet_exit()  # waits for torchrun to stop it: the rank that failed stays the root cause
     except KeyboardInterrupt:  # Ctrl-C: checkpoints are written whole, so a training run resumes from its last
         print(f"bertkit {args.words}: interrupted (a training run continues from its last checkpoint, if it "
               "wrote one, with --resume)", file=sys.stderr)

@@ -448,3 +448,90 @@ def test_format_conll_is_refused_for_a_model_that_is_not_a_tagger(tmp_path, caps
         assert _one_line_error(capsys, command) == (f"--format conll: {model} is a {task} model ({head}), which "
                                                     f"reads {reads[command]}")
         assert not out.exists()
+
+
+GLOO_EOF = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:5319. This is typically caused by a remote worker crashing. Check the logs of the remote "
+            "worker before reporting an error. GLHF! 🏖️")  # what torch 2.13 raised on the survivor of 2 gloo ranks
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_collective_failing_because_a_peer_died_is_one_line_and_a_real_error_its_traceback(rank, capsys,
+                                                                                            monkeypatch):
+    """Under torchrun the rank left when another dies stops with one line (after the quiet rank's wait: the dead
+    rank stays torchrun's root cause), not the traceback of its failed collective; a RuntimeError of its own still
+    propagates with its traceback."""
+    from bertkit import cli
+    from bertkit.train import distributed
+    waits = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(distributed, "_info", distributed.DistInfo(rank=int(rank), world_size=2, backend="gloo"))
+    raised = []
+
+    def run(args):
+        raise raised[-1]
+    help_text, add, _ = COMMANDS[("demo",)]
+    monkeypatch.setitem(COMMANDS, ("demo",), (help_text, add, run))
+    raised.append(RuntimeError(GLOO_EOF))
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err == f"bertkit demo: rank {rank} stopped: another rank failed\n"
+    assert waits == [cli.QUIET_EXIT_WAIT_S]
+    raised.append(RuntimeError("a bug on this rank"))
+    with pytest.raises(RuntimeError, match="^a bug on this rank$"):
+        main(["demo"])
+    monkeypatch.setattr(distributed, "_info", distributed.DistInfo())  # a world of one: no peer to die
+    raised.append(RuntimeError(GLOO_EOF))
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(["demo"])
+    assert capsys.readouterr().err == "" and waits == [cli.QUIET_EXIT_WAIT_S]
+
+
+def _failing_rank(directory: Path, rank: str, how: str) -> Path:
+    """A script to launch instead of `-m bertkit` under `torchrun`: the same CLI, but rank `rank` fails as `how`
+    says (value: a ValueError, runtime: a RuntimeError, kill: SIGKILL) at the start of step 5, before that step's
+    first collective, while the other rank goes on into it."""
+    script = directory / "failing_rank.py"
+    script.write_text("import os, signal, sys\n"
+                      "from bertkit.cli import main\n"
+                      "from bertkit.train import trainer\n"
+                      "real = trainer.Trainer._global_counts\n"
+                      "def failing(self, counts):\n"
+                      f"    if os.environ['RANK'] == {rank!r} and self.step == 4:\n"
+                      f"        if {how!r} == 'kill':\n"
+                      "            os.kill(os.getpid(), signal.SIGKILL)\n"
+                      f"        error = ValueError if {how!r} == 'value' else RuntimeError\n"
+                      f"        raise error('injected failure on rank {rank} in step 5')\n"
+                      "    return real(self, counts)\n"
+                      "trainer.Trainer._global_counts = failing\n"
+                      "sys.exit(main(sys.argv[1:]))\n", encoding="utf-8")
+    return script
+
+
+@pytest.mark.parametrize("fail_rank, how, said", [
+    ("1", "value", "bertkit pretrain: error: injected failure on rank 1 in step 5\n"),
+    ("1", "kill", ""),  # killed: torchrun's report says so (exitcode -9)
+    ("0", "runtime", "[rank0]: RuntimeError: injected failure on rank 0 in step 5\n"),  # a bug: its traceback
+])
+def test_torchrun_one_rank_failing_alone_is_said_once(fail_rank, how, said, tmp_path, torchrun):
+    """One of 2 pre-training ranks fails alone mid-run: its error is printed once, and the other rank, whose
+    next collective fails because its peer is gone, adds one line (no traceback of gloo's "Connection
+    closed by peer"); torchrun names the failed rank as the root cause."""
+    corpus = tmp_path / "corpus.txt"
+    words = ["cat", "dog", "tree", "sun", "moon", "star", "rain", "stone"]
+    corpus.write_text("\n\n".join("\n".join(f"The {words[d % 8]} is near the {words[(d + s) % 8]}." for s in range(6))
+                                  for d in range(60)) + "\n", encoding="utf-8")  # 60 documents: 3 held out
+    run = torchrun(_failing_rank(tmp_path, fail_rank, how), "pretrain", "--corpus", corpus, "--output",
+                   tmp_path / "run", "--model-size", "tiny", "--vocab-size", "120", "--max-steps", "10",
+                   "--batch-size", "4", "--seq-len", "32", "--eval-batches", "2", "--save-every", "100")
+    err = run.stderr
+    assert run.returncode != 0, err[-3000:]
+    assert err.count(said) == 1 if said else "injected failure" not in err, err[-3000:]
+    assert "GLHF" not in err and "by peer" not in err, err[-3000:]  # gloo's words for the dead peer
+    other = "1" if fail_rank == "0" else "0"
+    assert f"[rank{other}]:" not in err, err[-3000:]  # no traceback from the rank left
+    # the rank left says so, unless torchrun stopped it before it noticed the dead peer (a loaded machine)
+    assert err.count(f"rank {other} stopped: another rank failed\n") <= 1, err[-3000:]
+    root = err.split("Root Cause")[1]
+    assert f"rank      : {fail_rank} (local_rank: {fail_rank})" in root, err[-3000:]
+    assert "exitcode  : -9" in root if how == "kill" else "SIGTERM" not in root, err[-3000:]

@@ -16,6 +16,7 @@ Two ways to spread training over the ranks:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,6 +126,19 @@ def on_main(fn: Callable[[], T]) -> T | None:
     if box[0] is not None:
         raise RankZeroError(box[0])
     return result
+
+
+# What gloo's TCP transport raises (a RuntimeError from the collective, message prefixed by its source line) when
+# the peer at the other end of a socket has gone: its process exited (EOF) or was killed (a reset). A hung peer
+# (a timeout) or any other error is not this.
+_PEER_GONE = re.compile(r"gloo/transport/\w+/pair\.cc:\d+\] (?:Connection closed by peer |"
+                        r"(?:Read error|writev) [^\n]*: (?:Connection reset by peer|Broken pipe))")
+
+
+def peer_failed(exc: BaseException) -> bool:
+    """True when `exc` is a collective failing on this rank only because another rank died (which says why, or
+    torchrun does): the CLI then stops this rank without its traceback, which would bury the real error."""
+    return is_distributed() and isinstance(exc, RuntimeError) and _PEER_GONE.search(str(exc)) is not None
 
 
 def info() -> DistInfo:

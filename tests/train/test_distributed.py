@@ -239,3 +239,32 @@ def test_setup_rejects_bad_env(monkeypatch):
     with pytest.raises(ValueError, match="WORLD_SIZE=2 but no RANK: launch the processes with torchrun"):
         distributed.setup()
     distributed.cleanup()
+
+
+# What torch 2.13's gloo raised on the surviving rank of `torchrun --nproc-per-node 2` (a RuntimeError, not a
+# DistBackendError) when the other rank exited in step 5, and when it was killed (SIGKILL) there.
+GLOO_EOF = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:5319. This is typically caused by a remote worker crashing. Check the logs of the remote "
+            "worker before reporting an error. GLHF! 🏖️")
+GLOO_RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:22433: "
+              "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the "
+              "application. Check the logs of the remote worker before reporting an error. GLHF! 🏖️")
+
+
+def test_peer_failed_recognises_only_a_collective_whose_peer_died(monkeypatch):
+    """The surviving rank's gloo error (EOF or reset from the dead peer, as RuntimeError or DistBackendError) is a
+    peer's death; a gloo timeout (a hung peer), the same words from elsewhere, or any error in a world of one
+    is not."""
+    import torch.distributed as tdist
+    monkeypatch.setattr(distributed, "_info", distributed.DistInfo(rank=0, world_size=2, backend="gloo"))
+    for e in (RuntimeError(GLOO_EOF), RuntimeError(GLOO_RESET), tdist.DistBackendError(GLOO_EOF),
+              RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:310] writev [127.0.0.1]:41230: "
+                           "Broken pipe")):
+        assert distributed.peer_failed(e), e
+    for e in (RuntimeError("[/x/third_party/gloo/gloo/transport/tcp/pair.cc:598] Read timeout [127.0.0.1]:1"),
+              RuntimeError("Connection closed by peer"), RuntimeError("upload failed: Connection reset by peer"),
+              ValueError(GLOO_EOF), ConnectionResetError(104, "Connection reset by peer"),
+              RuntimeError("CUDA error: out of memory")):
+        assert not distributed.peer_failed(e), e
+    monkeypatch.setattr(distributed, "_info", distributed.DistInfo())
+    assert not distributed.peer_failed(RuntimeError(GLOO_EOF))
