@@ -24,22 +24,52 @@ class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> BertConfig:
         """`BertConfig.from_pretrained`: a config.json describing another model_type is refused there."""
-        return BertConfig.from_pretrained(name_or_path, **kwargs)
+        return BertConfig.from_pretrained(name_or_path, **_without_auto_options(kwargs))
 
 
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                        cache_dir: str | os.PathLike | None = None, subfolder: str = "", **kwargs):
+                        cache_dir: str | os.PathLike | None = None, subfolder: str = "", config=None,
+                        tokenizer_type: str | None = None, mistral_format: bool | None = None, **kwargs):
         """The directory is found as BertTokenizer finds it (`tokenizer_dir`), its config.json (if any) checked
-        for a BERT model type, and BertTokenizer loads it (dropping transformers' no-effect options)."""
+        for a BERT model type, and BertTokenizer loads it (dropping transformers' no-effect options).
+
+        transformers' choices of the tokenizer class are checked, not ignored: `tokenizer_type` must be "bert"
+        (then config.json is not read, as there), a `config` object, read instead of config.json, must have
+        model_type "bert", and `mistral_format=True` (Mistral's own tokenizer) is refused."""
         from .tokenizer import BertTokenizer, tokenizer_dir
+        _check_tokenizer_choice(config, tokenizer_type, mistral_format)
         directory = tokenizer_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
-        if os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+        if tokenizer_type is None and config is None and os.path.isfile(os.path.join(directory, CONFIG_NAME)):
             check_model_type(directory)
-        tok = BertTokenizer.from_pretrained(directory, **kwargs)
+        tok = BertTokenizer.from_pretrained(directory, **_without_auto_options(kwargs))
         tok.name_or_path = os.fspath(name_or_path)  # the name asked for, not its snapshot, as in transformers
         return tok
+
+
+def _check_tokenizer_choice(config, tokenizer_type: str | None, mistral_format: bool | None) -> None:
+    """A one-line ValueError for an AutoTokenizer option of transformers that picks a tokenizer other than BERT's
+    WordPiece. As there, `tokenizer_type` decides before `config`."""
+    if mistral_format:
+        raise ValueError("mistral_format=True: bertkit reads BERT WordPiece tokenizers only, not Mistral's format")
+    if tokenizer_type is not None:
+        if tokenizer_type != "bert":
+            raise ValueError(f"tokenizer_type {tokenizer_type!r}: bertkit reads BERT WordPiece tokenizers only; "
+                             "expected 'bert'")
+        return
+    model_type = getattr(config, "model_type", None)
+    if config is not None and model_type != "bert":
+        raise ValueError(f"config: model_type is {model_type!r}; bertkit only reads 'bert' tokenizers")
+
+
+# Options transformers' Auto classes take (and its model classes do not), with no effect here: `code_revision` is the
+# revision of a repository's own code, which bertkit never runs.
+AUTO_NO_EFFECT_OPTIONS = frozenset({"code_revision"})
+
+
+def _without_auto_options(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k not in AUTO_NO_EFFECT_OPTIONS}
 
 
 class _AutoModel:
@@ -60,7 +90,8 @@ class _AutoModel:
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, subfolder: str = "", **kwargs):
         directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
-        loaded = cls.model_class().from_pretrained(directory, **kwargs)  # its config refuses another model_type
+        # its config refuses another model_type
+        loaded = cls.model_class().from_pretrained(directory, **_without_auto_options(kwargs))
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, info) with output_loading_info=True
         model.name_or_path = os.fspath(name_or_path)  # the name asked for, not its snapshot, as in transformers
         return loaded

@@ -7,6 +7,7 @@ the ones HuggingFace transformers writes and reads, so a directory moves freely 
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import os
 import re
@@ -543,6 +544,19 @@ def _resolve_dtype(dtype, state: dict[str, torch.Tensor], config_dtype: torch.dt
     return resolved
 
 
+def _record_dtype(model: torch.nn.Module) -> None:
+    """config.dtype names the dtype the model was loaded in, as transformers sets it after from_pretrained (not
+    config.json's; its older name torch_dtype, when config.json had it, too). save_pretrained writes the dtype of
+    the weights it saves instead."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return
+    name = str(dtype).removeprefix("torch.")
+    model.config.extra["dtype"] = name
+    if "torch_dtype" in model.config.extra:
+        model.config.extra["torch_dtype"] = name
+
+
 # transformers' loading options that change nothing here: bertkit only reads local files, runs no code from a
 # checkpoint, and picks its attention kernel itself (the same numbers either way).
 NO_EFFECT_OPTIONS = frozenset({"local_files_only", "trust_remote_code", "attn_implementation", "low_cpu_mem_usage",
@@ -569,7 +583,7 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     directory), `variant` (`model.<variant>.safetensors`), `use_safetensors` (True: only safetensors, False:
     only .bin), and `output_loading_info=True`, which returns
     `(model, info)` with info's keys "missing_keys" (newly initialised), "unexpected_keys" (unused),
-    "mismatched_keys" and "error_msgs".
+    "mismatched_keys" and "error_msgs". `model.config` is a copy whose `dtype` names the dtype loaded in.
     """
     if "torch_dtype" in config_overrides:
         if dtype is not None:
@@ -585,9 +599,13 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     state = read_weights(path)
     dtype = _resolve_dtype(dtype, state, _config_dtype(config))
 
+    # the model's own copy, as transformers': loading records the loaded dtype in it (and may untie), which must
+    # not change the caller's config
+    config = copy.deepcopy(config)
     model = load_state(cls(config), state, path, ignore_mismatched_sizes=ignore_mismatched_sizes)
     if dtype is not None:
         model.to(dtype=dtype)
+    _record_dtype(model)
     if device_map is not None:
         model.to(_mapped_device(device_map))
     model.name_or_path = os.fspath(name_or_path)

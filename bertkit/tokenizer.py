@@ -563,13 +563,15 @@ class BertTokenizer:
         return tuple(os.fspath(p) for p in paths)
 
     # --------------------------------------------------------------------------------- special tokens
-    def add_special_tokens(self, special_tokens: Mapping[str, str | Sequence[str]],
+    def add_special_tokens(self, special_tokens: Mapping[str, str | AddedToken | Sequence[str]],
                            replace_extra_special_tokens: bool = True) -> int:
         """Add or replace role tokens, e.g. {"cls_token": "<s>"}, and extra special tokens, e.g.
         {"additional_special_tokens": ["<e1>", "</e1>"]} (or transformers 5's "extra_special_tokens");
         returns how many were not special tokens already, counted as `add_tokens(..., special_tokens=True)` does.
 
-        Special tokens are matched on the raw text and never split. A new unk_token must already be in
+        Special tokens are matched on the raw text and never split. A role's token may be an `AddedToken`, as in
+        transformers, added with its own flags (e.g. roberta's mask, lstrip=True: it takes the space before it;
+        its `normalized`, unless set, is False, as for any special token). A new unk_token must already be in
         the WordPiece vocabulary (the model maps unknown words to it by its vocabulary id). As in
         transformers, a non-empty extra list replaces extra_special_tokens unless
         replace_extra_special_tokens=False (then it extends it); replaced tokens stay in the vocabulary."""
@@ -583,14 +585,16 @@ class BertTokenizer:
             if key not in SPECIAL_TOKEN_KEYS:
                 raise ValueError(f"special token key {key!r} is not one of "
                                  f"{', '.join(SPECIAL_TOKEN_KEYS + EXTRA_SPECIAL_KEYS)}")
-            if not isinstance(value, str) or not value:
-                raise TypeError(f"{key} must be a non-empty str, got {value!r}")
+            if not (isinstance(value, str) and value or isinstance(value, AddedToken) and value.content):
+                raise TypeError(f"{key} must be a non-empty str or AddedToken, got {value!r}")
             roles[key] = value
+        tokens = [t if isinstance(t, AddedToken) else _special(t) for t in (*roles.values(), *(extra or ()))]
+        roles = {key: value.content if isinstance(value, AddedToken) else value for key, value in roles.items()}
         new_unk = roles.get("unk_token")
         if new_unk is not None and self._tok.model.token_to_id(new_unk) is None:
             raise ValueError(f"unk_token {new_unk!r} is not in the WordPiece vocabulary")
-        self._no_new_ids(self._tok, [*roles.values(), *(extra or ())])
-        count = self._tok.add_special_tokens([_special(t) for t in (*roles.values(), *(extra or ()))])
+        self._no_new_ids(self._tok, [t.content for t in tokens])
+        count = self._tok.add_special_tokens(tokens)
         self._special.update(roles)
         if extra and replace_extra_special_tokens:
             self._extra_special = list(dict.fromkeys(extra))

@@ -1007,3 +1007,42 @@ def test_a_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=re.escape(f"No space left on device: '{tmp_path}'")):
         bigger.save_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("load_dtype", [None, torch.bfloat16, "auto", "float16"])
+def test_config_dtype_is_the_loaded_dtype_as_transformers(tmp_path, load_dtype):
+    """After from_pretrained, config.dtype names the dtype the model was loaded in (transformers sets it so; it
+    keeps a torch.dtype where bertkit keeps config.json's string), not the checkpoint's; the caller's config is
+    left alone, and a save still names the dtype of the tensors it writes."""
+    torch.manual_seed(0)
+    transformers.BertModel(hf_tiny_config("")).half().save_pretrained(tmp_path / "fp16")
+    kw = {} if load_dtype is None else {"dtype": load_dtype}
+    ours = modeling.BertModel.from_pretrained(tmp_path / "fp16", **kw)
+    ref = transformers.BertModel.from_pretrained(tmp_path / "fp16", **kw)
+    assert ours.config.dtype == str(ours.dtype).removeprefix("torch.")
+    if load_dtype is not None:  # transformers 5 loads as dtype="auto" by default, bertkit in float32
+        assert ours.dtype == ref.dtype and ours.config.dtype == str(ref.config.dtype).removeprefix("torch.")
+    ours.to(torch.float32).save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / CONFIG_NAME).read_text())["dtype"] == "float32"
+    # torch_dtype (config.json's older name, as transformers 4 wrote it) follows too; a config passed in is not set
+    config = json.loads((tmp_path / "fp16" / CONFIG_NAME).read_text())
+    config["torch_dtype"] = config.pop("dtype")
+    (tmp_path / "fp16" / CONFIG_NAME).write_text(json.dumps(config))
+    passed = BertConfig.from_pretrained(tmp_path / "fp16")
+    ours = modeling.BertModel.from_pretrained(tmp_path / "fp16", config=passed, dtype=torch.bfloat16)
+    assert (ours.config.torch_dtype, passed.torch_dtype) == ("bfloat16", "float16")
+    assert transformers.BertModel.from_pretrained(tmp_path / "fp16", dtype=torch.bfloat16).config.torch_dtype \
+        == torch.bfloat16
+
+
+def test_auto_classes_take_code_revision_as_transformers(tmp_path):
+    """transformers' Auto classes take code_revision (the revision of a repository's own code, none here) and load
+    the same model; its BertModel refuses it, and so does bertkit's."""
+    saved(modeling.BertModel(tiny_config()), tmp_path)
+    ours = auto.AutoModel.from_pretrained(tmp_path, code_revision="v0")
+    assert_same_outputs(ours, transformers.AutoModel.from_pretrained(tmp_path, code_revision="v0").eval(), "BertModel")
+    assert auto.AutoConfig.from_pretrained(tmp_path, code_revision="v0").hidden_size == \
+        transformers.AutoConfig.from_pretrained(tmp_path, code_revision="v0").hidden_size == TINY["hidden_size"]
+    for load in (modeling.BertModel.from_pretrained, transformers.BertModel.from_pretrained):
+        with pytest.raises(TypeError, match="code_revision"):
+            load(tmp_path, code_revision="v0")

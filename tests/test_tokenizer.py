@@ -1691,3 +1691,78 @@ def test_uncased_added_token_ending_in_capital_sigma_matches_the_text_as_transfo
     assert ours.tokenize(text) == ["x", "σοφοσ", "a", "[UNK]"]
     assert dict(ours(text, return_offsets_mapping=True)) == dict(theirs(text, return_offsets_mapping=True))
     assert ours.convert_tokens_to_ids("ΣΟΦΟΣ") == theirs.convert_tokens_to_ids("ΣΟΦΟΣ") == len(SETTINGS_VOCAB)
+
+
+AUTO_TEXTS = ["Hello world", "Unaffable naïve résumé, 123!"]
+
+
+@pytest.mark.parametrize("options", [
+    {"tokenizer_type": "bert"}, {"config": "transformers"}, {"config": "bertkit"}, {"code_revision": "v0"},
+    {"mistral_format": False}, {"mistral_format": None}], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_auto_tokenizer_takes_transformers_choice_options(options):
+    """transformers 5.24's AutoTokenizer takes tokenizer_type, config, code_revision and mistral_format; for a BERT
+    directory these give the BERT tokenizer there, and here the same ids."""
+    from bertkit.auto import AutoTokenizer
+    from bertkit.config import BertConfig
+
+    configs = {"transformers": transformers.AutoConfig.from_pretrained(MINILM),
+               "bertkit": BertConfig.from_pretrained(MINILM)}
+    ours = AutoTokenizer.from_pretrained(MINILM, **{k: configs.get(v, v) for k, v in options.items()})
+    ref_options = {k: configs["transformers"] if k == "config" else v for k, v in options.items()}
+    ref = transformers.AutoTokenizer.from_pretrained(MINILM, **ref_options)
+    assert ours(AUTO_TEXTS)["input_ids"] == ref(AUTO_TEXTS)["input_ids"]
+
+
+def test_auto_tokenizer_refuses_choice_options_naming_another_tokenizer(tmp_path):
+    """An option that picks another tokenizer class is refused in one line; tokenizer_type="bert" (or a BERT
+    config) stands in for config.json, as in transformers, which then does not read it."""
+    from bertkit.auto import AutoTokenizer
+
+    for options, message in [({"tokenizer_type": "roberta"}, "tokenizer_type 'roberta': .* expected 'bert'"),
+                             ({"config": transformers.RobertaConfig()}, "config: model_type is 'roberta'"),
+                             ({"mistral_format": True}, "mistral_format=True: bertkit reads BERT WordPiece")]:
+        with pytest.raises(ValueError, match=message):
+            AutoTokenizer.from_pretrained(MINILM, **options)
+    shutil.copytree(MINILM, tmp_path / "m", ignore=shutil.ignore_patterns("*.safetensors", "1_Pooling"))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
+    with pytest.raises(ValueError, match="model_type is 'roberta'"):
+        AutoTokenizer.from_pretrained(tmp_path / "m")
+    for options in ({"tokenizer_type": "bert"}, {"config": transformers.AutoConfig.from_pretrained(MINILM)}):
+        ref = transformers.AutoTokenizer.from_pretrained(tmp_path / "m", **options)
+        assert AutoTokenizer.from_pretrained(tmp_path / "m", **options)(AUTO_TEXTS)["input_ids"] == \
+            ref(AUTO_TEXTS)["input_ids"]
+
+
+MASK_TEXTS = ["Hello [MASK] world", "Hello   [MASK]world", "[MASK] x", "a[MASK]b", "Hello [MASK]  [MASK].",
+              "hi <mask> x", "x\t<MASK>  y <MASK>"]
+
+
+@pytest.mark.parametrize("content, flags", [
+    ("[MASK]", {"lstrip": True}),   # roberta's mask: takes the space before it
+    ("<mask>", {"lstrip": True, "normalized": True}),
+    ("<MASK>", {"lstrip": True, "rstrip": True})], ids=["vocab-mask", "new-normalized", "new-both-sides"])
+def test_add_special_tokens_takes_an_added_token_for_a_role_as_transformers(tmp_path, content, flags):
+    """add_special_tokens({"mask_token": AddedToken(..., lstrip=True)}) as transformers: the role names the token's
+    content, the token keeps its flags, so ids and offsets agree; saved, both libraries read it back the same."""
+    from tokenizers import AddedToken
+
+    def token():  # a fresh one for each library: adding it marks it special
+        return AddedToken(content, **flags)
+
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.AutoTokenizer.from_pretrained(MINILM)
+    assert ours.add_special_tokens({"mask_token": token()}) == ref.add_special_tokens({"mask_token": token()}) == 1
+    assert ours.mask_token == ref.mask_token == content and ours.mask_token_id == ref.mask_token_id
+    expected = dict(ref(MASK_TEXTS, return_offsets_mapping=True))
+    assert dict(ours(MASK_TEXTS, return_offsets_mapping=True)) == expected
+    ours.save_pretrained(tmp_path / "ours")
+    specials = json.loads((tmp_path / "ours" / "special_tokens_map.json").read_text(encoding="utf-8"))
+    assert specials["mask_token"] == content  # a str, as transformers 5 writes the role
+    for load in (BertTokenizer.from_pretrained, transformers.AutoTokenizer.from_pretrained):
+        assert dict(load(tmp_path / "ours")(MASK_TEXTS, return_offsets_mapping=True)) == expected, load
+    (tmp_path / "ours" / "tokenizer.json").unlink()  # vocab.txt + tokenizer_config.json's added_tokens_decoder
+    assert dict(BertTokenizer.from_pretrained(tmp_path / "ours")(MASK_TEXTS, return_offsets_mapping=True)) == expected
+    ref.save_pretrained(tmp_path / "theirs")
+    assert dict(BertTokenizer.from_pretrained(tmp_path / "theirs")(MASK_TEXTS, return_offsets_mapping=True)) == expected
+    with pytest.raises(TypeError, match=r"^mask_token must be a non-empty str or AddedToken, got 3$"):
+        ours.add_special_tokens({"mask_token": 3})
