@@ -563,15 +563,16 @@ class BertTokenizer:
         return tuple(os.fspath(p) for p in paths)
 
     # --------------------------------------------------------------------------------- special tokens
-    def add_special_tokens(self, special_tokens: Mapping[str, str | AddedToken | Sequence[str]],
+    def add_special_tokens(self, special_tokens: Mapping[str, str | AddedToken | Sequence[str | AddedToken]],
                            replace_extra_special_tokens: bool = True) -> int:
         """Add or replace role tokens, e.g. {"cls_token": "<s>"}, and extra special tokens, e.g.
         {"additional_special_tokens": ["<e1>", "</e1>"]} (or transformers 5's "extra_special_tokens");
         returns how many were not special tokens already, counted as `add_tokens(..., special_tokens=True)` does.
 
-        Special tokens are matched on the raw text and never split. A role's token may be an `AddedToken`, as in
-        transformers, added with its own flags (e.g. roberta's mask, lstrip=True: it takes the space before it;
-        its `normalized`, unless set, is False, as for any special token). A new unk_token must already be in
+        Special tokens are matched on the raw text and never split. A role's token, or one of the extra list, may
+        be an `AddedToken`, as in transformers, added with its own flags (e.g. roberta's mask, lstrip=True: it
+        takes the space before it; its `normalized`, unless set, is False, as for any special token); roles and
+        extra_special_tokens read back as str, as there. A new unk_token must already be in
         the WordPiece vocabulary (the model maps unknown words to it by its vocabulary id). As in
         transformers, a non-empty extra list replaces extra_special_tokens unless
         replace_extra_special_tokens=False (then it extends it); replaced tokens stay in the vocabulary."""
@@ -580,16 +581,17 @@ class BertTokenizer:
             raise ValueError("give extra_special_tokens or additional_special_tokens, not both")
         for key, value in special_tokens.items():
             if key in EXTRA_SPECIAL_KEYS:
-                extra = _token_list(value, key)
+                extra = _token_list(value, key, added=True)
                 continue
             if key not in SPECIAL_TOKEN_KEYS:
                 raise ValueError(f"special token key {key!r} is not one of "
                                  f"{', '.join(SPECIAL_TOKEN_KEYS + EXTRA_SPECIAL_KEYS)}")
-            if not (isinstance(value, str) and value or isinstance(value, AddedToken) and value.content):
+            if not _is_token(value):
                 raise TypeError(f"{key} must be a non-empty str or AddedToken, got {value!r}")
             roles[key] = value
         tokens = [t if isinstance(t, AddedToken) else _special(t) for t in (*roles.values(), *(extra or ()))]
-        roles = {key: value.content if isinstance(value, AddedToken) else value for key, value in roles.items()}
+        roles = {key: _content(value) for key, value in roles.items()}
+        extra = extra and [_content(t) for t in extra]
         new_unk = roles.get("unk_token")
         if new_unk is not None and self._tok.model.token_to_id(new_unk) is None:
             raise ValueError(f"unk_token {new_unk!r} is not in the WordPiece vocabulary")
@@ -621,7 +623,7 @@ class BertTokenizer:
         is, with its own matching flags."""
         tokens = [tokens] if isinstance(tokens, (str, AddedToken)) else list(tokens)
         for t in tokens:
-            if not (isinstance(t, str) and t or isinstance(t, AddedToken) and t.content):
+            if not _is_token(t):
                 raise TypeError(f"tokens to add must be non-empty str or AddedToken, got {t!r}")
         self._no_new_ids(self._tok, [t.content if isinstance(t, AddedToken) else t if special_tokens
                                      or not self.do_lower_case else _lower(t) for t in tokens])
@@ -1339,16 +1341,28 @@ def _read_added_tokens(directory: Path) -> dict[int, AddedToken]:
     return {}
 
 
-def _token_list(value, name: str) -> list[str]:
-    """`value` (a list of tokens, or None) as a list of non-empty str, or a TypeError naming `name`."""
+def _token_list(value, name: str, added: bool = False) -> list:
+    """`value` (a list of tokens, or None) as a list of non-empty str, or a TypeError naming `name`; with `added`,
+    AddedTokens too (add_special_tokens takes them, as transformers does, to keep their flags)."""
+    kinds = "str or AddedToken" if added else "str"
     if value is None:
         return []
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a list of str, got {type(value).__name__}")
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of {kinds}, got {type(value).__name__}")
     for t in value:
-        if not isinstance(t, str) or not t:
-            raise TypeError(f"{name} must hold non-empty str, got {t!r}")
+        if not (_is_token(t) if added else isinstance(t, str) and t):
+            raise TypeError(f"{name} must hold non-empty {kinds}, got {t!r}")
     return list(value)
+
+
+def _is_token(value) -> bool:
+    """A token as add_tokens / add_special_tokens take it: a non-empty str or an AddedToken with content."""
+    return bool(isinstance(value, str) and value or isinstance(value, AddedToken) and value.content)
+
+
+def _content(token: str | AddedToken) -> str:
+    """The text of a token given as a str or an AddedToken (roles and extra lists keep the text)."""
+    return token.content if isinstance(token, AddedToken) else token
 
 
 def _texts(value, name: str) -> list[str]:

@@ -1388,9 +1388,9 @@ def test_additional_special_tokens_match_transformers(tmp_path):
     for t in (ours, ref):
         t.add_tokens(["<ent>"], special_tokens=True)
     same(ours, ref)
-    with pytest.raises(TypeError, match=r"^additional_special_tokens must be a list of str, got str$"):
+    with pytest.raises(TypeError, match=r"^additional_special_tokens must be a list of str or AddedToken, got str$"):
         ours.add_special_tokens({"additional_special_tokens": "<e1>"})
-    with pytest.raises(TypeError, match=r"^extra_special_tokens must hold non-empty str, got ''$"):
+    with pytest.raises(TypeError, match=r"^extra_special_tokens must hold non-empty str or AddedToken, got ''$"):
         ours.add_special_tokens({"extra_special_tokens": [""]})
     with pytest.raises(ValueError, match=r"^give extra_special_tokens or additional_special_tokens, not both$"):
         ours.add_special_tokens({"extra_special_tokens": ["<a>"], "additional_special_tokens": ["<b>"]})
@@ -1766,3 +1766,53 @@ def test_add_special_tokens_takes_an_added_token_for_a_role_as_transformers(tmp_
     assert dict(BertTokenizer.from_pretrained(tmp_path / "theirs")(MASK_TEXTS, return_offsets_mapping=True)) == expected
     with pytest.raises(TypeError, match=r"^mask_token must be a non-empty str or AddedToken, got 3$"):
         ours.add_special_tokens({"mask_token": 3})
+
+
+EXTRA_TEXTS = ["a <e1> b", "a\t<e1>\tb<e2> c", "x  <e3>  y", "<e1><e2><e3>", "q <e2>\t<e1>  <e3>\tz", "A<E1> <e1>"]
+
+
+@pytest.mark.parametrize("key", ["additional_special_tokens", "extra_special_tokens"])
+def test_add_special_tokens_takes_added_tokens_in_the_extra_list_as_transformers(tmp_path, key):
+    """add_special_tokens({"additional_special_tokens": [AddedToken("<e1>", lstrip=True), "<e2>"]}) as transformers
+    5.24: the same count, ids and offsets (the flags kept), extra_special_tokens read back as str; saved, each library
+    reads the other's directory back to the same ids."""
+    from tokenizers import AddedToken
+
+    def tokens():  # fresh ones for each library: adding them marks them special
+        return [AddedToken("<e1>", lstrip=True), "<e2>", AddedToken("<e3>", rstrip=True, normalized=True)]
+
+    ours, ref = BertTokenizer.from_pretrained(MINILM), transformers.BertTokenizerFast.from_pretrained(MINILM)
+    assert ours.add_special_tokens({key: tokens()}) == ref.add_special_tokens({key: tokens()}) == 3
+    assert ours.extra_special_tokens == ref.extra_special_tokens == ["<e1>", "<e2>", "<e3>"]
+    assert not hasattr(ours, "additional_special_tokens") and not hasattr(ref, "additional_special_tokens")
+    assert ours.all_special_tokens == ref.all_special_tokens
+    assert {i: str(t) for i, t in ours.added_tokens_decoder.items()} == \
+        {i: str(t) for i, t in ref.added_tokens_decoder.items()}  # the flags, as transformers keeps them
+    expected = dict(ref(EXTRA_TEXTS, return_offsets_mapping=True))
+    assert dict(ours(EXTRA_TEXTS, return_offsets_mapping=True)) == expected
+    assert (1, 6) in expected["offset_mapping"][1] and (3, 9) in expected["offset_mapping"][2]  # tab, spaces taken
+    # extending keeps each token's flags; a role added later as an AddedToken goes the same way
+    for t in (ours, ref):
+        assert t.add_special_tokens({key: [AddedToken("<e4>", rstrip=True)]}, replace_extra_special_tokens=False) == 1
+    assert ours.extra_special_tokens == ref.extra_special_tokens == ["<e1>", "<e2>", "<e3>", "<e4>"]
+    texts = [*EXTRA_TEXTS, "m <e4>  n"]
+    expected = dict(ref(texts, return_offsets_mapping=True))
+    assert dict(ours(texts, return_offsets_mapping=True)) == expected
+
+    ours.save_pretrained(tmp_path / "ours")
+    ref.save_pretrained(str(tmp_path / "theirs"))
+    for load, directory in [(transformers.BertTokenizerFast.from_pretrained, "ours"),
+                            (transformers.BertTokenizer.from_pretrained, "ours"),
+                            (BertTokenizer.from_pretrained, "ours"), (BertTokenizer.from_pretrained, "theirs")]:
+        again = load(str(tmp_path / directory))
+        assert again.extra_special_tokens == ["<e1>", "<e2>", "<e3>", "<e4>"], (load, directory)
+        assert dict(again(texts, return_offsets_mapping=True)) == expected, (load, directory)
+    (tmp_path / "ours" / "tokenizer.json").unlink()  # vocab.txt + tokenizer_config.json's added_tokens_decoder
+    assert dict(BertTokenizer.from_pretrained(tmp_path / "ours")(texts, return_offsets_mapping=True)) == expected
+
+    for bad, shown in [(["<e5>", 3], "3"), ([AddedToken("")], repr(AddedToken(""))), ([""], "''")]:
+        with pytest.raises(TypeError, match=rf"^{key} must hold non-empty str or AddedToken, got {re.escape(shown)}$"):
+            ours.add_special_tokens({key: bad})
+    with pytest.raises(TypeError, match=rf"^{key} must be a list of str or AddedToken, got AddedToken$"):
+        ours.add_special_tokens({key: AddedToken("<e5>")})
+    assert ours.extra_special_tokens == ["<e1>", "<e2>", "<e3>", "<e4>"] and len(ours) == len(ref)
