@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -374,10 +375,78 @@ def _class_name(model: torch.nn.Module) -> str:
     return next(c.__name__ for c in type(model).__mro__ if not c.__module__.startswith("torch."))
 
 
+# transformers' default max_shard_size, "50GB"
+DEFAULT_MAX_SHARD_SIZE = 50 * 10**9
+# The shard files save_pretrained writes (and removes when a later save no longer writes them), as transformers
+# names them.
+_SHARD_FILE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def shard_plan(tensors: dict[str, torch.Tensor], max_shard_size: int) -> list[list[str]]:
+    """The tensor names of each shard, packed as transformers 5 packs them (huggingface_hub's
+    split_torch_state_dict_into_shards): in order, a shard closed when the next tensor would take it over the
+    limit; a tensor larger than the limit alone in a shard of its own, placed before the shard being filled."""
+    shards: list[list[str]] = []
+    current: list[str] = []
+    current_size = 0
+    for name, t in tensors.items():
+        size = _tensor_bytes(t)
+        if size > max_shard_size:
+            shards.append([name])
+            continue
+        if current_size + size > max_shard_size:
+            shards.append(current)
+            current, current_size = [], 0
+        current.append(name)
+        current_size += size
+    if current or not shards:
+        shards.append(current)
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    """`model.safetensors` for one shard, else `model-00001-of-0000N.safetensors`, ... (transformers' names)."""
+    if count == 1:
+        return [SAFE_WEIGHTS_NAME]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def _shard_index(model: torch.nn.Module, tensors: dict[str, torch.Tensor], plan: list[list[str]],
+                 files: list[str]) -> str:
+    """model.safetensors.index.json's text, as transformers writes it: "total_parameters" counts the model's
+    parameters (each tied one once; `untied_names`, its own parameters there, too), whatever `state_dict` was
+    saved; "total_size" the bytes of the tensors."""
+    parameters = sum(p.numel() for p in model.parameters())
+    parameters += sum(model.get_parameter(n).numel() for n in _untied_names(model))
+    index = {"metadata": {"total_parameters": parameters,
+                          "total_size": sum(_tensor_bytes(t) for t in tensors.values())},
+             "weight_map": {name: f for names, f in zip(plan, files) for name in names}}
+    return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+
+def _stale_weights(directory: str, files: list[str]) -> tuple[list[str], list[str]]:
+    """What an earlier save left that this one does not write: shard files, and the other layout's file (the
+    index, or a single model.safetensors, which loading would read before a new index)."""
+    shards = [os.path.join(directory, n) for n in sorted(os.listdir(directory))
+              if _SHARD_FILE.fullmatch(n) and n not in files]
+    other = os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME if files == [SAFE_WEIGHTS_NAME] else SAFE_WEIGHTS_NAME)
+    return [p for p in shards if os.path.isfile(p)], [other] if os.path.isfile(other) else []
+
+
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike,
-                    state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Write `config.json` (with `architectures`) and `model.safetensors`, both or neither (a failure leaves the
-    old ones); the weights are `state_dict` when given (see `state_dict_for_saving`)."""
+                    state_dict: dict[str, torch.Tensor] | None = None,
+                    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> None:
+    """Write `config.json` (with `architectures`) and the weights: `model.safetensors`, or, when they take more
+    than `max_shard_size` bytes, shards and `model.safetensors.index.json` as transformers writes them (see
+    `shard_plan`). The weights are `state_dict` when given (see `state_dict_for_saving`).
+
+    Everything is written to temporary files first, so a failure while writing (a full disk) leaves the old
+    checkpoint; then renamed, the index last. Weights files of an earlier save that this one does not write
+    are removed: the other layout's before the renames, stale shards after."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     tensors = state_dict_for_saving(model, state_dict)
@@ -386,14 +455,31 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike,
     extra = {k: v for k, v in model.config.extra.items() if k != "torch_dtype"}
     extra["dtype"] = str(dtype).removeprefix("torch.")
     config = dataclasses.replace(model.config, architectures=[_class_name(model)], extra=extra)
-    weights, config_path = os.path.join(directory, SAFE_WEIGHTS_NAME), os.path.join(directory, CONFIG_NAME)
-    with atomic_paths(weights, config_path) as (weights_tmp, config_tmp):
-        try:
-            safetensors.torch.save_file(tensors, weights_tmp, metadata={"format": "pt"})
-        except safetensors.SafetensorError as e:  # a full disk
-            raise OSError(f"{weights}: not written: {e}") from None
-        os.chmod(weights_tmp, 0o666 & ~umask())  # safetensors writes it private (0600): an ordinary file
-        config.to_json_file(config_tmp)
+    plan = shard_plan(tensors, max_shard_size)
+    files = shard_names(len(plan))
+    paths = [os.path.join(directory, f) for f in files] + [os.path.join(directory, CONFIG_NAME)]
+    if len(files) > 1:
+        paths.append(os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME))  # renamed last
+    with atomic_paths(*paths) as tmps:
+        for names, path, tmp in zip(plan, paths, tmps):
+            _write_safetensors({n: tensors[n] for n in names}, path, tmp)
+        config.to_json_file(tmps[len(plan)])
+        if len(files) > 1:
+            with open(tmps[-1], "w", encoding="utf-8") as f:
+                f.write(_shard_index(model, tensors, plan, files))
+        stale_shards, other_layout = _stale_weights(directory, files)
+        for path in other_layout:  # before the renames: it must not outlive them and shadow the new files
+            os.remove(path)
+    for path in stale_shards:
+        os.remove(path)
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], path: str, tmp: str) -> None:
+    try:
+        safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
+    except safetensors.SafetensorError as e:  # a full disk
+        raise OSError(f"{path}: not written: {e}") from None
+    os.chmod(tmp, 0o666 & ~umask())  # safetensors writes it private (0600): an ordinary file
 
 
 # ---------------------------------------------------------------------------------------------

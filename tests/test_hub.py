@@ -1046,3 +1046,124 @@ def test_auto_classes_take_code_revision_as_transformers(tmp_path):
     for load in (modeling.BertModel.from_pretrained, transformers.BertModel.from_pretrained):
         with pytest.raises(TypeError, match="code_revision"):
             load(tmp_path, code_revision="v0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded saving, as transformers 5 writes it
+# ---------------------------------------------------------------------------------------------
+
+def randomized_mlm(tie: bool, seed: int):
+    """(bertkit, transformers) BertForMaskedLM with the same random weights."""
+    theirs = transformers.BertForMaskedLM(transformers.BertConfig(**TINY, tie_word_embeddings=tie)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        theirs.cls.predictions.bias.copy_(theirs.cls.predictions.decoder.bias)  # bertkit has one MLM bias
+    ours = modeling.BertForMaskedLM(tiny_config(tie_word_embeddings=tie)).eval()
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def weights_files(directory):
+    return {p.name: safetensors.torch.load_file(p) for p in sorted(Path(directory).glob("model*.safetensors"))}
+
+
+# 20KB: several shards; 9000 bytes: the word embeddings (12,672 bytes) larger than the limit, in a shard of their own
+@pytest.mark.parametrize("tie,limit", [(True, "20KB"), (True, 9000), (False, "9KB")])
+def test_sharded_save_is_what_transformers_writes(tmp_path, tie, limit):
+    """save_pretrained(max_shard_size=...) writes the shard files and model.safetensors.index.json that
+    transformers' save_pretrained writes for the same weights and limit (same names, same index, same tensors in
+    each shard), and the directory loads in transformers and in bertkit with the same logits."""
+    ours, theirs = randomized_mlm(tie, seed=5)
+    ours.save_pretrained(tmp_path / "ours", max_shard_size=limit)
+    theirs.save_pretrained(tmp_path / "theirs", max_shard_size=limit)
+    index = json.loads((tmp_path / "ours" / hub.SAFE_WEIGHTS_INDEX_NAME).read_text())
+    reference = json.loads((tmp_path / "theirs" / hub.SAFE_WEIGHTS_INDEX_NAME).read_text())
+    assert index == reference
+    assert (tmp_path / "ours" / hub.SAFE_WEIGHTS_INDEX_NAME).read_text() == \
+        (tmp_path / "theirs" / hub.SAFE_WEIGHTS_INDEX_NAME).read_text()
+    assert sorted(os.listdir(tmp_path / "ours")) == sorted(os.listdir(tmp_path / "theirs"))
+    written, expected = weights_files(tmp_path / "ours"), weights_files(tmp_path / "theirs")
+    assert len(written) == len(set(reference["weight_map"].values())) > 2
+    for name, tensors in expected.items():
+        assert sorted(written[name]) == sorted(tensors), name
+        assert all(torch.equal(written[name][k], tensors[k]) for k in tensors), name
+        with safe_open(str(tmp_path / "ours" / name), "pt") as f:
+            assert f.metadata() == {"format": "pt"}
+
+    loaded = transformers.BertForMaskedLM.from_pretrained(tmp_path / "ours").eval()
+    mine = modeling.BertForMaskedLM.from_pretrained(tmp_path / "ours")
+    assert mine.load_report.clean
+    x = inputs("BertForMaskedLM")
+    with torch.no_grad():
+        assert torch.equal(loaded(**x).logits, theirs(**x).logits)
+        torch.testing.assert_close(mine(**x).logits, theirs(**x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_resave_removes_stale_weights_files(tmp_path):
+    """A save over an earlier one leaves only its own weights files: fewer shards remove the extra ones, one file
+    removes the shards and the index, and shards remove an old model.safetensors (which transformers, and
+    bertkit, would read before the new index). Each time the directory loads the new weights."""
+    ours, _ = randomized_mlm(True, seed=6)
+    x = inputs("BertForMaskedLM")
+
+    def save_and_check(limit, files):
+        with torch.no_grad():
+            for p in ours.parameters():
+                p.add_(0.1)  # new weights each save: an old file read instead would show
+            expected = ours(**x).logits
+        ours.save_pretrained(tmp_path, max_shard_size=limit)
+        assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, *files])
+        loaded = transformers.BertForMaskedLM.from_pretrained(tmp_path).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**x).logits, expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(modeling.BertForMaskedLM.from_pretrained(tmp_path)(**x).logits, expected)
+
+    save_and_check("50GB", [hub.SAFE_WEIGHTS_NAME])
+    save_and_check("20KB", [hub.SAFE_WEIGHTS_INDEX_NAME] + [f"model-0000{i}-of-00005.safetensors" for i in range(1, 6)])
+    save_and_check("40KB", [hub.SAFE_WEIGHTS_INDEX_NAME] + [f"model-0000{i}-of-00003.safetensors" for i in range(1, 4)])
+    save_and_check("1MB", [hub.SAFE_WEIGHTS_NAME])
+    save_and_check("40KB", [hub.SAFE_WEIGHTS_INDEX_NAME] + [f"model-0000{i}-of-00003.safetensors" for i in range(1, 4)])
+
+
+def test_a_failed_sharded_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    """Every shard, config.json and the index are written to temporary files first: a failure at the third shard
+    (a full disk) leaves the old checkpoint as it was and no temporary files."""
+    ours, _ = randomized_mlm(True, seed=7)
+    ours.save_pretrained(tmp_path / "single")
+    ours.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    real_save, calls = safetensors.torch.save_file, []
+
+    def fails_third(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_save(tensors, path, metadata=metadata)
+
+    for directory in ("single", "sharded"):
+        before = {p.name: p.read_bytes() for p in (tmp_path / directory).iterdir()}
+        calls.clear()
+        monkeypatch.setattr(safetensors.torch, "save_file", fails_third)
+        with pytest.raises(OSError, match="No space left on device"):
+            modeling.BertForMaskedLM(tiny_config()).save_pretrained(tmp_path / directory, max_shard_size="40KB")
+        monkeypatch.undo()
+        assert {p.name: p.read_bytes() for p in (tmp_path / directory).iterdir()} == before, directory
+
+
+def test_max_shard_size_is_read_as_transformers_reads_it(tmp_path):
+    """transformers 5 reads max_shard_size with huggingface_hub's parse_size_to_int: "5Gb" is 5 GB (not bits), a
+    decimal and spaces are allowed. Sizes it refuses are a one-line ValueError."""
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    from bertkit.modeling.bert import _size_in_bytes
+    for size in ("5GB", "5Gb", "0.5gb", " 20 KB", "1TB", "7kb"):
+        assert _size_in_bytes(size) == parse_size_to_int(size), size
+    assert _size_in_bytes("1MiB") == 2**20
+    ours, _ = randomized_mlm(True, seed=8)
+    for size in ("0KB", "5", "5 G B", True):
+        with pytest.raises(ValueError, match=r"^save_pretrained: max_shard_size must be a positive number of bytes "
+                                             rf"or a number and a unit \(KB, MB, GB, TB, KiB, MiB, GiB\), like "
+                                             rf"'5GB', got {re.escape(repr(size))}$"):
+            ours.save_pretrained(tmp_path / "bad", max_shard_size=size)
+    assert not (tmp_path / "bad").exists()

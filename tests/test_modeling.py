@@ -1259,7 +1259,8 @@ def test_activation_checkpointing_as_transformers_5_trainer_calls_it(monkeypatch
 def test_save_pretrained_takes_transformers_arguments(tmp_path):
     """save_pretrained(dir, is_main_process=..., state_dict=..., max_shard_size=...) as accelerate's example
     scripts and transformers' Trainer call it: the given state dict is what is written (its tied entries once, the
-    keys transformers writes), the other processes write nothing, and one file within max_shard_size."""
+    keys transformers writes), the other processes write nothing, and one file within max_shard_size, shards
+    beyond it."""
     from safetensors.torch import load_file
 
     ours, theirs = pair("BertForMaskedLM", tiny_config(), seed=73)
@@ -1283,12 +1284,11 @@ def test_save_pretrained_takes_transformers_arguments(tmp_path):
     size = sum(t.numel() * t.element_size() for t in reference.values())
     ours.save_pretrained(tmp_path / "fits", max_shard_size=size)
     assert sorted(p.name for p in (tmp_path / "fits").iterdir()) == ["config.json", "model.safetensors"]
-    too_big = (rf"^save_pretrained: the weights take {size:,} bytes, more than max_shard_size='20KB' "
-               r"\(20,000 bytes\); bertkit writes one model.safetensors and does not shard: raise max_shard_size "
-               r"or leave it out$")
-    with pytest.raises(ValueError, match=too_big):
-        ours.save_pretrained(tmp_path / "shards", max_shard_size="20KB")
-    assert not (tmp_path / "shards").exists()
+    ours.save_pretrained(tmp_path / "shards", max_shard_size=size - 1)  # sharded, as transformers (see test_hub)
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json"]
     with pytest.raises(ValueError, match=r"^save_pretrained: max_shard_size must be a positive number of bytes or "
-                                         r"digits and a unit \(KB, MB, GB, KiB, MiB, GiB\), like '5GB', got '5 GB'$"):
-        ours.save_pretrained(tmp_path / "bad", max_shard_size="5 GB")
+                                         r"a number and a unit \(KB, MB, GB, TB, KiB, MiB, GiB\), like '5GB', got "
+                                         r"'5 G'$"):
+        ours.save_pretrained(tmp_path / "bad", max_shard_size="5 G")
