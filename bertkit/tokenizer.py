@@ -203,8 +203,12 @@ class BertTokenizer:
     `vocab_file` is a vocab.txt path or a {token: id} dict with ids 0..n-1. For an uncased vocabulary
     (`do_lower_case=True`) accents are stripped too unless `strip_accents=False` (HF semantics: None
     follows `do_lower_case`). `added_tokens_decoder` ({id: AddedToken}) restores tokens added after the
-    vocabulary, as saved; their ids are checked. `extra_special_tokens` are special tokens beyond the five
-    roles (transformers' extra/additional special tokens): never split, listed in all_special_tokens.
+    vocabulary, as saved; their ids are checked. `extra_special_tokens` (or transformers 4's name,
+    `additional_special_tokens`) are special tokens beyond the five roles: never split, listed in all_special_tokens.
+    A role or extra token may be an `AddedToken`, added as transformers' constructor adds it: a role's marked
+    special (its `normalized`, unless set, False), an extra one with its flags as given (AddedToken("<e1>",
+    lstrip=True) is not special and normalized, so the Rust decoder keeps it and "<E1>" matches uncased); they
+    read back as str. A token already restored from `added_tokens_decoder` keeps its saved flags.
     `padding_side` / `truncation_side` ("right" or "left", settable later) say where padding goes and which
     end truncation cuts, as in transformers. `model_max_length` above 1e20 (transformers' int(1e30) "no
     limit") means no default maximum. `clean_up_tokenization_spaces` is decode's default (tokenizer_config.json's
@@ -227,15 +231,16 @@ class BertTokenizer:
         *,
         strip_accents: bool | None = None,
         tokenize_chinese_chars: bool = True,
-        unk_token: str = "[UNK]",
-        sep_token: str = "[SEP]",
-        pad_token: str = "[PAD]",
-        cls_token: str = "[CLS]",
-        mask_token: str = "[MASK]",
+        unk_token: str | AddedToken = "[UNK]",
+        sep_token: str | AddedToken = "[SEP]",
+        pad_token: str | AddedToken = "[PAD]",
+        cls_token: str | AddedToken = "[CLS]",
+        mask_token: str | AddedToken = "[MASK]",
         model_max_length: int = 512,
         max_input_chars_per_word: int = 100,
         added_tokens_decoder: Mapping[int, AddedToken] | None = None,
-        extra_special_tokens: Sequence[str] | None = None,
+        extra_special_tokens: Sequence[str | AddedToken] | None = None,
+        additional_special_tokens: Sequence[str | AddedToken] | None = None,
         padding_side: str = "right",
         truncation_side: str = "right",
         clean_up_tokenization_spaces: bool = False,
@@ -245,6 +250,10 @@ class BertTokenizer:
             vocab, source = dict(vocab_file), "vocabulary"
         else:
             vocab, source = load_vocab(vocab_file), os.fspath(vocab_file)
+        roles = _role_tokens(unk_token=unk_token, sep_token=sep_token, pad_token=pad_token, cls_token=cls_token,
+                             mask_token=mask_token)
+        extra = _extra_tokens(extra_special_tokens, additional_special_tokens)
+        unk_token = _content(unk_token)
         ids = sorted(vocab.values())
         if any(not isinstance(i, int) or isinstance(i, bool) for i in ids) or (ids and ids[0] < 0) \
                 or len(set(ids)) != len(ids):
@@ -291,19 +300,14 @@ class BertTokenizer:
                     f"{source}: added token {token.content!r} is saved with id {token_id} but would get id "
                     f"{tok.token_to_id(token.content)}; added-token ids must follow the vocabulary without gaps"
                 )
-        self._special = {
-            "unk_token": unk_token,
-            "sep_token": sep_token,
-            "pad_token": pad_token,
-            "cls_token": cls_token,
-            "mask_token": mask_token,
-        }
-        extra = _token_list(extra_special_tokens, "extra_special_tokens")
-        # a special token restored above keeps its saved flags (lstrip, rstrip: offsets depend on them)
-        restored = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-        self._no_new_ids(tok, [*self._special.values(), *extra])
-        tok.add_special_tokens([_special(t) for t in (*self._special.values(), *extra) if t not in restored])
-        self._extra_special = list(dict.fromkeys(extra))
+        self._special = {key: _content(t) for key, t in roles.items()}
+        # a token restored above keeps its saved flags (lstrip, rstrip: offsets depend on them), as in transformers
+        restored = {t.content for t in tok.get_added_tokens_decoder().values()}
+        self._no_new_ids(tok, [_content(t) for t in (*roles.values(), *extra)])
+        tok.add_special_tokens([t if isinstance(t, AddedToken) else _special(t) for t in roles.values()
+                                if _content(t) not in restored])  # marks a role's AddedToken special
+        tok.add_tokens([t if isinstance(t, AddedToken) else _special(t) for t in extra if _content(t) not in restored])
+        self._extra_special = list(dict.fromkeys(_content(t) for t in extra))
         self._update_post_processor()
 
     # ----------------------------------------------------------------------------------------- loading
@@ -327,6 +331,8 @@ class BertTokenizer:
         for name in NO_EFFECT_OPTIONS & set(overrides):
             overrides.pop(name)
         overrides.setdefault("name_or_path", os.fspath(name_or_path))
+        if "additional_special_tokens" in overrides and "extra_special_tokens" not in overrides:
+            overrides["extra_special_tokens"] = overrides.pop("additional_special_tokens")  # wins over the saved list
         path = Path(name_or_path)
         if path.is_file():
             if path.suffix == ".json":
@@ -1353,6 +1359,23 @@ def _token_list(value, name: str, added: bool = False) -> list:
         if not (_is_token(t) if added else isinstance(t, str) and t):
             raise TypeError(f"{name} must hold non-empty {kinds}, got {t!r}")
     return list(value)
+
+
+def _role_tokens(**roles) -> dict:
+    """The constructor's role tokens, checked: each a non-empty str or AddedToken, as add_special_tokens takes."""
+    for key, value in roles.items():
+        if not _is_token(value):
+            raise TypeError(f"{key} must be a non-empty str or AddedToken, got {value!r}")
+    return roles
+
+
+def _extra_tokens(extra, additional) -> list:
+    """The constructor's extra special tokens, given under transformers 5's name or 4's (not both)."""
+    if extra is not None and additional is not None:
+        raise ValueError("give extra_special_tokens or additional_special_tokens, not both")
+    if additional is not None:
+        return _token_list(additional, "additional_special_tokens", added=True)
+    return _token_list(extra, "extra_special_tokens", added=True)
 
 
 def _is_token(value) -> bool:

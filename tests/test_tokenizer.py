@@ -1816,3 +1816,99 @@ def test_add_special_tokens_takes_added_tokens_in_the_extra_list_as_transformers
     with pytest.raises(TypeError, match=rf"^{key} must be a list of str or AddedToken, got AddedToken$"):
         ours.add_special_tokens({key: AddedToken("<e5>")})
     assert ours.extra_special_tokens == ["<e1>", "<e2>", "<e3>", "<e4>"] and len(ours) == len(ref)
+
+
+CTOR_TEXTS = ["a <e1> b", "a\t<e1>\tb<e2> c", "x [MASK]  y", "q\t[MASK]\tz [SEP] w", "A<E1> <e1>\t<E3>",
+              "m <e3>  n [CLS]\t[MASK] <e2>", "<e1><e2><e3>[MASK]"]
+
+
+def _same_tokenizers(ours, ref, texts):
+    """ids, offsets, flags of the added tokens, role/extra attributes (str) and decoding as `ref`'s."""
+    expected = dict(ref(texts, return_offsets_mapping=True))
+    assert dict(ours(texts, return_offsets_mapping=True)) == expected
+    assert {i: repr(t) for i, t in ours.added_tokens_decoder.items()} == \
+        {i: repr(t) for i, t in ref.added_tokens_decoder.items()}
+    for role in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+        assert type(getattr(ours, role)) is str and getattr(ours, role) == getattr(ref, role), role
+    assert ours.extra_special_tokens == ref.extra_special_tokens and ours.all_special_tokens == ref.all_special_tokens
+    assert ours.all_special_ids == ref.all_special_ids and len(ours) == len(ref)
+    for skip in (False, True):
+        assert ours.batch_decode(expected["input_ids"], skip_special_tokens=skip) == \
+            ref.batch_decode(expected["input_ids"], skip_special_tokens=skip)
+    return expected
+
+
+@pytest.mark.parametrize("key", ["extra_special_tokens", "additional_special_tokens"])
+def test_constructor_takes_added_tokens_as_transformers(tmp_path, key):
+    """BertTokenizer(vocab, extra_special_tokens=[AddedToken("<e1>", lstrip=True), ...], mask_token=AddedToken(...))
+    (or transformers 4's additional_special_tokens=) as transformers 5.24's constructors: ids and offsets, the flags
+    (an extra AddedToken kept as given, a role's marked special), attributes read back as str; saved, each library
+    reads the other's directory back to the same."""
+    from tokenizers import AddedToken
+
+    def kwargs():  # fresh tokens for each library: adding a role's marks it special
+        return {key: [AddedToken("<e1>", lstrip=True), "<e2>", AddedToken("<e3>", rstrip=True, normalized=True)],
+                "mask_token": AddedToken("[MASK]", lstrip=True), "sep_token": AddedToken("[SEP]", rstrip=True)}
+
+    vocab = MINILM / "vocab.txt"
+    ours = BertTokenizer(vocab, **kwargs())
+    ref = transformers.BertTokenizerFast(str(vocab), **kwargs())
+    expected = _same_tokenizers(ours, ref, CTOR_TEXTS)
+    assert _same_tokenizers(ours, transformers.BertTokenizer(str(vocab), **kwargs()), CTOR_TEXTS) == expected
+    assert expected["offset_mapping"][0][2] == (1, 6) and expected["offset_mapping"][2][2] == (1, 8)  # lstrip
+    assert ours.extra_special_tokens == ["<e1>", "<e2>", "<e3>"] and ours.mask_token == "[MASK]"
+
+    ours.save_pretrained(tmp_path / "ours")
+    ref.save_pretrained(str(tmp_path / "theirs"))
+    for load, directory in [(transformers.BertTokenizerFast.from_pretrained, "ours"),
+                            (transformers.BertTokenizer.from_pretrained, "ours"),
+                            (BertTokenizer.from_pretrained, "ours"), (BertTokenizer.from_pretrained, "theirs")]:
+        assert _same_tokenizers(load(str(tmp_path / directory)), ref, CTOR_TEXTS) == expected, (load, directory)
+    (tmp_path / "ours" / "tokenizer.json").unlink()  # vocab.txt + tokenizer_config.json's added_tokens_decoder
+    assert _same_tokenizers(BertTokenizer.from_pretrained(tmp_path / "ours"), ref, CTOR_TEXTS) == expected
+
+    for bad, shown in [(["<e5>", 3], "3"), ([AddedToken("")], repr(AddedToken(""))), ([""], "''")]:
+        with pytest.raises(TypeError, match=rf"^{key} must hold non-empty str or AddedToken, got {re.escape(shown)}$"):
+            BertTokenizer(vocab, **{key: bad})
+    with pytest.raises(TypeError, match=rf"^{key} must be a list of str or AddedToken, got AddedToken$"):
+        BertTokenizer(vocab, **{key: AddedToken("<e5>")})
+
+
+def test_constructor_role_added_tokens_and_additional_special_tokens_as_transformers(tmp_path):
+    """Roles given as AddedTokens not in the vocabulary (a new mask, normalized) or in it (unk, rstrip), and
+    additional_special_tokens= of transformers 4, as transformers 5.24's constructor; from_pretrained's
+    additional_special_tokens= replaces the saved list (transformers ignores it there; its extra_special_tokens= name
+    replaces it). Bad role tokens and both list names are refused."""
+    from tokenizers import AddedToken
+
+    def kwargs():
+        return {"mask_token": AddedToken("<mask>", lstrip=True, normalized=True),
+                "unk_token": AddedToken("[UNK]", rstrip=True), "cls_token": AddedToken("[CLS]", lstrip=True),
+                "additional_special_tokens": ["<e1>", AddedToken("<e2>", single_word=True, special=True)]}
+
+    texts = [*CTOR_TEXTS, "a <MASK> b\t<mask>", "x\t[UNK]  y ☃ [CLS]z", "<e2>x <e2> y<e2>"]
+    vocab = MINILM / "vocab.txt"
+    ours, ref = BertTokenizer(vocab, **kwargs()), transformers.BertTokenizerFast(str(vocab), **kwargs())
+    _same_tokenizers(ours, ref, texts)
+    assert ours.mask_token == "<mask>" and ours.mask_token_id == ref.mask_token_id == 30522
+    ours.save_pretrained(tmp_path / "ours")
+    for load in (transformers.BertTokenizerFast.from_pretrained, BertTokenizer.from_pretrained):
+        _same_tokenizers(load(str(tmp_path / "ours")), ref, texts)
+
+    again = BertTokenizer.from_pretrained(tmp_path / "ours", additional_special_tokens=["<x>"])
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(tmp_path / "ours"), extra_special_tokens=["<x>"])
+    assert again.extra_special_tokens == theirs.extra_special_tokens == ["<x>"]
+    assert again.all_special_tokens == theirs.all_special_tokens  # (all_special_ids: bertkit's keep <e1>, <e2>)
+    assert {i: repr(t) for i, t in again.added_tokens_decoder.items()} == \
+        {i: repr(t) for i, t in theirs.added_tokens_decoder.items()}
+    texts.append("a <x> b")
+    assert dict(again(texts, return_offsets_mapping=True)) == dict(theirs(texts, return_offsets_mapping=True))
+
+    for role, bad, shown in [("mask_token", 3, "3"), ("cls_token", "", "''"), ("pad_token", AddedToken(""),
+                                                                               repr(AddedToken("")))]:
+        with pytest.raises(TypeError, match=rf"^{role} must be a non-empty str or AddedToken, got {re.escape(shown)}$"):
+            BertTokenizer(vocab, **{role: bad})
+    with pytest.raises(ValueError, match=r"lacks the unknown token '<unk>'"):
+        BertTokenizer(vocab, unk_token=AddedToken("<unk>"))
+    with pytest.raises(ValueError, match=r"^give extra_special_tokens or additional_special_tokens, not both$"):
+        BertTokenizer(vocab, extra_special_tokens=["<a>"], additional_special_tokens=["<b>"])
