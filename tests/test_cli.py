@@ -77,8 +77,8 @@ def test_attention_cli_draws_and_checks_its_flags(tmp_path, capsys):
 def test_tokenizer_train_writes_a_tokenizer_auto_tokenizer_loads(tmp_path, capsys):
     from bertkit import AutoTokenizer
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("The Quick brown fox jumps over the lazy dog.\n" * 50 + "Pack my box with five dozen jugs.\n" * 50,
-                      encoding="utf-8")
+    text = "The Quick brown fox jumps over the lazy dog.\n" * 50 + "Pack my box with five dozen jugs.\n" * 50
+    corpus.write_text(text, encoding="utf-8")
     out = tmp_path / "tok"
     assert main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "120", "--output", str(out),
                  "--cased"]) == 0
