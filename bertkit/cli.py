@@ -683,6 +683,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `bertkit` command (argv None: this process's own arguments), or one command line (tests); the status."""
+    status = _command(argv)
+    if argv is None and status:  # a process of its own, failing: under torchrun it may still be in a group
+        from .train.distributed import exit_if_grouped
+        exit_if_grouped(status)
+    return status
+
+
+def _command(argv: list[str] | None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's parser, which points at the command's --help
