@@ -382,6 +382,23 @@ DEFAULT_MAX_SHARD_SIZE = 50 * 10**9
 _SHARD_FILE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
+_SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3, "GIB": 2**30, "MIB": 2**20, "KIB": 2**10}
+
+
+def shard_size_in_bytes(size: int | str) -> int:
+    """A `max_shard_size` as transformers 5 reads it (huggingface_hub's parse_size_to_int): bytes, or a number and a
+    unit, any case ("5GB", "0.5gb", "5Gb" all in bytes); bertkit also reads KiB, MiB, GiB."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)\s*", size, re.IGNORECASE) if isinstance(
+        size, str) else None
+    n = int(float(match[1]) * _SIZE_UNITS[match[2].upper()]) if match and match[2].upper() in _SIZE_UNITS else 0
+    if n <= 0:
+        raise ValueError(f"save_pretrained: max_shard_size must be a positive number of bytes or a number and a unit "
+                         f"(KB, MB, GB, TB, KiB, MiB, GiB), like '5GB', got {size!r}")
+    return n
+
+
 def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 

@@ -592,9 +592,8 @@ class BertTokenizer:
             if key not in SPECIAL_TOKEN_KEYS:
                 raise ValueError(f"special token key {key!r} is not one of "
                                  f"{', '.join(SPECIAL_TOKEN_KEYS + EXTRA_SPECIAL_KEYS)}")
-            if not _is_token(value):
-                raise TypeError(f"{key} must be a non-empty str or AddedToken, got {value!r}")
             roles[key] = value
+        _role_tokens(**roles)
         tokens = [t if isinstance(t, AddedToken) else _special(t) for t in (*roles.values(), *(extra or ()))]
         roles = {key: _content(value) for key, value in roles.items()}
         extra = extra and [_content(t) for t in extra]
@@ -1362,7 +1361,7 @@ def _token_list(value, name: str, added: bool = False) -> list:
 
 
 def _role_tokens(**roles) -> dict:
-    """The constructor's role tokens, checked: each a non-empty str or AddedToken, as add_special_tokens takes."""
+    """Role tokens (the constructor's, add_special_tokens'), checked: each a non-empty str or AddedToken."""
     for key, value in roles.items():
         if not _is_token(value):
             raise TypeError(f"{key} must be a non-empty str or AddedToken, got {value!r}")

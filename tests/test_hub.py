@@ -1156,10 +1156,10 @@ def test_max_shard_size_is_read_as_transformers_reads_it(tmp_path):
     decimal and spaces are allowed. Sizes it refuses are a one-line ValueError."""
     from huggingface_hub.serialization._base import parse_size_to_int
 
-    from bertkit.modeling.bert import _size_in_bytes
+    from bertkit.hub import shard_size_in_bytes
     for size in ("5GB", "5Gb", "0.5gb", " 20 KB", "1TB", "7kb"):
-        assert _size_in_bytes(size) == parse_size_to_int(size), size
-    assert _size_in_bytes("1MiB") == 2**20
+        assert shard_size_in_bytes(size) == parse_size_to_int(size), size
+    assert shard_size_in_bytes("1MiB") == 2**20
     ours, _ = randomized_mlm(True, seed=8)
     for size in ("0KB", "5", "5 G B", True):
         with pytest.raises(ValueError, match=r"^save_pretrained: max_shard_size must be a positive number of bytes "

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -545,22 +544,22 @@ class BertPreTrainedModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, is_main_process: bool = True,
                         state_dict: dict[str, torch.Tensor] | None = None, *, safe_serialization: bool = True,
-                        push_to_hub: bool = False, max_shard_size: int | str | None = "50GB") -> None:
+                        push_to_hub: bool = False, max_shard_size: int | str | None = None) -> None:
         """`config.json` and `model.safetensors` (transformers' options accepted where they ask for that).
         As there, `state_dict` is written instead of the model's own (accelerate's gathered one, say; tied
         parameters once), `is_main_process=False` writes nothing (the other processes of a distributed run), and
         weights larger than `max_shard_size` are written as shards `model-00001-of-0000N.safetensors` with
-        `model.safetensors.index.json` (see `hub.save_pretrained`); None, bertkit's old default, is "50GB"."""
+        `model.safetensors.index.json` (see `hub.save_pretrained`); None: transformers' default, "50GB"."""
         if not safe_serialization:
             raise ValueError("save_pretrained: bertkit writes safetensors only (safe_serialization=False would "
                              "write a pickled .bin, which loading must not execute)")
         if push_to_hub:
             raise ValueError("save_pretrained: push_to_hub is not supported (bertkit reads and writes local files "
                              "only); upload the directory with huggingface_hub")
-        limit = _size_in_bytes("50GB" if max_shard_size is None else max_shard_size)
+        from ..hub import DEFAULT_MAX_SHARD_SIZE, save_pretrained, shard_size_in_bytes
+        limit = DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else shard_size_in_bytes(max_shard_size)
         if not is_main_process:
             return
-        from ..hub import save_pretrained
         save_pretrained(self, directory, state_dict, max_shard_size=limit)
 
     @property
@@ -570,23 +569,6 @@ class BertPreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
-
-
-_SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3, "GIB": 2**30, "MIB": 2**20, "KIB": 2**10}
-
-
-def _size_in_bytes(size: int | str) -> int:
-    """A `max_shard_size` as transformers 5 reads it (huggingface_hub's parse_size_to_int): bytes, or a number and a
-    unit, any case ("5GB", "0.5gb", "5Gb" all in bytes); bertkit also reads KiB, MiB, GiB."""
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)\s*", size, re.IGNORECASE) if isinstance(
-        size, str) else None
-    n = int(float(match[1]) * _SIZE_UNITS[match[2].upper()]) if match and match[2].upper() in _SIZE_UNITS else 0
-    if n <= 0:
-        raise ValueError(f"save_pretrained: max_shard_size must be a positive number of bytes or a number and a unit "
-                         f"(KB, MB, GB, TB, KiB, MiB, GiB), like '5GB', got {size!r}")
-    return n
 
 
 class BertModel(BertPreTrainedModel):
