@@ -14,15 +14,15 @@
 #      written as matmul + bias add (its bias gradient may then fuse into Triton kernels) against addmm, each
 #      compiled cold in its own cache; the code log comes back gzipped. (Until session 22 this step priced the
 #      ways of compiling at 128 x 256: 48.1-49.4 ms per step for all four in sessions 19 and 22, settled.)
-#   3. bench/gpu_profile.py at 512 x 32, where a step's GPU work is short and the host's cost per compiled
+#   3. bench/probe_attention.py (session 23), ~20 s: attention forward + backward at 128 x 256 and 512 x 32
+#      on cuDNN's varlen kernel against FlashAttention-2's (shipped; 5.6-5.7 ms of either step), with padded
+#      SDPA beside them, cuDNN's agreement without dropout, and whether its ops have the Meta kernels a
+#      compiled path needs. (Until session 22 this step raced the compiled Trainer against the bench's loop at
+#      512 x 32: 29.4-29.9 against 30.3 ms per step in session 22, settled.)
+#   4. bench/gpu_profile.py at 512 x 32, where a step's GPU work is short and the host's cost per compiled
 #      call weighs most: the compiled step's kernel and host profile, against each layer compiled apart
 #      (profiled too), the compiled MLM head, and last (its mode compiles afresh, minutes perhaps) the graphs
 #      replayed as CUDA graphs (an upper bound)
-#   4. bench/gpu_trainer_prefetch.py at 512 x 32, when under 510 s have gone (session 19's steps 1-3 took
-#      469 s), for at most 70 s (three compiled runs, ~15 s each with the compile cache warm, plus start-up):
-#      the compiled Trainer logging every 5 and every 20 steps, against the bench's own loop (session 19 found
-#      the Trainer slower, and not because of its prefetch thread; since session 20 a log step no longer
-#      synchronizes, so both intervals should now match the loop)
 #   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 540 s have gone
 set -u
@@ -53,16 +53,14 @@ TORCHINDUCTOR_CACHE_DIR="$TORCHINDUCTOR_CACHE_DIR/probe" TORCH_LOGS=output_code 
 echo "probe_bias_grad exit $?" >> "$OUT/machine.txt"
 python bench/probe_bias_grad.py --summarize "$OUT/probe-code.log" >> "$LOG" 2>&1
 gzip -f "$OUT/probe-code.log"
+# cuDNN's varlen attention against the shipped FlashAttention-2 (a kernel microbenchmark, ~20 s)
+run probe_attention 45 python bench/probe_attention.py $SMOKE_ARG --out "$OUT/attention.json"
 # at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more
 run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --contender "bertkit + compile" \
     --ablation "compiled" \
     --ablation "compiled, layer by layer" --profile-ablation "compiled, layer by layer" \
     --ablation "compiled, MLM head too" --ablation "compiled, CUDA graphs (4 batch shapes)" \
     --out "$OUT/profile-512.json"
-if [ "$SECONDS" -lt 510 ]; then  # why the compiled Trainer trails the bench's loop at 512 x 32 (session 19)
-  run "trainer 512" 70 python bench/gpu_trainer_prefetch.py $SMOKE_ARG "${LONG[@]}" --rounds 1 --prefetch 2 \
-      --log-every 5 20 --with-loop --out "$OUT/trainer-512.json"
-fi
 if [ "$SECONDS" -lt 540 ]; then  # the end-to-end CLI check, measured in earlier sessions, only if time is left
   run gpu_cli_check 35 python bench/gpu_cli_check.py $SMOKE_ARG --out "$OUT/cli.json"
 fi
@@ -70,6 +68,6 @@ rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 sed -n '/^=== gpu.py (/,/^=== /p' "$LOG" | grep "^| \|^total"
 grep -h "^ablation\|^== \|host threads\|device gaps\|   gap \|   host " "$LOG"
 grep -h "pretrain seq.* + compile" "$LOG"   # with each compile's warm-up time
-grep -h "^  round \|^round \|^--- \|^    sum x" "$LOG"
+grep -h "^  round \|^round \|^--- \|^    sum x\|^[0-9]* x [0-9]*  " "$LOG"
 grep -h '"label_agreement"' "$LOG" | tail -n 1
 cat "$OUT/machine.txt"

@@ -316,7 +316,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from bench import gpu_cli_check, gpu_profile, gpu_trainer_prefetch, probe_bias_grad
+    from bench import gpu_cli_check, gpu_profile, probe_attention, probe_bias_grad
 
     repo = Path(__file__).resolve().parents[1]
     fake = tmp_path / "bin"
@@ -329,7 +329,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         (fake / name).chmod(0o755)
     parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser(),
                "bench/gpu_cli_check.py": gpu_cli_check.build_parser(),
-               "bench/gpu_trainer_prefetch.py": gpu_trainer_prefetch.build_parser(),
+               "bench/probe_attention.py": probe_attention.build_parser(),
                "bench/probe_bias_grad.py": probe_bias_grad.build_parser()}
     for smoke in ("0", "1"):
         log.write_text("")
@@ -342,7 +342,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         caches = [c[-1] for c in lines if c[1].startswith("bench/")]
         scripts = [c[0] for c in calls]
         assert scripts == ["bench/gpu.py", "bench/probe_bias_grad.py", "bench/probe_bias_grad.py",
-                           "bench/gpu_profile.py", "bench/gpu_trainer_prefetch.py", "bench/gpu_cli_check.py"]
+                           "bench/probe_attention.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
         probe, summary = (parsers["bench/probe_bias_grad.py"].parse_args(c[1:]) for c in calls[1:3])
         assert not probe.summarize and probe.smoke == (smoke == "1") and summary.summarize == f"{out}/probe-code.log"
         for c in calls[:1] + calls[3:]:
@@ -350,7 +350,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
         race = parsers["bench/gpu.py"].parse_args(calls[0][1:])
         assert race.only is None and race.contenders is None and race.budget_s == 300
-        last = parsers["bench/gpu_profile.py"].parse_args(calls[3][1:])
+        last = parsers["bench/gpu_profile.py"].parse_args(calls[4][1:])
         # the device tool returns 8 files per call: one JSON per bench run, the code log, the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "probe-code.log.gz", "session.log"]
         assert len(calls) - 2 + 3 <= 8
@@ -360,9 +360,8 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         assert last.only_ablations == [
             "compiled", "compiled, layer by layer", "compiled, MLM head too", "compiled, CUDA graphs (4 batch shapes)"]
         assert last.profile_ablations == ["compiled, layer by layer"]
-        trainer = parsers["bench/gpu_trainer_prefetch.py"].parse_args(calls[4][1:])
-        assert (trainer.seq, trainer.batch) == (last.seq, last.batch) and trainer.compile and trainer.with_loop
-        assert (trainer.rounds, trainer.prefetch, trainer.log_every) == (1, [2], [5, 20])
+        attention = parsers["bench/probe_attention.py"].parse_args(calls[3][1:])
+        assert attention.steps == 30 and attention.out == f"{out}/attention.json"
         cache = caches[0]   # one fresh cache for all; the probe compiles cold in a folder of its own inside it
         assert caches == [cache, f"{cache}/probe", cache, cache, cache, cache]
         assert not Path(cache).exists() and out not in Path(cache).parents
@@ -456,3 +455,46 @@ def test_probe_smoke_times_both_ways_of_writing_a_linear(capsys):
     assert "round 0 addmm (shipped)" in out and "round 0 matmul + bias add" in out
     import torch.nn.functional as F
     assert F.linear is probe_bias_grad._linear   # restored
+
+
+def test_attention_probe_smoke_records_each_variant(tmp_path, capsys):
+    """bench/probe_attention.py --smoke: every variant at every dropout gets a time or its one-line reason (the
+    fused kernels have no CPU implementation), the ops' schemas and kernels are listed, and the JSON is what
+    main returns; the lengths are bench/gpu.py's first pre-training batch's."""
+    from bench import probe_attention
+
+    res = probe_attention.main(["--smoke", "--out", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text()) == res
+    assert "Autograd" in res["ops"]["_cudnn_attention_forward"]["kernels"]
+    (shape,) = res["shapes"]
+    lengths = probe_attention.pretraining_lengths(16, 3)
+    assert shape["tokens"] == sum(lengths) and max(lengths) == 16
+    names = ["flash varlen (shipped)", "cudnn varlen", "padded sdpa, cudnn", "padded sdpa, flash"]
+    for p in (0.1, 0.0):
+        for name in names:
+            value = shape[f"{name}, dropout {p}"]
+            assert (isinstance(value, float) and value > 0) or (isinstance(value, str) and "\n" not in value)
+    assert "NotImplementedError" in shape["cudnn varlen, dropout 0.1"]
+    assert "cudnn vs flash, no dropout:" in capsys.readouterr().out
+
+
+def test_attention_probe_pads_as_transformers_does():
+    """The padded variants see the packed sequences at their rows, zeros after, and a mask of the real keys:
+    padded SDPA (math on the CPU) then equals each sequence's own attention."""
+    import torch.nn.functional as F
+
+    from bench import probe_attention
+    lengths = [5, 3, 5]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lengths), probe_attention.HEADS, probe_attention.HEAD_DIM, generator=g)
+               for _ in range(3))
+    pq, pk, pv, mask = probe_attention.padded_inputs(q, k, v, lengths)
+    assert pq.shape == (3, probe_attention.HEADS, 5, probe_attention.HEAD_DIM) and pq.requires_grad
+    assert mask[:, 0, 0].tolist() == [[True] * 5, [True] * 3 + [False] * 2, [True] * 5]
+    out = F.scaled_dot_product_attention(pq, pk, pv, attn_mask=mask)
+    start = 0
+    for i, n in enumerate(lengths):
+        one = F.scaled_dot_product_attention(*(x[start:start + n].transpose(0, 1) for x in (q, k, v)))
+        torch.testing.assert_close(out[i, :, :n], one)
+        start += n
+    assert probe_attention.padded_inputs(q[:10], k[:10], v[:10], [5, 5])[3] is None
