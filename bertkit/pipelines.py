@@ -76,9 +76,10 @@ class Pipeline:
     options: dict[str, Any] = {}
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 32, device=None, compile: bool = False,
-                 **task_options):
+                 model_kwargs: Mapping[str, Any] | None = None, **task_options):
         self.batch_size = _batch_size(batch_size)
         Pipeline._check_options(self, task_options)   # the names before a load; values may need the tokenizer
+        self.model_kwargs = _model_kwargs(model_kwargs, model)
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.model_dir = None  # the directory a model name or path resolved to
@@ -112,7 +113,7 @@ class Pipeline:
     def _load(self, name_or_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LoadWarning)
-            model = self.auto_class.from_pretrained(self.model_dir)
+            model = self.auto_class.from_pretrained(self.model_dir, **self.model_kwargs)
         model.name_or_path = os.fspath(name_or_path)
         fresh = [k for k in model.load_report.newly_initialized if self._needs(k)]
         if fresh:
@@ -948,15 +949,43 @@ TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-class
 
 
 def pipeline(task: str, model=None, *, tokenizer=None, batch_size: int = 32, device=None, compile: bool = False,
+             dtype=None, torch_dtype=None, model_kwargs: Mapping[str, Any] | None = None,
              **task_options) -> Pipeline:
     """A callable for `task` (one of TASKS, or an alias in TASK_ALIASES) with the checkpoint `model` (a name or
     directory; or a loaded bertkit model together with `tokenizer=`). `task_options` are the defaults of each
     call (e.g. top_k=3, pooling="cls"). `compile=True` runs the embeddings and encoder layers through
-    torch.compile. A checkpoint without the task's trained head is refused with a ValueError."""
+    torch.compile. A checkpoint without the task's trained head is refused with a ValueError.
+    As in transformers, `model_kwargs` go to the model's from_pretrained, and `dtype` (`torch_dtype`, its older
+    name) is model_kwargs' dtype (torch.bfloat16 or "auto"); they apply to a model loaded by name only."""
+    model_kwargs = _with_dtype(model_kwargs, dtype, torch_dtype)
     task = TASK_ALIASES.get(task, task)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(sorted(TASKS))} (aliases: "
                          f"{', '.join(f'{a} = {t}' for a, t in sorted(TASK_ALIASES.items()))})")
     if model is None:
         raise ValueError(f"{task}: pass model=NAME_OR_PATH (there is no default model)")
-    return TASKS[task](model, tokenizer, batch_size=batch_size, device=device, compile=compile, **task_options)
+    return TASKS[task](model, tokenizer, batch_size=batch_size, device=device, compile=compile,
+                       model_kwargs=model_kwargs, **task_options)
+
+
+def _with_dtype(model_kwargs: Mapping[str, Any] | None, dtype, torch_dtype) -> dict[str, Any]:
+    """`model_kwargs` with pipeline()'s `dtype` / `torch_dtype` in it as `dtype`: the model's dtype given once."""
+    merged = _model_kwargs(model_kwargs, None)
+    given = [f"{k}=" for k, v in (("dtype", dtype), ("torch_dtype", torch_dtype)) if v is not None]
+    given += [f"model_kwargs[{k!r}]" for k in ("dtype", "torch_dtype") if k in merged]
+    if len(given) > 1:
+        raise ValueError(f"the model's dtype is given {len(given)} times ({', '.join(given)}); give it once")
+    if dtype is not None or torch_dtype is not None:
+        merged["dtype"] = torch_dtype if dtype is None else dtype
+    return merged
+
+
+def _model_kwargs(model_kwargs: Mapping[str, Any] | None, model) -> dict[str, Any]:
+    """from_pretrained's options as a dict; refused for a model object (not None), which nothing loads (transformers
+    ignores them there, so a dtype asked for would silently not be the model's)."""
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise TypeError(f"model_kwargs must be a dict of from_pretrained options, got {type(model_kwargs).__name__}")
+    if model_kwargs and model is not None and not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model_kwargs / dtype ({', '.join(model_kwargs)}) apply to a model loaded by name or "
+                         "directory; convert a model object yourself (model.to(torch.bfloat16))")
+    return dict(model_kwargs or {})

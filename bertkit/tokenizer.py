@@ -189,6 +189,16 @@ class BatchEncoding(dict):
             return self.encodings[0], batch_or_index
         return self.encodings[batch_or_index], index
 
+    def convert_to_tensors(self, tensor_type: str | None = None) -> BatchEncoding:
+        """Make every value a tensor ("pt") or array ("np"), in place, as transformers' method does: the HF course
+        pops offset_mapping from a padded call's lists, then converts the rest. None changes nothing."""
+        _check_tensor_type(tensor_type, "tensor_type")
+        if tensor_type is not None:
+            for key, value in self.items():
+                if _tensor_kind(value) != tensor_type or isinstance(value, (list, tuple)):
+                    self[key] = _pad_tensor(_py(value), tensor_type, key, "convert_to_tensors")
+        return self
+
     def to(self, device: str | torch.device) -> BatchEncoding:
         """Move every tensor to `device` (in place; returns self for chaining)."""
         for key, value in self.items():
@@ -446,6 +456,27 @@ class BertTokenizer:
                 init_kwargs, "the texts given",
             )
 
+    def train_new_from_iterator(self, text_iterator: Iterable[str] | Iterable[Sequence[str]], vocab_size: int,
+                                length: int | None = None, new_special_tokens: Sequence[str] | None = None, *,
+                                min_frequency: int = 0, limit_alphabet: int | None = None,
+                                show_progress: bool = False) -> BertTokenizer:
+        """A new vocabulary learnt from texts with this tokenizer's settings (casing, accents, special tokens,
+        model_max_length, sides), as transformers' method of this name gives it (the HF course trains one so);
+        added tokens that are not special are left out there too. Its defaults are the `tokenizers` trainer's
+        (every pair counts, the whole alphabet is kept), not `train_from_iterator`'s. `length` only sizes
+        transformers' progress bar. Ids are numbered as `train` numbers them, so that one corpus gives one
+        vocabulary; transformers' trainer breaks ties in hash order, so a few pieces may differ from its."""
+        specials = [t.content for _, t in sorted(self._tok.get_added_tokens_decoder().items()) if t.special]
+        specials += [_content(t) for t in new_special_tokens or ()]
+        settings = {"tokenize_chinese_chars": self.tokenize_chinese_chars, "model_max_length": self.model_max_length,
+                    "max_input_chars_per_word": self.max_input_chars_per_word, "padding_side": self.padding_side,
+                    "truncation_side": self.truncation_side, **self._special,
+                    "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces}
+        return type(self).train_from_iterator(
+            text_iterator, vocab_size, lowercase=self.do_lower_case, min_frequency=min_frequency,
+            strip_accents=self.strip_accents, special_tokens=list(dict.fromkeys(specials)),
+            limit_alphabet=limit_alphabet, show_progress=show_progress, **settings)
+
     @classmethod
     def _train(cls, paths: list[str], vocab_size, lowercase, min_frequency, strip_accents, special_tokens,
                limit_alphabet, show_progress, init_kwargs, source: str) -> BertTokenizer:
@@ -479,7 +510,7 @@ class BertTokenizer:
                 vocab_size=vocab_size,
                 min_frequency=min_frequency,
                 special_tokens=[*special_tokens, *initial],  # their ids come first, in this order
-                limit_alphabet=limit_alphabet,
+                **({} if limit_alphabet is None else {"limit_alphabet": limit_alphabet}),  # None: no limit
                 continuing_subword_prefix="##",
                 show_progress=bars,
             )
@@ -1453,9 +1484,9 @@ def _word_input(value, name: str) -> tuple[bool, list]:
     return False, [_words(value, name)]
 
 
-def _check_tensor_type(value) -> None:
+def _check_tensor_type(value, name: str = "return_tensors") -> None:
     if value not in (None, "pt", "np"):
-        raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {value!r}")
+        raise ValueError(f"{name} must be None, 'pt' or 'np', got {value!r}")
 
 
 def _tensor(value, kind: str, dtype: str | None = None):
@@ -1504,17 +1535,19 @@ def _examples_to_columns(examples: Sequence) -> dict[str, list]:
     return {key: [example[key] for example in examples] for key in keys}
 
 
-def _pad_tensor(value, kind: str, key: str):
-    """One padded column as a tensor; ragged rows (e.g. labels of token classification) are an error."""
+def _pad_tensor(value, kind: str, key: str, caller: str = "pad"):
+    """One padded column as a tensor; ragged rows (e.g. labels of token classification) are an error, which
+    names the `caller` (pad's return_tensors, or BatchEncoding.convert_to_tensors)."""
+    asked = f"return_tensors={kind!r}" if caller == "pad" else f"{caller}({kind!r})"
     if isinstance(value, list) and value and all(isinstance(v, (list, tuple)) for v in value):
         lengths = {len(v) for v in value}
         if len(lengths) > 1:
-            raise ValueError(f"return_tensors={kind!r} needs rows of one length, but {key!r} has lengths "
+            raise ValueError(f"{asked} needs rows of one length, but {key!r} has lengths "
                              f"{min(lengths)}..{max(lengths)}")
     try:
         return _tensor(value, kind)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"return_tensors={kind!r}: {key!r} cannot be made a tensor ({e})") from None
+        raise ValueError(f"{asked}: {key!r} cannot be made a tensor ({e})") from None
 
 
 def _side(value, name: str) -> str:

@@ -459,6 +459,36 @@ def test_tokenizer_options_as_transformers_pipelines_pass_them_on(tmp_path_facto
         fill(MASKED[0], tokenizer_kwargs={"stride": 4})
 
 
+def test_dtype_and_model_kwargs_load_the_model_as_transformers(tmp_path_factory):
+    """`pipeline(task, model, dtype=torch.bfloat16)` (`torch_dtype`, or model_kwargs={"dtype": ...}) loads the
+    model in that dtype, and model_kwargs reach from_pretrained, as in transformers."""
+    d = tiny(tmp_path_factory, "clf_dtype", transformers.BertForSequenceClassification,
+             id2label={0: "neg", 1: "pos", 2: "mixed"}, label2id={"neg": 0, "pos": 1, "mixed": 2})
+    full = pipeline("text-classification", model=d)(TEXTS, top_k=None)
+    for kwargs in ({"dtype": torch.bfloat16}, {"torch_dtype": torch.bfloat16},
+                   {"model_kwargs": {"dtype": torch.bfloat16, "output_hidden_states": True}}):
+        ours = pipeline("text-classification", model=d, **kwargs)
+        theirs = transformers.pipeline("text-classification", model=d, device="cpu", **kwargs)
+        assert ours.model.dtype == theirs.model.dtype == torch.bfloat16
+        assert ours.model.config.output_hidden_states is theirs.model.config.output_hidden_states
+        got, ref = ours(TEXTS, top_k=None), theirs(TEXTS, top_k=None)
+        for g, h, f in zip(got, ref, full):
+            by_label = {r["label"]: r["score"] for r in h}
+            assert max(abs(a["score"] - by_label[a["label"]]) for a in g) <= 1e-2  # bf16 rounding, in both
+            assert max(abs(a["score"] - b["score"]) for a, b in zip(sorted(g, key=lambda r: r["label"]),
+                                                                    sorted(f, key=lambda r: r["label"]))) > 0
+    assert pipeline("text-classification", model=d, dtype="auto").model.dtype == torch.float32  # as saved
+    with pytest.raises(ValueError, match=r"^the model's dtype is given 2 times \(dtype=, model_kwargs\['dtype'\]\); "
+                                         r"give it once$"):
+        pipeline("text-classification", model=d, dtype=torch.float32, model_kwargs={"dtype": torch.float32})
+    with pytest.raises(TypeError, match=r"^model_kwargs must be a dict of from_pretrained options, got list$"):
+        pipeline("text-classification", model=d, model_kwargs=["dtype"])
+    loaded = pipeline("text-classification", model=d)
+    with pytest.raises(ValueError, match=r"^model_kwargs / dtype \(dtype\) apply to a model loaded by name or "
+                                         r"directory; convert a model object yourself"):
+        pipeline("text-classification", model=loaded.model, tokenizer=loaded.tokenizer, dtype=torch.bfloat16)
+
+
 # ------------------------------------------------------------------------------------ token classification
 @pytest.fixture(scope="module")
 def tagger_dir(tmp_path_factory):

@@ -1912,3 +1912,81 @@ def test_constructor_role_added_tokens_and_additional_special_tokens_as_transfor
         BertTokenizer(vocab, unk_token=AddedToken("<unk>"))
     with pytest.raises(ValueError, match=r"^give extra_special_tokens or additional_special_tokens, not both$"):
         BertTokenizer(vocab, extra_special_tokens=["<a>"], additional_special_tokens=["<b>"])
+
+
+# ---------------------------------------------------------------- the HF course's calls
+def test_convert_to_tensors_after_popping_offsets_matches_transformers(tok, hf):
+    """The HF course's question-answering by hand (chapter 6) pops the offsets of a padded overflow call, then
+    converts what is left to tensors."""
+    question, context = "Which libraries back Transformers?", " ".join(["Jax, PyTorch and TensorFlow back it."] * 30)
+    kwargs = dict(stride=16, max_length=64, padding="longest", truncation="only_second",
+                  return_overflowing_tokens=True, return_offsets_mapping=True)
+    ours, ref = tok(question, context, **kwargs), hf(question, context, **kwargs)
+    for enc in (ours, ref):
+        enc.pop("overflow_to_sample_mapping")
+        enc.pop("offset_mapping")
+    assert ours.convert_to_tensors("pt") is ours  # in place, as there
+    ref = ref.convert_to_tensors("pt")
+    assert list(ours) == list(ref) and ours["input_ids"].shape[0] > 2
+    for key in ref:
+        _assert_same_value(ours[key], ref[key], key)
+    assert ours.sequence_ids(1) == ref.sequence_ids(1)  # the encodings stay
+    both = [t(["a b", "c d e"], padding=True, return_offsets_mapping=True) for t in (tok, hf)]
+    for kind in ("np", "pt"):  # lists, then arrays made tensors (offsets: rows of pairs)
+        for enc in both:
+            enc.convert_to_tensors(kind)
+        for key in both[1]:
+            _assert_same_value(both[0][key], both[1][key], key)
+    assert tok("a").convert_to_tensors(None) == hf("a").convert_to_tensors(None) == {
+        "input_ids": [101, 1037, 102], "token_type_ids": [0, 0, 0], "attention_mask": [1, 1, 1]}
+    with pytest.raises(ValueError, match=r"^convert_to_tensors\('pt'\) needs rows of one length, but 'input_ids' "
+                                         r"has lengths 3\.\.4$"):
+        tok(["a", "b c"]).convert_to_tensors("pt")
+    with pytest.raises(ValueError, match=r"^tensor_type must be None, 'pt' or 'np', got 'tf'$"):
+        tok("a").convert_to_tensors("tf")
+
+
+def _docstrings() -> list[str]:
+    """Some 125 kB of English text that every Python has: docstrings of standard modules."""
+    import argparse
+    import builtins
+    import collections
+    import inspect
+    import logging
+    import os
+    import pathlib
+    import subprocess
+    texts = []
+    for module in (builtins, argparse, collections, json, logging, os, pathlib, re, subprocess):
+        texts.append(inspect.getdoc(module) or "")
+        texts += [inspect.getdoc(v) or "" for name, v in sorted(vars(module).items()) if not name.startswith("_")]
+    return [t for t in dict.fromkeys(texts) if t]
+
+
+def test_train_new_from_iterator_keeps_the_settings_as_transformers(tmp_path):
+    """The HF course (chapter 6) trains a new vocabulary with an old tokenizer's settings. transformers' trainer
+    breaks ties between merges in hash order (its vocabularies differ by a couple of pieces from run to run on
+    this text), so the vocabularies are compared up to 1%; everything else is the same."""
+    texts = _docstrings()
+    batches = [texts[i:i + 50] for i in range(0, len(texts), 50)]
+    for cased in (False, True):
+        kwargs = dict(do_lower_case=not cased, model_max_length=128)
+        old = BertTokenizer(MINILM / "vocab.txt", **kwargs)
+        old_ref = transformers.BertTokenizerFast(str(MINILM / "vocab.txt"), **kwargs)
+        new = old.train_new_from_iterator(iter(batches), 1000, new_special_tokens=["<e1>"])
+        ref = old_ref.train_new_from_iterator(iter(batches), 1000, new_special_tokens=["<e1>"])
+        assert len(new) == len(ref) == 1000 and len(set(new.get_vocab()) ^ set(ref.get_vocab())) <= 10
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<e1>"]
+        assert new.convert_tokens_to_ids(specials) == ref.convert_tokens_to_ids(specials) == list(range(6))
+        assert new.all_special_tokens == ref.all_special_tokens
+        assert (new.do_lower_case, new.model_max_length) == (ref.do_lower_case, ref.model_max_length) == (not cased,
+                                                                                                          128)
+        assert any(t != t.lower() for t in new.get_vocab() if t not in specials) is cased
+        text = "Return a <e1> NEW list containing all items from the iterable in ascending order."
+        assert new.tokenize(text) == ref.tokenize(text)
+        # the same vocabulary as bertkit's own training with the trainer's defaults, ids included
+        own = BertTokenizer.train_from_iterator(batches, 1000, lowercase=not cased, min_frequency=0,
+                                                limit_alphabet=None, special_tokens=specials)
+        assert new.get_vocab() == own.get_vocab()
+    new.save_pretrained(tmp_path)
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path))(text)["input_ids"] == new(text)["input_ids"]
