@@ -327,6 +327,20 @@ def _initial_model(args: PretrainArgs, tok: BertTokenizer, model_dir: str | None
     return model
 
 
+def _instance_text(tok: BertTokenizer, ids: torch.Tensor, types: torch.Tensor, random_next: bool) -> str:
+    """An instance's text of one document (segment A alone when B is another document's), each segment from its
+    first whole word: pair truncation may cut a segment's front inside a word, and decoded after the segment
+    before, that word's rest would join its last word ("remaining." then "##naeus": "remaining.naeus")."""
+    special = set(tok.all_special_ids)
+    texts = []
+    for segment in (0,) if random_next else (0, 1):
+        seg = [i for i in ids[types == segment].tolist() if i not in special]
+        pieces = tok.convert_ids_to_tokens(seg)
+        start = next((j for j, p in enumerate(pieces) if not p.startswith("##")), len(seg))
+        texts.append(tok.decode(seg[start:]))
+    return " ".join(t for t in texts if t)
+
+
 def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int = 0) -> list[tuple[str, str]]:
     """A few held-out sentences with one word masked: (masked text, the word). Text of one document: segment A
     alone where B was drawn from another document."""
@@ -335,7 +349,7 @@ def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int
     out = []
     for i in rng.sample(range(len(ds)), min(len(ds), 200)):
         ids, types, random_next = ds[i]
-        text = tok.decode((ids[types == 0] if random_next else ids).tolist(), skip_special_tokens=True)
+        text = _instance_text(tok, ids, types, random_next)
         words = text.split()[:24]
         candidates = [j for j, w in enumerate(words) if re.fullmatch(r"[A-Za-z]{4,}", w)]
         if len(words) < 8 or not candidates:

@@ -620,6 +620,27 @@ def test_fill_mask_examples_show_one_document_each(tmp_path):
         assert len({w[0] for w in words}) == 1, text
 
 
+def test_fill_mask_examples_start_each_segment_at_a_whole_word():
+    """Pair truncation can cut a segment's front inside a word: its text starts at the first whole word, so the
+    word's rest does not join the segment before ("remaining." then "##naeus" read "remaining.naeus")."""
+    from bertkit.tasks.pretrain import _instance_text
+
+    tok = BertTokenizer.train_from_iterator(["remaining words are here", "linnaeus named the plants"] * 20,
+                                            vocab_size=60)
+    a = tok("remaining words", add_special_tokens=False)["input_ids"]
+    b = tok("linnaeus named", add_special_tokens=False)["input_ids"]
+    cut = b[next(i for i, p in enumerate(tok.convert_ids_to_tokens(b)) if p.startswith("##")):]
+    assert tok.convert_ids_to_tokens(cut)[0].startswith("##")   # B as truncation may leave it
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    ids = torch.tensor([cls, *a, sep, *cut, sep])
+    types = torch.tensor([0] * (len(a) + 2) + [1] * (len(cut) + 1))
+    assert _instance_text(tok, ids, types, random_next=False) == "remaining words named"
+    assert _instance_text(tok, ids, types, random_next=True) == "remaining words"
+    front_cut = torch.tensor([cls, *cut, sep, *a, sep])
+    front_types = torch.tensor([0] * (len(cut) + 2) + [1] * (len(a) + 1))
+    assert _instance_text(tok, front_cut, front_types, random_next=False) == "named remaining words"
+
+
 def test_a_first_run_given_resume_records_its_settings(corpus, tokenizer_dir, tmp_path, capsys):
     """A script that always passes --resume (a preemptible machine's) starts the run with it: its settings are
     written, so a later resume with others is refused as any run's would be."""
