@@ -112,3 +112,20 @@ def slow_rank_0(tmp_path):
                       "from bertkit.cli import main\n"
                       "sys.exit(main(sys.argv[1:]))\n", encoding="utf-8")
     return script
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures `figures.save` is given, laid out on the canvas and kept open to be measured (a figure saved and
+    closed measures its texts at the savefig's resolution, not the canvas's)."""
+    from bertkit import figures
+    figs = []
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        figs.append(fig)
+        return str(path)
+    monkeypatch.setattr(figures, "save", keep)
+    yield figs
+    for fig in figs:
+        figures.pyplot().close(fig)

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from typing import Any, Iterable
 
@@ -239,14 +240,32 @@ def _nothing_to_plot(run_dirs: list[str]) -> ValueError:
                       "a loss, accuracy, score or learning rate")
 
 
+# How a value that is not finite reaches metrics.jsonl: as the Tracker's string, or json.dumps's NaN / Infinity.
+NOT_FINITE = ("nan", "inf", "-inf", "infinity", "-infinity")
+
+
+def _value(v: Any) -> float | None:
+    """A logged number as a float (NaN for a value that is not finite, however written), None for anything else."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v) if math.isfinite(v) else math.nan
+    if isinstance(v, str) and v.strip().lower() in NOT_FINITE:
+        return math.nan
+    return None
+
+
 def _series(records: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
+    """The steps and values of `key`; a value that is not finite is NaN, where the line breaks (not joined over)."""
     xs, ys = [], []
     for r in records:
-        v = r.get(key)
-        if r.get("split", "train") == split and isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = _value(r.get(key))
+        if r.get("split", "train") == split and v is not None:
             xs.append(r["step"])
-            ys.append(float(v))
+            ys.append(v)
     return xs, ys
+
+
+NAN_LABEL, NAN_GID = "not finite (NaN / inf)", "not finite"
+FEW = 20   # a series of up to this many points is drawn with markers
 
 
 def _keys(records: list[dict], split: str, pred) -> list[str]:
@@ -308,6 +327,7 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
     Returns the PNG's path."""
     from ..figures import pyplot, save
     plt = pyplot()
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
     run_dirs = [os.fspath(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("plot_runs: no run directories given")
@@ -329,10 +349,18 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
     term_styles = ["--", ":", "-."]
 
     def draw(ax, xs, ys, marker=None, **style):
-        """A line; a series of one point (a run logged once) gets a marker, or nothing would show."""
-        ax.plot(xs, ys, marker=marker or ("o" if len(xs) == 1 else None), ms=3, **style)
+        """A line; a series of a few points gets markers (one point alone would not show; three joined pass for a
+        curve). A step whose value is not finite (a diverged loss) gets a red cross at the panel's top: a NaN
+        draws nothing at all."""
+        ax.plot(xs, ys, marker=marker or ("o" if len(xs) <= FEW else None), ms=3, **style)
+        bad = [x for x, y in zip(xs, ys) if math.isnan(y)]
+        if bad:
+            seen = any(line.get_label() == NAN_LABEL for line in ax.get_lines())
+            ax.plot(bad, [0.97] * len(bad), transform=ax.get_xaxis_transform(), ls="", marker="x", ms=6,
+                    color="red", label="_" if seen else NAN_LABEL, gid=NAN_GID)
 
-    for ax, panel in zip(axes.flat, panels):
+    beside = [0.0] * ncols   # per column: the widest legend drawn beside a panel
+    for n, (ax, panel) in enumerate(zip(axes.flat, panels)):
         for i, (records, label) in enumerate(zip(runs, labels)):
             c = colours[i % len(colours)]
             tag = f"{label}: " if multi else ""
@@ -368,17 +396,55 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
                 draw(ax, xs, ys, color=c, label=f"{tag}lr" if multi else "lr")
                 ax.set_ylabel("learning rate")
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        ax.set_title(panel)
+        if panel in ("train loss", "eval loss") and _spans_decades(ax):
+            ax.set_yscale("log")
+        ax.set_title(panel + (" (log scale)" if ax.get_yscale() == "log" else ""))
         ax.set_xlabel("step")
         ax.tick_params(labelbottom=True)  # sharex hides them above the last row
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))  # no tick at step 12.5
+        ax.xaxis.set_major_formatter(FuncFormatter(_step_label))
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
+        beside[n % ncols] = max(beside[n % ncols], _legend(ax))
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(", ".join(labels) if len(labels) <= 4 else f"{len(labels)} runs")
+    # wrapped to the figure's width (about 9 characters of 12-point text an inch): long run names ran off both edges
+    fig.suptitle(textwrap.fill(", ".join(labels), int(9 * fig.get_figwidth()), break_on_hyphens=False,
+                               break_long_words=False) if len(labels) <= 4 else f"{len(labels)} runs")
+    fig.set_figwidth(fig.get_figwidth() + sum(beside))
     fig.tight_layout()
     return save(fig, out_png)
+
+
+def _step_label(step: float, _pos=None) -> str:
+    """A step on the axis: 25k, 1.5M (a 200,000-step run's "125000 150000" ran together; "1e6" was a riddle)."""
+    if abs(step) >= 1e6:
+        return f"{step / 1e6:g}M"
+    if abs(step) >= 1e4:
+        return f"{step / 1e3:g}k"
+    return f"{step:g}"
+
+
+def _spans_decades(ax, decades: float = 1.5) -> bool:
+    """Whether the panel's values are all positive and span `decades` powers of ten (30 times): a fine-tuning
+    loss from 0.7 to 0.001, or an NSP term beside an MLM one, is a flat line at zero on a linear scale."""
+    ys = [y for line in ax.get_lines() if line.get_gid() != NAN_GID for y in line.get_ydata() if math.isfinite(y)]
+    return bool(ys) and min(ys) > 0 and max(ys) / min(ys) >= 10 ** decades
+
+
+def _legend(ax, most_inside: int = 6) -> float:
+    """The panel's legend: where it hides least inside the panel, or beside it when it holds more entries (several
+    runs' terms) or is wider (long run names) than fits over the curves without hiding them. Returns the inches
+    a legend beside the panel takes (0 inside), which the figure widens by, so the panel keeps its width."""
+    if not ax.get_legend_handles_labels()[0]:
+        return 0.0
+    legend = ax.legend(fontsize=8, loc="best")
+    renderer = ax.figure.canvas.get_renderer()
+    if (len(legend.get_texts()) <= most_inside
+            and legend.get_window_extent(renderer).width <= 0.5 * ax.get_window_extent(renderer).width):
+        return 0.0
+    legend.remove()
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return legend.get_window_extent(renderer).width / ax.figure.dpi + 0.1
 
 
 def plot_run(run_dir: str | os.PathLike, out_png: str | os.PathLike | None = None) -> str:

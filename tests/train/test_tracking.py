@@ -236,3 +236,109 @@ def test_a_fresh_run_sets_an_old_tensorboard_folder_aside(tmp_path):
     assert losses(tb) == [(1, 21.0), (2, 22.0), (3, 23.0)]
     assert sorted(p.name for p in tmp_path.glob("tensorboard*")) == ["tensorboard", "tensorboard.old",
                                                                      "tensorboard.old.2"]
+
+
+# ------------------------------------------------------------------------------ the curves as a reader sees them
+def _write(run_dir, records):
+    """A hand-written metrics.jsonl (json.dumps writes a float NaN as NaN, as any other writer's may)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+def _panel(fig, title):
+    (ax,) = [ax for ax in fig.axes if ax.get_visible() and ax.get_title().startswith(title)]
+    return ax
+
+
+def test_a_loss_spanning_decades_is_drawn_on_a_log_scale(tmp_path, drawn):
+    """A fine-tuning loss from 0.69 to 0.001 was a flat line at zero for the second half of the run; a
+    pre-training loss from 10.5 to 1.8 stays linear."""
+    import math
+    fine = _write(tmp_path / "fine", [{"split": "train", "step": s, "loss": 0.69 * math.exp(-s / 300) + 1e-3}
+                                      for s in range(10, 3001, 10)])
+    pre = _write(tmp_path / "pre", [{"split": "train", "step": s, "loss": 1.8 + 8.7 * math.exp(-s / 8000)}
+                                    for s in range(100, 100_001, 100)])
+    plot_run(fine)
+    plot_run(pre)
+    log, linear = (_panel(fig, "train loss") for fig in drawn)
+    assert log.get_yscale() == "log" and log.get_title() == "train loss (log scale)"
+    assert linear.get_yscale() == "linear" and linear.get_title() == "train loss"
+
+
+def test_values_that_are_not_finite_are_marked_where_they_happened(tmp_path, drawn):
+    """A NaN or inf loss (the Tracker's "nan" string, or json's NaN / Infinity) drew nothing: a run that diverged
+    at its end looked finished, and the Tracker's strings were skipped, the line joined over them."""
+    records = [{"split": "train", "step": s, "loss": 2.0 - s / 1000, "lr": 1e-4} for s in range(10, 201, 10)]
+    records[4]["loss"] = "nan"            # step 50, as Tracker writes it
+    records[9]["loss"] = float("inf")     # step 100, as json.dumps writes it
+    records[-1]["loss"] = float("nan")    # step 200: the run ends diverged
+    plot_run(_write(tmp_path / "run", records))
+    ax = _panel(drawn[0], "train loss")
+    marks = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert sorted(x for line in marks for x in line.get_xdata()) == [50, 100, 200]   # a red cross at each
+    assert {line.get_color() for line in marks} == {"red"}
+    (loss,) = [line for line in ax.get_lines() if line.get_label() == "loss"]
+    assert list(loss.get_xdata()) == list(range(10, 201, 10))     # the line breaks at the NaN, not joined over
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["loss", "not finite (NaN / inf)"]
+
+
+def _pretraining_runs(tmp_path, names):
+    import math
+    dirs = []
+    for i, name in enumerate(names):
+        mlm = [10 * math.exp(-s / 4000) + 1.9 for s in range(100, 20_001 + i * 3000, 100)]
+        dirs.append(_write(tmp_path / name, [
+            {"split": "train", "step": 100 * (k + 1), "loss": m + 0.1, "loss_mlm": m, "loss_nsp": 0.05 + m / 100,
+             "lr": 1e-4} for k, m in enumerate(mlm)]))
+    return dirs
+
+
+def test_a_legend_that_would_hide_the_curves_goes_beside_its_panel(tmp_path, drawn):
+    """Five runs' loss terms (15 entries), or four runs of long names: the legend covered the curves' ends; beside
+    the panel it covers nothing, and the figure widens so the panel keeps its width."""
+    plot_runs(_pretraining_runs(tmp_path, [f"seed{i}" for i in range(5)]), out_png=tmp_path / "a.png")
+    plot_runs(_pretraining_runs(tmp_path, [f"bert-base-uncased-mnli-lr2e-5-bs32-warmup0.1-seed{i}" for i in range(4)]),
+              out_png=tmp_path / "b.png")
+    for fig in drawn:
+        ax = _panel(fig, "train loss")
+        assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+        assert ax.get_window_extent().width / fig.dpi >= 4.5
+        assert not [t for t in fig.texts + [ax.title, ax.get_legend()]
+                    if t.get_window_extent().x1 > fig.bbox.width + 1 or t.get_window_extent().x0 < -1]
+
+
+def test_a_few_runs_of_short_names_keep_their_legend_inside(tmp_path, drawn):
+    plot_runs(_pretraining_runs(tmp_path, ["a", "b"]), out_png=tmp_path / "a.png")
+    ax = _panel(drawn[0], "train loss")
+    assert ax.get_window_extent().contains(*ax.get_legend().get_window_extent().p0)
+
+
+def test_long_run_names_in_the_title_are_wrapped_inside_the_figure(tmp_path, drawn):
+    """Four runs named by their directories: the title ran off both edges of the figure."""
+    dirs = _pretraining_runs(tmp_path, [f"bert-base-uncased-mnli-lr2e-5-bs32-warmup0.1-seed{i}" for i in range(4)])
+    plot_runs(dirs, out_png=tmp_path / "a.png")
+    fig = drawn[0]
+    title = fig._suptitle.get_window_extent()
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width
+    lines = fig._suptitle.get_text().split("\n")
+    assert len(lines) > 1 and all(any(d.name in line for line in lines) for d in dirs)   # no name cut in two
+
+
+def test_the_step_axis_reads_as_steps(tmp_path, drawn):
+    """200,000 steps: "125000 150000" ran together (2 pixels apart), now 125k, 150k; three steps 10, 20, 30: no
+    tick at step 12.5, and the three points are drawn as points, not passed off as a curve."""
+    long = _write(tmp_path / "long", [{"split": "train", "step": s, "loss": 2.0} for s in range(100, 200_001, 100)])
+    three = _write(tmp_path / "three", [{"split": "train", "step": s, "loss": 0.7 - s / 100} for s in (10, 20, 30)])
+    plot_run(long)
+    plot_run(three)
+    for fig, last in zip(drawn, ("200k", "30")):
+        ax = _panel(fig, "train loss")
+        lo, hi = ax.get_xlim()
+        texts = [t for t, x in zip(ax.get_xticklabels(), ax.get_xticks()) if lo <= x <= hi]
+        assert texts[-1].get_text() == last
+        assert all("." not in t.get_text() for t in texts)
+        boxes = [t.get_window_extent() for t in texts]
+        assert min(b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])) >= 8   # pixels between neighbours
+    (line,) = _panel(drawn[1], "train loss").get_lines()
+    assert line.get_marker() == "o"
