@@ -1292,3 +1292,222 @@ def test_save_pretrained_takes_transformers_arguments(tmp_path):
                                          r"a number and a unit \(KB, MB, GB, TB, KiB, MiB, GiB\), like '5GB', got "
                                          r"'5 G'$"):
         ours.save_pretrained(tmp_path / "bad", max_shard_size="5 G")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input, as a user calling a model directly hits it: what transformers takes is taken with its numbers;
+# what it refuses is refused before the forward, by a one-line error naming the argument
+# ---------------------------------------------------------------------------------------------
+
+def test_ids_must_be_integer_tensors_and_int32_equals_transformers(base_pair):
+    """float, bool or int16 ids fail in torch's embedding ('indices') in both libraries, a list on a missing
+    attribute; int32 ids, types and positions are transformers' own numbers."""
+    ours, theirs = base_pair
+    x = padded_inputs(seed=80)
+    ids, mask, types = x["input_ids"], x["attention_mask"], x["token_type_ids"]
+    for dtype in (torch.float32, torch.bool, torch.int16):
+        with pytest.raises(TypeError, match=rf"^input_ids must be an integer tensor of torch.long or torch.int32, "
+                                            rf"got {dtype}$"):
+            ours(input_ids=ids.to(dtype), attention_mask=mask)
+    for name in ("token_type_ids", "position_ids"):
+        with pytest.raises(TypeError, match=rf"^{name} must be an integer tensor of torch.long or torch.int32, "
+                                            r"got torch.float32$"):
+            ours(input_ids=ids, **{name: torch.zeros(3, 11)})
+    for name in ("input_ids", "attention_mask"):
+        with pytest.raises(TypeError, match=rf"^{name} must be a torch.Tensor, got list \(tokenizers give tensors "
+                                            r"with return_tensors='pt'\)$"):
+            ours(**{**x, name: x[name].tolist()})
+    x32 = dict(input_ids=ids.int(), attention_mask=mask.int(), token_type_ids=types.int(),
+               position_ids=torch.arange(11, dtype=torch.int32)[None] + 2)
+    with torch.no_grad():
+        a, b = ours(**x32), theirs(**x32)
+    assert_close("int32 inputs", a.last_hidden_state, b.last_hidden_state, mask.bool())
+    assert_close("int32 inputs pooled", a.pooler_output, b.pooler_output)
+
+
+def test_ids_out_of_range_are_named_on_the_cpu(base_pair):
+    """torch's IndexError 'index out of range in self' (transformers' too) does not say which argument; once the
+    lookup has raised it, the packed ids are read to name it. Ids at padding, never looked up, may be anything."""
+    ours, _ = base_pair
+    x = padded_inputs(seed=81)
+    ids, mask = x["input_ids"], x["attention_mask"]
+    cases = [("input_ids", ids.masked_fill(ids == ids.max(), 99), r"\[0, 99\) \(config.vocab_size\)"),
+             ("input_ids", ids.masked_fill(ids == ids.max(), -1), r"\[0, 99\) \(config.vocab_size\)"),
+             ("token_type_ids", x["token_type_ids"] * 2, r"\[0, 2\) \(config.type_vocab_size\)"),
+             ("position_ids", torch.arange(11)[None] + 60, r"\[0, 64\) \(config.max_position_embeddings\)")]
+    for name, bad, bounds in cases:
+        with pytest.raises(IndexError, match=rf"^{name} must be in {bounds}, got values from -?\d+ to \d+$"):
+            ours(**{**x, name: bad})
+    with torch.no_grad():
+        a = ours(input_ids=ids.masked_fill(mask == 0, 500), attention_mask=mask).last_hidden_state
+        assert torch.equal(a, ours(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+
+def test_naming_bad_ids_reads_nothing_in_a_forward_and_no_device_tensor(base_pair):
+    """Values are read only after a lookup failed (a forward has no host sync to spare; test_fastpath_tasks counts
+    them on the CPU), and never off the CPU: a meta tensor's values cannot be read at all, so reading one raises."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bertkit.modeling.bert import _name_bad_ids
+
+    class Reads(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func.overloadpacket).startswith(("aten._local_scalar_dense", "aten.aminmax")):
+                self.seen.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    plan = P.pack(padded_inputs(seed=84)["attention_mask"])
+    with torch.no_grad(), Reads():
+        base_pair[0](**padded_inputs(seed=84), position_ids=torch.arange(11)[None], packing=plan)
+    assert Reads.seen == []
+    _name_bad_ids([(torch.full((4,), 500, device="meta"), 99, "input_ids", "vocab_size")])
+    with pytest.raises(IndexError, match=r"^input_ids must be in \[0, 99\) \(config.vocab_size\), got values from "
+                                         r"500 to 500$"):
+        _name_bad_ids([(None, 2, "token_type_ids", "type_vocab_size"),
+                       (torch.full((4,), 500), 99, "input_ids", "vocab_size")])
+
+
+@pytest.mark.parametrize("name, shape", [("token_type_ids", (3, 1)), ("token_type_ids", (1, 1)),
+                                         ("token_type_ids", (1,)), ("token_type_ids", ()),
+                                         ("position_ids", (3, 1)), ("position_ids", (1, 1))])
+def test_ids_that_broadcast_are_taken_as_transformers(base_pair, name, shape):
+    """transformers adds the type and position embeddings by broadcasting, so (batch, 1) or (1, 1) ids (one value a
+    sequence, or for all) work there; they were refused here, a 0-d one with an IndexError of a tuple."""
+    ours, theirs = base_pair
+    x = padded_inputs(seed=82)
+    x[name] = torch.arange(1, 4).reshape(3, 1)[:shape[0] if shape else 1].reshape(shape) % 2
+    with torch.no_grad():
+        a, b = ours(**x), theirs(**x)
+    assert_close(f"{name} {shape}", a.last_hidden_state, b.last_hidden_state, x["attention_mask"].bool())
+    assert_close(f"{name} {shape} pooled", a.pooler_output, b.pooler_output)
+    with pytest.raises(ValueError, match=rf"^{name} must have shape \(batch, seqlen\) = \(3, 11\) or one that "
+                                         r"broadcasts to it, got \(3, 10\)$"):
+        ours(**{**x, name: torch.zeros(3, 10, dtype=torch.long)})
+
+
+def test_inputs_embeds_errors_name_inputs_embeds(base_pair):
+    """A wrong hidden size was torch's 'size of tensor a (16) must match ...'; a 2-d tensor was called input_ids."""
+    ours, _ = base_pair
+    x = padded_inputs(seed=83)
+    emb = ours.embeddings.word_embeddings(x["input_ids"]).detach()
+    for bad in (emb[..., :16], emb[0]):
+        with pytest.raises(ValueError, match=r"^inputs_embeds must have shape \(batch, seqlen, hidden_size\) = "
+                                             rf"\(batch, seqlen, 32\), got {re.escape(str(tuple(bad.shape)))}$"):
+            ours(inputs_embeds=bad)
+    with pytest.raises(ValueError, match=r"^attention_mask has shape \(3, 10\), expected \(3, 11\) like "
+                                         r"inputs_embeds$"):
+        ours(inputs_embeds=emb, attention_mask=x["attention_mask"][:, :-1])
+    mc = modeling.BertForMultipleChoice(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"^give exactly one of input_ids and inputs_embeds$"):
+        mc()
+    with pytest.raises(ValueError, match=r"^multiple choice inputs_embeds must have shape \(batch, choices, seqlen, "
+                                         r"hidden\), got \(3, 11, 32\)$"):
+        mc(inputs_embeds=emb)
+
+
+@pytest.mark.parametrize("name", ["BertForTokenClassification", "BertForMaskedLM"])
+def test_token_labels_flattened_or_int32_as_transformers(name):
+    """transformers flattens token labels (view(-1)), so (batch * seqlen,) and (batch, seqlen, 1) work there
+    (refused, or torch's 'multi-target not supported', here); int32 labels fail in both libraries' cross_entropy
+    ('expected target dtype to be Long or Byte') and are now taken as the long ones."""
+    ours, theirs = pair(name, tiny_config(num_labels=3), seed=84)
+    x = padded_inputs(seed=85)
+    labels = token_labels(x["attention_mask"], 3)
+    with torch.no_grad():
+        want = theirs(**x, labels=labels).loss
+        for given in (labels.view(-1), labels[..., None], labels.int()):
+            assert_close(f"loss of {tuple(given.shape)} {given.dtype} labels", ours(**x, labels=given).loss, want)
+    with pytest.raises(TypeError, match=r"^labels must hold class indices as an integer tensor \(torch.long\), "
+                                        r"got torch.float32$"):
+        ours(**x, labels=labels.float())
+
+
+def test_multiple_choice_takes_probabilities_as_transformers():
+    """transformers' multiple-choice loss does not flatten its labels, so (batch, choices) float probabilities are
+    a soft target there; here they were flattened into a batch-size error."""
+    ours, theirs = pair("BertForMultipleChoice", tiny_config(), seed=86)
+    ids = torch.randint(1, 99, (2, 3, 7), generator=torch.Generator().manual_seed(87))
+    soft = torch.tensor([[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]])
+    with torch.no_grad():
+        assert_close("soft-label loss", ours(input_ids=ids, labels=soft).loss, theirs(input_ids=ids, labels=soft).loss)
+        assert_close("int32 labels", ours(input_ids=ids, labels=torch.tensor([2, 0], dtype=torch.int32)).loss,
+                     theirs(input_ids=ids, labels=torch.tensor([2, 0])).loss)
+    with pytest.raises(ValueError, match=r"^labels must have shape \(batch,\) = \(2,\), got \(3,\)$"):
+        ours(input_ids=ids, labels=torch.tensor([0, 1, 2]))
+
+
+def test_qa_positions_of_any_integer_dtype_and_wrong_shapes_named():
+    """uint8 and bool positions work in transformers (gather failed on them here); int32 fails in its loss and is
+    taken here; a wrong count was torch's 'Size does not match at dimension 0 expected index [4, 1] ...'."""
+    ours, theirs = pair("BertForQuestionAnswering", tiny_config(), seed=88)
+    x = padded_inputs((11, 11, 11), seed=89)  # no padding: the loss is transformers' own (README)
+    start, end = torch.tensor([1, 0, 7]), torch.tensor([3, 1, 9])
+    with torch.no_grad():
+        for dtype in (torch.uint8, torch.bool):
+            want = theirs(**x, start_positions=start.to(dtype), end_positions=end.to(dtype)).loss
+            got = ours(**x, start_positions=start.to(dtype), end_positions=end.to(dtype)).loss
+            assert_close(f"{dtype} positions", got, want)
+        assert_close("int32 positions", ours(**x, start_positions=start.int(), end_positions=end.int()).loss,
+                     theirs(**x, start_positions=start, end_positions=end).loss)
+    with pytest.raises(ValueError, match=r"^start_positions must have shape \(batch,\) = \(3,\), got \(4,\)$"):
+        ours(**x, start_positions=torch.tensor([1, 2, 3, 4]), end_positions=end)
+    with pytest.raises(TypeError, match=r"^end_positions must be an integer tensor \(torch.long\), got torch.float32$"):
+        ours(**x, start_positions=start, end_positions=end.float())
+
+
+def test_label_errors_are_named_before_the_forward(monkeypatch):
+    """Wrong labels are refused before the encoder runs (transformers runs it, then fails in its loss with
+    'Expected input batch_size (3) to match target batch_size (4)' or 'The size of tensor a (3) must match ...'),
+    and float labels read as multi-label targets say so."""
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the encoder ran before the labels were checked")
+
+    monkeypatch.setattr(modeling.bert.BertEncoder, "forward", no_forward)
+    x = padded_inputs(seed=90)
+    clf = modeling.BertForSequenceClassification(tiny_config(num_labels=3)).eval()
+    with pytest.raises(ValueError, match=r"^labels for multi_label_classification must have shape \(batch, "
+                                         r"num_labels\) = \(3, 3\), got \(3,\); with num_labels > 1, labels that are "
+                                         r"not torch.long or torch.int are read as multi-label targets"):
+        clf(**x, labels=torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"^labels must have shape \(batch,\) = \(3,\), got \(4,\)$"):
+        clf(**x, labels=torch.tensor([0, 1, 2, 0]))
+    reg = modeling.BertForSequenceClassification(tiny_config(num_labels=1)).eval()
+    with pytest.raises(ValueError, match=r"^labels for regression must have shape \(batch,\) = \(3,\) or "
+                                         r"\(batch, 1\), got \(4,\)$"):
+        reg(**x, labels=torch.randn(4))
+    pre = modeling.BertForPreTraining(tiny_config()).eval()
+    with pytest.raises(ValueError, match=r"^next_sentence_label must have shape \(batch,\) = \(3,\), got \(2,\)$"):
+        pre(**x, next_sentence_label=torch.tensor([0, 1]))
+    tagger = modeling.BertForTokenClassification(tiny_config(num_labels=3)).eval()
+    with pytest.raises(ValueError, match=r"^labels must have shape \(batch, seqlen\) = \(3, 11\) like the inputs"):
+        tagger(**x, labels=torch.zeros(3, 10, dtype=torch.long))
+
+
+def test_int32_and_broadcast_sequence_labels_as_transformers():
+    """Sequence labels transformers takes give its loss: int32 class indices (its rule calls them single-label,
+    then its cross_entropy refuses them: taken here as the long ones), (batch, 1) regression targets, and a
+    scalar target broadcast across the batch (torch warns)."""
+    ours, theirs = pair("BertForSequenceClassification", tiny_config(num_labels=3), seed=91)
+    x = padded_inputs(seed=92)
+    with torch.no_grad():
+        assert_close("int32 labels", ours(**x, labels=torch.tensor([2, 0, 1], dtype=torch.int32)).loss,
+                     theirs(**x, labels=torch.tensor([2, 0, 1])).loss)
+    ours, theirs = pair("BertForSequenceClassification", tiny_config(num_labels=1), seed=93)
+    with torch.no_grad(), pytest.warns(UserWarning, match="target size"):
+        for target in (torch.tensor([[0.5], [1.0], [-0.3]]), torch.tensor(0.5)):
+            assert_close(f"regression {tuple(target.shape)}", ours(**x, labels=target).loss,
+                         theirs(**x, labels=target).loss)
+
+
+@pytest.mark.parametrize("name, num_labels", [("BertForSequenceClassification", 3),
+                                              ("BertForSequenceClassification", 1),
+                                              ("BertForTokenClassification", 5),
+                                              ("BertForQuestionAnswering", 2)])
+def test_num_labels_attribute_as_transformers(name, num_labels):
+    """`model.num_labels`, which course code reads after from_pretrained(..., num_labels=3), as transformers'."""
+    cfg = tiny_config(num_labels)
+    ours = getattr(modeling, name)(cfg)
+    theirs = getattr(transformers, name)(hf_config(cfg))
+    assert ours.num_labels == theirs.num_labels == num_labels

@@ -79,11 +79,43 @@ ACT = {  # the names of config.ACTIVATIONS
 
 
 def _as_grid(x: torch.Tensor, batch: int, seqlen: int, name: str) -> torch.Tensor:
-    """`x` as a (batch, seqlen) grid, a (1, seqlen) or (seqlen,) one broadcast; else an error naming it."""
-    if x.dim() > 2 or x.shape[-1] != seqlen or (x.dim() == 2 and x.shape[0] not in (1, batch)):
-        raise ValueError(f"{name} must have shape (batch, seqlen) = ({batch}, {seqlen}), (1, {seqlen}) or "
-                         f"({seqlen},), got {tuple(x.shape)}")
+    """`x` as a (batch, seqlen) grid. Any shape of at most two dimensions that broadcasts to it ((1, seqlen),
+    (seqlen,), (batch, 1), a scalar) is expanded, as transformers' sum of embeddings broadcasts it; else an
+    error naming it."""
+    fits = x.dim() <= 2 and all(n in (1, want) for n, want in zip(reversed(x.shape), (seqlen, batch)))
+    if not fits:
+        raise ValueError(f"{name} must have shape (batch, seqlen) = ({batch}, {seqlen}) or one that broadcasts to "
+                         f"it, got {tuple(x.shape)}")
     return x.expand(batch, seqlen)
+
+
+def check_tensor(x: object, name: str) -> None:
+    """A TypeError naming `name` unless `x` is a tensor (a tokenizer called without return_tensors="pt" gives
+    lists, which would fail later on a missing attribute)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__} (tokenizers give tensors with "
+                        f"return_tensors='pt')")
+
+
+def _check_index_dtype(x: torch.Tensor, name: str) -> None:
+    """Embedding lookups take int64 or int32 ids only (as in transformers); anything else is a TypeError naming
+    the argument rather than torch's about 'indices'."""
+    if x.dtype not in (torch.long, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor of torch.long or torch.int32, got {x.dtype}")
+
+
+def _name_bad_ids(lookups) -> None:
+    """Called once an embedding lookup has raised torch's IndexError ('index out of range in self', which names
+    no argument): an IndexError naming the argument whose (packed) ids fall outside their table. `lookups`:
+    (ids or None, table size, argument, config field). Only then are values read, so a forward reads none; and
+    only CPU tensors, the ones whose lookup raises (on a GPU a bad id is a device-side assert, not an exception)."""
+    for ids, high, name, field in lookups:
+        if ids is None or ids.device.type != "cpu" or ids.numel() == 0:
+            continue
+        low, top = (int(v) for v in torch.aminmax(ids))
+        if low < 0 or top >= high:
+            message = f"{name} must be in [0, {high}) (config.{field}), got values from {low} to {top}"
+            raise IndexError(message) from None
 
 
 class IndexedOutput:
@@ -598,20 +630,26 @@ class BertModel(BertPreTrainedModel):
             output_hidden_states = self.config.output_hidden_states and selection is None
         if output_attentions is None:
             output_attentions = self.config.output_attentions and selection is None
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
-        ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if ref.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, seqlen), got {tuple(ref.shape)}")
-        batch, seqlen = ref.shape
+        batch, seqlen = self.input_shape(input_ids, inputs_embeds)
+        ref, given = (input_ids, "input_ids") if input_ids is not None else (inputs_embeds, "inputs_embeds")
         if seqlen > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seqlen} exceeds max_position_embeddings "
                              f"({self.config.max_position_embeddings}); truncate the input")
         if attention_mask is None:
             attention_mask = torch.ones(batch, seqlen, dtype=torch.long, device=ref.device)
-        elif attention_mask.shape != ref.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                             f"expected {tuple(ref.shape)} like input_ids")
+        else:
+            check_tensor(attention_mask, "attention_mask")
+            if attention_mask.shape != (batch, seqlen):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                                 f"expected {(batch, seqlen)} like {given}")
+        # checked before the plan (on a GPU, the forward's one host sync); (1, seqlen) types apply to every
+        # sequence, as transformers broadcasts them
+        grids = {}
+        for name, x in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            if x is not None:
+                check_tensor(x, name)
+                _check_index_dtype(x, name)
+                grids[name] = _as_grid(x, batch, seqlen, name)
         if packing is None:
             packing = P.pack_padded(attention_mask) if P.tracing() else P.pack(attention_mask)
         elif (packing.batch, packing.seqlen) != (batch, seqlen):
@@ -634,18 +672,44 @@ class BertModel(BertPreTrainedModel):
         elif position_ids is None:
             positions = packing.indices % seqlen                         # (tokens,)
         else:
-            positions = P.unpad(_as_grid(position_ids, batch, seqlen, "position_ids"), packing)
+            positions = P.unpad(grids["position_ids"], packing)
         if token_type_ids is None:
             types = torch.zeros_like(positions)
-        else:  # (1, seqlen) types apply to every sequence, as transformers broadcasts them
-            types = P.unpad(_as_grid(token_type_ids, batch, seqlen, "token_type_ids"), packing)
-        ids = P.unpad(input_ids, packing) if input_ids is not None else None
+        else:
+            types = P.unpad(grids["token_type_ids"], packing)
+        ids = P.unpad(input_ids, packing) if input_ids is not None else None  # real tokens: padding is not looked up
         embeds = P.unpad(inputs_embeds, packing) if inputs_embeds is not None else None
-        h = self.embeddings(ids, types, positions, embeds)               # (tokens, hidden)
+        try:
+            h = self.embeddings(ids, types, positions, embeds)           # (tokens, hidden)
+        except IndexError:
+            cfg = self.config
+            _name_bad_ids(((ids, cfg.vocab_size, "input_ids", "vocab_size"),
+                           (types, cfg.type_vocab_size, "token_type_ids", "type_vocab_size"),
+                           (positions, cfg.max_position_embeddings, "position_ids", "max_position_embeddings")))
+            raise
         h, all_hidden, all_weights = self.encoder(h, packing, output_hidden_states, output_attentions, selection)
         if take is not None:
             h, selection = h.index_select(0, take.rows), take                 # (selected, hidden)
         return Encoded(h, packing, all_hidden, all_weights, selection)
+
+    def input_shape(self, input_ids=None, inputs_embeds=None) -> tuple[int, int]:
+        """(batch, seqlen) of the one of `input_ids` (batch, seqlen) and `inputs_embeds` (batch, seqlen, hidden)
+        given, after checking its type, dtype and shape: Python-level checks only, which read nothing from the
+        device (heads call this to check their labels before the forward)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            check_tensor(input_ids, "input_ids")
+            _check_index_dtype(input_ids, "input_ids")
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, seqlen), got {tuple(input_ids.shape)}")
+            return tuple(input_ids.shape)
+        check_tensor(inputs_embeds, "inputs_embeds")
+        hidden = self.config.hidden_size
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden:
+            raise ValueError(f"inputs_embeds must have shape (batch, seqlen, hidden_size) = (batch, seqlen, {hidden}), "
+                             f"got {tuple(inputs_embeds.shape)}")
+        return tuple(inputs_embeds.shape[:2])
 
     def pool(self, enc: Encoded) -> torch.Tensor:
         if self.pooler is None:

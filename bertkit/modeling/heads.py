@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import BertConfig
 from . import packing as P
-from .bert import ACT, BertModel, BertPreTrainedModel, Encoded, IndexedOutput, model_output
+from .bert import ACT, BertModel, BertPreTrainedModel, Encoded, IndexedOutput, check_tensor, model_output
 
 
 @model_output
@@ -210,6 +210,40 @@ def _mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(_for_loss(logits), labels, ignore_index=-100)
 
 
+# Labels are checked before the forward (Python-level shape and dtype checks only, nothing read from the device),
+# so a wrong one costs no encoder pass and its error names it rather than an argument of torch's losses.
+
+def _class_indices(labels: torch.Tensor, name: str) -> torch.Tensor:
+    """Class indices as cross_entropy takes them (torch.long, uint8); int32 is cast, since transformers' own rule
+    reads torch.int labels as class indices (and its loss then refuses them)."""
+    if labels.dtype == torch.int32:
+        return labels.long()
+    if labels.dtype not in (torch.long, torch.uint8):
+        raise TypeError(f"{name} must hold class indices as an integer tensor (torch.long), got {labels.dtype}")
+    return labels
+
+
+def token_labels(labels: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
+    """(batch, seqlen) class indices; transformers flattens them, so (batch * seqlen,) and (batch, seqlen, 1)
+    are taken too."""
+    check_tensor(labels, "labels")
+    if tuple(labels.shape) in ((batch * seqlen,), (batch, seqlen, 1)):
+        labels = labels.reshape(batch, seqlen)
+    elif tuple(labels.shape) != (batch, seqlen):
+        raise ValueError(f"labels must have shape (batch, seqlen) = ({batch}, {seqlen}) like the inputs, "
+                         f"got {tuple(labels.shape)}")
+    return _class_indices(labels, "labels")
+
+
+def per_sequence_labels(labels: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """(batch,) class indices, one per sequence; transformers flattens them, so any shape of `batch` elements is
+    taken ((batch, 1), say)."""
+    check_tensor(labels, name)
+    if labels.numel() != batch:
+        raise ValueError(f"{name} must have shape (batch,) = ({batch},), got {tuple(labels.shape)}")
+    return _class_indices(labels.reshape(-1), name)
+
+
 class BertForPreTraining(_TiedMLM, _BertHeadModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -219,15 +253,21 @@ class BertForPreTraining(_TiedMLM, _BertHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, next_sentence_label=None,
                 output_hidden_states=None, output_attentions=None, packing=None) -> PreTrainingOutput:
+        if labels is not None or next_sentence_label is not None:
+            batch, seqlen = self.bert.input_shape(input_ids, inputs_embeds)
+            if labels is not None:
+                labels = token_labels(labels, batch, seqlen)
+            if next_sentence_label is not None:
+                next_sentence_label = per_sequence_labels(next_sentence_label, batch, "next_sentence_label")
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         token_logits = self.cls.predictions(enc.hidden)          # (tokens, vocab)
         nsp_logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
         mlm_loss = nsp_loss = loss = None
         if labels is not None:
-            mlm_loss = _mlm_loss(token_logits, P.unpad(labels, enc.packing, "labels"))
+            mlm_loss = _mlm_loss(token_logits, P.unpad(labels, enc.packing))
         if next_sentence_label is not None:
-            nsp_loss = F.cross_entropy(_for_loss(nsp_logits), next_sentence_label.view(-1))  # labels (batch,)
+            nsp_loss = F.cross_entropy(_for_loss(nsp_logits), next_sentence_label)  # labels (batch,)
         if mlm_loss is not None and nsp_loss is not None:
             loss = mlm_loss + nsp_loss
         return PreTrainingOutput(P.repad(token_logits, enc.packing), nsp_logits, loss, mlm_loss, nsp_loss,
@@ -245,10 +285,12 @@ class BertForMaskedLM(_TiedMLM, _BertHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None,
                 output_attentions=None, packing=None) -> ClassifierOutput:
+        if labels is not None:
+            labels = token_labels(labels, *self.bert.input_shape(input_ids, inputs_embeds))
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         logits = self.cls.predictions(enc.hidden)                # (tokens, vocab)
-        loss = _mlm_loss(logits, P.unpad(labels, enc.packing, "labels")) if labels is not None else None
+        loss = _mlm_loss(logits, P.unpad(labels, enc.packing)) if labels is not None else None
         return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
 
 
@@ -261,10 +303,12 @@ class BertForNextSentencePrediction(_BertHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None,
                 output_attentions=None, packing=None) -> ClassifierOutput:
+        if labels is not None:
+            labels = per_sequence_labels(labels, self.bert.input_shape(input_ids, inputs_embeds)[0], "labels")
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.cls.seq_relationship(self.bert.pool(enc))  # (batch, 2)
-        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None  # (batch,)
+        loss = F.cross_entropy(_for_loss(logits), labels) if labels is not None else None  # (batch,)
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
 
 
@@ -282,6 +326,35 @@ def problem_type(config: BertConfig, labels: torch.Tensor) -> str:
     return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
 
 
+def sequence_labels(labels: torch.Tensor, batch: int, config: BertConfig) -> torch.Tensor:
+    """`labels` checked against the problem type: class indices (batch,) for single-label, (batch, num_labels)
+    for multi-label, a shape that broadcasts with the logits for regression (as torch's MSE takes it)."""
+    check_tensor(labels, "labels")
+    problem = problem_type(config, labels)
+    n, shape = config.num_labels, tuple(labels.shape)
+    if problem == "single_label_classification":
+        return per_sequence_labels(labels, batch, "labels")
+    if problem == "multi_label_classification":
+        if shape != (batch, n):
+            guessed = ("; with num_labels > 1, labels that are not torch.long or torch.int are read as multi-label "
+                       "targets (config.problem_type is unset): give class indices as torch.long"
+                       if config.problem_type is None else "")
+            raise ValueError(f"labels for multi_label_classification must have shape (batch, num_labels) = "
+                             f"({batch}, {n}), got {shape}{guessed}")
+        return labels
+    # regression: torch's MSE broadcasts the labels to the logits; the shapes it would refuse are named here
+    if n == 1:  # sequence_loss squeezes both, as transformers does: (batch, 1) logits to (batch,), or () for one
+        pred, target = ((batch,) if batch > 1 else ()), tuple(labels.squeeze().shape)
+    else:
+        pred, target = (batch, n), shape
+    try:
+        torch.broadcast_shapes(pred, target)
+    except RuntimeError:
+        want = f"(batch, num_labels) = ({batch}, {n})" if n > 1 else f"(batch,) = ({batch},) or (batch, 1)"
+        raise ValueError(f"labels for regression must have shape {want}, got {shape}") from None
+    return labels
+
+
 def sequence_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig) -> torch.Tensor:
     """Regression, single-label or multi-label classification, as `problem_type` says."""
     problem = problem_type(config, labels)
@@ -297,7 +370,14 @@ def sequence_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-class BertForSequenceClassification(_BertHeadModel):
+class _Classifier:
+    @property
+    def num_labels(self) -> int:
+        """transformers' attribute (set from the config there): the classifier's outputs."""
+        return self.classifier.out_features
+
+
+class BertForSequenceClassification(_Classifier, _BertHeadModel):
     """Classification or regression (num_labels == 1) from the pooled [CLS] state."""
 
     def __init__(self, config: BertConfig):
@@ -309,6 +389,8 @@ class BertForSequenceClassification(_BertHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None,
                 output_attentions=None, packing=None) -> ClassifierOutput:
+        if labels is not None:
+            labels = sequence_labels(labels, self.bert.input_shape(input_ids, inputs_embeds)[0], self.config)
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing, pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))  # (batch, labels)
@@ -316,7 +398,7 @@ class BertForSequenceClassification(_BertHeadModel):
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
 
 
-class BertForTokenClassification(_BertHeadModel):
+class BertForTokenClassification(_Classifier, _BertHeadModel):
     add_pooling_layer = False
 
     def __init__(self, config: BertConfig):
@@ -328,12 +410,14 @@ class BertForTokenClassification(_BertHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None,
                 output_attentions=None, packing=None) -> ClassifierOutput:
+        if labels is not None:
+            labels = token_labels(labels, *self.bert.input_shape(input_ids, inputs_embeds))
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         logits = self.classifier(self.dropout(enc.hidden))            # (tokens, labels)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(_for_loss(logits), P.unpad(labels, enc.packing, "labels"), ignore_index=-100)
+            loss = F.cross_entropy(_for_loss(logits), P.unpad(labels, enc.packing), ignore_index=-100)
         return ClassifierOutput(P.repad(logits, enc.packing), loss, enc.hidden_states(), enc.attentions())
 
 
@@ -347,9 +431,18 @@ class BertForQuestionAnswering(_BertHeadModel):
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self._init_head(self.qa_outputs)
 
+    @property
+    def num_labels(self) -> int:
+        """transformers' attribute: a start and an end score."""
+        return self.qa_outputs.out_features
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_hidden_states=None,
                 output_attentions=None, packing=None) -> QuestionAnsweringOutput:
+        if start_positions is not None and end_positions is not None:
+            batch = self.bert.input_shape(input_ids, inputs_embeds)[0]
+            start_positions = _positions(start_positions, batch, "start_positions")
+            end_positions = _positions(end_positions, batch, "end_positions")
         enc = self._encode(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                            output_hidden_states, output_attentions, packing)
         logits = self.qa_outputs(enc.hidden)                          # (tokens, 2)
@@ -366,6 +459,17 @@ class BertForQuestionAnswering(_BertHeadModel):
             loss = (F.cross_entropy(_for_loss(start_logits), start, ignore_index=seqlen)
                     + F.cross_entropy(_for_loss(end_logits), end, ignore_index=seqlen)) / 2
         return QuestionAnsweringOutput(start_logits, end_logits, loss, enc.hidden_states(), enc.attentions())
+
+
+def _positions(positions: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    """(batch,) answer token indices as torch.long, from any integer or bool dtype (transformers takes uint8 and
+    bool; int32 would fail in its loss) and any shape of `batch` elements ((batch, 1), say)."""
+    check_tensor(positions, name)
+    if positions.is_floating_point() or positions.is_complex():
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {positions.dtype}")
+    if positions.numel() != batch:
+        raise ValueError(f"{name} must have shape (batch,) = ({batch},), got {tuple(positions.shape)}")
+    return positions.reshape(-1).long()
 
 
 def _answer_index(positions: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -391,20 +495,37 @@ class BertForMultipleChoice(_BertHeadModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None,
                 output_attentions=None, packing=None) -> ClassifierOutput:
-        ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if ref.dim() != 3:
-            raise ValueError(f"multiple choice input_ids must have shape (batch, choices, seqlen), "
-                             f"got {tuple(ref.shape)}")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        name, ref, rank = ("input_ids", input_ids, 3) if input_ids is not None else ("inputs_embeds", inputs_embeds, 4)
+        check_tensor(ref, name)
+        if ref.dim() != rank:
+            dims = "batch, choices, seqlen" + (", hidden" if rank == 4 else "")
+            raise ValueError(f"multiple choice {name} must have shape ({dims}), got {tuple(ref.shape)}")
         batch, choices = ref.shape[:2]
+        if labels is not None:
+            labels = _choice_labels(labels, batch, choices)
 
         def flat(t, trailing=1):  # (batch, choices, seqlen[, hidden]) -> (batch * choices, seqlen[, hidden]);
-            # broadcast (1, 1, seqlen) ids -> (1, seqlen), as transformers takes them
-            return None if t is None else t.reshape(-1, *t.shape[-trailing:])
+            # broadcast (1, 1, seqlen) ids -> (1, seqlen), as transformers takes them; not a tensor: encode says so
+            return t.reshape(-1, *t.shape[-trailing:]) if isinstance(t, torch.Tensor) and t.dim() else t
 
         enc = self._encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
                            flat(inputs_embeds, 2), output_hidden_states, output_attentions, packing,
                            pooled_only=True)
         logits = self.classifier(self.dropout(self.bert.pool(enc)))   # (batch * choices, 1)
         logits = logits.view(batch, choices)                           # (batch, choices)
-        loss = F.cross_entropy(_for_loss(logits), labels.view(-1)) if labels is not None else None  # (batch,)
+        loss = None
+        if labels is not None:  # (batch,) indices or (batch, choices) probabilities
+            scores = _for_loss(logits)
+            loss = F.cross_entropy(scores, labels.to(scores.dtype) if labels.is_floating_point() else labels)
         return ClassifierOutput(logits, loss, enc.hidden_states(), enc.attentions())
+
+
+def _choice_labels(labels: torch.Tensor, batch: int, choices: int) -> torch.Tensor:
+    """(batch,) indices of the right choice, or (batch, choices) float probabilities, which transformers'
+    cross-entropy takes too (it does not flatten multiple-choice labels)."""
+    check_tensor(labels, "labels")
+    if labels.is_floating_point() and tuple(labels.shape) == (batch, choices):
+        return labels
+    return per_sequence_labels(labels, batch, "labels")
