@@ -25,4 +25,6 @@ from .modeling import (
 from .pipelines import pipeline
 from .tokenizer import BertTokenizer
 
+BertTokenizerFast = BertTokenizer  # transformers 5's name of the same class (there, one class too)
+
 __version__ = "0.1.0"

@@ -23,8 +23,10 @@ def check_model_type(directory: str) -> None:
 class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> BertConfig:
-        """`BertConfig.from_pretrained`: a config.json describing another model_type is refused there."""
-        return BertConfig.from_pretrained(name_or_path, **_without_auto_options(kwargs))
+        """`BertConfig.from_pretrained`: a config.json describing another model_type is refused there. The config
+        keeps the name asked for in `name_or_path`, as transformers' AutoConfig sets it (its BertConfig does not)."""
+        options = {**_without_auto_options(kwargs), "name_or_path": name_or_path}
+        return BertConfig.from_pretrained(name_or_path, **options)
 
 
 class AutoTokenizer:

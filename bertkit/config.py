@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .io import read_json, write_text_atomic
 from .warn import warn
 
@@ -24,6 +26,11 @@ SIZES = {
     "base": (12, 768),
     "large": (24, 1024),
 }
+
+# transformers' labels of a config that names none; config.json leaves them out (transformers 5 writes only what
+# differs from its defaults)
+DEFAULT_ID2LABEL = {0: "LABEL_0", 1: "LABEL_1"}
+DEFAULT_LABEL2ID = {"LABEL_0": 0, "LABEL_1": 1}
 
 # transformers' names of the activations bertkit has (modeling.bert.ACT holds the functions)
 ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_accurate", "gelu_fast", "quick_gelu",
@@ -50,7 +57,7 @@ class BertConfig:
     tie_word_embeddings: bool = True
     model_type: str = "bert"
     architectures: list[str] | None = None
-    # Task heads: label names travel with the checkpoint.
+    # Task heads: label names travel with the checkpoint; none given: transformers' two, LABEL_0 and LABEL_1.
     id2label: dict[int, str] | None = None
     label2id: dict[str, int] | None = None
     problem_type: str | None = None
@@ -59,6 +66,7 @@ class BertConfig:
     output_attentions: bool = False
     # Keys we do not model are kept verbatim and written back out.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    _name_or_path = ""  # not a field (no annotation): see name_or_path
 
     def __post_init__(self):
         if self.id2label is not None:
@@ -69,8 +77,11 @@ class BertConfig:
                 self.id2label = {i: name for name, i in self.label2id.items()}
                 if len(self.id2label) != len(self.label2id):
                     raise ValueError(f"BertConfig field 'label2id' gives two labels one id: {self.label2id}")
-        if self.id2label is not None and self.label2id is None:
+        if self.id2label is None:
+            self.id2label = dict(DEFAULT_ID2LABEL)
+        if self.label2id is None:
             self.label2id = {v: k for k, v in self.id2label.items()}
+        self.extra = _extra_as_transformers(self.extra)
         self.validate()
 
     def __getattr__(self, name: str) -> Any:
@@ -81,14 +92,47 @@ class BertConfig:
             return extra[name]
         raise AttributeError(f"{type(self).__name__} has no attribute or config.json key {name!r}")
 
+    # -- what transformers' configs carry besides config.json's fields ------------------------------
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """config.json's "dtype" as a torch.dtype, as transformers' config holds it (after from_pretrained, the
+        dtype the model was loaded in); config.json keeps its name."""
+        name = self.extra.get("dtype")
+        return None if name is None else _torch_dtype(name)
+
+    @dtype.setter
+    def dtype(self, value: torch.dtype | str | None) -> None:
+        if value is None:
+            self.extra.pop("dtype", None)
+        else:
+            self.extra["dtype"] = _dtype_name(value)
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """`dtype`'s older name (transformers 4's)."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: torch.dtype | str | None) -> None:
+        self.dtype = value
+
+    @property
+    def name_or_path(self) -> str:
+        """The model's name or directory, as transformers keeps it (a model's from_pretrained sets it, and
+        AutoConfig's); not written to config.json."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = str(os.fspath(value))
+
     # -- labels ---------------------------------------------------------------------------------
     @property
     def num_labels(self) -> int:
         return len(self.id2label) if self.id2label else 2
 
     def label_name(self, i: int) -> str:
-        """Output i's name: id2label's, or transformers' LABEL_i where config.json has none (transformers 5
-        leaves the two default labels out of it)."""
+        """Output i's name: id2label's, or transformers' LABEL_i where there is none."""
         return (self.id2label or {}).get(i, f"LABEL_{i}")
 
     def label_names(self) -> list[str]:
@@ -166,16 +210,19 @@ class BertConfig:
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}
         # kept and written back (other tools' fields), but a near-miss is likely a typo; "_name" keys are
-        # transformers' own (its old `_num_labels`, `_name_or_path`)
+        # transformers' own (its old `_num_labels`; `_name_or_path` becomes name_or_path)
         for key in (k for k in extra if not k.startswith("_")):
             close = difflib.get_close_matches(key, known | {"num_labels"}, n=1, cutoff=0.85)
             if close and close[0] != key:
                 warn(f"BertConfig: unknown field {key!r} is kept but unused; did you mean {close[0]!r}?")
         num_labels = extra.pop("num_labels", None)
+        name_or_path = extra.pop("_name_or_path", None)  # transformers 4 wrote it; 5 reads it, and leaves it out
         if "model_type" not in d:
             kwargs["model_type"] = "bert"
         cfg = cls(**kwargs, extra=extra)
-        if num_labels is not None and cfg.id2label is None:
+        if name_or_path is not None:
+            cfg.name_or_path = name_or_path
+        if num_labels is not None and d.get("id2label") is None and d.get("label2id") is None:
             cfg.num_labels = num_labels
         elif num_labels is not None and num_labels != cfg.num_labels:   # as transformers: num_labels wins
             names = cfg.num_labels
@@ -199,8 +246,8 @@ class BertConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        if d["id2label"] is None:
-            d.pop("id2label"), d.pop("label2id")
+        if d["id2label"] in (None, DEFAULT_ID2LABEL) and d["label2id"] in (None, DEFAULT_LABEL2ID):
+            d.pop("id2label"), d.pop("label2id")  # transformers' defaults: left out, as transformers writes
         else:
             d["id2label"] = {str(k): v for k, v in d["id2label"].items()}
         return {**self.extra, **d}
@@ -218,13 +265,15 @@ class BertConfig:
         write_text_atomic(path, self.to_json_string())
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None,
+    def from_pretrained(cls, name_or_path: str | os.PathLike, /, *, revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, subfolder: str = "",
                         return_unused_kwargs: bool = False, **overrides) -> "BertConfig":
         """From a config.json file, a directory or a model name, as transformers': `revision` picks a hub-cache
         snapshot of a name (ignored for a local file or directory), `cache_dir` another hub cache, `subfolder`
-        a folder of the directory; `overrides` replace fields (or config.json keys bertkit keeps unused), and
-        with `return_unused_kwargs=True` the result is `(config, the overrides that are neither)`."""
+        a folder of the directory; `overrides` replace fields (or config.json keys bertkit keeps unused), `dtype`
+        and `name_or_path` too, and with `return_unused_kwargs=True` the result is `(config, the overrides that
+        are neither)`. As transformers' BertConfig (not its AutoConfig), name_or_path is not set to the name given
+        unless passed so."""
         from .hub import NO_EFFECT_OPTIONS, _check_revision, apply_config_overrides, resolve_model_dir
         if revision is not None:
             _check_revision(revision)
@@ -233,10 +282,14 @@ class BertConfig:
             path = config_file(resolve_model_dir(path, revision=revision, cache_dir=cache_dir, subfolder=subfolder))
         config = cls.from_json_file(path)
         overrides = {k: v for k, v in overrides.items() if k not in NO_EFFECT_OPTIONS}
-        if not return_unused_kwargs:
-            return apply_config_overrides(config, overrides)
-        unused = {k: v for k, v in overrides.items() if k not in config.field_names()}
-        return apply_config_overrides(config, {k: v for k, v in overrides.items() if k not in unused}), unused
+        dtype, given_name = _dtype_override(overrides), overrides.pop("name_or_path", None)
+        unused = {k: v for k, v in overrides.items() if k not in config.field_names()} if return_unused_kwargs else {}
+        named = config.name_or_path  # config.json's "_name_or_path", if any
+        config = apply_config_overrides(config, {k: v for k, v in overrides.items() if k not in unused})
+        if dtype is not None:
+            config.dtype = dtype
+        config.name_or_path = named if given_name is None else given_name
+        return (config, unused) if return_unused_kwargs else config
 
     def field_names(self) -> set[str]:
         """What an override may set: the fields, `num_labels`, and the config.json keys kept in `extra`."""
@@ -255,6 +308,41 @@ def check_config(config: Any, who: str) -> None:
     kind = f"{type(config).__module__}.{type(config).__qualname__}"
     hint = "; convert it with bertkit.BertConfig.from_dict(config.to_dict())" if hasattr(config, "to_dict") else ""
     raise TypeError(f"{who} expects a bertkit.BertConfig, got {kind}{hint}")
+
+
+def _dtype_override(overrides: dict[str, Any]) -> torch.dtype | str | None:
+    """from_pretrained's `dtype` (or `torch_dtype`), taken out of `overrides`; "auto" keeps config.json's."""
+    if "dtype" in overrides and "torch_dtype" in overrides:
+        raise TypeError("pass dtype or torch_dtype (its older name), not both")
+    dtype = overrides.pop("dtype", overrides.pop("torch_dtype", None))
+    return None if dtype == "auto" else dtype
+
+
+def _extra_as_transformers(extra: dict[str, Any]) -> dict[str, Any]:
+    """config.json's kept keys with the dtype as transformers 5 writes it: "dtype" (not its older name
+    "torch_dtype", which gives way to it), torch's name of it, left out when null."""
+    extra = dict(extra)
+    old = extra.pop("torch_dtype", None)
+    if extra.get("dtype") is None:
+        extra["dtype"] = old
+    if extra["dtype"] is None:
+        del extra["dtype"]
+    else:
+        extra["dtype"] = _dtype_name(extra["dtype"])
+    return extra
+
+
+def _torch_dtype(value: torch.dtype | str) -> torch.dtype:
+    dtype = value if isinstance(value, torch.dtype) else getattr(torch, value, None) if isinstance(value, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"BertConfig field 'dtype' must be a torch dtype or its name, such as 'float32'; "
+                         f"got {value!r}")
+    return dtype
+
+
+def _dtype_name(value: torch.dtype | str) -> str:
+    """torch's name of a dtype ("bfloat16"; "half" is "float16"), what config.json holds."""
+    return str(_torch_dtype(value)).removeprefix("torch.")
 
 
 def _mapping(value, name: str):
@@ -286,11 +374,18 @@ _fields_init = BertConfig.__init__
 
 
 @functools.wraps(_fields_init)
-def _init_with_num_labels(self, *args, num_labels: int | None = None, **kwargs):
-    """BertConfig(..., num_labels=3), as transformers' config takes it: labels LABEL_0..LABEL_2."""
+def _init_with_num_labels(self, *args, num_labels: int | None = None, dtype: torch.dtype | str | None = None,
+                          torch_dtype: torch.dtype | str | None = None, name_or_path: str | os.PathLike = "",
+                          **kwargs):
+    """BertConfig(..., num_labels=3), as transformers' config takes it: labels LABEL_0..LABEL_2; and its `dtype`
+    (or older `torch_dtype`; given both, `dtype` is kept, as there) and `name_or_path`."""
     _fields_init(self, *args, **kwargs)
     if num_labels is not None:
         self.num_labels = num_labels
+    if dtype is not None or torch_dtype is not None:
+        self.dtype = torch_dtype if dtype is None else dtype
+    if name_or_path:
+        self.name_or_path = name_or_path
 
 
 BertConfig.__init__ = _init_with_num_labels  # the dataclass's own __init__ plus num_labels

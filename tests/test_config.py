@@ -4,8 +4,10 @@ import re
 import warnings
 
 import pytest
+import torch
 import transformers
 
+from bertkit import AutoConfig, BertTokenizer, modeling
 from bertkit.config import CONFIG_NAME, SIZES, BertConfig
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
@@ -54,7 +56,7 @@ def test_missing_model_type_means_bert():
 
 def test_num_labels_and_label_maps(tmp_path):
     cfg = BertConfig(**TINY)
-    assert cfg.num_labels == 2 and cfg.id2label is None
+    assert cfg.num_labels == 2 and cfg.id2label == {0: "LABEL_0", 1: "LABEL_1"}
     cfg.num_labels = 3
     assert cfg.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
     assert cfg.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2}
@@ -91,7 +93,7 @@ BAD_VALUES = [
     ("pad_token_id", 99), ("problem_type", "ranking"), ("id2label", {"1": "a", "2": "b"}),
     ("id2label", ["a", "b"]), ("id2label", {"x": "a"}), ("label2id", {"a": "x"}), ("pad_token_id", True),
     ("tie_word_embeddings", "no"), ("output_hidden_states", "yes"), ("architectures", "BertModel"),
-    ("is_decoder", True), ("add_cross_attention", True),
+    ("is_decoder", True), ("add_cross_attention", True), ("dtype", "nonsense"), ("dtype", 3),
 ]
 
 
@@ -242,3 +244,102 @@ def test_a_run_directory_given_as_a_model_says_where_the_model_is(tmp_path):
         config_file(tmp_path / "pt")
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(tmp_path / 'bare'))}: no config.json$"):
         config_file(tmp_path / "bare")
+
+
+# config.json keys that transformers writes only when they differ from its defaults, or never (_name_or_path)
+NOT_ALWAYS_WRITTEN = ("id2label", "label2id", "dtype", "torch_dtype", "_name_or_path")
+
+
+def written(config, directory) -> dict:
+    """The keys of NOT_ALWAYS_WRITTEN in the config.json that `config.save_pretrained` writes (None: absent)."""
+    config.save_pretrained(directory)
+    d = json.loads((directory / CONFIG_NAME).read_text())
+    return {k: d.get(k) for k in NOT_ALWAYS_WRITTEN}
+
+
+def test_labels_none_given_are_transformers_two_in_memory_not_in_config_json(tmp_path):
+    """transformers' config names two labels, LABEL_0 and LABEL_1, when given none (and leaves them out of
+    config.json); so does a config.json of a two-label classifier saved by transformers 5."""
+    ref = transformers.BertConfig(**TINY)
+    for ours in (BertConfig(**TINY), BertConfig(**TINY, num_labels=2)):
+        assert (ours.id2label, ours.label2id, ours.num_labels) == (ref.id2label, ref.label2id, ref.num_labels)
+        assert written(ours, tmp_path / "ours") == written(ref, tmp_path / "ref") == dict.fromkeys(NOT_ALWAYS_WRITTEN)
+    theirs = transformers.AutoConfig.from_pretrained(tmp_path / "ref")
+    assert AutoConfig.from_pretrained(tmp_path / "ref").id2label == theirs.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    assert BertConfig.from_pretrained(tmp_path / "ours") == BertConfig(**TINY)
+    # only num_labels in config.json: its LABEL_i, without a warning of names that are not there
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = BertConfig.from_dict({**TINY, "num_labels": 5})
+    assert ours.id2label == transformers.BertConfig.from_dict({**TINY, "num_labels": 5}).id2label
+    # names of one's own, or three labels, are written, as transformers writes them
+    for kwargs in (dict(id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1}), dict(num_labels=3)):
+        assert written(BertConfig(**TINY, **kwargs), tmp_path / "ours") == \
+            written(transformers.BertConfig(**TINY, **kwargs), tmp_path / "ref")
+
+
+def test_dtype_is_a_torch_dtype_in_memory_and_its_name_in_config_json(tmp_path):
+    """As transformers 5: config.dtype is a torch.dtype (None when config.json has none), torch_dtype its older
+    name; config.json holds the name, under "dtype" even when read from transformers 4's "torch_dtype"."""
+    ours, ref = BertConfig(**TINY), transformers.BertConfig(**TINY)
+    assert ours.dtype is ref.dtype is None and written(ours, tmp_path / "a") == written(ref, tmp_path / "b")
+    for kwargs in ({"dtype": "bfloat16"}, {"torch_dtype": torch.bfloat16}, {"dtype": "half"}):
+        ours, ref = BertConfig(**TINY, **kwargs), transformers.BertConfig(**TINY, **kwargs)
+        assert ours.dtype == ours.torch_dtype == ref.dtype and isinstance(ours.dtype, torch.dtype), kwargs
+        assert written(ours, tmp_path / "a") == written(ref, tmp_path / "b"), kwargs
+    write_config(tmp_path / "old", {**TINY, "model_type": "bert", "torch_dtype": "float16"})
+    for kwargs in ({}, {"dtype": torch.bfloat16}, {"torch_dtype": torch.bfloat16}, {"dtype": "auto"}):
+        ours = AutoConfig.from_pretrained(tmp_path / "old", **kwargs)
+        ref = transformers.AutoConfig.from_pretrained(tmp_path / "old", **kwargs)
+        assert ours.dtype == (torch.float16 if not kwargs or kwargs.get("dtype") == "auto" else torch.bfloat16)
+        ours_written = written(ours, tmp_path / "a")
+        assert ours_written == {**dict.fromkeys(NOT_ALWAYS_WRITTEN), "dtype": str(ours.dtype).removeprefix("torch.")}
+        # with "auto", transformers keeps the string "auto", and writes a config.json it cannot read back
+        if kwargs.get("dtype") != "auto":
+            assert ours.dtype == ref.dtype and ours_written == written(ref, tmp_path / "b"), kwargs
+    ours.dtype = torch.float32
+    assert (ours.dtype, ours.to_dict()["dtype"]) == (torch.float32, "float32")
+    with pytest.raises(TypeError, match="pass dtype or torch_dtype"):
+        AutoConfig.from_pretrained(tmp_path / "old", dtype=torch.float16, torch_dtype=torch.float16)
+
+
+def test_a_model_loaded_in_a_dtype_has_it_as_config_dtype(tmp_path):
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(**TINY)).save_pretrained(tmp_path / "m")
+    ours = modeling.BertModel.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    ref = transformers.BertModel.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert ours.config.dtype is ref.config.dtype is torch.bfloat16
+    ours.save_pretrained(tmp_path / "ours")
+    ref.save_pretrained(tmp_path / "ref")
+    assert json.loads((tmp_path / "ours" / CONFIG_NAME).read_text())["dtype"] == \
+        json.loads((tmp_path / "ref" / CONFIG_NAME).read_text())["dtype"] == "bfloat16"
+
+
+def test_name_or_path_as_transformers_config(tmp_path):
+    """config.name_or_path, as transformers': "" for a config built in code, else what is passed as name_or_path (a
+    string), else config.json's "_name_or_path" (transformers 4 wrote it; 5 reads it, and never writes it)."""
+    assert BertConfig(**TINY).name_or_path == transformers.BertConfig(**TINY).name_or_path == ""
+    assert BertConfig(**TINY, name_or_path=tmp_path).name_or_path == \
+        transformers.BertConfig(**TINY, name_or_path=tmp_path).name_or_path == str(tmp_path)
+    write_config(tmp_path / "v4", {**TINY, "model_type": "bert", "_name_or_path": "bert-base-uncased"})
+    write_config(tmp_path / "v5", {**TINY, "model_type": "bert"})
+    for given in (tmp_path / "v4", str(tmp_path / "v4"), tmp_path / "v4" / CONFIG_NAME, tmp_path / "v5"):
+        ours, ref = BertConfig.from_pretrained(given), transformers.BertConfig.from_pretrained(given)
+        assert ours.name_or_path == ours._name_or_path == ref.name_or_path, given
+        ours = BertConfig.from_pretrained(given, name_or_path=given, num_labels=3)
+        ref = transformers.BertConfig.from_pretrained(given, name_or_path=given, num_labels=3)
+        assert ours.name_or_path == ref.name_or_path == str(given) and ours.num_labels == 3
+        assert written(ours, tmp_path / "a") == written(ref, tmp_path / "b")
+    assert BertConfig.from_pretrained(tmp_path / "v4").name_or_path == "bert-base-uncased"
+    ours, unused = BertConfig.from_pretrained(tmp_path / "v5", name_or_path="x", foo=1, return_unused_kwargs=True)
+    assert (ours.name_or_path, unused) == ("x", {"foo": 1})
+    d = json.loads((tmp_path / "v4" / CONFIG_NAME).read_text())
+    assert BertConfig.from_dict(d).name_or_path == transformers.BertConfig.from_dict(d).name_or_path
+    BertConfig.from_dict(d).save_pretrained(tmp_path / "c")
+    assert "_name_or_path" not in json.loads((tmp_path / "c" / CONFIG_NAME).read_text())
+
+
+def test_bert_tokenizer_fast_is_bert_tokenizer():
+    """transformers 5 has one BERT tokenizer class, also named BertTokenizerFast; so has bertkit."""
+    from bertkit import BertTokenizerFast
+    assert BertTokenizerFast is BertTokenizer and transformers.BertTokenizerFast is transformers.BertTokenizer

@@ -382,7 +382,9 @@ def test_classifier_from_minilm_encoder(minilm):
         AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=3)
     # the warning points at the caller's line, whichever way in (not at bertkit's auto.py or modeling/)
     assert [w.filename for w in (*said, *said_auto)] == [__file__, __file__]
-    assert model.name_or_path == str(minilm) and modeling.BertModel(model.config).name_or_path == ""
+    # kept in the config, so a model built from it says it too, as in transformers
+    assert model.name_or_path == model.config.name_or_path == modeling.BertModel(model.config).name_or_path \
+        == str(minilm)
     report = model.load_report
     assert sorted(report.newly_initialized) == ["classifier.bias", "classifier.weight"]
     assert not report.unused and not report.mismatched
@@ -835,6 +837,22 @@ def test_auto_by_name(homes):
     assert isinstance(cfg, BertConfig) and cfg.num_labels == 5 and cfg.hidden_size == 32
 
 
+def test_name_or_path_of_auto_config_and_model_config_as_transformers(tmp_path):
+    """AutoConfig and a model's config keep the name or path asked for, as transformers' do (config.json keeps
+    none); BertConfig.from_pretrained sets none there either."""
+    torch.manual_seed(0)
+    transformers.BertModel(hf_tiny_config("")).save_pretrained(tmp_path / "m")
+    for given in (tmp_path / "m", str(tmp_path / "m")):
+        assert auto.AutoConfig.from_pretrained(given).name_or_path \
+            == transformers.AutoConfig.from_pretrained(given).name_or_path == str(given)
+        assert auto.AutoModel.from_pretrained(given).config.name_or_path \
+            == transformers.AutoModel.from_pretrained(given).config.name_or_path == str(given)
+    assert BertConfig.from_pretrained(tmp_path / "m").name_or_path \
+        == transformers.BertConfig.from_pretrained(tmp_path / "m").name_or_path == ""
+    modeling.BertModel.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "again")
+    assert "_name_or_path" not in json.loads((tmp_path / "again" / CONFIG_NAME).read_text())
+
+
 def test_auto_refuses_other_model_types(tmp_path):
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"model_type": "roberta", "vocab_size": 50265}))
     for cls in (auto.AutoConfig, auto.AutoModel, auto.AutoModelForSequenceClassification):
@@ -1011,17 +1029,17 @@ def test_a_failed_save_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("load_dtype", [None, torch.bfloat16, "auto", "float16"])
 def test_config_dtype_is_the_loaded_dtype_as_transformers(tmp_path, load_dtype):
-    """After from_pretrained, config.dtype names the dtype the model was loaded in (transformers sets it so; it
-    keeps a torch.dtype where bertkit keeps config.json's string), not the checkpoint's; the caller's config is
-    left alone, and a save still names the dtype of the tensors it writes."""
+    """After from_pretrained, config.dtype is the dtype the model was loaded in (a torch.dtype, as transformers
+    sets it), not the checkpoint's; the caller's config is left alone, and a save still names the dtype of the
+    tensors it writes."""
     torch.manual_seed(0)
     transformers.BertModel(hf_tiny_config("")).half().save_pretrained(tmp_path / "fp16")
     kw = {} if load_dtype is None else {"dtype": load_dtype}
     ours = modeling.BertModel.from_pretrained(tmp_path / "fp16", **kw)
     ref = transformers.BertModel.from_pretrained(tmp_path / "fp16", **kw)
-    assert ours.config.dtype == str(ours.dtype).removeprefix("torch.")
+    assert ours.config.dtype == ours.dtype
     if load_dtype is not None:  # transformers 5 loads as dtype="auto" by default, bertkit in float32
-        assert ours.dtype == ref.dtype and ours.config.dtype == str(ref.config.dtype).removeprefix("torch.")
+        assert ours.dtype == ref.dtype and ours.config.dtype == ref.config.dtype
     ours.to(torch.float32).save_pretrained(tmp_path / "saved")
     assert json.loads((tmp_path / "saved" / CONFIG_NAME).read_text())["dtype"] == "float32"
     # torch_dtype (config.json's older name, as transformers 4 wrote it) follows too; a config passed in is not set
@@ -1030,7 +1048,7 @@ def test_config_dtype_is_the_loaded_dtype_as_transformers(tmp_path, load_dtype):
     (tmp_path / "fp16" / CONFIG_NAME).write_text(json.dumps(config))
     passed = BertConfig.from_pretrained(tmp_path / "fp16")
     ours = modeling.BertModel.from_pretrained(tmp_path / "fp16", config=passed, dtype=torch.bfloat16)
-    assert (ours.config.torch_dtype, passed.torch_dtype) == ("bfloat16", "float16")
+    assert (ours.config.torch_dtype, passed.torch_dtype) == (torch.bfloat16, torch.float16)
     assert transformers.BertModel.from_pretrained(tmp_path / "fp16", dtype=torch.bfloat16).config.torch_dtype \
         == torch.bfloat16
 

@@ -386,7 +386,16 @@ class BertPreTrainedModel(nn.Module):
     """Weight initialisation, embedding resizing and the checkpoint entry points shared by all models."""
 
     base_model_prefix = "bert"
-    name_or_path = ""  # what `from_pretrained` was given (a name or a directory), as transformers keeps it
+
+    @property
+    def name_or_path(self) -> str:
+        """What `from_pretrained` was given (a name or a directory), kept in the config as transformers keeps it
+        (so `model.config.name_or_path` says it too)."""
+        return self.config.name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self.config.name_or_path = os.fspath(value)
 
     def __init__(self, config: BertConfig):
         super().__init__()
