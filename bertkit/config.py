@@ -32,6 +32,9 @@ SIZES = {
 DEFAULT_ID2LABEL = {0: "LABEL_0", 1: "LABEL_1"}
 DEFAULT_LABEL2ID = {"LABEL_0": 0, "LABEL_1": 1}
 
+# transformers' decoder options, which bertkit lacks: false is taken (and not kept), true refused
+DECODER_OPTIONS = ("is_decoder", "add_cross_attention")
+
 # transformers' names of the activations bertkit has (modeling.bert.ACT holds the functions)
 ACTIVATIONS = ("gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_accurate", "gelu_fast", "quick_gelu",
                "relu", "relu6", "silu", "swish", "mish", "tanh", "sigmoid", "linear")
@@ -186,7 +189,7 @@ class BertConfig:
                 isinstance(self.architectures, list) and all(isinstance(a, str) for a in self.architectures)):
             raise ValueError(f"BertConfig field 'architectures' must be a list of class names, "
                              f"got {self.architectures!r}")
-        for name in ("is_decoder", "add_cross_attention"):  # transformers' decoder options, which bertkit lacks
+        for name in DECODER_OPTIONS:
             if self.extra.get(name):
                 raise ValueError(f"BertConfig field '{name}' is {self.extra[name]!r}: bertkit implements BERT's "
                                  "bidirectional encoder only")
@@ -292,8 +295,10 @@ class BertConfig:
         return (config, unused) if return_unused_kwargs else config
 
     def field_names(self) -> set[str]:
-        """What an override may set: the fields, `num_labels`, and the config.json keys kept in `extra`."""
-        return {f.name for f in dataclasses.fields(self)} - {"extra"} | {"num_labels"} | set(self.extra)
+        """What an override may set: the fields, `num_labels`, the config.json keys kept in `extra`, and the
+        decoder options (refused unless false)."""
+        return ({f.name for f in dataclasses.fields(self)} - {"extra"} | {"num_labels", *DECODER_OPTIONS}
+                | set(self.extra))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -378,7 +383,11 @@ def _init_with_num_labels(self, *args, num_labels: int | None = None, dtype: tor
                           torch_dtype: torch.dtype | str | None = None, name_or_path: str | os.PathLike = "",
                           **kwargs):
     """BertConfig(..., num_labels=3), as transformers' config takes it: labels LABEL_0..LABEL_2; and its `dtype`
-    (or older `torch_dtype`; given both, `dtype` is kept, as there) and `name_or_path`."""
+    (or older `torch_dtype`; given both, `dtype` is kept, as there) and `name_or_path`; is_decoder=False and
+    add_cross_attention=False, which change nothing (true ones are refused by validate, as in config.json)."""
+    decoder = {k: kwargs.pop(k) for k in DECODER_OPTIONS if k in kwargs}
+    if any(decoder.values()):
+        kwargs["extra"] = {**kwargs.get("extra", {}), **{k: v for k, v in decoder.items() if v}}
     _fields_init(self, *args, **kwargs)
     if num_labels is not None:
         self.num_labels = num_labels

@@ -162,6 +162,21 @@ def test_decoder_flags_false_are_fine():
         "is_decoder": False, "add_cross_attention": False}
 
 
+def test_decoder_options_as_keywords_like_config_json(tmp_path):
+    """BertConfig(is_decoder=False) and from_pretrained(..., is_decoder=False) are taken, as transformers takes
+    them (a TypeError before); true ones get config.json's refusal."""
+    assert BertConfig(**TINY, is_decoder=False, add_cross_attention=False) == BertConfig(**TINY)
+    transformers.BertConfig(is_decoder=False)
+    BertConfig(**TINY).save_pretrained(tmp_path)
+    assert not AutoConfig.from_pretrained(tmp_path, is_decoder=False).extra.get("is_decoder")
+    for name in ("is_decoder", "add_cross_attention"):
+        for make in (lambda: BertConfig(**TINY, **{name: True}),
+                     lambda: AutoConfig.from_pretrained(tmp_path, **{name: True})):
+            with pytest.raises(ValueError, match=f"^BertConfig field '{name}' is True: bertkit implements BERT's "
+                                                 "bidirectional encoder only$"):
+                make()
+
+
 def test_heads_must_divide_hidden():
     with pytest.raises(ValueError, match="hidden_size.*num_attention_heads"):
         BertConfig(**{**TINY, "num_attention_heads": 5})
