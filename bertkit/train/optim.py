@@ -16,9 +16,13 @@ Deliberate differences from what BERT users compare with:
   defaults (transformers': 1e-8 and 0).
 - Only the linear schedule (transformers' default `lr_scheduler_type`); no cosine or constant schedule.
 - Warm-up longer than the run is refused (transformers' schedule would go on climbing past `total_steps`).
-- NVIDIA's FusedLAMB clips the global gradient norm itself (`max_grad_norm=1.0`); here the trainer clips it
-  (`clip_grad_norm_`) before `Lamb.step`, the same up to its 1e-6 in the divisor, which Adam's normalisation
-  cancels. Each tensor counts its own steps (as torch's optimizers do; FusedLAMB counts per group).
+- NVIDIA's FusedLAMB clips the global gradient norm itself (`max_grad_norm=1.0`: g / (norm / 1.0) when the norm
+  is above 1); here the trainer clips it (`clip_grad_norm_`, g * 1.0 / (norm + 1e-6)) before `Lamb.step`. The
+  scales differ by a factor 1 - 1e-6 / norm that changes from step to step, so Adam's normalisation does not
+  cancel it exactly: 4e-8 relative after 20 steps of a small model, below float32 rounding.
+- Each tensor counts its own steps (as torch's optimizers do); FusedLAMB counts per group, every `step`, so a
+  tensor whose gradient is None for k steps (frozen, unused) then takes its first step with the bias correction
+  of step k + 1: 0.58 times bertkit's Adam step for k = 3. A zero gradient counts as a step in both.
 - The trainer logs the learning rate each logged step was taken with; transformers' Trainer logs the next one.
 """
 from __future__ import annotations
@@ -72,8 +76,15 @@ class Lamb(Optimizer):
         w = w - lr * r * u,      r = ||w|| / ||u||  (per parameter tensor; r = 1 when either norm is 0)
 
     Choice: like FusedLAMB's default (`use_nvlamb=False`), the trust ratio applies only to groups with a
-    non-zero weight decay; biases and LayerNorm weights (the no-decay group) take plain Adam steps (r = 1).
-    Gradient clipping is left to the caller (the trainer clips the global norm before `step`).
+    non-zero weight decay; biases and LayerNorm weights (the no-decay group) take plain Adam steps (r = 1). (The
+    paper's algorithm adapts every layer, as `use_nvlamb=True` does.) Gradient clipping is left to the caller
+    (the trainer clips the global norm before `step`).
+
+    The arithmetic is in float32 at least, the moments are kept in the parameter's dtype (FusedLAMB's kernel
+    does both; torch's `load_state_dict` casts the moments to it anyway). Keep the parameters in float32, as the
+    trainer does under autocast: in float16 the second moment underflows to 0 for small gradients (|g| < 8e-3 at
+    the first step, where it is g^2 / 1000), which then take steps of many times lr (15 lr a step in the test);
+    in bfloat16 it cannot decay (0.999 v rounds back to v).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
@@ -96,40 +107,61 @@ class Lamb(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            use_trust = wd != 0.0
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if g.is_sparse:
-                    raise RuntimeError("Lamb does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = int(state["step"].item())
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                bc1 = 1 - beta1 ** t
-                bc2 = 1 - beta2 ** t
-                update = (m / bc1) / ((v / bc2).sqrt_().add_(eps))
-                if wd != 0.0:
-                    update.add_(p, alpha=wd)
-                if use_trust:
-                    acc = torch.promote_types(p.dtype, torch.float32)  # norms in >= fp32
-                    w_norm = torch.linalg.vector_norm(p, dtype=acc)
-                    u_norm = torch.linalg.vector_norm(update, dtype=acc)
-                    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm,
-                                        torch.ones_like(w_norm))
-                    p.add_(update * ratio.to(p.dtype), alpha=-lr)
-                else:
-                    p.add_(update, alpha=-lr)
+                if p.grad is not None:
+                    self._update(p, group)
         return loss
+
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        """One tensor's step, computed in float32 at least (as FusedLAMB's kernel): in float16 (1 - b2) g^2
+        underflows to 0 for |g| < 8e-3, and the step would be lr * m / eps instead of about lr."""
+        if p.grad.is_sparse:
+            raise RuntimeError("Lamb does not support sparse gradients")
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)  # on the CPU, whatever p's device
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        t = int(state["step"].item())  # a CPU tensor (see `load_state_dict`): no wait for the device
+        acc = torch.promote_types(p.dtype, torch.float32)
+        g = p.grad.to(acc)
+        m, v = state["exp_avg"].to(acc), state["exp_avg_sq"].to(acc)  # the state itself when already acc
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        _store(state["exp_avg"], m)
+        _store(state["exp_avg_sq"], v)
+        update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt_().add_(eps))
+        w = p.to(acc)
+        if wd != 0.0:
+            update.add_(w, alpha=wd)
+            update.mul_(_trust_ratio(w, update))
+        w.add_(update, alpha=-lr)
+        _store(p, w)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loader moves the moments to each parameter's device but leaves `step` where the dict has it:
+        on the GPU after `torch.load(..., map_location="cuda")`, where reading it would wait for the device once
+        per tensor per step. Here each becomes a new float32 CPU tensor (from a plain number too, as some LAMB
+        checkpoints hold), read once now."""
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            if "step" in state:
+                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+
+
+def _store(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Write a float32 result back into a lower-precision tensor (nothing to do when they are the same)."""
+    if src is not dst:
+        dst.copy_(src)
+
+
+def _trust_ratio(w: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """||w|| / ||update||, or 1 when either norm is 0 (FusedLAMB's rule)."""
+    w_norm, u_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(update)
+    return torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.01,

@@ -83,30 +83,43 @@ def test_global_grad_norm_is_the_norm_clipping_uses():
     assert float(global_grad_norm([nn.Parameter(torch.ones(1))])) == 0.0  # no gradients yet
 
 
-def _fused_lamb(groups, grads, lr, betas, eps, max_grad_norm=None, trust_ratio=True):
-    """NVIDIA apex FusedLAMB (csrc/multi_tensor_lamb.cu, adam_w_mode, bias_correction, grad_averaging,
-    use_nvlamb=False) by hand in float64. `groups`: [(weights, weight_decay)], `grads`: per step, one list of
-    gradients per group. Stage 1 clips by the global gradient norm (g / (norm / max_grad_norm) when above),
-    then u = m_hat / (sqrt(v_hat) + eps) + wd * w; stage 2: w -= lr * ||w|| / ||u|| * u (||w|| taken before the
-    step) where wd != 0 and both norms are non-zero, else w -= lr * u. The step count is the group's."""
+def _fused_lamb(groups, grads, lr, betas, eps, max_grad_norm=None, trust_ratio=True, clip_eps=0.0,
+                store=torch.float64):
+    """NVIDIA apex FusedLAMB (apex/optimizers/fused_lamb.py `step`, csrc/multi_tensor_lamb.cu; adam_w_mode,
+    bias_correction, grad_averaging, use_nvlamb=False) by hand. `groups`: [(weights, weight_decay)], `grads`: per
+    step, one list of gradients per group (None: no gradient, the tensor is left alone but its group's step count
+    still advances, as FusedLAMB counts steps per group). Stage 1 clips by the global norm of all gradients
+    (g / (norm / max_grad_norm), only when above; `clip_eps` adds clip_grad_norm_'s 1e-6 to that norm), then
+    u = m_hat / (sqrt(v_hat) + eps) + wd * w; stage 2: w -= lr * ||w|| / ||u|| * u (||w|| taken before the step)
+    where wd != 0 and both norms are non-zero, else w -= lr * u. Like the kernel, the arithmetic is in float32
+    (float64 when `store` is) while weights, moments and u are kept in `store`. Returns float64 numpy arrays."""
     b1, b2 = betas
-    ws = [[np.array(w, dtype=np.float64) for w in ws] for ws, _ in groups]
-    ms = [[np.zeros_like(w) for w in g] for g in ws]
-    vs = [[np.zeros_like(w) for w in g] for g in ws]
-    for t, step_grads in enumerate(grads, start=1):
-        step_grads = [[np.array(g, dtype=np.float64) for g in gs] for gs in step_grads]
-        norm = np.sqrt(sum((g * g).sum() for gs in step_grads for g in gs))
-        clip = norm / max_grad_norm if max_grad_norm is not None and norm > max_grad_norm else 1.0
-        for (_, wd), w_g, m_g, v_g, g_g in zip(groups, ws, ms, vs, step_grads):
+    math = torch.float64 if store == torch.float64 else torch.float32
+    ws = [[torch.as_tensor(np.asarray(w, dtype=np.float64)).to(store) for w in ws] for ws, _ in groups]
+    ms = [[torch.zeros_like(w) for w in g] for g in ws]
+    vs = [[torch.zeros_like(w) for w in g] for g in ws]
+    steps = [0] * len(groups)
+    for step_grads in grads:
+        step_grads = [[None if g is None else torch.as_tensor(np.asarray(g, dtype=np.float64)).to(store)
+                       for g in gs] for gs in step_grads]
+        norm = float(sum((g.double() ** 2).sum() for gs in step_grads for g in gs if g is not None)) ** 0.5
+        clip = (norm + clip_eps) / max_grad_norm if max_grad_norm is not None and norm > max_grad_norm else 1.0
+        for k, ((_, wd), w_g, m_g, v_g, g_g) in enumerate(zip(groups, ws, ms, vs, step_grads)):
+            steps[k] += 1
+            t = steps[k]
             for i, g in enumerate(g_g):
-                g = g / clip
-                m_g[i] = b1 * m_g[i] + (1 - b1) * g
-                v_g[i] = b2 * v_g[i] + (1 - b2) * g * g
-                u = (m_g[i] / (1 - b1 ** t)) / (np.sqrt(v_g[i] / (1 - b2 ** t)) + eps) + wd * w_g[i]
-                wn, un = np.linalg.norm(w_g[i]), np.linalg.norm(u)
+                if g is None:
+                    continue
+                g = g.to(math) / clip
+                m = b1 * m_g[i].to(math) + (1 - b1) * g
+                v = b2 * v_g[i].to(math) + (1 - b2) * g * g
+                m_g[i], v_g[i] = m.to(store), v.to(store)
+                w = w_g[i].to(math)
+                u = ((m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps) + wd * w).to(store).to(math)
+                wn, un = float(torch.linalg.vector_norm(w)), float(torch.linalg.vector_norm(u))
                 r = wn / un if trust_ratio and wd != 0 and wn != 0 and un != 0 else 1.0
-                w_g[i] = w_g[i] - lr * r * u
-    return ws
+                w_g[i] = (w - (lr * r) * u).to(store)
+    return [[w.double().numpy() for w in g] for g in ws]
 
 
 @pytest.mark.parametrize("w0, wd", [([1.0, -2.0, 0.5], 0.01),   # decay group: trust ratio
@@ -287,6 +300,170 @@ def test_lamb_with_the_trainers_clipping_is_fused_lamb():
     for ps, es in zip(params, expected):
         for p, e in zip(ps, es):
             np.testing.assert_allclose(p.detach().numpy(), e, rtol=0, atol=1e-9)
+
+
+class _Gated(nn.Module):
+    """A decay group (two matrices, one of them zero at the start, and a matrix behind a gate) and a no-decay
+    group (biases, LayerNorm). While the second matrix is zero the first layer and the LayerNorm get zero
+    gradients; while the gate is shut so does `gated`."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.norm, self.lin2 = nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)
+        self.gated = nn.Parameter(torch.randn(6, 3))
+        with torch.no_grad():
+            self.lin2.weight.zero_()  # ||w|| = 0: trust ratio 1 on its first step
+
+    def forward(self, x, gate):
+        return self.lin2(self.norm(self.lin1(x))) + gate * (x @ self.gated)
+
+
+def _train_gated_with_lamb(dtype, steps=20, lr=0.05):
+    """`steps` steps of `_Gated` in `dtype` as the trainer takes them (`clip_grad_norm_` at 1.0, then
+    `Lamb.step`), the global gradient norm below 1 every third step and above it otherwise. Returns the
+    starting weights and each step's raw gradients (group by group, as `_fused_lamb` takes them), the
+    global norms and the model."""
+    torch.manual_seed(0)
+    model = _Gated().to(dtype)
+    groups = param_groups(model, 0.01)
+    start = [([p.detach().double().numpy().copy() for p in g["params"]], g["weight_decay"]) for g in groups]
+    opt = Lamb(groups, lr=lr, eps=1e-6, weight_decay=0.01)
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads, norms = [], []
+    for s in range(steps):
+        gate = 0.0 if 5 <= s < 9 else 1.0
+        scale = 0.05 if s % 3 == 0 else 20.0
+        (scale * model(x + 0.1 * s, gate).float().square().mean()).backward()
+        grads.append([[p.grad.detach().double().numpy().copy() for p in g["params"]] for g in groups])
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return start, grads, norms, groups
+
+
+def test_lamb_with_the_trainers_clipping_over_20_steps_of_a_small_model_is_fused_lamb():
+    """20 steps of `_Gated` in float32: global norms below and above 1, a weight starting at zero, gradients
+    that are zero for some steps in both groups. bertkit lands where FusedLAMB (re-done in float64) does, to
+    float32 rounding."""
+    start, grads, norms, groups = _train_gated_with_lamb(torch.float32)
+    assert min(norms) < 1.0 < max(norms)
+    by_name = {n: i for i, n in enumerate(groups[0]["names"])}
+    assert not grads[0][0][by_name["lin1.weight"]].any()  # lin2.weight starts at zero
+    assert not grads[6][0][by_name["gated"]].any() and grads[4][0][by_name["gated"]].any()
+    assert groups[1]["names"] == ["lin1.bias", "norm.weight", "norm.bias", "lin2.bias"]
+    expected = _fused_lamb(start, grads, 0.05, (0.9, 0.999), 1e-6, max_grad_norm=1.0)
+    for g, es, (ws, _) in zip(groups, expected, start):
+        for name, p, e, w0 in zip(g["names"], g["params"], es, ws):
+            assert np.abs(e - w0).max() > 0.05, name  # it moved
+            np.testing.assert_allclose(p.detach().double().numpy(), e, rtol=0, atol=5e-7, err_msg=name)
+
+
+def test_the_trainers_clipping_differs_from_fused_lambs_only_by_its_epsilon():
+    """In float64: `clip_grad_norm_` divides by norm + 1e-6 where FusedLAMB divides by the norm. With that
+    epsilon put into the reference the two agree to 1e-12; without it they differ (the scale differs by a
+    factor 1 - 1e-6 / norm that changes from step to step, so Adam's normalisation does not cancel it), by less
+    than float32 rounding: 4e-8 relative here."""
+    start, grads, _, groups = _train_gated_with_lamb(torch.float64)
+    same = _fused_lamb(start, grads, 0.05, (0.9, 0.999), 1e-6, max_grad_norm=1.0, clip_eps=1e-6)
+    fused = _fused_lamb(start, grads, 0.05, (0.9, 0.999), 1e-6, max_grad_norm=1.0)
+    worst = 0.0
+    for g, es, fs in zip(groups, same, fused):
+        for name, p, e, f in zip(g["names"], g["params"], es, fs):
+            np.testing.assert_allclose(p.detach().numpy(), e, rtol=0, atol=1e-12, err_msg=name)
+            worst = max(worst, np.abs(p.detach().numpy() - f).max() / np.abs(f).max())
+    assert 1e-12 < worst < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_lamb_on_half_precision_parameters_computes_in_float32_as_fused_lamb(dtype):
+    """Parameters (so gradients and moments) in float16 / bfloat16, 20 steps with the trainer's clipping: the
+    weights are FusedLAMB's (float32 arithmetic, weights, moments and update kept in `dtype`) to 2 units in the
+    last place of each tensor's largest weight. In float16 arithmetic (1 - b2) g^2 underflows to 0, and the first
+    step of a weight with |g| < 8e-3 was lr * m / eps, about 1000 lr (the LayerNorm weight moved 12.7 here, not
+    0.06)."""
+    start, grads, norms, groups = _train_gated_with_lamb(dtype, lr=1e-3)
+    assert min(norms) < 1.0 < max(norms)
+    expected = _fused_lamb(start, grads, 1e-3, (0.9, 0.999), 1e-6, max_grad_norm=1.0, store=dtype)
+    for g, es in zip(groups, expected):
+        for name, p, e in zip(g["names"], g["params"], es):
+            ulp = torch.finfo(dtype).eps * np.abs(e).max()
+            assert np.abs(p.detach().double().numpy() - e).max() <= 2 * ulp, name
+
+
+def test_lamb_counts_steps_per_tensor_where_fused_lamb_counts_per_group():
+    """The documented difference: a tensor with no gradient (None) for 3 steps then takes its first step with
+    bias correction t = 1 here and t = 4 in FusedLAMB, whose step is 0.58 times as long; the tensor that had
+    gradients all along steps the same in both."""
+    a = nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    late = nn.Parameter(torch.tensor([0.5, -0.5], dtype=torch.float64))
+    opt = Lamb([{"params": [a, late], "weight_decay": 0.0}], lr=0.1)
+    grads = [[[[0.3, -0.2], None]]] * 3 + [[[[0.3, -0.2], [0.4, 0.1]]]]
+    for [[ga, gl]] in grads:
+        a.grad = torch.tensor(ga, dtype=torch.float64)
+        late.grad = None if gl is None else torch.tensor(gl, dtype=torch.float64)
+        opt.step()
+    [[ref_a, ref_late]] = _fused_lamb([([[1.0, 2.0], [0.5, -0.5]], 0.0)], grads, 0.1, (0.9, 0.999), 1e-6)
+    np.testing.assert_allclose(a.detach().numpy(), ref_a, rtol=0, atol=1e-12)
+    ours, fused = late.detach().numpy() - [0.5, -0.5], ref_late - [0.5, -0.5]
+    np.testing.assert_allclose(ours, [-0.1, -0.1], rtol=1e-5)  # a first Adam step: lr * sign(g)
+    np.testing.assert_allclose(fused / ours, 0.1 / (1 - 0.9 ** 4) / (0.001 / (1 - 0.999 ** 4)) ** 0.5, rtol=1e-5)
+    assert abs(fused[0] / ours[0] - 0.58) < 0.01
+
+
+class _OnTheGpu(torch.Tensor):
+    """A CPU tensor that says it lives on the GPU: a step as `torch.load(..., map_location="cuda")` gives it
+    (no GPU here; the meta device holds no value to bring back)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def test_lamb_keeps_its_step_counts_on_the_cpu():
+    """`Lamb` reads each tensor's step with `.item()`; that is free only while the step lives on the CPU. It is
+    created there whatever the parameter's device (the meta device standing in for a GPU). torch's
+    `Optimizer.load_state_dict` leaves `step` where the loaded dict has it (its device policy exempts the key
+    unless the group is fused or capturable: Adam's step below stays on the meta device), so a checkpoint read
+    with `map_location="cuda"` would put it on the GPU and every step would wait for the device once per tensor;
+    some checkpoints hold a plain int (DeepLearningExamples' run_pretraining writes `state["step"] = global_step`).
+    After `Lamb.load_state_dict` the step is a plain float32 CPU tensor again, and the run goes on as an
+    uninterrupted one."""
+    far = nn.Parameter(torch.ones(3, device="meta"))
+    far.grad = torch.ones(3, device="meta")
+    opt = Lamb([far], lr=0.1)
+    opt.step()
+    assert opt.state[far]["step"].device.type == "cpu"
+
+    adam = torch.optim.Adam([nn.Parameter(torch.ones(1))], foreach=False)
+    adam.param_groups[0]["params"][0].grad = torch.ones(1)
+    adam.step()
+    sd = adam.state_dict()
+    sd["state"][0]["step"] = sd["state"][0]["step"].to("meta")
+    adam.load_state_dict(sd)
+    assert adam.state[adam.param_groups[0]["params"][0]]["step"].device.type == "meta"  # torch's rule
+
+    grads = [torch.tensor([0.5, -1.0, 0.25]), torch.tensor([0.1, 0.3, -0.2]), torch.tensor([-0.4, 0.2, 0.1])]
+    whole = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = Lamb([whole], lr=0.1)
+    for i, g in enumerate(grads):
+        whole.grad = g.clone()
+        opt.step()
+        if i == 1:
+            after_two, sd = whole.detach().clone(), copy.deepcopy(opt.state_dict())
+    on_gpu = sd["state"][0]["step"].clone().as_subclass(_OnTheGpu)
+    assert on_gpu.device.type == "cuda"
+    for saved_step in (on_gpu, 2):
+        resumed = nn.Parameter(after_two.clone())
+        opt = Lamb([resumed], lr=0.1)
+        saved = copy.deepcopy(sd)  # torch's loader keeps the dict's tensors (the moments are stepped in place)
+        saved["state"][0]["step"] = saved_step
+        opt.load_state_dict(saved)
+        step = opt.state[resumed]["step"]
+        assert type(step) is torch.Tensor, type(step)
+        assert (step.device.type, step.dtype, float(step)) == ("cpu", torch.float32, 2.0)
+        resumed.grad = grads[2].clone()
+        opt.step()
+        assert torch.equal(resumed, whole)
 
 
 def _rates(opt, sched, n):
