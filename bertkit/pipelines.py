@@ -83,8 +83,10 @@ class Pipeline:
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.model_dir = None  # the directory a model name or path resolved to
-        if isinstance(model, (str, os.PathLike)):
-            self.model_dir = resolve_model_dir(model)
+        if isinstance(model, (str, os.PathLike)):  # model_kwargs' hub options choose the one directory of both
+            hub_options = {k: self.model_kwargs.pop(k) for k in ("revision", "cache_dir", "subfolder")
+                           if k in self.model_kwargs}
+            self.model_dir = resolve_model_dir(model, **hub_options)
             self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(model)
             self.model = self._load(model)
         elif isinstance(model, torch.nn.Module):

@@ -272,6 +272,29 @@ def test_a_hub_name_is_resolved_once_for_tokenizer_model_and_settings(tmp_path, 
     assert torch.equal(p(TEXTS), pipeline("feature-extraction", model=MINILM)(TEXTS))
 
 
+def test_model_kwargs_hub_options_choose_the_snapshot(tmp_path, monkeypatch):
+    """model_kwargs' revision / cache_dir / subfolder choose the directory the model and tokenizer both load from
+    (the name was resolved before, from the default cache and main, so a revision was silently ignored)."""
+    repo = tmp_path / "elsewhere" / "models--acme--minilm"
+    snaps = {ref: repo / "snapshots" / (c * 40) for ref, c in (("main", "a"), ("v2", "b"))}
+    for ref, snap in snaps.items():
+        for f in Path(MINILM).rglob("*"):
+            if f.is_file():
+                (snap / "sub" / f.relative_to(MINILM)).parent.mkdir(parents=True, exist_ok=True)
+                (snap / "sub" / f.relative_to(MINILM)).symlink_to(f)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(snap.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("BERTKIT_HOME", str(tmp_path / "bertkit"))
+    options = {"cache_dir": tmp_path / "elsewhere", "subfolder": "sub"}
+    for revision, snap in (("v2", snaps["v2"]), (None, snaps["main"])):
+        kwargs = options if revision is None else {**options, "revision": revision}
+        p = pipeline("feature-extraction", model="acme/minilm", model_kwargs=kwargs)
+        assert p.model_dir == str(snap / "sub") and p.model.name_or_path == "acme/minilm"
+    with pytest.raises(FileNotFoundError):
+        pipeline("feature-extraction", model="acme/minilm", model_kwargs={"subfolder": "sub"})
+
+
 # ------------------------------------------------------------------------------------ fill-mask
 MASKED = ["Paris is the [MASK] of France.", "The [MASK] sat on the mat, then it [MASK] away.",
           "[MASK]", "A much longer sentence, where the model has to guess the [MASK] word from context."]
