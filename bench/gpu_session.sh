@@ -14,7 +14,7 @@
 #      written as matmul + bias add (its bias gradient may then fuse into Triton kernels) against addmm, each
 #      compiled cold in its own cache; the code log comes back gzipped. (Until session 22 this step priced the
 #      ways of compiling at 128 x 256: 48.1-49.4 ms per step for all four in sessions 19 and 22, settled.)
-#   3. bench/probe_attention.py (session 23), ~20 s: attention forward + backward at 128 x 256 and 512 x 32
+#   3. bench/probe_attention.py (session 23), when under 430 s have gone, ~20 s: attention forward + backward at 128 x 256 and 512 x 32
 #      on cuDNN's varlen kernel against FlashAttention-2's (shipped; 5.6-5.7 ms of either step), with padded
 #      SDPA beside them, cuDNN's agreement without dropout, and whether its ops have the Meta kernels a
 #      compiled path needs. (Until session 22 this step raced the compiled Trainer against the bench's loop at
@@ -53,8 +53,11 @@ TORCHINDUCTOR_CACHE_DIR="$TORCHINDUCTOR_CACHE_DIR/probe" TORCH_LOGS=output_code 
 echo "probe_bias_grad exit $?" >> "$OUT/machine.txt"
 python bench/probe_bias_grad.py --summarize "$OUT/probe-code.log" >> "$LOG" 2>&1
 gzip -f "$OUT/probe-code.log"
-# cuDNN's varlen attention against the shipped FlashAttention-2 (a kernel microbenchmark, ~20 s)
-run probe_attention 45 python bench/probe_attention.py $SMOKE_ARG --out "$OUT/attention.json"
+# cuDNN's varlen attention against the shipped FlashAttention-2 (a kernel microbenchmark, ~20 s), when the
+# steps after it still fit: 430 + 45 + gpu_profile's 110 = 585 s at most
+if [ "$SECONDS" -lt 430 ]; then
+  run probe_attention 45 python bench/probe_attention.py $SMOKE_ARG --out "$OUT/attention.json"
+fi
 # at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more
 run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --contender "bertkit + compile" \
     --ablation "compiled" \
