@@ -27,6 +27,9 @@
   predicted when its sigmoid is at least 0.5); `predict` labels new texts. Both run in batches of similar lengths
   (sorted by length, then put back in the input order); like every prediction loop (tagging, QA, multiple
   choice, the pipelines) each batch goes to the device through `packed_to`, its packing planned on the CPU.
+- A big input (`bertkit predict` / `evaluate` on a file) goes a chunk of CHUNK_ROWS texts at a time
+  (`iter_example_logits`, `iter_predict`): tokenized, predicted and handed back in input order, so memory holds
+  one chunk's features and results, not the file's, and `predict` writes each chunk's lines as they come.
 """
 from __future__ import annotations
 
@@ -34,7 +37,8 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,8 +58,8 @@ __all__ = ["Feature", "LabelInfo", "label_info", "split_labels", "label_info_fro
            "encode_texts", "encode_windows", "example_logits",
            "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "packed_to",
            "FinetuneObjective", "ClassificationObjective", "predict_logits", "labelled_logits",
-           "classification_metrics", "classification_report",
-           "evaluate_classification", "predict", "METRICS"]
+           "classification_metrics", "classification_report", "example_pairs", "example_labels",
+           "evaluate_classification", "chunks", "iter_example_logits", "iter_predict", "predict", "METRICS"]
 
 # the dev metrics that can pick the best checkpoint (higher is better for each)
 METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
@@ -223,17 +227,28 @@ def encode_windows(tok, texts: Sequence[str], pairs: Sequence[str] | None = None
     return list(zip(enc["input_ids"], types, enc["overflow_to_sample_mapping"]))
 
 
+def example_pairs(examples: Sequence[Example], source: str = "") -> list[str] | None:
+    """The rows' second texts, or None when they have none; a table where only some rows have one is an error."""
+    has_pair = [e.text_pair is not None for e in examples]
+    if any(has_pair) and not all(has_pair):
+        raise ValueError(f"{source}: some rows have a second text and some do not")
+    return [e.text_pair for e in examples] if examples and has_pair[0] else None
+
+
+def example_labels(examples: Sequence[Example], info: LabelInfo, source: str = "") -> list:
+    """Each row's label as `info` maps it (class id, float, 0/1 tuple; None without a label); a label the model
+    does not know is an error naming ``source:line``, found before any model work."""
+    return [_label_value(e, info, source) for e in examples]
+
+
 def encode_examples(tok, examples: Sequence[Example], info: LabelInfo, max_seq_length: int = 128,
                     source: str = "", stride: int | None = None) -> list[Feature]:
     """Tokenize `examples` (pairs when they have a `text_pair`) and map their labels by `info`; `source` (the
     file name) makes label errors read ``file:line: ...``. With a `stride`, a long example becomes several
     windows (see the module docstring), each a `Feature` with the example's label and index."""
     examples = list(examples)
-    has_pair = [e.text_pair is not None for e in examples]
-    if any(has_pair) and not all(has_pair):
-        raise ValueError(f"{source}: some rows have a second text and some do not")
-    pairs = [e.text_pair for e in examples] if examples and has_pair[0] else None
-    labels = [_label_value(e, info, source) for e in examples]
+    pairs = example_pairs(examples, source)
+    labels = example_labels(examples, info, source)
     texts = [e.text for e in examples]
     if stride is None:
         encoded = encode_texts(tok, texts, pairs, max_seq_length)
@@ -431,6 +446,7 @@ def _num_ids(feature) -> int:
 
 
 PROGRESS_EVERY_S = 30.0  # without a terminal: a progress line this often (seconds)
+CHUNK_ROWS = 4096         # `iter_example_logits` / `iter_predict`: a big input's rows per chunk (or one batch)
 
 
 def _progress_bar(total: int, enabled: bool | None):
@@ -444,18 +460,54 @@ def _progress_bar(total: int, enabled: bool | None):
     return tqdm(total=total, desc="predicting", unit="example", leave=False)
 
 
+class _Part:
+    """One `predict_batches` call's progress on a bar that spans a whole input predicted chunk by chunk: the
+    call's `total` features (its windows, or this rank's share of them) advance `bar` by its `rows` examples,
+    in proportion as they are done; closing it finishes the chunk's rows."""
+
+    def __init__(self, bar, rows: int, total: int):
+        self.bar, self.rows, self.total = bar, rows, total
+        self.done = self.moved = 0
+
+    def _move(self, to: int) -> None:
+        self.bar.update(to - self.moved)
+        self.moved = to
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self._move(self.rows * self.done // self.total if self.total else self.rows)
+
+    def close(self) -> None:
+        self._move(self.rows)
+
+
+def chunks(n: int, batch_size: int) -> list[range]:
+    """The chunks of CHUNK_ROWS items (or of one batch, if bigger), in order, that a long input of `n` items is
+    predicted in: enough for batches of similar lengths (padding is mostly skipped anyway, `modeling.packing`),
+    few enough that memory holds one chunk's tokenization, features and logits, not the file's."""
+    size = max(batch_size, CHUNK_ROWS)
+    return [range(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _open_bar(total: int, progress: bool | None | Callable[[int], Any]):
+    """`progress(total)` when it makes the bar (`_Part` of a bar over chunks), else `_progress_bar`."""
+    return progress(total) if callable(progress) else _progress_bar(total, progress)
+
+
 @torch.no_grad()
 def predict_batches(model, features: Sequence[Any], run: Callable[[list], Sequence], batch_size: int = 64,
-                    length: Callable[[Any], int] = _num_ids, progress: bool | None = None) -> list:
+                    length: Callable[[Any], int] = _num_ids, progress: bool | None | Callable[[int], Any] = None
+                    ) -> list:
     """The prediction loop of every task: `run(batch of features) -> one result per feature`, in eval mode, over
     batches of features of similar `length` (less padding); the results in the order of `features`. In the
     trainer's evaluation or `bertkit predict` under torchrun (`distributed.together`) the ranks share the
-    batches and every rank gets every result. `progress`: False for none (see `_progress_bar`)."""
+    batches and every rank gets every result. `progress`: False for none (see `_progress_bar`), or a function of
+    this call's feature count giving the object to advance (`_Part`)."""
     order = sorted(range(len(features)), key=lambda i: length(features[i]))
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
     def work(my_batches: list[list[int]]) -> list:
-        bar = _progress_bar(sum(map(len, my_batches)), progress)  # this rank's share
+        bar = _open_bar(sum(map(len, my_batches)), progress)  # this rank's share
         done = []
         try:
             for idx in my_batches:
@@ -481,7 +533,7 @@ def predict_batches(model, features: Sequence[Any], run: Callable[[list], Sequen
 
 
 def predict_logits(model, features: Sequence[Feature], batch_size: int = 64, pad_id: int | None = None,
-                   progress: bool | None = None) -> np.ndarray:
+                   progress: bool | None | Callable[[int], Any] = None) -> np.ndarray:
     """(n, num_labels) float32 logits in the order of `features`; batches hold sequences of similar length."""
     pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
@@ -552,23 +604,39 @@ def evaluate_classification(model, features: Sequence[Feature], batch_size: int 
     return classification_metrics(logits, gold, model.config.num_labels, multi_label)
 
 
-def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,
-            batch_size: int = 64, stride: int | None = None) -> list[dict[str, Any]]:
-    """One dict per text, in input order: for classification ``label`` (the config's id2label name), ``score``
-    (its probability) and ``probabilities`` (label -> probability); for regression ``label`` and ``score`` are both
-    the predicted value (one output without a problem_type, a cross-encoder's, gives its name and sigmoid, as the
-    pipeline does). As the text-classification pipeline reads the config: a multi-label model's
-    probabilities are a sigmoid per label, and ``labels`` lists those of at least 0.5; a regression of several
-    targets gives ``values`` (name -> value). With a `stride`, long texts are read in windows whose logits are
-    averaged."""
+def iter_example_logits(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                        max_seq_length: int = 128, batch_size: int = 64, stride: int | None = None,
+                        lines: Sequence[int] | None = None, source: str = "", progress: bool | None = None
+                        ) -> Iterator[np.ndarray]:
+    """(examples, labels) float32 logits of `texts` (or pairs), chunk after chunk in input order (`chunks`): each
+    chunk tokenized, predicted in length-sorted batches and averaged over its windows (with a `stride`), so a big
+    file costs one chunk's memory and its results can be written as they come. One progress bar over all the
+    texts (`progress` as in `predict_batches`). `lines` and `source` name a pair whose first text leaves the
+    second no room (``source:line``; default: the text's 1-based index)."""
+    texts = list(texts)
+    pairs = None if pairs is None else list(pairs)
+    lines = list(lines) if lines is not None else range(1, len(texts) + 1)
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    if stride is None:
-        features = [Feature(ids, types) for ids, types in encode_texts(tok, texts, pairs, max_seq_length)]
-    else:
-        features = [Feature(ids, types, example=i)
-                    for ids, types, i in encode_windows(tok, texts, pairs, max_seq_length, stride)]
-    logits, _ = example_logits(predict_logits(model, features, batch_size, pad_id=tok.pad_token_id), features)
-    cfg, names = model.config, model.config.label_names()
+    bar = _progress_bar(len(texts), progress)
+    try:
+        for part in chunks(len(texts), batch_size):
+            some = [texts[i] for i in part]
+            some_pairs = None if pairs is None else [pairs[i] for i in part]
+            if stride is None:
+                features = [Feature(ids, types) for ids, types in encode_texts(tok, some, some_pairs, max_seq_length)]
+            else:
+                features = [Feature(ids, types, example=i) for ids, types, i in encode_windows(
+                    tok, some, some_pairs, max_seq_length, stride, [lines[i] for i in part], source)]
+            shown = False if bar is None else partial(_Part, bar, len(part))
+            yield example_logits(predict_logits(model, features, batch_size, tok.pad_token_id, shown), features)[0]
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _results(config, logits: np.ndarray) -> list[dict[str, Any]]:
+    """`predict`'s dict per example of its (examples, labels) logits."""
+    cfg, names = config, config.label_names()
     if cfg.num_labels == 1 and cfg.problem_type is None:  # a cross-encoder's relevance: the pipeline's sigmoid
         return [{"label": names[0], "score": float(s)} for s in torch.sigmoid(torch.from_numpy(logits[:, 0]))]
     if cfg.num_labels == 1:
@@ -586,3 +654,26 @@ def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None
         if multi_label:  # a logit >= 0, as evaluate counts it (float32's sigmoid is 0.5 just below 0 too)
             out[-1]["labels"] = [name for name, z in zip(names, row) if z >= 0]
     return out
+
+
+def iter_predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,
+                 batch_size: int = 64, stride: int | None = None, lines: Sequence[int] | None = None,
+                 source: str = "", progress: bool | None = None) -> Iterator[list[dict[str, Any]]]:
+    """`predict`, a chunk at a time (`iter_example_logits`): `bertkit predict` writes each chunk's lines as it
+    comes, holding one chunk, however long the file."""
+    for logits in iter_example_logits(model, tok, texts, pairs, max_seq_length=max_seq_length, batch_size=batch_size,
+                                      stride=stride, lines=lines, source=source, progress=progress):
+        yield _results(model.config, logits)
+
+
+def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,
+            batch_size: int = 64, stride: int | None = None) -> list[dict[str, Any]]:
+    """One dict per text, in input order: for classification ``label`` (the config's id2label name), ``score``
+    (its probability) and ``probabilities`` (label -> probability); for regression ``label`` and ``score`` are both
+    the predicted value (one output without a problem_type, a cross-encoder's, gives its name and sigmoid, as the
+    pipeline does). As the text-classification pipeline reads the config: a multi-label model's
+    probabilities are a sigmoid per label, and ``labels`` lists those of at least 0.5; a regression of several
+    targets gives ``values`` (name -> value). With a `stride`, long texts are read in windows whose logits are
+    averaged. Run a chunk at a time (`iter_predict`)."""
+    return [p for part in iter_predict(model, tok, texts, pairs, max_seq_length=max_seq_length,
+                                       batch_size=batch_size, stride=stride) for p in part]

@@ -38,14 +38,15 @@ import statistics
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from ..data.readers import read_table, table_format
-from ..io import check_ours, check_writable, file_id, read_json, write_text_atomic
+from ..io import atomic_path, check_ours, check_writable, file_id, read_json, write_text_atomic
 from ..tokenizer import SAVED_FILES
 from ..train import distributed as dist
 from ..train.checkpoint import check_resumed_settings
@@ -53,7 +54,7 @@ from ..train.tracking import plot_run, plot_runs
 from ..train.trainer import TrainConfig, Trainer, run_lock
 from ..warn import warn
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
-                       classification_report, encode_examples, evaluate_classification, label_info, labelled_logits)
+                       classification_report, encode_examples, evaluate_classification, label_info)
 from .flags import FlagError, check_ints, check_numbers, field_defaults
 
 RESULTS_NAME = "eval_results.json"
@@ -193,13 +194,29 @@ def to_predict(items: list, data: str, what: str) -> list:
     return items
 
 
+@contextlib.contextmanager
+def prediction_lines(output: str) -> Iterator[Callable[[Iterable[str]], None]]:
+    """`bertkit predict`'s output written as the predictions come: yields `write(lines)`, each line ended by a
+    newline, into a temporary file beside `output` (flushed after each call: a chunk's lines leave memory) that
+    becomes `output` when the block ends; an error or Ctrl-C inside it leaves no partial file (an `output`
+    already there is untouched). By rank 0 alone under torchrun."""
+    if not dist.is_main():
+        yield lambda lines: None
+        return
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        def write(lines: Iterable[str]) -> None:
+            f.writelines(line + "\n" for line in lines)
+            f.flush()
+        yield write
+
+
 def write_predictions(output: str, lines: list[str], message: str) -> None:
     """What `bertkit predict` leaves: `output` (one line each), written atomically, and `message` printed; by
     rank 0 alone under torchrun."""
-    if dist.is_main():
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(output, "".join(line + "\n" for line in lines))
-        print(message)
+    with prediction_lines(output) as write:
+        write(lines)
+    dist.print0(message)
 
 
 BEST_STATE_NAME = "best_state.json"
@@ -687,7 +704,7 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     (`bertkit.data.readers.conll_blocks`)."""
     from ..auto import AutoModelForTokenClassification
     from ..data.readers import read_conll
-    from .tag import encode_sentences, evaluate_tagging
+    from .tag import check_tags, iter_word_logits, tagging_scores
     if format not in (None, "conll"):
         raise FlagError(f"--format {format}: a tagger is evaluated on a CoNLL file (--format conll)")
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
@@ -697,9 +714,11 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     sentences = read_conll(data, cols["token_column"], cols["tag_column"], explicit=format == "conll")
     if not sentences:
         raise ValueError(f"{data}: no sentences")
-    max_len = min(max_seq_length, model.config.max_position_embeddings)
-    feats = encode_sentences(tok, sentences, tags, max_len, min(stride, max_len - 3), source=data)
-    metrics = evaluate_tagging(model, feats, sentences, batch_size)
+    check_tags(sentences, tags, data)
+    parts = iter_word_logits(model, tok, [s.tokens for s in sentences], max_seq_length=max_seq_length, stride=stride,
+                             batch_size=batch_size)
+    pred = [[tags[k] for k in a.argmax(-1)] for logits in parts for a in logits]  # a chunk's logits at a time
+    metrics = tagging_scores(pred, sentences, tags)
     draw = partial(figures.entity_scores, metrics["per_type"]) if metrics["per_type"] else None
     return write_eval(metrics, model_dir, data, output, "sentences", draw)
 
@@ -714,7 +733,7 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
     word's [start, end) in its line}) in `output`. Returns the sentence count. `token_column` None: as
     fine-tuned."""
     from ..auto import AutoModelForTokenClassification
-    from .tag import predict_tags, read_tokens, read_words
+    from .tag import iter_predict_tags, read_tokens, read_words
     if format not in (None, "conll", "text"):
         raise FlagError(f"--format {format}: a tagger reads a CoNLL file, or a text file with --format text "
                         f"(formats: conll, text)")
@@ -726,13 +745,16 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
         column = _tag_columns(model, token_column=token_column)["token_column"]
         sentences = [(line, words, {}) for line, words in read_tokens(data, column, explicit=format == "conll")]
     to_predict(sentences, data, "sentences")
-    preds = predict_tags(model, tok, [words for _, words, _ in sentences], max_seq_length=max_seq_length,
-                         stride=stride, batch_size=batch_size)
-    lines = [json.dumps({"line": line, "tokens": words, "tags": [t for t, _ in p],
-                         "scores": [round(s, 6) for _, s in p], **extra}, ensure_ascii=False)
-             for (line, words, extra), p in zip(sentences, preds)]
-    write_predictions(output, lines, f"tagged {len(lines)} sentences of {data}; wrote {output}")
-    return len(lines)
+    parts = iter_predict_tags(model, tok, [words for _, words, _ in sentences], max_seq_length=max_seq_length,
+                              stride=stride, batch_size=batch_size)
+    rows = iter(sentences)
+    with prediction_lines(output) as write:
+        for preds in parts:   # each chunk's lines written as it comes
+            write(json.dumps({"line": line, "tokens": words, "tags": [t for t, _ in p],
+                              "scores": [round(s, 6) for _, s in p], **extra}, ensure_ascii=False)
+                  for p, (line, words, extra) in zip(preds, rows))   # preds first: zip stops there
+    dist.print0(f"tagged {len(sentences)} sentences of {data}; wrote {output}")
+    return len(sentences)
 
 
 def _classify_settings(model, max_seq_length: int | None, stride: int | str | None) -> tuple[int, int | None]:
@@ -758,7 +780,7 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
     """Metrics of a fine-tuned classification / regression model on a labelled table; printed and written as
     JSON to `output` (default: `<model_dir>/eval_<data name>.json`). With a `stride`, long examples are read in
     windows whose logits are averaged (`bertkit.tasks.classify`)."""
-    from .classify import label_info_from_config
+    from .classify import example_labels, example_pairs, iter_example_logits, label_info_from_config
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     separator = settings_for(model, FinetuneClassifyArgs, label_separator=read.pop("label_separator", None))
@@ -774,9 +796,11 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
         raise ValueError(f"{data}: no rows")
     if info.regression and len(examples) < 2:
         raise ValueError(f"{data}: 1 row; a regression's correlations need at least 2")
-    max_len = min(max_seq_length, model.config.max_position_embeddings)
-    feats = encode_examples(tok, examples, info, max_len, source=data, stride=stride)
-    logits, gold = labelled_logits(model, feats, batch_size)
+    pairs = example_pairs(examples, data)
+    gold = example_labels(examples, info, data)   # a bad label found before the model runs
+    logits = np.concatenate(list(iter_example_logits(  # a chunk at a time: one chunk's features in memory
+        model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length, batch_size=batch_size,
+        stride=stride, lines=[e.line for e in examples], source=data)))
     metrics = classification_metrics(logits, gold, model.config.num_labels, info.multi_label)
     if info.regression:
         draw = partial(figures.regression, logits[:, 0].tolist(), [float(g) for g in gold])
@@ -798,15 +822,18 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     """Label every row of a table; one JSON line per row in `output`, in order: the row's line in `data`, its
     label and score, with a multi-label model's labels of probability >= 0.5, or a regression's values of
     several targets. Returns the row count."""
-    from .classify import predict
+    from .classify import iter_predict
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     examples = to_predict(read_examples(data, **{**_classify_columns(model, read, data), "label_column": None}), data,
                           "rows")
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
-    preds = predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
-                    batch_size=batch_size, stride=stride)
-    lines = [json.dumps({"line": e.line, **{k: p[k] for k in ("label", "score", "labels", "values") if k in p}},
-                        ensure_ascii=False) for e, p in zip(examples, preds)]
-    write_predictions(output, lines, f"predicted {len(lines)} rows of {data}; wrote {output}")
-    return len(lines)
+    parts = iter_predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
+                         batch_size=batch_size, stride=stride, lines=[e.line for e in examples], source=data)
+    rows = iter(examples)
+    with prediction_lines(output) as write:
+        for preds in parts:   # each chunk's lines written as it comes
+            write(json.dumps({"line": e.line, **{k: p[k] for k in ("label", "score", "labels", "values") if k in p}},
+                             ensure_ascii=False) for p, e in zip(preds, rows))   # preds first: zip stops there
+    dist.print0(f"predicted {len(examples)} rows of {data}; wrote {output}")
+    return len(examples)

@@ -18,12 +18,15 @@ objective -> word-level predictions -> entity F1.
   the trainer the cross-entropy SUM over labelled sub-tokens (term "tag") and "acc_tag".
 - `evaluate_tagging` maps predictions back to words and scores entity-level precision / recall / F1 (micro, and per
   type, seqeval semantics via `bertkit.metrics.entity_f1`) and word accuracy.
+- A big file (`bertkit predict` / `evaluate`) goes a chunk of sentences at a time (`iter_word_logits`,
+  `iter_predict_tags`, chunks of `classify.chunks`): memory holds one chunk's windows and logits.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,12 +34,12 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, conll_blocks, label_maps, read_columns
-from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, packed_to, pad_inputs,
-                       predict_batches)
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, _Part, _progress_bar, batch_logits, chunks,
+                       packed_to, pad_inputs, predict_batches)
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
-           "TagObjective", "predict_word_logits", "evaluate_tagging", "predict_tags", "read_tokens", "read_words",
-           "model_kwargs"]
+           "TagObjective", "predict_word_logits", "iter_word_logits", "check_tags", "evaluate_tagging",
+           "tagging_scores", "iter_predict_tags", "predict_tags", "read_tokens", "read_words", "model_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -109,11 +112,38 @@ def _owners(lengths: Sequence[int], spans: Sequence[tuple[int, int]]) -> list[in
     return [k for _, k in best]
 
 
+def _tag_ids(sent: TaggedSentence, label2id: dict[str, int], source: str) -> list[int]:
+    """The sentence's tags as ids; a tag the model does not know is an error naming ``file:line``."""
+    for i, t in enumerate(sent.tags):
+        if t not in label2id:
+            where = f"{source}:{sent.line + i}" if source else f"line {sent.line + i}"
+            raise ValueError(f"{where}: tag {t!r} is not one of the model's tags {list(label2id)}")
+    return [label2id[t] for t in sent.tags]
+
+
+def check_tags(sentences: Sequence[TaggedSentence], tags: Sequence[str], source: str = "") -> None:
+    """Every tag is one of `tags` (as `encode_sentences` would find): checked before a chunked evaluation's
+    model work, not after some chunks of it."""
+    label2id = {t: i for i, t in enumerate(tags)}
+    for sent in sentences:
+        _tag_ids(sent, label2id, source)
+
+
+def _pieces_of(tok, words_of: Sequence[Sequence[str]], cache: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """`word_pieces` of these words; with a `cache` (shared by a big file's chunks), of the words not in it yet,
+    added to it: a chunk tokenizes only the words no chunk before it held."""
+    if cache is None:
+        return word_pieces(tok, [w for ws in words_of for w in ws])
+    cache.update(word_pieces(tok, [w for ws in words_of for w in ws if w not in cache]))
+    return cache
+
+
 def encode_sentences(tok, sentences: Sequence[TaggedSentence] | Sequence[Sequence[str]], tags: Sequence[str] | None,
-                     max_seq_length: int = 128, stride: int = 32, source: str = "") -> list[TagFeature]:
+                     max_seq_length: int = 128, stride: int = 32, source: str = "",
+                     pieces: dict[str, list[int]] | None = None) -> list[TagFeature]:
     """Windows of every sentence (TaggedSentence, or plain word lists when `tags` is None). With `tags` (the
     model's label names in id order), each sentence's tags become labels; an unknown tag is an error naming
-    ``file:line``."""
+    ``file:line``. `pieces`: a cache of word pieces shared by the calls over one file's chunks."""
     budget = max_seq_length - 2
     if budget < 1:
         raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
@@ -121,20 +151,13 @@ def encode_sentences(tok, sentences: Sequence[TaggedSentence] | Sequence[Sequenc
         raise ValueError(f"stride must be in [0, max_seq_length - 2) = [0, {budget}), got {stride}")
     label2id = {t: i for i, t in enumerate(tags)} if tags is not None else None
     words_of = [s.tokens if isinstance(s, TaggedSentence) else list(s) for s in sentences]
-    pieces = word_pieces(tok, [w for ws in words_of for w in ws])
+    pieces = _pieces_of(tok, words_of, pieces)
     cls, sep = tok.cls_token_id, tok.sep_token_id
     feats: list[TagFeature] = []
     for n, (sent, words) in enumerate(zip(sentences, words_of)):
         line = sent.line if isinstance(sent, TaggedSentence) else 0
         ids_of = [pieces[w][:budget] for w in words]
-        word_labels = None
-        if label2id is not None:
-            word_labels = []
-            for i, t in enumerate(sent.tags):
-                if t not in label2id:
-                    where = f"{source}:{line + i}" if source else f"line {line + i}"
-                    raise ValueError(f"{where}: tag {t!r} is not one of the model's tags {list(tags)}")
-                word_labels.append(label2id[t])
+        word_labels = _tag_ids(sent, label2id, source) if label2id is not None else None
         lengths = [len(p) for p in ids_of]
         spans = windows(lengths, budget, stride) if words else [(0, 0)]
         owner = _owners(lengths, spans)
@@ -188,8 +211,10 @@ class TagObjective(FinetuneObjective):
 
 @torch.no_grad()
 def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequence[int], batch_size: int = 64,
-                        pad_id: int | None = None) -> list[np.ndarray]:
-    """(words, labels) float32 logits per sentence, each word's from the window that owns it."""
+                        pad_id: int | None = None, progress: bool | None | Callable[[int], Any] = None
+                        ) -> list[np.ndarray]:
+    """(words, labels) float32 logits per sentence, each word's from the window that owns it. `progress` as in
+    `predict_batches`."""
     pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
 
@@ -199,7 +224,7 @@ def predict_word_logits(model, features: Sequence[TagFeature], num_words: Sequen
         return [logits[row, :len(f.input_ids)] for row, f in enumerate(feats)]
 
     out = [np.full((n, model.config.num_labels), np.nan, dtype=np.float32) for n in num_words]
-    for f, logits in zip(features, predict_batches(model, features, run, batch_size)):
+    for f, logits in zip(features, predict_batches(model, features, run, batch_size, progress=progress)):
         for pos, w in enumerate(f.word_ids):
             if w is not None:
                 out[f.sentence][w] = logits[pos]
@@ -221,13 +246,19 @@ def strict_scheme_of(names: Sequence[str], gold: Sequence[Sequence[str]]) -> str
 
 def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[TaggedSentence],
                      batch_size: int = 64) -> dict[str, Any]:
-    """Entity precision / recall / F1 (micro) and per type, word accuracy, and the number of sentences; the same
-    three in seqeval's strict mode too (`strict_f1` ..., with the `scheme` the tag set follows) where one fits."""
+    """`tagging_scores` of `model` on the windows `features` of `sentences`."""
     if not sentences:
         raise ValueError("no evaluation sentences")
     names = model.config.label_names()
     logits = predict_word_logits(model, features, [len(s.tokens) for s in sentences], batch_size)
-    pred = [[names[k] for k in a.argmax(-1)] for a in logits]
+    return tagging_scores([[names[k] for k in a.argmax(-1)] for a in logits], sentences, names)
+
+
+def tagging_scores(pred: Sequence[Sequence[str]], sentences: Sequence[TaggedSentence], names: Sequence[str]
+                   ) -> dict[str, Any]:
+    """Entity precision / recall / F1 (micro) and per type, word accuracy, and the number of sentences; the same
+    three in seqeval's strict mode too (`strict_f1` ..., with the `scheme` the tag set follows) where one fits.
+    `pred`: each sentence's predicted tags; `names`: the model's tags."""
     gold = [list(s.tags) for s in sentences]
     ent = M.entity_f1(pred, gold)
     flat_p = [t for p in pred for t in p]
@@ -241,19 +272,46 @@ def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[
     return out
 
 
+def iter_word_logits(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128, stride: int = 32,
+                     batch_size: int = 64, progress: bool | None = None) -> Iterator[list[np.ndarray]]:
+    """`predict_word_logits` of the sentences (lists of words), chunk after chunk in input order
+    (`classify.chunks`): each chunk's windows made, predicted and given back, so a big file costs one chunk's
+    memory. One progress bar over all the sentences."""
+    sentences = list(sentences)
+    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
+    stride = min(stride, max_seq_length - 3)
+    bar = _progress_bar(len(sentences), progress)
+    pieces: dict[str, list[int]] = {}   # the file's distinct words, each tokenized once (as unchunked)
+    try:
+        for part in chunks(len(sentences), batch_size):
+            some = [sentences[i] for i in part]
+            feats = encode_sentences(tok, some, None, max_seq_length, stride, pieces=pieces)
+            shown = False if bar is None else partial(_Part, bar, len(part))
+            yield predict_word_logits(model, feats, [len(s) for s in some], batch_size, tok.pad_token_id, shown)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def iter_predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128,
+                      stride: int = 32, batch_size: int = 64) -> Iterator[list[list[tuple[str, float]]]]:
+    """`predict_tags`, a chunk of sentences at a time (`iter_word_logits`): `bertkit predict` writes each chunk's
+    lines as it comes."""
+    names = model.config.label_names()
+    for logits in iter_word_logits(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
+                                   batch_size=batch_size):
+        out = []
+        for a in logits:
+            p = torch.softmax(torch.from_numpy(a), dim=-1).numpy()
+            out.append([(names[int(k)], float(q[k])) for k, q in zip(p.argmax(-1), p)])
+        yield out
+
+
 def predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128, stride: int = 32,
                  batch_size: int = 64) -> list[list[tuple[str, float]]]:
     """(tag, probability) for every word of every sentence (lists of words), in input order."""
-    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    stride = min(stride, max_seq_length - 3)
-    feats = encode_sentences(tok, sentences, None, max_seq_length, stride)
-    logits = predict_word_logits(model, feats, [len(s) for s in sentences], batch_size, pad_id=tok.pad_token_id)
-    names = model.config.label_names()
-    out = []
-    for a in logits:
-        p = torch.softmax(torch.from_numpy(a), dim=-1).numpy()
-        out.append([(names[int(k)], float(q[k])) for k, q in zip(p.argmax(-1), p)])
-    return out
+    return [p for part in iter_predict_tags(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
+                                            batch_size=batch_size) for p in part]
 
 
 def read_words(path: str | Path) -> list[tuple[int, list[str], list[tuple[int, int]]]]:
