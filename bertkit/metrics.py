@@ -84,11 +84,16 @@ def accuracy(preds: Any, labels: Any) -> float:
     return sum(a == b for a, b in zip(p, y)) / len(y)
 
 
-def _counts(p: list, y: list, label: Any) -> tuple[int, int, int]:
-    tp = sum(1 for a, b in zip(p, y) if a == label and b == label)
-    fp = sum(1 for a, b in zip(p, y) if a == label and b != label)
-    fn = sum(1 for a, b in zip(p, y) if a != label and b == label)
-    return tp, fp, fn
+def _tallies(p: list, y: list) -> tuple[Counter, Counter, Counter]:
+    """Per value: the right predictions of it, its predictions, its labels; one pass over the rows, so scoring
+    every label costs rows + labels, not rows x labels (1,000 labels of 200k rows took 15 s a label at a time)."""
+    return Counter(a for a, b in zip(p, y) if a == b), Counter(p), Counter(y)
+
+
+def _counts(tallies: tuple[Counter, Counter, Counter], label: Any) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of `label`."""
+    tp, predicted, labelled = (t[label] for t in tallies)
+    return tp, predicted - tp, labelled - tp
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -112,13 +117,14 @@ def precision_recall_f1(preds: Any, labels: Any, average: str = "binary", pos_la
                              f"{present[:10]}; use average='macro' or 'micro'")
         if len(present) == 2 and pos_label not in present:
             raise ValueError(f"pos_label={pos_label!r} is not one of the labels {present}")
-        return _prf(*_counts(p, y, pos_label))
+        return _prf(*_counts(_tallies(p, y), pos_label))
     if average == "micro":
         tp = sum(a == b for a, b in zip(p, y))
         return _prf(tp, len(p) - tp, len(y) - tp)
     if average in ("macro", "weighted"):
-        scores = [_prf(*_counts(p, y, label)) for label in present]
-        weights = [y.count(label) for label in present] if average == "weighted" else None
+        tallies = _tallies(p, y)
+        scores = [_prf(*_counts(tallies, label)) for label in present]
+        weights = [tallies[2][label] for label in present] if average == "weighted" else None
         return tuple(float(v) for v in np.average(scores, axis=0, weights=weights))  # type: ignore[return-value]
     raise ValueError(f"average must be 'binary', 'macro', 'weighted' or 'micro', got {average!r}")
 
@@ -155,11 +161,11 @@ def confusion_matrix(preds: Any, labels: Any, classes: Sequence[Any]) -> list[li
 def per_label(preds: Any, labels: Any, classes: Sequence[Any]) -> dict[Any, dict[str, float]]:
     """{class: {"precision", "recall", "f1", "support"}} for each of `classes` (support: examples labelled so), as
     scikit-learn's ``precision_recall_fscore_support(average=None)``; an undefined ratio counts as 0."""
-    p, y = _pair(preds, labels)
+    tallies = _tallies(*_pair(preds, labels))
     out = {}
     for c in classes:
-        pr, rc, f = _prf(*_counts(p, y, c))
-        out[c] = {"precision": pr, "recall": rc, "f1": f, "support": sum(1 for b in y if b == c)}
+        pr, rc, f = _prf(*_counts(tallies, c))
+        out[c] = {"precision": pr, "recall": rc, "f1": f, "support": tallies[2][c]}
     return out
 
 
