@@ -59,7 +59,8 @@ __all__ = ["Feature", "LabelInfo", "label_info", "split_labels", "label_info_fro
            "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "packed_to",
            "FinetuneObjective", "ClassificationObjective", "predict_logits", "labelled_logits",
            "classification_metrics", "classification_report", "example_pairs", "example_labels",
-           "evaluate_classification", "chunks", "iter_example_logits", "iter_predict", "predict", "METRICS"]
+           "evaluate_classification", "chunks", "in_chunks", "iter_example_logits", "iter_predict", "predict",
+           "METRICS"]
 
 # the dev metrics that can pick the best checkpoint (higher is better for each)
 METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
@@ -489,6 +490,19 @@ def chunks(n: int, batch_size: int) -> list[range]:
     return [range(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def in_chunks(n: int, batch_size: int, progress: bool | None) -> Iterator[tuple[range, Any]]:
+    """Each chunk (`chunks`) of a big input of `n` items with the `progress` its `predict_batches` call takes:
+    one bar over all `n` (see `_progress_bar`), which each chunk advances by its items (`_Part`), closed at the
+    end however the loop ends."""
+    bar = _progress_bar(n, progress)
+    try:
+        for part in chunks(n, batch_size):
+            yield part, (False if bar is None else partial(_Part, bar, len(part)))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _open_bar(total: int, progress: bool | None | Callable[[int], Any]):
     """`progress(total)` when it makes the bar (`_Part` of a bar over chunks), else `_progress_bar`."""
     return progress(total) if callable(progress) else _progress_bar(total, progress)
@@ -617,21 +631,15 @@ def iter_example_logits(model, tok, texts: Sequence[str], pairs: Sequence[str] |
     pairs = None if pairs is None else list(pairs)
     lines = list(lines) if lines is not None else range(1, len(texts) + 1)
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    bar = _progress_bar(len(texts), progress)
-    try:
-        for part in chunks(len(texts), batch_size):
-            some = [texts[i] for i in part]
-            some_pairs = None if pairs is None else [pairs[i] for i in part]
-            if stride is None:
-                features = [Feature(ids, types) for ids, types in encode_texts(tok, some, some_pairs, max_seq_length)]
-            else:
-                features = [Feature(ids, types, example=i) for ids, types, i in encode_windows(
-                    tok, some, some_pairs, max_seq_length, stride, [lines[i] for i in part], source)]
-            shown = False if bar is None else partial(_Part, bar, len(part))
-            yield example_logits(predict_logits(model, features, batch_size, tok.pad_token_id, shown), features)[0]
-    finally:
-        if bar is not None:
-            bar.close()
+    for part, shown in in_chunks(len(texts), batch_size, progress):
+        some = [texts[i] for i in part]
+        some_pairs = None if pairs is None else [pairs[i] for i in part]
+        if stride is None:
+            features = [Feature(ids, types) for ids, types in encode_texts(tok, some, some_pairs, max_seq_length)]
+        else:
+            features = [Feature(ids, types, example=i) for ids, types, i in encode_windows(
+                tok, some, some_pairs, max_seq_length, stride, [lines[i] for i in part], source)]
+        yield example_logits(predict_logits(model, features, batch_size, tok.pad_token_id, shown), features)[0]
 
 
 def _results(config, logits: np.ndarray) -> list[dict[str, Any]]:

@@ -822,12 +822,12 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     """Label every row of a table; one JSON line per row in `output`, in order: the row's line in `data`, its
     label and score, with a multi-label model's labels of probability >= 0.5, or a regression's values of
     several targets. Returns the row count."""
-    from .classify import iter_predict
+    from .classify import example_pairs, iter_predict
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     examples = to_predict(read_examples(data, **{**_classify_columns(model, read, data), "label_column": None}), data,
                           "rows")
-    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    pairs = example_pairs(examples, data)
     parts = iter_predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
                          batch_size=batch_size, stride=stride, lines=[e.line for e in examples], source=data)
     rows = iter(examples)

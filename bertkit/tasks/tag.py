@@ -24,7 +24,6 @@ objective -> word-level predictions -> entity F1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -34,8 +33,8 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import TaggedSentence, conll_blocks, label_maps, read_columns
-from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, _Part, _progress_bar, batch_logits, chunks,
-                       packed_to, pad_inputs, predict_batches)
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, in_chunks, packed_to,
+                       pad_inputs, predict_batches)
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "iter_word_logits", "check_tags", "evaluate_tagging",
@@ -280,17 +279,11 @@ def iter_word_logits(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_
     sentences = list(sentences)
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
     stride = min(stride, max_seq_length - 3)
-    bar = _progress_bar(len(sentences), progress)
     pieces: dict[str, list[int]] = {}   # the file's distinct words, each tokenized once (as unchunked)
-    try:
-        for part in chunks(len(sentences), batch_size):
-            some = [sentences[i] for i in part]
-            feats = encode_sentences(tok, some, None, max_seq_length, stride, pieces=pieces)
-            shown = False if bar is None else partial(_Part, bar, len(part))
-            yield predict_word_logits(model, feats, [len(s) for s in some], batch_size, tok.pad_token_id, shown)
-    finally:
-        if bar is not None:
-            bar.close()
+    for part, shown in in_chunks(len(sentences), batch_size, progress):
+        some = [sentences[i] for i in part]
+        feats = encode_sentences(tok, some, None, max_seq_length, stride, pieces=pieces)
+        yield predict_word_logits(model, feats, [len(s) for s in some], batch_size, tok.pad_token_id, shown)
 
 
 def iter_predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128,
