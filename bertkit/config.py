@@ -338,7 +338,7 @@ def _extra_as_transformers(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _torch_dtype(value: torch.dtype | str) -> torch.dtype:
-    dtype = value if isinstance(value, torch.dtype) else getattr(torch, value, None) if isinstance(value, str) else None
+    dtype = getattr(torch, value, None) if isinstance(value, str) else value
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"BertConfig field 'dtype' must be a torch dtype or its name, such as 'float32'; "
                          f"got {value!r}")
