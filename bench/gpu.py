@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cudnn_attention  # noqa: E402
 from bench.pretrain_common import copy_weights, transformers_model  # noqa: E402
 from bertkit.config import BertConfig  # noqa: E402
 from bertkit.modeling import BertForPreTraining, BertModel  # noqa: E402
@@ -366,6 +367,9 @@ CONTENDERS = (*(k + c for c in ("", " + compile") for k in ("bertkit", "transfor
               "bertkit + CUDA graphs, plan on CPU, arrival order", "transformers, arrival order",
               "transformers, sorted by length", "bertkit + compile, arrival order",
               "transformers + compile, sorted by length")
+# run only when --contenders names them: bertkit with its varlen attention on cuDNN (bench/cudnn_attention.py),
+# a candidate kernel rather than the shipped path
+OPT_IN = ("bertkit cuDNN attention", "bertkit cuDNN attention + compile")
 
 
 def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compiled: bool,
@@ -414,7 +418,7 @@ def trainer_run(args, device, dtype, cfg: BertConfig, batches: list[dict], compi
 # the compiled phase's order, each kind at every shape before the next kind: bertkit's compiled step at 512 x 32
 # (a goal's figure) must not wait behind the Trainer's and transformers' compiles at 128 x 256 and meet
 # --budget-s; the Trainer then, and transformers, whose compile takes a minute, last
-COMPILED_ORDER = ("bertkit", "bertkit Trainer", "transformers")
+COMPILED_ORDER = ("bertkit", "bertkit cuDNN attention", "bertkit Trainer", "transformers")
 
 
 def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, prev: dict | None,
@@ -427,10 +431,11 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
     out = {"seq": seq, "batch": batch, "real_token_fraction": real,
            "contenders": dict((prev or {}).get("contenders", {}))}
     # the Trainer compiled too: `bertkit pretrain --compile` as users run it (prefetch thread, pinned copies)
-    order = list(kinds or COMPILED_ORDER) if compiled_phase else ["bertkit", "transformers", "bertkit Trainer"]
+    order = (list(kinds or COMPILED_ORDER) if compiled_phase
+             else ["bertkit", "bertkit cuDNN attention", "transformers", "bertkit Trainer"])
     for kind in order:
         name = kind + (" + compile" if compiled_phase else "")
-        if args.contenders and name not in args.contenders:
+        if (args.contenders and name not in args.contenders) or (name in OPT_IN and not args.contenders):
             continue
         if compiled_phase and over_budget(args):
             out["contenders"][name] = {"error": f"skipped: past the --budget-s of {args.budget_s} s"}
@@ -442,6 +447,13 @@ def pretrain(args, device, dtype, seq: int, batch: int, compiled_phase: bool, pr
         try:
             if kind == "bertkit Trainer":
                 r = trainer_run(args, device, dtype, cfg, batches, compiled_phase)
+            elif kind == "bertkit cuDNN attention":
+                with cudnn_attention.installed(device, dtype) as agreement:
+                    torch.manual_seed(0)
+                    model = ours = BertForPreTraining(cfg).to(device)
+                    r = time_steps(bertkit_step(model, device, dtype, compiled_phase, args.backend), batches,
+                                   args.warmup, args.steps, device, args.max_step_s)
+                r["agreement_with_flash_no_dropout"] = agreement
             else:
                 torch.manual_seed(0)
                 model = ours = BertForPreTraining(cfg)
@@ -633,10 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     ap = build_parser()
     args = ap.parse_args(argv)
-    unknown = sorted(set(args.contenders or []) - set(CONTENDERS))
+    unknown = sorted(set(args.contenders or []) - set(CONTENDERS) - set(OPT_IN))
     if unknown:
         ap.error(f"--contenders: no contender {', '.join(map(repr, unknown))}; there are "
-                 f"{', '.join(map(repr, CONTENDERS))}")
+                 f"{', '.join(map(repr, CONTENDERS + OPT_IN))}")
     args.t_start = time.perf_counter()
     for k, v in (SMOKE if args.smoke else FULL).items():
         if k != "steps" or args.steps is None:

@@ -9,22 +9,21 @@
 #   1. bench/gpu.py: the race with transformers (numerics, pre-training 128 x 256 and 512 x 32, eager and
 #      compiled, inference with CUDA graphs), compiled contenders skipped past its --budget-s (the layer
 #      stack's compile is longer since session 10: the budget took step 2's time, a rerun with a warm cache)
-#   2. bench/probe_bias_grad.py at 512 x 32 (session 23): which generated code calls `aten.sum` (46 reduce
-#      kernels per compiled step in session 22's profile, 0.8 ms of 27.8 ms), and the step with each linear
-#      written as matmul + bias add (its bias gradient may then fuse into Triton kernels) against addmm, each
-#      compiled cold in its own cache; the code log comes back gzipped. (Until session 22 this step priced the
-#      ways of compiling at 128 x 256: 48.1-49.4 ms per step for all four in sessions 19 and 22, settled.)
-#   3. bench/probe_attention.py (session 23), when under 430 s have gone, ~20 s: attention forward + backward at 128 x 256 and 512 x 32
-#      on cuDNN's varlen kernel against FlashAttention-2's (shipped; 5.6-5.7 ms of either step), with padded
-#      SDPA beside them, cuDNN's agreement without dropout, and whether its ops have the Meta kernels a
-#      compiled path needs. (Until session 22 this step raced the compiled Trainer against the bench's loop at
-#      512 x 32: 29.4-29.9 against 30.3 ms per step in session 22, settled.)
-#   4. bench/gpu_profile.py at 512 x 32, where a step's GPU work is short and the host's cost per compiled
-#      call weighs most: the compiled step's kernel and host profile, against each layer compiled apart
-#      (profiled too), the compiled MLM head, and last (its mode compiles afresh, minutes perhaps) the graphs
-#      replayed as CUDA graphs (an upper bound)
+#   2. bench/probe_attention.py (session 23), ~20 s: attention forward + backward at 128 x 256 and 512 x 32 on
+#      cuDNN's varlen kernel against FlashAttention-2's (shipped; 5.6-5.7 ms of either step), with padded SDPA
+#      beside them, cuDNN's agreement without dropout, and whether its ops have the Meta kernels a compiled
+#      path needs. (Until session 22 this step raced the compiled Trainer against the bench's loop: settled.)
+#   3. bench/gpu.py again, pre-training only (session 24): the whole compiled step with its attention on cuDNN
+#      (bench/cudnn_attention.py: custom ops torch.compile can trace, checked against FlashAttention first)
+#      against the shipped compiled step and eager transformers, in one process
+#   4. bench/probe_bias_grad.py at 512 x 32 (session 23), when under 440 s have gone: which generated code
+#      calls `aten.sum` (46 reduce kernels per compiled step in session 22's profile, 0.8 ms of 27.8 ms), and
+#      the step with each linear written as matmul + bias add against addmm, each compiled cold in its own
+#      cache; the code log comes back gzipped
 #   5. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
-#      when under 540 s have gone
+#      when under 545 s have gone
+# (Until session 23 a step profiled the compiled step at 512 x 32 with bench/gpu_profile.py: kernel-bound,
+# 27.8 ms of kernels per 29.2 ms step in session 22, settled.)
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}")
 mkdir -p "$OUT"
@@ -45,32 +44,27 @@ run() {  # run NAME SECONDS COMMAND...: one step under its own time limit, its o
   echo "$name exit $?" >> "$OUT/machine.txt"
 }
 run gpu.py 365 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 300
+# cuDNN's varlen attention against the shipped FlashAttention-2, kernels alone (~20 s)
+run probe_attention 45 python bench/probe_attention.py $SMOKE_ARG --out "$OUT/attention.json"
+# the whole step on cuDNN's attention, raced against the shipped step (its compiled code cached by step 1)
+run cudnn_race 170 python bench/gpu.py $SMOKE_ARG --only pretrain --budget-s 600 --out "$OUT/cudnn-race.json" \
+    --contenders transformers "bertkit + compile" "bertkit cuDNN attention + compile"
 # where the compiled step's aten::sum calls come from, and the linears as matmul + bias add: compiled cold, in a
-# cache of their own inside the shared one (removed with it)
-echo "=== probe_bias_grad (limit 110 s, at $SECONDS s)" >> "$LOG"
-TORCHINDUCTOR_CACHE_DIR="$TORCHINDUCTOR_CACHE_DIR/probe" TORCH_LOGS=output_code timeout 110 \
-    python bench/probe_bias_grad.py $SMOKE_ARG "${LONG[@]}" 2> "$OUT/probe-code.log" >> "$LOG"
-echo "probe_bias_grad exit $?" >> "$OUT/machine.txt"
-python bench/probe_bias_grad.py --summarize "$OUT/probe-code.log" >> "$LOG" 2>&1
-gzip -f "$OUT/probe-code.log"
-# cuDNN's varlen attention against the shipped FlashAttention-2 (a kernel microbenchmark, ~20 s), when the
-# steps after it still fit: 430 + 45 + gpu_profile's 110 = 585 s at most
-if [ "$SECONDS" -lt 430 ]; then
-  run probe_attention 45 python bench/probe_attention.py $SMOKE_ARG --out "$OUT/attention.json"
+# cache of their own inside the shared one (removed with it); 440 + 110 s, then the last step's 35: <= 585 s
+if [ "$SECONDS" -lt 440 ]; then
+  echo "=== probe_bias_grad (limit 110 s, at $SECONDS s)" >> "$LOG"
+  TORCHINDUCTOR_CACHE_DIR="$TORCHINDUCTOR_CACHE_DIR/probe" TORCH_LOGS=output_code timeout 110 \
+      python bench/probe_bias_grad.py $SMOKE_ARG "${LONG[@]}" 2> "$OUT/probe-code.log" >> "$LOG"
+  echo "probe_bias_grad exit $?" >> "$OUT/machine.txt"
+  python bench/probe_bias_grad.py --summarize "$OUT/probe-code.log" >> "$LOG" 2>&1
+  gzip -f "$OUT/probe-code.log"
 fi
-# at 512 x 32 a step's GPU work is half that at 128, so the host's cost per compiled call weighs more
-run "gpu_profile 512" 110 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --contender "bertkit + compile" \
-    --ablation "compiled" \
-    --ablation "compiled, layer by layer" --profile-ablation "compiled, layer by layer" \
-    --ablation "compiled, MLM head too" --ablation "compiled, CUDA graphs (4 batch shapes)" \
-    --out "$OUT/profile-512.json"
-if [ "$SECONDS" -lt 540 ]; then  # the end-to-end CLI check, measured in earlier sessions, only if time is left
+if [ "$SECONDS" -lt 545 ]; then  # the end-to-end CLI check, measured in earlier sessions, only if time is left
   run gpu_cli_check 35 python bench/gpu_cli_check.py $SMOKE_ARG --out "$OUT/cli.json"
 fi
 rm -rf "$TORCHINDUCTOR_CACHE_DIR"
 sed -n '/^=== gpu.py (/,/^=== /p' "$LOG" | grep "^| \|^total"
-grep -h "^ablation\|^== \|host threads\|device gaps\|   gap \|   host " "$LOG"
-grep -h "pretrain seq.* + compile" "$LOG"   # with each compile's warm-up time
+grep -h "^  pretrain seq" "$LOG"   # both races, with each compile's warm-up time
 grep -h "^  round \|^round \|^--- \|^    sum x\|^[0-9]* x [0-9]*  " "$LOG"
 grep -h '"label_agreement"' "$LOG" | tail -n 1
 cat "$OUT/machine.txt"

@@ -20,7 +20,8 @@ def test_smoke_runs_every_code_path(tmp_path, capsys):
     res = gpu.main(["--smoke", "--out", str(out)])
     # compiled pre-training contenders: bertkit's at every shape first, so no compile at 128 delays its 512
     printed = re.findall(r"^  pretrain seq (\d+) x (\d+) +(.+?) \+ compile ", capsys.readouterr().out, re.M)
-    assert printed == [(str(s), str(b), kind) for kind in gpu.COMPILED_ORDER for s, b in gpu.SMOKE["pretrain"]]
+    assert printed == [(str(s), str(b), kind) for kind in gpu.COMPILED_ORDER for s, b in gpu.SMOKE["pretrain"]
+                       if kind + " + compile" not in gpu.OPT_IN]   # opt-in contenders run only when named
     saved = json.loads(out.read_text())
     assert saved["failed"] == [] and res["failed"] == []
     assert saved["compile_backend"] == "aot_eager"
@@ -283,6 +284,20 @@ def test_graphed_encoder_buckets_compute_what_the_model_does():
         GraphedEncoder(model, granule=64)
 
 
+def test_the_cudnn_attention_contender_runs_only_when_named_and_fails_in_one_line_off_cuda(tmp_path):
+    """"bertkit cuDNN attention + compile" is opt-in; on the CPU (no cuDNN kernel) it is reported as failed in
+    one line, and the contenders named with it still run."""
+    res = gpu.main(["--smoke", "--only", "pretrain", "--contenders", "bertkit + compile",
+                    "bertkit cuDNN attention + compile", "--out", str(tmp_path / "r.json")])
+    seq, batch = gpu.SMOKE["pretrain"][0]
+    contenders = res[f"pretrain_{seq}x{batch}"]["contenders"]
+    assert set(contenders) == {"bertkit + compile", "bertkit cuDNN attention + compile"}
+    assert contenders["bertkit + compile"]["sequences_per_s"] > 0
+    error = contenders["bertkit cuDNN attention + compile"]["error"]
+    assert error.startswith("NotImplementedError: Could not run 'aten::_cudnn_attention_forward'")
+    assert gpu.P._varlen_kernel is gpu.cudnn_attention.ORIGINAL   # the shipped kernel again
+
+
 def test_contenders_option_runs_only_the_named(tmp_path):
     res = gpu.main(["--smoke", "--only", "pretrain", "--no-compile", "--contenders", "bertkit",
                     "--out", str(tmp_path / "g.json")])
@@ -341,29 +356,27 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         calls = [c[1:-1] for c in lines if c[1].startswith("bench/")]  # the last word: the compile cache
         caches = [c[-1] for c in lines if c[1].startswith("bench/")]
         scripts = [c[0] for c in calls]
-        assert scripts == ["bench/gpu.py", "bench/probe_bias_grad.py", "bench/probe_bias_grad.py",
-                           "bench/probe_attention.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
-        probe, summary = (parsers["bench/probe_bias_grad.py"].parse_args(c[1:]) for c in calls[1:3])
+        assert scripts == ["bench/gpu.py", "bench/probe_attention.py", "bench/gpu.py", "bench/probe_bias_grad.py",
+                           "bench/probe_bias_grad.py", "bench/gpu_cli_check.py"]
+        probe, summary = (parsers["bench/probe_bias_grad.py"].parse_args(c[1:]) for c in calls[3:5])
         assert not probe.summarize and probe.smoke == (smoke == "1") and summary.summarize == f"{out}/probe-code.log"
-        for c in calls[:1] + calls[3:]:
+        for c in calls[:3] + calls[5:]:
             args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
             assert Path(args.out).parent == out and args.smoke == (smoke == "1")
         race = parsers["bench/gpu.py"].parse_args(calls[0][1:])
         assert race.only is None and race.contenders is None and race.budget_s == 300
-        last = parsers["bench/gpu_profile.py"].parse_args(calls[4][1:])
+        cudnn = parsers["bench/gpu.py"].parse_args(calls[2][1:])
+        assert cudnn.only == ["pretrain"] and cudnn.out == f"{out}/cudnn-race.json" and cudnn.budget_s >= 600
+        assert cudnn.contenders == ["transformers", "bertkit + compile", "bertkit cuDNN attention + compile"]
+        assert set(cudnn.contenders) <= set(gpu.CONTENDERS + gpu.OPT_IN)
         # the device tool returns 8 files per call: one JSON per bench run, the code log, the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "probe-code.log.gz", "session.log"]
         assert len(calls) - 2 + 3 <= 8
         assert (probe.seq, probe.batch) == ((48, 3) if smoke == "1" else (512, 32))
-        assert (last.seq, last.batch) == ((48, 3) if smoke == "1" else (512, 32))
-        assert last.contenders and last.only_contenders == ["bertkit + compile"]
-        assert last.only_ablations == [
-            "compiled", "compiled, layer by layer", "compiled, MLM head too", "compiled, CUDA graphs (4 batch shapes)"]
-        assert last.profile_ablations == ["compiled, layer by layer"]
-        attention = parsers["bench/probe_attention.py"].parse_args(calls[3][1:])
+        attention = parsers["bench/probe_attention.py"].parse_args(calls[1][1:])
         assert attention.steps == 30 and attention.out == f"{out}/attention.json"
         cache = caches[0]   # one fresh cache for all; the probe compiles cold in a folder of its own inside it
-        assert caches == [cache, f"{cache}/probe", cache, cache, cache, cache]
+        assert caches == [cache, cache, cache, f"{cache}/probe", cache, cache]
         assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()
 
