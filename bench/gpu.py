@@ -267,10 +267,12 @@ def count_syncs(args, device, dtype):
 
 # --------------------------------------------------------------------------------------------- training
 def bertkit_step(model, device, dtype, compiled: bool, backend: str = "inductor", lr: float = 1e-4,
-                 optimize: bool = True):
+                 optimize: bool = True, clip_in_optimizer: bool = False):
     """bertkit's step as the Trainer runs it: CPU-side prepare + counts, pinned non-blocking copies,
     packed forward, sums / counts, backward, clipping, fused AdamW (`optimize` False: the gradients are
-    dropped instead of clipping and the optimizer, to price those)."""
+    dropped instead of clipping and the optimizer, to price those). `clip_in_optimizer`: a candidate, the
+    clipping's scale handed to fused AdamW as its `grad_scale` (the AMP unscale its kernel applies) instead of
+    a pass of its own over the gradients; the same update up to fp32 rounding (g / (1 / c) for g * c)."""
     model.train()
     if compiled:
         compile_layers(model, backend=backend)
@@ -287,7 +289,11 @@ def bertkit_step(model, device, dtype, compiled: bool, backend: str = "inductor"
         loss = sums["mlm"].float() / counts["mlm"] + sums["nsp"].float() / counts["nsp"]
         loss.backward()
         if optimize:
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if clip_in_optimizer:   # max_norm 1: divide by the norm where it is above 1 (+ clip_grad_norm_'s 1e-6)
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], 2.0)
+                opt.grad_scale = torch.clamp(norm + 1e-6, min=1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()

@@ -109,9 +109,77 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "compiled, eager embeddings", "compiled, MLM head too",
                                                  "compiled, layer by layer",
                                                  "compiled, CUDA graphs (4 batch shapes)",
+                                                 "compiled, C++ wrapper", "compiled, clipping inside fused AdamW",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
+
+
+def test_clipping_inside_fused_adamw_makes_the_same_update():
+    """bench/gpu.py's candidate step: the clipping's scale given to fused AdamW as its grad_scale gives the
+    weights clip_grad_norm_ + AdamW gives, to fp32 rounding, whether the norm is above 1 (clipped) or not."""
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertForPreTraining
+
+    cfg = BertConfig(vocab_size=128, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    batches = gpu.pretraining_batches(3, 16, 4, cfg.vocab_size, seed=0)
+    for lr in (1e-3, 0.0):   # lr 0: only the norm-driven clipping differs, and nothing may move
+        models = []
+        for candidate in (False, True):
+            torch.manual_seed(0)
+            model = BertForPreTraining(cfg)
+            step = gpu.bertkit_step(model, torch.device("cpu"), torch.float32, False, lr=lr,
+                                    clip_in_optimizer=candidate)
+            losses = [float(step(b)) for b in batches]
+            models.append((model, losses))
+        (ours, ours_losses), (theirs, theirs_losses) = models
+        assert ours_losses == pytest.approx(theirs_losses, rel=1e-6)
+        for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    # the norm was above 1 at these steps: the clipping was in force, not a no-op on both sides
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg)
+    gpu.bertkit_step(model, torch.device("cpu"), torch.float32, False, optimize=False)  # builds no optimizer state
+    out = model(**{k: v for k, v in batches[0].items()})
+    out.loss.backward()
+    assert float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])) > 1
+
+
+def test_a_failing_ablation_is_recorded_and_the_next_runs(tmp_path, monkeypatch):
+    """A lever that fails on the machine (say, the C++ wrapper without a compiler) costs its own figure only."""
+    import contextlib
+
+    from bench import gpu_profile
+
+    @contextlib.contextmanager
+    def broken():
+        raise RuntimeError("no C++ compiler\nsecond line")
+        yield
+
+    monkeypatch.setattr(gpu_profile, "mlm_head_compiled", broken)
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--no-contenders", "--ablation", "compiled, MLM head too",
+                            "--ablation", "compiled", "--out", str(tmp_path / "p.json")])
+    assert res["ablation_errors"] == {"compiled, MLM head too": "RuntimeError: no C++ compiler"}
+    assert set(res["ablations_ms_per_step"]) == {"compiled"}
+
+
+def test_op_origins_names_the_caller_of_each_operator():
+    """gpu_profile's --op-origins on a CPU trace: each aten::sum is counted under the Python frames (or the
+    backward node) that ran it, per step."""
+    from bench import gpu_profile
+
+    lin = torch.nn.Linear(4, 4)
+
+    def step(batch):
+        lin(batch).sum().backward()          # the forward's sum, and addmm's backward sums the bias gradient
+
+    res = gpu_profile.origins_of(step, [torch.randn(3, 4)], 2, torch.device("cpu"), {"aten::sum"})
+    places = {o["from"]: o["calls_per_step"] for o in res["aten::sum"]}
+    assert sum(places.values()) == 2.0
+    assert any("step" in where for where in places)                    # the forward's, from `step`
+    assert any("AddmmBackward0" in where for where in places)          # the bias gradient's
 
 
 def test_profile_levers_change_what_compile_layers_compiles():
@@ -331,7 +399,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from bench import gpu_cli_check, gpu_profile, probe_attention, probe_bias_grad
+    from bench import gpu_cli_check, gpu_profile
 
     repo = Path(__file__).resolve().parents[1]
     fake = tmp_path / "bin"
@@ -343,9 +411,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
                                  f'printf "%q\\n" "$TORCHINDUCTOR_CACHE_DIR" >> {shlex.quote(str(log))}\n')
         (fake / name).chmod(0o755)
     parsers = {"bench/gpu.py": gpu.build_parser(), "bench/gpu_profile.py": gpu_profile.build_parser(),
-               "bench/gpu_cli_check.py": gpu_cli_check.build_parser(),
-               "bench/probe_attention.py": probe_attention.build_parser(),
-               "bench/probe_bias_grad.py": probe_bias_grad.build_parser()}
+               "bench/gpu_cli_check.py": gpu_cli_check.build_parser()}
     for smoke in ("0", "1"):
         log.write_text("")
         out = tmp_path / f"out{smoke}"
@@ -356,27 +422,26 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         calls = [c[1:-1] for c in lines if c[1].startswith("bench/")]  # the last word: the compile cache
         caches = [c[-1] for c in lines if c[1].startswith("bench/")]
         scripts = [c[0] for c in calls]
-        assert scripts == ["bench/gpu.py", "bench/probe_attention.py", "bench/gpu.py", "bench/probe_bias_grad.py",
-                           "bench/probe_bias_grad.py", "bench/gpu_cli_check.py"]
-        probe, summary = (parsers["bench/probe_bias_grad.py"].parse_args(c[1:]) for c in calls[3:5])
-        assert not probe.summarize and probe.smoke == (smoke == "1") and summary.summarize == f"{out}/probe-code.log"
-        for c in calls[:3] + calls[5:]:
-            args = parsers[c[0]].parse_args(c[1:])               # SystemExit on a flag the bench lacks
-            assert Path(args.out).parent == out and args.smoke == (smoke == "1")
-        race = parsers["bench/gpu.py"].parse_args(calls[0][1:])
+        assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
+        args = [parsers[c[0]].parse_args(c[1:]) for c in calls]   # SystemExit on a flag the bench lacks
+        for a in args:
+            assert Path(a.out).parent == out and a.smoke == (smoke == "1")
+        race, long, short = args[:3]
         assert race.only is None and race.contenders is None and race.budget_s == 300
-        cudnn = parsers["bench/gpu.py"].parse_args(calls[2][1:])
-        assert cudnn.only == ["pretrain"] and cudnn.out == f"{out}/cudnn-race.json" and cudnn.budget_s >= 600
-        assert cudnn.contenders == ["transformers", "bertkit + compile", "bertkit cuDNN attention + compile"]
-        assert set(cudnn.contenders) <= set(gpu.CONTENDERS + gpu.OPT_IN)
-        # the device tool returns 8 files per call: one JSON per bench run, the code log, the script's own two
-        assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "probe-code.log.gz", "session.log"]
-        assert len(calls) - 2 + 3 <= 8
-        assert (probe.seq, probe.batch) == ((48, 3) if smoke == "1" else (512, 32))
-        attention = parsers["bench/probe_attention.py"].parse_args(calls[1][1:])
-        assert attention.steps == 30 and attention.out == f"{out}/attention.json"
-        cache = caches[0]   # one fresh cache for all; the probe compiles cold in a folder of its own inside it
-        assert caches == [cache, cache, cache, f"{cache}/probe", cache, cache]
+        assert (long.seq, long.batch) == ((48, 3) if smoke == "1" else (512, 32))
+        assert long.contenders and long.only_contenders == ["bertkit + compile"]
+        assert long.op_origins == ["aten::sum", "aten::copy_", "aten::fill_"]
+        levers = ["compiled", "compiled, clipping inside fused AdamW", "compiled, C++ wrapper"]
+        assert long.only_ablations == levers and not long.profile_ablations
+        assert (short.seq, short.batch) == (None, None) and not short.contenders and short.only_ablations == levers
+        # each ablation's name is one gpu_profile has (it stops before any GPU time on an unknown one)
+        names = gpu_profile.main.__code__.co_consts
+        assert all(any(lever == c for c in names if isinstance(c, str)) for lever in levers)
+        # the device tool returns 8 files per call: one JSON per bench run, and the script's own two
+        assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"]
+        assert len(calls) + 2 <= 8
+        cache = caches[0]   # one fresh cache for all, removed at the end, outside $OUT
+        assert caches == [cache] * len(calls)
         assert not Path(cache).exists() and out not in Path(cache).parents
         assert (out / "machine.txt").is_file()
 
