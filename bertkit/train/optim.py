@@ -23,6 +23,8 @@ Deliberate differences from what BERT users compare with:
 - Each tensor counts its own steps (as torch's optimizers do); FusedLAMB counts per group, every `step`, so a
   tensor whose gradient is None for k steps (frozen, unused) then takes its first step with the bias correction
   of step k + 1: 0.58 times bertkit's Adam step for k = 3. A zero gradient counts as a step in both.
+  `Lamb.load_state_dict` takes FusedLAMB's state dict (NVIDIA's recipe checkpoints `optimizer.state_dict()`):
+  each tensor without a `step` of its own takes its group's, the steps taken so far.
 - The trainer logs the learning rate each logged step was taken with; transformers' Trainer logs the next one.
 """
 from __future__ import annotations
@@ -145,11 +147,83 @@ class Lamb(Optimizer):
         """torch's loader moves the moments to each parameter's device but leaves `step` where the dict has it:
         on the GPU after `torch.load(..., map_location="cuda")`, where reading it would wait for the device once
         per tensor per step. Here each becomes a new float32 CPU tensor (from a plain number too, as some LAMB
-        checkpoints hold), read once now."""
-        super().load_state_dict(state_dict)
-        for state in self.state.values():
-            if "step" in state:
-                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+        checkpoints hold), read once now.
+
+        Also takes apex FusedLAMB's state dict, which counts steps per group (`group["step"]`, an int; a
+        one-element int tensor in DeepLearningExamples' FusedLAMBAMP) and keeps only `exp_avg` and `exp_avg_sq`
+        per tensor: a tensor without a step takes its group's, which FusedLAMB raises before each update, so it
+        is the number of steps taken, as Lamb's. The group's count is then dropped (it would go stale); its other
+        keys (`bias_correction`, `grad_averaging`, `max_grad_norm`) stay, unused. The dict is checked before
+        anything is loaded, so a refused one leaves the optimizer as it was."""
+        steps = _saved_steps(self.param_groups, state_dict)
+        super().load_state_dict(state_dict)  # says what differs when the groups do not match (steps is None)
+        for group in self.param_groups:
+            group.pop("step", None)
+        for p, step in (steps or {}).items():
+            self.state[p]["step"] = torch.tensor(step, dtype=torch.float32)
+
+
+def _saved_steps(groups: list[dict], state_dict: dict) -> dict[torch.Tensor, float] | None:
+    """Each parameter's step count in `state_dict` (its own, else its group's), after checking its moments;
+    None when the groups do not match `groups` (left to torch's loader to report)."""
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(groups) or any(len(s["params"]) != len(g["params"])
+                                               for s, g in zip(saved_groups, groups)):
+        return None
+    steps = {}
+    for i, (group, saved) in enumerate(zip(groups, saved_groups)):
+        _check_fused_options(saved, i)
+        names = group.get("names") or [None] * len(group["params"])
+        for key, p, name in zip(saved["params"], group["params"], names):
+            state = state_dict["state"].get(key)
+            if state:
+                where = f"parameter {key} (group {i}{', ' + name if name else ''})"
+                _check_moments(state, p, where)
+                steps[p] = _step_of(state, saved, where)
+    return steps
+
+
+def _check_fused_options(saved_group: dict, index: int) -> None:
+    """FusedLAMB's switches that Lamb cannot follow: its moments would go on under other arithmetic."""
+    for key in ("bias_correction", "grad_averaging"):
+        if key in saved_group and not saved_group[key]:
+            raise ValueError(f"Lamb.load_state_dict: param group {index} has {key}={saved_group[key]!r} "
+                             f"(apex FusedLAMB); Lamb always uses {key}=True")
+
+
+def _check_moments(state: dict, p: torch.Tensor, where: str) -> None:
+    """Both moments, shaped as the parameter (torch's loader casts them but would not notice a wrong shape)."""
+    for key in ("exp_avg", "exp_avg_sq"):
+        value = state.get(key)
+        if isinstance(value, torch.Tensor) and value.shape == p.shape:
+            continue
+        got = ("missing" if value is None else f"of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+               else f"a {type(value).__name__}")
+        raise ValueError(f"Lamb.load_state_dict: {where}: '{key}' is {got}; expected a tensor of the parameter's "
+                         f"shape {tuple(p.shape)}")
+
+
+def _step_of(state: dict, saved_group: dict, where: str) -> float:
+    """The tensor's own step (torch's optimizers, Lamb), else its group's (FusedLAMB)."""
+    if "step" in state:
+        return float(state["step"])
+    step = saved_group.get("step")
+    if step is None:
+        raise ValueError(f"Lamb.load_state_dict: {where} has no 'step' and neither has its param group; expected "
+                         f"a per-tensor 'step' (Lamb, torch's optimizers) or a group 'step' (apex FusedLAMB)")
+    if not _is_count(step):
+        got = f"a {step.dtype} tensor of shape {tuple(step.shape)}" if isinstance(step, torch.Tensor) else repr(step)
+        raise ValueError(f"Lamb.load_state_dict: {where}: its param group's 'step' is {got}; expected a "
+                         f"non-negative integer (apex FusedLAMB's count of steps taken)")
+    return float(int(step))
+
+
+def _is_count(value) -> bool:
+    """A non-negative int, or a one-element integer tensor (FusedLAMBAMP keeps its step on the GPU)."""
+    if isinstance(value, torch.Tensor):
+        integer = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        return value.numel() == 1 and integer and bool(value >= 0)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _store(dst: torch.Tensor, src: torch.Tensor) -> None:
