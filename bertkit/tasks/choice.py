@@ -10,6 +10,8 @@ accuracy -> predictions, and the `finetune choice` job.
   own longest choice: input_ids (batch, choices, seqlen).
 - `ChoiceObjective` gives the trainer the cross-entropy SUM over the choices' scores (term "choice") and
   "acc_choice"; `evaluate_choice` gives accuracy, loss and n; `predict_choices` the index and the probabilities.
+- `bertkit predict` picks choices a chunk of rows at a time (`iter_predict_choices`, over `classify.in_chunks`),
+  writing each chunk's lines as they come, so memory holds one chunk's features and scores, not the file's.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from functools import partial
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,13 +28,14 @@ import torch.nn.functional as F
 
 from .. import metrics as M
 from ..data.readers import read_columns, table_format
-from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, labelled, packed_to,
-                       pad_inputs, predict_batches)
-from .finetune import (FinetuneArgs, column, load_saved, run_seeds, settings_for, split_args, to_predict,
-                       train_keep_best, window_length, write_eval, write_predictions)
+from ..train import distributed as dist
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, in_chunks, labelled,
+                       packed_to, pad_inputs, predict_batches)
+from .finetune import (FinetuneArgs, column, load_saved, prediction_lines, run_seeds, settings_for, split_args,
+                       to_predict, train_keep_best, window_length, write_eval)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
-           "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
+           "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices", "iter_predict_choices",
            "FinetuneChoiceArgs", "run_finetune_choice", "run_evaluate_choice",
            "run_predict_choice"]
 
@@ -155,8 +158,10 @@ class ChoiceObjective(FinetuneObjective):
 
 @torch.no_grad()
 def predict_choice_logits(model, features: Sequence[ChoiceFeature], batch_size: int = 64,
-                          pad_id: int | None = None) -> np.ndarray:
-    """(n, choices) float32 scores in the order of `features`; batches hold rows of similar length."""
+                          pad_id: int | None = None, progress: bool | None | Callable[[int], Any] = None
+                          ) -> np.ndarray:
+    """(n, choices) float32 scores in the order of `features`; batches hold rows of similar length. `progress`
+    as in `predict_batches`."""
     pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
 
@@ -164,7 +169,8 @@ def predict_choice_logits(model, features: Sequence[ChoiceFeature], batch_size: 
         batch = collate_choices([ChoiceFeature(f.input_ids, f.token_type_ids) for f in feats], pad_id)
         return batch_logits(model, packed_to(batch, device)).cpu().numpy()
 
-    rows = predict_batches(model, features, run, batch_size, length=lambda f: max(map(len, f.input_ids)))
+    rows = predict_batches(model, features, run, batch_size, length=lambda f: max(map(len, f.input_ids)),
+                           progress=progress)
     return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -180,15 +186,26 @@ def evaluate_choice(model, features: Sequence[ChoiceFeature], batch_size: int = 
     return {"accuracy": M.accuracy(logits.argmax(-1).tolist(), gold), "loss": loss, "n": len(features)}
 
 
+def iter_predict_choices(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
+                         batch_size: int = 64, progress: bool | None = None) -> Iterator[list[dict[str, Any]]]:
+    """`predict_choices`, a chunk of examples at a time (`classify.in_chunks`, one progress bar over the
+    examples): `bertkit predict` writes each chunk's lines as it comes, holding one chunk's features and scores."""
+    examples = list(examples)
+    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
+    for part, shown in in_chunks(len(examples), batch_size, progress):
+        feats = encode_choices(tok, examples[part.start:part.stop], max_seq_length)
+        logits = predict_choice_logits(model, feats, batch_size, tok.pad_token_id, shown)
+        probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
+        yield [{"label": int(p.argmax()), "score": float(p.max()), "probabilities": [float(q) for q in p]}
+               for p in probs]
+
+
 def predict_choices(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
                     batch_size: int = 64) -> list[dict[str, Any]]:
     """One dict per example, in input order: ``label`` (the index of the chosen choice), ``score`` (its
-    probability) and ``probabilities`` (one per choice)."""
-    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    feats = encode_choices(tok, examples, max_seq_length)
-    probs = torch.softmax(torch.from_numpy(predict_choice_logits(model, feats, batch_size, tok.pad_token_id)), -1)
-    return [{"label": int(p.argmax()), "score": float(p.max()), "probabilities": [float(q) for q in p]}
-            for p in probs.numpy()]
+    probability) and ``probabilities`` (one per choice). Predicted a chunk at a time (`iter_predict_choices`)."""
+    return [p for part in iter_predict_choices(model, tok, examples, max_seq_length=max_seq_length,
+                                               batch_size=batch_size) for p in part]
 
 
 @dataclass
@@ -214,7 +231,6 @@ def run_finetune_choice(args: FinetuneChoiceArgs) -> dict[str, Any]:
     """Fine-tune `args.model` for multiple choice; keep the best checkpoint by dev accuracy. Same run layout as
     `bertkit.tasks.finetune.run_finetune_classify`; best/ loads with AutoModelForMultipleChoice."""
     from ..auto import AutoModelForMultipleChoice, AutoTokenizer
-    from ..train import distributed as dist
     dist.setup()
     train, dev = _read(args, args.train), _read(args, args.dev)
     if not train:
@@ -277,8 +293,12 @@ def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: in
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
     examples = to_predict(read_choices(data, **{**_choice_read(model, read), "label_column": None}), data, "rows")
-    preds = predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
-    lines = [json.dumps({"line": e.line, "label": p["label"], "score": round(p["score"], 6),
-                         "probabilities": [round(q, 6) for q in p["probabilities"]]}) for e, p in zip(examples, preds)]
-    write_predictions(output, lines, f"predicted {len(lines)} rows of {data}; wrote {output}")
-    return len(lines)
+    parts = iter_predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
+    rows = iter(examples)
+    with prediction_lines(output) as write:
+        for preds in parts:   # each chunk's lines written as it comes
+            write(json.dumps({"line": e.line, "label": p["label"], "score": round(p["score"], 6),
+                              "probabilities": [round(q, 6) for q in p["probabilities"]]})
+                  for p, e in zip(preds, rows))   # preds first: zip stops there
+    dist.print0(f"predicted {len(examples)} rows of {data}; wrote {output}")
+    return len(examples)

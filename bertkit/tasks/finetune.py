@@ -211,14 +211,6 @@ def prediction_lines(output: str) -> Iterator[Callable[[Iterable[str]], None]]:
         yield write
 
 
-def write_predictions(output: str, lines: list[str], message: str) -> None:
-    """What `bertkit predict` leaves: `output` (one line each), written atomically, and `message` printed; by
-    rank 0 alone under torchrun."""
-    with prediction_lines(output) as write:
-        write(lines)
-    dist.print0(message)
-
-
 BEST_STATE_NAME = "best_state.json"
 
 # The input settings a head was fine-tuned with (window length, stride, QA windowing and answer rules) go into

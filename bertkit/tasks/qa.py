@@ -32,15 +32,20 @@
   trainer (start CE + end CE) / 2 summed over windows (term "qa") and "acc_qa" (both ends right).
 - `evaluate_qa` scores predictions with `bertkit.metrics.squad_evaluate`; `run_finetune_qa`, `run_evaluate_qa`
   and `run_predict_qa` are the command-line jobs.
+- `bertkit predict` answers a big file a chunk of questions at a time (`iter_predict_answers`, over
+  `classify.in_chunks`): every window of a question lies in its chunk, so its answer is the whole file's, and
+  each chunk's answers, n-best lists and null odds are written as they come (`_JsonObjectLines`), so memory
+  holds one chunk's windows and logits, not the file's.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,17 +54,16 @@ import torch.nn.functional as F
 from .. import metrics as M
 from ..auto import AutoModelForQuestionAnswering, AutoTokenizer
 from ..data.readers import SquadExample, read_squad
-from ..io import write_text_atomic
 from ..train import distributed as dist
-from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, labelled, packed_to, pad_inputs,
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, in_chunks, labelled, packed_to, pad_inputs,
                        predict_batches)
-from .finetune import (FinetuneArgs, load_saved, run_seeds, settings_for, split_args, to_predict,
-                       train_keep_best, window_length, write_eval, write_predictions)
+from .finetune import (FinetuneArgs, load_saved, prediction_lines, run_seeds, settings_for, split_args, to_predict,
+                       train_keep_best, window_length, write_eval)
 from .flags import check_ints
 
 __all__ = ["QAFeature", "context_windows", "max_context_owner", "encode_qa", "collate_qa", "QABatches",
            "QAObjective", "predict_qa_logits", "postprocess", "evaluate_qa", "squad_metrics", "predict_answers",
-           "FinetuneQAArgs", "run_finetune_qa", "run_evaluate_qa", "run_predict_qa"]
+           "iter_predict_answers", "FinetuneQAArgs", "run_finetune_qa", "run_evaluate_qa", "run_predict_qa"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,9 +221,9 @@ class QAObjective(FinetuneObjective):
 
 @torch.no_grad()
 def predict_qa_logits(model, features: Sequence[QAFeature], batch_size: int = 64, pad_id: int | None = None,
-                      progress: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                      progress: bool | None | Callable[[int], Any] = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(start, end) float32 logits of each window (its own length), in the order of `features`; batches hold
-    windows of similar length."""
+    windows of similar length. `progress` as in `predict_batches`."""
     pad_id = (model.config.pad_token_id or 0) if pad_id is None else pad_id
     device = next(model.parameters()).device
 
@@ -353,16 +357,37 @@ def squad_metrics(answers: dict[str, str], examples: Sequence[SquadExample], ver
     return {**out, **m, "n": n}
 
 
+def iter_predict_answers(model, tok, examples: Sequence[SquadExample], *, max_seq_length: int = 384,
+                         doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20,
+                         max_answer_length: int = 30, version_2: bool = False, null_threshold: float = 0.0,
+                         batch_size: int = 64, progress: bool | None = None, source: str = ""
+                         ) -> Iterator[dict[str, dict[str, Any]]]:
+    """`predict_answers`, a chunk of questions at a time (`classify.in_chunks`, one progress bar over the
+    questions): a chunk holds every window of its questions, so their answers are those of the whole input, and
+    memory holds one chunk's windows and logits. `source` names the file in a window error."""
+    examples = list(examples)
+    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
+    for part, shown in in_chunks(len(examples), batch_size, progress):
+        some = examples[part.start:part.stop]
+        feats = encode_qa(tok, some, max_seq_length, doc_stride, max_query_length, labels=False, source=source)
+        logits = predict_qa_logits(model, feats, batch_size, tok.pad_token_id, shown)
+        yield postprocess(feats, logits, some, n_best=n_best, max_answer_length=max_answer_length,
+                          version_2=version_2, null_threshold=null_threshold)
+
+
 def predict_answers(model, tok, examples: Sequence[SquadExample], *, max_seq_length: int = 384,
                     doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20, max_answer_length: int = 30,
                     version_2: bool = False, null_threshold: float = 0.0, batch_size: int = 64,
                     progress: bool | None = None) -> dict[str, dict[str, Any]]:
-    """`postprocess` output (answer text, span, scores, n-best) for each question of `examples`."""
-    max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    feats = encode_qa(tok, examples, max_seq_length, doc_stride, max_query_length, labels=False)
-    logits = predict_qa_logits(model, feats, batch_size, tok.pad_token_id, progress)
-    return postprocess(feats, logits, examples, n_best=n_best, max_answer_length=max_answer_length,
-                       version_2=version_2, null_threshold=null_threshold)
+    """`postprocess` output (answer text, span, scores, n-best) for each question of `examples`, predicted a
+    chunk at a time (`iter_predict_answers`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in iter_predict_answers(model, tok, examples, max_seq_length=max_seq_length, doc_stride=doc_stride,
+                                     max_query_length=max_query_length, n_best=n_best,
+                                     max_answer_length=max_answer_length, version_2=version_2,
+                                     null_threshold=null_threshold, batch_size=batch_size, progress=progress):
+        out.update(part)   # a repeated id: its first place, its last answer, as `postprocess` of them all
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- jobs
@@ -470,6 +495,26 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
     return write_eval(metrics, model_dir, data, output, "questions")
 
 
+class _JsonObjectLines:
+    """A JSON object written entry by entry through `write` (`prediction_lines`), byte for byte what
+    ``json.dumps(whole, indent=2, ensure_ascii=False)`` and a newline give, without holding the whole: each
+    entry's line waits for the next entry (or the end) to know whether a comma follows it."""
+
+    def __init__(self, write: Callable[[Iterable[str]], None]):
+        self.write = write
+        self.held: str | None = None   # the last entry, not written yet
+
+    def add(self, items: Iterable[tuple[str, Any]]) -> None:
+        entries = [json.dumps({k: v}, indent=2, ensure_ascii=False)[2:-2] for k, v in items]  # '  "k": v', indented
+        if not entries:
+            return
+        self.write(["{" if self.held is None else self.held + ","] + [e + "," for e in entries[:-1]])
+        self.held = entries[-1]
+
+    def close(self) -> None:
+        self.write(["{}"] if self.held is None else [self.held, "}"])
+
+
 def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 64,
                    max_seq_length: int | None = None, doc_stride: int | None = None,
                    max_query_length: int | None = None, n_best: int | None = None,
@@ -477,20 +522,28 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
                    version_2: bool | None = None, device: str | None = None, compile: bool = False) -> int:
     """Answer every question of a SQuAD JSON file (answers are optional and ignored); `output` gets the official
     predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
-    unanswerable questions). Settings left None are those the model was fine-tuned with. Returns the count."""
+    unanswerable questions), and `<output stem>.nbest.json` (and for v2.0 `.null_odds.json`) the n-best lists (and
+    null odds), each file written a chunk of questions at a time. Settings left None are those the model was
+    fine-tuned with. Returns the count."""
     model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
     examples = to_predict(read_squad(data, labelled=False, strict=False), data, "questions")  # answers unused
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
-    preds = predict_answers(model, tok, examples, batch_size=batch_size, **s)
-    extra = {".nbest.json": nbest_json(preds, s["version_2"], s["n_best"])}
-    if s["version_2"]:
-        extra[".null_odds.json"] = null_odds(preds)
-    paths = [Path(output).with_suffix(suffix) for suffix in extra]
-    write_predictions(output, [json.dumps({q: p["text"] for q, p in preds.items()}, indent=2, ensure_ascii=False)],
-                      f"answered {len(preds)} questions of {data}; wrote {output} "
-                      f"({' and '.join(['n-best', 'null odds'][:len(paths)])}: {', '.join(map(str, paths))})")
-    if dist.is_main():
-        for path, content in zip(paths, extra.values()):
-            write_text_atomic(path, json.dumps(content, indent=2, ensure_ascii=False) + "\n")
-    return len(preds)
+    suffixes = [".nbest.json", ".null_odds.json"] if s["version_2"] else [".nbest.json"]
+    paths = [Path(output).with_suffix(suffix) for suffix in suffixes]
+    answered = 0
+    with contextlib.ExitStack() as files:   # each file temporary until all are written: Ctrl-C leaves none
+        written = [_JsonObjectLines(files.enter_context(prediction_lines(str(p)))) for p in [output, *paths]]
+        answers, nbest, *odds = written
+        for preds in iter_predict_answers(model, tok, examples, batch_size=batch_size, source=data, **s):
+            answers.add((q, p["text"]) for q, p in preds.items())   # each chunk's entries written as they come
+            nbest.add(nbest_json(preds, s["version_2"], s["n_best"]).items())
+            for f in odds:
+                f.add(null_odds(preds).items())
+            answered += len(preds)
+        for f in written:
+            f.close()
+    dist.print0(f"answered {answered} questions of {data}; wrote {output} "
+                f"({' and '.join(['n-best', 'null odds'][:len(paths)])}: {', '.join(map(str, paths))})")
+    return answered
+
