@@ -55,18 +55,24 @@ def _resumed(sd: dict, at: list[torch.Tensor]) -> tuple[Lamb, list[nn.Parameter]
     return opt, params
 
 
+def _uninterrupted(total: int):
+    """A run of `total` steps, with its weights and state dict after the first 3 (where a resume starts)."""
+    grads = _grads(total)
+    whole = _params()
+    opt = _lamb(whole)
+    _run(opt, whole, grads[:3])
+    at, sd = [p.detach().clone() for p in whole], copy.deepcopy(opt.state_dict())
+    _run(opt, whole, grads[3:])
+    return grads, whole, at, sd
+
+
 # apex FusedLAMB keeps an int; DeepLearningExamples' FusedLAMBAMP a one-element int32 tensor (on the GPU there)
 @pytest.mark.parametrize("group_step", [3, torch.tensor([3], dtype=torch.int32)], ids=["int", "int32_tensor"])
 def test_lamb_resumed_from_fused_lambs_layout_steps_as_the_uninterrupted_run(tmp_path, group_step):
     """3 steps, the state dict turned into FusedLAMB's layout (through a weights-only file, as a checkpoint
     holds it), loaded into a fresh Lamb: the next 4 steps equal the uninterrupted run's bit for bit (fp32, CPU).
     Each tensor's step is then a float32 CPU count and the group's count is gone (it would go stale)."""
-    grads = _grads(7)
-    whole = _params()
-    opt = _lamb(whole)
-    _run(opt, whole, grads[:3])
-    at, sd = [p.detach().clone() for p in whole], copy.deepcopy(opt.state_dict())
-    _run(opt, whole, grads[3:])
+    grads, whole, at, sd = _uninterrupted(7)
 
     torch.save(_as_fused(sd, group_step), tmp_path / "fused.pt")
     fused = torch.load(tmp_path / "fused.pt", weights_only=True)
@@ -85,12 +91,7 @@ def test_lamb_resumed_from_fused_lambs_layout_steps_as_the_uninterrupted_run(tmp
 def test_a_wrong_group_step_would_not_continue_the_run():
     """The test above has teeth: the same resume with the group's count off by one lands elsewhere (the
     bias corrections differ), so equality there means the group's step was taken as each tensor's."""
-    grads = _grads(4)
-    whole = _params()
-    opt = _lamb(whole)
-    _run(opt, whole, grads[:3])
-    at, sd = [p.detach().clone() for p in whole], copy.deepcopy(opt.state_dict())
-    _run(opt, whole, grads[3:])
+    grads, whole, at, sd = _uninterrupted(4)
     resumed_opt, resumed = _resumed(_as_fused(sd, 2), at)
     _run(resumed_opt, resumed, grads[3:])
     assert not torch.equal(resumed[1], whole[1])
