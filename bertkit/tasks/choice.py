@@ -10,8 +10,9 @@ accuracy -> predictions, and the `finetune choice` job.
   own longest choice: input_ids (batch, choices, seqlen).
 - `ChoiceObjective` gives the trainer the cross-entropy SUM over the choices' scores (term "choice") and
   "acc_choice"; `evaluate_choice` gives accuracy, loss and n; `predict_choices` the index and the probabilities.
-- `bertkit predict` picks choices a chunk of rows at a time (`iter_predict_choices`, over `classify.in_chunks`),
-  writing each chunk's lines as they come, so memory holds one chunk's features and scores, not the file's.
+- `bertkit predict` and `evaluate` go a chunk of rows at a time (`_iter_choice_logits`, over
+  `classify.in_chunks`): predict writes each chunk's lines as they come, evaluate keeps each row's scores (a few
+  floats), so memory holds one chunk's features, not the file's.
 """
 from __future__ import annotations
 
@@ -174,27 +175,44 @@ def predict_choice_logits(model, features: Sequence[ChoiceFeature], batch_size: 
     return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
+def _gold(items: Sequence[ChoiceFeature] | Sequence[ChoiceExample]) -> list[int]:
+    """The right choice of each labelled feature (or row), refused before the model runs when one has none."""
+    if not items:
+        raise ValueError("no evaluation features")
+    if any(f.label is None for f in items):
+        raise ValueError("evaluation needs labelled features")
+    return [int(f.label) for f in items]
+
+
+def _choice_metrics(logits: np.ndarray, gold: list[int]) -> dict[str, float]:
+    """Accuracy, mean cross-entropy and n of (rows, choices) scores."""
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)).item()
+    return {"accuracy": M.accuracy(logits.argmax(-1).tolist(), gold), "loss": loss, "n": len(gold)}
+
+
 def evaluate_choice(model, features: Sequence[ChoiceFeature], batch_size: int = 64) -> dict[str, float]:
     """Accuracy and mean cross-entropy of `model` on labelled features, and their number."""
-    if not features:
-        raise ValueError("no evaluation features")
-    if any(f.label is None for f in features):
-        raise ValueError("evaluation needs labelled features")
-    logits = predict_choice_logits(model, features, batch_size)
-    gold = [int(f.label) for f in features]
-    loss = F.cross_entropy(torch.from_numpy(logits), torch.tensor(gold)).item()
-    return {"accuracy": M.accuracy(logits.argmax(-1).tolist(), gold), "loss": loss, "n": len(features)}
+    gold = _gold(features)
+    return _choice_metrics(predict_choice_logits(model, features, batch_size), gold)
 
 
-def iter_predict_choices(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
-                         batch_size: int = 64, progress: bool | None = None) -> Iterator[list[dict[str, Any]]]:
-    """`predict_choices`, a chunk of examples at a time (`classify.in_chunks`, one progress bar over the
-    examples): `bertkit predict` writes each chunk's lines as it comes, holding one chunk's features and scores."""
+def _iter_choice_logits(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
+                        batch_size: int = 64, progress: bool | None = None) -> Iterator[np.ndarray]:
+    """(rows, choices) scores of `examples`, a chunk of rows at a time (`classify.in_chunks`, one progress bar
+    over the rows), each chunk encoded as it comes: predict and evaluate hold one chunk's features."""
     examples = list(examples)
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
     for part, shown in in_chunks(len(examples), batch_size, progress):
         feats = encode_choices(tok, examples[part.start:part.stop], max_seq_length)
-        logits = predict_choice_logits(model, feats, batch_size, tok.pad_token_id, shown)
+        yield predict_choice_logits(model, feats, batch_size, tok.pad_token_id, shown)
+
+
+def iter_predict_choices(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
+                         batch_size: int = 64, progress: bool | None = None) -> Iterator[list[dict[str, Any]]]:
+    """`predict_choices`, a chunk of examples at a time (`_iter_choice_logits`): `bertkit predict` writes each
+    chunk's lines as it comes, holding one chunk's features and scores."""
+    for logits in _iter_choice_logits(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size,
+                                      progress=progress):
         probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
         yield [{"label": int(p.argmax()), "score": float(p.max()), "probabilities": [float(q) for q in p]}
                for p in probs]
@@ -279,8 +297,12 @@ def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None,
     examples = read_choices(data, **_choice_read(model, read))
     if not examples:
         raise ValueError(f"{data}: no rows")
-    feats = encode_choices(tok, examples, min(max_seq_length, model.config.max_position_embeddings))
-    metrics = evaluate_choice(model, feats, batch_size)
+    gold = _gold(examples)
+    # a chunk of rows at a time: one chunk's features in memory; the scores, (rows, choices), all kept so the loss
+    # is the mean of them together, as `evaluate_choice`'s
+    logits = np.concatenate(list(_iter_choice_logits(model, tok, examples, max_seq_length=max_seq_length,
+                                                     batch_size=batch_size)))
+    metrics = _choice_metrics(logits, gold)
     return write_eval(metrics, model_dir, data, output, "examples")
 
 

@@ -32,17 +32,18 @@
   trainer (start CE + end CE) / 2 summed over windows (term "qa") and "acc_qa" (both ends right).
 - `evaluate_qa` scores predictions with `bertkit.metrics.squad_evaluate`; `run_finetune_qa`, `run_evaluate_qa`
   and `run_predict_qa` are the command-line jobs.
-- `bertkit predict` answers a big file a chunk of questions at a time (`iter_predict_answers`, over
-  `classify.in_chunks`): every window of a question lies in its chunk, so its answer is the whole file's, and
-  each chunk's answers, n-best lists and null odds are written as they come (`_JsonObjectLines`), so memory
-  holds one chunk's windows and logits, not the file's.
+- `bertkit predict` and `evaluate` answer a big file a chunk of questions at a time (`iter_predict_answers`, over
+  `classify.in_chunks`): every window of a question lies in its chunk, so its answer is the whole file's; predict
+  writes each chunk's answers, n-best lists and null odds as they come (`_JsonObjectLines`), evaluate keeps
+  only what the scores read (`_score_chunks`), so memory holds one chunk's windows and logits, not the file's.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+from bisect import bisect_left
 from functools import partial
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -299,15 +300,41 @@ def evaluate_qa(model, features: Sequence[QAFeature], examples: Sequence[SquadEx
                 null_threshold: float = 0.0, pad_id: int | None = None, progress: bool | None = None
                 ) -> dict[str, Any]:
     """SQuAD exact match and F1 in percent (``exact``, ``f1``; for v2.0 also ``HasAns_*`` / ``NoAns_*``) and ``n``
-    (questions). `version_2` None: v2.0 when some example is unanswerable."""
+    (questions). `version_2` None: v2.0 when some example is unanswerable. Predicted a chunk of questions at a
+    time (`_chunk_answers`: one chunk's logits and n-best lists in memory, one progress bar over the questions)."""
     if not examples:
         raise ValueError("no evaluation questions")
+    examples = list(examples)
     if version_2 is None:
         version_2 = any(e.is_impossible for e in examples)
-    logits = predict_qa_logits(model, features, batch_size, pad_id, progress)
-    preds = postprocess(features, logits, examples, n_best=n_best, max_answer_length=max_answer_length,
-                        version_2=version_2, null_threshold=null_threshold)
-    return score_predictions(preds, examples, version_2)
+    parts = _chunk_answers(model, examples, _given_windows(features), batch_size=batch_size, pad_id=pad_id,
+                           progress=progress, n_best=n_best, max_answer_length=max_answer_length,
+                           version_2=version_2, null_threshold=null_threshold)
+    return _score_chunks(parts, examples, version_2)
+
+
+def _given_windows(features: Sequence[QAFeature]) -> Callable[[range], list[QAFeature]]:
+    """The windows of a chunk of questions taken from already encoded `features` (any order; each question's
+    windows keep theirs), renumbered from the chunk's first question as `postprocess` of the chunk reads them."""
+    order = sorted(range(len(features)), key=lambda i: features[i].example)   # stable: window order kept
+    keys = [features[i].example for i in order]
+
+    def windows(part: range) -> list[QAFeature]:
+        picked = [features[i] for i in order[bisect_left(keys, part.start):bisect_left(keys, part.stop)]]
+        return picked if part.start == 0 else [replace(f, example=f.example - part.start) for f in picked]
+
+    return windows
+
+
+def _score_chunks(parts: Iterable[dict[str, dict[str, Any]]], examples: Sequence[SquadExample], version_2: bool
+                  ) -> dict[str, Any]:
+    """`score_predictions` of `postprocess` outputs that come a chunk at a time, keeping of each answer only what
+    the scores read (not its n-best list), so memory holds one chunk's lists. Equal to scoring them together: a
+    repeated question id keeps its first place and its last answer, as `postprocess` of them all."""
+    kept: dict[str, dict[str, Any]] = {}
+    for preds in parts:
+        kept.update((q, {**p, "nbest": p["nbest"][:1]}) for q, p in preds.items())
+    return score_predictions(kept, examples, version_2)
 
 
 def score_predictions(preds: dict[str, dict[str, Any]], examples: Sequence[SquadExample], version_2: bool
@@ -357,22 +384,35 @@ def squad_metrics(answers: dict[str, str], examples: Sequence[SquadExample], ver
     return {**out, **m, "n": n}
 
 
+def _chunk_answers(model, examples: list[SquadExample], windows: Callable[[range], list[QAFeature]], *,
+                   batch_size: int, pad_id: int | None, progress: bool | None, **post) -> Iterator[dict[str, dict]]:
+    """The chunk loop of QA predict and evaluate: `postprocess` (with `post`) of each chunk of questions
+    (`classify.in_chunks`, one progress bar over the questions), `windows(chunk)` giving every window of its
+    questions (numbered from its first), so their answers are those of the whole input, and memory holds one
+    chunk's windows and logits."""
+    for part, shown in in_chunks(len(examples), batch_size, progress):
+        feats = windows(part)
+        logits = predict_qa_logits(model, feats, batch_size, pad_id, shown)
+        yield postprocess(feats, logits, examples[part.start:part.stop], **post)
+
+
 def iter_predict_answers(model, tok, examples: Sequence[SquadExample], *, max_seq_length: int = 384,
                          doc_stride: int = 128, max_query_length: int = 64, n_best: int = 20,
                          max_answer_length: int = 30, version_2: bool = False, null_threshold: float = 0.0,
                          batch_size: int = 64, progress: bool | None = None, source: str = ""
                          ) -> Iterator[dict[str, dict[str, Any]]]:
-    """`predict_answers`, a chunk of questions at a time (`classify.in_chunks`, one progress bar over the
-    questions): a chunk holds every window of its questions, so their answers are those of the whole input, and
-    memory holds one chunk's windows and logits. `source` names the file in a window error."""
+    """`predict_answers`, a chunk of questions at a time (`_chunk_answers`), each chunk's windows encoded as it
+    comes. `source` names the file in a window error."""
     examples = list(examples)
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    for part, shown in in_chunks(len(examples), batch_size, progress):
-        some = examples[part.start:part.stop]
-        feats = encode_qa(tok, some, max_seq_length, doc_stride, max_query_length, labels=False, source=source)
-        logits = predict_qa_logits(model, feats, batch_size, tok.pad_token_id, shown)
-        yield postprocess(feats, logits, some, n_best=n_best, max_answer_length=max_answer_length,
-                          version_2=version_2, null_threshold=null_threshold)
+
+    def windows(part: range) -> list[QAFeature]:
+        return encode_qa(tok, examples[part.start:part.stop], max_seq_length, doc_stride, max_query_length,
+                         labels=False, source=source)
+
+    yield from _chunk_answers(model, examples, windows, batch_size=batch_size, pad_id=tok.pad_token_id,
+                              progress=progress, n_best=n_best, max_answer_length=max_answer_length,
+                              version_2=version_2, null_threshold=null_threshold)
 
 
 def predict_answers(model, tok, examples: Sequence[SquadExample], *, max_seq_length: int = 384,
@@ -487,11 +527,8 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
     examples = _read(data, "evaluation", strict=False)
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,
                      null_threshold, version_2)
-    feats = encode_qa(tok, examples, s["max_seq_length"], s["doc_stride"], s["max_query_length"], labels=False,
-                      source=data)
-    metrics = evaluate_qa(model, feats, examples, batch_size=batch_size, n_best=s["n_best"],
-                          max_answer_length=s["max_answer_length"], version_2=s["version_2"],
-                          null_threshold=s["null_threshold"], pad_id=tok.pad_token_id)
+    parts = iter_predict_answers(model, tok, examples, batch_size=batch_size, source=data, **s)  # a chunk at a time
+    metrics = _score_chunks(parts, examples, s["version_2"])
     return write_eval(metrics, model_dir, data, output, "questions")
 
 
