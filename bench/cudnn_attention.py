@@ -15,7 +15,7 @@ from one eager call rather than assuming them.
 
 Measured in session 24 (H200, torch 2.11.0+cu130, cuDNN 9.19): the check against FlashAttention refused it (the
 gradient of q/k/v 2.09 apart on a scale of 1.71; the outputs agree), and bench/probe_attention.py timed cuDNN's
-ragged forward + backward at ~250 times FlashAttention's. Kept for a torch whose cuDNN path agrees.
+ragged forward + backward at 200-265 times FlashAttention's. Kept for a torch whose cuDNN path agrees.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@
 #   4. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 550 s have gone
 # Settled and retired from the script (the benches stay, with their figures in docs/PERFORMANCE.md):
-# bench/probe_attention.py and the cuDNN-attention race (session 24: cuDNN's varlen path is ~250x slower with
+# bench/probe_attention.py and the cuDNN-attention race (session 24: cuDNN's varlen path is 200-265x slower with
 # wrong gradients on torch 2.11), bench/probe_bias_grad.py (session 24: no gain), the compiled Trainer's race
 # (session 22) and the 512 x 32 profile's ways of compiling (session 22).
 set -u
