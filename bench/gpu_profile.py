@@ -473,6 +473,8 @@ def main(argv=None) -> dict:
                       # one pass over the gradients less: the clipping's scale divided out in AdamW's kernel
                       ("compiled, clipping inside fused AdamW", step(compiled=True, clip_in_optimizer=True),
                        contextlib.nullcontext),
+                      ("compiled, C++ wrapper + clipping inside fused AdamW",   # both, as they would ship
+                       step(compiled=True, clip_in_optimizer=True), inductor_options(cpp_wrapper=True)),
                       ("compiled, bf16 residual stream", step(compiled=True), bf16_residual_stream)]
     if args.compile and args.all_ablations:
         ablations += [("compiled, last layer on every row", step(compiled=True), every_row_selected),

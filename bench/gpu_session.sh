@@ -13,8 +13,9 @@
 #      with where the host's aten::sum / copy_ / fill_ calls come from (46 ATen reduction kernels per step in
 #      session 22's profile, which the compiled code does not call: session 24's code log), and two levers
 #      timed against the compiled step in one process: the clipping's scale handed to fused AdamW (one pass
-#      over the gradients less) and Inductor's wrapper in C++ (the host's cost per launched kernel; last, as
-#      its compile is the longest and may fail where the machine has no C++ compiler)
+#      over the gradients less) and Inductor's wrapper in C++ (the host's cost per launched kernel; after the
+#      others, as its compile is the longest and may fail where the machine has no C++ compiler), then both
+#      (from the C++ wrapper's compile cache)
 #   3. bench/gpu_profile.py at 128 x 256, when under 460 s have gone: the same two levers, unprofiled
 #   4. bench/gpu_cli_check.py: `bertkit predict --device cuda` (bf16 autocast) against the CPU, end to end,
 #      when under 550 s have gone
@@ -47,7 +48,7 @@ run gpu.py 330 python bench/gpu.py $SMOKE_ARG --out "$OUT/gpu.json" --budget-s 3
 run "gpu_profile 512" 230 python bench/gpu_profile.py $SMOKE_ARG "${LONG[@]}" --contender "bertkit + compile" \
     --op-origins aten::sum aten::copy_ aten::fill_ --ablation "compiled" \
     --ablation "compiled, clipping inside fused AdamW" --ablation "compiled, C++ wrapper" \
-    --out "$OUT/profile-512.json"
+    --ablation "compiled, C++ wrapper + clipping inside fused AdamW" --out "$OUT/profile-512.json"
 if [ "$SECONDS" -lt 460 ]; then  # 460 + 90, then the last step's 35: <= 585 s
   run "gpu_profile 128" 90 python bench/gpu_profile.py $SMOKE_ARG --no-contenders --ablation "compiled" \
       --ablation "compiled, clipping inside fused AdamW" --ablation "compiled, C++ wrapper" \

@@ -110,6 +110,7 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "compiled, layer by layer",
                                                  "compiled, CUDA graphs (4 batch shapes)",
                                                  "compiled, C++ wrapper", "compiled, clipping inside fused AdamW",
+                                                 "compiled, C++ wrapper + clipping inside fused AdamW",
                                                  "compiled, coordinate-descent tuning", "compiled, max-autotune"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
@@ -432,11 +433,12 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         assert long.contenders and long.only_contenders == ["bertkit + compile"]
         assert long.op_origins == ["aten::sum", "aten::copy_", "aten::fill_"]
         levers = ["compiled", "compiled, clipping inside fused AdamW", "compiled, C++ wrapper"]
-        assert long.only_ablations == levers and not long.profile_ablations
+        both = "compiled, C++ wrapper + clipping inside fused AdamW"
+        assert long.only_ablations == levers + [both] and not long.profile_ablations
         assert (short.seq, short.batch) == (None, None) and not short.contenders and short.only_ablations == levers
         # each ablation's name is one gpu_profile has (it stops before any GPU time on an unknown one)
         names = gpu_profile.main.__code__.co_consts
-        assert all(any(lever == c for c in names if isinstance(c, str)) for lever in levers)
+        assert all(any(lever == c for c in names if isinstance(c, str)) for lever in levers + [both])
         # the device tool returns 8 files per call: one JSON per bench run, and the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"]
         assert len(calls) + 2 <= 8
