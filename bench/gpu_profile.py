@@ -513,7 +513,8 @@ def main(argv=None) -> dict:
         step_fn = make()
         r = profile_steps(step_fn, batches, warmup, args.steps, device, trace)
         if args.op_origins:
-            r["op_origins"] = origins_of(step_fn, batches, args.steps, device, set(args.op_origins))
+            # one step: a trace with Python stacks is several times the size (its export and parse take the time)
+            r["op_origins"] = origins_of(step_fn, batches, 1, device, set(args.op_origins))
         results["contenders"][name] = r
         print_profile(name, r)
         if device.type == "cuda":
