@@ -271,8 +271,9 @@ def bertkit_step(model, device, dtype, compiled: bool, backend: str = "inductor"
     """bertkit's step as the Trainer runs it: CPU-side prepare + counts, pinned non-blocking copies,
     packed forward, sums / counts, backward, clipping, fused AdamW (`optimize` False: the gradients are
     dropped instead of clipping and the optimizer, to price those). `clip_in_optimizer`: a candidate, the
-    clipping's scale handed to fused AdamW as its `grad_scale` (the AMP unscale its kernel applies) instead of
-    a pass of its own over the gradients; the same update up to fp32 rounding (g / (1 / c) for g * c)."""
+    clipping's scale handed to fused AdamW as its `grad_scale` (the AMP unscale its kernel applies, writing the
+    unscaled gradients back) instead of clipping's own pass over them; the same update up to fp32 rounding
+    (g / (1 / c) for g * c)."""
     model.train()
     if compiled:
         compile_layers(model, backend=backend)

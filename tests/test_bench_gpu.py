@@ -166,6 +166,45 @@ def test_a_failing_ablation_is_recorded_and_the_next_runs(tmp_path, monkeypatch)
     assert set(res["ablations_ms_per_step"]) == {"compiled"}
 
 
+def test_the_cpp_wrappers_prerequisites_are_named_when_missing(monkeypatch, tmp_path):
+    """Checked in a second before a compile: a missing C++ compiler and missing CUDA headers are named; without a
+    toolkit, Triton's bundled headers stand in when it has them."""
+    import shutil
+
+    import torch.utils.cpp_extension as ext
+
+    from bench import gpu_profile
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(ext, "CUDA_HOME", None)
+    monkeypatch.setenv("CXX", "no-such-c++")
+    fake_triton = tmp_path / "triton"
+    monkeypatch.setitem(__import__("sys").modules, "triton", type("M", (), {"__file__": str(fake_triton / "x.py")}))
+    with pytest.raises(RuntimeError, match=r"needs a C\+\+ compiler \(no-such-c\+\+\), .*CUDA's headers"):
+        gpu_profile.cpp_wrapper_prerequisites()
+    (fake_triton / "backends" / "nvidia" / "include").mkdir(parents=True)
+    (fake_triton / "backends" / "nvidia" / "include" / "cuda.h").write_text("")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    gpu_profile.cpp_wrapper_prerequisites()   # Python.h is here (the venv's interpreter has its headers)
+    assert ext.CUDA_HOME == str(fake_triton / "backends" / "nvidia")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+
+
+def test_a_failing_op_origins_pass_is_recorded_and_the_ablations_run(tmp_path, monkeypatch):
+    from bench import gpu_profile
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("!stack.empty() INTERNAL ASSERT FAILED\nmore")
+
+    monkeypatch.setattr(gpu_profile, "origins_of", broken)
+    res = gpu_profile.main(["--smoke", "--steps", "1", "--contender", "bertkit + compile", "--op-origins",
+                            "aten::sum", "--ablation", "compiled", "--out", str(tmp_path / "p.json")])
+    r = res["contenders"]["bertkit + compile"]
+    assert r["op_origins_error"] == "RuntimeError: !stack.empty() INTERNAL ASSERT FAILED"
+    assert r["wall_ms_per_step"] > 0 and set(res["ablations_ms_per_step"]) == {"compiled"}
+
+
 def test_op_origins_names_the_caller_of_each_operator():
     """gpu_profile's --op-origins on a CPU trace: each aten::sum is counted under the Python frames (or the
     backward node) that ran it, per step."""
