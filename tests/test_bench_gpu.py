@@ -116,9 +116,10 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
 
 
-def test_clipping_inside_fused_adamw_makes_the_same_update():
+def test_clipping_inside_fused_adamw_makes_the_same_update(monkeypatch):
     """bench/gpu.py's candidate step: the clipping's scale given to fused AdamW as its grad_scale gives the
-    weights clip_grad_norm_ + AdamW gives, to fp32 rounding, whether the norm is above 1 (clipped) or not."""
+    weights clip_grad_norm_ + AdamW gives, to fp32 rounding. The norm is above 1 at these steps, so the clipping
+    acts: without it the weights land elsewhere."""
     from bertkit.config import BertConfig
     from bertkit.modeling import BertForPreTraining
 
@@ -126,26 +127,27 @@ def test_clipping_inside_fused_adamw_makes_the_same_update():
                      intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
     batches = gpu.pretraining_batches(3, 16, 4, cfg.vocab_size, seed=0)
-    for lr in (1e-3, 0.0):   # lr 0: only the norm-driven clipping differs, and nothing may move
-        models = []
-        for candidate in (False, True):
-            torch.manual_seed(0)
-            model = BertForPreTraining(cfg)
-            step = gpu.bertkit_step(model, torch.device("cpu"), torch.float32, False, lr=lr,
-                                    clip_in_optimizer=candidate)
-            losses = [float(step(b)) for b in batches]
-            models.append((model, losses))
-        (ours, ours_losses), (theirs, theirs_losses) = models
-        assert ours_losses == pytest.approx(theirs_losses, rel=1e-6)
-        for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
-    # the norm was above 1 at these steps: the clipping was in force, not a no-op on both sides
+
+    def trained(candidate: bool):
+        torch.manual_seed(0)
+        model = BertForPreTraining(cfg)
+        step = gpu.bertkit_step(model, torch.device("cpu"), torch.float32, False, lr=1e-3,
+                                clip_in_optimizer=candidate)
+        return model, [float(step(b)) for b in batches]
+
+    (ours, ours_losses), (theirs, theirs_losses) = trained(False), trained(True)
+    assert ours_losses == pytest.approx(theirs_losses, rel=1e-6)
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    # the norm was above 1: the clipping was in force, not a no-op on both sides
     torch.manual_seed(0)
     model = BertForPreTraining(cfg)
-    gpu.bertkit_step(model, torch.device("cpu"), torch.float32, False, optimize=False)  # builds no optimizer state
-    out = model(**{k: v for k, v in batches[0].items()})
-    out.loss.backward()
+    model(**batches[0]).loss.backward()
     assert float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])) > 1
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: None)
+    unclipped, _ = trained(False)
+    assert any(not torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(unclipped.parameters(),
+                                                                             ours.parameters()))
 
 
 def test_a_failing_ablation_is_recorded_and_the_next_runs(tmp_path, monkeypatch):

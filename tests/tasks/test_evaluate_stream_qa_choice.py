@@ -24,11 +24,11 @@ from bertkit.tasks import choice, classify, qa
 from bertkit.tasks.choice import encode_choices, evaluate_choice, predict_choice_logits, read_choices
 from bertkit.tasks.qa import encode_qa, evaluate_qa, postprocess, predict_qa_logits, score_predictions
 from bertkit.tokenizer import BertTokenizer
+from tests.tasks.test_predict_stream_qa_choice import CHUNK, QUESTIONS, _one_bar, _refused_late, _too_long_late
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CHUNK = 3          # questions (or rows) per chunk in these tests; --batch-size 2 keeps the chunk at 3
-QUESTIONS = 10     # 4 chunks: 3, 3, 3, 1
+# CHUNK (3) questions or rows per chunk and QUESTIONS (10): 4 chunks, 3, 3, 3, 1, as in the predict tests
 PARTS = [range(0, 3), range(3, 6), range(6, 9), range(9, 10)]
 WORDS = "the a of red green blue city king river what who color is was old new ?".split()
 QA_FLAGS = ["--max-seq-length", "24", "--doc-stride", "4", "--n-best", "5", "--batch-size", "2"]
@@ -180,19 +180,6 @@ def test_evaluate_qa_of_encoded_windows_goes_by_chunks(toy, monkeypatch, shuffle
     assert calls == [windows[p.start:p.stop] for p in PARTS]
 
 
-def _progress_counts(err: str) -> list[str]:
-    return [line.split()[1] for line in err.splitlines() if line.startswith("predicting: ")]
-
-
-def _one_bar(err: str) -> list[int]:
-    """The counts of one progress bar over QUESTIONS, rising to QUESTIONS once."""
-    counts = _progress_counts(err)
-    assert counts and all(c.endswith(f"/{QUESTIONS}") for c in counts), counts
-    done = [int(c.split("/")[0]) for c in counts]
-    assert done == sorted(done) and len(done) > 3 and done.count(QUESTIONS) == 1 and done[-1] == QUESTIONS, done
-    return done
-
-
 def test_qa_evaluate_progress_bar_counts_questions_not_windows(toy, tmp_path, monkeypatch, capsys):
     """Without a terminal: one count over the file's 10 questions (not its windows)."""
     monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
@@ -206,16 +193,11 @@ def test_qa_evaluate_a_question_too_long_in_a_late_chunk_names_the_file(toy, tmp
     """A question whose windows leave no room (the ninth, in the third chunk): one line naming the file and the
     question, and no metrics file."""
     monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
-    data = json.loads((toy / "v1.json").read_text(encoding="utf-8"))
-    data["data"][0]["paragraphs"][3]["qas"][0]["question"] = " ".join(["red"] * 18)   # q8
-    path = tmp_path / "long.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path = _too_long_late(toy / "v1.json", tmp_path)
     capsys.readouterr()
     assert main(["evaluate", "--model", str(toy / "qa"), "--data", str(path), "--output", str(tmp_path / "e.json"),
                  *QA_FLAGS]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"bertkit evaluate: error: {path}: question q8: max_seq_length 24 leaves 3 "), err
-    assert len(err.splitlines()) == 1 and [p.name for p in tmp_path.iterdir()] == ["long.json"]
+    _refused_late(capsys.readouterr().err, "evaluate", path, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- multiple choice

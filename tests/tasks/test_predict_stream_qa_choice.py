@@ -192,8 +192,33 @@ def test_qa_ctrl_c_midway_leaves_none_of_the_three_files(toy, tmp_path, monkeypa
     assert before is None or out.read_text(encoding="utf-8") == before
 
 
+# shared with tests/tasks/test_evaluate_stream_qa_choice.py (the same mechanisms through `bertkit evaluate`)
 def _progress_counts(err: str) -> list[str]:
     return [line.split()[1] for line in err.splitlines() if line.startswith("predicting: ")]
+
+
+def _one_bar(err: str) -> list[int]:
+    """The counts of one progress bar over QUESTIONS, rising to QUESTIONS once."""
+    counts = _progress_counts(err)
+    assert counts and all(c.endswith(f"/{QUESTIONS}") for c in counts), counts
+    done = [int(c.split("/")[0]) for c in counts]
+    assert done == sorted(done) and len(done) > 3 and done.count(QUESTIONS) == 1 and done[-1] == QUESTIONS, done
+    return done
+
+
+def _too_long_late(squad, tmp_path):
+    """`squad` with its ninth question (q8, in the third chunk) too long to leave QA_FLAGS' windows any room."""
+    data = json.loads(squad.read_text(encoding="utf-8"))
+    data["data"][0]["paragraphs"][3]["qas"][0]["question"] = " ".join(["red"] * 18)   # q8
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def _refused_late(err: str, command: str, path, tmp_path) -> None:
+    """One line naming the file and the question, and nothing written beside the input."""
+    assert err.startswith(f"bertkit {command}: error: {path}: question q8: max_seq_length 24 leaves 3 "), err
+    assert len(err.splitlines()) == 1 and [p.name for p in tmp_path.iterdir()] == ["long.json"]
 
 
 def test_qa_progress_bar_counts_questions_not_windows(toy, tmp_path, monkeypatch, capsys):
@@ -202,26 +227,18 @@ def test_qa_progress_bar_counts_questions_not_windows(toy, tmp_path, monkeypatch
     monkeypatch.setattr(classify, "PROGRESS_EVERY_S", 0.0)
     capsys.readouterr()
     assert _predict_qa(toy, tmp_path / "p.json", "--batch-size", "2") == 0
-    counts = _progress_counts(capsys.readouterr().err)
-    assert all(c.endswith(f"/{QUESTIONS}") for c in counts), counts
-    done = [int(c.split("/")[0]) for c in counts]
-    assert done == sorted(done) and len(done) > 3 and done.count(QUESTIONS) == 1 and done[-1] == QUESTIONS, done
+    _one_bar(capsys.readouterr().err)
 
 
 def test_qa_a_question_too_long_in_a_late_chunk_names_the_file(toy, tmp_path, monkeypatch, capsys):
     """A question whose windows leave no room (the ninth, in the third chunk): one line naming the file and the
     question, and no output left."""
     monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
-    data = json.loads((toy / "squad.json").read_text(encoding="utf-8"))
-    data["data"][0]["paragraphs"][3]["qas"][0]["question"] = " ".join(["red"] * 18)   # q8
-    path = tmp_path / "long.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path = _too_long_late(toy / "squad.json", tmp_path)
     capsys.readouterr()
     assert main(["predict", "--model", str(toy / "qa"), "--data", str(path), "--output", str(tmp_path / "p.json"),
                  *QA_FLAGS, "--batch-size", "2"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"bertkit predict: error: {path}: question q8: max_seq_length 24 leaves 3 "), err
-    assert len(err.splitlines()) == 1 and [p.name for p in tmp_path.iterdir()] == ["long.json"]
+    _refused_late(capsys.readouterr().err, "predict", path, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- multiple choice
