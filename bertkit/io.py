@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -120,6 +121,9 @@ def line_of(data: str | bytes, pos: int) -> int:
     return head.count(lf) + head.count(cr) - head.count(cr + lf) + 1
 
 
+UTF16 = "a UTF-16 file (it starts with a UTF-16 byte-order mark); save it as UTF-8"
+
+
 def decode_text(raw: bytes, where: str) -> str:
     """UTF-8 bytes as text (a leading BOM dropped); a bad byte is a ValueError naming `where`, its line and offset.
     A UTF-16 file (what Excel's "Unicode text" saves) is named as such: its bytes say nothing useful as UTF-8."""
@@ -127,11 +131,34 @@ def decode_text(raw: bytes, where: str) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-            raise ValueError(f"{where}: a UTF-16 file (it starts with a UTF-16 byte-order mark); "
-                             "save it as UTF-8") from None
+            raise ValueError(f"{where}: {UTF16}") from None
         start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
         raise ValueError(f"{where}:{line_of(raw, start)}: not valid UTF-8 (byte 0x{raw[start]:02x}) at offset "
                          f"{start}; save it as UTF-8") from None
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as errors="surrogateescape" keeps it
+
+
+def read_lines(path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line ending) of a UTF-8 file, streamed: a big file costs one line's memory.
+    "\\n", "\\r\\n" and a lone "\\r" (old Mac files) each end a line, as in Python's universal newlines: a CR-only
+    file is not one line. A leading BOM is dropped; a byte that is not UTF-8 is a ValueError naming its line and
+    column (a UTF-16 file, by name). `progress` gets each line's size in bytes."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:  # newline="": endings kept
+        for lineno, line in enumerate(f, 1):
+            ascii_only = line.isascii()  # the common case, and no encoding needed to size it
+            if not ascii_only and (bad := _UNDECODED.search(line)):
+                if lineno == 1 and line.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+                    raise ValueError(f"{os.fspath(path)}: {UTF16}")
+                column = len(line[:bad.start()].encode("utf-8", "surrogateescape")) + 1
+                raise ValueError(f"{os.fspath(path)}:{lineno}: not valid UTF-8 (byte "
+                                 f"0x{ord(bad.group()) - 0xDC00:02x} at column {column}); save it as UTF-8")
+            if progress is not None:
+                progress(len(line) if ascii_only else len(line.encode("utf-8", "surrogateescape")))
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            yield lineno, line.rstrip("\r\n")
 
 
 def read_text(path: str | os.PathLike) -> str:

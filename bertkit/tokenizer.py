@@ -30,8 +30,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
-from bertkit.data.corpus import read_lines
-from bertkit.io import atomic_path, atomic_paths, read_json, read_text
+from bertkit.io import atomic_path, atomic_paths, read_json, read_lines, read_text
 from bertkit.warn import warn
 
 __all__ = ["BatchEncoding", "BertTokenizer", "CharSpan", "TokenSpan", "load_vocab"]

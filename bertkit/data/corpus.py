@@ -27,7 +27,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -106,27 +106,6 @@ def _as_paths(paths) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-_UNDECODED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as errors="surrogateescape" keeps it
-
-
-def read_lines(path: Path, progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, text without its line ending), streamed. "\\n", "\\r\\n" and a lone "\\r" (old Mac files) each
-    end a line, as in Python's universal newlines: a CR-only file is not one line holding every document. A byte
-    that is not UTF-8 is a ValueError naming its line and column. `progress` gets each line's size in bytes."""
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:  # newline="": endings kept
-        for lineno, line in enumerate(f, 1):
-            ascii_only = line.isascii()  # the common case, and no encoding needed to size it
-            if not ascii_only and (bad := _UNDECODED.search(line)):
-                column = len(line[:bad.start()].encode("utf-8", "surrogateescape")) + 1
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at "
-                                 f"column {column})")
-            if progress is not None:
-                progress(len(line) if ascii_only else len(line.encode("utf-8", "surrogateescape")))
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            yield lineno, line.rstrip("\r\n")
-
-
 def iter_documents(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     doc_boundary: str | re.Pattern | None = None,
@@ -136,6 +115,7 @@ def iter_documents(
 ) -> Iterator[list[str]]:
     """Yield documents, each a list of sentences, streaming the files in order (see the module docstring
     for the layout and the sentence rule). Raises ValueError if no file holds any text."""
+    from ..io import read_lines   # here, not at the top: this file also runs alone (`python_docs_corpus`)
     paths = _as_paths(paths)
     boundary = re.compile(doc_boundary) if isinstance(doc_boundary, str) else doc_boundary
     skip_re = re.compile(skip) if isinstance(skip, str) else skip
@@ -205,6 +185,7 @@ def hard_wrap_width(path: str | os.PathLike, sample: int = 2000) -> int | None:
     Measured: Pride and Prejudice 99% and 89%; a paragraph a line (WikiText-2) and a sentence a line (MRPC)
     at most 43% and 0%; lowercase one-liners (SST-2) at most 25% and 96%; Tiny Shakespeare, mostly verse whose
     lines start uppercase, 54% and 17% (at most 59% and 28% in any 2000 of its lines)."""
+    from ..io import read_lines
     lines: list[str] = []
     nonblank = 0
     for _, line in read_lines(Path(path)):

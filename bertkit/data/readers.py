@@ -7,18 +7,18 @@ file has lines) and says what was expected.
 - `read_table` reads sentence (or sentence-pair) classification and regression data. TSV is GLUE style: split on tabs,
   no quoting (GLUE sentences hold unbalanced ``"``), a UTF-8 BOM (MRPC) is dropped. CSV goes through the `csv`
   module. JSONL holds one object per line. Columns are chosen by header name or by 0-based index (negative counts
-  from the end).
+  from the end). `iter_table` reads the rows a line at a time (what `bertkit predict` streams), `read_table`
+  into a list.
 - `label_set`, `label_maps` and `is_regression` turn the labels into a model config's ``id2label`` / ``label2id``.
 - `read_conll` reads ``token<TAB>tag`` (or whitespace-separated) columns with blank lines between sentences.
 - `read_squad` reads SQuAD v1.1 / v2.0 JSON, plain or zipped, and checks every answer span against its context.
 
 Every reader takes UTF-8 (a leading BOM dropped) with LF, CRLF or old-Mac lone-CR line ends alike; a byte that is
-not UTF-8 is an error naming the file, its line and offset.
+not UTF-8 is an error naming the file, its line and its column (tables, text) or offset (CoNLL, SQuAD).
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import re
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..io import decode_text
+from ..io import decode_text, read_lines
 from ..warn import warn
 
 __all__ = [
@@ -35,7 +35,9 @@ __all__ = [
     "TaggedSentence",
     "SquadExample",
     "read_table",
+    "iter_table",
     "read_columns",
+    "iter_columns",
     "table_format",
     "label_set",
     "label_maps",
@@ -101,11 +103,12 @@ def _read_text(path: Path) -> str:
     return _decode(path.read_bytes(), str(path))
 
 
-def _lines(text: str, delimiter: str | None = None) -> Iterable[tuple[int, str]]:
-    """(1-based line number, line), skipping blank lines; with a `delimiter` (a table), only empty lines are
-    skipped: a line of spaces, or one holding the delimiter, is a row even when its fields are empty (an empty
-    text to predict, or empty fields for the reader to report)."""
-    for n, line in enumerate(text.split("\n"), 1):
+def _lines(path: Path, delimiter: str | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a table or text file, streamed (`bertkit.io.read_lines`), skipping blank
+    lines; with a `delimiter` (a table), only empty lines are skipped: a line of spaces, or one holding the
+    delimiter, is a row even when its fields are empty (an empty text to predict, or empty fields for the reader
+    to report)."""
+    for n, line in read_lines(path):
         if line.strip() or (delimiter is not None and line):
             yield n, line
 
@@ -130,12 +133,13 @@ def _resolve(spec: Any, names: Sequence[str] | None, width: int, where: str, rol
     return list(names).index(spec)
 
 
-def _rows_delimited(text: str, path: Path, fmt: str) -> Iterable[tuple[int, list[str]]]:
+def _rows_delimited(path: Path, fmt: str) -> Iterator[tuple[int, list[str]]]:
     if fmt == "tsv":
-        for n, line in _lines(text, "\t"):
+        for n, line in _lines(path, "\t"):
             yield n, line.split("\t")
         return
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    # every line end given back as \n: a quoted field over several lines holds \n, whatever the file's line ends
+    reader = csv.reader((line + "\n" for _, line in read_lines(path)), strict=True)
     start = 1
     limit = csv.field_size_limit()
     csv.field_size_limit(2 ** 31 - 1)  # a long document is one field: the module's default stops at 131,072 chars
@@ -163,14 +167,13 @@ def _label_text(value: Any, where: str, key: str, list_hint: str = "") -> str:
     raise ValueError(f"{where}: expected a string or a number for {key!r}, got {json.dumps(value)[:60]}{hint}")
 
 
-def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequence[str], label_lists: Sequence[str],
-                list_hint: str) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
+def _read_jsonl(path: Path, keys: dict[str, Any], label_roles: Sequence[str], label_lists: Sequence[str],
+                list_hint: str) -> Iterator[tuple[int, dict[str, Any]]]:
     for role, key in keys.items():
         if key is not None and not isinstance(key, str):
             raise ValueError(f"{path}: JSONL rows are objects; choose {role} by key name, got {key!r}")
     first = True
-    for n, line in _lines(text):
+    for n, line in _lines(path):
         where = f"{path}:{n}"
         try:
             obj = json.loads(line)
@@ -202,14 +205,22 @@ def _read_jsonl(path: Path, text: str, keys: dict[str, Any], label_roles: Sequen
                 raise ValueError(f"{where}: expected a string for {key!r}, got {json.dumps(value)[:60]}")
             else:
                 values[role] = value
-        rows.append((n, values))
-    return rows
+        yield n, values
 
 
 def read_columns(path: str | Path, columns: dict[str, str | int | None], *, format: str | None = None,
                  header: bool = True, label_roles: Sequence[str] = ("label_column",), label_lists: Sequence[str] = (),
                  list_hint: str = "") -> list[tuple[int, dict[str, Any]]]:
-    """The chosen columns of every row of a CSV, TSV or JSONL table: ``(line, {role: value})``, None for a role
+    """`iter_columns`, every row in a list."""
+    return list(iter_columns(path, columns, format=format, header=header, label_roles=label_roles,
+                             label_lists=label_lists, list_hint=list_hint))
+
+
+def iter_columns(path: str | Path, columns: dict[str, str | int | None], *, format: str | None = None,
+                 header: bool = True, label_roles: Sequence[str] = ("label_column",), label_lists: Sequence[str] = (),
+                 list_hint: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """The chosen columns of every row of a CSV, TSV or JSONL table, read a line at a time (a file of any size
+    costs one row's memory): ``(line, {role: value})``, None for a role
     whose column is None. `columns` maps a role (the name errors use, e.g. "text_column") to a header name or a
     0-based index (JSONL: a key). The roles in `label_roles` must not be empty and, in JSONL, may be numbers (kept
     in their JSON spelling); the others are text. A role in `label_lists` holds a row's labels, of which there may
@@ -223,20 +234,20 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
                              f"pass the format (--format csv, tsv or jsonl, or for predict text: one text a line; "
                              f"format= in Python)")
         raise ValueError(f"format must be 'csv', 'tsv', 'jsonl' or 'text', got {format!r}")
-    text = _read_text(path)
     if fmt == "jsonl":
-        return _read_jsonl(path, text, columns, label_roles, label_lists, list_hint)
+        yield from _read_jsonl(path, columns, label_roles, label_lists, list_hint)
+        return
     if fmt == "text":
-        return _read_plain(path, text, columns)
+        yield from _read_plain(path, columns)
+        return
 
-    rows = _rows_delimited(text, path, fmt)
+    rows = _rows_delimited(path, fmt)
     names: list[str] | None = None
     if header:
         first = next(rows, None)
         if first is None:
             raise ValueError(f"{path}:1: expected a header line, the file is empty")
         header_line, names = first
-    out: list[tuple[int, dict[str, str | None]]] = []
     idx: dict[str, int | None] = {}
     width = 0
     kind = "tab-separated" if fmt == "tsv" else "comma-separated"
@@ -255,28 +266,36 @@ def read_columns(path: str | Path, columns: dict[str, str | int | None], *, form
             if role not in label_lists and values.get(role) is not None and not values[role].strip():
                 label = "label" if role == "label_column" else role
                 raise ValueError(f"{where}: the {label} field (column {idx[role]}) is empty")
-        out.append((n, values))
+        yield n, values
     if not idx:  # no data rows: still report a bad column choice
         for role, spec in columns.items():
             if spec is not None and names is not None:
                 _resolve(spec, names, len(names), f"{path}:{header_line}", role)
-    return out
 
 
-def _read_plain(path: Path, text: str, columns: dict[str, str | int | None]) -> list[tuple[int, dict[str, Any]]]:
+def _read_plain(path: Path, columns: dict[str, str | int | None]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Format "text": every non-blank line is one text, as it stands; the file has no other column (the columns
     a model was fine-tuned with do not apply, but a second text or a label cannot come from it)."""
     extra = [role for role, spec in columns.items() if role != "text_column" and spec is not None]
     if extra:
         raise ValueError(f"{path}: a text file (format text) holds one text a line and no other column, but "
                          f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} asked for; give a table")
-    return [(n, {role: line if role == "text_column" else None for role in columns}) for n, line in _lines(text)]
+    for n, line in _lines(path):
+        yield n, {role: line if role == "text_column" else None for role in columns}
 
 
 def read_table(path: str | Path, *, format: str | None = None, text_column: str | int,
                text_pair_column: str | int | None = None, label_column: str | int | None = None,
                header: bool = True, multi_label: bool = False) -> list[Example]:
-    """Read a CSV, TSV or JSONL table into `Example` rows.
+    """Read a CSV, TSV or JSONL table into `Example` rows (`iter_table`, in a list)."""
+    return list(iter_table(path, format=format, text_column=text_column, text_pair_column=text_pair_column,
+                           label_column=label_column, header=header, multi_label=multi_label))
+
+
+def iter_table(path: str | Path, *, format: str | None = None, text_column: str | int,
+               text_pair_column: str | int | None = None, label_column: str | int | None = None,
+               header: bool = True, multi_label: bool = False) -> Iterator[Example]:
+    """The `Example` rows of a CSV, TSV or JSONL table, read a line at a time.
 
     ``format`` is "csv", "tsv" or "jsonl"; None takes it from the extension (.csv, .tsv, .jsonl / .ndjson).
     "text" (for prediction) reads every non-blank line as one text, with no label.
@@ -287,11 +306,12 @@ def read_table(path: str | Path, *, format: str | None = None, text_column: str 
     label field holds a row's labels (the caller splits them) and may be empty; in JSONL it may be a list of labels,
     kept as a tuple.
     """
-    rows = read_columns(path, {"text_column": text_column, "text_pair_column": text_pair_column,
+    rows = iter_columns(path, {"text_column": text_column, "text_pair_column": text_pair_column,
                                "label_column": label_column}, format=format, header=header,
                         label_lists=("label_column",) if multi_label else (),
                         list_hint="a list of labels is for multi-label classification (--multi-label)")
-    return [Example(v["text_column"], v["text_pair_column"], v["label_column"], n) for n, v in rows]
+    for n, v in rows:
+        yield Example(v["text_column"], v["text_pair_column"], v["label_column"], n)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,33 +11,34 @@ accuracy -> predictions, and the `finetune choice` job.
 - `ChoiceObjective` gives the trainer the cross-entropy SUM over the choices' scores (term "choice") and
   "acc_choice"; `evaluate_choice` gives accuracy, loss and n; `predict_choices` the index and the probabilities.
 - `bertkit predict` and `evaluate` go a chunk of rows at a time (`_iter_choice_logits`, over
-  `classify.in_chunks`): predict writes each chunk's lines as they come, evaluate keeps each row's scores (a few
+  `classify.chunks_of`): predict writes each chunk's lines as they come, evaluate keeps each row's scores (a few
   floats), so memory holds one chunk's features, not the file's.
 """
 from __future__ import annotations
 
+import itertools
 import json
-from functools import partial
 import re
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data.readers import read_columns, table_format
+from ..data.readers import iter_columns, table_format
 from ..train import distributed as dist
-from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, in_chunks, labelled,
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, chunks_of, labelled,
                        packed_to, pad_inputs, predict_batches)
 from .finetune import (FinetuneArgs, column, load_saved, prediction_lines, run_seeds, settings_for, split_args,
-                       to_predict, train_keep_best, window_length, write_eval)
+                       train_keep_best, window_length, write_eval)
 
-__all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "encode_choices", "collate_choices", "ChoiceBatches",
-           "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices", "iter_predict_choices",
-           "FinetuneChoiceArgs", "run_finetune_choice", "run_evaluate_choice",
+__all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "iter_choices", "encode_choices", "collate_choices",
+           "ChoiceBatches", "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
+           "iter_predict_choices", "FinetuneChoiceArgs", "run_finetune_choice", "run_evaluate_choice",
            "run_predict_choice"]
 
 
@@ -78,12 +79,17 @@ def _label_index(value: str, specs: Sequence[str | int], where: str) -> int:
                      f"columns {[str(s) for s in specs]}")
 
 
-def read_choices(path: str | Path, *, format: str | None = None, context_column: str | int = "context",
+def read_choices(path: str | Path, **read) -> list[ChoiceExample]:
+    """`iter_choices`, every row in a list."""
+    return list(iter_choices(path, **read))
+
+
+def iter_choices(path: str | Path, *, format: str | None = None, context_column: str | int = "context",
                  question_column: str | int | None = None,
                  choice_columns: str | Sequence[str | int] = "ending0,ending1,ending2,ending3",
-                 label_column: str | int | None = "label", header: bool = True) -> list[ChoiceExample]:
-    """Rows of a CSV / TSV / JSONL table (columns as in `bertkit.data.readers.read_columns`; command-line strings of
-    digits are indices)."""
+                 label_column: str | int | None = "label", header: bool = True) -> Iterator[ChoiceExample]:
+    """Rows of a CSV / TSV / JSONL table, read a line at a time (columns as in
+    `bertkit.data.readers.iter_columns`; command-line strings of digits are indices)."""
     fmt = table_format(str(path), format)
     specs = _choice_specs(choice_columns, fmt)
     roles = {"context_column": column(context_column, fmt), "question_column": column(question_column, fmt),
@@ -91,13 +97,10 @@ def read_choices(path: str | Path, *, format: str | None = None, context_column:
     roles.update({f"choice_column {s}": s for s in specs})
     if len(roles) != 3 + len(specs):
         raise ValueError(f"--choice-columns lists a column twice: {choice_columns!r}")
-    rows = read_columns(path, roles, format=format, header=header)
-    out = []
-    for n, v in rows:
+    for n, v in iter_columns(path, roles, format=format, header=header):
         label = None if v["label_column"] is None else _label_index(v["label_column"], specs, f"{path}:{n}")
-        out.append(ChoiceExample(v["context_column"], v["question_column"],
-                                 tuple(v[f"choice_column {s}"] for s in specs), label, n))
-    return out
+        yield ChoiceExample(v["context_column"], v["question_column"], tuple(v[f"choice_column {s}"] for s in specs),
+                            label, n)
 
 
 def encode_choices(tok, examples: Sequence[ChoiceExample], max_seq_length: int = 128) -> list[ChoiceFeature]:
@@ -196,23 +199,28 @@ def evaluate_choice(model, features: Sequence[ChoiceFeature], batch_size: int = 
     return _choice_metrics(predict_choice_logits(model, features, batch_size), gold)
 
 
-def _iter_choice_logits(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
-                        batch_size: int = 64, progress: bool | None = None) -> Iterator[np.ndarray]:
-    """(rows, choices) scores of `examples`, a chunk of rows at a time (`classify.in_chunks`, one progress bar
-    over the rows), each chunk encoded as it comes: predict and evaluate hold one chunk's features."""
-    examples = list(examples)
+def _iter_choice_logits(model, tok, examples: Iterable[ChoiceExample], *, max_seq_length: int = 128,
+                        batch_size: int = 64, progress: bool | None = None, total: int | None = None,
+                        source: str = "") -> Iterator[np.ndarray]:
+    """(rows, choices) scores of `examples`, a chunk of rows at a time (`classify.chunks_of`, one progress bar
+    over the rows), each chunk encoded as it comes: predict and evaluate hold one chunk's features. With their
+    `total`, `examples` may be read as they are needed (a file streamed by `bertkit predict`)."""
+    if total is None:
+        examples = list(examples)
+        total = len(examples)
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    for part, shown in in_chunks(len(examples), batch_size, progress):
-        feats = encode_choices(tok, examples[part.start:part.stop], max_seq_length)
+    for some, shown in chunks_of(examples, total, batch_size, progress, source):
+        feats = encode_choices(tok, some, max_seq_length)
         yield predict_choice_logits(model, feats, batch_size, tok.pad_token_id, shown)
 
 
-def iter_predict_choices(model, tok, examples: Sequence[ChoiceExample], *, max_seq_length: int = 128,
-                         batch_size: int = 64, progress: bool | None = None) -> Iterator[list[dict[str, Any]]]:
-    """`predict_choices`, a chunk of examples at a time (`_iter_choice_logits`): `bertkit predict` writes each
-    chunk's lines as it comes, holding one chunk's features and scores."""
+def iter_predict_choices(model, tok, examples: Iterable[ChoiceExample], *, max_seq_length: int = 128,
+                         batch_size: int = 64, progress: bool | None = None, total: int | None = None,
+                         source: str = "") -> Iterator[list[dict[str, Any]]]:
+    """`predict_choices`, a chunk of examples at a time (`_iter_choice_logits`, which takes `total` and
+    `source`): `bertkit predict` writes each chunk's lines as it comes, holding one chunk's features and scores."""
     for logits in _iter_choice_logits(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size,
-                                      progress=progress):
+                                      progress=progress, total=total, source=source):
         probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
         yield [{"label": int(p.argmax()), "score": float(p.max()), "probabilities": [float(q) for q in p]}
                for p in probs]
@@ -310,17 +318,22 @@ def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: in
                        max_seq_length: int | None = None, device: str | None = None, compile: bool = False,
                        **read) -> int:
     """Pick a choice for every row; one JSON line per row ({"line", "label": index, "score", "probabilities"}) in
-    `output` (`read`: as for `run_evaluate_choice`). Returns the row count."""
+    `output` (`read`: as for `run_evaluate_choice`). Returns the row count. The table is read twice, a line at a
+    time (checked and counted first, then a chunk at a time as it is predicted)."""
     from ..auto import AutoModelForMultipleChoice
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
-    examples = to_predict(read_choices(data, **{**_choice_read(model, read), "label_column": None}), data, "rows")
-    parts = iter_predict_choices(model, tok, examples, max_seq_length=max_seq_length, batch_size=batch_size)
-    rows = iter(examples)
+    read = {**_choice_read(model, read), "label_column": None}
+    total = sum(1 for _ in iter_choices(data, **read))
+    if not total:
+        raise ValueError(f"{data}: no rows to predict")
+    for_model, rows = itertools.tee(iter_choices(data, **read))  # the model's reader runs a chunk ahead: one held
+    parts = iter_predict_choices(model, tok, for_model, max_seq_length=max_seq_length, batch_size=batch_size,
+                                 total=total, source=data)
     with prediction_lines(output) as write:
         for preds in parts:   # each chunk's lines written as it comes
             write(json.dumps({"line": e.line, "label": p["label"], "score": round(p["score"], 6),
                               "probabilities": [round(q, 6) for q in p["probabilities"]]})
                   for p, e in zip(preds, rows))   # preds first: zip stops there
-    dist.print0(f"predicted {len(examples)} rows of {data}; wrote {output}")
-    return len(examples)
+    dist.print0(f"predicted {total} rows of {data}; wrote {output}")
+    return total

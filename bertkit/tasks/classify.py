@@ -38,7 +38,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from itertools import islice, repeat
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -59,8 +60,8 @@ __all__ = ["Feature", "LabelInfo", "label_info", "split_labels", "label_info_fro
            "pad_inputs", "collate", "ClassificationBatches", "batch_logits", "with_packing", "packed_to",
            "FinetuneObjective", "ClassificationObjective", "predict_logits", "labelled_logits",
            "classification_metrics", "classification_report", "example_pairs", "example_labels",
-           "evaluate_classification", "chunks", "in_chunks", "iter_example_logits", "iter_predict", "predict",
-           "METRICS"]
+           "evaluate_classification", "chunks", "in_chunks", "chunks_of", "iter_example_logits", "iter_row_logits",
+           "iter_predict", "iter_predict_rows", "predict", "METRICS"]
 
 # the dev metrics that can pick the best checkpoint (higher is better for each)
 METRICS = ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman")
@@ -503,6 +504,22 @@ def in_chunks(n: int, batch_size: int, progress: bool | None) -> Iterator[tuple[
             bar.close()
 
 
+def chunks_of(items: Iterable[Any], total: int, batch_size: int, progress: bool | None, source: str = ""
+              ) -> Iterator[tuple[list, Any]]:
+    """`in_chunks` over `total` items that may come from a file read as they are needed (`bertkit predict`
+    streams its input): each chunk's items in a list, with its `progress`. A count other than `total` (a file
+    changed between its count and this reading) is an error naming `source`."""
+    items = iter(items)
+    for part, shown in in_chunks(total, batch_size, progress):
+        some = list(islice(items, len(part)))
+        if len(some) < len(part):
+            raise ValueError(f"{source}: {total} rows were counted, {part.start + len(some)} read; did the file "
+                             f"change while it was read?")
+        yield some, shown
+    if next(items, None) is not None:
+        raise ValueError(f"{source}: more than the {total} rows counted; did the file change while it was read?")
+
+
 def _open_bar(total: int, progress: bool | None | Callable[[int], Any]):
     """`progress(total)` when it makes the bar (`_Part` of a bar over chunks), else `_progress_bar`."""
     return progress(total) if callable(progress) else _progress_bar(total, progress)
@@ -628,18 +645,31 @@ def iter_example_logits(model, tok, texts: Sequence[str], pairs: Sequence[str] |
     texts (`progress` as in `predict_batches`). `lines` and `source` name a pair whose first text leaves the
     second no room (``source:line``; default: the text's 1-based index)."""
     texts = list(texts)
-    pairs = None if pairs is None else list(pairs)
-    lines = list(lines) if lines is not None else range(1, len(texts) + 1)
+    rows = zip(texts, repeat(None) if pairs is None else list(pairs),
+               range(1, len(texts) + 1) if lines is None else list(lines))
+    for _, logits in iter_row_logits(model, tok, rows, len(texts), max_seq_length=max_seq_length,
+                                     batch_size=batch_size, stride=stride, source=source, progress=progress):
+        yield logits
+
+
+def iter_row_logits(model, tok, rows: Iterable[tuple[str, str | None, int]], total: int, *, max_seq_length: int = 128,
+                    batch_size: int = 64, stride: int | None = None, source: str = "", progress: bool | None = None
+                    ) -> Iterator[tuple[list[tuple[str, str | None, int]], np.ndarray]]:
+    """`iter_example_logits` of `total` rows (text, second text or None, line), read a chunk at a time
+    (`chunks_of`: a file streamed by `bertkit predict`): each chunk's rows with their logits. The first row says
+    whether all have a second text."""
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
-    for part, shown in in_chunks(len(texts), batch_size, progress):
-        some = [texts[i] for i in part]
-        some_pairs = None if pairs is None else [pairs[i] for i in part]
+    with_pairs = None
+    for some, shown in chunks_of(rows, total, batch_size, progress, source):
+        with_pairs = some[0][1] is not None if with_pairs is None else with_pairs
+        texts = [r[0] for r in some]
+        pairs = [r[1] for r in some] if with_pairs else None
         if stride is None:
-            features = [Feature(ids, types) for ids, types in encode_texts(tok, some, some_pairs, max_seq_length)]
+            features = [Feature(ids, types) for ids, types in encode_texts(tok, texts, pairs, max_seq_length)]
         else:
             features = [Feature(ids, types, example=i) for ids, types, i in encode_windows(
-                tok, some, some_pairs, max_seq_length, stride, [lines[i] for i in part], source)]
-        yield example_logits(predict_logits(model, features, batch_size, tok.pad_token_id, shown), features)[0]
+                tok, texts, pairs, max_seq_length, stride, [r[2] for r in some], source)]
+        yield some, example_logits(predict_logits(model, features, batch_size, tok.pad_token_id, shown), features)[0]
 
 
 def _results(config, logits: np.ndarray) -> list[dict[str, Any]]:
@@ -672,6 +702,14 @@ def iter_predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None =
     for logits in iter_example_logits(model, tok, texts, pairs, max_seq_length=max_seq_length, batch_size=batch_size,
                                       stride=stride, lines=lines, source=source, progress=progress):
         yield _results(model.config, logits)
+
+
+def iter_predict_rows(model, tok, rows: Iterable[tuple[str, str | None, int]], total: int, **kw
+                      ) -> Iterator[tuple[list[tuple[str, str | None, int]], list[dict[str, Any]]]]:
+    """`iter_predict` of `total` rows (text, second text or None, line) read a chunk at a time (`iter_row_logits`,
+    which takes `kw`): each chunk's rows with their results."""
+    for some, logits in iter_row_logits(model, tok, rows, total, **kw):
+        yield some, _results(model.config, logits)
 
 
 def predict(model, tok, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_seq_length: int = 128,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -45,7 +46,7 @@ import torch
 
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-from ..data.readers import read_table, table_format
+from ..data.readers import Example, iter_table, table_format
 from ..io import atomic_path, check_ours, check_writable, file_id, read_json, write_text_atomic
 from ..tokenizer import SAVED_FILES
 from ..train import distributed as dist
@@ -72,12 +73,18 @@ def column(spec: str | int | None, fmt: str | None = None) -> str | int | None:
     return spec
 
 
-def read_examples(path: str, *, format: str | None = None, text_column="text", text_pair_column=None,
-                  label_column="label", header: bool = True, multi_label: bool = False):
+def iter_examples(path: str, *, format: str | None = None, text_column="text", text_pair_column=None,
+                  label_column="label", header: bool = True, multi_label: bool = False) -> Iterator[Example]:
+    """A table's rows, read a line at a time, its columns given as on the command line (`column`)."""
     fmt = table_format(path, format)
-    return read_table(path, format=format, text_column=column(text_column, fmt),
+    return iter_table(path, format=format, text_column=column(text_column, fmt),
                       text_pair_column=column(text_pair_column, fmt),
                       label_column=column(label_column, fmt), header=header, multi_label=multi_label)
+
+
+def read_examples(path: str, **read) -> list[Example]:
+    """`iter_examples`, every row in a list."""
+    return list(iter_examples(path, **read))
 
 
 @dataclass
@@ -723,30 +730,35 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
     plain text file (one sentence per line, split into words at spaces and punctuation); one JSON
     line per sentence ({"line" of its first token, "tokens", "tags", "scores"; from text also "spans", each
     word's [start, end) in its line}) in `output`. Returns the sentence count. `token_column` None: as
-    fine-tuned."""
+    fine-tuned. A text file is read twice, a line at a time (counted and checked first, then a chunk at a time as
+    it is tagged), a CoNLL file whole (its checks look at every line)."""
     from ..auto import AutoModelForTokenClassification
-    from .tag import iter_predict_tags, read_tokens, read_words
+    from .tag import iter_predict_tags, iter_words, read_tokens
     if format not in (None, "conll", "text"):
         raise FlagError(f"--format {format}: a tagger reads a CoNLL file, or a text file with --format text "
                         f"(formats: conll, text)")
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     if format == "text":
-        sentences = [(line, words, {"spans": spans}) for line, words, spans in read_words(data)]
+        total = sum(1 for _ in iter_words(data))
+        sentences = ((line, words, {"spans": spans}) for line, words, spans in iter_words(data))
     else:
         column = _tag_columns(model, token_column=token_column)["token_column"]
         sentences = [(line, words, {}) for line, words in read_tokens(data, column, explicit=format == "conll")]
-    to_predict(sentences, data, "sentences")
-    parts = iter_predict_tags(model, tok, [words for _, words, _ in sentences], max_seq_length=max_seq_length,
-                              stride=stride, batch_size=batch_size)
-    rows = iter(sentences)
+        total = len(sentences)
+    if not total:
+        raise ValueError(f"{data}: no sentences to predict")
+    # two readers of one stream: the tagger's runs a chunk ahead of the writer's, so the copy holds one chunk
+    for_tagger, rows = itertools.tee(sentences)
+    parts = iter_predict_tags(model, tok, (words for _, words, _ in for_tagger), max_seq_length=max_seq_length,
+                              stride=stride, batch_size=batch_size, total=total, source=data)
     with prediction_lines(output) as write:
         for preds in parts:   # each chunk's lines written as it comes
             write(json.dumps({"line": line, "tokens": words, "tags": [t for t, _ in p],
                               "scores": [round(s, 6) for _, s in p], **extra}, ensure_ascii=False)
                   for p, (line, words, extra) in zip(preds, rows))   # preds first: zip stops there
-    dist.print0(f"tagged {len(sentences)} sentences of {data}; wrote {output}")
-    return len(sentences)
+    dist.print0(f"tagged {total} sentences of {data}; wrote {output}")
+    return total
 
 
 def _classify_settings(model, max_seq_length: int | None, stride: int | str | None) -> tuple[int, int | None]:
@@ -813,19 +825,21 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
                 stride: int | str | None = None, device: str | None = None, compile: bool = False, **read) -> int:
     """Label every row of a table; one JSON line per row in `output`, in order: the row's line in `data`, its
     label and score, with a multi-label model's labels of probability >= 0.5, or a regression's values of
-    several targets. Returns the row count."""
-    from .classify import example_pairs, iter_predict
+    several targets. Returns the row count. The table is read twice, a line at a time: once to check and count
+    every row before any model work, then a chunk at a time as it is predicted, so a file of any size costs one
+    chunk's memory."""
+    from .classify import iter_predict_rows
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
-    examples = to_predict(read_examples(data, **{**_classify_columns(model, read, data), "label_column": None}), data,
-                          "rows")
-    pairs = example_pairs(examples, data)
-    parts = iter_predict(model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length,
-                         batch_size=batch_size, stride=stride, lines=[e.line for e in examples], source=data)
-    rows = iter(examples)
+    read = {**_classify_columns(model, read, data), "label_column": None}
+    total = sum(1 for _ in iter_examples(data, **read))
+    if not total:
+        raise ValueError(f"{data}: no rows to predict")
+    rows = ((e.text, e.text_pair, e.line) for e in iter_examples(data, **read))
     with prediction_lines(output) as write:
-        for preds in parts:   # each chunk's lines written as it comes
-            write(json.dumps({"line": e.line, **{k: p[k] for k in ("label", "score", "labels", "values") if k in p}},
-                             ensure_ascii=False) for p, e in zip(preds, rows))   # preds first: zip stops there
-    dist.print0(f"predicted {len(examples)} rows of {data}; wrote {output}")
-    return len(examples)
+        for some, preds in iter_predict_rows(model, tok, rows, total, max_seq_length=max_seq_length,
+                                             batch_size=batch_size, stride=stride, source=data):
+            write(json.dumps({"line": line, **{k: p[k] for k in ("label", "score", "labels", "values") if k in p}},
+                             ensure_ascii=False) for p, (_, _, line) in zip(preds, some))
+    dist.print0(f"predicted {total} rows of {data}; wrote {output}")
+    return total

@@ -25,20 +25,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import metrics as M
-from ..data.readers import TaggedSentence, conll_blocks, label_maps, read_columns
-from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, in_chunks, packed_to,
+from ..data.readers import TaggedSentence, conll_blocks, iter_columns, label_maps
+from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, chunks_of, packed_to,
                        pad_inputs, predict_batches)
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "iter_word_logits", "check_tags", "evaluate_tagging",
-           "tagging_scores", "iter_predict_tags", "predict_tags", "read_tokens", "read_words", "model_kwargs"]
+           "tagging_scores", "iter_predict_tags", "predict_tags", "read_tokens", "read_words", "iter_words",
+           "model_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -271,28 +272,32 @@ def tagging_scores(pred: Sequence[Sequence[str]], sentences: Sequence[TaggedSent
     return out
 
 
-def iter_word_logits(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128, stride: int = 32,
-                     batch_size: int = 64, progress: bool | None = None) -> Iterator[list[np.ndarray]]:
+def iter_word_logits(model, tok, sentences: Iterable[Sequence[str]], *, max_seq_length: int = 128, stride: int = 32,
+                     batch_size: int = 64, progress: bool | None = None, total: int | None = None, source: str = ""
+                     ) -> Iterator[list[np.ndarray]]:
     """`predict_word_logits` of the sentences (lists of words), chunk after chunk in input order
     (`classify.chunks`): each chunk's windows made, predicted and given back, so a big file costs one chunk's
-    memory. One progress bar over all the sentences."""
-    sentences = list(sentences)
+    memory. One progress bar over all the sentences. With their `total`, `sentences` may be read as they are
+    needed (a file streamed by `bertkit predict`; `classify.chunks_of`, whose errors name `source`)."""
+    if total is None:
+        sentences = list(sentences)
+        total = len(sentences)
     max_seq_length = min(max_seq_length, model.config.max_position_embeddings)
     stride = min(stride, max_seq_length - 3)
     pieces: dict[str, list[int]] = {}   # the file's distinct words, each tokenized once (as unchunked)
-    for part, shown in in_chunks(len(sentences), batch_size, progress):
-        some = [sentences[i] for i in part]
+    for some, shown in chunks_of(sentences, total, batch_size, progress, source):
         feats = encode_sentences(tok, some, None, max_seq_length, stride, pieces=pieces)
         yield predict_word_logits(model, feats, [len(s) for s in some], batch_size, tok.pad_token_id, shown)
 
 
-def iter_predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_length: int = 128,
-                      stride: int = 32, batch_size: int = 64) -> Iterator[list[list[tuple[str, float]]]]:
-    """`predict_tags`, a chunk of sentences at a time (`iter_word_logits`): `bertkit predict` writes each chunk's
-    lines as it comes."""
+def iter_predict_tags(model, tok, sentences: Iterable[Sequence[str]], *, max_seq_length: int = 128,
+                      stride: int = 32, batch_size: int = 64, total: int | None = None, source: str = ""
+                      ) -> Iterator[list[list[tuple[str, float]]]]:
+    """`predict_tags`, a chunk of sentences at a time (`iter_word_logits`, which takes `total` and `source`):
+    `bertkit predict` writes each chunk's lines as it comes."""
     names = model.config.label_names()
     for logits in iter_word_logits(model, tok, sentences, max_seq_length=max_seq_length, stride=stride,
-                                   batch_size=batch_size):
+                                   batch_size=batch_size, total=total, source=source):
         out = []
         for a in logits:
             p = torch.softmax(torch.from_numpy(a), dim=-1).numpy()
@@ -307,18 +312,21 @@ def predict_tags(model, tok, sentences: Sequence[Sequence[str]], *, max_seq_leng
                                             batch_size=batch_size) for p in part]
 
 
-def read_words(path: str | Path) -> list[tuple[int, list[str], list[tuple[int, int]]]]:
-    """Sentences of a plain text file for prediction, one a line: (line, words, their character spans in the
-    line), the words split at whitespace and punctuation as BERT's basic tokenizer splits them (and as CoNLL
-    files hold them: "Rome." is "Rome" and ".")."""
+def iter_words(path: str | Path) -> Iterator[tuple[int, list[str], list[tuple[int, int]]]]:
+    """Sentences of a plain text file for prediction, one a line, read a line at a time: (line, words, their
+    character spans in the line), the words split at whitespace and punctuation as BERT's basic tokenizer splits
+    them (and as CoNLL files hold them: "Rome." is "Rome" and ".")."""
     from tokenizers.pre_tokenizers import BertPreTokenizer
     split = BertPreTokenizer().pre_tokenize_str
-    out = []
-    for n, row in read_columns(path, {"text_column": 0}, format="text"):
+    for n, row in iter_columns(path, {"text_column": 0}, format="text"):
         words = split(row["text_column"])
         if words:  # a line of control characters alone holds none
-            out.append((n, [w for w, _ in words], [span for _, span in words]))
-    return out
+            yield n, [w for w, _ in words], [span for _, span in words]
+
+
+def read_words(path: str | Path) -> list[tuple[int, list[str], list[tuple[int, int]]]]:
+    """`iter_words`, every sentence in a list."""
+    return list(iter_words(path))
 
 
 def read_tokens(path: str | Path, token_column: int = 0, *, explicit: bool = False) -> list[tuple[int, list[str]]]:

@@ -152,7 +152,7 @@ def test_python_docs_corpus(tmp_path):
 def test_lone_cr_and_crlf_files_read_as_the_lf_file(tmp_path):
     """CR-only files (old Mac) were one line: one document, a heading never matched, a bad byte on "line 1".
     Every ending now ends a line, in every mode; a CRLF split across the reader's 8 KiB chunks stays one ending."""
-    from bertkit.data.corpus import read_lines
+    from bertkit.io import read_lines
     text = "\ufeff" + ("CHAPTER I.\n\nIt is a truth universally\nacknowledged. A man\nin want.\n\nNew paragraph.\n\n"
                        "CHAPTER II.\n\nMore text, café.\n\n") * 700   # about 70 KB, past several chunks
     files = {name: _write(tmp_path / f"{name}.txt", text.replace("\n", ending).encode())
@@ -169,5 +169,6 @@ def test_lone_cr_and_crlf_files_read_as_the_lf_file(tmp_path):
         assert sum(1 for _ in read_lines(path, sizes.append)) == text.count("\n")
         assert sum(sizes) == path.stat().st_size
     bad = _write(tmp_path / "bad.txt", b"good line\rcaf\xc3\xa9\r\rbad \xff byte\r")
-    with pytest.raises(ValueError, match="^" + re.escape(f"{bad}:4: not valid UTF-8 (byte 0xff at column 5)") + "$"):
+    want = f"{bad}:4: not valid UTF-8 (byte 0xff at column 5); save it as UTF-8"
+    with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
         read_documents(bad)

@@ -15,6 +15,7 @@ from bertkit.data.readers import (
     is_regression,
     label_maps,
     label_set,
+    read_columns,
     read_conll,
     read_squad,
     read_table,
@@ -418,10 +419,31 @@ def test_crlf_lone_cr_bom_and_final_lines_read_like_the_lf_file(tmp_path, name, 
         assert read(write(tmp_path, f"{variant}_{name}", content)) == expected, variant
 
 
+def test_a_streamed_table_reads_like_its_lf_file_whatever_its_read_buffers_cut(tmp_path):
+    """Tables are read a line at a time through buffers of a few KiB: a CRLF whose \\r and \\n fall in two
+    buffers, a quoted CSV field of several lines across buffers, or a character of several bytes cut by one,
+    reads as in the LF file. In the CRLF file of these 2,000 rows (67 kB), io's 8 KiB reads cut a CRLF (the fifth)
+    and a UTF-8 character (the fourth and seventh)."""
+    import random
+    rng = random.Random(0)
+    rows = [(" ".join(rng.choice(["a", "bb", "é", "数据", '"q"']) for _ in range(rng.randint(1, 9))),
+             "\n".join("x" * rng.randint(0, 5) for _ in range(rng.randint(1, 3)))) for _ in range(2000)]
+    lf = "text,note\n" + "".join(f'"{t.replace(chr(34), chr(34) * 2)}","{n}"\n' for t, n in rows)
+    expected = read_columns(write(tmp_path, "lf.csv", lf), {"t": "text", "n": "note"})
+    assert [(v["t"], v["n"]) for _, v in expected] == rows
+    for name, content in (("crlf", lf.replace("\n", "\r\n")), ("cr", lf.replace("\n", "\r"))):
+        assert read_columns(write(tmp_path, f"{name}.csv", content), {"t": "text", "n": "note"}) == expected, name
+    tsv = "text\n" + "".join(t + "\n" for t, _ in rows)
+    want = read_columns(write(tmp_path, "lf.tsv", tsv), {"t": 0})
+    assert [v["t"] for _, v in want] == [t for t, _ in rows]
+    assert read_columns(write(tmp_path, "crlf.tsv", tsv.replace("\n", "\r\n")), {"t": 0}) == want
+
+
 @pytest.mark.parametrize("name,text,read", READERS, ids=[r[0] for r in READERS])
-def test_a_byte_that_is_not_utf8_is_named_by_line_and_offset_whatever_the_line_ends(tmp_path, name, text, read):
-    """The bad byte sits on line 3 of every variant (lone \\r files were all reported on line 1); a UTF-16 file
-    (Excel's "Unicode text") is named as such."""
+def test_a_byte_that_is_not_utf8_is_named_by_line_and_place_whatever_the_line_ends(tmp_path, name, text, read):
+    """The bad byte sits on line 3 of every variant (lone \\r files were all reported on line 1), named by its
+    column in the streamed tables and by its offset in the files read whole; a UTF-16 file (Excel's "Unicode
+    text") is named as such."""
     lines = text.split("\n")
     lines[2] = "\xe9" + lines[2]  # é, then written as Latin-1
     for end in ("\n", "\r\n", "\r"):
@@ -429,8 +451,9 @@ def test_a_byte_that_is_not_utf8_is_named_by_line_and_offset_whatever_the_line_e
         p = write(tmp_path, name, raw)
         with pytest.raises(ValueError) as e:
             read(p)
-        offset = raw.index(b"\xe9")
-        assert str(e.value) == (f"{p}:3: not valid UTF-8 (byte 0xe9) at offset {offset}; save it as UTF-8"), end
+        offset, streamed = raw.index(b"\xe9"), name.endswith(("csv", "tsv", "jsonl"))
+        place = "(byte 0xe9 at column 1)" if streamed else f"(byte 0xe9) at offset {offset}"
+        assert str(e.value) == f"{p}:3: not valid UTF-8 {place}; save it as UTF-8", end
     p = write(tmp_path, name, text.encode("utf-16"))
     with pytest.raises(ValueError) as e:
         read(p)

@@ -13,6 +13,7 @@ import torch
 from bertkit import AutoTokenizer
 from bertkit.cli import main
 from bertkit.config import BertConfig
+from bertkit.data import readers as readers_module
 from bertkit.data.readers import read_conll
 from bertkit.modeling import BertForSequenceClassification, BertForTokenClassification
 from bertkit.tasks import classify, tag
@@ -110,6 +111,63 @@ def test_predict_writes_each_chunk_before_the_next_is_read(toy, tmp_path, monkey
     assert [r["line"] for r in got] == list(range(2, ROWS + 2)) and [r["label"] for r in got] == \
         [r["label"] for r in want]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(got, want)) <= 1e-6
+
+
+def _spy_lines_read(monkeypatch, module, name: str, out, calls: list, readers: list, count=_features):
+    """`_spy`, recording per call the lines the newest `readers.read_lines` (a file's reading) has given."""
+    real_read = readers_module.read_lines
+
+    def read_lines(path, *args):
+        readers.append(0)
+        for item in real_read(path, *args):
+            readers[-1] += 1
+            yield item
+    monkeypatch.setattr(readers_module, "read_lines", read_lines)
+    real = getattr(module, name)
+
+    def spy(model, features, *args, **kwargs):
+        calls.append((count(features, *args), readers[-1] if readers else None))
+        return real(model, features, *args, **kwargs)
+    monkeypatch.setattr(module, name, spy)
+
+
+def test_predict_reads_the_table_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
+    """The table is read twice, a line at a time: once to check and count its rows before any prediction (every
+    line), then as it is predicted, a chunk ahead at most; memory holds one chunk of rows, not the file."""
+    monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
+    out, calls, readers = tmp_path / "p.jsonl", [], []
+    _spy_lines_read(monkeypatch, classify, "predict_logits", out, calls, readers)
+    assert main(["predict", "--model", str(toy / "cls"), "--data", str(toy / "rows.tsv"), "--output", str(out),
+                 "--text-column", "text", "--batch-size", "8"]) == 0
+    # rows per call, and the second reading's lines given by then: the header and the chunks so far
+    assert calls == [(64, 1 + 64), (64, 1 + 128), (64, 1 + 192), (64, 1 + 256), (44, 1 + 300)]
+    assert readers == [1 + ROWS, 1 + ROWS]
+    assert [r["line"] for r in _read(out)] == list(range(2, ROWS + 2))
+
+
+def test_tagger_predict_reads_a_text_file_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
+    """As the table: a text file of sentences (--format text) is counted first, then read as it is tagged."""
+    monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
+    text = tmp_path / "s.txt"
+    text.write_text("".join(t + "\n" for t in _texts(ROWS, 0)), encoding="utf-8")
+    out, calls, readers = tmp_path / "t.jsonl", [], []
+    _spy_lines_read(monkeypatch, tag, "predict_word_logits", out, calls, readers,
+                    count=lambda feats, words, *_: len(words))
+    assert main(["predict", "--model", str(toy / "tag"), "--data", str(text), "--output", str(out),
+                 "--format", "text", "--batch-size", "8"]) == 0
+    assert calls == [(64, 64), (64, 128), (64, 192), (64, 256), (44, 300)] and readers == [ROWS, ROWS]
+    got = _read(out)
+    assert [(r["line"], r["tokens"]) for r in got] == [(n, t.split()) for n, t in enumerate(_texts(ROWS, 0), 1)]
+
+
+def test_chunks_of_a_file_that_changed_between_its_count_and_its_reading():
+    """A streamed input shorter or longer than counted is an error naming the file, not a silent misalignment."""
+    assert [some for some, _ in classify.chunks_of(iter(range(5)), 5, 2, False)] == [[0, 1, 2, 3, 4]]
+    with pytest.raises(ValueError, match=r"^d\.tsv: 5 rows were counted, 3 read; did the file change while it was "
+                                         r"read\?$"):
+        list(classify.chunks_of(iter(range(3)), 5, 2, False, "d.tsv"))
+    with pytest.raises(ValueError, match=r"^d\.tsv: more than the 5 rows counted; did the file change"):
+        list(classify.chunks_of(iter(range(6)), 5, 2, False, "d.tsv"))
 
 
 def test_predict_output_of_a_small_input_is_byte_for_byte_todays(toy, tmp_path):

@@ -289,6 +289,17 @@ def test_choice_predict_writes_each_chunk_before_the_next(toy, tmp_path, monkeyp
         [json.dumps({k: v for k, v in json.loads(line).items() if k != "line"}) for line in _mc_lines(toy).splitlines()]
 
 
+def test_choice_predict_reads_the_table_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
+    """As the classifier's table (`test_predict_scale`): counted first, then read a chunk ahead of the writing."""
+    from tests.tasks.test_predict_scale import _spy_lines_read
+    monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
+    calls, readers = [], []
+    _spy_lines_read(monkeypatch, choice, "predict_choice_logits", tmp_path / "p.jsonl", calls, readers)
+    assert _predict_mc(toy, tmp_path / "p.jsonl", "--batch-size", "2") == 0
+    assert calls == [(3, 1 + 3), (3, 1 + 6), (3, 1 + 9), (1, 1 + QUESTIONS)] and readers == [1 + QUESTIONS] * 2
+    assert (tmp_path / "p.jsonl").read_text(encoding="utf-8") == _mc_lines(toy)
+
+
 def test_choice_progress_bar_counts_rows_and_ctrl_c_leaves_no_output(toy, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
     monkeypatch.setattr(classify, "PROGRESS_EVERY_S", 0.0)
