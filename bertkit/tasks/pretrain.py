@@ -34,7 +34,7 @@ from ..io import check_ours, file_id, read_json, write_text_atomic
 from ..modeling import BertForPreTraining
 from ..tokenizer import SAVED_FILES, BertTokenizer
 from ..train import distributed as dist
-from ..train.checkpoint import check_resumed_settings
+from ..train.checkpoint import LATEST_NAME, check_resumed_settings, find_latest
 from ..train.trainer import TrainConfig, Trainer, run_lock
 from ..train.tracking import plot_run
 from ..warn import warn
@@ -401,12 +401,14 @@ def _set_up(args: PretrainArgs, run: Path, held: contextlib.ExitStack):
     def start():  # rank 0, the others waiting (and failing with its error)
         # a second job in this directory is refused before it changes anything (or removes what the first made)
         held.enter_context(run_lock(run, discard_new=lambda: not ready))
-        if not args.resume and (run / "latest").exists():
+        # a checkpoint without `latest` too: a run killed between the checkpoint's rename and that file's write
+        if not args.resume and ((run / LATEST_NAME).exists() or find_latest(run) is not None):
             raise ValueError(f"{run} already holds a run; pass --resume to continue it or choose another --output")
         if docs_corpus and not Path(args.corpus[0]).exists():
             print("no --corpus given: building one from the documentation shipped with Python")
             python_docs_corpus(args.corpus[0])
     dist.on_main(start)
+    dist.check_shared_dir(run)  # every rank reads the vocabulary, data and checkpoints that rank 0 writes there
     if args.resume:
         dist.on_main(lambda: check_resumed_settings(run / "pretrain_args.json", args, RESUME_FREE))  # said once
     if tok is None:

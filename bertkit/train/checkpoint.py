@@ -11,7 +11,7 @@ A run directory holds one directory per checkpoint:
 A checkpoint is built in `step-000123.tmp-<pid>` and renamed to its final name only when every file is
 written, so a directory named `step-NNN` is complete by construction: `find_latest` trusts the highest
 such name (not the `latest` file, which a crash can leave one behind). Older checkpoints are pruned only after
-the new one is in place.
+the new one is in place, each renamed away before its files go (`remove_checkpoint`).
 
 RNG and data states are stored per rank (lists indexed by rank), so a resumed run continues each rank's
 random streams and data position exactly with the same world size. Another world size can resume a run that
@@ -38,7 +38,8 @@ from ..io import pid_alive, read_json, write_text_atomic
 STATE_NAME = "training_state.pt"
 LATEST_NAME = "latest"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-_TMP_RE = re.compile(r"^step-(\d+)\.tmp-(\d+)$")
+# what a killed process leaves beside its checkpoints: one being written, swapped out (re-saved) or deleted
+_LEFTOVER_RE = re.compile(r"^step-(\d+)\.(?:tmp|old|del)-(\d+)$")
 FORMAT_VERSION = 1
 
 
@@ -95,24 +96,43 @@ def is_complete(path: str | os.PathLike) -> bool:
             and os.path.isfile(os.path.join(path, STATE_NAME)))
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
-    """Complete checkpoints in `run_dir`, as (step, path), oldest first. Temp dirs are ignored."""
-    run_dir = os.fspath(run_dir)
+def _step_dirs(run_dir: str) -> list[tuple[int, str]]:
+    """Every directory of `run_dir` named as a checkpoint (complete or not), as (step, path), oldest first."""
     if not os.path.isdir(run_dir):
         return []
     found = []
     for name in os.listdir(run_dir):
         m = _STEP_RE.match(name)
         path = os.path.join(run_dir, name)
-        if m and os.path.isdir(path) and is_complete(path):
+        if m and os.path.isdir(path):
             found.append((int(m.group(1)), path))
     return sorted(found)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """Complete checkpoints in `run_dir`, as (step, path), oldest first. Temp dirs are ignored."""
+    return [(step, path) for step, path in _step_dirs(os.fspath(run_dir)) if is_complete(path)]
 
 
 def find_latest(run_dir: str | os.PathLike) -> str | None:
     """The newest complete checkpoint directory in `run_dir`, or None."""
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def find_resumable(run_dir: str | os.PathLike) -> str | None:
+    """The checkpoint a resume continues: the newest complete one, or None. A checkpoint directory newer than it
+    without its training state was not left so by a crash (a checkpoint appears whole, by a rename): it was
+    damaged or emptied since, and going back to an older checkpoint (or step 0) without a word would silently
+    redo that training; a ValueError naming it instead."""
+    run_dir = os.fspath(run_dir)
+    latest = find_latest(run_dir)
+    found = _step_dirs(run_dir)
+    if found and found[-1][1] != latest:
+        before = f"from {os.path.basename(latest)}" if latest else "from step 0"
+        raise ValueError(f"{found[-1][1]}: a checkpoint directory without its {STATE_NAME} (deleted or damaged since "
+                         f"it was written: a crash leaves none so); remove that directory to resume {before}")
+    return latest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,14 +224,24 @@ def prune(run_dir: str | os.PathLike, keep_last: int) -> list[str]:
     run_dir = os.fspath(run_dir)
     deleted = []
     for _, path in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_checkpoint(path)
         deleted.append(path)
     for name in os.listdir(run_dir):
-        m = _TMP_RE.match(name)
+        m = _LEFTOVER_RE.match(name)
         if m and not pid_alive(int(m.group(2))):
             shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
             deleted.append(os.path.join(run_dir, name))
     return deleted
+
+
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Delete a checkpoint directory: renamed first, so that a kill while its files go leaves a leftover that
+    `prune` removes, never a directory that still looks like a checkpoint (with its training state but not all
+    of its weights, or neither, kept for good)."""
+    path = os.fspath(path)
+    doomed = f"{os.path.normpath(path)}.del-{os.getpid()}"
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,9 +265,21 @@ def check_resumed_settings(path: str | os.PathLike, args: Any, free: Iterable[st
                          f"{diffs}. Start a new run (another --output) to change them")
 
 
+_STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng", "data", "extra")  # what save_checkpoint writes
+
+
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """`training_state.pt` of a checkpoint directory, loaded with weights_only=True."""
-    return load_tensors(os.path.join(os.fspath(path), STATE_NAME), map_location)
+    """`training_state.pt` of a checkpoint directory, loaded with weights_only=True; a file that loads but is not
+    what `save_checkpoint` writes (another tool's, one replaced by hand) is a one-line ValueError, not a KeyError
+    somewhere in the resume."""
+    file = os.path.join(os.fspath(path), STATE_NAME)
+    state = load_tensors(file, map_location)
+    missing = [k for k in _STATE_KEYS if k not in state] if isinstance(state, dict) else list(_STATE_KEYS)
+    if missing:
+        got = f"a dict without {', '.join(missing)}" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise ValueError(f"{file}: not a bertkit training state: expected a dict of {', '.join(_STATE_KEYS)}, "
+                         f"got {got}")
+    return state
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:

@@ -4,6 +4,9 @@ on rank 0.
 Launch with `torchrun --nproc-per-node N script.py` (or `python -m torch.distributed.run ...`): torchrun sets
 RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, and `setup()` reads them. A plain `python script.py`
 is a world of one: no process group, no DDP, the same code path otherwise. The model code knows nothing of this.
+Ranks are global (RANK: data shards, seeds, rank 0's printing and saving); LOCAL_RANK only picks this machine's GPU.
+On several machines (`--nnodes`) rank 0 writes the run directory that every rank reads, so it must be one they
+share: `check_shared_dir` says so at once where it is not.
 
 Two ways to spread training over the ranks:
 - DDP (`wrap`): every rank holds the whole model and optimizer state; gradients are all-reduced.
@@ -17,11 +20,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterable, TypeVar
 
 import torch
@@ -127,6 +134,77 @@ def on_main(fn: Callable[[], T]) -> T | None:
     if box[0] is not None:
         raise RankZeroError(box[0])
     return result
+
+
+def from_main(fn: Callable[[], T]) -> T:
+    """`on_main(fn)` with its (picklable) result on every rank: for a decision the ranks must take alike, such as
+    the checkpoint a resume continues, which ranks looking each for themselves could take differently (a directory
+    of the same name on each machine's own disk) and then wait for each other in different collectives."""
+    result = on_main(fn)
+    if not is_distributed():
+        return result
+    box = [result]
+    dist.broadcast_object_list(box, src=0, group=_waiting_group)
+    return box[0]
+
+
+# How long a rank looks for the file rank 0 wrote before it decides it cannot see it: some network filesystems
+# show another machine's new file a moment late. Only a failing check waits this long.
+SHARED_WAIT_S = 5.0
+
+
+def check_shared_dir(directory) -> None:
+    """Every rank must see `directory` as rank 0 does: rank 0 writes there what the others read (pre-training's
+    data, the checkpoint a resume loads), so on several machines it must be a directory they share (a network
+    filesystem), not a local one of the same name on each. Rank 0 writes a file there and each rank looks for it;
+    if some cannot see it, a ValueError naming them, their hosts and paths, raised on rank 0 and on the first of
+    them on each host (each machine's log says why; the other ranks raise a quiet `RankZeroError`), at once
+    instead of a missing file later or a hang. Collective; nothing to check in a world of one."""
+    if not is_distributed():
+        return
+    directory = Path(directory)
+    name = from_main(lambda: _write_marker(directory))
+    marker = directory / name
+    try:
+        here = (is_main() or _appears(marker), socket.gethostname(), os.path.abspath(directory))
+        views = [None] * world_size()
+        dist.all_gather_object(views, here, group=_waiting_group)
+    finally:
+        if is_main():
+            marker.unlink(missing_ok=True)
+    blind = [r for r, (seen, _, _) in enumerate(views) if not seen]
+    if not blind:
+        return
+    groups: dict[tuple[str, str], list[str]] = {}  # (host, path) -> its blind ranks: a machine's ranks in one entry
+    for r in blind:
+        groups.setdefault(views[r][1:], []).append(str(r))
+    where = [f"rank{'s' * (len(rs) > 1)} {', '.join(rs)} on {host} ({path})" for (host, path), rs in groups.items()]
+    message = (f"{directory}: {', '.join(where)} cannot see the file {name} that rank 0 on {views[0][1]} "
+               f"({views[0][2]}) wrote there; every rank reads the files rank 0 writes in it (data, checkpoints), so "
+               "under torchrun on several machines it must be one directory that they all share (a network "
+               "filesystem), not a local directory on each")
+    first_per_host = {views[r][1]: r for r in reversed(blind)}  # one line per machine's log, not one per process
+    if is_main() or rank() in first_per_host.values():
+        raise ValueError(message)
+    raise RankZeroError(message)
+
+
+def _write_marker(directory: Path) -> str:
+    """A new file in `directory` (written whole, by a rename), for `check_shared_dir`; its name."""
+    from ..io import write_text_atomic
+    name = f".shared-check-{uuid.uuid4().hex}"
+    write_text_atomic(directory / name, f"written by rank 0 on {socket.gethostname()}; removed after the check\n")
+    return name
+
+
+def _appears(path: Path) -> bool:
+    """Whether `path` exists, looking again for up to SHARED_WAIT_S."""
+    deadline = time.monotonic() + SHARED_WAIT_S
+    while not path.is_file():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 # What gloo's TCP transport raises (a RuntimeError from the collective, message prefixed by its source line) when

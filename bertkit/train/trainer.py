@@ -59,7 +59,8 @@ from torch import nn
 from ..modeling import packing as P
 from ..warn import warn
 from . import distributed as dist
-from .checkpoint import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (find_latest, find_resumable, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .optim import OPTIMIZERS, build_optimizer, global_grad_norm, linear_schedule, param_groups
 from .tracking import Tracker
 
@@ -657,10 +658,12 @@ class Trainer:
         return path
 
     def _resume(self) -> int | None:
-        path = find_latest(self.cfg.output_dir)
+        # rank 0 picks the checkpoint for all: ranks looking each in its own view of output_dir could pick others
+        path = dist.from_main(lambda: find_resumable(self.cfg.output_dir))
         if path is None:
             dist.print0(f"resume: no checkpoint in {self.cfg.output_dir}; starting from step 0")
             return None
+        dist.check_shared_dir(self.cfg.output_dir)  # every rank loads it: a machine's local directory has none
         state = load_checkpoint(path, self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler)
         # the saved learning rate is the saved schedule's; with more max_steps (or another warm-up) the next
