@@ -389,11 +389,11 @@ def entity_f1(pred_tags: Sequence, true_tags: Sequence, scheme: str | None = Non
         pred_set.update((n, *e) for e in get_entities(ps, scheme))
         true_set.update((n, *e) for e in get_entities(ts, scheme))
     hit = pred_set & true_set
+    # each set counted by type in one pass: a pass per type made 80 types of 200k tags 2.5x seqeval's time
+    hits, preds, trues = (Counter(e[1] for e in entities) for entities in (hit, pred_set, true_set))
     per_type = {}
-    for typ in sorted({e[1] for e in true_set | pred_set}):
-        tp = sum(1 for e in hit if e[1] == typ)
-        np_ = sum(1 for e in pred_set if e[1] == typ)
-        nt = sum(1 for e in true_set if e[1] == typ)
+    for typ in sorted(preds.keys() | trues.keys()):
+        tp, np_, nt = hits[typ], preds[typ], trues[typ]
         p, r, f = _prf(tp, np_ - tp, nt - tp)
         per_type[typ] = {"precision": p, "recall": r, "f1": f, "support": nt}
     p, r, f = _prf(len(hit), len(pred_set) - len(hit), len(true_set) - len(hit))

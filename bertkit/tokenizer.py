@@ -301,14 +301,7 @@ class BertTokenizer:
 
         # Restore saved added tokens first, in id order, so they get back their ids; then make sure the
         # role tokens exist (a vocabulary without [CLS] gets it as a new token, as in HF).
-        for token_id, token in sorted((added_tokens_decoder or {}).items()):
-            self._no_new_ids(tok, [token.content])
-            (tok.add_special_tokens if token.special else tok.add_tokens)([token])
-            if tok.token_to_id(token.content) != token_id:
-                raise ValueError(
-                    f"{source}: added token {token.content!r} is saved with id {token_id} but would get id "
-                    f"{tok.token_to_id(token.content)}; added-token ids must follow the vocabulary without gaps"
-                )
+        self._restore_added(tok, added_tokens_decoder, source)
         self._special = {key: _content(t) for key, t in roles.items()}
         # a token restored above keeps its saved flags (lstrip, rstrip: offsets depend on them), as in transformers
         restored = {t.content for t in tok.get_added_tokens_decoder().values()}
@@ -664,22 +657,43 @@ class BertTokenizer:
                                      or not self.do_lower_case else _lower(t) for t in tokens])
         if special_tokens:  # new ids in the order given, as transformers numbers them; its count, as there
             return self._tok.add_special_tokens([t if isinstance(t, AddedToken) else _special(t) for t in tokens])
-        known = self._tok.get_vocab(with_added_tokens=True)
-        fresh = {}
+        fresh = {}  # tokens looked up one by one: a copy of the whole vocabulary (13 ms) per call made a loop slow
         for t in tokens:
             if isinstance(t, str):
                 t = AddedToken(_lower(t) if self.do_lower_case else t, special=False, normalized=True)
-            if t.content not in known:
+            if self._tok.token_to_id(t.content) is None:
                 fresh.setdefault(t.content, t)
         return self._tok.add_tokens(list(fresh.values()))
+
+    def _restore_added(self, tok: Tokenizer, added_tokens_decoder: Mapping[int, AddedToken] | None,
+                       source: str) -> None:
+        """Add saved tokens in id order, checking that each gets its saved id. One Rust call per run of special
+        (or non-special) tokens, not per token: each call rebuilds the matcher of every added token, so loading
+        8,000 added tokens a call each took 22 s. A vocabulary that leaves ids unused refuses new tokens, which
+        are then looked for one token at a time, so the first error in id order is the one raised."""
+        saved = sorted((added_tokens_decoder or {}).items())
+        runs: list[list[tuple[int, AddedToken]]] = []
+        for item in saved:
+            if runs and not self._unused_ids and runs[-1][-1][1].special == item[1].special:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        for run in runs:
+            self._no_new_ids(tok, [token.content for _, token in run])
+            (tok.add_special_tokens if run[0][1].special else tok.add_tokens)([token for _, token in run])
+            for token_id, token in run:
+                if tok.token_to_id(token.content) != token_id:
+                    raise ValueError(
+                        f"{source}: added token {token.content!r} is saved with id {token_id} but would get id "
+                        f"{tok.token_to_id(token.content)}; added-token ids must follow the vocabulary without gaps"
+                    )
 
     def _no_new_ids(self, tok: Tokenizer, contents: Sequence[str]) -> None:
         """Refuse tokens that would need new ids when the vocabulary leaves ids unused: the Rust library would
         number them by its count of tokens, i.e. give them ids the vocabulary already holds (transformers does)."""
         if not self._unused_ids:
             return
-        known = tok.get_vocab(with_added_tokens=True)
-        new = [c for c in contents if c not in known]
+        new = [c for c in contents if tok.token_to_id(c) is None]
         if new:
             raise ValueError(f"{self._vocab_source}: {self._unused_ids} id(s) of this vocabulary hold no token "
                              f"(a token listed twice), so new tokens ({', '.join(map(repr, new[:3]))}) would take "
@@ -1074,16 +1088,20 @@ class BertTokenizer:
         """Id of each token; tokens outside the vocabulary map to unk_token_id. On an uncased tokenizer a
         token added as written ("[ENT]", stored as "[ent]" by `add_tokens`) is found too, as in transformers."""
         if isinstance(tokens, str):
-            return self._token_id(tokens)
-        return [self._token_id(t) for t in _texts(tokens, "tokens")]
+            return self._token_id(tokens, {})
+        added: dict[int, AddedToken] = {}  # the added tokens, read from Rust once for the whole list
+        return [self._token_id(t, added) for t in _texts(tokens, "tokens")]
 
-    def _token_id(self, token: str) -> int:
+    def _token_id(self, token: str, added: dict[int, AddedToken]) -> int:
+        """`added`: the caller's copy of the added tokens, filled when first needed (read per token, converting n
+        capitalised tokens with a thousand added cost n times a copy of them all)."""
         found = self._tok.token_to_id(token)
         if found is None and self.do_lower_case and token != _lower(token):
-            added = self._tok.token_to_id(_lower(token))
-            decoder = self._tok.get_added_tokens_decoder() if added is not None else {}
-            if added in decoder and not decoder[added].special:
-                found = added
+            lowered = self._tok.token_to_id(_lower(token))
+            if lowered is not None and not added:
+                added.update(self._tok.get_added_tokens_decoder())
+            if lowered in added and not added[lowered].special:
+                found = lowered
         return self.unk_token_id if found is None else found
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int],
