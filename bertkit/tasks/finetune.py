@@ -258,9 +258,9 @@ def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
     a clean one (and the checkpoints, best model and results of an earlier run in `out` are removed, so a later
     resume cannot pick them up, pruning cannot keep them over the new ones, and a resume of this run, killed
     early, cannot take the old results for its own)."""
-    from ..train.checkpoint import find_latest, list_checkpoints
+    from ..train.checkpoint import find_resumable, list_checkpoints, remove_checkpoint
     if resume:
-        latest = find_latest(out)
+        latest = dist.from_main(lambda: find_resumable(out))   # a refusal said once, the same checkpoint for all
         if latest is None:
             return _fresh_state()
         path = Path(latest) / BEST_STATE_NAME
@@ -270,7 +270,7 @@ def _checkpoint_state(out: Path, resume: bool) -> dict[str, Any]:
         return {**_fresh_state(), **read_json(path)}
     if dist.is_main():
         for _, path in list_checkpoints(out):
-            shutil.rmtree(path)
+            remove_checkpoint(path)
         shutil.rmtree(out / "best", ignore_errors=True)
         (out / RESULTS_NAME).unlink(missing_ok=True)
     dist.barrier()
@@ -518,6 +518,8 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     out.mkdir(parents=True, exist_ok=True)
     args_file = out / ARGS_NAME
     resume = bool(getattr(args, "resume", False))
+    if resume:   # every rank then reads what rank 0 wrote (results, checkpoints): on several machines, one directory
+        dist.check_shared_dir(out)
     data = _data_files(args)
     # a --resume with nothing to continue (the first run failed before its first checkpoint, or none ran) is a
     # first run: the settings a failed attempt left do not bind it

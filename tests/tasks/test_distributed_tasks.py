@@ -102,3 +102,19 @@ def test_torchrun_resumes_a_one_process_run_and_says_a_refusal_once(corpus, toke
         (1, "train"), (2, "train"), (3, "train"), (3, "eval"), (4, "train"), (4, "eval")]
     for x, y in zip(lines["one"], lines["cut"]):
         assert y.get("loss", y.get("mlm_loss")) == pytest.approx(x.get("loss", x.get("mlm_loss")), rel=1e-5)
+
+
+def test_finetune_resume_of_a_run_on_node_0_alone_fails_at_once_on_both_nodes(tmp_path, cls_toy):  # noqa: F811
+    """A finished fine-tuning run on node 0's local disk, resumed on 2 nodes (each a working directory of its own,
+    `tests.train.test_multinode`): node 0 would find the run complete while node 1 trained alone, a hang. Both
+    nodes fail within seconds instead, each saying why."""
+    from tests.train.test_multinode import ERROR, two_nodes
+    args = ["finetune", "classify", "--model", cls_toy["encoder"], "--train", cls_toy["train"], "--dev",
+            cls_toy["dev"], "--batch-size", "16", "--max-seq-length", "16", "--epochs", "1"]
+    assert main([*map(str, args), "--output", str(tmp_path / "node0" / "run")]) == 0
+    nodes = two_nodes([tmp_path / "node0", tmp_path / "node1"], "-m", "bertkit", *args, "--output", "run",
+                      "--resume")
+    for node in nodes:
+        assert node.returncode != 0 and "exitcode  : 2" in node.stderr, node.stderr[-3000:]
+        lines = [line for line in node.stderr.splitlines() if line.startswith("bertkit finetune classify: error: ")]
+        assert len(lines) == 1 and ERROR in lines[0] and str(tmp_path / "node1" / "run") in lines[0], lines
