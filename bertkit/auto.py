@@ -10,6 +10,7 @@ import os
 from .config import CONFIG_NAME, BertConfig, check_config, config_file
 from .hub import resolve_model_dir
 from .io import read_json
+from .warn import warn
 
 
 def check_model_type(directory: str) -> None:
@@ -18,6 +19,20 @@ def check_model_type(directory: str) -> None:
     model_type = read_json(path).get("model_type", "bert")
     if model_type != "bert":
         raise ValueError(f"{path}: model_type is {model_type!r}; bertkit only reads 'bert' checkpoints")
+
+
+def check_vocab_fits(tokenizer, config, where: str) -> None:
+    """Warn, once at load, when `tokenizer` can give ids that the model's embeddings do not hold (tokens added
+    without `resize_token_embeddings`): on the CPU a text holding one fails with an IndexError naming the
+    argument, but on a GPU with a device-side assert that stops the process without saying why."""
+    if len(tokenizer) <= config.vocab_size:
+        return
+    extra = tokenizer.convert_ids_to_tokens(list(range(config.vocab_size, min(len(tokenizer), config.vocab_size + 3))))
+    warn(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings hold {config.vocab_size} "
+         f"(config vocab_size), so a text holding a token of id >= {config.vocab_size} "
+         f"({', '.join(map(repr, extra))}{', ...' if len(tokenizer) > config.vocab_size + 3 else ''}) cannot run; "
+         f"call model.resize_token_embeddings(len(tokenizer)) and fine-tune, or load the tokenizer saved with "
+         f"this model")
 
 
 class AutoConfig:

@@ -39,6 +39,7 @@ from .auto import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
+    check_vocab_fits,
 )
 from .hub import LoadWarning, resolve_model_dir
 from .io import read_json
@@ -97,6 +98,7 @@ class Pipeline:
         else:
             raise TypeError(f"{self.task}: model must be a name, a directory or a bertkit model, "
                             f"got {type(model).__name__}")
+        check_vocab_fits(self.tokenizer, self.model.config, os.fspath(model) if self.model_dir else self.task)
         if device is not None:
             self.model.to(_device(device))
         self.defaults = {**self.options, **self._check_options(task_options)}

@@ -940,3 +940,28 @@ def test_question_answering_errors(qa_model):
            doc_stride=4)
     with pytest.raises(ValueError, match="has no trained question-answering head"):
         pipeline("question-answering", model=MINILM)
+
+
+def test_a_tokenizer_longer_than_the_embeddings_is_warned_about_at_load():
+    """Tokens added without `resize_token_embeddings` have ids the embeddings lack: on a GPU a text holding one
+    stops the process with a device-side assert that names nothing, so the pipeline says it once, when built
+    (and says nothing for a tokenizer that fits)."""
+    from bertkit import AutoModel, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    model = AutoModel.from_pretrained(MINILM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline("feature-extraction", model, tokenizer=tok)   # 30,522 tokens, 30,522 rows
+    tok.add_tokens(["[ent]", "[rel]", "[arg]", "[obj]"])
+    with pytest.warns(UserWarning) as seen:
+        p = pipeline("feature-extraction", model, tokenizer=tok)
+    assert [str(w.message) for w in seen] == [
+        "feature-extraction: the tokenizer has 30526 tokens but the model's embeddings hold 30522 (config vocab_size), "
+        "so a text holding a token of id >= 30522 ('[ent]', '[rel]', '[arg]', ...) cannot run; call "
+        "model.resize_token_embeddings(len(tokenizer)) and fine-tune, or load the tokenizer saved with this model"]
+    with pytest.raises(IndexError, match=r"input_ids must be in \[0, 30522\)"):   # the CPU's error, as before
+        p("an [ent] here")
+    model.resize_token_embeddings(len(tok))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(pipeline("feature-extraction", model, tokenizer=tok)("an [ent] here")) == 384

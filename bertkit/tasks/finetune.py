@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .. import figures
-from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, check_vocab_fits
 from ..data.readers import Example, iter_table, table_format
 from ..io import atomic_path, check_ours, check_writable, file_id, read_json, write_text_atomic
 from ..tokenizer import SAVED_FILES
@@ -301,6 +301,7 @@ def train_keep_best(args, seed: int, out: Path, load_model, tok, batches, object
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = load_model()
+    check_vocab_fits(tok, model.config, args.model)
     remember_settings(model, settings)
     best_dir = out / "best"
     resume = bool(getattr(args, "resume", False))
@@ -679,7 +680,9 @@ def load_saved(model_cls, model_dir: str, device: str | None = None, compile: bo
     model = model_cls.from_pretrained(model_dir).to(inference_device(device))
     if compile:
         compile_layers(model)
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    check_vocab_fits(tok, model.config, model_dir)
+    return model, tok
 
 
 def _tag_settings(model, max_seq_length: int | None, stride: int | str | None) -> tuple[int, int]:

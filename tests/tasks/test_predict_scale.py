@@ -297,3 +297,17 @@ def test_a_pair_too_long_for_windows_in_a_late_chunk_names_its_file_and_line(toy
     err = capsys.readouterr().err
     assert err.startswith(f"bertkit predict: error: {data}:250: the first text has "), err
     assert len(err.splitlines()) == 1 and not out.exists() and [p.name for p in tmp_path.iterdir()] == ["pairs.tsv"]
+
+
+def test_predict_warns_of_a_tokenizer_longer_than_the_embeddings(toy, tmp_path):
+    """A model directory whose tokenizer got tokens its embeddings lack (added, not resized): `predict` says so
+    at load, naming the directory (a GPU would otherwise stop at the first text holding one, saying nothing)."""
+    import shutil
+    shutil.copytree(toy / "cls", tmp_path / "cls")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "cls")
+    tok.add_tokens(["[ent]"])
+    tok.save_pretrained(tmp_path / "cls")
+    with pytest.warns(UserWarning, match=rf"^{tmp_path / 'cls'}: the tokenizer has {len(tok)} tokens but the "
+                                         rf"model's embeddings hold {len(tok) - 1} \(config vocab_size\)"):
+        assert main(["predict", "--model", str(tmp_path / "cls"), "--data", str(toy / "rows.tsv"), "--output",
+                     str(tmp_path / "p.jsonl"), "--text-column", "text"]) == 0
