@@ -14,7 +14,8 @@ file has lines) and says what was expected.
 - `read_squad` reads SQuAD v1.1 / v2.0 JSON, plain or zipped, and checks every answer span against its context.
 
 Every reader takes UTF-8 (a leading BOM dropped) with LF, CRLF or old-Mac lone-CR line ends alike; a byte that is
-not UTF-8 is an error naming the file, its line and its column (tables, text) or offset (CoNLL, SQuAD).
+not UTF-8 is an error naming the file, its line and its column (tables, text, CoNLL: read a line at a time) or
+offset (SQuAD JSON, read whole).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from itertools import chain
 from typing import Any, Iterable, Iterator, Sequence
 
 from ..io import decode_text, read_lines
@@ -97,10 +99,6 @@ def _decode(raw: bytes, where: str) -> str:
     included. Lines are then split at \\n only, not by `str.splitlines`, which also breaks at characters text may
     hold (\\x0c, \\u2028...)."""
     return _LINE_END.sub("\n", decode_text(raw, where))
-
-
-def _read_text(path: Path) -> str:
-    return _decode(path.read_bytes(), str(path))
 
 
 def _lines(path: Path, delimiter: str | None = None) -> Iterator[tuple[int, str]]:
@@ -433,11 +431,10 @@ def conll_blocks(path: Path, token_column: int,
     (the user said --format conll)."""
     if Path(path).suffix.lower() in (".json", ".jsonl", ".zip"):
         raise ValueError(f"{path}: a CoNLL file is plain text, one token per line; got a {Path(path).suffix} file")
-    lines = _read_text(path).split("\n")
     if not explicit:
-        _refuse_sentences_a_line(path, lines)
+        _refuse_sentences_a_line(path)
     block: list[tuple[int, str, list[str]]] = []
-    for n, line in enumerate(lines + [""], 1):  # a blank line ends the last sentence
+    for n, line in chain(read_lines(path), [(0, "")]):  # a blank line ends the last sentence
         fields = line.split("\t") if "\t" in line else line.split()
         if line.strip() and not is_docstart(fields, token_column):
             block.append((n, line, fields))
@@ -456,21 +453,28 @@ def conll_blocks(path: Path, token_column: int,
 CONLL_SUFFIXES = frozenset({".conll", ".conllu", ".conllx", ".iob", ".bio"})
 
 
-def _refuse_sentences_a_line(path: Path, lines: list[str]) -> None:
+def _refuse_sentences_a_line(path: Path) -> None:
     """A file without a tab, without a blank line between its lines, whose every line holds the same number (2 or
     more) of space-separated words would read as one CoNLL sentence of the lines' first words; but a text file,
     one sentence a line, whose lines happen to hold as many words looks just the same. Refused, since either
     reading may be wrong: tabs between the columns, blank lines between sentences, a -DOCSTART- line, a CoNLL
-    name (.conll) or --format conll make it CoNLL, and predict reads a text file with --format text."""
-    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
-    if path.suffix.lower() in CONLL_SUFFIXES or not numbered or numbered[-1][0] - numbered[0][0] + 1 != len(numbered):
-        return  # named CoNLL, empty, or blank lines between sentences
-    if any("\t" in line or line.split()[0] == "-DOCSTART-" for _, line in numbered):
+    name (.conll) or --format conll make it CoNLL, and predict reads a text file with --format text. Read a line
+    at a time, up to the first line that settles it (in a CoNLL file, its first blank line after a sentence)."""
+    if path.suffix.lower() in CONLL_SUFFIXES:
         return
-    widths = {len(line.split()) for _, line in numbered}
-    if len(widths) == 1 and min(widths) >= 2:
-        n, line = numbered[0]
-        raise ValueError(f"{path}:{n}: {min(widths)} space-separated words on every line and no blank line between "
+    first = width = None   # the first non-blank line, as (n, line), and the words of every non-blank line so far
+    gap = False            # a blank line after a non-blank one: fine unless a non-blank line follows
+    for n, line in read_lines(path):
+        if not line.strip():
+            gap = first is not None
+            continue
+        words = line.split()
+        if gap or "\t" in line or words[0] == "-DOCSTART-" or width not in (None, len(words)):
+            return  # blank lines between sentences, CoNLL columns, or lines of different widths
+        first, width = first or (n, line), len(words)
+    if first is not None and width >= 2:
+        n, line = first
+        raise ValueError(f"{path}:{n}: {width} space-separated words on every line and no blank line between "
                          f"sentences: a text file, one sentence a line? predict reads one with --format text; a "
                          f"CoNLL file (one token a line, then its tags) is read with --format conll, or needs tabs "
                          f"between its columns, blank lines between its sentences or a .conll name: {line[:80]!r}")

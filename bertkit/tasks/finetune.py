@@ -735,26 +735,28 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
     plain text file (one sentence per line, split into words at spaces and punctuation); one JSON
     line per sentence ({"line" of its first token, "tokens", "tags", "scores"; from text also "spans", each
     word's [start, end) in its line}) in `output`. Returns the sentence count. `token_column` None: as
-    fine-tuned. A text file is read twice, a line at a time (counted and checked first, then a chunk at a time as
-    it is tagged), a CoNLL file whole (its checks look at every line)."""
+    fine-tuned. The file is read twice, a line at a time: every sentence checked and counted first, then a chunk
+    at a time as it is tagged."""
     from ..auto import AutoModelForTokenClassification
-    from .tag import iter_predict_tags, iter_words, read_tokens
+    from .tag import iter_predict_tags, iter_tokens, iter_words
     if format not in (None, "conll", "text"):
         raise FlagError(f"--format {format}: a tagger reads a CoNLL file, or a text file with --format text "
                         f"(formats: conll, text)")
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     if format == "text":
-        total = sum(1 for _ in iter_words(data))
-        sentences = ((line, words, {"spans": spans}) for line, words, spans in iter_words(data))
+        def read():
+            return ((line, words, {"spans": spans}) for line, words, spans in iter_words(data))
     else:
         column = _tag_columns(model, token_column=token_column)["token_column"]
-        sentences = [(line, words, {}) for line, words in read_tokens(data, column, explicit=format == "conll")]
-        total = len(sentences)
+
+        def read():
+            return ((line, words, {}) for line, words in iter_tokens(data, column, explicit=format == "conll"))
+    total = sum(1 for _ in read())
     if not total:
         raise ValueError(f"{data}: no sentences to predict")
     # two readers of one stream: the tagger's runs a chunk ahead of the writer's, so the copy holds one chunk
-    for_tagger, rows = itertools.tee(sentences)
+    for_tagger, rows = itertools.tee(read())
     parts = iter_predict_tags(model, tok, (words for _, words, _ in for_tagger), max_seq_length=max_seq_length,
                               stride=stride, batch_size=batch_size, total=total, source=data)
     with prediction_lines(output) as write:

@@ -38,8 +38,8 @@ from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_l
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
            "TagObjective", "predict_word_logits", "iter_word_logits", "check_tags", "evaluate_tagging",
-           "tagging_scores", "iter_predict_tags", "predict_tags", "read_tokens", "read_words", "iter_words",
-           "model_kwargs"]
+           "tagging_scores", "iter_predict_tags", "predict_tags", "read_tokens", "iter_tokens", "read_words",
+           "iter_words", "model_kwargs"]
 
 
 @dataclass(frozen=True)
@@ -330,14 +330,19 @@ def read_words(path: str | Path) -> list[tuple[int, list[str], list[tuple[int, i
 
 
 def read_tokens(path: str | Path, token_column: int = 0, *, explicit: bool = False) -> list[tuple[int, list[str]]]:
+    """`iter_tokens`, every sentence in a list."""
+    return list(iter_tokens(path, token_column, explicit=explicit))
+
+
+def iter_tokens(path: str | Path, token_column: int = 0, *, explicit: bool = False
+                ) -> Iterator[tuple[int, list[str]]]:
     """Sentences of a CoNLL-style file for prediction, as (line of the first token, tokens): one token per line
     (column `token_column` of the tab- or whitespace-separated fields; other columns, e.g. tags, are ignored),
     blank lines between sentences, ``-DOCSTART-`` lines skipped: the file `evaluate` scores, read alike. Every line
     must have as many fields as the first: a file of sentences, one a line, would otherwise be read as one sentence
     of their first words; and a table of sentences ("text<TAB>label") is refused by `conll_blocks`, as is a file
-    that may be a text file of equally long sentences unless `explicit` (--format conll)."""
+    that may be a text file of equally long sentences unless `explicit` (--format conll). Read a line at a time."""
     path = Path(path)
-    sentences: list[tuple[int, list[str]]] = []
     first: tuple[int, int] | None = None  # (line number, fields) of the first token line
     for block in conll_blocks(path, token_column, explicit):
         for n, line, fields in block:
@@ -349,5 +354,4 @@ def read_tokens(path: str | Path, token_column: int = 0, *, explicit: bool = Fal
                                  f"a CoNLL file, one token a line (then any tags, the same columns on every "
                                  f"line; a text file, one sentence a line, is read with --format text): "
                                  f"{line[:80]!r}")
-        sentences.append((block[0][0], [fields[token_column] for _, _, fields in block]))
-    return sentences
+        yield block[0][0], [fields[token_column] for _, _, fields in block]

@@ -442,8 +442,8 @@ def test_a_streamed_table_reads_like_its_lf_file_whatever_its_read_buffers_cut(t
 @pytest.mark.parametrize("name,text,read", READERS, ids=[r[0] for r in READERS])
 def test_a_byte_that_is_not_utf8_is_named_by_line_and_place_whatever_the_line_ends(tmp_path, name, text, read):
     """The bad byte sits on line 3 of every variant (lone \\r files were all reported on line 1), named by its
-    column in the streamed tables and by its offset in the files read whole; a UTF-16 file (Excel's "Unicode
-    text") is named as such."""
+    column in the files read a line at a time and by its offset in SQuAD's JSON, read whole; a UTF-16 file
+    (Excel's "Unicode text") is named as such."""
     lines = text.split("\n")
     lines[2] = "\xe9" + lines[2]  # é, then written as Latin-1
     for end in ("\n", "\r\n", "\r"):
@@ -451,7 +451,7 @@ def test_a_byte_that_is_not_utf8_is_named_by_line_and_place_whatever_the_line_en
         p = write(tmp_path, name, raw)
         with pytest.raises(ValueError) as e:
             read(p)
-        offset, streamed = raw.index(b"\xe9"), name.endswith(("csv", "tsv", "jsonl"))
+        offset, streamed = raw.index(b"\xe9"), not name.endswith(".json")   # SQuAD's JSON is read whole
         place = "(byte 0xe9 at column 1)" if streamed else f"(byte 0xe9) at offset {offset}"
         assert str(e.value) == f"{p}:3: not valid UTF-8 {place}; save it as UTF-8", end
     p = write(tmp_path, name, text.encode("utf-16"))

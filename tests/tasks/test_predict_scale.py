@@ -160,6 +160,23 @@ def test_tagger_predict_reads_a_text_file_a_chunk_at_a_time(toy, tmp_path, monke
     assert [(r["line"], r["tokens"]) for r in got] == [(n, t.split()) for n, t in enumerate(_texts(ROWS, 0), 1)]
 
 
+def test_tagger_predict_reads_a_conll_file_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
+    """A CoNLL file too: counted first, then read as it is tagged, a sentence's lines up to the blank line that
+    ends it (the last one's, the end of the file)."""
+    monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
+    out, calls, readers = tmp_path / "t.jsonl", [], []
+    _spy_lines_read(monkeypatch, tag, "predict_word_logits", out, calls, readers,
+                    count=lambda feats, words, *_: len(words))
+    assert main(["predict", "--model", str(toy / "tag"), "--data", str(toy / "rows.conll"), "--output", str(out),
+                 "--batch-size", "8"]) == 0
+    lines = [len(t.split()) + 1 for t in _texts(ROWS, 0)]   # a sentence's tokens and the blank line after it
+    total = sum(lines) - 1                                  # none after the last
+    assert calls == [(64, sum(lines[:64])), (64, sum(lines[:128])), (64, sum(lines[:192])), (64, sum(lines[:256])),
+                     (44, total)] and readers == [total, total]
+    want = [(s.line, s.tokens) for s in read_conll(toy / "rows.conll")]
+    assert [(r["line"], r["tokens"]) for r in _read(out)] == want
+
+
 def test_chunks_of_a_file_that_changed_between_its_count_and_its_reading():
     """A streamed input shorter or longer than counted is an error naming the file, not a silent misalignment."""
     assert [some for some, _ in classify.chunks_of(iter(range(5)), 5, 2, False)] == [[0, 1, 2, 3, 4]]
