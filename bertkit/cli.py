@@ -99,9 +99,14 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
                         "with a pooler looks like a sequence classifier, so name those)")
 
 
+def _say(text: str) -> None:
+    """What a long command is doing now, on stderr (stdout holds its results), at once (a log file buffers)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _export(args: argparse.Namespace) -> int:
     from .export import export_onnx
-    print(export_onnx(args.model, args.output, opset=args.opset))
+    print(export_onnx(args.model, args.output, opset=args.opset, report=_say))
     return 0
 
 
@@ -499,6 +504,18 @@ def _check_format(model: str, arch: str, format: str | None, evaluate: bool) -> 
     raise FlagError(f"--format {format}: {model} is a {task} model ({arch}), which reads {reads}")
 
 
+_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".conll")
+
+
+def _check_squad_data(model: str, arch: str, data: str) -> None:
+    """A QA model given a table or CoNLL file by its name is told so, not a JSON parse error at the file's line 1
+    (another task's data, or the wrong --model)."""
+    from .tasks.flags import FlagError
+    if arch == "BertForQuestionAnswering" and os.path.splitext(data)[1].lower() in _TABLE_SUFFIXES:
+        raise FlagError(f"{data}: {model} is a question answering model ({arch}), which reads SQuAD JSON, not a "
+                        f"{os.path.splitext(data)[1][1:].upper()} file")
+
+
 def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
     """`evaluate` and `predict`: the saved model's architecture (config.json, read once) picks the task's job."""
     import torch
@@ -512,6 +529,7 @@ def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
         raise ValueError(f"{args.model}: config.json names the architecture {arch or 'none'}; evaluate and predict "
                          f"take a fine-tuned model, one of {', '.join(SAVED_TASKS)}")
     _check_format(args.model, arch, args.format, evaluate)
+    _check_squad_data(args.model, arch, args.data)
     if args.batch_size < 1:
         raise FlagError(f"--batch-size must be a positive integer, got {args.batch_size}")
     if args.max_seq_length is not None and args.max_seq_length < 3:

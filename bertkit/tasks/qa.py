@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from bisect import bisect_left
 from functools import partial
 from dataclasses import dataclass, replace
@@ -476,11 +477,15 @@ def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(args.model)
     max_len = window_length(args)
     enc = dict(max_seq_length=max_len, doc_stride=args.doc_stride, max_query_length=args.max_query_length)
+    version = "2.0" if version_2 else "1.1"
+    # said before the windows are cut: SQuAD's 88k training questions take most of a minute on a CPU
+    dist.print0(f"SQuAD v{version} QA: {len(train):,} training questions of {args.train}, {len(dev):,} dev questions "
+                f"of {args.dev}; cutting them into windows of {max_len} tokens")
+    started = time.monotonic()
     train_feats = encode_qa(tok, train, **enc, source=args.train)
     dev_feats = encode_qa(tok, dev, **enc, labels=False, source=args.dev)
-    version = "2.0" if version_2 else "1.1"
-    dist.print0(f"SQuAD v{version} QA: {len(train)} training questions ({len(train_feats)} windows), {len(dev)} dev "
-                f"questions ({len(dev_feats)} windows); model {args.model}")
+    dist.print0(f"{len(train_feats):,} training and {len(dev_feats):,} dev windows "
+                f"({time.monotonic() - started:.0f} s); model {args.model}")
     post = dict(n_best=args.n_best, max_answer_length=args.max_answer_length, version_2=version_2,
                 null_threshold=args.null_threshold)
 
