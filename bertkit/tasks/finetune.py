@@ -36,6 +36,7 @@ import math
 import re
 import shutil
 import statistics
+import warnings
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ import torch
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, check_vocab_fits
 from ..data.readers import Example, iter_table, table_format
+from ..hub import LoadWarning
 from ..io import atomic_path, check_ours, check_writable, file_id, read_json, write_text_atomic
 from ..tokenizer import SAVED_FILES
 from ..train import distributed as dist
@@ -539,13 +541,16 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
 
     seeds = _parse_seeds(args.seeds)
     per_seed = {}
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         res = _done(out / f"seed-{seed}", resume, args, args_file)
         if res is not None:
             dist.print0(f"seed {seed}: complete (resume), results from {out / f'seed-{seed}' / RESULTS_NAME}")
         else:
             dist.print0(f"seed {seed}:")
-            res = run_one(seed, out / f"seed-{seed}")
+            with warnings.catch_warnings():
+                if i:   # every seed loads the same model: what its load says (a new head) was said for the first
+                    warnings.simplefilter("ignore", LoadWarning)
+                res = run_one(seed, out / f"seed-{seed}")
         per_seed[str(seed)] = res["best"]
         dist.print0(f"  dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
     first = per_seed[str(seeds[0])]

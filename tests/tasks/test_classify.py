@@ -11,6 +11,7 @@ from bertkit import AutoModelForSequenceClassification, AutoTokenizer
 from bertkit.cli import main
 from bertkit.config import BertConfig
 from bertkit.data.readers import Example
+from bertkit.hub import LoadWarning
 from bertkit.modeling import BertModel
 from bertkit.tasks.classify import (IGNORE, ClassificationBatches, ClassificationObjective, LabelInfo, encode_examples,
                                     evaluate_classification, label_info, labelled, predict, predict_logits)
@@ -318,7 +319,11 @@ def test_seeds_write_mean_and_sd(toy, tmp_path, capsys):
     assert "--seeds must be comma-separated integers, got 'a,b'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     out = tmp_path / "seeds"
-    assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seeds", "1,2") == 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert finetune(toy, out, "--max-steps", "10", "--eval-every", "5", "--seeds", "1,2") == 0
+    # the new head's warning once, though each seed loads the model (an evaluation's filter used to reset it)
+    assert [str(w.message).count("newly initialised") for w in seen if w.category is LoadWarning] == [1], seen
     printed = capsys.readouterr().out
     res = json.loads((out / "eval_results.json").read_text())
     assert res["seeds"] == [1, 2] and set(res["per_seed"]) == {"1", "2"}
