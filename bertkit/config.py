@@ -32,6 +32,11 @@ SIZES = {
 DEFAULT_ID2LABEL = {0: "LABEL_0", 1: "LABEL_1"}
 DEFAULT_LABEL2ID = {"LABEL_0": 0, "LABEL_1": 1}
 
+# num_labels builds the names LABEL_0..LABEL_{n-1} (as transformers): about 190 bytes a label, so a config.json of
+# 26 bytes saying 10**9 would ask for 190 GB before anything else is read. A million labels (190 MB) is far past
+# any task a linear head on BERT serves.
+MAX_NUM_LABELS = 10**6
+
 # transformers' decoder options, which bertkit lacks: false is taken (and not kept), true refused
 DECODER_OPTIONS = ("is_decoder", "add_cross_attention")
 
@@ -143,8 +148,9 @@ class BertConfig:
 
     @num_labels.setter
     def num_labels(self, n: int) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"BertConfig field 'num_labels' must be a positive integer, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_NUM_LABELS:
+            raise ValueError(f"BertConfig field 'num_labels' must be an integer from 1 to {MAX_NUM_LABELS:,}, "
+                             f"got {n!r}")
         _check_problem_type(self.problem_type, n)
         if self.id2label is None or len(self.id2label) != n:
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}

@@ -23,7 +23,7 @@ import torch
 
 from . import modeling
 from .config import BertConfig
-from .hub import WEIGHTS_NAMES, read_weights, legacy_name, load_state, save_pretrained
+from .hub import WEIGHTS_NAMES, check_config_sizes, read_weights, legacy_name, load_state, save_pretrained
 from .io import atomic_directory, check_new_directory
 from .tf_bundle import index_path, read_index, read_variables
 
@@ -128,13 +128,19 @@ def vocab_is_cased(vocab_file: str | os.PathLike) -> bool:
 
 
 def _tf_index(directory: str) -> str | None:
-    """The TensorFlow checkpoint in `directory`: the one its `checkpoint` file names, else its only index."""
+    """The TensorFlow checkpoint in `directory`: the one its `checkpoint` file names, else its only index.
+
+    The name is taken inside `directory` only: a training machine writes its own absolute (or gs://) path there,
+    which on another machine names nothing, or, in a directory from elsewhere, someone else's files."""
     pointer = os.path.join(directory, "checkpoint")
     if os.path.isfile(pointer):
         with open(pointer, encoding="utf-8") as f:
             m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(), re.M)
         if m:
-            return os.path.join(directory, m[1]) + ".index"
+            name = m[1].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+            if name in ("", ".", ".."):
+                raise ValueError(f"{pointer}: model_checkpoint_path {m[1]!r} names no checkpoint")
+            return os.path.join(directory, name) + ".index"
     indexes = sorted(glob.glob(os.path.join(directory, "*.index")))
     if len(indexes) > 1:
         names = ", ".join(os.path.basename(p)[: -len(".index")] for p in indexes)
@@ -254,6 +260,7 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
     else:
         state = {legacy_name(k): t for k, t in read_weights(path).items()}
     notes = [n for n in (_padded_vocab(config, state),) if n]
+    check_config_sizes(config, state, path, config_path)  # before the model it describes is allocated
     named = next((a for a in config.architectures or () if a in ARCHITECTURES), None)
     arch = architecture_name or named or architecture(state)
     if arch in ("BertForSequenceClassification", "BertForTokenClassification") and "classifier.weight" in state:

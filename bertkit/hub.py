@@ -321,6 +321,7 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a shard index: expected 'weight_map', an object of tensor name -> file name")
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
+        _check_shard_name(path, shard)
         shard_path = os.path.join(os.path.dirname(path), shard)
         if not os.path.isfile(shard_path):
             raise FileNotFoundError(f"{path}: lists the shard {shard}, which is not in {os.path.dirname(path)}"
@@ -330,6 +331,54 @@ def read_weights(path: str) -> dict[str, torch.Tensor]:
     if missing:
         raise ValueError(f"{path}: {len(missing)} indexed tensors absent from the shards: {_names(missing)}")
     return state
+
+
+def _check_shard_name(index: str, shard: str) -> None:
+    """A shard index names files beside it: a path elsewhere (`../x`, `/abs/x`) would make a downloaded directory
+    read another model's weights from this machine (transformers follows them; bertkit refuses). A safetensors
+    index lists safetensors shards, so that `use_safetensors=True` never reaches a pickle."""
+    if not shard or shard in (".", "..") or any(sep in shard for sep in "/\\") or os.path.isabs(shard):
+        raise ValueError(f"{index}: weight_map names the shard {shard!r}; expected a file name in "
+                         f"{os.path.dirname(index) or '.'} (no path separators or '..')")
+    if ".safetensors" in os.path.basename(index) and not shard.endswith(".safetensors"):
+        raise ValueError(f"{index}: weight_map names the shard {shard!r}; a safetensors index lists .safetensors "
+                         "files only")
+
+
+# Base-model weights whose shape the config's sizes set: key (relative to the base model) -> the fields of its rows
+# and columns.
+SIZED_BY_CONFIG = {"embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
+                   "embeddings.position_embeddings.weight": ("max_position_embeddings", "hidden_size"),
+                   "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
+                   "encoder.layer.0.intermediate.dense.weight": ("intermediate_size", "hidden_size")}
+_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")
+
+
+def check_config_sizes(config: BertConfig, state: dict[str, torch.Tensor], weights: str, config_source: str,
+                       given: frozenset[str] = frozenset()) -> None:
+    """Before the model is built: the config's sizes must be those of the checkpoint's tensors. A config.json that
+    says vocab_size 10**12 (or hidden_size, intermediate_size, num_hidden_layers far above the weights') beside a
+    small checkpoint would otherwise first allocate and initialise the model it describes (terabytes, or most of
+    the machine's memory) and only then fail on a mis-shaped key (or initialise millions of layers). `config_source`
+    names where the config came from, for the error, and `given` the fields an argument set there."""
+
+    def where(name: str) -> str:
+        return f"{name} {getattr(config, name)} in {config_source}" + (" (given)" if name in given else "")
+
+    base = {}
+    for key, t in state.items():
+        key = legacy_name(key)
+        base[key[len("bert."):] if key.startswith("bert.") else key] = t
+    for key, fields in SIZED_BY_CONFIG.items():
+        t, want = base.get(key), [getattr(config, f) for f in fields]
+        if isinstance(t, torch.Tensor) and t.dim() == 2 and list(t.shape) != want:
+            field = next(f for f, n, w in zip(fields, t.shape, want) if n != w)
+            raise ValueError(f"{weights}: mis-shaped key: {key} (checkpoint {list(t.shape)}, model {want}): "
+                             f"{where(field)}, not this checkpoint's config (refused before building that model)")
+    layers = {int(m[1]) for m in map(_LAYER_KEY.match, base) if m}
+    if layers and config.num_hidden_layers > max(layers) + 1:   # the strict load's missing keys, before building
+        raise ValueError(f"{weights}: {max(layers) + 1} layers, but {where('num_hidden_layers')}: not this "
+                         "checkpoint's config (refused before building that model)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,11 +744,15 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     for name in NO_EFFECT_OPTIONS & set(config_overrides):
         config_overrides.pop(name)
     directory = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder)
+    config_source = "the config given"
     if config is None:
-        config = BertConfig.from_json_file(config_file(directory))
+        config_source = config_file(directory)
+        config = BertConfig.from_json_file(config_source)
     config = apply_config_overrides(config, config_overrides)
     path = find_weights_file(directory, variant, use_safetensors)
     state = read_weights(path)
+    if not ignore_mismatched_sizes:  # asked to re-initialise what differs: the config's sizes are wanted
+        check_config_sizes(config, state, path, config_source, frozenset(config_overrides))
     dtype = _resolve_dtype(dtype, state, _config_dtype(config))
 
     # the model's own copy, as transformers': loading records the loaded dtype in it (and may untie), which must

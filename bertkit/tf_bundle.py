@@ -221,6 +221,8 @@ def read_variables(prefix: str | os.PathLike, num_shards: int, entries: dict[str
                     raise FileNotFoundError(f"{data_path}: data file of checkpoint {base} not found")
                 files[shard] = stack.enter_context(open(data_path, "rb"))
             f = files[shard]
+            if e["offset"] + e["size"] > os.fstat(f.fileno()).st_size:  # before a buffer of that size is made
+                raise ValueError(f"{f.name}: variable {name!r} runs past the end of the file")
             f.seek(e["offset"])
             raw = bytearray(f.read(e["size"]))
             if len(raw) != e["size"]:

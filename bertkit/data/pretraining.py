@@ -408,6 +408,14 @@ def build_shards(
 
 
 # ------------------------------------------------------------------------------------------ dataset
+def _shard_name(name) -> str:
+    """A shard's name in meta.json, as `build_shards` writes it: a file name prefix inside the data directory. A
+    path (`../x`, `/abs/x`) would make a data directory from elsewhere map another directory's files."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ValueError(f"shard name {name!r} is not a file name inside the data directory")
+    return name
+
+
 class PretrainingDataset(torch.utils.data.Dataset):
     """The instances of a `build_shards` directory, memory-mapped read-only.
 
@@ -425,13 +433,17 @@ class PretrainingDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"{meta_path}: missing; {self.directory} is not a complete build_shards output")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format is {meta.get('format')!r}, not {FORMAT!r}")
             if meta.get("version") != FORMAT_VERSION:
                 raise ValueError(f"version {meta.get('version')!r} is not supported (expected {FORMAT_VERSION})")
-            shards = [(s["name"], int(s["num_instances"]), int(s["num_tokens"])) for s in meta["shards"]]
+            shards = [(_shard_name(s["name"]), int(s["num_instances"]), int(s["num_tokens"])) for s in meta["shards"]]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{meta_path}: not a valid pre-training meta.json ({e})") from None
+        except RecursionError:  # json's parser on arrays nested thousands deep
+            raise ValueError(f"{meta_path}: not a valid pre-training meta.json (JSON nested too deeply)") from None
         self.meta = meta
         self._shards = []
         self._starts = [0]
