@@ -174,6 +174,8 @@ def read_json(path: str | os.PathLike, expect: type | None = dict):
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{os.fspath(path)}: line {line_of(text, e.pos)}: not valid JSON ({e.msg})") from None
+    except RecursionError:   # json's parser on arrays or objects nested thousands deep (a crafted file)
+        raise ValueError(f"{os.fspath(path)}: not valid JSON (nested too deeply)") from None
     if expect is not None and not isinstance(data, expect):
         raise ValueError(f"{os.fspath(path)}: expected a JSON {'object' if expect is dict else expect.__name__}, "
                          f"got {type(data).__name__}")

@@ -13,6 +13,7 @@ import torch
 from bertkit import AutoModel, BertConfig, tf_bundle
 from bertkit.convert import convert
 from bertkit.data.pretraining import FORMAT, PretrainingDataset
+from bertkit.data.readers import read_squad
 from bertkit.modeling import BertModel
 from bertkit.train.checkpoint import load_training_state
 
@@ -237,3 +238,36 @@ def test_export_takes_only_a_model_class_from_config_architectures(tmp_path, mod
                                          r"build \(expected one of BertModel, BertForPreTraining, "):
         export_onnx(model_dir, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_json_nested_thousands_deep_is_one_line_naming_the_file(tmp_path):
+    """A config.json (or tokenizer_config.json, an index...) of brackets nested 100,000 deep: json's parser raises
+    RecursionError, which named nothing and reached the command line as a traceback."""
+    from bertkit.io import read_json
+    path = tmp_path / "config.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError) as e:
+        read_json(path)
+    assert _one_line(e) == f"{path}: not valid JSON (nested too deeply)"
+    squad = tmp_path / "s.json"
+    squad.write_text('{"data": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError) as e:
+        read_squad(squad)
+    assert _one_line(e) == f"{squad}: bad JSON (nested too deeply)"
+
+
+def test_a_zipped_squad_file_saying_gigabytes_is_refused_before_reading(tmp_path, monkeypatch):
+    """A zip bomb: gigabytes of spaces compress to a few megabytes, and the member's JSON would be read whole into
+    memory. The limit (1 GiB) made 1 MiB here, so that the test writes 2 MiB, not 2 GiB."""
+    import zipfile
+
+    from bertkit.data import readers
+    monkeypatch.setattr(readers, "MAX_ZIPPED_JSON", 1 << 20)
+    path = tmp_path / "squad.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("dev.json", b" " * (2 << 20))
+    assert path.stat().st_size < 10_000
+    with pytest.raises(ValueError) as e:
+        read_squad(path)
+    assert _one_line(e) == (f"{path}!dev.json: 2,097,152 bytes uncompressed, more than a SQuAD file holds "
+                            f"(at most 1,048,576 read from a zip)")

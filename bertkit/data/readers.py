@@ -484,21 +484,34 @@ def _refuse_sentences_a_line(path: Path) -> None:
 # SQuAD
 # ----------------------------------------------------------------------------------------------------------------
 
+# A zipped SQuAD file's JSON, uncompressed, at most: SQuAD v2.0's training set is 42 MB. A zip of a megabyte can
+# say gigabytes (a zip bomb), which would be read into memory before any check.
+MAX_ZIPPED_JSON = 1 << 30
+
+
 def _load_squad_json(path: Path) -> tuple[Any, str]:
     if path.suffix.lower() == ".zip":
         if not zipfile.is_zipfile(path):
             raise ValueError(f"{path}: not a readable zip file")
         with zipfile.ZipFile(path) as zf:
-            members = [m for m in zf.namelist() if m.lower().endswith(".json") and not m.startswith("__MACOSX/")]
+            members = [m for m in zf.infolist()
+                       if m.filename.lower().endswith(".json") and not m.filename.startswith("__MACOSX/")]
             if len(members) != 1:
-                raise ValueError(f"{path}: expected a zip holding exactly one .json file, found {members}")
-            raw, where = zf.read(members[0]), f"{path}!{members[0]}"
+                raise ValueError(f"{path}: expected a zip holding exactly one .json file, found "
+                                 f"{[m.filename for m in members]}")
+            where = f"{path}!{members[0].filename}"
+            if members[0].file_size > MAX_ZIPPED_JSON:   # zipfile reads no more than the size it declares
+                raise ValueError(f"{where}: {members[0].file_size:,} bytes uncompressed, more than a SQuAD file "
+                                 f"holds (at most {MAX_ZIPPED_JSON:,} read from a zip)")
+            raw = zf.read(members[0])
     else:
         raw, where = path.read_bytes(), str(path)
     try:
         return json.loads(_decode(raw, where)), where
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:   # json's parser on arrays or objects nested thousands deep
+        raise ValueError(f"{where}: bad JSON (nested too deeply)") from None
 
 
 def _squad_object(value: Any, where: str, list_key: str) -> None:
