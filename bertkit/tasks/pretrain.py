@@ -492,7 +492,7 @@ def _train(args: PretrainArgs, info, run: Path, tok: BertTokenizer, model: BertF
         tok.save_pretrained(run)
         png = plot_run(run)
         ev = {k[5:]: v for k, v in result.items() if k.startswith("eval_")}
-        print(f"\nheld-out ({n_eval} batches): MLM accuracy {ev['mlm_accuracy']:.3f}, "
+        print(f"\nheld-out ({n_eval} batch{'es' * (n_eval != 1)}): MLM accuracy {ev['mlm_accuracy']:.3f}, "
               f"perplexity {ev['perplexity']:.1f}, NSP accuracy {ev['nsp_accuracy']:.3f}")
         examples = mask_examples(run / "data" / "heldout", tok, seed=args.seed)
         if examples:

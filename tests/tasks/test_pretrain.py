@@ -526,6 +526,7 @@ def test_init_from_real_weights_without_pretraining_heads(corpus, tmp_path, caps
                  "--eval-batches", "1"]) == 0
     out = capsys.readouterr().out
     assert "newly initialised (train before use): cls." in out and "vocabulary 30,522" in out
+    assert "held-out (1 batch): MLM accuracy" in out
     model = AutoModelForPreTraining.from_pretrained(tmp_path / "run")
     assert model.load_report.clean
     ref = BertModel.from_pretrained(minilm).state_dict()
