@@ -649,6 +649,18 @@ def _normalise_keys(state: dict[str, torch.Tensor], model: torch.nn.Module,
     return out, names
 
 
+def _beside_base_model(state: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    """The keys (legacy names applied) of a checkpoint that stores its encoder under the base-model prefix
+    (`bert.`) which lie outside it: parts of another model built around that BERT, such as TinyBERT's
+    distillation projections `fit_denses.N`. Like another task's head they are unused, as transformers leaves them;
+    an unknown key inside `bert.` (or in a checkpoint without the prefix) stays an error."""
+    p = getattr(model, "base_model_prefix", "bert")
+    names = {legacy_name(k) for k in state}
+    if not any(n.startswith(p + ".") for n in names):
+        return set()
+    return {n for n in names if not n.startswith(p + ".")}
+
+
 def apply_config_overrides(config: BertConfig, overrides: dict[str, Any]) -> BertConfig:
     """A copy of `config` with BertConfig fields (and `num_labels`) replaced; validated."""
     if not overrides:
@@ -812,6 +824,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     `load_pretrained`'s rules; sets `model.load_report` and returns `model`."""
     report = LoadReport(source=source)
     prefix = _model_prefix(model)
+    beside = _beside_base_model(state, model)
     state, stored_names = _normalise_keys(state, model, report)
     _untie_if_stored_apart(model, state, source)
     model_state = {k: v for k, v in model.state_dict().items() if _base_key(model, k) not in IGNORED_KEYS}
@@ -841,7 +854,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
             missing.append(k)
     # Another task's head (or a pooler this model has not) is unused, anything else unexpected.
     def is_head(k: str) -> bool:
-        return _unit_of(k, prefix) is not None or k.split(".", 1)[0] in HEAD_NAMESPACES
+        return _unit_of(k, prefix) is not None or k.split(".", 1)[0] in HEAD_NAMESPACES or k in beside
 
     report.unused = [stored_names.get(k, k) for k in unexpected if is_head(k)]  # as the checkpoint names them
     unexpected = [k for k in unexpected if not is_head(k)]

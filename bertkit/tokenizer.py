@@ -341,9 +341,12 @@ class BertTokenizer:
                 return cls._from_tokenizer_json(path, overrides)
             return cls(path, **overrides)
         path = Path(tokenizer_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder))
+        rebuilt = _rebuilt_by_bert_class(path)
         settings = _read_settings(path)
         settings.update(overrides)
         if (path / "tokenizer.json").is_file():
+            if rebuilt:  # the normalizer is the settings' (or their defaults), not tokenizer.json's
+                settings = {**BERT_NORMALIZER_DEFAULTS, **settings}
             return cls._from_tokenizer_json(path / "tokenizer.json", settings)
         if (path / "vocab.txt").is_file():
             settings.setdefault("added_tokens_decoder", _read_added_tokens(path))
@@ -1329,6 +1332,33 @@ def _saved_token_list(value, path: Path, key: str) -> list[str]:
     if not isinstance(value, list):
         raise ValueError(f"{path}: {key} must be a list of tokens, got {value!r}")
     return [_token_str(t, path, key) for t in value]
+
+
+# transformers' BertTokenizer (and DistilBertTokenizer): the tokenizer classes that rebuild the normalizer from
+# tokenizer_config.json's settings, with these defaults, whatever tokenizer.json's normalizer says
+BERT_TOKENIZER_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast")
+BERT_NORMALIZER_DEFAULTS = {"do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}
+
+
+def _rebuilt_by_bert_class(directory: Path) -> bool:
+    """Whether transformers' AutoTokenizer loads `directory` with its BertTokenizer class: tokenizer_config.json's
+    tokenizer_class (else config.json's) names it, or names none beside a BERT config.json. That class builds its
+    normalizer from the settings, so a tokenizer.json's (a cased one, say, beside a config without do_lower_case) is
+    not used; without a class to pick (a tokenizer.json alone) transformers loads tokenizer.json as written.
+    A class bertkit cannot stand in for (BertJapaneseTokenizer's MeCab word splitting) is a ValueError."""
+    configs = [directory / "tokenizer_config.json", directory / "config.json"]
+    read = [(p, read_json(p)) for p in configs if p.is_file()]
+    read = [(p, d) for p, d in read if isinstance(d, dict)]
+    named = next(((p, d["tokenizer_class"]) for p, d in read if d.get("tokenizer_class")), None)
+    if named is not None and str(named[1]).startswith("BertJapaneseTokenizer"):
+        words = next((d.get("word_tokenizer_type") for p, d in read if p.name == "tokenizer_config.json"), None)
+        raise ValueError(f"{named[0]}: tokenizer_class is {named[1]!r} (Japanese word splitting, "
+                         f"word_tokenizer_type {words or 'basic'!r}, before WordPiece): bertkit reads BERT WordPiece "
+                         "tokenizers only, whose ids would differ")
+    if named is not None:
+        return named[1] in BERT_TOKENIZER_CLASSES
+    model = next((d for p, d in read if p.name == "config.json"), None)
+    return model is not None and model.get("model_type", "bert") == "bert"
 
 
 def _read_settings(directory: Path) -> dict:
