@@ -655,8 +655,12 @@ def iter_example_logits(model, tok, texts: Sequence[str], pairs: Sequence[str] |
     texts (`progress` as in `predict_batches`). `lines` and `source` name a pair whose first text leaves the
     second no room (``source:line``; default: the text's 1-based index)."""
     texts = list(texts)
-    rows = zip(texts, repeat(None) if pairs is None else list(pairs),
-               range(1, len(texts) + 1) if lines is None else list(lines))
+    pairs = None if pairs is None else list(pairs)
+    lines = range(1, len(texts) + 1) if lines is None else list(lines)
+    for name, given in (("second texts", pairs), ("lines", lines)):
+        if given is not None and len(given) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(given)} {name}")
+    rows = zip(texts, repeat(None) if pairs is None else pairs, lines)
     for _, logits in iter_row_logits(model, tok, rows, len(texts), max_seq_length=max_seq_length,
                                      batch_size=batch_size, stride=stride, source=source, progress=progress):
         yield logits

@@ -187,6 +187,17 @@ def test_chunks_of_a_file_that_changed_between_its_count_and_its_reading():
         list(classify.chunks_of(iter(range(6)), 5, 2, False, "d.tsv"))
 
 
+def test_predict_s_texts_and_second_texts_must_pair_up(toy):
+    """Lists of other lengths given to the Python API are said so, not cut to the shorter (nor taken for a file
+    that changed)."""
+    model = BertForSequenceClassification.from_pretrained(toy / "cls")
+    tok = AutoTokenizer.from_pretrained(toy / "cls")
+    with pytest.raises(ValueError, match=r"^3 texts but 2 second texts$"):
+        classify.predict(model, tok, ["a", "b", "c"], ["x", "y"])
+    with pytest.raises(ValueError, match=r"^2 texts but 1 lines$"):
+        list(classify.iter_example_logits(model, tok, ["a", "b"], lines=[4]))
+
+
 def test_predict_output_of_a_small_input_is_byte_for_byte_todays(toy, tmp_path):
     """An input of one chunk (the default chunk is 4096 rows) gives the bytes the unchunked predict wrote."""
     out = tmp_path / "p.jsonl"
