@@ -462,7 +462,7 @@ def _refuse_sentences_a_line(path: Path) -> None:
     at a time, up to the first line that settles it (in a CoNLL file, its first blank line after a sentence)."""
     if path.suffix.lower() in CONLL_SUFFIXES:
         return
-    first = width = None   # the first non-blank line, as (n, line), and the words of every non-blank line so far
+    first = width = None   # the first non-blank line, as (n, line), and the word count of every one so far
     gap = False            # a blank line after a non-blank one: fine unless a non-blank line follows
     for n, line in read_lines(path):
         if not line.strip():
