@@ -247,7 +247,7 @@ def example_pairs(examples: Sequence[Example], source: str = "") -> list[str] | 
     return [e.text_pair for e in examples] if examples and has_pair[0] else None
 
 
-def example_labels(examples: Sequence[Example], info: LabelInfo, source: str = "") -> list:
+def example_labels(examples: Iterable[Example], info: LabelInfo, source: str = "") -> list:
     """Each row's label as `info` maps it (class id, float, 0/1 tuple; None without a label); a label the model
     does not know is an error naming ``source:line``, found before any model work."""
     return [_label_value(e, info, source) for e in examples]

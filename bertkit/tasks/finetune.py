@@ -795,8 +795,10 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
                  compile: bool = False, **read) -> dict[str, Any]:
     """Metrics of a fine-tuned classification / regression model on a labelled table; printed and written as
     JSON to `output` (default: `<model_dir>/eval_<data name>.json`). With a `stride`, long examples are read in
-    windows whose logits are averaged (`bertkit.tasks.classify`)."""
-    from .classify import example_labels, example_pairs, iter_example_logits, label_info_from_config
+    windows whose logits are averaged (`bertkit.tasks.classify`). The table is read twice, a line at a time: its
+    labels first (a bad one found before the model runs), then its texts a chunk at a time as they are scored;
+    memory holds the labels and scores, a few numbers a row, not the texts."""
+    from .classify import example_labels, iter_row_logits, label_info_from_config
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     separator = settings_for(model, FinetuneClassifyArgs, label_separator=read.pop("label_separator", None))
@@ -807,16 +809,16 @@ def run_evaluate(model_dir: str, data: str, *, output: str | None = None, batch_
         raise ValueError(f"{model_dir}: a regression of {model.config.num_labels} targets "
                          f"({', '.join(model.config.label_names())}); evaluate scores one target (predict gives "
                          f"each target's value)")
-    examples = read_examples(data, **_classify_columns(model, read, data), multi_label=info.multi_label)
-    if not examples:
+    read = {**_classify_columns(model, read, data), "multi_label": info.multi_label}
+    gold = example_labels(iter_examples(data, **read), info, data)   # a bad label found before the model runs
+    if not gold:
         raise ValueError(f"{data}: no rows")
-    if info.regression and len(examples) < 2:
+    if info.regression and len(gold) < 2:
         raise ValueError(f"{data}: 1 row; a regression's correlations need at least 2")
-    pairs = example_pairs(examples, data)
-    gold = example_labels(examples, info, data)   # a bad label found before the model runs
-    logits = np.concatenate(list(iter_example_logits(  # a chunk at a time: one chunk's features in memory
-        model, tok, [e.text for e in examples], pairs, max_seq_length=max_seq_length, batch_size=batch_size,
-        stride=stride, lines=[e.line for e in examples], source=data)))
+    rows = ((e.text, e.text_pair, e.line) for e in iter_examples(data, **read))
+    logits = np.concatenate([logits for _, logits in iter_row_logits(  # a chunk at a time
+        model, tok, rows, len(gold), max_seq_length=max_seq_length, batch_size=batch_size, stride=stride,
+        source=data)])
     metrics = classification_metrics(logits, gold, model.config.num_labels, info.multi_label)
     if info.regression:
         draw = partial(figures.regression, logits[:, 0].tolist(), [float(g) for g in gold])

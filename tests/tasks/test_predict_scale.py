@@ -145,6 +145,18 @@ def test_predict_reads_the_table_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
     assert [r["line"] for r in _read(out)] == list(range(2, ROWS + 2))
 
 
+def test_evaluate_reads_the_table_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
+    """`evaluate` too: the labels first (every line), then the texts as they are scored; the metrics are those of
+    the whole input (`test_evaluate_predicts_a_chunk_at_a_time_with_the_whole_input_s_metrics`)."""
+    monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
+    calls, readers = [], []
+    _spy_lines_read(monkeypatch, classify, "predict_logits", tmp_path / "none", calls, readers)
+    assert main(["evaluate", "--model", str(toy / "cls"), "--data", str(toy / "rows.tsv"), "--output",
+                 str(tmp_path / "e.json"), "--text-column", "text", "--batch-size", "8"]) == 0
+    assert calls == [(64, 1 + 64), (64, 1 + 128), (64, 1 + 192), (64, 1 + 256), (44, 1 + 300)]
+    assert readers == [1 + ROWS, 1 + ROWS] and json.loads((tmp_path / "e.json").read_text())["n"] == ROWS
+
+
 def test_tagger_predict_reads_a_text_file_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
     """As the table: a text file of sentences (--format text) is counted first, then read as it is tagged."""
     monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
