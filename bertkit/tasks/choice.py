@@ -33,8 +33,8 @@ from ..data.readers import iter_columns, table_format
 from ..train import distributed as dist
 from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_logits, chunks_of, labelled,
                        packed_to, pad_inputs, predict_batches)
-from .finetune import (FinetuneArgs, column, load_saved, prediction_lines, run_seeds, settings_for, split_args,
-                       train_keep_best, window_length, write_eval)
+from .finetune import (FinetuneArgs, column, count_to_predict, load_saved, prediction_lines, run_seeds,
+                       settings_for, split_args, train_keep_best, window_length, write_eval)
 
 __all__ = ["ChoiceExample", "ChoiceFeature", "read_choices", "iter_choices", "encode_choices", "collate_choices",
            "ChoiceBatches", "ChoiceObjective", "predict_choice_logits", "evaluate_choice", "predict_choices",
@@ -324,9 +324,7 @@ def run_predict_choice(model_dir: str, data: str, output: str, *, batch_size: in
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
     read = {**_choice_read(model, read), "label_column": None}
-    total = sum(1 for _ in iter_choices(data, **read))
-    if not total:
-        raise ValueError(f"{data}: no rows to predict")
+    total = count_to_predict(iter_choices(data, **read), data, "rows")
     for_model, rows = itertools.tee(iter_choices(data, **read))  # the model's reader runs a chunk ahead: one held
     parts = iter_predict_choices(model, tok, for_model, max_seq_length=max_seq_length, batch_size=batch_size,
                                  total=total, source=data)

@@ -198,9 +198,17 @@ def write_eval(metrics: dict[str, Any], model_dir: str, data: str, output: str |
 
 def to_predict(items: list, data: str, what: str) -> list:
     """`items` read from `data` for `predict`; none is an error (as for `evaluate`), not an empty output."""
-    if not items:
-        raise ValueError(f"{data}: no {what} to predict")
+    count_to_predict(items, data, what)
     return items
+
+
+def count_to_predict(items: Iterable, data: str, what: str) -> int:
+    """How many `items` (a file's rows, read and checked as they are counted, none kept: `predict`'s first
+    reading) there are; none is an error, as in `to_predict`."""
+    n = sum(1 for _ in items)
+    if not n:
+        raise ValueError(f"{data}: no {what} to predict")
+    return n
 
 
 @contextlib.contextmanager
@@ -757,9 +765,7 @@ def run_predict_tag(model_dir: str, data: str, output: str, *, batch_size: int =
 
         def read():
             return ((line, words, {}) for line, words in iter_tokens(data, column, explicit=format == "conll"))
-    total = sum(1 for _ in read())
-    if not total:
-        raise ValueError(f"{data}: no sentences to predict")
+    total = count_to_predict(read(), data, "sentences")
     # two readers of one stream: the tagger's runs a chunk ahead of the writer's, so the copy holds one chunk
     for_tagger, rows = itertools.tee(read())
     parts = iter_predict_tags(model, tok, (words for _, words, _ in for_tagger), max_seq_length=max_seq_length,
@@ -846,9 +852,7 @@ def run_predict(model_dir: str, data: str, output: str, *, batch_size: int = 64,
     model, tok = load_saved(AutoModelForSequenceClassification, model_dir, device, compile)
     max_seq_length, stride = _classify_settings(model, max_seq_length, stride)
     read = {**_classify_columns(model, read, data), "label_column": None}
-    total = sum(1 for _ in iter_examples(data, **read))
-    if not total:
-        raise ValueError(f"{data}: no rows to predict")
+    total = count_to_predict(iter_examples(data, **read), data, "rows")
     rows = ((e.text, e.text_pair, e.line) for e in iter_examples(data, **read))
     with prediction_lines(output) as write:
         for some, preds in iter_predict_rows(model, tok, rows, total, max_seq_length=max_seq_length,

@@ -189,6 +189,20 @@ def test_tagger_predict_reads_a_conll_file_a_chunk_at_a_time(toy, tmp_path, monk
     assert [(r["line"], r["tokens"]) for r in _read(out)] == want
 
 
+def test_predict_of_a_file_without_rows_is_one_line_and_no_output(toy, tmp_path, capsys):
+    """A table of a header alone, or a text file of blank lines: counted on the first reading, refused before any
+    model work, no output file."""
+    (tmp_path / "empty.tsv").write_text("text\tlabel\n", encoding="utf-8")
+    (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
+    for model, data, extra, what in (("cls", "empty.tsv", ["--text-column", "text"], "rows"),
+                                     ("tag", "blank.txt", ["--format", "text"], "sentences")):
+        capsys.readouterr()
+        assert main(["predict", "--model", str(toy / model), "--data", str(tmp_path / data), "--output",
+                     str(tmp_path / "p.jsonl"), *extra]) == 2
+        assert capsys.readouterr().err.strip().endswith(f"{tmp_path / data}: no {what} to predict")
+        assert not (tmp_path / "p.jsonl").exists()
+
+
 def test_chunks_of_a_file_that_changed_between_its_count_and_its_reading():
     """A streamed input shorter or longer than counted is an error naming the file, not a silent misalignment."""
     assert [some for some, _ in classify.chunks_of(iter(range(5)), 5, 2, False)] == [[0, 1, 2, 3, 4]]
