@@ -111,7 +111,8 @@ def test_profile_smoke_prices_every_contender_and_ablation(tmp_path):
                                                  "compiled, CUDA graphs (4 batch shapes)",
                                                  "compiled, C++ wrapper", "compiled, clipping inside fused AdamW",
                                                  "compiled, C++ wrapper + clipping inside fused AdamW",
-                                                 "compiled, coordinate-descent tuning", "compiled, max-autotune"}
+                                                 "compiled, coordinate-descent tuning", "compiled, max-autotune",
+                                                 "compiled, attention as matmuls"}
     assert all(ms > 0 for ms in res["ablations_ms_per_step"].values())
     assert json.loads((tmp_path / "p.json").read_text())["seq"] == 32
 
@@ -329,6 +330,32 @@ def test_bf16_residual_what_if_changes_the_stream_dtype_only_inside_its_context(
     assert out_dtype() == torch.float32
 
 
+def test_attention_as_matmuls_computes_what_the_model_does_and_only_inside_its_context():
+    """The lever's attention on the padded grid gives the packed path's outputs and gradients (fp32, no
+    dropout), keeps the last layer's selection on the original path, and is undone after the block."""
+    from bench.gpu_profile import attention_as_matmuls
+    from bertkit.config import BertConfig
+    from bertkit.modeling import BertForPreTraining, packing
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=20, max_position_embeddings=16)).eval()
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.tensor([[1] * 9, [1] * 4 + [0] * 5, [1] * 7 + [0] * 2])
+
+    def run():
+        model.zero_grad()
+        out = model.bert(ids, attention_mask=mask).last_hidden_state
+        (out * mask[..., None]).square().sum().backward()
+        return out.detach(), model.bert.encoder.layer[0].attention.self.query.weight.grad.clone()
+    original = packing.attention
+    want, want_grad = run()
+    with attention_as_matmuls(), mock.patch.object(packing, "_attention_runs", wraps=packing._attention_runs) as runs:
+        got, got_grad = run()
+    assert runs.call_count == 0   # the packed path's dense calls were not made: the lever's matrix products were
+    assert packing.attention is original
+    assert (got - want).abs().max() < 1e-5 and (got_grad - want_grad).abs().max() < 1e-5
+
+
 def test_idle_report_charges_each_device_gap_to_the_operator_that_launched_after_it():
     from bench.gpu_profile import idle_report
 
@@ -476,10 +503,13 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         levers = ["compiled", "compiled, clipping inside fused AdamW", "compiled, C++ wrapper"]
         both = "compiled, C++ wrapper + clipping inside fused AdamW"
         assert long.only_ablations == levers + [both] and not long.profile_ablations
-        assert (short.seq, short.batch) == (None, None) and not short.contenders and short.only_ablations == levers
+        matmuls = "compiled, attention as matmuls"   # kernel-bound 128 x 256: no C++ wrapper, attention profiled
+        assert (short.seq, short.batch) == (None, None) and not short.contenders
+        assert short.only_ablations == ["compiled", matmuls, "compiled, clipping inside fused AdamW"]
+        assert short.profile_ablations == [matmuls]
         # each ablation's name is one gpu_profile has (it stops before any GPU time on an unknown one)
         names = gpu_profile.main.__code__.co_consts
-        assert all(any(lever == c for c in names if isinstance(c, str)) for lever in levers + [both])
+        assert all(any(lever == c for c in names if isinstance(c, str)) for lever in levers + [both, matmuls])
         # the device tool returns 8 files per call: one JSON per bench run, and the script's own two
         assert sorted(f.name for f in out.iterdir()) == ["machine.txt", "session.log"]
         assert len(calls) + 2 <= 8
