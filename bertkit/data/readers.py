@@ -45,6 +45,7 @@ __all__ = [
     "label_maps",
     "is_regression",
     "read_conll",
+    "iter_conll",
     "read_squad",
 ]
 
@@ -390,11 +391,16 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1, *,
     tab, by whitespace); blank or whitespace-only lines separate sentences; ``-DOCSTART-`` lines are skipped.
     Column indices are 0-based; negative ones count from the end of each line. `explicit`: the caller was told
     the file is CoNLL (--format conll), so one that might be a text file is read, not refused (`conll_blocks`)."""
+    return list(iter_conll(path, token_column, tag_column, explicit=explicit))
+
+
+def iter_conll(path: str | Path, token_column: int = 0, tag_column: int = -1, *,
+               explicit: bool = False) -> Iterator[TaggedSentence]:
+    """`read_conll`'s sentences one at a time, the file read a line at a time (a big file's evaluation)."""
     for role, col in (("token_column", token_column), ("tag_column", tag_column)):
         if isinstance(col, bool) or not isinstance(col, int):
             raise ValueError(f"{role} must be an integer column index, got {col!r}")
     path = Path(path)
-    sentences: list[TaggedSentence] = []
     columns = columns_line = None
     for block in conll_blocks(path, token_column, explicit):
         tokens, tags = [], []
@@ -416,8 +422,7 @@ def read_conll(path: str | Path, token_column: int = 0, tag_column: int = -1, *,
                 raise ValueError(f"{path}:{n}: empty tag in column {tag_column}: {line[:80]!r}")
             tokens.append(token)
             tags.append(tag)
-        sentences.append(TaggedSentence(tokens, tags, block[0][0]))
-    return sentences
+        yield TaggedSentence(tokens, tags, block[0][0])
 
 
 def conll_blocks(path: Path, token_column: int,

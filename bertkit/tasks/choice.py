@@ -178,13 +178,18 @@ def predict_choice_logits(model, features: Sequence[ChoiceFeature], batch_size: 
     return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
-def _gold(items: Sequence[ChoiceFeature] | Sequence[ChoiceExample]) -> list[int]:
-    """The right choice of each labelled feature (or row), refused before the model runs when one has none."""
-    if not items:
-        raise ValueError("no evaluation features")
-    if any(f.label is None for f in items):
-        raise ValueError("evaluation needs labelled features")
-    return [int(f.label) for f in items]
+def _gold(items: Iterable[ChoiceFeature] | Iterable[ChoiceExample], empty: str = "no evaluation features"
+          ) -> list[int]:
+    """The right choice of each labelled feature (or row, read as it comes), refused before the model runs when
+    one has none, or when there are none (the error `empty`)."""
+    gold = []
+    for f in items:
+        if f.label is None:
+            raise ValueError("evaluation needs labelled features")
+        gold.append(int(f.label))
+    if not gold:
+        raise ValueError(empty)
+    return gold
 
 
 def _choice_metrics(logits: np.ndarray, gold: list[int]) -> dict[str, float]:
@@ -298,18 +303,18 @@ def run_evaluate_choice(model_dir: str, data: str, *, output: str | None = None,
                         **read) -> dict[str, Any]:
     """Accuracy of a fine-tuned multiple-choice model on a labelled table (`read`: `read_choices`' column
     arguments, those left out as fine-tuned); printed and written as JSON to `output` (default:
-    `<model_dir>/eval_<data name>.json`)."""
+    `<model_dir>/eval_<data name>.json`). The table is read twice, a line at a time: its labels first (a bad
+    one found before the model runs), then its rows a chunk at a time as they are scored."""
     from ..auto import AutoModelForMultipleChoice
     model, tok = load_saved(AutoModelForMultipleChoice, model_dir, device, compile)
     max_seq_length = settings_for(model, FinetuneChoiceArgs, max_seq_length=max_seq_length)["max_seq_length"]
-    examples = read_choices(data, **_choice_read(model, read))
-    if not examples:
-        raise ValueError(f"{data}: no rows")
-    gold = _gold(examples)
-    # a chunk of rows at a time: one chunk's features in memory; the scores, (rows, choices), all kept so the loss
-    # is the mean of them together, as `evaluate_choice`'s
-    logits = np.concatenate(list(_iter_choice_logits(model, tok, examples, max_seq_length=max_seq_length,
-                                                     batch_size=batch_size)))
+    read = _choice_read(model, read)
+    gold = _gold(iter_choices(data, **read), f"{data}: no rows")
+    # one chunk's rows and features in memory; the scores, (rows, choices), all kept so the loss is the mean of
+    # them together, as `evaluate_choice`'s
+    logits = np.concatenate(list(_iter_choice_logits(model, tok, iter_choices(data, **read),
+                                                     max_seq_length=max_seq_length, batch_size=batch_size,
+                                                     total=len(gold), source=data)))
     metrics = _choice_metrics(logits, gold)
     return write_eval(metrics, model_dir, data, output, "examples")
 

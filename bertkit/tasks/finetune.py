@@ -718,24 +718,26 @@ def run_evaluate_tag(model_dir: str, data: str, *, output: str | None = None, ba
     """Entity F1 (micro and per type) and word accuracy of a fine-tuned tagger on a CoNLL file; printed and
     written as JSON to `output` (default: `<model_dir>/eval_<data name>.json`). Columns left None are those
     the model was fine-tuned with. `format` "conll" reads the file as CoNLL even where it might be a text file
-    (`bertkit.data.readers.conll_blocks`)."""
+    (`bertkit.data.readers.conll_blocks`). The file is read twice, a line at a time: its tags first (a bad one
+    found before the model runs), then its words a chunk at a time as they are tagged; memory holds the true
+    and predicted tags, a reference each a word, not the words."""
     from ..auto import AutoModelForTokenClassification
-    from ..data.readers import read_conll
-    from .tag import check_tags, iter_word_logits, tagging_scores
+    from ..data.readers import iter_conll
+    from .tag import gold_tags, iter_word_logits, tagging_scores
     if format not in (None, "conll"):
         raise FlagError(f"--format {format}: a tagger is evaluated on a CoNLL file (--format conll)")
     model, tok = load_saved(AutoModelForTokenClassification, model_dir, device, compile)
     max_seq_length, stride = _tag_settings(model, max_seq_length, stride)
     tags = model.config.label_names()
     cols = _tag_columns(model, token_column=token_column, tag_column=tag_column)
-    sentences = read_conll(data, cols["token_column"], cols["tag_column"], explicit=format == "conll")
-    if not sentences:
+    read = partial(iter_conll, data, cols["token_column"], cols["tag_column"], explicit=format == "conll")
+    gold = gold_tags(read(), tags, data)   # the first reading: a bad tag found before the model runs
+    if not gold:
         raise ValueError(f"{data}: no sentences")
-    check_tags(sentences, tags, data)
-    parts = iter_word_logits(model, tok, [s.tokens for s in sentences], max_seq_length=max_seq_length, stride=stride,
-                             batch_size=batch_size)
-    pred = [[tags[k] for k in a.argmax(-1)] for logits in parts for a in logits]  # a chunk's logits at a time
-    metrics = tagging_scores(pred, sentences, tags)
+    parts = iter_word_logits(model, tok, (s.tokens for s in read()), max_seq_length=max_seq_length, stride=stride,
+                             batch_size=batch_size, total=len(gold), source=data)   # the second, a chunk at a time
+    pred = [[tags[k] for k in a.argmax(-1)] for logits in parts for a in logits]
+    metrics = tagging_scores(pred, gold, tags)
     draw = partial(figures.entity_scores, metrics["per_type"]) if metrics["per_type"] else None
     return write_eval(metrics, model_dir, data, output, "sentences", draw)
 

@@ -37,7 +37,7 @@ from .classify import (IGNORE, ClassificationBatches, FinetuneObjective, batch_l
                        pad_inputs, predict_batches)
 
 __all__ = ["TagFeature", "tag_set", "word_pieces", "windows", "encode_sentences", "collate_tags", "TagBatches",
-           "TagObjective", "predict_word_logits", "iter_word_logits", "check_tags", "evaluate_tagging",
+           "TagObjective", "predict_word_logits", "iter_word_logits", "gold_tags", "evaluate_tagging",
            "tagging_scores", "iter_predict_tags", "predict_tags", "read_tokens", "iter_tokens", "read_words",
            "iter_words", "model_kwargs"]
 
@@ -121,12 +121,12 @@ def _tag_ids(sent: TaggedSentence, label2id: dict[str, int], source: str) -> lis
     return [label2id[t] for t in sent.tags]
 
 
-def check_tags(sentences: Sequence[TaggedSentence], tags: Sequence[str], source: str = "") -> None:
-    """Every tag is one of `tags` (as `encode_sentences` would find): checked before a chunked evaluation's
-    model work, not after some chunks of it."""
+def gold_tags(sentences: Iterable[TaggedSentence], tags: Sequence[str], source: str = "") -> list[list[str]]:
+    """Each sentence's tags, every one checked to be one of `tags` (as `encode_sentences` would find) before a
+    chunked evaluation's model work, not after some chunks of it. The tags are `tags`' own strings, so a big
+    file's gold costs a reference a word, not its text."""
     label2id = {t: i for i, t in enumerate(tags)}
-    for sent in sentences:
-        _tag_ids(sent, label2id, source)
+    return [[tags[i] for i in _tag_ids(sent, label2id, source)] for sent in sentences]
 
 
 def _pieces_of(tok, words_of: Sequence[Sequence[str]], cache: dict[str, list[int]] | None) -> dict[str, list[int]]:
@@ -251,20 +251,19 @@ def evaluate_tagging(model, features: Sequence[TagFeature], sentences: Sequence[
         raise ValueError("no evaluation sentences")
     names = model.config.label_names()
     logits = predict_word_logits(model, features, [len(s.tokens) for s in sentences], batch_size)
-    return tagging_scores([[names[k] for k in a.argmax(-1)] for a in logits], sentences, names)
+    return tagging_scores([[names[k] for k in a.argmax(-1)] for a in logits], [s.tags for s in sentences], names)
 
 
-def tagging_scores(pred: Sequence[Sequence[str]], sentences: Sequence[TaggedSentence], names: Sequence[str]
+def tagging_scores(pred: Sequence[Sequence[str]], gold: Sequence[Sequence[str]], names: Sequence[str]
                    ) -> dict[str, Any]:
     """Entity precision / recall / F1 (micro) and per type, word accuracy, and the number of sentences; the same
     three in seqeval's strict mode too (`strict_f1` ..., with the `scheme` the tag set follows) where one fits.
-    `pred`: each sentence's predicted tags; `names`: the model's tags."""
-    gold = [list(s.tags) for s in sentences]
+    `pred` and `gold`: each sentence's predicted and true tags; `names`: the model's tags."""
     ent = M.entity_f1(pred, gold)
     flat_p = [t for p in pred for t in p]
     flat_g = [t for g in gold for t in g]
     out = {"f1": ent["f1"], "precision": ent["precision"], "recall": ent["recall"],
-           "accuracy": M.accuracy(flat_p, flat_g), "per_type": ent["per_type"], "n": len(sentences)}
+           "accuracy": M.accuracy(flat_p, flat_g), "per_type": ent["per_type"], "n": len(gold)}
     scheme = strict_scheme_of(names, gold)
     if scheme is not None:
         strict = M.entity_f1(pred, gold, scheme)

@@ -249,6 +249,33 @@ def test_choice_evaluate_goes_by_chunks_with_today_s_metrics(toy, tmp_path, monk
     assert calls == encoded == ([QUESTIONS] if chunk is None else [3, 3, 3, 1])
 
 
+def test_choice_evaluate_reads_the_table_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
+    """The table is read twice, a line at a time: its labels first (every line), then its rows as they are
+    scored, a chunk of 3 at a time; memory holds one chunk of rows, not the file."""
+    from tests.tasks.test_predict_scale import _spy_lines_read
+    want = _mc_whole(toy)
+    monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
+    calls, readers = [], []
+    _spy_lines_read(monkeypatch, choice, "predict_choice_logits", tmp_path / "none", calls, readers)
+    assert _evaluate_mc(toy, tmp_path) == want
+    # rows per call, and the second reading's lines given by then: the header and the chunks so far
+    assert calls == [(3, 1 + 3), (3, 1 + 6), (3, 1 + 9), (1, 1 + 10)]
+    assert readers == [1 + QUESTIONS, 1 + QUESTIONS]
+
+
+def test_choice_evaluate_refuses_a_bad_label_at_the_end_before_the_model_runs(toy, tmp_path, monkeypatch, capsys):
+    rows = (toy / "mc.csv").read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(rows[:-1] + [rows[-1].rsplit(",", 1)[0] + ",7"]) + "\n", encoding="utf-8")
+    ran = []
+    monkeypatch.setattr(choice, "predict_choice_logits", lambda *a, **k: ran.append(1))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(toy / "mc"), "--data", str(bad), *MC_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bertkit evaluate: error: {bad}:{len(rows)}: ") and len(err.splitlines()) == 1, err
+    assert not ran
+
+
 def test_evaluate_choice_of_encoded_features_is_today_s(toy):
     """The library function (the fine-tuning job's dev score) keeps its results and its refusals."""
     model, tok = _mc_model(toy)

@@ -157,6 +157,37 @@ def test_evaluate_reads_the_table_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
     assert readers == [1 + ROWS, 1 + ROWS] and json.loads((tmp_path / "e.json").read_text())["n"] == ROWS
 
 
+def test_tagger_evaluate_reads_the_conll_file_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
+    """A tagger's `evaluate` too: the tags first (every line), then the words as they are tagged, the second
+    reading no further than the blank line that ends the chunk's last sentence; the metrics are those of the
+    whole file (`test_evaluate_predicts_a_chunk_at_a_time_with_the_whole_input_s_metrics`)."""
+    monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
+    calls, readers = [], []
+    _spy_lines_read(monkeypatch, tag, "predict_word_logits", tmp_path / "none", calls, readers,
+                    count=lambda feats, words, *_: len(words))
+    assert main(["evaluate", "--model", str(toy / "tag"), "--data", str(toy / "rows.conll"), "--output",
+                 str(tmp_path / "te.json"), "--batch-size", "8"]) == 0
+    words = [len(t.split()) for t in _texts(ROWS, 0)]
+    lines = sum(words) + ROWS - 1            # a blank line between sentences
+    assert calls == [(64, sum(words[:k]) + k) for k in (64, 128, 192, 256)] + [(44, lines)]
+    assert readers == [lines, lines] and json.loads((tmp_path / "te.json").read_text())["n"] == ROWS
+
+
+def test_tagger_evaluate_refuses_an_unknown_tag_at_the_end_before_the_model_runs(toy, tmp_path, monkeypatch,
+                                                                                 capsys):
+    text = (toy / "rows.conll").read_text(encoding="utf-8")
+    bad = tmp_path / "bad.conll"
+    bad.write_text(text + "\nParis\tB-XYZ\n", encoding="utf-8")
+    ran = []
+    monkeypatch.setattr(tag, "predict_word_logits", lambda *a, **k: ran.append(1))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(toy / "tag"), "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    line = len(text.splitlines()) + 2
+    assert err.startswith(f"bertkit evaluate: error: {bad}:{line}: tag 'B-XYZ' is not one of the model's tags"), err
+    assert len(err.splitlines()) == 1 and not ran
+
+
 def test_tagger_predict_reads_a_text_file_a_chunk_at_a_time(toy, tmp_path, monkeypatch):
     """As the table: a text file of sentences (--format text) is counted first, then read as it is tagged."""
     monkeypatch.setattr(classify, "CHUNK_ROWS", CHUNK, raising=False)
