@@ -101,11 +101,12 @@ def probe_added_tokens(scale: float, cap: float, rng: random.Random) -> None:
                 tok.add_tokens(t)
         growth(f"{name}: add_tokens one at a time (n tokens)", lambda n: [f"<Ent{i}x>" for i in range(n)], loop,
                [int(s * scale) for s in (500, 1000, 2000)], cap)
-    tok = BertTokenizer(VOCAB)
-    tok.add_tokens([f"<Ent{i}x>" for i in range(5000)])
-    growth("bertkit: convert_tokens_to_ids, 5000 added (tokens)",
-           lambda n: [f"<Ent{rng.randrange(5000)}x>" for _ in range(n)], tok.convert_tokens_to_ids,
-           [int(s * scale) for s in (2500, 5000, 10000, 20000)], cap)
+    for name, cls in (("bertkit", BertTokenizer), ("transformers", BertTokenizerFast)):
+        tok = cls(str(VOCAB))
+        tok.add_tokens([f"<Ent{i}x>" for i in range(5000)])
+        growth(f"{name}: convert_tokens_to_ids, 5000 added (tokens)",
+               lambda n: [f"<Ent{rng.randrange(5000)}x>" for _ in range(n)], tok.convert_tokens_to_ids,
+               [int(s * scale) for s in (2500, 5000, 10000, 20000)], cap)
 
 
 def probe_entity_f1(scale: float, cap: float, rng: random.Random) -> None:

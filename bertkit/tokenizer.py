@@ -341,15 +341,16 @@ class BertTokenizer:
                 return cls._from_tokenizer_json(path, overrides)
             return cls(path, **overrides)
         path = Path(tokenizer_dir(name_or_path, revision=revision, cache_dir=cache_dir, subfolder=subfolder))
-        rebuilt = _rebuilt_by_bert_class(path)
-        settings = _read_settings(path)
+        saved = _SavedJson(path)  # each file read once, though several helpers consult it
+        rebuilt = _rebuilt_by_bert_class(saved)
+        settings = _read_settings(saved)
         settings.update(overrides)
         if (path / "tokenizer.json").is_file():
             if rebuilt:  # the normalizer is the settings' (or their defaults), not tokenizer.json's
                 settings = {**BERT_NORMALIZER_DEFAULTS, **settings}
             return cls._from_tokenizer_json(path / "tokenizer.json", settings)
         if (path / "vocab.txt").is_file():
-            settings.setdefault("added_tokens_decoder", _read_added_tokens(path))
+            settings.setdefault("added_tokens_decoder", _read_added_tokens(saved))
             return cls(path / "vocab.txt", **settings)
         raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt in this directory")
 
@@ -438,17 +439,19 @@ class BertTokenizer:
         **init_kwargs,
     ) -> BertTokenizer:
         """Like `train`, from an iterable of texts (or of lists of texts). Training reads the texts twice, so
-        they are copied to a temporary file first (one pass over the iterable, no copy held in memory)."""
+        they are copied to a temporary file first (one pass over the iterable, no copy held in memory), whose lines
+        are counted as they are written, so that the first pass's progress bar has a total too."""
         with tempfile.TemporaryDirectory(prefix="bertkit-vocab-") as tmp:
-            copy = Path(tmp) / "texts.txt"
-            with copy.open("w", encoding="utf-8") as f:
+            copy, n_lines = Path(tmp) / "texts.txt", 0
+            with copy.open("w", encoding="utf-8", newline="\n") as f:
                 for item in iterator:
                     for text in [item] if isinstance(item, str) else item:
                         f.write(text + "\n")  # a newline inside a text splits words, as any whitespace does
+                        n_lines += _line_count(text)
             return cls._train(
                 [str(copy)],
                 vocab_size, lowercase, min_frequency, strip_accents, special_tokens, limit_alphabet, show_progress,
-                init_kwargs, "the texts given",
+                init_kwargs, "the texts given", n_lines,
             )
 
     def train_new_from_iterator(self, text_iterator: Iterable[str] | Iterable[Sequence[str]], vocab_size: int,
@@ -474,10 +477,12 @@ class BertTokenizer:
 
     @classmethod
     def _train(cls, paths: list[str], vocab_size, lowercase, min_frequency, strip_accents, special_tokens,
-               limit_alphabet, show_progress, init_kwargs, source: str) -> BertTokenizer:
+               limit_alphabet, show_progress, init_kwargs, source: str, n_lines: int | None = None) -> BertTokenizer:
         """Train with the same normalizer/pre-tokenizer the result will use, so pieces match at run time.
         Special tokens beyond the five roles stay whole and special, as transformers' trained tokenizers keep
-        them; `source` names the corpus in the error for one without text.
+        them; `source` names the corpus in the error for one without text. `n_lines`, the files' lines when known
+        beforehand, is the total of the first pass's bar (files given by the caller are not read an extra time to
+        count them: that bar shows none, the second pass's has the first's count).
 
         Two passes make the result reproducible. The `tokenizers` trainer numbers the "##" pieces (a character
         inside a word) in hash-map order, which changes from process to process, and it breaks ties between
@@ -513,7 +518,7 @@ class BertTokenizer:
             what = "counting words (pass 2 of 2)" if initial else "collecting the alphabet (pass 1 of 2)"
             batches = _line_batches(paths, counted) if lines is None else lines.feed(paths, counted, what, merges)
             try:
-                tok.train_from_iterator(batches, trainer, length=counted[0] if counted else None)
+                tok.train_from_iterator(batches, trainer, length=counted[0] if counted else n_lines)
             finally:
                 if lines is not None:
                     lines.merged()
@@ -1091,21 +1096,37 @@ class BertTokenizer:
         """Id of each token; tokens outside the vocabulary map to unk_token_id. On an uncased tokenizer a
         token added as written ("[ENT]", stored as "[ent]" by `add_tokens`) is found too, as in transformers."""
         if isinstance(tokens, str):
-            return self._token_id(tokens, {})
-        added: dict[int, AddedToken] = {}  # the added tokens, read from Rust once for the whole list
-        return [self._token_id(t, added) for t in _texts(tokens, "tokens")]
+            return self._token_ids([tokens])[0]
+        if not isinstance(tokens, (list, tuple)):
+            _texts(tokens, "tokens")  # raises: names what was expected
+        try:
+            return self._token_ids(tokens)
+        except TypeError:  # Rust's message for a token that is not a str; ours names its index
+            _texts(tokens, "tokens")
+            raise
 
-    def _token_id(self, token: str, added: dict[int, AddedToken]) -> int:
-        """`added`: the caller's copy of the added tokens, filled when first needed (read per token, converting n
-        capitalised tokens with a thousand added cost n times a copy of them all)."""
-        found = self._tok.token_to_id(token)
-        if found is None and self.do_lower_case and token != _lower(token):
-            lowered = self._tok.token_to_id(_lower(token))
-            if lowered is not None and not added:
-                added.update(self._tok.get_added_tokens_decoder())
-            if lowered in added and not added[lowered].special:
-                found = lowered
-        return self.unk_token_id if found is None else found
+    def _token_ids(self, tokens: Sequence[str]) -> list[int]:
+        """One Rust lookup per token, as transformers does; only a token not found on an uncased tokenizer is
+        looked up again, lower-cased, and counts if that finds a non-special added token. A method call per
+        token with the per-token checks made 5,000 tokens take several times transformers' time."""
+        to_id = self._tok.token_to_id
+        ids = [to_id(t) for t in tokens]
+        if None not in ids:
+            return ids
+        unk = self.unk_token_id
+        if not self.do_lower_case:
+            return [unk if i is None else i for i in ids]
+        added = None  # the added tokens, read from Rust once, when a lower-cased token is first found
+        for n, found in enumerate(ids):
+            if found is not None:
+                continue
+            token = tokens[n]
+            lowered = token.lower() if token.isascii() else _lower(token)  # the same for ASCII, without Rust
+            found = None if lowered == token else to_id(lowered)
+            if found is not None and added is None:
+                added = self._tok.get_added_tokens_decoder()
+            ids[n] = found if found in (added or ()) and not added[found].special else unk
+        return ids
 
     def convert_ids_to_tokens(self, ids: int | Sequence[int],
                               skip_special_tokens: bool = False) -> str | list[str]:
@@ -1279,6 +1300,14 @@ class _TrainingLines:
             self._say(f"merges chosen in {time.monotonic() - self._merges_started:.0f} s")
 
 
+def _line_count(text: str) -> int:
+    """The lines `read_lines` reads back from `text` written with a "\\n" after it: "\\n", "\\r\\n" and a lone
+    "\\r" each end one."""
+    if "\r" not in text:
+        return text.count("\n") + 1
+    return text.count("\n") + text.count("\r") - text.count("\r\n") + (not text.endswith("\r"))
+
+
 _LOWERCASE = normalizers.Lowercase()
 
 
@@ -1340,14 +1369,29 @@ BERT_TOKENIZER_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertToken
 BERT_NORMALIZER_DEFAULTS = {"do_lower_case": True, "strip_accents": None, "tokenize_chinese_chars": True}
 
 
-def _rebuilt_by_bert_class(directory: Path) -> bool:
-    """Whether transformers' AutoTokenizer loads `directory` with its BertTokenizer class: tokenizer_config.json's
+class _SavedJson:
+    """The JSON files of one tokenizer directory, each read when first asked for and then kept: the loading helpers
+    all consult tokenizer_config.json, which was parsed three times (four for a vocab.txt directory) per load."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._read: dict[str, dict | None] = {}
+
+    def get(self, name: str) -> dict | None:
+        """The file's object, or None when the directory has no file of this name."""
+        if name not in self._read:
+            path = self.directory / name
+            self._read[name] = read_json(path) if path.is_file() else None
+        return self._read[name]
+
+
+def _rebuilt_by_bert_class(saved: _SavedJson) -> bool:
+    """Whether transformers' AutoTokenizer loads `saved.directory` with its BertTokenizer class: tokenizer_config.json's
     tokenizer_class (else config.json's) names it, or names none beside a BERT config.json. That class builds its
     normalizer from the settings, so a tokenizer.json's (a cased one, say, beside a config without do_lower_case) is
     not used; without a class to pick (a tokenizer.json alone) transformers loads tokenizer.json as written.
     A class bertkit cannot stand in for (BertJapaneseTokenizer's MeCab word splitting) is a ValueError."""
-    configs = [directory / "tokenizer_config.json", directory / "config.json"]
-    read = [(p, read_json(p)) for p in configs if p.is_file()]
+    read = [(saved.directory / name, saved.get(name)) for name in ("tokenizer_config.json", "config.json")]
     read = [(p, d) for p, d in read if isinstance(d, dict)]
     named = next(((p, d["tokenizer_class"]) for p, d in read if d.get("tokenizer_class")), None)
     if named is not None and str(named[1]).startswith("BertJapaneseTokenizer"):
@@ -1361,23 +1405,22 @@ def _rebuilt_by_bert_class(directory: Path) -> bool:
     return model is not None and model.get("model_type", "bert") == "bert"
 
 
-def _read_settings(directory: Path) -> dict:
+def _read_settings(saved: _SavedJson) -> dict:
     """Constructor arguments from tokenizer_config.json / special_tokens_map.json (HF key names)."""
     settings: dict = {}
-    specials_path = directory / "special_tokens_map.json"
-    config_path = directory / "tokenizer_config.json"
-    for path in (specials_path, config_path):  # the config wins
-        if not path.is_file():
+    config_path = saved.directory / "tokenizer_config.json"
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
+        path, data = saved.directory / name, saved.get(name)
+        if data is None:
             continue
-        data = read_json(path)
         for key in SPECIAL_TOKEN_KEYS:
             if data.get(key) is not None:
                 settings[key] = _token_str(data[key], path, key)
         extra_key = next((k for k in EXTRA_SPECIAL_KEYS if data.get(k)), None)
         if extra_key is not None:
             settings["extra_special_tokens"] = _saved_token_list(data[extra_key], path, extra_key)
-    if config_path.is_file():
-        config = read_json(config_path)
+    config = saved.get("tokenizer_config.json")
+    if config is not None:
         for key in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length",
                     "max_input_chars_per_word", "padding_side", "truncation_side", "clean_up_tokenization_spaces"):
             if key in config and (config[key] is not None or key == "strip_accents"):
@@ -1403,19 +1446,20 @@ def _saved_setting(value, path: Path, key: str):
     return value
 
 
-def _read_added_tokens(directory: Path) -> dict[int, AddedToken]:
+def _read_added_tokens(saved: _SavedJson) -> dict[int, AddedToken]:
     """Added tokens of a vocab.txt directory: tokenizer_config.json's added_tokens_decoder, else the
     older added_tokens.json ({token: id})."""
-    config_path = directory / "tokenizer_config.json"
-    if config_path.is_file():
-        decoder = read_json(config_path).get("added_tokens_decoder")
+    config_path = saved.directory / "tokenizer_config.json"
+    config = saved.get("tokenizer_config.json")
+    if config is not None:
+        decoder = config.get("added_tokens_decoder")
         if decoder:
             try:
                 return {int(i): _added_token(entry) for i, entry in decoder.items()}
             except (KeyError, AttributeError, TypeError, ValueError):
                 raise ValueError(f"{config_path}: added_tokens_decoder must map ids to token objects, "
                                  f"got {decoder!r:.80}") from None
-    added_path = directory / "added_tokens.json"
+    added_path = saved.directory / "added_tokens.json"
     if added_path.is_file():
         try:
             return {int(i): AddedToken(t, special=False, normalized=True) for t, i in read_json(added_path).items()}
