@@ -411,8 +411,8 @@ class BertTokenizer:
         them (LF, CRLF or lone CR endings; a bad byte is an error naming its line, raised before any vocabulary
         is made). `init_kwargs` go to the constructor (e.g. unk_token if `special_tokens` uses other names).
         `show_progress`: the `tokenizers` bars on a terminal; without one (a log file) a line on stderr every
-        PROGRESS_EVERY_S seconds, once training has taken that long: the bytes each pass has read, then the
-        merges."""
+        PROGRESS_EVERY_S seconds (the first after a few seconds when a pass looks long, as `ProgressLines`
+        says): the bytes each pass has read, then the merges."""
         paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
         for p in paths:
             if not os.path.isfile(p):
@@ -1254,8 +1254,8 @@ def _line_batches(paths: Sequence[str], counted: list[int], progress=None) -> It
 
 
 class _TrainingLines:
-    """A vocabulary's training told in a log file, in the style of `ProgressLines` (nothing before
-    PROGRESS_EVERY_S seconds, so a short training says nothing): the bytes each pass over the files has read,
+    """A vocabulary's training told in a log file, in the style of `ProgressLines` (a short training says
+    nothing; a long pass says so after a few seconds, then every PROGRESS_EVERY_S): the bytes each pass has read,
     then, while the Rust side chooses the merges (no callback tells how far it got, but it frees the GIL), the
     seconds spent."""
 

@@ -27,7 +27,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -112,9 +112,11 @@ def iter_documents(
     *,
     wrapped: bool = False,
     skip: str | re.Pattern | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[list[str]]:
     """Yield documents, each a list of sentences, streaming the files in order (see the module docstring
-    for the layout and the sentence rule). Raises ValueError if no file holds any text."""
+    for the layout and the sentence rule). Raises ValueError if no file holds any text. `progress` gets the
+    size in bytes of each line read (`read_lines`'), so a caller can tell how far through the files it is."""
     from ..io import read_lines   # here, not at the top: this file also runs alone (`python_docs_corpus`)
     paths = _as_paths(paths)
     boundary = re.compile(doc_boundary) if isinstance(doc_boundary, str) else doc_boundary
@@ -132,7 +134,7 @@ def iter_documents(
                 document.extend(split_sentences(" ".join(paragraph)))
                 paragraph.clear()
 
-        for _, line in read_lines(path):
+        for _, line in read_lines(path, progress):
             if boundary is not None and boundary.match(line):
                 end_paragraph()
                 if document:

@@ -26,17 +26,20 @@ tokens, else int32), `.offsets.npy` (int64, n + 1: instance i is tokens[offsets[
 `.a_lengths.npy` (int32: the tokens of A, to rebuild the segment ids) and `.is_random_next.npy` (uint8),
 then `meta.json`. Random-next documents are drawn from the same chunk, so chunks should hold many documents.
 The directory is written under a temporary name and renamed when complete. `PretrainingDataset` maps the
-shards read-only and indexes across them.
+shards read-only and indexes across them. With `progress`, the bytes of the corpus files built so far are shown
+(`CorpusProgress`): a bar on a terminal, a line every PROGRESS_EVERY_S seconds in a log file.
 """
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import json
 import os
 import random
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,7 +51,8 @@ import torch
 from bertkit.data.corpus import iter_documents
 from bertkit.io import remove_stale
 
-__all__ = ["FORMAT", "MIN_SEQ_LENGTH", "Instance", "PretrainingDataset", "build_shards", "create_instances"]
+__all__ = ["FORMAT", "MIN_SEQ_LENGTH", "CorpusProgress", "Instance", "PretrainingDataset", "build_shards",
+           "create_instances"]
 
 FORMAT = "bertkit-pretraining-shards"
 FORMAT_VERSION = 1
@@ -206,37 +210,91 @@ def create_instances(
 
 
 # ------------------------------------------------------------------------------------------- shards
+PROGRESS_EVERY_S = 30.0  # without a terminal: a progress line this often (seconds)
+
+
+class CorpusProgress:
+    """How far a build has got through its corpus files, in bytes: a tqdm bar on a terminal ("2.10MB/5.16MB"),
+    else `ProgressLines` in a log file. Bytes are counted as they are read (`count`, a `read_lines` callback) but
+    shown as they are tokenised (`show`): reading is a twentieth of a build's time, so a bar of the bytes read
+    would reach its end long before the build."""
+
+    def __init__(self, paths: str | os.PathLike | Iterable[str | os.PathLike], name: str):
+        """`name`: the data directory's, as `build_shards`' shard lines begin."""
+        desc = f"{name}: tokenising the corpus"
+        paths = [paths] if _is_paths(paths) else list(paths)
+        # a missing file counts nothing here: iter_documents names it
+        self.total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+        self.read = 0
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True,
+                            file=sys.stderr, mininterval=0.5,
+                            bar_format="{l_bar}{bar}| {n_fmt}B/{total_fmt}B [{elapsed}<{remaining}, {rate_fmt}]")
+        else:
+            from bertkit.train.tracking import ProgressLines
+            self.bar = ProgressLines(self.total, desc, "byte", PROGRESS_EVERY_S)
+
+    def count(self, n: int) -> None:
+        self.read += n
+
+    def show(self, position: int) -> None:
+        """The bytes up to `position` are built."""
+        if position > self.bar.n:
+            self.bar.update(position - self.bar.n)
+
+    def between(self, lo: int, hi: int) -> Callable[[float], None]:
+        """`_tokenise_chunk`'s `done` for a chunk of the bytes from `lo` to `hi`: its share built moves the bar."""
+        return lambda share: self.show(lo + round(share * (hi - lo)))
+
+    def aside(self):
+        """A context to print other lines in (a shard's report) without breaking a terminal's bar."""
+        return self.bar.external_write_mode() if hasattr(self.bar, "external_write_mode") else contextlib.nullcontext()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _is_paths(value) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
 def _file_names(source) -> str | None:
     """The corpus files of a `build_shards` source, comma-separated; None for documents given in memory."""
+    files = _corpus_files(source)
+    return None if files is None else ", ".join(map(str, files))
+
+
+def _corpus_files(source) -> list | None:
+    """The corpus files of a `build_shards` source given as a path or a list of them; None otherwise."""
     if _is_paths(source):
-        return str(source)
+        return [source]
     if isinstance(source, (list, tuple)) and source and all(_is_paths(p) for p in source):
-        return ", ".join(map(str, source))
+        return list(source)
     return None
 
 
-def _documents(source, doc_boundary, wrapped, skip) -> Iterator[Sequence[str]]:
-    """Paths (one or a list) are streamed through `iter_documents`; anything else is taken as documents."""
+def _documents(source, doc_boundary, wrapped, skip, progress=None) -> Iterator[Sequence[str]]:
+    """Paths (one or a list) are streamed through `iter_documents` (`progress` counting their bytes); anything
+    else is taken as documents."""
     if _is_paths(source):
-        return iter_documents(source, doc_boundary, wrapped=wrapped, skip=skip)
+        return iter_documents(source, doc_boundary, wrapped=wrapped, skip=skip, progress=progress)
     it = iter(source)
     first = next(it, None)
     if first is None:
         raise ValueError("empty corpus: no documents given")
     if _is_paths(first):
-        return iter_documents([first, *it], doc_boundary, wrapped=wrapped, skip=skip)
+        return iter_documents([first, *it], doc_boundary, wrapped=wrapped, skip=skip, progress=progress)
     if isinstance(first, str) or not isinstance(first, Sequence):
         raise TypeError("documents must be lists of sentences (str), or pass file paths")
     return itertools.chain([first], it)
 
 
-def _chunks(documents: Iterable[Sequence[str]], chunk_chars: int) -> Iterator[list[Sequence[str]]]:
+def _chunks(documents: Iterable[Sequence[str]], chunk_chars: int,
+            position: Callable[[], int] = lambda: 0) -> Iterator[tuple[list[Sequence[str]], int]]:
     """Groups of documents of about `chunk_chars` characters. A group is held back until the next one is
-    full, so a last group of a single document (which could not draw random next sentences) joins it."""
+    full, so a last group of a single document (which could not draw random next sentences) joins it. Each
+    comes with `position()` as it was once its last document was read (the bytes read up to its end)."""
     pending = None
     current: list[Sequence[str]] = []
     size = 0
@@ -248,25 +306,32 @@ def _chunks(documents: Iterable[Sequence[str]], chunk_chars: int) -> Iterator[li
         if size >= chunk_chars and len(current) >= 2:
             if pending is not None:
                 yield pending
-            pending, current, size = current, [], 0
+            pending, current, size = (current, position()), [], 0
+    end = position()
     if pending is not None:
         if len(current) < 2:
-            pending += current
+            pending = (pending[0] + current, end)
             current = []
         yield pending
     if current:
-        yield current
+        yield current, end
 
 
-def _tokenise_chunk(backend, documents: list[Sequence[str]], batch_size: int = 4096):
+def _tokenise_chunk(backend, documents: list[Sequence[str]], batch_size: int = 4096,
+                    done: Callable[[float], None] = lambda share: None):
     """Flat token ids (int32) of the chunk's non-empty sentences, each kept document's start in them, and
-    its sentence starts. Python lists live for one batch of sentences only."""
+    its sentence starts. Python lists live for one batch of sentences only. After each batch, `done` gets the
+    share of the chunk's characters tokenised so far (tokenising is most of a build's time)."""
     sentences = [s for doc in documents for s in doc]
+    total, tokenised = max(sum(map(len, sentences)), 1), 0
     pieces, lengths = [], []
     for lo in range(0, len(sentences), batch_size):
-        ids = [e.ids for e in backend.encode_batch_fast(sentences[lo:lo + batch_size], add_special_tokens=False)]
+        batch = sentences[lo:lo + batch_size]
+        ids = [e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]
         lengths += map(len, ids)
         pieces.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=sum(map(len, ids))))
+        tokenised += sum(map(len, batch))
+        done(tokenised / total)
     flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     doc_offsets, starts = [], []
     position = 0
@@ -309,6 +374,17 @@ def _write_shard(directory: Path, name: str, flat, doc_offsets, spans: list[_Spa
             "num_random_next": int(arrays["is_random_next"].sum())}
 
 
+def _corpus_progress(progress, source, out_dir: Path) -> tuple[CorpusProgress | None, bool]:
+    """`build_shards`' progress, and whether it is its own (True: it reads the files, counts their bytes and
+    closes it)."""
+    if isinstance(progress, CorpusProgress):
+        return progress, False
+    files = _corpus_files(source) if progress else None
+    if files is None:   # documents in memory: no bytes to count
+        return None, False
+    return CorpusProgress(files, out_dir.name), True
+
+
 def build_shards(
     documents_or_paths,
     tokenizer,
@@ -324,6 +400,7 @@ def build_shards(
     chunk_chars: int = 50_000_000,
     overwrite: bool = False,
     report: Callable[[str], None] | None = None,
+    progress: bool | CorpusProgress = False,
 ) -> dict:
     """Build NSP instances from a corpus and write them as memory-mapped shards in `out_dir`.
 
@@ -333,6 +410,9 @@ def build_shards(
     One `random.Random(seed)` drives every choice, so a seed gives the same shards. Returns the meta dict.
     Raises FileExistsError if `out_dir` exists, unless `overwrite`. `report` (e.g. `print`) gets a line per
     shard written (a chunk of `chunk_chars` characters of text), so a big corpus shows how far it got.
+    `progress=True` shows the bytes of the corpus files built so far (files only: documents given in memory have
+    no size); a `CorpusProgress` is shown instead when the caller reads the files itself and counts their bytes
+    (`iter_documents(..., progress=p.count)`), and closes it.
     """
     _check_options(max_seq_length, short_seq_prob, dupe_factor)
     out_dir = Path(out_dir)
@@ -358,12 +438,17 @@ def build_shards(
         shutil.rmtree(tmp)
     remove_stale(out_dir.parent, re.escape(f".{out_dir.name}.tmp") + r"(?P<pid>\d+)")  # a killed build's
     tmp.mkdir(parents=True)
+    bar, own = _corpus_progress(progress, documents_or_paths, out_dir)
     try:
         shards = []
         num_documents = 0
         started = time.monotonic()
-        for chunk in _chunks(_documents(documents_or_paths, doc_boundary, wrapped, skip), chunk_chars):
-            flat, doc_offsets, starts = _tokenise_chunk(backend, chunk)
+        documents = _documents(documents_or_paths, doc_boundary, wrapped, skip, bar.count if own else None)
+        shown = 0   # the bytes the bar has reached: the end of the chunk before
+        for chunk, end in _chunks(documents, chunk_chars, (lambda: bar.read) if bar is not None else (lambda: 0)):
+            done = bar.between(shown, end) if bar is not None else (lambda share: None)
+            flat, doc_offsets, starts = _tokenise_chunk(backend, chunk, done=done)
+            shown = end
             num_documents += len(starts)
             try:
                 spans = _spans(starts, max_seq_length, short_seq_prob, dupe_factor, rng)
@@ -373,10 +458,13 @@ def build_shards(
             shards.append(_write_shard(tmp, f"shard_{len(shards):05d}", flat, doc_offsets, spans,
                                        special["cls_token_id"], special["sep_token_id"], token_dtype))
             if report is not None:
-                done = shards[-1]
-                report(f"{out_dir.name}: shard {len(shards)}: {len(starts):,} documents, "
-                       f"{done['num_instances']:,} instances, {done['num_tokens']:,} tokens "
-                       f"({time.monotonic() - started:.0f} s)")
+                written = shards[-1]
+                with bar.aside() if bar is not None else contextlib.nullcontext():
+                    report(f"{out_dir.name}: shard {len(shards)}: {len(starts):,} documents, "
+                           f"{written['num_instances']:,} instances, {written['num_tokens']:,} tokens "
+                           f"({time.monotonic() - started:.0f} s)")
+        if bar is not None:
+            bar.show(bar.read)   # what followed the last document (blank lines)
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -402,6 +490,8 @@ def build_shards(
         else:
             os.replace(tmp, out_dir)
     finally:
+        if own:
+            bar.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return meta

@@ -28,7 +28,7 @@ from ..config import BertConfig, config_file
 from ..data.corpus import (WIKITEXT_SECTION, WIKITEXT_TITLE, hard_wrap_width, iter_documents,
                            python_docs_corpus)
 from ..data.masking import MaskingCollator, PretrainingBatches
-from ..data.pretraining import MIN_SEQ_LENGTH, PretrainingDataset, build_shards
+from ..data.pretraining import MIN_SEQ_LENGTH, CorpusProgress, PretrainingDataset, build_shards
 from ..hub import LoadWarning, resolve_model_dir
 from ..io import check_ours, file_id, read_json, write_text_atomic
 from ..modeling import BertForPreTraining
@@ -185,16 +185,18 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
                   report=functools.partial(print, flush=True))
     train = dict(common, dupe_factor=args.dupe_factor)  # held-out text once: its loss is an average anyway
     if args.eval_corpus:
-        reading = dict(doc_boundary=boundary, wrapped=args.wrapped, skip=skip)
+        reading = dict(doc_boundary=boundary, wrapped=args.wrapped, skip=skip, progress=True)
         build_shards(args.corpus, tok, train_dir, **reading, **train)
         build_shards(args.eval_corpus, tok, heldout_dir, **reading, **common)
         return
     # every 20th document held out; the corpus is streamed once, and only the held-out twentieth kept in memory
     read, heldout = 0, []   # documents read so far; the held-out ones
+    bar = CorpusProgress(args.corpus, train_dir.name)   # all the bytes read, the held-out documents' too
 
     def training_documents():
         nonlocal read
-        for i, doc in enumerate(iter_documents(args.corpus, boundary, wrapped=args.wrapped, skip=skip)):
+        for i, doc in enumerate(iter_documents(args.corpus, boundary, wrapped=args.wrapped, skip=skip,
+                                               progress=bar.count)):
             read = i + 1
             if i % 20:
                 yield doc
@@ -207,7 +209,8 @@ def _build_data(args: PretrainArgs, train_dir: Path, heldout_dir: Path, tok: Ber
         return ValueError(f"{', '.join(args.corpus)}: only {read} document{'' if read == 1 else 's'}{files}; "
                           "holding out every 20th needs at least 40 (or give --eval-corpus)")
     try:
-        build_shards(training_documents(), tok, train_dir, **train)
+        with contextlib.closing(bar):
+            build_shards(training_documents(), tok, train_dir, progress=bar, **train)
     except ValueError:
         if 0 < read < 40:  # too few documents to draw random next sentences from: say what to do
             raise too_few() from None

@@ -175,10 +175,14 @@ class Tracker:
 class ProgressLines:
     """Progress of a long loop in a log file, where a bar's redraws would be noise: every `every_s` seconds a
     line `<desc>: 1,024/50,000 examples (2%), 85.3 examples/s`, and a closing one if any was printed (so a
-    short loop prints nothing). Has tqdm's `update` / `close`, so callers hold either."""
+    short loop prints nothing). A log should not stay silent for the first `every_s` of a long loop, though: at
+    the first update after `first_s` seconds, a loop whose pace so far makes it last `LONG` intervals or more
+    says at once that it started, and how big it is. Has tqdm's `update` / `close`, so callers hold either."""
 
-    def __init__(self, total: int, desc: str, unit: str, every_s: float = 30.0):
-        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+    LONG = 2   # a loop projected to last fewer intervals prints at most one line before its closing one
+
+    def __init__(self, total: int, desc: str, unit: str, every_s: float = 30.0, first_s: float = 5.0):
+        self.total, self.desc, self.unit, self.every_s, self.first_s = total, desc, unit, every_s, first_s
         self.n = 0
         self._start = self._last = time.monotonic()
         self._printed = False
@@ -190,10 +194,16 @@ class ProgressLines:
               file=sys.stderr, flush=True)
         self._last, self._printed = now, True
 
+    def _long(self, now: float) -> bool:
+        """Before any line: has the loop run `first_s`, at a pace that makes it last `LONG` intervals or more?"""
+        elapsed = now - self._start
+        return (not self._printed and elapsed >= self.first_s and 0 < self.n
+                and elapsed * self.total >= self.LONG * self.every_s * self.n)
+
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self._last >= self.every_s and self.n < self.total:
+        if self.n < self.total and (now - self._last >= self.every_s or self._long(now)):
             self._line(now)
 
     def close(self) -> None:
