@@ -505,7 +505,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         assert long.only_ablations == levers + [both] and not long.profile_ablations
         matmuls = "compiled, attention as matmuls"   # kernel-bound 128 x 256: no C++ wrapper, attention profiled
         assert (short.seq, short.batch) == (None, None) and not short.contenders
-        assert short.only_ablations == ["compiled", matmuls, "compiled, clipping inside fused AdamW"]
+        assert short.only_ablations == ["compiled", matmuls]
         assert short.profile_ablations == [matmuls]
         # each ablation's name is one gpu_profile has (it stops before any GPU time on an unknown one)
         names = gpu_profile.main.__code__.co_consts
