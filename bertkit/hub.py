@@ -880,9 +880,16 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         present = [n for n in names if n in state]
         source = next((n for n in present if n in preferred), present[0] if present else None)
         skip.update(n for n in present if n != source)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = set()
     with torch.no_grad():
         for k, t in state.items():
             if k in model_state and k not in skip:
                 model_state[k].copy_(t)
+                if k in params:
+                    loaded.add(id(params[k]))
+    # the rest (a new head, weights of mismatched sizes): initialised now, drawing random numbers for them alone
+    if hasattr(model, "init_unloaded"):
+        model.init_unloaded(loaded)
     model.load_report = report
     return model

@@ -120,16 +120,17 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(name) from None
 
-    def word_ids(self, i: int = 0) -> list[int | None]:
-        """Index of the word each token came from (None for special and padding tokens)."""
-        return self.encodings[i].word_ids
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Index of the word each token came from (None for special and padding tokens). The row's argument
+        has transformers' name, as its token-classification guide passes it (`word_ids(batch_index=i)`)."""
+        return self.encodings[batch_index].word_ids
 
-    def sequence_ids(self, i: int = 0) -> list[int | None]:
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
         """0 for tokens of the first text, 1 for the second, None for special and padding tokens."""
-        return self.encodings[i].sequence_ids
+        return self.encodings[batch_index].sequence_ids
 
-    def tokens(self, i: int = 0) -> list[str]:
-        return self.encodings[i].tokens
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        return self.encodings[batch_index].tokens
 
     def char_to_token(self, batch_or_char_index: int, char_index: int | None = None,
                       sequence_index: int = 0) -> int | None:

@@ -212,11 +212,29 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, device=_device())
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None) -> torch.Tensor:
-        """All arguments are packed `(tokens,)` ids (or `(tokens, hidden)` embeddings)."""
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None) -> torch.Tensor:
+        """The encoder passes packed `(tokens,)` ids (or `(tokens, hidden)` embeddings) with their token types and
+        positions. Called as transformers' module is (Captum's attributions, say), on padded `(batch, seqlen)` ids
+        or `(batch, seqlen, hidden)` embeddings, missing token types are 0 and positions count from 0."""
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if token_type_ids is None or position_ids is None:
+            token_type_ids, position_ids = _padded_defaults(x, token_type_ids, position_ids)
         x = x + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))
+
+
+def _padded_defaults(x: torch.Tensor, token_type_ids, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token types 0 and positions 0..seqlen-1 for padded `x` (batch, seqlen, hidden), as transformers' embeddings
+    default them; packed tokens have no sequence to number, so they must come with both."""
+    if x.dim() != 3:
+        raise ValueError(f"BertEmbeddings: without position_ids and token_type_ids the ids must be padded, shape "
+                         f"(batch, seqlen) (or inputs_embeds (batch, seqlen, hidden)), got {tuple(x.shape[:-1])}")
+    seqlen = x.shape[1]
+    if position_ids is None:
+        position_ids = torch.arange(seqlen, device=x.device).unsqueeze(0)    # (1, seqlen)
+    if token_type_ids is None:
+        token_type_ids = torch.zeros(1, seqlen, dtype=torch.long, device=x.device)
+    return token_type_ids, position_ids
 
 
 class BertSelfAttention(nn.Module):
@@ -378,8 +396,23 @@ class BertPooler(nn.Module):
         self.activation = nn.Tanh()
 
     def forward(self, first_token: torch.Tensor) -> torch.Tensor:
-        """first_token: (batch, hidden), the [CLS] state of each sequence."""
+        """first_token: (batch, hidden), the [CLS] state of each sequence. Given padded (batch, seqlen, hidden)
+        states (`model.pooler(out.hidden_states[-2])`), it pools their first position, as transformers' pooler."""
+        if first_token.dim() == 3:
+            first_token = first_token[:, 0]                                   # (batch, hidden)
         return self.activation(self.dense(first_token))
+
+
+def _init_walk(module: nn.Module):
+    """`module` and its descendants, parents first, children in the order transformers' heads register them: that of
+    `module.init_order` (names) when it has one, else bertkit's."""
+    yield module
+    names = list(getattr(module, "init_order", ()))
+    names += [n for n in module._modules if n not in names]
+    for name in names:
+        child = module._modules[name]
+        if child is not None:
+            yield from _init_walk(child)
 
 
 class BertPreTrainedModel(nn.Module):
@@ -407,19 +440,34 @@ class BertPreTrainedModel(nn.Module):
         return getattr(self, self.base_model_prefix, self)
 
     def _init_module(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        if isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)):
+            for name, p in module.named_parameters(recurse=False):
+                self._init_parameter(module, name, p)
+
+    @torch.no_grad()
+    def _init_parameter(self, module: nn.Module, name: str, p: nn.Parameter) -> None:
+        """BERT's initialisation of one parameter of `module`: N(0, initializer_range) for Linear and Embedding
+        weights (an Embedding's padding row 0), 1 for LayerNorm weights, 0 for biases and raw parameters."""
+        if isinstance(module, nn.Embedding) or (isinstance(module, nn.Linear) and name == "weight"):
+            nn.init.normal_(p, std=self.config.initializer_range)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                p[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm) and name == "weight":
+            nn.init.ones_(p)
+        else:
+            nn.init.zeros_(p)
+
+    def init_unloaded(self, loaded: set[int]) -> None:
+        """Initialise the parameters whose id is not in `loaded` (those a checkpoint did not provide), module by
+        module in transformers' order, drawing from torch's RNG for them alone. As in transformers 5, loading a
+        complete checkpoint then draws nothing, and a fresh head after `torch.manual_seed(s)` gets the values
+        transformers gives it (a user comparing the two, or a run's shuffling after the load, sees the same)."""
+        done = set(loaded)
+        for module in _init_walk(self):
+            for name, p in module.named_parameters(recurse=False):
+                if id(p) not in done:
+                    done.add(id(p))
+                    self._init_parameter(module, name, p)
 
     def init_weights(self) -> None:
         """Random initialisation as in BERT: N(0, initializer_range), zero biases, unit LayerNorm."""
@@ -558,10 +606,10 @@ class BertPreTrainedModel(nn.Module):
 
     @classmethod
     def _build_for_loading(cls, config: BertConfig, **model_kwargs):
-        """`cls(config)` for a checkpoint to be loaded into: the encoder is built on the meta device, so
-        torch's default initialisation of its layers (overwritten by `init_weights` anyway) costs nothing,
-        then everything gets memory and the BERT initialisation once, which the parts missing from the
-        checkpoint keep. Not `with torch.device("meta")` nor `to_empty`: they import torch._dynamo or the
+        """`cls(config)` for a checkpoint to be loaded into: the layers are built on the meta device, so
+        torch's default initialisation costs nothing and draws no random numbers, then every parameter gets
+        memory, left uninitialised: loading (`hub.load_state`) copies the checkpoint in and initialises the rest
+        (`init_unloaded`). Not `with torch.device("meta")` nor `to_empty`: they import torch._dynamo or the
         Python decompositions (0.5-1.8 s of cold start)."""
         _BUILD.meta = True
         try:
@@ -573,14 +621,7 @@ class BertPreTrainedModel(nn.Module):
                 if p is not None and p.is_meta:
                     module._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
                                                             requires_grad=p.requires_grad)
-        with torch.no_grad():  # raw parameters (outside Linear / Embedding / LayerNorm) start at 0
-            covered = (nn.Linear, nn.Embedding, nn.LayerNorm)
-            for module in model.modules():
-                if not isinstance(module, covered):
-                    for p in module.parameters(recurse=False):
-                        p.zero_()
         model.tie_weights()
-        model.init_weights()
         return model
 
     def save_pretrained(self, directory: str | os.PathLike, is_main_process: bool = True,

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import BertConfig
 from . import packing as P
-from .bert import ACT, BertModel, BertPreTrainedModel, Encoded, IndexedOutput, check_tensor, model_output
+from .bert import ACT, BertModel, BertPreTrainedModel, Encoded, IndexedOutput, _device, check_tensor, model_output
 
 
 @model_output
@@ -60,9 +60,9 @@ class QuestionAnsweringOutput(IndexedOutput):
 class BertPredictionHeadTransform(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, device=_device())
         self.transform_act_fn = ACT[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps, device=_device())
 
     def forward(self, x):
         return self.LayerNorm(self.transform_act_fn(self.dense(x)))
@@ -72,7 +72,7 @@ class BertLMPredictionHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, device=_device())
         self.bias = self.decoder.bias  # one bias, reachable under both checkpoint names
 
     def forward(self, x):
@@ -105,10 +105,14 @@ class BertOnlyMLMHead(nn.Module):
 class BertOnlyNSPHead(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2, device=_device())
 
 
 class BertPreTrainingHeads(BertOnlyNSPHead):
+    # transformers registers the MLM head first: a checkpoint without heads initialises them in that order (see
+    # `BertPreTrainedModel.init_unloaded`); bertkit's registration order stays, as saved optimizer states follow it
+    init_order = ("predictions", "seq_relationship")
+
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.predictions = BertLMPredictionHead(config)
@@ -124,8 +128,10 @@ class _BertHeadModel(BertPreTrainedModel):
         self.bert = BertModel(config, add_pooling_layer=self.add_pooling_layer)
 
     def _init_head(self, *modules: nn.Module) -> None:
-        for m in modules:
-            m.apply(self._init_module)  # the MLM decoder's Linear init zeroes cls.predictions.bias
+        """BERT's initialisation of a new head; none while building for loading (see `_build_for_loading`)."""
+        if _device() != "meta":
+            for m in modules:
+                m.apply(self._init_module)  # the MLM decoder's Linear init zeroes cls.predictions.bias
         self.tie_weights()
 
     def _encode(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -383,7 +389,7 @@ class BertForSequenceClassification(_Classifier, _BertHeadModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.dropout = nn.Dropout(_dropout_p(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels, device=_device())
         self._init_head(self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -404,7 +410,7 @@ class BertForTokenClassification(_Classifier, _BertHeadModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.dropout = nn.Dropout(_dropout_p(config))
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels, device=_device())
         self._init_head(self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -428,7 +434,7 @@ class BertForQuestionAnswering(_BertHeadModel):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2, device=_device())
         self._init_head(self.qa_outputs)
 
     @property
@@ -489,7 +495,7 @@ class BertForMultipleChoice(_BertHeadModel):
     def __init__(self, config: BertConfig):
         super().__init__(config)
         self.dropout = nn.Dropout(_dropout_p(config))
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = nn.Linear(config.hidden_size, 1, device=_device())
         self._init_head(self.classifier)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
