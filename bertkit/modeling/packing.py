@@ -266,7 +266,9 @@ def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: b
             scores = (qs @ ks.transpose(-1, -2)) * qs.shape[-1] ** -0.5   # (n, heads, length, length)
             if keys is not None:
                 scores = scores.masked_fill(~keys, float("-inf"))
-            probs = scores.softmax(dim=-1)
+            # under autocast, in fp32 as transformers' (its fp32 mask, added to the scores, promotes them)
+            autocast = torch.is_autocast_enabled(scores.device.type)
+            probs = scores.softmax(dim=-1, dtype=torch.float32 if autocast else None)
             if keys is not None:  # padded queries: zero, as where the padding is not computed
                 probs = probs * packing.key_mask[:, None, :, None]  # mask (n, 1, length, 1): query rows
             weights.append(probs)
