@@ -26,8 +26,9 @@ process writes them (gathered on every rank, written by rank 0), so a run can re
 A stat named `<metric>_<term>` is divided by the counts of `<term>` (the longest count name it ends with):
 `acc_mlm` = correct MLM predictions / MLM labels. Logged metrics are means over the steps since the
 previous log line, weighted by the counts and reduced across ranks: `loss_<term>`, `loss` (their sum),
-the stats, `lr`, `grad_norm` (mean of the global norm before clipping), `tokens_per_s` (all ranks),
-`elapsed` (seconds of training when the line was written, across resumes); with fp16, `skipped_steps` (steps
+the stats, `lr`, `grad_norm` (mean of the global norm before clipping), `tokens_per_s` (all ranks, over the
+steps' own time: evaluations and checkpoints left out), `elapsed` (seconds of the run, evaluations and
+checkpoints included, when the line was written, across resumes); with fp16, `skipped_steps` (steps
 whose gradients overflowed: no update and, as in transformers' Trainer, no schedule step; they still count
 towards `max_steps`, and `grad_norm` averages the others) and `loss_scale`.
 
@@ -350,12 +351,33 @@ class _Window:
         self.grad_norm: torch.Tensor | float = 0.0   # summed over the steps not skipped
         self.steps = 0
         self.skipped = 0   # fp16 steps skipped for overflowed gradients
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter()   # moved on by each pause, so that now - t0 is the window's training time
         self.carried = 0.0   # seconds the window ran before a checkpoint (a resumed run's first window; `load`)
-        self.start = None
-        if self.device.type == "cuda":
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.start.record(torch.cuda.current_stream(self.device))
+        self.paused_at: float | None = None   # while a pause runs: when it began
+        self.pauses: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []   # CUDA: each pause's events
+        self.start = self._event()
+
+    def _event(self) -> torch.cuda.Event | None:
+        """On CUDA, a timing event recorded now in the stream; None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    @contextmanager
+    def paused(self):
+        """An evaluation or a checkpoint is not training: its time is left out of the window's, so that tokens/s
+        measures the steps (counted in, a dev evaluation at every log line made it read 2.6x too low)."""
+        self.paused_at = time.perf_counter()
+        begin = self._event()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - self.paused_at
+            self.paused_at = None
+            if begin is not None:
+                self.pauses.append((begin, self._event()))
 
     @staticmethod
     def _add(acc: dict, new: dict):
@@ -371,7 +393,7 @@ class _Window:
         return {"sums": floats(self.sums), "stats": floats(self.stats), "counts": floats(self.counts),
                 "tokens": float(self.tokens), "grad_norm": float(self.grad_norm), "steps": self.steps,
                 "skipped": self.skipped,
-                "seconds": time.perf_counter() - self.t0}
+                "seconds": (time.perf_counter() if self.paused_at is None else self.paused_at) - self.t0}
 
     def load(self, states: list[dict[str, Any]], rank: int, world_size: int) -> None:
         """Take up the windows a checkpoint's ranks saved. With the same number of ranks, each its own;
@@ -402,9 +424,10 @@ class _PendingLog:
 
     def __init__(self, step: int, values: torch.Tensor, names: list[str], host: dict[str, Any],
                  copied: torch.cuda.Event | None, start: torch.cuda.Event | None, end: torch.cuda.Event | None,
-                 seconds: float):
+                 seconds: float, pauses: list[tuple[torch.cuda.Event, torch.cuda.Event]]):
         self.step, self.values, self.names, self.host = step, values, names, host
         self.copied, self.start, self.end, self.seconds = copied, start, end, seconds
+        self.pauses = pauses
 
     def ready(self) -> bool:
         return self.copied is None or self.copied.query()
@@ -416,6 +439,7 @@ class _PendingLog:
         seconds = self.seconds
         if self.start is not None:   # the window on the GPU's clock (ms), after any part before a checkpoint
             seconds += self.start.elapsed_time(self.end) / 1000
+            seconds -= sum(begin.elapsed_time(end) for begin, end in self.pauses) / 1000   # evaluations, checkpoints
         h = self.host
         losses = {k: v[k] for k in self.names if k.startswith("loss_")}
         out: dict[str, Any] = {"lr": h["lr"], "loss": sum(losses.values()), **losses}
@@ -599,7 +623,8 @@ class Trainer:
             copied = torch.cuda.Event()
             copied.record(stream)
             seconds = window.carried
-        return _PendingLog(self.step, values, list(figures), host, copied, window.start, end, seconds)
+        return _PendingLog(self.step, values, list(figures), host, copied, window.start, end, seconds,
+                           list(window.pauses))
 
     def _write_logs(self, tracker: Tracker, wait: bool) -> dict[str, Any] | None:
         """Write the queued log lines whose figures have landed (all of them with `wait`), in order; returns
@@ -849,11 +874,12 @@ class Trainer:
                         # the queued lines first, in order; all of them before an evaluation, a checkpoint
                         # (a resumed run rewrites the lines after it) or the end
                         final = self._write_logs(tracker, wait=eval_now or save_now or last) or final
-                        if eval_now:
-                            metrics = self.run_evaluation()
-                            last_eval = tracker.log(self.step, metrics, split="eval")
-                        if save_now:
-                            self.save()
+                        with window.paused() if eval_now or save_now else nullcontext():
+                            if eval_now:
+                                metrics = self.run_evaluation()
+                                last_eval = tracker.log(self.step, metrics, split="eval")
+                            if save_now:
+                                self.save()
         finally:
             if self._prefetcher is not None:
                 self._prefetcher.close()
