@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -57,6 +58,20 @@ _TRUNCATION = {
     "only_second": "only_second",
 }
 _SIDES = ("right", "left")  # padding_side / truncation_side values, as in transformers
+# Tokenizers whose call lock a forked child renews: a fork while another thread is inside a call copies the lock
+# held, with no thread left in the child to release it, so the child's first call would wait forever.
+_LOCKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _renew_locks_in_child() -> None:
+    renewed: dict[int, threading.RLock] = {}   # shallow copies share one lock, and keep sharing one
+    for tok in list(_LOCKED):
+        tok._lock = renewed.setdefault(id(tok._lock), threading.RLock())
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_renew_locks_in_child)
+
 _CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
              (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))  # in transformers' order
 
@@ -222,8 +237,12 @@ class BertTokenizer:
     `padding_side` / `truncation_side` ("right" or "left", settable later) say where padding goes and which
     end truncation cuts, as in transformers. `model_max_length` above 1e20 (transformers' int(1e30) "no
     limit") means no default maximum. `clean_up_tokenization_spaces` is decode's default (tokenizer_config.json's
-    key, False when absent, as in transformers 5). `name_or_path` is what from_pretrained loaded. Not thread-safe across
-    calls with different padding/truncation settings (they are set on the shared Rust tokenizer).
+    key, False when absent, as in transformers 5). `name_or_path` is what from_pretrained loaded.
+
+    Threads may share a tokenizer, each call with its own options: a call's truncation, padding and
+    split_special_tokens are set on the one Rust tokenizer and read by its encode, so a lock keeps each call's
+    setting and encoding together (transformers' fast tokenizer has no lock: 8 threads with different options
+    got about 1 result in 9 wrong). Changing `backend_tokenizer` directly is outside that lock.
     """
 
     # Class-level defaults, so tokenizers pickled before these attributes existed still load.
@@ -297,6 +316,8 @@ class BertTokenizer:
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
         self._tok = tok
+        self._lock = threading.RLock()  # a call's Rust settings and its encoding, together (see the class doc)
+        _LOCKED.add(self)
         self._rust_settings = None  # (truncation, padding) last sent to Rust, sides included; see _configure
         self._warned_too_long = False
 
@@ -587,15 +608,16 @@ class BertTokenizer:
             **({"extra_special_tokens": list(self._extra_special)} if self._extra_special else {}),
             "added_tokens_decoder": {str(i): _added_token_dict(t) for i, t in added.items()},
         }
-        self._configure(None, None)  # tokenizer.json must not carry a call's truncation/padding
         names = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
         paths = tuple(directory / name for name in names)
         with atomic_paths(*paths) as (vocab, tokenizer_json, config_json, specials_json):  # all four, or none
             Path(vocab).write_text(self._vocab_text(), encoding="utf-8")
-            try:
-                self._tok.save(tokenizer_json, pretty=True)
-            except Exception as e:  # the Rust library's error (a full disk) is a bare Exception
-                raise OSError(f"{paths[1]}: not written: {e}") from None
+            with self._lock:  # tokenizer.json must not carry a call's truncation/padding (this thread's or another's)
+                self._configure(None, None)
+                try:
+                    self._tok.save(tokenizer_json, pretty=True)
+                except Exception as e:  # the Rust library's error (a full disk) is a bare Exception
+                    raise OSError(f"{paths[1]}: not written: {e}") from None
             Path(config_json).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             Path(specials_json).write_text(json.dumps(self._special, indent=2) + "\n", encoding="utf-8")
         return tuple(os.fspath(p) for p in paths)
@@ -815,22 +837,23 @@ class BertTokenizer:
                 f"max_length={max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}: "
                 "padding would make truncated sequences longer than max_length"
             )
-        if trunc:
-            self._check_truncation(trunc, max_length, stride, inputs, is_pair, add_special_tokens,
-                                   return_overflowing_tokens, is_split_into_words)
         # stride shapes only the overflowing windows: without them Rust gets 0, since it panics when a pair's
         # longest_first share is no longer than the stride (transformers 5.24 does), and the ids are the same
         window_stride = stride if return_overflowing_tokens else 0
-        self._configure(
-            (max_length, window_stride, trunc, self.truncation_side) if trunc else None,
-            (max_length if pad == "max_length" else None, pad_to_multiple_of, pad_side) if pad else None,
-        )
-        self._tok.encode_special_tokens = split_special_tokens
-        try:
-            encodings = self._tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
-                                               add_special_tokens=add_special_tokens)
-        finally:
-            self._tok.encode_special_tokens = False
+        with self._lock:  # another thread's settings must not reach this call's encoding
+            if trunc:
+                self._check_truncation(trunc, max_length, stride, inputs, is_pair, add_special_tokens,
+                                       return_overflowing_tokens, is_split_into_words)
+            self._configure(
+                (max_length, window_stride, trunc, self.truncation_side) if trunc else None,
+                (max_length if pad == "max_length" else None, pad_to_multiple_of, pad_side) if pad else None,
+            )
+            self._tok.encode_special_tokens = split_special_tokens
+            try:
+                encodings = self._tok.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                                   add_special_tokens=add_special_tokens)
+            finally:
+                self._tok.encode_special_tokens = False
         if not trunc and add_special_tokens and not self._warned_too_long:  # model inputs, as transformers warns
             longest = max((len(e.ids) for e in encodings), default=0)
             if self.model_max_length <= NO_MAX_LENGTH_ABOVE and longest > self.model_max_length:
@@ -938,7 +961,8 @@ class BertTokenizer:
 
     def _configure(self, truncation, padding) -> None:
         """Set truncation/padding on the Rust tokenizer, only when they differ from the last call's and the Rust
-        side still has what that call set (`backend_tokenizer` may have been changed in between)."""
+        side still has what that call set (`backend_tokenizer` may have been changed in between). The caller holds
+        `self._lock` until its encoding is done."""
         if (truncation, padding) == self._rust_settings and \
                 (self._tok.truncation, self._tok.padding) == self._rust_state:
             return
@@ -975,8 +999,9 @@ class BertTokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if pair is not None and not isinstance(pair, str):
             raise TypeError(f"pair must be a str or None, got {type(pair).__name__}")
-        self._configure(None, None)
-        return self._tok.encode(text, pair or None, add_special_tokens=add_special_tokens).tokens
+        with self._lock:
+            self._configure(None, None)
+            return self._tok.encode(text, pair or None, add_special_tokens=add_special_tokens).tokens
 
     def pad(
         self,
@@ -1203,6 +1228,25 @@ class BertTokenizer:
     def backend_tokenizer(self) -> Tokenizer:
         """The underlying `tokenizers.Tokenizer` (shared: changes to it change this tokenizer)."""
         return self._tok
+
+    def __getstate__(self) -> dict:
+        """The state without the lock, which cannot be pickled (DataLoader workers, multiprocessing)."""
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """A copy has its own Rust tokenizer, so its own lock (also for tokenizers pickled before the lock)."""
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        _LOCKED.add(self)
+
+    def __copy__(self) -> BertTokenizer:
+        """A shallow copy shares the Rust tokenizer, so it shares the lock too (as deepcopy and pickle do not)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        _LOCKED.add(new)
+        return new
 
     def __repr__(self) -> str:
         return (f"BertTokenizer(vocab_size={self.vocab_size}, added={len(self) - self.vocab_size}, "

@@ -549,6 +549,22 @@ class PretrainingDataset(torch.utils.data.Dataset):
             self._shards.append(arrays)
             self._starts.append(self._starts[-1] + n)
 
+    def __getstate__(self) -> dict:
+        """Pickled without the shard arrays: a memory map pickles as a copy of its whole file, so each DataLoader
+        worker started by spawn or forkserver (and each deepcopy) would hold the corpus in memory."""
+        state = self.__dict__.copy()
+        del state["_shards"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Map the shard files again; they must still be the ones pickled (the same meta.json)."""
+        fresh = PretrainingDataset(state["directory"])
+        if fresh.meta != state["meta"]:
+            raise ValueError(f"{Path(state['directory']) / 'meta.json'}: the shards changed since this dataset was "
+                             "pickled (meta.json differs); make a new PretrainingDataset")
+        self.__dict__.update(state)
+        self._shards = fresh._shards
+
     @staticmethod
     def _load(path: Path) -> np.ndarray:
         if not path.is_file():
