@@ -129,6 +129,7 @@ def export_onnx(model_dir: str | os.PathLike, output: str | os.PathLike, *, opse
             raise ValueError(f"opset {opset}: torch's exporter could only write opset {written}; pass that, or "
                              "leave --opset out")
         diff = _check(os.path.join(staging, ONNX_NAME), model, _inputs(tokenizer, CHECK_TEXTS, choices), names)
+        config.dtype = model.dtype   # model.onnx's (fp32: loaded so), not a bf16 checkpoint's
         config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return Export(output, arch, names, diff, time.monotonic() - started)

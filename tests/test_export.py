@@ -164,6 +164,21 @@ def test_export_writes_the_opset_asked_for(tmp_path):
     assert _opset(str(tmp_path / "onnx" / "model.onnx")) == 17
 
 
+def test_the_export_of_a_bf16_checkpoint_says_float32_as_its_onnx_model_is(tmp_path):
+    """A checkpoint saved in bf16 loads in fp32 and exports an fp32 ONNX model, whose config.json says so (it copied
+    the checkpoint's "bfloat16")."""
+    pytest.importorskip("onnxscript")
+    from bertkit.export import export_onnx
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=64)
+    modeling.BertModel(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "m")
+    for f in TOKENIZER_FILES:
+        shutil.copy(os.path.join(MINILM, f), tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["dtype"] == "bfloat16"
+    export_onnx(tmp_path / "m", tmp_path / "onnx")
+    assert json.loads((tmp_path / "onnx" / "config.json").read_text())["dtype"] == "float32"
+
+
 def test_an_encoder_without_its_pooler_exports_no_pooler_output_and_a_headless_classifier_is_refused(tmp_path):
     """A checkpoint's absent pooler (one `convert` wrote from weights without one) is left out of the ONNX model,
     not exported with random weights; an absent task head is a one-line error that writes nothing."""
