@@ -239,11 +239,9 @@ def predict_qa_logits(model, features: Sequence[QAFeature], batch_size: int = 64
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest values, largest first (stable for ties: lower index first)."""
-    if len(values) <= k:
-        return np.argsort(-values, kind="stable")
-    idx = np.argpartition(-values, k - 1)[:k]
-    return idx[np.lexsort((idx, -values[idx]))]
+    """Indices of the k largest values, largest first, ties by lower index (google-research/bert's sorted n-best;
+    a partition would pick among values tied at the k-th place arbitrarily, and bf16 logits tie often)."""
+    return np.argsort(-values, kind="stable")[:k]
 
 
 def postprocess(features: Sequence[QAFeature], logits: Sequence[tuple[np.ndarray, np.ndarray]],
