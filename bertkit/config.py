@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .checks import is_int
 from .io import read_json, write_text_atomic
 from .warn import warn
 
@@ -148,7 +149,7 @@ class BertConfig:
 
     @num_labels.setter
     def num_labels(self, n: int) -> None:
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_NUM_LABELS:
+        if not is_int(n) or not 1 <= n <= MAX_NUM_LABELS:
             raise ValueError(f"BertConfig field 'num_labels' must be an integer from 1 to {MAX_NUM_LABELS:,}, "
                              f"got {n!r}")
         _check_problem_type(self.problem_type, n)
@@ -160,7 +161,7 @@ class BertConfig:
     def validate(self) -> None:
         def positive_int(name):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"BertConfig field '{name}' must be a positive integer, got {v!r}")
 
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",

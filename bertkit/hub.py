@@ -18,6 +18,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from .checks import is_int
 from .config import CONFIG_NAME, BertConfig, config_file
 from .io import atomic_paths, read_json, umask
 from .warn import warn
@@ -437,7 +438,7 @@ _SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3, "GIB": 2**30
 def shard_size_in_bytes(size: int | str) -> int:
     """A `max_shard_size` as transformers 5 reads it (huggingface_hub's parse_size_to_int): bytes, or a number and a
     unit, any case ("5GB", "0.5gb", "5Gb" all in bytes); bertkit also reads KiB, MiB, GiB."""
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+    if is_int(size) and size > 0:
         return size
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)\s*", size, re.IGNORECASE) if isinstance(
         size, str) else None

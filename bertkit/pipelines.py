@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import is_int
 from .auto import (
     AutoModel,
     AutoModelForMaskedLM,
@@ -53,14 +54,14 @@ __all__ = ["pipeline", "Pipeline", "FillMaskPipeline", "TextClassificationPipeli
 
 
 def _batch_size(n) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"batch_size must be a positive int, got {n!r}")
     return n
 
 
 def _device(device) -> torch.device:
     """A device as transformers' pipelines take it too: -1 the CPU, n >= 0 the n-th GPU."""
-    if isinstance(device, int) and not isinstance(device, bool):
+    if is_int(device):
         return torch.device("cpu") if device < 0 else torch.device("cuda", device)
     return torch.device(device)
 
@@ -144,7 +145,7 @@ class Pipeline:
         if name not in opts or (allow_none and opts[name] is None):
             return
         v = opts[name]
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        if not is_int(v) or v < low:
             raise ValueError(f"{self.task}: {name} must be an int >= {low}{' or None' if allow_none else ''}, "
                              f"got {v!r}")
 
@@ -832,7 +833,7 @@ def sentence_transformers_settings(directory: str, check_pooling: bool = True) -
             file = os.path.join(folder, "sentence_bert_config.json")
             cfg = read_json(file) if os.path.isfile(file) else {}
             max_len = cfg.get("max_seq_length")
-            if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1):
+            if max_len is not None and (not is_int(max_len) or max_len < 1):
                 raise ValueError(f"{file}: max_seq_length must be an int >= 1 or null, got {max_len!r}")
             if cfg.get("do_lower_case"):
                 skipped.append("do_lower_case")

@@ -31,6 +31,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
+from bertkit.checks import is_int
 from bertkit.io import atomic_path, atomic_paths, read_json, read_lines, read_text
 from bertkit.warn import warn
 
@@ -284,7 +285,7 @@ class BertTokenizer:
         extra = _extra_tokens(extra_special_tokens, additional_special_tokens)
         unk_token = _content(unk_token)
         ids = sorted(vocab.values())
-        if any(not isinstance(i, int) or isinstance(i, bool) for i in ids) or (ids and ids[0] < 0) \
+        if any(not is_int(i) for i in ids) or (ids and ids[0] < 0) \
                 or len(set(ids)) != len(ids):
             raise ValueError(f"{source}: token ids must be distinct ints >= 0")
         # ids no token holds (a vocab.txt listing a token twice, or transformers' tokenizer.json of one): a new
@@ -910,9 +911,9 @@ class BertTokenizer:
     def _check_truncation(self, trunc, max_length, stride, inputs, is_pair, add_special_tokens, overflow,
                           pretokenized) -> None:
         """Refuse settings the Rust truncation would mishandle (ignore silently, misfire or panic)."""
-        if not isinstance(max_length, int) or max_length < 1:
+        if not is_int(max_length) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
-        if not isinstance(stride, int) or stride < 0:
+        if not is_int(stride) or stride < 0:
             raise ValueError(f"stride must be an int >= 0, got {stride!r}")
         n_special = self.num_special_tokens_to_add(is_pair) if add_special_tokens else 0
         room = max_length - n_special
@@ -1480,7 +1481,7 @@ def _saved_setting(value, path: Path, key: str):
         ok = isinstance(value, bool)
         expected = "true or false" + (" (or null)" if key == "strip_accents" else "")
     elif key in ("model_max_length", "max_input_chars_per_word"):
-        ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0) or (
+        ok = (is_int(value) and value > 0) or (
             key == "model_max_length" and isinstance(value, float) and value >= 1e29)  # transformers' "no limit"
         expected = "a positive integer"
     else:

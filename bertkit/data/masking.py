@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..checks import is_int
 from .labels import void_labels
 
 __all__ = ["MaskingCollator", "PretrainingBatches", "example_seed"]
@@ -87,11 +88,11 @@ class MaskingCollator:
         whole_word: bool = False,
         wordpiece_continuation=None,
     ):
-        if not isinstance(vocab_size, int) or vocab_size < 1:
+        if not is_int(vocab_size) or vocab_size < 1:
             raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
         if not 0.0 < mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1], got {mlm_probability!r}")
-        if not isinstance(max_predictions_per_seq, int) or max_predictions_per_seq < 1:
+        if not is_int(max_predictions_per_seq) or max_predictions_per_seq < 1:
             raise ValueError(f"max_predictions_per_seq must be an int >= 1, got {max_predictions_per_seq!r}")
         special_ids = {int(i) for i in special_ids} | {int(mask_id), int(pad_id)}
         self.vocab_size = vocab_size
@@ -234,9 +235,9 @@ class PretrainingBatches:
 
     def __init__(self, dataset, batch_size: int, collator, seed: int = 0, rank: int = 0, world_size: int = 1,
                  drop_last: bool = True):
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
+        if not (is_int(world_size) and is_int(rank)) or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         self.dataset = dataset
         self.batch_size = batch_size

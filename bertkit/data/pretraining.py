@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertkit.checks import is_int
 from bertkit.data.corpus import iter_documents
 from bertkit.io import remove_stale
 
@@ -151,12 +152,12 @@ MIN_SEQ_LENGTH = 5  # [CLS] A [SEP] B [SEP] with a token in A and in B
 
 
 def _check_options(max_seq_length: int, short_seq_prob: float, dupe_factor: int) -> None:
-    if not isinstance(max_seq_length, int) or max_seq_length < MIN_SEQ_LENGTH:
+    if not is_int(max_seq_length) or max_seq_length < MIN_SEQ_LENGTH:
         raise ValueError(f"max_seq_length must be an int >= {MIN_SEQ_LENGTH} ([CLS] A [SEP] B [SEP]), "
                          f"got {max_seq_length!r}")
     if not 0.0 <= short_seq_prob <= 1.0:
         raise ValueError(f"short_seq_prob must be in [0, 1], got {short_seq_prob!r}")
-    if not isinstance(dupe_factor, int) or dupe_factor < 1:
+    if not is_int(dupe_factor) or dupe_factor < 1:
         raise ValueError(f"dupe_factor must be an int >= 1, got {dupe_factor!r}")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from itertools import chain
 from typing import Any, Iterable, Iterator, Sequence
 
+from ..checks import is_int
 from ..io import decode_text, read_lines
 from ..warn import warn
 
@@ -398,7 +399,7 @@ def iter_conll(path: str | Path, token_column: int = 0, tag_column: int = -1, *,
                explicit: bool = False) -> Iterator[TaggedSentence]:
     """`read_conll`'s sentences one at a time, the file read a line at a time (a big file's evaluation)."""
     for role, col in (("token_column", token_column), ("tag_column", tag_column)):
-        if isinstance(col, bool) or not isinstance(col, int):
+        if not is_int(col):
             raise ValueError(f"{role} must be an integer column index, got {col!r}")
     path = Path(path)
     columns = columns_line = None

@@ -18,6 +18,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checks import is_int
 from ..config import BertConfig, check_config
 from . import packing as P
 
@@ -530,7 +531,7 @@ class BertPreTrainedModel(nn.Module):
         unknown = sorted(set(kwargs or {}) - {"use_reentrant"})
         if unknown:
             raise ValueError(f"{kwargs_name}: only use_reentrant is accepted, got {unknown}")
-        if not isinstance(every_n_layers, int) or isinstance(every_n_layers, bool) or every_n_layers < 1:
+        if not is_int(every_n_layers) or every_n_layers < 1:
             raise ValueError(f"every_n_layers must be a positive int, got {every_n_layers!r}")
         encoder = self.base_model.encoder
         encoder.gradient_checkpointing = True
@@ -563,7 +564,7 @@ class BertPreTrainedModel(nn.Module):
         old = self.get_input_embeddings()
         vocab_size = old.num_embeddings if new_num_tokens is None else new_num_tokens
         for name, v in (("new_num_tokens", vocab_size), ("pad_to_multiple_of", pad_to_multiple_of)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            if v is not None and (not is_int(v) or v < 1):
                 raise ValueError(f"resize_token_embeddings: {name} must be a positive int, got {v!r}")
         if pad_to_multiple_of is not None:
             vocab_size = -(-vocab_size // pad_to_multiple_of) * pad_to_multiple_of

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import metrics as M
+from ..checks import is_int
 from ..data.labels import IGNORE, labelled, void_labels
 from ..data.readers import Example, is_regression, label_key, label_maps, label_set
 from ..modeling import packing as P
@@ -329,9 +330,9 @@ class ClassificationBatches:
                  regression: bool = False, rank: int = 0, world_size: int = 1, grad_accum: int = 1):
         if not features:
             raise ValueError("no training features")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
+        if not is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not (is_int(world_size) and is_int(rank)) or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         self.features = list(features)
         self.batch_size = batch_size

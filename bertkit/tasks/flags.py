@@ -6,6 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
+from ..checks import is_int
+
 
 class FlagError(ValueError):
     """A bad flag. It follows from the command line alone, which every torchrun rank parses alike, so rank 0
@@ -27,7 +29,7 @@ def check_ints(args, names: tuple[str, ...], least: int = 1, optional: bool = Fa
         v = getattr(args, name)
         if optional and v is None:
             continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+        if not is_int(v) or v < least:
             what = "a positive integer" if least == 1 else f"an integer >= {least}"
             raise ValueError(f"{_flag(name)} must be {what}, got {v!r}")
 

@@ -37,6 +37,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..checks import is_int
+
 OPTIMIZERS = ("adamw", "lamb")
 
 
@@ -223,7 +225,7 @@ def _is_count(value) -> bool:
     if isinstance(value, torch.Tensor):
         integer = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
         return value.numel() == 1 and integer and bool(value >= 0)
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_int(value) and value >= 0
 
 
 def _store(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import is_int
 from ..modeling import packing as P
 from ..warn import warn
 from . import distributed as dist
@@ -169,11 +170,11 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("max_steps", "batch_size", "grad_accum", "log_every", "keep_last"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
         for name in ("warmup_steps", "eval_every", "save_every"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not is_int(v) or v < 0:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {v!r}")
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) exceeds max_steps "
@@ -185,7 +186,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {', '.join(OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
-        if self.prefetch is not None and (not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool)
+        if self.prefetch is not None and (not is_int(self.prefetch)
                                           or self.prefetch < 0):
             raise ValueError(f"TrainConfig.prefetch must be None or an integer >= 0, got {self.prefetch!r}")
         if self.precision not in PRECISIONS:
