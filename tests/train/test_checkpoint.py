@@ -147,3 +147,20 @@ def test_resumed_settings_against_the_saved_ones(tmp_path):
     with pytest.raises(ValueError, match=r"these differ: --lr 0.002 \(the run's: 0.001\), --regression True "
                                          r"\(the run's: False\)"):
         C.check_resumed_settings(path, Args(lr=2e-3, regression=True), free={"max_steps"})
+
+
+def test_a_setting_added_since_with_a_default_factory_counts_as_its_default(tmp_path):
+    """A list setting (`field(default_factory=list)`, as `--eval-corpus`) the saved file lacks is its default, an
+    empty list, not a difference that refuses the resume."""
+    import json
+
+    @dataclasses.dataclass
+    class Args:
+        lr: float = 1e-3
+        eval_corpus: list = dataclasses.field(default_factory=list)
+
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"lr": 1e-3}))  # written before `eval_corpus` existed
+    C.check_resumed_settings(path, Args(), free=())
+    with pytest.raises(ValueError, match=r"these differ: --eval-corpus \['b.txt'\] \(the run's: \[\]\)"):
+        C.check_resumed_settings(path, Args(eval_corpus=["b.txt"]), free=())
