@@ -324,12 +324,16 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     state = module.state_dict()
     if not any(_is_dtensor(t) for t in state.values()):
         return state
+    # `state_dict()` gives each name a new tensor object, so ties are read off the parameters: names of one
+    # Parameter (the MLM decoder and the word embeddings) share a key, the same on every rank
+    tied = {name: id(p) for name, p in module.named_parameters(remove_duplicate=False)}
     out: dict[str, torch.Tensor] = {}
-    done: dict[int, torch.Tensor] = {}
+    done: dict[int | str, torch.Tensor] = {}
     for name, t in state.items():  # the same order on every rank
-        if id(t) not in done:
-            done[id(t)] = t.full_tensor().cpu() if _is_dtensor(t) else t.detach().cpu()
-        out[name] = done[id(t)]
+        key = tied.get(name, name)
+        if key not in done:
+            done[key] = t.full_tensor().cpu() if _is_dtensor(t) else t.detach().cpu()
+        out[name] = done[key]
     return out
 
 
