@@ -259,6 +259,8 @@ class BertConfig:
         if d["id2label"] in (None, DEFAULT_ID2LABEL) and d["label2id"] in (None, DEFAULT_LABEL2ID):
             d.pop("id2label"), d.pop("label2id")  # transformers' defaults: left out, as transformers writes
         else:
+            if d["id2label"] and d["label2id"] == {f"LABEL_{i}": i for i in d["id2label"]}:
+                d["label2id"] = {v: k for k, v in d["id2label"].items()}  # names set after construction
             d["id2label"] = {str(k): v for k, v in d["id2label"].items()}
         return {**self.extra, **d}
 
