@@ -475,7 +475,7 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
     fake.mkdir()
     log = tmp_path / "calls.txt"
     for name in ("python", "nvidia-smi"):
-        (fake / name).write_text(f'#!/bin/bash\ncase "$1" in bench/*) ;; *) exit 0;; esac\n'   # the benches only
+        (fake / name).write_text(f'#!/bin/bash\ncase "$1" in bench/*|-m) ;; *) exit 0;; esac\n'   # the benches, pytest
                                  f'printf "%q " "$0" "$@" >> {shlex.quote(str(log))}\n'
                                  f'printf "%q\\n" "$TORCHINDUCTOR_CACHE_DIR" >> {shlex.quote(str(log))}\n')
         (fake / name).chmod(0o755)
@@ -492,6 +492,10 @@ def test_session_script_calls_each_bench_with_flags_they_accept(tmp_path):
         caches = [c[-1] for c in lines if c[1].startswith("bench/")]
         scripts = [c[0] for c in calls]
         assert scripts == ["bench/gpu.py", "bench/gpu_profile.py", "bench/gpu_profile.py", "bench/gpu_cli_check.py"]
+        tests = [c[1:-1] for c in lines if c[1] == "-m"]   # the GPU-only tests, before the CLI check
+        assert tests == [["-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", "-rs",
+                          "tests/test_cuda.py"]]
+        assert [c[1] for c in lines].index("-m") == 3
         args = [parsers[c[0]].parse_args(c[1:]) for c in calls]   # SystemExit on a flag the bench lacks
         for a in args:
             assert Path(a.out).parent == out and a.smoke == (smoke == "1")
