@@ -192,8 +192,8 @@ def _class_id(label: str, info: LabelInfo, where: str) -> int:
     found = exact.get(label, by_key.get(label_key(label)))
     if found is not None:
         return found
-    if info.labels == tuple(f"LABEL_{i}" for i in range(len(info.labels))) and label.isdigit() \
-            and int(label) < len(info.labels):
+    if info.labels == tuple(f"LABEL_{i}" for i in range(len(info.labels))) and label.isascii() \
+            and label.isdigit() and int(label) < len(info.labels):
         return int(label)  # a model with transformers' default names: the data's label i is LABEL_i
     raise ValueError(f"{where}: label {label!r} is not one of the model's labels {list(info.labels)}")
 
