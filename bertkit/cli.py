@@ -181,7 +181,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _add_pretrain(p: argparse.ArgumentParser) -> None:
     from .config import SIZES
-    from .tasks.flags import field_defaults
+    from .checks import field_defaults
     from .tasks.pretrain import DOC_BOUNDARIES, PretrainArgs
     from .train.optim import OPTIMIZERS
     from .train.trainer import PRECISIONS

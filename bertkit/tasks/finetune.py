@@ -47,6 +47,7 @@ import torch
 
 from .. import figures
 from ..auto import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, check_vocab_fits
+from ..checks import field_defaults
 from ..data.readers import Example, iter_table, table_format
 from ..hub import LoadWarning
 from ..io import atomic_path, check_ours, check_writable, file_id, read_json, write_text_atomic
@@ -58,7 +59,7 @@ from ..train.trainer import TrainConfig, Trainer, run_lock
 from ..warn import warn
 from .classify import (ClassificationBatches, ClassificationObjective, classification_metrics,
                        classification_report, encode_examples, evaluate_classification, label_info)
-from .flags import FlagError, check_ints, check_numbers, field_defaults
+from .flags import FlagError, check_ints, check_numbers
 
 RESULTS_NAME = "eval_results.json"
 ARGS_NAME = "finetune_args.json"

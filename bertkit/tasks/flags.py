@@ -2,9 +2,7 @@
 vocabulary, builds data or touches its output directory. Errors name the flag as typed (`--max-steps`)."""
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
 
 from ..checks import is_int
 
@@ -12,11 +10,6 @@ from ..checks import is_int
 class FlagError(ValueError):
     """A bad flag. It follows from the command line alone, which every torchrun rank parses alike, so rank 0
     says it and the other ranks stop silently."""
-
-
-def field_defaults(args_cls) -> dict[str, Any]:
-    """Each field's own default (not a value `__post_init__` derived from others), of fields that have one."""
-    return {f.name: f.default for f in dataclasses.fields(args_cls) if f.default is not dataclasses.MISSING}
 
 
 def _flag(name: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import field_defaults
 from ..config import BertConfig, config_file
 from ..data.corpus import (WIKITEXT_SECTION, WIKITEXT_TITLE, hard_wrap_width, iter_documents,
                            python_docs_corpus)
@@ -39,7 +40,7 @@ from ..train.trainer import TrainConfig, Trainer, run_lock
 from ..train.tracking import plot_run
 from ..warn import warn
 from .fill_mask import fill_mask
-from .flags import check_ints, check_numbers, field_defaults
+from .flags import check_ints, check_numbers
 from .pretrain_objective import PreTrainingObjective, evaluate_pretraining
 
 DOC_BOUNDARIES = {"blank": None, "wikitext": WIKITEXT_TITLE}

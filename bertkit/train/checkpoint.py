@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import field_defaults
 from ..hub import load_tensors
 from ..io import pid_alive, read_json, write_text_atomic
 
@@ -255,9 +256,7 @@ def check_resumed_settings(path: str | os.PathLike, args: Any, free: Iterable[st
     holds) not the one it says. A setting the file lacks (added to bertkit since) counts as its default."""
     if not os.path.isfile(path):
         return  # written by a version that saved its arguments only at the end
-    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(args)
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    defaults = field_defaults(type(args))
     saved = {**json.loads(json.dumps(defaults)), **read_json(path)}
     now = json.loads(json.dumps(dataclasses.asdict(args)))  # tuples compare as the lists JSON holds
     changed = [k for k in sorted(set(saved) | set(now)) if k not in free and saved.get(k) != now.get(k)]
