@@ -174,7 +174,13 @@ def unpad(x: torch.Tensor, packing: Packing, name: str | None = None) -> torch.T
         raise ValueError(f"{name} must have shape (batch, seqlen) = ({packing.batch}, {packing.seqlen}) like the "
                          f"inputs, got {tuple(x.shape)}")
     flat = x.reshape(packing.batch * packing.seqlen, *x.shape[2:])      # (batch * seqlen, ...)
-    return flat if packing.is_dense else flat.index_select(0, packing.indices)
+    if not packing.is_dense:
+        return flat.index_select(0, packing.indices)
+    if torch.is_inference_mode_enabled() and not flat.is_inference():
+        # a view of the caller's tensor, where a padded batch gives a new inference tensor: compiled code guards
+        # on the difference and would compile again for the first batch without padding (a batch of one, say)
+        return flat.clone()
+    return flat
 
 
 def repad(x: torch.Tensor, packing: Packing, fill: float = 0.0) -> torch.Tensor:
@@ -276,8 +282,9 @@ def _attention_runs(q, k, v, packing: Packing, dropout_p: float, need_weights: b
         else:
             o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=keys, dropout_p=dropout_p)
         outputs.append(o.transpose(1, 2).reshape(n * length, *q.shape[1:]))  # (n * length, heads, head_dim)
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return out, weights
+    # a new tensor even for one run (where the output would be a view of SDPA's): compiled code after this graph
+    # break guards on a view's base, and would compile again for the first batch of one length (a batch of one)
+    return torch.cat(outputs), weights
 
 
 def _selected_runs(q, k, v, packing: Packing, selection: Selection, dropout_p: float) -> torch.Tensor:
@@ -303,7 +310,7 @@ def _selected_runs(q, k, v, packing: Packing, selection: Selection, dropout_p: f
         o = o.transpose(1, 2).reshape(n * most, *q.shape[1:])               # (n * most, heads, head_dim)
         outputs.append(o if most * n == total else o.index_select(0, torch.tensor(keep, device=q.device)))
         b, start = b + n, start + total
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return torch.cat(outputs)   # a new tensor even for one run, as in _attention_runs
 
 
 def repad_attention(weights: list[torch.Tensor], packing: Packing) -> torch.Tensor:

@@ -175,8 +175,9 @@ def test_pretrain_cli_compile_flag_reaches_the_job():
 
 
 def _graphs_on_the_varlen_path(monkeypatch, compile_model) -> tuple[list, set]:
-    """Three pre-training steps of a model on the GPU path (varlen attention; meta tensors stand in for CUDA
-    ones), compiled by `compile_model(model, backend)`: the graphs the backend received and the batch shapes."""
+    """Four pre-training steps of a model on the GPU path (varlen attention; meta tensors stand in for CUDA
+    ones), the last on a batch of one, compiled by `compile_model(model, backend)`: the graphs the backend
+    received and the batch shapes."""
     from bertkit.train.trainer import to_device
 
     monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
@@ -193,8 +194,9 @@ def _graphs_on_the_varlen_path(monkeypatch, compile_model) -> tuple[list, set]:
     objective = PreTrainingObjective(model)
     source = TinySource(4, seed=5)
     shapes = set()
-    for _ in range(3):
-        batch = to_device(objective.prepare(next(source)), torch.device("meta"))
+    for size in (4, 4, 4, 1):
+        cpu_batch = {k: v[:size] for k, v in next(source).items()}
+        batch = to_device(objective.prepare(cpu_batch), torch.device("meta"))
         shapes.add((batch["packing"].indices.numel(), batch["packing"].max_seqlen,
                     batch["selection"].rows.numel(), batch["selection"].max_seqlen))
         sums, _ = objective(batch)
@@ -206,12 +208,13 @@ def _graphs_on_the_varlen_path(monkeypatch, compile_model) -> tuple[list, set]:
 def test_compiled_stack_is_one_graph_on_the_varlen_path(monkeypatch):
     """On the GPU path `compile_layers` gives two graphs: the embeddings, and the whole layer stack with the
     last layer on the selected rows (masked tokens and [CLS]). No graph break, and no recompile for batches
-    of other token counts, selected counts and longest lengths (dynamic sizes, symbolic max_seqlen)."""
+    of other token counts, selected counts and longest lengths (dynamic sizes, symbolic max_seqlen), a batch
+    of one included."""
     from bertkit.modeling.bert import compile_layers
 
     graphs, shapes = _graphs_on_the_varlen_path(monkeypatch, lambda model, backend: compile_layers(model,
                                                                                                  backend=backend))
-    assert len(shapes) == 3 and len({s[2] for s in shapes}) > 1
+    assert len(shapes) == 4 and len({s[2] for s in shapes}) > 1
     assert len(graphs) == 2
     embedding_graphs = [g for g in graphs if any("word_embeddings" in str(n.target) or "word_embeddings" in n.name
                                                  for n in g.graph.nodes)]
@@ -276,6 +279,42 @@ def test_compiled_inference_equals_eager():
             a = eager(b["input_ids"], b["attention_mask"]).last_hidden_state
             c = compiled(b["input_ids"], b["attention_mask"]).last_hidden_state
             torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad", "train"])
+def test_compiled_model_does_not_recompile_for_a_batch_of_one(mode):
+    """A batch of one (no padding, one run of one length) after a padded batch of several lengths compiles no
+    new graph. Two causes did: under inference_mode the packed ids of a batch without padding were a view of
+    the caller's ids, not an inference tensor as a padded batch's are; and with one run the per-run attention
+    (a graph break on the CPU) returned a view of SDPA's output, and compiled code guards on a view's base."""
+    from bertkit.modeling import BertModel
+    from bertkit.modeling.bert import compile_layers
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = BertModel(tiny_config(dropout=0.0)).train(mode == "train")
+    model = BertModel(tiny_config(dropout=0.0)).train(mode == "train")
+    model.load_state_dict(eager.state_dict())
+    compile_layers(model, backend=backend)
+    ids = torch.randint(5, 90, (3, 9))
+    padded = (torch.arange(9)[None, :] < torch.tensor([9, 4, 6])[:, None]).long()   # (3, 9): three runs
+    context = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad, "train": torch.enable_grad}[mode]
+    with context():
+        for i, (batch, mask) in enumerate([(ids, padded), (ids[:1], padded[:1]), (ids[1:], padded[1:])]):
+            out = model(batch, mask, token_type_ids=torch.zeros_like(batch)).last_hidden_state
+            if mode == "train":
+                out.sum().backward()
+            torch.testing.assert_close(out, eager(batch, mask).last_hidden_state)
+            if i == 0:
+                first = len(graphs)
+    torch._dynamo.reset()
+    assert first >= 1 and len(graphs) == first
 
 
 def test_finetune_compile_flag_and_compiled_pipeline_equals_eager():
