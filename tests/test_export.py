@@ -111,6 +111,14 @@ def test_export_cli_writes_a_checked_onnx_model(tmp_path, capsys, arch, outputs)
     axes = ["batch_size", "num_choices", "sequence_length"] if arch == "BertForMultipleChoice" else \
         ["batch_size", "sequence_length"]  # optimum's names
     assert all(i.shape == axes for i in session.get_inputs())
+    if arch == "BertForMultipleChoice":  # traced with 2 choices a text; 1 and 4 run as well (no size kept)
+        model = modeling.BertForMultipleChoice.from_pretrained(model_dir).eval()
+        for choices in (1, 4):
+            flat = _batch([TEXTS[i % 3] for i in range(2 * choices)])
+            batch = {k: v.view(2, choices, -1) for k, v in flat.items()}      # (batch, choices, seqlen)
+            (logits,) = session.run(None, {k: v.numpy() for k, v in batch.items()})
+            with torch.no_grad():
+                torch.testing.assert_close(torch.from_numpy(logits), model(**batch).logits, atol=1e-5, rtol=1e-5)
     if arch == "BertForSequenceClassification":  # a batch size of one, run by hand
         model = modeling.BertForSequenceClassification.from_pretrained(model_dir).eval()
         batch = _batch(TEXTS[1:2])
