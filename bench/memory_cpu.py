@@ -13,11 +13,10 @@ dropout off, and their outputs are checked to agree:
              tokens' last hidden states)
   pretrain   BERT-base, forward + backward of the MLM + NSP loss on 16 x 128 tokens, 15% of them labelled
 
-The resident set counts the pages of a memory-mapped safetensors file that the process has read. transformers
-keeps its weights in the file's mapping (pages are read, and counted, when first used: "held once loaded" is
-small, and the job's first forward reads them in); bertkit copies them into its own memory and drops the
-mapping after loading, so its load peak holds both for a moment. Those file pages are the page cache's, which
-the kernel can reclaim or share, unlike the activations and gradients of the other jobs.
+The resident set counts the pages of a memory-mapped safetensors file that the process has read. Both sides keep
+the weights in the file's mapping (pages are read, and counted, when first used: "held once loaded" is small,
+and the job's first forward reads them in); those pages are the page cache's, which the kernel can reclaim or
+share, unlike the activations and gradients of the jobs. The load job reads every weight once loaded.
 
     python bench/memory_cpu.py [--jobs load infer train pretrain] [--json PATH]
 """

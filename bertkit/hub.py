@@ -785,6 +785,18 @@ def load_pretrained(cls, name_or_path: str | os.PathLike, *, config: BertConfig 
     return model.eval()
 
 
+def _can_take(param: torch.Tensor, t: torch.Tensor, taken: set[int]) -> bool:
+    """Whether checkpoint tensor `t` can become `param` rather than be copied into it: same dtype, shape and
+    device, and alone in its memory (not a slice of a larger storage, nor a storage another parameter took:
+    a .bin may store two names in one). safetensors' tensors map the file, so the weights are read from it when
+    first used and the pages are the page cache's, shared between processes until one writes (copy on write; the
+    file never changes): loading holds the weights once, not the file and a copy (`bench/memory_cpu.py`)."""
+    storage = t.untyped_storage()
+    return (t.dtype == param.dtype and t.shape == param.shape and t.device == param.device
+            and t.layout == torch.strided and t.is_contiguous()
+            and storage.nbytes() == t.numel() * t.element_size() and storage.data_ptr() not in taken)
+
+
 # The MLM head's two names of its one output bias; transformers' forward reads the decoder's.
 MLM_BIAS, MLM_DECODER_BIAS = "cls.predictions.bias", "cls.predictions.decoder.bias"
 
@@ -821,8 +833,10 @@ def _untie_if_stored_apart(model: torch.nn.Module, state: dict[str, torch.Tensor
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *,
                ignore_mismatched_sizes: bool = False) -> torch.nn.Module:
-    """Copy the checkpoint tensors `state` (read from `source`, named in the error) into `model`, with
-    `load_pretrained`'s rules; sets `model.load_report` and returns `model`."""
+    """Put the checkpoint tensors `state` (read from `source`, named in the error) into `model`, with
+    `load_pretrained`'s rules; sets `model.load_report` and returns `model`. A tensor of the parameter's dtype,
+    shape and device that owns its memory becomes the parameter (see `_can_take`); the others are copied in.
+    So `state` must be the caller's to give: read from a file, not another model's live tensors."""
     report = LoadReport(source=source)
     prefix = _model_prefix(model)
     beside = _beside_base_model(state, model)
@@ -882,13 +896,19 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         source = next((n for n in present if n in preferred), present[0] if present else None)
         skip.update(n for n in present if n != source)
     params = dict(model.named_parameters(remove_duplicate=False))
-    loaded = set()
+    loaded, taken = set(), set()
     with torch.no_grad():
         for k, t in state.items():
-            if k in model_state and k not in skip:
+            if k not in model_state or k in skip:
+                continue
+            p = params.get(k)
+            if p is not None and _can_take(p, t, taken):
+                p.data = t   # the same Parameter (ties and optimizers keep it), the checkpoint's memory
+                taken.add(t.untyped_storage().data_ptr())
+            else:
                 model_state[k].copy_(t)
-                if k in params:
-                    loaded.add(id(params[k]))
+            if p is not None:
+                loaded.add(id(p))
     # the rest (a new head, weights of mismatched sizes): initialised now, drawing random numbers for them alone
     if hasattr(model, "init_unloaded"):
         model.init_unloaded(loaded)

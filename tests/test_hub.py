@@ -1185,3 +1185,56 @@ def test_max_shard_size_is_read_as_transformers_reads_it(tmp_path):
                                              rf"'5GB', got {re.escape(repr(size))}$"):
             ours.save_pretrained(tmp_path / "bad", max_shard_size=size)
     assert not (tmp_path / "bad").exists()
+
+
+def test_loading_takes_the_checkpoint_tensors_it_can_and_copies_the_rest():
+    """A checkpoint tensor of the parameter's dtype and shape that owns its memory becomes the parameter (no
+    copy; for safetensors, the file's mapping). Copied instead: another dtype, a slice of a larger storage, and
+    the second of two names a .bin stores in one storage, which must stay two parameters when untied."""
+    torch.manual_seed(0)
+    donor = modeling.BertForMaskedLM(tiny_config(tie_word_embeddings=False))
+    state = {k: v.detach().clone() for k, v in donor.state_dict().items()}
+    big = torch.randn(2 * 32 * 32)
+    state["bert.encoder.layer.0.attention.self.query.weight"] = big[:32 * 32].view(32, 32)   # slices of one
+    state["bert.encoder.layer.0.attention.self.key.weight"] = big[32 * 32:].view(32, 32)     # larger storage
+    state["bert.encoder.layer.1.output.dense.bias"] = state["bert.encoder.layer.1.output.dense.bias"].half()
+    shared = state["bert.embeddings.word_embeddings.weight"]
+    state["cls.predictions.decoder.weight"] = shared              # one storage, two names, untied model
+    expected = {k: v.float() for k, v in state.items()}
+    model = hub.load_state(modeling.BertForMaskedLM._build_for_loading(tiny_config(tie_word_embeddings=False)),
+                           dict(state), "test")
+    params = dict(model.named_parameters())
+    taken = {k for k, p in params.items() if p.data_ptr() == state[k].data_ptr()}
+    assert {"bert.encoder.layer.0.output.dense.weight", "bert.embeddings.position_embeddings.weight"} <= taken
+    assert not taken & {"bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.0.attention.self.key"
+                        ".weight", "bert.encoder.layer.1.output.dense.bias"}
+    assert ("bert.embeddings.word_embeddings.weight" in taken) != ("cls.predictions.decoder.weight" in taken)
+    for k, p in params.items():
+        assert torch.equal(p.detach(), expected[k]), k
+    with torch.no_grad():  # untied: the two names are two tensors
+        params["cls.predictions.decoder.weight"].add_(1.0)
+    assert torch.equal(params["bert.embeddings.word_embeddings.weight"].detach(), expected[
+        "bert.embeddings.word_embeddings.weight"])
+
+
+def test_a_model_loaded_from_safetensors_trains_without_writing_the_file(tmp_path):
+    """The weights map the file, copy on write: a training step changes the model, not the checkpoint, and a
+    tied decoder stays the word embeddings' tensor. Saving over the directory it was loaded from works."""
+    torch.manual_seed(0)
+    modeling.BertForMaskedLM(tiny_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    stored = weights.read_bytes()
+    model = modeling.BertForMaskedLM.from_pretrained(tmp_path).train()
+    emb = model.bert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.weight is emb
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ids = torch.randint(5, 99, (2, 7))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    assert weights.read_bytes() == stored
+    assert not torch.equal(emb.detach(), original["bert.embeddings.word_embeddings.weight"])
+    model.save_pretrained(tmp_path)
+    again = modeling.BertForMaskedLM.from_pretrained(tmp_path)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
