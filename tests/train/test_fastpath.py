@@ -174,6 +174,17 @@ def test_pretrain_cli_compile_flag_reaches_the_job():
     assert _job_args(PretrainArgs, build_parser().parse_args(["pretrain"])).compile is False
 
 
+def _recording_backend():
+    """A torch.compile backend that runs each graph as traced and keeps it: (the graphs, the backend)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    return graphs, backend
+
+
 def _graphs_on_the_varlen_path(monkeypatch, compile_model) -> tuple[list, set]:
     """Four pre-training steps of a model on the GPU path (varlen attention; meta tensors stand in for CUDA
     ones), the last on a batch of one, compiled by `compile_model(model, backend)`: the graphs the backend
@@ -181,12 +192,7 @@ def _graphs_on_the_varlen_path(monkeypatch, compile_model) -> tuple[list, set]:
     from bertkit.train.trainer import to_device
 
     monkeypatch.setattr(P, "use_varlen", lambda device_type, dtype, need_weights: device_type == "meta")
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm
-
+    graphs, backend = _recording_backend()
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = BertForPreTraining(tiny_config(dropout=0.1)).to("meta", torch.bfloat16)
@@ -290,12 +296,7 @@ def test_compiled_model_does_not_recompile_for_a_batch_of_one(mode):
     from bertkit.modeling import BertModel
     from bertkit.modeling.bert import compile_layers
 
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm
-
+    graphs, backend = _recording_backend()
     torch._dynamo.reset()
     torch.manual_seed(0)
     eager = BertModel(tiny_config(dropout=0.0)).train(mode == "train")
