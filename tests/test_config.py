@@ -358,3 +358,86 @@ def test_bert_tokenizer_fast_is_bert_tokenizer():
     """transformers 5 has one BERT tokenizer class, also named BertTokenizerFast; so has bertkit."""
     from bertkit import BertTokenizerFast
     assert BertTokenizerFast is BertTokenizer and transformers.BertTokenizerFast is transformers.BertTokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that run on one thread (the module-scoped `one_thread` fixture, as in the file they came
+# from): last in this file, so that the fixture, once set up, leaves every test above on the thread
+# count it had. _TINY: TINY with max_position_embeddings=64, the config these checks were written on
+# ---------------------------------------------------------------------------------------------
+
+_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+             max_position_embeddings=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Size presets
+# ---------------------------------------------------------------------------------------------
+
+# Turc et al. 2019 ("Well-Read Students Learn Better"), google-research/bert's 24 smaller models:
+# size -> (layers L, hidden H, heads H/64, feed-forward 4H)
+_PUBLISHED = {"tiny": (2, 128, 2, 512), "mini": (4, 256, 4, 1024), "small": (4, 512, 8, 2048),
+              "medium": (8, 512, 8, 2048), "base": (12, 768, 12, 3072), "large": (24, 1024, 16, 4096)}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("size", sorted(_PUBLISHED))
+def test_size_presets_are_the_published_models(size):
+    cfg = BertConfig.from_size(size)
+    got = (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size)
+    assert got == _PUBLISHED[size]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_from_size_overrides_win_over_the_preset():
+    cfg = BertConfig.from_size("mini", num_hidden_layers=1, intermediate_size=100)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == (1, 256, 100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and dtype
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_setting_num_labels_to_the_count_it_has_keeps_the_label_names():
+    """`config.num_labels = n` renames the labels LABEL_i only when n changes their count, as transformers' setter
+    (a checkpoint's own names survive `from_pretrained(..., num_labels=3)` on a 3-label model)."""
+    names = {0: "neg", 1: "neu", 2: "pos"}
+    ours, ref = BertConfig(**_TINY, id2label=names), transformers.BertConfig(**_TINY, id2label=names)
+    ours.num_labels = ref.num_labels = 3
+    assert ours.id2label == ref.id2label == names
+    assert ours.label2id == {"neg": 0, "neu": 1, "pos": 2}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_label_names_set_after_construction_are_written_to_config_json(tmp_path):
+    """`config.id2label = {...}` on a config built without labels (as transformers code does before
+    save_pretrained): config.json keeps the names, and both libraries read them back."""
+    cfg = BertConfig(**_TINY)
+    cfg.id2label = {0: "neg", 1: "pos"}
+    cfg.save_pretrained(tmp_path)
+    assert BertConfig.from_pretrained(tmp_path).id2label == {0: "neg", 1: "pos"}
+    assert transformers.BertConfig.from_pretrained(tmp_path).id2label == {0: "neg", 1: "pos"}
+    # and the names' ids, which transformers writes as null: tagging looks tags up in label2id
+    assert BertConfig.from_pretrained(tmp_path).label2id == {"neg": 0, "pos": 1}
+    assert transformers.BertConfig.from_pretrained(tmp_path).label2id == {"neg": 0, "pos": 1}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("label2id", [{"a": 0, "b": 1.5}, {"a": 0, "b": "1.5"}])
+def test_a_fractional_label_id_is_refused_naming_the_field(label2id):
+    """A label id must be an integer (or the string of one): 1.5 is not read as label 1."""
+    with pytest.raises(ValueError, match=r"^BertConfig field 'label2id' maps labels to integer ids; got '?1\.5'?$"):
+        BertConfig(**_TINY, label2id=label2id)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_dtype_wins_over_its_older_name_as_transformers():
+    """Given both "dtype" and its older name "torch_dtype" (in config.json or to the constructor), "dtype" is kept,
+    as transformers 5 keeps it."""
+    d = {**_TINY, "dtype": "bfloat16", "torch_dtype": "float16"}
+    assert BertConfig.from_dict(d).dtype == transformers.BertConfig.from_dict(d).dtype == torch.bfloat16
+    ours = BertConfig(**_TINY, dtype="bfloat16", torch_dtype="float16")
+    ref = transformers.BertConfig(**_TINY, dtype="bfloat16", torch_dtype="float16")
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    assert BertConfig(**_TINY, torch_dtype="float16").dtype == torch.float16

@@ -26,6 +26,9 @@ HEADS = ["BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForNextSente
          "BertForMultipleChoice"]
 OUTPUT_FIELDS = ("last_hidden_state", "pooler_output", "logits", "prediction_logits",
                  "seq_relationship_logits", "start_logits", "end_logits")
+# A one-layer model of width 8, for checks of single files and shards
+_TINY_1L = dict(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+_CONFIG_BYTES = json.dumps(BertConfig(**_TINY_1L).to_dict()).encode()
 
 
 def labels_for(name):
@@ -77,6 +80,11 @@ def saved(model, directory):
 def quiet_hf_load(cls, directory):
     model, info = cls.from_pretrained(directory, output_loading_info=True)
     return model.eval(), info
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return modeling.BertModel(BertConfig(**_TINY_1L))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +292,17 @@ def test_transformers_loading_options(tmp_path):
     assert m.num_parameters(exclude_embeddings=True) == hf.num_parameters(exclude_embeddings=True)
     assert m.get_output_embeddings() is m.cls.predictions.decoder
     assert modeling.BertModel(tiny_config()).get_output_embeddings() is None
+
+
+def test_new_id2label_replaces_the_checkpoints_label2id(tmp_path):
+    """from_pretrained(id2label=...) without label2id: label2id is the new names' inverse, not the checkpoint's old
+    names (which no longer name any id). transformers 5.24 keeps the old label2id here; bertkit deliberately not."""
+    config = BertConfig(**_TINY_1L, id2label={0: "a", 1: "b"})
+    modeling.BertForSequenceClassification(config).save_pretrained(tmp_path)
+    new = {0: "neg", 1: "pos"}
+    ours = modeling.BertForSequenceClassification.from_pretrained(tmp_path, id2label=new)
+    assert ours.config.id2label == new
+    assert ours.config.label2id == {"neg": 0, "pos": 1}
 
 
 def test_loading_info_and_pooling_layer_as_transformers(tmp_path):
@@ -504,6 +523,18 @@ def test_unknown_config_override_refused(tmp_path):
         modeling.BertForSequenceClassification.from_pretrained(src, num_labels=0)
 
 
+def test_a_config_with_more_layers_than_the_weights_is_refused_before_building(tmp_path):
+    """config.json saying 2 layers beside 1-layer weights: refused by the size check, before the model is built,
+    with the counts from each side."""
+    _tiny_model().save_pretrained(tmp_path)
+    BertConfig(**{**_TINY_1L, "num_hidden_layers": 2}).save_pretrained(tmp_path)
+    weights = tmp_path / hub.SAFE_WEIGHTS_NAME
+    with pytest.raises(ValueError) as e:
+        modeling.BertModel.from_pretrained(tmp_path)
+    assert str(e.value) == (f"{weights}: 1 layers, but num_hidden_layers 2 in {tmp_path / CONFIG_NAME}: not this "
+                            "checkpoint's config (refused before building that model)")
+
+
 # ---------------------------------------------------------------------------------------------
 # Old formats: gamma/beta names, position_ids, pytorch_model.bin, shards
 # ---------------------------------------------------------------------------------------------
@@ -538,6 +569,55 @@ def test_legacy_names_and_pytorch_bin(tmp_path):
     assert "embeddings.position_ids" not in base.load_report.unused
     assert "embeddings.token_type_ids" not in base.load_report.unused
     assert torch.equal(base.embeddings.LayerNorm.weight, model.bert.embeddings.LayerNorm.weight)
+
+
+def test_a_training_checkpoint_loads_its_model_entry(tmp_path):
+    """An NVIDIA DeepLearningExamples training checkpoint keeps the weights under "model" beside the optimizer's
+    state: loading reads that entry, every tensor as stored."""
+    model = _tiny_model()
+    state = hub.state_dict_for_saving(model)
+    BertConfig(**_TINY_1L).save_pretrained(tmp_path)
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3},
+               tmp_path / hub.PT_WEIGHTS_NAME)
+    assert set(hub.load_state_dict(tmp_path)) == set(state)
+    loaded = modeling.BertModel.from_pretrained(tmp_path)
+    assert loaded.load_report.clean
+    for name, t in loaded.state_dict().items():
+        if name in state:
+            assert torch.equal(t, state[name]), name
+
+
+def test_nvidia_fused_dense_act_names_load_as_dense(tmp_path):
+    """NVIDIA DeepLearningExamples names the Linear of its fused Linear+activation `dense_act`: such a checkpoint
+    loads every tensor into the `dense` layer, the renames reported."""
+    torch.manual_seed(0)
+    model = modeling.BertForPreTraining(BertConfig(**_TINY_1L))
+    state = hub.state_dict_for_saving(model)
+    fused = {k.replace("pooler.dense.", "pooler.dense_act.").replace("transform.dense.", "transform.dense_act."): v
+             for k, v in state.items()}
+    assert len(set(fused) - set(state)) == 4
+    BertConfig(**_TINY_1L).save_pretrained(tmp_path)
+    torch.save(fused, tmp_path / hub.PT_WEIGHTS_NAME)
+    loaded = modeling.BertForPreTraining.from_pretrained(tmp_path)
+    assert loaded.load_report.clean
+    assert sorted(loaded.load_report.renamed) == sorted((k, k.replace("dense_act", "dense")) for k in fused
+                                                       if "dense_act" in k)
+    for name, t in loaded.state_dict().items():
+        if name in state:
+            assert torch.equal(t, state[name]), name
+
+
+def test_the_size_check_reads_legacy_names(tmp_path):
+    """A checkpoint saved from inside DDP (`module.` names): config.json's wrong vocab_size is caught by the size
+    check too, naming the field, before the model is built."""
+    state = {"module." + k: v for k, v in hub.state_dict_for_saving(_tiny_model()).items()}
+    BertConfig(**{**_TINY_1L, "vocab_size": 30}).save_pretrained(tmp_path)
+    torch.save(state, tmp_path / hub.PT_WEIGHTS_NAME)
+    with pytest.raises(ValueError) as e:
+        modeling.BertModel.from_pretrained(tmp_path)
+    assert str(e.value) == (f"{tmp_path / hub.PT_WEIGHTS_NAME}: mis-shaped key: embeddings.word_embeddings.weight "
+                            f"(checkpoint [20, 8], model [30, 8]): vocab_size 30 in {tmp_path / CONFIG_NAME}, not "
+                            "this checkpoint's config (refused before building that model)")
 
 
 def test_malicious_pickle_not_executed(tmp_path):
@@ -610,6 +690,35 @@ def test_sharded_safetensors(tmp_path):
         modeling.BertModel.from_pretrained(tmp_path)
 
 
+def test_an_index_naming_tensors_its_shards_lack_is_refused(tmp_path):
+    """A shard index that lists a tensor none of its shards holds (a shard from another save) is a ValueError
+    naming the index and the tensor, not a load that silently lacks it."""
+    _tiny_model().save_pretrained(tmp_path, max_shard_size=2000)
+    index_path = tmp_path / hub.SAFE_WEIGHTS_INDEX_NAME
+    index = json.loads(index_path.read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    index["weight_map"]["encoder.layer.0.output.extra"] = next(iter(index["weight_map"].values()))
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError) as e:
+        hub.load_state_dict(tmp_path)
+    assert str(e.value) == f"{index_path}: 1 indexed tensors absent from the shards: encoder.layer.0.output.extra"
+
+
+def test_a_shard_name_with_a_backslash_is_refused(tmp_path):
+    """A shard index names files beside it: a backslash (Windows' separator) in a shard's name is refused like a
+    slash, naming the index and the shard."""
+    _tiny_model().save_pretrained(tmp_path, max_shard_size=2000)
+    index_path = tmp_path / hub.SAFE_WEIGHTS_INDEX_NAME
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "..\\other\\model.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError) as e:
+        hub.load_state_dict(tmp_path)
+    assert str(e.value) == (f"{index_path}: weight_map names the shard '..\\\\other\\\\model.safetensors'; expected "
+                            f"a file name in {tmp_path} (no path separators or '..')")
+
+
 def test_bin_holding_something_else_names_what_it_holds(tmp_path):
     tiny_config().save_pretrained(tmp_path)
     torch.save({"state_dict": {"x": torch.zeros(1)}, "epoch": 3}, tmp_path / hub.PT_WEIGHTS_NAME)
@@ -659,6 +768,19 @@ def test_save_does_not_touch_model_config(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [CONFIG_NAME, hub.SAFE_WEIGHTS_NAME]
 
 
+def test_distinct_parameters_sharing_memory_are_saved_each(tmp_path):
+    """Two parameters (not a tie: distinct Parameter objects) that happen to share one storage are each written,
+    as copies: safetensors refuses tensors that share memory, and both load back with their values."""
+    model = _tiny_model()
+    shared = torch.arange(8, dtype=torch.float32)
+    model.pooler.dense.bias = torch.nn.Parameter(shared)
+    model.embeddings.LayerNorm.bias = torch.nn.Parameter(shared)
+    model.save_pretrained(tmp_path)
+    loaded = modeling.BertModel.from_pretrained(tmp_path)
+    assert torch.equal(loaded.pooler.dense.bias, shared)
+    assert torch.equal(loaded.embeddings.LayerNorm.bias, shared)
+
+
 # ---------------------------------------------------------------------------------------------
 # Name resolution
 # ---------------------------------------------------------------------------------------------
@@ -684,6 +806,15 @@ def hf_snapshot(hub_dir, repo, revision, files, mtime):
         blob.write_bytes(data)
         (snap / name).symlink_to(blob)
     os.utime(snap, (mtime, mtime))
+    return snap
+
+
+def _snapshot(hub_dir, repo, commit, files):
+    """One cached snapshot, laid out as huggingface_hub lays it out (plain files suffice here)."""
+    snap = hub_dir / ("models--" + repo.replace("/", "--")) / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        (snap / name).write_bytes(data)
     return snap
 
 
@@ -792,6 +923,17 @@ def test_unknown_name_lists_places(homes):
         with pytest.raises(FileNotFoundError) as e:
             hub.resolve_model_dir(path)
         assert str(e.value).startswith(f"{path}: {said}") and "hf download" not in str(e.value)
+
+
+def test_a_bertkit_home_folder_without_the_files_falls_through_to_the_hub_cache(homes):
+    """$BERTKIT_HOME/<name> counts only when it holds a required file: a leftover folder (a README, a tokenizer
+    alone) does not hide the model cached in the hub cache."""
+    (homes / "bertkit" / "acme" / "bert").mkdir(parents=True)
+    (homes / "bertkit" / "acme" / "bert" / "README.md").write_text("notes")
+    snap = _snapshot(homes / "hub", "acme/bert", "a" * 40, {CONFIG_NAME: _CONFIG_BYTES})
+    (homes / "hub" / "models--acme--bert" / "refs").mkdir()
+    (homes / "hub" / "models--acme--bert" / "refs" / "main").write_text("a" * 40)
+    assert hub.resolve_model_dir("acme/bert") == str(snap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -962,6 +1104,18 @@ def test_ambiguous_short_hash(revisions):
     assert MAIN_HASH in str(e.value) and DEV_HASH in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_hash_prefix_shorter_than_seven_is_not_a_revision(homes):
+    """A revision counts as a commit-hash prefix from 7 hex characters (git's shortest abbreviation): a shorter
+    one that happens to prefix a cached snapshot (and names no ref) is not found, not guessed."""
+    commit = "abcd" + "e" * 36
+    snap = _snapshot(homes / "hub", "acme/short", commit, {CONFIG_NAME: _CONFIG_BYTES})
+    assert hub.resolve_model_dir("acme/short", revision=commit[:7]) == str(snap)
+    for short in (commit[:4], commit[:6]):
+        with pytest.raises(FileNotFoundError, match=rf"^model 'acme/short': revision '{short}' is not in the hub "
+                                                    r"cache .*cached snapshots: " + commit + "$"):
+            hub.resolve_model_dir("acme/short", revision=short)
+
+
 @pytest.mark.parametrize("revision", ["../x", "..", "a/../../b", "a\\b", "/etc", "a//b", "./main", ""])
 def test_revision_with_path_parts_refused(revisions, revision):
     with pytest.raises(ValueError, match="revision"):
@@ -1051,6 +1205,17 @@ def test_config_dtype_is_the_loaded_dtype_as_transformers(tmp_path, load_dtype):
     assert (ours.config.torch_dtype, passed.torch_dtype) == (torch.bfloat16, torch.float16)
     assert transformers.BertModel.from_pretrained(tmp_path / "fp16", dtype=torch.bfloat16).config.torch_dtype \
         == torch.bfloat16
+
+
+def test_a_non_float_config_dtype_is_not_a_load_dtype(tmp_path):
+    """dtype="auto" takes config.json's dtype only when it names a floating-point one; "int64" there (a bad
+    config.json) leaves the checkpoint's own float32, not a model cast to integers."""
+    _tiny_model().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["dtype"] = "int64"
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    model = modeling.BertModel.from_pretrained(tmp_path, dtype="auto")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_auto_classes_take_code_revision_as_transformers(tmp_path):
@@ -1187,6 +1352,20 @@ def test_max_shard_size_is_read_as_transformers_reads_it(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_shards_exactly_at_the_limit_are_packed_as_huggingface_hub_packs_them():
+    """A shard may be filled up to the limit exactly, and only a tensor larger than the limit goes alone in a
+    shard of its own: the plan is huggingface_hub's split_torch_state_dict_into_shards' (which transformers uses),
+    checked where a tensor, or a shard's running size, equals the limit."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    sizes = {"a": 25, "b": 25, "c": 50, "d": 10, "e": 40, "f": 60, "g": 50}  # float32 elements: 4 bytes each
+    state = {name: torch.zeros(n) for name, n in sizes.items()}
+    limit = 200
+    split = split_torch_state_dict_into_shards(state, max_shard_size=limit)
+    plan = hub.shard_plan(state, limit)
+    assert dict(zip(hub.shard_names(len(plan)), plan)) == split.filename_to_tensors
+    assert plan == [["a", "b"], ["c"], ["f"], ["d", "e"], ["g"]]  # f, over the limit, before the shard it passed
+
+
 def test_loading_takes_the_checkpoint_tensors_it_can_and_copies_the_rest():
     """A checkpoint tensor of the parameter's dtype and shape that owns its memory becomes the parameter (no
     copy; for safetensors, the file's mapping). Copied instead: another dtype, a slice of a larger storage, and
@@ -1238,3 +1417,74 @@ def test_a_model_loaded_from_safetensors_trains_without_writing_the_file(tmp_pat
     again = modeling.BertForMaskedLM.from_pretrained(tmp_path)
     for k, v in again.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
+
+
+# ---------------------------------------------------------------------------------------------
+# Auto classes: checks that run on one thread (the module-scoped `one_thread` fixture, as in the
+# file they came from): last in this file, so that the fixture, once set up, leaves every test above
+# on the thread count it had. _TINY_AUTO: the config these checks were written on
+# ---------------------------------------------------------------------------------------------
+
+_TINY_AUTO = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                  max_position_embeddings=64)
+
+
+_AUTO_NAMES = ["AutoModel", "AutoModelForPreTraining", "AutoModelForMaskedLM", "AutoModelForNextSentencePrediction",
+               "AutoModelForSequenceClassification", "AutoModelForTokenClassification",
+               "AutoModelForQuestionAnswering", "AutoModelForMultipleChoice"]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("auto_name", _AUTO_NAMES)
+def test_each_auto_class_builds_the_class_transformers_picks_for_bert(auto_name):
+    """transformers' Auto mapping for model_type "bert" is the oracle: the same class name (token and sequence
+    classifiers share a head shape, so only the class tells them apart)."""
+    from bertkit import auto
+    cfg = BertConfig(**_TINY_AUTO)
+    with torch.device("meta"):  # the class is the question, not the weights
+        ref = getattr(transformers, auto_name).from_config(transformers.BertConfig(**_TINY_AUTO))
+    assert type(getattr(auto, auto_name).from_config(cfg)).__name__ == type(ref).__name__
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_auto_from_config_refuses_a_transformers_config_naming_itself():
+    from bertkit import auto
+    with pytest.raises(TypeError, match=r"^AutoModelForTokenClassification\.from_config expects a bertkit\.BertConfig, "
+                                        r"got transformers\..*BertConfig; convert it with "
+                                        r"bertkit\.BertConfig\.from_dict\(config\.to_dict\(\)\)$"):
+        auto.AutoModelForTokenClassification.from_config(transformers.BertConfig(**_TINY_AUTO))
+
+
+_TOY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_auto_tokenizer_reads_a_config_json_without_model_type_as_bert(tmp_path):
+    """A config.json with no model_type is a BERT one (transformers' BertConfig default), so AutoTokenizer loads the
+    directory's tokenizer rather than refusing it."""
+    import json
+
+    from bertkit import auto
+    (tmp_path / "vocab.txt").write_text("\n".join(_TOY_VOCAB) + "\n", encoding="utf-8")
+    (tmp_path / "config.json").write_text(json.dumps({**_TINY_AUTO, "vocab_size": len(_TOY_VOCAB)}), encoding="utf-8")
+    tok = auto.AutoTokenizer.from_pretrained(tmp_path)
+    ref = transformers.BertTokenizer(vocab={t: i for i, t in enumerate(_TOY_VOCAB)})
+    assert tok("hello worlds")["input_ids"] == ref("hello worlds")["input_ids"] == [2, 5, 6, 7, 3]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_vocab_fit_warns_only_past_the_embeddings():
+    """A tokenizer exactly as large as the embeddings fits (no warning); one token more warns, naming it."""
+    import warnings
+
+    from bertkit import BertTokenizer
+    from bertkit.auto import check_vocab_fits
+    tok = BertTokenizer({t: i for i, t in enumerate(_TOY_VOCAB)})
+    cfg = BertConfig(**{**_TINY_AUTO, "vocab_size": len(_TOY_VOCAB)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_vocab_fits(tok, cfg, "here")
+    tok.add_tokens(["zebra"])
+    with pytest.warns(UserWarning, match=r"^here: the tokenizer has 9 tokens but the model's embeddings hold 8 "
+                                         r"\(config vocab_size\), so a text holding a token of id >= 8 \('zebra'\)"):
+        check_vocab_fits(tok, cfg, "here")
