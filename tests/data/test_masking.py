@@ -3,6 +3,7 @@ resumable, rank-split batch source."""
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -210,6 +211,96 @@ def test_collator_errors_and_dict_examples():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _row(ids, a_length=None):
+    """`(input_ids, token_type_ids, label)` of `[CLS] A [SEP] B [SEP]` ids; A is `a_length` tokens."""
+    ids = np.array(ids, dtype=np.int64)
+    token_types = np.zeros(len(ids), dtype=np.int64)
+    if a_length is not None:
+        token_types[a_length + 2:] = 1
+    return ids, token_types, 0
+
+
+def _every_id_special():
+    return MaskingCollator(5, {0, 1, 2, 3, 4}, 4, 0)
+
+
+def _special_id_past_the_vocabulary():
+    return MaskingCollator(VOCAB, SPECIAL | {VOCAB}, MASK, PAD)
+
+
+def _continuation_table_of_the_wrong_size():
+    return MaskingCollator(VOCAB, SPECIAL, MASK, PAD, whole_word=True,
+                           wordpiece_continuation=np.zeros(VOCAB - 1, dtype=bool))
+
+
+def _negative_token_id():
+    return _collator()([_row([CLS, 7, -1, SEP])], torch.Generator())
+
+
+def _no_examples():
+    return _collator()([], torch.Generator())
+
+
+def _no_predictions():
+    return MaskingCollator(VOCAB, SPECIAL, MASK, PAD, max_predictions_per_seq=0)
+
+
+@pytest.mark.parametrize("make, message", [
+    (_no_predictions, "max_predictions_per_seq must be an int >= 1, got 0"),
+    (_every_id_special, "every id is special: no token to draw random replacements from"),
+    (_special_id_past_the_vocabulary, "special_ids: ids [1000] are outside the vocabulary of 1000"),
+    (_continuation_table_of_the_wrong_size,
+     "wordpiece_continuation: a bool array must have shape (1000,), got (999,)"),
+    (_negative_token_id, "token ids must be in [0, 1000), got -1..7"),
+    (_no_examples, "no examples to collate"),
+])
+def test_collator_refuses_bad_settings_and_ids(make, message):
+    """Each check exact (neither dropped nor loosened by one): a bad setting or id is a ValueError that says
+    what was expected, not a crash later (an empty random pool, an out-of-range table index, max() of nothing) or a
+    negative id silently wrapped to the last row of the special-id table."""
+    with pytest.raises(ValueError) as e:
+        make()
+    assert str(e.value) == message
+
+
+def test_whole_word_fallback_respects_max_predictions_per_seq():
+    """The fallback's cap check: a row whose only word (5 pieces) overshoots its budget of
+    round(0.15 * 7) = 1 gets that word anyway when it fits max_predictions_per_seq, and no prediction when it does
+    not (the module docstring's rule)."""
+    row = [_row([CLS, 7, 600, 601, 602, 603, SEP])]
+    for seed in range(5):
+        fits = _collator(whole_word=True, max_predictions_per_seq=5)(row, torch.Generator().manual_seed(seed))
+        assert (fits["labels"][0] != -100).nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+        over = _collator(whole_word=True, max_predictions_per_seq=4)(row, torch.Generator().manual_seed(seed))
+        assert (over["labels"] == -100).all()
+        assert torch.equal(over["input_ids"][0], torch.from_numpy(row[0][0]))
+
+
+def test_padding_is_pad_id_segment_0_and_void_labels():
+    """Token types padded with 0 (not 1) and ids with pad_id (not 0): padding holds
+    pad_id, token type 0 (transformers' tokenizers pad token_type_ids with pad_token_type_id 0), attention 0 and
+    label -100, here with a [PAD] id that is not 0 and a B segment (type 1) that ends the longer row."""
+    pad = 9
+    collator = MaskingCollator(VOCAB, {UNK, CLS, SEP}, MASK, pad)
+    rows = [_row([CLS, 10, 11, SEP, 12, 13, 14, 15, SEP], a_length=2), _row([CLS, 20, SEP, 21, SEP], a_length=1)]
+    batch = collator(rows, torch.Generator().manual_seed(0))
+    assert batch["input_ids"][1, 5:].tolist() == [pad] * 4
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0, 0, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1] * 9, [1] * 5 + [0] * 4]
+    assert batch["labels"][1, 5:].tolist() == [-100] * 4
+
+
+def test_mapping_examples_that_are_not_dicts():
+    """Not only a dict (no `isinstance(example, dict)` test): any Mapping with the three keys is an example,
+    e.g. a read-only mapping proxy, and collates as the tuple does."""
+    rows = [_row([CLS, 10, 11, SEP, 12, 13, SEP], a_length=2), _row([CLS, 20, SEP, 21, SEP], a_length=1)]
+    proxies = [types.MappingProxyType({"input_ids": i, "token_type_ids": t, "next_sentence_label": y})
+               for i, t, y in rows]
+    a = _collator()(proxies, torch.Generator().manual_seed(3))
+    b = _collator()(rows, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 # ------------------------------------------------------------------------------------ PretrainingBatches
 DATASET = _examples(50, seed=6, max_len=40)
 
@@ -275,6 +366,14 @@ def test_resume_gives_exactly_the_next_batch():
         resumed.load_state_dict({"epoch": 0, "batch": 12})
 
 
+def test_load_state_dict_refuses_a_negative_epoch():
+    """The `epoch < 0` check: a state from before the first epoch is refused by value."""
+    rows = [_row([CLS, 10 + i, SEP, 20 + i, SEP], a_length=1) for i in range(8)]
+    batches = PretrainingBatches(rows, 4, _collator())
+    with pytest.raises(ValueError, match=r"^state \{'epoch': -1, 'batch': 0\} is outside epochs of 2 batches$"):
+        batches.load_state_dict({"epoch": -1, "batch": 0})
+
+
 @pytest.mark.parametrize("whole_word", [False, True])
 def test_two_ranks_equal_one_rank(whole_word):
     collator = _collator(whole_word=whole_word)
@@ -307,3 +406,28 @@ def test_uneven_last_batch_and_errors():
     with pytest.raises(ValueError, match="rank"):
         PretrainingBatches(DATASET, 4, collator, rank=2, world_size=2)
     assert example_seed(1, 2, 3) != example_seed(1, 2, 4) and 0 <= example_seed(1, 2, 3) < 2**63
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+# SplitMix64's published outputs for the seed 1234567 (the reference sequence of the Rosetta Code task
+# "Pseudo-random numbers/Splitmix64", from Steele, Lea and Flood's generator)
+_SPLITMIX_1234567 = (6457827717110365317, 3203168211198807973, 9817491932198370423)
+
+
+def test_example_seed_is_splitmix64_halved_to_63_bits():
+    """The top bit dropped and SplitMix64's own shift constants: each value is XORed into a SplitMix64
+    state that then takes one step; the seed is the last output without its low bit, so below 2**63. Pinned
+    against SplitMix64's published sequence: the state after XOR is the reference's (1234567, then 1234567 plus
+    the increment for each further step), so example_seed's outputs are the reference outputs halved."""
+    state, values = 1234567, []
+    h = _GOLDEN
+    for out in _SPLITMIX_1234567:
+        values.append(h ^ state)  # the value that puts the reference state into h
+        h = out
+        state = (state + _GOLDEN) & _MASK64
+    for k, out in enumerate(_SPLITMIX_1234567, start=1):
+        assert example_seed(*values[:k]) == out >> 1
+    seeds = [example_seed(7, e, b, j) for e in range(4) for b in range(8) for j in range(8)]
+    assert all(0 <= s < 2**63 for s in seeds) and len(set(seeds)) == len(seeds)
+    assert max(seeds) >= 2**62  # the 63 bits are used

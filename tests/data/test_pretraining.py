@@ -20,6 +20,7 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 WIKITEXT = DATA / "pretrain" / "wikitext-2-raw.test.raw"
 MAX_LEN = 64
 SMALL = 15  # documents for the tests that build shards (tokenising is the slow part)
+CLS, SEP = 2, 3  # the [CLS] and [SEP] ids given to create_instances with hand-made token documents
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +108,27 @@ def test_short_targets(corpus):
     assert mean(short) < mean([g for g in groups if g[1] == max_len - 3])
 
 
+def _token_documents(n_docs: int = 4, n_sentences: int = 12):
+    """Documents of one-token sentences (ids 10..), so no pair is ever cut."""
+    return [[[10 + (d * n_sentences + s) % 50] for s in range(n_sentences)] for d in range(n_docs)]
+
+
+def test_short_targets_are_drawn_from_2_to_max_num_tokens():
+    """Not `randint(1, ...)`: a short target is uniform on [2, max_seq_length - 3], as
+    create_pretraining_data.py's `rng.randint(2, max_num_tokens)`; never 1."""
+    instances = create_instances(_token_documents(), 8, CLS, SEP, random.Random(0), short_seq_prob=1.0,
+                                 dupe_factor=250)
+    firsts, last = [], None  # one target per (pass, document): the first of a run of its instances
+    for inst in instances:
+        if inst.doc_index != last:
+            firsts.append(inst.target_length)
+            last = inst.doc_index
+    assert len(firsts) == 250 * 4
+    counts = {t: firsts.count(t) for t in set(firsts)}
+    assert sorted(counts) == [2, 3, 4, 5], counts
+    assert min(counts.values()) > 200, counts  # about 250 each
+
+
 def test_create_instances_deterministic(corpus):
     _, tok, token_docs = corpus
     run = lambda seed: create_instances(token_docs[:10], MAX_LEN, 2, 3, random.Random(seed))  # noqa: E731
@@ -120,6 +142,13 @@ def test_create_instances_deterministic(corpus):
     plain = run(5)
     assert [i.input_ids for i in holed] == [i.input_ids for i in plain]
     assert all(0 < i.a_length < len(i.input_ids) - 3 for i in holed)
+
+
+def test_create_instances_refuses_a_dupe_factor_of_0():
+    """`dupe_factor < 1` is refused: no pass over the corpus is an error, not an empty set of instances."""
+    with pytest.raises(ValueError) as e:
+        create_instances(_token_documents(), 16, CLS, SEP, random.Random(0), dupe_factor=0)
+    assert str(e.value) == "dupe_factor must be an int >= 1, got 0"
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -195,6 +224,45 @@ def test_shards_from_files_and_streaming_chunks(corpus, tmp_path):
     assert 0.5 < np.mean(labels) < 0.9  # a coin, plus the single-sentence chunks that must take a random B
 
 
+WORDS = "river stone cloud garden lamp window forest bridge engine letter market violin harbor candle".split()
+
+
+def _text_documents(n: int, seed: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [[f"The {rng.choice(WORDS)} is near the {rng.choice(WORDS)} and the {rng.choice(WORDS)}."
+             for _ in range(5)] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BertTokenizer.train_from_iterator([s for d in _text_documents(30, 0) for s in d], vocab_size=80)
+
+
+def test_empty_documents_between_chunks_change_nothing(tok, tmp_path):
+    """Empty documents are not counted into a chunk: an empty document given in memory is skipped, so a chunk
+    still holds two documents with text (a chunk of one cannot draw random next sentences, and is an error)."""
+    docs = _text_documents(4, 1)
+    holed = [docs[0], [], docs[1], [], docs[2], [], docs[3]]
+    build_shards(docs, tok, tmp_path / "plain", max_seq_length=24, seed=0, chunk_chars=1)
+    build_shards(holed, tok, tmp_path / "holed", max_seq_length=24, seed=0, chunk_chars=1)
+    assert _files(tmp_path / "holed") == _files(tmp_path / "plain")
+    assert len(json.loads((tmp_path / "plain" / "meta.json").read_text())["shards"]) == 2
+
+
+def test_meta_counts_the_random_next_instances_of_each_shard(tok, tmp_path):
+    """num_random_next is counted, not written as 0: each shard's count of random next sentences in meta.json is the
+    number of its instances labelled 1."""
+    meta = build_shards(_text_documents(8, 2), tok, tmp_path / "shards", max_seq_length=24, seed=0,
+                        chunk_chars=300)
+    ds = PretrainingDataset(tmp_path / "shards")
+    assert len(meta["shards"]) >= 2
+    start = 0
+    for shard in meta["shards"]:
+        labels = [ds[i][2] for i in range(start, start + shard["num_instances"])]
+        assert shard["num_random_next"] == sum(labels) > 0
+        start += shard["num_instances"]
+
+
 def test_dataset_errors(corpus, tmp_path):
     docs, tok, _ = corpus
     with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -221,6 +289,20 @@ def test_dataset_errors(corpus, tmp_path):
     assert not (tmp_path / "one").exists()
 
 
+@pytest.mark.parametrize("where", [0, -1])
+def test_offsets_that_do_not_span_the_tokens_are_refused(tok, tmp_path, where):
+    """The offsets check: offsets of the right shape that do not start at 0 or end at the
+    token count are an error naming the file, not instances read from the wrong place."""
+    build_shards(_text_documents(3, 4), tok, tmp_path / "shards", max_seq_length=24)
+    path = tmp_path / "shards" / "shard_00000.offsets.npy"
+    offsets = np.load(path)
+    offsets[where] += 1 if where == 0 else -1
+    np.save(path, offsets)
+    with pytest.raises(ValueError) as e:
+        PretrainingDataset(tmp_path / "shards")
+    assert str(e.value) == f"{path}: offsets do not span the tokens"
+
+
 class _BigVocab:
     """A tokenizer that claims 70,000 tokens: the shards must store int32."""
 
@@ -245,6 +327,25 @@ def test_large_vocab_uses_int32(corpus, tmp_path):
     a, b = PretrainingDataset(tmp_path / "big"), PretrainingDataset(tmp_path / "small")
     assert len(a) == len(b) == small["num_instances"]
     assert all(np.array_equal(a[i][0], b[i][0]) for i in range(len(a)))
+
+
+class _Claims:
+    """A tokenizer that claims `num_ids` ids (the shards' token dtype follows it)."""
+
+    def __init__(self, tok, num_ids: int):
+        self._tok, self.num_ids = tok, num_ids
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_token_dtype_is_uint16_below_65536_ids(tok, tmp_path):
+    """The boundary is 65,536 ids, not 65,537: as the module docstring says, uint16 when the vocabulary has fewer than
+    65,536 ids, else int32 (the boundary of the format; any larger one would let an id wrap round)."""
+    docs = _text_documents(3, 3)
+    assert build_shards(docs, _Claims(tok, 65535), tmp_path / "a", max_seq_length=24)["token_dtype"] == "uint16"
+    assert build_shards(docs, _Claims(tok, 65536), tmp_path / "b", max_seq_length=24)["token_dtype"] == "int32"
+    assert np.load(tmp_path / "b" / "shard_00000.tokens.npy").dtype == np.int32
 
 
 def test_batches_from_shards(corpus, tmp_path):

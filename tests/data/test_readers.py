@@ -216,6 +216,50 @@ def test_format_from_extension(tmp_path):
     assert read_table(p, format="tsv", header=False, text_column=0, label_column=1) == [Example("a", None, "1", 1)]
 
 
+def test_a_column_name_the_header_holds_twice_is_refused(tmp_path):
+    """Choosing a column by a name two header fields share would silently take the first (refused from two such
+    fields on, not only from three)."""
+    p = write(tmp_path, "dup.tsv", "text\ttext\tlabel\na\tb\t1\n")
+    with pytest.raises(ValueError) as e:
+        read_table(p, text_column="text", label_column="label")
+    assert str(e.value) == f"{p}:1: the header has 2 columns named 'text'; choose text_column by index"
+    assert read_table(p, text_column=1, label_column="label") == [Example("b", None, "1", 2)]
+
+
+def test_csv_rows_and_header_are_numbered_from_line_1(tmp_path):
+    """A CSV's header is line 1 in errors, and a headerless CSV's first row is line 1 (not line 0)."""
+    p = write(tmp_path, "d.csv", "sentence,label\nhi,1\n")
+    with pytest.raises(ValueError) as e:
+        read_table(p, text_column="text")
+    assert str(e.value) == f"{p}:1: no column 'text' for text_column; available columns: ['sentence', 'label']"
+    rows = read_table(write(tmp_path, "n.csv", "hi,1\nyo,0\n"), header=False, text_column=0, label_column=1)
+    assert rows == [Example("hi", None, "1", 1), Example("yo", None, "0", 2)]
+
+
+def test_a_jsonl_boolean_label_keeps_its_json_spelling(tmp_path):
+    """true / false labels read as JSON spells them, like 1 and 2.5 (not Python's 'True')."""
+    p = write(tmp_path, "b.jsonl", '{"t": "a", "y": true}\n{"t": "b", "y": false}\n{"t": "c", "y": 1.0}\n')
+    rows = read_table(p, text_column="t", label_column="y")
+    assert [r.label for r in rows] == ["true", "false", "1.0"]
+
+
+def test_an_empty_table_with_a_header_is_an_error_naming_line_1(tmp_path):
+    """A header is expected: an empty file is not an empty data set (an error, not an empty list)."""
+    for name in ("empty.tsv", "blank.csv"):
+        p = write(tmp_path, name, "" if name == "empty.tsv" else "\n\n")
+        with pytest.raises(ValueError) as e:
+            read_table(p, text_column=0)
+        assert str(e.value) == f"{p}:1: expected a header line, the file is empty"
+
+
+def test_the_first_data_row_is_checked_against_the_header_width(tmp_path):
+    """The header sets the width; a first data row of another width is the error (not the first data row's width)."""
+    p = write(tmp_path, "w.tsv", "text\tlabel\na\tb\t1\nc\t0\n")
+    with pytest.raises(ValueError) as e:
+        read_table(p, text_column=0, label_column=1)
+    assert str(e.value) == f"{p}:2: expected 2 tab-separated fields (like the header), found 3"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # labels
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,6 +283,12 @@ def test_label_helpers():
     assert not is_regression(["1.0", "2.0"])  # integer-valued: class ids
     assert not is_regression(["0.5", "good"])
     assert not is_regression(["nan", "0.5"])
+
+
+def test_a_label_is_named_by_its_shortest_spelling():
+    """"01" and "1" are one class, named "1" (not the first in text order, "01")."""
+    assert label_set(["01", "1", "2"]) == ["1", "2"]
+    assert label_set(["+3", "3"]) == ["3"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,6 +333,56 @@ def test_conll_formats_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"squad\.json: a CoNLL file is plain text, one token per line; got a "
                                          r"\.json file$"):   # given to a tagger by mistake: not read as tokens
         read_conll(write(tmp_path, "squad.json", '{"data": [{"title": "x"}]}\tO\n'))
+
+
+def test_docstart_first_is_skipped_whatever_the_token_column(tmp_path):
+    """-DOCSTART- in the first field is a separator even when the tokens are in column 1 (the first field is
+    looked at, not only the token column, or "-X-" would be a sentence)."""
+    p = write(tmp_path, "d.conll", "-DOCSTART-\t-X-\tO\n\n1\tParis\tB-LOC\n2\tis\tO\n")
+    assert read_conll(p, token_column=1) == [TaggedSentence(["Paris", "is"], ["B-LOC", "O"], 3)]
+
+
+def test_a_tag_column_that_is_the_token_column_is_refused(tmp_path):
+    """tag_column=-2 of a two-column file is column 0, the tokens (refused, not tags silently equal to the tokens)."""
+    p = write(tmp_path, "t.conll", "John\tB-PER\nlives\tO\n")
+    with pytest.raises(ValueError) as e:
+        read_conll(p, tag_column=-2)
+    assert str(e.value) == (f"{p}:1: expected a token column and a tag column (token_column=0, tag_column=-2), "
+                            "found 2 column(s): 'John\\tB-PER'")
+
+
+def test_tags_lose_surrounding_spaces_and_an_empty_tag_is_refused(tmp_path):
+    """A tab-separated tag keeps no trailing spaces ("B-PER " is no label of its own), and a tag of
+    spaces is an error naming its line."""
+    p = write(tmp_path, "s.conll", "John\tB-PER  \nlives\t O\n")
+    assert read_conll(p) == [TaggedSentence(["John", "lives"], ["B-PER", "O"], 1)]
+    bad = write(tmp_path, "e.conll", "John\tB-PER\nlives\t  \n")
+    with pytest.raises(ValueError) as e:
+        read_conll(bad)
+    assert str(e.value) == f"{bad}:2: empty tag in column -1: 'lives\\t  '"
+
+
+def test_a_line_with_fewer_columns_than_the_first_is_refused(tmp_path):
+    """A missing column shifts tag_column=-1 onto another column, as a stray one does (so fewer columns are
+    refused, as more are)."""
+    p = write(tmp_path, "f.conll", "EU\tNNP\tB-ORG\nrejects\tO\n")
+    with pytest.raises(ValueError) as e:
+        read_conll(p)
+    assert str(e.value) == f"{p}:2: 2 column(s) where line 1 has 3: 'rejects\\tO'"
+
+
+def test_conll_names_any_case_json_lines_and_explicit(tmp_path):
+    """A .CONLL name makes a file CoNLL as .conll does (the suffix read in any case), a .jsonl file is refused
+    as not CoNLL (not read as tokens), and explicit=True (--format conll) reads a file of equally long
+    lines as CoNLL (not refused)."""
+    rows = "Bob B-PER\nsaw O\nRome B-LOC\n"
+    assert read_conll(write(tmp_path, "UPPER.CONLL", rows)) == [
+        TaggedSentence(["Bob", "saw", "Rome"], ["B-PER", "O", "B-LOC"], 1)]
+    assert read_conll(write(tmp_path, "rows.txt", rows), explicit=True) == read_conll(tmp_path / "UPPER.CONLL")
+    j = write(tmp_path, "d.jsonl", '{"text": "a", "label": 1}\n')
+    with pytest.raises(ValueError) as e:
+        read_conll(j)
+    assert str(e.value) == f"{j}: a CoNLL file is plain text, one token per line; got a .jsonl file"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -374,6 +474,35 @@ def _squad_with(change) -> str:
 def test_squad_structure_errors_name_the_place(tmp_path, change, message):
     with pytest.raises(ValueError, match=r"bad\.json: .*" + message):
         read_squad(write(tmp_path, "bad.json", _squad_with(change)))
+
+
+def _squad_question(**qa) -> str:
+    question = {"id": "q1", "question": "who?", "answers": [{"text": "A cat", "answer_start": 0}], **qa}
+    return json.dumps({"data": [{"title": "T", "paragraphs": [{"context": "A cat sat.", "qas": [question]}]}]})
+
+
+def test_a_zip_made_on_a_mac_reads_its_one_json(tmp_path):
+    """macOS' zip adds __MACOSX/._name.json, resource forks that are not JSON (not counted, so one file)."""
+    zp = tmp_path / "dev.zip"
+    with zipfile.ZipFile(zp, "w") as zf:
+        zf.writestr("dev.json", _squad_question())
+        zf.writestr("__MACOSX/._dev.json", b"\x00\x05\x16\x07 not json")
+    assert [(q.qid, q.answers) for q in read_squad(zp)] == [("q1", [("A cat", 0)])]
+
+
+def test_squad_answers_and_is_impossible_must_agree(tmp_path):
+    """An unanswerable question with an answer, or a labelled answerable one without, is refused (both
+    are checked); labelled=False takes questions without answers (not refused)."""
+    both = write(tmp_path, "both.json", _squad_question(is_impossible=True))
+    with pytest.raises(ValueError) as e:
+        read_squad(both)
+    assert str(e.value) == f"{both}: question q1 is marked is_impossible but has answers"
+    none = write(tmp_path, "none.json", _squad_question(answers=[]))
+    with pytest.raises(ValueError) as e:
+        read_squad(none)
+    assert str(e.value) == f"{none}: question q1 has no answers and is not marked is_impossible"
+    q = read_squad(none, labelled=False)[0]
+    assert (q.qid, q.answers, q.is_impossible) == ("q1", [], False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,3 +641,11 @@ def test_a_text_file_whose_lines_hold_equally_many_words_is_not_read_as_conll(tm
         assert [(s.line, s.tokens) for s in read] == _read_tokens(path)
         spaced = write(tmp_path, "spaced_" + name, path.read_text(encoding="utf-8").replace("\t", " "))
         assert [s.tokens for s in read_conll(spaced)] == [s.tokens for s in read]  # CoNLL-2003 style: spaces
+
+
+def test_a_file_of_one_token_a_line_is_read_for_prediction(tmp_path):
+    """One word a line (no tags) is a CoNLL file to predict, not a text file of one-word sentences (the
+    "equally many words" refusal does not apply to one word a line)."""
+    from bertkit.tasks.tag import read_tokens
+    p = write(tmp_path, "tokens.txt", "Bob\nsaw\nRome\n")
+    assert read_tokens(p) == [(1, ["Bob", "saw", "Rome"])]

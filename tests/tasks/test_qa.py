@@ -13,8 +13,10 @@ import bertkit.tasks.qa as qa_mod
 from bertkit.config import BertConfig
 from bertkit.data.readers import SquadExample, read_squad
 from bertkit.modeling import BertModel
+from bertkit.modeling.heads import BertForQuestionAnswering
 from bertkit.tasks.qa import (FinetuneQAArgs, QABatches, QAObjective, collate_qa, context_windows, encode_qa,
-                              max_context_owner, postprocess, squad_metrics)
+                              max_context_owner, nbest_json, null_odds, postprocess, predict_answers,
+                              squad_metrics)
 from bertkit.tokenizer import BertTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = ("the a of and to in is was it he she they we you on at by for with from what who where when which color "
          "red green blue black white river city king war year north south east west old new big small long").split()
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qa" / "squad"  # ../shared beside the clone
+SENTENCE = "the old king of the north was red and the new city is green"
 
 
 def toy_tokenizer():
@@ -117,6 +120,20 @@ def test_encode_qa_answer_mid_token_and_answer_on_no_token():
         encode_qa(tok, [SquadExample("q", "who ?", context, [(" ", 3)])], 32, 4)
 
 
+def test_encode_qa_refuses_a_max_query_length_of_zero():
+    tok = toy_tokenizer()
+    with pytest.raises(ValueError, match="^max_query_length must be >= 1, got 0$"):
+        encode_qa(tok, [ex("q", "who ?", SENTENCE, "king")], 64, 8, max_query_length=0)
+
+
+def test_encode_qa_labels_a_question_marked_unanswerable_cls_even_with_an_answer():
+    # the module's rule: unanswerable (v2.0) questions are labelled [CLS] in every window, whatever they carry
+    tok = toy_tokenizer()
+    e = SquadExample("q", "who ?", SENTENCE, [("king", SENTENCE.index("king"))], is_impossible=True)
+    feats = encode_qa(tok, [e], 64, 8)
+    assert [(f.start_position, f.end_position) for f in feats] == [(0, 0)]
+
+
 # ------------------------------------------------------------------------------------------- post-processing
 def _one_window(tok, question, context, answer=None, **kw):
     examples = [ex("q", question, context, answer)]
@@ -188,6 +205,49 @@ def test_postprocess_starts_only_where_the_token_has_max_context():
     assert p["score"] != 40.0 and p["start"] != f0.offsets[last][0]
 
 
+def test_postprocess_checks_its_settings_and_inputs():
+    tok = toy_tokenizer()
+    examples, (f,) = _one_window(tok, "who ?", SENTENCE, max_seq_length=64, doc_stride=8)
+    logits = [_logits(f, {1: 5.0}, {2: 5.0})]
+    with pytest.raises(ValueError, match="^n_best and max_answer_length must be >= 1, got 20 and 0$"):
+        postprocess([f], logits, examples, max_answer_length=0)
+    with pytest.raises(ValueError, match="^1 features but 2 logit pairs$"):
+        postprocess([f], logits * 2, examples)
+    with pytest.raises(ValueError, match="^question q: no window$"):   # an example none of the windows is of
+        postprocess([], [], examples)
+
+
+def test_postprocess_equal_scores_go_to_the_lower_start_as_in_berts_stable_sort():
+    """google-research/bert takes the n-best starts with a stable sort (lower index first on ties) and the final
+    sort of the spans is stable too, so of two spans with the same score the one starting first is the answer.
+    Starts 8 and 12 tie (3.0) among 15 context tokens, n_best=2; numpy's argpartition hands them back as [12, 8]."""
+    tok = toy_tokenizer()
+    context = SENTENCE + " ."
+    examples, (f,) = _one_window(tok, "who ?", context, max_seq_length=64, doc_stride=8)
+    assert len(f.offsets) == 15 and f.owned.all()
+    s, e = _logits(f, {8: 3.0, 12: 3.0}, {13: 1.0})
+    p = postprocess([f], [(s, e)], examples, n_best=2)["q"]
+    assert [(t, sc) for t, _, _, sc in p["nbest"]] == [("and the new city is green", 4.0), ("is green", 4.0)]
+    assert p["text"] == "and the new city is green"
+
+
+def test_ties_at_the_n_best_cut_go_to_the_lower_index():
+    """A tie at the n-best cut, not above it: of 42 start logits, token 41 scores 5, token 0 scores 1 and the other
+    40 tie at 0, and n_best=3 keeps one of those 40. Stable sorting (google-research/bert's `_get_best_indexes`)
+    keeps token 1, so the span "old" (5.0) is a candidate; a partition kept an arbitrary one and lost it."""
+    values = np.zeros(32, np.float32)
+    values[0], values[31] = 1.0, 5.0
+    assert qa_mod._top(values, 3).tolist() == [31, 0, 1]
+    tok = toy_tokenizer()
+    examples, (f,) = _one_window(tok, "who ?", " ".join([SENTENCE] * 3), max_seq_length=64, doc_stride=8)
+    assert len(f.offsets) == 42 and f.owned.all()
+    starts, ends = dict.fromkeys(range(42), 0.0), dict.fromkeys(range(42), 0.0)
+    starts.update({0: 1.0, 41: 5.0})
+    ends[1] = 5.0
+    p = postprocess([f], [_logits(f, starts, ends)], examples, n_best=3)["q"]
+    assert [(t, sc) for t, _, _, sc in p["nbest"]] == [("the old", 6.0), ("old", 5.0), ("the", 1.0)]
+
+
 # ------------------------------------------------------------------------------------------- training pieces
 def test_batches_resume_and_objective_is_the_halved_cross_entropy():
     tok = toy_tokenizer()
@@ -211,6 +271,54 @@ def test_batches_resume_and_objective_is_the_halved_cross_entropy():
     assert QAObjective.counts(batch) == {"qa": 5}
     assert sums["qa"].item() == pytest.approx(5 * ref.item(), rel=1e-5)
     assert 0 <= stats["acc_qa"].item() <= 5
+
+
+def test_collate_qa_drops_positions_unless_every_window_has_them():
+    tok = toy_tokenizer()
+    labelled = encode_qa(tok, [ex("a", "who ?", SENTENCE, "king")], 64, 8)
+    bare = encode_qa(tok, [ex("b", "who ?", SENTENCE, "king")], 64, 8, labels=False)
+    batch = collate_qa(labelled + bare)
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert collate_qa(labelled)["start_positions"].tolist() == [labelled[0].start_position]
+
+
+def _qa_model(tok, positions=64):
+    torch.manual_seed(0)
+    return BertForQuestionAnswering(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=20,
+                                               max_position_embeddings=positions)).eval()
+
+
+def test_qa_objective_counts_windows_with_both_ends_right():
+    """acc_qa: windows whose argmax start AND argmax end are the labels. The labels are taken from the model's own
+    argmaxes, then the end of all but the first window is moved, so exactly one window is right at both ends."""
+    tok = toy_tokenizer()
+    examples = [ex(f"q{i}", "who ?", SENTENCE, w) for i, w in enumerate(["old", "red", "city"])]
+    model = _qa_model(tok)
+    batch = collate_qa(encode_qa(tok, examples, 64, 8), tok.pad_token_id)
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"])
+    starts, ends = out.start_logits.argmax(-1), out.end_logits.argmax(-1)
+    batch["start_positions"] = starts.clone()
+    batch["end_positions"] = ends.clone()
+    batch["end_positions"][1:] = (ends[1:] + 1) % batch["input_ids"].shape[1]
+    _, stats = QAObjective(model)(batch)
+    assert stats["acc_qa"].item() == 1
+
+
+# ------------------------------------------------------------------------------------------- prediction
+def test_predict_answers_cuts_windows_to_the_models_position_embeddings():
+    """A max_seq_length beyond the model's 16 positions is cut to 16 (as `evaluate` / `predict` do): the answers
+    equal those of max_seq_length=16, where 384-token windows would index past the position table."""
+    tok = toy_tokenizer()
+    model = _qa_model(tok, positions=16)
+    examples = [ex("q1", "who ?", " ".join([SENTENCE] * 3), "king"), ex("q2", "what ?", SENTENCE, "city")]
+    kw = dict(doc_stride=4, max_query_length=4, n_best=5, max_answer_length=5)
+    want = predict_answers(model, tok, examples, max_seq_length=16, **kw)
+    got = predict_answers(model, tok, examples, max_seq_length=384, **kw)
+    assert {q: (p["text"], p["score"]) for q, p in got.items()} == {q: (p["text"], p["score"])
+                                                                   for q, p in want.items()}
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -580,6 +688,21 @@ def test_evaluate_qa_detects_v2_when_some_question_is_unanswerable(monkeypatch):
     assert m["exact"] == m["HasAns_exact"] == m["NoAns_exact"] == 100.0
 
 
+def test_evaluate_qa_v2_sweep_reads_each_questions_best_span(monkeypatch):
+    """evaluate_qa keeps, of each chunk's predictions, the best span the official threshold sweep answers with:
+    q1's right span ("old king", 10) loses to its null (12) at threshold 0, so exact is 50, but the sweep, which
+    answers q1 at threshold 2 (its null odds), reaches 100."""
+    tok = toy_tokenizer()
+    examples = [ex("q1", "who ?", SENTENCE, "old king"), ex("q2", "what is black ?", SENTENCE)]
+    feats = encode_qa(tok, examples, 64, 8, labels=False)
+    logits = [_logits(feats[0], {1: 5.0}, {2: 5.0}, cls=(6.0, 6.0)), _logits(feats[1], {}, {}, cls=(5.0, 5.0))]
+    monkeypatch.setattr(qa_mod, "predict_qa_logits", lambda model, features, *a, **k: logits)
+    m = qa_mod.evaluate_qa(None, feats, examples)
+    assert m["exact"] == 50.0 and m["HasAns_exact"] == 0.0 and m["NoAns_exact"] == 100.0
+    assert m["best_exact"] == m["best_f1"] == 100.0
+    assert m["best_exact_thresh"] == m["best_f1_thresh"] == 2.0
+
+
 def test_encode_qa_refuses_a_window_budget_equal_to_doc_stride():
     tok = toy_tokenizer()
     e = ex("long", "what " * 40 + "?", "the red city .", "red")
@@ -787,3 +910,17 @@ def test_nbest_json_null_competes_for_the_n_best_places():
     w = np.exp([5.0, 4.0, 3.0])
     assert [c["probability"] for c in got["in"]] == pytest.approx((w / w.sum()).tolist())
     assert [c["text"] for c in qa_mod.nbest_json(preds, n_best=3)["in"]] == ["x", "y", "z"]   # v1.1: no null
+
+
+def test_null_odds_of_a_question_without_a_valid_span_is_its_null_score():
+    # run_squad.py's null_odds.json: null score minus the best span's, the span counting 0 when there is none
+    preds = {"none": {"null_score": 2.5, "score": None}, "zero": {"null_score": 1.0, "score": 0.0},
+             "some": {"null_score": 1.0, "score": 3.5}}
+    assert null_odds(preds) == {"none": 2.5, "zero": 1.0, "some": -2.5}
+
+
+def test_nbest_json_softmax_of_large_scores_does_not_overflow():
+    # logits of a few hundred are not unusual for a diverged model; exp(1000) overflows unless the max is taken off
+    preds = {"q": {"nbest": [("x", 0, 1, 1000.0), ("y", 2, 3, 999.0)], "null_score": -5.0}}
+    probs = [c["probability"] for c in nbest_json(preds)["q"]]
+    assert probs == pytest.approx([1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(1.0))])

@@ -2,6 +2,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,9 +11,11 @@ from bertkit.cli import main
 from bertkit.config import BertConfig
 from bertkit.data.readers import TaggedSentence
 from bertkit.modeling import BertModel
-from bertkit.tasks.tag import (TagBatches, TagObjective, collate_tags, encode_sentences, predict_tags,
-                               predict_word_logits, strict_scheme_of, tag_set, windows)
+from bertkit.modeling.heads import BertForTokenClassification
+from bertkit.tasks.tag import (TagBatches, TagFeature, TagObjective, collate_tags, encode_sentences, predict_tags,
+                               predict_word_logits, strict_scheme_of, tag_set, tagging_scores, windows, word_pieces)
 from bertkit.tokenizer import BertTokenizer
+from tests.tasks.test_qa import SENTENCE, toy_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,6 +180,31 @@ def test_label_on_the_first_sub_token_only(toy):
     assert sums["tag"].item() / 5 == pytest.approx(model(**batch).loss.item(), rel=1e-5)
 
 
+TAGS = ("B-LOC", "I-LOC", "O")
+
+
+def _tag_model(tok, positions=16):
+    torch.manual_seed(0)
+    return BertForTokenClassification(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=20,
+                                                 max_position_embeddings=positions,
+                                                 id2label=dict(enumerate(TAGS)))).eval()
+
+
+def test_tag_set_needs_two_distinct_tags():
+    with pytest.raises(ValueError, match=r"^tagging needs at least two distinct tags in the training data, "
+                                         r"found \['O'\]$"):
+        tag_set([TaggedSentence(["red", "king"], ["O", "O"])])
+
+
+def test_a_word_that_tokenizes_to_nothing_is_one_unk_and_keeps_its_prediction():
+    tok = toy_tokenizer()
+    assert word_pieces(tok, ["red", "\x07"]) == {"red": [tok.vocab["red"]], "\x07": [tok.unk_token_id]}
+    (f,) = encode_sentences(tok, [TaggedSentence(["red", "\x07", "king"], ["B-LOC", "O", "O"], 7)], TAGS, 16, 4)
+    assert f.input_ids == [tok.cls_token_id, tok.vocab["red"], tok.unk_token_id, tok.vocab["king"], tok.sep_token_id]
+    assert f.labels == [-100, 0, 2, 2, -100] and f.word_ids == [None, 0, 1, 2, None] and f.line == 7
+
+
 def test_windows_with_stride_predict_every_word_exactly_once(toy):
     assert windows([1] * 10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
     assert windows([1] * 5, 4, 0) == [(0, 4), (4, 5)]
@@ -197,6 +225,96 @@ def test_windows_with_stride_predict_every_word_exactly_once(toy):
     assert [a.shape for a in logits] == [(len(s), 3) for s in sentences]
     out = predict_tags(model, tok, sentences, max_seq_length=12, stride=4)
     assert [len(p) for p in out] == [len(s) for s in sentences]
+
+
+def _owned(feats):
+    """{word: window} from the word_ids of the windows of one sentence."""
+    return {w: k for k, f in enumerate(feats) for w in f.word_ids if w is not None}
+
+
+def test_each_word_is_predicted_by_the_window_where_it_has_the_most_context():
+    """Six one-piece words, windows of 4 sub-tokens sharing 3: (0-4), (1-5), (2-6). Word 2 has context
+    min(2, 1) = 1 in windows 0 and 1 (the earlier wins), word 3 has 1 in windows 1 and 2 (window 1), word 4 has 1
+    only in window 2."""
+    tok = toy_tokenizer()
+    words = "the old king of the north".split()
+    feats = encode_sentences(tok, [words], None, max_seq_length=6, stride=3)
+    assert [f.input_ids[1:-1] for f in feats] == [tok.convert_tokens_to_ids(words[s:s + 4]) for s in range(3)]
+    assert _owned(feats) == {0: 0, 1: 0, 2: 0, 3: 1, 4: 2, 5: 2}
+
+
+def _reference_owner(lengths, spans, w):
+    """The module's rule restated: the window with the largest min(sub-tokens before the word, sub-tokens after
+    it) inside the window, the earlier on ties."""
+    best, owner = None, None
+    for k, (s, e) in enumerate(spans):
+        if s <= w < e:
+            score = min(sum(lengths[s:w]), sum(lengths[w + 1:e]))
+            if best is None or score > best:
+                best, owner = score, k
+    return owner
+
+
+def test_owners_of_words_of_several_sub_tokens_follow_the_max_context_rule():
+    tok = toy_tokenizer()
+    rng = np.random.default_rng(0)
+    pieces = {"red": 1, "reds": 2, "redser": 3}
+    checked = 0
+    for _ in range(40):
+        words = list(rng.choice(list(pieces), size=int(rng.integers(5, 25))))
+        max_len, stride = int(rng.integers(7, 12)), int(rng.integers(0, 5))
+        feats = encode_sentences(tok, [words], None, max_seq_length=max_len, stride=stride)
+        lengths = [pieces[w] for w in words]
+        spans = windows(lengths, max_len - 2, stride)
+        assert len(feats) == len(spans)
+        assert _owned(feats) == {w: _reference_owner(lengths, spans, w) for w in range(len(words))}
+        checked += len(spans) > 2
+    assert checked > 20
+
+
+def test_encode_sentences_refuses_a_stride_of_the_whole_window_and_a_window_without_room():
+    tok = toy_tokenizer()
+    with pytest.raises(ValueError, match=r"^stride must be in \[0, max_seq_length - 2\) = \[0, 4\), got 4$"):
+        encode_sentences(tok, [["red"]], None, max_seq_length=6, stride=4)
+    with pytest.raises(ValueError, match="^max_seq_length must be at least 3, got 2$"):
+        encode_sentences(tok, [["red"]], None, max_seq_length=2, stride=0)
+
+
+def test_a_word_longer_than_the_window_keeps_its_first_pieces():
+    tok = toy_tokenizer()   # "redser" is red ##s ##er: three pieces, and a window holds two
+    feats = encode_sentences(tok, [TaggedSentence(["redser", "king"], ["B-LOC", "O"])], TAGS, max_seq_length=4,
+                             stride=0)
+    assert [f.input_ids for f in feats] == [[tok.cls_token_id, *tok.convert_tokens_to_ids(["red", "##s"]),
+                                             tok.sep_token_id],
+                                            [tok.cls_token_id, tok.vocab["king"], tok.sep_token_id]]
+    assert [f.labels for f in feats] == [[-100, 0, -100, -100], [-100, 2, -100]]
+    assert _owned(feats) == {0: 0, 1: 1}
+
+
+def test_collate_tags_drops_labels_unless_every_window_has_them():
+    tok = toy_tokenizer()
+    labelled = encode_sentences(tok, [TaggedSentence(["red", "king"], ["B-LOC", "O"])], TAGS, 16, 4)
+    bare = encode_sentences(tok, [["red", "king"]], None, 16, 4)
+    assert set(collate_tags(labelled + bare)) == {"input_ids", "token_type_ids", "attention_mask"}
+
+
+def test_predict_word_logits_refuses_windows_that_leave_a_word_unpredicted():
+    tok = toy_tokenizer()
+    (f,) = encode_sentences(tok, [["red", "king"]], None, 16, 4)
+    partial = TagFeature(f.input_ids, None, [None, 0, None, None], 0)   # word 1 predicted by no window
+    with pytest.raises(RuntimeError, match="^sentence 0: some words were not predicted by any window$"):
+        predict_word_logits(_tag_model(tok), [partial], [2])
+
+
+def test_predict_tags_cuts_window_and_stride_to_the_model():
+    """A max_seq_length beyond the model's 16 positions is cut to 16, and a stride beyond the window to
+    max_seq_length - 3: the tags equal those of the settings given within bounds."""
+    tok = toy_tokenizer()
+    model = _tag_model(tok, positions=16)
+    sentences = [(SENTENCE + " reds redser").split(), ["red"]]
+    assert predict_tags(model, tok, sentences) == predict_tags(model, tok, sentences, max_seq_length=16, stride=13)
+    assert predict_tags(model, tok, sentences, max_seq_length=8, stride=32) == \
+        predict_tags(model, tok, sentences, max_seq_length=8, stride=5)
 
 
 def test_a_bad_conll_line_is_a_one_line_error_naming_file_and_line(toy, tmp_path, capsys):
@@ -365,6 +483,14 @@ def test_strict_scores_only_where_every_gold_entity_is_well_formed():
     assert strict_scheme_of(["B-LOC", "E-LOC", "S-LOC", "O"], [["B-LOC", "E-LOC", "S-LOC"]]) == "IOBES"
     assert strict_scheme_of(["B-LOC", "E-LOC", "S-LOC", "O"], [["B-LOC", "S-LOC"]]) is None  # never closed
     assert strict_scheme_of(["NN", "VB"], [["NN", "VB"]]) is None
+
+
+def test_tagging_scores_word_accuracy_compares_predictions_with_gold():
+    pred = [["B-LOC", "O", "O"], ["O"]]
+    gold = [["B-LOC", "I-LOC", "O"], ["B-LOC"]]
+    out = tagging_scores(pred, gold, list(TAGS))
+    assert out["accuracy"] == pytest.approx(2 / 4)
+    assert out["f1"] == 0.0 and out["n"] == 2
 
 
 def test_predict_tags_a_plain_text_file_one_sentence_a_line(trained, tmp_path, capsys):
