@@ -11,7 +11,9 @@ import torch
 from bertkit import AutoModelForMultipleChoice, AutoTokenizer
 from bertkit.cli import main
 from bertkit.config import BertConfig
-from bertkit.modeling import BertModel
+from bertkit.data.labels import IGNORE, void_labels
+from bertkit.modeling import BertForMultipleChoice, BertModel
+from bertkit.tasks import choice as CH
 from bertkit.tasks.choice import (ChoiceBatches, ChoiceExample, ChoiceObjective, collate_choices, encode_choices,
                                   evaluate_choice, predict_choices, read_choices)
 from bertkit.tokenizer import BertTokenizer
@@ -177,6 +179,61 @@ def test_bad_rows_are_one_line_errors_naming_file_and_line(toy, tmp_path, capsys
 
 
 RTE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "classification" / "rte" / "dev.tsv"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# encoding, counting, columns and prediction on a tiny untrained model
+# ---------------------------------------------------------------------------------------------------------------
+
+WORDS = "the movie was good and plot bad a lovely film story actor really quite nice".split()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BertTokenizer.train_from_iterator([" ".join(WORDS)] * 3, vocab_size=80)
+
+
+def _tiny(cls, tok, **kw):
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=20, max_position_embeddings=16, **kw)
+    return cls(cfg)
+
+
+def test_choice_pairs_truncate_longest_first(tok):
+    """run_swag.py tokenizes (context, ending) with truncation=True: longest first, so a long context is cut
+    and the ending kept."""
+    context = " ".join(WORDS * 2)
+    ex = CH.ChoiceExample(context, None, ("a lovely film", "bad plot"), 0)
+    (feat,) = CH.encode_choices(tok, [ex], 12)
+    for ids, ending in zip(feat.input_ids, ex.choices):
+        assert ids == tok(context, ending, truncation=True, max_length=12)["input_ids"]
+        assert ids[-len(tok(ending, add_special_tokens=False)["input_ids"]) - 1:-1] == \
+            tok(ending, add_special_tokens=False)["input_ids"]
+
+
+def test_choice_counts_only_labelled_rows():
+    """The trainer divides the loss sum by this count: a voided row (IGNORE) is not a row."""
+    assert CH.ChoiceObjective.counts({"labels": torch.tensor([1, IGNORE, 0])}) == {"choice": 2}
+    assert CH.ChoiceObjective.counts(void_labels({"labels": torch.tensor([1, 0])})) == {"choice": 0}
+
+
+def test_choice_columns_twice_or_fewer_than_two_are_refused(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("context,a,b,label\nctx,x,y,0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^--choice-columns lists a column twice: 'a,a'$"):
+        CH.read_choices(path, choice_columns="a,a")
+    with pytest.raises(ValueError, match=r"^--choice-columns must name at least two columns, comma-separated, "
+                                         r"got 'a'$"):
+        CH.read_choices(path, choice_columns="a")
+
+
+def test_choice_prediction_cuts_the_window_to_the_model_positions(tok):
+    """As for classification: --max-seq-length beyond max_position_embeddings (16) reads the first 16 tokens."""
+    model = _tiny(BertForMultipleChoice, tok).eval()
+    ex = [CH.ChoiceExample(" ".join(WORDS * 3), None, ("a lovely film", "the plot was bad"), None)]
+    assert CH.predict_choices(model, tok, ex, max_seq_length=512) == CH.predict_choices(model, tok, ex,
+                                                                                         max_seq_length=16)
 
 
 def test_real_rows_as_run_swag_and_transformers(tmp_path):

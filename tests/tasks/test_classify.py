@@ -4,15 +4,19 @@ import random
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats as S
+from sklearn import metrics as SK
 
 from bertkit import AutoModelForSequenceClassification, AutoTokenizer
 from bertkit.cli import main
 from bertkit.config import BertConfig
 from bertkit.data.readers import Example
 from bertkit.hub import LoadWarning
-from bertkit.modeling import BertModel
+from bertkit.modeling import BertForSequenceClassification, BertModel
+from bertkit.tasks import classify as C
 from bertkit.tasks.classify import (IGNORE, ClassificationBatches, ClassificationObjective, LabelInfo, encode_examples,
                                     evaluate_classification, label_info, labelled, predict, predict_logits)
 from bertkit.tasks.finetune import run_evaluate
@@ -382,6 +386,19 @@ def test_integer_labels_read_as_transformers_default_label_names(toy):
     assert [f.label for f in feats] == [1, 0, 2]
 
 
+@pytest.mark.parametrize("label", ["²", "١"])
+def test_a_label_of_non_ascii_digits_is_not_a_default_label_index(label):
+    """On a model with transformers' default names, the data's label "1" is LABEL_1; a superscript two (whose
+    int() fails) or an Arabic-Indic one (whose int() is 1) is a label of its own, refused naming its line."""
+    from bertkit.data.readers import Example
+    info = C.LabelInfo(False, ("LABEL_0", "LABEL_1", "LABEL_2"))
+    assert C.example_labels([Example("t", None, "1", 3)], info, "d.tsv") == [1]
+    with pytest.raises(ValueError) as e:
+        C.example_labels([Example("t", None, label, 3)], info, "d.tsv")
+    names = "['LABEL_0', 'LABEL_1', 'LABEL_2']"
+    assert str(e.value) == f"d.tsv:3: label {label!r} is not one of the model's labels {names}"
+
+
 def test_a_dev_label_unseen_in_training_is_an_error(toy, tmp_path, capsys):
     dev = tmp_path / "dev.tsv"
     dev.write_text("text\tlabel\na good film\tpos\nmeh\tneutral\n", encoding="utf-8")
@@ -642,6 +659,91 @@ def test_evaluate_and_predict_read_the_columns_the_model_was_fine_tuned_on(toy, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# metrics, prediction and evaluation on a tiny untrained model
+# ---------------------------------------------------------------------------------------------------------------
+
+WORDS = "the movie was good and plot bad a lovely film story actor really quite nice".split()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BertTokenizer.train_from_iterator([" ".join(WORDS)] * 3, vocab_size=80)
+
+
+def _tiny(cls, tok, **kw):
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=20, max_position_embeddings=16, **kw)
+    return cls(cfg)
+
+
+def test_binary_f1_is_on_label_id_1_and_macro_beyond_two_labels():
+    """As sklearn's f1_score: binary with pos_label 1 for two labels, macro for more; mcc likewise."""
+    gold2 = [0, 0, 0, 0, 1, 1, 0, 1]
+    pred2 = [0, 0, 0, 1, 1, 0, 0, 1]
+    m = C.classification_metrics(np.eye(2, dtype=np.float32)[pred2], gold2, 2)
+    assert m["f1"] == pytest.approx(SK.f1_score(gold2, pred2))
+    assert m["f1"] != pytest.approx(SK.f1_score(gold2, pred2, pos_label=0))
+    assert m["mcc"] == pytest.approx(SK.matthews_corrcoef(gold2, pred2))
+    gold3 = [0, 1, 2, 2, 1, 0, 2, 1]
+    pred3 = [0, 1, 1, 2, 1, 2, 2, 0]
+    m = C.classification_metrics(np.eye(3, dtype=np.float32)[pred3], gold3, 3)
+    assert m["f1"] == pytest.approx(SK.f1_score(gold3, pred3, average="macro"))
+    assert m["accuracy"] == pytest.approx(5 / 8)
+
+
+def test_regression_metrics_are_mse_and_the_correlations():
+    preds = np.array([[0.5], [2.0], [1.0], [4.0]], dtype=np.float32)
+    gold = ["1", "1.5", "3", "3.5"]
+    g = np.array([1, 1.5, 3, 3.5])
+    m = C.classification_metrics(preds, gold, 1)
+    assert m["mse"] == pytest.approx(float(np.mean((preds[:, 0] - g) ** 2)))
+    assert m["pearson"] == pytest.approx(S.pearsonr(preds[:, 0], g)[0])
+    assert m["spearman"] == pytest.approx(S.spearmanr(preds[:, 0], g)[0])
+    assert m["n"] == 4
+
+
+def test_confusion_matrix_rows_are_true_labels_columns_predictions():
+    gold = [0, 0, 0, 1, 2, 2]
+    pred = [1, 1, 0, 1, 2, 0]
+    rep = C.classification_report(np.eye(3, dtype=np.float32)[pred], gold, ["a", "b", "c"])
+    assert rep["confusion_matrix"]["matrix"] == SK.confusion_matrix(gold, pred).tolist()
+    assert rep["confusion_matrix"]["labels"] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_predict_runs_in_eval_mode_and_leaves_the_mode_as_it_found_it(tok, training):
+    model = _tiny(BertForSequenceClassification, tok, num_labels=2, hidden_dropout_prob=0.5,
+                  attention_probs_dropout_prob=0.5)
+    model.train(training)
+    texts = ["a lovely film", "the plot was bad and the actor really quite bad"]
+    a = C.predict(model, tok, texts)
+    assert model.training is training
+    b = C.predict(model, tok, texts)
+    assert a == b  # no dropout: the same numbers each time
+    model.eval()
+    with torch.no_grad():
+        enc = tok(texts[:1])
+        want = torch.softmax(model(input_ids=torch.tensor(enc["input_ids"])).logits, -1)[0]
+    assert a[0]["probabilities"]["LABEL_1"] == pytest.approx(want[1].item(), abs=1e-6)
+
+
+def test_predict_cuts_the_window_to_the_model_positions(tok):
+    """A --max-seq-length beyond max_position_embeddings (16) reads the first 16 tokens, not past the table."""
+    model = _tiny(BertForSequenceClassification, tok, num_labels=2).eval()
+    long = " ".join(WORDS * 3)
+    assert C.predict(model, tok, [long], max_seq_length=512) == C.predict(model, tok, [long], max_seq_length=16)
+
+
+def test_evaluation_refuses_unlabelled_features(tok):
+    """A feature without a label is refused by name, not met later as int(None) in the metrics."""
+    model = _tiny(BertForSequenceClassification, tok, num_labels=2)
+    feats = [C.Feature([2, 5, 3], [0, 0, 0], 1), C.Feature([2, 6, 3], [0, 0, 0], None)]
+    with pytest.raises(ValueError, match=r"^evaluation needs labelled features$"):
+        C.evaluate_classification(model, feats)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # long inputs: --stride windows
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -688,6 +790,21 @@ def test_windows_cover_every_token_and_share_stride_tokens(toy):
         encode_windows(tok, [text], [short + " " + text], 16, 4, lines=[7], source="d.tsv")
     with pytest.raises(ValueError, match=r"--stride 14 must be in \[0, --max-seq-length - 2\)"):
         encode_windows(tok, [text], None, 16, 14)
+
+
+def test_a_pair_window_is_refused_when_the_second_text_gets_only_stride_tokens(tok):
+    """First text kept whole: n tokens + 3 specials + stride == max_seq_length leaves the second exactly `stride`
+    tokens a window, so no window would advance: refused naming the line; one token more room works."""
+    first = "the movie was good"
+    n = len(tok(first, add_special_tokens=False)["input_ids"])
+    second = " ".join(WORDS * 2)
+    stride = 2
+    with pytest.raises(ValueError, match=rf"^d\.tsv:4: the first text has {n} tokens and is kept whole in every "
+                                         rf"window, leaving the second no more than --stride {stride} of "
+                                         rf"--max-seq-length {n + 3 + stride}; "):
+        C.encode_windows(tok, [first], [second], n + 3 + stride, stride, lines=[4], source="d.tsv")
+    windows = C.encode_windows(tok, [first], [second], n + 4 + stride, stride)
+    assert len(windows) > 1 and all(len(ids) <= n + 4 + stride for ids, _, _ in windows)
 
 
 def test_example_logits_average_the_windows_of_each_example():

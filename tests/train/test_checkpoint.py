@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -72,6 +73,20 @@ def test_round_trip_weights_only_and_rng(tmp_path):
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
 
 
+def test_rng_state_round_trips_the_cached_gaussians(tmp_path):
+    """Python's `gauss_next` and NumPy's cached gaussian are kept. Both generators draw normals in pairs
+    and keep the second: after an odd number of draws, a resumed stream would give another next normal."""
+    random.seed(1), np.random.seed(1)
+    random.gauss(0, 1), np.random.randn()   # the second of each pair is now cached
+    state = C.rng_state()
+    assert state["python"]["gauss_next"] is not None and state["numpy"]["has_gauss"] == 1
+    expected = (random.gauss(0, 1), float(np.random.randn()))
+    C.save_checkpoint(tmp_path, 1, _model(), rng_states=[state])
+    random.seed(2), np.random.seed(2), random.gauss(0, 1), np.random.randn()
+    C.set_rng_state(C.load_training_state(tmp_path / "step-000001")["rng"][0])
+    assert (random.gauss(0, 1), float(np.random.randn())) == expected
+
+
 def test_crash_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
     model, opt, sched = _setup()
     first = C.save_checkpoint(tmp_path, 1, model, optimizer=opt, scheduler=sched)
@@ -105,6 +120,23 @@ def test_crash_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
     assert C.find_latest(tmp_path).endswith("step-000002")
 
 
+def _model(layers=2):
+    torch.manual_seed(0)
+    return BertForPreTraining(dataclasses.replace(tiny_config(), num_hidden_layers=layers))
+
+
+def test_a_stale_temp_dir_of_this_pid_is_replaced(tmp_path):
+    """The stale `step-N.tmp-<pid>` is removed first. A process id comes round again (a container's
+    processes restart from the same ids), so a killed save's temp dir may bear this process's: the save must
+    start from an empty directory, not fail on it or keep its files."""
+    stale = tmp_path / f"step-000001.tmp-{os.getpid()}"
+    stale.mkdir()
+    (stale / "junk.bin").write_bytes(b"left by a killed process")
+    path = C.save_checkpoint(tmp_path, 1, _model())
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors", C.STATE_NAME]
+    assert sorted(os.listdir(tmp_path)) == ["latest", "step-000001"]
+
+
 def test_keep_last_k(tmp_path):
     model, opt, sched = _setup()
     for step in range(1, 6):
@@ -118,6 +150,40 @@ def test_keep_last_k(tmp_path):
     assert C.find_latest(tmp_path / "nothing-here") is None
 
 
+def _fake_checkpoint(run, step):
+    os.makedirs(run / C.step_dir_name(step))
+    (run / C.step_dir_name(step) / C.STATE_NAME).write_bytes(b"")
+
+
+def test_checkpoints_are_listed_in_step_order_whatever_the_directory_order(tmp_path):
+    """`_step_dirs` is sorted: the directory's own order (a hash order) would pick the wrong newest
+    checkpoint and prune the wrong ones."""
+    steps = [7, 300, 12, 1, 1000000, 45, 2, 99999, 8, 150, 3, 64]
+    for s in steps:
+        _fake_checkpoint(tmp_path, s)
+    assert [s for s, _ in C.list_checkpoints(tmp_path)] == sorted(steps)
+    assert C.find_latest(tmp_path) == str(tmp_path / "step-1000000")
+
+
+def test_prune_keeps_the_newest_complete_checkpoints_and_live_processes_leftovers(tmp_path):
+    """keep_last 0 is refused (it would keep nothing, or with `[:-0]` everything); a directory without its
+    state is not counted among the kept ones; temp dirs of a live process (this one, mid-save) are kept; `.del-`
+    leftovers of a dead one are removed."""
+    with pytest.raises(ValueError, match=r"^keep_last must be >= 1, got 0$"):
+        C.prune(tmp_path, 0)
+    for s in (1, 2, 3):
+        _fake_checkpoint(tmp_path, s)
+    os.makedirs(tmp_path / "step-000004")   # no training state
+    live = [f"step-000005.tmp-{os.getpid()}", f"step-000003.old-{os.getpid()}"]
+    dead = ["step-000002.del-999999999", "step-000001.old-999999999", "step-000006.tmp-999999999"]
+    for name in live + dead:
+        os.makedirs(tmp_path / name)
+    deleted = C.prune(tmp_path, 2)
+    assert sorted(os.path.basename(p) for p in deleted) == sorted(["step-000001", *dead])
+    assert [s for s, _ in C.list_checkpoints(tmp_path)] == [2, 3]
+    assert sorted(os.listdir(tmp_path)) == sorted(["step-000002", "step-000003", "step-000004", *live])
+
+
 def test_load_rejects_incomplete_or_foreign_weights(tmp_path):
     model, opt, sched = _setup()
     path = C.save_checkpoint(tmp_path, 1, model)
@@ -128,6 +194,23 @@ def test_load_rejects_incomplete_or_foreign_weights(tmp_path):
     path = C.save_checkpoint(tmp_path, 2, other)
     with pytest.raises(ValueError, match="lacks weights"):
         C.load_checkpoint(path, model)
+
+
+def test_loading_refuses_extra_weights_a_missing_optimizer_state_and_a_missing_scaler(tmp_path):
+    """Unexpected keys are refused (a 2-layer checkpoint loaded into a 1-layer model would silently drop its
+    second layer); an absent optimizer state or grad-scaler state is refused (the optimizer would restart its
+    moments, fp16 its loss scale, without a word)."""
+    path = C.save_checkpoint(tmp_path, 1, _model(2))
+    small = _model(1)
+    with pytest.raises(ValueError, match=r"checkpoint has weights the model lacks: bert\.encoder\.layer\.1\."):
+        C.load_checkpoint(path, small)
+    model = _model(2)
+    optimizer = build_optimizer("adamw", param_groups(model, 0.01), lr=1e-3)
+    with pytest.raises(ValueError, match=rf"^{re.escape(path)}: no optimizer state saved$"):
+        C.load_checkpoint(path, model, optimizer=optimizer)
+    with pytest.raises(ValueError, match=rf"^{re.escape(path)}: the run uses a grad scaler \(fp16\) but the "
+                                         r"checkpoint has none$"):
+        C.load_checkpoint(path, model, scaler=torch.amp.GradScaler("cpu", enabled=True))
 
 
 def test_resumed_settings_against_the_saved_ones(tmp_path):

@@ -1,9 +1,11 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from bertkit.train import tracking
-from bertkit.train.tracking import Tracker, plot_run, plot_runs, read_metrics
+from bertkit.train.tracking import ProgressLines, Tracker, plot_run, plot_runs, read_metrics
 
 
 def _fake_run(run_dir, steps=30, scale=1.0, progress=False, resume_step=None):
@@ -66,6 +68,37 @@ def test_nan_is_written_as_valid_json(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == "nan"
 
 
+def test_tensor_and_numpy_values_are_logged_as_plain_numbers(tmp_path):
+    """The trainer logs 0-d tensors and numpy scalars: metrics.jsonl holds their numbers, not a failure to
+    serialise them."""
+    tr = Tracker(tmp_path, total_steps=1, progress=False, tensorboard=False)
+    record = tr.log(1, {"loss": torch.tensor(2.5), "acc": np.float32(0.75), "n": np.int64(3)})
+    tr.close()
+    assert record == {"split": "train", "step": 1, "loss": 2.5, "acc": 0.75, "n": 3}
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line) == record and line.startswith('{"split": "train", "step": 1, ')   # as documented
+
+
+def test_resuming_from_step_0_truncates_the_log_instead_of_setting_it_aside(tmp_path):
+    """`resume_step=0` is a resume like any other: what was logged after step 0 is dropped, with no warning and
+    no metrics.jsonl.old."""
+    (tmp_path / "metrics.jsonl").write_text('{"split": "train", "step": 0, "loss": 9.0}\n'
+                                             '{"split": "train", "step": 1, "loss": 8.0}\n')
+    Tracker(tmp_path, total_steps=2, progress=False, tensorboard=False, resume_step=0).close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_read_metrics_keeps_the_later_of_two_records_and_train_before_eval(tmp_path):
+    """A step logged twice (a resumed run's redo) counts once, the later record; at one step the training record
+    comes before the evaluation; lines without a step are not records."""
+    lines = [{"split": "eval", "step": 2, "loss": 5.0}, {"split": "train", "step": 2, "loss": 4.0},
+             {"split": "train", "step": 1, "loss": 9.0}, {"loss": 1.0}, {"split": "train", "step": 1, "loss": 3.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert [(r["split"], r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [
+        ("train", 1, 3.0), ("train", 2, 4.0), ("eval", 2, 5.0)]
+
+
 def test_progress_without_a_tty_is_a_line_per_logged_step(tmp_path, capsys):
     """In a log file (no terminal): one plain line per logged step, not a bar's carriage-return redraws."""
     _fake_run(tmp_path, steps=5, progress=True)
@@ -102,6 +135,43 @@ def test_progress_lines_for_long_loops(capsys, monkeypatch):
     assert capsys.readouterr().err.splitlines() == [
         "predicting: 1,000/2,000 examples (50%), 32.3 examples/s",
         "predicting: 2,000/2,000 examples (100%), 28.6 examples/s"]
+
+
+def test_progress_line_numbers(tmp_path, capsys):
+    """Zero is "0" and 0.001 is "0.001" (4 significant digits); below 1e-3 a number is shown in e notation."""
+    tr = Tracker(tmp_path, total_steps=3, progress=True, tensorboard=False)
+    tr.log(1, {"loss": 0.0, "acc": 0.001, "acc_nsp": 0.0005, "acc_x": 0.0123456})
+    tr.close()
+    assert capsys.readouterr().err == "step 1/3 loss=0 acc=0.001 acc_nsp=5.00e-04 acc_x=0.01235\n"
+
+
+def test_progress_off_prints_nothing(tmp_path, capsys):
+    tr = Tracker(tmp_path, total_steps=3, progress=False, tensorboard=False)
+    tr.log(1, {"loss": 1.0})
+    tr.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_lines_close_once(capsys, monkeypatch):
+    """A second `close` (a caller's finally after its own) prints no second closing line."""
+    clock = iter([0.0, 40.0, 50.0, 60.0])
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: next(clock))
+    lines = ProgressLines(100, "scoring", "example", every_s=30.0)
+    lines.update(10)   # at 40 s: a line
+    lines.close()      # at 50 s: the closing line
+    lines.close()
+    assert capsys.readouterr().err.splitlines() == ["scoring: 10/100 examples (10%), 0.2 examples/s",
+                                                    "scoring: 10/100 examples (10%), 0.2 examples/s"]
+
+
+def test_a_loop_projected_to_last_exactly_long_intervals_says_at_once_that_it_started(capsys, monkeypatch):
+    """10 of 100 examples in the first 6 s: a 60 s loop, exactly `LONG` (2) intervals of 30 s, which is "LONG
+    intervals or more": a line at once, not after 30 s of silence."""
+    clock = iter([0.0, 6.0])
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: next(clock))
+    lines = ProgressLines(100, "scoring", "example", every_s=30.0, first_s=5.0)
+    lines.update(10)
+    assert capsys.readouterr().err == "scoring: 10/100 examples (10%), 1.7 examples/s\n"
 
 
 def test_plot_run_and_plot_runs(tmp_path):
@@ -174,6 +244,17 @@ def test_tensorboard_scalars(tmp_path):
     tr.log(1, {"loss": 2.0, "lr": 1e-4})
     tr.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard is not installed")
+def test_tensorboard_gets_numbers_but_not_flags_or_text(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tr = Tracker(tmp_path, total_steps=1, progress=False, tensorboard=True)
+    tr.log(1, {"loss": 2.0, "n": 3, "skipped": True, "note": "x"})
+    tr.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["train/loss", "train/n"]
 
 
 def test_nothing_to_plot_names_the_file_and_what_was_expected(tmp_path):
@@ -342,3 +423,46 @@ def test_the_step_axis_reads_as_steps(tmp_path, drawn):
         assert min(b.x0 - a.x1 for a, b in zip(boxes, boxes[1:])) >= 8   # pixels between neighbours
     (line,) = _panel(drawn[1], "train loss").get_lines()
     assert line.get_marker() == "o"
+
+
+def test_flags_are_not_plotted_as_numbers():
+    records = [{"split": "train", "step": 1, "loss": True}, {"split": "train", "step": 2, "loss": 2},
+               {"split": "train", "step": 3, "loss": "Infinity"}]
+    xs, ys = tracking._series(records, "train", "loss")
+    assert xs == [2, 3] and ys[0] == 2.0 and ys[1] != ys[1]   # the string's infinity as NaN, where the line breaks
+
+
+def test_squads_no_answer_scores_are_dev_scores():
+    assert [k for k in ("NoAns_f1", "NoAns_exact", "NoAns_total", "HasAns_total", "loss") if tracking._is_score(k)] \
+        == ["NoAns_f1", "NoAns_exact"]
+
+
+@pytest.mark.parametrize("step, label", [(9999, "9999"), (10_000, "10k"), (25_000, "25k"), (150_000, "150k"),
+                                         (1_000_000, "1M"), (1_500_000, "1.5M")])
+def test_step_labels(step, label):
+    assert tracking._step_label(step) == label
+
+
+def _train_losses(run_dir, losses, **extra):
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"split": "train", "step": 10 * (i + 1), "loss": v, **extra}) + "\n" for i, v in enumerate(losses)))
+    return run_dir
+
+
+def test_the_loss_scale_turns_log_at_one_and_a_half_decades(tmp_path, drawn):
+    """A loss from 4.0 to 0.1 (40 times, 1.6 decades) is drawn on a log scale; one reaching exactly 0 stays
+    linear (a log axis has no 0)."""
+    tracking.plot_run(_train_losses(tmp_path / "a", [4.0, 1.0, 0.1]))
+    tracking.plot_run(_train_losses(tmp_path / "b", [4.0, 1.0, 0.0]))
+    scales = [[ax.get_yscale() for ax in fig.axes if ax.get_title().startswith("train loss")] for fig in drawn]
+    assert scales == [["log"], ["linear"]]
+
+
+def test_a_single_loss_term_is_not_drawn_again_beside_the_total(tmp_path, drawn):
+    """Fine-tuning logs "loss" and one term equal to it: the panel shows the total alone; two terms are drawn."""
+    tracking.plot_run(_train_losses(tmp_path / "one", [2.0, 1.5], loss_cls=1.0))
+    tracking.plot_run(_train_losses(tmp_path / "two", [2.0, 1.5], loss_mlm=1.0, loss_nsp=0.5))
+    panels = [[ax for ax in fig.axes if ax.get_title().startswith("train loss")] for fig in drawn]
+    labels = [[line.get_label() for ax in axes for line in ax.get_lines()] for axes in panels]
+    assert labels == [["loss"], ["loss", "loss_mlm", "loss_nsp"]]

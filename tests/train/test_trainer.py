@@ -5,10 +5,13 @@ import re
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bertkit.modeling import BertForPreTraining
@@ -429,3 +432,241 @@ def test_log_lines_wait_for_their_figures_without_stalling_the_steps(tmp_path, m
     assert {k: v for k, v in now.items() if k not in ("tokens_per_s", "elapsed")} == \
            {k: v for k, v in later.items() if k not in ("tokens_per_s", "elapsed")}
     assert [r["step"] for r in read_metrics(tmp_path / "later")] == [1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------
+# the step: clipping, the logged gradient norm, zero counts, seeding
+# ---------------------------------------------------------------------------------------------
+
+def _trainer(out, steps=2, dropout=0.0, source=None, objective=PretrainObjective, **kw) -> Trainer:
+    """A tiny pre-training run (no warm-up: step 1 already moves the weights)."""
+    torch.manual_seed(1234)
+    model = BertForPreTraining(tiny_config(dropout))
+    settings = dict(max_steps=steps, batch_size=4, lr=1e-3, warmup_steps=0, log_every=1, output_dir=str(out),
+                    tensorboard=False, progress=False, seed=3, save_final=False)
+    cfg = TrainConfig(**{**settings, **kw})
+    return Trainer(objective(model), model, source or TinySource(4, seed=7), cfg)
+
+
+def _grad_norms(trainer: Trainer) -> list[float]:
+    """The global gradient norm each optimizer step is handed (after any clipping), appended as the run goes."""
+    norms: list[float] = []
+
+    def record(*_):
+        grads = [p.grad.double() for p in trainer.model.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+    trainer.optimizer.register_step_pre_hook(record)
+    return norms
+
+
+def _train_lines(out) -> list[dict]:
+    return [r for r in read_metrics(out) if r["split"] == "train"]
+
+
+def test_gradients_are_clipped_to_max_grad_norm_and_the_log_averages_the_norms_before_clipping(tmp_path):
+    """Gradients are clipped to max_grad_norm (`clip_grad_norm_`, not only measured), and the window's grad_norm
+    is the sum of all its steps' norms, not its last step's. Unclipped, two steps' norms n1, n2: the line at step 2
+    (log every 2) reads (n1 + n2) / 2. Clipped at 1e-3: the optimizer sees gradients of norm 1e-3, the line the norm
+    before."""
+    free = _trainer(tmp_path / "free", steps=2, log_every=2, max_grad_norm=0.0)
+    unclipped = _grad_norms(free)
+    free.train()
+    assert len(unclipped) == 2 and min(unclipped) > 0.1 and unclipped[0] != unclipped[1]
+    [line] = _train_lines(tmp_path / "free")
+    assert line["step"] == 2 and line["grad_norm"] == pytest.approx(sum(unclipped) / 2, rel=1e-5)
+
+    clipped_run = _trainer(tmp_path / "clipped", steps=1, max_grad_norm=1e-3)
+    clipped = _grad_norms(clipped_run)
+    clipped_run.train()
+    assert clipped == [pytest.approx(1e-3, rel=1e-4)]   # clip_grad_norm_: g * 1e-3 / (norm + 1e-6)
+    [line] = _train_lines(tmp_path / "clipped")
+    assert line["grad_norm"] == pytest.approx(unclipped[0], rel=1e-5)   # the same first step, before clipping
+
+
+def test_fp16_grad_norm_averages_over_the_steps_that_were_not_skipped(tmp_path):
+    """The window's summed norm is divided by its steps that were not skipped, not by all its steps (an overflowed
+    one's norm is inf and is left out of the sum). One 6-step log line must read the mean of the per-step lines'
+    grad_norm over the steps that were not skipped."""
+    def run(out, log_every):
+        trainer = _trainer(out, steps=6, precision="fp16", log_every=log_every, warmup_steps=2)
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 18)
+        trainer.train()
+        return _train_lines(out)
+
+    per_step = run(tmp_path / "each", 1)
+    taken = [r["grad_norm"] for r in per_step if r["skipped_steps"] == 0]
+    assert 0 < len(taken) < 6, per_step   # the window mixes skipped and taken steps
+    [line] = run(tmp_path / "one", 6)
+    assert line["skipped_steps"] == 6 - len(taken)
+    assert line["grad_norm"] == pytest.approx(sum(taken) / len(taken), rel=1e-6)
+
+
+class _NoMaskSource(TinySource):
+    """TinySource whose batches hold no MLM label at all (a batch of short sequences can)."""
+
+    def __next__(self):
+        batch = super().__next__()
+        batch["labels"].fill_(-100)
+        return batch
+
+
+class _MaskedSumObjective(PretrainObjective):
+    """The MLM sum taken over every position, the unlabelled ones weighted 0 (google-research/bert's
+    `label_weights`): with no label its gradient is 0, not absent."""
+
+    def forward(self, batch):
+        sums, stats = super().forward(batch)
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"])
+        weights = (batch["labels"] != -100).float()
+        per_token = F.cross_entropy(out.prediction_logits.float().transpose(1, 2), batch["labels"].clamp(min=0),
+                                    reduction="none")
+        return {**sums, "mlm": (per_token * weights).sum()}, stats
+
+
+def test_a_step_without_mlm_labels_trains_on_nsp_alone_and_logs_a_zero_mlm_loss(tmp_path):
+    """Neither the loss nor the logged loss is divided by a raw count of 0 (0 / 0 = nan, which would poison every
+    weight or metrics.jsonl). A term with no count contributes 0, as google-research/bert's
+    `sum / (count + 1e-5)` gives."""
+    trainer = _trainer(tmp_path, steps=2, source=_NoMaskSource(4, seed=7), objective=_MaskedSumObjective)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    lines = _train_lines(tmp_path)
+    assert [r["loss_mlm"] for r in lines] == [0.0, 0.0] and [r["acc_mlm"] for r in lines] == [0.0, 0.0]
+    assert all(r["loss"] == r["loss_nsp"] > 0 for r in lines)
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert not torch.equal(before["cls.seq_relationship.weight"], after["cls.seq_relationship.weight"])
+
+
+class _DrawingObjective(PretrainObjective):
+    """Records, at each forward, one draw from Python's, NumPy's and torch's global random streams."""
+
+    draws: list
+
+    def forward(self, batch):
+        self.draws.append((random.random(), float(np.random.rand()), float(torch.rand(()))))
+        return super().forward(batch)
+
+
+def test_train_seeds_python_numpy_and_torch_from_cfg_seed_whatever_the_state_before(tmp_path):
+    """train() seeds torch (`torch.manual_seed`) and Python (`random.seed`) as well as NumPy, so dropout masks and
+    any draw of the objective do not depend on what ran before `train()`. Two runs with the same `seed`, the global
+    streams scrambled differently before each, draw the same numbers and end on the same weights."""
+    def run(out, scramble):
+        trainer = _trainer(out, steps=2, dropout=0.1, objective=_DrawingObjective)
+        trainer.objective.draws = []
+        random.seed(scramble), np.random.seed(scramble), torch.manual_seed(scramble)
+        trainer.train()
+        return trainer.objective.draws, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    draws_a, weights_a = run(tmp_path / "a", 1)
+    draws_b, weights_b = run(tmp_path / "b", 2)
+    assert draws_a == draws_b and len(draws_a) == 2
+    assert all(torch.equal(weights_a[n], weights_b[n]) for n in weights_a)
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)   # cfg.seed + rank 0: the first step's draws
+    assert draws_a[0] == (random.random(), float(np.random.rand()), float(torch.rand(())))
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["max_steps", "batch_size", "grad_accum", "log_every", "keep_last"])
+def test_counts_of_train_config_must_be_positive(field):
+    """keep_last is checked with the other counts; left out, `prune` would fail only at the first checkpoint,
+    after the first `save_every` steps of training."""
+    with pytest.raises(ValueError, match=rf"^TrainConfig\.{field} must be a positive integer, got 0$"):
+        TrainConfig(**{field: 0})
+
+
+def test_warmup_may_last_the_whole_run_but_not_longer():
+    """The check is `>`, not `>=`: a schedule warming up over every step (allowed by `linear_schedule`) is taken."""
+    assert TrainConfig(max_steps=3, warmup_steps=3).warmup_steps == 3
+    with pytest.raises(ValueError, match=r"^TrainConfig\.warmup_steps \(4\) exceeds max_steps \(3\)$"):
+        TrainConfig(max_steps=3, warmup_steps=4)
+
+
+def test_a_batch_source_yielding_another_batch_size_is_warned_about(tmp_path):
+    """The batch size the source yields is checked: without it the run would report a wrong global batch without
+    a word."""
+    with pytest.warns(UserWarning, match="TrainConfig.batch_size is 8 but the batch source yields batches of 4"):
+        _trainer(tmp_path, steps=1, batch_size=8).train()
+
+
+def test_a_stat_is_divided_by_the_longest_count_name_it_ends_with(tmp_path):
+    """The longest matching count name, not the shortest. With count terms `nsp` and `pair_nsp`, `acc_pair_nsp` is
+    divided by the `pair_nsp` count (here 2 per sequence), not by `nsp`'s (1 per sequence)."""
+    class Paired(PretrainObjective):
+        def counts(self, batch):
+            return {**super().counts(batch), "pair_nsp": 2 * batch["next_sentence_label"].numel()}
+
+        def forward(self, batch):
+            sums, stats = super().forward(batch)
+            n = batch["next_sentence_label"].numel()
+            return sums, {**stats, "acc_pair_nsp": torch.tensor(float(n))}
+
+    _trainer(tmp_path, steps=1, objective=Paired).train()
+    [line] = _train_lines(tmp_path)
+    assert line["acc_pair_nsp"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+# ---------------------------------------------------------------------------------------------
+
+def test_elapsed_goes_on_across_a_resume(tmp_path, monkeypatch):
+    """`elapsed` does not restart from 0 on resume. On a clock that a forward moves by 1 s, 4 steps read
+    4 s at the last line, resumed from step 2 or not."""
+    from bertkit.train import trainer as trainer_module
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def run(out, crash_at=None, resume=False):
+        trainer = _trainer(out, steps=4, log_every=4, save_every=2,
+                           source=_CrashingSource(4, seed=7, crash_at=crash_at))
+        trainer.model.register_forward_pre_hook(lambda *_: clock.__setitem__(0, clock[0] + 1.0))
+        return trainer.train(resume=resume)
+
+    assert run(tmp_path / "full")["elapsed"] == 4.0
+    with pytest.raises(_Interrupt):
+        run(tmp_path / "cut", crash_at=3)
+    clock[0] += 1000.0   # the time between the crash and the resume is not the run's
+    assert run(tmp_path / "cut", resume=True)["elapsed"] == 4.0
+    assert [r["elapsed"] for r in _train_lines(tmp_path / "cut")] == [4.0]
+
+
+def test_resuming_a_finished_run_with_its_max_steps_does_nothing(tmp_path):
+    """The step check is `>`, not `>=`: a run at exactly max_steps (finished, or a job resumed once more) is not
+    refused as past its end."""
+    _trainer(tmp_path, steps=2, save_final=True).train()
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    again = _trainer(tmp_path, steps=2, save_final=True)
+    assert again.train(resume=True) == {"step": 2}
+    assert again.batches.pos == 2 and (tmp_path / "metrics.jsonl").read_text() == lines
+
+
+@pytest.mark.parametrize("changes, said", [
+    ({"max_grad_norm": 0.5}, "max_grad_norm 0.5 (the checkpoint's: 1.0)"),
+    ({"precision": "bf16"}, "precision 'bf16' (the checkpoint's: 'auto')"),
+    ({"betas": (0.9, 0.98)}, "betas (0.9, 0.98) (the checkpoint's: (0.9, 0.999))"),
+    ({"eps": 1e-8}, "eps 1e-08 (the checkpoint's: 1e-06)"),
+])
+def test_resume_refuses_another_clipping_precision_or_adam_setting(tmp_path, changes, said):
+    """FIXED_ON_RESUME holds max_grad_norm and precision too (the existing test tries lr, weight_decay,
+    seed and optimizer only)."""
+    _trainer(tmp_path, steps=2, save_every=2).train()
+    with pytest.raises(ValueError, match=re.escape(f"resuming needs the settings the run was trained with; these "
+                                                   f"differ: {said}")):
+        _trainer(tmp_path, steps=4, save_every=2, **changes).train(resume=True)
+
+
+def test_resume_refuses_another_accumulation(tmp_path):
+    """The global-batch check compares accumulation too, not the batch alone: the saved data position counts
+    micro-batches, so resuming 2 x 4 with 1 x 4 would go on from other examples (the first test compares it to the
+    batch size)."""
+    _trainer(tmp_path, steps=2, save_every=2, grad_accum=2).train()
+    with pytest.raises(ValueError, match=re.escape(
+            "step-000002 was written by 1 process, each micro-batch 4 sequences in all, accumulation 2; resuming "
+            "on 1 needs the same (a batch size of 4 per process, and accumulation 2), not 4 and 1")):
+        _trainer(tmp_path, steps=4, save_every=2, grad_accum=1).train(resume=True)
