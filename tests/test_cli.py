@@ -11,15 +11,6 @@ from bertkit.cli import COMMANDS, build_parser, main
 _TOY_WORDS = "the a of red green blue city king river what who color is was old new ?".split()
 
 
-@pytest.fixture
-def _one_thread():
-    """One torch thread for the test alone, as conftest's module-scoped `one_thread` gives a whole module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("words", sorted(COMMANDS), ids=" ".join)
 def test_help_of_each_subcommand(words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -293,7 +284,7 @@ def test_classify_stride_and_choice_flags_reach_evaluate_and_predict(capsys):
     assert "--stride: expected an integer or 'none', got 'half'" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_evaluate_version_2_with_negative_scores_v1_data_as_v2(tmp_path, capsys):
     """The flag reaches the QA job: v1.1 data scored as SQuAD v2.0 (HasAns_* metrics); without it, as v1.1."""
     _tiny_model(tmp_path / "m", "BertForQuestionAnswering")
@@ -309,7 +300,7 @@ def test_evaluate_version_2_with_negative_scores_v1_data_as_v2(tmp_path, capsys)
     assert json.loads((tmp_path / "v2.json").read_text())["HasAns_total"] == 1
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_predict_no_header_reads_the_first_row_as_a_text(tmp_path, capsys):
     """--no-header reaches the classifier's reader: every row is predicted, the first too, each with its line."""
     _tiny_model(tmp_path / "m", "BertForSequenceClassification")
@@ -379,7 +370,7 @@ def test_predict_checks_its_flags(tmp_path, capsys, flag, value, message):
     assert _one_line_error(capsys, "predict") == message
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_predict_refuses_a_max_seq_length_of_2(tmp_path, capsys):
     """3 is the least ([CLS], a token, [SEP]); 2 is below it."""
     _tiny_model(tmp_path / "m", "BertForQuestionAnswering")
@@ -399,7 +390,7 @@ def test_tokenizer_train_refuses_a_model_directory(tmp_path, capsys):
     assert (tmp_path / "m" / "vocab.txt").read_text() == vocab
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("flags, said", [
     (["--vocab-size", "0"], "got 0 and 2"),            # the default --min-frequency is 2, as its help says
     (["--min-frequency", "-1"], "got 30522 and -1"),   # and the default --vocab-size BERT's 30522
@@ -413,7 +404,7 @@ def test_tokenizer_train_refuses_sizes_below_their_bounds(tmp_path, capsys, flag
     assert not (tmp_path / "tok").exists()
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_tokenizer_train_takes_a_min_frequency_of_0(tmp_path, capsys):
     """0 is the bound itself (every pair may merge), not below it."""
     (tmp_path / "c.txt").write_text("the red king of the old city\n" * 20)
@@ -446,7 +437,7 @@ def _run_with_metrics(directory) -> None:
     tr.close()
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_plot_takes_a_png_suffix_in_any_case_and_refuses_another(tmp_path, capsys):
     _run_with_metrics(tmp_path / "a")
     assert main(["plot", str(tmp_path / "a"), "--output", str(tmp_path / "Curves.PNG")]) == 0
@@ -514,7 +505,7 @@ def test_evaluate_names_its_default_output_after_the_whole_data_file_name():
     assert [_data_name(n) for n in names] == ["dev-v1.1", "emerging.dev", "emerging.test", "dev", "sms_dev", "a"]
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_predict_and_evaluate_default_to_the_batch_size_their_help_gives():
     for command in ("predict", "evaluate"):
         parser = build_parser().commands[command]
@@ -573,7 +564,7 @@ def test_format_conll_is_refused_for_a_model_that_is_not_a_tagger(tmp_path, caps
         assert not out.exists()
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_a_qa_model_given_a_table_with_an_upper_case_suffix_is_told_it_reads_squad_json(tmp_path, capsys):
     _tiny_model(tmp_path / "m", "BertForQuestionAnswering")
     (tmp_path / "d.CSV").write_text("text\nthe king\n")

@@ -17,6 +17,7 @@ from bertkit.tasks import choice as CH
 from bertkit.tasks.choice import (ChoiceBatches, ChoiceExample, ChoiceObjective, collate_choices, encode_choices,
                                   evaluate_choice, predict_choices, read_choices)
 from bertkit.tokenizer import BertTokenizer
+from tests.tasks.tiny import WORDS, tiny_model, words_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,19 +186,9 @@ RTE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "classifi
 # encoding, counting, columns and prediction on a tiny untrained model
 # ---------------------------------------------------------------------------------------------------------------
 
-WORDS = "the movie was good and plot bad a lovely film story actor really quite nice".split()
-
-
 @pytest.fixture(scope="module")
 def tok():
-    return BertTokenizer.train_from_iterator([" ".join(WORDS)] * 3, vocab_size=80)
-
-
-def _tiny(cls, tok, **kw):
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=20, max_position_embeddings=16, **kw)
-    return cls(cfg)
+    return words_tokenizer()
 
 
 def test_choice_pairs_truncate_longest_first(tok):
@@ -230,7 +221,7 @@ def test_choice_columns_twice_or_fewer_than_two_are_refused(tmp_path):
 
 def test_choice_prediction_cuts_the_window_to_the_model_positions(tok):
     """As for classification: --max-seq-length beyond max_position_embeddings (16) reads the first 16 tokens."""
-    model = _tiny(BertForMultipleChoice, tok).eval()
+    model = tiny_model(BertForMultipleChoice, tok).eval()
     ex = [CH.ChoiceExample(" ".join(WORDS * 3), None, ("a lovely film", "the plot was bad"), None)]
     assert CH.predict_choices(model, tok, ex, max_seq_length=512) == CH.predict_choices(model, tok, ex,
                                                                                          max_seq_length=16)

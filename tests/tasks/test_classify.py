@@ -21,6 +21,7 @@ from bertkit.tasks.classify import (IGNORE, ClassificationBatches, Classificatio
                                     evaluate_classification, label_info, labelled, predict, predict_logits)
 from bertkit.tasks.finetune import run_evaluate
 from bertkit.tokenizer import BertTokenizer
+from tests.tasks.tiny import WORDS, tiny_model, words_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -662,19 +663,9 @@ def test_evaluate_and_predict_read_the_columns_the_model_was_fine_tuned_on(toy, 
 # metrics, prediction and evaluation on a tiny untrained model
 # ---------------------------------------------------------------------------------------------------------------
 
-WORDS = "the movie was good and plot bad a lovely film story actor really quite nice".split()
-
-
 @pytest.fixture(scope="module")
 def tok():
-    return BertTokenizer.train_from_iterator([" ".join(WORDS)] * 3, vocab_size=80)
-
-
-def _tiny(cls, tok, **kw):
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=20, max_position_embeddings=16, **kw)
-    return cls(cfg)
+    return words_tokenizer()
 
 
 def test_binary_f1_is_on_label_id_1_and_macro_beyond_two_labels():
@@ -713,7 +704,7 @@ def test_confusion_matrix_rows_are_true_labels_columns_predictions():
 
 @pytest.mark.parametrize("training", [False, True])
 def test_predict_runs_in_eval_mode_and_leaves_the_mode_as_it_found_it(tok, training):
-    model = _tiny(BertForSequenceClassification, tok, num_labels=2, hidden_dropout_prob=0.5,
+    model = tiny_model(BertForSequenceClassification, tok, num_labels=2, hidden_dropout_prob=0.5,
                   attention_probs_dropout_prob=0.5)
     model.train(training)
     texts = ["a lovely film", "the plot was bad and the actor really quite bad"]
@@ -730,14 +721,14 @@ def test_predict_runs_in_eval_mode_and_leaves_the_mode_as_it_found_it(tok, train
 
 def test_predict_cuts_the_window_to_the_model_positions(tok):
     """A --max-seq-length beyond max_position_embeddings (16) reads the first 16 tokens, not past the table."""
-    model = _tiny(BertForSequenceClassification, tok, num_labels=2).eval()
+    model = tiny_model(BertForSequenceClassification, tok, num_labels=2).eval()
     long = " ".join(WORDS * 3)
     assert C.predict(model, tok, [long], max_seq_length=512) == C.predict(model, tok, [long], max_seq_length=16)
 
 
 def test_evaluation_refuses_unlabelled_features(tok):
     """A feature without a label is refused by name, not met later as int(None) in the metrics."""
-    model = _tiny(BertForSequenceClassification, tok, num_labels=2)
+    model = tiny_model(BertForSequenceClassification, tok, num_labels=2)
     feats = [C.Feature([2, 5, 3], [0, 0, 0], 1), C.Feature([2, 6, 3], [0, 0, 0], None)]
     with pytest.raises(ValueError, match=r"^evaluation needs labelled features$"):
         C.evaluate_classification(model, feats)

@@ -12,13 +12,12 @@ from safetensors.torch import load_file
 from test_classify import finetune, toy  # noqa: F401  (toy is the module's fixture too)
 
 from bertkit.cli import main
-from bertkit.config import BertConfig
 from bertkit.hub import LoadWarning
 from bertkit.tasks import finetune as FT
 from bertkit.tasks.classify import ClassificationBatches
 from bertkit.train.checkpoint import list_checkpoints
 from bertkit.train.trainer import Trainer
-from bertkit.tokenizer import BertTokenizer
+from tests.tasks.tiny import tiny_model, words_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -392,19 +391,9 @@ def test_resume_may_add_seeds_but_not_drop_or_replace_them(toy, tmp_path, capsys
 # finetune.py: the best checkpoint, --seeds, eval files and the schedule, without a full run
 # ---------------------------------------------------------------------------------------------------------------
 
-WORDS = "the movie was good and plot bad a lovely film story actor really quite nice".split()
-
-
 @pytest.fixture(scope="module")
 def tok():
-    return BertTokenizer.train_from_iterator([" ".join(WORDS)] * 3, vocab_size=80)
-
-
-def _tiny(cls, tok, **kw):
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=20, max_position_embeddings=16, **kw)
-    return cls(cfg)
+    return words_tokenizer()
 
 
 def test_a_tie_or_a_nan_keeps_the_earlier_best():
@@ -434,7 +423,7 @@ def test_a_fraction_of_an_epoch_rounds_the_steps_up(tok, tmp_path, monkeypatch):
     from bertkit.modeling import BertModel
     enc = tmp_path / "enc"
     tok.save_pretrained(enc)
-    _tiny(BertModel, tok).save_pretrained(enc)
+    tiny_model(BertModel, tok).save_pretrained(enc)
     rows = "".join(f"{'a lovely film' if i % 2 else 'the plot was bad'}\t{'pos' if i % 2 else 'neg'}\n"
                    for i in range(10))
     (tmp_path / "t.tsv").write_text("text\tlabel\n" + rows, encoding="utf-8")
