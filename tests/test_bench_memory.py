@@ -9,9 +9,9 @@ from bench import memory_cpu  # noqa: E402
 
 
 def test_memory_race_runs_the_jobs_on_both_sides(tmp_path, capsys):
-    res = memory_cpu.main(["--jobs", "load", "pretrain", "--size", "tiny", "--threads", "1",
+    res = memory_cpu.main(["--jobs", "load", "pretrain", "objective", "--size", "tiny", "--threads", "1",
                            "--json", str(tmp_path / "m.json")])
-    assert set(res["jobs"]) == {"load", "pretrain"}
+    assert set(res["jobs"]) == {"load", "pretrain", "objective"}
     for job in res["jobs"].values():
         assert job["output_relative_difference"] < 1e-5
         for side in ("bertkit", "transformers"):
@@ -21,7 +21,7 @@ def test_memory_race_runs_the_jobs_on_both_sides(tmp_path, capsys):
     # the pre-training job holds its activations and gradients on top of the loaded model
     assert res["jobs"]["pretrain"]["bertkit"]["peak_mib"] > res["jobs"]["pretrain"]["bertkit"]["loaded_mib"]
     said = capsys.readouterr().out
-    assert said.count("(held once loaded: ") == 2 and (tmp_path / "m.json").exists()
+    assert said.count("(held once loaded: ") == 3 and (tmp_path / "m.json").exists()
 
 
 def test_a_failing_child_is_one_line_naming_the_job(tmp_path):
