@@ -21,7 +21,7 @@ the weights in the file's mapping (pages are read, and counted, when first used:
 and the job's first forward reads them in); those pages are the page cache's, which the kernel can reclaim or
 share, unlike the activations and gradients of the jobs. The load job reads every weight once loaded.
 
-    python bench/memory_cpu.py [--jobs load infer train pretrain] [--json PATH]
+    python bench/memory_cpu.py [--jobs load infer train pretrain objective] [--json PATH]
 """
 from __future__ import annotations
 
