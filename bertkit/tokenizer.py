@@ -799,30 +799,7 @@ class BertTokenizer:
         padding_side overrides self.padding_side for this call. An empty text_pair for one sequence means no
         pair (as in transformers). split_special_tokens=True reads special tokens in the text as plain text
         ("[MASK]" becomes "[", "mask", "]"); `verbose` is accepted for transformers' code and changes nothing."""
-        given_pairs = False
-        if is_split_into_words:
-            batched, inputs = _word_input(text, "text")
-        else:
-            batched = not isinstance(text, str)
-            inputs, given_pairs = _text_batch(text, "text")
-        if given_pairs and text_pair is not None:
-            raise TypeError("text_pair must be None when text is a list of (text, text_pair) pairs")
-        # one sequence with an empty pair ("" or []) is no pair, as in transformers; in a batch it stays one
-        is_pair = text_pair is not None and (batched or not isinstance(text_pair, (str, list, tuple))
-                                             or len(text_pair) > 0)
-        if is_pair:
-            if is_split_into_words:
-                pairs = _word_batch(text_pair, "text_pair") if batched else [_words(text_pair, "text_pair")]
-            elif batched == isinstance(text_pair, str):
-                raise TypeError(
-                    "text_pair must be a str when text is a str, and a list of str when text is a list"
-                )
-            else:
-                pairs = _texts(text_pair, "text_pair")
-            if len(pairs) != len(inputs):
-                raise ValueError(f"text has {len(inputs)} items but text_pair has {len(pairs)}")
-            inputs = list(zip(inputs, pairs))
-        is_pair = is_pair or given_pairs
+        inputs, batched, is_pair = _call_inputs(text, text_pair, is_split_into_words)
         if truncation is None:  # transformers: max_length alone (no padding) asks for truncation
             truncation = "longest_first" if max_length is not None and padding is False else False
         pad = _option(padding, _PADDING, "padding")
@@ -855,45 +832,29 @@ class BertTokenizer:
                                                    add_special_tokens=add_special_tokens)
             finally:
                 self._tok.encode_special_tokens = False
-        if not trunc and add_special_tokens and not self._warned_too_long:  # model inputs, as transformers warns
-            longest = max((len(e.ids) for e in encodings), default=0)
-            if self.model_max_length <= NO_MAX_LENGTH_ABOVE and longest > self.model_max_length:
-                self._warned_too_long = True
-                warn(f"a sequence of {longest} tokens is longer than model_max_length "
-                     f"({self.model_max_length}), which a model cannot take; truncation=True cuts it "
-                     "(said once per tokenizer)")
+        if not trunc and add_special_tokens:
+            self._warn_if_too_long(encodings)
 
-        data = {}
-        if return_overflowing_tokens:
-            sample = [i for i, e in enumerate(encodings) for _ in range(1 + len(e.overflowing))]
-            encodings = [w for e in encodings for w in (e, *e.overflowing)]
-        data["input_ids"] = [e.ids for e in encodings]
-        if return_token_type_ids is not False:
-            data["token_type_ids"] = [e.type_ids for e in encodings]
-        if return_attention_mask is not False:
-            data["attention_mask"] = [e.attention_mask for e in encodings]
-        if return_special_tokens_mask:
-            data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
-        if return_offsets_mapping:
-            data["offset_mapping"] = [e.offsets for e in encodings]
-        if return_length:
-            data["length"] = [len(e.ids) for e in encodings]
-        if return_overflowing_tokens:
-            data["overflow_to_sample_mapping"] = sample
-
+        data, encodings = _features(encodings, return_overflowing_tokens, return_token_type_ids is not False,
+                                    return_attention_mask is not False, return_special_tokens_mask,
+                                    return_offsets_mapping, return_length)
         if return_tensors is not None:
-            lengths = {len(ids) for ids in data["input_ids"]}
-            if len(lengths) > 1:
-                raise ValueError(
-                    f"return_tensors={return_tensors!r} needs sequences of one length, got lengths "
-                    f"{min(lengths)}..{max(lengths)}; "
-                    "pass padding=True (and truncation=True for texts longer than max_length)"
-                )
-            data = {k: _tensor(v, return_tensors, "int64") for k, v in data.items()}
+            data = _stacked(data, return_tensors)
         elif not batched and not return_overflowing_tokens:
             # one sequence: its rows unwrapped; "length" stays a one-item list, as in transformers
             data = {k: v[0] if isinstance(v[0], list) else v for k, v in data.items()}
         return BatchEncoding(data, encodings)
+
+    def _warn_if_too_long(self, encodings) -> None:
+        """Model inputs longer than the model takes are warned of, once per tokenizer, as transformers does."""
+        if self._warned_too_long:
+            return
+        longest = max((len(e.ids) for e in encodings), default=0)
+        if self.model_max_length <= NO_MAX_LENGTH_ABOVE and longest > self.model_max_length:
+            self._warned_too_long = True
+            warn(f"a sequence of {longest} tokens is longer than model_max_length "
+                 f"({self.model_max_length}), which a model cannot take; truncation=True cuts it "
+                 "(said once per tokenizer)")
 
     def _default_max_length(self, pad, trunc, max_length):
         """(pad, trunc, max_length) with max_length taken from model_max_length when needed; with
@@ -1048,10 +1009,7 @@ class BertTokenizer:
         batched = isinstance(ids[0], (list, tuple))
         rows = ids if batched else [ids]
         if batched:
-            for key, value in data.items():
-                if not isinstance(value, (list, tuple)) or len(value) != len(ids):
-                    size = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
-                    raise ValueError(f"encoded_inputs[{key!r}] has {size} rows but input_ids has {len(ids)}")
+            _check_rows(data, len(ids))
         length = max(len(r) for r in rows) if pad == "longest" else max_length if pad else None
         if length is not None and pad_to_multiple_of and length % pad_to_multiple_of:
             length += pad_to_multiple_of - length % pad_to_multiple_of
@@ -1061,15 +1019,7 @@ class BertTokenizer:
             out.setdefault("attention_mask", [])
         for i, row_ids in enumerate(rows):
             row = {key: value[i] if batched else value for key, value in data.items()}
-            row.update({key: list(row[key]) for key in fills if key in row})
-            if with_mask and "attention_mask" not in row:
-                row["attention_mask"] = [1] * len(row_ids)
-            missing = 0 if length is None else length - len(row_ids)
-            if missing > 0:
-                for key, fill in fills.items():
-                    if key in row:
-                        row[key] = row[key] + [fill] * missing if side == "right" else [fill] * missing + row[key]
-            for key, value in row.items():
+            for key, value in _padded_row(row, len(row_ids), length, side, fills, with_mask).items():
                 out[key].append(value)
         result = out if batched else {key: value[0] for key, value in out.items()}
         if return_tensors is not None:
@@ -1553,6 +1503,88 @@ def _is_token(value) -> bool:
 def _content(token: str | AddedToken) -> str:
     """The text of a token given as a str or an AddedToken (roles and extra lists keep the text)."""
     return token.content if isinstance(token, AddedToken) else token
+
+
+def _call_inputs(text, text_pair, is_split_into_words: bool) -> tuple[list, bool, bool]:
+    """`__call__`'s text arguments as (inputs for Rust's encode_batch, batched, is_pair), type-checked."""
+    given_pairs = False
+    if is_split_into_words:
+        batched, inputs = _word_input(text, "text")
+    else:
+        batched = not isinstance(text, str)
+        inputs, given_pairs = _text_batch(text, "text")
+    if given_pairs and text_pair is not None:
+        raise TypeError("text_pair must be None when text is a list of (text, text_pair) pairs")
+    # one sequence with an empty pair ("" or []) is no pair, as in transformers; in a batch it stays one
+    is_pair = text_pair is not None and (batched or not isinstance(text_pair, (str, list, tuple))
+                                         or len(text_pair) > 0)
+    if not is_pair:
+        return inputs, batched, given_pairs
+    if is_split_into_words:
+        pairs = _word_batch(text_pair, "text_pair") if batched else [_words(text_pair, "text_pair")]
+    elif batched == isinstance(text_pair, str):
+        raise TypeError("text_pair must be a str when text is a str, and a list of str when text is a list")
+    else:
+        pairs = _texts(text_pair, "text_pair")
+    if len(pairs) != len(inputs):
+        raise ValueError(f"text has {len(inputs)} items but text_pair has {len(pairs)}")
+    return list(zip(inputs, pairs)), batched, True
+
+
+def _features(encodings, overflow: bool, type_ids: bool, attention_mask: bool, special_tokens_mask: bool,
+              offsets: bool, length: bool) -> tuple[dict[str, list], list]:
+    """The asked-for rows of each encoding, in transformers' key order, and the encodings they came from (with
+    return_overflowing_tokens, each input's windows follow it, and overflow_to_sample_mapping says whose)."""
+    if overflow:
+        sample = [i for i, e in enumerate(encodings) for _ in range(1 + len(e.overflowing))]
+        encodings = [w for e in encodings for w in (e, *e.overflowing)]
+    data = {"input_ids": [e.ids for e in encodings]}
+    if type_ids:
+        data["token_type_ids"] = [e.type_ids for e in encodings]
+    if attention_mask:
+        data["attention_mask"] = [e.attention_mask for e in encodings]
+    if special_tokens_mask:
+        data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
+    if offsets:
+        data["offset_mapping"] = [e.offsets for e in encodings]
+    if length:
+        data["length"] = [len(e.ids) for e in encodings]
+    if overflow:
+        data["overflow_to_sample_mapping"] = sample
+    return data, encodings
+
+
+def _check_rows(data: Mapping, n: int) -> None:
+    """Every column of a batch given to `pad` must hold one row per input_ids row."""
+    for key, value in data.items():
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            size = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+            raise ValueError(f"encoded_inputs[{key!r}] has {size} rows but input_ids has {n}")
+
+
+def _padded_row(row: dict, n: int, length: int | None, side: str, fills: dict[str, int], with_mask: bool) -> dict:
+    """One example of `n` tokens padded to `length` on `side`: the keys in `fills` as new lists (an attention
+    mask of ones made first when asked for and missing), the other keys (labels, ...) as they are."""
+    row = {**row, **{key: list(row[key]) for key in fills if key in row}}
+    if with_mask and "attention_mask" not in row:
+        row["attention_mask"] = [1] * n
+    missing = 0 if length is None else length - n
+    if missing > 0:
+        for key, fill in fills.items():
+            if key in row:
+                row[key] = row[key] + [fill] * missing if side == "right" else [fill] * missing + row[key]
+    return row
+
+
+def _stacked(data: dict[str, list], kind: str) -> dict:
+    """Rows of one length as (batch, length) tensors or arrays of int64; ragged rows are a one-line error."""
+    lengths = {len(ids) for ids in data["input_ids"]}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"return_tensors={kind!r} needs sequences of one length, got lengths {min(lengths)}..{max(lengths)}; "
+            "pass padding=True (and truncation=True for texts longer than max_length)"
+        )
+    return {k: _tensor(v, kind, "int64") for k, v in data.items()}
 
 
 def _texts(value, name: str) -> list[str]:
