@@ -784,80 +784,19 @@ class Trainer:
 
     def _train(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
-        self._resume_rng = self._resume_windows = None
-        if not resume and (old := find_latest(cfg.output_dir)) is not None:
-            raise ValueError(f"{cfg.output_dir} already holds checkpoints ({old}); train(resume=True) continues "
-                             "them: remove them or choose another output_dir to start over")
-        start = self._resume() if resume else None
-        resumed = start is not None
-        self.step = start or 0
-        self._t_start = time.perf_counter()
-        if not resumed:
-            self._elapsed0 = 0.0
-            seed_everything(cfg.seed + self.info.rank)
-
-        with rng_isolated():
-            tracker = Tracker(
-                cfg.output_dir, cfg.max_steps, initial_step=self.step, enabled=dist.is_main(),
-                progress=cfg.progress, tensorboard=cfg.tensorboard, resume_step=start if resumed else None)
-            n_params = sum(p.numel() for p in self.params)
-            tracker.write(
-                f"training {n_params:,} parameters on {self.info.world_size} x {self.device} ({self.precision}): "
-                f"global batch {cfg.batch_size} x {cfg.grad_accum} accumulation x {self.info.world_size} ranks"
-                f" = {cfg.batch_size * cfg.grad_accum * self.info.world_size}, {cfg.optimizer}, lr {cfg.lr}, "
-                f"steps {self.step} -> {cfg.max_steps}")
-        it = iter(self.batches)
-        self._data_state = None
-        self._prefetcher = None
-        if self.prefetch:
-            state_fn = self.batches.state_dict if hasattr(self.batches, "state_dict") else None
-            self._prefetcher = Prefetcher(it, self._cpu_side, self.prefetch, state_fn)
-        if self._resume_rng is not None:  # last, so nothing above moves the restored streams
-            set_rng_state(self._resume_rng)
-
+        tracker = self._start(resume)
+        it = self._open_batches()
         final: dict[str, Any] = {}
         last_eval: dict[str, Any] = {}
         window = self._window = _Window(self.device)
         self._pending: list[_PendingLog] = []
         if self._resume_windows:  # the steps since the last log line before the checkpoint count in the next one
             window.load(self._resume_windows, self.info.rank, self.info.world_size)
-        ddp = self.wrapped is not self.objective
         self.objective.train()
         try:
             while self.step < cfg.max_steps:
                 lr = self.optimizer.param_groups[0]["lr"]  # this step's (set by the scheduler, or on resume)
-                micro = [self._next_batch(it) for _ in range(cfg.grad_accum)]
-                counts = self._global_counts([c for _, c, _ in micro])
-                for i, (batch, _, tokens) in enumerate(micro):
-                    sync = i == len(micro) - 1
-                    if self.sharded:
-                        self.wrapped.set_requires_gradient_sync(sync)
-                    with (self.wrapped.no_sync() if ddp and not sync else nullcontext()):
-                        with self.autocast():
-                            sums, stats = self.wrapped(batch)
-                        loss = self._loss(sums, counts)
-                        self.scaler.scale(loss).backward()
-                    window._add(window.sums, sums)
-                    window._add(window.stats, stats)
-                    window.tokens += tokens
-                self.scaler.unscale_(self.optimizer)
-                if cfg.max_grad_norm > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                else:
-                    norm = global_grad_norm(self.params)
-                if hasattr(norm, "full_tensor"):  # FSDP: a replicated DTensor
-                    norm = norm.full_tensor()
-                self.scaler.step(self.optimizer)
-                skipped = self._update_scale()
-                if not skipped:  # as transformers' Trainer: a skipped step leaves the schedule where it was
-                    self.scheduler.step()
-                    window.grad_norm = window.grad_norm + norm.detach().double()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                window._add(window.counts, counts)
-                window.steps += 1
-                window.skipped += skipped
-
+                self._optimizer_step(it, window)
                 last = self.step == cfg.max_steps
                 tracker.advance()
                 log_now = self.step % cfg.log_every == 0 or last
@@ -882,14 +821,93 @@ class Trainer:
                             if save_now:
                                 self.save()
         finally:
-            if self._prefetcher is not None:
-                self._prefetcher.close()
-                if self._data_state is not None and hasattr(self.batches, "load_state_dict"):
-                    # the thread ran ahead: leave the source where the steps stopped
-                    self.batches.load_state_dict(self._data_state)
+            self._close_batches()
             tracker.close()
         dist.barrier()
         out = {k: v for k, v in final.items() if k != "split"}
         out.update({f"eval_{k}": v for k, v in last_eval.items() if k not in ("split", "step")})
         out["step"] = self.step
         return out
+
+    def _start(self, resume: bool) -> Tracker:
+        """Resume or start afresh (refusing a directory that holds checkpoints), seed, and open the tracker."""
+        cfg = self.cfg
+        self._resume_rng = self._resume_windows = None
+        if not resume and (old := find_latest(cfg.output_dir)) is not None:
+            raise ValueError(f"{cfg.output_dir} already holds checkpoints ({old}); train(resume=True) continues "
+                             "them: remove them or choose another output_dir to start over")
+        start = self._resume() if resume else None
+        resumed = start is not None
+        self.step = start or 0
+        self._t_start = time.perf_counter()
+        if not resumed:
+            self._elapsed0 = 0.0
+            seed_everything(cfg.seed + self.info.rank)
+        with rng_isolated():
+            tracker = Tracker(
+                cfg.output_dir, cfg.max_steps, initial_step=self.step, enabled=dist.is_main(),
+                progress=cfg.progress, tensorboard=cfg.tensorboard, resume_step=start if resumed else None)
+            n_params = sum(p.numel() for p in self.params)
+            tracker.write(
+                f"training {n_params:,} parameters on {self.info.world_size} x {self.device} ({self.precision}): "
+                f"global batch {cfg.batch_size} x {cfg.grad_accum} accumulation x {self.info.world_size} ranks"
+                f" = {cfg.batch_size * cfg.grad_accum * self.info.world_size}, {cfg.optimizer}, lr {cfg.lr}, "
+                f"steps {self.step} -> {cfg.max_steps}")
+        return tracker
+
+    def _open_batches(self):
+        """The batches' iterator, behind the prefetch thread when there is one; then a resumed run's random
+        states are restored, last, so that nothing before moves them."""
+        it = iter(self.batches)
+        self._data_state = None
+        self._prefetcher = None
+        if self.prefetch:
+            state_fn = self.batches.state_dict if hasattr(self.batches, "state_dict") else None
+            self._prefetcher = Prefetcher(it, self._cpu_side, self.prefetch, state_fn)
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+        return it
+
+    def _close_batches(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            if self._data_state is not None and hasattr(self.batches, "load_state_dict"):
+                # the thread ran ahead: leave the source where the steps stopped
+                self.batches.load_state_dict(self._data_state)
+
+    def _optimizer_step(self, it, window: _Window) -> None:
+        """One optimizer step: forward and backward over `grad_accum` micro-batches (gradients synchronised
+        on the last), clipping, the (possibly skipped) update, and the window's sums, all without a host sync."""
+        cfg = self.cfg
+        ddp = self.wrapped is not self.objective
+        micro = [self._next_batch(it) for _ in range(cfg.grad_accum)]
+        counts = self._global_counts([c for _, c, _ in micro])
+        for i, (batch, _, tokens) in enumerate(micro):
+            sync = i == len(micro) - 1
+            if self.sharded:
+                self.wrapped.set_requires_gradient_sync(sync)
+            with (self.wrapped.no_sync() if ddp and not sync else nullcontext()):
+                with self.autocast():
+                    sums, stats = self.wrapped(batch)
+                loss = self._loss(sums, counts)
+                self.scaler.scale(loss).backward()
+            window._add(window.sums, sums)
+            window._add(window.stats, stats)
+            window.tokens += tokens
+        self.scaler.unscale_(self.optimizer)
+        if cfg.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        else:
+            norm = global_grad_norm(self.params)
+        if hasattr(norm, "full_tensor"):  # FSDP: a replicated DTensor
+            norm = norm.full_tensor()
+        self.scaler.step(self.optimizer)
+        skipped = self._update_scale()
+        if not skipped:  # as transformers' Trainer: a skipped step leaves the schedule where it was
+            self.scheduler.step()
+            window.grad_norm = window.grad_norm + norm.detach().double()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        window._add(window.counts, counts)
+        window.steps += 1
+        window.skipped += skipped
