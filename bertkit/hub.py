@@ -831,34 +831,27 @@ def _untie_if_stored_apart(model: torch.nn.Module, state: dict[str, torch.Tensor
     model.tie_weights()
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *,
-               ignore_mismatched_sizes: bool = False) -> torch.nn.Module:
-    """Put the checkpoint tensors `state` (read from `source`, named in the error) into `model`, with
-    `load_pretrained`'s rules; sets `model.load_report` and returns `model`. A tensor of the parameter's dtype,
-    shape and device that owns its memory becomes the parameter (see `_can_take`); the others are copied in.
-    So `state` must be the caller's to give: read from a file, not another model's live tensors."""
-    report = LoadReport(source=source)
-    prefix = _model_prefix(model)
-    beside = _beside_base_model(state, model)
-    state, stored_names = _normalise_keys(state, model, report)
-    _untie_if_stored_apart(model, state, source)
-    model_state = {k: v for k, v in model.state_dict().items() if _base_key(model, k) not in IGNORED_KEYS}
-
-    # Names of one tied parameter: any one of them in the checkpoint provides all.
+def _tied_names(model: torch.nn.Module) -> dict[int, list[str]]:
+    """Each parameter's names by its id: several for a tied parameter, any one of which in the checkpoint provides
+    all."""
     aliases: dict[int, list[str]] = collections.defaultdict(list)
     for name, p in model.named_parameters(remove_duplicate=False):
         aliases[id(p)].append(name)
+    return aliases
+
+
+def _provided_names(state: dict[str, torch.Tensor], aliases: dict[int, list[str]]) -> set[str]:
+    """The names the checkpoint fills: its own, and every name of a tied parameter it stores under one of them."""
     provided = set(state)
     for names in aliases.values():
         if provided.intersection(names):
             provided.update(names)
+    return provided
 
-    absent = [k for k in model_state if k not in provided]
-    unexpected = [k for k in state if k not in model_state]
-    mis_shaped = [(k, tuple(state[k].shape), tuple(v.shape))
-                  for k, v in model_state.items() if k in state and state[k].shape != v.shape]
 
-    # Optional parts wholly absent from the checkpoint keep their fresh initialisation.
+def _fresh_or_missing(absent: list[str], state: dict[str, torch.Tensor], prefix: str, report: LoadReport) -> list[str]:
+    """Optional parts wholly absent from the checkpoint keep their fresh initialisation (reported as newly
+    initialised); returns the rest of `absent`, missing."""
     present_units = {_unit_of(k, prefix) for k in state} - {None}
     missing = []
     for k in absent:
@@ -867,34 +860,58 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
             report.newly_initialized.append(k)
         else:
             missing.append(k)
-    # Another task's head (or a pooler this model has not) is unused, anything else unexpected.
+    return missing
+
+
+def _unused_or_unexpected(extra: list[str], prefix: str, beside: set[str], stored_names: dict[str, str],
+                          report: LoadReport) -> list[str]:
+    """Another task's head (or a pooler this model has not) is unused, reported as the checkpoint names it;
+    returns the rest of `extra`, unexpected."""
     def is_head(k: str) -> bool:
         return _unit_of(k, prefix) is not None or k.split(".", 1)[0] in HEAD_NAMESPACES or k in beside
 
-    report.unused = [stored_names.get(k, k) for k in unexpected if is_head(k)]  # as the checkpoint names them
-    unexpected = [k for k in unexpected if not is_head(k)]
-    if ignore_mismatched_sizes:
-        report.mismatched, mis_shaped = mis_shaped, []
+    report.unused = [stored_names.get(k, k) for k in extra if is_head(k)]
+    return [k for k in extra if not is_head(k)]
 
-    if missing or unexpected or mis_shaped:
-        parts = []
-        if missing:
-            parts.append(f"{_count(len(missing), 'missing key')}: {_names(missing)}")
-        if unexpected:
-            parts.append(f"{_count(len(unexpected), 'unexpected key')}: {_names(unexpected)}")
-        if mis_shaped:
-            parts.append(f"{_count(len(mis_shaped), 'mis-shaped key')}: " + _names(
-                [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mis_shaped]))
-        raise ValueError(f"{source}: " + "; ".join(parts))
 
-    skip = {k for k, _, _ in report.mismatched}
-    # a tied parameter in the checkpoint under several names takes one: the tie's source (the first name), but
-    # the MLM bias the decoder's, which transformers' forward reads, tied or not (see `_untie_if_stored_apart`)
+def _mis_shaped(state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]
+                ) -> list[tuple[str, tuple, tuple]]:
+    """(key, checkpoint shape, model shape) of each weight the checkpoint stores in another shape than the model's."""
+    return [(k, tuple(state[k].shape), tuple(v.shape))
+            for k, v in model_state.items() if k in state and state[k].shape != v.shape]
+
+
+def _unloadable(source: str, missing: list[str], unexpected: list[str],
+                mis_shaped: list[tuple[str, tuple, tuple]]) -> ValueError:
+    """One error naming all that stops the load, so one run shows every key to fix."""
+    parts = []
+    if missing:
+        parts.append(f"{_count(len(missing), 'missing key')}: {_names(missing)}")
+    if unexpected:
+        parts.append(f"{_count(len(unexpected), 'unexpected key')}: {_names(unexpected)}")
+    if mis_shaped:
+        parts.append(f"{_count(len(mis_shaped), 'mis-shaped key')}: " + _names(
+            [f"{k} (checkpoint {list(a)}, model {list(b)})" for k, a, b in mis_shaped]))
+    return ValueError(f"{source}: " + "; ".join(parts))
+
+
+def _second_names(aliases: dict[int, list[str]], state: dict[str, torch.Tensor]) -> set[str]:
+    """The names not loaded of a tied parameter the checkpoint stores under several: it takes one, the tie's source
+    (the first name), but the MLM bias the decoder's, which transformers' forward reads, tied or not (see
+    `_untie_if_stored_apart`)."""
     preferred = {MLM_DECODER_BIAS}
+    skip = set()
     for names in aliases.values():
         present = [n for n in names if n in state]
-        source = next((n for n in present if n in preferred), present[0] if present else None)
-        skip.update(n for n in present if n != source)
+        kept = next((n for n in present if n in preferred), present[0] if present else None)
+        skip.update(n for n in present if n != kept)
+    return skip
+
+
+def _take_or_copy(model: torch.nn.Module, state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor],
+                  skip: set[str]) -> set[int]:
+    """Each checkpoint tensor the model has (and `skip` lacks) taken as its parameter where it can be (see
+    `_can_take`), else copied in; returns the ids of the parameters loaded."""
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded, taken = set(), set()
     with torch.no_grad():
@@ -909,6 +926,35 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
                 model_state[k].copy_(t)
             if p is not None:
                 loaded.add(id(p))
+    return loaded
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, *,
+               ignore_mismatched_sizes: bool = False) -> torch.nn.Module:
+    """Put the checkpoint tensors `state` (read from `source`, named in the error) into `model`, with
+    `load_pretrained`'s rules; sets `model.load_report` and returns `model`. A tensor of the parameter's dtype,
+    shape and device that owns its memory becomes the parameter (see `_can_take`); the others are copied in.
+    So `state` must be the caller's to give: read from a file, not another model's live tensors."""
+    report = LoadReport(source=source)
+    prefix = _model_prefix(model)
+    beside = _beside_base_model(state, model)
+    state, stored_names = _normalise_keys(state, model, report)
+    _untie_if_stored_apart(model, state, source)
+    model_state = {k: v for k, v in model.state_dict().items() if _base_key(model, k) not in IGNORED_KEYS}
+    aliases = _tied_names(model)
+
+    provided = _provided_names(state, aliases)
+    missing = _fresh_or_missing([k for k in model_state if k not in provided], state, prefix, report)
+    unexpected = _unused_or_unexpected([k for k in state if k not in model_state], prefix, beside, stored_names,
+                                       report)
+    mis_shaped = _mis_shaped(state, model_state)
+    if ignore_mismatched_sizes:
+        report.mismatched, mis_shaped = mis_shaped, []
+    if missing or unexpected or mis_shaped:
+        raise _unloadable(source, missing, unexpected, mis_shaped)
+
+    skip = {k for k, _, _ in report.mismatched} | _second_names(aliases, state)
+    loaded = _take_or_copy(model, state, model_state, skip)
     # the rest (a new head, weights of mismatched sizes): initialised now, drawing random numbers for them alone
     if hasattr(model, "init_unloaded"):
         model.init_unloaded(loaded)
