@@ -329,6 +329,107 @@ def _panels(runs: list[list[dict]]) -> list[str]:
     return panels
 
 
+TERM_STYLES = ("--", ":", "-.")   # a run's loss terms, or (several runs) its dev scores, one dash each
+ACC_MARKERS = "osd^v<>"
+
+
+def _run_labels(run_dirs: list[str], labels: Iterable[str] | None) -> list[str]:
+    """One label per run: those given, else each run directory's name."""
+    if not run_dirs:
+        raise ValueError("plot_runs: no run directories given")
+    labels = list(labels) if labels is not None else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"plot_runs: {len(run_dirs)} runs but {len(labels)} labels")
+    return labels
+
+
+def _draw(ax, xs, ys, marker=None, **style) -> None:
+    """A line; a series of a few points gets markers (one point alone would not show; three joined pass for a
+    curve). A step whose value is not finite (a diverged loss) gets a red cross at the panel's top: a NaN
+    draws nothing at all."""
+    ax.plot(xs, ys, marker=marker or ("o" if len(xs) <= FEW else None), ms=3, **style)
+    bad = [x for x, y in zip(xs, ys) if math.isnan(y)]
+    if bad:
+        seen = any(line.get_label() == NAN_LABEL for line in ax.get_lines())
+        ax.plot(bad, [0.97] * len(bad), transform=ax.get_xaxis_transform(), ls="", marker="x", ms=6,
+                color="red", label="_" if seen else NAN_LABEL, gid=NAN_GID)
+
+
+def _draw_losses(ax, records: list[dict], split: str, colour: str | None, tag: str) -> None:
+    """The loss (solid) and its terms (dashed) of one split."""
+    xs, ys = _series(records, split, "loss")
+    if xs:
+        _draw(ax, xs, ys, "o" if split == "eval" else None, color=colour, lw=1.8, label=f"{tag}loss")
+    terms = _keys(records, split, _is_loss_term)
+    for j, k in enumerate(terms if len(terms) > 1 or not xs else []):  # one term is the total again
+        xs, ys = _series(records, split, k)
+        _draw(ax, xs, ys, "o" if split == "eval" else None, color=colour, lw=1.0,
+              ls=TERM_STYLES[j % len(TERM_STYLES)], label=f"{tag}{k}")
+    ax.set_ylabel("loss")
+
+
+def _draw_accuracies(ax, records: list[dict], colour: str | None, tag: str, multi: bool) -> None:
+    """Accuracies: train dashed, eval solid; markers tell several runs' (or eval's) accuracies apart."""
+    for split, ls in (("train", "--"), ("eval", "-")):
+        for j, k in enumerate(_keys(records, split, _is_accuracy)):
+            xs, ys = _series(records, split, k)
+            marker = ACC_MARKERS[j % len(ACC_MARKERS)] if multi or split == "eval" else None
+            _draw(ax, xs, ys, marker, color=colour, ls=ls, lw=1.3, markevery=max(1, len(xs) // 20),
+                  label=f"{tag}{split} {k}")
+    ax.set_ylabel("accuracy")
+
+
+def _draw_scores(ax, records: list[dict], colour: str | None, tag: str, multi: bool) -> None:
+    """Held-out scores; with several runs (one colour each) a dash tells the scores apart."""
+    for j, k in enumerate(_keys(records, "eval", _is_score)):
+        xs, ys = _series(records, "eval", k)
+        _draw(ax, xs, ys, "o", color=colour, lw=1.3, ls=TERM_STYLES[j % len(TERM_STYLES)] if multi else "-",
+              label=f"{tag}{k}")
+    ax.set_ylabel("score")
+
+
+def _draw_lr(ax, records: list[dict], colour: str, tag: str) -> None:
+    xs, ys = _series(records, "train", "lr")
+    _draw(ax, xs, ys, color=colour, label=f"{tag}lr")
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+
+def _draw_run(ax, panel: str, records: list[dict], colour: str, tag: str, multi: bool) -> None:
+    """One run's curves in `panel`: in the run's colour when there are several runs, else a colour per curve
+    (the learning rate, one curve, always in the run's)."""
+    line_colour = colour if multi else None
+    if panel in ("train loss", "eval loss"):
+        _draw_losses(ax, records, panel.split()[0], line_colour, tag)
+    elif panel == "accuracy":
+        _draw_accuracies(ax, records, line_colour, tag, multi)
+    elif panel == "dev scores":
+        _draw_scores(ax, records, line_colour, tag, multi)
+    else:
+        _draw_lr(ax, records, colour, tag)
+
+
+def _finish_panel(ax, panel: str) -> None:
+    """Scale, title and step axis of a drawn panel."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    if panel in ("train loss", "eval loss") and _spans_decades(ax):
+        ax.set_yscale("log")
+    ax.set_title(panel + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_xlabel("step")
+    ax.tick_params(labelbottom=True)  # sharex hides them above the last row
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))  # no tick at step 12.5
+    ax.xaxis.set_major_formatter(FuncFormatter(_step_label))
+    ax.grid(True, alpha=0.3)
+
+
+def _figure_title(labels: list[str], width: float) -> str:
+    """The runs' labels, wrapped to the figure's `width` in inches (about 9 characters of 12-point text an inch):
+    long run names ran off both edges; more than four runs are counted instead."""
+    if len(labels) > 4:
+        return f"{len(labels)} runs"
+    return textwrap.fill(", ".join(labels), int(9 * width), break_on_hyphens=False, break_long_words=False)
+
+
 def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | None = None,
               out_png: str | os.PathLike = "curves.png") -> str:
     """Learning curves of one or more runs in one PNG: train loss (total solid, terms dashed), eval loss,
@@ -337,16 +438,10 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
     Returns the PNG's path."""
     from ..figures import pyplot, save
     plt = pyplot()
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
     run_dirs = [os.fspath(d) for d in run_dirs]
-    if not run_dirs:
-        raise ValueError("plot_runs: no run directories given")
-    labels = list(labels) if labels is not None else [os.path.basename(os.path.normpath(d)) for d in run_dirs]
-    if len(labels) != len(run_dirs):
-        raise ValueError(f"plot_runs: {len(run_dirs)} runs but {len(labels)} labels")
+    labels = _run_labels(run_dirs, labels)
     runs = [read_metrics(d) for d in run_dirs]
     multi = len(runs) > 1
-
     panels = _panels(runs)
     if not panels:
         raise _nothing_to_plot(run_dirs)
@@ -356,70 +451,15 @@ def plot_runs(run_dirs: Iterable[str | os.PathLike], labels: Iterable[str] | Non
     # One step axis for every panel, so a dev point lines up with the training around it.
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    term_styles = ["--", ":", "-."]
-
-    def draw(ax, xs, ys, marker=None, **style):
-        """A line; a series of a few points gets markers (one point alone would not show; three joined pass for a
-        curve). A step whose value is not finite (a diverged loss) gets a red cross at the panel's top: a NaN
-        draws nothing at all."""
-        ax.plot(xs, ys, marker=marker or ("o" if len(xs) <= FEW else None), ms=3, **style)
-        bad = [x for x, y in zip(xs, ys) if math.isnan(y)]
-        if bad:
-            seen = any(line.get_label() == NAN_LABEL for line in ax.get_lines())
-            ax.plot(bad, [0.97] * len(bad), transform=ax.get_xaxis_transform(), ls="", marker="x", ms=6,
-                    color="red", label="_" if seen else NAN_LABEL, gid=NAN_GID)
-
     beside = [0.0] * ncols   # per column: the widest legend drawn beside a panel
     for n, (ax, panel) in enumerate(zip(axes.flat, panels)):
         for i, (records, label) in enumerate(zip(runs, labels)):
-            c = colours[i % len(colours)]
-            tag = f"{label}: " if multi else ""
-            if panel in ("train loss", "eval loss"):
-                split = panel.split()[0]
-                xs, ys = _series(records, split, "loss")
-                if xs:
-                    draw(ax, xs, ys, "o" if split == "eval" else None, color=c if multi else None, lw=1.8,
-                         label=f"{tag}loss")
-                terms = _keys(records, split, _is_loss_term)
-                for j, k in enumerate(terms if len(terms) > 1 or not xs else []):  # one term is the total again
-                    xs, ys = _series(records, split, k)
-                    draw(ax, xs, ys, "o" if split == "eval" else None, color=c if multi else None, lw=1.0,
-                         ls=term_styles[j % len(term_styles)], label=f"{tag}{k}")
-                ax.set_ylabel("loss")
-            elif panel == "accuracy":
-                markers = "osd^v<>"
-                for split, ls in (("train", "--"), ("eval", "-")):
-                    for j, k in enumerate(_keys(records, split, _is_accuracy)):
-                        xs, ys = _series(records, split, k)
-                        marker = markers[j % len(markers)] if multi or split == "eval" else None
-                        draw(ax, xs, ys, marker, color=c if multi else None, ls=ls, lw=1.3,
-                             markevery=max(1, len(xs) // 20), label=f"{tag}{split} {k}")
-                ax.set_ylabel("accuracy")
-            elif panel == "dev scores":
-                for j, k in enumerate(_keys(records, "eval", _is_score)):
-                    xs, ys = _series(records, "eval", k)
-                    draw(ax, xs, ys, "o", color=c if multi else None, lw=1.3,
-                         ls=term_styles[j % len(term_styles)] if multi else "-", label=f"{tag}{k}")
-                ax.set_ylabel("score")
-            else:
-                xs, ys = _series(records, "train", "lr")
-                draw(ax, xs, ys, color=c, label=f"{tag}lr" if multi else "lr")
-                ax.set_ylabel("learning rate")
-                ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        if panel in ("train loss", "eval loss") and _spans_decades(ax):
-            ax.set_yscale("log")
-        ax.set_title(panel + (" (log scale)" if ax.get_yscale() == "log" else ""))
-        ax.set_xlabel("step")
-        ax.tick_params(labelbottom=True)  # sharex hides them above the last row
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))  # no tick at step 12.5
-        ax.xaxis.set_major_formatter(FuncFormatter(_step_label))
-        ax.grid(True, alpha=0.3)
+            _draw_run(ax, panel, records, colours[i % len(colours)], f"{label}: " if multi else "", multi)
+        _finish_panel(ax, panel)
         beside[n % ncols] = max(beside[n % ncols], _legend(ax))
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    # wrapped to the figure's width (about 9 characters of 12-point text an inch): long run names ran off both edges
-    fig.suptitle(textwrap.fill(", ".join(labels), int(9 * fig.get_figwidth()), break_on_hyphens=False,
-                               break_long_words=False) if len(labels) <= 4 else f"{len(labels)} runs")
+    fig.suptitle(_figure_title(labels, fig.get_figwidth()))
     fig.set_figwidth(fig.get_figwidth() + sum(beside))
     fig.tight_layout()
     return save(fig, out_png)
