@@ -79,6 +79,15 @@ ACT = {  # the names of config.ACTIVATIONS
 }
 
 
+def _split_selection(selection, packing: P.Packing) -> tuple[P.Selection | None, P.Selection | None]:
+    """(the selection the last layer computes, the rows to take after it). A plan that keeps the padding runs
+    every row through the last layer and takes the selected ones after; a function of the plan (the [CLS]
+    rows, say) is dropped there, as `first_tokens` finds them among all rows, and called here otherwise."""
+    if packing.key_mask is not None and selection is not None:
+        return None, (None if callable(selection) else selection)
+    return (selection(packing) if callable(selection) else selection), None
+
+
 def _as_grid(x: torch.Tensor, batch: int, seqlen: int, name: str) -> torch.Tensor:
     """`x` as a (batch, seqlen) grid. Any shape of at most two dimensions that broadcasts to it ((1, seqlen),
     (seqlen,), (batch, 1), a scalar) is expanded, as transformers' sum of embeddings broadcasts it; else an
@@ -682,25 +691,10 @@ class BertModel(BertPreTrainedModel):
         if output_attentions is None:
             output_attentions = self.config.output_attentions and selection is None
         batch, seqlen = self.input_shape(input_ids, inputs_embeds)
-        ref, given = (input_ids, "input_ids") if input_ids is not None else (inputs_embeds, "inputs_embeds")
-        if seqlen > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {seqlen} exceeds max_position_embeddings "
-                             f"({self.config.max_position_embeddings}); truncate the input")
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, seqlen, dtype=torch.long, device=ref.device)
-        else:
-            check_tensor(attention_mask, "attention_mask")
-            if attention_mask.shape != (batch, seqlen):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
-                                 f"expected {(batch, seqlen)} like {given}")
-        # checked before the plan (on a GPU, the forward's one host sync); (1, seqlen) types apply to every
-        # sequence, as transformers broadcasts them
-        grids = {}
-        for name, x in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-            if x is not None:
-                check_tensor(x, name)
-                _check_index_dtype(x, name)
-                grids[name] = _as_grid(x, batch, seqlen, name)
+        ref = input_ids if input_ids is not None else inputs_embeds
+        attention_mask, grids = self._checked_grids(attention_mask, token_type_ids, position_ids, batch, seqlen,
+                                                    "input_ids" if input_ids is not None else "inputs_embeds",
+                                                    ref.device)
         if packing is None:
             packing = P.pack_padded(attention_mask) if P.tracing() else P.pack(attention_mask)
         elif (packing.batch, packing.seqlen) != (batch, seqlen):
@@ -709,14 +703,7 @@ class BertModel(BertPreTrainedModel):
         if selection is not None and (output_hidden_states or output_attentions):
             raise ValueError("a selection keeps only some rows of the last layer; ask for hidden states or "
                              "attentions without one")
-        take = None  # a plan that keeps the padding: every row through the last layer, then the selected ones
-        if packing.key_mask is not None and selection is not None:
-            if callable(selection):  # the [CLS] rows, say: dropped, as first_tokens finds them among all rows
-                selection = None
-            else:
-                take, selection = selection, None
-        if callable(selection):
-            selection = selection(packing)
+        selection, take = _split_selection(selection, packing)
 
         if position_ids is None and packing.key_mask is not None:       # every position is a row
             positions = torch.arange(seqlen, device=ref.device).repeat(batch)  # (batch * seqlen,)
@@ -742,6 +729,29 @@ class BertModel(BertPreTrainedModel):
         if take is not None:
             h, selection = h.index_select(0, take.rows), take                 # (selected, hidden)
         return Encoded(h, packing, all_hidden, all_weights, selection)
+
+    def _checked_grids(self, attention_mask, token_type_ids, position_ids, batch: int, seqlen: int, given: str,
+                       device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The attention mask (all ones when not given) and the token types / positions given, as (batch,
+        seqlen) grids, checked before the plan (on a GPU, the forward's one host sync); (1, seqlen) types
+        apply to every sequence, as transformers broadcasts them. `given`: the input that set the shape."""
+        if seqlen > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seqlen} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings}); truncate the input")
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seqlen, dtype=torch.long, device=device)
+        else:
+            check_tensor(attention_mask, "attention_mask")
+            if attention_mask.shape != (batch, seqlen):
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                                 f"expected {(batch, seqlen)} like {given}")
+        grids = {}
+        for name, x in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            if x is not None:
+                check_tensor(x, name)
+                _check_index_dtype(x, name)
+                grids[name] = _as_grid(x, batch, seqlen, name)
+        return attention_mask, grids
 
     def input_shape(self, input_ids=None, inputs_embeds=None) -> tuple[int, int]:
         """(batch, seqlen) of the one of `input_ids` (batch, seqlen) and `inputs_embeds` (batch, seqlen, hidden)
