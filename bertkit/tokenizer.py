@@ -1046,15 +1046,22 @@ class BertTokenizer:
         """Tokens joined back into text as decode does ("##" pieces glued, spaces before punctuation removed)."""
         return self._tok.decoder.decode(list(tokens))
 
-    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
-        """Text of `ids` (list, 1-D tensor or int), as transformers decodes: "##" pieces glued back and the
-        space before each punctuation token removed (" ." -> "."); with clean-up (None: the tokenizer's
-        `clean_up_tokenization_spaces`), also the spaces around apostrophes of contractions ("can ' t" -> "can't")."""
+    def decode(self, ids, skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str | list[str]:
+        """Text of `ids` (list, 1-D tensor or array, or int), as transformers decodes: "##" pieces glued back and
+        the space before each punctuation token removed (" ." -> "."); with clean-up (None: the tokenizer's
+        `clean_up_tokenization_spaces`), also the spaces around apostrophes of contractions ("can ' t" -> "can't").
+        A batch (a list of sequences, a 2-D tensor or array) gives a list of texts, as transformers 5's decode."""
+        if _is_id_batch(ids):
+            return self.batch_decode(ids, skip_special_tokens, clean_up_tokenization_spaces)
         return self.batch_decode([_id_list(ids)], skip_special_tokens, clean_up_tokenization_spaces)[0]
 
     def batch_decode(self, sequences, skip_special_tokens: bool = False,
                      clean_up_tokenization_spaces: bool | None = None) -> list[str]:
-        sequences = sequences.tolist() if isinstance(sequences, torch.Tensor) else [_id_list(s) for s in sequences]
+        if isinstance(sequences, torch.Tensor) and sequences.dim() == 2:
+            sequences = sequences.tolist()
+        else:  # rows of a list, an array or a tensor of other shape (a one-line error names it)
+            sequences = [_id_list(s) for s in sequences]
         texts = self._tok.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
         if self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces:
             return [self.clean_up_tokenization(t) for t in texts]
@@ -1732,13 +1739,19 @@ def _option(value, allowed: dict, name: str):
     raise ValueError(f"{name} must be one of {choices}; got {value!r}")
 
 
+def _is_id_batch(ids) -> bool:
+    """True for sequences of ids: a 2-D tensor or array, or a non-empty list whose first item is a sequence."""
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        return ids.ndim == 2
+    return isinstance(ids, (list, tuple)) and len(ids) > 0 and (
+        isinstance(ids[0], (list, tuple)) or getattr(ids[0], "ndim", 0) == 1)
+
+
 def _id_list(ids) -> list[int]:
     """One sequence of ids as a list, from a list, a 0-/1-D tensor or an int."""
     if isinstance(ids, torch.Tensor):
         if ids.dim() > 1:
-            raise ValueError(
-                f"expected one sequence of ids, got a tensor of shape {tuple(ids.shape)}; use batch_decode"
-            )
+            raise ValueError(f"expected one sequence of ids, got a tensor of shape {tuple(ids.shape)}")
         return ids.reshape(-1).tolist()
     if isinstance(ids, int):
         return [ids]

@@ -1566,6 +1566,24 @@ def test_a_text_longer_than_the_model_takes_is_said_once():
         tok("word " * 600, truncation=True)
 
 
+def test_decode_of_a_batch_gives_a_list_of_texts_as_transformers(tok, hf):
+    """transformers 5's decode takes a batch too (a list of sequences, a 2-D tensor or array, a list of 1-D
+    tensors) and returns one text per sequence; a tensor of more dimensions is a one-line error here."""
+    texts = ["Hello, world!", "I can't say it's done.", "a"]
+    enc = tok(texts, padding=True, return_tensors="pt")["input_ids"]
+    rows = enc.tolist()
+    for batch in (rows, tuple(rows), enc, enc.numpy(), list(enc), [[]], [[], [101, 102]]):
+        for skip in (False, True):
+            for clean in (None, True):
+                got = tok.decode(batch, skip_special_tokens=skip, clean_up_tokenization_spaces=clean)
+                assert isinstance(got, list)
+                assert got == hf.decode(batch, skip_special_tokens=skip, clean_up_tokenization_spaces=clean)
+    assert tok.decode([]) == hf.decode([]) == ""  # an empty list is one empty sequence
+    assert tok.decode(enc[0]) == hf.decode(enc[0])  # one row stays one text
+    with pytest.raises(ValueError, match=r"^expected one sequence of ids, got a tensor of shape \(1, 3, 1\)$"):
+        tok.decode(enc[None, :, :1])
+
+
 def test_wrong_id_or_token_types_are_one_line_type_errors():
     from tokenizers import AddedToken
     tok = BertTokenizer.from_pretrained(MINILM)
