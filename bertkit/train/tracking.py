@@ -297,10 +297,12 @@ def _is_score(key: str) -> bool:
 
 
 def _shown(key: str, split: str) -> bool:
-    """What the bar or line shows: the loss, accuracies, tokens/s, and a held-out run's scores (the F1 that
-    picks a tagger's best checkpoint, a regression's correlations and MSE, SQuAD's exact match and F1)."""
-    return key in ("loss", "tokens_per_s") or _is_accuracy(key) or (split != "train" and (key in SCORES or
-                                                                                         key == "mse"))
+    """What the bar or line shows: the loss, accuracies, tokens/s, fp16's skipped steps (an overflow changes no
+    weight: worth seeing as it happens), and a held-out run's scores (the F1 that picks a tagger's best
+    checkpoint, a regression's correlations and MSE, SQuAD's exact match and F1)."""
+    if split == "train":
+        return key in ("loss", "tokens_per_s", "skipped_steps") or _is_accuracy(key)
+    return key in ("loss", "tokens_per_s", "mse", *SCORES) or _is_accuracy(key)
 
 
 def _is_loss_term(key: str) -> bool:

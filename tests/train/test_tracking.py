@@ -114,9 +114,10 @@ def test_progress_without_a_tty_is_a_line_per_logged_step(tmp_path, capsys):
     tr.log(5, {"perplexity": 9.0}, split="eval")   # nothing the line shows: no line
     tr.log(5, {"exact": 50.0, "f1": 62.5, "HasAns_f1": 70.0}, split="eval")  # held-out scores, the main ones
     tr.log(5, {"pearson": 0.8, "mse": 0.25, "loss_x": 1.0}, split="eval")
-    tr.log(5, {"f1": 0.5, "mse": 1.0})  # in training, only loss, accuracies, tokens/s
+    tr.log(5, {"f1": 0.5, "mse": 1.0})  # in training, only loss, accuracies, tokens/s and fp16's skipped steps
+    tr.log(5, {"loss": 3.0, "skipped_steps": 2, "loss_scale": 32768.0})
     assert capsys.readouterr().err == ("step 5/5 eval_loss=2 eval_acc=0.5\nstep 5/5 eval_exact=50 eval_f1=62.5\n"
-                                       "step 5/5 eval_pearson=0.8 eval_mse=0.25\n")
+                                       "step 5/5 eval_pearson=0.8 eval_mse=0.25\nstep 5/5 loss=3 skipped_steps=2\n")
 
 
 def test_progress_lines_for_long_loops(capsys, monkeypatch):
