@@ -370,13 +370,13 @@ def mask_examples(documents_dir: Path, tok: BertTokenizer, n: int = 4, seed: int
 
 # what the arguments check on --resume leaves alone: how the run is shown, saved or executed, not what it computes;
 # its length (more steps); where the run directory is (--output, by any path); what the data check (_prepare_data)
-# compares by content (the corpus and tokenizer paths, which may move) or refuses with its own message (seq_len,
-# doc_boundary, wrapped, seed), as the trainer does for the batch (a per-process batch may change with the number of
-# processes, the global one may not)
+# compares by content (the corpus and tokenizer paths, which may move) or refuses with its own message (doc_boundary,
+# wrapped, seed), as the trainer does for the batch (a per-process batch may change with the number of processes, the
+# global one may not). seq_len is checked here: --max-predictions follows it when not given, and the message should
+# name the flag the user changed, not only the one that followed it
 RESUME_FREE = frozenset({"resume", "compile", "gradient_checkpointing", "fsdp", "log_every", "keep_last", "save_every",
                          "eval_every", "eval_batches", "max_steps", "warmup_steps", "corpus", "eval_corpus",
-                         "tokenizer", "seq_len", "doc_boundary", "wrapped", "seed", "batch_size", "grad_accum",
-                         "output"})
+                         "tokenizer", "doc_boundary", "wrapped", "seed", "batch_size", "grad_accum", "output"})
 
 
 def run_pretraining(args: PretrainArgs) -> dict:

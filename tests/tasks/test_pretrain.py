@@ -314,10 +314,11 @@ def test_data_of_other_input_is_rebuilt_or_refused(corpus, tokenizer_dir, tmp_pa
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("run", "clean"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # trained on the same data as a clean directory
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--seq-len", "48", "--resume") == 2
-    assert "these differ: --max-predictions 8 (the run's: 5)" in capsys.readouterr().err  # 15% of the length
+    # 15% of the length, and the length the user changed
+    assert "these differ: --max-predictions 8 (the run's: 5), --seq-len 48 (the run's: 32)" in capsys.readouterr().err
     assert pretrain(corpus, tmp_path / "run", "--tokenizer", str(tokenizer_dir), "--seq-len", "48", "--resume",
                     "--max-predictions", "5") == 2
-    assert "data was built from other input (seq_len differ); --resume needs" in capsys.readouterr().err
+    assert "these differ: --seq-len 48 (the run's: 32). Start a new run" in capsys.readouterr().err
     moved = tmp_path / "elsewhere" / corpus.name  # the same corpus copied to another place (new path and mtime)
     moved.parent.mkdir()
     shutil.copy(corpus, moved)
