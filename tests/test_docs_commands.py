@@ -1,0 +1,64 @@
+"""The bench commands that README.md and docs/PERFORMANCE.md give parse as written: a flag renamed or dropped
+in a script shows here, not when a reader (or a session with a GPU for ten minutes) copies the command."""
+from __future__ import annotations
+
+import argparse
+import re
+import runpy
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "docs/PERFORMANCE.md")
+
+
+def _commands(text: str) -> list[str]:
+    """`python bench/...` commands of the code blocks (continued lines joined, comments dropped) and of the
+    inline code spans (which may wrap across lines), up to a redirection or pipe; usage lines ([--flag N]) left out."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    found = []
+    for block in blocks:
+        found += [" ".join(line.split(" #")[0].split()) for line in block.replace("\\\n", " ").splitlines()]
+    found += [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))]
+    commands = []
+    for c in found:
+        if "python bench/" in c and "[" not in c:
+            c = c[c.index("python bench/"):]
+            commands.append(re.split(r"\s(?:\d?>|\|)", c)[0].strip())
+    return commands
+
+
+def _all_commands() -> list[str]:
+    return sorted({c for doc in DOCS for c in _commands((ROOT / doc).read_text(encoding="utf-8"))})
+
+
+class _Parsed(Exception):
+    pass
+
+
+def test_the_docs_give_bench_commands():
+    commands = _all_commands()
+    assert len(commands) >= 30, commands  # the extraction itself works
+    assert "python bench/infer_cpu.py" in commands and "python bench/cold_start.py --repeats 5" in commands
+    assert _commands("x `python bench/a.py --b 1\n --c` y\n```bash\npython bench/d.py \\\n  --e  # note\n```\n"
+                     "`python bench/f.py [--g N]` `python bench/h.py 2> log.txt`") == [
+        "python bench/d.py --e", "python bench/a.py --b 1 --c", "python bench/h.py"]
+
+
+@pytest.mark.parametrize("command", _all_commands())
+def test_a_bench_command_of_the_docs_parses(command, monkeypatch):
+    script, *args = shlex.split(command)[1:]
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, argv=None, namespace=None):
+        parse(self, argv, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
+    monkeypatch.syspath_prepend(str(ROOT))
+    with pytest.raises(_Parsed):  # an unknown or missing flag exits with argparse's error (SystemExit) instead
+        runpy.run_path(str(ROOT / script), run_name="__main__")
