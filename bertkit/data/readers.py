@@ -543,53 +543,81 @@ def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) 
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{where}: expected SQuAD JSON, an object with a 'data' list of articles")
     examples: list[SquadExample] = []
-    bad: list[str] = []
+    bad: list[str] = []   # answer spans that do not match their context, reported together at the end
     seen: set[str] = set()
-    for a, article in enumerate(data["data"]):
+    for title, context, qas, at in _squad_paragraphs(data["data"], where):
+        for q, qa in enumerate(qas):
+            qid = _squad_qid(qa, f"{at} question {q}", at, where, seen)
+            impossible, answers = _squad_answers(qa, qid, context, where, labelled, bad)
+            examples.append(SquadExample(qid, qa["question"], context, answers, impossible, title))
+    _report_mismatches(bad, where, strict)
+    return examples
+
+
+def _squad_paragraphs(articles: list[Any], where: str) -> Iterator[tuple[str, str, Sequence[Any], str]]:
+    """Every paragraph as (its article's title, context, questions, where it is), each checked as it is reached."""
+    for a, article in enumerate(articles):
         _squad_object(article, f"{where}: article {a}", "paragraphs")
         title = article.get("title", "")
         for p, para in enumerate(article.get("paragraphs", ())):
-            _squad_object(para, f"{where}: article {a} ({title!r}) paragraph {p}", "qas")
+            at = f"{where}: article {a} ({title!r}) paragraph {p}"
+            _squad_object(para, at, "qas")
             context = para.get("context")
             if not isinstance(context, str):
-                raise ValueError(f"{where}: article {a} ({title!r}) paragraph {p} has no 'context' string")
-            for q, qa in enumerate(para.get("qas", ())):
-                _squad_object(qa, f"{where}: article {a} ({title!r}) paragraph {p} question {q}", "answers")
-                qid = qa.get("id")
-                if not isinstance(qid, str) or not isinstance(qa.get("question"), str):
-                    raise ValueError(f"{where}: article {a} ({title!r}) paragraph {p}: a question without a "
-                                     f"string 'id' and 'question' (id {qid!r})")
-                if qid in seen:  # predictions and scores are keyed by id
-                    raise ValueError(f"{where}: question id {qid!r} appears twice; ids must be unique")
-                seen.add(qid)
-                impossible = qa.get("is_impossible", False)
-                if not isinstance(impossible, bool):
-                    raise ValueError(f"{where}: question {qid}: 'is_impossible' must be true or false, "
-                                     f"got {impossible!r}")
-                answers = []
-                for ans in qa.get("answers", ()):
-                    if impossible and isinstance(ans, dict) and ans.get("text") == "":
-                        continue  # ("", -1): a placeholder some files give unanswerable questions
-                    try:
-                        text, start = ans["text"], ans["answer_start"]
-                        if not isinstance(text, str) or not text or isinstance(start, bool) or int(start) < 0:
-                            raise ValueError
-                        start = int(start)
-                    except (KeyError, TypeError, ValueError):
-                        raise ValueError(f"{where}: question {qid}: an answer needs a non-empty string 'text' and an "
-                                         f"integer 'answer_start' >= 0, got {ans!r:.120}") from None
-                    if context[start:start + len(text)] != text:
-                        bad.append(f"question {qid}: answer {text!r} at {start} does not match the context there "
-                                   f"({context[start:start + len(text)]!r})")
-                    answers.append((text, start))
-                if impossible and answers:
-                    raise ValueError(f"{where}: question {qid} is marked is_impossible but has answers")
-                if labelled and not impossible and not answers:
-                    raise ValueError(f"{where}: question {qid} has no answers and is not marked is_impossible")
-                examples.append(SquadExample(qid, qa["question"], context, answers, impossible, title))
+                raise ValueError(f"{at} has no 'context' string")
+            yield title, context, para.get("qas", ()), at
+
+
+def _squad_qid(qa: Any, at_question: str, at_paragraph: str, where: str, seen: set[str]) -> str:
+    """The question's id, once `seen`; the question must be an object with a string id and question text."""
+    _squad_object(qa, at_question, "answers")
+    qid = qa.get("id")
+    if not isinstance(qid, str) or not isinstance(qa.get("question"), str):
+        raise ValueError(f"{at_paragraph}: a question without a string 'id' and 'question' (id {qid!r})")
+    if qid in seen:  # predictions and scores are keyed by id
+        raise ValueError(f"{where}: question id {qid!r} appears twice; ids must be unique")
+    seen.add(qid)
+    return qid
+
+
+def _squad_answers(qa: dict[str, Any], qid: str, context: str, where: str, labelled: bool,
+                   bad: list[str]) -> tuple[bool, list[tuple[str, int]]]:
+    """(is_impossible, answers) of a question; an answer that does not match the context is added to `bad`."""
+    impossible = qa.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise ValueError(f"{where}: question {qid}: 'is_impossible' must be true or false, got {impossible!r}")
+    answers = []
+    for ans in qa.get("answers", ()):
+        if impossible and isinstance(ans, dict) and ans.get("text") == "":
+            continue  # ("", -1): a placeholder some files give unanswerable questions
+        text, start = _squad_answer(ans, qid, where)
+        if context[start:start + len(text)] != text:
+            bad.append(f"question {qid}: answer {text!r} at {start} does not match the context there "
+                       f"({context[start:start + len(text)]!r})")
+        answers.append((text, start))
+    if impossible and answers:
+        raise ValueError(f"{where}: question {qid} is marked is_impossible but has answers")
+    if labelled and not impossible and not answers:
+        raise ValueError(f"{where}: question {qid} has no answers and is not marked is_impossible")
+    return impossible, answers
+
+
+def _squad_answer(ans: Any, qid: str, where: str) -> tuple[str, int]:
+    """An answer's (text, start): a non-empty string and an integer offset >= 0."""
+    try:
+        text, start = ans["text"], ans["answer_start"]
+        if not isinstance(text, str) or not text or isinstance(start, bool) or int(start) < 0:
+            raise ValueError
+        return text, int(start)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{where}: question {qid}: an answer needs a non-empty string 'text' and an "
+                         f"integer 'answer_start' >= 0, got {ans!r:.120}") from None
+
+
+def _report_mismatches(bad: list[str], where: str, strict: bool) -> None:
+    """All mismatched answer spans in one error (or, not `strict`, one warning): counted, the first shown."""
     if bad:
         msg = f"{where}: {len(bad)} answer span(s) do not match their context; first: {bad[0]}"
         if strict:
             raise ValueError(msg)
         warn(msg)
-    return examples
