@@ -227,6 +227,17 @@ def iter_columns(path: str | Path, columns: dict[str, str | int | None], *, form
     be none: a field that may be empty, in JSONL also a list of labels (a tuple of their texts); `list_hint` says
     what a list refused in another label role is for. `read_table` is this with the classification roles."""
     path = Path(path)
+    fmt = _checked_format(path, format)
+    if fmt == "jsonl":
+        yield from _read_jsonl(path, columns, label_roles, label_lists, list_hint)
+    elif fmt == "text":
+        yield from _read_plain(path, columns)
+    else:
+        yield from _read_delimited(path, fmt, columns, header, label_roles, label_lists)
+
+
+def _checked_format(path: Path, format: str | None) -> str:
+    """The table's format: given, or told by the extension."""
     fmt = table_format(path, format)
     if fmt not in ("csv", "tsv", "jsonl", "text"):
         if format is None:
@@ -234,43 +245,52 @@ def iter_columns(path: str | Path, columns: dict[str, str | int | None], *, form
                              f"pass the format (--format csv, tsv or jsonl, or for predict text: one text a line; "
                              f"format= in Python)")
         raise ValueError(f"format must be 'csv', 'tsv', 'jsonl' or 'text', got {format!r}")
-    if fmt == "jsonl":
-        yield from _read_jsonl(path, columns, label_roles, label_lists, list_hint)
-        return
-    if fmt == "text":
-        yield from _read_plain(path, columns)
-        return
+    return fmt
 
+
+def _read_delimited(path: Path, fmt: str, columns: dict[str, str | int | None], header: bool,
+                    label_roles: Sequence[str], label_lists: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`iter_columns` for CSV and TSV: every row as wide as the header (or, without one, the first row)."""
     rows = _rows_delimited(path, fmt)
-    names: list[str] | None = None
-    if header:
-        first = next(rows, None)
-        if first is None:
-            raise ValueError(f"{path}:1: expected a header line, the file is empty")
-        header_line, names = first
+    header_line, names = _read_header(rows, path) if header else (None, None)
+    required = [role for role in label_roles if role not in label_lists]  # label fields that must not be empty
     idx: dict[str, int | None] = {}
     width = 0
-    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
     for n, row in rows:
         where = f"{path}:{n}"
-        if not idx:
+        if not idx:  # the first row: the columns are resolved against the header, else against this row
             width = len(names) if names is not None else len(row)
-            loc = f"{path}:{header_line}" if names is not None else where
-            idx = {role: None if spec is None else _resolve(spec, names, width, loc, role)
-                   for role, spec in columns.items()}
+            idx = _column_indices(columns, names, width, f"{path}:{header_line}" if names is not None else where)
         if len(row) != width:
-            like = "the header" if names is not None else "the first row"
-            raise ValueError(f"{where}: expected {width} {kind} fields (like {like}), found {len(row)}")
+            raise _width_error(where, fmt, width, len(row), names is not None)
         values = {role: None if i is None else row[i] for role, i in idx.items()}
-        for role in label_roles:
-            if role not in label_lists and values.get(role) is not None and not values[role].strip():
+        for role in required:
+            if values.get(role) is not None and not values[role].strip():
                 label = "label" if role == "label_column" else role
                 raise ValueError(f"{where}: the {label} field (column {idx[role]}) is empty")
         yield n, values
-    if not idx:  # no data rows: still report a bad column choice
-        for role, spec in columns.items():
-            if spec is not None and names is not None:
-                _resolve(spec, names, len(names), f"{path}:{header_line}", role)
+    if not idx and names is not None:  # no data rows: still report a bad column choice
+        _column_indices(columns, names, len(names), f"{path}:{header_line}")
+
+
+def _read_header(rows: Iterator[tuple[int, list[str]]], path: Path) -> tuple[int, list[str]]:
+    """The header row: its line and its column names."""
+    first = next(rows, None)
+    if first is None:
+        raise ValueError(f"{path}:1: expected a header line, the file is empty")
+    return first
+
+
+def _column_indices(columns: dict[str, str | int | None], names: list[str] | None, width: int,
+                    where: str) -> dict[str, int | None]:
+    """Each role's 0-based field index (None for a role without a column)."""
+    return {role: None if spec is None else _resolve(spec, names, width, where, role) for role, spec in columns.items()}
+
+
+def _width_error(where: str, fmt: str, width: int, found: int, header: bool) -> ValueError:
+    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
+    like = "the header" if header else "the first row"
+    return ValueError(f"{where}: expected {width} {kind} fields (like {like}), found {found}")
 
 
 def _read_plain(path: Path, columns: dict[str, str | int | None]) -> Iterator[tuple[int, dict[str, Any]]]:
