@@ -124,37 +124,55 @@ def label_info(examples: Sequence[Example], regression: bool = False, source: st
     else classification over the sorted distinct labels; with `multi_label`, over the sorted distinct labels of
     every row (`split_labels`)."""
     if multi_label:
-        names = [name for ex in examples for name in split_labels(getattr(ex, "label", ex), separator)]
-        labels = tuple(label_set(names)) if names else ()
-        if len(labels) < 2:
-            raise ValueError(f"{source or 'the training data'}: multi-label classification needs at least two "
-                             f"distinct labels, found {list(labels)} (labels separated by {separator!r})")
-        return LabelInfo(False, labels, True, separator)
+        return _multi_label_info(examples, source, separator)
+    _refuse_label_lists(examples, source)
+    if regression:
+        _refuse_non_numbers(examples, source)
+        return LabelInfo(True)
+    if is_regression(examples):
+        return LabelInfo(True)
+    _refuse_damaged_regression(examples, source)
+    labels = tuple(label_set(examples))
+    if len(labels) < 2:
+        raise ValueError(f"classification needs at least two distinct labels in the training data, found {labels}")
+    return LabelInfo(False, labels)
+
+
+def _multi_label_info(examples: Sequence[Example], source: str, separator: str) -> LabelInfo:
+    names = [name for ex in examples for name in split_labels(getattr(ex, "label", ex), separator)]
+    labels = tuple(label_set(names)) if names else ()
+    if len(labels) < 2:
+        raise ValueError(f"{source or 'the training data'}: multi-label classification needs at least two "
+                         f"distinct labels, found {list(labels)} (labels separated by {separator!r})")
+    return LabelInfo(False, labels, True, separator)
+
+
+def _refuse_label_lists(examples: Sequence[Example], source: str) -> None:
+    """A JSONL list of labels asks for multi-label classification, which was not asked for."""
     listed = next((ex for ex in examples if isinstance(getattr(ex, "label", ex), tuple)), None)
     if listed is not None:  # (rows, or their labels, may be given)
         raise ValueError(f"{source or 'line'}:{getattr(listed, 'line', '?')}: a list of labels "
                          f"{list(getattr(listed, 'label', listed))!r} is for multi-label classification "
                          f"(--multi-label)")
-    if regression:
-        bad = next((ex for ex in examples if isinstance(label_key(ex.label), str)), None)
-        if bad is not None:
-            raise ValueError(f"{source or 'line'}:{bad.line}: regression needs a finite number as the label, "
-                             f"got {bad.label!r}")
-        return LabelInfo(True)
-    if is_regression(examples):
-        return LabelInfo(True)
+
+
+def _refuse_non_numbers(examples: Sequence[Example], source: str) -> None:
+    """An asked-for regression needs every label a finite number."""
+    bad = next((ex for ex in examples if isinstance(label_key(ex.label), str)), None)
+    if bad is not None:
+        raise ValueError(f"{source or 'line'}:{bad.line}: regression needs a finite number as the label, "
+                         f"got {bad.label!r}")
+
+
+def _refuse_damaged_regression(examples: Sequence[Example], source: str) -> None:
+    """Real-valued targets with a few others ("nan", "N/A") are a damaged regression file, not a set of classes."""
     rows = [(getattr(ex, "label", ex), getattr(ex, "line", "?")) for ex in examples]   # (rows, or their labels)
     numbers = [label for label, _ in rows if not isinstance(label_key(label), str)]
     if numbers and len(numbers) < len(rows) and is_regression(numbers):
-        # real-valued targets with a few others ("nan", "N/A"): a damaged regression file, not a set of classes
         label, line = next((label, line) for label, line in rows if isinstance(label_key(label), str))
         raise ValueError(f"{source or 'line'}:{line}: the label {label!r} is not a finite number, but the other "
                          f"labels are real numbers (a regression, e.g. {numbers[0]!r}): give each line a number, "
                          "or drop it")
-    labels = tuple(label_set(examples))
-    if len(labels) < 2:
-        raise ValueError(f"classification needs at least two distinct labels in the training data, found {labels}")
-    return LabelInfo(False, labels)
 
 
 def label_info_from_config(config, separator: str = ",") -> LabelInfo:
