@@ -135,38 +135,17 @@ def encode_qa(tok, examples: Sequence[SquadExample], max_seq_length: int = 384, 
     if not examples:
         return []
     questions = tok([e.question for e in examples], add_special_tokens=False)["input_ids"]
-    uniq: dict[str, int] = {}
-    for e in examples:
-        uniq.setdefault(e.context, len(uniq))
-    enc = tok(list(uniq), add_special_tokens=False, return_offsets_mapping=True)
-    ctx_ids = enc["input_ids"]
-    ctx_offsets = [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc["offset_mapping"]]  # (tokens, 2)
-    ctx_words = [np.asarray([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64)
-                 for i in range(len(uniq))]
+    uniq, ctx_ids, ctx_offsets, ctx_words = _tokenize_contexts(tok, examples)
     cls, sep = tok.cls_token_id, tok.sep_token_id
     feats: list[QAFeature] = []
-    owners: dict[tuple[int, int], tuple[list, np.ndarray]] = {}
+    windows: dict[tuple[int, int], tuple[list, np.ndarray]] = {}
     for i, (ex, q) in enumerate(zip(examples, questions)):
         q = q[:max_query_length]
         c = uniq[ex.context]
         ids, offsets, words = ctx_ids[c], ctx_offsets[c], ctx_words[c]
-        budget = max_seq_length - len(q) - 3
-        if budget <= doc_stride:
-            raise ValueError(f"{where}question {ex.qid}: max_seq_length {max_seq_length} leaves {budget} context "
-                             f"tokens per window after the {len(q)}-token question, not more than doc_stride "
-                             f"{doc_stride}; raise max_seq_length or lower doc_stride / max_query_length")
-        if (c, budget) not in owners:
-            spans = context_windows(len(ids), budget, doc_stride)
-            owners[c, budget] = (spans, max_context_owner(len(ids), spans))
-        spans, owner = owners[c, budget]
-        answer = None
-        if labels and ex.answers and not ex.is_impossible:
-            text, start_char = ex.answers[0]
-            first, last = _answer_tokens(offsets, start_char, start_char + len(text))
-            if first > last:
-                raise ValueError(f"{where}question {ex.qid}: answer {text!r} at {start_char} covers no token of "
-                                 f"the context")
-            answer = (first, last)
+        budget = _context_budget(max_seq_length, len(q), doc_stride, ex.qid, where)
+        spans, owner = _windows_of(windows, c, len(ids), budget, doc_stride)
+        answer = _answer_span(ex, offsets, where) if labels else None
         head = [cls] + q + [sep]
         for k, (s, e) in enumerate(spans):
             input_ids = head + ids[s:e] + [sep]
@@ -179,6 +158,51 @@ def encode_qa(tok, examples: Sequence[SquadExample], max_seq_length: int = 384, 
             feats.append(QAFeature(input_ids, types, i, len(head), offsets[s:e], words[s:e], owner[s:e] == k,
                                    sp, ep))
     return feats
+
+
+def _tokenize_contexts(tok, examples: Sequence[SquadExample]
+                       ) -> tuple[dict[str, int], list[list[int]], list[np.ndarray], list[np.ndarray]]:
+    """Each distinct context tokenized once (a SQuAD paragraph has several questions): its index by text, and per
+    index its token ids, (tokens, 2) character offsets and word indices."""
+    uniq: dict[str, int] = {}
+    for e in examples:
+        uniq.setdefault(e.context, len(uniq))
+    enc = tok(list(uniq), add_special_tokens=False, return_offsets_mapping=True)
+    offsets = [np.asarray(o, dtype=np.int64).reshape(-1, 2) for o in enc["offset_mapping"]]  # (tokens, 2)
+    words = [np.asarray([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64) for i in range(len(uniq))]
+    return uniq, enc["input_ids"], offsets, words
+
+
+def _context_budget(max_seq_length: int, question_length: int, doc_stride: int, qid: str, where: str) -> int:
+    """Context tokens per window, besides the question, [CLS] and two [SEP]; windows must move forward."""
+    budget = max_seq_length - question_length - 3
+    if budget <= doc_stride:
+        raise ValueError(f"{where}question {qid}: max_seq_length {max_seq_length} leaves {budget} context "
+                         f"tokens per window after the {question_length}-token question, not more than doc_stride "
+                         f"{doc_stride}; raise max_seq_length or lower doc_stride / max_query_length")
+    return budget
+
+
+def _windows_of(cache: dict[tuple[int, int], tuple[list, np.ndarray]], context: int, n: int, budget: int,
+                doc_stride: int) -> tuple[list, np.ndarray]:
+    """The windows of a context and each token's owner window, computed once per (context, budget): the
+    questions of a paragraph share them."""
+    if (context, budget) not in cache:
+        spans = context_windows(n, budget, doc_stride)
+        cache[context, budget] = (spans, max_context_owner(n, spans))
+    return cache[context, budget]
+
+
+def _answer_span(ex: SquadExample, offsets: np.ndarray, where: str) -> tuple[int, int] | None:
+    """The first and last context token of the example's first answer; None when it has no answer."""
+    if not ex.answers or ex.is_impossible:
+        return None
+    text, start_char = ex.answers[0]
+    first, last = _answer_tokens(offsets, start_char, start_char + len(text))
+    if first > last:
+        raise ValueError(f"{where}question {ex.qid}: answer {text!r} at {start_char} covers no token of "
+                         f"the context")
+    return first, last
 
 
 def collate_qa(features: Sequence[QAFeature], pad_id: int = 0) -> dict[str, torch.Tensor]:
