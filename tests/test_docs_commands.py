@@ -4,6 +4,7 @@ the command."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import runpy
 import shlex
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/PERFORMANCE.md")
@@ -75,8 +77,14 @@ def test_a_bench_command_of_the_docs_parses(command, monkeypatch):
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     monkeypatch.setattr(sys, "argv", [str(ROOT / script), *args])
     monkeypatch.syspath_prepend(str(ROOT))
-    with pytest.raises(_Parsed):  # an unknown or missing flag exits with argparse's error (SystemExit) instead
-        runpy.run_path(str(ROOT / script), run_name="__main__")
+    threads, environ = torch.get_num_threads(), dict(os.environ)  # a script may set them as it is imported
+    try:
+        with pytest.raises(_Parsed):  # an unknown or missing flag exits with argparse's error (SystemExit) instead
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def test_the_readme_gives_cli_commands():
