@@ -830,34 +830,50 @@ def sentence_transformers_settings(directory: str, check_pooling: bool = True) -
             raise ValueError(f"{path}: entry {i} must be an object with a \"type\", got {module!r:.80}")
         kind, folder = module["type"].rsplit(".", 1)[-1], os.path.join(directory, module.get("path") or "")
         if kind == "Transformer":
-            file = os.path.join(folder, "sentence_bert_config.json")
-            cfg = read_json(file) if os.path.isfile(file) else {}
-            max_len = cfg.get("max_seq_length")
-            if max_len is not None and (not is_int(max_len) or max_len < 1):
-                raise ValueError(f"{file}: max_seq_length must be an int >= 1 or null, got {max_len!r}")
-            if cfg.get("do_lower_case"):
+            max_len, lower_case = _st_transformer(folder)
+            if lower_case:
                 skipped.append("do_lower_case")
         elif kind == "Pooling":
-            file = os.path.join(folder, "config.json")
-            cfg = read_json(file)
-            mode = cfg.get("pooling_mode") or [m for k, m in _ST_POOLING_FLAGS.items() if cfg.get(k)] or "mean"
-            mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode
-            if check_pooling and mode not in POOLINGS:
-                raise ValueError(f"feature-extraction: {file}: pooling {mode!r} is not one bertkit computes "
-                                 f"({', '.join(POOLINGS)}); pass pooling=... to choose one")
-            settings["pooling"] = mode
+            settings["pooling"] = _st_pooling(folder, check_pooling)
         elif kind == "Normalize":
             settings["normalize"] = True
         else:
             skipped.append(f"its {kind} module")
-    file = os.path.join(directory, "config_sentence_transformers.json")
-    prompt = read_json(file).get("default_prompt_name") if os.path.isfile(file) else None
+    prompt = _st_default_prompt(directory)
     if prompt:
         skipped.append(f"its default prompt {prompt!r}")
     if skipped:
         warn(f"feature-extraction: {directory}: bertkit does not apply {', '.join(skipped)}; "
              "its embeddings differ from sentence-transformers' encode()")
     return settings, max_len
+
+
+def _st_transformer(folder: str) -> tuple[int | None, bool]:
+    """A Transformer module's (max_seq_length, do_lower_case), from its sentence_bert_config.json if any."""
+    file = os.path.join(folder, "sentence_bert_config.json")
+    cfg = read_json(file) if os.path.isfile(file) else {}
+    max_len = cfg.get("max_seq_length")
+    if max_len is not None and (not is_int(max_len) or max_len < 1):
+        raise ValueError(f"{file}: max_seq_length must be an int >= 1 or null, got {max_len!r}")
+    return max_len, bool(cfg.get("do_lower_case"))
+
+
+def _st_pooling(folder: str, check_pooling: bool) -> Any:
+    """A Pooling module's mode: `pooling_mode`, else its flags (one mode, or a list of several), else mean."""
+    file = os.path.join(folder, "config.json")
+    cfg = read_json(file)
+    mode = cfg.get("pooling_mode") or [m for k, m in _ST_POOLING_FLAGS.items() if cfg.get(k)] or "mean"
+    mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode
+    if check_pooling and mode not in POOLINGS:
+        raise ValueError(f"feature-extraction: {file}: pooling {mode!r} is not one bertkit computes "
+                         f"({', '.join(POOLINGS)}); pass pooling=... to choose one")
+    return mode
+
+
+def _st_default_prompt(directory: str) -> Any:
+    """The default_prompt_name of config_sentence_transformers.json (encode() prepends that prompt), if any."""
+    file = os.path.join(directory, "config_sentence_transformers.json")
+    return read_json(file).get("default_prompt_name") if os.path.isfile(file) else None
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
