@@ -190,48 +190,80 @@ def resolve_model_dir(name_or_path: str | os.PathLike,
     if revision is not None:
         _check_revision(revision)
     sub = _check_subfolder(subfolder)
-
-    def inside(directory: str) -> str:
-        return os.path.join(directory, sub) if sub else directory
-
     name = os.fspath(name_or_path)
     if os.path.isdir(name):
-        if os.path.isdir(inside(name)):
-            return inside(name)
-        raise FileNotFoundError(f"{inside(name)}: the model directory {name} has no subfolder {sub!r}")
+        return _local_model_dir(name, sub)
     looked = [f"{name} (not a local directory)"]
     if name and not os.path.isabs(name) and ".." not in name.replace("\\", "/").split("/"):
-        candidate = os.path.join(bertkit_home(), name)
-        looked.append(candidate)
-        if os.path.isdir(inside(candidate)) and _has_any(inside(candidate), required):
-            if revision is not None:
-                warn(f"model {name!r}: revision {revision!r} ignored: loading {inside(candidate)} "
-                     "($BERTKIT_HOME), which has no revisions")
-            return inside(candidate)
-        hub = os.fspath(cache_dir) if cache_dir is not None else hf_hub_cache()
-        repo_dir = os.path.join(hub, "models--" + name.strip("/").replace("/", "--"))
-        if revision is None and os.path.isfile(os.path.join(repo_dir, "refs", "main")):
-            revision = "main"  # as transformers: no other snapshot stands in for the one main names
-        if revision is not None:
-            snapshot = inside(_hf_snapshot_for(name, repo_dir, revision))
-            if not _has_any(snapshot, required):
-                raise FileNotFoundError(f"model {name!r}: revision {revision!r} ({snapshot}) has no "
-                                        f"{' or '.join(required)}" + _broken_links(snapshot, required))
-            return snapshot
-        looked.append(os.path.join(repo_dir, "snapshots"))
-        for snapshot in _hf_snapshots(repo_dir):
-            if _has_any(inside(snapshot), required):
-                warn(f"model {name!r}: the hub cache {repo_dir} has no refs/main; loading its newest "
-                     f"snapshot, {os.path.basename(snapshot)} (pass revision= to choose)")
-                return inside(snapshot)
+        found = (_home_model_dir(name, required, revision, sub, looked)
+                 or _hub_model_dir(name, required, revision, cache_dir, sub, looked))
+        if found is not None:
+            return found
+    raise _model_not_found(name, required, sub, looked)
+
+
+def _inside(directory: str, sub: str) -> str:
+    return os.path.join(directory, sub) if sub else directory
+
+
+def _local_model_dir(name: str, sub: str) -> str:
+    """A local directory counts whatever it holds; only a missing subfolder is refused."""
+    if os.path.isdir(_inside(name, sub)):
+        return _inside(name, sub)
+    raise FileNotFoundError(f"{_inside(name, sub)}: the model directory {name} has no subfolder {sub!r}")
+
+
+def _home_model_dir(name: str, required: tuple[str, ...], revision: str | None, sub: str,
+                    looked: list[str]) -> str | None:
+    """`$BERTKIT_HOME/<name>` if it holds a required file (it has no revisions); appends it to `looked`."""
+    candidate = os.path.join(bertkit_home(), name)
+    looked.append(candidate)
+    if not (os.path.isdir(_inside(candidate, sub)) and _has_any(_inside(candidate, sub), required)):
+        return None
+    if revision is not None:
+        warn(f"model {name!r}: revision {revision!r} ignored: loading {_inside(candidate, sub)} "
+             "($BERTKIT_HOME), which has no revisions")
+    return _inside(candidate, sub)
+
+
+def _hub_model_dir(name: str, required: tuple[str, ...], revision: str | None,
+                   cache_dir: str | os.PathLike | None, sub: str, looked: list[str]) -> str | None:
+    """The hub cache's snapshot of `revision` (else of refs/main, else the newest one holding a required file,
+    with a warning); None when there is none, its snapshots folder then appended to `looked`."""
+    hub = os.fspath(cache_dir) if cache_dir is not None else hf_hub_cache()
+    repo_dir = os.path.join(hub, "models--" + name.strip("/").replace("/", "--"))
+    if revision is None and os.path.isfile(os.path.join(repo_dir, "refs", "main")):
+        revision = "main"  # as transformers: no other snapshot stands in for the one main names
+    if revision is not None:
+        return _hub_revision_dir(name, repo_dir, revision, required, sub)
+    looked.append(os.path.join(repo_dir, "snapshots"))
+    for snapshot in _hf_snapshots(repo_dir):
+        if _has_any(_inside(snapshot, sub), required):
+            warn(f"model {name!r}: the hub cache {repo_dir} has no refs/main; loading its newest "
+                 f"snapshot, {os.path.basename(snapshot)} (pass revision= to choose)")
+            return _inside(snapshot, sub)
+    return None
+
+
+def _hub_revision_dir(name: str, repo_dir: str, revision: str, required: tuple[str, ...], sub: str) -> str:
+    """The snapshot of one revision, which must hold a required file: no other snapshot stands in for it."""
+    snapshot = _inside(_hf_snapshot_for(name, repo_dir, revision), sub)
+    if not _has_any(snapshot, required):
+        raise FileNotFoundError(f"model {name!r}: revision {revision!r} ({snapshot}) has no "
+                                f"{' or '.join(required)}" + _broken_links(snapshot, required))
+    return snapshot
+
+
+def _model_not_found(name: str, required: tuple[str, ...], sub: str, looked: list[str]) -> FileNotFoundError:
+    """The error for a model found nowhere: a file, a path that is no directory, or a name not in any cache."""
     where = f" in subfolder {sub!r}" if sub else ""
     if os.path.isfile(name):
-        raise FileNotFoundError(f"{name}: a file, not a model directory (one that holds {' or '.join(required)})")
+        return FileNotFoundError(f"{name}: a file, not a model directory (one that holds {' or '.join(required)})")
     if os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(("/", os.sep)) or name.count("/") > 1:
-        raise FileNotFoundError(f"{name}: no such directory (a model directory holds {' or '.join(required)})")
-    raise FileNotFoundError(f"no model {name!r} with {' or '.join(required)}{where} found; looked in: "
-                            + "; ".join(looked) + ". bertkit never downloads: fetch it first (e.g. `hf download "
-                            + f"{name}`, into the hub cache) or pass a directory")
+        return FileNotFoundError(f"{name}: no such directory (a model directory holds {' or '.join(required)})")
+    return FileNotFoundError(f"no model {name!r} with {' or '.join(required)}{where} found; looked in: "
+                             + "; ".join(looked) + ". bertkit never downloads: fetch it first (e.g. `hf download "
+                             + f"{name}`, into the hub cache) or pass a directory")
 
 
 # ---------------------------------------------------------------------------------------------
