@@ -250,19 +250,46 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
     check_new_directory(output)
     path, kind = find_weights(source)
     where = source if os.path.isdir(source) else os.path.dirname(path) or "."
+    config, config_path = _read_config(where, config_file)
+    state, skipped = _read_state(path, kind)
+    notes = [n for n in (_padded_vocab(config, state),) if n]
+    check_config_sizes(config, state, path, config_path)  # before the model it describes is allocated
+    arch = _architecture(config, state, architecture_name)
+    model = _load_model(arch, config, state, path, architecture_name, notes)
+    tokenizer = _checked_tokenizer(where, vocab_file, lowercase, config, config_path)
+    with atomic_directory(output) as staging:
+        save_pretrained(model, staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    return Conversion(source=path, output=output, architecture=arch, num_weights=len(state), skipped=skipped,
+                      lowercase=tokenizer.do_lower_case if tokenizer is not None else None, notes=notes)
+
+
+def _read_config(where: str, config_file: str | None) -> tuple[BertConfig, str]:
+    """The config `convert` reads (see there) and its path."""
     config_path = _beside(where, CONFIG_FILES, config_file, "config file")
     if config_path is None:
         raise FileNotFoundError(f"{where}: no bert_config.json or config.json; pass --config FILE")
-    config = BertConfig.from_json_file(config_path)
-    skipped: list[str] = []
+    return BertConfig.from_json_file(config_path), config_path
+
+
+def _read_state(path: str, kind: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The checkpoint's weights under bertkit's names, and the TensorFlow training state left out."""
     if kind == "tf":
-        state, skipped = tf_state_dict(path)
-    else:
-        state = {legacy_name(k): t for k, t in read_weights(path).items()}
-    notes = [n for n in (_padded_vocab(config, state),) if n]
-    check_config_sizes(config, state, path, config_path)  # before the model it describes is allocated
+        return tf_state_dict(path)
+    return {legacy_name(k): t for k, t in read_weights(path).items()}, []
+
+
+def _architecture(config: BertConfig, state: dict[str, torch.Tensor], architecture_name: str | None) -> str:
+    """The model class `convert` writes: the one named, else the config's `architectures`, else the weights'."""
     named = next((a for a in config.architectures or () if a in ARCHITECTURES), None)
-    arch = architecture_name or named or architecture(state)
+    return architecture_name or named or architecture(state)
+
+
+def _load_model(arch: str, config: BertConfig, state: dict[str, torch.Tensor], path: str,
+                architecture_name: str | None, notes: list[str]):
+    """`arch` with the checkpoint's weights, every one of the class's there. Weights it has no place for are
+    left out, with a note appended to `notes`."""
     if arch in ("BertForSequenceClassification", "BertForTokenClassification") and "classifier.weight" in state:
         config.num_labels = state["classifier.weight"].shape[0]
     model = modeling.BertModel(config, add_pooling_layer=_has_pooler(state)) if arch == "BertModel" else \
@@ -275,18 +302,19 @@ def convert(source: str | os.PathLike, output: str | os.PathLike, *, config_file
     if model.load_report.unused:
         notes.append(f"left out {len(model.load_report.unused)} weights {arch} has no place for: "
                      f"{', '.join(model.load_report.unused[:4])}")
+    return model
 
+
+def _checked_tokenizer(where: str, vocab_file: str | None, lowercase: bool | None, config: BertConfig,
+                       config_path: str):
+    """The tokenizer `convert` writes, or None; one with more ids than the embeddings have rows is refused (its
+    last ids would fail at run time)."""
     tokenizer, tokenizer_path = _tokenizer(where, vocab_file, lowercase, config.max_position_embeddings)
-    if tokenizer is not None and tokenizer.num_ids > config.vocab_size:  # its last ids would fail at run time
+    if tokenizer is not None and tokenizer.num_ids > config.vocab_size:
         raise ValueError(f"{tokenizer_path}: {tokenizer.num_ids} token ids, but the checkpoint's word embeddings "
                          f"have {config.vocab_size} rows (vocab_size in {config_path}): not the vocabulary this "
                          "model was trained with; pass the right one with --vocab")
-    with atomic_directory(output) as staging:
-        save_pretrained(model, staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-    return Conversion(source=path, output=output, architecture=arch, num_weights=len(state), skipped=skipped,
-                      lowercase=tokenizer.do_lower_case if tokenizer is not None else None, notes=notes)
+    return tokenizer
 
 
 def _tokenizer(where: str, vocab_file: str | None, lowercase: bool | None, max_length: int):
