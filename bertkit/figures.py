@@ -141,7 +141,6 @@ def attention(tokens: Sequence[str], weights, path: str | os.PathLike, layers: S
     (one scale: 0 to 1). Token labels go on the maps while they stay readable: one layer's or one head's maps up
     to 32 tokens, a layers x heads grid while maps x tokens <= 128; the figure's size is bounded whatever the
     text's length."""
-    import textwrap
     plt = pyplot()
     grid = [(layer, head) for layer in layers for head in heads]
     full = len(layers) > 1 and len(heads) > 1   # a layers x heads grid: heads across, layers down
@@ -149,10 +148,7 @@ def attention(tokens: Sequence[str], weights, path: str | os.PathLike, layers: S
     rows = -(-len(grid) // cols)
     n = len(tokens)
     labelled = (not full and n <= 32) or len(grid) * n <= 128
-    if labelled:   # inches per map: room for the labels, up to 6 a map where there are several
-        cell = min(0.9 + 0.22 * n, 12.0 if len(grid) == 1 else 6.0)
-    else:   # a layers x heads grid is an overview; one layer's or one head's maps are looked into
-        cell = 6.0 if len(grid) == 1 else 1.2 if full else 2.4
+    cell = _attention_cell(n, len(grid), full, labelled)
     width = max(cell * cols + 0.6, 6.0)  # room for the title
     # constrained: a row's titles and labels get their room (tight_layout let them run into the row above)
     fig, axes = plt.subplots(rows, cols, figsize=(width + 0.8, cell * rows + 0.9), squeeze=False,
@@ -160,25 +156,51 @@ def attention(tokens: Sequence[str], weights, path: str | os.PathLike, layers: S
     size = min(8.0, max(5.0, 0.7 * 72 * 0.8 * cell / max(n, 1)))  # points: 70% of a token's pitch on the map
     for ax, (layer, head) in zip(axes.flat, grid):
         image = ax.imshow(weights[layer, head].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
-        if labelled:
-            ax.set_xticks(range(n), tokens, rotation=90, fontsize=size)
-            ax.set_yticks(range(n), tokens, fontsize=size)
-        else:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if full and not labelled:
-            if layer == layers[0]:
-                ax.set_title(f"head {head}", fontsize=8)
-            if head == heads[0]:
-                ax.set_ylabel(f"layer {layer}", fontsize=8)
-        else:
-            ax.set_title(f"layer {layer}, head {head}", fontsize=9 if labelled else 8)
+        _token_ticks(ax, tokens if labelled else None, size)
+        _map_title(ax, layer, head, layers, heads, overview=full and not labelled, labelled=labelled)
     for ax in list(axes.flat)[len(grid):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, shrink=min(1.0, 4.0 / (cell * rows)) if len(grid) > 1 else 0.8,
                  label="attention weight")
+    fig.suptitle(_attention_title(title, width), fontsize=9)
+    return save(fig, path)
+
+
+def _attention_cell(n: int, maps: int, full: bool, labelled: bool) -> float:
+    """Inches per attention map."""
+    if labelled:   # room for the labels, up to 6 a map where there are several
+        return min(0.9 + 0.22 * n, 12.0 if maps == 1 else 6.0)
+    # a layers x heads grid is an overview; one layer's or one head's maps are looked into
+    return 6.0 if maps == 1 else 1.2 if full else 2.4
+
+
+def _token_ticks(ax, tokens: Sequence[str] | None, size: float) -> None:
+    """The tokens along both axes of a map, or no ticks at all (None) where they would not be readable."""
+    if tokens is not None:
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=size)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=size)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _map_title(ax, layer: int, head: int, layers: Sequence[int], heads: Sequence[int], overview: bool,
+               labelled: bool) -> None:
+    """An overview grid names each head above its top row and each layer beside its left column, saving the
+    room of a title per map; other maps each carry their layer and head."""
+    if overview:
+        if layer == layers[0]:
+            ax.set_title(f"head {head}", fontsize=8)
+        if head == heads[0]:
+            ax.set_ylabel(f"layer {layer}", fontsize=8)
+    else:
+        ax.set_title(f"layer {layer}, head {head}", fontsize=9 if labelled else 8)
+
+
+def _attention_title(title: str, width: float) -> str:
+    """The figure's title and how to read the maps, wrapped to the figure's width."""
+    import textwrap
     chars = max(40, int(width * 11))  # what a line of 9-point text holds across the figure
     lines = [*(textwrap.wrap(title, chars) if title else []),
              *textwrap.wrap("rows: attending token, columns: token attended to (weight 0 to 1)", chars)]
-    fig.suptitle("\n".join(lines), fontsize=9)
-    return save(fig, path)
+    return "\n".join(lines)
