@@ -538,44 +538,67 @@ def _run_seeds(args, out: Path, run_one, metric: str, extra: dict[str, Any]) -> 
     continuing = resume and _started(out)
     dist.on_main(lambda: _check_run_dir(args, out, args_file, resume, continuing, data))  # a refusal said once
     if not args.seeds:
-        res = _done(out, resume, args, args_file)
-        if res is not None:
-            dist.print0(f"resume: {out / RESULTS_NAME} exists; the run is complete")
-        else:
-            res = run_one(args.seed, out)
-        dist.print0(f"dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
-        dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}; curves in "
-                    f"{out / 'curves.png'}")
-        return res
-
+        return _run_single(args, out, run_one, metric, resume, args_file)
     seeds = _parse_seeds(args.seeds)
     per_seed = {}
     for i, seed in enumerate(seeds):
-        res = _done(out / f"seed-{seed}", resume, args, args_file)
-        if res is not None:
-            dist.print0(f"seed {seed}: complete (resume), results from {out / f'seed-{seed}' / RESULTS_NAME}")
-        else:
-            dist.print0(f"seed {seed}:")
-            with warnings.catch_warnings():
-                if i:   # every seed loads the same model: what its load says (a new head) was said for the first
-                    warnings.simplefilter("ignore", LoadWarning)
-                res = run_one(seed, out / f"seed-{seed}")
-        per_seed[str(seed)] = res["best"]
-        dist.print0(f"  dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
-    first = per_seed[str(seeds[0])]
-    keys = [k for k, v in first.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    mean = {k: statistics.fmean(r[k] for r in per_seed.values()) for k in keys}
-    sd = {k: statistics.stdev([r[k] for r in per_seed.values()]) if len(seeds) > 1 else 0.0 for k in keys}
+        per_seed[str(seed)] = _run_seed(args, out / f"seed-{seed}", seed, run_one, metric, resume, args_file,
+                                        quiet_load=i > 0)
+    mean, sd = _mean_and_sd(per_seed)
     results = {"metric": metric, "seeds": seeds, "per_seed": per_seed, "mean": mean, "sd": sd, **extra}
     if dist.is_main():
-        write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
-        print(f"dev over {len(seeds)} seeds ({', '.join(map(str, seeds))}), best checkpoint of each by {metric}:")
-        for k in keys:
-            print(f"  {k}: {mean[k]:.4f} ± {sd[k]:.4f}")
-        seed_dirs = [out / f"seed-{seed}" for seed in seeds]
-        plot_runs(seed_dirs, [f"seed {seed}" for seed in seeds], out / "curves.png")
-        print(f"runs in {out}/seed-*/; results in {out / RESULTS_NAME}; curves of every seed in {out / 'curves.png'}")
+        _write_seed_results(out, results, metric, seeds, mean, sd)
     return results
+
+
+def _run_single(args, out: Path, run_one, metric: str, resume: bool, args_file: Path) -> dict[str, Any]:
+    """The one run of `args.seed`, in `out` itself; on resume a finished one is not run again."""
+    res = _done(out, resume, args, args_file)
+    if res is not None:
+        dist.print0(f"resume: {out / RESULTS_NAME} exists; the run is complete")
+    else:
+        res = run_one(args.seed, out)
+    dist.print0(f"dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
+    dist.print0(f"best checkpoint in {out / 'best'}; results in {out / RESULTS_NAME}; curves in "
+                f"{out / 'curves.png'}")
+    return res
+
+
+def _run_seed(args, run_dir: Path, seed: int, run_one, metric: str, resume: bool, args_file: Path,
+              quiet_load: bool) -> dict[str, Any]:
+    """One seed's run in `run_dir` (on resume a finished one is not run again); its best dev metrics."""
+    res = _done(run_dir, resume, args, args_file)
+    if res is not None:
+        dist.print0(f"seed {seed}: complete (resume), results from {run_dir / RESULTS_NAME}")
+    else:
+        dist.print0(f"seed {seed}:")
+        with warnings.catch_warnings():
+            if quiet_load:   # every seed loads the same model: what its load says (a new head) was said for the first
+                warnings.simplefilter("ignore", LoadWarning)
+            res = run_one(seed, run_dir)
+    dist.print0(f"  dev (best {metric} at step {res['best_step']}): {_format(res['best'])}")
+    return res["best"]
+
+
+def _mean_and_sd(per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """The mean and sd over the seeds of each numeric dev metric (the first seed's; not the count `n`)."""
+    first = next(iter(per_seed.values()))
+    keys = [k for k, v in first.items() if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    mean = {k: statistics.fmean(r[k] for r in per_seed.values()) for k in keys}
+    sd = {k: statistics.stdev([r[k] for r in per_seed.values()]) if len(per_seed) > 1 else 0.0 for k in keys}
+    return mean, sd
+
+
+def _write_seed_results(out: Path, results: dict[str, Any], metric: str, seeds: list[int],
+                        mean: dict[str, float], sd: dict[str, float]) -> None:
+    """eval_results.json, the summary printed and every seed's curves in one figure (rank 0)."""
+    write_text_atomic(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+    print(f"dev over {len(seeds)} seeds ({', '.join(map(str, seeds))}), best checkpoint of each by {metric}:")
+    for k in mean:
+        print(f"  {k}: {mean[k]:.4f} ± {sd[k]:.4f}")
+    seed_dirs = [out / f"seed-{seed}" for seed in seeds]
+    plot_runs(seed_dirs, [f"seed {seed}" for seed in seeds], out / "curves.png")
+    print(f"runs in {out}/seed-*/; results in {out / RESULTS_NAME}; curves of every seed in {out / 'curves.png'}")
 
 
 def run_finetune_classify(args: FinetuneClassifyArgs) -> dict[str, Any]:
