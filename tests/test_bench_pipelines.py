@@ -8,7 +8,7 @@ from bench import pipelines_cpu  # noqa: E402
 from bench.texts import DATA  # noqa: E402
 
 
-@pytest.mark.parametrize("task", ["fill-mask", "text-classification"])
+@pytest.mark.parametrize("task", ["fill-mask", "text-classification", "token-classification", "feature-extraction"])
 def test_pipeline_race_agrees_with_transformers(task):
     if not DATA.is_dir():
         pytest.skip(f"{DATA}: the shared data sets are not here")
