@@ -1768,7 +1768,7 @@ def _id_list(ids) -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.dim() > 1:
             raise ValueError(f"expected one sequence of ids, got a tensor of shape {tuple(ids.shape)}")
-        return ids.reshape(-1).tolist()
+        return ids.reshape(-1).tolist()  # () or (n,) -> (n,)
     if isinstance(ids, int):
         return [ids]
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):

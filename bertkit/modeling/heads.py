@@ -234,7 +234,7 @@ def token_labels(labels: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
     are taken too."""
     check_tensor(labels, "labels")
     if tuple(labels.shape) in ((batch * seqlen,), (batch, seqlen, 1)):
-        labels = labels.reshape(batch, seqlen)
+        labels = labels.reshape(batch, seqlen)  # (batch * seqlen,) or (batch, seqlen, 1) -> (batch, seqlen)
     elif tuple(labels.shape) != (batch, seqlen):
         raise ValueError(f"labels must have shape (batch, seqlen) = ({batch}, {seqlen}) like the inputs, "
                          f"got {tuple(labels.shape)}")
@@ -247,7 +247,7 @@ def per_sequence_labels(labels: torch.Tensor, batch: int, name: str) -> torch.Te
     check_tensor(labels, name)
     if labels.numel() != batch:
         raise ValueError(f"{name} must have shape (batch,) = ({batch},), got {tuple(labels.shape)}")
-    return _class_indices(labels.reshape(-1), name)
+    return _class_indices(labels.reshape(-1), name)  # (batch, 1) or (batch,) -> (batch,)
 
 
 class BertForPreTraining(_TiedMLM, _BertHeadModel):
@@ -475,7 +475,7 @@ def _positions(positions: torch.Tensor, batch: int, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be an integer tensor (torch.long), got {positions.dtype}")
     if positions.numel() != batch:
         raise ValueError(f"{name} must have shape (batch,) = ({batch},), got {tuple(positions.shape)}")
-    return positions.reshape(-1).long()
+    return positions.reshape(-1).long()  # (batch, 1) or (batch,) -> (batch,)
 
 
 def _answer_index(positions: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -414,7 +414,7 @@ def with_packing(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     the forward its one host sync (copying the device mask back to plan the packing). A (batch, choices,
     seqlen) mask is planned flattened, as the multiple-choice model encodes it."""
     mask = batch["attention_mask"]
-    return {**batch, "packing": P.pack(mask.reshape(-1, mask.shape[-1]))}
+    return {**batch, "packing": P.pack(mask.reshape(-1, mask.shape[-1]))}  # (..., seqlen) -> (rows, seqlen)
 
 
 def packed_to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class PreTrainingObjective(nn.Module):
         targets = batch["mlm_targets"]
         mlm_logits = heads.predictions(enc.hidden.index_select(0, batch["mlm_positions"])).float()  # (masked, vocab)
         nsp_logits = heads.seq_relationship(bert.pool(enc)).float()                            # (batch, 2)
-        nsp_labels = batch["next_sentence_label"].view(-1)
+        nsp_labels = batch["next_sentence_label"].view(-1)                                      # (batch,)
         sums = {"mlm": F.cross_entropy(mlm_logits, targets, reduction="sum"),
                 "nsp": F.cross_entropy(nsp_logits, nsp_labels, reduction="sum")}
         with torch.no_grad():

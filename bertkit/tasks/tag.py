@@ -202,6 +202,7 @@ class TagObjective(FinetuneObjective):
     def forward(self, batch: dict[str, torch.Tensor]):
         logits = batch_logits(self.model, batch)
         labels = batch["labels"]
+        # (batch * seqlen, labels) logits against (batch * seqlen,) labels
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         with torch.no_grad():
             # a masked sum, not `[keep]` indexing: a data-dependent shape would make the host wait for the GPU
