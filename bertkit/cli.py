@@ -509,8 +509,10 @@ def _add_finetune_qa(p: argparse.ArgumentParser) -> None:
     from .tasks.qa import FinetuneQAArgs
     d = FinetuneQAArgs()
     _add_model_and_output(p, "dev F1")
-    p.add_argument("--train", required=True, metavar="FILE", help="training SQuAD v1.1 / v2.0 JSON (or a .zip)")
-    p.add_argument("--dev", required=True, metavar="FILE", help="dev SQuAD JSON, evaluated during training")
+    p.add_argument("--train", required=True, metavar="FILE",
+                   help="training SQuAD v1.1 / v2.0 JSON (or a .zip), or the flat records of transformers' run_qa.py "
+                        "(JSON or JSON Lines)")
+    p.add_argument("--dev", required=True, metavar="FILE", help="dev data, as --train, evaluated during training")
     _add_schedule(p, d, "windows", "tokens per window (question and a piece of the context)")
     _add_qa_options(p, d)
 
@@ -547,7 +549,7 @@ def _check_format(model: str, arch: str, format: str | None, evaluate: bool) -> 
     raise FlagError(f"--format {format}: {model} is a {task} model ({arch}), which reads {reads}")
 
 
-_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".conll")
+_TABLE_SUFFIXES = (".csv", ".tsv", ".conll")   # not .jsonl: QA reads JSON Lines
 
 
 def _check_squad_data(model: str, arch: str, data: str) -> None:
@@ -555,8 +557,8 @@ def _check_squad_data(model: str, arch: str, data: str) -> None:
     (another task's data, or the wrong --model)."""
     from .tasks.flags import FlagError
     if arch == "BertForQuestionAnswering" and os.path.splitext(data)[1].lower() in _TABLE_SUFFIXES:
-        raise FlagError(f"{data}: {model} is a question answering model ({arch}), which reads SQuAD JSON, not a "
-                        f"{os.path.splitext(data)[1][1:].upper()} file")
+        raise FlagError(f"{data}: {model} is a question answering model ({arch}), which reads SQuAD JSON or JSON "
+                        f"Lines, not a {os.path.splitext(data)[1][1:].upper()} file")
 
 
 def _run_saved(args: argparse.Namespace, evaluate: bool) -> int:
@@ -647,7 +649,8 @@ def _add_saved_model_flags(p: argparse.ArgumentParser, labelled: bool) -> None:
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE",
                    help="labelled data: a table (CSV, TSV or JSONL); a CoNLL file for a tagging model (--format "
-                        "conll when it might be taken for a text file); SQuAD JSON for a QA model")
+                        "conll when it might be taken for a text file); SQuAD JSON (or run_qa.py's flat records, "
+                        "JSON or JSON Lines) for a QA model")
     p.add_argument("--output", default=None, metavar="FILE.json",
                    help="metrics file (default MODEL/eval_<data name>.json)")
     _add_saved_model_flags(p, labelled=True)
@@ -658,8 +661,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                    help="table of texts (CSV, TSV or JSONL; a plain text file, one text a line, with --format "
                         "text); for a tagging model a CoNLL-style file, one token per line (other columns, as many "
                         "on every line, ignored), blank lines between sentences (--format conll when it might be "
-                        "taken for a text file), or with --format text one sentence a line; SQuAD JSON for a QA "
-                        "model")
+                        "taken for a text file), or with --format text one sentence a line; SQuAD JSON (or run_qa.py's "
+                        "flat records, JSON or JSON Lines) for a QA model")
     p.add_argument("--output", required=True, metavar="FILE",
                    help="one JSON line per input row (its line in the file, label and score), or per sentence "
                         "for a tagging model (the line of its first token, tokens, tags, scores); for a QA model "

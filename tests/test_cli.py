@@ -572,7 +572,7 @@ def test_a_qa_model_given_a_table_with_an_upper_case_suffix_is_told_it_reads_squ
                  "--output", str(tmp_path / "p.json")]) == 2
     assert _one_line_error(capsys, "predict") == (
         f"{tmp_path / 'd.CSV'}: {tmp_path / 'm'} is a question answering model (BertForQuestionAnswering), which "
-        "reads SQuAD JSON, not a CSV file")
+        "reads SQuAD JSON or JSON Lines, not a CSV file")
 
 
 GLOO_EOF = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "

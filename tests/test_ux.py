@@ -118,5 +118,5 @@ def test_a_qa_model_given_a_table_says_it_reads_squad_json(tmp_path, capsys, com
     assert main([command, "--model", str(model), "--data", str(table), *extra]) == 2
     err = capsys.readouterr().err
     assert err == (f"bertkit {command}: error: {table}: {model} is a question answering model "
-                   "(BertForQuestionAnswering), which reads SQuAD JSON, not a TSV file\n")
+                   "(BertForQuestionAnswering), which reads SQuAD JSON or JSON Lines, not a TSV file\n")
     assert not (tmp_path / "p.json").exists()

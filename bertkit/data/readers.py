@@ -11,11 +11,12 @@ file has lines) and says what was expected.
   into a list.
 - `label_set`, `label_maps` and `is_regression` turn the labels into a model config's ``id2label`` / ``label2id``.
 - `read_conll` reads ``token<TAB>tag`` (or whitespace-separated) columns with blank lines between sentences.
-- `read_squad` reads SQuAD v1.1 / v2.0 JSON, plain or zipped, and checks every answer span against its context.
+- `read_squad` reads SQuAD v1.1 / v2.0 JSON, plain or zipped, or the flat records of transformers' run_qa.py and
+  the `datasets` library (JSON Lines, or a JSON "data" list), and checks every answer span against its context.
 
 Every reader takes UTF-8 (a leading BOM dropped) with LF, CRLF or old-Mac lone-CR line ends alike; a byte that is
-not UTF-8 is an error naming the file, its line and its column (tables, text, CoNLL: read a line at a time) or
-offset (SQuAD JSON, read whole).
+not UTF-8 is an error naming the file, its line and its column (tables, text, CoNLL, JSON Lines: read a line at a
+time) or offset (SQuAD JSON, read whole).
 """
 from __future__ import annotations
 
@@ -515,29 +516,41 @@ def _refuse_sentences_a_line(path: Path) -> None:
 MAX_ZIPPED_JSON = 1 << 30
 
 
-def _load_squad_json(path: Path) -> tuple[Any, str]:
-    if path.suffix.lower() == ".zip":
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path}: not a readable zip file")
-        with zipfile.ZipFile(path) as zf:
-            members = [m for m in zf.infolist()
-                       if m.filename.lower().endswith(".json") and not m.filename.startswith("__MACOSX/")]
-            if len(members) != 1:
-                raise ValueError(f"{path}: expected a zip holding exactly one .json file, found "
-                                 f"{[m.filename for m in members]}")
-            where = f"{path}!{members[0].filename}"
-            if members[0].file_size > MAX_ZIPPED_JSON:   # zipfile reads no more than the size it declares
-                raise ValueError(f"{where}: {members[0].file_size:,} bytes uncompressed, more than a SQuAD file "
-                                 f"holds (at most {MAX_ZIPPED_JSON:,} read from a zip)")
-            raw = zf.read(members[0])
-    else:
-        raw, where = path.read_bytes(), str(path)
+def _squad_source(path: Path) -> tuple[Iterator[tuple[str, str, Sequence[Any], str]], str]:
+    """The file's questions as (title, context, questions in SQuAD's layout, where they are), and the file's name
+    for errors: JSON Lines a line at a time; JSON (or JSON Lines in a .json file) read whole."""
+    if table_format(path) == "jsonl":
+        return _flat_questions(_json_lines(read_lines(path), str(path))), str(path)
+    raw, where = _squad_bytes(path)
+    text = _decode(raw, where)
     try:
-        return json.loads(_decode(raw, where)), where
+        data = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines, as `Dataset.to_json` writes
+            return _flat_questions(_json_lines(enumerate(text.split("\n"), 1), where)), where
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:   # json's parser on arrays or objects nested thousands deep
         raise ValueError(f"{where}: bad JSON (nested too deeply)") from None
+    return _json_questions(data, where), where
+
+
+def _squad_bytes(path: Path) -> tuple[bytes, str]:
+    """A .json file's bytes, or those of the one .json in a .zip, and the name errors give them."""
+    if path.suffix.lower() != ".zip":
+        return path.read_bytes(), str(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable zip file")
+    with zipfile.ZipFile(path) as zf:
+        members = [m for m in zf.infolist()
+                   if m.filename.lower().endswith(".json") and not m.filename.startswith("__MACOSX/")]
+        if len(members) != 1:
+            raise ValueError(f"{path}: expected a zip holding exactly one .json file, found "
+                             f"{[m.filename for m in members]}")
+        where = f"{path}!{members[0].filename}"
+        if members[0].file_size > MAX_ZIPPED_JSON:   # zipfile reads no more than the size it declares
+            raise ValueError(f"{where}: {members[0].file_size:,} bytes uncompressed, more than a SQuAD file "
+                             f"holds (at most {MAX_ZIPPED_JSON:,} read from a zip)")
+        return zf.read(members[0]), where
 
 
 def _squad_object(value: Any, where: str, list_key: str) -> None:
@@ -551,6 +564,12 @@ def _squad_object(value: Any, where: str, list_key: str) -> None:
 def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) -> list[SquadExample]:
     """Read SQuAD v1.1 / v2.0 JSON (a .json file, or a .zip holding one) into one `SquadExample` per question.
 
+    The flat layout of transformers' run_qa.py and the `datasets` library is read too: one record per question,
+    ``{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}`` (and a "title" if any), as
+    JSON Lines (a .jsonl or .ndjson file, read a line at a time; or a .json file of such lines, as
+    `Dataset.to_json` writes them), as a JSON list, or as the "data" list of a JSON object (run_qa.py's JSON).
+    There an empty answers list marks an unanswerable question; a record without "answers" is a question to answer.
+
     Every answer must satisfy ``context[start:start + len(text)] == text`` (it holds for every answer of the official
     v1.1 dev and v2.0 files): a mismatch is a ``ValueError`` naming the question id and counting the mismatches, or,
     with ``strict=False``, a warning (the examples keep the offsets as given).
@@ -558,20 +577,66 @@ def read_squad(path: str | Path, *, strict: bool = True, labelled: bool = True) 
     With ``labelled=False`` (questions to answer, not to score) a question may have neither answers nor
     ``is_impossible``.
     """
-    path = Path(path)
-    data, where = _load_squad_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise ValueError(f"{where}: expected SQuAD JSON, an object with a 'data' list of articles")
+    questions, where = _squad_source(Path(path))
     examples: list[SquadExample] = []
     bad: list[str] = []   # answer spans that do not match their context, reported together at the end
     seen: set[str] = set()
-    for title, context, qas, at in _squad_paragraphs(data["data"], where):
+    for title, context, qas, at in questions:
         for q, qa in enumerate(qas):
             qid = _squad_qid(qa, f"{at} question {q}", at, where, seen)
             impossible, answers = _squad_answers(qa, qid, context, where, labelled, bad)
             examples.append(SquadExample(qid, qa["question"], context, answers, impossible, title))
     _report_mismatches(bad, where, strict)
     return examples
+
+
+def _json_questions(data: Any, where: str) -> Iterator[tuple[str, str, Sequence[Any], str]]:
+    """The questions of nested SQuAD JSON, or of flat records in a JSON list or a JSON object's "data" list."""
+    records = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise ValueError(f"{where}: expected SQuAD JSON, an object with a 'data' list of articles (or of run_qa.py's "
+                         f"records), or a list or JSON Lines of such records")
+    first = records[0] if records else None
+    if isinstance(data, list) or isinstance(first, dict) and "paragraphs" not in first and "question" in first:
+        return _flat_questions((f"{where}: record {i}", r) for i, r in enumerate(records))
+    return _squad_paragraphs(records, where)
+
+
+def _json_lines(lines: Iterable[tuple[int, str]], where: str) -> Iterator[tuple[str, Any]]:
+    """(where, record) of JSON Lines given as (line number, text); blank lines are skipped, a bad one is named."""
+    for n, line in lines:
+        if line.strip():
+            try:
+                yield f"{where}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}:{n}: bad JSON ({e.msg} at column {e.colno})") from None
+
+
+def _flat_questions(records: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, str, Sequence[Any], str]]:
+    """Each flat record as a paragraph of one question in SQuAD's layout: its answers {"text": [...],
+    "answer_start": [...]} become SQuAD's list of answers, and an empty list marks it unanswerable."""
+    for at, record in records:
+        _squad_object(record, at, "")
+        context = record.get("context")
+        if not isinstance(context, str):
+            raise ValueError(f"{at} has no 'context' string")
+        title = record.get("title")
+        qa = {key: record[key] for key in ("id", "question", "is_impossible") if key in record}
+        if "answers" in record:
+            texts, starts = _flat_answers(record["answers"], at)
+            qa["answers"] = [{"text": t, "answer_start": a} for t, a in zip(texts, starts)]
+            qa.setdefault("is_impossible", not texts)
+        yield title if isinstance(title, str) else "", context, [qa], at
+
+
+def _flat_answers(answers: Any, at: str) -> tuple[list, list]:
+    """The "text" and "answer_start" lists of a flat record's answers, of the same length."""
+    texts = answers.get("text") if isinstance(answers, dict) else None
+    starts = answers.get("answer_start") if isinstance(answers, dict) else None
+    if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+        raise ValueError(f"{at}: 'answers' must be an object with 'text' and 'answer_start' lists of the same "
+                         f"length, got {json.dumps(answers)[:80]}")
+    return texts, starts
 
 
 def _squad_paragraphs(articles: list[Any], where: str) -> Iterator[tuple[str, str, Sequence[Any], str]]:

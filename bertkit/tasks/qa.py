@@ -490,8 +490,9 @@ def _read(path: str, what: str, strict: bool = True) -> list[SquadExample]:
 
 
 def run_finetune_qa(args: FinetuneQAArgs) -> dict[str, Any]:
-    """Fine-tune `args.model` for extractive QA on SQuAD JSON; keep the best checkpoint by dev F1. Same run layout
-    as `run_finetune_classify` (eval_results.json: exact / f1, HasAns_* / NoAns_* for v2.0)."""
+    """Fine-tune `args.model` for extractive QA on SQuAD data (JSON, or flat records: `read_squad`); keep the best
+    checkpoint by dev F1. Same run layout as `run_finetune_classify` (eval_results.json: exact / f1, HasAns_* /
+    NoAns_* for v2.0)."""
     dist.setup()
     # the dev answers are scored by their text (as `evaluate`): offsets that miss warn there, only training needs them
     train, dev = _read(args.train, "training"), _read(args.dev, "dev", strict=False)
@@ -547,8 +548,8 @@ def run_evaluate_qa(model_dir: str, data: str, *, output: str | None = None, bat
                     max_answer_length: int | None = None, null_threshold: float | None = None,
                     version_2: bool | None = None, device: str | None = None, compile: bool = False
                     ) -> dict[str, Any]:
-    """SQuAD exact match / F1 of a fine-tuned QA model on a SQuAD JSON file (v2.0 when `version_2` or when the
-    file has unanswerable questions); printed and written as JSON to `output` (default
+    """SQuAD exact match / F1 of a fine-tuned QA model on a SQuAD file (`read_squad`; v2.0 when `version_2` or when
+    the file has unanswerable questions); printed and written as JSON to `output` (default
     `<model_dir>/eval_<data name>.json`). Settings left None are those the model was fine-tuned with."""
     model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
     examples = _read(data, "evaluation", strict=False)
@@ -584,11 +585,11 @@ def run_predict_qa(model_dir: str, data: str, output: str, *, batch_size: int = 
                    max_query_length: int | None = None, n_best: int | None = None,
                    max_answer_length: int | None = None, null_threshold: float | None = None,
                    version_2: bool | None = None, device: str | None = None, compile: bool = False) -> int:
-    """Answer every question of a SQuAD JSON file (answers are optional and ignored); `output` gets the official
-    predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the file has
-    unanswerable questions), and `<output stem>.nbest.json` (and for v2.0 `.null_odds.json`) the n-best lists (and
-    null odds), each file written a chunk of questions at a time. Settings left None are those the model was
-    fine-tuned with. Returns the count."""
+    """Answer every question of a SQuAD file (`read_squad`; answers are optional and ignored); `output` gets the
+    official predictions format ``{question id: answer text}`` ("" for no answer; v2.0 when `version_2` or when the
+    file has unanswerable questions), and `<output stem>.nbest.json` (and for v2.0 `.null_odds.json`) the n-best
+    lists (and null odds), each file written a chunk of questions at a time. Settings left None are those the model
+    was fine-tuned with. Returns the count."""
     model, tok = load_saved(AutoModelForQuestionAnswering, model_dir, device, compile)
     examples = to_predict(read_squad(data, labelled=False, strict=False), data, "questions")  # answers unused
     s = _qa_settings(model, examples, max_seq_length, doc_stride, max_query_length, n_best, max_answer_length,

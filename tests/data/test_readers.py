@@ -434,8 +434,10 @@ def test_squad_errors(tmp_path):
     assert read_squad(write(tmp_path, "v2.json", json.dumps(v2)))[0].answers == []
     with pytest.raises(ValueError, match=r"nu\.json:2: not valid UTF-8"):
         read_squad(write(tmp_path, "nu.json", b'{"data":\n [\xff]}'))
-    with pytest.raises(ValueError, match="expected SQuAD JSON"):
-        read_squad(write(tmp_path, "list.json", "[]"))
+    for name, text in (("number.json", "5"), ("nodata.json", '{"data": {}}')):
+        with pytest.raises(ValueError, match="expected SQuAD JSON"):
+            read_squad(write(tmp_path, name, text))
+    assert read_squad(write(tmp_path, "list.json", "[]")) == []   # a JSON list of flat records, here none
     zp = tmp_path / "two.zip"
     with zipfile.ZipFile(zp, "w") as zf:
         zf.writestr("a.json", "{}")
@@ -503,6 +505,76 @@ def test_squad_answers_and_is_impossible_must_agree(tmp_path):
     assert str(e.value) == f"{none}: question q1 has no answers and is not marked is_impossible"
     q = read_squad(none, labelled=False)[0]
     assert (q.qid, q.answers, q.is_impossible) == ("q1", [], False)
+
+
+def _flat(e: SquadExample, answers: bool = True) -> dict:
+    """`e` as a record of run_qa.py's and the `datasets` library's flat layout."""
+    record = {"id": e.qid, "title": e.title, "context": e.context, "question": e.question}
+    if answers:
+        record["answers"] = {"text": [t for t, _ in e.answers], "answer_start": [a for _, a in e.answers]}
+    return record
+
+
+def test_flat_records_read_as_the_nested_file(tmp_path):
+    """run_qa.py's and `datasets`' layout, as JSON Lines (.jsonl, or a .json of lines as Dataset.to_json writes),
+    a JSON list or a JSON object's "data" list, gives the examples of the nested SQuAD file it was made from;
+    an empty answers list is an unanswerable question."""
+    nested = read_squad(need(DATA / "qa" / "squad" / "dev-v2.0.excerpt-Normans-Rhine.json"))
+    records = [_flat(e) for e in nested]
+    lines = "\n".join(json.dumps(r) for r in records)
+    files = [write(tmp_path, "dev.jsonl", lines + "\n"), write(tmp_path, "dev.ndjson", "\n\n" + lines),
+             write(tmp_path, "lines.json", lines.replace("\n", "\r\n")),
+             write(tmp_path, "list.json", json.dumps(records)),
+             write(tmp_path, "run_qa.json", json.dumps({"version": "v2.0", "data": records}))]
+    for path in files:
+        assert read_squad(path) == nested, path
+    assert sum(e.is_impossible for e in nested) == 320 and records[0]["answers"] != {"text": [], "answer_start": []}
+    assert {"text": [], "answer_start": []} in [r["answers"] for r in records]
+
+
+def test_flat_records_without_answers_are_questions_to_answer(tmp_path):
+    v1 = [SquadExample("q1", "who?", "A cat sat.", [("A cat", 0)], False, "T")]
+    path = write(tmp_path, "ask.jsonl", json.dumps(_flat(v1[0], answers=False)))
+    assert read_squad(path, labelled=False) == [SquadExample("q1", "who?", "A cat sat.", [], False, "T")]
+    with pytest.raises(ValueError) as e:
+        read_squad(path)
+    assert str(e.value) == f"{path}: question q1 has no answers and is not marked is_impossible"
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "q1", "question": "who?", "context": "A cat sat.", "answers": {"text": ["A cat"]}}',
+     "{path}:2: 'answers' must be an object with 'text' and 'answer_start' lists of the same length, "
+     'got {{"text": ["A cat"]}}'),
+    ('{"id": "q1", "question": "who?", "context": "A cat sat.", "answers": [{"text": "A cat", "answer_start": 0}]}',
+     "{path}:2: 'answers' must be an object with 'text' and 'answer_start' lists of the same length, "
+     'got [{{"text": "A cat", "answer_start": 0}}]'),
+    ('{"id": "q1", "question": "who?", "answers": {"text": [], "answer_start": []}}',
+     "{path}:2 has no 'context' string"),
+    ('{"id": 7, "question": "who?", "context": "A cat sat."}',
+     "{path}:2: a question without a string 'id' and 'question' (id 7)"),
+    ('["q1"]', '{path}:2: expected an object, got ["q1"]'),
+    ('{"id": "q1", "question": "who?"', "{path}:2: bad JSON (Expecting ',' delimiter at column 32)"),
+    ('{"id": "q2", "question": "who?", "context": "A cat sat.", "answers": {"text": ["A dog"], "answer_start": [0]}}',
+     "{path}: 1 answer span(s) do not match their context; first: question q2: answer 'A dog' at 0 does not match "
+     "the context there ('A cat')"),
+    ('{"id": "q2", "question": "who?", "context": "A cat sat.", "answers": {"text": [""], "answer_start": [0]}}',
+     "{path}: question q2: an answer needs a non-empty string 'text' and an integer 'answer_start' >= 0, "
+     "got {{'text': '', 'answer_start': 0}}"),
+])
+def test_flat_record_errors_name_the_line(tmp_path, line, message):
+    first = ('{"id": "q0", "question": "who?", "context": "A cat sat.", '
+             '"answers": {"text": ["A cat"], "answer_start": [0]}}')
+    path = write(tmp_path, "bad.jsonl", first + "\n" + line + "\n")
+    with pytest.raises(ValueError) as e:
+        read_squad(path)
+    assert str(e.value) == message.format(path=path)
+
+
+def test_flat_records_of_a_json_list_are_named_by_index(tmp_path):
+    path = write(tmp_path, "bad.json", json.dumps([{"id": "q1", "question": "who?", "context": 5}]))
+    with pytest.raises(ValueError) as e:
+        read_squad(path)
+    assert str(e.value) == f"{path}: record 0 has no 'context' string"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bertkit.cli import main
 import bertkit.tasks.qa as qa_mod
@@ -426,6 +427,53 @@ def test_finetune_qa_learns_the_toy_task_and_evaluate_predict_dispatch(toy, caps
     assert main([*common, "--train", str(toy / "shifted.json"), "--dev", str(toy / "dev.json"),
                  "--output", str(toy / "run_refused")]) == 2
     assert "shifted.json" in capsys.readouterr().err and not (toy / "run_refused").exists()
+
+
+def _flat_records(path: Path, answers: bool = True) -> list[dict]:
+    """A nested SQuAD file's questions as run_qa.py's flat records."""
+    out = []
+    for e in read_squad(path):
+        record = {"id": e.qid, "title": e.title, "context": e.context, "question": e.question}
+        if answers:
+            record["answers"] = {"text": [t for t, _ in e.answers], "answer_start": [a for _, a in e.answers]}
+        out.append(record)
+    return out
+
+
+def test_finetune_evaluate_and_predict_take_run_qa_flat_records(toy, tmp_path, capsys):
+    """run_qa.py's flat records (JSON Lines to train on, a JSON "data" list as dev) train to the same weights and
+    metrics as the nested files they come from; evaluate and predict take JSON Lines (a QA model refused a
+    .jsonl before: it was taken for a table)."""
+    def jsonl(name: str, records: list[dict]) -> None:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+    jsonl("train.jsonl", _flat_records(toy / "train.json"))
+    jsonl("dev.jsonl", _flat_records(toy / "dev.json"))
+    jsonl("ask.jsonl", _flat_records(toy / "dev.json", answers=False))
+    (tmp_path / "dev_run_qa.json").write_text(json.dumps({"data": _flat_records(toy / "dev.json")}), encoding="utf-8")
+    common = ["finetune", "qa", "--model", str(toy / "encoder"), "--batch-size", "16", "--max-steps", "3",
+              "--max-seq-length", "32", "--doc-stride", "8", "--seed", "1"]
+    assert main([*common, "--train", str(toy / "train.json"), "--dev", str(toy / "dev.json"),
+                 "--output", str(tmp_path / "nested")]) == 0
+    assert main([*common, "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev_run_qa.json"),
+                 "--output", str(tmp_path / "flat")]) == 0
+    runs = [json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("nested", "flat")]
+    assert runs[0]["best"] == runs[1]["best"] and runs[1]["num_train"] == 96 and runs[1]["num_dev"] == 32
+    weights = [load_file(tmp_path / run / "best" / "model.safetensors") for run in ("nested", "flat")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    best = str(tmp_path / "flat" / "best")
+    scores, answers = [], []
+    for data, name in ((toy / "dev.json", "nested"), (tmp_path / "dev.jsonl", "flat")):
+        out = tmp_path / f"eval_{name}.json"
+        assert main(["evaluate", "--model", best, "--data", str(data), "--output", str(out)]) == 0
+        scores.append({k: v for k, v in json.loads(out.read_text()).items() if k != "data"})
+    for data, name in ((toy / "dev.json", "nested"), (tmp_path / "ask.jsonl", "flat")):
+        out = tmp_path / f"p_{name}.json"
+        assert main(["predict", "--model", best, "--data", str(data), "--output", str(out)]) == 0
+        answers.append(json.loads(out.read_text()))
+    assert scores[0] == scores[1] and "f1" in scores[0]
+    assert answers[0] == answers[1] and len(answers[1]) == 32
 
 
 def test_the_best_null_threshold_may_lie_above_the_one_used():
