@@ -526,12 +526,21 @@ def _squad_source(path: Path) -> tuple[Iterator[tuple[str, str, Sequence[Any], s
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines, as `Dataset.to_json` writes
-            return _flat_questions(_json_lines(enumerate(text.split("\n"), 1), where)), where
+        if e.msg == "Extra data" and _is_flat_record(text.lstrip().split("\n", 1)[0]):  # JSON Lines, as
+            return _flat_questions(_json_lines(enumerate(text.split("\n"), 1), where)), where  # to_json writes
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:   # json's parser on arrays or objects nested thousands deep
         raise ValueError(f"{where}: bad JSON (nested too deeply)") from None
     return _json_questions(data, where), where
+
+
+def _is_flat_record(line: str) -> bool:
+    """Whether a line is one JSON object with a question or a context: the first of JSON Lines records."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(record, dict) and ("question" in record or "context" in record)
 
 
 def _squad_bytes(path: Path) -> tuple[bytes, str]:

@@ -570,6 +570,18 @@ def test_flat_record_errors_name_the_line(tmp_path, line, message):
     assert str(e.value) == message.format(path=path)
 
 
+def test_a_json_file_with_text_after_it_is_bad_json_not_json_lines(tmp_path):
+    """Only a first line that is a question record makes a .json file JSON Lines: SQuAD JSON (pretty-printed or
+    on one line) followed by more text is the JSON error at the line where the extra text starts."""
+    nested = json.dumps(_squad())
+    pretty = json.dumps(_squad(), indent=1)
+    for name, text, line in (("one.json", nested + "\n{}", 2), ("pretty.json", pretty + " x", pretty.count("\n") + 1)):
+        path = write(tmp_path, name, text)
+        with pytest.raises(ValueError) as e:
+            read_squad(path)
+        assert str(e.value).startswith(f"{path}:{line}: bad JSON (Extra data at column "), str(e.value)
+
+
 def test_flat_records_of_a_json_list_are_named_by_index(tmp_path):
     path = write(tmp_path, "bad.json", json.dumps([{"id": "q1", "question": "who?", "context": 5}]))
     with pytest.raises(ValueError) as e:
