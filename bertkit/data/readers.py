@@ -174,12 +174,8 @@ def _read_jsonl(path: Path, keys: dict[str, Any], label_roles: Sequence[str], la
         if key is not None and not isinstance(key, str):
             raise ValueError(f"{path}: JSONL rows are objects; choose {role} by key name, got {key!r}")
     first = True
-    for n, line in _lines(path):
+    for n, obj in _json_rows(_lines(path), path):
         where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: expected one JSON object per line ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         if first:  # an unknown column is a mistake in the call, not in this row: list what there is
@@ -207,6 +203,15 @@ def _read_jsonl(path: Path, keys: dict[str, Any], label_roles: Sequence[str], la
             else:
                 values[role] = value
         yield n, values
+
+
+def _json_rows(lines: Iterable[tuple[int, str]], where: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of JSON Lines given as (line number, non-blank line); a bad line names itself."""
+    for n, line in lines:
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}:{n}: expected one JSON object per line ({e.msg} at column {e.colno})") from None
 
 
 def read_columns(path: str | Path, columns: dict[str, str | int | None], *, format: str | None = None,
@@ -520,14 +525,16 @@ def _squad_source(path: Path) -> tuple[Iterator[tuple[str, str, Sequence[Any], s
     """The file's questions as (title, context, questions in SQuAD's layout, where they are), and the file's name
     for errors: JSON Lines a line at a time; JSON (or JSON Lines in a .json file) read whole."""
     if table_format(path) == "jsonl":
-        return _flat_questions(_json_lines(read_lines(path), str(path))), str(path)
+        return _flat_questions(_json_lines(_lines(path), str(path))), str(path)
     raw, where = _squad_bytes(path)
     text = _decode(raw, where)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data" and _is_flat_record(text.lstrip().split("\n", 1)[0]):  # JSON Lines, as
-            return _flat_questions(_json_lines(enumerate(text.split("\n"), 1), where)), where  # to_json writes
+        # JSON Lines in a .json file, as `Dataset.to_json` writes them: the first line is a question record
+        if e.msg == "Extra data" and _is_flat_record(text.lstrip().split("\n", 1)[0]):
+            lines = ((n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip())
+            return _flat_questions(_json_lines(lines, where)), where
         raise ValueError(f"{where}:{e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:   # json's parser on arrays or objects nested thousands deep
         raise ValueError(f"{where}: bad JSON (nested too deeply)") from None
@@ -612,13 +619,8 @@ def _json_questions(data: Any, where: str) -> Iterator[tuple[str, str, Sequence[
 
 
 def _json_lines(lines: Iterable[tuple[int, str]], where: str) -> Iterator[tuple[str, Any]]:
-    """(where, record) of JSON Lines given as (line number, text); blank lines are skipped, a bad one is named."""
-    for n, line in lines:
-        if line.strip():
-            try:
-                yield f"{where}:{n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}:{n}: bad JSON ({e.msg} at column {e.colno})") from None
+    """(where, record) of JSON Lines given as (line number, non-blank line)."""
+    return ((f"{where}:{n}", record) for n, record in _json_rows(lines, where))
 
 
 def _flat_questions(records: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, str, Sequence[Any], str]]:

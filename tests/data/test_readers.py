@@ -553,7 +553,8 @@ def test_flat_records_without_answers_are_questions_to_answer(tmp_path):
     ('{"id": 7, "question": "who?", "context": "A cat sat."}',
      "{path}:2: a question without a string 'id' and 'question' (id 7)"),
     ('["q1"]', '{path}:2: expected an object, got ["q1"]'),
-    ('{"id": "q1", "question": "who?"', "{path}:2: bad JSON (Expecting ',' delimiter at column 32)"),
+    ('{"id": "q1", "question": "who?"',
+     "{path}:2: expected one JSON object per line (Expecting ',' delimiter at column 32)"),
     ('{"id": "q2", "question": "who?", "context": "A cat sat.", "answers": {"text": ["A dog"], "answer_start": [0]}}',
      "{path}: 1 answer span(s) do not match their context; first: question q2: answer 'A dog' at 0 does not match "
      "the context there ('A cat')"),
